@@ -1,0 +1,125 @@
+//! Map names, capacities and key/value layouts shared by the eBPF programs and
+//! userspace. Every type is `#[repr(C)]` with explicit padding; fields in
+//! network byte order end in `_be`.
+#![no_std]
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Published ports: (protocol, host address or 0 for any, host port) -> backend.
+pub const SERVICES_MAP: &str = "BERTH_SERVICES";
+/// Two protocols times every port, so a full 1-65535 range fits for each.
+pub const SERVICES_CAPACITY: u32 = 131_072;
+
+/// Addresses that belong to the host. A wildcard (0.0.0.0) mapping only
+/// matches traffic addressed to one of these, like Docker's
+/// `-m addrtype --dst-type LOCAL`.
+pub const HOST_ADDRS_MAP: &str = "BERTH_HOST_ADDRS";
+pub const HOST_ADDRS_CAPACITY: u32 = 1024;
+
+/// Reverse NAT / connection tracking: the reply tuple as the container sends it
+/// -> the host address and port the flow arrived on.
+pub const NAT_MAP: &str = "BERTH_NAT";
+pub const NAT_CAPACITY: u32 = 262_144;
+
+/// Per-CPU counters, indexed by [`Counter`].
+pub const COUNTERS_MAP: &str = "BERTH_COUNTERS";
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub host_addr_be: u32,
+    pub host_port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+}
+
+/// A flow as seen on the wire in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src_addr_be: u32,
+    pub dst_addr_be: u32,
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `NatEntry::flags` bits.
+pub const NAT_F_CLOSING: u8 = 1;
+/// Set once the container has answered: a UDP flow with replies is a stream.
+pub const NAT_F_REPLIED: u8 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatEntry {
+    pub host_addr_be: u32,
+    pub host_port_be: u16,
+    pub flags: u8,
+    pub _pad: u8,
+    /// `bpf_ktime_get_ns()` of the last packet in either direction.
+    pub last_seen_ns: u64,
+}
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Ingress packet matched a mapping and was translated.
+    IngressDnat = 0,
+    /// Ingress packet matched nothing and passed untouched.
+    IngressPass = 1,
+    /// Reply packet translated back to the host port.
+    ReplySnat = 2,
+    /// New flow refused because the tracking table is full.
+    NatTableFull = 3,
+    /// Translated packet had no route; dropped.
+    NoRoute = 4,
+    /// Fragment of a published port's protocol; passed untouched.
+    Fragment = 5,
+    /// Translated packet with TTL <= 1 handed to the stack (ICMP time exceeded).
+    TtlExceeded = 6,
+}
+pub const COUNTER_NAMES: [&str; 7] = [
+    "ingress_dnat",
+    "ingress_pass",
+    "reply_snat",
+    "nat_table_full",
+    "no_route",
+    "fragment",
+    "ttl_exceeded",
+];
+pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
+
+/// XDP -> TC hand-off in `--attach xdp`: the XDP program translates and
+/// leaves this in the packet metadata; the TC program delivers it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpHandoff {
+    pub magic: u32,
+    pub ifindex: u32,
+}
+pub const XDP_HANDOFF_MAGIC: u32 = 0xbe27_0001;
+
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+const _: () = assert!(core::mem::size_of::<NatEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<XdpHandoff>() == 8);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for NatEntry {}
+}
