@@ -1,1 +1,31 @@
-fn main() {}
+//! Builds the eBPF crate (nightly, bpfel-unknown-none, build-std) and leaves
+//! the object in OUT_DIR for `include_bytes_aligned!`. `cargo xtask
+//! bootstrap` installs the pieces; their location is added to PATH here so a
+//! plain `cargo build` works once bootstrapped.
+use std::{env, path::PathBuf};
+
+fn main() -> anyhow::Result<()> {
+    if let Some(home) = env::var_os("HOME") {
+        let cache = PathBuf::from(home).join(".cache/berth");
+        if let Ok(entries) = std::fs::read_dir(&cache) {
+            let mut dirs: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("bpf-linker").exists())
+                .collect();
+            dirs.sort();
+            if let Some(dir) = dirs.pop() {
+                let path = env::var_os("PATH").unwrap_or_default();
+                let mut all = vec![dir];
+                all.extend(env::split_paths(&path));
+                env::set_var("PATH", env::join_paths(all)?);
+            }
+        }
+    }
+    let ebpf = aya_build::Package {
+        name: "berth-ebpf",
+        root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf"),
+        ..Default::default()
+    };
+    aya_build::build_ebpf([ebpf], aya_build::Toolchain::default())
+}

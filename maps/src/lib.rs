@@ -107,7 +107,10 @@ pub struct XdpHandoff {
     pub magic: u32,
     pub ifindex: u32,
 }
+/// The XDP program set both MAC addresses: redirect as is.
 pub const XDP_HANDOFF_MAGIC: u32 = 0xbe27_0001;
+/// No neighbour entry yet: redirect with neighbour resolution.
+pub const XDP_HANDOFF_MAGIC_NEIGH: u32 = 0xbe27_0002;
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);

@@ -1,10 +1,53 @@
 //! aya loader: loads, attaches and pins the eBPF programs and owns their maps.
-use std::{net::Ipv4Addr, path::PathBuf};
+//!
+//! Pins live under `<bpffs>/berth/`: the maps by name, the links under
+//! `links/<program>@<interface>`. A daemon that starts and finds them adopts
+//! them: maps are reused as they are (flows and mappings survive), and each
+//! pinned link gets the freshly loaded program swapped in atomically
+//! (`bpf_link_update`), so traffic never sees a detached hook.
+use std::{
+    collections::HashSet,
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{
+        links::{FdLink, LinkOrder, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions, TcAttachType},
+        xdp::XdpLink,
+        SchedClassifier, Xdp, XdpMode,
+    },
+    Ebpf, EbpfLoader,
+};
+use berth_maps::{
+    Backend, FlowKey, NatEntry, ServiceKey, COUNTERS_MAP, COUNTER_NAMES, HOST_ADDRS_MAP,
+    NAT_F_CLOSING, NAT_F_REPLIED, NAT_MAP, PROTO_TCP, SERVICES_MAP,
+};
 
 use super::{Datapath, DatapathError};
 use crate::model::Binding;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+/// The eBPF object built by build.rs, embedded so the binary needs nothing
+/// else at run time.
+pub fn ebpf_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/berth"))
+}
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     Xdp,
@@ -21,33 +64,459 @@ pub struct DatapathConfig {
     pub attach: AttachMode,
 }
 
+/// Idle timeouts for tracked flows (seconds).
+pub const TCP_ESTABLISHED_TIMEOUT_S: u64 = 432_000;
+pub const TCP_CLOSING_TIMEOUT_S: u64 = 60;
+pub const UDP_SINGLE_TIMEOUT_S: u64 = 30;
+pub const UDP_STREAM_TIMEOUT_S: u64 = 180;
+
+struct Maps {
+    services: HashMap<MapData, ServiceKey, Backend>,
+    host_addrs: HashMap<MapData, u32, u32>,
+    nat: HashMap<MapData, FlowKey, NatEntry>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
 pub struct BpfDatapath {
-    _private: (),
+    maps: Mutex<Maps>,
+    // Owns the programs; the links themselves are held by their pins.
+    _ebpf: Ebpf,
+}
+
+/// (program, interface, hook) for every attachment a mode needs.
+fn attachments(config: &DatapathConfig) -> Vec<(&'static str, String)> {
+    let mut v = Vec::new();
+    for up in &config.uplinks {
+        match config.attach {
+            AttachMode::Tc => v.push(("berth_ingress", up.clone())),
+            AttachMode::Xdp => {
+                v.push(("berth_xdp", up.clone()));
+                v.push(("berth_deliver", up.clone()));
+            }
+        }
+    }
+    v.push(("berth_reply", config.bridge.clone()));
+    v
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |e| DatapathError::Map {
+        map,
+        reason: e.to_string(),
+    }
+}
+
+fn prog_err(what: String) -> impl Fn(aya::programs::ProgramError) -> DatapathError {
+    move |e| {
+        if is_eperm(&e) {
+            DatapathError::NotPermitted
+        } else {
+            DatapathError::Other(format!("{what}: {}", error_chain(&e)))
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.raw_os_error() == Some(libc::EPERM) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Mount bpffs at `path` unless one is there already.
+fn ensure_bpffs(path: &Path) -> Result<(), DatapathError> {
+    let err = |reason: String| DatapathError::Bpffs {
+        path: path.display().to_string(),
+        reason,
+    };
+    fs::create_dir_all(path).map_err(|e| err(e.to_string()))?;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| err(e.to_string()))?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(err(std::io::Error::last_os_error().to_string()));
+    }
+    if st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c_path.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            c"mode=0700".as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(err(format!(
+            "cannot mount bpffs: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+fn kernel_release() -> String {
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    unsafe { libc::uname(&mut u) };
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// tcx links (the only TC attachment that can be pinned) arrived in 6.6.
+fn check_kernel() -> Result<(), DatapathError> {
+    let release = kernel_release();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    if (major, minor) < (6, 6) {
+        return Err(DatapathError::KernelTooOld(format!(
+            "Linux {release}; berth needs 6.6 or newer (tcx links)"
+        )));
+    }
+    Ok(())
+}
+
+fn ifindex(name: &str) -> Result<u32, DatapathError> {
+    let c =
+        std::ffi::CString::new(name).map_err(|_| DatapathError::NoSuchInterface(name.into()))?;
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(DatapathError::NoSuchInterface(name.into())),
+        i => Ok(i),
+    }
 }
 
 impl BpfDatapath {
-    /// Load, attach and pin (or adopt what is pinned). Must run in the
-    /// network namespace whose interfaces are named in `config`.
+    /// Load, attach and pin (or adopt what is pinned). Runs in the network
+    /// namespace whose interfaces are named in `config`.
     pub fn open(config: &DatapathConfig) -> Result<Self, DatapathError> {
-        let _ = config;
-        Err(DatapathError::Other("not implemented yet".into()))
+        for ifname in config.uplinks.iter().chain([&config.bridge]) {
+            ifindex(ifname)?;
+        }
+        check_kernel()?;
+        ensure_bpffs(&config.bpffs)?;
+        let dir = pin_dir(&config.bpffs);
+        let links_dir = dir.join("links");
+        fs::create_dir_all(&links_dir).map_err(|e| DatapathError::Bpffs {
+            path: links_dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&dir)
+            .load(ebpf_object())
+            .map_err(|e| {
+                if is_eperm(&e) {
+                    DatapathError::NotPermitted
+                } else {
+                    DatapathError::Other(format!("loading eBPF programs: {}", error_chain(&e)))
+                }
+            })?;
+
+        let wanted = attachments(config);
+        for (prog, ifname) in &wanted {
+            attach_pinned(&mut ebpf, prog, ifname, &links_dir)?;
+        }
+        // Drop attachments of another mode or interface left by an earlier
+        // run: unpinning the last reference detaches the program.
+        let keep: HashSet<String> = wanted.iter().map(|(p, i)| link_name(p, i)).collect();
+        if let Ok(entries) = fs::read_dir(&links_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !keep.contains(&name) {
+                    tracing::info!(link = %name, "removing stale attachment");
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+
+        let maps = Maps {
+            services: take_map(&mut ebpf, SERVICES_MAP)?,
+            host_addrs: take_map(&mut ebpf, HOST_ADDRS_MAP)?,
+            nat: take_map(&mut ebpf, NAT_MAP)?,
+            counters: PerCpuArray::try_from(
+                ebpf.take_map(COUNTERS_MAP)
+                    .ok_or_else(|| DatapathError::Other(format!("map {COUNTERS_MAP} missing")))?,
+            )
+            .map_err(map_err("BERTH_COUNTERS"))?,
+        };
+        Ok(Self {
+            maps: Mutex::new(maps),
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Detach everything and remove every pin under `<bpffs>/berth`.
+    pub fn teardown(bpffs: &Path) -> Result<(), DatapathError> {
+        let dir = pin_dir(bpffs);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| DatapathError::Bpffs {
+                path: dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {
+        self.maps.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
+pub fn pin_dir(bpffs: &Path) -> PathBuf {
+    bpffs.join("berth")
+}
+
+fn link_name(prog: &str, ifname: &str) -> String {
+    format!("{prog}@{ifname}")
+}
+
+fn take_map<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, DatapathError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| DatapathError::Other(format!("map {name} missing from the object")))?;
+    HashMap::try_from(map).map_err(map_err(name))
+}
+
+/// Attach `prog` to `ifname`, reusing a pinned link (atomic program swap)
+/// when there is one, and pin new links.
+fn attach_pinned(
+    ebpf: &mut Ebpf,
+    prog_name: &str,
+    ifname: &str,
+    links_dir: &Path,
+) -> Result<(), DatapathError> {
+    let pin = links_dir.join(link_name(prog_name, ifname));
+    let what = format!("attaching {prog_name} to {ifname}");
+    let prog = ebpf
+        .program_mut(prog_name)
+        .ok_or_else(|| DatapathError::Other(format!("program {prog_name} missing")))?;
+    let is_xdp = prog_name == "berth_xdp";
+    if is_xdp {
+        let p: &mut Xdp = prog.try_into().map_err(prog_err(what.clone()))?;
+        p.load().map_err(prog_err(what.clone()))?;
+        if let Some(link) = adopt_link(&pin) {
+            match XdpLink::try_from(link)
+                .map_err(|e| e.to_string())
+                .and_then(|l| p.attach_to_link(l).map_err(|e| error_chain(&e)))
+            {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(pin = %pin.display(), error = %e, "pinned link unusable; attaching anew");
+                    let _ = fs::remove_file(&pin);
+                }
+            }
+        }
+        let id = p
+            .attach(ifname, XdpMode::default())
+            .map_err(prog_err(what.clone()))?;
+        let link = p.take_link(id).map_err(prog_err(what.clone()))?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| {
+                DatapathError::Other(format!("{what}: {e}"))
+            })?;
+        fd.pin(&pin)
+            .map_err(|e| DatapathError::Other(format!("{what}: pinning: {e}")))?;
+        return Ok(());
+    }
+    let p: &mut SchedClassifier = prog.try_into().map_err(prog_err(what.clone()))?;
+    p.load().map_err(prog_err(what.clone()))?;
+    let attach_type = TcAttachType::Ingress;
+    if let Some(link) = adopt_link(&pin) {
+        match SchedClassifierLink::try_from(link)
+            .map_err(|e| e.to_string())
+            .and_then(|l| p.attach_to_link(l).map_err(|e| error_chain(&e)))
+        {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(pin = %pin.display(), error = %e, "pinned link unusable; attaching anew");
+                let _ = fs::remove_file(&pin);
+            }
+        }
+    }
+    let id = p
+        .attach_with_options(
+            ifname,
+            attach_type,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(prog_err(what.clone()))?;
+    let link = p.take_link(id).map_err(prog_err(what.clone()))?;
+    let fd: FdLink = link
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| {
+            DatapathError::Other(format!("{what}: {e}"))
+        })?;
+    fd.pin(&pin)
+        .map_err(|e| DatapathError::Other(format!("{what}: pinning: {e}")))?;
+    Ok(())
+}
+
+/// The pinned link at `pin`, if any. The pin stays: it is what keeps the
+/// link (and so the attachment) alive while no daemon runs.
+fn adopt_link(pin: &Path) -> Option<FdLink> {
+    if !pin.exists() {
+        return None;
+    }
+    match PinnedLink::from_pin(pin) {
+        Ok(p) => {
+            // `unpin` would delete the pin file; keep it and take an fd.
+            let fd: FdLink = p.into();
+            Some(fd)
+        }
+        Err(e) => {
+            tracing::warn!(pin = %pin.display(), error = %e, "cannot open pinned link");
+            None
+        }
+    }
+}
+
+pub fn service_key(b: &Binding) -> ServiceKey {
+    ServiceKey {
+        host_addr_be: u32::from_ne_bytes(b.bind_ip.octets()),
+        host_port_be: b.host_port.to_be(),
+        proto: b.protocol.ip_proto(),
+        _pad: 0,
+    }
+}
+
+pub fn backend(b: &Binding) -> Backend {
+    Backend {
+        addr_be: u32::from_ne_bytes(b.container_ip.octets()),
+        port_be: b.container_port.to_be(),
+        _pad: 0,
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Whether a tracked flow has been idle past its protocol's timeout.
+pub fn flow_expired(key: &FlowKey, e: &NatEntry, now_ns: u64) -> bool {
+    let timeout_s = if key.proto == PROTO_TCP {
+        if e.flags & NAT_F_CLOSING != 0 {
+            TCP_CLOSING_TIMEOUT_S
+        } else {
+            TCP_ESTABLISHED_TIMEOUT_S
+        }
+    } else if e.flags & NAT_F_REPLIED != 0 {
+        UDP_STREAM_TIMEOUT_S
+    } else {
+        UDP_SINGLE_TIMEOUT_S
+    };
+    now_ns.saturating_sub(e.last_seen_ns) > timeout_s * 1_000_000_000
+}
+
 impl Datapath for BpfDatapath {
-    fn insert(&self, _binding: &Binding) -> Result<(), DatapathError> {
-        todo!()
+    fn insert(&self, b: &Binding) -> Result<(), DatapathError> {
+        let mut m = self.lock();
+        m.services
+            .insert(service_key(b), backend(b), 0)
+            .map_err(map_err("BERTH_SERVICES"))
     }
-    fn remove(&self, _binding: &Binding) -> Result<(), DatapathError> {
-        todo!()
+
+    fn remove(&self, b: &Binding) -> Result<(), DatapathError> {
+        let mut m = self.lock();
+        match m.services.remove(&service_key(b)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err("BERTH_SERVICES")(e)),
+        }
+        // Forget the binding's flows, so a replaced container never inherits
+        // stale state (the UDP black hole Docker users hit).
+        let be = backend(b);
+        let proto = b.protocol.ip_proto();
+        let stale: Vec<FlowKey> = m
+            .nat
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| {
+                k.proto == proto
+                    && k.src_addr_be == be.addr_be
+                    && k.src_port_be == be.port_be
+                    && v.host_port_be == b.host_port.to_be()
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in stale {
+            let _ = m.nat.remove(&k);
+        }
+        Ok(())
     }
-    fn set_host_addrs(&self, _addrs: &[Ipv4Addr]) -> Result<(), DatapathError> {
-        todo!()
+
+    fn set_host_addrs(&self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError> {
+        let mut m = self.lock();
+        let want: HashSet<u32> = addrs
+            .iter()
+            .map(|a| u32::from_ne_bytes(a.octets()))
+            .collect();
+        let have: HashSet<u32> = m.host_addrs.keys().filter_map(Result::ok).collect();
+        for a in have.difference(&want) {
+            let _ = m.host_addrs.remove(a);
+        }
+        for a in want.difference(&have) {
+            m.host_addrs
+                .insert(*a, 1, 0)
+                .map_err(map_err("BERTH_HOST_ADDRS"))?;
+        }
+        Ok(())
     }
+
     fn counters(&self) -> Result<Vec<(&'static str, u64)>, DatapathError> {
-        todo!()
+        let m = self.lock();
+        COUNTER_NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let v = m
+                    .counters
+                    .get(&(i as u32), 0)
+                    .map_err(map_err("BERTH_COUNTERS"))?;
+                Ok((*name, v.iter().sum()))
+            })
+            .collect()
     }
+
     fn expire_flows(&self) -> Result<usize, DatapathError> {
-        todo!()
+        let mut m = self.lock();
+        let now = monotonic_ns();
+        let expired: Vec<FlowKey> = m
+            .nat
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| flow_expired(k, v, now))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &expired {
+            let _ = m.nat.remove(k);
+        }
+        Ok(expired.len())
     }
 }

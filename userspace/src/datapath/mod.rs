@@ -4,7 +4,11 @@ use std::net::Ipv4Addr;
 use crate::model::Binding;
 
 mod bpf;
-pub use bpf::{AttachMode, BpfDatapath, DatapathConfig};
+/// Map key/value encoding of a binding (shared with tests and benchmarks).
+pub mod bpf_keys {
+    pub use super::bpf::{backend, service_key};
+}
+pub use bpf::{ebpf_object, AttachMode, BpfDatapath, DatapathConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {

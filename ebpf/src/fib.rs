@@ -1,0 +1,63 @@
+//! Where a translated packet goes next. The FIB decides the device and the
+//! MAC addresses; delivery is a redirect, so a DNAT'd packet never meets
+//! netfilter (a Docker host's FORWARD policy is DROP).
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    helpers::bpf_fib_lookup,
+    EbpfContext,
+};
+
+use crate::parse::Flow;
+
+const AF_INET: u8 = 2;
+
+pub enum NextHop {
+    /// Route and neighbour known: set these MACs and redirect.
+    Resolved {
+        ifindex: u32,
+        smac: [u8; 6],
+        dmac: [u8; 6],
+    },
+    /// Route known, neighbour not yet: let the kernel resolve it.
+    NoNeigh { ifindex: u32 },
+    /// No route, forwarding disabled, MTU exceeded, ...
+    Unreachable,
+}
+
+/// FIB lookup for a packet now addressed `src -> dst`, as if it arrived on
+/// `in_ifindex` and is being forwarded.
+#[inline(always)]
+pub fn fib_lookup_v4<C: EbpfContext>(
+    ctx: &C,
+    flow: &Flow,
+    src_addr_be: u32,
+    dst_addr_be: u32,
+    in_ifindex: u32,
+) -> NextHop {
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = flow.proto;
+    p.__bindgen_anon_1.tot_len = flow.tot_len;
+    p.ifindex = in_ifindex;
+    p.__bindgen_anon_3.ipv4_src = src_addr_be;
+    p.__bindgen_anon_4.ipv4_dst = dst_addr_be;
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut p,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        NextHop::Resolved {
+            ifindex: p.ifindex,
+            smac: p.smac,
+            dmac: p.dmac,
+        }
+    } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        NextHop::NoNeigh { ifindex: p.ifindex }
+    } else {
+        NextHop::Unreachable
+    }
+}

@@ -1,0 +1,28 @@
+//! The maps, pinned by name so a restarted daemon adopts them.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+use berth_maps::{
+    Backend, FlowKey, NatEntry, ServiceKey, COUNTERS_LEN, HOST_ADDRS_CAPACITY, NAT_CAPACITY,
+    SERVICES_CAPACITY,
+};
+
+#[map]
+pub static BERTH_SERVICES: HashMap<ServiceKey, Backend> = HashMap::pinned(SERVICES_CAPACITY, 0);
+
+#[map]
+pub static BERTH_HOST_ADDRS: HashMap<u32, u32> = HashMap::pinned(HOST_ADDRS_CAPACITY, 0);
+
+#[map]
+pub static BERTH_NAT: HashMap<FlowKey, NatEntry> = HashMap::pinned(NAT_CAPACITY, 0);
+
+#[map]
+pub static BERTH_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);
+
+#[inline(always)]
+pub fn count(counter: berth_maps::Counter) {
+    if let Some(v) = BERTH_COUNTERS.get_ptr_mut(counter as u32) {
+        unsafe { *v += 1 };
+    }
+}

@@ -1,0 +1,151 @@
+//! Header parsing. One bounds check right before each header access.
+//!
+//! Decisions for odd packets (documented in the README):
+//! - Only Ethernet II + IPv4 is looked at; VLAN-tagged frames, ARP and IPv6
+//!   pass untouched.
+//! - IPv4 options are allowed: the L4 header is found from IHL. IHL < 5,
+//!   a version other than 4, or a total length shorter than the headers pass
+//!   untouched (the stack drops them).
+//! - Fragments (MF set or a non-zero offset) pass untouched: a later fragment
+//!   has no ports, so translating only the first would split a datagram
+//!   between two destinations.
+//! - TCP with a data offset < 5 passes untouched.
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+pub const ETH_LEN: usize = EthHdr::LEN;
+pub const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+pub const IP_CSUM_OFF: usize = ETH_LEN + 10;
+pub const IP_TTL_OFF: usize = ETH_LEN + 8;
+pub const IP_SRC_OFF: usize = ETH_LEN + 12;
+pub const IP_DST_OFF: usize = ETH_LEN + 16;
+const IP_MF_OFFSET_MASK_BE: u16 = 0x3fffu16.to_be();
+pub const TCP_FLAG_FIN: u8 = 0x01;
+pub const TCP_FLAG_RST: u8 = 0x04;
+
+/// Pointer to a `T` at `off`, or `None` if the packet is too short.
+#[inline(always)]
+pub fn ptr_at<T>(data: usize, data_end: usize, off: usize) -> Option<*mut T> {
+    let start = data + off;
+    if start + core::mem::size_of::<T>() > data_end {
+        return None;
+    }
+    Some(start as *mut T)
+}
+
+/// The five-tuple and the facts the NAT needs about an IPv4 TCP/UDP packet.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub proto: u8,
+    pub src_addr_be: u32,
+    pub dst_addr_be: u32,
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub ttl: u8,
+    pub tcp_flags: u8,
+    /// IPv4 total length in host order (for the FIB MTU check).
+    pub tot_len: u16,
+    /// Offset of the L4 header from the start of the frame.
+    pub l4_off: usize,
+    /// UDP datagram sent without a checksum (must stay 0).
+    pub udp_csum_zero: bool,
+}
+
+impl Flow {
+    #[inline(always)]
+    pub fn l4_csum_off(&self) -> usize {
+        if self.proto == berth_maps::PROTO_TCP {
+            self.l4_off + 16
+        } else {
+            self.l4_off + 6
+        }
+    }
+}
+
+pub enum Parsed {
+    /// Not IPv4 TCP/UDP, or malformed: leave it to the stack.
+    Other,
+    /// IPv4 TCP/UDP fragment: passes untouched.
+    Fragment,
+    Flow(Flow),
+}
+
+/// Parse Ethernet + IPv4 + the TCP/UDP ports of the frame in `[data, data_end)`.
+#[inline(always)]
+pub fn parse_flow(data: usize, data_end: usize) -> Parsed {
+    let Some(eth) = ptr_at::<EthHdr>(data, data_end, 0) else {
+        return Parsed::Other;
+    };
+    if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
+        return Parsed::Other;
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(data, data_end, ETH_LEN) else {
+        return Parsed::Other;
+    };
+    let ip = unsafe { &*ip };
+    if ip.vihl >> 4 != 4 {
+        return Parsed::Other;
+    }
+    let ihl = (ip.vihl & 0x0f) as usize;
+    if ihl < 5 {
+        return Parsed::Other;
+    }
+    let proto = ip.proto;
+    if proto != berth_maps::PROTO_TCP && proto != berth_maps::PROTO_UDP {
+        return Parsed::Other;
+    }
+    if u16::from_ne_bytes(ip.frags) & IP_MF_OFFSET_MASK_BE != 0 {
+        return Parsed::Fragment;
+    }
+    let ip_hdr_len = ihl * 4;
+    let tot_len = u16::from_be_bytes(ip.tot_len);
+    let l4_off = ETH_LEN + ip_hdr_len;
+    let flow = Flow {
+        proto,
+        src_addr_be: u32::from_ne_bytes(ip.src_addr),
+        dst_addr_be: u32::from_ne_bytes(ip.dst_addr),
+        src_port_be: 0,
+        dst_port_be: 0,
+        ttl: ip.ttl,
+        tcp_flags: 0,
+        tot_len,
+        l4_off,
+        udp_csum_zero: false,
+    };
+    if proto == berth_maps::PROTO_TCP {
+        parse_tcp(data, data_end, flow, ip_hdr_len)
+    } else {
+        parse_udp(data, data_end, flow, ip_hdr_len)
+    }
+}
+
+#[inline(always)]
+fn parse_tcp(data: usize, data_end: usize, mut flow: Flow, ip_hdr_len: usize) -> Parsed {
+    // source(2) dest(2) seq(4) ack(4) doff/flags(2) window(2) check(2) urg(2)
+    let Some(tcp) = ptr_at::<[u8; 20]>(data, data_end, flow.l4_off) else {
+        return Parsed::Other;
+    };
+    let tcp = unsafe { &*tcp };
+    let doff = (tcp[12] >> 4) as usize;
+    if doff < 5 || (flow.tot_len as usize) < ip_hdr_len + doff * 4 {
+        return Parsed::Other;
+    }
+    flow.src_port_be = u16::from_ne_bytes([tcp[0], tcp[1]]);
+    flow.dst_port_be = u16::from_ne_bytes([tcp[2], tcp[3]]);
+    flow.tcp_flags = tcp[13];
+    Parsed::Flow(flow)
+}
+
+#[inline(always)]
+fn parse_udp(data: usize, data_end: usize, mut flow: Flow, ip_hdr_len: usize) -> Parsed {
+    let Some(udp) = ptr_at::<[u8; 8]>(data, data_end, flow.l4_off) else {
+        return Parsed::Other;
+    };
+    let udp = unsafe { &*udp };
+    if (flow.tot_len as usize) < ip_hdr_len + 8 {
+        return Parsed::Other;
+    }
+    flow.src_port_be = u16::from_ne_bytes([udp[0], udp[1]]);
+    flow.dst_port_be = u16::from_ne_bytes([udp[2], udp[3]]);
+    flow.udp_csum_zero = udp[6] == 0 && udp[7] == 0;
+    Parsed::Flow(flow)
+}

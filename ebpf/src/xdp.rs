@@ -1,0 +1,98 @@
+//! XDP hook: direct writes and RFC 1624 checksum arithmetic. Frames from a
+//! NIC carry complete checksums. (Frames a local sender put on a veth with
+//! checksum offload carry only a pseudo-header seed, which XDP cannot tell
+//! apart; `--attach tc` handles those.)
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_meta, programs::XdpContext};
+use berth_maps::{Counter, XdpHandoff, PROTO_UDP, XDP_HANDOFF_MAGIC, XDP_HANDOFF_MAGIC_NEIGH};
+
+use crate::{
+    csum,
+    fib::NextHop,
+    maps::count,
+    nat::{Rewrite, Rewriter},
+    parse::{ptr_at, Flow, IP_CSUM_OFF, IP_TTL_OFF},
+};
+
+pub struct XdpRewriter {
+    pub data: usize,
+    pub data_end: usize,
+}
+
+#[inline(always)]
+unsafe fn rd<T: Copy>(p: *mut T) -> T {
+    core::ptr::read_unaligned(p)
+}
+
+#[inline(always)]
+unsafe fn wr<T>(p: *mut T, v: T) {
+    core::ptr::write_unaligned(p, v)
+}
+
+impl Rewriter for XdpRewriter {
+    #[inline(always)]
+    fn rewrite(&mut self, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
+        let (d, e) = (self.data, self.data_end);
+        let ip_csum = ptr_at::<u16>(d, e, IP_CSUM_OFF).ok_or(())?;
+        let ttl_word = ptr_at::<u16>(d, e, IP_TTL_OFF).ok_or(())?;
+        let addr = ptr_at::<u32>(d, e, rw.addr_off).ok_or(())?;
+        let port = ptr_at::<u16>(d, e, rw.port_off).ok_or(())?;
+        let l4_csum = ptr_at::<u16>(d, e, flow.l4_csum_off()).ok_or(())?;
+        unsafe {
+            let old_ttl = u16::from_ne_bytes([flow.ttl, flow.proto]);
+            let new_ttl = u16::from_ne_bytes([flow.ttl - 1, flow.proto]);
+            let mut c = csum::replace4(rd(ip_csum), rw.old_addr_be, rw.new_addr_be);
+            c = csum::replace2(c, old_ttl, new_ttl);
+            wr(ip_csum, c);
+            wr(ttl_word, new_ttl);
+            wr(addr, rw.new_addr_be);
+            wr(port, rw.new_port_be);
+            if !flow.udp_csum_zero {
+                let mut c = csum::replace4(rd(l4_csum), rw.old_addr_be, rw.new_addr_be);
+                c = csum::replace2(c, rw.old_port_be, rw.new_port_be);
+                if c == 0 && flow.proto == PROTO_UDP {
+                    c = 0xffff;
+                }
+                wr(l4_csum, c);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// XDP cannot redirect into a bridge, so it leaves the next hop in the
+/// packet metadata and passes; `berth_deliver` (TC, same device) redirects.
+#[inline(always)]
+pub fn xdp_handoff(ctx: &XdpContext, next: NextHop) -> u32 {
+    let (magic, ifindex) = match next {
+        NextHop::Resolved {
+            ifindex,
+            smac,
+            dmac,
+        } => {
+            let Some(eth) = ptr_at::<[u8; 12]>(ctx.data(), ctx.data_end(), 0) else {
+                return xdp_action::XDP_DROP;
+            };
+            let mut macs = [0u8; 12];
+            macs[..6].copy_from_slice(&dmac);
+            macs[6..].copy_from_slice(&smac);
+            unsafe { wr(eth, macs) };
+            (XDP_HANDOFF_MAGIC, ifindex)
+        }
+        NextHop::NoNeigh { ifindex } => (XDP_HANDOFF_MAGIC_NEIGH, ifindex),
+        NextHop::Unreachable => {
+            count(Counter::NoRoute);
+            return xdp_action::XDP_DROP;
+        }
+    };
+    let len = core::mem::size_of::<XdpHandoff>() as i32;
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -len) } != 0 {
+        count(Counter::NoRoute);
+        return xdp_action::XDP_DROP;
+    }
+    let (meta, data) = (ctx.metadata(), ctx.data());
+    if meta + len as usize > data {
+        return xdp_action::XDP_DROP;
+    }
+    unsafe { wr(meta as *mut XdpHandoff, XdpHandoff { magic, ifindex }) };
+    xdp_action::XDP_PASS
+}

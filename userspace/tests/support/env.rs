@@ -1,0 +1,214 @@
+//! A private network + mount namespace for BPF_PROG_TEST_RUN, so FIB lookups
+//! and MAC addresses in the output frames are deterministic and nothing on
+//! the machine changes. Everything lives on one thread; when it ends, the
+//! namespaces go with it.
+#![allow(dead_code)]
+use std::{net::Ipv4Addr, process::Command};
+
+use aya::{
+    maps::{HashMap, MapData},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    Ebpf, EbpfLoader,
+};
+use berth::{
+    datapath::ebpf_object,
+    model::{Binding, Protocol},
+};
+use berth_maps::{Backend, FlowKey, NatEntry, ServiceKey};
+
+pub const HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const HOST2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const OTHER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
+pub const BRIDGE_IP: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 1);
+pub const C1: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 2);
+pub const C2: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 3);
+pub const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+pub const BRIDGE_MAC: [u8; 6] = [0x02, 0x42, 0, 0, 0, 0x01];
+pub const C1_MAC: [u8; 6] = [0x02, 0x42, 0xac, 0x11, 0, 0x02];
+
+fn sh(cmd: &str) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("spawn sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ns_id(path: &str) -> String {
+    std::fs::read_link(path)
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// Run `f` on a thread of its own inside fresh network and mount
+/// namespaces holding a host with an uplink (`up0`, a veth, 192.0.2.1/24 and
+/// 192.0.2.100/24; neighbour 192.0.2.2) and a container network (`docker0`, a veth standing in for the bridge,
+/// 172.17.0.1/16; neighbour 172.17.0.2, 172.17.0.3 unresolved).
+pub fn in_fixture_ns<T: Send + 'static>(f: impl FnOnce(&mut Env) -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        let root = ns_id("/proc/1/ns/net");
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWNS) };
+        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+        let me = ns_id("/proc/thread-self/ns/net");
+        assert_ne!(me, root, "still in the root network namespace; refusing to configure it");
+        // Keep our mounts from propagating back to the host.
+        let rc = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_SLAVE,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "make / slave: {}", std::io::Error::last_os_error());
+        let bpffs = tempdir();
+        sh(&format!("mount -t bpf bpf {bpffs}"));
+        sh("ip link set lo up");
+        sh("echo 1 > /proc/sys/net/ipv4/ip_forward");
+        sh("ip link add up0 address 02:00:00:00:00:01 type veth peer name up0p && ip link set up0p up && ip link set up0 up");
+        sh("ip addr add 192.0.2.1/24 dev up0 && ip addr add 192.0.2.100/24 dev up0");
+        sh("ip neigh add 192.0.2.2 lladdr 02:00:00:00:00:02 dev up0 nud permanent");
+        sh("ip link add docker0 address 02:42:00:00:00:01 type veth peer name docker0p && ip link set docker0p up && ip link set docker0 up");
+        sh("ip addr add 172.17.0.1/16 dev docker0");
+        sh("ip neigh add 172.17.0.2 lladdr 02:42:ac:11:00:02 dev docker0 nud permanent");
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&bpffs)
+            .load(ebpf_object())
+            .expect("load eBPF object");
+        let mut env = Env { ebpf };
+        for name in ["berth_ingress", "berth_reply", "berth_deliver", "berth_empty_tc"] {
+            let p: &mut SchedClassifier = env.ebpf.program_mut(name).unwrap().try_into().unwrap();
+            p.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+        }
+        for name in ["berth_xdp", "berth_empty_xdp"] {
+            let p: &mut Xdp = env.ebpf.program_mut(name).unwrap().try_into().unwrap();
+            p.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+        }
+        f(&mut env)
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+fn tempdir() -> String {
+    let out = Command::new("mktemp").arg("-d").output().expect("mktemp");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+pub struct Env {
+    pub ebpf: Ebpf,
+}
+
+pub struct Verdict {
+    pub code: u32,
+    pub frame: Vec<u8>,
+}
+
+pub fn binding(
+    bind_ip: Ipv4Addr,
+    host_port: u16,
+    c: Ipv4Addr,
+    container_port: u16,
+    p: Protocol,
+) -> Binding {
+    Binding {
+        task: "t".into(),
+        container_ip: c,
+        bind_ip,
+        host_port,
+        container_port,
+        protocol: p,
+    }
+}
+
+impl Env {
+    pub fn publish(&mut self, b: &Binding) {
+        let mut m: HashMap<&mut MapData, ServiceKey, Backend> =
+            HashMap::try_from(self.ebpf.map_mut("BERTH_SERVICES").unwrap()).unwrap();
+        m.insert(
+            berth::datapath::bpf_keys::service_key(b),
+            berth::datapath::bpf_keys::backend(b),
+            0,
+        )
+        .unwrap();
+    }
+
+    pub fn host_addr(&mut self, a: Ipv4Addr) {
+        let mut m: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(self.ebpf.map_mut("BERTH_HOST_ADDRS").unwrap()).unwrap();
+        m.insert(u32::from_ne_bytes(a.octets()), 1, 0).unwrap();
+    }
+
+    pub fn nat_entries(&mut self) -> Vec<(FlowKey, NatEntry)> {
+        let m: HashMap<&mut MapData, FlowKey, NatEntry> =
+            HashMap::try_from(self.ebpf.map_mut("BERTH_NAT").unwrap()).unwrap();
+        m.iter().map(|r| r.unwrap()).collect()
+    }
+
+    fn run_tc(&self, prog: &str, frame: &[u8], repeat: u32) -> (Verdict, u128) {
+        let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat,
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("test_run {prog}: {e:?}"));
+        out.truncate(r.data_size_out as usize);
+        (
+            Verdict {
+                code: r.return_value,
+                frame: out,
+            },
+            r.duration.as_nanos(),
+        )
+    }
+
+    fn run_xdp(&self, prog: &str, frame: &[u8], repeat: u32) -> (Verdict, u128) {
+        let p: &Xdp = self.ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat,
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("test_run {prog}: {e:?}"));
+        out.truncate(r.data_size_out as usize);
+        (
+            Verdict {
+                code: r.return_value,
+                frame: out,
+            },
+            r.duration.as_nanos(),
+        )
+    }
+
+    pub fn tc(&self, prog: &str, frame: &[u8]) -> Verdict {
+        self.run_tc(prog, frame, 1).0
+    }
+
+    pub fn xdp(&self, prog: &str, frame: &[u8]) -> Verdict {
+        self.run_xdp(prog, frame, 1).0
+    }
+
+    /// Mean nanoseconds per run over `repeat` runs (for benchmarks).
+    pub fn tc_ns(&self, prog: &str, frame: &[u8], repeat: u32) -> u128 {
+        self.run_tc(prog, frame, repeat).1
+    }
+
+    pub fn xdp_ns(&self, prog: &str, frame: &[u8], repeat: u32) -> u128 {
+        self.run_xdp(prog, frame, repeat).1
+    }
+}
