@@ -1,2 +1,19 @@
+//! berth's control plane. The daemon and the CLI (`main.rs`) are thin
+//! front ends over these modules.
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod daemon;
 pub mod datapath;
+pub mod error;
 pub mod model;
+pub mod netif;
+pub mod socket;
+pub mod spec;
+pub mod state;
+pub mod store;
+
+#[cfg(test)]
+mod fake;
+
+pub use error::{Error, Result};

@@ -1,1 +1,64 @@
-fn main() {}
+//! `berth`: the daemon and the CLI in one binary; all logic is in the library.
+use std::process::ExitCode;
+
+use anyhow::Context;
+use berth::cli::{one_line_clap_error, Cli};
+use clap::{error::ErrorKind, Parser};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return clap_exit(&err),
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("berth: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = if cli.is_daemon() {
+        init_logging();
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    }
+    .enable_all()
+    .build()
+    .context("starting the async runtime")?;
+    runtime.block_on(cli.execute())?;
+    Ok(())
+}
+
+/// key=value logs on stderr; RUST_LOG overrides the default `info`.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+fn clap_exit(err: &clap::Error) -> ExitCode {
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = err.print();
+            ExitCode::SUCCESS
+        }
+        // Bare `berth` or `berth map`: the help is the most useful answer,
+        // but it is still a failed command.
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            ExitCode::FAILURE
+        }
+        _ => {
+            eprintln!("berth: {}", one_line_clap_error(err));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,138 @@
-fn main(){}
+//! `cargo xtask …`: machine setup, builds and test runs for berth.
+mod bootstrap;
+mod run;
+mod summary;
+
+use std::{
+    ffi::OsString,
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Command, ExitCode, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Developer tasks for berth")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing needs (idempotent; apt needs root).
+    Bootstrap,
+    /// Build the berth binary with its embedded eBPF programs.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run every test of the workspace (needs root) and print a summary.
+    Test,
+    /// Build, then run the demo (tests crate, bin berth-demo).
+    Demo,
+    /// Benchmarks (not implemented yet).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    match execute(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(task: Task) -> Result<()> {
+    match task {
+        Task::Bootstrap => bootstrap::bootstrap(),
+        Task::Build { release } => {
+            bootstrap::bootstrap()?;
+            build(release)
+        }
+        Task::Test => test(),
+        Task::Demo => {
+            bootstrap::bootstrap()?;
+            build(false)?;
+            run::status(cargo()?.args(["run", "-p", "berth-integration", "--bin", "berth-demo"]))
+                .context("demo failed")
+        }
+        Task::Bench => bail!("bench is not implemented yet"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    let xtask_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    xtask_dir.parent().map(PathBuf::from).unwrap_or(xtask_dir)
+}
+
+/// A cargo command in the workspace root with bpf-linker first on PATH
+/// (userspace/build.rs builds the eBPF crate through aya-build, which calls
+/// the linker by name).
+fn cargo() -> Result<Command> {
+    let program: OsString = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(program);
+    cmd.current_dir(workspace_root())
+        .env("PATH", bootstrap::path_with_bpf_linker()?);
+    Ok(cmd)
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut cmd = cargo()?;
+    cmd.args(["build", "-p", "berth"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run::status(&mut cmd).context("build failed")
+}
+
+fn test() -> Result<()> {
+    if !run::is_root() {
+        bail!("cargo xtask test must run as root: the integration tests create network namespaces and load eBPF programs");
+    }
+    bootstrap::bootstrap()?;
+    // The integration tests run target/debug/berth; `cargo test` alone only
+    // builds the test harness variant of a binary.
+    build(false)?;
+
+    // berth-ebpf is a no_std, no_main crate for the BPF target: it is built by
+    // userspace/build.rs and cannot be compiled (or tested) for the host.
+    let mut cmd = cargo()?;
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "berth-ebpf",
+        "--no-fail-fast",
+    ])
+    .stdout(Stdio::piped())
+    .stdin(Stdio::null());
+    let what = run::describe(&cmd);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run `{what}`"))?;
+    let mut totals = summary::Totals::default();
+    if let Some(out) = child.stdout.take() {
+        let mut stdout = std::io::stdout().lock();
+        for line in BufReader::new(out).lines() {
+            let line = line.context("cannot read cargo test output")?;
+            totals.add_line(&line);
+            let _ = writeln!(stdout, "{line}");
+        }
+    }
+    let status = child.wait().context("cargo test did not finish")?;
+    println!();
+    println!("{}", totals.line());
+    if !status.success() {
+        if totals.failed > 0 {
+            bail!("{} test(s) failed", totals.failed);
+        }
+        bail!("`{what}` failed ({status}) before all tests ran; see the output above");
+    }
+    Ok(())
+}

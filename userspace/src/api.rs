@@ -1,0 +1,424 @@
+//! The daemon's HTTP/JSON API (served on a Unix socket, see `socket`).
+//!
+//! ```text
+//! GET  /v1/health           -> 200 {"ok":true}
+//! GET  /v1/bindings         -> 200 [Binding, ...]
+//! POST /v1/bindings         {"task","containerIP","ports":[spec...]} -> 201 [created Binding...]
+//! POST /v1/bindings/delete  {"task","ports":[spec...]?}              -> 200 [removed Binding...]
+//! GET  /v1/stats            -> 200 {"counters":{name: value}}
+//! errors                    -> 4xx/5xx {"error":"one line"}
+//! ```
+use std::collections::BTreeMap;
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, Request, State},
+    http::{Method, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::{
+    error::Error,
+    model::Binding,
+    state::{parse_container_ip, parse_specs, Berth},
+};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddRequest {
+    pub task: String,
+    #[serde(rename = "containerIP")]
+    pub container_ip: String,
+    pub ports: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveRequest {
+    pub task: String,
+    /// Empty or absent: every binding of the task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub counters: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// An error response: a status and one line.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        let status =
+            StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError::new(status, err.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = self.status.as_u16(), error = %self.message, "request failed");
+        } else {
+            tracing::info!(status = self.status.as_u16(), error = %self.message, "request refused");
+        }
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// A JSON body that is parsed whatever the Content-Type says (so a bare
+/// `curl -d '{...}'` works) and whose rejections are `{"error": ...}`.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    }
+}
+
+pub fn router(berth: Berth) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/bindings", get(list_bindings).post(add_bindings))
+        .route("/v1/bindings/delete", post(remove_bindings))
+        .route("/v1/stats", get(stats))
+        .fallback(no_such_endpoint)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(berth)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "ok": true }))
+}
+
+async fn list_bindings(State(berth): State<Berth>) -> Json<Vec<Binding>> {
+    Json(berth.bindings().await)
+}
+
+async fn add_bindings(
+    State(berth): State<Berth>,
+    JsonBody(req): JsonBody<AddRequest>,
+) -> Result<(StatusCode, Json<Vec<Binding>>), ApiError> {
+    crate::state::validate_task_name(&req.task)?;
+    let container_ip = parse_container_ip(&req.container_ip)?;
+    let specs = parse_specs(&req.ports)?;
+    let added = berth.add(req.task, container_ip, specs).await?;
+    Ok((StatusCode::CREATED, Json(added)))
+}
+
+async fn remove_bindings(
+    State(berth): State<Berth>,
+    JsonBody(req): JsonBody<RemoveRequest>,
+) -> Result<Json<Vec<Binding>>, ApiError> {
+    crate::state::validate_task_name(&req.task)?;
+    let specs = parse_specs(&req.ports)?;
+    Ok(Json(berth.remove(req.task, specs).await?))
+}
+
+async fn stats(State(berth): State<Berth>) -> Result<Json<Stats>, ApiError> {
+    Ok(Json(Stats {
+        counters: berth.counters().await?,
+    }))
+}
+
+async fn no_such_endpoint(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::Ipv4Addr, sync::Arc};
+
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use serde_json::{json, Value};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::{
+        fake::FakeDatapath,
+        netif::Ipv4Cidr,
+        state::{Bridge, Registry},
+        store::Store,
+    };
+
+    struct Api {
+        _dir: tempfile::TempDir,
+        datapath: Arc<FakeDatapath>,
+        router: Router,
+    }
+
+    fn api() -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let datapath = Arc::new(FakeDatapath::default());
+        let bridge = Bridge::Fixed {
+            name: "br0".into(),
+            subnets: vec![Ipv4Cidr::new(Ipv4Addr::new(172, 17, 0, 1), 16)],
+        };
+        let store = Store::open(dir.path()).unwrap();
+        let registry = Registry::open(store, datapath.clone(), bridge).unwrap();
+        Api {
+            _dir: dir,
+            datapath,
+            router: router(Berth::new(registry)),
+        }
+    }
+
+    impl Api {
+        async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
+                .unwrap();
+            let resp = self.router.clone().oneshot(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            let value = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("{method} {path}: body is not JSON ({e}): {bytes:?}"));
+            (status, value)
+        }
+        async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+            self.call("POST", path, Some(&body.to_string())).await
+        }
+        async fn get(&self, path: &str) -> (u16, Value) {
+            self.call("GET", path, None).await
+        }
+    }
+
+    fn error(msg: &str) -> Value {
+        json!({ "error": msg })
+    }
+
+    #[tokio::test]
+    async fn health_says_ok() {
+        assert_eq!(api().get("/v1/health").await, (200, json!({"ok": true})));
+    }
+
+    #[tokio::test]
+    async fn add_returns_201_and_the_bindings_in_ecs_names() {
+        let api = api();
+        let (status, body) = api
+            .post(
+                "/v1/bindings",
+                json!({"task": "web", "containerIP": "172.17.0.2", "ports": ["8080:80", "5353:53/udp"]}),
+            )
+            .await;
+        assert_eq!(status, 201);
+        assert_eq!(
+            body,
+            json!([
+                {"task": "web", "containerIP": "172.17.0.2", "bindIP": "0.0.0.0",
+                 "hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+                {"task": "web", "containerIP": "172.17.0.2", "bindIP": "0.0.0.0",
+                 "hostPort": 5353, "containerPort": 53, "protocol": "udp"},
+            ])
+        );
+        assert_eq!(api.get("/v1/bindings").await, (200, body));
+        assert_eq!(api.datapath.bindings().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn list_is_empty_at_first() {
+        assert_eq!(api().get("/v1/bindings").await, (200, json!([])));
+    }
+
+    #[tokio::test]
+    async fn conflicting_add_is_409_in_docker_words() {
+        let api = api();
+        let req = json!({"task": "web", "containerIP": "172.17.0.2", "ports": ["8080:80"]});
+        assert_eq!(api.post("/v1/bindings", req.clone()).await.0, 201);
+        assert_eq!(
+            api.post("/v1/bindings", req).await,
+            (
+                409,
+                error("Bind for 0.0.0.0:8080 failed: port is already allocated")
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_400_with_one_line() {
+        let api = api();
+        let cases = [
+            (
+                json!({"task": "web", "containerIP": "172.17.0.2", "ports": ["8080:80/sctp"]}),
+                "port spec \"8080:80/sctp\": unknown protocol \"sctp\"; use tcp or udp",
+            ),
+            (
+                json!({"task": "web", "containerIP": "172.17.0.2", "ports": ["80"]}),
+                "port spec \"80\": dynamic host ports (hostPort 0 or omitted) are not supported yet; give a host port",
+            ),
+            (
+                json!({"task": "web", "containerIP": "172.17", "ports": ["8080:80"]}),
+                "malformed container IP \"172.17\"",
+            ),
+            (
+                json!({"task": "web", "containerIP": "10.9.9.9", "ports": ["8080:80"]}),
+                "container IP 10.9.9.9 is not in the subnet of bridge br0 (172.17.0.1/16)",
+            ),
+            (
+                json!({"task": "a b", "containerIP": "172.17.0.2", "ports": ["8080:80"]}),
+                "invalid task name \"a b\": only letters, digits, '_', '.' and '-' are allowed",
+            ),
+            (
+                json!({"task": "web", "containerIP": "172.17.0.2", "ports": []}),
+                "no ports given",
+            ),
+        ];
+        for (req, msg) in cases {
+            assert_eq!(api.post("/v1/bindings", req).await, (400, error(msg)));
+        }
+        assert!(api.datapath.bindings().is_empty());
+    }
+
+    #[tokio::test]
+    async fn malformed_json_is_400_with_one_line() {
+        let api = api();
+        for body in [
+            "{",
+            "[]",
+            r#"{"task": "web"}"#,
+            r#"{"task":"w","containerIP":"172.17.0.2","ports":[],"x":1}"#,
+        ] {
+            let (status, value) = api.call("POST", "/v1/bindings", Some(body)).await;
+            assert_eq!(status, 400, "{body}");
+            let msg = value["error"].as_str().unwrap();
+            assert!(msg.starts_with("invalid JSON body: "), "{msg}");
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+    }
+
+    #[tokio::test]
+    async fn delete_removes_listed_ports_or_the_whole_task() {
+        let api = api();
+        api.post(
+            "/v1/bindings",
+            json!({"task": "web", "containerIP": "172.17.0.2", "ports": ["8080:80", "8443:443"]}),
+        )
+        .await;
+        let (status, body) = api
+            .post(
+                "/v1/bindings/delete",
+                json!({"task": "web", "ports": ["8443:443"]}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(body[0]["hostPort"], 8443);
+        assert_eq!(body.as_array().unwrap().len(), 1);
+
+        let (status, body) = api
+            .post("/v1/bindings/delete", json!({"task": "web"}))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(body[0]["hostPort"], 8080);
+        assert_eq!(api.get("/v1/bindings").await, (200, json!([])));
+        assert!(api.datapath.bindings().is_empty());
+    }
+
+    #[tokio::test]
+    async fn delete_of_unknown_task_or_binding_is_404() {
+        let api = api();
+        assert_eq!(
+            api.post("/v1/bindings/delete", json!({"task": "nope", "ports": []}))
+                .await,
+            (404, error("no such task: nope"))
+        );
+        api.post(
+            "/v1/bindings",
+            json!({"task": "web", "containerIP": "172.17.0.2", "ports": ["8080:80"]}),
+        )
+        .await;
+        assert_eq!(
+            api.post(
+                "/v1/bindings/delete",
+                json!({"task": "web", "ports": ["9090:90"]})
+            )
+            .await,
+            (404, error("task web has no binding 0.0.0.0:9090:90/tcp"))
+        );
+    }
+
+    #[tokio::test]
+    async fn stats_reports_datapath_counters() {
+        assert_eq!(
+            api().get("/v1/stats").await,
+            (200, json!({"counters": {"bindings": 0, "passed": 7}}))
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_and_methods_get_json_errors() {
+        let api = api();
+        assert_eq!(
+            api.get("/v1/nope").await,
+            (404, error("no such endpoint: GET /v1/nope"))
+        );
+        assert_eq!(
+            api.call("DELETE", "/v1/bindings", None).await,
+            (405, error("method DELETE is not allowed on /v1/bindings"))
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_datapath_insert_is_500_and_changes_nothing() {
+        let api = api();
+        api.datapath.fail_insert_of_host_port(8001);
+        let (status, body) = api
+            .post(
+                "/v1/bindings",
+                json!({"task": "web", "containerIP": "172.17.0.2", "ports": ["8000-8002:80-82"]}),
+            )
+            .await;
+        assert_eq!(status, 500);
+        assert_eq!(body, error("eBPF map BINDINGS: injected failure"));
+        assert_eq!(api.get("/v1/bindings").await, (200, json!([])));
+        assert!(api.datapath.bindings().is_empty());
+    }
+}

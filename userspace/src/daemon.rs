@@ -1,0 +1,384 @@
+//! `berth daemon`: load the datapath, restore the stored bindings, keep the
+//! host addresses current, expire flows, and serve the API until SIGTERM.
+use std::{
+    future::{Future, IntoFuture},
+    io,
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{
+    net::UnixListener,
+    signal::unix::{signal, SignalKind},
+    time::MissedTickBehavior,
+};
+
+use crate::{
+    api,
+    datapath::{BpfDatapath, Datapath, DatapathConfig},
+    error::{Error, Result},
+    netif,
+    socket::{self, SocketFile},
+    state::{Berth, Bridge, Registry},
+    store::Store,
+};
+
+pub const HOST_ADDR_REFRESH: Duration = Duration::from_secs(2);
+pub const FLOW_EXPIRY: Duration = Duration::from_secs(5);
+/// How long open API connections may delay exit after SIGTERM.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub datapath: DatapathConfig,
+}
+
+/// Everything [`serve`] runs on, built by [`run`] or by a test.
+pub struct Parts {
+    pub listener: UnixListener,
+    pub socket_file: SocketFile,
+    pub store: Store,
+    pub datapath: Arc<dyn Datapath>,
+    pub bridge: Bridge,
+    /// Where host addresses come from; [`netif::host_ipv4_addrs`] in
+    /// production.
+    pub host_addrs: fn() -> io::Result<Vec<Ipv4Addr>>,
+}
+
+/// Starts the daemon and returns once it has stopped. Every error is one
+/// line for `berth: ...`.
+pub async fn run(config: DaemonConfig) -> Result<()> {
+    check_root()?;
+    check_interfaces(&config.datapath)?;
+    let shutdown = shutdown_signal()?;
+    // Claim the socket before touching the datapath, so a second daemon
+    // started by mistake stops here and leaves the first one's programs be.
+    let (listener, socket_file) = socket::bind(&config.socket).await?;
+    let store = Store::open(&config.state_dir)?;
+    let datapath = BpfDatapath::open(&config.datapath)?;
+    tracing::info!(
+        uplinks = ?config.datapath.uplinks,
+        bridge = %config.datapath.bridge,
+        attach = ?config.datapath.attach,
+        bpffs = %config.datapath.bpffs.display(),
+        "datapath ready"
+    );
+    let parts = Parts {
+        listener,
+        socket_file,
+        store,
+        datapath: Arc::new(datapath),
+        bridge: Bridge::System {
+            name: config.datapath.bridge.clone(),
+        },
+        host_addrs: netif::host_ipv4_addrs,
+    };
+    serve(parts, shutdown).await
+}
+
+pub fn check_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        Ok(())
+    } else {
+        Err(Error::NotRoot)
+    }
+}
+
+pub fn check_interfaces(config: &DatapathConfig) -> Result<()> {
+    for name in config.uplinks.iter().chain([&config.bridge]) {
+        if !netif::interface_exists(name) {
+            return Err(Error::NoSuchInterface(name.clone()));
+        }
+    }
+    if config.uplinks.contains(&config.bridge) {
+        return Err(Error::UplinkIsBridge(config.bridge.clone()));
+    }
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT. Handlers are installed now, so
+/// a signal during startup is not lost.
+pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static> {
+    let install = |kind| signal(kind).map_err(|e| Error::io("installing signal handlers", e));
+    let mut term = install(SignalKind::terminate())?;
+    let mut int = install(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down");
+    })
+}
+
+/// Restores the store into the datapath, then serves the API until
+/// `shutdown` resolves. Programs stay attached afterwards: the datapath keeps
+/// forwarding while no daemon runs.
+pub async fn serve(
+    parts: Parts,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let Parts {
+        listener,
+        socket_file,
+        store,
+        datapath,
+        bridge,
+        host_addrs,
+    } = parts;
+    let store_path = store.path().to_owned();
+    let registry = Registry::open(store, datapath.clone(), bridge)?;
+    let restored = registry.restore()?;
+    tracing::info!(bindings = restored, store = %store_path.display(), "restored bindings");
+
+    let mut addrs = HostAddrSync::new(datapath.clone(), host_addrs);
+    addrs.sync()?;
+    let background = [
+        tokio::spawn(addrs.run()),
+        tokio::spawn(expire_flows(datapath.clone(), FLOW_EXPIRY)),
+    ];
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, api::router(Berth::new(registry)))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .into_future();
+    tracing::info!(socket = %socket_file.path().display(), "serving the API");
+    tokio::pin!(server);
+    let served = tokio::select! {
+        res = &mut server => res,
+        () = async {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("API connections still open after the grace period; closing them");
+            Ok(())
+        }
+    };
+    for task in background {
+        task.abort();
+    }
+    drop(socket_file);
+    served.map_err(|e| Error::io("serving the API", e))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Pushes the host's IPv4 addresses to the datapath whenever they change.
+struct HostAddrSync {
+    datapath: Arc<dyn Datapath>,
+    source: fn() -> io::Result<Vec<Ipv4Addr>>,
+    last: Option<Vec<Ipv4Addr>>,
+}
+
+impl HostAddrSync {
+    fn new(datapath: Arc<dyn Datapath>, source: fn() -> io::Result<Vec<Ipv4Addr>>) -> Self {
+        HostAddrSync {
+            datapath,
+            source,
+            last: None,
+        }
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        let addrs = (self.source)().map_err(|e| Error::io("reading host addresses", e))?;
+        if self.last.as_ref() == Some(&addrs) {
+            return Ok(());
+        }
+        self.datapath.set_host_addrs(&addrs)?;
+        tracing::info!(addrs = ?addrs, "host addresses");
+        self.last = Some(addrs);
+        Ok(())
+    }
+
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + HOST_ADDR_REFRESH,
+            HOST_ADDR_REFRESH,
+        );
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(err) = self.sync() {
+                tracing::warn!(error = %err, "refreshing host addresses failed");
+            }
+        }
+    }
+}
+
+async fn expire_flows(datapath: Arc<dyn Datapath>, period: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let dp = datapath.clone();
+        // Walking a large conntrack map takes a while; keep it off the workers.
+        match tokio::task::spawn_blocking(move || dp.expire_flows()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::debug!(flows = n, "expired idle flows"),
+            Ok(Err(err)) => tracing::warn!(error = %err, "expiring flows failed"),
+            Err(err) => tracing::error!(error = %err, "flow expiry task failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        api::{AddRequest, RemoveRequest},
+        client::Client,
+        fake::FakeDatapath,
+        netif::Ipv4Cidr,
+    };
+
+    fn fixed_addrs() -> io::Result<Vec<Ipv4Addr>> {
+        Ok(vec![Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::LOCALHOST])
+    }
+
+    async fn parts(dir: &std::path::Path, datapath: Arc<FakeDatapath>) -> Parts {
+        let (listener, socket_file) = socket::bind(&dir.join("berth.sock")).await.unwrap();
+        Parts {
+            listener,
+            socket_file,
+            store: Store::open(&dir.join("state")).unwrap(),
+            datapath,
+            bridge: Bridge::Fixed {
+                name: "br0".into(),
+                subnets: vec![Ipv4Cidr::new(Ipv4Addr::new(172, 17, 0, 1), 16)],
+            },
+            host_addrs: fixed_addrs,
+        }
+    }
+
+    fn add_req() -> AddRequest {
+        AddRequest {
+            task: "web".into(),
+            container_ip: "172.17.0.2".into(),
+            ports: vec!["8080:80".into()],
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_the_api_on_its_socket_and_removes_it_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let datapath = Arc::new(FakeDatapath::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(serve(parts(dir.path(), datapath.clone()).await, async {
+            let _ = stopped.await;
+        }));
+        let client = Client::new(dir.path().join("berth.sock"));
+        client.health().await.unwrap();
+        assert_eq!(datapath.host_addrs(), fixed_addrs().unwrap());
+
+        let added = client.add(&add_req()).await.unwrap();
+        assert_eq!(client.bindings().await.unwrap(), added);
+        let err = client.add(&add_req()).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Bind for 0.0.0.0:8080 failed: port is already allocated"
+        );
+        assert_eq!(err.http_status(), 409);
+        let stats = client.stats().await.unwrap();
+        assert_eq!(stats.counters["bindings"], 1);
+
+        stop.send(()).unwrap();
+        daemon.await.unwrap().unwrap();
+        assert!(!dir.path().join("berth.sock").exists());
+        // The datapath keeps what was published: no detach, no flush.
+        assert_eq!(datapath.bindings(), added);
+    }
+
+    #[tokio::test]
+    async fn a_restarted_daemon_restores_the_stored_bindings() {
+        let dir = tempfile::tempdir().unwrap();
+        let added = {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let p = parts(dir.path(), Arc::new(FakeDatapath::default())).await;
+            let daemon = tokio::spawn(serve(p, async {
+                let _ = stopped.await;
+            }));
+            let client = Client::new(dir.path().join("berth.sock"));
+            let mut added = client.add(&add_req()).await.unwrap();
+            let mut req = add_req();
+            req.task = "tmp".into();
+            req.ports = vec!["9090:90".into()];
+            client.add(&req).await.unwrap();
+            client
+                .remove(&RemoveRequest {
+                    task: "tmp".into(),
+                    ports: vec![],
+                })
+                .await
+                .unwrap();
+            added.sort();
+            stop.send(()).unwrap();
+            daemon.await.unwrap().unwrap();
+            added
+        };
+        // A fresh datapath, as after a reboot that lost the pins.
+        let datapath = Arc::new(FakeDatapath::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(serve(parts(dir.path(), datapath.clone()).await, async {
+            let _ = stopped.await;
+        }));
+        let client = Client::new(dir.path().join("berth.sock"));
+        assert_eq!(client.bindings().await.unwrap(), added);
+        assert_eq!(datapath.bindings(), added);
+        stop.send(()).unwrap();
+        daemon.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn flows_are_expired_periodically() {
+        let datapath = Arc::new(FakeDatapath::default());
+        let task = tokio::spawn(expire_flows(datapath.clone(), Duration::from_millis(10)));
+        for _ in 0..500 {
+            if datapath.expire_calls() >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        task.abort();
+        assert!(datapath.expire_calls() >= 3, "{}", datapath.expire_calls());
+    }
+
+    #[test]
+    fn host_addresses_are_pushed_only_when_they_change() {
+        let dp = Arc::new(FakeDatapath::default());
+        let mut sync = HostAddrSync::new(dp.clone(), fixed_addrs);
+        sync.sync().unwrap();
+        sync.sync().unwrap();
+        assert_eq!(dp.host_addr_updates(), 1);
+        assert_eq!(dp.host_addrs(), fixed_addrs().unwrap());
+    }
+
+    #[test]
+    fn missing_interfaces_are_named() {
+        let config = DatapathConfig {
+            uplinks: vec!["lo".into()],
+            bridge: "berth-nope0".into(),
+            bpffs: "/sys/fs/bpf".into(),
+            attach: Default::default(),
+        };
+        assert_eq!(
+            check_interfaces(&config).unwrap_err().to_string(),
+            "interface berth-nope0 does not exist"
+        );
+        let config = DatapathConfig {
+            bridge: "lo".into(),
+            ..config
+        };
+        assert!(matches!(
+            check_interfaces(&config),
+            Err(Error::UplinkIsBridge(_))
+        ));
+    }
+}

@@ -1,0 +1,103 @@
+//! The library's one error type. Every message is one line meant for the
+//! person who typed the command; the CLI prints it as `berth: <message>`.
+use std::{io, net::Ipv4Addr, path::PathBuf};
+
+use crate::{datapath::DatapathError, netif::Ipv4Cidr, spec::SpecError};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("port spec {spec:?}: {reason}")]
+    Spec { spec: String, reason: SpecError },
+    #[error("invalid task name {name:?}: {reason}")]
+    TaskName { name: String, reason: &'static str },
+    #[error("malformed container IP {0:?}")]
+    MalformedContainerIp(String),
+    #[error("container IP {ip} is not in the subnet of bridge {bridge} ({})", join(.subnets))]
+    NotInBridgeSubnet {
+        ip: Ipv4Addr,
+        bridge: String,
+        subnets: Vec<Ipv4Cidr>,
+    },
+    #[error("bridge {0} has no IPv4 address, so no container IP can be checked against it")]
+    BridgeWithoutIpv4(String),
+    #[error("no ports given")]
+    NoPorts,
+    /// Docker's own wording, so tools that grep for it keep working.
+    #[error("Bind for {bind_ip}:{host_port} failed: port is already allocated")]
+    PortAllocated { bind_ip: Ipv4Addr, host_port: u16 },
+    #[error("no such task: {0}")]
+    NoSuchTask(String),
+    #[error("task {task} has no binding {spec}")]
+    NoSuchBinding { task: String, spec: String },
+    #[error("interface {0} does not exist")]
+    NoSuchInterface(String),
+    #[error("--uplink and --bridge both name {0}; the uplink must be another interface")]
+    UplinkIsBridge(String),
+    #[error("berth daemon must run as root (it loads eBPF programs)")]
+    NotRoot,
+    #[error("another berth daemon is listening on {}", .0.display())]
+    AlreadyRunning(PathBuf),
+    #[error("{} exists and is not a socket; remove it or choose another --socket", .0.display())]
+    NotASocket(PathBuf),
+    #[error("cannot reach the berth daemon at {}: is `berth daemon` running?", .0.display())]
+    DaemonUnreachable(PathBuf),
+    #[error("cannot connect to the berth daemon at {}: permission denied (run as root)", .0.display())]
+    DaemonPermissionDenied(PathBuf),
+    #[error("the berth daemon at {} did not answer within {secs} s", .path.display())]
+    DaemonTimeout { path: PathBuf, secs: u64 },
+    /// An error the daemon returned, passed through word for word.
+    #[error("{message}")]
+    Api { status: u16, message: String },
+    #[error("state store {}: {reason}", .path.display())]
+    Store { path: PathBuf, reason: String },
+    /// The io::Error is part of the message, not a `source`, so printing
+    /// the chain does not repeat it.
+    #[error("{context}: {error}")]
+    Io { context: String, error: io::Error },
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error("restoring {binding}: {reason}")]
+    Restore {
+        binding: String,
+        reason: DatapathError,
+    },
+    /// The daemon answered something the client could not understand.
+    #[error("{0}")]
+    DaemonProtocol(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, error: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            error,
+        }
+    }
+
+    /// The HTTP status the API answers this error with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::Spec { .. }
+            | Error::TaskName { .. }
+            | Error::MalformedContainerIp(_)
+            | Error::NotInBridgeSubnet { .. }
+            | Error::NoPorts => 400,
+            Error::NoSuchTask(_) | Error::NoSuchBinding { .. } => 404,
+            Error::PortAllocated { .. } => 409,
+            Error::Api { status, .. } => *status,
+            _ => 500,
+        }
+    }
+}
+
+fn join(subnets: &[Ipv4Cidr]) -> String {
+    subnets
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

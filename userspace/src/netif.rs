@@ -1,0 +1,156 @@
+//! Interfaces and IPv4 addresses of the network namespace we run in.
+use std::{
+    ffi::{CStr, CString},
+    fmt, io,
+    net::Ipv4Addr,
+};
+
+/// An interface address with its prefix, as `ip addr` shows it
+/// (`172.17.0.1/16`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Ipv4Cidr {
+    pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Self {
+        Ipv4Cidr {
+            addr,
+            prefix_len: prefix_len.min(32),
+        }
+    }
+
+    fn mask(self) -> u32 {
+        u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0)
+    }
+
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        (u32::from(self.addr) ^ u32::from(ip)) & self.mask() == 0
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// One IPv4 address of one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceAddr {
+    pub interface: String,
+    pub cidr: Ipv4Cidr,
+}
+
+pub fn interface_exists(name: &str) -> bool {
+    let Ok(name) = CString::new(name) else {
+        return false;
+    };
+    // SAFETY: `name` is a valid NUL-terminated string for the whole call.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+}
+
+/// Every IPv4 address in this network namespace (getifaddrs).
+pub fn ipv4_addrs() -> io::Result<Vec<InterfaceAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head we free below exactly once.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, which
+        // stays valid until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        // SAFETY: for AF_INET entries both pointers, when non-null, point to
+        // `sockaddr_in`s; ifa_name is a NUL-terminated string.
+        unsafe {
+            if ifa.ifa_addr.is_null() || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET {
+                continue;
+            }
+            let addr = sockaddr_in_ip(ifa.ifa_addr);
+            let prefix_len = if ifa.ifa_netmask.is_null() {
+                32
+            } else {
+                u32::from(sockaddr_in_ip(ifa.ifa_netmask)).count_ones() as u8
+            };
+            out.push(InterfaceAddr {
+                interface: CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned(),
+                cidr: Ipv4Cidr::new(addr, prefix_len),
+            });
+        }
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// # Safety
+/// `sa` must point to a valid `sockaddr_in`.
+unsafe fn sockaddr_in_ip(sa: *const libc::sockaddr) -> Ipv4Addr {
+    let sin = unsafe { &*(sa as *const libc::sockaddr_in) };
+    Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))
+}
+
+/// The IPv4 subnets on interface `name`, in the order the kernel lists them.
+pub fn interface_subnets(name: &str) -> io::Result<Vec<Ipv4Cidr>> {
+    Ok(ipv4_addrs()?
+        .into_iter()
+        .filter(|a| a.interface == name)
+        .map(|a| a.cidr)
+        .collect())
+}
+
+/// Every host IPv4 address, sorted and without duplicates: what a wildcard
+/// (0.0.0.0) binding answers on. Loopback and the bridge's own address are
+/// included; the datapath decides where each one matters.
+pub fn host_ipv4_addrs() -> io::Result<Vec<Ipv4Addr>> {
+    let mut addrs: Vec<Ipv4Addr> = ipv4_addrs()?.into_iter().map(|a| a.cidr.addr).collect();
+    addrs.sort();
+    addrs.dedup();
+    Ok(addrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> Ipv4Cidr {
+        let (addr, len) = s.split_once('/').unwrap();
+        Ipv4Cidr::new(addr.parse().unwrap(), len.parse().unwrap())
+    }
+
+    #[test]
+    fn subnet_contains_its_hosts_and_nothing_else() {
+        let net = cidr("172.17.0.1/16");
+        assert!(net.contains("172.17.0.2".parse().unwrap()));
+        assert!(net.contains("172.17.255.254".parse().unwrap()));
+        assert!(!net.contains("172.18.0.2".parse().unwrap()));
+        assert!(!net.contains("10.9.9.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn prefix_edge_cases() {
+        assert!(cidr("0.0.0.0/0").contains("203.0.113.9".parse().unwrap()));
+        let host = cidr("10.0.0.1/32");
+        assert!(host.contains("10.0.0.1".parse().unwrap()));
+        assert!(!host.contains("10.0.0.2".parse().unwrap()));
+        assert_eq!(host.to_string(), "10.0.0.1/32");
+    }
+
+    #[test]
+    fn loopback_is_listed_with_its_prefix() {
+        // Every network namespace, even a fresh one, has `lo`; it may be down
+        // (no address) in a sandbox, so only check what is there.
+        assert!(interface_exists("lo"));
+        assert!(!interface_exists("berth-no-such-if0"));
+        for a in interface_subnets("lo").unwrap() {
+            assert_eq!(a.prefix_len, 8);
+        }
+    }
+}
