@@ -55,6 +55,7 @@ pub fn reap_stale() {
                 }
                 if let Some(pid) = owner_pid(&name, NETNS_PREFIX) {
                     if !pid_alive(pid) {
+                        kill_processes_in(&e.path());
                         let _ = crate::cmd::run("ip", ["netns", "del", &name]);
                     }
                 }
@@ -73,6 +74,31 @@ pub fn reap_stale() {
             }
         }
     });
+}
+
+/// SIGKILLs every process whose network namespace is the one bound at
+/// `ns_path` (daemons and servers a crashed test process left running).
+fn kill_processes_in(ns_path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ino) = fs::metadata(ns_path).map(|m| m.ino()) else {
+        return;
+    };
+    let want = format!("net:[{ino}]");
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if fs::read_link(p.path().join("ns/net")).is_ok_and(|l| l.to_string_lossy() == want) {
+            // SAFETY: kill(2); the process lives in a namespace only the
+            // harness creates, owned by a test process that is gone.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
 }
 
 /// A directory under the system temp dir, removed with its contents on drop.

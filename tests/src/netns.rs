@@ -271,8 +271,16 @@ impl Drop for NetNs {
     }
 }
 
+/// `net.ipv4.ip_forward` → `/proc/sys/net/ipv4/ip_forward`. Keys whose
+/// parts contain dots (interface names like `eth0.1`) can be given with
+/// slashes instead: `net/ipv4/conf/eth0.1/rp_filter`.
 fn sysctl_path(key: &str) -> PathBuf {
-    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
+    let rel = if key.contains('/') {
+        key.to_string()
+    } else {
+        key.replace('.', "/")
+    };
+    PathBuf::from("/proc/sys").join(rel)
 }
 
 /// Moves the calling thread into the namespace behind `file`.
@@ -323,6 +331,10 @@ mod tests {
         assert_eq!(
             sysctl_path("net.ipv4.ip_forward"),
             PathBuf::from("/proc/sys/net/ipv4/ip_forward")
+        );
+        assert_eq!(
+            sysctl_path("net/ipv4/conf/eth0.1/rp_filter"),
+            PathBuf::from("/proc/sys/net/ipv4/conf/eth0.1/rp_filter")
         );
     }
 }
