@@ -25,7 +25,9 @@ pub enum NextHop {
 }
 
 /// FIB lookup for a packet now addressed `src -> dst`, as if it arrived on
-/// `in_ifindex` and is being forwarded.
+/// `in_ifindex` and is being forwarded. `mtu_len` is the length the route's
+/// MTU is checked against; 0 skips the check (GSO packets, which are
+/// segmented on the way out).
 #[inline(always)]
 pub fn fib_lookup_v4<C: EbpfContext>(
     ctx: &C,
@@ -33,11 +35,12 @@ pub fn fib_lookup_v4<C: EbpfContext>(
     src_addr_be: u32,
     dst_addr_be: u32,
     in_ifindex: u32,
+    mtu_len: u16,
 ) -> NextHop {
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.family = AF_INET;
     p.l4_protocol = flow.proto;
-    p.__bindgen_anon_1.tot_len = flow.tot_len;
+    p.__bindgen_anon_1.tot_len = mtu_len;
     p.ifindex = in_ifindex;
     p.__bindgen_anon_3.ipv4_src = src_addr_be;
     p.__bindgen_anon_4.ipv4_dst = dst_addr_be;

@@ -101,7 +101,14 @@ pub fn berth_xdp(ctx: XdpContext) -> u32 {
                 return xdp_action::XDP_DROP;
             }
             let in_ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-            let next = fib_lookup_v4(&ctx, &flow, flow.src_addr_be, backend.addr_be, in_ifindex);
+            let next = fib_lookup_v4(
+                &ctx,
+                &flow,
+                flow.src_addr_be,
+                backend.addr_be,
+                in_ifindex,
+                flow.tot_len,
+            );
             xdp_handoff(&ctx, next)
         }
     }

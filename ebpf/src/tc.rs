@@ -109,7 +109,10 @@ pub fn tc_translate_and_redirect(
     if TcRewriter(ctx).rewrite(flow, rw).is_err() {
         return TC_ACT_SHOT as i32;
     }
-    let in_ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let next = fib_lookup_v4(ctx, flow, src, dst, in_ifindex);
+    let (in_ifindex, gso_size) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_size) };
+    // A GSO packet (a local sender's 64 KiB TCP burst on veth) is larger
+    // than any MTU until it is segmented on the way out.
+    let mtu_len = if gso_size != 0 { 0 } else { flow.tot_len };
+    let next = fib_lookup_v4(ctx, flow, src, dst, in_ifindex, mtu_len);
     tc_redirect(ctx, next)
 }

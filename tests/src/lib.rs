@@ -35,7 +35,9 @@ pub mod daemon;
 pub mod docker_rules;
 pub mod names;
 pub mod netns;
+pub mod pkt;
 pub mod process;
+pub mod testrun;
 pub mod topology;
 pub mod traffic;
 

@@ -596,3 +596,107 @@ fn daemon_refuses_to_start_with_one_clear_line() {
         "{msg}"
     );
 }
+
+const BULK: usize = 16 << 20;
+
+fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// Reads until EOF, checking every byte against [`pattern`]; returns the count.
+fn read_pattern(c: &mut TcpStream) -> std::io::Result<usize> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut n = 0;
+    loop {
+        let k = c.read(&mut buf)?;
+        if k == 0 {
+            return Ok(n);
+        }
+        for (j, b) in buf[..k].iter().enumerate() {
+            if *b != pattern(n + j) {
+                return Err(std::io::Error::other(format!("byte {} corrupted", n + j)));
+            }
+        }
+        n += k;
+    }
+}
+
+fn write_pattern(c: &mut TcpStream, len: usize) -> std::io::Result<()> {
+    let chunk: Vec<u8> = (0..len).map(pattern).collect();
+    c.write_all(&chunk)
+}
+
+/// 16 MiB each way through a mapping, with the senders' checksum and
+/// segmentation offloads on (as on a real host): GSO packets far above the
+/// MTU cross the datapath.
+fn bulk_transfer_with_offloads(attach: &str) {
+    let topo = Topology::build_with(berth_integration::TopologyOptions {
+        tx_checksum_off: false,
+        ..Default::default()
+    })
+    .expect("topology");
+    let bpffs = Bpffs::new().unwrap();
+    let daemon = Daemon::start_with(
+        &topo.host.ns,
+        &bpffs,
+        DaemonOptions {
+            attach: Some(attach.into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let listener = topo
+        .container
+        .ns
+        .run(|| TcpListener::bind("0.0.0.0:9000"))
+        .unwrap();
+    let server = thread::spawn(move || -> std::io::Result<usize> {
+        let (mut c, _) = listener.accept()?;
+        c.set_read_timeout(Some(Duration::from_secs(30)))?;
+        c.set_write_timeout(Some(Duration::from_secs(30)))?;
+        let got = read_pattern(&mut c)?;
+        write_pattern(&mut c, BULK)?;
+        Ok(got)
+    });
+    daemon
+        .cli_ok([
+            "map",
+            "add",
+            "--task",
+            "bulk",
+            "--ip",
+            "172.17.0.2",
+            "-p",
+            "9000:9000",
+        ])
+        .unwrap();
+    let addr = topo.host.addr(9000);
+    let back = topo
+        .client
+        .ns
+        .run(move || -> std::io::Result<usize> {
+            let mut c = TcpStream::connect_timeout(&addr, T)?;
+            c.set_read_timeout(Some(Duration::from_secs(30)))?;
+            c.set_write_timeout(Some(Duration::from_secs(30)))?;
+            write_pattern(&mut c, BULK)?;
+            c.shutdown(std::net::Shutdown::Write)?;
+            read_pattern(&mut c)
+        })
+        .expect("client side of the transfer");
+    assert_eq!(
+        server.join().unwrap().expect("server side"),
+        BULK,
+        "upload intact"
+    );
+    assert_eq!(back, BULK, "download intact");
+}
+
+#[test]
+fn bulk_transfer_with_offloads_tc() {
+    bulk_transfer_with_offloads("tc");
+}
+
+#[test]
+fn bulk_transfer_with_offloads_xdp() {
+    bulk_transfer_with_offloads("xdp");
+}

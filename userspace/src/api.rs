@@ -6,25 +6,58 @@
 //! POST /v1/bindings         {"task","containerIP","ports":[spec...]} -> 201 [created Binding...]
 //! POST /v1/bindings/delete  {"task","ports":[spec...]?}              -> 200 [removed Binding...]
 //! GET  /v1/stats            -> 200 {"counters":{name: value}}
+//! GET  /v1/tasks            -> 200 [{"name", "containers":[{"name","containerIP","networkBindings"}]}]
+//! POST /v1/tasks            {"name","taskDefinition":{...},"ips":{container: ip}}
+//!                           -> 201 {"containers":[{"name","networkBindings":[...]}]}
+//! POST /v1/tasks/{name}/stop, DELETE /v1/tasks/{name} -> 200 {"name","containers":[...]}
+//! GET  /v1/events[?existing=true] -> 200 application/x-ndjson, one event per
+//!                           line until the client or the daemon goes away
 //! errors                    -> 4xx/5xx {"error":"one line"}
 //! ```
-use std::collections::BTreeMap;
+//!
+//! A port spec without a host port (`"80"`, `"0:80"`, `"9000-9009"`) asks
+//! for dynamic host ports; the answer shows the ones picked.
+use std::{collections::BTreeMap, convert::Infallible, future::Future, pin::Pin};
 
 use axum::{
-    body::Bytes,
-    extract::{FromRequest, Request, State},
-    http::{Method, StatusCode, Uri},
+    body::{Body, Bytes},
+    extract::{FromRequest, Path, Request, State},
+    http::{header, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::{
+    ecs::TaskDefinition,
     error::Error,
-    model::Binding,
-    state::{parse_container_ip, parse_specs, Berth},
+    events::{Event, Lagged},
+    model::{Binding, TaskRecord},
+    state::{parse_container_ip, parse_specs, validate_task_name, Berth},
 };
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunTaskRequest {
+    pub name: String,
+    /// Either shape: RegisterTaskDefinition's input, or DescribeTaskDefinition's
+    /// output (`{"taskDefinition": {...}}`).
+    #[serde(rename = "taskDefinition")]
+    pub task_definition: serde_json::Value,
+    /// Container name → its IPv4 address on the bridge.
+    #[serde(default)]
+    pub ips: BTreeMap<String, String>,
+}
+
+/// A task run from a task definition, as `task ls` and `task stop` show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskView {
+    pub name: String,
+    #[serde(flatten)]
+    pub record: TaskRecord,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,6 +151,10 @@ pub fn router(berth: Berth) -> Router {
         .route("/v1/bindings", get(list_bindings).post(add_bindings))
         .route("/v1/bindings/delete", post(remove_bindings))
         .route("/v1/stats", get(stats))
+        .route("/v1/tasks", get(list_tasks).post(run_task))
+        .route("/v1/tasks/{name}", axum::routing::delete(stop_task))
+        .route("/v1/tasks/{name}/stop", post(stop_task))
+        .route("/v1/events", get(events))
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(berth)
@@ -151,6 +188,100 @@ async fn remove_bindings(
     Ok(Json(berth.remove(req.task, specs).await?))
 }
 
+async fn list_tasks(State(berth): State<Berth>) -> Json<Vec<TaskView>> {
+    Json(
+        berth
+            .task_records()
+            .await
+            .into_iter()
+            .map(|(name, record)| TaskView { name, record })
+            .collect(),
+    )
+}
+
+async fn run_task(
+    State(berth): State<Berth>,
+    JsonBody(req): JsonBody<RunTaskRequest>,
+) -> Result<(StatusCode, Json<TaskRecord>), ApiError> {
+    validate_task_name(&req.name)?;
+    let def = TaskDefinition::from_value(&req.task_definition)?;
+    let ips = req
+        .ips
+        .iter()
+        .map(|(name, ip)| Ok((name.clone(), parse_container_ip(ip)?)))
+        .collect::<Result<_, Error>>()?;
+    let record = berth.run_task(req.name, def, ips).await?;
+    // Exactly ECS's shape: what registrars parse.
+    Ok((StatusCode::CREATED, Json(record.without_ips())))
+}
+
+async fn stop_task(
+    State(berth): State<Berth>,
+    Path(name): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
+    validate_task_name(&name)?;
+    let (record, _) = berth.stop_task(name.clone()).await?;
+    Ok(Json(TaskView { name, record }))
+}
+
+type Closing = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+struct EventStream {
+    snapshot: std::vec::IntoIter<Event>,
+    rx: broadcast::Receiver<Event>,
+    closing: Closing,
+    done: bool,
+}
+
+fn json_line(value: &impl Serialize) -> Bytes {
+    let mut line = serde_json::to_vec(value).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// Newline-delimited JSON events until the client hangs up or the daemon
+/// shuts down. A subscriber that falls more than the buffer behind gets a
+/// `{"event":"lagged","missed":N}` line and the end of the stream: it
+/// should re-read the bindings and subscribe again.
+async fn events(State(berth): State<Berth>, uri: Uri) -> Response {
+    let existing = uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| matches!(kv, "existing" | "existing=true" | "existing=1"))
+    });
+    let (snapshot, rx) = berth.subscribe(existing).await;
+    let stream = EventStream {
+        snapshot: snapshot.into_iter(),
+        rx,
+        closing: Box::pin(berth.closing()),
+        done: false,
+    };
+    let body = futures_util::stream::unfold(stream, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        if let Some(e) = st.snapshot.next() {
+            return Some((Ok::<_, Infallible>(json_line(&e)), st));
+        }
+        tokio::select! {
+            () = &mut st.closing => None,
+            r = st.rx.recv() => match r {
+                Ok(e) => Some((Ok(json_line(&e)), st)),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "an event subscriber fell behind; ending its stream");
+                    st.done = true;
+                    Some((Ok(json_line(&Lagged::now(missed))), st))
+                }
+                Err(RecvError::Closed) => None,
+            },
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
 async fn stats(State(berth): State<Berth>) -> Result<Json<Stats>, ApiError> {
     Ok(Json(Stats {
         counters: berth.counters().await?,
@@ -182,8 +313,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        fake::FakeDatapath,
+        allocator::PortPolicy,
+        fake::{FakeDatapath, FakeHost},
         netif::Ipv4Cidr,
+        spec::PortRange,
         state::{Bridge, Registry},
         store::Store,
     };
@@ -202,7 +335,18 @@ mod tests {
             subnets: vec![Ipv4Cidr::new(Ipv4Addr::new(172, 17, 0, 1), 16)],
         };
         let store = Store::open(dir.path()).unwrap();
-        let registry = Registry::open(store, datapath.clone(), bridge).unwrap();
+        let policy = PortPolicy::new(PortRange {
+            start: 49153,
+            end: 49162,
+        });
+        let registry = Registry::open(
+            store,
+            datapath.clone(),
+            bridge,
+            Arc::new(FakeHost::default()),
+            policy,
+        )
+        .unwrap();
         Api {
             _dir: dir,
             datapath,
@@ -292,8 +436,8 @@ mod tests {
                 "port spec \"8080:80/sctp\": unknown protocol \"sctp\"; use tcp or udp",
             ),
             (
-                json!({"task": "web", "containerIP": "172.17.0.2", "ports": ["80"]}),
-                "port spec \"80\": dynamic host ports (hostPort 0 or omitted) are not supported yet; give a host port",
+                json!({"task": "web", "containerIP": "172.17.0.2", "ports": ["80:0"]}),
+                "port spec \"80:0\": port 0 is out of range 1-65535",
             ),
             (
                 json!({"task": "web", "containerIP": "172.17", "ports": ["8080:80"]}),

@@ -1,18 +1,30 @@
 //! The `berth` command line: one clap tree, one dispatcher.
-use std::{io::Write, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write,
+    path::PathBuf,
+};
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    api::{AddRequest, RemoveRequest, Stats},
+    allocator::DEFAULT_COOLDOWN_SECS,
+    api::{AddRequest, RemoveRequest, RunTaskRequest, Stats, TaskView},
     client::Client,
     daemon::{self, DaemonConfig},
     datapath::{AttachMode, DatapathConfig},
+    ecs::{parse_container_ip_arg, TaskDefinition},
     error::{Error, Result},
+    host::{parse_port_list, SystemHost},
     model::Binding,
+    reset::{self, ResetConfig},
     socket::DEFAULT_SOCKET,
+    spec::{parse_range, PortRange},
     state::{parse_container_ip, parse_specs, validate_task_name},
 };
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 
 /// Publish container ports with eBPF instead of docker-proxy and iptables.
 #[derive(Debug, Parser)]
@@ -43,25 +55,103 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run, stop and list tasks from ECS task definitions.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Print binding added/removed events, one JSON object per line.
+    Events {
+        /// First print an "added" event for every current binding.
+        #[arg(long)]
+        existing: bool,
+        /// Exit after this many events.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// With the daemon stopped, remove berth's eBPF pins, its state and the
+    /// host ports it reserved, leaving the host as before berth.
+    Reset(ResetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// The daemon's --state-dir.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The daemon's --bpffs.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
     /// Interface where published ports are reached (repeatable).
-    #[arg(long = "uplink", value_name = "IF", required = true)]
+    #[arg(
+        long = "uplink",
+        value_name = "IF",
+        required_unless_present = "teardown"
+    )]
     pub uplinks: Vec<String>,
     /// The containers' bridge (e.g. docker0).
-    #[arg(long, value_name = "IF")]
-    pub bridge: String,
+    #[arg(long, value_name = "IF", required_unless_present = "teardown")]
+    pub bridge: Option<String>,
     /// Where the desired state (berth.redb) is kept.
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/berth")]
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// bpffs mount point; berth pins under <DIR>/berth.
-    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf")]
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
     /// How the ingress program attaches to the uplinks.
     #[arg(long, value_enum, default_value = "tc")]
     pub attach: AttachMode,
+    /// Where dynamic host ports come from [default: the namespace's
+    /// net.ipv4.ip_local_port_range].
+    #[arg(long, value_name = "A-B", value_parser = parse_dynamic_range)]
+    pub dynamic_ports: Option<PortRange>,
+    /// Ports never handed out dynamically: comma list, ranges as a-b; ""
+    /// for none.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_parser = parse_reserved_ports,
+        default_value = "22,2375,2376,51678,51679"
+    )]
+    pub reserved_ports: BTreeSet<u16>,
+    /// Seconds a released host port is not handed out again.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_COOLDOWN_SECS)]
+    pub port_cooldown: u64,
+    /// Do not run: the same as `berth reset`.
+    #[arg(long)]
+    pub teardown: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Publish every container's port mappings of an ECS task definition
+    /// (bridge mode) as one task, and print each container's networkBindings
+    /// as ECS DescribeTasks shows them (JSON).
+    Run {
+        /// RegisterTaskDefinition input or DescribeTaskDefinition output.
+        #[arg(long, value_name = "FILE.json")]
+        task_def: PathBuf,
+        /// The task's name (unique on this host).
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// A container's IPv4 address on the bridge (repeatable; every
+        /// container with port mappings needs one).
+        #[arg(long = "ip", value_name = "CONTAINER=IP")]
+        ips: Vec<String>,
+    },
+    /// Release every host port of a task run from a task definition.
+    Stop {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// List the tasks run from task definitions.
+    Ls {
+        /// Print one JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,7 +163,8 @@ pub enum MapCommand {
         /// The container's IPv4 address on the bridge.
         #[arg(long, value_name = "CONTAINER_IP")]
         ip: String,
-        /// [hostIP:]hostPort:containerPort[/tcp|/udp], ports may be ranges.
+        /// [hostIP:][hostPort:]containerPort[/tcp|/udp], ports may be
+        /// ranges; no (or 0) host port: the daemon picks one.
         #[arg(short = 'p', long = "publish", value_name = "SPEC", required = true)]
         ports: Vec<String>,
     },
@@ -82,6 +173,7 @@ pub enum MapCommand {
         #[arg(long, value_name = "NAME")]
         task: String,
         /// Spec to unpublish (repeatable); none means every port of the task.
+        /// Without a host port it names the container port's bindings.
         #[arg(short = 'p', long = "publish", value_name = "SPEC")]
         ports: Vec<String>,
     },
@@ -102,7 +194,17 @@ impl Cli {
     pub async fn execute(self) -> Result<()> {
         let client = Client::new(&self.socket);
         match self.command {
+            Command::Daemon(args) if args.teardown => {
+                let args = ResetArgs {
+                    state_dir: args.state_dir,
+                    bpffs: args.bpffs,
+                };
+                run_reset(args, self.socket).await
+            }
             Command::Daemon(args) => daemon::run(args.into_config(self.socket)).await,
+            Command::Reset(args) => run_reset(args, self.socket).await,
+            Command::Task(cmd) => run_task_command(&client, cmd).await,
+            Command::Events { existing, count } => print_events(&client, existing, count).await,
             Command::Map(MapCommand::Add { task, ip, ports }) => {
                 // Same checks as the daemon, so typos fail before any I/O.
                 validate_task_name(&task)?;
@@ -154,11 +256,110 @@ impl DaemonArgs {
             state_dir: self.state_dir,
             datapath: DatapathConfig {
                 uplinks,
-                bridge: self.bridge,
+                bridge: self.bridge.unwrap_or_default(),
                 bpffs: self.bpffs,
                 attach: self.attach,
             },
+            dynamic_ports: self.dynamic_ports,
+            reserved_ports: self.reserved_ports,
+            port_cooldown_secs: self.port_cooldown,
         }
+    }
+}
+
+fn parse_dynamic_range(s: &str) -> std::result::Result<PortRange, String> {
+    parse_range(s).map_err(|e| e.to_string())
+}
+
+fn parse_reserved_ports(s: &str) -> std::result::Result<BTreeSet<u16>, String> {
+    parse_port_list(s)
+}
+
+async fn run_reset(args: ResetArgs, socket: PathBuf) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Error::ResetNotRoot);
+    }
+    let config = ResetConfig {
+        socket,
+        state_dir: args.state_dir,
+        bpffs: args.bpffs,
+    };
+    let report = reset::reset(&config, &SystemHost::default()).await?;
+    print(&format!("berth reset: {report}\n"))
+}
+
+async fn run_task_command(client: &Client, cmd: TaskCommand) -> Result<()> {
+    match cmd {
+        TaskCommand::Run {
+            task_def,
+            name,
+            ips,
+        } => {
+            validate_task_name(&name)?;
+            let text = std::fs::read(&task_def)
+                .map_err(|e| Error::io(format!("reading {}", task_def.display()), e))?;
+            // The daemon checks all of this too; checking here first means a
+            // typo fails without a round trip.
+            let def = TaskDefinition::from_json(&text)?;
+            let value: serde_json::Value = serde_json::from_slice(&text)
+                .map_err(|e| Error::TaskDefinition(format!("not valid JSON: {e}")))?;
+            let mut parsed = BTreeMap::new();
+            let mut raw = BTreeMap::new();
+            for arg in &ips {
+                let (container, ip) = parse_container_ip_arg(arg)?;
+                if parsed.insert(container.clone(), ip).is_some() {
+                    return Err(Error::DuplicateContainerIpArg(container));
+                }
+                raw.insert(container, ip.to_string());
+            }
+            def.container_ips(&parsed)?;
+            let req = RunTaskRequest {
+                name,
+                task_definition: value,
+                ips: raw,
+            };
+            print(&to_json_line(&client.run_task(&req).await?)?)
+        }
+        TaskCommand::Stop { name } => {
+            validate_task_name(&name)?;
+            let task = client.stop_task(&name).await?;
+            print(&tasks_table(std::slice::from_ref(&task)))
+        }
+        TaskCommand::Ls { json } => {
+            let tasks = client.tasks().await?;
+            if json {
+                print(&to_json_line(&tasks)?)
+            } else {
+                print(&tasks_table(&tasks))
+            }
+        }
+    }
+}
+
+/// Prints events as they come; `count` ends it early.
+async fn print_events(client: &Client, existing: bool, count: Option<u64>) -> Result<()> {
+    if count == Some(0) {
+        return Ok(());
+    }
+    let mut seen = 0u64;
+    let mut failed = None;
+    client
+        .events(existing, |line| {
+            if let Err(err) = print(&format!("{line}\n")) {
+                failed = Some(err);
+                return false;
+            }
+            seen += 1;
+            count.is_none_or(|n| seen < n)
+        })
+        .await?;
+    match failed {
+        Some(err) => Err(err),
+        None if count.is_some_and(|n| seen < n) => Err(Error::DaemonProtocol(format!(
+            "the daemon ended the event stream after {seen} events"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -221,6 +422,46 @@ pub fn bindings_table(bindings: &[Binding]) -> String {
     table(
         &[
             "TASK",
+            "CONTAINER IP",
+            "BIND IP",
+            "HOST PORT",
+            "CONTAINER PORT",
+            "PROTO",
+        ],
+        &rows,
+    )
+}
+
+/// One row per network binding; a range shows as `49200-49210`.
+pub fn tasks_table(tasks: &[TaskView]) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for task in tasks {
+        for c in &task.record.containers {
+            let ip = c
+                .container_ip
+                .map_or_else(|| "-".to_owned(), |ip| ip.to_string());
+            for nb in &c.network_bindings {
+                let or_range = |port: Option<u16>, range: &Option<String>| {
+                    port.map(|p| p.to_string())
+                        .or_else(|| range.clone())
+                        .unwrap_or_default()
+                };
+                rows.push(vec![
+                    task.name.clone(),
+                    c.name.clone(),
+                    ip.clone(),
+                    nb.bind_ip.to_string(),
+                    or_range(nb.host_port, &nb.host_port_range),
+                    or_range(nb.container_port, &nb.container_port_range),
+                    nb.protocol.as_str().to_owned(),
+                ]);
+            }
+        }
+    }
+    table(
+        &[
+            "TASK",
+            "CONTAINER",
             "CONTAINER IP",
             "BIND IP",
             "HOST PORT",

@@ -12,9 +12,9 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::net::UnixStream;
 
 use crate::{
-    api::{AddRequest, ErrorBody, RemoveRequest, Stats},
+    api::{AddRequest, ErrorBody, RemoveRequest, RunTaskRequest, Stats, TaskView},
     error::{Error, Result},
-    model::Binding,
+    model::{Binding, TaskRecord},
 };
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -60,6 +60,64 @@ impl Client {
         self.call(Method::GET, "/v1/stats", None).await
     }
 
+    pub async fn tasks(&self) -> Result<Vec<TaskView>> {
+        self.call(Method::GET, "/v1/tasks", None).await
+    }
+
+    pub async fn run_task(&self, req: &RunTaskRequest) -> Result<TaskRecord> {
+        self.call(Method::POST, "/v1/tasks", Some(to_json(req)?))
+            .await
+    }
+
+    /// `name` must be a valid task name (it goes into the path as is).
+    pub async fn stop_task(&self, name: &str) -> Result<TaskView> {
+        self.call(Method::POST, &format!("/v1/tasks/{name}/stop"), None)
+            .await
+    }
+
+    /// Follows `GET /v1/events`, calling `on_line` with each line (one JSON
+    /// event) until it returns false or the daemon ends the stream. Only
+    /// the connection and the response head are under the timeout.
+    pub async fn events(&self, existing: bool, mut on_line: impl FnMut(&str) -> bool) -> Result<()> {
+        let path = if existing {
+            "/v1/events?existing=true"
+        } else {
+            "/v1/events"
+        };
+        let (resp, conn) = tokio::time::timeout(self.timeout, self.start(Method::GET, path, None))
+            .await
+            .map_err(|_| self.timeout_error())??;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| self.http_error(e))?
+                .to_bytes();
+            conn.abort();
+            return Err(api_error(status, &bytes));
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.http_error(e))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(eol) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=eol).collect();
+                let line = String::from_utf8_lossy(&line[..eol]);
+                if !line.trim().is_empty() && !on_line(&line) {
+                    conn.abort();
+                    return Ok(());
+                }
+            }
+        }
+        conn.abort();
+        Ok(())
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -68,22 +126,20 @@ impl Client {
     ) -> Result<T> {
         let (status, bytes) = tokio::time::timeout(self.timeout, self.send(method, path, body))
             .await
-            .map_err(|_| Error::DaemonTimeout {
-                path: self.socket.clone(),
-                secs: self.timeout.as_secs(),
-            })??;
+            .map_err(|_| self.timeout_error())??;
         if !status.is_success() {
-            let message = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|b| b.error)
-                .unwrap_or_else(|_| format!("the daemon answered {status}"));
-            return Err(Error::Api {
-                status: status.as_u16(),
-                message,
-            });
+            return Err(api_error(status, &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|e| {
             Error::DaemonProtocol(format!("unexpected answer from the daemon to {path}: {e}"))
         })
+    }
+
+    fn timeout_error(&self) -> Error {
+        Error::DaemonTimeout {
+            path: self.socket.clone(),
+            secs: self.timeout.as_secs(),
+        }
     }
 
     async fn send(
@@ -92,6 +148,29 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes)> {
+        let (resp, conn) = self.start(method, path, body).await?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.http_error(e))?
+            .to_bytes();
+        conn.abort();
+        Ok((status, bytes))
+    }
+
+    /// Sends a request and returns the response head (the body still to be
+    /// read) and the connection task, to abort once done.
+    async fn start(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(
+        hyper::Response<hyper::body::Incoming>,
+        tokio::task::JoinHandle<std::result::Result<(), hyper::Error>>,
+    )> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|e| self.connect_error(e))?;
@@ -113,16 +192,7 @@ impl Client {
             .send_request(req)
             .await
             .map_err(|e| self.http_error(e))?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| self.http_error(e))?
-            .to_bytes();
-        drop(sender);
-        conn.abort();
-        Ok((status, bytes))
+        Ok((resp, conn))
     }
 
     fn connect_error(&self, err: io::Error) -> Error {
@@ -146,6 +216,16 @@ impl Client {
             "talking to the berth daemon at {}: {err}",
             self.socket.display()
         ))
+    }
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> Error {
+    let message = serde_json::from_slice::<ErrorBody>(body)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| format!("the daemon answered {status}"));
+    Error::Api {
+        status: status.as_u16(),
+        message,
     }
 }
 

@@ -1,6 +1,7 @@
 //! `berth daemon`: load the datapath, restore the stored bindings, keep the
 //! host addresses current, expire flows, and serve the API until SIGTERM.
 use std::{
+    collections::BTreeSet,
     future::{Future, IntoFuture},
     io,
     net::Ipv4Addr,
@@ -16,11 +17,14 @@ use tokio::{
 };
 
 use crate::{
+    allocator::PortPolicy,
     api,
     datapath::{BpfDatapath, Datapath, DatapathConfig},
     error::{Error, Result},
+    host::{self, format_port_list, Host, SystemHost},
     netif,
     socket::{self, SocketFile},
+    spec::PortRange,
     state::{Berth, Bridge, Registry},
     store::Store,
 };
@@ -35,6 +39,34 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub datapath: DatapathConfig,
+    /// `None`: the namespace's `ip_local_port_range`.
+    pub dynamic_ports: Option<PortRange>,
+    pub reserved_ports: BTreeSet<u16>,
+    pub port_cooldown_secs: u64,
+}
+
+impl DaemonConfig {
+    /// The allocator's policy; reads `ip_local_port_range` when no
+    /// `--dynamic-ports` was given.
+    pub fn port_policy(&self) -> Result<PortPolicy> {
+        let range = match self.dynamic_ports {
+            Some(range) => range,
+            None => host::local_port_range().map_err(|e| {
+                Error::io(
+                    format!(
+                        "reading {} (or give --dynamic-ports)",
+                        host::LOCAL_PORT_RANGE_SYSCTL
+                    ),
+                    e,
+                )
+            })?,
+        };
+        Ok(PortPolicy {
+            range,
+            reserved: self.reserved_ports.clone(),
+            cooldown_secs: self.port_cooldown_secs,
+        })
+    }
 }
 
 /// Everything [`serve`] runs on, built by [`run`] or by a test.
@@ -47,6 +79,10 @@ pub struct Parts {
     /// Where host addresses come from; [`netif::host_ipv4_addrs`] in
     /// production.
     pub host_addrs: fn() -> io::Result<Vec<Ipv4Addr>>,
+    /// Reserved-ports sysctl, sockets and clock; [`SystemHost`] in
+    /// production.
+    pub host: Arc<dyn Host>,
+    pub policy: PortPolicy,
 }
 
 /// Starts the daemon and returns once it has stopped. Every error is one
@@ -54,6 +90,7 @@ pub struct Parts {
 pub async fn run(config: DaemonConfig) -> Result<()> {
     check_root()?;
     check_interfaces(&config.datapath)?;
+    let policy = config.port_policy()?;
     let shutdown = shutdown_signal()?;
     // Claim the socket before touching the datapath, so a second daemon
     // started by mistake stops here and leaves the first one's programs be.
@@ -76,6 +113,8 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
             name: config.datapath.bridge.clone(),
         },
         host_addrs: netif::host_ipv4_addrs,
+        host: Arc::new(SystemHost::default()),
+        policy,
     };
     serve(parts, shutdown).await
 }
@@ -130,11 +169,24 @@ pub async fn serve(
         datapath,
         bridge,
         host_addrs,
+        host,
+        policy,
     } = parts;
     let store_path = store.path().to_owned();
-    let registry = Registry::open(store, datapath.clone(), bridge)?;
+    let mut registry = Registry::open(store, datapath.clone(), bridge, host, policy)?;
     let restored = registry.restore()?;
     tracing::info!(bindings = restored, store = %store_path.display(), "restored bindings");
+    let (reserved, released) = registry.reconcile_reserved_ports()?;
+    let policy = registry.policy();
+    tracing::info!(
+        reserved,
+        released,
+        berth_reserved = %format_port_list(registry.reserved_by_berth()),
+        dynamic_ports = %policy.range,
+        reserved_ports = %format_port_list(&policy.reserved),
+        cooldown_secs = policy.cooldown_secs,
+        "host ports reconciled"
+    );
 
     let mut addrs = HostAddrSync::new(datapath.clone(), host_addrs);
     addrs.sync()?;
@@ -144,9 +196,13 @@ pub async fn serve(
     ];
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, api::router(Berth::new(registry)))
+    let berth = Berth::new(registry);
+    let closer = berth.clone();
+    let server = axum::serve(listener, api::router(berth))
         .with_graceful_shutdown(async move {
             shutdown.await;
+            // End event streams, or they would hold the shutdown up.
+            closer.close();
             let _ = stop_tx.send(true);
         })
         .into_future();
@@ -235,7 +291,7 @@ mod tests {
     use crate::{
         api::{AddRequest, RemoveRequest},
         client::Client,
-        fake::FakeDatapath,
+        fake::{FakeDatapath, FakeHost},
         netif::Ipv4Cidr,
     };
 
@@ -255,6 +311,11 @@ mod tests {
                 subnets: vec![Ipv4Cidr::new(Ipv4Addr::new(172, 17, 0, 1), 16)],
             },
             host_addrs: fixed_addrs,
+            host: Arc::new(FakeHost::default()),
+            policy: PortPolicy::new(PortRange {
+                start: 49153,
+                end: 49162,
+            }),
         }
     }
 

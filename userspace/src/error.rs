@@ -2,7 +2,10 @@
 //! person who typed the command; the CLI prints it as `berth: <message>`.
 use std::{io, net::Ipv4Addr, path::PathBuf};
 
-use crate::{datapath::DatapathError, netif::Ipv4Cidr, spec::SpecError};
+use crate::{
+    allocator::Exhausted, datapath::DatapathError, model::Protocol, netif::Ipv4Cidr,
+    spec::SpecError,
+};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -27,8 +30,40 @@ pub enum Error {
     /// Docker's own wording, so tools that grep for it keep working.
     #[error("Bind for {bind_ip}:{host_port} failed: port is already allocated")]
     PortAllocated { bind_ip: Ipv4Addr, host_port: u16 },
+    /// The dynamic range has no room for a request.
+    #[error("{exhausted} for {bind_ip}/{} {}", .protocol.as_str(), .exhausted.counts())]
+    PortsExhausted {
+        exhausted: Exhausted,
+        bind_ip: Ipv4Addr,
+        protocol: Protocol,
+    },
     #[error("no such task: {0}")]
     NoSuchTask(String),
+    #[error("task {0} already exists; stop it first or choose another --name")]
+    TaskExists(String),
+    #[error("task {0} was started from a task definition; stop it with `berth task stop {0}`")]
+    TaskFromDefinition(String),
+    #[error("task {0} was published with `berth map add`; remove it with `berth map rm --task {0}`")]
+    TaskNotFromDefinition(String),
+    #[error("task definition: {0}")]
+    TaskDefinition(String),
+    #[error("--ip {container}=...: the task definition has no container named {container:?} (it has {})", .known.join(", "))]
+    UnknownContainer {
+        container: String,
+        known: Vec<String>,
+    },
+    #[error("container {0:?} has port mappings but no IP; add --ip {0}=CONTAINER_IP")]
+    MissingContainerIp(String),
+    #[error("containers {first} and {second} both have IP {ip}; each container has its own address on the bridge")]
+    SharedContainerIp {
+        ip: Ipv4Addr,
+        first: String,
+        second: String,
+    },
+    #[error("--ip {0:?}: expected CONTAINER=IP")]
+    ContainerIpArg(String),
+    #[error("--ip {0}=...: given twice")]
+    DuplicateContainerIpArg(String),
     #[error("task {task} has no binding {spec}")]
     NoSuchBinding { task: String, spec: String },
     #[error("interface {0} does not exist")]
@@ -39,6 +74,10 @@ pub enum Error {
     NotRoot,
     #[error("another berth daemon is listening on {}", .0.display())]
     AlreadyRunning(PathBuf),
+    #[error("a berth daemon is answering on {}; stop it before resetting", .0.display())]
+    DaemonRunning(PathBuf),
+    #[error("berth reset must run as root (it removes eBPF pins and writes sysctls)")]
+    ResetNotRoot,
     #[error("{} exists and is not a socket; remove it or choose another --socket", .0.display())]
     NotASocket(PathBuf),
     #[error("cannot reach the berth daemon at {}: is `berth daemon` running?", .0.display())]
@@ -85,9 +124,19 @@ impl Error {
             | Error::TaskName { .. }
             | Error::MalformedContainerIp(_)
             | Error::NotInBridgeSubnet { .. }
-            | Error::NoPorts => 400,
+            | Error::NoPorts
+            | Error::TaskDefinition(_)
+            | Error::UnknownContainer { .. }
+            | Error::MissingContainerIp(_)
+            | Error::SharedContainerIp { .. }
+            | Error::ContainerIpArg(_)
+            | Error::DuplicateContainerIpArg(_) => 400,
             Error::NoSuchTask(_) | Error::NoSuchBinding { .. } => 404,
-            Error::PortAllocated { .. } => 409,
+            Error::PortAllocated { .. }
+            | Error::PortsExhausted { .. }
+            | Error::TaskExists(_)
+            | Error::TaskFromDefinition(_)
+            | Error::TaskNotFromDefinition(_) => 409,
             Error::Api { status, .. } => *status,
             _ => 500,
         }

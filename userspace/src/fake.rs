@@ -1,16 +1,19 @@
-//! An in-memory [`Datapath`] for unit tests, with injectable failures.
+//! In-memory [`Datapath`] and [`Host`] for unit tests, with injectable
+//! failures.
 use std::{
     collections::BTreeSet,
+    io,
     net::Ipv4Addr,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Mutex,
     },
 };
 
 use crate::{
     datapath::{Datapath, DatapathError},
-    model::Binding,
+    host::Host,
+    model::{Binding, Protocol},
 };
 
 #[derive(Default)]
@@ -56,6 +59,13 @@ fn injected(map: &'static str) -> DatapathError {
 }
 
 impl Datapath for FakeDatapath {
+    fn retain(&self, keep: &[Binding]) -> Result<usize, DatapathError> {
+        let mut b = self.bindings.lock().unwrap();
+        let before = b.len();
+        b.retain(|x| keep.contains(x));
+        Ok(before - b.len())
+    }
+
     fn insert(&self, binding: &Binding) -> Result<(), DatapathError> {
         if *self.fail_insert_port.lock().unwrap() == Some(binding.host_port) {
             return Err(injected("BINDINGS"));
@@ -85,5 +95,70 @@ impl Datapath for FakeDatapath {
     fn expire_flows(&self) -> Result<usize, DatapathError> {
         self.expire_calls.fetch_add(1, Ordering::SeqCst);
         Ok(0)
+    }
+}
+
+/// An in-memory [`Host`]: a reserved-ports sysctl, bound sockets and a
+/// clock that tests set, with injectable sysctl write failures.
+#[derive(Default)]
+pub struct FakeHost {
+    reserved: Mutex<BTreeSet<u16>>,
+    bound: Mutex<Vec<(Protocol, u16)>>,
+    now: AtomicU64,
+    fail_writes: AtomicBool,
+    writes: AtomicUsize,
+}
+
+impl FakeHost {
+    pub fn reserved(&self) -> BTreeSet<u16> {
+        self.reserved.lock().unwrap().clone()
+    }
+    pub fn set_reserved(&self, ports: &[u16]) {
+        *self.reserved.lock().unwrap() = ports.iter().copied().collect();
+    }
+    pub fn bind(&self, protocol: Protocol, port: u16) {
+        self.bound.lock().unwrap().push((protocol, port));
+    }
+    pub fn unbind_all(&self) {
+        self.bound.lock().unwrap().clear();
+    }
+    pub fn set_now(&self, secs: u64) {
+        self.now.store(secs, Ordering::SeqCst);
+    }
+    pub fn advance(&self, secs: u64) {
+        self.now.fetch_add(secs, Ordering::SeqCst);
+    }
+    pub fn fail_writes(&self, fail: bool) {
+        self.fail_writes.store(fail, Ordering::SeqCst);
+    }
+    pub fn writes(&self) -> usize {
+        self.writes.load(Ordering::SeqCst)
+    }
+}
+
+impl Host for FakeHost {
+    fn reserved_ports(&self) -> io::Result<BTreeSet<u16>> {
+        Ok(self.reserved())
+    }
+    fn set_reserved_ports(&self, ports: &BTreeSet<u16>) -> io::Result<()> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(io::Error::from(io::ErrorKind::PermissionDenied));
+        }
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        *self.reserved.lock().unwrap() = ports.clone();
+        Ok(())
+    }
+    fn bound_ports(&self, protocol: Protocol) -> io::Result<BTreeSet<u16>> {
+        Ok(self
+            .bound
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| *p == protocol)
+            .map(|(_, port)| *port)
+            .collect())
+    }
+    fn now(&self) -> u64 {
+        self.now.load(Ordering::SeqCst)
     }
 }

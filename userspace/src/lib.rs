@@ -1,13 +1,18 @@
 //! berth's control plane. The daemon and the CLI (`main.rs`) are thin
 //! front ends over these modules.
+pub mod allocator;
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod datapath;
+pub mod ecs;
 pub mod error;
+pub mod events;
+pub mod host;
 pub mod model;
 pub mod netif;
+pub mod reset;
 pub mod socket;
 pub mod spec;
 pub mod state;

@@ -41,3 +41,81 @@ pub struct Binding {
     pub container_port: u16,
     pub protocol: Protocol,
 }
+
+/// A task started from an ECS task definition (`berth task run`): its
+/// containers in definition order with what ECS `DescribeTasks` shows for
+/// each. Its bindings are stored as any task's; this keeps the grouping
+/// (port ranges) and the container names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub containers: Vec<ContainerRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub name: String,
+    /// Absent for a container without port mappings that got no `--ip`.
+    #[serde(
+        rename = "containerIP",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub container_ip: Option<Ipv4Addr>,
+    #[serde(rename = "networkBindings")]
+    pub network_bindings: Vec<NetworkBinding>,
+}
+
+/// One entry of an ECS container's `networkBindings`: either a single port
+/// (`containerPort`, `hostPort`) or a range (`containerPortRange`,
+/// `hostPortRange`, as `"8000-8010"`). Field order is ECS's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkBinding {
+    #[serde(rename = "bindIP")]
+    pub bind_ip: Ipv4Addr,
+    #[serde(
+        rename = "containerPort",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub container_port: Option<u16>,
+    #[serde(rename = "hostPort", default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+    pub protocol: Protocol,
+    #[serde(
+        rename = "containerPortRange",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub container_port_range: Option<String>,
+    #[serde(
+        rename = "hostPortRange",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub host_port_range: Option<String>,
+}
+
+impl TaskRecord {
+    /// The container a binding of this task belongs to (container IPs are
+    /// unique within a task).
+    pub fn container_of(&self, binding: &Binding) -> Option<&str> {
+        self.containers
+            .iter()
+            .find(|c| c.container_ip == Some(binding.container_ip))
+            .map(|c| c.name.as_str())
+    }
+
+    /// The same record without container IPs: exactly ECS's shape.
+    pub fn without_ips(&self) -> TaskRecord {
+        TaskRecord {
+            containers: self
+                .containers
+                .iter()
+                .map(|c| ContainerRecord {
+                    container_ip: None,
+                    ..c.clone()
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,5 +1,8 @@
-//! Docker's `-p` port spec: `[hostIP:]hostPort:containerPort[/tcp|/udp]`,
+//! Docker's `-p` port spec: `[hostIP:][hostPort:]containerPort[/tcp|/udp]`,
 //! where both ports may be ranges of equal length (`8000-8010:9000-9010`).
+//! An omitted or zero host port (`80`, `0:80`, `1.2.3.4::80`,
+//! `9000-9009`) asks the daemon to pick one: a dynamic host port, or a
+//! contiguous block of them for a range.
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
 use crate::model::Protocol;
@@ -7,10 +10,8 @@ use crate::model::Protocol;
 /// Why a port spec was refused; shown after `port spec "…": `.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
-    #[error("expected [hostIP:]hostPort:containerPort[/tcp|/udp]")]
+    #[error("expected [hostIP:][hostPort:]containerPort[/tcp|/udp]")]
     Format,
-    #[error("dynamic host ports (hostPort 0 or omitted) are not supported yet; give a host port")]
-    DynamicHostPort,
     #[error("invalid port {0:?}: not a number")]
     NotANumber(String),
     #[error("port {0} is out of range 1-65535")]
@@ -65,11 +66,14 @@ impl fmt::Display for PortRange {
 }
 
 /// One parsed `-p` value. Its `Display` is the canonical spec
-/// (`0.0.0.0:8080:80/tcp`), which parses back to the same value.
+/// (`0.0.0.0:8080:80/tcp`, or `0.0.0.0::80/tcp` for a dynamic host port),
+/// which parses back to the same value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PortSpec {
     pub bind_ip: Ipv4Addr,
-    pub host: PortRange,
+    /// `None`: dynamic, the daemon picks as many host ports as `container`
+    /// has, contiguous.
+    pub host: Option<PortRange>,
     pub container: PortRange,
     pub protocol: Protocol,
 }
@@ -84,10 +88,24 @@ pub struct PortMapping {
 }
 
 impl PortSpec {
-    /// The individual mappings, host port i to container port i.
+    /// The same spec with its host ports chosen, starting at `start`.
+    pub fn with_host_start(&self, start: u16) -> PortSpec {
+        let end = u32::from(start) + self.container.port_count() - 1;
+        PortSpec {
+            host: Some(PortRange {
+                start,
+                end: u16::try_from(end).unwrap_or(u16::MAX),
+            }),
+            ..*self
+        }
+    }
+
+    /// The individual mappings, host port i to container port i. A dynamic
+    /// spec has none until its host ports are chosen.
     pub fn expand(&self) -> impl Iterator<Item = PortMapping> + '_ {
         self.host
-            .iter()
+            .into_iter()
+            .flat_map(PortRange::iter)
             .zip(self.container.iter())
             .map(|(host_port, container_port)| PortMapping {
                 bind_ip: self.bind_ip,
@@ -115,11 +133,12 @@ impl fmt::Display for PortMapping {
 
 impl fmt::Display for PortSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = self.host.map(|h| h.to_string()).unwrap_or_default();
         write!(
             f,
             "{}:{}:{}/{}",
             self.bind_ip,
-            self.host,
+            host,
             self.container,
             self.protocol.as_str()
         )
@@ -141,10 +160,10 @@ impl FromStr for PortSpec {
         };
         let container = parse_range(container)?;
         let host = match host {
-            None | Some("") | Some("0") => return Err(SpecError::DynamicHostPort),
-            Some(host) => parse_range(host)?,
+            None | Some("") | Some("0") => None,
+            Some(host) => Some(parse_range(host)?),
         };
-        if host.port_count() != container.port_count() {
+        if let Some(host) = host.filter(|h| h.port_count() != container.port_count()) {
             return Err(SpecError::UnequalRanges {
                 host,
                 host_len: host.port_count(),
@@ -201,7 +220,8 @@ fn parse_bind_ip(ip: &str) -> Result<Ipv4Addr, SpecError> {
     Err(SpecError::MalformedIp(ip.to_owned()))
 }
 
-fn parse_range(s: &str) -> Result<PortRange, SpecError> {
+/// `8000` or `8000-8010`, ports 1-65535.
+pub fn parse_range(s: &str) -> Result<PortRange, SpecError> {
     let Some((start, end)) = s.split_once('-') else {
         return Ok(PortRange::single(parse_port(s)?));
     };
@@ -307,22 +327,54 @@ mod tests {
         assert_eq!(parse("8080:80").unwrap().to_string(), "0.0.0.0:8080:80/tcp");
     }
 
+    fn dynamic(s: &str) -> (Ipv4Addr, PortRange, Protocol) {
+        let spec = parse(s).unwrap();
+        assert_eq!(spec.host, None, "{s}");
+        assert_eq!(spec.expand().count(), 0, "{s}");
+        (spec.bind_ip, spec.container, spec.protocol)
+    }
+
     #[test]
-    fn omitted_or_zero_host_port_is_refused_as_dynamic() {
-        for s in [
-            "80",
-            "80/udp",
-            "0:80",
-            "1.2.3.4::80",
-            "::80",
-            "1.2.3.4:0:80",
-        ] {
-            assert_eq!(parse(s), Err(SpecError::DynamicHostPort), "{s}");
-        }
+    fn omitted_or_zero_host_port_is_dynamic() {
+        let ip = Ipv4Addr::new(1, 2, 3, 4);
+        let p80 = PortRange::single(80);
+        assert_eq!(dynamic("80"), (ANY, p80, Protocol::Tcp));
+        assert_eq!(dynamic("80/udp"), (ANY, p80, Protocol::Udp));
+        assert_eq!(dynamic("0:80"), (ANY, p80, Protocol::Tcp));
+        assert_eq!(dynamic("::80"), (ANY, p80, Protocol::Tcp));
+        assert_eq!(dynamic("1.2.3.4::80"), (ip, p80, Protocol::Tcp));
+        assert_eq!(dynamic("1.2.3.4:0:80/udp"), (ip, p80, Protocol::Udp));
+    }
+
+    #[test]
+    fn a_container_range_without_host_ports_is_a_dynamic_block() {
+        let range = PortRange {
+            start: 9000,
+            end: 9009,
+        };
+        assert_eq!(dynamic("9000-9009"), (ANY, range, Protocol::Tcp));
+        assert_eq!(dynamic("0:9000-9009/udp"), (ANY, range, Protocol::Udp));
+    }
+
+    #[test]
+    fn choosing_the_host_start_expands_pairwise() {
+        let spec = parse("9000-9002/udp").unwrap().with_host_start(49160);
+        assert_eq!(spec.to_string(), "0.0.0.0:49160-49162:9000-9002/udp");
         assert_eq!(
-            SpecError::DynamicHostPort.to_string(),
-            "dynamic host ports (hostPort 0 or omitted) are not supported yet; give a host port"
+            spec.expand()
+                .map(|m| (m.host_port, m.container_port))
+                .collect::<Vec<_>>(),
+            [(49160, 9000), (49161, 9001), (49162, 9002)]
         );
+    }
+
+    #[test]
+    fn dynamic_spec_displays_with_an_empty_host_port_and_parses_back() {
+        for s in ["80", "1.2.3.4:0:80/udp", "9000-9009"] {
+            let spec = parse(s).unwrap();
+            assert_eq!(parse(&spec.to_string()).unwrap(), spec, "{s}");
+        }
+        assert_eq!(parse("80").unwrap().to_string(), "0.0.0.0::80/tcp");
     }
 
     #[test]
@@ -350,7 +402,7 @@ mod tests {
     }
 
     #[test]
-    fn non_numeric_container_port_is_refused_before_the_dynamic_host_port() {
+    fn non_numeric_container_port_is_refused() {
         assert_eq!(parse("web"), Err(SpecError::NotANumber("web".into())));
     }
 

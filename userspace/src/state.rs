@@ -1,19 +1,33 @@
-//! Tasks and their bindings: validation, conflict detection, and keeping the
-//! store and the datapath in step. [`Registry`] is the synchronous core;
+//! Tasks and their bindings: validation, conflict detection, host port
+//! allocation, and keeping the store, the datapath and the host's
+//! `ip_local_reserved_ports` in step. [`Registry`] is the synchronous core;
 //! [`Berth`] serializes requests to it behind one async mutex.
+//!
+//! Every request is all or nothing. Publishing: datapath inserts, then one
+//! store commit that also records the ports berth is about to reserve, then
+//! the sysctl write; a crash between the last two is repaired by the
+//! reconcile at start. Unpublishing: datapath removes, sysctl write, then
+//! the store commit. A failed step undoes the earlier ones.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    hash::{BuildHasher, RandomState},
     net::Ipv4Addr,
     sync::Arc,
 };
 
+use tokio::sync::{broadcast, watch};
+
 use crate::{
+    allocator::{self, CoolDowns, PortPolicy, Taken},
     datapath::Datapath,
+    ecs::{MappedPorts, TaskDefinition},
     error::{Error, Result},
-    model::{Binding, Protocol},
+    events::{Event, EventKind, EVENT_BUFFER},
+    host::{format_port_list, Host},
+    model::{Binding, ContainerRecord, NetworkBinding, Protocol, TaskRecord},
     netif::{self, Ipv4Cidr},
-    spec::{PortMapping, PortSpec},
-    store::Store,
+    spec::{PortMapping, PortRange, PortSpec},
+    store::{Commit, Store},
 };
 
 pub const MAX_TASK_NAME_LEN: usize = 255;
@@ -85,7 +99,7 @@ impl Bridge {
         }
     }
 
-    fn check_contains(&self, ip: Ipv4Addr) -> Result<()> {
+    pub fn check_contains(&self, ip: Ipv4Addr) -> Result<()> {
         let subnets = self.subnets()?;
         if subnets.is_empty() {
             return Err(Error::BridgeWithoutIpv4(self.name().to_owned()));
@@ -132,27 +146,70 @@ fn bind_ips_overlap(a: Ipv4Addr, b: Ipv4Addr) -> bool {
 pub struct Registry {
     store: Store,
     datapath: Arc<dyn Datapath>,
+    host: Arc<dyn Host>,
     bridge: Bridge,
+    policy: PortPolicy,
     tasks: BTreeMap<String, Vec<Binding>>,
+    /// Tasks started from a task definition (a subset of `tasks`).
+    task_defs: BTreeMap<String, TaskRecord>,
+    cooldowns: CoolDowns,
+    /// Ports berth added to `ip_local_reserved_ports`, the only ones it ever
+    /// removes: what the operator reserved stays reserved.
+    reserved_by_us: BTreeSet<u16>,
+    rng: u64,
+    events: broadcast::Sender<Event>,
+}
+
+/// What a publish changes besides the new bindings themselves.
+struct Publish<'a> {
+    task: &'a str,
+    new: &'a [Binding],
+    /// The task's bindings afterwards.
+    all: Vec<Binding>,
+    record: Option<TaskRecord>,
 }
 
 impl Registry {
-    /// Loads the stored tasks; the datapath is not touched until
-    /// [`Registry::restore`].
-    pub fn open(store: Store, datapath: Arc<dyn Datapath>, bridge: Bridge) -> Result<Self> {
-        let tasks = store.load()?;
+    /// Loads the stored state; neither the datapath nor the host is touched
+    /// until [`Registry::restore`] and [`Registry::reconcile_reserved_ports`].
+    pub fn open(
+        store: Store,
+        datapath: Arc<dyn Datapath>,
+        bridge: Bridge,
+        host: Arc<dyn Host>,
+        policy: PortPolicy,
+    ) -> Result<Self> {
+        let stored = store.load_all()?;
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
         Ok(Registry {
             store,
             datapath,
+            host,
             bridge,
-            tasks,
+            policy,
+            tasks: stored.tasks,
+            task_defs: stored.task_defs,
+            cooldowns: CoolDowns::from_entries(stored.cooldowns),
+            reserved_by_us: stored.reserved,
+            rng: RandomState::new().hash_one(std::process::id()) | 1,
+            events,
         })
+    }
+
+    /// Makes the allocator's choices repeatable (tests).
+    pub fn seed(&mut self, seed: u64) {
+        self.rng = seed | 1;
     }
 
     /// Re-inserts every stored binding (inserts are idempotent), so a
     /// datapath that lost or never had them matches the store again.
     /// Returns how many bindings were inserted.
     pub fn restore(&self) -> Result<usize> {
+        let keep = self.bindings();
+        let stale = self.datapath.retain(&keep).map_err(Error::Datapath)?;
+        if stale > 0 {
+            tracing::info!(stale, "unpublished entries the store does not know");
+        }
         let mut n = 0;
         for b in self.tasks.values().flatten() {
             self.datapath.insert(b).map_err(|reason| Error::Restore {
@@ -164,8 +221,42 @@ impl Registry {
         Ok(n)
     }
 
+    /// At start: reserves every mapped host port that is not reserved, and
+    /// releases the ones berth reserved that are no longer mapped (left by a
+    /// crash, or by a store that was reset). Also forgets finished
+    /// cool-downs. Returns (reserved, released).
+    pub fn reconcile_reserved_ports(&mut self) -> Result<(usize, usize)> {
+        let mapped: BTreeSet<u16> = self.tasks.values().flatten().map(|b| b.host_port).collect();
+        let current = self.host.reserved_ports().map_err(sysctl_err("reading"))?;
+        let add: BTreeSet<u16> = mapped.difference(&current).copied().collect();
+        let drop: BTreeSet<u16> = self.reserved_by_us.difference(&mapped).copied().collect();
+        let next: BTreeSet<u16> = current.union(&add).filter(|p| !drop.contains(p)).copied().collect();
+        let mut cooldowns = self.cooldowns.clone();
+        let commit = Commit {
+            reserved_add: add.iter().copied().collect(),
+            reserved_remove: drop.iter().copied().collect(),
+            cooldowns: cooldowns.prune(self.host.now(), self.policy.cooldown_secs),
+            ..Default::default()
+        };
+        // Record before writing, as a publish does.
+        self.store.commit(&commit)?;
+        if next != current {
+            self.host
+                .set_reserved_ports(&next)
+                .map_err(sysctl_err("writing"))?;
+        }
+        self.reserved_by_us.extend(&add);
+        self.reserved_by_us.retain(|p| !drop.contains(p));
+        self.cooldowns = cooldowns;
+        Ok((add.len(), drop.len()))
+    }
+
     pub fn datapath(&self) -> &Arc<dyn Datapath> {
         &self.datapath
+    }
+
+    pub fn policy(&self) -> &PortPolicy {
+        &self.policy
     }
 
     /// Every binding, by task name, each task's in the order added.
@@ -173,8 +264,34 @@ impl Registry {
         self.tasks.values().flatten().cloned().collect()
     }
 
-    /// Publishes `specs` for `task` at `container_ip`. All or nothing: on
-    /// any error neither the store nor the datapath has changed.
+    /// Tasks started from a task definition, by name.
+    pub fn task_records(&self) -> Vec<(String, TaskRecord)> {
+        self.task_defs
+            .iter()
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect()
+    }
+
+    /// Host ports berth added to `ip_local_reserved_ports`.
+    pub fn reserved_by_berth(&self) -> &BTreeSet<u16> {
+        &self.reserved_by_us
+    }
+
+    /// The container name of a binding of a task run from a definition.
+    pub fn container_of(&self, b: &Binding) -> Option<String> {
+        self.task_defs
+            .get(&b.task)
+            .and_then(|r| r.container_of(b))
+            .map(str::to_owned)
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Publishes `specs` for `task` at `container_ip`; dynamic specs get
+    /// their host ports here. All or nothing: on any error nothing changed.
     pub fn add(
         &mut self,
         task: &str,
@@ -186,74 +303,383 @@ impl Registry {
             return Err(Error::NoPorts);
         }
         self.bridge.check_contains(container_ip)?;
-        let new: Vec<Binding> = specs
-            .iter()
-            .flat_map(PortSpec::expand)
-            .map(|m| Binding {
-                task: task.to_owned(),
-                container_ip,
-                bind_ip: m.bind_ip,
-                host_port: m.host_port,
-                container_port: m.container_port,
-                protocol: m.protocol,
-            })
-            .collect();
-        self.check_conflicts(&new)?;
-
-        self.insert_all(&new)?;
-        let mut updated = self.tasks.get(task).cloned().unwrap_or_default();
-        updated.extend(new.iter().cloned());
-        if let Err(err) = self.store.put_task(task, &updated) {
-            self.undo_inserts(&new);
-            return Err(err);
+        if self.task_defs.contains_key(task) {
+            return Err(Error::TaskFromDefinition(task.to_owned()));
         }
-        self.tasks.insert(task.to_owned(), updated);
+        let resolved = self.place(&[specs.to_vec()])?.remove(0);
+        let new = bindings_of(task, container_ip, &resolved);
+        let mut all = self.tasks.get(task).cloned().unwrap_or_default();
+        all.extend(new.iter().cloned());
+        self.publish(Publish {
+            task,
+            new: &new,
+            all,
+            record: None,
+        })?;
         tracing::info!(task = %task, bindings = new.len(), "published");
         Ok(new)
     }
 
     /// Unpublishes `specs` of `task`, or all its bindings when `specs` is
-    /// empty. All or nothing, like [`Registry::add`].
+    /// empty. A dynamic spec (`80`, `9000-9009`) names the bindings of those
+    /// container ports whatever their host ports. All or nothing.
     pub fn remove(&mut self, task: &str, specs: &[PortSpec]) -> Result<Vec<Binding>> {
         validate_task_name(task)?;
         let current = self
             .tasks
             .get(task)
             .ok_or_else(|| Error::NoSuchTask(task.to_owned()))?;
+        if self.task_defs.contains_key(task) {
+            return Err(Error::TaskFromDefinition(task.to_owned()));
+        }
         let (gone, kept): (Vec<Binding>, Vec<Binding>) = if specs.is_empty() {
             (current.clone(), Vec::new())
         } else {
-            let mut wanted = BTreeSet::new();
-            for m in specs.iter().flat_map(PortSpec::expand) {
-                if !current.iter().any(|b| mapping_of(b) == m) {
-                    return Err(Error::NoSuchBinding {
-                        task: task.to_owned(),
-                        spec: m.to_string(),
-                    });
-                }
-                wanted.insert(m);
-            }
+            let wanted = select(task, current, specs)?;
             current
                 .iter()
                 .cloned()
                 .partition(|b| wanted.contains(&mapping_of(b)))
         };
+        self.unpublish(task, &gone, kept, false)?;
+        tracing::info!(task = %task, bindings = gone.len(), "unpublished");
+        Ok(gone)
+    }
 
-        self.remove_all(&gone)?;
-        if let Err(err) = self.store.put_task(task, &kept) {
-            self.undo_removes(&gone);
+    /// Publishes every container's port mappings of an ECS task definition
+    /// as task `name`. All or nothing. Returns what ECS `DescribeTasks`
+    /// would show for its containers (with their IPs).
+    pub fn run_task(
+        &mut self,
+        name: &str,
+        def: &TaskDefinition,
+        ips: &BTreeMap<String, Ipv4Addr>,
+    ) -> Result<TaskRecord> {
+        validate_task_name(name)?;
+        let paired = def.container_ips(ips)?;
+        for ip in paired.iter().filter_map(|(_, ip)| *ip) {
+            self.bridge.check_contains(ip)?;
+        }
+        if self.tasks.contains_key(name) || self.task_defs.contains_key(name) {
+            return Err(Error::TaskExists(name.to_owned()));
+        }
+        let groups: Vec<Vec<PortSpec>> = paired.iter().map(|(c, _)| c.specs()).collect();
+        let resolved = self.place(&groups)?;
+
+        let mut new = Vec::new();
+        let mut containers = Vec::new();
+        for ((c, ip), specs) in paired.iter().zip(&resolved) {
+            let mut network_bindings = Vec::new();
+            for (mapping, spec) in c.port_mappings.iter().zip(specs) {
+                network_bindings.push(network_binding(mapping.ports, spec));
+                if let Some(ip) = ip {
+                    new.extend(bindings_of(name, *ip, std::slice::from_ref(spec)));
+                }
+            }
+            containers.push(ContainerRecord {
+                name: c.name.clone(),
+                container_ip: *ip,
+                network_bindings,
+            });
+        }
+        let record = TaskRecord { containers };
+        self.publish(Publish {
+            task: name,
+            new: &new,
+            all: new.clone(),
+            record: Some(record.clone()),
+        })?;
+        tracing::info!(task = %name, bindings = new.len(), "task started");
+        Ok(record)
+    }
+
+    /// Unpublishes a task started from a task definition. Returns its
+    /// record and the bindings released.
+    pub fn stop_task(&mut self, name: &str) -> Result<(TaskRecord, Vec<Binding>)> {
+        validate_task_name(name)?;
+        let Some(record) = self.task_defs.get(name).cloned() else {
+            return Err(if self.tasks.contains_key(name) {
+                Error::TaskNotFromDefinition(name.to_owned())
+            } else {
+                Error::NoSuchTask(name.to_owned())
+            });
+        };
+        let gone = self.tasks.get(name).cloned().unwrap_or_default();
+        self.unpublish(name, &gone, Vec::new(), true)?;
+        tracing::info!(task = %name, bindings = gone.len(), "task stopped");
+        Ok((record, gone))
+    }
+
+    /// Chooses the host ports of every dynamic spec, after checking the
+    /// static ones, so a dynamic port never takes one asked for by name
+    /// later in the same request. Returns the specs with host ports, in the
+    /// same shape.
+    fn place(&mut self, groups: &[Vec<PortSpec>]) -> Result<Vec<Vec<PortSpec>>> {
+        let mut pending: Vec<PortMapping> = groups
+            .iter()
+            .flatten()
+            .flat_map(PortSpec::expand)
+            .collect();
+        self.check_conflicts(&pending)?;
+        let now = self.host.now();
+        let mut bound: HashMap<Protocol, BTreeSet<u16>> = HashMap::new();
+        let mut out = Vec::with_capacity(groups.len());
+        for specs in groups {
+            let mut resolved = Vec::with_capacity(specs.len());
+            for spec in specs {
+                let spec = match spec.host {
+                    Some(_) => *spec,
+                    None => {
+                        let start = self.allocate(spec, &pending, &mut bound, now)?;
+                        let spec = spec.with_host_start(start);
+                        pending.extend(spec.expand());
+                        spec
+                    }
+                };
+                resolved.push(spec);
+            }
+            out.push(resolved);
+        }
+        Ok(out)
+    }
+
+    /// The first host port of a free block for a dynamic spec.
+    fn allocate(
+        &mut self,
+        spec: &PortSpec,
+        pending: &[PortMapping],
+        bound: &mut HashMap<Protocol, BTreeSet<u16>>,
+        now: u64,
+    ) -> Result<u16> {
+        let protocol = spec.protocol;
+        let collides = |p: Protocol, ip: Ipv4Addr| p == protocol && bind_ips_overlap(ip, spec.bind_ip);
+        let mapped = self
+            .tasks
+            .values()
+            .flatten()
+            .filter(|b| collides(b.protocol, b.bind_ip))
+            .map(|b| b.host_port)
+            .chain(
+                pending
+                    .iter()
+                    .filter(|m| collides(m.protocol, m.bind_ip))
+                    .map(|m| m.host_port),
+            )
+            .collect();
+        if !bound.contains_key(&protocol) {
+            let ports = self.host.bound_ports(protocol).map_err(|e| {
+                Error::io(
+                    format!("reading the host's {} sockets", protocol.as_str()),
+                    e,
+                )
+            })?;
+            bound.insert(protocol, ports);
+        }
+        let taken = Taken {
+            mapped,
+            bound: bound.get(&protocol).cloned().unwrap_or_default(),
+            cooling: self
+                .cooldowns
+                .cooling(protocol, now, self.policy.cooldown_secs),
+        };
+        let offset = self.next_random();
+        allocator::allocate(&self.policy, &taken, spec.container.port_count(), offset)
+            .map(|r| r.start)
+            .map_err(|exhausted| Error::PortsExhausted {
+                exhausted,
+                bind_ip: spec.bind_ip,
+                protocol,
+            })
+    }
+
+    /// xorshift64*: enough to spread picks over the range.
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn publish(&mut self, p: Publish<'_>) -> Result<()> {
+        self.insert_all(p.new)?;
+        let outcome = (|| {
+            let current = self.host.reserved_ports().map_err(sysctl_err("reading"))?;
+            let reserve: BTreeSet<u16> = p
+                .new
+                .iter()
+                .map(|b| b.host_port)
+                .filter(|port| !current.contains(port))
+                .collect();
+            let mut cooldowns = self.cooldowns.clone();
+            let mut commit = Commit {
+                tasks: vec![(p.task.to_owned(), p.all.clone())],
+                cooldowns: cooldowns.prune(self.host.now(), self.policy.cooldown_secs),
+                reserved_add: reserve.iter().copied().collect(),
+                ..Default::default()
+            };
+            if let Some(record) = &p.record {
+                commit
+                    .task_defs
+                    .push((p.task.to_owned(), Some(record.clone())));
+            }
+            self.store.commit(&commit)?;
+            if !reserve.is_empty() {
+                let next = current.union(&reserve).copied().collect();
+                if let Err(e) = self.host.set_reserved_ports(&next) {
+                    self.revert_publish(p.task, &reserve);
+                    return Err(sysctl_err("writing")(e));
+                }
+            }
+            Ok((reserve, cooldowns))
+        })();
+        let (reserve, cooldowns) = match outcome {
+            Ok(done) => done,
+            Err(err) => {
+                self.undo_inserts(p.new);
+                return Err(err);
+            }
+        };
+        self.cooldowns = cooldowns;
+        self.reserved_by_us.extend(reserve);
+        self.tasks.insert(p.task.to_owned(), p.all);
+        if let Some(record) = p.record {
+            self.task_defs.insert(p.task.to_owned(), record);
+        }
+        for b in p.new {
+            self.emit(EventKind::Added, b);
+        }
+        Ok(())
+    }
+
+    /// Puts the store back as it was before a publish of `task` whose
+    /// sysctl write failed.
+    fn revert_publish(&self, task: &str, reserved: &BTreeSet<u16>) {
+        let mut commit = Commit {
+            tasks: vec![(
+                task.to_owned(),
+                self.tasks.get(task).cloned().unwrap_or_default(),
+            )],
+            reserved_remove: reserved
+                .iter()
+                .filter(|p| !self.reserved_by_us.contains(p))
+                .copied()
+                .collect(),
+            ..Default::default()
+        };
+        if !self.task_defs.contains_key(task) {
+            commit.task_defs.push((task.to_owned(), None));
+        }
+        if let Err(err) = self.store.commit(&commit) {
+            tracing::error!(task = %task, error = %err, "rollback: restoring the store failed; the next start reconciles it");
+        }
+    }
+
+    fn unpublish(
+        &mut self,
+        task: &str,
+        gone: &[Binding],
+        kept: Vec<Binding>,
+        drop_record: bool,
+    ) -> Result<()> {
+        self.remove_all(gone)?;
+        let still_mapped: BTreeSet<u16> = self
+            .tasks
+            .iter()
+            .filter(|(name, _)| name.as_str() != task)
+            .flat_map(|(_, bs)| bs)
+            .chain(&kept)
+            .map(|b| b.host_port)
+            .collect();
+        let release: BTreeSet<u16> = gone
+            .iter()
+            .map(|b| b.host_port)
+            .filter(|p| !still_mapped.contains(p) && self.reserved_by_us.contains(p))
+            .collect();
+        let released = match self.unreserve(&release) {
+            Ok(()) => release,
+            Err(err) => {
+                // Still recorded as ours, so the next start releases them.
+                tracing::warn!(ports = %format_port_list(&release), error = %err, "could not release reserved ports");
+                BTreeSet::new()
+            }
+        };
+
+        let now = self.host.now();
+        let mut cooldowns = self.cooldowns.clone();
+        let mut cooldown_changes = cooldowns.prune(now, self.policy.cooldown_secs);
+        if self.policy.cooldown_secs > 0 {
+            for b in gone {
+                cooldowns.release(b.protocol, b.host_port, now);
+                cooldown_changes.push(((b.protocol, b.host_port), Some(now)));
+            }
+        }
+        let mut commit = Commit {
+            tasks: vec![(task.to_owned(), kept.clone())],
+            cooldowns: cooldown_changes,
+            reserved_remove: released.iter().copied().collect(),
+            ..Default::default()
+        };
+        if drop_record {
+            commit.task_defs.push((task.to_owned(), None));
+        }
+        if let Err(err) = self.store.commit(&commit) {
+            if let Err(e) = self.reserve_again(&released) {
+                tracing::error!(error = %e, "rollback: re-reserving ports failed");
+            }
+            self.undo_removes(gone);
             return Err(err);
         }
+        let containers: Vec<Option<String>> = gone.iter().map(|b| self.container_of(b)).collect();
+        self.cooldowns = cooldowns;
+        self.reserved_by_us.retain(|p| !released.contains(p));
         if kept.is_empty() {
             self.tasks.remove(task);
         } else {
             self.tasks.insert(task.to_owned(), kept);
         }
-        tracing::info!(task = %task, bindings = gone.len(), "unpublished");
-        Ok(gone)
+        if drop_record {
+            self.task_defs.remove(task);
+        }
+        for (b, container) in gone.iter().zip(containers) {
+            let _ = self
+                .events
+                .send(Event::now(EventKind::Removed, b.clone(), container));
+        }
+        Ok(())
     }
 
-    fn check_conflicts(&self, new: &[Binding]) -> Result<()> {
+    fn emit(&self, kind: EventKind, b: &Binding) {
+        // No subscriber is not an error.
+        let _ = self
+            .events
+            .send(Event::now(kind, b.clone(), self.container_of(b)));
+    }
+
+    fn unreserve(&self, ports: &BTreeSet<u16>) -> std::io::Result<()> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        let mut current = self.host.reserved_ports()?;
+        let before = current.len();
+        current.retain(|p| !ports.contains(p));
+        if current.len() != before {
+            self.host.set_reserved_ports(&current)?;
+        }
+        Ok(())
+    }
+
+    fn reserve_again(&self, ports: &BTreeSet<u16>) -> std::io::Result<()> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        let mut current = self.host.reserved_ports()?;
+        current.extend(ports);
+        self.host.set_reserved_ports(&current)
+    }
+
+    fn check_conflicts(&self, new: &[PortMapping]) -> Result<()> {
         let mut taken: HashMap<(Protocol, u16), Vec<Ipv4Addr>> = HashMap::new();
         for b in self.tasks.values().flatten() {
             taken
@@ -313,11 +739,100 @@ impl Registry {
     }
 }
 
+fn sysctl_err(what: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |e| {
+        Error::io(
+            format!("{what} {}", crate::host::RESERVED_PORTS_SYSCTL),
+            e,
+        )
+    }
+}
+
+/// The bindings of resolved (host ports chosen) specs.
+fn bindings_of(task: &str, container_ip: Ipv4Addr, specs: &[PortSpec]) -> Vec<Binding> {
+    specs
+        .iter()
+        .flat_map(PortSpec::expand)
+        .map(|m| Binding {
+            task: task.to_owned(),
+            container_ip,
+            bind_ip: m.bind_ip,
+            host_port: m.host_port,
+            container_port: m.container_port,
+            protocol: m.protocol,
+        })
+        .collect()
+}
+
+/// The ECS `networkBindings` entry of one resolved port mapping.
+fn network_binding(ports: MappedPorts, spec: &PortSpec) -> NetworkBinding {
+    let host = spec.host.unwrap_or(spec.container);
+    let range = |r: PortRange| format!("{}-{}", r.start, r.end);
+    match ports {
+        MappedPorts::Port { .. } => NetworkBinding {
+            bind_ip: spec.bind_ip,
+            container_port: Some(spec.container.start),
+            host_port: Some(host.start),
+            protocol: spec.protocol,
+            container_port_range: None,
+            host_port_range: None,
+        },
+        MappedPorts::Range(_) => NetworkBinding {
+            bind_ip: spec.bind_ip,
+            container_port: None,
+            host_port: None,
+            protocol: spec.protocol,
+            container_port_range: Some(range(spec.container)),
+            host_port_range: Some(range(host)),
+        },
+    }
+}
+
+/// The mappings of `current` that `specs` name; a spec (or, for a dynamic
+/// spec, a container port) that names none is an error.
+fn select(task: &str, current: &[Binding], specs: &[PortSpec]) -> Result<BTreeSet<PortMapping>> {
+    let mut wanted = BTreeSet::new();
+    let no_such = |spec: String| Error::NoSuchBinding {
+        task: task.to_owned(),
+        spec,
+    };
+    for spec in specs {
+        if spec.host.is_some() {
+            for m in spec.expand() {
+                if !current.iter().any(|b| mapping_of(b) == m) {
+                    return Err(no_such(m.to_string()));
+                }
+                wanted.insert(m);
+            }
+            continue;
+        }
+        for container_port in spec.container.iter() {
+            let before = wanted.len();
+            wanted.extend(current.iter().map(mapping_of).filter(|m| {
+                m.bind_ip == spec.bind_ip
+                    && m.container_port == container_port
+                    && m.protocol == spec.protocol
+            }));
+            if wanted.len() == before {
+                return Err(no_such(format!(
+                    "{}::{container_port}/{}",
+                    spec.bind_ip,
+                    spec.protocol.as_str()
+                )));
+            }
+        }
+    }
+    Ok(wanted)
+}
+
 /// The daemon's handle: cheap to clone, one request at a time inside.
 #[derive(Clone)]
 pub struct Berth {
     registry: Arc<tokio::sync::Mutex<Registry>>,
     datapath: Arc<dyn Datapath>,
+    /// Set once the daemon shuts down, so event streams end and do not
+    /// hold the shutdown up.
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl Berth {
@@ -326,11 +841,65 @@ impl Berth {
         Berth {
             registry: Arc::new(tokio::sync::Mutex::new(registry)),
             datapath,
+            closing: Arc::new(watch::channel(false).0),
         }
     }
 
     pub async fn bindings(&self) -> Vec<Binding> {
         self.registry.lock().await.bindings()
+    }
+
+    /// Tasks run from task definitions, by name.
+    pub async fn task_records(&self) -> Vec<(String, TaskRecord)> {
+        self.registry.lock().await.task_records()
+    }
+
+    pub async fn run_task(
+        &self,
+        name: String,
+        def: TaskDefinition,
+        ips: BTreeMap<String, Ipv4Addr>,
+    ) -> Result<TaskRecord> {
+        self.with_registry(move |r| r.run_task(&name, &def, &ips))
+            .await
+    }
+
+    pub async fn stop_task(&self, name: String) -> Result<(TaskRecord, Vec<Binding>)> {
+        self.with_registry(move |r| r.stop_task(&name)).await
+    }
+
+    /// Subscribes to events; with `existing`, also returns an "added" event
+    /// for every current binding, taken atomically with the subscription so
+    /// nothing falls between the two.
+    pub async fn subscribe(&self, existing: bool) -> (Vec<Event>, broadcast::Receiver<Event>) {
+        let registry = self.registry.lock().await;
+        let rx = registry.subscribe();
+        let snapshot = if existing {
+            registry
+                .bindings()
+                .into_iter()
+                .map(|b| {
+                    let container = registry.container_of(&b);
+                    Event::now(EventKind::Added, b, container)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (snapshot, rx)
+    }
+
+    /// Resolves when the daemon starts shutting down.
+    pub fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|closing| *closing).await;
+        }
+    }
+
+    /// Ends every event stream.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     pub async fn add(
@@ -374,12 +943,31 @@ impl Berth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::FakeDatapath;
+    use crate::fake::{FakeDatapath, FakeHost};
 
     struct Fixture {
         _dir: tempfile::TempDir,
         datapath: Arc<FakeDatapath>,
         registry: Registry,
+    }
+
+    /// 49153-49162, the default reserved list, a 300 s cool-down.
+    fn policy() -> PortPolicy {
+        PortPolicy::new(PortRange {
+            start: 49153,
+            end: 49162,
+        })
+    }
+
+    fn open(store: Store, datapath: Arc<FakeDatapath>) -> Registry {
+        Registry::open(
+            store,
+            datapath,
+            bridge(),
+            Arc::new(FakeHost::default()),
+            policy(),
+        )
+        .unwrap()
     }
 
     fn bridge() -> Bridge {
@@ -393,7 +981,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let datapath = Arc::new(FakeDatapath::default());
         let store = Store::open(dir.path()).unwrap();
-        let registry = Registry::open(store, datapath.clone(), bridge()).unwrap();
+        let registry = open(store, datapath.clone());
         Fixture {
             _dir: dir,
             datapath,
@@ -495,7 +1083,14 @@ mod tests {
             subnets: vec![],
         };
         let store = Store::open(dir.path()).unwrap();
-        let mut r = Registry::open(store, Arc::new(FakeDatapath::default()), bridge).unwrap();
+        let mut r = Registry::open(
+            store,
+            Arc::new(FakeDatapath::default()),
+            bridge,
+            Arc::new(FakeHost::default()),
+            policy(),
+        )
+        .unwrap();
         let err = r
             .add("web", ip("172.17.0.2"), &specs(&["8080:80"]))
             .unwrap_err();
@@ -696,7 +1291,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let added = {
             let store = Store::open(dir.path()).unwrap();
-            let mut r = Registry::open(store, Arc::new(FakeDatapath::default()), bridge()).unwrap();
+            let mut r = open(store, Arc::new(FakeDatapath::default()));
             let mut added = r
                 .add("web", ip("172.17.0.2"), &specs(&["8080:80"]))
                 .unwrap();
@@ -711,7 +1306,7 @@ mod tests {
         };
         let store = Store::open(dir.path()).unwrap();
         let datapath = Arc::new(FakeDatapath::default());
-        let r = Registry::open(store, datapath.clone(), bridge()).unwrap();
+        let r = open(store, datapath.clone());
         let mut expected = added.clone();
         expected.sort();
         assert_eq!(r.restore().unwrap(), 2);
@@ -740,7 +1335,7 @@ mod tests {
             .unwrap();
         let datapath = Arc::new(FakeDatapath::default());
         datapath.fail_insert_of_host_port(8080);
-        let r = Registry::open(Store::open(dir.path()).unwrap(), datapath, bridge()).unwrap();
+        let r = open(Store::open(dir.path()).unwrap(), datapath);
         let err = r.restore().unwrap_err();
         assert!(
             err.to_string()

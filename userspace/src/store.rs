@@ -1,8 +1,14 @@
-//! Desired state on disk: `<state-dir>/berth.redb`, one row per task
-//! (task name → JSON array of its bindings). Each request changes one task,
-//! so one row write is one request's whole effect, committed atomically.
+//! Desired state on disk: `<state-dir>/berth.redb`. Tables:
+//! - `tasks_v1`: task name → JSON array of its bindings;
+//! - `task_defs_v1`: task name → JSON [`TaskRecord`], for tasks started from
+//!   an ECS task definition;
+//! - `cooldowns_v1`: (IP protocol number, host port) → Unix seconds it was
+//!   released;
+//! - `reserved_v1`: host ports berth added to `ip_local_reserved_ports`.
+//!
+//! One request's whole effect is one [`Commit`], one redb transaction.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs::DirBuilder,
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
@@ -12,13 +18,44 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::{
     error::{Error, Result},
-    model::Binding,
+    model::{Binding, Protocol, TaskRecord},
 };
 
 pub const STORE_FILE: &str = "berth.redb";
 
 /// Bump the suffix when the row format changes incompatibly.
 const TASKS: TableDefinition<&str, &str> = TableDefinition::new("tasks_v1");
+const TASK_DEFS: TableDefinition<&str, &str> = TableDefinition::new("task_defs_v1");
+const COOLDOWNS: TableDefinition<(u8, u16), u64> = TableDefinition::new("cooldowns_v1");
+const RESERVED: TableDefinition<u16, ()> = TableDefinition::new("reserved_v1");
+
+/// Everything the store holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stored {
+    pub tasks: BTreeMap<String, Vec<Binding>>,
+    pub task_defs: BTreeMap<String, TaskRecord>,
+    pub cooldowns: Vec<((Protocol, u16), u64)>,
+    pub reserved: BTreeSet<u16>,
+}
+
+/// Changes committed together.
+#[derive(Clone, Debug, Default)]
+pub struct Commit {
+    /// A task's new bindings; an empty list deletes the task.
+    pub tasks: Vec<(String, Vec<Binding>)>,
+    /// A task's record; `None` deletes it.
+    pub task_defs: Vec<(String, Option<TaskRecord>)>,
+    /// Release times to set (`Some`) or forget (`None`).
+    pub cooldowns: Vec<((Protocol, u16), Option<u64>)>,
+    pub reserved_add: Vec<u16>,
+    pub reserved_remove: Vec<u16>,
+}
+
+fn protocol_of(number: u8) -> Option<Protocol> {
+    [Protocol::Tcp, Protocol::Udp]
+        .into_iter()
+        .find(|p| p.ip_proto() == number)
+}
 
 pub struct Store {
     db: Database,
@@ -39,9 +76,18 @@ impl Store {
         let path = state_dir.join(STORE_FILE);
         let db = Database::create(&path).map_err(|e| store_err(&path, e))?;
         let store = Store { db, path };
-        // Create the table up front so readers never see "no such table".
-        store.write(|_| Ok(()))?;
+        // Create the tables up front so readers never see "no such table".
+        store.commit(&Commit::default())?;
         Ok(store)
+    }
+
+    /// Opens the store in `state_dir` only if it exists (`berth reset`).
+    pub fn open_existing(state_dir: &Path) -> Result<Option<Self>> {
+        if state_dir.join(STORE_FILE).exists() {
+            Self::open(state_dir).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -63,30 +109,117 @@ impl Store {
         Ok(tasks)
     }
 
-    /// Replaces a task's bindings; an empty list deletes the task.
-    pub fn put_task(&self, task: &str, bindings: &[Binding]) -> Result<()> {
-        let json = serde_json::to_string(bindings)
-            .map_err(|e| store_err(&self.path, format_args!("encoding task {task}: {e}")))?;
-        self.write(|table| {
-            if bindings.is_empty() {
-                table.remove(task)?;
-            } else {
-                table.insert(task, json.as_str())?;
+    /// Everything: tasks, task records, cool-downs and berth's reserved
+    /// ports.
+    pub fn load_all(&self) -> Result<Stored> {
+        let err = |e: &dyn std::fmt::Display| store_err(&self.path, e);
+        let tasks = self.load()?;
+        let txn = self.db.begin_read().map_err(|e| err(&e))?;
+        let mut task_defs = BTreeMap::new();
+        let table = txn.open_table(TASK_DEFS).map_err(|e| err(&e))?;
+        for row in table.iter().map_err(|e| err(&e))? {
+            let (key, value) = row.map_err(|e| err(&e))?;
+            let record: TaskRecord = serde_json::from_str(value.value()).map_err(|e| {
+                err(&format_args!(
+                    "task {}: unreadable task record: {e}",
+                    key.value()
+                ))
+            })?;
+            task_defs.insert(key.value().to_owned(), record);
+        }
+        let mut cooldowns = Vec::new();
+        let table = txn.open_table(COOLDOWNS).map_err(|e| err(&e))?;
+        for row in table.iter().map_err(|e| err(&e))? {
+            let (key, value) = row.map_err(|e| err(&e))?;
+            let (proto, port) = key.value();
+            // A protocol this version does not know cannot be allocated.
+            if let Some(protocol) = protocol_of(proto) {
+                cooldowns.push(((protocol, port), value.value()));
             }
-            Ok(())
+        }
+        let mut reserved = BTreeSet::new();
+        let table = txn.open_table(RESERVED).map_err(|e| err(&e))?;
+        for row in table.iter().map_err(|e| err(&e))? {
+            reserved.insert(row.map_err(|e| err(&e))?.0.value());
+        }
+        Ok(Stored {
+            tasks,
+            task_defs,
+            cooldowns,
+            reserved,
         })
     }
 
-    fn write(
-        &self,
-        f: impl FnOnce(&mut redb::Table<&str, &str>) -> Result<(), redb::StorageError>,
-    ) -> Result<()> {
+    /// Replaces a task's bindings; an empty list deletes the task.
+    pub fn put_task(&self, task: &str, bindings: &[Binding]) -> Result<()> {
+        self.commit(&Commit {
+            tasks: vec![(task.to_owned(), bindings.to_vec())],
+            ..Default::default()
+        })
+    }
+
+    /// Applies every change of `c` in one transaction.
+    pub fn commit(&self, c: &Commit) -> Result<()> {
         let err = |e: &dyn std::fmt::Display| store_err(&self.path, e);
+        let encode = |what: &str, json: serde_json::Result<String>| {
+            json.map_err(|e| err(&format_args!("encoding {what}: {e}")))
+        };
+        let tasks: Vec<(&str, Option<String>)> = c
+            .tasks
+            .iter()
+            .map(|(task, bindings)| {
+                let json = (!bindings.is_empty())
+                    .then(|| encode(&format!("task {task}"), serde_json::to_string(bindings)))
+                    .transpose()?;
+                Ok((task.as_str(), json))
+            })
+            .collect::<Result<_>>()?;
+        let task_defs: Vec<(&str, Option<String>)> = c
+            .task_defs
+            .iter()
+            .map(|(task, record)| {
+                let json = record
+                    .as_ref()
+                    .map(|r| encode(&format!("task record {task}"), serde_json::to_string(r)))
+                    .transpose()?;
+                Ok((task.as_str(), json))
+            })
+            .collect::<Result<_>>()?;
+
         let txn = self.db.begin_write().map_err(|e| err(&e))?;
-        {
-            let mut table = txn.open_table(TASKS).map_err(|e| err(&e))?;
-            f(&mut table).map_err(|e| err(&e))?;
-        }
+        let write = || -> Result<(), redb::Error> {
+            let mut table = txn.open_table(TASKS)?;
+            for (task, json) in &tasks {
+                match json {
+                    Some(json) => drop(table.insert(*task, json.as_str())?),
+                    None => drop(table.remove(*task)?),
+                }
+            }
+            let mut table = txn.open_table(TASK_DEFS)?;
+            for (task, json) in &task_defs {
+                match json {
+                    Some(json) => drop(table.insert(*task, json.as_str())?),
+                    None => drop(table.remove(*task)?),
+                }
+            }
+            let mut table = txn.open_table(COOLDOWNS)?;
+            for &((protocol, port), at) in &c.cooldowns {
+                let key = (protocol.ip_proto(), port);
+                match at {
+                    Some(at) => drop(table.insert(key, at)?),
+                    None => drop(table.remove(key)?),
+                }
+            }
+            let mut table = txn.open_table(RESERVED)?;
+            for &port in &c.reserved_add {
+                table.insert(port, ())?;
+            }
+            for &port in &c.reserved_remove {
+                table.remove(port)?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| err(&e))?;
         txn.commit().map_err(|e| err(&e))
     }
 }

@@ -471,6 +471,31 @@ impl Datapath for BpfDatapath {
         Ok(())
     }
 
+    fn retain(&self, keep: &[Binding]) -> Result<usize, DatapathError> {
+        let keep: HashSet<(ServiceKey, (u32, u16))> = keep
+            .iter()
+            .map(|b| {
+                let be = backend(b);
+                (service_key(b), (be.addr_be, be.port_be))
+            })
+            .collect();
+        let mut m = self.lock();
+        let stale: Vec<ServiceKey> = m
+            .services
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| !keep.contains(&(*k, (v.addr_be, v.port_be))))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            match m.services.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("BERTH_SERVICES")(e)),
+            }
+        }
+        Ok(stale.len())
+    }
+
     fn set_host_addrs(&self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError> {
         let mut m = self.lock();
         let want: HashSet<u32> = addrs

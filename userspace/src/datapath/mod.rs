@@ -37,6 +37,10 @@ pub trait Datapath: Send + Sync {
     fn set_host_addrs(&self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError>;
     /// Per-reason packet counters, summed over CPUs.
     fn counters(&self) -> Result<Vec<(&'static str, u64)>, DatapathError>;
+    /// Reconcile after a restart: unpublish every entry that is not one of
+    /// `keep` (left by a crash between map write and store commit, or by a
+    /// store that was reset). Returns how many were removed.
+    fn retain(&self, keep: &[Binding]) -> Result<usize, DatapathError>;
     /// Forget flows idle past their protocol's timeout; returns how many.
     /// The daemon calls this every few seconds.
     fn expire_flows(&self) -> Result<usize, DatapathError>;

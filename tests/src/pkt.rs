@@ -1,7 +1,6 @@
 //! Frame builder for fixtures. Checksums are computed here from scratch over
 //! the whole header and payload — never incrementally, never by the code
 //! under test.
-#![allow(dead_code)]
 use std::net::Ipv4Addr;
 
 pub const TCP: u8 = 6;

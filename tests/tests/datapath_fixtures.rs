@@ -2,16 +2,14 @@
 //! expected frames are built from scratch by `support::pkt`, which computes
 //! every checksum over the whole packet; the programs update them
 //! incrementally. Needs root (loads eBPF, makes private namespaces).
-mod support;
-
 use std::net::Ipv4Addr;
 
 use berth::model::Protocol;
-use berth_maps::{XDP_HANDOFF_MAGIC, XDP_HANDOFF_MAGIC_NEIGH};
-use support::{
-    env::*,
+use berth_integration::{
     pkt::{self, Packet},
+    testrun::*,
 };
+use berth_maps::{XDP_HANDOFF_MAGIC, XDP_HANDOFF_MAGIC_NEIGH};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;

@@ -2,7 +2,6 @@
 //! and MAC addresses in the output frames are deterministic and nothing on
 //! the machine changes. Everything lives on one thread; when it ends, the
 //! namespaces go with it.
-#![allow(dead_code)]
 use std::{net::Ipv4Addr, process::Command};
 
 use aya::{
