@@ -7,10 +7,13 @@
 //!   what `berth_xdp` translated.
 //! - `berth_reply` (TC on the bridge): a container's reply to a tracked flow
 //!   leaves with the host address and port the flow arrived on.
+//! - `berth_bind4` (cgroup bind4): host processes cannot bind a published
+//!   host port (EADDRINUSE).
 //! Everything else passes byte-identical.
 #![no_std]
 #![no_main]
 
+mod bind;
 mod csum;
 mod fib;
 mod maps;
@@ -22,8 +25,8 @@ mod xdp;
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_redirect, bpf_redirect_neigh},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use berth_maps::{Counter, XdpHandoff, XDP_HANDOFF_MAGIC, XDP_HANDOFF_MAGIC_NEIGH};
 
@@ -148,6 +151,11 @@ pub fn berth_reply(ctx: TcContext) -> i32 {
     count(Counter::ReplySnat);
     let rw = reply_rewrite(&flow, &entry);
     tc_translate_and_redirect(&ctx, &flow, &rw, entry.host_addr_be, flow.dst_addr_be)
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn berth_bind4(ctx: SockAddrContext) -> i32 {
+    bind::bind4_check(&ctx)
 }
 
 /// Floors for `cargo xtask bench`: the cost of running any program at all.

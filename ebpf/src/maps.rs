@@ -1,11 +1,11 @@
 //! The maps, pinned by name so a restarted daemon adopts them.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use berth_maps::{
-    Backend, FlowKey, NatEntry, ServiceKey, COUNTERS_LEN, HOST_ADDRS_CAPACITY, NAT_CAPACITY,
-    SERVICES_CAPACITY,
+    Backend, FlowKey, NatEntry, PortKey, ServiceKey, CONFIG_LEN, COUNTERS_LEN, HOST_ADDRS_CAPACITY,
+    NAT_CAPACITY, PORTS_CAPACITY, SERVICES_CAPACITY,
 };
 
 #[map]
@@ -16,6 +16,12 @@ pub static BERTH_HOST_ADDRS: HashMap<u32, u32> = HashMap::pinned(HOST_ADDRS_CAPA
 
 #[map]
 pub static BERTH_NAT: HashMap<FlowKey, NatEntry> = HashMap::pinned(NAT_CAPACITY, 0);
+
+#[map]
+pub static BERTH_PORTS: HashMap<PortKey, u32> = HashMap::pinned(PORTS_CAPACITY, 0);
+
+#[map]
+pub static BERTH_CONFIG: Array<u64> = Array::pinned(CONFIG_LEN, 0);
 
 #[map]
 pub static BERTH_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);

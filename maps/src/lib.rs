@@ -22,6 +22,18 @@ pub const HOST_ADDRS_CAPACITY: u32 = 1024;
 pub const NAT_MAP: &str = "BERTH_NAT";
 pub const NAT_CAPACITY: u32 = 262_144;
 
+/// Host ports in use by any mapping: (protocol, port) -> number of
+/// mappings. The cgroup bind hook refuses host processes these ports.
+pub const PORTS_MAP: &str = "BERTH_PORTS";
+pub const PORTS_CAPACITY: u32 = 131_072;
+
+/// Settings the daemon writes once: index [`CONFIG_NETNS_COOKIE`] holds the
+/// cookie of the network namespace berth serves, so the bind hook (attached
+/// to a cgroup, which spans namespaces) acts in that namespace only.
+pub const CONFIG_MAP: &str = "BERTH_CONFIG";
+pub const CONFIG_NETNS_COOKIE: u32 = 0;
+pub const CONFIG_LEN: u32 = 4;
+
 /// Per-CPU counters, indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "BERTH_COUNTERS";
 
@@ -52,6 +64,14 @@ pub struct FlowKey {
     pub dst_port_be: u16,
     pub proto: u8,
     pub _pad: [u8; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
 }
 
 /// `NatEntry::flags` bits.
@@ -85,10 +105,12 @@ pub enum Counter {
     NoRoute = 4,
     /// Fragment of a published port's protocol; passed untouched.
     Fragment = 5,
-    /// Translated packet with TTL <= 1 handed to the stack (ICMP time exceeded).
+    /// Packet to a published port with TTL <= 1; dropped.
     TtlExceeded = 6,
+    /// A host process's bind() of a published port refused (EADDRINUSE).
+    BindRefused = 7,
 }
-pub const COUNTER_NAMES: [&str; 7] = [
+pub const COUNTER_NAMES: [&str; 8] = [
     "ingress_dnat",
     "ingress_pass",
     "reply_snat",
@@ -96,6 +118,7 @@ pub const COUNTER_NAMES: [&str; 7] = [
     "no_route",
     "fragment",
     "ttl_exceeded",
+    "bind_refused",
 ];
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 
@@ -117,6 +140,7 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 8);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<NatEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<XdpHandoff>() == 8);
+const _: () = assert!(core::mem::size_of::<PortKey>() == 4);
 
 #[cfg(feature = "user")]
 mod user {
@@ -125,4 +149,5 @@ mod user {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for NatEntry {}
+    unsafe impl aya::Pod for PortKey {}
 }

@@ -16,7 +16,7 @@ use crate::{
     cmd,
     names::TempDir,
     process::{tail, Child},
-    Bpffs, NetNs,
+    Bpffs, Cgroup, NetNs,
 };
 
 /// How long a CLI call may take before it is killed.
@@ -80,7 +80,8 @@ pub struct Daemon {
     stderr_path: PathBuf,
     child: Option<Child>,
     starts: u32,
-    // Last: removed after the child has been stopped.
+    // Removed after the child has been stopped.
+    cgroup: Cgroup,
     dir: TempDir,
 }
 
@@ -97,6 +98,7 @@ impl Daemon {
             None => berth_bin()?,
         };
         let dir = TempDir::new("daemon")?;
+        let cgroup = Cgroup::new("cgroup")?;
         let socket = dir.path().join("berth.sock");
         let state_dir = dir.path().join("state");
         let mut argv: Vec<OsString> = vec!["daemon".into()];
@@ -115,7 +117,12 @@ impl Daemon {
             bin,
             netns: host.name().to_string(),
             argv,
-            env: opts.env,
+            env: {
+                let mut env = opts.env;
+                // The bind guard covers this cgroup only, never the host's root.
+                env.push(("BERTH_CGROUP".into(), cgroup.path().display().to_string()));
+                env
+            },
             startup_timeout: opts.startup_timeout,
             stop_timeout: opts.stop_timeout,
             socket,
@@ -125,6 +132,7 @@ impl Daemon {
             stderr_path: dir.path().join("daemon.stderr"),
             child: None,
             starts: 0,
+            cgroup,
             dir,
         };
         d.start_again()?;
@@ -242,6 +250,11 @@ impl Daemon {
     }
 
     /// `--bpffs`.
+    /// The cgroup the daemon's bind guard covers.
+    pub fn cgroup(&self) -> &Cgroup {
+        &self.cgroup
+    }
+
     pub fn bpffs(&self) -> &Path {
         &self.bpffs
     }

@@ -30,6 +30,7 @@
 //! # drop(server);
 //! ```
 pub mod bpffs;
+pub mod cgroup;
 pub mod cmd;
 pub mod daemon;
 pub mod docker_rules;
@@ -42,6 +43,7 @@ pub mod topology;
 pub mod traffic;
 
 pub use bpffs::Bpffs;
+pub use cgroup::Cgroup;
 pub use daemon::{berth_bin, Daemon, DaemonOptions, HttpResponse};
 pub use netns::{LinkInfo, NetNs};
 pub use process::Child;

@@ -61,6 +61,18 @@ pub fn reap_stale() {
                 }
             }
         }
+        if let Ok(root) = crate::cgroup::cgroup2_root() {
+            if let Ok(entries) = fs::read_dir(&root) {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if let Some(pid) = owner_pid(&name, TMP_PREFIX) {
+                        if !pid_alive(pid) {
+                            crate::cgroup::remove(&e.path());
+                        }
+                    }
+                }
+            }
+        }
         if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();

@@ -335,7 +335,7 @@ fn bad_cli_input_changes_nothing_and_keeps_flows() {
             "--ip",
             "172.17.0.2",
             "-p",
-            "0:80",
+            "8080:0",
         ],
         &[
             "map",
@@ -408,7 +408,7 @@ fn bad_cli_input_changes_nothing_and_keeps_flows() {
             "--ip",
             "172.17.0.2",
             "-p",
-            "80",
+            "65536",
         ],
         &[
             "map",

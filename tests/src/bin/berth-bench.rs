@@ -33,7 +33,8 @@ struct Opts {
 
 fn parse_args() -> Result<Opts> {
     let mut quick = false;
-    let mut out_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../bench"));
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut out_dir = root.parent().unwrap_or(&root).join("bench");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {

@@ -14,18 +14,19 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
-        links::{FdLink, LinkOrder, PinnedLink},
+        links::{CgroupAttachMode, FdLink, LinkOrder, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions, TcAttachType},
         xdp::XdpLink,
-        SchedClassifier, Xdp, XdpMode,
+        CgroupSockAddr, SchedClassifier, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
 use berth_maps::{
-    Backend, FlowKey, NatEntry, ServiceKey, COUNTERS_MAP, COUNTER_NAMES, HOST_ADDRS_MAP,
-    NAT_F_CLOSING, NAT_F_REPLIED, NAT_MAP, PROTO_TCP, SERVICES_MAP,
+    Backend, FlowKey, NatEntry, PortKey, ServiceKey, CONFIG_MAP, CONFIG_NETNS_COOKIE, COUNTERS_MAP,
+    COUNTER_NAMES, HOST_ADDRS_MAP, NAT_F_CLOSING, NAT_F_REPLIED, NAT_MAP, PORTS_MAP, PROTO_TCP,
+    SERVICES_MAP,
 };
 
 use super::{Datapath, DatapathError};
@@ -72,6 +73,7 @@ pub const UDP_STREAM_TIMEOUT_S: u64 = 180;
 
 struct Maps {
     services: HashMap<MapData, ServiceKey, Backend>,
+    ports: HashMap<MapData, PortKey, u32>,
     host_addrs: HashMap<MapData, u32, u32>,
     nat: HashMap<MapData, FlowKey, NatEntry>,
     counters: PerCpuArray<MapData, u64>,
@@ -240,7 +242,9 @@ impl BpfDatapath {
         }
         // Drop attachments of another mode or interface left by an earlier
         // run: unpinning the last reference detaches the program.
-        let keep: HashSet<String> = wanted.iter().map(|(p, i)| link_name(p, i)).collect();
+        let mut keep: HashSet<String> = wanted.iter().map(|(p, i)| link_name(p, i)).collect();
+        keep.insert(BIND_GUARD_LINK.to_string());
+        keep.insert(format!("{BIND_GUARD_LINK}_new"));
         if let Ok(entries) = fs::read_dir(&links_dir) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -251,8 +255,25 @@ impl BpfDatapath {
             }
         }
 
+        let cgroup = bind_guard_cgroup();
+        match &cgroup {
+            Some(cg) => attach_bind_guard(&mut ebpf, cg, &links_dir)?,
+            None => tracing::warn!(
+                "no cgroup v2 hierarchy found: host processes can bind published ports"
+            ),
+        }
+        let mut config_map: Array<MapData, u64> = Array::try_from(
+            ebpf.take_map(CONFIG_MAP)
+                .ok_or_else(|| DatapathError::Other(format!("map {CONFIG_MAP} missing")))?,
+        )
+        .map_err(map_err("BERTH_CONFIG"))?;
+        config_map
+            .set(CONFIG_NETNS_COOKIE, netns_cookie()?, 0)
+            .map_err(map_err("BERTH_CONFIG"))?;
+
         let maps = Maps {
             services: take_map(&mut ebpf, SERVICES_MAP)?,
+            ports: take_map(&mut ebpf, PORTS_MAP)?,
             host_addrs: take_map(&mut ebpf, HOST_ADDRS_MAP)?,
             nat: take_map(&mut ebpf, NAT_MAP)?,
             counters: PerCpuArray::try_from(
@@ -281,6 +302,92 @@ impl BpfDatapath {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {
         self.maps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+const BIND_GUARD_LINK: &str = "berth_bind4@cgroup";
+
+/// The cgroup whose processes the bind guard covers: `$BERTH_CGROUP`, else
+/// the root of the cgroup v2 hierarchy (every process on the host).
+fn bind_guard_cgroup() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BERTH_CGROUP") {
+        return Some(PathBuf::from(p));
+    }
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (post.split_whitespace().next() == Some("cgroup2"))
+            .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })
+}
+
+/// The cookie of the daemon's network namespace (SO_NETNS_COOKIE, 5.14+).
+fn netns_cookie() -> Result<u64, DatapathError> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")
+        .map_err(|e| DatapathError::Other(format!("netns cookie: {e}")))?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(DatapathError::KernelTooOld(format!(
+            "SO_NETNS_COOKIE: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(cookie)
+}
+
+/// Attach the bind guard to `cgroup`. A pinned guard from an earlier run is
+/// replaced without a gap: the new link is pinned under a temporary name
+/// and renamed over the old pin, which detaches the old one.
+fn attach_bind_guard(
+    ebpf: &mut Ebpf,
+    cgroup: &Path,
+    links_dir: &Path,
+) -> Result<(), DatapathError> {
+    let what = format!("attaching berth_bind4 to cgroup {}", cgroup.display());
+    let prog: &mut CgroupSockAddr = ebpf
+        .program_mut("berth_bind4")
+        .ok_or_else(|| DatapathError::Other("program berth_bind4 missing".into()))?
+        .try_into()
+        .map_err(prog_err(what.clone()))?;
+    prog.load().map_err(prog_err(what.clone()))?;
+    let cg = fs::File::open(cgroup).map_err(|e| DatapathError::Other(format!("{what}: {e}")))?;
+    let id = prog
+        // bpf_link_create takes no flags for cgroups: links always stack.
+        .attach(&cg, CgroupAttachMode::Single)
+        .map_err(prog_err(what.clone()))?;
+    let link = prog.take_link(id).map_err(prog_err(what.clone()))?;
+    let fd: FdLink = link
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| {
+            DatapathError::Other(format!("{what}: {e}"))
+        })?;
+    let pin = links_dir.join(BIND_GUARD_LINK);
+    // bpffs refuses names with a dot.
+    let tmp = links_dir.join(format!("{BIND_GUARD_LINK}_new"));
+    let _ = fs::remove_file(&tmp);
+    fd.pin(&tmp)
+        .map_err(|e| DatapathError::Other(format!("{what}: pinning: {}", error_chain(&e))))?;
+    fs::rename(&tmp, &pin).map_err(|e| DatapathError::Other(format!("{what}: {e}")))?;
+    Ok(())
+}
+
+fn port_key(b: &Binding) -> PortKey {
+    PortKey {
+        port_be: b.host_port.to_be(),
+        proto: b.protocol.ip_proto(),
+        _pad: 0,
     }
 }
 
@@ -341,7 +448,7 @@ fn attach_pinned(
                 DatapathError::Other(format!("{what}: {e}"))
             })?;
         fd.pin(&pin)
-            .map_err(|e| DatapathError::Other(format!("{what}: pinning: {e}")))?;
+            .map_err(|e| DatapathError::Other(format!("{what}: pinning: {}", error_chain(&e))))?;
         return Ok(());
     }
     let p: &mut SchedClassifier = prog.try_into().map_err(prog_err(what.clone()))?;
@@ -373,7 +480,7 @@ fn attach_pinned(
             DatapathError::Other(format!("{what}: {e}"))
         })?;
     fd.pin(&pin)
-        .map_err(|e| DatapathError::Other(format!("{what}: pinning: {e}")))?;
+        .map_err(|e| DatapathError::Other(format!("{what}: pinning: {}", error_chain(&e))))?;
     Ok(())
 }
 
@@ -438,15 +545,37 @@ pub fn flow_expired(key: &FlowKey, e: &NatEntry, now_ns: u64) -> bool {
 impl Datapath for BpfDatapath {
     fn insert(&self, b: &Binding) -> Result<(), DatapathError> {
         let mut m = self.lock();
+        let key = service_key(b);
+        let new = m.services.get(&key, 0).is_err();
+        if new {
+            // Guard the port first: a host process must not slip in between.
+            let pk = port_key(b);
+            let n = m.ports.get(&pk, 0).unwrap_or(0);
+            m.ports
+                .insert(pk, n + 1, 0)
+                .map_err(map_err("BERTH_PORTS"))?;
+        }
         m.services
-            .insert(service_key(b), backend(b), 0)
+            .insert(key, backend(b), 0)
             .map_err(map_err("BERTH_SERVICES"))
     }
 
     fn remove(&self, b: &Binding) -> Result<(), DatapathError> {
         let mut m = self.lock();
         match m.services.remove(&service_key(b)) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Ok(()) => {
+                let pk = port_key(b);
+                match m.ports.get(&pk, 0) {
+                    Ok(n) if n > 1 => m
+                        .ports
+                        .insert(pk, n - 1, 0)
+                        .map_err(map_err("BERTH_PORTS"))?,
+                    _ => {
+                        let _ = m.ports.remove(&pk);
+                    }
+                }
+            }
+            Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err("BERTH_SERVICES")(e)),
         }
         // Forget the binding's flows, so a replaced container never inherits
@@ -492,6 +621,26 @@ impl Datapath for BpfDatapath {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err("BERTH_SERVICES")(e)),
             }
+        }
+        // Rebuild the guarded ports from what is published: counts kept
+        // across a crash may be off.
+        let mut want: std::collections::HashMap<PortKey, u32> = std::collections::HashMap::new();
+        for (k, _) in m.services.iter().filter_map(Result::ok) {
+            let pk = PortKey {
+                port_be: k.host_port_be,
+                proto: k.proto,
+                _pad: 0,
+            };
+            *want.entry(pk).or_default() += 1;
+        }
+        let have: Vec<PortKey> = m.ports.keys().filter_map(Result::ok).collect();
+        for pk in have {
+            if !want.contains_key(&pk) {
+                let _ = m.ports.remove(&pk);
+            }
+        }
+        for (pk, n) in want {
+            m.ports.insert(pk, n, 0).map_err(map_err("BERTH_PORTS"))?;
         }
         Ok(stale.len())
     }

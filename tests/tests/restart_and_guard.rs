@@ -1,0 +1,325 @@
+//! Restarts, adoption of pinned state, and the bind guard, end to end.
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::{HashMap, MapData},
+    programs::links::{FdLink, PinnedLink},
+};
+use berth_integration::{berth_bin, http_get, Bpffs, Daemon, HttpPeerServer, NetNs, Topology};
+use berth_maps::{Backend, ServiceKey};
+
+const T: Duration = Duration::from_secs(5);
+
+fn bindings(d: &Daemon) -> String {
+    d.cli_ok(["map", "ls", "--json"]).expect("map ls")
+}
+
+/// `bind-probe` (next to the berth binary) run in `ns`, inside `procs`'s cgroup.
+fn probe(ns: &NetNs, procs: &Path, proto: &str, addr: &str) -> String {
+    let bin = berth_bin().unwrap().with_file_name("bind-probe");
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .arg(bin)
+        .arg(procs)
+        .args([proto, addr])
+        .output()
+        .expect("run bind-probe");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn host_process_cannot_bind_a_mapped_port() {
+    let topo = Topology::build().unwrap();
+    let bpffs = Bpffs::new().unwrap();
+    let d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
+    let procs = d.cgroup().procs_file();
+    assert_eq!(
+        probe(&topo.host.ns, &procs, "tcp", "0.0.0.0:8080"),
+        "ok",
+        "free before mapping"
+    );
+    d.cli_ok([
+        "map",
+        "add",
+        "--task",
+        "w",
+        "--ip",
+        "172.17.0.2",
+        "-p",
+        "8080:80",
+        "-p",
+        "192.0.2.1:5353:53/udp",
+    ])
+    .unwrap();
+    assert_eq!(
+        probe(&topo.host.ns, &procs, "tcp", "0.0.0.0:8080"),
+        "EADDRINUSE"
+    );
+    assert_eq!(
+        probe(&topo.host.ns, &procs, "tcp", "192.0.2.1:8080"),
+        "EADDRINUSE"
+    );
+    assert_eq!(
+        probe(&topo.host.ns, &procs, "udp", "0.0.0.0:5353"),
+        "EADDRINUSE"
+    );
+    assert_eq!(
+        probe(&topo.host.ns, &procs, "udp", "0.0.0.0:8080"),
+        "ok",
+        "other protocol"
+    );
+    assert_eq!(
+        probe(&topo.host.ns, &procs, "tcp", "0.0.0.0:8081"),
+        "ok",
+        "other port"
+    );
+    // The guard acts in the daemon's network namespace only.
+    assert_eq!(
+        probe(&topo.client.ns, &procs, "tcp", "0.0.0.0:8080"),
+        "ok",
+        "another namespace"
+    );
+    d.cli_ok(["map", "rm", "--task", "w", "-p", "8080:80"])
+        .unwrap();
+    assert_eq!(
+        probe(&topo.host.ns, &procs, "tcp", "0.0.0.0:8080"),
+        "ok",
+        "free again after rm"
+    );
+    assert_eq!(
+        probe(&topo.host.ns, &procs, "udp", "0.0.0.0:5353"),
+        "EADDRINUSE"
+    );
+    let stats = d.cli_ok(["stats", "--json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(v["counters"]["bind_refused"], 4, "{stats}");
+}
+
+const CHUNK: usize = 64 << 10;
+
+#[test]
+fn a_long_transfer_survives_sigkill_and_restart() {
+    let topo = Topology::build().unwrap();
+    let bpffs = Bpffs::new().unwrap();
+    let mut d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
+    let _web = HttpPeerServer::start_in(&topo.container.ns, "0.0.0.0:80".parse().unwrap()).unwrap();
+    let listener = topo
+        .container
+        .ns
+        .run(|| TcpListener::bind("0.0.0.0:9000"))
+        .unwrap();
+    let sink = thread::spawn(move || -> std::io::Result<usize> {
+        let (mut c, _) = listener.accept()?;
+        c.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut n = 0;
+        loop {
+            match c.read(&mut buf)? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        c.write_all(&(n as u64).to_be_bytes())?;
+        Ok(n)
+    });
+    d.cli_ok([
+        "map",
+        "add",
+        "--task",
+        "t",
+        "--ip",
+        "172.17.0.2",
+        "-p",
+        "9000:9000",
+        "-p",
+        "8080:80",
+    ])
+    .unwrap();
+    let before = bindings(&d);
+    let addr = topo.host.addr(9000);
+    // A transfer paced to last about three seconds.
+    let sender = topo.client.ns.run(move || {
+        let mut c = TcpStream::connect_timeout(&addr, T).expect("connect");
+        c.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        thread::spawn(move || -> std::io::Result<(usize, u64)> {
+            let chunk = vec![7u8; CHUNK];
+            let mut sent = 0;
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(3) {
+                c.write_all(&chunk)?;
+                sent += CHUNK;
+                thread::sleep(Duration::from_millis(5));
+            }
+            c.shutdown(std::net::Shutdown::Write)?;
+            let mut ack = [0u8; 8];
+            c.read_exact(&mut ack)?;
+            Ok((sent, u64::from_be_bytes(ack)))
+        })
+    });
+    thread::sleep(Duration::from_millis(700));
+    d.kill().expect("SIGKILL the daemon mid-transfer");
+    let target = topo.host.addr(8080);
+    let body = topo
+        .client
+        .ns
+        .run(move || http_get(target, "/", T))
+        .expect("new connection while down");
+    assert!(body.starts_with("192.0.2.2:"));
+    d.start_again().expect("restart");
+    let (sent, received) = sender.join().unwrap().expect("the transfer finished");
+    assert_eq!(sink.join().unwrap().unwrap(), sent);
+    assert_eq!(received as usize, sent, "every byte arrived");
+    assert!(sent > 20 * CHUNK, "a long transfer: {sent} bytes");
+    assert_eq!(bindings(&d), before, "no leaked or duplicated binding");
+}
+
+fn link_info(pin: &Path) -> (u32, u32) {
+    let link: FdLink = PinnedLink::from_pin(pin).expect("pinned link").into();
+    let info = link.info().expect("link info");
+    (info.id(), info.program_id())
+}
+
+#[test]
+fn restart_swaps_the_program_into_the_same_links_without_dropping_a_flow() {
+    let topo = Topology::build().unwrap();
+    let bpffs = Bpffs::new().unwrap();
+    let mut d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
+    let listener = topo
+        .container
+        .ns
+        .run(|| TcpListener::bind("0.0.0.0:7"))
+        .unwrap();
+    thread::spawn(move || {
+        if let Ok((mut c, _)) = listener.accept() {
+            let mut buf = [0u8; 64];
+            while let Ok(n) = c.read(&mut buf) {
+                if n == 0 || c.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    d.cli_ok([
+        "map",
+        "add",
+        "--task",
+        "echo",
+        "--ip",
+        "172.17.0.2",
+        "-p",
+        "7007:7",
+    ])
+    .unwrap();
+    let links = bpffs.path().join("berth/links");
+    let ingress = links.join("berth_ingress@up0");
+    let reply = links.join("berth_reply@docker0");
+    let (ingress_link, ingress_prog) = link_info(&ingress);
+    let (reply_link, reply_prog) = link_info(&reply);
+    let addr = topo.host.addr(7007);
+    let mut c = topo
+        .client
+        .ns
+        .run(move || TcpStream::connect_timeout(&addr, T))
+        .unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    // Keep the flow busy across the restart: every round trip must succeed.
+    let pinger = thread::spawn(move || {
+        let start = Instant::now();
+        let mut rounds = 0u32;
+        while start.elapsed() < Duration::from_secs(3) {
+            c.write_all(b"ping").unwrap();
+            let mut buf = [0u8; 4];
+            c.read_exact(&mut buf).expect("echo during the restart");
+            assert_eq!(&buf, b"ping");
+            rounds += 1;
+            thread::sleep(Duration::from_millis(2));
+        }
+        rounds
+    });
+    thread::sleep(Duration::from_millis(500));
+    d.stop().unwrap();
+    d.start_again().unwrap();
+    assert!(pinger.join().expect("no round trip failed") > 100);
+    let (ingress_link2, ingress_prog2) = link_info(&ingress);
+    let (reply_link2, reply_prog2) = link_info(&reply);
+    assert_eq!(ingress_link2, ingress_link, "same ingress link");
+    assert_eq!(reply_link2, reply_link, "same reply link");
+    assert_ne!(
+        ingress_prog2, ingress_prog,
+        "new ingress program swapped in"
+    );
+    assert_ne!(reply_prog2, reply_prog, "new reply program swapped in");
+}
+
+#[test]
+fn restart_removes_map_entries_the_store_does_not_know() {
+    let topo = Topology::build().unwrap();
+    let bpffs = Bpffs::new().unwrap();
+    let mut d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
+    let _web = HttpPeerServer::start_in(&topo.container.ns, "0.0.0.0:80".parse().unwrap()).unwrap();
+    d.cli_ok([
+        "map",
+        "add",
+        "--task",
+        "w",
+        "--ip",
+        "172.17.0.2",
+        "-p",
+        "8080:80",
+    ])
+    .unwrap();
+    d.stop().unwrap();
+    // As if a crash had left an entry behind that never reached the store.
+    {
+        let map = MapData::from_pin(bpffs.path().join("berth/BERTH_SERVICES")).unwrap();
+        let mut services: HashMap<MapData, ServiceKey, Backend> =
+            HashMap::try_from(aya::maps::Map::HashMap(map)).unwrap();
+        services
+            .insert(
+                ServiceKey {
+                    host_addr_be: 0,
+                    host_port_be: 8081u16.to_be(),
+                    proto: 6,
+                    _pad: 0,
+                },
+                Backend {
+                    addr_be: u32::from_ne_bytes([172, 17, 0, 2]),
+                    port_be: 80u16.to_be(),
+                    _pad: 0,
+                },
+                0,
+            )
+            .unwrap();
+    }
+    let stale = topo.host.addr(8081);
+    assert!(
+        topo.client.ns.run(move || http_get(stale, "/", T)).is_ok(),
+        "the stale entry forwards while the daemon is down"
+    );
+    d.start_again().unwrap();
+    assert!(
+        topo.client
+            .ns
+            .run(move || http_get(stale, "/", Duration::from_secs(1)))
+            .is_err(),
+        "reconciled away"
+    );
+    let kept = topo.host.addr(8080);
+    topo.client
+        .ns
+        .run(move || http_get(kept, "/", T))
+        .expect("the stored binding stays");
+}
