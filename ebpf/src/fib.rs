@@ -7,7 +7,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 
-use crate::parse::Flow;
+use crate::{icmp::IcmpError, parse::Flow};
 
 const AF_INET: u8 = 2;
 
@@ -24,6 +24,27 @@ pub enum NextHop {
     Unreachable,
 }
 
+/// FIB lookup for a translated ICMP error.
+#[inline(always)]
+pub fn fib_lookup_icmp<C: EbpfContext>(
+    ctx: &C,
+    e: &IcmpError,
+    src_addr_be: u32,
+    dst_addr_be: u32,
+    in_ifindex: u32,
+) -> NextHop {
+    lookup(
+        ctx,
+        e.outer_proto,
+        0,
+        0,
+        e.outer_tot_len,
+        src_addr_be,
+        dst_addr_be,
+        in_ifindex,
+    )
+}
+
 /// FIB lookup for a packet now addressed `src -> dst`, as if it arrived on
 /// `in_ifindex` and is being forwarded. `mtu_len` is the length the route's
 /// MTU is checked against; 0 skips the check (GSO packets, which are
@@ -37,9 +58,35 @@ pub fn fib_lookup_v4<C: EbpfContext>(
     in_ifindex: u32,
     mtu_len: u16,
 ) -> NextHop {
+    lookup(
+        ctx,
+        flow.proto,
+        0,
+        0,
+        mtu_len,
+        src_addr_be,
+        dst_addr_be,
+        in_ifindex,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn lookup<C: EbpfContext>(
+    ctx: &C,
+    proto: u8,
+    sport_be: u16,
+    dport_be: u16,
+    mtu_len: u16,
+    src_addr_be: u32,
+    dst_addr_be: u32,
+    in_ifindex: u32,
+) -> NextHop {
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.family = AF_INET;
-    p.l4_protocol = flow.proto;
+    p.l4_protocol = proto;
+    p.sport = sport_be;
+    p.dport = dport_be;
     p.__bindgen_anon_1.tot_len = mtu_len;
     p.ifindex = in_ifindex;
     p.__bindgen_anon_3.ipv4_src = src_addr_be;

@@ -9,6 +9,8 @@
 //!   leaves with the host address and port the flow arrived on.
 //! - `berth_bind4` (cgroup bind4): host processes cannot bind a published
 //!   host port (EADDRINUSE).
+//! - `berth_connect4`, `berth_sendmsg4`, `berth_recvmsg4`, `berth_peername4`
+//!   (cgroup sock_addr): host-local and hairpin access without a proxy.
 //! Everything else passes byte-identical.
 #![no_std]
 #![no_main]
@@ -16,9 +18,11 @@
 mod bind;
 mod csum;
 mod fib;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
+mod sock;
 mod tc;
 mod xdp;
 
@@ -31,14 +35,18 @@ use aya_ebpf::{
 use berth_maps::{Counter, XdpHandoff, XDP_HANDOFF_MAGIC, XDP_HANDOFF_MAGIC_NEIGH};
 
 use crate::{
-    fib::fib_lookup_v4,
+    fib::{fib_lookup_icmp, fib_lookup_v4},
+    icmp::{
+        ct_lookup_icmp_from_container, ct_lookup_icmp_from_outside, icmp_rewrite, parse_icmp_error,
+        IcmpError, Quoted,
+    },
     maps::count,
     nat::{
         ct_lookup_reply, ct_track_ingress, ingress_rewrite, lb4_lookup_service, reply_rewrite,
         Rewriter,
     },
     parse::{parse_flow, Flow, Parsed},
-    tc::{tc_pull_headers, tc_translate_and_redirect},
+    tc::{tc_pull_headers, tc_redirect, tc_translate_and_redirect},
     xdp::{xdp_handoff, XdpRewriter},
 };
 
@@ -47,12 +55,27 @@ enum Ingress {
     Pass,
     Drop,
     Dnat(Flow, berth_maps::Backend),
+    /// An outside ICMP error about a translated flow, for this container.
+    Icmp(IcmpError, berth_maps::Backend),
 }
 
 #[inline(always)]
 fn ingress_decide(data: usize, data_end: usize) -> Ingress {
     let flow = match parse_flow(data, data_end) {
-        Parsed::Other => return Ingress::Pass,
+        Parsed::Other => {
+            let Some(e) = parse_icmp_error(data, data_end) else {
+                return Ingress::Pass;
+            };
+            let Some(backend) = ct_lookup_icmp_from_outside(&e) else {
+                return Ingress::Pass;
+            };
+            if e.outer_ttl <= 1 {
+                count(Counter::TtlExceeded);
+                return Ingress::Drop;
+            }
+            count(Counter::IcmpXlate);
+            return Ingress::Icmp(e, backend);
+        }
         Parsed::Fragment => {
             count(Counter::Fragment);
             return Ingress::Pass;
@@ -86,6 +109,23 @@ pub fn berth_ingress(ctx: TcContext) -> i32 {
             let rw = ingress_rewrite(&flow, &backend);
             tc_translate_and_redirect(&ctx, &flow, &rw, flow.src_addr_be, backend.addr_be)
         }
+        Ingress::Icmp(e, backend) => {
+            if icmp_rewrite(
+                ctx.data(),
+                ctx.data_end(),
+                &e,
+                Quoted::Source,
+                backend.addr_be,
+                backend.port_be,
+            )
+            .is_err()
+            {
+                return TC_ACT_SHOT;
+            }
+            let in_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            let next = fib_lookup_icmp(&ctx, &e, e.outer_src_be, backend.addr_be, in_ifindex);
+            tc_redirect(&ctx, next)
+        }
     }
 }
 
@@ -114,6 +154,23 @@ pub fn berth_xdp(ctx: XdpContext) -> u32 {
             );
             xdp_handoff(&ctx, next)
         }
+        Ingress::Icmp(e, backend) => {
+            if icmp_rewrite(
+                ctx.data(),
+                ctx.data_end(),
+                &e,
+                Quoted::Source,
+                backend.addr_be,
+                backend.port_be,
+            )
+            .is_err()
+            {
+                return xdp_action::XDP_DROP;
+            }
+            let in_ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+            let next = fib_lookup_icmp(&ctx, &e, e.outer_src_be, backend.addr_be, in_ifindex);
+            xdp_handoff(&ctx, next)
+        }
     }
 }
 
@@ -139,7 +196,8 @@ pub fn berth_reply(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
     let flow = match parse_flow(ctx.data(), ctx.data_end()) {
         Parsed::Flow(f) => f,
-        _ => return TC_ACT_OK,
+        Parsed::Other => return tc_reply_icmp(&ctx),
+        Parsed::Fragment => return TC_ACT_OK,
     };
     let Some(entry) = ct_lookup_reply(&flow) else {
         return TC_ACT_OK;
@@ -156,6 +214,58 @@ pub fn berth_reply(ctx: TcContext) -> i32 {
 #[cgroup_sock_addr(bind4)]
 pub fn berth_bind4(ctx: SockAddrContext) -> i32 {
     bind::bind4_check(&ctx)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn berth_connect4(ctx: SockAddrContext) -> i32 {
+    sock::sock4_forward(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn berth_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::sock4_forward(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn berth_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::sock4_reverse(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn berth_peername4(ctx: SockAddrContext) -> i32 {
+    sock::sock4_reverse(&ctx)
+}
+
+/// A container's ICMP error about a translated flow leaves as if the host
+/// port had sent it.
+#[inline(always)]
+fn tc_reply_icmp(ctx: &TcContext) -> i32 {
+    let Some(e) = parse_icmp_error(ctx.data(), ctx.data_end()) else {
+        return TC_ACT_OK;
+    };
+    let Some(entry) = ct_lookup_icmp_from_container(&e) else {
+        return TC_ACT_OK;
+    };
+    if e.outer_ttl <= 1 {
+        count(Counter::TtlExceeded);
+        return TC_ACT_SHOT;
+    }
+    if icmp_rewrite(
+        ctx.data(),
+        ctx.data_end(),
+        &e,
+        Quoted::Destination,
+        entry.host_addr_be,
+        entry.host_port_be,
+    )
+    .is_err()
+    {
+        return TC_ACT_SHOT;
+    }
+    count(Counter::IcmpXlate);
+    let in_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let next = fib_lookup_icmp(ctx, &e, entry.host_addr_be, e.outer_dst_be, in_ifindex);
+    tc_redirect(ctx, next)
 }
 
 /// Floors for `cargo xtask bench`: the cost of running any program at all.

@@ -1,11 +1,12 @@
 //! The maps, pinned by name so a restarted daemon adopts them.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use berth_maps::{
-    Backend, FlowKey, NatEntry, PortKey, ServiceKey, CONFIG_LEN, COUNTERS_LEN, HOST_ADDRS_CAPACITY,
-    NAT_CAPACITY, PORTS_CAPACITY, SERVICES_CAPACITY,
+    Backend, FlowKey, NatEntry, PortKey, ServiceKey, SockRevKey, SockRevValue, CONFIG_LEN,
+    COUNTERS_LEN, HOST_ADDRS_CAPACITY, NAT_CAPACITY, PORTS_CAPACITY, SERVICES_CAPACITY,
+    SOCK_REV_CAPACITY,
 };
 
 #[map]
@@ -19,6 +20,12 @@ pub static BERTH_NAT: HashMap<FlowKey, NatEntry> = HashMap::pinned(NAT_CAPACITY,
 
 #[map]
 pub static BERTH_PORTS: HashMap<PortKey, u32> = HashMap::pinned(PORTS_CAPACITY, 0);
+
+/// LRU: losing an entry only costs the original address in getpeername()
+/// or a UDP reply's source; it never breaks forwarding.
+#[map]
+pub static BERTH_SOCK_REV: LruHashMap<SockRevKey, SockRevValue> =
+    LruHashMap::pinned(SOCK_REV_CAPACITY, 0);
 
 #[map]
 pub static BERTH_CONFIG: Array<u64> = Array::pinned(CONFIG_LEN, 0);

@@ -9,24 +9,26 @@ use berth_maps::{Counter, PROTO_UDP};
 
 use crate::{
     fib::{fib_lookup_v4, NextHop},
+    icmp::ICMP_MAX_HDR_LEN,
     maps::count,
     nat::{Rewrite, Rewriter},
-    parse::{Flow, ETH_LEN, IP_CSUM_OFF, IP_TTL_OFF},
+    parse::{Flow, IP_CSUM_OFF, IP_TTL_OFF},
 };
 
-/// Longest headers we look at: Ethernet, IPv4 with options, TCP.
-const MAX_HDR_LEN: u32 = (ETH_LEN + 60 + 20) as u32;
+/// Longest headers we look at: those of an ICMP error quoting TCP.
+const MAX_HDR_LEN: u32 = ICMP_MAX_HDR_LEN as u32;
 
-/// Make the headers readable with direct packet access.
+/// Make the headers readable with direct packet access: pull only when the
+/// linear part is shorter than both the headers and the packet.
 #[inline(always)]
 pub fn tc_pull_headers(ctx: &TcContext) {
-    if ctx.data() + (MAX_HDR_LEN as usize) > ctx.data_end() {
-        let len = if ctx.len() < MAX_HDR_LEN {
-            ctx.len()
-        } else {
-            MAX_HDR_LEN
-        };
-        let _ = ctx.pull_data(len);
+    let want = if ctx.len() < MAX_HDR_LEN {
+        ctx.len()
+    } else {
+        MAX_HDR_LEN
+    };
+    if ctx.data() + (want as usize) > ctx.data_end() {
+        let _ = ctx.pull_data(want);
     }
 }
 

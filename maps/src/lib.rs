@@ -3,6 +3,7 @@
 //! network byte order end in `_be`.
 #![no_std]
 
+pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
@@ -33,6 +34,29 @@ pub const PORTS_CAPACITY: u32 = 131_072;
 pub const CONFIG_MAP: &str = "BERTH_CONFIG";
 pub const CONFIG_NETNS_COOKIE: u32 = 0;
 pub const CONFIG_LEN: u32 = 4;
+
+/// Socket-level translation (host-local and hairpin access): (socket
+/// cookie, container address, container port) -> the host address and port
+/// the application asked for, so getpeername() and recvmsg() show it.
+pub const SOCK_REV_MAP: &str = "BERTH_SOCK_REV";
+pub const SOCK_REV_CAPACITY: u32 = 65_536;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevKey {
+    pub cookie: u64,
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevValue {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+}
 
 /// Per-CPU counters, indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "BERTH_COUNTERS";
@@ -109,8 +133,12 @@ pub enum Counter {
     TtlExceeded = 6,
     /// A host process's bind() of a published port refused (EADDRINUSE).
     BindRefused = 7,
+    /// connect()/sendmsg() to a published port translated at the socket.
+    SockXlate = 8,
+    /// ICMP error about a translated flow, translated.
+    IcmpXlate = 9,
 }
-pub const COUNTER_NAMES: [&str; 8] = [
+pub const COUNTER_NAMES: [&str; 10] = [
     "ingress_dnat",
     "ingress_pass",
     "reply_snat",
@@ -119,6 +147,8 @@ pub const COUNTER_NAMES: [&str; 8] = [
     "fragment",
     "ttl_exceeded",
     "bind_refused",
+    "sock_xlate",
+    "icmp_xlate",
 ];
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 
@@ -141,6 +171,8 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<NatEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<XdpHandoff>() == 8);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 4);
+const _: () = assert!(core::mem::size_of::<SockRevKey>() == 16);
+const _: () = assert!(core::mem::size_of::<SockRevValue>() == 8);
 
 #[cfg(feature = "user")]
 mod user {
@@ -150,4 +182,6 @@ mod user {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for NatEntry {}
     unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for SockRevKey {}
+    unsafe impl aya::Pod for SockRevValue {}
 }

@@ -1,0 +1,251 @@
+//! ICMP errors about translated flows. The error quotes the offending
+//! packet (its IPv4 header and at least 8 bytes of L4), so both the outer
+//! header and the quoted one are translated, with every checksum they
+//! touch: outer IPv4; quoted IPv4; quoted UDP/TCP when quoted; ICMP, which
+//! covers the quote.
+//!
+//! - From a container (bridge hook): e.g. port unreachable about a flow the
+//!   client sent to the host port: the client must see it from host:port.
+//! - From the outside (uplink hook): e.g. fragmentation needed about a reply
+//!   that left as host:port: the container must see it about its own
+//!   address, so path-MTU discovery works.
+//!
+//! ICMP errors are generated complete (never CHECKSUM_PARTIAL), so one
+//! direct-write implementation with RFC 1624 arithmetic serves TC and XDP.
+use berth_maps::{Backend, FlowKey, NatEntry, ServiceKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+use crate::{
+    csum,
+    maps::{BERTH_HOST_ADDRS, BERTH_NAT, BERTH_SERVICES},
+    parse::{ptr_at, ETH_LEN, ETH_P_IP_BE, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, IP_TTL_OFF},
+};
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETERPROB: u8 = 12;
+const IP_MF_OFFSET_MASK_BE: u16 = 0x3fffu16.to_be();
+
+/// Longest headers an ICMP error needs: Ethernet, outer IPv4 with options,
+/// ICMP, quoted IPv4 with options, quoted TCP up to its checksum.
+pub const ICMP_MAX_HDR_LEN: usize = ETH_LEN + 60 + 8 + 60 + 18;
+
+#[derive(Clone, Copy)]
+pub struct IcmpError {
+    pub outer_ttl: u8,
+    pub outer_proto: u8,
+    pub outer_src_be: u32,
+    pub outer_dst_be: u32,
+    pub outer_tot_len: u16,
+    pub icmp_off: usize,
+    pub inner_ip_off: usize,
+    pub inner_l4_off: usize,
+    pub inner_proto: u8,
+    pub inner_src_be: u32,
+    pub inner_dst_be: u32,
+    pub inner_sport_be: u16,
+    pub inner_dport_be: u16,
+}
+
+/// An ICMP error quoting a TCP/UDP packet, or `None`.
+#[inline(always)]
+pub fn parse_icmp_error(data: usize, data_end: usize) -> Option<IcmpError> {
+    let eth = ptr_at::<EthHdr>(data, data_end, 0)?;
+    if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
+        return None;
+    }
+    let ip = unsafe { &*ptr_at::<Ipv4Hdr>(data, data_end, ETH_LEN)? };
+    let ihl = (ip.vihl & 0x0f) as usize;
+    if ip.vihl >> 4 != 4 || ihl < 5 || ip.proto != PROTO_ICMP {
+        return None;
+    }
+    if u16::from_ne_bytes(ip.frags) & IP_MF_OFFSET_MASK_BE != 0 {
+        return None;
+    }
+    let icmp_off = ETH_LEN + ihl * 4;
+    let icmp = unsafe { &*ptr_at::<[u8; 8]>(data, data_end, icmp_off)? };
+    if !matches!(
+        icmp[0],
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
+    ) {
+        return None;
+    }
+    let inner_ip_off = icmp_off + 8;
+    let inner = unsafe { &*ptr_at::<Ipv4Hdr>(data, data_end, inner_ip_off)? };
+    let ihl2 = (inner.vihl & 0x0f) as usize;
+    if inner.vihl >> 4 != 4 || ihl2 < 5 {
+        return None;
+    }
+    if inner.proto != PROTO_TCP && inner.proto != PROTO_UDP {
+        return None;
+    }
+    let inner_l4_off = inner_ip_off + ihl2 * 4;
+    let ports = unsafe { &*ptr_at::<[u8; 8]>(data, data_end, inner_l4_off)? };
+    Some(IcmpError {
+        outer_ttl: ip.ttl,
+        outer_proto: ip.proto,
+        outer_src_be: u32::from_ne_bytes(ip.src_addr),
+        outer_dst_be: u32::from_ne_bytes(ip.dst_addr),
+        outer_tot_len: u16::from_be_bytes(ip.tot_len),
+        icmp_off,
+        inner_ip_off,
+        inner_l4_off,
+        inner_proto: inner.proto,
+        inner_src_be: u32::from_ne_bytes(inner.src_addr),
+        inner_dst_be: u32::from_ne_bytes(inner.dst_addr),
+        inner_sport_be: u16::from_ne_bytes([ports[0], ports[1]]),
+        inner_dport_be: u16::from_ne_bytes([ports[2], ports[3]]),
+    })
+}
+
+/// The tracked flow a container's ICMP error is about: the quoted packet
+/// went client -> container.
+#[inline(always)]
+pub fn ct_lookup_icmp_from_container(e: &IcmpError) -> Option<NatEntry> {
+    let key = FlowKey {
+        src_addr_be: e.inner_dst_be,
+        dst_addr_be: e.inner_src_be,
+        src_port_be: e.inner_dport_be,
+        dst_port_be: e.inner_sport_be,
+        proto: e.inner_proto,
+        _pad: [0; 3],
+    };
+    unsafe { BERTH_NAT.get(&key) }.copied()
+}
+
+/// The container behind an outside ICMP error: the quoted packet is a reply
+/// that left as host:port towards the client.
+#[inline(always)]
+pub fn ct_lookup_icmp_from_outside(e: &IcmpError) -> Option<Backend> {
+    if e.outer_dst_be != e.inner_src_be {
+        return None;
+    }
+    let mut key = ServiceKey {
+        host_addr_be: e.inner_src_be,
+        host_port_be: e.inner_sport_be,
+        proto: e.inner_proto,
+        _pad: 0,
+    };
+    let backend = match unsafe { BERTH_SERVICES.get(&key) } {
+        Some(b) => *b,
+        None => {
+            unsafe { BERTH_HOST_ADDRS.get(&e.inner_src_be) }?;
+            key.host_addr_be = 0;
+            *unsafe { BERTH_SERVICES.get(&key) }?
+        }
+    };
+    // Only flows berth translated, and only with the host port they used.
+    let flow = FlowKey {
+        src_addr_be: backend.addr_be,
+        dst_addr_be: e.inner_dst_be,
+        src_port_be: backend.port_be,
+        dst_port_be: e.inner_dport_be,
+        proto: e.inner_proto,
+        _pad: [0; 3],
+    };
+    let entry = unsafe { BERTH_NAT.get(&flow) }?;
+    if entry.host_port_be != e.inner_sport_be || entry.host_addr_be != e.inner_src_be {
+        return None;
+    }
+    Some(backend)
+}
+
+#[inline(always)]
+unsafe fn rd<T: Copy>(p: *mut T) -> T {
+    core::ptr::read_unaligned(p)
+}
+
+#[inline(always)]
+unsafe fn wr<T>(p: *mut T, v: T) {
+    core::ptr::write_unaligned(p, v)
+}
+
+/// Which side of the quoted packet changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Quoted {
+    /// From a container: outer source and quoted destination become host.
+    Destination,
+    /// From outside: outer destination and quoted source become container.
+    Source,
+}
+
+/// Rewrite an ICMP error: outer address `old_addr -> new_addr` (source or
+/// destination per `side`), quoted address and port likewise, TTL - 1.
+#[inline(always)]
+pub fn icmp_rewrite(
+    data: usize,
+    data_end: usize,
+    e: &IcmpError,
+    side: Quoted,
+    new_addr_be: u32,
+    new_port_be: u16,
+) -> Result<(), ()> {
+    let (outer_addr_off, old_outer, inner_addr_off, old_inner, inner_port_off, old_port) =
+        match side {
+            Quoted::Destination => (
+                IP_SRC_OFF,
+                e.outer_src_be,
+                e.inner_ip_off + 16,
+                e.inner_dst_be,
+                e.inner_l4_off + 2,
+                e.inner_dport_be,
+            ),
+            Quoted::Source => (
+                IP_DST_OFF,
+                e.outer_dst_be,
+                e.inner_ip_off + 12,
+                e.inner_src_be,
+                e.inner_l4_off,
+                e.inner_sport_be,
+            ),
+        };
+    let ip_csum = ptr_at::<u16>(data, data_end, IP_CSUM_OFF).ok_or(())?;
+    let ttl_word = ptr_at::<u16>(data, data_end, IP_TTL_OFF).ok_or(())?;
+    let outer_addr = ptr_at::<u32>(data, data_end, outer_addr_off).ok_or(())?;
+    let icmp_csum = ptr_at::<u16>(data, data_end, e.icmp_off + 2).ok_or(())?;
+    let inner_csum = ptr_at::<u16>(data, data_end, e.inner_ip_off + 10).ok_or(())?;
+    let inner_addr = ptr_at::<u32>(data, data_end, inner_addr_off).ok_or(())?;
+    let inner_port = ptr_at::<u16>(data, data_end, inner_port_off).ok_or(())?;
+    // The quoted L4 checksum, when the quote reaches it.
+    let l4_csum_off = if e.inner_proto == PROTO_TCP {
+        e.inner_l4_off + 16
+    } else {
+        e.inner_l4_off + 6
+    };
+    let inner_l4_csum = ptr_at::<u16>(data, data_end, l4_csum_off);
+    unsafe {
+        // Outer header.
+        let old_ttl = u16::from_ne_bytes([e.outer_ttl, e.outer_proto]);
+        let new_ttl = u16::from_ne_bytes([e.outer_ttl - 1, e.outer_proto]);
+        let mut c = csum::replace4(rd(ip_csum), old_outer, new_addr_be);
+        c = csum::replace2(c, old_ttl, new_ttl);
+        wr(ip_csum, c);
+        wr(ttl_word, new_ttl);
+        wr(outer_addr, new_addr_be);
+
+        // Quoted headers; the ICMP checksum follows every quoted change.
+        let mut ic = rd(icmp_csum);
+        let old_inner_csum = rd(inner_csum);
+        let new_inner_csum = csum::replace4(old_inner_csum, old_inner, new_addr_be);
+        ic = csum::replace4(ic, old_inner, new_addr_be);
+        ic = csum::replace2(ic, old_inner_csum, new_inner_csum);
+        ic = csum::replace2(ic, old_port, new_port_be);
+        wr(inner_csum, new_inner_csum);
+        wr(inner_addr, new_addr_be);
+        wr(inner_port, new_port_be);
+        if let Some(l4c) = inner_l4_csum {
+            let old_l4 = rd(l4c);
+            if !(e.inner_proto == PROTO_UDP && old_l4 == 0) {
+                let mut n = csum::replace4(old_l4, old_inner, new_addr_be);
+                n = csum::replace2(n, old_port, new_port_be);
+                if n == 0 && e.inner_proto == PROTO_UDP {
+                    n = 0xffff;
+                }
+                ic = csum::replace2(ic, old_l4, n);
+                wr(l4c, n);
+            }
+        }
+        wr(icmp_csum, ic);
+    }
+    Ok(())
+}
