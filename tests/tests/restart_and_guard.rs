@@ -21,14 +21,14 @@ fn bindings(d: &Daemon) -> String {
     d.cli_ok(["map", "ls", "--json"]).expect("map ls")
 }
 
-/// `bind-probe` (next to the berth binary) run in `ns`, inside `procs`'s cgroup.
+/// `cg-probe bind` (next to the berth binary) run in `ns`, inside `procs`'s cgroup.
 fn probe(ns: &NetNs, procs: &Path, proto: &str, addr: &str) -> String {
-    let bin = berth_bin().unwrap().with_file_name("bind-probe");
+    let bin = berth_bin().unwrap().with_file_name("cg-probe");
     let out = Command::new("ip")
         .args(["netns", "exec", ns.name()])
         .arg(bin)
         .arg(procs)
-        .args([proto, addr])
+        .args(["bind", proto, addr])
         .output()
         .expect("run bind-probe");
     assert!(

@@ -243,8 +243,10 @@ impl BpfDatapath {
         // Drop attachments of another mode or interface left by an earlier
         // run: unpinning the last reference detaches the program.
         let mut keep: HashSet<String> = wanted.iter().map(|(p, i)| link_name(p, i)).collect();
-        keep.insert(BIND_GUARD_LINK.to_string());
-        keep.insert(format!("{BIND_GUARD_LINK}_new"));
+        for prog in SOCKET_HOOKS {
+            keep.insert(link_name(prog, CGROUP_LINK_SUFFIX));
+            keep.insert(format!("{}_new", link_name(prog, CGROUP_LINK_SUFFIX)));
+        }
         if let Ok(entries) = fs::read_dir(&links_dir) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -255,11 +257,15 @@ impl BpfDatapath {
             }
         }
 
-        let cgroup = bind_guard_cgroup();
-        match &cgroup {
-            Some(cg) => attach_bind_guard(&mut ebpf, cg, &links_dir)?,
+        match socket_hooks_cgroup() {
+            Some(cg) => {
+                for prog in SOCKET_HOOKS {
+                    attach_cgroup_hook(&mut ebpf, prog, &cg, &links_dir)?;
+                }
+            }
             None => tracing::warn!(
-                "no cgroup v2 hierarchy found: host processes can bind published ports"
+                "no cgroup v2 hierarchy found: host processes can bind published ports, \
+                 and localhost/hairpin access to them does not work"
             ),
         }
         let mut config_map: Array<MapData, u64> = Array::try_from(
@@ -305,11 +311,21 @@ impl BpfDatapath {
     }
 }
 
-const BIND_GUARD_LINK: &str = "berth_bind4@cgroup";
+/// cgroup sock_addr hooks: the bind guard and socket-level translation for
+/// host-local and hairpin access.
+const SOCKET_HOOKS: [&str; 5] = [
+    "berth_bind4",
+    "berth_connect4",
+    "berth_sendmsg4",
+    "berth_recvmsg4",
+    "berth_peername4",
+];
+const CGROUP_LINK_SUFFIX: &str = "cgroup";
 
-/// The cgroup whose processes the bind guard covers: `$BERTH_CGROUP`, else
-/// the root of the cgroup v2 hierarchy (every process on the host).
-fn bind_guard_cgroup() -> Option<PathBuf> {
+/// The cgroup whose processes the socket hooks cover: `$BERTH_CGROUP`, else
+/// the root of the cgroup v2 hierarchy (every process on the host, which is
+/// what containers need for hairpin access).
+fn socket_hooks_cgroup() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("BERTH_CGROUP") {
         return Some(PathBuf::from(p));
     }
@@ -347,18 +363,19 @@ fn netns_cookie() -> Result<u64, DatapathError> {
     Ok(cookie)
 }
 
-/// Attach the bind guard to `cgroup`. A pinned guard from an earlier run is
-/// replaced without a gap: the new link is pinned under a temporary name
-/// and renamed over the old pin, which detaches the old one.
-fn attach_bind_guard(
+/// Attach a cgroup hook. One pinned from an earlier run is replaced without
+/// a gap: the new link is pinned under a temporary name and renamed over
+/// the old pin, which detaches the old one.
+fn attach_cgroup_hook(
     ebpf: &mut Ebpf,
+    name: &str,
     cgroup: &Path,
     links_dir: &Path,
 ) -> Result<(), DatapathError> {
-    let what = format!("attaching berth_bind4 to cgroup {}", cgroup.display());
+    let what = format!("attaching {name} to cgroup {}", cgroup.display());
     let prog: &mut CgroupSockAddr = ebpf
-        .program_mut("berth_bind4")
-        .ok_or_else(|| DatapathError::Other("program berth_bind4 missing".into()))?
+        .program_mut(name)
+        .ok_or_else(|| DatapathError::Other(format!("program {name} missing")))?
         .try_into()
         .map_err(prog_err(what.clone()))?;
     prog.load().map_err(prog_err(what.clone()))?;
@@ -373,9 +390,9 @@ fn attach_bind_guard(
         .map_err(|e: aya::programs::links::LinkError| {
             DatapathError::Other(format!("{what}: {e}"))
         })?;
-    let pin = links_dir.join(BIND_GUARD_LINK);
+    let pin = links_dir.join(link_name(name, CGROUP_LINK_SUFFIX));
     // bpffs refuses names with a dot.
-    let tmp = links_dir.join(format!("{BIND_GUARD_LINK}_new"));
+    let tmp = links_dir.join(format!("{}_new", link_name(name, CGROUP_LINK_SUFFIX)));
     let _ = fs::remove_file(&tmp);
     fd.pin(&tmp)
         .map_err(|e| DatapathError::Other(format!("{what}: pinning: {}", error_chain(&e))))?;
