@@ -22,6 +22,7 @@ mod icmp;
 mod maps;
 mod nat;
 mod parse;
+mod policy;
 mod sock;
 mod tc;
 mod xdp;
@@ -234,6 +235,30 @@ pub fn berth_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub fn berth_peername4(ctx: SockAddrContext) -> i32 {
     sock::sock4_reverse(&ctx)
+}
+
+/// tc ingress of each container's host-side veth: security groups on what
+/// the container sends.
+#[classifier]
+pub fn berth_from_ctr(ctx: TcContext) -> i32 {
+    tc_pull_headers(&ctx);
+    if policy::from_container(ctx.data(), ctx.data_end()) {
+        TC_ACT_OK
+    } else {
+        TC_ACT_SHOT
+    }
+}
+
+/// tc egress of each container's host-side veth: security groups on what
+/// the container receives.
+#[classifier]
+pub fn berth_to_ctr(ctx: TcContext) -> i32 {
+    tc_pull_headers(&ctx);
+    if policy::to_container(ctx.data(), ctx.data_end()) {
+        TC_ACT_OK
+    } else {
+        TC_ACT_SHOT
+    }
 }
 
 /// A container's ICMP error about a translated flow leaves as if the host

@@ -1,12 +1,14 @@
 //! The maps, pinned by name so a restarted daemon adopts them.
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use berth_maps::{
-    Backend, FlowKey, NatEntry, PortKey, ServiceKey, SockRevKey, SockRevValue, CONFIG_LEN,
-    COUNTERS_LEN, HOST_ADDRS_CAPACITY, NAT_CAPACITY, PORTS_CAPACITY, SERVICES_CAPACITY,
-    SOCK_REV_CAPACITY,
+    Backend, CtEntry, Endpoint, FlowKey, NatEntry, Policy, PolicyKey, PortKey, ServiceKey,
+    SgMember, SockRevKey, SockRevValue, CONFIG_LEN, COUNTERS_LEN, CT_CAPACITY, ENDPOINTS_CAPACITY,
+    HOST_ADDRS_CAPACITY, NAT_CAPACITY, POLICY_CAPACITY, PORTS_CAPACITY, SERVICES_CAPACITY,
+    SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
 };
 
 #[map]
@@ -26,6 +28,20 @@ pub static BERTH_PORTS: HashMap<PortKey, u32> = HashMap::pinned(PORTS_CAPACITY, 
 #[map]
 pub static BERTH_SOCK_REV: LruHashMap<SockRevKey, SockRevValue> =
     LruHashMap::pinned(SOCK_REV_CAPACITY, 0);
+
+#[map]
+pub static BERTH_ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(ENDPOINTS_CAPACITY, 0);
+
+/// Values are large (every rule of a task): allocate only what exists.
+#[map]
+pub static BERTH_POLICY: HashMap<PolicyKey, Policy> =
+    HashMap::pinned(POLICY_CAPACITY, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static BERTH_SG_MEMBERS: HashMap<SgMember, u32> = HashMap::pinned(SG_MEMBERS_CAPACITY, 0);
+
+#[map]
+pub static BERTH_CT: HashMap<FlowKey, CtEntry> = HashMap::pinned(CT_CAPACITY, 0);
 
 #[map]
 pub static BERTH_CONFIG: Array<u64> = Array::pinned(CONFIG_LEN, 0);

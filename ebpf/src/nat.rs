@@ -78,6 +78,7 @@ fn closing(flow: &Flow) -> bool {
 }
 
 /// Make sure the reply direction of this new or ongoing flow is tracked.
+/// A new flow must first pass the receiving task's security groups.
 /// Never evicts: when the table is full a new flow is refused (`Err`).
 #[inline(always)]
 pub fn ct_track_ingress(flow: &Flow, backend: &Backend) -> Result<(), ()> {
@@ -98,6 +99,15 @@ pub fn ct_track_ingress(flow: &Flow, backend: &Backend) -> Result<(), ()> {
             }
         }
         return Ok(());
+    }
+    if !crate::policy::ingress_allows(
+        flow.proto,
+        flow.src_addr_be,
+        backend.addr_be,
+        backend.port_be,
+        flow.src_port_be,
+    ) {
+        return Err(());
     }
     let entry = NatEntry {
         host_addr_be: flow.dst_addr_be,

@@ -58,6 +58,99 @@ pub struct SockRevValue {
     pub _pad: u16,
 }
 
+// ---------------------------------------------------------------- policy
+//
+// Security groups, compiled per task by the control plane: every container
+// IP of a task with at least one group is an endpoint with policy; its
+// ingress and egress rules are the union of its groups' rules. A rule's peer
+// is a CIDR or a group (its members' IPs, in SG_MEMBERS). Flows allowed by
+// policy are tracked in CT, so replies pass whatever the rules say.
+
+/// Container IP -> task and whether policy applies to it.
+pub const ENDPOINTS_MAP: &str = "BERTH_ENDPOINTS";
+pub const ENDPOINTS_CAPACITY: u32 = 16_384;
+pub const EP_F_POLICY: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    pub task_id: u32,
+    pub flags: u32,
+}
+
+/// (task, direction) -> that task's rules.
+pub const POLICY_MAP: &str = "BERTH_POLICY";
+pub const POLICY_CAPACITY: u32 = 8_192;
+pub const DIR_INGRESS: u32 = 0;
+pub const DIR_EGRESS: u32 = 1;
+/// 16 groups of 60 rules: the largest configurable union.
+pub const MAX_RULES: usize = 960;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyKey {
+    pub task_id: u32,
+    pub dir: u32,
+}
+
+/// `Rule::proto` for "all protocols".
+pub const RULE_PROTO_ALL: u8 = 0;
+/// `Rule::kind`: the peer is `addr_be`/`mask_be`.
+pub const RULE_PEER_CIDR: u8 = 0;
+/// `Rule::kind`: the peer is group `addr_be` (its id).
+pub const RULE_PEER_SG: u8 = 1;
+/// `Rule::icmp_type` / `icmp_code` wildcard (-1 in AWS terms).
+pub const RULE_ICMP_ANY: u8 = 0xff;
+
+/// One allow rule. Ports are in host byte order, inclusive.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub proto: u8,
+    pub kind: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// CIDR network (network order) or group id.
+    pub addr_be: u32,
+    pub mask_be: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub len: u32,
+    pub _pad: u32,
+    pub rules: [Rule; MAX_RULES],
+}
+
+/// (group id, member address) -> 1.
+pub const SG_MEMBERS_MAP: &str = "BERTH_SG_MEMBERS";
+pub const SG_MEMBERS_CAPACITY: u32 = 65_536;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SgMember {
+    pub sg_id: u32,
+    pub addr_be: u32,
+}
+
+/// Connection tracking for flows judged by policy, keyed by the flow's
+/// first packet. Never evicts: when full, new flows are refused.
+pub const CT_MAP: &str = "BERTH_CT";
+pub const CT_CAPACITY: u32 = 262_144;
+pub const CT_F_CLOSING: u8 = 1;
+pub const CT_F_REPLIED: u8 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    pub last_seen_ns: u64,
+    pub flags: u8,
+    pub _pad: [u8; 7],
+}
+
 /// Per-CPU counters, indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "BERTH_COUNTERS";
 
@@ -137,8 +230,14 @@ pub enum Counter {
     SockXlate = 8,
     /// ICMP error about a translated flow, translated.
     IcmpXlate = 9,
+    /// New flow refused by the receiving task's ingress rules.
+    PolicyDeniedIngress = 10,
+    /// New flow refused by the sending task's egress rules.
+    PolicyDeniedEgress = 11,
+    /// New flow refused because the policy tracking table is full.
+    CtTableFull = 12,
 }
-pub const COUNTER_NAMES: [&str; 10] = [
+pub const COUNTER_NAMES: [&str; 13] = [
     "ingress_dnat",
     "ingress_pass",
     "reply_snat",
@@ -149,6 +248,9 @@ pub const COUNTER_NAMES: [&str; 10] = [
     "bind_refused",
     "sock_xlate",
     "icmp_xlate",
+    "policy_denied_ingress",
+    "policy_denied_egress",
+    "ct_table_full",
 ];
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 
@@ -171,6 +273,12 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<NatEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<XdpHandoff>() == 8);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 4);
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 8);
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Rule>() == 16);
+const _: () = assert!(core::mem::size_of::<Policy>() == 8 + 16 * MAX_RULES);
+const _: () = assert!(core::mem::size_of::<SgMember>() == 8);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<SockRevKey>() == 16);
 const _: () = assert!(core::mem::size_of::<SockRevValue>() == 8);
 
@@ -182,6 +290,12 @@ mod user {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for NatEntry {}
     unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for Rule {}
+    unsafe impl aya::Pod for Policy {}
+    unsafe impl aya::Pod for SgMember {}
+    unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for SockRevKey {}
     unsafe impl aya::Pod for SockRevValue {}
 }

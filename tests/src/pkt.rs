@@ -1,35 +1,72 @@
 //! Frame builder for fixtures. Checksums are computed here from scratch over
 //! the whole header and payload — never incrementally, never by the code
 //! under test.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
+pub const ICMP: u8 = 1;
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
-pub const ICMP: u8 = 1;
-pub const SYN: u8 = 0x02;
-pub const ACK: u8 = 0x10;
+pub const GRE: u8 = 47;
+pub const ESP: u8 = 50;
+pub const ICMPV6: u8 = 58;
+pub const SCTP: u8 = 132;
+
 pub const FIN: u8 = 0x01;
+pub const SYN: u8 = 0x02;
+pub const RST: u8 = 0x04;
+pub const PSH: u8 = 0x08;
+pub const ACK: u8 = 0x10;
+pub const URG: u8 = 0x20;
+pub const ECE: u8 = 0x40;
+pub const CWR: u8 = 0x80;
+
+/// IPv4 flags/fragment-offset field values.
+pub const IP_DF: u16 = 0x4000;
+pub const IP_MF: u16 = 0x2000;
+/// The reserved ("evil") bit: not a fragment marker.
+pub const IP_RESERVED: u16 = 0x8000;
+
+pub const ETH_LEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
 
 pub type Mac = [u8; 6];
 
-/// One's-complement sum of `data` (big-endian 16-bit words).
+/// One's-complement sum of `data` (big-endian 16-bit words), complemented.
 pub fn csum(data: &[u8], initial: u32) -> u16 {
-    let mut sum = initial;
+    !fold(sum16(data, initial))
+}
+
+/// One's-complement sum of `data` added to `initial`, not yet folded.
+pub fn sum16(data: &[u8], initial: u32) -> u32 {
+    let mut sum = initial as u64;
     for chunk in data.chunks(2) {
         let word = if chunk.len() == 2 {
             u16::from_be_bytes([chunk[0], chunk[1]])
         } else {
             u16::from_be_bytes([chunk[0], 0])
         };
-        sum += word as u32;
+        sum += word as u64;
     }
+    while sum >> 32 != 0 {
+        sum = (sum & 0xffff_ffff) + (sum >> 32);
+    }
+    sum as u32
+}
+
+/// Folds a 32-bit one's-complement sum to 16 bits.
+pub fn fold(mut sum: u32) -> u16 {
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    !(sum as u16)
+    sum as u16
 }
 
-fn pseudo_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
+/// The IPv4 pseudo-header sum for an L4 segment of `len` bytes.
+pub fn pseudo_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
     let s = src.octets();
     let d = dst.octets();
     u16::from_be_bytes([s[0], s[1]]) as u32
@@ -40,7 +77,19 @@ fn pseudo_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
         + len as u32
 }
 
-/// A TCP/UDP/IPv4 packet description, rendered to bytes by [`Packet::frame`].
+/// The IPv6 pseudo-header sum for an upper-layer packet of `len` bytes.
+pub fn pseudo_sum6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, len: usize) -> u32 {
+    let mut b = Vec::with_capacity(40);
+    b.extend(src.octets());
+    b.extend(dst.octets());
+    b.extend((len as u32).to_be_bytes());
+    b.extend([0, 0, 0, proto]);
+    sum16(&b, 0)
+}
+
+/// A TCP/UDP/ICMP (or other protocol) IPv4 packet description, rendered to
+/// bytes by [`Packet::frame`]. Every field is on the wire as given; lengths
+/// and checksums are derived.
 #[derive(Clone, Debug)]
 pub struct Packet {
     pub eth_dst: Mac,
@@ -50,14 +99,35 @@ pub struct Packet {
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
+    pub tos: u8,
+    pub ip_id: u16,
     pub ttl: u8,
+    /// Multiple of 4 bytes (IHL = 5 + len / 4).
     pub ip_options: Vec<u8>,
     /// Raw IPv4 flags+fragment offset field.
     pub frag: u16,
     pub tcp_flags: u8,
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
+    pub tcp_window: u16,
+    pub tcp_urg: u16,
+    /// Multiple of 4 bytes (data offset = 5 + len / 4).
+    pub tcp_options: Vec<u8>,
+    /// ICMP: type, code and the 4 bytes after the checksum (echo id/seq,
+    /// the next-hop MTU of a fragmentation-needed, ...).
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub icmp_rest: [u8; 4],
+    /// TCP/UDP/ICMP payload; for any other protocol, the whole IP payload.
     pub payload: Vec<u8>,
     /// UDP sent without a checksum.
     pub udp_no_csum: bool,
+    /// UDP only: bytes the IPv4 total length covers after the datagram that
+    /// the UDP length (and checksum) does not.
+    pub ip_trailer: Vec<u8>,
+    /// Bytes after the IPv4 packet (Ethernet padding); not covered by the
+    /// IPv4 total length.
+    pub eth_pad: Vec<u8>,
 }
 
 impl Packet {
@@ -70,12 +140,24 @@ impl Packet {
             proto: TCP,
             sport,
             dport,
+            tos: 0,
+            ip_id: 0x1234,
             ttl: 64,
             ip_options: Vec::new(),
-            frag: 0x4000, // DF
+            frag: IP_DF,
             tcp_flags: SYN,
+            tcp_seq: 0x1000_0000,
+            tcp_ack: 0,
+            tcp_window: 64240,
+            tcp_urg: 0,
+            tcp_options: Vec::new(),
+            icmp_type: 8,
+            icmp_code: 0,
+            icmp_rest: [0, 1, 0, 1],
             payload: Vec::new(),
             udp_no_csum: false,
+            ip_trailer: Vec::new(),
+            eth_pad: Vec::new(),
         }
     }
 
@@ -88,19 +170,69 @@ impl Packet {
         }
     }
 
+    /// An ICMP message; `rest` is the 4 bytes after the checksum.
+    pub fn icmp(src: Ipv4Addr, dst: Ipv4Addr, icmp_type: u8, code: u8, rest: [u8; 4]) -> Self {
+        Self {
+            proto: ICMP,
+            icmp_type,
+            icmp_code: code,
+            icmp_rest: rest,
+            payload: b"abcdefgh".to_vec(),
+            frag: 0,
+            ..Self::tcp(src, 0, dst, 0)
+        }
+    }
+
+    /// An ICMP error quoting the first `quote` bytes of `about`'s IPv4
+    /// packet (RFC 792: the IP header and at least 8 bytes of data).
+    pub fn icmp_error(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        icmp_type: u8,
+        code: u8,
+        rest: [u8; 4],
+        about: &Packet,
+        quote: usize,
+    ) -> Self {
+        let inner = about.ipv4();
+        Self {
+            payload: inner[..quote.min(inner.len())].to_vec(),
+            ..Self::icmp(src, dst, icmp_type, code, rest)
+        }
+    }
+
+    /// A packet of another IP protocol whose payload is `payload`.
+    pub fn raw(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: Vec<u8>) -> Self {
+        Self {
+            proto,
+            payload,
+            frag: 0,
+            ..Self::tcp(src, 0, dst, 0)
+        }
+    }
+
+    /// The same packet with `n` bytes of payload (a repeating pattern).
+    pub fn with_payload_len(mut self, n: usize) -> Self {
+        self.payload = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+        self
+    }
+
     pub fn l4(&self) -> Vec<u8> {
         match self.proto {
             TCP => {
-                let mut h = Vec::with_capacity(20 + self.payload.len());
+                assert_eq!(self.tcp_options.len() % 4, 0, "TCP options pad to 4");
+                let doff = 5 + self.tcp_options.len() / 4;
+                let mut h = Vec::with_capacity(doff * 4 + self.payload.len());
                 h.extend(self.sport.to_be_bytes());
                 h.extend(self.dport.to_be_bytes());
-                h.extend(0x1000_0000u32.to_be_bytes()); // seq
-                h.extend(0u32.to_be_bytes()); // ack
-                h.push(5 << 4);
+                h.extend(self.tcp_seq.to_be_bytes());
+                h.extend(self.tcp_ack.to_be_bytes());
+                h.push((doff as u8) << 4);
                 h.push(self.tcp_flags);
-                h.extend(64240u16.to_be_bytes());
+                h.extend(self.tcp_window.to_be_bytes());
                 h.extend([0, 0]); // checksum
-                h.extend([0, 0]); // urgent
+                h.extend(self.tcp_urg.to_be_bytes());
+                h.extend(&self.tcp_options);
                 h.extend(&self.payload);
                 let c = csum(&h, pseudo_sum(self.src, self.dst, TCP, h.len()));
                 h[16..18].copy_from_slice(&c.to_be_bytes());
@@ -123,26 +255,29 @@ impl Packet {
                 }
                 h
             }
-            _ => {
-                // ICMP echo request
-                let mut h = vec![8, 0, 0, 0, 0, 1, 0, 1];
+            ICMP => {
+                let mut h = vec![self.icmp_type, self.icmp_code, 0, 0];
+                h.extend(self.icmp_rest);
                 h.extend(&self.payload);
                 let c = csum(&h, 0);
                 h[2..4].copy_from_slice(&c.to_be_bytes());
                 h
             }
+            _ => self.payload.clone(),
         }
     }
 
     pub fn ipv4(&self) -> Vec<u8> {
-        let l4 = self.l4();
+        assert_eq!(self.ip_options.len() % 4, 0, "IPv4 options pad to 4");
+        let mut l4 = self.l4();
+        l4.extend(&self.ip_trailer);
         let ihl = 5 + self.ip_options.len() / 4;
         let tot = ihl * 4 + l4.len();
         let mut ip = Vec::with_capacity(tot);
         ip.push(0x40 | ihl as u8);
-        ip.push(0);
+        ip.push(self.tos);
         ip.extend((tot as u16).to_be_bytes());
-        ip.extend(0x1234u16.to_be_bytes());
+        ip.extend(self.ip_id.to_be_bytes());
         ip.extend(self.frag.to_be_bytes());
         ip.push(self.ttl);
         ip.push(self.proto);
@@ -160,52 +295,304 @@ impl Packet {
         let mut f = Vec::new();
         f.extend(self.eth_dst);
         f.extend(self.eth_src);
-        f.extend(0x0800u16.to_be_bytes());
+        f.extend(ETH_P_IP.to_be_bytes());
         f.extend(self.ipv4());
+        f.extend(&self.eth_pad);
         f
+    }
+
+    /// Offset of the L4 header in [`Packet::frame`].
+    pub fn l4_off(&self) -> usize {
+        ETH_LEN + 20 + self.ip_options.len()
+    }
+
+    /// Offset of the L4 checksum in [`Packet::frame`] (TCP, UDP or ICMP).
+    pub fn l4_csum_off(&self) -> usize {
+        self.l4_off()
+            + match self.proto {
+                TCP => 16,
+                UDP => 6,
+                _ => 2,
+            }
     }
 }
 
-pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend([0x02, 0, 0, 0, 0, 0x02]);
-    f.extend(0x0806u16.to_be_bytes());
-    f.extend([0, 1, 8, 0, 6, 4, 0, 1]);
-    f.extend([0x02, 0, 0, 0, 0, 0x02]);
+/// Two payload bytes that make `p`'s UDP checksum come out as zero when
+/// computed (so it is sent as 0xffff), given the addresses and ports `p`
+/// has. `p`'s payload must be at least 2 bytes and even-aligned at 0.
+pub fn force_udp_csum_zero(p: &mut Packet) {
+    assert!(p.proto == UDP && p.payload.len() >= 2);
+    p.payload[0] = 0;
+    p.payload[1] = 0;
+    p.udp_no_csum = true;
+    let l4 = p.l4();
+    p.udp_no_csum = false;
+    let c = csum(&l4, pseudo_sum(p.src, p.dst, UDP, l4.len()));
+    // Adding the complement of the sum makes the sum 0xffff: checksum 0.
+    p.payload[..2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Same for TCP: the computed checksum becomes zero (sent as 0x0000).
+pub fn force_tcp_csum_zero(p: &mut Packet) {
+    assert!(p.proto == TCP && p.payload.len() >= 2);
+    p.payload[0] = 0;
+    p.payload[1] = 0;
+    let l4 = p.l4();
+    let mut no_csum = l4.clone();
+    no_csum[16] = 0;
+    no_csum[17] = 0;
+    let c = csum(&no_csum, pseudo_sum(p.src, p.dst, TCP, l4.len()));
+    p.payload[..2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// `f` with the big-endian `v` written at `off`.
+pub fn put16(mut f: Vec<u8>, off: usize, v: u16) -> Vec<u8> {
+    f[off..off + 2].copy_from_slice(&v.to_be_bytes());
+    f
+}
+
+/// `f` with byte `off` set to `v`.
+pub fn put8(mut f: Vec<u8>, off: usize, v: u8) -> Vec<u8> {
+    f[off] = v;
+    f
+}
+
+/// Recomputes the IPv4 header checksum of an Ethernet frame in place (for
+/// malformed-on-purpose frames, so the stack's only complaint is the one
+/// under test).
+pub fn fix_ipv4_csum(mut f: Vec<u8>) -> Vec<u8> {
+    let ihl = (f[ETH_LEN] & 0x0f) as usize * 4;
+    let end = (ETH_LEN + ihl.max(20)).min(f.len());
+    f[ETH_LEN + 10] = 0;
+    f[ETH_LEN + 11] = 0;
+    let c = csum(&f[ETH_LEN..end], 0);
+    f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// `c` off by the one's-complement difference between `bad` and `good`:
+/// what an incremental update does to a checksum that was wrong by that
+/// much (RFC 1624 keeps the error).
+pub fn keep_csum_error(c: u16, good: u16, bad: u16) -> u16 {
+    // ~bad = ~good + delta  =>  delta = ~bad - ~good = ~bad + good.
+    let delta = fold(!bad as u32 + good as u32);
+    !fold(!c as u32 + delta as u32)
+}
+
+pub fn arp(
+    op: u16,
+    sender_mac: Mac,
+    sender: Ipv4Addr,
+    target_mac: Mac,
+    target: Ipv4Addr,
+) -> Vec<u8> {
+    let mut f = if op == 1 {
+        vec![0xff; 6]
+    } else {
+        target_mac.to_vec()
+    };
+    f.extend(sender_mac);
+    f.extend(ETH_P_ARP.to_be_bytes());
+    f.extend([0, 1, 8, 0, 6, 4]);
+    f.extend(op.to_be_bytes());
+    f.extend(sender_mac);
     f.extend(sender.octets());
-    f.extend([0; 6]);
+    f.extend(target_mac);
     f.extend(target.octets());
     f
 }
 
+pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    arp(1, [0x02, 0, 0, 0, 0, 0x02], sender, [0; 6], target)
+}
+
+/// An IPv6 extension header between the fixed header and the L4 header.
+#[derive(Clone, Copy, Debug)]
+pub enum V6Ext {
+    HopByHop,
+    Routing,
+    Fragment { offset: u16, more: bool },
+    DestOpts,
+}
+
+impl V6Ext {
+    fn code(self) -> u8 {
+        match self {
+            V6Ext::HopByHop => 0,
+            V6Ext::Routing => 43,
+            V6Ext::Fragment { .. } => 44,
+            V6Ext::DestOpts => 60,
+        }
+    }
+
+    fn bytes(self, next: u8) -> Vec<u8> {
+        match self {
+            // One PadN option filling the 8 bytes.
+            V6Ext::HopByHop | V6Ext::DestOpts => vec![next, 0, 1, 4, 0, 0, 0, 0],
+            // Type 2 (mobility), no segments left, one address.
+            V6Ext::Routing => {
+                let mut b = vec![next, 2, 2, 0, 0, 0, 0, 0];
+                b.extend(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9).octets());
+                b
+            }
+            V6Ext::Fragment { offset, more } => {
+                let f = (offset << 3) | more as u16;
+                let mut b = vec![next, 0];
+                b.extend(f.to_be_bytes());
+                b.extend(0xbe27u32.to_be_bytes());
+                b
+            }
+        }
+    }
+}
+
+/// An IPv6 packet to a port or ICMPv6 type, possibly behind extension headers.
+#[derive(Clone, Debug)]
+pub struct Ipv6Packet {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub hop_limit: u8,
+    pub ext: Vec<V6Ext>,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    /// ICMPv6 type and code.
+    pub icmp: (u8, u8),
+    pub payload: Vec<u8>,
+}
+
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+pub const HOST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+
+impl Ipv6Packet {
+    pub fn new(proto: u8, dport: u16) -> Self {
+        Self {
+            src: CLIENT6,
+            dst: HOST6,
+            hop_limit: 64,
+            ext: Vec::new(),
+            proto,
+            sport: 40000,
+            dport,
+            icmp: (128, 0),
+            payload: Vec::new(),
+        }
+    }
+
+    pub fn icmpv6(icmp_type: u8, code: u8) -> Self {
+        Self {
+            icmp: (icmp_type, code),
+            payload: vec![0, 1, 0, 1],
+            ..Self::new(ICMPV6, 0)
+        }
+    }
+
+    pub fn with_ext(mut self, ext: &[V6Ext]) -> Self {
+        self.ext = ext.to_vec();
+        self
+    }
+
+    fn l4(&self) -> Vec<u8> {
+        let (mut h, csum_off) = match self.proto {
+            TCP => {
+                let mut h = Vec::new();
+                h.extend(self.sport.to_be_bytes());
+                h.extend(self.dport.to_be_bytes());
+                h.extend(0x1000_0000u32.to_be_bytes());
+                h.extend(0u32.to_be_bytes());
+                h.extend([0x50, SYN, 0xfa, 0xf0, 0, 0, 0, 0]);
+                (h, 16)
+            }
+            UDP => {
+                let mut h = Vec::new();
+                h.extend(self.sport.to_be_bytes());
+                h.extend(self.dport.to_be_bytes());
+                h.extend(((8 + self.payload.len()) as u16).to_be_bytes());
+                h.extend([0, 0]);
+                (h, 6)
+            }
+            ICMPV6 => (vec![self.icmp.0, self.icmp.1, 0, 0], 2),
+            _ => (Vec::new(), usize::MAX),
+        };
+        h.extend(&self.payload);
+        if csum_off != usize::MAX {
+            let c = csum(&h, pseudo_sum6(self.src, self.dst, self.proto, h.len()));
+            h[csum_off..csum_off + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        h
+    }
+
+    pub fn frame(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (i, e) in self.ext.iter().enumerate() {
+            let next = self.ext.get(i + 1).map_or(self.proto, |n| n.code());
+            body.extend(e.bytes(next));
+        }
+        body.extend(self.l4());
+        let first = self.ext.first().map_or(self.proto, |e| e.code());
+        let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
+        f.extend(ETH_P_IPV6.to_be_bytes());
+        f.extend([0x60, 0, 0, 0]);
+        f.extend((body.len() as u16).to_be_bytes());
+        f.extend([first, self.hop_limit]);
+        f.extend(self.src.octets());
+        f.extend(self.dst.octets());
+        f.extend(body);
+        f
+    }
+}
+
 pub fn ipv6_tcp_syn(dport: u16) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
-    f.extend(0x86ddu16.to_be_bytes());
-    f.extend([0x60, 0, 0, 0, 0, 20, TCP, 64]);
-    f.extend(
-        [0x20, 0x01, 0x0d, 0xb8]
-            .iter()
-            .chain([0u8; 11].iter())
-            .chain([2u8].iter()),
-    );
-    f.extend(
-        [0x20, 0x01, 0x0d, 0xb8]
-            .iter()
-            .chain([0u8; 11].iter())
-            .chain([1u8].iter()),
-    );
-    f.extend(40000u16.to_be_bytes());
-    f.extend(dport.to_be_bytes());
-    f.extend([0u8; 8]);
-    f.extend([0x50, SYN, 0xfa, 0xf0, 0, 0, 0, 0]);
+    Ipv6Packet::new(TCP, dport).frame()
+}
+
+/// A copy of an Ethernet frame with a tag of `tpid` inserted after the MACs.
+pub fn tagged(frame: &[u8], tpid: u16, tci: u16) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    f.extend(tpid.to_be_bytes());
+    f.extend(tci.to_be_bytes());
+    f.extend(&frame[12..]);
     f
 }
 
 /// An 802.1Q-tagged copy of an Ethernet frame.
 pub fn vlan_tagged(frame: &[u8], vid: u16) -> Vec<u8> {
-    let mut f = frame[..12].to_vec();
-    f.extend(0x8100u16.to_be_bytes());
-    f.extend(vid.to_be_bytes());
-    f.extend(&frame[12..]);
-    f
+    tagged(frame, ETH_P_8021Q, vid)
+}
+
+/// An 802.1ad (QinQ) copy: service tag `outer`, customer tag `inner`.
+pub fn qinq_tagged(frame: &[u8], outer: u16, inner: u16) -> Vec<u8> {
+    tagged(&vlan_tagged(frame, inner), ETH_P_8021AD, outer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums_verify_from_scratch() {
+        let mut p = Packet::udp(
+            Ipv4Addr::new(192, 0, 2, 2),
+            5000,
+            Ipv4Addr::new(192, 0, 2, 1),
+            53,
+        );
+        force_udp_csum_zero(&mut p);
+        let f = p.frame();
+        assert_eq!(&f[40..42], &[0xff, 0xff], "computed zero is sent as 0xffff");
+        let l4 = &f[34..];
+        assert_eq!(csum(l4, pseudo_sum(p.src, p.dst, UDP, l4.len())), 0);
+        let mut t = Packet::tcp(p.src, 1, p.dst, 2).with_payload_len(10);
+        force_tcp_csum_zero(&mut t);
+        assert_eq!(&t.frame()[50..52], &[0, 0]);
+        assert_eq!(csum(&f[14..34], 0), 0, "ipv4 header verifies");
+    }
+
+    #[test]
+    fn csum_error_is_carried_like_an_incremental_update() {
+        // An incremental update of a checksum that was off by delta keeps it
+        // off by delta; from-scratch math on the new data agrees.
+        let (good, bad) = (0x1234u16, 0x1200u16);
+        assert_eq!(keep_csum_error(good, good, bad), bad);
+    }
 }

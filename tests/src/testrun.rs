@@ -6,7 +6,7 @@ use std::{net::Ipv4Addr, process::Command};
 
 use aya::{
     maps::{HashMap, MapData},
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    programs::{Program, ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use berth::{
@@ -83,18 +83,37 @@ pub fn in_fixture_ns<T: Send + 'static>(f: impl FnOnce(&mut Env) -> T + Send + '
             .load(ebpf_object())
             .expect("load eBPF object");
         let mut env = Env { ebpf };
-        for name in ["berth_ingress", "berth_reply", "berth_deliver", "berth_empty_tc"] {
-            let p: &mut SchedClassifier = env.ebpf.program_mut(name).unwrap().try_into().unwrap();
-            p.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
-        }
-        for name in ["berth_xdp", "berth_empty_xdp"] {
-            let p: &mut Xdp = env.ebpf.program_mut(name).unwrap().try_into().unwrap();
-            p.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
-        }
+        load_all(&mut env.ebpf);
         f(&mut env)
     })
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// Loads (verifies) every program of the object, whatever its kind, so a
+/// program the verifier rejects fails here with its name, and a newly added
+/// program shows up in [`Env::verifier_budget`] without a change here.
+fn load_all(ebpf: &mut Ebpf) {
+    for (name, prog) in ebpf.programs_mut() {
+        let r = match prog {
+            Program::SchedClassifier(p) => p.load(),
+            Program::Xdp(p) => p.load(),
+            Program::CgroupSockAddr(p) => p.load(),
+            Program::CgroupSock(p) => p.load(),
+            Program::CgroupSockopt(p) => p.load(),
+            Program::CgroupSkb(p) => p.load(),
+            Program::SockOps(p) => p.load(),
+            Program::SkLookup(p) => p.load(),
+            Program::SkMsg(p) => p.load(),
+            Program::SkSkb(p) => p.load(),
+            Program::SocketFilter(p) => p.load(),
+            other => panic!(
+                "{name}: no loader for {:?} programs here",
+                other.prog_type()
+            ),
+        };
+        r.unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+    }
 }
 
 fn tempdir() -> String {
@@ -108,7 +127,48 @@ pub struct Env {
 
 pub struct Verdict {
     pub code: u32,
+    /// The frame as the program left it (XDP: any metadata in front).
     pub frame: Vec<u8>,
+}
+
+/// A BPF_PROG_TEST_RUN the kernel refused, with its errno.
+#[derive(Debug)]
+pub struct TestRunError {
+    pub errno: Option<i32>,
+    pub message: String,
+}
+
+impl std::fmt::Display for TestRunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl TestRunError {
+    fn new(prog: &str, e: ProgramError) -> Self {
+        let errno = match &e {
+            ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+            _ => None,
+        };
+        TestRunError {
+            errno,
+            message: format!("test_run {prog}: {e:?}"),
+        }
+    }
+}
+
+/// One loaded program as the kernel's verifier left it (bpf_prog_info).
+#[derive(Clone, Debug)]
+pub struct ProgramBudget {
+    pub name: String,
+    pub kind: String,
+    /// Instructions the verifier walked (`verified_insns`, Linux 5.16+);
+    /// the number its one-million limit applies to.
+    pub verified_insns: Option<u32>,
+    /// Size after the verifier's rewrites, in bytes (8 per instruction).
+    pub xlated_bytes: Option<u32>,
+    /// Size of the JIT-compiled machine code, in bytes.
+    pub jited_bytes: u32,
 }
 
 pub fn binding(
@@ -126,6 +186,30 @@ pub fn binding(
         container_port,
         protocol: p,
     }
+}
+
+/// The ifindex of `name` in the calling thread's network namespace (0 if
+/// there is none).
+pub fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated string for the call's duration.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+fn finish(
+    prog: &str,
+    r: Result<aya::programs::TestRunResult, ProgramError>,
+    mut out: Vec<u8>,
+) -> Result<(Verdict, u128), TestRunError> {
+    let r = r.map_err(|e| TestRunError::new(prog, e))?;
+    out.truncate(r.data_size_out as usize);
+    Ok((
+        Verdict {
+            code: r.return_value,
+            frame: out,
+        },
+        r.duration.as_nanos(),
+    ))
 }
 
 impl Env {
@@ -152,62 +236,108 @@ impl Env {
         m.iter().map(|r| r.unwrap()).collect()
     }
 
-    fn run_tc(&self, prog: &str, frame: &[u8], repeat: u32) -> (Verdict, u128) {
-        let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                repeat,
-                ..Default::default()
-            })
-            .unwrap_or_else(|e| panic!("test_run {prog}: {e:?}"));
-        out.truncate(r.data_size_out as usize);
-        (
-            Verdict {
-                code: r.return_value,
-                frame: out,
-            },
-            r.duration.as_nanos(),
-        )
+    /// The tracked flow whose reply direction is `key`, if any.
+    pub fn nat_lookup(&self, key: &FlowKey) -> Option<NatEntry> {
+        let m: HashMap<&MapData, FlowKey, NatEntry> =
+            HashMap::try_from(self.ebpf.map("BERTH_NAT").unwrap()).unwrap();
+        m.get(key, 0).ok()
     }
 
-    fn run_xdp(&self, prog: &str, frame: &[u8], repeat: u32) -> (Verdict, u128) {
+    /// Forgets every tracked flow; returns how many there were.
+    pub fn clear_nat(&mut self) -> usize {
+        let mut m: HashMap<&mut MapData, FlowKey, NatEntry> =
+            HashMap::try_from(self.ebpf.map_mut("BERTH_NAT").unwrap()).unwrap();
+        let keys: Vec<FlowKey> = m.keys().filter_map(Result::ok).collect();
+        for k in &keys {
+            let _ = m.remove(k);
+        }
+        keys.len()
+    }
+
+    /// Each loaded program's verifier and JIT figures, by name.
+    pub fn verifier_budget(&self) -> Vec<ProgramBudget> {
+        let mut out: Vec<ProgramBudget> = self
+            .ebpf
+            .programs()
+            .map(|(name, prog)| {
+                let info = prog
+                    .info()
+                    .unwrap_or_else(|e| panic!("bpf_prog_info of {name}: {e:?}"));
+                ProgramBudget {
+                    name: name.to_string(),
+                    kind: format!("{:?}", prog.prog_type()),
+                    verified_insns: info.verified_instruction_count(),
+                    xlated_bytes: info.size_translated(),
+                    jited_bytes: info.size_jitted(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn try_tc_run(
+        &self,
+        prog: &str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(Verdict, u128), TestRunError> {
+        let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = p.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        });
+        finish(prog, r, out)
+    }
+
+    pub fn try_xdp_run(
+        &self,
+        prog: &str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(Verdict, u128), TestRunError> {
         let p: &Xdp = self.ebpf.program(prog).unwrap().try_into().unwrap();
         let mut out = vec![0u8; frame.len() + 256];
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                repeat,
-                ..Default::default()
-            })
-            .unwrap_or_else(|e| panic!("test_run {prog}: {e:?}"));
-        out.truncate(r.data_size_out as usize);
-        (
-            Verdict {
-                code: r.return_value,
-                frame: out,
-            },
-            r.duration.as_nanos(),
-        )
+        let r = p.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        });
+        finish(prog, r, out)
+    }
+
+    /// One run of a TC program; `Err` when the kernel refuses the frame.
+    pub fn try_tc(&self, prog: &str, frame: &[u8]) -> Result<Verdict, TestRunError> {
+        self.try_tc_run(prog, frame, 1).map(|r| r.0)
+    }
+
+    /// One run of an XDP program; `Err` when the kernel refuses the frame.
+    pub fn try_xdp(&self, prog: &str, frame: &[u8]) -> Result<Verdict, TestRunError> {
+        self.try_xdp_run(prog, frame, 1).map(|r| r.0)
     }
 
     pub fn tc(&self, prog: &str, frame: &[u8]) -> Verdict {
-        self.run_tc(prog, frame, 1).0
+        self.try_tc(prog, frame).unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn xdp(&self, prog: &str, frame: &[u8]) -> Verdict {
-        self.run_xdp(prog, frame, 1).0
+        self.try_xdp(prog, frame).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Mean nanoseconds per run over `repeat` runs (for benchmarks).
     pub fn tc_ns(&self, prog: &str, frame: &[u8], repeat: u32) -> u128 {
-        self.run_tc(prog, frame, repeat).1
+        self.try_tc_run(prog, frame, repeat)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .1
     }
 
     pub fn xdp_ns(&self, prog: &str, frame: &[u8], repeat: u32) -> u128 {
-        self.run_xdp(prog, frame, repeat).1
+        self.try_xdp_run(prog, frame, repeat)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .1
     }
 }

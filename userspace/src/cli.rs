@@ -259,6 +259,7 @@ impl DaemonArgs {
                 bridge: self.bridge.unwrap_or_default(),
                 bpffs: self.bpffs,
                 attach: self.attach,
+                ct_capacity: None,
             },
             dynamic_ports: self.dynamic_ports,
             reserved_ports: self.reserved_ports,
@@ -534,6 +535,213 @@ mod tests {
         assert_eq!(config.datapath.attach, AttachMode::Tc);
         assert_eq!(config.datapath.uplinks, ["eth0", "eth1"]);
         assert_eq!(config.datapath.bridge, "docker0");
+        assert_eq!(config.dynamic_ports, None, "ip_local_port_range at start");
+        assert_eq!(
+            config.reserved_ports,
+            crate::allocator::DEFAULT_RESERVED_PORTS
+                .into_iter()
+                .collect()
+        );
+        assert_eq!(config.port_cooldown_secs, 300);
+    }
+
+    fn daemon_args(extra: &[&str]) -> std::result::Result<DaemonArgs, clap::Error> {
+        let mut args = vec!["daemon", "--uplink", "eth0", "--bridge", "br0"];
+        args.extend(extra);
+        let Command::Daemon(args) = parse(&args)?.command else {
+            panic!()
+        };
+        Ok(args)
+    }
+
+    #[test]
+    fn port_allocation_flags() {
+        let args = daemon_args(&[
+            "--dynamic-ports",
+            "49153-65535",
+            "--reserved-ports",
+            "22, 8000-8002",
+            "--port-cooldown",
+            "0",
+        ])
+        .unwrap();
+        let config = args.into_config(PathBuf::from("/s"));
+        let policy = config.port_policy().unwrap();
+        assert_eq!(
+            policy.range,
+            PortRange {
+                start: 49153,
+                end: 65535
+            }
+        );
+        assert_eq!(policy.reserved, [22, 8000, 8001, 8002].into());
+        assert_eq!(policy.cooldown_secs, 0);
+        let none = daemon_args(&["--reserved-ports", ""]).unwrap();
+        assert!(none.reserved_ports.is_empty());
+    }
+
+    #[test]
+    fn bad_port_allocation_flags_are_one_line() {
+        for (flag, value, msg) in [
+            (
+                "--dynamic-ports",
+                "9000-8000",
+                "port range 9000-8000 is reversed",
+            ),
+            ("--dynamic-ports", "0-100", "port 0 is out of range 1-65535"),
+            (
+                "--reserved-ports",
+                "22,ssh",
+                "invalid port \"ssh\": not a number",
+            ),
+            ("--port-cooldown", "soon", "invalid digit"),
+        ] {
+            let err = daemon_args(&[flag, value]).unwrap_err();
+            let line = one_line_clap_error(&err);
+            assert!(line.contains(msg), "{flag} {value}: {line}");
+            assert!(!line.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn teardown_and_reset_need_no_interfaces() {
+        let Command::Daemon(args) = parse(&["daemon", "--teardown", "--bpffs", "/b"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert!(args.teardown);
+        assert_eq!(args.bpffs, PathBuf::from("/b"));
+        let Command::Reset(args) = parse(&["reset", "--state-dir", "/s"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(args.state_dir, PathBuf::from("/s"));
+        assert_eq!(args.bpffs, PathBuf::from("/sys/fs/bpf"));
+        // Without --teardown the daemon still needs them.
+        assert!(parse(&["daemon", "--bridge", "br0"]).is_err());
+    }
+
+    #[test]
+    fn task_and_events_commands_parse() {
+        let cli = parse(&[
+            "task",
+            "run",
+            "--task-def",
+            "td.json",
+            "--name",
+            "web-1",
+            "--ip",
+            "web=172.17.0.2",
+            "--ip",
+            "db=172.17.0.3",
+        ])
+        .unwrap();
+        let Command::Task(TaskCommand::Run {
+            task_def,
+            name,
+            ips,
+        }) = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(task_def, PathBuf::from("td.json"));
+        assert_eq!(name, "web-1");
+        assert_eq!(ips, ["web=172.17.0.2", "db=172.17.0.3"]);
+        assert!(matches!(
+            parse(&["task", "stop", "web-1"]).unwrap().command,
+            Command::Task(TaskCommand::Stop { .. })
+        ));
+        assert!(matches!(
+            parse(&["task", "ls", "--json"]).unwrap().command,
+            Command::Task(TaskCommand::Ls { json: true })
+        ));
+        assert!(matches!(
+            parse(&["events", "--count", "3", "--existing"])
+                .unwrap()
+                .command,
+            Command::Events {
+                existing: true,
+                count: Some(3)
+            }
+        ));
+    }
+
+    async fn run_offline(args: &[String]) -> Error {
+        let mut full = vec!["--socket", "/nonexistent/berth.sock"];
+        full.extend(args.iter().map(String::as_str));
+        parse(&full).unwrap().execute().await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn task_run_checks_the_definition_before_contacting_the_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let good = write(
+            "good.json",
+            r#"{"containerDefinitions": [{"name": "web", "portMappings": [{"containerPort": 80}]}]}"#,
+        );
+        let bad = write("bad.json", "{");
+        let host = write(
+            "host.json",
+            r#"{"networkMode": "host", "containerDefinitions": [{"name": "web"}]}"#,
+        );
+        let run = |file: String, ips: &[&str]| {
+            let mut args: Vec<String> = vec!["task".into(), "run".into(), "--task-def".into()];
+            args.extend([file, "--name".into(), "w".into()]);
+            for ip in ips {
+                args.extend(["--ip".to_owned(), ip.to_string()]);
+            }
+            args
+        };
+        let err = run_offline(&run(bad, &["web=172.17.0.2"])).await;
+        assert!(
+            err.to_string()
+                .starts_with("task definition: not valid JSON: "),
+            "{err}"
+        );
+        let err = run_offline(&run(host, &[])).await;
+        assert!(err.to_string().contains("networkMode \"host\""), "{err}");
+        let err = run_offline(&run(good.clone(), &[])).await;
+        assert!(matches!(err, Error::MissingContainerIp(_)), "{err}");
+        let err = run_offline(&run(good.clone(), &["web"])).await;
+        assert_eq!(err.to_string(), "--ip \"web\": expected CONTAINER=IP");
+        let err = run_offline(&run(good.clone(), &["web=172.17.0.2", "web=172.17.0.3"])).await;
+        assert_eq!(err.to_string(), "--ip web=...: given twice");
+        let err = run_offline(&run(good.clone(), &["web=172.17.0.2"])).await;
+        assert!(matches!(err, Error::DaemonUnreachable(_)), "{err}");
+        let err = run_offline(&run(
+            dir.path().join("none.json").display().to_string(),
+            &[],
+        ))
+        .await;
+        assert!(err.to_string().starts_with("reading "), "{err}");
+    }
+
+    #[test]
+    fn tasks_table_shows_ranges_as_ranges() {
+        let view: TaskView = serde_json::from_value(serde_json::json!({
+            "name": "shop-1",
+            "containers": [
+                {"name": "web", "containerIP": "172.17.0.2", "networkBindings": [
+                    {"bindIP": "0.0.0.0", "containerPort": 80, "hostPort": 49160, "protocol": "tcp"},
+                    {"bindIP": "0.0.0.0", "protocol": "udp", "containerPortRange": "8000-8010",
+                     "hostPortRange": "49200-49210"}
+                ]},
+                {"name": "sidecar", "networkBindings": []}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(
+            tasks_table(&[view]),
+            "TASK    CONTAINER  CONTAINER IP  BIND IP  HOST PORT    CONTAINER PORT  PROTO\n\
+             shop-1  web        172.17.0.2    0.0.0.0  49160        80              tcp\n\
+             shop-1  web        172.17.0.2    0.0.0.0  49200-49210  8000-8010       udp\n"
+        );
     }
 
     #[test]

@@ -78,7 +78,11 @@ impl Client {
     /// Follows `GET /v1/events`, calling `on_line` with each line (one JSON
     /// event) until it returns false or the daemon ends the stream. Only
     /// the connection and the response head are under the timeout.
-    pub async fn events(&self, existing: bool, mut on_line: impl FnMut(&str) -> bool) -> Result<()> {
+    pub async fn events(
+        &self,
+        existing: bool,
+        mut on_line: impl FnMut(&str) -> bool,
+    ) -> Result<()> {
         let path = if existing {
             "/v1/events?existing=true"
         } else {

@@ -398,6 +398,82 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn open_event_streams_do_not_hold_the_shutdown_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let p = parts(dir.path(), Arc::new(FakeDatapath::default())).await;
+        let daemon = tokio::spawn(serve(p, async {
+            let _ = stopped.await;
+        }));
+        let client = Client::new(dir.path().join("berth.sock"));
+        client.health().await.unwrap();
+        let follower = Client::new(dir.path().join("berth.sock"));
+        let events = tokio::spawn(async move {
+            let mut lines = Vec::new();
+            follower
+                .events(true, |l| {
+                    lines.push(l.to_owned());
+                    true
+                })
+                .await
+                .map(|()| lines)
+        });
+        // With existing=true each binding shows up exactly once, whether the
+        // subscription lands before or after its add.
+        client.add(&add_req()).await.unwrap();
+        let mut req = add_req();
+        req.task = "api".into();
+        req.ports = vec!["9090:90".into()];
+        client.add(&req).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = std::time::Instant::now();
+        stop.send(()).unwrap();
+        daemon.await.unwrap().unwrap();
+        assert!(
+            started.elapsed() < SHUTDOWN_GRACE,
+            "{:?}",
+            started.elapsed()
+        );
+        let lines = events.await.unwrap().unwrap();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines.iter().all(|l| l.contains(r#""event":"added""#)));
+    }
+
+    #[tokio::test]
+    async fn start_reconciles_the_reserved_ports_sysctl() {
+        let dir = tempfile::tempdir().unwrap();
+        Store::open(&dir.path().join("state"))
+            .unwrap()
+            .put_task(
+                "web",
+                &[crate::model::Binding {
+                    task: "web".into(),
+                    container_ip: "172.17.0.2".parse().unwrap(),
+                    bind_ip: Ipv4Addr::UNSPECIFIED,
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: crate::model::Protocol::Tcp,
+                }],
+            )
+            .unwrap();
+        let host = Arc::new(FakeHost::default());
+        host.set_reserved(&[22]);
+        let mut p = parts(dir.path(), Arc::new(FakeDatapath::default())).await;
+        p.host = host.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(serve(p, async {
+            let _ = stopped.await;
+        }));
+        Client::new(dir.path().join("berth.sock"))
+            .health()
+            .await
+            .unwrap();
+        assert_eq!(host.reserved(), [22, 8080].into());
+        stop.send(()).unwrap();
+        daemon.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
     async fn flows_are_expired_periodically() {
         let datapath = Arc::new(FakeDatapath::default());
         let task = tokio::spawn(expire_flows(datapath.clone(), Duration::from_millis(10)));
@@ -428,6 +504,7 @@ mod tests {
             bridge: "berth-nope0".into(),
             bpffs: "/sys/fs/bpf".into(),
             attach: Default::default(),
+            ct_capacity: None,
         };
         assert_eq!(
             check_interfaces(&config).unwrap_err().to_string(),

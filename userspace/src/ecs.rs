@@ -63,14 +63,17 @@ impl PortMappingDef {
 
 impl ContainerDefinition {
     pub fn specs(&self) -> Vec<PortSpec> {
-        self.port_mappings.iter().map(PortMappingDef::spec).collect()
+        self.port_mappings
+            .iter()
+            .map(PortMappingDef::spec)
+            .collect()
     }
 }
 
 impl TaskDefinition {
     pub fn from_json(text: &[u8]) -> Result<TaskDefinition> {
-        let value: Value = serde_json::from_slice(text)
-            .map_err(|e| def_err(format!("not valid JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_slice(text).map_err(|e| def_err(format!("not valid JSON: {e}")))?;
         Self::from_value(&value)
     }
 
@@ -291,7 +294,11 @@ fn port_range(path: &str, v: &Value) -> Result<PortRange> {
     let Some(s) = v.as_str() else {
         return Err(wrong_type(path, "a string like \"8000-8010\"", v));
     };
-    let bad = || def_err(format!("{path}: {s:?} is not a port range like \"8000-8010\""));
+    let bad = || {
+        def_err(format!(
+            "{path}: {s:?} is not a port range like \"8000-8010\""
+        ))
+    };
     let (a, b) = s.split_once('-').ok_or_else(bad)?;
     let parse = |t: &str| -> Result<u16> {
         let t = t.trim();
@@ -300,9 +307,7 @@ fn port_range(path: &str, v: &Value) -> Result<PortRange> {
         }
         match t.parse::<u16>() {
             Ok(p) if p != 0 => Ok(p),
-            _ => Err(def_err(format!(
-                "{path}: port {t} is out of range 1-65535"
-            ))),
+            _ => Err(def_err(format!("{path}: port {t} is out of range 1-65535"))),
         }
     };
     let (start, end) = (parse(a)?, parse(b)?);
@@ -319,7 +324,10 @@ fn def_err(reason: impl Into<String>) -> Error {
 }
 
 fn wrong_type(path: &str, expected: &str, got: &Value) -> Error {
-    def_err(format!("{path}: expected {expected}, got {}", describe(got)))
+    def_err(format!(
+        "{path}: expected {expected}, got {}",
+        describe(got)
+    ))
 }
 
 /// A JSON value for an error message, cut short if long.
@@ -442,7 +450,10 @@ mod tests {
     fn bad_json_is_one_line() {
         let e = TaskDefinition::from_json(b"{\"containerDefinitions\": [").unwrap_err();
         let msg = e.to_string();
-        assert!(msg.starts_with("task definition: not valid JSON: "), "{msg}");
+        assert!(
+            msg.starts_with("task definition: not valid JSON: "),
+            "{msg}"
+        );
         assert!(!msg.contains('\n'));
         assert_eq!(e.http_status(), 400);
     }
@@ -512,9 +523,18 @@ mod tests {
     #[test]
     fn ports_out_of_range_are_refused() {
         let cases = [
-            (json!([{"containerPort": 0}]), "containerPort: port 0 is out of range 1-65535"),
-            (json!([{"containerPort": 65536}]), "containerPort: port 65536 is out of range 1-65535"),
-            (json!([{"containerPort": -1}]), "containerPort: port -1 is out of range 1-65535"),
+            (
+                json!([{"containerPort": 0}]),
+                "containerPort: port 0 is out of range 1-65535",
+            ),
+            (
+                json!([{"containerPort": 65536}]),
+                "containerPort: port 65536 is out of range 1-65535",
+            ),
+            (
+                json!([{"containerPort": -1}]),
+                "containerPort: port -1 is out of range 1-65535",
+            ),
             (
                 json!([{"containerPort": 18446744073709551615u64}]),
                 "containerPort: port 18446744073709551615 is out of range 1-65535",
@@ -558,7 +578,9 @@ mod tests {
     #[test]
     fn container_port_and_range_are_exclusive_and_one_is_needed() {
         assert_eq!(
-            err(web(json!([{"containerPort": 80, "containerPortRange": "80-81"}]))),
+            err(web(
+                json!([{"containerPort": 80, "containerPortRange": "80-81"}])
+            )),
             "task definition: containerDefinitions[0].portMappings[0]: containerPort and \
              containerPortRange are mutually exclusive; give one"
         );
@@ -568,7 +590,9 @@ mod tests {
              containerPortRange"
         );
         assert_eq!(
-            err(web(json!([{"containerPortRange": "80-81", "hostPort": 8080}]))),
+            err(web(
+                json!([{"containerPortRange": "80-81", "hostPort": 8080}])
+            )),
             "task definition: containerDefinitions[0].portMappings[0]: hostPort 8080 cannot be \
              used with containerPortRange; the host ports of a range are always dynamic"
         );
@@ -605,7 +629,9 @@ mod tests {
         let paired = def.container_ips(&ips(&[("web", "172.17.0.2")])).unwrap();
         assert_eq!(paired[0].1, Some("172.17.0.2".parse().unwrap()));
         assert_eq!(paired[1].1, None);
-        let e = def.container_ips(&ips(&[("sidecar", "172.17.0.3")])).unwrap_err();
+        let e = def
+            .container_ips(&ips(&[("sidecar", "172.17.0.3")]))
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             "container \"web\" has port mappings but no IP; add --ip web=CONTAINER_IP"
@@ -652,15 +678,21 @@ mod tests {
             ("web".to_owned(), "172.17.0.2".parse().unwrap())
         );
         assert_eq!(
-            parse_container_ip_arg("172.17.0.2").unwrap_err().to_string(),
+            parse_container_ip_arg("172.17.0.2")
+                .unwrap_err()
+                .to_string(),
             "--ip \"172.17.0.2\": expected CONTAINER=IP"
         );
         assert_eq!(
-            parse_container_ip_arg("=172.17.0.2").unwrap_err().to_string(),
+            parse_container_ip_arg("=172.17.0.2")
+                .unwrap_err()
+                .to_string(),
             "--ip \"=172.17.0.2\": expected CONTAINER=IP"
         );
         assert_eq!(
-            parse_container_ip_arg("web=172.17").unwrap_err().to_string(),
+            parse_container_ip_arg("web=172.17")
+                .unwrap_err()
+                .to_string(),
             "malformed container IP \"172.17\""
         );
     }

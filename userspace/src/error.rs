@@ -43,7 +43,9 @@ pub enum Error {
     TaskExists(String),
     #[error("task {0} was started from a task definition; stop it with `berth task stop {0}`")]
     TaskFromDefinition(String),
-    #[error("task {0} was published with `berth map add`; remove it with `berth map rm --task {0}`")]
+    #[error(
+        "task {0} was published with `berth map add`; remove it with `berth map rm --task {0}`"
+    )]
     TaskNotFromDefinition(String),
     #[error("task definition: {0}")]
     TaskDefinition(String),
@@ -97,6 +99,8 @@ pub enum Error {
     Io { context: String, error: io::Error },
     #[error(transparent)]
     Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Sg(#[from] crate::sg::SgError),
     #[error("restoring {binding}: {reason}")]
     Restore {
         binding: String,
@@ -138,6 +142,7 @@ impl Error {
             | Error::TaskFromDefinition(_)
             | Error::TaskNotFromDefinition(_) => 409,
             Error::Api { status, .. } => *status,
+            Error::Sg(e) => e.http_status(),
             _ => 500,
         }
     }

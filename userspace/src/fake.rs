@@ -16,8 +16,18 @@ use crate::{
     model::{Binding, Protocol},
 };
 
+/// Compiled rules of a task: (ingress, egress).
+pub type FakePolicy = (
+    Vec<crate::datapath::PolicyRule>,
+    Vec<crate::datapath::PolicyRule>,
+);
+
 #[derive(Default)]
 pub struct FakeDatapath {
+    pub endpoints: Mutex<std::collections::BTreeMap<Ipv4Addr, (u32, bool)>>,
+    pub policies: Mutex<std::collections::BTreeMap<u32, FakePolicy>>,
+    pub members: Mutex<std::collections::BTreeMap<u32, Vec<Ipv4Addr>>>,
+    pub timeouts: Mutex<Option<crate::datapath::FlowTimeouts>>,
     bindings: Mutex<BTreeSet<Binding>>,
     host_addrs: Mutex<Vec<Ipv4Addr>>,
     fail_insert_port: Mutex<Option<u16>>,
@@ -59,6 +69,37 @@ fn injected(map: &'static str) -> DatapathError {
 }
 
 impl Datapath for FakeDatapath {
+    fn set_endpoint(&self, ip: Ipv4Addr, task_id: u32, policy: bool) -> Result<(), DatapathError> {
+        self.endpoints.lock().unwrap().insert(ip, (task_id, policy));
+        Ok(())
+    }
+    fn remove_endpoint(&self, ip: Ipv4Addr) -> Result<(), DatapathError> {
+        self.endpoints.lock().unwrap().remove(&ip);
+        Ok(())
+    }
+    fn set_policy(
+        &self,
+        task_id: u32,
+        ingress: &[crate::datapath::PolicyRule],
+        egress: &[crate::datapath::PolicyRule],
+    ) -> Result<(), DatapathError> {
+        self.policies
+            .lock()
+            .unwrap()
+            .insert(task_id, (ingress.to_vec(), egress.to_vec()));
+        Ok(())
+    }
+    fn remove_policy(&self, task_id: u32) -> Result<(), DatapathError> {
+        self.policies.lock().unwrap().remove(&task_id);
+        Ok(())
+    }
+    fn set_group_members(&self, sg_id: u32, members: &[Ipv4Addr]) -> Result<(), DatapathError> {
+        self.members.lock().unwrap().insert(sg_id, members.to_vec());
+        Ok(())
+    }
+    fn set_flow_timeouts(&self, timeouts: crate::datapath::FlowTimeouts) {
+        *self.timeouts.lock().unwrap() = Some(timeouts);
+    }
     fn retain(&self, keep: &[Binding]) -> Result<usize, DatapathError> {
         let mut b = self.bindings.lock().unwrap();
         let before = b.len();

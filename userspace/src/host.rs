@@ -42,7 +42,7 @@ impl Default for SystemHost {
 
 impl Host for SystemHost {
     fn reserved_ports(&self) -> io::Result<BTreeSet<u16>> {
-        let text = fs::read_to_string(&self.reserved_ports)?;
+        let text = read_large_sysctl(&self.reserved_ports)?;
         parse_port_list(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
@@ -71,6 +71,21 @@ impl Host for SystemHost {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     }
+}
+
+/// The longest `ip_local_reserved_ports` can print: every other port of
+/// 0-65535, about 190 KB.
+const LARGE_SYSCTL_MAX: usize = 256 * 1024;
+
+/// Reads a bitmap sysctl in one `read`. The kernel answers a read at a
+/// non-zero offset with end of file, so `fs::read_to_string`, whose first
+/// read is a 32-byte probe, would cut the list after 32 bytes.
+fn read_large_sysctl(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; LARGE_SYSCTL_MAX];
+    let n = fs::File::open(path)?.read(&mut buf)?;
+    buf.truncate(n);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 fn proc_net_files(protocol: Protocol) -> [&'static str; 2] {
@@ -147,8 +162,8 @@ pub fn format_port_list(ports: &BTreeSet<u16>) -> String {
     let mut iter = ports.iter().copied().peekable();
     while let Some(start) = iter.next() {
         let mut end = start;
-        while iter.peek() == end.checked_add(1).as_ref() {
-            end = iter.next().unwrap_or(end);
+        while let Some(next) = iter.next_if(|&p| Some(p) == end.checked_add(1)) {
+            end = next;
         }
         items.push(if start == end {
             start.to_string()
@@ -260,6 +275,15 @@ mod tests {
         assert_eq!(parse_proc_net(UDP), set(&[5353]));
         assert_eq!(parse_proc_net(""), set(&[]));
         assert_eq!(parse_proc_net("header\ngarbage line\n"), set(&[]));
+    }
+
+    #[test]
+    fn large_sysctls_are_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("list");
+        let long: String = (0..2000).map(|i| format!("{},", i * 2)).collect();
+        fs::write(&path, &long).unwrap();
+        assert_eq!(read_large_sysctl(&path).unwrap(), long);
     }
 
     #[test]

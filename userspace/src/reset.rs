@@ -76,12 +76,11 @@ pub async fn reset(config: &ResetConfig, host: &dyn Host) -> Result<ResetReport>
     };
     if !ours.is_empty() {
         let sysctl_err = |what: &str, e: io::Error| {
-            Error::io(
-                format!("{what} {}", crate::host::RESERVED_PORTS_SYSCTL),
-                e,
-            )
+            Error::io(format!("{what} {}", crate::host::RESERVED_PORTS_SYSCTL), e)
         };
-        let mut current = host.reserved_ports().map_err(|e| sysctl_err("reading", e))?;
+        let mut current = host
+            .reserved_ports()
+            .map_err(|e| sysctl_err("reading", e))?;
         report.unreserved = current.intersection(&ours).copied().collect();
         if !report.unreserved.is_empty() {
             current.retain(|p| !ours.contains(p));
@@ -201,9 +200,7 @@ mod tests {
         let host = Arc::new(FakeHost::default());
         used_host(dir.path(), &host);
         let (_listener, _file) = socket::bind(&dir.path().join("berth.sock")).await.unwrap();
-        let err = reset(&config(dir.path()), host.as_ref())
-            .await
-            .unwrap_err();
+        let err = reset(&config(dir.path()), host.as_ref()).await.unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
@@ -222,10 +219,12 @@ mod tests {
         let host = Arc::new(FakeHost::default());
         used_host(dir.path(), &host);
         host.fail_writes(true);
-        let err = reset(&config(dir.path()), host.as_ref())
-            .await
-            .unwrap_err();
-        assert!(err.to_string().starts_with("writing /proc/sys/net/ipv4/ip_local_reserved_ports: "), "{err}");
+        let err = reset(&config(dir.path()), host.as_ref()).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("writing /proc/sys/net/ipv4/ip_local_reserved_ports: "),
+            "{err}"
+        );
         assert!(dir.path().join("state").join(STORE_FILE).exists());
         assert!(dir.path().join("bpffs/berth").exists());
         host.fail_writes(false);

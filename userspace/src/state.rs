@@ -230,7 +230,11 @@ impl Registry {
         let current = self.host.reserved_ports().map_err(sysctl_err("reading"))?;
         let add: BTreeSet<u16> = mapped.difference(&current).copied().collect();
         let drop: BTreeSet<u16> = self.reserved_by_us.difference(&mapped).copied().collect();
-        let next: BTreeSet<u16> = current.union(&add).filter(|p| !drop.contains(p)).copied().collect();
+        let next: BTreeSet<u16> = current
+            .union(&add)
+            .filter(|p| !drop.contains(p))
+            .copied()
+            .collect();
         let mut cooldowns = self.cooldowns.clone();
         let commit = Commit {
             reserved_add: add.iter().copied().collect(),
@@ -415,11 +419,8 @@ impl Registry {
     /// later in the same request. Returns the specs with host ports, in the
     /// same shape.
     fn place(&mut self, groups: &[Vec<PortSpec>]) -> Result<Vec<Vec<PortSpec>>> {
-        let mut pending: Vec<PortMapping> = groups
-            .iter()
-            .flatten()
-            .flat_map(PortSpec::expand)
-            .collect();
+        let mut pending: Vec<PortMapping> =
+            groups.iter().flatten().flat_map(PortSpec::expand).collect();
         self.check_conflicts(&pending)?;
         let now = self.host.now();
         let mut bound: HashMap<Protocol, BTreeSet<u16>> = HashMap::new();
@@ -452,7 +453,8 @@ impl Registry {
         now: u64,
     ) -> Result<u16> {
         let protocol = spec.protocol;
-        let collides = |p: Protocol, ip: Ipv4Addr| p == protocol && bind_ips_overlap(ip, spec.bind_ip);
+        let collides =
+            |p: Protocol, ip: Ipv4Addr| p == protocol && bind_ips_overlap(ip, spec.bind_ip);
         let mapped = self
             .tasks
             .values()
@@ -466,18 +468,20 @@ impl Registry {
                     .map(|m| m.host_port),
             )
             .collect();
-        if !bound.contains_key(&protocol) {
-            let ports = self.host.bound_ports(protocol).map_err(|e| {
-                Error::io(
-                    format!("reading the host's {} sockets", protocol.as_str()),
-                    e,
-                )
-            })?;
-            bound.insert(protocol, ports);
-        }
+        let bound = match bound.entry(protocol) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(self.host.bound_ports(protocol).map_err(|err| {
+                    Error::io(
+                        format!("reading the host's {} sockets", protocol.as_str()),
+                        err,
+                    )
+                })?)
+            }
+        };
         let taken = Taken {
             mapped,
-            bound: bound.get(&protocol).cloned().unwrap_or_default(),
+            bound: bound.clone(),
             cooling: self
                 .cooldowns
                 .cooling(protocol, now, self.policy.cooldown_secs),
@@ -740,12 +744,7 @@ impl Registry {
 }
 
 fn sysctl_err(what: &'static str) -> impl Fn(std::io::Error) -> Error {
-    move |e| {
-        Error::io(
-            format!("{what} {}", crate::host::RESERVED_PORTS_SYSCTL),
-            e,
-        )
-    }
+    move |e| Error::io(format!("{what} {}", crate::host::RESERVED_PORTS_SYSCTL), e)
 }
 
 /// The bindings of resolved (host ports chosen) specs.
@@ -939,6 +938,9 @@ impl Berth {
             .map_err(|e| Error::Internal(e.to_string()))?
     }
 }
+
+#[cfg(test)]
+mod dynamic_tests;
 
 #[cfg(test)]
 mod tests {

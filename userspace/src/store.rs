@@ -4,7 +4,8 @@
 //!   an ECS task definition;
 //! - `cooldowns_v1`: (IP protocol number, host port) → Unix seconds it was
 //!   released;
-//! - `reserved_v1`: host ports berth added to `ip_local_reserved_ports`.
+//! - `reserved_v1`: host ports berth added to `ip_local_reserved_ports`;
+//! - security groups: see the `sg` submodule.
 //!
 //! One request's whole effect is one [`Commit`], one redb transaction.
 use std::{
@@ -20,6 +21,8 @@ use crate::{
     error::{Error, Result},
     model::{Binding, Protocol, TaskRecord},
 };
+
+mod sg;
 
 pub const STORE_FILE: &str = "berth.redb";
 

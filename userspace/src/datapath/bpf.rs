@@ -10,7 +10,7 @@ use std::{
     fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use aya::{
@@ -29,7 +29,9 @@ use berth_maps::{
     SERVICES_MAP,
 };
 
-use super::{Datapath, DatapathError};
+use super::{
+    policy::PolicyMaps, ports::PortWatcher, Datapath, DatapathError, FlowTimeouts, PolicyRule,
+};
 use crate::model::Binding;
 
 /// The eBPF object built by build.rs, embedded so the binary needs nothing
@@ -63,13 +65,10 @@ pub struct DatapathConfig {
     /// bpffs mount point; berth pins under `<bpffs>/berth/`.
     pub bpffs: PathBuf,
     pub attach: AttachMode,
+    /// Capacity of the security-group tracking table (`None`: the default,
+    /// [`berth_maps::CT_CAPACITY`]). Applies when the table is created.
+    pub ct_capacity: Option<u32>,
 }
-
-/// Idle timeouts for tracked flows (seconds).
-pub const TCP_ESTABLISHED_TIMEOUT_S: u64 = 432_000;
-pub const TCP_CLOSING_TIMEOUT_S: u64 = 60;
-pub const UDP_SINGLE_TIMEOUT_S: u64 = 30;
-pub const UDP_STREAM_TIMEOUT_S: u64 = 180;
 
 struct Maps {
     services: HashMap<MapData, ServiceKey, Backend>,
@@ -81,8 +80,12 @@ struct Maps {
 
 pub struct BpfDatapath {
     maps: Mutex<Maps>,
+    policy: Mutex<PolicyMaps>,
+    timeouts: Mutex<FlowTimeouts>,
+    // Stops before the programs it attaches are dropped.
+    _ports: PortWatcher,
     // Owns the programs; the links themselves are held by their pins.
-    _ebpf: Ebpf,
+    _ebpf: Arc<Mutex<Ebpf>>,
 }
 
 /// (program, interface, hook) for every attachment a mode needs.
@@ -225,16 +228,18 @@ impl BpfDatapath {
             reason: e.to_string(),
         })?;
 
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&dir)
-            .load(ebpf_object())
-            .map_err(|e| {
-                if is_eperm(&e) {
-                    DatapathError::NotPermitted
-                } else {
-                    DatapathError::Other(format!("loading eBPF programs: {}", error_chain(&e)))
-                }
-            })?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&dir);
+        if let Some(n) = config.ct_capacity {
+            loader.set_max_entries(berth_maps::CT_MAP, n);
+        }
+        let mut ebpf = loader.load(ebpf_object()).map_err(|e| {
+            if is_eperm(&e) {
+                DatapathError::NotPermitted
+            } else {
+                DatapathError::Other(format!("loading eBPF programs: {}", error_chain(&e)))
+            }
+        })?;
 
         let wanted = attachments(config);
         for (prog, ifname) in &wanted {
@@ -243,6 +248,11 @@ impl BpfDatapath {
         // Drop attachments of another mode or interface left by an earlier
         // run: unpinning the last reference detaches the program.
         let mut keep: HashSet<String> = wanted.iter().map(|(p, i)| link_name(p, i)).collect();
+        // Per-port pins are the port watcher's to adopt or remove.
+        let is_port_pin = |name: &str| {
+            name.split_once('@')
+                .is_some_and(|(p, _)| super::ports::PORT_PROGRAMS.contains(&p))
+        };
         for prog in SOCKET_HOOKS {
             keep.insert(link_name(prog, CGROUP_LINK_SUFFIX));
             keep.insert(format!("{}_new", link_name(prog, CGROUP_LINK_SUFFIX)));
@@ -250,7 +260,7 @@ impl BpfDatapath {
         if let Ok(entries) = fs::read_dir(&links_dir) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if !keep.contains(&name) {
+                if !keep.contains(&name) && !is_port_pin(&name) {
                     tracing::info!(link = %name, "removing stale attachment");
                     let _ = fs::remove_file(e.path());
                 }
@@ -288,8 +298,19 @@ impl BpfDatapath {
             )
             .map_err(map_err("BERTH_COUNTERS"))?,
         };
+        let policy = PolicyMaps {
+            endpoints: take_map(&mut ebpf, berth_maps::ENDPOINTS_MAP)?,
+            policy: take_map(&mut ebpf, berth_maps::POLICY_MAP)?,
+            members: take_map(&mut ebpf, berth_maps::SG_MEMBERS_MAP)?,
+            ct: take_map(&mut ebpf, berth_maps::CT_MAP)?,
+        };
+        let ebpf = Arc::new(Mutex::new(ebpf));
+        let ports = super::ports::watch(ebpf.clone(), config.bridge.clone(), links_dir)?;
         Ok(Self {
             maps: Mutex::new(maps),
+            policy: Mutex::new(policy),
+            timeouts: Mutex::new(FlowTimeouts::default()),
+            _ports: ports,
             _ebpf: ebpf,
         })
     }
@@ -308,6 +329,10 @@ impl BpfDatapath {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {
         self.maps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn policy(&self) -> std::sync::MutexGuard<'_, PolicyMaps> {
+        self.policy.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -428,7 +453,7 @@ fn take_map<K: aya::Pod, V: aya::Pod>(
 
 /// Attach `prog` to `ifname`, reusing a pinned link (atomic program swap)
 /// when there is one, and pin new links.
-fn attach_pinned(
+pub(super) fn attach_pinned(
     ebpf: &mut Ebpf,
     prog_name: &str,
     ifname: &str,
@@ -442,7 +467,7 @@ fn attach_pinned(
     let is_xdp = prog_name == "berth_xdp";
     if is_xdp {
         let p: &mut Xdp = prog.try_into().map_err(prog_err(what.clone()))?;
-        p.load().map_err(prog_err(what.clone()))?;
+        load_once(p.load()).map_err(prog_err(what.clone()))?;
         if let Some(link) = adopt_link(&pin) {
             match XdpLink::try_from(link)
                 .map_err(|e| e.to_string())
@@ -469,8 +494,12 @@ fn attach_pinned(
         return Ok(());
     }
     let p: &mut SchedClassifier = prog.try_into().map_err(prog_err(what.clone()))?;
-    p.load().map_err(prog_err(what.clone()))?;
-    let attach_type = TcAttachType::Ingress;
+    load_once(p.load()).map_err(prog_err(what.clone()))?;
+    let attach_type = if prog_name == "berth_to_ctr" {
+        TcAttachType::Egress
+    } else {
+        TcAttachType::Ingress
+    };
     if let Some(link) = adopt_link(&pin) {
         match SchedClassifierLink::try_from(link)
             .map_err(|e| e.to_string())
@@ -499,6 +528,16 @@ fn attach_pinned(
     fd.pin(&pin)
         .map_err(|e| DatapathError::Other(format!("{what}: pinning: {}", error_chain(&e))))?;
     Ok(())
+}
+
+/// A program attached to several interfaces is loaded once.
+fn load_once(
+    r: Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    match r {
+        Err(aya::programs::ProgramError::AlreadyLoaded) => Ok(()),
+        other => other,
+    }
 }
 
 /// The pinned link at `pin`, if any. The pin stays: it is what keeps the
@@ -544,17 +583,17 @@ fn monotonic_ns() -> u64 {
 }
 
 /// Whether a tracked flow has been idle past its protocol's timeout.
-pub fn flow_expired(key: &FlowKey, e: &NatEntry, now_ns: u64) -> bool {
+pub fn flow_expired(key: &FlowKey, e: &NatEntry, now_ns: u64, t: &FlowTimeouts) -> bool {
     let timeout_s = if key.proto == PROTO_TCP {
         if e.flags & NAT_F_CLOSING != 0 {
-            TCP_CLOSING_TIMEOUT_S
+            t.tcp_closing
         } else {
-            TCP_ESTABLISHED_TIMEOUT_S
+            t.tcp_established
         }
     } else if e.flags & NAT_F_REPLIED != 0 {
-        UDP_STREAM_TIMEOUT_S
+        t.udp_stream
     } else {
-        UDP_SINGLE_TIMEOUT_S
+        t.udp_single
     };
     now_ns.saturating_sub(e.last_seen_ns) > timeout_s * 1_000_000_000
 }
@@ -696,18 +735,49 @@ impl Datapath for BpfDatapath {
     }
 
     fn expire_flows(&self) -> Result<usize, DatapathError> {
-        let mut m = self.lock();
+        let t = *self.timeouts.lock().unwrap_or_else(|p| p.into_inner());
         let now = monotonic_ns();
+        let from_policy = self.policy().expire(&t, now);
+        let mut m = self.lock();
         let expired: Vec<FlowKey> = m
             .nat
             .iter()
             .filter_map(Result::ok)
-            .filter(|(k, v)| flow_expired(k, v, now))
+            .filter(|(k, v)| flow_expired(k, v, now, &t))
             .map(|(k, _)| k)
             .collect();
         for k in &expired {
             let _ = m.nat.remove(k);
         }
-        Ok(expired.len())
+        Ok(expired.len() + from_policy)
+    }
+
+    fn set_endpoint(&self, ip: Ipv4Addr, task_id: u32, policy: bool) -> Result<(), DatapathError> {
+        self.policy().set_endpoint(ip, task_id, policy)
+    }
+
+    fn remove_endpoint(&self, ip: Ipv4Addr) -> Result<(), DatapathError> {
+        self.policy().remove_endpoint(ip)
+    }
+
+    fn set_policy(
+        &self,
+        task_id: u32,
+        ingress: &[PolicyRule],
+        egress: &[PolicyRule],
+    ) -> Result<(), DatapathError> {
+        self.policy().set_policy(task_id, ingress, egress)
+    }
+
+    fn remove_policy(&self, task_id: u32) -> Result<(), DatapathError> {
+        self.policy().remove_policy(task_id)
+    }
+
+    fn set_group_members(&self, sg_id: u32, members: &[Ipv4Addr]) -> Result<(), DatapathError> {
+        self.policy().set_group_members(sg_id, members)
+    }
+
+    fn set_flow_timeouts(&self, timeouts: FlowTimeouts) {
+        *self.timeouts.lock().unwrap_or_else(|p| p.into_inner()) = timeouts;
     }
 }

@@ -4,11 +4,14 @@ use std::net::Ipv4Addr;
 use crate::model::Binding;
 
 mod bpf;
+mod policy;
+mod ports;
 /// Map key/value encoding of a binding (shared with tests and benchmarks).
 pub mod bpf_keys {
     pub use super::bpf::{backend, service_key};
 }
 pub use bpf::{ebpf_object, AttachMode, BpfDatapath, DatapathConfig};
+pub use policy::encode_rule;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -24,6 +27,56 @@ pub enum DatapathError {
     Map { map: &'static str, reason: String },
     #[error("{0}")]
     Other(String),
+}
+
+/// One compiled security-group allow rule, as the datapath evaluates it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyRule {
+    /// `None`: every protocol.
+    pub proto: Option<RuleProto>,
+    /// Inclusive destination port range (TCP/UDP).
+    pub ports: (u16, u16),
+    /// ICMP type and code; `None` matches any.
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+    pub peer: RulePeer,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleProto {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RulePeer {
+    /// A canonical CIDR (network address, prefix length).
+    Cidr(Ipv4Addr, u8),
+    /// The current members of a security group, by its numeric id.
+    Group(u32),
+}
+
+/// Idle timeouts of tracked flows, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    pub tcp_established: u64,
+    pub tcp_closing: u64,
+    pub udp_single: u64,
+    pub udp_stream: u64,
+    pub icmp: u64,
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        Self {
+            tcp_established: 432_000,
+            tcp_closing: 60,
+            udp_single: 30,
+            udp_stream: 180,
+            icmp: 30,
+        }
+    }
 }
 
 /// What the control plane asks of the kernel. Implemented by [`BpfDatapath`];
@@ -44,4 +97,21 @@ pub trait Datapath: Send + Sync {
     /// Forget flows idle past their protocol's timeout; returns how many.
     /// The daemon calls this every few seconds.
     fn expire_flows(&self) -> Result<usize, DatapathError>;
+
+    /// Security groups. A container IP of a task: `policy` says whether the
+    /// task has groups (and so whether its rules apply at all).
+    fn set_endpoint(&self, ip: Ipv4Addr, task_id: u32, policy: bool) -> Result<(), DatapathError>;
+    fn remove_endpoint(&self, ip: Ipv4Addr) -> Result<(), DatapathError>;
+    /// Replace a task's compiled rules (the union of its groups').
+    fn set_policy(
+        &self,
+        task_id: u32,
+        ingress: &[PolicyRule],
+        egress: &[PolicyRule],
+    ) -> Result<(), DatapathError>;
+    fn remove_policy(&self, task_id: u32) -> Result<(), DatapathError>;
+    /// Replace the member addresses of a group.
+    fn set_group_members(&self, sg_id: u32, members: &[Ipv4Addr]) -> Result<(), DatapathError>;
+    /// Idle timeouts used by [`Datapath::expire_flows`].
+    fn set_flow_timeouts(&self, timeouts: FlowTimeouts);
 }

@@ -1,0 +1,342 @@
+//! Security groups: stateful allow rules per task, judged on the first
+//! packet of a flow with the peer's real address.
+//!
+//! - North-south (client -> host port): at the uplink, before DNAT, against
+//!   the receiving task's ingress rules and its container port.
+//! - Everything a container sends: at its host-side veth (tc ingress),
+//!   against its egress rules and, when the receiver is a task on this
+//!   host, the receiver's ingress rules.
+//! - Everything a container receives from elsewhere (the host, an
+//!   untracked sender): at its host-side veth (tc egress), against its
+//!   ingress rules.
+//!
+//! Allowed flows are tracked (BERTH_CT, or BERTH_NAT for published ports),
+//! so replies pass whatever the rules say and removing a rule never cuts a
+//! tracked flow. ICMP echo is tracked by its identifier. ICMP errors and
+//! fragments pass (they belong to a flow judged already).
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use berth_maps::{
+    Counter, CtEntry, Endpoint, FlowKey, PolicyKey, Rule, SgMember, CT_F_CLOSING, CT_F_REPLIED,
+    DIR_INGRESS, EP_F_POLICY, MAX_RULES, PROTO_ICMP, PROTO_TCP, RULE_ICMP_ANY, RULE_PEER_CIDR,
+    RULE_PROTO_ALL,
+};
+
+use crate::{
+    maps::{count, BERTH_CT, BERTH_ENDPOINTS, BERTH_NAT, BERTH_POLICY, BERTH_SG_MEMBERS},
+    parse::{parse_flow, ptr_at, Parsed, ETH_LEN, TCP_FLAG_FIN, TCP_FLAG_RST},
+};
+
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO: u8 = 8;
+
+/// What policy looks at in a packet.
+#[derive(Clone, Copy)]
+pub struct PFlow {
+    pub proto: u8,
+    pub src_be: u32,
+    pub dst_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub closing: bool,
+}
+
+impl PFlow {
+    #[inline(always)]
+    fn key(&self) -> FlowKey {
+        FlowKey {
+            src_addr_be: self.src_be,
+            dst_addr_be: self.dst_be,
+            src_port_be: self.sport_be,
+            dst_port_be: self.dport_be,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    #[inline(always)]
+    fn reverse_key(&self) -> FlowKey {
+        FlowKey {
+            src_addr_be: self.dst_be,
+            dst_addr_be: self.src_be,
+            src_port_be: self.dport_be,
+            dst_port_be: self.sport_be,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// TCP, UDP or ICMP echo; `None` for everything policy lets through.
+#[inline(always)]
+pub fn policy_flow(data: usize, data_end: usize) -> Option<PFlow> {
+    match parse_flow(data, data_end) {
+        Parsed::Flow(f) => Some(PFlow {
+            proto: f.proto,
+            src_be: f.src_addr_be,
+            dst_be: f.dst_addr_be,
+            sport_be: f.src_port_be,
+            dport_be: f.dst_port_be,
+            icmp_type: 0,
+            icmp_code: 0,
+            closing: f.proto == PROTO_TCP && f.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0,
+        }),
+        Parsed::Fragment => None,
+        Parsed::Other => icmp_echo_flow(data, data_end),
+    }
+}
+
+#[inline(always)]
+fn icmp_echo_flow(data: usize, data_end: usize) -> Option<PFlow> {
+    let eth = unsafe { &*ptr_at::<[u8; 14]>(data, data_end, 0)? };
+    if eth[12] != 0x08 || eth[13] != 0x00 {
+        return None;
+    }
+    let ip = unsafe { &*ptr_at::<[u8; 20]>(data, data_end, ETH_LEN)? };
+    let ihl = (ip[0] & 0x0f) as usize;
+    if ip[0] >> 4 != 4 || ihl < 5 || ip[9] != PROTO_ICMP || (ip[6] & 0x3f) != 0 || ip[7] != 0 {
+        return None;
+    }
+    let icmp = unsafe { &*ptr_at::<[u8; 8]>(data, data_end, ETH_LEN + ihl * 4)? };
+    // Echo request: identifier as the source "port"; a reply mirrors it,
+    // so its reverse key is the request's key.
+    let id = u16::from_ne_bytes([icmp[4], icmp[5]]);
+    let (sport_be, dport_be) = match icmp[0] {
+        ICMP_ECHO => (id, 0),
+        ICMP_ECHO_REPLY => (0, id),
+        _ => return None,
+    };
+    Some(PFlow {
+        proto: PROTO_ICMP,
+        src_be: u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
+        dst_be: u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
+        sport_be,
+        dport_be,
+        icmp_type: icmp[0],
+        icmp_code: icmp[1],
+        closing: false,
+    })
+}
+
+/// The endpoint at `addr`, if policy applies to it.
+#[inline(always)]
+pub fn endpoint_with_policy(addr_be: u32) -> Option<Endpoint> {
+    let ep = unsafe { BERTH_ENDPOINTS.get(&addr_be) }?;
+    if ep.flags & EP_F_POLICY != 0 {
+        Some(*ep)
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn rule_matches(
+    r: &Rule,
+    proto: u8,
+    peer_be: u32,
+    dport: u16,
+    icmp_type: u8,
+    icmp_code: u8,
+) -> bool {
+    if r.proto != RULE_PROTO_ALL {
+        if r.proto != proto {
+            return false;
+        }
+        if proto == PROTO_ICMP {
+            if r.icmp_type != RULE_ICMP_ANY && r.icmp_type != icmp_type {
+                return false;
+            }
+            if r.icmp_code != RULE_ICMP_ANY && r.icmp_code != icmp_code {
+                return false;
+            }
+        } else if dport < r.port_lo || dport > r.port_hi {
+            return false;
+        }
+    }
+    if r.kind == RULE_PEER_CIDR {
+        peer_be & r.mask_be == r.addr_be
+    } else {
+        let m = SgMember {
+            sg_id: r.addr_be,
+            addr_be: peer_be,
+        };
+        unsafe { BERTH_SG_MEMBERS.get(&m) }.is_some()
+    }
+}
+
+/// Whether `task`'s rules in `dir` allow a new flow with `peer`. A task
+/// with policy and no rules in a direction allows nothing there.
+#[inline(always)]
+pub fn policy_allows(task_id: u32, dir: u32, f: &PFlow, peer_be: u32, dport: u16) -> bool {
+    let key = PolicyKey { task_id, dir };
+    let Some(p) = BERTH_POLICY.get_ptr(&key) else {
+        return false;
+    };
+    let p = unsafe { &*p };
+    let n = p.len as usize;
+    for i in 0..MAX_RULES {
+        if i >= n {
+            break;
+        }
+        if rule_matches(
+            &p.rules[i],
+            f.proto,
+            peer_be,
+            dport,
+            f.icmp_type,
+            f.icmp_code,
+        ) {
+            return true;
+        }
+    }
+    false
+}
+
+/// A tracked flow this packet belongs to, in either direction (refreshed).
+#[inline(always)]
+pub fn ct_established(f: &PFlow) -> bool {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(e) = BERTH_CT.get_ptr_mut(&f.key()) {
+        unsafe {
+            (*e).last_seen_ns = now;
+            if f.closing {
+                (*e).flags |= CT_F_CLOSING;
+            }
+        }
+        return true;
+    }
+    if let Some(e) = BERTH_CT.get_ptr_mut(&f.reverse_key()) {
+        unsafe {
+            (*e).last_seen_ns = now;
+            (*e).flags |= CT_F_REPLIED;
+            if f.closing {
+                (*e).flags |= CT_F_CLOSING;
+            }
+        }
+        return true;
+    }
+    false
+}
+
+/// Track a flow policy allowed. Never evicts.
+#[inline(always)]
+pub fn ct_create(f: &PFlow) -> Result<(), ()> {
+    let e = CtEntry {
+        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+        flags: if f.closing { CT_F_CLOSING } else { 0 },
+        _pad: [0; 7],
+    };
+    match BERTH_CT.insert(&f.key(), &e, 1) {
+        Ok(()) => Ok(()),
+        Err(e) if e == -17 => Ok(()),
+        Err(_) => {
+            count(Counter::CtTableFull);
+            Err(())
+        }
+    }
+}
+
+/// Whether the packet belongs to a published-port flow (judged at the
+/// uplink). `container_side` is the flow key as the container sends.
+#[inline(always)]
+fn nat_tracked(container_side: &FlowKey) -> bool {
+    unsafe { BERTH_NAT.get(container_side) }.is_some()
+}
+
+/// tc ingress of a container's host-side veth: what the container sends.
+#[inline(always)]
+pub fn from_container(data: usize, data_end: usize) -> bool {
+    let Some(f) = policy_flow(data, data_end) else {
+        return true;
+    };
+    let sender = endpoint_with_policy(f.src_be);
+    let receiver = endpoint_with_policy(f.dst_be);
+    if sender.is_none() && receiver.is_none() {
+        return true;
+    }
+    if f.proto != PROTO_ICMP && nat_tracked(&f.key()) {
+        return true; // a reply on a published port
+    }
+    if ct_established(&f) {
+        return true;
+    }
+    let dport = u16::from_be(f.dport_be);
+    if let Some(ep) = sender {
+        if !policy_allows(ep.task_id, berth_maps::DIR_EGRESS, &f, f.dst_be, dport) {
+            count(Counter::PolicyDeniedEgress);
+            return false;
+        }
+    }
+    if let Some(ep) = receiver {
+        if !policy_allows(ep.task_id, DIR_INGRESS, &f, f.src_be, dport) {
+            count(Counter::PolicyDeniedIngress);
+            return false;
+        }
+    }
+    ct_create(&f).is_ok()
+}
+
+/// tc egress of a container's host-side veth: what the container receives.
+#[inline(always)]
+pub fn to_container(data: usize, data_end: usize) -> bool {
+    let Some(f) = policy_flow(data, data_end) else {
+        return true;
+    };
+    let Some(ep) = endpoint_with_policy(f.dst_be) else {
+        return true;
+    };
+    if f.proto != PROTO_ICMP && nat_tracked(&f.reverse_key()) {
+        return true; // a published-port flow, judged at the uplink
+    }
+    if ct_established(&f) {
+        return true;
+    }
+    if !policy_allows(
+        ep.task_id,
+        DIR_INGRESS,
+        &f,
+        f.src_be,
+        u16::from_be(f.dport_be),
+    ) {
+        count(Counter::PolicyDeniedIngress);
+        return false;
+    }
+    ct_create(&f).is_ok()
+}
+
+/// North-south: may a new flow from `client` reach `container:port`?
+#[inline(always)]
+pub fn ingress_allows(
+    proto: u8,
+    client_be: u32,
+    container_be: u32,
+    container_port_be: u16,
+    sport_be: u16,
+) -> bool {
+    let Some(ep) = endpoint_with_policy(container_be) else {
+        return true;
+    };
+    let f = PFlow {
+        proto,
+        src_be: client_be,
+        dst_be: container_be,
+        sport_be,
+        dport_be: container_port_be,
+        icmp_type: 0,
+        icmp_code: 0,
+        closing: false,
+    };
+    if policy_allows(
+        ep.task_id,
+        DIR_INGRESS,
+        &f,
+        client_be,
+        u16::from_be(container_port_be),
+    ) {
+        true
+    } else {
+        count(Counter::PolicyDeniedIngress);
+        false
+    }
+}

@@ -1,0 +1,653 @@
+//! `berth_ingress` / `berth_xdp`: frames arriving on an uplink.
+use std::net::Ipv4Addr;
+
+use berth_integration::{
+    pkt::{self, Ipv6Packet, Packet, V6Ext, ETH_LEN},
+    testrun::*,
+};
+
+use crate::{icmp::ingress_icmp_errors, table::*};
+
+pub(crate) fn ingress_cases() -> Vec<Case> {
+    let mut t = Table::default();
+    let c1_80 = (C1, 80);
+    ingress_normal(&mut t, c1_80);
+    ingress_header_fields(&mut t, c1_80);
+    ingress_addresses_and_ports(&mut t, c1_80);
+    ingress_malformed(&mut t, c1_80);
+    ingress_other_protocols(&mut t);
+    ingress_icmp_errors(&mut t);
+    t.cases
+}
+
+pub(crate) fn ingress_normal(t: &mut Table, c1_80: (Ipv4Addr, u16)) {
+    for (flags, what) in [
+        (pkt::SYN, "syn"),
+        (pkt::SYN | pkt::ACK, "syn-ack"),
+        (pkt::ACK, "ack"),
+        (pkt::PSH | pkt::ACK, "psh-ack"),
+        (pkt::FIN | pkt::ACK, "fin-ack"),
+        (pkt::FIN, "bare fin"),
+        (pkt::RST, "rst"),
+        (pkt::RST | pkt::ACK, "rst-ack"),
+        (pkt::URG | pkt::ACK, "urg-ack with urgent data"),
+        (pkt::SYN | pkt::ECE | pkt::CWR, "ecn-setup syn (ece+cwr)"),
+        (pkt::ECE | pkt::ACK, "ece-ack"),
+        (pkt::CWR | pkt::ACK, "cwr-ack"),
+        (0, "no flags (null scan)"),
+        (pkt::FIN | pkt::PSH | pkt::URG, "fin+psh+urg (xmas scan)"),
+        (0xff, "every flag"),
+    ] {
+        let mut p = client_tcp(8080);
+        p.tcp_flags = flags;
+        if flags & pkt::ACK != 0 {
+            p.tcp_ack = 0x2000_0001;
+        }
+        if flags & pkt::URG != 0 {
+            p.tcp_urg = 3;
+            p.payload = b"urg!".to_vec();
+        }
+        t.dnat(format!("tcp {what} to a wildcard mapping"), &p, c1_80);
+    }
+    for n in [1, 2, 3, 255, 1000, 1001, 1459, 1460] {
+        let mut p = client_tcp(8080).with_payload_len(n);
+        p.tcp_flags = pkt::PSH | pkt::ACK;
+        t.dnat(format!("tcp segment with {n} bytes of payload"), &p, c1_80);
+    }
+    let mut p = client_tcp(8080).with_payload_len(1461);
+    p.tcp_flags = pkt::ACK;
+    t.add(
+        "tcp segment one byte over the bridge mtu",
+        p.frame(),
+        Expect::DropAfterNat,
+    );
+
+    let c1_53 = (C1, 53);
+    for n in [0, 1, 2, 3, 4, 511, 1471, 1472] {
+        let p = client_udp(8053).with_payload_len(n);
+        t.dnat(format!("udp datagram with {n} bytes of payload"), &p, c1_53);
+    }
+    t.add(
+        "udp datagram one byte over the bridge mtu",
+        client_udp(8053).with_payload_len(1473).frame(),
+        Expect::DropAfterNat,
+    );
+    for n in [0, 1, 4] {
+        let mut p = client_udp(8053).with_payload_len(n);
+        p.udp_no_csum = true;
+        t.dnat(
+            format!("udp without checksum ({n}-byte payload) keeps zero"),
+            &p,
+            c1_53,
+        );
+    }
+    let mut p = client_udp(8053).with_payload_len(6);
+    pkt::force_udp_csum_zero(&mut p);
+    t.dnat(
+        "udp whose checksum computed to zero (sent as 0xffff)",
+        &p,
+        c1_53,
+    );
+    // Chosen so the translated datagram's checksum computes to zero: it
+    // must leave as 0xffff, never as 0 ("no checksum").
+    let mut out = dnat(&client_udp(8053).with_payload_len(6), C1, 53, true);
+    pkt::force_udp_csum_zero(&mut out);
+    let mut p = client_udp(8053);
+    p.payload = out.payload.clone();
+    t.dnat("udp whose translated checksum computes to zero", &p, c1_53);
+    let mut p = client_tcp(8080).with_payload_len(6);
+    pkt::force_tcp_csum_zero(&mut p);
+    t.dnat("tcp with checksum 0x0000", &p, c1_80);
+    let mut out = dnat(&client_tcp(8080).with_payload_len(6), C1, 80, true);
+    pkt::force_tcp_csum_zero(&mut out);
+    let mut p = client_tcp(8080);
+    p.payload = out.payload.clone();
+    t.dnat("tcp whose translated checksum computes to zero", &p, c1_80);
+
+    // Checksums are not berth's to verify: a wrong one stays wrong by the
+    // same amount, so the receiver drops the packet as it would have.
+    for (what, p, to) in [
+        ("ipv4 header", client_tcp(8080), c1_80),
+        ("tcp", client_tcp(8080).with_payload_len(10), c1_80),
+        ("udp", client_udp(8053), c1_53),
+    ] {
+        let off = if what == "ipv4 header" {
+            ETH_LEN + 10
+        } else {
+            p.l4_csum_off()
+        };
+        let (input, want) = with_bad_csum(p.frame(), dnat(&p, to.0, to.1, true).frame(), off);
+        t.add(
+            format!("wrong {what} checksum stays wrong by the same amount"),
+            input,
+            Expect::Nat { want, neigh: false },
+        );
+    }
+
+    // Ethernet pads short frames to 60 bytes; the padding is not the
+    // packet's and must not upset the checksums.
+    let mut p = client_tcp(8080);
+    p.tcp_flags = pkt::ACK;
+    p.eth_pad = vec![0; 6];
+    t.dnat("tcp ack with ethernet padding", &p, c1_80);
+    let mut p = client_udp(8053).with_payload_len(0);
+    p.eth_pad = vec![0xee; 18];
+    t.dnat("empty udp datagram with ethernet padding", &p, c1_53);
+    // The UDP length is shorter than the IPv4 payload: the stack trims.
+    let mut p = client_udp(8053);
+    p.ip_trailer = vec![0xaa; 4];
+    t.dnat("udp length shorter than the ipv4 payload", &p, c1_53);
+}
+
+pub(crate) fn ingress_header_fields(t: &mut Table, c1_80: (Ipv4Addr, u16)) {
+    // IPv4 options of every length: the L4 header is found from IHL.
+    for n in (4..=40).step_by(4) {
+        let mut p = client_tcp(8080);
+        p.ip_options = record_route(n);
+        t.dnat(
+            format!("tcp with {n} bytes of ipv4 options (ihl {})", 5 + n / 4),
+            &p,
+            c1_80,
+        );
+        let mut p = client_udp(8053);
+        p.ip_options = record_route(n);
+        t.dnat(
+            format!("udp with {n} bytes of ipv4 options (ihl {})", 5 + n / 4),
+            &p,
+            (C1, 53),
+        );
+    }
+    let mut p = client_tcp(8080);
+    p.ip_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
+    t.dnat("ipv4 options nop nop nop eol", &p, c1_80);
+    let mut p = client_tcp(8080);
+    p.ip_options = vec![0x94, 0x04, 0, 0];
+    t.dnat("ipv4 router-alert option", &p, c1_80);
+    let mut p = client_tcp(8080);
+    p.ip_options = vec![68, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    t.dnat("ipv4 timestamp option", &p, c1_80);
+    let mut p = client_tcp(8080);
+    p.ip_options = vec![1; 40];
+    p.tcp_options = vec![1; 40];
+    t.dnat("largest ipv4 and tcp headers (ihl 15, doff 15)", &p, c1_80);
+
+    // TCP options.
+    let mut p = client_tcp(8080);
+    p.tcp_options = vec![2, 4, 0x05, 0xb4];
+    t.dnat("tcp syn with mss option (doff 6)", &p, c1_80);
+    let mut p = client_tcp(8080);
+    p.tcp_options = syn_options();
+    t.dnat("tcp syn with linux syn options (doff 10)", &p, c1_80);
+    let mut p = client_tcp(8080).with_payload_len(100);
+    p.tcp_flags = pkt::ACK;
+    p.tcp_options = vec![1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+    t.dnat("tcp data with timestamps option (doff 8)", &p, c1_80);
+    let mut p = client_tcp(8080);
+    p.tcp_options = vec![1; 40];
+    t.dnat("tcp with 40 bytes of options (doff 15)", &p, c1_80);
+
+    for (tos, what) in [
+        (0x01, "ecn ect(1)"),
+        (0x02, "ecn ect(0)"),
+        (0x03, "ecn ce"),
+        (0xb8, "dscp ef"),
+        (0x20, "dscp cs1"),
+        (0xfc, "dscp 63"),
+        (0xff, "every tos bit"),
+    ] {
+        let mut p = client_tcp(8080);
+        p.tos = tos;
+        t.dnat(format!("tcp with {what} (tos {tos:#04x}) kept"), &p, c1_80);
+    }
+    for id in [0, 1, 0x8000, 0xffff] {
+        let mut p = client_tcp(8080);
+        p.ip_id = id;
+        t.dnat(format!("ip id {id:#06x} kept"), &p, c1_80);
+    }
+    for (frag, what) in [
+        (0, "tcp without df"),
+        (pkt::IP_RESERVED, "reserved ip flag (not a fragment)"),
+        (pkt::IP_RESERVED | pkt::IP_DF, "reserved ip flag with df"),
+    ] {
+        let mut p = client_tcp(8080);
+        p.frag = frag;
+        t.dnat(what, &p, c1_80);
+    }
+    let mut p = client_udp(8053);
+    p.frag = pkt::IP_DF;
+    t.dnat("udp with df", &p, (C1, 53));
+
+    // Fragments pass untouched, whatever they carry.
+    for (frag, proto, what) in [
+        (pkt::IP_MF, pkt::UDP, "udp first fragment (mf, offset 0)"),
+        (
+            pkt::IP_MF | 185,
+            pkt::UDP,
+            "udp middle fragment (mf, offset 1480)",
+        ),
+        (0x0010, pkt::UDP, "udp last fragment (offset 128)"),
+        (0x1fff, pkt::UDP, "udp fragment at the largest offset"),
+        (pkt::IP_MF, pkt::TCP, "tcp first fragment"),
+        (
+            1,
+            pkt::TCP,
+            "tcp fragment at offset 8 (inside the tcp header)",
+        ),
+        (pkt::IP_DF | pkt::IP_MF, pkt::TCP, "df and mf together"),
+        (
+            pkt::IP_RESERVED | pkt::IP_MF,
+            pkt::UDP,
+            "reserved flag with mf",
+        ),
+    ] {
+        let mut p = if proto == pkt::TCP {
+            client_tcp(8080)
+        } else {
+            client_udp(8053)
+        };
+        p.frag = frag;
+        t.pass(format!("fragment: {what}"), p.frame());
+    }
+    let mut p = client_udp(8053);
+    p.frag = pkt::IP_MF;
+    p.ttl = 1;
+    t.pass("fragment with ttl 1 to a mapping passes", p.frame());
+    let mut p = client_udp(9999);
+    p.frag = pkt::IP_MF;
+    t.pass("fragment to an unmapped port", p.frame());
+
+    for ttl in [0, 1] {
+        let mut p = client_tcp(8080);
+        p.ttl = ttl;
+        t.drop(format!("tcp ttl {ttl} to a mapping is dropped"), p.frame());
+        let mut p = client_udp(8053);
+        p.ttl = ttl;
+        t.drop(format!("udp ttl {ttl} to a mapping is dropped"), p.frame());
+        let mut p = client_tcp(9999);
+        p.ttl = ttl;
+        t.pass(format!("ttl {ttl} to an unmapped port passes"), p.frame());
+    }
+    for ttl in [2, 3, 128, 255] {
+        let mut p = client_tcp(8080);
+        p.ttl = ttl;
+        t.dnat(
+            format!("tcp ttl {ttl} forwarded with ttl {}", ttl - 1),
+            &p,
+            c1_80,
+        );
+    }
+}
+
+pub(crate) fn ingress_addresses_and_ports(t: &mut Table, c1_80: (Ipv4Addr, u16)) {
+    t.dnat(
+        "second host port to the same container port",
+        &client_tcp(8081),
+        c1_80,
+    );
+    let mut p = client_tcp(8080);
+    p.dst = HOST2;
+    t.dnat("wildcard mapping on another host address", &p, c1_80);
+    t.dnat(
+        "mapping bound to this host address",
+        &client_tcp(8082),
+        c1_80,
+    );
+    let mut p = client_tcp(8082);
+    p.dst = HOST2;
+    t.pass("mapping bound to another host address", p.frame());
+    let mut p = client_tcp(8082);
+    p.dst = OTHER;
+    t.pass(
+        "bound mapping's port to an address not the host's",
+        p.frame(),
+    );
+    let mut p = client_tcp(8083);
+    p.dst = HOST2;
+    t.dnat("address-bound mapping wins over the wildcard", &p, (C2, 83));
+    t.dnat(
+        "wildcard beside an address-bound mapping",
+        &client_tcp(8083),
+        (C1, 83),
+    );
+    t.dnat(
+        "udp mapping bound to this host address",
+        &client_udp(8054),
+        (C1, 54),
+    );
+    let mut p = client_udp(8054);
+    p.dst = HOST2;
+    t.pass("udp mapping bound to another host address", p.frame());
+    t.dnat(
+        "container neighbour unresolved",
+        &client_tcp(8090),
+        (C2, 90),
+    );
+
+    for (dst, what) in [
+        (OTHER, "an address not the host's"),
+        (
+            Ipv4Addr::new(192, 0, 2, 255),
+            "the subnet broadcast address",
+        ),
+        (Ipv4Addr::BROADCAST, "the limited broadcast address"),
+        (Ipv4Addr::UNSPECIFIED, "0.0.0.0"),
+        (Ipv4Addr::LOCALHOST, "127.0.0.1"),
+        (Ipv4Addr::new(224, 0, 0, 1), "a multicast group"),
+        (C1, "the container itself"),
+    ] {
+        let mut p = client_tcp(8080);
+        p.dst = dst;
+        t.pass(format!("tcp wildcard port to {what}"), p.frame());
+        let mut p = client_udp(8053);
+        p.dst = dst;
+        t.pass(format!("udp wildcard port to {what}"), p.frame());
+    }
+    let mut p = client_tcp(8080);
+    p.src = OTHER;
+    t.dnat("client from another network", &p, c1_80);
+
+    t.pass("udp to a tcp-only port", client_udp(8080).frame());
+    t.pass("tcp to a udp-only port", client_tcp(8053).frame());
+    for port in [0, 79, 80, 8079, 8084, 9999] {
+        t.pass(
+            format!("tcp to unmapped port {port}"),
+            client_tcp(port).frame(),
+        );
+    }
+    t.dnat("host port 1", &client_tcp(1), (C1, 65535));
+    t.dnat("host port 65535", &client_tcp(65535), (C1, 1));
+    t.dnat("udp host port 1", &client_udp(1), (C1, 65535));
+    t.pass("udp host port 65535 unmapped", client_udp(65535).frame());
+    for sport in [0, 1, 65535] {
+        let mut p = client_tcp(8080);
+        p.sport = sport;
+        t.dnat(format!("client source port {sport}"), &p, c1_80);
+    }
+
+    let last = MANY_FIRST + MANY - 1;
+    for (i, what) in [(0, "first"), (MANY / 2, "middle"), (MANY - 1, "last")] {
+        t.dnat(
+            format!("tcp to the {what} of {MANY} mappings"),
+            &client_tcp(MANY_FIRST + i),
+            (C1, 30000 + i),
+        );
+        t.dnat(
+            format!("udp to the {what} of {MANY} mappings"),
+            &client_udp(MANY_FIRST + i),
+            (C1, 31000 + i),
+        );
+    }
+    t.pass(
+        format!("one past {MANY} mappings"),
+        client_tcp(last + 1).frame(),
+    );
+    t.pass(
+        format!("one before {MANY} mappings"),
+        client_tcp(MANY_FIRST - 1).frame(),
+    );
+}
+
+pub(crate) fn ingress_malformed(t: &mut Table, _c1_80: (Ipv4Addr, u16)) {
+    let mut tcp = client_tcp(8080).with_payload_len(4);
+    tcp.tcp_flags = pkt::PSH | pkt::ACK;
+    let tcp_frame = tcp.frame();
+    for (cut, what) in [
+        (14, "ethernet header only"),
+        (15, "one byte of ipv4"),
+        (33, "ipv4 header less one byte"),
+        (34, "ipv4 header only"),
+        (35, "one byte of tcp"),
+        (38, "tcp ports only"),
+        (47, "tcp header up to the data offset"),
+        (53, "tcp header less one byte"),
+        (54, "tcp header without its payload"),
+        (57, "payload less one byte"),
+    ] {
+        t.pass(
+            format!("tcp frame cut at {cut} bytes: {what}"),
+            tcp_frame[..cut].to_vec(),
+        );
+    }
+    let udp_frame = client_udp(8053).frame();
+    for (cut, what) in [
+        (34, "ipv4 header only"),
+        (38, "udp ports only"),
+        (41, "udp header less one byte"),
+        (42, "udp header without its payload"),
+    ] {
+        t.pass(
+            format!("udp frame cut at {cut} bytes: {what}"),
+            udp_frame[..cut].to_vec(),
+        );
+    }
+    let mut p = client_tcp(8080);
+    p.ip_options = record_route(8);
+    let f = p.frame();
+    t.pass("tcp frame cut inside the ipv4 options", f[..38].to_vec());
+    t.pass(
+        "tcp frame cut right after the ipv4 options",
+        f[..42].to_vec(),
+    );
+
+    for ihl in 0..5u8 {
+        let f = pkt::put8(tcp_frame.clone(), ETH_LEN, 0x40 | ihl);
+        t.pass(format!("bogus ihl {ihl}"), pkt::fix_ipv4_csum(f));
+    }
+    for ihl in [10u8, 15] {
+        let f = pkt::put8(tcp_frame.clone(), ETH_LEN, 0x40 | ihl);
+        t.pass(
+            format!("ihl {ihl} reaches past the end of the frame"),
+            pkt::fix_ipv4_csum(f),
+        );
+    }
+    for v in [0u8, 5, 6, 15] {
+        let f = pkt::put8(tcp_frame.clone(), ETH_LEN, (v << 4) | 5);
+        t.pass(
+            format!("ip version {v} in an ipv4 ethertype"),
+            pkt::fix_ipv4_csum(f),
+        );
+    }
+
+    let tot = |f: &Vec<u8>, v: u16| pkt::fix_ipv4_csum(pkt::put16(f.clone(), ETH_LEN + 2, v));
+    for (len, what) in [
+        (0, "zero"),
+        (19, "shorter than the ipv4 header"),
+        (20, "the ipv4 header alone"),
+        (39, "shorter than ipv4 + tcp headers"),
+    ] {
+        t.pass(
+            format!("tcp total length {len}: {what}"),
+            tot(&tcp_frame, len),
+        );
+    }
+    t.pass(
+        "udp total length 27: shorter than ipv4 + udp headers",
+        tot(&udp_frame, 27),
+    );
+    let full = (tcp_frame.len() - ETH_LEN) as u16;
+    t.pass(
+        "tcp total length one more than the frame",
+        tot(&tcp_frame, full + 1),
+    );
+    t.pass("tcp total length 65535", tot(&tcp_frame, 65535));
+    let full = (udp_frame.len() - ETH_LEN) as u16;
+    t.pass(
+        "udp total length one more than the frame",
+        tot(&udp_frame, full + 1),
+    );
+
+    for doff in 0..5u8 {
+        let f = pkt::put8(tcp_frame.clone(), ETH_LEN + 20 + 12, doff << 4);
+        t.pass(format!("tcp data offset {doff}"), f);
+    }
+    let syn = client_tcp(8080).frame();
+    t.pass(
+        "tcp data offset 15 with a 20-byte segment",
+        pkt::put8(syn.clone(), ETH_LEN + 32, 15 << 4),
+    );
+    t.pass(
+        "tcp data offset 6 with a 20-byte segment",
+        pkt::put8(syn, ETH_LEN + 32, 6 << 4),
+    );
+
+    let udp_len = |f: &Vec<u8>, v: u16| pkt::put16(f.clone(), ETH_LEN + 24, v);
+    t.pass("udp length 0", udp_len(&udp_frame, 0));
+    t.pass("udp length 7", udp_len(&udp_frame, 7));
+    t.pass(
+        "udp length one more than the datagram",
+        udp_len(&udp_frame, 13),
+    );
+    t.pass("udp length 65535", udp_len(&udp_frame, 65535));
+}
+
+pub(crate) fn ingress_other_protocols(t: &mut Table) {
+    // ICMP: echo to the host, and errors about flows berth did not
+    // translate, pass untouched.
+    let untracked = Packet::tcp(HOST, 9999, CLIENT, 40000);
+    for (ty, code, rest, what) in [
+        (8, 0, [0, 1, 0, 1], "echo request"),
+        (0, 0, [0, 1, 0, 1], "echo reply"),
+        (13, 0, [0, 1, 0, 1], "timestamp request"),
+        (9, 0, [1, 0, 0, 30], "router advertisement"),
+        (42, 0, [0; 4], "unknown type 42"),
+    ] {
+        t.pass(
+            format!("icmp {what} to the host"),
+            Packet::icmp(CLIENT, HOST, ty, code, rest).frame(),
+        );
+    }
+    for (ty, code, rest, what) in [
+        (3, 3, [0; 4], "port unreachable"),
+        (3, 4, [0, 0, 0x05, 0x78], "fragmentation needed"),
+        (11, 0, [0; 4], "time exceeded"),
+        (5, 1, [192, 0, 2, 254], "redirect"),
+        (4, 0, [0; 4], "source quench"),
+        (12, 0, [20, 0, 0, 0], "parameter problem"),
+    ] {
+        let p = Packet::icmp_error(CLIENT, HOST, ty, code, rest, &untracked, 28);
+        t.pass(
+            format!("icmp {what} about a flow berth never saw"),
+            p.frame(),
+        );
+    }
+    // A quote of what a client sent to a published port, coming back in.
+    let p = Packet::icmp_error(CLIENT, HOST, 3, 3, [0; 4], &client_tcp(8080), 28);
+    t.pass("icmp error quoting a packet to a published port", p.frame());
+    let p = Packet::icmp_error(CLIENT, HOST, 3, 4, [0, 0, 5, 0x78], &untracked, 20);
+    t.pass("icmp error quoting only an ipv4 header", p.frame());
+    let mut f = Packet::icmp(CLIENT, HOST, 8, 0, [0; 4]).frame();
+    f.truncate(ETH_LEN + 24);
+    t.pass("icmp header cut short", f);
+
+    let ports = [0x9c, 0x40, 0x1f, 0x90, 0, 0, 0, 1];
+    for (proto, what) in [
+        (pkt::SCTP, "sctp"),
+        (pkt::GRE, "gre"),
+        (pkt::ESP, "esp"),
+        (2, "igmp"),
+        (255, "reserved protocol 255"),
+    ] {
+        let p = Packet::raw(CLIENT, HOST, proto, ports.to_vec());
+        t.pass(
+            format!("{what} with port-like bytes 40000 -> 8080"),
+            p.frame(),
+        );
+    }
+
+    // Layer 2: only untagged Ethernet II + IPv4 is looked at.
+    t.pass("arp request for the host", pkt::arp_request(CLIENT, HOST));
+    t.pass(
+        "arp reply to the host",
+        pkt::arp(2, CLIENT_MAC, CLIENT, UPLINK_MAC, HOST),
+    );
+    let syn = client_tcp(8080).frame();
+    t.pass(
+        "vlan-tagged tcp to a mapped port",
+        pkt::vlan_tagged(&syn, 10),
+    );
+    t.pass(
+        "priority-tagged tcp (vid 0)",
+        pkt::vlan_tagged(&syn, 0x6000),
+    );
+    t.pass(
+        "qinq (802.1ad + 802.1q) tcp",
+        pkt::qinq_tagged(&syn, 100, 10),
+    );
+    t.pass(
+        "double 802.1q tcp",
+        pkt::vlan_tagged(&pkt::vlan_tagged(&syn, 10), 100),
+    );
+    t.pass(
+        "vlan-tagged udp to a mapped port",
+        pkt::vlan_tagged(&client_udp(8053).frame(), 10),
+    );
+    t.pass(
+        "vlan-tagged arp",
+        pkt::vlan_tagged(&pkt::arp_request(CLIENT, HOST), 10),
+    );
+    let mut lldp = syn[..12].to_vec();
+    lldp.extend(0x88ccu16.to_be_bytes());
+    lldp.extend([0x02, 0x07, 0x04, 0, 0, 0, 0, 0, 2, 0, 0]);
+    t.pass("lldp", lldp);
+    let mut llc = syn[..12].to_vec();
+    llc.extend(46u16.to_be_bytes()); // 802.3 length field, then LLC
+    llc.extend([0x42, 0x42, 0x03]);
+    llc.resize(60, 0);
+    t.pass("802.3 llc frame", llc);
+    let mut p = syn.clone();
+    p[12..14].copy_from_slice(&0x0801u16.to_be_bytes());
+    t.pass("ipv4 bytes under another ethertype", p);
+    t.pass("ethernet header only, ipv4 ethertype", syn[..14].to_vec());
+
+    // IPv6 passes untouched until it is supported.
+    use V6Ext::*;
+    let v6 = [
+        (
+            "ipv6 tcp syn to a mapped port number",
+            Ipv6Packet::new(pkt::TCP, 8080),
+        ),
+        ("ipv6 udp to a mapped port number", {
+            let mut p = Ipv6Packet::new(pkt::UDP, 8053);
+            p.payload = b"ping".to_vec();
+            p
+        }),
+        ("icmpv6 echo request", Ipv6Packet::icmpv6(128, 0)),
+        ("icmpv6 neighbour solicitation", Ipv6Packet::icmpv6(135, 0)),
+        (
+            "ipv6 hop-by-hop then tcp",
+            Ipv6Packet::new(pkt::TCP, 8080).with_ext(&[HopByHop]),
+        ),
+        (
+            "ipv6 routing header then udp",
+            Ipv6Packet::new(pkt::UDP, 8053).with_ext(&[Routing]),
+        ),
+        (
+            "ipv6 first fragment of udp",
+            Ipv6Packet::new(pkt::UDP, 8053).with_ext(&[Fragment {
+                offset: 0,
+                more: true,
+            }]),
+        ),
+        (
+            "ipv6 later fragment",
+            Ipv6Packet::new(pkt::UDP, 8053).with_ext(&[Fragment {
+                offset: 100,
+                more: false,
+            }]),
+        ),
+        (
+            "ipv6 destination options then tcp",
+            Ipv6Packet::new(pkt::TCP, 8080).with_ext(&[DestOpts]),
+        ),
+        (
+            "ipv6 hop-by-hop, routing, destination options, tcp",
+            Ipv6Packet::new(pkt::TCP, 8080).with_ext(&[HopByHop, Routing, DestOpts]),
+        ),
+    ];
+    for (what, p) in v6 {
+        t.pass(what, p.frame());
+    }
+    let f = Ipv6Packet::new(pkt::TCP, 8080).frame();
+    t.pass("ipv6 tcp header cut short", f[..ETH_LEN + 40 + 10].to_vec());
+    t.pass("vlan-tagged ipv6 tcp", pkt::vlan_tagged(&f, 10));
+}

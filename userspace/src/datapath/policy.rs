@@ -1,0 +1,257 @@
+//! Security-group maps: endpoints, compiled rules, group members and the
+//! policy connection-tracking table.
+use std::{collections::HashSet, net::Ipv4Addr};
+
+use aya::maps::{HashMap, MapData};
+use berth_maps::{
+    CtEntry, Endpoint, FlowKey, Policy, PolicyKey, Rule, SgMember, CT_F_CLOSING, CT_F_REPLIED,
+    DIR_EGRESS, DIR_INGRESS, EP_F_POLICY, MAX_RULES, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    RULE_ICMP_ANY, RULE_PEER_CIDR, RULE_PEER_SG, RULE_PROTO_ALL,
+};
+
+use super::{DatapathError, FlowTimeouts, PolicyRule, RulePeer, RuleProto};
+
+pub(super) struct PolicyMaps {
+    pub endpoints: HashMap<MapData, u32, Endpoint>,
+    pub policy: HashMap<MapData, PolicyKey, Policy>,
+    pub members: HashMap<MapData, SgMember, u32>,
+    pub ct: HashMap<MapData, FlowKey, CtEntry>,
+}
+
+fn err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |e| DatapathError::Map {
+        map,
+        reason: e.to_string(),
+    }
+}
+
+fn addr_be(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+/// A rule as the datapath stores it.
+pub fn encode_rule(r: &PolicyRule) -> Rule {
+    let proto = match r.proto {
+        None => RULE_PROTO_ALL,
+        Some(RuleProto::Tcp) => PROTO_TCP,
+        Some(RuleProto::Udp) => PROTO_UDP,
+        Some(RuleProto::Icmp) => PROTO_ICMP,
+    };
+    let (kind, addr, mask) = match r.peer {
+        RulePeer::Cidr(net, len) => {
+            let mask: u32 = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - len.min(32))
+            };
+            (
+                RULE_PEER_CIDR,
+                addr_be(net) & u32::from_ne_bytes(mask.to_be_bytes()),
+                u32::from_ne_bytes(mask.to_be_bytes()),
+            )
+        }
+        RulePeer::Group(id) => (RULE_PEER_SG, id, 0),
+    };
+    Rule {
+        proto,
+        kind,
+        icmp_type: r.icmp_type.unwrap_or(RULE_ICMP_ANY),
+        icmp_code: r.icmp_code.unwrap_or(RULE_ICMP_ANY),
+        port_lo: r.ports.0,
+        port_hi: r.ports.1,
+        addr_be: addr,
+        mask_be: mask,
+    }
+}
+
+fn encode_policy(rules: &[PolicyRule]) -> Result<Box<Policy>, DatapathError> {
+    if rules.len() > MAX_RULES {
+        return Err(DatapathError::Other(format!(
+            "{} rules in one direction; the datapath holds at most {MAX_RULES}",
+            rules.len()
+        )));
+    }
+    let mut p = Box::new(Policy {
+        len: rules.len() as u32,
+        _pad: 0,
+        rules: [Rule::default(); MAX_RULES],
+    });
+    for (slot, r) in p.rules.iter_mut().zip(rules) {
+        *slot = encode_rule(r);
+    }
+    Ok(p)
+}
+
+impl PolicyMaps {
+    pub fn set_endpoint(
+        &mut self,
+        ip: Ipv4Addr,
+        task_id: u32,
+        policy: bool,
+    ) -> Result<(), DatapathError> {
+        let ep = Endpoint {
+            task_id,
+            flags: if policy { EP_F_POLICY } else { 0 },
+        };
+        self.endpoints
+            .insert(addr_be(ip), ep, 0)
+            .map_err(err("BERTH_ENDPOINTS"))
+    }
+
+    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), DatapathError> {
+        match self.endpoints.remove(&addr_be(ip)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(err("BERTH_ENDPOINTS")(e)),
+        }
+    }
+
+    pub fn set_policy(
+        &mut self,
+        task_id: u32,
+        ingress: &[PolicyRule],
+        egress: &[PolicyRule],
+    ) -> Result<(), DatapathError> {
+        let (i, e) = (encode_policy(ingress)?, encode_policy(egress)?);
+        self.policy
+            .insert(
+                PolicyKey {
+                    task_id,
+                    dir: DIR_INGRESS,
+                },
+                &*i,
+                0,
+            )
+            .map_err(err("BERTH_POLICY"))?;
+        self.policy
+            .insert(
+                PolicyKey {
+                    task_id,
+                    dir: DIR_EGRESS,
+                },
+                &*e,
+                0,
+            )
+            .map_err(err("BERTH_POLICY"))
+    }
+
+    pub fn remove_policy(&mut self, task_id: u32) -> Result<(), DatapathError> {
+        for dir in [DIR_INGRESS, DIR_EGRESS] {
+            match self.policy.remove(&PolicyKey { task_id, dir }) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(err("BERTH_POLICY")(e)),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn set_group_members(
+        &mut self,
+        sg_id: u32,
+        members: &[Ipv4Addr],
+    ) -> Result<(), DatapathError> {
+        let want: HashSet<u32> = members.iter().map(|a| addr_be(*a)).collect();
+        let have: Vec<SgMember> = self
+            .members
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.sg_id == sg_id)
+            .collect();
+        for k in &have {
+            if !want.contains(&k.addr_be) {
+                let _ = self.members.remove(k);
+            }
+        }
+        let have: HashSet<u32> = have.iter().map(|k| k.addr_be).collect();
+        for a in want.difference(&have) {
+            self.members
+                .insert(SgMember { sg_id, addr_be: *a }, 1, 0)
+                .map_err(err("BERTH_SG_MEMBERS"))?;
+        }
+        Ok(())
+    }
+
+    /// Forget policy-tracked flows idle past their timeout.
+    pub fn expire(&mut self, t: &FlowTimeouts, now_ns: u64) -> usize {
+        let expired: Vec<FlowKey> = self
+            .ct
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| {
+                let timeout = match k.proto {
+                    PROTO_TCP if v.flags & CT_F_CLOSING != 0 => t.tcp_closing,
+                    PROTO_TCP => t.tcp_established,
+                    PROTO_UDP if v.flags & CT_F_REPLIED != 0 => t.udp_stream,
+                    PROTO_UDP => t.udp_single,
+                    _ => t.icmp,
+                };
+                now_ns.saturating_sub(v.last_seen_ns) > timeout * 1_000_000_000
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in &expired {
+            let _ = self.ct.remove(k);
+        }
+        expired.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_rules_store_network_and_mask_in_network_order() {
+        let r = encode_rule(&PolicyRule {
+            proto: Some(RuleProto::Tcp),
+            ports: (5432, 5432),
+            icmp_type: None,
+            icmp_code: None,
+            peer: RulePeer::Cidr(Ipv4Addr::new(10, 1, 0, 0), 16),
+        });
+        assert_eq!(r.proto, 6);
+        assert_eq!(r.kind, RULE_PEER_CIDR);
+        assert_eq!(r.addr_be.to_ne_bytes(), [10, 1, 0, 0]);
+        assert_eq!(r.mask_be.to_ne_bytes(), [255, 255, 0, 0]);
+        assert_eq!((r.port_lo, r.port_hi), (5432, 5432));
+        assert_eq!((r.icmp_type, r.icmp_code), (RULE_ICMP_ANY, RULE_ICMP_ANY));
+        let any = encode_rule(&PolicyRule {
+            proto: None,
+            ports: (0, 65535),
+            icmp_type: None,
+            icmp_code: None,
+            peer: RulePeer::Cidr(Ipv4Addr::UNSPECIFIED, 0),
+        });
+        assert_eq!(
+            (any.proto, any.addr_be, any.mask_be),
+            (RULE_PROTO_ALL, 0, 0)
+        );
+    }
+
+    #[test]
+    fn group_rules_carry_the_group_id() {
+        let r = encode_rule(&PolicyRule {
+            proto: Some(RuleProto::Icmp),
+            ports: (0, 0),
+            icmp_type: Some(8),
+            icmp_code: None,
+            peer: RulePeer::Group(42),
+        });
+        assert_eq!(
+            (r.proto, r.kind, r.addr_be, r.icmp_type, r.icmp_code),
+            (1, RULE_PEER_SG, 42, 8, 0xff)
+        );
+    }
+
+    #[test]
+    fn too_many_rules_are_refused() {
+        let r = PolicyRule {
+            proto: None,
+            ports: (0, 65535),
+            icmp_type: None,
+            icmp_code: None,
+            peer: RulePeer::Group(1),
+        };
+        assert!(encode_policy(&vec![r; MAX_RULES]).is_ok());
+        assert!(encode_policy(&vec![r; MAX_RULES + 1]).is_err());
+    }
+}
