@@ -14,9 +14,12 @@
 //! so replies pass whatever the rules say and removing a rule never cuts a
 //! tracked flow. ICMP echo is tracked by its identifier. ICMP errors and
 //! fragments pass (they belong to a flow judged already).
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_ktime_get_ns, bpf_loop},
+};
 use berth_maps::{
-    Counter, CtEntry, Endpoint, FlowKey, PolicyKey, Rule, SgMember, CT_F_CLOSING, CT_F_REPLIED,
+    Counter, CtEntry, Endpoint, FlowKey, Policy, PolicyKey, Rule, SgMember, CT_F_CLOSING, CT_F_REPLIED,
     DIR_INGRESS, EP_F_POLICY, MAX_RULES, PROTO_ICMP, PROTO_TCP, RULE_ICMP_ANY, RULE_PEER_CIDR,
     RULE_PROTO_ALL,
 };
@@ -165,6 +168,38 @@ fn rule_matches(
     }
 }
 
+/// State of one rule scan, shared with the `bpf_loop` callback.
+#[repr(C)]
+struct RuleScan {
+    policy: *const Policy,
+    len: u32,
+    peer_be: u32,
+    dport: u16,
+    proto: u8,
+    icmp_type: u8,
+    icmp_code: u8,
+    matched: u8,
+    _pad: u16,
+}
+
+/// One rule of the scan; 1 stops the loop. A separate subprogram run by
+/// `bpf_loop`, so the verifier checks it once, not once per rule (an
+/// unrolled scan of 960 rules came close to the 1M-instruction limit).
+#[inline(never)]
+extern "C" fn rule_scan_step(index: u64, ctx: *mut c_void) -> i64 {
+    let scan = unsafe { &mut *(ctx as *mut RuleScan) };
+    let i = index as usize;
+    if i >= scan.len as usize || i >= MAX_RULES {
+        return 1;
+    }
+    let rule = unsafe { &(*scan.policy).rules[i] };
+    if rule_matches(rule, scan.proto, scan.peer_be, scan.dport, scan.icmp_type, scan.icmp_code) {
+        scan.matched = 1;
+        return 1;
+    }
+    0
+}
+
 /// Whether `task`'s rules in `dir` allow a new flow with `peer`. A task
 /// with policy and no rules in a direction allows nothing there.
 #[inline(always)]
@@ -173,24 +208,28 @@ pub fn policy_allows(task_id: u32, dir: u32, f: &PFlow, peer_be: u32, dport: u16
     let Some(p) = BERTH_POLICY.get_ptr(&key) else {
         return false;
     };
-    let p = unsafe { &*p };
-    let n = p.len as usize;
-    for i in 0..MAX_RULES {
-        if i >= n {
-            break;
-        }
-        if rule_matches(
-            &p.rules[i],
-            f.proto,
-            peer_be,
-            dport,
-            f.icmp_type,
-            f.icmp_code,
-        ) {
-            return true;
-        }
-    }
-    false
+    let len = unsafe { (*p).len };
+    let mut scan = RuleScan {
+        policy: p,
+        len,
+        peer_be,
+        dport,
+        proto: f.proto,
+        icmp_type: f.icmp_type,
+        icmp_code: f.icmp_code,
+        matched: 0,
+        _pad: 0,
+    };
+    let n = if (len as usize) < MAX_RULES { len } else { MAX_RULES as u32 };
+    unsafe {
+        bpf_loop(
+            n,
+            rule_scan_step as *const () as *mut c_void,
+            (&mut scan as *mut RuleScan).cast(),
+            0,
+        )
+    };
+    scan.matched != 0
 }
 
 /// A tracked flow this packet belongs to, in either direction (refreshed).

@@ -22,11 +22,16 @@ fuzz_target!(|data: &[u8]| {
     let outcome = match which % 3 {
         0 => parse::<AddRequest>(body).map(add),
         1 => parse::<RemoveRequest>(body).map(remove),
-        _ => serde_json::from_slice::<RunTaskRequest>(body).ok().map(run_task),
+        _ => serde_json::from_slice::<RunTaskRequest>(body)
+            .ok()
+            .map(run_task),
     };
     if let Some(Err(e)) = outcome {
         let line = e.to_string();
-        assert!(!line.contains('\n'), "an error of more than one line: {line:?}");
+        assert!(
+            !line.contains('\n'),
+            "an error of more than one line: {line:?}"
+        );
         assert!((400..600).contains(&e.http_status()), "{line}");
     }
 });

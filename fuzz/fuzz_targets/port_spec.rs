@@ -26,12 +26,18 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(again, spec, "{text:?} -> {canonical:?}");
 
     let c = spec.container;
-    assert!(c.start >= 1 && c.start <= c.end, "{text:?}: container range {c:?}");
+    assert!(
+        c.start >= 1 && c.start <= c.end,
+        "{text:?}: container range {c:?}"
+    );
     let count = spec.expand().count();
     match spec.host {
         None => assert_eq!(count, 0, "{text:?}: a dynamic spec expands to nothing"),
         Some(h) => {
-            assert!(h.start >= 1 && h.start <= h.end, "{text:?}: host range {h:?}");
+            assert!(
+                h.start >= 1 && h.start <= h.end,
+                "{text:?}: host range {h:?}"
+            );
             assert_eq!(h.port_count(), c.port_count(), "{text:?}");
             assert_eq!(count as u32, c.port_count(), "{text:?}");
             for (i, m) in spec.expand().enumerate() {

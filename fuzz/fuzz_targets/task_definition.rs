@@ -28,14 +28,20 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(again, spec, "{text:?}");
             let _ = spec.expand().count();
         }
-        ips.insert(c.name.clone(), Ipv4Addr::new(172, 17, (i >> 8) as u8, i as u8 + 2));
+        ips.insert(
+            c.name.clone(),
+            Ipv4Addr::new(172, 17, (i >> 8) as u8, i as u8 + 2),
+        );
     }
     // Every container with its own address: pairs them all, unless no
     // container publishes anything.
     match def.container_ips(&ips) {
         Ok(paired) => assert_eq!(paired.len(), def.containers.len()),
         Err(e) => {
-            assert!(def.containers.iter().all(|c| c.port_mappings.is_empty()), "{e}");
+            assert!(
+                def.containers.iter().all(|c| c.port_mappings.is_empty()),
+                "{e}"
+            );
         }
     }
     // Without addresses, a container with port mappings is refused.

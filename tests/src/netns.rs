@@ -249,9 +249,17 @@ impl NetNs {
     /// Reads a sysctl of this namespace, e.g. `net.ipv4.ip_forward`.
     pub fn sysctl(&self, key: &str) -> Result<String> {
         let path = sysctl_path(key);
-        self.run(|| std::fs::read_to_string(&path))
-            .map(|s| s.trim().to_string())
-            .with_context(|| format!("cannot read {key} in {}", self.name))
+        // One read from offset 0: some sysctls (ip_local_reserved_ports)
+        // answer end-of-file to any read that does not start at 0, so a
+        // buffered read_to_string would cut long values short.
+        self.run(|| -> std::io::Result<String> {
+            use std::io::Read;
+            let mut buf = vec![0u8; 256 << 10];
+            let n = std::fs::File::open(&path)?.read(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        })
+        .map(|s| s.trim().to_string())
+        .with_context(|| format!("cannot read {key} in {}", self.name))
     }
 
     /// Writes a sysctl of this namespace only (`/proc/sys/net` resolves

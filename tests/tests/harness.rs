@@ -534,3 +534,17 @@ fn berth_binary_is_found_next_to_the_test_executable() {
         ),
     }
 }
+
+#[test]
+fn sysctl_reads_long_values_whole() {
+    // ip_local_reserved_ports answers EOF to reads past offset 0; a value
+    // longer than a small first read must still come back whole.
+    let ns = berth_integration::NetNs::new("sysctl").unwrap();
+    let list = (0..40)
+        .map(|i| (20000 + i * 7).to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    ns.set_sysctl("net.ipv4.ip_local_reserved_ports", &list)
+        .unwrap();
+    assert_eq!(ns.sysctl("net.ipv4.ip_local_reserved_ports").unwrap(), list);
+}

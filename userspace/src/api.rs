@@ -12,6 +12,7 @@
 //! POST /v1/tasks/{name}/stop, DELETE /v1/tasks/{name} -> 200 {"name","containers":[...]}
 //! GET  /v1/events[?existing=true] -> 200 application/x-ndjson, one event per
 //!                           line until the client or the daemon goes away
+//! /v1/sgs...                security groups: see `sg_api`
 //! errors                    -> 4xx/5xx {"error":"one line"}
 //! ```
 //!
@@ -155,6 +156,7 @@ pub fn router(berth: Berth) -> Router {
         .route("/v1/tasks/{name}", axum::routing::delete(stop_task))
         .route("/v1/tasks/{name}/stop", post(stop_task))
         .route("/v1/events", get(events))
+        .merge(crate::sg_api::routes())
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(berth)

@@ -58,6 +58,9 @@ pub enum Command {
     /// Run, stop and list tasks from ECS task definitions.
     #[command(subcommand)]
     Task(TaskCommand),
+    /// Security groups: stateful allow rules for tasks (AWS semantics).
+    #[command(subcommand)]
+    Sg(crate::sg_cli::SgCommand),
     /// Print binding added/removed events, one JSON object per line.
     Events {
         /// First print an "added" event for every current binding.
@@ -122,6 +125,8 @@ pub struct DaemonArgs {
     /// Do not run: the same as `berth reset`.
     #[arg(long)]
     pub teardown: bool,
+    #[command(flatten)]
+    pub security_groups: crate::sg_cli::SgDaemonArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,6 +209,7 @@ impl Cli {
             Command::Daemon(args) => daemon::run(args.into_config(self.socket)).await,
             Command::Reset(args) => run_reset(args, self.socket).await,
             Command::Task(cmd) => run_task_command(&client, cmd).await,
+            Command::Sg(cmd) => crate::sg_cli::run(&client, cmd).await,
             Command::Events { existing, count } => print_events(&client, existing, count).await,
             Command::Map(MapCommand::Add { task, ip, ports }) => {
                 // Same checks as the daemon, so typos fail before any I/O.
@@ -259,11 +265,12 @@ impl DaemonArgs {
                 bridge: self.bridge.unwrap_or_default(),
                 bpffs: self.bpffs,
                 attach: self.attach,
-                ct_capacity: None,
+                ct_capacity: self.security_groups.ct_max,
             },
             dynamic_ports: self.dynamic_ports,
             reserved_ports: self.reserved_ports,
             port_cooldown_secs: self.port_cooldown,
+            security_groups: self.security_groups.settings(),
         }
     }
 }
@@ -364,7 +371,7 @@ async fn print_events(client: &Client, existing: bool, count: Option<u64>) -> Re
     }
 }
 
-fn print(text: &str) -> Result<()> {
+pub(crate) fn print(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         // `berth map ls | head` closing the pipe early is not an error.
@@ -375,7 +382,7 @@ fn print(text: &str) -> Result<()> {
     }
 }
 
-fn to_json_line(value: &impl serde::Serialize) -> Result<String> {
+pub(crate) fn to_json_line(value: &impl serde::Serialize) -> Result<String> {
     serde_json::to_string(value)
         .map(|s| s + "\n")
         .map_err(|e| Error::Internal(e.to_string()))
@@ -383,7 +390,7 @@ fn to_json_line(value: &impl serde::Serialize) -> Result<String> {
 
 /// Columns padded to their widest cell, two spaces apart, no trailing
 /// spaces.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

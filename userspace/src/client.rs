@@ -122,7 +122,7 @@ impl Client {
         Ok(())
     }
 
-    async fn call<T: DeserializeOwned>(
+    pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -233,7 +233,7 @@ fn api_error(status: StatusCode, body: &[u8]) -> Error {
     }
 }
 
-fn to_json(value: &impl Serialize) -> Result<Vec<u8>> {
+pub(crate) fn to_json(value: &impl Serialize) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| Error::Internal(e.to_string()))
 }
 

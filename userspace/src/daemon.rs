@@ -43,6 +43,8 @@ pub struct DaemonConfig {
     pub dynamic_ports: Option<PortRange>,
     pub reserved_ports: BTreeSet<u16>,
     pub port_cooldown_secs: u64,
+    /// Groups per task, `--default-sg`, flow timeouts.
+    pub security_groups: crate::sg::SgSettings,
 }
 
 impl DaemonConfig {
@@ -83,6 +85,7 @@ pub struct Parts {
     /// production.
     pub host: Arc<dyn Host>,
     pub policy: PortPolicy,
+    pub security_groups: crate::sg::SgSettings,
 }
 
 /// Starts the daemon and returns once it has stopped. Every error is one
@@ -115,6 +118,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         host_addrs: netif::host_ipv4_addrs,
         host: Arc::new(SystemHost::default()),
         policy,
+        security_groups: config.security_groups.clone(),
     };
     serve(parts, shutdown).await
 }
@@ -171,9 +175,12 @@ pub async fn serve(
         host_addrs,
         host,
         policy,
+        security_groups,
     } = parts;
     let store_path = store.path().to_owned();
+    let expiry = crate::sg::expiry_period(&security_groups.timeouts);
     let mut registry = Registry::open(store, datapath.clone(), bridge, host, policy)?;
+    registry.configure_security_groups(security_groups)?;
     let restored = registry.restore()?;
     tracing::info!(bindings = restored, store = %store_path.display(), "restored bindings");
     let (reserved, released) = registry.reconcile_reserved_ports()?;
@@ -192,7 +199,7 @@ pub async fn serve(
     addrs.sync()?;
     let background = [
         tokio::spawn(addrs.run()),
-        tokio::spawn(expire_flows(datapath.clone(), FLOW_EXPIRY)),
+        tokio::spawn(expire_flows(datapath.clone(), expiry)),
     ];
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -316,6 +323,7 @@ mod tests {
                 start: 49153,
                 end: 49162,
             }),
+            security_groups: Default::default(),
         }
     }
 

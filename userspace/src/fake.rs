@@ -32,6 +32,7 @@ pub struct FakeDatapath {
     host_addrs: Mutex<Vec<Ipv4Addr>>,
     fail_insert_port: Mutex<Option<u16>>,
     fail_remove_port: Mutex<Option<u16>>,
+    fail_endpoint: Mutex<Option<Ipv4Addr>>,
     removes: AtomicUsize,
     host_addr_updates: AtomicUsize,
     expire_calls: AtomicUsize,
@@ -56,6 +57,10 @@ impl FakeDatapath {
     pub fn host_addr_updates(&self) -> usize {
         self.host_addr_updates.load(Ordering::SeqCst)
     }
+    /// Makes setting the endpoint of `ip` fail (`None`: stop failing).
+    pub fn fail_endpoint_of(&self, ip: Option<Ipv4Addr>) {
+        *self.fail_endpoint.lock().unwrap() = ip;
+    }
     pub fn expire_calls(&self) -> usize {
         self.expire_calls.load(Ordering::SeqCst)
     }
@@ -70,6 +75,9 @@ fn injected(map: &'static str) -> DatapathError {
 
 impl Datapath for FakeDatapath {
     fn set_endpoint(&self, ip: Ipv4Addr, task_id: u32, policy: bool) -> Result<(), DatapathError> {
+        if *self.fail_endpoint.lock().unwrap() == Some(ip) {
+            return Err(injected("BERTH_ENDPOINTS"));
+        }
         self.endpoints.lock().unwrap().insert(ip, (task_id, policy));
         Ok(())
     }

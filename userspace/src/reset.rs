@@ -90,7 +90,7 @@ pub async fn reset(config: &ResetConfig, host: &dyn Host) -> Result<ResetReport>
     }
 
     // Where BpfDatapath pins (datapath::bpf::pin_dir).
-    let pins = config.bpffs.join("berth");
+    let pins = crate::datapath::pin_dir(&config.bpffs);
     if pins.exists() {
         BpfDatapath::teardown(&config.bpffs)?;
         report.pins = Some(pins);

@@ -158,6 +158,7 @@ pub struct Registry {
     reserved_by_us: BTreeSet<u16>,
     rng: u64,
     events: broadcast::Sender<Event>,
+    sg: security_groups::SgState,
 }
 
 /// What a publish changes besides the new bindings themselves.
@@ -180,6 +181,7 @@ impl Registry {
         policy: PortPolicy,
     ) -> Result<Self> {
         let stored = store.load_all()?;
+        let sg = security_groups::SgState::load(&store, &stored)?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Ok(Registry {
             store,
@@ -193,6 +195,7 @@ impl Registry {
             reserved_by_us: stored.reserved,
             rng: RandomState::new().hash_one(std::process::id()) | 1,
             events,
+            sg,
         })
     }
 
@@ -205,6 +208,7 @@ impl Registry {
     /// datapath that lost or never had them matches the store again.
     /// Returns how many bindings were inserted.
     pub fn restore(&self) -> Result<usize> {
+        self.restore_security_groups()?;
         let keep = self.bindings();
         let stale = self.datapath.retain(&keep).map_err(Error::Datapath)?;
         if stale > 0 {
@@ -507,7 +511,11 @@ impl Registry {
     }
 
     fn publish(&mut self, p: Publish<'_>) -> Result<()> {
-        self.insert_all(p.new)?;
+        self.sg_before_publish(p.task, &p.all, p.record.as_ref())?;
+        if let Err(err) = self.insert_all(p.new) {
+            self.sg_resync();
+            return Err(err);
+        }
         let outcome = (|| {
             let current = self.host.reserved_ports().map_err(sysctl_err("reading"))?;
             let reserve: BTreeSet<u16> = p
@@ -542,6 +550,7 @@ impl Registry {
             Ok(done) => done,
             Err(err) => {
                 self.undo_inserts(p.new);
+                self.sg_resync();
                 return Err(err);
             }
         };
@@ -588,6 +597,10 @@ impl Registry {
         drop_record: bool,
     ) -> Result<()> {
         self.remove_all(gone)?;
+        if let Err(err) = self.sg_before_unpublish(task, &kept, drop_record) {
+            self.undo_removes(gone);
+            return Err(err);
+        }
         let still_mapped: BTreeSet<u16> = self
             .tasks
             .iter()
@@ -633,6 +646,7 @@ impl Registry {
                 tracing::error!(error = %e, "rollback: re-reserving ports failed");
             }
             self.undo_removes(gone);
+            self.sg_resync();
             return Err(err);
         }
         let containers: Vec<Option<String>> = gone.iter().map(|b| self.container_of(b)).collect();
@@ -646,6 +660,7 @@ impl Registry {
         if drop_record {
             self.task_defs.remove(task);
         }
+        self.sg_after_unpublish(task);
         for (b, container) in gone.iter().zip(containers) {
             let _ = self
                 .events
@@ -941,6 +956,9 @@ impl Berth {
 
 #[cfg(test)]
 mod dynamic_tests;
+mod security_groups;
+#[cfg(test)]
+mod security_groups_tests;
 
 #[cfg(test)]
 mod tests {

@@ -22,6 +22,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::run::{self, is_root};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages the integration tests and benchmarks call.
 const DEBIAN_PACKAGES: &[&str] = &["iproute2", "iptables", "nftables", "iperf3", "ethtool"];
 
@@ -35,6 +36,31 @@ pub fn bootstrap() -> Result<()> {
     ensure_rust_src(&nightly)?;
     ensure_bpf_linker(&nightly)?;
     ensure_debian_packages()?;
+    Ok(())
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` only (not part of [`bootstrap`]):
+/// installed once with cargo, from source.
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    Nightly::probe()?;
+    let present = || run::output(Command::new("cargo").args(["fuzz", "--version"])).ok();
+    if let Some(v) = present() {
+        println!("cargo-fuzz: present ({v})");
+        return Ok(());
+    }
+    println!("cargo-fuzz: installing {CARGO_FUZZ_VERSION} (a minute or two)");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run::status(Command::new(cargo).args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+    ]))
+    .context("cannot install cargo-fuzz")?;
+    if present().is_none() {
+        bail!("cargo-fuzz was installed but `cargo fuzz --version` does not run; is ~/.cargo/bin on PATH?");
+    }
     Ok(())
 }
 

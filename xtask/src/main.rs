@@ -1,5 +1,6 @@
 //! `cargo xtask …`: machine setup, builds and test runs for berth.
 mod bootstrap;
+mod fuzz;
 mod run;
 mod summary;
 
@@ -42,6 +43,28 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Randomized run of the datapath (needs root): mutated frames through
+    /// every packet program with BPF_PROG_TEST_RUN, checked against the NAT
+    /// invariants. CI runs 20 000 per program; this runs the full size.
+    FuzzDatapath {
+        /// Frames per program.
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        /// Seed (decimal or 0x-hex); default a new one, printed so a failure
+        /// can be replayed.
+        #[arg(long)]
+        seed: Option<String>,
+    },
+    /// cargo-fuzz runs of the userspace parsers (publish specs, ECS task
+    /// definitions, API bodies). Needs nightly; installs cargo-fuzz once.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (default: all of them).
+        #[arg(long)]
+        target: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +92,8 @@ fn execute(task: Task) -> Result<()> {
                 .context("demo failed")
         }
         Task::Bench { quick } => bench(quick),
+        Task::FuzzDatapath { frames, seed } => fuzz::datapath(frames, seed),
+        Task::Fuzz { seconds, target } => fuzz::parsers(seconds, target.as_deref()),
     }
 }
 
@@ -99,7 +124,7 @@ fn bench(quick: bool) -> Result<()> {
     run::status(&mut cmd).context("bench failed")
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     let xtask_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     xtask_dir.parent().map(PathBuf::from).unwrap_or(xtask_dir)
 }
@@ -107,7 +132,7 @@ fn workspace_root() -> PathBuf {
 /// A cargo command in the workspace root with bpf-linker first on PATH
 /// (userspace/build.rs builds the eBPF crate through aya-build, which calls
 /// the linker by name).
-fn cargo() -> Result<Command> {
+pub(crate) fn cargo() -> Result<Command> {
     let program: OsString = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(program);
     cmd.current_dir(workspace_root())

@@ -121,6 +121,27 @@ fn datapath_costs(quick: bool) -> Result<Value> {
     })
 }
 
+// ---------------------------------------------------------------- verifier
+
+/// Each program as the verifier accepted it: instructions walked (the
+/// number its one-million limit applies to) and code sizes.
+fn verifier_budget() -> Result<Value> {
+    let rows = in_fixture_ns(|env| env.verifier_budget());
+    Ok(Value::Array(
+        rows.into_iter()
+            .map(|b| {
+                json!({
+                    "program": b.name,
+                    "kind": b.kind,
+                    "verified_insns": b.verified_insns,
+                    "xlated_bytes": b.xlated_bytes,
+                    "jited_bytes": b.jited_bytes,
+                })
+            })
+            .collect(),
+    ))
+}
+
 // ---------------------------------------------------------------- topology
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -401,6 +422,25 @@ fn markdown(results: &Value) -> String {
             med(v) / floor(hook)
         ));
     }
+    s.push_str("\n## Verifier budget\n\n");
+    s.push_str(
+        "| program | kind | verified insns | xlated bytes | jited bytes |\n|---|---|---:|---:|---:|\n",
+    );
+    for r in results["verifier_budget"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let n = |k: &str| r[k].as_u64().map_or("?".to_string(), |v| v.to_string());
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            r["program"].as_str().unwrap_or(""),
+            r["kind"].as_str().unwrap_or(""),
+            n("verified_insns"),
+            n("xlated_bytes"),
+            n("jited_bytes"),
+        ));
+    }
     s.push_str(
         "\n## Through the namespace topology (client → host uplink → docker0 → container)\n\n",
     );
@@ -458,6 +498,8 @@ fn run() -> Result<()> {
     if !berth_integration::is_root() {
         bail!("the benchmarks load eBPF programs and build network namespaces: run as root");
     }
+    eprintln!("bench: verifier budget...");
+    let budget = verifier_budget()?;
     eprintln!("bench: datapath cost per packet (BPF_PROG_TEST_RUN)...");
     let datapath = datapath_costs(opts.quick)?;
     eprintln!("bench: namespace topology (direct, iptables DNAT, berth tc, berth xdp)...");
@@ -465,6 +507,7 @@ fn run() -> Result<()> {
     let results = json!({
         "machine": machine(),
         "quick": opts.quick,
+        "verifier_budget": budget,
         "datapath": datapath,
         "topology": topology,
     });

@@ -10,17 +10,16 @@ use crate::{icmp::ingress_icmp_errors, table::*};
 
 pub(crate) fn ingress_cases() -> Vec<Case> {
     let mut t = Table::default();
-    let c1_80 = (C1, 80);
-    ingress_normal(&mut t, c1_80);
-    ingress_header_fields(&mut t, c1_80);
-    ingress_addresses_and_ports(&mut t, c1_80);
-    ingress_malformed(&mut t, c1_80);
+    ingress_normal(&mut t);
+    ingress_header_fields(&mut t);
+    ingress_addresses_and_ports(&mut t);
+    ingress_malformed(&mut t);
     ingress_other_protocols(&mut t);
     ingress_icmp_errors(&mut t);
     t.cases
 }
 
-pub(crate) fn ingress_normal(t: &mut Table, c1_80: (Ipv4Addr, u16)) {
+fn ingress_normal(t: &mut Table) {
     for (flags, what) in [
         (pkt::SYN, "syn"),
         (pkt::SYN | pkt::ACK, "syn-ack"),
@@ -47,12 +46,12 @@ pub(crate) fn ingress_normal(t: &mut Table, c1_80: (Ipv4Addr, u16)) {
             p.tcp_urg = 3;
             p.payload = b"urg!".to_vec();
         }
-        t.dnat(format!("tcp {what} to a wildcard mapping"), &p, c1_80);
+        t.dnat(format!("tcp {what} to a wildcard mapping"), &p, C1_80);
     }
     for n in [1, 2, 3, 255, 1000, 1001, 1459, 1460] {
         let mut p = client_tcp(8080).with_payload_len(n);
         p.tcp_flags = pkt::PSH | pkt::ACK;
-        t.dnat(format!("tcp segment with {n} bytes of payload"), &p, c1_80);
+        t.dnat(format!("tcp segment with {n} bytes of payload"), &p, C1_80);
     }
     let mut p = client_tcp(8080).with_payload_len(1461);
     p.tcp_flags = pkt::ACK;
@@ -97,18 +96,18 @@ pub(crate) fn ingress_normal(t: &mut Table, c1_80: (Ipv4Addr, u16)) {
     t.dnat("udp whose translated checksum computes to zero", &p, c1_53);
     let mut p = client_tcp(8080).with_payload_len(6);
     pkt::force_tcp_csum_zero(&mut p);
-    t.dnat("tcp with checksum 0x0000", &p, c1_80);
+    t.dnat("tcp with checksum 0x0000", &p, C1_80);
     let mut out = dnat(&client_tcp(8080).with_payload_len(6), C1, 80, true);
     pkt::force_tcp_csum_zero(&mut out);
     let mut p = client_tcp(8080);
     p.payload = out.payload.clone();
-    t.dnat("tcp whose translated checksum computes to zero", &p, c1_80);
+    t.dnat("tcp whose translated checksum computes to zero", &p, C1_80);
 
     // Checksums are not berth's to verify: a wrong one stays wrong by the
     // same amount, so the receiver drops the packet as it would have.
     for (what, p, to) in [
-        ("ipv4 header", client_tcp(8080), c1_80),
-        ("tcp", client_tcp(8080).with_payload_len(10), c1_80),
+        ("ipv4 header", client_tcp(8080), C1_80),
+        ("tcp", client_tcp(8080).with_payload_len(10), C1_80),
         ("udp", client_udp(8053), c1_53),
     ] {
         let off = if what == "ipv4 header" {
@@ -129,7 +128,7 @@ pub(crate) fn ingress_normal(t: &mut Table, c1_80: (Ipv4Addr, u16)) {
     let mut p = client_tcp(8080);
     p.tcp_flags = pkt::ACK;
     p.eth_pad = vec![0; 6];
-    t.dnat("tcp ack with ethernet padding", &p, c1_80);
+    t.dnat("tcp ack with ethernet padding", &p, C1_80);
     let mut p = client_udp(8053).with_payload_len(0);
     p.eth_pad = vec![0xee; 18];
     t.dnat("empty udp datagram with ethernet padding", &p, c1_53);
@@ -139,7 +138,7 @@ pub(crate) fn ingress_normal(t: &mut Table, c1_80: (Ipv4Addr, u16)) {
     t.dnat("udp length shorter than the ipv4 payload", &p, c1_53);
 }
 
-pub(crate) fn ingress_header_fields(t: &mut Table, c1_80: (Ipv4Addr, u16)) {
+fn ingress_header_fields(t: &mut Table) {
     // IPv4 options of every length: the L4 header is found from IHL.
     for n in (4..=40).step_by(4) {
         let mut p = client_tcp(8080);
@@ -147,7 +146,7 @@ pub(crate) fn ingress_header_fields(t: &mut Table, c1_80: (Ipv4Addr, u16)) {
         t.dnat(
             format!("tcp with {n} bytes of ipv4 options (ihl {})", 5 + n / 4),
             &p,
-            c1_80,
+            C1_80,
         );
         let mut p = client_udp(8053);
         p.ip_options = record_route(n);
@@ -159,32 +158,32 @@ pub(crate) fn ingress_header_fields(t: &mut Table, c1_80: (Ipv4Addr, u16)) {
     }
     let mut p = client_tcp(8080);
     p.ip_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
-    t.dnat("ipv4 options nop nop nop eol", &p, c1_80);
+    t.dnat("ipv4 options nop nop nop eol", &p, C1_80);
     let mut p = client_tcp(8080);
     p.ip_options = vec![0x94, 0x04, 0, 0];
-    t.dnat("ipv4 router-alert option", &p, c1_80);
+    t.dnat("ipv4 router-alert option", &p, C1_80);
     let mut p = client_tcp(8080);
     p.ip_options = vec![68, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    t.dnat("ipv4 timestamp option", &p, c1_80);
+    t.dnat("ipv4 timestamp option", &p, C1_80);
     let mut p = client_tcp(8080);
     p.ip_options = vec![1; 40];
     p.tcp_options = vec![1; 40];
-    t.dnat("largest ipv4 and tcp headers (ihl 15, doff 15)", &p, c1_80);
+    t.dnat("largest ipv4 and tcp headers (ihl 15, doff 15)", &p, C1_80);
 
     // TCP options.
     let mut p = client_tcp(8080);
     p.tcp_options = vec![2, 4, 0x05, 0xb4];
-    t.dnat("tcp syn with mss option (doff 6)", &p, c1_80);
+    t.dnat("tcp syn with mss option (doff 6)", &p, C1_80);
     let mut p = client_tcp(8080);
     p.tcp_options = syn_options();
-    t.dnat("tcp syn with linux syn options (doff 10)", &p, c1_80);
+    t.dnat("tcp syn with linux syn options (doff 10)", &p, C1_80);
     let mut p = client_tcp(8080).with_payload_len(100);
     p.tcp_flags = pkt::ACK;
     p.tcp_options = vec![1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
-    t.dnat("tcp data with timestamps option (doff 8)", &p, c1_80);
+    t.dnat("tcp data with timestamps option (doff 8)", &p, C1_80);
     let mut p = client_tcp(8080);
     p.tcp_options = vec![1; 40];
-    t.dnat("tcp with 40 bytes of options (doff 15)", &p, c1_80);
+    t.dnat("tcp with 40 bytes of options (doff 15)", &p, C1_80);
 
     for (tos, what) in [
         (0x01, "ecn ect(1)"),
@@ -197,12 +196,12 @@ pub(crate) fn ingress_header_fields(t: &mut Table, c1_80: (Ipv4Addr, u16)) {
     ] {
         let mut p = client_tcp(8080);
         p.tos = tos;
-        t.dnat(format!("tcp with {what} (tos {tos:#04x}) kept"), &p, c1_80);
+        t.dnat(format!("tcp with {what} (tos {tos:#04x}) kept"), &p, C1_80);
     }
     for id in [0, 1, 0x8000, 0xffff] {
         let mut p = client_tcp(8080);
         p.ip_id = id;
-        t.dnat(format!("ip id {id:#06x} kept"), &p, c1_80);
+        t.dnat(format!("ip id {id:#06x} kept"), &p, C1_80);
     }
     for (frag, what) in [
         (0, "tcp without df"),
@@ -211,7 +210,7 @@ pub(crate) fn ingress_header_fields(t: &mut Table, c1_80: (Ipv4Addr, u16)) {
     ] {
         let mut p = client_tcp(8080);
         p.frag = frag;
-        t.dnat(what, &p, c1_80);
+        t.dnat(what, &p, C1_80);
     }
     let mut p = client_udp(8053);
     p.frag = pkt::IP_DF;
@@ -273,24 +272,24 @@ pub(crate) fn ingress_header_fields(t: &mut Table, c1_80: (Ipv4Addr, u16)) {
         t.dnat(
             format!("tcp ttl {ttl} forwarded with ttl {}", ttl - 1),
             &p,
-            c1_80,
+            C1_80,
         );
     }
 }
 
-pub(crate) fn ingress_addresses_and_ports(t: &mut Table, c1_80: (Ipv4Addr, u16)) {
+fn ingress_addresses_and_ports(t: &mut Table) {
     t.dnat(
         "second host port to the same container port",
         &client_tcp(8081),
-        c1_80,
+        C1_80,
     );
     let mut p = client_tcp(8080);
     p.dst = HOST2;
-    t.dnat("wildcard mapping on another host address", &p, c1_80);
+    t.dnat("wildcard mapping on another host address", &p, C1_80);
     t.dnat(
         "mapping bound to this host address",
         &client_tcp(8082),
-        c1_80,
+        C1_80,
     );
     let mut p = client_tcp(8082);
     p.dst = HOST2;
@@ -344,7 +343,7 @@ pub(crate) fn ingress_addresses_and_ports(t: &mut Table, c1_80: (Ipv4Addr, u16))
     }
     let mut p = client_tcp(8080);
     p.src = OTHER;
-    t.dnat("client from another network", &p, c1_80);
+    t.dnat("client from another network", &p, C1_80);
 
     t.pass("udp to a tcp-only port", client_udp(8080).frame());
     t.pass("tcp to a udp-only port", client_tcp(8053).frame());
@@ -361,7 +360,7 @@ pub(crate) fn ingress_addresses_and_ports(t: &mut Table, c1_80: (Ipv4Addr, u16))
     for sport in [0, 1, 65535] {
         let mut p = client_tcp(8080);
         p.sport = sport;
-        t.dnat(format!("client source port {sport}"), &p, c1_80);
+        t.dnat(format!("client source port {sport}"), &p, C1_80);
     }
 
     let last = MANY_FIRST + MANY - 1;
@@ -387,7 +386,7 @@ pub(crate) fn ingress_addresses_and_ports(t: &mut Table, c1_80: (Ipv4Addr, u16))
     );
 }
 
-pub(crate) fn ingress_malformed(t: &mut Table, _c1_80: (Ipv4Addr, u16)) {
+fn ingress_malformed(t: &mut Table) {
     let mut tcp = client_tcp(8080).with_payload_len(4);
     tcp.tcp_flags = pkt::PSH | pkt::ACK;
     let tcp_frame = tcp.frame();
@@ -500,7 +499,7 @@ pub(crate) fn ingress_malformed(t: &mut Table, _c1_80: (Ipv4Addr, u16)) {
     t.pass("udp length 65535", udp_len(&udp_frame, 65535));
 }
 
-pub(crate) fn ingress_other_protocols(t: &mut Table) {
+fn ingress_other_protocols(t: &mut Table) {
     // ICMP: echo to the host, and errors about flows berth did not
     // translate, pass untouched.
     let untracked = Packet::tcp(HOST, 9999, CLIENT, 40000);

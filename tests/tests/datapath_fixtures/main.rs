@@ -6,10 +6,12 @@
 //! Needs root (loads eBPF, makes private namespaces).
 //!
 //! A case that shows a datapath bug stays in its table and is named in
-//! [`KNOWN_BUGS`]: the table tests skip it, `known_datapath_bugs` (ignored)
-//! runs only those, so a fix shows up as that test passing.
+//! `known_bugs::KNOWN_BUGS`: the table tests skip it; the ignored
+//! `known_datapath_bugs` runs only those, so a fix shows up as that test
+//! passing.
 mod icmp;
 mod ingress;
+mod known_bugs;
 mod reply;
 mod run;
 mod table;
@@ -22,97 +24,7 @@ use berth_integration::{
 };
 use berth_maps::XDP_HANDOFF_MAGIC;
 
-use crate::{ingress::ingress_cases, reply::*, run::*, table::*};
-
-/// Cases whose expectation the datapath does not meet yet: (case name, why
-/// the expectation stands). See the module comment.
-const KNOWN_BUGS: &[(&str, &str)] = &[
-    // The exact-address lookup runs before the host-address check, and a
-    // wildcard mapping's key has address 0: a packet *to* 0.0.0.0 finds
-    // it. The stack drops such a packet (martian destination); berth
-    // delivers it to the container.
-    ("tcp wildcard port to 0.0.0.0", DST_ZERO),
-    ("udp wildcard port to 0.0.0.0", DST_ZERO),
-    // The IPv4 total length is never compared with the frame: a packet
-    // longer than what arrived is translated and forwarded (or, past the
-    // route MTU, translated and dropped) where the stack would drop it.
-    (
-        "tcp frame cut at 54 bytes: tcp header without its payload",
-        TOT_LEN_PAST_FRAME,
-    ),
-    (
-        "tcp frame cut at 57 bytes: payload less one byte",
-        TOT_LEN_PAST_FRAME,
-    ),
-    (
-        "udp frame cut at 42 bytes: udp header without its payload",
-        TOT_LEN_PAST_FRAME,
-    ),
-    (
-        "tcp total length one more than the frame",
-        TOT_LEN_PAST_FRAME,
-    ),
-    ("tcp total length 65535", TOT_LEN_PAST_FRAME),
-    (
-        "udp total length one more than the frame",
-        TOT_LEN_PAST_FRAME,
-    ),
-    (
-        "tracked reply with total length past the frame",
-        TOT_LEN_PAST_FRAME,
-    ),
-    // The UDP length field is never checked: a datagram the stack drops
-    // (udp length < 8 or past the IPv4 payload) is translated.
-    ("udp length 0", BAD_UDP_LEN),
-    ("udp length 7", BAD_UDP_LEN),
-    ("udp length one more than the datagram", BAD_UDP_LEN),
-    ("udp length 65535", BAD_UDP_LEN),
-    ("tracked udp reply with udp length 0", BAD_UDP_LEN),
-    (
-        "tracked udp reply with udp length past the datagram",
-        BAD_UDP_LEN,
-    ),
-    // ICMP errors (parse_icmp_error): the quote is bounded by the frame's
-    // end, never by the IPv4 total length, and a quoted fragment's offset
-    // is not looked at.
-    (
-        "icmp error followed by bytes past its total length",
-        ICMP_PAST_TOT_LEN,
-    ),
-    (
-        "container's icmp error followed by bytes past its total length",
-        ICMP_PAST_TOT_LEN,
-    ),
-    (
-        "icmp error whose total length cuts the quoted ports",
-        ICMP_SHORT_TOT_LEN,
-    ),
-    (
-        "icmp error whose total length ends at the icmp header",
-        ICMP_SHORT_TOT_LEN,
-    ),
-    (
-        "container's icmp error whose total length cuts the quoted ports",
-        ICMP_SHORT_TOT_LEN,
-    ),
-    (
-        "icmp error quoting a later fragment with port-like bytes",
-        ICMP_QUOTED_FRAGMENT,
-    ),
-    (
-        "container's icmp error quoting a later fragment",
-        ICMP_QUOTED_FRAGMENT,
-    ),
-];
-const ICMP_PAST_TOT_LEN: &str = "bytes after an ICMP error's IPv4 total length are rewritten as \
-     quoted checksum, and the ICMP checksum then no longer verifies";
-const ICMP_SHORT_TOT_LEN: &str =
-    "an ICMP error whose total length does not cover the quoted header and ports is translated";
-const ICMP_QUOTED_FRAGMENT: &str = "a quoted non-first fragment has no ports: its payload bytes \
-     are taken for ports and rewritten";
-const DST_ZERO: &str = "a packet to 0.0.0.0 matches wildcard mappings";
-const TOT_LEN_PAST_FRAME: &str = "an IPv4 total length past the frame's end is translated";
-const BAD_UDP_LEN: &str = "a UDP length < 8 or past the IPv4 payload is translated";
+use crate::{ingress::ingress_cases, known_bugs::KNOWN_BUGS, reply::*, run::*, table::*};
 
 // ---------------------------------------------------------------- deliver
 
@@ -159,10 +71,10 @@ fn deliver_table() {
 #[test]
 #[ignore = "datapath bugs found by the fixture tables (KNOWN_BUGS); passes once they are fixed"]
 fn known_datapath_bugs() {
-    assert!(
-        !KNOWN_BUGS.is_empty(),
-        "no known bugs: remove this test's #[ignore]"
-    );
+    assert!(!KNOWN_BUGS.is_empty(), "no known bugs: delete this test");
+    for (why, cases) in KNOWN_BUGS {
+        println!("known bug: {why}\n  {}", cases.join("\n  "));
+    }
     let ingress = only_known_bugs(ingress_cases());
     let reply = only_known_bugs(reply_cases());
     let ok_ingress = std::panic::catch_unwind(|| {
@@ -199,7 +111,7 @@ fn fixture_tables_cover_at_least_150_shapes() {
             shapes.insert((*table, c.frame.clone()));
         }
     }
-    for (bug, _) in KNOWN_BUGS {
+    for bug in KNOWN_BUGS.iter().flat_map(|(_, cases)| cases.iter()) {
         assert!(names.contains(*bug), "KNOWN_BUGS names no case {bug:?}");
     }
     let counts: Vec<String> = tables

@@ -6,7 +6,7 @@ use berth_integration::{
 
 use berth_maps::{XDP_HANDOFF_MAGIC, XDP_HANDOFF_MAGIC_NEIGH};
 
-use crate::{reply::reply_flows, table::*, KNOWN_BUGS};
+use crate::{known_bugs::is_known_bug, reply::reply_flows, table::*};
 
 pub(crate) const TC_ACT_OK: u32 = 0;
 pub(crate) const TC_ACT_SHOT: u32 = 2;
@@ -145,10 +145,6 @@ pub(crate) fn run_xdp(env: &Env, f: &mut Failures, c: &Case, docker0: u32) {
             f.frame(prog, n, frame, want, &c.frame);
         }
     }
-}
-
-pub(crate) fn is_known_bug(name: &str) -> bool {
-    KNOWN_BUGS.iter().any(|(n, _)| *n == name)
 }
 
 /// Runs the ingress table `cases` through both hooks; panics with every

@@ -2,12 +2,14 @@
 //! mappings every table runs against, and builders of expected frames.
 use std::net::Ipv4Addr;
 
+use berth::model::Protocol;
 use berth_integration::{
     pkt::{self, Packet},
     testrun::*,
 };
 
-use berth::model::Protocol;
+/// The mapping most cases use: wildcard 8080/tcp -> 172.17.0.2:80.
+pub(crate) const C1_80: (Ipv4Addr, u16) = (C1, 80);
 
 /// First and count of the block of many mappings (`many_*` cases).
 pub(crate) const MANY_FIRST: u16 = 20000;
@@ -153,7 +155,7 @@ pub(crate) fn snat(p: &Packet, host: Ipv4Addr, host_port: u16, resolved: bool) -
 /// `n` bytes of IPv4 options: a record-route option with `(n - 4) / 4`
 /// empty slots, then end-of-options.
 pub(crate) fn record_route(n: usize) -> Vec<u8> {
-    assert!(n >= 4 && n <= 40 && n % 4 == 0);
+    assert!((4..=40).contains(&n) && n.is_multiple_of(4));
     let mut o = vec![7, (n - 1) as u8, 4];
     o.resize(n - 1, 0);
     o.push(0);

@@ -10,7 +10,7 @@ mod ports;
 pub mod bpf_keys {
     pub use super::bpf::{backend, service_key};
 }
-pub use bpf::{ebpf_object, AttachMode, BpfDatapath, DatapathConfig};
+pub use bpf::{ebpf_object, pin_dir, AttachMode, BpfDatapath, DatapathConfig};
 pub use policy::encode_rule;
 
 #[derive(Debug, thiserror::Error)]

@@ -54,7 +54,9 @@ impl Store {
                     let (key, value) = row.map_err(|e| err(&e))?;
                     let task = key.value().to_owned();
                     let a: Attachment = serde_json::from_str(value.value()).map_err(|e| {
-                        err(&format_args!("security groups of task {task}: unreadable row: {e}"))
+                        err(&format_args!(
+                            "security groups of task {task}: unreadable row: {e}"
+                        ))
                     })?;
                     book.attachments.insert(task, a);
                 }

@@ -1,0 +1,150 @@
+//! Traffic through the namespace topology: every peer on its own bed, built
+//! once; repetitions interleave the peers (A B C … A B C …) metric by
+//! metric, first with only the measured ports published, then with 10 000.
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use super::{
+    load,
+    peers::{Bed, Peer},
+    stats::{percentile, summary, with_cpu},
+    Settings,
+};
+
+/// Published ports in the scaled phase, the three measured ones included.
+pub const SCALED_PORTS: usize = 10_000;
+
+#[derive(Default, Clone)]
+struct Samples {
+    conn: Vec<f64>,
+    cpu_conn: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    cpu_rt: Vec<f64>,
+    gbps: Vec<f64>,
+    cpu_gb: Vec<f64>,
+    udp: Vec<f64>,
+    udp_sent: Vec<f64>,
+    cpu_pkt: Vec<f64>,
+}
+
+impl Samples {
+    fn json(&self, peer: Peer, ports: usize) -> Value {
+        json!({
+            "peer": peer.name(),
+            "ports": ports,
+            "connections_per_s": summary(&self.conn),
+            "cpu_us_per_connection": summary(&self.cpu_conn),
+            "rtt_p50_us": summary(&self.p50),
+            "rtt_p99_us": summary(&self.p99),
+            "cpu_us_per_round_trip": summary(&self.cpu_rt),
+            "throughput_gbps": summary(&self.gbps),
+            "cpu_ms_per_gb": summary(&self.cpu_gb),
+            "udp_pps": summary(&self.udp),
+            "udp_sent_pps": summary(&self.udp_sent),
+            "cpu_ns_per_udp_packet": summary(&self.cpu_pkt),
+        })
+    }
+}
+
+fn measure_conn(b: &Bed, s: &Settings, out: &mut Samples) -> Result<()> {
+    let (r, cpu) = with_cpu(|| load::conn_rate(&b.topo.client.ns, b.rr_target(), s.conn_dur));
+    let (n, secs) = r.with_context(|| format!("{} connections/s", b.peer.name()))?;
+    out.conn.push(n as f64 / secs);
+    out.cpu_conn.push(cpu * 1e6 / n.max(1) as f64);
+    Ok(())
+}
+
+fn measure_rtt(b: &Bed, s: &Settings, out: &mut Samples) -> Result<()> {
+    let (r, cpu) = with_cpu(|| load::round_trips(&b.topo.client.ns, b.rr_target(), s.rtt_n));
+    let mut v = r.with_context(|| format!("{} latency", b.peer.name()))?;
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    out.p50.push(percentile(&v, 50.0));
+    out.p99.push(percentile(&v, 99.0));
+    out.cpu_rt.push(cpu * 1e6 / v.len().max(1) as f64);
+    Ok(())
+}
+
+fn measure_iperf(b: &Bed, s: &Settings, out: &mut Samples) -> Result<()> {
+    let (r, cpu) = with_cpu(|| load::iperf(&b.topo.client.ns, b.iperf_target(), s.iperf_secs));
+    let (gbps, bytes) = r.with_context(|| format!("{} iperf3", b.peer.name()))?;
+    out.gbps.push(gbps);
+    out.cpu_gb.push(cpu * 1e3 / (bytes / 1e9).max(1e-9));
+    Ok(())
+}
+
+fn measure_udp(b: &Bed, s: &Settings, out: &mut Samples) -> Result<()> {
+    let before = b.servers.udp_received();
+    let (r, cpu) = with_cpu(|| {
+        let r = load::udp_blast(&b.topo.client.ns, b.udp_target(), s.udp_dur);
+        // Let the last datagrams drain into the sink.
+        std::thread::sleep(Duration::from_millis(150));
+        r
+    });
+    let (sent, secs) = r.with_context(|| format!("{} UDP", b.peer.name()))?;
+    let got = b.servers.udp_received() - before;
+    out.udp.push(got as f64 / secs);
+    out.udp_sent.push(sent as f64 / secs);
+    out.cpu_pkt.push(cpu * 1e9 / got.max(1) as f64);
+    Ok(())
+}
+
+type Measure = fn(&Bed, &Settings, &mut Samples) -> Result<()>;
+
+fn run_phase(beds: &[&Bed], s: &Settings, ports: usize) -> Result<Vec<Value>> {
+    let mut samples = vec![Samples::default(); beds.len()];
+    let metrics: [(&str, Measure); 4] = [
+        ("connections/s", measure_conn),
+        ("latency", measure_rtt),
+        ("iperf3", measure_iperf),
+        ("udp", measure_udp),
+    ];
+    for rep in 0..s.reps {
+        for (_, m) in &metrics {
+            for (i, b) in beds.iter().enumerate() {
+                m(b, s, &mut samples[i])?;
+            }
+        }
+        eprintln!(
+            "bench: {ports} published port(s): repetition {}/{} done",
+            rep + 1,
+            s.reps
+        );
+    }
+    Ok(beds
+        .iter()
+        .zip(&samples)
+        .map(|(b, smp)| smp.json(b.peer, ports))
+        .collect())
+}
+
+pub fn topology_bench(s: &Settings) -> Result<Value> {
+    let mut beds = Vec::new();
+    for p in Peer::ALL {
+        beds.push(Bed::new(p).with_context(|| format!("setting up {}", p.name()))?);
+    }
+    for b in &beds {
+        b.wait_ready(Duration::from_secs(5))?;
+    }
+    std::thread::sleep(Duration::from_millis(200)); // iperf3 servers listening
+    let all: Vec<&Bed> = beds.iter().collect();
+    let mut rows = run_phase(&all, s, 1)?;
+
+    let extra = SCALED_PORTS - super::peers::measured().len();
+    for b in beds.iter_mut().filter(|b| b.peer.scales()) {
+        b.set_extra(extra)
+            .with_context(|| format!("{}: {SCALED_PORTS} ports", b.peer.name()))?;
+    }
+    let scaled: Vec<&Bed> = beds.iter().filter(|b| b.peer.scales()).collect();
+    for b in &scaled {
+        b.wait_ready(Duration::from_secs(10))?;
+    }
+    rows.extend(run_phase(&scaled, s, SCALED_PORTS)?);
+    let peers: Vec<Value> = Peer::ALL
+        .iter()
+        .map(|p| json!({"peer": p.name(), "setup": p.describe(), "scaled": p.scales()}))
+        .collect();
+    Ok(json!({ "peers": peers, "rows": rows }))
+}

@@ -1,0 +1,623 @@
+//! Security groups end to end: a Docker-like host in network namespaces,
+//! the real `berth daemon` driven by the real CLI, real sockets. A refused
+//! flow gets no answer at all, so "refused" here means a connect that times
+//! out, never a reset.
+use std::{
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    thread,
+    time::Duration,
+};
+
+use berth_integration::{
+    http_get, tcp_connect, udp_request, Bpffs, Container, Daemon, DaemonOptions, HttpPeerServer,
+    NetNs, Topology, UdpEchoServer,
+};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(5);
+/// How long a refused connect is given before we call it silence.
+const REFUSED: Duration = Duration::from_millis(1500);
+/// The datapath polls the bridge's ports every 250 ms for new veths.
+const VETH_POLL: Duration = Duration::from_millis(600);
+
+/// Guards drop in field order: daemon, then bpffs, then namespaces.
+struct Setup {
+    daemon: Daemon,
+    _bpffs: Bpffs,
+    topo: Topology,
+}
+
+fn setup(extra_args: &[&str]) -> Setup {
+    let topo = Topology::build().expect("build topology");
+    let bpffs = Bpffs::new().expect("bpffs");
+    let opts = DaemonOptions {
+        extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let daemon = Daemon::start_with(&topo.host.ns, &bpffs, opts).expect("start daemon");
+    thread::sleep(VETH_POLL);
+    Setup {
+        daemon,
+        _bpffs: bpffs,
+        topo,
+    }
+}
+
+fn any(port: u16) -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], port))
+}
+
+fn peer_ip(body: &str) -> String {
+    body.rsplit_once(':')
+        .map(|(ip, _)| ip.to_string())
+        .unwrap_or_default()
+}
+
+impl Setup {
+    fn berth(&self, args: &[&str]) -> String {
+        self.daemon.cli_ok(args).expect("berth command")
+    }
+
+    fn map_add(&self, task: &str, ip: &str, spec: &str) {
+        self.berth(&["map", "add", "--task", task, "--ip", ip, "-p", spec]);
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.berth(args)).expect("JSON output")
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        self.json(&["stats", "--json"])["counters"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {name}"))
+    }
+
+    fn new_container(&self, role: &str, ip: &str) -> Container {
+        let c = self
+            .topo
+            .new_container(role, ip.parse().unwrap())
+            .expect("container");
+        thread::sleep(VETH_POLL);
+        c
+    }
+}
+
+/// A new TCP connection from `ns` to `addr` gets no answer.
+fn assert_refused(ns: &NetNs, addr: SocketAddr) {
+    let err = ns
+        .run(move || tcp_connect(addr, REFUSED))
+        .expect_err("the connection should have been refused");
+    assert_eq!(
+        err.kind(),
+        io::ErrorKind::TimedOut,
+        "a refused SYN gets no answer, not a reset: {err}"
+    );
+}
+
+fn get_from(ns: &NetNs, addr: SocketAddr) -> String {
+    ns.run(move || http_get(addr, "/", T))
+        .unwrap_or_else(|e| panic!("GET {addr}: {e:#}"))
+}
+
+/// Finishes an HTTP request on a connection opened earlier.
+fn get_on(mut stream: TcpStream) -> String {
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        .expect("send on the established connection");
+    let mut out = String::new();
+    stream
+        .read_to_string(&mut out)
+        .expect("answer on the established connection");
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    body.to_string()
+}
+
+#[test]
+fn allowed_client_cidr_reaches_the_published_port_and_the_other_client_does_not_tc() {
+    allowed_client_cidr_only(&[]);
+}
+
+#[test]
+fn allowed_client_cidr_reaches_the_published_port_and_the_other_client_does_not_xdp() {
+    allowed_client_cidr_only(&["--attach", "xdp"]);
+}
+
+fn allowed_client_cidr_only(daemon_args: &[&str]) {
+    let s = setup(daemon_args);
+    let _web = HttpPeerServer::start_in(&s.topo.container.ns, any(80)).unwrap();
+    s.map_add("web", "172.17.0.2", "8080:80");
+    let published = s.topo.host.addr(8080);
+    // Without a group a task is open, as with Docker.
+    get_from(&s.topo.client2.ns, published);
+
+    s.berth(&["sg", "create", "web", "--description", "front end"]);
+    // The rule names the container port: it is judged before DNAT.
+    s.berth(&[
+        "sg",
+        "rule",
+        "add",
+        "web",
+        "--ingress",
+        "--proto",
+        "tcp",
+        "--port",
+        "80",
+        "--cidr",
+        "192.0.2.2/32",
+        "--description",
+        "the office",
+    ]);
+    let denied = s.counter("policy_denied_ingress");
+    s.berth(&["sg", "attach", "web", "--task", "web"]);
+
+    let body = get_from(&s.topo.client.ns, published);
+    assert_eq!(peer_ip(&body), "192.0.2.2", "the container sees the client");
+    assert_refused(&s.topo.client2.ns, published);
+    assert!(s.counter("policy_denied_ingress") > denied);
+
+    let show = s.berth(&["sg", "show", "web"]);
+    assert!(
+        show.contains("ingress    tcp    80     192.0.2.2/32  the office"),
+        "{show}"
+    );
+    assert!(show.contains("host-wide drop counters"), "{show}");
+    let v = s.json(&["sg", "show", "web", "--json"]);
+    assert_eq!(v["tasks"], serde_json::json!(["web"]));
+    assert_eq!(v["members"], serde_json::json!(["172.17.0.2"]));
+    assert!(v["hostCounters"]["policy_denied_ingress"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn replies_to_a_tasks_own_connections_come_back_without_an_ingress_rule() {
+    let s = setup(&[]);
+    let _web = HttpPeerServer::start_in(&s.topo.container.ns, any(80)).unwrap();
+    let _outside = HttpPeerServer::start_in(&s.topo.client.ns, any(8000)).unwrap();
+    let _dns = UdpEchoServer::start_in(&s.topo.client.ns, any(5300)).unwrap();
+    s.map_add("web", "172.17.0.2", "8080:80");
+    s.berth(&["sg", "create", "web"]);
+    s.berth(&["sg", "attach", "web", "--task", "web"]);
+
+    // Nothing may come in...
+    assert_refused(&s.topo.client.ns, s.topo.host.addr(8080));
+    // ...but what the task starts is answered, TCP and UDP alike.
+    let body = get_from(&s.topo.container.ns, "192.0.2.2:8000".parse().unwrap());
+    assert_eq!(peer_ip(&body), "192.0.2.1", "masqueraded as before");
+    let reply = s
+        .topo
+        .container
+        .ns
+        .run(|| udp_request("192.0.2.2:5300".parse().unwrap(), "hi", T))
+        .expect("UDP answer");
+    assert!(reply.text.ends_with(" hi"), "{}", reply.text);
+}
+
+#[test]
+fn sg_db_is_reachable_from_sg_api_tasks_only() {
+    let s = setup(&[]);
+    let other = s.new_container("other", "172.17.0.4");
+    let api2 = s.new_container("api2", "172.17.0.5");
+    let _db = HttpPeerServer::start_in(&s.topo.container2.ns, any(5432)).unwrap();
+    s.map_add("api-1", "172.17.0.2", "8080:80");
+    s.map_add("db", "172.17.0.3", "15432:5432");
+    s.map_add("other", "172.17.0.4", "8081:80");
+    s.berth(&["sg", "create", "sg-api"]);
+    s.berth(&["sg", "create", "sg-db"]);
+    s.berth(&[
+        "sg",
+        "rule",
+        "add",
+        "sg-db",
+        "--ingress",
+        "--proto",
+        "tcp",
+        "--port",
+        "5432",
+        "--sg",
+        "sg-api",
+    ]);
+    s.berth(&["sg", "attach", "sg-api", "--task", "api-1"]);
+    s.berth(&["sg", "attach", "sg-db", "--task", "db"]);
+    let db = s.topo.container2.addr(5432);
+
+    // Container to container on the bridge: no host port involved.
+    let body = get_from(&s.topo.container.ns, db);
+    assert_eq!(peer_ip(&body), "172.17.0.2");
+    assert_refused(&other.ns, db);
+
+    // A second API task: refused until it joins sg-api, then at once.
+    s.map_add("api-2", "172.17.0.5", "8082:80");
+    assert_refused(&api2.ns, db);
+    s.berth(&["sg", "attach", "sg-api", "--task", "api-2"]);
+    let body = get_from(&api2.ns, db);
+    assert_eq!(peer_ip(&body), "172.17.0.5");
+    let v = s.json(&["sg", "show", "sg-api", "--json"]);
+    assert_eq!(
+        v["members"],
+        serde_json::json!(["172.17.0.2", "172.17.0.5"])
+    );
+
+    // Leaving the group, or stopping the task, takes it out again.
+    s.berth(&["sg", "detach", "sg-api", "--task", "api-2"]);
+    assert_refused(&api2.ns, db);
+    s.berth(&["map", "rm", "--task", "api-1"]);
+    assert_refused(&s.topo.container.ns, db);
+    let v = s.json(&["sg", "show", "sg-api", "--json"]);
+    assert_eq!(v["members"], serde_json::json!([]));
+    assert_eq!(v["tasks"], serde_json::json!([]));
+}
+
+#[test]
+fn an_established_flow_survives_removal_of_its_rule_while_a_new_one_is_refused() {
+    let s = setup(&[]);
+    let _web = HttpPeerServer::start_in(&s.topo.container.ns, any(80)).unwrap();
+    s.map_add("web", "172.17.0.2", "8080:80");
+    s.berth(&["sg", "create", "web"]);
+    let rule = [
+        "web",
+        "--ingress",
+        "--proto",
+        "tcp",
+        "--port",
+        "80",
+        "--cidr",
+        "192.0.2.0/24",
+    ];
+    s.berth(&[&["sg", "rule", "add"][..], &rule[..]].concat());
+    s.berth(&["sg", "attach", "web", "--task", "web"]);
+    let published = s.topo.host.addr(8080);
+    let open = s
+        .topo
+        .client
+        .ns
+        .run(move || tcp_connect(published, T))
+        .expect("connect while the rule allows it");
+
+    s.berth(&[&["sg", "rule", "rm"][..], &rule[..]].concat());
+    assert_refused(&s.topo.client.ns, published);
+    let body = get_on(open);
+    assert_eq!(peer_ip(&body), "192.0.2.2", "the tracked flow goes on");
+}
+
+#[test]
+fn an_established_east_west_flow_survives_removal_of_its_rule() {
+    let s = setup(&[]);
+    let _db = HttpPeerServer::start_in(&s.topo.container2.ns, any(5432)).unwrap();
+    s.map_add("api", "172.17.0.2", "8080:80");
+    s.map_add("db", "172.17.0.3", "15432:5432");
+    s.berth(&["sg", "create", "api"]);
+    s.berth(&["sg", "create", "db"]);
+    let rule = [
+        "db",
+        "--ingress",
+        "--proto",
+        "tcp",
+        "--port",
+        "5432",
+        "--sg",
+        "api",
+    ];
+    s.berth(&[&["sg", "rule", "add"][..], &rule[..]].concat());
+    s.berth(&["sg", "attach", "api", "--task", "api"]);
+    s.berth(&["sg", "attach", "db", "--task", "db"]);
+    let db = s.topo.container2.addr(5432);
+    let open = s
+        .topo
+        .container
+        .ns
+        .run(move || tcp_connect(db, T))
+        .expect("connect while the rule allows it");
+
+    s.berth(&[&["sg", "rule", "rm"][..], &rule[..]].concat());
+    assert_refused(&s.topo.container.ns, db);
+    assert_eq!(peer_ip(&get_on(open)), "172.17.0.2");
+}
+
+/// A UDP socket bound in `ns`.
+fn udp_in(ns: &NetNs, bind: SocketAddr) -> UdpSocket {
+    let sock = ns
+        .run(move || UdpSocket::bind(bind))
+        .unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+    sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    sock
+}
+
+fn recv(sock: &UdpSocket) -> Option<(String, SocketAddr)> {
+    let mut buf = [0u8; 1500];
+    match sock.recv_from(&mut buf) {
+        Ok((n, from)) => Some((String::from_utf8_lossy(&buf[..n]).into_owned(), from)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(e) => panic!("recv: {e}"),
+    }
+}
+
+#[test]
+fn an_unanswered_udp_flow_expires_after_the_configured_timeout() {
+    let s = setup(&["--ct-udp-timeout", "2", "--ct-udp-stream-timeout", "8"]);
+    s.map_add("app", "172.17.0.2", "8080:80");
+    s.berth(&["sg", "create", "app"]);
+    s.berth(&["sg", "attach", "app", "--task", "app"]);
+    // The peer is an open container; the app's group lets nothing in.
+    let peer = udp_in(&s.topo.container2.ns, any(7000));
+    let answered = udp_in(&s.topo.container.ns, any(40001));
+    let quiet = udp_in(&s.topo.container.ns, any(40002));
+    let peer_addr = s.topo.container2.addr(7000);
+
+    answered.send_to(b"hello", peer_addr).unwrap();
+    let (_, from) = recv(&peer).expect("the peer gets the first datagram");
+    assert_eq!(from, s.topo.container.addr(40001));
+    peer.send_to(b"answer", from).unwrap();
+    assert_eq!(recv(&answered).map(|r| r.0).as_deref(), Some("answer"));
+
+    quiet.send_to(b"hello", peer_addr).unwrap();
+    let (_, quiet_from) = recv(&peer).expect("the peer gets the second datagram");
+
+    // Past the 2 s timeout of a flow nobody answered (plus one expiry
+    // pass), within the 8 s of one that was answered.
+    thread::sleep(Duration::from_millis(4500));
+    let denied = s.counter("policy_denied_ingress");
+    peer.send_to(b"still there?", from).unwrap();
+    assert_eq!(
+        recv(&answered).map(|r| r.0).as_deref(),
+        Some("still there?"),
+        "the answered flow is a stream: 8 s"
+    );
+    peer.send_to(b"late", quiet_from).unwrap();
+    assert_eq!(recv(&quiet), None, "the expired flow is a new, refused one");
+    assert!(s.counter("policy_denied_ingress") > denied);
+}
+
+#[test]
+fn a_full_tracking_table_refuses_new_flows_and_keeps_established_ones() {
+    let s = setup(&["--ct-max", "3"]);
+    let _peer = HttpPeerServer::start_in(&s.topo.container2.ns, any(80)).unwrap();
+    s.map_add("app", "172.17.0.2", "8080:80");
+    s.berth(&["sg", "create", "app"]);
+    s.berth(&["sg", "attach", "app", "--task", "app"]);
+    let target = s.topo.container2.addr(80);
+    let full_before = s.counter("ct_table_full");
+
+    let mut open = Vec::new();
+    let refused = loop {
+        assert!(open.len() < 8, "the table never filled up");
+        match s
+            .topo
+            .container
+            .ns
+            .run(move || tcp_connect(target, REFUSED))
+        {
+            Ok(stream) => open.push(stream),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(refused.kind(), io::ErrorKind::TimedOut, "{refused}");
+    assert_eq!(open.len(), 3, "one tracked flow per connection, 3 fit");
+    assert!(s.counter("ct_table_full") > full_before);
+    for stream in open {
+        assert_eq!(peer_ip(&get_on(stream)), "172.17.0.2");
+    }
+}
+
+#[test]
+fn the_default_group_closes_tasks_that_have_none() {
+    let s = setup(&["--default-sg", "base"]);
+    let _web = HttpPeerServer::start_in(&s.topo.container.ns, any(80)).unwrap();
+    s.map_add("web", "172.17.0.2", "8080:80");
+    let published = s.topo.host.addr(8080);
+    assert_refused(&s.topo.client.ns, published);
+    let ls = s.berth(&["sg", "ls"]);
+    assert!(ls.contains("base (default)"), "{ls}");
+
+    s.berth(&[
+        "sg",
+        "rule",
+        "add",
+        "base",
+        "--ingress",
+        "--proto",
+        "tcp",
+        "--port",
+        "80",
+        "--cidr",
+        "0.0.0.0/0",
+    ]);
+    get_from(&s.topo.client.ns, published);
+    // A group of its own replaces the default.
+    s.berth(&["sg", "create", "web"]);
+    s.berth(&["sg", "attach", "web", "--task", "web"]);
+    assert_refused(&s.topo.client.ns, published);
+}
+
+#[test]
+fn groups_and_their_effect_survive_a_daemon_restart() {
+    let mut s = setup(&[]);
+    let _web = HttpPeerServer::start_in(&s.topo.container.ns, any(80)).unwrap();
+    s.map_add("web", "172.17.0.2", "8080:80");
+    s.berth(&["sg", "create", "web"]);
+    s.berth(&[
+        "sg",
+        "rule",
+        "add",
+        "web",
+        "--ingress",
+        "--proto",
+        "tcp",
+        "--port",
+        "80",
+        "--cidr",
+        "192.0.2.2/32",
+    ]);
+    s.berth(&["sg", "attach", "web", "--task", "web"]);
+    let before = s.json(&["sg", "ls", "--json"]);
+    s.daemon.restart().expect("restart");
+    assert_eq!(s.json(&["sg", "ls", "--json"]), before);
+    let published = s.topo.host.addr(8080);
+    get_from(&s.topo.client.ns, published);
+    assert_refused(&s.topo.client2.ns, published);
+
+    // After a reboot the pins are gone: the new daemon pushes it all again.
+    s.daemon.stop().expect("stop");
+    std::fs::remove_dir_all(s.daemon.bpffs().join("berth")).expect("remove the pins");
+    s.daemon.start_again().expect("start");
+    thread::sleep(VETH_POLL);
+    get_from(&s.topo.client.ns, published);
+    assert_refused(&s.topo.client2.ns, published);
+}
+
+#[test]
+fn bad_input_is_one_line_and_changes_nothing() {
+    let s = setup(&[]);
+    let _web = HttpPeerServer::start_in(&s.topo.container.ns, any(80)).unwrap();
+    s.map_add("web", "172.17.0.2", "8080:80");
+    s.berth(&["sg", "create", "web"]);
+    s.berth(&[
+        "sg",
+        "rule",
+        "add",
+        "web",
+        "--ingress",
+        "--proto",
+        "tcp",
+        "--port",
+        "80",
+        "--cidr",
+        "192.0.2.2/32",
+    ]);
+    s.berth(&["sg", "attach", "web", "--task", "web"]);
+    for g in ["g1", "g2", "g3", "g4"] {
+        s.berth(&["sg", "create", g]);
+        s.berth(&["sg", "attach", g, "--task", "web"]);
+    }
+    s.berth(&["sg", "create", "g5"]);
+    let state = || {
+        let mut show = s.json(&["sg", "show", "web", "--json"]);
+        show.as_object_mut().unwrap().remove("hostCounters");
+        (
+            s.json(&["sg", "ls", "--json"]),
+            show,
+            s.json(&["map", "ls", "--json"]),
+        )
+    };
+    let before = state();
+
+    let long = "x".repeat(256);
+    let rule = |extra: &[&'static str]| -> Vec<String> {
+        ["sg", "rule", "add", "web", "--ingress"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            rule(&["--proto", "tcp", "--port", "80", "--cidr", "10.0.0.1/8"]),
+            "berth: 10.0.0.1/8 is not a canonical CIDR (host bits are set); did you mean 10.0.0.0/8?",
+        ),
+        (
+            rule(&["--proto", "tcp", "--port", "90-80", "--cidr", "10.0.0.0/8"]),
+            "berth: port range 90-80 is reversed",
+        ),
+        (
+            rule(&["--proto", "icmp", "--port", "8", "--cidr", "10.0.0.0/8"]),
+            "berth: protocol icmp has no ports; --port applies to tcp and udp",
+        ),
+        (
+            rule(&["--proto", "tcp", "--cidr", "10.0.0.0/8"]),
+            "berth: protocol tcp needs a port or port range (--port P or P-Q)",
+        ),
+        (
+            rule(&["--proto", "sctp", "--port", "80", "--cidr", "10.0.0.0/8"]),
+            "berth: unknown protocol \"sctp\"; use tcp, udp, icmp or all",
+        ),
+        (
+            rule(&["--proto", "tcp", "--port", "80", "--sg", "nope"]),
+            "berth: no such security group: nope",
+        ),
+        (
+            rule(&["--proto", "tcp", "--port", "80", "--cidr", "192.0.2.2/32"]),
+            "berth: security group web already has the rule ingress tcp 80 from 192.0.2.2/32 \
+             (InvalidPermission.Duplicate)",
+        ),
+        (
+            vec!["sg".into(), "create".into(), "web".into()],
+            "berth: security group web already exists",
+        ),
+        (
+            vec![
+                "sg".into(),
+                "create".into(),
+                "x".into(),
+                "--description".into(),
+                long,
+            ],
+            "berth: description is 256 characters long; at most 255 are allowed",
+        ),
+        (
+            vec!["sg".into(), "rm".into(), "web".into()],
+            "berth: security group web is attached to task web; detach it first \
+             (DependencyViolation)",
+        ),
+        (
+            vec!["sg".into(), "attach".into(), "web".into(), "--task".into(), "nope".into()],
+            "berth: no such task: nope",
+        ),
+        (
+            vec!["sg".into(), "attach".into(), "g5".into(), "--task".into(), "web".into()],
+            "berth: task web already has 5 security groups, the most a task may have \
+             (berth daemon --max-sgs-per-task)",
+        ),
+        (
+            vec!["sg".into(), "show".into(), "nope".into()],
+            "berth: no such security group: nope",
+        ),
+    ];
+    for (args, message) in &cases {
+        let out = s.daemon.cli(args).expect("run berth");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(stderr.trim_end(), *message, "{args:?}");
+        assert_eq!(state(), before, "{args:?} changed something");
+    }
+    // clap's own refusals are one line too.
+    for args in [
+        vec![
+            "sg",
+            "rule",
+            "add",
+            "web",
+            "--proto",
+            "all",
+            "--cidr",
+            "0.0.0.0/0",
+        ],
+        vec![
+            "sg",
+            "rule",
+            "add",
+            "web",
+            "--ingress",
+            "--proto",
+            "all",
+            "--cidr",
+            "0.0.0.0/0",
+            "--sg",
+            "web",
+        ],
+    ] {
+        let out = s.daemon.cli(&args).expect("run berth");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
+    assert_eq!(state(), before);
+    get_from(&s.topo.client.ns, s.topo.host.addr(8080));
+    assert_refused(&s.topo.client2.ns, s.topo.host.addr(8080));
+}
