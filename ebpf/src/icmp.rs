@@ -37,6 +37,8 @@ pub struct IcmpError {
     pub outer_src_be: u32,
     pub outer_dst_be: u32,
     pub outer_tot_len: u16,
+    /// Where the outer packet ends (the quote must not reach past it).
+    pub outer_end: usize,
     pub icmp_off: usize,
     pub inner_ip_off: usize,
     pub inner_l4_off: usize,
@@ -47,9 +49,12 @@ pub struct IcmpError {
     pub inner_dport_be: u16,
 }
 
-/// An ICMP error quoting a TCP/UDP packet, or `None`.
+/// An ICMP error quoting a TCP/UDP packet, or `None`. The quote ends where
+/// the outer IPv4 total length says, which must cover the quoted ports and
+/// lie within the frame (`frame_len`); a quoted fragment has no ports to
+/// trust and is left alone.
 #[inline(always)]
-pub fn parse_icmp_error(data: usize, data_end: usize) -> Option<IcmpError> {
+pub fn parse_icmp_error(data: usize, data_end: usize, frame_len: usize) -> Option<IcmpError> {
     let eth = ptr_at::<EthHdr>(data, data_end, 0)?;
     if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
         return None;
@@ -60,6 +65,10 @@ pub fn parse_icmp_error(data: usize, data_end: usize) -> Option<IcmpError> {
         return None;
     }
     if u16::from_ne_bytes(ip.frags) & IP_MF_OFFSET_MASK_BE != 0 {
+        return None;
+    }
+    let outer_end = ETH_LEN + u16::from_be_bytes(ip.tot_len) as usize;
+    if outer_end > frame_len {
         return None;
     }
     let icmp_off = ETH_LEN + ihl * 4;
@@ -79,22 +88,35 @@ pub fn parse_icmp_error(data: usize, data_end: usize) -> Option<IcmpError> {
     if inner.proto != PROTO_TCP && inner.proto != PROTO_UDP {
         return None;
     }
+    if u16::from_ne_bytes(inner.frags) & IP_MF_OFFSET_MASK_BE != 0 {
+        return None;
+    }
     let inner_l4_off = inner_ip_off + ihl2 * 4;
     let ports = unsafe { &*ptr_at::<[u8; 8]>(data, data_end, inner_l4_off)? };
+    let (sport, dport) = (
+        u16::from_ne_bytes([ports[0], ports[1]]),
+        u16::from_ne_bytes([ports[2], ports[3]]),
+    );
+    // After the packet-pointer check, or LLVM may fold the two into one
+    // the verifier cannot follow.
+    if inner_l4_off + 8 > outer_end {
+        return None;
+    }
     Some(IcmpError {
         outer_ttl: ip.ttl,
         outer_proto: ip.proto,
         outer_src_be: u32::from_ne_bytes(ip.src_addr),
         outer_dst_be: u32::from_ne_bytes(ip.dst_addr),
         outer_tot_len: u16::from_be_bytes(ip.tot_len),
+        outer_end,
         icmp_off,
         inner_ip_off,
         inner_l4_off,
         inner_proto: inner.proto,
         inner_src_be: u32::from_ne_bytes(inner.src_addr),
         inner_dst_be: u32::from_ne_bytes(inner.dst_addr),
-        inner_sport_be: u16::from_ne_bytes([ports[0], ports[1]]),
-        inner_dport_be: u16::from_ne_bytes([ports[2], ports[3]]),
+        inner_sport_be: sport,
+        inner_dport_be: dport,
     })
 }
 
@@ -212,7 +234,11 @@ pub fn icmp_rewrite(
     } else {
         e.inner_l4_off + 6
     };
-    let inner_l4_csum = ptr_at::<u16>(data, data_end, l4_csum_off);
+    let inner_l4_csum = if l4_csum_off + 2 <= e.outer_end {
+        ptr_at::<u16>(data, data_end, l4_csum_off)
+    } else {
+        None
+    };
     unsafe {
         // Outer header.
         let old_ttl = u16::from_ne_bytes([e.outer_ttl, e.outer_proto]);

@@ -61,10 +61,10 @@ enum Ingress {
 }
 
 #[inline(always)]
-fn ingress_decide(data: usize, data_end: usize) -> Ingress {
-    let flow = match parse_flow(data, data_end) {
+fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
+    let flow = match parse_flow(data, data_end, frame_len) {
         Parsed::Other => {
-            let Some(e) = parse_icmp_error(data, data_end) else {
+            let Some(e) = parse_icmp_error(data, data_end, frame_len) else {
                 return Ingress::Pass;
             };
             let Some(backend) = ct_lookup_icmp_from_outside(&e) else {
@@ -103,7 +103,7 @@ fn ingress_decide(data: usize, data_end: usize) -> Ingress {
 #[classifier]
 pub fn berth_ingress(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
-    match ingress_decide(ctx.data(), ctx.data_end()) {
+    match ingress_decide(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         Ingress::Pass => TC_ACT_OK,
         Ingress::Drop => TC_ACT_SHOT,
         Ingress::Dnat(flow, backend) => {
@@ -132,7 +132,7 @@ pub fn berth_ingress(ctx: TcContext) -> i32 {
 
 #[xdp]
 pub fn berth_xdp(ctx: XdpContext) -> u32 {
-    match ingress_decide(ctx.data(), ctx.data_end()) {
+    match ingress_decide(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data()) {
         Ingress::Pass => xdp_action::XDP_PASS,
         Ingress::Drop => xdp_action::XDP_DROP,
         Ingress::Dnat(flow, backend) => {
@@ -195,7 +195,7 @@ pub fn berth_deliver(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn berth_reply(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
-    let flow = match parse_flow(ctx.data(), ctx.data_end()) {
+    let flow = match parse_flow(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         Parsed::Flow(f) => f,
         Parsed::Other => return tc_reply_icmp(&ctx),
         Parsed::Fragment => return TC_ACT_OK,
@@ -242,7 +242,7 @@ pub fn berth_peername4(ctx: SockAddrContext) -> i32 {
 #[classifier]
 pub fn berth_from_ctr(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
-    if policy::from_container(ctx.data(), ctx.data_end()) {
+    if policy::from_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         TC_ACT_OK
     } else {
         TC_ACT_SHOT
@@ -254,7 +254,7 @@ pub fn berth_from_ctr(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn berth_to_ctr(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
-    if policy::to_container(ctx.data(), ctx.data_end()) {
+    if policy::to_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         TC_ACT_OK
     } else {
         TC_ACT_SHOT
@@ -265,7 +265,7 @@ pub fn berth_to_ctr(ctx: TcContext) -> i32 {
 /// port had sent it.
 #[inline(always)]
 fn tc_reply_icmp(ctx: &TcContext) -> i32 {
-    let Some(e) = parse_icmp_error(ctx.data(), ctx.data_end()) else {
+    let Some(e) = parse_icmp_error(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
         return TC_ACT_OK;
     };
     let Some(entry) = ct_lookup_icmp_from_container(&e) else {

@@ -4,8 +4,10 @@
 //! - Only Ethernet II + IPv4 is looked at; VLAN-tagged frames, ARP and IPv6
 //!   pass untouched.
 //! - IPv4 options are allowed: the L4 header is found from IHL. IHL < 5,
-//!   a version other than 4, or a total length shorter than the headers pass
-//!   untouched (the stack drops them).
+//!   a version other than 4, a total length shorter than the headers or
+//!   longer than the frame, and the destination 0.0.0.0 pass untouched (the
+//!   stack drops them).
+//! - UDP with a length < 8 or past the IPv4 payload passes untouched.
 //! - Fragments (MF set or a non-zero offset) pass untouched: a later fragment
 //!   has no ports, so translating only the first would split a datagram
 //!   between two destinations.
@@ -69,9 +71,11 @@ pub enum Parsed {
     Flow(Flow),
 }
 
-/// Parse Ethernet + IPv4 + the TCP/UDP ports of the frame in `[data, data_end)`.
+/// Parse Ethernet + IPv4 + the TCP/UDP ports of the frame in `[data,
+/// data_end)`; `frame_len` is the whole frame's length (TC may see only the
+/// linear part of it).
 #[inline(always)]
-pub fn parse_flow(data: usize, data_end: usize) -> Parsed {
+pub fn parse_flow(data: usize, data_end: usize, frame_len: usize) -> Parsed {
     let Some(eth) = ptr_at::<EthHdr>(data, data_end, 0) else {
         return Parsed::Other;
     };
@@ -98,6 +102,13 @@ pub fn parse_flow(data: usize, data_end: usize) -> Parsed {
     }
     let ip_hdr_len = ihl * 4;
     let tot_len = u16::from_be_bytes(ip.tot_len);
+    // Ethernet pads short frames, so the frame may be longer; never shorter.
+    if ETH_LEN + tot_len as usize > frame_len {
+        return Parsed::Other;
+    }
+    if u32::from_ne_bytes(ip.dst_addr) == 0 {
+        return Parsed::Other;
+    }
     let l4_off = ETH_LEN + ip_hdr_len;
     let flow = Flow {
         proto,
@@ -141,7 +152,8 @@ fn parse_udp(data: usize, data_end: usize, mut flow: Flow, ip_hdr_len: usize) ->
         return Parsed::Other;
     };
     let udp = unsafe { &*udp };
-    if (flow.tot_len as usize) < ip_hdr_len + 8 {
+    let udp_len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
+    if udp_len < 8 || (flow.tot_len as usize) < ip_hdr_len + udp_len {
         return Parsed::Other;
     }
     flow.src_port_be = u16::from_ne_bytes([udp[0], udp[1]]);

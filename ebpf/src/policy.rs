@@ -73,8 +73,8 @@ impl PFlow {
 
 /// TCP, UDP or ICMP echo; `None` for everything policy lets through.
 #[inline(always)]
-pub fn policy_flow(data: usize, data_end: usize) -> Option<PFlow> {
-    match parse_flow(data, data_end) {
+pub fn policy_flow(data: usize, data_end: usize, frame_len: usize) -> Option<PFlow> {
+    match parse_flow(data, data_end, frame_len) {
         Parsed::Flow(f) => Some(PFlow {
             proto: f.proto,
             src_be: f.src_addr_be,
@@ -285,8 +285,8 @@ fn nat_tracked(container_side: &FlowKey) -> bool {
 
 /// tc ingress of a container's host-side veth: what the container sends.
 #[inline(always)]
-pub fn from_container(data: usize, data_end: usize) -> bool {
-    let Some(f) = policy_flow(data, data_end) else {
+pub fn from_container(data: usize, data_end: usize, frame_len: usize) -> bool {
+    let Some(f) = policy_flow(data, data_end, frame_len) else {
         return true;
     };
     let sender = endpoint_with_policy(f.src_be);
@@ -318,8 +318,8 @@ pub fn from_container(data: usize, data_end: usize) -> bool {
 
 /// tc egress of a container's host-side veth: what the container receives.
 #[inline(always)]
-pub fn to_container(data: usize, data_end: usize) -> bool {
-    let Some(f) = policy_flow(data, data_end) else {
+pub fn to_container(data: usize, data_end: usize, frame_len: usize) -> bool {
+    let Some(f) = policy_flow(data, data_end, frame_len) else {
         return true;
     };
     let Some(ep) = endpoint_with_policy(f.dst_be) else {

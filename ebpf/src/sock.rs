@@ -32,9 +32,10 @@ fn sock_proto(ctx: &SockAddrContext) -> Option<u8> {
     }
 }
 
+/// 127.0.0.0/8, and 0.0.0.0, which connect() takes to mean this host.
 #[inline(always)]
 fn is_loopback(addr_be: u32) -> bool {
-    addr_be.to_ne_bytes()[0] == 127
+    addr_be == 0 || addr_be.to_ne_bytes()[0] == 127
 }
 
 #[inline(always)]

@@ -90,7 +90,7 @@ pub fn datapath_costs(s: &Settings) -> Value {
         env.host_addr(HOST2);
         let syn = |dst: Ipv4Addr, dport: u16| Packet::tcp(CLIENT, 40000, dst, dport).frame();
         let mut rows = Vec::new();
-        let mut measure = |rows: &mut Vec<Value>,
+        let measure = |rows: &mut Vec<Value>,
                            name: &str,
                            n: usize,
                            rules: Option<usize>,

@@ -4,14 +4,8 @@
 //! `pkt`, which computes every checksum over the whole packet; the programs
 //! update them incrementally. Every failure of a table is reported at once.
 //! Needs root (loads eBPF, makes private namespaces).
-//!
-//! A case that shows a datapath bug stays in its table and is named in
-//! `known_bugs::KNOWN_BUGS`: the table tests skip it; the ignored
-//! `known_datapath_bugs` runs only those, so a fix shows up as that test
-//! passing.
 mod icmp;
 mod ingress;
-mod known_bugs;
 mod reply;
 mod run;
 mod table;
@@ -24,7 +18,7 @@ use berth_integration::{
 };
 use berth_maps::XDP_HANDOFF_MAGIC;
 
-use crate::{ingress::ingress_cases, known_bugs::KNOWN_BUGS, reply::*, run::*, table::*};
+use crate::{ingress::ingress_cases, reply::*, run::*, table::*};
 
 // ---------------------------------------------------------------- deliver
 
@@ -48,12 +42,12 @@ fn deliver_cases() -> Vec<Case> {
 
 #[test]
 fn ingress_table_tc_and_xdp() {
-    run_ingress(without_known_bugs(ingress_cases()));
+    run_ingress(ingress_cases());
 }
 
 #[test]
 fn reply_table() {
-    run_reply(without_known_bugs(reply_cases()));
+    run_reply(reply_cases());
 }
 
 #[test]
@@ -68,30 +62,8 @@ fn deliver_table() {
     });
 }
 
-#[test]
-#[ignore = "datapath bugs found by the fixture tables (KNOWN_BUGS); passes once they are fixed"]
-fn known_datapath_bugs() {
-    assert!(!KNOWN_BUGS.is_empty(), "no known bugs: delete this test");
-    for (why, cases) in KNOWN_BUGS {
-        println!("known bug: {why}\n  {}", cases.join("\n  "));
-    }
-    let ingress = only_known_bugs(ingress_cases());
-    let reply = only_known_bugs(reply_cases());
-    let ok_ingress = std::panic::catch_unwind(|| {
-        if !ingress.is_empty() {
-            run_ingress(ingress)
-        }
-    });
-    if !reply.is_empty() {
-        run_reply(reply);
-    }
-    if let Err(e) = ok_ingress {
-        std::panic::resume_unwind(e);
-    }
-}
-
 /// The tables hold at least 150 distinct frame shapes, every case name is
-/// unique, and every known bug names a case that exists.
+/// unique.
 #[test]
 fn fixture_tables_cover_at_least_150_shapes() {
     let tables = [
@@ -110,9 +82,6 @@ fn fixture_tables_cover_at_least_150_shapes() {
             );
             shapes.insert((*table, c.frame.clone()));
         }
-    }
-    for bug in KNOWN_BUGS.iter().flat_map(|(_, cases)| cases.iter()) {
-        assert!(names.contains(*bug), "KNOWN_BUGS names no case {bug:?}");
     }
     let counts: Vec<String> = tables
         .iter()

@@ -6,7 +6,7 @@ use berth_integration::{
 
 use berth_maps::{XDP_HANDOFF_MAGIC, XDP_HANDOFF_MAGIC_NEIGH};
 
-use crate::{known_bugs::is_known_bug, reply::reply_flows, table::*};
+use crate::{reply::reply_flows, table::*};
 
 pub(crate) const TC_ACT_OK: u32 = 0;
 pub(crate) const TC_ACT_SHOT: u32 = 2;
@@ -200,18 +200,4 @@ pub(crate) fn run_reply(cases: Vec<Case>) {
             f.0.join("\n")
         );
     });
-}
-
-pub(crate) fn without_known_bugs(cases: Vec<Case>) -> Vec<Case> {
-    cases
-        .into_iter()
-        .filter(|c| !is_known_bug(&c.name))
-        .collect()
-}
-
-pub(crate) fn only_known_bugs(cases: Vec<Case>) -> Vec<Case> {
-    cases
-        .into_iter()
-        .filter(|c| is_known_bug(&c.name))
-        .collect()
 }

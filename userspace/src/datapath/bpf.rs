@@ -231,7 +231,7 @@ impl BpfDatapath {
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&dir);
         if let Some(n) = config.ct_capacity {
-            loader.set_max_entries(berth_maps::CT_MAP, n);
+            loader.map_max_entries(berth_maps::CT_MAP, n);
         }
         let mut ebpf = loader.load(ebpf_object()).map_err(|e| {
             if is_eperm(&e) {

@@ -1,0 +1,670 @@
+//! bench/RESULTS.md and the SVG charts, from the results JSON alone (so
+//! they can be regenerated from a committed results.json).
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::Result;
+use serde_json::Value;
+
+use super::{
+    stats::med,
+    svg::{bar_chart, fmt_num, line_chart, Line, Series},
+};
+
+const BERTHS: [&str; 2] = ["berth-tc", "berth-xdp"];
+
+fn topo_rows(r: &Value) -> Vec<Value> {
+    r["topology"]["rows"].as_array().cloned().unwrap_or_default()
+}
+
+fn peers(r: &Value) -> Vec<String> {
+    r["topology"]["peers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["peer"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn cell<'a>(rows: &'a [Value], peer: &str, ports: u64) -> Option<&'a Value> {
+    rows.iter()
+        .find(|r| r["peer"] == peer && r["ports"].as_u64() == Some(ports))
+}
+
+/// Median of `metric` for `peer` at `ports`.
+fn m(rows: &[Value], peer: &str, ports: u64, metric: &str) -> Option<f64> {
+    cell(rows, peer, ports)
+        .map(|c| med(&c[metric]))
+        .filter(|v| v.is_finite())
+}
+
+fn span(v: &Value, f: impl Fn(f64) -> String) -> String {
+    let (a, b) = (v["min"].as_f64(), v["max"].as_f64());
+    match (a, b) {
+        (Some(a), Some(b)) => format!("{} ({}–{})", f(med(v)), f(a), f(b)),
+        _ => "—".into(),
+    }
+}
+
+fn r2(x: Option<f64>) -> String {
+    x.filter(|v| v.is_finite())
+        .map(|v| format!("{v:.2}"))
+        .unwrap_or_else(|| "—".into())
+}
+
+fn f0(x: f64) -> String {
+    format!("{x:.0}")
+}
+fn f1(x: f64) -> String {
+    format!("{x:.1}")
+}
+fn f2(x: f64) -> String {
+    format!("{x:.2}")
+}
+fn kpps(x: f64) -> String {
+    format!("{:.0}", x / 1e3)
+}
+
+/// Higher-is-better metrics: berth ÷ peer; lower-is-better: peer ÷ berth.
+/// Either way > 1 means berth does better.
+fn advantage(berth: Option<f64>, peer: Option<f64>, higher_better: bool) -> Option<f64> {
+    let (b, p) = (berth?, peer?);
+    if b <= 0.0 || p <= 0.0 {
+        return None;
+    }
+    Some(if higher_better { b / p } else { p / b })
+}
+
+const METRICS: [(&str, &str, bool); 6] = [
+    ("connections_per_s", "connections/s", true),
+    ("rtt_p50_us", "latency p50", false),
+    ("rtt_p99_us", "latency p99", false),
+    ("throughput_gbps", "TCP throughput", true),
+    ("udp_pps", "UDP packets/s delivered", true),
+    ("cpu_us_per_connection", "CPU per connection", false),
+];
+
+fn topology_tables(s: &mut String, r: &Value) {
+    let rows = topo_rows(r);
+    let peers = peers(r);
+    for ports in [1u64, 10_000] {
+        let _ = writeln!(
+            s,
+            "\n### {} published port{}\n",
+            if ports == 1 { "1".to_string() } else { "10 000".into() },
+            if ports == 1 {
+                " (only the measured ones: TCP 8080, TCP 5201, UDP 5353)"
+            } else {
+                "s (9 997 extra mappings added first, the 3 measured ones last)"
+            }
+        );
+        s.push_str("| peer | connections/s | × direct | latency p50 µs | latency p99 µs | iperf3 Gbit/s | × direct | UDP kpps delivered (sent) | × direct |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for p in &peers {
+            let Some(c) = cell(&rows, p, ports) else {
+                let _ = writeln!(s, "| {p} | not measured | | | | | | | |");
+                continue;
+            };
+            let x = |metric: &str| {
+                r2(advantage(
+                    m(&rows, p, ports, metric),
+                    m(&rows, "direct", ports, metric),
+                    true,
+                ))
+            };
+            let _ = writeln!(
+                s,
+                "| {p} | {} | {} | {} | {} | {} | {} | {} ({}) | {} |",
+                span(&c["connections_per_s"], f0),
+                x("connections_per_s"),
+                span(&c["rtt_p50_us"], f1),
+                span(&c["rtt_p99_us"], f1),
+                span(&c["throughput_gbps"], f2),
+                x("throughput_gbps"),
+                span(&c["udp_pps"], kpps),
+                kpps(med(&c["udp_sent_pps"])),
+                x("udp_pps"),
+            );
+        }
+        s.push_str("\nCPU time of the whole machine (both cores, /proc/stat) per unit of work:\n\n| peer | µs per connection | µs per round trip | ms per GB (iperf3) | ns per UDP packet delivered |\n|---|---:|---:|---:|---:|\n");
+        for p in &peers {
+            let Some(c) = cell(&rows, p, ports) else {
+                continue;
+            };
+            let _ = writeln!(
+                s,
+                "| {p} | {} | {} | {} | {} |",
+                span(&c["cpu_us_per_connection"], f1),
+                span(&c["cpu_us_per_round_trip"], f1),
+                span(&c["cpu_ms_per_gb"], f0),
+                span(&c["cpu_ns_per_udp_packet"], f0),
+            );
+        }
+    }
+    for b in BERTHS {
+        let _ = writeln!(
+            s,
+            "\n### {b} against each peer (> 1 means {b} does better: higher rate, or lower latency/CPU)\n"
+        );
+        let others: Vec<&String> = peers.iter().filter(|p| p.as_str() != b).collect();
+        s.push_str("| metric | ports |");
+        for p in &others {
+            let _ = write!(s, " vs {p} |");
+        }
+        s.push_str("\n|---|---:|");
+        for _ in &others {
+            s.push_str("---:|");
+        }
+        s.push('\n');
+        for (key, label, hb) in METRICS {
+            for ports in [1u64, 10_000] {
+                let _ = write!(s, "| {label} | {ports} |");
+                for p in &others {
+                    let _ = write!(
+                        s,
+                        " {} |",
+                        r2(advantage(m(&rows, b, ports, key), m(&rows, p, ports, key), hb))
+                    );
+                }
+                s.push('\n');
+            }
+        }
+    }
+}
+
+fn control_table(s: &mut String, r: &Value) {
+    let rows = r["control_plane"].as_array().cloned().unwrap_or_default();
+    s.push_str("| system | operation | publish ms | unpublish ms | how |\n|---|---|---:|---:|---|\n");
+    for op in ["range_1000", "single_10000", "one_more_at_10000"] {
+        for row in rows.iter().filter(|x| x["operation"] == op) {
+            let scaled = if row["scaled_from"].is_null() {
+                String::new()
+            } else {
+                format!(" **(scaled from {})**", row["scaled_from"])
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {}{} |",
+                row["system"].as_str().unwrap_or(""),
+                op.replace('_', " "),
+                span(&row["publish_ms"], f1),
+                span(&row["unpublish_ms"], f1),
+                row["how"].as_str().unwrap_or(""),
+                scaled
+            );
+        }
+    }
+}
+
+pub struct Memory {
+    pub berth_maps: f64,
+    pub berth_maps_empty: f64,
+    pub berth_rss: f64,
+    pub berth_pss: f64,
+    pub proxy_rss_1000: f64,
+    pub proxy_pss_1000: f64,
+}
+
+pub fn memory(r: &Value) -> Option<Memory> {
+    let mm = &r["memory"];
+    let n = mm["docker_proxy_measured"].as_f64()?;
+    let f = |v: &Value| v.as_f64();
+    Some(Memory {
+        berth_maps: f(&mm["berth_1000"]["maps_memlock_bytes"])?,
+        berth_maps_empty: f(&mm["berth_empty"]["maps_memlock_bytes"])?,
+        berth_rss: f(&mm["berth_1000"]["daemon_rss_bytes"])?,
+        berth_pss: f(&mm["berth_1000"]["daemon_pss_bytes"])?,
+        proxy_rss_1000: f(&mm["docker_proxy_100"]["rss_bytes"])? * 1000.0 / n,
+        proxy_pss_1000: f(&mm["docker_proxy_100"]["pss_bytes"])? * 1000.0 / n,
+    })
+}
+
+fn mib(b: f64) -> String {
+    format!("{:.1} MiB", b / (1024.0 * 1024.0))
+}
+
+fn memory_table(s: &mut String, r: &Value) {
+    let Some(x) = memory(r) else {
+        s.push_str("(not measured)\n");
+        return;
+    };
+    let berth = x.berth_maps + x.berth_rss;
+    let _ = writeln!(
+        s,
+        "| what | bytes |\n|---|---:|\n\
+         | berth maps (kernel `memlock` of every map, 1 000 ports published) | {} |\n\
+         | berth maps with nothing published | {} |\n\
+         | berth daemon RSS / PSS | {} / {} |\n\
+         | **berth total (maps + daemon RSS)** | **{}** |\n\
+         | docker-proxy × 1 000, RSS (100 processes measured, ×10) | {} |\n\
+         | docker-proxy × 1 000, PSS (100 processes measured, ×10) | {} |\n\
+         | **docker-proxy RSS ÷ berth total** | **{:.1}×** |\n\
+         | docker-proxy PSS ÷ berth total | {:.1}× |\n",
+        mib(x.berth_maps),
+        mib(x.berth_maps_empty),
+        mib(x.berth_rss),
+        mib(x.berth_pss),
+        mib(berth),
+        mib(x.proxy_rss_1000),
+        mib(x.proxy_pss_1000),
+        x.proxy_rss_1000 / berth,
+        x.proxy_pss_1000 / berth,
+    );
+    s.push_str("\nberth's maps are preallocated hash tables sized for their capacity (131 072 services, 262 144 tracked flows, …), so their memory does not grow with the number of published ports: the same bytes serve 1 port or 65 000. The per-map figures are in results.json.\n");
+}
+
+fn dp_rows(r: &Value) -> Vec<Value> {
+    r["datapath"].as_array().cloned().unwrap_or_default()
+}
+
+fn dp(rows: &[Value], path: &str, n: u64, rules: Option<u64>) -> Option<f64> {
+    rows.iter()
+        .find(|x| {
+            x["path"] == path
+                && x["mappings"].as_u64() == Some(n)
+                && x["rules"].as_u64() == rules
+        })
+        .map(|x| med(&x["ns_per_packet"]))
+}
+
+const DP_PATHS: [(&str, Option<u64>); 12] = [
+    ("ingress_hit_tc", None),
+    ("ingress_hit_xdp", None),
+    ("ingress_miss_tc", None),
+    ("ingress_miss_xdp", None),
+    ("reply_tc", None),
+    ("policy_tracked_to_ctr", None),
+    ("policy_to_ctr", Some(1)),
+    ("policy_to_ctr", Some(300)),
+    ("policy_from_ctr", Some(1)),
+    ("policy_from_ctr", Some(300)),
+    ("ingress_policy_tc", Some(1)),
+    ("ingress_policy_tc", Some(300)),
+];
+
+fn datapath_table(s: &mut String, r: &Value) {
+    let rows = dp_rows(r);
+    let floor_tc = dp(&rows, "floor_tc", 0, None).unwrap_or(f64::NAN);
+    let floor_xdp = dp(&rows, "floor_xdp", 0, None).unwrap_or(f64::NAN);
+    let _ = writeln!(
+        s,
+        "Empty-program floor: TC {floor_tc:.1} ns, XDP {floor_xdp:.1} ns per run.\n\n\
+         | path | rules | ns at 1 mapping | at 1 000 | at 65 000 | above floor at 1 | × floor at 1 | 65 000 vs 1 |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for (path, rules) in DP_PATHS {
+        let floor = if path.ends_with("xdp") {
+            floor_xdp
+        } else {
+            floor_tc
+        };
+        let v: Vec<Option<f64>> = [1u64, 1_000, 65_000]
+            .iter()
+            .map(|n| dp(&rows, path, *n, rules))
+            .collect();
+        let fmt = |x: Option<f64>| x.map(f1).unwrap_or_else(|| "—".into());
+        let change = match (v[0], v[2]) {
+            (Some(a), Some(b)) if a > 0.0 => format!("{:+.0} %", (b / a - 1.0) * 100.0),
+            _ => "—".into(),
+        };
+        let _ = writeln!(
+            s,
+            "| {path} | {} | {} | {} | {} | {} | {} | {change} |",
+            rules.map(|r| r.to_string()).unwrap_or_default(),
+            fmt(v[0]),
+            fmt(v[1]),
+            fmt(v[2]),
+            v[0].map(|x| f1(x - floor)).unwrap_or_default(),
+            v[0].map(|x| f2(x / floor)).unwrap_or_default(),
+        );
+    }
+    s.push_str("\ningress_hit: a packet of an established flow to a published port (lookup, flow refresh, DNAT, checksums, FIB, redirect). ingress_miss: a packet to an unpublished port of the host. reply: a container's reply, SNAT'd back. policy_*: a new flow every rule of which is evaluated and refused (so nothing gets tracked between repetitions); policy_tracked_to_ctr: a packet of a flow already allowed. ingress_policy_tc: a new north-south flow to a published port judged against the container's rules.\n");
+}
+
+fn veth_table(s: &mut String, r: &Value) {
+    let rows = r["veth"]["rows"].as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        s.push_str("(not measured)\n");
+        return;
+    }
+    let stack = rows.iter().find(|x| x["variant"] == "stack");
+    s.push_str("| variant | iperf3 Gbit/s | × stack | UDP kpps delivered | × stack | CPU ms per GB | CPU ns per packet |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    for x in &rows {
+        let ratio = |k: &str| r2(stack.map(|st| med(&x[k]) / med(&st[k])));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            x["variant"].as_str().unwrap_or(""),
+            span(&x["throughput_gbps"], f2),
+            ratio("throughput_gbps"),
+            span(&x["udp_pps"], kpps),
+            ratio("udp_pps"),
+            span(&x["cpu_ms_per_gb"], f0),
+            span(&x["cpu_ns_per_udp_packet"], f0),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nOffloads of `up0`'s peer (`wp-host`) without XDP: `{}`; with an XDP program on `up0`: `{}`.",
+        r["veth"]["uplink_peer_offloads_without_xdp"].as_str().unwrap_or("?"),
+        r["veth"]["uplink_peer_offloads_with_xdp"].as_str().unwrap_or("?")
+    );
+}
+
+fn goal(s: &mut String, what: &str, tc: Option<f64>, xdp: Option<f64>, target: &str, ok: fn(f64) -> bool) {
+    let f = |v: Option<f64>| match v {
+        Some(v) if v.is_finite() => format!("{} {}", fmt_num(v), if ok(v) { "met" } else { "**missed**" }),
+        _ => "—".into(),
+    };
+    let _ = writeln!(s, "| {what} | {target} | {} | {} |", f(tc), f(xdp));
+}
+
+fn goals(s: &mut String, r: &Value) {
+    let rows = topo_rows(r);
+    let adv = |b: &str, p: &str, ports: u64, k: &str, hb: bool| {
+        advantage(m(&rows, b, ports, k), m(&rows, p, ports, k), hb)
+    };
+    s.push_str("| goal (issue 6) | target | berth-tc | berth-xdp |\n|---|---|---:|---:|\n");
+    let both = |b: &dyn Fn(&str) -> Option<f64>| (b("berth-tc"), b("berth-xdp"));
+    let (a, b) = both(&|x| adv(x, "direct", 1, "connections_per_s", true));
+    goal(s, "connections/s vs direct, 1 port", a, b, "≥ 0.95×", |v| v >= 0.95);
+    let (a, b) = both(&|x| adv(x, "iptables-dnat", 1, "connections_per_s", true));
+    goal(s, "connections/s vs iptables, 1 port", a, b, "≥ 1×", |v| v >= 1.0);
+    let (a, b) = both(&|x| adv(x, "docker-proxy", 1, "connections_per_s", true));
+    goal(s, "connections/s vs docker-proxy, 1 port", a, b, "≥ 1.5×", |v| v >= 1.5);
+    let (a, b) = both(&|x| adv(x, "iptables-dnat", 10_000, "connections_per_s", true));
+    goal(s, "connections/s vs iptables, 10 000 ports", a, b, "≥ 20×", |v| v >= 20.0);
+    let (a, b) = both(&|x| adv(x, "direct", 1, "throughput_gbps", true));
+    goal(s, "throughput vs direct", a, b, "≥ 0.95×", |v| v >= 0.95);
+    let (a, b) = both(&|x| adv(x, "docker-proxy", 1, "throughput_gbps", true));
+    goal(s, "throughput vs docker-proxy", a, b, "≥ 1.3×", |v| v >= 1.3);
+    let (a, b) = both(&|x| adv(x, "iptables-dnat", 1, "rtt_p99_us", false));
+    goal(s, "p99 latency: iptables ÷ berth", a, b, "≥ 1× (p99 ≤ iptables')", |v| v >= 1.0);
+    let dpr = dp_rows(r);
+    let ftc = dp(&dpr, "floor_tc", 0, None);
+    let fxdp = dp(&dpr, "floor_xdp", 0, None);
+    let hit = |p: &str, n: u64| dp(&dpr, p, n, None);
+    let div = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
+    goal(s, "ingress hit ÷ empty-program floor", div(hit("ingress_hit_tc", 1), ftc), div(hit("ingress_hit_xdp", 1), fxdp), "≤ 3×", |v| v <= 3.0);
+    goal(
+        s,
+        "ingress hit at 65 000 ÷ at 1 mapping",
+        div(hit("ingress_hit_tc", 65_000), hit("ingress_hit_tc", 1)),
+        div(hit("ingress_hit_xdp", 65_000), hit("ingress_hit_xdp", 1)),
+        "≤ 1.10×",
+        |v| v <= 1.10,
+    );
+    let cp = r["control_plane"].as_array().cloned().unwrap_or_default();
+    let range = cp
+        .iter()
+        .find(|x| x["system"] == "berth" && x["operation"] == "range_1000")
+        .map(|x| med(&x["publish_ms"]));
+    goal(s, "publish a 1 000-port range (API), ms", range, range, "< 50 ms", |v| v < 50.0);
+    let mem = memory(r).map(|x| x.proxy_rss_1000 / (x.berth_maps + x.berth_rss));
+    goal(s, "memory for 1 000 ports: docker-proxy RSS ÷ berth", mem, mem, "≥ 200×", |v| v >= 200.0);
+}
+
+pub fn markdown(r: &Value) -> String {
+    let quick = r["quick"].as_bool() == Some(true);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# berth benchmark results\n\nMachine: {}. Mode: {}. Generated by `cargo xtask bench{}` in {:.0} s. \
+         Medians over {} interleaved repetitions, (min–max) beside them. Ratios matter more than absolute numbers on a shared VM; \
+         CPU figures are for the whole machine, so anything else running on it counts too.\n",
+        r["machine"].as_str().unwrap_or("?"),
+        if quick { "quick" } else { "full" },
+        if quick { " --quick" } else { "" },
+        r["elapsed_s"].as_f64().unwrap_or(0.0),
+        r["settings"]["reps"],
+    );
+    s.push_str("\n## Peers\n\nEach on a topology of its own (client → host uplink `up0` → `docker0` → container), built once; checksum and segmentation offloads on.\n\n");
+    for p in r["topology"]["peers"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "- **{}**: {}{}",
+            p["peer"].as_str().unwrap_or(""),
+            p["setup"].as_str().unwrap_or(""),
+            if p["scaled"] == false {
+                " — not measured at 10 000 ports: that would take 10 000 processes (dockerd starts one per port); a proxy's per-connection work does not depend on how many other proxies run"
+            } else {
+                ""
+            }
+        );
+    }
+    let st = &r["settings"];
+    let _ = writeln!(
+        s,
+        "\nLoad: connections/s from one client making sequential short connections (connect, 18-byte request, 40-byte answer, server closes) for {} s; \
+         latency from {} round trips of {} bytes on one persistent connection (TCP_NODELAY); iperf3 for {} s; \
+         UDP: one sender thread, {}-byte datagrams (64-byte frames) from one source port, as fast as sendmmsg goes for {} s, counted at the container.",
+        st["conn_secs"], st["rtt_n"], super::load::PING_BYTES, st["iperf_secs"], super::load::UDP_PAYLOAD, st["udp_secs"]
+    );
+    s.push_str("\n## Goals\n\n");
+    goals(&mut s, r);
+    s.push_str("\n## Through the namespace topology\n");
+    topology_tables(&mut s, r);
+    s.push_str("\n## Control plane\n\nWall-clock time of each operation in the host namespace, medians over repetitions.\n\n");
+    control_table(&mut s, r);
+    s.push_str("\n## Memory for 1 000 published ports\n\n");
+    memory_table(&mut s, r);
+    s.push_str("\n## Datapath cost per packet (BPF_PROG_TEST_RUN)\n\n");
+    datapath_table(&mut s, r);
+    s.push_str("\n## XDP vs TC on veth\n\nThe direct path (no translation) with four ways through `up0`; see bench/README.md.\n\n");
+    veth_table(&mut s, r);
+    s
+}
+
+// ---------------------------------------------------------------- charts
+
+fn peer_chart(
+    r: &Value,
+    metric: &str,
+    title: &str,
+    unit: &str,
+    higher_better: bool,
+    port_counts: &[u64],
+) -> String {
+    let rows = topo_rows(r);
+    let peers = peers(r);
+    let series: Vec<Series> = port_counts
+        .iter()
+        .map(|ports| Series {
+            name: format!("{} port{}", if *ports == 1 { "1".into() } else { fmt_num(*ports as f64) }, if *ports == 1 { "" } else { "s" }),
+            values: peers.iter().map(|p| m(&rows, p, *ports, metric)).collect(),
+            notes: peers
+                .iter()
+                .map(|p| {
+                    if p == "berth-tc" {
+                        return None;
+                    }
+                    advantage(m(&rows, "berth-tc", *ports, metric), m(&rows, p, *ports, metric), higher_better)
+                        .map(|a| format!("tc {a:.2}×"))
+                })
+                .collect(),
+        })
+        .collect();
+    bar_chart(
+        title,
+        &format!(
+            "medians; \"tc N×\" above a bar: berth-tc does N× {} than that peer (> 1 = berth-tc better) · {}",
+            if higher_better { "more" } else { "better (lower)" },
+            r["machine"].as_str().unwrap_or("")
+        ),
+        unit,
+        &peers,
+        &series,
+        false,
+    )
+}
+
+fn control_chart(r: &Value) -> String {
+    let rows = r["control_plane"].as_array().cloned().unwrap_or_default();
+    let systems = ["berth", "iptables-dnat", "nftables-dnat", "nftables-map", "docker-proxy"];
+    let get = |sys: &str, op: &str, k: &str| {
+        rows.iter()
+            .find(|x| x["system"] == sys && x["operation"] == op)
+            .map(|x| med(&x[k]))
+    };
+    let series: Vec<Series> = [
+        ("publish 1 000-port range", "range_1000", "publish_ms"),
+        ("unpublish it", "range_1000", "unpublish_ms"),
+        ("publish 10 000 single mappings", "single_10000", "publish_ms"),
+        ("unpublish them", "single_10000", "unpublish_ms"),
+    ]
+    .iter()
+    .map(|(name, op, k)| Series {
+        name: name.to_string(),
+        values: systems.iter().map(|sys| get(sys, op, k)).collect(),
+        notes: systems
+            .iter()
+            .map(|sys| {
+                if *sys == "berth" {
+                    None
+                } else {
+                    advantage(get("berth", op, k), get(sys, op, k), false).map(|a| format!("{a:.0}×"))
+                }
+            })
+            .collect(),
+    })
+    .collect();
+    bar_chart(
+        "Control plane: time to publish and unpublish",
+        "milliseconds, log scale; \"N×\" = berth (API) is N× faster; docker-proxy scaled from 100 processes",
+        "ms (log)",
+        &systems.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        &series,
+        true,
+    )
+}
+
+fn memory_chart(r: &Value) -> Option<String> {
+    let x = memory(r)?;
+    let berth = x.berth_maps + x.berth_rss;
+    let cats = vec![
+        "berth maps".to_string(),
+        "berth daemon RSS".into(),
+        "berth total".into(),
+        "docker-proxy ×1000 RSS".into(),
+        "docker-proxy ×1000 PSS".into(),
+    ];
+    let vals = [x.berth_maps, x.berth_rss, berth, x.proxy_rss_1000, x.proxy_pss_1000];
+    let mb = 1024.0 * 1024.0;
+    Some(bar_chart(
+        "Memory for 1 000 published ports",
+        "MiB, log scale; docker-proxy scaled from 100 processes; \"N×\" = N× berth's total",
+        "MiB (log)",
+        &cats,
+        &[Series {
+            name: "memory".into(),
+            values: vals.iter().map(|v| Some(v / mb)).collect(),
+            notes: vals
+                .iter()
+                .enumerate()
+                .map(|(i, v)| if i >= 3 { Some(format!("{:.0}×", v / berth)) } else { None })
+                .collect(),
+        }],
+        true,
+    ))
+}
+
+fn datapath_chart(r: &Value) -> String {
+    let rows = dp_rows(r);
+    let mut lines: Vec<Line> = [
+        "ingress_hit_tc",
+        "ingress_hit_xdp",
+        "ingress_miss_tc",
+        "ingress_miss_xdp",
+        "reply_tc",
+    ]
+    .iter()
+    .map(|p| Line {
+        name: p.to_string(),
+        points: [1u64, 1_000, 65_000]
+            .iter()
+            .filter_map(|n| dp(&rows, p, *n, None).map(|v| (*n as f64, v)))
+            .collect(),
+        dashed: false,
+    })
+    .collect();
+    for (p, rules) in [("ingress_policy_tc", 300u64), ("policy_to_ctr", 300)] {
+        lines.push(Line {
+            name: format!("{p} ({rules} rules)"),
+            points: [1u64, 1_000, 65_000]
+                .iter()
+                .filter_map(|n| dp(&rows, p, *n, Some(rules)).map(|v| (*n as f64, v)))
+                .collect(),
+            dashed: false,
+        });
+    }
+    for f in ["floor_tc", "floor_xdp"] {
+        if let Some(v) = dp(&rows, f, 0, None) {
+            lines.push(Line {
+                name: f.to_string(),
+                points: vec![(1.0, v), (1_000.0, v), (65_000.0, v)],
+                dashed: true,
+            });
+        }
+    }
+    line_chart(
+        "Datapath cost per packet vs number of mappings",
+        "BPF_PROG_TEST_RUN, ns per run (median); dashed: empty-program floor",
+        "published mappings (log)",
+        "ns per packet",
+        &lines,
+    )
+}
+
+fn veth_chart(r: &Value, metric: &str, title: &str, unit: &str, scale: f64) -> Option<String> {
+    let rows = r["veth"]["rows"].as_array()?;
+    let stack = rows.iter().find(|x| x["variant"] == "stack").map(|x| med(&x[metric]));
+    let cats: Vec<String> = rows
+        .iter()
+        .map(|x| x["variant"].as_str().unwrap_or("").to_string())
+        .collect();
+    Some(bar_chart(
+        title,
+        "direct path, no translation, one hook on up0 at a time; label: × the stack",
+        unit,
+        &cats,
+        &[Series {
+            name: metric.into(),
+            values: rows.iter().map(|x| Some(med(&x[metric]) / scale)).collect(),
+            notes: rows
+                .iter()
+                .map(|x| stack.map(|s| format!("{:.2}×", med(&x[metric]) / s)))
+                .collect(),
+        }],
+        false,
+    ))
+}
+
+/// Writes every chart into `dir` with `suffix` (`""` or `"-quick"`);
+/// returns the file names.
+pub fn write_charts(r: &Value, dir: &Path, suffix: &str) -> Result<Vec<String>> {
+    let mut charts: Vec<(&str, String)> = vec![
+        ("connections", peer_chart(r, "connections_per_s", "TCP connections per second", "connections/s", true, &[1, 10_000])),
+        ("latency-p99", peer_chart(r, "rtt_p99_us", "Request latency p99, persistent connection", "µs", false, &[1, 10_000])),
+        ("latency-p50", peer_chart(r, "rtt_p50_us", "Request latency p50, persistent connection", "µs", false, &[1, 10_000])),
+        ("throughput", peer_chart(r, "throughput_gbps", "TCP throughput (iperf3)", "Gbit/s", true, &[1, 10_000])),
+        ("udp", peer_chart(r, "udp_pps", "UDP small packets delivered per second", "packets/s", true, &[1, 10_000])),
+        ("cpu-per-connection", peer_chart(r, "cpu_us_per_connection", "CPU time per connection (whole machine)", "µs", false, &[1, 10_000])),
+        ("control-plane", control_chart(r)),
+        ("datapath", datapath_chart(r)),
+    ];
+    if let Some(c) = memory_chart(r) {
+        charts.push(("memory", c));
+    }
+    if let Some(c) = veth_chart(r, "throughput_gbps", "XDP vs TC on veth: TCP throughput", "Gbit/s", 1.0) {
+        charts.push(("veth-throughput", c));
+    }
+    if let Some(c) = veth_chart(r, "udp_pps", "XDP vs TC on veth: UDP packets delivered per second", "packets/s", 1.0) {
+        charts.push(("veth-udp", c));
+    }
+    let mut names = Vec::new();
+    for (name, svg) in charts {
+        let file = format!("{name}{suffix}.svg");
+        std::fs::write(dir.join(&file), svg)?;
+        names.push(file);
+    }
+    Ok(names)
+}
