@@ -105,6 +105,27 @@ impl Datapath for FakeDatapath {
         self.members.lock().unwrap().insert(sg_id, members.to_vec());
         Ok(())
     }
+    fn retain_policy(
+        &self,
+        endpoints: &[Ipv4Addr],
+        policies: &[u32],
+        groups: &[u32],
+    ) -> Result<usize, DatapathError> {
+        let mut n = 0;
+        let mut e = self.endpoints.lock().unwrap();
+        let before = e.len();
+        e.retain(|ip, _| endpoints.contains(ip));
+        n += before - e.len();
+        let mut p = self.policies.lock().unwrap();
+        let before = p.len();
+        p.retain(|id, _| policies.contains(id));
+        n += before - p.len();
+        let mut m = self.members.lock().unwrap();
+        let before = m.len();
+        m.retain(|id, _| groups.contains(id));
+        n += before - m.len();
+        Ok(n)
+    }
     fn set_flow_timeouts(&self, timeouts: crate::datapath::FlowTimeouts) {
         *self.timeouts.lock().unwrap() = Some(timeouts);
     }

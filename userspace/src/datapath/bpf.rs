@@ -777,6 +777,15 @@ impl Datapath for BpfDatapath {
         self.policy().set_group_members(sg_id, members)
     }
 
+    fn retain_policy(
+        &self,
+        endpoints: &[Ipv4Addr],
+        policies: &[u32],
+        groups: &[u32],
+    ) -> Result<usize, DatapathError> {
+        Ok(self.policy().retain(endpoints, policies, groups))
+    }
+
     fn set_flow_timeouts(&self, timeouts: FlowTimeouts) {
         *self.timeouts.lock().unwrap_or_else(|p| p.into_inner()) = timeouts;
     }

@@ -112,6 +112,15 @@ pub trait Datapath: Send + Sync {
     fn remove_policy(&self, task_id: u32) -> Result<(), DatapathError>;
     /// Replace the member addresses of a group.
     fn set_group_members(&self, sg_id: u32, members: &[Ipv4Addr]) -> Result<(), DatapathError>;
+    /// Reconcile after a restart: drop endpoints, rule sets and group
+    /// memberships that are not in `keep` (left by a crash between a map
+    /// write and the store commit, or by a reset store). Returns how many.
+    fn retain_policy(
+        &self,
+        endpoints: &[Ipv4Addr],
+        policies: &[u32],
+        groups: &[u32],
+    ) -> Result<usize, DatapathError>;
     /// Idle timeouts used by [`Datapath::expire_flows`].
     fn set_flow_timeouts(&self, timeouts: FlowTimeouts);
 }

@@ -170,6 +170,41 @@ impl PolicyMaps {
         Ok(())
     }
 
+    pub fn retain(&mut self, endpoints: &[Ipv4Addr], policies: &[u32], groups: &[u32]) -> usize {
+        let endpoints: HashSet<u32> = endpoints.iter().map(|a| addr_be(*a)).collect();
+        let policies: HashSet<u32> = policies.iter().copied().collect();
+        let groups: HashSet<u32> = groups.iter().copied().collect();
+        let mut n = 0;
+        let stale: Vec<u32> = self
+            .endpoints
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !endpoints.contains(k))
+            .collect();
+        for k in stale {
+            n += usize::from(self.endpoints.remove(&k).is_ok());
+        }
+        let stale: Vec<PolicyKey> = self
+            .policy
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !policies.contains(&k.task_id))
+            .collect();
+        for k in stale {
+            n += usize::from(self.policy.remove(&k).is_ok());
+        }
+        let stale: Vec<SgMember> = self
+            .members
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !groups.contains(&k.sg_id))
+            .collect();
+        for k in stale {
+            n += usize::from(self.members.remove(&k).is_ok());
+        }
+        n
+    }
+
     /// Forget policy-tracked flows idle past their timeout.
     pub fn expire(&mut self, t: &FlowTimeouts, now_ns: u64) -> usize {
         let expired: Vec<FlowKey> = self

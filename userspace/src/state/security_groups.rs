@@ -88,6 +88,19 @@ impl Registry {
     /// the bindings, so no port is open for a moment).
     pub fn restore_security_groups(&self) -> Result<()> {
         let want = self.sg_want(&self.sg.book, &self.sg_tasks());
+        let endpoints: Vec<Ipv4Addr> = want.endpoints.keys().copied().collect();
+        let policies: Vec<u32> = want.policies.keys().copied().collect();
+        let groups: Vec<u32> = want.members.keys().copied().collect();
+        let stale = self
+            .datapath
+            .retain_policy(&endpoints, &policies, &groups)
+            .map_err(Error::Datapath)?;
+        if stale > 0 {
+            tracing::info!(
+                stale,
+                "dropped security-group entries the store does not know"
+            );
+        }
         let mut applied = self.sg_applied();
         *applied = DpState::default();
         applied.push(&want, &*self.datapath)?;

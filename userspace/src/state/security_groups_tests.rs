@@ -607,3 +607,27 @@ async fn show_adds_the_host_wide_drop_counters() {
     );
     assert!(berth.sg_list().await[0].host_counters.is_none());
 }
+
+#[test]
+fn restart_drops_policy_entries_the_store_does_not_know() {
+    let mut env = Env::new();
+    env.add("web", "172.17.0.2", &["8080:80"]);
+    env.r().sg_create("sg-web", "").unwrap();
+    env.r().sg_attach("sg-web", "web").unwrap();
+    let before = env.snapshot();
+    // As if a crash had left entries behind that never reached the store.
+    let dp = env.datapath.clone();
+    dp.set_endpoint(ip("172.17.0.9"), 77, true).unwrap();
+    dp.set_policy(77, &[], &[]).unwrap();
+    dp.set_group_members(99, &[ip("172.17.0.9")]).unwrap();
+    assert_ne!(env.snapshot(), before);
+    // A daemon restart: the pinned maps (here the same fake) keep their
+    // contents, and the store is reloaded.
+    env.registry = None;
+    env.open();
+    assert_eq!(
+        env.snapshot(),
+        before,
+        "stale endpoint, policy and group dropped"
+    );
+}
