@@ -25,6 +25,13 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages the integration tests and benchmarks call.
 const DEBIAN_PACKAGES: &[&str] = &["iproute2", "iptables", "nftables", "iperf3", "ethtool"];
+/// What only `cargo xtask bench` needs: Docker's userland proxy
+/// (`/usr/sbin/docker-proxy`) ships in `docker.io`. The bench runs that one
+/// binary; dockerd is never started (see [`ensure_bench_packages`]).
+const BENCH_PACKAGES: &[&str] = &["docker.io"];
+/// Debian's hook that asks invoke-rc.d / deb-systemd-invoke whether a
+/// package may start its services; exit status 101 means "no".
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 /// Runs every setup step; cheap when everything is already in place.
 pub fn bootstrap() -> Result<()> {
@@ -300,13 +307,41 @@ fn package_installed(name: &str) -> bool {
 }
 
 fn ensure_debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    ensure_packages(DEBIAN_PACKAGES, &[])
+}
+
+/// The bench's extra packages, installed without recommends and without
+/// letting them start any service: `docker.io` would otherwise start
+/// dockerd (and containerd), which rewrites the root namespace's iptables
+/// and creates a docker0 there. A `policy-rc.d` that refuses every start is
+/// put in place for the install if the machine has none, and removed after.
+pub fn ensure_bench_packages() -> Result<()> {
+    let missing = BENCH_PACKAGES.iter().any(|p| !package_installed(p));
+    let ours = missing && is_root() && !Path::new(POLICY_RC_D).exists();
+    if ours {
+        fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# cargo xtask bench: no service may start while docker.io is installed.\nexit 101\n",
+        )
+        .with_context(|| format!("cannot write {POLICY_RC_D}"))?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(POLICY_RC_D, fs::Permissions::from_mode(0o755))?;
+    }
+    let r = ensure_packages(BENCH_PACKAGES, &["--no-install-recommends"]);
+    if ours {
+        let _ = fs::remove_file(POLICY_RC_D);
+    }
+    r
+}
+
+fn ensure_packages(packages: &[&str], apt_args: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| !package_installed(p))
         .collect();
     if missing.is_empty() {
-        println!("debian packages: present ({})", DEBIAN_PACKAGES.join(" "));
+        println!("debian packages: present ({})", packages.join(" "));
         return Ok(());
     }
     if !is_root() {
@@ -321,6 +356,7 @@ fn ensure_debian_packages() -> Result<()> {
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y"])
+            .args(apt_args)
             .args(&missing),
     )
     .context("cannot install Debian packages")?;

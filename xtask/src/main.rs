@@ -35,11 +35,14 @@ enum Task {
     Test,
     /// Build, then run the demo (tests crate, bin berth-demo).
     Demo,
-    /// Benchmarks (needs root): datapath cost per packet via
-    /// BPF_PROG_TEST_RUN, and connections/s and throughput through berth
-    /// beside iptables DNAT and the direct path. Writes bench/.
+    /// Benchmarks (needs root): berth beside the direct path, Docker's
+    /// iptables and nftables DNAT, a map-based nftables DNAT and the real
+    /// docker-proxy (connections/s, latency, throughput, UDP rate, CPU, at
+    /// 1 and 10 000 ports), control plane, memory, datapath cost per packet,
+    /// XDP vs TC on veth. Writes bench/ (`*-quick.*` with --quick).
+    /// Installs Debian's docker.io for docker-proxy; dockerd is never started.
     Bench {
-        /// A few minutes instead of the full run.
+        /// About three minutes instead of about ten.
         #[arg(long)]
         quick: bool,
     },
@@ -102,6 +105,7 @@ fn bench(quick: bool) -> Result<()> {
         bail!("cargo xtask bench must run as root: it loads eBPF programs and builds network namespaces");
     }
     bootstrap::bootstrap()?;
+    bootstrap::ensure_bench_packages()?;
     // Release builds of the daemon and the bench; the bench finds the daemon
     // next to itself.
     run::status(cargo()?.args([

@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 
 use super::{
     peers::{
-        extras, iptables_rules, nft_docker29, nft_docker29_add, nft_map, nft_map_elements,
-        spawn_docker_proxy_here, Mapping, CTR2,
+        extras, iptables_batch, iptables_rules, nft_docker29, nft_docker29_add, nft_map,
+        nft_map_elements, spawn_docker_proxy_here, Mapping, CTR2,
     },
     stats::summary,
     Settings,
@@ -21,6 +21,8 @@ use crate::{daemon::api_request, Bpffs, Child, Daemon, DaemonOptions, NetNs, Top
 const BIG: Duration = Duration::from_secs(300);
 /// docker-proxy processes actually started; larger counts are scaled from these.
 pub const PROXIES_MEASURED: usize = 100;
+/// Of 10 000 iptables mappings, how many are removed with -D (timed, scaled).
+const IPT_DELETED: usize = 200;
 /// Ports added one call each on top of 10 000 (per-port cost at scale).
 const ONE_BY_ONE: usize = 20;
 
@@ -50,7 +52,10 @@ fn specs(maps: &[Mapping]) -> Vec<String> {
 
 /// Handles of rules in `chain` of Docker 29's table that match one of `ports`.
 fn nft_handles(ns: &NetNs, chain: &str, ports: &HashSet<u16>) -> Result<Vec<u64>> {
-    let out = ns.exec("nft", ["-a", "list", "chain", "ip", "docker-bridges", chain])?;
+    let out = ns.exec(
+        "nft",
+        ["-a", "list", "chain", "ip", "docker-bridges", chain],
+    )?;
     let mut v = Vec::new();
     for line in out.lines() {
         let Some(h) = line.rsplit_once("# handle ") else {
@@ -68,11 +73,12 @@ fn nft_handles(ns: &NetNs, chain: &str, ports: &HashSet<u16>) -> Result<Vec<u64>
     Ok(v)
 }
 
-fn nft_docker29_delete(ns: &NetNs, maps: &[Mapping]) -> Result<()> {
+/// Deletes the rules of `maps` by handle (at most `limit` per chain).
+fn nft_docker29_delete(ns: &NetNs, maps: &[Mapping], limit: usize) -> Result<()> {
     let ports: HashSet<u16> = maps.iter().map(|m| m.host_port).collect();
     let mut batch = String::new();
     for chain in ["nat-prerouting-and-output", "filter-forward-in__docker0"] {
-        for h in nft_handles(ns, chain, &ports)? {
+        for h in nft_handles(ns, chain, &ports)?.into_iter().take(limit) {
             batch.push_str(&format!(
                 "delete rule ip docker-bridges {chain} handle {h}\n"
             ));
@@ -107,6 +113,7 @@ pub struct ControlResult {
 }
 
 pub fn control_and_memory(s: &Settings) -> Result<ControlResult> {
+    let started = Instant::now();
     let mut rows = Vec::new();
     let range = range_maps(1_000);
     let singles = range_maps(10_000);
@@ -134,27 +141,32 @@ pub fn control_and_memory(s: &Settings) -> Result<ControlResult> {
     let mut mem_1000 = Value::Null;
     for rep in 0..s.cp_reps {
         let body = json!({"task": "range", "containerIP": CTR2, "ports": [range_spec]});
-        r_api
-            .publish
-            .push(ms(|| api(&d, "/v1/bindings", &body))?);
+        r_api.publish.push(ms(|| api(&d, "/v1/bindings", &body))?);
         if rep == 0 {
             mem_1000 = berth_memory(pid)?;
         }
-        r_api
-            .unpublish
-            .push(ms(|| api(&d, "/v1/bindings/delete", &json!({"task": "range"})))?);
+        r_api.unpublish.push(ms(|| {
+            api(&d, "/v1/bindings/delete", &json!({"task": "range"}))
+        })?);
         r_cli.publish.push(ms(|| {
-            d.cli_ok(["map", "add", "--task", "range", "--ip", CTR2, "-p", &range_spec])
-                .map(|_| ())
+            d.cli_ok([
+                "map",
+                "add",
+                "--task",
+                "range",
+                "--ip",
+                CTR2,
+                "-p",
+                &range_spec,
+            ])
+            .map(|_| ())
         })?);
         r_cli.unpublish.push(ms(|| {
             d.cli_ok(["map", "rm", "--task", "range"]).map(|_| ())
         })?);
 
         let body = json!({"task": "singles", "containerIP": CTR2, "ports": specs(&singles)});
-        s_one
-            .publish
-            .push(ms(|| api(&d, "/v1/bindings", &body))?);
+        s_one.publish.push(ms(|| api(&d, "/v1/bindings", &body))?);
         // One more port at a time, one request each, with 10 000 present.
         let more: Vec<Mapping> = (0..ONE_BY_ONE)
             .map(|i| Mapping {
@@ -173,21 +185,60 @@ pub fn control_and_memory(s: &Settings) -> Result<ControlResult> {
             .push(t.elapsed().as_secs_f64() * 1e3 / ONE_BY_ONE as f64);
         let t = Instant::now();
         for i in 0..ONE_BY_ONE {
-            api(&d, "/v1/bindings/delete", &json!({"task": format!("one{i}")}))?;
+            api(
+                &d,
+                "/v1/bindings/delete",
+                &json!({"task": format!("one{i}")}),
+            )?;
         }
         one.unpublish
             .push(t.elapsed().as_secs_f64() * 1e3 / ONE_BY_ONE as f64);
-        s_one
-            .unpublish
-            .push(ms(|| api(&d, "/v1/bindings/delete", &json!({"task": "singles"})))?);
+        s_one.unpublish.push(ms(|| {
+            api(&d, "/v1/bindings/delete", &json!({"task": "singles"}))
+        })?);
     }
-    rows.push(row("berth", "range_1000", 1_000, "API: one request with a 1000-port range", &r_api, 1.0));
-    rows.push(row("berth", "range_1000", 1_000, "CLI: `berth map add -p 20000-20999:20000-20999` (process start included)", &r_cli, 1.0).with_system("berth-cli"));
-    rows.push(row("berth", "single_10000", 10_000, "API: one request listing 10 000 single-port specs", &s_one, 1.0));
-    rows.push(row("berth", "one_more_at_10000", 1, "API: one request per port, 10 000 already published (per port)", &one, 1.0));
+    rows.push(row(
+        "berth",
+        "range_1000",
+        1_000,
+        "API: one request with a 1000-port range",
+        &r_api,
+        1.0,
+    ));
+    rows.push(
+        row(
+            "berth",
+            "range_1000",
+            1_000,
+            "CLI: `berth map add -p 20000-20999:20000-20999` (process start included)",
+            &r_cli,
+            1.0,
+        )
+        .with_system("berth-cli"),
+    );
+    rows.push(row(
+        "berth",
+        "single_10000",
+        10_000,
+        "API: one request listing 10 000 single-port specs",
+        &s_one,
+        1.0,
+    ));
+    rows.push(row(
+        "berth",
+        "one_more_at_10000",
+        1,
+        "API: one request per port, 10 000 already published (per port)",
+        &one,
+        1.0,
+    ));
     drop(d);
     drop(fs);
 
+    eprintln!(
+        "bench: control plane: berth done ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
     // --- iptables (Docker 28 rules), on the same host.
     let host = &topo.host.ns;
     let restore = |input: &str| -> Result<()> {
@@ -198,7 +249,12 @@ pub fn control_and_memory(s: &Settings) -> Result<ControlResult> {
     let add_range = iptables_rules(&range, false);
     let del_range = iptables_rules(&range, true);
     let add_singles = iptables_rules(&singles, false);
-    let del_singles = iptables_rules(&singles, true);
+    let spread: Vec<Mapping> = singles
+        .iter()
+        .step_by(singles.len() / IPT_DELETED)
+        .copied()
+        .collect();
+    let del_some = iptables_rules(&spread, true);
     for _ in 0..s.cp_reps {
         ir.publish.push(ms(|| restore(&add_range))?);
         ir.unpublish.push(ms(|| restore(&del_range))?);
@@ -212,14 +268,45 @@ pub fn control_and_memory(s: &Settings) -> Result<ControlResult> {
         };
         let nat = |op: &str| {
             vec![
-                "-w".to_string(), "-t".into(), "nat".into(), op.into(), "DOCKER".into(), "!".into(), "-i".into(), "docker0".into(), "-p".into(), "tcp".into(), "-m".into(), "tcp".into(), "--dport".into(), m.host_port.to_string(), "-j".into(), "DNAT".into(), "--to-destination".into(), format!("{}:{}", m.ctr_ip, m.ctr_port),
+                "-w".to_string(),
+                "-t".into(),
+                "nat".into(),
+                op.into(),
+                "DOCKER".into(),
+                "!".into(),
+                "-i".into(),
+                "docker0".into(),
+                "-p".into(),
+                "tcp".into(),
+                "-m".into(),
+                "tcp".into(),
+                "--dport".into(),
+                m.host_port.to_string(),
+                "-j".into(),
+                "DNAT".into(),
+                "--to-destination".into(),
+                format!("{}:{}", m.ctr_ip, m.ctr_port),
             ]
         };
         let filter = |op: &[&str]| {
             let mut v: Vec<String> = vec!["-w".into(), "-t".into(), "filter".into()];
             v.extend(op.iter().map(|s| s.to_string()));
             v.extend([
-                "-d".to_string(), format!("{}/32", m.ctr_ip), "!".into(), "-i".into(), "docker0".into(), "-o".into(), "docker0".into(), "-p".into(), "tcp".into(), "-m".into(), "tcp".into(), "--dport".into(), m.ctr_port.to_string(), "-j".into(), "ACCEPT".into(),
+                "-d".to_string(),
+                format!("{}/32", m.ctr_ip),
+                "!".into(),
+                "-i".into(),
+                "docker0".into(),
+                "-o".into(),
+                "docker0".into(),
+                "-p".into(),
+                "tcp".into(),
+                "-m".into(),
+                "tcp".into(),
+                "--dport".into(),
+                m.ctr_port.to_string(),
+                "-j".into(),
+                "ACCEPT".into(),
             ]);
             v
         };
@@ -237,12 +324,28 @@ pub fn control_and_memory(s: &Settings) -> Result<ControlResult> {
         }
         ione.unpublish
             .push(t.elapsed().as_secs_f64() * 1e3 / (ONE_BY_ONE / 4) as f64);
-        is.unpublish.push(ms(|| restore(&del_singles))?);
+        // Removing all 10 000 with -D takes minutes (each -D searches the
+        // chain: 141 s measured once here), so remove 200 spread evenly over
+        // the chains, scale linearly (an overestimate) and flush the rest untimed.
+        is.unpublish
+            .push(ms(|| restore(&del_some))? * (singles.len() / IPT_DELETED) as f64);
+        restore(&iptables_batch(&[]))?;
     }
-    rows.push(row("iptables-dnat", "range_1000", 1_000, "iptables-restore --noflush: 1000 DNAT + 1000 ACCEPT rules (Docker expands ranges)", &ir, 1.0));
-    rows.push(row("iptables-dnat", "single_10000", 10_000, "iptables-restore --noflush: 10 000 DNAT + 10 000 ACCEPT rules; removal by -D of each rule", &is, 1.0));
+    rows.push(row(
+        "iptables-dnat",
+        "range_1000",
+        1_000,
+        "iptables-restore --noflush: 1000 DNAT + 1000 ACCEPT rules (Docker expands ranges)",
+        &ir,
+        1.0,
+    ));
+    rows.push(row("iptables-dnat", "single_10000", 10_000, "iptables-restore --noflush: 10 000 DNAT + 10 000 ACCEPT rules; removal: -D of each rule, **200 spread over the 10 000 measured and scaled ×50** (each -D searches the chain, which shrinks as rules go, so this overestimates: removing all 10 000 took 141 s once on the development VM)", &is, 1.0));
     rows.push(row("iptables-dnat", "one_more_at_10000", 1, "two `iptables` commands per port, as Docker 28 runs them, 10 000 already published (per port)", &ione, 1.0));
 
+    eprintln!(
+        "bench: control plane: iptables done ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
     // --- docker-proxy: 100 processes, scaled.
     let proxy_maps: Vec<Mapping> = (0..PROXIES_MEASURED)
         .map(|i| Mapping {
@@ -274,25 +377,52 @@ pub fn control_and_memory(s: &Settings) -> Result<ControlResult> {
         drop(children);
     }
     let n = PROXIES_MEASURED as f64;
-    rows.push(row("docker-proxy", "range_1000", 1_000, "start/stop 1000 docker-proxy processes (100 measured, scaled ×10)", &px, 1_000.0 / n));
-    rows.push(row("docker-proxy", "single_10000", 10_000, "start/stop 10 000 docker-proxy processes (100 measured, scaled ×100)", &px, 10_000.0 / n));
-    rows.push(row("docker-proxy", "one_more_at_10000", 1, "start/stop one docker-proxy (mean of 100)", &px, 1.0 / n));
+    rows.push(row(
+        "docker-proxy",
+        "range_1000",
+        1_000,
+        "start/stop 1000 docker-proxy processes (100 measured, scaled ×10)",
+        &px,
+        1_000.0 / n,
+    ));
+    rows.push(row(
+        "docker-proxy",
+        "single_10000",
+        10_000,
+        "start/stop 10 000 docker-proxy processes (100 measured, scaled ×100)",
+        &px,
+        10_000.0 / n,
+    ));
+    rows.push(row(
+        "docker-proxy",
+        "one_more_at_10000",
+        1,
+        "start/stop one docker-proxy (mean of 100)",
+        &px,
+        1.0 / n,
+    ));
     drop(topo);
 
+    eprintln!(
+        "bench: control plane: docker-proxy done ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
     // --- nftables, Docker 29 rules and a map, on a host without iptables rules.
     let topo = Topology::build_with(crate::TopologyOptions {
         docker_iptables: false,
         ..Default::default()
     })?;
     let host = &topo.host.ns;
-    let nft = |input: &str| -> Result<()> { host.exec_with_stdin("nft", ["-f", "-"], input).map(|_| ()) };
+    let nft =
+        |input: &str| -> Result<()> { host.exec_with_stdin("nft", ["-f", "-"], input).map(|_| ()) };
     let (mut nr, mut ns1, mut none) = (Times::default(), Times::default(), Times::default());
     nft(&nft_docker29(&[]))?;
     let add_range = nft_docker29_add(&range);
     let add_singles = nft_docker29_add(&singles);
     for _ in 0..s.cp_reps {
         nr.publish.push(ms(|| nft(&add_range))?);
-        nr.unpublish.push(ms(|| nft_docker29_delete(host, &range))?);
+        nr.unpublish
+            .push(ms(|| nft_docker29_delete(host, &range, usize::MAX))?);
         ns1.publish.push(ms(|| nft(&add_singles))?);
         let m = Mapping {
             udp: false,
@@ -308,28 +438,76 @@ pub fn control_and_memory(s: &Settings) -> Result<ControlResult> {
         none.publish
             .push(t.elapsed().as_secs_f64() * 1e3 / (ONE_BY_ONE / 4) as f64);
         let t = Instant::now();
-        nft_docker29_delete(host, std::slice::from_ref(&m))?;
+        for _ in 0..ONE_BY_ONE / 4 {
+            nft_docker29_delete(host, std::slice::from_ref(&m), 1)?;
+        }
         none.unpublish
             .push(t.elapsed().as_secs_f64() * 1e3 / (ONE_BY_ONE / 4) as f64);
-        ns1.unpublish.push(ms(|| nft_docker29_delete(host, &singles))?);
+        ns1.unpublish
+            .push(ms(|| nft_docker29_delete(host, &singles, usize::MAX))?);
     }
-    rows.push(row("nftables-dnat", "range_1000", 1_000, "nft -f: 1000 DNAT + 1000 accept rules (Docker 29 per-port rules); removal by handle", &nr, 1.0));
-    rows.push(row("nftables-dnat", "single_10000", 10_000, "nft -f: 10 000 DNAT + 10 000 accept rules; removal by handle (listing included)", &ns1, 1.0));
-    rows.push(row("nftables-dnat", "one_more_at_10000", 1, "one nft -f per port, 10 000 already published (per port; removal: list + delete)", &none, 1.0));
+    rows.push(row(
+        "nftables-dnat",
+        "range_1000",
+        1_000,
+        "nft -f: 1000 DNAT + 1000 accept rules (Docker 29 per-port rules); removal by handle",
+        &nr,
+        1.0,
+    ));
+    rows.push(row(
+        "nftables-dnat",
+        "single_10000",
+        10_000,
+        "nft -f: 10 000 DNAT + 10 000 accept rules; removal by handle (listing included)",
+        &ns1,
+        1.0,
+    ));
+    rows.push(row(
+        "nftables-dnat",
+        "one_more_at_10000",
+        1,
+        "one nft -f per port, 10 000 already published (per port; removal: list + delete)",
+        &none,
+        1.0,
+    ));
     nft("delete table ip docker-bridges\n")?;
 
+    eprintln!(
+        "bench: control plane: nftables (Docker 29) done ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
     let (mut mr, mut ms1) = (Times::default(), Times::default());
     nft(&nft_map(&[]))?;
-    let (add_r, del_r) = (nft_map_elements(&range, false), nft_map_elements(&range, true));
-    let (add_s, del_s) = (nft_map_elements(&singles, false), nft_map_elements(&singles, true));
+    let (add_r, del_r) = (
+        nft_map_elements(&range, false),
+        nft_map_elements(&range, true),
+    );
+    let (add_s, del_s) = (
+        nft_map_elements(&singles, false),
+        nft_map_elements(&singles, true),
+    );
     for _ in 0..s.cp_reps {
         mr.publish.push(ms(|| nft(&add_r))?);
         mr.unpublish.push(ms(|| nft(&del_r))?);
         ms1.publish.push(ms(|| nft(&add_s))?);
         ms1.unpublish.push(ms(|| nft(&del_s))?);
     }
-    rows.push(row("nftables-map", "range_1000", 1_000, "nft -f: 1000 map + 1000 set elements", &mr, 1.0));
-    rows.push(row("nftables-map", "single_10000", 10_000, "nft -f: 10 000 map + 10 000 set elements", &ms1, 1.0));
+    rows.push(row(
+        "nftables-map",
+        "range_1000",
+        1_000,
+        "nft -f: 1000 map + 1000 set elements",
+        &mr,
+        1.0,
+    ));
+    rows.push(row(
+        "nftables-map",
+        "single_10000",
+        10_000,
+        "nft -f: 10 000 map + 10 000 set elements",
+        &ms1,
+        1.0,
+    ));
     drop(topo);
 
     let memory = json!({

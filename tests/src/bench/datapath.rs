@@ -9,7 +9,10 @@ use berth::{
     datapath::{encode_rule, PolicyRule, RulePeer, RuleProto},
     model::Protocol,
 };
-use berth_maps::{Endpoint, Policy, PolicyKey, Rule, DIR_EGRESS, DIR_INGRESS, EP_F_POLICY, MAX_RULES};
+use berth_maps::{
+    Backend, Endpoint, Policy, PolicyKey, Rule, ServiceKey, DIR_EGRESS, DIR_INGRESS, EP_F_POLICY,
+    MAX_RULES,
+};
 use serde_json::{json, Value};
 
 use super::{stats::summary, Settings};
@@ -54,7 +57,7 @@ fn set_rules(env: &mut Env, task_id: u32, dir: u32, rules: &[PolicyRule]) {
     }
     let mut m: HashMap<&mut MapData, PolicyKey, Policy> =
         HashMap::try_from(env.ebpf.map_mut("BERTH_POLICY").unwrap()).unwrap();
-    m.insert(PolicyKey { task_id, dir }, &*p, 0).unwrap();
+    m.insert(PolicyKey { task_id, dir }, *p, 0).unwrap();
 }
 
 /// `n` TCP rules that never match the measured frames (port 1 from
@@ -82,6 +85,36 @@ fn allow_all() -> PolicyRule {
     }
 }
 
+/// Publishes or unpublishes mappings from the end so exactly `n` exist;
+/// the measured port (`FIRST_PORT + n - 1`) is always the one added last.
+fn set_mappings(env: &mut Env, published: &mut usize, n: usize) {
+    let b = |i: usize| {
+        binding(
+            Ipv4Addr::UNSPECIFIED,
+            FIRST_PORT + i as u16,
+            C1,
+            80,
+            Protocol::Tcp,
+        )
+    };
+    while *published < n {
+        env.publish(&b(*published));
+        *published += 1;
+    }
+    if *published > n {
+        let mut m: HashMap<&mut MapData, ServiceKey, Backend> =
+            HashMap::try_from(env.ebpf.map_mut("BERTH_SERVICES").unwrap()).unwrap();
+        while *published > n {
+            *published -= 1;
+            m.remove(&berth::datapath::bpf_keys::service_key(&b(*published)))
+                .unwrap();
+        }
+    }
+}
+
+/// (path, mappings, rules) in report order.
+type Key = (&'static str, usize, Option<usize>);
+
 pub fn datapath_costs(s: &Settings) -> Value {
     let repeat = s.dp_repeat;
     let samples = s.dp_samples;
@@ -89,22 +122,14 @@ pub fn datapath_costs(s: &Settings) -> Value {
         env.host_addr(HOST);
         env.host_addr(HOST2);
         let syn = |dst: Ipv4Addr, dport: u16| Packet::tcp(CLIENT, 40000, dst, dport).frame();
-        let mut rows = Vec::new();
-        let measure = |rows: &mut Vec<Value>,
-                           name: &str,
-                           n: usize,
-                           rules: Option<usize>,
-                           f: &dyn Fn() -> u128| {
-            let v: Vec<f64> = (0..samples).map(|_| f() as f64).collect();
-            rows.push(json!({"path": name, "mappings": n, "rules": rules, "ns_per_packet": summary(&v)}));
+        let mut order: Vec<Key> = Vec::new();
+        let mut got: std::collections::HashMap<Key, Vec<f64>> = Default::default();
+        let mut record = |k: Key, ns: u128| {
+            if !got.contains_key(&k) {
+                order.push(k);
+            }
+            got.entry(k).or_default().push(ns as f64);
         };
-        let floor = syn(HOST, 9);
-        measure(&mut rows, "floor_tc", 0, None, &|| {
-            env.tc_ns("berth_empty_tc", &floor, repeat)
-        });
-        measure(&mut rows, "floor_xdp", 0, None, &|| {
-            env.xdp_ns("berth_empty_xdp", &floor, repeat)
-        });
 
         // Policy: P_IN (task 1) and P_OUT (task 2) have groups whose rules
         // never match; P_OPEN (task 3) allows everything, for a tracked flow.
@@ -115,71 +140,103 @@ pub fn datapath_costs(s: &Settings) -> Value {
         set_rules(env, 3, DIR_EGRESS, &[allow_all()]);
         env.publish(&binding(HOST2, POLICY_PORT, P_IN, 5432, Protocol::Tcp));
         let tracked = Packet::tcp(OTHER, 40000, P_OPEN, 80).frame();
-        assert_eq!(env.tc("berth_to_ctr", &tracked).code, 0, "P_OPEN allows all");
+        assert_eq!(
+            env.tc("berth_to_ctr", &tracked).code,
+            0,
+            "P_OPEN allows all"
+        );
+        let floor = syn(HOST, 9);
+        let miss = syn(HOST, 9);
+        let mut reply = Packet::tcp(C1, 80, CLIENT, 40000);
+        reply.tcp_flags = 0x12;
+        let reply = reply.frame();
+        let to_ctr = Packet::tcp(OTHER, 40001, P_IN, 5432).frame();
+        let from_ctr = Packet::tcp(P_OUT, 40002, OTHER, 443).frame();
+        let north_south = syn(HOST2, POLICY_PORT);
 
+        // Rounds interleave the mapping counts (1, 1 000, 65 000, 1, …) so
+        // a machine that gets busier or quieter shifts all of them alike.
         let mut published = 0usize;
-        for n in MAPPING_COUNTS {
-            // The measured port is the one added last.
-            while published < n {
-                env.publish(&binding(
-                    Ipv4Addr::UNSPECIFIED,
-                    FIRST_PORT + published as u16,
-                    C1,
-                    80,
-                    Protocol::Tcp,
-                ));
-                published += 1;
+        for round in 0..samples {
+            record(
+                ("floor_tc", 0, None),
+                env.tc_ns("berth_empty_tc", &floor, repeat),
+            );
+            record(
+                ("floor_xdp", 0, None),
+                env.xdp_ns("berth_empty_xdp", &floor, repeat),
+            );
+            for n in MAPPING_COUNTS {
+                set_mappings(env, &mut published, n);
+                let hit = syn(HOST, FIRST_PORT + n as u16 - 1);
+                // Creates (or refreshes) the flow the reply belongs to.
+                assert_eq!(env.tc("berth_ingress", &hit).code, 7, "hit is redirected");
+                assert_eq!(env.tc("berth_reply", &reply).code, 7, "reply is redirected");
+                record(
+                    ("ingress_hit_tc", n, None),
+                    env.tc_ns("berth_ingress", &hit, repeat),
+                );
+                record(
+                    ("ingress_hit_xdp", n, None),
+                    env.xdp_ns("berth_xdp", &hit, repeat),
+                );
+                record(
+                    ("ingress_miss_tc", n, None),
+                    env.tc_ns("berth_ingress", &miss, repeat),
+                );
+                record(
+                    ("ingress_miss_xdp", n, None),
+                    env.xdp_ns("berth_xdp", &miss, repeat),
+                );
+                record(
+                    ("reply_tc", n, None),
+                    env.tc_ns("berth_reply", &reply, repeat),
+                );
+                record(
+                    ("policy_tracked_to_ctr", n, None),
+                    env.tc_ns("berth_to_ctr", &tracked, repeat),
+                );
+                for r in RULE_COUNTS {
+                    // Every rule evaluated: the new flow is refused each
+                    // time, so nothing gets tracked between repetitions.
+                    set_rules(env, 1, DIR_INGRESS, &miss_rules(r));
+                    set_rules(env, 2, DIR_EGRESS, &miss_rules(r));
+                    let rep = if r > 10 {
+                        (repeat / 10).max(1000)
+                    } else {
+                        repeat
+                    };
+                    assert_eq!(env.tc("berth_to_ctr", &to_ctr).code, 2, "refused");
+                    assert_eq!(env.tc("berth_from_ctr", &from_ctr).code, 2, "refused");
+                    assert_eq!(env.tc("berth_ingress", &north_south).code, 2, "refused");
+                    record(
+                        ("policy_to_ctr", n, Some(r)),
+                        env.tc_ns("berth_to_ctr", &to_ctr, rep),
+                    );
+                    record(
+                        ("policy_from_ctr", n, Some(r)),
+                        env.tc_ns("berth_from_ctr", &from_ctr, rep),
+                    );
+                    record(
+                        ("ingress_policy_tc", n, Some(r)),
+                        env.tc_ns("berth_ingress", &north_south, rep),
+                    );
+                }
             }
-            let hit = syn(HOST, FIRST_PORT + n as u16 - 1);
-            let miss = syn(HOST, 9);
-            let mut reply = Packet::tcp(C1, 80, CLIENT, 40000);
-            reply.tcp_flags = 0x12;
-            let reply = reply.frame();
-            // Creates the flow the reply belongs to.
-            assert_eq!(env.tc("berth_ingress", &hit).code, 7, "hit is redirected");
-            assert_eq!(env.tc("berth_reply", &reply).code, 7, "reply is redirected");
-            measure(&mut rows, "ingress_hit_tc", n, None, &|| {
-                env.tc_ns("berth_ingress", &hit, repeat)
-            });
-            measure(&mut rows, "ingress_hit_xdp", n, None, &|| {
-                env.xdp_ns("berth_xdp", &hit, repeat)
-            });
-            measure(&mut rows, "ingress_miss_tc", n, None, &|| {
-                env.tc_ns("berth_ingress", &miss, repeat)
-            });
-            measure(&mut rows, "ingress_miss_xdp", n, None, &|| {
-                env.xdp_ns("berth_xdp", &miss, repeat)
-            });
-            measure(&mut rows, "reply_tc", n, None, &|| {
-                env.tc_ns("berth_reply", &reply, repeat)
-            });
-            measure(&mut rows, "policy_tracked_to_ctr", n, None, &|| {
-                env.tc_ns("berth_to_ctr", &tracked, repeat)
-            });
-            for r in RULE_COUNTS {
-                // Every rule evaluated: the new flow is refused each time, so
-                // nothing gets tracked between repetitions.
-                set_rules(env, 1, DIR_INGRESS, &miss_rules(r));
-                set_rules(env, 2, DIR_EGRESS, &miss_rules(r));
-                let rep = if r > 10 { (repeat / 10).max(1000) } else { repeat };
-                let to_ctr = Packet::tcp(OTHER, 40001, P_IN, 5432).frame();
-                let from_ctr = Packet::tcp(P_OUT, 40002, OTHER, 443).frame();
-                let north_south = syn(HOST2, POLICY_PORT);
-                assert_eq!(env.tc("berth_to_ctr", &to_ctr).code, 2, "refused");
-                assert_eq!(env.tc("berth_from_ctr", &from_ctr).code, 2, "refused");
-                assert_eq!(env.tc("berth_ingress", &north_south).code, 2, "refused");
-                measure(&mut rows, "policy_to_ctr", n, Some(r), &|| {
-                    env.tc_ns("berth_to_ctr", &to_ctr, rep)
-                });
-                measure(&mut rows, "policy_from_ctr", n, Some(r), &|| {
-                    env.tc_ns("berth_from_ctr", &from_ctr, rep)
-                });
-                measure(&mut rows, "ingress_policy_tc", n, Some(r), &|| {
-                    env.tc_ns("berth_ingress", &north_south, rep)
-                });
-            }
-            eprintln!("bench: datapath at {n} mappings done");
+            eprintln!("bench: datapath round {}/{samples} done", round + 1);
         }
-        Value::Array(rows)
+        Value::Array(
+            order
+                .iter()
+                .map(|k| {
+                    json!({
+                        "path": k.0,
+                        "mappings": k.1,
+                        "rules": k.2,
+                        "ns_per_packet": summary(&got[k]),
+                    })
+                })
+                .collect(),
+        )
     })
 }

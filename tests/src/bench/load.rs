@@ -236,14 +236,19 @@ pub fn conn_rate(ns: &NetNs, target: SocketAddr, dur: Duration) -> Result<(u64, 
             c.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
             let mut got = 0;
             loop {
-                let r = c.read(&mut buf).with_context(|| format!("read from {target}"))?;
+                let r = c
+                    .read(&mut buf)
+                    .with_context(|| format!("read from {target}"))?;
                 if r == 0 {
                     break;
                 }
                 got += r;
             }
             if got != HTTP_RESPONSE.len() {
-                bail!("{target} answered {got} bytes instead of {}", HTTP_RESPONSE.len());
+                bail!(
+                    "{target} answered {got} bytes instead of {}",
+                    HTTP_RESPONSE.len()
+                );
             }
             n += 1;
         }
@@ -310,9 +315,8 @@ pub fn udp_blast(ns: &NetNs, target: SocketAddr, dur: Duration) -> Result<(u64, 
         let mut sent = 0u64;
         while start.elapsed() < dur {
             // SAFETY: every header points at a live iovec and the payload.
-            let n = unsafe {
-                libc::sendmmsg(s.as_raw_fd(), hdrs.as_mut_ptr(), hdrs.len() as u32, 0)
-            };
+            let n =
+                unsafe { libc::sendmmsg(s.as_raw_fd(), hdrs.as_mut_ptr(), hdrs.len() as u32, 0) };
             if n > 0 {
                 sent += n as u64;
             } else {
@@ -326,22 +330,26 @@ pub fn udp_blast(ns: &NetNs, target: SocketAddr, dur: Duration) -> Result<(u64, 
 
 /// iperf3 from `ns` to `target` for `secs`; returns (Gbit/s, bytes).
 pub fn iperf(ns: &NetNs, target: SocketAddr, secs: u32) -> Result<(f64, f64)> {
-    let out = ns.exec(
-        "iperf3",
-        [
-            "-c",
-            &target.ip().to_string(),
-            "-p",
-            &target.port().to_string(),
-            "-t",
-            &secs.to_string(),
-            "-J",
-        ],
-    )?;
+    let mut cmd = ns.command("iperf3");
+    cmd.args([
+        "-c",
+        &target.ip().to_string(),
+        "-p",
+        &target.port().to_string(),
+        "-t",
+        &secs.to_string(),
+        "-J",
+    ]);
+    // A path that drops the SYN would leave iperf3 retrying for minutes.
+    let out = crate::cmd::output_with_timeout(&mut cmd, Duration::from_secs(secs as u64 + 20))?;
+    let out = String::from_utf8_lossy(&out.stdout);
     let v: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
     let r = &v["end"]["sum_received"];
-    let bps = r["bits_per_second"]
-        .as_f64()
-        .context("no end.sum_received.bits_per_second in iperf3 output")?;
+    let bps = r["bits_per_second"].as_f64().with_context(|| {
+        format!(
+            "no end.sum_received.bits_per_second in iperf3 output: {}",
+            v["error"].as_str().unwrap_or("")
+        )
+    })?;
     Ok((bps / 1e9, r["bytes"].as_f64().unwrap_or(0.0)))
 }

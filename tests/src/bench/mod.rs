@@ -48,13 +48,13 @@ impl Settings {
                 udp_dur: Duration::from_millis(500),
                 dp_repeat: 20_000,
                 dp_samples: 3,
-                cp_reps: 2,
+                cp_reps: 1,
             }
         } else {
             Settings {
                 quick,
                 reps: 5,
-                conn_dur: Duration::from_millis(1_500),
+                conn_dur: Duration::from_millis(1_000),
                 rtt_n: 10_000,
                 iperf_secs: 2,
                 udp_dur: Duration::from_secs(1),

@@ -245,7 +245,7 @@ table ip docker-bridges {{
 \t\tiifname vmap @filter-forward-out-jumps
 \t}}
 \tchain nat-OUTPUT {{
-\t\ttype nat hook output priority dstnat; policy accept;
+\t\ttype nat hook output priority -100; policy accept;
 \t\tip daddr != 127.0.0.0/8 fib daddr type local counter jump nat-prerouting-and-output
 \t}}
 \tchain nat-POSTROUTING {{
@@ -290,7 +290,8 @@ pub fn nft_docker29_add(maps: &[Mapping]) -> String {
 /// a `proto . port -> addr . port` map and one set lookup for the forward
 /// accept, whatever the number of ports.
 pub fn nft_map(maps: &[Mapping]) -> String {
-    let elems = |f: &dyn Fn(&Mapping) -> String| maps.iter().map(f).collect::<Vec<_>>().join(",\n\t\t\t");
+    let elems =
+        |f: &dyn Fn(&Mapping) -> String| maps.iter().map(f).collect::<Vec<_>>().join(",\n\t\t\t");
     let dnat = elems(&|m| {
         format!(
             "{} . {} : {} . {}",
@@ -496,12 +497,16 @@ pub struct Bed {
 }
 
 impl Bed {
+    /// Checksum and segmentation offloads on, as on a real host.
     pub fn new(peer: Peer) -> Result<Bed> {
+        Self::with_options(peer, false)
+    }
+
+    pub fn with_options(peer: Peer, tx_checksum_off: bool) -> Result<Bed> {
         let nft = matches!(peer, Peer::Nftables | Peer::NftMap);
-        // Checksum offload on, as on a real host. Docker 29 with its
-        // nftables backend writes no iptables rules at all.
+        // Docker 29 with its nftables backend writes no iptables rules at all.
         let topo = Topology::build_with(TopologyOptions {
-            tx_checksum_off: false,
+            tx_checksum_off,
             docker_iptables: !nft,
         })?;
         let servers = Servers::start(&topo.container.ns)?;
@@ -572,8 +577,12 @@ impl Bed {
                 }
             }
             Peer::Iptables => {
-                host.exec_with_stdin("iptables-restore", ["-w", "--noflush"], &iptables_batch(&all))
-                    .context("iptables-restore")?;
+                host.exec_with_stdin(
+                    "iptables-restore",
+                    ["-w", "--noflush"],
+                    &iptables_batch(&all),
+                )
+                .context("iptables-restore")?;
             }
             Peer::Nftables => {
                 host.exec_with_stdin("nft", ["-f", "-"], &nft_docker29(&all))
@@ -585,7 +594,11 @@ impl Bed {
             }
             Peer::BerthTc | Peer::BerthXdp => {
                 let d = self.daemon.as_ref().context("no daemon")?;
-                if d.api_json("GET", "/v1/bindings", None)?.1.as_array().is_some_and(|a| !a.is_empty()) {
+                if d.api_json("GET", "/v1/bindings", None)?
+                    .1
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty())
+                {
                     let _ = berth_remove(d, "bench", &[]);
                     let _ = berth_remove(d, "extra", &[]);
                 }

@@ -13,7 +13,10 @@ use super::{
 const BERTHS: [&str; 2] = ["berth-tc", "berth-xdp"];
 
 fn topo_rows(r: &Value) -> Vec<Value> {
-    r["topology"]["rows"].as_array().cloned().unwrap_or_default()
+    r["topology"]["rows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn peers(r: &Value) -> Vec<String> {
@@ -92,7 +95,11 @@ fn topology_tables(s: &mut String, r: &Value) {
         let _ = writeln!(
             s,
             "\n### {} published port{}\n",
-            if ports == 1 { "1".to_string() } else { "10 000".into() },
+            if ports == 1 {
+                "1".to_string()
+            } else {
+                "10 000".into()
+            },
             if ports == 1 {
                 " (only the measured ones: TCP 8080, TCP 5201, UDP 5353)"
             } else {
@@ -141,6 +148,7 @@ fn topology_tables(s: &mut String, r: &Value) {
             );
         }
     }
+    s.push_str("\nThe UDP sink never answers, so conntrack keeps the flow NEW and every datagram of it walks the filter rules again (an established TCP flow skips them): with 10 000 published ports, Docker's per-port ACCEPT rules make every datagram pay what only the first packet of a TCP connection pays. berth's datapath does not involve netfilter.\n");
     for b in BERTHS {
         let _ = writeln!(
             s,
@@ -163,7 +171,11 @@ fn topology_tables(s: &mut String, r: &Value) {
                     let _ = write!(
                         s,
                         " {} |",
-                        r2(advantage(m(&rows, b, ports, key), m(&rows, p, ports, key), hb))
+                        r2(advantage(
+                            m(&rows, b, ports, key),
+                            m(&rows, p, ports, key),
+                            hb
+                        ))
                     );
                 }
                 s.push('\n');
@@ -174,7 +186,9 @@ fn topology_tables(s: &mut String, r: &Value) {
 
 fn control_table(s: &mut String, r: &Value) {
     let rows = r["control_plane"].as_array().cloned().unwrap_or_default();
-    s.push_str("| system | operation | publish ms | unpublish ms | how |\n|---|---|---:|---:|---|\n");
+    s.push_str(
+        "| system | operation | publish ms | unpublish ms | how |\n|---|---|---:|---:|---|\n",
+    );
     for op in ["range_1000", "single_10000", "one_more_at_10000"] {
         for row in rows.iter().filter(|x| x["operation"] == op) {
             let scaled = if row["scaled_from"].is_null() {
@@ -250,7 +264,21 @@ fn memory_table(s: &mut String, r: &Value) {
         x.proxy_rss_1000 / berth,
         x.proxy_pss_1000 / berth,
     );
-    s.push_str("\nberth's maps are preallocated hash tables sized for their capacity (131 072 services, 262 144 tracked flows, …), so their memory does not grow with the number of published ports: the same bytes serve 1 port or 65 000. The per-map figures are in results.json.\n");
+    let maps = r["memory"]["berth_1000"]["maps"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let mut maps: Vec<(String, f64)> = maps
+        .into_iter()
+        .map(|(k, v)| (k, v.as_f64().unwrap_or(0.0)))
+        .collect();
+    maps.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+    s.push_str("\nberth's maps, largest first (map type 1 = hash, 6 = per-CPU array, 9 = LRU hash):\n\n| map | memlock |\n|---|---:|\n");
+    for (k, v) in maps.iter().filter(|m| m.1 > 0.0) {
+        let k = k.split_once(' ').map(|x| x.1).unwrap_or(k);
+        let _ = writeln!(s, "| {k} | {} |", mib(*v));
+    }
+    s.push_str("\nberth's maps are preallocated hash tables sized for their capacity (131 072 services, 262 144 tracked flows, …), so their memory does not grow with the number of published ports: the same bytes serve 1 port or 65 000. Most of it is flow tracking (262 144 flows each for published ports and for security groups).\n");
 }
 
 fn dp_rows(r: &Value) -> Vec<Value> {
@@ -260,9 +288,7 @@ fn dp_rows(r: &Value) -> Vec<Value> {
 fn dp(rows: &[Value], path: &str, n: u64, rules: Option<u64>) -> Option<f64> {
     rows.iter()
         .find(|x| {
-            x["path"] == path
-                && x["mappings"].as_u64() == Some(n)
-                && x["rules"].as_u64() == rules
+            x["path"] == path && x["mappings"].as_u64() == Some(n) && x["rules"].as_u64() == rules
         })
         .map(|x| med(&x["ns_per_packet"]))
 }
@@ -350,9 +376,20 @@ fn veth_table(s: &mut String, r: &Value) {
     );
 }
 
-fn goal(s: &mut String, what: &str, tc: Option<f64>, xdp: Option<f64>, target: &str, ok: fn(f64) -> bool) {
+fn goal(
+    s: &mut String,
+    what: &str,
+    tc: Option<f64>,
+    xdp: Option<f64>,
+    target: &str,
+    ok: fn(f64) -> bool,
+) {
     let f = |v: Option<f64>| match v {
-        Some(v) if v.is_finite() => format!("{} {}", fmt_num(v), if ok(v) { "met" } else { "**missed**" }),
+        Some(v) if v.is_finite() => format!(
+            "{} {}",
+            fmt_num(v),
+            if ok(v) { "met" } else { "**missed**" }
+        ),
         _ => "—".into(),
     };
     let _ = writeln!(s, "| {what} | {target} | {} | {} |", f(tc), f(xdp));
@@ -366,25 +403,69 @@ fn goals(s: &mut String, r: &Value) {
     s.push_str("| goal (issue 6) | target | berth-tc | berth-xdp |\n|---|---|---:|---:|\n");
     let both = |b: &dyn Fn(&str) -> Option<f64>| (b("berth-tc"), b("berth-xdp"));
     let (a, b) = both(&|x| adv(x, "direct", 1, "connections_per_s", true));
-    goal(s, "connections/s vs direct, 1 port", a, b, "≥ 0.95×", |v| v >= 0.95);
+    goal(
+        s,
+        "connections/s vs direct, 1 port",
+        a,
+        b,
+        "≥ 0.95×",
+        |v| v >= 0.95,
+    );
     let (a, b) = both(&|x| adv(x, "iptables-dnat", 1, "connections_per_s", true));
-    goal(s, "connections/s vs iptables, 1 port", a, b, "≥ 1×", |v| v >= 1.0);
+    goal(
+        s,
+        "connections/s vs iptables, 1 port",
+        a,
+        b,
+        "≥ 1×",
+        |v| v >= 1.0,
+    );
     let (a, b) = both(&|x| adv(x, "docker-proxy", 1, "connections_per_s", true));
-    goal(s, "connections/s vs docker-proxy, 1 port", a, b, "≥ 1.5×", |v| v >= 1.5);
+    goal(
+        s,
+        "connections/s vs docker-proxy, 1 port",
+        a,
+        b,
+        "≥ 1.5×",
+        |v| v >= 1.5,
+    );
     let (a, b) = both(&|x| adv(x, "iptables-dnat", 10_000, "connections_per_s", true));
-    goal(s, "connections/s vs iptables, 10 000 ports", a, b, "≥ 20×", |v| v >= 20.0);
+    goal(
+        s,
+        "connections/s vs iptables, 10 000 ports",
+        a,
+        b,
+        "≥ 20×",
+        |v| v >= 20.0,
+    );
     let (a, b) = both(&|x| adv(x, "direct", 1, "throughput_gbps", true));
     goal(s, "throughput vs direct", a, b, "≥ 0.95×", |v| v >= 0.95);
     let (a, b) = both(&|x| adv(x, "docker-proxy", 1, "throughput_gbps", true));
-    goal(s, "throughput vs docker-proxy", a, b, "≥ 1.3×", |v| v >= 1.3);
+    goal(s, "throughput vs docker-proxy", a, b, "≥ 1.3×", |v| {
+        v >= 1.3
+    });
     let (a, b) = both(&|x| adv(x, "iptables-dnat", 1, "rtt_p99_us", false));
-    goal(s, "p99 latency: iptables ÷ berth", a, b, "≥ 1× (p99 ≤ iptables')", |v| v >= 1.0);
+    goal(
+        s,
+        "p99 latency: iptables ÷ berth",
+        a,
+        b,
+        "≥ 1× (p99 ≤ iptables')",
+        |v| v >= 1.0,
+    );
     let dpr = dp_rows(r);
     let ftc = dp(&dpr, "floor_tc", 0, None);
     let fxdp = dp(&dpr, "floor_xdp", 0, None);
     let hit = |p: &str, n: u64| dp(&dpr, p, n, None);
     let div = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
-    goal(s, "ingress hit ÷ empty-program floor", div(hit("ingress_hit_tc", 1), ftc), div(hit("ingress_hit_xdp", 1), fxdp), "≤ 3×", |v| v <= 3.0);
+    goal(
+        s,
+        "ingress hit ÷ empty-program floor",
+        div(hit("ingress_hit_tc", 1), ftc),
+        div(hit("ingress_hit_xdp", 1), fxdp),
+        "≤ 3×",
+        |v| v <= 3.0,
+    );
     goal(
         s,
         "ingress hit at 65 000 ÷ at 1 mapping",
@@ -398,9 +479,23 @@ fn goals(s: &mut String, r: &Value) {
         .iter()
         .find(|x| x["system"] == "berth" && x["operation"] == "range_1000")
         .map(|x| med(&x["publish_ms"]));
-    goal(s, "publish a 1 000-port range (API), ms", range, range, "< 50 ms", |v| v < 50.0);
+    goal(
+        s,
+        "publish a 1 000-port range (API), ms",
+        range,
+        range,
+        "< 50 ms",
+        |v| v < 50.0,
+    );
     let mem = memory(r).map(|x| x.proxy_rss_1000 / (x.berth_maps + x.berth_rss));
-    goal(s, "memory for 1 000 ports: docker-proxy RSS ÷ berth", mem, mem, "≥ 200×", |v| v >= 200.0);
+    goal(
+        s,
+        "memory for 1 000 ports: docker-proxy RSS ÷ berth",
+        mem,
+        mem,
+        "≥ 200×",
+        |v| v >= 200.0,
+    );
 }
 
 pub fn markdown(r: &Value) -> String {
@@ -469,7 +564,11 @@ fn peer_chart(
     let series: Vec<Series> = port_counts
         .iter()
         .map(|ports| Series {
-            name: format!("{} port{}", if *ports == 1 { "1".into() } else { fmt_num(*ports as f64) }, if *ports == 1 { "" } else { "s" }),
+            name: if *ports == 1 {
+                "1 port".into()
+            } else {
+                "10 000 ports".into()
+            },
             values: peers.iter().map(|p| m(&rows, p, *ports, metric)).collect(),
             notes: peers
                 .iter()
@@ -477,8 +576,12 @@ fn peer_chart(
                     if p == "berth-tc" {
                         return None;
                     }
-                    advantage(m(&rows, "berth-tc", *ports, metric), m(&rows, p, *ports, metric), higher_better)
-                        .map(|a| format!("tc {a:.2}×"))
+                    advantage(
+                        m(&rows, "berth-tc", *ports, metric),
+                        m(&rows, p, *ports, metric),
+                        higher_better,
+                    )
+                    .map(|a| format!("tc {a:.2}×"))
                 })
                 .collect(),
         })
@@ -497,9 +600,23 @@ fn peer_chart(
     )
 }
 
+fn ratio_label(a: f64) -> String {
+    if a >= 10.0 {
+        format!("{a:.0}×")
+    } else {
+        format!("{a:.2}×")
+    }
+}
+
 fn control_chart(r: &Value) -> String {
     let rows = r["control_plane"].as_array().cloned().unwrap_or_default();
-    let systems = ["berth", "iptables-dnat", "nftables-dnat", "nftables-map", "docker-proxy"];
+    let systems = [
+        "berth",
+        "iptables-dnat",
+        "nftables-dnat",
+        "nftables-map",
+        "docker-proxy",
+    ];
     let get = |sys: &str, op: &str, k: &str| {
         rows.iter()
             .find(|x| x["system"] == sys && x["operation"] == op)
@@ -508,7 +625,11 @@ fn control_chart(r: &Value) -> String {
     let series: Vec<Series> = [
         ("publish 1 000-port range", "range_1000", "publish_ms"),
         ("unpublish it", "range_1000", "unpublish_ms"),
-        ("publish 10 000 single mappings", "single_10000", "publish_ms"),
+        (
+            "publish 10 000 single mappings",
+            "single_10000",
+            "publish_ms",
+        ),
         ("unpublish them", "single_10000", "unpublish_ms"),
     ]
     .iter()
@@ -521,7 +642,7 @@ fn control_chart(r: &Value) -> String {
                 if *sys == "berth" {
                     None
                 } else {
-                    advantage(get("berth", op, k), get(sys, op, k), false).map(|a| format!("{a:.0}×"))
+                    advantage(get("berth", op, k), get(sys, op, k), false).map(ratio_label)
                 }
             })
             .collect(),
@@ -547,7 +668,13 @@ fn memory_chart(r: &Value) -> Option<String> {
         "docker-proxy ×1000 RSS".into(),
         "docker-proxy ×1000 PSS".into(),
     ];
-    let vals = [x.berth_maps, x.berth_rss, berth, x.proxy_rss_1000, x.proxy_pss_1000];
+    let vals = [
+        x.berth_maps,
+        x.berth_rss,
+        berth,
+        x.proxy_rss_1000,
+        x.proxy_pss_1000,
+    ];
     let mb = 1024.0 * 1024.0;
     Some(bar_chart(
         "Memory for 1 000 published ports",
@@ -560,7 +687,13 @@ fn memory_chart(r: &Value) -> Option<String> {
             notes: vals
                 .iter()
                 .enumerate()
-                .map(|(i, v)| if i >= 3 { Some(format!("{:.0}×", v / berth)) } else { None })
+                .map(|(i, v)| {
+                    if i >= 3 {
+                        Some(format!("{:.0}×", v / berth))
+                    } else {
+                        None
+                    }
+                })
                 .collect(),
         }],
         true,
@@ -586,16 +719,6 @@ fn datapath_chart(r: &Value) -> String {
         dashed: false,
     })
     .collect();
-    for (p, rules) in [("ingress_policy_tc", 300u64), ("policy_to_ctr", 300)] {
-        lines.push(Line {
-            name: format!("{p} ({rules} rules)"),
-            points: [1u64, 1_000, 65_000]
-                .iter()
-                .filter_map(|n| dp(&rows, p, *n, Some(rules)).map(|v| (*n as f64, v)))
-                .collect(),
-            dashed: false,
-        });
-    }
     for f in ["floor_tc", "floor_xdp"] {
         if let Some(v) = dp(&rows, f, 0, None) {
             lines.push(Line {
@@ -607,7 +730,7 @@ fn datapath_chart(r: &Value) -> String {
     }
     line_chart(
         "Datapath cost per packet vs number of mappings",
-        "BPF_PROG_TEST_RUN, ns per run (median); dashed: empty-program floor",
+        "BPF_PROG_TEST_RUN, ns per run (median); dashed: empty-program floor; security-group paths are in the table",
         "published mappings (log)",
         "ns per packet",
         &lines,
@@ -616,7 +739,10 @@ fn datapath_chart(r: &Value) -> String {
 
 fn veth_chart(r: &Value, metric: &str, title: &str, unit: &str, scale: f64) -> Option<String> {
     let rows = r["veth"]["rows"].as_array()?;
-    let stack = rows.iter().find(|x| x["variant"] == "stack").map(|x| med(&x[metric]));
+    let stack = rows
+        .iter()
+        .find(|x| x["variant"] == "stack")
+        .map(|x| med(&x[metric]));
     let cats: Vec<String> = rows
         .iter()
         .map(|x| x["variant"].as_str().unwrap_or("").to_string())
@@ -641,23 +767,102 @@ fn veth_chart(r: &Value, metric: &str, title: &str, unit: &str, scale: f64) -> O
 /// Writes every chart into `dir` with `suffix` (`""` or `"-quick"`);
 /// returns the file names.
 pub fn write_charts(r: &Value, dir: &Path, suffix: &str) -> Result<Vec<String>> {
-    let mut charts: Vec<(&str, String)> = vec![
-        ("connections", peer_chart(r, "connections_per_s", "TCP connections per second", "connections/s", true, &[1, 10_000])),
-        ("latency-p99", peer_chart(r, "rtt_p99_us", "Request latency p99, persistent connection", "µs", false, &[1, 10_000])),
-        ("latency-p50", peer_chart(r, "rtt_p50_us", "Request latency p50, persistent connection", "µs", false, &[1, 10_000])),
-        ("throughput", peer_chart(r, "throughput_gbps", "TCP throughput (iperf3)", "Gbit/s", true, &[1, 10_000])),
-        ("udp", peer_chart(r, "udp_pps", "UDP small packets delivered per second", "packets/s", true, &[1, 10_000])),
-        ("cpu-per-connection", peer_chart(r, "cpu_us_per_connection", "CPU time per connection (whole machine)", "µs", false, &[1, 10_000])),
-        ("control-plane", control_chart(r)),
-        ("datapath", datapath_chart(r)),
-    ];
+    let mut charts: Vec<(&str, String)> = Vec::new();
+    if !topo_rows(r).is_empty() {
+        charts.extend([
+            (
+                "connections",
+                peer_chart(
+                    r,
+                    "connections_per_s",
+                    "TCP connections per second",
+                    "connections/s",
+                    true,
+                    &[1, 10_000],
+                ),
+            ),
+            (
+                "latency-p99",
+                peer_chart(
+                    r,
+                    "rtt_p99_us",
+                    "Request latency p99, persistent connection",
+                    "µs",
+                    false,
+                    &[1, 10_000],
+                ),
+            ),
+            (
+                "latency-p50",
+                peer_chart(
+                    r,
+                    "rtt_p50_us",
+                    "Request latency p50, persistent connection",
+                    "µs",
+                    false,
+                    &[1, 10_000],
+                ),
+            ),
+            (
+                "throughput",
+                peer_chart(
+                    r,
+                    "throughput_gbps",
+                    "TCP throughput (iperf3)",
+                    "Gbit/s",
+                    true,
+                    &[1, 10_000],
+                ),
+            ),
+            (
+                "udp",
+                peer_chart(
+                    r,
+                    "udp_pps",
+                    "UDP small packets delivered per second",
+                    "packets/s",
+                    true,
+                    &[1, 10_000],
+                ),
+            ),
+            (
+                "cpu-per-connection",
+                peer_chart(
+                    r,
+                    "cpu_us_per_connection",
+                    "CPU time per connection (whole machine)",
+                    "µs",
+                    false,
+                    &[1, 10_000],
+                ),
+            ),
+        ]);
+    }
+    if r["control_plane"].is_array() {
+        charts.push(("control-plane", control_chart(r)));
+    }
+    if !dp_rows(r).is_empty() {
+        charts.push(("datapath", datapath_chart(r)));
+    }
     if let Some(c) = memory_chart(r) {
         charts.push(("memory", c));
     }
-    if let Some(c) = veth_chart(r, "throughput_gbps", "XDP vs TC on veth: TCP throughput", "Gbit/s", 1.0) {
+    if let Some(c) = veth_chart(
+        r,
+        "throughput_gbps",
+        "XDP vs TC on veth: TCP throughput",
+        "Gbit/s",
+        1.0,
+    ) {
         charts.push(("veth-throughput", c));
     }
-    if let Some(c) = veth_chart(r, "udp_pps", "XDP vs TC on veth: UDP packets delivered per second", "packets/s", 1.0) {
+    if let Some(c) = veth_chart(
+        r,
+        "udp_pps",
+        "XDP vs TC on veth: UDP packets delivered per second",
+        "packets/s",
+        1.0,
+    ) {
         charts.push(("veth-udp", c));
     }
     let mut names = Vec::new();

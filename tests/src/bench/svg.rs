@@ -7,7 +7,7 @@ const H: f64 = 460.0;
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 70.0;
-const BOTTOM: f64 = 90.0;
+const BOTTOM: f64 = 56.0;
 const PALETTE: [&str; 8] = [
     "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#9c755f",
 ];
@@ -36,7 +36,9 @@ fn esc(s: &str) -> String {
 /// Compact numbers: 12.3k, 1.2M, 0.045.
 pub fn fmt_num(v: f64) -> String {
     let a = v.abs();
-    if a >= 1e9 {
+    if a == 0.0 {
+        "0".into()
+    } else if a >= 1e9 {
         format!("{:.3}G", v / 1e9)
     } else if a >= 1e6 {
         format!("{:.3}M", v / 1e6)
@@ -51,6 +53,22 @@ pub fn fmt_num(v: f64) -> String {
     } else {
         format!("{v:.3}")
     }
+}
+
+/// Axis ticks: round numbers without trailing zeros (1, 2.5, 10k, 1M).
+fn fmt_tick(v: f64) -> String {
+    let (x, suffix) = if v.abs() >= 1e6 {
+        (v / 1e6, "M")
+    } else if v.abs() >= 1e3 {
+        (v / 1e3, "k")
+    } else {
+        (v, "")
+    };
+    let mut t = format!("{x:.3}");
+    while t.contains('.') && (t.ends_with('0') || t.ends_with('.')) {
+        t.pop();
+    }
+    format!("{t}{suffix}")
 }
 
 /// About five round ticks from 0 to at least `max`.
@@ -70,6 +88,11 @@ fn linear_ticks(max: f64) -> Vec<f64> {
 }
 
 fn log_ticks(min: f64, max: f64) -> Vec<f64> {
+    let (min, max) = if min.is_finite() && max.is_finite() && min > 0.0 {
+        (min, max)
+    } else {
+        (1.0, 10.0)
+    };
     let lo = min.max(1e-12).log10().floor() as i32;
     let hi = max.max(1e-12).log10().ceil() as i32;
     (lo..=hi.max(lo + 1)).map(|e| 10f64.powi(e)).collect()
@@ -124,7 +147,7 @@ fn y_axis(s: &mut String, scale: &Scale, ticks: &[f64], unit: &str) {
             r##"<text x="{}" y="{:.1}" font-size="10" text-anchor="end" fill="#333">{}</text>"##,
             LEFT - 6.0,
             y + 3.0,
-            fmt_num(*t)
+            fmt_tick(*t)
         );
     }
     let _ = writeln!(
@@ -325,7 +348,7 @@ pub fn line_chart(
             s,
             r#"<text x="{x:.1}" y="{:.1}" font-size="10" text-anchor="middle">{}</text>"#,
             H - BOTTOM + 14.0,
-            fmt_num(*t)
+            fmt_tick(*t)
         );
     }
     let _ = writeln!(
@@ -342,6 +365,7 @@ pub fn line_chart(
         H - BOTTOM,
         H - BOTTOM
     );
+    let mut labels: Vec<(f64, f64, String, &str)> = Vec::new();
     for (i, l) in lines.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         let pts: Vec<(f64, f64)> = l
@@ -371,15 +395,28 @@ pub fn line_chart(
             );
         }
         if let Some((x, y)) = pts.last() {
-            let _ = writeln!(
-                s,
-                r#"<text x="{:.1}" y="{:.1}" font-size="10" fill="{color}">{} ({})</text>"#,
-                x + 8.0,
-                y + 3.0,
-                esc(&l.name),
-                fmt_num(l.points.last().map(|p| p.1).unwrap_or(0.0))
-            );
+            let v = l.points.last().map(|p| p.1).unwrap_or(0.0);
+            labels.push((
+                *x + 8.0,
+                *y + 3.0,
+                format!("{} ({})", l.name, fmt_num(v)),
+                color,
+            ));
         }
+    }
+    // Spread the end-of-line labels so they do not overlap.
+    labels.sort_by(|a, b| a.1.partial_cmp(&b.1).unwrap());
+    for i in 1..labels.len() {
+        if labels[i].1 < labels[i - 1].1 + 12.0 {
+            labels[i].1 = labels[i - 1].1 + 12.0;
+        }
+    }
+    for (x, y, text, color) in labels {
+        let _ = writeln!(
+            s,
+            r#"<text x="{x:.1}" y="{y:.1}" font-size="10" fill="{color}">{}</text>"#,
+            esc(&text)
+        );
     }
     s.push_str("</svg>\n");
     s
@@ -392,7 +429,14 @@ mod tests {
     #[test]
     fn ticks_are_round() {
         assert_eq!(linear_ticks(10.0), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
-        assert_eq!(log_ticks(3.0, 2000.0), vec![1.0, 10.0, 100.0, 1000.0, 10000.0]);
+        assert_eq!(fmt_tick(0.0), "0");
+        assert_eq!(fmt_tick(2.5), "2.5");
+        assert_eq!(fmt_tick(12_500.0), "12.5k");
+        assert_eq!(fmt_tick(1e6), "1M");
+        assert_eq!(
+            log_ticks(3.0, 2000.0),
+            vec![1.0, 10.0, 100.0, 1000.0, 10000.0]
+        );
     }
 
     #[test]

@@ -142,8 +142,12 @@ fn write_outputs(results: &Value, opts: &Opts, quick: bool) -> Result<()> {
     let charts = report::write_charts(results, &opts.out_dir, suffix)?;
     println!("{md}");
     eprintln!(
-        "bench: wrote {}, {} and {} charts ({})",
-        json_path.display(),
+        "bench: wrote {}{} and {} charts ({})",
+        if opts.from_json.is_none() {
+            format!("{}, ", json_path.display())
+        } else {
+            String::new()
+        },
         md_path.display(),
         charts.len(),
         charts.join(" ")
