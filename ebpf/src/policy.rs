@@ -19,9 +19,9 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_loop},
 };
 use berth_maps::{
-    Counter, CtEntry, Endpoint, FlowKey, Policy, PolicyKey, Rule, SgMember, CT_F_CLOSING, CT_F_REPLIED,
-    DIR_INGRESS, EP_F_POLICY, MAX_RULES, PROTO_ICMP, PROTO_TCP, RULE_ICMP_ANY, RULE_PEER_CIDR,
-    RULE_PROTO_ALL,
+    Counter, CtEntry, Endpoint, FlowKey, Policy, PolicyKey, Rule, SgMember, CT_F_CLOSING,
+    CT_F_REPLIED, DIR_INGRESS, EP_F_POLICY, MAX_RULES, PROTO_ICMP, PROTO_TCP, RULE_ICMP_ANY,
+    RULE_PEER_CIDR, RULE_PROTO_ALL,
 };
 
 use crate::{
@@ -193,7 +193,14 @@ extern "C" fn rule_scan_step(index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let rule = unsafe { &(*scan.policy).rules[i] };
-    if rule_matches(rule, scan.proto, scan.peer_be, scan.dport, scan.icmp_type, scan.icmp_code) {
+    if rule_matches(
+        rule,
+        scan.proto,
+        scan.peer_be,
+        scan.dport,
+        scan.icmp_type,
+        scan.icmp_code,
+    ) {
         scan.matched = 1;
         return 1;
     }
@@ -220,7 +227,11 @@ pub fn policy_allows(task_id: u32, dir: u32, f: &PFlow, peer_be: u32, dport: u16
         matched: 0,
         _pad: 0,
     };
-    let n = if (len as usize) < MAX_RULES { len } else { MAX_RULES as u32 };
+    let n = if (len as usize) < MAX_RULES {
+        len
+    } else {
+        MAX_RULES as u32
+    };
     unsafe {
         bpf_loop(
             n,

@@ -311,7 +311,6 @@ impl Run<'_> {
         }
     }
 
-
     fn tally(&mut self, prog: &'static str, c: &Class) {
         let t = self.report.programs.entry(prog).or_default();
         t.frames += 1;
@@ -506,11 +505,15 @@ impl Run<'_> {
             ));
         }
         if l3 + tot > f.len() {
-            return Err(bad("translated a packet whose total length is past the frame's end"));
+            return Err(bad(
+                "translated a packet whose total length is past the frame's end",
+            ));
         }
         let ulen = be16(f, l4 + 4).unwrap() as usize;
         if proto == pkt::UDP && (ulen < 8 || ulen > tot - (l4 - l3)) {
-            return Err(bad("translated a UDP datagram whose length is < 8 or past the IPv4 payload"));
+            return Err(bad(
+                "translated a UDP datagram whose length is < 8 or past the IPv4 payload",
+            ));
         }
         let csum_off = l4 + if proto == pkt::TCP { 16 } else { 6 };
         allowed.push(csum_off..csum_off + 2);
@@ -625,7 +628,9 @@ impl Run<'_> {
             qcsum..qcsum + 2,
         ]);
         if be16(f, q + 6).unwrap() & 0x3fff != 0 {
-            return Err(bad("translated an ICMP error quoting a fragment (no trustworthy ports)"));
+            return Err(bad(
+                "translated an ICMP error quoting a fragment (no trustworthy ports)",
+            ));
         }
         let (qsrc, qdst) = (ip(f, q + 12), ip(f, q + 16));
         let (qsport, qdport) = (be16(f, ql4).unwrap(), be16(f, ql4 + 2).unwrap());
