@@ -409,18 +409,15 @@ fn attach_cgroup_hook(
         // bpf_link_create takes no flags for cgroups: links always stack.
         .attach(&cg, CgroupAttachMode::Single)
         .map_err(prog_err(what.clone()))?;
-    let link = prog.take_link(id).map_err(prog_err(what.clone()))?;
-    let fd: FdLink = link
-        .try_into()
-        .map_err(|e: aya::programs::links::LinkError| {
-            DatapathError::Other(format!("{what}: {e}"))
-        })?;
     let pin = links_dir.join(link_name(name, CGROUP_LINK_SUFFIX));
     // bpffs refuses names with a dot.
     let tmp = links_dir.join(format!("{}_new", link_name(name, CGROUP_LINK_SUFFIX)));
     let _ = fs::remove_file(&tmp);
-    fd.pin(&tmp)
-        .map_err(|e| DatapathError::Other(format!("{what}: pinning: {}", error_chain(&e))))?;
+    pin_link(
+        prog.take_link(id).map_err(prog_err(what.clone()))?,
+        &tmp,
+        &what,
+    )?;
     fs::rename(&tmp, &pin).map_err(|e| DatapathError::Other(format!("{what}: {e}")))?;
     Ok(())
 }
@@ -464,68 +461,78 @@ pub(super) fn attach_pinned(
     let prog = ebpf
         .program_mut(prog_name)
         .ok_or_else(|| DatapathError::Other(format!("program {prog_name} missing")))?;
-    let is_xdp = prog_name == "berth_xdp";
-    if is_xdp {
+    if prog_name == "berth_xdp" {
         let p: &mut Xdp = prog.try_into().map_err(prog_err(what.clone()))?;
         load_once(p.load()).map_err(prog_err(what.clone()))?;
-        if let Some(link) = adopt_link(&pin) {
-            match XdpLink::try_from(link)
+        let adopted = adopt_link(&pin).map(|link| {
+            XdpLink::try_from(link)
                 .map_err(|e| e.to_string())
-                .and_then(|l| p.attach_to_link(l).map_err(|e| error_chain(&e)))
-            {
-                Ok(_) => return Ok(()),
-                Err(e) => {
-                    tracing::warn!(pin = %pin.display(), error = %e, "pinned link unusable; attaching anew");
-                    let _ = fs::remove_file(&pin);
-                }
-            }
+                .and_then(|l| p.attach_to_link(l).map(drop).map_err(|e| error_chain(&e)))
+        });
+        if !keep_adopted(&pin, adopted) {
+            let id = p
+                .attach(ifname, XdpMode::default())
+                .map_err(prog_err(what.clone()))?;
+            pin_link(
+                p.take_link(id).map_err(prog_err(what.clone()))?,
+                &pin,
+                &what,
+            )?;
         }
-        let id = p
-            .attach(ifname, XdpMode::default())
-            .map_err(prog_err(what.clone()))?;
-        let link = p.take_link(id).map_err(prog_err(what.clone()))?;
-        let fd: FdLink = link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| {
-                DatapathError::Other(format!("{what}: {e}"))
-            })?;
-        fd.pin(&pin)
-            .map_err(|e| DatapathError::Other(format!("{what}: pinning: {}", error_chain(&e))))?;
         return Ok(());
     }
     let p: &mut SchedClassifier = prog.try_into().map_err(prog_err(what.clone()))?;
     load_once(p.load()).map_err(prog_err(what.clone()))?;
-    let attach_type = if prog_name == "berth_to_ctr" {
-        TcAttachType::Egress
-    } else {
-        TcAttachType::Ingress
-    };
-    if let Some(link) = adopt_link(&pin) {
-        match SchedClassifierLink::try_from(link)
+    let adopted = adopt_link(&pin).map(|link| {
+        SchedClassifierLink::try_from(link)
             .map_err(|e| e.to_string())
-            .and_then(|l| p.attach_to_link(l).map_err(|e| error_chain(&e)))
-        {
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(pin = %pin.display(), error = %e, "pinned link unusable; attaching anew");
-                let _ = fs::remove_file(&pin);
-            }
-        }
+            .and_then(|l| p.attach_to_link(l).map(drop).map_err(|e| error_chain(&e)))
+    });
+    if !keep_adopted(&pin, adopted) {
+        let attach_type = if prog_name == "berth_to_ctr" {
+            TcAttachType::Egress
+        } else {
+            TcAttachType::Ingress
+        };
+        let id = p
+            .attach_with_options(
+                ifname,
+                attach_type,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(prog_err(what.clone()))?;
+        pin_link(
+            p.take_link(id).map_err(prog_err(what.clone()))?,
+            &pin,
+            &what,
+        )?;
     }
-    let id = p
-        .attach_with_options(
-            ifname,
-            attach_type,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        )
-        .map_err(prog_err(what.clone()))?;
-    let link = p.take_link(id).map_err(prog_err(what.clone()))?;
+    Ok(())
+}
+
+/// Whether a pinned link took the new program. One that could not is
+/// unpinned (detaching it), so the caller attaches anew.
+fn keep_adopted(pin: &Path, adopted: Option<Result<(), String>>) -> bool {
+    match adopted {
+        Some(Ok(())) => true,
+        Some(Err(e)) => {
+            tracing::warn!(pin = %pin.display(), error = %e, "pinned link unusable; attaching anew");
+            let _ = fs::remove_file(pin);
+            false
+        }
+        None => false,
+    }
+}
+
+/// Pin a new link so it outlives the daemon.
+fn pin_link<L>(link: L, pin: &Path, what: &str) -> Result<(), DatapathError>
+where
+    L: TryInto<FdLink, Error = aya::programs::links::LinkError>,
+{
     let fd: FdLink = link
         .try_into()
-        .map_err(|e: aya::programs::links::LinkError| {
-            DatapathError::Other(format!("{what}: {e}"))
-        })?;
-    fd.pin(&pin)
+        .map_err(|e| DatapathError::Other(format!("{what}: {e}")))?;
+    fd.pin(pin)
         .map_err(|e| DatapathError::Other(format!("{what}: pinning: {}", error_chain(&e))))?;
     Ok(())
 }
