@@ -49,14 +49,15 @@ pub enum Error {
     TaskNotFromDefinition(String),
     #[error("task definition: {0}")]
     TaskDefinition(String),
-    #[error("--ip {container}=...: the task definition has no container named {container:?} (it has {})", .known.join(", "))]
+    // Names come from the user: escaped, so the error stays one line.
+    #[error("--ip {}=...: the task definition has no container named {container:?} (it has {})", .container.escape_debug(), .known.iter().map(|k| k.escape_debug().to_string()).collect::<Vec<_>>().join(", "))]
     UnknownContainer {
         container: String,
         known: Vec<String>,
     },
-    #[error("container {0:?} has port mappings but no IP; add --ip {0}=CONTAINER_IP")]
+    #[error("container {name:?} has port mappings but no IP; add --ip {escaped}=CONTAINER_IP", name = .0, escaped = .0.escape_debug())]
     MissingContainerIp(String),
-    #[error("containers {first} and {second} both have IP {ip}; each container has its own address on the bridge")]
+    #[error("containers {} and {} both have IP {ip}; each container has its own address on the bridge", .first.escape_debug(), .second.escape_debug())]
     SharedContainerIp {
         ip: Ipv4Addr,
         first: String,
@@ -154,4 +155,24 @@ fn join(subnets: &[Ipv4Cidr]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod one_line_tests {
+    use super::*;
+
+    #[test]
+    fn names_from_the_user_never_break_the_line() {
+        let errors = [
+            Error::UnknownContainer {
+                container: "web\n1".into(),
+                known: vec!["a\nb".into()],
+            },
+            Error::MissingContainerIp("x\ny".into()),
+        ];
+        for e in errors {
+            let line = e.to_string();
+            assert!(!line.contains('\n'), "{line:?}");
+        }
+    }
 }
