@@ -152,6 +152,7 @@ pub fn router(berth: Berth) -> Router {
         .route("/v1/bindings", get(list_bindings).post(add_bindings))
         .route("/v1/bindings/delete", post(remove_bindings))
         .route("/v1/stats", get(stats))
+        .route("/v1/status", get(status))
         .route("/v1/tasks", get(list_tasks).post(run_task))
         .route("/v1/tasks/{name}", axum::routing::delete(stop_task))
         .route("/v1/tasks/{name}/stop", post(stop_task))
@@ -287,6 +288,32 @@ async fn events(State(berth): State<Berth>, uri: Uri) -> Response {
 async fn stats(State(berth): State<Berth>) -> Result<Json<Stats>, ApiError> {
     Ok(Json(Stats {
         counters: berth.counters().await?,
+    }))
+}
+
+/// Who the daemon is; the router gets it as an extension from the daemon.
+#[derive(Clone, Debug)]
+pub struct DaemonInfo {
+    pub socket: std::path::PathBuf,
+    pub store: std::path::PathBuf,
+}
+
+async fn status(
+    State(berth): State<Berth>,
+    info: Option<axum::Extension<DaemonInfo>>,
+) -> Result<Json<crate::datapath::status::StatusView>, ApiError> {
+    let datapath = berth.datapath_status().await?;
+    let info = info.map(|axum::Extension(i)| i);
+    Ok(Json(crate::datapath::status::StatusView {
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        socket: info
+            .as_ref()
+            .map_or(String::new(), |i| i.socket.display().to_string()),
+        store: info
+            .as_ref()
+            .map_or(String::new(), |i| i.store.display().to_string()),
+        datapath,
     }))
 }
 

@@ -49,6 +49,13 @@ pub enum Command {
     /// Publish, unpublish and list ports.
     #[command(subcommand)]
     Map(MapCommand),
+    /// Show what the daemon has attached where, its maps' fill, its store
+    /// and version.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the datapath's packet counters.
     Stats {
         /// Print JSON instead of a table.
@@ -125,6 +132,10 @@ pub struct DaemonArgs {
     /// Do not run: the same as `berth reset`.
     #[arg(long)]
     pub teardown: bool,
+    /// Run without the cgroup socket hooks (no bind guard, no localhost or
+    /// hairpin access) instead of refusing to start when they cannot attach.
+    #[arg(long)]
+    pub no_socket_hooks: bool,
     #[command(flatten)]
     pub security_groups: crate::sg_cli::SgDaemonArgs,
 }
@@ -237,6 +248,14 @@ impl Cli {
                     print(&bindings_table(&bindings))
                 }
             }
+            Command::Status { json } => {
+                let status = client.status().await?;
+                if json {
+                    print(&to_json_line(&status)?)
+                } else {
+                    print(&crate::datapath::status::status_text(&status))
+                }
+            }
             Command::Stats { json } => {
                 let stats = client.stats().await?;
                 if json {
@@ -266,6 +285,7 @@ impl DaemonArgs {
                 bpffs: self.bpffs,
                 attach: self.attach,
                 ct_capacity: self.security_groups.ct_max,
+                socket_hooks: !self.no_socket_hooks,
             },
             dynamic_ports: self.dynamic_ports,
             reserved_ports: self.reserved_ports,

@@ -60,6 +60,10 @@ impl Client {
         self.call(Method::GET, "/v1/stats", None).await
     }
 
+    pub async fn status(&self) -> Result<crate::datapath::status::StatusView> {
+        self.call(Method::GET, "/v1/status", None).await
+    }
+
     pub async fn tasks(&self) -> Result<Vec<TaskView>> {
         self.call(Method::GET, "/v1/tasks", None).await
     }

@@ -98,6 +98,10 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     // Claim the socket before touching the datapath, so a second daemon
     // started by mistake stops here and leaves the first one's programs be.
     let (listener, socket_file) = socket::bind(&config.socket).await?;
+    // One daemon per pin directory and per store, for the daemon's life: a
+    // second one would reconcile the first one's maps against its own store.
+    let pin_dir = crate::datapath::prepare_pin_dir(&config.datapath.bpffs)?;
+    let _lock = crate::lock::lock_daemon(&config.state_dir, &pin_dir)?;
     let store = Store::open(&config.state_dir)?;
     let datapath = BpfDatapath::open(&config.datapath)?;
     tracing::info!(
@@ -178,6 +182,10 @@ pub async fn serve(
         security_groups,
     } = parts;
     let store_path = store.path().to_owned();
+    let info = api::DaemonInfo {
+        socket: socket_file.path().to_owned(),
+        store: store_path.clone(),
+    };
     let expiry = crate::sg::expiry_period(&security_groups.timeouts);
     let mut registry = Registry::open(store, datapath.clone(), bridge, host, policy)?;
     registry.configure_security_groups(security_groups)?;
@@ -205,7 +213,7 @@ pub async fn serve(
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let berth = Berth::new(registry);
     let closer = berth.clone();
-    let server = axum::serve(listener, api::router(berth))
+    let server = axum::serve(listener, api::router(berth).layer(axum::Extension(info)))
         .with_graceful_shutdown(async move {
             shutdown.await;
             // End event streams, or they would hold the shutdown up.
@@ -513,6 +521,7 @@ mod tests {
             bpffs: "/sys/fs/bpf".into(),
             attach: Default::default(),
             ct_capacity: None,
+            socket_hooks: true,
         };
         assert_eq!(
             check_interfaces(&config).unwrap_err().to_string(),

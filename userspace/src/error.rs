@@ -79,6 +79,20 @@ pub enum Error {
     AlreadyRunning(PathBuf),
     #[error("a berth daemon is answering on {}; stop it before resetting", .0.display())]
     DaemonRunning(PathBuf),
+    #[error("another berth daemon ({}) holds the {what} {}; {advice}", .pid.map_or("PID unknown".to_owned(), |p| format!("PID {p}")), .path.display())]
+    Locked {
+        what: &'static str,
+        advice: &'static str,
+        path: PathBuf,
+        pid: Option<u32>,
+    },
+    /// Docker's wording when docker-proxy cannot bind a published port.
+    #[error("Error starting userland proxy: listen {}4 {bind_ip}:{host_port}: bind: address already in use", .protocol.as_str())]
+    HostPortInUse {
+        protocol: Protocol,
+        bind_ip: Ipv4Addr,
+        host_port: u16,
+    },
     #[error("berth reset must run as root (it removes eBPF pins and writes sysctls)")]
     ResetNotRoot,
     #[error("{} exists and is not a socket; remove it or choose another --socket", .0.display())]
@@ -138,6 +152,7 @@ impl Error {
             | Error::DuplicateContainerIpArg(_) => 400,
             Error::NoSuchTask(_) | Error::NoSuchBinding { .. } => 404,
             Error::PortAllocated { .. }
+            | Error::HostPortInUse { .. }
             | Error::PortsExhausted { .. }
             | Error::TaskExists(_)
             | Error::TaskFromDefinition(_)

@@ -174,6 +174,7 @@ impl Datapath for FakeDatapath {
 pub struct FakeHost {
     reserved: Mutex<BTreeSet<u16>>,
     bound: Mutex<Vec<(Protocol, u16)>>,
+    listeners: Mutex<Vec<(Protocol, std::net::SocketAddr)>>,
     now: AtomicU64,
     fail_writes: AtomicBool,
     writes: AtomicUsize,
@@ -188,6 +189,11 @@ impl FakeHost {
     }
     pub fn bind(&self, protocol: Protocol, port: u16) {
         self.bound.lock().unwrap().push((protocol, port));
+    }
+    /// A host process listening (TCP) or bound (UDP) on `addr`.
+    pub fn listen(&self, protocol: Protocol, addr: &str) {
+        let addr = addr.parse().unwrap();
+        self.listeners.lock().unwrap().push((protocol, addr));
     }
     pub fn unbind_all(&self) {
         self.bound.lock().unwrap().clear();
@@ -226,6 +232,16 @@ impl Host for FakeHost {
             .iter()
             .filter(|(p, _)| *p == protocol)
             .map(|(_, port)| *port)
+            .collect())
+    }
+    fn listeners(&self, protocol: Protocol) -> io::Result<Vec<std::net::SocketAddr>> {
+        Ok(self
+            .listeners
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| *p == protocol)
+            .map(|(_, a)| *a)
             .collect())
     }
     fn now(&self) -> u64 {

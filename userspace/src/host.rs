@@ -6,6 +6,7 @@
 use std::{
     collections::BTreeSet,
     fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -22,6 +23,9 @@ pub trait Host: Send + Sync {
     fn set_reserved_ports(&self, ports: &BTreeSet<u16>) -> io::Result<()>;
     /// Local ports held by a socket of `protocol` (IPv4 or IPv6).
     fn bound_ports(&self, protocol: Protocol) -> io::Result<BTreeSet<u16>>;
+    /// What a proxy binding a port would collide with: listening TCP
+    /// sockets, or every bound UDP socket, with their local addresses.
+    fn listeners(&self, protocol: Protocol) -> io::Result<Vec<SocketAddr>>;
     /// Wall-clock Unix seconds.
     fn now(&self) -> u64;
 }
@@ -64,6 +68,18 @@ impl Host for SystemHost {
             }
         }
         Ok(ports)
+    }
+
+    fn listeners(&self, protocol: Protocol) -> io::Result<Vec<SocketAddr>> {
+        let mut out = Vec::new();
+        for file in proc_net_files(protocol) {
+            match fs::read_to_string(proc_net_dir().join(file)) {
+                Ok(text) => out.extend(parse_proc_net_listeners(&text, protocol)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && file.ends_with('6') => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     fn now(&self) -> u64 {
@@ -121,6 +137,64 @@ pub fn parse_proc_net(text: &str) -> BTreeSet<u16> {
             (port != 0).then_some(port)
         })
         .collect()
+}
+
+/// TCP_LISTEN in the `st` column of `/proc/net/tcp`.
+const TCP_LISTEN: &str = "0A";
+
+/// The sockets of a `/proc/net/{tcp,tcp6,udp,udp6}` table a new bind of
+/// their port would collide with: TCP in LISTEN (a proxy's SO_REUSEADDR
+/// bind passes connected and TIME_WAIT sockets), every UDP socket.
+pub fn parse_proc_net_listeners(text: &str, protocol: Protocol) -> Vec<SocketAddr> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let local = f.nth(1)?;
+            let state = f.nth(1)?;
+            if protocol == Protocol::Tcp && state != TCP_LISTEN {
+                return None;
+            }
+            let (addr, port) = local.rsplit_once(':')?;
+            let port = u16::from_str_radix(port, 16).ok()?;
+            (port != 0).then_some(SocketAddr::new(parse_proc_net_addr(addr)?, port))
+        })
+        .collect()
+}
+
+/// `/proc/net` prints addresses as 32-bit words in host byte order.
+fn parse_proc_net_addr(hex: &str) -> Option<IpAddr> {
+    let word = |i: usize| -> Option<[u8; 4]> {
+        let w = u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok()?;
+        Some(w.to_ne_bytes())
+    };
+    match hex.len() {
+        8 => Some(IpAddr::V4(Ipv4Addr::from(word(0)?))),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            Some(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        _ => None,
+    }
+}
+
+/// Whether a host socket on `local` would make a proxy's bind of
+/// `bind_ip` fail: the same address, or a wildcard on either side. `::`
+/// counts as every IPv4 address (dual-stack, the Linux default); an
+/// IPv4-mapped IPv6 address as its IPv4 address.
+pub fn listener_blocks(local: IpAddr, bind_ip: Ipv4Addr) -> bool {
+    let v4 = match local {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(a) if a.is_unspecified() => return true,
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(a) => a,
+            None => return false,
+        },
+    };
+    v4 == bind_ip || v4.is_unspecified() || bind_ip.is_unspecified()
 }
 
 /// The kernel's port list format (`ip_local_reserved_ports`,
@@ -275,6 +349,47 @@ mod tests {
         assert_eq!(parse_proc_net(UDP), set(&[5353]));
         assert_eq!(parse_proc_net(""), set(&[]));
         assert_eq!(parse_proc_net("header\ngarbage line\n"), set(&[]));
+    }
+
+    #[test]
+    fn proc_net_listeners_are_listening_tcp_and_bound_udp() {
+        let v4 = |a: [u8; 4], p| SocketAddr::new(IpAddr::V4(a.into()), p);
+        assert_eq!(
+            parse_proc_net_listeners(TCP, Protocol::Tcp),
+            [v4([0, 0, 0, 0], 8080), v4([127, 0, 0, 1], 53)],
+            "the connected socket on 50000 is no listener"
+        );
+        assert_eq!(
+            parse_proc_net_listeners(TCP6, Protocol::Tcp),
+            [SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 7096)]
+        );
+        assert_eq!(
+            parse_proc_net_listeners(UDP, Protocol::Udp),
+            [v4([0, 0, 0, 0], 5353)]
+        );
+        let mapped = "h\n   0: 0000000000000000FFFF00000100007F:1F90 00000000000000000000000000000000:0000 0A x\n";
+        assert_eq!(
+            parse_proc_net_listeners(mapped, Protocol::Tcp),
+            [SocketAddr::new(
+                IpAddr::V6(Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped()),
+                8080
+            )]
+        );
+    }
+
+    #[test]
+    fn a_listener_blocks_overlapping_bind_addresses_only() {
+        let any = Ipv4Addr::UNSPECIFIED;
+        let lo = Ipv4Addr::LOCALHOST;
+        let host = Ipv4Addr::new(192, 0, 2, 1);
+        assert!(listener_blocks(IpAddr::V4(any), host));
+        assert!(listener_blocks(IpAddr::V4(host), any));
+        assert!(listener_blocks(IpAddr::V4(host), host));
+        assert!(!listener_blocks(IpAddr::V4(lo), host));
+        assert!(listener_blocks(IpAddr::V6(Ipv6Addr::UNSPECIFIED), lo));
+        assert!(listener_blocks(IpAddr::V6(lo.to_ipv6_mapped()), lo));
+        assert!(!listener_blocks(IpAddr::V6(Ipv6Addr::LOCALHOST), lo));
+        assert!(!listener_blocks(IpAddr::V6(lo.to_ipv6_mapped()), host));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod ecs;
 pub mod error;
 pub mod events;
 pub mod host;
+pub mod lock;
 pub mod model;
 pub mod netif;
 pub mod reset;

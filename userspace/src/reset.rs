@@ -14,6 +14,7 @@ use crate::{
     datapath::BpfDatapath,
     error::{Error, Result},
     host::{format_port_list, Host},
+    lock::lock_for_reset,
     socket,
     store::{Store, STORE_FILE},
 };
@@ -66,6 +67,9 @@ pub async fn reset(config: &ResetConfig, host: &dyn Host) -> Result<ResetReport>
     if is_socket && socket::is_listening(&config.socket).await {
         return Err(Error::DaemonRunning(config.socket.clone()));
     }
+    // A daemon on another socket still holds these (and one starting now
+    // is kept out until we are done).
+    let _lock = lock_for_reset(&config.state_dir, &crate::datapath::pin_dir(&config.bpffs))?;
     let mut report = ResetReport::default();
 
     // Opening the store also takes its lock: a daemon that is starting up
@@ -211,6 +215,32 @@ mod tests {
         assert_eq!(host.reserved(), [8080, 8443, 9999].into());
         assert!(dir.path().join("bpffs/berth").exists());
         assert!(dir.path().join("state").join(STORE_FILE).exists());
+    }
+
+    #[tokio::test]
+    async fn reset_refuses_while_a_daemon_holds_the_lock_on_another_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Arc::new(FakeHost::default());
+        used_host(dir.path(), &host);
+        let held = crate::lock::lock_daemon(
+            &dir.path().join("other-state"),
+            &dir.path().join("bpffs/berth"),
+        )
+        .unwrap();
+        let err = reset(&config(dir.path()), host.as_ref()).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "another berth daemon (PID {}) holds the pin directory {}; stop it before resetting",
+                std::process::id(),
+                dir.path().join("bpffs/berth").display()
+            )
+        );
+        assert_eq!(host.reserved(), [8080, 8443, 9999].into());
+        assert!(dir.path().join("bpffs/berth/BERTH_SERVICES").exists());
+        assert!(dir.path().join("state").join(STORE_FILE).exists());
+        drop(held);
+        reset(&config(dir.path()), host.as_ref()).await.unwrap();
     }
 
     #[tokio::test]

@@ -426,6 +426,7 @@ impl Registry {
         let mut pending: Vec<PortMapping> =
             groups.iter().flatten().flat_map(PortSpec::expand).collect();
         self.check_conflicts(&pending)?;
+        self.check_host_listeners(&pending)?;
         let now = self.host.now();
         let mut bound: HashMap<Protocol, BTreeSet<u16>> = HashMap::new();
         let mut out = Vec::with_capacity(groups.len());
@@ -719,6 +720,37 @@ impl Registry {
         Ok(())
     }
 
+    /// Refuses a static host port a host process listens on (or, for UDP,
+    /// is bound to), as Docker does when its proxy cannot bind it: taking
+    /// it would silently steal the port's traffic from that process.
+    fn check_host_listeners(&self, new: &[PortMapping]) -> Result<()> {
+        let mut listeners: HashMap<Protocol, Vec<std::net::SocketAddr>> = HashMap::new();
+        for m in new {
+            let socks = match listeners.entry(m.protocol) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(self.host.listeners(m.protocol).map_err(|err| {
+                        Error::io(
+                            format!("reading the host's {} sockets", m.protocol.as_str()),
+                            err,
+                        )
+                    })?)
+                }
+            };
+            let blocked = socks.iter().any(|s| {
+                s.port() == m.host_port && crate::host::listener_blocks(s.ip(), m.bind_ip)
+            });
+            if blocked {
+                return Err(Error::HostPortInUse {
+                    protocol: m.protocol,
+                    bind_ip: m.bind_ip,
+                    host_port: m.host_port,
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn insert_all(&self, new: &[Binding]) -> Result<()> {
         for (i, b) in new.iter().enumerate() {
             if let Err(err) = self.datapath.insert(b) {
@@ -941,6 +973,15 @@ impl Berth {
             .collect())
     }
 
+    /// What the datapath has attached and how full its maps are; counting
+    /// a large table's entries takes a while, so off the async workers.
+    pub async fn datapath_status(&self) -> Result<Option<crate::datapath::DatapathStatus>> {
+        let datapath = self.datapath.clone();
+        Ok(tokio::task::spawn_blocking(move || datapath.status())
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??)
+    }
+
     /// Runs `f` under the mutex on a blocking thread: store commits fsync and
     /// datapath updates are syscalls, neither belongs on the async workers.
     async fn with_registry<T: Send + 'static>(
@@ -1156,6 +1197,46 @@ mod tests {
         f.add("b", "172.17.0.3", &["10.0.0.2:8080:80"]).unwrap();
         f.add("c", "172.17.0.4", &["8080:80/udp"]).unwrap();
         assert_eq!(f.registry.bindings().len(), 3);
+    }
+
+    #[test]
+    fn a_static_port_a_host_process_listens_on_is_refused_in_dockers_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Arc::new(FakeHost::default());
+        host.listen(Protocol::Tcp, "0.0.0.0:2222");
+        host.listen(Protocol::Udp, "[::]:5353");
+        host.listen(Protocol::Tcp, "192.0.2.1:7000");
+        let datapath = Arc::new(FakeDatapath::default());
+        let store = Store::open(dir.path()).unwrap();
+        let mut r =
+            Registry::open(store, datapath.clone(), bridge(), host.clone(), policy()).unwrap();
+        let refused = [
+            (&["8080:80", "2222:80"][..], "listen tcp4 0.0.0.0:2222"),
+            (
+                &["127.0.0.1:2220-2229:80-89"][..],
+                "listen tcp4 127.0.0.1:2222",
+            ),
+            (&["5353:53/udp"][..], "listen udp4 0.0.0.0:5353"),
+            (&["7000:80"][..], "listen tcp4 0.0.0.0:7000"),
+            (&["192.0.2.1:7000:80"][..], "listen tcp4 192.0.2.1:7000"),
+        ];
+        for (spec, what) in refused {
+            let err = r.add("web", ip("172.17.0.2"), &specs(spec)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("Error starting userland proxy: {what}: bind: address already in use")
+            );
+            assert!(r.bindings().is_empty() && datapath.bindings().is_empty());
+            assert!(host.reserved().is_empty(), "{spec:?} reserved a port");
+        }
+        // Another address, another protocol, or a dynamic port: no collision.
+        r.add(
+            "web",
+            ip("172.17.0.2"),
+            &specs(&["127.0.0.1:7000:80", "2222:80/udp", "5353:53", "80"]),
+        )
+        .unwrap();
+        assert_eq!(r.bindings().len(), 4);
     }
 
     #[test]

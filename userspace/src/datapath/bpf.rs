@@ -66,8 +66,12 @@ pub struct DatapathConfig {
     pub bpffs: PathBuf,
     pub attach: AttachMode,
     /// Capacity of the security-group tracking table (`None`: the default,
-    /// [`berth_maps::CT_CAPACITY`]). Applies when the table is created.
+    /// [`berth_maps::CT_CAPACITY`]). A pinned table of another capacity is
+    /// migrated to this one.
     pub ct_capacity: Option<u32>,
+    /// Attach the cgroup socket hooks (bind guard, localhost and hairpin
+    /// access); `--no-socket-hooks` turns them off.
+    pub socket_hooks: bool,
 }
 
 struct Maps {
@@ -82,6 +86,7 @@ pub struct BpfDatapath {
     maps: Mutex<Maps>,
     policy: Mutex<PolicyMaps>,
     timeouts: Mutex<FlowTimeouts>,
+    status: super::status::StatusBase,
     // Stops before the programs it attaches are dropped.
     _ports: PortWatcher,
     // Owns the programs; the links themselves are held by their pins.
@@ -146,6 +151,18 @@ fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Mounts bpffs at `bpffs` if needed and creates berth's pin directory in
+/// it; returns that directory.
+pub fn prepare_pin_dir(bpffs: &Path) -> Result<PathBuf, DatapathError> {
+    ensure_bpffs(bpffs)?;
+    let dir = pin_dir(bpffs);
+    fs::create_dir_all(&dir).map_err(|e| DatapathError::Bpffs {
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(dir)
+}
 
 /// Mount bpffs at `path` unless one is there already.
 fn ensure_bpffs(path: &Path) -> Result<(), DatapathError> {
@@ -220,18 +237,46 @@ impl BpfDatapath {
             ifindex(ifname)?;
         }
         check_kernel()?;
-        ensure_bpffs(&config.bpffs)?;
-        let dir = pin_dir(&config.bpffs);
+        let dir = prepare_pin_dir(&config.bpffs)?;
         let links_dir = dir.join("links");
         fs::create_dir_all(&links_dir).map_err(|e| DatapathError::Bpffs {
             path: links_dir.display().to_string(),
             reason: e.to_string(),
         })?;
 
+        // Found before anything changes, so a refusal leaves all as it was.
+        let hook_cgroup = if config.socket_hooks {
+            let wanted = std::env::var_os("BERTH_CGROUP").map(PathBuf::from);
+            Some(
+                super::cgroup::open_hook_cgroup(wanted.as_deref())
+                    .map_err(DatapathError::SocketHooks)?,
+            )
+        } else {
+            None
+        };
+        let overrides: Vec<(&str, u32)> = config
+            .ct_capacity
+            .map(|n| (berth_maps::CT_MAP, n))
+            .into_iter()
+            .collect();
+        let expected = super::pins::expected_shapes(ebpf_object(), &overrides)?;
+        let pins = super::pins::check_and_migrate(&dir, &expected)?;
+        if pins
+            .found_layout
+            .is_some_and(|v| v != super::pins::LAYOUT_VERSION)
+        {
+            tracing::info!(
+                from = ?pins.found_layout,
+                to = super::pins::LAYOUT_VERSION,
+                migrated = ?pins.migrated,
+                "pinned maps upgraded"
+            );
+        }
+
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&dir);
-        if let Some(n) = config.ct_capacity {
-            loader.map_max_entries(berth_maps::CT_MAP, n);
+        for (name, n) in &overrides {
+            loader.map_max_entries(name, *n);
         }
         let mut ebpf = loader.load(ebpf_object()).map_err(|e| {
             if is_eperm(&e) {
@@ -253,9 +298,11 @@ impl BpfDatapath {
             name.split_once('@')
                 .is_some_and(|(p, _)| super::ports::PORT_PROGRAMS.contains(&p))
         };
-        for prog in SOCKET_HOOKS {
-            keep.insert(link_name(prog, CGROUP_LINK_SUFFIX));
-            keep.insert(format!("{}_new", link_name(prog, CGROUP_LINK_SUFFIX)));
+        if hook_cgroup.is_some() {
+            for prog in SOCKET_HOOKS {
+                keep.insert(link_name(prog, CGROUP_LINK_SUFFIX));
+                keep.insert(format!("{}_new", link_name(prog, CGROUP_LINK_SUFFIX)));
+            }
         }
         if let Ok(entries) = fs::read_dir(&links_dir) {
             for e in entries.flatten() {
@@ -267,17 +314,34 @@ impl BpfDatapath {
             }
         }
 
-        match socket_hooks_cgroup() {
+        let socket_hooks = match &hook_cgroup {
             Some(cg) => {
                 for prog in SOCKET_HOOKS {
-                    attach_cgroup_hook(&mut ebpf, prog, &cg, &links_dir)?;
+                    attach_cgroup_hook(&mut ebpf, prog, cg, &links_dir)?;
+                }
+                tracing::info!(
+                    cgroup = %cg.info.cgroup,
+                    private_mount = cg.info.private_mount,
+                    "socket hooks attached"
+                );
+                super::status::SocketHooks {
+                    enabled: true,
+                    cgroup: Some(cg.info.clone()),
+                    disabled_by: None,
                 }
             }
-            None => tracing::warn!(
-                "no cgroup v2 hierarchy found: host processes can bind published ports, \
-                 and localhost/hairpin access to them does not work"
-            ),
-        }
+            None => {
+                tracing::warn!(
+                    "--no-socket-hooks: host processes can bind published ports, \
+                     and localhost/hairpin access to them does not work"
+                );
+                super::status::SocketHooks {
+                    enabled: false,
+                    cgroup: None,
+                    disabled_by: Some("--no-socket-hooks".into()),
+                }
+            }
+        };
         let mut config_map: Array<MapData, u64> = Array::try_from(
             ebpf.take_map(CONFIG_MAP)
                 .ok_or_else(|| DatapathError::Other(format!("map {CONFIG_MAP} missing")))?,
@@ -306,10 +370,20 @@ impl BpfDatapath {
         };
         let ebpf = Arc::new(Mutex::new(ebpf));
         let ports = super::ports::watch(ebpf.clone(), config.bridge.clone(), links_dir)?;
+        let status = super::status::StatusBase {
+            attach: config.attach,
+            pin_dir: dir,
+            uplinks: config.uplinks.clone(),
+            bridge: config.bridge.clone(),
+            socket_hooks,
+            migrated: pins.migrated,
+            maps: expected.into_keys().collect(),
+        };
         Ok(Self {
             maps: Mutex::new(maps),
             policy: Mutex::new(policy),
             timeouts: Mutex::new(FlowTimeouts::default()),
+            status,
             _ports: ports,
             _ebpf: ebpf,
         })
@@ -345,23 +419,7 @@ const SOCKET_HOOKS: [&str; 5] = [
     "berth_recvmsg4",
     "berth_peername4",
 ];
-const CGROUP_LINK_SUFFIX: &str = "cgroup";
-
-/// The cgroup whose processes the socket hooks cover: `$BERTH_CGROUP`, else
-/// the root of the cgroup v2 hierarchy (every process on the host, which is
-/// what containers need for hairpin access).
-fn socket_hooks_cgroup() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("BERTH_CGROUP") {
-        return Some(PathBuf::from(p));
-    }
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        (post.split_whitespace().next() == Some("cgroup2"))
-            .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))
-            .flatten()
-    })
-}
+pub(super) const CGROUP_LINK_SUFFIX: &str = "cgroup";
 
 /// The cookie of the daemon's network namespace (SO_NETNS_COOKIE, 5.14+).
 fn netns_cookie() -> Result<u64, DatapathError> {
@@ -394,21 +452,20 @@ fn netns_cookie() -> Result<u64, DatapathError> {
 fn attach_cgroup_hook(
     ebpf: &mut Ebpf,
     name: &str,
-    cgroup: &Path,
+    cgroup: &super::cgroup::HookCgroup,
     links_dir: &Path,
 ) -> Result<(), DatapathError> {
-    let what = format!("attaching {name} to cgroup {}", cgroup.display());
+    let what = format!("attaching {name} to cgroup {}", cgroup.info.cgroup);
     let prog: &mut CgroupSockAddr = ebpf
         .program_mut(name)
         .ok_or_else(|| DatapathError::Other(format!("program {name} missing")))?
         .try_into()
         .map_err(prog_err(what.clone()))?;
     prog.load().map_err(prog_err(what.clone()))?;
-    let cg = fs::File::open(cgroup).map_err(|e| DatapathError::Other(format!("{what}: {e}")))?;
     let id = prog
         // bpf_link_create takes no flags for cgroups: links always stack.
-        .attach(&cg, CgroupAttachMode::Single)
-        .map_err(prog_err(what.clone()))?;
+        .attach(&cgroup.dir, CgroupAttachMode::Single)
+        .map_err(|e| DatapathError::SocketHooks(format!("{what}: {}", error_chain(&e))))?;
     let pin = links_dir.join(link_name(name, CGROUP_LINK_SUFFIX));
     // bpffs refuses names with a dot.
     let tmp = links_dir.join(format!("{}_new", link_name(name, CGROUP_LINK_SUFFIX)));
@@ -795,5 +852,9 @@ impl Datapath for BpfDatapath {
 
     fn set_flow_timeouts(&self, timeouts: FlowTimeouts) {
         *self.timeouts.lock().unwrap_or_else(|p| p.into_inner()) = timeouts;
+    }
+
+    fn status(&self) -> Result<Option<super::DatapathStatus>, DatapathError> {
+        Ok(Some(self.status.read()))
     }
 }

@@ -4,14 +4,20 @@ use std::net::Ipv4Addr;
 use crate::model::Binding;
 
 mod bpf;
+mod cgroup;
+pub mod pins;
 mod policy;
 mod ports;
+pub mod status;
+pub mod sys;
 /// Map key/value encoding of a binding (shared with tests and benchmarks).
 pub mod bpf_keys {
     pub use super::bpf::{backend, service_key};
 }
-pub use bpf::{ebpf_object, pin_dir, AttachMode, BpfDatapath, DatapathConfig};
+pub use bpf::{ebpf_object, pin_dir, prepare_pin_dir, AttachMode, BpfDatapath, DatapathConfig};
+pub use cgroup::{cgroup2_root_mount, CgroupInfo};
 pub use policy::encode_rule;
+pub use status::DatapathStatus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -25,6 +31,13 @@ pub enum DatapathError {
     Bpffs { path: String, reason: String },
     #[error("eBPF map {map}: {reason}")]
     Map { map: &'static str, reason: String },
+    /// Pins another version left that this one cannot adopt.
+    #[error("{0}")]
+    PinnedLayout(String),
+    /// The socket hooks could not be attached and the operator did not
+    /// allow running without them.
+    #[error("cannot attach the socket hooks (bind guard, localhost and hairpin access): {0}; start with --no-socket-hooks to run without them")]
+    SocketHooks(String),
     #[error("{0}")]
     Other(String),
 }
@@ -123,4 +136,9 @@ pub trait Datapath: Send + Sync {
     ) -> Result<usize, DatapathError>;
     /// Idle timeouts used by [`Datapath::expire_flows`].
     fn set_flow_timeouts(&self, timeouts: FlowTimeouts);
+    /// What is attached where and how full the maps are (`berth status`);
+    /// `None` for a datapath with nothing in the kernel.
+    fn status(&self) -> Result<Option<DatapathStatus>, DatapathError> {
+        Ok(None)
+    }
 }
