@@ -238,11 +238,6 @@ impl BpfDatapath {
         }
         check_kernel()?;
         let dir = prepare_pin_dir(&config.bpffs)?;
-        let links_dir = dir.join("links");
-        fs::create_dir_all(&links_dir).map_err(|e| DatapathError::Bpffs {
-            path: links_dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
 
         // Found before anything changes, so a refusal leaves all as it was.
         let hook_cgroup = if config.socket_hooks {
@@ -272,6 +267,12 @@ impl BpfDatapath {
                 "pinned maps upgraded"
             );
         }
+
+        let links_dir = dir.join("links");
+        fs::create_dir_all(&links_dir).map_err(|e| DatapathError::Bpffs {
+            path: links_dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
 
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&dir);

@@ -22,6 +22,7 @@ pub(super) struct HookCgroup {
 
 /// How the cgroup was found (for `berth status`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CgroupInfo {
     /// The cgroup's path inside the v2 hierarchy (`/` is its root).
     pub cgroup: String,
