@@ -461,6 +461,37 @@ mod tests {
     }
 
     #[test]
+    fn pins_from_a_newer_layout_are_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join(LAYOUT_LINK);
+        std::os::unix::fs::symlink((LAYOUT_VERSION + 1).to_string(), &link).unwrap();
+        let err = check_and_migrate(dir.path(), &BTreeMap::new()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the maps pinned in {} have layout {}, from a newer berth than this one (layout {LAYOUT_VERSION}); run that berth, or `berth reset` to start from empty maps",
+                dir.path().display(),
+                LAYOUT_VERSION + 1
+            )
+        );
+        assert_eq!(
+            fs::read_link(&link).unwrap(),
+            PathBuf::from((LAYOUT_VERSION + 1).to_string())
+        );
+    }
+
+    #[test]
+    fn a_fresh_pin_directory_gets_this_layout_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = check_and_migrate(dir.path(), &BTreeMap::new()).unwrap();
+        assert_eq!(report, PinReport::default());
+        assert_eq!(
+            fs::read_link(dir.path().join(LAYOUT_LINK)).unwrap(),
+            PathBuf::from(LAYOUT_VERSION.to_string())
+        );
+    }
+
+    #[test]
     fn a_v1_nat_entry_converts_as_agreed() {
         // src 172.17.0.2:80 -> dst 192.0.2.2:40000, tcp.
         let mut key = Vec::new();

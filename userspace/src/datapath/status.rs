@@ -98,8 +98,7 @@ impl StatusBase {
                     .collect()
             })
             .unwrap_or_default();
-        names.sort();
-        names
+        let mut all: Vec<Attachment> = names
             .into_iter()
             .filter_map(|name| {
                 let (program, target) = name.split_once('@')?;
@@ -136,7 +135,19 @@ impl StatusBase {
                     pin: pin.display().to_string(),
                 })
             })
-            .collect()
+            .collect();
+        // Outside in: uplinks, the bridge, its ports, then the cgroup.
+        let rank = |role: &str| match role {
+            "uplink" => 0,
+            "bridge" => 1,
+            "bridge port" => 2,
+            "cgroup" => 3,
+            _ => 4,
+        };
+        all.sort_by(|a, b| {
+            (rank(&a.role), &a.target, &a.program).cmp(&(rank(&b.role), &b.target, &b.program))
+        });
+        all
     }
 
     fn map(&self, name: &String) -> MapStatus {
@@ -242,15 +253,23 @@ pub fn status_text(s: &StatusView) -> String {
             let _ = writeln!(out, "cgroup     socket hooks off");
         }
     }
+    let tw = d
+        .attachments
+        .iter()
+        .map(|a| a.target.len())
+        .chain([6])
+        .max()
+        .unwrap_or(6);
     let _ = writeln!(
         out,
-        "\nROLE         TARGET               PROGRAM           HOOK                 LINK  PROG"
+        "\n{:<12} {:<tw$} {:<17} {:<20} {:>6} {:>6}",
+        "ROLE", "TARGET", "PROGRAM", "HOOK", "LINK", "PROG"
     );
     for a in &d.attachments {
         let state = if a.attached { "" } else { "  (detached)" };
         let _ = writeln!(
             out,
-            "{:<12} {:<20} {:<17} {:<20} {:>4}  {:>4}{state}",
+            "{:<12} {:<tw$} {:<17} {:<20} {:>6} {:>6}{state}",
             a.role, a.target, a.program, a.hook, a.link_id, a.program_id
         );
     }
@@ -267,4 +286,83 @@ pub fn status_text(s: &StatusView) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> StatusView {
+        StatusView {
+            version: "0.1.0".into(),
+            pid: 42,
+            socket: "/run/berth/berth.sock".into(),
+            store: "/var/lib/berth/berth.redb".into(),
+            datapath: Some(DatapathStatus {
+                attach: AttachMode::Tc,
+                pin_dir: "/sys/fs/bpf/berth".into(),
+                layout_version: 2,
+                migrated: vec!["BERTH_CT: capacity 1024 -> 262144 (3 entries kept)".into()],
+                socket_hooks: SocketHooks {
+                    enabled: false,
+                    cgroup: None,
+                    disabled_by: Some("--no-socket-hooks".into()),
+                },
+                attachments: vec![Attachment {
+                    role: "bridge port".into(),
+                    target: "veth1".into(),
+                    program: "berth_to_ctr".into(),
+                    hook: "tc egress (tcx)".into(),
+                    link_id: 7,
+                    program_id: 9,
+                    attached: false,
+                    pin: "/sys/fs/bpf/berth/links/berth_to_ctr@veth1".into(),
+                }],
+                maps: vec![MapStatus {
+                    name: "BERTH_SERVICES".into(),
+                    map_type: "hash".into(),
+                    key_size: 8,
+                    value_size: 8,
+                    capacity: 131_072,
+                    entries: Some(3),
+                    pin: "/sys/fs/bpf/berth/BERTH_SERVICES".into(),
+                }],
+            }),
+        }
+    }
+
+    #[test]
+    fn the_text_says_what_is_off_detached_and_migrated() {
+        let text = status_text(&view());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "daemon     berth 0.1.0 (pid 42)");
+        assert!(text.contains("migrated   BERTH_CT: capacity 1024 -> 262144 (3 entries kept)\n"));
+        assert!(text.contains(
+            "cgroup     socket hooks off (--no-socket-hooks): no bind guard, localhost or hairpin access\n"
+        ));
+        assert!(
+            text.contains("bridge port  veth1  berth_to_ctr      tc egress (tcx)           7      9  (detached)\n"),
+            "{text}"
+        );
+        let row: Vec<&str> = lines
+            .iter()
+            .find(|l| l.starts_with("BERTH_SERVICES"))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(row, ["BERTH_SERVICES", "hash", "8", "8", "131072", "3"]);
+    }
+
+    #[test]
+    fn the_json_round_trips_in_camel_case() {
+        let json = serde_json::to_value(view()).unwrap();
+        assert_eq!(
+            json["datapath"]["socketHooks"]["disabledBy"],
+            "--no-socket-hooks"
+        );
+        assert_eq!(json["datapath"]["attachments"][0]["linkId"], 7);
+        assert_eq!(json["datapath"]["maps"][0]["type"], "hash");
+        let back: StatusView = serde_json::from_value(json).unwrap();
+        assert_eq!(back, view());
+    }
 }
