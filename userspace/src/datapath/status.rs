@@ -91,7 +91,7 @@ impl StatusBase {
 
     fn attachments(&self) -> Vec<Attachment> {
         let links = self.pin_dir.join("links");
-        let mut names: Vec<String> = fs::read_dir(&links)
+        let names: Vec<String> = fs::read_dir(&links)
             .map(|d| {
                 d.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
