@@ -2,12 +2,18 @@
 //! MAC addresses; delivery is a redirect, so a DNAT'd packet never meets
 //! netfilter (a Docker host's FORWARD policy is DROP).
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{
+        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
+    },
     helpers::bpf_fib_lookup,
     EbpfContext,
 };
 
-use crate::{icmp::IcmpError, parse::Flow};
+use crate::{
+    icmp::IcmpError,
+    parse::{Flow, Frag},
+};
 
 const AF_INET: u8 = 2;
 
@@ -20,8 +26,31 @@ pub enum NextHop {
     },
     /// Route known, neighbour not yet: let the kernel resolve it.
     NoNeigh { ifindex: u32 },
-    /// No route, forwarding disabled, MTU exceeded, ...
+    /// Longer than the route's MTU.
+    FragNeeded,
+    /// No route, forwarding disabled, ...
     Unreachable,
+}
+
+/// FIB lookup for a translated later fragment now addressed `src -> dst`.
+#[inline(always)]
+pub fn fib_lookup_frag<C: EbpfContext>(
+    ctx: &C,
+    f: &Frag,
+    src_addr_be: u32,
+    dst_addr_be: u32,
+    in_ifindex: u32,
+) -> NextHop {
+    lookup(
+        ctx,
+        f.proto,
+        0,
+        0,
+        f.tot_len,
+        src_addr_be,
+        dst_addr_be,
+        in_ifindex,
+    )
 }
 
 /// FIB lookup for a translated ICMP error.
@@ -107,6 +136,8 @@ fn lookup<C: EbpfContext>(
         }
     } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         NextHop::NoNeigh { ifindex: p.ifindex }
+    } else if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+        NextHop::FragNeeded
     } else {
         NextHop::Unreachable
     }
