@@ -2,10 +2,7 @@
 //! MAC addresses; delivery is a redirect, so a DNAT'd packet never meets
 //! netfilter (a Docker host's FORWARD policy is DROP).
 use aya_ebpf::{
-    bindings::{
-        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS,
-    },
+    bindings::{bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
     helpers::bpf_fib_lookup,
     EbpfContext,
 };
@@ -26,9 +23,7 @@ pub enum NextHop {
     },
     /// Route known, neighbour not yet: let the kernel resolve it.
     NoNeigh { ifindex: u32 },
-    /// Longer than the route's MTU.
-    FragNeeded,
-    /// No route, forwarding disabled, ...
+    /// No route, forwarding disabled, MTU exceeded, ...
     Unreachable,
 }
 
@@ -136,8 +131,6 @@ fn lookup<C: EbpfContext>(
         }
     } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         NextHop::NoNeigh { ifindex: p.ifindex }
-    } else if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
-        NextHop::FragNeeded
     } else {
         NextHop::Unreachable
     }

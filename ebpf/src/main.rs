@@ -54,7 +54,7 @@ use crate::{
         Rewriter,
     },
     parse::{parse_flow, Flow, Frag, Parsed, IP_DST_OFF, IP_SRC_OFF},
-    tc::{tc_pull_headers, tc_redirect, tc_reply_translate, tc_translate_and_redirect},
+    tc::{tc_pull_headers, tc_redirect, tc_translate_and_redirect},
     xdp::{xdp_handoff, XdpRewriter},
 };
 
@@ -247,12 +247,18 @@ pub fn berth_deliver(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn berth_reply(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
-    let flow = match parse_flow(ctx.data(), ctx.data_end(), ctx.len() as usize) {
-        Parsed::Flow(f) => f,
-        Parsed::Other => return tc_reply_icmp(&ctx),
-        Parsed::Fragment(f) => return tc_reply_frag(&ctx, &f),
-    };
-    let Some(entry) = ct_lookup_reply(&flow) else {
+    match parse_flow(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+        Parsed::Flow(f) => tc_reply_flow(&ctx, &f),
+        Parsed::Other => tc_reply_icmp(&ctx),
+        Parsed::Fragment(f) => tc_reply_frag(&ctx, &f),
+    }
+}
+
+/// A container's packet replying to a tracked flow leaves with the host
+/// address and port the flow arrived on; anything else is left alone.
+#[inline(always)]
+fn tc_reply_flow(ctx: &TcContext, flow: &Flow) -> i32 {
+    let Some(entry) = ct_lookup_reply(flow) else {
         return TC_ACT_OK;
     };
     if flow.ttl <= 1 {
@@ -260,12 +266,12 @@ pub fn berth_reply(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     }
     if flow.first_frag {
-        let key = frag_key_of_flow(FRAG_K_SNAT, &flow);
+        let key = frag_key_of_flow(FRAG_K_SNAT, flow);
         frag_remember(&key, entry.host_addr_be, FRAG_V_ALLOW);
     }
     count(Counter::ReplySnat);
-    let rw = reply_rewrite(&flow, &entry);
-    tc_reply_translate(&ctx, &flow, &rw, entry.host_addr_be, flow.dst_addr_be)
+    let rw = reply_rewrite(flow, &entry);
+    tc_translate_and_redirect(ctx, flow, &rw, entry.host_addr_be, flow.dst_addr_be)
 }
 
 /// A later fragment of a container's datagram leaves from the host
@@ -321,14 +327,20 @@ pub fn berth_peername4(ctx: SockAddrContext) -> i32 {
 }
 
 /// tc ingress of each container's host-side veth: security groups on what
-/// the container sends.
+/// the container sends. A fragmented reply to a published-port flow is
+/// translated and sent to the uplink from here: past this hook, on a host
+/// with br_netfilter (any Docker host), the bridge reassembles fragments
+/// into a datagram longer than the uplink's MTU, and BPF cannot fragment.
 #[classifier]
 pub fn berth_from_ctr(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
-    if policy::from_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
-        TC_ACT_OK
-    } else {
-        TC_ACT_SHOT
+    if !policy::from_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+        return TC_ACT_SHOT;
+    }
+    match parse_flow(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+        Parsed::Flow(f) if f.first_frag => tc_reply_flow(&ctx, &f),
+        Parsed::Fragment(f) => tc_reply_frag(&ctx, &f),
+        _ => TC_ACT_OK,
     }
 }
 

@@ -1,7 +1,7 @@
 //! TC (tcx) hook: skb checksum helpers, which handle CHECKSUM_PARTIAL
 //! packets (local senders on veth) as well as complete ones.
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
     helpers::{bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
@@ -12,10 +12,8 @@ use crate::{
     icmp::ICMP_MAX_HDR_LEN,
     maps::count,
     nat::{Rewrite, Rewriter},
-    parse::{Flow, ETH_LEN, IP_CSUM_OFF, IP_TTL_OFF},
+    parse::{Flow, IP_CSUM_OFF, IP_TTL_OFF},
 };
-
-const IP_DF_BE: u16 = 0x4000u16.to_be();
 
 /// Longest headers we look at: those of an ICMP error quoting TCP.
 const MAX_HDR_LEN: u32 = ICMP_MAX_HDR_LEN as u32;
@@ -94,7 +92,7 @@ pub fn tc_redirect(ctx: &TcContext, next: NextHop) -> i32 {
         NextHop::NoNeigh { ifindex } => unsafe {
             bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32
         },
-        NextHop::Unreachable | NextHop::FragNeeded => {
+        NextHop::Unreachable => {
             count(Counter::NoRoute);
             TC_ACT_SHOT as i32
         }
@@ -119,42 +117,4 @@ pub fn tc_translate_and_redirect(
     let mtu_len = if gso_size != 0 { 0 } else { flow.tot_len };
     let next = fib_lookup_v4(ctx, flow, src, dst, in_ifindex, mtu_len);
     tc_redirect(ctx, next)
-}
-
-/// A reply: translate and deliver like [`tc_translate_and_redirect`]; but
-/// a datagram longer than the uplink's MTU without DF is one netfilter
-/// reassembled on the bridge (a container's fragmented reply, on a host
-/// with br_netfilter): BPF cannot fragment it, so it goes on translated
-/// through the stack, which forwards it, fragments it again and takes the
-/// TTL off itself (so it is put back here).
-#[inline(always)]
-pub fn tc_reply_translate(ctx: &TcContext, flow: &Flow, rw: &Rewrite, src: u32, dst: u32) -> i32 {
-    if TcRewriter(ctx).rewrite(flow, rw).is_err() {
-        return TC_ACT_SHOT as i32;
-    }
-    let (in_ifindex, gso_size) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_size) };
-    let mtu_len = if gso_size != 0 { 0 } else { flow.tot_len };
-    let next = fib_lookup_v4(ctx, flow, src, dst, in_ifindex, mtu_len);
-    if !matches!(next, NextHop::FragNeeded) {
-        return tc_redirect(ctx, next);
-    }
-    let df = match ctx.load::<u16>(ETH_LEN + 6) {
-        Ok(frags) => frags & IP_DF_BE != 0,
-        Err(_) => true,
-    };
-    if df || tc_ttl_restore(ctx, flow).is_err() {
-        count(Counter::NoRoute);
-        return TC_ACT_SHOT as i32;
-    }
-    TC_ACT_OK as i32
-}
-
-/// Undo the TTL decrement of [`TcRewriter::rewrite`].
-#[inline(always)]
-fn tc_ttl_restore(ctx: &TcContext, flow: &Flow) -> Result<(), ()> {
-    let decremented = u16::from_ne_bytes([flow.ttl - 1, flow.proto]);
-    let original = u16::from_ne_bytes([flow.ttl, flow.proto]);
-    ctx.store(IP_TTL_OFF, &flow.ttl, 0).map_err(|_| ())?;
-    ctx.l3_csum_replace(IP_CSUM_OFF, decremented as u64, original as u64, 2)
-        .map_err(|_| ())
 }

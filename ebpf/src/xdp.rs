@@ -79,7 +79,7 @@ pub fn xdp_handoff(ctx: &XdpContext, next: NextHop) -> u32 {
             (XDP_HANDOFF_MAGIC, ifindex)
         }
         NextHop::NoNeigh { ifindex } => (XDP_HANDOFF_MAGIC_NEIGH, ifindex),
-        NextHop::Unreachable | NextHop::FragNeeded => {
+        NextHop::Unreachable => {
             count(Counter::NoRoute);
             return xdp_action::XDP_DROP;
         }

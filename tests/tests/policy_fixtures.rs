@@ -496,11 +496,24 @@ fn a_published_ports_fragments_pass_the_veth_after_the_uplink_judged_them() {
             let f = pkt::fragment(&d, off, 1480, more);
             assert_eq!(verdict(env, "berth_to_ctr", &f), OK, "offset {off}");
         }
-        // api's large reply leaves through its veth whole.
+        // api's large reply passes its veth's rules and leaves from there
+        // translated, fragment by fragment (past the veth, br_netfilter
+        // would reassemble it into more than the uplink's MTU).
         let mut r = from(C2, 80, CLIENT, 40000).with_payload_len(3000);
         (r.ip_id, r.frag, r.tcp_flags) = (0x6202, 0, pkt::ACK);
+        let mut out = r.clone();
+        (out.src, out.sport, out.ttl) = (HOST, 8080, 63);
+        (out.eth_dst, out.eth_src) = (CLIENT_MAC, UPLINK_MAC);
         for (off, more) in [(0, true), (1480, true), (2960, false)] {
-            let f = pkt::fragment(&r, off, 1480, more);
+            let v = env.tc("berth_from_ctr", &pkt::fragment(&r, off, 1480, more));
+            assert_eq!(v.code, REDIRECT, "offset {off}");
+            assert_eq!(v.frame, pkt::fragment(&out, off, 1480, more), "offset {off}");
+        }
+        // A fragmented datagram of no published-port flow is not touched.
+        let mut own = udp(C2, 40000, OTHER, 53).with_payload_len(3000);
+        (own.ip_id, own.frag) = (0x6203, 0);
+        for (off, more) in [(0, true), (1480, true), (2960, false)] {
+            let f = pkt::fragment(&own, off, 1480, more);
             assert_eq!(verdict(env, "berth_from_ctr", &f), OK, "offset {off}");
         }
     });

@@ -89,12 +89,6 @@ pub(crate) fn run_tc(env: &Env, f: &mut Failures, prog: &str, c: &Case) {
             });
             f.frame(prog, n, &v.frame, want, &c.frame);
         }
-        Expect::Forward { want } => {
-            f.check(prog, n, v.code == TC_ACT_OK, || {
-                format!("verdict {} != TC_ACT_OK", v.code)
-            });
-            f.frame(prog, n, &v.frame, want, &c.frame);
-        }
     }
 }
 
@@ -124,9 +118,6 @@ pub(crate) fn run_xdp(env: &Env, f: &mut Failures, c: &Case, docker0: u32) {
             f.check(prog, n, v.code == XDP_DROP, || {
                 format!("verdict {} != XDP_DROP", v.code)
             });
-        }
-        Expect::Forward { .. } => {
-            f.check(prog, n, false, || "no forward-to-stack case in XDP".into());
         }
         Expect::Nat { want, neigh } => {
             f.check(prog, n, v.code == XDP_PASS, || {

@@ -57,9 +57,6 @@ pub(crate) enum Expect {
     /// Dropped after the rewrite (no route, or longer than the route's
     /// MTU): the bytes go nowhere, so only the verdict is checked.
     DropAfterNat,
-    /// Translated and handed to the stack (TC_ACT_OK) as exactly this
-    /// frame, for the stack to forward and fragment.
-    Forward { want: Vec<u8> },
 }
 
 #[derive(Clone)]
