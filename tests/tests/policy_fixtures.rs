@@ -507,7 +507,11 @@ fn a_published_ports_fragments_pass_the_veth_after_the_uplink_judged_them() {
         for (off, more) in [(0, true), (1480, true), (2960, false)] {
             let v = env.tc("berth_from_ctr", &pkt::fragment(&r, off, 1480, more));
             assert_eq!(v.code, REDIRECT, "offset {off}");
-            assert_eq!(v.frame, pkt::fragment(&out, off, 1480, more), "offset {off}");
+            assert_eq!(
+                v.frame,
+                pkt::fragment(&out, off, 1480, more),
+                "offset {off}"
+            );
         }
         // A fragmented datagram of no published-port flow is not touched.
         let mut own = udp(C2, 40000, OTHER, 53).with_payload_len(3000);
