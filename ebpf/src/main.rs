@@ -7,6 +7,10 @@
 //!   what `berth_xdp` translated.
 //! - `berth_reply` (TC on the bridge): a container's reply to a tracked flow
 //!   leaves with the host address and port the flow arrived on.
+//! - `berth_from_ctr` / `berth_to_ctr` (TC on each container's host-side
+//!   veth): security groups; `berth_from_ctr` also translates a fragmented
+//!   reply (before the bridge could reassemble it).
+//! - Fragments: see `parse.rs` and `frag.rs`.
 //! - `berth_bind4` (cgroup bind4): host processes cannot bind a published
 //!   host port (EADDRINUSE).
 //! - `berth_connect4`, `berth_sendmsg4`, `berth_recvmsg4`, `berth_peername4`

@@ -16,12 +16,12 @@
 //!   [`Frag`]: it has no ports, so it follows what its datagram's first
 //!   fragment decided, remembered per (source, destination, protocol, IP
 //!   id) in BERTH_FRAGS (see `frag.rs`): translated the same way at an
-//!   uplink or the bridge, passed or dropped the same way by security
-//!   groups. A later fragment nothing was remembered for passes untouched
-//!   at an uplink or the bridge (it may be the host's own traffic; a
+//!   uplink, a container's veth or the bridge, passed or dropped the same
+//!   way by security groups. A later fragment nothing was remembered for
+//!   is not translated: it passes (it may be the host's own traffic; a
 //!   datagram for a published port whose later fragment outran its first
-//!   is lost, counted in `fragment`) and is dropped at a container's veth
-//!   when either end has policy (`frag_no_first`).
+//!   is lost, counted in `fragment`), except at a container's veth when
+//!   either end has policy: dropped (`frag_no_first`).
 //! - TCP with a data offset < 5 passes untouched.
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
