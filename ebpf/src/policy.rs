@@ -233,8 +233,8 @@ fn icmp_error_tracked(e: &IcmpError, ep_be: u32) -> bool {
 fn icmp_allowed(e: Option<IcmpError>, a: Option<u32>, b: Option<u32>) -> bool {
     let ok = match e {
         Some(e) => {
-            a.map_or(true, |ep| icmp_error_tracked(&e, ep))
-                && b.map_or(true, |ep| icmp_error_tracked(&e, ep))
+            a.is_none_or(|ep| icmp_error_tracked(&e, ep))
+                && b.is_none_or(|ep| icmp_error_tracked(&e, ep))
         }
         None => false,
     };

@@ -1082,7 +1082,7 @@ fn setup_policy(env: &mut Env) {
             None
         },
         icmp_code: None,
-        peer: any.clone(),
+        peer: any,
     };
     env.set_endpoint(C1, 1, true);
     env.set_endpoint(C2, 2, false);
