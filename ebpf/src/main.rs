@@ -57,7 +57,7 @@ use crate::{
         ct_lookup_reply, ct_track_ingress, ingress_rewrite, lb4_lookup_service, reply_rewrite,
         Rewriter,
     },
-    parse::{parse_flow, Flow, Frag, Parsed, IP_DST_OFF, IP_SRC_OFF},
+    parse::{ipv4_fragment, parse_flow, Flow, Frag, Parsed, IP_DST_OFF, IP_SRC_OFF},
     tc::{tc_pull_headers, tc_redirect, tc_translate_and_redirect},
     xdp::{xdp_handoff, XdpRewriter},
 };
@@ -340,6 +340,9 @@ pub fn berth_from_ctr(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
     if !policy::from_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         return TC_ACT_SHOT;
+    }
+    if !ipv4_fragment(ctx.data(), ctx.data_end()) {
+        return TC_ACT_OK;
     }
     match parse_flow(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         Parsed::Flow(f) if f.first_frag => tc_reply_flow(&ctx, &f),

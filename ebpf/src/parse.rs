@@ -99,6 +99,22 @@ pub enum Parsed {
     Flow(Flow),
 }
 
+/// Whether the frame is an IPv4 fragment (MF set or a non-zero offset):
+/// one load for the common case of a whole packet.
+#[inline(always)]
+pub fn ipv4_fragment(data: usize, data_end: usize) -> bool {
+    let Some(eth) = ptr_at::<EthHdr>(data, data_end, 0) else {
+        return false;
+    };
+    if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
+        return false;
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(data, data_end, ETH_LEN) else {
+        return false;
+    };
+    u16::from_ne_bytes(unsafe { (*ip).frags }) & (IP_OFFSET_MASK_BE | IP_MF_BE) != 0
+}
+
 /// Parse Ethernet + IPv4 + the TCP/UDP ports of the frame in `[data,
 /// data_end)`; `frame_len` is the whole frame's length (TC may see only the
 /// linear part of it).
