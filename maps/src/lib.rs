@@ -284,8 +284,9 @@ pub enum Counter {
     /// Later fragment with no remembered first fragment where either end
     /// has policy; dropped.
     FragNoFirst = 14,
-    /// Later fragment of a datagram whose first fragment policy refused;
-    /// dropped.
+    /// Later fragment of a datagram whose first fragment policy refused,
+    /// or a TCP/UDP first fragment too short to hold its header, where
+    /// either end has policy; dropped.
     FragDenied = 15,
     /// ICMP other than echo that is no error about a tracked flow of an
     /// endpoint with policy; dropped.
