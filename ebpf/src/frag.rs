@@ -7,8 +7,9 @@
 //!   later fragments get the new destination address (and the IPv4
 //!   checksum; their payload has no L4 header, and the first fragment's
 //!   incremental L4 checksum update covers the whole datagram).
-//! - SNAT at the bridge: (container, client) -> the host address; later
-//!   fragments get the new source address.
+//! - Reply SNAT at the container's veth (or the bridge, where no veth hook
+//!   saw it): (container, client) -> the host address; later fragments get
+//!   the new source address. Both hooks share the entry.
 //! - Policy at a container's veth: the verdict, allow or deny.
 //!
 //! Entries are overwritten by the next first fragment with the same key

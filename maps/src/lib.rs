@@ -161,7 +161,8 @@ pub const FRAGS_CAPACITY: u32 = 16_384;
 pub const FRAG_TIMEOUT_NS: u64 = 10_000_000_000;
 /// `FragKey::kind`: DNAT at an uplink (key: client -> host address).
 pub const FRAG_K_DNAT: u8 = 1;
-/// `FragKey::kind`: reply SNAT at the bridge (key: container -> client).
+/// `FragKey::kind`: reply SNAT at a container's veth or the bridge (key:
+/// container -> client).
 pub const FRAG_K_SNAT: u8 = 2;
 /// `FragKey::kind`: a security-group verdict at a container's veth.
 pub const FRAG_K_POLICY: u8 = 3;
