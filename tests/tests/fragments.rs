@@ -367,3 +367,95 @@ fn a_container_forging_an_icmp_error_about_another_containers_flow_does_not_reac
     let answer = recv(&client).expect("the flow goes on");
     assert!(answer.ends_with(b" again"));
 }
+
+#[test]
+fn a_container_with_groups_gets_icmp_errors_about_its_flows_and_no_other_icmp() {
+    let s = setup(None);
+    let _dns = UdpEchoServer::start_in(&s.topo.container.ns, any(53)).unwrap();
+    s.berth(&[
+        "map",
+        "add",
+        "--task",
+        "dns",
+        "--ip",
+        "172.17.0.2",
+        "-p",
+        "5353:53/udp",
+    ]);
+    s.berth(&["sg", "create", "dns"]);
+    s.berth(&[
+        "sg",
+        "rule",
+        "add",
+        "dns",
+        "--ingress",
+        "--proto",
+        "udp",
+        "--port",
+        "53",
+        "--cidr",
+        "0.0.0.0/0",
+    ]);
+    s.berth(&["sg", "attach", "dns", "--task", "dns"]);
+    let target = s.topo.host.addr(5353);
+    let client = udp_in(&s.topo.client.ns, any(0));
+    client.send_to(b"hello", target).unwrap();
+    assert!(recv(&client).is_some(), "the flow is set up");
+    let SocketAddr::V4(local) = client.local_addr().unwrap() else {
+        unreachable!()
+    };
+    let (host, client_ip) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
+    let denied = s.counter("policy_denied_icmp");
+
+    // A router on the client's side could not forward a 1400-byte reply:
+    // the error about the tracked flow reaches the container.
+    let mut reply = Packet::udp(host, 5353, client_ip, local.port()).with_payload_len(1372);
+    reply.frag = berth_integration::pkt::IP_DF;
+    let frag_needed =
+        Packet::icmp_error(client_ip, host, 3, 4, [0, 0, 0x04, 0xb0], &reply, 28).ipv4();
+    s.topo
+        .client
+        .ns
+        .run(move || send_raw_ipv4(&frag_needed, host))
+        .expect("send fragmentation needed");
+    let mut route = String::new();
+    for _ in 0..50 {
+        route = s
+            .topo
+            .container
+            .ns
+            .ip(["route", "get", "192.0.2.2"])
+            .unwrap();
+        if route.contains("mtu 1200") {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(route.contains("mtu 1200"), "container route: {route}");
+
+    // A timestamp request from a neighbour is neither echo nor an error.
+    let (c1, c2) = (Ipv4Addr::new(172, 17, 0, 2), Ipv4Addr::new(172, 17, 0, 3));
+    let ts = Packet::icmp(c2, c1, 13, 0, [0, 1, 0, 1]).ipv4();
+    s.topo
+        .container2
+        .ns
+        .run(move || send_raw_ipv4(&ts, c1))
+        .expect("send timestamp request");
+    // An error about a flow the container never had.
+    let never = Packet::udp(c1, 53, c2, 40999);
+    let forged = Packet::icmp_error(c2, c1, 3, 3, [0; 4], &never, 28).ipv4();
+    s.topo
+        .container2
+        .ns
+        .run(move || send_raw_ipv4(&forged, c1))
+        .expect("send port unreachable");
+    let mut now = s.counter("policy_denied_icmp");
+    for _ in 0..50 {
+        if now >= denied + 2 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+        now = s.counter("policy_denied_icmp");
+    }
+    assert!(now >= denied + 2, "both dropped at the veth: {denied} -> {now}");
+}
