@@ -7,7 +7,10 @@ use aya_ebpf::{
     EbpfContext,
 };
 
-use crate::{icmp::IcmpError, parse::Flow};
+use crate::{
+    icmp::IcmpError,
+    parse::{Flow, Frag},
+};
 
 const AF_INET: u8 = 2;
 
@@ -22,6 +25,27 @@ pub enum NextHop {
     NoNeigh { ifindex: u32 },
     /// No route, forwarding disabled, MTU exceeded, ...
     Unreachable,
+}
+
+/// FIB lookup for a translated later fragment now addressed `src -> dst`.
+#[inline(always)]
+pub fn fib_lookup_frag<C: EbpfContext>(
+    ctx: &C,
+    f: &Frag,
+    src_addr_be: u32,
+    dst_addr_be: u32,
+    in_ifindex: u32,
+) -> NextHop {
+    lookup(
+        ctx,
+        f.proto,
+        0,
+        0,
+        f.tot_len,
+        src_addr_be,
+        dst_addr_be,
+        in_ifindex,
+    )
 }
 
 /// FIB lookup for a translated ICMP error.

@@ -6,6 +6,11 @@
 //!
 //! - From a container (bridge hook): e.g. port unreachable about a flow the
 //!   client sent to the host port: the client must see it from host:port.
+//!   Only the flow's own container may speak for it, and only to the flow's
+//!   client: an error quoting a translated flow whose outer source is not
+//!   that flow's container, or whose outer destination is not its client,
+//!   is forged (another tenant probing or disturbing the flow) and dropped
+//!   (`icmp_forged`) rather than passed on half-translated.
 //! - From the outside (uplink hook): e.g. fragmentation needed about a reply
 //!   that left as host:port: the container must see it about its own
 //!   address, so path-MTU discovery works.
@@ -133,6 +138,13 @@ pub fn ct_lookup_icmp_from_container(e: &IcmpError) -> Option<NatEntry> {
         _pad: [0; 3],
     };
     unsafe { BERTH_NAT.get(&key) }.copied()
+}
+
+/// Whether a container's error about a tracked flow (the quoted packet went
+/// client -> container) comes from that container and goes to that client.
+#[inline(always)]
+pub fn icmp_from_flow_container(e: &IcmpError) -> bool {
+    e.outer_src_be == e.inner_dst_be && e.outer_dst_be == e.inner_src_be
 }
 
 /// The container behind an outside ICMP error: the quoted packet is a reply

@@ -7,6 +7,10 @@
 //!   what `berth_xdp` translated.
 //! - `berth_reply` (TC on the bridge): a container's reply to a tracked flow
 //!   leaves with the host address and port the flow arrived on.
+//! - `berth_from_ctr` / `berth_to_ctr` (TC on each container's host-side
+//!   veth): security groups; `berth_from_ctr` also translates a fragmented
+//!   reply (before the bridge could reassemble it).
+//! - Fragments: see `parse.rs` and `frag.rs`.
 //! - `berth_bind4` (cgroup bind4): host processes cannot bind a published
 //!   host port (EADDRINUSE).
 //! - `berth_connect4`, `berth_sendmsg4`, `berth_recvmsg4`, `berth_peername4`
@@ -18,6 +22,7 @@
 mod bind;
 mod csum;
 mod fib;
+mod frag;
 mod icmp;
 mod maps;
 mod nat;
@@ -33,20 +38,26 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use berth_maps::{Counter, XdpHandoff, XDP_HANDOFF_MAGIC, XDP_HANDOFF_MAGIC_NEIGH};
+use berth_maps::{
+    Counter, XdpHandoff, FRAG_K_DNAT, FRAG_K_SNAT, FRAG_V_ALLOW, XDP_HANDOFF_MAGIC,
+    XDP_HANDOFF_MAGIC_NEIGH,
+};
 
 use crate::{
-    fib::{fib_lookup_icmp, fib_lookup_v4},
+    fib::{fib_lookup_frag, fib_lookup_icmp, fib_lookup_v4},
+    frag::{
+        frag_key_of_flow, frag_key_of_frag, frag_lookup, frag_remember, frag_rewrite, FragRewrite,
+    },
     icmp::{
-        ct_lookup_icmp_from_container, ct_lookup_icmp_from_outside, icmp_rewrite, parse_icmp_error,
-        IcmpError, Quoted,
+        ct_lookup_icmp_from_container, ct_lookup_icmp_from_outside, icmp_from_flow_container,
+        icmp_rewrite, parse_icmp_error, IcmpError, Quoted,
     },
     maps::count,
     nat::{
         ct_lookup_reply, ct_track_ingress, ingress_rewrite, lb4_lookup_service, reply_rewrite,
         Rewriter,
     },
-    parse::{parse_flow, Flow, Parsed},
+    parse::{ipv4_fragment, parse_flow, Flow, Frag, Parsed, IP_DST_OFF, IP_SRC_OFF},
     tc::{tc_pull_headers, tc_redirect, tc_translate_and_redirect},
     xdp::{xdp_handoff, XdpRewriter},
 };
@@ -56,6 +67,9 @@ enum Ingress {
     Pass,
     Drop,
     Dnat(Flow, berth_maps::Backend),
+    /// A later fragment of a datagram whose first fragment went to this
+    /// container address.
+    FragDnat(Frag, u32),
     /// An outside ICMP error about a translated flow, for this container.
     Icmp(IcmpError, berth_maps::Backend),
 }
@@ -77,10 +91,7 @@ fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
             count(Counter::IcmpXlate);
             return Ingress::Icmp(e, backend);
         }
-        Parsed::Fragment => {
-            count(Counter::Fragment);
-            return Ingress::Pass;
-        }
+        Parsed::Fragment(f) => return ingress_frag(&f),
         Parsed::Flow(f) => f,
     };
     let Some(backend) = lb4_lookup_service(&flow) else {
@@ -96,8 +107,37 @@ fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
     if ct_track_ingress(&flow, &backend).is_err() {
         return Ingress::Drop;
     }
+    if flow.first_frag {
+        let key = frag_key_of_flow(FRAG_K_DNAT, &flow);
+        frag_remember(&key, backend.addr_be, FRAG_V_ALLOW);
+    }
     count(Counter::IngressDnat);
     Ingress::Dnat(flow, backend)
+}
+
+/// A later fragment at an uplink goes where its first fragment went; one
+/// nothing was remembered for is left to the host (it may be its own).
+#[inline(always)]
+fn ingress_frag(f: &Frag) -> Ingress {
+    let Some(e) = frag_lookup(&frag_key_of_frag(FRAG_K_DNAT, f)) else {
+        count(Counter::Fragment);
+        return Ingress::Pass;
+    };
+    if f.ttl <= 1 {
+        count(Counter::TtlExceeded);
+        return Ingress::Drop;
+    }
+    count(Counter::FragXlate);
+    Ingress::FragDnat(*f, e.addr_be)
+}
+
+#[inline(always)]
+fn frag_dnat(f: &Frag, to_be: u32) -> FragRewrite {
+    FragRewrite {
+        addr_off: IP_DST_OFF,
+        old_addr_be: f.dst_addr_be,
+        new_addr_be: to_be,
+    }
 }
 
 #[classifier]
@@ -109,6 +149,14 @@ pub fn berth_ingress(ctx: TcContext) -> i32 {
         Ingress::Dnat(flow, backend) => {
             let rw = ingress_rewrite(&flow, &backend);
             tc_translate_and_redirect(&ctx, &flow, &rw, flow.src_addr_be, backend.addr_be)
+        }
+        Ingress::FragDnat(f, to) => {
+            if frag_rewrite(ctx.data(), ctx.data_end(), &f, &frag_dnat(&f, to)).is_err() {
+                return TC_ACT_SHOT;
+            }
+            let in_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            let next = fib_lookup_frag(&ctx, &f, f.src_addr_be, to, in_ifindex);
+            tc_redirect(&ctx, next)
         }
         Ingress::Icmp(e, backend) => {
             if icmp_rewrite(
@@ -155,6 +203,14 @@ pub fn berth_xdp(ctx: XdpContext) -> u32 {
             );
             xdp_handoff(&ctx, next)
         }
+        Ingress::FragDnat(f, to) => {
+            if frag_rewrite(ctx.data(), ctx.data_end(), &f, &frag_dnat(&f, to)).is_err() {
+                return xdp_action::XDP_DROP;
+            }
+            let in_ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+            let next = fib_lookup_frag(&ctx, &f, f.src_addr_be, to, in_ifindex);
+            xdp_handoff(&ctx, next)
+        }
         Ingress::Icmp(e, backend) => {
             if icmp_rewrite(
                 ctx.data(),
@@ -195,21 +251,58 @@ pub fn berth_deliver(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn berth_reply(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
-    let flow = match parse_flow(ctx.data(), ctx.data_end(), ctx.len() as usize) {
-        Parsed::Flow(f) => f,
-        Parsed::Other => return tc_reply_icmp(&ctx),
-        Parsed::Fragment => return TC_ACT_OK,
-    };
-    let Some(entry) = ct_lookup_reply(&flow) else {
+    match parse_flow(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+        Parsed::Flow(f) => tc_reply_flow(&ctx, &f),
+        Parsed::Other => tc_reply_icmp(&ctx),
+        Parsed::Fragment(f) => tc_reply_frag(&ctx, &f),
+    }
+}
+
+/// A container's packet replying to a tracked flow leaves with the host
+/// address and port the flow arrived on; anything else is left alone.
+#[inline(always)]
+fn tc_reply_flow(ctx: &TcContext, flow: &Flow) -> i32 {
+    let Some(entry) = ct_lookup_reply(flow) else {
         return TC_ACT_OK;
     };
     if flow.ttl <= 1 {
         count(Counter::TtlExceeded);
         return TC_ACT_SHOT;
     }
+    if flow.first_frag {
+        let key = frag_key_of_flow(FRAG_K_SNAT, flow);
+        frag_remember(&key, entry.host_addr_be, FRAG_V_ALLOW);
+    }
     count(Counter::ReplySnat);
-    let rw = reply_rewrite(&flow, &entry);
-    tc_translate_and_redirect(&ctx, &flow, &rw, entry.host_addr_be, flow.dst_addr_be)
+    let rw = reply_rewrite(flow, &entry);
+    tc_translate_and_redirect(ctx, flow, &rw, entry.host_addr_be, flow.dst_addr_be)
+}
+
+/// A later fragment of a container's datagram leaves from the host
+/// address its first fragment got; one nothing was remembered for is the
+/// container's own traffic.
+#[inline(always)]
+fn tc_reply_frag(ctx: &TcContext, f: &Frag) -> i32 {
+    let Some(e) = frag_lookup(&frag_key_of_frag(FRAG_K_SNAT, f)) else {
+        count(Counter::Fragment);
+        return TC_ACT_OK;
+    };
+    if f.ttl <= 1 {
+        count(Counter::TtlExceeded);
+        return TC_ACT_SHOT;
+    }
+    let rw = FragRewrite {
+        addr_off: IP_SRC_OFF,
+        old_addr_be: f.src_addr_be,
+        new_addr_be: e.addr_be,
+    };
+    if frag_rewrite(ctx.data(), ctx.data_end(), f, &rw).is_err() {
+        return TC_ACT_SHOT;
+    }
+    count(Counter::FragXlate);
+    let in_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let next = fib_lookup_frag(ctx, f, e.addr_be, f.dst_addr_be, in_ifindex);
+    tc_redirect(ctx, next)
 }
 
 #[cgroup_sock_addr(bind4)]
@@ -238,14 +331,23 @@ pub fn berth_peername4(ctx: SockAddrContext) -> i32 {
 }
 
 /// tc ingress of each container's host-side veth: security groups on what
-/// the container sends.
+/// the container sends. A fragmented reply to a published-port flow is
+/// translated and sent to the uplink from here: past this hook, on a host
+/// with br_netfilter (any Docker host), the bridge reassembles fragments
+/// into a datagram longer than the uplink's MTU, and BPF cannot fragment.
 #[classifier]
 pub fn berth_from_ctr(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
-    if policy::from_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
-        TC_ACT_OK
-    } else {
-        TC_ACT_SHOT
+    if !policy::from_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+        return TC_ACT_SHOT;
+    }
+    if !ipv4_fragment(ctx.data(), ctx.data_end()) {
+        return TC_ACT_OK;
+    }
+    match parse_flow(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+        Parsed::Flow(f) if f.first_frag => tc_reply_flow(&ctx, &f),
+        Parsed::Fragment(f) => tc_reply_frag(&ctx, &f),
+        _ => TC_ACT_OK,
     }
 }
 
@@ -271,6 +373,10 @@ fn tc_reply_icmp(ctx: &TcContext) -> i32 {
     let Some(entry) = ct_lookup_icmp_from_container(&e) else {
         return TC_ACT_OK;
     };
+    if !icmp_from_flow_container(&e) {
+        count(Counter::IcmpForged);
+        return TC_ACT_SHOT;
+    }
     if e.outer_ttl <= 1 {
         count(Counter::TtlExceeded);
         return TC_ACT_SHOT;

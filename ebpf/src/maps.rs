@@ -5,10 +5,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use berth_maps::{
-    Backend, CtEntry, Endpoint, FlowKey, NatEntry, Policy, PolicyKey, PortKey, ServiceKey,
-    SgMember, SockRevKey, SockRevValue, CONFIG_LEN, COUNTERS_LEN, CT_CAPACITY, ENDPOINTS_CAPACITY,
-    HOST_ADDRS_CAPACITY, NAT_CAPACITY, POLICY_CAPACITY, PORTS_CAPACITY, SERVICES_CAPACITY,
-    SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
+    Backend, CtEntry, Endpoint, FlowKey, FragEntry, FragKey, NatEntry, Policy, PolicyKey, PortKey,
+    ServiceKey, SgMember, SockRevKey, SockRevValue, CONFIG_LEN, COUNTERS_LEN, CT_CAPACITY,
+    ENDPOINTS_CAPACITY, FRAGS_CAPACITY, HOST_ADDRS_CAPACITY, NAT_CAPACITY, POLICY_CAPACITY,
+    PORTS_CAPACITY, SERVICES_CAPACITY, SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
 };
 
 #[map]
@@ -42,6 +42,10 @@ pub static BERTH_SG_MEMBERS: HashMap<SgMember, u32> = HashMap::pinned(SG_MEMBERS
 
 #[map]
 pub static BERTH_CT: HashMap<FlowKey, CtEntry> = HashMap::pinned(CT_CAPACITY, 0);
+
+/// LRU: losing an entry costs one fragmented datagram.
+#[map]
+pub static BERTH_FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::pinned(FRAGS_CAPACITY, 0);
 
 #[map]
 pub static BERTH_CONFIG: Array<u64> = Array::pinned(CONFIG_LEN, 0);

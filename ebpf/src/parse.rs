@@ -7,10 +7,21 @@
 //!   a version other than 4, a total length shorter than the headers or
 //!   longer than the frame, and the destination 0.0.0.0 pass untouched (the
 //!   stack drops them).
-//! - UDP with a length < 8 or past the IPv4 payload passes untouched.
-//! - Fragments (MF set or a non-zero offset) pass untouched: a later fragment
-//!   has no ports, so translating only the first would split a datagram
-//!   between two destinations.
+//! - UDP with a length < 8 or past the IPv4 payload passes untouched (a
+//!   first fragment carries only part of the datagram, so its UDP length
+//!   only has to be >= 8).
+//! - Fragments: the first fragment (offset 0, MF set) carries the ports and
+//!   is a [`Flow`] like any packet, marked `first_frag`; it must hold the
+//!   whole TCP/UDP header. A later fragment (offset != 0, any protocol) is a
+//!   [`Frag`]: it has no ports, so it follows what its datagram's first
+//!   fragment decided, remembered per (source, destination, protocol, IP
+//!   id) in BERTH_FRAGS (see `frag.rs`): translated the same way at an
+//!   uplink, a container's veth or the bridge, passed or dropped the same
+//!   way by security groups. A later fragment nothing was remembered for
+//!   is not translated: it passes (it may be the host's own traffic; a
+//!   datagram for a published port whose later fragment outran its first
+//!   is lost, counted in `fragment`), except at a container's veth when
+//!   either end has policy: dropped (`frag_no_first`).
 //! - TCP with a data offset < 5 passes untouched.
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -20,7 +31,8 @@ pub const IP_CSUM_OFF: usize = ETH_LEN + 10;
 pub const IP_TTL_OFF: usize = ETH_LEN + 8;
 pub const IP_SRC_OFF: usize = ETH_LEN + 12;
 pub const IP_DST_OFF: usize = ETH_LEN + 16;
-const IP_MF_OFFSET_MASK_BE: u16 = 0x3fffu16.to_be();
+const IP_OFFSET_MASK_BE: u16 = 0x1fffu16.to_be();
+const IP_MF_BE: u16 = 0x2000u16.to_be();
 pub const TCP_FLAG_FIN: u8 = 0x01;
 pub const TCP_FLAG_RST: u8 = 0x04;
 
@@ -50,6 +62,22 @@ pub struct Flow {
     pub l4_off: usize,
     /// UDP datagram sent without a checksum (must stay 0).
     pub udp_csum_zero: bool,
+    /// The first fragment of a datagram (MF set, offset 0).
+    pub first_frag: bool,
+    /// IPv4 identification (names the datagram a fragment belongs to).
+    pub ip_id_be: u16,
+}
+
+/// A later fragment (offset != 0) of an IPv4 datagram: no L4 header.
+#[derive(Clone, Copy)]
+pub struct Frag {
+    pub proto: u8,
+    pub src_addr_be: u32,
+    pub dst_addr_be: u32,
+    pub ip_id_be: u16,
+    pub ttl: u8,
+    /// IPv4 total length in host order (for the FIB MTU check).
+    pub tot_len: u16,
 }
 
 impl Flow {
@@ -66,9 +94,25 @@ impl Flow {
 pub enum Parsed {
     /// Not IPv4 TCP/UDP, or malformed: leave it to the stack.
     Other,
-    /// IPv4 TCP/UDP fragment: passes untouched.
-    Fragment,
+    /// A later fragment of an IPv4 datagram of any protocol.
+    Fragment(Frag),
     Flow(Flow),
+}
+
+/// Whether the frame is an IPv4 fragment (MF set or a non-zero offset):
+/// one load for the common case of a whole packet.
+#[inline(always)]
+pub fn ipv4_fragment(data: usize, data_end: usize) -> bool {
+    let Some(eth) = ptr_at::<EthHdr>(data, data_end, 0) else {
+        return false;
+    };
+    if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
+        return false;
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(data, data_end, ETH_LEN) else {
+        return false;
+    };
+    u16::from_ne_bytes(unsafe { (*ip).frags }) & (IP_OFFSET_MASK_BE | IP_MF_BE) != 0
 }
 
 /// Parse Ethernet + IPv4 + the TCP/UDP ports of the frame in `[data,
@@ -93,20 +137,29 @@ pub fn parse_flow(data: usize, data_end: usize, frame_len: usize) -> Parsed {
     if ihl < 5 {
         return Parsed::Other;
     }
-    let proto = ip.proto;
-    if proto != berth_maps::PROTO_TCP && proto != berth_maps::PROTO_UDP {
-        return Parsed::Other;
-    }
-    if u16::from_ne_bytes(ip.frags) & IP_MF_OFFSET_MASK_BE != 0 {
-        return Parsed::Fragment;
-    }
     let ip_hdr_len = ihl * 4;
     let tot_len = u16::from_be_bytes(ip.tot_len);
     // Ethernet pads short frames, so the frame may be longer; never shorter.
-    if ETH_LEN + tot_len as usize > frame_len {
+    if ETH_LEN + tot_len as usize > frame_len || (tot_len as usize) < ip_hdr_len {
         return Parsed::Other;
     }
     if u32::from_ne_bytes(ip.dst_addr) == 0 {
+        return Parsed::Other;
+    }
+    let proto = ip.proto;
+    let frags = u16::from_ne_bytes(ip.frags);
+    let ip_id_be = u16::from_ne_bytes(ip.id);
+    if frags & IP_OFFSET_MASK_BE != 0 {
+        return Parsed::Fragment(Frag {
+            proto,
+            src_addr_be: u32::from_ne_bytes(ip.src_addr),
+            dst_addr_be: u32::from_ne_bytes(ip.dst_addr),
+            ip_id_be,
+            ttl: ip.ttl,
+            tot_len,
+        });
+    }
+    if proto != berth_maps::PROTO_TCP && proto != berth_maps::PROTO_UDP {
         return Parsed::Other;
     }
     let l4_off = ETH_LEN + ip_hdr_len;
@@ -121,6 +174,8 @@ pub fn parse_flow(data: usize, data_end: usize, frame_len: usize) -> Parsed {
         tot_len,
         l4_off,
         udp_csum_zero: false,
+        first_frag: frags & IP_MF_BE != 0,
+        ip_id_be,
     };
     if proto == berth_maps::PROTO_TCP {
         parse_tcp(data, data_end, flow, ip_hdr_len)
@@ -153,7 +208,9 @@ fn parse_udp(data: usize, data_end: usize, mut flow: Flow, ip_hdr_len: usize) ->
     };
     let udp = unsafe { &*udp };
     let udp_len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
-    if udp_len < 8 || (flow.tot_len as usize) < ip_hdr_len + udp_len {
+    // A first fragment holds the header and part of the datagram.
+    let in_packet = if flow.first_frag { 8 } else { udp_len };
+    if udp_len < 8 || (flow.tot_len as usize) < ip_hdr_len + in_packet {
         return Parsed::Other;
     }
     flow.src_port_be = u16::from_ne_bytes([udp[0], udp[1]]);

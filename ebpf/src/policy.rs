@@ -12,21 +12,35 @@
 //!
 //! Allowed flows are tracked (BERTH_CT, or BERTH_NAT for published ports),
 //! so replies pass whatever the rules say and removing a rule never cuts a
-//! tracked flow. ICMP echo is tracked by its identifier. ICMP errors and
-//! fragments pass (they belong to a flow judged already).
+//! tracked flow. ICMP echo is tracked by its identifier.
+//!
+//! Where either end has policy:
+//! - ICMP other than echo passes only as an error (destination
+//!   unreachable, time exceeded, parameter problem) quoting a TCP/UDP flow
+//!   that is tracked (BERTH_CT or BERTH_NAT, either direction) and has the
+//!   endpoint with policy as one of its addresses; anything else is
+//!   dropped (`policy_denied_icmp`). Rules do not open other ICMP types.
+//! - Fragments: the first fragment is judged like any packet and its
+//!   verdict remembered for the datagram (`frag.rs`); later fragments
+//!   follow it (`frag_denied`), and one with no remembered verdict is
+//!   dropped (`frag_no_first`). A TCP/UDP first fragment too short to hold
+//!   its header is refused (the tiny-fragment attack of RFC 1858 would
+//!   otherwise hide the flags or ports in a later fragment).
 use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_ktime_get_ns, bpf_loop},
 };
 use berth_maps::{
-    Counter, CtEntry, Endpoint, FlowKey, Policy, PolicyKey, Rule, SgMember, CT_F_CLOSING,
-    CT_F_REPLIED, DIR_INGRESS, EP_F_POLICY, MAX_RULES, PROTO_ICMP, PROTO_TCP, RULE_ICMP_ANY,
-    RULE_PEER_CIDR, RULE_PROTO_ALL,
+    Counter, CtEntry, Endpoint, FlowKey, FragKey, Policy, PolicyKey, Rule, SgMember, CT_F_CLOSING,
+    CT_F_REPLIED, DIR_INGRESS, EP_F_POLICY, FRAG_K_POLICY, FRAG_V_ALLOW, FRAG_V_DENY, MAX_RULES,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ICMP_ANY, RULE_PEER_CIDR, RULE_PROTO_ALL,
 };
 
 use crate::{
+    frag::{frag_key, frag_key_of_flow, frag_key_of_frag, frag_lookup, frag_remember},
+    icmp::{parse_icmp_error, IcmpError},
     maps::{count, BERTH_CT, BERTH_ENDPOINTS, BERTH_NAT, BERTH_POLICY, BERTH_SG_MEMBERS},
-    parse::{parse_flow, ptr_at, Parsed, ETH_LEN, TCP_FLAG_FIN, TCP_FLAG_RST},
+    parse::{parse_flow, ptr_at, Flow, Parsed, ETH_LEN, TCP_FLAG_FIN, TCP_FLAG_RST},
 };
 
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -71,36 +85,96 @@ impl PFlow {
     }
 }
 
-/// TCP, UDP or ICMP echo; `None` for everything policy lets through.
 #[inline(always)]
-pub fn policy_flow(data: usize, data_end: usize, frame_len: usize) -> Option<PFlow> {
-    match parse_flow(data, data_end, frame_len) {
-        Parsed::Flow(f) => Some(PFlow {
-            proto: f.proto,
-            src_be: f.src_addr_be,
-            dst_be: f.dst_addr_be,
-            sport_be: f.src_port_be,
-            dport_be: f.dst_port_be,
-            icmp_type: 0,
-            icmp_code: 0,
-            closing: f.proto == PROTO_TCP && f.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0,
-        }),
-        Parsed::Fragment => None,
-        Parsed::Other => icmp_echo_flow(data, data_end),
+fn pflow_of(f: &Flow) -> PFlow {
+    PFlow {
+        proto: f.proto,
+        src_be: f.src_addr_be,
+        dst_be: f.dst_addr_be,
+        sport_be: f.src_port_be,
+        dport_be: f.dst_port_be,
+        icmp_type: 0,
+        icmp_code: 0,
+        closing: f.proto == PROTO_TCP && f.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0,
     }
 }
 
-#[inline(always)]
-fn icmp_echo_flow(data: usize, data_end: usize) -> Option<PFlow> {
-    let eth = unsafe { &*ptr_at::<[u8; 14]>(data, data_end, 0)? };
+/// Everything IPv4 that is neither TCP/UDP parse_flow accepted nor a later
+/// fragment: ICMP, other protocols, TCP/UDP parse_flow refused. `from`: the
+/// container sends it (both ends judged), else receives it (only its own
+/// end). A separate subprogram: LLVM merges this path with the TCP/UDP one
+/// into code the verifier refuses when it is inlined.
+#[inline(never)]
+fn other_allowed(data: usize, data_end: usize, frame_len: usize, from: bool) -> bool {
+    let Some(eth) = ptr_at::<[u8; 14]>(data, data_end, 0) else {
+        return true;
+    };
+    let eth = unsafe { &*eth };
     if eth[12] != 0x08 || eth[13] != 0x00 {
-        return None;
+        return true;
     }
-    let ip = unsafe { &*ptr_at::<[u8; 20]>(data, data_end, ETH_LEN)? };
+    let Some(ip) = ptr_at::<[u8; 20]>(data, data_end, ETH_LEN) else {
+        return true;
+    };
+    let ip = unsafe { &*ip };
     let ihl = (ip[0] & 0x0f) as usize;
-    if ip[0] >> 4 != 4 || ihl < 5 || ip[9] != PROTO_ICMP || (ip[6] & 0x3f) != 0 || ip[7] != 0 {
-        return None;
+    if ip[0] >> 4 != 4 || ihl < 5 {
+        return true;
     }
+    let src_be = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    let dst_be = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    let (proto, id_be) = (ip[9], u16::from_ne_bytes([ip[4], ip[5]]));
+    let first_frag = ip[6] & 0x20 != 0;
+    let sender = if from {
+        endpoint_with_policy(src_be)
+    } else {
+        None
+    };
+    let receiver = endpoint_with_policy(dst_be);
+    if sender.is_none() && receiver.is_none() {
+        return true;
+    }
+    let key = frag_key(FRAG_K_POLICY, src_be, dst_be, proto, id_be);
+    // A later fragment parse_flow found malformed: still no verdict of
+    // its own.
+    if (ip[6] & 0x1f) != 0 || ip[7] != 0 {
+        return frag_follow(&key);
+    }
+    let allowed = match proto {
+        PROTO_TCP | PROTO_UDP if first_frag => {
+            count(Counter::FragDenied);
+            false
+        }
+        // Malformed and whole: the stack drops it.
+        PROTO_TCP | PROTO_UDP => return true,
+        PROTO_ICMP => match icmp_echo_flow(data, data_end, ihl, src_be, dst_be) {
+            Some(f) if from => from_container_flow(&f, sender, receiver),
+            Some(f) => match receiver {
+                Some(ep) => to_container_flow(&f, ep),
+                None => true,
+            },
+            None => icmp_allowed(
+                parse_icmp_error(data, data_end, frame_len),
+                sender.map(|_| src_be),
+                receiver.map(|_| dst_be),
+            ),
+        },
+        _ => true,
+    };
+    if first_frag {
+        frag_first_judged(&key, allowed);
+    }
+    allowed
+}
+
+#[inline(always)]
+fn icmp_echo_flow(
+    data: usize,
+    data_end: usize,
+    ihl: usize,
+    src_be: u32,
+    dst_be: u32,
+) -> Option<PFlow> {
     let icmp = unsafe { &*ptr_at::<[u8; 8]>(data, data_end, ETH_LEN + ihl * 4)? };
     // Echo request: identifier as the source "port"; a reply mirrors it,
     // so its reverse key is the request's key.
@@ -112,14 +186,86 @@ fn icmp_echo_flow(data: usize, data_end: usize) -> Option<PFlow> {
     };
     Some(PFlow {
         proto: PROTO_ICMP,
-        src_be: u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
-        dst_be: u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
+        src_be,
+        dst_be,
         sport_be,
         dport_be,
         icmp_type: icmp[0],
         icmp_code: icmp[1],
         closing: false,
     })
+}
+
+/// Whether an ICMP error is about a tracked TCP/UDP flow that `ep` is an
+/// end of. Looks only: an error does not keep a flow alive.
+#[inline(always)]
+fn icmp_error_tracked(e: &IcmpError, ep_be: u32) -> bool {
+    if e.inner_src_be != ep_be && e.inner_dst_be != ep_be {
+        return false;
+    }
+    let quoted = FlowKey {
+        src_addr_be: e.inner_src_be,
+        dst_addr_be: e.inner_dst_be,
+        src_port_be: e.inner_sport_be,
+        dst_port_be: e.inner_dport_be,
+        proto: e.inner_proto,
+        _pad: [0; 3],
+    };
+    let back = FlowKey {
+        src_addr_be: e.inner_dst_be,
+        dst_addr_be: e.inner_src_be,
+        src_port_be: e.inner_dport_be,
+        dst_port_be: e.inner_sport_be,
+        proto: e.inner_proto,
+        _pad: [0; 3],
+    };
+    unsafe {
+        BERTH_CT.get(&quoted).is_some()
+            || BERTH_CT.get(&back).is_some()
+            || BERTH_NAT.get(&quoted).is_some()
+            || BERTH_NAT.get(&back).is_some()
+    }
+}
+
+/// ICMP other than echo, where `a` and/or `b` (the ends with policy) are
+/// set: an error about a tracked flow of each of them, or dropped.
+#[inline(always)]
+fn icmp_allowed(e: Option<IcmpError>, a: Option<u32>, b: Option<u32>) -> bool {
+    let ok = match e {
+        Some(e) => {
+            a.is_none_or(|ep| icmp_error_tracked(&e, ep))
+                && b.is_none_or(|ep| icmp_error_tracked(&e, ep))
+        }
+        None => false,
+    };
+    if !ok {
+        count(Counter::PolicyDeniedIcmp);
+    }
+    ok
+}
+
+/// A later fragment where either end has policy: what its first fragment
+/// got.
+#[inline(always)]
+fn frag_follow(key: &FragKey) -> bool {
+    match frag_lookup(key) {
+        Some(e) if e.verdict == FRAG_V_ALLOW => true,
+        Some(_) => {
+            count(Counter::FragDenied);
+            false
+        }
+        None => {
+            count(Counter::FragNoFirst);
+            false
+        }
+    }
+}
+
+/// Remember a first fragment's verdict for the rest of its datagram.
+#[inline(always)]
+fn frag_first_judged(key: &FragKey, allowed: bool) {
+    let v = if allowed { FRAG_V_ALLOW } else { FRAG_V_DENY };
+    frag_remember(key, 0, v);
 }
 
 /// The endpoint at `addr`, if policy applies to it.
@@ -297,62 +443,100 @@ fn nat_tracked(container_side: &FlowKey) -> bool {
 /// tc ingress of a container's host-side veth: what the container sends.
 #[inline(always)]
 pub fn from_container(data: usize, data_end: usize, frame_len: usize) -> bool {
-    let Some(f) = policy_flow(data, data_end, frame_len) else {
-        return true;
-    };
-    let sender = endpoint_with_policy(f.src_be);
-    let receiver = endpoint_with_policy(f.dst_be);
-    if sender.is_none() && receiver.is_none() {
-        return true;
+    match parse_flow(data, data_end, frame_len) {
+        Parsed::Flow(f) => {
+            let pf = pflow_of(&f);
+            let sender = endpoint_with_policy(pf.src_be);
+            let receiver = endpoint_with_policy(pf.dst_be);
+            if sender.is_none() && receiver.is_none() {
+                return true;
+            }
+            let allowed = from_container_flow(&pf, sender, receiver);
+            if f.first_frag {
+                frag_first_judged(&frag_key_of_flow(FRAG_K_POLICY, &f), allowed);
+            }
+            allowed
+        }
+        Parsed::Fragment(f) => {
+            if endpoint_with_policy(f.src_addr_be).is_none()
+                && endpoint_with_policy(f.dst_addr_be).is_none()
+            {
+                return true;
+            }
+            frag_follow(&frag_key_of_frag(FRAG_K_POLICY, &f))
+        }
+        Parsed::Other => other_allowed(data, data_end, frame_len, true),
     }
+}
+
+#[inline(always)]
+fn from_container_flow(f: &PFlow, sender: Option<Endpoint>, receiver: Option<Endpoint>) -> bool {
     if f.proto != PROTO_ICMP && nat_tracked(&f.key()) {
         return true; // a reply on a published port
     }
-    if ct_established(&f) {
+    if ct_established(f) {
         return true;
     }
     let dport = u16::from_be(f.dport_be);
     if let Some(ep) = sender {
-        if !policy_allows(ep.task_id, berth_maps::DIR_EGRESS, &f, f.dst_be, dport) {
+        if !policy_allows(ep.task_id, berth_maps::DIR_EGRESS, f, f.dst_be, dport) {
             count(Counter::PolicyDeniedEgress);
             return false;
         }
     }
     if let Some(ep) = receiver {
-        if !policy_allows(ep.task_id, DIR_INGRESS, &f, f.src_be, dport) {
+        if !policy_allows(ep.task_id, DIR_INGRESS, f, f.src_be, dport) {
             count(Counter::PolicyDeniedIngress);
             return false;
         }
     }
-    ct_create(&f).is_ok()
+    ct_create(f).is_ok()
 }
 
 /// tc egress of a container's host-side veth: what the container receives.
 #[inline(always)]
 pub fn to_container(data: usize, data_end: usize, frame_len: usize) -> bool {
-    let Some(f) = policy_flow(data, data_end, frame_len) else {
-        return true;
-    };
-    let Some(ep) = endpoint_with_policy(f.dst_be) else {
-        return true;
-    };
+    match parse_flow(data, data_end, frame_len) {
+        Parsed::Flow(f) => {
+            let pf = pflow_of(&f);
+            let Some(ep) = endpoint_with_policy(pf.dst_be) else {
+                return true;
+            };
+            let allowed = to_container_flow(&pf, ep);
+            if f.first_frag {
+                frag_first_judged(&frag_key_of_flow(FRAG_K_POLICY, &f), allowed);
+            }
+            allowed
+        }
+        Parsed::Fragment(f) => {
+            if endpoint_with_policy(f.dst_addr_be).is_none() {
+                return true;
+            }
+            frag_follow(&frag_key_of_frag(FRAG_K_POLICY, &f))
+        }
+        Parsed::Other => other_allowed(data, data_end, frame_len, false),
+    }
+}
+
+#[inline(always)]
+fn to_container_flow(f: &PFlow, ep: Endpoint) -> bool {
     if f.proto != PROTO_ICMP && nat_tracked(&f.reverse_key()) {
         return true; // a published-port flow, judged at the uplink
     }
-    if ct_established(&f) {
+    if ct_established(f) {
         return true;
     }
     if !policy_allows(
         ep.task_id,
         DIR_INGRESS,
-        &f,
+        f,
         f.src_be,
         u16::from_be(f.dport_be),
     ) {
         count(Counter::PolicyDeniedIngress);
         return false;
     }
-    ct_create(&f).is_ok()
+    ct_create(f).is_ok()
 }
 
 /// North-south: may a new flow from `client` reach `container:port`?

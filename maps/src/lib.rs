@@ -151,6 +151,49 @@ pub struct CtEntry {
     pub _pad: [u8; 7],
 }
 
+/// IPv4 fragments: what the first fragment of a datagram decided, for the
+/// later fragments, which carry no ports. LRU and short-lived: an entry
+/// older than [`FRAG_TIMEOUT_NS`] counts as absent, and losing one costs
+/// only that datagram.
+pub const FRAGS_MAP: &str = "BERTH_FRAGS";
+pub const FRAGS_CAPACITY: u32 = 16_384;
+/// Fragments of one datagram arrive within milliseconds; IP ids wrap.
+pub const FRAG_TIMEOUT_NS: u64 = 10_000_000_000;
+/// `FragKey::kind`: DNAT at an uplink (key: client -> host address).
+pub const FRAG_K_DNAT: u8 = 1;
+/// `FragKey::kind`: reply SNAT at a container's veth or the bridge (key:
+/// container -> client).
+pub const FRAG_K_SNAT: u8 = 2;
+/// `FragKey::kind`: a security-group verdict at a container's veth.
+pub const FRAG_K_POLICY: u8 = 3;
+/// `FragEntry::verdict` of a policy entry.
+pub const FRAG_V_DENY: u8 = 0;
+pub const FRAG_V_ALLOW: u8 = 1;
+
+/// One datagram as its fragments carry it: (source, destination, protocol,
+/// IP id), and which decision it is for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src_addr_be: u32,
+    pub dst_addr_be: u32,
+    pub id_be: u16,
+    pub proto: u8,
+    pub kind: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragEntry {
+    /// DNAT: the container address; SNAT: the host address.
+    pub addr_be: u32,
+    /// Policy: [`FRAG_V_ALLOW`] or [`FRAG_V_DENY`].
+    pub verdict: u8,
+    pub _pad: [u8; 3],
+    /// `bpf_ktime_get_ns()` when the first fragment was seen.
+    pub created_ns: u64,
+}
+
 /// Per-CPU counters, indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "BERTH_COUNTERS";
 
@@ -220,7 +263,8 @@ pub enum Counter {
     NatTableFull = 3,
     /// Translated packet had no route; dropped.
     NoRoute = 4,
-    /// Fragment of a published port's protocol; passed untouched.
+    /// Later fragment (no ports) of a datagram nothing remembered at an
+    /// uplink or the bridge; passed untouched (it may be the host's own).
     Fragment = 5,
     /// Packet to a published port with TTL <= 1; dropped.
     TtlExceeded = 6,
@@ -236,8 +280,23 @@ pub enum Counter {
     PolicyDeniedEgress = 11,
     /// New flow refused because the policy tracking table is full.
     CtTableFull = 12,
+    /// Later fragment translated like its datagram's first fragment.
+    FragXlate = 13,
+    /// Later fragment with no remembered first fragment where either end
+    /// has policy; dropped.
+    FragNoFirst = 14,
+    /// Later fragment of a datagram whose first fragment policy refused,
+    /// or a TCP/UDP first fragment too short to hold its header, where
+    /// either end has policy; dropped.
+    FragDenied = 15,
+    /// ICMP other than echo that is no error about a tracked flow of an
+    /// endpoint with policy; dropped.
+    PolicyDeniedIcmp = 16,
+    /// A container's ICMP error about a translated flow that is not its
+    /// own or not addressed to that flow's client; dropped.
+    IcmpForged = 17,
 }
-pub const COUNTER_NAMES: [&str; 13] = [
+pub const COUNTER_NAMES: [&str; 18] = [
     "ingress_dnat",
     "ingress_pass",
     "reply_snat",
@@ -251,6 +310,11 @@ pub const COUNTER_NAMES: [&str; 13] = [
     "policy_denied_ingress",
     "policy_denied_egress",
     "ct_table_full",
+    "frag_xlate",
+    "frag_no_first",
+    "frag_denied",
+    "policy_denied_icmp",
+    "icmp_forged",
 ];
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 
@@ -281,6 +345,8 @@ const _: () = assert!(core::mem::size_of::<SgMember>() == 8);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<SockRevKey>() == 16);
 const _: () = assert!(core::mem::size_of::<SockRevValue>() == 8);
+const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
+const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
 
 #[cfg(feature = "user")]
 mod user {
@@ -298,4 +364,6 @@ mod user {
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for SockRevKey {}
     unsafe impl aya::Pod for SockRevValue {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragEntry {}
 }

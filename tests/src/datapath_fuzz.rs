@@ -12,21 +12,33 @@
 //!   each checksum changes by exactly what the translation changed in what
 //!   it covers (so it verifies when the input's did, and a wrong one stays
 //!   wrong by the same amount);
-//! - only well-formed, unfragmented IPv4 with TTL > 1 is translated;
+//! - only well-formed IPv4 with TTL > 1 is translated; of a fragmented
+//!   datagram, the first fragment (MF, offset 0) like any packet, a later
+//!   fragment only after the run saw its datagram's first fragment (same
+//!   source, destination, protocol and IP id) translated in that direction,
+//!   and then only its address, to the one the first fragment got (plus
+//!   TTL and IPv4 checksum);
+//! - the security-group hooks (`berth_from_ctr`, `berth_to_ctr`, with one
+//!   endpoint under policy) let a later fragment through, where an end has
+//!   policy, only after the run saw its datagram's first fragment let
+//!   through; they change a frame only to translate a fragmented reply;
 //! - `berth_ingress` (TC) and `berth_xdp` agree on every frame both accept;
 //! - no test run fails except the kernel's refusal of frames shorter than
 //!   it accepts.
 //!
 //! [`Config::from_env`] reads `BERTH_FUZZ_SEED` and `BERTH_FUZZ_FRAMES`.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt::Write as _,
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
-use berth::model::Protocol;
-use berth_maps::{FlowKey, XDP_HANDOFF_MAGIC, XDP_HANDOFF_MAGIC_NEIGH};
+use berth::{
+    datapath::{PolicyRule, RulePeer, RuleProto},
+    model::Protocol,
+};
+use berth_maps::{FlowKey, DIR_EGRESS, DIR_INGRESS, XDP_HANDOFF_MAGIC, XDP_HANDOFF_MAGIC_NEIGH};
 
 use crate::{
     mutate::{be16, l4_segment, pseudo, Dictionary, Mutator, Rng},
@@ -91,7 +103,7 @@ enum Class {
     Refused,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Dir {
     /// On an uplink: DNAT towards a container.
     Ingress,
@@ -200,6 +212,28 @@ fn mappings() -> Vec<Mapping> {
 struct Model {
     mappings: Vec<Mapping>,
     host_addrs: Vec<Ipv4Addr>,
+    /// Endpoints under policy (the others have none).
+    policy: Vec<Ipv4Addr>,
+}
+
+/// A datagram as its fragments name it: source, destination, protocol, IP
+/// id.
+type Datagram = ([u8; 4], [u8; 4], u8, u16);
+
+/// The datagram of the IPv4 packet at `l3` in `f` (`None` if the header is
+/// not all there), and its offset and MF bit.
+fn datagram_of(f: &[u8], l3: usize) -> Option<(Datagram, u16, bool)> {
+    if f.len() < l3 + 20 {
+        return None;
+    }
+    let frag = be16(f, l3 + 6)?;
+    let d = (
+        f[l3 + 12..l3 + 16].try_into().ok()?,
+        f[l3 + 16..l3 + 20].try_into().ok()?,
+        f[l3 + 9],
+        be16(f, l3 + 4)?,
+    );
+    Some((d, frag & 0x1fff, frag & 0x2000 != 0))
 }
 
 impl Model {
@@ -281,6 +315,12 @@ struct Run<'a> {
     model: &'a Model,
     docker0: u32,
     report: Report,
+    /// First fragments seen translated: the address their datagram's later
+    /// fragments must get.
+    frags: HashMap<(Dir, Datagram), Ipv4Addr>,
+    /// First fragments the security-group hooks judged: let through or not
+    /// (`None`: unknown, dropped after the verdict for another reason).
+    policy_frags: HashMap<Datagram, Option<bool>>,
 }
 
 impl Run<'_> {
@@ -382,6 +422,11 @@ impl Run<'_> {
                 Err(bad("frame changed without a translation"))
             }
         };
+        if prog == "berth_from_ctr" || prog == "berth_to_ctr" {
+            let class = self.judge_policy(env, prog, f, code, out)?;
+            self.check_policy_frag(prog, f, out, &class)?;
+            return Ok(class);
+        }
         if prog == "berth_deliver" {
             return match code {
                 TC_ACT_OK => unchanged(Class::Pass),
@@ -418,6 +463,82 @@ impl Run<'_> {
         }
     }
 
+    /// A security-group hook passes or drops a frame untouched; only
+    /// `berth_from_ctr` translates, and only fragments of a tracked reply.
+    fn judge_policy(
+        &mut self,
+        env: &Env,
+        prog: &str,
+        f: &[u8],
+        code: u32,
+        out: &[u8],
+    ) -> Result<Class, Violation> {
+        let from = prog == "berth_from_ctr";
+        let fragment = be16(f, 12) == Some(pkt::ETH_P_IP)
+            && datagram_of(f, ETH_LEN).is_some_and(|(_, off, mf)| off != 0 || mf);
+        match code {
+            TC_ACT_OK if out == f => Ok(Class::Pass),
+            TC_ACT_SHOT if out == f => Ok(Class::Drop),
+            TC_ACT_SHOT | TC_ACT_REDIRECT if from && fragment => {
+                self.check_nat(env, Dir::Reply, f, out)?;
+                Ok(if code == TC_ACT_SHOT {
+                    Class::Drop
+                } else {
+                    Class::Nat(out.to_vec())
+                })
+            }
+            TC_ACT_OK | TC_ACT_SHOT => Err(bad("frame changed without a translation")),
+            c => Err(bad(format!("unexpected verdict {c}"))),
+        }
+    }
+
+    /// Later fragments follow their datagram's first fragment through the
+    /// security-group hooks.
+    fn check_policy_frag(
+        &mut self,
+        prog: &str,
+        f: &[u8],
+        out: &[u8],
+        class: &Class,
+    ) -> Result<(), Violation> {
+        if be16(f, 12) != Some(pkt::ETH_P_IP) || f[ETH_LEN] >> 4 != 4 || f[ETH_LEN] & 0x0f < 5 {
+            return Ok(());
+        }
+        let Some((d, off, mf)) = datagram_of(f, ETH_LEN) else {
+            return Ok(());
+        };
+        let under_policy = |a: [u8; 4]| self.model.policy.contains(&Ipv4Addr::from(a));
+        let from = prog == "berth_from_ctr";
+        if !(under_policy(d.1) || from && under_policy(d.0)) {
+            return Ok(());
+        }
+        let through = matches!(class, Class::Pass | Class::Nat(_));
+        if off != 0 {
+            return match self.policy_frags.get(&d) {
+                _ if !through => Ok(()),
+                Some(Some(true)) | Some(None) => Ok(()),
+                Some(Some(false)) => Err(bad(
+                    "security groups let a later fragment through after refusing its first",
+                )),
+                None => Err(bad(
+                    "security groups let a later fragment through without its first fragment",
+                )),
+            };
+        }
+        if mf {
+            let verdict = match class {
+                Class::Pass | Class::Nat(_) => Some(true),
+                Class::Drop if out != f => Some(true),
+                // A tracked reply with TTL <= 1: allowed, then dropped.
+                Class::Drop if from && f[ETH_LEN + 8] <= 1 => None,
+                Class::Drop => Some(false),
+                Class::Refused => return Ok(()),
+            };
+            self.policy_frags.insert(d, verdict);
+        }
+        Ok(())
+    }
+
     /// A dropped frame is untouched, or was translated and then refused
     /// (no route, MTU): the same rules hold for what it changed.
     fn dropped(&mut self, env: &Env, dir: Dir, f: &[u8], out: &[u8]) -> Result<Class, Violation> {
@@ -440,9 +561,7 @@ impl Run<'_> {
         if f[l3] >> 4 != 4 || ihl < 20 || l3 + ihl > f.len() {
             return Err(bad("translated an IPv4 header with a bad version or IHL"));
         }
-        if be16(f, l3 + 6).unwrap() & 0x3fff != 0 {
-            return Err(bad("translated a fragment"));
-        }
+        let (datagram, offset, first_frag) = datagram_of(f, l3).unwrap();
         let ttl = f[l3 + 8];
         if ttl <= 1 {
             return Err(bad("translated a packet with TTL <= 1"));
@@ -458,10 +577,39 @@ impl Run<'_> {
         let l4 = l3 + ihl;
         let mut allowed: Vec<std::ops::Range<usize>> =
             vec![0..12, l3 + 8..l3 + 9, l3 + 10..l3 + 12];
-        match f[l3 + 9] {
-            pkt::TCP | pkt::UDP => self.check_l4(env, dir, f, out, l4, &mut allowed)?,
-            pkt::ICMP => self.check_icmp(env, dir, f, out, l4, &mut allowed)?,
-            p => return Err(bad(format!("translated IP protocol {p}"))),
+        let addr_off = match dir {
+            Dir::Ingress => l3 + 16,
+            Dir::Reply => l3 + 12,
+        };
+        if offset != 0 {
+            // A later fragment: no ports, only the address its first
+            // fragment got.
+            let Some(&want) = self.frags.get(&(dir, datagram)) else {
+                return Err(bad(
+                    "translated a later fragment whose datagram's first fragment was not",
+                ));
+            };
+            allowed.push(addr_off..addr_off + 4);
+            if ip(out, addr_off) != want {
+                return Err(Violation {
+                    kind: "later fragment translated to another address than its first".into(),
+                    detail: format!("{}, want {want}", ip(out, addr_off)),
+                });
+            }
+        } else {
+            match f[l3 + 9] {
+                pkt::TCP | pkt::UDP => {
+                    self.check_l4(env, dir, f, out, l4, first_frag, &mut allowed)?
+                }
+                pkt::ICMP if first_frag => {
+                    return Err(bad("translated a fragment of an ICMP message"))
+                }
+                pkt::ICMP => self.check_icmp(env, dir, f, out, l4, &mut allowed)?,
+                p => return Err(bad(format!("translated IP protocol {p}"))),
+            }
+            if first_frag {
+                self.frags.insert((dir, datagram), ip(out, addr_off));
+            }
         }
         for (i, (a, b)) in f.iter().zip(out).enumerate() {
             if a != b && !allowed.iter().any(|r| r.contains(&i)) {
@@ -474,6 +622,7 @@ impl Run<'_> {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn check_l4(
         &mut self,
         env: &Env,
@@ -481,6 +630,7 @@ impl Run<'_> {
         f: &[u8],
         out: &[u8],
         l4: usize,
+        first_frag: bool,
         allowed: &mut Vec<std::ops::Range<usize>>,
     ) -> Result<(), Violation> {
         let l3 = ETH_LEN;
@@ -510,7 +660,9 @@ impl Run<'_> {
             ));
         }
         let ulen = be16(f, l4 + 4).unwrap() as usize;
-        if proto == pkt::UDP && (ulen < 8 || ulen > tot - (l4 - l3)) {
+        // A first fragment carries only part of the datagram its UDP
+        // length counts.
+        if proto == pkt::UDP && (ulen < 8 || !first_frag && ulen > tot - (l4 - l3)) {
             return Err(bad(
                 "translated a UDP datagram whose length is < 8 or past the IPv4 payload",
             ));
@@ -550,7 +702,9 @@ impl Run<'_> {
         let Some((start, end)) = l4_segment(f, l3) else {
             return Ok(()); // total length past the frame: nothing to verify over
         };
-        let end = if proto == pkt::UDP {
+        // A first fragment's checksum covers bytes that are not here; the
+        // incremental update still keeps the sum over what is.
+        let end = if proto == pkt::UDP && !first_frag {
             let ulen = be16(f, l4 + 4).unwrap() as usize;
             if ulen < 8 || start + ulen > end {
                 return Ok(());
@@ -784,12 +938,77 @@ fn ingress_seeds() -> Vec<Vec<u8>> {
     let left = Packet::udp(HOST, 8053, CLIENT, 5000);
     s.push(Packet::icmp_error(CLIENT, HOST, 3, 3, [0; 4], &left, 36).frame());
     s.push(Packet::icmp(CLIENT, HOST, 8, 0, [0, 1, 0, 1]).frame());
+    s.extend(fragment_pair(Packet::udp(CLIENT, 5000, HOST, 8053), 0x7101));
+    s.extend(fragment_pair(
+        Packet::tcp(CLIENT, 40000, HOST, 8080),
+        0x7102,
+    ));
+    s.push(fragment_pair(Packet::udp(CLIENT, 5000, HOST, 8053), 0x71ff)[1].clone());
     s.push(pkt::arp_request(CLIENT, HOST));
     s.push(Ipv6Packet::new(pkt::TCP, 8080).frame());
     s.push(pkt::vlan_tagged(
         &Packet::tcp(CLIENT, 40000, HOST, 8080).frame(),
         10,
     ));
+    s
+}
+
+/// `p` with a 600-byte payload and IP id `id`, as its first fragment and
+/// a later one (offsets 0 and 256).
+fn fragment_pair(p: Packet, id: u16) -> [Vec<u8>; 2] {
+    let mut p = p.with_payload_len(600);
+    p.ip_id = id;
+    p.frag = 0;
+    [
+        pkt::fragment(&p, 0, 256, true),
+        pkt::fragment(&p, 256, 256, true),
+    ]
+}
+
+fn from_c1(p: Packet) -> Packet {
+    Packet {
+        eth_dst: BRIDGE_MAC,
+        eth_src: C1_MAC,
+        ..p
+    }
+}
+
+/// What containers send and receive, for the security-group hooks: C1
+/// has policy, C2 none.
+fn policy_seeds() -> Vec<Vec<u8>> {
+    let mut s = reply_seeds();
+    let udp = Packet::udp;
+    for p in [
+        udp(CLIENT, 5000, C1, 53),
+        Packet::tcp(CLIENT, 40000, C1, 80),
+        udp(C2, 7000, C1, 53),
+        udp(C2, 7000, C1, 9999),
+        udp(C1, 5500, OTHER, 5500),
+        udp(C1, 7000, OTHER, 9999),
+        Packet::tcp(C1, 40000, OTHER, 443),
+        Packet::icmp(OTHER, C1, 8, 0, [0, 1, 0, 1]),
+        Packet::icmp(C1, OTHER, 13, 0, [0, 1, 0, 1]),
+    ] {
+        s.push(from_c1(p).frame());
+    }
+    let out = Packet::tcp(C1, 40000, OTHER, 443);
+    s.push(Packet::icmp_error(ROUTER, C1, 3, 4, [0, 0, 5, 0x78], &out, 28).frame());
+    for (i, p) in [
+        udp(C1, 5500, OTHER, 5500),
+        udp(C1, 7000, OTHER, 9999),
+        udp(C2, 7000, C1, 53),
+        udp(C2, 7000, C1, 9999),
+        from_c1(udp(C1, 53, CLIENT, 5000)),
+        udp(CLIENT, 5000, C1, 53),
+        Packet::icmp(OTHER, C1, 8, 0, [0, 1, 0, 1]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        s.extend(fragment_pair(p, 0x7001 + i as u16));
+    }
+    // A later fragment whose first never comes.
+    s.push(fragment_pair(udp(C2, 7000, C1, 53), 0x70ff)[1].clone());
     s
 }
 
@@ -839,10 +1058,59 @@ fn reply_seeds() -> Vec<Vec<u8>> {
     e.eth_src = C1_MAC;
     s.push(e.frame());
     s.push(pkt::arp_request(C1, BRIDGE_IP));
+    s.extend(fragment_pair(
+        from_c1(Packet::udp(C1, 53, CLIENT, 5000)),
+        0x7201,
+    ));
+    s.extend(fragment_pair(
+        from_c1(Packet::tcp(C1, 80, CLIENT, 40000)),
+        0x7202,
+    ));
     s
 }
 
+/// C1's task: its published ports and echo in; udp 5000-6000 and tcp 443
+/// out. C2 is an endpoint without policy.
+fn setup_policy(env: &mut Env) {
+    let any = RulePeer::Cidr(Ipv4Addr::UNSPECIFIED, 0);
+    let rule = |proto, lo, hi| PolicyRule {
+        proto: Some(proto),
+        ports: (lo, hi),
+        icmp_type: if proto == RuleProto::Icmp {
+            Some(8)
+        } else {
+            None
+        },
+        icmp_code: None,
+        peer: any,
+    };
+    env.set_endpoint(C1, 1, true);
+    env.set_endpoint(C2, 2, false);
+    env.set_rules(
+        1,
+        DIR_INGRESS,
+        &[
+            rule(RuleProto::Udp, 53, 54),
+            rule(RuleProto::Tcp, 80, 83),
+            rule(RuleProto::Tcp, 5201, 5201),
+            rule(RuleProto::Udp, 5201, 5201),
+            rule(RuleProto::Tcp, 1, 1),
+            rule(RuleProto::Tcp, 65535, 65535),
+            rule(RuleProto::Icmp, 0, 0),
+        ],
+    );
+    env.set_rules(
+        1,
+        DIR_EGRESS,
+        &[
+            rule(RuleProto::Udp, 5000, 6000),
+            rule(RuleProto::Tcp, 443, 443),
+        ],
+    );
+}
+
 fn setup(env: &mut Env, model: &Model) {
+    setup_policy(env);
     for a in &model.host_addrs {
         env.host_addr(*a);
     }
@@ -880,6 +1148,8 @@ pub fn judge(
         model: &model,
         docker0: ifindex("docker0"),
         report: Report::default(),
+        frags: HashMap::new(),
+        policy_frags: HashMap::new(),
     };
     match run.judge(env, prog, input, code, out) {
         Ok(Class::Pass) => Ok("pass"),
@@ -894,6 +1164,7 @@ fn model() -> Model {
     Model {
         mappings: mappings(),
         host_addrs: vec![HOST, HOST2],
+        policy: vec![C1],
     }
 }
 
@@ -914,6 +1185,7 @@ pub fn run(cfg: &Config) -> Report {
         let docker0 = ifindex("docker0");
         let ingress = ingress_seeds();
         let reply = reply_seeds();
+        let policy = policy_seeds();
         let all: Vec<Vec<u8>> = ingress.iter().chain(&reply).cloned().collect();
         let mut run = Run {
             model: &model,
@@ -923,18 +1195,26 @@ pub fn run(cfg: &Config) -> Report {
                 frames: cfg.frames,
                 ..Default::default()
             },
+            frags: HashMap::new(),
+            policy_frags: HashMap::new(),
         };
         // One stream per program, so a program's frames do not depend on
         // how many others ran.
-        for (i, prog) in ["berth_ingress", "berth_reply", "berth_deliver"]
-            .iter()
-            .enumerate()
+        for (i, prog) in [
+            "berth_ingress",
+            "berth_reply",
+            "berth_deliver",
+            "berth_from_ctr",
+        ]
+        .iter()
+        .enumerate()
         {
             let mut rng = Rng::new(cfg.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             reset_flows(env);
             let seeds = match *prog {
                 "berth_ingress" => &ingress,
                 "berth_reply" => &reply,
+                "berth_from_ctr" => &policy,
                 _ => &all,
             };
             for n in 0..cfg.frames {
@@ -952,6 +1232,11 @@ pub fn run(cfg: &Config) -> Report {
                             run.violation("berth_ingress", v, &f, &[], n, &how);
                         }
                     }
+                } else if *prog == "berth_from_ctr" {
+                    // Both security-group hooks, which share what they
+                    // remember about fragments.
+                    run.one(env, "berth_from_ctr", &f, n, &how);
+                    run.one(env, "berth_to_ctr", &f, n, &how);
                 } else {
                     run.one(env, prog, &f, n, &how);
                 }

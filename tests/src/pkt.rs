@@ -317,6 +317,34 @@ impl Packet {
     }
 }
 
+/// One fragment of `p`'s IPv4 datagram as a frame: the `len` bytes of its
+/// IPv4 payload (L4 header and data, checksummed over the whole datagram)
+/// from byte `offset` (a multiple of 8), MF set when `more`. `p`'s DF and
+/// reserved bits, IP id, TTL and options are kept; the total length and
+/// the header checksum are computed here.
+pub fn fragment(p: &Packet, offset: usize, len: usize, more: bool) -> Vec<u8> {
+    assert_eq!(offset % 8, 0, "fragment offsets count 8-byte units");
+    let full = p.ipv4();
+    let ihl = 20 + p.ip_options.len();
+    let payload = &full[ihl..];
+    let chunk = &payload[offset.min(payload.len())..(offset + len).min(payload.len())];
+    let mut ip = full[..ihl].to_vec();
+    ip[2..4].copy_from_slice(&((ihl + chunk.len()) as u16).to_be_bytes());
+    let flags = (p.frag & 0xc000) | if more { IP_MF } else { 0 } | (offset / 8) as u16;
+    ip[6..8].copy_from_slice(&flags.to_be_bytes());
+    ip[10..12].fill(0);
+    let c = csum(&ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend(p.eth_dst);
+    f.extend(p.eth_src);
+    f.extend(ETH_P_IP.to_be_bytes());
+    f.extend(ip);
+    f.extend(chunk);
+    f.extend(&p.eth_pad);
+    f
+}
+
 /// Two payload bytes that make `p`'s UDP checksum come out as zero when
 /// computed (so it is sent as 0xffff), given the addresses and ports `p`
 /// has. `p`'s payload must be at least 2 bytes and even-aligned at 0.
@@ -586,6 +614,27 @@ mod tests {
         force_tcp_csum_zero(&mut t);
         assert_eq!(&t.frame()[50..52], &[0, 0]);
         assert_eq!(csum(&f[14..34], 0), 0, "ipv4 header verifies");
+    }
+
+    #[test]
+    fn fragments_reassemble_to_the_datagram() {
+        let p = Packet::udp(
+            Ipv4Addr::new(192, 0, 2, 2),
+            5000,
+            Ipv4Addr::new(192, 0, 2, 1),
+            53,
+        )
+        .with_payload_len(3000);
+        let whole = p.ipv4();
+        let first = fragment(&p, 0, 1480, true);
+        let last = fragment(&p, 1480, 2000, false);
+        assert_eq!(&first[ETH_LEN + 6..ETH_LEN + 8], &[0x20, 0]);
+        assert_eq!(&last[ETH_LEN + 6..ETH_LEN + 8], &[0, 185]);
+        assert_eq!(csum(&first[ETH_LEN..ETH_LEN + 20], 0), 0);
+        assert_eq!(csum(&last[ETH_LEN..ETH_LEN + 20], 0), 0);
+        let mut body = first[ETH_LEN + 20..].to_vec();
+        body.extend(&last[ETH_LEN + 20..]);
+        assert_eq!(body, whole[20..]);
     }
 
     #[test]

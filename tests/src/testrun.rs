@@ -243,6 +243,42 @@ impl Env {
         m.get(key, 0).ok()
     }
 
+    /// Makes `ip` an endpoint of task `task_id`, with policy or without.
+    pub fn set_endpoint(&mut self, ip: Ipv4Addr, task_id: u32, policy: bool) {
+        let mut m: HashMap<&mut MapData, u32, berth_maps::Endpoint> =
+            HashMap::try_from(self.ebpf.map_mut("BERTH_ENDPOINTS").unwrap()).unwrap();
+        let flags = if policy { berth_maps::EP_F_POLICY } else { 0 };
+        m.insert(
+            u32::from_ne_bytes(ip.octets()),
+            berth_maps::Endpoint { task_id, flags },
+            0,
+        )
+        .unwrap();
+    }
+
+    /// Task `task_id`'s rules in direction `dir` (`berth_maps::DIR_*`).
+    pub fn set_rules(&mut self, task_id: u32, dir: u32, rules: &[berth::datapath::PolicyRule]) {
+        use berth_maps::{Policy, PolicyKey, Rule, MAX_RULES};
+        let mut p = Box::new(Policy {
+            len: rules.len() as u32,
+            _pad: 0,
+            rules: [Rule::default(); MAX_RULES],
+        });
+        for (slot, r) in p.rules.iter_mut().zip(rules) {
+            *slot = berth::datapath::encode_rule(r);
+        }
+        let mut m: HashMap<&mut MapData, PolicyKey, Policy> =
+            HashMap::try_from(self.ebpf.map_mut("BERTH_POLICY").unwrap()).unwrap();
+        m.insert(PolicyKey { task_id, dir }, &*p, 0).unwrap();
+    }
+
+    /// A datapath counter, summed over CPUs.
+    pub fn counter(&self, c: berth_maps::Counter) -> u64 {
+        let m: aya::maps::PerCpuArray<&MapData, u64> =
+            aya::maps::PerCpuArray::try_from(self.ebpf.map("BERTH_COUNTERS").unwrap()).unwrap();
+        m.get(&(c as u32), 0).unwrap().iter().sum()
+    }
+
     /// Forgets every tracked flow; returns how many there were.
     pub fn clear_nat(&mut self) -> usize {
         let mut m: HashMap<&mut MapData, FlowKey, NatEntry> =

@@ -6,7 +6,7 @@
 use berth_integration::{
     datapath_fuzz::{judge, publish_model, run, Config},
     pkt::{self, Packet},
-    testrun::{in_fixture_ns, CLIENT, HOST},
+    testrun::{in_fixture_ns, C1, CLIENT, HOST, OTHER},
 };
 
 /// Frames per program in CI: a few seconds.
@@ -22,12 +22,24 @@ fn mutated_frames_keep_the_nat_invariants() {
     let report = run(&cfg);
     println!("{}", report.render());
     assert!(!report.failed(), "{}", report.render());
-    for prog in ["berth_ingress", "berth_xdp", "berth_reply", "berth_deliver"] {
+    for prog in [
+        "berth_ingress",
+        "berth_xdp",
+        "berth_reply",
+        "berth_deliver",
+        "berth_from_ctr",
+        "berth_to_ctr",
+    ] {
         let t = &report.programs[prog];
         assert_eq!(t.frames, cfg.frames, "{prog} ran every frame");
     }
     // The seeds and mutations must keep reaching the translation paths.
-    for prog in ["berth_ingress", "berth_xdp", "berth_reply"] {
+    for prog in [
+        "berth_ingress",
+        "berth_xdp",
+        "berth_reply",
+        "berth_from_ctr",
+    ] {
         let t = &report.programs[prog];
         assert!(
             t.translated * 50 >= t.frames,
@@ -76,5 +88,35 @@ fn the_invariants_reject_a_wrong_translation() {
         // Changed without a translation verdict.
         let err = judge(env, "berth_ingress", &input, 0, &v.frame).unwrap_err();
         assert!(err.contains("without a translation"), "{err}");
+    });
+}
+
+/// A later fragment is judged against what the run saw of its datagram:
+/// translated, or let through a security group, only after its first
+/// fragment was (`judge` starts from a run that saw nothing).
+#[test]
+fn the_invariants_reject_a_later_fragment_without_its_first() {
+    in_fixture_ns(|env| {
+        publish_model(env);
+        let mut p = Packet::udp(CLIENT, 5000, HOST, 8053).with_payload_len(600);
+        (p.ip_id, p.frag) = (0x7e01, 0);
+        let first = pkt::fragment(&p, 0, 256, true);
+        let later = pkt::fragment(&p, 256, 256, true);
+        let v = env.tc("berth_ingress", &first);
+        assert_eq!(
+            judge(env, "berth_ingress", &first, v.code, &v.frame),
+            Ok("translated")
+        );
+        let v = env.tc("berth_ingress", &later);
+        assert_eq!(v.code, 7, "the datapath translates it after its first");
+        let err = judge(env, "berth_ingress", &later, v.code, &v.frame).unwrap_err();
+        assert!(err.contains("first fragment was not"), "{err}");
+        // C1 has policy in the run's model: an orphan let through is caught.
+        let mut q = Packet::udp(OTHER, 53, C1, 40000).with_payload_len(600);
+        (q.ip_id, q.frag) = (0x7e02, 0);
+        let orphan = pkt::fragment(&q, 256, 256, true);
+        assert_eq!(env.tc("berth_to_ctr", &orphan).code, 2, "dropped");
+        let err = judge(env, "berth_to_ctr", &orphan, 0, &orphan).unwrap_err();
+        assert!(err.contains("without its first fragment"), "{err}");
     });
 }

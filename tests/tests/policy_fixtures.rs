@@ -13,7 +13,8 @@ use berth_integration::{
     testrun::*,
 };
 use berth_maps::{
-    Endpoint, Policy, PolicyKey, Rule, SgMember, DIR_EGRESS, DIR_INGRESS, EP_F_POLICY, MAX_RULES,
+    Counter, Endpoint, Policy, PolicyKey, Rule, SgMember, DIR_EGRESS, DIR_INGRESS, EP_F_POLICY,
+    MAX_RULES,
 };
 
 const OK: u32 = 0;
@@ -377,5 +378,199 @@ fn the_largest_rule_set_is_evaluated_to_its_last_rule() {
             verdict(env, "berth_from_ctr", &from(C2, 40001, C1, 6011).frame()),
             SHOT
         );
+    });
+}
+
+/// `p`'s datagram (3000 bytes of payload, IP id `id`) in fragments: the
+/// first (MF, offset 0), a middle and the last one.
+fn fragments(mut p: Packet, id: u16) -> [Vec<u8>; 3] {
+    p = p.with_payload_len(3000);
+    p.ip_id = id;
+    p.frag = 0;
+    [
+        pkt::fragment(&p, 0, 1480, true),
+        pkt::fragment(&p, 1480, 1480, true),
+        pkt::fragment(&p, 2960, 1480, false),
+    ]
+}
+
+fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Packet {
+    Packet::udp(src, sport, dst, dport)
+}
+
+/// Each fragment through `prog`, in order: the verdicts.
+fn verdicts(env: &Env, prog: &str, frags: &[Vec<u8>]) -> Vec<u32> {
+    frags.iter().map(|f| verdict(env, prog, f)).collect()
+}
+
+#[test]
+fn later_fragments_follow_the_verdict_on_their_first_fragment() {
+    in_fixture_ns(|env| {
+        setup(env);
+        // db's egress allows tcp 443 only: a large datagram elsewhere is
+        // refused whole.
+        let denied = env.counter(Counter::FragDenied);
+        let f = fragments(udp(C1, 40000, OTHER, 5000), 0x6001);
+        assert_eq!(verdicts(env, "berth_from_ctr", &f), [SHOT; 3]);
+        assert_eq!(env.counter(Counter::FragDenied), denied + 2);
+        // api's egress allows all: every fragment passes.
+        let f = fragments(udp(C2, 40000, OTHER, 5000), 0x6002);
+        assert_eq!(verdicts(env, "berth_from_ctr", &f), [OK; 3]);
+        // The receiver's ingress rules judge it too: an open task sending
+        // to db's udp 9999, which db does not allow.
+        let f = fragments(udp(C3, 40000, C1, 9999), 0x6003);
+        assert_eq!(verdicts(env, "berth_from_ctr", &f), [SHOT; 3]);
+        assert_eq!(verdicts(env, "berth_to_ctr", &f), [SHOT; 3]);
+        // sg-api -> db:5432 over tcp, allowed; both veths agree.
+        let f = fragments(from(C2, 40001, C1, 5432), 0x6004);
+        assert_eq!(verdicts(env, "berth_from_ctr", &f), [OK; 3]);
+        assert_eq!(verdicts(env, "berth_to_ctr", &f), [OK; 3]);
+        // From outside to db on a port it does not open.
+        let f = fragments(udp(OTHER, 40000, C1, 7000), 0x6005);
+        assert_eq!(verdicts(env, "berth_to_ctr", &f), [SHOT; 3]);
+        // A large ping: echo to api is allowed, to db is not.
+        let mut ping = Packet::icmp(OTHER, C2, 8, 0, [0, 7, 0, 1]);
+        ping.frag = 0;
+        let f = fragments(ping.clone(), 0x6006);
+        assert_eq!(verdicts(env, "berth_to_ctr", &f), [OK; 3]);
+        ping.dst = C1;
+        let f = fragments(ping, 0x6007);
+        assert_eq!(verdicts(env, "berth_to_ctr", &f), [SHOT; 3]);
+    });
+}
+
+#[test]
+fn a_later_fragment_without_its_first_is_dropped_only_where_policy_applies() {
+    in_fixture_ns(|env| {
+        setup(env);
+        let no_first = env.counter(Counter::FragNoFirst);
+        // The first fragment (which would be allowed) never came.
+        let [_, middle, last] = fragments(udp(C2, 40000, OTHER, 5000), 0x6101);
+        assert_eq!(verdict(env, "berth_from_ctr", &middle), SHOT);
+        assert_eq!(verdict(env, "berth_from_ctr", &last), SHOT);
+        let [_, middle, _] = fragments(udp(OTHER, 53, C1, 40000), 0x6102);
+        assert_eq!(verdict(env, "berth_to_ctr", &middle), SHOT);
+        assert_eq!(env.counter(Counter::FragNoFirst), no_first + 3);
+        // Neither end has policy: nothing to judge.
+        let [_, middle, last] = fragments(udp(C3, 40000, OTHER, 5000), 0x6103);
+        assert_eq!(verdict(env, "berth_from_ctr", &middle), OK);
+        assert_eq!(verdict(env, "berth_from_ctr", &last), OK);
+        let [_, middle, _] = fragments(udp(OTHER, 53, C3, 40000), 0x6104);
+        assert_eq!(verdict(env, "berth_to_ctr", &middle), OK);
+        // The same datagram id from another sender has no verdict.
+        let f = fragments(udp(C2, 40000, OTHER, 5000), 0x6105);
+        assert_eq!(verdict(env, "berth_from_ctr", &f[0]), OK);
+        let [_, middle, _] = fragments(udp(C2, 40000, C3, 5000), 0x6105);
+        assert_eq!(verdict(env, "berth_from_ctr", &middle), SHOT);
+        // A first fragment too short to hold its tcp header hides the
+        // flags: refused, and its datagram with it.
+        let mut tiny = from(C2, 40002, C1, 5432).with_payload_len(100);
+        tiny.ip_id = 0x6106;
+        assert_eq!(
+            verdict(env, "berth_from_ctr", &pkt::fragment(&tiny, 0, 8, true)),
+            SHOT
+        );
+        assert_eq!(
+            verdict(env, "berth_from_ctr", &pkt::fragment(&tiny, 8, 112, false)),
+            SHOT
+        );
+    });
+}
+
+#[test]
+fn a_published_ports_fragments_pass_the_veth_after_the_uplink_judged_them() {
+    in_fixture_ns(|env| {
+        setup(env);
+        let mut p = from(CLIENT, 40000, HOST, 8080).with_payload_len(3000);
+        p.ip_id = 0x6201;
+        p.frag = 0;
+        p.tcp_flags = pkt::ACK;
+        assert_eq!(
+            env.tc("berth_ingress", &pkt::fragment(&p, 0, 1480, true))
+                .code,
+            REDIRECT
+        );
+        let mut d = p.clone();
+        (d.dst, d.dport, d.ttl) = (C2, 80, 63);
+        for (off, more) in [(0, true), (1480, true), (2960, false)] {
+            let f = pkt::fragment(&d, off, 1480, more);
+            assert_eq!(verdict(env, "berth_to_ctr", &f), OK, "offset {off}");
+        }
+        // api's large reply passes its veth's rules and leaves from there
+        // translated, fragment by fragment (past the veth, br_netfilter
+        // would reassemble it into more than the uplink's MTU).
+        let mut r = from(C2, 80, CLIENT, 40000).with_payload_len(3000);
+        (r.ip_id, r.frag, r.tcp_flags) = (0x6202, 0, pkt::ACK);
+        let mut out = r.clone();
+        (out.src, out.sport, out.ttl) = (HOST, 8080, 63);
+        (out.eth_dst, out.eth_src) = (CLIENT_MAC, UPLINK_MAC);
+        for (off, more) in [(0, true), (1480, true), (2960, false)] {
+            let v = env.tc("berth_from_ctr", &pkt::fragment(&r, off, 1480, more));
+            assert_eq!(v.code, REDIRECT, "offset {off}");
+            assert_eq!(
+                v.frame,
+                pkt::fragment(&out, off, 1480, more),
+                "offset {off}"
+            );
+        }
+        // A fragmented datagram of no published-port flow is not touched.
+        let mut own = udp(C2, 40000, OTHER, 53).with_payload_len(3000);
+        (own.ip_id, own.frag) = (0x6203, 0);
+        for (off, more) in [(0, true), (1480, true), (2960, false)] {
+            let f = pkt::fragment(&own, off, 1480, more);
+            assert_eq!(verdict(env, "berth_from_ctr", &f), OK, "offset {off}");
+        }
+    });
+}
+
+fn icmp_error_about(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, code: u8, about: &Packet) -> Vec<u8> {
+    Packet::icmp_error(src, dst, ty, code, [0; 4], about, 28).frame()
+}
+
+#[test]
+fn icmp_other_than_echo_passes_only_as_an_error_about_a_tracked_flow_of_its_endpoint() {
+    in_fixture_ns(|env| {
+        setup(env);
+        let denied = env.counter(Counter::PolicyDeniedIcmp);
+        // Not an error, not echo: a timestamp request.
+        let ts = Packet::icmp(OTHER, C2, 13, 0, [0, 1, 0, 1]).frame();
+        assert_eq!(verdict(env, "berth_to_ctr", &ts), SHOT);
+        let ts = Packet::icmp(C1, OTHER, 13, 0, [0, 1, 0, 1]).frame();
+        assert_eq!(verdict(env, "berth_from_ctr", &ts), SHOT);
+        let ts = Packet::icmp(OTHER, C3, 13, 0, [0, 1, 0, 1]).frame();
+        assert_eq!(verdict(env, "berth_to_ctr", &ts), OK, "no policy");
+        assert_eq!(env.counter(Counter::PolicyDeniedIcmp), denied + 2);
+
+        // db's connection to OTHER:443, then a router's errors about it.
+        let out = from(C1, 40000, OTHER, 443);
+        assert_eq!(verdict(env, "berth_from_ctr", &out.frame()), OK);
+        let router = Ipv4Addr::new(203, 0, 113, 1);
+        let frag_needed = icmp_error_about(router, C1, 3, 4, &out);
+        assert_eq!(verdict(env, "berth_to_ctr", &frag_needed), OK);
+        // About a flow db never opened.
+        let never = from(C1, 40001, OTHER, 443);
+        let e = icmp_error_about(router, C1, 3, 4, &never);
+        assert_eq!(verdict(env, "berth_to_ctr", &e), SHOT);
+        // About another endpoint's tracked flow, delivered to db.
+        let api = from(C2, 40000, C1, 5432);
+        assert_eq!(verdict(env, "berth_from_ctr", &api.frame()), OK);
+        let e = icmp_error_about(router, C1, 3, 1, &from(C2, 40000, OTHER, 5432));
+        assert_eq!(verdict(env, "berth_to_ctr", &e), SHOT);
+        // db's own port unreachable about the tracked api -> db flow.
+        let e = icmp_error_about(C1, C2, 3, 3, &api);
+        assert_eq!(verdict(env, "berth_from_ctr", &e), OK);
+        // ... and about a flow nobody opened.
+        let e = icmp_error_about(C1, C2, 3, 3, &from(C2, 40009, C1, 5432));
+        assert_eq!(verdict(env, "berth_from_ctr", &e), SHOT);
+        // api's port unreachable about a published-port flow (BERTH_NAT).
+        let client = from(CLIENT, 40000, HOST, 8080);
+        assert_eq!(env.tc("berth_ingress", &client.frame()).code, REDIRECT);
+        let mut got = client.clone();
+        (got.dst, got.dport, got.ttl) = (C2, 80, 63);
+        let e = icmp_error_about(C2, CLIENT, 3, 3, &got);
+        assert_eq!(verdict(env, "berth_from_ctr", &e), OK);
+        // A redirect is not an error berth accepts.
+        let e = icmp_error_about(router, C1, 5, 1, &out);
+        assert_eq!(verdict(env, "berth_to_ctr", &e), SHOT);
     });
 }

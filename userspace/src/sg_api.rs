@@ -329,7 +329,14 @@ mod tests {
         assert_eq!(status, 200);
         assert_eq!(
             body["hostCounters"],
-            json!({"ct_table_full": 0, "policy_denied_egress": 0, "policy_denied_ingress": 0})
+            json!({
+                "ct_table_full": 0,
+                "frag_denied": 0,
+                "frag_no_first": 0,
+                "policy_denied_egress": 0,
+                "policy_denied_icmp": 0,
+                "policy_denied_ingress": 0
+            })
         );
         let (status, body) = api.call("GET", "/v1/sgs", None).await;
         assert_eq!(status, 200);

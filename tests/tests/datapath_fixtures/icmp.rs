@@ -249,4 +249,22 @@ pub(crate) fn reply_icmp_errors(t: &mut Table) {
     let mut p = icmp_err(from_c1, (C1, CLIENT, 64), TTL_EXCEEDED, &got, 28);
     p.payload = later_fragment(CLIENT, C1, pkt::UDP, [5000, 53]);
     t.pass("container's icmp error quoting a later fragment", p.frame());
+    // Only the flow's container may speak for it, and only to its client.
+    let (got, _) = got_and_sent(false);
+    let from_c2 = (BRIDGE_MAC, [0x02, 0x42, 0xac, 0x11, 0, 0x03]);
+    let p = icmp_err(from_c2, (C2, CLIENT, 64), PORT_UNREACH, &got, 28);
+    t.drop(
+        "another container's icmp error about a tracked flow (forged) is dropped",
+        p.frame(),
+    );
+    let p = icmp_err(from_c1, (C1, OTHER, 64), PORT_UNREACH, &got, 28);
+    t.drop(
+        "container's icmp error about its flow to another address than the client is dropped",
+        p.frame(),
+    );
+    let p = icmp_err(from_c1, (C1, HOST, 64), PORT_UNREACH, &got, 28);
+    t.drop(
+        "container's icmp error about its flow to the host address is dropped",
+        p.frame(),
+    );
 }

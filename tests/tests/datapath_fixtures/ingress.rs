@@ -216,44 +216,7 @@ fn ingress_header_fields(t: &mut Table) {
     p.frag = pkt::IP_DF;
     t.dnat("udp with df", &p, (C1, 53));
 
-    // Fragments pass untouched, whatever they carry.
-    for (frag, proto, what) in [
-        (pkt::IP_MF, pkt::UDP, "udp first fragment (mf, offset 0)"),
-        (
-            pkt::IP_MF | 185,
-            pkt::UDP,
-            "udp middle fragment (mf, offset 1480)",
-        ),
-        (0x0010, pkt::UDP, "udp last fragment (offset 128)"),
-        (0x1fff, pkt::UDP, "udp fragment at the largest offset"),
-        (pkt::IP_MF, pkt::TCP, "tcp first fragment"),
-        (
-            1,
-            pkt::TCP,
-            "tcp fragment at offset 8 (inside the tcp header)",
-        ),
-        (pkt::IP_DF | pkt::IP_MF, pkt::TCP, "df and mf together"),
-        (
-            pkt::IP_RESERVED | pkt::IP_MF,
-            pkt::UDP,
-            "reserved flag with mf",
-        ),
-    ] {
-        let mut p = if proto == pkt::TCP {
-            client_tcp(8080)
-        } else {
-            client_udp(8053)
-        };
-        p.frag = frag;
-        t.pass(format!("fragment: {what}"), p.frame());
-    }
-    let mut p = client_udp(8053);
-    p.frag = pkt::IP_MF;
-    p.ttl = 1;
-    t.pass("fragment with ttl 1 to a mapping passes", p.frame());
-    let mut p = client_udp(9999);
-    p.frag = pkt::IP_MF;
-    t.pass("fragment to an unmapped port", p.frame());
+    ingress_fragments(t);
 
     for ttl in [0, 1] {
         let mut p = client_tcp(8080);
@@ -275,6 +238,153 @@ fn ingress_header_fields(t: &mut Table) {
             C1_80,
         );
     }
+}
+
+/// A datagram to a published port: its first fragment is translated like
+/// any packet (the incremental L4 checksum update covers the whole
+/// datagram), its later fragments by what the first left in BERTH_FRAGS
+/// (destination address, IPv4 checksum, TTL). The rows run in order.
+fn ingress_fragments(t: &mut Table) {
+    let big = |p: Packet, id: u16| {
+        let mut p = p.with_payload_len(3000);
+        p.ip_id = id;
+        p
+    };
+    let nat = |want: Vec<u8>| Expect::Nat { want, neigh: false };
+    let p = big(client_udp(8053), 0x4001);
+    let out = dnat(&p, C1, 53, true);
+    t.add(
+        "udp first fragment to a published port: address, port, checksums",
+        pkt::fragment(&p, 0, 1480, true),
+        nat(pkt::fragment(&out, 0, 1480, true)),
+    );
+    t.add(
+        "udp middle fragment follows its first fragment",
+        pkt::fragment(&p, 1480, 1480, true),
+        nat(pkt::fragment(&out, 1480, 1480, true)),
+    );
+    t.add(
+        "udp last fragment follows its first fragment",
+        pkt::fragment(&p, 2960, 48, false),
+        nat(pkt::fragment(&out, 2960, 48, false)),
+    );
+    let mut q = p.clone();
+    q.ttl = 1;
+    t.drop(
+        "later fragment with ttl 1 of a translated datagram is dropped",
+        pkt::fragment(&q, 1480, 1480, true),
+    );
+    let mut q = p.clone();
+    q.src = OTHER;
+    t.pass(
+        "later fragment with a translated datagram's id from another client",
+        pkt::fragment(&q, 1480, 1480, true),
+    );
+    let mut q = p.clone();
+    q.dst = HOST2;
+    t.pass(
+        "later fragment with a translated datagram's id to another host address",
+        pkt::fragment(&q, 1480, 1480, true),
+    );
+    let q = big(client_tcp(8080), 0x4001);
+    t.pass(
+        "later fragment with a translated udp datagram's id over tcp",
+        pkt::fragment(&q, 1480, 1480, true),
+    );
+    let q = big(client_udp(8053), 0x4002);
+    t.pass(
+        "later fragment whose first fragment never came (left to the host)",
+        pkt::fragment(&q, 1480, 1480, true),
+    );
+    let q = big(client_udp(9999), 0x4003);
+    t.pass(
+        "udp first fragment to an unmapped port",
+        pkt::fragment(&q, 0, 1480, true),
+    );
+    t.pass(
+        "later fragment of a datagram to an unmapped port",
+        pkt::fragment(&q, 1480, 1480, true),
+    );
+    let mut q = big(client_udp(8053), 0x4004);
+    q.udp_no_csum = true;
+    let out = dnat(&q, C1, 53, true);
+    t.add(
+        "udp first fragment without checksum keeps zero",
+        pkt::fragment(&q, 0, 1480, true),
+        nat(pkt::fragment(&out, 0, 1480, true)),
+    );
+    let mut q = big(client_udp(8053), 0x4005);
+    q.ttl = 1;
+    t.drop(
+        "udp first fragment with ttl 1 to a mapping is dropped",
+        pkt::fragment(&q, 0, 1480, true),
+    );
+    t.pass(
+        "later fragment of a datagram whose first fragment was dropped",
+        pkt::fragment(&q, 1480, 1480, true),
+    );
+    let mut q = big(client_tcp(8080), 0x4006);
+    q.tcp_flags = pkt::ACK;
+    let out = dnat(&q, C1, 80, true);
+    t.add(
+        "tcp first fragment to a published port",
+        pkt::fragment(&q, 0, 1480, true),
+        nat(pkt::fragment(&out, 0, 1480, true)),
+    );
+    t.add(
+        "tcp later fragment follows its first fragment",
+        pkt::fragment(&q, 1480, 1480, true),
+        nat(pkt::fragment(&out, 1480, 1480, true)),
+    );
+    let q = big(client_tcp(8080), 0x4007);
+    t.pass(
+        "tcp fragment at offset 8 (inside the tcp header), no first fragment",
+        pkt::fragment(&q, 8, 100, true),
+    );
+    for (frag, id, what) in [
+        (pkt::IP_DF, 0x4008, "df and mf together: a first fragment"),
+        (
+            pkt::IP_RESERVED,
+            0x4009,
+            "reserved flag with mf: a first fragment",
+        ),
+    ] {
+        let mut q = big(client_udp(8053), id);
+        q.frag = frag;
+        let out = dnat(&q, C1, 53, true);
+        t.add(
+            what,
+            pkt::fragment(&q, 0, 1480, true),
+            nat(pkt::fragment(&out, 0, 1480, true)),
+        );
+    }
+    let mut q = big(client_udp(8053), 0x400a);
+    q.ip_options = record_route(8);
+    let out = dnat(&q, C1, 53, true);
+    t.add(
+        "udp first fragment with ipv4 options",
+        pkt::fragment(&q, 0, 1472, true),
+        nat(pkt::fragment(&out, 0, 1472, true)),
+    );
+    t.add(
+        "later fragment with ipv4 options follows its first",
+        pkt::fragment(&q, 1472, 1472, true),
+        nat(pkt::fragment(&out, 1472, 1472, true)),
+    );
+    let q = big(client_udp(8053), 0x400b);
+    t.pass(
+        "udp first fragment too short to hold its header",
+        pkt::fragment(&q, 0, 4, true),
+    );
+    t.pass(
+        "later fragment of a first fragment too short for its header",
+        pkt::fragment(&q, 8, 1480, false),
+    );
+    let q = big(Packet::icmp(CLIENT, HOST, 8, 0, [0, 1, 0, 1]), 0x400c);
+    t.pass(
+        "later fragment of a large ping to the host",
+        pkt::fragment(&q, 1480, 1480, true),
+    );
 }
 
 fn ingress_addresses_and_ports(t: &mut Table) {

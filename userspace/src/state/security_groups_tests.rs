@@ -601,7 +601,10 @@ async fn show_adds_the_host_wide_drop_counters() {
         counters.keys().map(String::as_str).collect::<Vec<_>>(),
         [
             "ct_table_full",
+            "frag_denied",
+            "frag_no_first",
             "policy_denied_egress",
+            "policy_denied_icmp",
             "policy_denied_ingress"
         ]
     );

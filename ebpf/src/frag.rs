@@ -1,0 +1,103 @@
+//! IPv4 fragments. Only a datagram's first fragment carries the ports, so
+//! it is judged and translated like any packet and what it decided is
+//! remembered in BERTH_FRAGS per (source, destination, protocol, IP id);
+//! the later fragments follow it:
+//!
+//! - DNAT at an uplink: (client, host address) -> the container address;
+//!   later fragments get the new destination address (and the IPv4
+//!   checksum; their payload has no L4 header, and the first fragment's
+//!   incremental L4 checksum update covers the whole datagram).
+//! - Reply SNAT at the container's veth (or the bridge, where no veth hook
+//!   saw it): (container, client) -> the host address; later fragments get
+//!   the new source address. Both hooks share the entry.
+//! - Policy at a container's veth: the verdict, allow or deny.
+//!
+//! Entries are overwritten by the next first fragment with the same key
+//! (IP ids wrap) and count as absent after FRAG_TIMEOUT_NS.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use berth_maps::{FragEntry, FragKey, FRAG_TIMEOUT_NS};
+
+use crate::{
+    csum,
+    maps::BERTH_FRAGS,
+    parse::{ptr_at, Flow, Frag, IP_CSUM_OFF, IP_TTL_OFF},
+};
+
+#[inline(always)]
+pub fn frag_key(kind: u8, src_be: u32, dst_be: u32, proto: u8, id_be: u16) -> FragKey {
+    FragKey {
+        src_addr_be: src_be,
+        dst_addr_be: dst_be,
+        id_be,
+        proto,
+        kind,
+    }
+}
+
+#[inline(always)]
+pub fn frag_key_of_flow(kind: u8, f: &Flow) -> FragKey {
+    frag_key(kind, f.src_addr_be, f.dst_addr_be, f.proto, f.ip_id_be)
+}
+
+#[inline(always)]
+pub fn frag_key_of_frag(kind: u8, f: &Frag) -> FragKey {
+    frag_key(kind, f.src_addr_be, f.dst_addr_be, f.proto, f.ip_id_be)
+}
+
+/// Remember what a first fragment decided (replacing any older datagram's
+/// entry with the same key). The map is LRU: it never refuses.
+#[inline(always)]
+pub fn frag_remember(key: &FragKey, addr_be: u32, verdict: u8) {
+    let e = FragEntry {
+        addr_be,
+        verdict,
+        _pad: [0; 3],
+        created_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    let _ = BERTH_FRAGS.insert(key, &e, 0);
+}
+
+/// What the first fragment of this later fragment's datagram decided, if
+/// it was seen recently.
+#[inline(always)]
+pub fn frag_lookup(key: &FragKey) -> Option<FragEntry> {
+    let e = unsafe { BERTH_FRAGS.get(key) }.copied()?;
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(e.created_ns) > FRAG_TIMEOUT_NS {
+        return None;
+    }
+    Some(e)
+}
+
+/// Which address of a later fragment changes.
+#[derive(Clone, Copy)]
+pub struct FragRewrite {
+    pub addr_off: usize,
+    pub old_addr_be: u32,
+    pub new_addr_be: u32,
+}
+
+/// Rewrite a later fragment's address, fix the IPv4 checksum, decrement
+/// the TTL, with direct writes (XDP, and TC after the headers were
+/// pulled: a fragment is never CHECKSUM_PARTIAL, and an IPv4 header that
+/// still sums to its checksum leaves a CHECKSUM_COMPLETE value valid).
+#[inline(always)]
+pub fn frag_rewrite(data: usize, data_end: usize, f: &Frag, rw: &FragRewrite) -> Result<(), ()> {
+    let ip_csum = ptr_at::<u16>(data, data_end, IP_CSUM_OFF).ok_or(())?;
+    let ttl_word = ptr_at::<u16>(data, data_end, IP_TTL_OFF).ok_or(())?;
+    let addr = ptr_at::<u32>(data, data_end, rw.addr_off).ok_or(())?;
+    unsafe {
+        let old_ttl = u16::from_ne_bytes([f.ttl, f.proto]);
+        let new_ttl = u16::from_ne_bytes([f.ttl - 1, f.proto]);
+        let mut c = csum::replace4(
+            core::ptr::read_unaligned(ip_csum),
+            rw.old_addr_be,
+            rw.new_addr_be,
+        );
+        c = csum::replace2(c, old_ttl, new_ttl);
+        core::ptr::write_unaligned(ip_csum, c);
+        core::ptr::write_unaligned(ttl_word, new_ttl);
+        core::ptr::write_unaligned(addr, rw.new_addr_be);
+    }
+    Ok(())
+}

@@ -1,0 +1,461 @@
+//! Fragmented datagrams and forged ICMP errors, end to end: a Docker-like
+//! host in network namespaces, the real `berth daemon` driven by the real
+//! CLI, real sockets. Every datagram here is larger than the 1500-byte MTU,
+//! so the sender's kernel fragments it and the receiver's reassembles it.
+use std::{
+    io,
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    thread,
+    time::Duration,
+};
+
+use berth_integration::{
+    pkt::Packet, udp_request, Bpffs, Daemon, DaemonOptions, NetNs, Topology, UdpEchoServer,
+};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(5);
+/// How long a datagram is waited for before we call it lost.
+const LOST: Duration = Duration::from_millis(1500);
+/// The datapath polls the bridge's ports every 250 ms for new veths.
+const VETH_POLL: Duration = Duration::from_millis(600);
+
+/// Guards drop in field order: daemon, then bpffs, then namespaces.
+struct Setup {
+    daemon: Daemon,
+    _bpffs: Bpffs,
+    topo: Topology,
+}
+
+fn setup(attach: Option<&str>) -> Setup {
+    let topo = Topology::build().expect("build topology");
+    let bpffs = Bpffs::new().expect("bpffs");
+    let opts = DaemonOptions {
+        attach: attach.map(str::to_string),
+        ..Default::default()
+    };
+    let daemon = Daemon::start_with(&topo.host.ns, &bpffs, opts).expect("start daemon");
+    thread::sleep(VETH_POLL);
+    Setup {
+        daemon,
+        _bpffs: bpffs,
+        topo,
+    }
+}
+
+impl Setup {
+    fn berth(&self, args: &[&str]) -> String {
+        self.daemon.cli_ok(args).expect("berth command")
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        let v: Value = serde_json::from_str(&self.berth(&["stats", "--json"])).expect("JSON");
+        v["counters"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {name}"))
+    }
+}
+
+fn any(port: u16) -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], port))
+}
+
+fn udp_in(ns: &NetNs, bind: SocketAddr) -> UdpSocket {
+    let sock = ns
+        .run(move || UdpSocket::bind(bind))
+        .unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+    sock.set_read_timeout(Some(LOST)).unwrap();
+    sock
+}
+
+/// The next datagram on `sock`, or `None` when nothing comes in time.
+fn recv(sock: &UdpSocket) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 65536];
+    match sock.recv_from(&mut buf) {
+        Ok((n, _)) => Some(buf[..n].to_vec()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(e) => panic!("recv: {e}"),
+    }
+}
+
+fn datagram(len: usize, fill: u8) -> Vec<u8> {
+    vec![fill; len]
+}
+
+/// Sends `payload` from `from` to `to` and says whether it arrived whole.
+fn arrives(from: &UdpSocket, to: &UdpSocket, target: SocketAddr, payload: &[u8]) -> bool {
+    from.send_to(payload, target).expect("send");
+    match recv(to) {
+        Some(got) => {
+            assert_eq!(got, payload, "a datagram arrived, but not the one sent");
+            true
+        }
+        None => false,
+    }
+}
+
+#[test]
+fn a_large_datagram_refused_by_the_senders_egress_rules_is_not_reassembled() {
+    let s = setup(None);
+    s.berth(&[
+        "map",
+        "add",
+        "--task",
+        "app",
+        "--ip",
+        "172.17.0.2",
+        "-p",
+        "8080:80",
+    ]);
+    s.berth(&["sg", "create", "app"]);
+    // Only udp 7000 may leave.
+    s.berth(&[
+        "sg",
+        "rule",
+        "rm",
+        "app",
+        "--egress",
+        "--proto",
+        "all",
+        "--cidr",
+        "0.0.0.0/0",
+    ]);
+    s.berth(&[
+        "sg",
+        "rule",
+        "add",
+        "app",
+        "--egress",
+        "--proto",
+        "udp",
+        "--port",
+        "7000",
+        "--cidr",
+        "172.17.0.0/16",
+    ]);
+    s.berth(&["sg", "attach", "app", "--task", "app"]);
+    let open = udp_in(&s.topo.container2.ns, any(7000));
+    let closed = udp_in(&s.topo.container2.ns, any(7001));
+    let sender = udp_in(&s.topo.container.ns, any(40000));
+    let (to_open, to_closed) = (s.topo.container2.addr(7000), s.topo.container2.addr(7001));
+    let denied = s.counter("frag_denied");
+
+    assert!(
+        arrives(&sender, &open, to_open, b"small"),
+        "allowed and small"
+    );
+    assert!(
+        arrives(&sender, &open, to_open, &datagram(4000, 0x61)),
+        "allowed and fragmented"
+    );
+    assert!(!arrives(&sender, &closed, to_closed, b"small"), "refused");
+    assert!(
+        !arrives(&sender, &closed, to_closed, &datagram(4000, 0x62)),
+        "a refused datagram must not get through in fragments"
+    );
+    assert!(s.counter("frag_denied") > denied);
+    // The allowed port still works afterwards.
+    assert!(arrives(&sender, &open, to_open, b"still"));
+}
+
+#[test]
+fn a_large_datagram_refused_by_the_receivers_ingress_rules_is_not_reassembled() {
+    let s = setup(None);
+    s.berth(&[
+        "map",
+        "add",
+        "--task",
+        "db",
+        "--ip",
+        "172.17.0.3",
+        "-p",
+        "15432:5432",
+    ]);
+    s.berth(&["sg", "create", "db"]);
+    s.berth(&[
+        "sg",
+        "rule",
+        "add",
+        "db",
+        "--ingress",
+        "--proto",
+        "udp",
+        "--port",
+        "7000",
+        "--cidr",
+        "172.17.0.0/16",
+    ]);
+    s.berth(&["sg", "attach", "db", "--task", "db"]);
+    // The sender has no groups: only the receiver's rules judge.
+    let open = udp_in(&s.topo.container2.ns, any(7000));
+    let closed = udp_in(&s.topo.container2.ns, any(7001));
+    let sender = udp_in(&s.topo.container.ns, any(40000));
+    let (to_open, to_closed) = (s.topo.container2.addr(7000), s.topo.container2.addr(7001));
+
+    assert!(arrives(&sender, &open, to_open, b"small"));
+    assert!(arrives(&sender, &open, to_open, &datagram(4000, 0x63)));
+    assert!(!arrives(&sender, &closed, to_closed, b"small"));
+    assert!(
+        !arrives(&sender, &closed, to_closed, &datagram(4000, 0x64)),
+        "a refused datagram must not get through in fragments"
+    );
+    assert!(arrives(&sender, &open, to_open, b"still"));
+}
+
+fn large_datagram_to_a_published_port_gets_its_answer(attach: Option<&str>) {
+    let s = setup(attach);
+    let dns = UdpEchoServer::start_in(&s.topo.container.ns, any(53)).unwrap();
+    s.berth(&[
+        "map",
+        "add",
+        "--task",
+        "dns",
+        "--ip",
+        "172.17.0.2",
+        "-p",
+        "5353:53/udp",
+    ]);
+    let target = s.topo.host.addr(5353);
+    let translated = s.counter("frag_xlate");
+    let payload: String = (0..3000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let p = payload.clone();
+    let reply = s
+        .topo
+        .client
+        .ns
+        .run(move || udp_request(target, &p, T))
+        .unwrap_or_else(|e| {
+            panic!(
+                "no answer to a 3000-byte datagram: {e:#}\nserver saw {:?}\n{}",
+                dns.peers(),
+                s.berth(&["stats"])
+            )
+        });
+    assert_eq!(reply.from, target, "the answer comes from the host port");
+    let (peer, echoed) = reply.text.split_once(' ').expect("peer and payload");
+    assert!(peer.starts_with("192.0.2.2:"), "the container saw {peer}");
+    assert_eq!(echoed.len(), payload.len(), "the whole datagram came back");
+    assert_eq!(echoed, payload);
+    assert!(
+        s.counter("frag_xlate") > translated,
+        "later fragments were translated at the uplink"
+    );
+    // Small datagrams keep working on the same port.
+    let small = s
+        .topo
+        .client
+        .ns
+        .run(move || udp_request(target, "ping", T))
+        .expect("a small answer");
+    assert!(small.text.ends_with(" ping"), "{}", small.text);
+}
+
+#[test]
+fn a_3000_byte_datagram_to_a_published_udp_port_gets_its_answer_tc() {
+    large_datagram_to_a_published_port_gets_its_answer(None);
+}
+
+#[test]
+fn a_3000_byte_datagram_to_a_published_udp_port_gets_its_answer_xdp() {
+    large_datagram_to_a_published_port_gets_its_answer(Some("xdp"));
+}
+
+/// Sends a complete IPv4 packet (header included) from the calling
+/// thread's namespace.
+fn send_raw_ipv4(packet: &[u8], dst: Ipv4Addr) -> io::Result<()> {
+    // SAFETY: plain socket calls on a descriptor owned here; the address
+    // and buffer outlive the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(dst.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::sendto(
+            fd,
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        let err = io::Error::last_os_error();
+        libc::close(fd);
+        if r < 0 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_container_forging_an_icmp_error_about_another_containers_flow_does_not_reach_the_client() {
+    let s = setup(None);
+    let _dns = UdpEchoServer::start_in(&s.topo.container.ns, any(53)).unwrap();
+    s.berth(&[
+        "map",
+        "add",
+        "--task",
+        "dns",
+        "--ip",
+        "172.17.0.2",
+        "-p",
+        "5353:53/udp",
+    ]);
+    let target = s.topo.host.addr(5353);
+    let client = udp_in(&s.topo.client.ns, any(0));
+    client.connect(target).unwrap();
+    client.send(b"hello").unwrap();
+    assert!(recv(&client).is_some(), "the flow is set up");
+    let SocketAddr::V4(local) = client.local_addr().unwrap() else {
+        unreachable!()
+    };
+
+    // The other container claims the first one's port is unreachable.
+    let mut quoted = Packet::udp(
+        Ipv4Addr::new(192, 0, 2, 2),
+        local.port(),
+        Ipv4Addr::new(172, 17, 0, 2),
+        53,
+    );
+    quoted.ttl = 63;
+    let client_ip = Ipv4Addr::new(192, 0, 2, 2);
+    let forged = Packet::icmp_error(
+        Ipv4Addr::new(172, 17, 0, 3),
+        client_ip,
+        3,
+        3,
+        [0; 4],
+        &quoted,
+        28,
+    )
+    .ipv4();
+    let forged_before = s.counter("icmp_forged");
+    s.topo
+        .container2
+        .ns
+        .run(move || send_raw_ipv4(&forged, client_ip))
+        .expect("send the forged error");
+
+    // Translated, it would reach the client's socket as ECONNREFUSED.
+    let mut buf = [0u8; 1500];
+    match client.recv(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) => {}
+        Err(e) => panic!("the forged error reached the client: {e}"),
+        Ok(n) => panic!("unexpected datagram: {:?}", &buf[..n]),
+    }
+    assert!(s.counter("icmp_forged") > forged_before);
+    client.send(b"again").unwrap();
+    let answer = recv(&client).expect("the flow goes on");
+    assert!(answer.ends_with(b" again"));
+}
+
+#[test]
+fn a_container_with_groups_gets_icmp_errors_about_its_flows_and_no_other_icmp() {
+    let s = setup(None);
+    let _dns = UdpEchoServer::start_in(&s.topo.container.ns, any(53)).unwrap();
+    s.berth(&[
+        "map",
+        "add",
+        "--task",
+        "dns",
+        "--ip",
+        "172.17.0.2",
+        "-p",
+        "5353:53/udp",
+    ]);
+    s.berth(&["sg", "create", "dns"]);
+    s.berth(&[
+        "sg",
+        "rule",
+        "add",
+        "dns",
+        "--ingress",
+        "--proto",
+        "udp",
+        "--port",
+        "53",
+        "--cidr",
+        "0.0.0.0/0",
+    ]);
+    s.berth(&["sg", "attach", "dns", "--task", "dns"]);
+    let target = s.topo.host.addr(5353);
+    let client = udp_in(&s.topo.client.ns, any(0));
+    client.send_to(b"hello", target).unwrap();
+    assert!(recv(&client).is_some(), "the flow is set up");
+    let SocketAddr::V4(local) = client.local_addr().unwrap() else {
+        unreachable!()
+    };
+    let (host, client_ip) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
+    let denied = s.counter("policy_denied_icmp");
+
+    // A router on the client's side could not forward a 1400-byte reply:
+    // the error about the tracked flow reaches the container.
+    let mut reply = Packet::udp(host, 5353, client_ip, local.port()).with_payload_len(1372);
+    reply.frag = berth_integration::pkt::IP_DF;
+    let frag_needed =
+        Packet::icmp_error(client_ip, host, 3, 4, [0, 0, 0x04, 0xb0], &reply, 28).ipv4();
+    s.topo
+        .client
+        .ns
+        .run(move || send_raw_ipv4(&frag_needed, host))
+        .expect("send fragmentation needed");
+    let mut route = String::new();
+    for _ in 0..50 {
+        route = s
+            .topo
+            .container
+            .ns
+            .ip(["route", "get", "192.0.2.2"])
+            .unwrap();
+        if route.contains("mtu 1200") {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(route.contains("mtu 1200"), "container route: {route}");
+
+    // A timestamp request from a neighbour is neither echo nor an error.
+    let (c1, c2) = (Ipv4Addr::new(172, 17, 0, 2), Ipv4Addr::new(172, 17, 0, 3));
+    let ts = Packet::icmp(c2, c1, 13, 0, [0, 1, 0, 1]).ipv4();
+    s.topo
+        .container2
+        .ns
+        .run(move || send_raw_ipv4(&ts, c1))
+        .expect("send timestamp request");
+    // An error about a flow the container never had.
+    let never = Packet::udp(c1, 53, c2, 40999);
+    let forged = Packet::icmp_error(c2, c1, 3, 3, [0; 4], &never, 28).ipv4();
+    s.topo
+        .container2
+        .ns
+        .run(move || send_raw_ipv4(&forged, c1))
+        .expect("send port unreachable");
+    let mut now = s.counter("policy_denied_icmp");
+    for _ in 0..50 {
+        if now >= denied + 2 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+        now = s.counter("policy_denied_icmp");
+    }
+    assert!(now >= denied + 2, "both dropped at the veth: {denied} -> {now}");
+}
