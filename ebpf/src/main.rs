@@ -7,8 +7,8 @@
 //!   what `berth_xdp` translated.
 //! - `berth_reply` (TC on the bridge): a container's reply to a tracked flow
 //!   leaves with the host address and port the flow arrived on.
-//! - `berth_bind4` (cgroup bind4): host processes cannot bind a published
-//!   host port (EADDRINUSE).
+//! - `berth_bind4`, `berth_bind6` (cgroup bind4/bind6): host processes
+//!   cannot bind a published host port (EADDRINUSE), over IPv4 or IPv6.
 //! - `berth_connect4`, `berth_sendmsg4`, `berth_recvmsg4`, `berth_peername4`
 //!   (cgroup sock_addr): host-local and hairpin access without a proxy.
 //! Everything else passes byte-identical.
@@ -24,6 +24,7 @@ mod nat;
 mod parse;
 mod policy;
 mod sock;
+mod spoof;
 mod tc;
 mod xdp;
 
@@ -62,6 +63,9 @@ enum Ingress {
 
 #[inline(always)]
 fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
+    if spoof::uplink_martian(data, data_end) {
+        return Ingress::Drop;
+    }
     let flow = match parse_flow(data, data_end, frame_len) {
         Parsed::Other => {
             let Some(e) = parse_icmp_error(data, data_end, frame_len) else {
@@ -217,6 +221,11 @@ pub fn berth_bind4(ctx: SockAddrContext) -> i32 {
     bind::bind4_check(&ctx)
 }
 
+#[cgroup_sock_addr(bind6)]
+pub fn berth_bind6(ctx: SockAddrContext) -> i32 {
+    bind::bind6_check(&ctx)
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn berth_connect4(ctx: SockAddrContext) -> i32 {
     sock::sock4_forward(&ctx)
@@ -242,6 +251,10 @@ pub fn berth_peername4(ctx: SockAddrContext) -> i32 {
 #[classifier]
 pub fn berth_from_ctr(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
+    let port = unsafe { (*ctx.skb.skb).ifindex };
+    if !spoof::container_source_ok(ctx.data(), ctx.data_end(), port) {
+        return TC_ACT_SHOT;
+    }
     if policy::from_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         TC_ACT_OK
     } else {

@@ -2,13 +2,13 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use berth_maps::{
-    Backend, CtEntry, Endpoint, FlowKey, NatEntry, Policy, PolicyKey, PortKey, ServiceKey,
-    SgMember, SockRevKey, SockRevValue, CONFIG_LEN, COUNTERS_LEN, CT_CAPACITY, ENDPOINTS_CAPACITY,
-    HOST_ADDRS_CAPACITY, NAT_CAPACITY, POLICY_CAPACITY, PORTS_CAPACITY, SERVICES_CAPACITY,
-    SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
+    Backend, CtEntry, Endpoint, FlowKey, NatEntry, Policy, PolicyKey, PortAddrs, PortKey,
+    ServiceKey, SgMember, SockRevKey, SockRevValue, CONFIG_LEN, COUNTERS_LEN, CT_CAPACITY,
+    ENDPOINTS_CAPACITY, HOST_ADDRS_CAPACITY, LOCAL_NETS_CAPACITY, NAT_CAPACITY, POLICY_CAPACITY,
+    PORTS_CAPACITY, PORT_ADDRS_CAPACITY, SERVICES_CAPACITY, SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
 };
 
 #[map]
@@ -16,6 +16,14 @@ pub static BERTH_SERVICES: HashMap<ServiceKey, Backend> = HashMap::pinned(SERVIC
 
 #[map]
 pub static BERTH_HOST_ADDRS: HashMap<u32, u32> = HashMap::pinned(HOST_ADDRS_CAPACITY, 0);
+
+/// The bridge's subnets: sources that never come from outside.
+#[map]
+pub static BERTH_LOCAL_NETS: LpmTrie<u32, u32> = LpmTrie::pinned(LOCAL_NETS_CAPACITY, 0);
+
+/// Each bridge port's own addresses (host-side ifindex -> addresses).
+#[map]
+pub static BERTH_PORT_ADDRS: HashMap<u32, PortAddrs> = HashMap::pinned(PORT_ADDRS_CAPACITY, 0);
 
 #[map]
 pub static BERTH_NAT: HashMap<FlowKey, NatEntry> = HashMap::pinned(NAT_CAPACITY, 0);
@@ -48,6 +56,12 @@ pub static BERTH_CONFIG: Array<u64> = Array::pinned(CONFIG_LEN, 0);
 
 #[map]
 pub static BERTH_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);
+
+/// Whether `addr_be` is in one of the bridge's subnets.
+#[inline(always)]
+pub fn in_local_nets(addr_be: u32) -> bool {
+    BERTH_LOCAL_NETS.get(Key::new(32, addr_be)).is_some()
+}
 
 #[inline(always)]
 pub fn count(counter: berth_maps::Counter) {

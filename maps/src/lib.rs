@@ -18,6 +18,30 @@ pub const SERVICES_CAPACITY: u32 = 131_072;
 pub const HOST_ADDRS_MAP: &str = "BERTH_HOST_ADDRS";
 pub const HOST_ADDRS_CAPACITY: u32 = 1024;
 
+/// Sources that never arrive on an uplink from outside: the bridge's
+/// subnets (its containers), an LPM trie keyed by (prefix length, network
+/// address in network order). The host's own addresses are in
+/// [`HOST_ADDRS_MAP`]; loopback is fixed.
+pub const LOCAL_NETS_MAP: &str = "BERTH_LOCAL_NETS";
+pub const LOCAL_NETS_CAPACITY: u32 = 64;
+
+/// Each bridge port's own IPv4 addresses, learned from the port's peer in
+/// the container's network namespace: host-side ifindex -> addresses. A
+/// container may send only from these when policy applies.
+pub const PORT_ADDRS_MAP: &str = "BERTH_PORT_ADDRS";
+/// Linux bridges take at most 1024 ports.
+pub const PORT_ADDRS_CAPACITY: u32 = 4096;
+pub const PORT_ADDRS_MAX: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortAddrs {
+    /// Valid entries of `addrs_be`, at most [`PORT_ADDRS_MAX`].
+    pub len: u32,
+    pub _pad: u32,
+    pub addrs_be: [u32; PORT_ADDRS_MAX],
+}
+
 /// Reverse NAT / connection tracking: the reply tuple as the container sends it
 /// -> the host address and port the flow arrived on.
 pub const NAT_MAP: &str = "BERTH_NAT";
@@ -236,8 +260,16 @@ pub enum Counter {
     PolicyDeniedEgress = 11,
     /// New flow refused because the policy tracking table is full.
     CtTableFull = 12,
+    /// Packet on an uplink from or to 127.0.0.0/8; dropped, never translated.
+    UplinkLoopback = 13,
+    /// Packet on an uplink with a source in a bridge subnet or one of the
+    /// host's own addresses; dropped.
+    UplinkSpoofedSource = 14,
+    /// Packet from a container with a source not its own, while policy
+    /// applies to the container, the claimed source or the receiver; dropped.
+    ContainerSpoofedSource = 15,
 }
-pub const COUNTER_NAMES: [&str; 13] = [
+pub const COUNTER_NAMES: [&str; 16] = [
     "ingress_dnat",
     "ingress_pass",
     "reply_snat",
@@ -251,6 +283,9 @@ pub const COUNTER_NAMES: [&str; 13] = [
     "policy_denied_ingress",
     "policy_denied_egress",
     "ct_table_full",
+    "uplink_loopback",
+    "uplink_spoofed_source",
+    "container_spoofed_source",
 ];
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 
@@ -281,6 +316,7 @@ const _: () = assert!(core::mem::size_of::<SgMember>() == 8);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<SockRevKey>() == 16);
 const _: () = assert!(core::mem::size_of::<SockRevValue>() == 8);
+const _: () = assert!(core::mem::size_of::<PortAddrs>() == 8 + 4 * PORT_ADDRS_MAX);
 
 #[cfg(feature = "user")]
 mod user {
@@ -298,4 +334,5 @@ mod user {
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for SockRevKey {}
     unsafe impl aya::Pod for SockRevValue {}
+    unsafe impl aya::Pod for PortAddrs {}
 }

@@ -14,7 +14,10 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{
+        lpm_trie::{Key as LpmKey, LpmTrie},
+        Array, HashMap, MapData, PerCpuArray,
+    },
     programs::{
         links::{CgroupAttachMode, FdLink, LinkOrder, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions, TcAttachType},
@@ -25,14 +28,14 @@ use aya::{
 };
 use berth_maps::{
     Backend, FlowKey, NatEntry, PortKey, ServiceKey, CONFIG_MAP, CONFIG_NETNS_COOKIE, COUNTERS_MAP,
-    COUNTER_NAMES, HOST_ADDRS_MAP, NAT_F_CLOSING, NAT_F_REPLIED, NAT_MAP, PORTS_MAP, PROTO_TCP,
-    SERVICES_MAP,
+    COUNTER_NAMES, HOST_ADDRS_MAP, LOCAL_NETS_MAP, NAT_F_CLOSING, NAT_F_REPLIED, NAT_MAP,
+    PORTS_MAP, PORT_ADDRS_MAP, PROTO_TCP, SERVICES_MAP,
 };
 
 use super::{
     policy::PolicyMaps, ports::PortWatcher, Datapath, DatapathError, FlowTimeouts, PolicyRule,
 };
-use crate::model::Binding;
+use crate::{model::Binding, netif::Ipv4Cidr};
 
 /// The eBPF object built by build.rs, embedded so the binary needs nothing
 /// else at run time.
@@ -74,6 +77,7 @@ struct Maps {
     services: HashMap<MapData, ServiceKey, Backend>,
     ports: HashMap<MapData, PortKey, u32>,
     host_addrs: HashMap<MapData, u32, u32>,
+    local_nets: LpmTrie<MapData, u32, u32>,
     nat: HashMap<MapData, FlowKey, NatEntry>,
     counters: PerCpuArray<MapData, u64>,
 }
@@ -203,7 +207,7 @@ fn check_kernel() -> Result<(), DatapathError> {
     Ok(())
 }
 
-fn ifindex(name: &str) -> Result<u32, DatapathError> {
+pub(super) fn ifindex(name: &str) -> Result<u32, DatapathError> {
     let c =
         std::ffi::CString::new(name).map_err(|_| DatapathError::NoSuchInterface(name.into()))?;
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
@@ -291,6 +295,11 @@ impl BpfDatapath {
             services: take_map(&mut ebpf, SERVICES_MAP)?,
             ports: take_map(&mut ebpf, PORTS_MAP)?,
             host_addrs: take_map(&mut ebpf, HOST_ADDRS_MAP)?,
+            local_nets: LpmTrie::try_from(
+                ebpf.take_map(LOCAL_NETS_MAP)
+                    .ok_or_else(|| DatapathError::Other(format!("map {LOCAL_NETS_MAP} missing")))?,
+            )
+            .map_err(map_err("BERTH_LOCAL_NETS"))?,
             nat: take_map(&mut ebpf, NAT_MAP)?,
             counters: PerCpuArray::try_from(
                 ebpf.take_map(COUNTERS_MAP)
@@ -304,8 +313,10 @@ impl BpfDatapath {
             members: take_map(&mut ebpf, berth_maps::SG_MEMBERS_MAP)?,
             ct: take_map(&mut ebpf, berth_maps::CT_MAP)?,
         };
+        let port_addrs = take_map(&mut ebpf, PORT_ADDRS_MAP)?;
         let ebpf = Arc::new(Mutex::new(ebpf));
-        let ports = super::ports::watch(ebpf.clone(), config.bridge.clone(), links_dir)?;
+        let ports =
+            super::ports::watch(ebpf.clone(), port_addrs, config.bridge.clone(), links_dir)?;
         Ok(Self {
             maps: Mutex::new(maps),
             policy: Mutex::new(policy),
@@ -338,8 +349,9 @@ impl BpfDatapath {
 
 /// cgroup sock_addr hooks: the bind guard and socket-level translation for
 /// host-local and hairpin access.
-const SOCKET_HOOKS: [&str; 5] = [
+const SOCKET_HOOKS: [&str; 6] = [
     "berth_bind4",
+    "berth_bind6",
     "berth_connect4",
     "berth_sendmsg4",
     "berth_recvmsg4",
@@ -722,6 +734,31 @@ impl Datapath for BpfDatapath {
             m.host_addrs
                 .insert(*a, 1, 0)
                 .map_err(map_err("BERTH_HOST_ADDRS"))?;
+        }
+        Ok(())
+    }
+
+    fn set_bridge_subnets(&self, subnets: &[Ipv4Cidr]) -> Result<(), DatapathError> {
+        let mut m = self.lock();
+        let key = |c: &Ipv4Cidr| {
+            let n = c.network();
+            (u32::from(n.prefix_len), u32::from_ne_bytes(n.addr.octets()))
+        };
+        let want: HashSet<(u32, u32)> = subnets.iter().map(key).collect();
+        let have: HashSet<(u32, u32)> = m
+            .local_nets
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| (k.prefix_len(), k.data()))
+            .collect();
+        // Add before removing, so a re-addressed bridge is never unguarded.
+        for (len, addr) in want.difference(&have) {
+            m.local_nets
+                .insert(&LpmKey::new(*len, *addr), 1, 0)
+                .map_err(map_err("BERTH_LOCAL_NETS"))?;
+        }
+        for (len, addr) in have.difference(&want) {
+            let _ = m.local_nets.remove(&LpmKey::new(*len, *addr));
         }
         Ok(())
     }
