@@ -56,7 +56,7 @@ impl Setup {
     }
 
     /// A frame from the client to the host's uplink MAC.
-    fn from_client(&self, mut p: Packet) -> Vec<u8> {
+    fn client_frame(&self, mut p: Packet) -> Vec<u8> {
         p.eth_src = self.topo.client.link().unwrap().mac;
         p.eth_dst = self.topo.host.uplink_link().unwrap().mac;
         p.frame()
@@ -116,7 +116,7 @@ fn a_lan_frame_to_loopback_reaches_no_container() {
 
     // The injection path works: a SYN to the host's address is translated
     // and the container's SYN-ACK comes back from the host port.
-    let syn = s.from_client(Packet::tcp(CLIENT_IP, 41000, HOST_IP, 9001));
+    let syn = s.client_frame(Packet::tcp(CLIENT_IP, 41000, HOST_IP, 9001));
     let seen = inject(&client, &syn, &[&client, &ctr]);
     assert!(!seen[1].is_empty(), "the container got the control SYN");
     let answer = seen[0].iter().filter_map(|f| ipv4_tuple(f)).next();
@@ -129,7 +129,7 @@ fn a_lan_frame_to_loopback_reaches_no_container() {
     // 127.0.0.1 from the LAN: on the loopback-bound mapping and on the
     // wildcard one, nothing reaches the container and nothing answers.
     for (sport, dport) in [(41001, 9000), (41002, 9001)] {
-        let syn = s.from_client(Packet::tcp(CLIENT_IP, sport, Ipv4Addr::LOCALHOST, dport));
+        let syn = s.client_frame(Packet::tcp(CLIENT_IP, sport, Ipv4Addr::LOCALHOST, dport));
         let seen = inject(&client, &syn, &[&client, &ctr]);
         assert!(
             seen[1].is_empty(),
@@ -203,7 +203,7 @@ fn a_datagram_with_a_local_source_from_the_lan_is_not_delivered() {
     let client = RawSocket::open_in(&s.topo.client.ns, "eth0").unwrap();
     let ctr2 = RawSocket::open_in(&s.topo.container2.ns, "eth0").unwrap();
 
-    let control = s.from_client(Packet::udp(CLIENT_IP, 5000, HOST_IP, 5353));
+    let control = s.client_frame(Packet::udp(CLIENT_IP, 5000, HOST_IP, 5353));
     let seen = inject(&client, &control, &[&ctr2]);
     assert!(
         !seen[0].is_empty(),
@@ -219,7 +219,7 @@ fn a_datagram_with_a_local_source_from_the_lan_is_not_delivered() {
         (BRIDGE_IP, 5004),
         (Ipv4Addr::LOCALHOST, 5005),
     ] {
-        let f = s.from_client(Packet::udp(src, sport, HOST_IP, 5353));
+        let f = s.client_frame(Packet::udp(src, sport, HOST_IP, 5353));
         let seen = inject(&client, &f, &[&ctr2]);
         assert!(
             seen[0].is_empty(),
