@@ -11,6 +11,11 @@
 //!   cannot bind a published host port (EADDRINUSE), over IPv4 or IPv6.
 //! - `berth_connect4`, `berth_sendmsg4`, `berth_recvmsg4`, `berth_peername4`
 //!   (cgroup sock_addr): host-local and hairpin access without a proxy.
+//! - `berth_from_ctr` / `berth_to_ctr` (TC on each bridge port): security
+//!   groups on what a container sends and receives.
+//!
+//! Source checks come first (`spoof`): an uplink drops loopback and local
+//! sources, a bridge port drops sources its container does not own.
 //! Everything else passes byte-identical.
 #![no_std]
 #![no_main]
