@@ -79,6 +79,9 @@ fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
             let Some(backend) = ct_lookup_icmp_from_outside(&e) else {
                 return Ingress::Pass;
             };
+            if spoof::uplink_host_source(e.outer_src_be) {
+                return Ingress::Drop;
+            }
             if e.outer_ttl <= 1 {
                 count(Counter::TtlExceeded);
                 return Ingress::Drop;

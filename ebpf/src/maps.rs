@@ -2,12 +2,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use berth_maps::{
     Backend, CtEntry, Endpoint, FlowKey, NatEntry, Policy, PolicyKey, PortAddrs, PortKey,
     ServiceKey, SgMember, SockRevKey, SockRevValue, CONFIG_LEN, COUNTERS_LEN, CT_CAPACITY,
-    ENDPOINTS_CAPACITY, HOST_ADDRS_CAPACITY, LOCAL_NETS_CAPACITY, NAT_CAPACITY, POLICY_CAPACITY,
+    ENDPOINTS_CAPACITY, HOST_ADDRS_CAPACITY, LOCAL_NETS_MAX, NAT_CAPACITY, POLICY_CAPACITY,
     PORTS_CAPACITY, PORT_ADDRS_CAPACITY, SERVICES_CAPACITY, SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
 };
 
@@ -19,7 +19,7 @@ pub static BERTH_HOST_ADDRS: HashMap<u32, u32> = HashMap::pinned(HOST_ADDRS_CAPA
 
 /// The bridge's subnets: sources that never come from outside.
 #[map]
-pub static BERTH_LOCAL_NETS: LpmTrie<u32, u32> = LpmTrie::pinned(LOCAL_NETS_CAPACITY, 0);
+pub static BERTH_LOCAL_NETS: Array<u64> = Array::pinned(LOCAL_NETS_MAX, 0);
 
 /// Each bridge port's own addresses (host-side ifindex -> addresses).
 #[map]
@@ -60,7 +60,23 @@ pub static BERTH_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 
 /// Whether `addr_be` is in one of the bridge's subnets.
 #[inline(always)]
 pub fn in_local_nets(addr_be: u32) -> bool {
-    BERTH_LOCAL_NETS.get(Key::new(32, addr_be)).is_some()
+    let mut i = 0;
+    while i < LOCAL_NETS_MAX {
+        let Some(slot) = BERTH_LOCAL_NETS.get(i) else {
+            return false;
+        };
+        let slot = *slot;
+        match berth_maps::local_net_decode(slot) {
+            Some((net, mask)) if addr_be & mask == net => return true,
+            Some(_) => {}
+            None => return false,
+        }
+        if slot & berth_maps::LOCAL_NET_MORE == 0 {
+            return false;
+        }
+        i += 1;
+    }
+    false
 }
 
 #[inline(always)]

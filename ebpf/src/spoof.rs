@@ -1,13 +1,16 @@
 //! Source checks: addresses that cannot be where a packet claims to come
-//! from are dropped before anything else looks at the packet.
+//! from are dropped before they are translated or delivered.
 //!
-//! - On an uplink, every IPv4 packet, whatever it is addressed to: a
-//!   loopback source or destination (127.0.0.0/8; CVE-2020-8558 class), or
-//!   a source that is one of the host's own addresses or in a bridge subnet
-//!   (a container's). The kernel drops local-address and loopback sources
-//!   as martians anyway, but a bridge-subnet source passes loose rp_filter
-//!   and would be forwarded to the containers and judged as one of them;
-//!   and berth translates before the kernel's checks run.
+//! - On an uplink, every IPv4 packet, whatever it is addressed to, with a
+//!   loopback source or destination (127.0.0.0/8; the CVE-2020-8558 class)
+//!   or a source in a bridge subnet (a container's): such a source passes
+//!   loose rp_filter and would be forwarded to the containers and judged as
+//!   one of them. Both checks cost no helper call.
+//! - On an uplink, a source that is one of the host's own addresses, in
+//!   what berth would translate: a new flow to a published port and an ICMP
+//!   error about one. The kernel drops the rest as martians, and an
+//!   established flow's key holds the source its first packet was checked
+//!   with; so the hash lookup stays off the per-packet path.
 //! - On a container's veth: a source that is not one of that port's own
 //!   addresses, when policy applies to the port's container, the claimed
 //!   source or the receiver (AWS's source/destination check). A port whose
@@ -54,7 +57,18 @@ pub fn uplink_martian(data: usize, data_end: usize) -> bool {
         count(Counter::UplinkLoopback);
         return true;
     }
-    if unsafe { BERTH_HOST_ADDRS.get(&src) }.is_some() || in_local_nets(src) {
+    if in_local_nets(src) {
+        count(Counter::UplinkSpoofedSource);
+        return true;
+    }
+    false
+}
+
+/// Whether a client address on an uplink is one of the host's own, which
+/// no packet from outside can have (counted).
+#[inline(always)]
+pub fn uplink_host_source(src_be: u32) -> bool {
+    if unsafe { BERTH_HOST_ADDRS.get(&src_be) }.is_some() {
         count(Counter::UplinkSpoofedSource);
         return true;
     }

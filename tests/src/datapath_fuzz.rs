@@ -201,7 +201,7 @@ fn mappings() -> Vec<Mapping> {
 }
 
 /// The bridge subnet of the run (docker0's in the fixture namespace).
-const BRIDGE_NET: (Ipv4Addr, u32) = (Ipv4Addr::new(172, 17, 0, 0), 16);
+const BRIDGE_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(172, 17, 0, 0), 16);
 
 struct Model {
     mappings: Vec<Mapping>,

@@ -5,10 +5,7 @@
 use std::{net::Ipv4Addr, process::Command};
 
 use aya::{
-    maps::{
-        lpm_trie::{Key as LpmKey, LpmTrie},
-        HashMap, MapData,
-    },
+    maps::{Array, HashMap, MapData},
     programs::{Program, ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
@@ -233,16 +230,19 @@ impl Env {
         m.insert(u32::from_ne_bytes(a.octets()), 1, 0).unwrap();
     }
 
-    /// A bridge subnet (`addr` is its network address).
-    pub fn bridge_subnet(&mut self, addr: Ipv4Addr, prefix_len: u32) {
-        let mut m: LpmTrie<&mut MapData, u32, u32> =
-            LpmTrie::try_from(self.ebpf.map_mut("BERTH_LOCAL_NETS").unwrap()).unwrap();
-        m.insert(
-            &LpmKey::new(prefix_len, u32::from_ne_bytes(addr.octets())),
-            1,
-            0,
-        )
-        .unwrap();
+    /// One more bridge subnet (`addr` is its network address).
+    pub fn bridge_subnet(&mut self, addr: Ipv4Addr, prefix_len: u8) {
+        let mut m: Array<&mut MapData, u64> =
+            Array::try_from(self.ebpf.map_mut("BERTH_LOCAL_NETS").unwrap()).unwrap();
+        let n = (0..berth_maps::LOCAL_NETS_MAX)
+            .find(|i| m.get(i, 0).unwrap() == 0)
+            .expect("a free subnet slot");
+        let net = berth_maps::local_net_encode(u32::from_ne_bytes(addr.octets()), prefix_len);
+        m.set(n, net, 0).unwrap();
+        if n > 0 {
+            let prev = m.get(&(n - 1), 0).unwrap();
+            m.set(n - 1, prev | berth_maps::LOCAL_NET_MORE, 0).unwrap();
+        }
     }
 
     /// A new veth pair in the fixture namespace standing in for a bridge

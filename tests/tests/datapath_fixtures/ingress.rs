@@ -56,7 +56,8 @@ fn ingress_martians(t: &mut Table) {
         Packet::icmp(CLIENT, lo, 8, 0, [0, 1, 0, 1]).frame(),
     );
 
-    let local_sources = [
+    // Loopback and bridge-subnet sources: every packet.
+    let always = [
         (lo, "loopback source 127.0.0.1"),
         (Ipv4Addr::new(127, 9, 9, 9), "loopback source 127.9.9.9"),
         (C1, "a container's source"),
@@ -65,10 +66,8 @@ fn ingress_martians(t: &mut Table) {
             "an unassigned bridge-subnet source",
         ),
         (BRIDGE_IP, "the bridge's own address as source"),
-        (HOST, "the host's uplink address as source"),
-        (HOST2, "the host's second address as source"),
     ];
-    for (src, what) in local_sources {
+    for (src, what) in always {
         let mut p = client_tcp(8080);
         p.src = src;
         t.drop(
@@ -94,6 +93,45 @@ fn ingress_martians(t: &mut Table) {
         t.drop(
             format!("spoofed: {what}, icmp echo"),
             Packet::icmp(src, HOST, 8, 0, [0, 1, 0, 1]).frame(),
+        );
+    }
+    // The host's own addresses: whatever berth would translate (a new flow,
+    // an ICMP error about a tracked one); the kernel drops the rest as
+    // martians.
+    for (src, what) in [
+        (HOST, "the host's uplink address"),
+        (HOST2, "the host's second address"),
+    ] {
+        let mut p = client_tcp(8080);
+        p.src = src;
+        t.drop(
+            format!("spoofed: {what} as source, tcp to a published port"),
+            p.frame(),
+        );
+        let mut p = client_udp(8053);
+        p.src = src;
+        p.dst = HOST2;
+        t.drop(
+            format!("spoofed: {what} as source, udp to a published port"),
+            p.frame(),
+        );
+        let (left, _) = crate::icmp::left_and_sent(true);
+        let e = crate::icmp::icmp_err(
+            (UPLINK_MAC, CLIENT_MAC),
+            (src, HOST, 64),
+            crate::icmp::FRAG_NEEDED,
+            &left,
+            28,
+        );
+        t.drop(
+            format!("spoofed: {what} as source, icmp error about a tracked flow"),
+            e.frame(),
+        );
+        let mut p = client_udp(9999);
+        p.src = src;
+        t.pass(
+            format!("{what} as source, unmapped port: left to the kernel"),
+            p.frame(),
         );
     }
     let mut p = client_udp(9999);
