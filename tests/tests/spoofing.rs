@@ -22,6 +22,8 @@ const T: Duration = Duration::from_secs(5);
 const WATCH: Duration = Duration::from_millis(1200);
 /// The datapath polls the bridge's ports every 250 ms.
 const VETH_POLL: Duration = Duration::from_millis(600);
+/// Known ports' addresses are read again every 2 s.
+const ADDR_REFRESH: Duration = Duration::from_millis(2600);
 const CONTAINER3_IP: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 4);
 
 /// Guards drop in field order: daemon, then bpffs, then namespaces.
@@ -354,4 +356,30 @@ fn a_container_cannot_spoof_a_group_member_to_reach_a_third() {
         .run(|| udp_request(SocketAddr::from((CONTAINER2_IP, 53)), "hi", T))
         .expect("t1 reaches t2");
     assert!(reply.text.contains("hi"), "{reply:?}");
+
+    // With CAP_NET_ADMIN, t3 gives itself t1's address: the daemon sees
+    // the claim but the address stays with the port that had it.
+    ctr3.ns
+        .ip(["addr", "add", "172.17.0.2/16", "dev", "eth0"])
+        .unwrap();
+    thread::sleep(ADDR_REFRESH);
+    let seen = inject(&out, &frame(CONTAINER_IP, 6003, 53), &[&ctr2]);
+    assert!(
+        seen[0].is_empty(),
+        "t3 took over t1's address: {:?}",
+        seen[0]
+    );
+    assert_eq!(
+        echo53.peers().len(),
+        1,
+        "only t1's own: {:?}",
+        echo53.peers()
+    );
+    assert!(
+        s.daemon
+            .stderr()
+            .contains("claimed by more than one bridge port"),
+        "{}",
+        s.daemon.stderr()
+    );
 }
