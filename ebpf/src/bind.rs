@@ -1,8 +1,12 @@
-//! cgroup/bind4: a host process binding a published host port gets
-//! EADDRINUSE, as if the port were taken, instead of silently receiving
-//! nothing (the datapath steals its packets). The hook is attached to a
-//! cgroup, which spans network namespaces, so it acts only in the namespace
-//! whose cookie the daemon wrote.
+//! cgroup/bind4 and bind6: a host process binding a published host port
+//! gets EADDRINUSE, as if the port were taken, instead of silently
+//! receiving nothing (the datapath steals its packets) or, over IPv6,
+//! receiving the clients that resolve `localhost` to `::1`. The address
+//! bound does not matter: any IPv4 address, and any IPv6 one — `::` (dual
+//! stack), `::1`, v4-mapped `::ffff:a.b.c.d` — as with Docker, whose
+//! docker-proxy holds both `0.0.0.0:PORT` and `[::]:PORT`. The hooks are
+//! attached to a cgroup, which spans network namespaces, so they act only
+//! in the namespace whose cookie the daemon wrote.
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_set_retval},
     programs::SockAddrContext,
@@ -19,6 +23,17 @@ const SOCK_DGRAM: u32 = 2;
 
 #[inline(always)]
 pub fn bind4_check(ctx: &SockAddrContext) -> i32 {
+    bind_check(ctx)
+}
+
+#[inline(always)]
+pub fn bind6_check(ctx: &SockAddrContext) -> i32 {
+    bind_check(ctx)
+}
+
+/// Family-independent: only the protocol and the port are looked at.
+#[inline(always)]
+fn bind_check(ctx: &SockAddrContext) -> i32 {
     let Some(cookie) = BERTH_CONFIG.get(CONFIG_NETNS_COOKIE) else {
         return ALLOW;
     };

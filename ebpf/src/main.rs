@@ -8,13 +8,16 @@
 //! - `berth_reply` (TC on the bridge): a container's reply to a tracked flow
 //!   leaves with the host address and port the flow arrived on.
 //! - `berth_from_ctr` / `berth_to_ctr` (TC on each container's host-side
-//!   veth): security groups; `berth_from_ctr` also translates a fragmented
-//!   reply (before the bridge could reassemble it).
+//!   veth): source checks and security groups; `berth_from_ctr` also
+//!   translates a fragmented reply (before the bridge could reassemble it).
 //! - Fragments: see `parse.rs` and `frag.rs`.
-//! - `berth_bind4` (cgroup bind4): host processes cannot bind a published
-//!   host port (EADDRINUSE).
+//! - `berth_bind4`, `berth_bind6` (cgroup bind4/bind6): host processes
+//!   cannot bind a published host port (EADDRINUSE), over IPv4 or IPv6.
 //! - `berth_connect4`, `berth_sendmsg4`, `berth_recvmsg4`, `berth_peername4`
 //!   (cgroup sock_addr): host-local and hairpin access without a proxy.
+//!
+//! Source checks come first (`spoof`): an uplink drops loopback and local
+//! sources, a bridge port drops sources its container does not own.
 //! Everything else passes byte-identical.
 #![no_std]
 #![no_main]
@@ -29,6 +32,7 @@ mod nat;
 mod parse;
 mod policy;
 mod sock;
+mod spoof;
 mod tc;
 mod xdp;
 
@@ -76,6 +80,9 @@ enum Ingress {
 
 #[inline(always)]
 fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
+    if spoof::uplink_martian(data, data_end) {
+        return Ingress::Drop;
+    }
     let flow = match parse_flow(data, data_end, frame_len) {
         Parsed::Other => {
             let Some(e) = parse_icmp_error(data, data_end, frame_len) else {
@@ -84,6 +91,9 @@ fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
             let Some(backend) = ct_lookup_icmp_from_outside(&e) else {
                 return Ingress::Pass;
             };
+            if spoof::uplink_host_source(e.outer_src_be) {
+                return Ingress::Drop;
+            }
             if e.outer_ttl <= 1 {
                 count(Counter::TtlExceeded);
                 return Ingress::Drop;
@@ -310,6 +320,11 @@ pub fn berth_bind4(ctx: SockAddrContext) -> i32 {
     bind::bind4_check(&ctx)
 }
 
+#[cgroup_sock_addr(bind6)]
+pub fn berth_bind6(ctx: SockAddrContext) -> i32 {
+    bind::bind6_check(&ctx)
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn berth_connect4(ctx: SockAddrContext) -> i32 {
     sock::sock4_forward(&ctx)
@@ -338,6 +353,10 @@ pub fn berth_peername4(ctx: SockAddrContext) -> i32 {
 #[classifier]
 pub fn berth_from_ctr(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
+    let port = unsafe { (*ctx.skb.skb).ifindex };
+    if !spoof::container_source_ok(ctx.data(), ctx.data_end(), port) {
+        return TC_ACT_SHOT;
+    }
     if !policy::from_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         return TC_ACT_SHOT;
     }

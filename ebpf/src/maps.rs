@@ -5,10 +5,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use berth_maps::{
-    Backend, CtEntry, Endpoint, FlowKey, FragEntry, FragKey, NatEntry, Policy, PolicyKey, PortKey,
-    ServiceKey, SgMember, SockRevKey, SockRevValue, CONFIG_LEN, COUNTERS_LEN, CT_CAPACITY,
-    ENDPOINTS_CAPACITY, FRAGS_CAPACITY, HOST_ADDRS_CAPACITY, NAT_CAPACITY, POLICY_CAPACITY,
-    PORTS_CAPACITY, SERVICES_CAPACITY, SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
+    Backend, CtEntry, Endpoint, FlowKey, FragEntry, FragKey, NatEntry, Policy, PolicyKey,
+    PortAddrs, PortKey, ServiceKey, SgMember, SockRevKey, SockRevValue, CONFIG_LEN, COUNTERS_LEN,
+    CT_CAPACITY, ENDPOINTS_CAPACITY, FRAGS_CAPACITY, HOST_ADDRS_CAPACITY, LOCAL_NETS_MAX,
+    NAT_CAPACITY, POLICY_CAPACITY, PORTS_CAPACITY, PORT_ADDRS_CAPACITY, SERVICES_CAPACITY,
+    SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
 };
 
 #[map]
@@ -16,6 +17,14 @@ pub static BERTH_SERVICES: HashMap<ServiceKey, Backend> = HashMap::pinned(SERVIC
 
 #[map]
 pub static BERTH_HOST_ADDRS: HashMap<u32, u32> = HashMap::pinned(HOST_ADDRS_CAPACITY, 0);
+
+/// The bridge's subnets: sources that never come from outside.
+#[map]
+pub static BERTH_LOCAL_NETS: Array<u64> = Array::pinned(LOCAL_NETS_MAX, 0);
+
+/// Each bridge port's own addresses (host-side ifindex -> addresses).
+#[map]
+pub static BERTH_PORT_ADDRS: HashMap<u32, PortAddrs> = HashMap::pinned(PORT_ADDRS_CAPACITY, 0);
 
 #[map]
 pub static BERTH_NAT: HashMap<FlowKey, NatEntry> = HashMap::pinned(NAT_CAPACITY, 0);
@@ -52,6 +61,28 @@ pub static BERTH_CONFIG: Array<u64> = Array::pinned(CONFIG_LEN, 0);
 
 #[map]
 pub static BERTH_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);
+
+/// Whether `addr_be` is in one of the bridge's subnets.
+#[inline(always)]
+pub fn in_local_nets(addr_be: u32) -> bool {
+    let mut i = 0;
+    while i < LOCAL_NETS_MAX {
+        let Some(slot) = BERTH_LOCAL_NETS.get(i) else {
+            return false;
+        };
+        let slot = *slot;
+        match berth_maps::local_net_decode(slot) {
+            Some((net, mask)) if addr_be & mask == net => return true,
+            Some(_) => {}
+            None => return false,
+        }
+        if slot & berth_maps::LOCAL_NET_MORE == 0 {
+            return false;
+        }
+        i += 1;
+    }
+    false
+}
 
 #[inline(always)]
 pub fn count(counter: berth_maps::Counter) {

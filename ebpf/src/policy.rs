@@ -540,6 +540,7 @@ fn to_container_flow(f: &PFlow, ep: Endpoint) -> bool {
 }
 
 /// North-south: may a new flow from `client` reach `container:port`?
+/// Never from one of the host's own addresses (a spoofed source).
 #[inline(always)]
 pub fn ingress_allows(
     proto: u8,
@@ -548,6 +549,9 @@ pub fn ingress_allows(
     container_port_be: u16,
     sport_be: u16,
 ) -> bool {
+    if crate::spoof::uplink_host_source(client_be) {
+        return false;
+    }
     let Some(ep) = endpoint_with_policy(container_be) else {
         return true;
     };

@@ -22,6 +22,8 @@
 //!   endpoint under policy) let a later fragment through, where an end has
 //!   policy, only after the run saw its datagram's first fragment let
 //!   through; they change a frame only to translate a fragmented reply;
+//! - nothing on an uplink with a loopback source or destination, or with a
+//!   source that is the host's own or in the bridge subnet, is translated;
 //! - `berth_ingress` (TC) and `berth_xdp` agree on every frame both accept;
 //! - no test run fails except the kernel's refusal of frames shorter than
 //!   it accepts.
@@ -206,8 +208,12 @@ fn mappings() -> Vec<Mapping> {
         m(ANY, 8053, pkt::UDP, C1, 53),
         m(HOST, 8054, pkt::UDP, C1, 54),
         m(ANY, 5201, pkt::UDP, C1, 5201),
+        m(Ipv4Addr::LOCALHOST, 9000, pkt::TCP, C1, 9000),
     ]
 }
+
+/// The bridge subnet of the run (docker0's in the fixture namespace).
+const BRIDGE_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(172, 17, 0, 0), 16);
 
 struct Model {
     mappings: Vec<Mapping>,
@@ -237,6 +243,16 @@ fn datagram_of(f: &[u8], l3: usize) -> Option<(Datagram, u16, bool)> {
 }
 
 impl Model {
+    /// A source no packet arriving on an uplink can truly have: loopback,
+    /// the host's own addresses, the bridge subnet.
+    fn local_source(&self, src: Ipv4Addr) -> bool {
+        let (net, len) = BRIDGE_NET;
+        let mask = u32::MAX << (32 - len);
+        src.is_loopback()
+            || self.host_addrs.contains(&src)
+            || u32::from(src) & mask == u32::from(net)
+    }
+
     /// The mapping a packet to `dst:port` uses: one bound to `dst`, else a
     /// wildcard one if `dst` is the host's.
     fn lookup(&self, proto: u8, dst: Ipv4Addr, port: u16) -> Option<Mapping> {
@@ -568,6 +584,14 @@ impl Run<'_> {
         }
         if out[l3 + 8] != ttl - 1 {
             return Err(bad("TTL not decremented by one"));
+        }
+        if dir == Dir::Ingress
+            && (self.model.local_source(ip(f, l3 + 12)) || ip(f, l3 + 16).is_loopback())
+        {
+            return Err(Violation {
+                kind: "translated a loopback or spoofed-local source on an uplink".into(),
+                detail: format!("{} -> {}", ip(f, l3 + 12), ip(f, l3 + 16)),
+            });
         }
         csum_kept(
             "IPv4 header",
@@ -920,6 +944,13 @@ fn ingress_seeds() -> Vec<Vec<u8>> {
     tcp(HOST, 5201, &|_| {});
     tcp(HOST, 9999, &|_| {});
     tcp(OTHER, 8080, &|_| {});
+    // Loopback and local sources: never translated (mutations of these
+    // and of the others' addresses reach every combination).
+    tcp(Ipv4Addr::LOCALHOST, 9000, &|_| {});
+    tcp(Ipv4Addr::LOCALHOST, 8080, &|_| {});
+    tcp(HOST, 8080, &|p| p.src = C1);
+    tcp(HOST, 8080, &|p| p.src = HOST2);
+    tcp(HOST, 8080, &|p| p.src = Ipv4Addr::LOCALHOST);
     let udp = |dport, f: &dyn Fn(&mut Packet)| {
         let mut p = Packet::udp(CLIENT, 5000, HOST, dport);
         f(&mut p);
@@ -1114,6 +1145,7 @@ fn setup(env: &mut Env, model: &Model) {
     for a in &model.host_addrs {
         env.host_addr(*a);
     }
+    env.bridge_subnet(BRIDGE_NET.0, BRIDGE_NET.1);
     for m in &model.mappings {
         let proto = if m.proto == pkt::TCP {
             Protocol::Tcp
@@ -1163,7 +1195,8 @@ pub fn judge(
 fn model() -> Model {
     Model {
         mappings: mappings(),
-        host_addrs: vec![HOST, HOST2],
+        // As the daemon fills them: loopback is one of the host's.
+        host_addrs: vec![HOST, HOST2, Ipv4Addr::LOCALHOST],
         policy: vec![C1],
     }
 }

@@ -41,6 +41,7 @@ pub mod names;
 pub mod netns;
 pub mod pkt;
 pub mod process;
+pub mod rawsock;
 pub mod testrun;
 pub mod topology;
 pub mod traffic;

@@ -5,7 +5,7 @@
 use std::{net::Ipv4Addr, process::Command};
 
 use aya::{
-    maps::{HashMap, MapData},
+    maps::{Array, HashMap, MapData},
     programs::{Program, ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
@@ -13,7 +13,7 @@ use berth::{
     datapath::ebpf_object,
     model::{Binding, Protocol},
 };
-use berth_maps::{Backend, FlowKey, NatEntry, ServiceKey};
+use berth_maps::{Backend, FlowKey, NatEntry, PortAddrs, ServiceKey, PORT_ADDRS_MAX};
 
 pub const HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const HOST2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
@@ -230,6 +230,52 @@ impl Env {
         m.insert(u32::from_ne_bytes(a.octets()), 1, 0).unwrap();
     }
 
+    /// One more bridge subnet (`addr` is its network address).
+    pub fn bridge_subnet(&mut self, addr: Ipv4Addr, prefix_len: u8) {
+        let mut m: Array<&mut MapData, u64> =
+            Array::try_from(self.ebpf.map_mut("BERTH_LOCAL_NETS").unwrap()).unwrap();
+        let n = (0..berth_maps::LOCAL_NETS_MAX)
+            .find(|i| m.get(i, 0).unwrap() == 0)
+            .expect("a free subnet slot");
+        let net = berth_maps::local_net_encode(u32::from_ne_bytes(addr.octets()), prefix_len);
+        m.set(n, net, 0).unwrap();
+        if n > 0 {
+            let prev = m.get(&(n - 1), 0).unwrap();
+            m.set(n - 1, prev | berth_maps::LOCAL_NET_MORE, 0).unwrap();
+        }
+    }
+
+    /// A new veth pair in the fixture namespace standing in for a bridge
+    /// port (`name`, and `name`p); returns the port's ifindex.
+    pub fn add_port(&mut self, name: &str) -> u32 {
+        sh(&format!(
+            "ip link add {name} type veth peer name {name}p && ip link set {name} up"
+        ));
+        ifindex(name)
+    }
+
+    /// What the daemon learned about bridge port `ifindex`: its addresses.
+    pub fn port_addrs(&mut self, ifindex: u32, addrs: &[Ipv4Addr]) {
+        assert!(addrs.len() <= PORT_ADDRS_MAX);
+        let mut p = PortAddrs {
+            len: addrs.len() as u32,
+            ..Default::default()
+        };
+        for (slot, a) in p.addrs_be.iter_mut().zip(addrs) {
+            *slot = u32::from_ne_bytes(a.octets());
+        }
+        let mut m: HashMap<&mut MapData, u32, PortAddrs> =
+            HashMap::try_from(self.ebpf.map_mut("BERTH_PORT_ADDRS").unwrap()).unwrap();
+        m.insert(ifindex, p, 0).unwrap();
+    }
+
+    /// A datapath counter, summed over CPUs.
+    pub fn counter(&self, c: berth_maps::Counter) -> u64 {
+        let m: aya::maps::PerCpuArray<&MapData, u64> =
+            aya::maps::PerCpuArray::try_from(self.ebpf.map("BERTH_COUNTERS").unwrap()).unwrap();
+        m.get(&(c as u32), 0).unwrap().iter().sum()
+    }
+
     pub fn nat_entries(&mut self) -> Vec<(FlowKey, NatEntry)> {
         let m: HashMap<&mut MapData, FlowKey, NatEntry> =
             HashMap::try_from(self.ebpf.map_mut("BERTH_NAT").unwrap()).unwrap();
@@ -327,6 +373,34 @@ impl Env {
             ..Default::default()
         });
         finish(prog, r, out)
+    }
+
+    /// One run of a TC program as if the frame arrived on `ifindex`
+    /// (`__sk_buff.ifindex`; the test run's default device is `lo`).
+    pub fn try_tc_on(
+        &self,
+        prog: &str,
+        frame: &[u8],
+        ifindex: u32,
+    ) -> Result<Verdict, TestRunError> {
+        let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        // struct __sk_buff up to and including `ifindex` (offset 40).
+        let mut ctx = [0u8; 44];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let r = p.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..Default::default()
+        });
+        finish(prog, r, out).map(|r| r.0)
+    }
+
+    pub fn tc_on(&self, prog: &str, frame: &[u8], ifindex: u32) -> Verdict {
+        self.try_tc_on(prog, frame, ifindex)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn try_xdp_run(

@@ -6,7 +6,7 @@
 use berth_integration::{
     datapath_fuzz::{judge, publish_model, run, Config},
     pkt::{self, Packet},
-    testrun::{in_fixture_ns, C1, CLIENT, HOST, OTHER},
+    testrun::{in_fixture_ns, BRIDGE_MAC, C1, C1_MAC, CLIENT, HOST, OTHER},
 };
 
 /// Frames per program in CI: a few seconds.
@@ -118,5 +118,32 @@ fn the_invariants_reject_a_later_fragment_without_its_first() {
         assert_eq!(env.tc("berth_to_ctr", &orphan).code, 2, "dropped");
         let err = judge(env, "berth_to_ctr", &orphan, 0, &orphan).unwrap_err();
         assert!(err.contains("without its first fragment"), "{err}");
+    });
+}
+
+/// A translation of a packet whose source is a container's, or whose
+/// destination is loopback, is caught even when the rewrite itself is
+/// flawless.
+#[test]
+fn the_invariants_reject_translating_a_local_source_or_loopback() {
+    in_fixture_ns(|env| {
+        publish_model(env);
+        for (src, dst, dport, to_port) in [
+            (C1, HOST, 8080, 80),
+            (CLIENT, std::net::Ipv4Addr::LOCALHOST, 9000, 9000),
+        ] {
+            let input = Packet::tcp(src, 40000, dst, dport);
+            let mut out = input.clone();
+            out.dst = C1;
+            out.dport = to_port;
+            out.ttl -= 1;
+            out.eth_dst = C1_MAC;
+            out.eth_src = BRIDGE_MAC;
+            let err = judge(env, "berth_ingress", &input.frame(), 7, &out.frame()).unwrap_err();
+            assert!(
+                err.contains("loopback or spoofed-local"),
+                "{src} -> {dst}: {err}"
+            );
+        }
     });
 }

@@ -457,5 +457,8 @@ fn a_container_with_groups_gets_icmp_errors_about_its_flows_and_no_other_icmp() 
         thread::sleep(Duration::from_millis(20));
         now = s.counter("policy_denied_icmp");
     }
-    assert!(now >= denied + 2, "both dropped at the veth: {denied} -> {now}");
+    assert!(
+        now >= denied + 2,
+        "both dropped at the veth: {denied} -> {now}"
+    );
 }

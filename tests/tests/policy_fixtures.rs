@@ -85,10 +85,26 @@ fn add_member(env: &mut Env, sg_id: u32, ip: Ipv4Addr) {
     .unwrap();
 }
 
+/// The bridge port (host end of the veth) of each container, by address.
+const PORTS: [(Ipv4Addr, &str); 3] = [(C1, "pc1"), (C2, "pc2"), (C3, "pc3")];
+
+fn port_of(ip: Ipv4Addr) -> u32 {
+    PORTS
+        .iter()
+        .find(|(a, _)| *a == ip)
+        .map(|(_, name)| ifindex(name))
+        .unwrap_or_else(|| panic!("no port for {ip}"))
+}
+
 /// db (C1): 5432 from sg-api only, egress 443 anywhere only.
 /// api (C2): 80 from 192.0.2.0/24 and echo requests from anywhere, egress all.
 /// C3: a task without groups.
+/// Each on a bridge port of its own whose address the daemon learned.
 fn setup(env: &mut Env) {
+    for (ip, name) in PORTS {
+        let port = env.add_port(name);
+        env.port_addrs(port, &[ip]);
+    }
     env.host_addr(HOST);
     env.publish(&binding(Ipv4Addr::UNSPECIFIED, 8080, C2, 80, Protocol::Tcp));
     env.publish(&binding(
@@ -153,7 +169,13 @@ fn echo(src: Ipv4Addr, dst: Ipv4Addr, reply: bool) -> Vec<u8> {
     f
 }
 
+/// The verdict of `prog`; what a container sends enters on the port of the
+/// frame's source (the container's own port: no spoofing).
 fn verdict(env: &Env, prog: &str, frame: &[u8]) -> u32 {
+    if prog == "berth_from_ctr" {
+        let src = Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]);
+        return sent_on(env, port_of(src), frame);
+    }
     let v = env.tc(prog, frame);
     if v.code != REDIRECT {
         assert_eq!(
@@ -572,5 +594,127 @@ fn icmp_other_than_echo_passes_only_as_an_error_about_a_tracked_flow_of_its_endp
         // A redirect is not an error berth accepts.
         let e = icmp_error_about(router, C1, 5, 1, &out);
         assert_eq!(verdict(env, "berth_to_ctr", &e), SHOT);
+    });
+}
+
+/// The verdict of `berth_from_ctr` for `frame` sent on bridge port `port`.
+fn sent_on(env: &Env, port: u32, frame: &[u8]) -> u32 {
+    let v = env.tc_on("berth_from_ctr", frame, port);
+    assert_eq!(v.frame, frame, "berth_from_ctr changed a frame");
+    v.code
+}
+
+fn spoofed_drops(env: &Env) -> u64 {
+    env.counter(Counter::ContainerSpoofedSource)
+}
+
+#[test]
+fn a_container_cannot_borrow_a_group_members_address() {
+    in_fixture_ns(|env| {
+        setup(env);
+        // C3 (no groups) claims api's address to reach db, which admits sg-api.
+        let borrowed = from(C2, 40000, C1, 5432).frame();
+        assert_eq!(sent_on(env, port_of(C3), &borrowed), SHOT);
+        assert_eq!(spoofed_drops(env), 1);
+        // The same packet from api's own port goes through.
+        assert_eq!(sent_on(env, port_of(C2), &borrowed), OK);
+        // Nor can C3 pose as api towards a task without groups, or as db
+        // towards anyone: the claimed source has policy.
+        assert_eq!(
+            sent_on(env, port_of(C3), &from(C2, 40001, OTHER, 80).frame()),
+            SHOT
+        );
+        assert_eq!(
+            sent_on(env, port_of(C3), &from(C1, 40002, C3, 80).frame()),
+            SHOT
+        );
+        // Fragments and ICMP errors carry the source too.
+        let mut frag = Packet::udp(C2, 5000, C1, 5432).with_payload_len(100);
+        frag.frag = pkt::IP_MF;
+        assert_eq!(sent_on(env, port_of(C3), &frag.frame()), SHOT);
+        let quoted = Packet::tcp(C1, 5432, C2, 40000);
+        let err = Packet::icmp_error(C2, C1, 3, 3, [0; 4], &quoted, 28);
+        assert_eq!(sent_on(env, port_of(C3), &err.frame()), SHOT);
+        assert_eq!(spoofed_drops(env), 5);
+    });
+}
+
+#[test]
+fn a_container_with_policy_sends_only_from_its_own_address() {
+    in_fixture_ns(|env| {
+        setup(env);
+        // db's egress allows 443 anywhere; an address nobody owns does not
+        // let it skip that, or pose as a stranger to anyone.
+        let stranger = Ipv4Addr::new(172, 17, 9, 9);
+        assert_eq!(
+            sent_on(env, port_of(C1), &from(stranger, 40000, OTHER, 443).frame()),
+            SHOT
+        );
+        assert_eq!(
+            sent_on(env, port_of(C1), &from(stranger, 40001, OTHER, 22).frame()),
+            SHOT
+        );
+        assert_eq!(
+            sent_on(env, port_of(C1), &from(C1, 40002, OTHER, 443).frame()),
+            OK
+        );
+        // A receiver with policy is protected from a sender without.
+        assert_eq!(
+            sent_on(env, port_of(C3), &from(stranger, 40003, C2, 80).frame()),
+            SHOT
+        );
+        assert_eq!(spoofed_drops(env), 3);
+    });
+}
+
+#[test]
+fn no_source_check_without_policy_on_either_end() {
+    in_fixture_ns(|env| {
+        setup(env);
+        // C3 and the outside world have no groups: as with Docker, any
+        // source goes (a container routing for others keeps working).
+        let stranger = Ipv4Addr::new(172, 17, 9, 9);
+        for src in [stranger, OTHER, C3] {
+            assert_eq!(
+                sent_on(env, port_of(C3), &from(src, 40000, OTHER, 25).frame()),
+                OK,
+                "from {src}"
+            );
+        }
+        assert_eq!(
+            sent_on(env, port_of(C1), &from(stranger, 40000, OTHER, 25).frame()),
+            SHOT,
+            "db's port has policy, whatever it claims"
+        );
+        assert_eq!(spoofed_drops(env), 1);
+        // Non-IPv4 is not judged here.
+        assert_eq!(
+            sent_on(env, port_of(C3), &pkt::arp_request(C2, BRIDGE_IP)),
+            OK
+        );
+    });
+}
+
+#[test]
+fn a_port_whose_addresses_are_unknown_owns_none() {
+    in_fixture_ns(|env| {
+        setup(env);
+        let unknown = env.add_port("pc9");
+        // Not even a real address of a task with policy...
+        assert_eq!(
+            sent_on(env, unknown, &from(C2, 40000, C1, 5432).frame()),
+            SHOT
+        );
+        // ...while nobody involved has policy, it is not judged.
+        assert_eq!(
+            sent_on(env, unknown, &from(C3, 40001, OTHER, 25).frame()),
+            OK
+        );
+        // Learned later: its own address is its own.
+        env.port_addrs(unknown, &[Ipv4Addr::new(172, 17, 0, 9), C2]);
+        assert_eq!(
+            sent_on(env, unknown, &from(C2, 40002, C1, 5432).frame()),
+            OK
+        );
     });
 }

@@ -107,6 +107,78 @@ fn host_process_cannot_bind_a_mapped_port() {
     assert_eq!(v["counters"]["bind_refused"], 4, "{stats}");
 }
 
+#[test]
+fn host_process_cannot_bind_a_mapped_port_over_ipv6() {
+    let topo = Topology::build().unwrap();
+    let bpffs = Bpffs::new().unwrap();
+    let mut d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
+    let procs = d.cgroup().procs_file();
+    assert_eq!(
+        probe(&topo.host.ns, &procs, "tcp", "[::]:8085"),
+        "ok",
+        "free before mapping"
+    );
+    d.cli_ok([
+        "map",
+        "add",
+        "--task",
+        "w",
+        "--ip",
+        "172.17.0.2",
+        "-p",
+        "8085:80",
+        "-p",
+        "127.0.0.1:5353:53/udp",
+    ])
+    .unwrap();
+    // Dual-stack [::] would take IPv4 and IPv6 clients; [::1] those that
+    // resolve localhost to ::1; v4-mapped addresses are IPv4 in disguise.
+    for (proto, addr) in [
+        ("tcp", "[::]:8085"),
+        ("tcp", "[::1]:8085"),
+        ("tcp", "[::ffff:0.0.0.0]:8085"),
+        ("tcp", "[::ffff:127.0.0.1]:8085"),
+        ("tcp", "[::ffff:192.0.2.1]:8085"),
+        ("udp", "[::]:5353"),
+        ("udp", "[::ffff:127.0.0.1]:5353"),
+    ] {
+        assert_eq!(
+            probe(&topo.host.ns, &procs, proto, addr),
+            "EADDRINUSE",
+            "{proto} {addr}"
+        );
+    }
+    assert_eq!(
+        probe(&topo.host.ns, &procs, "tcp", "[::]:8086"),
+        "ok",
+        "other port"
+    );
+    assert_eq!(
+        probe(&topo.host.ns, &procs, "udp", "[::]:8085"),
+        "ok",
+        "other protocol"
+    );
+    assert_eq!(
+        probe(&topo.client.ns, &procs, "tcp", "[::]:8085"),
+        "ok",
+        "another namespace"
+    );
+    let stats = d.cli_ok(["stats", "--json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(v["counters"]["bind_refused"], 7, "{stats}");
+    // A restarted daemon replaces its pinned bind6 link rather than adding
+    // a second one (two stacked hooks would each count the refusal).
+    d.restart().unwrap();
+    assert_eq!(
+        probe(&topo.host.ns, &procs, "tcp", "[::]:8085"),
+        "EADDRINUSE",
+        "after a restart"
+    );
+    let stats = d.cli_ok(["stats", "--json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(v["counters"]["bind_refused"], 8, "{stats}");
+}
+
 const CHUNK: usize = 64 << 10;
 
 #[test]

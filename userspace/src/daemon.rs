@@ -22,7 +22,7 @@ use crate::{
     datapath::{BpfDatapath, Datapath, DatapathConfig},
     error::{Error, Result},
     host::{self, format_port_list, Host, SystemHost},
-    netif,
+    netif::{self, Ipv4Cidr},
     socket::{self, SocketFile},
     spec::PortRange,
     state::{Berth, Bridge, Registry},
@@ -187,6 +187,7 @@ pub async fn serve(
         store: store_path.clone(),
     };
     let expiry = crate::sg::expiry_period(&security_groups.timeouts);
+    let mut addrs = HostAddrSync::new(datapath.clone(), host_addrs, bridge.clone());
     let mut registry = Registry::open(store, datapath.clone(), bridge, host, policy)?;
     registry.configure_security_groups(security_groups)?;
     let restored = registry.restore()?;
@@ -203,7 +204,6 @@ pub async fn serve(
         "host ports reconciled"
     );
 
-    let mut addrs = HostAddrSync::new(datapath.clone(), host_addrs);
     addrs.sync()?;
     let background = [
         tokio::spawn(addrs.run()),
@@ -242,30 +242,53 @@ pub async fn serve(
     Ok(())
 }
 
-/// Pushes the host's IPv4 addresses to the datapath whenever they change.
+/// Pushes the host's IPv4 addresses and the bridge's subnets to the
+/// datapath whenever they change: wildcard bindings answer on the first,
+/// and neither may be the source of a packet arriving on an uplink.
 struct HostAddrSync {
     datapath: Arc<dyn Datapath>,
     source: fn() -> io::Result<Vec<Ipv4Addr>>,
+    bridge: Bridge,
     last: Option<Vec<Ipv4Addr>>,
+    last_subnets: Option<Vec<Ipv4Cidr>>,
 }
 
 impl HostAddrSync {
-    fn new(datapath: Arc<dyn Datapath>, source: fn() -> io::Result<Vec<Ipv4Addr>>) -> Self {
+    fn new(
+        datapath: Arc<dyn Datapath>,
+        source: fn() -> io::Result<Vec<Ipv4Addr>>,
+        bridge: Bridge,
+    ) -> Self {
         HostAddrSync {
             datapath,
             source,
+            bridge,
             last: None,
+            last_subnets: None,
         }
     }
 
     fn sync(&mut self) -> Result<()> {
         let addrs = (self.source)().map_err(|e| Error::io("reading host addresses", e))?;
-        if self.last.as_ref() == Some(&addrs) {
-            return Ok(());
+        if self.last.as_ref() != Some(&addrs) {
+            self.datapath.set_host_addrs(&addrs)?;
+            tracing::info!(addrs = ?addrs, "host addresses");
+            self.last = Some(addrs);
         }
-        self.datapath.set_host_addrs(&addrs)?;
-        tracing::info!(addrs = ?addrs, "host addresses");
-        self.last = Some(addrs);
+        let mut subnets: Vec<Ipv4Cidr> = self
+            .bridge
+            .subnets()?
+            .into_iter()
+            .map(Ipv4Cidr::network)
+            .collect();
+        subnets.sort();
+        subnets.dedup();
+        if self.last_subnets.as_ref() != Some(&subnets) {
+            self.datapath.set_bridge_subnets(&subnets)?;
+            let shown: Vec<String> = subnets.iter().map(ToString::to_string).collect();
+            tracing::info!(subnets = ?shown, "bridge subnets");
+            self.last_subnets = Some(subnets);
+        }
         Ok(())
     }
 
@@ -506,11 +529,20 @@ mod tests {
     #[test]
     fn host_addresses_are_pushed_only_when_they_change() {
         let dp = Arc::new(FakeDatapath::default());
-        let mut sync = HostAddrSync::new(dp.clone(), fixed_addrs);
+        let bridge = Bridge::Fixed {
+            name: "br0".into(),
+            subnets: vec![Ipv4Cidr::new(Ipv4Addr::new(172, 17, 0, 1), 16)],
+        };
+        let mut sync = HostAddrSync::new(dp.clone(), fixed_addrs, bridge);
         sync.sync().unwrap();
         sync.sync().unwrap();
         assert_eq!(dp.host_addr_updates(), 1);
         assert_eq!(dp.host_addrs(), fixed_addrs().unwrap());
+        assert_eq!(
+            dp.bridge_subnets(),
+            [Ipv4Cidr::new(Ipv4Addr::new(172, 17, 0, 0), 16)],
+            "the bridge's networks, not its address"
+        );
     }
 
     #[test]

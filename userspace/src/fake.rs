@@ -30,6 +30,7 @@ pub struct FakeDatapath {
     pub timeouts: Mutex<Option<crate::datapath::FlowTimeouts>>,
     bindings: Mutex<BTreeSet<Binding>>,
     host_addrs: Mutex<Vec<Ipv4Addr>>,
+    bridge_subnets: Mutex<Vec<crate::netif::Ipv4Cidr>>,
     fail_insert_port: Mutex<Option<u16>>,
     fail_remove_port: Mutex<Option<u16>>,
     fail_endpoint: Mutex<Option<Ipv4Addr>>,
@@ -44,6 +45,9 @@ impl FakeDatapath {
     }
     pub fn host_addrs(&self) -> Vec<Ipv4Addr> {
         self.host_addrs.lock().unwrap().clone()
+    }
+    pub fn bridge_subnets(&self) -> Vec<crate::netif::Ipv4Cidr> {
+        self.bridge_subnets.lock().unwrap().clone()
     }
     pub fn fail_insert_of_host_port(&self, port: u16) {
         *self.fail_insert_port.lock().unwrap() = Some(port);
@@ -154,6 +158,10 @@ impl Datapath for FakeDatapath {
     fn set_host_addrs(&self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError> {
         self.host_addr_updates.fetch_add(1, Ordering::SeqCst);
         *self.host_addrs.lock().unwrap() = addrs.to_vec();
+        Ok(())
+    }
+    fn set_bridge_subnets(&self, subnets: &[crate::netif::Ipv4Cidr]) -> Result<(), DatapathError> {
+        *self.bridge_subnets.lock().unwrap() = subnets.to_vec();
         Ok(())
     }
     fn counters(&self) -> Result<Vec<(&'static str, u64)>, DatapathError> {

@@ -27,6 +27,14 @@ impl Ipv4Cidr {
             .unwrap_or(0)
     }
 
+    /// The network this address is in (`172.17.0.1/16` -> `172.17.0.0/16`).
+    pub fn network(self) -> Ipv4Cidr {
+        Ipv4Cidr {
+            addr: Ipv4Addr::from(u32::from(self.addr) & self.mask()),
+            prefix_len: self.prefix_len,
+        }
+    }
+
     pub fn contains(self, ip: Ipv4Addr) -> bool {
         (u32::from(self.addr) ^ u32::from(ip)) & self.mask() == 0
     }
@@ -141,6 +149,8 @@ mod tests {
         assert!(host.contains("10.0.0.1".parse().unwrap()));
         assert!(!host.contains("10.0.0.2".parse().unwrap()));
         assert_eq!(host.to_string(), "10.0.0.1/32");
+        assert_eq!(cidr("172.17.0.1/16").network(), cidr("172.17.0.0/16"));
+        assert_eq!(cidr("10.1.2.3/0").network(), cidr("0.0.0.0/0"));
     }
 
     #[test]

@@ -121,6 +121,10 @@ pub fn datapath_costs(s: &Settings) -> Value {
     in_fixture_ns(move |env| -> Value {
         env.host_addr(HOST);
         env.host_addr(HOST2);
+        // As the daemon fills them: every packet on an uplink is checked
+        // against the host's addresses and the bridge subnet.
+        env.host_addr(Ipv4Addr::LOCALHOST);
+        env.bridge_subnet(Ipv4Addr::new(172, 17, 0, 0), 16);
         let syn = |dst: Ipv4Addr, dport: u16| Packet::tcp(CLIENT, 40000, dst, dport).frame();
         let mut order: Vec<Key> = Vec::new();
         let mut got: std::collections::HashMap<Key, Vec<f64>> = Default::default();
@@ -136,6 +140,8 @@ pub fn datapath_costs(s: &Settings) -> Value {
         set_endpoint(env, P_IN, 1);
         set_endpoint(env, P_OUT, 2);
         set_endpoint(env, P_OPEN, 3);
+        // P_OUT sends from its own port: lo, a test run's default device.
+        env.port_addrs(1, &[P_OUT]);
         set_rules(env, 3, DIR_INGRESS, &[allow_all()]);
         set_rules(env, 3, DIR_EGRESS, &[allow_all()]);
         env.publish(&binding(HOST2, POLICY_PORT, P_IN, 5432, Protocol::Tcp));

@@ -16,7 +16,160 @@ pub(crate) fn ingress_cases() -> Vec<Case> {
     ingress_malformed(&mut t);
     ingress_other_protocols(&mut t);
     ingress_icmp_errors(&mut t);
+    ingress_martians(&mut t);
     t.cases
+}
+
+/// Loopback and local sources on an uplink: every IPv4 packet, translated
+/// or not, is dropped (CVE-2020-8558; spoofed container or host sources).
+fn ingress_martians(t: &mut Table) {
+    let lo = Ipv4Addr::LOCALHOST;
+    let mut p = client_tcp(LOOPBACK_PORT);
+    p.dst = lo;
+    t.drop("loopback: tcp to a 127.0.0.1-bound mapping", p.frame());
+    let mut p = client_udp(LOOPBACK_PORT);
+    p.dst = lo;
+    t.drop("loopback: udp to a 127.0.0.1-bound mapping", p.frame());
+    for (dst, what) in [
+        (lo, "127.0.0.1"),
+        (Ipv4Addr::new(127, 1, 2, 3), "127.1.2.3"),
+        (Ipv4Addr::new(127, 255, 255, 255), "127.255.255.255"),
+    ] {
+        let mut p = client_tcp(8080);
+        p.dst = dst;
+        t.drop(
+            format!("loopback: tcp to {what} on a wildcard mapping"),
+            p.frame(),
+        );
+        let mut p = client_udp(8053);
+        p.dst = dst;
+        t.drop(
+            format!("loopback: udp to {what} on a wildcard mapping"),
+            p.frame(),
+        );
+    }
+    let mut p = client_tcp(9999);
+    p.dst = lo;
+    t.drop("loopback: tcp to 127.0.0.1, unmapped port", p.frame());
+    t.drop(
+        "loopback: icmp echo to 127.0.0.1",
+        Packet::icmp(CLIENT, lo, 8, 0, [0, 1, 0, 1]).frame(),
+    );
+
+    // Loopback and bridge-subnet sources: every packet.
+    let always = [
+        (lo, "loopback source 127.0.0.1"),
+        (Ipv4Addr::new(127, 9, 9, 9), "loopback source 127.9.9.9"),
+        (C1, "a container's source"),
+        (
+            Ipv4Addr::new(172, 17, 200, 9),
+            "an unassigned bridge-subnet source",
+        ),
+        (BRIDGE_IP, "the bridge's own address as source"),
+    ];
+    for (src, what) in always {
+        let mut p = client_tcp(8080);
+        p.src = src;
+        t.drop(
+            format!("spoofed: {what}, tcp to a published port"),
+            p.frame(),
+        );
+        let mut p = client_udp(8053);
+        p.src = src;
+        t.drop(
+            format!("spoofed: {what}, udp to a published port"),
+            p.frame(),
+        );
+        let mut p = client_udp(9999);
+        p.src = src;
+        t.drop(
+            format!("spoofed: {what}, udp to an unmapped port"),
+            p.frame(),
+        );
+        let mut p = client_udp(8053).with_payload_len(100);
+        p.src = src;
+        p.frag = pkt::IP_MF;
+        t.drop(format!("spoofed: {what}, udp first fragment"), p.frame());
+        t.drop(
+            format!("spoofed: {what}, icmp echo"),
+            Packet::icmp(src, HOST, 8, 0, [0, 1, 0, 1]).frame(),
+        );
+    }
+    // The host's own addresses: whatever berth would translate (a new flow,
+    // an ICMP error about a tracked one); the kernel drops the rest as
+    // martians.
+    for (src, what) in [
+        (HOST, "the host's uplink address"),
+        (HOST2, "the host's second address"),
+    ] {
+        let mut p = client_tcp(8080);
+        p.src = src;
+        t.drop(
+            format!("spoofed: {what} as source, tcp to a published port"),
+            p.frame(),
+        );
+        let mut p = client_udp(8053);
+        p.src = src;
+        p.dst = HOST2;
+        t.drop(
+            format!("spoofed: {what} as source, udp to a published port"),
+            p.frame(),
+        );
+        let (left, _) = crate::icmp::left_and_sent(true);
+        let e = crate::icmp::icmp_err(
+            (UPLINK_MAC, CLIENT_MAC),
+            (src, HOST, 64),
+            crate::icmp::FRAG_NEEDED,
+            &left,
+            28,
+        );
+        t.drop(
+            format!("spoofed: {what} as source, icmp error about a tracked flow"),
+            e.frame(),
+        );
+        let mut p = client_udp(9999);
+        p.src = src;
+        t.pass(
+            format!("{what} as source, unmapped port: left to the kernel"),
+            p.frame(),
+        );
+    }
+    let mut p = client_udp(9999);
+    p.src = C1;
+    p.dst = C2;
+    t.drop(
+        "spoofed: a container's source to another container",
+        p.frame(),
+    );
+
+    // Just outside each range: translated as any client.
+    for (src, what) in [
+        (Ipv4Addr::new(126, 255, 255, 255), "126.255.255.255"),
+        (Ipv4Addr::new(128, 0, 0, 1), "128.0.0.1"),
+        (
+            Ipv4Addr::new(172, 16, 255, 255),
+            "172.16.255.255 (below the bridge subnet)",
+        ),
+        (
+            Ipv4Addr::new(172, 18, 0, 2),
+            "172.18.0.2 (above the bridge subnet)",
+        ),
+        (
+            Ipv4Addr::new(192, 0, 2, 101),
+            "a neighbour of the host's addresses",
+        ),
+    ] {
+        let mut p = client_tcp(8080);
+        p.src = src;
+        t.dnat(format!("client source {what}"), &p, C1_80);
+    }
+    let mut p = Packet::udp(Ipv4Addr::UNSPECIFIED, 68, Ipv4Addr::BROADCAST, 67);
+    p.eth_dst = [0xff; 6];
+    t.pass("dhcp discover from 0.0.0.0", p.frame());
+    t.pass(
+        "arp claiming a container's address",
+        pkt::arp_request(C1, HOST),
+    );
 }
 
 fn ingress_normal(t: &mut Table) {
@@ -440,7 +593,6 @@ fn ingress_addresses_and_ports(t: &mut Table) {
         ),
         (Ipv4Addr::BROADCAST, "the limited broadcast address"),
         (Ipv4Addr::UNSPECIFIED, "0.0.0.0"),
-        (Ipv4Addr::LOCALHOST, "127.0.0.1"),
         (Ipv4Addr::new(224, 0, 0, 1), "a multicast group"),
         (C1, "the container itself"),
     ] {

@@ -16,9 +16,16 @@ pub(crate) const MANY_FIRST: u16 = 20000;
 pub(crate) const MANY: u16 = 256;
 pub(crate) const CLIENT_UNRESOLVED: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
 
+/// A mapping bound to loopback, reachable from the host only.
+pub(crate) const LOOPBACK_PORT: u16 = 9000;
+
 pub(crate) fn publish_defaults(env: &mut Env) {
     env.host_addr(HOST);
     env.host_addr(HOST2);
+    // As the daemon fills them: loopback is one of the host's addresses,
+    // and docker0's subnet is where the containers live.
+    env.host_addr(Ipv4Addr::LOCALHOST);
+    env.bridge_subnet(Ipv4Addr::new(172, 17, 0, 0), 16);
     let any = Ipv4Addr::UNSPECIFIED;
     let (tcp, udp) = (Protocol::Tcp, Protocol::Udp);
     for b in [
@@ -31,6 +38,8 @@ pub(crate) fn publish_defaults(env: &mut Env) {
         binding(any, 8053, C1, 53, udp),
         binding(HOST, 8054, C1, 54, udp),
         binding(any, 8090, C2, 90, tcp),
+        binding(Ipv4Addr::LOCALHOST, LOOPBACK_PORT, C1, 9000, tcp),
+        binding(Ipv4Addr::LOCALHOST, LOOPBACK_PORT, C1, 9000, udp),
         // Extreme ports, both ways.
         binding(any, 1, C1, 65535, tcp),
         binding(any, 65535, C1, 1, tcp),

@@ -24,15 +24,16 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use berth_maps::{
-    Backend, FlowKey, NatEntry, PortKey, ServiceKey, CONFIG_MAP, CONFIG_NETNS_COOKIE, COUNTERS_MAP,
-    COUNTER_NAMES, HOST_ADDRS_MAP, NAT_F_CLOSING, NAT_F_REPLIED, NAT_MAP, PORTS_MAP, PROTO_TCP,
-    SERVICES_MAP,
+    local_net_encode, Backend, FlowKey, NatEntry, PortKey, ServiceKey, CONFIG_MAP,
+    CONFIG_NETNS_COOKIE, COUNTERS_MAP, COUNTER_NAMES, HOST_ADDRS_MAP, LOCAL_NETS_MAP,
+    LOCAL_NETS_MAX, LOCAL_NET_MORE, NAT_F_CLOSING, NAT_F_REPLIED, NAT_MAP, PORTS_MAP,
+    PORT_ADDRS_MAP, PROTO_TCP, SERVICES_MAP,
 };
 
 use super::{
     policy::PolicyMaps, ports::PortWatcher, Datapath, DatapathError, FlowTimeouts, PolicyRule,
 };
-use crate::model::Binding;
+use crate::{model::Binding, netif::Ipv4Cidr};
 
 /// The eBPF object built by build.rs, embedded so the binary needs nothing
 /// else at run time.
@@ -78,6 +79,7 @@ struct Maps {
     services: HashMap<MapData, ServiceKey, Backend>,
     ports: HashMap<MapData, PortKey, u32>,
     host_addrs: HashMap<MapData, u32, u32>,
+    local_nets: Array<MapData, u64>,
     nat: HashMap<MapData, FlowKey, NatEntry>,
     counters: PerCpuArray<MapData, u64>,
 }
@@ -220,7 +222,7 @@ fn check_kernel() -> Result<(), DatapathError> {
     Ok(())
 }
 
-fn ifindex(name: &str) -> Result<u32, DatapathError> {
+pub(super) fn ifindex(name: &str) -> Result<u32, DatapathError> {
     let c =
         std::ffi::CString::new(name).map_err(|_| DatapathError::NoSuchInterface(name.into()))?;
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
@@ -356,6 +358,11 @@ impl BpfDatapath {
             services: take_map(&mut ebpf, SERVICES_MAP)?,
             ports: take_map(&mut ebpf, PORTS_MAP)?,
             host_addrs: take_map(&mut ebpf, HOST_ADDRS_MAP)?,
+            local_nets: Array::try_from(
+                ebpf.take_map(LOCAL_NETS_MAP)
+                    .ok_or_else(|| DatapathError::Other(format!("map {LOCAL_NETS_MAP} missing")))?,
+            )
+            .map_err(map_err("BERTH_LOCAL_NETS"))?,
             nat: take_map(&mut ebpf, NAT_MAP)?,
             counters: PerCpuArray::try_from(
                 ebpf.take_map(COUNTERS_MAP)
@@ -369,8 +376,10 @@ impl BpfDatapath {
             members: take_map(&mut ebpf, berth_maps::SG_MEMBERS_MAP)?,
             ct: take_map(&mut ebpf, berth_maps::CT_MAP)?,
         };
+        let port_addrs = take_map(&mut ebpf, PORT_ADDRS_MAP)?;
         let ebpf = Arc::new(Mutex::new(ebpf));
-        let ports = super::ports::watch(ebpf.clone(), config.bridge.clone(), links_dir)?;
+        let ports =
+            super::ports::watch(ebpf.clone(), port_addrs, config.bridge.clone(), links_dir)?;
         let status = super::status::StatusBase {
             attach: config.attach,
             pin_dir: dir,
@@ -413,8 +422,9 @@ impl BpfDatapath {
 
 /// cgroup sock_addr hooks: the bind guard and socket-level translation for
 /// host-local and hairpin access.
-const SOCKET_HOOKS: [&str; 5] = [
+const SOCKET_HOOKS: [&str; 6] = [
     "berth_bind4",
+    "berth_bind6",
     "berth_connect4",
     "berth_sendmsg4",
     "berth_recvmsg4",
@@ -624,6 +634,57 @@ fn adopt_link(pin: &Path) -> Option<FdLink> {
     }
 }
 
+/// The subnets a BERTH_LOCAL_NETS array holds, in slot order.
+fn local_nets_listed(slots: &[u64]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for slot in slots {
+        if *slot == 0 {
+            break;
+        }
+        out.push(slot & !LOCAL_NET_MORE);
+        if slot & LOCAL_NET_MORE == 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// The slot writes, in order, that turn BERTH_LOCAL_NETS from `slots` into
+/// the subnets `want`. Each write is one 8-byte slot, ordered so that a
+/// packet racing the update sees the old list, the new one, or the old one
+/// plus new subnets (write a slot, then link it from the one before; copy
+/// the last over a stale one, then unlink the last): a re-addressed bridge
+/// is never unguarded.
+fn local_net_writes(slots: &[u64], want: &[u64]) -> Vec<(u32, u64)> {
+    let mut have = local_nets_listed(slots);
+    let mut writes = Vec::new();
+    for net in want {
+        if !have.contains(net) {
+            have.push(*net);
+            let n = have.len();
+            writes.push((n as u32 - 1, *net));
+            if n > 1 {
+                writes.push((n as u32 - 2, have[n - 2] | LOCAL_NET_MORE));
+            }
+        }
+    }
+    while let Some(i) = have.iter().position(|n| !want.contains(n)) {
+        let n = have.len();
+        if i + 1 < n {
+            writes.push((i as u32, have[n - 1] | LOCAL_NET_MORE));
+        }
+        have.swap_remove(i);
+        match have.len() {
+            0 => writes.push((0, 0)),
+            n => {
+                writes.push((n as u32 - 1, have[n - 1]));
+                writes.push((n as u32, 0));
+            }
+        }
+    }
+    writes
+}
+
 pub fn service_key(b: &Binding) -> ServiceKey {
     ServiceKey {
         host_addr_be: u32::from_ne_bytes(b.bind_ip.octets()),
@@ -784,6 +845,32 @@ impl Datapath for BpfDatapath {
         Ok(())
     }
 
+    fn set_bridge_subnets(&self, subnets: &[Ipv4Cidr]) -> Result<(), DatapathError> {
+        let mut m = self.lock();
+        let want: Vec<u64> = subnets
+            .iter()
+            .map(|c| {
+                let n = c.network();
+                local_net_encode(u32::from_ne_bytes(n.addr.octets()), n.prefix_len)
+            })
+            .collect();
+        if want.len() > LOCAL_NETS_MAX as usize {
+            return Err(DatapathError::Other(format!(
+                "the bridge has {} IPv4 subnets; berth guards at most {LOCAL_NETS_MAX}",
+                want.len()
+            )));
+        }
+        let err = map_err("BERTH_LOCAL_NETS");
+        let mut slots = Vec::with_capacity(LOCAL_NETS_MAX as usize);
+        for i in 0..LOCAL_NETS_MAX {
+            slots.push(m.local_nets.get(&i, 0).map_err(&err)?);
+        }
+        for (i, v) in local_net_writes(&slots, &want) {
+            m.local_nets.set(i, v, 0).map_err(&err)?;
+        }
+        Ok(())
+    }
+
     fn counters(&self) -> Result<Vec<(&'static str, u64)>, DatapathError> {
         let m = self.lock();
         COUNTER_NAMES
@@ -857,5 +944,49 @@ impl Datapath for BpfDatapath {
 
     fn status(&self) -> Result<Option<super::DatapathStatus>, DatapathError> {
         Ok(Some(self.status.read()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(third: u8, len: u8) -> u64 {
+        local_net_encode(u32::from_ne_bytes([172, 17, third, 0]), len)
+    }
+
+    /// Applies the writes one by one, as packets would see them.
+    fn replay(from: &[u64], want: &[u64]) {
+        let mut slots = vec![0u64; LOCAL_NETS_MAX as usize];
+        for (i, v) in local_net_writes(&slots.clone(), from) {
+            slots[i as usize] = v;
+        }
+        assert_eq!(local_nets_listed(&slots), from);
+        let kept: Vec<u64> = from.iter().filter(|n| want.contains(n)).copied().collect();
+        for (i, v) in local_net_writes(&slots.clone(), want) {
+            slots[i as usize] = v;
+            let seen = local_nets_listed(&slots);
+            for k in &kept {
+                assert!(seen.contains(k), "{k:#x} unguarded mid-update: {seen:x?}");
+            }
+            assert!(seen.iter().all(|n| from.contains(n) || want.contains(n)));
+        }
+        let mut got = local_nets_listed(&slots);
+        got.sort();
+        let mut w = want.to_vec();
+        w.sort();
+        assert_eq!(got, w);
+    }
+
+    #[test]
+    fn bridge_subnets_are_rewritten_without_a_gap() {
+        let (a, b, c, d) = (net(0, 16), net(1, 24), net(2, 24), net(3, 24));
+        replay(&[], &[a]);
+        replay(&[a], &[]);
+        replay(&[a], &[b]);
+        replay(&[a, b, c], &[c]);
+        replay(&[a, b, c], &[a]);
+        replay(&[a, b, c], &[b, d]);
+        replay(&[a, b], &[a, b]);
     }
 }

@@ -1,12 +1,13 @@
 //! The kernel side as the control plane sees it.
 use std::net::Ipv4Addr;
 
-use crate::model::Binding;
+use crate::{model::Binding, netif::Ipv4Cidr};
 
 mod bpf;
 mod cgroup;
 pub mod pins;
 mod policy;
+mod port_addrs;
 mod ports;
 pub mod status;
 pub mod sys;
@@ -101,6 +102,8 @@ pub trait Datapath: Send + Sync {
     fn remove(&self, binding: &Binding) -> Result<(), DatapathError>;
     /// Replace the set of host addresses a wildcard binding answers on.
     fn set_host_addrs(&self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError>;
+    /// Replace the bridge's subnets: sources an uplink never accepts.
+    fn set_bridge_subnets(&self, subnets: &[Ipv4Cidr]) -> Result<(), DatapathError>;
     /// Per-reason packet counters, summed over CPUs.
     fn counters(&self) -> Result<Vec<(&'static str, u64)>, DatapathError>;
     /// Reconcile after a restart: unpublish every entry that is not one of

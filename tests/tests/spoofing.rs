@@ -1,0 +1,385 @@
+//! Forged addresses end to end: frames no socket API would send, injected
+//! with a packet socket from a client or a container namespace, against the
+//! real daemon. What arrives is watched with packet sockets on the
+//! receivers' interfaces, so "not delivered" means nothing reached the wire
+//! there, not just that no socket accepted it.
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    thread,
+    time::Duration,
+};
+
+use berth_integration::{
+    addr::{BRIDGE_IP, CLIENT_IP, CONTAINER2_IP, CONTAINER_IP, HOST_IP},
+    pkt::Packet,
+    rawsock::{ipv4_tuple, RawSocket},
+    udp_request, Bpffs, Daemon, HttpPeerServer, Topology, UdpEchoServer,
+};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(5);
+/// How long a receiver is watched after an injection.
+const WATCH: Duration = Duration::from_millis(1200);
+/// The datapath polls the bridge's ports every 250 ms.
+const VETH_POLL: Duration = Duration::from_millis(600);
+/// Known ports' addresses are read again every 2 s.
+const ADDR_REFRESH: Duration = Duration::from_millis(2600);
+const CONTAINER3_IP: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 4);
+
+/// Guards drop in field order: daemon, then bpffs, then namespaces.
+struct Setup {
+    daemon: Daemon,
+    _bpffs: Bpffs,
+    topo: Topology,
+}
+
+fn setup() -> Setup {
+    let topo = Topology::build().expect("build topology");
+    let bpffs = Bpffs::new().expect("bpffs");
+    let daemon = Daemon::start(&topo.host.ns, &bpffs).expect("start daemon");
+    thread::sleep(VETH_POLL);
+    Setup {
+        daemon,
+        _bpffs: bpffs,
+        topo,
+    }
+}
+
+impl Setup {
+    fn berth(&self, args: &[&str]) -> String {
+        self.daemon.cli_ok(args).expect("berth command")
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        let v: Value = serde_json::from_str(&self.berth(&["stats", "--json"])).unwrap();
+        v["counters"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {name}"))
+    }
+
+    /// A frame from the client to the host's uplink MAC.
+    fn client_frame(&self, mut p: Packet) -> Vec<u8> {
+        p.eth_src = self.topo.client.link().unwrap().mac;
+        p.eth_dst = self.topo.host.uplink_link().unwrap().mac;
+        p.frame()
+    }
+}
+
+fn any(port: u16) -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], port))
+}
+
+/// Sends `frame` on `out` while watching each of `watch`; returns, per
+/// watched socket, the IPv4 frames carrying the probe's source port (the
+/// probe itself, translated or not, or an answer to it). The probe's own
+/// copy on `out` is not counted.
+fn inject(out: &RawSocket, frame: &[u8], watch: &[&RawSocket]) -> Vec<Vec<Vec<u8>>> {
+    let (proto, src, _, sport, _) = ipv4_tuple(frame).expect("an IPv4 probe");
+    thread::scope(|s| {
+        let watchers: Vec<_> = watch
+            .iter()
+            .map(|w| {
+                s.spawn(move || {
+                    w.collect(WATCH, |f| {
+                        f != frame
+                            && ipv4_tuple(f).is_some_and(|(p, fs, _, a, b)| {
+                                p == proto && ((a == sport && fs == src) || b == sport)
+                            })
+                    })
+                    .expect("watching")
+                })
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(100));
+        out.send(frame).expect("inject");
+        watchers.into_iter().map(|w| w.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn a_lan_frame_to_loopback_reaches_no_container() {
+    let s = setup();
+    let _lo = HttpPeerServer::start_in(&s.topo.container.ns, any(9000)).unwrap();
+    let _any = HttpPeerServer::start_in(&s.topo.container.ns, any(9001)).unwrap();
+    s.berth(&[
+        "map",
+        "add",
+        "--task",
+        "web",
+        "--ip",
+        "172.17.0.2",
+        "-p",
+        "127.0.0.1:9000:9000",
+        "-p",
+        "9001:9001",
+    ]);
+    let client = RawSocket::open_in(&s.topo.client.ns, "eth0").unwrap();
+    let ctr = RawSocket::open_in(&s.topo.container.ns, "eth0").unwrap();
+
+    // The injection path works: a SYN to the host's address is translated
+    // and the container's SYN-ACK comes back from the host port.
+    let syn = s.client_frame(Packet::tcp(CLIENT_IP, 41000, HOST_IP, 9001));
+    let seen = inject(&client, &syn, &[&client, &ctr]);
+    assert!(!seen[1].is_empty(), "the container got the control SYN");
+    let answer = seen[0].iter().filter_map(|f| ipv4_tuple(f)).next();
+    assert_eq!(
+        answer.map(|(_, src, _, sport, _)| (src, sport)),
+        Some((HOST_IP, 9001)),
+        "control SYN answered from the host port"
+    );
+
+    // 127.0.0.1 from the LAN: on the loopback-bound mapping and on the
+    // wildcard one, nothing reaches the container and nothing answers.
+    for (sport, dport) in [(41001, 9000), (41002, 9001)] {
+        let syn = s.client_frame(Packet::tcp(CLIENT_IP, sport, Ipv4Addr::LOCALHOST, dport));
+        let seen = inject(&client, &syn, &[&client, &ctr]);
+        assert!(
+            seen[1].is_empty(),
+            "127.0.0.1:{dport} reached the container: {:?}",
+            seen[1]
+        );
+        assert!(
+            seen[0].is_empty(),
+            "127.0.0.1:{dport} was answered: {:?}",
+            seen[0]
+        );
+    }
+    assert!(s.counter("uplink_loopback") >= 2);
+}
+
+#[test]
+fn a_datagram_with_a_local_source_from_the_lan_is_not_delivered() {
+    let s = setup();
+    let echo = UdpEchoServer::start_in(&s.topo.container2.ns, any(53)).unwrap();
+    s.berth(&[
+        "map",
+        "add",
+        "--task",
+        "t1",
+        "--ip",
+        "172.17.0.2",
+        "-p",
+        "8080:80",
+    ]);
+    s.berth(&[
+        "map",
+        "add",
+        "--task",
+        "t2",
+        "--ip",
+        "172.17.0.3",
+        "-p",
+        "5353:53/udp",
+    ]);
+    // t2 answers t1's group, and the client's own address (the control).
+    s.berth(&["sg", "create", "sg-a"]);
+    s.berth(&["sg", "create", "sg-b"]);
+    s.berth(&[
+        "sg",
+        "rule",
+        "add",
+        "sg-b",
+        "--ingress",
+        "--proto",
+        "udp",
+        "--port",
+        "53",
+        "--sg",
+        "sg-a",
+    ]);
+    s.berth(&[
+        "sg",
+        "rule",
+        "add",
+        "sg-b",
+        "--ingress",
+        "--proto",
+        "udp",
+        "--port",
+        "53",
+        "--cidr",
+        "192.0.2.2/32",
+    ]);
+    s.berth(&["sg", "attach", "sg-a", "--task", "t1"]);
+    s.berth(&["sg", "attach", "sg-b", "--task", "t2"]);
+    let client = RawSocket::open_in(&s.topo.client.ns, "eth0").unwrap();
+    let ctr2 = RawSocket::open_in(&s.topo.container2.ns, "eth0").unwrap();
+
+    let control = s.client_frame(Packet::udp(CLIENT_IP, 5000, HOST_IP, 5353));
+    let seen = inject(&client, &control, &[&ctr2]);
+    assert!(
+        !seen[0].is_empty(),
+        "the client's own datagram is delivered"
+    );
+
+    // t1's address, the host's own addresses, loopback: none of them can
+    // come from the LAN, whatever the groups would say about them.
+    for (src, sport) in [
+        (CONTAINER_IP, 5001),
+        (Ipv4Addr::new(172, 17, 99, 9), 5002),
+        (HOST_IP, 5003),
+        (BRIDGE_IP, 5004),
+        (Ipv4Addr::LOCALHOST, 5005),
+    ] {
+        let f = s.client_frame(Packet::udp(src, sport, HOST_IP, 5353));
+        let seen = inject(&client, &f, &[&ctr2]);
+        assert!(
+            seen[0].is_empty(),
+            "a datagram from {src} was delivered: {:?}",
+            seen[0]
+        );
+    }
+    assert_eq!(
+        echo.peers(),
+        vec![SocketAddr::from((CLIENT_IP, 5000))],
+        "only the control datagram arrived"
+    );
+    assert!(s.counter("uplink_spoofed_source") >= 4);
+    assert!(s.counter("uplink_loopback") >= 1);
+
+    // The same identity from where it lives is admitted.
+    let reply = s
+        .topo
+        .container
+        .ns
+        .run(|| udp_request(SocketAddr::from((CONTAINER2_IP, 53)), "hi", T))
+        .expect("t1 reaches t2 from its own address");
+    assert!(reply.text.contains("hi"), "{reply:?}");
+}
+
+#[test]
+fn a_container_cannot_spoof_a_group_member_to_reach_a_third() {
+    let s = setup();
+    let ctr3 = s.topo.new_container("ctr3", CONTAINER3_IP).unwrap();
+    thread::sleep(VETH_POLL);
+    let echo53 = UdpEchoServer::start_in(&s.topo.container2.ns, any(53)).unwrap();
+    let echo54 = UdpEchoServer::start_in(&s.topo.container2.ns, any(54)).unwrap();
+    s.berth(&[
+        "map",
+        "add",
+        "--task",
+        "t1",
+        "--ip",
+        "172.17.0.2",
+        "-p",
+        "8080:80",
+    ]);
+    s.berth(&[
+        "map",
+        "add",
+        "--task",
+        "t2",
+        "--ip",
+        "172.17.0.3",
+        "-p",
+        "5353:53/udp",
+    ]);
+    s.berth(&[
+        "map",
+        "add",
+        "--task",
+        "t3",
+        "--ip",
+        "172.17.0.4",
+        "-p",
+        "8083:80",
+    ]);
+    // t2 admits t1's group on 53, and t3's own address on 54 (the control).
+    s.berth(&["sg", "create", "sg-a"]);
+    s.berth(&["sg", "create", "sg-b"]);
+    s.berth(&[
+        "sg",
+        "rule",
+        "add",
+        "sg-b",
+        "--ingress",
+        "--proto",
+        "udp",
+        "--port",
+        "53",
+        "--sg",
+        "sg-a",
+    ]);
+    s.berth(&[
+        "sg",
+        "rule",
+        "add",
+        "sg-b",
+        "--ingress",
+        "--proto",
+        "udp",
+        "--port",
+        "54",
+        "--cidr",
+        "172.17.0.4/32",
+    ]);
+    s.berth(&["sg", "attach", "sg-a", "--task", "t1"]);
+    s.berth(&["sg", "attach", "sg-b", "--task", "t2"]);
+
+    let out = RawSocket::open_in(&ctr3.ns, "eth0").unwrap();
+    let ctr2 = RawSocket::open_in(&s.topo.container2.ns, "eth0").unwrap();
+    let frame = |src: Ipv4Addr, sport: u16, dport: u16| {
+        let mut p = Packet::udp(src, sport, CONTAINER2_IP, dport);
+        p.eth_src = ctr3.link().unwrap().mac;
+        p.eth_dst = s.topo.container2.link().unwrap().mac;
+        p.payload = b"who am i".to_vec();
+        p.frame()
+    };
+
+    let seen = inject(&out, &frame(CONTAINER3_IP, 6000, 54), &[&ctr2]);
+    assert!(
+        !seen[0].is_empty(),
+        "t3's datagram from its own address is delivered"
+    );
+    // Borrowing t1's address (a member of the group t2 admits) or an
+    // unassigned one gets t3 nowhere.
+    for (src, sport) in [(CONTAINER_IP, 6001), (Ipv4Addr::new(172, 17, 99, 9), 6002)] {
+        let seen = inject(&out, &frame(src, sport, 53), &[&ctr2]);
+        assert!(
+            seen[0].is_empty(),
+            "t3 posing as {src} reached t2: {:?}",
+            seen[0]
+        );
+    }
+    assert!(echo53.peers().is_empty(), "{:?}", echo53.peers());
+    assert_eq!(
+        echo54.peers(),
+        vec![SocketAddr::from((CONTAINER3_IP, 6000))]
+    );
+    assert!(s.counter("container_spoofed_source") >= 2);
+
+    // t1 itself still gets through.
+    let reply = s
+        .topo
+        .container
+        .ns
+        .run(|| udp_request(SocketAddr::from((CONTAINER2_IP, 53)), "hi", T))
+        .expect("t1 reaches t2");
+    assert!(reply.text.contains("hi"), "{reply:?}");
+
+    // With CAP_NET_ADMIN, t3 gives itself t1's address: the daemon sees
+    // the claim but the address stays with the port that had it.
+    ctr3.ns
+        .ip(["addr", "add", "172.17.0.2/16", "dev", "eth0"])
+        .unwrap();
+    thread::sleep(ADDR_REFRESH);
+    let seen = inject(&out, &frame(CONTAINER_IP, 6003, 53), &[&ctr2]);
+    assert!(
+        seen[0].is_empty(),
+        "t3 took over t1's address: {:?}",
+        seen[0]
+    );
+    assert_eq!(
+        echo53.peers().len(),
+        1,
+        "only t1's own: {:?}",
+        echo53.peers()
+    );
+    assert!(
+        s.daemon
+            .stderr()
+            .contains("claimed by more than one bridge port"),
+        "{}",
+        s.daemon.stderr()
+    );
+}
