@@ -390,6 +390,8 @@ impl Run<'_> {
         let xdp = prog == "berth_xdp";
         let r = if xdp {
             env.try_xdp(prog, f)
+        } else if prog == "berth_from_ctr" {
+            env.try_tc_on(prog, f, sender_port(f))
         } else {
             env.try_tc(prog, f)
         };
@@ -1140,8 +1142,30 @@ fn setup_policy(env: &mut Env) {
     );
 }
 
+/// Bridge ports of the run's containers, with the addresses the daemon
+/// would have learned for them.
+const SENDER_PORTS: [(&str, Ipv4Addr); 2] = [("fz1", C1), ("fz2", C2)];
+
+/// The port a frame is sent on in `berth_from_ctr`: its claimed source's
+/// own port, or C1's (which owns no other address) for anything else.
+fn sender_port(f: &[u8]) -> u32 {
+    let src = f
+        .get(26..30)
+        .map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+        .unwrap_or(C1);
+    let name = SENDER_PORTS
+        .iter()
+        .find(|(_, a)| *a == src)
+        .map_or(SENDER_PORTS[0].0, |(n, _)| *n);
+    ifindex(name)
+}
+
 fn setup(env: &mut Env, model: &Model) {
     setup_policy(env);
+    for (name, addr) in SENDER_PORTS {
+        let port = env.add_port(name);
+        env.port_addrs(port, &[addr]);
+    }
     for a in &model.host_addrs {
         env.host_addr(*a);
     }

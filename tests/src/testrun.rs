@@ -318,13 +318,6 @@ impl Env {
         m.insert(PolicyKey { task_id, dir }, &*p, 0).unwrap();
     }
 
-    /// A datapath counter, summed over CPUs.
-    pub fn counter(&self, c: berth_maps::Counter) -> u64 {
-        let m: aya::maps::PerCpuArray<&MapData, u64> =
-            aya::maps::PerCpuArray::try_from(self.ebpf.map("BERTH_COUNTERS").unwrap()).unwrap();
-        m.get(&(c as u32), 0).unwrap().iter().sum()
-    }
-
     /// Forgets every tracked flow; returns how many there were.
     pub fn clear_nat(&mut self) -> usize {
         let mut m: HashMap<&mut MapData, FlowKey, NatEntry> =
