@@ -143,7 +143,11 @@ fn a_daemon_that_sees_no_cgroup_mounts_the_hierarchy_and_attaches_the_socket_hoo
         .iter()
         .filter(|a| a["role"] == "cgroup")
         .collect();
-    assert_eq!(cgroup_links.len(), 5, "{s:#}");
+    assert_eq!(
+        cgroup_links.len(),
+        6,
+        "bind4/6, connect4, sendmsg4, recvmsg4, getpeername4: {s:#}"
+    );
     assert!(cgroup_links.iter().all(|a| a["attached"] == true));
     // The hooks work: the bind guard refuses a host process the port.
     d.cli_ok([
