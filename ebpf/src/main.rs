@@ -25,6 +25,7 @@ mod parse;
 mod policy;
 mod sock;
 mod tc;
+mod tcp;
 mod xdp;
 
 use aya_ebpf::{
@@ -55,9 +56,11 @@ use crate::{
 enum Ingress {
     Pass,
     Drop,
-    Dnat(Flow, berth_maps::Backend),
-    /// An outside ICMP error about a translated flow, for this container.
-    Icmp(IcmpError, berth_maps::Backend),
+    /// Translate to the backend; the client source port towards it.
+    Dnat(Flow, berth_maps::Backend, u16),
+    /// An outside ICMP error about a translated flow, for this container
+    /// (and the client port the flow uses towards it).
+    Icmp(IcmpError, berth_maps::Backend, u16),
 }
 
 #[inline(always)]
@@ -67,7 +70,7 @@ fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
             let Some(e) = parse_icmp_error(data, data_end, frame_len) else {
                 return Ingress::Pass;
             };
-            let Some(backend) = ct_lookup_icmp_from_outside(&e) else {
+            let Some((backend, client_port_be)) = ct_lookup_icmp_from_outside(&e) else {
                 return Ingress::Pass;
             };
             if e.outer_ttl <= 1 {
@@ -75,7 +78,7 @@ fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
                 return Ingress::Drop;
             }
             count(Counter::IcmpXlate);
-            return Ingress::Icmp(e, backend);
+            return Ingress::Icmp(e, backend, client_port_be);
         }
         Parsed::Fragment => {
             count(Counter::Fragment);
@@ -93,11 +96,11 @@ fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
         count(Counter::TtlExceeded);
         return Ingress::Drop;
     }
-    if ct_track_ingress(&flow, &backend).is_err() {
+    let Ok(sport_be) = ct_track_ingress(&flow, &backend, data, data_end) else {
         return Ingress::Drop;
-    }
+    };
     count(Counter::IngressDnat);
-    Ingress::Dnat(flow, backend)
+    Ingress::Dnat(flow, backend, sport_be)
 }
 
 #[classifier]
@@ -106,11 +109,11 @@ pub fn berth_ingress(ctx: TcContext) -> i32 {
     match ingress_decide(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         Ingress::Pass => TC_ACT_OK,
         Ingress::Drop => TC_ACT_SHOT,
-        Ingress::Dnat(flow, backend) => {
-            let rw = ingress_rewrite(&flow, &backend);
+        Ingress::Dnat(flow, backend, sport_be) => {
+            let rw = ingress_rewrite(&flow, &backend, sport_be);
             tc_translate_and_redirect(&ctx, &flow, &rw, flow.src_addr_be, backend.addr_be)
         }
-        Ingress::Icmp(e, backend) => {
+        Ingress::Icmp(e, backend, client_port_be) => {
             if icmp_rewrite(
                 ctx.data(),
                 ctx.data_end(),
@@ -118,6 +121,7 @@ pub fn berth_ingress(ctx: TcContext) -> i32 {
                 Quoted::Source,
                 backend.addr_be,
                 backend.port_be,
+                client_port_be,
             )
             .is_err()
             {
@@ -135,8 +139,8 @@ pub fn berth_xdp(ctx: XdpContext) -> u32 {
     match ingress_decide(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data()) {
         Ingress::Pass => xdp_action::XDP_PASS,
         Ingress::Drop => xdp_action::XDP_DROP,
-        Ingress::Dnat(flow, backend) => {
-            let rw = ingress_rewrite(&flow, &backend);
+        Ingress::Dnat(flow, backend, sport_be) => {
+            let rw = ingress_rewrite(&flow, &backend, sport_be);
             let mut rewriter = XdpRewriter {
                 data: ctx.data(),
                 data_end: ctx.data_end(),
@@ -155,7 +159,7 @@ pub fn berth_xdp(ctx: XdpContext) -> u32 {
             );
             xdp_handoff(&ctx, next)
         }
-        Ingress::Icmp(e, backend) => {
+        Ingress::Icmp(e, backend, client_port_be) => {
             if icmp_rewrite(
                 ctx.data(),
                 ctx.data_end(),
@@ -163,6 +167,7 @@ pub fn berth_xdp(ctx: XdpContext) -> u32 {
                 Quoted::Source,
                 backend.addr_be,
                 backend.port_be,
+                client_port_be,
             )
             .is_err()
             {
@@ -200,8 +205,10 @@ pub fn berth_reply(ctx: TcContext) -> i32 {
         Parsed::Other => return tc_reply_icmp(&ctx),
         Parsed::Fragment => return TC_ACT_OK,
     };
-    let Some(entry) = ct_lookup_reply(&flow) else {
-        return TC_ACT_OK;
+    let entry = match ct_lookup_reply(&flow, ctx.data(), ctx.data_end()) {
+        Ok(Some(e)) => e,
+        Ok(None) => return TC_ACT_OK,
+        Err(()) => return TC_ACT_SHOT,
     };
     if flow.ttl <= 1 {
         count(Counter::TtlExceeded);
@@ -282,6 +289,7 @@ fn tc_reply_icmp(ctx: &TcContext) -> i32 {
         Quoted::Destination,
         entry.host_addr_be,
         entry.host_port_be,
+        entry.client_port_be,
     )
     .is_err()
     {

@@ -5,10 +5,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use berth_maps::{
-    Backend, CtEntry, Endpoint, FlowKey, NatEntry, Policy, PolicyKey, PortKey, ServiceKey,
-    SgMember, SockRevKey, SockRevValue, CONFIG_LEN, COUNTERS_LEN, CT_CAPACITY, ENDPOINTS_CAPACITY,
-    HOST_ADDRS_CAPACITY, NAT_CAPACITY, POLICY_CAPACITY, PORTS_CAPACITY, SERVICES_CAPACITY,
-    SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
+    Backend, CtEntry, Endpoint, FlowKey, NatEntry, NatFwd, Policy, PolicyKey, PortKey,
+    ServiceKey, SgMember, SockRevKey, SockRevValue, CONFIG_LEN, COUNTERS_LEN, CT_CAPACITY,
+    CT_NEW_CAPACITY, ENDPOINTS_CAPACITY, HOST_ADDRS_CAPACITY, NAT_CAPACITY, NAT_FWD_CAPACITY,
+    NAT_NEW_CAPACITY, POLICY_CAPACITY, PORTS_CAPACITY, SERVICES_CAPACITY, SG_MEMBERS_CAPACITY,
+    SOCK_REV_CAPACITY,
 };
 
 #[map]
@@ -19,6 +20,12 @@ pub static BERTH_HOST_ADDRS: HashMap<u32, u32> = HashMap::pinned(HOST_ADDRS_CAPA
 
 #[map]
 pub static BERTH_NAT: HashMap<FlowKey, NatEntry> = HashMap::pinned(NAT_CAPACITY, 0);
+
+#[map]
+pub static BERTH_NAT_NEW: LruHashMap<FlowKey, NatEntry> = LruHashMap::pinned(NAT_NEW_CAPACITY, 0);
+
+#[map]
+pub static BERTH_NAT_FWD: HashMap<FlowKey, NatFwd> = HashMap::pinned(NAT_FWD_CAPACITY, 0);
 
 #[map]
 pub static BERTH_PORTS: HashMap<PortKey, u32> = HashMap::pinned(PORTS_CAPACITY, 0);
@@ -42,6 +49,9 @@ pub static BERTH_SG_MEMBERS: HashMap<SgMember, u32> = HashMap::pinned(SG_MEMBERS
 
 #[map]
 pub static BERTH_CT: HashMap<FlowKey, CtEntry> = HashMap::pinned(CT_CAPACITY, 0);
+
+#[map]
+pub static BERTH_CT_NEW: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(CT_NEW_CAPACITY, 0);
 
 #[map]
 pub static BERTH_CONFIG: Array<u64> = Array::pinned(CONFIG_LEN, 0);

@@ -22,7 +22,9 @@ pub const IP_SRC_OFF: usize = ETH_LEN + 12;
 pub const IP_DST_OFF: usize = ETH_LEN + 16;
 const IP_MF_OFFSET_MASK_BE: u16 = 0x3fffu16.to_be();
 pub const TCP_FLAG_FIN: u8 = 0x01;
+pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_RST: u8 = 0x04;
+pub const TCP_FLAG_ACK: u8 = 0x10;
 
 /// Pointer to a `T` at `off`, or `None` if the packet is too short.
 #[inline(always)]
@@ -44,6 +46,12 @@ pub struct Flow {
     pub dst_port_be: u16,
     pub ttl: u8,
     pub tcp_flags: u8,
+    /// TCP header length in bytes (data offset * 4); 0 for UDP.
+    pub tcp_hdr_len: u8,
+    /// TCP sequence and acknowledgment numbers and window, host order.
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
+    pub tcp_win: u16,
     /// IPv4 total length in host order (for the FIB MTU check).
     pub tot_len: u16,
     /// Offset of the L4 header from the start of the frame.
@@ -53,6 +61,14 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// TCP payload length (what the sequence number advances by, before
+    /// SYN and FIN).
+    #[inline(always)]
+    pub fn tcp_payload_len(&self) -> u32 {
+        let l3_len = (self.l4_off - ETH_LEN) as u32 + self.tcp_hdr_len as u32;
+        (self.tot_len as u32).saturating_sub(l3_len)
+    }
+
     #[inline(always)]
     pub fn l4_csum_off(&self) -> usize {
         if self.proto == berth_maps::PROTO_TCP {
@@ -118,6 +134,10 @@ pub fn parse_flow(data: usize, data_end: usize, frame_len: usize) -> Parsed {
         dst_port_be: 0,
         ttl: ip.ttl,
         tcp_flags: 0,
+        tcp_hdr_len: 0,
+        tcp_seq: 0,
+        tcp_ack: 0,
+        tcp_win: 0,
         tot_len,
         l4_off,
         udp_csum_zero: false,
@@ -143,6 +163,10 @@ fn parse_tcp(data: usize, data_end: usize, mut flow: Flow, ip_hdr_len: usize) ->
     flow.src_port_be = u16::from_ne_bytes([tcp[0], tcp[1]]);
     flow.dst_port_be = u16::from_ne_bytes([tcp[2], tcp[3]]);
     flow.tcp_flags = tcp[13];
+    flow.tcp_hdr_len = (doff * 4) as u8;
+    flow.tcp_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    flow.tcp_ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+    flow.tcp_win = u16::from_be_bytes([tcp[14], tcp[15]]);
     Parsed::Flow(flow)
 }
 
