@@ -266,6 +266,8 @@ impl DaemonArgs {
                 bpffs: self.bpffs,
                 attach: self.attach,
                 ct_capacity: self.security_groups.ct_max,
+                nat_capacity: self.security_groups.nat_max,
+                embryonic_capacity: self.security_groups.ct_embryonic_max,
             },
             dynamic_ports: self.dynamic_ports,
             reserved_ports: self.reserved_ports,

@@ -513,6 +513,8 @@ mod tests {
             bpffs: "/sys/fs/bpf".into(),
             attach: Default::default(),
             ct_capacity: None,
+            nat_capacity: None,
+            embryonic_capacity: None,
         };
         assert_eq!(
             check_interfaces(&config).unwrap_err().to_string(),
