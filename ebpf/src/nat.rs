@@ -365,15 +365,14 @@ pub fn ct_lookup_reply(flow: &Flow, data: usize, data_end: usize) -> Result<Opti
     } else {
         Seg::default()
     };
-    let now = unsafe { bpf_ktime_get_ns() };
     if let Some(e) = BERTH_NAT.get_ptr_mut(&key) {
-        nat_refresh(e, flow, &seg, DIR_REPLY, now);
+        nat_refresh(e, flow, &seg, DIR_REPLY, unsafe { bpf_ktime_get_ns() });
         return Ok(Some(unsafe { *e }));
     }
     let Some(e) = BERTH_NAT_NEW.get_ptr_mut(&key) else {
         return Ok(None);
     };
-    nat_refresh(e, flow, &seg, DIR_REPLY, now);
+    nat_refresh(e, flow, &seg, DIR_REPLY, unsafe { bpf_ktime_get_ns() });
     let entry = unsafe { *e };
     if flow.proto == PROTO_UDP {
         nat_promote(&key, e)?;
