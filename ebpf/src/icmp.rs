@@ -12,7 +12,7 @@
 //!
 //! ICMP errors are generated complete (never CHECKSUM_PARTIAL), so one
 //! direct-write implementation with RFC 1624 arithmetic serves TC and XDP.
-use berth_maps::{Backend, FlowKey, NatEntry, ServiceKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use berth_maps::{Backend, NatEntry, ServiceKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 use crate::nat::nat_get;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
@@ -20,7 +20,9 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use crate::{
     csum,
     maps::{BERTH_HOST_ADDRS, BERTH_NAT_FWD, BERTH_SERVICES},
-    parse::{ptr_at, ETH_LEN, ETH_P_IP_BE, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, IP_TTL_OFF},
+    parse::{
+        flow_key, ptr_at, ETH_LEN, ETH_P_IP_BE, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, IP_TTL_OFF,
+    },
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -127,14 +129,7 @@ pub fn parse_icmp_error(data: usize, data_end: usize, frame_len: usize) -> Optio
 /// the container, remapped or not).
 #[inline(always)]
 pub fn ct_lookup_icmp_from_container(e: &IcmpError) -> Option<NatEntry> {
-    let key = FlowKey {
-        src_addr_be: e.inner_dst_be,
-        dst_addr_be: e.inner_src_be,
-        src_port_be: e.inner_dport_be,
-        dst_port_be: e.inner_sport_be,
-        proto: e.inner_proto,
-        _pad: [0; 3],
-    };
+    let key = flow_key(e.inner_dst_be, e.inner_src_be, e.inner_dport_be, e.inner_sport_be, e.inner_proto);
     nat_get(&key)
 }
 
@@ -161,28 +156,14 @@ pub fn ct_lookup_icmp_from_outside(e: &IcmpError) -> Option<(Backend, u16)> {
         }
     };
     // Only flows berth translated, and only with the host port they used.
-    let mut flow = FlowKey {
-        src_addr_be: backend.addr_be,
-        dst_addr_be: e.inner_dst_be,
-        src_port_be: backend.port_be,
-        dst_port_be: e.inner_dport_be,
-        proto: e.inner_proto,
-        _pad: [0; 3],
-    };
+    let mut flow = flow_key(backend.addr_be, e.inner_dst_be, backend.port_be, e.inner_dport_be, e.inner_proto);
     if let Some(entry) = nat_get(&flow) {
         if icmp_flow_is(&entry, e) {
             return Some((backend, e.inner_dport_be));
         }
     }
     // A flow whose client port was remapped after a clash.
-    let wire = FlowKey {
-        src_addr_be: e.inner_dst_be,
-        dst_addr_be: e.inner_src_be,
-        src_port_be: e.inner_dport_be,
-        dst_port_be: e.inner_sport_be,
-        proto: e.inner_proto,
-        _pad: [0; 3],
-    };
+    let wire = flow_key(e.inner_dst_be, e.inner_src_be, e.inner_dport_be, e.inner_sport_be, e.inner_proto);
     let fwd = unsafe { BERTH_NAT_FWD.get(&wire) }?;
     if fwd.backend_addr_be != backend.addr_be || fwd.backend_port_be != backend.port_be {
         return None;

@@ -18,7 +18,7 @@ use berth_maps::{
 
 use crate::{
     maps::{count, BERTH_HOST_ADDRS, BERTH_NAT, BERTH_NAT_FWD, BERTH_NAT_NEW, BERTH_SERVICES},
-    parse::{Flow, IP_DST_OFF, IP_SRC_OFF},
+    parse::{flow_key, Flow, IP_DST_OFF, IP_SRC_OFF},
     tcp::{tcp_completes, tcp_init, tcp_seg, tcp_update, Seg, TcpEvent, Track},
 };
 
@@ -72,8 +72,30 @@ pub fn ingress_rewrite(flow: &Flow, backend: &Backend, sport_be: u16) -> Rewrite
     }
 }
 
+/// What a reply needs of its flow: where it came in and the client's own
+/// port (small enough to travel in registers, unlike the whole entry).
+#[derive(Clone, Copy)]
+pub struct ReplyXlate {
+    pub host_addr_be: u32,
+    pub host_port_be: u16,
+    pub client_port_be: u16,
+}
+
+impl ReplyXlate {
+    #[inline(always)]
+    fn of(e: *const NatEntry) -> Self {
+        unsafe {
+            ReplyXlate {
+                host_addr_be: (*e).host_addr_be,
+                host_port_be: (*e).host_port_be,
+                client_port_be: (*e).client_port_be,
+            }
+        }
+    }
+}
+
 #[inline(always)]
-pub fn reply_rewrite(flow: &Flow, entry: &NatEntry) -> Rewrite {
+pub fn reply_rewrite(flow: &Flow, entry: &ReplyXlate) -> Rewrite {
     Rewrite {
         addr_off: IP_SRC_OFF,
         old_addr_be: flow.src_addr_be,
@@ -213,28 +235,14 @@ pub fn ct_track_ingress(
     } else {
         Seg::default()
     };
-    let mut key = FlowKey {
-        src_addr_be: backend.addr_be,
-        dst_addr_be: flow.src_addr_be,
-        src_port_be: backend.port_be,
-        dst_port_be: flow.src_port_be,
-        proto: flow.proto,
-        _pad: [0; 3],
-    };
+    let mut key = flow_key(backend.addr_be, flow.src_addr_be, backend.port_be, flow.src_port_be, flow.proto);
     let now = unsafe { bpf_ktime_get_ns() };
     // The common case: one lookup in BERTH_NAT.
     if let Some(r) = nat_ingress_known(&key, flow, &seg, now) {
         return r;
     }
     // A flow whose reply tuple clashed lives under its remapped port.
-    let wire = FlowKey {
-        src_addr_be: flow.src_addr_be,
-        dst_addr_be: flow.dst_addr_be,
-        src_port_be: flow.src_port_be,
-        dst_port_be: flow.dst_port_be,
-        proto: flow.proto,
-        _pad: [0; 3],
-    };
+    let wire = flow_key(flow.src_addr_be, flow.dst_addr_be, flow.src_port_be, flow.dst_port_be, flow.proto);
     let fwd = unsafe { BERTH_NAT_FWD.get(&wire) }.copied();
     if let Some(f) = fwd {
         if f.backend_addr_be == backend.addr_be && f.backend_port_be == backend.port_be {
@@ -271,14 +279,7 @@ fn nat_open(
     ) {
         return Err(());
     }
-    let mut key = FlowKey {
-        src_addr_be: backend.addr_be,
-        dst_addr_be: flow.src_addr_be,
-        src_port_be: backend.port_be,
-        dst_port_be: flow.src_port_be,
-        proto: flow.proto,
-        _pad: [0; 3],
-    };
+    let mut key = flow_key(backend.addr_be, flow.src_addr_be, backend.port_be, flow.src_port_be, flow.proto);
     let remapped = !nat_tuple_free(&key);
     if remapped {
         key.dst_port_be = nat_pick_port(flow, &key)?;
@@ -351,15 +352,8 @@ fn nat_pick_port(flow: &Flow, key: &FlowKey) -> Result<u16, ()> {
 /// becomes established with its first reply. `Ok(None)`: no tracked flow
 /// (the packet is not berth's). `Err`: drop (established table full).
 #[inline(always)]
-pub fn ct_lookup_reply(flow: &Flow, data: usize, data_end: usize) -> Result<Option<NatEntry>, ()> {
-    let key = FlowKey {
-        src_addr_be: flow.src_addr_be,
-        dst_addr_be: flow.dst_addr_be,
-        src_port_be: flow.src_port_be,
-        dst_port_be: flow.dst_port_be,
-        proto: flow.proto,
-        _pad: [0; 3],
-    };
+pub fn ct_lookup_reply(flow: &Flow, data: usize, data_end: usize) -> Result<Option<ReplyXlate>, ()> {
+    let key = flow_key(flow.src_addr_be, flow.dst_addr_be, flow.src_port_be, flow.dst_port_be, flow.proto);
     let seg = if flow.proto == PROTO_TCP {
         tcp_seg(flow, data, data_end)
     } else {
@@ -367,17 +361,17 @@ pub fn ct_lookup_reply(flow: &Flow, data: usize, data_end: usize) -> Result<Opti
     };
     if let Some(e) = BERTH_NAT.get_ptr_mut(&key) {
         nat_refresh(e, flow, &seg, DIR_REPLY, unsafe { bpf_ktime_get_ns() });
-        return Ok(Some(unsafe { *e }));
+        return Ok(Some(ReplyXlate::of(e)));
     }
     let Some(e) = BERTH_NAT_NEW.get_ptr_mut(&key) else {
         return Ok(None);
     };
     nat_refresh(e, flow, &seg, DIR_REPLY, unsafe { bpf_ktime_get_ns() });
-    let entry = unsafe { *e };
+    let x = ReplyXlate::of(e);
     if flow.proto == PROTO_UDP {
         nat_promote(&key, e)?;
     }
-    Ok(Some(entry))
+    Ok(Some(x))
 }
 
 /// A tracked flow by its reply tuple, established or not.

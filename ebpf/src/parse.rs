@@ -12,6 +12,7 @@
 //!   has no ports, so translating only the first would split a datagram
 //!   between two destinations.
 //! - TCP with a data offset < 5 passes untouched.
+use berth_maps::FlowKey;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 pub const ETH_LEN: usize = EthHdr::LEN;
@@ -25,6 +26,19 @@ pub const TCP_FLAG_FIN: u8 = 0x01;
 pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_RST: u8 = 0x04;
 pub const TCP_FLAG_ACK: u8 = 0x10;
+
+/// A flow key (network byte order). Built from a zeroed key, so the padding
+/// costs two stores rather than a call to `memset` for three bytes.
+#[inline(always)]
+pub fn flow_key(src_be: u32, dst_be: u32, sport_be: u16, dport_be: u16, proto: u8) -> FlowKey {
+    let mut k: FlowKey = unsafe { core::mem::zeroed() };
+    k.src_addr_be = src_be;
+    k.dst_addr_be = dst_be;
+    k.src_port_be = sport_be;
+    k.dst_port_be = dport_be;
+    k.proto = proto;
+    k
+}
 
 /// Pointer to a `T` at `off`, or `None` if the packet is too short.
 #[inline(always)]
@@ -46,12 +60,9 @@ pub struct Flow {
     pub dst_port_be: u16,
     pub ttl: u8,
     pub tcp_flags: u8,
-    /// TCP header length in bytes (data offset * 4); 0 for UDP.
+    /// TCP header length in bytes (data offset * 4); 0 for UDP. (The
+    /// sequence numbers are read by the tracker only, for tracked flows.)
     pub tcp_hdr_len: u8,
-    /// TCP sequence and acknowledgment numbers and window, host order.
-    pub tcp_seq: u32,
-    pub tcp_ack: u32,
-    pub tcp_win: u16,
     /// IPv4 total length in host order (for the FIB MTU check).
     pub tot_len: u16,
     /// Offset of the L4 header from the start of the frame.
@@ -135,9 +146,6 @@ pub fn parse_flow(data: usize, data_end: usize, frame_len: usize) -> Parsed {
         ttl: ip.ttl,
         tcp_flags: 0,
         tcp_hdr_len: 0,
-        tcp_seq: 0,
-        tcp_ack: 0,
-        tcp_win: 0,
         tot_len,
         l4_off,
         udp_csum_zero: false,
@@ -164,9 +172,6 @@ fn parse_tcp(data: usize, data_end: usize, mut flow: Flow, ip_hdr_len: usize) ->
     flow.dst_port_be = u16::from_ne_bytes([tcp[2], tcp[3]]);
     flow.tcp_flags = tcp[13];
     flow.tcp_hdr_len = (doff * 4) as u8;
-    flow.tcp_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-    flow.tcp_ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
-    flow.tcp_win = u16::from_be_bytes([tcp[14], tcp[15]]);
     Parsed::Flow(flow)
 }
 

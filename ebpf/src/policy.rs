@@ -36,7 +36,7 @@ use crate::{
         count, BERTH_CT, BERTH_CT_NEW, BERTH_ENDPOINTS, BERTH_NAT, BERTH_NAT_NEW, BERTH_POLICY,
         BERTH_SG_MEMBERS,
     },
-    parse::{parse_flow, ptr_at, Parsed, ETH_LEN},
+    parse::{flow_key, parse_flow, ptr_at, Parsed, ETH_LEN},
     tcp::{tcp_completes, tcp_init, tcp_seg, tcp_update, Seg, TcpEvent, Track},
 };
 
@@ -62,26 +62,12 @@ pub struct PFlow {
 impl PFlow {
     #[inline(always)]
     fn key(&self) -> FlowKey {
-        FlowKey {
-            src_addr_be: self.src_be,
-            dst_addr_be: self.dst_be,
-            src_port_be: self.sport_be,
-            dst_port_be: self.dport_be,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
+        flow_key(self.src_be, self.dst_be, self.sport_be, self.dport_be, self.proto)
     }
 
     #[inline(always)]
     fn reverse_key(&self) -> FlowKey {
-        FlowKey {
-            src_addr_be: self.dst_be,
-            dst_addr_be: self.src_be,
-            src_port_be: self.dport_be,
-            dst_port_be: self.sport_be,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
+        flow_key(self.dst_be, self.src_be, self.dport_be, self.sport_be, self.proto)
     }
 }
 

@@ -57,10 +57,18 @@ impl Seg {
     }
 }
 
-/// The segment of a parsed TCP packet in `[data, data_end)`.
+/// The segment of a parsed TCP packet in `[data, data_end)` (the parser
+/// checked its header; a packet too short for it reads as an empty one).
 #[inline(always)]
 pub fn tcp_seg(flow: &Flow, data: usize, data_end: usize) -> Seg {
-    let mut end = flow.tcp_seq.wrapping_add(flow.tcp_payload_len());
+    let Some(tcp) = ptr_at::<[u8; 16]>(data, data_end, flow.l4_off) else {
+        return Seg::default();
+    };
+    let tcp = unsafe { &*tcp };
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    let ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+    let win = u16::from_be_bytes([tcp[14], tcp[15]]);
+    let mut end = seq.wrapping_add(flow.tcp_payload_len());
     if flow.tcp_flags & TCP_FLAG_SYN != 0 {
         end = end.wrapping_add(1);
     }
@@ -75,10 +83,10 @@ pub fn tcp_seg(flow: &Flow, data: usize, data_end: usize) -> Seg {
     Seg {
         flags: flow.tcp_flags,
         wscale,
-        win: flow.tcp_win,
-        seq: flow.tcp_seq,
+        win,
+        seq,
         end,
-        ack: flow.tcp_ack,
+        ack,
     }
 }
 
