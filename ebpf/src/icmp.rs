@@ -129,7 +129,13 @@ pub fn parse_icmp_error(data: usize, data_end: usize, frame_len: usize) -> Optio
 /// the container, remapped or not).
 #[inline(always)]
 pub fn ct_lookup_icmp_from_container(e: &IcmpError) -> Option<NatEntry> {
-    let key = flow_key(e.inner_dst_be, e.inner_src_be, e.inner_dport_be, e.inner_sport_be, e.inner_proto);
+    let key = flow_key(
+        e.inner_dst_be,
+        e.inner_src_be,
+        e.inner_dport_be,
+        e.inner_sport_be,
+        e.inner_proto,
+    );
     nat_get(&key)
 }
 
@@ -156,14 +162,26 @@ pub fn ct_lookup_icmp_from_outside(e: &IcmpError) -> Option<(Backend, u16)> {
         }
     };
     // Only flows berth translated, and only with the host port they used.
-    let mut flow = flow_key(backend.addr_be, e.inner_dst_be, backend.port_be, e.inner_dport_be, e.inner_proto);
+    let mut flow = flow_key(
+        backend.addr_be,
+        e.inner_dst_be,
+        backend.port_be,
+        e.inner_dport_be,
+        e.inner_proto,
+    );
     if let Some(entry) = nat_get(&flow) {
         if icmp_flow_is(&entry, e) {
             return Some((backend, e.inner_dport_be));
         }
     }
     // A flow whose client port was remapped after a clash.
-    let wire = flow_key(e.inner_dst_be, e.inner_src_be, e.inner_dport_be, e.inner_sport_be, e.inner_proto);
+    let wire = flow_key(
+        e.inner_dst_be,
+        e.inner_src_be,
+        e.inner_dport_be,
+        e.inner_sport_be,
+        e.inner_proto,
+    );
     let fwd = unsafe { BERTH_NAT_FWD.get(&wire) }?;
     if fwd.backend_addr_be != backend.addr_be || fwd.backend_port_be != backend.port_be {
         return None;

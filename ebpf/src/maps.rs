@@ -5,11 +5,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use berth_maps::{
-    Backend, CtEntry, Endpoint, FlowKey, NatEntry, NatFwd, Policy, PolicyKey, PortKey,
-    ServiceKey, SgMember, SockRevKey, SockRevValue, CONFIG_LEN, COUNTERS_LEN, CT_CAPACITY,
-    CT_NEW_CAPACITY, ENDPOINTS_CAPACITY, HOST_ADDRS_CAPACITY, NAT_CAPACITY, NAT_FWD_CAPACITY,
-    NAT_NEW_CAPACITY, POLICY_CAPACITY, PORTS_CAPACITY, SERVICES_CAPACITY, SG_MEMBERS_CAPACITY,
-    SOCK_REV_CAPACITY,
+    Backend, CtEntry, Endpoint, FlowKey, NatEntry, NatFwd, Policy, PolicyKey, PortKey, ServiceKey,
+    SgMember, SockRevKey, SockRevValue, CONFIG_LEN, COUNTERS_LEN, CT_CAPACITY, CT_NEW_CAPACITY,
+    ENDPOINTS_CAPACITY, HOST_ADDRS_CAPACITY, NAT_CAPACITY, NAT_FWD_CAPACITY, NAT_NEW_CAPACITY,
+    POLICY_CAPACITY, PORTS_CAPACITY, SERVICES_CAPACITY, SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
 };
 
 #[map]

@@ -190,12 +190,7 @@ fn nat_owns(e: *const NatEntry, flow: &Flow) -> bool {
 /// this client port towards the container, `Some(Err)` drop, `None` not
 /// this flow.
 #[inline(always)]
-fn nat_ingress_known(
-    key: &FlowKey,
-    flow: &Flow,
-    seg: &Seg,
-    now: u64,
-) -> Option<Result<u16, ()>> {
+fn nat_ingress_known(key: &FlowKey, flow: &Flow, seg: &Seg, now: u64) -> Option<Result<u16, ()>> {
     if let Some(e) = BERTH_NAT.get_ptr_mut(key) {
         if !nat_owns(e, flow) {
             return None;
@@ -235,14 +230,26 @@ pub fn ct_track_ingress(
     } else {
         Seg::default()
     };
-    let mut key = flow_key(backend.addr_be, flow.src_addr_be, backend.port_be, flow.src_port_be, flow.proto);
+    let mut key = flow_key(
+        backend.addr_be,
+        flow.src_addr_be,
+        backend.port_be,
+        flow.src_port_be,
+        flow.proto,
+    );
     let now = unsafe { bpf_ktime_get_ns() };
     // The common case: one lookup in BERTH_NAT.
     if let Some(r) = nat_ingress_known(&key, flow, &seg, now) {
         return r;
     }
     // A flow whose reply tuple clashed lives under its remapped port.
-    let wire = flow_key(flow.src_addr_be, flow.dst_addr_be, flow.src_port_be, flow.dst_port_be, flow.proto);
+    let wire = flow_key(
+        flow.src_addr_be,
+        flow.dst_addr_be,
+        flow.src_port_be,
+        flow.dst_port_be,
+        flow.proto,
+    );
     let fwd = unsafe { BERTH_NAT_FWD.get(&wire) }.copied();
     if let Some(f) = fwd {
         if f.backend_addr_be == backend.addr_be && f.backend_port_be == backend.port_be {
@@ -279,7 +286,13 @@ fn nat_open(
     ) {
         return Err(());
     }
-    let mut key = flow_key(backend.addr_be, flow.src_addr_be, backend.port_be, flow.src_port_be, flow.proto);
+    let mut key = flow_key(
+        backend.addr_be,
+        flow.src_addr_be,
+        backend.port_be,
+        flow.src_port_be,
+        flow.proto,
+    );
     let remapped = !nat_tuple_free(&key);
     if remapped {
         key.dst_port_be = nat_pick_port(flow, &key)?;
@@ -337,7 +350,10 @@ fn nat_open(
 #[inline(always)]
 fn nat_pick_port(flow: &Flow, key: &FlowKey) -> Result<u16, ()> {
     let mut k = *key;
-    let (sport, hport) = (u16::from_be(flow.src_port_be), u16::from_be(flow.dst_port_be));
+    let (sport, hport) = (
+        u16::from_be(flow.src_port_be),
+        u16::from_be(flow.dst_port_be),
+    );
     for i in 0..NAT_REMAP_TRIES {
         k.dst_port_be = nat_remap_port(flow.src_addr_be, sport, hport, i).to_be();
         if nat_tuple_free(&k) {
@@ -352,8 +368,18 @@ fn nat_pick_port(flow: &Flow, key: &FlowKey) -> Result<u16, ()> {
 /// becomes established with its first reply. `Ok(None)`: no tracked flow
 /// (the packet is not berth's). `Err`: drop (established table full).
 #[inline(always)]
-pub fn ct_lookup_reply(flow: &Flow, data: usize, data_end: usize) -> Result<Option<ReplyXlate>, ()> {
-    let key = flow_key(flow.src_addr_be, flow.dst_addr_be, flow.src_port_be, flow.dst_port_be, flow.proto);
+pub fn ct_lookup_reply(
+    flow: &Flow,
+    data: usize,
+    data_end: usize,
+) -> Result<Option<ReplyXlate>, ()> {
+    let key = flow_key(
+        flow.src_addr_be,
+        flow.dst_addr_be,
+        flow.src_port_be,
+        flow.dst_port_be,
+        flow.proto,
+    );
     let seg = if flow.proto == PROTO_TCP {
         tcp_seg(flow, data, data_end)
     } else {

@@ -62,12 +62,24 @@ pub struct PFlow {
 impl PFlow {
     #[inline(always)]
     fn key(&self) -> FlowKey {
-        flow_key(self.src_be, self.dst_be, self.sport_be, self.dport_be, self.proto)
+        flow_key(
+            self.src_be,
+            self.dst_be,
+            self.sport_be,
+            self.dport_be,
+            self.proto,
+        )
     }
 
     #[inline(always)]
     fn reverse_key(&self) -> FlowKey {
-        flow_key(self.dst_be, self.src_be, self.dport_be, self.sport_be, self.proto)
+        flow_key(
+            self.dst_be,
+            self.src_be,
+            self.dport_be,
+            self.sport_be,
+            self.proto,
+        )
     }
 }
 
@@ -318,7 +330,10 @@ pub fn ct_established(f: &PFlow) -> Ct {
     }
     if let Some(e) = BERTH_CT_NEW.get_ptr_mut(&key) {
         ct_refresh(e, f, 0, now);
-        if f.proto == PROTO_TCP && tcp_completes(&ct_track(e), &f.seg) && ct_promote(&key, e).is_err() {
+        if f.proto == PROTO_TCP
+            && tcp_completes(&ct_track(e), &f.seg)
+            && ct_promote(&key, e).is_err()
+        {
             return Ct::Refused;
         }
         return Ct::Tracked;
@@ -355,7 +370,11 @@ pub fn ct_create(f: &PFlow) -> Result<(), ()> {
     };
     let e = CtEntry {
         last_seen_ns: unsafe { bpf_ktime_get_ns() },
-        flags: if f.proto == PROTO_TCP { CT_F_SEQ_FWD } else { 0 },
+        flags: if f.proto == PROTO_TCP {
+            CT_F_SEQ_FWD
+        } else {
+            0
+        },
         _pad: 0,
         wscale,
         seq_end,
@@ -377,7 +396,9 @@ pub fn ct_create(f: &PFlow) -> Result<(), ()> {
 /// container sends.
 #[inline(always)]
 fn nat_tracked(container_side: &FlowKey) -> bool {
-    unsafe { BERTH_NAT.get(container_side).is_some() || BERTH_NAT_NEW.get(container_side).is_some() }
+    unsafe {
+        BERTH_NAT.get(container_side).is_some() || BERTH_NAT_NEW.get(container_side).is_some()
+    }
 }
 
 /// tc ingress of a container's host-side veth: what the container sends.

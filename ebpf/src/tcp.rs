@@ -121,10 +121,13 @@ extern "C" fn tcp_opt_step(_index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let olen = w.opts[off + 1] as usize;
-    if kind == TCPOPT_WSCALE && olen == 3 && off + 2 < TCP_OPTS_MAX && off + 3 <= w.len as usize
-    {
+    if kind == TCPOPT_WSCALE && olen == 3 && off + 2 < TCP_OPTS_MAX && off + 3 <= w.len as usize {
         let shift = w.opts[off + 2];
-        w.wscale = if shift > WSCALE_MAX { WSCALE_MAX } else { shift };
+        w.wscale = if shift > WSCALE_MAX {
+            WSCALE_MAX
+        } else {
+            shift
+        };
         return 1;
     }
     if olen < 2 {

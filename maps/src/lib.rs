@@ -283,7 +283,12 @@ pub const NAT_REMAP_TRIES: u32 = 8;
 /// hash of the client's tuple so two clients do not probe the same ports.
 /// Host byte order in and out.
 #[inline(always)]
-pub const fn nat_remap_port(client_addr_be: u32, client_port: u16, host_port: u16, attempt: u32) -> u16 {
+pub const fn nat_remap_port(
+    client_addr_be: u32,
+    client_port: u16,
+    host_port: u16,
+    attempt: u32,
+) -> u16 {
     let (lo, size) = if client_port < 1024 {
         (1u32, 1023u32)
     } else {

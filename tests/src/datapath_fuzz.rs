@@ -370,7 +370,14 @@ impl Run<'_> {
         };
         if let (Some((k, w, may_open)), Some(false)) = (&opens, had_flow) {
             if !may_open && has_flow(env, k, w) {
-                self.violation(prog, bad("a TCP packet other than a SYN opened a flow"), f, &[], iter, how);
+                self.violation(
+                    prog,
+                    bad("a TCP packet other than a SYN opened a flow"),
+                    f,
+                    &[],
+                    iter,
+                    how,
+                );
                 return None;
             }
         }
@@ -569,7 +576,9 @@ impl Run<'_> {
         let (client_off, want_client) = match dir {
             Dir::Ingress => {
                 let wire = flow_key(src, dst, sport, dport, proto);
-                let remap = env.nat_fwd_lookup(&wire).map(|r| u16::from_be(r.remap_port_be));
+                let remap = env
+                    .nat_fwd_lookup(&wire)
+                    .map(|r| u16::from_be(r.remap_port_be));
                 (l4, remap.unwrap_or(sport))
             }
             Dir::Reply => {
@@ -720,7 +729,8 @@ impl Run<'_> {
         let got_client = be16(out, client_port).unwrap();
         if got_client != want_client {
             return Err(Violation {
-                kind: "ICMP error's quoted client port changed other than by the flow's remap".into(),
+                kind: "ICMP error's quoted client port changed other than by the flow's remap"
+                    .into(),
                 detail: format!("{got_client}, want {want_client}"),
             });
         }

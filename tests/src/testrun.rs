@@ -239,15 +239,13 @@ impl Env {
 
     /// Every entry of the hash (or LRU hash) map `name`.
     pub fn map_entries<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Vec<(K, V)> {
-        let m: HashMap<&MapData, K, V> =
-            HashMap::try_from(self.ebpf.map(name).unwrap()).unwrap();
+        let m: HashMap<&MapData, K, V> = HashMap::try_from(self.ebpf.map(name).unwrap()).unwrap();
         m.iter().map(|r| r.unwrap()).collect()
     }
 
     /// The entry of `key` in the hash (or LRU hash) map `name`.
     pub fn map_get<K: aya::Pod, V: aya::Pod>(&self, name: &str, key: &K) -> Option<V> {
-        let m: HashMap<&MapData, K, V> =
-            HashMap::try_from(self.ebpf.map(name).unwrap()).unwrap();
+        let m: HashMap<&MapData, K, V> = HashMap::try_from(self.ebpf.map(name).unwrap()).unwrap();
         m.get(key, 0).ok()
     }
 

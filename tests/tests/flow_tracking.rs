@@ -231,7 +231,11 @@ fn syn_flood(s: &Setup, port: u16, n: u32) -> Duration {
                 (libc::ETH_P_ALL as u16).to_be() as i32,
             )
         };
-        assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
         assert_ne!(ifindex, 0);
@@ -246,7 +250,12 @@ fn syn_flood(s: &Setup, port: u16, n: u32) -> Duration {
                 std::mem::size_of::<libc::sockaddr_ll>() as u32,
             )
         };
-        assert_eq!(rc, 0, "bind packet socket: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "bind packet socket: {}",
+            std::io::Error::last_os_error()
+        );
         fd
     });
     let start = Instant::now();
@@ -258,7 +267,12 @@ fn syn_flood(s: &Setup, port: u16, n: u32) -> Duration {
         x ^= x >> 17;
         x ^= x << 5;
         let src = Ipv4Addr::new(198, 18 + (x >> 31) as u8, (x >> 8) as u8, x as u8);
-        let mut p = Packet::tcp(src, 1024 + (x >> 16) as u16 % 60000, berth_integration::topology::addr::HOST_IP, port);
+        let mut p = Packet::tcp(
+            src,
+            1024 + (x >> 16) as u16 % 60000,
+            berth_integration::topology::addr::HOST_IP,
+            port,
+        );
         p.eth_dst = host_mac;
         p.eth_src = client_mac;
         p.tcp_seq = x;
@@ -324,7 +338,10 @@ fn spoofed_syn_flood_neither_blocks_new_flows_nor_breaks_established_ones() {
         });
         fails.into_inner().unwrap()
     };
-    assert!(during.is_empty(), "connections to task b failed during the flood: {during:?}");
+    assert!(
+        during.is_empty(),
+        "connections to task b failed during the flood: {during:?}"
+    );
 
     // At once afterwards: a new connection to each task, and the old one.
     let started = Instant::now();
@@ -337,7 +354,19 @@ fn spoofed_syn_flood_neither_blocks_new_flows_nor_breaks_established_ones() {
             .unwrap_or_else(|e| panic!("new connection to task {what} after the flood: {e}"));
         ask(&mut c, "after the flood");
     }
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
-    assert_eq!(ask(&mut before, "after the flood"), peer, "established flow kept");
-    assert_eq!(s.counter("nat_table_full"), 0, "the flood established nothing");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        ask(&mut before, "after the flood"),
+        peer,
+        "established flow kept"
+    );
+    assert_eq!(
+        s.counter("nat_table_full"),
+        0,
+        "the flood established nothing"
+    );
 }

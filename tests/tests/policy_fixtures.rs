@@ -403,18 +403,35 @@ fn policy_flow_is_unestablished_until_the_handshake_completes() {
         let k = ct_key(C2, 41000, C1, 5432);
         let c = from(C2, 41000, C1, 5432);
         let s = from(C1, 5432, C2, 41000);
-        assert_eq!(verdict(env, "berth_from_ctr", &seg(c.clone(), pkt::SYN, 100, 0).frame()), OK);
-        assert_eq!(env.ct_lookup(&k).map(|e| e.0), Some(false), "SYN: unestablished");
+        assert_eq!(
+            verdict(
+                env,
+                "berth_from_ctr",
+                &seg(c.clone(), pkt::SYN, 100, 0).frame()
+            ),
+            OK
+        );
+        assert_eq!(
+            env.ct_lookup(&k).map(|e| e.0),
+            Some(false),
+            "SYN: unestablished"
+        );
         let syn_ack = seg(s.clone(), pkt::SYN | pkt::ACK, 900, 101).frame();
         assert_eq!(verdict(env, "berth_from_ctr", &syn_ack), OK);
         assert_eq!(verdict(env, "berth_to_ctr", &syn_ack), OK);
-        assert_eq!(env.ct_lookup(&k).map(|e| e.0), Some(false), "SYN-ACK: still");
+        assert_eq!(
+            env.ct_lookup(&k).map(|e| e.0),
+            Some(false),
+            "SYN-ACK: still"
+        );
         let ack = seg(c.clone(), pkt::ACK, 101, 901).frame();
         assert_eq!(verdict(env, "berth_from_ctr", &ack), OK);
         let (established, e) = env.ct_lookup(&k).unwrap();
         assert!(established, "the ACK of the SYN-ACK establishes it");
         assert_ne!(e.flags & berth_maps::CT_F_ESTABLISHED, 0);
-        assert!(env.map_get::<_, berth_maps::CtEntry>("BERTH_CT_NEW", &k).is_none());
+        assert!(env
+            .map_get::<_, berth_maps::CtEntry>("BERTH_CT_NEW", &k)
+            .is_none());
     });
 }
 
@@ -440,10 +457,24 @@ fn non_syn_tcp_of_no_policy_flow_is_dropped_and_counted() {
         setup(env);
         let before = env.counter("ct_no_flow");
         // Allowed by the rules (api -> db:5432), but no flow opened it.
-        for flags in [pkt::ACK, pkt::PSH | pkt::ACK, pkt::SYN | pkt::ACK, pkt::RST, pkt::FIN] {
+        for flags in [
+            pkt::ACK,
+            pkt::PSH | pkt::ACK,
+            pkt::SYN | pkt::ACK,
+            pkt::RST,
+            pkt::FIN,
+        ] {
             let p = seg(from(C2, 41200, C1, 5432), flags, 1, 1);
-            assert_eq!(verdict(env, "berth_from_ctr", &p.frame()), SHOT, "flags {flags:#x}");
-            assert_eq!(verdict(env, "berth_to_ctr", &p.frame()), SHOT, "flags {flags:#x}");
+            assert_eq!(
+                verdict(env, "berth_from_ctr", &p.frame()),
+                SHOT,
+                "flags {flags:#x}"
+            );
+            assert_eq!(
+                verdict(env, "berth_to_ctr", &p.frame()),
+                SHOT,
+                "flags {flags:#x}"
+            );
         }
         assert_eq!(env.counter("ct_no_flow"), before + 10);
         assert!(env.ct_lookup(&ct_key(C2, 41200, C1, 5432)).is_none());
@@ -460,10 +491,23 @@ fn policy_rst_marks_closing_only_within_the_window() {
         let k = ct_key(C2, 41300, C1, 5432);
         let c = from(C2, 41300, C1, 5432);
         let s = from(C1, 5432, C2, 41300);
-        verdict(env, "berth_from_ctr", &seg(c.clone(), pkt::SYN, 100, 0).frame());
-        verdict(env, "berth_from_ctr", &seg(s.clone(), pkt::SYN | pkt::ACK, 900, 101).frame());
-        verdict(env, "berth_from_ctr", &seg(c.clone(), pkt::ACK, 101, 901).frame());
-        let closing = |env: &Env| env.ct_lookup(&k).unwrap().1.flags & berth_maps::CT_F_CLOSING != 0;
+        verdict(
+            env,
+            "berth_from_ctr",
+            &seg(c.clone(), pkt::SYN, 100, 0).frame(),
+        );
+        verdict(
+            env,
+            "berth_from_ctr",
+            &seg(s.clone(), pkt::SYN | pkt::ACK, 900, 101).frame(),
+        );
+        verdict(
+            env,
+            "berth_from_ctr",
+            &seg(c.clone(), pkt::ACK, 101, 901).frame(),
+        );
+        let closing =
+            |env: &Env| env.ct_lookup(&k).unwrap().1.flags & berth_maps::CT_F_CLOSING != 0;
         let oow = env.counter("tcp_out_of_window");
         let spoofed = seg(s.clone(), pkt::RST, 900 + 3_000_000, 0).frame();
         assert_eq!(verdict(env, "berth_to_ctr", &spoofed), OK, "forwarded");

@@ -147,7 +147,10 @@ pub fn datapath_costs(s: &Settings) -> Value {
         (tracked.tcp_flags, tracked.tcp_seq, tracked.tcp_ack) = (0x10, 0x1000_0001, 7001);
         let tracked = tracked.frame();
         for (prog, f) in [
-            ("berth_to_ctr", Packet::tcp(OTHER, 40000, P_OPEN, 80).frame()),
+            (
+                "berth_to_ctr",
+                Packet::tcp(OTHER, 40000, P_OPEN, 80).frame(),
+            ),
             ("berth_from_ctr", t_syn_ack.frame()),
             ("berth_to_ctr", tracked.clone()),
         ] {

@@ -192,7 +192,10 @@ pub(crate) fn ingress_icmp_errors(t: &mut Table) {
         let p = icmp_err(from_router, (ROUTER, HOST, 64), FRAG_NEEDED, &left, 28);
         let want = icmp_err(to_c1, (ROUTER, C1, 63), FRAG_NEEDED, &sent, 28);
         t.add(
-            format!("icmp error about a remapped flow's reply (proto {})", flow.proto),
+            format!(
+                "icmp error about a remapped flow's reply (proto {})",
+                flow.proto
+            ),
             p.frame(),
             Expect::Nat {
                 want: want.frame(),
@@ -275,7 +278,10 @@ pub(crate) fn reply_icmp_errors(t: &mut Table) {
         let p = icmp_err(from_c1, (C1, CLIENT, 64), PORT_UNREACH, &got, quote);
         let want = icmp_err(to_client, (HOST, CLIENT, 63), PORT_UNREACH, &sent, quote);
         t.add(
-            format!("container's icmp error about a remapped flow (proto {})", flow.proto),
+            format!(
+                "container's icmp error about a remapped flow (proto {})",
+                flow.proto
+            ),
             p.frame(),
             Expect::Nat {
                 want: want.frame(),

@@ -69,7 +69,10 @@ fn ingress_normal(t: &mut Table) {
         let mut p = client_tcp(8080);
         p.sport = 41000;
         p.tcp_flags = flags;
-        t.drop(format!("tcp {what} of no tracked flow is dropped"), p.frame());
+        t.drop(
+            format!("tcp {what} of no tracked flow is dropped"),
+            p.frame(),
+        );
     }
     let mut p = client_tcp(8080).with_payload_len(1461);
     p.tcp_flags = pkt::ACK;
@@ -329,7 +332,11 @@ fn ingress_addresses_and_ports(t: &mut Table) {
     t.dnat("privileged client port, no clash", &p, C1_80);
     let mut p = client_tcp(8082);
     p.sport = 1000;
-    t.dnat_remapped("privileged client port remapped to a privileged one", &p, C1_80);
+    t.dnat_remapped(
+        "privileged client port remapped to a privileged one",
+        &p,
+        C1_80,
+    );
     let mut p = client_tcp(8082);
     p.dst = HOST2;
     t.pass("mapping bound to another host address", p.frame());

@@ -106,7 +106,12 @@ impl Table {
 
     /// `p`'s reply tuple is taken by another flow: it must leave DNAT'd to
     /// `to` from the first client port berth tries instead of its own.
-    pub(crate) fn dnat_remapped(&mut self, name: impl Into<String>, p: &Packet, to: (Ipv4Addr, u16)) {
+    pub(crate) fn dnat_remapped(
+        &mut self,
+        name: impl Into<String>,
+        p: &Packet,
+        to: (Ipv4Addr, u16),
+    ) {
         let resolved = to.0 == C1;
         let mut want = dnat(p, to.0, to.1, resolved);
         want.sport = remapped_port(p);
@@ -140,7 +145,11 @@ impl Table {
 pub(crate) fn remapped_port(p: &Packet) -> u16 {
     let port = berth_maps::nat_remap_port(u32::from_ne_bytes(p.src.octets()), p.sport, p.dport, 0);
     assert_ne!(port, p.sport, "a remap keeps the port: {p:?}");
-    assert_eq!(port >= 1024, p.sport >= 1024, "a remap keeps the port class: {p:?}");
+    assert_eq!(
+        port >= 1024,
+        p.sport >= 1024,
+        "a remap keeps the port class: {p:?}"
+    );
     port
 }
 

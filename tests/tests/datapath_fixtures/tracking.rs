@@ -31,10 +31,7 @@ fn key(c_port: u16, client: Ipv4Addr, client_port: u16, proto: u8) -> FlowKey {
 
 /// (in BERTH_NAT, in BERTH_NAT_NEW) for the flow of `k`.
 fn where_is(env: &Env, k: &FlowKey) -> (Option<NatEntry>, Option<NatEntry>) {
-    (
-        env.map_get("BERTH_NAT", k),
-        env.map_get("BERTH_NAT_NEW", k),
-    )
+    (env.map_get("BERTH_NAT", k), env.map_get("BERTH_NAT_NEW", k))
 }
 
 /// Sends a client packet through the ingress hook (`xdp` or TC) and
@@ -50,7 +47,11 @@ fn client_sends(env: &Env, xdp: bool, p: &Packet) {
 }
 
 fn container_sends(env: &Env, p: &Packet) {
-    assert_eq!(env.tc("berth_reply", &p.frame()).code, TC_ACT_REDIRECT, "{p:?}");
+    assert_eq!(
+        env.tc("berth_reply", &p.frame()).code,
+        TC_ACT_REDIRECT,
+        "{p:?}"
+    );
 }
 
 fn seg(mut p: Packet, flags: u8, seq: u32, ack: u32, win: u16) -> Packet {
@@ -84,7 +85,10 @@ fn tcp_handshake_promotes(xdp: bool) {
         let e = new.expect("a SYN opens an unestablished flow");
         assert!(est.is_none(), "not established by a SYN");
         assert_eq!(e.flags, NAT_F_SEQ_FWD);
-        assert_eq!((e.seq_end[0], e.wscale[0], e.max_win[1]), (ISN_C + 1, 7, 64240));
+        assert_eq!(
+            (e.seq_end[0], e.wscale[0], e.max_win[1]),
+            (ISN_C + 1, 7, 64240)
+        );
         assert_eq!(u16::from_be(e.client_port_be), 42000);
 
         let s = from_container(C1, 80, CLIENT, 42000, pkt::TCP);
@@ -95,13 +99,27 @@ fn tcp_handshake_promotes(xdp: bool) {
         let e = new.expect("still unestablished after the SYN-ACK");
         assert!(est.is_none());
         assert_eq!(e.flags & NAT_F_SEQ_KNOWN, NAT_F_SEQ_KNOWN);
-        assert_eq!((e.seq_end[1], e.wscale[1], e.max_win[0]), (ISN_S + 1, 7, 65160));
+        assert_eq!(
+            (e.seq_end[1], e.wscale[1], e.max_win[0]),
+            (ISN_S + 1, 7, 65160)
+        );
 
         // An ACK of something the container never sent does not promote.
-        client_sends(env, xdp, &seg(c.clone(), pkt::ACK, ISN_C + 1, ISN_S + 9, 502));
-        assert!(where_is(env, &k).0.is_none(), "a wrong ACK promotes nothing");
+        client_sends(
+            env,
+            xdp,
+            &seg(c.clone(), pkt::ACK, ISN_C + 1, ISN_S + 9, 502),
+        );
+        assert!(
+            where_is(env, &k).0.is_none(),
+            "a wrong ACK promotes nothing"
+        );
 
-        client_sends(env, xdp, &seg(c.clone(), pkt::ACK, ISN_C + 1, ISN_S + 1, 502));
+        client_sends(
+            env,
+            xdp,
+            &seg(c.clone(), pkt::ACK, ISN_C + 1, ISN_S + 1, 502),
+        );
         let (est, new) = where_is(env, &k);
         let e = est.expect("the client's ACK of the SYN-ACK establishes the flow");
         assert!(new.is_none(), "moved, not copied");
@@ -146,15 +164,26 @@ fn rst_marks_closing_only_within_the_window() {
     in_fixture_ns(|env| {
         publish_defaults(env);
         let (c, s) = handshake_start(env, false, 42100);
-        client_sends(env, false, &seg(c.clone(), pkt::ACK, ISN_C + 1, ISN_S + 1, 502));
+        client_sends(
+            env,
+            false,
+            &seg(c.clone(), pkt::ACK, ISN_C + 1, ISN_S + 1, 502),
+        );
         let k = key(80, CLIENT, 42100, pkt::TCP);
         let closing = |env: &Env| env.nat_lookup(&k).unwrap().flags & NAT_F_CLOSING != 0;
         let oow = env.counter("tcp_out_of_window");
 
         // A guessed RST far from the window: forwarded, the flow untouched.
-        client_sends(env, false, &seg(c.clone(), pkt::RST, ISN_C + 10_000_000, 0, 0));
+        client_sends(
+            env,
+            false,
+            &seg(c.clone(), pkt::RST, ISN_C + 10_000_000, 0, 0),
+        );
         assert!(!closing(env), "out-of-window RST marks nothing");
-        container_sends(env, &seg(s.clone(), pkt::RST, ISN_S.wrapping_sub(5_000_000), 0, 0));
+        container_sends(
+            env,
+            &seg(s.clone(), pkt::RST, ISN_S.wrapping_sub(5_000_000), 0, 0),
+        );
         assert!(!closing(env), "nor one from the container side");
         assert_eq!(env.counter("tcp_out_of_window"), oow + 2);
         // Past the container's window unscaled (65160), within it scaled
@@ -174,15 +203,26 @@ fn fin_marks_closing_only_within_the_window() {
     in_fixture_ns(|env| {
         publish_defaults(env);
         let (c, s) = handshake_start(env, true, 42200);
-        client_sends(env, true, &seg(c.clone(), pkt::ACK, ISN_C + 1, ISN_S + 1, 502));
+        client_sends(
+            env,
+            true,
+            &seg(c.clone(), pkt::ACK, ISN_C + 1, ISN_S + 1, 502),
+        );
         let k = key(80, CLIENT, 42200, pkt::TCP);
         let closing = |env: &Env| env.nat_lookup(&k).unwrap().flags & NAT_F_CLOSING != 0;
-        container_sends(env, &seg(s.clone(), pkt::FIN | pkt::ACK, 0x7000_0000, ISN_C + 1, 1));
+        container_sends(
+            env,
+            &seg(s.clone(), pkt::FIN | pkt::ACK, 0x7000_0000, ISN_C + 1, 1),
+        );
         assert!(!closing(env), "out-of-window FIN marks nothing");
         let mut data = seg(c.clone(), pkt::PSH | pkt::ACK, ISN_C + 1, ISN_S + 1, 502);
         data.payload = vec![7; 100];
         client_sends(env, true, &data);
-        client_sends(env, true, &seg(c.clone(), pkt::FIN | pkt::ACK, ISN_C + 101, ISN_S + 1, 502));
+        client_sends(
+            env,
+            true,
+            &seg(c.clone(), pkt::FIN | pkt::ACK, ISN_C + 101, ISN_S + 1, 502),
+        );
         assert!(closing(env), "the FIN after the data is in window");
         assert_eq!(env.nat_lookup(&k).unwrap().seq_end[0], ISN_C + 102);
     });
@@ -227,7 +267,9 @@ fn clash_remaps_the_client_port_and_counts_it() {
         client_sends(env, false, &second);
         assert_eq!(env.counter("nat_port_remap"), 1);
         let r = remapped_port(&second);
-        let e = env.nat_lookup(&key(80, CLIENT, r, pkt::TCP)).expect("remapped flow");
+        let e = env
+            .nat_lookup(&key(80, CLIENT, r, pkt::TCP))
+            .expect("remapped flow");
         assert_eq!(
             (u16::from_be(e.host_port_be), u16::from_be(e.client_port_be)),
             (8081, 42500)
@@ -240,7 +282,10 @@ fn clash_remaps_the_client_port_and_counts_it() {
             proto: pkt::TCP,
             _pad: [0; 3],
         };
-        assert_eq!(u16::from_be(env.nat_fwd_lookup(&wire).unwrap().remap_port_be), r);
+        assert_eq!(
+            u16::from_be(env.nat_fwd_lookup(&wire).unwrap().remap_port_be),
+            r
+        );
         // The first flow is untouched and has no remap entry.
         let e = env.nat_lookup(&key(80, CLIENT, 42500, pkt::TCP)).unwrap();
         assert_eq!(u16::from_be(e.host_port_be), 8080);

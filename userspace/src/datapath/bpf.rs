@@ -25,7 +25,7 @@ use aya::{
 };
 use berth_maps::{
     Backend, FlowKey, NatEntry, NatFwd, PortKey, ServiceKey, CONFIG_MAP, CONFIG_NETNS_COOKIE,
-    COUNTERS_MAP, COUNTER_NAMES, HOST_ADDRS_MAP, NAT_F_CLOSING, NAT_F_REPLIED, NAT_FWD_MAP,
+    COUNTERS_MAP, COUNTER_NAMES, HOST_ADDRS_MAP, NAT_FWD_MAP, NAT_F_CLOSING, NAT_F_REPLIED,
     NAT_MAP, NAT_NEW_MAP, PORTS_MAP, PROTO_TCP, SERVICES_MAP,
 };
 
@@ -691,10 +691,7 @@ impl Maps {
             .filter_map(Result::ok)
             .filter(|(wire, f)| {
                 let key = fwd_flow_key(wire, f);
-                let e = self
-                    .nat
-                    .get(&key, 0)
-                    .or_else(|_| self.nat_new.get(&key, 0));
+                let e = self.nat.get(&key, 0).or_else(|_| self.nat_new.get(&key, 0));
                 !e.is_ok_and(|e| fwd_owns(wire, &e))
             })
             .map(|(k, _)| k)

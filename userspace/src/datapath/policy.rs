@@ -4,8 +4,9 @@ use std::{collections::HashSet, net::Ipv4Addr};
 
 use aya::maps::{HashMap, MapData};
 use berth_maps::{
-    CtEntry, Endpoint, FlowKey, Policy, PolicyKey, Rule, SgMember, DIR_EGRESS, DIR_INGRESS, EP_F_POLICY, MAX_RULES, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    RULE_ICMP_ANY, RULE_PEER_CIDR, RULE_PEER_SG, RULE_PROTO_ALL,
+    CtEntry, Endpoint, FlowKey, Policy, PolicyKey, Rule, SgMember, DIR_EGRESS, DIR_INGRESS,
+    EP_F_POLICY, MAX_RULES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ICMP_ANY, RULE_PEER_CIDR,
+    RULE_PEER_SG, RULE_PROTO_ALL,
 };
 
 use super::{
