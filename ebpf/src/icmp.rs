@@ -17,13 +17,17 @@
 //!
 //! ICMP errors are generated complete (never CHECKSUM_PARTIAL), so one
 //! direct-write implementation with RFC 1624 arithmetic serves TC and XDP.
-use berth_maps::{Backend, FlowKey, NatEntry, ServiceKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use berth_maps::{Backend, NatEntry, ServiceKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+
+use crate::nat::nat_get;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     csum,
-    maps::{BERTH_HOST_ADDRS, BERTH_NAT, BERTH_SERVICES},
-    parse::{ptr_at, ETH_LEN, ETH_P_IP_BE, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, IP_TTL_OFF},
+    maps::{BERTH_HOST_ADDRS, BERTH_NAT_FWD, BERTH_SERVICES},
+    parse::{
+        flow_key, ptr_at, ETH_LEN, ETH_P_IP_BE, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, IP_TTL_OFF,
+    },
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -126,18 +130,18 @@ pub fn parse_icmp_error(data: usize, data_end: usize, frame_len: usize) -> Optio
 }
 
 /// The tracked flow a container's ICMP error is about: the quoted packet
-/// went client -> container.
+/// went client -> container (with the client port the flow uses towards
+/// the container, remapped or not).
 #[inline(always)]
 pub fn ct_lookup_icmp_from_container(e: &IcmpError) -> Option<NatEntry> {
-    let key = FlowKey {
-        src_addr_be: e.inner_dst_be,
-        dst_addr_be: e.inner_src_be,
-        src_port_be: e.inner_dport_be,
-        dst_port_be: e.inner_sport_be,
-        proto: e.inner_proto,
-        _pad: [0; 3],
-    };
-    unsafe { BERTH_NAT.get(&key) }.copied()
+    let key = flow_key(
+        e.inner_dst_be,
+        e.inner_src_be,
+        e.inner_dport_be,
+        e.inner_sport_be,
+        e.inner_proto,
+    );
+    nat_get(&key)
 }
 
 /// Whether a container's error about a tracked flow (the quoted packet went
@@ -147,10 +151,11 @@ pub fn icmp_from_flow_container(e: &IcmpError) -> bool {
     e.outer_src_be == e.inner_dst_be && e.outer_dst_be == e.inner_src_be
 }
 
-/// The container behind an outside ICMP error: the quoted packet is a reply
-/// that left as host:port towards the client.
+/// The container behind an outside ICMP error, and the client port its
+/// flow uses towards it: the quoted packet is a reply that left as
+/// host:port towards the client's own port.
 #[inline(always)]
-pub fn ct_lookup_icmp_from_outside(e: &IcmpError) -> Option<Backend> {
+pub fn ct_lookup_icmp_from_outside(e: &IcmpError) -> Option<(Backend, u16)> {
     if e.outer_dst_be != e.inner_src_be {
         return None;
     }
@@ -169,19 +174,45 @@ pub fn ct_lookup_icmp_from_outside(e: &IcmpError) -> Option<Backend> {
         }
     };
     // Only flows berth translated, and only with the host port they used.
-    let flow = FlowKey {
-        src_addr_be: backend.addr_be,
-        dst_addr_be: e.inner_dst_be,
-        src_port_be: backend.port_be,
-        dst_port_be: e.inner_dport_be,
-        proto: e.inner_proto,
-        _pad: [0; 3],
-    };
-    let entry = unsafe { BERTH_NAT.get(&flow) }?;
-    if entry.host_port_be != e.inner_sport_be || entry.host_addr_be != e.inner_src_be {
+    let mut flow = flow_key(
+        backend.addr_be,
+        e.inner_dst_be,
+        backend.port_be,
+        e.inner_dport_be,
+        e.inner_proto,
+    );
+    if let Some(entry) = nat_get(&flow) {
+        if icmp_flow_is(&entry, e) {
+            return Some((backend, e.inner_dport_be));
+        }
+    }
+    // A flow whose client port was remapped after a clash.
+    let wire = flow_key(
+        e.inner_dst_be,
+        e.inner_src_be,
+        e.inner_dport_be,
+        e.inner_sport_be,
+        e.inner_proto,
+    );
+    let fwd = unsafe { BERTH_NAT_FWD.get(&wire) }?;
+    if fwd.backend_addr_be != backend.addr_be || fwd.backend_port_be != backend.port_be {
         return None;
     }
-    Some(backend)
+    flow.dst_port_be = fwd.remap_port_be;
+    let entry = nat_get(&flow)?;
+    if !icmp_flow_is(&entry, e) {
+        return None;
+    }
+    Some((backend, fwd.remap_port_be))
+}
+
+/// Whether `entry` is the flow whose reply (host:port -> client:port) the
+/// error quotes.
+#[inline(always)]
+fn icmp_flow_is(entry: &NatEntry, e: &IcmpError) -> bool {
+    entry.host_port_be == e.inner_sport_be
+        && entry.host_addr_be == e.inner_src_be
+        && entry.client_port_be == e.inner_dport_be
 }
 
 #[inline(always)]
@@ -205,6 +236,8 @@ pub enum Quoted {
 
 /// Rewrite an ICMP error: outer address `old_addr -> new_addr` (source or
 /// destination per `side`), quoted address and port likewise, TTL - 1.
+/// `client_port_be` is the quoted client port as it must read (it differs
+/// when a clash remapped the client's source port towards the container).
 #[inline(always)]
 pub fn icmp_rewrite(
     data: usize,
@@ -213,6 +246,7 @@ pub fn icmp_rewrite(
     side: Quoted,
     new_addr_be: u32,
     new_port_be: u16,
+    client_port_be: u16,
 ) -> Result<(), ()> {
     let (outer_addr_off, old_outer, inner_addr_off, old_inner, inner_port_off, old_port) =
         match side {
@@ -233,6 +267,13 @@ pub fn icmp_rewrite(
                 e.inner_sport_be,
             ),
         };
+    // The quoted client port: source of what the client sent, destination
+    // of the reply that left towards it.
+    let (client_port_off, old_client_port) = match side {
+        Quoted::Destination => (e.inner_l4_off, e.inner_sport_be),
+        Quoted::Source => (e.inner_l4_off + 2, e.inner_dport_be),
+    };
+    let client_port = ptr_at::<u16>(data, data_end, client_port_off).ok_or(())?;
     let ip_csum = ptr_at::<u16>(data, data_end, IP_CSUM_OFF).ok_or(())?;
     let ttl_word = ptr_at::<u16>(data, data_end, IP_TTL_OFF).ok_or(())?;
     let outer_addr = ptr_at::<u32>(data, data_end, outer_addr_off).ok_or(())?;
@@ -268,14 +309,22 @@ pub fn icmp_rewrite(
         ic = csum::replace4(ic, old_inner, new_addr_be);
         ic = csum::replace2(ic, old_inner_csum, new_inner_csum);
         ic = csum::replace2(ic, old_port, new_port_be);
+        let remapped = old_client_port != client_port_be;
+        if remapped {
+            ic = csum::replace2(ic, old_client_port, client_port_be);
+        }
         wr(inner_csum, new_inner_csum);
         wr(inner_addr, new_addr_be);
         wr(inner_port, new_port_be);
+        wr(client_port, client_port_be);
         if let Some(l4c) = inner_l4_csum {
             let old_l4 = rd(l4c);
             if !(e.inner_proto == PROTO_UDP && old_l4 == 0) {
                 let mut n = csum::replace4(old_l4, old_inner, new_addr_be);
                 n = csum::replace2(n, old_port, new_port_be);
+                if remapped {
+                    n = csum::replace2(n, old_client_port, client_port_be);
+                }
                 if n == 0 && e.inner_proto == PROTO_UDP {
                     n = 0xffff;
                 }

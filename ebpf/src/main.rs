@@ -34,6 +34,7 @@ mod policy;
 mod sock;
 mod spoof;
 mod tc;
+mod tcp;
 mod xdp;
 
 use aya_ebpf::{
@@ -70,12 +71,14 @@ use crate::{
 enum Ingress {
     Pass,
     Drop,
-    Dnat(Flow, berth_maps::Backend),
+    /// Translate to the backend; the client source port towards it.
+    Dnat(Flow, berth_maps::Backend, u16),
     /// A later fragment of a datagram whose first fragment went to this
     /// container address.
     FragDnat(Frag, u32),
-    /// An outside ICMP error about a translated flow, for this container.
-    Icmp(IcmpError, berth_maps::Backend),
+    /// An outside ICMP error about a translated flow, for this container
+    /// (and the client port the flow uses towards it).
+    Icmp(IcmpError, berth_maps::Backend, u16),
 }
 
 #[inline(always)]
@@ -88,7 +91,7 @@ fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
             let Some(e) = parse_icmp_error(data, data_end, frame_len) else {
                 return Ingress::Pass;
             };
-            let Some(backend) = ct_lookup_icmp_from_outside(&e) else {
+            let Some((backend, client_port_be)) = ct_lookup_icmp_from_outside(&e) else {
                 return Ingress::Pass;
             };
             if spoof::uplink_host_source(e.outer_src_be) {
@@ -99,7 +102,7 @@ fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
                 return Ingress::Drop;
             }
             count(Counter::IcmpXlate);
-            return Ingress::Icmp(e, backend);
+            return Ingress::Icmp(e, backend, client_port_be);
         }
         Parsed::Fragment(f) => return ingress_frag(&f),
         Parsed::Flow(f) => f,
@@ -114,15 +117,15 @@ fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
         count(Counter::TtlExceeded);
         return Ingress::Drop;
     }
-    if ct_track_ingress(&flow, &backend).is_err() {
+    let Ok(sport_be) = ct_track_ingress(&flow, &backend, data, data_end) else {
         return Ingress::Drop;
-    }
+    };
     if flow.first_frag {
         let key = frag_key_of_flow(FRAG_K_DNAT, &flow);
         frag_remember(&key, backend.addr_be, FRAG_V_ALLOW);
     }
     count(Counter::IngressDnat);
-    Ingress::Dnat(flow, backend)
+    Ingress::Dnat(flow, backend, sport_be)
 }
 
 /// A later fragment at an uplink goes where its first fragment went; one
@@ -156,8 +159,8 @@ pub fn berth_ingress(ctx: TcContext) -> i32 {
     match ingress_decide(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         Ingress::Pass => TC_ACT_OK,
         Ingress::Drop => TC_ACT_SHOT,
-        Ingress::Dnat(flow, backend) => {
-            let rw = ingress_rewrite(&flow, &backend);
+        Ingress::Dnat(flow, backend, sport_be) => {
+            let rw = ingress_rewrite(&flow, &backend, sport_be);
             tc_translate_and_redirect(&ctx, &flow, &rw, flow.src_addr_be, backend.addr_be)
         }
         Ingress::FragDnat(f, to) => {
@@ -168,7 +171,7 @@ pub fn berth_ingress(ctx: TcContext) -> i32 {
             let next = fib_lookup_frag(&ctx, &f, f.src_addr_be, to, in_ifindex);
             tc_redirect(&ctx, next)
         }
-        Ingress::Icmp(e, backend) => {
+        Ingress::Icmp(e, backend, client_port_be) => {
             if icmp_rewrite(
                 ctx.data(),
                 ctx.data_end(),
@@ -176,6 +179,7 @@ pub fn berth_ingress(ctx: TcContext) -> i32 {
                 Quoted::Source,
                 backend.addr_be,
                 backend.port_be,
+                client_port_be,
             )
             .is_err()
             {
@@ -193,8 +197,8 @@ pub fn berth_xdp(ctx: XdpContext) -> u32 {
     match ingress_decide(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data()) {
         Ingress::Pass => xdp_action::XDP_PASS,
         Ingress::Drop => xdp_action::XDP_DROP,
-        Ingress::Dnat(flow, backend) => {
-            let rw = ingress_rewrite(&flow, &backend);
+        Ingress::Dnat(flow, backend, sport_be) => {
+            let rw = ingress_rewrite(&flow, &backend, sport_be);
             let mut rewriter = XdpRewriter {
                 data: ctx.data(),
                 data_end: ctx.data_end(),
@@ -221,7 +225,7 @@ pub fn berth_xdp(ctx: XdpContext) -> u32 {
             let next = fib_lookup_frag(&ctx, &f, f.src_addr_be, to, in_ifindex);
             xdp_handoff(&ctx, next)
         }
-        Ingress::Icmp(e, backend) => {
+        Ingress::Icmp(e, backend, client_port_be) => {
             if icmp_rewrite(
                 ctx.data(),
                 ctx.data_end(),
@@ -229,6 +233,7 @@ pub fn berth_xdp(ctx: XdpContext) -> u32 {
                 Quoted::Source,
                 backend.addr_be,
                 backend.port_be,
+                client_port_be,
             )
             .is_err()
             {
@@ -272,8 +277,10 @@ pub fn berth_reply(ctx: TcContext) -> i32 {
 /// address and port the flow arrived on; anything else is left alone.
 #[inline(always)]
 fn tc_reply_flow(ctx: &TcContext, flow: &Flow) -> i32 {
-    let Some(entry) = ct_lookup_reply(flow) else {
-        return TC_ACT_OK;
+    let entry = match ct_lookup_reply(flow, ctx.data(), ctx.data_end()) {
+        Ok(Some(e)) => e,
+        Ok(None) => return TC_ACT_OK,
+        Err(()) => return TC_ACT_SHOT,
     };
     if flow.ttl <= 1 {
         count(Counter::TtlExceeded);
@@ -407,6 +414,7 @@ fn tc_reply_icmp(ctx: &TcContext) -> i32 {
         Quoted::Destination,
         entry.host_addr_be,
         entry.host_port_be,
+        entry.client_port_be,
     )
     .is_err()
     {

@@ -5,11 +5,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use berth_maps::{
-    Backend, CtEntry, Endpoint, FlowKey, FragEntry, FragKey, NatEntry, Policy, PolicyKey,
+    Backend, CtEntry, Endpoint, FlowKey, FragEntry, FragKey, NatEntry, NatFwd, Policy, PolicyKey,
     PortAddrs, PortKey, ServiceKey, SgMember, SockRevKey, SockRevValue, CONFIG_LEN, COUNTERS_LEN,
-    CT_CAPACITY, ENDPOINTS_CAPACITY, FRAGS_CAPACITY, HOST_ADDRS_CAPACITY, LOCAL_NETS_MAX,
-    NAT_CAPACITY, POLICY_CAPACITY, PORTS_CAPACITY, PORT_ADDRS_CAPACITY, SERVICES_CAPACITY,
-    SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
+    CT_CAPACITY, CT_NEW_CAPACITY, ENDPOINTS_CAPACITY, FRAGS_CAPACITY, HOST_ADDRS_CAPACITY,
+    LOCAL_NETS_MAX, NAT_CAPACITY, NAT_FWD_CAPACITY, NAT_NEW_CAPACITY, POLICY_CAPACITY,
+    PORTS_CAPACITY, PORT_ADDRS_CAPACITY, SERVICES_CAPACITY, SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
 };
 
 #[map]
@@ -28,6 +28,12 @@ pub static BERTH_PORT_ADDRS: HashMap<u32, PortAddrs> = HashMap::pinned(PORT_ADDR
 
 #[map]
 pub static BERTH_NAT: HashMap<FlowKey, NatEntry> = HashMap::pinned(NAT_CAPACITY, 0);
+
+#[map]
+pub static BERTH_NAT_NEW: LruHashMap<FlowKey, NatEntry> = LruHashMap::pinned(NAT_NEW_CAPACITY, 0);
+
+#[map]
+pub static BERTH_NAT_FWD: HashMap<FlowKey, NatFwd> = HashMap::pinned(NAT_FWD_CAPACITY, 0);
 
 #[map]
 pub static BERTH_PORTS: HashMap<PortKey, u32> = HashMap::pinned(PORTS_CAPACITY, 0);
@@ -55,6 +61,9 @@ pub static BERTH_CT: HashMap<FlowKey, CtEntry> = HashMap::pinned(CT_CAPACITY, 0)
 /// LRU: losing an entry costs one fragmented datagram.
 #[map]
 pub static BERTH_FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::pinned(FRAGS_CAPACITY, 0);
+
+#[map]
+pub static BERTH_CT_NEW: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(CT_NEW_CAPACITY, 0);
 
 #[map]
 pub static BERTH_CONFIG: Array<u64> = Array::pinned(CONFIG_LEN, 0);

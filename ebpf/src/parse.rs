@@ -23,6 +23,7 @@
 //!   is lost, counted in `fragment`), except at a container's veth when
 //!   either end has policy: dropped (`frag_no_first`).
 //! - TCP with a data offset < 5 passes untouched.
+use berth_maps::FlowKey;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 pub const ETH_LEN: usize = EthHdr::LEN;
@@ -34,7 +35,22 @@ pub const IP_DST_OFF: usize = ETH_LEN + 16;
 const IP_OFFSET_MASK_BE: u16 = 0x1fffu16.to_be();
 const IP_MF_BE: u16 = 0x2000u16.to_be();
 pub const TCP_FLAG_FIN: u8 = 0x01;
+pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_RST: u8 = 0x04;
+pub const TCP_FLAG_ACK: u8 = 0x10;
+
+/// A flow key (network byte order). Built from a zeroed key, so the padding
+/// costs two stores rather than a call to `memset` for three bytes.
+#[inline(always)]
+pub fn flow_key(src_be: u32, dst_be: u32, sport_be: u16, dport_be: u16, proto: u8) -> FlowKey {
+    let mut k: FlowKey = unsafe { core::mem::zeroed() };
+    k.src_addr_be = src_be;
+    k.dst_addr_be = dst_be;
+    k.src_port_be = sport_be;
+    k.dst_port_be = dport_be;
+    k.proto = proto;
+    k
+}
 
 /// Pointer to a `T` at `off`, or `None` if the packet is too short.
 #[inline(always)]
@@ -56,6 +72,9 @@ pub struct Flow {
     pub dst_port_be: u16,
     pub ttl: u8,
     pub tcp_flags: u8,
+    /// TCP header length in bytes (data offset * 4); 0 for UDP. (The
+    /// sequence numbers are read by the tracker only, for tracked flows.)
+    pub tcp_hdr_len: u8,
     /// IPv4 total length in host order (for the FIB MTU check).
     pub tot_len: u16,
     /// Offset of the L4 header from the start of the frame.
@@ -81,6 +100,14 @@ pub struct Frag {
 }
 
 impl Flow {
+    /// TCP payload length (what the sequence number advances by, before
+    /// SYN and FIN).
+    #[inline(always)]
+    pub fn tcp_payload_len(&self) -> u32 {
+        let l3_len = (self.l4_off - ETH_LEN) as u32 + self.tcp_hdr_len as u32;
+        (self.tot_len as u32).saturating_sub(l3_len)
+    }
+
     #[inline(always)]
     pub fn l4_csum_off(&self) -> usize {
         if self.proto == berth_maps::PROTO_TCP {
@@ -171,6 +198,7 @@ pub fn parse_flow(data: usize, data_end: usize, frame_len: usize) -> Parsed {
         dst_port_be: 0,
         ttl: ip.ttl,
         tcp_flags: 0,
+        tcp_hdr_len: 0,
         tot_len,
         l4_off,
         udp_csum_zero: false,
@@ -198,6 +226,7 @@ fn parse_tcp(data: usize, data_end: usize, mut flow: Flow, ip_hdr_len: usize) ->
     flow.src_port_be = u16::from_ne_bytes([tcp[0], tcp[1]]);
     flow.dst_port_be = u16::from_ne_bytes([tcp[2], tcp[3]]);
     flow.tcp_flags = tcp[13];
+    flow.tcp_hdr_len = (doff * 4) as u8;
     Parsed::Flow(flow)
 }
 

@@ -14,10 +14,17 @@
 //! so replies pass whatever the rules say and removing a rule never cuts a
 //! tracked flow. ICMP echo is tracked by its identifier.
 //!
+//! As for published ports, a flow starts in BERTH_CT_NEW (LRU: never
+//! refuses) and moves to BERTH_CT (never evicts) once established: TCP when
+//! the initiator ACKs the responder's SYN-ACK, UDP and ICMP echo with the
+//! first reply. Only a TCP SYN opens a flow: any other TCP packet of no
+//! tracked flow, where policy applies, is dropped (ct_no_flow). A RST or FIN
+//! marks a flow closing only within its direction's sequence window.
+//!
 //! Where either end has policy:
 //! - ICMP other than echo passes only as an error (destination
 //!   unreachable, time exceeded, parameter problem) quoting a TCP/UDP flow
-//!   that is tracked (BERTH_CT or BERTH_NAT, either direction) and has the
+//!   that is tracked (BERTH_CT(_NEW) or BERTH_NAT(_NEW), either direction) and has the
 //!   endpoint with policy as one of its addresses; anything else is
 //!   dropped (`policy_denied_icmp`). Rules do not open other ICMP types.
 //! - Fragments: the first fragment is judged like any packet and its
@@ -31,17 +38,24 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_loop},
 };
 use berth_maps::{
-    Counter, CtEntry, Endpoint, FlowKey, FragKey, Policy, PolicyKey, Rule, SgMember, CT_F_CLOSING,
-    CT_F_REPLIED, DIR_INGRESS, EP_F_POLICY, FRAG_K_POLICY, FRAG_V_ALLOW, FRAG_V_DENY, MAX_RULES,
-    PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ICMP_ANY, RULE_PEER_CIDR, RULE_PROTO_ALL,
+    Counter, CtEntry, Endpoint, FlowKey, FragKey, Policy, PolicyKey, Rule, SgMember,
+    CT_F_ESTABLISHED, CT_F_REPLIED, CT_F_SEQ_FWD, DIR_INGRESS, EP_F_POLICY, FRAG_K_POLICY,
+    FRAG_V_ALLOW, FRAG_V_DENY, MAX_RULES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ICMP_ANY,
+    RULE_PEER_CIDR, RULE_PROTO_ALL,
 };
 
 use crate::{
     frag::{frag_key, frag_key_of_flow, frag_key_of_frag, frag_lookup, frag_remember},
     icmp::{parse_icmp_error, IcmpError},
-    maps::{count, BERTH_CT, BERTH_ENDPOINTS, BERTH_NAT, BERTH_POLICY, BERTH_SG_MEMBERS},
-    parse::{parse_flow, ptr_at, Flow, Parsed, ETH_LEN, TCP_FLAG_FIN, TCP_FLAG_RST},
+    maps::{
+        count, BERTH_CT, BERTH_CT_NEW, BERTH_ENDPOINTS, BERTH_NAT, BERTH_NAT_NEW, BERTH_POLICY,
+        BERTH_SG_MEMBERS,
+    },
+    parse::{flow_key, parse_flow, ptr_at, Flow, Parsed, ETH_LEN},
+    tcp::{tcp_completes, tcp_init, tcp_seg, tcp_update, Seg, TcpEvent, Track},
 };
+
+const EEXIST: i32 = -17;
 
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO: u8 = 8;
@@ -56,37 +70,36 @@ pub struct PFlow {
     pub dport_be: u16,
     pub icmp_type: u8,
     pub icmp_code: u8,
-    pub closing: bool,
+    /// TCP: the segment (zero otherwise).
+    pub seg: Seg,
 }
 
 impl PFlow {
     #[inline(always)]
     fn key(&self) -> FlowKey {
-        FlowKey {
-            src_addr_be: self.src_be,
-            dst_addr_be: self.dst_be,
-            src_port_be: self.sport_be,
-            dst_port_be: self.dport_be,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
+        flow_key(
+            self.src_be,
+            self.dst_be,
+            self.sport_be,
+            self.dport_be,
+            self.proto,
+        )
     }
 
     #[inline(always)]
     fn reverse_key(&self) -> FlowKey {
-        FlowKey {
-            src_addr_be: self.dst_be,
-            dst_addr_be: self.src_be,
-            src_port_be: self.dport_be,
-            dst_port_be: self.sport_be,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
+        flow_key(
+            self.dst_be,
+            self.src_be,
+            self.dport_be,
+            self.sport_be,
+            self.proto,
+        )
     }
 }
 
 #[inline(always)]
-fn pflow_of(f: &Flow) -> PFlow {
+fn pflow_of(f: &Flow, data: usize, data_end: usize) -> PFlow {
     PFlow {
         proto: f.proto,
         src_be: f.src_addr_be,
@@ -95,7 +108,11 @@ fn pflow_of(f: &Flow) -> PFlow {
         dport_be: f.dst_port_be,
         icmp_type: 0,
         icmp_code: 0,
-        closing: f.proto == PROTO_TCP && f.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0,
+        seg: if f.proto == PROTO_TCP {
+            tcp_seg(f, data, data_end)
+        } else {
+            Seg::default()
+        },
     }
 }
 
@@ -192,7 +209,7 @@ fn icmp_echo_flow(
         dport_be,
         icmp_type: icmp[0],
         icmp_code: icmp[1],
-        closing: false,
+        seg: Seg::default(),
     })
 }
 
@@ -203,27 +220,29 @@ fn icmp_error_tracked(e: &IcmpError, ep_be: u32) -> bool {
     if e.inner_src_be != ep_be && e.inner_dst_be != ep_be {
         return false;
     }
-    let quoted = FlowKey {
-        src_addr_be: e.inner_src_be,
-        dst_addr_be: e.inner_dst_be,
-        src_port_be: e.inner_sport_be,
-        dst_port_be: e.inner_dport_be,
-        proto: e.inner_proto,
-        _pad: [0; 3],
-    };
-    let back = FlowKey {
-        src_addr_be: e.inner_dst_be,
-        dst_addr_be: e.inner_src_be,
-        src_port_be: e.inner_dport_be,
-        dst_port_be: e.inner_sport_be,
-        proto: e.inner_proto,
-        _pad: [0; 3],
-    };
+    let quoted = flow_key(
+        e.inner_src_be,
+        e.inner_dst_be,
+        e.inner_sport_be,
+        e.inner_dport_be,
+        e.inner_proto,
+    );
+    let back = flow_key(
+        e.inner_dst_be,
+        e.inner_src_be,
+        e.inner_dport_be,
+        e.inner_sport_be,
+        e.inner_proto,
+    );
     unsafe {
         BERTH_CT.get(&quoted).is_some()
             || BERTH_CT.get(&back).is_some()
             || BERTH_NAT.get(&quoted).is_some()
             || BERTH_NAT.get(&back).is_some()
+            || BERTH_CT_NEW.get(&quoted).is_some()
+            || BERTH_CT_NEW.get(&back).is_some()
+            || BERTH_NAT_NEW.get(&quoted).is_some()
+            || BERTH_NAT_NEW.get(&back).is_some()
     }
 }
 
@@ -389,43 +408,131 @@ pub fn policy_allows(task_id: u32, dir: u32, f: &PFlow, peer_be: u32, dport: u16
     scan.matched != 0
 }
 
-/// A tracked flow this packet belongs to, in either direction (refreshed).
 #[inline(always)]
-pub fn ct_established(f: &PFlow) -> bool {
-    let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(e) = BERTH_CT.get_ptr_mut(&f.key()) {
-        unsafe {
-            (*e).last_seen_ns = now;
-            if f.closing {
-                (*e).flags |= CT_F_CLOSING;
-            }
+fn ct_track(e: *mut CtEntry) -> Track<'static> {
+    unsafe {
+        Track {
+            flags: &mut (*e).flags,
+            wscale: &mut (*e).wscale,
+            seq_end: &mut (*e).seq_end,
+            max_win: &mut (*e).max_win,
         }
-        return true;
     }
-    if let Some(e) = BERTH_CT.get_ptr_mut(&f.reverse_key()) {
-        unsafe {
-            (*e).last_seen_ns = now;
-            (*e).flags |= CT_F_REPLIED;
-            if f.closing {
-                (*e).flags |= CT_F_CLOSING;
-            }
-        }
-        return true;
-    }
-    false
 }
 
-/// Track a flow policy allowed. Never evicts.
+/// Refresh a tracked flow with a packet in direction `d` (0: as the flow's
+/// first packet went).
+#[inline(always)]
+fn ct_refresh(e: *mut CtEntry, f: &PFlow, d: usize, now: u64) {
+    unsafe {
+        (*e).last_seen_ns = now;
+        if d == 1 {
+            (*e).flags |= CT_F_REPLIED;
+        }
+    }
+    if f.proto == PROTO_TCP && tcp_update(&mut ct_track(e), d, &f.seg) == TcpEvent::OutOfWindow {
+        count(Counter::TcpOutOfWindow);
+    }
+}
+
+/// Move an unestablished flow to BERTH_CT; `Err` when that is full.
+#[inline(always)]
+fn ct_promote(key: &FlowKey, e: *mut CtEntry) -> Result<(), ()> {
+    let mut entry = unsafe { *e };
+    entry.flags |= CT_F_ESTABLISHED;
+    match BERTH_CT.insert(key, &entry, 1) {
+        Ok(()) => {}
+        Err(err) if err == EEXIST => {}
+        Err(_) => {
+            count(Counter::CtTableFull);
+            return Err(());
+        }
+    }
+    let _ = BERTH_CT_NEW.remove(key);
+    Ok(())
+}
+
+/// Whether the packet belongs to a tracked flow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Ct {
+    Tracked,
+    Untracked,
+    /// Tracked, but it could not be promoted (BERTH_CT full): drop.
+    Refused,
+}
+
+/// The tracked flow this packet belongs to, in either direction
+/// (refreshed; promoted when this packet establishes it). Established
+/// flows first: one lookup for the initiator's packets, two for replies.
+#[inline(always)]
+pub fn ct_established(f: &PFlow) -> Ct {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = f.key();
+    if let Some(e) = BERTH_CT.get_ptr_mut(&key) {
+        ct_refresh(e, f, 0, now);
+        return Ct::Tracked;
+    }
+    let rkey = f.reverse_key();
+    if let Some(e) = BERTH_CT.get_ptr_mut(&rkey) {
+        ct_refresh(e, f, 1, now);
+        return Ct::Tracked;
+    }
+    if let Some(e) = BERTH_CT_NEW.get_ptr_mut(&key) {
+        ct_refresh(e, f, 0, now);
+        if f.proto == PROTO_TCP
+            && tcp_completes(&ct_track(e), &f.seg)
+            && ct_promote(&key, e).is_err()
+        {
+            return Ct::Refused;
+        }
+        return Ct::Tracked;
+    }
+    if let Some(e) = BERTH_CT_NEW.get_ptr_mut(&rkey) {
+        ct_refresh(e, f, 1, now);
+        if f.proto != PROTO_TCP && ct_promote(&rkey, e).is_err() {
+            return Ct::Refused;
+        }
+        return Ct::Tracked;
+    }
+    Ct::Untracked
+}
+
+/// Whether an untracked packet may open a flow: any but a TCP packet other
+/// than a SYN (counted and dropped).
+#[inline(always)]
+fn ct_may_open(f: &PFlow) -> bool {
+    if f.proto == PROTO_TCP && !f.seg.opens() {
+        count(Counter::CtNoFlow);
+        return false;
+    }
+    true
+}
+
+/// Track a flow policy allowed, as not yet established. The LRU table
+/// makes room rather than refuse.
 #[inline(always)]
 pub fn ct_create(f: &PFlow) -> Result<(), ()> {
+    let (wscale, seq_end, max_win) = if f.proto == PROTO_TCP {
+        tcp_init(&f.seg)
+    } else {
+        ([0xff; 2], [0; 2], [0; 2])
+    };
     let e = CtEntry {
         last_seen_ns: unsafe { bpf_ktime_get_ns() },
-        flags: if f.closing { CT_F_CLOSING } else { 0 },
-        _pad: [0; 7],
+        flags: if f.proto == PROTO_TCP {
+            CT_F_SEQ_FWD
+        } else {
+            0
+        },
+        _pad: 0,
+        wscale,
+        seq_end,
+        max_win,
+        _pad2: 0,
     };
-    match BERTH_CT.insert(&f.key(), &e, 1) {
+    match BERTH_CT_NEW.insert(&f.key(), &e, 1) {
         Ok(()) => Ok(()),
-        Err(e) if e == -17 => Ok(()),
+        Err(e) if e == EEXIST => Ok(()),
         Err(_) => {
             count(Counter::CtTableFull);
             Err(())
@@ -434,10 +541,13 @@ pub fn ct_create(f: &PFlow) -> Result<(), ()> {
 }
 
 /// Whether the packet belongs to a published-port flow (judged at the
-/// uplink). `container_side` is the flow key as the container sends.
+/// uplink), established or not. `container_side` is the flow key as the
+/// container sends.
 #[inline(always)]
 fn nat_tracked(container_side: &FlowKey) -> bool {
-    unsafe { BERTH_NAT.get(container_side) }.is_some()
+    unsafe {
+        BERTH_NAT.get(container_side).is_some() || BERTH_NAT_NEW.get(container_side).is_some()
+    }
 }
 
 /// tc ingress of a container's host-side veth: what the container sends.
@@ -445,7 +555,7 @@ fn nat_tracked(container_side: &FlowKey) -> bool {
 pub fn from_container(data: usize, data_end: usize, frame_len: usize) -> bool {
     match parse_flow(data, data_end, frame_len) {
         Parsed::Flow(f) => {
-            let pf = pflow_of(&f);
+            let pf = pflow_of(&f, data, data_end);
             let sender = endpoint_with_policy(pf.src_be);
             let receiver = endpoint_with_policy(pf.dst_be);
             if sender.is_none() && receiver.is_none() {
@@ -474,8 +584,13 @@ fn from_container_flow(f: &PFlow, sender: Option<Endpoint>, receiver: Option<End
     if f.proto != PROTO_ICMP && nat_tracked(&f.key()) {
         return true; // a reply on a published port
     }
-    if ct_established(f) {
-        return true;
+    match ct_established(f) {
+        Ct::Tracked => return true,
+        Ct::Refused => return false,
+        Ct::Untracked => {}
+    }
+    if !ct_may_open(f) {
+        return false;
     }
     let dport = u16::from_be(f.dport_be);
     if let Some(ep) = sender {
@@ -498,7 +613,7 @@ fn from_container_flow(f: &PFlow, sender: Option<Endpoint>, receiver: Option<End
 pub fn to_container(data: usize, data_end: usize, frame_len: usize) -> bool {
     match parse_flow(data, data_end, frame_len) {
         Parsed::Flow(f) => {
-            let pf = pflow_of(&f);
+            let pf = pflow_of(&f, data, data_end);
             let Some(ep) = endpoint_with_policy(pf.dst_be) else {
                 return true;
             };
@@ -523,8 +638,13 @@ fn to_container_flow(f: &PFlow, ep: Endpoint) -> bool {
     if f.proto != PROTO_ICMP && nat_tracked(&f.reverse_key()) {
         return true; // a published-port flow, judged at the uplink
     }
-    if ct_established(f) {
-        return true;
+    match ct_established(f) {
+        Ct::Tracked => return true,
+        Ct::Refused => return false,
+        Ct::Untracked => {}
+    }
+    if !ct_may_open(f) {
+        return false;
     }
     if !policy_allows(
         ep.task_id,
@@ -563,7 +683,7 @@ pub fn ingress_allows(
         dport_be: container_port_be,
         icmp_type: 0,
         icmp_code: 0,
-        closing: false,
+        seg: Seg::default(),
     };
     if policy_allows(
         ep.task_id,

@@ -64,6 +64,17 @@ impl Rewriter for TcRewriter<'_> {
             mangled | 2,
         )
         .map_err(|_| ())?;
+        if rw.port2_off != 0 {
+            ctx.store(rw.port2_off, &rw.new_port2_be, 0)
+                .map_err(|_| ())?;
+            ctx.l4_csum_replace(
+                l4_csum,
+                rw.old_port2_be as u64,
+                rw.new_port2_be as u64,
+                mangled | 2,
+            )
+            .map_err(|_| ())?;
+        }
         let old_ttl = u16::from_ne_bytes([flow.ttl, flow.proto]);
         let new_ttl = u16::from_ne_bytes([flow.ttl - 1, flow.proto]);
         ctx.store(IP_TTL_OFF, &(flow.ttl - 1), 0).map_err(|_| ())?;

@@ -36,6 +36,14 @@ impl Rewriter for XdpRewriter {
         let ttl_word = ptr_at::<u16>(d, e, IP_TTL_OFF).ok_or(())?;
         let addr = ptr_at::<u32>(d, e, rw.addr_off).ok_or(())?;
         let port = ptr_at::<u16>(d, e, rw.port_off).ok_or(())?;
+        // LLVM knows the offset is the parsed L4 header's and would drop
+        // this check as implied by the parser's; the verifier needs it here.
+        let port2_off = unsafe { core::ptr::read_volatile(&rw.port2_off) };
+        let port2 = if port2_off != 0 {
+            Some(ptr_at::<u16>(d, e, port2_off).ok_or(())?)
+        } else {
+            None
+        };
         let l4_csum = ptr_at::<u16>(d, e, flow.l4_csum_off()).ok_or(())?;
         unsafe {
             let old_ttl = u16::from_ne_bytes([flow.ttl, flow.proto]);
@@ -46,9 +54,15 @@ impl Rewriter for XdpRewriter {
             wr(ttl_word, new_ttl);
             wr(addr, rw.new_addr_be);
             wr(port, rw.new_port_be);
+            if let Some(p) = port2 {
+                wr(p, rw.new_port2_be);
+            }
             if !flow.udp_csum_zero {
                 let mut c = csum::replace4(rd(l4_csum), rw.old_addr_be, rw.new_addr_be);
                 c = csum::replace2(c, rw.old_port_be, rw.new_port_be);
+                if port2.is_some() {
+                    c = csum::replace2(c, rw.old_port2_be, rw.new_port2_be);
+                }
                 if c == 0 && flow.proto == PROTO_UDP {
                     c = 0xffff;
                 }

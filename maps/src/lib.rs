@@ -75,10 +75,26 @@ pub struct PortAddrs {
     pub addrs_be: [u32; PORT_ADDRS_MAX],
 }
 
-/// Reverse NAT / connection tracking: the reply tuple as the container sends it
-/// -> the host address and port the flow arrived on.
+/// Reverse NAT / connection tracking of established flows: the reply tuple
+/// as the container sends it -> the host address and port the flow arrived
+/// on. A plain hash: never evicts; when full, a flow that completes its
+/// handshake (or, UDP, gets its first reply) is refused (nat_table_full).
 pub const NAT_MAP: &str = "BERTH_NAT";
 pub const NAT_CAPACITY: u32 = 262_144;
+/// Flows not yet established (TCP: no client ACK of the container's SYN-ACK
+/// yet; UDP: no reply yet); same key and value as [`NAT_MAP`]. An LRU hash:
+/// a new flow is never refused, the least recently used unestablished flow
+/// makes room, so a flood of SYNs or spoofed datagrams cannot fill anything
+/// that matters.
+pub const NAT_NEW_MAP: &str = "BERTH_NAT_NEW";
+pub const NAT_NEW_CAPACITY: u32 = 131_072;
+/// Flows whose reply tuple clashed with another flow's and so got another
+/// client source port towards the container: the client-side tuple as on
+/// the wire (client -> host address:port) -> [`NatFwd`]. Only clashing
+/// flows have (and pay the lookup of) an entry. A plain hash with room for
+/// one per tracked flow: an established flow's remap is never evicted.
+pub const NAT_FWD_MAP: &str = "BERTH_NAT_FWD";
+pub const NAT_FWD_CAPACITY: u32 = NAT_CAPACITY;
 
 /// Host ports in use by any mapping: (protocol, port) -> number of
 /// mappings. The cgroup bind hook refuses host processes these ports.
@@ -193,19 +209,37 @@ pub struct SgMember {
     pub addr_be: u32,
 }
 
-/// Connection tracking for flows judged by policy, keyed by the flow's
-/// first packet. Never evicts: when full, new flows are refused.
+/// Connection tracking for established flows judged by policy, keyed by
+/// the flow's first packet. Never evicts: when full, a flow that completes
+/// its handshake (UDP/ICMP: gets its first reply) is refused.
 pub const CT_MAP: &str = "BERTH_CT";
 pub const CT_CAPACITY: u32 = 262_144;
+/// Policy flows not yet established, same key and value as [`CT_MAP`]; an
+/// LRU hash like [`NAT_NEW_MAP`].
+pub const CT_NEW_MAP: &str = "BERTH_CT_NEW";
+pub const CT_NEW_CAPACITY: u32 = 131_072;
+/// `CtEntry::flags` bits; the same values as the `NAT_F_*` bits, so one
+/// TCP tracker serves both tables.
 pub const CT_F_CLOSING: u8 = 1;
 pub const CT_F_REPLIED: u8 = 2;
+pub const CT_F_ESTABLISHED: u8 = 4;
+pub const CT_F_SEQ_KNOWN: u8 = 8;
+pub const CT_F_SEQ_FWD: u8 = 16;
 
+/// Direction 0 is the flow's first packet's (key) direction, 1 the reply.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
     pub last_seen_ns: u64,
     pub flags: u8,
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+    /// TCP window-scale shift per direction; 0xff = unknown.
+    pub wscale: [u8; 2],
+    /// TCP, per direction: sequence number just past the furthest segment seen.
+    pub seq_end: [u32; 2],
+    /// TCP, per direction: largest window (scaled) its receiver advertised.
+    pub max_win: [u32; 2],
+    pub _pad2: u32,
 }
 
 /// IPv4 fragments: what the first fragment of a datagram decided, for the
@@ -292,10 +326,19 @@ pub struct PortKey {
 }
 
 /// `NatEntry::flags` bits.
+/// A RST or FIN within the sequence window was seen.
 pub const NAT_F_CLOSING: u8 = 1;
 /// Set once the container has answered: a UDP flow with replies is a stream.
 pub const NAT_F_REPLIED: u8 = 2;
+/// The flow lives in [`NAT_MAP`] (moved there when it became established).
+pub const NAT_F_ESTABLISHED: u8 = 4;
+/// TCP: both directions' `seq_end` / `max_win` are tracked (berth saw the
+/// SYN and the SYN-ACK), so RST/FIN can be checked against the window.
+pub const NAT_F_SEQ_KNOWN: u8 = 8;
+/// TCP: the client direction's (0) sequence is tracked (berth saw its SYN).
+pub const NAT_F_SEQ_FWD: u8 = 16;
 
+/// Direction 0 is client -> container, 1 the reply.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatEntry {
@@ -305,6 +348,60 @@ pub struct NatEntry {
     pub _pad: u8,
     /// `bpf_ktime_get_ns()` of the last packet in either direction.
     pub last_seen_ns: u64,
+    /// The client's own source port; differs from the key's dst_port_be when a
+    /// port clash made berth give the flow another source port towards the
+    /// container.
+    pub client_port_be: u16,
+    /// TCP window-scale shift per direction (0 = client->container, 1 =
+    /// reply), from the SYN / SYN-ACK options; 0xff = unknown.
+    pub wscale: [u8; 2],
+    /// TCP, per direction: sequence number just past the furthest segment seen.
+    pub seq_end: [u32; 2],
+    /// TCP, per direction: largest window (scaled) the receiver of that
+    /// direction advertised.
+    pub max_win: [u32; 2],
+    pub _pad2: u32,
+}
+
+/// [`NAT_FWD_MAP`] value: the source port the clashing flow uses towards
+/// the container, and the container (so userspace can find the flow).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatFwd {
+    pub backend_addr_be: u32,
+    pub backend_port_be: u16,
+    pub remap_port_be: u16,
+}
+
+/// How many free client ports a clashing flow tries before it is dropped
+/// (nat_port_remap_failed).
+pub const NAT_REMAP_TRIES: u32 = 8;
+
+/// The `attempt`-th client source port tried for a flow whose reply tuple
+/// clashed: a port of the same class as the client's (1-1023 for a
+/// privileged one, 1024-65535 otherwise, as netfilter keeps it), spread by a
+/// hash of the client's tuple so two clients do not probe the same ports.
+/// Host byte order in and out.
+#[inline(always)]
+pub const fn nat_remap_port(
+    client_addr_be: u32,
+    client_port: u16,
+    host_port: u16,
+    attempt: u32,
+) -> u16 {
+    let (lo, size) = if client_port < 1024 {
+        (1u32, 1023u32)
+    } else {
+        (1024u32, 64512u32)
+    };
+    let mut h = client_addr_be ^ ((client_port as u32) << 16 | host_port as u32);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x7feb_352d);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x846c_a68b);
+    h ^= h >> 16;
+    // An odd stride visits distinct ports within the first `size` tries.
+    (lo + (h.wrapping_add(attempt.wrapping_mul(2 * 7919 + 1))) % size) as u16
 }
 
 #[repr(u32)]
@@ -360,8 +457,22 @@ pub enum Counter {
     /// Packet from a container with a source not its own, while policy
     /// applies to the container, the claimed source or the receiver; dropped.
     ContainerSpoofedSource = 20,
+    /// A new flow's reply tuple was taken: it got another client source port.
+    NatPortRemap = 21,
+    /// A clashing new flow found no free client port (or no room to
+    /// remember it); dropped.
+    NatPortRemapFailed = 22,
+    /// TCP without SYN (or with ACK) to a published port, belonging to no
+    /// tracked flow; dropped.
+    NatNoFlow = 23,
+    /// TCP RST or FIN outside the sequence window of a tracked flow:
+    /// forwarded, but the flow is not marked closing.
+    TcpOutOfWindow = 24,
+    /// TCP without SYN between endpoints with policy, belonging to no
+    /// tracked flow; dropped.
+    CtNoFlow = 25,
 }
-pub const COUNTER_NAMES: [&str; 21] = [
+pub const COUNTER_NAMES: [&str; 26] = [
     "ingress_dnat",
     "ingress_pass",
     "reply_snat",
@@ -383,6 +494,11 @@ pub const COUNTER_NAMES: [&str; 21] = [
     "uplink_loopback",
     "uplink_spoofed_source",
     "container_spoofed_source",
+    "nat_port_remap",
+    "nat_port_remap_failed",
+    "nat_no_flow",
+    "tcp_out_of_window",
+    "ct_no_flow",
 ];
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 
@@ -402,7 +518,8 @@ pub const XDP_HANDOFF_MAGIC_NEIGH: u32 = 0xbe27_0002;
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
-const _: () = assert!(core::mem::size_of::<NatEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<NatEntry>() == 40);
+const _: () = assert!(core::mem::size_of::<NatFwd>() == 8);
 const _: () = assert!(core::mem::size_of::<XdpHandoff>() == 8);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 4);
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 8);
@@ -410,7 +527,7 @@ const _: () = assert!(core::mem::size_of::<PolicyKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Rule>() == 16);
 const _: () = assert!(core::mem::size_of::<Policy>() == 8 + 16 * MAX_RULES);
 const _: () = assert!(core::mem::size_of::<SgMember>() == 8);
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<SockRevKey>() == 16);
 const _: () = assert!(core::mem::size_of::<SockRevValue>() == 8);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
@@ -425,6 +542,7 @@ mod user {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for NatEntry {}
+    unsafe impl aya::Pod for NatFwd {}
     unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for PolicyKey {}

@@ -7,7 +7,10 @@
 //! - a translated frame differs from its input only in the fields a NAT
 //!   may change (MACs, TTL - 1, IPv4 checksum, the one rewritten address,
 //!   the one rewritten port, the L4 checksum; for an ICMP error the outer
-//!   address, the quoted address and port and the checksums covering them),
+//!   address, the quoted address and port and the checksums covering them;
+//!   the client's port only as BERTH_NAT_FWD / the flow's entry say, when a
+//!   clash remapped it),
+//! - a TCP packet other than a SYN (no ACK, RST, FIN) never opens a flow,
 //!   goes where the mappings (ingress) or the tracked flow (reply) say, and
 //!   each checksum changes by exactly what the translation changed in what
 //!   it covers (so it verifies when the input's did, and a wrong one stays
@@ -367,6 +370,32 @@ impl Run<'_> {
         }
     }
 
+    /// For an ingress frame to a mapping: the flow it would open (its
+    /// reply-tuple key, client-side tuple) and whether it may open one.
+    fn opened_flow(&self, _env: &Env, prog: &str, f: &[u8]) -> Option<(FlowKey, FlowKey, bool)> {
+        if prog != "berth_xdp" && prog != "berth_ingress" {
+            return None;
+        }
+        if be16(f, 12) != Some(pkt::ETH_P_IP) || f.len() < ETH_LEN + 20 {
+            return None;
+        }
+        let l3 = ETH_LEN;
+        let l4 = l3 + (f[l3] & 0x0f) as usize * 4;
+        let proto = f[l3 + 9];
+        if !matches!(proto, pkt::TCP | pkt::UDP) || f.len() < l4 + 14 {
+            return None;
+        }
+        let (src, dst) = (ip(f, l3 + 12), ip(f, l3 + 16));
+        let (sport, dport) = (be16(f, l4).unwrap(), be16(f, l4 + 2).unwrap());
+        let m = self.model.lookup(proto, dst, dport)?;
+        let may_open = proto == pkt::UDP || f[l4 + 13] & 0x17 == pkt::SYN;
+        Some((
+            flow_key(m.to, src, m.to_port, sport, proto),
+            flow_key(src, dst, sport, dport, proto),
+            may_open,
+        ))
+    }
+
     fn tally(&mut self, prog: &'static str, c: &Class) {
         let t = self.report.programs.entry(prog).or_default();
         t.frames += 1;
@@ -388,6 +417,8 @@ impl Run<'_> {
         how: &[&str],
     ) -> Option<Class> {
         let xdp = prog == "berth_xdp";
+        let opens = self.opened_flow(env, prog, f);
+        let had_flow = opens.as_ref().map(|(k, w, _)| has_flow(env, k, w));
         let r = if xdp {
             env.try_xdp(prog, f)
         } else if prog == "berth_from_ctr" {
@@ -395,6 +426,19 @@ impl Run<'_> {
         } else {
             env.try_tc(prog, f)
         };
+        if let (Some((k, w, may_open)), Some(false)) = (&opens, had_flow) {
+            if !may_open && has_flow(env, k, w) {
+                self.violation(
+                    prog,
+                    bad("a TCP packet other than a SYN opened a flow"),
+                    f,
+                    &[],
+                    iter,
+                    how,
+                );
+                return None;
+            }
+        }
         let judged = match r {
             Err(e) if e.errno == Some(EINVAL) && too_short(f, xdp) => Ok(Class::Refused),
             Err(e) => Err((
@@ -705,6 +749,29 @@ impl Run<'_> {
         let new_port = be16(out, port_off).unwrap();
         let (src, dst) = (ip(f, l3 + 12), ip(f, l3 + 16));
         let (sport, dport) = (be16(f, l4).unwrap(), be16(f, l4 + 2).unwrap());
+        // The client's port: remapped towards the container only as the
+        // remap table says, restored on replies to the flow's own.
+        let (client_off, want_client) = match dir {
+            Dir::Ingress => {
+                let wire = flow_key(src, dst, sport, dport, proto);
+                let remap = env
+                    .nat_fwd_lookup(&wire)
+                    .map(|r| u16::from_be(r.remap_port_be));
+                (l4, remap.unwrap_or(sport))
+            }
+            Dir::Reply => {
+                let e = env.nat_lookup(&flow_key(src, dst, sport, dport, proto));
+                (l4 + 2, e.map_or(dport, |e| u16::from_be(e.client_port_be)))
+            }
+        };
+        let got_client = be16(out, client_off).unwrap();
+        if got_client != want_client {
+            return Err(Violation {
+                kind: "client port changed other than by the flow's remap".into(),
+                detail: format!("{got_client}, want {want_client}"),
+            });
+        }
+        allowed.push(client_off..client_off + 2);
         let want = match dir {
             Dir::Ingress => match self.model.lookup(proto, dst, dport) {
                 Some(m) => (m.to, m.to_port),
@@ -794,9 +861,9 @@ impl Run<'_> {
         {
             return Err(bad("translated an ICMP error that quotes no TCP/UDP ports"));
         }
-        let (outer, quoted, port) = match dir {
-            Dir::Ingress => (l3 + 16, q + 12, ql4),
-            Dir::Reply => (l3 + 12, q + 16, ql4 + 2),
+        let (outer, quoted, port, client_port) = match dir {
+            Dir::Ingress => (l3 + 16, q + 12, ql4, ql4 + 2),
+            Dir::Reply => (l3 + 12, q + 16, ql4 + 2, ql4),
         };
         let qcsum = ql4 + if qproto == pkt::TCP { 16 } else { 6 };
         allowed.extend([
@@ -807,6 +874,9 @@ impl Run<'_> {
             port..port + 2,
             qcsum..qcsum + 2,
         ]);
+        if be16(f, client_port) != be16(out, client_port) {
+            allowed.push(client_port..client_port + 2);
+        }
         if be16(f, q + 6).unwrap() & 0x3fff != 0 {
             return Err(bad(
                 "translated an ICMP error quoting a fragment (no trustworthy ports)",
@@ -827,6 +897,23 @@ impl Run<'_> {
                 None => return Err(bad("translated an ICMP error about no tracked flow")),
             },
         };
+        // The quoted client port, as the flow knows it on each side.
+        let want_client = match dir {
+            Dir::Ingress => env
+                .nat_fwd_lookup(&flow_key(qdst, qsrc, qdport, qsport, qproto))
+                .map_or(qdport, |r| u16::from_be(r.remap_port_be)),
+            Dir::Reply => env
+                .nat_lookup(&flow_key(qdst, qsrc, qdport, qsport, qproto))
+                .map_or(qsport, |e| u16::from_be(e.client_port_be)),
+        };
+        let got_client = be16(out, client_port).unwrap();
+        if got_client != want_client {
+            return Err(Violation {
+                kind: "ICMP error's quoted client port changed other than by the flow's remap"
+                    .into(),
+                detail: format!("{got_client}, want {want_client}"),
+            });
+        }
         let got = (ip(out, outer), ip(out, quoted), be16(out, port).unwrap());
         if got != (want.0, want.0, want.1) {
             return Err(Violation {
@@ -851,6 +938,12 @@ impl Run<'_> {
         csum_kept("ICMP", (&f[start..end], 0), (&out[start..end], 0))?;
         Ok(())
     }
+}
+
+/// Whether the flow of reply key `k` (or, remapped, of client tuple `wire`)
+/// is tracked.
+fn has_flow(env: &Env, k: &FlowKey, wire: &FlowKey) -> bool {
+    env.nat_lookup(k).is_some() || env.nat_fwd_lookup(wire).is_some()
 }
 
 fn flow_key(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> FlowKey {

@@ -13,7 +13,9 @@ use berth::{
     datapath::ebpf_object,
     model::{Binding, Protocol},
 };
-use berth_maps::{Backend, FlowKey, NatEntry, PortAddrs, ServiceKey, PORT_ADDRS_MAX};
+use berth_maps::{
+    Backend, CtEntry, FlowKey, NatEntry, NatFwd, PortAddrs, ServiceKey, PORT_ADDRS_MAX,
+};
 
 pub const HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const HOST2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
@@ -276,16 +278,22 @@ impl Env {
         m.get(&(c as u32), 0).unwrap().iter().sum()
     }
 
+    /// Every tracked published-port flow, established or not.
     pub fn nat_entries(&mut self) -> Vec<(FlowKey, NatEntry)> {
-        let m: HashMap<&mut MapData, FlowKey, NatEntry> =
-            HashMap::try_from(self.ebpf.map_mut("BERTH_NAT").unwrap()).unwrap();
+        let mut v = self.map_entries::<FlowKey, NatEntry>("BERTH_NAT");
+        v.extend(self.map_entries::<FlowKey, NatEntry>("BERTH_NAT_NEW"));
+        v
+    }
+
+    /// Every entry of the hash (or LRU hash) map `name`.
+    pub fn map_entries<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Vec<(K, V)> {
+        let m: HashMap<&MapData, K, V> = HashMap::try_from(self.ebpf.map(name).unwrap()).unwrap();
         m.iter().map(|r| r.unwrap()).collect()
     }
 
-    /// The tracked flow whose reply direction is `key`, if any.
-    pub fn nat_lookup(&self, key: &FlowKey) -> Option<NatEntry> {
-        let m: HashMap<&MapData, FlowKey, NatEntry> =
-            HashMap::try_from(self.ebpf.map("BERTH_NAT").unwrap()).unwrap();
+    /// The entry of `key` in the hash (or LRU hash) map `name`.
+    pub fn map_get<K: aya::Pod, V: aya::Pod>(&self, name: &str, key: &K) -> Option<V> {
+        let m: HashMap<&MapData, K, V> = HashMap::try_from(self.ebpf.map(name).unwrap()).unwrap();
         m.get(key, 0).ok()
     }
 
@@ -319,10 +327,39 @@ impl Env {
     }
 
     /// Forgets every tracked flow; returns how many there were.
+    /// The tracked flow whose reply direction is `key`, established or not.
+    pub fn nat_lookup(&self, key: &FlowKey) -> Option<NatEntry> {
+        self.map_get("BERTH_NAT", key)
+            .or_else(|| self.map_get("BERTH_NAT_NEW", key))
+    }
+
+    /// The client port a clash remapped, by the client-side tuple.
+    pub fn nat_fwd_lookup(&self, wire: &FlowKey) -> Option<NatFwd> {
+        self.map_get("BERTH_NAT_FWD", wire)
+    }
+
+    /// The policy-tracked flow of `key`: (established?, entry).
+    pub fn ct_lookup(&self, key: &FlowKey) -> Option<(bool, CtEntry)> {
+        self.map_get("BERTH_CT", key)
+            .map(|e| (true, e))
+            .or_else(|| self.map_get("BERTH_CT_NEW", key).map(|e| (false, e)))
+    }
+
+    /// Forgets every tracked flow and remap; returns how many flows there were.
     pub fn clear_nat(&mut self) -> usize {
-        let mut m: HashMap<&mut MapData, FlowKey, NatEntry> =
-            HashMap::try_from(self.ebpf.map_mut("BERTH_NAT").unwrap()).unwrap();
-        let keys: Vec<FlowKey> = m.keys().filter_map(Result::ok).collect();
+        let mut n = 0;
+        for name in ["BERTH_NAT", "BERTH_NAT_NEW"] {
+            n += self.clear_map::<FlowKey, NatEntry>(name);
+        }
+        self.clear_map::<FlowKey, NatFwd>("BERTH_NAT_FWD");
+        n
+    }
+
+    /// Empties the hash (or LRU hash) map `name`; returns how many it held.
+    pub fn clear_map<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> usize {
+        let mut m: HashMap<&mut MapData, K, V> =
+            HashMap::try_from(self.ebpf.map_mut(name).unwrap()).unwrap();
+        let keys: Vec<K> = m.keys().filter_map(Result::ok).collect();
         for k in &keys {
             let _ = m.remove(k);
         }

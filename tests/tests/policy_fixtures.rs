@@ -718,3 +718,142 @@ fn a_port_whose_addresses_are_unknown_owns_none() {
         );
     });
 }
+
+fn seg(mut p: Packet, flags: u8, seq: u32, ack: u32) -> Packet {
+    (p.tcp_flags, p.tcp_seq, p.tcp_ack) = (flags, seq, ack);
+    p
+}
+
+fn ct_key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> berth_maps::FlowKey {
+    berth_maps::FlowKey {
+        src_addr_be: u32::from_ne_bytes(src.octets()),
+        dst_addr_be: u32::from_ne_bytes(dst.octets()),
+        src_port_be: sport.to_be(),
+        dst_port_be: dport.to_be(),
+        proto: pkt::TCP,
+        _pad: [0; 3],
+    }
+}
+
+#[test]
+fn policy_flow_is_unestablished_until_the_handshake_completes() {
+    in_fixture_ns(|env| {
+        setup(env);
+        let k = ct_key(C2, 41000, C1, 5432);
+        let c = from(C2, 41000, C1, 5432);
+        let s = from(C1, 5432, C2, 41000);
+        assert_eq!(
+            verdict(
+                env,
+                "berth_from_ctr",
+                &seg(c.clone(), pkt::SYN, 100, 0).frame()
+            ),
+            OK
+        );
+        assert_eq!(
+            env.ct_lookup(&k).map(|e| e.0),
+            Some(false),
+            "SYN: unestablished"
+        );
+        let syn_ack = seg(s.clone(), pkt::SYN | pkt::ACK, 900, 101).frame();
+        assert_eq!(verdict(env, "berth_from_ctr", &syn_ack), OK);
+        assert_eq!(verdict(env, "berth_to_ctr", &syn_ack), OK);
+        assert_eq!(
+            env.ct_lookup(&k).map(|e| e.0),
+            Some(false),
+            "SYN-ACK: still"
+        );
+        let ack = seg(c.clone(), pkt::ACK, 101, 901).frame();
+        assert_eq!(verdict(env, "berth_from_ctr", &ack), OK);
+        let (established, e) = env.ct_lookup(&k).unwrap();
+        assert!(established, "the ACK of the SYN-ACK establishes it");
+        assert_ne!(e.flags & berth_maps::CT_F_ESTABLISHED, 0);
+        assert!(env
+            .map_get::<_, berth_maps::CtEntry>("BERTH_CT_NEW", &k)
+            .is_none());
+    });
+}
+
+#[test]
+fn udp_policy_flow_is_established_by_its_reply() {
+    in_fixture_ns(|env| {
+        setup(env);
+        let mut q = Packet::udp(C2, 41100, OTHER, 53);
+        q.eth_src = [2, 0x42, 0xac, 0x11, 0, 3];
+        assert_eq!(verdict(env, "berth_from_ctr", &q.frame()), OK);
+        let mut k = ct_key(C2, 41100, OTHER, 53);
+        k.proto = pkt::UDP;
+        assert_eq!(env.ct_lookup(&k).map(|e| e.0), Some(false));
+        let r = Packet::udp(OTHER, 53, C2, 41100);
+        assert_eq!(verdict(env, "berth_to_ctr", &r.frame()), OK);
+        assert_eq!(env.ct_lookup(&k).map(|e| e.0), Some(true));
+    });
+}
+
+#[test]
+fn non_syn_tcp_of_no_policy_flow_is_dropped_and_counted() {
+    in_fixture_ns(|env| {
+        setup(env);
+        let before = env.counter("ct_no_flow");
+        // Allowed by the rules (api -> db:5432), but no flow opened it.
+        for flags in [
+            pkt::ACK,
+            pkt::PSH | pkt::ACK,
+            pkt::SYN | pkt::ACK,
+            pkt::RST,
+            pkt::FIN,
+        ] {
+            let p = seg(from(C2, 41200, C1, 5432), flags, 1, 1);
+            assert_eq!(
+                verdict(env, "berth_from_ctr", &p.frame()),
+                SHOT,
+                "flags {flags:#x}"
+            );
+            assert_eq!(
+                verdict(env, "berth_to_ctr", &p.frame()),
+                SHOT,
+                "flags {flags:#x}"
+            );
+        }
+        assert_eq!(env.counter("ct_no_flow"), before + 10);
+        assert!(env.ct_lookup(&ct_key(C2, 41200, C1, 5432)).is_none());
+        // Between tasks without groups nothing is judged.
+        let p = seg(from(C3, 41201, OTHER, 80), pkt::ACK, 1, 1);
+        assert_eq!(verdict(env, "berth_from_ctr", &p.frame()), OK);
+    });
+}
+
+#[test]
+fn policy_rst_marks_closing_only_within_the_window() {
+    in_fixture_ns(|env| {
+        setup(env);
+        let k = ct_key(C2, 41300, C1, 5432);
+        let c = from(C2, 41300, C1, 5432);
+        let s = from(C1, 5432, C2, 41300);
+        verdict(
+            env,
+            "berth_from_ctr",
+            &seg(c.clone(), pkt::SYN, 100, 0).frame(),
+        );
+        verdict(
+            env,
+            "berth_from_ctr",
+            &seg(s.clone(), pkt::SYN | pkt::ACK, 900, 101).frame(),
+        );
+        verdict(
+            env,
+            "berth_from_ctr",
+            &seg(c.clone(), pkt::ACK, 101, 901).frame(),
+        );
+        let closing =
+            |env: &Env| env.ct_lookup(&k).unwrap().1.flags & berth_maps::CT_F_CLOSING != 0;
+        let oow = env.counter("tcp_out_of_window");
+        let spoofed = seg(s.clone(), pkt::RST, 900 + 3_000_000, 0).frame();
+        assert_eq!(verdict(env, "berth_to_ctr", &spoofed), OK, "forwarded");
+        assert!(!closing(env), "a guessed RST does not close the flow");
+        assert_eq!(env.counter("tcp_out_of_window"), oow + 1);
+        let rst = seg(s.clone(), pkt::RST, 901, 0).frame();
+        assert_eq!(verdict(env, "berth_to_ctr", &rst), OK);
+        assert!(closing(env), "an in-window RST does");
+    });
+}

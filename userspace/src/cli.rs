@@ -286,6 +286,8 @@ impl DaemonArgs {
                 attach: self.attach,
                 ct_capacity: self.security_groups.ct_max,
                 socket_hooks: !self.no_socket_hooks,
+                nat_capacity: self.security_groups.nat_max,
+                embryonic_capacity: self.security_groups.ct_embryonic_max,
             },
             dynamic_ports: self.dynamic_ports,
             reserved_ports: self.reserved_ports,

@@ -554,6 +554,8 @@ mod tests {
             attach: Default::default(),
             ct_capacity: None,
             socket_hooks: true,
+            nat_capacity: None,
+            embryonic_capacity: None,
         };
         assert_eq!(
             check_interfaces(&config).unwrap_err().to_string(),

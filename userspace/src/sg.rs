@@ -965,6 +965,7 @@ pub fn expiry_period(t: &FlowTimeouts) -> Duration {
     let shortest = [
         t.tcp_established,
         t.tcp_closing,
+        t.tcp_syn,
         t.udp_single,
         t.udp_stream,
         t.icmp,

@@ -151,6 +151,15 @@ pub struct SgDaemonArgs {
         value_parser = clap::value_parser!(u64).range(60..=432_000)
     )]
     pub ct_tcp_timeout: u64,
+    /// Idle timeout of a TCP flow whose handshake has not completed (SYN
+    /// seen, the client's ACK of the SYN-ACK not yet), seconds (1-432000).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=432_000)
+    )]
+    pub ct_tcp_syn_timeout: u64,
     /// Idle timeout of a UDP flow with no answer yet, seconds (1-432000).
     #[arg(
         long,
@@ -185,6 +194,27 @@ pub struct SgDaemonArgs {
         value_parser = clap::value_parser!(u32).range(1..=16_777_216)
     )]
     pub ct_max: Option<u32>,
+    /// Capacity of the table of established published-port flows (and of
+    /// the table of clash-remapped client ports) [default: 262144]. When it
+    /// is full, flows completing their handshake are refused and counted
+    /// (nat_table_full); established ones are never evicted. Takes effect
+    /// when the table is created.
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=16_777_216)
+    )]
+    pub nat_max: Option<u32>,
+    /// Capacity of each table of not yet established flows (published ports
+    /// and security groups) [default: 131072]. These are LRU tables: a new
+    /// flow is never refused; the least recently used unestablished flow
+    /// makes room. Takes effect when the tables are created.
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=16_777_216)
+    )]
+    pub ct_embryonic_max: Option<u32>,
 }
 
 impl SgDaemonArgs {
@@ -194,6 +224,7 @@ impl SgDaemonArgs {
             default_sg: self.default_sg.clone(),
             timeouts: FlowTimeouts {
                 tcp_established: self.ct_tcp_timeout,
+                tcp_syn: self.ct_tcp_syn_timeout,
                 udp_single: self.ct_udp_timeout,
                 udp_stream: self.ct_udp_stream_timeout,
                 icmp: self.ct_icmp_timeout,
@@ -539,6 +570,12 @@ mod tests {
             "7",
             "--ct-max",
             "8",
+            "--ct-tcp-syn-timeout",
+            "3",
+            "--nat-max",
+            "9",
+            "--ct-embryonic-max",
+            "10",
         ])
         .unwrap();
         let s = d.settings();
@@ -554,6 +591,8 @@ mod tests {
             (60, 2, 5, 7)
         );
         assert_eq!(d.ct_max, Some(8));
+        assert_eq!(s.timeouts.tcp_syn, 3);
+        assert_eq!((d.nat_max, d.ct_embryonic_max), (Some(9), Some(10)));
         for (flag, value) in [
             ("--max-sgs-per-task", "0"),
             ("--max-sgs-per-task", "17"),
@@ -561,6 +600,9 @@ mod tests {
             ("--ct-tcp-timeout", "432001"),
             ("--ct-udp-timeout", "0"),
             ("--ct-max", "0"),
+            ("--ct-tcp-syn-timeout", "0"),
+            ("--nat-max", "0"),
+            ("--ct-embryonic-max", "0"),
             ("--default-sg", "a b"),
         ] {
             let e = daemon(&[flag, value]).unwrap_err();

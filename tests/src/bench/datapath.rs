@@ -1,5 +1,6 @@
 //! Datapath cost per packet via BPF_PROG_TEST_RUN, in the fixture
-//! namespace: ingress hit (an established flow), miss, reply, and security
+//! namespace: ingress hit (an ACK of an established TCP flow), miss, reply
+//! (the container's ACK), and security
 //! group evaluation with 1 and 300 rules, at 1, 1 000 and 65 000 mappings,
 //! beside the floor of an empty program.
 use std::net::Ipv4Addr;
@@ -145,17 +146,38 @@ pub fn datapath_costs(s: &Settings) -> Value {
         set_rules(env, 3, DIR_INGRESS, &[allow_all()]);
         set_rules(env, 3, DIR_EGRESS, &[allow_all()]);
         env.publish(&binding(HOST2, POLICY_PORT, P_IN, 5432, Protocol::Tcp));
-        let tracked = Packet::tcp(OTHER, 40000, P_OPEN, 80).frame();
-        assert_eq!(
-            env.tc("berth_to_ctr", &tracked).code,
-            0,
-            "P_OPEN allows all"
-        );
+        // An established policy flow (handshake seen), measured on an ACK.
+        let mut t_syn_ack = Packet::tcp(P_OPEN, 80, OTHER, 40000);
+        (t_syn_ack.tcp_flags, t_syn_ack.tcp_seq, t_syn_ack.tcp_ack) = (0x12, 7000, 0x1000_0001);
+        let mut tracked = Packet::tcp(OTHER, 40000, P_OPEN, 80);
+        (tracked.tcp_flags, tracked.tcp_seq, tracked.tcp_ack) = (0x10, 0x1000_0001, 7001);
+        let tracked = tracked.frame();
+        for (prog, f) in [
+            (
+                "berth_to_ctr",
+                Packet::tcp(OTHER, 40000, P_OPEN, 80).frame(),
+            ),
+            ("berth_from_ctr", t_syn_ack.frame()),
+            ("berth_to_ctr", tracked.clone()),
+        ] {
+            assert_eq!(env.tc(prog, &f).code, 0, "P_OPEN allows all");
+        }
         let floor = syn(HOST, 9);
         let miss = syn(HOST, 9);
+        // The established path: the container's ACK, as after a handshake.
+        let mut syn_ack = Packet::tcp(C1, 80, CLIENT, 40000);
+        (syn_ack.tcp_flags, syn_ack.tcp_seq, syn_ack.tcp_ack) = (0x12, 5000, 0x1000_0001);
+        let syn_ack = syn_ack.frame();
         let mut reply = Packet::tcp(C1, 80, CLIENT, 40000);
-        reply.tcp_flags = 0x12;
+        (reply.tcp_flags, reply.tcp_seq, reply.tcp_ack) = (0x10, 5001, 0x1000_0001);
         let reply = reply.frame();
+        // The client's ACK of the SYN-ACK: what every established segment
+        // of the flow looks like to the tracker.
+        let ack = |dst: Ipv4Addr, dport: u16| {
+            let mut p = Packet::tcp(CLIENT, 40000, dst, dport);
+            (p.tcp_flags, p.tcp_seq, p.tcp_ack) = (0x10, 0x1000_0001, 5001);
+            p.frame()
+        };
         let to_ctr = Packet::tcp(OTHER, 40001, P_IN, 5432).frame();
         let from_ctr = Packet::tcp(P_OUT, 40002, OTHER, 443).frame();
         let north_south = syn(HOST2, POLICY_PORT);
@@ -174,8 +196,13 @@ pub fn datapath_costs(s: &Settings) -> Value {
             );
             for n in MAPPING_COUNTS {
                 set_mappings(env, &mut published, n);
-                let hit = syn(HOST, FIRST_PORT + n as u16 - 1);
-                // Creates (or refreshes) the flow the reply belongs to.
+                let port = FIRST_PORT + n as u16 - 1;
+                let hit = ack(HOST, port);
+                // A handshake establishes the flow the hit and the reply
+                // belong to (with a new host port, the old flow goes first).
+                env.clear_nat();
+                assert_eq!(env.tc("berth_ingress", &syn(HOST, port)).code, 7, "syn");
+                assert_eq!(env.tc("berth_reply", &syn_ack).code, 7, "syn-ack");
                 assert_eq!(env.tc("berth_ingress", &hit).code, 7, "hit is redirected");
                 assert_eq!(env.tc("berth_reply", &reply).code, 7, "reply is redirected");
                 record(

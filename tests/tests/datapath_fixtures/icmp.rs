@@ -7,7 +7,10 @@ use berth_integration::{
     testrun::*,
 };
 
-use crate::table::*;
+use crate::{
+    reply::{remapped_tcp_flow, remapped_udp_flow},
+    table::*,
+};
 
 pub(crate) const ROUTER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub(crate) const FRAG_NEEDED: (u8, u8, [u8; 4]) = (3, 4, [0, 0, 0x05, 0x78]);
@@ -165,7 +168,7 @@ pub(crate) fn ingress_icmp_errors(t: &mut Table) {
         p.frame(),
     );
     let mut other = left.clone();
-    other.sport = 8081;
+    other.sport = MANY_FIRST + 1;
     let p = icmp_err(from_router, (ROUTER, HOST, 64), FRAG_NEEDED, &other, 28);
     t.pass("icmp error quoting another host port", p.frame());
     let mut other = left.clone();
@@ -177,6 +180,29 @@ pub(crate) fn ingress_icmp_errors(t: &mut Table) {
         "icmp error to another address than the quote's source",
         p.frame(),
     );
+    // About the reply of a remapped flow: the container must see it about
+    // the client port it knows the flow by.
+    for (flow, c_port) in [(remapped_tcp_flow(), 80), (remapped_udp_flow(), 53)] {
+        let mut left = flow.clone();
+        (left.src, left.dst, left.sport, left.dport) = (flow.dst, flow.src, flow.dport, flow.sport);
+        left.tcp_flags = pkt::ACK;
+        left.ttl = 63;
+        let mut sent = left.clone();
+        (sent.src, sent.sport, sent.dport) = (C1, c_port, remapped_port(&flow));
+        let p = icmp_err(from_router, (ROUTER, HOST, 64), FRAG_NEEDED, &left, 28);
+        let want = icmp_err(to_c1, (ROUTER, C1, 63), FRAG_NEEDED, &sent, 28);
+        t.add(
+            format!(
+                "icmp error about a remapped flow's reply (proto {})",
+                flow.proto
+            ),
+            p.frame(),
+            Expect::Nat {
+                want: want.frame(),
+                neigh: false,
+            },
+        );
+    }
     let mut echo = Packet::icmp(HOST, CLIENT, 8, 0, [0, 1, 0, 1]);
     echo.ttl = 63;
     let p = icmp_err(from_router, (ROUTER, HOST, 64), TTL_EXCEEDED, &echo, 28);
@@ -242,6 +268,27 @@ pub(crate) fn reply_icmp_errors(t: &mut Table) {
         "container's icmp error whose total length cuts the quoted ports",
         pkt::fix_ipv4_csum(pkt::put16(full, ETH_LEN + 2, 20 + 8 + 20 + 2)),
     );
+    // About what a remapped flow's client sent: the client must see it
+    // about its own port and the host port it used.
+    for (flow, c_port, quote) in [(remapped_tcp_flow(), 80, 40), (remapped_udp_flow(), 53, 36)] {
+        let mut sent = flow.clone();
+        sent.ttl = 63;
+        let mut got = sent.clone();
+        (got.dst, got.dport, got.sport) = (C1, c_port, remapped_port(&flow));
+        let p = icmp_err(from_c1, (C1, CLIENT, 64), PORT_UNREACH, &got, quote);
+        let want = icmp_err(to_client, (HOST, CLIENT, 63), PORT_UNREACH, &sent, quote);
+        t.add(
+            format!(
+                "container's icmp error about a remapped flow (proto {})",
+                flow.proto
+            ),
+            p.frame(),
+            Expect::Nat {
+                want: want.frame(),
+                neigh: false,
+            },
+        );
+    }
     let mut other = got.clone();
     other.sport = 5999;
     let p = icmp_err(from_c1, (C1, CLIENT, 64), PORT_UNREACH, &other, 28);

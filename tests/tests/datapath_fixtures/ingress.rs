@@ -206,6 +206,27 @@ fn ingress_normal(t: &mut Table) {
         p.tcp_flags = pkt::PSH | pkt::ACK;
         t.dnat(format!("tcp segment with {n} bytes of payload"), &p, C1_80);
     }
+    // Only a SYN opens a flow: any other TCP packet of no tracked flow is
+    // dropped (nat_no_flow), so scans and floods create nothing.
+    for (flags, what) in [
+        (pkt::ACK, "ack"),
+        (pkt::PSH | pkt::ACK, "psh-ack"),
+        (pkt::SYN | pkt::ACK, "syn-ack"),
+        (pkt::RST, "rst"),
+        (pkt::RST | pkt::ACK, "rst-ack"),
+        (pkt::FIN | pkt::ACK, "fin-ack"),
+        (pkt::SYN | pkt::FIN, "syn-fin"),
+        (pkt::SYN | pkt::RST, "syn-rst"),
+        (0, "no flags"),
+    ] {
+        let mut p = client_tcp(8080);
+        p.sport = 41000;
+        p.tcp_flags = flags;
+        t.drop(
+            format!("tcp {what} of no tracked flow is dropped"),
+            p.frame(),
+        );
+    }
     let mut p = client_tcp(8080).with_payload_len(1461);
     p.tcp_flags = pkt::ACK;
     t.add(
@@ -541,17 +562,42 @@ fn ingress_fragments(t: &mut Table) {
 }
 
 fn ingress_addresses_and_ports(t: &mut Table) {
-    t.dnat(
-        "second host port to the same container port",
+    // The client's 40000 -> 8080 flow (to 172.17.0.2:80) is tracked: the
+    // same client port to another host port or address of that container
+    // port would reply with the same tuple, so it gets another client port.
+    t.dnat_remapped(
+        "second host port to the same container port (clash: client port remapped)",
         &client_tcp(8081),
         C1_80,
     );
     let mut p = client_tcp(8080);
     p.dst = HOST2;
-    t.dnat("wildcard mapping on another host address", &p, C1_80);
-    t.dnat(
-        "mapping bound to this host address",
+    t.dnat_remapped(
+        "wildcard mapping on another host address (clash: client port remapped)",
+        &p,
+        C1_80,
+    );
+    t.dnat_remapped(
+        "mapping bound to this host address (clash: client port remapped)",
         &client_tcp(8082),
+        C1_80,
+    );
+    let mut p = client_tcp(8081).with_payload_len(10);
+    p.tcp_flags = pkt::PSH | pkt::ACK;
+    t.dnat_remapped("later segment of a remapped flow keeps its port", &p, C1_80);
+    t.dnat_remapped(
+        "udp clash: second host port of one container port",
+        &client_udp(8055),
+        (C1, 53),
+    );
+    let mut p = client_tcp(8081);
+    p.sport = 1000;
+    t.dnat("privileged client port, no clash", &p, C1_80);
+    let mut p = client_tcp(8082);
+    p.sport = 1000;
+    t.dnat_remapped(
+        "privileged client port remapped to a privileged one",
+        &p,
         C1_80,
     );
     let mut p = client_tcp(8082);

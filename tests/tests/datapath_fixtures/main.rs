@@ -9,6 +9,7 @@ mod ingress;
 mod reply;
 mod run;
 mod table;
+mod tracking;
 
 use std::collections::HashSet;
 

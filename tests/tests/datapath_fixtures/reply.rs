@@ -25,10 +25,24 @@ pub(crate) fn reply_flows() -> Vec<Packet> {
         Packet::udp(CLIENT, 5001, HOST, 8054),
         Packet::tcp(CLIENT, 40008, HOST2, 8083),
     ];
+    // Reply tuples taken by the flows above: these get remapped client
+    // ports (see `remapped_port`).
+    v.push(remapped_tcp_flow());
+    v.push(remapped_udp_flow());
     let mut many = Packet::udp(CLIENT, 5002, HOST, MANY_FIRST + MANY - 1);
     many.payload = b"last".to_vec();
     v.push(many);
     v
+}
+
+/// 40001 -> 8082 clashes with 40001 -> 8081 (both to 172.17.0.2:80).
+pub(crate) fn remapped_tcp_flow() -> Packet {
+    Packet::tcp(CLIENT, 40001, HOST, 8082)
+}
+
+/// 5000 -> 8055 clashes with 5000 -> 8053 (both to 172.17.0.2:53).
+pub(crate) fn remapped_udp_flow() -> Packet {
+    Packet::udp(CLIENT, 5000, HOST, 8055)
 }
 
 /// A container's packet, as it reaches the bridge's ingress hook.
@@ -252,6 +266,24 @@ pub(crate) fn reply_cases() -> Vec<Case> {
         (HOST, MANY_FIRST + MANY - 1),
     );
 
+    // Replies of flows whose client port a clash remapped: they leave
+    // from the flow's host port, to the client's own port.
+    for (flow, what) in [(remapped_tcp_flow(), "tcp"), (remapped_udp_flow(), "udp")] {
+        let r = remapped_port(&flow);
+        let c_port = if flow.proto == pkt::TCP { 80 } else { 53 };
+        let mut p = from_container(C1, c_port, CLIENT, r, flow.proto);
+        p.payload = b"pong".to_vec();
+        let mut want = snat(&p, HOST, flow.dport, true);
+        want.dport = flow.sport;
+        t.add(
+            format!("{what} reply of a remapped flow goes to the client's own port"),
+            p.frame(),
+            Expect::Nat {
+                want: want.frame(),
+                neigh: false,
+            },
+        );
+    }
     for n in [4, 20, 40] {
         let mut p = c1_reply(40000);
         p.ip_options = record_route(n);

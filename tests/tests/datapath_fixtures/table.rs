@@ -36,6 +36,8 @@ pub(crate) fn publish_defaults(env: &mut Env) {
         binding(HOST2, 8083, C2, 83, tcp),
         binding(any, 8083, C1, 83, tcp),
         binding(any, 8053, C1, 53, udp),
+        // A second host port of the same container port (clash remaps).
+        binding(any, 8055, C1, 53, udp),
         binding(HOST, 8054, C1, 54, udp),
         binding(any, 8090, C2, 90, tcp),
         binding(Ipv4Addr::LOCALHOST, LOOPBACK_PORT, C1, 9000, tcp),
@@ -111,6 +113,27 @@ impl Table {
         );
     }
 
+    /// `p`'s reply tuple is taken by another flow: it must leave DNAT'd to
+    /// `to` from the first client port berth tries instead of its own.
+    pub(crate) fn dnat_remapped(
+        &mut self,
+        name: impl Into<String>,
+        p: &Packet,
+        to: (Ipv4Addr, u16),
+    ) {
+        let resolved = to.0 == C1;
+        let mut want = dnat(p, to.0, to.1, resolved);
+        want.sport = remapped_port(p);
+        self.add(
+            name,
+            p.frame(),
+            Expect::Nat {
+                want: want.frame(),
+                neigh: !resolved,
+            },
+        );
+    }
+
     /// `p` (a container's packet) must leave SNAT'd from `from`.
     pub(crate) fn snat(&mut self, name: impl Into<String>, p: &Packet, from: (Ipv4Addr, u16)) {
         let resolved = p.dst != CLIENT_UNRESOLVED;
@@ -124,6 +147,19 @@ impl Table {
             },
         );
     }
+}
+
+/// The client port a clash gives the client packet `p` when the first one
+/// tried is free (README: remapped ports), never the client's own.
+pub(crate) fn remapped_port(p: &Packet) -> u16 {
+    let port = berth_maps::nat_remap_port(u32::from_ne_bytes(p.src.octets()), p.sport, p.dport, 0);
+    assert_ne!(port, p.sport, "a remap keeps the port: {p:?}");
+    assert_eq!(
+        port >= 1024,
+        p.sport >= 1024,
+        "a remap keeps the port class: {p:?}"
+    );
+    port
 }
 
 pub(crate) fn client_tcp(dport: u16) -> Packet {

@@ -24,10 +24,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use berth_maps::{
-    local_net_encode, Backend, FlowKey, NatEntry, PortKey, ServiceKey, CONFIG_MAP,
+    local_net_encode, Backend, FlowKey, NatEntry, NatFwd, PortKey, ServiceKey, CONFIG_MAP,
     CONFIG_NETNS_COOKIE, COUNTERS_MAP, COUNTER_NAMES, HOST_ADDRS_MAP, LOCAL_NETS_MAP,
-    LOCAL_NETS_MAX, LOCAL_NET_MORE, NAT_F_CLOSING, NAT_F_REPLIED, NAT_MAP, PORTS_MAP,
-    PORT_ADDRS_MAP, PROTO_TCP, SERVICES_MAP,
+    LOCAL_NETS_MAX, LOCAL_NET_MORE, NAT_FWD_MAP, NAT_F_CLOSING, NAT_F_REPLIED, NAT_MAP,
+    NAT_NEW_MAP, PORTS_MAP, PORT_ADDRS_MAP, PROTO_TCP, SERVICES_MAP,
 };
 
 use super::{
@@ -73,6 +73,12 @@ pub struct DatapathConfig {
     /// Attach the cgroup socket hooks (bind guard, localhost and hairpin
     /// access); `--no-socket-hooks` turns them off.
     pub socket_hooks: bool,
+    /// Capacity of the established published-port flow table and of its
+    /// clash-remap table (`None`: [`berth_maps::NAT_CAPACITY`]).
+    pub nat_capacity: Option<u32>,
+    /// Capacity of each table of not yet established flows (published
+    /// ports and security groups; `None`: [`berth_maps::NAT_NEW_CAPACITY`]).
+    pub embryonic_capacity: Option<u32>,
 }
 
 struct Maps {
@@ -81,6 +87,8 @@ struct Maps {
     host_addrs: HashMap<MapData, u32, u32>,
     local_nets: Array<MapData, u64>,
     nat: HashMap<MapData, FlowKey, NatEntry>,
+    nat_new: HashMap<MapData, FlowKey, NatEntry>,
+    nat_fwd: HashMap<MapData, FlowKey, NatFwd>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -251,11 +259,18 @@ impl BpfDatapath {
         } else {
             None
         };
-        let overrides: Vec<(&str, u32)> = config
-            .ct_capacity
-            .map(|n| (berth_maps::CT_MAP, n))
-            .into_iter()
-            .collect();
+        // Capacities set by flags: the pinned maps are checked (and
+        // migrated) against these, and the loader creates missing ones so.
+        let mut overrides: Vec<(&str, u32)> = Vec::new();
+        if let Some(n) = config.ct_capacity {
+            overrides.push((berth_maps::CT_MAP, n));
+        }
+        if let Some(n) = config.nat_capacity {
+            overrides.extend([(NAT_MAP, n), (NAT_FWD_MAP, n)]);
+        }
+        if let Some(n) = config.embryonic_capacity {
+            overrides.extend([(NAT_NEW_MAP, n), (berth_maps::CT_NEW_MAP, n)]);
+        }
         let expected = super::pins::expected_shapes(ebpf_object(), &overrides)?;
         let pins = super::pins::check_and_migrate(&dir, &expected)?;
         if pins
@@ -364,6 +379,8 @@ impl BpfDatapath {
             )
             .map_err(map_err("BERTH_LOCAL_NETS"))?,
             nat: take_map(&mut ebpf, NAT_MAP)?,
+            nat_new: take_map(&mut ebpf, NAT_NEW_MAP)?,
+            nat_fwd: take_map(&mut ebpf, NAT_FWD_MAP)?,
             counters: PerCpuArray::try_from(
                 ebpf.take_map(COUNTERS_MAP)
                     .ok_or_else(|| DatapathError::Other(format!("map {COUNTERS_MAP} missing")))?,
@@ -375,6 +392,7 @@ impl BpfDatapath {
             policy: take_map(&mut ebpf, berth_maps::POLICY_MAP)?,
             members: take_map(&mut ebpf, berth_maps::SG_MEMBERS_MAP)?,
             ct: take_map(&mut ebpf, berth_maps::CT_MAP)?,
+            ct_new: take_map(&mut ebpf, berth_maps::CT_NEW_MAP)?,
         };
         let port_addrs = take_map(&mut ebpf, PORT_ADDRS_MAP)?;
         let ebpf = Arc::new(Mutex::new(ebpf));
@@ -708,20 +726,99 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Whether a tracked flow has been idle past its protocol's timeout.
-pub fn flow_expired(key: &FlowKey, e: &NatEntry, now_ns: u64, t: &FlowTimeouts) -> bool {
-    let timeout_s = if key.proto == PROTO_TCP {
-        if e.flags & NAT_F_CLOSING != 0 {
-            t.tcp_closing
-        } else {
-            t.tcp_established
-        }
-    } else if e.flags & NAT_F_REPLIED != 0 {
-        t.udp_stream
-    } else {
-        t.udp_single
-    };
+/// Which flow table an entry lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowTable {
+    /// BERTH_NAT / BERTH_CT.
+    Established,
+    /// BERTH_NAT_NEW / BERTH_CT_NEW: the handshake (TCP) or the first
+    /// reply (UDP, ICMP echo) has not happened yet.
+    Embryonic,
+}
+
+/// The idle timeout, in seconds, of a tracked flow of protocol `proto`
+/// with flags `flags` (the NAT_F_* and CT_F_* bits agree) in `table`.
+pub fn flow_timeout(proto: u8, flags: u8, table: FlowTable, t: &FlowTimeouts) -> u64 {
+    let closing = flags & NAT_F_CLOSING != 0;
+    match (proto, table) {
+        (PROTO_TCP, FlowTable::Embryonic) if closing => t.tcp_syn.min(t.tcp_closing),
+        (PROTO_TCP, FlowTable::Embryonic) => t.tcp_syn,
+        (PROTO_TCP, FlowTable::Established) if closing => t.tcp_closing,
+        (PROTO_TCP, FlowTable::Established) => t.tcp_established,
+        (berth_maps::PROTO_UDP, FlowTable::Embryonic) => t.udp_single,
+        (berth_maps::PROTO_UDP, _) if flags & NAT_F_REPLIED != 0 => t.udp_stream,
+        (berth_maps::PROTO_UDP, _) => t.udp_single,
+        _ => t.icmp,
+    }
+}
+
+/// Whether a tracked published-port flow has been idle past its timeout.
+pub fn flow_expired(
+    key: &FlowKey,
+    e: &NatEntry,
+    table: FlowTable,
+    now_ns: u64,
+    t: &FlowTimeouts,
+) -> bool {
+    let timeout_s = flow_timeout(key.proto, e.flags, table, t);
     now_ns.saturating_sub(e.last_seen_ns) > timeout_s * 1_000_000_000
+}
+
+/// The reply-tuple key of the flow a clash-remap entry belongs to.
+pub fn fwd_flow_key(wire: &FlowKey, f: &NatFwd) -> FlowKey {
+    FlowKey {
+        src_addr_be: f.backend_addr_be,
+        dst_addr_be: wire.src_addr_be,
+        src_port_be: f.backend_port_be,
+        dst_port_be: f.remap_port_be,
+        proto: wire.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// Whether `e` (found under [`fwd_flow_key`]) is the flow of the remap
+/// entry `wire`: the same host address and port and client port.
+pub fn fwd_owns(wire: &FlowKey, e: &NatEntry) -> bool {
+    e.host_addr_be == wire.dst_addr_be
+        && e.host_port_be == wire.dst_port_be
+        && e.client_port_be == wire.src_port_be
+}
+
+impl Maps {
+    /// Forget the flows `stale` picks in both flow tables, and the remap
+    /// entries of flows that no longer exist. Returns how many flows.
+    fn forget_flows(&mut self, stale: impl Fn(&FlowKey, &NatEntry, FlowTable) -> bool) -> usize {
+        let mut n = 0;
+        for (table, map) in [
+            (FlowTable::Established, &mut self.nat),
+            (FlowTable::Embryonic, &mut self.nat_new),
+        ] {
+            let keys: Vec<FlowKey> = map
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, v)| stale(k, v, table))
+                .map(|(k, _)| k)
+                .collect();
+            for k in &keys {
+                n += usize::from(map.remove(k).is_ok());
+            }
+        }
+        let orphans: Vec<FlowKey> = self
+            .nat_fwd
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(wire, f)| {
+                let key = fwd_flow_key(wire, f);
+                let e = self.nat.get(&key, 0).or_else(|_| self.nat_new.get(&key, 0));
+                !e.is_ok_and(|e| fwd_owns(wire, &e))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in &orphans {
+            let _ = self.nat_fwd.remove(k);
+        }
+        n
+    }
 }
 
 impl Datapath for BpfDatapath {
@@ -764,21 +861,13 @@ impl Datapath for BpfDatapath {
         // stale state (the UDP black hole Docker users hit).
         let be = backend(b);
         let proto = b.protocol.ip_proto();
-        let stale: Vec<FlowKey> = m
-            .nat
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| {
-                k.proto == proto
-                    && k.src_addr_be == be.addr_be
-                    && k.src_port_be == be.port_be
-                    && v.host_port_be == b.host_port.to_be()
-            })
-            .map(|(k, _)| k)
-            .collect();
-        for k in stale {
-            let _ = m.nat.remove(&k);
-        }
+        let host_port_be = b.host_port.to_be();
+        m.forget_flows(|k, v, _| {
+            k.proto == proto
+                && k.src_addr_be == be.addr_be
+                && k.src_port_be == be.port_be
+                && v.host_port_be == host_port_be
+        });
         Ok(())
     }
 
@@ -891,17 +980,8 @@ impl Datapath for BpfDatapath {
         let now = monotonic_ns();
         let from_policy = self.policy().expire(&t, now);
         let mut m = self.lock();
-        let expired: Vec<FlowKey> = m
-            .nat
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| flow_expired(k, v, now, &t))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &expired {
-            let _ = m.nat.remove(k);
-        }
-        Ok(expired.len() + from_policy)
+        let expired = m.forget_flows(|k, v, table| flow_expired(k, v, table, now, &t));
+        Ok(expired + from_policy)
     }
 
     fn set_endpoint(&self, ip: Ipv4Addr, task_id: u32, policy: bool) -> Result<(), DatapathError> {

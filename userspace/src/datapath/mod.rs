@@ -76,6 +76,10 @@ pub enum RulePeer {
 pub struct FlowTimeouts {
     pub tcp_established: u64,
     pub tcp_closing: u64,
+    /// A TCP flow whose handshake has not completed (SYN seen, no ACK of
+    /// the SYN-ACK yet), as conntrack's SYN states.
+    pub tcp_syn: u64,
+    /// A UDP flow with no reply yet.
     pub udp_single: u64,
     pub udp_stream: u64,
     pub icmp: u64,
@@ -86,6 +90,7 @@ impl Default for FlowTimeouts {
         Self {
             tcp_established: 432_000,
             tcp_closing: 60,
+            tcp_syn: 30,
             udp_single: 30,
             udp_stream: 180,
             icmp: 30,

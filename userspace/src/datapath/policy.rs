@@ -4,18 +4,23 @@ use std::{collections::HashSet, net::Ipv4Addr};
 
 use aya::maps::{HashMap, MapData};
 use berth_maps::{
-    CtEntry, Endpoint, FlowKey, Policy, PolicyKey, Rule, SgMember, CT_F_CLOSING, CT_F_REPLIED,
-    DIR_EGRESS, DIR_INGRESS, EP_F_POLICY, MAX_RULES, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    RULE_ICMP_ANY, RULE_PEER_CIDR, RULE_PEER_SG, RULE_PROTO_ALL,
+    CtEntry, Endpoint, FlowKey, Policy, PolicyKey, Rule, SgMember, DIR_EGRESS, DIR_INGRESS,
+    EP_F_POLICY, MAX_RULES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ICMP_ANY, RULE_PEER_CIDR,
+    RULE_PEER_SG, RULE_PROTO_ALL,
 };
 
-use super::{DatapathError, FlowTimeouts, PolicyRule, RulePeer, RuleProto};
+use super::{
+    bpf::{flow_timeout, FlowTable},
+    DatapathError, FlowTimeouts, PolicyRule, RulePeer, RuleProto,
+};
 
 pub(super) struct PolicyMaps {
     pub endpoints: HashMap<MapData, u32, Endpoint>,
     pub policy: HashMap<MapData, PolicyKey, Policy>,
     pub members: HashMap<MapData, SgMember, u32>,
     pub ct: HashMap<MapData, FlowKey, CtEntry>,
+    /// Not yet established policy flows (an LRU hash).
+    pub ct_new: HashMap<MapData, FlowKey, CtEntry>,
 }
 
 fn err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
@@ -205,28 +210,27 @@ impl PolicyMaps {
         n
     }
 
-    /// Forget policy-tracked flows idle past their timeout.
+    /// Forget policy-tracked flows idle past their timeout, in both tables.
     pub fn expire(&mut self, t: &FlowTimeouts, now_ns: u64) -> usize {
-        let expired: Vec<FlowKey> = self
-            .ct
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| {
-                let timeout = match k.proto {
-                    PROTO_TCP if v.flags & CT_F_CLOSING != 0 => t.tcp_closing,
-                    PROTO_TCP => t.tcp_established,
-                    PROTO_UDP if v.flags & CT_F_REPLIED != 0 => t.udp_stream,
-                    PROTO_UDP => t.udp_single,
-                    _ => t.icmp,
-                };
-                now_ns.saturating_sub(v.last_seen_ns) > timeout * 1_000_000_000
-            })
-            .map(|(k, _)| k)
-            .collect();
-        for k in &expired {
-            let _ = self.ct.remove(k);
+        let mut n = 0;
+        for (table, map) in [
+            (FlowTable::Established, &mut self.ct),
+            (FlowTable::Embryonic, &mut self.ct_new),
+        ] {
+            let expired: Vec<FlowKey> = map
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, v)| {
+                    let timeout = flow_timeout(k.proto, v.flags, table, t);
+                    now_ns.saturating_sub(v.last_seen_ns) > timeout * 1_000_000_000
+                })
+                .map(|(k, _)| k)
+                .collect();
+            for k in &expired {
+                n += usize::from(map.remove(k).is_ok());
+            }
         }
-        expired.len()
+        n
     }
 }
 
