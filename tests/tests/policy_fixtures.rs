@@ -506,7 +506,8 @@ fn a_published_ports_fragments_pass_the_veth_after_the_uplink_judged_them() {
         let mut p = from(CLIENT, 40000, HOST, 8080).with_payload_len(3000);
         p.ip_id = 0x6201;
         p.frag = 0;
-        p.tcp_flags = pkt::ACK;
+        // Only a SYN opens a published-port flow (a SYN may carry data).
+        p.tcp_flags = pkt::SYN;
         assert_eq!(
             env.tc("berth_ingress", &pkt::fragment(&p, 0, 1480, true))
                 .code,
@@ -527,7 +528,11 @@ fn a_published_ports_fragments_pass_the_veth_after_the_uplink_judged_them() {
         (out.src, out.sport, out.ttl) = (HOST, 8080, 63);
         (out.eth_dst, out.eth_src) = (CLIENT_MAC, UPLINK_MAC);
         for (off, more) in [(0, true), (1480, true), (2960, false)] {
-            let v = env.tc("berth_from_ctr", &pkt::fragment(&r, off, 1480, more));
+            let v = env.tc_on(
+                "berth_from_ctr",
+                &pkt::fragment(&r, off, 1480, more),
+                port_of(C2),
+            );
             assert_eq!(v.code, REDIRECT, "offset {off}");
             assert_eq!(
                 v.frame,
@@ -794,7 +799,7 @@ fn udp_policy_flow_is_established_by_its_reply() {
 fn non_syn_tcp_of_no_policy_flow_is_dropped_and_counted() {
     in_fixture_ns(|env| {
         setup(env);
-        let before = env.counter("ct_no_flow");
+        let before = env.counter(Counter::CtNoFlow);
         // Allowed by the rules (api -> db:5432), but no flow opened it.
         for flags in [
             pkt::ACK,
@@ -815,7 +820,7 @@ fn non_syn_tcp_of_no_policy_flow_is_dropped_and_counted() {
                 "flags {flags:#x}"
             );
         }
-        assert_eq!(env.counter("ct_no_flow"), before + 10);
+        assert_eq!(env.counter(Counter::CtNoFlow), before + 10);
         assert!(env.ct_lookup(&ct_key(C2, 41200, C1, 5432)).is_none());
         // Between tasks without groups nothing is judged.
         let p = seg(from(C3, 41201, OTHER, 80), pkt::ACK, 1, 1);
@@ -847,11 +852,11 @@ fn policy_rst_marks_closing_only_within_the_window() {
         );
         let closing =
             |env: &Env| env.ct_lookup(&k).unwrap().1.flags & berth_maps::CT_F_CLOSING != 0;
-        let oow = env.counter("tcp_out_of_window");
+        let oow = env.counter(Counter::TcpOutOfWindow);
         let spoofed = seg(s.clone(), pkt::RST, 900 + 3_000_000, 0).frame();
         assert_eq!(verdict(env, "berth_to_ctr", &spoofed), OK, "forwarded");
         assert!(!closing(env), "a guessed RST does not close the flow");
-        assert_eq!(env.counter("tcp_out_of_window"), oow + 1);
+        assert_eq!(env.counter(Counter::TcpOutOfWindow), oow + 1);
         let rst = seg(s.clone(), pkt::RST, 901, 0).frame();
         assert_eq!(verdict(env, "berth_to_ctr", &rst), OK);
         assert!(closing(env), "an in-window RST does");
