@@ -36,6 +36,10 @@ pub struct FakeDatapath {
     removes: AtomicUsize,
     host_addr_updates: AtomicUsize,
     expire_calls: AtomicUsize,
+    /// Each forget_flows call's bindings, in order.
+    forgotten: Mutex<Vec<Vec<Binding>>>,
+    /// How long forget_flows takes, as a sweep of a full table would.
+    forget_delay: Mutex<std::time::Duration>,
 }
 
 impl FakeDatapath {
@@ -63,6 +67,12 @@ impl FakeDatapath {
     }
     pub fn expire_calls(&self) -> usize {
         self.expire_calls.load(Ordering::SeqCst)
+    }
+    pub fn forgotten(&self) -> Vec<Vec<Binding>> {
+        self.forgotten.lock().unwrap().clone()
+    }
+    pub fn set_forget_delay(&self, delay: std::time::Duration) {
+        *self.forget_delay.lock().unwrap() = delay;
     }
 }
 
@@ -150,6 +160,12 @@ impl Datapath for FakeDatapath {
         self.removes.fetch_add(1, Ordering::SeqCst);
         self.bindings.lock().unwrap().remove(binding);
         Ok(())
+    }
+    fn forget_flows(&self, gone: &[Binding]) -> Result<usize, DatapathError> {
+        let delay = *self.forget_delay.lock().unwrap();
+        std::thread::sleep(delay);
+        self.forgotten.lock().unwrap().push(gone.to_vec());
+        Ok(0)
     }
     fn set_host_addrs(&self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError> {
         self.host_addr_updates.fetch_add(1, Ordering::SeqCst);

@@ -7,7 +7,9 @@
 //! store commit that also records the ports berth is about to reserve, then
 //! the sysctl write; a crash between the last two is repaired by the
 //! reconcile at start. Unpublishing: datapath removes, sysctl write, then
-//! the store commit. A failed step undoes the earlier ones.
+//! the store commit. A failed step undoes the earlier ones. The removed
+//! bindings' tracked flows are forgotten afterwards, in one sweep outside
+//! the lock ([`Berth::remove`]).
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     hash::{BuildHasher, RandomState},
@@ -747,6 +749,12 @@ impl Registry {
                 tracing::error!(binding = describe(b), error = %err, "rollback: removing failed");
             }
         }
+        // Flows that started in the moment the bindings were live.
+        if !done.is_empty() {
+            if let Err(err) = self.datapath.forget_flows(done) {
+                tracing::warn!(error = %err, "rollback: forgetting flows failed; they expire by timeout");
+            }
+        }
     }
 
     fn undo_removes(&self, done: &[Binding]) {
@@ -844,6 +852,12 @@ fn select(task: &str, current: &[Binding], specs: &[PortSpec]) -> Result<BTreeSe
 pub struct Berth {
     registry: Arc<tokio::sync::Mutex<Registry>>,
     datapath: Arc<dyn Datapath>,
+    /// Forgetting a request's flows runs after the registry is unlocked.
+    /// Removals hold this shared while they sweep; publishing takes it
+    /// exclusively, so a binding re-published at once never has its new
+    /// flows swept by the removal of the old one. Taken before the registry
+    /// lock, always.
+    flow_gate: Arc<tokio::sync::RwLock<()>>,
     /// Set once the daemon shuts down, so event streams end and do not
     /// hold the shutdown up.
     closing: Arc<watch::Sender<bool>>,
@@ -855,6 +869,7 @@ impl Berth {
         Berth {
             registry: Arc::new(tokio::sync::Mutex::new(registry)),
             datapath,
+            flow_gate: Arc::new(tokio::sync::RwLock::new(())),
             closing: Arc::new(watch::channel(false).0),
         }
     }
@@ -874,12 +889,16 @@ impl Berth {
         def: TaskDefinition,
         ips: BTreeMap<String, Ipv4Addr>,
     ) -> Result<TaskRecord> {
+        let _gate = self.flow_gate.write().await;
         self.with_registry(move |r| r.run_task(&name, &def, &ips))
             .await
     }
 
     pub async fn stop_task(&self, name: String) -> Result<(TaskRecord, Vec<Binding>)> {
-        self.with_registry(move |r| r.stop_task(&name)).await
+        let gate = self.flow_gate.clone().read_owned().await;
+        let (record, gone) = self.with_registry(move |r| r.stop_task(&name)).await?;
+        self.forget_flows(&gone, gate).await;
+        Ok((record, gone))
     }
 
     /// Subscribes to events; with `existing`, also returns an "added" event
@@ -922,12 +941,40 @@ impl Berth {
         container_ip: Ipv4Addr,
         specs: Vec<PortSpec>,
     ) -> Result<Vec<Binding>> {
+        let _gate = self.flow_gate.write().await;
         self.with_registry(move |r| r.add(&task, container_ip, &specs))
             .await
     }
 
     pub async fn remove(&self, task: String, specs: Vec<PortSpec>) -> Result<Vec<Binding>> {
-        self.with_registry(move |r| r.remove(&task, &specs)).await
+        let gate = self.flow_gate.clone().read_owned().await;
+        let gone = self.with_registry(move |r| r.remove(&task, &specs)).await?;
+        self.forget_flows(&gone, gate).await;
+        Ok(gone)
+    }
+
+    /// Forgets the flows of bindings already unpublished, outside the
+    /// registry lock: they are gone from the datapath's services, so no new
+    /// flow can start for them. The change itself is committed, so a failed
+    /// sweep is logged, not returned; the flows then age out.
+    async fn forget_flows(&self, gone: &[Binding], gate: tokio::sync::OwnedRwLockReadGuard<()>) {
+        let datapath = self.datapath.clone();
+        let gone = gone.to_vec();
+        let bindings = gone.len();
+        let swept = tokio::task::spawn_blocking(move || {
+            let _gate = gate;
+            datapath.forget_flows(&gone)
+        })
+        .await;
+        match swept {
+            Ok(Ok(flows)) => {
+                tracing::debug!(bindings, flows, "forgot the flows of removed bindings")
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(bindings, error = %err, "forgetting the flows of removed bindings failed; they expire by timeout")
+            }
+            Err(err) => tracing::error!(error = %err, "flow sweep task failed"),
+        }
     }
 
     pub async fn counters(&self) -> Result<BTreeMap<String, u64>> {
@@ -1391,5 +1438,68 @@ mod tests {
         assert_eq!(ok, 1);
         assert_eq!(berth.bindings().await.len(), 1);
         assert_eq!(f.datapath.bindings().len(), 1);
+    }
+    #[tokio::test]
+    async fn a_removal_forgets_its_flows_in_one_sweep_after_unlocking() {
+        let f = fixture();
+        let datapath = f.datapath.clone();
+        let berth = Berth::new(f.registry);
+        let added = berth
+            .add(
+                "web".into(),
+                ip("172.17.0.2"),
+                specs(&["9000-9999:9000-9999"]),
+            )
+            .await
+            .unwrap();
+        berth
+            .add("db".into(), ip("172.17.0.3"), specs(&["5432:5432"]))
+            .await
+            .unwrap();
+        // A sweep of a full table takes a while; the registry is free meanwhile.
+        datapath.set_forget_delay(std::time::Duration::from_millis(800));
+        let remover = berth.clone();
+        let removal = tokio::spawn(async move { remover.remove("web".into(), vec![]).await });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let started = std::time::Instant::now();
+        let listed = berth.bindings().await;
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(300),
+            "listing waited {:?} for the sweep",
+            started.elapsed()
+        );
+        assert_eq!(listed.len(), 1, "the removal is committed before the sweep");
+        assert!(datapath.forgotten().is_empty(), "still sweeping");
+        let gone = removal.await.unwrap().unwrap();
+        assert_eq!(gone, added);
+        // One sweep for the whole request, with every removed binding.
+        assert_eq!(datapath.forgotten(), vec![added]);
+    }
+
+    #[tokio::test]
+    async fn a_republish_waits_for_the_sweep_of_the_removed_binding() {
+        let f = fixture();
+        let datapath = f.datapath.clone();
+        let berth = Berth::new(f.registry);
+        berth
+            .add("web".into(), ip("172.17.0.2"), specs(&["8080:80"]))
+            .await
+            .unwrap();
+        datapath.set_forget_delay(std::time::Duration::from_millis(500));
+        let remover = berth.clone();
+        let removal = tokio::spawn(async move { remover.remove("web".into(), vec![]).await });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // The same binding again: its new flows must not be swept as the old one's.
+        berth
+            .add("web".into(), ip("172.17.0.2"), specs(&["8080:80"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            datapath.forgotten().len(),
+            1,
+            "the publish ran only after the sweep"
+        );
+        removal.await.unwrap().unwrap();
+        assert_eq!(datapath.bindings().len(), 1);
     }
 }

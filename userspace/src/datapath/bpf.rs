@@ -30,7 +30,10 @@ use berth_maps::{
 };
 
 use super::{
-    policy::PolicyMaps, ports::PortWatcher, Datapath, DatapathError, FlowTimeouts, PolicyRule,
+    flows::{owned_by, sweep, FlowTable},
+    policy::PolicyMaps,
+    ports::PortWatcher,
+    Datapath, DatapathError, FlowTimeouts, PolicyRule,
 };
 use crate::model::Binding;
 
@@ -74,12 +77,14 @@ struct Maps {
     services: HashMap<MapData, ServiceKey, Backend>,
     ports: HashMap<MapData, PortKey, u32>,
     host_addrs: HashMap<MapData, u32, u32>,
-    nat: HashMap<MapData, FlowKey, NatEntry>,
     counters: PerCpuArray<MapData, u64>,
 }
 
 pub struct BpfDatapath {
     maps: Mutex<Maps>,
+    /// Outside the mutex: sweeping a full table takes a while, and batch
+    /// syscalls on an fd need no lock.
+    flows: Vec<FlowTable>,
     policy: Mutex<PolicyMaps>,
     timeouts: Mutex<FlowTimeouts>,
     // Stops before the programs it attaches are dropped.
@@ -291,7 +296,6 @@ impl BpfDatapath {
             services: take_map(&mut ebpf, SERVICES_MAP)?,
             ports: take_map(&mut ebpf, PORTS_MAP)?,
             host_addrs: take_map(&mut ebpf, HOST_ADDRS_MAP)?,
-            nat: take_map(&mut ebpf, NAT_MAP)?,
             counters: PerCpuArray::try_from(
                 ebpf.take_map(COUNTERS_MAP)
                     .ok_or_else(|| DatapathError::Other(format!("map {COUNTERS_MAP} missing")))?,
@@ -304,10 +308,17 @@ impl BpfDatapath {
             members: take_map(&mut ebpf, berth_maps::SG_MEMBERS_MAP)?,
             ct: take_map(&mut ebpf, berth_maps::CT_MAP)?,
         };
+        // Every table keyed by the container-side tuple with a NatEntry:
+        // forgetting a binding's flows and expiry cover each of them.
+        let flows = vec![FlowTable {
+            name: NAT_MAP,
+            map: take_map(&mut ebpf, NAT_MAP)?,
+        }];
         let ebpf = Arc::new(Mutex::new(ebpf));
         let ports = super::ports::watch(ebpf.clone(), config.bridge.clone(), links_dir)?;
         Ok(Self {
             maps: Mutex::new(maps),
+            flows,
             policy: Mutex::new(policy),
             timeouts: Mutex::new(FlowTimeouts::default()),
             _ports: ports,
@@ -641,26 +652,14 @@ impl Datapath for BpfDatapath {
             Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err("BERTH_SERVICES")(e)),
         }
-        // Forget the binding's flows, so a replaced container never inherits
-        // stale state (the UDP black hole Docker users hit).
-        let be = backend(b);
-        let proto = b.protocol.ip_proto();
-        let stale: Vec<FlowKey> = m
-            .nat
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| {
-                k.proto == proto
-                    && k.src_addr_be == be.addr_be
-                    && k.src_port_be == be.port_be
-                    && v.host_port_be == b.host_port.to_be()
-            })
-            .map(|(k, _)| k)
-            .collect();
-        for k in stale {
-            let _ = m.nat.remove(&k);
-        }
         Ok(())
+    }
+
+    fn forget_flows(&self, gone: &[Binding]) -> Result<usize, DatapathError> {
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        sweep(&self.flows, owned_by(gone))
     }
 
     fn retain(&self, keep: &[Binding]) -> Result<usize, DatapathError> {
@@ -745,18 +744,8 @@ impl Datapath for BpfDatapath {
         let t = *self.timeouts.lock().unwrap_or_else(|p| p.into_inner());
         let now = monotonic_ns();
         let from_policy = self.policy().expire(&t, now);
-        let mut m = self.lock();
-        let expired: Vec<FlowKey> = m
-            .nat
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| flow_expired(k, v, now, &t))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &expired {
-            let _ = m.nat.remove(k);
-        }
-        Ok(expired.len() + from_policy)
+        let expired = sweep(&self.flows, |k, v| flow_expired(k, v, now, &t))?;
+        Ok(expired + from_policy)
     }
 
     fn set_endpoint(&self, ip: Ipv4Addr, task_id: u32, policy: bool) -> Result<(), DatapathError> {

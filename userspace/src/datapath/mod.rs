@@ -4,6 +4,7 @@ use std::net::Ipv4Addr;
 use crate::model::Binding;
 
 mod bpf;
+mod flows;
 mod policy;
 mod ports;
 /// Map key/value encoding of a binding (shared with tests and benchmarks).
@@ -84,8 +85,13 @@ impl Default for FlowTimeouts {
 pub trait Datapath: Send + Sync {
     /// Publish (or re-point) one binding.
     fn insert(&self, binding: &Binding) -> Result<(), DatapathError>;
-    /// Unpublish one binding and forget its flows.
+    /// Unpublish one binding. Its tracked flows stay until
+    /// [`Datapath::forget_flows`].
     fn remove(&self, binding: &Binding) -> Result<(), DatapathError>;
+    /// Forget the tracked flows of bindings already removed, in one pass
+    /// over the flow tables, so a replaced container never inherits stale
+    /// state (the UDP black hole Docker users hit). Returns how many.
+    fn forget_flows(&self, gone: &[Binding]) -> Result<usize, DatapathError>;
     /// Replace the set of host addresses a wildcard binding answers on.
     fn set_host_addrs(&self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError>;
     /// Per-reason packet counters, summed over CPUs.
