@@ -34,7 +34,15 @@ struct Opts {
     from_json: Option<PathBuf>,
 }
 
-const SECTIONS: [&str; 5] = ["verifier", "datapath", "topology", "veth", "control"];
+/// `control-berth`: berth's control-plane rows only (not part of a full run).
+const SECTIONS: [&str; 6] = [
+    "verifier",
+    "datapath",
+    "topology",
+    "veth",
+    "control",
+    "control-berth",
+];
 
 fn parse_args() -> Result<Opts> {
     let mut quick = false;
@@ -167,7 +175,8 @@ fn run() -> Result<()> {
     if !berth_integration::is_root() {
         bail!("the benchmarks load eBPF programs and build network namespaces: run as root");
     }
-    if !std::path::Path::new(berth_integration::bench::peers::DOCKER_PROXY).is_file() {
+    let berth_only = opts.only.iter().all(|o| o == "control-berth") && !opts.only.is_empty();
+    if !berth_only && !std::path::Path::new(berth_integration::bench::peers::DOCKER_PROXY).is_file() {
         bail!(
             "{} is missing: `cargo xtask bench` installs Debian's docker.io for it (dockerd is never started)",
             berth_integration::bench::peers::DOCKER_PROXY
@@ -197,10 +206,11 @@ fn run() -> Result<()> {
     section("topology", &|| topo::topology_bench(&settings))?;
     section("veth", &|| veth::veth_bench(&settings))?;
     let mut control_result = None;
-    if wanted("control") {
+    let peers = wanted("control");
+    if peers || opts.only.iter().any(|o| o == "control-berth") {
         let t = Instant::now();
         eprintln!("bench: control plane and memory...");
-        control_result = Some(control::control_and_memory(&settings)?);
+        control_result = Some(control::control_and_memory(&settings, peers)?);
         eprintln!(
             "bench: control plane and memory took {:.0} s",
             t.elapsed().as_secs_f64()
