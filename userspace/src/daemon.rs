@@ -1,12 +1,7 @@
 //! `berth daemon`: load the datapath, restore the stored bindings, keep the
 //! host addresses current, expire flows, and serve the API until SIGTERM.
 use std::{
-    collections::BTreeSet,
-    future::{Future, IntoFuture},
-    io,
-    net::Ipv4Addr,
-    path::PathBuf,
-    sync::Arc,
+    collections::BTreeSet, future::Future, io, net::Ipv4Addr, path::PathBuf, sync::Arc,
     time::Duration,
 };
 
@@ -22,7 +17,8 @@ use crate::{
     datapath::{BpfDatapath, Datapath, DatapathConfig},
     error::{Error, Result},
     host::{self, format_port_list, Host, SystemHost},
-    netif,
+    limits::ApiLimits,
+    netif, server,
     socket::{self, SocketFile},
     spec::PortRange,
     state::{Berth, Bridge, Registry},
@@ -45,6 +41,9 @@ pub struct DaemonConfig {
     pub port_cooldown_secs: u64,
     /// Groups per task, `--default-sg`, flow timeouts.
     pub security_groups: crate::sg::SgSettings,
+    /// `--socket-group`.
+    pub socket_group: Option<String>,
+    pub limits: ApiLimits,
 }
 
 impl DaemonConfig {
@@ -86,6 +85,7 @@ pub struct Parts {
     pub host: Arc<dyn Host>,
     pub policy: PortPolicy,
     pub security_groups: crate::sg::SgSettings,
+    pub limits: ApiLimits,
 }
 
 /// Starts the daemon and returns once it has stopped. Every error is one
@@ -97,7 +97,12 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     let shutdown = shutdown_signal()?;
     // Claim the socket before touching the datapath, so a second daemon
     // started by mistake stops here and leaves the first one's programs be.
-    let (listener, socket_file) = socket::bind(&config.socket).await?;
+    let gid = config
+        .socket_group
+        .as_deref()
+        .map(socket::resolve_group)
+        .transpose()?;
+    let (listener, socket_file) = socket::bind(&config.socket, gid).await?;
     let store = Store::open(&config.state_dir)?;
     let datapath = BpfDatapath::open(&config.datapath)?;
     tracing::info!(
@@ -119,6 +124,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         host: Arc::new(SystemHost::default()),
         policy,
         security_groups: config.security_groups.clone(),
+        limits: config.limits,
     };
     serve(parts, shutdown).await
 }
@@ -176,11 +182,13 @@ pub async fn serve(
         host,
         policy,
         security_groups,
+        limits,
     } = parts;
     let store_path = store.path().to_owned();
     let expiry = crate::sg::expiry_period(&security_groups.timeouts);
     let mut registry = Registry::open(store, datapath.clone(), bridge, host, policy)?;
     registry.configure_security_groups(security_groups)?;
+    registry.set_port_limits(limits.ports);
     let restored = registry.restore()?;
     tracing::info!(bindings = restored, store = %store_path.display(), "restored bindings");
     let (reserved, released) = registry.reconcile_reserved_ports()?;
@@ -202,34 +210,32 @@ pub async fn serve(
         tokio::spawn(expire_flows(datapath.clone(), expiry)),
     ];
 
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let berth = Berth::new(registry);
+    let berth = Berth::new(registry).with_max_subscribers(limits.max_event_subscribers);
     let closer = berth.clone();
-    let server = axum::serve(listener, api::router(berth))
-        .with_graceful_shutdown(async move {
+    tracing::info!(
+        socket = %socket_file.path().display(),
+        max_connections = limits.max_connections,
+        max_event_subscribers = limits.max_event_subscribers,
+        max_ports_per_request = limits.ports.per_request,
+        max_ports_per_task = limits.ports.per_task,
+        "serving the API"
+    );
+    server::serve(
+        listener,
+        api::router(berth),
+        limits,
+        async move {
             shutdown.await;
             // End event streams, or they would hold the shutdown up.
             closer.close();
-            let _ = stop_tx.send(true);
-        })
-        .into_future();
-    tracing::info!(socket = %socket_file.path().display(), "serving the API");
-    tokio::pin!(server);
-    let served = tokio::select! {
-        res = &mut server => res,
-        () = async {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => {
-            tracing::warn!("API connections still open after the grace period; closing them");
-            Ok(())
-        }
-    };
+        },
+        SHUTDOWN_GRACE,
+    )
+    .await;
     for task in background {
         task.abort();
     }
     drop(socket_file);
-    served.map_err(|e| Error::io("serving the API", e))?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -307,7 +313,7 @@ mod tests {
     }
 
     async fn parts(dir: &std::path::Path, datapath: Arc<FakeDatapath>) -> Parts {
-        let (listener, socket_file) = socket::bind(&dir.join("berth.sock")).await.unwrap();
+        let (listener, socket_file) = socket::bind(&dir.join("berth.sock"), None).await.unwrap();
         Parts {
             listener,
             socket_file,
@@ -324,6 +330,7 @@ mod tests {
                 end: 49162,
             }),
             security_groups: Default::default(),
+            limits: ApiLimits::default(),
         }
     }
 

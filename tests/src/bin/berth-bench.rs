@@ -176,7 +176,8 @@ fn run() -> Result<()> {
         bail!("the benchmarks load eBPF programs and build network namespaces: run as root");
     }
     let berth_only = opts.only.iter().all(|o| o == "control-berth") && !opts.only.is_empty();
-    if !berth_only && !std::path::Path::new(berth_integration::bench::peers::DOCKER_PROXY).is_file() {
+    if !berth_only && !std::path::Path::new(berth_integration::bench::peers::DOCKER_PROXY).is_file()
+    {
         bail!(
             "{} is missing: `cargo xtask bench` installs Debian's docker.io for it (dockerd is never started)",
             berth_integration::bench::peers::DOCKER_PROXY
