@@ -2,6 +2,13 @@
 //! API connections, request limits, the socket's group, and new bridge
 //! ports hooked as they appear. Root only.
 use std::{
+    io::Read,
+    os::unix::{
+        fs::{MetadataExt, PermissionsExt},
+        net::UnixStream,
+        process::CommandExt,
+    },
+    process::Command,
     sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
@@ -10,7 +17,7 @@ use std::{
 use berth_integration::{
     addr,
     flows::{count_flows_of, FlowFill},
-    Bpffs, Daemon, Topology,
+    Bpffs, Daemon, DaemonOptions, Topology,
 };
 
 /// Guards drop in field order: daemon, then bpffs, then namespaces.
@@ -126,4 +133,148 @@ fn removing_a_1000_port_range_with_a_full_flow_table_is_quick_and_blocks_nobody(
         other_flows,
         "the other task's flows stay"
     );
+}
+
+#[test]
+fn a_thousand_idle_connections_do_not_keep_map_ls_waiting() {
+    let s = setup();
+    s.daemon
+        .cli_ok([
+            "map",
+            "add",
+            "--task",
+            "web",
+            "--ip",
+            "172.17.0.2",
+            "-p",
+            "8080:80",
+        ])
+        .unwrap();
+    let idle: Vec<UnixStream> = (0..1000)
+        .map(|i| {
+            UnixStream::connect(s.daemon.socket())
+                .unwrap_or_else(|e| panic!("idle connection {i}: {e}"))
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let out = s.daemon.cli_ok(["map", "ls"]).unwrap();
+    let took = t.elapsed();
+    assert!(out.contains("8080"), "{out}");
+    assert!(took < Duration::from_secs(1), "map ls took {took:?}");
+    // The idle ones are closed after the header timeout (10 s).
+    let mut first = &idle[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(first.read(&mut buf).unwrap(), 0, "closed by the daemon");
+}
+
+/// A group from the group database other than root's.
+fn some_group() -> u32 {
+    std::fs::read_to_string("/etc/group")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+        .find(|gid| *gid != 0 && *gid != NOGROUP)
+        .expect("a group in /etc/group")
+}
+
+const NOBODY: u32 = 65534;
+const NOGROUP: u32 = 65534;
+
+#[test]
+fn socket_group_members_may_use_the_api_and_each_change_names_its_caller() {
+    let topo = Topology::build().expect("build topology");
+    let bpffs = Bpffs::new().expect("bpffs");
+    let gid = some_group();
+    let daemon = Daemon::start_with(
+        &topo.host.ns,
+        &bpffs,
+        DaemonOptions {
+            extra_args: vec!["--socket-group".into(), gid.to_string()],
+            ..Default::default()
+        },
+    )
+    .expect("start daemon");
+    let meta = std::fs::metadata(daemon.socket()).unwrap();
+    assert_eq!(meta.gid(), gid);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+
+    let as_user = |group: u32, args: &[&str]| {
+        let mut c = Command::new(daemon.bin());
+        c.arg("--socket").arg(daemon.socket()).args(args);
+        c.uid(NOBODY).gid(group);
+        c.output().unwrap()
+    };
+    let out = as_user(
+        gid,
+        &[
+            "map",
+            "add",
+            "--task",
+            "web",
+            "--ip",
+            "172.17.0.2",
+            "-p",
+            "8080:80",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = as_user(NOGROUP, &["map", "ls"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!(
+            "berth: cannot connect to the berth daemon at {}: permission denied (run as root)",
+            daemon.socket().display()
+        )
+    );
+    let log = daemon.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("API change request") && l.contains("path=/v1/bindings"))
+        .unwrap_or_else(|| panic!("no change logged:\n{log}"));
+    assert!(line.contains(&format!("uid={NOBODY}")), "{line}");
+    assert!(line.contains("status=201"), "{line}");
+    assert!(!line.contains("pid=?"), "{line}");
+}
+
+#[test]
+fn a_request_over_the_port_limits_is_refused_in_one_line() {
+    let topo = Topology::build().expect("build topology");
+    let bpffs = Bpffs::new().expect("bpffs");
+    let daemon = Daemon::start_with(
+        &topo.host.ns,
+        &bpffs,
+        DaemonOptions {
+            extra_args: vec!["--max-ports-per-request".into(), "100".into()],
+            ..Default::default()
+        },
+    )
+    .expect("start daemon");
+    let out = daemon
+        .cli([
+            "map",
+            "add",
+            "--task",
+            "web",
+            "--ip",
+            "172.17.0.2",
+            "-p",
+            "1-65535:1-65535",
+        ])
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "berth: this request names 65535 ports; the daemon allows at most 100 per request \
+         (berth daemon --max-ports-per-request)"
+    );
+    assert_eq!(daemon.cli_ok(["map", "ls", "--json"]).unwrap().trim(), "[]");
 }

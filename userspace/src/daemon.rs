@@ -94,6 +94,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     check_root()?;
     check_interfaces(&config.datapath)?;
     let policy = config.port_policy()?;
+    server::raise_fd_limit(config.limits.max_connections);
     let shutdown = shutdown_signal()?;
     // Claim the socket before touching the datapath, so a second daemon
     // started by mistake stops here and leaves the first one's programs be.

@@ -1,9 +1,18 @@
 //! Serving the API router on the Unix socket with bounded resources: at
-//! most `max_connections` open connections (more get a one-line 503 and are
-//! closed), a header read timeout that also closes idle connections, and
-//! the caller's credentials (SO_PEERCRED) attached to every request so each
-//! change is logged with who asked for it.
-use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
+//! most `max_connections` open connections, a header read timeout that also
+//! closes idle connections, and the caller's credentials (SO_PEERCRED)
+//! attached to every request so each change is logged with who asked.
+//!
+//! At the cap, a new connection takes the place of the oldest one that has
+//! not sent a byte yet (idle connections never keep a real client out);
+//! when every connection is busy, it gets a one-line 503 and is closed.
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::{
     body::Body, extract::Request, http::Method, middleware::Next, response::Response, Router,
@@ -13,7 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::AsyncWriteExt,
     net::{UnixListener, UnixStream},
-    sync::{watch, Semaphore},
+    sync::{oneshot, watch, Semaphore},
 };
 use tower::ServiceExt;
 
@@ -63,6 +72,77 @@ pub async fn log_changes(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Descriptors the daemon needs besides API connections (maps, programs,
+/// links, the store, netlink).
+const FD_HEADROOM: u64 = 256;
+
+/// Raises the soft open-files limit to the hard one (systemd's soft default
+/// is 1024), so `max_connections` connections fit; warns when they cannot.
+pub fn raise_fd_limit(max_connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the `rlimit` we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            }
+        }
+    }
+    let needed = max_connections as u64 + FD_HEADROOM;
+    if lim.rlim_cur < needed {
+        tracing::warn!(
+            open_files = lim.rlim_cur,
+            max_connections,
+            "the open-files limit is below --max-connections plus what the daemon needs; \
+             raise LimitNOFILE or lower --max-connections"
+        );
+    }
+}
+
+/// Connections that have not sent their first byte, oldest first; each
+/// can be told to close.
+#[derive(Default)]
+struct Idle {
+    next: u64,
+    waiting: BTreeMap<u64, oneshot::Sender<()>>,
+}
+
+type IdleSet = Arc<Mutex<Idle>>;
+
+fn idle_register(set: &IdleSet) -> (u64, oneshot::Receiver<()>) {
+    let (tx, rx) = oneshot::channel();
+    let mut idle = set.lock().unwrap_or_else(|p| p.into_inner());
+    idle.next += 1;
+    let id = idle.next;
+    idle.waiting.insert(id, tx);
+    (id, rx)
+}
+
+fn idle_forget(set: &IdleSet, id: u64) {
+    set.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .waiting
+        .remove(&id);
+}
+
+/// Closes the oldest idle connection; false when there is none.
+fn idle_evict_oldest(set: &IdleSet) -> bool {
+    let mut idle = set.lock().unwrap_or_else(|p| p.into_inner());
+    while let Some((_, tx)) = idle.waiting.pop_first() {
+        if tx.send(()).is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves, then lets open
 /// connections finish for at most `grace`.
 pub async fn serve(
@@ -73,6 +153,7 @@ pub async fn serve(
     grace: Duration,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let idle = IdleSet::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -88,14 +169,26 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            // The evicted connection hands its place over at once.
+            Err(_) if idle_evict_oldest(&idle) => {
+                tokio::time::timeout(Duration::from_secs(1), permits.clone().acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            Err(_) => None,
+        };
+        let Some(permit) = permit else {
             tokio::spawn(refuse(stream, limits.max_connections));
             continue;
         };
         let app = app.clone();
         let stop = stop_rx.clone();
+        let idle = idle.clone();
         tokio::spawn(async move {
-            serve_connection(stream, app, limits, stop).await;
+            serve_connection(stream, app, limits, idle, stop).await;
             drop(permit);
         });
     }
@@ -114,8 +207,26 @@ async fn serve_connection(
     stream: UnixStream,
     app: Router,
     limits: ApiLimits,
+    idle: IdleSet,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Idle until the first byte: then another connection may take our place.
+    let (id, evicted) = idle_register(&idle);
+    let first = tokio::select! {
+        r = tokio::time::timeout(limits.header_timeout, first_byte(&stream)) => r,
+        _ = evicted => {
+            tracing::debug!("idle API connection closed to make room");
+            return;
+        }
+        _ = stop.wait_for(|s| *s) => {
+            idle_forget(&idle, id);
+            return;
+        }
+    };
+    idle_forget(&idle, id);
+    if !matches!(first, Ok(Ok(()))) {
+        return; // nothing sent within the header timeout, or an error
+    }
     let caller = caller_of(&stream);
     let body = limits.body;
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -145,6 +256,39 @@ async fn serve_connection(
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "API connection ended");
+    }
+}
+
+/// Resolves once the client has sent something (or hung up). Readiness
+/// alone is not proof: tokio may report a fresh socket readable, so peek.
+async fn first_byte(stream: &UnixStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    loop {
+        stream.readable().await?;
+        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+            let mut b = [0u8; 1];
+            // SAFETY: `b` is valid for one byte; MSG_PEEK leaves the data
+            // for hyper to read.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    b.as_mut_ptr().cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        });
+        match peeked {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -268,14 +412,38 @@ mod tests {
     const GET: &str = "GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
     #[tokio::test]
-    async fn connections_over_the_cap_get_a_one_line_503_and_the_rest_work() {
+    async fn at_the_cap_a_new_connection_replaces_the_oldest_idle_one() {
         let server = start(ApiLimits {
             max_connections: 2,
             ..Default::default()
         })
         .await;
-        let idle1 = UnixStream::connect(&server.path).await.unwrap();
-        let _idle2 = UnixStream::connect(&server.path).await.unwrap();
+        let mut oldest = UnixStream::connect(&server.path).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _newer = UnixStream::connect(&server.path).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let answered = exchange(&server.path, GET).await;
+        assert!(answered.starts_with("HTTP/1.1 200 "), "{answered}");
+        let started = std::time::Instant::now();
+        assert_eq!(read_all(&mut oldest).await, "", "closed without a word");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn when_every_connection_is_busy_a_new_one_gets_a_one_line_503() {
+        let server = start(ApiLimits {
+            max_connections: 2,
+            ..Default::default()
+        })
+        .await;
+        let mut busy = Vec::new();
+        for _ in 0..2 {
+            let mut s = UnixStream::connect(&server.path).await.unwrap();
+            // A header under way: not idle.
+            s.write_all(b"GET /echo HTTP/1.1\r\n").await.unwrap();
+            busy.push(s);
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
         let refused = exchange(&server.path, GET).await;
         assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
@@ -285,7 +453,7 @@ mod tests {
             ),
             "{refused}"
         );
-        drop(idle1);
+        busy.pop();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let answered = exchange(&server.path, GET).await;
         assert!(answered.starts_with("HTTP/1.1 200 "), "{answered}");
