@@ -278,3 +278,57 @@ fn a_request_over_the_port_limits_is_refused_in_one_line() {
     );
     assert_eq!(daemon.cli_ok(["map", "ls", "--json"]).unwrap().trim(), "[]");
 }
+
+/// Polls until `ok()` or `limit` passes; returns how long it took.
+fn within(limit: Duration, ok: impl Fn() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if ok() {
+            return Some(t.elapsed());
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    None
+}
+
+#[test]
+fn a_new_bridge_port_is_hooked_as_soon_as_it_is_enslaved_before_it_is_up() {
+    let s = setup();
+    let host = &s._topo.host.ns;
+    let links = s.bpffs.path().join("berth/links");
+    let hooked = |port: &str| {
+        ["berth_from_ctr", "berth_to_ctr"]
+            .iter()
+            .all(|p| links.join(format!("{p}@{port}")).exists())
+    };
+    // Ten ports, each enslaved while down, as Docker does before it sets
+    // the port up. Attaching takes ~25 ms here (two tcx attaches, each an
+    // RCU grace period); a poll every 250 ms would miss most of them.
+    for i in 0..10 {
+        let port = format!("bwnew{i}");
+        let peer = format!("bwpeer{i}");
+        host.ip(["link", "add", &port, "type", "veth", "peer", "name", &peer])
+            .unwrap();
+        host.ip(["link", "set", &port, "master", addr::BRIDGE])
+            .unwrap();
+        let took = within(Duration::from_millis(150), || hooked(&port));
+        assert!(
+            took.is_some(),
+            "{port} not hooked within 150 ms of joining the bridge"
+        );
+        eprintln!("{port}: hooked {took:?} after joining the bridge");
+    }
+    // Leaving the bridge, or going away, unhooks.
+    host.ip(["link", "set", "bwnew0", "nomaster"]).unwrap();
+    host.ip(["link", "del", "bwnew1"]).unwrap();
+    for port in ["bwnew0", "bwnew1"] {
+        assert!(
+            within(Duration::from_secs(1), || !links
+                .join(format!("berth_from_ctr@{port}"))
+                .exists())
+            .is_some(),
+            "{port} still hooked"
+        );
+    }
+    assert!(hooked("bwnew2"), "the others stay hooked");
+}
