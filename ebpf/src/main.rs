@@ -18,6 +18,7 @@
 mod bind;
 mod csum;
 mod fib;
+mod gate;
 mod icmp;
 mod maps;
 mod nat;
@@ -195,6 +196,10 @@ pub fn berth_deliver(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn berth_reply(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
+    // Everything the bridge hands up came in by one of its ports.
+    if gate::gate_refuses(ctx.data(), ctx.data_end(), gate::FROM_A_PORT) {
+        return TC_ACT_SHOT;
+    }
     let flow = match parse_flow(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         Parsed::Flow(f) => f,
         Parsed::Other => return tc_reply_icmp(&ctx),
@@ -242,6 +247,9 @@ pub fn berth_peername4(ctx: SockAddrContext) -> i32 {
 #[classifier]
 pub fn berth_from_ctr(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
+    gate::gate_learn(ctx.data(), ctx.data_end(), unsafe {
+        (*ctx.skb.skb).ifindex
+    });
     if policy::from_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         TC_ACT_OK
     } else {
@@ -254,6 +262,11 @@ pub fn berth_from_ctr(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn berth_to_ctr(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
+    if gate::gate_refuses(ctx.data(), ctx.data_end(), unsafe {
+        (*ctx.skb.skb).ingress_ifindex
+    }) {
+        return TC_ACT_SHOT;
+    }
     if policy::to_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         TC_ACT_OK
     } else {

@@ -7,8 +7,8 @@ use aya_ebpf::{
 use berth_maps::{
     Backend, CtEntry, Endpoint, FlowKey, NatEntry, Policy, PolicyKey, PortKey, ServiceKey,
     SgMember, SockRevKey, SockRevValue, CONFIG_LEN, COUNTERS_LEN, CT_CAPACITY, ENDPOINTS_CAPACITY,
-    HOST_ADDRS_CAPACITY, NAT_CAPACITY, POLICY_CAPACITY, PORTS_CAPACITY, SERVICES_CAPACITY,
-    SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
+    HOOKED_PORTS_CAPACITY, HOST_ADDRS_CAPACITY, NAT_CAPACITY, POLICY_CAPACITY, PORTS_CAPACITY,
+    PORT_MACS_CAPACITY, SERVICES_CAPACITY, SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
 };
 
 #[map]
@@ -42,6 +42,14 @@ pub static BERTH_SG_MEMBERS: HashMap<SgMember, u32> = HashMap::pinned(SG_MEMBERS
 
 #[map]
 pub static BERTH_CT: HashMap<FlowKey, CtEntry> = HashMap::pinned(CT_CAPACITY, 0);
+
+/// Bridge ports with security-group hooks, by ifindex (see `gate`).
+#[map]
+pub static BERTH_HOOKED_PORTS: HashMap<u32, u32> = HashMap::pinned(HOOKED_PORTS_CAPACITY, 0);
+
+/// Source MAC -> the hooked port its frames came in by (see `gate`).
+#[map]
+pub static BERTH_PORT_MACS: LruHashMap<u64, u32> = LruHashMap::pinned(PORT_MACS_CAPACITY, 0);
 
 #[map]
 pub static BERTH_CONFIG: Array<u64> = Array::pinned(CONFIG_LEN, 0);

@@ -34,6 +34,20 @@ pub const PORTS_CAPACITY: u32 = 131_072;
 pub const CONFIG_MAP: &str = "BERTH_CONFIG";
 pub const CONFIG_NETNS_COOKIE: u32 = 0;
 pub const CONFIG_LEN: u32 = 4;
+/// BERTH_CONFIG index: non-zero when IPv4 from a bridge port without hooks
+/// is refused (`berth daemon --default-sg`).
+pub const CONFIG_PORT_GATE: u32 = 1;
+/// BERTH_CONFIG index: the bridge's own MAC (low 48 bits); frames from it
+/// were sent or translated by the host, not a port.
+pub const CONFIG_BRIDGE_MAC: u32 = 2;
+
+/// Bridge ports whose security-group hooks are attached: ifindex -> 1.
+pub const HOOKED_PORTS_MAP: &str = "BERTH_HOOKED_PORTS";
+pub const HOOKED_PORTS_CAPACITY: u32 = 16_384;
+/// Source MAC (low 48 bits) -> ifindex of the hooked port its frames came
+/// in by, learned by berth_from_ctr (LRU).
+pub const PORT_MACS_MAP: &str = "BERTH_PORT_MACS";
+pub const PORT_MACS_CAPACITY: u32 = 16_384;
 
 /// Socket-level translation (host-local and hairpin access): (socket
 /// cookie, container address, container port) -> the host address and port
@@ -236,8 +250,10 @@ pub enum Counter {
     PolicyDeniedEgress = 11,
     /// New flow refused because the policy tracking table is full.
     CtTableFull = 12,
+    /// IPv4 from a bridge port not hooked yet, refused (`--default-sg`).
+    UnhookedPort = 13,
 }
-pub const COUNTER_NAMES: [&str; 13] = [
+pub const COUNTER_NAMES: [&str; 14] = [
     "ingress_dnat",
     "ingress_pass",
     "reply_snat",
@@ -251,6 +267,7 @@ pub const COUNTER_NAMES: [&str; 13] = [
     "policy_denied_ingress",
     "policy_denied_egress",
     "ct_table_full",
+    "unhooked_port",
 ];
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 

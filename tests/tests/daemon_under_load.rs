@@ -17,7 +17,7 @@ use std::{
 use berth_integration::{
     addr,
     flows::{count_flows_of, FlowFill},
-    Bpffs, Daemon, DaemonOptions, Topology,
+    tcp_connect, Bpffs, Daemon, DaemonOptions, HttpPeerServer, Topology,
 };
 
 /// Guards drop in field order: daemon, then bpffs, then namespaces.
@@ -331,4 +331,80 @@ fn a_new_bridge_port_is_hooked_as_soon_as_it_is_enslaved_before_it_is_up() {
         );
     }
     assert!(hooked("bwnew2"), "the others stay hooked");
+}
+
+/// Resumes a SIGSTOPped daemon, also when the test fails.
+struct Frozen(i32);
+
+impl Frozen {
+    fn freeze(pid: u32) -> Frozen {
+        // SAFETY: kill(2) on a child we started.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+        Frozen(pid as i32)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+fn reaches(ns: &berth_integration::NetNs, target: std::net::SocketAddr) -> bool {
+    ns.run(move || tcp_connect(target, Duration::from_millis(500)))
+        .is_ok()
+}
+
+fn port_not_hooked_yet(default_sg: bool) -> (bool, bool) {
+    let topo = Topology::build().expect("build topology");
+    let bpffs = Bpffs::new().expect("bpffs");
+    let extra_args = if default_sg {
+        vec!["--default-sg".into(), "base".into()]
+    } else {
+        vec![]
+    };
+    let daemon = Daemon::start_with(
+        &topo.host.ns,
+        &bpffs,
+        DaemonOptions {
+            extra_args,
+            ..Default::default()
+        },
+    )
+    .expect("start daemon");
+    let host_side = std::net::SocketAddr::from((addr::BRIDGE_IP, 9999));
+    let _server = HttpPeerServer::start_in(&topo.host.ns, host_side).unwrap();
+    assert!(
+        reaches(&topo.container.ns, host_side),
+        "a hooked container talks"
+    );
+    // With the daemon frozen, a new container's port is not hooked.
+    let frozen = Frozen::freeze(daemon.pid().unwrap());
+    let late = topo
+        .new_container("late", std::net::Ipv4Addr::new(172, 17, 0, 9))
+        .unwrap();
+    let before = reaches(&late.ns, host_side);
+    drop(frozen);
+    let after = within(Duration::from_secs(3), || reaches(&late.ns, host_side)).is_some();
+    if default_sg {
+        let stats = daemon.cli_ok(["stats"]).unwrap();
+        assert!(
+            stats
+                .lines()
+                .any(|l| l.starts_with("unhooked_port") && !l.trim_end().ends_with(" 0")),
+            "{stats}"
+        );
+    }
+    (before, after)
+}
+
+#[test]
+fn with_a_default_group_a_port_not_hooked_yet_cannot_talk_until_it_is() {
+    assert_eq!(port_not_hooked_yet(true), (false, true));
+}
+
+#[test]
+fn without_a_default_group_a_port_not_hooked_yet_talks_as_with_docker() {
+    assert_eq!(port_not_hooked_yet(false), (true, true));
 }

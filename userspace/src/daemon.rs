@@ -187,6 +187,8 @@ pub async fn serve(
     } = parts;
     let store_path = store.path().to_owned();
     let expiry = crate::sg::expiry_period(&security_groups.timeouts);
+    // With a default group, a port not hooked yet must not talk either.
+    datapath.set_port_gate(security_groups.default_sg.is_some())?;
     let mut registry = Registry::open(store, datapath.clone(), bridge, host, policy)?;
     registry.configure_security_groups(security_groups)?;
     registry.set_port_limits(limits.ports);

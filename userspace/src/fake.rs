@@ -40,6 +40,7 @@ pub struct FakeDatapath {
     forgotten: Mutex<Vec<Vec<Binding>>>,
     /// How long forget_flows takes, as a sweep of a full table would.
     forget_delay: Mutex<std::time::Duration>,
+    pub port_gate: AtomicBool,
 }
 
 impl FakeDatapath {
@@ -135,6 +136,10 @@ impl Datapath for FakeDatapath {
         m.retain(|id, _| groups.contains(id));
         n += before - m.len();
         Ok(n)
+    }
+    fn set_port_gate(&self, on: bool) -> Result<(), DatapathError> {
+        self.port_gate.store(on, Ordering::SeqCst);
+        Ok(())
     }
     fn set_flow_timeouts(&self, timeouts: crate::datapath::FlowTimeouts) {
         *self.timeouts.lock().unwrap() = Some(timeouts);

@@ -24,9 +24,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use berth_maps::{
-    Backend, FlowKey, NatEntry, PortKey, ServiceKey, CONFIG_MAP, CONFIG_NETNS_COOKIE, COUNTERS_MAP,
-    COUNTER_NAMES, HOST_ADDRS_MAP, NAT_F_CLOSING, NAT_F_REPLIED, NAT_MAP, PORTS_MAP, PROTO_TCP,
-    SERVICES_MAP,
+    Backend, FlowKey, NatEntry, PortKey, ServiceKey, CONFIG_BRIDGE_MAC, CONFIG_MAP,
+    CONFIG_NETNS_COOKIE, CONFIG_PORT_GATE, COUNTERS_MAP, COUNTER_NAMES, HOOKED_PORTS_MAP,
+    HOST_ADDRS_MAP, NAT_F_CLOSING, NAT_F_REPLIED, NAT_MAP, PORTS_MAP, PROTO_TCP, SERVICES_MAP,
 };
 
 use super::{
@@ -77,6 +77,7 @@ struct Maps {
     services: HashMap<MapData, ServiceKey, Backend>,
     ports: HashMap<MapData, PortKey, u32>,
     host_addrs: HashMap<MapData, u32, u32>,
+    config: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -291,11 +292,15 @@ impl BpfDatapath {
         config_map
             .set(CONFIG_NETNS_COOKIE, netns_cookie()?, 0)
             .map_err(map_err("BERTH_CONFIG"))?;
+        config_map
+            .set(CONFIG_BRIDGE_MAC, bridge_mac(&config.bridge)?, 0)
+            .map_err(map_err("BERTH_CONFIG"))?;
 
         let maps = Maps {
             services: take_map(&mut ebpf, SERVICES_MAP)?,
             ports: take_map(&mut ebpf, PORTS_MAP)?,
             host_addrs: take_map(&mut ebpf, HOST_ADDRS_MAP)?,
+            config: config_map,
             counters: PerCpuArray::try_from(
                 ebpf.take_map(COUNTERS_MAP)
                     .ok_or_else(|| DatapathError::Other(format!("map {COUNTERS_MAP} missing")))?,
@@ -315,7 +320,24 @@ impl BpfDatapath {
             map: take_map(&mut ebpf, NAT_MAP)?,
         }];
         let ebpf = Arc::new(Mutex::new(ebpf));
-        let ports = super::ports::watch(ebpf.clone(), config.bridge.clone(), links_dir)?;
+        let hooked = take_map(
+            &mut ebpf.lock().unwrap_or_else(|p| p.into_inner()),
+            HOOKED_PORTS_MAP,
+        )?;
+        // The watcher keeps the bridge's address current in its own handle.
+        let config_pin = dir.join(CONFIG_MAP);
+        let watcher_config = MapData::from_pin(&config_pin)
+            .map_err(map_err("BERTH_CONFIG"))
+            .and_then(|m| {
+                Array::try_from(aya::maps::Map::Array(m)).map_err(map_err("BERTH_CONFIG"))
+            })?;
+        let ports = super::ports::watch(
+            ebpf.clone(),
+            config.bridge.clone(),
+            links_dir,
+            hooked,
+            watcher_config,
+        )?;
         Ok(Self {
             maps: Mutex::new(maps),
             flows,
@@ -372,6 +394,25 @@ fn socket_hooks_cgroup() -> Option<PathBuf> {
             .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))
             .flatten()
     })
+}
+
+/// The bridge's MAC in the low 48 bits, as the gate compares it.
+pub(super) fn bridge_mac(bridge: &str) -> Result<u64, DatapathError> {
+    let path = format!("/sys/class/net/{bridge}/address");
+    let text = fs::read_to_string(&path)
+        .map_err(|e| DatapathError::Other(format!("reading {path}: {e}")))?;
+    parse_mac(text.trim())
+        .ok_or_else(|| DatapathError::Other(format!("{path}: not a MAC address: {}", text.trim())))
+}
+
+fn parse_mac(s: &str) -> Option<u64> {
+    let mut v = 0u64;
+    let mut n = 0;
+    for part in s.split(':') {
+        v = (v << 8) | u64::from(u8::from_str_radix(part, 16).ok()?);
+        n += 1;
+    }
+    (n == 6).then_some(v)
 }
 
 /// The cookie of the daemon's network namespace (SO_NETNS_COOKIE, 5.14+).
@@ -780,6 +821,13 @@ impl Datapath for BpfDatapath {
         groups: &[u32],
     ) -> Result<usize, DatapathError> {
         Ok(self.policy().retain(endpoints, policies, groups))
+    }
+
+    fn set_port_gate(&self, on: bool) -> Result<(), DatapathError> {
+        self.lock()
+            .config
+            .set(CONFIG_PORT_GATE, u64::from(on), 0)
+            .map_err(map_err("BERTH_CONFIG"))
     }
 
     fn set_flow_timeouts(&self, timeouts: FlowTimeouts) {

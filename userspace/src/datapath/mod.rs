@@ -127,6 +127,9 @@ pub trait Datapath: Send + Sync {
         policies: &[u32],
         groups: &[u32],
     ) -> Result<usize, DatapathError>;
+    /// Refuse IPv4 from bridge ports whose hooks are not attached yet (on
+    /// with `--default-sg`).
+    fn set_port_gate(&self, on: bool) -> Result<(), DatapathError>;
     /// Idle timeouts used by [`Datapath::expire_flows`].
     fn set_flow_timeouts(&self, timeouts: FlowTimeouts);
 }

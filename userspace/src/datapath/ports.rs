@@ -23,7 +23,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::Ebpf;
+use aya::{
+    maps::{Array, HashMap, MapData},
+    Ebpf,
+};
+use berth_maps::{CONFIG_BRIDGE_MAC, HOOKED_PORTS_MAP};
 
 use super::{bpf::attach_pinned, DatapathError};
 
@@ -51,9 +55,29 @@ struct Ports {
     bridge: String,
     links_dir: PathBuf,
     known: BTreeSet<String>,
+    /// BERTH_HOOKED_PORTS: the ifindex of every port in `known`, for the
+    /// datapath's gate on ports not hooked yet.
+    hooked: HashMap<MapData, u32, u32>,
+    /// BERTH_CONFIG, for the bridge's MAC: a bridge without a fixed address
+    /// takes one of its ports', so it changes as ports come and go.
+    config: Array<MapData, u64>,
+    bridge_mac: Option<u64>,
 }
 
 impl Ports {
+    fn set_bridge_mac(&mut self, mac: u64) {
+        if self.bridge_mac == Some(mac) {
+            return;
+        }
+        match self.config.set(CONFIG_BRIDGE_MAC, mac, 0) {
+            Ok(()) => {
+                self.bridge_mac = Some(mac);
+                tracing::debug!(bridge = %self.bridge, mac = format_args!("{mac:012x}"), "bridge address");
+            }
+            Err(e) => tracing::warn!(error = %e, "recording the bridge's address"),
+        }
+    }
+
     /// A port joined the bridge: hook it. Everything a new port needs
     /// happens here.
     fn on_new_port(&mut self, port: &str) -> Result<(), DatapathError> {
@@ -68,6 +92,15 @@ impl Ports {
                 return Err(e);
             }
         }
+        // Listed only once both programs are attached.
+        if let Some(i) = ifindex(port) {
+            self.hooked
+                .insert(i, 1, 0)
+                .map_err(|e| DatapathError::Map {
+                    map: HOOKED_PORTS_MAP,
+                    reason: e.to_string(),
+                })?;
+        }
         self.known.insert(port.to_owned());
         tracing::info!(port = %port, took_us = t0.elapsed().as_micros() as u64, "security-group hooks attached");
         Ok(())
@@ -81,11 +114,30 @@ impl Ports {
         if self.known.remove(port) {
             tracing::info!(port = %port, "bridge port gone; hooks removed");
         }
+        self.prune_hooked();
+    }
+
+    /// Drops listed ifindexes that are no longer hooked ports (gone, or
+    /// left by an earlier run).
+    fn prune_hooked(&mut self) {
+        let keep: BTreeSet<u32> = self.known.iter().filter_map(|p| ifindex(p)).collect();
+        let stale: Vec<u32> = self
+            .hooked
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|i| !keep.contains(i))
+            .collect();
+        for i in stale {
+            let _ = self.hooked.remove(&i);
+        }
     }
 
     /// Brings the hooks in line with the bridge's port list. When the list
     /// cannot be read, nothing changes.
     fn resync(&mut self) -> Result<(), DatapathError> {
+        if let Some(mac) = super::bpf::bridge_mac(&self.bridge).ok() {
+            self.set_bridge_mac(mac);
+        }
         let now = match bridge_ports(&self.bridge) {
             Ok(now) => now,
             Err(e) => {
@@ -114,10 +166,19 @@ impl Ports {
                 first_err.get_or_insert(e);
             }
         }
+        // After the attaches: a restarted daemon keeps the ports it adopts
+        // listed throughout.
+        self.prune_hooked();
         first_err.map_or(Ok(()), Err)
     }
 
     fn on_event(&mut self, ev: &LinkEvent, bridge_index: u32) -> Result<(), DatapathError> {
+        if ev.index == bridge_index && !ev.deleted {
+            if let Some(mac) = ev.mac {
+                self.set_bridge_mac(mac);
+            }
+            return Ok(());
+        }
         let on_bridge = !ev.deleted && ev.master == Some(bridge_index);
         match (on_bridge, self.known.contains(&ev.name)) {
             (true, false) => self.on_new_port(&ev.name),
@@ -156,6 +217,8 @@ pub(super) fn watch(
     ebpf: Arc<Mutex<Ebpf>>,
     bridge: String,
     links_dir: PathBuf,
+    hooked: HashMap<MapData, u32, u32>,
+    config: Array<MapData, u64>,
 ) -> Result<PortWatcher, DatapathError> {
     // Subscribe before the first listing, so no port falls between the two.
     let events = LinkEvents::open()
@@ -165,6 +228,9 @@ pub(super) fn watch(
         bridge,
         links_dir,
         known: BTreeSet::new(),
+        hooked,
+        config,
+        bridge_mac: None,
     };
     ports.resync()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -232,6 +298,7 @@ struct LinkEvents {
 const RTMGRP_LINK: u32 = 1;
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MASTER: u16 = 10;
 const NLMSG_HDRLEN: usize = 16;
@@ -311,7 +378,10 @@ fn set_sockopt<T>(fd: &OwnedFd, opt: libc::c_int, val: &T) -> io::Result<()> {
 /// One link's state from an RTM_NEWLINK / RTM_DELLINK message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct LinkEvent {
+    index: u32,
     name: String,
+    /// `IFLA_ADDRESS`, for Ethernet-like links (low 48 bits).
+    mac: Option<u64>,
     /// `IFLA_MASTER`: the ifindex of the bridge (or bond) it is enslaved to.
     master: Option<u32>,
     deleted: bool,
@@ -349,8 +419,9 @@ fn parse_link_events(mut b: &[u8]) -> Vec<LinkEvent> {
 
 /// An ifinfomsg and its attributes.
 fn parse_link(b: &[u8], deleted: bool) -> Option<LinkEvent> {
+    let index = u32_at(b, 4)?;
     let mut attrs = b.get(IFINFOMSG_LEN..)?;
-    let (mut name, mut master) = (None, None);
+    let (mut name, mut master, mut mac) = (None, None, None);
     while let Some(len) = u16_at(attrs, 0).map(usize::from) {
         if len < RTA_HDRLEN || len > attrs.len() {
             break;
@@ -365,12 +436,17 @@ fn parse_link(b: &[u8], deleted: bool) -> Option<LinkEvent> {
                 name = Some(String::from_utf8_lossy(&payload[..end]).into_owned());
             }
             IFLA_MASTER => master = u32_at(payload, 0),
+            IFLA_ADDRESS if payload.len() == 6 => {
+                mac = Some(payload.iter().fold(0u64, |v, &b| (v << 8) | u64::from(b)));
+            }
             _ => {}
         }
         attrs = attrs.get(align4(len)..).unwrap_or_default();
     }
     Some(LinkEvent {
+        index,
         name: name?,
+        mac,
         master,
         deleted,
     })
@@ -409,6 +485,7 @@ mod tests {
             RTM_NEWLINK,
             7,
             &[
+                rta(IFLA_ADDRESS, &[0x02, 0x42, 0xac, 0x11, 0, 0x05]),
                 rta(IFLA_IFNAME, b"veth1a2b\0"),
                 rta(IFLA_MASTER, &4u32.to_ne_bytes()),
             ],
@@ -421,17 +498,23 @@ mod tests {
             parse_link_events(&dgram),
             vec![
                 LinkEvent {
+                    index: 7,
                     name: "veth1a2b".into(),
+                    mac: Some(0x0242_ac11_0005),
                     master: Some(4),
                     deleted: false
                 },
                 LinkEvent {
+                    index: 8,
                     name: "eth0".into(),
+                    mac: None,
                     master: None,
                     deleted: false
                 },
                 LinkEvent {
+                    index: 7,
                     name: "veth1a2b".into(),
+                    mac: None,
                     master: None,
                     deleted: true
                 },
