@@ -135,7 +135,7 @@ impl Ports {
     /// Brings the hooks in line with the bridge's port list. When the list
     /// cannot be read, nothing changes.
     fn resync(&mut self) -> Result<(), DatapathError> {
-        if let Some(mac) = super::bpf::bridge_mac(&self.bridge).ok() {
+        if let Ok(mac) = super::bpf::bridge_mac(&self.bridge) {
             self.set_bridge_mac(mac);
         }
         let now = match bridge_ports(&self.bridge) {
