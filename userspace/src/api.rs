@@ -16,6 +16,10 @@
 //! errors                    -> 4xx/5xx {"error":"one line"}
 //! ```
 //!
+//! Limits (see `limits` and `server`): ports per request and per task (400,
+//! 409), body size (413) and body time (408), event subscribers (503),
+//! open connections (503, written by the server before any routing).
+//!
 //! A port spec without a host port (`"80"`, `"0:80"`, `"9000-9009"`) asks
 //! for dynamic host ports; the answer shows the ones picked.
 use std::{collections::BTreeMap, convert::Infallible, future::Future, pin::Pin};

@@ -72,6 +72,9 @@ pub async fn log_changes(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Refused connections being answered at once; more are just closed.
+const REFUSALS_IN_FLIGHT: usize = 64;
+
 /// Descriptors the daemon needs besides API connections (maps, programs,
 /// links, the store, netlink).
 const FD_HEADROOM: u64 = 256;
@@ -153,6 +156,9 @@ pub async fn serve(
     grace: Duration,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // Answering a refused client takes a moment; a flood of them is closed
+    // without an answer rather than piling up tasks and descriptors.
+    let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
     let idle = IdleSet::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
@@ -181,7 +187,12 @@ pub async fn serve(
             Err(_) => None,
         };
         let Some(permit) = permit else {
-            tokio::spawn(refuse(stream, limits.max_connections));
+            if let Ok(slot) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse(stream, limits.max_connections).await;
+                    drop(slot);
+                });
+            }
             continue;
         };
         let app = app.clone();
