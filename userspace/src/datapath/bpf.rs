@@ -24,9 +24,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use berth_maps::{
-    Backend, FlowKey, NatEntry, PortKey, ServiceKey, CONFIG_BRIDGE_MAC, CONFIG_MAP,
-    CONFIG_NETNS_COOKIE, CONFIG_PORT_GATE, COUNTERS_MAP, COUNTER_NAMES, HOOKED_PORTS_MAP,
-    HOST_ADDRS_MAP, NAT_F_CLOSING, NAT_F_REPLIED, NAT_MAP, PORTS_MAP, PROTO_TCP, SERVICES_MAP,
+    Backend, FlowKey, NatEntry, PortKey, ServiceKey, CONFIG_MAP, CONFIG_NETNS_COOKIE,
+    CONFIG_PORT_GATE, COUNTERS_MAP, COUNTER_NAMES, HOOKED_PORTS_MAP, HOST_ADDRS_MAP, NAT_F_CLOSING,
+    NAT_F_REPLIED, NAT_MAP, PORTS_MAP, PROTO_TCP, SERVICES_MAP,
 };
 
 use super::{
@@ -291,9 +291,6 @@ impl BpfDatapath {
         .map_err(map_err("BERTH_CONFIG"))?;
         config_map
             .set(CONFIG_NETNS_COOKIE, netns_cookie()?, 0)
-            .map_err(map_err("BERTH_CONFIG"))?;
-        config_map
-            .set(CONFIG_BRIDGE_MAC, bridge_mac(&config.bridge)?, 0)
             .map_err(map_err("BERTH_CONFIG"))?;
 
         let maps = Maps {
