@@ -26,6 +26,7 @@ mod bind;
 mod csum;
 mod fib;
 mod frag;
+mod gate;
 mod icmp;
 mod maps;
 mod nat;
@@ -266,6 +267,10 @@ pub fn berth_deliver(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn berth_reply(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
+    // Everything the bridge hands up came in by one of its ports.
+    if gate::gate_refuses(ctx.data(), ctx.data_end(), gate::FROM_A_PORT) {
+        return TC_ACT_SHOT;
+    }
     match parse_flow(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         Parsed::Flow(f) => tc_reply_flow(&ctx, &f),
         Parsed::Other => tc_reply_icmp(&ctx),
@@ -361,6 +366,7 @@ pub fn berth_peername4(ctx: SockAddrContext) -> i32 {
 pub fn berth_from_ctr(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
     let port = unsafe { (*ctx.skb.skb).ifindex };
+    gate::gate_learn(ctx.data(), ctx.data_end(), port);
     if !spoof::container_source_ok(ctx.data(), ctx.data_end(), port) {
         return TC_ACT_SHOT;
     }
@@ -382,6 +388,11 @@ pub fn berth_from_ctr(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn berth_to_ctr(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
+    if gate::gate_refuses(ctx.data(), ctx.data_end(), unsafe {
+        (*ctx.skb.skb).ingress_ifindex
+    }) {
+        return TC_ACT_SHOT;
+    }
     if policy::to_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         TC_ACT_OK
     } else {

@@ -7,9 +7,10 @@ use aya_ebpf::{
 use berth_maps::{
     Backend, CtEntry, Endpoint, FlowKey, FragEntry, FragKey, NatEntry, NatFwd, Policy, PolicyKey,
     PortAddrs, PortKey, ServiceKey, SgMember, SockRevKey, SockRevValue, CONFIG_LEN, COUNTERS_LEN,
-    CT_CAPACITY, CT_NEW_CAPACITY, ENDPOINTS_CAPACITY, FRAGS_CAPACITY, HOST_ADDRS_CAPACITY,
-    LOCAL_NETS_MAX, NAT_CAPACITY, NAT_FWD_CAPACITY, NAT_NEW_CAPACITY, POLICY_CAPACITY,
-    PORTS_CAPACITY, PORT_ADDRS_CAPACITY, SERVICES_CAPACITY, SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
+    CT_CAPACITY, CT_NEW_CAPACITY, ENDPOINTS_CAPACITY, FRAGS_CAPACITY, HOOKED_PORTS_CAPACITY,
+    HOST_ADDRS_CAPACITY, LOCAL_NETS_MAX, NAT_CAPACITY, NAT_FWD_CAPACITY, NAT_NEW_CAPACITY,
+    POLICY_CAPACITY, PORTS_CAPACITY, PORT_ADDRS_CAPACITY, PORT_MACS_CAPACITY, SERVICES_CAPACITY,
+    SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
 };
 
 #[map]
@@ -64,6 +65,14 @@ pub static BERTH_FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::pinned(FRAG
 
 #[map]
 pub static BERTH_CT_NEW: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(CT_NEW_CAPACITY, 0);
+
+/// Bridge ports with security-group hooks, by ifindex (see `gate`).
+#[map]
+pub static BERTH_HOOKED_PORTS: HashMap<u32, u32> = HashMap::pinned(HOOKED_PORTS_CAPACITY, 0);
+
+/// Source MAC -> the hooked port its frames came in by (see `gate`).
+#[map]
+pub static BERTH_PORT_MACS: LruHashMap<u64, u32> = LruHashMap::pinned(PORT_MACS_CAPACITY, 0);
 
 #[map]
 pub static BERTH_CONFIG: Array<u64> = Array::pinned(CONFIG_LEN, 0);

@@ -107,6 +107,20 @@ pub const PORTS_CAPACITY: u32 = 131_072;
 pub const CONFIG_MAP: &str = "BERTH_CONFIG";
 pub const CONFIG_NETNS_COOKIE: u32 = 0;
 pub const CONFIG_LEN: u32 = 4;
+/// BERTH_CONFIG index: non-zero when IPv4 from a bridge port without hooks
+/// is refused (`berth daemon --default-sg`).
+pub const CONFIG_PORT_GATE: u32 = 1;
+/// BERTH_CONFIG index: the bridge's own MAC (low 48 bits); frames from it
+/// were sent or translated by the host, not a port.
+pub const CONFIG_BRIDGE_MAC: u32 = 2;
+
+/// Bridge ports whose security-group hooks are attached: ifindex -> 1.
+pub const HOOKED_PORTS_MAP: &str = "BERTH_HOOKED_PORTS";
+pub const HOOKED_PORTS_CAPACITY: u32 = 16_384;
+/// Source MAC (low 48 bits) -> ifindex of the hooked port its frames came
+/// in by, learned by berth_from_ctr (LRU).
+pub const PORT_MACS_MAP: &str = "BERTH_PORT_MACS";
+pub const PORT_MACS_CAPACITY: u32 = 16_384;
 
 /// Socket-level translation (host-local and hairpin access): (socket
 /// cookie, container address, container port) -> the host address and port
@@ -471,8 +485,10 @@ pub enum Counter {
     /// TCP without SYN between endpoints with policy, belonging to no
     /// tracked flow; dropped.
     CtNoFlow = 25,
+    /// IPv4 from a bridge port not hooked yet, refused (`--default-sg`).
+    UnhookedPort = 26,
 }
-pub const COUNTER_NAMES: [&str; 26] = [
+pub const COUNTER_NAMES: [&str; 27] = [
     "ingress_dnat",
     "ingress_pass",
     "reply_snat",
@@ -499,6 +515,7 @@ pub const COUNTER_NAMES: [&str; 26] = [
     "nat_no_flow",
     "tcp_out_of_window",
     "ct_no_flow",
+    "unhooked_port",
 ];
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 

@@ -36,6 +36,7 @@ pub mod cmd;
 pub mod daemon;
 pub mod datapath_fuzz;
 pub mod docker_rules;
+pub mod flows;
 pub mod mutate;
 pub mod names;
 pub mod netns;

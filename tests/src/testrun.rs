@@ -460,6 +460,27 @@ impl Env {
         self.try_xdp_run(prog, frame, 1).map(|r| r.0)
     }
 
+    /// One run of a TC program for a frame that entered the host by
+    /// interface `ingress_ifindex` (`__sk_buff.ingress_ifindex`; 0, the
+    /// default, is a frame the host itself sent).
+    pub fn tc_from(&self, prog: &str, frame: &[u8], ingress_ifindex: u32) -> Verdict {
+        // __sk_buff up to and including ingress_ifindex (offset 36).
+        let mut ctx = [0u8; 40];
+        ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = p.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..Default::default()
+        });
+        finish(prog, r, out)
+            .map(|r| r.0)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     pub fn tc(&self, prog: &str, frame: &[u8]) -> Verdict {
         self.try_tc(prog, frame).unwrap_or_else(|e| panic!("{e}"))
     }

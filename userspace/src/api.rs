@@ -16,6 +16,10 @@
 //! errors                    -> 4xx/5xx {"error":"one line"}
 //! ```
 //!
+//! Limits (see `limits` and `server`): ports per request and per task (400,
+//! 409), body size (413) and body time (408), event subscribers (503),
+//! open connections (503, written by the server before any routing).
+//!
 //! A port spec without a host port (`"80"`, `"0:80"`, `"9000-9009"`) asks
 //! for dynamic host ports; the answer shows the ones picked.
 use std::{collections::BTreeMap, convert::Infallible, future::Future, pin::Pin};
@@ -24,10 +28,12 @@ use axum::{
     body::{Body, Bytes},
     extract::{FromRequest, Path, Request, State},
     http::{header, Method, StatusCode, Uri},
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
 };
+use http_body_util::BodyExt;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::sync::broadcast::{self, error::RecvError};
 
@@ -35,6 +41,7 @@ use crate::{
     ecs::TaskDefinition,
     error::Error,
     events::{Event, Lagged},
+    limits::BodyLimits,
     model::{Binding, TaskRecord},
     state::{parse_container_ip, parse_specs, validate_task_name, Berth},
 };
@@ -136,13 +143,43 @@ pub struct JsonBody<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let bytes = read_body(req).await?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    }
+}
+
+/// The whole body, within the server's time and size limits (defaults when
+/// the request did not come through [`crate::server`]).
+async fn read_body(req: Request) -> Result<Bytes, ApiError> {
+    let limits = req
+        .extensions()
+        .get::<BodyLimits>()
+        .copied()
+        .unwrap_or_default();
+    let limited = http_body_util::Limited::new(req.into_body(), limits.max_bytes);
+    match tokio::time::timeout(limits.timeout, limited.collect()).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body not received within {} s",
+                limits.timeout.as_secs_f64()
+            ),
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body larger than {} bytes, the most the daemon accepts",
+                limits.max_bytes
+            ),
+        )),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("reading the request body: {e}"),
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
 }
 
@@ -160,6 +197,7 @@ pub fn router(berth: Berth) -> Router {
         .merge(crate::sg_api::routes())
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(crate::server::log_changes))
         .with_state(berth)
 }
 
@@ -232,6 +270,7 @@ type Closing = Pin<Box<dyn Future<Output = ()> + Send>>;
 struct EventStream {
     snapshot: std::vec::IntoIter<Event>,
     rx: broadcast::Receiver<Event>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
     closing: Closing,
     done: bool,
 }
@@ -246,15 +285,16 @@ fn json_line(value: &impl Serialize) -> Bytes {
 /// shuts down. A subscriber that falls more than the buffer behind gets a
 /// `{"event":"lagged","missed":N}` line and the end of the stream: it
 /// should re-read the bindings and subscribe again.
-async fn events(State(berth): State<Berth>, uri: Uri) -> Response {
+async fn events(State(berth): State<Berth>, uri: Uri) -> Result<Response, ApiError> {
     let existing = uri.query().is_some_and(|q| {
         q.split('&')
             .any(|kv| matches!(kv, "existing" | "existing=true" | "existing=1"))
     });
-    let (snapshot, rx) = berth.subscribe(existing).await;
+    let sub = berth.subscribe(existing).await?;
     let stream = EventStream {
-        snapshot: snapshot.into_iter(),
-        rx,
+        snapshot: sub.snapshot.into_iter(),
+        rx: sub.rx,
+        _permit: sub.permit,
         closing: Box::pin(berth.closing()),
         done: false,
     };
@@ -278,11 +318,11 @@ async fn events(State(berth): State<Berth>, uri: Uri) -> Response {
             },
         }
     });
-    (
+    Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(body),
     )
-        .into_response()
+        .into_response())
 }
 
 async fn stats(State(berth): State<Berth>) -> Result<Json<Stats>, ApiError> {
@@ -834,6 +874,43 @@ mod tests {
         while let Some(e) = next_line(&mut body).await {
             assert_eq!(e["event"], "added", "the rest of the task's bindings");
         }
+    }
+
+    #[tokio::test]
+    async fn event_subscribers_are_capped_with_a_one_line_503() {
+        let mut api = api();
+        api.berth = api.berth.clone().with_max_subscribers(1);
+        api.router = router(api.berth.clone());
+        let first = open_stream(&api, "/v1/events").await;
+        assert_eq!(
+            api.get("/v1/events").await,
+            (
+                503,
+                error("too many event subscribers (the daemon allows 1); try again later")
+            )
+        );
+        drop(first);
+        drop(open_stream(&api, "/v1/events").await);
+    }
+
+    #[tokio::test]
+    async fn too_many_ports_in_one_request_is_400_and_publishes_nothing() {
+        let api = api();
+        let (status, body) = api
+            .post(
+                "/v1/bindings",
+                json!({"task": "web", "containerIP": "172.17.0.2", "ports": ["1-65535:1-65535"]}),
+            )
+            .await;
+        assert_eq!(status, 400);
+        assert_eq!(
+            body,
+            error(
+                "this request names 65535 ports; the daemon allows at most 16384 per request \
+                 (berth daemon --max-ports-per-request)"
+            )
+        );
+        assert!(api.datapath.bindings().is_empty());
     }
 
     #[tokio::test]

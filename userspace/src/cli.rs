@@ -138,6 +138,8 @@ pub struct DaemonArgs {
     pub no_socket_hooks: bool,
     #[command(flatten)]
     pub security_groups: crate::sg_cli::SgDaemonArgs,
+    #[command(flatten)]
+    pub api: crate::limits::ApiArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -293,6 +295,8 @@ impl DaemonArgs {
             reserved_ports: self.reserved_ports,
             port_cooldown_secs: self.port_cooldown,
             security_groups: self.security_groups.settings(),
+            limits: self.api.limits(),
+            socket_group: self.api.socket_group,
         }
     }
 }
@@ -572,6 +576,34 @@ mod tests {
                 .collect()
         );
         assert_eq!(config.port_cooldown_secs, 300);
+        assert_eq!(config.limits, crate::limits::ApiLimits::default());
+        assert_eq!(config.socket_group, None);
+    }
+
+    #[test]
+    fn api_limit_flags() {
+        let args = daemon_args(&[
+            "--socket-group",
+            "docker",
+            "--max-ports-per-request",
+            "100",
+            "--max-ports-per-task",
+            "200",
+            "--max-connections",
+            "10",
+            "--max-event-subscribers",
+            "3",
+        ])
+        .unwrap();
+        let config = args.into_config("/s".into());
+        assert_eq!(config.socket_group.as_deref(), Some("docker"));
+        assert_eq!(config.limits.ports.per_request, 100);
+        assert_eq!(config.limits.ports.per_task, 200);
+        assert_eq!(config.limits.max_connections, 10);
+        assert_eq!(config.limits.max_event_subscribers, 3);
+        for bad in ["--max-ports-per-request=0", "--max-connections=0"] {
+            assert!(daemon_args(&[bad]).is_err(), "{bad}");
+        }
     }
 
     fn daemon_args(extra: &[&str]) -> std::result::Result<DaemonArgs, clap::Error> {

@@ -1,12 +1,7 @@
 //! `berth daemon`: load the datapath, restore the stored bindings, keep the
 //! host addresses current, expire flows, and serve the API until SIGTERM.
 use std::{
-    collections::BTreeSet,
-    future::{Future, IntoFuture},
-    io,
-    net::Ipv4Addr,
-    path::PathBuf,
-    sync::Arc,
+    collections::BTreeSet, future::Future, io, net::Ipv4Addr, path::PathBuf, sync::Arc,
     time::Duration,
 };
 
@@ -22,7 +17,9 @@ use crate::{
     datapath::{BpfDatapath, Datapath, DatapathConfig},
     error::{Error, Result},
     host::{self, format_port_list, Host, SystemHost},
+    limits::ApiLimits,
     netif::{self, Ipv4Cidr},
+    server,
     socket::{self, SocketFile},
     spec::PortRange,
     state::{Berth, Bridge, Registry},
@@ -45,6 +42,9 @@ pub struct DaemonConfig {
     pub port_cooldown_secs: u64,
     /// Groups per task, `--default-sg`, flow timeouts.
     pub security_groups: crate::sg::SgSettings,
+    /// `--socket-group`.
+    pub socket_group: Option<String>,
+    pub limits: ApiLimits,
 }
 
 impl DaemonConfig {
@@ -86,6 +86,7 @@ pub struct Parts {
     pub host: Arc<dyn Host>,
     pub policy: PortPolicy,
     pub security_groups: crate::sg::SgSettings,
+    pub limits: ApiLimits,
 }
 
 /// Starts the daemon and returns once it has stopped. Every error is one
@@ -94,10 +95,16 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     check_root()?;
     check_interfaces(&config.datapath)?;
     let policy = config.port_policy()?;
+    server::raise_fd_limit(config.limits.max_connections);
     let shutdown = shutdown_signal()?;
     // Claim the socket before touching the datapath, so a second daemon
     // started by mistake stops here and leaves the first one's programs be.
-    let (listener, socket_file) = socket::bind(&config.socket).await?;
+    let gid = config
+        .socket_group
+        .as_deref()
+        .map(socket::resolve_group)
+        .transpose()?;
+    let (listener, socket_file) = socket::bind(&config.socket, gid).await?;
     // One daemon per pin directory and per store, for the daemon's life: a
     // second one would reconcile the first one's maps against its own store.
     let pin_dir = crate::datapath::prepare_pin_dir(&config.datapath.bpffs)?;
@@ -123,6 +130,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         host: Arc::new(SystemHost::default()),
         policy,
         security_groups: config.security_groups.clone(),
+        limits: config.limits,
     };
     serve(parts, shutdown).await
 }
@@ -180,6 +188,7 @@ pub async fn serve(
         host,
         policy,
         security_groups,
+        limits,
     } = parts;
     let store_path = store.path().to_owned();
     let info = api::DaemonInfo {
@@ -188,8 +197,11 @@ pub async fn serve(
     };
     let expiry = crate::sg::expiry_period(&security_groups.timeouts);
     let mut addrs = HostAddrSync::new(datapath.clone(), host_addrs, bridge.clone());
+    // With a default group, a port not hooked yet must not talk either.
+    datapath.set_port_gate(security_groups.default_sg.is_some())?;
     let mut registry = Registry::open(store, datapath.clone(), bridge, host, policy)?;
     registry.configure_security_groups(security_groups)?;
+    registry.set_port_limits(limits.ports);
     let restored = registry.restore()?;
     tracing::info!(bindings = restored, store = %store_path.display(), "restored bindings");
     let (reserved, released) = registry.reconcile_reserved_ports()?;
@@ -210,34 +222,32 @@ pub async fn serve(
         tokio::spawn(expire_flows(datapath.clone(), expiry)),
     ];
 
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let berth = Berth::new(registry);
+    let berth = Berth::new(registry).with_max_subscribers(limits.max_event_subscribers);
     let closer = berth.clone();
-    let server = axum::serve(listener, api::router(berth).layer(axum::Extension(info)))
-        .with_graceful_shutdown(async move {
+    tracing::info!(
+        socket = %socket_file.path().display(),
+        max_connections = limits.max_connections,
+        max_event_subscribers = limits.max_event_subscribers,
+        max_ports_per_request = limits.ports.per_request,
+        max_ports_per_task = limits.ports.per_task,
+        "serving the API"
+    );
+    server::serve(
+        listener,
+        api::router(berth).layer(axum::Extension(info)),
+        limits,
+        async move {
             shutdown.await;
             // End event streams, or they would hold the shutdown up.
             closer.close();
-            let _ = stop_tx.send(true);
-        })
-        .into_future();
-    tracing::info!(socket = %socket_file.path().display(), "serving the API");
-    tokio::pin!(server);
-    let served = tokio::select! {
-        res = &mut server => res,
-        () = async {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => {
-            tracing::warn!("API connections still open after the grace period; closing them");
-            Ok(())
-        }
-    };
+        },
+        SHUTDOWN_GRACE,
+    )
+    .await;
     for task in background {
         task.abort();
     }
     drop(socket_file);
-    served.map_err(|e| Error::io("serving the API", e))?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -338,7 +348,7 @@ mod tests {
     }
 
     async fn parts(dir: &std::path::Path, datapath: Arc<FakeDatapath>) -> Parts {
-        let (listener, socket_file) = socket::bind(&dir.join("berth.sock")).await.unwrap();
+        let (listener, socket_file) = socket::bind(&dir.join("berth.sock"), None).await.unwrap();
         Parts {
             listener,
             socket_file,
@@ -355,6 +365,7 @@ mod tests {
                 end: 49162,
             }),
             security_groups: Default::default(),
+            limits: ApiLimits::default(),
         }
     }
 

@@ -37,6 +37,14 @@ pub enum Error {
         bind_ip: Ipv4Addr,
         protocol: Protocol,
     },
+    #[error("this request names {count} ports; the daemon allows at most {max} per request (berth daemon --max-ports-per-request)")]
+    TooManyPortsInRequest { count: u64, max: u32 },
+    #[error("task {task} would have {count} ports; the daemon allows at most {max} per task (berth daemon --max-ports-per-task)")]
+    TooManyPortsInTask { task: String, count: u64, max: u32 },
+    #[error("too many event subscribers (the daemon allows {0}); try again later")]
+    TooManySubscribers(usize),
+    #[error("--socket-group {0}: no such group")]
+    NoSuchGroup(String),
     #[error("no such task: {0}")]
     NoSuchTask(String),
     #[error("task {0} already exists; stop it first or choose another --name")]
@@ -149,14 +157,17 @@ impl Error {
             | Error::MissingContainerIp(_)
             | Error::SharedContainerIp { .. }
             | Error::ContainerIpArg(_)
-            | Error::DuplicateContainerIpArg(_) => 400,
+            | Error::DuplicateContainerIpArg(_)
+            | Error::TooManyPortsInRequest { .. } => 400,
             Error::NoSuchTask(_) | Error::NoSuchBinding { .. } => 404,
             Error::PortAllocated { .. }
             | Error::HostPortInUse { .. }
             | Error::PortsExhausted { .. }
             | Error::TaskExists(_)
             | Error::TaskFromDefinition(_)
-            | Error::TaskNotFromDefinition(_) => 409,
+            | Error::TaskNotFromDefinition(_)
+            | Error::TooManyPortsInTask { .. } => 409,
+            Error::TooManySubscribers(_) => 503,
             Error::Api { status, .. } => *status,
             Error::Sg(e) => e.http_status(),
             _ => 500,

@@ -37,6 +37,11 @@ pub struct FakeDatapath {
     removes: AtomicUsize,
     host_addr_updates: AtomicUsize,
     expire_calls: AtomicUsize,
+    /// Each forget_flows call's bindings, in order.
+    forgotten: Mutex<Vec<Vec<Binding>>>,
+    /// How long forget_flows takes, as a sweep of a full table would.
+    forget_delay: Mutex<std::time::Duration>,
+    pub port_gate: AtomicBool,
 }
 
 impl FakeDatapath {
@@ -67,6 +72,12 @@ impl FakeDatapath {
     }
     pub fn expire_calls(&self) -> usize {
         self.expire_calls.load(Ordering::SeqCst)
+    }
+    pub fn forgotten(&self) -> Vec<Vec<Binding>> {
+        self.forgotten.lock().unwrap().clone()
+    }
+    pub fn set_forget_delay(&self, delay: std::time::Duration) {
+        *self.forget_delay.lock().unwrap() = delay;
     }
 }
 
@@ -130,6 +141,10 @@ impl Datapath for FakeDatapath {
         n += before - m.len();
         Ok(n)
     }
+    fn set_port_gate(&self, on: bool) -> Result<(), DatapathError> {
+        self.port_gate.store(on, Ordering::SeqCst);
+        Ok(())
+    }
     fn set_flow_timeouts(&self, timeouts: crate::datapath::FlowTimeouts) {
         *self.timeouts.lock().unwrap() = Some(timeouts);
     }
@@ -154,6 +169,12 @@ impl Datapath for FakeDatapath {
         self.removes.fetch_add(1, Ordering::SeqCst);
         self.bindings.lock().unwrap().remove(binding);
         Ok(())
+    }
+    fn forget_flows(&self, gone: &[Binding]) -> Result<usize, DatapathError> {
+        let delay = *self.forget_delay.lock().unwrap();
+        std::thread::sleep(delay);
+        self.forgotten.lock().unwrap().push(gone.to_vec());
+        Ok(0)
     }
     fn set_host_addrs(&self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError> {
         self.host_addr_updates.fetch_add(1, Ordering::SeqCst);

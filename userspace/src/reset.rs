@@ -203,7 +203,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let host = Arc::new(FakeHost::default());
         used_host(dir.path(), &host);
-        let (_listener, _file) = socket::bind(&dir.path().join("berth.sock")).await.unwrap();
+        let (_listener, _file) = socket::bind(&dir.path().join("berth.sock"), None)
+            .await
+            .unwrap();
         let err = reset(&config(dir.path()), host.as_ref()).await.unwrap_err();
         assert_eq!(
             err.to_string(),

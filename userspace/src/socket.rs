@@ -59,10 +59,40 @@ pub async fn is_listening(path: &Path) -> bool {
     )
 }
 
-/// Binds the API socket at `path` with mode 0660, creating its directory.
-/// Binds under a temporary name and renames it into place, so the socket
-/// never exists with looser permissions.
-pub async fn bind(path: &Path) -> Result<(UnixListener, SocketFile)> {
+/// The group id of `--socket-group`: a group name, or a number.
+pub fn resolve_group(group: &str) -> Result<u32> {
+    let unknown = || Error::NoSuchGroup(group.to_owned());
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let name = std::ffi::CString::new(group).map_err(|_| unknown())?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: an all-zero `group` is a valid out-parameter.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buf` outlives it and
+    // getgrnam_r writes at most `buf.len()` bytes into it.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return Err(unknown());
+    }
+    Ok(grp.gr_gid)
+}
+
+/// Binds the API socket at `path` with mode 0660, creating its directory,
+/// owned by group `gid` when given (so its members may use the API without
+/// widening the mode). Binds under a temporary name and renames it into
+/// place, so the socket never exists with looser permissions or the wrong
+/// group.
+pub async fn bind(path: &Path, gid: Option<u32>) -> Result<(UnixListener, SocketFile)> {
     let io_err = |what: &str, e: io::Error| Error::io(format!("{what} {}", path.display()), e);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
@@ -92,6 +122,7 @@ pub async fn bind(path: &Path) -> Result<(UnixListener, SocketFile)> {
     let _ = fs::remove_file(&tmp);
     let listener = UnixListener::bind(&tmp).map_err(|e| io_err("binding", e))?;
     let placed = fs::set_permissions(&tmp, Permissions::from_mode(SOCKET_MODE))
+        .and_then(|()| std::os::unix::fs::chown(&tmp, None, gid))
         .and_then(|()| fs::rename(&tmp, path));
     if let Err(e) = placed {
         let _ = fs::remove_file(&tmp);
@@ -115,7 +146,7 @@ mod tests {
     async fn bind_creates_the_directory_and_a_0660_socket() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/berth/berth.sock");
-        let (_listener, file) = bind(&path).await.unwrap();
+        let (_listener, file) = bind(&path, None).await.unwrap();
         let meta = fs::symlink_metadata(&path).unwrap();
         assert!(meta.file_type().is_socket());
         assert_eq!(meta.permissions().mode() & 0o777, 0o660);
@@ -124,12 +155,50 @@ mod tests {
         assert!(!path.exists(), "dropping SocketFile removes the socket");
     }
 
+    /// A group other than ours, from the group database.
+    fn some_other_group() -> (String, u32) {
+        let groups = fs::read_to_string("/etc/group").unwrap();
+        groups
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?.to_owned();
+                let gid = f.nth(1)?.parse().ok()?;
+                Some((name, gid))
+            })
+            .find(|(_, gid)| *gid != 0 && *gid != unsafe { libc::getegid() })
+            .expect("a group in /etc/group")
+    }
+
+    #[tokio::test]
+    async fn socket_group_owns_the_socket_and_the_mode_stays_0660() {
+        let (name, gid) = some_other_group();
+        assert_eq!(resolve_group(&name).unwrap(), gid);
+        assert_eq!(resolve_group(&gid.to_string()).unwrap(), gid);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.sock");
+        let (_listener, _file) = bind(&path, Some(gid)).await.unwrap();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.gid(), gid);
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    }
+
+    #[test]
+    fn an_unknown_socket_group_is_one_line() {
+        assert_eq!(
+            resolve_group("berth-no-such-group")
+                .unwrap_err()
+                .to_string(),
+            "--socket-group berth-no-such-group: no such group"
+        );
+    }
+
     #[tokio::test]
     async fn a_live_socket_is_not_taken_over() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("berth.sock");
-        let (_listener, _file) = bind(&path).await.unwrap();
-        let err = bind(&path).await.unwrap_err();
+        let (_listener, _file) = bind(&path, None).await.unwrap();
+        let err = bind(&path, None).await.unwrap_err();
         assert_eq!(
             err.to_string(),
             format!("another berth daemon is listening on {}", path.display())
@@ -144,7 +213,7 @@ mod tests {
         // A socket file nobody listens on, as a killed daemon leaves behind.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert!(path.exists() && !is_listening(&path).await);
-        let (_listener, _file) = bind(&path).await.unwrap();
+        let (_listener, _file) = bind(&path, None).await.unwrap();
         assert!(is_listening(&path).await);
     }
 
@@ -153,7 +222,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("berth.sock");
         fs::write(&path, "keep me").unwrap();
-        assert!(matches!(bind(&path).await, Err(Error::NotASocket(_))));
+        assert!(matches!(bind(&path, None).await, Err(Error::NotASocket(_))));
         assert_eq!(fs::read_to_string(&path).unwrap(), "keep me");
     }
 
@@ -161,12 +230,12 @@ mod tests {
     async fn a_replaced_socket_is_not_removed_by_the_old_owner() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("berth.sock");
-        let (listener, file) = bind(&path).await.unwrap();
+        let (listener, file) = bind(&path, None).await.unwrap();
         drop(listener);
         // File times tick in jiffies; make the new socket's ctime differ.
         tokio::time::sleep(Duration::from_millis(50)).await;
         // Another daemon found it stale and took the path over.
-        let (_listener2, _file2) = bind(&path).await.unwrap();
+        let (_listener2, _file2) = bind(&path, None).await.unwrap();
         drop(file);
         assert!(path.exists());
     }

@@ -7,9 +7,11 @@
 //! store commit that also records the ports berth is about to reserve, then
 //! the sysctl write; a crash between the last two is repaired by the
 //! reconcile at start. Unpublishing: datapath removes, sysctl write, then
-//! the store commit. A failed step undoes the earlier ones.
+//! the store commit. A failed step undoes the earlier ones. The removed
+//! bindings' tracked flows are forgotten afterwards, in one sweep outside
+//! the lock ([`Berth::remove`]).
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     hash::{BuildHasher, RandomState},
     net::Ipv4Addr,
     sync::Arc,
@@ -24,6 +26,7 @@ use crate::{
     error::{Error, Result},
     events::{Event, EventKind, EVENT_BUFFER},
     host::{format_port_list, Host},
+    limits::PortLimits,
     model::{Binding, ContainerRecord, NetworkBinding, Protocol, TaskRecord},
     netif::{self, Ipv4Cidr},
     spec::{PortMapping, PortRange, PortSpec},
@@ -159,6 +162,7 @@ pub struct Registry {
     rng: u64,
     events: broadcast::Sender<Event>,
     sg: security_groups::SgState,
+    limits: PortLimits,
 }
 
 /// What a publish changes besides the new bindings themselves.
@@ -196,6 +200,7 @@ impl Registry {
             rng: RandomState::new().hash_one(std::process::id()) | 1,
             events,
             sg,
+            limits: PortLimits::default(),
         })
     }
 
@@ -293,6 +298,41 @@ impl Registry {
             .map(str::to_owned)
     }
 
+    pub fn set_port_limits(&mut self, limits: PortLimits) {
+        self.limits = limits;
+    }
+
+    /// Refuses a request naming more ports than allowed, or one that would
+    /// leave `task` with too many, before anything is expanded.
+    fn check_port_counts<'a>(
+        &self,
+        task: &str,
+        specs: impl IntoIterator<Item = &'a PortSpec>,
+        adding: bool,
+    ) -> Result<()> {
+        let count: u64 = specs
+            .into_iter()
+            .map(|s| u64::from(s.container.port_count()))
+            .sum();
+        if count > u64::from(self.limits.per_request) {
+            return Err(Error::TooManyPortsInRequest {
+                count,
+                max: self.limits.per_request,
+            });
+        }
+        if adding {
+            let total = count + self.tasks.get(task).map_or(0, |b| b.len() as u64);
+            if total > u64::from(self.limits.per_task) {
+                return Err(Error::TooManyPortsInTask {
+                    task: task.to_owned(),
+                    count: total,
+                    max: self.limits.per_task,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
@@ -310,6 +350,7 @@ impl Registry {
         if specs.is_empty() {
             return Err(Error::NoPorts);
         }
+        self.check_port_counts(task, specs, true)?;
         self.bridge.check_contains(container_ip)?;
         if self.task_defs.contains_key(task) {
             return Err(Error::TaskFromDefinition(task.to_owned()));
@@ -340,6 +381,7 @@ impl Registry {
         if self.task_defs.contains_key(task) {
             return Err(Error::TaskFromDefinition(task.to_owned()));
         }
+        self.check_port_counts(task, specs, false)?;
         let (gone, kept): (Vec<Binding>, Vec<Binding>) = if specs.is_empty() {
             (current.clone(), Vec::new())
         } else {
@@ -372,6 +414,7 @@ impl Registry {
             return Err(Error::TaskExists(name.to_owned()));
         }
         let groups: Vec<Vec<PortSpec>> = paired.iter().map(|(c, _)| c.specs()).collect();
+        self.check_port_counts(name, groups.iter().flatten(), true)?;
         let resolved = self.place(&groups)?;
 
         let mut new = Vec::new();
@@ -779,6 +822,12 @@ impl Registry {
                 tracing::error!(binding = describe(b), error = %err, "rollback: removing failed");
             }
         }
+        // Flows that started in the moment the bindings were live.
+        if !done.is_empty() {
+            if let Err(err) = self.datapath.forget_flows(done) {
+                tracing::warn!(error = %err, "rollback: forgetting flows failed; they expire by timeout");
+            }
+        }
     }
 
     fn undo_removes(&self, done: &[Binding]) {
@@ -842,10 +891,20 @@ fn select(task: &str, current: &[Binding], specs: &[PortSpec]) -> Result<BTreeSe
         task: task.to_owned(),
         spec,
     };
+    // Indexed once, so a request's cost grows with its ports, not with
+    // its ports times the task's.
+    let have: HashSet<PortMapping> = current.iter().map(mapping_of).collect();
+    let mut by_container: HashMap<(Ipv4Addr, u16, Protocol), Vec<PortMapping>> = HashMap::new();
+    for m in &have {
+        by_container
+            .entry((m.bind_ip, m.container_port, m.protocol))
+            .or_default()
+            .push(*m);
+    }
     for spec in specs {
         if spec.host.is_some() {
             for m in spec.expand() {
-                if !current.iter().any(|b| mapping_of(b) == m) {
+                if !have.contains(&m) {
                     return Err(no_such(m.to_string()));
                 }
                 wanted.insert(m);
@@ -853,13 +912,9 @@ fn select(task: &str, current: &[Binding], specs: &[PortSpec]) -> Result<BTreeSe
             continue;
         }
         for container_port in spec.container.iter() {
-            let before = wanted.len();
-            wanted.extend(current.iter().map(mapping_of).filter(|m| {
-                m.bind_ip == spec.bind_ip
-                    && m.container_port == container_port
-                    && m.protocol == spec.protocol
-            }));
-            if wanted.len() == before {
+            let found = by_container.get(&(spec.bind_ip, container_port, spec.protocol));
+            wanted.extend(found.into_iter().flatten().copied());
+            if found.is_none() {
                 return Err(no_such(format!(
                     "{}::{container_port}/{}",
                     spec.bind_ip,
@@ -871,11 +926,28 @@ fn select(task: &str, current: &[Binding], specs: &[PortSpec]) -> Result<BTreeSe
     Ok(wanted)
 }
 
+/// An event subscriber's snapshot, its receiver, and its place under the
+/// subscriber cap.
+pub struct Subscription {
+    pub snapshot: Vec<Event>,
+    pub rx: broadcast::Receiver<Event>,
+    pub permit: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// The daemon's handle: cheap to clone, one request at a time inside.
 #[derive(Clone)]
 pub struct Berth {
     registry: Arc<tokio::sync::Mutex<Registry>>,
     datapath: Arc<dyn Datapath>,
+    /// Forgetting a request's flows runs after the registry is unlocked.
+    /// Removals hold this shared while they sweep; publishing takes it
+    /// exclusively, so a binding re-published at once never has its new
+    /// flows swept by the removal of the old one. Taken before the registry
+    /// lock, always.
+    flow_gate: Arc<tokio::sync::RwLock<()>>,
+    /// One permit per open event stream.
+    subscribers: Arc<tokio::sync::Semaphore>,
+    max_subscribers: usize,
     /// Set once the daemon shuts down, so event streams end and do not
     /// hold the shutdown up.
     closing: Arc<watch::Sender<bool>>,
@@ -887,6 +959,11 @@ impl Berth {
         Berth {
             registry: Arc::new(tokio::sync::Mutex::new(registry)),
             datapath,
+            flow_gate: Arc::new(tokio::sync::RwLock::new(())),
+            subscribers: Arc::new(tokio::sync::Semaphore::new(
+                crate::limits::DEFAULT_MAX_EVENT_SUBSCRIBERS,
+            )),
+            max_subscribers: crate::limits::DEFAULT_MAX_EVENT_SUBSCRIBERS,
             closing: Arc::new(watch::channel(false).0),
         }
     }
@@ -906,18 +983,35 @@ impl Berth {
         def: TaskDefinition,
         ips: BTreeMap<String, Ipv4Addr>,
     ) -> Result<TaskRecord> {
+        let _gate = self.flow_gate.write().await;
         self.with_registry(move |r| r.run_task(&name, &def, &ips))
             .await
     }
 
     pub async fn stop_task(&self, name: String) -> Result<(TaskRecord, Vec<Binding>)> {
-        self.with_registry(move |r| r.stop_task(&name)).await
+        let gate = self.flow_gate.clone().read_owned().await;
+        let (record, gone) = self.with_registry(move |r| r.stop_task(&name)).await?;
+        self.forget_flows(&gone, gate).await;
+        Ok((record, gone))
+    }
+
+    /// At most `n` event streams at once.
+    pub fn with_max_subscribers(mut self, n: usize) -> Self {
+        self.subscribers = Arc::new(tokio::sync::Semaphore::new(n));
+        self.max_subscribers = n;
+        self
     }
 
     /// Subscribes to events; with `existing`, also returns an "added" event
     /// for every current binding, taken atomically with the subscription so
-    /// nothing falls between the two.
-    pub async fn subscribe(&self, existing: bool) -> (Vec<Event>, broadcast::Receiver<Event>) {
+    /// nothing falls between the two. The permit is the subscriber's place
+    /// under the cap; drop it with the stream.
+    pub async fn subscribe(&self, existing: bool) -> Result<Subscription> {
+        let permit = self
+            .subscribers
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::TooManySubscribers(self.max_subscribers))?;
         let registry = self.registry.lock().await;
         let rx = registry.subscribe();
         let snapshot = if existing {
@@ -932,7 +1026,11 @@ impl Berth {
         } else {
             Vec::new()
         };
-        (snapshot, rx)
+        Ok(Subscription {
+            snapshot,
+            rx,
+            permit,
+        })
     }
 
     /// Resolves when the daemon starts shutting down.
@@ -954,12 +1052,40 @@ impl Berth {
         container_ip: Ipv4Addr,
         specs: Vec<PortSpec>,
     ) -> Result<Vec<Binding>> {
+        let _gate = self.flow_gate.write().await;
         self.with_registry(move |r| r.add(&task, container_ip, &specs))
             .await
     }
 
     pub async fn remove(&self, task: String, specs: Vec<PortSpec>) -> Result<Vec<Binding>> {
-        self.with_registry(move |r| r.remove(&task, &specs)).await
+        let gate = self.flow_gate.clone().read_owned().await;
+        let gone = self.with_registry(move |r| r.remove(&task, &specs)).await?;
+        self.forget_flows(&gone, gate).await;
+        Ok(gone)
+    }
+
+    /// Forgets the flows of bindings already unpublished, outside the
+    /// registry lock: they are gone from the datapath's services, so no new
+    /// flow can start for them. The change itself is committed, so a failed
+    /// sweep is logged, not returned; the flows then age out.
+    async fn forget_flows(&self, gone: &[Binding], gate: tokio::sync::OwnedRwLockReadGuard<()>) {
+        let datapath = self.datapath.clone();
+        let gone = gone.to_vec();
+        let bindings = gone.len();
+        let swept = tokio::task::spawn_blocking(move || {
+            let _gate = gate;
+            datapath.forget_flows(&gone)
+        })
+        .await;
+        match swept {
+            Ok(Ok(flows)) => {
+                tracing::debug!(bindings, flows, "forgot the flows of removed bindings")
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(bindings, error = %err, "forgetting the flows of removed bindings failed; they expire by timeout")
+            }
+            Err(err) => tracing::error!(error = %err, "flow sweep task failed"),
+        }
     }
 
     pub async fn counters(&self) -> Result<BTreeMap<String, u64>> {
@@ -1472,5 +1598,152 @@ mod tests {
         assert_eq!(ok, 1);
         assert_eq!(berth.bindings().await.len(), 1);
         assert_eq!(f.datapath.bindings().len(), 1);
+    }
+    #[test]
+    fn requests_are_bounded_before_they_are_expanded() {
+        let mut f = fixture();
+        f.registry.set_port_limits(PortLimits {
+            per_request: 100,
+            per_task: 150,
+        });
+        // A whole port space in one spec is refused from its size alone.
+        let err = f
+            .add("web", "172.17.0.2", &["1-65535:1-65535"])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "this request names 65535 ports; the daemon allows at most 100 per request \
+             (berth daemon --max-ports-per-request)"
+        );
+        assert_eq!(err.http_status(), 400);
+        let err = f
+            .add("web", "172.17.0.2", &["1000-1050:1000-1050", "2000-2049"])
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::TooManyPortsInRequest {
+                    count: 101,
+                    max: 100
+                }
+            ),
+            "{err}"
+        );
+        f.add("web", "172.17.0.2", &["1000-1099:1000-1099"])
+            .unwrap();
+        let err = f
+            .add("web", "172.17.0.2", &["2000-2050:2000-2050"])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "task web would have 151 ports; the daemon allows at most 150 per task \
+             (berth daemon --max-ports-per-task)"
+        );
+        assert_eq!(err.http_status(), 409);
+        f.add("web", "172.17.0.2", &["2000-2049:2000-2049"])
+            .unwrap();
+        // Removal specs count too; the task's own size does not.
+        let err = f
+            .registry
+            .remove("web", &specs(&["1-65535:1-65535"]))
+            .unwrap_err();
+        assert!(matches!(err, Error::TooManyPortsInRequest { .. }), "{err}");
+        assert_eq!(f.registry.bindings().len(), 150, "refusals change nothing");
+        assert_eq!(f.registry.remove("web", &[]).unwrap().len(), 150);
+    }
+
+    #[test]
+    fn a_task_definition_is_bounded_before_it_is_expanded() {
+        let mut f = fixture();
+        f.registry.set_port_limits(PortLimits {
+            per_request: 10,
+            per_task: 10,
+        });
+        let def = TaskDefinition::from_value(&serde_json::json!({"containerDefinitions": [
+            {"name": "web", "portMappings": [{"containerPortRange": "1-60000"}]}
+        ]}))
+        .unwrap();
+        let ips = [("web".to_owned(), ip("172.17.0.2"))].into();
+        let err = f.registry.run_task("t", &def, &ips).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::TooManyPortsInRequest {
+                    count: 60000,
+                    max: 10
+                }
+            ),
+            "{err}"
+        );
+        assert!(f.datapath.bindings().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_removal_forgets_its_flows_in_one_sweep_after_unlocking() {
+        let f = fixture();
+        let datapath = f.datapath.clone();
+        let berth = Berth::new(f.registry);
+        let added = berth
+            .add(
+                "web".into(),
+                ip("172.17.0.2"),
+                specs(&["9000-9999:9000-9999"]),
+            )
+            .await
+            .unwrap();
+        berth
+            .add("db".into(), ip("172.17.0.3"), specs(&["5432:5432"]))
+            .await
+            .unwrap();
+        // A sweep of a full table takes a while; the registry is free meanwhile.
+        datapath.set_forget_delay(std::time::Duration::from_secs(2));
+        let remover = berth.clone();
+        let removal = tokio::spawn(async move { remover.remove("web".into(), vec![]).await });
+        let committed = std::time::Instant::now();
+        while berth.bindings().await.len() != 1 {
+            assert!(committed.elapsed() < std::time::Duration::from_secs(5));
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(datapath.forgotten().is_empty(), "still sweeping");
+        let started = std::time::Instant::now();
+        let listed = berth.bindings().await;
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(300),
+            "listing waited {:?} for the sweep",
+            started.elapsed()
+        );
+        assert_eq!(listed.len(), 1, "the removal is committed before the sweep");
+        assert!(datapath.forgotten().is_empty(), "still sweeping");
+        let gone = removal.await.unwrap().unwrap();
+        assert_eq!(gone, added);
+        // One sweep for the whole request, with every removed binding.
+        assert_eq!(datapath.forgotten(), vec![added]);
+    }
+
+    #[tokio::test]
+    async fn a_republish_waits_for_the_sweep_of_the_removed_binding() {
+        let f = fixture();
+        let datapath = f.datapath.clone();
+        let berth = Berth::new(f.registry);
+        berth
+            .add("web".into(), ip("172.17.0.2"), specs(&["8080:80"]))
+            .await
+            .unwrap();
+        datapath.set_forget_delay(std::time::Duration::from_millis(500));
+        let remover = berth.clone();
+        let removal = tokio::spawn(async move { remover.remove("web".into(), vec![]).await });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // The same binding again: its new flows must not be swept as the old one's.
+        berth
+            .add("web".into(), ip("172.17.0.2"), specs(&["8080:80"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            datapath.forgotten().len(),
+            1,
+            "the publish ran only after the sweep"
+        );
+        removal.await.unwrap().unwrap();
+        assert_eq!(datapath.bindings().len(), 1);
     }
 }

@@ -112,7 +112,13 @@ pub struct ControlResult {
     pub memory: Value,
 }
 
-pub fn control_and_memory(s: &Settings) -> Result<ControlResult> {
+/// Flows per port of the 1 000-port range in the full-table row: 200 000 of
+/// the table's 262 144.
+const FULL_TABLE_FLOWS_PER_PORT: u32 = 200;
+
+/// The control-plane rows; with `peers == false` only berth's (the
+/// `control-berth` section), which needs none of the peers' packages.
+pub fn control_and_memory(s: &Settings, peers: bool) -> Result<ControlResult> {
     let started = Instant::now();
     let mut rows = Vec::new();
     let range = range_maps(1_000);
@@ -131,7 +137,8 @@ pub fn control_and_memory(s: &Settings) -> Result<ControlResult> {
     )?;
     let pid = d.pid().context("daemon pid")?;
     let mem_empty = berth_memory(pid)?;
-    let (mut r_api, mut r_cli, mut s_one, mut one) = (
+    let (mut r_api, mut r_cli, mut s_one, mut one, mut r_full) = (
+        Times::default(),
         Times::default(),
         Times::default(),
         Times::default(),
@@ -146,6 +153,21 @@ pub fn control_and_memory(s: &Settings) -> Result<ControlResult> {
             mem_1000 = berth_memory(pid)?;
         }
         r_api.unpublish.push(ms(|| {
+            api(&d, "/v1/bindings/delete", &json!({"task": "range"}))
+        })?);
+        // The same, with the flow table nearly full of the range's flows:
+        // unpublishing forgets every one of them.
+        r_full.publish.push(ms(|| api(&d, "/v1/bindings", &body))?);
+        let first = super::peers::EXTRA_BASE;
+        crate::flows::FlowFill {
+            ctr_ip: CTR2.parse()?,
+            ctr_ports: first..=first + 999,
+            host_base: first,
+            client_ip: crate::addr::CLIENT_IP,
+            per_port: FULL_TABLE_FLOWS_PER_PORT,
+        }
+        .insert(fs.path())?;
+        r_full.unpublish.push(ms(|| {
             api(&d, "/v1/bindings/delete", &json!({"task": "range"}))
         })?);
         r_cli.publish.push(ms(|| {
@@ -205,6 +227,14 @@ pub fn control_and_memory(s: &Settings) -> Result<ControlResult> {
         &r_api,
         1.0,
     ));
+    rows.push(row(
+        "berth",
+        "range_1000_full_flow_table",
+        1_000,
+        "API: one request with a 1000-port range; 200 000 of its flows tracked when it is removed",
+        &r_full,
+        1.0,
+    ));
     rows.push(
         row(
             "berth",
@@ -234,6 +264,12 @@ pub fn control_and_memory(s: &Settings) -> Result<ControlResult> {
     ));
     drop(d);
     drop(fs);
+    if !peers {
+        return Ok(ControlResult {
+            control: Value::Array(rows),
+            memory: json!({"berth_empty": mem_empty, "berth_1000": mem_1000}),
+        });
+    }
 
     eprintln!(
         "bench: control plane: berth done ({:.0} s)",

@@ -34,7 +34,15 @@ struct Opts {
     from_json: Option<PathBuf>,
 }
 
-const SECTIONS: [&str; 5] = ["verifier", "datapath", "topology", "veth", "control"];
+/// `control-berth`: berth's control-plane rows only (not part of a full run).
+const SECTIONS: [&str; 6] = [
+    "verifier",
+    "datapath",
+    "topology",
+    "veth",
+    "control",
+    "control-berth",
+];
 
 fn parse_args() -> Result<Opts> {
     let mut quick = false;
@@ -200,10 +208,11 @@ fn run() -> Result<()> {
     section("topology", &|| topo::topology_bench(&settings))?;
     section("veth", &|| veth::veth_bench(&settings))?;
     let mut control_result = None;
-    if wanted("control") {
+    let peers = wanted("control");
+    if peers || opts.only.iter().any(|o| o == "control-berth") {
         let t = Instant::now();
         eprintln!("bench: control plane and memory...");
-        control_result = Some(control::control_and_memory(&settings)?);
+        control_result = Some(control::control_and_memory(&settings, peers)?);
         eprintln!(
             "bench: control plane and memory took {:.0} s",
             t.elapsed().as_secs_f64()

@@ -25,13 +25,16 @@ use aya::{
 };
 use berth_maps::{
     local_net_encode, Backend, FlowKey, NatEntry, NatFwd, PortKey, ServiceKey, CONFIG_MAP,
-    CONFIG_NETNS_COOKIE, COUNTERS_MAP, COUNTER_NAMES, HOST_ADDRS_MAP, LOCAL_NETS_MAP,
-    LOCAL_NETS_MAX, LOCAL_NET_MORE, NAT_FWD_MAP, NAT_F_CLOSING, NAT_F_REPLIED, NAT_MAP,
-    NAT_NEW_MAP, PORTS_MAP, PORT_ADDRS_MAP, PROTO_TCP, SERVICES_MAP,
+    CONFIG_NETNS_COOKIE, CONFIG_PORT_GATE, COUNTERS_MAP, COUNTER_NAMES, HOOKED_PORTS_MAP,
+    HOST_ADDRS_MAP, LOCAL_NETS_MAP, LOCAL_NETS_MAX, LOCAL_NET_MORE, NAT_FWD_MAP, NAT_F_CLOSING,
+    NAT_F_REPLIED, NAT_MAP, NAT_NEW_MAP, PORTS_MAP, PORT_ADDRS_MAP, PROTO_TCP, SERVICES_MAP,
 };
 
 use super::{
-    policy::PolicyMaps, ports::PortWatcher, Datapath, DatapathError, FlowTimeouts, PolicyRule,
+    flows::{owned_by, sweep, FlowMap},
+    policy::PolicyMaps,
+    ports::PortWatcher,
+    Datapath, DatapathError, FlowTimeouts, PolicyRule,
 };
 use crate::{model::Binding, netif::Ipv4Cidr};
 
@@ -86,14 +89,16 @@ struct Maps {
     ports: HashMap<MapData, PortKey, u32>,
     host_addrs: HashMap<MapData, u32, u32>,
     local_nets: Array<MapData, u64>,
-    nat: HashMap<MapData, FlowKey, NatEntry>,
-    nat_new: HashMap<MapData, FlowKey, NatEntry>,
     nat_fwd: HashMap<MapData, FlowKey, NatFwd>,
+    config: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
 }
 
 pub struct BpfDatapath {
     maps: Mutex<Maps>,
+    /// Outside the mutex: sweeping a full table takes a while, and batch
+    /// syscalls on an fd need no lock.
+    flows: Vec<FlowMap>,
     policy: Mutex<PolicyMaps>,
     timeouts: Mutex<FlowTimeouts>,
     status: super::status::StatusBase,
@@ -378,9 +383,8 @@ impl BpfDatapath {
                     .ok_or_else(|| DatapathError::Other(format!("map {LOCAL_NETS_MAP} missing")))?,
             )
             .map_err(map_err("BERTH_LOCAL_NETS"))?,
-            nat: take_map(&mut ebpf, NAT_MAP)?,
-            nat_new: take_map(&mut ebpf, NAT_NEW_MAP)?,
             nat_fwd: take_map(&mut ebpf, NAT_FWD_MAP)?,
+            config: config_map,
             counters: PerCpuArray::try_from(
                 ebpf.take_map(COUNTERS_MAP)
                     .ok_or_else(|| DatapathError::Other(format!("map {COUNTERS_MAP} missing")))?,
@@ -394,10 +398,41 @@ impl BpfDatapath {
             ct: take_map(&mut ebpf, berth_maps::CT_MAP)?,
             ct_new: take_map(&mut ebpf, berth_maps::CT_NEW_MAP)?,
         };
+        // Every table keyed by the container-side tuple with a NatEntry:
+        // forgetting a binding's flows and expiry cover each of them.
+        let flows = vec![
+            FlowMap {
+                name: NAT_MAP,
+                table: FlowTable::Established,
+                map: take_map(&mut ebpf, NAT_MAP)?,
+            },
+            FlowMap {
+                name: NAT_NEW_MAP,
+                table: FlowTable::Embryonic,
+                map: take_map(&mut ebpf, NAT_NEW_MAP)?,
+            },
+        ];
         let port_addrs = take_map(&mut ebpf, PORT_ADDRS_MAP)?;
         let ebpf = Arc::new(Mutex::new(ebpf));
-        let ports =
-            super::ports::watch(ebpf.clone(), port_addrs, config.bridge.clone(), links_dir)?;
+        let hooked = take_map(
+            &mut ebpf.lock().unwrap_or_else(|p| p.into_inner()),
+            HOOKED_PORTS_MAP,
+        )?;
+        // The watcher keeps the bridge's address current in its own handle.
+        let config_pin = dir.join(CONFIG_MAP);
+        let watcher_config = MapData::from_pin(&config_pin)
+            .map_err(map_err("BERTH_CONFIG"))
+            .and_then(|m| {
+                Array::try_from(aya::maps::Map::Array(m)).map_err(map_err("BERTH_CONFIG"))
+            })?;
+        let ports = super::ports::watch(
+            ebpf.clone(),
+            port_addrs,
+            config.bridge.clone(),
+            links_dir,
+            hooked,
+            watcher_config,
+        )?;
         let status = super::status::StatusBase {
             attach: config.attach,
             pin_dir: dir,
@@ -409,6 +444,7 @@ impl BpfDatapath {
         };
         Ok(Self {
             maps: Mutex::new(maps),
+            flows,
             policy: Mutex::new(policy),
             timeouts: Mutex::new(FlowTimeouts::default()),
             status,
@@ -449,6 +485,25 @@ const SOCKET_HOOKS: [&str; 6] = [
     "berth_peername4",
 ];
 pub(super) const CGROUP_LINK_SUFFIX: &str = "cgroup";
+
+/// The bridge's MAC in the low 48 bits, as the gate compares it.
+pub(super) fn bridge_mac(bridge: &str) -> Result<u64, DatapathError> {
+    let path = format!("/sys/class/net/{bridge}/address");
+    let text = fs::read_to_string(&path)
+        .map_err(|e| DatapathError::Other(format!("reading {path}: {e}")))?;
+    parse_mac(text.trim())
+        .ok_or_else(|| DatapathError::Other(format!("{path}: not a MAC address: {}", text.trim())))
+}
+
+fn parse_mac(s: &str) -> Option<u64> {
+    let mut v = 0u64;
+    let mut n = 0;
+    for part in s.split(':') {
+        v = (v << 8) | u64::from(u8::from_str_radix(part, 16).ok()?);
+        n += 1;
+    }
+    (n == 6).then_some(v)
+}
 
 /// The cookie of the daemon's network namespace (SO_NETNS_COOKIE, 5.14+).
 fn netns_cookie() -> Result<u64, DatapathError> {
@@ -784,40 +839,25 @@ pub fn fwd_owns(wire: &FlowKey, e: &NatEntry) -> bool {
         && e.client_port_be == wire.src_port_be
 }
 
-impl Maps {
-    /// Forget the flows `stale` picks in both flow tables, and the remap
-    /// entries of flows that no longer exist. Returns how many flows.
-    fn forget_flows(&mut self, stale: impl Fn(&FlowKey, &NatEntry, FlowTable) -> bool) -> usize {
-        let mut n = 0;
-        for (table, map) in [
-            (FlowTable::Established, &mut self.nat),
-            (FlowTable::Embryonic, &mut self.nat_new),
-        ] {
-            let keys: Vec<FlowKey> = map
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(k, v)| stale(k, v, table))
-                .map(|(k, _)| k)
-                .collect();
-            for k in &keys {
-                n += usize::from(map.remove(k).is_ok());
-            }
-        }
-        let orphans: Vec<FlowKey> = self
+impl BpfDatapath {
+    /// Forget the clash-remap entries whose flow no longer exists (expired
+    /// or forgotten); an established flow's remap is never touched.
+    fn forget_orphan_remaps(&self) {
+        let mut m = self.lock();
+        let orphans: Vec<FlowKey> = m
             .nat_fwd
             .iter()
             .filter_map(Result::ok)
             .filter(|(wire, f)| {
                 let key = fwd_flow_key(wire, f);
-                let e = self.nat.get(&key, 0).or_else(|_| self.nat_new.get(&key, 0));
-                !e.is_ok_and(|e| fwd_owns(wire, &e))
+                let e = self.flows.iter().find_map(|t| t.map.get(&key, 0).ok());
+                !e.is_some_and(|e| fwd_owns(wire, &e))
             })
             .map(|(k, _)| k)
             .collect();
         for k in &orphans {
-            let _ = self.nat_fwd.remove(k);
+            let _ = m.nat_fwd.remove(k);
         }
-        n
     }
 }
 
@@ -857,18 +897,16 @@ impl Datapath for BpfDatapath {
             Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err("BERTH_SERVICES")(e)),
         }
-        // Forget the binding's flows, so a replaced container never inherits
-        // stale state (the UDP black hole Docker users hit).
-        let be = backend(b);
-        let proto = b.protocol.ip_proto();
-        let host_port_be = b.host_port.to_be();
-        m.forget_flows(|k, v, _| {
-            k.proto == proto
-                && k.src_addr_be == be.addr_be
-                && k.src_port_be == be.port_be
-                && v.host_port_be == host_port_be
-        });
         Ok(())
+    }
+
+    fn forget_flows(&self, gone: &[Binding]) -> Result<usize, DatapathError> {
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let n = sweep(&self.flows, owned_by(gone))?;
+        self.forget_orphan_remaps();
+        Ok(n)
     }
 
     fn retain(&self, keep: &[Binding]) -> Result<usize, DatapathError> {
@@ -979,8 +1017,10 @@ impl Datapath for BpfDatapath {
         let t = *self.timeouts.lock().unwrap_or_else(|p| p.into_inner());
         let now = monotonic_ns();
         let from_policy = self.policy().expire(&t, now);
-        let mut m = self.lock();
-        let expired = m.forget_flows(|k, v, table| flow_expired(k, v, table, now, &t));
+        let expired = sweep(&self.flows, |k, v, table| {
+            flow_expired(k, v, table, now, &t)
+        })?;
+        self.forget_orphan_remaps();
         Ok(expired + from_policy)
     }
 
@@ -1016,6 +1056,13 @@ impl Datapath for BpfDatapath {
         groups: &[u32],
     ) -> Result<usize, DatapathError> {
         Ok(self.policy().retain(endpoints, policies, groups))
+    }
+
+    fn set_port_gate(&self, on: bool) -> Result<(), DatapathError> {
+        self.lock()
+            .config
+            .set(CONFIG_PORT_GATE, u64::from(on), 0)
+            .map_err(map_err("BERTH_CONFIG"))
     }
 
     fn set_flow_timeouts(&self, timeouts: FlowTimeouts) {

@@ -5,6 +5,7 @@ use crate::{model::Binding, netif::Ipv4Cidr};
 
 mod bpf;
 mod cgroup;
+mod flows;
 pub mod pins;
 mod policy;
 mod port_addrs;
@@ -103,8 +104,13 @@ impl Default for FlowTimeouts {
 pub trait Datapath: Send + Sync {
     /// Publish (or re-point) one binding.
     fn insert(&self, binding: &Binding) -> Result<(), DatapathError>;
-    /// Unpublish one binding and forget its flows.
+    /// Unpublish one binding. Its tracked flows stay until
+    /// [`Datapath::forget_flows`].
     fn remove(&self, binding: &Binding) -> Result<(), DatapathError>;
+    /// Forget the tracked flows of bindings already removed, in one pass
+    /// over the flow tables, so a replaced container never inherits stale
+    /// state (the UDP black hole Docker users hit). Returns how many.
+    fn forget_flows(&self, gone: &[Binding]) -> Result<usize, DatapathError>;
     /// Replace the set of host addresses a wildcard binding answers on.
     fn set_host_addrs(&self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError>;
     /// Replace the bridge's subnets: sources an uplink never accepts.
@@ -142,6 +148,9 @@ pub trait Datapath: Send + Sync {
         policies: &[u32],
         groups: &[u32],
     ) -> Result<usize, DatapathError>;
+    /// Refuse IPv4 from bridge ports whose hooks are not attached yet (on
+    /// with `--default-sg`).
+    fn set_port_gate(&self, on: bool) -> Result<(), DatapathError>;
     /// Idle timeouts used by [`Datapath::expire_flows`].
     fn set_flow_timeouts(&self, timeouts: FlowTimeouts);
     /// What is attached where and how full the maps are (`berth status`);

@@ -1,28 +1,36 @@
 //! Containers come and go: every port of the bridge (a container's
 //! host-side veth) gets the security-group programs, `berth_from_ctr` on tc
 //! ingress (what the container sends) and `berth_to_ctr` on tc egress (what
-//! it receives). A thread watches the bridge's ports and attaches new ones;
-//! pins of ports that are gone are removed. It also keeps each port's own
-//! addresses (learned from the container's side, see [`port_addrs`]) in
-//! BERTH_PORT_ADDRS, so a container cannot send from another's address.
+//! it receives). It also keeps each port's own addresses (learned from the
+//! container's side, see [`port_addrs`]) in BERTH_PORT_ADDRS, so a container
+//! cannot send from another's address.
+//!
+//! A thread follows link events over netlink (RTM_NEWLINK / RTM_DELLINK,
+//! `IFLA_MASTER` = the bridge), so a container's veth is hooked as soon as
+//! it is enslaved, milliseconds before a runtime typically sets it up and
+//! gives the container an address. A full resync against the bridge's port
+//! list runs at start, after the kernel reports lost events (ENOBUFS), and
+//! every [`RESYNC`] as a safety net. A listing that fails changes nothing:
+//! hooks are never removed because a port could not be seen.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs,
+    fs, io,
     net::Ipv4Addr,
-    path::PathBuf,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::{
-    maps::{HashMap, MapData},
+    maps::{Array, HashMap, MapData},
     Ebpf,
 };
-use berth_maps::{PortAddrs, PORT_ADDRS_MAX};
+use berth_maps::{PortAddrs, CONFIG_BRIDGE_MAC, HOOKED_PORTS_MAP, PORT_ADDRS_MAX};
 
 use super::{
     bpf::attach_pinned,
@@ -31,25 +39,189 @@ use super::{
 };
 
 pub const PORT_PROGRAMS: [&str; 2] = ["berth_from_ctr", "berth_to_ctr"];
-const POLL: Duration = Duration::from_millis(250);
-/// Ports whose addresses are known are asked again this often (in polls);
-/// ports with none yet (a container still being set up) on every poll.
-const ADDR_REFRESH_POLLS: u32 = 8;
+/// Full resync against the bridge's port list.
+const RESYNC: Duration = Duration::from_secs(10);
+/// How often the thread looks at its stop flag between events.
+const WAKE: Duration = Duration::from_millis(250);
+/// Ports with no address yet (a container still being set up) are asked
+/// for their addresses this often; ports whose addresses are known, every
+/// [`ADDR_REFRESH`].
+const ADDR_POLL: Duration = Duration::from_millis(250);
+const ADDR_REFRESH: Duration = Duration::from_secs(2);
 
 /// The bridge's ports, from sysfs of the current network namespace.
-fn bridge_ports(bridge: &str) -> BTreeSet<String> {
-    fs::read_dir(format!("/sys/class/net/{bridge}/brif"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+fn bridge_ports(bridge: &str) -> io::Result<BTreeSet<String>> {
+    fs::read_dir(format!("/sys/class/net/{bridge}/brif"))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect()
 }
 
 pub(super) struct PortWatcher {
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
+}
+
+/// The hooked ports and how to hook more.
+struct Ports {
+    ebpf: Arc<Mutex<Ebpf>>,
+    bridge: String,
+    links_dir: PathBuf,
+    known: BTreeSet<String>,
+    /// BERTH_HOOKED_PORTS: the ifindex of every port in `known`, for the
+    /// datapath's gate on ports not hooked yet.
+    hooked: HashMap<MapData, u32, u32>,
+    /// BERTH_CONFIG, for the bridge's MAC: a bridge without a fixed address
+    /// takes one of its ports', so it changes as ports come and go.
+    config: Array<MapData, u64>,
+    bridge_mac: Option<u64>,
+}
+
+impl Ports {
+    fn set_bridge_mac(&mut self, mac: u64) {
+        if self.bridge_mac == Some(mac) {
+            return;
+        }
+        match self.config.set(CONFIG_BRIDGE_MAC, mac, 0) {
+            Ok(()) => {
+                self.bridge_mac = Some(mac);
+                tracing::debug!(bridge = %self.bridge, mac = format_args!("{mac:012x}"), "bridge address");
+            }
+            Err(e) => tracing::warn!(error = %e, "recording the bridge's address"),
+        }
+    }
+
+    /// A port joined the bridge: hook it. Everything a new port needs
+    /// happens here.
+    fn on_new_port(&mut self, port: &str) -> Result<(), DatapathError> {
+        let t0 = Instant::now();
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        for prog in PORT_PROGRAMS {
+            if let Err(e) = attach_pinned(&mut ebpf, prog, port, &self.links_dir) {
+                // A port may vanish between its event and the attach.
+                if matches!(e, DatapathError::NoSuchInterface(_)) || !is_port(&self.bridge, port) {
+                    return Ok(());
+                }
+                return Err(e);
+            }
+        }
+        // Listed only once both programs are attached.
+        if let Some(i) = ifindex(port) {
+            self.hooked
+                .insert(i, 1, 0)
+                .map_err(|e| DatapathError::Map {
+                    map: HOOKED_PORTS_MAP,
+                    reason: e.to_string(),
+                })?;
+        }
+        self.known.insert(port.to_owned());
+        tracing::info!(port = %port, took_us = t0.elapsed().as_micros() as u64, "security-group hooks attached");
+        Ok(())
+    }
+
+    /// A port left the bridge or is gone: unpinning detaches its hooks.
+    fn on_port_gone(&mut self, port: &str) {
+        for prog in PORT_PROGRAMS {
+            let _ = fs::remove_file(self.links_dir.join(format!("{prog}@{port}")));
+        }
+        if self.known.remove(port) {
+            tracing::info!(port = %port, "bridge port gone; hooks removed");
+        }
+        self.prune_hooked();
+    }
+
+    /// Drops listed ifindexes that are no longer hooked ports (gone, or
+    /// left by an earlier run).
+    fn prune_hooked(&mut self) {
+        let keep: BTreeSet<u32> = self.known.iter().filter_map(|p| ifindex(p)).collect();
+        let stale: Vec<u32> = self
+            .hooked
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|i| !keep.contains(i))
+            .collect();
+        for i in stale {
+            let _ = self.hooked.remove(&i);
+        }
+    }
+
+    /// Brings the hooks in line with the bridge's port list. When the list
+    /// cannot be read, nothing changes.
+    fn resync(&mut self) -> Result<(), DatapathError> {
+        if let Ok(mac) = super::bpf::bridge_mac(&self.bridge) {
+            self.set_bridge_mac(mac);
+        }
+        let now = match bridge_ports(&self.bridge) {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!(bridge = %self.bridge, error = %e, "cannot list the bridge's ports; keeping the hooks as they are");
+                return Ok(());
+            }
+        };
+        let (new, gone) = diff(&self.known, &now);
+        for port in gone {
+            self.on_port_gone(&port);
+        }
+        // Pins left by an earlier run for ports that are gone.
+        if let Ok(entries) = fs::read_dir(&self.links_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some((prog, port)) = name.split_once('@') {
+                    if PORT_PROGRAMS.contains(&prog) && !now.contains(port) {
+                        let _ = fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
+        let mut first_err = None;
+        for port in new {
+            if let Err(e) = self.on_new_port(&port) {
+                first_err.get_or_insert(e);
+            }
+        }
+        // After the attaches: a restarted daemon keeps the ports it adopts
+        // listed throughout.
+        self.prune_hooked();
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn on_event(&mut self, ev: &LinkEvent, bridge_index: u32) -> Result<(), DatapathError> {
+        if ev.index == bridge_index && !ev.deleted {
+            if let Some(mac) = ev.mac {
+                self.set_bridge_mac(mac);
+            }
+            return Ok(());
+        }
+        let on_bridge = !ev.deleted && ev.master == Some(bridge_index);
+        match (on_bridge, self.known.contains(&ev.name)) {
+            (true, false) => self.on_new_port(&ev.name),
+            (false, true) => {
+                self.on_port_gone(&ev.name);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Ports to hook and ports to unhook.
+fn diff(known: &BTreeSet<String>, now: &BTreeSet<String>) -> (Vec<String>, Vec<String>) {
+    (
+        now.difference(known).cloned().collect(),
+        known.difference(now).cloned().collect(),
+    )
+}
+
+fn is_port(bridge: &str, port: &str) -> bool {
+    Path::new(&format!("/sys/class/net/{bridge}/brif/{port}")).exists()
+}
+
+fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string for the call.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => None,
+        i => Some(i),
+    }
 }
 
 /// Attach to the ports there are now, then keep following the bridge.
@@ -58,26 +230,29 @@ pub(super) fn watch(
     addrs_map: HashMap<MapData, u32, PortAddrs>,
     bridge: String,
     links_dir: PathBuf,
+    hooked: HashMap<MapData, u32, u32>,
+    config: Array<MapData, u64>,
 ) -> Result<PortWatcher, DatapathError> {
-    let mut known = BTreeSet::new();
-    sync(&ebpf, &bridge, &links_dir, &mut known)?;
+    // Subscribe before the first listing, so no port falls between the two.
+    let events = LinkEvents::open()
+        .map_err(|e| DatapathError::Other(format!("netlink link events: {e}")))?;
+    let mut ports = Ports {
+        ebpf,
+        bridge,
+        links_dir,
+        known: BTreeSet::new(),
+        hooked,
+        config,
+        bridge_mac: None,
+    };
+    ports.resync()?;
     let mut addrs = PortAddrSync::adopt(addrs_map);
-    addrs.sync(&bridge, true);
+    addrs.sync(&ports.bridge, true);
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let thread = thread::Builder::new()
         .name("berth-ports".into())
-        .spawn(move || {
-            let mut polls = 0u32;
-            while !flag.load(Ordering::Relaxed) {
-                thread::sleep(POLL);
-                if let Err(e) = sync(&ebpf, &bridge, &links_dir, &mut known) {
-                    tracing::warn!(error = %e, "attaching to bridge ports");
-                }
-                polls = polls.wrapping_add(1);
-                addrs.sync(&bridge, polls.is_multiple_of(ADDR_REFRESH_POLLS));
-            }
-        })
+        .spawn(move || follow(ports, addrs, events, &flag))
         .map_err(|e| DatapathError::Other(format!("port watcher: {e}")))?;
     Ok(PortWatcher {
         stop,
@@ -85,45 +260,49 @@ pub(super) fn watch(
     })
 }
 
-fn sync(
-    ebpf: &Mutex<Ebpf>,
-    bridge: &str,
-    links_dir: &std::path::Path,
-    known: &mut BTreeSet<String>,
-) -> Result<(), DatapathError> {
-    let now = bridge_ports(bridge);
-    for port in now.difference(known) {
-        let mut ebpf = ebpf.lock().unwrap_or_else(|p| p.into_inner());
-        for prog in PORT_PROGRAMS {
-            // A port may vanish between listing and attaching.
-            if let Err(e) = attach_pinned(&mut ebpf, prog, port, links_dir) {
-                if !matches!(e, DatapathError::NoSuchInterface(_))
-                    && bridge_ports(bridge).contains(port)
-                {
-                    return Err(e);
+fn follow(mut ports: Ports, mut addrs: PortAddrSync, events: LinkEvents, stop: &AtomicBool) {
+    let mut last_sync = Instant::now();
+    let (mut last_addrs, mut last_full) = (Instant::now(), Instant::now());
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        let mut resync = last_sync.elapsed() >= RESYNC;
+        match events.recv(&mut buf) {
+            Ok(n) => {
+                // The bridge may have been recreated under the same name.
+                match ifindex(&ports.bridge) {
+                    Some(bridge_index) => {
+                        for ev in parse_link_events(&buf[..n]) {
+                            if let Err(e) = ports.on_event(&ev, bridge_index) {
+                                tracing::warn!(port = %ev.name, error = %e, "attaching to a bridge port");
+                            }
+                        }
+                    }
+                    None => resync = true,
                 }
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => {
+                // ENOBUFS: the kernel dropped events; read the whole list.
+                tracing::warn!(error = %e, "netlink link events lost; resyncing the bridge's ports");
+                resync = true;
+            }
         }
-        tracing::info!(port = %port, "security-group hooks attached");
-    }
-    for port in known.difference(&now) {
-        for prog in PORT_PROGRAMS {
-            let _ = fs::remove_file(links_dir.join(format!("{prog}@{port}")));
+        if resync {
+            if let Err(e) = ports.resync() {
+                tracing::warn!(error = %e, "attaching to bridge ports");
+            }
+            last_sync = Instant::now();
         }
-    }
-    // Pins left by an earlier run for ports that are gone.
-    if let Ok(entries) = fs::read_dir(links_dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some((prog, port)) = name.split_once('@') {
-                if PORT_PROGRAMS.contains(&prog) && !now.contains(port) {
-                    let _ = fs::remove_file(e.path());
-                }
+        if last_addrs.elapsed() >= ADDR_POLL {
+            let full = last_full.elapsed() >= ADDR_REFRESH;
+            addrs.sync(&ports.bridge, full);
+            last_addrs = Instant::now();
+            if full {
+                last_full = last_addrs;
             }
         }
     }
-    *known = now;
-    Ok(())
 }
 
 /// BERTH_PORT_ADDRS kept equal to what the ports' namespaces say, with
@@ -172,8 +351,12 @@ impl PortAddrSync {
     /// Learns the ports' addresses (all of them when `full`, else only the
     /// new ones and those with none yet) and writes what changed.
     fn sync(&mut self, bridge: &str, full: bool) {
+        // A listing that fails changes nothing.
+        let Ok(names) = bridge_ports(bridge) else {
+            return;
+        };
         let mut claims = BTreeMap::new();
-        for name in bridge_ports(bridge) {
+        for name in names {
             let Some(ifindex) = super::bpf::ifindex(&name).ok() else {
                 continue; // gone since the listing
             };
@@ -233,5 +416,275 @@ impl Drop for PortWatcher {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A NETLINK_ROUTE socket subscribed to link changes.
+struct LinkEvents {
+    fd: OwnedFd,
+}
+
+const RTMGRP_LINK: u32 = 1;
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MASTER: u16 = 10;
+const NLMSG_HDRLEN: usize = 16;
+const IFINFOMSG_LEN: usize = 16;
+const RTA_HDRLEN: usize = 4;
+
+impl LinkEvents {
+    fn open() -> io::Result<LinkEvents> {
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh fd nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: an all-zero sockaddr_nl is valid; we set the fields used.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = RTMGRP_LINK;
+        // SAFETY: `addr` is a valid sockaddr_nl of the length given.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Room for bursts (many containers at once); a wake-up timeout so
+        // the thread sees its stop flag and the resync timer.
+        set_sockopt(&fd, libc::SO_RCVBUF, &(4 << 20 as libc::c_int))?;
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: WAKE.as_micros() as libc::suseconds_t,
+        };
+        set_sockopt(&fd, libc::SO_RCVTIMEO, &tv)?;
+        Ok(LinkEvents { fd })
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for `buf.len()` bytes.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+fn set_sockopt<T>(fd: &OwnedFd, opt: libc::c_int, val: &T) -> io::Result<()> {
+    // SAFETY: `val` points to a `T` of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (val as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// One link's state from an RTM_NEWLINK / RTM_DELLINK message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LinkEvent {
+    index: u32,
+    name: String,
+    /// `IFLA_ADDRESS`, for Ethernet-like links (low 48 bits).
+    mac: Option<u64>,
+    /// `IFLA_MASTER`: the ifindex of the bridge (or bond) it is enslaved to.
+    master: Option<u32>,
+    deleted: bool,
+}
+
+fn u16_at(b: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(off..off + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(off..off + 4)?.try_into().ok()?))
+}
+
+const fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// The link events in one datagram; anything malformed ends the parse.
+fn parse_link_events(mut b: &[u8]) -> Vec<LinkEvent> {
+    let mut out = Vec::new();
+    while let Some(len) = u32_at(b, 0).map(|l| l as usize) {
+        if len < NLMSG_HDRLEN || len > b.len() {
+            break;
+        }
+        let ty = u16_at(b, 4).unwrap_or(0);
+        if ty == RTM_NEWLINK || ty == RTM_DELLINK {
+            if let Some(ev) = parse_link(&b[NLMSG_HDRLEN..len], ty == RTM_DELLINK) {
+                out.push(ev);
+            }
+        }
+        b = b.get(align4(len)..).unwrap_or_default();
+    }
+    out
+}
+
+/// An ifinfomsg and its attributes.
+fn parse_link(b: &[u8], deleted: bool) -> Option<LinkEvent> {
+    let index = u32_at(b, 4)?;
+    let mut attrs = b.get(IFINFOMSG_LEN..)?;
+    let (mut name, mut master, mut mac) = (None, None, None);
+    while let Some(len) = u16_at(attrs, 0).map(usize::from) {
+        if len < RTA_HDRLEN || len > attrs.len() {
+            break;
+        }
+        let payload = &attrs[RTA_HDRLEN..len];
+        match u16_at(attrs, 2)? & 0x3fff {
+            IFLA_IFNAME => {
+                let end = payload
+                    .iter()
+                    .position(|&c| c == 0)
+                    .unwrap_or(payload.len());
+                name = Some(String::from_utf8_lossy(&payload[..end]).into_owned());
+            }
+            IFLA_MASTER => master = u32_at(payload, 0),
+            IFLA_ADDRESS if payload.len() == 6 => {
+                mac = Some(payload.iter().fold(0u64, |v, &b| (v << 8) | u64::from(b)));
+            }
+            _ => {}
+        }
+        attrs = attrs.get(align4(len)..).unwrap_or_default();
+    }
+    Some(LinkEvent {
+        index,
+        name: name?,
+        mac,
+        master,
+        deleted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rta(ty: u16, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend(((RTA_HDRLEN + payload.len()) as u16).to_ne_bytes());
+        v.extend(ty.to_ne_bytes());
+        v.extend(payload);
+        v.resize(align4(v.len()), 0);
+        v
+    }
+
+    fn link_msg(ty: u16, index: i32, attrs: &[Vec<u8>]) -> Vec<u8> {
+        let mut body = vec![0u8; IFINFOMSG_LEN];
+        body[4..8].copy_from_slice(&index.to_ne_bytes());
+        for a in attrs {
+            body.extend(a);
+        }
+        let mut m = Vec::new();
+        m.extend(((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
+        m.extend(ty.to_ne_bytes());
+        m.extend([0u8; 10]); // flags, seq, pid
+        m.extend(body);
+        m
+    }
+
+    #[test]
+    fn enslaving_releasing_and_deleting_a_port_are_told_apart() {
+        let mut dgram = link_msg(
+            RTM_NEWLINK,
+            7,
+            &[
+                rta(IFLA_ADDRESS, &[0x02, 0x42, 0xac, 0x11, 0, 0x05]),
+                rta(IFLA_IFNAME, b"veth1a2b\0"),
+                rta(IFLA_MASTER, &4u32.to_ne_bytes()),
+            ],
+        );
+        dgram.extend(link_msg(RTM_NEWLINK, 8, &[rta(IFLA_IFNAME, b"eth0\0")]));
+        dgram.extend(link_msg(RTM_DELLINK, 7, &[rta(IFLA_IFNAME, b"veth1a2b\0")]));
+        // Other message types in the same datagram are skipped.
+        dgram.extend(link_msg(20, 9, &[rta(IFLA_IFNAME, b"x\0")]));
+        assert_eq!(
+            parse_link_events(&dgram),
+            vec![
+                LinkEvent {
+                    index: 7,
+                    name: "veth1a2b".into(),
+                    mac: Some(0x0242_ac11_0005),
+                    master: Some(4),
+                    deleted: false
+                },
+                LinkEvent {
+                    index: 8,
+                    name: "eth0".into(),
+                    mac: None,
+                    master: None,
+                    deleted: false
+                },
+                LinkEvent {
+                    index: 7,
+                    name: "veth1a2b".into(),
+                    mac: None,
+                    master: None,
+                    deleted: true
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn truncated_or_bogus_messages_end_the_parse_without_panicking() {
+        let good = link_msg(
+            RTM_NEWLINK,
+            7,
+            &[
+                rta(IFLA_IFNAME, b"veth0\0"),
+                rta(IFLA_MASTER, &4u32.to_ne_bytes()),
+            ],
+        );
+        for cut in 0..good.len() {
+            let events = parse_link_events(&good[..cut]);
+            assert!(events.is_empty(), "cut at {cut}: {events:?}");
+        }
+        let mut bogus = good.clone();
+        bogus[0..4].copy_from_slice(&3u32.to_ne_bytes()); // shorter than a header
+        assert!(parse_link_events(&bogus).is_empty());
+        let mut bad_attr = good.clone();
+        let at = NLMSG_HDRLEN + IFINFOMSG_LEN;
+        bad_attr[at..at + 2].copy_from_slice(&999u16.to_ne_bytes());
+        assert!(parse_link_events(&bad_attr).is_empty(), "no name, no event");
+    }
+
+    #[test]
+    fn a_resync_hooks_new_ports_and_unhooks_gone_ones() {
+        let known: BTreeSet<String> = ["a", "b"].map(String::from).into();
+        let now: BTreeSet<String> = ["b", "c"].map(String::from).into();
+        assert_eq!(diff(&known, &now), (vec!["c".into()], vec!["a".into()]));
+    }
+
+    #[test]
+    fn the_bridge_port_list_fails_loudly_instead_of_looking_empty() {
+        // The old listing turned an error into "no ports", which unhooked
+        // every port.
+        assert!(bridge_ports("berth-no-such-br0").is_err());
     }
 }

@@ -1,0 +1,410 @@
+//! The daemon under load: unpublishing with a full flow table, many idle
+//! API connections, request limits, the socket's group, and new bridge
+//! ports hooked as they appear. Root only.
+use std::{
+    io::Read,
+    os::unix::{
+        fs::{MetadataExt, PermissionsExt},
+        net::UnixStream,
+        process::CommandExt,
+    },
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use berth_integration::{
+    addr,
+    flows::{count_flows_of, FlowFill},
+    tcp_connect, Bpffs, Daemon, DaemonOptions, HttpPeerServer, Topology,
+};
+
+/// Guards drop in field order: daemon, then bpffs, then namespaces.
+struct Setup {
+    daemon: Daemon,
+    bpffs: Bpffs,
+    _topo: Topology,
+}
+
+fn setup() -> Setup {
+    let topo = Topology::build().expect("build topology");
+    let bpffs = Bpffs::new().expect("bpffs");
+    let daemon = Daemon::start(&topo.host.ns, &bpffs).expect("start daemon");
+    Setup {
+        daemon,
+        bpffs,
+        _topo: topo,
+    }
+}
+
+/// Runs `map ls` over and over until stopped; returns the slowest answer.
+fn keep_listing(daemon: &Daemon, stop: &AtomicBool) -> Duration {
+    let mut slowest = Duration::ZERO;
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        daemon.cli_ok(["map", "ls"]).expect("map ls");
+        slowest = slowest.max(t.elapsed());
+    }
+    slowest
+}
+
+#[test]
+fn removing_a_1000_port_range_with_a_full_flow_table_is_quick_and_blocks_nobody() {
+    let s = setup();
+    let range_ip = addr::CONTAINER2_IP;
+    let other_ip = addr::CONTAINER_IP;
+    s.daemon
+        .cli_ok([
+            "map",
+            "add",
+            "--task",
+            "range",
+            "--ip",
+            &range_ip.to_string(),
+            "-p",
+            "20000-20999:20000-20999",
+        ])
+        .unwrap();
+    s.daemon
+        .cli_ok([
+            "map",
+            "add",
+            "--task",
+            "other",
+            "--ip",
+            &other_ip.to_string(),
+            "-p",
+            "8080:80",
+        ])
+        .unwrap();
+    // 250 000 of the table's 262 144 flows: 200 per port of the range, and
+    // 50 000 of another task's, which must survive.
+    let range_flows = FlowFill {
+        ctr_ip: range_ip,
+        ctr_ports: 20000..=20999,
+        host_base: 20000,
+        client_ip: addr::CLIENT_IP,
+        per_port: 200,
+    }
+    .insert(s.bpffs.path())
+    .unwrap();
+    let other_flows = FlowFill {
+        ctr_ip: other_ip,
+        ctr_ports: 80..=80,
+        host_base: 8080,
+        client_ip: addr::CLIENT_IP,
+        per_port: 50_000,
+    }
+    .insert(s.bpffs.path())
+    .unwrap();
+    assert_eq!(
+        count_flows_of(s.bpffs.path(), range_ip).unwrap(),
+        range_flows
+    );
+
+    let stop = AtomicBool::new(false);
+    let (took, slowest_ls) = thread::scope(|sc| {
+        let lister = sc.spawn(|| keep_listing(&s.daemon, &stop));
+        // Let the lister get going first.
+        thread::sleep(Duration::from_millis(200));
+        let t = Instant::now();
+        s.daemon.cli_ok(["map", "rm", "--task", "range"]).unwrap();
+        let took = t.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        (took, lister.join().unwrap())
+    });
+    eprintln!(
+        "map rm of 1000 ports with {} flows: {took:?}; slowest map ls meanwhile: {slowest_ls:?}",
+        range_flows + other_flows
+    );
+    assert!(took < Duration::from_secs(2), "map rm took {took:?}");
+    assert!(
+        slowest_ls < Duration::from_secs(1),
+        "map ls took {slowest_ls:?}"
+    );
+    assert_eq!(
+        count_flows_of(s.bpffs.path(), range_ip).unwrap(),
+        0,
+        "the range's flows are forgotten"
+    );
+    assert_eq!(
+        count_flows_of(s.bpffs.path(), other_ip).unwrap(),
+        other_flows,
+        "the other task's flows stay"
+    );
+}
+
+#[test]
+fn a_thousand_idle_connections_do_not_keep_map_ls_waiting() {
+    let s = setup();
+    s.daemon
+        .cli_ok([
+            "map",
+            "add",
+            "--task",
+            "web",
+            "--ip",
+            "172.17.0.2",
+            "-p",
+            "8080:80",
+        ])
+        .unwrap();
+    let idle: Vec<UnixStream> = (0..1000)
+        .map(|i| {
+            UnixStream::connect(s.daemon.socket())
+                .unwrap_or_else(|e| panic!("idle connection {i}: {e}"))
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let out = s.daemon.cli_ok(["map", "ls"]).unwrap();
+    let took = t.elapsed();
+    assert!(out.contains("8080"), "{out}");
+    assert!(took < Duration::from_secs(1), "map ls took {took:?}");
+    // The idle ones are closed after the header timeout (10 s).
+    let mut first = &idle[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(first.read(&mut buf).unwrap(), 0, "closed by the daemon");
+}
+
+/// A group from the group database other than root's.
+fn some_group() -> u32 {
+    std::fs::read_to_string("/etc/group")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+        .find(|gid| *gid != 0 && *gid != NOGROUP)
+        .expect("a group in /etc/group")
+}
+
+const NOBODY: u32 = 65534;
+const NOGROUP: u32 = 65534;
+
+#[test]
+fn socket_group_members_may_use_the_api_and_each_change_names_its_caller() {
+    let topo = Topology::build().expect("build topology");
+    let bpffs = Bpffs::new().expect("bpffs");
+    let gid = some_group();
+    let daemon = Daemon::start_with(
+        &topo.host.ns,
+        &bpffs,
+        DaemonOptions {
+            extra_args: vec!["--socket-group".into(), gid.to_string()],
+            ..Default::default()
+        },
+    )
+    .expect("start daemon");
+    let meta = std::fs::metadata(daemon.socket()).unwrap();
+    assert_eq!(meta.gid(), gid);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+
+    let as_user = |group: u32, args: &[&str]| {
+        let mut c = Command::new(daemon.bin());
+        c.arg("--socket").arg(daemon.socket()).args(args);
+        c.uid(NOBODY).gid(group);
+        c.output().unwrap()
+    };
+    let out = as_user(
+        gid,
+        &[
+            "map",
+            "add",
+            "--task",
+            "web",
+            "--ip",
+            "172.17.0.2",
+            "-p",
+            "8080:80",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = as_user(NOGROUP, &["map", "ls"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!(
+            "berth: cannot connect to the berth daemon at {}: permission denied (run as root)",
+            daemon.socket().display()
+        )
+    );
+    let log = daemon.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("API change request") && l.contains("path=/v1/bindings"))
+        .unwrap_or_else(|| panic!("no change logged:\n{log}"));
+    assert!(line.contains(&format!("uid={NOBODY}")), "{line}");
+    assert!(line.contains("status=201"), "{line}");
+    assert!(!line.contains("pid=?"), "{line}");
+}
+
+#[test]
+fn a_request_over_the_port_limits_is_refused_in_one_line() {
+    let topo = Topology::build().expect("build topology");
+    let bpffs = Bpffs::new().expect("bpffs");
+    let daemon = Daemon::start_with(
+        &topo.host.ns,
+        &bpffs,
+        DaemonOptions {
+            extra_args: vec!["--max-ports-per-request".into(), "100".into()],
+            ..Default::default()
+        },
+    )
+    .expect("start daemon");
+    let out = daemon
+        .cli([
+            "map",
+            "add",
+            "--task",
+            "web",
+            "--ip",
+            "172.17.0.2",
+            "-p",
+            "1-65535:1-65535",
+        ])
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "berth: this request names 65535 ports; the daemon allows at most 100 per request \
+         (berth daemon --max-ports-per-request)"
+    );
+    assert_eq!(daemon.cli_ok(["map", "ls", "--json"]).unwrap().trim(), "[]");
+}
+
+/// Polls until `ok()` or `limit` passes; returns how long it took.
+fn within(limit: Duration, ok: impl Fn() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if ok() {
+            return Some(t.elapsed());
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    None
+}
+
+#[test]
+fn a_new_bridge_port_is_hooked_as_soon_as_it_is_enslaved_before_it_is_up() {
+    let s = setup();
+    let host = &s._topo.host.ns;
+    let links = s.bpffs.path().join("berth/links");
+    let hooked = |port: &str| {
+        ["berth_from_ctr", "berth_to_ctr"]
+            .iter()
+            .all(|p| links.join(format!("{p}@{port}")).exists())
+    };
+    // Ten ports, each enslaved while down, as Docker does before it sets
+    // the port up. Attaching takes ~25 ms here (two tcx attaches, each an
+    // RCU grace period); a poll every 250 ms would miss most of them.
+    for i in 0..10 {
+        let port = format!("bwnew{i}");
+        let peer = format!("bwpeer{i}");
+        host.ip(["link", "add", &port, "type", "veth", "peer", "name", &peer])
+            .unwrap();
+        host.ip(["link", "set", &port, "master", addr::BRIDGE])
+            .unwrap();
+        let took = within(Duration::from_millis(150), || hooked(&port));
+        assert!(
+            took.is_some(),
+            "{port} not hooked within 150 ms of joining the bridge"
+        );
+        eprintln!("{port}: hooked {took:?} after joining the bridge");
+    }
+    // Leaving the bridge, or going away, unhooks.
+    host.ip(["link", "set", "bwnew0", "nomaster"]).unwrap();
+    host.ip(["link", "del", "bwnew1"]).unwrap();
+    for port in ["bwnew0", "bwnew1"] {
+        assert!(
+            within(Duration::from_secs(1), || !links
+                .join(format!("berth_from_ctr@{port}"))
+                .exists())
+            .is_some(),
+            "{port} still hooked"
+        );
+    }
+    assert!(hooked("bwnew2"), "the others stay hooked");
+}
+
+/// Resumes a SIGSTOPped daemon, also when the test fails.
+struct Frozen(i32);
+
+impl Frozen {
+    fn freeze(pid: u32) -> Frozen {
+        // SAFETY: kill(2) on a child we started.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+        Frozen(pid as i32)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+fn reaches(ns: &berth_integration::NetNs, target: std::net::SocketAddr) -> bool {
+    ns.run(move || tcp_connect(target, Duration::from_millis(500)))
+        .is_ok()
+}
+
+fn port_not_hooked_yet(default_sg: bool) -> (bool, bool) {
+    let topo = Topology::build().expect("build topology");
+    let bpffs = Bpffs::new().expect("bpffs");
+    let extra_args = if default_sg {
+        vec!["--default-sg".into(), "base".into()]
+    } else {
+        vec![]
+    };
+    let daemon = Daemon::start_with(
+        &topo.host.ns,
+        &bpffs,
+        DaemonOptions {
+            extra_args,
+            ..Default::default()
+        },
+    )
+    .expect("start daemon");
+    let host_side = std::net::SocketAddr::from((addr::BRIDGE_IP, 9999));
+    let _server = HttpPeerServer::start_in(&topo.host.ns, host_side).unwrap();
+    assert!(
+        reaches(&topo.container.ns, host_side),
+        "a hooked container talks"
+    );
+    // With the daemon frozen, a new container's port is not hooked.
+    let frozen = Frozen::freeze(daemon.pid().unwrap());
+    let late = topo
+        .new_container("late", std::net::Ipv4Addr::new(172, 17, 0, 9))
+        .unwrap();
+    let before = reaches(&late.ns, host_side);
+    drop(frozen);
+    let after = within(Duration::from_secs(3), || reaches(&late.ns, host_side)).is_some();
+    if default_sg {
+        let stats = daemon.cli_ok(["stats"]).unwrap();
+        assert!(
+            stats
+                .lines()
+                .any(|l| l.starts_with("unhooked_port") && !l.trim_end().ends_with(" 0")),
+            "{stats}"
+        );
+    }
+    (before, after)
+}
+
+#[test]
+fn with_a_default_group_a_port_not_hooked_yet_cannot_talk_until_it_is() {
+    assert_eq!(port_not_hooked_yet(true), (false, true));
+}
+
+#[test]
+fn without_a_default_group_a_port_not_hooked_yet_talks_as_with_docker() {
+    assert_eq!(port_not_hooked_yet(false), (true, true));
+}
