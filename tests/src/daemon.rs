@@ -70,6 +70,8 @@ pub struct Daemon {
     bin: PathBuf,
     netns: String,
     argv: Vec<OsString>,
+    /// Where `argv`'s [`DaemonOptions::extra_args`] begin.
+    extra_from: usize,
     env: Vec<(String, String)>,
     startup_timeout: Duration,
     stop_timeout: Duration,
@@ -112,11 +114,13 @@ impl Daemon {
         if let Some(a) = &opts.attach {
             argv.extend(["--attach".into(), a.into()]);
         }
+        let extra_from = argv.len();
         argv.extend(opts.extra_args.iter().map(OsString::from));
         let mut d = Daemon {
             bin,
             netns: host.name().to_string(),
             argv,
+            extra_from,
             env: {
                 let mut env = opts.env;
                 // The bind guard covers this cgroup only, never the host's root.
@@ -223,6 +227,13 @@ impl Daemon {
             Some(c) => c.kill(),
             None => bail!("the daemon was never started"),
         }
+    }
+
+    /// Replaces the arguments given after the standard ones
+    /// ([`DaemonOptions::extra_args`]), from the next start on.
+    pub fn set_extra_args(&mut self, extra: &[&str]) {
+        self.argv.truncate(self.extra_from);
+        self.argv.extend(extra.iter().map(OsString::from));
     }
 
     /// [`Daemon::stop`] then [`Daemon::start_again`].

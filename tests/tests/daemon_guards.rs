@@ -4,6 +4,7 @@
 //! status`, which shows what is attached where.
 use std::{
     fs,
+    io::{Read, Write},
     net::{TcpListener, TcpStream, UdpSocket},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -479,7 +480,7 @@ fn now_ns() -> u64 {
 }
 
 fn nat_v1(port: u16, flags: u8, last_seen_ns: u64) -> Vec<u8> {
-    migrate::v1_bytes(&migrate::NatEntryV1 {
+    migrate::nat_v1_bytes(&migrate::NatEntryV1 {
         host_addr_be: u32::from_ne_bytes([192, 0, 2, 1]),
         host_port_be: port.to_be(),
         flags,
@@ -488,62 +489,208 @@ fn nat_v1(port: u16, flags: u8, last_seen_ns: u64) -> Vec<u8> {
     })
 }
 
-/// The previous release (layout 1, no version record) pinned 16-byte NAT
-/// entries. After the upgrade every tracked flow is still there, in this
-/// build's layout (converted as agreed when that is the 40-byte one).
+fn ct_v1(flags: u8, last_seen_ns: u64) -> Vec<u8> {
+    migrate::ct_v1_bytes(&migrate::CtEntryV1 {
+        last_seen_ns,
+        flags,
+        _pad: [0; 7],
+    })
+}
+
+/// A policy flow's key: container 172.17.0.3:`sport` -> 172.17.0.2:5432.
+fn ct_key(sport: u16) -> Vec<u8> {
+    let mut k = vec![172, 17, 0, 3, 172, 17, 0, 2];
+    k.extend(sport.to_be_bytes());
+    k.extend(5432u16.to_be_bytes());
+    k.extend([6, 0, 0, 0]);
+    k
+}
+
+/// What the previous release (8071dfd, layout 1) pinned, as `bpftool map
+/// show` lists it for that build: every map, its shape, nothing else.
+fn previous_release_pins() -> Vec<(&'static str, MapShape)> {
+    use berth_maps::*;
+    let policy_value = 8 + 16 * MAX_RULES as u32;
+    let mut no_prealloc = shape(sys::BPF_MAP_TYPE_HASH, 8, policy_value, POLICY_CAPACITY);
+    no_prealloc.flags = 1; // BPF_F_NO_PREALLOC
+    vec![
+        (SERVICES_MAP, shape(sys::BPF_MAP_TYPE_HASH, 8, 8, 131_072)),
+        (HOST_ADDRS_MAP, shape(sys::BPF_MAP_TYPE_HASH, 4, 4, 1024)),
+        (NAT_MAP, shape(sys::BPF_MAP_TYPE_HASH, 16, 16, 262_144)),
+        (PORTS_MAP, shape(sys::BPF_MAP_TYPE_HASH, 4, 4, 131_072)),
+        (
+            SOCK_REV_MAP,
+            shape(sys::BPF_MAP_TYPE_LRU_HASH, 16, 8, 65_536),
+        ),
+        (ENDPOINTS_MAP, shape(sys::BPF_MAP_TYPE_HASH, 4, 8, 16_384)),
+        (POLICY_MAP, no_prealloc),
+        (SG_MEMBERS_MAP, shape(sys::BPF_MAP_TYPE_HASH, 8, 4, 65_536)),
+        (CT_MAP, shape(sys::BPF_MAP_TYPE_HASH, 16, 16, 262_144)),
+        (CONFIG_MAP, shape(sys::BPF_MAP_TYPE_ARRAY, 4, 8, 4)),
+        (
+            COUNTERS_MAP,
+            shape(sys::BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 13),
+        ),
+    ]
+}
+
+/// The maps layout 2 added, which the upgrade must create.
+const NEW_IN_LAYOUT_2: [&str; 8] = [
+    berth_maps::NAT_NEW_MAP,
+    berth_maps::CT_NEW_MAP,
+    berth_maps::NAT_FWD_MAP,
+    berth_maps::FRAGS_MAP,
+    berth_maps::LOCAL_NETS_MAP,
+    berth_maps::PORT_ADDRS_MAP,
+    berth_maps::HOOKED_PORTS_MAP,
+    berth_maps::PORT_MACS_MAP,
+];
+
+fn lookup(pin: &Path, key: &[u8], value_size: usize) -> Option<Vec<u8>> {
+    let fd = sys::obj_get(pin).unwrap();
+    let mut value = vec![0u8; value_size];
+    sys::map_lookup(&fd, key, &mut value)
+        .unwrap()
+        .then_some(value)
+}
+
+fn read_as<T: Copy>(bytes: &[u8]) -> T {
+    assert_eq!(bytes.len(), std::mem::size_of::<T>());
+    // SAFETY: the length is T's; berth_maps types are repr(C) plain data.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) }
+}
+
+/// The previous release's pins (layout 1, no version record): 16-byte NAT
+/// and CT entries, 13 counters, none of the maps layout 2 added. The new
+/// daemon adopts them: each tracked flow converted field by field, the
+/// counters kept, the new maps created, the layout recorded; a restart
+/// then has nothing left to migrate. (That a converted flow's packets are
+/// still translated is in the fixtures: `migrated.rs`, policy_fixtures.)
 #[test]
 fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
+    use berth_maps::{CtEntry, NatEntry, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_REPLIED};
+    use berth_maps::{NAT_F_ESTABLISHED, NAT_F_REPLIED};
     let topo = Topology::build().unwrap();
     let bpffs = Bpffs::new().unwrap();
-    let old = shape(sys::BPF_MAP_TYPE_HASH, 16, 16, berth_maps::NAT_CAPACITY);
-    let entries = vec![
-        (flow_key(40000), nat_v1(8080, 2, now_ns())),
-        (flow_key(40001), nat_v1(8081, 0, now_ns())),
+    let seen = now_ns();
+    let nat = vec![
+        (flow_key(40000), nat_v1(8080, NAT_F_REPLIED, seen)),
+        (flow_key(40001), nat_v1(8081, 0, seen + 1)),
     ];
-    pin_map(&bpffs, berth_maps::NAT_MAP, &old, &entries);
-    assert!(!bpffs.path().join("berth").join(pins::LAYOUT_LINK).exists());
+    let ct = vec![
+        (ct_key(50000), ct_v1(CT_F_REPLIED, seen + 2)),
+        (ct_key(50001), ct_v1(CT_F_REPLIED | CT_F_CLOSING, seen + 3)),
+    ];
+    let dnat_count = 5u64;
+    for (name, old) in previous_release_pins() {
+        let entries = match name {
+            berth_maps::NAT_MAP => nat.clone(),
+            berth_maps::CT_MAP => ct.clone(),
+            _ => Vec::new(),
+        };
+        pin_map(&bpffs, name, &old, &entries);
+    }
+    let dir = bpffs.path().join("berth");
+    {
+        let fd = sys::obj_get(&dir.join(berth_maps::COUNTERS_MAP)).unwrap();
+        let old = previous_release_pins()[10].1;
+        let mut per_cpu = vec![0u8; sys::value_buf_len(&old).unwrap()];
+        per_cpu[..8].copy_from_slice(&dnat_count.to_ne_bytes());
+        sys::map_update(&fd, &0u32.to_ne_bytes(), &per_cpu).unwrap();
+    }
+    assert!(!dir.join(pins::LAYOUT_LINK).exists());
+
     let d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
-    let pin = bpffs.path().join("berth").join(berth_maps::NAT_MAP);
-    let fd = sys::obj_get(&pin).unwrap();
-    let now = sys::map_shape(&fd).unwrap();
-    let want = std::mem::size_of::<berth_maps::NatEntry>();
-    assert_eq!(now.value_size as usize, want, "this build's NatEntry");
-    for (key, v1) in &entries {
-        let mut value = vec![0u8; want];
-        assert!(sys::map_lookup(&fd, key, &mut value).unwrap(), "flow kept");
-        if want == 16 {
-            assert_eq!(&value, v1);
-        } else {
-            assert_eq!(value, migrate::nat_entry_v1_to_v2(key, v1));
-            assert_eq!(&value[0..6], &v1[0..6], "host address and port");
-            assert_eq!(value[6], v1[6] | migrate::NAT_F_ESTABLISHED_V2);
-            assert_eq!(&value[8..16], &v1[8..16], "last seen");
-            assert_eq!(&value[16..18], &key[10..12], "client port from the key");
-            assert_eq!(&value[18..20], &[0xff, 0xff], "window scale unknown");
+
+    let nat_pin = dir.join(berth_maps::NAT_MAP);
+    let nat_size = std::mem::size_of::<NatEntry>();
+    let e: NatEntry = read_as(&lookup(&nat_pin, &nat[0].0, nat_size).expect("flow kept"));
+    assert_eq!(
+        e,
+        NatEntry {
+            host_addr_be: u32::from_ne_bytes([192, 0, 2, 1]),
+            host_port_be: 8080u16.to_be(),
+            flags: NAT_F_REPLIED | NAT_F_ESTABLISHED,
+            _pad: 0,
+            last_seen_ns: seen,
+            client_port_be: 40000u16.to_be(),
+            wscale: [0xff, 0xff],
+            seq_end: [0, 0],
+            max_win: [0, 0],
+            _pad2: 0,
         }
+    );
+    let e: NatEntry = read_as(&lookup(&nat_pin, &nat[1].0, nat_size).expect("flow kept"));
+    assert_eq!(
+        (e.host_port_be, e.flags, e.last_seen_ns, e.client_port_be),
+        (
+            8081u16.to_be(),
+            NAT_F_ESTABLISHED,
+            seen + 1,
+            40001u16.to_be()
+        )
+    );
+    let ct_pin = dir.join(berth_maps::CT_MAP);
+    let ct_size = std::mem::size_of::<CtEntry>();
+    for ((key, _), (flags, last_seen_ns)) in ct.iter().zip([
+        (CT_F_REPLIED | CT_F_ESTABLISHED, seen + 2),
+        (CT_F_REPLIED | CT_F_CLOSING | CT_F_ESTABLISHED, seen + 3),
+    ]) {
+        let e: CtEntry = read_as(&lookup(&ct_pin, key, ct_size).expect("flow kept"));
+        assert_eq!(
+            e,
+            CtEntry {
+                last_seen_ns,
+                flags,
+                _pad: 0,
+                wscale: [0xff, 0xff],
+                seq_end: [0, 0],
+                max_win: [0, 0],
+                _pad2: 0,
+            }
+        );
+    }
+    let counters = dir.join(berth_maps::COUNTERS_MAP);
+    let fd = sys::obj_get(&counters).unwrap();
+    let now = sys::map_shape(&fd).unwrap();
+    assert_eq!(now.max_entries, berth_maps::COUNTERS_LEN);
+    let got = lookup(
+        &counters,
+        &0u32.to_ne_bytes(),
+        sys::value_buf_len(&now).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(&got[..8], &dnat_count.to_ne_bytes(), "counters kept");
+    let names = pinned_names(&bpffs);
+    for name in NEW_IN_LAYOUT_2 {
+        assert!(names.iter().any(|n| n == name), "{name} created: {names:?}");
     }
     assert_eq!(
-        fs::read_link(bpffs.path().join("berth").join(pins::LAYOUT_LINK)).unwrap(),
+        fs::read_link(dir.join(pins::LAYOUT_LINK)).unwrap(),
         PathBuf::from(pins::LAYOUT_VERSION.to_string())
     );
     let s = status(&d);
-    if want != 16 {
-        assert!(
-            s["datapath"]["migrated"][0]
-                .as_str()
-                .unwrap()
-                .starts_with("BERTH_NAT: 16-byte values converted to 40 bytes (2 entries kept)"),
-            "{s:#}"
-        );
-    }
+    assert_eq!(
+        s["datapath"]["migrated"],
+        serde_json::json!([
+            format!(
+                "BERTH_COUNTERS: capacity 13 -> {} (13 entries kept)",
+                berth_maps::COUNTERS_LEN
+            ),
+            "BERTH_CT: 16-byte values converted to 32 bytes (2 entries kept)",
+            "BERTH_NAT: 16-byte values converted to 40 bytes (2 entries kept)",
+        ]),
+        "{s:#}"
+    );
     // Every map this berth pinned has its shape: a restart migrates nothing.
     let mut d = d;
     d.restart().unwrap();
     assert_eq!(status(&d)["datapath"]["migrated"], serde_json::json!([]));
-    let fd = sys::obj_get(&pin).unwrap();
-    for (key, _) in &entries {
-        let mut value = vec![0u8; want];
-        assert!(sys::map_lookup(&fd, key, &mut value).unwrap(), "flow kept");
+    for (key, _) in &nat {
+        assert!(lookup(&nat_pin, key, nat_size).is_some(), "flow kept");
+    }
+    for (key, _) in &ct {
+        assert!(lookup(&ct_pin, key, ct_size).is_some(), "flow kept");
     }
 }
 
@@ -596,6 +743,194 @@ fn pinned_maps_are_migrated_in_place_through_converters_and_resizes() {
     let again = pins::check_and_migrate(&dir, &expected).unwrap();
     assert_eq!(again.found_layout, Some(pins::LAYOUT_VERSION));
     assert!(again.migrated.is_empty());
+}
+
+/// A TCP echo server on the container's port 7, published as 7007, and a
+/// client connection through it that answered once.
+fn echo_connection(topo: &Topology, d: &Daemon) -> TcpStream {
+    let listener = topo
+        .container
+        .ns
+        .run(|| TcpListener::bind("0.0.0.0:7"))
+        .unwrap();
+    std::thread::spawn(move || {
+        if let Ok((mut c, _)) = listener.accept() {
+            let mut buf = [0u8; 64];
+            while let Ok(n) = c.read(&mut buf) {
+                if n == 0 || c.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    d.cli_ok([
+        "map",
+        "add",
+        "--task",
+        "echo",
+        "--ip",
+        "172.17.0.2",
+        "-p",
+        "7007:7",
+    ])
+    .unwrap();
+    let addr = topo.host.addr(7007);
+    let mut c = topo
+        .client
+        .ns
+        .run(move || TcpStream::connect_timeout(&addr, T))
+        .unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    echo(&mut c, b"hello");
+    c
+}
+
+fn echo(c: &mut TcpStream, msg: &[u8]) {
+    c.write_all(msg).unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    c.read_exact(&mut buf).expect("the echo");
+    assert_eq!(buf, msg);
+}
+
+fn capacities(d: &Daemon) -> Vec<(String, u64)> {
+    let s = status(d);
+    let names = [
+        berth_maps::NAT_MAP,
+        berth_maps::NAT_FWD_MAP,
+        berth_maps::CT_MAP,
+        berth_maps::NAT_NEW_MAP,
+        berth_maps::CT_NEW_MAP,
+    ];
+    let maps = s["datapath"]["maps"].as_array().unwrap();
+    names
+        .iter()
+        .map(|n| {
+            let m = maps.iter().find(|m| m["name"] == *n).unwrap();
+            (n.to_string(), m["capacity"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+fn migrated(d: &Daemon) -> Vec<String> {
+    status(d)["datapath"]["migrated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Fake flows (UDP, seen now) in the pinned table `name`.
+fn add_flows(bpffs: &Bpffs, name: &str, n: u16) {
+    let fd = sys::obj_get(&bpffs.path().join("berth").join(name)).unwrap();
+    let mut value = vec![0u8; std::mem::size_of::<berth_maps::NatEntry>()];
+    value[8..16].copy_from_slice(&now_ns().to_ne_bytes());
+    for port in 0..n {
+        let mut key = flow_key(30000 + port);
+        key[12] = 17;
+        sys::map_update(&fd, &key, &value).unwrap();
+    }
+}
+
+/// `--nat-max`, `--ct-max` and `--ct-embryonic-max` changed between two
+/// starts resize the pinned tables, every flow kept, where a daemon used
+/// to refuse; a live connection never notices. A table of established
+/// flows made smaller than the flows it holds refuses the start, changing
+/// nothing; an LRU table of unestablished flows keeps what fits.
+#[test]
+fn capacity_flags_changed_between_restarts_resize_the_tables_and_keep_the_flows() {
+    let topo = Topology::build().unwrap();
+    let bpffs = Bpffs::new().unwrap();
+    let mut d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
+    let mut conn = echo_connection(&topo, &d);
+    let default = capacities(&d);
+    assert_eq!(default[0].1, u64::from(berth_maps::NAT_CAPACITY));
+
+    d.stop().unwrap();
+    let flags = [
+        "--nat-max",
+        "4096",
+        "--ct-max",
+        "2048",
+        "--ct-embryonic-max",
+        "1024",
+    ];
+    d.set_extra_args(&flags);
+    d.start_again().unwrap();
+    assert_eq!(
+        capacities(&d),
+        [
+            ("BERTH_NAT".to_owned(), 4096),
+            ("BERTH_NAT_FWD".to_owned(), 4096),
+            ("BERTH_CT".to_owned(), 2048),
+            ("BERTH_NAT_NEW".to_owned(), 1024),
+            ("BERTH_CT_NEW".to_owned(), 1024),
+        ]
+    );
+    assert_eq!(
+        migrated(&d),
+        [
+            format!(
+                "BERTH_CT: capacity {} -> 2048 (0 entries kept)",
+                berth_maps::CT_CAPACITY
+            ),
+            format!(
+                "BERTH_CT_NEW: capacity {} -> 1024 (0 entries kept)",
+                berth_maps::CT_NEW_CAPACITY
+            ),
+            format!(
+                "BERTH_NAT: capacity {} -> 4096 (1 entries kept)",
+                berth_maps::NAT_CAPACITY
+            ),
+            format!(
+                "BERTH_NAT_FWD: capacity {} -> 4096 (0 entries kept)",
+                berth_maps::NAT_FWD_CAPACITY
+            ),
+            format!(
+                "BERTH_NAT_NEW: capacity {} -> 1024 (0 entries kept)",
+                berth_maps::NAT_NEW_CAPACITY
+            ),
+        ]
+    );
+    echo(&mut conn, b"after the resize");
+
+    // Three established flows do not fit in two: refused, nothing changed.
+    d.stop().unwrap();
+    add_flows(&bpffs, berth_maps::NAT_MAP, 2);
+    let nat_pin = bpffs.path().join("berth").join(berth_maps::NAT_MAP);
+    let nat_id = map_id(&nat_pin);
+    d.set_extra_args(&["--nat-max", "2"]);
+    assert!(d.start_again().is_err(), "a too small --nat-max is refused");
+    let stderr = d.stderr();
+    assert_eq!(
+        stderr.lines().last().unwrap(),
+        "berth: pinned map BERTH_NAT holds 3 entries, more than the 2 this berth gives it; \
+         start with a larger capacity, or `berth reset`"
+    );
+    assert_eq!(map_id(&nat_pin), nat_id, "the pin still holds the same map");
+
+    // Unestablished flows beyond a smaller LRU table: some are evicted,
+    // and the daemon says how many.
+    add_flows(&bpffs, berth_maps::NAT_NEW_MAP, 40);
+    d.set_extra_args(&["--nat-max", "4096", "--ct-embryonic-max", "16"]);
+    d.start_again().unwrap();
+    let m = migrated(&d);
+    let line = m
+        .iter()
+        .find(|l| l.starts_with("BERTH_NAT_NEW: capacity 1024 -> 16 ("))
+        .unwrap_or_else(|| panic!("{m:?}"));
+    let numbers: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (kept, evicted) = (numbers[numbers.len() - 2], numbers[numbers.len() - 1]);
+    assert!(kept <= 16 && kept > 0, "{line}");
+    assert_eq!(kept + evicted, 40, "{line}");
+    assert!(
+        line.ends_with("evicted by the smaller LRU table)"),
+        "{line}"
+    );
+    echo(&mut conn, b"still the same connection");
 }
 
 #[test]

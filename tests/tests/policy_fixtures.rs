@@ -862,3 +862,64 @@ fn policy_rst_marks_closing_only_within_the_window() {
         assert!(closing(env), "an in-window RST does");
     });
 }
+
+/// A flow the previous release tracked (16-byte `CtEntry`, layout 1), as
+/// the upgrade converts it into BERTH_CT: its mid-stream segments, which
+/// would be dropped as belonging to no flow, pass both ways; its RST is
+/// forwarded but not believed (no sequence state is known).
+#[test]
+fn a_flow_converted_from_layout_1_keeps_passing_mid_stream() {
+    use berth::datapath::pins::migrate;
+    use berth_maps::{CtEntry, FlowKey, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_REPLIED};
+    in_fixture_ns(|env| {
+        setup(env);
+        let mut data = from(C2, 40100, C1, 5432);
+        (data.tcp_flags, data.tcp_seq, data.tcp_ack) = (pkt::PSH | pkt::ACK, 123_456, 654_321);
+        data.payload = b"SELECT 1".to_vec();
+        let no_flow = env.counter(Counter::CtNoFlow);
+        assert_eq!(verdict(env, "berth_from_ctr", &data.frame()), SHOT);
+        assert_eq!(env.counter(Counter::CtNoFlow), no_flow + 1);
+
+        let key = FlowKey {
+            src_addr_be: u32::from_ne_bytes(C2.octets()),
+            dst_addr_be: u32::from_ne_bytes(C1.octets()),
+            src_port_be: 40100u16.to_be(),
+            dst_port_be: 5432u16.to_be(),
+            proto: pkt::TCP,
+            _pad: [0; 3],
+        };
+        let v1 = migrate::CtEntryV1 {
+            last_seen_ns: 1,
+            flags: migrate::F_REPLIED_V1,
+            _pad: [0; 7],
+        };
+        let bytes = migrate::ct_entry_v1_to_v2(&[], &migrate::ct_v1_bytes(&v1));
+        assert_eq!(bytes.len(), size_of::<CtEntry>());
+        // SAFETY: the length is CtEntry's, which is repr(C) plain data.
+        let entry: CtEntry = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        HashMap::<&mut MapData, FlowKey, CtEntry>::try_from(env.ebpf.map_mut("BERTH_CT").unwrap())
+            .unwrap()
+            .insert(key, entry, 0)
+            .unwrap();
+
+        assert_eq!(verdict(env, "berth_from_ctr", &data.frame()), OK);
+        assert_eq!(verdict(env, "berth_to_ctr", &data.frame()), OK);
+        let mut answer = from(C1, 5432, C2, 40100);
+        (answer.tcp_flags, answer.tcp_seq, answer.tcp_ack) = (pkt::ACK, 654_321, 123_464);
+        assert_eq!(verdict(env, "berth_from_ctr", &answer.frame()), OK);
+        assert_eq!(verdict(env, "berth_to_ctr", &answer.frame()), OK);
+        let oow = env.counter(Counter::TcpOutOfWindow);
+        let mut rst = answer.clone();
+        rst.tcp_flags = pkt::RST;
+        assert_eq!(verdict(env, "berth_from_ctr", &rst.frame()), OK);
+        assert_eq!(verdict(env, "berth_to_ctr", &rst.frame()), OK);
+
+        let (established, e) = env.ct_lookup(&key).expect("still tracked");
+        assert!(established);
+        assert!(e.last_seen_ns > 1, "refreshed by the new programs");
+        assert_eq!(e.flags, CT_F_ESTABLISHED | CT_F_REPLIED);
+        assert_eq!(e.flags & CT_F_CLOSING, 0, "the RST is not believed");
+        assert_eq!(env.counter(Counter::TcpOutOfWindow), oow + 2);
+        assert_eq!(env.counter(Counter::CtNoFlow), no_flow + 1);
+    });
+}

@@ -186,8 +186,9 @@ pub struct SgDaemonArgs {
     pub ct_icmp_timeout: u64,
     /// Capacity of the security-group connection-tracking table
     /// [default: 262144]. When it is full new flows are refused and counted
-    /// (ct_table_full); established ones are never evicted. Takes effect
-    /// when the table is created (first start, or after `berth reset`).
+    /// (ct_table_full); established ones are never evicted. A pinned table
+    /// of another size is resized at start, its flows kept (refused when
+    /// they do not fit).
     #[arg(
         long,
         value_name = "N",
@@ -197,8 +198,9 @@ pub struct SgDaemonArgs {
     /// Capacity of the table of established published-port flows (and of
     /// the table of clash-remapped client ports) [default: 262144]. When it
     /// is full, flows completing their handshake are refused and counted
-    /// (nat_table_full); established ones are never evicted. Takes effect
-    /// when the table is created.
+    /// (nat_table_full); established ones are never evicted. A pinned table
+    /// of another size is resized at start, its flows kept (refused when
+    /// they do not fit).
     #[arg(
         long,
         value_name = "N",
@@ -208,7 +210,8 @@ pub struct SgDaemonArgs {
     /// Capacity of each table of not yet established flows (published ports
     /// and security groups) [default: 131072]. These are LRU tables: a new
     /// flow is never refused; the least recently used unestablished flow
-    /// makes room. Takes effect when the tables are created.
+    /// makes room. A pinned table of another size is resized at start
+    /// (made smaller than its fill, it keeps what fits).
     #[arg(
         long,
         value_name = "N",

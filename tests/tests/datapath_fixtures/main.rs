@@ -6,6 +6,7 @@
 //! Needs root (loads eBPF, makes private namespaces).
 mod icmp;
 mod ingress;
+mod migrated;
 mod reply;
 mod run;
 mod table;

@@ -23,8 +23,10 @@ use super::{
 };
 
 /// The layout of berth's pinned maps this build writes. 1: every release
-/// before the version was recorded (16-byte NAT entries). 2: 40-byte NAT
-/// entries (client port, window scale, sequence tracking).
+/// before the version was recorded (16-byte NAT and CT entries). 2: 40-byte
+/// NAT and 32-byte CT entries (client port, window scale, sequence
+/// tracking), tables of unestablished flows, port remaps, fragments,
+/// source checks and the port gate.
 pub const LAYOUT_VERSION: u32 = 2;
 /// Pins without a version record come from before versions were recorded.
 const UNRECORDED_LAYOUT: u32 = 1;
@@ -72,12 +74,20 @@ pub struct Converter {
     pub convert: ConvertFn,
 }
 
-pub const CONVERTERS: &[Converter] = &[Converter {
-    map: berth_maps::NAT_MAP,
-    from: (16, migrate::NAT_ENTRY_V1_SIZE),
-    to: (16, migrate::NAT_ENTRY_V2_SIZE),
-    convert: migrate::nat_entry_v1_to_v2,
-}];
+pub const CONVERTERS: &[Converter] = &[
+    Converter {
+        map: berth_maps::NAT_MAP,
+        from: (migrate::FLOW_KEY_SIZE, migrate::NAT_ENTRY_V1_SIZE),
+        to: (migrate::FLOW_KEY_SIZE, migrate::NAT_ENTRY_V2_SIZE),
+        convert: migrate::nat_entry_v1_to_v2,
+    },
+    Converter {
+        map: berth_maps::CT_MAP,
+        from: (migrate::FLOW_KEY_SIZE, migrate::CT_ENTRY_V1_SIZE),
+        to: (migrate::FLOW_KEY_SIZE, migrate::CT_ENTRY_V2_SIZE),
+        convert: migrate::ct_entry_v1_to_v2,
+    },
+];
 
 /// What to do with one pinned map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,7 +206,7 @@ pub fn check_and_migrate(
         migrated: Vec::new(),
     };
     for (name, pin, old, found, want, plan) in plans {
-        let n = migrate_map(&name, &pin, &old, &found, &want, plan)?;
+        let (kept, dropped) = migrate_map(&name, &pin, &old, &found, &want, plan)?;
         let what = match plan {
             Plan::Convert(_) => format!(
                 "{}-byte values converted to {} bytes",
@@ -204,9 +214,14 @@ pub fn check_and_migrate(
             ),
             _ => format!("capacity {} -> {}", found.max_entries, want.max_entries),
         };
+        let dropped = if dropped > 0 {
+            format!(", {dropped} evicted by the smaller LRU table")
+        } else {
+            String::new()
+        };
         report
             .migrated
-            .push(format!("{name}: {what} ({n} entries kept)"));
+            .push(format!("{name}: {what} ({kept} entries kept{dropped})"));
     }
     record_layout(pin_dir)?;
     Ok(report)
@@ -236,7 +251,10 @@ fn record_layout(pin_dir: &Path) -> Result<(), DatapathError> {
 /// Fills a new map from `old` and pins it over `pin`. Programs still
 /// attached keep the old map until the daemon swaps the new ones in, so an
 /// entry they write in between is lost (a flow seen in that instant is
-/// tracked anew). Returns how many entries were carried over.
+/// tracked anew). A hash that would not hold every entry is refused (it
+/// holds live flows, which berth never evicts); an LRU table (unestablished
+/// flows, which it may lose anyway) shrunk below its fill keeps what fits.
+/// Returns how many entries were carried over and how many were evicted.
 fn migrate_map(
     name: &str,
     pin: &Path,
@@ -244,7 +262,7 @@ fn migrate_map(
     found: &MapShape,
     want: &MapShape,
     plan: Plan,
-) -> Result<usize, DatapathError> {
+) -> Result<(usize, usize), DatapathError> {
     let fail = |what: &str, e: io::Error| {
         DatapathError::Other(format!("migrating pinned map {name} ({what}): {e}"))
     };
@@ -258,7 +276,7 @@ fn migrate_map(
     } else {
         sys::map_keys(old, found.key_size as usize).map_err(|e| fail("listing keys", e))?
     };
-    if !found.is_array() && keys.len() > want.max_entries as usize {
+    if !found.is_array() && !found.is_lru() && keys.len() > want.max_entries as usize {
         return Err(DatapathError::PinnedLayout(format!(
             "pinned map {name} holds {} entries, more than the {} this berth gives it; \
              start with a larger capacity, or `berth reset`",
@@ -279,20 +297,38 @@ fn migrate_map(
         sys::map_update(&new, key, &out).map_err(|e| fail("writing", e))?;
         n += 1;
     }
+    // An LRU may evict before it is full (its free lists are per CPU).
+    let kept = if found.is_lru() {
+        sys::map_count(&new, want.key_size as usize).map_err(|e| fail("counting", e))? as usize
+    } else {
+        n
+    };
     // Pin under a temporary name, then rename over the old pin: the name
     // never points at nothing.
     let tmp = PathBuf::from(format!("{}_migrating", pin.display()));
     let _ = fs::remove_file(&tmp);
     sys::obj_pin(&new, &tmp).map_err(|e| fail("pinning", e))?;
     fs::rename(&tmp, pin).map_err(|e| fail("replacing the pin", e))?;
-    tracing::info!(map = name, entries = n, from = %found, to = %want, "migrated a pinned map");
-    Ok(n)
+    tracing::info!(map = name, entries = kept, evicted = n - kept, from = %found, to = %want, "migrated a pinned map");
+    Ok((kept, n - kept))
 }
 
-/// Converters between value layouts of released versions. Written against
-/// byte layouts, not `berth_maps` types, so they keep compiling whatever
-/// the current types become.
+/// Converters between value layouts of released versions. The old layouts
+/// are written against bytes, not `berth_maps` types, so they keep
+/// compiling whatever the current types become; the layout a converter
+/// writes is tied to this build's type by compile-time checks (same size,
+/// same fields with the same types at the same offsets, same flag values),
+/// so changing `berth_maps::NatEntry` or `CtEntry` without a converter for
+/// the pins of the release before fails the build rather than an upgrade.
 pub mod migrate {
+    use core::mem::{offset_of, size_of};
+
+    use berth_maps as cur;
+
+    // ------------------------------------------------------------ layout 1
+    // Release 8071dfd and before: one NAT table and one policy table, each
+    // entry created by a flow's first packet, flags CLOSING and REPLIED.
+
     /// `NatEntry` of layout 1.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -304,7 +340,29 @@ pub mod migrate {
         pub last_seen_ns: u64,
     }
 
-    /// `NatEntry` of layout 2 (`berth_maps::NatEntry` from this release).
+    /// `CtEntry` of layout 1.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct CtEntryV1 {
+        pub last_seen_ns: u64,
+        pub flags: u8,
+        pub _pad: [u8; 7],
+    }
+
+    /// Layout 1's flag bits (NAT and CT alike): a RST or FIN was seen; the
+    /// other side answered. Carried over as they are; any other bit is not
+    /// layout 1's and is dropped.
+    pub const F_CLOSING_V1: u8 = 1;
+    pub const F_REPLIED_V1: u8 = 2;
+    const F_KNOWN_V1: u8 = F_CLOSING_V1 | F_REPLIED_V1;
+
+    pub const NAT_ENTRY_V1_SIZE: u32 = size_of::<NatEntryV1>() as u32;
+    pub const CT_ENTRY_V1_SIZE: u32 = size_of::<CtEntryV1>() as u32;
+
+    // ------------------------------------------------------------ layout 2
+    // This build: established and unestablished tables, TCP sequence state.
+
+    /// `NatEntry` of layout 2.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct NatEntryV2 {
@@ -320,29 +378,152 @@ pub mod migrate {
         pub _pad2: u32,
     }
 
-    pub const NAT_ENTRY_V1_SIZE: u32 = core::mem::size_of::<NatEntryV1>() as u32;
-    pub const NAT_ENTRY_V2_SIZE: u32 = core::mem::size_of::<NatEntryV2>() as u32;
-    const _: () = assert!(NAT_ENTRY_V1_SIZE == 16 && NAT_ENTRY_V2_SIZE == 40);
+    /// `CtEntry` of layout 2.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct CtEntryV2 {
+        pub last_seen_ns: u64,
+        pub flags: u8,
+        pub _pad: u8,
+        pub wscale: [u8; 2],
+        pub seq_end: [u32; 2],
+        pub max_win: [u32; 2],
+        pub _pad2: u32,
+    }
 
-    /// Layout 2's flag for a flow past its handshake (`NAT_F_ESTABLISHED`).
-    pub const NAT_F_ESTABLISHED_V2: u8 = 4;
-    /// `NatEntry::wscale` when the window scale is unknown.
+    pub const NAT_ENTRY_V2_SIZE: u32 = size_of::<NatEntryV2>() as u32;
+    pub const CT_ENTRY_V2_SIZE: u32 = size_of::<CtEntryV2>() as u32;
+
+    /// Layout 2's flag for a flow in the established table (NAT and CT).
+    pub const F_ESTABLISHED_V2: u8 = 4;
+    /// Layout 2's sequence-tracking flags, which no converted entry gets:
+    /// berth learns a flow's sequence state from its SYN and SYN-ACK only.
+    const F_SEQ_V2: u8 = 8 | 16;
+    /// `wscale` of a direction whose window scale is unknown.
     pub const WSCALE_UNKNOWN: u8 = 0xff;
     /// `FlowKey::dst_port_be`: after src_addr, dst_addr, src_port.
-    const FLOW_KEY_DST_PORT: usize = 10;
+    pub const FLOW_KEY_DST_PORT: usize = 10;
+    /// Both layouts key the flow tables by `FlowKey`.
+    pub const FLOW_KEY_SIZE: u32 = 16;
 
-    /// A flow tracked by layout 1 was live: established, its client port
-    /// the key's destination port (no remap existed), window scale and
-    /// sequence state unknown (so not checked until seen again).
+    const _: () = assert!(NAT_ENTRY_V1_SIZE == 16 && CT_ENTRY_V1_SIZE == 16);
+    const _: () = assert!(NAT_ENTRY_V2_SIZE == 40 && CT_ENTRY_V2_SIZE == 32);
+
+    /// Fails the build unless `$ours` has `$theirs`'s size and each listed
+    /// field at the same offset; with the field-by-field moves below (which
+    /// name every field of both, so a new field or another type does not
+    /// compile), the byte layout is the same.
+    macro_rules! same_layout {
+        ($ours:ty, $theirs:ty, [$($f:ident),+ $(,)?]) => {
+            const _: () = {
+                assert!(size_of::<$ours>() == size_of::<$theirs>());
+                $(assert!(offset_of!($ours, $f) == offset_of!($theirs, $f));)+
+            };
+        };
+    }
+    same_layout!(
+        NatEntryV2,
+        cur::NatEntry,
+        [
+            host_addr_be,
+            host_port_be,
+            flags,
+            _pad,
+            last_seen_ns,
+            client_port_be,
+            wscale,
+            seq_end,
+            max_win,
+            _pad2
+        ]
+    );
+    same_layout!(
+        CtEntryV2,
+        cur::CtEntry,
+        [last_seen_ns, flags, _pad, wscale, seq_end, max_win, _pad2]
+    );
+    const _: () = {
+        assert!(size_of::<cur::FlowKey>() == FLOW_KEY_SIZE as usize);
+        assert!(offset_of!(cur::FlowKey, dst_port_be) == FLOW_KEY_DST_PORT);
+        // What the converters set and carry means the same in this build.
+        assert!(F_ESTABLISHED_V2 == cur::NAT_F_ESTABLISHED);
+        assert!(F_ESTABLISHED_V2 == cur::CT_F_ESTABLISHED);
+        assert!(F_CLOSING_V1 == cur::NAT_F_CLOSING && F_CLOSING_V1 == cur::CT_F_CLOSING);
+        assert!(F_REPLIED_V1 == cur::NAT_F_REPLIED && F_REPLIED_V1 == cur::CT_F_REPLIED);
+        assert!(F_SEQ_V2 == cur::NAT_F_SEQ_KNOWN | cur::NAT_F_SEQ_FWD);
+        assert!(F_SEQ_V2 == cur::CT_F_SEQ_KNOWN | cur::CT_F_SEQ_FWD);
+        assert!(F_KNOWN_V1 & (F_ESTABLISHED_V2 | F_SEQ_V2) == 0);
+    };
+
+    /// Compiles only while `NatEntryV2` and `berth_maps::NatEntry` have the
+    /// same fields of the same types.
+    #[allow(dead_code)]
+    const fn nat_v2_is_current(e: cur::NatEntry) -> NatEntryV2 {
+        let cur::NatEntry {
+            host_addr_be,
+            host_port_be,
+            flags,
+            _pad,
+            last_seen_ns,
+            client_port_be,
+            wscale,
+            seq_end,
+            max_win,
+            _pad2,
+        } = e;
+        NatEntryV2 {
+            host_addr_be,
+            host_port_be,
+            flags,
+            _pad,
+            last_seen_ns,
+            client_port_be,
+            wscale,
+            seq_end,
+            max_win,
+            _pad2,
+        }
+    }
+
+    /// Compiles only while `CtEntryV2` and `berth_maps::CtEntry` have the
+    /// same fields of the same types.
+    #[allow(dead_code)]
+    const fn ct_v2_is_current(e: cur::CtEntry) -> CtEntryV2 {
+        let cur::CtEntry {
+            last_seen_ns,
+            flags,
+            _pad,
+            wscale,
+            seq_end,
+            max_win,
+            _pad2,
+        } = e;
+        CtEntryV2 {
+            last_seen_ns,
+            flags,
+            _pad,
+            wscale,
+            seq_end,
+            max_win,
+            _pad2,
+        }
+    }
+
+    // --------------------------------------------------------- converters
+
+    /// A flow tracked by layout 1 was live: established (layout 1 had no
+    /// other table), its client port the key's destination port (no remap
+    /// existed), window scale and sequence state unknown (see
+    /// [`ct_entry_v1_to_v2`] for what that leaves out).
     pub fn nat_entry_v1_to_v2(key: &[u8], old: &[u8]) -> Vec<u8> {
-        let v1 = read_v1(old);
+        let v1 = nat_v1_read(old);
         let client_port_be = key
             .get(FLOW_KEY_DST_PORT..FLOW_KEY_DST_PORT + 2)
             .map_or(0, |b| u16::from_ne_bytes([b[0], b[1]]));
-        let v2 = NatEntryV2 {
+        nat_v2_bytes(&NatEntryV2 {
             host_addr_be: v1.host_addr_be,
             host_port_be: v1.host_port_be,
-            flags: v1.flags | NAT_F_ESTABLISHED_V2,
+            flags: (v1.flags & F_KNOWN_V1) | F_ESTABLISHED_V2,
             _pad: 0,
             last_seen_ns: v1.last_seen_ns,
             client_port_be,
@@ -350,48 +531,143 @@ pub mod migrate {
             seq_end: [0; 2],
             max_win: [0; 2],
             _pad2: 0,
-        };
-        v2_bytes(&v2)
+        })
     }
 
-    fn read_v1(b: &[u8]) -> NatEntryV1 {
-        let mut raw = [0u8; 16];
-        let n = b.len().min(16);
-        raw[..n].copy_from_slice(&b[..n]);
-        NatEntryV1 {
-            host_addr_be: u32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]),
-            host_port_be: u16::from_ne_bytes([raw[4], raw[5]]),
-            flags: raw[6],
+    /// A policy flow tracked by layout 1 was live and allowed: established,
+    /// so it stays in `BERTH_CT` and its packets pass as before. Its TCP
+    /// sequence state is unknown and is never learnt (only a SYN and its
+    /// SYN-ACK teach it), so the tracker forwards the flow's segments
+    /// without window checks and believes none of its RSTs or FINs: they
+    /// pass, count `tcp_out_of_window`, and do not mark the flow closing;
+    /// the entry then lives out the established idle timeout (as layout 1's
+    /// did) unless it was closing already. A SYN reopening a closing flow
+    /// is tracked from scratch, as any.
+    pub fn ct_entry_v1_to_v2(_key: &[u8], old: &[u8]) -> Vec<u8> {
+        let v1 = ct_v1_read(old);
+        ct_v2_bytes(&CtEntryV2 {
+            last_seen_ns: v1.last_seen_ns,
+            flags: (v1.flags & F_KNOWN_V1) | F_ESTABLISHED_V2,
             _pad: 0,
-            last_seen_ns: u64::from_ne_bytes([
-                raw[8], raw[9], raw[10], raw[11], raw[12], raw[13], raw[14], raw[15],
-            ]),
+            wscale: [WSCALE_UNKNOWN; 2],
+            seq_end: [0; 2],
+            max_win: [0; 2],
+            _pad2: 0,
+        })
+    }
+
+    // ------------------------------------------------ bytes at the offsets
+
+    fn put(b: &mut [u8], off: usize, v: &[u8]) {
+        b[off..off + v.len()].copy_from_slice(v);
+    }
+
+    fn get<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
+        let mut out = [0u8; N];
+        if let Some(src) = b.get(off..off + N) {
+            out.copy_from_slice(src);
+        }
+        out
+    }
+
+    fn nat_v1_read(b: &[u8]) -> NatEntryV1 {
+        NatEntryV1 {
+            host_addr_be: u32::from_ne_bytes(get(b, offset_of!(NatEntryV1, host_addr_be))),
+            host_port_be: u16::from_ne_bytes(get(b, offset_of!(NatEntryV1, host_port_be))),
+            flags: get::<1>(b, offset_of!(NatEntryV1, flags))[0],
+            _pad: 0,
+            last_seen_ns: u64::from_ne_bytes(get(b, offset_of!(NatEntryV1, last_seen_ns))),
         }
     }
 
-    /// The value bytes of an entry, field by field at its repr(C) offsets.
-    pub fn v2_bytes(e: &NatEntryV2) -> Vec<u8> {
-        let mut b = Vec::with_capacity(NAT_ENTRY_V2_SIZE as usize);
-        b.extend(e.host_addr_be.to_ne_bytes());
-        b.extend(e.host_port_be.to_ne_bytes());
-        b.extend([e.flags, 0]);
-        b.extend(e.last_seen_ns.to_ne_bytes());
-        b.extend(e.client_port_be.to_ne_bytes());
-        b.extend(e.wscale);
-        for w in e.seq_end.iter().chain(&e.max_win) {
-            b.extend(w.to_ne_bytes());
+    fn ct_v1_read(b: &[u8]) -> CtEntryV1 {
+        CtEntryV1 {
+            last_seen_ns: u64::from_ne_bytes(get(b, offset_of!(CtEntryV1, last_seen_ns))),
+            flags: get::<1>(b, offset_of!(CtEntryV1, flags))[0],
+            _pad: [0; 7],
         }
-        b.extend(0u32.to_ne_bytes());
+    }
+
+    /// The value bytes of an entry, each field at its repr(C) offset,
+    /// padding zero.
+    pub fn nat_v1_bytes(e: &NatEntryV1) -> Vec<u8> {
+        let mut b = vec![0u8; NAT_ENTRY_V1_SIZE as usize];
+        put(
+            &mut b,
+            offset_of!(NatEntryV1, host_addr_be),
+            &e.host_addr_be.to_ne_bytes(),
+        );
+        put(
+            &mut b,
+            offset_of!(NatEntryV1, host_port_be),
+            &e.host_port_be.to_ne_bytes(),
+        );
+        put(&mut b, offset_of!(NatEntryV1, flags), &[e.flags]);
+        put(
+            &mut b,
+            offset_of!(NatEntryV1, last_seen_ns),
+            &e.last_seen_ns.to_ne_bytes(),
+        );
         b
     }
 
-    pub fn v1_bytes(e: &NatEntryV1) -> Vec<u8> {
-        let mut b = Vec::with_capacity(16);
-        b.extend(e.host_addr_be.to_ne_bytes());
-        b.extend(e.host_port_be.to_ne_bytes());
-        b.extend([e.flags, 0]);
-        b.extend(e.last_seen_ns.to_ne_bytes());
+    pub fn ct_v1_bytes(e: &CtEntryV1) -> Vec<u8> {
+        let mut b = vec![0u8; CT_ENTRY_V1_SIZE as usize];
+        put(
+            &mut b,
+            offset_of!(CtEntryV1, last_seen_ns),
+            &e.last_seen_ns.to_ne_bytes(),
+        );
+        put(&mut b, offset_of!(CtEntryV1, flags), &[e.flags]);
         b
+    }
+
+    pub fn nat_v2_bytes(e: &NatEntryV2) -> Vec<u8> {
+        let mut b = vec![0u8; NAT_ENTRY_V2_SIZE as usize];
+        put(
+            &mut b,
+            offset_of!(NatEntryV2, host_addr_be),
+            &e.host_addr_be.to_ne_bytes(),
+        );
+        put(
+            &mut b,
+            offset_of!(NatEntryV2, host_port_be),
+            &e.host_port_be.to_ne_bytes(),
+        );
+        put(&mut b, offset_of!(NatEntryV2, flags), &[e.flags]);
+        put(
+            &mut b,
+            offset_of!(NatEntryV2, last_seen_ns),
+            &e.last_seen_ns.to_ne_bytes(),
+        );
+        put(
+            &mut b,
+            offset_of!(NatEntryV2, client_port_be),
+            &e.client_port_be.to_ne_bytes(),
+        );
+        put(&mut b, offset_of!(NatEntryV2, wscale), &e.wscale);
+        seq_win_put(&mut b, offset_of!(NatEntryV2, seq_end), &e.seq_end);
+        seq_win_put(&mut b, offset_of!(NatEntryV2, max_win), &e.max_win);
+        b
+    }
+
+    pub fn ct_v2_bytes(e: &CtEntryV2) -> Vec<u8> {
+        let mut b = vec![0u8; CT_ENTRY_V2_SIZE as usize];
+        put(
+            &mut b,
+            offset_of!(CtEntryV2, last_seen_ns),
+            &e.last_seen_ns.to_ne_bytes(),
+        );
+        put(&mut b, offset_of!(CtEntryV2, flags), &[e.flags]);
+        put(&mut b, offset_of!(CtEntryV2, wscale), &e.wscale);
+        seq_win_put(&mut b, offset_of!(CtEntryV2, seq_end), &e.seq_end);
+        seq_win_put(&mut b, offset_of!(CtEntryV2, max_win), &e.max_win);
+        b
+    }
+
+    fn seq_win_put(b: &mut [u8], off: usize, v: &[u32; 2]) {
+        put(b, off, &v[0].to_ne_bytes());
+        put(b, off + 4, &v[1].to_ne_bytes());
     }
 }
 
@@ -432,15 +708,35 @@ mod tests {
     }
 
     #[test]
-    fn old_nat_entries_have_a_converter_to_the_new_layout_only() {
+    fn old_nat_and_ct_entries_have_converters_to_the_new_layouts_only() {
         let v1 = shape(1, 16, 16, 262_144, 0);
-        let v2 = shape(1, 16, 40, 262_144, 0);
+        let nat_v2 = shape(1, 16, 40, 262_144, 0);
+        let ct_v2 = shape(1, 16, 32, 262_144, 0);
         assert!(matches!(
-            plan_map("BERTH_NAT", &v1, &v2),
+            plan_map("BERTH_NAT", &v1, &nat_v2),
             Ok(Plan::Convert(_))
         ));
-        assert!(plan_map("BERTH_NAT", &v2, &v1).is_err(), "no way back");
-        assert!(plan_map("BERTH_CT", &v1, &v2).is_err(), "NAT only");
+        assert!(matches!(
+            plan_map("BERTH_CT", &v1, &ct_v2),
+            Ok(Plan::Convert(_))
+        ));
+        assert!(plan_map("BERTH_NAT", &nat_v2, &v1).is_err(), "no way back");
+        assert!(plan_map("BERTH_CT", &ct_v2, &v1).is_err(), "no way back");
+        assert!(plan_map("BERTH_CT", &v1, &nat_v2).is_err(), "each its own");
+        assert!(plan_map("BERTH_NAT", &v1, &ct_v2).is_err(), "each its own");
+        let lru = |v| shape(9, 16, v, 131_072, 0);
+        assert!(
+            plan_map("BERTH_CT_NEW", &lru(16), &lru(32)).is_err(),
+            "layout 1 had no table of unestablished flows"
+        );
+    }
+
+    /// The layout a converter writes, read back through this build's own
+    /// types (the compile-time checks tie them; this reads real bytes).
+    fn as_current<T: Copy + Default>(bytes: &[u8]) -> T {
+        assert_eq!(bytes.len(), std::mem::size_of::<T>());
+        // SAFETY: the length is T's; berth_maps types are repr(C) plain data.
+        unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) }
     }
 
     #[test]
@@ -491,14 +787,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_v1_nat_entry_converts_as_agreed() {
+    fn reply_key() -> Vec<u8> {
         // src 172.17.0.2:80 -> dst 192.0.2.2:40000, tcp.
         let mut key = Vec::new();
         key.extend([172, 17, 0, 2, 192, 0, 2, 2]);
         key.extend(80u16.to_be_bytes());
         key.extend(40000u16.to_be_bytes());
         key.extend([6, 0, 0, 0]);
+        key
+    }
+
+    #[test]
+    fn a_v1_nat_entry_converts_as_agreed() {
         let old = NatEntryV1 {
             host_addr_be: u32::from_ne_bytes([192, 0, 2, 1]),
             host_port_be: 8080u16.to_be(),
@@ -506,21 +806,13 @@ mod tests {
             _pad: 0,
             last_seen_ns: 123_456_789,
         };
-        let out = nat_entry_v1_to_v2(&key, &v1_bytes(&old));
-        assert_eq!(out.len(), 40);
-        // Read back through the repr(C) struct itself, so the byte writer
-        // is checked against the compiler's layout.
-        let mut v2 = NatEntryV2::default();
-        // SAFETY: NatEntryV2 is repr(C) plain data of exactly 40 bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(out.as_ptr(), (&mut v2 as *mut NatEntryV2).cast(), 40)
-        };
+        let out = nat_entry_v1_to_v2(&reply_key(), &nat_v1_bytes(&old));
         assert_eq!(
-            v2,
-            NatEntryV2 {
+            as_current::<berth_maps::NatEntry>(&out),
+            berth_maps::NatEntry {
                 host_addr_be: old.host_addr_be,
                 host_port_be: old.host_port_be,
-                flags: 2 | NAT_F_ESTABLISHED_V2,
+                flags: berth_maps::NAT_F_REPLIED | berth_maps::NAT_F_ESTABLISHED,
                 _pad: 0,
                 last_seen_ns: 123_456_789,
                 client_port_be: 40000u16.to_be(),
@@ -530,5 +822,103 @@ mod tests {
                 _pad2: 0,
             }
         );
+    }
+
+    #[test]
+    fn a_v1_ct_entry_converts_as_agreed() {
+        for (v1_flags, want) in [
+            (0, berth_maps::CT_F_ESTABLISHED),
+            (2, berth_maps::CT_F_REPLIED | berth_maps::CT_F_ESTABLISHED),
+            (
+                1 | 2,
+                berth_maps::CT_F_CLOSING | berth_maps::CT_F_REPLIED | berth_maps::CT_F_ESTABLISHED,
+            ),
+        ] {
+            let old = CtEntryV1 {
+                last_seen_ns: 987_654_321,
+                flags: v1_flags,
+                _pad: [0; 7],
+            };
+            let out = ct_entry_v1_to_v2(&reply_key(), &ct_v1_bytes(&old));
+            assert_eq!(
+                as_current::<berth_maps::CtEntry>(&out),
+                berth_maps::CtEntry {
+                    last_seen_ns: 987_654_321,
+                    flags: want,
+                    _pad: 0,
+                    wscale: [0xff, 0xff],
+                    seq_end: [0, 0],
+                    max_win: [0, 0],
+                    _pad2: 0,
+                },
+                "layout 1 flags {v1_flags:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn bits_layout_1_never_had_are_not_carried_into_sequence_tracking() {
+        // A converted flow must not claim sequence state it does not have
+        // (SEQ_KNOWN with zero windows would make every segment out of
+        // window), whatever junk the old entry held.
+        let nat = nat_v1_bytes(&NatEntryV1 {
+            flags: 0xff,
+            ..NatEntryV1::default()
+        });
+        let nat = as_current::<berth_maps::NatEntry>(&nat_entry_v1_to_v2(&reply_key(), &nat));
+        assert_eq!(
+            nat.flags,
+            berth_maps::NAT_F_CLOSING | berth_maps::NAT_F_REPLIED | berth_maps::NAT_F_ESTABLISHED
+        );
+        let ct = ct_v1_bytes(&CtEntryV1 {
+            flags: 0xff,
+            ..CtEntryV1::default()
+        });
+        let ct = as_current::<berth_maps::CtEntry>(&ct_entry_v1_to_v2(&reply_key(), &ct));
+        assert_eq!(
+            ct.flags,
+            berth_maps::CT_F_CLOSING | berth_maps::CT_F_REPLIED | berth_maps::CT_F_ESTABLISHED
+        );
+    }
+
+    #[test]
+    fn the_byte_writers_follow_the_repr_c_layouts() {
+        let v2 = NatEntryV2 {
+            host_addr_be: 0x0102_0304,
+            host_port_be: 0x0506,
+            flags: 7,
+            _pad: 0,
+            last_seen_ns: 0x1112_1314_1516_1718,
+            client_port_be: 0x2122,
+            wscale: [3, 4],
+            seq_end: [0x3132_3334, 0x3536_3738],
+            max_win: [0x4142_4344, 0x4546_4748],
+            _pad2: 0,
+        };
+        assert_eq!(as_current::<NatEntryV2>(&nat_v2_bytes(&v2)), v2);
+        let ct = CtEntryV2 {
+            last_seen_ns: 0x1112_1314_1516_1718,
+            flags: 9,
+            _pad: 0,
+            wscale: [5, 6],
+            seq_end: [0x3132_3334, 0x3536_3738],
+            max_win: [0x4142_4344, 0x4546_4748],
+            _pad2: 0,
+        };
+        assert_eq!(as_current::<CtEntryV2>(&ct_v2_bytes(&ct)), ct);
+        let v1 = NatEntryV1 {
+            host_addr_be: 0x0102_0304,
+            host_port_be: 0x0506,
+            flags: 2,
+            _pad: 0,
+            last_seen_ns: 0x1112_1314_1516_1718,
+        };
+        assert_eq!(as_current::<NatEntryV1>(&nat_v1_bytes(&v1)), v1);
+        let c1 = CtEntryV1 {
+            last_seen_ns: 0x1112_1314_1516_1718,
+            flags: 3,
+            _pad: [0; 7],
+        };
+        assert_eq!(as_current::<CtEntryV1>(&ct_v1_bytes(&c1)), c1);
     }
 }

@@ -111,6 +111,14 @@ impl MapShape {
         )
     }
 
+    /// An LRU hash makes room by evicting instead of refusing.
+    pub fn is_lru(&self) -> bool {
+        matches!(
+            self.map_type,
+            BPF_MAP_TYPE_LRU_HASH | BPF_MAP_TYPE_LRU_PERCPU_HASH
+        )
+    }
+
     pub fn is_percpu(&self) -> bool {
         matches!(
             self.map_type,
