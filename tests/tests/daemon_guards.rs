@@ -933,6 +933,121 @@ fn capacity_flags_changed_between_restarts_resize_the_tables_and_keep_the_flows(
     echo(&mut conn, b"still the same connection");
 }
 
+fn counter(d: &Daemon, name: &str) -> u64 {
+    let out = d.cli_ok(["stats", "--json"]).expect("stats");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in {out}"))
+}
+
+/// An upgrade from pins without BERTH_PORT_ADDRS (the previous release
+/// had none) swaps programs that check a container's source against that
+/// new, empty map into its port's links. The ports' addresses are written
+/// before the programs are, so not one packet of a container sending
+/// throughout is taken for spoofed (found by a real upgrade: one was).
+#[test]
+fn an_upgrade_learns_the_ports_addresses_before_the_new_programs_check_them() {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    };
+    let topo = Topology::build().unwrap();
+    let bpffs = Bpffs::new().unwrap();
+    let mut d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
+    let receiver = topo
+        .container2
+        .ns
+        .run(|| UdpSocket::bind("0.0.0.0:9"))
+        .unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    for args in [
+        &[
+            "map",
+            "add",
+            "--task",
+            "a",
+            "--ip",
+            "172.17.0.2",
+            "-p",
+            "7007:7",
+        ][..],
+        &[
+            "map",
+            "add",
+            "--task",
+            "b",
+            "--ip",
+            "172.17.0.3",
+            "-p",
+            "7008:7",
+        ][..],
+        &["sg", "create", "sg-b"][..],
+        &[
+            "sg",
+            "rule",
+            "add",
+            "sg-b",
+            "--ingress",
+            "--proto",
+            "udp",
+            "--port",
+            "9",
+            "--cidr",
+            "172.17.0.0/16",
+        ][..],
+        &["sg", "attach", "sg-b", "--task", "b"][..],
+    ] {
+        d.cli_ok(args).unwrap();
+    }
+    let sender = topo
+        .container
+        .ns
+        .run(|| UdpSocket::bind("0.0.0.0:0"))
+        .unwrap();
+    let to: std::net::SocketAddr = "172.17.0.3:9".parse().unwrap();
+    // Wait until the ports' addresses are known (the watcher polls).
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        sender.send_to(b"x", to).unwrap();
+        if receiver.recv(&mut [0u8; 16]).is_ok() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no datagram arrives");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let (flag, n) = (stop.clone(), sent.clone());
+    let busy = std::thread::spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            if sender.send_to(b"x", to).is_ok() {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    });
+    let spoofed = counter(&d, "container_spoofed_source");
+    d.stop().unwrap();
+    fs::remove_file(bpffs.path().join("berth").join(berth_maps::PORT_ADDRS_MAP)).unwrap();
+    let before = sent.load(Ordering::Relaxed);
+    d.start_again().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    busy.join().unwrap();
+    assert!(
+        sent.load(Ordering::Relaxed) - before > 100,
+        "the container kept sending through the restart"
+    );
+    assert_eq!(
+        counter(&d, "container_spoofed_source"),
+        spoofed,
+        "a container's own packets taken for spoofed"
+    );
+    assert!(receiver.recv(&mut [0u8; 16]).is_ok());
+}
+
 #[test]
 fn a_static_publish_over_a_host_listener_is_refused_in_dockers_words() {
     let topo = Topology::build().unwrap();

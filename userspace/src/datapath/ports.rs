@@ -236,6 +236,12 @@ pub(super) fn watch(
     // Subscribe before the first listing, so no port falls between the two.
     let events = LinkEvents::open()
         .map_err(|e| DatapathError::Other(format!("netlink link events: {e}")))?;
+    // Addresses before hooks: a port's programs check what it sends against
+    // BERTH_PORT_ADDRS from the moment they are attached (or swapped into
+    // its pinned links), and that map starts empty after an upgrade from
+    // pins without it.
+    let mut addrs = PortAddrSync::adopt(addrs_map);
+    addrs.sync(&bridge, true);
     let mut ports = Ports {
         ebpf,
         bridge,
@@ -246,8 +252,6 @@ pub(super) fn watch(
         bridge_mac: None,
     };
     ports.resync()?;
-    let mut addrs = PortAddrSync::adopt(addrs_map);
-    addrs.sync(&ports.bridge, true);
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let thread = thread::Builder::new()
