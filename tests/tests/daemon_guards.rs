@@ -894,11 +894,22 @@ fn capacity_flags_changed_between_restarts_resize_the_tables_and_keep_the_flows(
     );
     echo(&mut conn, b"after the resize");
 
-    // Three established flows do not fit in two: refused, nothing changed.
+    // Three established flows do not fit in two: refused, nothing changed,
+    // not even the tables that could have been resized (BERTH_CT and
+    // BERTH_CT_NEW back to their defaults come first).
     d.stop().unwrap();
     add_flows(&bpffs, berth_maps::NAT_MAP, 2);
-    let nat_pin = bpffs.path().join("berth").join(berth_maps::NAT_MAP);
-    let nat_id = map_id(&nat_pin);
+    let pin = |name: &str| bpffs.path().join("berth").join(name);
+    let nat_pin = pin(berth_maps::NAT_MAP);
+    let ids = |names: &[&str]| names.iter().map(|n| map_id(&pin(n))).collect::<Vec<_>>();
+    let tables = [
+        berth_maps::CT_MAP,
+        berth_maps::CT_NEW_MAP,
+        berth_maps::NAT_MAP,
+        berth_maps::NAT_FWD_MAP,
+        berth_maps::NAT_NEW_MAP,
+    ];
+    let before = ids(&tables);
     d.set_extra_args(&["--nat-max", "2"]);
     assert!(d.start_again().is_err(), "a too small --nat-max is refused");
     let stderr = d.stderr();
@@ -907,7 +918,8 @@ fn capacity_flags_changed_between_restarts_resize_the_tables_and_keep_the_flows(
         "berth: pinned map BERTH_NAT holds 3 entries, more than the 2 this berth gives it; \
          start with a larger capacity, or `berth reset`"
     );
-    assert_eq!(map_id(&nat_pin), nat_id, "the pin still holds the same map");
+    assert_eq!(ids(&tables), before, "every pin still holds the same map");
+    assert!(!nat_pin.with_file_name("BERTH_NAT_migrating").exists());
 
     // Unestablished flows beyond a smaller LRU table: some are evicted,
     // and the daemon says how many.

@@ -189,7 +189,10 @@ pub fn check_and_migrate(
         let found = sys::map_shape(&fd).map_err(|e| bpffs_err(&pin, e))?;
         match plan_map(name, &found, want) {
             Ok(Plan::Keep) => {}
-            Ok(plan) => plans.push((name.clone(), pin, fd, found, *want, plan)),
+            Ok(plan) => {
+                check_fits(name, &fd, &found, want)?;
+                plans.push((name.clone(), pin, fd, found, *want, plan))
+            }
             Err(m) => return Err(refusal(&m, &pin)),
         }
     }
@@ -225,6 +228,34 @@ pub fn check_and_migrate(
     }
     record_layout(pin_dir)?;
     Ok(report)
+}
+
+/// Refuses a hash table (live flows, which berth never evicts) made
+/// smaller than the entries it holds, before any map is migrated. An LRU
+/// table keeps what fits; an array keeps the indexes both have.
+fn check_fits(
+    name: &str,
+    fd: &std::os::fd::OwnedFd,
+    found: &MapShape,
+    want: &MapShape,
+) -> Result<(), DatapathError> {
+    if found.is_array() || found.is_lru() || want.max_entries >= found.max_entries {
+        return Ok(());
+    }
+    let n = sys::map_count(fd, found.key_size as usize).map_err(|e| {
+        DatapathError::Other(format!("counting the entries of pinned map {name}: {e}"))
+    })?;
+    if n > u64::from(want.max_entries) {
+        return Err(too_full(name, n, want.max_entries));
+    }
+    Ok(())
+}
+
+fn too_full(name: &str, entries: u64, capacity: u32) -> DatapathError {
+    DatapathError::PinnedLayout(format!(
+        "pinned map {name} holds {entries} entries, more than the {capacity} this berth gives it; \
+         start with a larger capacity, or `berth reset`"
+    ))
 }
 
 fn refusal(m: &Mismatch, pin: &Path) -> DatapathError {
@@ -276,13 +307,10 @@ fn migrate_map(
     } else {
         sys::map_keys(old, found.key_size as usize).map_err(|e| fail("listing keys", e))?
     };
+    // Checked before any map was migrated; the datapath may have added
+    // flows since.
     if !found.is_array() && !found.is_lru() && keys.len() > want.max_entries as usize {
-        return Err(DatapathError::PinnedLayout(format!(
-            "pinned map {name} holds {} entries, more than the {} this berth gives it; \
-             start with a larger capacity, or `berth reset`",
-            keys.len(),
-            want.max_entries
-        )));
+        return Err(too_full(name, keys.len() as u64, want.max_entries));
     }
     let mut value = vec![0u8; old_len];
     let mut n = 0;
