@@ -1060,6 +1060,72 @@ fn an_upgrade_learns_the_ports_addresses_before_the_new_programs_check_them() {
     assert!(receiver.recv(&mut [0u8; 16]).is_ok());
 }
 
+/// The programs still attached during a migration write to the old maps:
+/// a flow that opens between the copy and the swap would be unknown to the
+/// new programs, and a TCP flow past its SYN is then dropped (a real
+/// upgrade under load lost one connection so). Once the new programs are
+/// in, what the old maps gained is carried over, converted; what the new
+/// programs wrote meanwhile stands.
+#[test]
+fn flows_the_old_programs_track_during_a_migration_are_carried_over() {
+    let bpffs = Bpffs::new().unwrap();
+    let dir = bpffs.path().join("berth");
+    let old = shape(sys::BPF_MAP_TYPE_HASH, 16, 16, 1024);
+    pin_map(
+        &bpffs,
+        berth_maps::NAT_MAP,
+        &old,
+        &[(flow_key(40000), nat_v1(8080, 2, 1_000))],
+    );
+    // What the old programs hold on to.
+    let old_fd = sys::obj_get(&dir.join(berth_maps::NAT_MAP)).unwrap();
+    let mut expected = std::collections::BTreeMap::new();
+    expected.insert(
+        berth_maps::NAT_MAP.to_owned(),
+        shape(sys::BPF_MAP_TYPE_HASH, 16, 40, 1024),
+    );
+    let (report, mut old_maps) = pins::check_and_migrate_keeping_old(&dir, &expected).unwrap();
+    assert_eq!(report.migrated.len(), 1);
+    let new_fd = sys::obj_get(&dir.join(berth_maps::NAT_MAP)).unwrap();
+
+    // Between the copy and the swap: the old programs open two flows, the
+    // new ones (on another interface already) open the second as well and
+    // refresh the migrated one.
+    let window = nat_v1(8081, 0, 2_000);
+    sys::map_update(&old_fd, &flow_key(40001), &window).unwrap();
+    sys::map_update(&old_fd, &flow_key(40002), &nat_v1(8082, 0, 3_000)).unwrap();
+    sys::map_update(&old_fd, &flow_key(40000), &nat_v1(8080, 3, 4_000)).unwrap();
+    let by_new = vec![7u8; 40];
+    sys::map_update(&new_fd, &flow_key(40002), &by_new).unwrap();
+    let refreshed = migrate::nat_entry_v1_to_v2(&flow_key(40000), &nat_v1(8080, 2, 5_000));
+    sys::map_update(&new_fd, &flow_key(40000), &refreshed).unwrap();
+
+    assert_eq!(old_maps.carry_over(), 1);
+    let get = |k: &[u8]| {
+        let mut v = vec![0u8; 40];
+        assert!(sys::map_lookup(&new_fd, k, &mut v).unwrap(), "flow there");
+        v
+    };
+    assert_eq!(
+        get(&flow_key(40001)),
+        migrate::nat_entry_v1_to_v2(&flow_key(40001), &window),
+        "the flow opened in between, converted"
+    );
+    assert_eq!(
+        get(&flow_key(40002)),
+        by_new,
+        "the new programs' entry stands"
+    );
+    assert_eq!(get(&flow_key(40000)), refreshed, "so does their refresh");
+    assert_eq!(old_maps.carry_over(), 0, "nothing new since");
+    sys::map_update(&old_fd, &flow_key(40003), &window).unwrap();
+    assert_eq!(
+        old_maps.carry_over(),
+        1,
+        "a later call takes what came since"
+    );
+}
+
 #[test]
 fn a_static_publish_over_a_host_listener_is_refused_in_dockers_words() {
     let topo = Topology::build().unwrap();

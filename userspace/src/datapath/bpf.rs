@@ -277,7 +277,7 @@ impl BpfDatapath {
             overrides.extend([(NAT_NEW_MAP, n), (berth_maps::CT_NEW_MAP, n)]);
         }
         let expected = super::pins::expected_shapes(ebpf_object(), &overrides)?;
-        let pins = super::pins::check_and_migrate(&dir, &expected)?;
+        let (pins, mut old_maps) = super::pins::check_and_migrate_keeping_old(&dir, &expected)?;
         if pins
             .found_layout
             .is_some_and(|v| v != super::pins::LAYOUT_VERSION)
@@ -313,6 +313,10 @@ impl BpfDatapath {
         for (prog, ifname) in &wanted {
             attach_pinned(&mut ebpf, prog, ifname, &links_dir)?;
         }
+        // The uplinks and the bridge run the new programs: catch up with
+        // what the old ones tracked meanwhile now, again once the ports'
+        // programs are swapped too (below).
+        let mut carried = old_maps.carry_over();
         // Drop attachments of another mode or interface left by an earlier
         // run: unpinning the last reference detaches the program.
         let mut keep: HashSet<String> = wanted.iter().map(|(p, i)| link_name(p, i)).collect();
@@ -433,6 +437,15 @@ impl BpfDatapath {
             hooked,
             watcher_config,
         )?;
+        // Every program is the new one now: what the old ones tracked since
+        // their maps were copied joins the new maps.
+        carried += old_maps.carry_over();
+        if carried > 0 {
+            tracing::info!(
+                entries = carried,
+                "flows tracked by the old programs during the migration carried over"
+            );
+        }
         let status = super::status::StatusBase {
             attach: config.attach,
             pin_dir: dir,

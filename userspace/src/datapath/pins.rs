@@ -10,8 +10,9 @@
 //! line naming the map, both shapes and what to do. Nothing is changed
 //! unless every map passes.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     fs, io,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
 };
 
@@ -179,6 +180,73 @@ pub fn check_and_migrate(
     pin_dir: &Path,
     expected: &BTreeMap<String, MapShape>,
 ) -> Result<PinReport, DatapathError> {
+    check_and_migrate_keeping_old(pin_dir, expected).map(|(report, _)| report)
+}
+
+/// The old copy of each migrated table, kept while the programs still
+/// attached write to it: they track the flows that open between the copy
+/// and the swap there, and a TCP flow the new programs do not know is
+/// dropped past its SYN.
+#[derive(Default)]
+pub struct OldMaps {
+    maps: Vec<OldMap>,
+}
+
+struct OldMap {
+    name: String,
+    old: OwnedFd,
+    new: OwnedFd,
+    found: MapShape,
+    plan: Plan,
+    /// The keys the migration copied: what the new programs did with
+    /// those since (an entry promoted away, say) stands.
+    copied: HashSet<Vec<u8>>,
+}
+
+impl OldMaps {
+    /// Copies the entries the old maps gained after their migration (or
+    /// the last call) into the new ones, converted, never over an entry the
+    /// new programs made. Call as the programs are swapped in, and once
+    /// all are. Returns how many.
+    pub fn carry_over(&mut self) -> usize {
+        let mut n = 0;
+        for m in &mut self.maps {
+            match carry_map(m) {
+                Ok(k) => n += k,
+                Err(e) => {
+                    tracing::warn!(map = %m.name, error = %e, "carrying over entries added during the migration")
+                }
+            }
+        }
+        n
+    }
+}
+
+fn carry_map(m: &mut OldMap) -> io::Result<usize> {
+    let mut value = vec![0u8; sys::value_buf_len(&m.found)?];
+    let mut n = 0;
+    for key in sys::map_keys(&m.old, m.found.key_size as usize)? {
+        if m.copied.contains(&key) || !sys::map_lookup(&m.old, &key, &mut value)? {
+            continue;
+        }
+        let out = match m.plan {
+            Plan::Convert(i) => (CONVERTERS[i].convert)(&key, &value),
+            _ => value.clone(),
+        };
+        if sys::map_insert_new(&m.new, &key, &out)? {
+            n += 1;
+        }
+        m.copied.insert(key);
+    }
+    Ok(n)
+}
+
+/// [`check_and_migrate`], also handing back the old copy of each migrated
+/// hash table for [`OldMaps::carry_over`].
+pub fn check_and_migrate_keeping_old(
+    pin_dir: &Path,
+    expected: &BTreeMap<String, MapShape>,
+) -> Result<(PinReport, OldMaps), DatapathError> {
     let mut plans = Vec::new();
     for (name, want) in expected {
         let pin = pin_dir.join(name);
@@ -208,8 +276,10 @@ pub fn check_and_migrate(
         found_layout,
         migrated: Vec::new(),
     };
+    let mut old_maps = OldMaps::default();
     for (name, pin, old, found, want, plan) in plans {
-        let (kept, dropped) = migrate_map(&name, &pin, &old, &found, &want, plan)?;
+        let (new, copied, dropped) = migrate_map(&name, &pin, &old, &found, &want, plan)?;
+        let kept = copied.len() - dropped;
         let what = match plan {
             Plan::Convert(_) => format!(
                 "{}-byte values converted to {} bytes",
@@ -225,9 +295,21 @@ pub fn check_and_migrate(
         report
             .migrated
             .push(format!("{name}: {what} ({kept} entries kept{dropped})"));
+        // Arrays: settings and counters, which the daemon rewrites or which
+        // may lose a few increments.
+        if !found.is_array() {
+            old_maps.maps.push(OldMap {
+                name,
+                old,
+                new,
+                found,
+                plan,
+                copied,
+            });
+        }
     }
     record_layout(pin_dir)?;
-    Ok(report)
+    Ok((report, old_maps))
 }
 
 /// Refuses a hash table (live flows, which berth never evicts) made
@@ -235,7 +317,7 @@ pub fn check_and_migrate(
 /// table keeps what fits; an array keeps the indexes both have.
 fn check_fits(
     name: &str,
-    fd: &std::os::fd::OwnedFd,
+    fd: &OwnedFd,
     found: &MapShape,
     want: &MapShape,
 ) -> Result<(), DatapathError> {
@@ -280,20 +362,19 @@ fn record_layout(pin_dir: &Path) -> Result<(), DatapathError> {
 }
 
 /// Fills a new map from `old` and pins it over `pin`. Programs still
-/// attached keep the old map until the daemon swaps the new ones in, so an
-/// entry they write in between is lost (a flow seen in that instant is
-/// tracked anew). A hash that would not hold every entry is refused (it
+/// attached keep the old map until the daemon swaps the new ones in; what
+/// they write in between is for [`OldMaps::carry_over`]. A hash that would not hold every entry is refused (it
 /// holds live flows, which berth never evicts); an LRU table (unestablished
 /// flows, which it may lose anyway) shrunk below its fill keeps what fits.
-/// Returns how many entries were carried over and how many were evicted.
+/// Returns the new map, the keys copied and how many of them were evicted.
 fn migrate_map(
     name: &str,
     pin: &Path,
-    old: &std::os::fd::OwnedFd,
+    old: &OwnedFd,
     found: &MapShape,
     want: &MapShape,
     plan: Plan,
-) -> Result<(usize, usize), DatapathError> {
+) -> Result<(OwnedFd, HashSet<Vec<u8>>, usize), DatapathError> {
     let fail = |what: &str, e: io::Error| {
         DatapathError::Other(format!("migrating pinned map {name} ({what}): {e}"))
     };
@@ -313,18 +394,19 @@ fn migrate_map(
         return Err(too_full(name, keys.len() as u64, want.max_entries));
     }
     let mut value = vec![0u8; old_len];
-    let mut n = 0;
-    for key in &keys {
-        if !sys::map_lookup(old, key, &mut value).map_err(|e| fail("reading", e))? {
+    let mut copied = HashSet::with_capacity(keys.len());
+    for key in keys {
+        if !sys::map_lookup(old, &key, &mut value).map_err(|e| fail("reading", e))? {
             continue; // removed meanwhile
         }
         let out = match plan {
-            Plan::Convert(i) => (CONVERTERS[i].convert)(key, &value),
+            Plan::Convert(i) => (CONVERTERS[i].convert)(&key, &value),
             _ => value.clone(),
         };
-        sys::map_update(&new, key, &out).map_err(|e| fail("writing", e))?;
-        n += 1;
+        sys::map_update(&new, &key, &out).map_err(|e| fail("writing", e))?;
+        copied.insert(key);
     }
+    let n = copied.len();
     // An LRU may evict before it is full (its free lists are per CPU).
     let kept = if found.is_lru() {
         sys::map_count(&new, want.key_size as usize).map_err(|e| fail("counting", e))? as usize
@@ -338,7 +420,7 @@ fn migrate_map(
     sys::obj_pin(&new, &tmp).map_err(|e| fail("pinning", e))?;
     fs::rename(&tmp, pin).map_err(|e| fail("replacing the pin", e))?;
     tracing::info!(map = name, entries = kept, evicted = n - kept, from = %found, to = %want, "migrated a pinned map");
-    Ok((kept, n - kept))
+    Ok((new, copied, n - kept))
 }
 
 /// Converters between value layouts of released versions. The old layouts

@@ -248,6 +248,21 @@ pub fn map_update(fd: &OwnedFd, key: &[u8], value: &[u8]) -> io::Result<()> {
     bpf(BPF_MAP_UPDATE_ELEM, &mut a).map(drop)
 }
 
+/// Inserts only when the key is absent (BPF_NOEXIST); false when present.
+pub fn map_insert_new(fd: &OwnedFd, key: &[u8], value: &[u8]) -> io::Result<bool> {
+    const BPF_NOEXIST: u64 = 1;
+    let mut a = Attr::new();
+    a.put_u32(0, fd.as_raw_fd() as u32)
+        .put_u64(8, key.as_ptr() as u64)
+        .put_u64(16, value.as_ptr() as u64)
+        .put_u64(24, BPF_NOEXIST);
+    match bpf(BPF_MAP_UPDATE_ELEM, &mut a) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Every key of a map, as raw bytes.
 pub fn map_keys(fd: &OwnedFd, key_size: usize) -> io::Result<Vec<Vec<u8>>> {
     let mut keys: Vec<Vec<u8>> = Vec::new();
