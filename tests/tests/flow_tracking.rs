@@ -4,6 +4,9 @@
 //! - One client port to two host ports of one container port (UDP and
 //!   TCP): each flow gets its own reply tuple, each reply comes from the
 //!   host port it answers.
+//! - A spoofed RST or FIN from the LAN with the flow's 4-tuple but a
+//!   sequence number outside the window: forwarded, counted, and the flow
+//!   not marked closing; an in-window RST marks it.
 //! - A bounded flood of spoofed SYNs (frames built with `pkt`, injected
 //!   through a packet socket in the client's namespace) against a daemon
 //!   with small flow tables: afterwards, and meanwhile on another task, new
@@ -21,8 +24,12 @@ use std::{
 };
 
 use berth_integration::{
-    pkt::Packet, Bpffs, Daemon, DaemonOptions, NetNs, Topology, UdpEchoServer,
+    flows::nat_tcp_flow,
+    pkt::{self, Packet},
+    rawsock::{ipv4_tuple, RawSocket},
+    Bpffs, Daemon, DaemonOptions, NetNs, Topology, UdpEchoServer,
 };
+use berth_maps::{NAT_F_CLOSING, NAT_F_ESTABLISHED};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(5);
@@ -369,4 +376,116 @@ fn spoofed_syn_flood_neither_blocks_new_flows_nor_breaks_established_ones() {
         0,
         "the flood established nothing"
     );
+}
+
+/// The sequence number `from` will send next on the TCP connection
+/// `from` -> `to`, from the segments `sock` captured (the last one's end:
+/// sequence number plus payload, SYN and FIN).
+fn next_seq(sock: &RawSocket, from: SocketAddrV4, to: SocketAddrV4) -> u32 {
+    let segs = sock
+        .collect(Duration::from_millis(300), |f| {
+            ipv4_tuple(f) == Some((pkt::TCP, *from.ip(), *to.ip(), from.port(), to.port()))
+        })
+        .expect("capture");
+    let f = segs
+        .last()
+        .expect("a segment of the connection was captured");
+    let ip = &f[pkt::ETH_LEN..];
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let tcp = &ip[ihl..];
+    let doff = (tcp[12] >> 4) as usize * 4;
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    let flags = tcp[13];
+    let ctl = u32::from(flags & pkt::SYN != 0) + u32::from(flags & pkt::FIN != 0);
+    seq.wrapping_add((tot - ihl - doff) as u32)
+        .wrapping_add(ctl)
+}
+
+/// A RST or FIN from the LAN with the flow's addresses and ports, as an
+/// attacker who guessed the 4-tuple would send it.
+fn forged_segment(s: &Setup, client: SocketAddrV4, port: u16, flags: u8, seq: u32) -> Vec<u8> {
+    let mut p = Packet::tcp(
+        *client.ip(),
+        client.port(),
+        berth_integration::topology::addr::HOST_IP,
+        port,
+    );
+    p.eth_dst = s.topo.host.uplink_link().expect("uplink").mac;
+    p.eth_src = s.topo.client.link().expect("client link").mac;
+    (p.tcp_flags, p.tcp_seq, p.tcp_ack) = (flags, seq, 0);
+    p.frame()
+}
+
+/// Waits until `cond` holds (up to 2 s), so counters read after a frame
+/// was injected see it.
+fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// Issue 9 item 7: a RST or FIN with a guessed 4-tuple but a sequence
+/// number outside the window must not cut the flow's tracking short (to
+/// 60 s); one within it does.
+#[test]
+fn a_spoofed_rst_or_fin_outside_the_window_does_not_mark_the_flow_closing() {
+    let s = setup(&[]);
+    start_line_echo(&s.topo.container.ns, 80);
+    s.map_add("web", "172.17.0.2", &["8085:80"]);
+    let host = SocketAddrV4::new(berth_integration::topology::addr::HOST_IP, 8085);
+    let ctr = SocketAddrV4::new(berth_integration::topology::addr::CONTAINER_IP, 80);
+    let lan = RawSocket::open_in(&s.topo.client.ns, "eth0").expect("packet socket");
+    let mut conn = s
+        .topo
+        .client
+        .ns
+        .run(|| connect_from("0.0.0.0:0".parse().unwrap(), host_addr(8085)))
+        .expect("connect");
+    let SocketAddr::V4(client) = conn.local_addr().unwrap() else {
+        unreachable!()
+    };
+    ask(&mut conn, "hello");
+    let flags = || {
+        nat_tcp_flow(s.daemon.bpffs(), ctr, client)
+            .expect("read BERTH_NAT")
+            .expect("the flow is tracked")
+            .flags
+    };
+    assert!(
+        eventually(|| flags() & NAT_F_ESTABLISHED != 0),
+        "established"
+    );
+    assert_eq!(flags() & NAT_F_CLOSING, 0);
+
+    let oow = s.counter("tcp_out_of_window");
+    // Far outside any window the flow has seen (a quarter of the space).
+    for (i, kind) in [(1, pkt::RST), (2, pkt::FIN | pkt::ACK)] {
+        let nxt = next_seq(&lan, client, host);
+        let forged = forged_segment(&s, client, 8085, kind, nxt.wrapping_add(0x4000_0000));
+        lan.send(&forged).expect("inject");
+        assert!(
+            eventually(|| s.counter("tcp_out_of_window") == oow + i),
+            "the out-of-window segment is counted ({} -> {})",
+            oow,
+            s.counter("tcp_out_of_window")
+        );
+        assert_eq!(flags() & NAT_F_CLOSING, 0, "flags {:#x}", flags());
+        ask(&mut conn, "still there");
+    }
+
+    // The same RST with the sequence number the client sends next.
+    let nxt = next_seq(&lan, client, host);
+    lan.send(&forged_segment(&s, client, 8085, pkt::RST, nxt))
+        .expect("inject");
+    assert!(
+        eventually(|| flags() & NAT_F_CLOSING != 0),
+        "an in-window RST marks the flow closing"
+    );
+    assert_eq!(s.counter("tcp_out_of_window"), oow + 2);
 }
