@@ -30,9 +30,11 @@ use crate::{
     },
 };
 
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMP_PARAMETERPROB: u8 = 12;
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_ECHO: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETERPROB: u8 = 12;
 const IP_MF_OFFSET_MASK_BE: u16 = 0x3fffu16.to_be();
 
 /// Longest headers an ICMP error needs: Ethernet, outer IPv4 with options,
@@ -64,6 +66,20 @@ pub struct IcmpError {
 /// trust and is left alone.
 #[inline(always)]
 pub fn parse_icmp_error(data: usize, data_end: usize, frame_len: usize) -> Option<IcmpError> {
+    parse_icmp_error_quoting::<false>(data, data_end, frame_len)
+}
+
+/// As [`parse_icmp_error`]; with `ECHO`, a quoted ICMP echo request or
+/// reply is accepted too, its identifier in the port policy keys echo
+/// flows by (request: source, reply: destination), so a time-exceeded
+/// about a ping can be matched to the ping's flow. NAT never translates
+/// echo, so only policy asks for it.
+#[inline(always)]
+pub fn parse_icmp_error_quoting<const ECHO: bool>(
+    data: usize,
+    data_end: usize,
+    frame_len: usize,
+) -> Option<IcmpError> {
     let eth = ptr_at::<EthHdr>(data, data_end, 0)?;
     if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
         return None;
@@ -94,7 +110,8 @@ pub fn parse_icmp_error(data: usize, data_end: usize, frame_len: usize) -> Optio
     if inner.vihl >> 4 != 4 || ihl2 < 5 {
         return None;
     }
-    if inner.proto != PROTO_TCP && inner.proto != PROTO_UDP {
+    let echo = ECHO && inner.proto == PROTO_ICMP;
+    if inner.proto != PROTO_TCP && inner.proto != PROTO_UDP && !echo {
         return None;
     }
     if u16::from_ne_bytes(inner.frags) & IP_MF_OFFSET_MASK_BE != 0 {
@@ -102,10 +119,19 @@ pub fn parse_icmp_error(data: usize, data_end: usize, frame_len: usize) -> Optio
     }
     let inner_l4_off = inner_ip_off + ihl2 * 4;
     let ports = unsafe { &*ptr_at::<[u8; 8]>(data, data_end, inner_l4_off)? };
-    let (sport, dport) = (
-        u16::from_ne_bytes([ports[0], ports[1]]),
-        u16::from_ne_bytes([ports[2], ports[3]]),
-    );
+    let (sport, dport) = if echo {
+        let id = u16::from_ne_bytes([ports[4], ports[5]]);
+        match ports[0] {
+            ICMP_ECHO => (id, 0),
+            ICMP_ECHO_REPLY => (0, id),
+            _ => return None,
+        }
+    } else {
+        (
+            u16::from_ne_bytes([ports[0], ports[1]]),
+            u16::from_ne_bytes([ports[2], ports[3]]),
+        )
+    };
     // After the packet-pointer check, or LLVM may fold the two into one
     // the verifier cannot follow.
     if inner_l4_off + 8 > outer_end {

@@ -22,11 +22,15 @@
 //! marks a flow closing only within its direction's sequence window.
 //!
 //! Where either end has policy:
-//! - ICMP other than echo passes only as an error (destination
-//!   unreachable, time exceeded, parameter problem) quoting a TCP/UDP flow
-//!   that is tracked (BERTH_CT(_NEW) or BERTH_NAT(_NEW), either direction) and has the
-//!   endpoint with policy as one of its addresses; anything else is
-//!   dropped (`policy_denied_icmp`). Rules do not open other ICMP types.
+//! - An ICMP error (destination unreachable, time exceeded, parameter
+//!   problem) passes only when it quotes a flow that is tracked (BERTH_CT(_NEW)
+//!   or BERTH_NAT(_NEW), either direction: TCP, UDP or ICMP echo, so a
+//!   time-exceeded reaches the pinger) and has the endpoint with policy as
+//!   one of its addresses; anything else is dropped (`policy_denied_icmp`):
+//!   rules never open errors, which anyone can forge about anything.
+//! - Other ICMP but echo (timestamp, redirect, router advertisement, ...)
+//!   is judged per packet, as AWS does, by the sender's egress and the
+//!   receiver's ingress rules with its type and code; nothing is tracked.
 //! - Fragments: the first fragment is judged like any packet and its
 //!   verdict remembered for the datagram (`frag.rs`); later fragments
 //!   follow it (`frag_denied`), and one with no remembered verdict is
@@ -46,7 +50,10 @@ use berth_maps::{
 
 use crate::{
     frag::{frag_key, frag_key_of_flow, frag_key_of_frag, frag_lookup, frag_remember},
-    icmp::{parse_icmp_error, IcmpError},
+    icmp::{
+        parse_icmp_error_quoting, IcmpError, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_ECHO_REPLY,
+        ICMP_PARAMETERPROB, ICMP_TIME_EXCEEDED,
+    },
     maps::{
         count, BERTH_CT, BERTH_CT_NEW, BERTH_ENDPOINTS, BERTH_NAT, BERTH_NAT_NEW, BERTH_POLICY,
         BERTH_SG_MEMBERS,
@@ -56,9 +63,6 @@ use crate::{
 };
 
 const EEXIST: i32 = -17;
-
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_ECHO: u8 = 8;
 
 /// What policy looks at in a packet.
 #[derive(Clone, Copy)]
@@ -170,10 +174,8 @@ fn other_allowed(data: usize, data_end: usize, frame_len: usize, from: bool) -> 
                 Some(ep) => to_container_flow(&f, ep),
                 None => true,
             },
-            None => icmp_allowed(
-                parse_icmp_error(data, data_end, frame_len),
-                sender.map(|_| src_be),
-                receiver.map(|_| dst_be),
+            None => icmp_other_allowed(
+                data, data_end, ihl, frame_len, src_be, dst_be, sender, receiver,
             ),
         },
         _ => true,
@@ -213,8 +215,8 @@ fn icmp_echo_flow(
     })
 }
 
-/// Whether an ICMP error is about a tracked TCP/UDP flow that `ep` is an
-/// end of. Looks only: an error does not keep a flow alive.
+/// Whether an ICMP error is about a tracked TCP, UDP or echo flow that
+/// `ep` is an end of. Looks only: an error does not keep a flow alive.
 #[inline(always)]
 fn icmp_error_tracked(e: &IcmpError, ep_be: u32) -> bool {
     if e.inner_src_be != ep_be && e.inner_dst_be != ep_be {
@@ -246,14 +248,57 @@ fn icmp_error_tracked(e: &IcmpError, ep_be: u32) -> bool {
     }
 }
 
-/// ICMP other than echo, where `a` and/or `b` (the ends with policy) are
-/// set: an error about a tracked flow of each of them, or dropped.
+/// ICMP other than echo between `sender` and/or `receiver` (the ends with
+/// policy): an error only about a tracked flow of each, anything else as
+/// its rules say.
 #[inline(always)]
-fn icmp_allowed(e: Option<IcmpError>, a: Option<u32>, b: Option<u32>) -> bool {
-    let ok = match e {
+fn icmp_other_allowed(
+    data: usize,
+    data_end: usize,
+    ihl: usize,
+    frame_len: usize,
+    src_be: u32,
+    dst_be: u32,
+    sender: Option<Endpoint>,
+    receiver: Option<Endpoint>,
+) -> bool {
+    let Some(icmp) = ptr_at::<[u8; 2]>(data, data_end, ETH_LEN + ihl * 4) else {
+        count(Counter::PolicyDeniedIcmp);
+        return false;
+    };
+    let (icmp_type, icmp_code) = unsafe { ((*icmp)[0], (*icmp)[1]) };
+    if matches!(
+        icmp_type,
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
+    ) {
+        return icmp_error_allowed(data, data_end, frame_len, sender, receiver);
+    }
+    let f = PFlow {
+        proto: PROTO_ICMP,
+        src_be,
+        dst_be,
+        sport_be: 0,
+        dport_be: 0,
+        icmp_type,
+        icmp_code,
+        seg: Seg::default(),
+    };
+    icmp_rules_allow(&f, sender, receiver)
+}
+
+/// An ICMP error: about a tracked flow of each end with policy, or dropped.
+#[inline(always)]
+fn icmp_error_allowed(
+    data: usize,
+    data_end: usize,
+    frame_len: usize,
+    sender: Option<Endpoint>,
+    receiver: Option<Endpoint>,
+) -> bool {
+    let ok = match parse_icmp_error_quoting::<true>(data, data_end, frame_len) {
         Some(e) => {
-            a.is_none_or(|ep| icmp_error_tracked(&e, ep))
-                && b.is_none_or(|ep| icmp_error_tracked(&e, ep))
+            (sender.is_none() || icmp_error_tracked(&e, e.outer_src_be))
+                && (receiver.is_none() || icmp_error_tracked(&e, e.outer_dst_be))
         }
         None => false,
     };
@@ -261,6 +306,25 @@ fn icmp_allowed(e: Option<IcmpError>, a: Option<u32>, b: Option<u32>) -> bool {
         count(Counter::PolicyDeniedIcmp);
     }
     ok
+}
+
+/// ICMP that is neither echo nor an error, judged packet by packet by the
+/// sender's egress and the receiver's ingress rules.
+#[inline(always)]
+fn icmp_rules_allow(f: &PFlow, sender: Option<Endpoint>, receiver: Option<Endpoint>) -> bool {
+    if let Some(ep) = sender {
+        if !policy_allows(ep.task_id, berth_maps::DIR_EGRESS, f, f.dst_be, 0) {
+            count(Counter::PolicyDeniedEgress);
+            return false;
+        }
+    }
+    if let Some(ep) = receiver {
+        if !policy_allows(ep.task_id, DIR_INGRESS, f, f.src_be, 0) {
+            count(Counter::PolicyDeniedIngress);
+            return false;
+        }
+    }
+    true
 }
 
 /// A later fragment where either end has policy: what its first fragment

@@ -84,3 +84,26 @@ pub fn count_flows_of(bpffs: &Path, ctr_ip: Ipv4Addr) -> Result<usize> {
         .filter(|k| k.src_addr_be == addr)
         .count())
 }
+
+/// The established TCP flow of a published port, as BERTH_NAT keys it (by
+/// its reply tuple: container -> client), or `None`.
+pub fn nat_tcp_flow(
+    bpffs: &Path,
+    ctr: std::net::SocketAddrV4,
+    client: std::net::SocketAddrV4,
+) -> Result<Option<NatEntry>> {
+    let map = nat_map(bpffs)?;
+    let key = FlowKey {
+        src_addr_be: u32::from_ne_bytes(ctr.ip().octets()),
+        dst_addr_be: u32::from_ne_bytes(client.ip().octets()),
+        src_port_be: ctr.port().to_be(),
+        dst_port_be: client.port().to_be(),
+        proto: PROTO_TCP,
+        _pad: [0; 3],
+    };
+    match map.get(&key, 0) {
+        Ok(v) => Ok(Some(v)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e).context("reading BERTH_NAT"),
+    }
+}

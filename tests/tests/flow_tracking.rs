@@ -4,10 +4,15 @@
 //! - One client port to two host ports of one container port (UDP and
 //!   TCP): each flow gets its own reply tuple, each reply comes from the
 //!   host port it answers.
+//! - A spoofed RST or FIN from the LAN with the flow's 4-tuple but a
+//!   sequence number outside the window: forwarded, counted, and the flow
+//!   not marked closing; an in-window RST marks it.
 //! - A bounded flood of spoofed SYNs (frames built with `pkt`, injected
 //!   through a packet socket in the client's namespace) against a daemon
 //!   with small flow tables: afterwards, and meanwhile on another task, new
 //!   connections work at once and an established one keeps working.
+//! - The same for the security groups' tracking table: a task with groups
+//!   floods SYNs at another one's ports over the bridge.
 use std::{
     io::{BufRead, BufReader, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
@@ -21,8 +26,12 @@ use std::{
 };
 
 use berth_integration::{
-    pkt::Packet, Bpffs, Daemon, DaemonOptions, NetNs, Topology, UdpEchoServer,
+    flows::nat_tcp_flow,
+    pkt::{self, Packet},
+    rawsock::{ipv4_tuple, RawSocket},
+    tcp_connect, Bpffs, Daemon, DaemonOptions, NetNs, Topology, UdpEchoServer,
 };
+use berth_maps::{NAT_F_CLOSING, NAT_F_ESTABLISHED};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(5);
@@ -366,6 +375,297 @@ fn spoofed_syn_flood_neither_blocks_new_flows_nor_breaks_established_ones() {
     );
     assert_eq!(
         s.counter("nat_table_full"),
+        0,
+        "the flood established nothing"
+    );
+}
+
+/// The sequence number `from` will send next on the TCP connection
+/// `from` -> `to`, from the segments `sock` captured (the last one's end:
+/// sequence number plus payload, SYN and FIN).
+fn next_seq(sock: &RawSocket, from: SocketAddrV4, to: SocketAddrV4) -> u32 {
+    let segs = sock
+        .collect(Duration::from_millis(300), |f| {
+            ipv4_tuple(f) == Some((pkt::TCP, *from.ip(), *to.ip(), from.port(), to.port()))
+        })
+        .expect("capture");
+    let f = segs
+        .last()
+        .expect("a segment of the connection was captured");
+    let ip = &f[pkt::ETH_LEN..];
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let tcp = &ip[ihl..];
+    let doff = (tcp[12] >> 4) as usize * 4;
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    let flags = tcp[13];
+    let ctl = u32::from(flags & pkt::SYN != 0) + u32::from(flags & pkt::FIN != 0);
+    seq.wrapping_add((tot - ihl - doff) as u32)
+        .wrapping_add(ctl)
+}
+
+/// A RST or FIN from the LAN with the flow's addresses and ports, as an
+/// attacker who guessed the 4-tuple would send it.
+fn forged_segment(s: &Setup, client: SocketAddrV4, port: u16, flags: u8, seq: u32) -> Vec<u8> {
+    let mut p = Packet::tcp(
+        *client.ip(),
+        client.port(),
+        berth_integration::topology::addr::HOST_IP,
+        port,
+    );
+    p.eth_dst = s.topo.host.uplink_link().expect("uplink").mac;
+    p.eth_src = s.topo.client.link().expect("client link").mac;
+    (p.tcp_flags, p.tcp_seq, p.tcp_ack) = (flags, seq, 0);
+    p.frame()
+}
+
+/// Waits until `cond` holds (up to 2 s), so counters read after a frame
+/// was injected see it.
+fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// Issue 9 item 7: a RST or FIN with a guessed 4-tuple but a sequence
+/// number outside the window must not cut the flow's tracking short (to
+/// 60 s); one within it does.
+#[test]
+fn a_spoofed_rst_or_fin_outside_the_window_does_not_mark_the_flow_closing() {
+    let s = setup(&[]);
+    start_line_echo(&s.topo.container.ns, 80);
+    s.map_add("web", "172.17.0.2", &["8085:80"]);
+    let host = SocketAddrV4::new(berth_integration::topology::addr::HOST_IP, 8085);
+    let ctr = SocketAddrV4::new(berth_integration::topology::addr::CONTAINER_IP, 80);
+    let lan = RawSocket::open_in(&s.topo.client.ns, "eth0").expect("packet socket");
+    let mut conn = s
+        .topo
+        .client
+        .ns
+        .run(|| connect_from("0.0.0.0:0".parse().unwrap(), host_addr(8085)))
+        .expect("connect");
+    let SocketAddr::V4(client) = conn.local_addr().unwrap() else {
+        unreachable!()
+    };
+    ask(&mut conn, "hello");
+    let flags = || {
+        nat_tcp_flow(s.daemon.bpffs(), ctr, client)
+            .expect("read BERTH_NAT")
+            .expect("the flow is tracked")
+            .flags
+    };
+    assert!(
+        eventually(|| flags() & NAT_F_ESTABLISHED != 0),
+        "established"
+    );
+    assert_eq!(flags() & NAT_F_CLOSING, 0);
+
+    let oow = s.counter("tcp_out_of_window");
+    // Far outside any window the flow has seen (a quarter of the space).
+    for (i, kind) in [(1, pkt::RST), (2, pkt::FIN | pkt::ACK)] {
+        let nxt = next_seq(&lan, client, host);
+        let forged = forged_segment(&s, client, 8085, kind, nxt.wrapping_add(0x4000_0000));
+        lan.send(&forged).expect("inject");
+        assert!(
+            eventually(|| s.counter("tcp_out_of_window") == oow + i),
+            "the out-of-window segment is counted ({} -> {})",
+            oow,
+            s.counter("tcp_out_of_window")
+        );
+        assert_eq!(flags() & NAT_F_CLOSING, 0, "flags {:#x}", flags());
+        ask(&mut conn, "still there");
+    }
+
+    // The same RST with the sequence number the client sends next.
+    let nxt = next_seq(&lan, client, host);
+    lan.send(&forged_segment(&s, client, 8085, pkt::RST, nxt))
+        .expect("inject");
+    assert!(
+        eventually(|| flags() & NAT_F_CLOSING != 0),
+        "an in-window RST marks the flow closing"
+    );
+    assert_eq!(s.counter("tcp_out_of_window"), oow + 2);
+}
+
+/// Entries in use in the pinned map `name`, from `berth status --json`.
+fn map_entries(s: &Setup, name: &str) -> u64 {
+    fn find(v: &Value, name: &str) -> Option<u64> {
+        match v {
+            Value::Object(o) if o.get("name").and_then(Value::as_str) == Some(name) => {
+                o.get("entries").and_then(Value::as_u64)
+            }
+            Value::Object(o) => o.values().find_map(|v| find(v, name)),
+            Value::Array(a) => a.iter().find_map(|v| find(v, name)),
+            _ => None,
+        }
+    }
+    let out = s.daemon.cli_ok(["status", "--json"]).expect("status");
+    let v: Value = serde_json::from_str(&out).expect("status --json is JSON");
+    find(&v, name).unwrap_or_else(|| panic!("no map {name} in {out}"))
+}
+
+/// Sends `n` SYNs from `from`'s eth0 (its own address: berth drops a
+/// container's forged sources before they reach the tracking table) to
+/// `to`, from and to ports spread over the whole range: what a task that
+/// wants to exhaust the table does. Nobody completes a handshake.
+fn syn_flood_over_the_bridge(
+    from: &berth_integration::Container,
+    to: &berth_integration::Container,
+    n: u32,
+) -> Duration {
+    let raw = RawSocket::open_in(&from.ns, "eth0").expect("packet socket");
+    let (src_mac, dst_mac) = (from.link().expect("link").mac, to.link().expect("link").mac);
+    let start = Instant::now();
+    let mut x: u32 = 0x2545_f491;
+    let mut sent = 0;
+    while sent < n {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let mut p = Packet::tcp(
+            from.ip,
+            1024 + (x >> 16) as u16 % 60000,
+            to.ip,
+            1024 + (x as u16) % 60000,
+        );
+        (p.eth_src, p.eth_dst, p.tcp_seq) = (src_mac, dst_mac, x);
+        match raw.send(&p.frame()) {
+            Ok(()) => sent += 1,
+            Err(e)
+                if e.downcast_ref::<std::io::Error>()
+                    .and_then(std::io::Error::raw_os_error)
+                    == Some(libc::ENOBUFS) =>
+            {
+                thread::sleep(Duration::from_micros(200));
+            }
+            Err(e) => panic!("send: {e:#}"),
+        }
+    }
+    start.elapsed()
+}
+
+/// Issue 9 item 6 for the security groups' table (BERTH_CT_NEW /
+/// BERTH_CT): task A floods task B with SYNs over the bridge, 15 times
+/// the unestablished table and 7 times the established one. Meanwhile
+/// task C's new connections to B all complete; afterwards new connections
+/// from A and C work at once, and C's connection opened before the flood
+/// keeps working.
+#[test]
+fn a_syn_flood_between_tasks_with_groups_refuses_no_other_tasks_flows() {
+    let s = setup(&["--ct-max", "4096", "--ct-embryonic-max", "2048"]);
+    let c = s
+        .topo
+        .new_container("ctr3", Ipv4Addr::new(172, 17, 0, 4))
+        .expect("third container");
+    let (a, b) = (&s.topo.container, &s.topo.container2);
+    start_line_echo(&b.ns, 80);
+    s.map_add("a", "172.17.0.2", &["8085:80"]);
+    s.map_add("b", "172.17.0.3", &["8086:80"]);
+    s.map_add("c", "172.17.0.4", &["8087:80"]);
+    for args in [
+        &["sg", "create", "mesh"][..],
+        &[
+            "sg",
+            "rule",
+            "add",
+            "mesh",
+            "--ingress",
+            "--proto",
+            "tcp",
+            "--port",
+            "1-65535",
+            "--sg",
+            "mesh",
+        ],
+        &["sg", "attach", "mesh", "--task", "a"],
+        &["sg", "attach", "mesh", "--task", "b"],
+        &["sg", "attach", "mesh", "--task", "c"],
+    ] {
+        s.daemon.cli_ok(args).expect("sg");
+    }
+    let b_addr = b.addr(80);
+    let connect_c = || {
+        c.ns.run(|| connect_from("0.0.0.0:0".parse().unwrap(), b_addr))
+    };
+    // The daemon hooks the new port and learns its address within 250 ms.
+    let mut before = None;
+    for _ in 0..50 {
+        if let Ok(conn) = connect_c() {
+            before = Some(conn);
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let mut before = before.expect("c reaches b before the flood");
+    let peer = ask(&mut before, "before the flood");
+    assert_eq!(peer.ip(), c.ip);
+
+    let stop = AtomicBool::new(false);
+    let (fails, slowest, ok, took) = thread::scope(|sc| {
+        let during = sc.spawn(|| {
+            let (mut fails, mut slowest, mut ok) = (Vec::new(), Duration::ZERO, 0);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                match connect_c() {
+                    Ok(mut conn) => {
+                        ask(&mut conn, "during the flood");
+                        slowest = slowest.max(t.elapsed());
+                        ok += 1;
+                    }
+                    Err(e) => fails.push(e.to_string()),
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            (fails, slowest, ok)
+        });
+        let took = syn_flood_over_the_bridge(a, b, 30_000);
+        stop.store(true, Ordering::Relaxed);
+        let (fails, slowest, ok) = during.join().unwrap();
+        (fails, slowest, ok, took)
+    });
+    println!(
+        "flood of 30000 SYNs took {took:?}; {ok} connections from c meanwhile, slowest {slowest:?}"
+    );
+    assert!(ok > 0, "no connection from c during the flood");
+    assert!(fails.is_empty(), "c's connections failed: {fails:?}");
+    // A dropped SYN or SYN-ACK is retransmitted after a second: anything
+    // near that means one of c's packets was refused.
+    assert!(
+        slowest < Duration::from_millis(900),
+        "a connection from c took {slowest:?}"
+    );
+    // An LRU map evicts in batches, so "full" is most of its capacity.
+    let unestablished = map_entries(&s, "BERTH_CT_NEW");
+    println!("BERTH_CT_NEW holds {unestablished} of 2048 flows");
+    assert!(
+        unestablished >= 1024,
+        "the flood reached the unestablished table: {unestablished}"
+    );
+
+    let started = Instant::now();
+    for (who, ns) in [("c", &c.ns), ("a", &a.ns)] {
+        let mut conn = ns
+            .run(|| tcp_connect(b_addr, T))
+            .unwrap_or_else(|e| panic!("new connection from {who} after the flood: {e}"));
+        ask(&mut conn, "after the flood");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        ask(&mut before, "after the flood"),
+        peer,
+        "established flow kept"
+    );
+    assert_eq!(
+        s.counter("ct_table_full"),
         0,
         "the flood established nothing"
     );

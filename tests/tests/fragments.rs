@@ -10,7 +10,9 @@ use std::{
 };
 
 use berth_integration::{
-    pkt::Packet, udp_request, Bpffs, Daemon, DaemonOptions, NetNs, Topology, UdpEchoServer,
+    pkt::{self, Packet},
+    rawsock::{ipv4_tuple, RawSocket},
+    udp_request, Bpffs, Daemon, DaemonOptions, NetNs, Topology, UdpEchoServer,
 };
 use serde_json::Value;
 
@@ -369,7 +371,7 @@ fn a_container_forging_an_icmp_error_about_another_containers_flow_does_not_reac
 }
 
 #[test]
-fn a_container_with_groups_gets_icmp_errors_about_its_flows_and_no_other_icmp() {
+fn a_container_with_groups_gets_icmp_errors_about_its_flows_and_other_icmp_by_its_rules() {
     let s = setup(None);
     let _dns = UdpEchoServer::start_in(&s.topo.container.ns, any(53)).unwrap();
     s.berth(&[
@@ -433,14 +435,27 @@ fn a_container_with_groups_gets_icmp_errors_about_its_flows_and_no_other_icmp() 
     }
     assert!(route.contains("mtu 1200"), "container route: {route}");
 
-    // A timestamp request from a neighbour is neither echo nor an error.
+    // A timestamp request from a neighbour is neither echo nor an error:
+    // the group's rules decide, and they open no ICMP yet.
     let (c1, c2) = (Ipv4Addr::new(172, 17, 0, 2), Ipv4Addr::new(172, 17, 0, 3));
+    let at_c2 = RawSocket::open_in(&s.topo.container2.ns, "eth0").expect("packet socket");
+    let is_ts_answer = move |f: &[u8]| {
+        matches!(ipv4_tuple(f), Some((pkt::ICMP, src, dst, _, _)) if src == c1 && dst == c2)
+            && f.get(pkt::ETH_LEN + 20) == Some(&14)
+    };
     let ts = Packet::icmp(c2, c1, 13, 0, [0, 1, 0, 1]).ipv4();
-    s.topo
-        .container2
-        .ns
-        .run(move || send_raw_ipv4(&ts, c1))
-        .expect("send timestamp request");
+    let ingress_denied = s.counter("policy_denied_ingress");
+    let send_ts = |ts: Vec<u8>| {
+        s.topo
+            .container2
+            .ns
+            .run(move || send_raw_ipv4(&ts, c1))
+            .expect("send timestamp request")
+    };
+    send_ts(ts.clone());
+    let answers = at_c2.collect(LOST, is_ts_answer).unwrap();
+    assert!(answers.is_empty(), "answered without a rule");
+    assert!(s.counter("policy_denied_ingress") > ingress_denied);
     // An error about a flow the container never had.
     let never = Packet::udp(c1, 53, c2, 40999);
     let forged = Packet::icmp_error(c2, c1, 3, 3, [0; 4], &never, 28).ipv4();
@@ -451,14 +466,52 @@ fn a_container_with_groups_gets_icmp_errors_about_its_flows_and_no_other_icmp() 
         .expect("send port unreachable");
     let mut now = s.counter("policy_denied_icmp");
     for _ in 0..50 {
-        if now >= denied + 2 {
+        if now > denied {
             break;
         }
         thread::sleep(Duration::from_millis(20));
         now = s.counter("policy_denied_icmp");
     }
     assert!(
-        now >= denied + 2,
-        "both dropped at the veth: {denied} -> {now}"
+        now > denied,
+        "the forged error dropped at the veth: {denied} -> {now}"
     );
+
+    // A rule for timestamps opens them (as in AWS); the answer leaves by
+    // the group's egress (everything, in a new group).
+    s.berth(&[
+        "sg",
+        "rule",
+        "add",
+        "dns",
+        "--ingress",
+        "--proto",
+        "icmp",
+        "--icmp-type",
+        "13",
+        "--cidr",
+        "172.17.0.0/16",
+    ]);
+    send_ts(ts);
+    let answers = at_c2.collect(LOST, is_ts_answer).unwrap();
+    assert_eq!(answers.len(), 1, "one timestamp reply");
+
+    // The container pings the client with TTL 1: the host, a hop on the
+    // way, says time exceeded, quoting the tracked ping.
+    let at_c1 = RawSocket::open_in(&s.topo.container.ns, "eth0").expect("packet socket");
+    let mut ping = Packet::icmp(c1, client_ip, 8, 0, [0x51, 0x7e, 0, 1]);
+    ping.ttl = 1;
+    let ping = ping.ipv4();
+    s.topo
+        .container
+        .ns
+        .run(move || send_raw_ipv4(&ping, client_ip))
+        .expect("send ping");
+    let exceeded = at_c1
+        .collect(LOST, move |f| {
+            matches!(ipv4_tuple(f), Some((pkt::ICMP, _, dst, _, _)) if dst == c1)
+                && f.get(pkt::ETH_LEN + 20) == Some(&11)
+        })
+        .unwrap();
+    assert_eq!(exceeded.len(), 1, "the time-exceeded reaches the pinger");
 }

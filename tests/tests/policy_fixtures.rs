@@ -555,25 +555,18 @@ fn icmp_error_about(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, code: u8, about: &Pack
 }
 
 #[test]
-fn icmp_other_than_echo_passes_only_as_an_error_about_a_tracked_flow_of_its_endpoint() {
+fn icmp_errors_pass_only_about_a_tracked_flow_of_their_endpoint() {
     in_fixture_ns(|env| {
         setup(env);
         let denied = env.counter(Counter::PolicyDeniedIcmp);
-        // Not an error, not echo: a timestamp request.
-        let ts = Packet::icmp(OTHER, C2, 13, 0, [0, 1, 0, 1]).frame();
-        assert_eq!(verdict(env, "berth_to_ctr", &ts), SHOT);
-        let ts = Packet::icmp(C1, OTHER, 13, 0, [0, 1, 0, 1]).frame();
-        assert_eq!(verdict(env, "berth_from_ctr", &ts), SHOT);
-        let ts = Packet::icmp(OTHER, C3, 13, 0, [0, 1, 0, 1]).frame();
-        assert_eq!(verdict(env, "berth_to_ctr", &ts), OK, "no policy");
-        assert_eq!(env.counter(Counter::PolicyDeniedIcmp), denied + 2);
-
         // db's connection to OTHER:443, then a router's errors about it.
         let out = from(C1, 40000, OTHER, 443);
         assert_eq!(verdict(env, "berth_from_ctr", &out.frame()), OK);
         let router = Ipv4Addr::new(203, 0, 113, 1);
         let frag_needed = icmp_error_about(router, C1, 3, 4, &out);
         assert_eq!(verdict(env, "berth_to_ctr", &frag_needed), OK);
+        let ttl_exceeded = icmp_error_about(router, C1, 11, 0, &out);
+        assert_eq!(verdict(env, "berth_to_ctr", &ttl_exceeded), OK);
         // About a flow db never opened.
         let never = from(C1, 40001, OTHER, 443);
         let e = icmp_error_about(router, C1, 3, 4, &never);
@@ -596,9 +589,110 @@ fn icmp_other_than_echo_passes_only_as_an_error_about_a_tracked_flow_of_its_endp
         (got.dst, got.dport, got.ttl) = (C2, 80, 63);
         let e = icmp_error_about(C2, CLIENT, 3, 3, &got);
         assert_eq!(verdict(env, "berth_from_ctr", &e), OK);
-        // A redirect is not an error berth accepts.
-        let e = icmp_error_about(router, C1, 5, 1, &out);
+        // Rules never open an error: api's egress allows all, yet its
+        // unreachable about nothing stays in.
+        let e = icmp_error_about(C2, OTHER, 3, 3, &from(OTHER, 40000, C2, 9));
+        assert_eq!(verdict(env, "berth_from_ctr", &e), SHOT);
+        assert_eq!(env.counter(Counter::PolicyDeniedIcmp), denied + 4);
+    });
+}
+
+#[test]
+fn a_time_exceeded_about_a_tracked_ping_reaches_the_pinger() {
+    in_fixture_ns(|env| {
+        setup(env);
+        let denied = env.counter(Counter::PolicyDeniedIcmp);
+        // api pings OTHER (its egress allows all): an echo flow, id 7.
+        let ping = Packet::icmp(C2, OTHER, 8, 0, [0, 7, 0, 1]);
+        assert_eq!(verdict(env, "berth_from_ctr", &ping.frame()), OK);
+        let router = Ipv4Addr::new(198, 51, 100, 1);
+        // A hop on the way says time exceeded, quoting the request.
+        let e = icmp_error_about(router, C2, 11, 0, &ping);
+        assert_eq!(verdict(env, "berth_to_ctr", &e), OK);
+        // OTHER pings api (its ingress opens echo), and a hop drops api's
+        // reply: the error quotes the reverse of that tracked flow.
+        let ping_in = Packet::icmp(OTHER, C2, 8, 0, [0, 9, 0, 1]);
+        assert_eq!(verdict(env, "berth_to_ctr", &ping_in.frame()), OK);
+        let reply = Packet::icmp(C2, OTHER, 0, 0, [0, 9, 0, 1]);
+        let e = icmp_error_about(router, C2, 11, 0, &reply);
+        assert_eq!(verdict(env, "berth_to_ctr", &e), OK);
+        // Another identifier: no such ping.
+        let other = Packet::icmp(C2, OTHER, 8, 0, [0, 8, 0, 1]);
+        let e = icmp_error_about(router, C2, 11, 0, &other);
         assert_eq!(verdict(env, "berth_to_ctr", &e), SHOT);
+        // A quoted ICMP that is not echo has no flow.
+        let ts = Packet::icmp(C2, OTHER, 13, 0, [0, 7, 0, 1]);
+        let e = icmp_error_about(router, C2, 11, 0, &ts);
+        assert_eq!(verdict(env, "berth_to_ctr", &e), SHOT);
+        assert_eq!(env.counter(Counter::PolicyDeniedIcmp), denied + 2);
+    });
+}
+
+fn icmp_rule(ty: Option<u8>, code: Option<u8>, peer: RulePeer) -> PolicyRule {
+    PolicyRule {
+        proto: Some(RuleProto::Icmp),
+        ports: (0, 0),
+        icmp_type: ty,
+        icmp_code: code,
+        peer,
+    }
+}
+
+#[test]
+fn icmp_other_than_echo_and_errors_is_judged_per_packet_by_the_rules() {
+    in_fixture_ns(|env| {
+        setup(env);
+        let (ing, egr) = (
+            env.counter(Counter::PolicyDeniedIngress),
+            env.counter(Counter::PolicyDeniedEgress),
+        );
+        let ts_to = |dst| Packet::icmp(OTHER, dst, 13, 0, [0, 1, 0, 1]).frame();
+        // api's ingress opens echo only; db's opens no ICMP at all.
+        assert_eq!(verdict(env, "berth_to_ctr", &ts_to(C2)), SHOT);
+        assert_eq!(verdict(env, "berth_to_ctr", &ts_to(C1)), SHOT);
+        assert_eq!(verdict(env, "berth_to_ctr", &ts_to(C3)), OK, "no policy");
+        // A timestamp rule for api, and `all` from api's group for db.
+        set_rules(
+            env,
+            API_TASK,
+            DIR_INGRESS,
+            &[icmp_rule(Some(13), Some(0), any())],
+        );
+        set_rules(
+            env,
+            DB_TASK,
+            DIR_INGRESS,
+            &[tcp(true, 0, 65535, RulePeer::Group(SG_API))],
+        );
+        assert_eq!(verdict(env, "berth_to_ctr", &ts_to(C2)), OK, "type 13 rule");
+        let code1 = Packet::icmp(OTHER, C2, 13, 1, [0, 1, 0, 1]).frame();
+        assert_eq!(verdict(env, "berth_to_ctr", &code1), SHOT, "code 0 only");
+        assert_eq!(verdict(env, "berth_to_ctr", &ts_to(C1)), SHOT, "not sg-api");
+        // api -> db: api's egress (all) and db's ingress (all from sg-api).
+        let east = Packet::icmp(C2, C1, 13, 0, [0, 1, 0, 1]).frame();
+        assert_eq!(verdict(env, "berth_from_ctr", &east), OK);
+        // Nothing is tracked: db's answer is judged by db's egress (443
+        // only) and api's ingress (type 13 only) and refused.
+        let answer = Packet::icmp(C1, C2, 14, 0, [0, 1, 0, 1]).frame();
+        assert_eq!(verdict(env, "berth_from_ctr", &answer), SHOT);
+        set_rules(env, DB_TASK, DIR_EGRESS, &[icmp_rule(None, None, any())]);
+        assert_eq!(
+            verdict(env, "berth_from_ctr", &answer),
+            SHOT,
+            "api's ingress"
+        );
+        set_rules(
+            env,
+            API_TASK,
+            DIR_INGRESS,
+            &[icmp_rule(Some(14), None, RulePeer::Group(SG_DB))],
+        );
+        assert_eq!(verdict(env, "berth_from_ctr", &answer), OK);
+        // A redirect is no error berth tracks: db's egress rules decide.
+        let redirect = icmp_error_about(C1, OTHER, 5, 1, &from(OTHER, 1, C1, 2));
+        assert_eq!(verdict(env, "berth_from_ctr", &redirect), OK);
+        assert_eq!(env.counter(Counter::PolicyDeniedIngress), ing + 5);
+        assert_eq!(env.counter(Counter::PolicyDeniedEgress), egr + 1);
     });
 }
 

@@ -6,7 +6,7 @@
 use std::{
     net::{Ipv4Addr, SocketAddr},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use berth_integration::{
@@ -382,4 +382,116 @@ fn a_container_cannot_spoof_a_group_member_to_reach_a_third() {
         "{}",
         s.daemon.stderr()
     );
+}
+
+/// From the moment `ip addr add` returned in `ns`, how long until a
+/// datagram from `src` to `to` got through: one probe every 2 ms, each
+/// numbered; the first answer names the probe that passed.
+fn first_passing_probe(ns: &berth_integration::NetNs, src: Ipv4Addr, to: SocketAddr) -> Duration {
+    ns.run(|| {
+        let t0 = Instant::now();
+        let sock = std::net::UdpSocket::bind((src, 0)).expect("bind the new address");
+        sock.set_read_timeout(Some(Duration::from_millis(2)))
+            .unwrap();
+        let mut sent = Vec::new();
+        let mut buf = [0u8; 512];
+        while t0.elapsed() < Duration::from_secs(4) {
+            sock.send_to(format!("probe {}", sent.len()).as_bytes(), to)
+                .expect("send");
+            sent.push(t0.elapsed());
+            if let Ok(n) = sock.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let i: usize = text
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|i| i.parse().ok())
+                    .unwrap_or_else(|| panic!("odd answer {text:?}"));
+                return sent[i];
+            }
+        }
+        panic!("nothing from {src} got through in 4 s");
+    })
+}
+
+/// A container whose address is set after its veth joined the bridge (as
+/// CNI plugins and Docker do) may send, under policy, within milliseconds
+/// of the address being set: the daemon follows address events in the
+/// containers' namespaces instead of waiting for its next poll (250 ms
+/// for a port without addresses, 2 s for one that has some).
+#[test]
+fn a_container_can_send_within_milliseconds_of_its_address_being_set() {
+    let s = setup();
+    let _echo = UdpEchoServer::start_in(&s.topo.container2.ns, any(53)).unwrap();
+    // The receiver has groups, so every sender's source is checked.
+    s.berth(&[
+        "map",
+        "add",
+        "--task",
+        "t2",
+        "--ip",
+        "172.17.0.3",
+        "-p",
+        "5353:53/udp",
+    ]);
+    s.berth(&["sg", "create", "sg-dns"]);
+    s.berth(&[
+        "sg",
+        "rule",
+        "add",
+        "sg-dns",
+        "--ingress",
+        "--proto",
+        "udp",
+        "--port",
+        "53",
+        "--cidr",
+        "172.17.0.0/16",
+    ]);
+    s.berth(&["sg", "attach", "sg-dns", "--task", "t2"]);
+
+    // A container's veth, enslaved and up, its end still without address.
+    let late = berth_integration::NetNs::new("late").unwrap();
+    s.topo
+        .host
+        .ns
+        .ip([
+            "link",
+            "add",
+            "vethlate",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            late.name(),
+        ])
+        .unwrap();
+    s.topo
+        .host
+        .ns
+        .ip(["link", "set", "vethlate", "master", "docker0", "up"])
+        .unwrap();
+    late.ip(["link", "set", "eth0", "up"]).unwrap();
+    late.exec("ethtool", ["-K", "eth0", "tx", "off"]).unwrap();
+    // Hooked, and polled at least once while it had no address.
+    thread::sleep(VETH_POLL);
+
+    let to = SocketAddr::from((CONTAINER2_IP, 53));
+    let first = Ipv4Addr::new(172, 17, 0, 9);
+    late.ip(["addr", "add", "172.17.0.9/16", "dev", "eth0"])
+        .unwrap();
+    let took_first = first_passing_probe(&late, first, to);
+    // A second address on a port whose addresses are known.
+    let second = Ipv4Addr::new(172, 17, 0, 10);
+    late.ip(["addr", "add", "172.17.0.10/16", "dev", "eth0"])
+        .unwrap();
+    let took_second = first_passing_probe(&late, second, to);
+    println!("first address usable after {took_first:?}, a second one after {took_second:?}");
+    for (what, took) in [("first", took_first), ("second", took_second)] {
+        assert!(
+            took < Duration::from_millis(50),
+            "the {what} address was usable only after {took:?}"
+        );
+    }
 }

@@ -40,9 +40,9 @@ const IFADDRMSG_LEN: usize = 8;
 /// The veth peer of a port: its ifindex in the namespace `netnsid` names
 /// (`None`: the port's own namespace).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Peer {
-    ifindex: u32,
-    netnsid: Option<i32>,
+pub(super) struct Peer {
+    pub ifindex: u32,
+    pub netnsid: Option<i32>,
 }
 
 /// An rtnetlink socket with strict checking on.
@@ -253,15 +253,15 @@ impl Rtnl {
 }
 
 /// The IPv4 addresses of bridge port `ifindex`: those of its veth peer in
-/// the container's namespace. `Ok(None)`: the port is not a veth, or its
-/// peer is gone, so nothing can be learned.
-pub(super) fn port_addrs(ifindex: u32) -> io::Result<Option<Vec<Ipv4Addr>>> {
+/// the container's namespace, and that peer. `Ok(None)`: the port is not a
+/// veth, or its peer is gone, so nothing can be learned.
+pub(super) fn port_addrs(ifindex: u32) -> io::Result<Option<(Peer, Vec<Ipv4Addr>)>> {
     let mut nl = Rtnl::open()?;
     let Some(peer) = nl.veth_peer(ifindex)? else {
         return Ok(None);
     };
     match nl.ipv4_addrs(peer) {
-        Ok(a) => Ok(Some(a)),
+        Ok(a) => Ok(Some((peer, a))),
         // The container's namespace went away between the two requests.
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV) | Some(libc::EINVAL)) => Ok(None),
         Err(e) => Err(e),
@@ -361,6 +361,6 @@ mod tests {
     /// This test's own namespace has `lo`, which is no veth.
     #[test]
     fn a_port_that_is_not_a_veth_has_nothing_to_learn() {
-        assert_eq!(port_addrs(1).unwrap(), None);
+        assert!(port_addrs(1).unwrap().is_none());
     }
 }

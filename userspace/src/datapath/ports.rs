@@ -34,7 +34,7 @@ use berth_maps::{PortAddrs, CONFIG_BRIDGE_MAC, HOOKED_PORTS_MAP, PORT_ADDRS_MAX}
 
 use super::{
     bpf::attach_pinned,
-    port_addrs::{port_addrs, resolve_claims},
+    port_addrs::{port_addrs, resolve_claims, Peer},
     DatapathError,
 };
 
@@ -45,7 +45,8 @@ const RESYNC: Duration = Duration::from_secs(10);
 const WAKE: Duration = Duration::from_millis(250);
 /// Ports with no address yet (a container still being set up) are asked
 /// for their addresses this often; ports whose addresses are known, every
-/// [`ADDR_REFRESH`].
+/// [`ADDR_REFRESH`]. Both are the fallback: an address added or removed in
+/// a container's namespace is told at once (see [`LinkEvents`]).
 const ADDR_POLL: Duration = Duration::from_millis(250);
 const ADDR_REFRESH: Duration = Duration::from_secs(2);
 
@@ -236,6 +237,10 @@ pub(super) fn watch(
     // Subscribe before the first listing, so no port falls between the two.
     let events = LinkEvents::open()
         .map_err(|e| DatapathError::Other(format!("netlink link events: {e}")))?;
+    // Before the first reading of addresses, so none set in between is missed.
+    let addr_events = AddrEvents::open()
+        .inspect_err(|e| tracing::warn!(error = %e, "no address events from containers' namespaces; polling their addresses only"))
+        .ok();
     // Addresses before hooks: a port's programs check what it sends against
     // BERTH_PORT_ADDRS from the moment they are attached (or swapped into
     // its pinned links), and that map starts empty after an upgrade from
@@ -256,7 +261,7 @@ pub(super) fn watch(
     let flag = stop.clone();
     let thread = thread::Builder::new()
         .name("berth-ports".into())
-        .spawn(move || follow(ports, addrs, events, &flag))
+        .spawn(move || follow(ports, addrs, events, addr_events, &flag))
         .map_err(|e| DatapathError::Other(format!("port watcher: {e}")))?;
     Ok(PortWatcher {
         stop,
@@ -264,32 +269,47 @@ pub(super) fn watch(
     })
 }
 
-fn follow(mut ports: Ports, mut addrs: PortAddrSync, events: LinkEvents, stop: &AtomicBool) {
+fn follow(
+    mut ports: Ports,
+    mut addrs: PortAddrSync,
+    events: LinkEvents,
+    addr_events: Option<AddrEvents>,
+    stop: &AtomicBool,
+) {
     let mut last_sync = Instant::now();
     let (mut last_addrs, mut last_full) = (Instant::now(), Instant::now());
     let mut buf = vec![0u8; 64 * 1024];
     while !stop.load(Ordering::Relaxed) {
         let mut resync = last_sync.elapsed() >= RESYNC;
-        match events.recv(&mut buf) {
-            Ok(n) => {
-                // The bridge may have been recreated under the same name.
-                match ifindex(&ports.bridge) {
-                    Some(bridge_index) => {
-                        for ev in parse_link_events(&buf[..n]) {
-                            if let Err(e) = ports.on_event(&ev, bridge_index) {
-                                tracing::warn!(port = %ev.name, error = %e, "attaching to a bridge port");
+        let (links_ready, addrs_ready) = wait_readable(&events.fd, addr_events.as_ref());
+        if let (true, Some(ae)) = (addrs_ready, &addr_events) {
+            if ae.drain(&mut buf, &ports.bridge, &mut addrs).is_err() {
+                // Events were lost: read every port's addresses.
+                addrs.sync(&ports.bridge, true);
+            }
+        }
+        if links_ready {
+            match events.recv(&mut buf) {
+                Ok(n) => {
+                    // The bridge may have been recreated under the same name.
+                    match ifindex(&ports.bridge) {
+                        Some(bridge_index) => {
+                            for ev in parse_link_events(&buf[..n]) {
+                                if let Err(e) = ports.on_event(&ev, bridge_index) {
+                                    tracing::warn!(port = %ev.name, error = %e, "attaching to a bridge port");
+                                }
                             }
                         }
+                        None => resync = true,
                     }
-                    None => resync = true,
                 }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-            Err(e) => {
-                // ENOBUFS: the kernel dropped events; read the whole list.
-                tracing::warn!(error = %e, "netlink link events lost; resyncing the bridge's ports");
-                resync = true;
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => {
+                    // ENOBUFS: the kernel dropped events; read the whole list.
+                    tracing::warn!(error = %e, "netlink link events lost; resyncing the bridge's ports");
+                    resync = true;
+                }
             }
         }
         if resync {
@@ -318,6 +338,9 @@ struct PortAddrSync {
     /// What each port's namespace said last time.
     claims: BTreeMap<u32, Vec<Ipv4Addr>>,
     contested: BTreeSet<Ipv4Addr>,
+    /// Each port's veth peer, as last learned: an address event names the
+    /// peer (namespace id, ifindex there), not the port.
+    peers: BTreeMap<u32, Peer>,
 }
 
 fn encode_port_addrs(addrs: &[Ipv4Addr]) -> PortAddrs {
@@ -349,12 +372,31 @@ impl PortAddrSync {
             claims: owned.clone(),
             owned,
             contested: BTreeSet::new(),
+            peers: BTreeMap::new(),
         }
+    }
+
+    /// An address of interface `index` in the namespace `nsid` names was
+    /// added or removed: re-read the port whose peer that is at once, or,
+    /// when no known port's is, every port without addresses yet (a new
+    /// container's, whose peer was not learned yet).
+    fn on_peer_addr_change(&mut self, bridge: &str, nsid: i32, index: u32) {
+        let port = self
+            .peers
+            .iter()
+            .find(|(_, p)| p.netnsid == Some(nsid) && p.ifindex == index)
+            .map(|(port, _)| *port);
+        self.sync_ports(bridge, false, port);
     }
 
     /// Learns the ports' addresses (all of them when `full`, else only the
     /// new ones and those with none yet) and writes what changed.
     fn sync(&mut self, bridge: &str, full: bool) {
+        self.sync_ports(bridge, full, None);
+    }
+
+    /// As [`Self::sync`], re-reading port `force` too.
+    fn sync_ports(&mut self, bridge: &str, full: bool, force: Option<u32>) {
         // A listing that fails changes nothing.
         let Ok(names) = bridge_ports(bridge) else {
             return;
@@ -366,9 +408,13 @@ impl PortAddrSync {
             };
             let old = self.claims.get(&ifindex).filter(|a| !a.is_empty());
             let learned = match old {
-                Some(a) if !full => Some(a.clone()),
+                Some(a) if !full && force != Some(ifindex) => Some(a.clone()),
                 _ => match port_addrs(ifindex) {
-                    Ok(a) => a,
+                    Ok(Some((peer, a))) => {
+                        self.peers.insert(ifindex, peer);
+                        Some(a)
+                    }
+                    Ok(None) => None,
                     Err(e) => {
                         tracing::warn!(port = %name, error = %e, "reading the port's addresses");
                         old.cloned()
@@ -409,6 +455,7 @@ impl PortAddrSync {
             let _ = self.map.remove(&port);
             self.owned.remove(&port);
         }
+        self.peers.retain(|port, _| claims.contains_key(port));
         self.claims = claims;
         self.contested = contested;
     }
@@ -429,6 +476,11 @@ struct LinkEvents {
 }
 
 const RTMGRP_LINK: u32 = 1;
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const SOL_NETLINK: libc::c_int = 270;
+const NETLINK_LISTEN_ALL_NSID: libc::c_int = 8;
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const IFLA_ADDRESS: u16 = 1;
@@ -490,12 +542,166 @@ impl LinkEvents {
     }
 }
 
+/// Whether the link socket and the address socket have something to read,
+/// waiting up to [`WAKE`] (so the thread sees its stop flag and timers).
+fn wait_readable(links: &OwnedFd, addrs: Option<&AddrEvents>) -> (bool, bool) {
+    let mut fds =
+        [links.as_raw_fd(), addrs.map_or(-1, |a| a.fd.as_raw_fd())].map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    // SAFETY: two valid pollfds (a negative fd is ignored by poll).
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, WAKE.as_millis() as libc::c_int) };
+    if rc <= 0 {
+        return (false, false);
+    }
+    let ready = |p: &libc::pollfd| p.revents & (libc::POLLIN | libc::POLLERR) != 0;
+    (ready(&fds[0]), ready(&fds[1]))
+}
+
+/// A NETLINK_ROUTE socket subscribed to IPv4 address changes in the
+/// containers' namespaces: with NETLINK_LISTEN_ALL_NSID it gets the events
+/// of every namespace that has an id in ours (each veth peer's namespace
+/// has one: it is the port's IFLA_LINK_NETNSID), tagged with that id, so a
+/// container's address is known as soon as it is set rather than at the
+/// next poll. Kept apart from [`LinkEvents`], so a link event of another
+/// namespace is never taken for one of ours.
+struct AddrEvents {
+    fd: OwnedFd,
+}
+
+impl AddrEvents {
+    fn open() -> io::Result<AddrEvents> {
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh fd nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: an all-zero sockaddr_nl is valid; we set the fields used.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = RTMGRP_IPV4_IFADDR;
+        // SAFETY: `addr` is a valid sockaddr_nl of the length given.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        set_sockopt(&fd, libc::SO_RCVBUF, &(1 << 20 as libc::c_int))?;
+        set_netlink_opt(&fd, NETLINK_LISTEN_ALL_NSID, &(1 as libc::c_int))?;
+        Ok(AddrEvents { fd })
+    }
+
+    /// Re-reads the port of every address event waiting; `Err` when the
+    /// kernel dropped some (ENOBUFS).
+    fn drain(&self, buf: &mut [u8], bridge: &str, addrs: &mut PortAddrSync) -> io::Result<()> {
+        loop {
+            match self.recv(buf) {
+                // Our own namespace's addresses are the host's: not a port's.
+                Ok((_, None)) => {}
+                Ok((n, Some(nsid))) => {
+                    for index in parse_addr_events(&buf[..n]) {
+                        addrs.on_peer_addr_change(bridge, nsid, index);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "address events lost; reading every port's addresses");
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// One datagram, and the id of the namespace it comes from when that
+    /// is not this one.
+    fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<i32>)> {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // u64s: aligned for a cmsghdr.
+        let mut control = [0u64; 8];
+        // SAFETY: an all-zero msghdr is valid; the fields used are set.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: `msg` points at `iov` and `control`, valid for their lengths.
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut nsid = None;
+        // SAFETY: walking the control messages recvmsg wrote into `control`.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == SOL_NETLINK
+                    && (*c).cmsg_type == NETLINK_LISTEN_ALL_NSID
+                    && (*c).cmsg_len as usize >= libc::CMSG_LEN(4) as usize
+                {
+                    nsid = Some(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>()));
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        Ok((n as usize, nsid))
+    }
+}
+
+/// The interface of each IPv4 address added or removed in one datagram.
+fn parse_addr_events(mut b: &[u8]) -> Vec<u32> {
+    let mut out = Vec::new();
+    while let Some(len) = u32_at(b, 0).map(|l| l as usize) {
+        if len < NLMSG_HDRLEN || len > b.len() {
+            break;
+        }
+        let ty = u16_at(b, 4).unwrap_or(0);
+        // ifaddrmsg: family, prefix length, flags, scope, ifindex.
+        let body = &b[NLMSG_HDRLEN..len];
+        if (ty == RTM_NEWADDR || ty == RTM_DELADDR) && body.first() == Some(&(libc::AF_INET as u8))
+        {
+            if let Some(index) = u32_at(body, 4) {
+                out.push(index);
+            }
+        }
+        b = b.get(align4(len)..).unwrap_or_default();
+    }
+    out.dedup();
+    out
+}
+
 fn set_sockopt<T>(fd: &OwnedFd, opt: libc::c_int, val: &T) -> io::Result<()> {
+    set_opt(fd, libc::SOL_SOCKET, opt, val)
+}
+
+fn set_netlink_opt<T>(fd: &OwnedFd, opt: libc::c_int, val: &T) -> io::Result<()> {
+    set_opt(fd, SOL_NETLINK, opt, val)
+}
+
+fn set_opt<T>(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int, val: &T) -> io::Result<()> {
     // SAFETY: `val` points to a `T` of the size given.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            libc::SOL_SOCKET,
+            level,
             opt,
             (val as *const T).cast(),
             std::mem::size_of::<T>() as libc::socklen_t,
@@ -596,6 +802,29 @@ mod tests {
         v.extend(payload);
         v.resize(align4(v.len()), 0);
         v
+    }
+
+    fn addr_msg(ty: u16, family: u8, index: u32) -> Vec<u8> {
+        let mut body = vec![family, 24, 0, 0];
+        body.extend(index.to_ne_bytes());
+        body.extend(rta(2, &[172, 17, 0, 9]));
+        let mut m = Vec::new();
+        m.extend(((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
+        m.extend(ty.to_ne_bytes());
+        m.extend([0u8; 10]);
+        m.extend(body);
+        m
+    }
+
+    #[test]
+    fn address_events_name_the_interface_in_their_namespace() {
+        let mut b = addr_msg(RTM_NEWADDR, libc::AF_INET as u8, 2);
+        b.extend(addr_msg(RTM_DELADDR, libc::AF_INET as u8, 7));
+        b.extend(addr_msg(RTM_NEWADDR, libc::AF_INET6 as u8, 9));
+        b.extend(link_msg(RTM_NEWLINK, 3, &[]));
+        assert_eq!(parse_addr_events(&b), [2, 7]);
+        b.extend([0xff, 0xff, 0, 0]); // a length past the end
+        assert_eq!(parse_addr_events(&b), [2, 7]);
     }
 
     fn link_msg(ty: u16, index: i32, attrs: &[Vec<u8>]) -> Vec<u8> {
