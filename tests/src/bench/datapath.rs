@@ -117,7 +117,7 @@ fn set_mappings(env: &mut Env, published: &mut usize, n: usize) {
 type Key = (&'static str, usize, Option<usize>);
 
 pub fn datapath_costs(s: &Settings) -> Value {
-    let repeat = s.dp_repeat;
+    let repeat = s.dp_runs;
     let samples = s.dp_samples;
     in_fixture_ns(move |env| -> Value {
         env.host_addr(HOST);
@@ -129,11 +129,11 @@ pub fn datapath_costs(s: &Settings) -> Value {
         let syn = |dst: Ipv4Addr, dport: u16| Packet::tcp(CLIENT, 40000, dst, dport).frame();
         let mut order: Vec<Key> = Vec::new();
         let mut got: std::collections::HashMap<Key, Vec<f64>> = Default::default();
-        let mut record = |k: Key, ns: u128| {
+        let mut record = |k: Key, ns: f64| {
             if !got.contains_key(&k) {
                 order.push(k);
             }
-            got.entry(k).or_default().push(ns as f64);
+            got.entry(k).or_default().push(ns);
         };
 
         // Policy: P_IN (task 1) and P_OUT (task 2) have groups whose rules
@@ -141,8 +141,9 @@ pub fn datapath_costs(s: &Settings) -> Value {
         set_endpoint(env, P_IN, 1);
         set_endpoint(env, P_OUT, 2);
         set_endpoint(env, P_OPEN, 3);
-        // P_OUT sends from its own port: lo, a test run's default device.
-        env.port_addrs(1, &[P_OUT]);
+        // P_OUT, P_OPEN and C1 (no policy) send from their own port: lo, a
+        // test run's default device.
+        env.port_addrs(1, &[P_OUT, P_OPEN, C1]);
         set_rules(env, 3, DIR_INGRESS, &[allow_all()]);
         set_rules(env, 3, DIR_EGRESS, &[allow_all()]);
         env.publish(&binding(HOST2, POLICY_PORT, P_IN, 5432, Protocol::Tcp));
@@ -152,6 +153,13 @@ pub fn datapath_costs(s: &Settings) -> Value {
         let mut tracked = Packet::tcp(OTHER, 40000, P_OPEN, 80);
         (tracked.tcp_flags, tracked.tcp_seq, tracked.tcp_ack) = (0x10, 0x1000_0001, 7001);
         let tracked = tracked.frame();
+        let mut tracked_back = Packet::tcp(P_OPEN, 80, OTHER, 40000);
+        (
+            tracked_back.tcp_flags,
+            tracked_back.tcp_seq,
+            tracked_back.tcp_ack,
+        ) = (0x10, 7001, 0x1000_0001);
+        let tracked_back = tracked_back.frame();
         for (prog, f) in [
             (
                 "berth_to_ctr",
@@ -159,6 +167,7 @@ pub fn datapath_costs(s: &Settings) -> Value {
             ),
             ("berth_from_ctr", t_syn_ack.frame()),
             ("berth_to_ctr", tracked.clone()),
+            ("berth_from_ctr", tracked_back.clone()),
         ] {
             assert_eq!(env.tc(prog, &f).code, 0, "P_OPEN allows all");
         }
@@ -181,6 +190,16 @@ pub fn datapath_costs(s: &Settings) -> Value {
         let to_ctr = Packet::tcp(OTHER, 40001, P_IN, 5432).frame();
         let from_ctr = Packet::tcp(P_OUT, 40002, OTHER, 443).frame();
         let north_south = syn(HOST2, POLICY_PORT);
+        // A container without security groups and a peer: the veth hooks'
+        // cost where nothing has policy.
+        let mut plain_out = Packet::tcp(C1, 40003, OTHER, 443);
+        (plain_out.tcp_flags, plain_out.tcp_seq, plain_out.tcp_ack) = (0x10, 9000, 9100);
+        let plain_out = plain_out.frame();
+        let mut plain_in = Packet::tcp(OTHER, 443, C1, 40003);
+        (plain_in.tcp_flags, plain_in.tcp_seq, plain_in.tcp_ack) = (0x10, 9100, 9000);
+        let plain_in = plain_in.frame();
+        assert_eq!(env.tc("berth_from_ctr", &plain_out).code, 0, "no policy");
+        assert_eq!(env.tc("berth_to_ctr", &plain_in).code, 0, "no policy");
 
         // Rounds interleave the mapping counts (1, 1 000, 65 000, 1, …) so
         // a machine that gets busier or quieter shifts all of them alike.
@@ -228,6 +247,18 @@ pub fn datapath_costs(s: &Settings) -> Value {
                 record(
                     ("policy_tracked_to_ctr", n, None),
                     env.tc_ns("berth_to_ctr", &tracked, repeat),
+                );
+                record(
+                    ("policy_tracked_from_ctr", n, None),
+                    env.tc_ns("berth_from_ctr", &tracked_back, repeat),
+                );
+                record(
+                    ("from_ctr_tc", n, None),
+                    env.tc_ns("berth_from_ctr", &plain_out, repeat),
+                );
+                record(
+                    ("to_ctr_tc", n, None),
+                    env.tc_ns("berth_to_ctr", &plain_in, repeat),
                 );
                 for r in RULE_COUNTS {
                     // Every rule evaluated: the new flow is refused each
