@@ -70,8 +70,6 @@ pub fn in_fixture_ns<T: Send + 'static>(f: impl FnOnce(&mut Env) -> T + Send + '
             )
         };
         assert_eq!(rc, 0, "make / slave: {}", std::io::Error::last_os_error());
-        let bpffs = tempdir();
-        sh(&format!("mount -t bpf bpf {bpffs}"));
         sh("ip link set lo up");
         sh("echo 1 > /proc/sys/net/ipv4/ip_forward");
         sh("ip link add up0 address 02:00:00:00:00:01 type veth peer name up0p && ip link set up0p up && ip link set up0 up");
@@ -80,16 +78,25 @@ pub fn in_fixture_ns<T: Send + 'static>(f: impl FnOnce(&mut Env) -> T + Send + '
         sh("ip link add docker0 address 02:42:00:00:00:01 type veth peer name docker0p && ip link set docker0p up && ip link set docker0 up");
         sh("ip addr add 172.17.0.1/16 dev docker0");
         sh("ip neigh add 172.17.0.2 lladdr 02:42:ac:11:00:02 dev docker0 nud permanent");
-        let ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&bpffs)
-            .load(ebpf_object())
-            .expect("load eBPF object");
-        let mut env = Env { ebpf };
-        load_all(&mut env.ebpf);
+        let mut env = load_env(ebpf_object());
         f(&mut env)
     })
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// Loads an eBPF object (berth's, or another build of it, for the bench)
+/// with a bpffs of its own, in the calling fixture thread's namespaces.
+pub fn load_env(object: &[u8]) -> Env {
+    let bpffs = tempdir();
+    sh(&format!("mount -t bpf bpf {bpffs}"));
+    let ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&bpffs)
+        .load(object)
+        .expect("load eBPF object");
+    let mut env = Env { ebpf };
+    load_all(&mut env.ebpf);
+    env
 }
 
 /// Loads (verifies) every program of the object, whatever its kind, so a
@@ -353,6 +360,11 @@ impl Env {
         }
         self.clear_map::<FlowKey, NatFwd>("BERTH_NAT_FWD");
         n
+    }
+
+    /// Whether the loaded object has a map called `name`.
+    pub fn has_map(&self, name: &str) -> bool {
+        self.ebpf.map(name).is_some()
     }
 
     /// Empties the hash (or LRU hash) map `name`; returns how many it held.
