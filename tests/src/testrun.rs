@@ -530,7 +530,7 @@ fn median_ns(runs: u32, mut run: impl FnMut() -> u128) -> f64 {
     let mut v: Vec<u128> = (0..runs.max(1)).map(|_| run()).collect();
     v.sort_unstable();
     let mid = v.len() / 2;
-    if v.len() % 2 == 0 {
+    if v.len().is_multiple_of(2) {
         (v[mid - 1] + v[mid]) as f64 / 2.0
     } else {
         v[mid] as f64
