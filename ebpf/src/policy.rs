@@ -287,6 +287,15 @@ fn frag_first_judged(key: &FragKey, allowed: bool) {
     frag_remember(key, 0, v);
 }
 
+/// Whether the daemon vouches that no endpoint has policy (then nothing on
+/// a veth can be refused, and the hooks skip their lookups).
+#[inline(always)]
+pub fn nowhere() -> bool {
+    crate::maps::BERTH_CONFIG
+        .get(berth_maps::CONFIG_NO_POLICY)
+        .is_some_and(|v| *v != 0)
+}
+
 /// The endpoint at `addr`, if policy applies to it.
 #[inline(always)]
 pub fn endpoint_with_policy(addr_be: u32) -> Option<Endpoint> {

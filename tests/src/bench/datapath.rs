@@ -5,7 +5,7 @@
 //! beside the floor of an empty program.
 use std::net::Ipv4Addr;
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData};
 use berth::{
     datapath::{encode_rule, PolicyRule, RulePeer, RuleProto},
     model::Protocol,
@@ -84,6 +84,15 @@ fn allow_all() -> PolicyRule {
         icmp_code: None,
         peer: RulePeer::Cidr(Ipv4Addr::UNSPECIFIED, 0),
     }
+}
+
+/// The daemon's "no endpoint has policy" flag (a slot the previous
+/// release's config array has, unused).
+fn set_no_policy(env: &mut Env, on: bool) {
+    let mut m: Array<&mut MapData, u64> =
+        Array::try_from(env.ebpf.map_mut("BERTH_CONFIG").unwrap()).unwrap();
+    m.set(berth_maps::CONFIG_NO_POLICY, u64::from(on), 0)
+        .unwrap();
 }
 
 /// Publishes or unpublishes mappings from the end so exactly `n` exist;
@@ -283,6 +292,21 @@ fn measure(
         None,
         env.tc_ns("berth_to_ctr", &fr.plain_in, runs),
     );
+    // The same on a host where no endpoint has policy, as the daemon flags
+    // it (the previous release has no such flag: its figures are its
+    // ordinary ones).
+    set_no_policy(env, true);
+    record(
+        "from_ctr_no_sg_host",
+        None,
+        env.tc_ns("berth_from_ctr", &fr.plain_out, runs),
+    );
+    record(
+        "to_ctr_no_sg_host",
+        None,
+        env.tc_ns("berth_to_ctr", &fr.plain_in, runs),
+    );
+    set_no_policy(env, false);
     for r in RULE_COUNTS {
         // Every rule evaluated: the new flow is refused each time, so
         // nothing gets tracked between runs.
