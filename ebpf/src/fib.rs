@@ -13,6 +13,7 @@ use crate::{
 };
 
 const AF_INET: u8 = 2;
+const _: () = assert!(core::mem::size_of::<FibParams>() % 4 == 0);
 
 pub enum NextHop {
     /// Route and neighbour known: set these MACs and redirect.
@@ -94,6 +95,22 @@ pub fn fib_lookup_v4<C: EbpfContext>(
     )
 }
 
+/// Zeroes lookup parameters in place, as sixteen word stores: LLVM makes
+/// a `mem::zeroed()` whose fields are then partly set into a call to a
+/// byte-at-a-time `memset` of 52 bytes, on every translated packet.
+#[inline(always)]
+fn fib_params_zero(p: &mut core::mem::MaybeUninit<FibParams>) -> &mut FibParams {
+    const WORDS: usize = core::mem::size_of::<FibParams>() / 4;
+    let w = p.as_mut_ptr() as *mut u32;
+    for i in 0..WORDS {
+        // Volatile: a plain loop would be turned back into the memset.
+        unsafe { core::ptr::write_volatile(w.add(i), 0) };
+    }
+    // SAFETY: every byte was written (the size is a multiple of four, and
+    // the struct is plain integers).
+    unsafe { p.assume_init_mut() }
+}
+
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn lookup<C: EbpfContext>(
@@ -106,7 +123,8 @@ fn lookup<C: EbpfContext>(
     dst_addr_be: u32,
     in_ifindex: u32,
 ) -> NextHop {
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    let mut params = core::mem::MaybeUninit::<FibParams>::uninit();
+    let p = fib_params_zero(&mut params);
     p.family = AF_INET;
     p.l4_protocol = proto;
     p.sport = sport_be;
@@ -115,14 +133,8 @@ fn lookup<C: EbpfContext>(
     p.ifindex = in_ifindex;
     p.__bindgen_anon_3.ipv4_src = src_addr_be;
     p.__bindgen_anon_4.ipv4_dst = dst_addr_be;
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            &mut p,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    };
+    let rc =
+        unsafe { bpf_fib_lookup(ctx.as_ptr(), p, core::mem::size_of::<FibParams>() as i32, 0) };
     if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
         NextHop::Resolved {
             ifindex: p.ifindex,

@@ -367,11 +367,14 @@ pub fn berth_from_ctr(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
     let port = unsafe { (*ctx.skb.skb).ifindex };
     gate::gate_learn(ctx.data(), ctx.data_end(), port);
-    if !spoof::container_source_ok(ctx.data(), ctx.data_end(), port) {
-        return TC_ACT_SHOT;
-    }
-    if !policy::from_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
-        return TC_ACT_SHOT;
+    // Both checks refuse only where policy applies to someone.
+    if !policy::nowhere() {
+        if !spoof::container_source_ok(ctx.data(), ctx.data_end(), port) {
+            return TC_ACT_SHOT;
+        }
+        if !policy::from_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+            return TC_ACT_SHOT;
+        }
     }
     if !ipv4_fragment(ctx.data(), ctx.data_end()) {
         return TC_ACT_OK;
@@ -393,7 +396,7 @@ pub fn berth_to_ctr(ctx: TcContext) -> i32 {
     }) {
         return TC_ACT_SHOT;
     }
-    if policy::to_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+    if policy::nowhere() || policy::to_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         TC_ACT_OK
     } else {
         TC_ACT_SHOT

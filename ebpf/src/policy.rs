@@ -351,6 +351,15 @@ fn frag_first_judged(key: &FragKey, allowed: bool) {
     frag_remember(key, 0, v);
 }
 
+/// Whether the daemon vouches that no endpoint has policy (then nothing on
+/// a veth can be refused, and the hooks skip their lookups).
+#[inline(always)]
+pub fn nowhere() -> bool {
+    crate::maps::BERTH_CONFIG
+        .get(berth_maps::CONFIG_NO_POLICY)
+        .is_some_and(|v| *v != 0)
+}
+
 /// The endpoint at `addr`, if policy applies to it.
 #[inline(always)]
 pub fn endpoint_with_policy(addr_be: u32) -> Option<Endpoint> {
@@ -525,22 +534,52 @@ pub enum Ct {
     Refused,
 }
 
+/// Which of a packet's keys a published-port flow (BERTH_NAT(_NEW), keyed
+/// as the container sends) of it would have.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum NatSide {
+    /// Not a TCP/UDP packet: no published-port flow.
+    None,
+    /// The container sends it: its own key.
+    Sent,
+    /// The container receives it: its reverse key.
+    Received,
+}
+
 /// The tracked flow this packet belongs to, in either direction
-/// (refreshed; promoted when this packet establishes it). Established
-/// flows first: one lookup for the initiator's packets, two for replies.
+/// (refreshed; promoted when this packet establishes it). A packet of a
+/// published-port flow (`nat`) was judged at the uplink and passes (not
+/// refreshed here). Established tables first, so an established flow costs
+/// what it did before unestablished flows got tables of their own:
+/// published-port flow, then the initiator's key, then the reply's.
 #[inline(always)]
-pub fn ct_established(f: &PFlow) -> Ct {
-    let now = unsafe { bpf_ktime_get_ns() };
+pub fn ct_established(f: &PFlow, nat: NatSide) -> Ct {
     let key = f.key();
-    if let Some(e) = BERTH_CT.get_ptr_mut(&key) {
-        ct_refresh(e, f, 0, now);
-        return Ct::Tracked;
-    }
     let rkey = f.reverse_key();
-    if let Some(e) = BERTH_CT.get_ptr_mut(&rkey) {
-        ct_refresh(e, f, 1, now);
+    let nat_key = match nat {
+        NatSide::None => None,
+        NatSide::Sent => Some(&key),
+        NatSide::Received => Some(&rkey),
+    };
+    if let Some(k) = nat_key {
+        if unsafe { BERTH_NAT.get(k) }.is_some() {
+            return Ct::Tracked;
+        }
+    }
+    if let Some(e) = BERTH_CT.get_ptr_mut(&key) {
+        ct_refresh(e, f, 0, unsafe { bpf_ktime_get_ns() });
         return Ct::Tracked;
     }
+    if let Some(e) = BERTH_CT.get_ptr_mut(&rkey) {
+        ct_refresh(e, f, 1, unsafe { bpf_ktime_get_ns() });
+        return Ct::Tracked;
+    }
+    if let Some(k) = nat_key {
+        if unsafe { BERTH_NAT_NEW.get(k) }.is_some() {
+            return Ct::Tracked;
+        }
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
     if let Some(e) = BERTH_CT_NEW.get_ptr_mut(&key) {
         ct_refresh(e, f, 0, now);
         if f.proto == PROTO_TCP
@@ -604,27 +643,17 @@ pub fn ct_create(f: &PFlow) -> Result<(), ()> {
     }
 }
 
-/// Whether the packet belongs to a published-port flow (judged at the
-/// uplink), established or not. `container_side` is the flow key as the
-/// container sends.
-#[inline(always)]
-fn nat_tracked(container_side: &FlowKey) -> bool {
-    unsafe {
-        BERTH_NAT.get(container_side).is_some() || BERTH_NAT_NEW.get(container_side).is_some()
-    }
-}
-
 /// tc ingress of a container's host-side veth: what the container sends.
 #[inline(always)]
 pub fn from_container(data: usize, data_end: usize, frame_len: usize) -> bool {
     match parse_flow(data, data_end, frame_len) {
         Parsed::Flow(f) => {
-            let pf = pflow_of(&f, data, data_end);
-            let sender = endpoint_with_policy(pf.src_be);
-            let receiver = endpoint_with_policy(pf.dst_be);
+            let sender = endpoint_with_policy(f.src_addr_be);
+            let receiver = endpoint_with_policy(f.dst_addr_be);
             if sender.is_none() && receiver.is_none() {
                 return true;
             }
+            let pf = pflow_of(&f, data, data_end);
             let allowed = from_container_flow(&pf, sender, receiver);
             if f.first_frag {
                 frag_first_judged(&frag_key_of_flow(FRAG_K_POLICY, &f), allowed);
@@ -645,10 +674,13 @@ pub fn from_container(data: usize, data_end: usize, frame_len: usize) -> bool {
 
 #[inline(always)]
 fn from_container_flow(f: &PFlow, sender: Option<Endpoint>, receiver: Option<Endpoint>) -> bool {
-    if f.proto != PROTO_ICMP && nat_tracked(&f.key()) {
-        return true; // a reply on a published port
-    }
-    match ct_established(f) {
+    // A reply on a published port passes as tracked.
+    let nat = if f.proto == PROTO_ICMP {
+        NatSide::None
+    } else {
+        NatSide::Sent
+    };
+    match ct_established(f, nat) {
         Ct::Tracked => return true,
         Ct::Refused => return false,
         Ct::Untracked => {}
@@ -677,10 +709,10 @@ fn from_container_flow(f: &PFlow, sender: Option<Endpoint>, receiver: Option<End
 pub fn to_container(data: usize, data_end: usize, frame_len: usize) -> bool {
     match parse_flow(data, data_end, frame_len) {
         Parsed::Flow(f) => {
-            let pf = pflow_of(&f, data, data_end);
-            let Some(ep) = endpoint_with_policy(pf.dst_be) else {
+            let Some(ep) = endpoint_with_policy(f.dst_addr_be) else {
                 return true;
             };
+            let pf = pflow_of(&f, data, data_end);
             let allowed = to_container_flow(&pf, ep);
             if f.first_frag {
                 frag_first_judged(&frag_key_of_flow(FRAG_K_POLICY, &f), allowed);
@@ -699,10 +731,13 @@ pub fn to_container(data: usize, data_end: usize, frame_len: usize) -> bool {
 
 #[inline(always)]
 fn to_container_flow(f: &PFlow, ep: Endpoint) -> bool {
-    if f.proto != PROTO_ICMP && nat_tracked(&f.reverse_key()) {
-        return true; // a published-port flow, judged at the uplink
-    }
-    match ct_established(f) {
+    // A published-port flow, judged at the uplink, passes as tracked.
+    let nat = if f.proto == PROTO_ICMP {
+        NatSide::None
+    } else {
+        NatSide::Received
+    };
+    match ct_established(f, nat) {
         Ct::Tracked => return true,
         Ct::Refused => return false,
         Ct::Untracked => {}

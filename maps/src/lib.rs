@@ -113,6 +113,12 @@ pub const CONFIG_PORT_GATE: u32 = 1;
 /// BERTH_CONFIG index: the bridge's own MAC (low 48 bits); frames from it
 /// were sent or translated by the host, not a port.
 pub const CONFIG_BRIDGE_MAC: u32 = 2;
+/// BERTH_CONFIG index: 1 once the daemon has made sure no endpoint has
+/// policy; the veth hooks then skip the source check and the security-group
+/// lookups, which could not refuse anything. 0 (the default, and what an
+/// older daemon's pins hold) keeps them on. The daemon sets it to 0 before
+/// any endpoint gets policy.
+pub const CONFIG_NO_POLICY: u32 = 3;
 
 /// Bridge ports whose security-group hooks are attached: ifindex -> 1.
 pub const HOOKED_PORTS_MAP: &str = "BERTH_HOOKED_PORTS";

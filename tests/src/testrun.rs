@@ -70,8 +70,6 @@ pub fn in_fixture_ns<T: Send + 'static>(f: impl FnOnce(&mut Env) -> T + Send + '
             )
         };
         assert_eq!(rc, 0, "make / slave: {}", std::io::Error::last_os_error());
-        let bpffs = tempdir();
-        sh(&format!("mount -t bpf bpf {bpffs}"));
         sh("ip link set lo up");
         sh("echo 1 > /proc/sys/net/ipv4/ip_forward");
         sh("ip link add up0 address 02:00:00:00:00:01 type veth peer name up0p && ip link set up0p up && ip link set up0 up");
@@ -80,16 +78,25 @@ pub fn in_fixture_ns<T: Send + 'static>(f: impl FnOnce(&mut Env) -> T + Send + '
         sh("ip link add docker0 address 02:42:00:00:00:01 type veth peer name docker0p && ip link set docker0p up && ip link set docker0 up");
         sh("ip addr add 172.17.0.1/16 dev docker0");
         sh("ip neigh add 172.17.0.2 lladdr 02:42:ac:11:00:02 dev docker0 nud permanent");
-        let ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&bpffs)
-            .load(ebpf_object())
-            .expect("load eBPF object");
-        let mut env = Env { ebpf };
-        load_all(&mut env.ebpf);
+        let mut env = load_env(ebpf_object());
         f(&mut env)
     })
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// Loads an eBPF object (berth's, or another build of it, for the bench)
+/// with a bpffs of its own, in the calling fixture thread's namespaces.
+pub fn load_env(object: &[u8]) -> Env {
+    let bpffs = tempdir();
+    sh(&format!("mount -t bpf bpf {bpffs}"));
+    let ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&bpffs)
+        .load(object)
+        .expect("load eBPF object");
+    let mut env = Env { ebpf };
+    load_all(&mut env.ebpf);
+    env
 }
 
 /// Loads (verifies) every program of the object, whatever its kind, so a
@@ -355,6 +362,11 @@ impl Env {
         n
     }
 
+    /// Whether the loaded object has a map called `name`.
+    pub fn has_map(&self, name: &str) -> bool {
+        self.ebpf.map(name).is_some()
+    }
+
     /// Empties the hash (or LRU hash) map `name`; returns how many it held.
     pub fn clear_map<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> usize {
         let mut m: HashMap<&mut MapData, K, V> =
@@ -489,16 +501,38 @@ impl Env {
         self.try_xdp(prog, frame).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Mean nanoseconds per run over `repeat` runs (for benchmarks).
-    pub fn tc_ns(&self, prog: &str, frame: &[u8], repeat: u32) -> u128 {
-        self.try_tc_run(prog, frame, repeat)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .1
+    /// Nanoseconds per run of a TC program (the median of `runs` runs),
+    /// each run on a fresh copy of `frame`. BPF_PROG_TEST_RUN's `repeat`
+    /// runs a program again on the buffer it left: a program that rewrites
+    /// the frame (DNAT, SNAT) would be timed on its own output, a packet of
+    /// no flow, from the second repeat on. Each figure includes the
+    /// kernel's timer overhead, so compare it with an empty program's.
+    pub fn tc_ns(&self, prog: &str, frame: &[u8], runs: u32) -> f64 {
+        median_ns(runs, || {
+            self.try_tc_run(prog, frame, 1)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .1
+        })
     }
 
-    pub fn xdp_ns(&self, prog: &str, frame: &[u8], repeat: u32) -> u128 {
-        self.try_xdp_run(prog, frame, repeat)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .1
+    /// As [`Env::tc_ns`], for an XDP program.
+    pub fn xdp_ns(&self, prog: &str, frame: &[u8], runs: u32) -> f64 {
+        median_ns(runs, || {
+            self.try_xdp_run(prog, frame, 1)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .1
+        })
+    }
+}
+
+/// The median of `runs` (at least one) timings of `run`.
+fn median_ns(runs: u32, mut run: impl FnMut() -> u128) -> f64 {
+    let mut v: Vec<u128> = (0..runs.max(1)).map(|_| run()).collect();
+    v.sort_unstable();
+    let mid = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) as f64 / 2.0
+    } else {
+        v[mid] as f64
     }
 }

@@ -42,6 +42,10 @@ pub struct FakeDatapath {
     /// How long forget_flows takes, as a sweep of a full table would.
     forget_delay: Mutex<std::time::Duration>,
     pub port_gate: AtomicBool,
+    /// The veth hooks' "no endpoint has policy" flag.
+    pub no_policy: AtomicBool,
+    /// An endpoint got policy while that flag was set.
+    pub policy_while_flagged: AtomicBool,
 }
 
 impl FakeDatapath {
@@ -93,6 +97,9 @@ impl Datapath for FakeDatapath {
         if *self.fail_endpoint.lock().unwrap() == Some(ip) {
             return Err(injected("BERTH_ENDPOINTS"));
         }
+        if policy && self.no_policy.load(Ordering::SeqCst) {
+            self.policy_while_flagged.store(true, Ordering::SeqCst);
+        }
         self.endpoints.lock().unwrap().insert(ip, (task_id, policy));
         Ok(())
     }
@@ -143,6 +150,13 @@ impl Datapath for FakeDatapath {
     }
     fn set_port_gate(&self, on: bool) -> Result<(), DatapathError> {
         self.port_gate.store(on, Ordering::SeqCst);
+        Ok(())
+    }
+    fn set_no_policy(&self, none: bool) -> Result<(), DatapathError> {
+        if none && self.endpoints.lock().unwrap().values().any(|e| e.1) {
+            self.policy_while_flagged.store(true, Ordering::SeqCst);
+        }
+        self.no_policy.store(none, Ordering::SeqCst);
         Ok(())
     }
     fn set_flow_timeouts(&self, timeouts: crate::datapath::FlowTimeouts) {

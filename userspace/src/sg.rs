@@ -899,6 +899,13 @@ impl DpState {
                 self.members.insert(*id, ips.clone());
             }
         }
+        // The veth hooks skip their checks while the flag says no endpoint
+        // has policy: clear it before the first one gets policy, set it
+        // only once the last one has lost it.
+        let any_policy = want.endpoints.values().any(|&(_, policy)| policy);
+        if any_policy {
+            dp.set_no_policy(false)?;
+        }
         for (ip, &(policy_id, policy)) in &want.endpoints {
             if self.endpoints.get(ip) != Some(&(policy_id, policy)) {
                 dp.set_endpoint(*ip, policy_id, policy)?;
@@ -914,6 +921,9 @@ impl DpState {
         for ip in gone {
             dp.remove_endpoint(ip)?;
             self.endpoints.remove(&ip);
+        }
+        if !any_policy {
+            dp.set_no_policy(true)?;
         }
         let gone: Vec<u32> = self
             .members

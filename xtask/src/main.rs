@@ -1,6 +1,7 @@
 //! `cargo xtask …`: machine setup, builds and test runs for berth.
 mod bootstrap;
 mod fuzz;
+mod previous;
 mod run;
 mod summary;
 
@@ -124,6 +125,17 @@ fn bench(quick: bool) -> Result<()> {
     let mut cmd = Command::new(workspace_root().join("target/release/berth-bench"));
     if quick {
         cmd.arg("--quick");
+    }
+    // The datapath section measures the previous release beside this one
+    // when its object can be built; without it the bench says so.
+    match previous::previous_object() {
+        Ok(obj) => {
+            cmd.arg("--previous-object").arg(obj);
+        }
+        Err(e) => eprintln!(
+            "xtask: no previous release ({}) to compare the datapath with: {e:#}",
+            previous::PREVIOUS_RELEASE
+        ),
     }
     run::status(&mut cmd).context("bench failed")
 }

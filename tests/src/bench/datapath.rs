@@ -5,7 +5,7 @@
 //! beside the floor of an empty program.
 use std::net::Ipv4Addr;
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData};
 use berth::{
     datapath::{encode_rule, PolicyRule, RulePeer, RuleProto},
     model::Protocol,
@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use super::{stats::summary, Settings};
 use crate::{
     pkt::Packet,
-    testrun::{binding, in_fixture_ns, Env, C1, CLIENT, HOST, HOST2, OTHER},
+    testrun::{binding, in_fixture_ns, load_env, Env, C1, CLIENT, HOST, HOST2, OTHER},
 };
 
 pub const MAPPING_COUNTS: [usize; 3] = [1, 1_000, 65_000];
@@ -86,6 +86,15 @@ fn allow_all() -> PolicyRule {
     }
 }
 
+/// The daemon's "no endpoint has policy" flag (a slot the previous
+/// release's config array has, unused).
+fn set_no_policy(env: &mut Env, on: bool) {
+    let mut m: Array<&mut MapData, u64> =
+        Array::try_from(env.ebpf.map_mut("BERTH_CONFIG").unwrap()).unwrap();
+    m.set(berth_maps::CONFIG_NO_POLICY, u64::from(on), 0)
+        .unwrap();
+}
+
 /// Publishes or unpublishes mappings from the end so exactly `n` exist;
 /// the measured port (`FIRST_PORT + n - 1`) is always the one added last.
 fn set_mappings(env: &mut Env, published: &mut usize, n: usize) {
@@ -113,147 +122,262 @@ fn set_mappings(env: &mut Env, published: &mut usize, n: usize) {
     }
 }
 
-/// (path, mappings, rules) in report order.
-type Key = (&'static str, usize, Option<usize>);
+/// (build, path, mappings, rules) in report order.
+type Key = (&'static str, &'static str, usize, Option<usize>);
 
-pub fn datapath_costs(s: &Settings) -> Value {
-    let repeat = s.dp_repeat;
-    let samples = s.dp_samples;
-    in_fixture_ns(move |env| -> Value {
-        env.host_addr(HOST);
-        env.host_addr(HOST2);
-        // As the daemon fills them: every packet on an uplink is checked
-        // against the host's addresses and the bridge subnet.
-        env.host_addr(Ipv4Addr::LOCALHOST);
+/// The current object's rows carry no `build`; the previous release's, when
+/// measured beside it, `"build": "previous"`.
+pub const PREVIOUS: &str = "previous";
+/// What `cargo xtask bench` builds as the previous release (xtask's
+/// `PREVIOUS_RELEASE`).
+pub const PREVIOUS_RELEASE: &str = "8071dfd";
+const CURRENT: &str = "current";
+
+/// The frames every build is measured with.
+struct Frames {
+    floor: Vec<u8>,
+    miss: Vec<u8>,
+    tracked: Vec<u8>,
+    tracked_back: Vec<u8>,
+    to_ctr: Vec<u8>,
+    from_ctr: Vec<u8>,
+    north_south: Vec<u8>,
+    plain_out: Vec<u8>,
+    plain_in: Vec<u8>,
+}
+
+fn tcp(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+) -> Vec<u8> {
+    let mut p = Packet::tcp(src, sport, dst, dport);
+    (p.tcp_flags, p.tcp_seq, p.tcp_ack) = (flags, seq, ack);
+    p.frame()
+}
+
+fn syn(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    Packet::tcp(CLIENT, 40000, dst, dport).frame()
+}
+
+impl Frames {
+    fn new() -> Frames {
+        Frames {
+            floor: syn(HOST, 9),
+            miss: syn(HOST, 9),
+            // An established policy flow, both ways.
+            tracked: tcp(OTHER, 40000, P_OPEN, 80, 0x10, 0x1000_0001, 7001),
+            tracked_back: tcp(P_OPEN, 80, OTHER, 40000, 0x10, 7001, 0x1000_0001),
+            to_ctr: Packet::tcp(OTHER, 40001, P_IN, 5432).frame(),
+            from_ctr: Packet::tcp(P_OUT, 40002, OTHER, 443).frame(),
+            north_south: syn(HOST2, POLICY_PORT),
+            // A container without security groups and a peer.
+            plain_out: tcp(C1, 40003, OTHER, 443, 0x10, 9000, 9100),
+            plain_in: tcp(OTHER, 443, C1, 40003, 0x10, 9100, 9000),
+        }
+    }
+}
+
+/// The established flow measured at host port `port`, from a client port
+/// of its own (a flow table entry per mapping count, kept across rounds):
+/// the handshake (SYN, SYN-ACK, the client's ACK), then the container's
+/// ACK. The client's ACK is what every established segment of the flow
+/// looks like to the tracker.
+fn flow_frames(port: u16) -> [Vec<u8>; 4] {
+    let cport = 20_000 + port % 20_000;
+    [
+        Packet::tcp(CLIENT, cport, HOST, port).frame(),
+        tcp(C1, 80, CLIENT, cport, 0x12, 5000, 0x1000_0001),
+        tcp(CLIENT, cport, HOST, port, 0x10, 0x1000_0001, 5001),
+        tcp(C1, 80, CLIENT, cport, 0x10, 5001, 0x1000_0001),
+    ]
+}
+
+/// What the daemon would have written, and the tracked policy flow.
+fn setup(env: &mut Env, fr: &Frames) {
+    env.host_addr(HOST);
+    env.host_addr(HOST2);
+    // As the daemon fills them: every packet on an uplink is checked
+    // against the host's addresses and the bridge subnet (the previous
+    // release has no source checks, nor these maps).
+    env.host_addr(Ipv4Addr::LOCALHOST);
+    if env.has_map("BERTH_LOCAL_NETS") {
         env.bridge_subnet(Ipv4Addr::new(172, 17, 0, 0), 16);
-        let syn = |dst: Ipv4Addr, dport: u16| Packet::tcp(CLIENT, 40000, dst, dport).frame();
+    }
+    // Policy: P_IN (task 1) and P_OUT (task 2) have groups whose rules
+    // never match; P_OPEN (task 3) allows everything, for a tracked flow.
+    set_endpoint(env, P_IN, 1);
+    set_endpoint(env, P_OUT, 2);
+    set_endpoint(env, P_OPEN, 3);
+    // P_OUT, P_OPEN and C1 (no policy) send from their own port: lo, a
+    // test run's default device.
+    if env.has_map("BERTH_PORT_ADDRS") {
+        env.port_addrs(1, &[P_OUT, P_OPEN, C1]);
+    }
+    set_rules(env, 3, DIR_INGRESS, &[allow_all()]);
+    set_rules(env, 3, DIR_EGRESS, &[allow_all()]);
+    env.publish(&binding(HOST2, POLICY_PORT, P_IN, 5432, Protocol::Tcp));
+    // The policy flow's handshake.
+    for (prog, f) in [
+        (
+            "berth_to_ctr",
+            Packet::tcp(OTHER, 40000, P_OPEN, 80).frame(),
+        ),
+        (
+            "berth_from_ctr",
+            tcp(P_OPEN, 80, OTHER, 40000, 0x12, 7000, 0x1000_0001),
+        ),
+        ("berth_to_ctr", fr.tracked.clone()),
+        ("berth_from_ctr", fr.tracked_back.clone()),
+    ] {
+        assert_eq!(env.tc(prog, &f).code, 0, "P_OPEN allows all");
+    }
+    assert_eq!(env.tc("berth_from_ctr", &fr.plain_out).code, 0, "no policy");
+    assert_eq!(env.tc("berth_to_ctr", &fr.plain_in).code, 0, "no policy");
+}
+
+/// One build's paths at `n` mappings (`port`: the measured one).
+fn measure(
+    env: &mut Env,
+    fr: &Frames,
+    port: u16,
+    runs: u32,
+    record: &mut dyn FnMut(&'static str, Option<usize>, f64),
+) {
+    // A handshake establishes the flow the hit and the reply belong to (in
+    // later rounds it finds the flow established).
+    let [syn, syn_ack, hit, reply] = flow_frames(port);
+    assert_eq!(env.tc("berth_ingress", &syn).code, 7, "syn");
+    assert_eq!(env.tc("berth_reply", &syn_ack).code, 7, "syn-ack");
+    assert_eq!(env.tc("berth_ingress", &hit).code, 7, "hit is redirected");
+    assert_eq!(env.tc("berth_reply", &reply).code, 7, "reply is redirected");
+    record(
+        "ingress_hit_tc",
+        None,
+        env.tc_ns("berth_ingress", &hit, runs),
+    );
+    record("ingress_hit_xdp", None, env.xdp_ns("berth_xdp", &hit, runs));
+    record(
+        "ingress_miss_tc",
+        None,
+        env.tc_ns("berth_ingress", &fr.miss, runs),
+    );
+    record(
+        "ingress_miss_xdp",
+        None,
+        env.xdp_ns("berth_xdp", &fr.miss, runs),
+    );
+    record("reply_tc", None, env.tc_ns("berth_reply", &reply, runs));
+    record(
+        "policy_tracked_to_ctr",
+        None,
+        env.tc_ns("berth_to_ctr", &fr.tracked, runs),
+    );
+    record(
+        "policy_tracked_from_ctr",
+        None,
+        env.tc_ns("berth_from_ctr", &fr.tracked_back, runs),
+    );
+    record(
+        "from_ctr_tc",
+        None,
+        env.tc_ns("berth_from_ctr", &fr.plain_out, runs),
+    );
+    record(
+        "to_ctr_tc",
+        None,
+        env.tc_ns("berth_to_ctr", &fr.plain_in, runs),
+    );
+    // The same on a host where no endpoint has policy, as the daemon flags
+    // it (the previous release has no such flag: its figures are its
+    // ordinary ones).
+    set_no_policy(env, true);
+    record(
+        "from_ctr_no_sg_host",
+        None,
+        env.tc_ns("berth_from_ctr", &fr.plain_out, runs),
+    );
+    record(
+        "to_ctr_no_sg_host",
+        None,
+        env.tc_ns("berth_to_ctr", &fr.plain_in, runs),
+    );
+    set_no_policy(env, false);
+    for r in RULE_COUNTS {
+        // Every rule evaluated: the new flow is refused each time, so
+        // nothing gets tracked between runs.
+        set_rules(env, 1, DIR_INGRESS, &miss_rules(r));
+        set_rules(env, 2, DIR_EGRESS, &miss_rules(r));
+        assert_eq!(env.tc("berth_to_ctr", &fr.to_ctr).code, 2, "refused");
+        assert_eq!(env.tc("berth_from_ctr", &fr.from_ctr).code, 2, "refused");
+        assert_eq!(env.tc("berth_ingress", &fr.north_south).code, 2, "refused");
+        let rep = if r > 10 { (runs / 10).max(1000) } else { runs };
+        record(
+            "policy_to_ctr",
+            Some(r),
+            env.tc_ns("berth_to_ctr", &fr.to_ctr, rep),
+        );
+        record(
+            "policy_from_ctr",
+            Some(r),
+            env.tc_ns("berth_from_ctr", &fr.from_ctr, rep),
+        );
+        record(
+            "ingress_policy_tc",
+            Some(r),
+            env.tc_ns("berth_ingress", &fr.north_south, rep),
+        );
+    }
+}
+
+/// Per-packet cost of every path; with `previous` (an eBPF object of the
+/// previous release), that object's beside berth's own, loaded into the
+/// same namespace and measured in the same rounds, alternately.
+pub fn datapath_costs(s: &Settings, previous: Option<Vec<u8>>) -> Value {
+    let runs = s.dp_runs;
+    let samples = s.dp_samples;
+    in_fixture_ns(move |current| -> Value {
+        let fr = Frames::new();
+        let mut builds: Vec<(&'static str, &mut Env)> = vec![(CURRENT, current)];
+        let mut prev_env = previous.map(|obj| load_env(&obj));
+        if let Some(p) = prev_env.as_mut() {
+            builds.push((PREVIOUS, p));
+        }
+        for (_, env) in builds.iter_mut() {
+            setup(env, &fr);
+        }
         let mut order: Vec<Key> = Vec::new();
         let mut got: std::collections::HashMap<Key, Vec<f64>> = Default::default();
-        let mut record = |k: Key, ns: u128| {
-            if !got.contains_key(&k) {
-                order.push(k);
-            }
-            got.entry(k).or_default().push(ns as f64);
-        };
-
-        // Policy: P_IN (task 1) and P_OUT (task 2) have groups whose rules
-        // never match; P_OPEN (task 3) allows everything, for a tracked flow.
-        set_endpoint(env, P_IN, 1);
-        set_endpoint(env, P_OUT, 2);
-        set_endpoint(env, P_OPEN, 3);
-        // P_OUT sends from its own port: lo, a test run's default device.
-        env.port_addrs(1, &[P_OUT]);
-        set_rules(env, 3, DIR_INGRESS, &[allow_all()]);
-        set_rules(env, 3, DIR_EGRESS, &[allow_all()]);
-        env.publish(&binding(HOST2, POLICY_PORT, P_IN, 5432, Protocol::Tcp));
-        // An established policy flow (handshake seen), measured on an ACK.
-        let mut t_syn_ack = Packet::tcp(P_OPEN, 80, OTHER, 40000);
-        (t_syn_ack.tcp_flags, t_syn_ack.tcp_seq, t_syn_ack.tcp_ack) = (0x12, 7000, 0x1000_0001);
-        let mut tracked = Packet::tcp(OTHER, 40000, P_OPEN, 80);
-        (tracked.tcp_flags, tracked.tcp_seq, tracked.tcp_ack) = (0x10, 0x1000_0001, 7001);
-        let tracked = tracked.frame();
-        for (prog, f) in [
-            (
-                "berth_to_ctr",
-                Packet::tcp(OTHER, 40000, P_OPEN, 80).frame(),
-            ),
-            ("berth_from_ctr", t_syn_ack.frame()),
-            ("berth_to_ctr", tracked.clone()),
-        ] {
-            assert_eq!(env.tc(prog, &f).code, 0, "P_OPEN allows all");
-        }
-        let floor = syn(HOST, 9);
-        let miss = syn(HOST, 9);
-        // The established path: the container's ACK, as after a handshake.
-        let mut syn_ack = Packet::tcp(C1, 80, CLIENT, 40000);
-        (syn_ack.tcp_flags, syn_ack.tcp_seq, syn_ack.tcp_ack) = (0x12, 5000, 0x1000_0001);
-        let syn_ack = syn_ack.frame();
-        let mut reply = Packet::tcp(C1, 80, CLIENT, 40000);
-        (reply.tcp_flags, reply.tcp_seq, reply.tcp_ack) = (0x10, 5001, 0x1000_0001);
-        let reply = reply.frame();
-        // The client's ACK of the SYN-ACK: what every established segment
-        // of the flow looks like to the tracker.
-        let ack = |dst: Ipv4Addr, dport: u16| {
-            let mut p = Packet::tcp(CLIENT, 40000, dst, dport);
-            (p.tcp_flags, p.tcp_seq, p.tcp_ack) = (0x10, 0x1000_0001, 5001);
-            p.frame()
-        };
-        let to_ctr = Packet::tcp(OTHER, 40001, P_IN, 5432).frame();
-        let from_ctr = Packet::tcp(P_OUT, 40002, OTHER, 443).frame();
-        let north_south = syn(HOST2, POLICY_PORT);
-
-        // Rounds interleave the mapping counts (1, 1 000, 65 000, 1, …) so
-        // a machine that gets busier or quieter shifts all of them alike.
-        let mut published = 0usize;
+        let mut published = vec![0usize; builds.len()];
+        // Rounds interleave the builds and the mapping counts (1, 1 000,
+        // 65 000, 1, …) so a machine that gets busier or quieter shifts
+        // all of them alike.
         for round in 0..samples {
-            record(
-                ("floor_tc", 0, None),
-                env.tc_ns("berth_empty_tc", &floor, repeat),
-            );
-            record(
-                ("floor_xdp", 0, None),
-                env.xdp_ns("berth_empty_xdp", &floor, repeat),
-            );
-            for n in MAPPING_COUNTS {
-                set_mappings(env, &mut published, n);
-                let port = FIRST_PORT + n as u16 - 1;
-                let hit = ack(HOST, port);
-                // A handshake establishes the flow the hit and the reply
-                // belong to (with a new host port, the old flow goes first).
-                env.clear_nat();
-                assert_eq!(env.tc("berth_ingress", &syn(HOST, port)).code, 7, "syn");
-                assert_eq!(env.tc("berth_reply", &syn_ack).code, 7, "syn-ack");
-                assert_eq!(env.tc("berth_ingress", &hit).code, 7, "hit is redirected");
-                assert_eq!(env.tc("berth_reply", &reply).code, 7, "reply is redirected");
+            for (i, (build, env)) in builds.iter_mut().enumerate() {
+                let mut record = |k: Key, ns: f64| {
+                    if !got.contains_key(&k) {
+                        order.push(k);
+                    }
+                    got.entry(k).or_default().push(ns);
+                };
                 record(
-                    ("ingress_hit_tc", n, None),
-                    env.tc_ns("berth_ingress", &hit, repeat),
+                    (build, "floor_tc", 0, None),
+                    env.tc_ns("berth_empty_tc", &fr.floor, runs),
                 );
                 record(
-                    ("ingress_hit_xdp", n, None),
-                    env.xdp_ns("berth_xdp", &hit, repeat),
+                    (build, "floor_xdp", 0, None),
+                    env.xdp_ns("berth_empty_xdp", &fr.floor, runs),
                 );
-                record(
-                    ("ingress_miss_tc", n, None),
-                    env.tc_ns("berth_ingress", &miss, repeat),
-                );
-                record(
-                    ("ingress_miss_xdp", n, None),
-                    env.xdp_ns("berth_xdp", &miss, repeat),
-                );
-                record(
-                    ("reply_tc", n, None),
-                    env.tc_ns("berth_reply", &reply, repeat),
-                );
-                record(
-                    ("policy_tracked_to_ctr", n, None),
-                    env.tc_ns("berth_to_ctr", &tracked, repeat),
-                );
-                for r in RULE_COUNTS {
-                    // Every rule evaluated: the new flow is refused each
-                    // time, so nothing gets tracked between repetitions.
-                    set_rules(env, 1, DIR_INGRESS, &miss_rules(r));
-                    set_rules(env, 2, DIR_EGRESS, &miss_rules(r));
-                    let rep = if r > 10 {
-                        (repeat / 10).max(1000)
-                    } else {
-                        repeat
-                    };
-                    assert_eq!(env.tc("berth_to_ctr", &to_ctr).code, 2, "refused");
-                    assert_eq!(env.tc("berth_from_ctr", &from_ctr).code, 2, "refused");
-                    assert_eq!(env.tc("berth_ingress", &north_south).code, 2, "refused");
-                    record(
-                        ("policy_to_ctr", n, Some(r)),
-                        env.tc_ns("berth_to_ctr", &to_ctr, rep),
-                    );
-                    record(
-                        ("policy_from_ctr", n, Some(r)),
-                        env.tc_ns("berth_from_ctr", &from_ctr, rep),
-                    );
-                    record(
-                        ("ingress_policy_tc", n, Some(r)),
-                        env.tc_ns("berth_ingress", &north_south, rep),
-                    );
+                for n in MAPPING_COUNTS {
+                    set_mappings(env, &mut published[i], n);
+                    let port = FIRST_PORT + n as u16 - 1;
+                    measure(env, &fr, port, runs, &mut |path, rules, ns| {
+                        record((build, path, n, rules), ns)
+                    });
                 }
             }
             eprintln!("bench: datapath round {}/{samples} done", round + 1);
@@ -262,12 +386,16 @@ pub fn datapath_costs(s: &Settings) -> Value {
             order
                 .iter()
                 .map(|k| {
-                    json!({
-                        "path": k.0,
-                        "mappings": k.1,
-                        "rules": k.2,
+                    let mut row = json!({
+                        "path": k.1,
+                        "mappings": k.2,
+                        "rules": k.3,
                         "ns_per_packet": summary(&got[k]),
-                    })
+                    });
+                    if k.0 != CURRENT {
+                        row["build"] = json!(k.0);
+                    }
+                    row
                 })
                 .collect(),
         )

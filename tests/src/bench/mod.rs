@@ -29,8 +29,8 @@ pub struct Settings {
     pub rtt_n: usize,
     pub iperf_secs: u32,
     pub udp_dur: Duration,
-    /// BPF_PROG_TEST_RUN repeat count and samples per path.
-    pub dp_repeat: u32,
+    /// BPF_PROG_TEST_RUN runs (each on a fresh frame) and samples per path.
+    pub dp_runs: u32,
     pub dp_samples: usize,
     /// Repetitions of each control-plane operation.
     pub cp_reps: usize,
@@ -46,7 +46,7 @@ impl Settings {
                 rtt_n: 2_000,
                 iperf_secs: 1,
                 udp_dur: Duration::from_millis(500),
-                dp_repeat: 20_000,
+                dp_runs: 4_000,
                 dp_samples: 3,
                 cp_reps: 1,
             }
@@ -58,7 +58,7 @@ impl Settings {
                 rtt_n: 10_000,
                 iperf_secs: 2,
                 udp_dur: Duration::from_secs(1),
-                dp_repeat: 200_000,
+                dp_runs: 20_000,
                 dp_samples: 7,
                 cp_reps: 3,
             }
@@ -72,7 +72,7 @@ impl Settings {
             "rtt_n": self.rtt_n,
             "iperf_secs": self.iperf_secs,
             "udp_secs": self.udp_dur.as_secs_f64(),
-            "datapath_repeat": self.dp_repeat,
+            "datapath_runs": self.dp_runs,
             "datapath_samples": self.dp_samples,
             "control_plane_reps": self.cp_reps,
         })

@@ -290,21 +290,72 @@ fn dp_rows(r: &Value) -> Vec<Value> {
     r["datapath"].as_array().cloned().unwrap_or_default()
 }
 
+/// The current build's median for a path.
 fn dp(rows: &[Value], path: &str, n: u64, rules: Option<u64>) -> Option<f64> {
+    dp_of(rows, None, path, n, rules)
+}
+
+/// A build's median for a path (`None`: the current build's rows, which
+/// carry no `build`).
+fn dp_of(
+    rows: &[Value],
+    build: Option<&str>,
+    path: &str,
+    n: u64,
+    rules: Option<u64>,
+) -> Option<f64> {
     rows.iter()
         .find(|x| {
-            x["path"] == path && x["mappings"].as_u64() == Some(n) && x["rules"].as_u64() == rules
+            x["build"].as_str() == build
+                && x["path"] == path
+                && x["mappings"].as_u64() == Some(n)
+                && x["rules"].as_u64() == rules
         })
         .map(|x| med(&x["ns_per_packet"]))
 }
 
-const DP_PATHS: [(&str, Option<u64>); 12] = [
+/// A path's cost above its hook's empty-program floor, at 1 mapping.
+fn above_floor(rows: &[Value], build: Option<&str>, path: &str, rules: Option<u64>) -> Option<f64> {
+    let floor = if path.ends_with("xdp") {
+        "floor_xdp"
+    } else {
+        "floor_tc"
+    };
+    Some(dp_of(rows, build, path, 1, rules)? - dp_of(rows, build, floor, 0, None)?)
+}
+
+/// This build's cost above the floor ÷ the previous release's, at 1 mapping.
+fn vs_previous(rows: &[Value], path: &str, rules: Option<u64>) -> Option<f64> {
+    let prev = above_floor(rows, Some(super::datapath::PREVIOUS), path, rules)?;
+    let cur = above_floor(rows, None, path, rules)?;
+    (prev > 0.0).then(|| cur / prev)
+}
+
+/// The established TCP path against the previous release: (TC: the worse
+/// of ingress hit and reply, XDP: ingress hit).
+fn established_vs_previous(rows: &[Value]) -> (Option<f64>, Option<f64>) {
+    let tc = match (
+        vs_previous(rows, "ingress_hit_tc", None),
+        vs_previous(rows, "reply_tc", None),
+    ) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        _ => None,
+    };
+    (tc, vs_previous(rows, "ingress_hit_xdp", None))
+}
+
+const DP_PATHS: [(&str, Option<u64>); 17] = [
     ("ingress_hit_tc", None),
     ("ingress_hit_xdp", None),
     ("ingress_miss_tc", None),
     ("ingress_miss_xdp", None),
     ("reply_tc", None),
     ("policy_tracked_to_ctr", None),
+    ("policy_tracked_from_ctr", None),
+    ("from_ctr_tc", None),
+    ("to_ctr_tc", None),
+    ("from_ctr_no_sg_host", None),
+    ("to_ctr_no_sg_host", None),
     ("policy_to_ctr", Some(1)),
     ("policy_to_ctr", Some(300)),
     ("policy_from_ctr", Some(1)),
@@ -348,7 +399,45 @@ fn datapath_table(s: &mut String, r: &Value) {
             v[0].map(|x| f2(x / floor)).unwrap_or_default(),
         );
     }
-    s.push_str("\ningress_hit: a packet of an established flow to a published port (lookup, flow refresh, DNAT, checksums, FIB, redirect). ingress_miss: a packet to an unpublished port of the host. reply: a container's reply, SNAT'd back. policy_*: a new flow every rule of which is evaluated and refused (so nothing gets tracked between repetitions); policy_tracked_to_ctr: a packet of a flow already allowed. ingress_policy_tc: a new north-south flow to a published port judged against the container's rules.\n");
+    s.push_str("\nEach figure is the median of single runs, each on a fresh copy of its frame (BPF_PROG_TEST_RUN's repeat would run the program again on the frame it had already translated), so it includes the kernel's per-run timer overhead; the floor is an empty program timed the same way. ingress_hit: an ACK of an established TCP flow to a published port (lookup, flow refresh, DNAT, checksums, FIB, redirect). ingress_miss: a packet to an unpublished port of the host. reply: the container's ACK of that flow, SNAT'd back. policy_*: a new flow every rule of which is evaluated and refused (so nothing gets tracked between runs); policy_tracked_to_ctr / _from_ctr: an ACK of an established security-group flow, each way. from_ctr_tc / to_ctr_tc: a container without security groups sending / receiving, on its veth; _no_sg_host: the same where no endpoint has policy (the daemon's flag lets the hooks skip their lookups). ingress_policy_tc: a new north-south flow to a published port judged against the container's rules.\n");
+    previous_table(s, r);
+}
+
+/// The previous release, measured in the same run (rows with `build`).
+fn previous_table(s: &mut String, r: &Value) {
+    let rows = dp_rows(r);
+    let prev = Some(super::datapath::PREVIOUS);
+    if dp_of(&rows, prev, "floor_tc", 0, None).is_none() {
+        s.push_str("\nThe previous release was not measured in this run (`cargo xtask bench` builds it from git; see bench/README.md).\n");
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n### Against the previous release\n\nThe previous release's eBPF object ({}), loaded into the same namespace with the same maps and frames and measured in the same rounds, alternately with this one; at 1 mapping, ns above each build's own empty-program floor.\n\n| path | rules | previous | this build | × previous |\n|---|---:|---:|---:|---:|",
+        r["datapath_previous_release"].as_str().unwrap_or("8071dfd")
+    );
+    for (path, rules) in DP_PATHS {
+        let p = above_floor(&rows, prev, path, rules);
+        let c = above_floor(&rows, None, path, rules);
+        let fmt = |x: Option<f64>| x.map(f1).unwrap_or_else(|| "—".into());
+        let _ = writeln!(
+            s,
+            "| {path} | {} | {} | {} | {} |",
+            rules.map(|r| r.to_string()).unwrap_or_default(),
+            fmt(p),
+            fmt(c),
+            vs_previous(&rows, path, rules)
+                .map(f2)
+                .unwrap_or_else(|| "—".into()),
+        );
+    }
+    let (tc, xdp) = established_vs_previous(&rows);
+    let _ = writeln!(
+        s,
+        "\nEstablished TCP path (the worse of ingress hit and reply on TC; ingress hit on XDP): {} × the previous release on TC, {} × on XDP (goal: ≤ 1.10×).",
+        tc.map(f2).unwrap_or_else(|| "—".into()),
+        xdp.map(f2).unwrap_or_else(|| "—".into()),
+    );
 }
 
 fn veth_table(s: &mut String, r: &Value) {
@@ -476,6 +565,15 @@ fn goals(s: &mut String, r: &Value) {
         "ingress hit at 65 000 ÷ at 1 mapping",
         div(hit("ingress_hit_tc", 65_000), hit("ingress_hit_tc", 1)),
         div(hit("ingress_hit_xdp", 65_000), hit("ingress_hit_xdp", 1)),
+        "≤ 1.10×",
+        |v| v <= 1.10,
+    );
+    let (tc, xdp) = established_vs_previous(&dpr);
+    goal(
+        s,
+        "established TCP path ÷ previous release, above the floor (issue 9)",
+        tc,
+        xdp,
         "≤ 1.10×",
         |v| v <= 1.10,
     );

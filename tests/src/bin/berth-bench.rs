@@ -32,6 +32,8 @@ struct Opts {
     /// Sections to run (all when empty).
     only: Vec<String>,
     from_json: Option<PathBuf>,
+    /// The previous release's eBPF object, measured beside berth's own.
+    previous: Option<PathBuf>,
 }
 
 /// `control-berth`: berth's control-plane rows only (not part of a full run).
@@ -50,6 +52,7 @@ fn parse_args() -> Result<Opts> {
     let mut out_dir = root.parent().unwrap_or(&root).join("bench");
     let mut only = Vec::new();
     let mut from_json = None;
+    let mut previous = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -64,13 +67,18 @@ fn parse_args() -> Result<Opts> {
                     only.push(s.to_string());
                 }
             }
+            "--previous-object" => {
+                previous = Some(PathBuf::from(
+                    args.next().context("--previous-object needs a file")?,
+                ))
+            }
             "--from-json" => {
                 from_json = Some(PathBuf::from(
                     args.next().context("--from-json needs a file")?,
                 ))
             }
             other => bail!(
-                "unknown argument {other:?} (use --quick, --out DIR, --only {}, --from-json FILE)",
+                "unknown argument {other:?} (use --quick, --out DIR, --only {}, --from-json FILE, --previous-object FILE)",
                 SECTIONS.join(",")
             ),
         }
@@ -80,6 +88,7 @@ fn parse_args() -> Result<Opts> {
         out_dir,
         only,
         from_json,
+        previous,
     })
 }
 
@@ -204,7 +213,16 @@ fn run() -> Result<()> {
         Ok(())
     };
     section("verifier", &verifier_budget)?;
-    section("datapath", &|| Ok(datapath::datapath_costs(&settings)))?;
+    section("datapath", &|| {
+        let previous = match &opts.previous {
+            Some(path) => Some(
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(datapath::datapath_costs(&settings, previous))
+    })?;
+
     section("topology", &|| topo::topology_bench(&settings))?;
     section("veth", &|| veth::veth_bench(&settings))?;
     let mut control_result = None;
@@ -227,6 +245,9 @@ fn run() -> Result<()> {
     if let Some(v) = results.get("verifier").cloned() {
         results["verifier_budget"] = v;
         results.as_object_mut().map(|o| o.remove("verifier"));
+    }
+    if opts.previous.is_some() && results.get("datapath").is_some() {
+        results["datapath_previous_release"] = json!(datapath::PREVIOUS_RELEASE);
     }
     results["elapsed_s"] = json!(started.elapsed().as_secs_f64().round());
     write_outputs(&results, &opts, opts.quick)

@@ -1078,6 +1078,13 @@ impl Datapath for BpfDatapath {
             .map_err(map_err("BERTH_CONFIG"))
     }
 
+    fn set_no_policy(&self, none: bool) -> Result<(), DatapathError> {
+        self.lock()
+            .config
+            .set(berth_maps::CONFIG_NO_POLICY, u64::from(none), 0)
+            .map_err(map_err("BERTH_CONFIG"))
+    }
+
     fn set_flow_timeouts(&self, timeouts: FlowTimeouts) {
         *self.timeouts.lock().unwrap_or_else(|p| p.into_inner()) = timeouts;
     }

@@ -151,6 +151,12 @@ pub trait Datapath: Send + Sync {
     /// Refuse IPv4 from bridge ports whose hooks are not attached yet (on
     /// with `--default-sg`).
     fn set_port_gate(&self, on: bool) -> Result<(), DatapathError>;
+    /// Tell the veth hooks whether no endpoint has policy (they then skip
+    /// the source check and the security-group lookups). Must be `false`
+    /// before any endpoint gets policy.
+    fn set_no_policy(&self, _none: bool) -> Result<(), DatapathError> {
+        Ok(())
+    }
     /// Idle timeouts used by [`Datapath::expire_flows`].
     fn set_flow_timeouts(&self, timeouts: FlowTimeouts);
     /// What is attached where and how full the maps are (`berth status`);

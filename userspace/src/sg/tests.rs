@@ -527,6 +527,34 @@ fn push_writes_only_differences_and_cleans_up() {
 }
 
 #[test]
+fn no_policy_flag_is_cleared_before_policy_and_set_after_the_last_is_gone() {
+    use std::sync::atomic::Ordering;
+    let dp = FakeDatapath::default();
+    let mut applied = DpState::default();
+    // Nothing has policy: the veth hooks may skip their checks.
+    applied.push(&DpState::default(), &dp).unwrap();
+    assert!(dp.no_policy.load(Ordering::SeqCst));
+    let mut b = book();
+    b.attach("api", "web", 5).unwrap();
+    let want = b.desired(None, &tasks(&[("web", &["172.17.0.2"])]));
+    applied.push(&want, &dp).unwrap();
+    assert!(
+        !dp.no_policy.load(Ordering::SeqCst),
+        "an endpoint has policy"
+    );
+    assert!(
+        !dp.policy_while_flagged.load(Ordering::SeqCst),
+        "the flag went off before the endpoint got policy"
+    );
+    b.detach("api", "web").unwrap();
+    applied
+        .push(&b.desired(None, &BTreeMap::new()), &dp)
+        .unwrap();
+    assert!(dp.no_policy.load(Ordering::SeqCst), "the last one is gone");
+    assert!(!dp.policy_while_flagged.load(Ordering::SeqCst));
+}
+
+#[test]
 fn store_changes_name_only_what_changed() {
     let old = book();
     let mut new = old.clone();
