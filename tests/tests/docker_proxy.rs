@@ -223,13 +223,22 @@ fn ppid(pid: u32) -> Option<u32> {
         .ok()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+fn children_of(parent: u32) -> Vec<u32> {
+    fs::read_dir("/proc")
         .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|&pid| ppid(pid) == Some(parent))
+        .collect()
+}
+
+/// A `key: N kB` line of `/proc/<pid>/<file>`.
+fn kib(pid: u32, file: &str, key: &str) -> u64 {
+    let text = fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/{file}"))
 }
 
 fn stderr_of(out: &std::process::Output) -> String {
@@ -281,13 +290,22 @@ fn docker_run_p_publishes_through_berth_with_the_clients_address() {
     assert_eq!(web[0]["containerPort"], 80);
     assert_eq!(web[0]["protocol"], "tcp");
 
-    // The shim stays small; dockerd's IPv6 twin ([::]:8080) holds nothing.
+    // The shim stays small, and so does the unpublisher it forked;
+    // dockerd's IPv6 twin ([::]:8080) holds nothing and forks nothing.
     let shim = s.shim_pid("0.0.0.0", 8080, "tcp");
-    let rss = rss_kib(shim);
-    eprintln!("berth-docker-proxy RSS: {rss} KiB");
-    assert!(rss < 16 * 1024, "shim RSS {rss} KiB");
+    let unpublisher = children_of(shim);
+    assert_eq!(unpublisher.len(), 1, "one unpublisher: {unpublisher:?}");
+    for (what, pid) in [("shim", shim), ("unpublisher", unpublisher[0])] {
+        let (rss, pss) = (
+            kib(pid, "status", "VmRSS:"),
+            kib(pid, "smaps_rollup", "Pss:"),
+        );
+        eprintln!("berth-docker-proxy {what}: RSS {rss} KiB, PSS {pss} KiB");
+        assert!(rss < 16 * 1024, "{what} RSS {rss} KiB");
+    }
     let v6_twin = s.shim_pid("::", 8080, "tcp");
-    assert!(rss_kib(v6_twin) < 16 * 1024);
+    assert!(children_of(v6_twin).is_empty());
+    assert!(kib(v6_twin, "status", "VmRSS:") < 16 * 1024);
 
     // UDP, with the client's address as the container sees it.
     let out = s
@@ -406,4 +424,139 @@ fn dockerd_death_unpublishes_and_its_restart_publishes_again() {
     s.docker.stop().unwrap();
     s.wait_unpublished(8080, "dockerd stopped");
     let _: SocketAddr = s.topo.host.addr(8080);
+}
+
+/// The shim started by hand the way dockerd starts it: fd 3 a pipe whose
+/// other end is returned.
+fn spawn_shim(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, fs::File) {
+    use std::os::{fd::FromRawFd, unix::process::CommandExt};
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let (read, write) = (fds[0], fds[1]);
+    let mut c = std::process::Command::new(proxy_bin());
+    c.args(args).envs(env.iter().copied());
+    unsafe {
+        c.pre_exec(move || {
+            if libc::dup2(write, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = c.spawn().expect("spawn berth-docker-proxy");
+    unsafe { libc::close(write) };
+    (child, unsafe { fs::File::from_raw_fd(read) })
+}
+
+/// What the shim wrote on fd 3, up to its closing it.
+fn status_of(mut pipe: fs::File) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut s);
+        let _ = tx.send(s);
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("fd 3 closed within 10 s")
+}
+
+#[test]
+fn what_berth_cannot_publish_runs_the_real_docker_proxy_and_errors_reach_fd_3() {
+    let topo = Topology::build().expect("build topology");
+    let bpffs = Bpffs::new().expect("bpffs");
+    let berth = Daemon::start(&topo.host.ns, &bpffs).expect("start berth");
+    let sock = berth.socket().display().to_string();
+    let dir = berth.workdir().to_path_buf();
+    // A stand-in docker-proxy: records its argv, says ready on fd 3.
+    let fake = dir.join("fake-docker-proxy");
+    let argv_file = dir.join("argv");
+    fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho \"$0 $*\" > {}\nprintf '0\\n' >&3\n",
+            argv_file.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let fake_s = fake.display().to_string();
+    let env = [("BERTH_SOCKET", sock.as_str())];
+
+    // SCTP: the real proxy replaces the shim, without berth's own option.
+    let sctp = "-proto sctp -host-ip 0.0.0.0 -host-port 9000 -container-ip 172.17.0.2 -container-port 9000";
+    let mut args: Vec<&str> = sctp.split(' ').collect();
+    args.extend(["-fallback-proxy", &fake_s]);
+    let (mut child, pipe) = spawn_shim(&args, &env);
+    assert_eq!(status_of(pipe), "0\n");
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        fs::read_to_string(&argv_file).unwrap().trim(),
+        format!("{fake_s} {sctp}"),
+        "dockerd's arguments as given"
+    );
+
+    // An IPv6 host address for an IPv4 container berth does not hold: the
+    // real proxy too (found through the environment this time).
+    let v6 = "-proto tcp -host-ip :: -host-port 8080 -container-ip 172.17.0.2 -container-port 80";
+    let env_fb = [
+        ("BERTH_SOCKET", sock.as_str()),
+        ("BERTH_DOCKER_PROXY_FALLBACK", fake_s.as_str()),
+    ];
+    let (mut child, pipe) = spawn_shim(&v6.split(' ').collect::<Vec<_>>(), &env_fb);
+    assert_eq!(status_of(pipe), "0\n");
+    assert!(child.wait().unwrap().success());
+    assert!(fs::read_to_string(&argv_file)
+        .unwrap()
+        .contains("-host-ip ::"));
+
+    // Once berth holds 8080 for IPv4 its bind guard keeps [::]:8080 from
+    // any proxy: the shim says ready and holds nothing until stopped.
+    berth
+        .cli_ok([
+            "map",
+            "add",
+            "--task",
+            "web",
+            "--ip",
+            "172.17.0.2",
+            "-p",
+            "8080:80",
+        ])
+        .unwrap();
+    fs::remove_file(&argv_file).unwrap();
+    let (mut child, pipe) = spawn_shim(&v6.split(' ').collect::<Vec<_>>(), &env_fb);
+    assert_eq!(status_of(pipe), "0\n");
+    assert!(!argv_file.exists(), "no docker-proxy ran");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let out = berth.cli_ok(["map", "ls", "--json"]).unwrap();
+    assert!(
+        out.contains("\"hostPort\":8080"),
+        "the IPv4 mapping stays: {out}"
+    );
+
+    // Refusals go back on fd 3 as `1\n<one line>`, in Docker's words.
+    let taken =
+        "-proto tcp -host-ip 0.0.0.0 -host-port 8080 -container-ip 172.17.0.3 -container-port 80";
+    let (mut child, pipe) = spawn_shim(&taken.split(' ').collect::<Vec<_>>(), &env);
+    assert_eq!(
+        status_of(pipe),
+        "1\nBind for 0.0.0.0:8080 failed: port is already allocated"
+    );
+    assert!(!child.wait().unwrap().success());
+    let (mut child, pipe) = spawn_shim(
+        &["-proto", "icmp", "-host-port", "1", "-container-port", "1"],
+        &env,
+    );
+    assert_eq!(status_of(pipe), "1\nunsupported protocol icmp");
+    assert!(!child.wait().unwrap().success());
+    let unreachable = [("BERTH_SOCKET", "/nonexistent/berth.sock")];
+    let ok4 =
+        "-proto udp -host-ip 0.0.0.0 -host-port 5353 -container-ip 172.17.0.2 -container-port 53";
+    let (mut child, pipe) = spawn_shim(&ok4.split(' ').collect::<Vec<_>>(), &unreachable);
+    assert_eq!(
+        status_of(pipe),
+        "1\ncannot reach the berth daemon at /nonexistent/berth.sock: is `berth daemon` running?"
+    );
+    assert!(!child.wait().unwrap().success());
 }

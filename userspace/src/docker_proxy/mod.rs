@@ -339,7 +339,6 @@ fn exec_fallback(a: &ProxyArgs, why: &str) -> ExitCode {
         ));
     };
     let err = std::process::Command::new(&path)
-        .arg0("docker-proxy")
         .args(&a.passthrough)
         .exec();
     fail(&format!("cannot run {}: {err}", path.display()))
