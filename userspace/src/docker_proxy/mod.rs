@@ -89,15 +89,19 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
+    let mut stop = match StopSignals::listen(&runtime) {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("cannot listen for SIGINT/SIGTERM: {e}")),
+    };
     let client = Client::new(berth_socket());
     if plan(&a) == Plan::Ipv6ForIpv4 {
         return match runtime.block_on(berth_guards_port(&client, &a)) {
-            Ok(true) => hold_ipv6(&runtime, &a),
+            Ok(true) => hold_ipv6(&runtime, &mut stop, &a),
             Ok(false) => exec_fallback(&a, "berth publishes IPv4 host addresses only"),
             Err(msg) => fail(&msg),
         };
     }
-    publish_until_stopped(&runtime, &client, &a, ppid_at_start as u32)
+    publish_until_stopped(&runtime, &mut stop, &client, &a, ppid_at_start as u32)
 }
 
 fn berth_socket() -> PathBuf {
@@ -184,6 +188,7 @@ fn unpublish(
 
 fn publish_until_stopped(
     runtime: &tokio::runtime::Runtime,
+    stop: &mut StopSignals,
     client: &Client,
     a: &ProxyArgs,
     ppid: u32,
@@ -216,12 +221,12 @@ fn publish_until_stopped(
     if named.is_err() {
         // dockerd restores containers before its API listens, and waits for
         // each proxy: the name can only be learnt once it is ready.
-        if let Some(name) = runtime.block_on(name_or_stop(&docker, a.container_ip)) {
+        if let Some(name) = runtime.block_on(name_or_stop(stop, &docker, a.container_ip)) {
             published = rename(runtime, client, a, published, &name);
-            runtime.block_on(wait_for_stop());
+            runtime.block_on(stop.recv());
         }
     } else {
-        runtime.block_on(wait_for_stop());
+        runtime.block_on(stop.recv());
     }
     match unpublish(runtime, client, published) {
         Ok(()) => ExitCode::SUCCESS,
@@ -234,7 +239,7 @@ fn publish_until_stopped(
 
 /// Polls the Docker API for the container's name; `None` when stopped
 /// first (or after [`RENAME_PATIENCE`]: the IP stays the name).
-async fn name_or_stop(docker: &Path, ip: IpAddr) -> Option<String> {
+async fn name_or_stop(stop: &mut StopSignals, docker: &Path, ip: IpAddr) -> Option<String> {
     let poll = async {
         let deadline = tokio::time::Instant::now() + RENAME_PATIENCE;
         while tokio::time::Instant::now() < deadline {
@@ -248,7 +253,7 @@ async fn name_or_stop(docker: &Path, ip: IpAddr) -> Option<String> {
     };
     tokio::select! {
         name = poll => name,
-        _ = wait_for_stop() => None,
+        _ = stop.recv() => None,
     }
 }
 
@@ -303,7 +308,7 @@ async fn berth_guards_port(client: &Client, a: &ProxyArgs) -> Result<bool, Strin
 
 /// Ready, and nothing else to do until stopped: berth's bind guard keeps
 /// the IPv6 side of the port closed, as docker-proxy's socket would hold it.
-fn hold_ipv6(runtime: &tokio::runtime::Runtime, a: &ProxyArgs) -> ExitCode {
+fn hold_ipv6(runtime: &tokio::runtime::Runtime, stop: &mut StopSignals, a: &ProxyArgs) -> ExitCode {
     eprintln!(
         "berth-docker-proxy: [{}]:{}/{} not proxied: berth translates IPv4 only and its bind guard holds the port",
         a.host_ip,
@@ -311,21 +316,33 @@ fn hold_ipv6(runtime: &tokio::runtime::Runtime, a: &ProxyArgs) -> ExitCode {
         a.proto.as_str()
     );
     report_ready();
-    runtime.block_on(wait_for_stop());
+    runtime.block_on(stop.recv());
     ExitCode::SUCCESS
 }
 
-async fn wait_for_stop() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return; // cannot wait for a stop: unpublish now rather than leak
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+/// dockerd's stop signals, listened for from before the first publish to
+/// the exit: once tokio handles them, one that arrives while nothing
+/// listens would be lost, and dockerd would wait for the proxy forever.
+struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen(runtime: &tokio::runtime::Runtime) -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _in_runtime = runtime.enter();
+        Ok(StopSignals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
     }
 }
 
