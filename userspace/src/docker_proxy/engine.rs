@@ -3,7 +3,8 @@
 //! dockerd starts the proxy while it is still starting the container, before
 //! the container's own `NetworkSettings` show its address; the bridge
 //! network's inspect output already lists the endpoint with the container's
-//! name and IP, so that is what is read (two GETs, a few hundred bytes).
+//! name and IP, so that is what is read (bollard: the version, the bridge
+//! networks, each one's endpoints).
 use std::{
     collections::HashMap,
     ffi::OsString,
@@ -12,38 +13,14 @@ use std::{
     time::Duration,
 };
 
-use http_body_util::{BodyExt, Empty};
-use hyper::{body::Bytes, client::conn::http1, Request};
-use hyper_util::rt::TokioIo;
-use serde::{de::DeserializeOwned, Deserialize};
-use tokio::net::UnixStream;
+use bollard::{
+    models::EndpointResource, query_parameters::ListNetworksOptionsBuilder, Docker,
+    API_DEFAULT_VERSION,
+};
 
 /// dockerd answers these from memory; more than this means it is stuck.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
-/// `{"driver":["bridge"]}`, URL-encoded.
-const BRIDGE_FILTER: &str = "%7B%22driver%22%3A%5B%22bridge%22%5D%7D";
-
-#[derive(Deserialize)]
-struct NetworkSummary {
-    #[serde(rename = "Id")]
-    id: String,
-}
-
-#[derive(Deserialize)]
-struct NetworkInspect {
-    #[serde(rename = "Containers", default)]
-    containers: HashMap<String, Endpoint>,
-}
-
-#[derive(Deserialize)]
-struct Endpoint {
-    #[serde(rename = "Name")]
-    name: String,
-    /// `172.18.0.2/16`
-    #[serde(rename = "IPv4Address", default)]
-    ipv4: String,
-}
 
 /// The Docker API socket of the engine that started us: its `-H unix://…`
 /// (read from the parent's command line), else `DOCKER_HOST`, else the
@@ -88,46 +65,39 @@ pub async fn container_name_by_ip(socket: &Path, ip: IpAddr) -> Result<String, S
 }
 
 async fn lookup(socket: &Path, ip: IpAddr) -> Result<String, String> {
-    let networks: Vec<NetworkSummary> =
-        get_json(socket, &format!("/networks?filters={BRIDGE_FILTER}")).await?;
-    for net in networks {
-        let inspect: NetworkInspect = get_json(socket, &format!("/networks/{}", net.id)).await?;
-        if let Some(name) = endpoint_name(&inspect, ip) {
+    let fail = |e: bollard::errors::Error| format!("Docker API {}: {e}", socket.display());
+    // Negotiated: dockerd 20.10 speaks API 1.41 at most, Docker 29 at least 1.44.
+    let docker = Docker::connect_with_unix(
+        &socket.to_string_lossy(),
+        LOOKUP_TIMEOUT.as_secs(),
+        API_DEFAULT_VERSION,
+    )
+    .map_err(fail)?
+    .negotiate_version()
+    .await
+    .map_err(fail)?;
+    let bridges = HashMap::from([("driver", vec!["bridge"])]);
+    let networks = docker
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::new().filters(&bridges).build(),
+        ))
+        .await
+        .map_err(fail)?;
+    for id in networks.into_iter().filter_map(|n| n.id) {
+        let net = docker.inspect_network(&id, None).await.map_err(fail)?;
+        if let Some(name) = endpoint_name(&net.containers.unwrap_or_default(), ip) {
             return Ok(name);
         }
     }
     Err(format!("no container with IP {ip} on a bridge network"))
 }
 
-fn endpoint_name(net: &NetworkInspect, ip: IpAddr) -> Option<String> {
-    net.containers
-        .values()
-        .find(|ep| {
-            let addr = ep.ipv4.split('/').next().unwrap_or_default();
-            addr.parse::<IpAddr>().ok() == Some(ip)
-        })
-        .map(|ep| ep.name.clone())
-}
-
-async fn get_json<T: DeserializeOwned>(socket: &Path, path: &str) -> Result<T, String> {
-    let fail = |e: &dyn std::fmt::Display| format!("Docker API {}: {e}", socket.display());
-    let stream = UnixStream::connect(socket).await.map_err(|e| fail(&e))?;
-    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| fail(&e))?;
-    let conn = tokio::spawn(conn);
-    let req = Request::get(path)
-        .header(hyper::header::HOST, "docker")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| fail(&e))?;
-    let resp = sender.send_request(req).await.map_err(|e| fail(&e))?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await.map_err(|e| fail(&e))?;
-    conn.abort();
-    if !status.is_success() {
-        return Err(fail(&format!("GET {path} answered {status}")));
-    }
-    serde_json::from_slice(&body.to_bytes()).map_err(|e| fail(&e))
+/// The endpoint whose `IPv4Address` (`172.18.0.2/16`) is `ip`.
+fn endpoint_name(endpoints: &HashMap<String, EndpointResource>, ip: IpAddr) -> Option<String> {
+    endpoints.values().find_map(|ep| {
+        let addr = ep.ipv4_address.as_deref()?.split('/').next()?;
+        (addr.parse::<IpAddr>().ok()? == ip).then(|| ep.name.clone())?
+    })
 }
 
 #[cfg(test)]
@@ -170,12 +140,13 @@ mod tests {
 
     #[test]
     fn the_endpoint_is_found_by_its_address_without_the_prefix_length() {
-        let net: NetworkInspect = serde_json::from_str(
+        let net: bollard::models::NetworkInspect = serde_json::from_str(
             r#"{"Name":"bridge","Containers":{
                 "d2e7":{"Name":"web1","EndpointID":"a3","IPv4Address":"172.18.0.2/16","IPv6Address":""},
                 "ffff":{"Name":"web10","IPv4Address":"172.18.0.20/16"}}}"#,
         )
         .unwrap();
+        let net = net.containers.unwrap();
         assert_eq!(
             endpoint_name(&net, "172.18.0.2".parse().unwrap()).as_deref(),
             Some("web1")
