@@ -17,7 +17,7 @@ use std::{
 
 use berth_integration::{
     addr, http_get, tcp_connect, udp_request, Bpffs, Daemon, DaemonOptions, Dockerd,
-    DockerdOptions, Topology, TopologyOptions,
+    DockerdOptions, NetNs, Topology, TopologyOptions,
 };
 use serde_json::Value;
 
@@ -426,15 +426,22 @@ fn dockerd_death_unpublishes_and_its_restart_publishes_again() {
     let _: SocketAddr = s.topo.host.addr(8080);
 }
 
-/// The shim started by hand the way dockerd starts it: fd 3 a pipe whose
-/// other end is returned.
-fn spawn_shim(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, fs::File) {
+/// The shim started by hand the way dockerd starts it, in dockerd's (the
+/// host's) network namespace: fd 3 a pipe whose other end is returned.
+fn spawn_shim(
+    host: &NetNs,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, fs::File) {
     use std::os::{fd::FromRawFd, unix::process::CommandExt};
     let mut fds = [0; 2];
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
     let (read, write) = (fds[0], fds[1]);
-    let mut c = std::process::Command::new(proxy_bin());
-    c.args(args).envs(env.iter().copied());
+    let mut c = std::process::Command::new("nsenter");
+    c.arg(format!("--net={}", host.path().display()))
+        .arg(proxy_bin())
+        .args(args)
+        .envs(env.iter().copied());
     unsafe {
         c.pre_exec(move || {
             if libc::dup2(write, 3) < 0 {
@@ -480,13 +487,18 @@ fn what_berth_cannot_publish_runs_the_real_docker_proxy_and_errors_reach_fd_3() 
     .unwrap();
     fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let fake_s = fake.display().to_string();
-    let env = [("BERTH_SOCKET", sock.as_str())];
+    // Every start below names the stand-in, so nothing here can ever run the
+    // real docker-proxy (the option, when given, comes first).
+    let env = [
+        ("BERTH_SOCKET", sock.as_str()),
+        ("BERTH_DOCKER_PROXY_FALLBACK", fake_s.as_str()),
+    ];
 
     // SCTP: the real proxy replaces the shim, without berth's own option.
     let sctp = "-proto sctp -host-ip 0.0.0.0 -host-port 9000 -container-ip 172.17.0.2 -container-port 9000";
     let mut args: Vec<&str> = sctp.split(' ').collect();
     args.extend(["-fallback-proxy", &fake_s]);
-    let (mut child, pipe) = spawn_shim(&args, &env);
+    let (mut child, pipe) = spawn_shim(&topo.host.ns, &args, &env);
     assert_eq!(status_of(pipe), "0\n");
     assert!(child.wait().unwrap().success());
     assert_eq!(
@@ -498,16 +510,29 @@ fn what_berth_cannot_publish_runs_the_real_docker_proxy_and_errors_reach_fd_3() 
     // An IPv6 host address for an IPv4 container berth does not hold: the
     // real proxy too (found through the environment this time).
     let v6 = "-proto tcp -host-ip :: -host-port 8080 -container-ip 172.17.0.2 -container-port 80";
-    let env_fb = [
-        ("BERTH_SOCKET", sock.as_str()),
-        ("BERTH_DOCKER_PROXY_FALLBACK", fake_s.as_str()),
-    ];
-    let (mut child, pipe) = spawn_shim(&v6.split(' ').collect::<Vec<_>>(), &env_fb);
+
+    let (mut child, pipe) = spawn_shim(&topo.host.ns, &v6.split(' ').collect::<Vec<_>>(), &env);
     assert_eq!(status_of(pipe), "0\n");
     assert!(child.wait().unwrap().success());
     assert!(fs::read_to_string(&argv_file)
         .unwrap()
         .contains("-host-ip ::"));
+
+    // A container on another bridge (a user-defined network): the real
+    // proxy, as berth serves docker0 only here.
+    let other =
+        "-proto tcp -host-ip 0.0.0.0 -host-port 7070 -container-ip 10.9.0.2 -container-port 80";
+    let (mut child, pipe) = spawn_shim(
+        &topo.host.ns,
+        &other.split(' ').collect::<Vec<_>>(),
+        &env,
+    );
+    assert_eq!(status_of(pipe), "0\n");
+    assert!(child.wait().unwrap().success());
+    assert!(fs::read_to_string(&argv_file)
+        .unwrap()
+        .contains("-container-ip 10.9.0.2"));
+    assert!(!berth.cli_ok(["map", "ls"]).unwrap().contains("7070"));
 
     // Once berth holds 8080 for IPv4 its bind guard keeps [::]:8080 from
     // any proxy: the shim says ready and holds nothing until stopped.
@@ -524,7 +549,7 @@ fn what_berth_cannot_publish_runs_the_real_docker_proxy_and_errors_reach_fd_3() 
         ])
         .unwrap();
     fs::remove_file(&argv_file).unwrap();
-    let (mut child, pipe) = spawn_shim(&v6.split(' ').collect::<Vec<_>>(), &env_fb);
+    let (mut child, pipe) = spawn_shim(&topo.host.ns, &v6.split(' ').collect::<Vec<_>>(), &env);
     assert_eq!(status_of(pipe), "0\n");
     assert!(!argv_file.exists(), "no docker-proxy ran");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -538,22 +563,30 @@ fn what_berth_cannot_publish_runs_the_real_docker_proxy_and_errors_reach_fd_3() 
     // Refusals go back on fd 3 as `1\n<one line>`, in Docker's words.
     let taken =
         "-proto tcp -host-ip 0.0.0.0 -host-port 8080 -container-ip 172.17.0.3 -container-port 80";
-    let (mut child, pipe) = spawn_shim(&taken.split(' ').collect::<Vec<_>>(), &env);
+    let (mut child, pipe) = spawn_shim(&topo.host.ns, &taken.split(' ').collect::<Vec<_>>(), &env);
     assert_eq!(
         status_of(pipe),
         "1\nBind for 0.0.0.0:8080 failed: port is already allocated"
     );
     assert!(!child.wait().unwrap().success());
     let (mut child, pipe) = spawn_shim(
+        &topo.host.ns,
         &["-proto", "icmp", "-host-port", "1", "-container-port", "1"],
         &env,
     );
     assert_eq!(status_of(pipe), "1\nunsupported protocol icmp");
     assert!(!child.wait().unwrap().success());
-    let unreachable = [("BERTH_SOCKET", "/nonexistent/berth.sock")];
+    let unreachable = [
+        ("BERTH_SOCKET", "/nonexistent/berth.sock"),
+        ("BERTH_DOCKER_PROXY_FALLBACK", fake_s.as_str()),
+    ];
     let ok4 =
         "-proto udp -host-ip 0.0.0.0 -host-port 5353 -container-ip 172.17.0.2 -container-port 53";
-    let (mut child, pipe) = spawn_shim(&ok4.split(' ').collect::<Vec<_>>(), &unreachable);
+    let (mut child, pipe) = spawn_shim(
+        &topo.host.ns,
+        &ok4.split(' ').collect::<Vec<_>>(),
+        &unreachable,
+    );
     assert_eq!(
         status_of(pipe),
         "1\ncannot reach the berth daemon at /nonexistent/berth.sock: is `berth daemon` running?"

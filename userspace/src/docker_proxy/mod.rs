@@ -6,9 +6,9 @@
 //!
 //! The status protocol is docker-proxy's: `0\n` on fd 3 when ready, or
 //! `1\n<message>` (dockerd shows "Error starting userland proxy:
-//! <message>"). What berth cannot do — SCTP, an IPv6 container — runs the
-//! real docker-proxy in this process (exec), with fd 3 and 4 as dockerd
-//! gave them.
+//! <message>"). What berth cannot do — SCTP, an IPv6 container, a
+//! container on another bridge than berth's — runs the real docker-proxy
+//! in this process (exec), with fd 3 and 4 as dockerd gave them.
 pub mod args;
 pub mod engine;
 mod guard;
@@ -101,7 +101,60 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             Err(msg) => fail(&msg),
         };
     }
+    match runtime.block_on(client.status()) {
+        Ok(status) => {
+            // The bridge the daemon attached to, as `berth status` shows it.
+            let bridge = status.datapath.and_then(|d| {
+                d.attachments
+                    .into_iter()
+                    .find(|at| at.role == "bridge")
+                    .map(|at| at.target)
+            });
+            if let Some(bridge) = bridge.filter(|b| !bridge_holds(b, a.container_ip)) {
+                // A user-defined network (docker compose's br-…): berth
+                // serves one bridge, docker-proxy any.
+                let why = format!("{} is not on berth's bridge {bridge}", a.container_ip);
+                return exec_fallback(&a, &why);
+            }
+        }
+        Err(e) => return fail(&e.to_string()),
+    }
     publish_until_stopped(&runtime, &mut stop, &client, &a, ppid_at_start as u32)
+}
+
+/// Whether `ip` is in a subnet of one of `bridge`'s IPv4 addresses, as
+/// the kernel has them in this namespace (the daemon's).
+fn bridge_holds(bridge: &str, ip: IpAddr) -> bool {
+    let IpAddr::V4(ip) = ip else {
+        return false;
+    };
+    let mut subnets = Vec::new();
+    unsafe {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut head) != 0 {
+            return false;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null()
+                || ifa.ifa_netmask.is_null()
+                || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET
+                || std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() != bridge.as_bytes()
+            {
+                continue;
+            }
+            let addr = (*ifa.ifa_addr.cast::<libc::sockaddr_in>()).sin_addr.s_addr;
+            let mask = (*ifa.ifa_netmask.cast::<libc::sockaddr_in>())
+                .sin_addr
+                .s_addr;
+            subnets.push((u32::from_be(addr), u32::from_be(mask)));
+        }
+        libc::freeifaddrs(head);
+    }
+    let ip = u32::from(ip);
+    subnets.iter().any(|&(addr, mask)| ip & mask == addr & mask)
 }
 
 fn berth_socket() -> PathBuf {
@@ -441,6 +494,14 @@ mod tests {
             ))),
             Plan::Ipv6ForIpv4
         );
+    }
+
+    #[test]
+    fn a_bridge_holds_the_subnets_of_its_addresses_only() {
+        assert!(bridge_holds("lo", "127.5.5.5".parse().unwrap()));
+        assert!(!bridge_holds("lo", "10.0.0.1".parse().unwrap()));
+        assert!(!bridge_holds("no-such-if0", "127.0.0.1".parse().unwrap()));
+        assert!(!bridge_holds("lo", "::1".parse().unwrap()));
     }
 
     #[test]
