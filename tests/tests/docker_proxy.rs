@@ -8,7 +8,7 @@
 //! seconds); each scenario states what it checks.
 use std::{
     fs,
-    net::{SocketAddr, UdpSocket},
+    net::UdpSocket,
     os::fd::AsRawFd,
     path::PathBuf,
     thread,
@@ -184,6 +184,19 @@ impl Setup {
         )
     }
 
+    /// Whatever dockerd started for `0.0.0.0:port/tcp`, shim or not.
+    fn proxy_pid(&self, port: u16) -> u32 {
+        let parent = self.docker.pid().expect("dockerd runs");
+        let want = format!("-host-ip\00.0.0.0\0-host-port\0{port}\0");
+        children_of(parent)
+            .into_iter()
+            .find(|pid| {
+                let c = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                String::from_utf8_lossy(&c).contains(&want)
+            })
+            .unwrap_or_else(|| panic!("no proxy for 0.0.0.0:{port} under dockerd {parent}"))
+    }
+
     /// The berth-docker-proxy dockerd started for `host_ip:port/proto`.
     fn shim_pid(&self, host_ip: &str, port: u16, proto: &str) -> u32 {
         let parent = self.docker.pid().expect("dockerd runs");
@@ -295,7 +308,13 @@ fn docker_run_p_publishes_through_berth_with_the_clients_address() {
     let shim = s.shim_pid("0.0.0.0", 8080, "tcp");
     let unpublisher = children_of(shim);
     assert_eq!(unpublisher.len(), 1, "one unpublisher: {unpublisher:?}");
-    for (what, pid) in [("shim", shim), ("unpublisher", unpublisher[0])] {
+    let v6_twin = s.shim_pid("::", 8080, "tcp");
+    assert!(children_of(v6_twin).is_empty());
+    for (what, pid) in [
+        ("shim", shim),
+        ("unpublisher", unpublisher[0]),
+        ("[::] twin", v6_twin),
+    ] {
         let (rss, pss) = (
             kib(pid, "status", "VmRSS:"),
             kib(pid, "smaps_rollup", "Pss:"),
@@ -303,9 +322,6 @@ fn docker_run_p_publishes_through_berth_with_the_clients_address() {
         eprintln!("berth-docker-proxy {what}: RSS {rss} KiB, PSS {pss} KiB");
         assert!(rss < 16 * 1024, "{what} RSS {rss} KiB");
     }
-    let v6_twin = s.shim_pid("::", 8080, "tcp");
-    assert!(children_of(v6_twin).is_empty());
-    assert!(kib(v6_twin, "status", "VmRSS:") < 16 * 1024);
 
     // UDP, with the client's address as the container sees it.
     let out = s
@@ -374,6 +390,25 @@ fn docker_run_p_publishes_through_berth_with_the_clients_address() {
         "only berth's own 9090"
     );
 
+    // A user-defined network is not berth's bridge: the real docker-proxy
+    // serves the port (dockerd's own DNAT carries the client), berth
+    // publishes nothing.
+    s.docker
+        .docker_ok(["network", "create", "--subnet", "172.19.0.0/16", "user"])
+        .unwrap();
+    let out = s.run_httpd("userweb", "8082:80", &["--network", "user"]);
+    assert!(out.status.success(), "docker run: {}", stderr_of(&out));
+    let proxy = s.proxy_pid(8082);
+    let argv0 = fs::read(format!("/proc/{proxy}/cmdline")).unwrap();
+    let argv0 = String::from_utf8_lossy(argv0.split(|&b| b == 0).next().unwrap()).into_owned();
+    assert_eq!(
+        argv0, "/usr/sbin/docker-proxy",
+        "the shim exec'd docker-proxy"
+    );
+    assert_eq!(s.client_get(8082, "/").unwrap(), "hello\n");
+    assert!(!s.published().iter().any(|(_, p, _)| *p == 8082));
+    s.docker.docker_ok(["rm", "-f", "userweb"]).unwrap();
+
     // docker stop unpublishes; the port no longer answers.
     s.docker.docker_ok(["stop", "-t", "1", "web"]).unwrap();
     s.wait_unpublished(8080, "docker stop");
@@ -397,7 +432,7 @@ fn docker_run_p_publishes_through_berth_with_the_clients_address() {
 }
 
 #[test]
-fn dockerd_death_unpublishes_and_its_restart_publishes_again() {
+fn dockerd_death_unpublishes_and_its_restart_publishes_again_across_a_berth_restart() {
     let mut s = setup();
     let out = s.run_httpd("web", "8080:80", &["--restart", "always"]);
     assert!(out.status.success(), "docker run: {}", stderr_of(&out));
@@ -420,10 +455,14 @@ fn dockerd_death_unpublishes_and_its_restart_publishes_again() {
     }
     assert_eq!(s.remote_addr_seen(8080), addr::CLIENT_IP.to_string());
 
+    // A berth restart keeps the mapping (the store) and the shim's
+    // unpublish still reaches the new daemon.
+    s.berth.restart().unwrap();
+    assert_eq!(s.remote_addr_seen(8080), addr::CLIENT_IP.to_string());
+
     // A clean dockerd stop stops the container and unpublishes.
     s.docker.stop().unwrap();
     s.wait_unpublished(8080, "dockerd stopped");
-    let _: SocketAddr = s.topo.host.addr(8080);
 }
 
 /// The shim started by hand the way dockerd starts it, in dockerd's (the
@@ -522,11 +561,7 @@ fn what_berth_cannot_publish_runs_the_real_docker_proxy_and_errors_reach_fd_3() 
     // proxy, as berth serves docker0 only here.
     let other =
         "-proto tcp -host-ip 0.0.0.0 -host-port 7070 -container-ip 10.9.0.2 -container-port 80";
-    let (mut child, pipe) = spawn_shim(
-        &topo.host.ns,
-        &other.split(' ').collect::<Vec<_>>(),
-        &env,
-    );
+    let (mut child, pipe) = spawn_shim(&topo.host.ns, &other.split(' ').collect::<Vec<_>>(), &env);
     assert_eq!(status_of(pipe), "0\n");
     assert!(child.wait().unwrap().success());
     assert!(fs::read_to_string(&argv_file)
