@@ -101,25 +101,29 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             Err(msg) => fail(&msg),
         };
     }
-    match runtime.block_on(client.status()) {
-        Ok(status) => {
-            // The bridge the daemon attached to, as `berth status` shows it.
-            let bridge = status.datapath.and_then(|d| {
-                d.attachments
-                    .into_iter()
-                    .find(|at| at.role == "bridge")
-                    .map(|at| at.target)
-            });
-            if let Some(bridge) = bridge.filter(|b| !bridge_holds(b, a.container_ip)) {
-                // A user-defined network (docker compose's br-…): berth
-                // serves one bridge, docker-proxy any.
-                let why = format!("{} is not on berth's bridge {bridge}", a.container_ip);
-                return exec_fallback(&a, &why);
-            }
+    match runtime.block_on(berths_bridge(&client)) {
+        // A user-defined network (docker compose's br-…): berth serves one
+        // bridge, docker-proxy any.
+        Ok(Some(bridge)) if !bridge_holds(&bridge, a.container_ip) => {
+            let why = format!("{} is not on berth's bridge {bridge}", a.container_ip);
+            return exec_fallback(&a, &why);
         }
-        Err(e) => return fail(&e.to_string()),
+        Ok(_) => {}
+        Err(msg) => return fail(&msg),
     }
     publish_until_stopped(&runtime, &mut stop, &client, &a, ppid_at_start as u32)
+}
+
+/// The bridge the daemon attached to, as `berth status` shows it (none for
+/// a daemon without a datapath).
+async fn berths_bridge(client: &Client) -> Result<Option<String>, String> {
+    let status = client.status().await.map_err(|e| e.to_string())?;
+    Ok(status.datapath.and_then(|d| {
+        d.attachments
+            .into_iter()
+            .find(|at| at.role == "bridge")
+            .map(|at| at.target)
+    }))
 }
 
 /// Whether `ip` is in a subnet of one of `bridge`'s IPv4 addresses, as
