@@ -25,10 +25,11 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages the integration tests and benchmarks call.
 const DEBIAN_PACKAGES: &[&str] = &["iproute2", "iptables", "nftables", "iperf3", "ethtool"];
-/// What only `cargo xtask bench` needs: Docker's userland proxy
-/// (`/usr/sbin/docker-proxy`) ships in `docker.io`. The bench runs that one
-/// binary; dockerd is never started (see [`ensure_bench_packages`]).
-const BENCH_PACKAGES: &[&str] = &["docker.io"];
+/// Docker's engine and userland proxy (`docker.io`: the bench runs
+/// `/usr/sbin/docker-proxy`, `tests/docker_proxy.rs` a dockerd inside its
+/// own namespace) and the busybox its image is made of. Installed without
+/// starting any service (see [`ensure_docker_packages`]).
+const DOCKER_PACKAGES: &[&str] = &["docker.io", "busybox-static"];
 /// Debian's hook that asks invoke-rc.d / deb-systemd-invoke whether a
 /// package may start its services; exit status 101 means "no".
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
@@ -43,6 +44,7 @@ pub fn bootstrap() -> Result<()> {
     ensure_rust_src(&nightly)?;
     ensure_bpf_linker(&nightly)?;
     ensure_debian_packages()?;
+    ensure_docker_packages()?;
     Ok(())
 }
 
@@ -310,24 +312,24 @@ fn ensure_debian_packages() -> Result<()> {
     ensure_packages(DEBIAN_PACKAGES, &[])
 }
 
-/// The bench's extra packages, installed without recommends and without
+/// Docker's packages, installed without recommends and without
 /// letting them start any service: `docker.io` would otherwise start
 /// dockerd (and containerd), which rewrites the root namespace's iptables
 /// and creates a docker0 there. A `policy-rc.d` that refuses every start is
 /// put in place for the install if the machine has none, and removed after.
-pub fn ensure_bench_packages() -> Result<()> {
-    let missing = BENCH_PACKAGES.iter().any(|p| !package_installed(p));
+pub fn ensure_docker_packages() -> Result<()> {
+    let missing = DOCKER_PACKAGES.iter().any(|p| !package_installed(p));
     let ours = missing && is_root() && !Path::new(POLICY_RC_D).exists();
     if ours {
         fs::write(
             POLICY_RC_D,
-            "#!/bin/sh\n# cargo xtask bench: no service may start while docker.io is installed.\nexit 101\n",
+            "#!/bin/sh\n# cargo xtask bootstrap: no service may start while docker.io is installed.\nexit 101\n",
         )
         .with_context(|| format!("cannot write {POLICY_RC_D}"))?;
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(POLICY_RC_D, fs::Permissions::from_mode(0o755))?;
     }
-    let r = ensure_packages(BENCH_PACKAGES, &["--no-install-recommends"]);
+    let r = ensure_packages(DOCKER_PACKAGES, &["--no-install-recommends"]);
     if ours {
         let _ = fs::remove_file(POLICY_RC_D);
     }

@@ -106,7 +106,6 @@ fn bench(quick: bool) -> Result<()> {
         bail!("cargo xtask bench must run as root: it loads eBPF programs and builds network namespaces");
     }
     bootstrap::bootstrap()?;
-    bootstrap::ensure_bench_packages()?;
     // Release builds of the daemon and the bench; the bench finds the daemon
     // next to itself.
     run::status(cargo()?.args([
