@@ -168,22 +168,53 @@ fn other_allowed(data: usize, data_end: usize, frame_len: usize, from: bool) -> 
         }
         // Malformed and whole: the stack drops it.
         PROTO_TCP | PROTO_UDP => return true,
-        PROTO_ICMP => match icmp_echo_flow(data, data_end, ihl, src_be, dst_be) {
-            Some(f) if from => from_container_flow(&f, sender, receiver),
-            Some(f) => match receiver {
-                Some(ep) => to_container_flow(&f, ep),
-                None => true,
-            },
-            None => icmp_other_allowed(
-                data, data_end, ihl, frame_len, src_be, dst_be, sender, receiver,
-            ),
-        },
+        PROTO_ICMP => icmp_allowed(
+            data,
+            data_end,
+            frame_len,
+            ihl,
+            from,
+            (src_be, sender.unwrap_or_default()),
+            (dst_be, receiver.unwrap_or_default()),
+        ),
         _ => true,
     };
     if first_frag {
         frag_first_judged(&key, allowed);
     }
     allowed
+}
+
+/// ICMP where an end has policy (`other_allowed` checked that): echo as a
+/// tracked flow, errors about tracked flows, the rest by the rules.
+/// ICMP where an end has policy (`other_allowed` checked that): echo as a
+/// tracked flow, errors about tracked flows, the rest by the rules. The
+/// ends are plain values, the default endpoint (no policy) for none (see
+/// `from_container_flow`).
+#[inline(always)]
+fn icmp_allowed(
+    data: usize,
+    data_end: usize,
+    frame_len: usize,
+    ihl: usize,
+    from: bool,
+    (src_be, sender): (u32, Endpoint),
+    (dst_be, receiver): (u32, Endpoint),
+) -> bool {
+    match icmp_echo_flow(data, data_end, ihl, src_be, dst_be) {
+        Some(f) if from => from_container_flow(&f, sender, receiver),
+        Some(f) if has_policy(&receiver) => to_container_flow(&f, receiver),
+        Some(_) => true,
+        None => icmp_other_allowed(
+            data, data_end, ihl, frame_len, src_be, dst_be, sender, receiver,
+        ),
+    }
+}
+
+/// Whether `ep` (an endpoint, or the default for none) has policy.
+#[inline(always)]
+fn has_policy(ep: &Endpoint) -> bool {
+    ep.flags & EP_F_POLICY != 0
 }
 
 #[inline(always)]
@@ -259,8 +290,8 @@ fn icmp_other_allowed(
     frame_len: usize,
     src_be: u32,
     dst_be: u32,
-    sender: Option<Endpoint>,
-    receiver: Option<Endpoint>,
+    sender: Endpoint,
+    receiver: Endpoint,
 ) -> bool {
     let Some(icmp) = ptr_at::<[u8; 2]>(data, data_end, ETH_LEN + ihl * 4) else {
         count(Counter::PolicyDeniedIcmp);
@@ -292,13 +323,13 @@ fn icmp_error_allowed(
     data: usize,
     data_end: usize,
     frame_len: usize,
-    sender: Option<Endpoint>,
-    receiver: Option<Endpoint>,
+    sender: Endpoint,
+    receiver: Endpoint,
 ) -> bool {
     let ok = match parse_icmp_error_quoting::<true>(data, data_end, frame_len) {
         Some(e) => {
-            (sender.is_none() || icmp_error_tracked(&e, e.outer_src_be))
-                && (receiver.is_none() || icmp_error_tracked(&e, e.outer_dst_be))
+            (!has_policy(&sender) || icmp_error_tracked(&e, e.outer_src_be))
+                && (!has_policy(&receiver) || icmp_error_tracked(&e, e.outer_dst_be))
         }
         None => false,
     };
@@ -311,18 +342,15 @@ fn icmp_error_allowed(
 /// ICMP that is neither echo nor an error, judged packet by packet by the
 /// sender's egress and the receiver's ingress rules.
 #[inline(always)]
-fn icmp_rules_allow(f: &PFlow, sender: Option<Endpoint>, receiver: Option<Endpoint>) -> bool {
-    if let Some(ep) = sender {
-        if !policy_allows(ep.task_id, berth_maps::DIR_EGRESS, f, f.dst_be, 0) {
-            count(Counter::PolicyDeniedEgress);
-            return false;
-        }
+fn icmp_rules_allow(f: &PFlow, sender: Endpoint, receiver: Endpoint) -> bool {
+    if has_policy(&sender) && !policy_allows(sender.task_id, berth_maps::DIR_EGRESS, f, f.dst_be, 0)
+    {
+        count(Counter::PolicyDeniedEgress);
+        return false;
     }
-    if let Some(ep) = receiver {
-        if !policy_allows(ep.task_id, DIR_INGRESS, f, f.src_be, 0) {
-            count(Counter::PolicyDeniedIngress);
-            return false;
-        }
+    if has_policy(&receiver) && !policy_allows(receiver.task_id, DIR_INGRESS, f, f.src_be, 0) {
+        count(Counter::PolicyDeniedIngress);
+        return false;
     }
     true
 }
@@ -654,7 +682,11 @@ pub fn from_container(data: usize, data_end: usize, frame_len: usize) -> bool {
                 return true;
             }
             let pf = pflow_of(&f, data, data_end);
-            let allowed = from_container_flow(&pf, sender, receiver);
+            let allowed = from_container_flow(
+                &pf,
+                sender.unwrap_or_default(),
+                receiver.unwrap_or_default(),
+            );
             if f.first_frag {
                 frag_first_judged(&frag_key_of_flow(FRAG_K_POLICY, &f), allowed);
             }
@@ -673,7 +705,10 @@ pub fn from_container(data: usize, data_end: usize, frame_len: usize) -> bool {
 }
 
 #[inline(always)]
-fn from_container_flow(f: &PFlow, sender: Option<Endpoint>, receiver: Option<Endpoint>) -> bool {
+/// `sender` and `receiver` are the default endpoint (no policy) where there
+/// is none: plain values, because a `None`'s undefined payload copied into
+/// a subprogram is a register the verifier sees read before it was written.
+fn from_container_flow(f: &PFlow, sender: Endpoint, receiver: Endpoint) -> bool {
     // A reply on a published port passes as tracked.
     let nat = if f.proto == PROTO_ICMP {
         NatSide::None
@@ -689,17 +724,15 @@ fn from_container_flow(f: &PFlow, sender: Option<Endpoint>, receiver: Option<End
         return false;
     }
     let dport = u16::from_be(f.dport_be);
-    if let Some(ep) = sender {
-        if !policy_allows(ep.task_id, berth_maps::DIR_EGRESS, f, f.dst_be, dport) {
-            count(Counter::PolicyDeniedEgress);
-            return false;
-        }
+    if has_policy(&sender)
+        && !policy_allows(sender.task_id, berth_maps::DIR_EGRESS, f, f.dst_be, dport)
+    {
+        count(Counter::PolicyDeniedEgress);
+        return false;
     }
-    if let Some(ep) = receiver {
-        if !policy_allows(ep.task_id, DIR_INGRESS, f, f.src_be, dport) {
-            count(Counter::PolicyDeniedIngress);
-            return false;
-        }
+    if has_policy(&receiver) && !policy_allows(receiver.task_id, DIR_INGRESS, f, f.src_be, dport) {
+        count(Counter::PolicyDeniedIngress);
+        return false;
     }
     ct_create(f).is_ok()
 }
