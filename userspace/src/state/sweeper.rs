@@ -28,7 +28,7 @@ use std::{
     net::Ipv4Addr,
     sync::{Arc, Condvar, Mutex, MutexGuard},
     thread::JoinHandle,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use crate::{datapath::Datapath, model::Binding};
@@ -76,6 +76,10 @@ fn same_flow_owner(a: &Binding, b: &Binding) -> bool {
         && a.container_port == b.container_port
         && a.host_port == b.host_port
 }
+
+/// How long the worker waits after the first removal of a burst before
+/// it starts a pass.
+const GATHER: Duration = Duration::from_millis(20);
 
 #[derive(Default)]
 struct Queue {
@@ -223,6 +227,13 @@ fn run(shared: &Shared) {
         if q.waiting.is_empty() {
             return; // closed, and nothing is left
         }
+        if !q.closed {
+            // Let the request that queued this answer first, and gather
+            // what arrives with it (`map rm` of several tasks in a row).
+            drop(q);
+            std::thread::sleep(GATHER);
+            q = shared.lock();
+        }
         q.running = std::mem::take(&mut q.waiting);
         let ticket = q.queued;
         let work = q.running.clone();
@@ -268,8 +279,6 @@ fn forget(datapath: &dyn Datapath, work: &Work) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::{
         fake::{FakeDatapath, FakeOp},
