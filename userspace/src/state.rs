@@ -839,12 +839,9 @@ impl Registry {
                 tracing::error!(binding = describe(b), error = %err, "rollback: removing failed");
             }
         }
-        // Flows that started in the moment the bindings were live.
-        if !done.is_empty() {
-            if let Err(err) = self.datapath.forget_flows(done) {
-                tracing::warn!(error = %err, "rollback: forgetting flows failed; they expire by timeout");
-            }
-        }
+        // Flows that started in the moment the bindings were live; a retry
+        // of the same bindings waits for this sweep.
+        self.sweeper.queue(done, &[]);
     }
 
     fn undo_removes(&self, done: &[Binding]) {
