@@ -565,7 +565,12 @@ impl Registry {
     fn publish(&mut self, p: Publish<'_>) -> Result<()> {
         // Rare here: [`Berth`] waits for sweeps at these addresses before it
         // locks; this catches a removal that slipped in between.
-        if let Some(ticket) = self.sweeper.blocker(p.new) {
+        let record_ips: Vec<Ipv4Addr> = p
+            .record
+            .iter()
+            .flat_map(|r| r.containers.iter().filter_map(|c| c.container_ip))
+            .collect();
+        if let Some(ticket) = self.sweeper.blocker(p.new, &record_ips) {
             self.sweeper.wait(ticket);
         }
         self.sg_before_publish(p.task, &p.all, p.record.as_ref())?;

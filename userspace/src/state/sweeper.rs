@@ -51,12 +51,14 @@ impl Work {
         self.endpoints.extend_from_slice(endpoints);
     }
 
-    /// Whether a publish of `new` must wait for this work.
-    fn blocks(&self, new: &[Binding]) -> bool {
-        new.iter().any(|n| {
-            self.endpoints.contains(&n.container_ip)
-                || self.bindings.iter().any(|g| same_flow_owner(g, n))
-        })
+    /// Whether a publish of `new` for a task at `addrs` must wait for this
+    /// work.
+    fn blocks(&self, new: &[Binding], addrs: &[Ipv4Addr]) -> bool {
+        addrs.iter().any(|a| self.endpoints.contains(a))
+            || new.iter().any(|n| {
+                self.endpoints.contains(&n.container_ip)
+                    || self.bindings.iter().any(|g| same_flow_owner(g, n))
+            })
     }
 
     /// Whether this work touches any of `addrs` (a cheap check before a
@@ -166,11 +168,12 @@ impl FlowSweeper {
         q.queued
     }
 
-    /// The ticket to wait for before publishing `new`, if a pending sweep
-    /// could take its flows or hand it stale ones.
-    pub fn blocker(&self, new: &[Binding]) -> Option<Ticket> {
+    /// The ticket to wait for before publishing `new` for a task whose
+    /// containers are at `addrs` (also those without bindings), if a
+    /// pending sweep could take its flows or hand it stale ones.
+    pub fn blocker(&self, new: &[Binding], addrs: &[Ipv4Addr]) -> Option<Ticket> {
         let q = self.shared.lock();
-        (q.waiting.blocks(new) || q.running.blocks(new)).then_some(q.queued)
+        (q.waiting.blocks(new, addrs) || q.running.blocks(new, addrs)).then_some(q.queued)
     }
 
     /// Like [`FlowSweeper::blocker`] for a publish to container addresses
@@ -350,7 +353,7 @@ mod tests {
         // Same flow owner under another task name and bind address.
         let mut same = binding("new", [172, 17, 0, 2], 8080);
         same.bind_ip = Ipv4Addr::LOCALHOST;
-        assert_eq!(s.blocker(&[same]), Some(ticket));
+        assert_eq!(s.blocker(&[same], &[]), Some(ticket));
         assert_eq!(s.blocker_for_addrs(&[gone.container_ip]), Some(ticket));
         // Another host port, container port, protocol or address: free.
         let mut other = vec![binding("x", [172, 17, 0, 2], 8081); 4];
@@ -359,10 +362,10 @@ mod tests {
         other[2].host_port = 8080;
         other[2].protocol = Protocol::Tcp;
         other[3] = binding("x", [172, 17, 0, 3], 8080);
-        assert_eq!(s.blocker(&other), None);
+        assert_eq!(s.blocker(&other, &[]), None);
         assert_eq!(s.blocker_for_addrs(&[Ipv4Addr::new(172, 17, 0, 3)]), None);
         s.wait(ticket);
-        assert_eq!(s.blocker(&[gone]), None, "nothing pending any more");
+        assert_eq!(s.blocker(&[gone], &[]), None, "nothing pending any more");
     }
 
     #[test]
@@ -371,11 +374,16 @@ mod tests {
         let addr = Ipv4Addr::new(172, 17, 0, 9);
         let ticket = s.queue(&[], &[addr]);
         assert_eq!(
-            s.blocker(&[binding("n", [172, 17, 0, 9], 5000)]),
+            s.blocker(&[binding("n", [172, 17, 0, 9], 5000)], &[]),
             Some(ticket)
         );
+        // A container of the new task with no binding at all.
+        assert_eq!(s.blocker(&[], &[addr]), Some(ticket));
         s.wait(ticket);
-        assert_eq!(s.blocker(&[binding("n", [172, 17, 0, 9], 5000)]), None);
+        assert_eq!(
+            s.blocker(&[binding("n", [172, 17, 0, 9], 5000)], &[addr]),
+            None
+        );
     }
 
     #[test]
@@ -384,7 +392,7 @@ mod tests {
         let b = binding("web", [172, 17, 0, 2], 5353);
         s.queue(std::slice::from_ref(&b), &[]);
         // What a publish does: wait for its blocker, then insert.
-        if let Some(t) = s.blocker(std::slice::from_ref(&b)) {
+        if let Some(t) = s.blocker(std::slice::from_ref(&b), &[]) {
             s.wait(t);
         }
         dp.insert(&b).unwrap();
