@@ -1000,7 +1000,8 @@ impl Berth {
         ips: BTreeMap<String, Ipv4Addr>,
     ) -> Result<TaskRecord> {
         let addrs: Vec<Ipv4Addr> = ips.values().copied().collect();
-        self.wait_for_sweeps_at(addrs).await?;
+        let ticket = self.sweeper.blocker_for_addrs(&addrs);
+        self.wait_for_sweep(ticket).await?;
         self.with_registry(move |r| r.run_task(&name, &def, &ips))
             .await
     }
@@ -1066,7 +1067,8 @@ impl Berth {
         container_ip: Ipv4Addr,
         specs: Vec<PortSpec>,
     ) -> Result<Vec<Binding>> {
-        self.wait_for_sweeps_at(vec![container_ip]).await?;
+        let ticket = self.sweeper.blocker_for_specs(container_ip, &specs);
+        self.wait_for_sweep(ticket).await?;
         self.with_registry(move |r| r.add(&task, container_ip, &specs))
             .await
     }
@@ -1077,11 +1079,11 @@ impl Berth {
         self.with_registry(move |r| r.remove(&task, &specs)).await
     }
 
-    /// Waits, without the registry lock, for pending sweeps of flows at
-    /// `addrs`, so a publish there rarely waits inside the lock
-    /// ([`Registry::publish`] checks again, exactly).
-    async fn wait_for_sweeps_at(&self, addrs: Vec<Ipv4Addr>) -> Result<()> {
-        let Some(ticket) = self.sweeper.blocker_for_addrs(&addrs) else {
+    /// Waits, without the registry lock, for the pending sweeps a publish
+    /// could meet, so it rarely waits inside the lock ([`Registry::publish`]
+    /// checks again, with the bindings).
+    async fn wait_for_sweep(&self, ticket: Option<sweeper::Ticket>) -> Result<()> {
+        let Some(ticket) = ticket else {
             return Ok(());
         };
         let sweeper = self.sweeper.clone();

@@ -31,7 +31,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{datapath::Datapath, model::Binding};
+use crate::{
+    datapath::Datapath,
+    model::Binding,
+    spec::{PortRange, PortSpec},
+};
 
 /// What one or more removals leave to forget.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -68,6 +72,45 @@ impl Work {
             self.endpoints.contains(a) || self.bindings.iter().any(|g| g.container_ip == *a)
         })
     }
+
+    /// Whether a publish of `specs` at `ip` could meet this work, judged
+    /// from the specs without expanding them: a static spec that maps a
+    /// swept binding's host port to its container port, or a dynamic one
+    /// with its container port (it may be given that host port).
+    fn blocks_specs(&self, ip: Ipv4Addr, specs: &[PortSpec]) -> bool {
+        if self.endpoints.contains(&ip) {
+            return true;
+        }
+        let here: Vec<&Binding> = self
+            .bindings
+            .iter()
+            .filter(|g| g.container_ip == ip)
+            .collect();
+        if here.len().saturating_mul(specs.len()) > SPEC_CHECK_MAX {
+            return !here.is_empty();
+        }
+        here.iter()
+            .any(|g| specs.iter().any(|s| spec_may_map(s, g)))
+    }
+}
+
+/// Above this many (swept binding, spec) pairs a publish waits for any
+/// sweep at its address rather than compare them all.
+const SPEC_CHECK_MAX: usize = 1 << 20;
+
+fn spec_may_map(s: &PortSpec, g: &Binding) -> bool {
+    if s.protocol != g.protocol {
+        return false;
+    }
+    let in_range = |r: &PortRange, p: u16| r.start <= p && p <= r.end;
+    match s.host {
+        Some(h) => {
+            in_range(&h, g.host_port)
+                && u32::from(s.container.start) + u32::from(g.host_port - h.start)
+                    == u32::from(g.container_port)
+        }
+        None => in_range(&s.container, g.container_port),
+    }
 }
 
 /// What tells a binding's flows apart in the flow tables (`FlowOwner` in
@@ -93,6 +136,8 @@ struct Queue {
     queued: u64,
     done: u64,
     closed: bool,
+    /// A publish waits: start the pass without gathering more.
+    hurry: bool,
 }
 
 struct Shared {
@@ -183,9 +228,20 @@ impl FlowSweeper {
         (q.waiting.touches(addrs) || q.running.touches(addrs)).then_some(q.queued)
     }
 
+    /// Like [`FlowSweeper::blocker`] for a publish of `specs` at `ip`,
+    /// before they are checked, bounded and expanded.
+    pub fn blocker_for_specs(&self, ip: Ipv4Addr, specs: &[PortSpec]) -> Option<Ticket> {
+        let q = self.shared.lock();
+        (q.waiting.blocks_specs(ip, specs) || q.running.blocks_specs(ip, specs)).then_some(q.queued)
+    }
+
     /// Blocks until every sweep queued up to `ticket` is done.
     pub fn wait(&self, ticket: Ticket) {
         let mut q = self.shared.lock();
+        if q.done < ticket {
+            q.hurry = true;
+            self.shared.wake.notify_all();
+        }
         while q.done < ticket && !(q.closed && q.waiting.is_empty() && q.running.is_empty()) {
             q = self
                 .shared
@@ -230,13 +286,21 @@ fn run(shared: &Shared) {
         if q.waiting.is_empty() {
             return; // closed, and nothing is left
         }
-        if !q.closed {
-            // Let the request that queued this answer first, and gather
-            // what arrives with it (`map rm` of several tasks in a row).
-            drop(q);
-            std::thread::sleep(GATHER);
-            q = shared.lock();
+        // Let the request that queued this answer first, and gather what
+        // arrives with it (`map rm` of several tasks in a row), unless a
+        // publish waits for this pass.
+        let gathered = Instant::now() + GATHER;
+        while !q.closed && !q.hurry {
+            let Some(left) = gathered.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            q = shared
+                .wake
+                .wait_timeout(q, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
+        q.hurry = false;
         q.running = std::mem::take(&mut q.waiting);
         let ticket = q.queued;
         let work = q.running.clone();
@@ -366,6 +430,42 @@ mod tests {
         assert_eq!(s.blocker_for_addrs(&[Ipv4Addr::new(172, 17, 0, 3)]), None);
         s.wait(ticket);
         assert_eq!(s.blocker(&[gone], &[]), None, "nothing pending any more");
+    }
+
+    #[test]
+    fn specs_are_judged_without_expanding_them() {
+        let (_dp, s) = sweeper(300);
+        let gone = binding("old", [172, 17, 0, 2], 8080); // 8080:80/udp
+        let ticket = s.queue(std::slice::from_ref(&gone), &[]);
+        let ip = gone.container_ip;
+        let spec = |s: &str| s.parse::<crate::spec::PortSpec>().unwrap();
+        for (specs, blocked) in [
+            (vec!["8080:80/udp"], true),
+            (vec!["8001-8100:1-100/udp"], true),  // 8080 -> 80
+            (vec!["80/udp"], true),               // dynamic: may get 8080
+            (vec!["8000-8100:1-101/udp"], false), // 8080 -> 81
+            (vec!["8080:80"], false),             // tcp
+            (vec!["8081:80/udp", "9000:9000/udp"], false),
+        ] {
+            let specs: Vec<_> = specs.into_iter().map(spec).collect();
+            let want = blocked.then_some(ticket);
+            assert_eq!(s.blocker_for_specs(ip, &specs), want, "{specs:?}");
+        }
+        assert_eq!(
+            s.blocker_for_specs(Ipv4Addr::new(172, 17, 0, 3), &[spec("8080:80/udp")]),
+            None
+        );
+    }
+
+    #[test]
+    fn a_waiting_publish_starts_the_pass_without_gathering() {
+        let (dp, s) = sweeper(0);
+        let a = binding("a", [172, 17, 0, 2], 8080);
+        let t = Instant::now();
+        let ticket = s.queue(std::slice::from_ref(&a), &[]);
+        s.wait(ticket);
+        assert!(t.elapsed() < GATHER, "waited {:?}", t.elapsed());
+        assert_eq!(dp.forgotten(), vec![vec![a]]);
     }
 
     #[test]
