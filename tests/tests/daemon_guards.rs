@@ -495,6 +495,24 @@ fn nat_v1(port: u16, flags: u8, last_seen_ns: u64) -> Vec<u8> {
 fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
     let topo = Topology::build().unwrap();
     let bpffs = Bpffs::new().unwrap();
+    // The store holds the bindings the flows belong to, as it did under the
+    // previous release (a start forgets flows no stored binding owns).
+    let mut d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
+    d.cli_ok([
+        "map",
+        "add",
+        "--task",
+        "web",
+        "--ip",
+        "172.17.0.2",
+        "-p",
+        "8080:80",
+        "-p",
+        "8081:80",
+    ])
+    .unwrap();
+    d.stop().unwrap();
+    fs::remove_dir_all(bpffs.path().join("berth")).unwrap();
     let old = shape(sys::BPF_MAP_TYPE_HASH, 16, 16, berth_maps::NAT_CAPACITY);
     let entries = vec![
         (flow_key(40000), nat_v1(8080, 2, now_ns())),
@@ -502,7 +520,7 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
     ];
     pin_map(&bpffs, berth_maps::NAT_MAP, &old, &entries);
     assert!(!bpffs.path().join("berth").join(pins::LAYOUT_LINK).exists());
-    let d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
+    d.start_again().unwrap();
     let pin = bpffs.path().join("berth").join(berth_maps::NAT_MAP);
     let fd = sys::obj_get(&pin).unwrap();
     let now = sys::map_shape(&fd).unwrap();
@@ -537,7 +555,6 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
         );
     }
     // Every map this berth pinned has its shape: a restart migrates nothing.
-    let mut d = d;
     d.restart().unwrap();
     assert_eq!(status(&d)["datapath"]["migrated"], serde_json::json!([]));
     let fd = sys::obj_get(&pin).unwrap();
