@@ -563,8 +563,9 @@ impl Registry {
     }
 
     fn publish(&mut self, p: Publish<'_>) -> Result<()> {
-        // Rare here: [`Berth`] waits for sweeps at these addresses before it
-        // locks; this catches a removal that slipped in between.
+        // Rare here: [`Berth`] waits, before it locks, for the sweeps the
+        // request's specs could meet; this catches a removal that slipped
+        // in between (and callers without that check).
         let record_ips: Vec<Ipv4Addr> = p
             .record
             .iter()

@@ -973,7 +973,7 @@ impl Datapath for BpfDatapath {
             m.ports.insert(pk, n, 0).map_err(map_err("BERTH_PORTS"))?;
         }
         drop(m);
-        let forgotten = sweep(&self.flows, owned_by_none_of(&keep_bindings))?;
+        let forgotten = sweep(&self.flows, owned_by_none_of(keep_bindings))?;
         if forgotten > 0 {
             self.forget_orphan_remaps();
             tracing::info!(
