@@ -1,16 +1,55 @@
-//! Filling and reading a daemon's pinned flow table (BERTH_NAT) directly,
-//! for tests and benchmarks that need a full table without a quarter of a
-//! million real connections.
+//! Filling and reading a daemon's pinned flow tables (BERTH_NAT, and the
+//! policy table BERTH_CT) directly, for tests and benchmarks that need a
+//! full table without a quarter of a million real connections.
 use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData};
-use berth_maps::{FlowKey, NatEntry, NAT_MAP, PROTO_TCP};
+use berth_maps::{CtEntry, FlowKey, NatEntry, CT_MAP, NAT_MAP, PROTO_TCP};
+
+fn pinned<V: aya::Pod>(bpffs: &Path, name: &str) -> Result<HashMap<MapData, FlowKey, V>> {
+    let path = bpffs.join("berth").join(name);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    HashMap::try_from(Map::HashMap(data)).with_context(|| format!("{name} is not a hash map"))
+}
 
 fn nat_map(bpffs: &Path) -> Result<HashMap<MapData, FlowKey, NatEntry>> {
-    let path = bpffs.join("berth").join(NAT_MAP);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    HashMap::try_from(Map::HashMap(data)).context("BERTH_NAT is not a hash map")
+    pinned(bpffs, NAT_MAP)
+}
+
+/// Inserts `n` fresh established TCP flows from `from` (ports 1024…) to
+/// `to`:80 into the pinned policy table BERTH_CT; returns how many.
+pub fn insert_ct_flows(bpffs: &Path, from: Ipv4Addr, to: Ipv4Addr, n: u16) -> Result<usize> {
+    let mut map = pinned::<CtEntry>(bpffs, CT_MAP)?;
+    let value = CtEntry {
+        last_seen_ns: monotonic_ns(),
+        flags: berth_maps::CT_F_ESTABLISHED,
+        wscale: [0xff; 2],
+        ..Default::default()
+    };
+    for i in 0..n {
+        let key = FlowKey {
+            src_addr_be: u32::from_ne_bytes(from.octets()),
+            dst_addr_be: u32::from_ne_bytes(to.octets()),
+            src_port_be: (1024 + i).to_be(),
+            dst_port_be: 80u16.to_be(),
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        map.insert(key, value, 0).context("filling BERTH_CT")?;
+    }
+    Ok(n as usize)
+}
+
+/// Entries in the pinned policy table BERTH_CT with `ip` at either end.
+pub fn count_ct_flows_touching(bpffs: &Path, ip: Ipv4Addr) -> Result<usize> {
+    let map = pinned::<CtEntry>(bpffs, CT_MAP)?;
+    let addr = u32::from_ne_bytes(ip.octets());
+    Ok(map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.src_addr_be == addr || k.dst_addr_be == addr)
+        .count())
 }
 
 fn monotonic_ns() -> u64 {

@@ -572,6 +572,19 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
     use berth_maps::{NAT_F_ESTABLISHED, NAT_F_REPLIED};
     let topo = Topology::build().unwrap();
     let bpffs = Bpffs::new().unwrap();
+    // The store holds the tasks the flows belong to, as it did under the
+    // previous release (a start forgets flows no stored binding owns).
+    let mut d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
+    for (task, ip, ports) in [
+        ("web", "172.17.0.2", ["-p", "8080:80", "-p", "8081:80"]),
+        ("api", "172.17.0.3", ["-p", "9000:9000", "-p", "9001:9001"]),
+    ] {
+        let mut args = vec!["map", "add", "--task", task, "--ip", ip];
+        args.extend(ports);
+        d.cli_ok(args).unwrap();
+    }
+    d.stop().unwrap();
+    fs::remove_dir_all(bpffs.path().join("berth")).unwrap();
     let seen = now_ns();
     let nat = vec![
         (flow_key(40000), nat_v1(8080, NAT_F_REPLIED, seen)),
@@ -600,7 +613,7 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
     }
     assert!(!dir.join(pins::LAYOUT_LINK).exists());
 
-    let d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
+    d.start_again().unwrap();
 
     let nat_pin = dir.join(berth_maps::NAT_MAP);
     let nat_size = std::mem::size_of::<NatEntry>();
@@ -683,7 +696,6 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
         "{s:#}"
     );
     // Every map this berth pinned has its shape: a restart migrates nothing.
-    let mut d = d;
     d.restart().unwrap();
     assert_eq!(status(&d)["datapath"]["migrated"], serde_json::json!([]));
     for (key, _) in &nat {

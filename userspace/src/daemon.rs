@@ -224,6 +224,7 @@ pub async fn serve(
 
     let berth = Berth::new(registry).with_max_subscribers(limits.max_event_subscribers);
     let closer = berth.clone();
+    let sweeps = berth.clone();
     tracing::info!(
         socket = %socket_file.path().display(),
         max_connections = limits.max_connections,
@@ -244,6 +245,8 @@ pub async fn serve(
         SHUTDOWN_GRACE,
     )
     .await;
+    // Removals answered before their flows were forgotten; finish that.
+    sweeps.finish_sweeps().await;
     for task in background {
         task.abort();
     }

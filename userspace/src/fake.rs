@@ -22,6 +22,14 @@ pub type FakePolicy = (
     Vec<crate::datapath::PolicyRule>,
 );
 
+/// What the fake was asked to do, for tests of ordering.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FakeOp {
+    Insert(Binding),
+    /// A sweep finished, with these bindings.
+    Forgot(Vec<Binding>),
+}
+
 #[derive(Default)]
 pub struct FakeDatapath {
     pub endpoints: Mutex<std::collections::BTreeMap<Ipv4Addr, (u32, bool)>>,
@@ -39,6 +47,10 @@ pub struct FakeDatapath {
     expire_calls: AtomicUsize,
     /// Each forget_flows call's bindings, in order.
     forgotten: Mutex<Vec<Vec<Binding>>>,
+    /// Each forget_endpoint_flows call's addresses, in order.
+    forgotten_endpoints: Mutex<Vec<Vec<Ipv4Addr>>>,
+    /// Inserts and sweeps in the order they happened.
+    journal: Mutex<Vec<FakeOp>>,
     /// How long forget_flows takes, as a sweep of a full table would.
     forget_delay: Mutex<std::time::Duration>,
     pub port_gate: AtomicBool,
@@ -82,6 +94,12 @@ impl FakeDatapath {
     }
     pub fn set_forget_delay(&self, delay: std::time::Duration) {
         *self.forget_delay.lock().unwrap() = delay;
+    }
+    pub fn forgotten_endpoints(&self) -> Vec<Vec<Ipv4Addr>> {
+        self.forgotten_endpoints.lock().unwrap().clone()
+    }
+    pub fn journal(&self) -> Vec<FakeOp> {
+        self.journal.lock().unwrap().clone()
     }
 }
 
@@ -174,6 +192,10 @@ impl Datapath for FakeDatapath {
             return Err(injected("BINDINGS"));
         }
         self.bindings.lock().unwrap().insert(binding.clone());
+        self.journal
+            .lock()
+            .unwrap()
+            .push(FakeOp::Insert(binding.clone()));
         Ok(())
     }
     fn remove(&self, binding: &Binding) -> Result<(), DatapathError> {
@@ -188,6 +210,17 @@ impl Datapath for FakeDatapath {
         let delay = *self.forget_delay.lock().unwrap();
         std::thread::sleep(delay);
         self.forgotten.lock().unwrap().push(gone.to_vec());
+        self.journal
+            .lock()
+            .unwrap()
+            .push(FakeOp::Forgot(gone.to_vec()));
+        Ok(0)
+    }
+    fn forget_endpoint_flows(&self, addrs: &[Ipv4Addr]) -> Result<usize, DatapathError> {
+        self.forgotten_endpoints
+            .lock()
+            .unwrap()
+            .push(addrs.to_vec());
         Ok(0)
     }
     fn set_host_addrs(&self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError> {

@@ -8,8 +8,8 @@
 //! the sysctl write; a crash between the last two is repaired by the
 //! reconcile at start. Unpublishing: datapath removes, sysctl write, then
 //! the store commit. A failed step undoes the earlier ones. The removed
-//! bindings' tracked flows are forgotten afterwards, in one sweep outside
-//! the lock ([`Berth::remove`]).
+//! bindings' tracked flows are forgotten afterwards by a background worker
+//! ([`FlowSweeper`]); a publish that could meet them waits for it.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     hash::{BuildHasher, RandomState},
@@ -163,6 +163,7 @@ pub struct Registry {
     events: broadcast::Sender<Event>,
     sg: security_groups::SgState,
     limits: PortLimits,
+    sweeper: Arc<FlowSweeper>,
 }
 
 /// What a publish changes besides the new bindings themselves.
@@ -187,9 +188,11 @@ impl Registry {
         let stored = store.load_all()?;
         let sg = security_groups::SgState::load(&store, &stored)?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let sweeper = Arc::new(FlowSweeper::start(datapath.clone()));
         Ok(Registry {
             store,
             datapath,
+            sweeper,
             host,
             bridge,
             policy,
@@ -266,6 +269,11 @@ impl Registry {
 
     pub fn datapath(&self) -> &Arc<dyn Datapath> {
         &self.datapath
+    }
+
+    /// The worker that forgets removed bindings' flows.
+    pub fn sweeper(&self) -> &Arc<FlowSweeper> {
+        &self.sweeper
     }
 
     pub fn policy(&self) -> &PortPolicy {
@@ -555,6 +563,17 @@ impl Registry {
     }
 
     fn publish(&mut self, p: Publish<'_>) -> Result<()> {
+        // Rare here: [`Berth`] waits, before it locks, for the sweeps the
+        // request's specs could meet; this catches a removal that slipped
+        // in between (and callers without that check).
+        let record_ips: Vec<Ipv4Addr> = p
+            .record
+            .iter()
+            .flat_map(|r| r.containers.iter().filter_map(|c| c.container_ip))
+            .collect();
+        if let Some(ticket) = self.sweeper.blocker(p.new, &record_ips) {
+            self.sweeper.wait(ticket);
+        }
         self.sg_before_publish(p.task, &p.all, p.record.as_ref())?;
         if let Err(err) = self.insert_all(p.new) {
             self.sg_resync();
@@ -694,6 +713,7 @@ impl Registry {
             return Err(err);
         }
         let containers: Vec<Option<String>> = gone.iter().map(|b| self.container_of(b)).collect();
+        let task_ips = self.task_ips(task);
         self.cooldowns = cooldowns;
         self.reserved_by_us.retain(|p| !released.contains(p));
         if kept.is_empty() {
@@ -705,6 +725,9 @@ impl Registry {
             self.task_defs.remove(task);
         }
         self.sg_after_unpublish(task);
+        let in_use = self.ips_in_use();
+        let gone_ips: Vec<Ipv4Addr> = task_ips.difference(&in_use).copied().collect();
+        self.sweeper.queue(gone, &gone_ips);
         for (b, container) in gone.iter().zip(containers) {
             let _ = self
                 .events
@@ -822,12 +845,9 @@ impl Registry {
                 tracing::error!(binding = describe(b), error = %err, "rollback: removing failed");
             }
         }
-        // Flows that started in the moment the bindings were live.
-        if !done.is_empty() {
-            if let Err(err) = self.datapath.forget_flows(done) {
-                tracing::warn!(error = %err, "rollback: forgetting flows failed; they expire by timeout");
-            }
-        }
+        // Flows that started in the moment the bindings were live; a retry
+        // of the same bindings waits for this sweep.
+        self.sweeper.queue(done, &[]);
     }
 
     fn undo_removes(&self, done: &[Binding]) {
@@ -939,12 +959,8 @@ pub struct Subscription {
 pub struct Berth {
     registry: Arc<tokio::sync::Mutex<Registry>>,
     datapath: Arc<dyn Datapath>,
-    /// Forgetting a request's flows runs after the registry is unlocked.
-    /// Removals hold this shared while they sweep; publishing takes it
-    /// exclusively, so a binding re-published at once never has its new
-    /// flows swept by the removal of the old one. Taken before the registry
-    /// lock, always.
-    flow_gate: Arc<tokio::sync::RwLock<()>>,
+    /// Forgets removed bindings' flows after their requests answered.
+    sweeper: Arc<FlowSweeper>,
     /// One permit per open event stream.
     subscribers: Arc<tokio::sync::Semaphore>,
     max_subscribers: usize,
@@ -956,10 +972,11 @@ pub struct Berth {
 impl Berth {
     pub fn new(registry: Registry) -> Self {
         let datapath = registry.datapath().clone();
+        let sweeper = registry.sweeper().clone();
         Berth {
             registry: Arc::new(tokio::sync::Mutex::new(registry)),
             datapath,
-            flow_gate: Arc::new(tokio::sync::RwLock::new(())),
+            sweeper,
             subscribers: Arc::new(tokio::sync::Semaphore::new(
                 crate::limits::DEFAULT_MAX_EVENT_SUBSCRIBERS,
             )),
@@ -983,16 +1000,15 @@ impl Berth {
         def: TaskDefinition,
         ips: BTreeMap<String, Ipv4Addr>,
     ) -> Result<TaskRecord> {
-        let _gate = self.flow_gate.write().await;
+        let addrs: Vec<Ipv4Addr> = ips.values().copied().collect();
+        let ticket = self.sweeper.blocker_for_addrs(&addrs);
+        self.wait_for_sweep(ticket).await?;
         self.with_registry(move |r| r.run_task(&name, &def, &ips))
             .await
     }
 
     pub async fn stop_task(&self, name: String) -> Result<(TaskRecord, Vec<Binding>)> {
-        let gate = self.flow_gate.clone().read_owned().await;
-        let (record, gone) = self.with_registry(move |r| r.stop_task(&name)).await?;
-        self.forget_flows(&gone, gate).await;
-        Ok((record, gone))
+        self.with_registry(move |r| r.stop_task(&name)).await
     }
 
     /// At most `n` event streams at once.
@@ -1052,39 +1068,44 @@ impl Berth {
         container_ip: Ipv4Addr,
         specs: Vec<PortSpec>,
     ) -> Result<Vec<Binding>> {
-        let _gate = self.flow_gate.write().await;
+        let ticket = self.sweeper.blocker_for_specs(container_ip, &specs);
+        self.wait_for_sweep(ticket).await?;
         self.with_registry(move |r| r.add(&task, container_ip, &specs))
             .await
     }
 
+    /// Answers once the bindings are out of the datapath's services and
+    /// the store; their flows are forgotten in the background.
     pub async fn remove(&self, task: String, specs: Vec<PortSpec>) -> Result<Vec<Binding>> {
-        let gate = self.flow_gate.clone().read_owned().await;
-        let gone = self.with_registry(move |r| r.remove(&task, &specs)).await?;
-        self.forget_flows(&gone, gate).await;
-        Ok(gone)
+        self.with_registry(move |r| r.remove(&task, &specs)).await
     }
 
-    /// Forgets the flows of bindings already unpublished, outside the
-    /// registry lock: they are gone from the datapath's services, so no new
-    /// flow can start for them. The change itself is committed, so a failed
-    /// sweep is logged, not returned; the flows then age out.
-    async fn forget_flows(&self, gone: &[Binding], gate: tokio::sync::OwnedRwLockReadGuard<()>) {
-        let datapath = self.datapath.clone();
-        let gone = gone.to_vec();
-        let bindings = gone.len();
-        let swept = tokio::task::spawn_blocking(move || {
-            let _gate = gate;
-            datapath.forget_flows(&gone)
-        })
-        .await;
-        match swept {
-            Ok(Ok(flows)) => {
-                tracing::debug!(bindings, flows, "forgot the flows of removed bindings")
-            }
-            Ok(Err(err)) => {
-                tracing::warn!(bindings, error = %err, "forgetting the flows of removed bindings failed; they expire by timeout")
-            }
-            Err(err) => tracing::error!(error = %err, "flow sweep task failed"),
+    /// Waits, without the registry lock, for the pending sweeps a publish
+    /// could meet, so it rarely waits inside the lock ([`Registry::publish`]
+    /// checks again, with the bindings).
+    async fn wait_for_sweep(&self, ticket: Option<sweeper::Ticket>) -> Result<()> {
+        let Some(ticket) = ticket else {
+            return Ok(());
+        };
+        let sweeper = self.sweeper.clone();
+        tokio::task::spawn_blocking(move || sweeper.wait(ticket))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// At shutdown: finishes the pending sweeps, so no removal's flows are
+    /// left behind.
+    pub async fn finish_sweeps(&self) {
+        let sweeper = self.sweeper.clone();
+        let pending = sweeper.pending();
+        if pending > 0 {
+            tracing::info!(
+                bindings = pending,
+                "forgetting the flows of removed bindings before stopping"
+            );
+        }
+        if let Err(err) = tokio::task::spawn_blocking(move || sweeper.close()).await {
+            tracing::error!(error = %err, "finishing the flow sweeps failed; the next start forgets what is left");
         }
     }
 
@@ -1124,13 +1145,15 @@ impl Berth {
 #[cfg(test)]
 mod dynamic_tests;
 mod security_groups;
+mod sweeper;
+pub use sweeper::FlowSweeper;
 #[cfg(test)]
 mod security_groups_tests;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::{FakeDatapath, FakeHost};
+    use crate::fake::{FakeDatapath, FakeHost, FakeOp};
 
     struct Fixture {
         _dir: tempfile::TempDir,
@@ -1678,8 +1701,12 @@ mod tests {
         assert!(f.datapath.bindings().is_empty());
     }
 
+    fn ms(n: u64) -> std::time::Duration {
+        std::time::Duration::from_millis(n)
+    }
+
     #[tokio::test]
-    async fn a_removal_forgets_its_flows_in_one_sweep_after_unlocking() {
+    async fn a_removal_answers_before_its_flows_are_forgotten_in_one_sweep() {
         let f = fixture();
         let datapath = f.datapath.clone();
         let berth = Berth::new(f.registry);
@@ -1695,55 +1722,127 @@ mod tests {
             .add("db".into(), ip("172.17.0.3"), specs(&["5432:5432"]))
             .await
             .unwrap();
-        // A sweep of a full table takes a while; the registry is free meanwhile.
-        datapath.set_forget_delay(std::time::Duration::from_secs(2));
-        let remover = berth.clone();
-        let removal = tokio::spawn(async move { remover.remove("web".into(), vec![]).await });
-        let committed = std::time::Instant::now();
-        while berth.bindings().await.len() != 1 {
-            assert!(committed.elapsed() < std::time::Duration::from_secs(5));
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert!(datapath.forgotten().is_empty(), "still sweeping");
+        // A sweep of a full table takes a while; nobody waits for it.
+        datapath.set_forget_delay(ms(1500));
         let started = std::time::Instant::now();
-        let listed = berth.bindings().await;
+        let gone = berth.remove("web".into(), vec![]).await.unwrap();
         assert!(
-            started.elapsed() < std::time::Duration::from_millis(300),
-            "listing waited {:?} for the sweep",
+            started.elapsed() < ms(500),
+            "the removal waited {:?} for its sweep",
             started.elapsed()
         );
-        assert_eq!(listed.len(), 1, "the removal is committed before the sweep");
-        assert!(datapath.forgotten().is_empty(), "still sweeping");
-        let gone = removal.await.unwrap().unwrap();
         assert_eq!(gone, added);
-        // One sweep for the whole request, with every removed binding.
+        assert!(datapath.bindings().iter().all(|b| b.task == "db"));
+        assert_eq!(berth.bindings().await.len(), 1);
+        assert!(datapath.forgotten().is_empty(), "still sweeping");
+        assert_eq!(berth.sweeper.pending(), 1000);
+        // Another task's requests do not wait for it either.
+        let started = std::time::Instant::now();
+        berth
+            .add("db".into(), ip("172.17.0.3"), specs(&["5433:5433"]))
+            .await
+            .unwrap();
+        assert!(started.elapsed() < ms(500), "an unrelated publish waited");
+        berth.finish_sweeps().await;
+        // One sweep for the whole request, with every removed binding, and
+        // the task's address: it has no task any more.
         assert_eq!(datapath.forgotten(), vec![added]);
+        assert_eq!(datapath.forgotten_endpoints(), vec![vec![ip("172.17.0.2")]]);
     }
 
     #[tokio::test]
-    async fn a_republish_waits_for_the_sweep_of_the_removed_binding() {
+    async fn a_republish_of_a_removed_binding_lands_after_its_sweep() {
         let f = fixture();
         let datapath = f.datapath.clone();
         let berth = Berth::new(f.registry);
-        berth
-            .add("web".into(), ip("172.17.0.2"), specs(&["8080:80"]))
+        let old = berth
+            .add("dns".into(), ip("172.17.0.2"), specs(&["5353:53/udp"]))
             .await
             .unwrap();
-        datapath.set_forget_delay(std::time::Duration::from_millis(500));
-        let remover = berth.clone();
-        let removal = tokio::spawn(async move { remover.remove("web".into(), vec![]).await });
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        // The same binding again: its new flows must not be swept as the old one's.
-        berth
-            .add("web".into(), ip("172.17.0.2"), specs(&["8080:80"]))
+        datapath.set_forget_delay(ms(400));
+        berth.remove("dns".into(), vec![]).await.unwrap();
+        // The replaced container: same address and port. Publishing before
+        // the sweep would let it inherit the old flows or lose its own.
+        let started = std::time::Instant::now();
+        let new = berth
+            .add("dns".into(), ip("172.17.0.2"), specs(&["5353:53/udp"]))
             .await
             .unwrap();
+        assert!(started.elapsed() >= ms(300), "the publish did not wait");
+        assert_eq!(new, old);
+        let journal = datapath.journal();
+        let forgot = journal
+            .iter()
+            .position(|op| *op == FakeOp::Forgot(old.clone()))
+            .expect("the old binding's flows were forgotten");
+        let inserted = journal
+            .iter()
+            .rposition(|op| *op == FakeOp::Insert(new[0].clone()))
+            .unwrap();
+        assert!(forgot < inserted, "{journal:?}");
+        assert_eq!(datapath.bindings(), new);
+    }
+
+    #[test]
+    fn a_removal_slipping_in_before_a_republish_still_orders_the_two() {
+        // The registry itself waits (inside its lock) when no pre-check ran.
+        let mut f = fixture();
+        let old = f.add("dns", "172.17.0.2", &["5353:53/udp"]).unwrap();
+        f.datapath.set_forget_delay(ms(300));
+        f.registry.remove("dns", &[]).unwrap();
+        let new = f.add("dns", "172.17.0.2", &["5353:53/udp"]).unwrap();
+        let journal = f.datapath.journal();
         assert_eq!(
-            datapath.forgotten().len(),
-            1,
-            "the publish ran only after the sweep"
+            &journal[journal.len() - 2..],
+            &[FakeOp::Forgot(old), FakeOp::Insert(new[0].clone())]
         );
-        removal.await.unwrap().unwrap();
-        assert_eq!(datapath.bindings().len(), 1);
+    }
+
+    #[test]
+    fn only_addresses_no_task_has_any_more_lose_their_policy_flows() {
+        let mut f = fixture();
+        f.add("web", "172.17.0.2", &["8080:80", "8443:443"])
+            .unwrap();
+        f.add("sidecar", "172.17.0.2", &["9090:9090"]).unwrap();
+        f.add("db", "172.17.0.3", &["5432:5432"]).unwrap();
+        let sweeper = f.registry.sweeper().clone();
+        // Part of a task: it keeps its address.
+        f.registry.remove("web", &specs(&["8443:443"])).unwrap();
+        // A whole task whose address another task still has.
+        f.registry.remove("web", &[]).unwrap();
+        // A whole task alone at its address.
+        f.registry.remove("db", &[]).unwrap();
+        sweeper.close();
+        assert_eq!(
+            f.datapath.forgotten().concat().len(),
+            3,
+            "every removed binding is swept"
+        );
+        assert_eq!(
+            f.datapath.forgotten_endpoints().concat(),
+            vec![ip("172.17.0.3")]
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_finishes_the_pending_sweeps() {
+        let f = fixture();
+        let datapath = f.datapath.clone();
+        let berth = Berth::new(f.registry);
+        let a = berth
+            .add("a".into(), ip("172.17.0.2"), specs(&["8080:80"]))
+            .await
+            .unwrap();
+        let b = berth
+            .add("b".into(), ip("172.17.0.3"), specs(&["8081:80"]))
+            .await
+            .unwrap();
+        datapath.set_forget_delay(ms(300));
+        berth.remove("a".into(), vec![]).await.unwrap();
+        berth.remove("b".into(), vec![]).await.unwrap();
+        assert!(datapath.forgotten().is_empty());
+        berth.finish_sweeps().await;
+        assert_eq!(datapath.forgotten().concat(), [a, b].concat());
+        assert_eq!(berth.sweeper.pending(), 0);
     }
 }

@@ -40,6 +40,18 @@ fn ms(f: impl FnOnce() -> Result<()>) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
+/// Waits until no flow of `ctr_ip` is tracked any more.
+fn wait_for_no_flows(fs: &Bpffs, ctr_ip: std::net::Ipv4Addr) -> Result<()> {
+    let t = Instant::now();
+    while crate::flows::count_flows_of(fs.path(), ctr_ip)? > 0 {
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("the flows of {ctr_ip} were not forgotten within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 fn range_maps(n: usize) -> Vec<Mapping> {
     extras(n)
 }
@@ -170,6 +182,10 @@ pub fn control_and_memory(s: &Settings, peers: bool) -> Result<ControlResult> {
         r_full.unpublish.push(ms(|| {
             api(&d, "/v1/bindings/delete", &json!({"task": "range"}))
         })?);
+        // The answer comes before the flows are forgotten (a background
+        // sweep); let that finish untimed, or the next row's publish of
+        // the same range would wait for it.
+        wait_for_no_flows(&fs, CTR2.parse()?)?;
         r_cli.publish.push(ms(|| {
             d.cli_ok([
                 "map",

@@ -31,7 +31,7 @@ use berth_maps::{
 };
 
 use super::{
-    flows::{owned_by, sweep, FlowMap},
+    flows::{owned_by, owned_by_none_of, sweep, touching, FlowMap},
     policy::PolicyMaps,
     ports::PortWatcher,
     Datapath, DatapathError, FlowTimeouts, PolicyRule,
@@ -98,7 +98,9 @@ pub struct BpfDatapath {
     maps: Mutex<Maps>,
     /// Outside the mutex: sweeping a full table takes a while, and batch
     /// syscalls on an fd need no lock.
-    flows: Vec<FlowMap>,
+    flows: Vec<FlowMap<NatEntry>>,
+    /// The policy tracking tables, likewise outside `policy`'s mutex.
+    ct_flows: Vec<FlowMap<berth_maps::CtEntry>>,
     policy: Mutex<PolicyMaps>,
     timeouts: Mutex<FlowTimeouts>,
     status: super::status::StatusBase,
@@ -399,9 +401,19 @@ impl BpfDatapath {
             endpoints: take_map(&mut ebpf, berth_maps::ENDPOINTS_MAP)?,
             policy: take_map(&mut ebpf, berth_maps::POLICY_MAP)?,
             members: take_map(&mut ebpf, berth_maps::SG_MEMBERS_MAP)?,
-            ct: take_map(&mut ebpf, berth_maps::CT_MAP)?,
-            ct_new: take_map(&mut ebpf, berth_maps::CT_NEW_MAP)?,
         };
+        let ct_flows = vec![
+            FlowMap {
+                name: berth_maps::CT_MAP,
+                table: FlowTable::Established,
+                map: take_map(&mut ebpf, berth_maps::CT_MAP)?,
+            },
+            FlowMap {
+                name: berth_maps::CT_NEW_MAP,
+                table: FlowTable::Embryonic,
+                map: take_map(&mut ebpf, berth_maps::CT_NEW_MAP)?,
+            },
+        ];
         // Every table keyed by the container-side tuple with a NatEntry:
         // forgetting a binding's flows and expiry cover each of them.
         let flows = vec![
@@ -458,6 +470,7 @@ impl BpfDatapath {
         Ok(Self {
             maps: Mutex::new(maps),
             flows,
+            ct_flows,
             policy: Mutex::new(policy),
             timeouts: Mutex::new(FlowTimeouts::default()),
             status,
@@ -922,7 +935,15 @@ impl Datapath for BpfDatapath {
         Ok(n)
     }
 
+    fn forget_endpoint_flows(&self, addrs: &[Ipv4Addr]) -> Result<usize, DatapathError> {
+        if addrs.is_empty() {
+            return Ok(0);
+        }
+        sweep(&self.ct_flows, touching(addrs))
+    }
+
     fn retain(&self, keep: &[Binding]) -> Result<usize, DatapathError> {
+        let keep_bindings = keep;
         let keep: HashSet<(ServiceKey, (u32, u16))> = keep
             .iter()
             .map(|b| {
@@ -963,6 +984,15 @@ impl Datapath for BpfDatapath {
         }
         for (pk, n) in want {
             m.ports.insert(pk, n, 0).map_err(map_err("BERTH_PORTS"))?;
+        }
+        drop(m);
+        let forgotten = sweep(&self.flows, owned_by_none_of(keep_bindings))?;
+        if forgotten > 0 {
+            self.forget_orphan_remaps();
+            tracing::info!(
+                flows = forgotten,
+                "forgot tracked flows of bindings the store does not have"
+            );
         }
         Ok(stale.len())
     }
@@ -1029,7 +1059,10 @@ impl Datapath for BpfDatapath {
     fn expire_flows(&self) -> Result<usize, DatapathError> {
         let t = *self.timeouts.lock().unwrap_or_else(|p| p.into_inner());
         let now = monotonic_ns();
-        let from_policy = self.policy().expire(&t, now);
+        let from_policy = sweep(&self.ct_flows, |k, v, table| {
+            let timeout = flow_timeout(k.proto, v.flags, table, &t);
+            now.saturating_sub(v.last_seen_ns) > timeout * 1_000_000_000
+        })?;
         let expired = sweep(&self.flows, |k, v, table| {
             flow_expired(k, v, table, now, &t)
         })?;
@@ -1068,7 +1101,15 @@ impl Datapath for BpfDatapath {
         policies: &[u32],
         groups: &[u32],
     ) -> Result<usize, DatapathError> {
-        Ok(self.policy().retain(endpoints, policies, groups))
+        let (n, gone) = self.policy().retain(endpoints, policies, groups);
+        let forgotten = self.forget_endpoint_flows(&gone)?;
+        if forgotten > 0 {
+            tracing::info!(
+                flows = forgotten,
+                "forgot policy-tracked flows of tasks the store does not have"
+            );
+        }
+        Ok(n)
     }
 
     fn set_port_gate(&self, on: bool) -> Result<(), DatapathError> {

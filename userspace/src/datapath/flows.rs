@@ -9,15 +9,17 @@
 //!
 //! aya 0.14 has no batch operations, so this module issues them itself on
 //! the map's fd; the typed aya handle still checks key and value sizes when
-//! the map is taken from the object.
+//! the map is taken from the object. The policy tables (BERTH_CT,
+//! BERTH_CT_NEW) share the key, so the same sweep serves them.
 use std::{
     collections::HashSet,
     io,
+    net::Ipv4Addr,
     os::fd::{AsFd, AsRawFd},
 };
 
 use aya::maps::{HashMap, IterableMap, MapData};
-use berth_maps::{FlowKey, NatEntry};
+use berth_maps::{CtEntry, FlowKey, NatEntry};
 
 use super::{bpf::FlowTable, DatapathError};
 use crate::model::Binding;
@@ -27,13 +29,15 @@ use crate::model::Binding;
 const BATCH: usize = 4096;
 const BATCH_MAX: usize = 1 << 20;
 
-/// One table of tracked flows keyed by the tuple as the container sends it
-/// (BERTH_NAT; BERTH_NAT_NEW has the same key and value).
-pub(super) struct FlowMap {
+/// One table of tracked flows keyed by a tuple: the published-port tables
+/// (BERTH_NAT, BERTH_NAT_NEW: the tuple as the container sends it, a
+/// [`NatEntry`]) or the policy tables (BERTH_CT, BERTH_CT_NEW: the tuple
+/// as the flow's initiator sends it, a [`CtEntry`]).
+pub(super) struct FlowMap<V: aya::Pod> {
     pub name: &'static str,
     /// Established or not: expiry's timeouts differ.
     pub table: FlowTable,
-    pub map: HashMap<MapData, FlowKey, NatEntry>,
+    pub map: HashMap<MapData, FlowKey, V>,
 }
 
 /// What a removed binding owns in a flow table: the container side of the
@@ -72,13 +76,33 @@ pub(super) fn owned_by(gone: &[Binding]) -> impl Fn(&FlowKey, &NatEntry, FlowTab
     move |k, v, _| owners.contains(&FlowOwner::of_flow(k, v))
 }
 
+/// The flows owned by none of `keep`, as a predicate for [`sweep`]: at
+/// start, what bindings the store no longer has left behind (a sweep lost
+/// to a crash, a reset store).
+pub(super) fn owned_by_none_of(
+    keep: &[Binding],
+) -> impl Fn(&FlowKey, &NatEntry, FlowTable) -> bool {
+    let owners: HashSet<FlowOwner> = keep.iter().map(FlowOwner::of_binding).collect();
+    move |k, v, _| !owners.contains(&FlowOwner::of_flow(k, v))
+}
+
+/// The policy-tracked flows with any of `addrs` at either end, as a
+/// predicate for [`sweep`] over BERTH_CT(_NEW).
+pub(super) fn touching(addrs: &[Ipv4Addr]) -> impl Fn(&FlowKey, &CtEntry, FlowTable) -> bool {
+    let addrs: HashSet<u32> = addrs
+        .iter()
+        .map(|a| u32::from_ne_bytes(a.octets()))
+        .collect();
+    move |k, _, _| addrs.contains(&k.src_addr_be) || addrs.contains(&k.dst_addr_be)
+}
+
 /// Deletes every entry of `tables` that `doomed` picks; returns how many.
 /// Entries the datapath adds or deletes meanwhile may or may not be seen,
-/// which is fine for both callers: a removed binding gets no new flows, and
-/// expiry runs again.
-pub(super) fn sweep(
-    tables: &[FlowMap],
-    doomed: impl Fn(&FlowKey, &NatEntry, FlowTable) -> bool,
+/// which is fine for every caller: a removed binding gets no new flows, a
+/// removed task's address gets no policy, and expiry runs again.
+pub(super) fn sweep<V: aya::Pod + Default>(
+    tables: &[FlowMap<V>],
+    doomed: impl Fn(&FlowKey, &V, FlowTable) -> bool,
 ) -> Result<usize, DatapathError> {
     let mut total = 0;
     for t in tables {
@@ -136,10 +160,13 @@ fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
 }
 
 /// Calls `each` for every entry of the hash map at `fd`.
-fn batch_scan(fd: i32, mut each: impl FnMut(&FlowKey, &NatEntry)) -> io::Result<()> {
+fn batch_scan<V: aya::Pod + Default>(
+    fd: i32,
+    mut each: impl FnMut(&FlowKey, &V),
+) -> io::Result<()> {
     let mut size = BATCH;
     let mut keys = vec![FlowKey::default(); size];
-    let mut values = vec![NatEntry::default(); size];
+    let mut values = vec![V::default(); size];
     // The hash map's cursor is a bucket index, a u32.
     let (mut cursor_in, mut cursor_out) = (0u32, 0u32);
     let mut first = true;
@@ -166,7 +193,7 @@ fn batch_scan(fd: i32, mut each: impl FnMut(&FlowKey, &NatEntry)) -> io::Result<
                 }
                 size *= 2;
                 keys.resize(size, FlowKey::default());
-                values.resize(size, NatEntry::default());
+                values.resize(size, V::default());
                 continue;
             }
             Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),

@@ -111,6 +111,12 @@ pub trait Datapath: Send + Sync {
     /// over the flow tables, so a replaced container never inherits stale
     /// state (the UDP black hole Docker users hit). Returns how many.
     fn forget_flows(&self, gone: &[Binding]) -> Result<usize, DatapathError>;
+    /// Forget the policy-tracked flows (BERTH_CT, BERTH_CT_NEW) with any of
+    /// `addrs` at either end: the container addresses of tasks that are
+    /// gone. A removed task loses its groups, and so the flows its groups
+    /// (or its membership in a peer's) allowed; a task that reuses the
+    /// address starts from its own groups. Returns how many.
+    fn forget_endpoint_flows(&self, addrs: &[Ipv4Addr]) -> Result<usize, DatapathError>;
     /// Replace the set of host addresses a wildcard binding answers on.
     fn set_host_addrs(&self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError>;
     /// Replace the bridge's subnets: sources an uplink never accepts.
@@ -119,7 +125,9 @@ pub trait Datapath: Send + Sync {
     fn counters(&self) -> Result<Vec<(&'static str, u64)>, DatapathError>;
     /// Reconcile after a restart: unpublish every entry that is not one of
     /// `keep` (left by a crash between map write and store commit, or by a
-    /// store that was reset). Returns how many were removed.
+    /// store that was reset), and forget the tracked flows no binding of
+    /// `keep` owns (a removal's background sweep the daemon did not live to
+    /// run). Returns how many entries were unpublished.
     fn retain(&self, keep: &[Binding]) -> Result<usize, DatapathError>;
     /// Forget flows idle past their protocol's timeout; returns how many.
     /// The daemon calls this every few seconds.
@@ -141,7 +149,9 @@ pub trait Datapath: Send + Sync {
     fn set_group_members(&self, sg_id: u32, members: &[Ipv4Addr]) -> Result<(), DatapathError>;
     /// Reconcile after a restart: drop endpoints, rule sets and group
     /// memberships that are not in `keep` (left by a crash between a map
-    /// write and the store commit, or by a reset store). Returns how many.
+    /// write and the store commit, or by a reset store), and forget the
+    /// policy-tracked flows of the endpoints dropped. Returns how many
+    /// entries were dropped.
     fn retain_policy(
         &self,
         endpoints: &[Ipv4Addr],

@@ -1,26 +1,20 @@
-//! Security-group maps: endpoints, compiled rules, group members and the
-//! policy connection-tracking table.
+//! Security-group maps: endpoints, compiled rules and group members. The
+//! policy connection-tracking tables are swept like the published-port
+//! ones (`flows.rs`), outside this struct's mutex.
 use std::{collections::HashSet, net::Ipv4Addr};
 
 use aya::maps::{HashMap, MapData};
 use berth_maps::{
-    CtEntry, Endpoint, FlowKey, Policy, PolicyKey, Rule, SgMember, DIR_EGRESS, DIR_INGRESS,
-    EP_F_POLICY, MAX_RULES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ICMP_ANY, RULE_PEER_CIDR,
-    RULE_PEER_SG, RULE_PROTO_ALL,
+    Endpoint, Policy, PolicyKey, Rule, SgMember, DIR_EGRESS, DIR_INGRESS, EP_F_POLICY, MAX_RULES,
+    PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ICMP_ANY, RULE_PEER_CIDR, RULE_PEER_SG, RULE_PROTO_ALL,
 };
 
-use super::{
-    bpf::{flow_timeout, FlowTable},
-    DatapathError, FlowTimeouts, PolicyRule, RulePeer, RuleProto,
-};
+use super::{DatapathError, PolicyRule, RulePeer, RuleProto};
 
 pub(super) struct PolicyMaps {
     pub endpoints: HashMap<MapData, u32, Endpoint>,
     pub policy: HashMap<MapData, PolicyKey, Policy>,
     pub members: HashMap<MapData, SgMember, u32>,
-    pub ct: HashMap<MapData, FlowKey, CtEntry>,
-    /// Not yet established policy flows (an LRU hash).
-    pub ct_new: HashMap<MapData, FlowKey, CtEntry>,
 }
 
 fn err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
@@ -175,7 +169,14 @@ impl PolicyMaps {
         Ok(())
     }
 
-    pub fn retain(&mut self, endpoints: &[Ipv4Addr], policies: &[u32], groups: &[u32]) -> usize {
+    /// Drops what is not in the lists; returns how many entries went and
+    /// the addresses of the endpoints that went (their tasks are gone).
+    pub fn retain(
+        &mut self,
+        endpoints: &[Ipv4Addr],
+        policies: &[u32],
+        groups: &[u32],
+    ) -> (usize, Vec<Ipv4Addr>) {
         let endpoints: HashSet<u32> = endpoints.iter().map(|a| addr_be(*a)).collect();
         let policies: HashSet<u32> = policies.iter().copied().collect();
         let groups: HashSet<u32> = groups.iter().copied().collect();
@@ -186,8 +187,12 @@ impl PolicyMaps {
             .filter_map(Result::ok)
             .filter(|k| !endpoints.contains(k))
             .collect();
+        let mut gone = Vec::new();
         for k in stale {
-            n += usize::from(self.endpoints.remove(&k).is_ok());
+            if self.endpoints.remove(&k).is_ok() {
+                n += 1;
+                gone.push(Ipv4Addr::from(k.to_ne_bytes()));
+            }
         }
         let stale: Vec<PolicyKey> = self
             .policy
@@ -207,30 +212,7 @@ impl PolicyMaps {
         for k in stale {
             n += usize::from(self.members.remove(&k).is_ok());
         }
-        n
-    }
-
-    /// Forget policy-tracked flows idle past their timeout, in both tables.
-    pub fn expire(&mut self, t: &FlowTimeouts, now_ns: u64) -> usize {
-        let mut n = 0;
-        for (table, map) in [
-            (FlowTable::Established, &mut self.ct),
-            (FlowTable::Embryonic, &mut self.ct_new),
-        ] {
-            let expired: Vec<FlowKey> = map
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(k, v)| {
-                    let timeout = flow_timeout(k.proto, v.flags, table, t);
-                    now_ns.saturating_sub(v.last_seen_ns) > timeout * 1_000_000_000
-                })
-                .map(|(k, _)| k)
-                .collect();
-            for k in &expired {
-                n += usize::from(map.remove(k).is_ok());
-            }
-        }
-        n
+        (n, gone)
     }
 }
 

@@ -198,6 +198,20 @@ impl Registry {
         self.tasks.get(task).is_some_and(|b| !b.is_empty()) || self.task_defs.contains_key(task)
     }
 
+    /// The container IPs of `task` (none when it does not exist).
+    pub(super) fn task_ips(&self, task: &str) -> BTreeSet<Ipv4Addr> {
+        if !self.task_exists(task) {
+            return BTreeSet::new();
+        }
+        let bindings = self.tasks.get(task).map(Vec::as_slice).unwrap_or_default();
+        ips_of(bindings, self.task_defs.get(task))
+    }
+
+    /// Every container IP some task has.
+    pub(super) fn ips_in_use(&self) -> BTreeSet<Ipv4Addr> {
+        self.sg_tasks().into_values().flatten().collect()
+    }
+
     /// Task name -> container IPs, for every task.
     fn sg_tasks(&self) -> BTreeMap<String, BTreeSet<Ipv4Addr>> {
         let names: BTreeSet<&String> = self.tasks.keys().chain(self.task_defs.keys()).collect();
