@@ -330,7 +330,7 @@ impl Env {
         }
         let mut m: HashMap<&mut MapData, PolicyKey, Policy> =
             HashMap::try_from(self.ebpf.map_mut("BERTH_POLICY").unwrap()).unwrap();
-        m.insert(PolicyKey { task_id, dir }, &*p, 0).unwrap();
+        m.insert(PolicyKey { task_id, dir }, *p, 0).unwrap();
     }
 
     /// Forgets every tracked flow; returns how many there were.

@@ -419,7 +419,7 @@ impl Events {
         loop {
             let mut line = String::new();
             r.read_line(&mut line).unwrap();
-            chunked |= line.to_ascii_lowercase() == "transfer-encoding: chunked\r\n";
+            chunked |= line.eq_ignore_ascii_case("transfer-encoding: chunked\r\n");
             if line == "\r\n" {
                 break;
             }

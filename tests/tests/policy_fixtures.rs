@@ -68,7 +68,7 @@ fn set_rules(env: &mut Env, task_id: u32, dir: u32, rules: &[PolicyRule]) {
     }
     let mut m: HashMap<&mut MapData, PolicyKey, Policy> =
         HashMap::try_from(env.ebpf.map_mut("BERTH_POLICY").unwrap()).unwrap();
-    m.insert(PolicyKey { task_id, dir }, &*p, 0).unwrap();
+    m.insert(PolicyKey { task_id, dir }, *p, 0).unwrap();
 }
 
 fn add_member(env: &mut Env, sg_id: u32, ip: Ipv4Addr) {

@@ -117,7 +117,7 @@ impl PolicyMaps {
                     task_id,
                     dir: DIR_INGRESS,
                 },
-                &*i,
+                *i,
                 0,
             )
             .map_err(err("BERTH_POLICY"))?;
@@ -127,7 +127,7 @@ impl PolicyMaps {
                     task_id,
                     dir: DIR_EGRESS,
                 },
-                &*e,
+                *e,
                 0,
             )
             .map_err(err("BERTH_POLICY"))
