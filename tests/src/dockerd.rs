@@ -33,6 +33,8 @@ pub struct DockerdOptions {
     pub userland_proxy: Option<PathBuf>,
     /// Extra environment (`BERTH_SOCKET` for berth-docker-proxy).
     pub env: Vec<(String, String)>,
+    /// `--userland-proxy=false` (berth's Docker events mode).
+    pub no_userland_proxy: bool,
 }
 
 #[derive(Debug)]
@@ -78,6 +80,9 @@ impl Dockerd {
         if let Some(p) = &self.opts.userland_proxy {
             c.arg("--userland-proxy-path").arg(p);
         }
+        if self.opts.no_userland_proxy {
+            c.arg("--userland-proxy=false");
+        }
         for (k, v) in &self.opts.env {
             c.env(k, v);
         }
@@ -109,6 +114,11 @@ impl Dockerd {
             }
             thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Its API socket (`-H unix://…`).
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     pub fn pid(&self) -> Option<u32> {

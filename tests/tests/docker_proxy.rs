@@ -76,6 +76,7 @@ fn setup() -> Setup {
             bridge: BRIDGE.into(),
             userland_proxy: Some(proxy_bin()),
             env: vec![("BERTH_SOCKET".into(), berth.socket().display().to_string())],
+            ..Default::default()
         },
     )
     .expect("start dockerd");

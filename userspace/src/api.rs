@@ -74,6 +74,15 @@ pub struct AddRequest {
     #[serde(rename = "containerIP")]
     pub container_ip: String,
     pub ports: Vec<String>,
+    /// Docker events mode: dockerd itself listens on these host ports (its
+    /// port reservation without a userland proxy), so a listener there is
+    /// not a conflict.
+    #[serde(
+        default,
+        rename = "heldByDocker",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub held_by_docker: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,7 +225,9 @@ async fn add_bindings(
     crate::state::validate_task_name(&req.task)?;
     let container_ip = parse_container_ip(&req.container_ip)?;
     let specs = parse_specs(&req.ports)?;
-    let added = berth.add(req.task, container_ip, specs).await?;
+    let added = berth
+        .add_with(req.task, container_ip, specs, req.held_by_docker)
+        .await?;
     Ok((StatusCode::CREATED, Json(added)))
 }
 

@@ -136,6 +136,16 @@ pub struct DaemonArgs {
     /// hairpin access) instead of refusing to start when they cannot attach.
     #[arg(long)]
     pub no_socket_hooks: bool,
+    /// Docker events mode: publish the ports of the containers of the
+    /// Docker engine at this socket (dockerd with `--userland-proxy=false`).
+    #[arg(
+        long,
+        value_name = "unix:///PATH",
+        num_args = 0..=1,
+        default_missing_value = crate::docker_events::DEFAULT_DOCKER_HOST,
+        value_parser = crate::docker_events::parse_docker_host
+    )]
+    pub docker: Option<PathBuf>,
     #[command(flatten)]
     pub security_groups: crate::sg_cli::SgDaemonArgs,
     #[command(flatten)]
@@ -233,6 +243,7 @@ impl Cli {
                     task,
                     container_ip: ip,
                     ports,
+                    held_by_docker: false,
                 };
                 print(&bindings_table(&client.add(&req).await?))
             }
@@ -297,6 +308,7 @@ impl DaemonArgs {
             security_groups: self.security_groups.settings(),
             limits: self.api.limits(),
             socket_group: self.api.socket_group,
+            docker: self.docker,
         }
     }
 }

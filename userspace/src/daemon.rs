@@ -45,6 +45,8 @@ pub struct DaemonConfig {
     /// `--socket-group`.
     pub socket_group: Option<String>,
     pub limits: ApiLimits,
+    /// `--docker`: the Docker engine's API socket (events mode).
+    pub docker: Option<PathBuf>,
 }
 
 impl DaemonConfig {
@@ -132,7 +134,21 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         security_groups: config.security_groups.clone(),
         limits: config.limits,
     };
-    serve(parts, shutdown).await
+    // The API socket is bound, so the follower's requests wait in its
+    // backlog until the store is restored and served.
+    let follower = config.docker.clone().map(|docker| {
+        tokio::spawn(crate::docker_events::follow(
+            docker,
+            config.socket.clone(),
+            config.datapath.bridge.clone(),
+            config.state_dir.clone(),
+        ))
+    });
+    let served = serve(parts, shutdown).await;
+    if let Some(f) = follower {
+        f.abort();
+    }
+    served
 }
 
 pub fn check_root() -> Result<()> {
@@ -377,6 +393,7 @@ mod tests {
             task: "web".into(),
             container_ip: "172.17.0.2".into(),
             ports: vec!["8080:80".into()],
+            held_by_docker: false,
         }
     }
 

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod datapath;
+pub mod docker_events;
 pub mod docker_proxy;
 pub mod ecs;
 pub mod error;

@@ -164,6 +164,8 @@ pub struct Registry {
     sg: security_groups::SgState,
     limits: PortLimits,
     sweeper: Arc<FlowSweeper>,
+    /// Set for one [`Registry::add_held_by_docker`].
+    docker_holds_ports: bool,
 }
 
 /// What a publish changes besides the new bindings themselves.
@@ -190,6 +192,7 @@ impl Registry {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let sweeper = Arc::new(FlowSweeper::start(datapath.clone()));
         Ok(Registry {
+            docker_holds_ports: false,
             store,
             datapath,
             sweeper,
@@ -346,6 +349,21 @@ impl Registry {
         self.events.subscribe()
     }
 
+    /// [`Registry::add`] for Docker events mode: dockerd without its
+    /// userland proxy still listens on each published port to reserve it,
+    /// so host listeners are not a conflict here.
+    pub fn add_held_by_docker(
+        &mut self,
+        task: &str,
+        container_ip: Ipv4Addr,
+        specs: &[PortSpec],
+    ) -> Result<Vec<Binding>> {
+        self.docker_holds_ports = true;
+        let added = self.add(task, container_ip, specs);
+        self.docker_holds_ports = false;
+        added
+    }
+
     /// Publishes `specs` for `task` at `container_ip`; dynamic specs get
     /// their host ports here. All or nothing: on any error nothing changed.
     pub fn add(
@@ -477,7 +495,9 @@ impl Registry {
         let mut pending: Vec<PortMapping> =
             groups.iter().flatten().flat_map(PortSpec::expand).collect();
         self.check_conflicts(&pending)?;
-        self.check_host_listeners(&pending)?;
+        if !self.docker_holds_ports {
+            self.check_host_listeners(&pending)?;
+        }
         let now = self.host.now();
         let mut bound: HashMap<Protocol, BTreeSet<u16>> = HashMap::new();
         let mut out = Vec::with_capacity(groups.len());
@@ -1068,10 +1088,27 @@ impl Berth {
         container_ip: Ipv4Addr,
         specs: Vec<PortSpec>,
     ) -> Result<Vec<Binding>> {
+        self.add_with(task, container_ip, specs, false).await
+    }
+
+    /// [`Berth::add`]; `held_by_docker`: see [`Registry::add_held_by_docker`].
+    pub async fn add_with(
+        &self,
+        task: String,
+        container_ip: Ipv4Addr,
+        specs: Vec<PortSpec>,
+        held_by_docker: bool,
+    ) -> Result<Vec<Binding>> {
         let ticket = self.sweeper.blocker_for_specs(container_ip, &specs);
         self.wait_for_sweep(ticket).await?;
-        self.with_registry(move |r| r.add(&task, container_ip, &specs))
-            .await
+        self.with_registry(move |r| {
+            if held_by_docker {
+                r.add_held_by_docker(&task, container_ip, &specs)
+            } else {
+                r.add(&task, container_ip, &specs)
+            }
+        })
+        .await
     }
 
     /// Answers once the bindings are out of the datapath's services and

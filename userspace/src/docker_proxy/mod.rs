@@ -128,7 +128,7 @@ async fn berths_bridge(client: &Client) -> Result<Option<String>, String> {
 
 /// Whether `ip` is in a subnet of one of `bridge`'s IPv4 addresses, as
 /// the kernel has them in this namespace (the daemon's).
-fn bridge_holds(bridge: &str, ip: IpAddr) -> bool {
+pub(crate) fn bridge_holds(bridge: &str, ip: IpAddr) -> bool {
     let IpAddr::V4(ip) = ip else {
         return false;
     };
@@ -209,6 +209,7 @@ fn publish(
         task: task.to_string(),
         container_ip: a.container_ip.to_string(),
         ports: vec![spec.clone()],
+        held_by_docker: false,
     };
     // The daemon answers once the mapping is in the datapath's maps.
     runtime

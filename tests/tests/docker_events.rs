@@ -1,0 +1,181 @@
+//! Docker events mode: Debian's real dockerd (20.10) runs with
+//! `--userland-proxy=false` and a bridge of its own (`bdk0`,
+//! 172.18.0.0/16); the berth daemon serves that bridge with `--docker
+//! unix://<dockerd's socket>` and publishes what `docker run -p` asks for.
+//! Clients call the host's uplink from the client namespace.
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use berth_integration::{
+    addr, http_get, Bpffs, Daemon, DaemonOptions, Dockerd, DockerdOptions, Topology,
+    TopologyOptions,
+};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(5);
+const BRIDGE: &str = "bdk0";
+const IMAGE: &str = "berth-busybox:test";
+/// busybox httpd's CGI: the address the container saw the client at.
+const REMOTE_ADDR_CGI: &str =
+    "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' \"$REMOTE_ADDR\"\n";
+
+/// Guards drop in field order: the berth daemon, dockerd (its containers),
+/// the bpffs, then the namespaces.
+struct Setup {
+    berth: Daemon,
+    docker: Dockerd,
+    _bpffs: Bpffs,
+    topo: Topology,
+}
+
+fn setup() -> Setup {
+    let topo = Topology::build_with(TopologyOptions {
+        docker_iptables: false, // dockerd writes its own
+        ..Default::default()
+    })
+    .expect("build topology");
+    let host = &topo.host.ns;
+    host.ip(["link", "add", BRIDGE, "type", "bridge"]).unwrap();
+    host.ip(["addr", "add", "172.18.0.1/16", "dev", BRIDGE])
+        .unwrap();
+    host.ip(["link", "set", BRIDGE, "up"]).unwrap();
+    let docker = Dockerd::start(
+        host,
+        DockerdOptions {
+            bridge: BRIDGE.into(),
+            no_userland_proxy: true,
+            ..Default::default()
+        },
+    )
+    .expect("start dockerd");
+    docker
+        .import_busybox(
+            IMAGE,
+            &["sh", "httpd"],
+            &[
+                ("/www/index.html", "hello\n", 0o644),
+                ("/www/cgi-bin/ip", REMOTE_ADDR_CGI, 0o755),
+            ],
+        )
+        .expect("import busybox image");
+    let bpffs = Bpffs::new().expect("bpffs");
+    let berth = Daemon::start_with(
+        host,
+        &bpffs,
+        DaemonOptions {
+            bridge: BRIDGE.into(),
+            extra_args: vec![format!("--docker=unix://{}", docker.socket().display())],
+            ..Default::default()
+        },
+    )
+    .expect("start berth");
+    Setup {
+        berth,
+        docker,
+        _bpffs: bpffs,
+        topo,
+    }
+}
+
+impl Setup {
+    fn run_httpd(&self, name: &str, publish: &str) {
+        // httpd as PID 1 ignores SIGTERM: spare every stop dockerd's 10 s.
+        let out = self
+            .docker
+            .docker([
+                "run", "-d", "--stop-timeout", "1", "--name", name, "-p", publish, IMAGE,
+                "httpd", "-f", "-p", "80", "-h", "/www",
+            ])
+            .expect("docker run");
+        assert!(
+            out.status.success(),
+            "docker run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The client's address as the container saw it, retried while berth
+    /// has not seen the event or httpd is still starting.
+    fn remote_addr_seen(&self, port: u16) -> String {
+        let deadline = Instant::now() + T;
+        let addr = self.topo.host.addr(port);
+        loop {
+            match self
+                .topo
+                .client
+                .ns
+                .run(move || http_get(addr, "/cgi-bin/ip", T))
+            {
+                Ok(body) => {
+                    let seen = body.trim().trim_start_matches('[').trim_end_matches(']');
+                    return seen.trim_start_matches("::ffff:").to_string();
+                }
+                Err(e) if Instant::now() > deadline => panic!("GET :{port}/cgi-bin/ip: {e:#}"),
+                Err(_) => thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// `(task, hostPort)` of every binding.
+    fn published(&self) -> Vec<(String, u64)> {
+        let out = self.berth.cli_ok(["map", "ls", "--json"]).expect("map ls");
+        let v: Value = serde_json::from_str(&out).expect("map ls --json is JSON");
+        v.as_array()
+            .expect("an array")
+            .iter()
+            .map(|b| {
+                (
+                    b["task"].as_str().unwrap_or_default().to_string(),
+                    b["hostPort"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    fn wait_for(&self, what: &str, ok: impl Fn(&[(String, u64)]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.published();
+            if ok(&now) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: berth has {now:?}");
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn docker_run_p_is_published_from_events_and_unpublished_on_stop_and_across_a_berth_restart() {
+    let mut s = setup();
+
+    // Published from the start event, named after the container; the
+    // container sees the client's own address (docker-proxy would show the
+    // bridge gateway; dockerd runs without it here).
+    s.run_httpd("web", "8080:80");
+    s.wait_for("docker run -p 8080:80", |b| {
+        b.contains(&("web".to_string(), 8080))
+    });
+    assert_eq!(s.remote_addr_seen(8080), addr::CLIENT_IP.to_string());
+
+    // docker stop: unpublished.
+    s.docker.docker_ok(["stop", "web"]).expect("docker stop");
+    s.wait_for("docker stop", |b| b.iter().all(|(_, p)| *p != 8080));
+
+    // A container that stops while berth is down is unpublished at berth's
+    // start; one still running stays published.
+    s.run_httpd("api", "8081:80");
+    s.run_httpd("db", "8082:80");
+    s.wait_for("two more containers", |b| {
+        b.contains(&("api".to_string(), 8081)) && b.contains(&("db".to_string(), 8082))
+    });
+    s.berth.stop().expect("stop berth");
+    s.docker.docker_ok(["stop", "api"]).expect("docker stop");
+    s.berth.start_again().expect("start berth");
+    s.wait_for("berth restarted after api stopped", |b| {
+        !b.iter().any(|(t, _)| t == "api") && b.contains(&("db".to_string(), 8082))
+    });
+    assert_eq!(s.remote_addr_seen(8082), addr::CLIENT_IP.to_string());
+}
