@@ -1386,6 +1386,28 @@ mod tests {
     }
 
     #[test]
+    fn a_port_dockerd_holds_for_events_mode_is_published_only_when_marked_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Arc::new(FakeHost::default());
+        host.listen(Protocol::Tcp, "0.0.0.0:8080");
+        let datapath = Arc::new(FakeDatapath::default());
+        let store = Store::open(dir.path()).unwrap();
+        let mut r =
+            Registry::open(store, datapath.clone(), bridge(), host.clone(), policy()).unwrap();
+        assert!(r
+            .add("web", ip("172.17.0.2"), &specs(&["8080:80"]))
+            .is_err());
+        r.add_held_by_docker("web", ip("172.17.0.2"), &specs(&["8080:80"]))
+            .unwrap();
+        assert_eq!(datapath.bindings().len(), 1);
+        // The exemption lasts for that one request.
+        host.listen(Protocol::Tcp, "0.0.0.0:9090");
+        assert!(r
+            .add("api", ip("172.17.0.3"), &specs(&["9090:80"]))
+            .is_err());
+    }
+
+    #[test]
     fn a_static_port_a_host_process_listens_on_is_refused_in_dockers_words() {
         let dir = tempfile::tempdir().unwrap();
         let host = Arc::new(FakeHost::default());
