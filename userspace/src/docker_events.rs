@@ -83,8 +83,8 @@ pub fn task_name(c: &ContainerInspectResponse) -> String {
         .collect()
 }
 
-/// The container's IPv4 address: on the network `network` when it has
-/// one there, else its first network with an address.
+/// The container's first IPv4 address that `accept` takes (on berth's
+/// bridge).
 fn container_ip(c: &ContainerInspectResponse, accept: impl Fn(IpAddr) -> bool) -> Option<IpAddr> {
     let ns = c.network_settings.as_ref()?;
     ns.networks
@@ -118,12 +118,15 @@ pub fn publication(
     })
 }
 
+/// `(tcp|udp, host IPv4 address or none for all)`.
+type ProtoAndHost = (String, Option<String>);
+
 /// Docker lists one entry per port (and per host family); berth takes a
 /// run of consecutive ports as one range spec. IPv6 host addresses are
 /// Docker's to serve (berth translates IPv4 only).
 pub fn specs(ports: &HashMap<String, Option<Vec<PortBinding>>>) -> Vec<String> {
     // (proto, host ip) → sorted (container port, host port)
-    let mut by: BTreeMap<(String, Option<String>), BTreeSet<(u16, u16)>> = BTreeMap::new();
+    let mut by: BTreeMap<ProtoAndHost, BTreeSet<(u16, u16)>> = BTreeMap::new();
     for (key, bindings) in ports {
         let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
         if proto != "tcp" && proto != "udp" {
