@@ -85,8 +85,21 @@ impl Setup {
         let out = self
             .docker
             .docker([
-                "run", "-d", "--stop-timeout", "1", "--name", name, "-p", publish, IMAGE,
-                "httpd", "-f", "-p", "80", "-h", "/www",
+                "run",
+                "-d",
+                "--stop-timeout",
+                "1",
+                "--name",
+                name,
+                "-p",
+                publish,
+                IMAGE,
+                "httpd",
+                "-f",
+                "-p",
+                "80",
+                "-h",
+                "/www",
             ])
             .expect("docker run");
         assert!(
@@ -163,6 +176,17 @@ fn docker_run_p_is_published_from_events_and_unpublished_on_stop_and_across_a_be
     // docker stop: unpublished.
     s.docker.docker_ok(["stop", "web"]).expect("docker stop");
     s.wait_for("docker stop", |b| b.iter().all(|(_, p)| *p != 8080));
+
+    // A port range publishes under one task; `docker rm -f` (a die
+    // without a stop) unpublishes all of it.
+    s.run_httpd("range", "9000-9002:80-82");
+    s.wait_for("docker run -p 9000-9002:80-82", |b| {
+        (9000..=9002).all(|p| b.contains(&("range".to_string(), p)))
+    });
+    s.docker
+        .docker_ok(["rm", "-f", "range"])
+        .expect("docker rm -f");
+    s.wait_for("docker rm -f", |b| b.iter().all(|(t, _)| t != "range"));
 
     // A container that stops while berth is down is unpublished at berth's
     // start; one still running stays published.
