@@ -231,12 +231,24 @@ impl Follower {
         .negotiate_version()
         .await
         .map_err(fail)?;
-        // Subscribe before listing, so a container started in between is not missed.
+        // The stream is only requested when first polled, after the listing:
+        // `since` a second before the listing replays what happened in
+        // between (a replayed start of a published task changes nothing).
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs().saturating_sub(1))
+            .unwrap_or_default()
+            .to_string();
         let filters = HashMap::from([
             ("type", vec!["container"]),
             ("event", vec!["start", "die", "stop", "destroy"]),
         ]);
-        let mut events = docker.events(Some(EventsOptionsBuilder::new().filters(&filters).build()));
+        let mut events = docker.events(Some(
+            EventsOptionsBuilder::new()
+                .since(&since)
+                .filters(&filters)
+                .build(),
+        ));
         let running = docker
             .list_containers(None::<ListContainersOptions>)
             .await
