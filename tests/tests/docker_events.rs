@@ -203,3 +203,35 @@ fn docker_run_p_is_published_from_events_and_unpublished_on_stop_and_across_a_be
     });
     assert_eq!(s.remote_addr_seen(8082), addr::CLIENT_IP.to_string());
 }
+
+#[test]
+fn an_unreachable_docker_api_is_logged_and_the_daemon_serves_meanwhile() {
+    let topo = Topology::build().expect("build topology");
+    let bpffs = Bpffs::new().expect("bpffs");
+    let berth = Daemon::start_with(
+        &topo.host.ns,
+        &bpffs,
+        DaemonOptions {
+            extra_args: vec!["--docker".into(), "unix:///nonexistent/docker.sock".into()],
+            ..Default::default()
+        },
+    )
+    .expect("berth starts without Docker");
+    assert_eq!(berth.cli_ok(["map", "ls", "--json"]).unwrap().trim(), "[]");
+    let deadline = Instant::now() + T;
+    while !berth
+        .stderr()
+        .contains("Docker API unreachable; retrying in the background")
+    {
+        assert!(Instant::now() < deadline, "not logged:\n{}", berth.stderr());
+        thread::sleep(Duration::from_millis(100));
+    }
+    let refused = berth
+        .cli(["daemon", "--bridge", "x", "--docker", "tcp://h:2375"])
+        .unwrap();
+    assert!(!refused.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr).trim(),
+        "berth: invalid value 'tcp://h:2375' for '--docker [<unix:///PATH>]': --docker tcp://h:2375: only unix:///path sockets are supported"
+    );
+}

@@ -296,15 +296,24 @@ impl Follower {
         let Some(p) = publication(&c, |ip| crate::docker_proxy::bridge_holds(&bridge, ip)) else {
             return;
         };
-        // Already published (a berth restart keeps the store): leave it be.
-        let exists = match self.client.bindings().await {
-            Ok(b) => b.iter().any(|b| b.task == p.task),
-            Err(_) => false,
+        // Already published at this address (a berth restart keeps the
+        // store): leave it be; at another one (restarted while berth was
+        // down), publish it afresh.
+        let held: Vec<IpAddr> = match self.client.bindings().await {
+            Ok(b) => b
+                .iter()
+                .filter(|b| b.task == p.task)
+                .map(|b| IpAddr::V4(b.container_ip))
+                .collect(),
+            Err(_) => Vec::new(),
         };
         self.tasks.insert(id.to_string(), p.task.clone());
         self.save_marks();
-        if exists {
+        if held.contains(&p.container_ip) {
             return;
+        }
+        if !held.is_empty() {
+            self.remove_task(&p.task).await;
         }
         let req = AddRequest {
             task: p.task.clone(),
