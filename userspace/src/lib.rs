@@ -1,32 +1,16 @@
 //! berth's control plane. The daemon and the CLI (`main.rs`) are thin
-//! front ends over these modules.
-pub mod allocator;
-pub mod api;
-pub mod cli;
-pub mod client;
-pub mod daemon;
-pub mod datapath;
-pub mod docker_events;
-pub mod docker_proxy;
-pub mod ecs;
-pub mod error;
-pub mod events;
-pub mod host;
-pub mod limits;
-pub mod lock;
-pub mod model;
-pub mod netif;
-pub mod reset;
-pub mod server;
-pub mod sg;
-pub mod sg_api;
-pub mod sg_cli;
-pub mod socket;
-pub mod spec;
-pub mod state;
-pub mod store;
+//! front ends over these modules, which stand in four layers whose imports
+//! point only down: `domain` <- `engine` <- `adapters` <- `interfaces`
+//! (ARCHITECTURE.md at the repository root).
+pub mod adapters;
+pub mod domain;
+pub mod engine;
+pub mod interfaces;
 
-#[cfg(test)]
-mod fake;
+// The paths the tests, the fuzz targets and the binaries have always used.
+pub use adapters::datapath;
+pub use domain::{ecs, model, spec};
+pub use engine::registry as state;
+pub use interfaces::{api, cli, docker_proxy};
 
-pub use error::{Error, Result};
+pub use domain::error::{Error, Result};

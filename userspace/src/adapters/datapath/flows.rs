@@ -1,0 +1,238 @@
+//! Sweeping the flow tables: one pass over each table, a batch of entries
+//! per syscall, deleting the entries a predicate picks.
+//!
+//! Per-key iteration costs two syscalls per entry (next key, lookup); a full
+//! table is 262 144 entries, and forgetting a 1 000-port range's flows used to
+//! walk it once per binding. `BPF_MAP_LOOKUP_BATCH` / `BPF_MAP_DELETE_BATCH`
+//! (hash maps, Linux 5.6+; berth needs 6.6) move thousands of entries per
+//! syscall, and the caller decides for a whole request in one pass.
+//!
+//! aya 0.14 has no batch operations, so this module issues them itself on
+//! the map's fd; the typed aya handle still checks key and value sizes when
+//! the map is taken from the object. The policy tables (BERTH_CT,
+//! BERTH_CT_NEW) share the key, so the same sweep serves them.
+use std::{
+    collections::HashSet,
+    io,
+    net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd},
+};
+
+use aya::maps::{HashMap, IterableMap, MapData};
+use berth_maps::{CtEntry, FlowKey, NatEntry};
+
+use super::{bpf::FlowTable, DatapathError};
+use crate::domain::model::Binding;
+
+/// Entries moved per lookup syscall. A hash bucket must fit whole, so the
+/// kernel answers ENOSPC when one does not; the buffer then grows.
+const BATCH: usize = 4096;
+const BATCH_MAX: usize = 1 << 20;
+
+/// One table of tracked flows keyed by a tuple: the published-port tables
+/// (BERTH_NAT, BERTH_NAT_NEW: the tuple as the container sends it, a
+/// [`NatEntry`]) or the policy tables (BERTH_CT, BERTH_CT_NEW: the tuple
+/// as the flow's initiator sends it, a [`CtEntry`]).
+pub(super) struct FlowMap<V: aya::Pod> {
+    pub name: &'static str,
+    /// Established or not: expiry's timeouts differ.
+    pub table: FlowTable,
+    pub map: HashMap<MapData, FlowKey, V>,
+}
+
+/// What a removed binding owns in a flow table: the container side of the
+/// tuple and the host port the flow came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct FlowOwner {
+    proto: u8,
+    ctr_addr_be: u32,
+    ctr_port_be: u16,
+    host_port_be: u16,
+}
+
+impl FlowOwner {
+    pub fn of_binding(b: &Binding) -> Self {
+        FlowOwner {
+            proto: b.protocol.ip_proto(),
+            ctr_addr_be: u32::from_ne_bytes(b.container_ip.octets()),
+            ctr_port_be: b.container_port.to_be(),
+            host_port_be: b.host_port.to_be(),
+        }
+    }
+
+    fn of_flow(k: &FlowKey, v: &NatEntry) -> Self {
+        FlowOwner {
+            proto: k.proto,
+            ctr_addr_be: k.src_addr_be,
+            ctr_port_be: k.src_port_be,
+            host_port_be: v.host_port_be,
+        }
+    }
+}
+
+/// The flows owned by any of `gone`, as a predicate for [`sweep`].
+pub(super) fn owned_by(gone: &[Binding]) -> impl Fn(&FlowKey, &NatEntry, FlowTable) -> bool {
+    let owners: HashSet<FlowOwner> = gone.iter().map(FlowOwner::of_binding).collect();
+    move |k, v, _| owners.contains(&FlowOwner::of_flow(k, v))
+}
+
+/// The flows owned by none of `keep`, as a predicate for [`sweep`]: at
+/// start, what bindings the store no longer has left behind (a sweep lost
+/// to a crash, a reset store).
+pub(super) fn owned_by_none_of(
+    keep: &[Binding],
+) -> impl Fn(&FlowKey, &NatEntry, FlowTable) -> bool {
+    let owners: HashSet<FlowOwner> = keep.iter().map(FlowOwner::of_binding).collect();
+    move |k, v, _| !owners.contains(&FlowOwner::of_flow(k, v))
+}
+
+/// The policy-tracked flows with any of `addrs` at either end, as a
+/// predicate for [`sweep`] over BERTH_CT(_NEW).
+pub(super) fn touching(addrs: &[Ipv4Addr]) -> impl Fn(&FlowKey, &CtEntry, FlowTable) -> bool {
+    let addrs: HashSet<u32> = addrs
+        .iter()
+        .map(|a| u32::from_ne_bytes(a.octets()))
+        .collect();
+    move |k, _, _| addrs.contains(&k.src_addr_be) || addrs.contains(&k.dst_addr_be)
+}
+
+/// Deletes every entry of `tables` that `doomed` picks; returns how many.
+/// Entries the datapath adds or deletes meanwhile may or may not be seen,
+/// which is fine for every caller: a removed binding gets no new flows, a
+/// removed task's address gets no policy, and expiry runs again.
+pub(super) fn sweep<V: aya::Pod + Default>(
+    tables: &[FlowMap<V>],
+    doomed: impl Fn(&FlowKey, &V, FlowTable) -> bool,
+) -> Result<usize, DatapathError> {
+    let mut total = 0;
+    for t in tables {
+        let fd = t.map.map().fd().as_fd().as_raw_fd();
+        let err = |e: io::Error| DatapathError::Map {
+            map: t.name,
+            reason: e.to_string(),
+        };
+        let mut picked = Vec::new();
+        batch_scan(fd, |k, v| {
+            if doomed(k, v, t.table) {
+                picked.push(*k);
+            }
+        })
+        .map_err(err)?;
+        total += batch_delete(fd, &picked).map_err(err)?;
+    }
+    Ok(total)
+}
+
+/// `union bpf_attr` for the BPF_MAP_*_BATCH commands.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: `attr` is a valid bpf_attr prefix for the batch commands; the
+    // pointers in it reference buffers that outlive the call and are as
+    // large as `count` says.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Calls `each` for every entry of the hash map at `fd`.
+fn batch_scan<V: aya::Pod + Default>(
+    fd: i32,
+    mut each: impl FnMut(&FlowKey, &V),
+) -> io::Result<()> {
+    let mut size = BATCH;
+    let mut keys = vec![FlowKey::default(); size];
+    let mut values = vec![V::default(); size];
+    // The hash map's cursor is a bucket index, a u32.
+    let (mut cursor_in, mut cursor_out) = (0u32, 0u32);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &mut cursor_in as *mut u32 as u64
+            },
+            out_batch: &mut cursor_out as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: size as u32,
+            map_fd: fd as u32,
+            ..Default::default()
+        };
+        let res = bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let got = (attr.count as usize).min(size);
+        match res {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && got == 0 => {
+                if size >= BATCH_MAX {
+                    return Err(e);
+                }
+                size *= 2;
+                keys.resize(size, FlowKey::default());
+                values.resize(size, V::default());
+                continue;
+            }
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+            _ => {}
+        }
+        for (k, v) in keys[..got].iter().zip(&values[..got]) {
+            each(k, v);
+        }
+        if res.is_err() {
+            return Ok(()); // ENOENT: no more buckets
+        }
+        cursor_in = cursor_out;
+        first = false;
+    }
+}
+
+/// Deletes `keys` from the hash map at `fd`; a key already gone (expired
+/// meanwhile) is skipped. Returns how many were deleted.
+fn batch_delete(fd: i32, keys: &[FlowKey]) -> io::Result<usize> {
+    let mut deleted = 0;
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let mut attr = BatchAttr {
+            keys: rest.as_ptr() as u64,
+            count: rest.len().min(u32::MAX as usize) as u32,
+            map_fd: fd as u32,
+            ..Default::default()
+        };
+        let res = bpf_batch(BPF_MAP_DELETE_BATCH, &mut attr);
+        let done = (attr.count as usize).min(rest.len());
+        deleted += done;
+        match res {
+            Ok(()) => rest = &rest[done..],
+            // The kernel stops at the first key that is not there.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                rest = rest.get(done + 1..).unwrap_or_default()
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}

@@ -1,0 +1,204 @@
+//! The library's one error type. Every message is one line meant for the
+//! person who typed the command; the CLI prints it as `berth: <message>`.
+use std::{io, net::Ipv4Addr, path::PathBuf};
+
+use crate::{
+    adapters::datapath::DatapathError, adapters::netif::Ipv4Cidr, domain::model::Protocol,
+    domain::spec::SpecError, engine::allocator::Exhausted,
+};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("port spec {spec:?}: {reason}")]
+    Spec { spec: String, reason: SpecError },
+    #[error("invalid task name {name:?}: {reason}")]
+    TaskName { name: String, reason: &'static str },
+    #[error("malformed container IP {0:?}")]
+    MalformedContainerIp(String),
+    #[error("container IP {ip} is not in the subnet of bridge {bridge} ({})", join(.subnets))]
+    NotInBridgeSubnet {
+        ip: Ipv4Addr,
+        bridge: String,
+        subnets: Vec<Ipv4Cidr>,
+    },
+    #[error("bridge {0} has no IPv4 address, so no container IP can be checked against it")]
+    BridgeWithoutIpv4(String),
+    #[error("no ports given")]
+    NoPorts,
+    /// Docker's own wording, so tools that grep for it keep working.
+    #[error("Bind for {bind_ip}:{host_port} failed: port is already allocated")]
+    PortAllocated { bind_ip: Ipv4Addr, host_port: u16 },
+    /// The dynamic range has no room for a request.
+    #[error("{exhausted} for {bind_ip}/{} {}", .protocol.as_str(), .exhausted.counts())]
+    PortsExhausted {
+        exhausted: Exhausted,
+        bind_ip: Ipv4Addr,
+        protocol: Protocol,
+    },
+    #[error("this request names {count} ports; the daemon allows at most {max} per request (berth daemon --max-ports-per-request)")]
+    TooManyPortsInRequest { count: u64, max: u32 },
+    #[error("task {task} would have {count} ports; the daemon allows at most {max} per task (berth daemon --max-ports-per-task)")]
+    TooManyPortsInTask { task: String, count: u64, max: u32 },
+    #[error("too many event subscribers (the daemon allows {0}); try again later")]
+    TooManySubscribers(usize),
+    #[error("--socket-group {0}: no such group")]
+    NoSuchGroup(String),
+    #[error("no such task: {0}")]
+    NoSuchTask(String),
+    #[error("task {0} already exists; stop it first or choose another --name")]
+    TaskExists(String),
+    #[error("task {0} was started from a task definition; stop it with `berth task stop {0}`")]
+    TaskFromDefinition(String),
+    #[error(
+        "task {0} was published with `berth map add`; remove it with `berth map rm --task {0}`"
+    )]
+    TaskNotFromDefinition(String),
+    #[error("task definition: {0}")]
+    TaskDefinition(String),
+    // Names come from the user: escaped, so the error stays one line.
+    #[error("--ip {}=...: the task definition has no container named {container:?} (it has {})", .container.escape_debug(), .known.iter().map(|k| k.escape_debug().to_string()).collect::<Vec<_>>().join(", "))]
+    UnknownContainer {
+        container: String,
+        known: Vec<String>,
+    },
+    #[error("container {name:?} has port mappings but no IP; add --ip {escaped}=CONTAINER_IP", name = .0, escaped = .0.escape_debug())]
+    MissingContainerIp(String),
+    #[error("containers {} and {} both have IP {ip}; each container has its own address on the bridge", .first.escape_debug(), .second.escape_debug())]
+    SharedContainerIp {
+        ip: Ipv4Addr,
+        first: String,
+        second: String,
+    },
+    #[error("--ip {0:?}: expected CONTAINER=IP")]
+    ContainerIpArg(String),
+    #[error("--ip {0}=...: given twice")]
+    DuplicateContainerIpArg(String),
+    #[error("task {task} has no binding {spec}")]
+    NoSuchBinding { task: String, spec: String },
+    #[error("interface {0} does not exist")]
+    NoSuchInterface(String),
+    #[error("--uplink and --bridge both name {0}; the uplink must be another interface")]
+    UplinkIsBridge(String),
+    #[error("berth daemon must run as root (it loads eBPF programs)")]
+    NotRoot,
+    #[error("another berth daemon is listening on {}", .0.display())]
+    AlreadyRunning(PathBuf),
+    #[error("a berth daemon is answering on {}; stop it before resetting", .0.display())]
+    DaemonRunning(PathBuf),
+    #[error("another berth daemon ({}) holds the {what} {}; {advice}", .pid.map_or("PID unknown".to_owned(), |p| format!("PID {p}")), .path.display())]
+    Locked {
+        what: &'static str,
+        advice: &'static str,
+        path: PathBuf,
+        pid: Option<u32>,
+    },
+    /// Docker's wording when docker-proxy cannot bind a published port.
+    #[error("Error starting userland proxy: listen {}4 {bind_ip}:{host_port}: bind: address already in use", .protocol.as_str())]
+    HostPortInUse {
+        protocol: Protocol,
+        bind_ip: Ipv4Addr,
+        host_port: u16,
+    },
+    #[error("berth reset must run as root (it removes eBPF pins and writes sysctls)")]
+    ResetNotRoot,
+    #[error("{} exists and is not a socket; remove it or choose another --socket", .0.display())]
+    NotASocket(PathBuf),
+    #[error("cannot reach the berth daemon at {}: is `berth daemon` running?", .0.display())]
+    DaemonUnreachable(PathBuf),
+    #[error("cannot connect to the berth daemon at {}: permission denied (run as root)", .0.display())]
+    DaemonPermissionDenied(PathBuf),
+    #[error("the berth daemon at {} did not answer within {secs} s", .path.display())]
+    DaemonTimeout { path: PathBuf, secs: u64 },
+    /// An error the daemon returned, passed through word for word.
+    #[error("{message}")]
+    Api { status: u16, message: String },
+    #[error("state store {}: {reason}", .path.display())]
+    Store { path: PathBuf, reason: String },
+    /// The io::Error is part of the message, not a `source`, so printing
+    /// the chain does not repeat it.
+    #[error("{context}: {error}")]
+    Io { context: String, error: io::Error },
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Sg(#[from] crate::engine::sg_book::SgError),
+    #[error("restoring {binding}: {reason}")]
+    Restore {
+        binding: String,
+        reason: DatapathError,
+    },
+    /// The daemon answered something the client could not understand.
+    #[error("{0}")]
+    DaemonProtocol(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, error: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            error,
+        }
+    }
+
+    /// The HTTP status the API answers this error with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::Spec { .. }
+            | Error::TaskName { .. }
+            | Error::MalformedContainerIp(_)
+            | Error::NotInBridgeSubnet { .. }
+            | Error::NoPorts
+            | Error::TaskDefinition(_)
+            | Error::UnknownContainer { .. }
+            | Error::MissingContainerIp(_)
+            | Error::SharedContainerIp { .. }
+            | Error::ContainerIpArg(_)
+            | Error::DuplicateContainerIpArg(_)
+            | Error::TooManyPortsInRequest { .. } => 400,
+            Error::NoSuchTask(_) | Error::NoSuchBinding { .. } => 404,
+            Error::PortAllocated { .. }
+            | Error::HostPortInUse { .. }
+            | Error::PortsExhausted { .. }
+            | Error::TaskExists(_)
+            | Error::TaskFromDefinition(_)
+            | Error::TaskNotFromDefinition(_)
+            | Error::TooManyPortsInTask { .. } => 409,
+            Error::TooManySubscribers(_) => 503,
+            Error::Api { status, .. } => *status,
+            Error::Sg(e) => e.http_status(),
+            _ => 500,
+        }
+    }
+}
+
+fn join(subnets: &[Ipv4Cidr]) -> String {
+    subnets
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod one_line_tests {
+    use super::*;
+
+    #[test]
+    fn names_from_the_user_never_break_the_line() {
+        let errors = [
+            Error::UnknownContainer {
+                container: "web\n1".into(),
+                known: vec!["a\nb".into()],
+            },
+            Error::MissingContainerIp("x\ny".into()),
+        ];
+        for e in errors {
+            let line = e.to_string();
+            assert!(!line.contains('\n'), "{line:?}");
+        }
+    }
+}

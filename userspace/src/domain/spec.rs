@@ -1,0 +1,489 @@
+//! Docker's `-p` port spec: `[hostIP:][hostPort:]containerPort[/tcp|/udp]`,
+//! where both ports may be ranges of equal length (`8000-8010:9000-9010`).
+//! An omitted or zero host port (`80`, `0:80`, `1.2.3.4::80`,
+//! `9000-9009`) asks the daemon to pick one: a dynamic host port, or a
+//! contiguous block of them for a range.
+use std::{fmt, net::Ipv4Addr, str::FromStr};
+
+use crate::domain::model::Protocol;
+
+/// Why a port spec was refused; shown after `port spec "…": `.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("expected [hostIP:][hostPort:]containerPort[/tcp|/udp]")]
+    Format,
+    #[error("invalid port {0:?}: not a number")]
+    NotANumber(String),
+    #[error("port {0} is out of range 1-65535")]
+    OutOfRange(u64),
+    #[error("port range {start}-{end} is reversed")]
+    ReversedRange { start: u16, end: u16 },
+    #[error("host ports {host} ({host_len}) and container ports {container} ({container_len}) differ in length")]
+    UnequalRanges {
+        host: PortRange,
+        host_len: u32,
+        container: PortRange,
+        container_len: u32,
+    },
+    #[error("malformed IP address {0:?}")]
+    MalformedIp(String),
+    #[error("bind IP {0} is IPv6; berth publishes IPv4 only")]
+    Ipv6(String),
+    #[error("unknown protocol {0:?}; use tcp or udp")]
+    UnknownProtocol(String),
+}
+
+/// An inclusive range of ports, never empty, never containing 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl PortRange {
+    pub fn single(port: u16) -> Self {
+        PortRange {
+            start: port,
+            end: port,
+        }
+    }
+    pub fn port_count(self) -> u32 {
+        u32::from(self.end) - u32::from(self.start) + 1
+    }
+    pub fn iter(self) -> impl Iterator<Item = u16> {
+        self.start..=self.end
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
+/// One parsed `-p` value. Its `Display` is the canonical spec
+/// (`0.0.0.0:8080:80/tcp`, or `0.0.0.0::80/tcp` for a dynamic host port),
+/// which parses back to the same value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortSpec {
+    pub bind_ip: Ipv4Addr,
+    /// `None`: dynamic, the daemon picks as many host ports as `container`
+    /// has, contiguous.
+    pub host: Option<PortRange>,
+    pub container: PortRange,
+    pub protocol: Protocol,
+}
+
+/// One (bind IP, host port, container port, protocol) out of a spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortMapping {
+    pub bind_ip: Ipv4Addr,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: Protocol,
+}
+
+impl PortSpec {
+    /// The same spec with its host ports chosen, starting at `start`.
+    pub fn with_host_start(&self, start: u16) -> PortSpec {
+        let end = u32::from(start) + self.container.port_count() - 1;
+        PortSpec {
+            host: Some(PortRange {
+                start,
+                end: u16::try_from(end).unwrap_or(u16::MAX),
+            }),
+            ..*self
+        }
+    }
+
+    /// The individual mappings, host port i to container port i. A dynamic
+    /// spec has none until its host ports are chosen.
+    pub fn expand(&self) -> impl Iterator<Item = PortMapping> + '_ {
+        self.host
+            .into_iter()
+            .flat_map(PortRange::iter)
+            .zip(self.container.iter())
+            .map(|(host_port, container_port)| PortMapping {
+                bind_ip: self.bind_ip,
+                host_port,
+                container_port,
+                protocol: self.protocol,
+            })
+    }
+}
+
+/// In spec form (`0.0.0.0:8080:80/tcp`), so messages about one mapping read
+/// like the `-p` value that names it.
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}/{}",
+            self.bind_ip,
+            self.host_port,
+            self.container_port,
+            self.protocol.as_str()
+        )
+    }
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = self.host.map(|h| h.to_string()).unwrap_or_default();
+        write!(
+            f,
+            "{}:{}:{}/{}",
+            self.bind_ip,
+            host,
+            self.container,
+            self.protocol.as_str()
+        )
+    }
+}
+
+impl FromStr for PortSpec {
+    type Err = SpecError;
+
+    fn from_str(spec: &str) -> Result<Self, SpecError> {
+        let (rest, protocol) = match spec.rsplit_once('/') {
+            Some((rest, proto)) => (rest, parse_protocol(proto)?),
+            None => (spec, Protocol::Tcp),
+        };
+        let (ip, host, container) = split_addr_ports(rest)?;
+        let bind_ip = match ip {
+            None | Some("") => Ipv4Addr::UNSPECIFIED,
+            Some(ip) => parse_bind_ip(ip)?,
+        };
+        let container = parse_range(container)?;
+        let host = match host {
+            None | Some("") | Some("0") => None,
+            Some(host) => Some(parse_range(host)?),
+        };
+        if let Some(host) = host.filter(|h| h.port_count() != container.port_count()) {
+            return Err(SpecError::UnequalRanges {
+                host,
+                host_len: host.port_count(),
+                container,
+                container_len: container.port_count(),
+            });
+        }
+        Ok(PortSpec {
+            bind_ip,
+            host,
+            container,
+            protocol,
+        })
+    }
+}
+
+/// Splits off `[ip:][host:]container`. An IPv6 bind address may come in
+/// brackets (`[::1]:80:80`) or bare (`::1:80:80`); both are refused with a
+/// message that says why rather than "malformed".
+fn split_addr_ports(s: &str) -> Result<(Option<&str>, Option<&str>, &str), SpecError> {
+    if let Some(bracketed) = s.strip_prefix('[') {
+        let (ip, _ports) = bracketed.split_once(']').ok_or(SpecError::Format)?;
+        return Err(parse_bind_ip(ip).err().unwrap_or(SpecError::Format));
+    }
+    let parts: Vec<&str> = s.split(':').collect();
+    match parts.as_slice() {
+        [""] => Err(SpecError::Format),
+        [container] => Ok((None, None, container)),
+        [host, container] => Ok((None, Some(host), container)),
+        [ip, host, container] => Ok((Some(ip), Some(host), container)),
+        [ip @ .., _, _] => match parse_bind_ip(&ip.join(":")) {
+            Err(err @ SpecError::Ipv6(_)) => Err(err),
+            _ => Err(SpecError::Format),
+        },
+        [] => Err(SpecError::Format),
+    }
+}
+
+fn parse_protocol(proto: &str) -> Result<Protocol, SpecError> {
+    match proto.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        _ => Err(SpecError::UnknownProtocol(proto.to_owned())),
+    }
+}
+
+fn parse_bind_ip(ip: &str) -> Result<Ipv4Addr, SpecError> {
+    if let Ok(ip) = ip.parse::<Ipv4Addr>() {
+        return Ok(ip);
+    }
+    if ip.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Err(SpecError::Ipv6(ip.to_owned()));
+    }
+    Err(SpecError::MalformedIp(ip.to_owned()))
+}
+
+/// `8000` or `8000-8010`, ports 1-65535.
+pub fn parse_range(s: &str) -> Result<PortRange, SpecError> {
+    let Some((start, end)) = s.split_once('-') else {
+        return Ok(PortRange::single(parse_port(s)?));
+    };
+    let (start, end) = (parse_port(start)?, parse_port(end)?);
+    if start > end {
+        return Err(SpecError::ReversedRange { start, end });
+    }
+    Ok(PortRange { start, end })
+}
+
+fn parse_port(s: &str) -> Result<u16, SpecError> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(SpecError::NotANumber(s.to_owned()));
+    }
+    // Saturate rather than fail on absurdly long numbers: they are out of
+    // range either way and the message should say so.
+    let n = s.parse::<u64>().unwrap_or(u64::MAX);
+    match u16::try_from(n) {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(SpecError::OutOfRange(n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<PortSpec, SpecError> {
+        s.parse()
+    }
+
+    fn mappings(s: &str) -> Vec<(Ipv4Addr, u16, u16, Protocol)> {
+        parse(s)
+            .unwrap()
+            .expand()
+            .map(|m| (m.bind_ip, m.host_port, m.container_port, m.protocol))
+            .collect()
+    }
+
+    const ANY: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+
+    #[test]
+    fn host_and_container_port_default_to_tcp_on_every_address() {
+        assert_eq!(mappings("8080:80"), [(ANY, 8080, 80, Protocol::Tcp)]);
+    }
+
+    #[test]
+    fn protocol_suffix_selects_udp_or_tcp_case_insensitively() {
+        assert_eq!(mappings("53:5353/udp"), [(ANY, 53, 5353, Protocol::Udp)]);
+        assert_eq!(mappings("53:5353/UDP"), [(ANY, 53, 5353, Protocol::Udp)]);
+        assert_eq!(mappings("8080:80/tcp"), [(ANY, 8080, 80, Protocol::Tcp)]);
+    }
+
+    #[test]
+    fn host_ip_prefix_sets_the_bind_ip() {
+        let ip = Ipv4Addr::new(192, 0, 2, 7);
+        assert_eq!(
+            mappings("192.0.2.7:8080:80"),
+            [(ip, 8080, 80, Protocol::Tcp)]
+        );
+        assert_eq!(
+            mappings("192.0.2.7:8080:80/udp"),
+            [(ip, 8080, 80, Protocol::Udp)]
+        );
+    }
+
+    #[test]
+    fn equal_length_ranges_expand_pairwise() {
+        assert_eq!(
+            mappings("8000-8002:9000-9002"),
+            [
+                (ANY, 8000, 9000, Protocol::Tcp),
+                (ANY, 8001, 9001, Protocol::Tcp),
+                (ANY, 8002, 9002, Protocol::Tcp),
+            ]
+        );
+        let ip = Ipv4Addr::new(10, 1, 2, 3);
+        assert_eq!(
+            mappings("10.1.2.3:8000-8001:9000-9001/udp"),
+            [
+                (ip, 8000, 9000, Protocol::Udp),
+                (ip, 8001, 9001, Protocol::Udp)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_range_of_one_port_is_a_single_port() {
+        assert_eq!(mappings("8080-8080:80"), [(ANY, 8080, 80, Protocol::Tcp)]);
+    }
+
+    #[test]
+    fn extreme_ports_are_accepted() {
+        assert_eq!(mappings("65535:1"), [(ANY, 65535, 1, Protocol::Tcp)]);
+    }
+
+    #[test]
+    fn display_is_canonical_and_parses_back() {
+        for s in ["8080:80", "1.2.3.4:8000-8001:9000-9001/udp", ":8080:80/TCP"] {
+            let spec = parse(s).unwrap();
+            assert_eq!(parse(&spec.to_string()).unwrap(), spec);
+        }
+        assert_eq!(parse("8080:80").unwrap().to_string(), "0.0.0.0:8080:80/tcp");
+    }
+
+    fn dynamic(s: &str) -> (Ipv4Addr, PortRange, Protocol) {
+        let spec = parse(s).unwrap();
+        assert_eq!(spec.host, None, "{s}");
+        assert_eq!(spec.expand().count(), 0, "{s}");
+        (spec.bind_ip, spec.container, spec.protocol)
+    }
+
+    #[test]
+    fn omitted_or_zero_host_port_is_dynamic() {
+        let ip = Ipv4Addr::new(1, 2, 3, 4);
+        let p80 = PortRange::single(80);
+        assert_eq!(dynamic("80"), (ANY, p80, Protocol::Tcp));
+        assert_eq!(dynamic("80/udp"), (ANY, p80, Protocol::Udp));
+        assert_eq!(dynamic("0:80"), (ANY, p80, Protocol::Tcp));
+        assert_eq!(dynamic("::80"), (ANY, p80, Protocol::Tcp));
+        assert_eq!(dynamic("1.2.3.4::80"), (ip, p80, Protocol::Tcp));
+        assert_eq!(dynamic("1.2.3.4:0:80/udp"), (ip, p80, Protocol::Udp));
+    }
+
+    #[test]
+    fn a_container_range_without_host_ports_is_a_dynamic_block() {
+        let range = PortRange {
+            start: 9000,
+            end: 9009,
+        };
+        assert_eq!(dynamic("9000-9009"), (ANY, range, Protocol::Tcp));
+        assert_eq!(dynamic("0:9000-9009/udp"), (ANY, range, Protocol::Udp));
+    }
+
+    #[test]
+    fn choosing_the_host_start_expands_pairwise() {
+        let spec = parse("9000-9002/udp").unwrap().with_host_start(49160);
+        assert_eq!(spec.to_string(), "0.0.0.0:49160-49162:9000-9002/udp");
+        assert_eq!(
+            spec.expand()
+                .map(|m| (m.host_port, m.container_port))
+                .collect::<Vec<_>>(),
+            [(49160, 9000), (49161, 9001), (49162, 9002)]
+        );
+    }
+
+    #[test]
+    fn dynamic_spec_displays_with_an_empty_host_port_and_parses_back() {
+        for s in ["80", "1.2.3.4:0:80/udp", "9000-9009"] {
+            let spec = parse(s).unwrap();
+            assert_eq!(parse(&spec.to_string()).unwrap(), spec, "{s}");
+        }
+        assert_eq!(parse("80").unwrap().to_string(), "0.0.0.0::80/tcp");
+    }
+
+    #[test]
+    fn container_port_zero_is_out_of_range() {
+        assert_eq!(parse("8080:0"), Err(SpecError::OutOfRange(0)));
+    }
+
+    #[test]
+    fn ports_above_65535_are_out_of_range() {
+        assert_eq!(parse("70000:80"), Err(SpecError::OutOfRange(70000)));
+        assert_eq!(parse("8080:65536"), Err(SpecError::OutOfRange(65536)));
+        assert_eq!(
+            parse("8080:99999999999999999999999"),
+            Err(SpecError::OutOfRange(u64::MAX))
+        );
+        assert_eq!(
+            SpecError::OutOfRange(70000).to_string(),
+            "port 70000 is out of range 1-65535"
+        );
+    }
+
+    #[test]
+    fn zero_inside_a_range_is_out_of_range() {
+        assert_eq!(parse("0-10:100-110"), Err(SpecError::OutOfRange(0)));
+    }
+
+    #[test]
+    fn non_numeric_container_port_is_refused() {
+        assert_eq!(parse("web"), Err(SpecError::NotANumber("web".into())));
+    }
+
+    #[test]
+    fn non_numeric_ports_are_refused() {
+        assert_eq!(parse("http:80"), Err(SpecError::NotANumber("http".into())));
+        assert_eq!(parse("8080:"), Err(SpecError::NotANumber("".into())));
+        assert_eq!(parse("+80:80"), Err(SpecError::NotANumber("+80".into())));
+    }
+
+    #[test]
+    fn reversed_range_is_refused() {
+        assert_eq!(
+            parse("8010-8000:9000-9010"),
+            Err(SpecError::ReversedRange {
+                start: 8010,
+                end: 8000
+            })
+        );
+        assert_eq!(
+            parse("8000-8010:9010-9000").unwrap_err().to_string(),
+            "port range 9010-9000 is reversed"
+        );
+    }
+
+    #[test]
+    fn ranges_of_unequal_length_are_refused() {
+        let err = parse("8000-8010:9000-9005").unwrap_err();
+        assert!(matches!(err, SpecError::UnequalRanges { .. }));
+        assert_eq!(
+            err.to_string(),
+            "host ports 8000-8010 (11) and container ports 9000-9005 (6) differ in length"
+        );
+        assert!(matches!(
+            parse("8000-8010:80"),
+            Err(SpecError::UnequalRanges { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_ip_is_refused() {
+        assert_eq!(
+            parse("1.2.3:8080:80"),
+            Err(SpecError::MalformedIp("1.2.3".into()))
+        );
+        assert_eq!(
+            parse("localhost:8080:80"),
+            Err(SpecError::MalformedIp("localhost".into()))
+        );
+        assert_eq!(
+            parse("[nope]:8080:80"),
+            Err(SpecError::MalformedIp("nope".into()))
+        );
+    }
+
+    #[test]
+    fn ipv6_bind_ip_is_refused_clearly() {
+        assert_eq!(parse("[::1]:8080:80"), Err(SpecError::Ipv6("::1".into())));
+        assert_eq!(parse("::1:8080:80"), Err(SpecError::Ipv6("::1".into())));
+    }
+
+    #[test]
+    fn unknown_protocol_is_refused() {
+        assert_eq!(
+            parse("8080:80/sctp"),
+            Err(SpecError::UnknownProtocol("sctp".into()))
+        );
+        assert_eq!(
+            parse("8080:80/"),
+            Err(SpecError::UnknownProtocol("".into()))
+        );
+        assert_eq!(
+            SpecError::UnknownProtocol("sctp".into()).to_string(),
+            "unknown protocol \"sctp\"; use tcp or udp"
+        );
+    }
+
+    #[test]
+    fn too_many_fields_is_a_format_error() {
+        assert_eq!(parse("1.2.3.4:1:2:3"), Err(SpecError::Format));
+        assert_eq!(parse(""), Err(SpecError::Format));
+        assert_eq!(parse("/udp"), Err(SpecError::Format));
+    }
+}

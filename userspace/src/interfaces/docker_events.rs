@@ -1,0 +1,467 @@
+//! Docker events mode (`berth daemon --docker`): with dockerd running
+//! `--userland-proxy=false`, berth lists the running containers, then
+//! follows the events API; each container's published ports become one
+//! berth task, removed when the container stops or dies.
+//!
+//! Tasks go through the daemon's own API socket (the same checks and store
+//! as `berth map add`). Which tasks came from Docker is kept in
+//! `<state-dir>/docker-tasks.json`, so a berth start removes those whose
+//! container stopped while berth was down, and never touches other tasks.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use bollard::{
+    models::{ContainerInspectResponse, PortBinding},
+    query_parameters::{EventsOptionsBuilder, ListContainersOptions},
+    Docker, API_DEFAULT_VERSION,
+};
+use futures_util::StreamExt;
+
+use crate::{
+    interfaces::api::{AddRequest, RemoveRequest},
+    interfaces::client::Client,
+};
+
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+const RETRY: Duration = Duration::from_secs(2);
+const API_TIMEOUT_SECS: u64 = 10;
+const ECS_TASK_ARN: &str = "com.amazonaws.ecs.task-arn";
+const ECS_CONTAINER_NAME: &str = "com.amazonaws.ecs.container-name";
+const MARKS_FILE: &str = "docker-tasks.json";
+
+/// `unix:///path` or a bare path → the socket path; anything else is refused
+/// (no TLS client here).
+pub fn parse_docker_host(host: &str) -> Result<PathBuf, String> {
+    match host.strip_prefix("unix://") {
+        Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+        _ if host.starts_with('/') => Ok(PathBuf::from(host)),
+        _ => Err(format!(
+            "--docker {host}: only unix:///path sockets are supported"
+        )),
+    }
+}
+
+/// One container as berth publishes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    pub task: String,
+    pub container_ip: IpAddr,
+    /// berth specs, `[hostIP:]hostPort[-end]:containerPort[-end]/proto`.
+    pub ports: Vec<String>,
+}
+
+/// The task name: the ECS agent's labels when present, else the
+/// container's name.
+pub fn task_name(c: &ContainerInspectResponse) -> String {
+    let labels = c.config.as_ref().and_then(|c| c.labels.as_ref());
+    let label = |k: &str| labels.and_then(|l| l.get(k)).filter(|v| !v.is_empty());
+    let name = match (label(ECS_TASK_ARN), label(ECS_CONTAINER_NAME)) {
+        // arn:aws:ecs:region:acct:task/cluster/ID → ID.container
+        (Some(arn), Some(cn)) => {
+            format!("{}.{cn}", arn.rsplit('/').next().unwrap_or(arn))
+        }
+        (None, Some(cn)) => cn.clone(),
+        _ => c
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+    };
+    name.chars()
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-') {
+                ch
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// The container's first IPv4 address that `accept` takes (on berth's
+/// bridge).
+fn container_ip(c: &ContainerInspectResponse, accept: impl Fn(IpAddr) -> bool) -> Option<IpAddr> {
+    let ns = c.network_settings.as_ref()?;
+    ns.networks
+        .iter()
+        .flatten()
+        .filter_map(|(_, ep)| ep.ip_address.as_deref()?.parse::<IpAddr>().ok())
+        .find(|ip| ip.is_ipv4() && accept(*ip))
+}
+
+/// What berth publishes for one inspected container, or `None` when it
+/// publishes nothing berth can serve (no ports, not on berth's bridge).
+/// `accept` says whether an address is on berth's bridge.
+pub fn publication(
+    c: &ContainerInspectResponse,
+    accept: impl Fn(IpAddr) -> bool,
+) -> Option<Publication> {
+    let ip = container_ip(c, accept)?;
+    let ports = c
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.ports.clone())
+        .unwrap_or_default();
+    let ports = specs(&ports);
+    if ports.is_empty() {
+        return None;
+    }
+    Some(Publication {
+        task: task_name(c),
+        container_ip: ip,
+        ports,
+    })
+}
+
+/// `(tcp|udp, host IPv4 address or none for all)`.
+type ProtoAndHost = (String, Option<String>);
+
+/// Docker lists one entry per port (and per host family); berth takes a
+/// run of consecutive ports as one range spec. IPv6 host addresses are
+/// Docker's to serve (berth translates IPv4 only).
+pub fn specs(ports: &HashMap<String, Option<Vec<PortBinding>>>) -> Vec<String> {
+    // (proto, host ip) → sorted (container port, host port)
+    let mut by: BTreeMap<ProtoAndHost, BTreeSet<(u16, u16)>> = BTreeMap::new();
+    for (key, bindings) in ports {
+        let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
+        if proto != "tcp" && proto != "udp" {
+            continue;
+        }
+        let Ok(cport) = port.parse::<u16>() else {
+            continue;
+        };
+        for b in bindings.iter().flatten() {
+            let Some(hport) = b.host_port.as_deref().and_then(|p| p.parse::<u16>().ok()) else {
+                continue;
+            };
+            let host_ip = match b.host_ip.as_deref().unwrap_or("") {
+                "" | "0.0.0.0" => None,
+                ip => match ip.parse::<IpAddr>() {
+                    Ok(IpAddr::V4(v4)) => Some(v4.to_string()),
+                    _ => continue,
+                },
+            };
+            by.entry((proto.to_string(), host_ip))
+                .or_default()
+                .insert((cport, hport));
+        }
+    }
+    let mut out = Vec::new();
+    for ((proto, host_ip), pairs) in by {
+        let mut runs: Vec<(u16, u16, u16)> = Vec::new(); // (cport, hport, len-1)
+        for (c, h) in pairs {
+            match runs.last_mut() {
+                Some((c0, h0, n))
+                    if u32::from(*c0) + u32::from(*n) + 1 == u32::from(c)
+                        && u32::from(*h0) + u32::from(*n) + 1 == u32::from(h) =>
+                {
+                    *n += 1
+                }
+                _ => runs.push((c, h, 0)),
+            }
+        }
+        for (c, h, n) in runs {
+            let prefix = host_ip
+                .as_deref()
+                .map(|ip| format!("{ip}:"))
+                .unwrap_or_default();
+            out.push(if n == 0 {
+                format!("{prefix}{h}:{c}/{proto}")
+            } else {
+                format!("{prefix}{h}-{}:{c}-{}/{proto}", h + n, c + n)
+            });
+        }
+    }
+    out
+}
+
+/// Follows the Docker engine at `docker_socket` for the daemon serving
+/// `berth_socket`; never returns. An unreachable engine is logged and
+/// retried.
+pub async fn follow(
+    docker_socket: PathBuf,
+    berth_socket: PathBuf,
+    bridge: String,
+    state_dir: PathBuf,
+) {
+    let mut f = Follower {
+        client: Client::new(berth_socket),
+        bridge,
+        marks_path: state_dir.join(MARKS_FILE),
+        tasks: HashMap::new(),
+    };
+    let mut logged = false;
+    loop {
+        match f.session(&docker_socket).await {
+            Ok(()) => {
+                tracing::warn!(docker = %docker_socket.display(), "Docker event stream ended; reconnecting")
+            }
+            Err(e) if !logged => {
+                tracing::warn!(docker = %docker_socket.display(), error = %e, "Docker API unreachable; retrying in the background");
+                logged = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+struct Follower {
+    client: Client,
+    bridge: String,
+    marks_path: PathBuf,
+    /// container id → task
+    tasks: HashMap<String, String>,
+}
+
+impl Follower {
+    async fn session(&mut self, socket: &Path) -> Result<(), String> {
+        let fail = |e: bollard::errors::Error| format!("Docker API {}: {e}", socket.display());
+        let docker = Docker::connect_with_unix(
+            &socket.to_string_lossy(),
+            API_TIMEOUT_SECS,
+            API_DEFAULT_VERSION,
+        )
+        .map_err(fail)?
+        .negotiate_version()
+        .await
+        .map_err(fail)?;
+        // The stream is only requested when first polled, after the listing:
+        // `since` a second before the listing replays what happened in
+        // between (a replayed start of a published task changes nothing).
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs().saturating_sub(1))
+            .unwrap_or_default()
+            .to_string();
+        let filters = HashMap::from([
+            ("type", vec!["container"]),
+            ("event", vec!["start", "die", "stop", "destroy"]),
+        ]);
+        let mut events = docker.events(Some(
+            EventsOptionsBuilder::new()
+                .since(&since)
+                .filters(&filters)
+                .build(),
+        ));
+        let running = docker
+            .list_containers(None::<ListContainersOptions>)
+            .await
+            .map_err(fail)?;
+        tracing::info!(docker = %socket.display(), running = running.len(), "following Docker events");
+        self.reconcile(&docker, running.into_iter().filter_map(|c| c.id).collect())
+            .await;
+        while let Some(ev) = events.next().await {
+            let ev = ev.map_err(fail)?;
+            let Some(id) = ev.actor.and_then(|a| a.id) else {
+                continue;
+            };
+            match ev.action.as_deref() {
+                Some("start") => self.publish(&docker, &id).await,
+                Some("die" | "stop" | "destroy") => self.unpublish(&id).await,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes every running container, and removes the tasks berth made
+    /// from Docker whose container is gone.
+    async fn reconcile(&mut self, docker: &Docker, running: Vec<String>) {
+        // Read before publishing: each publish rewrites the marks.
+        let marked = self.marks();
+        self.tasks.clear();
+        for id in &running {
+            self.publish(docker, id).await;
+        }
+        let live: BTreeSet<&String> = self.tasks.values().collect();
+        let stale: Vec<String> = marked.into_iter().filter(|t| !live.contains(t)).collect();
+        for task in stale {
+            self.remove_task(&task).await;
+        }
+        self.save_marks();
+    }
+
+    async fn publish(&mut self, docker: &Docker, id: &str) {
+        let c = match docker.inspect_container(id, None).await {
+            Ok(c) => c,
+            Err(e) => return tracing::warn!(container = id, error = %e, "Docker inspect failed"),
+        };
+        let bridge = self.bridge.clone();
+        let Some(p) = publication(&c, |ip| {
+            crate::interfaces::docker_proxy::bridge_holds(&bridge, ip)
+        }) else {
+            return;
+        };
+        // Already published at this address (a berth restart keeps the
+        // store): leave it be; at another one (restarted while berth was
+        // down), publish it afresh.
+        let held: Vec<IpAddr> = match self.client.bindings().await {
+            Ok(b) => b
+                .iter()
+                .filter(|b| b.task == p.task)
+                .map(|b| IpAddr::V4(b.container_ip))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        self.tasks.insert(id.to_string(), p.task.clone());
+        self.save_marks();
+        if held.contains(&p.container_ip) {
+            return;
+        }
+        if !held.is_empty() {
+            self.remove_task(&p.task).await;
+        }
+        let req = AddRequest {
+            task: p.task.clone(),
+            container_ip: p.container_ip.to_string(),
+            ports: p.ports.clone(),
+            held_by_docker: true,
+        };
+        match self.client.add(&req).await {
+            Ok(_) => {
+                tracing::info!(task = %p.task, ip = %p.container_ip, ports = ?p.ports, "published Docker container")
+            }
+            Err(e) => {
+                tracing::warn!(task = %p.task, error = %e, "publishing Docker container failed")
+            }
+        }
+    }
+
+    async fn unpublish(&mut self, id: &str) {
+        if let Some(task) = self.tasks.remove(id) {
+            self.remove_task(&task).await;
+            self.save_marks();
+        }
+    }
+
+    async fn remove_task(&self, task: &str) {
+        let req = RemoveRequest {
+            task: task.to_string(),
+            ports: Vec::new(),
+        };
+        match self.client.remove(&req).await {
+            Ok(_) => tracing::info!(task, "unpublished Docker container"),
+            Err(e) => tracing::warn!(task, error = %e, "unpublishing Docker container failed"),
+        }
+    }
+
+    fn marks(&self) -> Vec<String> {
+        std::fs::read(&self.marks_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_marks(&self) {
+        let names: BTreeSet<&String> = self.tasks.values().collect();
+        let tmp = self.marks_path.with_extension("tmp");
+        let body = serde_json::to_vec(&names).unwrap_or_default();
+        if let Err(e) =
+            std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &self.marks_path))
+        {
+            tracing::warn!(path = %self.marks_path.display(), error = %e, "cannot record Docker tasks");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inspect(json: &str) -> ContainerInspectResponse {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn any(_: IpAddr) -> bool {
+        true
+    }
+
+    const WEB: &str = r#"{"Id":"abc","Name":"/web",
+        "Config":{"Labels":{}},
+        "NetworkSettings":{
+          "Networks":{"bridge":{"IPAddress":"172.18.0.2"}},
+          "Ports":{
+            "80/tcp":[{"HostIp":"0.0.0.0","HostPort":"8080"},{"HostIp":"::","HostPort":"8080"}],
+            "53/udp":[{"HostIp":"127.0.0.1","HostPort":"5353"}],
+            "9000/tcp":[{"HostIp":"0.0.0.0","HostPort":"9000"}],
+            "9001/tcp":[{"HostIp":"0.0.0.0","HostPort":"9001"}],
+            "9002/tcp":[{"HostIp":"0.0.0.0","HostPort":"9002"}],
+            "443/tcp":null,
+            "132/sctp":[{"HostIp":"0.0.0.0","HostPort":"132"}]}}}"#;
+
+    #[test]
+    fn ports_become_specs_with_ranges_udp_and_host_addresses() {
+        let p = publication(&inspect(WEB), any).unwrap();
+        assert_eq!(p.task, "web");
+        assert_eq!(p.container_ip, "172.18.0.2".parse::<IpAddr>().unwrap());
+        let mut got = p.ports.clone();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                "127.0.0.1:5353:53/udp",
+                "8080:80/tcp",
+                "9000-9002:9000-9002/tcp"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_gap_splits_a_range_and_non_consecutive_host_ports_do_not_merge() {
+        let ports: HashMap<String, Option<Vec<PortBinding>>> = serde_json::from_str(
+            r#"{"1/tcp":[{"HostIp":"","HostPort":"10"}],"2/tcp":[{"HostIp":"","HostPort":"12"}],
+                "4/tcp":[{"HostIp":"","HostPort":"14"}],"5/tcp":[{"HostIp":"","HostPort":"15"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(specs(&ports), vec!["10:1/tcp", "12:2/tcp", "14-15:4-5/tcp"]);
+    }
+
+    #[test]
+    fn ecs_labels_name_the_task() {
+        let c = inspect(
+            r#"{"Name":"/ecs-web-1-nginx-abcd","Config":{"Labels":{
+                "com.amazonaws.ecs.task-arn":"arn:aws:ecs:us-east-1:123456789012:task/prod/0f3c9d",
+                "com.amazonaws.ecs.container-name":"nginx"}},
+              "NetworkSettings":{"Networks":{"bridge":{"IPAddress":"172.17.0.3"}},
+                "Ports":{"80/tcp":[{"HostIp":"0.0.0.0","HostPort":"32768"}]}}}"#,
+        );
+        let p = publication(&c, any).unwrap();
+        assert_eq!(p.task, "0f3c9d.nginx");
+        assert_eq!(p.ports, vec!["32768:80/tcp"]);
+    }
+
+    #[test]
+    fn containers_off_berths_bridge_or_without_ports_publish_nothing() {
+        assert_eq!(publication(&inspect(WEB), |_| false), None);
+        let c = inspect(
+            r#"{"Name":"/quiet","NetworkSettings":{"Networks":{"bridge":{"IPAddress":"172.18.0.5"}},"Ports":{"80/tcp":null}}}"#,
+        );
+        assert_eq!(publication(&c, any), None);
+        let c = inspect(
+            r#"{"Name":"/stopped","NetworkSettings":{"Networks":{"bridge":{"IPAddress":""}},"Ports":{}}}"#,
+        );
+        assert_eq!(publication(&c, any), None);
+    }
+
+    #[test]
+    fn docker_hosts_are_unix_sockets_only() {
+        assert_eq!(
+            parse_docker_host("unix:///var/run/docker.sock").unwrap(),
+            PathBuf::from("/var/run/docker.sock")
+        );
+        assert_eq!(
+            parse_docker_host("/tmp/d.sock").unwrap(),
+            PathBuf::from("/tmp/d.sock")
+        );
+        assert_eq!(
+            parse_docker_host("tcp://h:2375").unwrap_err(),
+            "--docker tcp://h:2375: only unix:///path sockets are supported"
+        );
+    }
+}

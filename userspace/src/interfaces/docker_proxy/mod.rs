@@ -1,0 +1,527 @@
+//! `berth-docker-proxy`: a drop-in for Docker's userland proxy
+//! (`dockerd --userland-proxy-path …`). dockerd starts one per published
+//! port; instead of proxying, it publishes the port through the berth
+//! daemon, says "ready" on fd 3 once the datapath has it, proxies nothing,
+//! and unpublishes when dockerd stops it (SIGINT/SIGTERM) or dies.
+//!
+//! The status protocol is docker-proxy's: `0\n` on fd 3 when ready, or
+//! `1\n<message>` (dockerd shows "Error starting userland proxy:
+//! <message>"). What berth cannot do — SCTP, an IPv6 container, a
+//! container on another bridge than berth's — runs the real docker-proxy
+//! in this process (exec), with fd 3 and 4 as dockerd gave them.
+pub mod args;
+pub mod engine;
+mod guard;
+
+use std::{
+    ffi::OsString,
+    net::IpAddr,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use args::{Proto, ProxyArgs};
+
+use crate::{
+    adapters::socket::DEFAULT_SOCKET,
+    interfaces::api::{AddRequest, RemoveRequest},
+    interfaces::client::Client,
+};
+
+/// docker-proxy's status pipe.
+const STATUS_FD: i32 = 3;
+/// A bound socket from newer engines (`-use-listen-fd`).
+const LISTEN_FD: i32 = 4;
+/// How long a proxy named after its container's IP keeps asking Docker for
+/// the container's name.
+const RENAME_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+const FALLBACK_ENV: &str = "BERTH_DOCKER_PROXY_FALLBACK";
+const FALLBACK_PATHS: &[&str] = &[
+    "/usr/sbin/docker-proxy",
+    "/usr/bin/docker-proxy",
+    "/usr/libexec/docker/docker-proxy",
+];
+
+/// What to do with one port dockerd asked for.
+#[derive(Debug, PartialEq, Eq)]
+enum Plan {
+    /// berth publishes it.
+    Publish,
+    /// The real docker-proxy does (why berth does not).
+    Fallback(&'static str),
+    /// An IPv6 host address for an IPv4 container: berth cannot translate
+    /// IPv6; the answer depends on whether berth already holds the port.
+    Ipv6ForIpv4,
+}
+
+fn plan(a: &ProxyArgs) -> Plan {
+    match (a.proto, a.host_ip, a.container_ip) {
+        (Proto::Sctp, _, _) => Plan::Fallback("berth publishes tcp and udp only"),
+        (_, _, IpAddr::V6(_)) => Plan::Fallback("berth publishes to IPv4 containers only"),
+        (_, IpAddr::V6(_), IpAddr::V4(_)) => Plan::Ipv6ForIpv4,
+        (_, IpAddr::V4(_), IpAddr::V4(_)) => Plan::Publish,
+    }
+}
+
+/// The whole program; `args` without argv\[0\].
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    let ppid_at_start = unsafe { libc::getppid() };
+    let a = match args::parse(&args) {
+        Ok(a) => a,
+        Err(msg) => return fail(&msg),
+    };
+    if a.version {
+        println!("berth-docker-proxy {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    match plan(&a) {
+        Plan::Fallback(why) => return exec_fallback(&a, why),
+        Plan::Ipv6ForIpv4 | Plan::Publish => {}
+    }
+    if let Err(msg) = guard::die_with_parent(ppid_at_start) {
+        return fail(&msg);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    let mut stop = match StopSignals::listen(&runtime) {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("cannot listen for SIGINT/SIGTERM: {e}")),
+    };
+    let client = Client::new(berth_socket());
+    if plan(&a) == Plan::Ipv6ForIpv4 {
+        return match runtime.block_on(berth_guards_port(&client, &a)) {
+            Ok(true) => hold_ipv6(&runtime, &mut stop, &a),
+            Ok(false) => exec_fallback(&a, "berth publishes IPv4 host addresses only"),
+            Err(msg) => fail(&msg),
+        };
+    }
+    match runtime.block_on(berths_bridge(&client)) {
+        // A user-defined network (docker compose's br-…): berth serves one
+        // bridge, docker-proxy any.
+        Ok(Some(bridge)) if !bridge_holds(&bridge, a.container_ip) => {
+            let why = format!("{} is not on berth's bridge {bridge}", a.container_ip);
+            return exec_fallback(&a, &why);
+        }
+        Ok(_) => {}
+        Err(msg) => return fail(&msg),
+    }
+    publish_until_stopped(&runtime, &mut stop, &client, &a, ppid_at_start as u32)
+}
+
+/// The bridge the daemon attached to, as `berth status` shows it (none for
+/// a daemon without a datapath).
+async fn berths_bridge(client: &Client) -> Result<Option<String>, String> {
+    let status = client.status().await.map_err(|e| e.to_string())?;
+    Ok(status.datapath.and_then(|d| {
+        d.attachments
+            .into_iter()
+            .find(|at| at.role == "bridge")
+            .map(|at| at.target)
+    }))
+}
+
+/// Whether `ip` is in a subnet of one of `bridge`'s IPv4 addresses, as
+/// the kernel has them in this namespace (the daemon's).
+pub(crate) fn bridge_holds(bridge: &str, ip: IpAddr) -> bool {
+    let IpAddr::V4(ip) = ip else {
+        return false;
+    };
+    let mut subnets = Vec::new();
+    unsafe {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut head) != 0 {
+            return false;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null()
+                || ifa.ifa_netmask.is_null()
+                || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET
+                || std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() != bridge.as_bytes()
+            {
+                continue;
+            }
+            let addr = (*ifa.ifa_addr.cast::<libc::sockaddr_in>()).sin_addr.s_addr;
+            let mask = (*ifa.ifa_netmask.cast::<libc::sockaddr_in>())
+                .sin_addr
+                .s_addr;
+            subnets.push((u32::from_be(addr), u32::from_be(mask)));
+        }
+        libc::freeifaddrs(head);
+    }
+    let ip = u32::from(ip);
+    subnets.iter().any(|&(addr, mask)| ip & mask == addr & mask)
+}
+
+fn berth_socket() -> PathBuf {
+    std::env::var_os("BERTH_SOCKET")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+/// `[hostIP:]hostPort:containerPort/proto`, berth's (and Docker's) syntax.
+fn spec_of(a: &ProxyArgs) -> String {
+    let host = if a.host_ip.is_unspecified() {
+        String::new()
+    } else {
+        format!("{}:", a.host_ip)
+    };
+    format!(
+        "{host}{}:{}/{}",
+        a.host_port,
+        a.container_port,
+        a.proto.as_str()
+    )
+}
+
+/// Docker's container name, if its API answers now.
+async fn container_name(socket: &Path, ip: IpAddr) -> Result<String, String> {
+    let name = engine::container_name_by_ip(socket, ip).await?;
+    crate::engine::registry::validate_task_name(&name)
+        .map(|()| name.clone())
+        .map_err(|_| format!("container name {name:?} is not a task name"))
+}
+
+/// What the proxy published, and the forked process that unpublishes it
+/// should the proxy die.
+struct Published {
+    remove: RemoveRequest,
+    unpublisher: guard::Unpublisher,
+}
+
+fn publish(
+    runtime: &tokio::runtime::Runtime,
+    client: &Client,
+    a: &ProxyArgs,
+    task: &str,
+) -> Result<Published, String> {
+    let spec = spec_of(a);
+    let add = AddRequest {
+        task: task.to_string(),
+        container_ip: a.container_ip.to_string(),
+        ports: vec![spec.clone()],
+        held_by_docker: false,
+    };
+    // The daemon answers once the mapping is in the datapath's maps.
+    runtime
+        .block_on(client.add(&add))
+        .map_err(|e| e.to_string())?;
+    let remove = RemoveRequest {
+        task: task.to_string(),
+        ports: vec![spec],
+    };
+    // Forked outside the runtime: the child never touches it.
+    match guard::spawn_unpublisher(client.socket(), &remove) {
+        Ok(unpublisher) => Ok(Published {
+            remove,
+            unpublisher,
+        }),
+        Err(msg) => {
+            let _ = runtime.block_on(client.remove(&remove));
+            Err(msg)
+        }
+    }
+}
+
+fn unpublish(
+    runtime: &tokio::runtime::Runtime,
+    client: &Client,
+    p: Published,
+) -> Result<(), String> {
+    p.unpublisher.cancel();
+    runtime
+        .block_on(client.remove(&p.remove))
+        .map(drop)
+        .map_err(|e| format!("unpublishing {}: {e}", p.remove.ports[0]))
+}
+
+fn publish_until_stopped(
+    runtime: &tokio::runtime::Runtime,
+    stop: &mut StopSignals,
+    client: &Client,
+    a: &ProxyArgs,
+    ppid: u32,
+) -> ExitCode {
+    if a.use_listen_fd {
+        // The datapath answers before any socket would; holding dockerd's
+        // socket open would only keep the port looking busy.
+        unsafe { libc::close(LISTEN_FD) };
+    }
+    let docker = engine::docker_socket(
+        &engine::parent_cmdline(ppid),
+        std::env::var("DOCKER_HOST").ok().as_deref(),
+    );
+    let named = runtime.block_on(container_name(&docker, a.container_ip));
+    let task = match &named {
+        Ok(name) => name.clone(),
+        Err(why) => {
+            eprintln!(
+                "berth-docker-proxy: {why}; naming the task {}",
+                a.container_ip
+            );
+            a.container_ip.to_string()
+        }
+    };
+    let mut published = match publish(runtime, client, a, &task) {
+        Ok(p) => p,
+        Err(msg) => return fail(&msg),
+    };
+    report_ready();
+    if named.is_err() {
+        // dockerd restores containers before its API listens, and waits for
+        // each proxy: the name can only be learnt once it is ready.
+        if let Some(name) = runtime.block_on(name_or_stop(stop, &docker, a.container_ip)) {
+            published = rename(runtime, client, a, published, &name);
+            runtime.block_on(stop.recv());
+        }
+    } else {
+        runtime.block_on(stop.recv());
+    }
+    match unpublish(runtime, client, published) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("berth-docker-proxy: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Polls the Docker API for the container's name; `None` when stopped
+/// first (or after [`RENAME_PATIENCE`]: the IP stays the name).
+async fn name_or_stop(stop: &mut StopSignals, docker: &Path, ip: IpAddr) -> Option<String> {
+    let poll = async {
+        let deadline = tokio::time::Instant::now() + RENAME_PATIENCE;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            if let Ok(name) = container_name(docker, ip).await {
+                return Some(name);
+            }
+        }
+        std::future::pending::<()>().await;
+        None
+    };
+    tokio::select! {
+        name = poll => name,
+        _ = stop.recv() => None,
+    }
+}
+
+/// Moves the mapping from the IP-named task to the container's name: the
+/// port is free between the two requests for a moment, and flows the IP
+/// task tracked are forgotten (there are none this early, usually). Kept
+/// under the IP when the move fails.
+fn rename(
+    runtime: &tokio::runtime::Runtime,
+    client: &Client,
+    a: &ProxyArgs,
+    old: Published,
+    name: &str,
+) -> Published {
+    let old_task = old.remove.task.clone();
+    if let Err(msg) = unpublish(runtime, client, old) {
+        eprintln!("berth-docker-proxy: renaming {old_task} to {name}: {msg}");
+    }
+    match publish(runtime, client, a, name) {
+        Ok(p) => p,
+        Err(msg) => {
+            eprintln!("berth-docker-proxy: renaming {old_task} to {name}: {msg}");
+            match publish(runtime, client, a, &old_task) {
+                Ok(p) => p,
+                Err(msg) => {
+                    // Nothing published any more: say so where dockerd looks.
+                    eprintln!("berth-docker-proxy: republishing under {old_task}: {msg}");
+                    std::process::exit(1)
+                }
+            }
+        }
+    }
+}
+
+/// Whether berth publishes this port for IPv4 with its bind guard on:
+/// then no socket — docker-proxy's `[::]` listener included — may bind
+/// the port, as when docker-proxy holds both `0.0.0.0` and `[::]`.
+async fn berth_guards_port(client: &Client, a: &ProxyArgs) -> Result<bool, String> {
+    let status = client.status().await.map_err(|e| e.to_string())?;
+    let hooks = status
+        .datapath
+        .as_ref()
+        .is_some_and(|d| d.socket_hooks.enabled);
+    if !hooks {
+        return Ok(false);
+    }
+    let bindings = client.bindings().await.map_err(|e| e.to_string())?;
+    Ok(bindings
+        .iter()
+        .any(|b| b.host_port == a.host_port && b.protocol.as_str() == a.proto.as_str()))
+}
+
+/// Ready, and nothing else to do until stopped: berth's bind guard keeps
+/// the IPv6 side of the port closed, as docker-proxy's socket would hold it.
+fn hold_ipv6(runtime: &tokio::runtime::Runtime, stop: &mut StopSignals, a: &ProxyArgs) -> ExitCode {
+    eprintln!(
+        "berth-docker-proxy: [{}]:{}/{} not proxied: berth translates IPv4 only and its bind guard holds the port",
+        a.host_ip,
+        a.host_port,
+        a.proto.as_str()
+    );
+    report_ready();
+    runtime.block_on(stop.recv());
+    ExitCode::SUCCESS
+}
+
+/// dockerd's stop signals, listened for from before the first publish to
+/// the exit: once tokio handles them, one that arrives while nothing
+/// listens would be lost, and dockerd would wait for the proxy forever.
+struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen(runtime: &tokio::runtime::Runtime) -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _in_runtime = runtime.enter();
+        Ok(StopSignals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
+/// The real docker-proxy replaces this process: same PID (dockerd signals
+/// it), same fd 3 and 4, the arguments minus berth's own.
+fn exec_fallback(a: &ProxyArgs, why: &str) -> ExitCode {
+    let Some(path) = find_fallback(a.fallback.as_deref()) else {
+        return fail(&format!(
+            "{why}, and no docker-proxy to fall back to (-fallback-proxy, ${FALLBACK_ENV}, beside this program, {})",
+            FALLBACK_PATHS.join(", ")
+        ));
+    };
+    let err = std::process::Command::new(&path)
+        .args(&a.passthrough)
+        .exec();
+    fail(&format!("cannot run {}: {err}", path.display()))
+}
+
+fn find_fallback(option: Option<&Path>) -> Option<PathBuf> {
+    let me = std::env::current_exe().ok();
+    let beside = me
+        .as_ref()
+        .and_then(|m| m.parent())
+        .map(|d| d.join("docker-proxy"));
+    let env = std::env::var_os(FALLBACK_ENV).map(PathBuf::from);
+    let candidates = option
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain(env)
+        .chain(beside)
+        .chain(FALLBACK_PATHS.iter().map(PathBuf::from));
+    let me = me.and_then(|m| m.canonicalize().ok());
+    candidates.into_iter().find(|c| {
+        // Never ourselves, installed under docker-proxy's name.
+        c.is_file() && c.canonicalize().ok() != me
+    })
+}
+
+fn report_ready() {
+    write_status(b"0\n");
+}
+
+/// `1\n<message>` on fd 3 for dockerd, the same line on stderr for a
+/// person running it by hand.
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("berth-docker-proxy: {msg}");
+    let mut out = b"1\n".to_vec();
+    out.extend_from_slice(msg.as_bytes());
+    write_status(&out);
+    ExitCode::FAILURE
+}
+
+/// Writes once to fd 3 and closes it, as docker-proxy does; nothing when
+/// fd 3 is not open (run by hand).
+fn write_status(bytes: &[u8]) {
+    unsafe {
+        if libc::fcntl(STATUS_FD, libc::F_GETFD) < 0 {
+            return;
+        }
+        let _ = libc::write(STATUS_FD, bytes.as_ptr().cast(), bytes.len());
+        libc::close(STATUS_FD);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> ProxyArgs {
+        let v: Vec<OsString> = line.split(' ').map(OsString::from).collect();
+        args::parse(&v).unwrap()
+    }
+
+    #[test]
+    fn what_berth_cannot_do_falls_back_and_the_rest_is_published() {
+        let base = "-host-port 8080 -container-port 80";
+        assert_eq!(
+            plan(&args(&format!(
+                "{base} -proto tcp -host-ip 0.0.0.0 -container-ip 172.17.0.2"
+            ))),
+            Plan::Publish
+        );
+        assert!(matches!(
+            plan(&args(&format!(
+                "{base} -proto sctp -container-ip 172.17.0.2"
+            ))),
+            Plan::Fallback(_)
+        ));
+        assert!(matches!(
+            plan(&args(&format!("{base} -host-ip :: -container-ip fd00::2"))),
+            Plan::Fallback(_)
+        ));
+        assert_eq!(
+            plan(&args(&format!(
+                "{base} -proto udp -host-ip :: -container-ip 172.17.0.2"
+            ))),
+            Plan::Ipv6ForIpv4
+        );
+    }
+
+    #[test]
+    fn a_bridge_holds_the_subnets_of_its_addresses_only() {
+        assert!(bridge_holds("lo", "127.5.5.5".parse().unwrap()));
+        assert!(!bridge_holds("lo", "10.0.0.1".parse().unwrap()));
+        assert!(!bridge_holds("no-such-if0", "127.0.0.1".parse().unwrap()));
+        assert!(!bridge_holds("lo", "::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_spec_is_dockers_with_the_host_ip_only_when_specific() {
+        assert_eq!(
+            spec_of(&args(
+                "-proto udp -host-port 5353 -container-ip 172.17.0.2 -container-port 53"
+            )),
+            "5353:53/udp"
+        );
+        assert_eq!(
+            spec_of(&args(
+                "-host-ip 127.0.0.1 -host-port 8080 -container-ip 172.17.0.2 -container-port 80"
+            )),
+            "127.0.0.1:8080:80/tcp"
+        );
+    }
+}
