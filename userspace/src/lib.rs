@@ -14,3 +14,6 @@ pub use engine::registry as state;
 pub use interfaces::{api, cli, docker_proxy};
 
 pub use domain::error::{Error, Result};
+
+#[cfg(test)]
+mod layering;

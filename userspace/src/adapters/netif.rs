@@ -1,50 +1,11 @@
 //! Interfaces and IPv4 addresses of the network namespace we run in.
 use std::{
     ffi::{CStr, CString},
-    fmt, io,
+    io,
     net::Ipv4Addr,
 };
 
-/// An interface address with its prefix, as `ip addr` shows it
-/// (`172.17.0.1/16`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Ipv4Cidr {
-    pub addr: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-impl Ipv4Cidr {
-    pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Self {
-        Ipv4Cidr {
-            addr,
-            prefix_len: prefix_len.min(32),
-        }
-    }
-
-    fn mask(self) -> u32 {
-        u32::MAX
-            .checked_shl(32 - u32::from(self.prefix_len))
-            .unwrap_or(0)
-    }
-
-    /// The network this address is in (`172.17.0.1/16` -> `172.17.0.0/16`).
-    pub fn network(self) -> Ipv4Cidr {
-        Ipv4Cidr {
-            addr: Ipv4Addr::from(u32::from(self.addr) & self.mask()),
-            prefix_len: self.prefix_len,
-        }
-    }
-
-    pub fn contains(self, ip: Ipv4Addr) -> bool {
-        (u32::from(self.addr) ^ u32::from(ip)) & self.mask() == 0
-    }
-}
-
-impl fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
-}
+use crate::domain::cidr::Ipv4Cidr;
 
 /// One IPv4 address of one interface.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -133,7 +133,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        adapters::netif::Ipv4Cidr,
+        domain::cidr::Ipv4Cidr,
         domain::spec::PortRange,
         engine::allocator::PortPolicy,
         engine::fake::{FakeDatapath, FakeHost},

@@ -17,9 +17,11 @@ use std::{
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+pub use crate::engine::ledger::{Commit, Stored};
 use crate::{
     domain::error::{Error, Result},
     domain::model::{Binding, Protocol, TaskRecord},
+    engine::{ledger::Ledger, sg_book::SgBook, sg_book::SgChanges},
 };
 
 mod sg;
@@ -31,28 +33,6 @@ const TASKS: TableDefinition<&str, &str> = TableDefinition::new("tasks_v1");
 const TASK_DEFS: TableDefinition<&str, &str> = TableDefinition::new("task_defs_v1");
 const COOLDOWNS: TableDefinition<(u8, u16), u64> = TableDefinition::new("cooldowns_v1");
 const RESERVED: TableDefinition<u16, ()> = TableDefinition::new("reserved_v1");
-
-/// Everything the store holds.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stored {
-    pub tasks: BTreeMap<String, Vec<Binding>>,
-    pub task_defs: BTreeMap<String, TaskRecord>,
-    pub cooldowns: Vec<((Protocol, u16), u64)>,
-    pub reserved: BTreeSet<u16>,
-}
-
-/// Changes committed together.
-#[derive(Clone, Debug, Default)]
-pub struct Commit {
-    /// A task's new bindings; an empty list deletes the task.
-    pub tasks: Vec<(String, Vec<Binding>)>,
-    /// A task's record; `None` deletes it.
-    pub task_defs: Vec<(String, Option<TaskRecord>)>,
-    /// Release times to set (`Some`) or forget (`None`).
-    pub cooldowns: Vec<((Protocol, u16), Option<u64>)>,
-    pub reserved_add: Vec<u16>,
-    pub reserved_remove: Vec<u16>,
-}
 
 fn protocol_of(number: u8) -> Option<Protocol> {
     [Protocol::Tcp, Protocol::Udp]
@@ -231,6 +211,21 @@ fn store_err(path: &Path, reason: impl std::fmt::Display) -> Error {
     Error::Store {
         path: path.to_owned(),
         reason: reason.to_string(),
+    }
+}
+
+impl Ledger for Store {
+    fn load_all(&self) -> Result<Stored> {
+        Store::load_all(self)
+    }
+    fn commit(&self, c: &Commit) -> Result<()> {
+        Store::commit(self, c)
+    }
+    fn load_sgs(&self) -> Result<SgBook> {
+        Store::load_sgs(self)
+    }
+    fn commit_sgs(&self, c: &SgChanges) -> Result<()> {
+        Store::commit_sgs(self, c)
     }
 }
 

@@ -159,7 +159,7 @@ pub fn parse_container_ip_arg(arg: &str) -> Result<(String, Ipv4Addr)> {
     let Some((name, ip)) = arg.split_once('=').filter(|(n, _)| !n.is_empty()) else {
         return Err(Error::ContainerIpArg(arg.to_owned()));
     };
-    let ip = crate::engine::registry::parse_container_ip(ip)?;
+    let ip = crate::domain::task::parse_container_ip(ip)?;
     Ok((name.to_owned(), ip))
 }
 

@@ -1,10 +1,12 @@
 //! The library's one error type. Every message is one line meant for the
 //! person who typed the command; the CLI prints it as `berth: <message>`.
-use std::{io, net::Ipv4Addr, path::PathBuf};
+use std::{fmt, io, net::Ipv4Addr, path::PathBuf};
 
-use crate::{
-    adapters::datapath::DatapathError, adapters::netif::Ipv4Cidr, domain::model::Protocol,
-    domain::spec::SpecError, engine::allocator::Exhausted,
+use crate::domain::{
+    cidr::Ipv4Cidr,
+    model::Protocol,
+    rules::SgError,
+    spec::{PortRange, SpecError},
 };
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -123,7 +125,7 @@ pub enum Error {
     #[error(transparent)]
     Datapath(#[from] DatapathError),
     #[error(transparent)]
-    Sg(#[from] crate::engine::sg_book::SgError),
+    Sg(#[from] SgError),
     #[error("restoring {binding}: {reason}")]
     Restore {
         binding: String,
@@ -172,6 +174,66 @@ impl Error {
             Error::Sg(e) => e.http_status(),
             _ => 500,
         }
+    }
+}
+
+/// Why the datapath refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("interface {0} does not exist")]
+    NoSuchInterface(String),
+    #[error("loading the eBPF programs needs root (CAP_BPF and CAP_NET_ADMIN)")]
+    NotPermitted,
+    #[error("this kernel is too old for berth: {0}")]
+    KernelTooOld(String),
+    #[error("bpffs at {path}: {reason}")]
+    Bpffs { path: String, reason: String },
+    #[error("eBPF map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+    /// Pins another version left that this one cannot adopt.
+    #[error("{0}")]
+    PinnedLayout(String),
+    /// The socket hooks could not be attached and the operator did not
+    /// allow running without them.
+    #[error("cannot attach the socket hooks (bind guard, localhost and hairpin access): {0}; start with --no-socket-hooks to run without them")]
+    SocketHooks(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// No block of the requested size is free. Counts are of ports in the
+/// range, each counted once: reserved first, then in use, then cooling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exhausted {
+    pub range: PortRange,
+    pub count: u32,
+    pub reserved: usize,
+    pub in_use: usize,
+    pub cooling: usize,
+}
+
+impl fmt::Display for Exhausted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.count == 1 {
+            write!(f, "no free host port in {}", self.range)?;
+        } else {
+            write!(
+                f,
+                "no free block of {} contiguous host ports in {}",
+                self.count, self.range
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Exhausted {
+    /// `(N reserved, M in use, K cooling down)`, for the end of the message.
+    pub fn counts(&self) -> String {
+        format!(
+            "({} reserved, {} in use, {} cooling down)",
+            self.reserved, self.in_use, self.cooling
+        )
     }
 }
 

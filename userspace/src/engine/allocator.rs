@@ -8,11 +8,9 @@
 //! (released less than the cool-down ago, so a load balancer still aiming at
 //! an old copy never reaches a new one). The scan starts at a random offset
 //! and wraps, so ports are spread over the range instead of reused first.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fmt,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
+pub use crate::domain::error::Exhausted;
 use crate::{domain::model::Protocol, domain::spec::PortRange};
 
 /// The ECS agent's reserved ports: SSH, the Docker daemon (plain and TLS)
@@ -50,42 +48,6 @@ pub struct Taken {
     pub bound: BTreeSet<u16>,
     /// Released less than the cool-down ago.
     pub cooling: BTreeSet<u16>,
-}
-
-/// No block of the requested size is free. Counts are of ports in the
-/// range, each counted once: reserved first, then in use, then cooling.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Exhausted {
-    pub range: PortRange,
-    pub count: u32,
-    pub reserved: usize,
-    pub in_use: usize,
-    pub cooling: usize,
-}
-
-impl fmt::Display for Exhausted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.count == 1 {
-            write!(f, "no free host port in {}", self.range)?;
-        } else {
-            write!(
-                f,
-                "no free block of {} contiguous host ports in {}",
-                self.count, self.range
-            )?;
-        }
-        Ok(())
-    }
-}
-
-impl Exhausted {
-    /// `(N reserved, M in use, K cooling down)`, for the end of the message.
-    pub fn counts(&self) -> String {
-        format!(
-            "({} reserved, {} in use, {} cooling down)",
-            self.reserved, self.in_use, self.cooling
-        )
-    }
 }
 
 /// A contiguous block of `count` free ports in `policy.range`, scanning from

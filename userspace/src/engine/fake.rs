@@ -11,15 +11,16 @@ use std::{
 };
 
 use crate::{
-    adapters::datapath::{Datapath, DatapathError},
-    adapters::host::Host,
+    domain::error::DatapathError,
     domain::model::{Binding, Protocol},
+    engine::datapath::Datapath,
+    engine::host::Host,
 };
 
 /// Compiled rules of a task: (ingress, egress).
 pub type FakePolicy = (
-    Vec<crate::adapters::datapath::PolicyRule>,
-    Vec<crate::adapters::datapath::PolicyRule>,
+    Vec<crate::engine::datapath::PolicyRule>,
+    Vec<crate::engine::datapath::PolicyRule>,
 );
 
 /// What the fake was asked to do, for tests of ordering.
@@ -35,10 +36,10 @@ pub struct FakeDatapath {
     pub endpoints: Mutex<std::collections::BTreeMap<Ipv4Addr, (u32, bool)>>,
     pub policies: Mutex<std::collections::BTreeMap<u32, FakePolicy>>,
     pub members: Mutex<std::collections::BTreeMap<u32, Vec<Ipv4Addr>>>,
-    pub timeouts: Mutex<Option<crate::adapters::datapath::FlowTimeouts>>,
+    pub timeouts: Mutex<Option<crate::engine::datapath::FlowTimeouts>>,
     bindings: Mutex<BTreeSet<Binding>>,
     host_addrs: Mutex<Vec<Ipv4Addr>>,
-    bridge_subnets: Mutex<Vec<crate::adapters::netif::Ipv4Cidr>>,
+    bridge_subnets: Mutex<Vec<crate::domain::cidr::Ipv4Cidr>>,
     fail_insert_port: Mutex<Option<u16>>,
     fail_remove_port: Mutex<Option<u16>>,
     fail_endpoint: Mutex<Option<Ipv4Addr>>,
@@ -67,7 +68,7 @@ impl FakeDatapath {
     pub fn host_addrs(&self) -> Vec<Ipv4Addr> {
         self.host_addrs.lock().unwrap().clone()
     }
-    pub fn bridge_subnets(&self) -> Vec<crate::adapters::netif::Ipv4Cidr> {
+    pub fn bridge_subnets(&self) -> Vec<crate::domain::cidr::Ipv4Cidr> {
         self.bridge_subnets.lock().unwrap().clone()
     }
     pub fn fail_insert_of_host_port(&self, port: u16) {
@@ -128,8 +129,8 @@ impl Datapath for FakeDatapath {
     fn set_policy(
         &self,
         task_id: u32,
-        ingress: &[crate::adapters::datapath::PolicyRule],
-        egress: &[crate::adapters::datapath::PolicyRule],
+        ingress: &[crate::engine::datapath::PolicyRule],
+        egress: &[crate::engine::datapath::PolicyRule],
     ) -> Result<(), DatapathError> {
         self.policies
             .lock()
@@ -177,7 +178,7 @@ impl Datapath for FakeDatapath {
         self.no_policy.store(none, Ordering::SeqCst);
         Ok(())
     }
-    fn set_flow_timeouts(&self, timeouts: crate::adapters::datapath::FlowTimeouts) {
+    fn set_flow_timeouts(&self, timeouts: crate::engine::datapath::FlowTimeouts) {
         *self.timeouts.lock().unwrap() = Some(timeouts);
     }
     fn retain(&self, keep: &[Binding]) -> Result<usize, DatapathError> {
@@ -230,7 +231,7 @@ impl Datapath for FakeDatapath {
     }
     fn set_bridge_subnets(
         &self,
-        subnets: &[crate::adapters::netif::Ipv4Cidr],
+        subnets: &[crate::domain::cidr::Ipv4Cidr],
     ) -> Result<(), DatapathError> {
         *self.bridge_subnets.lock().unwrap() = subnets.to_vec();
         Ok(())

@@ -3,6 +3,9 @@
 //! the store and the host must hold, and reaches them only through the
 //! traits it defines; it imports only from `domain`.
 pub mod allocator;
+pub mod datapath;
+pub mod host;
+pub mod ledger;
 pub mod registry;
 pub mod sg_book;
 

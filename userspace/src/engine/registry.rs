@@ -20,10 +20,7 @@ use std::{
 use tokio::sync::{broadcast, watch};
 
 use crate::{
-    adapters::datapath::Datapath,
-    adapters::host::{format_port_list, Host},
-    adapters::netif::{self, Ipv4Cidr},
-    adapters::store::{Commit, Store},
+    domain::cidr::Ipv4Cidr,
     domain::ecs::{MappedPorts, TaskDefinition},
     domain::error::{Error, Result},
     domain::events::{Event, EventKind, EVENT_BUFFER},
@@ -31,55 +28,25 @@ use crate::{
     domain::model::{Binding, ContainerRecord, NetworkBinding, Protocol, TaskRecord},
     domain::spec::{PortMapping, PortRange, PortSpec},
     engine::allocator::{self, CoolDowns, PortPolicy, Taken},
+    engine::datapath::Datapath,
+    engine::host::{format_port_list, Host},
+    engine::ledger::{Commit, Ledger},
 };
 
-pub const MAX_TASK_NAME_LEN: usize = 255;
-
-/// Task names: non-empty, at most 255 of `[A-Za-z0-9_.-]`.
-pub fn validate_task_name(name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
-        "must not be empty"
-    } else if name.len() > MAX_TASK_NAME_LEN {
-        "longer than 255 characters"
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-    {
-        "only letters, digits, '_', '.' and '-' are allowed"
-    } else {
-        return Ok(());
-    };
-    Err(Error::TaskName {
-        name: name.to_owned(),
-        reason,
-    })
-}
-
-/// Parses every spec, failing on the first bad one.
-pub fn parse_specs<S: AsRef<str>>(specs: &[S]) -> Result<Vec<PortSpec>> {
-    specs
-        .iter()
-        .map(|s| {
-            let s = s.as_ref();
-            s.parse().map_err(|reason| Error::Spec {
-                spec: s.to_owned(),
-                reason,
-            })
-        })
-        .collect()
-}
-
-pub fn parse_container_ip(ip: &str) -> Result<Ipv4Addr> {
-    ip.parse()
-        .map_err(|_| Error::MalformedContainerIp(ip.to_owned()))
-}
+pub use crate::domain::task::{
+    parse_container_ip, parse_specs, validate_task_name, MAX_TASK_NAME_LEN,
+};
 
 /// The container bridge whose subnets container IPs must be in.
 #[derive(Clone, Debug)]
 pub enum Bridge {
     /// Read the interface's addresses on every check, so a re-addressed
-    /// bridge is picked up without a restart.
-    System { name: String },
+    /// bridge is picked up without a restart. The reader is the adapter's
+    /// (`netif::interface_subnets`): the engine does no I/O of its own.
+    System {
+        name: String,
+        read: fn(&str) -> std::io::Result<Vec<Ipv4Cidr>>,
+    },
     /// Fixed subnets, for tests and for callers that already know them.
     Fixed {
         name: String,
@@ -90,14 +57,15 @@ pub enum Bridge {
 impl Bridge {
     pub fn name(&self) -> &str {
         match self {
-            Bridge::System { name } | Bridge::Fixed { name, .. } => name,
+            Bridge::System { name, .. } | Bridge::Fixed { name, .. } => name,
         }
     }
 
     pub fn subnets(&self) -> Result<Vec<Ipv4Cidr>> {
         match self {
-            Bridge::System { name } => netif::interface_subnets(name)
-                .map_err(|e| Error::io(format!("reading the addresses of {name}"), e)),
+            Bridge::System { name, read } => {
+                read(name).map_err(|e| Error::io(format!("reading the addresses of {name}"), e))
+            }
             Bridge::Fixed { subnets, .. } => Ok(subnets.clone()),
         }
     }
@@ -147,7 +115,7 @@ fn bind_ips_overlap(a: Ipv4Addr, b: Ipv4Addr) -> bool {
 }
 
 pub struct Registry {
-    store: Store,
+    store: Box<dyn Ledger>,
     datapath: Arc<dyn Datapath>,
     host: Arc<dyn Host>,
     bridge: Bridge,
@@ -181,7 +149,7 @@ impl Registry {
     /// Loads the stored state; neither the datapath nor the host is touched
     /// until [`Registry::restore`] and [`Registry::reconcile_reserved_ports`].
     pub fn open(
-        store: Store,
+        store: impl Ledger + 'static,
         datapath: Arc<dyn Datapath>,
         bridge: Bridge,
         host: Arc<dyn Host>,
@@ -189,6 +157,7 @@ impl Registry {
     ) -> Result<Self> {
         let stored = store.load_all()?;
         let sg = security_groups::SgState::load(&store, &stored)?;
+        let store = Box::new(store);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let sweeper = Arc::new(FlowSweeper::start(datapath.clone()));
         Ok(Registry {
@@ -824,7 +793,7 @@ impl Registry {
                 }
             };
             let blocked = socks.iter().any(|s| {
-                s.port() == m.host_port && crate::adapters::host::listener_blocks(s.ip(), m.bind_ip)
+                s.port() == m.host_port && crate::engine::host::listener_blocks(s.ip(), m.bind_ip)
             });
             if blocked {
                 return Err(Error::HostPortInUse {
@@ -882,7 +851,7 @@ impl Registry {
 fn sysctl_err(what: &'static str) -> impl Fn(std::io::Error) -> Error {
     move |e| {
         Error::io(
-            format!("{what} {}", crate::adapters::host::RESERVED_PORTS_SYSCTL),
+            format!("{what} {}", crate::engine::host::RESERVED_PORTS_SYSCTL),
             e,
         )
     }
@@ -1164,9 +1133,7 @@ impl Berth {
 
     /// What the datapath has attached and how full its maps are; counting
     /// a large table's entries takes a while, so off the async workers.
-    pub async fn datapath_status(
-        &self,
-    ) -> Result<Option<crate::adapters::datapath::DatapathStatus>> {
+    pub async fn datapath_status(&self) -> Result<Option<crate::engine::datapath::DatapathStatus>> {
         let datapath = self.datapath.clone();
         Ok(tokio::task::spawn_blocking(move || datapath.status())
             .await
@@ -1197,6 +1164,7 @@ mod security_groups_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::store::Store;
     use crate::engine::fake::{FakeDatapath, FakeHost, FakeOp};
 
     struct Fixture {
@@ -1258,8 +1226,9 @@ mod tests {
         fn stored(&self) -> Vec<Binding> {
             self.registry
                 .store
-                .load()
+                .load_all()
                 .unwrap()
+                .tasks
                 .into_values()
                 .flatten()
                 .collect()

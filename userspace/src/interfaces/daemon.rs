@@ -14,9 +14,10 @@ use tokio::{
 use crate::{
     adapters::datapath::{BpfDatapath, Datapath, DatapathConfig},
     adapters::host::{self, format_port_list, Host, SystemHost},
-    adapters::netif::{self, Ipv4Cidr},
+    adapters::netif,
     adapters::socket::{self, SocketFile},
     adapters::store::Store,
+    domain::cidr::Ipv4Cidr,
     domain::error::{Error, Result},
     domain::limits::ApiLimits,
     domain::spec::PortRange,
@@ -127,6 +128,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         datapath: Arc::new(datapath),
         bridge: Bridge::System {
             name: config.datapath.bridge.clone(),
+            read: netif::interface_subnets,
         },
         host_addrs: netif::host_ipv4_addrs,
         host: Arc::new(SystemHost::default()),
@@ -356,7 +358,7 @@ async fn expire_flows(datapath: Arc<dyn Datapath>, period: Duration) {
 mod tests {
     use super::*;
     use crate::{
-        adapters::netif::Ipv4Cidr,
+        domain::cidr::Ipv4Cidr,
         engine::fake::{FakeDatapath, FakeHost},
         interfaces::api::{AddRequest, RemoveRequest},
         interfaces::client::Client,

@@ -15,12 +15,7 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{
-        links::{CgroupAttachMode, FdLink, LinkOrder, PinnedLink},
-        tc::{SchedClassifierLink, TcAttachOptions, TcAttachType},
-        xdp::XdpLink,
-        CgroupSockAddr, SchedClassifier, Xdp, XdpMode,
-    },
+    programs::{links::CgroupAttachMode, CgroupSockAddr},
     Ebpf, EbpfLoader,
 };
 use berth_maps::{
@@ -31,35 +26,18 @@ use berth_maps::{
 };
 
 use super::{
+    attach::{attach_pinned, error_chain, ifindex, is_eperm, link_name, pin_link, prog_err},
     flows::{owned_by, owned_by_none_of, sweep, touching, FlowMap},
     policy::PolicyMaps,
     ports::PortWatcher,
-    Datapath, DatapathError, FlowTimeouts, PolicyRule,
+    AttachMode, Datapath, DatapathError, FlowTimeouts, PolicyRule,
 };
-use crate::{adapters::netif::Ipv4Cidr, domain::model::Binding};
+use crate::{domain::cidr::Ipv4Cidr, domain::model::Binding};
 
 /// The eBPF object built by build.rs, embedded so the binary needs nothing
 /// else at run time.
 pub fn ebpf_object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/berth"))
-}
-
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    Xdp,
-    #[default]
-    Tc,
 }
 
 #[derive(Clone, Debug)]
@@ -133,40 +111,6 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
     }
 }
 
-fn prog_err(what: String) -> impl Fn(aya::programs::ProgramError) -> DatapathError {
-    move |e| {
-        if is_eperm(&e) {
-            DatapathError::NotPermitted
-        } else {
-            DatapathError::Other(format!("{what}: {}", error_chain(&e)))
-        }
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
-fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.raw_os_error() == Some(libc::EPERM) {
-                return true;
-            }
-        }
-        cur = err.source();
-    }
-    false
-}
-
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// Mounts bpffs at `bpffs` if needed and creates berth's pin directory in
@@ -235,15 +179,6 @@ fn check_kernel() -> Result<(), DatapathError> {
         )));
     }
     Ok(())
-}
-
-pub(super) fn ifindex(name: &str) -> Result<u32, DatapathError> {
-    let c =
-        std::ffi::CString::new(name).map_err(|_| DatapathError::NoSuchInterface(name.into()))?;
-    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => Err(DatapathError::NoSuchInterface(name.into())),
-        i => Ok(i),
-    }
 }
 
 impl BpfDatapath {
@@ -353,7 +288,7 @@ impl BpfDatapath {
                     private_mount = cg.info.private_mount,
                     "socket hooks attached"
                 );
-                super::status::SocketHooks {
+                super::SocketHooks {
                     enabled: true,
                     cgroup: Some(cg.info.clone()),
                     disabled_by: None,
@@ -364,7 +299,7 @@ impl BpfDatapath {
                     "--no-socket-hooks: host processes can bind published ports, \
                      and localhost/hairpin access to them does not work"
                 );
-                super::status::SocketHooks {
+                super::SocketHooks {
                     enabled: false,
                     cgroup: None,
                     disabled_by: Some("--no-socket-hooks".into()),
@@ -512,25 +447,6 @@ const SOCKET_HOOKS: [&str; 6] = [
 ];
 pub(super) const CGROUP_LINK_SUFFIX: &str = "cgroup";
 
-/// The bridge's MAC in the low 48 bits, as the gate compares it.
-pub(super) fn bridge_mac(bridge: &str) -> Result<u64, DatapathError> {
-    let path = format!("/sys/class/net/{bridge}/address");
-    let text = fs::read_to_string(&path)
-        .map_err(|e| DatapathError::Other(format!("reading {path}: {e}")))?;
-    parse_mac(text.trim())
-        .ok_or_else(|| DatapathError::Other(format!("{path}: not a MAC address: {}", text.trim())))
-}
-
-fn parse_mac(s: &str) -> Option<u64> {
-    let mut v = 0u64;
-    let mut n = 0;
-    for part in s.split(':') {
-        v = (v << 8) | u64::from(u8::from_str_radix(part, 16).ok()?);
-        n += 1;
-    }
-    (n == 6).then_some(v)
-}
-
 /// The cookie of the daemon's network namespace (SO_NETNS_COOKIE, 5.14+).
 fn netns_cookie() -> Result<u64, DatapathError> {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0")
@@ -601,10 +517,6 @@ pub fn pin_dir(bpffs: &Path) -> PathBuf {
     bpffs.join("berth")
 }
 
-fn link_name(prog: &str, ifname: &str) -> String {
-    format!("{prog}@{ifname}")
-}
-
 fn take_map<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
@@ -613,124 +525,6 @@ fn take_map<K: aya::Pod, V: aya::Pod>(
         .take_map(name)
         .ok_or_else(|| DatapathError::Other(format!("map {name} missing from the object")))?;
     HashMap::try_from(map).map_err(map_err(name))
-}
-
-/// Attach `prog` to `ifname`, reusing a pinned link (atomic program swap)
-/// when there is one, and pin new links.
-pub(super) fn attach_pinned(
-    ebpf: &mut Ebpf,
-    prog_name: &str,
-    ifname: &str,
-    links_dir: &Path,
-) -> Result<(), DatapathError> {
-    let pin = links_dir.join(link_name(prog_name, ifname));
-    let what = format!("attaching {prog_name} to {ifname}");
-    let prog = ebpf
-        .program_mut(prog_name)
-        .ok_or_else(|| DatapathError::Other(format!("program {prog_name} missing")))?;
-    if prog_name == "berth_xdp" {
-        let p: &mut Xdp = prog.try_into().map_err(prog_err(what.clone()))?;
-        load_once(p.load()).map_err(prog_err(what.clone()))?;
-        let adopted = adopt_link(&pin).map(|link| {
-            XdpLink::try_from(link)
-                .map_err(|e| e.to_string())
-                .and_then(|l| p.attach_to_link(l).map(drop).map_err(|e| error_chain(&e)))
-        });
-        if !keep_adopted(&pin, adopted) {
-            let id = p
-                .attach(ifname, XdpMode::default())
-                .map_err(prog_err(what.clone()))?;
-            pin_link(
-                p.take_link(id).map_err(prog_err(what.clone()))?,
-                &pin,
-                &what,
-            )?;
-        }
-        return Ok(());
-    }
-    let p: &mut SchedClassifier = prog.try_into().map_err(prog_err(what.clone()))?;
-    load_once(p.load()).map_err(prog_err(what.clone()))?;
-    let adopted = adopt_link(&pin).map(|link| {
-        SchedClassifierLink::try_from(link)
-            .map_err(|e| e.to_string())
-            .and_then(|l| p.attach_to_link(l).map(drop).map_err(|e| error_chain(&e)))
-    });
-    if !keep_adopted(&pin, adopted) {
-        let attach_type = if prog_name == "berth_to_ctr" {
-            TcAttachType::Egress
-        } else {
-            TcAttachType::Ingress
-        };
-        let id = p
-            .attach_with_options(
-                ifname,
-                attach_type,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(prog_err(what.clone()))?;
-        pin_link(
-            p.take_link(id).map_err(prog_err(what.clone()))?,
-            &pin,
-            &what,
-        )?;
-    }
-    Ok(())
-}
-
-/// Whether a pinned link took the new program. One that could not is
-/// unpinned (detaching it), so the caller attaches anew.
-fn keep_adopted(pin: &Path, adopted: Option<Result<(), String>>) -> bool {
-    match adopted {
-        Some(Ok(())) => true,
-        Some(Err(e)) => {
-            tracing::warn!(pin = %pin.display(), error = %e, "pinned link unusable; attaching anew");
-            let _ = fs::remove_file(pin);
-            false
-        }
-        None => false,
-    }
-}
-
-/// Pin a new link so it outlives the daemon.
-fn pin_link<L>(link: L, pin: &Path, what: &str) -> Result<(), DatapathError>
-where
-    L: TryInto<FdLink, Error = aya::programs::links::LinkError>,
-{
-    let fd: FdLink = link
-        .try_into()
-        .map_err(|e| DatapathError::Other(format!("{what}: {e}")))?;
-    fd.pin(pin)
-        .map_err(|e| DatapathError::Other(format!("{what}: pinning: {}", error_chain(&e))))?;
-    Ok(())
-}
-
-/// A program attached to several interfaces is loaded once.
-fn load_once(
-    r: Result<(), aya::programs::ProgramError>,
-) -> Result<(), aya::programs::ProgramError> {
-    match r {
-        Err(aya::programs::ProgramError::AlreadyLoaded) => Ok(()),
-        other => other,
-    }
-}
-
-/// The pinned link at `pin`, if any. The pin stays: it is what keeps the
-/// link (and so the attachment) alive while no daemon runs.
-fn adopt_link(pin: &Path) -> Option<FdLink> {
-    if !pin.exists() {
-        return None;
-    }
-    match PinnedLink::from_pin(pin) {
-        Ok(p) => {
-            // `unpin` would delete the pin file; keep it and take an fd.
-            let fd: FdLink = p.into();
-            Some(fd)
-        }
-        Err(e) => {
-            tracing::warn!(pin = %pin.display(), error = %e, "cannot open pinned link");
-            None
-        }
-    }
 }
 
 /// The subnets a BERTH_LOCAL_NETS array holds, in slot order.

@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
+use super::CgroupInfo;
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
@@ -18,18 +18,6 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 pub(super) struct HookCgroup {
     pub dir: fs::File,
     pub info: CgroupInfo,
-}
-
-/// How the cgroup was found (for `berth status`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CgroupInfo {
-    /// The cgroup's path inside the v2 hierarchy (`/` is its root).
-    pub cgroup: String,
-    /// The directory it was opened through.
-    pub opened_at: String,
-    /// True when berth mounted the hierarchy itself (none was visible).
-    pub private_mount: bool,
 }
 
 /// One cgroup2 mount point from `/proc/self/mountinfo` whose mount root is

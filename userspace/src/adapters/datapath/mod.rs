@@ -1,8 +1,6 @@
-//! The kernel side as the control plane sees it.
-use std::net::Ipv4Addr;
-
-use crate::{adapters::netif::Ipv4Cidr, domain::model::Binding};
-
+//! The kernel side as the control plane sees it: [`BpfDatapath`] implements
+//! the engine's [`Datapath`] on the eBPF programs and their pinned maps.
+mod attach;
 mod bpf;
 mod cgroup;
 mod flows;
@@ -16,162 +14,16 @@ pub mod sys;
 pub mod bpf_keys {
     pub use super::bpf::{backend, service_key};
 }
-pub use bpf::{ebpf_object, pin_dir, prepare_pin_dir, AttachMode, BpfDatapath, DatapathConfig};
-pub use cgroup::{cgroup2_root_mount, CgroupInfo};
+pub use bpf::{ebpf_object, pin_dir, prepare_pin_dir, BpfDatapath, DatapathConfig};
+pub use cgroup::cgroup2_root_mount;
 pub use policy::encode_rule;
-pub use status::DatapathStatus;
 
-#[derive(Debug, thiserror::Error)]
-pub enum DatapathError {
-    #[error("interface {0} does not exist")]
-    NoSuchInterface(String),
-    #[error("loading the eBPF programs needs root (CAP_BPF and CAP_NET_ADMIN)")]
-    NotPermitted,
-    #[error("this kernel is too old for berth: {0}")]
-    KernelTooOld(String),
-    #[error("bpffs at {path}: {reason}")]
-    Bpffs { path: String, reason: String },
-    #[error("eBPF map {map}: {reason}")]
-    Map { map: &'static str, reason: String },
-    /// Pins another version left that this one cannot adopt.
-    #[error("{0}")]
-    PinnedLayout(String),
-    /// The socket hooks could not be attached and the operator did not
-    /// allow running without them.
-    #[error("cannot attach the socket hooks (bind guard, localhost and hairpin access): {0}; start with --no-socket-hooks to run without them")]
-    SocketHooks(String),
-    #[error("{0}")]
-    Other(String),
-}
-
-/// One compiled security-group allow rule, as the datapath evaluates it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PolicyRule {
-    /// `None`: every protocol.
-    pub proto: Option<RuleProto>,
-    /// Inclusive destination port range (TCP/UDP).
-    pub ports: (u16, u16),
-    /// ICMP type and code; `None` matches any.
-    pub icmp_type: Option<u8>,
-    pub icmp_code: Option<u8>,
-    pub peer: RulePeer,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RuleProto {
-    Tcp,
-    Udp,
-    Icmp,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RulePeer {
-    /// A canonical CIDR (network address, prefix length).
-    Cidr(Ipv4Addr, u8),
-    /// The current members of a security group, by its numeric id.
-    Group(u32),
-}
-
-/// Idle timeouts of tracked flows, in seconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FlowTimeouts {
-    pub tcp_established: u64,
-    pub tcp_closing: u64,
-    /// A TCP flow whose handshake has not completed (SYN seen, no ACK of
-    /// the SYN-ACK yet), as conntrack's SYN states.
-    pub tcp_syn: u64,
-    /// A UDP flow with no reply yet.
-    pub udp_single: u64,
-    pub udp_stream: u64,
-    pub icmp: u64,
-}
-
-impl Default for FlowTimeouts {
-    fn default() -> Self {
-        Self {
-            tcp_established: 432_000,
-            tcp_closing: 60,
-            tcp_syn: 30,
-            udp_single: 30,
-            udp_stream: 180,
-            icmp: 30,
-        }
-    }
-}
-
-/// What the control plane asks of the kernel. Implemented by [`BpfDatapath`];
-/// unit tests use an in-memory fake.
-pub trait Datapath: Send + Sync {
-    /// Publish (or re-point) one binding.
-    fn insert(&self, binding: &Binding) -> Result<(), DatapathError>;
-    /// Unpublish one binding. Its tracked flows stay until
-    /// [`Datapath::forget_flows`].
-    fn remove(&self, binding: &Binding) -> Result<(), DatapathError>;
-    /// Forget the tracked flows of bindings already removed, in one pass
-    /// over the flow tables, so a replaced container never inherits stale
-    /// state (the UDP black hole Docker users hit). Returns how many.
-    fn forget_flows(&self, gone: &[Binding]) -> Result<usize, DatapathError>;
-    /// Forget the policy-tracked flows (BERTH_CT, BERTH_CT_NEW) with any of
-    /// `addrs` at either end: the container addresses of tasks that are
-    /// gone. A removed task loses its groups, and so the flows its groups
-    /// (or its membership in a peer's) allowed; a task that reuses the
-    /// address starts from its own groups. Returns how many.
-    fn forget_endpoint_flows(&self, addrs: &[Ipv4Addr]) -> Result<usize, DatapathError>;
-    /// Replace the set of host addresses a wildcard binding answers on.
-    fn set_host_addrs(&self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError>;
-    /// Replace the bridge's subnets: sources an uplink never accepts.
-    fn set_bridge_subnets(&self, subnets: &[Ipv4Cidr]) -> Result<(), DatapathError>;
-    /// Per-reason packet counters, summed over CPUs.
-    fn counters(&self) -> Result<Vec<(&'static str, u64)>, DatapathError>;
-    /// Reconcile after a restart: unpublish every entry that is not one of
-    /// `keep` (left by a crash between map write and store commit, or by a
-    /// store that was reset), and forget the tracked flows no binding of
-    /// `keep` owns (a removal's background sweep the daemon did not live to
-    /// run). Returns how many entries were unpublished.
-    fn retain(&self, keep: &[Binding]) -> Result<usize, DatapathError>;
-    /// Forget flows idle past their protocol's timeout; returns how many.
-    /// The daemon calls this every few seconds.
-    fn expire_flows(&self) -> Result<usize, DatapathError>;
-
-    /// Security groups. A container IP of a task: `policy` says whether the
-    /// task has groups (and so whether its rules apply at all).
-    fn set_endpoint(&self, ip: Ipv4Addr, task_id: u32, policy: bool) -> Result<(), DatapathError>;
-    fn remove_endpoint(&self, ip: Ipv4Addr) -> Result<(), DatapathError>;
-    /// Replace a task's compiled rules (the union of its groups').
-    fn set_policy(
-        &self,
-        task_id: u32,
-        ingress: &[PolicyRule],
-        egress: &[PolicyRule],
-    ) -> Result<(), DatapathError>;
-    fn remove_policy(&self, task_id: u32) -> Result<(), DatapathError>;
-    /// Replace the member addresses of a group.
-    fn set_group_members(&self, sg_id: u32, members: &[Ipv4Addr]) -> Result<(), DatapathError>;
-    /// Reconcile after a restart: drop endpoints, rule sets and group
-    /// memberships that are not in `keep` (left by a crash between a map
-    /// write and the store commit, or by a reset store), and forget the
-    /// policy-tracked flows of the endpoints dropped. Returns how many
-    /// entries were dropped.
-    fn retain_policy(
-        &self,
-        endpoints: &[Ipv4Addr],
-        policies: &[u32],
-        groups: &[u32],
-    ) -> Result<usize, DatapathError>;
-    /// Refuse IPv4 from bridge ports whose hooks are not attached yet (on
-    /// with `--default-sg`).
-    fn set_port_gate(&self, on: bool) -> Result<(), DatapathError>;
-    /// Tell the veth hooks whether no endpoint has policy (they then skip
-    /// the source check and the security-group lookups). Must be `false`
-    /// before any endpoint gets policy.
-    fn set_no_policy(&self, _none: bool) -> Result<(), DatapathError> {
-        Ok(())
-    }
-    /// Idle timeouts used by [`Datapath::expire_flows`].
-    fn set_flow_timeouts(&self, timeouts: FlowTimeouts);
-    /// What is attached where and how full the maps are (`berth status`);
-    /// `None` for a datapath with nothing in the kernel.
-    fn status(&self) -> Result<Option<DatapathStatus>, DatapathError> {
-        Ok(None)
-    }
-}
+// What the engine asks of a datapath and what one reports, under the paths
+// this module has always offered them.
+pub use crate::{
+    domain::error::DatapathError,
+    engine::datapath::{
+        AttachMode, Attachment, CgroupInfo, Datapath, DatapathStatus, FlowTimeouts, MapStatus,
+        PolicyRule, RulePeer, RuleProto, SocketHooks,
+    },
+};

@@ -33,7 +33,7 @@ use aya::{
 use berth_maps::{PortAddrs, CONFIG_BRIDGE_MAC, HOOKED_PORTS_MAP, PORT_ADDRS_MAX};
 
 use super::{
-    bpf::attach_pinned,
+    attach::{attach_pinned, bridge_mac},
     port_addrs::{port_addrs, resolve_claims, Peer},
     DatapathError,
 };
@@ -148,7 +148,7 @@ impl Ports {
     /// Brings the hooks in line with the bridge's port list. When the list
     /// cannot be read, nothing changes.
     fn resync(&mut self) -> Result<(), DatapathError> {
-        if let Ok(mac) = super::bpf::bridge_mac(&self.bridge) {
+        if let Ok(mac) = bridge_mac(&self.bridge) {
             self.set_bridge_mac(mac);
         }
         let now = match bridge_ports(&self.bridge) {
@@ -403,7 +403,7 @@ impl PortAddrSync {
         };
         let mut claims = BTreeMap::new();
         for name in names {
-            let Some(ifindex) = super::bpf::ifindex(&name).ok() else {
+            let Some(ifindex) = super::attach::ifindex(&name).ok() else {
                 continue; // gone since the listing
             };
             let old = self.claims.get(&ifindex).filter(|a| !a.is_empty());

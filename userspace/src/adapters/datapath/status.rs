@@ -5,64 +5,10 @@ use std::{fmt::Write as _, fs, path::PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    bpf::AttachMode,
-    cgroup::CgroupInfo,
     ports::PORT_PROGRAMS,
     sys::{self, MapShape},
+    AttachMode, Attachment, DatapathStatus, MapStatus, SocketHooks,
 };
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DatapathStatus {
-    pub attach: AttachMode,
-    pub pin_dir: String,
-    pub layout_version: u32,
-    /// Maps migrated from another layout when this daemon started.
-    pub migrated: Vec<String>,
-    pub socket_hooks: SocketHooks,
-    pub attachments: Vec<Attachment>,
-    pub maps: Vec<MapStatus>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SocketHooks {
-    pub enabled: bool,
-    /// Where they attach, when enabled.
-    pub cgroup: Option<CgroupInfo>,
-    /// Why not, when disabled.
-    pub disabled_by: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Attachment {
-    /// uplink, bridge, bridge port or cgroup.
-    pub role: String,
-    /// The interface, or the cgroup.
-    pub target: String,
-    pub program: String,
-    pub hook: String,
-    pub link_id: u32,
-    pub program_id: u32,
-    /// False when the link outlived its interface.
-    pub attached: bool,
-    pub pin: String,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MapStatus {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub map_type: String,
-    pub key_size: u32,
-    pub value_size: u32,
-    pub capacity: u32,
-    /// Entries in use (hash maps); arrays are always full.
-    pub entries: Option<u64>,
-    pub pin: String,
-}
 
 /// What the daemon knows that the kernel does not.
 #[derive(Clone, Debug)]

@@ -3,6 +3,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::adapters::store::Store;
 use crate::engine::fake::{FakeDatapath, FakeHost};
 
 const T0: u64 = 1_700_000_000;
@@ -94,7 +95,7 @@ impl Env {
     fn assert_consistent(&mut self) {
         let mut mem = self.r().bindings();
         mem.sort();
-        let stored = Store::load_all(&self.r().store).unwrap();
+        let stored = self.r().store.load_all().unwrap();
         let mut stored: Vec<Binding> = stored.tasks.into_values().flatten().collect();
         stored.sort();
         assert_eq!(mem, stored, "memory vs store");

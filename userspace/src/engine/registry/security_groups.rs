@@ -14,9 +14,9 @@ use std::{
 
 use super::{validate_task_name, Berth, Registry};
 use crate::{
-    adapters::store::{Store, Stored},
     domain::error::{Error, Result},
     domain::model::{Binding, TaskRecord},
+    engine::ledger::{Ledger, Stored},
     engine::sg_book::{
         self as sg, DpState, RuleSpec, SgBook, SgError, SgSettings, SgView, DROP_COUNTERS,
     },
@@ -32,7 +32,7 @@ pub(super) struct SgState {
 impl SgState {
     /// Loads the book and forgets the attachments of tasks that no longer
     /// exist (a crash between a task's removal and that of its groups).
-    pub(super) fn load(store: &Store, stored: &Stored) -> Result<SgState> {
+    pub(super) fn load(store: &dyn Ledger, stored: &Stored) -> Result<SgState> {
         let loaded = store.load_sgs()?;
         let mut book = loaded.clone();
         book.attachments.retain(|task, _| {

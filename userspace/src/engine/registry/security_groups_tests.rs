@@ -5,7 +5,8 @@ use serde_json::json;
 
 use super::*;
 use crate::{
-    adapters::datapath::{PolicyRule, RulePeer, RuleProto},
+    adapters::store::Store,
+    engine::datapath::{PolicyRule, RulePeer, RuleProto},
     engine::fake::{FakeDatapath, FakeHost, FakePolicy},
     engine::sg_book::{RuleSpec, SgBook, SgSettings, DEFAULT_POLICY_ID},
 };
@@ -576,7 +577,13 @@ fn attachments_of_tasks_gone_while_stopped_are_dropped_at_start() {
     env.r().sg_create("web", "").unwrap();
     env.r().sg_attach("web", "web").unwrap();
     // As if the daemon died between removing the task and its groups.
-    env.r().store.put_task("web", &[]).unwrap();
+    env.r()
+        .store
+        .commit(&Commit {
+            tasks: vec![("web".into(), vec![])],
+            ..Default::default()
+        })
+        .unwrap();
     env.reboot();
     assert!(env.stored().attachments.is_empty());
     env.r().sg_remove("web").unwrap();

@@ -32,9 +32,9 @@ use std::{
 };
 
 use crate::{
-    adapters::datapath::Datapath,
     domain::model::Binding,
     domain::spec::{PortRange, PortSpec},
+    engine::datapath::Datapath,
 };
 
 /// What one or more removals leave to forget.

@@ -45,7 +45,8 @@ use crate::{
     domain::events::{Event, Lagged},
     domain::limits::BodyLimits,
     domain::model::{Binding, TaskRecord},
-    engine::registry::{parse_container_ip, parse_specs, validate_task_name, Berth},
+    domain::task::{parse_container_ip, parse_specs, validate_task_name},
+    engine::registry::Berth,
 };
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -224,7 +225,7 @@ async fn add_bindings(
     State(berth): State<Berth>,
     JsonBody(req): JsonBody<AddRequest>,
 ) -> Result<(StatusCode, Json<Vec<Binding>>), ApiError> {
-    crate::engine::registry::validate_task_name(&req.task)?;
+    crate::domain::task::validate_task_name(&req.task)?;
     let container_ip = parse_container_ip(&req.container_ip)?;
     let specs = parse_specs(&req.ports)?;
     let added = berth
@@ -237,7 +238,7 @@ async fn remove_bindings(
     State(berth): State<Berth>,
     JsonBody(req): JsonBody<RemoveRequest>,
 ) -> Result<Json<Vec<Binding>>, ApiError> {
-    crate::engine::registry::validate_task_name(&req.task)?;
+    crate::domain::task::validate_task_name(&req.task)?;
     let specs = parse_specs(&req.ports)?;
     Ok(Json(berth.remove(req.task, specs).await?))
 }
@@ -395,8 +396,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        adapters::netif::Ipv4Cidr,
         adapters::store::Store,
+        domain::cidr::Ipv4Cidr,
         domain::spec::PortRange,
         engine::allocator::PortPolicy,
         engine::fake::{FakeDatapath, FakeHost},

@@ -1,4 +1,4 @@
-//! The security-group part of the daemon's API, and its client calls.
+//! The security-group part of the daemon's API.
 //!
 //! ```text
 //! GET    /v1/sgs                          -> 200 [SgView, ...]
@@ -23,15 +23,13 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
-use hyper::Method;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     domain::error::Result,
-    engine::registry::{validate_task_name, Berth},
-    engine::sg_book::{validate_name, RuleSpec, SgView},
+    engine::registry::Berth,
+    engine::sg_book::{RuleSpec, SgView},
     interfaces::api::{ApiError, JsonBody},
-    interfaces::client::{to_json, Client},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,79 +117,6 @@ async fn detach(
     Ok(Json(berth.sg_detach(name, req.task).await?))
 }
 
-/// Client calls. Names go into paths as they are: callers validate them
-/// first (the CLI does).
-impl Client {
-    pub async fn sg_list(&self) -> Result<Vec<SgView>> {
-        self.call(Method::GET, "/v1/sgs", None).await
-    }
-
-    pub async fn sg_show(&self, name: &str) -> Result<SgView> {
-        validate_name(name)?;
-        self.call(Method::GET, &format!("/v1/sgs/{name}"), None)
-            .await
-    }
-
-    pub async fn sg_create(&self, req: &CreateSgRequest) -> Result<SgView> {
-        self.call(Method::POST, "/v1/sgs", Some(to_json(req)?))
-            .await
-    }
-
-    pub async fn sg_remove(&self, name: &str) -> Result<SgView> {
-        validate_name(name)?;
-        self.call(Method::POST, &format!("/v1/sgs/{name}/delete"), None)
-            .await
-    }
-
-    pub async fn sg_add_rule(&self, name: &str, spec: &RuleSpec) -> Result<SgView> {
-        validate_name(name)?;
-        self.call(
-            Method::POST,
-            &format!("/v1/sgs/{name}/rules"),
-            Some(to_json(spec)?),
-        )
-        .await
-    }
-
-    pub async fn sg_remove_rule(&self, name: &str, spec: &RuleSpec) -> Result<SgView> {
-        validate_name(name)?;
-        self.call(
-            Method::POST,
-            &format!("/v1/sgs/{name}/rules/delete"),
-            Some(to_json(spec)?),
-        )
-        .await
-    }
-
-    pub async fn sg_attach(&self, name: &str, task: &str) -> Result<SgView> {
-        validate_name(name)?;
-        validate_task_name(task)?;
-        let req = TaskRequest {
-            task: task.to_owned(),
-        };
-        self.call(
-            Method::POST,
-            &format!("/v1/sgs/{name}/attach"),
-            Some(to_json(&req)?),
-        )
-        .await
-    }
-
-    pub async fn sg_detach(&self, name: &str, task: &str) -> Result<SgView> {
-        validate_name(name)?;
-        validate_task_name(task)?;
-        let req = TaskRequest {
-            task: task.to_owned(),
-        };
-        self.call(
-            Method::POST,
-            &format!("/v1/sgs/{name}/detach"),
-            Some(to_json(&req)?),
-        )
-        .await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::{net::Ipv4Addr, sync::Arc};
@@ -202,8 +127,8 @@ mod tests {
     use tower::ServiceExt;
 
     use crate::{
-        adapters::netif::Ipv4Cidr,
         adapters::store::Store,
+        domain::cidr::Ipv4Cidr,
         domain::spec::{PortRange, PortSpec},
         engine::allocator::PortPolicy,
         engine::fake::{FakeDatapath, FakeHost},

@@ -4,7 +4,7 @@ use clap::{ArgGroup, Args, Subcommand};
 use crate::{
     adapters::datapath::FlowTimeouts,
     domain::error::Result,
-    engine::registry::validate_task_name,
+    domain::task::validate_task_name,
     engine::sg_book::{
         self as sg, Direction, RuleSpec, SgSettings, SgView, DEFAULT_MAX_SGS_PER_TASK,
     },

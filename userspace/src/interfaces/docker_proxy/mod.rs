@@ -186,7 +186,7 @@ fn spec_of(a: &ProxyArgs) -> String {
 /// Docker's container name, if its API answers now.
 async fn container_name(socket: &Path, ip: IpAddr) -> Result<String, String> {
     let name = engine::container_name_by_ip(socket, ip).await?;
-    crate::engine::registry::validate_task_name(&name)
+    crate::domain::task::validate_task_name(&name)
         .map(|()| name.clone())
         .map_err(|_| format!("container name {name:?} is not a task name"))
 }

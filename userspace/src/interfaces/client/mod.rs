@@ -1,4 +1,6 @@
 //! A small HTTP/1 client for the daemon's API over its Unix socket.
+mod sg;
+
 use std::{
     io,
     path::{Path, PathBuf},

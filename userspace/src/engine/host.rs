@@ -1,0 +1,94 @@
+//! What the engine asks of the host's network namespace besides the
+//! datapath: its `ip_local_reserved_ports` sysctl, the ports its sockets
+//! hold, and the wall clock. `adapters::host::SystemHost` reads and writes
+//! the real ones; unit tests use an in-memory fake. Also the kernel's port
+//! list format, which the sysctl and `--reserved-ports` share.
+use std::{
+    collections::BTreeSet,
+    io,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
+
+use crate::domain::model::Protocol;
+
+pub const RESERVED_PORTS_SYSCTL: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+pub trait Host: Send + Sync {
+    /// `net.ipv4.ip_local_reserved_ports`.
+    fn reserved_ports(&self) -> io::Result<BTreeSet<u16>>;
+    /// Replaces `net.ipv4.ip_local_reserved_ports`.
+    fn set_reserved_ports(&self, ports: &BTreeSet<u16>) -> io::Result<()>;
+    /// Local ports held by a socket of `protocol` (IPv4 or IPv6).
+    fn bound_ports(&self, protocol: Protocol) -> io::Result<BTreeSet<u16>>;
+    /// What a proxy binding a port would collide with: listening TCP
+    /// sockets, or every bound UDP socket, with their local addresses.
+    fn listeners(&self, protocol: Protocol) -> io::Result<Vec<SocketAddr>>;
+    /// Wall-clock Unix seconds.
+    fn now(&self) -> u64;
+}
+
+/// Whether a host socket on `local` would make a proxy's bind of
+/// `bind_ip` fail: the same address, or a wildcard on either side. `::`
+/// counts as every IPv4 address (dual-stack, the Linux default); an
+/// IPv4-mapped IPv6 address as its IPv4 address.
+pub fn listener_blocks(local: IpAddr, bind_ip: Ipv4Addr) -> bool {
+    let v4 = match local {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(a) if a.is_unspecified() => return true,
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(a) => a,
+            None => return false,
+        },
+    };
+    v4 == bind_ip || v4.is_unspecified() || bind_ip.is_unspecified()
+}
+
+/// The kernel's port list format (`ip_local_reserved_ports`,
+/// `--reserved-ports`): comma-separated ports and `a-b` ranges, blanks
+/// allowed around items; empty means none.
+pub fn parse_port_list(text: &str) -> Result<BTreeSet<u16>, String> {
+    let mut ports = BTreeSet::new();
+    for item in text.split(',').map(str::trim) {
+        if item.is_empty() {
+            continue;
+        }
+        let (start, end) = match item.split_once('-') {
+            Some((a, b)) => (parse_list_port(a)?, parse_list_port(b)?),
+            None => {
+                let p = parse_list_port(item)?;
+                (p, p)
+            }
+        };
+        if start > end {
+            return Err(format!("port range {start}-{end} is reversed"));
+        }
+        ports.extend(start..=end);
+    }
+    Ok(ports)
+}
+
+fn parse_list_port(s: &str) -> Result<u16, String> {
+    let s = s.trim();
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("invalid port {s:?}: not a number"));
+    }
+    s.parse::<u16>()
+        .map_err(|_| format!("port {s} is out of range 0-65535"))
+}
+
+/// Inverse of [`parse_port_list`], with runs folded into ranges.
+pub fn format_port_list(ports: &BTreeSet<u16>) -> String {
+    let mut items: Vec<String> = Vec::new();
+    let mut iter = ports.iter().copied().peekable();
+    while let Some(start) = iter.next() {
+        let mut end = start;
+        while let Some(next) = iter.next_if(|&p| Some(p) == end.checked_add(1)) {
+            end = next;
+        }
+        items.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+    }
+    items.join(",")
+}
