@@ -1,29 +1,20 @@
-//! The `berth` command line: one clap tree, one dispatcher.
+//! The `berth` command line: one clap tree, one dispatcher, and a module
+//! per command group (as bpfman's `cli/`); `output` prints and tabulates.
+pub mod daemon;
+pub mod events;
+pub mod map;
+pub mod output;
+pub mod reset;
 pub mod sg;
+pub mod status;
+pub mod task;
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    io::Write,
-    path::PathBuf,
-};
+use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
-use crate::{
-    adapters::datapath::{AttachMode, DatapathConfig},
-    adapters::host::{parse_port_list, SystemHost},
-    adapters::reset::{self, ResetConfig},
-    adapters::socket::DEFAULT_SOCKET,
-    domain::ecs::{parse_container_ip_arg, TaskDefinition},
-    domain::error::{Error, Result},
-    domain::model::Binding,
-    domain::spec::{parse_range, PortRange},
-    domain::task::{parse_container_ip, parse_specs, validate_task_name},
-    engine::allocator::DEFAULT_COOLDOWN_SECS,
-    interfaces::api::{AddRequest, RemoveRequest, RunTaskRequest, Stats, TaskView},
-    interfaces::client::Client,
-    interfaces::daemon::{self, DaemonConfig},
-};
+pub use self::{daemon::DaemonArgs, map::MapCommand, reset::ResetArgs, task::TaskCommand};
+use crate::{adapters::socket::DEFAULT_SOCKET, domain::error::Result, interfaces::client::Client};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -69,7 +60,7 @@ pub enum Command {
     Task(TaskCommand),
     /// Security groups: stateful allow rules for tasks (AWS semantics).
     #[command(subcommand)]
-    Sg(crate::interfaces::cli::sg::SgCommand),
+    Sg(sg::SgCommand),
     /// Print binding added/removed events, one JSON object per line.
     Events {
         /// First print an "added" event for every current binding.
@@ -82,137 +73,6 @@ pub enum Command {
     /// With the daemon stopped, remove berth's eBPF pins, its state and the
     /// host ports it reserved, leaving the host as before berth.
     Reset(ResetArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct ResetArgs {
-    /// The daemon's --state-dir.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
-    /// The daemon's --bpffs.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
-    pub bpffs: PathBuf,
-}
-
-#[derive(Debug, Args)]
-pub struct DaemonArgs {
-    /// Interface where published ports are reached (repeatable).
-    #[arg(
-        long = "uplink",
-        value_name = "IF",
-        required_unless_present = "teardown"
-    )]
-    pub uplinks: Vec<String>,
-    /// The containers' bridge (e.g. docker0).
-    #[arg(long, value_name = "IF", required_unless_present = "teardown")]
-    pub bridge: Option<String>,
-    /// Where the desired state (berth.redb) is kept.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
-    /// bpffs mount point; berth pins under <DIR>/berth.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
-    pub bpffs: PathBuf,
-    /// How the ingress program attaches to the uplinks.
-    #[arg(long, value_enum, default_value = "tc")]
-    pub attach: AttachMode,
-    /// Where dynamic host ports come from [default: the namespace's
-    /// net.ipv4.ip_local_port_range].
-    #[arg(long, value_name = "A-B", value_parser = parse_dynamic_range)]
-    pub dynamic_ports: Option<PortRange>,
-    /// Ports never handed out dynamically: comma list, ranges as a-b; ""
-    /// for none.
-    #[arg(
-        long,
-        value_name = "LIST",
-        value_parser = parse_reserved_ports,
-        default_value = "22,2375,2376,51678,51679"
-    )]
-    pub reserved_ports: BTreeSet<u16>,
-    /// Seconds a released host port is not handed out again.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_COOLDOWN_SECS)]
-    pub port_cooldown: u64,
-    /// Do not run: the same as `berth reset`.
-    #[arg(long)]
-    pub teardown: bool,
-    /// Run without the cgroup socket hooks (no bind guard, no localhost or
-    /// hairpin access) instead of refusing to start when they cannot attach.
-    #[arg(long)]
-    pub no_socket_hooks: bool,
-    /// Docker events mode: publish the ports of the containers of the
-    /// Docker engine at this socket (dockerd with `--userland-proxy=false`).
-    #[arg(
-        long,
-        value_name = "unix:///PATH",
-        num_args = 0..=1,
-        default_missing_value = crate::interfaces::docker_events::DEFAULT_DOCKER_HOST,
-        value_parser = crate::interfaces::docker_events::parse_docker_host
-    )]
-    pub docker: Option<PathBuf>,
-    #[command(flatten)]
-    pub security_groups: crate::interfaces::cli::sg::SgDaemonArgs,
-    #[command(flatten)]
-    pub api: crate::domain::limits::ApiArgs,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum TaskCommand {
-    /// Publish every container's port mappings of an ECS task definition
-    /// (bridge mode) as one task, and print each container's networkBindings
-    /// as ECS DescribeTasks shows them (JSON).
-    Run {
-        /// RegisterTaskDefinition input or DescribeTaskDefinition output.
-        #[arg(long, value_name = "FILE.json")]
-        task_def: PathBuf,
-        /// The task's name (unique on this host).
-        #[arg(long, value_name = "NAME")]
-        name: String,
-        /// A container's IPv4 address on the bridge (repeatable; every
-        /// container with port mappings needs one).
-        #[arg(long = "ip", value_name = "CONTAINER=IP")]
-        ips: Vec<String>,
-    },
-    /// Release every host port of a task run from a task definition.
-    Stop {
-        #[arg(value_name = "NAME")]
-        name: String,
-    },
-    /// List the tasks run from task definitions.
-    Ls {
-        /// Print one JSON array instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum MapCommand {
-    /// Publish ports of a task's container.
-    Add {
-        #[arg(long, value_name = "NAME")]
-        task: String,
-        /// The container's IPv4 address on the bridge.
-        #[arg(long, value_name = "CONTAINER_IP")]
-        ip: String,
-        /// [hostIP:][hostPort:]containerPort[/tcp|/udp], ports may be
-        /// ranges; no (or 0) host port: the daemon picks one.
-        #[arg(short = 'p', long = "publish", value_name = "SPEC", required = true)]
-        ports: Vec<String>,
-    },
-    /// Unpublish the given ports of a task, or all of them.
-    Rm {
-        #[arg(long, value_name = "NAME")]
-        task: String,
-        /// Spec to unpublish (repeatable); none means every port of the task.
-        /// Without a host port it names the container port's bindings.
-        #[arg(short = 'p', long = "publish", value_name = "SPEC")]
-        ports: Vec<String>,
-    },
-    /// List published ports.
-    Ls {
-        /// Print one JSON array instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
 }
 
 impl Cli {
@@ -229,304 +89,20 @@ impl Cli {
                     state_dir: args.state_dir,
                     bpffs: args.bpffs,
                 };
-                run_reset(args, self.socket).await
+                reset::run(args, self.socket).await
             }
-            Command::Daemon(args) => daemon::run(args.into_config(self.socket)).await,
-            Command::Reset(args) => run_reset(args, self.socket).await,
-            Command::Task(cmd) => run_task_command(&client, cmd).await,
-            Command::Sg(cmd) => crate::interfaces::cli::sg::run(&client, cmd).await,
-            Command::Events { existing, count } => print_events(&client, existing, count).await,
-            Command::Map(MapCommand::Add { task, ip, ports }) => {
-                // Same checks as the daemon, so typos fail before any I/O.
-                validate_task_name(&task)?;
-                parse_container_ip(&ip)?;
-                parse_specs(&ports)?;
-                let req = AddRequest {
-                    task,
-                    container_ip: ip,
-                    ports,
-                    held_by_docker: false,
-                };
-                print(&bindings_table(&client.add(&req).await?))
+            Command::Daemon(args) => {
+                crate::interfaces::daemon::run(args.into_config(self.socket)).await
             }
-            Command::Map(MapCommand::Rm { task, ports }) => {
-                validate_task_name(&task)?;
-                parse_specs(&ports)?;
-                let removed = client.remove(&RemoveRequest { task, ports }).await?;
-                print(&bindings_table(&removed))
-            }
-            Command::Map(MapCommand::Ls { json }) => {
-                let bindings = client.bindings().await?;
-                if json {
-                    print(&to_json_line(&bindings)?)
-                } else {
-                    print(&bindings_table(&bindings))
-                }
-            }
-            Command::Status { json } => {
-                let status = client.status().await?;
-                if json {
-                    print(&to_json_line(&status)?)
-                } else {
-                    print(&crate::adapters::datapath::status::status_text(&status))
-                }
-            }
-            Command::Stats { json } => {
-                let stats = client.stats().await?;
-                if json {
-                    print(&to_json_line(&stats)?)
-                } else {
-                    print(&stats_table(&stats))
-                }
-            }
+            Command::Reset(args) => reset::run(args, self.socket).await,
+            Command::Task(cmd) => task::run(&client, cmd).await,
+            Command::Sg(cmd) => sg::run(&client, cmd).await,
+            Command::Events { existing, count } => events::run(&client, existing, count).await,
+            Command::Map(cmd) => map::run(&client, cmd).await,
+            Command::Status { json } => status::run_status(&client, json).await,
+            Command::Stats { json } => status::run_stats(&client, json).await,
         }
     }
-}
-
-impl DaemonArgs {
-    fn into_config(self, socket: PathBuf) -> DaemonConfig {
-        let mut uplinks: Vec<String> = Vec::new();
-        for uplink in self.uplinks {
-            if !uplinks.contains(&uplink) {
-                uplinks.push(uplink);
-            }
-        }
-        DaemonConfig {
-            socket,
-            state_dir: self.state_dir,
-            datapath: DatapathConfig {
-                uplinks,
-                bridge: self.bridge.unwrap_or_default(),
-                bpffs: self.bpffs,
-                attach: self.attach,
-                ct_capacity: self.security_groups.ct_max,
-                socket_hooks: !self.no_socket_hooks,
-                nat_capacity: self.security_groups.nat_max,
-                embryonic_capacity: self.security_groups.ct_embryonic_max,
-            },
-            dynamic_ports: self.dynamic_ports,
-            reserved_ports: self.reserved_ports,
-            port_cooldown_secs: self.port_cooldown,
-            security_groups: self.security_groups.settings(),
-            limits: self.api.limits(),
-            socket_group: self.api.socket_group,
-            docker: self.docker,
-        }
-    }
-}
-
-fn parse_dynamic_range(s: &str) -> std::result::Result<PortRange, String> {
-    parse_range(s).map_err(|e| e.to_string())
-}
-
-fn parse_reserved_ports(s: &str) -> std::result::Result<BTreeSet<u16>, String> {
-    parse_port_list(s)
-}
-
-async fn run_reset(args: ResetArgs, socket: PathBuf) -> Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(Error::ResetNotRoot);
-    }
-    let config = ResetConfig {
-        socket,
-        state_dir: args.state_dir,
-        bpffs: args.bpffs,
-    };
-    let report = reset::reset(&config, &SystemHost::default()).await?;
-    print(&format!("berth reset: {report}\n"))
-}
-
-async fn run_task_command(client: &Client, cmd: TaskCommand) -> Result<()> {
-    match cmd {
-        TaskCommand::Run {
-            task_def,
-            name,
-            ips,
-        } => {
-            validate_task_name(&name)?;
-            let text = std::fs::read(&task_def)
-                .map_err(|e| Error::io(format!("reading {}", task_def.display()), e))?;
-            // The daemon checks all of this too; checking here first means a
-            // typo fails without a round trip.
-            let def = TaskDefinition::from_json(&text)?;
-            let value: serde_json::Value = serde_json::from_slice(&text)
-                .map_err(|e| Error::TaskDefinition(format!("not valid JSON: {e}")))?;
-            let mut parsed = BTreeMap::new();
-            let mut raw = BTreeMap::new();
-            for arg in &ips {
-                let (container, ip) = parse_container_ip_arg(arg)?;
-                if parsed.insert(container.clone(), ip).is_some() {
-                    return Err(Error::DuplicateContainerIpArg(container));
-                }
-                raw.insert(container, ip.to_string());
-            }
-            def.container_ips(&parsed)?;
-            let req = RunTaskRequest {
-                name,
-                task_definition: value,
-                ips: raw,
-            };
-            print(&to_json_line(&client.run_task(&req).await?)?)
-        }
-        TaskCommand::Stop { name } => {
-            validate_task_name(&name)?;
-            let task = client.stop_task(&name).await?;
-            print(&tasks_table(std::slice::from_ref(&task)))
-        }
-        TaskCommand::Ls { json } => {
-            let tasks = client.tasks().await?;
-            if json {
-                print(&to_json_line(&tasks)?)
-            } else {
-                print(&tasks_table(&tasks))
-            }
-        }
-    }
-}
-
-/// Prints events as they come; `count` ends it early.
-async fn print_events(client: &Client, existing: bool, count: Option<u64>) -> Result<()> {
-    if count == Some(0) {
-        return Ok(());
-    }
-    let mut seen = 0u64;
-    let mut failed = None;
-    client
-        .events(existing, |line| {
-            if let Err(err) = print(&format!("{line}\n")) {
-                failed = Some(err);
-                return false;
-            }
-            seen += 1;
-            count.is_none_or(|n| seen < n)
-        })
-        .await?;
-    match failed {
-        Some(err) => Err(err),
-        None if count.is_some_and(|n| seen < n) => Err(Error::DaemonProtocol(format!(
-            "the daemon ended the event stream after {seen} events"
-        ))),
-        None => Ok(()),
-    }
-}
-
-pub(crate) fn print(text: &str) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        // `berth map ls | head` closing the pipe early is not an error.
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(Error::io("writing to stdout", e))
-        }
-        _ => Ok(()),
-    }
-}
-
-pub(crate) fn to_json_line(value: &impl serde::Serialize) -> Result<String> {
-    serde_json::to_string(value)
-        .map(|s| s + "\n")
-        .map_err(|e| Error::Internal(e.to_string()))
-}
-
-/// Columns padded to their widest cell, two spaces apart, no trailing
-/// spaces.
-pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let mut out = String::new();
-    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
-    for row in std::iter::once(&header).chain(rows) {
-        let mut line = String::new();
-        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            line.push_str(&format!("{cell:<w$}"));
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-pub fn bindings_table(bindings: &[Binding]) -> String {
-    let rows: Vec<Vec<String>> = bindings
-        .iter()
-        .map(|b| {
-            vec![
-                b.task.clone(),
-                b.container_ip.to_string(),
-                b.bind_ip.to_string(),
-                b.host_port.to_string(),
-                b.container_port.to_string(),
-                b.protocol.as_str().to_owned(),
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "TASK",
-            "CONTAINER IP",
-            "BIND IP",
-            "HOST PORT",
-            "CONTAINER PORT",
-            "PROTO",
-        ],
-        &rows,
-    )
-}
-
-/// One row per network binding; a range shows as `49200-49210`.
-pub fn tasks_table(tasks: &[TaskView]) -> String {
-    let mut rows: Vec<Vec<String>> = Vec::new();
-    for task in tasks {
-        for c in &task.record.containers {
-            let ip = c
-                .container_ip
-                .map_or_else(|| "-".to_owned(), |ip| ip.to_string());
-            for nb in &c.network_bindings {
-                let or_range = |port: Option<u16>, range: &Option<String>| {
-                    port.map(|p| p.to_string())
-                        .or_else(|| range.clone())
-                        .unwrap_or_default()
-                };
-                rows.push(vec![
-                    task.name.clone(),
-                    c.name.clone(),
-                    ip.clone(),
-                    nb.bind_ip.to_string(),
-                    or_range(nb.host_port, &nb.host_port_range),
-                    or_range(nb.container_port, &nb.container_port_range),
-                    nb.protocol.as_str().to_owned(),
-                ]);
-            }
-        }
-    }
-    table(
-        &[
-            "TASK",
-            "CONTAINER",
-            "CONTAINER IP",
-            "BIND IP",
-            "HOST PORT",
-            "CONTAINER PORT",
-            "PROTO",
-        ],
-        &rows,
-    )
-}
-
-pub fn stats_table(stats: &Stats) -> String {
-    let rows: Vec<Vec<String>> = stats
-        .counters
-        .iter()
-        .map(|(name, value)| vec![name.clone(), value.to_string()])
-        .collect();
-    table(&["COUNTER", "VALUE"], &rows)
 }
 
 /// clap's own errors are several lines (message, tip, usage); berth prints
@@ -552,8 +128,16 @@ pub fn one_line_clap_error(err: &clap::Error) -> String {
 mod tests {
     use clap::CommandFactory;
 
-    use super::*;
-    use crate::domain::model::Protocol;
+    use super::{map::bindings_table, status::stats_table, task::tasks_table, *};
+    use crate::{
+        adapters::datapath::AttachMode,
+        domain::{
+            error::Error,
+            model::{Binding, Protocol},
+            spec::PortRange,
+        },
+        interfaces::api::{Stats, TaskView},
+    };
 
     fn parse(args: &[&str]) -> std::result::Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("berth").chain(args.iter().copied()))

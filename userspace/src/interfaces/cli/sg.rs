@@ -9,7 +9,7 @@ use crate::{
         self as sg, Direction, RuleSpec, SgSettings, SgView, DEFAULT_MAX_SGS_PER_TASK,
     },
     interfaces::api::sg::CreateSgRequest,
-    interfaces::cli::{print, table, to_json_line},
+    interfaces::cli::output::{print, table, to_json_line},
     interfaces::client::Client,
 };
 

@@ -62,7 +62,7 @@ impl Client {
         self.call(Method::GET, "/v1/stats", None).await
     }
 
-    pub async fn status(&self) -> Result<crate::adapters::datapath::status::StatusView> {
+    pub async fn status(&self) -> Result<crate::interfaces::api::StatusView> {
         self.call(Method::GET, "/v1/status", None).await
     }
 

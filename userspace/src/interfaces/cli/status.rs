@@ -1,0 +1,198 @@
+//! `berth status` and `berth stats`: what the daemon has attached, and its
+//! packet counters.
+use std::fmt::Write as _;
+
+use super::output::{print, table, to_json_line};
+use crate::{
+    domain::error::Result,
+    engine::datapath::AttachMode,
+    interfaces::{
+        api::{Stats, StatusView},
+        client::Client,
+    },
+};
+
+pub async fn run_status(client: &Client, json: bool) -> Result<()> {
+    let status = client.status().await?;
+    if json {
+        print(&to_json_line(&status)?)
+    } else {
+        print(&status_text(&status))
+    }
+}
+
+pub async fn run_stats(client: &Client, json: bool) -> Result<()> {
+    let stats = client.stats().await?;
+    if json {
+        print(&to_json_line(&stats)?)
+    } else {
+        print(&stats_table(&stats))
+    }
+}
+
+pub fn stats_table(stats: &Stats) -> String {
+    let rows: Vec<Vec<String>> = stats
+        .counters
+        .iter()
+        .map(|(name, value)| vec![name.clone(), value.to_string()])
+        .collect();
+    table(&["COUNTER", "VALUE"], &rows)
+}
+
+/// The human form of [`StatusView`].
+pub fn status_text(s: &StatusView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "daemon     berth {} (pid {})", s.version, s.pid);
+    let _ = writeln!(out, "socket     {}", s.socket);
+    let _ = writeln!(out, "store      {}", s.store);
+    let Some(d) = &s.datapath else {
+        let _ = writeln!(out, "datapath   none (in-memory)");
+        return out;
+    };
+    let attach = match d.attach {
+        AttachMode::Tc => "tc",
+        AttachMode::Xdp => "xdp",
+    };
+    let _ = writeln!(out, "attach     {attach}");
+    let _ = writeln!(
+        out,
+        "pins       {} (layout {})",
+        d.pin_dir, d.layout_version
+    );
+    for m in &d.migrated {
+        let _ = writeln!(out, "migrated   {m}");
+    }
+    let hooks = &d.socket_hooks;
+    match (&hooks.cgroup, &hooks.disabled_by) {
+        (Some(cg), _) if hooks.enabled => {
+            let how = if cg.private_mount {
+                "hierarchy mounted privately; none was visible".to_owned()
+            } else {
+                format!("opened at {}", cg.opened_at)
+            };
+            let _ = writeln!(out, "cgroup     {} ({how})", cg.cgroup);
+        }
+        (_, Some(why)) => {
+            let _ = writeln!(
+                out,
+                "cgroup     socket hooks off ({why}): no bind guard, localhost or hairpin access"
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "cgroup     socket hooks off");
+        }
+    }
+    let tw = d
+        .attachments
+        .iter()
+        .map(|a| a.target.len())
+        .chain([6])
+        .max()
+        .unwrap_or(6);
+    let _ = writeln!(
+        out,
+        "\n{:<12} {:<tw$} {:<17} {:<20} {:>6} {:>6}",
+        "ROLE", "TARGET", "PROGRAM", "HOOK", "LINK", "PROG"
+    );
+    for a in &d.attachments {
+        let state = if a.attached { "" } else { "  (detached)" };
+        let _ = writeln!(
+            out,
+            "{:<12} {:<tw$} {:<17} {:<20} {:>6} {:>6}{state}",
+            a.role, a.target, a.program, a.hook, a.link_id, a.program_id
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nMAP                TYPE          KEY  VALUE  CAPACITY  ENTRIES"
+    );
+    for m in &d.maps {
+        let entries = m.entries.map_or("-".to_owned(), |n| n.to_string());
+        let _ = writeln!(
+            out,
+            "{:<18} {:<13} {:>3}  {:>5}  {:>8}  {:>7}",
+            m.name, m.map_type, m.key_size, m.value_size, m.capacity, entries
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::datapath::{Attachment, DatapathStatus, MapStatus, SocketHooks};
+
+    fn view() -> StatusView {
+        StatusView {
+            version: "0.1.0".into(),
+            pid: 42,
+            socket: "/run/berth/berth.sock".into(),
+            store: "/var/lib/berth/berth.redb".into(),
+            datapath: Some(DatapathStatus {
+                attach: AttachMode::Tc,
+                pin_dir: "/sys/fs/bpf/berth".into(),
+                layout_version: 2,
+                migrated: vec!["BERTH_CT: capacity 1024 -> 262144 (3 entries kept)".into()],
+                socket_hooks: SocketHooks {
+                    enabled: false,
+                    cgroup: None,
+                    disabled_by: Some("--no-socket-hooks".into()),
+                },
+                attachments: vec![Attachment {
+                    role: "bridge port".into(),
+                    target: "veth1".into(),
+                    program: "berth_to_ctr".into(),
+                    hook: "tc egress (tcx)".into(),
+                    link_id: 7,
+                    program_id: 9,
+                    attached: false,
+                    pin: "/sys/fs/bpf/berth/links/berth_to_ctr@veth1".into(),
+                }],
+                maps: vec![MapStatus {
+                    name: "BERTH_SERVICES".into(),
+                    map_type: "hash".into(),
+                    key_size: 8,
+                    value_size: 8,
+                    capacity: 131_072,
+                    entries: Some(3),
+                    pin: "/sys/fs/bpf/berth/BERTH_SERVICES".into(),
+                }],
+            }),
+        }
+    }
+
+    #[test]
+    fn the_text_says_what_is_off_detached_and_migrated() {
+        let text = status_text(&view());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "daemon     berth 0.1.0 (pid 42)");
+        assert!(text.contains("migrated   BERTH_CT: capacity 1024 -> 262144 (3 entries kept)\n"));
+        assert!(text.contains(
+            "cgroup     socket hooks off (--no-socket-hooks): no bind guard, localhost or hairpin access\n"
+        ));
+        assert!(
+            text.contains("bridge port  veth1  berth_to_ctr      tc egress (tcx)           7      9  (detached)\n"),
+            "{text}"
+        );
+        let row: Vec<&str> = lines
+            .iter()
+            .find(|l| l.starts_with("BERTH_SERVICES"))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(row, ["BERTH_SERVICES", "hash", "8", "8", "131072", "3"]);
+    }
+
+    #[test]
+    fn the_json_round_trips_in_camel_case() {
+        let json = serde_json::to_value(view()).unwrap();
+        assert_eq!(
+            json["datapath"]["socketHooks"]["disabledBy"],
+            "--no-socket-hooks"
+        );
+        assert_eq!(json["datapath"]["attachments"][0]["linkId"], 7);
+        assert_eq!(json["datapath"]["maps"][0]["type"], "hash");
+        let back: StatusView = serde_json::from_value(json).unwrap();
+        assert_eq!(back, view());
+    }
+}
