@@ -134,11 +134,25 @@ pub enum Error {
     /// The daemon answered something the client could not understand.
     #[error("{0}")]
     DaemonProtocol(String),
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// A blocking job of the daemon panicked or was cancelled: a bug.
+    #[error("internal error")]
+    Blocking(#[from] tokio::task::JoinError),
+    /// A value berth built could not be encoded as JSON: a bug, never bad
+    /// input (which is refused with its own message).
+    #[error("internal error")]
+    Encode(#[source] serde_json::Error),
+    /// A request the client built was refused by the HTTP library: a bug.
+    #[error("internal error")]
+    Request(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl Error {
+    /// The message with its causes, `outer: inner`: the one line the CLI
+    /// prints and the API answers.
+    pub fn one_line(&self) -> String {
+        chain(self)
+    }
+
     pub(crate) fn io(context: impl Into<String>, error: io::Error) -> Self {
         Error::Io {
             context: context.into(),
@@ -197,8 +211,42 @@ pub enum DatapathError {
     /// allow running without them.
     #[error("cannot attach the socket hooks (bind guard, localhost and hairpin access): {0}; start with --no-socket-hooks to run without them")]
     SocketHooks(String),
+    /// A system call, or a file under /sys or the bpffs, failed.
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    /// aya refused: parsing the object, loading, attaching or pinning.
+    #[error("{context}")]
+    Aya {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("{0}")]
     Other(String),
+}
+
+impl DatapathError {
+    /// For `map_err`: an I/O failure while doing `context`.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
+        let context = context.into();
+        move |source| DatapathError::Io { context, source }
+    }
+
+    /// For `map_err`: aya's error while doing `context`.
+    pub fn aya<E>(context: impl Into<String>) -> impl FnOnce(E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let context = context.into();
+        move |source| DatapathError::Aya {
+            context,
+            source: Box::new(source),
+        }
+    }
 }
 
 /// No block of the requested size is free. Counts are of ports in the
@@ -237,6 +285,19 @@ impl Exhausted {
     }
 }
 
+/// An error and its sources, joined by `: ` (what `{:#}` shows for an
+/// `anyhow::Error`).
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
 fn join(subnets: &[Ipv4Cidr]) -> String {
     subnets
         .iter()
@@ -248,6 +309,21 @@ fn join(subnets: &[Ipv4Cidr]) -> String {
 #[cfg(test)]
 mod one_line_tests {
     use super::*;
+
+    #[tokio::test]
+    async fn internal_errors_keep_their_cause_and_read_as_before() {
+        let join = tokio::spawn(async { panic!("boom") }).await.unwrap_err();
+        let err = Error::from(join);
+        assert!(std::error::Error::source(&err).is_some());
+        let line = err.one_line();
+        assert!(line.starts_with("internal error: task "), "{line}");
+        assert!(line.ends_with(" panicked with message \"boom\""), "{line}");
+        let bad = std::collections::BTreeMap::from([((1u8, 2u8), 3u8)]);
+        let err = Error::Encode(serde_json::to_string(&bad).unwrap_err());
+        assert_eq!(err.to_string(), "internal error");
+        assert_eq!(err.one_line(), "internal error: key must be a string");
+        assert_eq!(err.http_status(), 500);
+    }
 
     #[test]
     fn names_from_the_user_never_break_the_line() {

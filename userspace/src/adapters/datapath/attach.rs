@@ -21,20 +21,13 @@ pub(super) fn prog_err(what: String) -> impl Fn(aya::programs::ProgramError) -> 
         if is_eperm(&e) {
             DatapathError::NotPermitted
         } else {
-            DatapathError::Other(format!("{what}: {}", error_chain(&e)))
+            DatapathError::aya(what.clone())(e)
         }
     }
 }
 
 pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
+    crate::domain::error::chain(e)
 }
 
 pub(super) fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -62,8 +55,7 @@ pub(super) fn ifindex(name: &str) -> Result<u32, DatapathError> {
 /// The bridge's MAC in the low 48 bits, as the gate compares it.
 pub(super) fn bridge_mac(bridge: &str) -> Result<u64, DatapathError> {
     let path = format!("/sys/class/net/{bridge}/address");
-    let text = fs::read_to_string(&path)
-        .map_err(|e| DatapathError::Other(format!("reading {path}: {e}")))?;
+    let text = fs::read_to_string(&path).map_err(DatapathError::io(format!("reading {path}")))?;
     parse_mac(text.trim())
         .ok_or_else(|| DatapathError::Other(format!("{path}: not a MAC address: {}", text.trim())))
 }
@@ -163,11 +155,9 @@ pub(super) fn pin_link<L>(link: L, pin: &Path, what: &str) -> Result<(), Datapat
 where
     L: TryInto<FdLink, Error = aya::programs::links::LinkError>,
 {
-    let fd: FdLink = link
-        .try_into()
-        .map_err(|e| DatapathError::Other(format!("{what}: {e}")))?;
+    let fd: FdLink = link.try_into().map_err(DatapathError::aya(what))?;
     fd.pin(pin)
-        .map_err(|e| DatapathError::Other(format!("{what}: pinning: {}", error_chain(&e))))?;
+        .map_err(DatapathError::aya(format!("{what}: pinning")))?;
     Ok(())
 }
 

@@ -242,7 +242,7 @@ impl BpfDatapath {
             if is_eperm(&e) {
                 DatapathError::NotPermitted
             } else {
-                DatapathError::Other(format!("loading eBPF programs: {}", error_chain(&e)))
+                DatapathError::aya("loading eBPF programs")(e)
             }
         })?;
 
@@ -449,8 +449,8 @@ pub(super) const CGROUP_LINK_SUFFIX: &str = "cgroup";
 
 /// The cookie of the daemon's network namespace (SO_NETNS_COOKIE, 5.14+).
 fn netns_cookie() -> Result<u64, DatapathError> {
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0")
-        .map_err(|e| DatapathError::Other(format!("netns cookie: {e}")))?;
+    let sock =
+        std::net::UdpSocket::bind("127.0.0.1:0").map_err(DatapathError::io("netns cookie"))?;
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     const SO_NETNS_COOKIE: libc::c_int = 71;
@@ -501,7 +501,7 @@ fn attach_cgroup_hook(
         &tmp,
         &what,
     )?;
-    fs::rename(&tmp, &pin).map_err(|e| DatapathError::Other(format!("{what}: {e}")))?;
+    fs::rename(&tmp, &pin).map_err(DatapathError::io(what))?;
     Ok(())
 }
 

@@ -39,8 +39,8 @@ pub fn expected_shapes(
     object: &[u8],
     max_entries: &[(&str, u32)],
 ) -> Result<BTreeMap<String, MapShape>, DatapathError> {
-    let obj = aya_obj::Object::parse(object)
-        .map_err(|e| DatapathError::Other(format!("parsing the eBPF object: {e}")))?;
+    let obj =
+        aya_obj::Object::parse(object).map_err(DatapathError::aya("parsing the eBPF object"))?;
     Ok(obj
         .maps
         .iter()
@@ -324,9 +324,9 @@ fn check_fits(
     if found.is_array() || found.is_lru() || want.max_entries >= found.max_entries {
         return Ok(());
     }
-    let n = sys::map_count(fd, found.key_size as usize).map_err(|e| {
-        DatapathError::Other(format!("counting the entries of pinned map {name}: {e}"))
-    })?;
+    let n = sys::map_count(fd, found.key_size as usize).map_err(DatapathError::io(format!(
+        "counting the entries of pinned map {name}"
+    )))?;
     if n > u64::from(want.max_entries) {
         return Err(too_full(name, n, want.max_entries));
     }
@@ -376,7 +376,7 @@ fn migrate_map(
     plan: Plan,
 ) -> Result<(OwnedFd, HashSet<Vec<u8>>, usize), DatapathError> {
     let fail = |what: &str, e: io::Error| {
-        DatapathError::Other(format!("migrating pinned map {name} ({what}): {e}"))
+        DatapathError::io(format!("migrating pinned map {name} ({what})"))(e)
     };
     let new = sys::map_create(name, want).map_err(|e| fail("creating the new map", e))?;
     let old_len = sys::value_buf_len(found).map_err(|e| fail("sizing values", e))?;

@@ -37,6 +37,7 @@ use super::{
     port_addrs::{port_addrs, resolve_claims, Peer},
     DatapathError,
 };
+use crate::domain::error::chain;
 
 pub const PORT_PROGRAMS: [&str; 2] = ["berth_from_ctr", "berth_to_ctr"];
 /// Full resync against the bridge's port list.
@@ -235,8 +236,7 @@ pub(super) fn watch(
     config: Array<MapData, u64>,
 ) -> Result<PortWatcher, DatapathError> {
     // Subscribe before the first listing, so no port falls between the two.
-    let events = LinkEvents::open()
-        .map_err(|e| DatapathError::Other(format!("netlink link events: {e}")))?;
+    let events = LinkEvents::open().map_err(DatapathError::io("netlink link events"))?;
     // Before the first reading of addresses, so none set in between is missed.
     let addr_events = AddrEvents::open()
         .inspect_err(|e| tracing::warn!(error = %e, "no address events from containers' namespaces; polling their addresses only"))
@@ -262,7 +262,7 @@ pub(super) fn watch(
     let thread = thread::Builder::new()
         .name("berth-ports".into())
         .spawn(move || follow(ports, addrs, events, addr_events, &flag))
-        .map_err(|e| DatapathError::Other(format!("port watcher: {e}")))?;
+        .map_err(DatapathError::io("port watcher"))?;
     Ok(PortWatcher {
         stop,
         thread: Some(thread),
@@ -296,7 +296,7 @@ fn follow(
                         Some(bridge_index) => {
                             for ev in parse_link_events(&buf[..n]) {
                                 if let Err(e) = ports.on_event(&ev, bridge_index) {
-                                    tracing::warn!(port = %ev.name, error = %e, "attaching to a bridge port");
+                                    tracing::warn!(port = %ev.name, error = %chain(&e), "attaching to a bridge port");
                                 }
                             }
                         }
@@ -314,7 +314,7 @@ fn follow(
         }
         if resync {
             if let Err(e) = ports.resync() {
-                tracing::warn!(error = %e, "attaching to bridge ports");
+                tracing::warn!(error = %chain(&e), "attaching to bridge ports");
             }
             last_sync = Instant::now();
         }

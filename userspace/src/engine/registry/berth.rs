@@ -164,7 +164,7 @@ impl Berth {
         let sweeper = self.sweeper.clone();
         tokio::task::spawn_blocking(move || sweeper.wait(ticket))
             .await
-            .map_err(|e| Error::Internal(e.to_string()))
+            .map_err(Error::Blocking)
     }
 
     /// At shutdown: finishes the pending sweeps, so no removal's flows are
@@ -187,7 +187,7 @@ impl Berth {
         let datapath = self.datapath.clone();
         let counters = tokio::task::spawn_blocking(move || datapath.counters())
             .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
+            .map_err(Error::Blocking)??;
         Ok(counters
             .into_iter()
             .map(|(name, value)| (name.to_owned(), value))
@@ -200,7 +200,7 @@ impl Berth {
         let datapath = self.datapath.clone();
         Ok(tokio::task::spawn_blocking(move || datapath.status())
             .await
-            .map_err(|e| Error::Internal(e.to_string()))??)
+            .map_err(Error::Blocking)??)
     }
 
     /// Runs `f` under the mutex on a blocking thread: store commits fsync and
@@ -212,6 +212,6 @@ impl Berth {
         let mut guard = self.registry.clone().lock_owned().await;
         tokio::task::spawn_blocking(move || f(&mut guard))
             .await
-            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(Error::Blocking)?
     }
 }

@@ -12,7 +12,7 @@
 //! POST /v1/tasks/{name}/stop, DELETE /v1/tasks/{name} -> 200 {"name","containers":[...]}
 //! GET  /v1/events[?existing=true] -> 200 application/x-ndjson, one event per
 //!                           line until the client or the daemon goes away
-//! /v1/sgs...                security groups: see `sg_api`
+//! /v1/sgs...                security groups: see `api::sg`
 //! errors                    -> 4xx/5xx {"error":"one line"}
 //! ```
 //!
@@ -139,7 +139,7 @@ impl From<Error> for ApiError {
     fn from(err: Error) -> Self {
         let status =
             StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        ApiError::new(status, err.to_string())
+        ApiError::new(status, err.one_line())
     }
 }
 

@@ -18,7 +18,7 @@ pub fn print(text: &str) -> Result<()> {
 pub fn to_json_line(value: &impl serde::Serialize) -> Result<String> {
     serde_json::to_string(value)
         .map(|s| s + "\n")
-        .map_err(|e| Error::Internal(e.to_string()))
+        .map_err(Error::Encode)
 }
 
 /// Columns padded to their widest cell, two spaces apart, no trailing

@@ -197,7 +197,7 @@ impl Client {
         }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            .map_err(|e| Error::Request(e.into()))?;
         let resp = sender
             .send_request(req)
             .await
@@ -240,7 +240,7 @@ fn api_error(status: StatusCode, body: &[u8]) -> Error {
 }
 
 pub(crate) fn to_json(value: &impl Serialize) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| Error::Internal(e.to_string()))
+    serde_json::to_vec(value).map_err(Error::Encode)
 }
 
 #[cfg(test)]

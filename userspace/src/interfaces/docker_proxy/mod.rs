@@ -117,7 +117,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
 /// The bridge the daemon attached to, as `berth status` shows it (none for
 /// a daemon without a datapath).
 async fn berths_bridge(client: &Client) -> Result<Option<String>, String> {
-    let status = client.status().await.map_err(|e| e.to_string())?;
+    let status = client.status().await.map_err(|e| e.one_line())?;
     Ok(status.datapath.and_then(|d| {
         d.attachments
             .into_iter()
@@ -214,7 +214,7 @@ fn publish(
     // The daemon answers once the mapping is in the datapath's maps.
     runtime
         .block_on(client.add(&add))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.one_line())?;
     let remove = RemoveRequest {
         task: task.to_string(),
         ports: vec![spec],
@@ -350,7 +350,7 @@ fn rename(
 /// then no socket — docker-proxy's `[::]` listener included — may bind
 /// the port, as when docker-proxy holds both `0.0.0.0` and `[::]`.
 async fn berth_guards_port(client: &Client, a: &ProxyArgs) -> Result<bool, String> {
-    let status = client.status().await.map_err(|e| e.to_string())?;
+    let status = client.status().await.map_err(|e| e.one_line())?;
     let hooks = status
         .datapath
         .as_ref()
@@ -358,7 +358,7 @@ async fn berth_guards_port(client: &Client, a: &ProxyArgs) -> Result<bool, Strin
     if !hooks {
         return Ok(false);
     }
-    let bindings = client.bindings().await.map_err(|e| e.to_string())?;
+    let bindings = client.bindings().await.map_err(|e| e.one_line())?;
     Ok(bindings
         .iter()
         .any(|b| b.host_port == a.host_port && b.protocol.as_str() == a.proto.as_str()))
