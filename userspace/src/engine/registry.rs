@@ -17,19 +17,18 @@ use std::{
     sync::Arc,
 };
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 
 use crate::{
-    domain::cidr::Ipv4Cidr,
     domain::ecs::{MappedPorts, TaskDefinition},
     domain::error::{Error, Result},
-    domain::events::{Event, EventKind, EVENT_BUFFER},
+    domain::events::{Event, EVENT_BUFFER},
     domain::limits::PortLimits,
     domain::model::{Binding, ContainerRecord, NetworkBinding, Protocol, TaskRecord},
     domain::spec::{PortMapping, PortRange, PortSpec},
     engine::allocator::{self, CoolDowns, PortPolicy, Taken},
     engine::datapath::Datapath,
-    engine::host::{format_port_list, Host},
+    engine::host::Host,
     engine::ledger::{Commit, Ledger},
 };
 

@@ -16,9 +16,14 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::domain::rules::*;
 use crate::{
-    domain::error::DatapathError,
+    domain::{
+        error::DatapathError,
+        rules::{
+            validate_description, validate_name, Direction, Peer, Rule, RuleSpec, SgError, Traffic,
+            DEFAULT_MAX_SGS_PER_TASK, MAX_RULES_PER_DIRECTION,
+        },
+    },
     engine::datapath::{Datapath, FlowTimeouts, PolicyRule, RulePeer, RuleProto, FLOW_EXPIRY},
 };
 

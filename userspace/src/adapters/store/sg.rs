@@ -139,7 +139,7 @@ fn repair(book: &mut SgBook) {
     for (name, g) in book.groups.iter_mut() {
         for rules in [&mut g.ingress, &mut g.egress] {
             rules.retain(|r| match &r.peer {
-                crate::engine::sg_book::Peer::Group(peer) if !names.contains(peer) => {
+                crate::domain::rules::Peer::Group(peer) if !names.contains(peer) => {
                     tracing::warn!(group = %name, peer = %peer, "dropping a stored rule naming a missing group");
                     false
                 }
@@ -171,7 +171,7 @@ fn repair(book: &mut SgBook) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::sg_book::{Direction, RuleSpec};
+    use crate::domain::rules::{Direction, RuleSpec};
 
     #[test]
     fn groups_and_attachments_survive_reopening() {

@@ -1,6 +1,20 @@
 //! Applying a request: datapath, store and sysctl in the order that keeps
 //! every request all or nothing, with the rollback of a failed step.
-use super::*;
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::Ipv4Addr,
+};
+
+use super::{bind_ips_overlap, describe, sysctl_err, Publish, Registry};
+use crate::{
+    domain::{
+        error::{Error, Result},
+        events::{Event, EventKind},
+        model::{Binding, Protocol},
+        spec::PortMapping,
+    },
+    engine::{host::format_port_list, ledger::Commit},
+};
 
 impl Registry {
     pub(super) fn publish(&mut self, p: Publish<'_>) -> Result<()> {

@@ -1,7 +1,21 @@
 //! [`Berth`]: the daemon's async handle on the registry. Requests take
 //! turns behind one mutex on a blocking thread; event subscribers and the
 //! flow sweeper are served around it.
-use super::*;
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
+
+use tokio::sync::{broadcast, watch};
+
+use super::{sweeper, FlowSweeper, Registry};
+use crate::{
+    domain::{
+        ecs::TaskDefinition,
+        error::{Error, Result},
+        events::{Event, EventKind},
+        model::{Binding, TaskRecord},
+        spec::PortSpec,
+    },
+    engine::datapath::Datapath,
+};
 
 /// An event subscriber's snapshot, its receiver, and its place under the
 /// subscriber cap.

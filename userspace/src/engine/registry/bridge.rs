@@ -1,5 +1,10 @@
 //! The container bridge whose subnets every container IP must be in.
-use super::*;
+use std::net::Ipv4Addr;
+
+use crate::domain::{
+    cidr::Ipv4Cidr,
+    error::{Error, Result},
+};
 
 /// The container bridge whose subnets container IPs must be in.
 #[derive(Clone, Debug)]

@@ -3,8 +3,11 @@
 use serde_json::json;
 
 use super::*;
-use crate::adapters::store::Store;
 use crate::engine::fake::{FakeDatapath, FakeHost};
+use crate::{
+    adapters::store::Store,
+    domain::{cidr::Ipv4Cidr, events::EventKind},
+};
 
 const T0: u64 = 1_700_000_000;
 

@@ -16,10 +16,9 @@ use super::{validate_task_name, Berth, Registry};
 use crate::{
     domain::error::{Error, Result},
     domain::model::{Binding, TaskRecord},
+    domain::rules::{self as sg, RuleSpec, SgError},
     engine::ledger::{Ledger, Stored},
-    engine::sg_book::{
-        self as sg, DpState, RuleSpec, SgBook, SgError, SgSettings, SgView, DROP_COUNTERS,
-    },
+    engine::sg_book::{DpState, SgBook, SgSettings, SgView, DROP_COUNTERS},
 };
 
 pub(super) struct SgState {

@@ -6,9 +6,11 @@ use serde_json::json;
 use super::*;
 use crate::{
     adapters::store::Store,
+    domain::cidr::Ipv4Cidr,
+    domain::rules::RuleSpec,
     engine::datapath::{PolicyRule, RulePeer, RuleProto},
     engine::fake::{FakeDatapath, FakeHost, FakePolicy},
-    engine::sg_book::{RuleSpec, SgBook, SgSettings, DEFAULT_POLICY_ID},
+    engine::sg_book::{SgBook, SgSettings, DEFAULT_POLICY_ID},
 };
 
 type Endpoints = BTreeMap<Ipv4Addr, (u32, bool)>;

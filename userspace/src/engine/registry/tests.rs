@@ -1,7 +1,7 @@
 //! The registry on a fake datapath and host: publishing, removing, rollback, restart.
 use super::*;
-use crate::adapters::store::Store;
 use crate::engine::fake::{FakeDatapath, FakeHost, FakeOp};
+use crate::{adapters::store::Store, domain::cidr::Ipv4Cidr};
 
 struct Fixture {
     _dir: tempfile::TempDir,

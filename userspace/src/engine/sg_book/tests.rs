@@ -1,6 +1,6 @@
 //! The model, validation and compilation of security groups.
 use super::*;
-use crate::{domain::cidr::Ipv4Cidr, engine::fake::FakeDatapath};
+use crate::{domain::cidr::Ipv4Cidr, domain::rules::*, engine::fake::FakeDatapath};
 
 fn spec(direction: Direction, protocol: &str) -> RuleSpec {
     RuleSpec {

@@ -27,8 +27,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     domain::error::Result,
+    domain::rules::RuleSpec,
     engine::registry::Berth,
-    engine::sg_book::{RuleSpec, SgView},
+    engine::sg_book::SgView,
     interfaces::api::{ApiError, JsonBody},
 };
 

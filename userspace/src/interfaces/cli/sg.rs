@@ -4,10 +4,9 @@ use clap::{ArgGroup, Args, Subcommand};
 use crate::{
     adapters::datapath::FlowTimeouts,
     domain::error::Result,
+    domain::rules::{self as sg, Direction, RuleSpec, DEFAULT_MAX_SGS_PER_TASK},
     domain::task::validate_task_name,
-    engine::sg_book::{
-        self as sg, Direction, RuleSpec, SgSettings, SgView, DEFAULT_MAX_SGS_PER_TASK,
-    },
+    engine::sg_book::{SgSettings, SgView},
     interfaces::api::sg::CreateSgRequest,
     interfaces::cli::output::{print, table, to_json_line},
     interfaces::client::Client,
