@@ -8,7 +8,6 @@
 use std::{
     collections::HashSet,
     fs,
-    net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -19,20 +18,18 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use berth_maps::{
-    local_net_encode, Backend, FlowKey, NatEntry, NatFwd, PortKey, ServiceKey, CONFIG_MAP,
-    CONFIG_NETNS_COOKIE, CONFIG_PORT_GATE, COUNTERS_MAP, COUNTER_NAMES, HOOKED_PORTS_MAP,
-    HOST_ADDRS_MAP, LOCAL_NETS_MAP, LOCAL_NETS_MAX, LOCAL_NET_MORE, NAT_FWD_MAP, NAT_F_CLOSING,
-    NAT_F_REPLIED, NAT_MAP, NAT_NEW_MAP, PORTS_MAP, PORT_ADDRS_MAP, PROTO_TCP, SERVICES_MAP,
+    Backend, FlowKey, NatEntry, NatFwd, PortKey, ServiceKey, CONFIG_MAP, CONFIG_NETNS_COOKIE,
+    COUNTERS_MAP, HOOKED_PORTS_MAP, HOST_ADDRS_MAP, LOCAL_NETS_MAP, NAT_FWD_MAP, NAT_MAP,
+    NAT_NEW_MAP, PORTS_MAP, PORT_ADDRS_MAP, SERVICES_MAP,
 };
 
 use super::{
     attach::{attach_pinned, error_chain, ifindex, is_eperm, link_name, pin_link, prog_err},
-    flows::{owned_by, owned_by_none_of, sweep, touching, FlowMap},
+    flows::{FlowMap, FlowTable},
     policy::PolicyMaps,
     ports::PortWatcher,
-    AttachMode, Datapath, DatapathError, FlowTimeouts, PolicyRule,
+    AttachMode, DatapathError, FlowTimeouts,
 };
-use crate::{domain::cidr::Ipv4Cidr, domain::model::Binding};
 
 /// The eBPF object built by build.rs, embedded so the binary needs nothing
 /// else at run time.
@@ -62,26 +59,26 @@ pub struct DatapathConfig {
     pub embryonic_capacity: Option<u32>,
 }
 
-struct Maps {
-    services: HashMap<MapData, ServiceKey, Backend>,
-    ports: HashMap<MapData, PortKey, u32>,
-    host_addrs: HashMap<MapData, u32, u32>,
-    local_nets: Array<MapData, u64>,
-    nat_fwd: HashMap<MapData, FlowKey, NatFwd>,
-    config: Array<MapData, u64>,
-    counters: PerCpuArray<MapData, u64>,
+pub(super) struct Maps {
+    pub(super) services: HashMap<MapData, ServiceKey, Backend>,
+    pub(super) ports: HashMap<MapData, PortKey, u32>,
+    pub(super) host_addrs: HashMap<MapData, u32, u32>,
+    pub(super) local_nets: Array<MapData, u64>,
+    pub(super) nat_fwd: HashMap<MapData, FlowKey, NatFwd>,
+    pub(super) config: Array<MapData, u64>,
+    pub(super) counters: PerCpuArray<MapData, u64>,
 }
 
 pub struct BpfDatapath {
-    maps: Mutex<Maps>,
+    pub(super) maps: Mutex<Maps>,
     /// Outside the mutex: sweeping a full table takes a while, and batch
     /// syscalls on an fd need no lock.
-    flows: Vec<FlowMap<NatEntry>>,
+    pub(super) flows: Vec<FlowMap<NatEntry>>,
     /// The policy tracking tables, likewise outside `policy`'s mutex.
-    ct_flows: Vec<FlowMap<berth_maps::CtEntry>>,
-    policy: Mutex<PolicyMaps>,
-    timeouts: Mutex<FlowTimeouts>,
-    status: super::status::StatusBase,
+    pub(super) ct_flows: Vec<FlowMap<berth_maps::CtEntry>>,
+    pub(super) policy: Mutex<PolicyMaps>,
+    pub(super) timeouts: Mutex<FlowTimeouts>,
+    pub(super) status: super::status::StatusBase,
     // Stops before the programs it attaches are dropped.
     _ports: PortWatcher,
     // Owns the programs; the links themselves are held by their pins.
@@ -104,7 +101,7 @@ fn attachments(config: &DatapathConfig) -> Vec<(&'static str, String)> {
     v
 }
 
-fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+pub(super) fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
     move |e| DatapathError::Map {
         map,
         reason: e.to_string(),
@@ -426,11 +423,11 @@ impl BpfDatapath {
         Ok(())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {
         self.maps.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn policy(&self) -> std::sync::MutexGuard<'_, PolicyMaps> {
+    pub(super) fn policy(&self) -> std::sync::MutexGuard<'_, PolicyMaps> {
         self.policy.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -505,14 +502,6 @@ fn attach_cgroup_hook(
     Ok(())
 }
 
-fn port_key(b: &Binding) -> PortKey {
-    PortKey {
-        port_be: b.host_port.to_be(),
-        proto: b.protocol.ip_proto(),
-        _pad: 0,
-    }
-}
-
 pub fn pin_dir(bpffs: &Path) -> PathBuf {
     bpffs.join("berth")
 }
@@ -525,450 +514,4 @@ fn take_map<K: aya::Pod, V: aya::Pod>(
         .take_map(name)
         .ok_or_else(|| DatapathError::Other(format!("map {name} missing from the object")))?;
     HashMap::try_from(map).map_err(map_err(name))
-}
-
-/// The subnets a BERTH_LOCAL_NETS array holds, in slot order.
-fn local_nets_listed(slots: &[u64]) -> Vec<u64> {
-    let mut out = Vec::new();
-    for slot in slots {
-        if *slot == 0 {
-            break;
-        }
-        out.push(slot & !LOCAL_NET_MORE);
-        if slot & LOCAL_NET_MORE == 0 {
-            break;
-        }
-    }
-    out
-}
-
-/// The slot writes, in order, that turn BERTH_LOCAL_NETS from `slots` into
-/// the subnets `want`. Each write is one 8-byte slot, ordered so that a
-/// packet racing the update sees the old list, the new one, or the old one
-/// plus new subnets (write a slot, then link it from the one before; copy
-/// the last over a stale one, then unlink the last): a re-addressed bridge
-/// is never unguarded.
-fn local_net_writes(slots: &[u64], want: &[u64]) -> Vec<(u32, u64)> {
-    let mut have = local_nets_listed(slots);
-    let mut writes = Vec::new();
-    for net in want {
-        if !have.contains(net) {
-            have.push(*net);
-            let n = have.len();
-            writes.push((n as u32 - 1, *net));
-            if n > 1 {
-                writes.push((n as u32 - 2, have[n - 2] | LOCAL_NET_MORE));
-            }
-        }
-    }
-    while let Some(i) = have.iter().position(|n| !want.contains(n)) {
-        let n = have.len();
-        if i + 1 < n {
-            writes.push((i as u32, have[n - 1] | LOCAL_NET_MORE));
-        }
-        have.swap_remove(i);
-        match have.len() {
-            0 => writes.push((0, 0)),
-            n => {
-                writes.push((n as u32 - 1, have[n - 1]));
-                writes.push((n as u32, 0));
-            }
-        }
-    }
-    writes
-}
-
-pub fn service_key(b: &Binding) -> ServiceKey {
-    ServiceKey {
-        host_addr_be: u32::from_ne_bytes(b.bind_ip.octets()),
-        host_port_be: b.host_port.to_be(),
-        proto: b.protocol.ip_proto(),
-        _pad: 0,
-    }
-}
-
-pub fn backend(b: &Binding) -> Backend {
-    Backend {
-        addr_be: u32::from_ne_bytes(b.container_ip.octets()),
-        port_be: b.container_port.to_be(),
-        _pad: 0,
-    }
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Which flow table an entry lives in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlowTable {
-    /// BERTH_NAT / BERTH_CT.
-    Established,
-    /// BERTH_NAT_NEW / BERTH_CT_NEW: the handshake (TCP) or the first
-    /// reply (UDP, ICMP echo) has not happened yet.
-    Embryonic,
-}
-
-/// The idle timeout, in seconds, of a tracked flow of protocol `proto`
-/// with flags `flags` (the NAT_F_* and CT_F_* bits agree) in `table`.
-pub fn flow_timeout(proto: u8, flags: u8, table: FlowTable, t: &FlowTimeouts) -> u64 {
-    let closing = flags & NAT_F_CLOSING != 0;
-    match (proto, table) {
-        (PROTO_TCP, FlowTable::Embryonic) if closing => t.tcp_syn.min(t.tcp_closing),
-        (PROTO_TCP, FlowTable::Embryonic) => t.tcp_syn,
-        (PROTO_TCP, FlowTable::Established) if closing => t.tcp_closing,
-        (PROTO_TCP, FlowTable::Established) => t.tcp_established,
-        (berth_maps::PROTO_UDP, FlowTable::Embryonic) => t.udp_single,
-        (berth_maps::PROTO_UDP, _) if flags & NAT_F_REPLIED != 0 => t.udp_stream,
-        (berth_maps::PROTO_UDP, _) => t.udp_single,
-        _ => t.icmp,
-    }
-}
-
-/// Whether a tracked published-port flow has been idle past its timeout.
-pub fn flow_expired(
-    key: &FlowKey,
-    e: &NatEntry,
-    table: FlowTable,
-    now_ns: u64,
-    t: &FlowTimeouts,
-) -> bool {
-    let timeout_s = flow_timeout(key.proto, e.flags, table, t);
-    now_ns.saturating_sub(e.last_seen_ns) > timeout_s * 1_000_000_000
-}
-
-/// The reply-tuple key of the flow a clash-remap entry belongs to.
-pub fn fwd_flow_key(wire: &FlowKey, f: &NatFwd) -> FlowKey {
-    FlowKey {
-        src_addr_be: f.backend_addr_be,
-        dst_addr_be: wire.src_addr_be,
-        src_port_be: f.backend_port_be,
-        dst_port_be: f.remap_port_be,
-        proto: wire.proto,
-        _pad: [0; 3],
-    }
-}
-
-/// Whether `e` (found under [`fwd_flow_key`]) is the flow of the remap
-/// entry `wire`: the same host address and port and client port.
-pub fn fwd_owns(wire: &FlowKey, e: &NatEntry) -> bool {
-    e.host_addr_be == wire.dst_addr_be
-        && e.host_port_be == wire.dst_port_be
-        && e.client_port_be == wire.src_port_be
-}
-
-impl BpfDatapath {
-    /// Forget the clash-remap entries whose flow no longer exists (expired
-    /// or forgotten); an established flow's remap is never touched.
-    fn forget_orphan_remaps(&self) {
-        let mut m = self.lock();
-        let orphans: Vec<FlowKey> = m
-            .nat_fwd
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(wire, f)| {
-                let key = fwd_flow_key(wire, f);
-                let e = self.flows.iter().find_map(|t| t.map.get(&key, 0).ok());
-                !e.is_some_and(|e| fwd_owns(wire, &e))
-            })
-            .map(|(k, _)| k)
-            .collect();
-        for k in &orphans {
-            let _ = m.nat_fwd.remove(k);
-        }
-    }
-}
-
-impl Datapath for BpfDatapath {
-    fn insert(&self, b: &Binding) -> Result<(), DatapathError> {
-        let mut m = self.lock();
-        let key = service_key(b);
-        let new = m.services.get(&key, 0).is_err();
-        if new {
-            // Guard the port first: a host process must not slip in between.
-            let pk = port_key(b);
-            let n = m.ports.get(&pk, 0).unwrap_or(0);
-            m.ports
-                .insert(pk, n + 1, 0)
-                .map_err(map_err("BERTH_PORTS"))?;
-        }
-        m.services
-            .insert(key, backend(b), 0)
-            .map_err(map_err("BERTH_SERVICES"))
-    }
-
-    fn remove(&self, b: &Binding) -> Result<(), DatapathError> {
-        let mut m = self.lock();
-        match m.services.remove(&service_key(b)) {
-            Ok(()) => {
-                let pk = port_key(b);
-                match m.ports.get(&pk, 0) {
-                    Ok(n) if n > 1 => m
-                        .ports
-                        .insert(pk, n - 1, 0)
-                        .map_err(map_err("BERTH_PORTS"))?,
-                    _ => {
-                        let _ = m.ports.remove(&pk);
-                    }
-                }
-            }
-            Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err("BERTH_SERVICES")(e)),
-        }
-        Ok(())
-    }
-
-    fn forget_flows(&self, gone: &[Binding]) -> Result<usize, DatapathError> {
-        if gone.is_empty() {
-            return Ok(0);
-        }
-        let n = sweep(&self.flows, owned_by(gone))?;
-        self.forget_orphan_remaps();
-        Ok(n)
-    }
-
-    fn forget_endpoint_flows(&self, addrs: &[Ipv4Addr]) -> Result<usize, DatapathError> {
-        if addrs.is_empty() {
-            return Ok(0);
-        }
-        sweep(&self.ct_flows, touching(addrs))
-    }
-
-    fn retain(&self, keep: &[Binding]) -> Result<usize, DatapathError> {
-        let keep_bindings = keep;
-        let keep: HashSet<(ServiceKey, (u32, u16))> = keep
-            .iter()
-            .map(|b| {
-                let be = backend(b);
-                (service_key(b), (be.addr_be, be.port_be))
-            })
-            .collect();
-        let mut m = self.lock();
-        let stale: Vec<ServiceKey> = m
-            .services
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| !keep.contains(&(*k, (v.addr_be, v.port_be))))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &stale {
-            match m.services.remove(k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err("BERTH_SERVICES")(e)),
-            }
-        }
-        // Rebuild the guarded ports from what is published: counts kept
-        // across a crash may be off.
-        let mut want: std::collections::HashMap<PortKey, u32> = std::collections::HashMap::new();
-        for (k, _) in m.services.iter().filter_map(Result::ok) {
-            let pk = PortKey {
-                port_be: k.host_port_be,
-                proto: k.proto,
-                _pad: 0,
-            };
-            *want.entry(pk).or_default() += 1;
-        }
-        let have: Vec<PortKey> = m.ports.keys().filter_map(Result::ok).collect();
-        for pk in have {
-            if !want.contains_key(&pk) {
-                let _ = m.ports.remove(&pk);
-            }
-        }
-        for (pk, n) in want {
-            m.ports.insert(pk, n, 0).map_err(map_err("BERTH_PORTS"))?;
-        }
-        drop(m);
-        let forgotten = sweep(&self.flows, owned_by_none_of(keep_bindings))?;
-        if forgotten > 0 {
-            self.forget_orphan_remaps();
-            tracing::info!(
-                flows = forgotten,
-                "forgot tracked flows of bindings the store does not have"
-            );
-        }
-        Ok(stale.len())
-    }
-
-    fn set_host_addrs(&self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError> {
-        let mut m = self.lock();
-        let want: HashSet<u32> = addrs
-            .iter()
-            .map(|a| u32::from_ne_bytes(a.octets()))
-            .collect();
-        let have: HashSet<u32> = m.host_addrs.keys().filter_map(Result::ok).collect();
-        for a in have.difference(&want) {
-            let _ = m.host_addrs.remove(a);
-        }
-        for a in want.difference(&have) {
-            m.host_addrs
-                .insert(*a, 1, 0)
-                .map_err(map_err("BERTH_HOST_ADDRS"))?;
-        }
-        Ok(())
-    }
-
-    fn set_bridge_subnets(&self, subnets: &[Ipv4Cidr]) -> Result<(), DatapathError> {
-        let mut m = self.lock();
-        let want: Vec<u64> = subnets
-            .iter()
-            .map(|c| {
-                let n = c.network();
-                local_net_encode(u32::from_ne_bytes(n.addr.octets()), n.prefix_len)
-            })
-            .collect();
-        if want.len() > LOCAL_NETS_MAX as usize {
-            return Err(DatapathError::Other(format!(
-                "the bridge has {} IPv4 subnets; berth guards at most {LOCAL_NETS_MAX}",
-                want.len()
-            )));
-        }
-        let err = map_err("BERTH_LOCAL_NETS");
-        let mut slots = Vec::with_capacity(LOCAL_NETS_MAX as usize);
-        for i in 0..LOCAL_NETS_MAX {
-            slots.push(m.local_nets.get(&i, 0).map_err(&err)?);
-        }
-        for (i, v) in local_net_writes(&slots, &want) {
-            m.local_nets.set(i, v, 0).map_err(&err)?;
-        }
-        Ok(())
-    }
-
-    fn counters(&self) -> Result<Vec<(&'static str, u64)>, DatapathError> {
-        let m = self.lock();
-        COUNTER_NAMES
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let v = m
-                    .counters
-                    .get(&(i as u32), 0)
-                    .map_err(map_err("BERTH_COUNTERS"))?;
-                Ok((*name, v.iter().sum()))
-            })
-            .collect()
-    }
-
-    fn expire_flows(&self) -> Result<usize, DatapathError> {
-        let t = *self.timeouts.lock().unwrap_or_else(|p| p.into_inner());
-        let now = monotonic_ns();
-        let from_policy = sweep(&self.ct_flows, |k, v, table| {
-            let timeout = flow_timeout(k.proto, v.flags, table, &t);
-            now.saturating_sub(v.last_seen_ns) > timeout * 1_000_000_000
-        })?;
-        let expired = sweep(&self.flows, |k, v, table| {
-            flow_expired(k, v, table, now, &t)
-        })?;
-        self.forget_orphan_remaps();
-        Ok(expired + from_policy)
-    }
-
-    fn set_endpoint(&self, ip: Ipv4Addr, task_id: u32, policy: bool) -> Result<(), DatapathError> {
-        self.policy().set_endpoint(ip, task_id, policy)
-    }
-
-    fn remove_endpoint(&self, ip: Ipv4Addr) -> Result<(), DatapathError> {
-        self.policy().remove_endpoint(ip)
-    }
-
-    fn set_policy(
-        &self,
-        task_id: u32,
-        ingress: &[PolicyRule],
-        egress: &[PolicyRule],
-    ) -> Result<(), DatapathError> {
-        self.policy().set_policy(task_id, ingress, egress)
-    }
-
-    fn remove_policy(&self, task_id: u32) -> Result<(), DatapathError> {
-        self.policy().remove_policy(task_id)
-    }
-
-    fn set_group_members(&self, sg_id: u32, members: &[Ipv4Addr]) -> Result<(), DatapathError> {
-        self.policy().set_group_members(sg_id, members)
-    }
-
-    fn retain_policy(
-        &self,
-        endpoints: &[Ipv4Addr],
-        policies: &[u32],
-        groups: &[u32],
-    ) -> Result<usize, DatapathError> {
-        let (n, gone) = self.policy().retain(endpoints, policies, groups);
-        let forgotten = self.forget_endpoint_flows(&gone)?;
-        if forgotten > 0 {
-            tracing::info!(
-                flows = forgotten,
-                "forgot policy-tracked flows of tasks the store does not have"
-            );
-        }
-        Ok(n)
-    }
-
-    fn set_port_gate(&self, on: bool) -> Result<(), DatapathError> {
-        self.lock()
-            .config
-            .set(CONFIG_PORT_GATE, u64::from(on), 0)
-            .map_err(map_err("BERTH_CONFIG"))
-    }
-
-    fn set_no_policy(&self, none: bool) -> Result<(), DatapathError> {
-        self.lock()
-            .config
-            .set(berth_maps::CONFIG_NO_POLICY, u64::from(none), 0)
-            .map_err(map_err("BERTH_CONFIG"))
-    }
-
-    fn set_flow_timeouts(&self, timeouts: FlowTimeouts) {
-        *self.timeouts.lock().unwrap_or_else(|p| p.into_inner()) = timeouts;
-    }
-
-    fn status(&self) -> Result<Option<super::DatapathStatus>, DatapathError> {
-        Ok(Some(self.status.read()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn net(third: u8, len: u8) -> u64 {
-        local_net_encode(u32::from_ne_bytes([172, 17, third, 0]), len)
-    }
-
-    /// Applies the writes one by one, as packets would see them.
-    fn replay(from: &[u64], want: &[u64]) {
-        let mut slots = vec![0u64; LOCAL_NETS_MAX as usize];
-        for (i, v) in local_net_writes(&slots.clone(), from) {
-            slots[i as usize] = v;
-        }
-        assert_eq!(local_nets_listed(&slots), from);
-        let kept: Vec<u64> = from.iter().filter(|n| want.contains(n)).copied().collect();
-        for (i, v) in local_net_writes(&slots.clone(), want) {
-            slots[i as usize] = v;
-            let seen = local_nets_listed(&slots);
-            for k in &kept {
-                assert!(seen.contains(k), "{k:#x} unguarded mid-update: {seen:x?}");
-            }
-            assert!(seen.iter().all(|n| from.contains(n) || want.contains(n)));
-        }
-        let mut got = local_nets_listed(&slots);
-        got.sort();
-        let mut w = want.to_vec();
-        w.sort();
-        assert_eq!(got, w);
-    }
-
-    #[test]
-    fn bridge_subnets_are_rewritten_without_a_gap() {
-        let (a, b, c, d) = (net(0, 16), net(1, 24), net(2, 24), net(3, 24));
-        replay(&[], &[a]);
-        replay(&[a], &[]);
-        replay(&[a], &[b]);
-        replay(&[a, b, c], &[c]);
-        replay(&[a, b, c], &[a]);
-        replay(&[a, b, c], &[b, d]);
-        replay(&[a, b], &[a, b]);
-    }
 }

@@ -1,4 +1,5 @@
-//! Sweeping the flow tables: one pass over each table, a batch of entries
+//! The flow tables: which one an entry lives in, when it is idle past its
+//! timeout, and sweeping them: one pass over each table, a batch of entries
 //! per syscall, deleting the entries a predicate picks.
 //!
 //! Per-key iteration costs two syscalls per entry (next key, lookup); a full
@@ -19,9 +20,9 @@ use std::{
 };
 
 use aya::maps::{HashMap, IterableMap, MapData};
-use berth_maps::{CtEntry, FlowKey, NatEntry};
+use berth_maps::{CtEntry, FlowKey, NatEntry, NatFwd, NAT_F_CLOSING, NAT_F_REPLIED, PROTO_TCP};
 
-use super::{bpf::FlowTable, DatapathError};
+use super::{DatapathError, FlowTimeouts};
 use crate::domain::model::Binding;
 
 /// Entries moved per lookup syscall. A hash bucket must fit whole, so the
@@ -235,4 +236,68 @@ fn batch_delete(fd: i32, keys: &[FlowKey]) -> io::Result<usize> {
         }
     }
     Ok(deleted)
+}
+
+pub(super) fn monotonic_ns() -> u64 {
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Which flow table an entry lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowTable {
+    /// BERTH_NAT / BERTH_CT.
+    Established,
+    /// BERTH_NAT_NEW / BERTH_CT_NEW: the handshake (TCP) or the first
+    /// reply (UDP, ICMP echo) has not happened yet.
+    Embryonic,
+}
+
+/// The idle timeout, in seconds, of a tracked flow of protocol `proto`
+/// with flags `flags` (the NAT_F_* and CT_F_* bits agree) in `table`.
+pub(super) fn flow_timeout(proto: u8, flags: u8, table: FlowTable, t: &FlowTimeouts) -> u64 {
+    let closing = flags & NAT_F_CLOSING != 0;
+    match (proto, table) {
+        (PROTO_TCP, FlowTable::Embryonic) if closing => t.tcp_syn.min(t.tcp_closing),
+        (PROTO_TCP, FlowTable::Embryonic) => t.tcp_syn,
+        (PROTO_TCP, FlowTable::Established) if closing => t.tcp_closing,
+        (PROTO_TCP, FlowTable::Established) => t.tcp_established,
+        (berth_maps::PROTO_UDP, FlowTable::Embryonic) => t.udp_single,
+        (berth_maps::PROTO_UDP, _) if flags & NAT_F_REPLIED != 0 => t.udp_stream,
+        (berth_maps::PROTO_UDP, _) => t.udp_single,
+        _ => t.icmp,
+    }
+}
+
+/// Whether a tracked published-port flow has been idle past its timeout.
+pub(super) fn flow_expired(
+    key: &FlowKey,
+    e: &NatEntry,
+    table: FlowTable,
+    now_ns: u64,
+    t: &FlowTimeouts,
+) -> bool {
+    let timeout_s = flow_timeout(key.proto, e.flags, table, t);
+    now_ns.saturating_sub(e.last_seen_ns) > timeout_s * 1_000_000_000
+}
+
+/// The reply-tuple key of the flow a clash-remap entry belongs to.
+pub(super) fn fwd_flow_key(wire: &FlowKey, f: &NatFwd) -> FlowKey {
+    FlowKey {
+        src_addr_be: f.backend_addr_be,
+        dst_addr_be: wire.src_addr_be,
+        src_port_be: f.backend_port_be,
+        dst_port_be: f.remap_port_be,
+        proto: wire.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// Whether `e` (found under [`fwd_flow_key`]) is the flow of the remap
+/// entry `wire`: the same host address and port and client port.
+pub(super) fn fwd_owns(wire: &FlowKey, e: &NatEntry) -> bool {
+    e.host_addr_be == wire.dst_addr_be
+        && e.host_port_be == wire.dst_port_be
+        && e.client_port_be == wire.src_port_be
 }

@@ -4,6 +4,7 @@ mod attach;
 mod bpf;
 mod cgroup;
 mod flows;
+mod ops;
 pub mod pins;
 mod policy;
 mod port_addrs;
@@ -12,7 +13,7 @@ pub mod status;
 pub mod sys;
 /// Map key/value encoding of a binding (shared with tests and benchmarks).
 pub mod bpf_keys {
-    pub use super::bpf::{backend, service_key};
+    pub use super::ops::{backend, service_key};
 }
 pub use bpf::{ebpf_object, pin_dir, prepare_pin_dir, BpfDatapath, DatapathConfig};
 pub use cgroup::cgroup2_root_mount;
