@@ -12,6 +12,8 @@ pub use adapters::datapath;
 pub use domain::{ecs, model, spec};
 pub use engine::registry as state;
 pub use interfaces::{api, cli, docker_proxy};
+#[cfg(feature = "fake")]
+pub use engine::fake;
 
 pub use domain::error::{Error, Result};
 

@@ -9,5 +9,5 @@ pub mod ledger;
 pub mod registry;
 pub mod sg_book;
 
-#[cfg(test)]
-pub(crate) mod fake;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
