@@ -10,10 +10,10 @@ pub mod interfaces;
 // The paths the tests, the fuzz targets and the binaries have always used.
 pub use adapters::datapath;
 pub use domain::{ecs, model, spec};
-pub use engine::registry as state;
-pub use interfaces::{api, cli, docker_proxy};
 #[cfg(feature = "fake")]
 pub use engine::fake;
+pub use engine::registry as state;
+pub use interfaces::{api, cli, docker_proxy};
 
 pub use domain::error::{Error, Result};
 

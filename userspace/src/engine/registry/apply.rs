@@ -1,5 +1,7 @@
 //! Applying a request: datapath, store and sysctl in the order that keeps
-//! every request all or nothing, with the rollback of a failed step.
+//! every request all or nothing. As for security groups, the datapath gets
+//! the difference between the task's bindings now and the ones the request
+//! wants ([`BindingChange`]); a failed later step applies its inverse.
 use std::{
     collections::{BTreeSet, HashMap},
     net::Ipv4Addr,
@@ -30,7 +32,8 @@ impl Registry {
             self.sweeper.wait(ticket);
         }
         self.sg_before_publish(p.task, &p.all, p.record.as_ref())?;
-        if let Err(err) = self.insert_all(p.new) {
+        let change = BindingChange::between(self.current(p.task), &p.all);
+        if let Err(err) = self.apply_change(&change) {
             self.sg_resync();
             return Err(err);
         }
@@ -67,7 +70,7 @@ impl Registry {
         let (reserve, cooldowns) = match outcome {
             Ok(done) => done,
             Err(err) => {
-                self.undo_inserts(p.new);
+                self.revert_change(&change);
                 self.sg_resync();
                 return Err(err);
             }
@@ -114,9 +117,10 @@ impl Registry {
         kept: Vec<Binding>,
         drop_record: bool,
     ) -> Result<()> {
-        self.remove_all(gone)?;
+        let change = BindingChange::between(self.current(task), &kept);
+        self.apply_change(&change)?;
         if let Err(err) = self.sg_before_unpublish(task, &kept, drop_record) {
-            self.undo_removes(gone);
+            self.revert_change(&change);
             return Err(err);
         }
         let still_mapped: BTreeSet<u16> = self
@@ -163,7 +167,7 @@ impl Registry {
             if let Err(e) = self.reserve_again(&released) {
                 tracing::error!(error = %e, "rollback: re-reserving ports failed");
             }
-            self.undo_removes(gone);
+            self.revert_change(&change);
             self.sg_resync();
             return Err(err);
         }
@@ -272,44 +276,105 @@ impl Registry {
         Ok(())
     }
 
-    pub(super) fn insert_all(&self, new: &[Binding]) -> Result<()> {
-        for (i, b) in new.iter().enumerate() {
-            if let Err(err) = self.datapath.insert(b) {
-                tracing::warn!(binding = describe(b), error = %err, "datapath insert failed; rolling back");
-                self.undo_inserts(&new[..i]);
-                return Err(err.into());
-            }
-        }
-        Ok(())
+    /// The task's bindings as the datapath holds them now.
+    fn current(&self, task: &str) -> &[Binding] {
+        self.tasks.get(task).map_or(&[], Vec::as_slice)
     }
 
-    pub(super) fn remove_all(&self, gone: &[Binding]) -> Result<()> {
-        for (i, b) in gone.iter().enumerate() {
+    /// Makes the datapath hold `change`: removals first, then inserts. A
+    /// failed step reverts what this call changed, so the datapath is as
+    /// before.
+    fn apply_change(&self, change: &BindingChange) -> Result<()> {
+        for (i, b) in change.remove.iter().enumerate() {
             if let Err(err) = self.datapath.remove(b) {
                 tracing::warn!(binding = describe(b), error = %err, "datapath remove failed; rolling back");
-                self.undo_removes(&gone[..i]);
+                self.revert_change(&BindingChange {
+                    insert: Vec::new(),
+                    remove: change.remove[..i].to_vec(),
+                });
+                return Err(err.into());
+            }
+        }
+        for (i, b) in change.insert.iter().enumerate() {
+            if let Err(err) = self.datapath.insert(b) {
+                tracing::warn!(binding = describe(b), error = %err, "datapath insert failed; rolling back");
+                self.revert_change(&BindingChange {
+                    insert: change.insert[..i].to_vec(),
+                    remove: change.remove.clone(),
+                });
                 return Err(err.into());
             }
         }
         Ok(())
     }
 
-    pub(super) fn undo_inserts(&self, done: &[Binding]) {
-        for b in done.iter().rev() {
+    /// The inverse of an applied `change`: what it inserted goes, what it
+    /// removed comes back.
+    fn revert_change(&self, change: &BindingChange) {
+        for b in change.insert.iter().rev() {
             if let Err(err) = self.datapath.remove(b) {
                 tracing::error!(binding = describe(b), error = %err, "rollback: removing failed");
             }
         }
         // Flows that started in the moment the bindings were live; a retry
         // of the same bindings waits for this sweep.
-        self.sweeper.queue(done, &[]);
-    }
-
-    pub(super) fn undo_removes(&self, done: &[Binding]) {
-        for b in done.iter().rev() {
+        self.sweeper.queue(&change.insert, &[]);
+        for b in change.remove.iter().rev() {
             if let Err(err) = self.datapath.insert(b) {
                 tracing::error!(binding = describe(b), error = %err, "rollback: re-inserting failed");
             }
         }
+    }
+}
+
+/// How a task's bindings in the datapath change: the difference between
+/// what the registry holds and what a request wants.
+pub(super) struct BindingChange {
+    insert: Vec<Binding>,
+    remove: Vec<Binding>,
+}
+
+impl BindingChange {
+    /// What turns `current` into `desired`, each in its list's order.
+    pub(super) fn between(current: &[Binding], desired: &[Binding]) -> Self {
+        let now: BTreeSet<&Binding> = current.iter().collect();
+        let wanted: BTreeSet<&Binding> = desired.iter().collect();
+        BindingChange {
+            insert: desired
+                .iter()
+                .filter(|b| !now.contains(b))
+                .cloned()
+                .collect(),
+            remove: current
+                .iter()
+                .filter(|b| !wanted.contains(b))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(host_port: u16) -> Binding {
+        Binding {
+            task: "web".into(),
+            container_ip: Ipv4Addr::new(172, 17, 0, 2),
+            bind_ip: Ipv4Addr::UNSPECIFIED,
+            host_port,
+            container_port: 80,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    #[test]
+    fn a_change_is_what_the_desired_bindings_add_and_drop() {
+        let change = BindingChange::between(&[b(1), b(2), b(3)], &[b(2), b(5), b(4)]);
+        assert_eq!(change.insert, [b(5), b(4)], "in the desired order");
+        assert_eq!(change.remove, [b(1), b(3)], "in the current order");
+        let none = BindingChange::between(&[b(1)], &[b(1)]);
+        assert!(none.insert.is_empty() && none.remove.is_empty());
     }
 }
