@@ -39,8 +39,9 @@ pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_RST: u8 = 0x04;
 pub const TCP_FLAG_ACK: u8 = 0x10;
 
-/// A flow key (network byte order). Built from a zeroed key, so the padding
-/// costs two stores rather than a call to `memset` for three bytes.
+/// The one flow-key constructor (network byte order; `FlowKey`s are built
+/// nowhere else). Built from a zeroed key, so the padding costs two stores
+/// rather than a call to `memset` for three bytes.
 #[inline(always)]
 pub fn flow_key(src_be: u32, dst_be: u32, sport_be: u16, dport_be: u16, proto: u8) -> FlowKey {
     let mut k: FlowKey = unsafe { core::mem::zeroed() };
@@ -50,6 +51,18 @@ pub fn flow_key(src_be: u32, dst_be: u32, sport_be: u16, dport_be: u16, proto: u
     k.dst_port_be = dport_be;
     k.proto = proto;
     k
+}
+
+/// The key of the same flow's packets travelling the other way.
+#[inline(always)]
+pub fn reverse_key(k: &FlowKey) -> FlowKey {
+    flow_key(
+        k.dst_addr_be,
+        k.src_addr_be,
+        k.dst_port_be,
+        k.src_port_be,
+        k.proto,
+    )
 }
 
 /// Pointer to a `T` at `off`, or `None` if the packet is too short.
@@ -100,6 +113,18 @@ pub struct Frag {
 }
 
 impl Flow {
+    /// This packet's flow key, as it travels.
+    #[inline(always)]
+    pub fn key(&self) -> FlowKey {
+        flow_key(
+            self.src_addr_be,
+            self.dst_addr_be,
+            self.src_port_be,
+            self.dst_port_be,
+            self.proto,
+        )
+    }
+
     /// TCP payload length (what the sequence number advances by, before
     /// SYN and FIN).
     #[inline(always)]

@@ -42,13 +42,13 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_loop},
 };
 use berth_maps::{
-    Counter, CtEntry, Endpoint, FlowKey, FragKey, Policy, PolicyKey, Rule, SgMember,
-    CT_F_ESTABLISHED, CT_F_REPLIED, CT_F_SEQ_FWD, DIR_INGRESS, EP_F_POLICY, FRAG_K_POLICY,
-    FRAG_V_ALLOW, FRAG_V_DENY, MAX_RULES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ICMP_ANY,
-    RULE_PEER_CIDR, RULE_PROTO_ALL,
+    Counter, CtEntry, Endpoint, FlowKey, FragKey, Policy, PolicyKey, Rule, SgMember, DIR_INGRESS,
+    EP_F_POLICY, FRAG_K_POLICY, FRAG_V_ALLOW, FRAG_V_DENY, MAX_RULES, PROTO_ICMP, PROTO_TCP,
+    PROTO_UDP, RULE_ICMP_ANY, RULE_PEER_CIDR, RULE_PROTO_ALL,
 };
 
 use crate::{
+    ct::{ct_init, ct_insert_new, ct_promote, ct_refresh, Conn, Tables, DIR_ORIG, DIR_REPLY},
     frag::{frag_key, frag_key_of_flow, frag_key_of_frag, frag_lookup, frag_remember},
     icmp::{
         parse_icmp_error_quoting, IcmpError, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_ECHO_REPLY,
@@ -58,11 +58,19 @@ use crate::{
         count, BERTH_CT, BERTH_CT_NEW, BERTH_ENDPOINTS, BERTH_NAT, BERTH_NAT_NEW, BERTH_POLICY,
         BERTH_SG_MEMBERS,
     },
-    parse::{flow_key, parse_flow, ptr_at, Flow, Parsed, ETH_LEN},
-    tcp::{tcp_completes, tcp_init, tcp_seg, tcp_update, Seg, TcpEvent, Track},
+    parse::{flow_key, parse_flow, ptr_at, reverse_key, Flow, Parsed, ETH_LEN},
+    tcp::{tcp_completes, tcp_seg, Seg},
 };
 
-const EEXIST: i32 = -17;
+/// Security-group flows' tables.
+#[inline(always)]
+fn ct_tables() -> Tables<CtEntry> {
+    Tables {
+        est: &BERTH_CT,
+        new: &BERTH_CT_NEW,
+        full: Counter::CtTableFull,
+    }
+}
 
 /// What policy looks at in a packet.
 #[derive(Clone, Copy)]
@@ -86,17 +94,6 @@ impl PFlow {
             self.dst_be,
             self.sport_be,
             self.dport_be,
-            self.proto,
-        )
-    }
-
-    #[inline(always)]
-    fn reverse_key(&self) -> FlowKey {
-        flow_key(
-            self.dst_be,
-            self.src_be,
-            self.dport_be,
-            self.sport_be,
             self.proto,
         )
     }
@@ -253,20 +250,8 @@ fn icmp_error_tracked(e: &IcmpError, ep_be: u32) -> bool {
     if e.inner_src_be != ep_be && e.inner_dst_be != ep_be {
         return false;
     }
-    let quoted = flow_key(
-        e.inner_src_be,
-        e.inner_dst_be,
-        e.inner_sport_be,
-        e.inner_dport_be,
-        e.inner_proto,
-    );
-    let back = flow_key(
-        e.inner_dst_be,
-        e.inner_src_be,
-        e.inner_dport_be,
-        e.inner_sport_be,
-        e.inner_proto,
-    );
+    let quoted = e.quoted_key();
+    let back = reverse_key(&quoted);
     unsafe {
         BERTH_CT.get(&quoted).is_some()
             || BERTH_CT.get(&back).is_some()
@@ -509,50 +494,6 @@ pub fn policy_allows(task_id: u32, dir: u32, f: &PFlow, peer_be: u32, dport: u16
     scan.matched != 0
 }
 
-#[inline(always)]
-fn ct_track(e: *mut CtEntry) -> Track<'static> {
-    unsafe {
-        Track {
-            flags: &mut (*e).flags,
-            wscale: &mut (*e).wscale,
-            seq_end: &mut (*e).seq_end,
-            max_win: &mut (*e).max_win,
-        }
-    }
-}
-
-/// Refresh a tracked flow with a packet in direction `d` (0: as the flow's
-/// first packet went).
-#[inline(always)]
-fn ct_refresh(e: *mut CtEntry, f: &PFlow, d: usize, now: u64) {
-    unsafe {
-        (*e).last_seen_ns = now;
-        if d == 1 {
-            (*e).flags |= CT_F_REPLIED;
-        }
-    }
-    if f.proto == PROTO_TCP && tcp_update(&mut ct_track(e), d, &f.seg) == TcpEvent::OutOfWindow {
-        count(Counter::TcpOutOfWindow);
-    }
-}
-
-/// Move an unestablished flow to BERTH_CT; `Err` when that is full.
-#[inline(always)]
-fn ct_promote(key: &FlowKey, e: *mut CtEntry) -> Result<(), ()> {
-    let mut entry = unsafe { *e };
-    entry.flags |= CT_F_ESTABLISHED;
-    match BERTH_CT.insert(key, &entry, 1) {
-        Ok(()) => {}
-        Err(err) if err == EEXIST => {}
-        Err(_) => {
-            count(Counter::CtTableFull);
-            return Err(());
-        }
-    }
-    let _ = BERTH_CT_NEW.remove(key);
-    Ok(())
-}
-
 /// Whether the packet belongs to a tracked flow.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Ct {
@@ -583,7 +524,7 @@ pub enum NatSide {
 #[inline(always)]
 pub fn ct_established(f: &PFlow, nat: NatSide) -> Ct {
     let key = f.key();
-    let rkey = f.reverse_key();
+    let rkey = reverse_key(&key);
     let nat_key = match nat {
         NatSide::None => None,
         NatSide::Sent => Some(&key),
@@ -595,11 +536,11 @@ pub fn ct_established(f: &PFlow, nat: NatSide) -> Ct {
         }
     }
     if let Some(e) = BERTH_CT.get_ptr_mut(&key) {
-        ct_refresh(e, f, 0, unsafe { bpf_ktime_get_ns() });
+        ct_refresh(e, f.proto, &f.seg, DIR_ORIG, unsafe { bpf_ktime_get_ns() });
         return Ct::Tracked;
     }
     if let Some(e) = BERTH_CT.get_ptr_mut(&rkey) {
-        ct_refresh(e, f, 1, unsafe { bpf_ktime_get_ns() });
+        ct_refresh(e, f.proto, &f.seg, DIR_REPLY, unsafe { bpf_ktime_get_ns() });
         return Ct::Tracked;
     }
     if let Some(k) = nat_key {
@@ -609,18 +550,18 @@ pub fn ct_established(f: &PFlow, nat: NatSide) -> Ct {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(e) = BERTH_CT_NEW.get_ptr_mut(&key) {
-        ct_refresh(e, f, 0, now);
+        ct_refresh(e, f.proto, &f.seg, DIR_ORIG, now);
         if f.proto == PROTO_TCP
-            && tcp_completes(&ct_track(e), &f.seg)
-            && ct_promote(&key, e).is_err()
+            && tcp_completes(&CtEntry::track(e), &f.seg)
+            && ct_promote(&ct_tables(), &key, e).is_err()
         {
             return Ct::Refused;
         }
         return Ct::Tracked;
     }
     if let Some(e) = BERTH_CT_NEW.get_ptr_mut(&rkey) {
-        ct_refresh(e, f, 1, now);
-        if f.proto != PROTO_TCP && ct_promote(&rkey, e).is_err() {
+        ct_refresh(e, f.proto, &f.seg, DIR_REPLY, now);
+        if f.proto != PROTO_TCP && ct_promote(&ct_tables(), &rkey, e).is_err() {
             return Ct::Refused;
         }
         return Ct::Tracked;
@@ -643,32 +584,17 @@ fn ct_may_open(f: &PFlow) -> bool {
 /// makes room rather than refuse.
 #[inline(always)]
 pub fn ct_create(f: &PFlow) -> Result<(), ()> {
-    let (wscale, seq_end, max_win) = if f.proto == PROTO_TCP {
-        tcp_init(&f.seg)
-    } else {
-        ([0xff; 2], [0; 2], [0; 2])
-    };
+    let (flags, wscale, seq_end, max_win) = ct_init(f.proto, &f.seg);
     let e = CtEntry {
         last_seen_ns: unsafe { bpf_ktime_get_ns() },
-        flags: if f.proto == PROTO_TCP {
-            CT_F_SEQ_FWD
-        } else {
-            0
-        },
+        flags,
         _pad: 0,
         wscale,
         seq_end,
         max_win,
         _pad2: 0,
     };
-    match BERTH_CT_NEW.insert(&f.key(), &e, 1) {
-        Ok(()) => Ok(()),
-        Err(e) if e == EEXIST => Ok(()),
-        Err(_) => {
-            count(Counter::CtTableFull);
-            Err(())
-        }
-    }
+    ct_insert_new(&ct_tables(), &f.key(), &e)
 }
 
 /// tc ingress of a container's host-side veth: what the container sends.

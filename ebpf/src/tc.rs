@@ -1,17 +1,18 @@
 //! TC (tcx) hook: skb checksum helpers, which handle CHECKSUM_PARTIAL
 //! packets (local senders on veth) as well as complete ones.
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
 use berth_maps::{Counter, PROTO_UDP};
 
 use crate::{
-    fib::{fib_lookup_v4, NextHop},
+    fib::NextHop,
+    hook::Hook,
     icmp::ICMP_MAX_HDR_LEN,
     maps::count,
-    nat::{Rewrite, Rewriter},
+    nat::Rewrite,
     parse::{Flow, IP_CSUM_OFF, IP_TTL_OFF},
 };
 
@@ -32,12 +33,46 @@ pub fn tc_pull_headers(ctx: &TcContext) {
     }
 }
 
-pub struct TcRewriter<'a>(pub &'a TcContext);
+impl Hook for TcContext {
+    type Verdict = i32;
+    const PASS: i32 = TC_ACT_OK;
+    const DROP: i32 = TC_ACT_SHOT;
 
-impl Rewriter for TcRewriter<'_> {
     #[inline(always)]
-    fn rewrite(&mut self, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
-        let ctx = self.0;
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.len() as usize
+    }
+
+    #[inline(always)]
+    fn in_ifindex(&self) -> u32 {
+        unsafe { (*self.skb.skb).ifindex }
+    }
+
+    /// A GSO packet (a local sender's 64 KiB TCP burst on veth) is larger
+    /// than any MTU until it is segmented on the way out.
+    #[inline(always)]
+    fn mtu_len(&self, tot_len: u16) -> u16 {
+        if unsafe { (*self.skb.skb).gso_size } != 0 {
+            0
+        } else {
+            tot_len
+        }
+    }
+
+    /// With the skb checksum helpers, which handle CHECKSUM_PARTIAL.
+    #[inline(always)]
+    fn rewrite(&self, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
+        let ctx = self;
         let l4_csum = flow.l4_csum_off();
         // UDP: a zero checksum means "none" and stays zero; a computed zero
         // is sent as 0xffff.
@@ -81,11 +116,16 @@ impl Rewriter for TcRewriter<'_> {
         ctx.l3_csum_replace(IP_CSUM_OFF, old_ttl as u64, new_ttl as u64, 2)
             .map_err(|_| ())
     }
+
+    #[inline(always)]
+    fn deliver(&self, next: NextHop) -> i32 {
+        tc_redirect(self, next)
+    }
 }
 
 /// Send a translated packet on its way without touching netfilter.
 #[inline(always)]
-pub fn tc_redirect(ctx: &TcContext, next: NextHop) -> i32 {
+fn tc_redirect(ctx: &TcContext, next: NextHop) -> i32 {
     match next {
         NextHop::Resolved {
             ifindex,
@@ -96,7 +136,7 @@ pub fn tc_redirect(ctx: &TcContext, next: NextHop) -> i32 {
             macs[..6].copy_from_slice(&dmac);
             macs[6..].copy_from_slice(&smac);
             if ctx.store(0, &macs, 0).is_err() {
-                return TC_ACT_SHOT as i32;
+                return TC_ACT_SHOT;
             }
             unsafe { bpf_redirect(ifindex, 0) as i32 }
         }
@@ -105,27 +145,7 @@ pub fn tc_redirect(ctx: &TcContext, next: NextHop) -> i32 {
         },
         NextHop::Unreachable => {
             count(Counter::NoRoute);
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
-}
-
-/// Translate and deliver; the flow's new destination is `dst`.
-#[inline(always)]
-pub fn tc_translate_and_redirect(
-    ctx: &TcContext,
-    flow: &Flow,
-    rw: &Rewrite,
-    src: u32,
-    dst: u32,
-) -> i32 {
-    if TcRewriter(ctx).rewrite(flow, rw).is_err() {
-        return TC_ACT_SHOT as i32;
-    }
-    let (in_ifindex, gso_size) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_size) };
-    // A GSO packet (a local sender's 64 KiB TCP burst on veth) is larger
-    // than any MTU until it is segmented on the way out.
-    let mtu_len = if gso_size != 0 { 0 } else { flow.tot_len };
-    let next = fib_lookup_v4(ctx, flow, src, dst, in_ifindex, mtu_len);
-    tc_redirect(ctx, next)
 }
