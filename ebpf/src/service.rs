@@ -22,9 +22,12 @@ pub fn service_lookup(proto: u8, addr_be: u32, port_be: u16, local: bool) -> Opt
     if let Some(b) = unsafe { BERTH_SERVICES.get(&key) } {
         return Some(*b);
     }
+    key.host_addr_be = 0;
+    let b = unsafe { BERTH_SERVICES.get(&key) }.copied()?;
+    // Last: a port nothing is published on (most of what reaches an
+    // uplink) costs two lookups, not three.
     if !local {
         unsafe { BERTH_HOST_ADDRS.get(&addr_be) }?;
     }
-    key.host_addr_be = 0;
-    unsafe { BERTH_SERVICES.get(&key) }.copied()
+    Some(b)
 }
