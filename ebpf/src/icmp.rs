@@ -18,22 +18,17 @@
 //! ICMP errors are generated complete (never CHECKSUM_PARTIAL), so one
 //! direct-write implementation with RFC 1624 arithmetic serves TC and XDP.
 use berth_maps::{Backend, FlowKey, NatEntry, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     csum,
     maps::BERTH_NAT_FWD,
     nat::{nat_get, nat_key},
-    parse::{flow_key, ptr_at, reverse_key, ETH_LEN, ETH_P_IP_BE},
+    parse::{
+        echo_ports, flow_key, l4_ports, parse_ipv4, ptr_at, reverse_key, Ip, ETH_LEN,
+        ICMP_DEST_UNREACH, ICMP_PARAMETERPROB, ICMP_TIME_EXCEEDED,
+    },
     service::service_lookup,
 };
-
-pub const ICMP_ECHO_REPLY: u8 = 0;
-pub const ICMP_DEST_UNREACH: u8 = 3;
-pub const ICMP_ECHO: u8 = 8;
-pub const ICMP_TIME_EXCEEDED: u8 = 11;
-pub const ICMP_PARAMETERPROB: u8 = 12;
-const IP_MF_OFFSET_MASK_BE: u16 = 0x3fffu16.to_be();
 
 /// Longest headers an ICMP error needs: Ethernet, outer IPv4 with options,
 /// ICMP, quoted IPv4 with options, quoted TCP up to its checksum.
@@ -77,43 +72,42 @@ impl IcmpError {
     }
 }
 
-/// An ICMP error quoting a TCP/UDP packet, or `None`. The quote ends where
-/// the outer IPv4 total length says, which must cover the quoted ports and
-/// lie within the frame (`frame_len`); a quoted fragment has no ports to
-/// trust and is left alone.
+/// An ICMP error quoting a TCP/UDP packet, or `None`. `ip`: the frame's
+/// IPv4 header as the parser described it (`Parsed::Ip`). The quote ends
+/// where the outer IPv4 total length says, which must cover the quoted
+/// ports and lie within the frame (`frame_len`); a quoted fragment has no
+/// ports to trust and is left alone.
 #[inline(always)]
-pub fn parse_icmp_error(data: usize, data_end: usize, frame_len: usize) -> Option<IcmpError> {
-    parse_icmp_error_quoting::<false>(data, data_end, frame_len)
+pub fn parse_icmp_error(
+    data: usize,
+    data_end: usize,
+    frame_len: usize,
+    ip: &Ip,
+) -> Option<IcmpError> {
+    parse_icmp_error_quoting::<false>(data, data_end, frame_len, ip)
 }
 
 /// As [`parse_icmp_error`]; with `ECHO`, a quoted ICMP echo request or
 /// reply is accepted too, its identifier in the port policy keys echo
 /// flows by (request: source, reply: destination), so a time-exceeded
 /// about a ping can be matched to the ping's flow. NAT never translates
-/// echo, so only policy asks for it.
+/// echo, so only policy asks for it. The quoted header is parsed by the
+/// functions that parse the frame's own.
 #[inline(always)]
 pub fn parse_icmp_error_quoting<const ECHO: bool>(
     data: usize,
     data_end: usize,
     frame_len: usize,
+    ip: &Ip,
 ) -> Option<IcmpError> {
-    let eth = ptr_at::<EthHdr>(data, data_end, 0)?;
-    if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
+    if ip.proto != PROTO_ICMP || ip.fragmented() {
         return None;
     }
-    let ip = unsafe { &*ptr_at::<Ipv4Hdr>(data, data_end, ETH_LEN)? };
-    let ihl = (ip.vihl & 0x0f) as usize;
-    if ip.vihl >> 4 != 4 || ihl < 5 || ip.proto != PROTO_ICMP {
-        return None;
-    }
-    if u16::from_ne_bytes(ip.frags) & IP_MF_OFFSET_MASK_BE != 0 {
-        return None;
-    }
-    let outer_end = ETH_LEN + u16::from_be_bytes(ip.tot_len) as usize;
+    let outer_end = ETH_LEN + ip.tot_len as usize;
     if outer_end > frame_len {
         return None;
     }
-    let icmp_off = ETH_LEN + ihl * 4;
+    let icmp_off = ETH_LEN + ip.hdr_len();
     let icmp = unsafe { &*ptr_at::<[u8; 8]>(data, data_end, icmp_off)? };
     if !matches!(
         icmp[0],
@@ -122,32 +116,20 @@ pub fn parse_icmp_error_quoting<const ECHO: bool>(
         return None;
     }
     let inner_ip_off = icmp_off + 8;
-    let inner = unsafe { &*ptr_at::<Ipv4Hdr>(data, data_end, inner_ip_off)? };
-    let ihl2 = (inner.vihl & 0x0f) as usize;
-    if inner.vihl >> 4 != 4 || ihl2 < 5 {
-        return None;
-    }
+    let inner = parse_ipv4(data, data_end, inner_ip_off)?;
     let echo = ECHO && inner.proto == PROTO_ICMP;
     if inner.proto != PROTO_TCP && inner.proto != PROTO_UDP && !echo {
         return None;
     }
-    if u16::from_ne_bytes(inner.frags) & IP_MF_OFFSET_MASK_BE != 0 {
+    if inner.fragmented() {
         return None;
     }
-    let inner_l4_off = inner_ip_off + ihl2 * 4;
+    let inner_l4_off = inner_ip_off + inner.hdr_len();
     let ports = unsafe { &*ptr_at::<[u8; 8]>(data, data_end, inner_l4_off)? };
     let (sport, dport) = if echo {
-        let id = u16::from_ne_bytes([ports[4], ports[5]]);
-        match ports[0] {
-            ICMP_ECHO => (id, 0),
-            ICMP_ECHO_REPLY => (0, id),
-            _ => return None,
-        }
+        echo_ports(ports)?
     } else {
-        (
-            u16::from_ne_bytes([ports[0], ports[1]]),
-            u16::from_ne_bytes([ports[2], ports[3]]),
-        )
+        l4_ports(ports)
     };
     // After the packet-pointer check, or LLVM may fold the two into one
     // the verifier cannot follow.
@@ -157,16 +139,16 @@ pub fn parse_icmp_error_quoting<const ECHO: bool>(
     Some(IcmpError {
         outer_ttl: ip.ttl,
         outer_proto: ip.proto,
-        outer_src_be: u32::from_ne_bytes(ip.src_addr),
-        outer_dst_be: u32::from_ne_bytes(ip.dst_addr),
-        outer_tot_len: u16::from_be_bytes(ip.tot_len),
+        outer_src_be: ip.src_be,
+        outer_dst_be: ip.dst_be,
+        outer_tot_len: ip.tot_len,
         outer_end,
         icmp_off,
         inner_ip_off,
         inner_l4_off,
         inner_proto: inner.proto,
-        inner_src_be: u32::from_ne_bytes(inner.src_addr),
-        inner_dst_be: u32::from_ne_bytes(inner.dst_addr),
+        inner_src_be: inner.src_be,
+        inner_dst_be: inner.dst_be,
         inner_sport_be: sport,
         inner_dport_be: dport,
     })

@@ -12,7 +12,7 @@ use crate::{
     icmp::{ct_lookup_icmp_from_outside, icmp_rewrite, parse_icmp_error, IcmpError, Quoted},
     maps::count,
     nat::{ct_track_ingress, ingress_rewrite, Rewrite},
-    parse::{parse_flow, Flow, Frag, Parsed, IP_DST_OFF},
+    parse::{parse_packet, Flow, Frag, Parsed, IP_DST_OFF},
     service::service_lookup,
     spoof,
 };
@@ -103,9 +103,10 @@ fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
     if spoof::uplink_martian(data, data_end) {
         return Ingress::Drop;
     }
-    let flow = match parse_flow(data, data_end, frame_len) {
-        Parsed::Other => {
-            let Some(e) = parse_icmp_error(data, data_end, frame_len) else {
+    let flow = match parse_packet(data, data_end, frame_len) {
+        Parsed::NotIpv4 => return Ingress::Pass,
+        Parsed::Ip(ip) => {
+            let Some(e) = parse_icmp_error(data, data_end, frame_len, &ip) else {
                 return Ingress::Pass;
             };
             let Some((backend, client_port_be)) = ct_lookup_icmp_from_outside(&e) else {

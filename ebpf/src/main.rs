@@ -66,7 +66,7 @@ use crate::{
     ingress::{ingress, translate_and_deliver},
     maps::count,
     nat::{ct_lookup_reply, reply_rewrite},
-    parse::{ipv4_fragment, parse_flow, Flow, Frag, Parsed, IP_SRC_OFF},
+    parse::{ipv4_fragment, parse_packet, Flow, Frag, Ip, Parsed, IP_SRC_OFF},
     tc::tc_pull_headers,
 };
 
@@ -105,10 +105,11 @@ pub fn berth_reply(ctx: TcContext) -> i32 {
     if gate::gate_refuses(ctx.data(), ctx.data_end(), gate::FROM_A_PORT) {
         return TC_ACT_SHOT;
     }
-    match parse_flow(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+    match parse_packet(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         Parsed::Flow(f) => tc_reply_flow(&ctx, &f),
-        Parsed::Other => tc_reply_icmp(&ctx),
+        Parsed::Ip(ip) => tc_reply_icmp(&ctx, &ip),
         Parsed::Fragment(f) => tc_reply_frag(&ctx, &f),
+        Parsed::NotIpv4 => TC_ACT_OK,
     }
 }
 
@@ -217,7 +218,7 @@ pub fn berth_from_ctr(ctx: TcContext) -> i32 {
     if !ipv4_fragment(ctx.data(), ctx.data_end()) {
         return TC_ACT_OK;
     }
-    match parse_flow(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+    match parse_packet(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         Parsed::Flow(f) if f.first_frag => tc_reply_flow(&ctx, &f),
         Parsed::Fragment(f) => tc_reply_frag(&ctx, &f),
         _ => TC_ACT_OK,
@@ -244,8 +245,8 @@ pub fn berth_to_ctr(ctx: TcContext) -> i32 {
 /// A container's ICMP error about a translated flow leaves as if the host
 /// port had sent it.
 #[inline(always)]
-fn tc_reply_icmp(ctx: &TcContext) -> i32 {
-    let Some(e) = parse_icmp_error(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
+fn tc_reply_icmp(ctx: &TcContext, ip: &Ip) -> i32 {
+    let Some(e) = parse_icmp_error(ctx.data(), ctx.data_end(), ctx.len() as usize, ip) else {
         return TC_ACT_OK;
     };
     let Some(entry) = ct_lookup_icmp_from_container(&e) else {

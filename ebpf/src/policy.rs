@@ -50,15 +50,15 @@ use berth_maps::{
 use crate::{
     ct::{ct_init, ct_insert_new, ct_promote, ct_refresh, Conn, Tables, DIR_ORIG, DIR_REPLY},
     frag::{frag_key, frag_key_of_flow, frag_key_of_frag, frag_lookup, frag_remember},
-    icmp::{
-        parse_icmp_error_quoting, IcmpError, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_ECHO_REPLY,
-        ICMP_PARAMETERPROB, ICMP_TIME_EXCEEDED,
-    },
+    icmp::{parse_icmp_error_quoting, IcmpError},
     maps::{
         count, BERTH_CT, BERTH_CT_NEW, BERTH_ENDPOINTS, BERTH_NAT, BERTH_NAT_NEW, BERTH_POLICY,
         BERTH_SG_MEMBERS,
     },
-    parse::{flow_key, parse_flow, ptr_at, reverse_key, Flow, Parsed, ETH_LEN},
+    parse::{
+        echo_ports, flow_key, parse_packet, ptr_at, reverse_key, Flow, Ip, Parsed, ETH_LEN,
+        ICMP_DEST_UNREACH, ICMP_PARAMETERPROB, ICMP_TIME_EXCEEDED,
+    },
     tcp::{tcp_completes, tcp_seg, Seg},
 };
 
@@ -117,32 +117,16 @@ fn pflow_of(f: &Flow, data: usize, data_end: usize) -> PFlow {
     }
 }
 
-/// Everything IPv4 that is neither TCP/UDP parse_flow accepted nor a later
-/// fragment: ICMP, other protocols, TCP/UDP parse_flow refused. `from`: the
-/// container sends it (both ends judged), else receives it (only its own
-/// end). A separate subprogram: LLVM merges this path with the TCP/UDP one
-/// into code the verifier refuses when it is inlined.
+/// IPv4 that is neither TCP/UDP the parser accepted nor a later fragment
+/// (`Parsed::Ip`): ICMP, other protocols, TCP/UDP the parser refused.
+/// `from`: the container sends it (both ends judged), else receives it
+/// (only its own end). A separate subprogram: LLVM merges this path with
+/// the TCP/UDP one into code the verifier refuses when it is inlined.
 #[inline(never)]
-fn other_allowed(data: usize, data_end: usize, frame_len: usize, from: bool) -> bool {
-    let Some(eth) = ptr_at::<[u8; 14]>(data, data_end, 0) else {
-        return true;
-    };
-    let eth = unsafe { &*eth };
-    if eth[12] != 0x08 || eth[13] != 0x00 {
-        return true;
-    }
-    let Some(ip) = ptr_at::<[u8; 20]>(data, data_end, ETH_LEN) else {
-        return true;
-    };
-    let ip = unsafe { &*ip };
-    let ihl = (ip[0] & 0x0f) as usize;
-    if ip[0] >> 4 != 4 || ihl < 5 {
-        return true;
-    }
-    let src_be = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
-    let dst_be = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
-    let (proto, id_be) = (ip[9], u16::from_ne_bytes([ip[4], ip[5]]));
-    let first_frag = ip[6] & 0x20 != 0;
+fn other_allowed(data: usize, data_end: usize, frame_len: usize, ip: &Ip, from: bool) -> bool {
+    let (src_be, dst_be) = (ip.src_be, ip.dst_be);
+    let (proto, id_be) = (ip.proto, ip.id_be);
+    let first_frag = ip.more_frags();
     let sender = if from {
         endpoint_with_policy(src_be)
     } else {
@@ -153,9 +137,9 @@ fn other_allowed(data: usize, data_end: usize, frame_len: usize, from: bool) -> 
         return true;
     }
     let key = frag_key(FRAG_K_POLICY, src_be, dst_be, proto, id_be);
-    // A later fragment parse_flow found malformed: still no verdict of
+    // A later fragment the parser found malformed: still no verdict of
     // its own.
-    if (ip[6] & 0x1f) != 0 || ip[7] != 0 {
+    if ip.later_frag() {
         return frag_follow(&key);
     }
     let allowed = match proto {
@@ -169,7 +153,7 @@ fn other_allowed(data: usize, data_end: usize, frame_len: usize, from: bool) -> 
             data,
             data_end,
             frame_len,
-            ihl,
+            ip,
             from,
             (src_be, sender.unwrap_or_default()),
             (dst_be, receiver.unwrap_or_default()),
@@ -183,8 +167,6 @@ fn other_allowed(data: usize, data_end: usize, frame_len: usize, from: bool) -> 
 }
 
 /// ICMP where an end has policy (`other_allowed` checked that): echo as a
-/// tracked flow, errors about tracked flows, the rest by the rules.
-/// ICMP where an end has policy (`other_allowed` checked that): echo as a
 /// tracked flow, errors about tracked flows, the rest by the rules. The
 /// ends are plain values, the default endpoint (no policy) for none (see
 /// `from_container_flow`).
@@ -193,17 +175,17 @@ fn icmp_allowed(
     data: usize,
     data_end: usize,
     frame_len: usize,
-    ihl: usize,
+    ip: &Ip,
     from: bool,
     (src_be, sender): (u32, Endpoint),
     (dst_be, receiver): (u32, Endpoint),
 ) -> bool {
-    match icmp_echo_flow(data, data_end, ihl, src_be, dst_be) {
+    match icmp_echo_flow(data, data_end, ip) {
         Some(f) if from => from_container_flow(&f, sender, receiver),
         Some(f) if has_policy(&receiver) => to_container_flow(&f, receiver),
         Some(_) => true,
         None => icmp_other_allowed(
-            data, data_end, ihl, frame_len, src_be, dst_be, sender, receiver,
+            data, data_end, ip, frame_len, src_be, dst_be, sender, receiver,
         ),
     }
 }
@@ -215,26 +197,13 @@ fn has_policy(ep: &Endpoint) -> bool {
 }
 
 #[inline(always)]
-fn icmp_echo_flow(
-    data: usize,
-    data_end: usize,
-    ihl: usize,
-    src_be: u32,
-    dst_be: u32,
-) -> Option<PFlow> {
-    let icmp = unsafe { &*ptr_at::<[u8; 8]>(data, data_end, ETH_LEN + ihl * 4)? };
-    // Echo request: identifier as the source "port"; a reply mirrors it,
-    // so its reverse key is the request's key.
-    let id = u16::from_ne_bytes([icmp[4], icmp[5]]);
-    let (sport_be, dport_be) = match icmp[0] {
-        ICMP_ECHO => (id, 0),
-        ICMP_ECHO_REPLY => (0, id),
-        _ => return None,
-    };
+fn icmp_echo_flow(data: usize, data_end: usize, ip: &Ip) -> Option<PFlow> {
+    let icmp = unsafe { &*ptr_at::<[u8; 8]>(data, data_end, ETH_LEN + ip.hdr_len())? };
+    let (sport_be, dport_be) = echo_ports(icmp)?;
     Some(PFlow {
         proto: PROTO_ICMP,
-        src_be,
-        dst_be,
+        src_be: ip.src_be,
+        dst_be: ip.dst_be,
         sport_be,
         dport_be,
         icmp_type: icmp[0],
@@ -271,14 +240,14 @@ fn icmp_error_tracked(e: &IcmpError, ep_be: u32) -> bool {
 fn icmp_other_allowed(
     data: usize,
     data_end: usize,
-    ihl: usize,
+    ip: &Ip,
     frame_len: usize,
     src_be: u32,
     dst_be: u32,
     sender: Endpoint,
     receiver: Endpoint,
 ) -> bool {
-    let Some(icmp) = ptr_at::<[u8; 2]>(data, data_end, ETH_LEN + ihl * 4) else {
+    let Some(icmp) = ptr_at::<[u8; 2]>(data, data_end, ETH_LEN + ip.hdr_len()) else {
         count(Counter::PolicyDeniedIcmp);
         return false;
     };
@@ -287,7 +256,7 @@ fn icmp_other_allowed(
         icmp_type,
         ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
     ) {
-        return icmp_error_allowed(data, data_end, frame_len, sender, receiver);
+        return icmp_error_allowed(data, data_end, frame_len, ip, sender, receiver);
     }
     let f = PFlow {
         proto: PROTO_ICMP,
@@ -308,10 +277,11 @@ fn icmp_error_allowed(
     data: usize,
     data_end: usize,
     frame_len: usize,
+    ip: &Ip,
     sender: Endpoint,
     receiver: Endpoint,
 ) -> bool {
-    let ok = match parse_icmp_error_quoting::<true>(data, data_end, frame_len) {
+    let ok = match parse_icmp_error_quoting::<true>(data, data_end, frame_len, ip) {
         Some(e) => {
             (!has_policy(&sender) || icmp_error_tracked(&e, e.outer_src_be))
                 && (!has_policy(&receiver) || icmp_error_tracked(&e, e.outer_dst_be))
@@ -600,7 +570,7 @@ pub fn ct_create(f: &PFlow) -> Result<(), ()> {
 /// tc ingress of a container's host-side veth: what the container sends.
 #[inline(always)]
 pub fn from_container(data: usize, data_end: usize, frame_len: usize) -> bool {
-    match parse_flow(data, data_end, frame_len) {
+    match parse_packet(data, data_end, frame_len) {
         Parsed::Flow(f) => {
             let sender = endpoint_with_policy(f.src_addr_be);
             let receiver = endpoint_with_policy(f.dst_addr_be);
@@ -626,7 +596,8 @@ pub fn from_container(data: usize, data_end: usize, frame_len: usize) -> bool {
             }
             frag_follow(&frag_key_of_frag(FRAG_K_POLICY, &f))
         }
-        Parsed::Other => other_allowed(data, data_end, frame_len, true),
+        Parsed::Ip(ip) => other_allowed(data, data_end, frame_len, &ip, true),
+        Parsed::NotIpv4 => true,
     }
 }
 
@@ -666,7 +637,7 @@ fn from_container_flow(f: &PFlow, sender: Endpoint, receiver: Endpoint) -> bool 
 /// tc egress of a container's host-side veth: what the container receives.
 #[inline(always)]
 pub fn to_container(data: usize, data_end: usize, frame_len: usize) -> bool {
-    match parse_flow(data, data_end, frame_len) {
+    match parse_packet(data, data_end, frame_len) {
         Parsed::Flow(f) => {
             let Some(ep) = endpoint_with_policy(f.dst_addr_be) else {
                 return true;
@@ -684,7 +655,8 @@ pub fn to_container(data: usize, data_end: usize, frame_len: usize) -> bool {
             }
             frag_follow(&frag_key_of_frag(FRAG_K_POLICY, &f))
         }
-        Parsed::Other => other_allowed(data, data_end, frame_len, false),
+        Parsed::Ip(ip) => other_allowed(data, data_end, frame_len, &ip, false),
+        Parsed::NotIpv4 => true,
     }
 }
 
