@@ -10,14 +10,15 @@
 //! to BERTH_NAT (never evicts). When a new flow's reply tuple is taken by
 //! another flow, the new one gets another client source port towards the
 //! container, remembered in BERTH_NAT_FWD.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use berth_maps::{
     nat_remap_port, Backend, Counter, FlowKey, NatEntry, NatFwd, NAT_REMAP_TRIES, PROTO_TCP,
     PROTO_UDP,
 };
 
 use crate::{
-    ct::{ct_init, ct_insert_new, ct_promote, ct_refresh, Conn, Tables, DIR_ORIG, DIR_REPLY},
+    ct::{
+        ct_init, ct_insert_new, ct_now, ct_promote, ct_refresh, Conn, Tables, DIR_ORIG, DIR_REPLY,
+    },
     maps::{count, BERTH_NAT, BERTH_NAT_FWD, BERTH_NAT_NEW},
     parse::{flow_key, Flow, IP_DST_OFF, IP_SRC_OFF},
     sys::BPF_ANY,
@@ -186,7 +187,7 @@ pub fn ct_track_ingress(
         Seg::default()
     };
     let key = nat_key(flow.proto, backend, flow.src_addr_be, flow.src_port_be);
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = ct_now();
     // The common case: one lookup in BERTH_NAT.
     if let Some(r) = nat_ingress_known(&key, flow, &seg, now) {
         return r;
@@ -304,17 +305,13 @@ pub fn ct_lookup_reply(
         Seg::default()
     };
     if let Some(e) = BERTH_NAT.get_ptr_mut(&key) {
-        ct_refresh(e, flow.proto, &seg, DIR_REPLY, unsafe {
-            bpf_ktime_get_ns()
-        });
+        ct_refresh(e, flow.proto, &seg, DIR_REPLY, ct_now());
         return Ok(Some(ReplyXlate::of(e)));
     }
     let Some(e) = BERTH_NAT_NEW.get_ptr_mut(&key) else {
         return Ok(None);
     };
-    ct_refresh(e, flow.proto, &seg, DIR_REPLY, unsafe {
-        bpf_ktime_get_ns()
-    });
+    ct_refresh(e, flow.proto, &seg, DIR_REPLY, ct_now());
     let x = ReplyXlate::of(e);
     if flow.proto == PROTO_UDP {
         ct_promote(&nat_tables(), &key, e)?;

@@ -37,10 +37,7 @@
 //!   dropped (`frag_no_first`). A TCP/UDP first fragment too short to hold
 //!   its header is refused (the tiny-fragment attack of RFC 1858 would
 //!   otherwise hide the flags or ports in a later fragment).
-use aya_ebpf::{
-    cty::c_void,
-    helpers::{bpf_ktime_get_ns, bpf_loop},
-};
+use aya_ebpf::{cty::c_void, helpers::bpf_loop};
 use berth_maps::{
     Counter, CtEntry, Endpoint, FlowKey, FragKey, Policy, PolicyKey, Rule, SgMember, DIR_INGRESS,
     EP_F_POLICY, FRAG_K_POLICY, FRAG_V_ALLOW, FRAG_V_DENY, MAX_RULES, PROTO_ICMP, PROTO_TCP,
@@ -48,7 +45,9 @@ use berth_maps::{
 };
 
 use crate::{
-    ct::{ct_init, ct_insert_new, ct_promote, ct_refresh, Conn, Tables, DIR_ORIG, DIR_REPLY},
+    ct::{
+        ct_init, ct_insert_new, ct_now, ct_promote, ct_refresh, Conn, Tables, DIR_ORIG, DIR_REPLY,
+    },
     frag::{frag_key, frag_key_of_flow, frag_key_of_frag, frag_lookup, frag_remember},
     icmp::{parse_icmp_error_quoting, IcmpError},
     maps::{
@@ -506,11 +505,11 @@ pub fn ct_established(f: &PFlow, nat: NatSide) -> Ct {
         }
     }
     if let Some(e) = BERTH_CT.get_ptr_mut(&key) {
-        ct_refresh(e, f.proto, &f.seg, DIR_ORIG, unsafe { bpf_ktime_get_ns() });
+        ct_refresh(e, f.proto, &f.seg, DIR_ORIG, ct_now());
         return Ct::Tracked;
     }
     if let Some(e) = BERTH_CT.get_ptr_mut(&rkey) {
-        ct_refresh(e, f.proto, &f.seg, DIR_REPLY, unsafe { bpf_ktime_get_ns() });
+        ct_refresh(e, f.proto, &f.seg, DIR_REPLY, ct_now());
         return Ct::Tracked;
     }
     if let Some(k) = nat_key {
@@ -518,7 +517,7 @@ pub fn ct_established(f: &PFlow, nat: NatSide) -> Ct {
             return Ct::Tracked;
         }
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = ct_now();
     if let Some(e) = BERTH_CT_NEW.get_ptr_mut(&key) {
         ct_refresh(e, f.proto, &f.seg, DIR_ORIG, now);
         if f.proto == PROTO_TCP
@@ -556,7 +555,7 @@ fn ct_may_open(f: &PFlow) -> bool {
 pub fn ct_create(f: &PFlow) -> Result<(), ()> {
     let (flags, wscale, seq_end, max_win) = ct_init(f.proto, &f.seg);
     let e = CtEntry {
-        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+        last_seen_ns: ct_now(),
         flags,
         _pad: 0,
         wscale,
