@@ -337,9 +337,7 @@ pub fn parse_packet(data: usize, data_end: usize, frame_len: usize) -> Parsed {
 #[inline(always)]
 fn parse_tcp(data: usize, data_end: usize, mut flow: Flow, ip_hdr_len: usize) -> Option<Flow> {
     // source(2) dest(2) seq(4) ack(4) doff/flags(2) window(2) check(2) urg(2)
-    let Some(tcp) = ptr_at::<[u8; 20]>(data, data_end, flow.l4_off) else {
-        return None;
-    };
+    let tcp = ptr_at::<[u8; 20]>(data, data_end, flow.l4_off)?;
     let tcp = unsafe { &*tcp };
     let doff = (tcp[12] >> 4) as usize;
     if doff < 5 || (flow.tot_len as usize) < ip_hdr_len + doff * 4 {
@@ -354,9 +352,7 @@ fn parse_tcp(data: usize, data_end: usize, mut flow: Flow, ip_hdr_len: usize) ->
 
 #[inline(always)]
 fn parse_udp(data: usize, data_end: usize, mut flow: Flow, ip_hdr_len: usize) -> Option<Flow> {
-    let Some(udp) = ptr_at::<[u8; 8]>(data, data_end, flow.l4_off) else {
-        return None;
-    };
+    let udp = ptr_at::<[u8; 8]>(data, data_end, flow.l4_off)?;
     let udp = unsafe { &*udp };
     let udp_len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
     // A first fragment holds the header and part of the datagram.
