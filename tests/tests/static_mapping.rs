@@ -10,73 +10,18 @@ use std::{
 };
 
 use berth_integration::{
-    http_get, tcp_connect, udp_request, Bpffs, Daemon, DaemonOptions, HttpPeerServer, NetNs,
-    Topology, UdpEchoServer,
+    peer_ip, rig::map_add_args, rig::REQUEST_TIMEOUT as T, tcp_connect, DaemonOptions, Mode, NetNs,
+    Rig, Topology, TopologyOptions,
 };
 use serde_json::Value;
 
-const T: Duration = Duration::from_secs(5);
-
-/// Guards drop in field order: daemon, then bpffs, then namespaces.
-struct Setup {
-    daemon: Daemon,
-    _bpffs: Bpffs,
-    topo: Topology,
-}
-
-fn setup(attach: Option<&str>) -> Setup {
-    let topo = Topology::build().expect("build topology");
-    let bpffs = Bpffs::new().expect("bpffs");
-    let opts = DaemonOptions {
-        attach: attach.map(str::to_string),
-        ..Default::default()
-    };
-    let daemon = Daemon::start_with(&topo.host.ns, &bpffs, opts).expect("start daemon");
-    Setup {
-        daemon,
-        _bpffs: bpffs,
-        topo,
-    }
-}
-
-impl Setup {
-    fn map_add(&self, task: &str, ip: &str, specs: &[&str]) -> String {
-        let mut args = vec!["map", "add", "--task", task, "--ip", ip];
-        for s in specs {
-            args.extend(["-p", s]);
-        }
-        self.daemon.cli_ok(args).expect("map add")
-    }
-
-    fn client_get(&self, port: u16) -> anyhow::Result<String> {
-        let addr = self.topo.host.addr(port);
-        self.topo.client.ns.run(move || http_get(addr, "/", T))
-    }
-
-    fn bindings(&self) -> Vec<Value> {
-        let out = self
-            .daemon
-            .cli_ok(["map", "ls", "--json"])
-            .expect("map ls --json");
-        let v: Value = serde_json::from_str(&out).expect("map ls --json is JSON");
-        v.as_array().expect("an array").clone()
-    }
-}
-
-fn peer_ip(body: &str) -> String {
-    body.rsplit_once(':')
-        .map(|(ip, _)| ip.to_string())
-        .unwrap_or_default()
-}
-
-fn http_through_static_mapping(attach: Option<&str>) {
-    let s = setup(attach);
-    let _web =
-        HttpPeerServer::start_in(&s.topo.container.ns, "0.0.0.0:80".parse().unwrap()).unwrap();
-    let out = s.map_add("web", "172.17.0.2", &["8080:80"]);
+fn http_through_static_mapping(mode: Mode) {
+    let rig = Rig::builder().mode(mode).start();
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    let out = rig.map_add("web", "172.17.0.2", &["8080:80"]);
     assert!(out.contains("8080"), "map add prints the binding: {out}");
     for _ in 0..3 {
-        let body = s.client_get(8080).expect("GET through the mapping");
+        let body = rig.client_get(8080).expect("GET through the mapping");
         assert_eq!(
             peer_ip(&body),
             "192.0.2.2",
@@ -87,25 +32,21 @@ fn http_through_static_mapping(attach: Option<&str>) {
 
 #[test]
 fn http_request_reaches_container_with_client_ip_tc() {
-    http_through_static_mapping(Some("tc"));
+    http_through_static_mapping(Mode::Tc);
 }
 
 #[test]
 fn http_request_reaches_container_with_client_ip_xdp() {
-    http_through_static_mapping(Some("xdp"));
+    http_through_static_mapping(Mode::Xdp);
 }
 
-fn udp_through_static_mapping(attach: Option<&str>) {
-    let s = setup(attach);
-    let _dns =
-        UdpEchoServer::start_in(&s.topo.container.ns, "0.0.0.0:53".parse().unwrap()).unwrap();
-    s.map_add("dns", "172.17.0.2", &["5353:53/udp"]);
-    let target = s.topo.host.addr(5353);
-    let reply = s
-        .topo
-        .client
-        .ns
-        .run(move || udp_request(target, "hello", T))
+fn udp_through_static_mapping(mode: Mode) {
+    let rig = Rig::builder().mode(mode).start();
+    let _dns = rig.serve_udp_echo(&rig.topo.container.ns, 53);
+    rig.map_add("dns", "172.17.0.2", &["5353:53/udp"]);
+    let target = rig.topo.host.addr(5353);
+    let reply = rig
+        .client_udp(5353, "hello")
         .expect("UDP echo through the mapping");
     assert_eq!(
         reply.from, target,
@@ -121,22 +62,21 @@ fn udp_through_static_mapping(attach: Option<&str>) {
 
 #[test]
 fn udp_echo_replies_from_host_port_tc() {
-    udp_through_static_mapping(Some("tc"));
+    udp_through_static_mapping(Mode::Tc);
 }
 
 #[test]
 fn udp_echo_replies_from_host_port_xdp() {
-    udp_through_static_mapping(Some("xdp"));
+    udp_through_static_mapping(Mode::Xdp);
 }
 
 #[test]
 fn two_host_ports_reach_one_container_port() {
-    let s = setup(None);
-    let _web =
-        HttpPeerServer::start_in(&s.topo.container.ns, "0.0.0.0:80".parse().unwrap()).unwrap();
-    s.map_add("web", "172.17.0.2", &["8080:80", "8081:80"]);
+    let rig = Rig::start();
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    rig.map_add("web", "172.17.0.2", &["8080:80", "8081:80"]);
     for port in [8080, 8081, 8080, 8081] {
-        let body = s
+        let body = rig
             .client_get(port)
             .unwrap_or_else(|e| panic!("GET :{port}: {e:#}"));
         assert_eq!(peer_ip(&body), "192.0.2.2");
@@ -145,37 +85,33 @@ fn two_host_ports_reach_one_container_port() {
 
 #[test]
 fn two_containers_each_get_their_mapping_and_a_port_range_works() {
-    let s = setup(None);
-    let _a = HttpPeerServer::start_in(&s.topo.container.ns, "0.0.0.0:80".parse().unwrap()).unwrap();
-    let _b1 =
-        HttpPeerServer::start_in(&s.topo.container2.ns, "0.0.0.0:9000".parse().unwrap()).unwrap();
-    let _b2 =
-        HttpPeerServer::start_in(&s.topo.container2.ns, "0.0.0.0:9002".parse().unwrap()).unwrap();
-    s.map_add("a", "172.17.0.2", &["8080:80"]);
-    s.map_add("b", "172.17.0.3", &["7000-7002:9000-9002"]);
-    assert_eq!(s.bindings().len(), 4);
-    s.client_get(8080).expect("container a");
-    s.client_get(7000)
+    let rig = Rig::start();
+    let _a = rig.serve_http(&rig.topo.container.ns, 80);
+    let _b1 = rig.serve_http(&rig.topo.container2.ns, 9000);
+    let _b2 = rig.serve_http(&rig.topo.container2.ns, 9002);
+    rig.map_add("a", "172.17.0.2", &["8080:80"]);
+    rig.map_add("b", "172.17.0.3", &["7000-7002:9000-9002"]);
+    assert_eq!(rig.bindings().len(), 4);
+    rig.client_get(8080).expect("container a");
+    rig.client_get(7000)
         .expect("container b, first port of the range");
-    s.client_get(7002)
+    rig.client_get(7002)
         .expect("container b, last port of the range");
 }
 
 #[test]
 fn unmapped_port_and_host_services_are_untouched() {
-    let s = setup(None);
-    let _web =
-        HttpPeerServer::start_in(&s.topo.container.ns, "0.0.0.0:80".parse().unwrap()).unwrap();
-    let _host_svc =
-        HttpPeerServer::start_in(&s.topo.host.ns, "0.0.0.0:9000".parse().unwrap()).unwrap();
-    s.map_add("web", "172.17.0.2", &["8080:80"]);
-    let body = s
+    let rig = Rig::start();
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    let _host_svc = rig.serve_http(&rig.topo.host.ns, 9000);
+    rig.map_add("web", "172.17.0.2", &["8080:80"]);
+    let body = rig
         .client_get(9000)
         .expect("host service on an unmapped port");
     assert_eq!(peer_ip(&body), "192.0.2.2");
     // A port nothing listens on is refused by the host as before.
-    let addr = s.topo.host.addr(9999);
-    let err = s
+    let addr = rig.topo.host.addr(9999);
+    let err = rig
         .topo
         .client
         .ns
@@ -186,18 +122,13 @@ fn unmapped_port_and_host_services_are_untouched() {
 
 #[test]
 fn container_outbound_connections_are_still_masqueraded() {
-    let s = setup(None);
-    let _web =
-        HttpPeerServer::start_in(&s.topo.container.ns, "0.0.0.0:80".parse().unwrap()).unwrap();
-    s.map_add("web", "172.17.0.2", &["8080:80"]);
-    let _outside =
-        HttpPeerServer::start_in(&s.topo.client.ns, "0.0.0.0:8443".parse().unwrap()).unwrap();
+    let rig = Rig::start();
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    rig.map_add("web", "172.17.0.2", &["8080:80"]);
+    let _outside = rig.serve_http(&rig.topo.client.ns, 8443);
     let target: SocketAddr = "192.0.2.2:8443".parse().unwrap();
-    let body = s
-        .topo
-        .container
-        .ns
-        .run(move || http_get(target, "/", T))
+    let body = rig
+        .get_from(&rig.topo.container.ns, target)
         .expect("container reaches the outside");
     assert_eq!(
         peer_ip(&body),
@@ -208,35 +139,31 @@ fn container_outbound_connections_are_still_masqueraded() {
 
 #[test]
 fn map_rm_stops_new_connections() {
-    let s = setup(None);
-    let _web =
-        HttpPeerServer::start_in(&s.topo.container.ns, "0.0.0.0:80".parse().unwrap()).unwrap();
-    s.map_add("web", "172.17.0.2", &["8080:80", "8081:80"]);
-    s.client_get(8080).expect("before rm");
-    s.daemon
-        .cli_ok(["map", "rm", "--task", "web", "-p", "8080:80"])
-        .expect("map rm one");
+    let rig = Rig::start();
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    rig.map_add("web", "172.17.0.2", &["8080:80", "8081:80"]);
+    rig.client_get(8080).expect("before rm");
+    rig.berth(&["map", "rm", "--task", "web", "-p", "8080:80"]);
     assert!(
-        s.client_get(8080).is_err(),
+        rig.client_get(8080).is_err(),
         "8080 no longer reaches the container"
     );
-    s.client_get(8081).expect("the task's other binding stays");
-    s.daemon
-        .cli_ok(["map", "rm", "--task", "web"])
-        .expect("map rm all");
-    assert!(s.client_get(8081).is_err());
-    assert!(s.bindings().is_empty());
+    rig.client_get(8081)
+        .expect("the task's other binding stays");
+    rig.berth(&["map", "rm", "--task", "web"]);
+    assert!(rig.client_get(8081).is_err());
+    assert!(rig.bindings().is_empty());
 }
 
 #[test]
 fn map_ls_json_uses_ecs_network_binding_names() {
-    let s = setup(None);
-    s.map_add(
+    let rig = Rig::start();
+    rig.map_add(
         "web",
         "172.17.0.2",
         &["192.0.2.1:8080:80/tcp", "5353:53/udp"],
     );
-    let mut got: Vec<Value> = s.bindings();
+    let mut got: Vec<Value> = rig.bindings();
     got.sort_by_key(|b| b["hostPort"].as_u64());
     assert_eq!(
         got,
@@ -245,30 +172,16 @@ fn map_ls_json_uses_ecs_network_binding_names() {
             serde_json::json!({"task":"web","containerIP":"172.17.0.2","bindIP":"192.0.2.1","hostPort":8080,"containerPort":80,"protocol":"tcp"}),
         ]
     );
-    let table = s.daemon.cli_ok(["map", "ls"]).unwrap();
+    let table = rig.berth(&["map", "ls"]);
     assert!(table.lines().count() >= 3, "header and two rows:\n{table}");
 }
 
 #[test]
 fn taken_host_port_fails_in_dockers_words_and_changes_nothing() {
-    let s = setup(None);
-    s.map_add("a", "172.17.0.2", &["8080:80"]);
-    let before = s.bindings();
-    let out = s
-        .daemon
-        .cli([
-            "map",
-            "add",
-            "--task",
-            "b",
-            "--ip",
-            "172.17.0.3",
-            "-p",
-            "9090:90",
-            "-p",
-            "8080:80",
-        ])
-        .unwrap();
+    let rig = Rig::start();
+    rig.map_add("a", "172.17.0.2", &["8080:80"]);
+    let before = rig.bindings();
+    let out = rig.berth_output(&map_add_args("b", "172.17.0.3", &["9090:90", "8080:80"]));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -276,7 +189,7 @@ fn taken_host_port_fails_in_dockers_words_and_changes_nothing() {
         "berth: Bind for 0.0.0.0:8080 failed: port is already allocated"
     );
     assert_eq!(
-        s.bindings(),
+        rig.bindings(),
         before,
         "the request's other port was not published either"
     );
@@ -310,131 +223,41 @@ fn echo(conn: &mut TcpStream, msg: &str) -> String {
 
 #[test]
 fn bad_cli_input_changes_nothing_and_keeps_flows() {
-    let s = setup(None);
-    let _echo = echo_server(&s.topo.container.ns, 7);
-    let _web =
-        HttpPeerServer::start_in(&s.topo.container2.ns, "0.0.0.0:80".parse().unwrap()).unwrap();
-    s.map_add("echo", "172.17.0.2", &["7007:7"]);
-    s.map_add("web", "172.17.0.3", &["8080:80"]);
-    let addr = s.topo.host.addr(7007);
-    let mut conn = s
+    let rig = Rig::start();
+    let _echo = echo_server(&rig.topo.container.ns, 7);
+    let _web = rig.serve_http(&rig.topo.container2.ns, 80);
+    rig.map_add("echo", "172.17.0.2", &["7007:7"]);
+    rig.map_add("web", "172.17.0.3", &["8080:80"]);
+    let addr = rig.topo.host.addr(7007);
+    let mut conn = rig
         .topo
         .client
         .ns
         .run(move || tcp_connect(addr, T))
         .expect("connect");
     assert_eq!(echo(&mut conn, "one"), "one");
-    let before = s.bindings();
+    let before = rig.bindings();
 
-    let bad: &[&[&str]] = &[
-        &[
-            "map",
-            "add",
-            "--task",
-            "x",
-            "--ip",
-            "172.17.0.2",
-            "-p",
-            "8080:0",
-        ],
-        &[
-            "map",
-            "add",
-            "--task",
-            "x",
-            "--ip",
-            "172.17.0.2",
-            "-p",
-            "70000:80",
-        ],
-        &[
-            "map",
-            "add",
-            "--task",
-            "x",
-            "--ip",
-            "172.17.0.2",
-            "-p",
-            "9010-9000:80-90",
-        ],
-        &[
-            "map",
-            "add",
-            "--task",
-            "x",
-            "--ip",
-            "172.17.0.2",
-            "-p",
-            "9000-9010:80-81",
-        ],
-        &[
-            "map",
-            "add",
-            "--task",
-            "x",
-            "--ip",
-            "172.17.0.2",
-            "-p",
-            "9000:80/sctp",
-        ],
-        &[
-            "map",
-            "add",
-            "--task",
-            "x",
-            "--ip",
-            "172.17.0.2",
-            "-p",
-            "1.2.3:9000:80",
-        ],
-        &[
-            "map",
-            "add",
-            "--task",
-            "x",
-            "--ip",
-            "172.17.999.2",
-            "-p",
-            "9000:80",
-        ],
-        &[
-            "map", "add", "--task", "x", "--ip", "10.9.9.9", "-p", "9000:80",
-        ],
-        &[
-            "map",
-            "add",
-            "--task",
-            "x",
-            "--ip",
-            "172.17.0.2",
-            "-p",
-            "65536",
-        ],
-        &[
-            "map",
-            "add",
-            "--task",
-            "x",
-            "--ip",
-            "172.17.0.2",
-            "-p",
-            "garbage",
-        ],
-        &[
-            "map",
-            "add",
-            "--task",
-            "x",
-            "--ip",
-            "172.17.0.2",
-            "-p",
-            "7007:7",
-        ],
-        &["map", "rm", "--task", "nosuchtask"],
-        &["map", "rm", "--task", "echo", "-p", "9999:9"],
-    ];
-    for args in bad {
-        let out = s.daemon.cli(*args).unwrap();
+    let mut bad: Vec<Vec<&str>> = [
+        ("172.17.0.2", "8080:0"),
+        ("172.17.0.2", "70000:80"),
+        ("172.17.0.2", "9010-9000:80-90"),
+        ("172.17.0.2", "9000-9010:80-81"),
+        ("172.17.0.2", "9000:80/sctp"),
+        ("172.17.0.2", "1.2.3:9000:80"),
+        ("172.17.999.2", "9000:80"),
+        ("10.9.9.9", "9000:80"),
+        ("172.17.0.2", "65536"),
+        ("172.17.0.2", "garbage"),
+        ("172.17.0.2", "7007:7"),
+    ]
+    .iter()
+    .map(|(ip, spec)| map_add_args("x", ip, &[spec]))
+    .collect();
+    bad.push(vec!["map", "rm", "--task", "nosuchtask"]);
+    bad.push(vec!["map", "rm", "--task", "echo", "-p", "9999:9"]);
+    for args in &bad {
+        let out = rig.berth_output(args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success(),
@@ -449,7 +272,7 @@ fn bad_cli_input_changes_nothing_and_keeps_flows() {
         );
         assert!(err.starts_with("berth: "), "{err:?}");
         assert_eq!(
-            s.bindings(),
+            rig.bindings(),
             before,
             "`berth {}` changed the bindings",
             args.join(" ")
@@ -461,22 +284,22 @@ fn bad_cli_input_changes_nothing_and_keeps_flows() {
         "[]",
         r#"{"task":"x","containerIP":"172.17.0.2","ports":[7]}"#,
     ] {
-        let r = s.daemon.api("POST", "/v1/bindings", Some(body)).unwrap();
+        let r = rig.daemon.api("POST", "/v1/bindings", Some(body)).unwrap();
         assert!((400..500).contains(&r.status), "{body} -> {}", r.status);
     }
-    assert_eq!(s.bindings(), before);
+    assert_eq!(rig.bindings(), before);
     assert_eq!(
         echo(&mut conn, "two"),
         "two",
         "the established flow still works"
     );
-    s.client_get(8080).expect("new connections still work");
+    rig.client_get(8080).expect("new connections still work");
 }
 
 #[test]
 fn concurrent_map_adds_from_many_processes_all_land_once() {
-    let s = setup(None);
-    let daemon = &s.daemon;
+    let rig = Rig::start();
+    let daemon = &rig.daemon;
     // 12 processes: 10 distinct ports, and two that race for port 9500.
     let outcomes: Vec<(u16, bool)> = thread::scope(|sc| {
         let handles: Vec<_> = (0..12u16)
@@ -486,16 +309,7 @@ fn concurrent_map_adds_from_many_processes_all_land_once() {
                     let spec = format!("{port}:80");
                     let task = format!("t{i}");
                     let out = daemon
-                        .cli([
-                            "map",
-                            "add",
-                            "--task",
-                            &task,
-                            "--ip",
-                            "172.17.0.2",
-                            "-p",
-                            &spec,
-                        ])
+                        .cli(map_add_args(&task, "172.17.0.2", &[&spec]))
                         .unwrap();
                     (port, out.status.success())
                 })
@@ -515,7 +329,7 @@ fn concurrent_map_adds_from_many_processes_all_land_once() {
         1,
         "exactly one wins 9500"
     );
-    let ports: Vec<u64> = s
+    let ports: Vec<u64> = rig
         .bindings()
         .iter()
         .map(|b| b["hostPort"].as_u64().unwrap())
@@ -539,57 +353,50 @@ fn berth_adds_no_netfilter_rules() {
     let topo = Topology::build().expect("topology");
     let before = rules(&topo.host.iptables_save().unwrap());
     let nft_before = topo.host.ns.exec("nft", ["list", "ruleset"]).unwrap();
-    let bpffs = Bpffs::new().unwrap();
-    let daemon = Daemon::start(&topo.host.ns, &bpffs).unwrap();
-    daemon
-        .cli_ok([
-            "map",
-            "add",
-            "--task",
-            "web",
-            "--ip",
-            "172.17.0.2",
-            "-p",
-            "8080:80",
-            "-p",
-            "53:53/udp",
-        ])
-        .unwrap();
-    assert_eq!(rules(&topo.host.iptables_save().unwrap()), before);
+    let rig = Rig::builder().start_on(topo);
+    rig.map_add("web", "172.17.0.2", &["8080:80", "53:53/udp"]);
+    let host = &rig.topo.host;
+    assert_eq!(rules(&host.iptables_save().unwrap()), before);
     assert_eq!(
-        topo.host.ns.exec("nft", ["list", "ruleset"]).unwrap(),
+        host.ns.exec("nft", ["list", "ruleset"]).unwrap(),
         nft_before
     );
 }
 
 #[test]
 fn mappings_survive_a_daemon_restart_and_forward_while_it_is_down() {
-    let mut s = setup(None);
-    let _web =
-        HttpPeerServer::start_in(&s.topo.container.ns, "0.0.0.0:80".parse().unwrap()).unwrap();
-    s.map_add("web", "172.17.0.2", &["8080:80"]);
-    let before = s.bindings();
-    s.daemon.kill().expect("SIGKILL the daemon");
-    s.client_get(8080)
+    let mut rig = Rig::start();
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    rig.map_add("web", "172.17.0.2", &["8080:80"]);
+    let before = rig.bindings();
+    rig.daemon.kill().expect("SIGKILL the daemon");
+    rig.client_get(8080)
         .expect("forwarding continues while the daemon is down");
-    s.daemon.start_again().expect("restart");
-    assert_eq!(s.bindings(), before, "the store brought every binding back");
-    s.client_get(8080).expect("after restart");
-    s.daemon.stop().expect("SIGTERM");
-    s.daemon.start_again().expect("restart after a clean stop");
-    s.client_get(8080).expect("after a clean restart");
+    rig.daemon.start_again().expect("restart");
+    assert_eq!(
+        rig.bindings(),
+        before,
+        "the store brought every binding back"
+    );
+    rig.client_get(8080).expect("after restart");
+    rig.daemon.stop().expect("SIGTERM");
+    rig.daemon
+        .start_again()
+        .expect("restart after a clean stop");
+    rig.client_get(8080).expect("after a clean restart");
 }
 
 #[test]
 fn daemon_refuses_to_start_with_one_clear_line() {
-    let topo = Topology::build().expect("topology");
-    let bpffs = Bpffs::new().unwrap();
     let opts = DaemonOptions {
         uplinks: vec!["nosuch0".into()],
         startup_timeout: Duration::from_secs(5),
         ..Default::default()
     };
-    let err = Daemon::start_with(&topo.host.ns, &bpffs, opts).expect_err("must not start");
+    let err = Rig::builder()
+        .daemon_options(opts)
+        .try_start()
+        .expect_err("must not start");
     let msg = format!("{err:#}");
     assert!(
         msg.contains("berth: interface nosuch0 does not exist"),
@@ -629,22 +436,15 @@ fn write_pattern(c: &mut TcpStream, len: usize) -> std::io::Result<()> {
 /// 16 MiB each way through a mapping, with the senders' checksum and
 /// segmentation offloads on (as on a real host): GSO packets far above the
 /// MTU cross the datapath.
-fn bulk_transfer_with_offloads(attach: &str) {
-    let topo = Topology::build_with(berth_integration::TopologyOptions {
-        tx_checksum_off: false,
-        ..Default::default()
-    })
-    .expect("topology");
-    let bpffs = Bpffs::new().unwrap();
-    let daemon = Daemon::start_with(
-        &topo.host.ns,
-        &bpffs,
-        DaemonOptions {
-            attach: Some(attach.into()),
+fn bulk_transfer_with_offloads(mode: Mode) {
+    let rig = Rig::builder()
+        .topology(TopologyOptions {
+            tx_checksum_off: false,
             ..Default::default()
-        },
-    )
-    .unwrap();
+        })
+        .mode(mode)
+        .start();
+    let topo = &rig.topo;
     let listener = topo
         .container
         .ns
@@ -658,18 +458,7 @@ fn bulk_transfer_with_offloads(attach: &str) {
         write_pattern(&mut c, BULK)?;
         Ok(got)
     });
-    daemon
-        .cli_ok([
-            "map",
-            "add",
-            "--task",
-            "bulk",
-            "--ip",
-            "172.17.0.2",
-            "-p",
-            "9000:9000",
-        ])
-        .unwrap();
+    rig.map_add("bulk", "172.17.0.2", &["9000:9000"]);
     let addr = topo.host.addr(9000);
     let back = topo
         .client
@@ -693,10 +482,10 @@ fn bulk_transfer_with_offloads(attach: &str) {
 
 #[test]
 fn bulk_transfer_with_offloads_tc() {
-    bulk_transfer_with_offloads("tc");
+    bulk_transfer_with_offloads(Mode::Tc);
 }
 
 #[test]
 fn bulk_transfer_with_offloads_xdp() {
-    bulk_transfer_with_offloads("xdp");
+    bulk_transfer_with_offloads(Mode::Xdp);
 }
