@@ -86,6 +86,12 @@ impl RigBuilder {
         self
     }
 
+    /// `--bridge` of the daemon (default `docker0`).
+    pub fn bridge(mut self, bridge: &str) -> Self {
+        self.daemon.bridge = bridge.into();
+        self
+    }
+
     /// One more environment variable for the daemon.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.daemon.env.push((key.into(), value.into()));

@@ -9,7 +9,7 @@ use std::{
 };
 
 use berth_integration::{
-    addr, http_get, Bpffs, Daemon, DaemonOptions, Dockerd, DockerdOptions, Topology,
+    addr, http_get, Bpffs, Daemon, DaemonOptions, Dockerd, DockerdOptions, Rig, Topology,
     TopologyOptions,
 };
 use serde_json::Value;
@@ -206,18 +206,11 @@ fn docker_run_p_is_published_from_events_and_unpublished_on_stop_and_across_a_be
 
 #[test]
 fn an_unreachable_docker_api_is_logged_and_the_daemon_serves_meanwhile() {
-    let topo = Topology::build().expect("build topology");
-    let bpffs = Bpffs::new().expect("bpffs");
-    let berth = Daemon::start_with(
-        &topo.host.ns,
-        &bpffs,
-        DaemonOptions {
-            extra_args: vec!["--docker".into(), "unix:///nonexistent/docker.sock".into()],
-            ..Default::default()
-        },
-    )
-    .expect("berth starts without Docker");
-    assert_eq!(berth.cli_ok(["map", "ls", "--json"]).unwrap().trim(), "[]");
+    let rig = Rig::builder()
+        .flags(&["--docker", "unix:///nonexistent/docker.sock"])
+        .start();
+    let berth = &rig.daemon;
+    assert_eq!(rig.berth(&["map", "ls", "--json"]).trim(), "[]");
     let deadline = Instant::now() + T;
     while !berth
         .stderr()

@@ -16,8 +16,8 @@ use std::{
 };
 
 use berth_integration::{
-    addr, http_get, tcp_connect, udp_request, Bpffs, Daemon, DaemonOptions, Dockerd,
-    DockerdOptions, NetNs, Topology, TopologyOptions,
+    addr, http_get, tcp_connect, udp_request, Dockerd, DockerdOptions, NetNs, Rig, Topology,
+    TopologyOptions,
 };
 use serde_json::Value;
 
@@ -29,13 +29,11 @@ const IMAGE: &str = "berth-busybox:test";
 const REMOTE_ADDR_CGI: &str =
     "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' \"$REMOTE_ADDR\"\n";
 
-/// Guards drop in field order: dockerd (its containers, shims), the berth
-/// daemon, its bpffs, then the namespaces.
+/// Guards drop in field order: dockerd (its containers, shims), then the
+/// rig (the berth daemon, its bpffs, the namespaces).
 struct Setup {
     docker: Dockerd,
-    berth: Daemon,
-    _bpffs: Bpffs,
-    topo: Topology,
+    rig: Rig,
 }
 
 fn proxy_bin() -> PathBuf {
@@ -60,18 +58,10 @@ fn setup() -> Setup {
     host.ip(["addr", "add", "172.18.0.1/16", "dev", BRIDGE])
         .unwrap();
     host.ip(["link", "set", BRIDGE, "up"]).unwrap();
-    let bpffs = Bpffs::new().expect("bpffs");
-    let berth = Daemon::start_with(
-        host,
-        &bpffs,
-        DaemonOptions {
-            bridge: BRIDGE.into(),
-            ..Default::default()
-        },
-    )
-    .expect("start berth");
+    let rig = Rig::builder().bridge(BRIDGE).start_on(topo);
+    let berth = &rig.daemon;
     let docker = Dockerd::start(
-        host,
+        &rig.topo.host.ns,
         DockerdOptions {
             bridge: BRIDGE.into(),
             userland_proxy: Some(proxy_bin()),
@@ -90,12 +80,7 @@ fn setup() -> Setup {
             ],
         )
         .expect("import busybox image");
-    Setup {
-        docker,
-        berth,
-        _bpffs: bpffs,
-        topo,
-    }
+    Setup { docker, rig }
 }
 
 impl Setup {
@@ -117,9 +102,13 @@ impl Setup {
     }
 
     fn client_get(&self, port: u16, path: &str) -> anyhow::Result<String> {
-        let addr = self.topo.host.addr(port);
+        let addr = self.rig.topo.host.addr(port);
         let path = path.to_string();
-        self.topo.client.ns.run(move || http_get(addr, &path, T))
+        self.rig
+            .topo
+            .client
+            .ns
+            .run(move || http_get(addr, &path, T))
     }
 
     /// The client's address as the container saw it, retried while the
@@ -140,7 +129,11 @@ impl Setup {
     }
 
     fn bindings(&self) -> Vec<Value> {
-        let out = self.berth.cli_ok(["map", "ls", "--json"]).expect("map ls");
+        let out = self
+            .rig
+            .daemon
+            .cli_ok(["map", "ls", "--json"])
+            .expect("map ls");
         let v: Value = serde_json::from_str(&out).expect("map ls --json is JSON");
         v.as_array().expect("an array").clone()
     }
@@ -343,8 +336,9 @@ fn docker_run_p_publishes_through_berth_with_the_clients_address() {
         .unwrap();
     assert!(out.status.success(), "docker run udp: {}", stderr_of(&out));
     let _echo = udp_peer_echo(s.sandbox("dns"), 53);
-    let target = s.topo.host.addr(5353);
+    let target = s.rig.topo.host.addr(5353);
     let reply = s
+        .rig
         .topo
         .client
         .ns
@@ -364,7 +358,8 @@ fn docker_run_p_publishes_through_berth_with_the_clients_address() {
     );
     // A host port berth holds for something else: the shim's refusal, in
     // Docker's words, reaches `docker run`, and nothing is left behind.
-    s.berth
+    s.rig
+        .daemon
         .cli_ok([
             "map",
             "add",
@@ -413,8 +408,9 @@ fn docker_run_p_publishes_through_berth_with_the_clients_address() {
     // docker stop unpublishes; the port no longer answers.
     s.docker.docker_ok(["stop", "-t", "1", "web"]).unwrap();
     s.wait_unpublished(8080, "docker stop");
-    let addr = s.topo.host.addr(8080);
+    let addr = s.rig.topo.host.addr(8080);
     assert!(s
+        .rig
         .topo
         .client
         .ns
@@ -458,7 +454,7 @@ fn dockerd_death_unpublishes_and_its_restart_publishes_again_across_a_berth_rest
 
     // A berth restart keeps the mapping (the store) and the shim's
     // unpublish still reaches the new daemon.
-    s.berth.restart().unwrap();
+    s.rig.daemon.restart().unwrap();
     assert_eq!(s.remote_addr_seen(8080), addr::CLIENT_IP.to_string());
 
     // A clean dockerd stop stops the container and unpublishes.
@@ -509,9 +505,8 @@ fn status_of(mut pipe: fs::File) -> String {
 
 #[test]
 fn what_berth_cannot_publish_runs_the_real_docker_proxy_and_errors_reach_fd_3() {
-    let topo = Topology::build().expect("build topology");
-    let bpffs = Bpffs::new().expect("bpffs");
-    let berth = Daemon::start(&topo.host.ns, &bpffs).expect("start berth");
+    let rig = Rig::start();
+    let (topo, berth) = (&rig.topo, &rig.daemon);
     let sock = berth.socket().display().to_string();
     let dir = berth.workdir().to_path_buf();
     // A stand-in docker-proxy: records its argv, says ready on fd 3.
