@@ -36,7 +36,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "netcat-openbsd",
 ];
 /// Docker's engine and userland proxy (`docker.io`: the bench runs
-/// `/usr/sbin/docker-proxy`, `tests/docker_proxy.rs` a dockerd inside its
+/// `/usr/sbin/docker-proxy`, `tests/e2e/docker_proxy.rs` a dockerd inside its
 /// own namespace) and the busybox its image is made of. Installed without
 /// starting any service (see [`ensure_docker_packages`]).
 const DOCKER_PACKAGES: &[&str] = &["docker.io", "busybox-static"];
