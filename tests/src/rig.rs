@@ -92,12 +92,6 @@ impl RigBuilder {
         self
     }
 
-    /// One more environment variable for the daemon.
-    pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.daemon.env.push((key.into(), value.into()));
-        self
-    }
-
     /// Runs `bin` as the daemon instead of the real `berth`.
     pub fn bin(mut self, bin: PathBuf) -> Self {
         self.daemon.bin = Some(bin);
@@ -211,11 +205,6 @@ impl Rig {
     /// `berth map add --task T --ip IP -p SPEC…`; returns stdout.
     pub fn map_add(&self, task: &str, ip: &str, specs: &[&str]) -> String {
         self.berth(&map_add_args(task, ip, specs))
-    }
-
-    /// [`Rig::map_add`] for tests that look at a failure themselves.
-    pub fn try_map_add(&self, task: &str, ip: &str, specs: &[&str]) -> Result<String> {
-        self.daemon.cli_ok(map_add_args(task, ip, specs))
     }
 
     /// [`Rig::map_add`] that must fail in one line; returns it.

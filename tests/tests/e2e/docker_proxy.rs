@@ -16,18 +16,13 @@ use std::{
 };
 
 use berth_integration::{
-    addr, http_get, tcp_connect, udp_request, Dockerd, DockerdOptions, NetNs, Rig, Topology,
-    TopologyOptions,
+    addr,
+    dockerd::{topology_for_dockerd, DOCKER_BRIDGE, HTTPD_IMAGE},
+    http_get, tcp_connect, udp_request, Dockerd, DockerdOptions, NetNs, Rig,
 };
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(5);
-const BRIDGE: &str = "bdk0";
-const IMAGE: &str = "berth-busybox:test";
-/// busybox httpd's CGI: the address the container saw the client at
-/// (`[::ffff:192.0.2.2]`: httpd listens on `::`).
-const REMOTE_ADDR_CGI: &str =
-    "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' \"$REMOTE_ADDR\"\n";
 
 /// Guards drop in field order: dockerd (its containers, shims), then the
 /// rig (the berth daemon, its bpffs, the namespaces).
@@ -48,22 +43,13 @@ fn proxy_bin() -> PathBuf {
 }
 
 fn setup() -> Setup {
-    let topo = Topology::build_with(TopologyOptions {
-        docker_iptables: false, // dockerd writes its own
-        ..Default::default()
-    })
-    .expect("build topology");
-    let host = &topo.host.ns;
-    host.ip(["link", "add", BRIDGE, "type", "bridge"]).unwrap();
-    host.ip(["addr", "add", "172.18.0.1/16", "dev", BRIDGE])
-        .unwrap();
-    host.ip(["link", "set", BRIDGE, "up"]).unwrap();
-    let rig = Rig::builder().bridge(BRIDGE).start_on(topo);
+    let topo = topology_for_dockerd().expect("build topology");
+    let rig = Rig::builder().bridge(DOCKER_BRIDGE).start_on(topo);
     let berth = &rig.daemon;
     let docker = Dockerd::start(
         &rig.topo.host.ns,
         DockerdOptions {
-            bridge: BRIDGE.into(),
+            bridge: DOCKER_BRIDGE.into(),
             userland_proxy: Some(proxy_bin()),
             env: vec![("BERTH_SOCKET".into(), berth.socket().display().to_string())],
             ..Default::default()
@@ -71,14 +57,7 @@ fn setup() -> Setup {
     )
     .expect("start dockerd");
     docker
-        .import_busybox(
-            IMAGE,
-            &["sh", "httpd", "sleep", "echo"],
-            &[
-                ("/www/index.html", "hello\n", 0o644),
-                ("/www/cgi-bin/ip", REMOTE_ADDR_CGI, 0o755),
-            ],
-        )
+        .import_httpd_image(&["sh", "httpd", "sleep", "echo"])
         .expect("import busybox image");
     Setup { docker, rig }
 }
@@ -97,7 +76,7 @@ impl Setup {
             publish,
         ];
         args.extend_from_slice(extra);
-        args.extend([IMAGE, "httpd", "-f", "-p", "80", "-h", "/www"]);
+        args.extend([HTTPD_IMAGE, "httpd", "-f", "-p", "80", "-h", "/www"]);
         self.docker.docker(&args).expect("docker run")
     }
 
@@ -329,7 +308,7 @@ fn docker_run_p_publishes_through_berth_with_the_clients_address() {
             "dns",
             "-p",
             "5353:53/udp",
-            IMAGE,
+            HTTPD_IMAGE,
             "sleep",
             "600",
         ])
