@@ -14,6 +14,7 @@ use berth_integration::{
     pkt::{self, Packet},
     rawsock::{ipv4_tuple, RawSocket},
     rig::REQUEST_TIMEOUT as T,
+    traffic::{recv_datagram, udp_socket_in},
     udp_request, Mode, NetNs, Rig,
 };
 
@@ -26,28 +27,12 @@ fn setup(mode: Mode) -> Rig {
 }
 
 fn udp_in(ns: &NetNs, bind: SocketAddr) -> UdpSocket {
-    let sock = ns
-        .run(move || UdpSocket::bind(bind))
-        .unwrap_or_else(|e| panic!("bind {bind}: {e}"));
-    sock.set_read_timeout(Some(LOST)).unwrap();
-    sock
+    udp_socket_in(ns, bind, LOST)
 }
 
 /// The next datagram on `sock`, or `None` when nothing comes in time.
 fn recv(sock: &UdpSocket) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; 65536];
-    match sock.recv_from(&mut buf) {
-        Ok((n, _)) => Some(buf[..n].to_vec()),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            None
-        }
-        Err(e) => panic!("recv: {e}"),
-    }
+    recv_datagram(sock).map(|(data, _)| data)
 }
 
 fn datagram(len: usize, fill: u8) -> Vec<u8> {

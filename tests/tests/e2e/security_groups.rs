@@ -10,8 +10,12 @@ use std::{
 };
 
 use berth_integration::{
-    any, http_get, peer_ip, rig::REQUEST_TIMEOUT as T, rig::VETH_POLL, tcp_connect, udp_request,
-    NetNs, Rig,
+    any, http_get, peer_ip,
+    rig::REQUEST_TIMEOUT as T,
+    rig::VETH_POLL,
+    tcp_connect,
+    traffic::{recv_datagram, udp_socket_in},
+    udp_request, NetNs, Rig,
 };
 
 /// How long a refused connect is given before we call it silence.
@@ -255,27 +259,11 @@ fn an_established_east_west_flow_survives_removal_of_its_rule() {
 
 /// A UDP socket bound in `ns`.
 fn udp_in(ns: &NetNs, bind: SocketAddr) -> UdpSocket {
-    let sock = ns
-        .run(move || UdpSocket::bind(bind))
-        .unwrap_or_else(|e| panic!("bind {bind}: {e}"));
-    sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    sock
+    udp_socket_in(ns, bind, Duration::from_secs(1))
 }
 
 fn recv(sock: &UdpSocket) -> Option<(String, SocketAddr)> {
-    let mut buf = [0u8; 1500];
-    match sock.recv_from(&mut buf) {
-        Ok((n, from)) => Some((String::from_utf8_lossy(&buf[..n]).into_owned(), from)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            None
-        }
-        Err(e) => panic!("recv: {e}"),
-    }
+    recv_datagram(sock).map(|(data, from)| (String::from_utf8_lossy(&data).into_owned(), from))
 }
 
 #[test]
