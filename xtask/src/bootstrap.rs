@@ -23,10 +23,20 @@ use crate::run::{self, is_root};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-/// Debian packages the integration tests and benchmarks call.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "iptables", "nftables", "iperf3", "ethtool"];
+/// Debian packages the integration tests and benchmarks call, and the
+/// clients the demo runs (`curl`, and `nc -u` from netcat-openbsd: busybox's
+/// nc has no UDP).
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iptables",
+    "nftables",
+    "iperf3",
+    "ethtool",
+    "curl",
+    "netcat-openbsd",
+];
 /// Docker's engine and userland proxy (`docker.io`: the bench runs
-/// `/usr/sbin/docker-proxy`, `tests/docker_proxy.rs` a dockerd inside its
+/// `/usr/sbin/docker-proxy`, `tests/e2e/docker_proxy.rs` a dockerd inside its
 /// own namespace) and the busybox its image is made of. Installed without
 /// starting any service (see [`ensure_docker_packages`]).
 const DOCKER_PACKAGES: &[&str] = &["docker.io", "busybox-static"];

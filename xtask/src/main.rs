@@ -35,7 +35,12 @@ enum Task {
     /// Run every test of the workspace (needs root) and print a summary.
     Test,
     /// Build, then run the demo (tests crate, bin berth-demo).
-    Demo,
+    Demo {
+        /// Wait for Enter before cleaning up, to repeat the printed commands
+        /// by hand.
+        #[arg(long)]
+        pause: bool,
+    },
     /// Benchmarks (needs root): berth beside the direct path, Docker's
     /// iptables and nftables DNAT, a map-based nftables DNAT and the real
     /// docker-proxy (connections/s, latency, throughput, UDP rate, CPU, at
@@ -89,11 +94,23 @@ fn execute(task: Task) -> Result<()> {
             build(release)
         }
         Task::Test => test(),
-        Task::Demo => {
+        Task::Demo { pause } => {
             bootstrap::bootstrap()?;
             build(false)?;
-            run::status(cargo()?.args(["run", "-p", "berth-integration", "--bin", "berth-demo"]))
-                .context("demo failed")
+            let mut cmd = cargo()?;
+            cmd.args(["run", "-p", "berth-integration", "--bin", "berth-demo"]);
+            if !pause {
+                return run::status(&mut cmd).context("demo failed");
+            }
+            // run::status closes stdin; the paused demo waits for Enter on it.
+            let st = cmd
+                .args(["--", "--pause"])
+                .status()
+                .context("cannot run the demo")?;
+            if !st.success() {
+                bail!("demo failed ({st})");
+            }
+            Ok(())
         }
         Task::Bench { quick } => bench(quick),
         Task::FuzzDatapath { frames, seed } => fuzz::datapath(frames, seed),

@@ -9,17 +9,13 @@ use std::{
 };
 
 use berth_integration::{
-    addr, http_get, Bpffs, Daemon, DaemonOptions, Dockerd, DockerdOptions, Topology,
-    TopologyOptions,
+    addr,
+    dockerd::{topology_for_dockerd, DOCKER_BRIDGE, HTTPD_IMAGE},
+    http_get, Bpffs, Daemon, DaemonOptions, Dockerd, DockerdOptions, Rig, Topology,
 };
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(5);
-const BRIDGE: &str = "bdk0";
-const IMAGE: &str = "berth-busybox:test";
-/// busybox httpd's CGI: the address the container saw the client at.
-const REMOTE_ADDR_CGI: &str =
-    "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' \"$REMOTE_ADDR\"\n";
 
 /// Guards drop in field order: the berth daemon, dockerd (its containers),
 /// the bpffs, then the namespaces.
@@ -31,41 +27,26 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let topo = Topology::build_with(TopologyOptions {
-        docker_iptables: false, // dockerd writes its own
-        ..Default::default()
-    })
-    .expect("build topology");
+    let topo = topology_for_dockerd().expect("build topology");
     let host = &topo.host.ns;
-    host.ip(["link", "add", BRIDGE, "type", "bridge"]).unwrap();
-    host.ip(["addr", "add", "172.18.0.1/16", "dev", BRIDGE])
-        .unwrap();
-    host.ip(["link", "set", BRIDGE, "up"]).unwrap();
     let docker = Dockerd::start(
         host,
         DockerdOptions {
-            bridge: BRIDGE.into(),
+            bridge: DOCKER_BRIDGE.into(),
             no_userland_proxy: true,
             ..Default::default()
         },
     )
     .expect("start dockerd");
     docker
-        .import_busybox(
-            IMAGE,
-            &["sh", "httpd"],
-            &[
-                ("/www/index.html", "hello\n", 0o644),
-                ("/www/cgi-bin/ip", REMOTE_ADDR_CGI, 0o755),
-            ],
-        )
+        .import_httpd_image(&["sh", "httpd"])
         .expect("import busybox image");
     let bpffs = Bpffs::new().expect("bpffs");
     let berth = Daemon::start_with(
         host,
         &bpffs,
         DaemonOptions {
-            bridge: BRIDGE.into(),
+            bridge: DOCKER_BRIDGE.into(),
             extra_args: vec![format!("--docker=unix://{}", docker.socket().display())],
             ..Default::default()
         },
@@ -93,7 +74,7 @@ impl Setup {
                 name,
                 "-p",
                 publish,
-                IMAGE,
+                HTTPD_IMAGE,
                 "httpd",
                 "-f",
                 "-p",
@@ -206,18 +187,11 @@ fn docker_run_p_is_published_from_events_and_unpublished_on_stop_and_across_a_be
 
 #[test]
 fn an_unreachable_docker_api_is_logged_and_the_daemon_serves_meanwhile() {
-    let topo = Topology::build().expect("build topology");
-    let bpffs = Bpffs::new().expect("bpffs");
-    let berth = Daemon::start_with(
-        &topo.host.ns,
-        &bpffs,
-        DaemonOptions {
-            extra_args: vec!["--docker".into(), "unix:///nonexistent/docker.sock".into()],
-            ..Default::default()
-        },
-    )
-    .expect("berth starts without Docker");
-    assert_eq!(berth.cli_ok(["map", "ls", "--json"]).unwrap().trim(), "[]");
+    let rig = Rig::builder()
+        .flags(&["--docker", "unix:///nonexistent/docker.sock"])
+        .start();
+    let berth = &rig.daemon;
+    assert_eq!(rig.berth(&["map", "ls", "--json"]).trim(), "[]");
     let deadline = Instant::now() + T;
     while !berth
         .stderr()
