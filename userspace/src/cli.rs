@@ -158,7 +158,8 @@ pub enum TaskCommand {
     /// (bridge mode) as one task, and print each container's networkBindings
     /// as ECS DescribeTasks shows them (JSON).
     Run {
-        /// RegisterTaskDefinition input or DescribeTaskDefinition output.
+        /// RegisterTaskDefinition input, DescribeTaskDefinition output, or
+        /// a bare array of container definitions.
         #[arg(long, value_name = "FILE.json")]
         task_def: PathBuf,
         /// The task's name (unique on this host).
@@ -192,7 +193,8 @@ pub enum MapCommand {
         #[arg(long, value_name = "CONTAINER_IP")]
         ip: String,
         /// [hostIP:][hostPort:]containerPort[/tcp|/udp], ports may be
-        /// ranges; no (or 0) host port: the daemon picks one.
+        /// ranges; no (or 0) host port: the daemon picks one; a host range
+        /// with one container port: the first free port of that range.
         #[arg(short = 'p', long = "publish", value_name = "SPEC", required = true)]
         ports: Vec<String>,
     },

@@ -62,27 +62,24 @@ fn setup() -> Setup {
 
 impl Setup {
     fn run_httpd(&self, name: &str, publish: &str) {
+        self.run_httpd_with(name, publish, &[]);
+    }
+
+    fn run_httpd_with(&self, name: &str, publish: &str, extra: &[&str]) {
         // httpd as PID 1 ignores SIGTERM: spare every stop dockerd's 10 s.
-        let out = self
-            .docker
-            .docker([
-                "run",
-                "-d",
-                "--stop-timeout",
-                "1",
-                "--name",
-                name,
-                "-p",
-                publish,
-                HTTPD_IMAGE,
-                "httpd",
-                "-f",
-                "-p",
-                "80",
-                "-h",
-                "/www",
-            ])
-            .expect("docker run");
+        let mut args = vec![
+            "run",
+            "-d",
+            "--stop-timeout",
+            "1",
+            "--name",
+            name,
+            "-p",
+            publish,
+        ];
+        args.extend_from_slice(extra);
+        args.extend([HTTPD_IMAGE, "httpd", "-f", "-p", "80", "-h", "/www"]);
+        let out = self.docker.docker(args).expect("docker run");
         assert!(
             out.status.success(),
             "docker run: {}",
@@ -129,7 +126,11 @@ impl Setup {
     }
 
     fn wait_for(&self, what: &str, ok: impl Fn(&[(String, u64)]) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_for_within(Duration::from_secs(10), what, ok);
+    }
+
+    fn wait_for_within(&self, within: Duration, what: &str, ok: impl Fn(&[(String, u64)]) -> bool) {
+        let deadline = Instant::now() + within;
         loop {
             let now = self.published();
             if ok(&now) {
@@ -183,6 +184,31 @@ fn docker_run_p_is_published_from_events_and_unpublished_on_stop_and_across_a_be
         !b.iter().any(|(t, _)| t == "api") && b.contains(&("db".to_string(), 8082))
     });
     assert_eq!(s.remote_addr_seen(8082), addr::CLIENT_IP.to_string());
+}
+
+#[test]
+fn a_dockerd_restart_is_reconciled_restarted_containers_published_stopped_ones_not() {
+    let mut s = setup();
+    s.run_httpd_with("keep", "8080:80", &["--restart", "always"]);
+    s.run_httpd("gone", "8081:80");
+    s.wait_for("two containers", |b| {
+        b.contains(&("keep".to_string(), 8080)) && b.contains(&("gone".to_string(), 8081))
+    });
+
+    // dockerd SIGKILLed: the event stream breaks, the containers run on
+    // under their shims, and berth keeps publishing them meanwhile.
+    s.docker.kill().expect("kill dockerd");
+    assert_eq!(s.remote_addr_seen(8080), addr::CLIENT_IP.to_string());
+    assert!(s.published().contains(&("gone".to_string(), 8081)));
+
+    // The new dockerd stops what the old one left and restarts only
+    // `--restart always`; berth reconnects and reconciles: `keep` is
+    // published again (at the address it came back with), `gone` is not.
+    s.docker.start_again().expect("start dockerd again");
+    s.wait_for_within(Duration::from_secs(30), "dockerd restarted", |b| {
+        b.contains(&("keep".to_string(), 8080)) && !b.iter().any(|(t, _)| t == "gone")
+    });
+    assert_eq!(s.remote_addr_seen(8080), addr::CLIENT_IP.to_string());
 }
 
 #[test]
