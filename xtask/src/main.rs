@@ -123,7 +123,7 @@ fn bench(quick: bool) -> Result<()> {
         "-p",
         "berth",
         "-p",
-        "berth-integration",
+        "berth-bench",
         "--bin",
         "berth",
         "--bin",
