@@ -31,7 +31,6 @@
 //! assert!(body.starts_with("192.0.2.2:"), "the container sees the real client: {body}");
 //! # drop(server);
 //! ```
-pub mod bench;
 pub mod bpffs;
 pub mod cgroup;
 pub mod cmd;

@@ -1,5 +1,5 @@
-//! In-memory [`Datapath`] and [`Host`] for unit tests, with injectable
-//! failures.
+//! In-memory [`Datapath`] and [`Host`] for unit tests and the API fuzz
+//! target (feature `fake`), with injectable failures.
 use std::{
     collections::BTreeSet,
     io,

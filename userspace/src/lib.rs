@@ -26,7 +26,7 @@ pub mod spec;
 pub mod state;
 pub mod store;
 
-#[cfg(test)]
-mod fake;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 
 pub use error::{Error, Result};

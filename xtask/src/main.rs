@@ -1,6 +1,7 @@
 //! `cargo xtask …`: machine setup, builds and test runs for berth.
 mod bootstrap;
 mod fuzz;
+mod lint;
 mod previous;
 mod run;
 mod summary;
@@ -32,8 +33,12 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Run every test of the workspace (needs root) and print a summary.
+    /// `cargo xtask lint`, then every test of the workspace (needs root),
+    /// and a summary.
     Test,
+    /// rustfmt's check and clippy with warnings denied, over every crate
+    /// (the eBPF crate for its BPF target).
+    Lint,
     /// Build, then run the demo (tests crate, bin berth-demo).
     Demo {
         /// Wait for Enter before cleaning up, to repeat the printed commands
@@ -94,6 +99,10 @@ fn execute(task: Task) -> Result<()> {
             build(release)
         }
         Task::Test => test(),
+        Task::Lint => {
+            bootstrap::toolchain()?;
+            lint::lint()
+        }
         Task::Demo { pause } => {
             bootstrap::bootstrap()?;
             build(false)?;
@@ -131,7 +140,7 @@ fn bench(quick: bool) -> Result<()> {
         "-p",
         "berth",
         "-p",
-        "berth-integration",
+        "berth-bench",
         "--bin",
         "berth",
         "--bin",
@@ -186,6 +195,8 @@ fn test() -> Result<()> {
         bail!("cargo xtask test must run as root: the integration tests create network namespaces and load eBPF programs");
     }
     bootstrap::bootstrap()?;
+    // Lint first: a red lint fails the run before ten minutes of tests.
+    lint::lint()?;
     // The integration tests run target/debug/berth; `cargo test` alone only
     // builds the test harness variant of a binary.
     build(false)?;

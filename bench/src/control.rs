@@ -16,7 +16,7 @@ use super::{
     stats::summary,
     Settings,
 };
-use crate::{daemon::api_request, Bpffs, Child, Daemon, DaemonOptions, NetNs, Topology};
+use berth_integration::{daemon::api_request, Bpffs, Child, Daemon, DaemonOptions, NetNs, Topology};
 
 const BIG: Duration = Duration::from_secs(300);
 /// docker-proxy processes actually started; larger counts are scaled from these.
@@ -43,7 +43,7 @@ fn ms(f: impl FnOnce() -> Result<()>) -> Result<f64> {
 /// Waits until no flow of `ctr_ip` is tracked any more.
 fn wait_for_no_flows(fs: &Bpffs, ctr_ip: std::net::Ipv4Addr) -> Result<()> {
     let t = Instant::now();
-    while crate::flows::count_flows_of(fs.path(), ctr_ip)? > 0 {
+    while berth_integration::flows::count_flows_of(fs.path(), ctr_ip)? > 0 {
         if t.elapsed() > Duration::from_secs(30) {
             bail!("the flows of {ctr_ip} were not forgotten within 30 s");
         }
@@ -171,11 +171,11 @@ pub fn control_and_memory(s: &Settings, peers: bool) -> Result<ControlResult> {
         // unpublishing forgets every one of them.
         r_full.publish.push(ms(|| api(&d, "/v1/bindings", &body))?);
         let first = super::peers::EXTRA_BASE;
-        crate::flows::FlowFill {
+        berth_integration::flows::FlowFill {
             ctr_ip: CTR2.parse()?,
             ctr_ports: first..=first + 999,
             host_base: first,
-            client_ip: crate::addr::CLIENT_IP,
+            client_ip: berth_integration::addr::CLIENT_IP,
             per_port: FULL_TABLE_FLOWS_PER_PORT,
         }
         .insert(fs.path())?;
@@ -460,7 +460,7 @@ pub fn control_and_memory(s: &Settings, peers: bool) -> Result<ControlResult> {
         started.elapsed().as_secs_f64()
     );
     // --- nftables, Docker 29 rules and a map, on a host without iptables rules.
-    let topo = Topology::build_with(crate::TopologyOptions {
+    let topo = Topology::build_with(berth_integration::TopologyOptions {
         docker_iptables: false,
         ..Default::default()
     })?;

@@ -20,10 +20,8 @@
 use std::{path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context, Result};
-use berth_integration::{
-    bench::{control, datapath, machine, report, topo, veth, Settings},
-    testrun::in_fixture_ns,
-};
+use berth_bench::{control, datapath, machine, report, topo, veth, Settings};
+use berth_integration::testrun::in_fixture_ns;
 use serde_json::{json, Value};
 
 struct Opts {
@@ -48,8 +46,8 @@ const SECTIONS: [&str; 6] = [
 
 fn parse_args() -> Result<Opts> {
     let mut quick = false;
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut out_dir = root.parent().unwrap_or(&root).join("bench");
+    // The crate's own directory holds the results the READMEs link to.
+    let mut out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut only = Vec::new();
     let mut from_json = None;
     let mut previous = None;
@@ -187,11 +185,11 @@ fn run() -> Result<()> {
     let wanted = |s: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == s);
     // Only the topology section runs docker-proxy.
     if wanted("topology")
-        && !std::path::Path::new(berth_integration::bench::peers::DOCKER_PROXY).is_file()
+        && !std::path::Path::new(berth_bench::peers::DOCKER_PROXY).is_file()
     {
         bail!(
             "{} is missing: `cargo xtask bench` installs Debian's docker.io for it (dockerd is never started)",
-            berth_integration::bench::peers::DOCKER_PROXY
+            berth_bench::peers::DOCKER_PROXY
         );
     }
     let settings = Settings::new(opts.quick);

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::load::{Servers, IPERF_PORT, RR_PORT, UDP_PORT};
-use crate::{Bpffs, Child, Daemon, DaemonOptions, NetNs, Topology, TopologyOptions};
+use berth_integration::{Bpffs, Child, Daemon, DaemonOptions, NetNs, Topology, TopologyOptions};
 
 /// Docker's userland proxy, from Debian's `docker.io`.
 pub const DOCKER_PROXY: &str = "/usr/sbin/docker-proxy";
@@ -648,7 +648,7 @@ impl Bed {
                 .topo
                 .client
                 .ns
-                .try_run(|| crate::tcp_connect(target, Duration::from_millis(500)).is_ok())?;
+                .try_run(|| berth_integration::tcp_connect(target, Duration::from_millis(500)).is_ok())?;
             if ok {
                 return Ok(());
             }
