@@ -16,7 +16,9 @@ use super::{
     stats::summary,
     Settings,
 };
-use berth_integration::{daemon::api_request, Bpffs, Child, Daemon, DaemonOptions, NetNs, Topology};
+use berth_integration::{
+    daemon::api_request, Bpffs, Child, Daemon, DaemonOptions, NetNs, Topology,
+};
 
 const BIG: Duration = Duration::from_secs(300);
 /// docker-proxy processes actually started; larger counts are scaled from these.

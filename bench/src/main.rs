@@ -184,9 +184,7 @@ fn run() -> Result<()> {
     }
     let wanted = |s: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == s);
     // Only the topology section runs docker-proxy.
-    if wanted("topology")
-        && !std::path::Path::new(berth_bench::peers::DOCKER_PROXY).is_file()
-    {
+    if wanted("topology") && !std::path::Path::new(berth_bench::peers::DOCKER_PROXY).is_file() {
         bail!(
             "{} is missing: `cargo xtask bench` installs Debian's docker.io for it (dockerd is never started)",
             berth_bench::peers::DOCKER_PROXY

@@ -644,11 +644,9 @@ impl Bed {
         let deadline = std::time::Instant::now() + timeout;
         let target = self.rr_target();
         loop {
-            let ok = self
-                .topo
-                .client
-                .ns
-                .try_run(|| berth_integration::tcp_connect(target, Duration::from_millis(500)).is_ok())?;
+            let ok = self.topo.client.ns.try_run(|| {
+                berth_integration::tcp_connect(target, Duration::from_millis(500)).is_ok()
+            })?;
             if ok {
                 return Ok(());
             }

@@ -440,3 +440,39 @@ fn events_report_every_added_and_removed_binding() {
     assert_eq!(ports, [u64::from(dynamic), 9090].into());
     assert!(lines.iter().all(|e| e["event"] == "added"));
 }
+
+#[test]
+fn a_host_range_for_one_container_port_takes_its_first_free_port() {
+    // Docker's `-p 9000-9009:80`: one host port out of the range, the first
+    // that is neither mapped nor held by a host socket.
+    let rig = Rig::builder()
+        .flags(&["--dynamic-ports", "44000-44099"])
+        .start();
+    let _one = rig.serve_http(&rig.topo.container.ns, 80);
+    let _two = rig.serve_http(&rig.topo.container2.ns, 80);
+    let held = rig
+        .topo
+        .host
+        .ns
+        .run(|| TcpListener::bind("0.0.0.0:9001"))
+        .expect("a host process on 9001");
+    rig.map_add("a", "172.17.0.2", &["9000-9009:80"]);
+    rig.map_add("b", "172.17.0.3", &["9000-9009:80"]);
+    assert_eq!(host_ports(&rig, "a"), [9000]);
+    assert_eq!(host_ports(&rig, "b"), [9002], "9000 mapped, 9001 held");
+    let body = rig.client_get(9002).expect("GET through the picked port");
+    assert!(body.starts_with("192.0.2.2:"), "{body}");
+    drop(held);
+
+    // `map rm -p` with the same pool removes the port it placed.
+    rig.berth(&["map", "rm", "--task", "b", "-p", "9000-9009:80"]);
+    assert_eq!(host_ports(&rig, "b"), Vec::<u16>::new());
+    assert!(rig.client_get(9002).is_err(), "unpublished");
+
+    // A container port range still needs host ports of its length.
+    let err = rig.map_add_err("c", "172.17.0.3", &["9000-9009:80-81"]);
+    assert_eq!(
+        err,
+        "berth: port spec \"9000-9009:80-81\": host ports 9000-9009 (10) and container ports 80-81 (2) differ in length"
+    );
+}

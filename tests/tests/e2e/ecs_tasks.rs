@@ -484,3 +484,22 @@ fn task_and_map_commands_keep_to_their_own_tasks() {
         1
     );
 }
+
+#[test]
+fn a_bare_array_of_container_definitions_runs_as_a_task() {
+    // What `--container-definitions file://…` and Terraform's
+    // `container_definitions` hold.
+    let rig = start_rig();
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    let file = rig.write_file(
+        "containers.json",
+        r#"[{"name": "web", "image": "nginx", "portMappings": [{"containerPort": 80, "hostPort": 8080}]}]"#,
+    );
+    let out = task_run(&rig, &file, "web", &["web=172.17.0.2"]);
+    assert_eq!(
+        port(&out["containers"][0]["networkBindings"][0]["hostPort"]),
+        8080
+    );
+    let body = rig.client_get(8080).expect("GET through the task's port");
+    assert!(body.starts_with("192.0.2.2:"), "{body}");
+}
