@@ -7,10 +7,48 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
+// ---------------------------------------------------------------- capacity
+//
+// Memory follows use. Every hash map the programs do not insert into under
+// a flood is created with BPF_F_NO_PREALLOC: an entry costs memory only
+// while it exists, and an empty table costs its bucket array (16 bytes per
+// slot of its capacity rounded up to a power of two). LRU tables cannot
+// be: they are preallocated, about 100-120 bytes per slot, so their
+// capacities are kept small. The capacities below are the defaults the
+// eBPF object declares; `berth daemon --max-flows` and `--max-mappings`
+// set them at load.
+
+/// `--max-flows` by default: flows tracked at once per table (published
+/// ports; security groups). A host running tens of ECS tasks holds a few
+/// thousand connections; a busier one raises it (16 bytes per flow of
+/// capacity while empty, about 130 per flow in use, per table).
+pub const DEFAULT_MAX_FLOWS: u32 = 16_384;
+/// `--max-mappings` by default: published ports, one per (protocol, host
+/// address, host port). Tens of tasks with a few ports each use hundreds;
+/// a host publishing large port ranges raises it.
+pub const DEFAULT_MAX_MAPPINGS: u32 = 4096;
+/// The largest `--max-flows` and `--max-mappings` (and `--ct-max`,
+/// `--nat-max`, `--ct-embryonic-max`): a 16M-slot table's buckets alone
+/// take 256 MiB.
+pub const MAX_CAPACITY: u32 = 16_777_216;
+
+/// The capacity of each preallocated (LRU) flow table — unestablished
+/// flows, socket translations — for a given `--max-flows`: an eighth of
+/// it, at least 64 slots. A flood of new flows fills these, and only
+/// churns them: their memory is fixed, and a real handshake completes as
+/// long as it takes less than the table's turnover.
+pub const fn lru_capacity(max_flows: u32) -> u32 {
+    let n = max_flows / 8;
+    if n < 64 {
+        64
+    } else {
+        n
+    }
+}
+
 /// Published ports: (protocol, host address or 0 for any, host port) -> backend.
 pub const SERVICES_MAP: &str = "BERTH_SERVICES";
-/// Two protocols times every port, so a full 1-65535 range fits for each.
-pub const SERVICES_CAPACITY: u32 = 131_072;
+pub const SERVICES_CAPACITY: u32 = DEFAULT_MAX_MAPPINGS;
 
 /// Addresses that belong to the host. A wildcard (0.0.0.0) mapping only
 /// matches traffic addressed to one of these, like Docker's
@@ -80,14 +118,14 @@ pub struct PortAddrs {
 /// on. A plain hash: never evicts; when full, a flow that completes its
 /// handshake (or, UDP, gets its first reply) is refused (nat_table_full).
 pub const NAT_MAP: &str = "BERTH_NAT";
-pub const NAT_CAPACITY: u32 = 262_144;
+pub const NAT_CAPACITY: u32 = DEFAULT_MAX_FLOWS;
 /// Flows not yet established (TCP: no client ACK of the container's SYN-ACK
 /// yet; UDP: no reply yet); same key and value as [`NAT_MAP`]. An LRU hash:
 /// a new flow is never refused, the least recently used unestablished flow
 /// makes room, so a flood of SYNs or spoofed datagrams cannot fill anything
 /// that matters.
 pub const NAT_NEW_MAP: &str = "BERTH_NAT_NEW";
-pub const NAT_NEW_CAPACITY: u32 = 131_072;
+pub const NAT_NEW_CAPACITY: u32 = lru_capacity(DEFAULT_MAX_FLOWS);
 /// Flows whose reply tuple clashed with another flow's and so got another
 /// client source port towards the container: the client-side tuple as on
 /// the wire (client -> host address:port) -> [`NatFwd`]. Only clashing
@@ -98,8 +136,9 @@ pub const NAT_FWD_CAPACITY: u32 = NAT_CAPACITY;
 
 /// Host ports in use by any mapping: (protocol, port) -> number of
 /// mappings. The cgroup bind hook refuses host processes these ports.
+/// Never more entries than [`SERVICES_MAP`], so the same capacity.
 pub const PORTS_MAP: &str = "BERTH_PORTS";
-pub const PORTS_CAPACITY: u32 = 131_072;
+pub const PORTS_CAPACITY: u32 = SERVICES_CAPACITY;
 
 /// Settings the daemon writes once: index [`CONFIG_NETNS_COOKIE`] holds the
 /// cookie of the network namespace berth serves, so the bind hook (attached
@@ -122,17 +161,21 @@ pub const CONFIG_NO_POLICY: u32 = 3;
 
 /// Bridge ports whose security-group hooks are attached: ifindex -> 1.
 pub const HOOKED_PORTS_MAP: &str = "BERTH_HOOKED_PORTS";
-pub const HOOKED_PORTS_CAPACITY: u32 = 16_384;
+/// Linux bridges take at most 1024 ports.
+pub const HOOKED_PORTS_CAPACITY: u32 = 1024;
 /// Source MAC (low 48 bits) -> ifindex of the hooked port its frames came
-/// in by, learned by berth_from_ctr (LRU).
+/// in by, learned by berth_from_ctr (LRU): one per bridge port; an evicted
+/// MAC is learned again from its next frame.
 pub const PORT_MACS_MAP: &str = "BERTH_PORT_MACS";
-pub const PORT_MACS_CAPACITY: u32 = 16_384;
+pub const PORT_MACS_CAPACITY: u32 = 1024;
 
 /// Socket-level translation (host-local and hairpin access): (socket
 /// cookie, container address, container port) -> the host address and port
 /// the application asked for, so getpeername() and recvmsg() show it.
 pub const SOCK_REV_MAP: &str = "BERTH_SOCK_REV";
-pub const SOCK_REV_CAPACITY: u32 = 65_536;
+/// One per socket connected to a published port from the host or a
+/// container (LRU): as many as the unestablished-flow tables hold.
+pub const SOCK_REV_CAPACITY: u32 = lru_capacity(DEFAULT_MAX_FLOWS);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -161,7 +204,8 @@ pub struct SockRevValue {
 
 /// Container IP -> task and whether policy applies to it.
 pub const ENDPOINTS_MAP: &str = "BERTH_ENDPOINTS";
-pub const ENDPOINTS_CAPACITY: u32 = 16_384;
+/// Four addresses per bridge port.
+pub const ENDPOINTS_CAPACITY: u32 = 4096;
 pub const EP_F_POLICY: u32 = 1;
 
 #[repr(C)]
@@ -220,7 +264,8 @@ pub struct Policy {
 
 /// (group id, member address) -> 1.
 pub const SG_MEMBERS_MAP: &str = "BERTH_SG_MEMBERS";
-pub const SG_MEMBERS_CAPACITY: u32 = 65_536;
+/// Every endpoint in four groups.
+pub const SG_MEMBERS_CAPACITY: u32 = 16_384;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -233,11 +278,11 @@ pub struct SgMember {
 /// the flow's first packet. Never evicts: when full, a flow that completes
 /// its handshake (UDP/ICMP: gets its first reply) is refused.
 pub const CT_MAP: &str = "BERTH_CT";
-pub const CT_CAPACITY: u32 = 262_144;
+pub const CT_CAPACITY: u32 = DEFAULT_MAX_FLOWS;
 /// Policy flows not yet established, same key and value as [`CT_MAP`]; an
 /// LRU hash like [`NAT_NEW_MAP`].
 pub const CT_NEW_MAP: &str = "BERTH_CT_NEW";
-pub const CT_NEW_CAPACITY: u32 = 131_072;
+pub const CT_NEW_CAPACITY: u32 = lru_capacity(DEFAULT_MAX_FLOWS);
 /// `CtEntry::flags` bits; the same values as the `NAT_F_*` bits, so one
 /// TCP tracker serves both tables.
 pub const CT_F_CLOSING: u8 = 1;
@@ -265,9 +310,10 @@ pub struct CtEntry {
 /// IPv4 fragments: what the first fragment of a datagram decided, for the
 /// later fragments, which carry no ports. LRU and short-lived: an entry
 /// older than [`FRAG_TIMEOUT_NS`] counts as absent, and losing one costs
-/// only that datagram.
+/// only that datagram. Datagrams in flight at once, not flows: a few
+/// thousand is plenty.
 pub const FRAGS_MAP: &str = "BERTH_FRAGS";
-pub const FRAGS_CAPACITY: u32 = 16_384;
+pub const FRAGS_CAPACITY: u32 = 1024;
 /// Fragments of one datagram arrive within milliseconds; IP ids wrap.
 pub const FRAG_TIMEOUT_NS: u64 = 10_000_000_000;
 /// `FragKey::kind`: DNAT at an uplink (key: client -> host address).

@@ -30,7 +30,16 @@ struct Setup {
 fn setup() -> Setup {
     let topo = Topology::build().expect("build topology");
     let bpffs = Bpffs::new().expect("bpffs");
-    let daemon = Daemon::start(&topo.host.ns, &bpffs).expect("start daemon");
+    // A large host's flow table: the tests fill 250 000 flows.
+    let daemon = Daemon::start_with(
+        &topo.host.ns,
+        &bpffs,
+        DaemonOptions {
+            extra_args: vec!["--max-flows".into(), "262144".into()],
+            ..Default::default()
+        },
+    )
+    .expect("start daemon");
     Setup {
         daemon,
         bpffs,

@@ -587,6 +587,7 @@ mod tests {
             socket_hooks: true,
             nat_capacity: None,
             embryonic_capacity: None,
+            capacity: Default::default(),
         };
         assert_eq!(
             check_interfaces(&config).unwrap_err().to_string(),

@@ -185,7 +185,7 @@ pub struct SgDaemonArgs {
     )]
     pub ct_icmp_timeout: u64,
     /// Capacity of the security-group connection-tracking table
-    /// [default: 262144]. When it is full new flows are refused and counted
+    /// [default: --max-flows]. When it is full new flows are refused and counted
     /// (ct_table_full); established ones are never evicted. A pinned table
     /// of another size is resized at start, its flows kept (refused when
     /// they do not fit).
@@ -196,7 +196,7 @@ pub struct SgDaemonArgs {
     )]
     pub ct_max: Option<u32>,
     /// Capacity of the table of established published-port flows (and of
-    /// the table of clash-remapped client ports) [default: 262144]. When it
+    /// the table of clash-remapped client ports) [default: --max-flows]. When it
     /// is full, flows completing their handshake are refused and counted
     /// (nat_table_full); established ones are never evicted. A pinned table
     /// of another size is resized at start, its flows kept (refused when
@@ -208,7 +208,7 @@ pub struct SgDaemonArgs {
     )]
     pub nat_max: Option<u32>,
     /// Capacity of each table of not yet established flows (published ports
-    /// and security groups) [default: 131072]. These are LRU tables: a new
+    /// and security groups) [default: an eighth of --max-flows]. These are LRU tables: a new
     /// flow is never refused; the least recently used unestablished flow
     /// makes room. A pinned table of another size is resized at start
     /// (made smaller than its fill, it keeps what fits).

@@ -69,19 +69,21 @@ pub struct DatapathConfig {
     /// bpffs mount point; berth pins under `<bpffs>/berth/`.
     pub bpffs: PathBuf,
     pub attach: AttachMode,
-    /// Capacity of the security-group tracking table (`None`: the default,
-    /// [`berth_maps::CT_CAPACITY`]). A pinned table of another capacity is
-    /// migrated to this one.
+    /// Capacity of the security-group tracking table (`None`:
+    /// `--max-flows`). A pinned table of another capacity is migrated to
+    /// this one.
     pub ct_capacity: Option<u32>,
     /// Attach the cgroup socket hooks (bind guard, localhost and hairpin
     /// access); `--no-socket-hooks` turns them off.
     pub socket_hooks: bool,
     /// Capacity of the established published-port flow table and of its
-    /// clash-remap table (`None`: [`berth_maps::NAT_CAPACITY`]).
+    /// clash-remap table (`None`: `--max-flows`).
     pub nat_capacity: Option<u32>,
     /// Capacity of each table of not yet established flows (published
-    /// ports and security groups; `None`: [`berth_maps::NAT_NEW_CAPACITY`]).
+    /// ports and security groups; `None`: an eighth of `--max-flows`).
     pub embryonic_capacity: Option<u32>,
+    /// `--max-flows`, `--max-mappings`.
+    pub capacity: super::capacity::Capacity,
 }
 
 struct Maps {
@@ -103,6 +105,8 @@ pub struct BpfDatapath {
     ct_flows: Vec<FlowMap<berth_maps::CtEntry>>,
     policy: Mutex<PolicyMaps>,
     timeouts: Mutex<FlowTimeouts>,
+    /// `--max-mappings`, for the error when the tables are full.
+    max_mappings: u32,
     status: super::status::StatusBase,
     // Stops before the programs it attaches are dropped.
     _ports: PortWatcher,
@@ -130,6 +134,17 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
     move |e| DatapathError::Map {
         map,
         reason: e.to_string(),
+    }
+}
+
+/// [`map_err`] for a write to a table sized by `--max-mappings`: a full
+/// one says so, and how to make room.
+fn mappings_err(map: &'static str, capacity: u32) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |e| match &e {
+        aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            DatapathError::MappingsFull(capacity)
+        }
+        _ => map_err(map)(e),
     }
 }
 
@@ -268,16 +283,11 @@ impl BpfDatapath {
         };
         // Capacities set by flags: the pinned maps are checked (and
         // migrated) against these, and the loader creates missing ones so.
-        let mut overrides: Vec<(&str, u32)> = Vec::new();
-        if let Some(n) = config.ct_capacity {
-            overrides.push((berth_maps::CT_MAP, n));
-        }
-        if let Some(n) = config.nat_capacity {
-            overrides.extend([(NAT_MAP, n), (NAT_FWD_MAP, n)]);
-        }
-        if let Some(n) = config.embryonic_capacity {
-            overrides.extend([(NAT_NEW_MAP, n), (berth_maps::CT_NEW_MAP, n)]);
-        }
+        let overrides = config.capacity.per_map(
+            config.nat_capacity,
+            config.ct_capacity,
+            config.embryonic_capacity,
+        );
         let expected = super::pins::expected_shapes(ebpf_object(), &overrides)?;
         let (pins, mut old_maps) = super::pins::check_and_migrate_keeping_old(&dir, &expected)?;
         if pins
@@ -467,12 +477,18 @@ impl BpfDatapath {
             migrated: pins.migrated,
             maps: expected.into_keys().collect(),
         };
+        // The object was parsed twice (shapes, loader) and those parses are
+        // freed, but glibc keeps freed heap pages: give them back, or the
+        // daemon's resident memory carries them for as long as it runs.
+        // SAFETY: malloc_trim only releases free memory of glibc's heap.
+        unsafe { libc::malloc_trim(0) };
         Ok(Self {
             maps: Mutex::new(maps),
             flows,
             ct_flows,
             policy: Mutex::new(policy),
             timeouts: Mutex::new(FlowTimeouts::default()),
+            max_mappings: config.capacity.max_mappings,
             status,
             _ports: ports,
             _ebpf: ebpf,
@@ -892,17 +908,26 @@ impl Datapath for BpfDatapath {
         let mut m = self.lock();
         let key = service_key(b);
         let new = m.services.get(&key, 0).is_err();
+        let pk = port_key(b);
+        let guarded = m.ports.get(&pk, 0).unwrap_or(0);
         if new {
             // Guard the port first: a host process must not slip in between.
-            let pk = port_key(b);
-            let n = m.ports.get(&pk, 0).unwrap_or(0);
             m.ports
-                .insert(pk, n + 1, 0)
-                .map_err(map_err("BERTH_PORTS"))?;
+                .insert(pk, guarded + 1, 0)
+                .map_err(mappings_err("BERTH_PORTS", self.max_mappings))?;
         }
-        m.services
+        let inserted = m
+            .services
             .insert(key, backend(b), 0)
-            .map_err(map_err("BERTH_SERVICES"))
+            .map_err(mappings_err("BERTH_SERVICES", self.max_mappings));
+        if inserted.is_err() && new {
+            // A full table: the port is not published, so not guarded.
+            let _ = match guarded {
+                0 => m.ports.remove(&pk),
+                n => m.ports.insert(pk, n, 0),
+            };
+        }
+        inserted
     }
 
     fn remove(&self, b: &Binding) -> Result<(), DatapathError> {

@@ -4,6 +4,7 @@ use std::net::Ipv4Addr;
 use crate::{model::Binding, netif::Ipv4Cidr};
 
 mod bpf;
+mod capacity;
 mod cgroup;
 mod flows;
 pub mod pins;
@@ -17,6 +18,7 @@ pub mod bpf_keys {
     pub use super::bpf::{backend, service_key};
 }
 pub use bpf::{ebpf_object, pin_dir, prepare_pin_dir, AttachMode, BpfDatapath, DatapathConfig};
+pub use capacity::Capacity;
 pub use cgroup::{cgroup2_root_mount, CgroupInfo};
 pub use policy::encode_rule;
 pub use status::DatapathStatus;
@@ -33,6 +35,9 @@ pub enum DatapathError {
     Bpffs { path: String, reason: String },
     #[error("eBPF map {map}: {reason}")]
     Map { map: &'static str, reason: String },
+    /// The published-port tables hold `--max-mappings` entries.
+    #[error("the datapath holds at most {0} published ports; start the daemon with a larger --max-mappings")]
+    MappingsFull(u32),
     /// Pins another version left that this one cannot adopt.
     #[error("{0}")]
     PinnedLayout(String),
