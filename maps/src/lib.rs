@@ -7,6 +7,94 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
+// ---------------------------------------------------------------- names
+
+/// The eBPF programs, by the name userspace loads, attaches and pins their
+/// links under. aya names a kernel-side program after its function, so the
+/// eBPF crate cannot use these: a test loads the built object and checks
+/// that the two agree (userspace `datapath::names`).
+pub mod program {
+    /// Uplink TC ingress: DNAT of published ports.
+    pub const INGRESS: &str = "berth_ingress";
+    /// Uplink XDP (`--attach xdp`): DNAT, handed to [`DELIVER`].
+    pub const XDP: &str = "berth_xdp";
+    /// Uplink TC ingress beside [`XDP`]: delivers what it translated.
+    pub const DELIVER: &str = "berth_deliver";
+    /// Bridge TC ingress: reply SNAT.
+    pub const REPLY: &str = "berth_reply";
+    /// Bridge port TC ingress (what a container sends): security groups,
+    /// source checks, reply SNAT.
+    pub const FROM_CTR: &str = "berth_from_ctr";
+    /// Bridge port TC egress (what a container receives): security groups.
+    pub const TO_CTR: &str = "berth_to_ctr";
+    /// cgroup bind4/bind6: the bind guard.
+    pub const BIND4: &str = "berth_bind4";
+    pub const BIND6: &str = "berth_bind6";
+    /// cgroup connect4/sendmsg4/recvmsg4/getpeername4: host-local and
+    /// hairpin access.
+    pub const CONNECT4: &str = "berth_connect4";
+    pub const SENDMSG4: &str = "berth_sendmsg4";
+    pub const RECVMSG4: &str = "berth_recvmsg4";
+    pub const PEERNAME4: &str = "berth_peername4";
+    /// Programs that do nothing: the bench's floor.
+    pub const EMPTY_TC: &str = "berth_empty_tc";
+    pub const EMPTY_XDP: &str = "berth_empty_xdp";
+
+    /// The cgroup sock_addr hooks.
+    pub const SOCKET_HOOKS: [&str; 6] = [BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4, PEERNAME4];
+    /// Attached to every bridge port (its container's veth).
+    pub const PORT_PROGRAMS: [&str; 2] = [FROM_CTR, TO_CTR];
+    /// Every program of the object.
+    pub const ALL: [&str; 14] = [
+        INGRESS, XDP, DELIVER, REPLY, FROM_CTR, TO_CTR, BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4,
+        PEERNAME4, EMPTY_TC, EMPTY_XDP,
+    ];
+}
+
+/// Every map of the eBPF object, each pinned by this name.
+pub const MAPS: [&str; 19] = [
+    SERVICES_MAP,
+    HOST_ADDRS_MAP,
+    LOCAL_NETS_MAP,
+    PORT_ADDRS_MAP,
+    NAT_MAP,
+    NAT_NEW_MAP,
+    NAT_FWD_MAP,
+    PORTS_MAP,
+    CONFIG_MAP,
+    HOOKED_PORTS_MAP,
+    PORT_MACS_MAP,
+    SOCK_REV_MAP,
+    ENDPOINTS_MAP,
+    POLICY_MAP,
+    SG_MEMBERS_MAP,
+    CT_MAP,
+    CT_NEW_MAP,
+    FRAGS_MAP,
+    COUNTERS_MAP,
+];
+
+// ---------------------------------------------------------------- timeouts
+//
+// Idle timeouts of tracked flows by default, in seconds (`berth daemon
+// --ct-*-timeout`). The programs stamp each flow's last packet; the daemon
+// expires idle flows.
+
+/// An established TCP flow (five days, as conntrack's).
+pub const TIMEOUT_TCP_ESTABLISHED_S: u64 = 432_000;
+/// A TCP flow that saw a RST or FIN.
+pub const TIMEOUT_TCP_CLOSING_S: u64 = 60;
+/// A TCP flow whose handshake has not completed.
+pub const TIMEOUT_TCP_SYN_S: u64 = 30;
+/// A UDP flow with no reply yet.
+pub const TIMEOUT_UDP_SINGLE_S: u64 = 30;
+/// A UDP flow that has been answered.
+pub const TIMEOUT_UDP_STREAM_S: u64 = 180;
+/// An ICMP echo flow.
+pub const TIMEOUT_ICMP_S: u64 = 30;
+/// The longest idle timeout a flag accepts.
+pub const TIMEOUT_MAX_S: u64 = 432_000;
+
 // ---------------------------------------------------------------- capacity
 //
 // Memory follows use. Every hash map the programs do not insert into under
@@ -470,106 +558,111 @@ pub const fn nat_remap_port(
     (lo + (h.wrapping_add(attempt.wrapping_mul(2 * 7919 + 1))) % size) as u16
 }
 
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
+/// Defines [`Counter`], each variant with its index and the name userspace
+/// shows (`berth stats`), and [`COUNTER_NAMES`] from the same list: one
+/// definition for both sides.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $variant:ident = $index:literal => $name:literal,)*) => {
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $($(#[$doc])* $variant = $index,)*
+        }
+
+        impl Counter {
+            /// Every counter, by index.
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)*];
+
+            /// The name `berth stats` shows.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)*
+                }
+            }
+        }
+
+        /// Every counter's name, by index.
+        pub const COUNTER_NAMES: &[&str] = &[$($name,)*];
+    };
+}
+
+counters! {
     /// Ingress packet matched a mapping and was translated.
-    IngressDnat = 0,
+    IngressDnat = 0 => "ingress_dnat",
     /// Ingress packet matched nothing and passed untouched.
-    IngressPass = 1,
+    IngressPass = 1 => "ingress_pass",
     /// Reply packet translated back to the host port.
-    ReplySnat = 2,
+    ReplySnat = 2 => "reply_snat",
     /// New flow refused because the tracking table is full.
-    NatTableFull = 3,
+    NatTableFull = 3 => "nat_table_full",
     /// Translated packet had no route; dropped.
-    NoRoute = 4,
+    NoRoute = 4 => "no_route",
     /// Later fragment (no ports) of a datagram nothing remembered at an
     /// uplink or the bridge; passed untouched (it may be the host's own).
-    Fragment = 5,
+    Fragment = 5 => "fragment",
     /// Packet to a published port with TTL <= 1; dropped.
-    TtlExceeded = 6,
+    TtlExceeded = 6 => "ttl_exceeded",
     /// A host process's bind() of a published port refused (EADDRINUSE).
-    BindRefused = 7,
+    BindRefused = 7 => "bind_refused",
     /// connect()/sendmsg() to a published port translated at the socket.
-    SockXlate = 8,
+    SockXlate = 8 => "sock_xlate",
     /// ICMP error about a translated flow, translated.
-    IcmpXlate = 9,
+    IcmpXlate = 9 => "icmp_xlate",
     /// New flow refused by the receiving task's ingress rules.
-    PolicyDeniedIngress = 10,
+    PolicyDeniedIngress = 10 => "policy_denied_ingress",
     /// New flow refused by the sending task's egress rules.
-    PolicyDeniedEgress = 11,
+    PolicyDeniedEgress = 11 => "policy_denied_egress",
     /// New flow refused because the policy tracking table is full.
-    CtTableFull = 12,
+    CtTableFull = 12 => "ct_table_full",
     /// Later fragment translated like its datagram's first fragment.
-    FragXlate = 13,
+    FragXlate = 13 => "frag_xlate",
     /// Later fragment with no remembered first fragment where either end
     /// has policy; dropped.
-    FragNoFirst = 14,
+    FragNoFirst = 14 => "frag_no_first",
     /// Later fragment of a datagram whose first fragment policy refused,
     /// or a TCP/UDP first fragment too short to hold its header, where
     /// either end has policy; dropped.
-    FragDenied = 15,
+    FragDenied = 15 => "frag_denied",
     /// ICMP other than echo that is no error about a tracked flow of an
     /// endpoint with policy; dropped.
-    PolicyDeniedIcmp = 16,
+    PolicyDeniedIcmp = 16 => "policy_denied_icmp",
     /// A container's ICMP error about a translated flow that is not its
     /// own or not addressed to that flow's client; dropped.
-    IcmpForged = 17,
+    IcmpForged = 17 => "icmp_forged",
     /// Packet on an uplink from or to 127.0.0.0/8; dropped, never translated.
-    UplinkLoopback = 18,
+    UplinkLoopback = 18 => "uplink_loopback",
     /// Packet on an uplink with a source in a bridge subnet or one of the
     /// host's own addresses; dropped.
-    UplinkSpoofedSource = 19,
+    UplinkSpoofedSource = 19 => "uplink_spoofed_source",
     /// Packet from a container with a source not its own, while policy
     /// applies to the container, the claimed source or the receiver; dropped.
-    ContainerSpoofedSource = 20,
+    ContainerSpoofedSource = 20 => "container_spoofed_source",
     /// A new flow's reply tuple was taken: it got another client source port.
-    NatPortRemap = 21,
+    NatPortRemap = 21 => "nat_port_remap",
     /// A clashing new flow found no free client port (or no room to
     /// remember it); dropped.
-    NatPortRemapFailed = 22,
+    NatPortRemapFailed = 22 => "nat_port_remap_failed",
     /// TCP without SYN (or with ACK) to a published port, belonging to no
     /// tracked flow; dropped.
-    NatNoFlow = 23,
+    NatNoFlow = 23 => "nat_no_flow",
     /// TCP RST or FIN outside the sequence window of a tracked flow:
     /// forwarded, but the flow is not marked closing.
-    TcpOutOfWindow = 24,
+    TcpOutOfWindow = 24 => "tcp_out_of_window",
     /// TCP without SYN between endpoints with policy, belonging to no
     /// tracked flow; dropped.
-    CtNoFlow = 25,
+    CtNoFlow = 25 => "ct_no_flow",
     /// IPv4 from a bridge port not hooked yet, refused (`--default-sg`).
-    UnhookedPort = 26,
+    UnhookedPort = 26 => "unhooked_port",
 }
-pub const COUNTER_NAMES: [&str; 27] = [
-    "ingress_dnat",
-    "ingress_pass",
-    "reply_snat",
-    "nat_table_full",
-    "no_route",
-    "fragment",
-    "ttl_exceeded",
-    "bind_refused",
-    "sock_xlate",
-    "icmp_xlate",
-    "policy_denied_ingress",
-    "policy_denied_egress",
-    "ct_table_full",
-    "frag_xlate",
-    "frag_no_first",
-    "frag_denied",
-    "policy_denied_icmp",
-    "icmp_forged",
-    "uplink_loopback",
-    "uplink_spoofed_source",
-    "container_spoofed_source",
-    "nat_port_remap",
-    "nat_port_remap_failed",
-    "nat_no_flow",
-    "tcp_out_of_window",
-    "ct_no_flow",
-    "unhooked_port",
-];
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
+// The map is indexed by the enum: indexes run 0.. in order.
+const _: () = {
+    let mut i = 0;
+    while i < Counter::ALL.len() {
+        assert!(Counter::ALL[i] as usize == i);
+        i += 1;
+    }
+};
 
 /// XDP -> TC hand-off in `--attach xdp`: the XDP program translates and
 /// leaves this in the packet metadata; the TC program delivers it.

@@ -147,8 +147,8 @@ pub struct SgDaemonArgs {
     #[arg(
         long,
         value_name = "SECS",
-        default_value_t = 432_000,
-        value_parser = clap::value_parser!(u64).range(60..=432_000)
+        default_value_t = berth_maps::TIMEOUT_TCP_ESTABLISHED_S,
+        value_parser = clap::value_parser!(u64).range(60..=berth_maps::TIMEOUT_MAX_S)
     )]
     pub ct_tcp_timeout: u64,
     /// Idle timeout of a TCP flow whose handshake has not completed (SYN
@@ -156,32 +156,32 @@ pub struct SgDaemonArgs {
     #[arg(
         long,
         value_name = "SECS",
-        default_value_t = 30,
-        value_parser = clap::value_parser!(u64).range(1..=432_000)
+        default_value_t = berth_maps::TIMEOUT_TCP_SYN_S,
+        value_parser = clap::value_parser!(u64).range(1..=berth_maps::TIMEOUT_MAX_S)
     )]
     pub ct_tcp_syn_timeout: u64,
     /// Idle timeout of a UDP flow with no answer yet, seconds (1-432000).
     #[arg(
         long,
         value_name = "SECS",
-        default_value_t = 30,
-        value_parser = clap::value_parser!(u64).range(1..=432_000)
+        default_value_t = berth_maps::TIMEOUT_UDP_SINGLE_S,
+        value_parser = clap::value_parser!(u64).range(1..=berth_maps::TIMEOUT_MAX_S)
     )]
     pub ct_udp_timeout: u64,
     /// Idle timeout of an answered UDP flow, seconds (1-432000).
     #[arg(
         long,
         value_name = "SECS",
-        default_value_t = 180,
-        value_parser = clap::value_parser!(u64).range(1..=432_000)
+        default_value_t = berth_maps::TIMEOUT_UDP_STREAM_S,
+        value_parser = clap::value_parser!(u64).range(1..=berth_maps::TIMEOUT_MAX_S)
     )]
     pub ct_udp_stream_timeout: u64,
     /// Idle timeout of an ICMP echo flow, seconds (1-432000).
     #[arg(
         long,
         value_name = "SECS",
-        default_value_t = 30,
-        value_parser = clap::value_parser!(u64).range(1..=432_000)
+        default_value_t = berth_maps::TIMEOUT_ICMP_S,
+        value_parser = clap::value_parser!(u64).range(1..=berth_maps::TIMEOUT_MAX_S)
     )]
     pub ct_icmp_timeout: u64,
     /// Capacity of the security-group connection-tracking table

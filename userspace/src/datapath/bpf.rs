@@ -24,7 +24,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use berth_maps::{
-    local_net_encode, Backend, FlowKey, NatEntry, NatFwd, PortKey, ServiceKey, CONFIG_MAP,
+    local_net_encode, program, Backend, FlowKey, NatEntry, NatFwd, PortKey, ServiceKey, CONFIG_MAP,
     CONFIG_NETNS_COOKIE, CONFIG_PORT_GATE, COUNTERS_MAP, COUNTER_NAMES, HOOKED_PORTS_MAP,
     HOST_ADDRS_MAP, LOCAL_NETS_MAP, LOCAL_NETS_MAX, LOCAL_NET_MORE, NAT_FWD_MAP, NAT_F_CLOSING,
     NAT_F_REPLIED, NAT_MAP, NAT_NEW_MAP, PORTS_MAP, PORT_ADDRS_MAP, PROTO_TCP, SERVICES_MAP,
@@ -119,14 +119,14 @@ fn attachments(config: &DatapathConfig) -> Vec<(&'static str, String)> {
     let mut v = Vec::new();
     for up in &config.uplinks {
         match config.attach {
-            AttachMode::Tc => v.push(("berth_ingress", up.clone())),
+            AttachMode::Tc => v.push((program::INGRESS, up.clone())),
             AttachMode::Xdp => {
-                v.push(("berth_xdp", up.clone()));
-                v.push(("berth_deliver", up.clone()));
+                v.push((program::XDP, up.clone()));
+                v.push((program::DELIVER, up.clone()));
             }
         }
     }
-    v.push(("berth_reply", config.bridge.clone()));
+    v.push((program::REPLY, config.bridge.clone()));
     v
 }
 
@@ -385,10 +385,10 @@ impl BpfDatapath {
             ebpf.take_map(CONFIG_MAP)
                 .ok_or_else(|| DatapathError::Other(format!("map {CONFIG_MAP} missing")))?,
         )
-        .map_err(map_err("BERTH_CONFIG"))?;
+        .map_err(map_err(CONFIG_MAP))?;
         config_map
             .set(CONFIG_NETNS_COOKIE, netns_cookie()?, 0)
-            .map_err(map_err("BERTH_CONFIG"))?;
+            .map_err(map_err(CONFIG_MAP))?;
 
         let maps = Maps {
             services: take_map(&mut ebpf, SERVICES_MAP)?,
@@ -398,14 +398,14 @@ impl BpfDatapath {
                 ebpf.take_map(LOCAL_NETS_MAP)
                     .ok_or_else(|| DatapathError::Other(format!("map {LOCAL_NETS_MAP} missing")))?,
             )
-            .map_err(map_err("BERTH_LOCAL_NETS"))?,
+            .map_err(map_err(LOCAL_NETS_MAP))?,
             nat_fwd: take_map(&mut ebpf, NAT_FWD_MAP)?,
             config: config_map,
             counters: PerCpuArray::try_from(
                 ebpf.take_map(COUNTERS_MAP)
                     .ok_or_else(|| DatapathError::Other(format!("map {COUNTERS_MAP} missing")))?,
             )
-            .map_err(map_err("BERTH_COUNTERS"))?,
+            .map_err(map_err(COUNTERS_MAP))?,
         };
         let policy = PolicyMaps {
             endpoints: take_map(&mut ebpf, berth_maps::ENDPOINTS_MAP)?,
@@ -447,10 +447,8 @@ impl BpfDatapath {
         // The watcher keeps the bridge's address current in its own handle.
         let config_pin = dir.join(CONFIG_MAP);
         let watcher_config = MapData::from_pin(&config_pin)
-            .map_err(map_err("BERTH_CONFIG"))
-            .and_then(|m| {
-                Array::try_from(aya::maps::Map::Array(m)).map_err(map_err("BERTH_CONFIG"))
-            })?;
+            .map_err(map_err(CONFIG_MAP))
+            .and_then(|m| Array::try_from(aya::maps::Map::Array(m)).map_err(map_err(CONFIG_MAP)))?;
         let ports = super::ports::watch(
             ebpf.clone(),
             port_addrs,
@@ -518,14 +516,7 @@ impl BpfDatapath {
 
 /// cgroup sock_addr hooks: the bind guard and socket-level translation for
 /// host-local and hairpin access.
-const SOCKET_HOOKS: [&str; 6] = [
-    "berth_bind4",
-    "berth_bind6",
-    "berth_connect4",
-    "berth_sendmsg4",
-    "berth_recvmsg4",
-    "berth_peername4",
-];
+const SOCKET_HOOKS: [&str; 6] = program::SOCKET_HOOKS;
 pub(super) const CGROUP_LINK_SUFFIX: &str = "cgroup";
 
 /// The bridge's MAC in the low 48 bits, as the gate compares it.
@@ -644,7 +635,7 @@ pub(super) fn attach_pinned(
     let prog = ebpf
         .program_mut(prog_name)
         .ok_or_else(|| DatapathError::Other(format!("program {prog_name} missing")))?;
-    if prog_name == "berth_xdp" {
+    if prog_name == program::XDP {
         let p: &mut Xdp = prog.try_into().map_err(prog_err(what.clone()))?;
         load_once(p.load()).map_err(prog_err(what.clone()))?;
         let adopted = adopt_link(&pin).map(|link| {
@@ -672,7 +663,7 @@ pub(super) fn attach_pinned(
             .and_then(|l| p.attach_to_link(l).map(drop).map_err(|e| error_chain(&e)))
     });
     if !keep_adopted(&pin, adopted) {
-        let attach_type = if prog_name == "berth_to_ctr" {
+        let attach_type = if prog_name == program::TO_CTR {
             TcAttachType::Egress
         } else {
             TcAttachType::Ingress
@@ -914,12 +905,12 @@ impl Datapath for BpfDatapath {
             // Guard the port first: a host process must not slip in between.
             m.ports
                 .insert(pk, guarded + 1, 0)
-                .map_err(mappings_err("BERTH_PORTS", self.max_mappings))?;
+                .map_err(mappings_err(PORTS_MAP, self.max_mappings))?;
         }
         let inserted = m
             .services
             .insert(key, backend(b), 0)
-            .map_err(mappings_err("BERTH_SERVICES", self.max_mappings));
+            .map_err(mappings_err(SERVICES_MAP, self.max_mappings));
         if inserted.is_err() && new {
             // A full table: the port is not published, so not guarded.
             let _ = match guarded {
@@ -936,17 +927,14 @@ impl Datapath for BpfDatapath {
             Ok(()) => {
                 let pk = port_key(b);
                 match m.ports.get(&pk, 0) {
-                    Ok(n) if n > 1 => m
-                        .ports
-                        .insert(pk, n - 1, 0)
-                        .map_err(map_err("BERTH_PORTS"))?,
+                    Ok(n) if n > 1 => m.ports.insert(pk, n - 1, 0).map_err(map_err(PORTS_MAP))?,
                     _ => {
                         let _ = m.ports.remove(&pk);
                     }
                 }
             }
             Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err("BERTH_SERVICES")(e)),
+            Err(e) => return Err(map_err(SERVICES_MAP)(e)),
         }
         Ok(())
     }
@@ -987,7 +975,7 @@ impl Datapath for BpfDatapath {
         for k in &stale {
             match m.services.remove(k) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err("BERTH_SERVICES")(e)),
+                Err(e) => return Err(map_err(SERVICES_MAP)(e)),
             }
         }
         // Rebuild the guarded ports from what is published: counts kept
@@ -1008,7 +996,7 @@ impl Datapath for BpfDatapath {
             }
         }
         for (pk, n) in want {
-            m.ports.insert(pk, n, 0).map_err(map_err("BERTH_PORTS"))?;
+            m.ports.insert(pk, n, 0).map_err(map_err(PORTS_MAP))?;
         }
         drop(m);
         let forgotten = sweep(&self.flows, owned_by_none_of(keep_bindings))?;
@@ -1035,7 +1023,7 @@ impl Datapath for BpfDatapath {
         for a in want.difference(&have) {
             m.host_addrs
                 .insert(*a, 1, 0)
-                .map_err(map_err("BERTH_HOST_ADDRS"))?;
+                .map_err(map_err(HOST_ADDRS_MAP))?;
         }
         Ok(())
     }
@@ -1055,7 +1043,7 @@ impl Datapath for BpfDatapath {
                 want.len()
             )));
         }
-        let err = map_err("BERTH_LOCAL_NETS");
+        let err = map_err(LOCAL_NETS_MAP);
         let mut slots = Vec::with_capacity(LOCAL_NETS_MAX as usize);
         for i in 0..LOCAL_NETS_MAX {
             slots.push(m.local_nets.get(&i, 0).map_err(&err)?);
@@ -1075,7 +1063,7 @@ impl Datapath for BpfDatapath {
                 let v = m
                     .counters
                     .get(&(i as u32), 0)
-                    .map_err(map_err("BERTH_COUNTERS"))?;
+                    .map_err(map_err(COUNTERS_MAP))?;
                 Ok((*name, v.iter().sum()))
             })
             .collect()
@@ -1141,14 +1129,14 @@ impl Datapath for BpfDatapath {
         self.lock()
             .config
             .set(CONFIG_PORT_GATE, u64::from(on), 0)
-            .map_err(map_err("BERTH_CONFIG"))
+            .map_err(map_err(CONFIG_MAP))
     }
 
     fn set_no_policy(&self, none: bool) -> Result<(), DatapathError> {
         self.lock()
             .config
             .set(berth_maps::CONFIG_NO_POLICY, u64::from(none), 0)
-            .map_err(map_err("BERTH_CONFIG"))
+            .map_err(map_err(CONFIG_MAP))
     }
 
     fn set_flow_timeouts(&self, timeouts: FlowTimeouts) {
