@@ -1,6 +1,7 @@
-//! Map names, capacities and key/value layouts shared by the eBPF programs and
-//! userspace. Every type is `#[repr(C)]` with explicit padding; fields in
-//! network byte order end in `_be`.
+//! Names (programs, maps, counters), capacities, timeouts and key/value
+//! layouts shared by the eBPF programs and userspace. Every type is
+//! `#[repr(C)]` with explicit padding, which its `bytemuck::Pod` derive
+//! proves; fields in network byte order end in `_be`.
 #![no_std]
 
 pub const PROTO_ICMP: u8 = 1;
@@ -193,7 +194,7 @@ pub const PORT_ADDRS_CAPACITY: u32 = 4096;
 pub const PORT_ADDRS_MAX: usize = 8;
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PortAddrs {
     /// Valid entries of `addrs_be`, at most [`PORT_ADDRS_MAX`].
     pub len: u32,
@@ -266,7 +267,7 @@ pub const SOCK_REV_MAP: &str = "BERTH_SOCK_REV";
 pub const SOCK_REV_CAPACITY: u32 = lru_capacity(DEFAULT_MAX_FLOWS);
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct SockRevKey {
     pub cookie: u64,
     pub addr_be: u32,
@@ -275,7 +276,7 @@ pub struct SockRevKey {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct SockRevValue {
     pub addr_be: u32,
     pub port_be: u16,
@@ -297,7 +298,7 @@ pub const ENDPOINTS_CAPACITY: u32 = 4096;
 pub const EP_F_POLICY: u32 = 1;
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Endpoint {
     pub task_id: u32,
     pub flags: u32,
@@ -312,7 +313,7 @@ pub const DIR_EGRESS: u32 = 1;
 pub const MAX_RULES: usize = 960;
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PolicyKey {
     pub task_id: u32,
     pub dir: u32,
@@ -329,7 +330,7 @@ pub const RULE_ICMP_ANY: u8 = 0xff;
 
 /// One allow rule. Ports are in host byte order, inclusive.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Rule {
     pub proto: u8,
     pub kind: u8,
@@ -343,7 +344,7 @@ pub struct Rule {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Policy {
     pub len: u32,
     pub _pad: u32,
@@ -356,7 +357,7 @@ pub const SG_MEMBERS_MAP: &str = "BERTH_SG_MEMBERS";
 pub const SG_MEMBERS_CAPACITY: u32 = 16_384;
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct SgMember {
     pub sg_id: u32,
     pub addr_be: u32,
@@ -381,7 +382,7 @@ pub const CT_F_SEQ_FWD: u8 = 16;
 
 /// Direction 0 is the flow's first packet's (key) direction, 1 the reply.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct CtEntry {
     pub last_seen_ns: u64,
     pub flags: u8,
@@ -418,7 +419,7 @@ pub const FRAG_V_ALLOW: u8 = 1;
 /// One datagram as its fragments carry it: (source, destination, protocol,
 /// IP id), and which decision it is for.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FragKey {
     pub src_addr_be: u32,
     pub dst_addr_be: u32,
@@ -428,7 +429,7 @@ pub struct FragKey {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FragEntry {
     /// DNAT: the container address; SNAT: the host address.
     pub addr_be: u32,
@@ -443,7 +444,7 @@ pub struct FragEntry {
 pub const COUNTERS_MAP: &str = "BERTH_COUNTERS";
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ServiceKey {
     pub host_addr_be: u32,
     pub host_port_be: u16,
@@ -452,7 +453,7 @@ pub struct ServiceKey {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Backend {
     pub addr_be: u32,
     pub port_be: u16,
@@ -461,7 +462,7 @@ pub struct Backend {
 
 /// A flow as seen on the wire in one direction.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FlowKey {
     pub src_addr_be: u32,
     pub dst_addr_be: u32,
@@ -472,7 +473,7 @@ pub struct FlowKey {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PortKey {
     pub port_be: u16,
     pub proto: u8,
@@ -494,7 +495,7 @@ pub const NAT_F_SEQ_FWD: u8 = 16;
 
 /// Direction 0 is client -> container, 1 the reply.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct NatEntry {
     pub host_addr_be: u32,
     pub host_port_be: u16,
@@ -520,7 +521,7 @@ pub struct NatEntry {
 /// [`NAT_FWD_MAP`] value: the source port the clashing flow uses towards
 /// the container, and the container (so userspace can find the flow).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct NatFwd {
     pub backend_addr_be: u32,
     pub backend_port_be: u16,
@@ -667,7 +668,7 @@ const _: () = {
 /// XDP -> TC hand-off in `--attach xdp`: the XDP program translates and
 /// leaves this in the packet metadata; the TC program delivers it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct XdpHandoff {
     pub magic: u32,
     pub ifindex: u32,
@@ -697,24 +698,42 @@ const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
 const _: () = assert!(local_net_encode(0, 0) != 0);
 const _: () = assert!(core::mem::size_of::<PortAddrs>() == 8 + 4 * PORT_ADDRS_MAX);
 
+/// aya's `Pod` for every map key and value, each resting on its
+/// `bytemuck::Pod` derive: that derive refuses a type with padding or with
+/// a field that is not itself plain data, so the bytes aya hands the
+/// kernel are all initialised and any bytes read back are a valid value.
 #[cfg(feature = "user")]
 mod user {
     use super::*;
-    unsafe impl aya::Pod for ServiceKey {}
-    unsafe impl aya::Pod for Backend {}
-    unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for NatEntry {}
-    unsafe impl aya::Pod for NatFwd {}
-    unsafe impl aya::Pod for PortKey {}
-    unsafe impl aya::Pod for Endpoint {}
-    unsafe impl aya::Pod for PolicyKey {}
-    unsafe impl aya::Pod for Rule {}
-    unsafe impl aya::Pod for Policy {}
-    unsafe impl aya::Pod for SgMember {}
-    unsafe impl aya::Pod for CtEntry {}
-    unsafe impl aya::Pod for SockRevKey {}
-    unsafe impl aya::Pod for SockRevValue {}
-    unsafe impl aya::Pod for FragKey {}
-    unsafe impl aya::Pod for FragEntry {}
-    unsafe impl aya::Pod for PortAddrs {}
+
+    macro_rules! aya_pod {
+        ($($t:ty),* $(,)?) => {$(
+            const _: () = {
+                const fn proven<T: bytemuck::Pod>() {}
+                proven::<$t>()
+            };
+            // SAFETY: bytemuck::Pod, checked just above.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+
+    aya_pod!(
+        ServiceKey,
+        Backend,
+        FlowKey,
+        NatEntry,
+        NatFwd,
+        PortKey,
+        Endpoint,
+        PolicyKey,
+        Rule,
+        Policy,
+        SgMember,
+        CtEntry,
+        SockRevKey,
+        SockRevValue,
+        FragKey,
+        FragEntry,
+        PortAddrs,
+    );
 }

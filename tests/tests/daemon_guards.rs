@@ -554,10 +554,8 @@ fn lookup(pin: &Path, key: &[u8], value_size: usize) -> Option<Vec<u8>> {
         .then_some(value)
 }
 
-fn read_as<T: Copy>(bytes: &[u8]) -> T {
-    assert_eq!(bytes.len(), std::mem::size_of::<T>());
-    // SAFETY: the length is T's; berth_maps types are repr(C) plain data.
-    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) }
+fn read_as<T: bytemuck::Pod>(bytes: &[u8]) -> T {
+    bytemuck::pod_read_unaligned(bytes)
 }
 
 /// The previous release's pins (layout 1, no version record): 16-byte NAT
@@ -856,8 +854,11 @@ fn migrated(d: &Daemon) -> Vec<String> {
 /// Fake flows (UDP, seen now) in the pinned table `name`.
 fn add_flows(bpffs: &Bpffs, name: &str, n: u16) {
     let fd = sys::obj_get(&bpffs.path().join("berth").join(name)).unwrap();
-    let mut value = vec![0u8; std::mem::size_of::<berth_maps::NatEntry>()];
-    value[8..16].copy_from_slice(&now_ns().to_ne_bytes());
+    let entry = berth_maps::NatEntry {
+        last_seen_ns: now_ns(),
+        ..Default::default()
+    };
+    let value = bytemuck::bytes_of(&entry);
     for port in 0..n {
         let mut key = flow_key(30000 + port);
         key[12] = 17;
