@@ -110,7 +110,7 @@ pub const TIMEOUT_MAX_S: u64 = 432_000;
 /// `--max-flows` by default: flows tracked at once per table (published
 /// ports; security groups). A host running tens of ECS tasks holds a few
 /// thousand connections; a busier one raises it (16 bytes per flow of
-/// capacity while empty, about 130 per flow in use, per table).
+/// capacity while empty, about 110 per flow in use, per table).
 pub const DEFAULT_MAX_FLOWS: u32 = 16_384;
 /// `--max-mappings` by default: published ports, one per (protocol, host
 /// address, host port). Tens of tasks with a few ports each use hundreds;

@@ -14,7 +14,7 @@ pub struct Capacity {
     /// security groups). When one is full, new flows are refused and
     /// counted (nat_table_full, ct_table_full); established ones are never
     /// evicted. An empty table costs 16 bytes per flow of capacity, a
-    /// tracked flow about 130 more. The tables of not yet established
+    /// tracked flow about 110 more. The tables of not yet established
     /// flows and of socket translations, which are preallocated, get an
     /// eighth of it each. `--nat-max`, `--ct-max` and `--ct-embryonic-max`
     /// override single tables. Pinned tables of another size are resized at
