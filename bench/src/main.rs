@@ -34,14 +34,17 @@ struct Opts {
     previous: Option<PathBuf>,
 }
 
-/// `control-berth`: berth's control-plane rows only (not part of a full run).
-const SECTIONS: [&str; 6] = [
+/// `control-berth`: berth's control-plane rows only; `memory`: the memory
+/// for 1 000 ports only (neither is part of a full run: `control` measures
+/// both).
+const SECTIONS: [&str; 7] = [
     "verifier",
     "datapath",
     "topology",
     "veth",
     "control",
     "control-berth",
+    "memory",
 ];
 
 fn parse_args() -> Result<Opts> {
@@ -235,6 +238,9 @@ fn run() -> Result<()> {
     if let Some(c) = control_result {
         results["control_plane"] = c.control;
         results["memory"] = c.memory;
+    } else if opts.only.iter().any(|o| o == "memory") {
+        let proxy = std::path::Path::new(berth_integration::bench::peers::DOCKER_PROXY).is_file();
+        results["memory"] = control::memory(proxy)?;
     }
     // The verifier section was stored under its section name; the report
     // reads it as verifier_budget.

@@ -147,6 +147,8 @@ pub struct DaemonArgs {
     )]
     pub docker: Option<PathBuf>,
     #[command(flatten)]
+    pub capacity: crate::datapath::Capacity,
+    #[command(flatten)]
     pub security_groups: crate::sg_cli::SgDaemonArgs,
     #[command(flatten)]
     pub api: crate::limits::ApiArgs,
@@ -303,6 +305,7 @@ impl DaemonArgs {
                 socket_hooks: !self.no_socket_hooks,
                 nat_capacity: self.security_groups.nat_max,
                 embryonic_capacity: self.security_groups.ct_embryonic_max,
+                capacity: self.capacity,
             },
             dynamic_ports: self.dynamic_ports,
             reserved_ports: self.reserved_ports,

@@ -263,7 +263,7 @@ fn status_lists_every_attachment_map_and_the_daemon() {
     );
     assert!(
         text.lines().any(|l| l.starts_with("BERTH_SERVICES")
-            && l.contains("131072")
+            && l.contains(&berth_maps::SERVICES_CAPACITY.to_string())
             && l.trim_end().ends_with('4')),
         "{text}"
     );
@@ -398,7 +398,7 @@ fn a_wrongly_shaped_pinned_map_is_refused_in_one_line_and_left_alone() {
         last_line(&out),
         format!(
             "berth: pinned map BERTH_SERVICES ({}) is hash, key 8 B, value 12 B, 1024 entries, flags 0x0, \
-             but this berth needs hash, key 8 B, value 8 B, {} entries, flags 0x0 and cannot convert it; \
+             but this berth needs hash, key 8 B, value 8 B, {} entries, flags 0x1 and cannot convert it; \
              run `berth reset` to remove the old pins (published ports come back from the store, tracked \
              flows are lost), or run the berth that created them",
             pin.display(),
@@ -509,10 +509,8 @@ fn lookup(pin: &Path, key: &[u8], value_size: usize) -> Option<Vec<u8>> {
         .then_some(value)
 }
 
-fn read_as<T: Copy>(bytes: &[u8]) -> T {
-    assert_eq!(bytes.len(), std::mem::size_of::<T>());
-    // SAFETY: the length is T's; berth_maps types are repr(C) plain data.
-    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) }
+fn read_as<T: bytemuck::Pod>(bytes: &[u8]) -> T {
+    bytemuck::pod_read_unaligned(bytes)
 }
 
 /// The previous release's pins (layout 1, no version record): 16-byte NAT
@@ -644,7 +642,28 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
                 berth_maps::COUNTERS_LEN
             ),
             "BERTH_CT: 16-byte values converted to 32 bytes (2 entries kept)",
+            format!(
+                "BERTH_ENDPOINTS: capacity 16384 -> {}, allocated on use (0 entries kept)",
+                berth_maps::ENDPOINTS_CAPACITY
+            ),
+            "BERTH_HOST_ADDRS: allocated on use (0 entries kept)",
             "BERTH_NAT: 16-byte values converted to 40 bytes (2 entries kept)",
+            format!(
+                "BERTH_PORTS: capacity 131072 -> {}, allocated on use (0 entries kept)",
+                berth_maps::PORTS_CAPACITY
+            ),
+            format!(
+                "BERTH_SERVICES: capacity 131072 -> {}, allocated on use (0 entries kept)",
+                berth_maps::SERVICES_CAPACITY
+            ),
+            format!(
+                "BERTH_SG_MEMBERS: capacity 65536 -> {}, allocated on use (0 entries kept)",
+                berth_maps::SG_MEMBERS_CAPACITY
+            ),
+            format!(
+                "BERTH_SOCK_REV: capacity 65536 -> {} (0 entries kept)",
+                berth_maps::SOCK_REV_CAPACITY
+            ),
         ]),
         "{s:#}"
     );
@@ -791,8 +810,11 @@ fn migrated(d: &Daemon) -> Vec<String> {
 /// Fake flows (UDP, seen now) in the pinned table `name`.
 fn add_flows(bpffs: &Bpffs, name: &str, n: u16) {
     let fd = sys::obj_get(&bpffs.path().join("berth").join(name)).unwrap();
-    let mut value = vec![0u8; std::mem::size_of::<berth_maps::NatEntry>()];
-    value[8..16].copy_from_slice(&now_ns().to_ne_bytes());
+    let entry = berth_maps::NatEntry {
+        last_seen_ns: now_ns(),
+        ..Default::default()
+    };
+    let value = bytemuck::bytes_of(&entry);
     for port in 0..n {
         let mut key = flow_key(30000 + port);
         key[12] = 17;
@@ -913,6 +935,141 @@ fn capacity_flags_changed_between_restarts_resize_the_tables_and_keep_the_flows(
         "{line}"
     );
     echo(&mut conn, b"still the same connection");
+}
+
+/// (name, capacity, entries) of the maps `--max-flows` and
+/// `--max-mappings` size, as `berth status` reads them from the kernel.
+fn sized_maps(d: &Daemon) -> Vec<(String, u64, u64)> {
+    let s = status(d);
+    let maps = s["datapath"]["maps"].as_array().unwrap();
+    [
+        berth_maps::SERVICES_MAP,
+        berth_maps::PORTS_MAP,
+        berth_maps::NAT_MAP,
+        berth_maps::NAT_FWD_MAP,
+        berth_maps::CT_MAP,
+        berth_maps::NAT_NEW_MAP,
+        berth_maps::CT_NEW_MAP,
+        berth_maps::SOCK_REV_MAP,
+    ]
+    .iter()
+    .map(|n| {
+        let m = maps.iter().find(|m| m["name"] == *n).unwrap();
+        (
+            n.to_string(),
+            m["capacity"].as_u64().unwrap(),
+            m["entries"].as_u64().unwrap(),
+        )
+    })
+    .collect()
+}
+
+fn assert_sized(d: &Daemon, capacities: [u64; 8], entries: [u64; 8]) {
+    let got = sized_maps(d);
+    let want: Vec<(String, u64, u64)> = got
+        .iter()
+        .zip(capacities.into_iter().zip(entries))
+        .map(|((name, _, _), (c, e))| (name.clone(), c, e))
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// `--max-flows` and `--max-mappings` size the tables the daemon creates
+/// (the tables of unestablished flows and socket translations an eighth
+/// of the flows); a publish beyond `--max-mappings` is refused in one line,
+/// nothing of it published or guarded; a restart with other values resizes
+/// the pinned tables, the live connection and every published port kept.
+#[test]
+fn max_flows_and_max_mappings_size_the_tables_across_a_restart() {
+    let topo = Topology::build().unwrap();
+    let bpffs = Bpffs::new().unwrap();
+    let small = ["--max-flows", "1024", "--max-mappings", "4"];
+    let mut d = Daemon::start_with(
+        &topo.host.ns,
+        &bpffs,
+        DaemonOptions {
+            extra_args: small.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut conn = echo_connection(&topo, &d);
+    echo(&mut conn, b"before");
+    d.cli_ok([
+        "map",
+        "add",
+        "--task",
+        "three",
+        "--ip",
+        "172.17.0.3",
+        "-p",
+        "9001:80",
+        "-p",
+        "9002:80",
+        "-p",
+        "9003:80",
+    ])
+    .unwrap();
+    assert_sized(
+        &d,
+        [4, 4, 1024, 1024, 1024, 128, 128, 128],
+        [4, 4, 1, 0, 0, 0, 0, 0],
+    );
+
+    let out = d
+        .cli([
+            "map",
+            "add",
+            "--task",
+            "fifth",
+            "--ip",
+            "172.17.0.3",
+            "-p",
+            "9004:80",
+        ])
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        "berth: the datapath holds at most 4 published ports; start the daemon with a larger --max-mappings",
+    );
+    assert!(!d.cli_ok(["map", "ls"]).unwrap().contains("fifth"));
+    assert_eq!(
+        (sized_maps(&d)[0].2, sized_maps(&d)[1].2),
+        (4, 4),
+        "the refused port is neither published nor guarded"
+    );
+
+    d.stop().unwrap();
+    d.set_extra_args(&["--max-flows", "65536", "--max-mappings", "64"]);
+    d.start_again().unwrap();
+    assert_sized(
+        &d,
+        [64, 64, 65536, 65536, 65536, 8192, 8192, 8192],
+        [4, 4, 1, 0, 0, 0, 0, 0],
+    );
+    let m = migrated(&d);
+    assert!(
+        m.contains(&"BERTH_NAT: capacity 1024 -> 65536 (1 entries kept)".to_owned()),
+        "{m:?}"
+    );
+    assert!(
+        m.contains(&"BERTH_SERVICES: capacity 4 -> 64 (4 entries kept)".to_owned()),
+        "{m:?}"
+    );
+    echo(&mut conn, b"after the resize");
+    d.cli_ok([
+        "map",
+        "add",
+        "--task",
+        "fifth",
+        "--ip",
+        "172.17.0.3",
+        "-p",
+        "9004:80",
+    ])
+    .unwrap();
 }
 
 /// An upgrade from pins without BERTH_PORT_ADDRS (the previous release

@@ -21,6 +21,11 @@ use berth_integration::{
     tcp_connect, Bpffs, Daemon, HttpPeerServer, Rig,
 };
 
+/// A large host's flow tables: the tests fill 250 000 flows.
+fn large_host() -> Rig {
+    Rig::builder().flags(&["--max-flows", "262144"]).start()
+}
+
 /// Lists the bindings (what `map ls` asks) over and over until stopped;
 /// returns the slowest answer. Through the API, so starting CLI processes
 /// does not eat the CPU the daemon is timed on.
@@ -38,7 +43,7 @@ fn keep_listing(daemon: &Daemon, stop: &AtomicBool) -> Duration {
 
 #[test]
 fn removing_a_1000_port_range_with_a_full_flow_table_is_quick_and_blocks_nobody() {
-    let rig = Rig::start();
+    let rig = large_host();
     let range_ip = addr::CONTAINER2_IP;
     let other_ip = addr::CONTAINER_IP;
     let body = format!(
@@ -157,7 +162,7 @@ fn publish_with_flows(
 
 #[test]
 fn a_range_published_again_at_once_finds_none_of_the_old_flows() {
-    let rig = Rig::start();
+    let rig = large_host();
     let ip = addr::CONTAINER2_IP;
     let filled = publish_with_flows(&rig, "range", ip, 20000..=20999, 200);
     let t = Instant::now();
@@ -175,7 +180,7 @@ fn a_range_published_again_at_once_finds_none_of_the_old_flows() {
 
 #[test]
 fn a_removal_answered_just_before_shutdown_still_forgets_its_flows() {
-    let mut rig = Rig::start();
+    let mut rig = large_host();
     let ip = addr::CONTAINER2_IP;
     publish_with_flows(&rig, "range", ip, 20000..=20999, 200);
     rig.berth(&["map", "rm", "--task", "range"]);
@@ -190,7 +195,7 @@ fn a_removal_answered_just_before_shutdown_still_forgets_its_flows() {
 
 #[test]
 fn a_restart_forgets_flows_of_bindings_the_store_does_not_have() {
-    let mut rig = Rig::start();
+    let mut rig = large_host();
     let kept_ip = addr::CONTAINER_IP;
     let ghost_ip = addr::CONTAINER2_IP;
     let kept = publish_with_flows(&rig, "kept", kept_ip, 8080..=8080, 1000);
@@ -228,7 +233,7 @@ fn a_restart_forgets_flows_of_bindings_the_store_does_not_have() {
 
 #[test]
 fn a_removed_task_loses_its_policy_tracked_flows_and_others_keep_theirs() {
-    let rig = Rig::start();
+    let rig = large_host();
     let gone_ip = addr::CONTAINER2_IP;
     let kept_ip = addr::CONTAINER_IP;
     for (task, ip, spec) in [("gone", gone_ip, "9000:80"), ("kept", kept_ip, "9001:80")] {

@@ -24,7 +24,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use berth_maps::{
-    local_net_encode, Backend, FlowKey, NatEntry, NatFwd, PortKey, ServiceKey, CONFIG_MAP,
+    local_net_encode, program, Backend, FlowKey, NatEntry, NatFwd, PortKey, ServiceKey, CONFIG_MAP,
     CONFIG_NETNS_COOKIE, CONFIG_PORT_GATE, COUNTERS_MAP, COUNTER_NAMES, HOOKED_PORTS_MAP,
     HOST_ADDRS_MAP, LOCAL_NETS_MAP, LOCAL_NETS_MAX, LOCAL_NET_MORE, NAT_FWD_MAP, NAT_F_CLOSING,
     NAT_F_REPLIED, NAT_MAP, NAT_NEW_MAP, PORTS_MAP, PORT_ADDRS_MAP, PROTO_TCP, SERVICES_MAP,
@@ -69,19 +69,21 @@ pub struct DatapathConfig {
     /// bpffs mount point; berth pins under `<bpffs>/berth/`.
     pub bpffs: PathBuf,
     pub attach: AttachMode,
-    /// Capacity of the security-group tracking table (`None`: the default,
-    /// [`berth_maps::CT_CAPACITY`]). A pinned table of another capacity is
-    /// migrated to this one.
+    /// Capacity of the security-group tracking table (`None`:
+    /// `--max-flows`). A pinned table of another capacity is migrated to
+    /// this one.
     pub ct_capacity: Option<u32>,
     /// Attach the cgroup socket hooks (bind guard, localhost and hairpin
     /// access); `--no-socket-hooks` turns them off.
     pub socket_hooks: bool,
     /// Capacity of the established published-port flow table and of its
-    /// clash-remap table (`None`: [`berth_maps::NAT_CAPACITY`]).
+    /// clash-remap table (`None`: `--max-flows`).
     pub nat_capacity: Option<u32>,
     /// Capacity of each table of not yet established flows (published
-    /// ports and security groups; `None`: [`berth_maps::NAT_NEW_CAPACITY`]).
+    /// ports and security groups; `None`: an eighth of `--max-flows`).
     pub embryonic_capacity: Option<u32>,
+    /// `--max-flows`, `--max-mappings`.
+    pub capacity: super::capacity::Capacity,
 }
 
 struct Maps {
@@ -103,6 +105,8 @@ pub struct BpfDatapath {
     ct_flows: Vec<FlowMap<berth_maps::CtEntry>>,
     policy: Mutex<PolicyMaps>,
     timeouts: Mutex<FlowTimeouts>,
+    /// `--max-mappings`, for the error when the tables are full.
+    max_mappings: u32,
     status: super::status::StatusBase,
     // Stops before the programs it attaches are dropped.
     _ports: PortWatcher,
@@ -115,14 +119,14 @@ fn attachments(config: &DatapathConfig) -> Vec<(&'static str, String)> {
     let mut v = Vec::new();
     for up in &config.uplinks {
         match config.attach {
-            AttachMode::Tc => v.push(("berth_ingress", up.clone())),
+            AttachMode::Tc => v.push((program::INGRESS, up.clone())),
             AttachMode::Xdp => {
-                v.push(("berth_xdp", up.clone()));
-                v.push(("berth_deliver", up.clone()));
+                v.push((program::XDP, up.clone()));
+                v.push((program::DELIVER, up.clone()));
             }
         }
     }
-    v.push(("berth_reply", config.bridge.clone()));
+    v.push((program::REPLY, config.bridge.clone()));
     v
 }
 
@@ -130,6 +134,17 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
     move |e| DatapathError::Map {
         map,
         reason: e.to_string(),
+    }
+}
+
+/// [`map_err`] for a write to a table sized by `--max-mappings`: a full
+/// one says so, and how to make room.
+fn mappings_err(map: &'static str, capacity: u32) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |e| match &e {
+        aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            DatapathError::MappingsFull(capacity)
+        }
+        _ => map_err(map)(e),
     }
 }
 
@@ -268,16 +283,11 @@ impl BpfDatapath {
         };
         // Capacities set by flags: the pinned maps are checked (and
         // migrated) against these, and the loader creates missing ones so.
-        let mut overrides: Vec<(&str, u32)> = Vec::new();
-        if let Some(n) = config.ct_capacity {
-            overrides.push((berth_maps::CT_MAP, n));
-        }
-        if let Some(n) = config.nat_capacity {
-            overrides.extend([(NAT_MAP, n), (NAT_FWD_MAP, n)]);
-        }
-        if let Some(n) = config.embryonic_capacity {
-            overrides.extend([(NAT_NEW_MAP, n), (berth_maps::CT_NEW_MAP, n)]);
-        }
+        let overrides = config.capacity.per_map(
+            config.nat_capacity,
+            config.ct_capacity,
+            config.embryonic_capacity,
+        );
         let expected = super::pins::expected_shapes(ebpf_object(), &overrides)?;
         let (pins, mut old_maps) = super::pins::check_and_migrate_keeping_old(&dir, &expected)?;
         if pins
@@ -375,10 +385,10 @@ impl BpfDatapath {
             ebpf.take_map(CONFIG_MAP)
                 .ok_or_else(|| DatapathError::Other(format!("map {CONFIG_MAP} missing")))?,
         )
-        .map_err(map_err("BERTH_CONFIG"))?;
+        .map_err(map_err(CONFIG_MAP))?;
         config_map
             .set(CONFIG_NETNS_COOKIE, netns_cookie()?, 0)
-            .map_err(map_err("BERTH_CONFIG"))?;
+            .map_err(map_err(CONFIG_MAP))?;
 
         let maps = Maps {
             services: take_map(&mut ebpf, SERVICES_MAP)?,
@@ -388,14 +398,14 @@ impl BpfDatapath {
                 ebpf.take_map(LOCAL_NETS_MAP)
                     .ok_or_else(|| DatapathError::Other(format!("map {LOCAL_NETS_MAP} missing")))?,
             )
-            .map_err(map_err("BERTH_LOCAL_NETS"))?,
+            .map_err(map_err(LOCAL_NETS_MAP))?,
             nat_fwd: take_map(&mut ebpf, NAT_FWD_MAP)?,
             config: config_map,
             counters: PerCpuArray::try_from(
                 ebpf.take_map(COUNTERS_MAP)
                     .ok_or_else(|| DatapathError::Other(format!("map {COUNTERS_MAP} missing")))?,
             )
-            .map_err(map_err("BERTH_COUNTERS"))?,
+            .map_err(map_err(COUNTERS_MAP))?,
         };
         let policy = PolicyMaps {
             endpoints: take_map(&mut ebpf, berth_maps::ENDPOINTS_MAP)?,
@@ -437,10 +447,8 @@ impl BpfDatapath {
         // The watcher keeps the bridge's address current in its own handle.
         let config_pin = dir.join(CONFIG_MAP);
         let watcher_config = MapData::from_pin(&config_pin)
-            .map_err(map_err("BERTH_CONFIG"))
-            .and_then(|m| {
-                Array::try_from(aya::maps::Map::Array(m)).map_err(map_err("BERTH_CONFIG"))
-            })?;
+            .map_err(map_err(CONFIG_MAP))
+            .and_then(|m| Array::try_from(aya::maps::Map::Array(m)).map_err(map_err(CONFIG_MAP)))?;
         let ports = super::ports::watch(
             ebpf.clone(),
             port_addrs,
@@ -467,12 +475,18 @@ impl BpfDatapath {
             migrated: pins.migrated,
             maps: expected.into_keys().collect(),
         };
+        // The object was parsed twice (shapes, loader) and those parses are
+        // freed, but glibc keeps freed heap pages: give them back, or the
+        // daemon's resident memory carries them for as long as it runs.
+        // SAFETY: malloc_trim only releases free memory of glibc's heap.
+        unsafe { libc::malloc_trim(0) };
         Ok(Self {
             maps: Mutex::new(maps),
             flows,
             ct_flows,
             policy: Mutex::new(policy),
             timeouts: Mutex::new(FlowTimeouts::default()),
+            max_mappings: config.capacity.max_mappings,
             status,
             _ports: ports,
             _ebpf: ebpf,
@@ -502,14 +516,7 @@ impl BpfDatapath {
 
 /// cgroup sock_addr hooks: the bind guard and socket-level translation for
 /// host-local and hairpin access.
-const SOCKET_HOOKS: [&str; 6] = [
-    "berth_bind4",
-    "berth_bind6",
-    "berth_connect4",
-    "berth_sendmsg4",
-    "berth_recvmsg4",
-    "berth_peername4",
-];
+const SOCKET_HOOKS: [&str; 6] = program::SOCKET_HOOKS;
 pub(super) const CGROUP_LINK_SUFFIX: &str = "cgroup";
 
 /// The bridge's MAC in the low 48 bits, as the gate compares it.
@@ -628,7 +635,7 @@ pub(super) fn attach_pinned(
     let prog = ebpf
         .program_mut(prog_name)
         .ok_or_else(|| DatapathError::Other(format!("program {prog_name} missing")))?;
-    if prog_name == "berth_xdp" {
+    if prog_name == program::XDP {
         let p: &mut Xdp = prog.try_into().map_err(prog_err(what.clone()))?;
         load_once(p.load()).map_err(prog_err(what.clone()))?;
         let adopted = adopt_link(&pin).map(|link| {
@@ -656,7 +663,7 @@ pub(super) fn attach_pinned(
             .and_then(|l| p.attach_to_link(l).map(drop).map_err(|e| error_chain(&e)))
     });
     if !keep_adopted(&pin, adopted) {
-        let attach_type = if prog_name == "berth_to_ctr" {
+        let attach_type = if prog_name == program::TO_CTR {
             TcAttachType::Egress
         } else {
             TcAttachType::Ingress
@@ -892,17 +899,26 @@ impl Datapath for BpfDatapath {
         let mut m = self.lock();
         let key = service_key(b);
         let new = m.services.get(&key, 0).is_err();
+        let pk = port_key(b);
+        let guarded = m.ports.get(&pk, 0).unwrap_or(0);
         if new {
             // Guard the port first: a host process must not slip in between.
-            let pk = port_key(b);
-            let n = m.ports.get(&pk, 0).unwrap_or(0);
             m.ports
-                .insert(pk, n + 1, 0)
-                .map_err(map_err("BERTH_PORTS"))?;
+                .insert(pk, guarded + 1, 0)
+                .map_err(mappings_err(PORTS_MAP, self.max_mappings))?;
         }
-        m.services
+        let inserted = m
+            .services
             .insert(key, backend(b), 0)
-            .map_err(map_err("BERTH_SERVICES"))
+            .map_err(mappings_err(SERVICES_MAP, self.max_mappings));
+        if inserted.is_err() && new {
+            // A full table: the port is not published, so not guarded.
+            let _ = match guarded {
+                0 => m.ports.remove(&pk),
+                n => m.ports.insert(pk, n, 0),
+            };
+        }
+        inserted
     }
 
     fn remove(&self, b: &Binding) -> Result<(), DatapathError> {
@@ -911,17 +927,14 @@ impl Datapath for BpfDatapath {
             Ok(()) => {
                 let pk = port_key(b);
                 match m.ports.get(&pk, 0) {
-                    Ok(n) if n > 1 => m
-                        .ports
-                        .insert(pk, n - 1, 0)
-                        .map_err(map_err("BERTH_PORTS"))?,
+                    Ok(n) if n > 1 => m.ports.insert(pk, n - 1, 0).map_err(map_err(PORTS_MAP))?,
                     _ => {
                         let _ = m.ports.remove(&pk);
                     }
                 }
             }
             Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err("BERTH_SERVICES")(e)),
+            Err(e) => return Err(map_err(SERVICES_MAP)(e)),
         }
         Ok(())
     }
@@ -962,7 +975,7 @@ impl Datapath for BpfDatapath {
         for k in &stale {
             match m.services.remove(k) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err("BERTH_SERVICES")(e)),
+                Err(e) => return Err(map_err(SERVICES_MAP)(e)),
             }
         }
         // Rebuild the guarded ports from what is published: counts kept
@@ -983,7 +996,7 @@ impl Datapath for BpfDatapath {
             }
         }
         for (pk, n) in want {
-            m.ports.insert(pk, n, 0).map_err(map_err("BERTH_PORTS"))?;
+            m.ports.insert(pk, n, 0).map_err(map_err(PORTS_MAP))?;
         }
         drop(m);
         let forgotten = sweep(&self.flows, owned_by_none_of(keep_bindings))?;
@@ -1010,7 +1023,7 @@ impl Datapath for BpfDatapath {
         for a in want.difference(&have) {
             m.host_addrs
                 .insert(*a, 1, 0)
-                .map_err(map_err("BERTH_HOST_ADDRS"))?;
+                .map_err(map_err(HOST_ADDRS_MAP))?;
         }
         Ok(())
     }
@@ -1030,7 +1043,7 @@ impl Datapath for BpfDatapath {
                 want.len()
             )));
         }
-        let err = map_err("BERTH_LOCAL_NETS");
+        let err = map_err(LOCAL_NETS_MAP);
         let mut slots = Vec::with_capacity(LOCAL_NETS_MAX as usize);
         for i in 0..LOCAL_NETS_MAX {
             slots.push(m.local_nets.get(&i, 0).map_err(&err)?);
@@ -1050,7 +1063,7 @@ impl Datapath for BpfDatapath {
                 let v = m
                     .counters
                     .get(&(i as u32), 0)
-                    .map_err(map_err("BERTH_COUNTERS"))?;
+                    .map_err(map_err(COUNTERS_MAP))?;
                 Ok((*name, v.iter().sum()))
             })
             .collect()
@@ -1116,14 +1129,14 @@ impl Datapath for BpfDatapath {
         self.lock()
             .config
             .set(CONFIG_PORT_GATE, u64::from(on), 0)
-            .map_err(map_err("BERTH_CONFIG"))
+            .map_err(map_err(CONFIG_MAP))
     }
 
     fn set_no_policy(&self, none: bool) -> Result<(), DatapathError> {
         self.lock()
             .config
             .set(berth_maps::CONFIG_NO_POLICY, u64::from(none), 0)
-            .map_err(map_err("BERTH_CONFIG"))
+            .map_err(map_err(CONFIG_MAP))
     }
 
     fn set_flow_timeouts(&self, timeouts: FlowTimeouts) {

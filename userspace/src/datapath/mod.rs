@@ -4,8 +4,11 @@ use std::net::Ipv4Addr;
 use crate::{model::Binding, netif::Ipv4Cidr};
 
 mod bpf;
+mod capacity;
 mod cgroup;
 mod flows;
+#[cfg(test)]
+mod names;
 pub mod pins;
 mod policy;
 mod port_addrs;
@@ -17,6 +20,7 @@ pub mod bpf_keys {
     pub use super::bpf::{backend, service_key};
 }
 pub use bpf::{ebpf_object, pin_dir, prepare_pin_dir, AttachMode, BpfDatapath, DatapathConfig};
+pub use capacity::Capacity;
 pub use cgroup::{cgroup2_root_mount, CgroupInfo};
 pub use policy::encode_rule;
 pub use status::DatapathStatus;
@@ -33,6 +37,9 @@ pub enum DatapathError {
     Bpffs { path: String, reason: String },
     #[error("eBPF map {map}: {reason}")]
     Map { map: &'static str, reason: String },
+    /// The published-port tables hold `--max-mappings` entries.
+    #[error("the datapath holds at most {0} published ports; start the daemon with a larger --max-mappings")]
+    MappingsFull(u32),
     /// Pins another version left that this one cannot adopt.
     #[error("{0}")]
     PinnedLayout(String),
@@ -89,12 +96,12 @@ pub struct FlowTimeouts {
 impl Default for FlowTimeouts {
     fn default() -> Self {
         Self {
-            tcp_established: 432_000,
-            tcp_closing: 60,
-            tcp_syn: 30,
-            udp_single: 30,
-            udp_stream: 180,
-            icmp: 30,
+            tcp_established: berth_maps::TIMEOUT_TCP_ESTABLISHED_S,
+            tcp_closing: berth_maps::TIMEOUT_TCP_CLOSING_S,
+            tcp_syn: berth_maps::TIMEOUT_TCP_SYN_S,
+            udp_single: berth_maps::TIMEOUT_UDP_SINGLE_S,
+            udp_stream: berth_maps::TIMEOUT_UDP_STREAM_S,
+            icmp: berth_maps::TIMEOUT_ICMP_S,
         }
     }
 }
