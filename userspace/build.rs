@@ -34,9 +34,50 @@ fn main() -> anyhow::Result<()> {
     if !obj.exists() {
         std::fs::write(&obj, b"")?;
     }
+    strip_dwarf(&obj)?;
     println!(
         "cargo:rerun-if-changed={}",
         concat!(env!("CARGO_MANIFEST_DIR"), "/../maps")
     );
+    Ok(())
+}
+
+/// Drops the DWARF sections (and their relocations) from the linked object.
+/// The loader and the verifier use its BTF, which bpf-linker made from the
+/// DWARF; the DWARF itself is most of the object's size, which the binary
+/// would embed and every daemon start would page in while parsing it.
+fn strip_dwarf(path: &std::path::Path) -> anyhow::Result<()> {
+    let data = std::fs::read(path)?;
+    if data.is_empty() {
+        return Ok(());
+    }
+    let mut elf = object::build::elf::Builder::read(&*data)?;
+    let mut dropped = false;
+    for s in elf.sections.iter_mut() {
+        let name = s.name.as_slice();
+        if name.starts_with(b".debug") || name.starts_with(b".rel.debug") {
+            s.delete = true;
+            dropped = true;
+        }
+    }
+    if !dropped {
+        return Ok(());
+    }
+    elf.delete_orphans();
+    // LLVM keeps section names in .strtab; the writer wants their own table.
+    if !elf
+        .sections
+        .iter()
+        .any(|s| matches!(s.data, object::build::elf::SectionData::SectionString))
+    {
+        let names = elf.sections.add();
+        names.name = b".shstrtab"[..].into();
+        names.sh_type = object::elf::SHT_STRTAB;
+        names.sh_addralign = 1;
+        names.data = object::build::elf::SectionData::SectionString;
+    }
+    let mut out = Vec::new();
+    elf.write(&mut out)?;
+    std::fs::write(path, out)?;
     Ok(())
 }

@@ -21,6 +21,7 @@ use crate::{
     csum,
     maps::BERTH_FRAGS,
     parse::{ptr_at, Flow, Frag, IP_CSUM_OFF, IP_TTL_OFF},
+    sys::BPF_ANY,
 };
 
 #[inline(always)]
@@ -54,7 +55,7 @@ pub fn frag_remember(key: &FragKey, addr_be: u32, verdict: u8) {
         _pad: [0; 3],
         created_ns: unsafe { bpf_ktime_get_ns() },
     };
-    let _ = BERTH_FRAGS.insert(key, &e, 0);
+    let _ = BERTH_FRAGS.insert(key, &e, BPF_ANY);
 }
 
 /// What the first fragment of this later fragment's datagram decided, if

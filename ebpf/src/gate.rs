@@ -15,6 +15,7 @@ use berth_maps::{Counter, CONFIG_BRIDGE_MAC, CONFIG_PORT_GATE};
 use crate::{
     maps::{count, BERTH_CONFIG, BERTH_HOOKED_PORTS, BERTH_PORT_MACS},
     parse::{ptr_at, ETH_P_IP_BE},
+    sys::BPF_ANY,
 };
 
 const ETH_SRC_OFF: usize = 6;
@@ -49,7 +50,7 @@ pub fn gate_learn(data: usize, data_end: usize, ifindex: u32) {
     if unsafe { BERTH_PORT_MACS.get(&mac) }.copied() != Some(ifindex) {
         // LRU: an evicted MAC is learned again by its next frame, here,
         // before the bridge sees that frame.
-        let _ = BERTH_PORT_MACS.insert(&mac, &ifindex, 0);
+        let _ = BERTH_PORT_MACS.insert(&mac, &ifindex, BPF_ANY);
     }
 }
 

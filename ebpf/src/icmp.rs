@@ -17,29 +17,27 @@
 //!
 //! ICMP errors are generated complete (never CHECKSUM_PARTIAL), so one
 //! direct-write implementation with RFC 1624 arithmetic serves TC and XDP.
-use berth_maps::{Backend, NatEntry, ServiceKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
-
-use crate::nat::nat_get;
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use berth_maps::{Backend, FlowKey, NatEntry, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 use crate::{
     csum,
-    maps::{BERTH_HOST_ADDRS, BERTH_NAT_FWD, BERTH_SERVICES},
+    maps::BERTH_NAT_FWD,
+    nat::{nat_get, nat_key},
     parse::{
-        flow_key, ptr_at, ETH_LEN, ETH_P_IP_BE, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, IP_TTL_OFF,
+        echo_ports, flow_key, l4_ports, parse_ipv4, ptr_at, reverse_key, Ip, ETH_LEN,
+        ICMP_DEST_UNREACH, ICMP_PARAMETERPROB, ICMP_TIME_EXCEEDED,
     },
+    service::service_lookup,
 };
-
-pub const ICMP_ECHO_REPLY: u8 = 0;
-pub const ICMP_DEST_UNREACH: u8 = 3;
-pub const ICMP_ECHO: u8 = 8;
-pub const ICMP_TIME_EXCEEDED: u8 = 11;
-pub const ICMP_PARAMETERPROB: u8 = 12;
-const IP_MF_OFFSET_MASK_BE: u16 = 0x3fffu16.to_be();
 
 /// Longest headers an ICMP error needs: Ethernet, outer IPv4 with options,
 /// ICMP, quoted IPv4 with options, quoted TCP up to its checksum.
 pub const ICMP_MAX_HDR_LEN: usize = ETH_LEN + 60 + 8 + 60 + 18;
+
+/// Covers every header offset of an ICMP error (all below
+/// [`ICMP_MAX_HDR_LEN`]).
+const HDR_OFF_MASK: usize = 0xff;
+const _: () = assert!(ICMP_MAX_HDR_LEN <= HDR_OFF_MASK + 1);
 
 #[derive(Clone, Copy)]
 pub struct IcmpError {
@@ -60,43 +58,56 @@ pub struct IcmpError {
     pub inner_dport_be: u16,
 }
 
-/// An ICMP error quoting a TCP/UDP packet, or `None`. The quote ends where
-/// the outer IPv4 total length says, which must cover the quoted ports and
-/// lie within the frame (`frame_len`); a quoted fragment has no ports to
-/// trust and is left alone.
+impl IcmpError {
+    /// The quoted packet's flow key, as it travelled.
+    #[inline(always)]
+    pub fn quoted_key(&self) -> FlowKey {
+        flow_key(
+            self.inner_src_be,
+            self.inner_dst_be,
+            self.inner_sport_be,
+            self.inner_dport_be,
+            self.inner_proto,
+        )
+    }
+}
+
+/// An ICMP error quoting a TCP/UDP packet, or `None`. `ip`: the frame's
+/// IPv4 header as the parser described it (`Parsed::Ip`). The quote ends
+/// where the outer IPv4 total length says, which must cover the quoted
+/// ports and lie within the frame (`frame_len`); a quoted fragment has no
+/// ports to trust and is left alone.
 #[inline(always)]
-pub fn parse_icmp_error(data: usize, data_end: usize, frame_len: usize) -> Option<IcmpError> {
-    parse_icmp_error_quoting::<false>(data, data_end, frame_len)
+pub fn parse_icmp_error(
+    data: usize,
+    data_end: usize,
+    frame_len: usize,
+    ip: &Ip,
+) -> Option<IcmpError> {
+    parse_icmp_error_quoting::<false>(data, data_end, frame_len, ip)
 }
 
 /// As [`parse_icmp_error`]; with `ECHO`, a quoted ICMP echo request or
 /// reply is accepted too, its identifier in the port policy keys echo
 /// flows by (request: source, reply: destination), so a time-exceeded
 /// about a ping can be matched to the ping's flow. NAT never translates
-/// echo, so only policy asks for it.
+/// echo, so only policy asks for it. The quoted header is parsed by the
+/// functions that parse the frame's own.
 #[inline(always)]
 pub fn parse_icmp_error_quoting<const ECHO: bool>(
     data: usize,
     data_end: usize,
     frame_len: usize,
+    ip: &Ip,
 ) -> Option<IcmpError> {
-    let eth = ptr_at::<EthHdr>(data, data_end, 0)?;
-    if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
+    if ip.proto != PROTO_ICMP || ip.fragmented() {
         return None;
     }
-    let ip = unsafe { &*ptr_at::<Ipv4Hdr>(data, data_end, ETH_LEN)? };
-    let ihl = (ip.vihl & 0x0f) as usize;
-    if ip.vihl >> 4 != 4 || ihl < 5 || ip.proto != PROTO_ICMP {
-        return None;
-    }
-    if u16::from_ne_bytes(ip.frags) & IP_MF_OFFSET_MASK_BE != 0 {
-        return None;
-    }
-    let outer_end = ETH_LEN + u16::from_be_bytes(ip.tot_len) as usize;
+    let outer_end = ETH_LEN + ip.tot_len as usize;
     if outer_end > frame_len {
         return None;
     }
-    let icmp_off = ETH_LEN + ihl * 4;
+    let icmp_off = ETH_LEN + ip.hdr_len();
     let icmp = unsafe { &*ptr_at::<[u8; 8]>(data, data_end, icmp_off)? };
     if !matches!(
         icmp[0],
@@ -105,32 +116,20 @@ pub fn parse_icmp_error_quoting<const ECHO: bool>(
         return None;
     }
     let inner_ip_off = icmp_off + 8;
-    let inner = unsafe { &*ptr_at::<Ipv4Hdr>(data, data_end, inner_ip_off)? };
-    let ihl2 = (inner.vihl & 0x0f) as usize;
-    if inner.vihl >> 4 != 4 || ihl2 < 5 {
-        return None;
-    }
+    let inner = parse_ipv4(data, data_end, inner_ip_off)?;
     let echo = ECHO && inner.proto == PROTO_ICMP;
     if inner.proto != PROTO_TCP && inner.proto != PROTO_UDP && !echo {
         return None;
     }
-    if u16::from_ne_bytes(inner.frags) & IP_MF_OFFSET_MASK_BE != 0 {
+    if inner.fragmented() {
         return None;
     }
-    let inner_l4_off = inner_ip_off + ihl2 * 4;
+    let inner_l4_off = inner_ip_off + inner.hdr_len();
     let ports = unsafe { &*ptr_at::<[u8; 8]>(data, data_end, inner_l4_off)? };
     let (sport, dport) = if echo {
-        let id = u16::from_ne_bytes([ports[4], ports[5]]);
-        match ports[0] {
-            ICMP_ECHO => (id, 0),
-            ICMP_ECHO_REPLY => (0, id),
-            _ => return None,
-        }
+        echo_ports(ports)?
     } else {
-        (
-            u16::from_ne_bytes([ports[0], ports[1]]),
-            u16::from_ne_bytes([ports[2], ports[3]]),
-        )
+        l4_ports(ports)
     };
     // After the packet-pointer check, or LLVM may fold the two into one
     // the verifier cannot follow.
@@ -140,16 +139,16 @@ pub fn parse_icmp_error_quoting<const ECHO: bool>(
     Some(IcmpError {
         outer_ttl: ip.ttl,
         outer_proto: ip.proto,
-        outer_src_be: u32::from_ne_bytes(ip.src_addr),
-        outer_dst_be: u32::from_ne_bytes(ip.dst_addr),
-        outer_tot_len: u16::from_be_bytes(ip.tot_len),
+        outer_src_be: ip.src_be,
+        outer_dst_be: ip.dst_be,
+        outer_tot_len: ip.tot_len,
         outer_end,
         icmp_off,
         inner_ip_off,
         inner_l4_off,
         inner_proto: inner.proto,
-        inner_src_be: u32::from_ne_bytes(inner.src_addr),
-        inner_dst_be: u32::from_ne_bytes(inner.dst_addr),
+        inner_src_be: inner.src_be,
+        inner_dst_be: inner.dst_be,
         inner_sport_be: sport,
         inner_dport_be: dport,
     })
@@ -160,14 +159,7 @@ pub fn parse_icmp_error_quoting<const ECHO: bool>(
 /// the container, remapped or not).
 #[inline(always)]
 pub fn ct_lookup_icmp_from_container(e: &IcmpError) -> Option<NatEntry> {
-    let key = flow_key(
-        e.inner_dst_be,
-        e.inner_src_be,
-        e.inner_dport_be,
-        e.inner_sport_be,
-        e.inner_proto,
-    );
-    nat_get(&key)
+    nat_get(&reverse_key(&e.quoted_key()))
 }
 
 /// Whether a container's error about a tracked flow (the quoted packet went
@@ -185,41 +177,17 @@ pub fn ct_lookup_icmp_from_outside(e: &IcmpError) -> Option<(Backend, u16)> {
     if e.outer_dst_be != e.inner_src_be {
         return None;
     }
-    let mut key = ServiceKey {
-        host_addr_be: e.inner_src_be,
-        host_port_be: e.inner_sport_be,
-        proto: e.inner_proto,
-        _pad: 0,
-    };
-    let backend = match unsafe { BERTH_SERVICES.get(&key) } {
-        Some(b) => *b,
-        None => {
-            unsafe { BERTH_HOST_ADDRS.get(&e.inner_src_be) }?;
-            key.host_addr_be = 0;
-            *unsafe { BERTH_SERVICES.get(&key) }?
-        }
-    };
+    let backend = service_lookup(e.inner_proto, e.inner_src_be, e.inner_sport_be, false)?;
     // Only flows berth translated, and only with the host port they used.
-    let mut flow = flow_key(
-        backend.addr_be,
-        e.inner_dst_be,
-        backend.port_be,
-        e.inner_dport_be,
-        e.inner_proto,
-    );
+    let mut flow = nat_key(e.inner_proto, &backend, e.inner_dst_be, e.inner_dport_be);
     if let Some(entry) = nat_get(&flow) {
         if icmp_flow_is(&entry, e) {
             return Some((backend, e.inner_dport_be));
         }
     }
-    // A flow whose client port was remapped after a clash.
-    let wire = flow_key(
-        e.inner_dst_be,
-        e.inner_src_be,
-        e.inner_dport_be,
-        e.inner_sport_be,
-        e.inner_proto,
-    );
+    // A flow whose client port was remapped after a clash: the client
+    // sent what the error quotes the reply of.
+    let wire = reverse_key(&e.quoted_key());
     let fwd = unsafe { BERTH_NAT_FWD.get(&wire) }?;
     if fwd.backend_addr_be != backend.addr_be || fwd.backend_port_be != backend.port_be {
         return None;
@@ -274,44 +242,61 @@ pub fn icmp_rewrite(
     new_port_be: u16,
     client_port_be: u16,
 ) -> Result<(), ()> {
+    // One packet check per header, and every field addressed from that
+    // checked pointer at a constant offset: separate checks of fields at
+    // offsets from one base are merged by LLVM into code the verifier
+    // cannot follow. The offsets are read volatile (LLVM would otherwise
+    // drop the checks as implied by the parser's) and masked (a bound for
+    // the verifier; they are below ICMP_MAX_HDR_LEN by construction).
+    let (icmp_off, inner_ip_off, inner_l4_off) = unsafe {
+        (
+            core::ptr::read_volatile(&e.icmp_off) & HDR_OFF_MASK,
+            core::ptr::read_volatile(&e.inner_ip_off) & HDR_OFF_MASK,
+            core::ptr::read_volatile(&e.inner_l4_off) & HDR_OFF_MASK,
+        )
+    };
+    let outer = ptr_at::<[u8; 20]>(data, data_end, ETH_LEN).ok_or(())? as *mut u8;
+    let icmp = ptr_at::<[u8; 4]>(data, data_end, icmp_off).ok_or(())? as *mut u8;
+    let inner = ptr_at::<[u8; 20]>(data, data_end, inner_ip_off).ok_or(())? as *mut u8;
+    let ports = ptr_at::<[u8; 4]>(data, data_end, inner_l4_off).ok_or(())? as *mut u8;
+    // Byte offsets within the IPv4 header (source, destination) and the
+    // L4 header (source port, destination port).
     let (outer_addr_off, old_outer, inner_addr_off, old_inner, inner_port_off, old_port) =
         match side {
-            Quoted::Destination => (
-                IP_SRC_OFF,
-                e.outer_src_be,
-                e.inner_ip_off + 16,
-                e.inner_dst_be,
-                e.inner_l4_off + 2,
-                e.inner_dport_be,
-            ),
-            Quoted::Source => (
-                IP_DST_OFF,
-                e.outer_dst_be,
-                e.inner_ip_off + 12,
-                e.inner_src_be,
-                e.inner_l4_off,
-                e.inner_sport_be,
-            ),
+            Quoted::Destination => (12, e.outer_src_be, 16, e.inner_dst_be, 2, e.inner_dport_be),
+            Quoted::Source => (16, e.outer_dst_be, 12, e.inner_src_be, 0, e.inner_sport_be),
         };
     // The quoted client port: source of what the client sent, destination
     // of the reply that left towards it.
     let (client_port_off, old_client_port) = match side {
-        Quoted::Destination => (e.inner_l4_off, e.inner_sport_be),
-        Quoted::Source => (e.inner_l4_off + 2, e.inner_dport_be),
+        Quoted::Destination => (0, e.inner_sport_be),
+        Quoted::Source => (2, e.inner_dport_be),
     };
-    let client_port = ptr_at::<u16>(data, data_end, client_port_off).ok_or(())?;
-    let ip_csum = ptr_at::<u16>(data, data_end, IP_CSUM_OFF).ok_or(())?;
-    let ttl_word = ptr_at::<u16>(data, data_end, IP_TTL_OFF).ok_or(())?;
-    let outer_addr = ptr_at::<u32>(data, data_end, outer_addr_off).ok_or(())?;
-    let icmp_csum = ptr_at::<u16>(data, data_end, e.icmp_off + 2).ok_or(())?;
-    let inner_csum = ptr_at::<u16>(data, data_end, e.inner_ip_off + 10).ok_or(())?;
-    let inner_addr = ptr_at::<u32>(data, data_end, inner_addr_off).ok_or(())?;
-    let inner_port = ptr_at::<u16>(data, data_end, inner_port_off).ok_or(())?;
+    let (client_port, inner_port) = unsafe {
+        (
+            ports.add(client_port_off) as *mut u16,
+            ports.add(inner_port_off) as *mut u16,
+        )
+    };
+    let (ip_csum, ttl_word, outer_addr) = unsafe {
+        (
+            outer.add(10) as *mut u16,
+            outer.add(8) as *mut u16,
+            outer.add(outer_addr_off) as *mut u32,
+        )
+    };
+    let icmp_csum = unsafe { icmp.add(2) as *mut u16 };
+    let (inner_csum, inner_addr) = unsafe {
+        (
+            inner.add(10) as *mut u16,
+            inner.add(inner_addr_off) as *mut u32,
+        )
+    };
     // The quoted L4 checksum, when the quote reaches it.
     let l4_csum_off = if e.inner_proto == PROTO_TCP {
-        e.inner_l4_off + 16
+        inner_l4_off + 16
     } else {
-        e.inner_l4_off + 6
+        inner_l4_off + 6
     };
     let inner_l4_csum = if l4_csum_off + 2 <= e.outer_end {
         ptr_at::<u16>(data, data_end, l4_csum_off)

@@ -24,16 +24,21 @@
 
 mod bind;
 mod csum;
+mod ct;
 mod fib;
 mod frag;
 mod gate;
+mod hook;
 mod icmp;
+mod ingress;
 mod maps;
 mod nat;
 mod parse;
 mod policy;
+mod service;
 mod sock;
 mod spoof;
+mod sys;
 mod tc;
 mod tcp;
 mod xdp;
@@ -45,206 +50,35 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext, XdpContext},
 };
 use berth_maps::{
-    Counter, XdpHandoff, FRAG_K_DNAT, FRAG_K_SNAT, FRAG_V_ALLOW, XDP_HANDOFF_MAGIC,
-    XDP_HANDOFF_MAGIC_NEIGH,
+    Counter, XdpHandoff, FRAG_K_SNAT, FRAG_V_ALLOW, XDP_HANDOFF_MAGIC, XDP_HANDOFF_MAGIC_NEIGH,
 };
 
 use crate::{
-    fib::{fib_lookup_frag, fib_lookup_icmp, fib_lookup_v4},
+    fib::{fib_lookup_frag, fib_lookup_icmp},
     frag::{
         frag_key_of_flow, frag_key_of_frag, frag_lookup, frag_remember, frag_rewrite, FragRewrite,
     },
+    hook::Hook,
     icmp::{
-        ct_lookup_icmp_from_container, ct_lookup_icmp_from_outside, icmp_from_flow_container,
-        icmp_rewrite, parse_icmp_error, IcmpError, Quoted,
+        ct_lookup_icmp_from_container, icmp_from_flow_container, icmp_rewrite, parse_icmp_error,
+        Quoted,
     },
+    ingress::{ingress, translate_and_deliver},
     maps::count,
-    nat::{
-        ct_lookup_reply, ct_track_ingress, ingress_rewrite, lb4_lookup_service, reply_rewrite,
-        Rewriter,
-    },
-    parse::{ipv4_fragment, parse_flow, Flow, Frag, Parsed, IP_DST_OFF, IP_SRC_OFF},
-    tc::{tc_pull_headers, tc_redirect, tc_translate_and_redirect},
-    xdp::{xdp_handoff, XdpRewriter},
+    nat::{ct_lookup_reply, reply_rewrite},
+    parse::{ipv4_fragment, parse_packet, Flow, Frag, Ip, Parsed, IP_SRC_OFF},
+    tc::tc_pull_headers,
 };
-
-/// Outcome of the hook-independent part of ingress.
-enum Ingress {
-    Pass,
-    Drop,
-    /// Translate to the backend; the client source port towards it.
-    Dnat(Flow, berth_maps::Backend, u16),
-    /// A later fragment of a datagram whose first fragment went to this
-    /// container address.
-    FragDnat(Frag, u32),
-    /// An outside ICMP error about a translated flow, for this container
-    /// (and the client port the flow uses towards it).
-    Icmp(IcmpError, berth_maps::Backend, u16),
-}
-
-#[inline(always)]
-fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
-    if spoof::uplink_martian(data, data_end) {
-        return Ingress::Drop;
-    }
-    let flow = match parse_flow(data, data_end, frame_len) {
-        Parsed::Other => {
-            let Some(e) = parse_icmp_error(data, data_end, frame_len) else {
-                return Ingress::Pass;
-            };
-            let Some((backend, client_port_be)) = ct_lookup_icmp_from_outside(&e) else {
-                return Ingress::Pass;
-            };
-            if spoof::uplink_host_source(e.outer_src_be) {
-                return Ingress::Drop;
-            }
-            if e.outer_ttl <= 1 {
-                count(Counter::TtlExceeded);
-                return Ingress::Drop;
-            }
-            count(Counter::IcmpXlate);
-            return Ingress::Icmp(e, backend, client_port_be);
-        }
-        Parsed::Fragment(f) => return ingress_frag(&f),
-        Parsed::Flow(f) => f,
-    };
-    let Some(backend) = lb4_lookup_service(&flow) else {
-        count(Counter::IngressPass);
-        return Ingress::Pass;
-    };
-    // Forwarding would expire it; never hand a packet for a container to a
-    // host socket instead.
-    if flow.ttl <= 1 {
-        count(Counter::TtlExceeded);
-        return Ingress::Drop;
-    }
-    let Ok(sport_be) = ct_track_ingress(&flow, &backend, data, data_end) else {
-        return Ingress::Drop;
-    };
-    if flow.first_frag {
-        let key = frag_key_of_flow(FRAG_K_DNAT, &flow);
-        frag_remember(&key, backend.addr_be, FRAG_V_ALLOW);
-    }
-    count(Counter::IngressDnat);
-    Ingress::Dnat(flow, backend, sport_be)
-}
-
-/// A later fragment at an uplink goes where its first fragment went; one
-/// nothing was remembered for is left to the host (it may be its own).
-#[inline(always)]
-fn ingress_frag(f: &Frag) -> Ingress {
-    let Some(e) = frag_lookup(&frag_key_of_frag(FRAG_K_DNAT, f)) else {
-        count(Counter::Fragment);
-        return Ingress::Pass;
-    };
-    if f.ttl <= 1 {
-        count(Counter::TtlExceeded);
-        return Ingress::Drop;
-    }
-    count(Counter::FragXlate);
-    Ingress::FragDnat(*f, e.addr_be)
-}
-
-#[inline(always)]
-fn frag_dnat(f: &Frag, to_be: u32) -> FragRewrite {
-    FragRewrite {
-        addr_off: IP_DST_OFF,
-        old_addr_be: f.dst_addr_be,
-        new_addr_be: to_be,
-    }
-}
 
 #[classifier]
 pub fn berth_ingress(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
-    match ingress_decide(ctx.data(), ctx.data_end(), ctx.len() as usize) {
-        Ingress::Pass => TC_ACT_OK,
-        Ingress::Drop => TC_ACT_SHOT,
-        Ingress::Dnat(flow, backend, sport_be) => {
-            let rw = ingress_rewrite(&flow, &backend, sport_be);
-            tc_translate_and_redirect(&ctx, &flow, &rw, flow.src_addr_be, backend.addr_be)
-        }
-        Ingress::FragDnat(f, to) => {
-            if frag_rewrite(ctx.data(), ctx.data_end(), &f, &frag_dnat(&f, to)).is_err() {
-                return TC_ACT_SHOT;
-            }
-            let in_ifindex = unsafe { (*ctx.skb.skb).ifindex };
-            let next = fib_lookup_frag(&ctx, &f, f.src_addr_be, to, in_ifindex);
-            tc_redirect(&ctx, next)
-        }
-        Ingress::Icmp(e, backend, client_port_be) => {
-            if icmp_rewrite(
-                ctx.data(),
-                ctx.data_end(),
-                &e,
-                Quoted::Source,
-                backend.addr_be,
-                backend.port_be,
-                client_port_be,
-            )
-            .is_err()
-            {
-                return TC_ACT_SHOT;
-            }
-            let in_ifindex = unsafe { (*ctx.skb.skb).ifindex };
-            let next = fib_lookup_icmp(&ctx, &e, e.outer_src_be, backend.addr_be, in_ifindex);
-            tc_redirect(&ctx, next)
-        }
-    }
+    ingress(&ctx)
 }
 
 #[xdp]
 pub fn berth_xdp(ctx: XdpContext) -> u32 {
-    match ingress_decide(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data()) {
-        Ingress::Pass => xdp_action::XDP_PASS,
-        Ingress::Drop => xdp_action::XDP_DROP,
-        Ingress::Dnat(flow, backend, sport_be) => {
-            let rw = ingress_rewrite(&flow, &backend, sport_be);
-            let mut rewriter = XdpRewriter {
-                data: ctx.data(),
-                data_end: ctx.data_end(),
-            };
-            if rewriter.rewrite(&flow, &rw).is_err() {
-                return xdp_action::XDP_DROP;
-            }
-            let in_ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-            let next = fib_lookup_v4(
-                &ctx,
-                &flow,
-                flow.src_addr_be,
-                backend.addr_be,
-                in_ifindex,
-                flow.tot_len,
-            );
-            xdp_handoff(&ctx, next)
-        }
-        Ingress::FragDnat(f, to) => {
-            if frag_rewrite(ctx.data(), ctx.data_end(), &f, &frag_dnat(&f, to)).is_err() {
-                return xdp_action::XDP_DROP;
-            }
-            let in_ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-            let next = fib_lookup_frag(&ctx, &f, f.src_addr_be, to, in_ifindex);
-            xdp_handoff(&ctx, next)
-        }
-        Ingress::Icmp(e, backend, client_port_be) => {
-            if icmp_rewrite(
-                ctx.data(),
-                ctx.data_end(),
-                &e,
-                Quoted::Source,
-                backend.addr_be,
-                backend.port_be,
-                client_port_be,
-            )
-            .is_err()
-            {
-                return xdp_action::XDP_DROP;
-            }
-            let in_ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-            let next = fib_lookup_icmp(&ctx, &e, e.outer_src_be, backend.addr_be, in_ifindex);
-            xdp_handoff(&ctx, next)
-        }
-    }
+    ingress(&ctx)
 }
 
 #[classifier]
@@ -271,10 +105,11 @@ pub fn berth_reply(ctx: TcContext) -> i32 {
     if gate::gate_refuses(ctx.data(), ctx.data_end(), gate::FROM_A_PORT) {
         return TC_ACT_SHOT;
     }
-    match parse_flow(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+    match parse_packet(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         Parsed::Flow(f) => tc_reply_flow(&ctx, &f),
-        Parsed::Other => tc_reply_icmp(&ctx),
+        Parsed::Ip(ip) => tc_reply_icmp(&ctx, &ip),
         Parsed::Fragment(f) => tc_reply_frag(&ctx, &f),
+        Parsed::NotIpv4 => TC_ACT_OK,
     }
 }
 
@@ -297,7 +132,7 @@ fn tc_reply_flow(ctx: &TcContext, flow: &Flow) -> i32 {
     }
     count(Counter::ReplySnat);
     let rw = reply_rewrite(flow, &entry);
-    tc_translate_and_redirect(ctx, flow, &rw, entry.host_addr_be, flow.dst_addr_be)
+    translate_and_deliver(ctx, flow, &rw, entry.host_addr_be, flow.dst_addr_be)
 }
 
 /// A later fragment of a container's datagram leaves from the host
@@ -322,9 +157,13 @@ fn tc_reply_frag(ctx: &TcContext, f: &Frag) -> i32 {
         return TC_ACT_SHOT;
     }
     count(Counter::FragXlate);
-    let in_ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let next = fib_lookup_frag(ctx, f, e.addr_be, f.dst_addr_be, in_ifindex);
-    tc_redirect(ctx, next)
+    ctx.deliver(fib_lookup_frag(
+        ctx,
+        f,
+        e.addr_be,
+        f.dst_addr_be,
+        ctx.in_ifindex(),
+    ))
 }
 
 #[cgroup_sock_addr(bind4)]
@@ -379,7 +218,7 @@ pub fn berth_from_ctr(ctx: TcContext) -> i32 {
     if !ipv4_fragment(ctx.data(), ctx.data_end()) {
         return TC_ACT_OK;
     }
-    match parse_flow(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+    match parse_packet(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         Parsed::Flow(f) if f.first_frag => tc_reply_flow(&ctx, &f),
         Parsed::Fragment(f) => tc_reply_frag(&ctx, &f),
         _ => TC_ACT_OK,
@@ -406,8 +245,8 @@ pub fn berth_to_ctr(ctx: TcContext) -> i32 {
 /// A container's ICMP error about a translated flow leaves as if the host
 /// port had sent it.
 #[inline(always)]
-fn tc_reply_icmp(ctx: &TcContext) -> i32 {
-    let Some(e) = parse_icmp_error(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
+fn tc_reply_icmp(ctx: &TcContext, ip: &Ip) -> i32 {
+    let Some(e) = parse_icmp_error(ctx.data(), ctx.data_end(), ctx.len() as usize, ip) else {
         return TC_ACT_OK;
     };
     let Some(entry) = ct_lookup_icmp_from_container(&e) else {
@@ -435,9 +274,14 @@ fn tc_reply_icmp(ctx: &TcContext) -> i32 {
         return TC_ACT_SHOT;
     }
     count(Counter::IcmpXlate);
-    let in_ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let next = fib_lookup_icmp(ctx, &e, entry.host_addr_be, e.outer_dst_be, in_ifindex);
-    tc_redirect(ctx, next)
+    let next = fib_lookup_icmp(
+        ctx,
+        &e,
+        entry.host_addr_be,
+        e.outer_dst_be,
+        ctx.in_ifindex(),
+    );
+    ctx.deliver(next)
 }
 
 /// Floors for `cargo xtask bench`: the cost of running any program at all.

@@ -1,4 +1,7 @@
-//! The maps, pinned by name so a restarted daemon adopts them.
+//! The maps, pinned by name so a restarted daemon adopts them. Plain hash
+//! maps allocate each entry when it is inserted (BPF_F_NO_PREALLOC): an
+//! idle host pays for its bucket arrays only (see berth_maps' capacity
+//! notes). LRU maps are always preallocated.
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
@@ -14,10 +17,12 @@ use berth_maps::{
 };
 
 #[map]
-pub static BERTH_SERVICES: HashMap<ServiceKey, Backend> = HashMap::pinned(SERVICES_CAPACITY, 0);
+pub static BERTH_SERVICES: HashMap<ServiceKey, Backend> =
+    HashMap::pinned(SERVICES_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static BERTH_HOST_ADDRS: HashMap<u32, u32> = HashMap::pinned(HOST_ADDRS_CAPACITY, 0);
+pub static BERTH_HOST_ADDRS: HashMap<u32, u32> =
+    HashMap::pinned(HOST_ADDRS_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// The bridge's subnets: sources that never come from outside.
 #[map]
@@ -25,19 +30,21 @@ pub static BERTH_LOCAL_NETS: Array<u64> = Array::pinned(LOCAL_NETS_MAX, 0);
 
 /// Each bridge port's own addresses (host-side ifindex -> addresses).
 #[map]
-pub static BERTH_PORT_ADDRS: HashMap<u32, PortAddrs> = HashMap::pinned(PORT_ADDRS_CAPACITY, 0);
+pub static BERTH_PORT_ADDRS: HashMap<u32, PortAddrs> =
+    HashMap::pinned(PORT_ADDRS_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static BERTH_NAT: HashMap<FlowKey, NatEntry> = HashMap::pinned(NAT_CAPACITY, 0);
+pub static BERTH_NAT: HashMap<FlowKey, NatEntry> = HashMap::pinned(NAT_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static BERTH_NAT_NEW: LruHashMap<FlowKey, NatEntry> = LruHashMap::pinned(NAT_NEW_CAPACITY, 0);
 
 #[map]
-pub static BERTH_NAT_FWD: HashMap<FlowKey, NatFwd> = HashMap::pinned(NAT_FWD_CAPACITY, 0);
+pub static BERTH_NAT_FWD: HashMap<FlowKey, NatFwd> =
+    HashMap::pinned(NAT_FWD_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static BERTH_PORTS: HashMap<PortKey, u32> = HashMap::pinned(PORTS_CAPACITY, 0);
+pub static BERTH_PORTS: HashMap<PortKey, u32> = HashMap::pinned(PORTS_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// LRU: losing an entry only costs the original address in getpeername()
 /// or a UDP reply's source; it never breaks forwarding.
@@ -46,18 +53,19 @@ pub static BERTH_SOCK_REV: LruHashMap<SockRevKey, SockRevValue> =
     LruHashMap::pinned(SOCK_REV_CAPACITY, 0);
 
 #[map]
-pub static BERTH_ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(ENDPOINTS_CAPACITY, 0);
+pub static BERTH_ENDPOINTS: HashMap<u32, Endpoint> =
+    HashMap::pinned(ENDPOINTS_CAPACITY, BPF_F_NO_PREALLOC);
 
-/// Values are large (every rule of a task): allocate only what exists.
 #[map]
 pub static BERTH_POLICY: HashMap<PolicyKey, Policy> =
     HashMap::pinned(POLICY_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static BERTH_SG_MEMBERS: HashMap<SgMember, u32> = HashMap::pinned(SG_MEMBERS_CAPACITY, 0);
+pub static BERTH_SG_MEMBERS: HashMap<SgMember, u32> =
+    HashMap::pinned(SG_MEMBERS_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static BERTH_CT: HashMap<FlowKey, CtEntry> = HashMap::pinned(CT_CAPACITY, 0);
+pub static BERTH_CT: HashMap<FlowKey, CtEntry> = HashMap::pinned(CT_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// LRU: losing an entry costs one fragmented datagram.
 #[map]
@@ -68,7 +76,8 @@ pub static BERTH_CT_NEW: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(CT_NE
 
 /// Bridge ports with security-group hooks, by ifindex (see `gate`).
 #[map]
-pub static BERTH_HOOKED_PORTS: HashMap<u32, u32> = HashMap::pinned(HOOKED_PORTS_CAPACITY, 0);
+pub static BERTH_HOOKED_PORTS: HashMap<u32, u32> =
+    HashMap::pinned(HOOKED_PORTS_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// Source MAC -> the hooked port its frames came in by (see `gate`).
 #[map]

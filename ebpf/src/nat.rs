@@ -1,6 +1,6 @@
 //! Address translation shared by the TC and XDP programs. The decisions
 //! (which mapping, which flow entry) are made here; how bytes and checksums
-//! are rewritten depends on the hook, behind [`Rewriter`].
+//! are rewritten depends on the hook (`Hook::rewrite`).
 //!
 //! Flow tracking (README "How the datapath behaves"): a flow's entry is
 //! keyed by its reply tuple as the container sends it. A TCP SYN or a first
@@ -10,21 +10,44 @@
 //! to BERTH_NAT (never evicts). When a new flow's reply tuple is taken by
 //! another flow, the new one gets another client source port towards the
 //! container, remembered in BERTH_NAT_FWD.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use berth_maps::{
-    nat_remap_port, Backend, Counter, FlowKey, NatEntry, NatFwd, ServiceKey, NAT_F_ESTABLISHED,
-    NAT_F_REPLIED, NAT_F_SEQ_FWD, NAT_REMAP_TRIES, PROTO_TCP, PROTO_UDP,
+    nat_remap_port, Backend, Counter, FlowKey, NatEntry, NatFwd, NAT_REMAP_TRIES, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use crate::{
-    maps::{count, BERTH_HOST_ADDRS, BERTH_NAT, BERTH_NAT_FWD, BERTH_NAT_NEW, BERTH_SERVICES},
+    ct::{
+        ct_init, ct_insert_new, ct_now, ct_promote, ct_refresh, Conn, Tables, DIR_ORIG, DIR_REPLY,
+    },
+    maps::{count, BERTH_NAT, BERTH_NAT_FWD, BERTH_NAT_NEW},
     parse::{flow_key, Flow, IP_DST_OFF, IP_SRC_OFF},
-    tcp::{tcp_completes, tcp_init, tcp_seg, tcp_update, Seg, TcpEvent, Track},
+    sys::BPF_ANY,
+    tcp::{tcp_completes, tcp_seg, Seg},
 };
 
-const EEXIST: i32 = -17;
-const DIR_CLIENT: usize = 0;
-const DIR_REPLY: usize = 1;
+/// Published-port flows' tables.
+#[inline(always)]
+fn nat_tables() -> Tables<NatEntry> {
+    Tables {
+        est: &BERTH_NAT,
+        new: &BERTH_NAT_NEW,
+        full: Counter::NatTableFull,
+    }
+}
+
+/// A published-port flow's key: its reply tuple as the container sends it
+/// (container -> client, with the client port the flow uses towards the
+/// container).
+#[inline(always)]
+pub fn nat_key(proto: u8, backend: &Backend, client_be: u32, client_port_be: u16) -> FlowKey {
+    flow_key(
+        backend.addr_be,
+        client_be,
+        backend.port_be,
+        client_port_be,
+        proto,
+    )
+}
 
 /// One side of a flow to rewrite: address at `addr_off`, port at `port_off`.
 #[derive(Clone, Copy)]
@@ -41,14 +64,6 @@ pub struct Rewrite {
     pub port2_off: usize,
     pub old_port2_be: u16,
     pub new_port2_be: u16,
-}
-
-/// Byte and checksum rewriting for one hook (TC: skb helpers that know about
-/// CHECKSUM_PARTIAL; XDP: direct writes and RFC 1624 arithmetic).
-pub trait Rewriter {
-    /// Rewrite address and port, fix the IPv4 and L4 checksums, decrement
-    /// the TTL. `Err` means the packet could not be written.
-    fn rewrite(&mut self, flow: &Flow, rw: &Rewrite) -> Result<(), ()>;
 }
 
 /// `sport_be`: the client source port towards the container (the
@@ -113,68 +128,6 @@ pub fn reply_rewrite(flow: &Flow, entry: &ReplyXlate) -> Rewrite {
     }
 }
 
-/// The mapping for a packet arriving on an uplink: an exact host address
-/// first, then the wildcard if the destination is one of the host's own.
-#[inline(always)]
-pub fn lb4_lookup_service(flow: &Flow) -> Option<Backend> {
-    let mut key = ServiceKey {
-        host_addr_be: flow.dst_addr_be,
-        host_port_be: flow.dst_port_be,
-        proto: flow.proto,
-        _pad: 0,
-    };
-    if let Some(b) = unsafe { BERTH_SERVICES.get(&key) } {
-        return Some(*b);
-    }
-    unsafe { BERTH_HOST_ADDRS.get(&flow.dst_addr_be) }?;
-    key.host_addr_be = 0;
-    unsafe { BERTH_SERVICES.get(&key) }.copied()
-}
-
-#[inline(always)]
-fn track(e: *mut NatEntry) -> Track<'static> {
-    unsafe {
-        Track {
-            flags: &mut (*e).flags,
-            wscale: &mut (*e).wscale,
-            seq_end: &mut (*e).seq_end,
-            max_win: &mut (*e).max_win,
-        }
-    }
-}
-
-/// Refresh a tracked flow with a packet travelling in direction `d`.
-#[inline(always)]
-fn nat_refresh(e: *mut NatEntry, flow: &Flow, seg: &Seg, d: usize, now: u64) {
-    unsafe {
-        (*e).last_seen_ns = now;
-        if d == DIR_REPLY {
-            (*e).flags |= NAT_F_REPLIED;
-        }
-    }
-    if flow.proto == PROTO_TCP && tcp_update(&mut track(e), d, seg) == TcpEvent::OutOfWindow {
-        count(Counter::TcpOutOfWindow);
-    }
-}
-
-/// Move an unestablished flow to the established table. `Err`: that table
-/// is full (the packet is dropped; the flow stays unestablished).
-#[inline(always)]
-fn nat_promote(key: &FlowKey, e: *mut NatEntry) -> Result<(), ()> {
-    let mut entry = unsafe { *e };
-    entry.flags |= NAT_F_ESTABLISHED;
-    match BERTH_NAT.insert(key, &entry, 1) {
-        Ok(()) => {}
-        Err(err) if err == EEXIST => {}
-        Err(_) => {
-            count(Counter::NatTableFull);
-            return Err(());
-        }
-    }
-    let _ = BERTH_NAT_NEW.remove(key);
-    Ok(())
-}
-
 /// Whether `e` is the flow of this client packet: the same host address
 /// and port, and the client's own source port.
 #[inline(always)]
@@ -195,15 +148,18 @@ fn nat_ingress_known(key: &FlowKey, flow: &Flow, seg: &Seg, now: u64) -> Option<
         if !nat_owns(e, flow) {
             return None;
         }
-        nat_refresh(e, flow, seg, DIR_CLIENT, now);
+        ct_refresh(e, flow.proto, seg, DIR_ORIG, now);
         return Some(Ok(key.dst_port_be));
     }
     let e = BERTH_NAT_NEW.get_ptr_mut(key)?;
     if !nat_owns(e, flow) {
         return None;
     }
-    nat_refresh(e, flow, seg, DIR_CLIENT, now);
-    if flow.proto == PROTO_TCP && tcp_completes(&track(e), seg) && nat_promote(key, e).is_err() {
+    ct_refresh(e, flow.proto, seg, DIR_ORIG, now);
+    if flow.proto == PROTO_TCP
+        && tcp_completes(&NatEntry::track(e), seg)
+        && ct_promote(&nat_tables(), key, e).is_err()
+    {
         return Some(Err(()));
     }
     Some(Ok(key.dst_port_be))
@@ -230,36 +186,25 @@ pub fn ct_track_ingress(
     } else {
         Seg::default()
     };
-    let mut key = flow_key(
-        backend.addr_be,
-        flow.src_addr_be,
-        backend.port_be,
-        flow.src_port_be,
-        flow.proto,
-    );
-    let now = unsafe { bpf_ktime_get_ns() };
+    let key = nat_key(flow.proto, backend, flow.src_addr_be, flow.src_port_be);
+    let now = ct_now();
     // The common case: one lookup in BERTH_NAT.
     if let Some(r) = nat_ingress_known(&key, flow, &seg, now) {
         return r;
     }
     // A flow whose reply tuple clashed lives under its remapped port.
-    let wire = flow_key(
-        flow.src_addr_be,
-        flow.dst_addr_be,
-        flow.src_port_be,
-        flow.dst_port_be,
-        flow.proto,
-    );
+    let wire = flow.key();
     let fwd = unsafe { BERTH_NAT_FWD.get(&wire) }.copied();
     if let Some(f) = fwd {
         if f.backend_addr_be == backend.addr_be && f.backend_port_be == backend.port_be {
-            key.dst_port_be = f.remap_port_be;
-            if let Some(r) = nat_ingress_known(&key, flow, &seg, now) {
+            let mut remapped = key;
+            remapped.dst_port_be = f.remap_port_be;
+            if let Some(r) = nat_ingress_known(&remapped, flow, &seg, now) {
                 return r;
             }
         }
     }
-    nat_open(flow, backend, &seg, &wire, fwd.is_some(), now)
+    nat_open(flow, backend, &seg, key, &wire, fwd.is_some(), now)
 }
 
 /// A new flow: only a TCP SYN or a UDP datagram opens one, and only when
@@ -269,6 +214,7 @@ fn nat_open(
     flow: &Flow,
     backend: &Backend,
     seg: &Seg,
+    mut key: FlowKey,
     wire: &FlowKey,
     stale_fwd: bool,
     now: u64,
@@ -286,13 +232,6 @@ fn nat_open(
     ) {
         return Err(());
     }
-    let mut key = flow_key(
-        backend.addr_be,
-        flow.src_addr_be,
-        backend.port_be,
-        flow.src_port_be,
-        flow.proto,
-    );
     let remapped = !nat_tuple_free(&key);
     if remapped {
         key.dst_port_be = nat_pick_port(flow, &key)?;
@@ -301,7 +240,7 @@ fn nat_open(
             backend_port_be: backend.port_be,
             remap_port_be: key.dst_port_be,
         };
-        if BERTH_NAT_FWD.insert(wire, &f, 0).is_err() {
+        if BERTH_NAT_FWD.insert(wire, &f, BPF_ANY).is_err() {
             count(Counter::NatPortRemapFailed);
             return Err(());
         }
@@ -309,19 +248,11 @@ fn nat_open(
     } else if stale_fwd {
         let _ = BERTH_NAT_FWD.remove(wire);
     }
-    let (wscale, seq_end, max_win) = if flow.proto == PROTO_TCP {
-        tcp_init(seg)
-    } else {
-        ([0xff; 2], [0; 2], [0; 2])
-    };
+    let (flags, wscale, seq_end, max_win) = ct_init(flow.proto, seg);
     let entry = NatEntry {
         host_addr_be: flow.dst_addr_be,
         host_port_be: flow.dst_port_be,
-        flags: if flow.proto == PROTO_TCP {
-            NAT_F_SEQ_FWD
-        } else {
-            0
-        },
+        flags,
         _pad: 0,
         last_seen_ns: now,
         client_port_be: flow.src_port_be,
@@ -330,19 +261,13 @@ fn nat_open(
         max_win,
         _pad2: 0,
     };
-    // BPF_NOEXIST: a concurrent insert of the same flow on another CPU
-    // wins harmlessly. An LRU table makes room rather than refuse.
-    match BERTH_NAT_NEW.insert(&key, &entry, 1) {
-        Ok(()) => Ok(key.dst_port_be),
-        Err(e) if e == EEXIST => Ok(key.dst_port_be),
-        Err(_) => {
-            if remapped {
-                let _ = BERTH_NAT_FWD.remove(wire);
-            }
-            count(Counter::NatTableFull);
-            Err(())
+    if ct_insert_new(&nat_tables(), &key, &entry).is_err() {
+        if remapped {
+            let _ = BERTH_NAT_FWD.remove(wire);
         }
+        return Err(());
     }
+    Ok(key.dst_port_be)
 }
 
 /// A client source port whose reply tuple no flow uses (see
@@ -373,29 +298,23 @@ pub fn ct_lookup_reply(
     data: usize,
     data_end: usize,
 ) -> Result<Option<ReplyXlate>, ()> {
-    let key = flow_key(
-        flow.src_addr_be,
-        flow.dst_addr_be,
-        flow.src_port_be,
-        flow.dst_port_be,
-        flow.proto,
-    );
+    let key = flow.key();
     let seg = if flow.proto == PROTO_TCP {
         tcp_seg(flow, data, data_end)
     } else {
         Seg::default()
     };
     if let Some(e) = BERTH_NAT.get_ptr_mut(&key) {
-        nat_refresh(e, flow, &seg, DIR_REPLY, unsafe { bpf_ktime_get_ns() });
+        ct_refresh(e, flow.proto, &seg, DIR_REPLY, ct_now());
         return Ok(Some(ReplyXlate::of(e)));
     }
     let Some(e) = BERTH_NAT_NEW.get_ptr_mut(&key) else {
         return Ok(None);
     };
-    nat_refresh(e, flow, &seg, DIR_REPLY, unsafe { bpf_ktime_get_ns() });
+    ct_refresh(e, flow.proto, &seg, DIR_REPLY, ct_now());
     let x = ReplyXlate::of(e);
     if flow.proto == PROTO_UDP {
-        nat_promote(&key, e)?;
+        ct_promote(&nat_tables(), &key, e)?;
     }
     Ok(Some(x))
 }

@@ -37,32 +37,39 @@
 //!   dropped (`frag_no_first`). A TCP/UDP first fragment too short to hold
 //!   its header is refused (the tiny-fragment attack of RFC 1858 would
 //!   otherwise hide the flags or ports in a later fragment).
-use aya_ebpf::{
-    cty::c_void,
-    helpers::{bpf_ktime_get_ns, bpf_loop},
-};
+use aya_ebpf::{cty::c_void, helpers::bpf_loop};
 use berth_maps::{
-    Counter, CtEntry, Endpoint, FlowKey, FragKey, Policy, PolicyKey, Rule, SgMember,
-    CT_F_ESTABLISHED, CT_F_REPLIED, CT_F_SEQ_FWD, DIR_INGRESS, EP_F_POLICY, FRAG_K_POLICY,
-    FRAG_V_ALLOW, FRAG_V_DENY, MAX_RULES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RULE_ICMP_ANY,
-    RULE_PEER_CIDR, RULE_PROTO_ALL,
+    Counter, CtEntry, Endpoint, FlowKey, FragKey, Policy, PolicyKey, Rule, SgMember, DIR_INGRESS,
+    EP_F_POLICY, FRAG_K_POLICY, FRAG_V_ALLOW, FRAG_V_DENY, MAX_RULES, PROTO_ICMP, PROTO_TCP,
+    PROTO_UDP, RULE_ICMP_ANY, RULE_PEER_CIDR, RULE_PROTO_ALL,
 };
 
 use crate::{
-    frag::{frag_key, frag_key_of_flow, frag_key_of_frag, frag_lookup, frag_remember},
-    icmp::{
-        parse_icmp_error_quoting, IcmpError, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_ECHO_REPLY,
-        ICMP_PARAMETERPROB, ICMP_TIME_EXCEEDED,
+    ct::{
+        ct_init, ct_insert_new, ct_now, ct_promote, ct_refresh, Conn, Tables, DIR_ORIG, DIR_REPLY,
     },
+    frag::{frag_key, frag_key_of_flow, frag_key_of_frag, frag_lookup, frag_remember},
+    icmp::{parse_icmp_error_quoting, IcmpError},
     maps::{
         count, BERTH_CT, BERTH_CT_NEW, BERTH_ENDPOINTS, BERTH_NAT, BERTH_NAT_NEW, BERTH_POLICY,
         BERTH_SG_MEMBERS,
     },
-    parse::{flow_key, parse_flow, ptr_at, Flow, Parsed, ETH_LEN},
-    tcp::{tcp_completes, tcp_init, tcp_seg, tcp_update, Seg, TcpEvent, Track},
+    parse::{
+        echo_ports, flow_key, parse_packet, ptr_at, reverse_key, Flow, Ip, Parsed, ETH_LEN,
+        ICMP_DEST_UNREACH, ICMP_PARAMETERPROB, ICMP_TIME_EXCEEDED,
+    },
+    tcp::{tcp_completes, tcp_seg, Seg},
 };
 
-const EEXIST: i32 = -17;
+/// Security-group flows' tables.
+#[inline(always)]
+fn ct_tables() -> Tables<CtEntry> {
+    Tables {
+        est: &BERTH_CT,
+        new: &BERTH_CT_NEW,
+        full: Counter::CtTableFull,
+    }
+}
 
 /// What policy looks at in a packet.
 #[derive(Clone, Copy)]
@@ -89,17 +96,6 @@ impl PFlow {
             self.proto,
         )
     }
-
-    #[inline(always)]
-    fn reverse_key(&self) -> FlowKey {
-        flow_key(
-            self.dst_be,
-            self.src_be,
-            self.dport_be,
-            self.sport_be,
-            self.proto,
-        )
-    }
 }
 
 #[inline(always)]
@@ -120,32 +116,16 @@ fn pflow_of(f: &Flow, data: usize, data_end: usize) -> PFlow {
     }
 }
 
-/// Everything IPv4 that is neither TCP/UDP parse_flow accepted nor a later
-/// fragment: ICMP, other protocols, TCP/UDP parse_flow refused. `from`: the
-/// container sends it (both ends judged), else receives it (only its own
-/// end). A separate subprogram: LLVM merges this path with the TCP/UDP one
-/// into code the verifier refuses when it is inlined.
+/// IPv4 that is neither TCP/UDP the parser accepted nor a later fragment
+/// (`Parsed::Ip`): ICMP, other protocols, TCP/UDP the parser refused.
+/// `from`: the container sends it (both ends judged), else receives it
+/// (only its own end). A separate subprogram: LLVM merges this path with
+/// the TCP/UDP one into code the verifier refuses when it is inlined.
 #[inline(never)]
-fn other_allowed(data: usize, data_end: usize, frame_len: usize, from: bool) -> bool {
-    let Some(eth) = ptr_at::<[u8; 14]>(data, data_end, 0) else {
-        return true;
-    };
-    let eth = unsafe { &*eth };
-    if eth[12] != 0x08 || eth[13] != 0x00 {
-        return true;
-    }
-    let Some(ip) = ptr_at::<[u8; 20]>(data, data_end, ETH_LEN) else {
-        return true;
-    };
-    let ip = unsafe { &*ip };
-    let ihl = (ip[0] & 0x0f) as usize;
-    if ip[0] >> 4 != 4 || ihl < 5 {
-        return true;
-    }
-    let src_be = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
-    let dst_be = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
-    let (proto, id_be) = (ip[9], u16::from_ne_bytes([ip[4], ip[5]]));
-    let first_frag = ip[6] & 0x20 != 0;
+fn other_allowed(data: usize, data_end: usize, frame_len: usize, ip: &Ip, from: bool) -> bool {
+    let (src_be, dst_be) = (ip.src_be, ip.dst_be);
+    let (proto, id_be) = (ip.proto, ip.id_be);
+    let first_frag = ip.more_frags();
     let sender = if from {
         endpoint_with_policy(src_be)
     } else {
@@ -156,9 +136,9 @@ fn other_allowed(data: usize, data_end: usize, frame_len: usize, from: bool) -> 
         return true;
     }
     let key = frag_key(FRAG_K_POLICY, src_be, dst_be, proto, id_be);
-    // A later fragment parse_flow found malformed: still no verdict of
+    // A later fragment the parser found malformed: still no verdict of
     // its own.
-    if (ip[6] & 0x1f) != 0 || ip[7] != 0 {
+    if ip.later_frag() {
         return frag_follow(&key);
     }
     let allowed = match proto {
@@ -172,7 +152,7 @@ fn other_allowed(data: usize, data_end: usize, frame_len: usize, from: bool) -> 
             data,
             data_end,
             frame_len,
-            ihl,
+            ip,
             from,
             (src_be, sender.unwrap_or_default()),
             (dst_be, receiver.unwrap_or_default()),
@@ -186,8 +166,6 @@ fn other_allowed(data: usize, data_end: usize, frame_len: usize, from: bool) -> 
 }
 
 /// ICMP where an end has policy (`other_allowed` checked that): echo as a
-/// tracked flow, errors about tracked flows, the rest by the rules.
-/// ICMP where an end has policy (`other_allowed` checked that): echo as a
 /// tracked flow, errors about tracked flows, the rest by the rules. The
 /// ends are plain values, the default endpoint (no policy) for none (see
 /// `from_container_flow`).
@@ -196,17 +174,17 @@ fn icmp_allowed(
     data: usize,
     data_end: usize,
     frame_len: usize,
-    ihl: usize,
+    ip: &Ip,
     from: bool,
     (src_be, sender): (u32, Endpoint),
     (dst_be, receiver): (u32, Endpoint),
 ) -> bool {
-    match icmp_echo_flow(data, data_end, ihl, src_be, dst_be) {
+    match icmp_echo_flow(data, data_end, ip) {
         Some(f) if from => from_container_flow(&f, sender, receiver),
         Some(f) if has_policy(&receiver) => to_container_flow(&f, receiver),
         Some(_) => true,
         None => icmp_other_allowed(
-            data, data_end, ihl, frame_len, src_be, dst_be, sender, receiver,
+            data, data_end, ip, frame_len, src_be, dst_be, sender, receiver,
         ),
     }
 }
@@ -218,26 +196,13 @@ fn has_policy(ep: &Endpoint) -> bool {
 }
 
 #[inline(always)]
-fn icmp_echo_flow(
-    data: usize,
-    data_end: usize,
-    ihl: usize,
-    src_be: u32,
-    dst_be: u32,
-) -> Option<PFlow> {
-    let icmp = unsafe { &*ptr_at::<[u8; 8]>(data, data_end, ETH_LEN + ihl * 4)? };
-    // Echo request: identifier as the source "port"; a reply mirrors it,
-    // so its reverse key is the request's key.
-    let id = u16::from_ne_bytes([icmp[4], icmp[5]]);
-    let (sport_be, dport_be) = match icmp[0] {
-        ICMP_ECHO => (id, 0),
-        ICMP_ECHO_REPLY => (0, id),
-        _ => return None,
-    };
+fn icmp_echo_flow(data: usize, data_end: usize, ip: &Ip) -> Option<PFlow> {
+    let icmp = unsafe { &*ptr_at::<[u8; 8]>(data, data_end, ETH_LEN + ip.hdr_len())? };
+    let (sport_be, dport_be) = echo_ports(icmp)?;
     Some(PFlow {
         proto: PROTO_ICMP,
-        src_be,
-        dst_be,
+        src_be: ip.src_be,
+        dst_be: ip.dst_be,
         sport_be,
         dport_be,
         icmp_type: icmp[0],
@@ -253,20 +218,8 @@ fn icmp_error_tracked(e: &IcmpError, ep_be: u32) -> bool {
     if e.inner_src_be != ep_be && e.inner_dst_be != ep_be {
         return false;
     }
-    let quoted = flow_key(
-        e.inner_src_be,
-        e.inner_dst_be,
-        e.inner_sport_be,
-        e.inner_dport_be,
-        e.inner_proto,
-    );
-    let back = flow_key(
-        e.inner_dst_be,
-        e.inner_src_be,
-        e.inner_dport_be,
-        e.inner_sport_be,
-        e.inner_proto,
-    );
+    let quoted = e.quoted_key();
+    let back = reverse_key(&quoted);
     unsafe {
         BERTH_CT.get(&quoted).is_some()
             || BERTH_CT.get(&back).is_some()
@@ -286,14 +239,14 @@ fn icmp_error_tracked(e: &IcmpError, ep_be: u32) -> bool {
 fn icmp_other_allowed(
     data: usize,
     data_end: usize,
-    ihl: usize,
+    ip: &Ip,
     frame_len: usize,
     src_be: u32,
     dst_be: u32,
     sender: Endpoint,
     receiver: Endpoint,
 ) -> bool {
-    let Some(icmp) = ptr_at::<[u8; 2]>(data, data_end, ETH_LEN + ihl * 4) else {
+    let Some(icmp) = ptr_at::<[u8; 2]>(data, data_end, ETH_LEN + ip.hdr_len()) else {
         count(Counter::PolicyDeniedIcmp);
         return false;
     };
@@ -302,7 +255,7 @@ fn icmp_other_allowed(
         icmp_type,
         ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
     ) {
-        return icmp_error_allowed(data, data_end, frame_len, sender, receiver);
+        return icmp_error_allowed(data, data_end, frame_len, ip, sender, receiver);
     }
     let f = PFlow {
         proto: PROTO_ICMP,
@@ -323,10 +276,11 @@ fn icmp_error_allowed(
     data: usize,
     data_end: usize,
     frame_len: usize,
+    ip: &Ip,
     sender: Endpoint,
     receiver: Endpoint,
 ) -> bool {
-    let ok = match parse_icmp_error_quoting::<true>(data, data_end, frame_len) {
+    let ok = match parse_icmp_error_quoting::<true>(data, data_end, frame_len, ip) {
         Some(e) => {
             (!has_policy(&sender) || icmp_error_tracked(&e, e.outer_src_be))
                 && (!has_policy(&receiver) || icmp_error_tracked(&e, e.outer_dst_be))
@@ -509,50 +463,6 @@ pub fn policy_allows(task_id: u32, dir: u32, f: &PFlow, peer_be: u32, dport: u16
     scan.matched != 0
 }
 
-#[inline(always)]
-fn ct_track(e: *mut CtEntry) -> Track<'static> {
-    unsafe {
-        Track {
-            flags: &mut (*e).flags,
-            wscale: &mut (*e).wscale,
-            seq_end: &mut (*e).seq_end,
-            max_win: &mut (*e).max_win,
-        }
-    }
-}
-
-/// Refresh a tracked flow with a packet in direction `d` (0: as the flow's
-/// first packet went).
-#[inline(always)]
-fn ct_refresh(e: *mut CtEntry, f: &PFlow, d: usize, now: u64) {
-    unsafe {
-        (*e).last_seen_ns = now;
-        if d == 1 {
-            (*e).flags |= CT_F_REPLIED;
-        }
-    }
-    if f.proto == PROTO_TCP && tcp_update(&mut ct_track(e), d, &f.seg) == TcpEvent::OutOfWindow {
-        count(Counter::TcpOutOfWindow);
-    }
-}
-
-/// Move an unestablished flow to BERTH_CT; `Err` when that is full.
-#[inline(always)]
-fn ct_promote(key: &FlowKey, e: *mut CtEntry) -> Result<(), ()> {
-    let mut entry = unsafe { *e };
-    entry.flags |= CT_F_ESTABLISHED;
-    match BERTH_CT.insert(key, &entry, 1) {
-        Ok(()) => {}
-        Err(err) if err == EEXIST => {}
-        Err(_) => {
-            count(Counter::CtTableFull);
-            return Err(());
-        }
-    }
-    let _ = BERTH_CT_NEW.remove(key);
-    Ok(())
-}
-
 /// Whether the packet belongs to a tracked flow.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Ct {
@@ -583,7 +493,7 @@ pub enum NatSide {
 #[inline(always)]
 pub fn ct_established(f: &PFlow, nat: NatSide) -> Ct {
     let key = f.key();
-    let rkey = f.reverse_key();
+    let rkey = reverse_key(&key);
     let nat_key = match nat {
         NatSide::None => None,
         NatSide::Sent => Some(&key),
@@ -595,11 +505,11 @@ pub fn ct_established(f: &PFlow, nat: NatSide) -> Ct {
         }
     }
     if let Some(e) = BERTH_CT.get_ptr_mut(&key) {
-        ct_refresh(e, f, 0, unsafe { bpf_ktime_get_ns() });
+        ct_refresh(e, f.proto, &f.seg, DIR_ORIG, ct_now());
         return Ct::Tracked;
     }
     if let Some(e) = BERTH_CT.get_ptr_mut(&rkey) {
-        ct_refresh(e, f, 1, unsafe { bpf_ktime_get_ns() });
+        ct_refresh(e, f.proto, &f.seg, DIR_REPLY, ct_now());
         return Ct::Tracked;
     }
     if let Some(k) = nat_key {
@@ -607,20 +517,20 @@ pub fn ct_established(f: &PFlow, nat: NatSide) -> Ct {
             return Ct::Tracked;
         }
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = ct_now();
     if let Some(e) = BERTH_CT_NEW.get_ptr_mut(&key) {
-        ct_refresh(e, f, 0, now);
+        ct_refresh(e, f.proto, &f.seg, DIR_ORIG, now);
         if f.proto == PROTO_TCP
-            && tcp_completes(&ct_track(e), &f.seg)
-            && ct_promote(&key, e).is_err()
+            && tcp_completes(&CtEntry::track(e), &f.seg)
+            && ct_promote(&ct_tables(), &key, e).is_err()
         {
             return Ct::Refused;
         }
         return Ct::Tracked;
     }
     if let Some(e) = BERTH_CT_NEW.get_ptr_mut(&rkey) {
-        ct_refresh(e, f, 1, now);
-        if f.proto != PROTO_TCP && ct_promote(&rkey, e).is_err() {
+        ct_refresh(e, f.proto, &f.seg, DIR_REPLY, now);
+        if f.proto != PROTO_TCP && ct_promote(&ct_tables(), &rkey, e).is_err() {
             return Ct::Refused;
         }
         return Ct::Tracked;
@@ -643,38 +553,23 @@ fn ct_may_open(f: &PFlow) -> bool {
 /// makes room rather than refuse.
 #[inline(always)]
 pub fn ct_create(f: &PFlow) -> Result<(), ()> {
-    let (wscale, seq_end, max_win) = if f.proto == PROTO_TCP {
-        tcp_init(&f.seg)
-    } else {
-        ([0xff; 2], [0; 2], [0; 2])
-    };
+    let (flags, wscale, seq_end, max_win) = ct_init(f.proto, &f.seg);
     let e = CtEntry {
-        last_seen_ns: unsafe { bpf_ktime_get_ns() },
-        flags: if f.proto == PROTO_TCP {
-            CT_F_SEQ_FWD
-        } else {
-            0
-        },
+        last_seen_ns: ct_now(),
+        flags,
         _pad: 0,
         wscale,
         seq_end,
         max_win,
         _pad2: 0,
     };
-    match BERTH_CT_NEW.insert(&f.key(), &e, 1) {
-        Ok(()) => Ok(()),
-        Err(e) if e == EEXIST => Ok(()),
-        Err(_) => {
-            count(Counter::CtTableFull);
-            Err(())
-        }
-    }
+    ct_insert_new(&ct_tables(), &f.key(), &e)
 }
 
 /// tc ingress of a container's host-side veth: what the container sends.
 #[inline(always)]
 pub fn from_container(data: usize, data_end: usize, frame_len: usize) -> bool {
-    match parse_flow(data, data_end, frame_len) {
+    match parse_packet(data, data_end, frame_len) {
         Parsed::Flow(f) => {
             let sender = endpoint_with_policy(f.src_addr_be);
             let receiver = endpoint_with_policy(f.dst_addr_be);
@@ -700,7 +595,8 @@ pub fn from_container(data: usize, data_end: usize, frame_len: usize) -> bool {
             }
             frag_follow(&frag_key_of_frag(FRAG_K_POLICY, &f))
         }
-        Parsed::Other => other_allowed(data, data_end, frame_len, true),
+        Parsed::Ip(ip) => other_allowed(data, data_end, frame_len, &ip, true),
+        Parsed::NotIpv4 => true,
     }
 }
 
@@ -740,7 +636,7 @@ fn from_container_flow(f: &PFlow, sender: Endpoint, receiver: Endpoint) -> bool 
 /// tc egress of a container's host-side veth: what the container receives.
 #[inline(always)]
 pub fn to_container(data: usize, data_end: usize, frame_len: usize) -> bool {
-    match parse_flow(data, data_end, frame_len) {
+    match parse_packet(data, data_end, frame_len) {
         Parsed::Flow(f) => {
             let Some(ep) = endpoint_with_policy(f.dst_addr_be) else {
                 return true;
@@ -758,7 +654,8 @@ pub fn to_container(data: usize, data_end: usize, frame_len: usize) -> bool {
             }
             frag_follow(&frag_key_of_frag(FRAG_K_POLICY, &f))
         }
-        Parsed::Other => other_allowed(data, data_end, frame_len, false),
+        Parsed::Ip(ip) => other_allowed(data, data_end, frame_len, &ip, false),
+        Parsed::NotIpv4 => true,
     }
 }
 

@@ -13,11 +13,13 @@ use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
-use berth_maps::{
-    Counter, ServiceKey, SockRevKey, SockRevValue, CONFIG_NETNS_COOKIE, PROTO_TCP, PROTO_UDP,
-};
+use berth_maps::{Counter, SockRevKey, SockRevValue, CONFIG_NETNS_COOKIE, PROTO_TCP, PROTO_UDP};
 
-use crate::maps::{count, BERTH_CONFIG, BERTH_HOST_ADDRS, BERTH_SERVICES, BERTH_SOCK_REV};
+use crate::{
+    maps::{count, BERTH_CONFIG, BERTH_SOCK_REV},
+    service::service_lookup,
+    sys::BPF_ANY,
+};
 
 pub const ALLOW: i32 = 1;
 const SOCK_STREAM: u32 = 1;
@@ -59,24 +61,9 @@ pub fn sock4_forward(ctx: &SockAddrContext) -> i32 {
     if loopback && !in_host_netns(ctx) {
         return ALLOW;
     }
-    let mut key = ServiceKey {
-        host_addr_be: dst,
-        host_port_be: port_be,
-        proto,
-        _pad: 0,
-    };
-    let backend = match unsafe { BERTH_SERVICES.get(&key) } {
-        Some(b) => *b,
-        None => {
-            if !loopback && unsafe { BERTH_HOST_ADDRS.get(&dst) }.is_none() {
-                return ALLOW;
-            }
-            key.host_addr_be = 0;
-            match unsafe { BERTH_SERVICES.get(&key) } {
-                Some(b) => *b,
-                None => return ALLOW,
-            }
-        }
+    // Loopback is the host's own: its wildcard mappings apply.
+    let Some(backend) = service_lookup(proto, dst, port_be, loopback) else {
+        return ALLOW;
     };
     let rev_key = SockRevKey {
         cookie: unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) },
@@ -90,7 +77,7 @@ pub fn sock4_forward(ctx: &SockAddrContext) -> i32 {
         _pad: 0,
     };
     // Best effort: without it only getpeername()/recvmsg() show the container.
-    let _ = BERTH_SOCK_REV.insert(&rev_key, &rev, 0);
+    let _ = BERTH_SOCK_REV.insert(&rev_key, &rev, BPF_ANY);
     sa.user_ip4 = backend.addr_be;
     sa.user_port = backend.port_be as u32;
     count(Counter::SockXlate);

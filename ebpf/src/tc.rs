@@ -1,18 +1,20 @@
 //! TC (tcx) hook: skb checksum helpers, which handle CHECKSUM_PARTIAL
 //! packets (local senders on veth) as well as complete ones.
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
 use berth_maps::{Counter, PROTO_UDP};
 
 use crate::{
-    fib::{fib_lookup_v4, NextHop},
+    csum,
+    fib::NextHop,
+    hook::Hook,
     icmp::ICMP_MAX_HDR_LEN,
     maps::count,
-    nat::{Rewrite, Rewriter},
-    parse::{Flow, IP_CSUM_OFF, IP_TTL_OFF},
+    nat::Rewrite,
+    parse::{ptr_at, Flow, ETH_LEN, IP_CSUM_OFF, IP_TTL_OFF},
 };
 
 /// Longest headers we look at: those of an ICMP error quoting TCP.
@@ -32,13 +34,92 @@ pub fn tc_pull_headers(ctx: &TcContext) {
     }
 }
 
-pub struct TcRewriter<'a>(pub &'a TcContext);
+impl Hook for TcContext {
+    type Verdict = i32;
+    const PASS: i32 = TC_ACT_OK;
+    const DROP: i32 = TC_ACT_SHOT;
 
-impl Rewriter for TcRewriter<'_> {
     #[inline(always)]
-    fn rewrite(&mut self, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
-        let ctx = self.0;
-        let l4_csum = flow.l4_csum_off();
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.len() as usize
+    }
+
+    #[inline(always)]
+    fn in_ifindex(&self) -> u32 {
+        unsafe { (*self.skb.skb).ifindex }
+    }
+
+    /// A GSO packet (a local sender's 64 KiB TCP burst on veth) is larger
+    /// than any MTU until it is segmented on the way out.
+    #[inline(always)]
+    fn mtu_len(&self, tot_len: u16) -> u16 {
+        if unsafe { (*self.skb.skb).gso_size } != 0 {
+            0
+        } else {
+            tot_len
+        }
+    }
+
+    /// The IPv4 header by direct writes (the headers were pulled; the
+    /// program's direct writes make the kernel unclone the head first),
+    /// both ports in one store, the L4 checksum by two skb helper calls,
+    /// which know about CHECKSUM_PARTIAL (a local sender's seed covers the
+    /// pseudo header only) and CHECKSUM_COMPLETE: the address as a
+    /// pseudo-header change, both ports as one 32-bit word. An IPv4 header
+    /// whose checksum follows its changes, and ports whose checksum follows
+    /// them, leave a CHECKSUM_COMPLETE value valid. (Three helper calls;
+    /// one per field and checksum was seven.)
+    #[inline(always)]
+    fn rewrite(&self, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
+        let (d, e) = (TcContext::data(self), TcContext::data_end(self));
+        let ip = ptr_at::<[u8; 20]>(d, e, ETH_LEN).ok_or(())? as *mut u8;
+        let (mut sport, mut dport) = (flow.src_port_be, flow.dst_port_be);
+        if rw.port_off == flow.l4_off {
+            sport = rw.new_port_be;
+        } else {
+            dport = rw.new_port_be;
+        }
+        if rw.port2_off != 0 {
+            if rw.port2_off == flow.l4_off {
+                sport = rw.new_port2_be;
+            } else {
+                dport = rw.new_port2_be;
+            }
+        }
+        let old_ports = flow.src_port_be as u32 | (flow.dst_port_be as u32) << 16;
+        let new_ports = sport as u32 | (dport as u32) << 16;
+        let addr_off = rw.addr_off - ETH_LEN;
+        unsafe {
+            let ip_csum = ip.add(IP_CSUM_OFF - ETH_LEN) as *mut u16;
+            let ttl_word = ip.add(IP_TTL_OFF - ETH_LEN) as *mut u16;
+            let old_ttl = u16::from_ne_bytes([flow.ttl, flow.proto]);
+            let new_ttl = u16::from_ne_bytes([flow.ttl - 1, flow.proto]);
+            let mut c = csum::replace4(
+                core::ptr::read_unaligned(ip_csum),
+                rw.old_addr_be,
+                rw.new_addr_be,
+            );
+            c = csum::replace2(c, old_ttl, new_ttl);
+            core::ptr::write_unaligned(ip_csum, c);
+            core::ptr::write_unaligned(ttl_word, new_ttl);
+            core::ptr::write_unaligned(ip.add(addr_off) as *mut u32, rw.new_addr_be);
+        }
+        // A store rather than a direct write: a packet pointer at the
+        // parsed L4 offset is one LLVM and the verifier disagree about.
+        if new_ports != old_ports {
+            self.store(flow.l4_off, &[sport, dport], 0)
+                .map_err(|_| ())?;
+        }
         // UDP: a zero checksum means "none" and stays zero; a computed zero
         // is sent as 0xffff.
         let mangled = if flow.proto == PROTO_UDP {
@@ -46,58 +127,41 @@ impl Rewriter for TcRewriter<'_> {
         } else {
             0
         };
-        ctx.store(rw.addr_off, &rw.new_addr_be, 0).map_err(|_| ())?;
-        ctx.l3_csum_replace(IP_CSUM_OFF, rw.old_addr_be as u64, rw.new_addr_be as u64, 4)
-            .map_err(|_| ())?;
-        ctx.l4_csum_replace(
+        let l4_csum = flow.l4_csum_off();
+        self.l4_csum_replace(
             l4_csum,
             rw.old_addr_be as u64,
             rw.new_addr_be as u64,
             BPF_F_PSEUDO_HDR as u64 | mangled | 4,
         )
         .map_err(|_| ())?;
-        ctx.store(rw.port_off, &rw.new_port_be, 0).map_err(|_| ())?;
-        ctx.l4_csum_replace(
-            l4_csum,
-            rw.old_port_be as u64,
-            rw.new_port_be as u64,
-            mangled | 2,
-        )
-        .map_err(|_| ())?;
-        if rw.port2_off != 0 {
-            ctx.store(rw.port2_off, &rw.new_port2_be, 0)
+        if new_ports != old_ports {
+            self.l4_csum_replace(l4_csum, old_ports as u64, new_ports as u64, mangled | 4)
                 .map_err(|_| ())?;
-            ctx.l4_csum_replace(
-                l4_csum,
-                rw.old_port2_be as u64,
-                rw.new_port2_be as u64,
-                mangled | 2,
-            )
-            .map_err(|_| ())?;
         }
-        let old_ttl = u16::from_ne_bytes([flow.ttl, flow.proto]);
-        let new_ttl = u16::from_ne_bytes([flow.ttl - 1, flow.proto]);
-        ctx.store(IP_TTL_OFF, &(flow.ttl - 1), 0).map_err(|_| ())?;
-        ctx.l3_csum_replace(IP_CSUM_OFF, old_ttl as u64, new_ttl as u64, 2)
-            .map_err(|_| ())
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn deliver(&self, next: NextHop) -> i32 {
+        tc_redirect(self, next)
     }
 }
 
 /// Send a translated packet on its way without touching netfilter.
 #[inline(always)]
-pub fn tc_redirect(ctx: &TcContext, next: NextHop) -> i32 {
+fn tc_redirect(ctx: &TcContext, next: NextHop) -> i32 {
     match next {
         NextHop::Resolved {
             ifindex,
             smac,
             dmac,
         } => {
-            let mut macs = [0u8; 12];
-            macs[..6].copy_from_slice(&dmac);
-            macs[6..].copy_from_slice(&smac);
-            if ctx.store(0, &macs, 0).is_err() {
-                return TC_ACT_SHOT as i32;
-            }
+            // A direct write: the checksum helpers may have moved the data.
+            let Some(eth) = ptr_at::<[[u8; 6]; 2]>(ctx.data(), ctx.data_end(), 0) else {
+                return TC_ACT_SHOT;
+            };
+            unsafe { core::ptr::write_unaligned(eth, [dmac, smac]) };
             unsafe { bpf_redirect(ifindex, 0) as i32 }
         }
         NextHop::NoNeigh { ifindex } => unsafe {
@@ -105,27 +169,7 @@ pub fn tc_redirect(ctx: &TcContext, next: NextHop) -> i32 {
         },
         NextHop::Unreachable => {
             count(Counter::NoRoute);
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
-}
-
-/// Translate and deliver; the flow's new destination is `dst`.
-#[inline(always)]
-pub fn tc_translate_and_redirect(
-    ctx: &TcContext,
-    flow: &Flow,
-    rw: &Rewrite,
-    src: u32,
-    dst: u32,
-) -> i32 {
-    if TcRewriter(ctx).rewrite(flow, rw).is_err() {
-        return TC_ACT_SHOT as i32;
-    }
-    let (in_ifindex, gso_size) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_size) };
-    // A GSO packet (a local sender's 64 KiB TCP burst on veth) is larger
-    // than any MTU until it is segmented on the way out.
-    let mtu_len = if gso_size != 0 { 0 } else { flow.tot_len };
-    let next = fib_lookup_v4(ctx, flow, src, dst, in_ifindex, mtu_len);
-    tc_redirect(ctx, next)
 }

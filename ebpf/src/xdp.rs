@@ -8,15 +8,11 @@ use berth_maps::{Counter, XdpHandoff, PROTO_UDP, XDP_HANDOFF_MAGIC, XDP_HANDOFF_
 use crate::{
     csum,
     fib::NextHop,
+    hook::Hook,
     maps::count,
-    nat::{Rewrite, Rewriter},
+    nat::Rewrite,
     parse::{ptr_at, Flow, IP_CSUM_OFF, IP_TTL_OFF},
 };
-
-pub struct XdpRewriter {
-    pub data: usize,
-    pub data_end: usize,
-}
 
 #[inline(always)]
 unsafe fn rd<T: Copy>(p: *mut T) -> T {
@@ -28,23 +24,60 @@ unsafe fn wr<T>(p: *mut T, v: T) {
     core::ptr::write_unaligned(p, v)
 }
 
-impl Rewriter for XdpRewriter {
+impl Hook for XdpContext {
+    type Verdict = u32;
+    const PASS: u32 = xdp_action::XDP_PASS;
+    const DROP: u32 = xdp_action::XDP_DROP;
+
     #[inline(always)]
-    fn rewrite(&mut self, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
-        let (d, e) = (self.data, self.data_end);
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        XdpContext::data_end(self) - XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn in_ifindex(&self) -> u32 {
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+
+    #[inline(always)]
+    fn mtu_len(&self, tot_len: u16) -> u16 {
+        tot_len
+    }
+
+    /// Direct writes and RFC 1624 arithmetic.
+    #[inline(always)]
+    fn rewrite(&self, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
+        let (d, e) = (XdpContext::data(self), XdpContext::data_end(self));
         let ip_csum = ptr_at::<u16>(d, e, IP_CSUM_OFF).ok_or(())?;
         let ttl_word = ptr_at::<u16>(d, e, IP_TTL_OFF).ok_or(())?;
         let addr = ptr_at::<u32>(d, e, rw.addr_off).ok_or(())?;
-        let port = ptr_at::<u16>(d, e, rw.port_off).ok_or(())?;
-        // LLVM knows the offset is the parsed L4 header's and would drop
-        // this check as implied by the parser's; the verifier needs it here.
-        let port2_off = unsafe { core::ptr::read_volatile(&rw.port2_off) };
+        // LLVM knows these offsets are within the parsed L4 header and
+        // would drop their checks as implied by the parser's; the verifier,
+        // which lost that range on the way here, needs them.
+        let (port_off, port2_off, l4_csum_off) = unsafe {
+            (
+                core::ptr::read_volatile(&rw.port_off),
+                core::ptr::read_volatile(&rw.port2_off),
+                core::ptr::read_volatile(&flow.l4_csum_off()),
+            )
+        };
+        let port = ptr_at::<u16>(d, e, port_off).ok_or(())?;
         let port2 = if port2_off != 0 {
             Some(ptr_at::<u16>(d, e, port2_off).ok_or(())?)
         } else {
             None
         };
-        let l4_csum = ptr_at::<u16>(d, e, flow.l4_csum_off()).ok_or(())?;
+        let l4_csum = ptr_at::<u16>(d, e, l4_csum_off).ok_or(())?;
         unsafe {
             let old_ttl = u16::from_ne_bytes([flow.ttl, flow.proto]);
             let new_ttl = u16::from_ne_bytes([flow.ttl - 1, flow.proto]);
@@ -71,12 +104,17 @@ impl Rewriter for XdpRewriter {
         }
         Ok(())
     }
+
+    #[inline(always)]
+    fn deliver(&self, next: NextHop) -> u32 {
+        xdp_handoff(self, next)
+    }
 }
 
 /// XDP cannot redirect into a bridge, so it leaves the next hop in the
 /// packet metadata and passes; `berth_deliver` (TC, same device) redirects.
 #[inline(always)]
-pub fn xdp_handoff(ctx: &XdpContext, next: NextHop) -> u32 {
+fn xdp_handoff(ctx: &XdpContext, next: NextHop) -> u32 {
     let (magic, ifindex) = match next {
         NextHop::Resolved {
             ifindex,

@@ -1,16 +1,143 @@
-//! Map names, capacities and key/value layouts shared by the eBPF programs and
-//! userspace. Every type is `#[repr(C)]` with explicit padding; fields in
-//! network byte order end in `_be`.
+//! Names (programs, maps, counters), capacities, timeouts and key/value
+//! layouts shared by the eBPF programs and userspace. Every type is
+//! `#[repr(C)]` with explicit padding, which its `bytemuck::Pod` derive
+//! proves; fields in network byte order end in `_be`.
 #![no_std]
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
+// ---------------------------------------------------------------- names
+
+/// The eBPF programs, by the name userspace loads, attaches and pins their
+/// links under. aya names a kernel-side program after its function, so the
+/// eBPF crate cannot use these: a test loads the built object and checks
+/// that the two agree (userspace `datapath::names`).
+pub mod program {
+    /// Uplink TC ingress: DNAT of published ports.
+    pub const INGRESS: &str = "berth_ingress";
+    /// Uplink XDP (`--attach xdp`): DNAT, handed to [`DELIVER`].
+    pub const XDP: &str = "berth_xdp";
+    /// Uplink TC ingress beside [`XDP`]: delivers what it translated.
+    pub const DELIVER: &str = "berth_deliver";
+    /// Bridge TC ingress: reply SNAT.
+    pub const REPLY: &str = "berth_reply";
+    /// Bridge port TC ingress (what a container sends): security groups,
+    /// source checks, reply SNAT.
+    pub const FROM_CTR: &str = "berth_from_ctr";
+    /// Bridge port TC egress (what a container receives): security groups.
+    pub const TO_CTR: &str = "berth_to_ctr";
+    /// cgroup bind4/bind6: the bind guard.
+    pub const BIND4: &str = "berth_bind4";
+    pub const BIND6: &str = "berth_bind6";
+    /// cgroup connect4/sendmsg4/recvmsg4/getpeername4: host-local and
+    /// hairpin access.
+    pub const CONNECT4: &str = "berth_connect4";
+    pub const SENDMSG4: &str = "berth_sendmsg4";
+    pub const RECVMSG4: &str = "berth_recvmsg4";
+    pub const PEERNAME4: &str = "berth_peername4";
+    /// Programs that do nothing: the bench's floor.
+    pub const EMPTY_TC: &str = "berth_empty_tc";
+    pub const EMPTY_XDP: &str = "berth_empty_xdp";
+
+    /// The cgroup sock_addr hooks.
+    pub const SOCKET_HOOKS: [&str; 6] = [BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4, PEERNAME4];
+    /// Attached to every bridge port (its container's veth).
+    pub const PORT_PROGRAMS: [&str; 2] = [FROM_CTR, TO_CTR];
+    /// Every program of the object.
+    pub const ALL: [&str; 14] = [
+        INGRESS, XDP, DELIVER, REPLY, FROM_CTR, TO_CTR, BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4,
+        PEERNAME4, EMPTY_TC, EMPTY_XDP,
+    ];
+}
+
+/// Every map of the eBPF object, each pinned by this name.
+pub const MAPS: [&str; 19] = [
+    SERVICES_MAP,
+    HOST_ADDRS_MAP,
+    LOCAL_NETS_MAP,
+    PORT_ADDRS_MAP,
+    NAT_MAP,
+    NAT_NEW_MAP,
+    NAT_FWD_MAP,
+    PORTS_MAP,
+    CONFIG_MAP,
+    HOOKED_PORTS_MAP,
+    PORT_MACS_MAP,
+    SOCK_REV_MAP,
+    ENDPOINTS_MAP,
+    POLICY_MAP,
+    SG_MEMBERS_MAP,
+    CT_MAP,
+    CT_NEW_MAP,
+    FRAGS_MAP,
+    COUNTERS_MAP,
+];
+
+// ---------------------------------------------------------------- timeouts
+//
+// Idle timeouts of tracked flows by default, in seconds (`berth daemon
+// --ct-*-timeout`). The programs stamp each flow's last packet; the daemon
+// expires idle flows.
+
+/// An established TCP flow (five days, as conntrack's).
+pub const TIMEOUT_TCP_ESTABLISHED_S: u64 = 432_000;
+/// A TCP flow that saw a RST or FIN.
+pub const TIMEOUT_TCP_CLOSING_S: u64 = 60;
+/// A TCP flow whose handshake has not completed.
+pub const TIMEOUT_TCP_SYN_S: u64 = 30;
+/// A UDP flow with no reply yet.
+pub const TIMEOUT_UDP_SINGLE_S: u64 = 30;
+/// A UDP flow that has been answered.
+pub const TIMEOUT_UDP_STREAM_S: u64 = 180;
+/// An ICMP echo flow.
+pub const TIMEOUT_ICMP_S: u64 = 30;
+/// The longest idle timeout a flag accepts.
+pub const TIMEOUT_MAX_S: u64 = 432_000;
+
+// ---------------------------------------------------------------- capacity
+//
+// Memory follows use. Every hash map the programs do not insert into under
+// a flood is created with BPF_F_NO_PREALLOC: an entry costs memory only
+// while it exists, and an empty table costs its bucket array (16 bytes per
+// slot of its capacity rounded up to a power of two). LRU tables cannot
+// be: they are preallocated, about 100-120 bytes per slot, so their
+// capacities are kept small. The capacities below are the defaults the
+// eBPF object declares; `berth daemon --max-flows` and `--max-mappings`
+// set them at load.
+
+/// `--max-flows` by default: flows tracked at once per table (published
+/// ports; security groups). A host running tens of ECS tasks holds a few
+/// thousand connections; a busier one raises it (16 bytes per flow of
+/// capacity while empty, about 110 per flow in use, per table).
+pub const DEFAULT_MAX_FLOWS: u32 = 16_384;
+/// `--max-mappings` by default: published ports, one per (protocol, host
+/// address, host port). Tens of tasks with a few ports each use hundreds;
+/// a host publishing large port ranges raises it.
+pub const DEFAULT_MAX_MAPPINGS: u32 = 4096;
+/// The largest `--max-flows` and `--max-mappings` (and `--ct-max`,
+/// `--nat-max`, `--ct-embryonic-max`): a 16M-slot table's buckets alone
+/// take 256 MiB.
+pub const MAX_CAPACITY: u32 = 16_777_216;
+
+/// The capacity of each preallocated (LRU) flow table — unestablished
+/// flows, socket translations — for a given `--max-flows`: an eighth of
+/// it, at least 64 slots. A flood of new flows fills these, and only
+/// churns them: their memory is fixed, and a real handshake completes as
+/// long as it takes less than the table's turnover.
+pub const fn lru_capacity(max_flows: u32) -> u32 {
+    let n = max_flows / 8;
+    if n < 64 {
+        64
+    } else {
+        n
+    }
+}
+
 /// Published ports: (protocol, host address or 0 for any, host port) -> backend.
 pub const SERVICES_MAP: &str = "BERTH_SERVICES";
-/// Two protocols times every port, so a full 1-65535 range fits for each.
-pub const SERVICES_CAPACITY: u32 = 131_072;
+pub const SERVICES_CAPACITY: u32 = DEFAULT_MAX_MAPPINGS;
 
 /// Addresses that belong to the host. A wildcard (0.0.0.0) mapping only
 /// matches traffic addressed to one of these, like Docker's
@@ -67,7 +194,7 @@ pub const PORT_ADDRS_CAPACITY: u32 = 4096;
 pub const PORT_ADDRS_MAX: usize = 8;
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PortAddrs {
     /// Valid entries of `addrs_be`, at most [`PORT_ADDRS_MAX`].
     pub len: u32,
@@ -80,14 +207,14 @@ pub struct PortAddrs {
 /// on. A plain hash: never evicts; when full, a flow that completes its
 /// handshake (or, UDP, gets its first reply) is refused (nat_table_full).
 pub const NAT_MAP: &str = "BERTH_NAT";
-pub const NAT_CAPACITY: u32 = 262_144;
+pub const NAT_CAPACITY: u32 = DEFAULT_MAX_FLOWS;
 /// Flows not yet established (TCP: no client ACK of the container's SYN-ACK
 /// yet; UDP: no reply yet); same key and value as [`NAT_MAP`]. An LRU hash:
 /// a new flow is never refused, the least recently used unestablished flow
 /// makes room, so a flood of SYNs or spoofed datagrams cannot fill anything
 /// that matters.
 pub const NAT_NEW_MAP: &str = "BERTH_NAT_NEW";
-pub const NAT_NEW_CAPACITY: u32 = 131_072;
+pub const NAT_NEW_CAPACITY: u32 = lru_capacity(DEFAULT_MAX_FLOWS);
 /// Flows whose reply tuple clashed with another flow's and so got another
 /// client source port towards the container: the client-side tuple as on
 /// the wire (client -> host address:port) -> [`NatFwd`]. Only clashing
@@ -98,8 +225,9 @@ pub const NAT_FWD_CAPACITY: u32 = NAT_CAPACITY;
 
 /// Host ports in use by any mapping: (protocol, port) -> number of
 /// mappings. The cgroup bind hook refuses host processes these ports.
+/// Never more entries than [`SERVICES_MAP`], so the same capacity.
 pub const PORTS_MAP: &str = "BERTH_PORTS";
-pub const PORTS_CAPACITY: u32 = 131_072;
+pub const PORTS_CAPACITY: u32 = SERVICES_CAPACITY;
 
 /// Settings the daemon writes once: index [`CONFIG_NETNS_COOKIE`] holds the
 /// cookie of the network namespace berth serves, so the bind hook (attached
@@ -122,20 +250,24 @@ pub const CONFIG_NO_POLICY: u32 = 3;
 
 /// Bridge ports whose security-group hooks are attached: ifindex -> 1.
 pub const HOOKED_PORTS_MAP: &str = "BERTH_HOOKED_PORTS";
-pub const HOOKED_PORTS_CAPACITY: u32 = 16_384;
+/// Linux bridges take at most 1024 ports.
+pub const HOOKED_PORTS_CAPACITY: u32 = 1024;
 /// Source MAC (low 48 bits) -> ifindex of the hooked port its frames came
-/// in by, learned by berth_from_ctr (LRU).
+/// in by, learned by berth_from_ctr (LRU): one per bridge port; an evicted
+/// MAC is learned again from its next frame.
 pub const PORT_MACS_MAP: &str = "BERTH_PORT_MACS";
-pub const PORT_MACS_CAPACITY: u32 = 16_384;
+pub const PORT_MACS_CAPACITY: u32 = 1024;
 
 /// Socket-level translation (host-local and hairpin access): (socket
 /// cookie, container address, container port) -> the host address and port
 /// the application asked for, so getpeername() and recvmsg() show it.
 pub const SOCK_REV_MAP: &str = "BERTH_SOCK_REV";
-pub const SOCK_REV_CAPACITY: u32 = 65_536;
+/// One per socket connected to a published port from the host or a
+/// container (LRU): as many as the unestablished-flow tables hold.
+pub const SOCK_REV_CAPACITY: u32 = lru_capacity(DEFAULT_MAX_FLOWS);
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct SockRevKey {
     pub cookie: u64,
     pub addr_be: u32,
@@ -144,7 +276,7 @@ pub struct SockRevKey {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct SockRevValue {
     pub addr_be: u32,
     pub port_be: u16,
@@ -161,11 +293,12 @@ pub struct SockRevValue {
 
 /// Container IP -> task and whether policy applies to it.
 pub const ENDPOINTS_MAP: &str = "BERTH_ENDPOINTS";
-pub const ENDPOINTS_CAPACITY: u32 = 16_384;
+/// Four addresses per bridge port.
+pub const ENDPOINTS_CAPACITY: u32 = 4096;
 pub const EP_F_POLICY: u32 = 1;
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Endpoint {
     pub task_id: u32,
     pub flags: u32,
@@ -180,7 +313,7 @@ pub const DIR_EGRESS: u32 = 1;
 pub const MAX_RULES: usize = 960;
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PolicyKey {
     pub task_id: u32,
     pub dir: u32,
@@ -197,7 +330,7 @@ pub const RULE_ICMP_ANY: u8 = 0xff;
 
 /// One allow rule. Ports are in host byte order, inclusive.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Rule {
     pub proto: u8,
     pub kind: u8,
@@ -211,7 +344,7 @@ pub struct Rule {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Policy {
     pub len: u32,
     pub _pad: u32,
@@ -220,10 +353,11 @@ pub struct Policy {
 
 /// (group id, member address) -> 1.
 pub const SG_MEMBERS_MAP: &str = "BERTH_SG_MEMBERS";
-pub const SG_MEMBERS_CAPACITY: u32 = 65_536;
+/// Every endpoint in four groups.
+pub const SG_MEMBERS_CAPACITY: u32 = 16_384;
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct SgMember {
     pub sg_id: u32,
     pub addr_be: u32,
@@ -233,11 +367,11 @@ pub struct SgMember {
 /// the flow's first packet. Never evicts: when full, a flow that completes
 /// its handshake (UDP/ICMP: gets its first reply) is refused.
 pub const CT_MAP: &str = "BERTH_CT";
-pub const CT_CAPACITY: u32 = 262_144;
+pub const CT_CAPACITY: u32 = DEFAULT_MAX_FLOWS;
 /// Policy flows not yet established, same key and value as [`CT_MAP`]; an
 /// LRU hash like [`NAT_NEW_MAP`].
 pub const CT_NEW_MAP: &str = "BERTH_CT_NEW";
-pub const CT_NEW_CAPACITY: u32 = 131_072;
+pub const CT_NEW_CAPACITY: u32 = lru_capacity(DEFAULT_MAX_FLOWS);
 /// `CtEntry::flags` bits; the same values as the `NAT_F_*` bits, so one
 /// TCP tracker serves both tables.
 pub const CT_F_CLOSING: u8 = 1;
@@ -248,7 +382,7 @@ pub const CT_F_SEQ_FWD: u8 = 16;
 
 /// Direction 0 is the flow's first packet's (key) direction, 1 the reply.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct CtEntry {
     pub last_seen_ns: u64,
     pub flags: u8,
@@ -265,9 +399,10 @@ pub struct CtEntry {
 /// IPv4 fragments: what the first fragment of a datagram decided, for the
 /// later fragments, which carry no ports. LRU and short-lived: an entry
 /// older than [`FRAG_TIMEOUT_NS`] counts as absent, and losing one costs
-/// only that datagram.
+/// only that datagram. Datagrams in flight at once, not flows: a few
+/// thousand is plenty.
 pub const FRAGS_MAP: &str = "BERTH_FRAGS";
-pub const FRAGS_CAPACITY: u32 = 16_384;
+pub const FRAGS_CAPACITY: u32 = 1024;
 /// Fragments of one datagram arrive within milliseconds; IP ids wrap.
 pub const FRAG_TIMEOUT_NS: u64 = 10_000_000_000;
 /// `FragKey::kind`: DNAT at an uplink (key: client -> host address).
@@ -284,7 +419,7 @@ pub const FRAG_V_ALLOW: u8 = 1;
 /// One datagram as its fragments carry it: (source, destination, protocol,
 /// IP id), and which decision it is for.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FragKey {
     pub src_addr_be: u32,
     pub dst_addr_be: u32,
@@ -294,7 +429,7 @@ pub struct FragKey {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FragEntry {
     /// DNAT: the container address; SNAT: the host address.
     pub addr_be: u32,
@@ -309,7 +444,7 @@ pub struct FragEntry {
 pub const COUNTERS_MAP: &str = "BERTH_COUNTERS";
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ServiceKey {
     pub host_addr_be: u32,
     pub host_port_be: u16,
@@ -318,7 +453,7 @@ pub struct ServiceKey {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Backend {
     pub addr_be: u32,
     pub port_be: u16,
@@ -327,7 +462,7 @@ pub struct Backend {
 
 /// A flow as seen on the wire in one direction.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FlowKey {
     pub src_addr_be: u32,
     pub dst_addr_be: u32,
@@ -338,7 +473,7 @@ pub struct FlowKey {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PortKey {
     pub port_be: u16,
     pub proto: u8,
@@ -360,7 +495,7 @@ pub const NAT_F_SEQ_FWD: u8 = 16;
 
 /// Direction 0 is client -> container, 1 the reply.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct NatEntry {
     pub host_addr_be: u32,
     pub host_port_be: u16,
@@ -386,7 +521,7 @@ pub struct NatEntry {
 /// [`NAT_FWD_MAP`] value: the source port the clashing flow uses towards
 /// the container, and the container (so userspace can find the flow).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct NatFwd {
     pub backend_addr_be: u32,
     pub backend_port_be: u16,
@@ -424,111 +559,116 @@ pub const fn nat_remap_port(
     (lo + (h.wrapping_add(attempt.wrapping_mul(2 * 7919 + 1))) % size) as u16
 }
 
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
+/// Defines [`Counter`], each variant with its index and the name userspace
+/// shows (`berth stats`), and [`COUNTER_NAMES`] from the same list: one
+/// definition for both sides.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $variant:ident = $index:literal => $name:literal,)*) => {
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $($(#[$doc])* $variant = $index,)*
+        }
+
+        impl Counter {
+            /// Every counter, by index.
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)*];
+
+            /// The name `berth stats` shows.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)*
+                }
+            }
+        }
+
+        /// Every counter's name, by index.
+        pub const COUNTER_NAMES: &[&str] = &[$($name,)*];
+    };
+}
+
+counters! {
     /// Ingress packet matched a mapping and was translated.
-    IngressDnat = 0,
+    IngressDnat = 0 => "ingress_dnat",
     /// Ingress packet matched nothing and passed untouched.
-    IngressPass = 1,
+    IngressPass = 1 => "ingress_pass",
     /// Reply packet translated back to the host port.
-    ReplySnat = 2,
+    ReplySnat = 2 => "reply_snat",
     /// New flow refused because the tracking table is full.
-    NatTableFull = 3,
+    NatTableFull = 3 => "nat_table_full",
     /// Translated packet had no route; dropped.
-    NoRoute = 4,
+    NoRoute = 4 => "no_route",
     /// Later fragment (no ports) of a datagram nothing remembered at an
     /// uplink or the bridge; passed untouched (it may be the host's own).
-    Fragment = 5,
+    Fragment = 5 => "fragment",
     /// Packet to a published port with TTL <= 1; dropped.
-    TtlExceeded = 6,
+    TtlExceeded = 6 => "ttl_exceeded",
     /// A host process's bind() of a published port refused (EADDRINUSE).
-    BindRefused = 7,
+    BindRefused = 7 => "bind_refused",
     /// connect()/sendmsg() to a published port translated at the socket.
-    SockXlate = 8,
+    SockXlate = 8 => "sock_xlate",
     /// ICMP error about a translated flow, translated.
-    IcmpXlate = 9,
+    IcmpXlate = 9 => "icmp_xlate",
     /// New flow refused by the receiving task's ingress rules.
-    PolicyDeniedIngress = 10,
+    PolicyDeniedIngress = 10 => "policy_denied_ingress",
     /// New flow refused by the sending task's egress rules.
-    PolicyDeniedEgress = 11,
+    PolicyDeniedEgress = 11 => "policy_denied_egress",
     /// New flow refused because the policy tracking table is full.
-    CtTableFull = 12,
+    CtTableFull = 12 => "ct_table_full",
     /// Later fragment translated like its datagram's first fragment.
-    FragXlate = 13,
+    FragXlate = 13 => "frag_xlate",
     /// Later fragment with no remembered first fragment where either end
     /// has policy; dropped.
-    FragNoFirst = 14,
+    FragNoFirst = 14 => "frag_no_first",
     /// Later fragment of a datagram whose first fragment policy refused,
     /// or a TCP/UDP first fragment too short to hold its header, where
     /// either end has policy; dropped.
-    FragDenied = 15,
+    FragDenied = 15 => "frag_denied",
     /// ICMP other than echo that is no error about a tracked flow of an
     /// endpoint with policy; dropped.
-    PolicyDeniedIcmp = 16,
+    PolicyDeniedIcmp = 16 => "policy_denied_icmp",
     /// A container's ICMP error about a translated flow that is not its
     /// own or not addressed to that flow's client; dropped.
-    IcmpForged = 17,
+    IcmpForged = 17 => "icmp_forged",
     /// Packet on an uplink from or to 127.0.0.0/8; dropped, never translated.
-    UplinkLoopback = 18,
+    UplinkLoopback = 18 => "uplink_loopback",
     /// Packet on an uplink with a source in a bridge subnet or one of the
     /// host's own addresses; dropped.
-    UplinkSpoofedSource = 19,
+    UplinkSpoofedSource = 19 => "uplink_spoofed_source",
     /// Packet from a container with a source not its own, while policy
     /// applies to the container, the claimed source or the receiver; dropped.
-    ContainerSpoofedSource = 20,
+    ContainerSpoofedSource = 20 => "container_spoofed_source",
     /// A new flow's reply tuple was taken: it got another client source port.
-    NatPortRemap = 21,
+    NatPortRemap = 21 => "nat_port_remap",
     /// A clashing new flow found no free client port (or no room to
     /// remember it); dropped.
-    NatPortRemapFailed = 22,
+    NatPortRemapFailed = 22 => "nat_port_remap_failed",
     /// TCP without SYN (or with ACK) to a published port, belonging to no
     /// tracked flow; dropped.
-    NatNoFlow = 23,
+    NatNoFlow = 23 => "nat_no_flow",
     /// TCP RST or FIN outside the sequence window of a tracked flow:
     /// forwarded, but the flow is not marked closing.
-    TcpOutOfWindow = 24,
+    TcpOutOfWindow = 24 => "tcp_out_of_window",
     /// TCP without SYN between endpoints with policy, belonging to no
     /// tracked flow; dropped.
-    CtNoFlow = 25,
+    CtNoFlow = 25 => "ct_no_flow",
     /// IPv4 from a bridge port not hooked yet, refused (`--default-sg`).
-    UnhookedPort = 26,
+    UnhookedPort = 26 => "unhooked_port",
 }
-pub const COUNTER_NAMES: [&str; 27] = [
-    "ingress_dnat",
-    "ingress_pass",
-    "reply_snat",
-    "nat_table_full",
-    "no_route",
-    "fragment",
-    "ttl_exceeded",
-    "bind_refused",
-    "sock_xlate",
-    "icmp_xlate",
-    "policy_denied_ingress",
-    "policy_denied_egress",
-    "ct_table_full",
-    "frag_xlate",
-    "frag_no_first",
-    "frag_denied",
-    "policy_denied_icmp",
-    "icmp_forged",
-    "uplink_loopback",
-    "uplink_spoofed_source",
-    "container_spoofed_source",
-    "nat_port_remap",
-    "nat_port_remap_failed",
-    "nat_no_flow",
-    "tcp_out_of_window",
-    "ct_no_flow",
-    "unhooked_port",
-];
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
+// The map is indexed by the enum: indexes run 0.. in order.
+const _: () = {
+    let mut i = 0;
+    while i < Counter::ALL.len() {
+        assert!(Counter::ALL[i] as usize == i);
+        i += 1;
+    }
+};
 
 /// XDP -> TC hand-off in `--attach xdp`: the XDP program translates and
 /// leaves this in the packet metadata; the TC program delivers it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct XdpHandoff {
     pub magic: u32,
     pub ifindex: u32,
@@ -558,24 +698,42 @@ const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
 const _: () = assert!(local_net_encode(0, 0) != 0);
 const _: () = assert!(core::mem::size_of::<PortAddrs>() == 8 + 4 * PORT_ADDRS_MAX);
 
+/// aya's `Pod` for every map key and value, each resting on its
+/// `bytemuck::Pod` derive: that derive refuses a type with padding or with
+/// a field that is not itself plain data, so the bytes aya hands the
+/// kernel are all initialised and any bytes read back are a valid value.
 #[cfg(feature = "user")]
 mod user {
     use super::*;
-    unsafe impl aya::Pod for ServiceKey {}
-    unsafe impl aya::Pod for Backend {}
-    unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for NatEntry {}
-    unsafe impl aya::Pod for NatFwd {}
-    unsafe impl aya::Pod for PortKey {}
-    unsafe impl aya::Pod for Endpoint {}
-    unsafe impl aya::Pod for PolicyKey {}
-    unsafe impl aya::Pod for Rule {}
-    unsafe impl aya::Pod for Policy {}
-    unsafe impl aya::Pod for SgMember {}
-    unsafe impl aya::Pod for CtEntry {}
-    unsafe impl aya::Pod for SockRevKey {}
-    unsafe impl aya::Pod for SockRevValue {}
-    unsafe impl aya::Pod for FragKey {}
-    unsafe impl aya::Pod for FragEntry {}
-    unsafe impl aya::Pod for PortAddrs {}
+
+    macro_rules! aya_pod {
+        ($($t:ty),* $(,)?) => {$(
+            const _: () = {
+                const fn proven<T: bytemuck::Pod>() {}
+                proven::<$t>()
+            };
+            // SAFETY: bytemuck::Pod, checked just above.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+
+    aya_pod!(
+        ServiceKey,
+        Backend,
+        FlowKey,
+        NatEntry,
+        NatFwd,
+        PortKey,
+        Endpoint,
+        PolicyKey,
+        Rule,
+        Policy,
+        SgMember,
+        CtEntry,
+        SockRevKey,
+        SockRevValue,
+        FragKey,
+        FragEntry,
+        PortAddrs,
+    );
 }

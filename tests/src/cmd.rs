@@ -18,6 +18,34 @@ pub fn describe(cmd: &Command) -> String {
     s
 }
 
+/// `word` as a POSIX shell reads it back: as is when it holds only
+/// characters no shell treats specially, else in single quotes.
+pub fn shell_quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// `program arg arg …` quoted for a shell, so it can be pasted and run.
+pub fn shell_line(cmd: &Command) -> String {
+    let mut words: Vec<String> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| {
+            Some(format!(
+                "{}={}",
+                k.to_string_lossy(),
+                shell_quote(&v?.to_string_lossy())
+            ))
+        })
+        .collect();
+    words.push(shell_quote(&cmd.get_program().to_string_lossy()));
+    words.extend(cmd.get_args().map(|a| shell_quote(&a.to_string_lossy())));
+    words.join(" ")
+}
+
 /// Runs `program args…` and returns its stdout; a non-zero exit is an error
 /// that names the command and quotes its stderr.
 pub fn run<I, S>(program: &str, args: I) -> Result<String>
@@ -122,4 +150,28 @@ pub fn output_with_timeout(cmd: &mut Command, timeout: std::time::Duration) -> R
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_words_are_quoted_only_when_a_shell_would_change_them() {
+        assert_eq!(
+            shell_quote("/tmp/berth-1/berth.sock"),
+            "/tmp/berth-1/berth.sock"
+        );
+        assert_eq!(shell_quote("5353:53/udp"), "5353:53/udp");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn a_shell_line_puts_the_environment_first() {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", "ns 1", "berth"]).env("K", "v w");
+        assert_eq!(shell_line(&c), "K='v w' ip netns exec 'ns 1' berth");
+    }
 }

@@ -163,6 +163,16 @@ impl Daemon {
         {
             let _ = writeln!(f, "--- berth-integration: start #{} ---", self.starts);
         }
+        let c = self.daemon_command();
+        let mut child =
+            Child::spawn_logging_to(c, self.stdout_path.clone(), self.stderr_path.clone())?;
+        child.set_stop_timeout(self.stop_timeout);
+        self.child = Some(child);
+        self.wait_healthy()
+    }
+
+    /// `ip netns exec <host> berth daemon …` with its environment.
+    fn daemon_command(&self) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.netns])
             .arg(&self.bin)
@@ -170,11 +180,13 @@ impl Daemon {
         for (k, v) in &self.env {
             c.env(k, v);
         }
-        let mut child =
-            Child::spawn_logging_to(c, self.stdout_path.clone(), self.stderr_path.clone())?;
-        child.set_stop_timeout(self.stop_timeout);
-        self.child = Some(child);
-        self.wait_healthy()
+        c
+    }
+
+    /// How the daemon is started, as a line a person can paste into a root
+    /// shell (the demo prints it).
+    pub fn command_line(&self) -> String {
+        cmd::shell_line(&self.daemon_command())
     }
 
     fn wait_healthy(&mut self) -> Result<()> {
@@ -260,12 +272,12 @@ impl Daemon {
         &self.state_dir
     }
 
-    /// `--bpffs`.
     /// The cgroup the daemon's bind guard covers.
     pub fn cgroup(&self) -> &Cgroup {
         &self.cgroup
     }
 
+    /// `--bpffs`.
     pub fn bpffs(&self) -> &Path {
         &self.bpffs
     }
@@ -298,13 +310,27 @@ impl Daemon {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        cmd::output_with_timeout(&mut self.cli_command(args), CLI_TIMEOUT)
+    }
+
+    /// `ip netns exec <host> berth --socket <sock> args…`.
+    fn cli_command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.netns])
             .arg(&self.bin)
             .arg("--socket")
             .arg(&self.socket)
             .args(args);
-        cmd::output_with_timeout(&mut c, CLI_TIMEOUT)
+        c
+    }
+
+    /// What [`Daemon::cli`] runs for `args`, as a line for a root shell.
+    pub fn cli_command_line(&self, args: &[&str]) -> String {
+        cmd::shell_line(&self.cli_command(args))
     }
 
     /// Like [`Daemon::cli`] but a non-zero exit is an error quoting stderr;

@@ -18,11 +18,37 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cmd, names::TempDir, process::Child, NetNs};
+use crate::{cmd, names::TempDir, process::Child, NetNs, Topology, TopologyOptions};
 
 /// How long dockerd may take to answer `docker version`.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const DOCKER_CLI_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// dockerd's bridge in the tests (its `-b`), 172.18.0.1/16 beside the
+/// topology's docker0, so the daemon under test serves only dockerd's
+/// containers.
+pub const DOCKER_BRIDGE: &str = "bdk0";
+/// The image [`Dockerd::import_httpd_image`] makes.
+pub const HTTPD_IMAGE: &str = "berth-busybox:test";
+/// busybox httpd's CGI at `/cgi-bin/ip`: the address the container saw the
+/// client at (`[::ffff:192.0.2.2]` where httpd listens on `::`).
+pub const REMOTE_ADDR_CGI: &str =
+    "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' \"$REMOTE_ADDR\"\n";
+
+/// The standard topology made ready for a real dockerd: without Docker's
+/// iptables rules (dockerd writes its own) and with [`DOCKER_BRIDGE`] up in
+/// the host namespace.
+pub fn topology_for_dockerd() -> Result<Topology> {
+    let topo = Topology::build_with(TopologyOptions {
+        docker_iptables: false,
+        ..Default::default()
+    })?;
+    let host = &topo.host.ns;
+    host.ip(["link", "add", DOCKER_BRIDGE, "type", "bridge"])?;
+    host.ip(["addr", "add", "172.18.0.1/16", "dev", DOCKER_BRIDGE])?;
+    host.ip(["link", "set", DOCKER_BRIDGE, "up"])?;
+    Ok(topo)
+}
 
 /// What dockerd is started with besides its own directories.
 #[derive(Debug, Clone, Default)]
@@ -242,6 +268,19 @@ impl Dockerd {
         )?;
         self.docker_ok(["import", &tar.display().to_string(), name])?;
         Ok(())
+    }
+
+    /// Imports [`HTTPD_IMAGE`]: busybox with `applets` (httpd among them),
+    /// `/www/index.html` and the [`REMOTE_ADDR_CGI`].
+    pub fn import_httpd_image(&self, applets: &[&str]) -> Result<()> {
+        self.import_busybox(
+            HTTPD_IMAGE,
+            applets,
+            &[
+                ("/www/index.html", "hello\n", 0o644),
+                ("/www/cgi-bin/ip", REMOTE_ADDR_CGI, 0o755),
+            ],
+        )
     }
 
     /// Every dockerd log so far.

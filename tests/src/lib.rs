@@ -8,7 +8,9 @@
 //! iptables rules are set inside them, and dropping a namespace takes all of
 //! it away.
 //!
-//! Typical use (declare guards in this order, so they drop in reverse):
+//! Most namespace tests start a [`Rig`] (topology + bpffs + daemon in one
+//! guard, see [`rig`]). Built by hand, the guards are declared in this
+//! order, so they drop in reverse:
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -29,7 +31,6 @@
 //! assert!(body.starts_with("192.0.2.2:"), "the container sees the real client: {body}");
 //! # drop(server);
 //! ```
-pub mod bench;
 pub mod bpffs;
 pub mod cgroup;
 pub mod cmd;
@@ -44,6 +45,7 @@ pub mod netns;
 pub mod pkt;
 pub mod process;
 pub mod rawsock;
+pub mod rig;
 pub mod testrun;
 pub mod topology;
 pub mod traffic;
@@ -54,6 +56,7 @@ pub use daemon::{berth_bin, Daemon, DaemonOptions, HttpResponse};
 pub use dockerd::{Dockerd, DockerdOptions};
 pub use netns::{LinkInfo, NetNs};
 pub use process::Child;
+pub use rig::{any, peer_ip, Mode, Rig, RigBuilder};
 pub use topology::{addr, Client, Container, Host, Topology, TopologyOptions};
 pub use traffic::{
     http_get, tcp_connect, udp_request, udp_request_from, HttpPeerServer, UdpEchoServer, UdpReply,

@@ -90,8 +90,11 @@ pub fn in_fixture_ns<T: Send + 'static>(f: impl FnOnce(&mut Env) -> T + Send + '
 pub fn load_env(object: &[u8]) -> Env {
     let bpffs = tempdir();
     sh(&format!("mount -t bpf bpf {bpffs}"));
+    // Room for the 65 000 mappings the bench publishes.
     let ebpf = EbpfLoader::new()
         .default_map_pin_directory(&bpffs)
+        .map_max_entries(berth_maps::SERVICES_MAP, 131_072)
+        .map_max_entries(berth_maps::PORTS_MAP, 131_072)
         .load(object)
         .expect("load eBPF object");
     let mut env = Env { ebpf };

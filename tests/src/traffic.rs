@@ -328,6 +328,35 @@ pub fn udp_request_from(
     })
 }
 
+/// A UDP socket bound to `bind` inside `ns` whose reads give up after
+/// `timeout` (then [`recv_datagram`] says `None`). Panics if it cannot bind:
+/// a test has nothing to do without its socket.
+pub fn udp_socket_in(ns: &NetNs, bind: SocketAddr, timeout: Duration) -> UdpSocket {
+    let sock = ns
+        .run(move || UdpSocket::bind(bind))
+        .unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+    sock.set_read_timeout(Some(timeout))
+        .unwrap_or_else(|e| panic!("read timeout on {bind}: {e}"));
+    sock
+}
+
+/// The next datagram on `sock` and who sent it, or `None` when nothing
+/// comes within the socket's read timeout.
+pub fn recv_datagram(sock: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = vec![0u8; 65536];
+    match sock.recv_from(&mut buf) {
+        Ok((n, from)) => Some((buf[..n].to_vec(), from)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(e) => panic!("recv: {e}"),
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

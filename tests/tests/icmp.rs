@@ -9,7 +9,7 @@ use berth::model::Protocol;
 use berth_integration::{
     pkt::{self, Packet},
     testrun::*,
-    Bpffs, Daemon, Topology, UdpEchoServer,
+    Rig,
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -212,20 +212,9 @@ fn icmp_errors_about_other_flows_pass_untouched() {
 
 #[test]
 fn udp_to_a_port_nobody_listens_on_is_refused_at_the_client() {
-    let topo = Topology::build().unwrap();
-    let bpffs = Bpffs::new().unwrap();
-    let d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
-    d.cli_ok([
-        "map",
-        "add",
-        "--task",
-        "t",
-        "--ip",
-        "172.17.0.2",
-        "-p",
-        "5353:53/udp",
-    ])
-    .unwrap();
+    let rig = Rig::start();
+    let topo = &rig.topo;
+    rig.map_add("t", "172.17.0.2", &["5353:53/udp"]);
     let target = topo.host.addr(5353);
     let err = topo
         .client
@@ -240,9 +229,7 @@ fn udp_to_a_port_nobody_listens_on_is_refused_at_the_client() {
         })
         .expect_err("nothing listens in the container");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
-    let stats = d.cli_ok(["stats", "--json"]).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
-    assert_eq!(v["counters"]["icmp_xlate"], 1, "{stats}");
+    assert_eq!(rig.counter("icmp_xlate"), 1);
 }
 
 /// A raw ICMP message from the client namespace (the kernel adds the IPv4
@@ -281,21 +268,10 @@ fn send_raw_icmp(dst: Ipv4Addr, mut icmp: Vec<u8>) -> std::io::Result<()> {
 
 #[test]
 fn frag_needed_from_the_client_side_sets_the_containers_path_mtu() {
-    let topo = Topology::build().unwrap();
-    let bpffs = Bpffs::new().unwrap();
-    let d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
-    let _echo = UdpEchoServer::start_in(&topo.container.ns, "0.0.0.0:53".parse().unwrap()).unwrap();
-    d.cli_ok([
-        "map",
-        "add",
-        "--task",
-        "t",
-        "--ip",
-        "172.17.0.2",
-        "-p",
-        "5353:53/udp",
-    ])
-    .unwrap();
+    let rig = Rig::start();
+    let topo = &rig.topo;
+    let _echo = rig.serve_udp_echo(&topo.container.ns, 53);
+    rig.map_add("t", "172.17.0.2", &["5353:53/udp"]);
     let target = topo.host.addr(5353);
     let client_port = topo
         .client

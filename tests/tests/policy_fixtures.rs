@@ -988,9 +988,7 @@ fn a_flow_converted_from_layout_1_keeps_passing_mid_stream() {
             _pad: [0; 7],
         };
         let bytes = migrate::ct_entry_v1_to_v2(&[], &migrate::ct_v1_bytes(&v1));
-        assert_eq!(bytes.len(), size_of::<CtEntry>());
-        // SAFETY: the length is CtEntry's, which is repr(C) plain data.
-        let entry: CtEntry = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let entry: CtEntry = bytemuck::pod_read_unaligned(&bytes);
         HashMap::<&mut MapData, FlowKey, CtEntry>::try_from(env.ebpf.map_mut("BERTH_CT").unwrap())
             .unwrap()
             .insert(key, entry, 0)

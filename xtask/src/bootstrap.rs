@@ -23,19 +23,45 @@ use crate::run::{self, is_root};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-/// Debian packages the integration tests and benchmarks call.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "iptables", "nftables", "iperf3", "ethtool"];
+/// Debian packages the integration tests and benchmarks call, and the
+/// clients the demo runs (`curl`, and `nc -u` from netcat-openbsd: busybox's
+/// nc has no UDP).
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iptables",
+    "nftables",
+    "iperf3",
+    "ethtool",
+    "curl",
+    "netcat-openbsd",
+];
 /// Docker's engine and userland proxy (`docker.io`: the bench runs
-/// `/usr/sbin/docker-proxy`, `tests/docker_proxy.rs` a dockerd inside its
+/// `/usr/sbin/docker-proxy`, `tests/e2e/docker_proxy.rs` a dockerd inside its
 /// own namespace) and the busybox its image is made of. Installed without
 /// starting any service (see [`ensure_docker_packages`]).
 const DOCKER_PACKAGES: &[&str] = &["docker.io", "busybox-static"];
+/// (toolchain, rustup component, cargo subcommand that proves it is there);
+/// `None` is the toolchain `cargo` runs by default.
+const LINT_COMPONENTS: &[(Option<&str>, &str, &str)] = &[
+    (None, "rustfmt", "fmt"),
+    (None, "clippy", "clippy"),
+    (Some("nightly"), "clippy", "clippy"),
+];
 /// Debian's hook that asks invoke-rc.d / deb-systemd-invoke whether a
 /// package may start its services; exit status 101 means "no".
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 /// Runs every setup step; cheap when everything is already in place.
 pub fn bootstrap() -> Result<()> {
+    toolchain()?;
+    ensure_debian_packages()?;
+    ensure_docker_packages()?;
+    Ok(())
+}
+
+/// The Rust side only (no root needed): what building and linting berth
+/// needs beyond rustup's stable and nightly toolchains.
+pub fn toolchain() -> Result<()> {
     let nightly = Nightly::probe()?;
     println!(
         "nightly toolchain: {} (LLVM {})",
@@ -43,8 +69,35 @@ pub fn bootstrap() -> Result<()> {
     );
     ensure_rust_src(&nightly)?;
     ensure_bpf_linker(&nightly)?;
-    ensure_debian_packages()?;
-    ensure_docker_packages()?;
+    ensure_lint_components()?;
+    Ok(())
+}
+
+/// rustfmt and clippy for the default toolchain (userspace crates) and
+/// clippy for the nightly (the eBPF crate), for `cargo xtask lint`. A
+/// minimal rustup profile installs neither.
+pub fn ensure_lint_components() -> Result<()> {
+    for (toolchain, component, probe) in LINT_COMPONENTS {
+        let mut cmd = Command::new("cargo");
+        if let Some(t) = toolchain {
+            // The outer cargo's toolchain choice must not override `+t`.
+            cmd.arg(format!("+{t}")).env_remove("RUSTUP_TOOLCHAIN");
+        }
+        cmd.args([probe, "--version"]);
+        let which = toolchain.unwrap_or("default");
+        if run::output(&mut cmd).is_ok() {
+            println!("{component} ({which} toolchain): present");
+            continue;
+        }
+        println!("{component} ({which} toolchain): missing, installing");
+        let mut add = Command::new("rustup");
+        add.args(["component", "add", component]);
+        if let Some(t) = toolchain {
+            add.args(["--toolchain", t]);
+        }
+        run::status(&mut add)
+            .with_context(|| format!("cannot install {component} for the {which} toolchain"))?;
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `cargo xtask …`: machine setup, builds and test runs for berth.
 mod bootstrap;
 mod fuzz;
+mod lint;
 mod previous;
 mod run;
 mod summary;
@@ -32,10 +33,19 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Run every test of the workspace (needs root) and print a summary.
+    /// `cargo xtask lint`, then every test of the workspace (needs root),
+    /// and a summary.
     Test,
+    /// rustfmt's check and clippy with warnings denied, over every crate
+    /// (the eBPF crate for its BPF target).
+    Lint,
     /// Build, then run the demo (tests crate, bin berth-demo).
-    Demo,
+    Demo {
+        /// Wait for Enter before cleaning up, to repeat the printed commands
+        /// by hand.
+        #[arg(long)]
+        pause: bool,
+    },
     /// Benchmarks (needs root): berth beside the direct path, Docker's
     /// iptables and nftables DNAT, a map-based nftables DNAT and the real
     /// docker-proxy (connections/s, latency, throughput, UDP rate, CPU, at
@@ -89,11 +99,27 @@ fn execute(task: Task) -> Result<()> {
             build(release)
         }
         Task::Test => test(),
-        Task::Demo => {
+        Task::Lint => {
+            bootstrap::toolchain()?;
+            lint::lint()
+        }
+        Task::Demo { pause } => {
             bootstrap::bootstrap()?;
             build(false)?;
-            run::status(cargo()?.args(["run", "-p", "berth-integration", "--bin", "berth-demo"]))
-                .context("demo failed")
+            let mut cmd = cargo()?;
+            cmd.args(["run", "-p", "berth-integration", "--bin", "berth-demo"]);
+            if !pause {
+                return run::status(&mut cmd).context("demo failed");
+            }
+            // run::status closes stdin; the paused demo waits for Enter on it.
+            let st = cmd
+                .args(["--", "--pause"])
+                .status()
+                .context("cannot run the demo")?;
+            if !st.success() {
+                bail!("demo failed ({st})");
+            }
+            Ok(())
         }
         Task::Bench { quick } => bench(quick),
         Task::FuzzDatapath { frames, seed } => fuzz::datapath(frames, seed),
@@ -114,7 +140,7 @@ fn bench(quick: bool) -> Result<()> {
         "-p",
         "berth",
         "-p",
-        "berth-integration",
+        "berth-bench",
         "--bin",
         "berth",
         "--bin",
@@ -169,6 +195,8 @@ fn test() -> Result<()> {
         bail!("cargo xtask test must run as root: the integration tests create network namespaces and load eBPF programs");
     }
     bootstrap::bootstrap()?;
+    // Lint first: a red lint fails the run before ten minutes of tests.
+    lint::lint()?;
     // The integration tests run target/debug/berth; `cargo test` alone only
     // builds the test harness variant of a binary.
     build(false)?;

@@ -28,9 +28,7 @@ fn flow_key(sport: u16) -> FlowKey {
 }
 
 fn key_bytes(k: &FlowKey) -> Vec<u8> {
-    // SAFETY: FlowKey is repr(C) plain data with explicit padding.
-    unsafe { std::slice::from_raw_parts((k as *const FlowKey).cast::<u8>(), size_of::<FlowKey>()) }
-        .to_vec()
+    bytemuck::bytes_of(k).to_vec()
 }
 
 /// Puts in BERTH_NAT what the upgrade makes of layout 1's entry for the
@@ -45,9 +43,7 @@ fn pin_converted_flow(env: &mut Env, sport: u16) -> FlowKey {
         last_seen_ns: 1,
     };
     let bytes = migrate::nat_entry_v1_to_v2(&key_bytes(&key), &migrate::nat_v1_bytes(&v1));
-    assert_eq!(bytes.len(), size_of::<NatEntry>());
-    // SAFETY: the length is NatEntry's, which is repr(C) plain data.
-    let entry: NatEntry = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let entry: NatEntry = bytemuck::pod_read_unaligned(&bytes);
     let mut m: HashMap<&mut MapData, FlowKey, NatEntry> =
         HashMap::try_from(env.ebpf.map_mut("BERTH_NAT").unwrap()).unwrap();
     m.insert(key, entry, 0).unwrap();

@@ -78,6 +78,12 @@ impl TaskDefinition {
     }
 
     pub fn from_value(value: &Value) -> Result<TaskDefinition> {
+        // What `aws ecs register-task-definition --container-definitions
+        // file://…` and Terraform's `container_definitions` hold: the
+        // containers alone, network mode left to its default.
+        if let Value::Array(containers) = value {
+            return Self::from_containers(containers, "");
+        }
         let def = match value.get("taskDefinition") {
             Some(inner) if inner.is_object() => inner,
             Some(other) => return Err(wrong_type("taskDefinition", "an object", other)),
@@ -98,10 +104,23 @@ impl TaskDefinition {
             Some(Value::Array(a)) => a,
             Some(other) => return Err(wrong_type("containerDefinitions", "an array", other)),
         };
+        Self::from_containers(containers, "containerDefinitions")
+    }
+
+    /// `containers` found at `at` (empty: the document's top level).
+    fn from_containers(containers: &[Value], at: &str) -> Result<TaskDefinition> {
+        if containers.is_empty() {
+            let what = if at.is_empty() {
+                "the container definitions array"
+            } else {
+                at
+            };
+            return Err(def_err(format!("{what} is empty")));
+        }
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
         for (i, c) in containers.iter().enumerate() {
-            let path = format!("containerDefinitions[{i}]");
+            let path = format!("{at}[{i}]");
             let container = parse_container(&path, c)?;
             if !seen.insert(container.name.clone()) {
                 return Err(def_err(format!(
@@ -459,9 +478,36 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_array_of_container_definitions_is_a_task_definition() {
+        // `--container-definitions file://…` and Terraform's
+        // `container_definitions` hold just this array.
+        let containers = json!([
+            {"name": "web", "image": "nginx", "portMappings": [
+                {"containerPort": 80, "hostPort": 8080},
+                {"containerPort": 53, "protocol": "udp"}
+            ]},
+            {"name": "sidecar", "image": "envoy"}
+        ]);
+        let bare = parse(containers.clone()).unwrap();
+        let wrapped = parse(json!({"family": "web", "containerDefinitions": containers})).unwrap();
+        assert_eq!(bare, wrapped);
+        let specs: Vec<String> = bare.containers[0]
+            .specs()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(specs, ["0.0.0.0:8080:80/tcp", "0.0.0.0::53/udp"]);
+    }
+
+    #[test]
     fn wrong_types_name_the_field() {
         let cases = [
-            (json!([]), "task definition: expected a JSON object, got []"),
+            (json!("web"), "task definition: expected a JSON object, got \"web\""),
+            (json!([]), "task definition: the container definitions array is empty"),
+            (
+                json!([{"name": "web", "portMappings": [{"containerPort": "80"}]}]),
+                "task definition: [0].portMappings[0].containerPort: expected an integer, got \"80\"",
+            ),
             (
                 json!({"taskDefinition": "x"}),
                 "task definition: taskDefinition: expected an object, got \"x\"",

@@ -204,6 +204,9 @@ pub enum DatapathError {
     Bpffs { path: String, reason: String },
     #[error("eBPF map {map}: {reason}")]
     Map { map: &'static str, reason: String },
+    /// The published-port tables hold `--max-mappings` entries.
+    #[error("the datapath holds at most {0} published ports; start the daemon with a larger --max-mappings")]
+    MappingsFull(u32),
     /// Pins another version left that this one cannot adopt.
     #[error("{0}")]
     PinnedLayout(String),

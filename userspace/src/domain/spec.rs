@@ -2,7 +2,9 @@
 //! where both ports may be ranges of equal length (`8000-8010:9000-9010`).
 //! An omitted or zero host port (`80`, `0:80`, `1.2.3.4::80`,
 //! `9000-9009`) asks the daemon to pick one: a dynamic host port, or a
-//! contiguous block of them for a range.
+//! contiguous block of them for a range. A host range with one container
+//! port (`9000-9009:80`) asks for one host port out of that range: the
+//! daemon takes the first free one, as Docker does.
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
 use crate::domain::model::Protocol;
@@ -72,7 +74,8 @@ impl fmt::Display for PortRange {
 pub struct PortSpec {
     pub bind_ip: Ipv4Addr,
     /// `None`: dynamic, the daemon picks as many host ports as `container`
-    /// has, contiguous.
+    /// has, contiguous. A range longer than `container` (which is then one
+    /// port) is a pool the daemon picks one host port from.
     pub host: Option<PortRange>,
     pub container: PortRange,
     pub protocol: Protocol,
@@ -88,6 +91,18 @@ pub struct PortMapping {
 }
 
 impl PortSpec {
+    /// The host ports, when they pair one to one with the container ports.
+    pub fn fixed_host(&self) -> Option<PortRange> {
+        self.host
+            .filter(|h| h.port_count() == self.container.port_count())
+    }
+
+    /// The range to pick the host port from (`9000-9009:80`).
+    pub fn host_pool(&self) -> Option<PortRange> {
+        self.host
+            .filter(|h| h.port_count() != self.container.port_count())
+    }
+
     /// The same spec with its host ports chosen, starting at `start`.
     pub fn with_host_start(&self, start: u16) -> PortSpec {
         let end = u32::from(start) + self.container.port_count() - 1;
@@ -101,9 +116,9 @@ impl PortSpec {
     }
 
     /// The individual mappings, host port i to container port i. A dynamic
-    /// spec has none until its host ports are chosen.
+    /// spec or a pool has none until its host ports are chosen.
     pub fn expand(&self) -> impl Iterator<Item = PortMapping> + '_ {
-        self.host
+        self.fixed_host()
             .into_iter()
             .flat_map(PortRange::iter)
             .zip(self.container.iter())
@@ -163,7 +178,11 @@ impl FromStr for PortSpec {
             None | Some("") | Some("0") => None,
             Some(host) => Some(parse_range(host)?),
         };
-        if let Some(host) = host.filter(|h| h.port_count() != container.port_count()) {
+        // Docker's rule: a host range either pairs with a container range of
+        // its length or is a pool for a single container port.
+        if let Some(host) =
+            host.filter(|h| h.port_count() != container.port_count() && container.port_count() != 1)
+        {
             return Err(SpecError::UnequalRanges {
                 host,
                 host_len: host.port_count(),
@@ -437,9 +456,32 @@ mod tests {
             "host ports 8000-8010 (11) and container ports 9000-9005 (6) differ in length"
         );
         assert!(matches!(
-            parse("8000-8010:80"),
+            parse("8000-8002:80-81"),
             Err(SpecError::UnequalRanges { .. })
         ));
+    }
+
+    #[test]
+    fn a_host_range_with_one_container_port_is_a_pool() {
+        let spec = parse("9000-9009:80/udp").unwrap();
+        let pool = PortRange {
+            start: 9000,
+            end: 9009,
+        };
+        assert_eq!(spec.host_pool(), Some(pool));
+        assert_eq!(spec.fixed_host(), None);
+        assert_eq!(spec.expand().count(), 0, "nothing until a port is picked");
+        assert_eq!(spec.to_string(), "0.0.0.0:9000-9009:80/udp");
+        assert_eq!(parse(&spec.to_string()), Ok(spec));
+        let picked = spec.with_host_start(9004);
+        assert_eq!(picked.host_pool(), None);
+        assert_eq!(
+            picked
+                .expand()
+                .map(|m| (m.host_port, m.container_port))
+                .collect::<Vec<_>>(),
+            [(9004, 80)]
+        );
     }
 
     #[test]

@@ -55,12 +55,12 @@ pub struct FlowTimeouts {
 impl Default for FlowTimeouts {
     fn default() -> Self {
         Self {
-            tcp_established: 432_000,
-            tcp_closing: 60,
-            tcp_syn: 30,
-            udp_single: 30,
-            udp_stream: 180,
-            icmp: 30,
+            tcp_established: berth_maps::TIMEOUT_TCP_ESTABLISHED_S,
+            tcp_closing: berth_maps::TIMEOUT_TCP_CLOSING_S,
+            tcp_syn: berth_maps::TIMEOUT_TCP_SYN_S,
+            udp_single: berth_maps::TIMEOUT_UDP_SINGLE_S,
+            udp_stream: berth_maps::TIMEOUT_UDP_STREAM_S,
+            icmp: berth_maps::TIMEOUT_ICMP_S,
         }
     }
 }

@@ -427,7 +427,7 @@ impl Registry {
         for specs in groups {
             let mut resolved = Vec::with_capacity(specs.len());
             for spec in specs {
-                let spec = match spec.host {
+                let spec = match spec.fixed_host() {
                     Some(_) => *spec,
                     None => {
                         let start = self.allocate(spec, &pending, &mut bound, now)?;
@@ -485,8 +485,24 @@ impl Registry {
                 .cooldowns
                 .cooling(protocol, now, self.policy.cooldown_secs),
         };
-        let offset = self.next_random();
-        allocator::allocate(&self.policy, &taken, spec.container.port_count(), offset)
+        // A pool (`9000-9009:80`) was named by the user: its first free
+        // port, as Docker picks it, with no reserved list or cool-down.
+        let (policy, taken, offset) = match spec.host_pool() {
+            Some(pool) => (
+                PortPolicy {
+                    range: pool,
+                    reserved: BTreeSet::new(),
+                    cooldown_secs: 0,
+                },
+                Taken {
+                    cooling: BTreeSet::new(),
+                    ..taken
+                },
+                0,
+            ),
+            None => (self.policy.clone(), taken, self.next_random()),
+        };
+        allocator::allocate(&policy, &taken, spec.container.port_count(), offset)
             .map(|r| r.start)
             .map_err(|exhausted| Error::PortsExhausted {
                 exhausted,
@@ -574,7 +590,7 @@ fn select(task: &str, current: &[Binding], specs: &[PortSpec]) -> Result<BTreeSe
             .push(*m);
     }
     for spec in specs {
-        if spec.host.is_some() {
+        if spec.fixed_host().is_some() {
             for m in spec.expand() {
                 if !have.contains(&m) {
                     return Err(no_such(m.to_string()));
@@ -583,10 +599,21 @@ fn select(task: &str, current: &[Binding], specs: &[PortSpec]) -> Result<BTreeSe
             }
             continue;
         }
+        // A pool names the mapping whose host port it holds.
+        let in_pool = |m: &&PortMapping| {
+            spec.host_pool()
+                .is_none_or(|p| p.start <= m.host_port && m.host_port <= p.end)
+        };
         for container_port in spec.container.iter() {
-            let found = by_container.get(&(spec.bind_ip, container_port, spec.protocol));
-            wanted.extend(found.into_iter().flatten().copied());
-            if found.is_none() {
+            let found: Vec<PortMapping> = by_container
+                .get(&(spec.bind_ip, container_port, spec.protocol))
+                .into_iter()
+                .flatten()
+                .filter(in_pool)
+                .copied()
+                .collect();
+            wanted.extend(found.iter().copied());
+            if found.is_empty() {
                 return Err(no_such(format!(
                     "{}::{container_port}/{}",
                     spec.bind_ip,

@@ -566,12 +566,12 @@ pub fn expiry_period(t: &FlowTimeouts) -> Duration {
 /// Drop counters shown by `berth sg show` (the datapath counts them for the
 /// whole host, not per group).
 pub const DROP_COUNTERS: [&str; 6] = [
-    "policy_denied_ingress",
-    "policy_denied_egress",
-    "ct_table_full",
-    "frag_denied",
-    "frag_no_first",
-    "policy_denied_icmp",
+    berth_maps::Counter::PolicyDeniedIngress.name(),
+    berth_maps::Counter::PolicyDeniedEgress.name(),
+    berth_maps::Counter::CtTableFull.name(),
+    berth_maps::Counter::FragDenied.name(),
+    berth_maps::Counter::FragNoFirst.name(),
+    berth_maps::Counter::PolicyDeniedIcmp.name(),
 ];
 
 /// A group as the API and `berth sg ls/show --json` show it.

@@ -419,8 +419,9 @@ mod tests {
             "Bind for 0.0.0.0:8080 failed: port is already allocated"
         );
         assert_eq!(err.http_status(), 409);
+        datapath.count(berth_maps::Counter::IngressDnat, 1);
         let stats = client.stats().await.unwrap();
-        assert_eq!(stats.counters["bindings"], 1);
+        assert_eq!(stats.counters["ingress_dnat"], 1);
 
         stop.send(()).unwrap();
         daemon.await.unwrap().unwrap();
@@ -589,6 +590,7 @@ mod tests {
             socket_hooks: true,
             nat_capacity: None,
             embryonic_capacity: None,
+            capacity: Default::default(),
         };
         assert_eq!(
             check_interfaces(&config).unwrap_err().to_string(),

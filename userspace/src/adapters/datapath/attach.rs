@@ -14,6 +14,8 @@ use aya::{
     Ebpf,
 };
 
+use berth_maps::program;
+
 use super::DatapathError;
 
 pub(super) fn prog_err(what: String) -> impl Fn(aya::programs::ProgramError) -> DatapathError {
@@ -87,7 +89,7 @@ pub(super) fn attach_pinned(
     let prog = ebpf
         .program_mut(prog_name)
         .ok_or_else(|| DatapathError::Other(format!("program {prog_name} missing")))?;
-    if prog_name == "berth_xdp" {
+    if prog_name == program::XDP {
         let p: &mut Xdp = prog.try_into().map_err(prog_err(what.clone()))?;
         load_once(p.load()).map_err(prog_err(what.clone()))?;
         let adopted = adopt_link(&pin).map(|link| {
@@ -115,7 +117,7 @@ pub(super) fn attach_pinned(
             .and_then(|l| p.attach_to_link(l).map(drop).map_err(|e| error_chain(&e)))
     });
     if !keep_adopted(&pin, adopted) {
-        let attach_type = if prog_name == "berth_to_ctr" {
+        let attach_type = if prog_name == program::TO_CTR {
             TcAttachType::Egress
         } else {
             TcAttachType::Ingress

@@ -18,9 +18,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use berth_maps::{
-    Backend, FlowKey, NatEntry, NatFwd, PortKey, ServiceKey, CONFIG_MAP, CONFIG_NETNS_COOKIE,
-    COUNTERS_MAP, HOOKED_PORTS_MAP, HOST_ADDRS_MAP, LOCAL_NETS_MAP, NAT_FWD_MAP, NAT_MAP,
-    NAT_NEW_MAP, PORTS_MAP, PORT_ADDRS_MAP, SERVICES_MAP,
+    program, Backend, FlowKey, NatEntry, NatFwd, PortKey, ServiceKey, CONFIG_MAP,
+    CONFIG_NETNS_COOKIE, COUNTERS_MAP, HOOKED_PORTS_MAP, HOST_ADDRS_MAP, LOCAL_NETS_MAP,
+    NAT_FWD_MAP, NAT_MAP, NAT_NEW_MAP, PORTS_MAP, PORT_ADDRS_MAP, SERVICES_MAP,
 };
 
 use super::{
@@ -44,19 +44,21 @@ pub struct DatapathConfig {
     /// bpffs mount point; berth pins under `<bpffs>/berth/`.
     pub bpffs: PathBuf,
     pub attach: AttachMode,
-    /// Capacity of the security-group tracking table (`None`: the default,
-    /// [`berth_maps::CT_CAPACITY`]). A pinned table of another capacity is
-    /// migrated to this one.
+    /// Capacity of the security-group tracking table (`None`:
+    /// `--max-flows`). A pinned table of another capacity is migrated to
+    /// this one.
     pub ct_capacity: Option<u32>,
     /// Attach the cgroup socket hooks (bind guard, localhost and hairpin
     /// access); `--no-socket-hooks` turns them off.
     pub socket_hooks: bool,
     /// Capacity of the established published-port flow table and of its
-    /// clash-remap table (`None`: [`berth_maps::NAT_CAPACITY`]).
+    /// clash-remap table (`None`: `--max-flows`).
     pub nat_capacity: Option<u32>,
     /// Capacity of each table of not yet established flows (published
-    /// ports and security groups; `None`: [`berth_maps::NAT_NEW_CAPACITY`]).
+    /// ports and security groups; `None`: an eighth of `--max-flows`).
     pub embryonic_capacity: Option<u32>,
+    /// `--max-flows`, `--max-mappings`.
+    pub capacity: super::capacity::Capacity,
 }
 
 pub(super) struct Maps {
@@ -78,6 +80,8 @@ pub struct BpfDatapath {
     pub(super) ct_flows: Vec<FlowMap<berth_maps::CtEntry>>,
     pub(super) policy: Mutex<PolicyMaps>,
     pub(super) timeouts: Mutex<FlowTimeouts>,
+    /// `--max-mappings`, for the error when the tables are full.
+    pub(super) max_mappings: u32,
     pub(super) status: super::status::StatusBase,
     // Stops before the programs it attaches are dropped.
     _ports: PortWatcher,
@@ -90,14 +94,14 @@ fn attachments(config: &DatapathConfig) -> Vec<(&'static str, String)> {
     let mut v = Vec::new();
     for up in &config.uplinks {
         match config.attach {
-            AttachMode::Tc => v.push(("berth_ingress", up.clone())),
+            AttachMode::Tc => v.push((program::INGRESS, up.clone())),
             AttachMode::Xdp => {
-                v.push(("berth_xdp", up.clone()));
-                v.push(("berth_deliver", up.clone()));
+                v.push((program::XDP, up.clone()));
+                v.push((program::DELIVER, up.clone()));
             }
         }
     }
-    v.push(("berth_reply", config.bridge.clone()));
+    v.push((program::REPLY, config.bridge.clone()));
     v
 }
 
@@ -105,6 +109,20 @@ pub(super) fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> Data
     move |e| DatapathError::Map {
         map,
         reason: e.to_string(),
+    }
+}
+
+/// [`map_err`] for a write to a table sized by `--max-mappings`: a full
+/// one says so, and how to make room.
+pub(super) fn mappings_err(
+    map: &'static str,
+    capacity: u32,
+) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |e| match &e {
+        aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            DatapathError::MappingsFull(capacity)
+        }
+        _ => map_err(map)(e),
     }
 }
 
@@ -200,16 +218,11 @@ impl BpfDatapath {
         };
         // Capacities set by flags: the pinned maps are checked (and
         // migrated) against these, and the loader creates missing ones so.
-        let mut overrides: Vec<(&str, u32)> = Vec::new();
-        if let Some(n) = config.ct_capacity {
-            overrides.push((berth_maps::CT_MAP, n));
-        }
-        if let Some(n) = config.nat_capacity {
-            overrides.extend([(NAT_MAP, n), (NAT_FWD_MAP, n)]);
-        }
-        if let Some(n) = config.embryonic_capacity {
-            overrides.extend([(NAT_NEW_MAP, n), (berth_maps::CT_NEW_MAP, n)]);
-        }
+        let overrides = config.capacity.per_map(
+            config.nat_capacity,
+            config.ct_capacity,
+            config.embryonic_capacity,
+        );
         let expected = super::pins::expected_shapes(ebpf_object(), &overrides)?;
         let (pins, mut old_maps) = super::pins::check_and_migrate_keeping_old(&dir, &expected)?;
         if pins
@@ -307,10 +320,10 @@ impl BpfDatapath {
             ebpf.take_map(CONFIG_MAP)
                 .ok_or_else(|| DatapathError::Other(format!("map {CONFIG_MAP} missing")))?,
         )
-        .map_err(map_err("BERTH_CONFIG"))?;
+        .map_err(map_err(CONFIG_MAP))?;
         config_map
             .set(CONFIG_NETNS_COOKIE, netns_cookie()?, 0)
-            .map_err(map_err("BERTH_CONFIG"))?;
+            .map_err(map_err(CONFIG_MAP))?;
 
         let maps = Maps {
             services: take_map(&mut ebpf, SERVICES_MAP)?,
@@ -320,14 +333,14 @@ impl BpfDatapath {
                 ebpf.take_map(LOCAL_NETS_MAP)
                     .ok_or_else(|| DatapathError::Other(format!("map {LOCAL_NETS_MAP} missing")))?,
             )
-            .map_err(map_err("BERTH_LOCAL_NETS"))?,
+            .map_err(map_err(LOCAL_NETS_MAP))?,
             nat_fwd: take_map(&mut ebpf, NAT_FWD_MAP)?,
             config: config_map,
             counters: PerCpuArray::try_from(
                 ebpf.take_map(COUNTERS_MAP)
                     .ok_or_else(|| DatapathError::Other(format!("map {COUNTERS_MAP} missing")))?,
             )
-            .map_err(map_err("BERTH_COUNTERS"))?,
+            .map_err(map_err(COUNTERS_MAP))?,
         };
         let policy = PolicyMaps {
             endpoints: take_map(&mut ebpf, berth_maps::ENDPOINTS_MAP)?,
@@ -369,10 +382,8 @@ impl BpfDatapath {
         // The watcher keeps the bridge's address current in its own handle.
         let config_pin = dir.join(CONFIG_MAP);
         let watcher_config = MapData::from_pin(&config_pin)
-            .map_err(map_err("BERTH_CONFIG"))
-            .and_then(|m| {
-                Array::try_from(aya::maps::Map::Array(m)).map_err(map_err("BERTH_CONFIG"))
-            })?;
+            .map_err(map_err(CONFIG_MAP))
+            .and_then(|m| Array::try_from(aya::maps::Map::Array(m)).map_err(map_err(CONFIG_MAP)))?;
         let ports = super::ports::watch(
             ebpf.clone(),
             port_addrs,
@@ -399,12 +410,18 @@ impl BpfDatapath {
             migrated: pins.migrated,
             maps: expected.into_keys().collect(),
         };
+        // The object was parsed twice (shapes, loader) and those parses are
+        // freed, but glibc keeps freed heap pages: give them back, or the
+        // daemon's resident memory carries them for as long as it runs.
+        // SAFETY: malloc_trim only releases free memory of glibc's heap.
+        unsafe { libc::malloc_trim(0) };
         Ok(Self {
             maps: Mutex::new(maps),
             flows,
             ct_flows,
             policy: Mutex::new(policy),
             timeouts: Mutex::new(FlowTimeouts::default()),
+            max_mappings: config.capacity.max_mappings,
             status,
             _ports: ports,
             _ebpf: ebpf,
@@ -434,14 +451,7 @@ impl BpfDatapath {
 
 /// cgroup sock_addr hooks: the bind guard and socket-level translation for
 /// host-local and hairpin access.
-const SOCKET_HOOKS: [&str; 6] = [
-    "berth_bind4",
-    "berth_bind6",
-    "berth_connect4",
-    "berth_sendmsg4",
-    "berth_recvmsg4",
-    "berth_peername4",
-];
+const SOCKET_HOOKS: [&str; 6] = program::SOCKET_HOOKS;
 pub(super) const CGROUP_LINK_SUFFIX: &str = "cgroup";
 
 /// The cookie of the daemon's network namespace (SO_NETNS_COOKIE, 5.14+).

@@ -2,8 +2,11 @@
 //! the engine's [`Datapath`] on the eBPF programs and their pinned maps.
 mod attach;
 mod bpf;
+mod capacity;
 mod cgroup;
 mod flows;
+#[cfg(test)]
+mod names;
 mod ops;
 pub mod pins;
 mod policy;
@@ -16,6 +19,7 @@ pub mod bpf_keys {
     pub use super::ops::{backend, service_key};
 }
 pub use bpf::{ebpf_object, pin_dir, prepare_pin_dir, BpfDatapath, DatapathConfig};
+pub use capacity::Capacity;
 pub use cgroup::cgroup2_root_mount;
 pub use policy::encode_rule;
 

@@ -4,12 +4,13 @@
 use std::{collections::HashSet, net::Ipv4Addr};
 
 use berth_maps::{
-    local_net_encode, Backend, FlowKey, PortKey, ServiceKey, CONFIG_PORT_GATE, COUNTER_NAMES,
-    LOCAL_NETS_MAX, LOCAL_NET_MORE,
+    local_net_encode, Backend, FlowKey, PortKey, ServiceKey, CONFIG_MAP, CONFIG_PORT_GATE,
+    COUNTERS_MAP, COUNTER_NAMES, HOST_ADDRS_MAP, LOCAL_NETS_MAP, LOCAL_NETS_MAX, LOCAL_NET_MORE,
+    PORTS_MAP, SERVICES_MAP,
 };
 
 use super::{
-    bpf::{map_err, BpfDatapath},
+    bpf::{map_err, mappings_err, BpfDatapath},
     flows::{
         flow_expired, flow_timeout, fwd_flow_key, fwd_owns, monotonic_ns, owned_by,
         owned_by_none_of, sweep, touching,
@@ -121,17 +122,26 @@ impl Datapath for BpfDatapath {
         let mut m = self.lock();
         let key = service_key(b);
         let new = m.services.get(&key, 0).is_err();
+        let pk = port_key(b);
+        let guarded = m.ports.get(&pk, 0).unwrap_or(0);
         if new {
             // Guard the port first: a host process must not slip in between.
-            let pk = port_key(b);
-            let n = m.ports.get(&pk, 0).unwrap_or(0);
             m.ports
-                .insert(pk, n + 1, 0)
-                .map_err(map_err("BERTH_PORTS"))?;
+                .insert(pk, guarded + 1, 0)
+                .map_err(mappings_err(PORTS_MAP, self.max_mappings))?;
         }
-        m.services
+        let inserted = m
+            .services
             .insert(key, backend(b), 0)
-            .map_err(map_err("BERTH_SERVICES"))
+            .map_err(mappings_err(SERVICES_MAP, self.max_mappings));
+        if inserted.is_err() && new {
+            // A full table: the port is not published, so not guarded.
+            let _ = match guarded {
+                0 => m.ports.remove(&pk),
+                n => m.ports.insert(pk, n, 0),
+            };
+        }
+        inserted
     }
 
     fn remove(&self, b: &Binding) -> Result<(), DatapathError> {
@@ -140,17 +150,14 @@ impl Datapath for BpfDatapath {
             Ok(()) => {
                 let pk = port_key(b);
                 match m.ports.get(&pk, 0) {
-                    Ok(n) if n > 1 => m
-                        .ports
-                        .insert(pk, n - 1, 0)
-                        .map_err(map_err("BERTH_PORTS"))?,
+                    Ok(n) if n > 1 => m.ports.insert(pk, n - 1, 0).map_err(map_err(PORTS_MAP))?,
                     _ => {
                         let _ = m.ports.remove(&pk);
                     }
                 }
             }
             Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err("BERTH_SERVICES")(e)),
+            Err(e) => return Err(map_err(SERVICES_MAP)(e)),
         }
         Ok(())
     }
@@ -191,7 +198,7 @@ impl Datapath for BpfDatapath {
         for k in &stale {
             match m.services.remove(k) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err("BERTH_SERVICES")(e)),
+                Err(e) => return Err(map_err(SERVICES_MAP)(e)),
             }
         }
         // Rebuild the guarded ports from what is published: counts kept
@@ -212,7 +219,7 @@ impl Datapath for BpfDatapath {
             }
         }
         for (pk, n) in want {
-            m.ports.insert(pk, n, 0).map_err(map_err("BERTH_PORTS"))?;
+            m.ports.insert(pk, n, 0).map_err(map_err(PORTS_MAP))?;
         }
         drop(m);
         let forgotten = sweep(&self.flows, owned_by_none_of(keep_bindings))?;
@@ -239,7 +246,7 @@ impl Datapath for BpfDatapath {
         for a in want.difference(&have) {
             m.host_addrs
                 .insert(*a, 1, 0)
-                .map_err(map_err("BERTH_HOST_ADDRS"))?;
+                .map_err(map_err(HOST_ADDRS_MAP))?;
         }
         Ok(())
     }
@@ -259,7 +266,7 @@ impl Datapath for BpfDatapath {
                 want.len()
             )));
         }
-        let err = map_err("BERTH_LOCAL_NETS");
+        let err = map_err(LOCAL_NETS_MAP);
         let mut slots = Vec::with_capacity(LOCAL_NETS_MAX as usize);
         for i in 0..LOCAL_NETS_MAX {
             slots.push(m.local_nets.get(&i, 0).map_err(&err)?);
@@ -279,7 +286,7 @@ impl Datapath for BpfDatapath {
                 let v = m
                     .counters
                     .get(&(i as u32), 0)
-                    .map_err(map_err("BERTH_COUNTERS"))?;
+                    .map_err(map_err(COUNTERS_MAP))?;
                 Ok((*name, v.iter().sum()))
             })
             .collect()
@@ -345,14 +352,14 @@ impl Datapath for BpfDatapath {
         self.lock()
             .config
             .set(CONFIG_PORT_GATE, u64::from(on), 0)
-            .map_err(map_err("BERTH_CONFIG"))
+            .map_err(map_err(CONFIG_MAP))
     }
 
     fn set_no_policy(&self, none: bool) -> Result<(), DatapathError> {
         self.lock()
             .config
             .set(berth_maps::CONFIG_NO_POLICY, u64::from(none), 0)
-            .map_err(map_err("BERTH_CONFIG"))
+            .map_err(map_err(CONFIG_MAP))
     }
 
     fn set_flow_timeouts(&self, timeouts: FlowTimeouts) {

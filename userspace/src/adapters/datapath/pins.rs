@@ -94,7 +94,8 @@ pub const CONVERTERS: &[Converter] = &[
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Plan {
     Keep,
-    /// Same layout, another capacity: copy every entry.
+    /// Same layout, another capacity or allocation (BPF_F_NO_PREALLOC):
+    /// copy every entry.
     Resize,
     /// Another value layout: copy every entry through a converter.
     Convert(usize),
@@ -118,7 +119,10 @@ pub fn plan_map(name: &str, found: &MapShape, expected: &MapShape) -> Result<Pla
         found: *found,
         expected: *expected,
     };
-    if found.map_type != expected.map_type || found.flags != expected.flags {
+    // Whether entries are preallocated changes nothing an entry holds;
+    // berth before 0.2 preallocated every hash map.
+    let other_flags = (found.flags ^ expected.flags) & !sys::BPF_F_NO_PREALLOC;
+    if found.map_type != expected.map_type || other_flags != 0 {
         return Err(mismatch());
     }
     if (found.key_size, found.value_size) == (expected.key_size, expected.value_size) {
@@ -285,7 +289,7 @@ pub fn check_and_migrate_keeping_old(
                 "{}-byte values converted to {} bytes",
                 found.value_size, want.value_size
             ),
-            _ => format!("capacity {} -> {}", found.max_entries, want.max_entries),
+            _ => resized(&found, &want),
         };
         let dropped = if dropped > 0 {
             format!(", {dropped} evicted by the smaller LRU table")
@@ -310,6 +314,25 @@ pub fn check_and_migrate_keeping_old(
     }
     record_layout(pin_dir)?;
     Ok((report, old_maps))
+}
+
+/// "capacity 262144 -> 16384, allocated on use": what a [`Plan::Resize`]
+/// changes.
+fn resized(found: &MapShape, want: &MapShape) -> String {
+    let mut what = Vec::new();
+    if found.max_entries != want.max_entries {
+        what.push(format!(
+            "capacity {} -> {}",
+            found.max_entries, want.max_entries
+        ));
+    }
+    let on_use = |s: &MapShape| s.flags & sys::BPF_F_NO_PREALLOC != 0;
+    match (on_use(found), on_use(want)) {
+        (false, true) => what.push("allocated on use".into()),
+        (true, false) => what.push("preallocated".into()),
+        _ => {}
+    }
+    what.join(", ")
 }
 
 /// Refuses a hash table (live flows, which berth never evicts) made
@@ -804,11 +827,31 @@ mod tests {
     }
 
     #[test]
+    fn preallocated_tables_are_copied_into_tables_allocated_on_use() {
+        let want = shape(1, 16, 40, 16_384, sys::BPF_F_NO_PREALLOC);
+        let old = shape(1, 16, 40, 262_144, 0);
+        assert_eq!(plan_map("BERTH_NAT", &old, &want), Ok(Plan::Resize));
+        assert_eq!(
+            resized(&old, &want),
+            "capacity 262144 -> 16384, allocated on use"
+        );
+        let same_size = shape(1, 16, 40, 16_384, 0);
+        assert_eq!(resized(&same_size, &want), "allocated on use");
+        assert_eq!(resized(&want, &same_size), "preallocated");
+        let v1 = shape(1, 16, 16, 262_144, 0);
+        assert!(matches!(
+            plan_map("BERTH_NAT", &v1, &want),
+            Ok(Plan::Convert(_))
+        ));
+    }
+
+    #[test]
     fn type_flags_and_unconvertible_layouts_are_refused() {
         let want = shape(1, 8, 8, 1024, 0);
         for found in [
             shape(9, 8, 8, 1024, 0),
-            shape(1, 8, 8, 1024, 1),
+            // BPF_F_NUMA_NODE: a flag other than preallocation.
+            shape(1, 8, 8, 1024, 4),
             shape(1, 8, 12, 1024, 0),
             shape(1, 4, 8, 1024, 0),
         ] {

@@ -94,13 +94,13 @@ impl PolicyMaps {
         };
         self.endpoints
             .insert(addr_be(ip), ep, 0)
-            .map_err(err("BERTH_ENDPOINTS"))
+            .map_err(err(berth_maps::ENDPOINTS_MAP))
     }
 
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), DatapathError> {
         match self.endpoints.remove(&addr_be(ip)) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(err("BERTH_ENDPOINTS")(e)),
+            Err(e) => Err(err(berth_maps::ENDPOINTS_MAP)(e)),
         }
     }
 
@@ -120,7 +120,7 @@ impl PolicyMaps {
                 *i,
                 0,
             )
-            .map_err(err("BERTH_POLICY"))?;
+            .map_err(err(berth_maps::POLICY_MAP))?;
         self.policy
             .insert(
                 PolicyKey {
@@ -130,14 +130,14 @@ impl PolicyMaps {
                 *e,
                 0,
             )
-            .map_err(err("BERTH_POLICY"))
+            .map_err(err(berth_maps::POLICY_MAP))
     }
 
     pub fn remove_policy(&mut self, task_id: u32) -> Result<(), DatapathError> {
         for dir in [DIR_INGRESS, DIR_EGRESS] {
             match self.policy.remove(&PolicyKey { task_id, dir }) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(err("BERTH_POLICY")(e)),
+                Err(e) => return Err(err(berth_maps::POLICY_MAP)(e)),
             }
         }
         Ok(())
@@ -164,7 +164,7 @@ impl PolicyMaps {
         for a in want.difference(&have) {
             self.members
                 .insert(SgMember { sg_id, addr_be: *a }, 1, 0)
-                .map_err(err("BERTH_SG_MEMBERS"))?;
+                .map_err(err(berth_maps::SG_MEMBERS_MAP))?;
         }
         Ok(())
     }

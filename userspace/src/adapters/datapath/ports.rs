@@ -39,7 +39,7 @@ use super::{
 };
 use crate::domain::error::chain;
 
-pub const PORT_PROGRAMS: [&str; 2] = ["berth_from_ctr", "berth_to_ctr"];
+pub const PORT_PROGRAMS: [&str; 2] = berth_maps::program::PORT_PROGRAMS;
 /// Full resync against the bridge's port list.
 const RESYNC: Duration = Duration::from_secs(10);
 /// How often the thread looks at its stop flag between events.

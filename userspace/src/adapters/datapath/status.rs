@@ -131,7 +131,7 @@ impl StatusBase {
 fn hook_of(program: &str, link_type: u32) -> String {
     match (program, link_type) {
         (_, sys::BPF_LINK_TYPE_XDP) => "xdp".into(),
-        ("berth_to_ctr", _) => "tc egress (tcx)".into(),
+        (berth_maps::program::TO_CTR, _) => "tc egress (tcx)".into(),
         (_, sys::BPF_LINK_TYPE_TCX) => "tc ingress (tcx)".into(),
         (p, sys::BPF_LINK_TYPE_CGROUP) => {
             format!(

@@ -22,6 +22,8 @@ pub const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
 pub const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 pub const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 pub const BPF_MAP_TYPE_LRU_PERCPU_HASH: u32 = 10;
+/// `map_flags`: allocate each entry when it is inserted.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// `union bpf_attr` is 8-byte aligned; 128 bytes cover every command here.
 #[repr(C, align(8))]

@@ -158,6 +158,63 @@ fn a_range_without_host_ports_gets_a_contiguous_block_paired_in_order() {
 }
 
 #[test]
+fn a_pool_spec_takes_the_first_free_port_of_its_range() {
+    // Docker's `-p 9000-9003:80`: one host port out of 9000-9003, the first
+    // that is neither mapped nor held by a socket; the pool lies outside
+    // the dynamic range and ignores cool-downs.
+    let mut env = Env::new(49153, 49162);
+    let a = env.add("a", "172.17.0.2", &["9000-9003:80"]).unwrap();
+    assert_eq!((a[0].host_port, a[0].container_port), (9000, 80));
+    env.host.bind(Protocol::Tcp, 9001);
+    let b = env.add("b", "172.17.0.3", &["9000-9003:80"]).unwrap();
+    assert_eq!(b[0].host_port, 9002);
+    env.r().remove("b", &[]).unwrap();
+    let c = env.add("c", "172.17.0.4", &["9000-9003:8080"]).unwrap();
+    assert_eq!(
+        c[0].host_port, 9002,
+        "a released port is not cooling for a pool"
+    );
+    // UDP is counted apart from TCP.
+    let u = env.add("u", "172.17.0.5", &["9000-9003:53/udp"]).unwrap();
+    assert_eq!(u[0].host_port, 9000);
+    env.assert_consistent();
+}
+
+#[test]
+fn a_full_pool_is_refused_and_changes_nothing() {
+    let mut env = Env::new(49153, 49162);
+    env.add("a", "172.17.0.2", &["9000-9001:80"]).unwrap();
+    env.add("b", "172.17.0.3", &["9000-9001:80"]).unwrap();
+    let before = env.r().bindings();
+    let err = env.add("c", "172.17.0.4", &["9000-9001:80"]).unwrap_err();
+    assert!(matches!(err, Error::PortsExhausted { .. }), "{err}");
+    assert!(
+        err.to_string().contains("no free host port in 9000-9001"),
+        "{err}"
+    );
+    assert_eq!(env.r().bindings(), before);
+    env.assert_consistent();
+}
+
+#[test]
+fn a_pool_spec_removes_the_mapping_it_placed() {
+    let mut env = Env::new(49153, 49162);
+    env.add("web", "172.17.0.2", &["9000-9009:80", "7000:80"])
+        .unwrap();
+    let gone = env
+        .r()
+        .remove("web", &parse_specs(&["9000-9009:80"]).unwrap())
+        .unwrap();
+    assert_eq!(Env::ports(&gone), [9000]);
+    assert_eq!(Env::ports(&env.r().bindings()), [7000]);
+    assert!(env
+        .r()
+        .remove("web", &parse_specs(&["9000-9009:80"]).unwrap())
+        .is_err());
+    env.assert_consistent();
+}
+
+#[test]
 fn copies_get_different_ports_and_picks_spread_over_the_range() {
     let mut env = Env::new(40000, 60000);
     let mut seen = BTreeSet::new();

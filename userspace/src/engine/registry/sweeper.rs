@@ -103,13 +103,16 @@ fn spec_may_map(s: &PortSpec, g: &Binding) -> bool {
         return false;
     }
     let in_range = |r: &PortRange, p: u16| r.start <= p && p <= r.end;
-    match s.host {
-        Some(h) => {
+    match (s.fixed_host(), s.host_pool()) {
+        (Some(h), _) => {
             in_range(&h, g.host_port)
                 && u32::from(s.container.start) + u32::from(g.host_port - h.start)
                     == u32::from(g.container_port)
         }
-        None => in_range(&s.container, g.container_port),
+        (None, Some(pool)) => {
+            in_range(&pool, g.host_port) && in_range(&s.container, g.container_port)
+        }
+        (None, None) => in_range(&s.container, g.container_port),
     }
 }
 

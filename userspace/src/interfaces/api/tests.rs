@@ -229,9 +229,16 @@ async fn delete_of_unknown_task_or_binding_is_404() {
 
 #[tokio::test]
 async fn stats_reports_datapath_counters() {
+    let api = api();
+    api.datapath.count(berth_maps::Counter::IngressPass, 7);
+    let mut counters: serde_json::Map<String, serde_json::Value> = berth_maps::COUNTER_NAMES
+        .iter()
+        .map(|n| (n.to_string(), json!(0)))
+        .collect();
+    counters.insert("ingress_pass".into(), json!(7));
     assert_eq!(
-        api().get("/v1/stats").await,
-        (200, json!({"counters": {"bindings": 0, "passed": 7}}))
+        api.get("/v1/stats").await,
+        (200, json!({ "counters": counters }))
     );
 }
 

@@ -69,6 +69,8 @@ pub struct DaemonArgs {
     )]
     pub docker: Option<PathBuf>,
     #[command(flatten)]
+    pub capacity: crate::adapters::datapath::Capacity,
+    #[command(flatten)]
     pub security_groups: super::sg::SgDaemonArgs,
     #[command(flatten)]
     pub api: crate::domain::limits::ApiArgs,
@@ -94,6 +96,7 @@ impl DaemonArgs {
                 socket_hooks: !self.no_socket_hooks,
                 nat_capacity: self.security_groups.nat_max,
                 embryonic_capacity: self.security_groups.ct_embryonic_max,
+                capacity: self.capacity,
             },
             dynamic_ports: self.dynamic_ports,
             reserved_ports: self.reserved_ports,

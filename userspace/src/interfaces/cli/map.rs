@@ -24,7 +24,8 @@ pub enum MapCommand {
         #[arg(long, value_name = "CONTAINER_IP")]
         ip: String,
         /// [hostIP:][hostPort:]containerPort[/tcp|/udp], ports may be
-        /// ranges; no (or 0) host port: the daemon picks one.
+        /// ranges; no (or 0) host port: the daemon picks one; a host range
+        /// with one container port: the first free port of that range.
         #[arg(short = 'p', long = "publish", value_name = "SPEC", required = true)]
         ports: Vec<String>,
     },

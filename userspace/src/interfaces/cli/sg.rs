@@ -148,8 +148,8 @@ pub struct SgDaemonArgs {
     #[arg(
         long,
         value_name = "SECS",
-        default_value_t = 432_000,
-        value_parser = clap::value_parser!(u64).range(60..=432_000)
+        default_value_t = berth_maps::TIMEOUT_TCP_ESTABLISHED_S,
+        value_parser = clap::value_parser!(u64).range(60..=berth_maps::TIMEOUT_MAX_S)
     )]
     pub ct_tcp_timeout: u64,
     /// Idle timeout of a TCP flow whose handshake has not completed (SYN
@@ -157,36 +157,36 @@ pub struct SgDaemonArgs {
     #[arg(
         long,
         value_name = "SECS",
-        default_value_t = 30,
-        value_parser = clap::value_parser!(u64).range(1..=432_000)
+        default_value_t = berth_maps::TIMEOUT_TCP_SYN_S,
+        value_parser = clap::value_parser!(u64).range(1..=berth_maps::TIMEOUT_MAX_S)
     )]
     pub ct_tcp_syn_timeout: u64,
     /// Idle timeout of a UDP flow with no answer yet, seconds (1-432000).
     #[arg(
         long,
         value_name = "SECS",
-        default_value_t = 30,
-        value_parser = clap::value_parser!(u64).range(1..=432_000)
+        default_value_t = berth_maps::TIMEOUT_UDP_SINGLE_S,
+        value_parser = clap::value_parser!(u64).range(1..=berth_maps::TIMEOUT_MAX_S)
     )]
     pub ct_udp_timeout: u64,
     /// Idle timeout of an answered UDP flow, seconds (1-432000).
     #[arg(
         long,
         value_name = "SECS",
-        default_value_t = 180,
-        value_parser = clap::value_parser!(u64).range(1..=432_000)
+        default_value_t = berth_maps::TIMEOUT_UDP_STREAM_S,
+        value_parser = clap::value_parser!(u64).range(1..=berth_maps::TIMEOUT_MAX_S)
     )]
     pub ct_udp_stream_timeout: u64,
     /// Idle timeout of an ICMP echo flow, seconds (1-432000).
     #[arg(
         long,
         value_name = "SECS",
-        default_value_t = 30,
-        value_parser = clap::value_parser!(u64).range(1..=432_000)
+        default_value_t = berth_maps::TIMEOUT_ICMP_S,
+        value_parser = clap::value_parser!(u64).range(1..=berth_maps::TIMEOUT_MAX_S)
     )]
     pub ct_icmp_timeout: u64,
     /// Capacity of the security-group connection-tracking table
-    /// [default: 262144]. When it is full new flows are refused and counted
+    /// [default: --max-flows]. When it is full new flows are refused and counted
     /// (ct_table_full); established ones are never evicted. A pinned table
     /// of another size is resized at start, its flows kept (refused when
     /// they do not fit).
@@ -197,7 +197,7 @@ pub struct SgDaemonArgs {
     )]
     pub ct_max: Option<u32>,
     /// Capacity of the table of established published-port flows (and of
-    /// the table of clash-remapped client ports) [default: 262144]. When it
+    /// the table of clash-remapped client ports) [default: --max-flows]. When it
     /// is full, flows completing their handshake are refused and counted
     /// (nat_table_full); established ones are never evicted. A pinned table
     /// of another size is resized at start, its flows kept (refused when
@@ -209,7 +209,7 @@ pub struct SgDaemonArgs {
     )]
     pub nat_max: Option<u32>,
     /// Capacity of each table of not yet established flows (published ports
-    /// and security groups) [default: 131072]. These are LRU tables: a new
+    /// and security groups) [default: an eighth of --max-flows]. These are LRU tables: a new
     /// flow is never refused; the least recently used unestablished flow
     /// makes room. A pinned table of another size is resized at start
     /// (made smaller than its fill, it keeps what fits).

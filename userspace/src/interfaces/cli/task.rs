@@ -22,7 +22,8 @@ pub enum TaskCommand {
     /// (bridge mode) as one task, and print each container's networkBindings
     /// as ECS DescribeTasks shows them (JSON).
     Run {
-        /// RegisterTaskDefinition input or DescribeTaskDefinition output.
+        /// RegisterTaskDefinition input, DescribeTaskDefinition output, or
+        /// a bare array of container definitions.
         #[arg(long, value_name = "FILE.json")]
         task_def: PathBuf,
         /// The task's name (unique on this host).

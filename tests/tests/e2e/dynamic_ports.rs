@@ -10,97 +10,8 @@ use std::{
     time::Duration,
 };
 
-use berth_integration::{http_get, Bpffs, Daemon, DaemonOptions, HttpPeerServer, NetNs, Topology};
+use berth_integration::{Daemon, NetNs, Rig, Topology};
 use serde_json::Value;
-
-const T: Duration = Duration::from_secs(5);
-
-/// Guards drop in field order: daemon, then bpffs, then namespaces.
-struct Setup {
-    daemon: Daemon,
-    bpffs: Bpffs,
-    topo: Topology,
-}
-
-fn setup(extra_args: &[&str]) -> Setup {
-    let topo = Topology::build().expect("build topology");
-    setup_in(topo, extra_args)
-}
-
-fn setup_in(topo: Topology, extra_args: &[&str]) -> Setup {
-    let bpffs = Bpffs::new().expect("bpffs");
-    let opts = DaemonOptions {
-        extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    };
-    let daemon = Daemon::start_with(&topo.host.ns, &bpffs, opts).expect("start daemon");
-    Setup {
-        daemon,
-        bpffs,
-        topo,
-    }
-}
-
-impl Setup {
-    fn map_add(&self, task: &str, ip: &str, specs: &[&str]) -> anyhow::Result<String> {
-        let mut args = vec!["map", "add", "--task", task, "--ip", ip];
-        for s in specs {
-            args.extend(["-p", s]);
-        }
-        self.daemon.cli_ok(args)
-    }
-
-    /// `map add` expected to fail: its one stderr line.
-    fn map_add_err(&self, task: &str, ip: &str, specs: &[&str]) -> String {
-        let mut args = vec!["map", "add", "--task", task, "--ip", ip];
-        for s in specs {
-            args.extend(["-p", s]);
-        }
-        let out = self.daemon.cli(&args).unwrap();
-        assert!(
-            !out.status.success(),
-            "`berth {}` must fail",
-            args.join(" ")
-        );
-        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        assert_eq!(err.lines().count(), 1, "one line: {err:?}");
-        err
-    }
-
-    fn bindings(&self) -> Vec<Value> {
-        let out = self.daemon.cli_ok(["map", "ls", "--json"]).expect("map ls");
-        serde_json::from_str::<Value>(&out)
-            .expect("JSON")
-            .as_array()
-            .expect("array")
-            .clone()
-    }
-
-    fn host_ports(&self, task: &str) -> Vec<u16> {
-        self.bindings()
-            .iter()
-            .filter(|b| b["task"] == task)
-            .map(|b| b["hostPort"].as_u64().unwrap() as u16)
-            .collect()
-    }
-
-    fn client_get(&self, port: u16) -> anyhow::Result<String> {
-        let addr = self.topo.host.addr(port);
-        self.topo.client.ns.run(move || http_get(addr, "/", T))
-    }
-
-    fn reserved_ports(&self) -> BTreeSet<u16> {
-        parse_port_list(&reserved_ports_sysctl(&self.topo.host.ns))
-    }
-
-    fn reset(&self) -> std::process::Output {
-        let state = self.daemon.state_dir().display().to_string();
-        let bpffs = self.daemon.bpffs().display().to_string();
-        self.daemon
-            .cli(["reset", "--state-dir", &state, "--bpffs", &bpffs])
-            .unwrap()
-    }
-}
 
 /// `net.ipv4.ip_local_reserved_ports` of `ns`, read in one `read`: the
 /// kernel answers a read at a non-zero offset with end of file, so reading
@@ -129,22 +40,36 @@ fn parse_port_list(text: &str) -> BTreeSet<u16> {
     ports
 }
 
+/// The host ports `map ls` shows for `task`.
+fn host_ports(rig: &Rig, task: &str) -> Vec<u16> {
+    rig.bindings()
+        .iter()
+        .filter(|b| b["task"] == task)
+        .map(|b| b["hostPort"].as_u64().unwrap() as u16)
+        .collect()
+}
+
+fn reserved_ports(rig: &Rig) -> BTreeSet<u16> {
+    parse_port_list(&reserved_ports_sysctl(&rig.topo.host.ns))
+}
+
 fn set(ports: &[u16]) -> BTreeSet<u16> {
     ports.iter().copied().collect()
 }
 
 #[test]
 fn a_dynamic_host_port_is_picked_shown_and_reachable() {
-    let s = setup(&["--dynamic-ports", "41000-41999"]);
-    let _web =
-        HttpPeerServer::start_in(&s.topo.container.ns, "0.0.0.0:80".parse().unwrap()).unwrap();
-    let out = s.map_add("web", "172.17.0.2", &["80"]).unwrap();
-    let ports = s.host_ports("web");
+    let rig = Rig::builder()
+        .flags(&["--dynamic-ports", "41000-41999"])
+        .start();
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    let out = rig.map_add("web", "172.17.0.2", &["80"]);
+    let ports = host_ports(&rig, "web");
     assert_eq!(ports.len(), 1);
     let port = ports[0];
     assert!((41000..=41999).contains(&port), "{port}");
     assert!(out.contains(&port.to_string()), "map add prints it:\n{out}");
-    let body = s.client_get(port).expect("GET through the dynamic port");
+    let body = rig.client_get(port).expect("GET through the dynamic port");
     assert!(body.starts_with("192.0.2.2:"), "{body}");
 }
 
@@ -155,23 +80,22 @@ fn the_default_range_is_the_namespaces_ephemeral_range() {
         .ns
         .set_sysctl("net.ipv4.ip_local_port_range", "45000 45009")
         .unwrap();
-    let s = setup_in(topo, &[]);
-    s.map_add("web", "172.17.0.2", &["80", "81", "53/udp"])
-        .unwrap();
-    for port in s.host_ports("web") {
+    let rig = Rig::builder().flags(&[]).start_on(topo);
+    rig.map_add("web", "172.17.0.2", &["80", "81", "53/udp"]);
+    for port in host_ports(&rig, "web") {
         assert!((45000..=45009).contains(&port), "{port}");
     }
 }
 
 #[test]
 fn a_port_range_gets_a_contiguous_block_that_forwards() {
-    let s = setup(&["--dynamic-ports", "42000-42099"]);
-    let _a =
-        HttpPeerServer::start_in(&s.topo.container.ns, "0.0.0.0:9000".parse().unwrap()).unwrap();
-    let _b =
-        HttpPeerServer::start_in(&s.topo.container.ns, "0.0.0.0:9004".parse().unwrap()).unwrap();
-    s.map_add("web", "172.17.0.2", &["9000-9004"]).unwrap();
-    let b = s.bindings();
+    let rig = Rig::builder()
+        .flags(&["--dynamic-ports", "42000-42099"])
+        .start();
+    let _a = rig.serve_http(&rig.topo.container.ns, 9000);
+    let _b = rig.serve_http(&rig.topo.container.ns, 9004);
+    rig.map_add("web", "172.17.0.2", &["9000-9004"]);
+    let b = rig.bindings();
     let pairs: Vec<(u64, u64)> = b
         .iter()
         .map(|b| {
@@ -186,45 +110,50 @@ fn a_port_range_gets_a_contiguous_block_that_forwards() {
         pairs,
         (0..5).map(|i| (first + i, 9000 + i)).collect::<Vec<_>>()
     );
-    s.client_get(first as u16).expect("first port of the block");
-    s.client_get(first as u16 + 4)
+    rig.client_get(first as u16)
+        .expect("first port of the block");
+    rig.client_get(first as u16 + 4)
         .expect("last port of the block");
 }
 
 #[test]
 fn exhausting_the_range_is_one_clear_line_and_changes_nothing() {
-    let s = setup(&["--dynamic-ports", "43000-43002"]);
-    s.map_add("a", "172.17.0.2", &["9000-9001"]).unwrap();
-    let before = s.bindings();
-    let reserved = s.reserved_ports();
-    let err = s.map_add_err("b", "172.17.0.3", &["8443:443", "80", "81"]);
+    let rig = Rig::builder()
+        .flags(&["--dynamic-ports", "43000-43002"])
+        .start();
+    rig.map_add("a", "172.17.0.2", &["9000-9001"]);
+    let before = rig.bindings();
+    let reserved = reserved_ports(&rig);
+    let err = rig.map_add_err("b", "172.17.0.3", &["8443:443", "80", "81"]);
     assert_eq!(
         err,
         "berth: no free host port in 43000-43002 for 0.0.0.0/tcp (0 reserved, 3 in use, 0 cooling down)"
     );
-    let err = s.map_add_err("b", "172.17.0.3", &["7000-7001/udp", "7002-7003/udp"]);
+    let err = rig.map_add_err("b", "172.17.0.3", &["7000-7001/udp", "7002-7003/udp"]);
     assert_eq!(
         err,
         "berth: no free block of 2 contiguous host ports in 43000-43002 for 0.0.0.0/udp \
          (0 reserved, 2 in use, 0 cooling down)"
     );
-    assert_eq!(s.bindings(), before, "nothing published");
-    assert_eq!(s.reserved_ports(), reserved, "nothing reserved");
+    assert_eq!(rig.bindings(), before, "nothing published");
+    assert_eq!(reserved_ports(&rig), reserved, "nothing reserved");
     // Another protocol has its own ports.
-    s.map_add("c", "172.17.0.3", &["53/udp"]).unwrap();
+    rig.map_add("c", "172.17.0.3", &["53/udp"]);
 }
 
 #[test]
 fn a_taken_port_conflicts_in_dockers_words_dynamic_or_not() {
-    let s = setup(&["--dynamic-ports", "44000-44999"]);
-    s.map_add("a", "172.17.0.2", &["80"]).unwrap();
-    let port = s.host_ports("a")[0];
-    let err = s.map_add_err("b", "172.17.0.3", &[&format!("{port}:81")]);
+    let rig = Rig::builder()
+        .flags(&["--dynamic-ports", "44000-44999"])
+        .start();
+    rig.map_add("a", "172.17.0.2", &["80"]);
+    let port = host_ports(&rig, "a")[0];
+    let err = rig.map_add_err("b", "172.17.0.3", &[&format!("{port}:81")]);
     assert_eq!(
         err,
         format!("berth: Bind for 0.0.0.0:{port} failed: port is already allocated")
     );
-    assert_eq!(s.bindings().len(), 1);
+    assert_eq!(rig.bindings().len(), 1);
 }
 
 #[test]
@@ -235,61 +164,64 @@ fn a_listening_host_socket_or_reserved_port_is_never_handed_out() {
         .ns
         .run(|| TcpListener::bind("0.0.0.0:46000"))
         .expect("listen on 46000");
-    let s = setup_in(
-        topo,
-        &[
+    let rig = Rig::builder()
+        .flags(&[
             "--dynamic-ports",
             "46000-46002",
             "--reserved-ports",
             "46001",
-        ],
-    );
-    s.map_add("web", "172.17.0.2", &["80"]).unwrap();
-    assert_eq!(s.host_ports("web"), [46002]);
-    let err = s.map_add_err("api", "172.17.0.3", &["80"]);
+        ])
+        .start_on(topo);
+    rig.map_add("web", "172.17.0.2", &["80"]);
+    assert_eq!(host_ports(&rig, "web"), [46002]);
+    let err = rig.map_add_err("api", "172.17.0.3", &["80"]);
     assert!(
         err.ends_with("(1 reserved, 2 in use, 0 cooling down)"),
         "{err}"
     );
     drop(listener);
-    s.map_add("api", "172.17.0.3", &["80"]).unwrap();
-    assert_eq!(s.host_ports("api"), [46000]);
+    rig.map_add("api", "172.17.0.3", &["80"]);
+    assert_eq!(host_ports(&rig, "api"), [46000]);
 }
 
 #[test]
 fn a_released_port_cools_down_across_restarts() {
-    let mut s = setup(&["--dynamic-ports", "47000-47000", "--port-cooldown", "300"]);
-    s.map_add("a", "172.17.0.2", &["80"]).unwrap();
-    assert_eq!(s.host_ports("a"), [47000]);
-    s.daemon.cli_ok(["map", "rm", "--task", "a"]).unwrap();
-    let err = s.map_add_err("b", "172.17.0.3", &["80"]);
+    let mut rig = Rig::builder()
+        .flags(&["--dynamic-ports", "47000-47000", "--port-cooldown", "300"])
+        .start();
+    rig.map_add("a", "172.17.0.2", &["80"]);
+    assert_eq!(host_ports(&rig, "a"), [47000]);
+    rig.daemon.cli_ok(["map", "rm", "--task", "a"]).unwrap();
+    let err = rig.map_add_err("b", "172.17.0.3", &["80"]);
     assert_eq!(
         err,
         "berth: no free host port in 47000 for 0.0.0.0/tcp (0 reserved, 0 in use, 1 cooling down)"
     );
-    s.daemon.restart().expect("restart");
-    let err = s.map_add_err("b", "172.17.0.3", &["80"]);
+    rig.daemon.restart().expect("restart");
+    let err = rig.map_add_err("b", "172.17.0.3", &["80"]);
     assert!(
         err.ends_with("1 cooling down)"),
         "the store remembers: {err}"
     );
     // Asking for it by number is the operator's call.
-    s.map_add("c", "172.17.0.4", &["47000:80"]).unwrap();
+    rig.map_add("c", "172.17.0.4", &["47000:80"]);
 }
 
 #[test]
 fn a_released_port_comes_back_after_the_cool_down() {
-    let s = setup(&["--dynamic-ports", "47100-47100", "--port-cooldown", "2"]);
-    s.map_add("a", "172.17.0.2", &["80"]).unwrap();
-    s.daemon
+    let rig = Rig::builder()
+        .flags(&["--dynamic-ports", "47100-47100", "--port-cooldown", "2"])
+        .start();
+    rig.map_add("a", "172.17.0.2", &["80"]);
+    rig.daemon
         .cli_ok(["map", "rm", "--task", "a", "-p", "80"])
         .unwrap();
-    assert!(s
+    assert!(rig
         .map_add_err("b", "172.17.0.3", &["80"])
         .contains("1 cooling down"));
     thread::sleep(Duration::from_millis(3100));
-    s.map_add("b", "172.17.0.3", &["80"]).unwrap();
-    assert_eq!(s.host_ports("b"), [47100]);
+    rig.map_add("b", "172.17.0.3", &["80"]);
+    assert_eq!(host_ports(&rig, "b"), [47100]);
 }
 
 #[test]
@@ -299,57 +231,61 @@ fn reserved_ports_follow_mappings_and_the_operators_survive_rm_and_reset() {
         .ns
         .set_sysctl("net.ipv4.ip_local_reserved_ports", "8443,30000-30001")
         .unwrap();
-    let mut s = setup_in(topo, &["--dynamic-ports", "48000-48999"]);
+    let mut rig = Rig::builder()
+        .flags(&["--dynamic-ports", "48000-48999"])
+        .start_on(topo);
     let operators = set(&[8443, 30000, 30001]);
-    assert_eq!(s.reserved_ports(), operators);
+    assert_eq!(reserved_ports(&rig), operators);
 
-    s.map_add(
+    rig.map_add(
         "web",
         "172.17.0.2",
         &["8080:80", "8443:443", "80", "53:53/udp"],
-    )
-    .unwrap();
-    let dynamic = s.host_ports("web")[2];
+    );
+    let dynamic = host_ports(&rig, "web")[2];
     assert_eq!(
-        s.reserved_ports(),
+        reserved_ports(&rig),
         set(&[53, 8080, 8443, 30000, 30001, dynamic])
     );
-    s.daemon
+    rig.daemon
         .cli_ok([
             "map", "rm", "--task", "web", "-p", "8080:80", "-p", "8443:443",
         ])
         .unwrap();
-    assert_eq!(s.reserved_ports(), set(&[53, 8443, 30000, 30001, dynamic]));
-    s.daemon.cli_ok(["map", "rm", "--task", "web"]).unwrap();
     assert_eq!(
-        s.reserved_ports(),
+        reserved_ports(&rig),
+        set(&[53, 8443, 30000, 30001, dynamic])
+    );
+    rig.daemon.cli_ok(["map", "rm", "--task", "web"]).unwrap();
+    assert_eq!(
+        reserved_ports(&rig),
         operators,
         "map rm leaves the operator's"
     );
 
     // A restart re-reserves what the sysctl lost.
-    s.map_add("db", "172.17.0.3", &["5432:5432"]).unwrap();
-    s.topo
+    rig.map_add("db", "172.17.0.3", &["5432:5432"]);
+    rig.topo
         .host
         .ns
         .set_sysctl("net.ipv4.ip_local_reserved_ports", "8443,30000-30001")
         .unwrap();
-    s.daemon.restart().unwrap();
-    assert_eq!(s.reserved_ports(), set(&[5432, 8443, 30000, 30001]));
+    rig.daemon.restart().unwrap();
+    assert_eq!(reserved_ports(&rig), set(&[5432, 8443, 30000, 30001]));
 
     // Reset refuses while the daemon runs, then removes what berth added.
-    let out = s.reset();
+    let out = rig.reset();
     assert!(!out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
         format!(
             "berth: a berth daemon is answering on {}; stop it before resetting",
-            s.daemon.socket().display()
+            rig.daemon.socket().display()
         )
     );
-    assert_eq!(s.reserved_ports(), set(&[5432, 8443, 30000, 30001]));
-    s.daemon.stop().unwrap();
-    let out = s.reset();
+    assert_eq!(reserved_ports(&rig), set(&[5432, 8443, 30000, 30001]));
+    rig.daemon.stop().unwrap();
+    let out = rig.reset();
     assert!(
         out.status.success(),
         "{}",
@@ -360,28 +296,32 @@ fn reserved_ports_follow_mappings_and_the_operators_survive_rm_and_reset() {
         said.starts_with("berth reset: released reserved ports 5432; removed pins "),
         "{said}"
     );
-    assert_eq!(s.reserved_ports(), operators, "reset leaves the operator's");
-    let entries = s.bpffs.entries().unwrap();
+    assert_eq!(
+        reserved_ports(&rig),
+        operators,
+        "reset leaves the operator's"
+    );
+    let entries = rig.bpffs.entries().unwrap();
     assert!(
         !entries.contains(&"berth".into()),
         "no pins left: {entries:?}"
     );
-    assert!(!s.daemon.state_dir().join("berth.redb").exists());
+    assert!(!rig.daemon.state_dir().join("berth.redb").exists());
     // A fresh start has nothing.
-    s.daemon.start_again().unwrap();
-    assert!(s.bindings().is_empty());
-    assert_eq!(s.reserved_ports(), operators);
+    rig.daemon.start_again().unwrap();
+    assert!(rig.bindings().is_empty());
+    assert_eq!(reserved_ports(&rig), operators);
 }
 
 #[test]
 fn daemon_teardown_is_reset() {
-    let mut s = setup(&[]);
-    s.map_add("web", "172.17.0.2", &["8080:80"]).unwrap();
-    assert_eq!(s.reserved_ports(), set(&[8080]));
-    s.daemon.stop().unwrap();
-    let state = s.daemon.state_dir().display().to_string();
-    let bpffs = s.daemon.bpffs().display().to_string();
-    let out = s
+    let mut rig = Rig::start();
+    rig.map_add("web", "172.17.0.2", &["8080:80"]);
+    assert_eq!(reserved_ports(&rig), set(&[8080]));
+    rig.daemon.stop().unwrap();
+    let state = rig.daemon.state_dir().display().to_string();
+    let bpffs = rig.daemon.bpffs().display().to_string();
+    let out = rig
         .daemon
         .cli_ok([
             "daemon",
@@ -393,8 +333,8 @@ fn daemon_teardown_is_reset() {
         ])
         .unwrap();
     assert!(out.contains("released reserved ports 8080"), "{out}");
-    assert!(s.reserved_ports().is_empty());
-    assert!(!s.bpffs.entries().unwrap().contains(&"berth".into()));
+    assert!(reserved_ports(&rig).is_empty());
+    assert!(!rig.bpffs.entries().unwrap().contains(&"berth".into()));
 }
 
 /// `GET /v1/events` read from a raw connection.
@@ -452,14 +392,15 @@ impl Events {
 
 #[test]
 fn events_report_every_added_and_removed_binding() {
-    let s = setup(&["--dynamic-ports", "49500-49599"]);
-    let mut stream = Events::open(&s.daemon);
-    s.map_add("web", "172.17.0.2", &["8080:80", "80/udp"])
-        .unwrap();
-    s.daemon
+    let rig = Rig::builder()
+        .flags(&["--dynamic-ports", "49500-49599"])
+        .start();
+    let mut stream = Events::open(&rig.daemon);
+    rig.map_add("web", "172.17.0.2", &["8080:80", "80/udp"]);
+    rig.daemon
         .cli_ok(["map", "rm", "--task", "web", "-p", "8080:80"])
         .unwrap();
-    let dynamic = s.host_ports("web")[0];
+    let dynamic = host_ports(&rig, "web")[0];
     let got: Vec<(String, u64, String)> = (0..3)
         .map(|_| {
             let e = stream.next();
@@ -482,10 +423,10 @@ fn events_report_every_added_and_removed_binding() {
 
     // The CLI: the current bindings first, then live ones, then exit.
     let out = thread::scope(|sc| {
-        let follower = sc.spawn(|| s.daemon.cli_ok(["events", "--existing", "--count", "2"]));
+        let follower = sc.spawn(|| rig.daemon.cli_ok(["events", "--existing", "--count", "2"]));
         // Whether `events` subscribes before or after this add, it shows
         // up exactly once (live or in the snapshot).
-        s.map_add("api", "172.17.0.3", &["9090:90"]).unwrap();
+        rig.map_add("api", "172.17.0.3", &["9090:90"]);
         follower.join().unwrap().unwrap()
     });
     let lines: Vec<Value> = out
@@ -498,4 +439,40 @@ fn events_report_every_added_and_removed_binding() {
         .collect();
     assert_eq!(ports, [u64::from(dynamic), 9090].into());
     assert!(lines.iter().all(|e| e["event"] == "added"));
+}
+
+#[test]
+fn a_host_range_for_one_container_port_takes_its_first_free_port() {
+    // Docker's `-p 9000-9009:80`: one host port out of the range, the first
+    // that is neither mapped nor held by a host socket.
+    let rig = Rig::builder()
+        .flags(&["--dynamic-ports", "44000-44099"])
+        .start();
+    let _one = rig.serve_http(&rig.topo.container.ns, 80);
+    let _two = rig.serve_http(&rig.topo.container2.ns, 80);
+    let held = rig
+        .topo
+        .host
+        .ns
+        .run(|| TcpListener::bind("0.0.0.0:9001"))
+        .expect("a host process on 9001");
+    rig.map_add("a", "172.17.0.2", &["9000-9009:80"]);
+    rig.map_add("b", "172.17.0.3", &["9000-9009:80"]);
+    assert_eq!(host_ports(&rig, "a"), [9000]);
+    assert_eq!(host_ports(&rig, "b"), [9002], "9000 mapped, 9001 held");
+    let body = rig.client_get(9002).expect("GET through the picked port");
+    assert!(body.starts_with("192.0.2.2:"), "{body}");
+    drop(held);
+
+    // `map rm -p` with the same pool removes the port it placed.
+    rig.berth(&["map", "rm", "--task", "b", "-p", "9000-9009:80"]);
+    assert_eq!(host_ports(&rig, "b"), Vec::<u16>::new());
+    assert!(rig.client_get(9002).is_err(), "unpublished");
+
+    // A container port range still needs host ports of its length.
+    let err = rig.map_add_err("c", "172.17.0.3", &["9000-9009:80-81"]);
+    assert_eq!(
+        err,
+        "berth: port spec \"9000-9009:80-81\": host ports 9000-9009 (10) and container ports 80-81 (2) differ in length"
+    );
 }

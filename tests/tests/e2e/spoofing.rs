@@ -13,60 +13,27 @@ use berth_integration::{
     addr::{BRIDGE_IP, CLIENT_IP, CONTAINER2_IP, CONTAINER_IP, HOST_IP},
     pkt::Packet,
     rawsock::{ipv4_tuple, RawSocket},
-    udp_request, Bpffs, Daemon, HttpPeerServer, Topology, UdpEchoServer,
+    rig::REQUEST_TIMEOUT as T,
+    rig::VETH_POLL,
+    udp_request, Rig,
 };
-use serde_json::Value;
 
-const T: Duration = Duration::from_secs(5);
 /// How long a receiver is watched after an injection.
 const WATCH: Duration = Duration::from_millis(1200);
-/// The datapath polls the bridge's ports every 250 ms.
-const VETH_POLL: Duration = Duration::from_millis(600);
 /// Known ports' addresses are read again every 2 s.
 const ADDR_REFRESH: Duration = Duration::from_millis(2600);
 const CONTAINER3_IP: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 4);
 
-/// Guards drop in field order: daemon, then bpffs, then namespaces.
-struct Setup {
-    daemon: Daemon,
-    _bpffs: Bpffs,
-    topo: Topology,
+/// The default daemon, every container port hooked.
+fn setup() -> Rig {
+    Rig::builder().wait_for_ports().start()
 }
 
-fn setup() -> Setup {
-    let topo = Topology::build().expect("build topology");
-    let bpffs = Bpffs::new().expect("bpffs");
-    let daemon = Daemon::start(&topo.host.ns, &bpffs).expect("start daemon");
-    thread::sleep(VETH_POLL);
-    Setup {
-        daemon,
-        _bpffs: bpffs,
-        topo,
-    }
-}
-
-impl Setup {
-    fn berth(&self, args: &[&str]) -> String {
-        self.daemon.cli_ok(args).expect("berth command")
-    }
-
-    fn counter(&self, name: &str) -> u64 {
-        let v: Value = serde_json::from_str(&self.berth(&["stats", "--json"])).unwrap();
-        v["counters"][name]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no counter {name}"))
-    }
-
-    /// A frame from the client to the host's uplink MAC.
-    fn client_frame(&self, mut p: Packet) -> Vec<u8> {
-        p.eth_src = self.topo.client.link().unwrap().mac;
-        p.eth_dst = self.topo.host.uplink_link().unwrap().mac;
-        p.frame()
-    }
-}
-
-fn any(port: u16) -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], port))
+/// A frame from the client to the host's uplink MAC.
+fn client_frame(rig: &Rig, mut p: Packet) -> Vec<u8> {
+    p.eth_src = rig.topo.client.link().unwrap().mac;
+    p.eth_dst = rig.topo.host.uplink_link().unwrap().mac;
+    p.frame()
 }
 
 /// Sends `frame` on `out` while watching each of `watch`; returns, per
@@ -98,27 +65,16 @@ fn inject(out: &RawSocket, frame: &[u8], watch: &[&RawSocket]) -> Vec<Vec<Vec<u8
 
 #[test]
 fn a_lan_frame_to_loopback_reaches_no_container() {
-    let s = setup();
-    let _lo = HttpPeerServer::start_in(&s.topo.container.ns, any(9000)).unwrap();
-    let _any = HttpPeerServer::start_in(&s.topo.container.ns, any(9001)).unwrap();
-    s.berth(&[
-        "map",
-        "add",
-        "--task",
-        "web",
-        "--ip",
-        "172.17.0.2",
-        "-p",
-        "127.0.0.1:9000:9000",
-        "-p",
-        "9001:9001",
-    ]);
-    let client = RawSocket::open_in(&s.topo.client.ns, "eth0").unwrap();
-    let ctr = RawSocket::open_in(&s.topo.container.ns, "eth0").unwrap();
+    let rig = setup();
+    let _lo = rig.serve_http(&rig.topo.container.ns, 9000);
+    let _any = rig.serve_http(&rig.topo.container.ns, 9001);
+    rig.map_add("web", "172.17.0.2", &["127.0.0.1:9000:9000", "9001:9001"]);
+    let client = RawSocket::open_in(&rig.topo.client.ns, "eth0").unwrap();
+    let ctr = RawSocket::open_in(&rig.topo.container.ns, "eth0").unwrap();
 
     // The injection path works: a SYN to the host's address is translated
     // and the container's SYN-ACK comes back from the host port.
-    let syn = s.client_frame(Packet::tcp(CLIENT_IP, 41000, HOST_IP, 9001));
+    let syn = client_frame(&rig, Packet::tcp(CLIENT_IP, 41000, HOST_IP, 9001));
     let seen = inject(&client, &syn, &[&client, &ctr]);
     assert!(!seen[1].is_empty(), "the container got the control SYN");
     let answer = seen[0].iter().filter_map(|f| ipv4_tuple(f)).next();
@@ -131,7 +87,10 @@ fn a_lan_frame_to_loopback_reaches_no_container() {
     // 127.0.0.1 from the LAN: on the loopback-bound mapping and on the
     // wildcard one, nothing reaches the container and nothing answers.
     for (sport, dport) in [(41001, 9000), (41002, 9001)] {
-        let syn = s.client_frame(Packet::tcp(CLIENT_IP, sport, Ipv4Addr::LOCALHOST, dport));
+        let syn = client_frame(
+            &rig,
+            Packet::tcp(CLIENT_IP, sport, Ipv4Addr::LOCALHOST, dport),
+        );
         let seen = inject(&client, &syn, &[&client, &ctr]);
         assert!(
             seen[1].is_empty(),
@@ -144,37 +103,19 @@ fn a_lan_frame_to_loopback_reaches_no_container() {
             seen[0]
         );
     }
-    assert!(s.counter("uplink_loopback") >= 2);
+    assert!(rig.counter("uplink_loopback") >= 2);
 }
 
 #[test]
 fn a_datagram_with_a_local_source_from_the_lan_is_not_delivered() {
-    let s = setup();
-    let echo = UdpEchoServer::start_in(&s.topo.container2.ns, any(53)).unwrap();
-    s.berth(&[
-        "map",
-        "add",
-        "--task",
-        "t1",
-        "--ip",
-        "172.17.0.2",
-        "-p",
-        "8080:80",
-    ]);
-    s.berth(&[
-        "map",
-        "add",
-        "--task",
-        "t2",
-        "--ip",
-        "172.17.0.3",
-        "-p",
-        "5353:53/udp",
-    ]);
+    let rig = setup();
+    let echo = rig.serve_udp_echo(&rig.topo.container2.ns, 53);
+    rig.map_add("t1", "172.17.0.2", &["8080:80"]);
+    rig.map_add("t2", "172.17.0.3", &["5353:53/udp"]);
     // t2 answers t1's group, and the client's own address (the control).
-    s.berth(&["sg", "create", "sg-a"]);
-    s.berth(&["sg", "create", "sg-b"]);
-    s.berth(&[
+    rig.berth(&["sg", "create", "sg-a"]);
+    rig.berth(&["sg", "create", "sg-b"]);
+    rig.berth(&[
         "sg",
         "rule",
         "add",
@@ -187,7 +128,7 @@ fn a_datagram_with_a_local_source_from_the_lan_is_not_delivered() {
         "--sg",
         "sg-a",
     ]);
-    s.berth(&[
+    rig.berth(&[
         "sg",
         "rule",
         "add",
@@ -200,12 +141,12 @@ fn a_datagram_with_a_local_source_from_the_lan_is_not_delivered() {
         "--cidr",
         "192.0.2.2/32",
     ]);
-    s.berth(&["sg", "attach", "sg-a", "--task", "t1"]);
-    s.berth(&["sg", "attach", "sg-b", "--task", "t2"]);
-    let client = RawSocket::open_in(&s.topo.client.ns, "eth0").unwrap();
-    let ctr2 = RawSocket::open_in(&s.topo.container2.ns, "eth0").unwrap();
+    rig.berth(&["sg", "attach", "sg-a", "--task", "t1"]);
+    rig.berth(&["sg", "attach", "sg-b", "--task", "t2"]);
+    let client = RawSocket::open_in(&rig.topo.client.ns, "eth0").unwrap();
+    let ctr2 = RawSocket::open_in(&rig.topo.container2.ns, "eth0").unwrap();
 
-    let control = s.client_frame(Packet::udp(CLIENT_IP, 5000, HOST_IP, 5353));
+    let control = client_frame(&rig, Packet::udp(CLIENT_IP, 5000, HOST_IP, 5353));
     let seen = inject(&client, &control, &[&ctr2]);
     assert!(
         !seen[0].is_empty(),
@@ -221,7 +162,7 @@ fn a_datagram_with_a_local_source_from_the_lan_is_not_delivered() {
         (BRIDGE_IP, 5004),
         (Ipv4Addr::LOCALHOST, 5005),
     ] {
-        let f = s.client_frame(Packet::udp(src, sport, HOST_IP, 5353));
+        let f = client_frame(&rig, Packet::udp(src, sport, HOST_IP, 5353));
         let seen = inject(&client, &f, &[&ctr2]);
         assert!(
             seen[0].is_empty(),
@@ -234,11 +175,11 @@ fn a_datagram_with_a_local_source_from_the_lan_is_not_delivered() {
         vec![SocketAddr::from((CLIENT_IP, 5000))],
         "only the control datagram arrived"
     );
-    assert!(s.counter("uplink_spoofed_source") >= 4);
-    assert!(s.counter("uplink_loopback") >= 1);
+    assert!(rig.counter("uplink_spoofed_source") >= 4);
+    assert!(rig.counter("uplink_loopback") >= 1);
 
     // The same identity from where it lives is admitted.
-    let reply = s
+    let reply = rig
         .topo
         .container
         .ns
@@ -249,45 +190,18 @@ fn a_datagram_with_a_local_source_from_the_lan_is_not_delivered() {
 
 #[test]
 fn a_container_cannot_spoof_a_group_member_to_reach_a_third() {
-    let s = setup();
-    let ctr3 = s.topo.new_container("ctr3", CONTAINER3_IP).unwrap();
+    let rig = setup();
+    let ctr3 = rig.topo.new_container("ctr3", CONTAINER3_IP).unwrap();
     thread::sleep(VETH_POLL);
-    let echo53 = UdpEchoServer::start_in(&s.topo.container2.ns, any(53)).unwrap();
-    let echo54 = UdpEchoServer::start_in(&s.topo.container2.ns, any(54)).unwrap();
-    s.berth(&[
-        "map",
-        "add",
-        "--task",
-        "t1",
-        "--ip",
-        "172.17.0.2",
-        "-p",
-        "8080:80",
-    ]);
-    s.berth(&[
-        "map",
-        "add",
-        "--task",
-        "t2",
-        "--ip",
-        "172.17.0.3",
-        "-p",
-        "5353:53/udp",
-    ]);
-    s.berth(&[
-        "map",
-        "add",
-        "--task",
-        "t3",
-        "--ip",
-        "172.17.0.4",
-        "-p",
-        "8083:80",
-    ]);
+    let echo53 = rig.serve_udp_echo(&rig.topo.container2.ns, 53);
+    let echo54 = rig.serve_udp_echo(&rig.topo.container2.ns, 54);
+    rig.map_add("t1", "172.17.0.2", &["8080:80"]);
+    rig.map_add("t2", "172.17.0.3", &["5353:53/udp"]);
+    rig.map_add("t3", "172.17.0.4", &["8083:80"]);
     // t2 admits t1's group on 53, and t3's own address on 54 (the control).
-    s.berth(&["sg", "create", "sg-a"]);
-    s.berth(&["sg", "create", "sg-b"]);
-    s.berth(&[
+    rig.berth(&["sg", "create", "sg-a"]);
+    rig.berth(&["sg", "create", "sg-b"]);
+    rig.berth(&[
         "sg",
         "rule",
         "add",
@@ -300,7 +214,7 @@ fn a_container_cannot_spoof_a_group_member_to_reach_a_third() {
         "--sg",
         "sg-a",
     ]);
-    s.berth(&[
+    rig.berth(&[
         "sg",
         "rule",
         "add",
@@ -313,15 +227,15 @@ fn a_container_cannot_spoof_a_group_member_to_reach_a_third() {
         "--cidr",
         "172.17.0.4/32",
     ]);
-    s.berth(&["sg", "attach", "sg-a", "--task", "t1"]);
-    s.berth(&["sg", "attach", "sg-b", "--task", "t2"]);
+    rig.berth(&["sg", "attach", "sg-a", "--task", "t1"]);
+    rig.berth(&["sg", "attach", "sg-b", "--task", "t2"]);
 
     let out = RawSocket::open_in(&ctr3.ns, "eth0").unwrap();
-    let ctr2 = RawSocket::open_in(&s.topo.container2.ns, "eth0").unwrap();
+    let ctr2 = RawSocket::open_in(&rig.topo.container2.ns, "eth0").unwrap();
     let frame = |src: Ipv4Addr, sport: u16, dport: u16| {
         let mut p = Packet::udp(src, sport, CONTAINER2_IP, dport);
         p.eth_src = ctr3.link().unwrap().mac;
-        p.eth_dst = s.topo.container2.link().unwrap().mac;
+        p.eth_dst = rig.topo.container2.link().unwrap().mac;
         p.payload = b"who am i".to_vec();
         p.frame()
     };
@@ -346,10 +260,10 @@ fn a_container_cannot_spoof_a_group_member_to_reach_a_third() {
         echo54.peers(),
         vec![SocketAddr::from((CONTAINER3_IP, 6000))]
     );
-    assert!(s.counter("container_spoofed_source") >= 2);
+    assert!(rig.counter("container_spoofed_source") >= 2);
 
     // t1 itself still gets through.
-    let reply = s
+    let reply = rig
         .topo
         .container
         .ns
@@ -376,11 +290,11 @@ fn a_container_cannot_spoof_a_group_member_to_reach_a_third() {
         echo53.peers()
     );
     assert!(
-        s.daemon
+        rig.daemon
             .stderr()
             .contains("claimed by more than one bridge port"),
         "{}",
-        s.daemon.stderr()
+        rig.daemon.stderr()
     );
 }
 
@@ -420,21 +334,12 @@ fn first_passing_probe(ns: &berth_integration::NetNs, src: Ipv4Addr, to: SocketA
 /// for a port without addresses, 2 s for one that has some).
 #[test]
 fn a_container_can_send_within_milliseconds_of_its_address_being_set() {
-    let s = setup();
-    let _echo = UdpEchoServer::start_in(&s.topo.container2.ns, any(53)).unwrap();
+    let rig = setup();
+    let _echo = rig.serve_udp_echo(&rig.topo.container2.ns, 53);
     // The receiver has groups, so every sender's source is checked.
-    s.berth(&[
-        "map",
-        "add",
-        "--task",
-        "t2",
-        "--ip",
-        "172.17.0.3",
-        "-p",
-        "5353:53/udp",
-    ]);
-    s.berth(&["sg", "create", "sg-dns"]);
-    s.berth(&[
+    rig.map_add("t2", "172.17.0.3", &["5353:53/udp"]);
+    rig.berth(&["sg", "create", "sg-dns"]);
+    rig.berth(&[
         "sg",
         "rule",
         "add",
@@ -447,11 +352,11 @@ fn a_container_can_send_within_milliseconds_of_its_address_being_set() {
         "--cidr",
         "172.17.0.0/16",
     ]);
-    s.berth(&["sg", "attach", "sg-dns", "--task", "t2"]);
+    rig.berth(&["sg", "attach", "sg-dns", "--task", "t2"]);
 
     // A container's veth, enslaved and up, its end still without address.
     let late = berth_integration::NetNs::new("late").unwrap();
-    s.topo
+    rig.topo
         .host
         .ns
         .ip([
@@ -467,7 +372,7 @@ fn a_container_can_send_within_milliseconds_of_its_address_being_set() {
             late.name(),
         ])
         .unwrap();
-    s.topo
+    rig.topo
         .host
         .ns
         .ip(["link", "set", "vethlate", "master", "docker0", "up"])

@@ -16,7 +16,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::{Child, NetNs};
+use berth_integration::{Child, NetNs};
 
 /// The published port of the request/response server (connections/s and
 /// ping-pong latency).
@@ -341,7 +341,10 @@ pub fn iperf(ns: &NetNs, target: SocketAddr, secs: u32) -> Result<(f64, f64)> {
         "-J",
     ]);
     // A path that drops the SYN would leave iperf3 retrying for minutes.
-    let out = crate::cmd::output_with_timeout(&mut cmd, Duration::from_secs(secs as u64 + 20))?;
+    let out = berth_integration::cmd::output_with_timeout(
+        &mut cmd,
+        Duration::from_secs(secs as u64 + 20),
+    )?;
     let out = String::from_utf8_lossy(&out.stdout);
     let v: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
     let r = &v["end"]["sum_received"];

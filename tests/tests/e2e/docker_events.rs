@@ -9,17 +9,13 @@ use std::{
 };
 
 use berth_integration::{
-    addr, http_get, Bpffs, Daemon, DaemonOptions, Dockerd, DockerdOptions, Topology,
-    TopologyOptions,
+    addr,
+    dockerd::{topology_for_dockerd, DOCKER_BRIDGE, HTTPD_IMAGE},
+    http_get, Bpffs, Daemon, DaemonOptions, Dockerd, DockerdOptions, Rig, Topology,
 };
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(5);
-const BRIDGE: &str = "bdk0";
-const IMAGE: &str = "berth-busybox:test";
-/// busybox httpd's CGI: the address the container saw the client at.
-const REMOTE_ADDR_CGI: &str =
-    "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' \"$REMOTE_ADDR\"\n";
 
 /// Guards drop in field order: the berth daemon, dockerd (its containers),
 /// the bpffs, then the namespaces.
@@ -31,41 +27,26 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let topo = Topology::build_with(TopologyOptions {
-        docker_iptables: false, // dockerd writes its own
-        ..Default::default()
-    })
-    .expect("build topology");
+    let topo = topology_for_dockerd().expect("build topology");
     let host = &topo.host.ns;
-    host.ip(["link", "add", BRIDGE, "type", "bridge"]).unwrap();
-    host.ip(["addr", "add", "172.18.0.1/16", "dev", BRIDGE])
-        .unwrap();
-    host.ip(["link", "set", BRIDGE, "up"]).unwrap();
     let docker = Dockerd::start(
         host,
         DockerdOptions {
-            bridge: BRIDGE.into(),
+            bridge: DOCKER_BRIDGE.into(),
             no_userland_proxy: true,
             ..Default::default()
         },
     )
     .expect("start dockerd");
     docker
-        .import_busybox(
-            IMAGE,
-            &["sh", "httpd"],
-            &[
-                ("/www/index.html", "hello\n", 0o644),
-                ("/www/cgi-bin/ip", REMOTE_ADDR_CGI, 0o755),
-            ],
-        )
+        .import_httpd_image(&["sh", "httpd"])
         .expect("import busybox image");
     let bpffs = Bpffs::new().expect("bpffs");
     let berth = Daemon::start_with(
         host,
         &bpffs,
         DaemonOptions {
-            bridge: BRIDGE.into(),
+            bridge: DOCKER_BRIDGE.into(),
             extra_args: vec![format!("--docker=unix://{}", docker.socket().display())],
             ..Default::default()
         },
@@ -81,27 +62,24 @@ fn setup() -> Setup {
 
 impl Setup {
     fn run_httpd(&self, name: &str, publish: &str) {
+        self.run_httpd_with(name, publish, &[]);
+    }
+
+    fn run_httpd_with(&self, name: &str, publish: &str, extra: &[&str]) {
         // httpd as PID 1 ignores SIGTERM: spare every stop dockerd's 10 s.
-        let out = self
-            .docker
-            .docker([
-                "run",
-                "-d",
-                "--stop-timeout",
-                "1",
-                "--name",
-                name,
-                "-p",
-                publish,
-                IMAGE,
-                "httpd",
-                "-f",
-                "-p",
-                "80",
-                "-h",
-                "/www",
-            ])
-            .expect("docker run");
+        let mut args = vec![
+            "run",
+            "-d",
+            "--stop-timeout",
+            "1",
+            "--name",
+            name,
+            "-p",
+            publish,
+        ];
+        args.extend_from_slice(extra);
+        args.extend([HTTPD_IMAGE, "httpd", "-f", "-p", "80", "-h", "/www"]);
+        let out = self.docker.docker(args).expect("docker run");
         assert!(
             out.status.success(),
             "docker run: {}",
@@ -148,7 +126,11 @@ impl Setup {
     }
 
     fn wait_for(&self, what: &str, ok: impl Fn(&[(String, u64)]) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_for_within(Duration::from_secs(10), what, ok);
+    }
+
+    fn wait_for_within(&self, within: Duration, what: &str, ok: impl Fn(&[(String, u64)]) -> bool) {
+        let deadline = Instant::now() + within;
         loop {
             let now = self.published();
             if ok(&now) {
@@ -205,19 +187,37 @@ fn docker_run_p_is_published_from_events_and_unpublished_on_stop_and_across_a_be
 }
 
 #[test]
+fn a_dockerd_restart_is_reconciled_restarted_containers_published_stopped_ones_not() {
+    let mut s = setup();
+    s.run_httpd_with("keep", "8080:80", &["--restart", "always"]);
+    s.run_httpd("gone", "8081:80");
+    s.wait_for("two containers", |b| {
+        b.contains(&("keep".to_string(), 8080)) && b.contains(&("gone".to_string(), 8081))
+    });
+
+    // dockerd SIGKILLed: the event stream breaks, the containers run on
+    // under their shims, and berth keeps publishing them meanwhile.
+    s.docker.kill().expect("kill dockerd");
+    assert_eq!(s.remote_addr_seen(8080), addr::CLIENT_IP.to_string());
+    assert!(s.published().contains(&("gone".to_string(), 8081)));
+
+    // The new dockerd stops what the old one left and restarts only
+    // `--restart always`; berth reconnects and reconciles: `keep` is
+    // published again (at the address it came back with), `gone` is not.
+    s.docker.start_again().expect("start dockerd again");
+    s.wait_for_within(Duration::from_secs(30), "dockerd restarted", |b| {
+        b.contains(&("keep".to_string(), 8080)) && !b.iter().any(|(t, _)| t == "gone")
+    });
+    assert_eq!(s.remote_addr_seen(8080), addr::CLIENT_IP.to_string());
+}
+
+#[test]
 fn an_unreachable_docker_api_is_logged_and_the_daemon_serves_meanwhile() {
-    let topo = Topology::build().expect("build topology");
-    let bpffs = Bpffs::new().expect("bpffs");
-    let berth = Daemon::start_with(
-        &topo.host.ns,
-        &bpffs,
-        DaemonOptions {
-            extra_args: vec!["--docker".into(), "unix:///nonexistent/docker.sock".into()],
-            ..Default::default()
-        },
-    )
-    .expect("berth starts without Docker");
-    assert_eq!(berth.cli_ok(["map", "ls", "--json"]).unwrap().trim(), "[]");
+    let rig = Rig::builder()
+        .flags(&["--docker", "unix:///nonexistent/docker.sock"])
+        .start();
+    let berth = &rig.daemon;
+    assert_eq!(rig.berth(&["map", "ls", "--json"]).trim(), "[]");
     let deadline = Instant::now() + T;
     while !berth
         .stderr()

@@ -10,81 +10,29 @@ use std::{
 };
 
 use berth_integration::{
+    any,
     pkt::{self, Packet},
     rawsock::{ipv4_tuple, RawSocket},
-    udp_request, Bpffs, Daemon, DaemonOptions, NetNs, Topology, UdpEchoServer,
+    rig::REQUEST_TIMEOUT as T,
+    traffic::{recv_datagram, udp_socket_in},
+    udp_request, Mode, NetNs, Rig,
 };
-use serde_json::Value;
 
-const T: Duration = Duration::from_secs(5);
 /// How long a datagram is waited for before we call it lost.
 const LOST: Duration = Duration::from_millis(1500);
-/// The datapath polls the bridge's ports every 250 ms for new veths.
-const VETH_POLL: Duration = Duration::from_millis(600);
 
-/// Guards drop in field order: daemon, then bpffs, then namespaces.
-struct Setup {
-    daemon: Daemon,
-    _bpffs: Bpffs,
-    topo: Topology,
-}
-
-fn setup(attach: Option<&str>) -> Setup {
-    let topo = Topology::build().expect("build topology");
-    let bpffs = Bpffs::new().expect("bpffs");
-    let opts = DaemonOptions {
-        attach: attach.map(str::to_string),
-        ..Default::default()
-    };
-    let daemon = Daemon::start_with(&topo.host.ns, &bpffs, opts).expect("start daemon");
-    thread::sleep(VETH_POLL);
-    Setup {
-        daemon,
-        _bpffs: bpffs,
-        topo,
-    }
-}
-
-impl Setup {
-    fn berth(&self, args: &[&str]) -> String {
-        self.daemon.cli_ok(args).expect("berth command")
-    }
-
-    fn counter(&self, name: &str) -> u64 {
-        let v: Value = serde_json::from_str(&self.berth(&["stats", "--json"])).expect("JSON");
-        v["counters"][name]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no counter {name}"))
-    }
-}
-
-fn any(port: u16) -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], port))
+/// The daemon attached by `mode`, every container port hooked.
+fn setup(mode: Mode) -> Rig {
+    Rig::builder().mode(mode).wait_for_ports().start()
 }
 
 fn udp_in(ns: &NetNs, bind: SocketAddr) -> UdpSocket {
-    let sock = ns
-        .run(move || UdpSocket::bind(bind))
-        .unwrap_or_else(|e| panic!("bind {bind}: {e}"));
-    sock.set_read_timeout(Some(LOST)).unwrap();
-    sock
+    udp_socket_in(ns, bind, LOST)
 }
 
 /// The next datagram on `sock`, or `None` when nothing comes in time.
 fn recv(sock: &UdpSocket) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; 65536];
-    match sock.recv_from(&mut buf) {
-        Ok((n, _)) => Some(buf[..n].to_vec()),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            None
-        }
-        Err(e) => panic!("recv: {e}"),
-    }
+    recv_datagram(sock).map(|(data, _)| data)
 }
 
 fn datagram(len: usize, fill: u8) -> Vec<u8> {
@@ -105,20 +53,11 @@ fn arrives(from: &UdpSocket, to: &UdpSocket, target: SocketAddr, payload: &[u8])
 
 #[test]
 fn a_large_datagram_refused_by_the_senders_egress_rules_is_not_reassembled() {
-    let s = setup(None);
-    s.berth(&[
-        "map",
-        "add",
-        "--task",
-        "app",
-        "--ip",
-        "172.17.0.2",
-        "-p",
-        "8080:80",
-    ]);
-    s.berth(&["sg", "create", "app"]);
+    let rig = setup(Mode::Default);
+    rig.map_add("app", "172.17.0.2", &["8080:80"]);
+    rig.berth(&["sg", "create", "app"]);
     // Only udp 7000 may leave.
-    s.berth(&[
+    rig.berth(&[
         "sg",
         "rule",
         "rm",
@@ -129,7 +68,7 @@ fn a_large_datagram_refused_by_the_senders_egress_rules_is_not_reassembled() {
         "--cidr",
         "0.0.0.0/0",
     ]);
-    s.berth(&[
+    rig.berth(&[
         "sg",
         "rule",
         "add",
@@ -142,12 +81,15 @@ fn a_large_datagram_refused_by_the_senders_egress_rules_is_not_reassembled() {
         "--cidr",
         "172.17.0.0/16",
     ]);
-    s.berth(&["sg", "attach", "app", "--task", "app"]);
-    let open = udp_in(&s.topo.container2.ns, any(7000));
-    let closed = udp_in(&s.topo.container2.ns, any(7001));
-    let sender = udp_in(&s.topo.container.ns, any(40000));
-    let (to_open, to_closed) = (s.topo.container2.addr(7000), s.topo.container2.addr(7001));
-    let denied = s.counter("frag_denied");
+    rig.berth(&["sg", "attach", "app", "--task", "app"]);
+    let open = udp_in(&rig.topo.container2.ns, any(7000));
+    let closed = udp_in(&rig.topo.container2.ns, any(7001));
+    let sender = udp_in(&rig.topo.container.ns, any(40000));
+    let (to_open, to_closed) = (
+        rig.topo.container2.addr(7000),
+        rig.topo.container2.addr(7001),
+    );
+    let denied = rig.counter("frag_denied");
 
     assert!(
         arrives(&sender, &open, to_open, b"small"),
@@ -162,26 +104,17 @@ fn a_large_datagram_refused_by_the_senders_egress_rules_is_not_reassembled() {
         !arrives(&sender, &closed, to_closed, &datagram(4000, 0x62)),
         "a refused datagram must not get through in fragments"
     );
-    assert!(s.counter("frag_denied") > denied);
+    assert!(rig.counter("frag_denied") > denied);
     // The allowed port still works afterwards.
     assert!(arrives(&sender, &open, to_open, b"still"));
 }
 
 #[test]
 fn a_large_datagram_refused_by_the_receivers_ingress_rules_is_not_reassembled() {
-    let s = setup(None);
-    s.berth(&[
-        "map",
-        "add",
-        "--task",
-        "db",
-        "--ip",
-        "172.17.0.3",
-        "-p",
-        "15432:5432",
-    ]);
-    s.berth(&["sg", "create", "db"]);
-    s.berth(&[
+    let rig = setup(Mode::Default);
+    rig.map_add("db", "172.17.0.3", &["15432:5432"]);
+    rig.berth(&["sg", "create", "db"]);
+    rig.berth(&[
         "sg",
         "rule",
         "add",
@@ -194,12 +127,15 @@ fn a_large_datagram_refused_by_the_receivers_ingress_rules_is_not_reassembled() 
         "--cidr",
         "172.17.0.0/16",
     ]);
-    s.berth(&["sg", "attach", "db", "--task", "db"]);
+    rig.berth(&["sg", "attach", "db", "--task", "db"]);
     // The sender has no groups: only the receiver's rules judge.
-    let open = udp_in(&s.topo.container2.ns, any(7000));
-    let closed = udp_in(&s.topo.container2.ns, any(7001));
-    let sender = udp_in(&s.topo.container.ns, any(40000));
-    let (to_open, to_closed) = (s.topo.container2.addr(7000), s.topo.container2.addr(7001));
+    let open = udp_in(&rig.topo.container2.ns, any(7000));
+    let closed = udp_in(&rig.topo.container2.ns, any(7001));
+    let sender = udp_in(&rig.topo.container.ns, any(40000));
+    let (to_open, to_closed) = (
+        rig.topo.container2.addr(7000),
+        rig.topo.container2.addr(7001),
+    );
 
     assert!(arrives(&sender, &open, to_open, b"small"));
     assert!(arrives(&sender, &open, to_open, &datagram(4000, 0x63)));
@@ -211,24 +147,15 @@ fn a_large_datagram_refused_by_the_receivers_ingress_rules_is_not_reassembled() 
     assert!(arrives(&sender, &open, to_open, b"still"));
 }
 
-fn large_datagram_to_a_published_port_gets_its_answer(attach: Option<&str>) {
-    let s = setup(attach);
-    let dns = UdpEchoServer::start_in(&s.topo.container.ns, any(53)).unwrap();
-    s.berth(&[
-        "map",
-        "add",
-        "--task",
-        "dns",
-        "--ip",
-        "172.17.0.2",
-        "-p",
-        "5353:53/udp",
-    ]);
-    let target = s.topo.host.addr(5353);
-    let translated = s.counter("frag_xlate");
+fn large_datagram_to_a_published_port_gets_its_answer(mode: Mode) {
+    let rig = setup(mode);
+    let dns = rig.serve_udp_echo(&rig.topo.container.ns, 53);
+    rig.map_add("dns", "172.17.0.2", &["5353:53/udp"]);
+    let target = rig.topo.host.addr(5353);
+    let translated = rig.counter("frag_xlate");
     let payload: String = (0..3000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
     let p = payload.clone();
-    let reply = s
+    let reply = rig
         .topo
         .client
         .ns
@@ -237,7 +164,7 @@ fn large_datagram_to_a_published_port_gets_its_answer(attach: Option<&str>) {
             panic!(
                 "no answer to a 3000-byte datagram: {e:#}\nserver saw {:?}\n{}",
                 dns.peers(),
-                s.berth(&["stats"])
+                rig.berth(&["stats"])
             )
         });
     assert_eq!(reply.from, target, "the answer comes from the host port");
@@ -246,11 +173,11 @@ fn large_datagram_to_a_published_port_gets_its_answer(attach: Option<&str>) {
     assert_eq!(echoed.len(), payload.len(), "the whole datagram came back");
     assert_eq!(echoed, payload);
     assert!(
-        s.counter("frag_xlate") > translated,
+        rig.counter("frag_xlate") > translated,
         "later fragments were translated at the uplink"
     );
     // Small datagrams keep working on the same port.
-    let small = s
+    let small = rig
         .topo
         .client
         .ns
@@ -261,12 +188,12 @@ fn large_datagram_to_a_published_port_gets_its_answer(attach: Option<&str>) {
 
 #[test]
 fn a_3000_byte_datagram_to_a_published_udp_port_gets_its_answer_tc() {
-    large_datagram_to_a_published_port_gets_its_answer(None);
+    large_datagram_to_a_published_port_gets_its_answer(Mode::Default);
 }
 
 #[test]
 fn a_3000_byte_datagram_to_a_published_udp_port_gets_its_answer_xdp() {
-    large_datagram_to_a_published_port_gets_its_answer(Some("xdp"));
+    large_datagram_to_a_published_port_gets_its_answer(Mode::Xdp);
 }
 
 /// Sends a complete IPv4 packet (header included) from the calling
@@ -306,20 +233,11 @@ fn send_raw_ipv4(packet: &[u8], dst: Ipv4Addr) -> io::Result<()> {
 
 #[test]
 fn a_container_forging_an_icmp_error_about_another_containers_flow_does_not_reach_the_client() {
-    let s = setup(None);
-    let _dns = UdpEchoServer::start_in(&s.topo.container.ns, any(53)).unwrap();
-    s.berth(&[
-        "map",
-        "add",
-        "--task",
-        "dns",
-        "--ip",
-        "172.17.0.2",
-        "-p",
-        "5353:53/udp",
-    ]);
-    let target = s.topo.host.addr(5353);
-    let client = udp_in(&s.topo.client.ns, any(0));
+    let rig = setup(Mode::Default);
+    let _dns = rig.serve_udp_echo(&rig.topo.container.ns, 53);
+    rig.map_add("dns", "172.17.0.2", &["5353:53/udp"]);
+    let target = rig.topo.host.addr(5353);
+    let client = udp_in(&rig.topo.client.ns, any(0));
     client.connect(target).unwrap();
     client.send(b"hello").unwrap();
     assert!(recv(&client).is_some(), "the flow is set up");
@@ -346,8 +264,8 @@ fn a_container_forging_an_icmp_error_about_another_containers_flow_does_not_reac
         28,
     )
     .ipv4();
-    let forged_before = s.counter("icmp_forged");
-    s.topo
+    let forged_before = rig.counter("icmp_forged");
+    rig.topo
         .container2
         .ns
         .run(move || send_raw_ipv4(&forged, client_ip))
@@ -364,7 +282,7 @@ fn a_container_forging_an_icmp_error_about_another_containers_flow_does_not_reac
         Err(e) => panic!("the forged error reached the client: {e}"),
         Ok(n) => panic!("unexpected datagram: {:?}", &buf[..n]),
     }
-    assert!(s.counter("icmp_forged") > forged_before);
+    assert!(rig.counter("icmp_forged") > forged_before);
     client.send(b"again").unwrap();
     let answer = recv(&client).expect("the flow goes on");
     assert!(answer.ends_with(b" again"));
@@ -372,20 +290,11 @@ fn a_container_forging_an_icmp_error_about_another_containers_flow_does_not_reac
 
 #[test]
 fn a_container_with_groups_gets_icmp_errors_about_its_flows_and_other_icmp_by_its_rules() {
-    let s = setup(None);
-    let _dns = UdpEchoServer::start_in(&s.topo.container.ns, any(53)).unwrap();
-    s.berth(&[
-        "map",
-        "add",
-        "--task",
-        "dns",
-        "--ip",
-        "172.17.0.2",
-        "-p",
-        "5353:53/udp",
-    ]);
-    s.berth(&["sg", "create", "dns"]);
-    s.berth(&[
+    let rig = setup(Mode::Default);
+    let _dns = rig.serve_udp_echo(&rig.topo.container.ns, 53);
+    rig.map_add("dns", "172.17.0.2", &["5353:53/udp"]);
+    rig.berth(&["sg", "create", "dns"]);
+    rig.berth(&[
         "sg",
         "rule",
         "add",
@@ -398,16 +307,16 @@ fn a_container_with_groups_gets_icmp_errors_about_its_flows_and_other_icmp_by_it
         "--cidr",
         "0.0.0.0/0",
     ]);
-    s.berth(&["sg", "attach", "dns", "--task", "dns"]);
-    let target = s.topo.host.addr(5353);
-    let client = udp_in(&s.topo.client.ns, any(0));
+    rig.berth(&["sg", "attach", "dns", "--task", "dns"]);
+    let target = rig.topo.host.addr(5353);
+    let client = udp_in(&rig.topo.client.ns, any(0));
     client.send_to(b"hello", target).unwrap();
     assert!(recv(&client).is_some(), "the flow is set up");
     let SocketAddr::V4(local) = client.local_addr().unwrap() else {
         unreachable!()
     };
     let (host, client_ip) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
-    let denied = s.counter("policy_denied_icmp");
+    let denied = rig.counter("policy_denied_icmp");
 
     // A router on the client's side could not forward a 1400-byte reply:
     // the error about the tracked flow reaches the container.
@@ -415,14 +324,14 @@ fn a_container_with_groups_gets_icmp_errors_about_its_flows_and_other_icmp_by_it
     reply.frag = berth_integration::pkt::IP_DF;
     let frag_needed =
         Packet::icmp_error(client_ip, host, 3, 4, [0, 0, 0x04, 0xb0], &reply, 28).ipv4();
-    s.topo
+    rig.topo
         .client
         .ns
         .run(move || send_raw_ipv4(&frag_needed, host))
         .expect("send fragmentation needed");
     let mut route = String::new();
     for _ in 0..50 {
-        route = s
+        route = rig
             .topo
             .container
             .ns
@@ -438,15 +347,15 @@ fn a_container_with_groups_gets_icmp_errors_about_its_flows_and_other_icmp_by_it
     // A timestamp request from a neighbour is neither echo nor an error:
     // the group's rules decide, and they open no ICMP yet.
     let (c1, c2) = (Ipv4Addr::new(172, 17, 0, 2), Ipv4Addr::new(172, 17, 0, 3));
-    let at_c2 = RawSocket::open_in(&s.topo.container2.ns, "eth0").expect("packet socket");
+    let at_c2 = RawSocket::open_in(&rig.topo.container2.ns, "eth0").expect("packet socket");
     let is_ts_answer = move |f: &[u8]| {
         matches!(ipv4_tuple(f), Some((pkt::ICMP, src, dst, _, _)) if src == c1 && dst == c2)
             && f.get(pkt::ETH_LEN + 20) == Some(&14)
     };
     let ts = Packet::icmp(c2, c1, 13, 0, [0, 1, 0, 1]).ipv4();
-    let ingress_denied = s.counter("policy_denied_ingress");
+    let ingress_denied = rig.counter("policy_denied_ingress");
     let send_ts = |ts: Vec<u8>| {
-        s.topo
+        rig.topo
             .container2
             .ns
             .run(move || send_raw_ipv4(&ts, c1))
@@ -455,22 +364,22 @@ fn a_container_with_groups_gets_icmp_errors_about_its_flows_and_other_icmp_by_it
     send_ts(ts.clone());
     let answers = at_c2.collect(LOST, is_ts_answer).unwrap();
     assert!(answers.is_empty(), "answered without a rule");
-    assert!(s.counter("policy_denied_ingress") > ingress_denied);
+    assert!(rig.counter("policy_denied_ingress") > ingress_denied);
     // An error about a flow the container never had.
     let never = Packet::udp(c1, 53, c2, 40999);
     let forged = Packet::icmp_error(c2, c1, 3, 3, [0; 4], &never, 28).ipv4();
-    s.topo
+    rig.topo
         .container2
         .ns
         .run(move || send_raw_ipv4(&forged, c1))
         .expect("send port unreachable");
-    let mut now = s.counter("policy_denied_icmp");
+    let mut now = rig.counter("policy_denied_icmp");
     for _ in 0..50 {
         if now > denied {
             break;
         }
         thread::sleep(Duration::from_millis(20));
-        now = s.counter("policy_denied_icmp");
+        now = rig.counter("policy_denied_icmp");
     }
     assert!(
         now > denied,
@@ -479,7 +388,7 @@ fn a_container_with_groups_gets_icmp_errors_about_its_flows_and_other_icmp_by_it
 
     // A rule for timestamps opens them (as in AWS); the answer leaves by
     // the group's egress (everything, in a new group).
-    s.berth(&[
+    rig.berth(&[
         "sg",
         "rule",
         "add",
@@ -498,11 +407,11 @@ fn a_container_with_groups_gets_icmp_errors_about_its_flows_and_other_icmp_by_it
 
     // The container pings the client with TTL 1: the host, a hop on the
     // way, says time exceeded, quoting the tracked ping.
-    let at_c1 = RawSocket::open_in(&s.topo.container.ns, "eth0").expect("packet socket");
+    let at_c1 = RawSocket::open_in(&rig.topo.container.ns, "eth0").expect("packet socket");
     let mut ping = Packet::icmp(c1, client_ip, 8, 0, [0x51, 0x7e, 0, 1]);
     ping.ttl = 1;
     let ping = ping.ipv4();
-    s.topo
+    rig.topo
         .container
         .ns
         .run(move || send_raw_ipv4(&ping, client_ip))

@@ -2,7 +2,9 @@
 //! iptables and nftables DNAT, a map-based nftables DNAT and the real
 //! docker-proxy, on the same namespace topology; plus control-plane time,
 //! memory, datapath cost per packet, and XDP vs TC on veth. The binary is
-//! `tests/src/bin/berth-bench.rs`; results go to `bench/`.
+//! `src/main.rs`; results go to this crate's directory, `bench/`. The
+//! namespaces, daemons and fixtures come from the test harness
+//! (`berth-integration`).
 pub mod control;
 pub mod datapath;
 pub mod load;

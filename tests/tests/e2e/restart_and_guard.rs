@@ -3,7 +3,6 @@ use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
     path::Path,
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -12,125 +11,84 @@ use aya::{
     maps::{HashMap, MapData},
     programs::links::{FdLink, PinnedLink},
 };
-use berth_integration::{berth_bin, http_get, Bpffs, Daemon, HttpPeerServer, NetNs, Topology};
+use berth_integration::{http_get, NetNs, Rig};
 use berth_maps::{Backend, ServiceKey};
 
 const T: Duration = Duration::from_secs(5);
 
-fn bindings(d: &Daemon) -> String {
-    d.cli_ok(["map", "ls", "--json"]).expect("map ls")
+fn bindings(rig: &Rig) -> String {
+    rig.berth(&["map", "ls", "--json"])
 }
 
-/// `cg-probe bind` (next to the berth binary) run in `ns`, inside `procs`'s cgroup.
-fn probe(ns: &NetNs, procs: &Path, proto: &str, addr: &str) -> String {
-    let bin = berth_bin().unwrap().with_file_name("cg-probe");
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns.name()])
-        .arg(bin)
-        .arg(procs)
-        .args(["bind", proto, addr])
-        .output()
-        .expect("run bind-probe");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+/// `cg-probe bind PROTO ADDR` in `ns`, inside the daemon's cgroup: `ok`
+/// or the error the bind guard gave.
+fn bind_probe(rig: &Rig, ns: &NetNs, proto: &str, addr: &str) -> String {
+    rig.cg_probe(ns, &["bind", proto, addr])
 }
 
 #[test]
 fn host_process_cannot_bind_a_mapped_port() {
-    let topo = Topology::build().unwrap();
-    let bpffs = Bpffs::new().unwrap();
-    let d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
-    let procs = d.cgroup().procs_file();
+    let rig = Rig::start();
     assert_eq!(
-        probe(&topo.host.ns, &procs, "tcp", "0.0.0.0:8080"),
+        bind_probe(&rig, &rig.topo.host.ns, "tcp", "0.0.0.0:8080"),
         "ok",
         "free before mapping"
     );
-    d.cli_ok([
-        "map",
-        "add",
-        "--task",
-        "w",
-        "--ip",
-        "172.17.0.2",
-        "-p",
-        "8080:80",
-        "-p",
-        "192.0.2.1:5353:53/udp",
-    ])
-    .unwrap();
+    rig.map_add("w", "172.17.0.2", &["8080:80", "192.0.2.1:5353:53/udp"]);
     assert_eq!(
-        probe(&topo.host.ns, &procs, "tcp", "0.0.0.0:8080"),
+        bind_probe(&rig, &rig.topo.host.ns, "tcp", "0.0.0.0:8080"),
         "EADDRINUSE"
     );
     assert_eq!(
-        probe(&topo.host.ns, &procs, "tcp", "192.0.2.1:8080"),
+        bind_probe(&rig, &rig.topo.host.ns, "tcp", "192.0.2.1:8080"),
         "EADDRINUSE"
     );
     assert_eq!(
-        probe(&topo.host.ns, &procs, "udp", "0.0.0.0:5353"),
+        bind_probe(&rig, &rig.topo.host.ns, "udp", "0.0.0.0:5353"),
         "EADDRINUSE"
     );
     assert_eq!(
-        probe(&topo.host.ns, &procs, "udp", "0.0.0.0:8080"),
+        bind_probe(&rig, &rig.topo.host.ns, "udp", "0.0.0.0:8080"),
         "ok",
         "other protocol"
     );
     assert_eq!(
-        probe(&topo.host.ns, &procs, "tcp", "0.0.0.0:8081"),
+        bind_probe(&rig, &rig.topo.host.ns, "tcp", "0.0.0.0:8081"),
         "ok",
         "other port"
     );
     // The guard acts in the daemon's network namespace only.
     assert_eq!(
-        probe(&topo.client.ns, &procs, "tcp", "0.0.0.0:8080"),
+        bind_probe(&rig, &rig.topo.client.ns, "tcp", "0.0.0.0:8080"),
         "ok",
         "another namespace"
     );
-    d.cli_ok(["map", "rm", "--task", "w", "-p", "8080:80"])
+    rig.daemon
+        .cli_ok(["map", "rm", "--task", "w", "-p", "8080:80"])
         .unwrap();
     assert_eq!(
-        probe(&topo.host.ns, &procs, "tcp", "0.0.0.0:8080"),
+        bind_probe(&rig, &rig.topo.host.ns, "tcp", "0.0.0.0:8080"),
         "ok",
         "free again after rm"
     );
     assert_eq!(
-        probe(&topo.host.ns, &procs, "udp", "0.0.0.0:5353"),
+        bind_probe(&rig, &rig.topo.host.ns, "udp", "0.0.0.0:5353"),
         "EADDRINUSE"
     );
-    let stats = d.cli_ok(["stats", "--json"]).unwrap();
+    let stats = rig.daemon.cli_ok(["stats", "--json"]).unwrap();
     let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(v["counters"]["bind_refused"], 4, "{stats}");
 }
 
 #[test]
 fn host_process_cannot_bind_a_mapped_port_over_ipv6() {
-    let topo = Topology::build().unwrap();
-    let bpffs = Bpffs::new().unwrap();
-    let mut d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
-    let procs = d.cgroup().procs_file();
+    let mut rig = Rig::start();
     assert_eq!(
-        probe(&topo.host.ns, &procs, "tcp", "[::]:8085"),
+        bind_probe(&rig, &rig.topo.host.ns, "tcp", "[::]:8085"),
         "ok",
         "free before mapping"
     );
-    d.cli_ok([
-        "map",
-        "add",
-        "--task",
-        "w",
-        "--ip",
-        "172.17.0.2",
-        "-p",
-        "8085:80",
-        "-p",
-        "127.0.0.1:5353:53/udp",
-    ])
-    .unwrap();
+    rig.map_add("w", "172.17.0.2", &["8085:80", "127.0.0.1:5353:53/udp"]);
     // Dual-stack [::] would take IPv4 and IPv6 clients; [::1] those that
     // resolve localhost to ::1; v4-mapped addresses are IPv4 in disguise.
     for (proto, addr) in [
@@ -143,38 +101,38 @@ fn host_process_cannot_bind_a_mapped_port_over_ipv6() {
         ("udp", "[::ffff:127.0.0.1]:5353"),
     ] {
         assert_eq!(
-            probe(&topo.host.ns, &procs, proto, addr),
+            bind_probe(&rig, &rig.topo.host.ns, proto, addr),
             "EADDRINUSE",
             "{proto} {addr}"
         );
     }
     assert_eq!(
-        probe(&topo.host.ns, &procs, "tcp", "[::]:8086"),
+        bind_probe(&rig, &rig.topo.host.ns, "tcp", "[::]:8086"),
         "ok",
         "other port"
     );
     assert_eq!(
-        probe(&topo.host.ns, &procs, "udp", "[::]:8085"),
+        bind_probe(&rig, &rig.topo.host.ns, "udp", "[::]:8085"),
         "ok",
         "other protocol"
     );
     assert_eq!(
-        probe(&topo.client.ns, &procs, "tcp", "[::]:8085"),
+        bind_probe(&rig, &rig.topo.client.ns, "tcp", "[::]:8085"),
         "ok",
         "another namespace"
     );
-    let stats = d.cli_ok(["stats", "--json"]).unwrap();
+    let stats = rig.daemon.cli_ok(["stats", "--json"]).unwrap();
     let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(v["counters"]["bind_refused"], 7, "{stats}");
     // A restarted daemon replaces its pinned bind6 link rather than adding
     // a second one (two stacked hooks would each count the refusal).
-    d.restart().unwrap();
+    rig.daemon.restart().unwrap();
     assert_eq!(
-        probe(&topo.host.ns, &procs, "tcp", "[::]:8085"),
+        bind_probe(&rig, &rig.topo.host.ns, "tcp", "[::]:8085"),
         "EADDRINUSE",
         "after a restart"
     );
-    let stats = d.cli_ok(["stats", "--json"]).unwrap();
+    let stats = rig.daemon.cli_ok(["stats", "--json"]).unwrap();
     let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(v["counters"]["bind_refused"], 8, "{stats}");
 }
@@ -183,11 +141,10 @@ const CHUNK: usize = 64 << 10;
 
 #[test]
 fn a_long_transfer_survives_sigkill_and_restart() {
-    let topo = Topology::build().unwrap();
-    let bpffs = Bpffs::new().unwrap();
-    let mut d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
-    let _web = HttpPeerServer::start_in(&topo.container.ns, "0.0.0.0:80".parse().unwrap()).unwrap();
-    let listener = topo
+    let mut rig = Rig::start();
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    let listener = rig
+        .topo
         .container
         .ns
         .run(|| TcpListener::bind("0.0.0.0:9000"))
@@ -206,23 +163,11 @@ fn a_long_transfer_survives_sigkill_and_restart() {
         c.write_all(&(n as u64).to_be_bytes())?;
         Ok(n)
     });
-    d.cli_ok([
-        "map",
-        "add",
-        "--task",
-        "t",
-        "--ip",
-        "172.17.0.2",
-        "-p",
-        "9000:9000",
-        "-p",
-        "8080:80",
-    ])
-    .unwrap();
-    let before = bindings(&d);
-    let addr = topo.host.addr(9000);
+    rig.map_add("t", "172.17.0.2", &["9000:9000", "8080:80"]);
+    let before = bindings(&rig);
+    let addr = rig.topo.host.addr(9000);
     // A transfer paced to last about three seconds.
-    let sender = topo.client.ns.run(move || {
+    let sender = rig.topo.client.ns.run(move || {
         let mut c = TcpStream::connect_timeout(&addr, T).expect("connect");
         c.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -242,20 +187,21 @@ fn a_long_transfer_survives_sigkill_and_restart() {
         })
     });
     thread::sleep(Duration::from_millis(700));
-    d.kill().expect("SIGKILL the daemon mid-transfer");
-    let target = topo.host.addr(8080);
-    let body = topo
+    rig.daemon.kill().expect("SIGKILL the daemon mid-transfer");
+    let target = rig.topo.host.addr(8080);
+    let body = rig
+        .topo
         .client
         .ns
         .run(move || http_get(target, "/", T))
         .expect("new connection while down");
     assert!(body.starts_with("192.0.2.2:"));
-    d.start_again().expect("restart");
+    rig.daemon.start_again().expect("restart");
     let (sent, received) = sender.join().unwrap().expect("the transfer finished");
     assert_eq!(sink.join().unwrap().unwrap(), sent);
     assert_eq!(received as usize, sent, "every byte arrived");
     assert!(sent > 20 * CHUNK, "a long transfer: {sent} bytes");
-    assert_eq!(bindings(&d), before, "no leaked or duplicated binding");
+    assert_eq!(bindings(&rig), before, "no leaked or duplicated binding");
 }
 
 fn link_info(pin: &Path) -> (u32, u32) {
@@ -266,10 +212,9 @@ fn link_info(pin: &Path) -> (u32, u32) {
 
 #[test]
 fn restart_swaps_the_program_into_the_same_links_without_dropping_a_flow() {
-    let topo = Topology::build().unwrap();
-    let bpffs = Bpffs::new().unwrap();
-    let mut d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
-    let listener = topo
+    let mut rig = Rig::start();
+    let listener = rig
+        .topo
         .container
         .ns
         .run(|| TcpListener::bind("0.0.0.0:7"))
@@ -284,24 +229,15 @@ fn restart_swaps_the_program_into_the_same_links_without_dropping_a_flow() {
             }
         }
     });
-    d.cli_ok([
-        "map",
-        "add",
-        "--task",
-        "echo",
-        "--ip",
-        "172.17.0.2",
-        "-p",
-        "7007:7",
-    ])
-    .unwrap();
-    let links = bpffs.path().join("berth/links");
+    rig.map_add("echo", "172.17.0.2", &["7007:7"]);
+    let links = rig.bpffs.path().join("berth/links");
     let ingress = links.join("berth_ingress@up0");
     let reply = links.join("berth_reply@docker0");
     let (ingress_link, ingress_prog) = link_info(&ingress);
     let (reply_link, reply_prog) = link_info(&reply);
-    let addr = topo.host.addr(7007);
-    let mut c = topo
+    let addr = rig.topo.host.addr(7007);
+    let mut c = rig
+        .topo
         .client
         .ns
         .run(move || TcpStream::connect_timeout(&addr, T))
@@ -322,8 +258,8 @@ fn restart_swaps_the_program_into_the_same_links_without_dropping_a_flow() {
         rounds
     });
     thread::sleep(Duration::from_millis(500));
-    d.stop().unwrap();
-    d.start_again().unwrap();
+    rig.daemon.stop().unwrap();
+    rig.daemon.start_again().unwrap();
     assert!(pinger.join().expect("no round trip failed") > 100);
     let (ingress_link2, ingress_prog2) = link_info(&ingress);
     let (reply_link2, reply_prog2) = link_info(&reply);
@@ -338,25 +274,13 @@ fn restart_swaps_the_program_into_the_same_links_without_dropping_a_flow() {
 
 #[test]
 fn restart_removes_map_entries_the_store_does_not_know() {
-    let topo = Topology::build().unwrap();
-    let bpffs = Bpffs::new().unwrap();
-    let mut d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
-    let _web = HttpPeerServer::start_in(&topo.container.ns, "0.0.0.0:80".parse().unwrap()).unwrap();
-    d.cli_ok([
-        "map",
-        "add",
-        "--task",
-        "w",
-        "--ip",
-        "172.17.0.2",
-        "-p",
-        "8080:80",
-    ])
-    .unwrap();
-    d.stop().unwrap();
+    let mut rig = Rig::start();
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    rig.map_add("w", "172.17.0.2", &["8080:80"]);
+    rig.daemon.stop().unwrap();
     // As if a crash had left an entry behind that never reached the store.
     {
-        let map = MapData::from_pin(bpffs.path().join("berth/BERTH_SERVICES")).unwrap();
+        let map = MapData::from_pin(rig.bpffs.path().join("berth/BERTH_SERVICES")).unwrap();
         let mut services: HashMap<MapData, ServiceKey, Backend> =
             HashMap::try_from(aya::maps::Map::HashMap(map)).unwrap();
         services
@@ -376,21 +300,27 @@ fn restart_removes_map_entries_the_store_does_not_know() {
             )
             .unwrap();
     }
-    let stale = topo.host.addr(8081);
+    let stale = rig.topo.host.addr(8081);
     assert!(
-        topo.client.ns.run(move || http_get(stale, "/", T)).is_ok(),
+        rig.topo
+            .client
+            .ns
+            .run(move || http_get(stale, "/", T))
+            .is_ok(),
         "the stale entry forwards while the daemon is down"
     );
-    d.start_again().unwrap();
+    rig.daemon.start_again().unwrap();
     assert!(
-        topo.client
+        rig.topo
+            .client
             .ns
             .run(move || http_get(stale, "/", Duration::from_secs(1)))
             .is_err(),
         "reconciled away"
     );
-    let kept = topo.host.addr(8080);
-    topo.client
+    let kept = rig.topo.host.addr(8080);
+    rig.topo
+        .client
         .ns
         .run(move || http_get(kept, "/", T))
         .expect("the stored binding stays");

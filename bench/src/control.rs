@@ -16,7 +16,9 @@ use super::{
     stats::summary,
     Settings,
 };
-use crate::{daemon::api_request, Bpffs, Child, Daemon, DaemonOptions, NetNs, Topology};
+use berth_integration::{
+    daemon::api_request, Bpffs, Child, Daemon, DaemonOptions, NetNs, Topology,
+};
 
 const BIG: Duration = Duration::from_secs(300);
 /// docker-proxy processes actually started; larger counts are scaled from these.
@@ -43,7 +45,7 @@ fn ms(f: impl FnOnce() -> Result<()>) -> Result<f64> {
 /// Waits until no flow of `ctr_ip` is tracked any more.
 fn wait_for_no_flows(fs: &Bpffs, ctr_ip: std::net::Ipv4Addr) -> Result<()> {
     let t = Instant::now();
-    while crate::flows::count_flows_of(fs.path(), ctr_ip)? > 0 {
+    while berth_integration::flows::count_flows_of(fs.path(), ctr_ip)? > 0 {
         if t.elapsed() > Duration::from_secs(30) {
             bail!("the flows of {ctr_ip} were not forgotten within 30 s");
         }
@@ -125,18 +127,16 @@ pub struct ControlResult {
 }
 
 /// Flows per port of the 1 000-port range in the full-table row: 200 000 of
-/// the table's 262 144.
+/// the table's [`FULL_TABLE_FLOWS`].
 const FULL_TABLE_FLOWS_PER_PORT: u32 = 200;
+/// `--max-flows` of the daemon the control rows run (a large host's; it
+/// also gets room for their 10 000 single mappings).
+const FULL_TABLE_FLOWS: u32 = 262_144;
 
-/// The control-plane rows; with `peers == false` only berth's (the
-/// `control-berth` section), which needs none of the peers' packages.
-pub fn control_and_memory(s: &Settings, peers: bool) -> Result<ControlResult> {
-    let started = Instant::now();
-    let mut rows = Vec::new();
-    let range = range_maps(1_000);
-    let singles = range_maps(10_000);
-
-    // --- berth (tc) on a Docker 28 host.
+/// What 1 000 published ports cost: berth with its default capacities,
+/// with nothing and then a 1 000-port range published, and (with `peers`)
+/// docker-proxy, [`PROXIES_MEASURED`] processes.
+pub fn memory(peers: bool) -> Result<Value> {
     let topo = Topology::build()?;
     let fs = Bpffs::new()?;
     let d = Daemon::start_with(
@@ -148,7 +148,62 @@ pub fn control_and_memory(s: &Settings, peers: bool) -> Result<ControlResult> {
         },
     )?;
     let pid = d.pid().context("daemon pid")?;
-    let mem_empty = berth_memory(pid)?;
+    let berth_empty = berth_memory(pid)?;
+    let spec = super::peers::extra_range_spec(1_000);
+    let body = json!({"task": "range", "containerIP": CTR2, "ports": [spec]});
+    api(&d, "/v1/bindings", &body)?;
+    let berth_1000 = berth_memory(pid)?;
+    drop(d);
+    drop(fs);
+    let mut memory = json!({"berth_empty": berth_empty, "berth_1000": berth_1000});
+    if peers {
+        let mut children: Vec<Child> = topo.host.ns.try_run(|| {
+            (0..PROXIES_MEASURED)
+                .map(|i| {
+                    spawn_docker_proxy_here(&Mapping {
+                        udp: false,
+                        host_port: 30_000 + i as u16,
+                        ctr_ip: CTR2,
+                        ctr_port: 80,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        })??;
+        memory["docker_proxy_100"] = proxies_memory(&children)?;
+        memory["docker_proxy_measured"] = json!(PROXIES_MEASURED);
+        for c in children.iter_mut() {
+            c.stop()?;
+        }
+    }
+    Ok(memory)
+}
+
+/// The control-plane rows; with `peers == false` only berth's (the
+/// `control-berth` section), which needs none of the peers' packages.
+pub fn control_and_memory(s: &Settings, peers: bool) -> Result<ControlResult> {
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let range = range_maps(1_000);
+    let singles = range_maps(10_000);
+
+    let memory = memory(peers)?;
+    // --- berth (tc) on a Docker 28 host.
+    let topo = Topology::build()?;
+    let fs = Bpffs::new()?;
+    let d = Daemon::start_with(
+        &topo.host.ns,
+        &fs,
+        DaemonOptions {
+            attach: Some("tc".into()),
+            extra_args: vec![
+                "--max-flows".into(),
+                FULL_TABLE_FLOWS.to_string(),
+                "--max-mappings".into(),
+                "16384".into(),
+            ],
+            ..Default::default()
+        },
+    )?;
     let (mut r_api, mut r_cli, mut s_one, mut one, mut r_full) = (
         Times::default(),
         Times::default(),
@@ -157,13 +212,9 @@ pub fn control_and_memory(s: &Settings, peers: bool) -> Result<ControlResult> {
         Times::default(),
     );
     let range_spec = super::peers::extra_range_spec(1_000);
-    let mut mem_1000 = Value::Null;
-    for rep in 0..s.cp_reps {
+    for _ in 0..s.cp_reps {
         let body = json!({"task": "range", "containerIP": CTR2, "ports": [range_spec]});
         r_api.publish.push(ms(|| api(&d, "/v1/bindings", &body))?);
-        if rep == 0 {
-            mem_1000 = berth_memory(pid)?;
-        }
         r_api.unpublish.push(ms(|| {
             api(&d, "/v1/bindings/delete", &json!({"task": "range"}))
         })?);
@@ -171,11 +222,11 @@ pub fn control_and_memory(s: &Settings, peers: bool) -> Result<ControlResult> {
         // unpublishing forgets every one of them.
         r_full.publish.push(ms(|| api(&d, "/v1/bindings", &body))?);
         let first = super::peers::EXTRA_BASE;
-        crate::flows::FlowFill {
+        berth_integration::flows::FlowFill {
             ctr_ip: CTR2.parse()?,
             ctr_ports: first..=first + 999,
             host_base: first,
-            client_ip: crate::addr::CLIENT_IP,
+            client_ip: berth_integration::addr::CLIENT_IP,
             per_port: FULL_TABLE_FLOWS_PER_PORT,
         }
         .insert(fs.path())?;
@@ -283,7 +334,7 @@ pub fn control_and_memory(s: &Settings, peers: bool) -> Result<ControlResult> {
     if !peers {
         return Ok(ControlResult {
             control: Value::Array(rows),
-            memory: json!({"berth_empty": mem_empty, "berth_1000": mem_1000}),
+            memory,
         });
     }
 
@@ -408,8 +459,7 @@ pub fn control_and_memory(s: &Settings, peers: bool) -> Result<ControlResult> {
         })
         .collect();
     let mut px = Times::default();
-    let mut proxy_mem = Value::Null;
-    for rep in 0..s.cp_reps {
+    for _ in 0..s.cp_reps {
         let t = Instant::now();
         let mut children: Vec<Child> = host.try_run(|| {
             proxy_maps
@@ -418,9 +468,6 @@ pub fn control_and_memory(s: &Settings, peers: bool) -> Result<ControlResult> {
                 .collect::<Result<Vec<_>>>()
         })??;
         px.publish.push(t.elapsed().as_secs_f64() * 1e3);
-        if rep == 0 {
-            proxy_mem = proxies_memory(&children)?;
-        }
         let t = Instant::now();
         for c in children.iter_mut() {
             c.stop()?;
@@ -460,7 +507,7 @@ pub fn control_and_memory(s: &Settings, peers: bool) -> Result<ControlResult> {
         started.elapsed().as_secs_f64()
     );
     // --- nftables, Docker 29 rules and a map, on a host without iptables rules.
-    let topo = Topology::build_with(crate::TopologyOptions {
+    let topo = Topology::build_with(berth_integration::TopologyOptions {
         docker_iptables: false,
         ..Default::default()
     })?;
@@ -562,12 +609,6 @@ pub fn control_and_memory(s: &Settings, peers: bool) -> Result<ControlResult> {
     ));
     drop(topo);
 
-    let memory = json!({
-        "berth_empty": mem_empty,
-        "berth_1000": mem_1000,
-        "docker_proxy_100": proxy_mem,
-        "docker_proxy_measured": PROXIES_MEASURED,
-    });
     Ok(ControlResult {
         control: Value::Array(rows),
         memory,

@@ -20,10 +20,8 @@
 use std::{path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context, Result};
-use berth_integration::{
-    bench::{control, datapath, machine, report, topo, veth, Settings},
-    testrun::in_fixture_ns,
-};
+use berth_bench::{control, datapath, machine, report, topo, veth, Settings};
+use berth_integration::testrun::in_fixture_ns;
 use serde_json::{json, Value};
 
 struct Opts {
@@ -36,20 +34,23 @@ struct Opts {
     previous: Option<PathBuf>,
 }
 
-/// `control-berth`: berth's control-plane rows only (not part of a full run).
-const SECTIONS: [&str; 6] = [
+/// `control-berth`: berth's control-plane rows only; `memory`: the memory
+/// for 1 000 ports only (neither is part of a full run: `control` measures
+/// both).
+const SECTIONS: [&str; 7] = [
     "verifier",
     "datapath",
     "topology",
     "veth",
     "control",
     "control-berth",
+    "memory",
 ];
 
 fn parse_args() -> Result<Opts> {
     let mut quick = false;
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut out_dir = root.parent().unwrap_or(&root).join("bench");
+    // The crate's own directory holds the results the READMEs link to.
+    let mut out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut only = Vec::new();
     let mut from_json = None;
     let mut previous = None;
@@ -186,12 +187,10 @@ fn run() -> Result<()> {
     }
     let wanted = |s: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == s);
     // Only the topology section runs docker-proxy.
-    if wanted("topology")
-        && !std::path::Path::new(berth_integration::bench::peers::DOCKER_PROXY).is_file()
-    {
+    if wanted("topology") && !std::path::Path::new(berth_bench::peers::DOCKER_PROXY).is_file() {
         bail!(
             "{} is missing: `cargo xtask bench` installs Debian's docker.io for it (dockerd is never started)",
-            berth_integration::bench::peers::DOCKER_PROXY
+            berth_bench::peers::DOCKER_PROXY
         );
     }
     let settings = Settings::new(opts.quick);
@@ -239,6 +238,9 @@ fn run() -> Result<()> {
     if let Some(c) = control_result {
         results["control_plane"] = c.control;
         results["memory"] = c.memory;
+    } else if opts.only.iter().any(|o| o == "memory") {
+        let proxy = std::path::Path::new(berth_integration::bench::peers::DOCKER_PROXY).is_file();
+        results["memory"] = control::memory(proxy)?;
     }
     // The verifier section was stored under its section name; the report
     // reads it as verifier_budget.

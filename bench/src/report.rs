@@ -283,7 +283,7 @@ fn memory_table(s: &mut String, r: &Value) {
         let k = k.split_once(' ').map(|x| x.1).unwrap_or(k);
         let _ = writeln!(s, "| {k} | {} |", mib(*v));
     }
-    s.push_str("\nberth's maps are preallocated hash tables sized for their capacity (131 072 services, 262 144 tracked flows, …), so their memory does not grow with the number of published ports: the same bytes serve 1 port or 65 000. Most of it is flow tracking (262 144 flows each for published ports and for security groups).\n");
+    s.push_str("\nThe daemon runs with its default capacities (`--max-flows`, `--max-mappings`; the control-plane rows above use `--max-flows 262144`). berth's plain hash maps allocate an entry when it is inserted (BPF_F_NO_PREALLOC): an empty one costs its bucket array, 16 bytes per slot of capacity, and each published port adds its two entries. The LRU tables (unestablished flows, socket translations, fragments, port MACs) cannot be allocated on use and are preallocated at their (smaller) capacities.\n");
 }
 
 fn dp_rows(r: &Value) -> Vec<Value> {

@@ -17,25 +17,13 @@ use std::{
 use berth_integration::{
     addr,
     flows::{count_ct_flows_touching, count_flows_of, insert_ct_flows, FlowFill},
-    tcp_connect, Bpffs, Daemon, DaemonOptions, HttpPeerServer, Topology,
+    rig::map_add_args,
+    tcp_connect, Bpffs, Daemon, HttpPeerServer, Rig,
 };
 
-/// Guards drop in field order: daemon, then bpffs, then namespaces.
-struct Setup {
-    daemon: Daemon,
-    bpffs: Bpffs,
-    _topo: Topology,
-}
-
-fn setup() -> Setup {
-    let topo = Topology::build().expect("build topology");
-    let bpffs = Bpffs::new().expect("bpffs");
-    let daemon = Daemon::start(&topo.host.ns, &bpffs).expect("start daemon");
-    Setup {
-        daemon,
-        bpffs,
-        _topo: topo,
-    }
+/// A large host's flow tables: the tests fill 250 000 flows.
+fn large_host() -> Rig {
+    Rig::builder().flags(&["--max-flows", "262144"]).start()
 }
 
 /// Lists the bindings (what `map ls` asks) over and over until stopped;
@@ -55,28 +43,17 @@ fn keep_listing(daemon: &Daemon, stop: &AtomicBool) -> Duration {
 
 #[test]
 fn removing_a_1000_port_range_with_a_full_flow_table_is_quick_and_blocks_nobody() {
-    let s = setup();
+    let rig = large_host();
     let range_ip = addr::CONTAINER2_IP;
     let other_ip = addr::CONTAINER_IP;
     let body = format!(
         r#"{{"task":"range","containerIP":"{range_ip}","ports":["20000-20999:20000-20999"]}}"#
     );
     let t = Instant::now();
-    let r = s.daemon.api("POST", "/v1/bindings", Some(&body)).unwrap();
+    let r = rig.daemon.api("POST", "/v1/bindings", Some(&body)).unwrap();
     let published = t.elapsed();
     assert_eq!(r.status, 201, "{:.200}", r.body);
-    s.daemon
-        .cli_ok([
-            "map",
-            "add",
-            "--task",
-            "other",
-            "--ip",
-            &other_ip.to_string(),
-            "-p",
-            "8080:80",
-        ])
-        .unwrap();
+    rig.map_add("other", &other_ip.to_string(), &["8080:80"]);
     // 250 000 of the table's 262 144 flows: 200 per port of the range, and
     // 50 000 of another task's, which must survive.
     let range_flows = FlowFill {
@@ -86,7 +63,7 @@ fn removing_a_1000_port_range_with_a_full_flow_table_is_quick_and_blocks_nobody(
         client_ip: addr::CLIENT_IP,
         per_port: 200,
     }
-    .insert(s.bpffs.path())
+    .insert(rig.bpffs.path())
     .unwrap();
     let other_flows = FlowFill {
         ctr_ip: other_ip,
@@ -95,33 +72,33 @@ fn removing_a_1000_port_range_with_a_full_flow_table_is_quick_and_blocks_nobody(
         client_ip: addr::CLIENT_IP,
         per_port: 50_000,
     }
-    .insert(s.bpffs.path())
+    .insert(rig.bpffs.path())
     .unwrap();
     assert_eq!(
-        count_flows_of(s.bpffs.path(), range_ip).unwrap(),
+        count_flows_of(rig.bpffs.path(), range_ip).unwrap(),
         range_flows
     );
 
     let stop = AtomicBool::new(false);
     let (took, slowest_ls) = thread::scope(|sc| {
-        let lister = sc.spawn(|| keep_listing(&s.daemon, &stop));
+        let lister = sc.spawn(|| keep_listing(&rig.daemon, &stop));
         // Let the lister get going first.
         thread::sleep(Duration::from_millis(200));
         let t = Instant::now();
-        let r = s
+        let r = rig
             .daemon
             .api("POST", "/v1/bindings/delete", Some(r#"{"task":"range"}"#))
             .unwrap();
         let took = t.elapsed();
         assert_eq!(r.status, 200, "{:.200}", r.body);
         // The bindings are out before the answer; the flows go after it.
-        let listed = s.daemon.cli_ok(["map", "ls", "--json"]).unwrap();
+        let listed = rig.daemon.cli_ok(["map", "ls", "--json"]).unwrap();
         assert!(!listed.contains("\"range\""), "{listed}");
         thread::sleep(Duration::from_millis(300));
         stop.store(true, Ordering::Relaxed);
         (took, lister.join().unwrap())
     });
-    let forgotten_after = wait_for_flows_gone(&s.bpffs, range_ip, Duration::from_secs(5));
+    let forgotten_after = wait_for_flows_gone(&rig.bpffs, range_ip, Duration::from_secs(5));
     eprintln!(
         "publishing 1000 ports took {published:?}; removing them with {} flows answered in \
          {took:?}; flows gone within {forgotten_after:?} more; slowest map ls meanwhile: \
@@ -138,7 +115,7 @@ fn removing_a_1000_port_range_with_a_full_flow_table_is_quick_and_blocks_nobody(
         "map ls took {slowest_ls:?}"
     );
     assert_eq!(
-        count_flows_of(s.bpffs.path(), other_ip).unwrap(),
+        count_flows_of(rig.bpffs.path(), other_ip).unwrap(),
         other_flows,
         "the other task's flows stay"
     );
@@ -164,25 +141,14 @@ fn wait_for_flows_gone(bpffs: &Bpffs, ip: std::net::Ipv4Addr, within: Duration) 
 /// Publishes `spec` for task `task` at `ip` and fills the table with
 /// `per_port` flows per container port of `ports`; returns how many.
 fn publish_with_flows(
-    s: &Setup,
+    rig: &Rig,
     task: &str,
     ip: std::net::Ipv4Addr,
     ports: std::ops::RangeInclusive<u16>,
     per_port: u32,
 ) -> usize {
     let spec = format!("{a}-{b}:{a}-{b}", a = ports.start(), b = ports.end());
-    s.daemon
-        .cli_ok([
-            "map",
-            "add",
-            "--task",
-            task,
-            "--ip",
-            &ip.to_string(),
-            "-p",
-            &spec,
-        ])
-        .unwrap();
+    rig.map_add(task, &ip.to_string(), &[&spec]);
     FlowFill {
         ctr_ip: ip,
         host_base: *ports.start(),
@@ -190,49 +156,38 @@ fn publish_with_flows(
         client_ip: addr::CLIENT_IP,
         per_port,
     }
-    .insert(s.bpffs.path())
+    .insert(rig.bpffs.path())
     .unwrap()
 }
 
 #[test]
 fn a_range_published_again_at_once_finds_none_of_the_old_flows() {
-    let s = setup();
+    let rig = large_host();
     let ip = addr::CONTAINER2_IP;
-    let filled = publish_with_flows(&s, "range", ip, 20000..=20999, 200);
+    let filled = publish_with_flows(&rig, "range", ip, 20000..=20999, 200);
     let t = Instant::now();
-    s.daemon.cli_ok(["map", "rm", "--task", "range"]).unwrap();
+    rig.berth(&["map", "rm", "--task", "range"]);
     let removed = t.elapsed();
     // The replaced container: same address, same ports. Its publish waits
     // for the sweep, so nothing of the old flows is left to inherit.
     let t = Instant::now();
-    s.daemon
-        .cli_ok([
-            "map",
-            "add",
-            "--task",
-            "range",
-            "--ip",
-            &ip.to_string(),
-            "-p",
-            "20000-20999:20000-20999",
-        ])
-        .unwrap();
+    rig.map_add("range", &ip.to_string(), &["20000-20999:20000-20999"]);
     let republished = t.elapsed();
-    let left = count_flows_of(s.bpffs.path(), ip).unwrap();
+    let left = count_flows_of(rig.bpffs.path(), ip).unwrap();
     eprintln!("{filled} flows: map rm {removed:?}, map add again {republished:?}, {left} left");
     assert_eq!(left, 0, "the republished range found old flows");
 }
 
 #[test]
 fn a_removal_answered_just_before_shutdown_still_forgets_its_flows() {
-    let mut s = setup();
+    let mut rig = large_host();
     let ip = addr::CONTAINER2_IP;
-    publish_with_flows(&s, "range", ip, 20000..=20999, 200);
-    s.daemon.cli_ok(["map", "rm", "--task", "range"]).unwrap();
-    let status = s.daemon.stop().unwrap();
-    assert!(status.success(), "{status}: {}", s.daemon.stderr());
+    publish_with_flows(&rig, "range", ip, 20000..=20999, 200);
+    rig.berth(&["map", "rm", "--task", "range"]);
+    let status = rig.daemon.stop().unwrap();
+    assert!(status.success(), "{status}: {}", rig.daemon.stderr());
     assert_eq!(
-        count_flows_of(s.bpffs.path(), ip).unwrap(),
+        count_flows_of(rig.bpffs.path(), ip).unwrap(),
         0,
         "the stopped daemon left the removal's flows"
     );
@@ -240,11 +195,11 @@ fn a_removal_answered_just_before_shutdown_still_forgets_its_flows() {
 
 #[test]
 fn a_restart_forgets_flows_of_bindings_the_store_does_not_have() {
-    let mut s = setup();
+    let mut rig = large_host();
     let kept_ip = addr::CONTAINER_IP;
     let ghost_ip = addr::CONTAINER2_IP;
-    let kept = publish_with_flows(&s, "kept", kept_ip, 8080..=8080, 1000);
-    s.daemon.stop().unwrap();
+    let kept = publish_with_flows(&rig, "kept", kept_ip, 8080..=8080, 1000);
+    rig.daemon.stop().unwrap();
     // What a daemon killed before its sweep leaves: flows no stored
     // binding owns (and no service either, as after a committed removal).
     let ghost = FlowFill {
@@ -254,9 +209,9 @@ fn a_restart_forgets_flows_of_bindings_the_store_does_not_have() {
         client_ip: addr::CLIENT_IP,
         per_port: 100,
     }
-    .insert(s.bpffs.path())
+    .insert(rig.bpffs.path())
     .unwrap();
-    assert_eq!(count_flows_of(s.bpffs.path(), ghost_ip).unwrap(), ghost);
+    assert_eq!(count_flows_of(rig.bpffs.path(), ghost_ip).unwrap(), ghost);
     // A kept container's flows through a host port it is not published on.
     let stray = FlowFill {
         ctr_ip: kept_ip,
@@ -265,12 +220,12 @@ fn a_restart_forgets_flows_of_bindings_the_store_does_not_have() {
         client_ip: std::net::Ipv4Addr::new(192, 0, 2, 77),
         per_port: 10,
     }
-    .insert(s.bpffs.path())
+    .insert(rig.bpffs.path())
     .unwrap();
-    s.daemon.start_again().unwrap();
-    assert_eq!(count_flows_of(s.bpffs.path(), ghost_ip).unwrap(), 0);
+    rig.daemon.start_again().unwrap();
+    assert_eq!(count_flows_of(rig.bpffs.path(), ghost_ip).unwrap(), 0);
     assert_eq!(
-        count_flows_of(s.bpffs.path(), kept_ip).unwrap(),
+        count_flows_of(rig.bpffs.path(), kept_ip).unwrap(),
         kept,
         "only the stored binding's flows stay ({stray} strays)"
     );
@@ -278,31 +233,20 @@ fn a_restart_forgets_flows_of_bindings_the_store_does_not_have() {
 
 #[test]
 fn a_removed_task_loses_its_policy_tracked_flows_and_others_keep_theirs() {
-    let s = setup();
+    let rig = large_host();
     let gone_ip = addr::CONTAINER2_IP;
     let kept_ip = addr::CONTAINER_IP;
     for (task, ip, spec) in [("gone", gone_ip, "9000:80"), ("kept", kept_ip, "9001:80")] {
-        s.daemon
-            .cli_ok([
-                "map",
-                "add",
-                "--task",
-                task,
-                "--ip",
-                &ip.to_string(),
-                "-p",
-                spec,
-            ])
-            .unwrap();
+        rig.map_add(task, &ip.to_string(), &[spec]);
     }
     let outsider = std::net::Ipv4Addr::new(192, 0, 2, 50);
     // Flows its groups allowed, both ways, and a flow between the others.
-    insert_ct_flows(s.bpffs.path(), outsider, gone_ip, 100).unwrap();
-    insert_ct_flows(s.bpffs.path(), gone_ip, kept_ip, 100).unwrap();
-    insert_ct_flows(s.bpffs.path(), outsider, kept_ip, 100).unwrap();
-    s.daemon.cli_ok(["map", "rm", "--task", "gone"]).unwrap();
+    insert_ct_flows(rig.bpffs.path(), outsider, gone_ip, 100).unwrap();
+    insert_ct_flows(rig.bpffs.path(), gone_ip, kept_ip, 100).unwrap();
+    insert_ct_flows(rig.bpffs.path(), outsider, kept_ip, 100).unwrap();
+    rig.berth(&["map", "rm", "--task", "gone"]);
     let t = Instant::now();
-    while count_ct_flows_touching(s.bpffs.path(), gone_ip).unwrap() != 0 {
+    while count_ct_flows_touching(rig.bpffs.path(), gone_ip).unwrap() != 0 {
         assert!(
             t.elapsed() < Duration::from_secs(5),
             "the removed task's policy flows stay"
@@ -310,7 +254,7 @@ fn a_removed_task_loses_its_policy_tracked_flows_and_others_keep_theirs() {
         thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
-        count_ct_flows_touching(s.bpffs.path(), kept_ip).unwrap(),
+        count_ct_flows_touching(rig.bpffs.path(), kept_ip).unwrap(),
         100,
         "a task still there keeps its flows with others"
     );
@@ -318,28 +262,17 @@ fn a_removed_task_loses_its_policy_tracked_flows_and_others_keep_theirs() {
 
 #[test]
 fn a_thousand_idle_connections_do_not_keep_map_ls_waiting() {
-    let s = setup();
-    s.daemon
-        .cli_ok([
-            "map",
-            "add",
-            "--task",
-            "web",
-            "--ip",
-            "172.17.0.2",
-            "-p",
-            "8080:80",
-        ])
-        .unwrap();
+    let rig = Rig::start();
+    rig.map_add("web", "172.17.0.2", &["8080:80"]);
     let idle: Vec<UnixStream> = (0..1000)
         .map(|i| {
-            UnixStream::connect(s.daemon.socket())
+            UnixStream::connect(rig.daemon.socket())
                 .unwrap_or_else(|e| panic!("idle connection {i}: {e}"))
         })
         .collect();
     thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
-    let out = s.daemon.cli_ok(["map", "ls"]).unwrap();
+    let out = rig.daemon.cli_ok(["map", "ls"]).unwrap();
     let took = t.elapsed();
     assert!(out.contains("8080"), "{out}");
     assert!(took < Duration::from_secs(1), "map ls took {took:?}");
@@ -367,18 +300,11 @@ const NOGROUP: u32 = 65534;
 
 #[test]
 fn socket_group_members_may_use_the_api_and_each_change_names_its_caller() {
-    let topo = Topology::build().expect("build topology");
-    let bpffs = Bpffs::new().expect("bpffs");
     let gid = some_group();
-    let daemon = Daemon::start_with(
-        &topo.host.ns,
-        &bpffs,
-        DaemonOptions {
-            extra_args: vec!["--socket-group".into(), gid.to_string()],
-            ..Default::default()
-        },
-    )
-    .expect("start daemon");
+    let rig = Rig::builder()
+        .flags(&["--socket-group", &gid.to_string()])
+        .start();
+    let daemon = &rig.daemon;
     let meta = std::fs::metadata(daemon.socket()).unwrap();
     assert_eq!(meta.gid(), gid);
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
@@ -428,36 +354,17 @@ fn socket_group_members_may_use_the_api_and_each_change_names_its_caller() {
 
 #[test]
 fn a_request_over_the_port_limits_is_refused_in_one_line() {
-    let topo = Topology::build().expect("build topology");
-    let bpffs = Bpffs::new().expect("bpffs");
-    let daemon = Daemon::start_with(
-        &topo.host.ns,
-        &bpffs,
-        DaemonOptions {
-            extra_args: vec!["--max-ports-per-request".into(), "100".into()],
-            ..Default::default()
-        },
-    )
-    .expect("start daemon");
-    let out = daemon
-        .cli([
-            "map",
-            "add",
-            "--task",
-            "web",
-            "--ip",
-            "172.17.0.2",
-            "-p",
-            "1-65535:1-65535",
-        ])
-        .unwrap();
+    let rig = Rig::builder()
+        .flags(&["--max-ports-per-request", "100"])
+        .start();
+    let out = rig.berth_output(&map_add_args("web", "172.17.0.2", &["1-65535:1-65535"]));
     assert!(!out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
         "berth: this request names 65535 ports; the daemon allows at most 100 per request \
          (berth daemon --max-ports-per-request)"
     );
-    assert_eq!(daemon.cli_ok(["map", "ls", "--json"]).unwrap().trim(), "[]");
+    assert_eq!(rig.berth(&["map", "ls", "--json"]).trim(), "[]");
 }
 
 /// Polls until `ok()` or `limit` passes; returns how long it took.
@@ -474,9 +381,9 @@ fn within(limit: Duration, ok: impl Fn() -> bool) -> Option<Duration> {
 
 #[test]
 fn a_new_bridge_port_is_hooked_as_soon_as_it_is_enslaved_before_it_is_up() {
-    let s = setup();
-    let host = &s._topo.host.ns;
-    let links = s.bpffs.path().join("berth/links");
+    let rig = Rig::start();
+    let host = &rig.topo.host.ns;
+    let links = rig.bpffs.path().join("berth/links");
     let hooked = |port: &str| {
         ["berth_from_ctr", "berth_to_ctr"]
             .iter()
@@ -538,30 +445,21 @@ fn reaches(ns: &berth_integration::NetNs, target: std::net::SocketAddr) -> bool 
 }
 
 fn port_not_hooked_yet(default_sg: bool) -> (bool, bool) {
-    let topo = Topology::build().expect("build topology");
-    let bpffs = Bpffs::new().expect("bpffs");
-    let extra_args = if default_sg {
-        vec!["--default-sg".into(), "base".into()]
+    let flags: &[&str] = if default_sg {
+        &["--default-sg", "base"]
     } else {
-        vec![]
+        &[]
     };
-    let daemon = Daemon::start_with(
-        &topo.host.ns,
-        &bpffs,
-        DaemonOptions {
-            extra_args,
-            ..Default::default()
-        },
-    )
-    .expect("start daemon");
+    let rig = Rig::builder().flags(flags).start();
+    let topo = &rig.topo;
     let host_side = std::net::SocketAddr::from((addr::BRIDGE_IP, 9999));
-    let _server = HttpPeerServer::start_in(&topo.host.ns, host_side).unwrap();
+    let _server = HttpPeerServer::start_in(&topo.host.ns, host_side).expect("start an HTTP server");
     assert!(
         reaches(&topo.container.ns, host_side),
         "a hooked container talks"
     );
     // With the daemon frozen, a new container's port is not hooked.
-    let frozen = Frozen::freeze(daemon.pid().unwrap());
+    let frozen = Frozen::freeze(rig.daemon.pid().unwrap());
     let late = topo
         .new_container("late", std::net::Ipv4Addr::new(172, 17, 0, 9))
         .unwrap();
@@ -569,7 +467,7 @@ fn port_not_hooked_yet(default_sg: bool) -> (bool, bool) {
     drop(frozen);
     let after = within(Duration::from_secs(3), || reaches(&late.ns, host_side)).is_some();
     if default_sg {
-        let stats = daemon.cli_ok(["stats"]).unwrap();
+        let stats = rig.berth(&["stats"]);
         assert!(
             stats
                 .lines()

@@ -17,7 +17,7 @@ use berth_maps::{
 use serde_json::{json, Value};
 
 use super::{stats::summary, Settings};
-use crate::{
+use berth_integration::{
     pkt::Packet,
     testrun::{binding, in_fixture_ns, load_env, Env, C1, CLIENT, HOST, HOST2, OTHER},
 };

@@ -18,7 +18,7 @@ use berth::datapath::{
 };
 use berth_integration::{
     berth_bin, cmd::output_with_timeout, http_get, names::TempDir, Bpffs, Daemon, DaemonOptions,
-    HttpPeerServer, NetNs, Topology,
+    NetNs, Rig, Topology,
 };
 use serde_json::Value;
 
@@ -64,22 +64,9 @@ fn cgroup_name(d: &Daemon) -> String {
     )
 }
 
-/// `cg-probe bind` (next to the berth binary) run in `ns` inside `procs`.
-fn probe_bind(ns: &NetNs, procs: &Path, addr: &str) -> String {
-    let bin = berth_bin().unwrap().with_file_name("cg-probe");
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns.name()])
-        .arg(bin)
-        .arg(procs)
-        .args(["bind", "tcp", addr])
-        .output()
-        .expect("run cg-probe");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+/// `cg-probe bind tcp ADDR` in `ns`, inside the daemon's cgroup.
+fn probe_bind(rig: &Rig, ns: &NetNs, addr: &str) -> String {
+    rig.cg_probe(ns, &["bind", "tcp", addr])
 }
 
 /// A daemon run to completion: one that is refused exits by itself.
@@ -121,22 +108,15 @@ fn pinned_names(bpffs: &Bpffs) -> Vec<String> {
 
 #[test]
 fn a_daemon_that_sees_no_cgroup_mounts_the_hierarchy_and_attaches_the_socket_hooks() {
-    let topo = Topology::build().unwrap();
-    let bpffs = Bpffs::new().unwrap();
     let dir = TempDir::new("wrap").unwrap();
-    let d = Daemon::start_with(
-        &topo.host.ns,
-        &bpffs,
-        DaemonOptions {
-            bin: Some(no_cgroup_wrapper(dir.path(), None)),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let s = status(&d);
+    let rig = Rig::builder()
+        .bin(no_cgroup_wrapper(dir.path(), None))
+        .start();
+    let d = &rig.daemon;
+    let s = status(d);
     let hooks = &s["datapath"]["socketHooks"];
     assert_eq!(hooks["enabled"], true, "{s:#}");
-    assert_eq!(hooks["cgroup"]["cgroup"], cgroup_name(&d).as_str());
+    assert_eq!(hooks["cgroup"]["cgroup"], cgroup_name(d).as_str());
     assert_eq!(hooks["cgroup"]["privateMount"], true);
     let cgroup_links: Vec<&Value> = s["datapath"]["attachments"]
         .as_array()
@@ -151,23 +131,10 @@ fn a_daemon_that_sees_no_cgroup_mounts_the_hierarchy_and_attaches_the_socket_hoo
     );
     assert!(cgroup_links.iter().all(|a| a["attached"] == true));
     // The hooks work: the bind guard refuses a host process the port.
-    d.cli_ok([
-        "map",
-        "add",
-        "--task",
-        "w",
-        "--ip",
-        "172.17.0.2",
-        "-p",
-        "8080:80",
-    ])
-    .unwrap();
-    let procs = d.cgroup().procs_file();
-    assert_eq!(
-        probe_bind(&topo.host.ns, &procs, "0.0.0.0:8080"),
-        "EADDRINUSE"
-    );
-    assert_eq!(probe_bind(&topo.host.ns, &procs, "0.0.0.0:8081"), "ok");
+    rig.map_add("w", "172.17.0.2", &["8080:80"]);
+    let host = &rig.topo.host.ns;
+    assert_eq!(probe_bind(&rig, host, "0.0.0.0:8080"), "EADDRINUSE");
+    assert_eq!(probe_bind(&rig, host, "0.0.0.0:8081"), "ok");
 }
 
 #[test]
@@ -229,29 +196,19 @@ fn socket_hooks_that_cannot_attach_refuse_the_start_unless_no_socket_hooks() {
 
 #[test]
 fn status_lists_every_attachment_map_and_the_daemon() {
-    let topo = Topology::build().unwrap();
-    let bpffs = Bpffs::new().unwrap();
-    let d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
-    d.cli_ok([
-        "map",
-        "add",
-        "--task",
-        "w",
-        "--ip",
-        "172.17.0.2",
-        "-p",
-        "8080:80",
-        "-p",
-        "9000-9002:9000-9002",
-    ])
-    .unwrap();
-    let s = status(&d);
-    assert_eq!(s["pid"], d.pid().unwrap());
+    let rig = Rig::start();
+    rig.map_add("w", "172.17.0.2", &["8080:80", "9000-9002:9000-9002"]);
+    let s = status(&rig.daemon);
+    assert_eq!(s["pid"], rig.daemon.pid().unwrap());
     assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(s["socket"], d.socket().display().to_string());
+    assert_eq!(s["socket"], rig.daemon.socket().display().to_string());
     assert_eq!(
         s["store"],
-        d.state_dir().join("berth.redb").display().to_string()
+        rig.daemon
+            .state_dir()
+            .join("berth.redb")
+            .display()
+            .to_string()
     );
     let dp = &s["datapath"];
     assert_eq!(dp["attach"], "tc");
@@ -278,7 +235,7 @@ fn status_lists_every_attachment_map_and_the_daemon() {
     assert_eq!(find("bridge port", "berth_from_ctr")["attached"], true);
     assert_eq!(
         find("cgroup", "berth_bind4")["target"],
-        d.cgroup().path().display().to_string()
+        rig.daemon.cgroup().path().display().to_string()
     );
     assert_eq!(find("cgroup", "berth_connect4")["hook"], "cgroup connect4");
     let maps = dp["maps"].as_array().unwrap();
@@ -294,9 +251,9 @@ fn status_lists_every_attachment_map_and_the_daemon() {
     assert_eq!(map("BERTH_PORTS")["entries"], 4);
     assert_eq!(map("BERTH_NAT")["capacity"], berth_maps::NAT_CAPACITY);
     assert_eq!(map("BERTH_COUNTERS")["entries"], Value::Null);
-    let text = d.cli_ok(["status"]).unwrap();
+    let text = rig.daemon.cli_ok(["status"]).unwrap();
     assert!(
-        text.contains(&format!("(pid {})", d.pid().unwrap())),
+        text.contains(&format!("(pid {})", rig.daemon.pid().unwrap())),
         "{text}"
     );
     assert!(
@@ -306,7 +263,7 @@ fn status_lists_every_attachment_map_and_the_daemon() {
     );
     assert!(
         text.lines().any(|l| l.starts_with("BERTH_SERVICES")
-            && l.contains("131072")
+            && l.contains(&berth_maps::SERVICES_CAPACITY.to_string())
             && l.trim_end().ends_with('4')),
         "{text}"
     );
@@ -314,42 +271,30 @@ fn status_lists_every_attachment_map_and_the_daemon() {
 
 #[test]
 fn a_second_daemon_on_the_same_bpffs_is_refused_and_the_first_keeps_its_mappings() {
-    let topo = Topology::build().unwrap();
-    let bpffs = Bpffs::new().unwrap();
-    let d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
-    let _web = HttpPeerServer::start_in(&topo.container.ns, "0.0.0.0:80".parse().unwrap()).unwrap();
-    d.cli_ok([
-        "map",
-        "add",
-        "--task",
-        "w",
-        "--ip",
-        "172.17.0.2",
-        "-p",
-        "8080:80",
-    ])
-    .unwrap();
-    let pid = d.pid().unwrap();
+    let rig = Rig::start();
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    rig.map_add("w", "172.17.0.2", &["8080:80"]);
+    let pid = rig.daemon.pid().unwrap();
     let other = TempDir::new("second").unwrap();
     let out = run_daemon(
-        &topo.host.ns,
+        &rig.topo.host.ns,
         &berth_bin().unwrap(),
         other.path(),
-        bpffs.path(),
+        rig.bpffs.path(),
         &[],
     );
     assert_eq!(
         last_line(&out),
         format!(
             "berth: another berth daemon (PID {pid}) holds the pin directory {}; stop it, or give this one its own --bpffs and --state-dir",
-            bpffs.path().join("berth").display()
+            rig.bpffs.path().join("berth").display()
         )
     );
     assert!(
         !other.path().join("state/berth.redb").exists(),
         "no store opened"
     );
-    let s = status(&d);
+    let s = status(&rig.daemon);
     assert_eq!(
         s["datapath"]["maps"]
             .as_array()
@@ -359,21 +304,26 @@ fn a_second_daemon_on_the_same_bpffs_is_refused_and_the_first_keeps_its_mappings
             .unwrap()["entries"],
         1
     );
-    let addr = topo.host.addr(8080);
-    let body = topo.client.ns.run(move || http_get(addr, "/", T)).unwrap();
+    let addr = rig.topo.host.addr(8080);
+    let body = rig
+        .topo
+        .client
+        .ns
+        .run(move || http_get(addr, "/", T))
+        .unwrap();
     assert!(body.starts_with("192.0.2.2:"), "{body}");
 
     // `berth reset` aimed at the same pins but another socket is refused too.
     let reset = Command::new("ip")
-        .args(["netns", "exec", topo.host.ns.name()])
-        .arg(d.bin())
+        .args(["netns", "exec", rig.topo.host.ns.name()])
+        .arg(rig.daemon.bin())
         .arg("--socket")
         .arg(other.path().join("none.sock"))
         .arg("reset")
         .arg("--state-dir")
-        .arg(d.state_dir())
+        .arg(rig.daemon.state_dir())
         .arg("--bpffs")
-        .arg(bpffs.path())
+        .arg(rig.bpffs.path())
         .output()
         .unwrap();
     assert!(!reset.status.success());
@@ -382,12 +332,17 @@ fn a_second_daemon_on_the_same_bpffs_is_refused_and_the_first_keeps_its_mappings
         err.trim(),
         format!(
             "berth: another berth daemon (PID {pid}) holds the state directory {}; stop it before resetting",
-            d.state_dir().display()
+            rig.daemon.state_dir().display()
         )
     );
-    assert!(bpffs.path().join("berth/BERTH_SERVICES").exists());
-    assert!(d.state_dir().join("berth.redb").exists());
-    let body = topo.client.ns.run(move || http_get(addr, "/", T)).unwrap();
+    assert!(rig.bpffs.path().join("berth/BERTH_SERVICES").exists());
+    assert!(rig.daemon.state_dir().join("berth.redb").exists());
+    let body = rig
+        .topo
+        .client
+        .ns
+        .run(move || http_get(addr, "/", T))
+        .unwrap();
     assert!(body.starts_with("192.0.2.2:"), "{body}");
 }
 
@@ -443,7 +398,7 @@ fn a_wrongly_shaped_pinned_map_is_refused_in_one_line_and_left_alone() {
         last_line(&out),
         format!(
             "berth: pinned map BERTH_SERVICES ({}) is hash, key 8 B, value 12 B, 1024 entries, flags 0x0, \
-             but this berth needs hash, key 8 B, value 8 B, {} entries, flags 0x0 and cannot convert it; \
+             but this berth needs hash, key 8 B, value 8 B, {} entries, flags 0x1 and cannot convert it; \
              run `berth reset` to remove the old pins (published ports come back from the store, tracked \
              flows are lost), or run the berth that created them",
             pin.display(),
@@ -554,10 +509,8 @@ fn lookup(pin: &Path, key: &[u8], value_size: usize) -> Option<Vec<u8>> {
         .then_some(value)
 }
 
-fn read_as<T: Copy>(bytes: &[u8]) -> T {
-    assert_eq!(bytes.len(), std::mem::size_of::<T>());
-    // SAFETY: the length is T's; berth_maps types are repr(C) plain data.
-    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) }
+fn read_as<T: bytemuck::Pod>(bytes: &[u8]) -> T {
+    bytemuck::pod_read_unaligned(bytes)
 }
 
 /// The previous release's pins (layout 1, no version record): 16-byte NAT
@@ -570,21 +523,19 @@ fn read_as<T: Copy>(bytes: &[u8]) -> T {
 fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
     use berth_maps::{CtEntry, NatEntry, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_REPLIED};
     use berth_maps::{NAT_F_ESTABLISHED, NAT_F_REPLIED};
-    let topo = Topology::build().unwrap();
-    let bpffs = Bpffs::new().unwrap();
     // The store holds the tasks the flows belong to, as it did under the
     // previous release (a start forgets flows no stored binding owns).
-    let mut d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
+    let mut rig = Rig::start();
     for (task, ip, ports) in [
         ("web", "172.17.0.2", ["-p", "8080:80", "-p", "8081:80"]),
         ("api", "172.17.0.3", ["-p", "9000:9000", "-p", "9001:9001"]),
     ] {
         let mut args = vec!["map", "add", "--task", task, "--ip", ip];
         args.extend(ports);
-        d.cli_ok(args).unwrap();
+        rig.daemon.cli_ok(args).unwrap();
     }
-    d.stop().unwrap();
-    fs::remove_dir_all(bpffs.path().join("berth")).unwrap();
+    rig.daemon.stop().unwrap();
+    fs::remove_dir_all(rig.bpffs.path().join("berth")).unwrap();
     let seen = now_ns();
     let nat = vec![
         (flow_key(40000), nat_v1(8080, NAT_F_REPLIED, seen)),
@@ -601,9 +552,9 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
             berth_maps::CT_MAP => ct.clone(),
             _ => Vec::new(),
         };
-        pin_map(&bpffs, name, &old, &entries);
+        pin_map(&rig.bpffs, name, &old, &entries);
     }
-    let dir = bpffs.path().join("berth");
+    let dir = rig.bpffs.path().join("berth");
     {
         let fd = sys::obj_get(&dir.join(berth_maps::COUNTERS_MAP)).unwrap();
         let old = previous_release_pins()[10].1;
@@ -613,7 +564,7 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
     }
     assert!(!dir.join(pins::LAYOUT_LINK).exists());
 
-    d.start_again().unwrap();
+    rig.daemon.start_again().unwrap();
 
     let nat_pin = dir.join(berth_maps::NAT_MAP);
     let nat_size = std::mem::size_of::<NatEntry>();
@@ -674,7 +625,7 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
     )
     .unwrap();
     assert_eq!(&got[..8], &dnat_count.to_ne_bytes(), "counters kept");
-    let names = pinned_names(&bpffs);
+    let names = pinned_names(&rig.bpffs);
     for name in NEW_IN_LAYOUT_2 {
         assert!(names.iter().any(|n| n == name), "{name} created: {names:?}");
     }
@@ -682,7 +633,7 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
         fs::read_link(dir.join(pins::LAYOUT_LINK)).unwrap(),
         PathBuf::from(pins::LAYOUT_VERSION.to_string())
     );
-    let s = status(&d);
+    let s = status(&rig.daemon);
     assert_eq!(
         s["datapath"]["migrated"],
         serde_json::json!([
@@ -691,13 +642,37 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
                 berth_maps::COUNTERS_LEN
             ),
             "BERTH_CT: 16-byte values converted to 32 bytes (2 entries kept)",
+            format!(
+                "BERTH_ENDPOINTS: capacity 16384 -> {}, allocated on use (0 entries kept)",
+                berth_maps::ENDPOINTS_CAPACITY
+            ),
+            "BERTH_HOST_ADDRS: allocated on use (0 entries kept)",
             "BERTH_NAT: 16-byte values converted to 40 bytes (2 entries kept)",
+            format!(
+                "BERTH_PORTS: capacity 131072 -> {}, allocated on use (0 entries kept)",
+                berth_maps::PORTS_CAPACITY
+            ),
+            format!(
+                "BERTH_SERVICES: capacity 131072 -> {}, allocated on use (0 entries kept)",
+                berth_maps::SERVICES_CAPACITY
+            ),
+            format!(
+                "BERTH_SG_MEMBERS: capacity 65536 -> {}, allocated on use (0 entries kept)",
+                berth_maps::SG_MEMBERS_CAPACITY
+            ),
+            format!(
+                "BERTH_SOCK_REV: capacity 65536 -> {} (0 entries kept)",
+                berth_maps::SOCK_REV_CAPACITY
+            ),
         ]),
         "{s:#}"
     );
     // Every map this berth pinned has its shape: a restart migrates nothing.
-    d.restart().unwrap();
-    assert_eq!(status(&d)["datapath"]["migrated"], serde_json::json!([]));
+    rig.daemon.restart().unwrap();
+    assert_eq!(
+        status(&rig.daemon)["datapath"]["migrated"],
+        serde_json::json!([])
+    );
     for (key, _) in &nat {
         assert!(lookup(&nat_pin, key, nat_size).is_some(), "flow kept");
     }
@@ -835,8 +810,11 @@ fn migrated(d: &Daemon) -> Vec<String> {
 /// Fake flows (UDP, seen now) in the pinned table `name`.
 fn add_flows(bpffs: &Bpffs, name: &str, n: u16) {
     let fd = sys::obj_get(&bpffs.path().join("berth").join(name)).unwrap();
-    let mut value = vec![0u8; std::mem::size_of::<berth_maps::NatEntry>()];
-    value[8..16].copy_from_slice(&now_ns().to_ne_bytes());
+    let entry = berth_maps::NatEntry {
+        last_seen_ns: now_ns(),
+        ..Default::default()
+    };
+    let value = bytemuck::bytes_of(&entry);
     for port in 0..n {
         let mut key = flow_key(30000 + port);
         key[12] = 17;
@@ -851,14 +829,12 @@ fn add_flows(bpffs: &Bpffs, name: &str, n: u16) {
 /// nothing; an LRU table of unestablished flows keeps what fits.
 #[test]
 fn capacity_flags_changed_between_restarts_resize_the_tables_and_keep_the_flows() {
-    let topo = Topology::build().unwrap();
-    let bpffs = Bpffs::new().unwrap();
-    let mut d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
-    let mut conn = echo_connection(&topo, &d);
-    let default = capacities(&d);
+    let mut rig = Rig::start();
+    let mut conn = echo_connection(&rig.topo, &rig.daemon);
+    let default = capacities(&rig.daemon);
     assert_eq!(default[0].1, u64::from(berth_maps::NAT_CAPACITY));
 
-    d.stop().unwrap();
+    rig.daemon.stop().unwrap();
     let flags = [
         "--nat-max",
         "4096",
@@ -867,10 +843,10 @@ fn capacity_flags_changed_between_restarts_resize_the_tables_and_keep_the_flows(
         "--ct-embryonic-max",
         "1024",
     ];
-    d.set_extra_args(&flags);
-    d.start_again().unwrap();
+    rig.daemon.set_extra_args(&flags);
+    rig.daemon.start_again().unwrap();
     assert_eq!(
-        capacities(&d),
+        capacities(&rig.daemon),
         [
             ("BERTH_NAT".to_owned(), 4096),
             ("BERTH_NAT_FWD".to_owned(), 4096),
@@ -880,7 +856,7 @@ fn capacity_flags_changed_between_restarts_resize_the_tables_and_keep_the_flows(
         ]
     );
     assert_eq!(
-        migrated(&d),
+        migrated(&rig.daemon),
         [
             format!(
                 "BERTH_CT: capacity {} -> 2048 (0 entries kept)",
@@ -909,9 +885,9 @@ fn capacity_flags_changed_between_restarts_resize_the_tables_and_keep_the_flows(
     // Three established flows do not fit in two: refused, nothing changed,
     // not even the tables that could have been resized (BERTH_CT and
     // BERTH_CT_NEW back to their defaults come first).
-    d.stop().unwrap();
-    add_flows(&bpffs, berth_maps::NAT_MAP, 2);
-    let pin = |name: &str| bpffs.path().join("berth").join(name);
+    rig.daemon.stop().unwrap();
+    add_flows(&rig.bpffs, berth_maps::NAT_MAP, 2);
+    let pin = |name: &str| rig.bpffs.path().join("berth").join(name);
     let nat_pin = pin(berth_maps::NAT_MAP);
     let ids = |names: &[&str]| names.iter().map(|n| map_id(&pin(n))).collect::<Vec<_>>();
     let tables = [
@@ -922,9 +898,12 @@ fn capacity_flags_changed_between_restarts_resize_the_tables_and_keep_the_flows(
         berth_maps::NAT_NEW_MAP,
     ];
     let before = ids(&tables);
-    d.set_extra_args(&["--nat-max", "2"]);
-    assert!(d.start_again().is_err(), "a too small --nat-max is refused");
-    let stderr = d.stderr();
+    rig.daemon.set_extra_args(&["--nat-max", "2"]);
+    assert!(
+        rig.daemon.start_again().is_err(),
+        "a too small --nat-max is refused"
+    );
+    let stderr = rig.daemon.stderr();
     assert_eq!(
         stderr.lines().last().unwrap(),
         "berth: pinned map BERTH_NAT holds 3 entries, more than the 2 this berth gives it; \
@@ -935,10 +914,11 @@ fn capacity_flags_changed_between_restarts_resize_the_tables_and_keep_the_flows(
 
     // Unestablished flows beyond a smaller LRU table: some are evicted,
     // and the daemon says how many.
-    add_flows(&bpffs, berth_maps::NAT_NEW_MAP, 40);
-    d.set_extra_args(&["--nat-max", "4096", "--ct-embryonic-max", "16"]);
-    d.start_again().unwrap();
-    let m = migrated(&d);
+    add_flows(&rig.bpffs, berth_maps::NAT_NEW_MAP, 40);
+    rig.daemon
+        .set_extra_args(&["--nat-max", "4096", "--ct-embryonic-max", "16"]);
+    rig.daemon.start_again().unwrap();
+    let m = migrated(&rig.daemon);
     let line = m
         .iter()
         .find(|l| l.starts_with("BERTH_NAT_NEW: capacity 1024 -> 16 ("))
@@ -957,12 +937,139 @@ fn capacity_flags_changed_between_restarts_resize_the_tables_and_keep_the_flows(
     echo(&mut conn, b"still the same connection");
 }
 
-fn counter(d: &Daemon, name: &str) -> u64 {
-    let out = d.cli_ok(["stats", "--json"]).expect("stats");
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name} in {out}"))
+/// (name, capacity, entries) of the maps `--max-flows` and
+/// `--max-mappings` size, as `berth status` reads them from the kernel.
+fn sized_maps(d: &Daemon) -> Vec<(String, u64, u64)> {
+    let s = status(d);
+    let maps = s["datapath"]["maps"].as_array().unwrap();
+    [
+        berth_maps::SERVICES_MAP,
+        berth_maps::PORTS_MAP,
+        berth_maps::NAT_MAP,
+        berth_maps::NAT_FWD_MAP,
+        berth_maps::CT_MAP,
+        berth_maps::NAT_NEW_MAP,
+        berth_maps::CT_NEW_MAP,
+        berth_maps::SOCK_REV_MAP,
+    ]
+    .iter()
+    .map(|n| {
+        let m = maps.iter().find(|m| m["name"] == *n).unwrap();
+        (
+            n.to_string(),
+            m["capacity"].as_u64().unwrap(),
+            m["entries"].as_u64().unwrap(),
+        )
+    })
+    .collect()
+}
+
+fn assert_sized(d: &Daemon, capacities: [u64; 8], entries: [u64; 8]) {
+    let got = sized_maps(d);
+    let want: Vec<(String, u64, u64)> = got
+        .iter()
+        .zip(capacities.into_iter().zip(entries))
+        .map(|((name, _, _), (c, e))| (name.clone(), c, e))
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// `--max-flows` and `--max-mappings` size the tables the daemon creates
+/// (the tables of unestablished flows and socket translations an eighth
+/// of the flows); a publish beyond `--max-mappings` is refused in one line,
+/// nothing of it published or guarded; a restart with other values resizes
+/// the pinned tables, the live connection and every published port kept.
+#[test]
+fn max_flows_and_max_mappings_size_the_tables_across_a_restart() {
+    let topo = Topology::build().unwrap();
+    let bpffs = Bpffs::new().unwrap();
+    let small = ["--max-flows", "1024", "--max-mappings", "4"];
+    let mut d = Daemon::start_with(
+        &topo.host.ns,
+        &bpffs,
+        DaemonOptions {
+            extra_args: small.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut conn = echo_connection(&topo, &d);
+    echo(&mut conn, b"before");
+    d.cli_ok([
+        "map",
+        "add",
+        "--task",
+        "three",
+        "--ip",
+        "172.17.0.3",
+        "-p",
+        "9001:80",
+        "-p",
+        "9002:80",
+        "-p",
+        "9003:80",
+    ])
+    .unwrap();
+    assert_sized(
+        &d,
+        [4, 4, 1024, 1024, 1024, 128, 128, 128],
+        [4, 4, 1, 0, 0, 0, 0, 0],
+    );
+
+    let out = d
+        .cli([
+            "map",
+            "add",
+            "--task",
+            "fifth",
+            "--ip",
+            "172.17.0.3",
+            "-p",
+            "9004:80",
+        ])
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        "berth: the datapath holds at most 4 published ports; start the daemon with a larger --max-mappings",
+    );
+    assert!(!d.cli_ok(["map", "ls"]).unwrap().contains("fifth"));
+    assert_eq!(
+        (sized_maps(&d)[0].2, sized_maps(&d)[1].2),
+        (4, 4),
+        "the refused port is neither published nor guarded"
+    );
+
+    d.stop().unwrap();
+    d.set_extra_args(&["--max-flows", "65536", "--max-mappings", "64"]);
+    d.start_again().unwrap();
+    assert_sized(
+        &d,
+        [64, 64, 65536, 65536, 65536, 8192, 8192, 8192],
+        [4, 4, 1, 0, 0, 0, 0, 0],
+    );
+    let m = migrated(&d);
+    assert!(
+        m.contains(&"BERTH_NAT: capacity 1024 -> 65536 (1 entries kept)".to_owned()),
+        "{m:?}"
+    );
+    assert!(
+        m.contains(&"BERTH_SERVICES: capacity 4 -> 64 (4 entries kept)".to_owned()),
+        "{m:?}"
+    );
+    echo(&mut conn, b"after the resize");
+    d.cli_ok([
+        "map",
+        "add",
+        "--task",
+        "fifth",
+        "--ip",
+        "172.17.0.3",
+        "-p",
+        "9004:80",
+    ])
+    .unwrap();
 }
 
 /// An upgrade from pins without BERTH_PORT_ADDRS (the previous release
@@ -976,10 +1083,9 @@ fn an_upgrade_learns_the_ports_addresses_before_the_new_programs_check_them() {
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     };
-    let topo = Topology::build().unwrap();
-    let bpffs = Bpffs::new().unwrap();
-    let mut d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
-    let receiver = topo
+    let mut rig = Rig::start();
+    let receiver = rig
+        .topo
         .container2
         .ns
         .run(|| UdpSocket::bind("0.0.0.0:9"))
@@ -1024,9 +1130,10 @@ fn an_upgrade_learns_the_ports_addresses_before_the_new_programs_check_them() {
         ][..],
         &["sg", "attach", "sg-b", "--task", "b"][..],
     ] {
-        d.cli_ok(args).unwrap();
+        rig.daemon.cli_ok(args).unwrap();
     }
-    let sender = topo
+    let sender = rig
+        .topo
         .container
         .ns
         .run(|| UdpSocket::bind("0.0.0.0:0"))
@@ -1052,11 +1159,17 @@ fn an_upgrade_learns_the_ports_addresses_before_the_new_programs_check_them() {
             std::thread::sleep(Duration::from_micros(100));
         }
     });
-    let spoofed = counter(&d, "container_spoofed_source");
-    d.stop().unwrap();
-    fs::remove_file(bpffs.path().join("berth").join(berth_maps::PORT_ADDRS_MAP)).unwrap();
+    let spoofed = rig.counter("container_spoofed_source");
+    rig.daemon.stop().unwrap();
+    fs::remove_file(
+        rig.bpffs
+            .path()
+            .join("berth")
+            .join(berth_maps::PORT_ADDRS_MAP),
+    )
+    .unwrap();
     let before = sent.load(Ordering::Relaxed);
-    d.start_again().unwrap();
+    rig.daemon.start_again().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     busy.join().unwrap();
@@ -1065,7 +1178,7 @@ fn an_upgrade_learns_the_ports_addresses_before_the_new_programs_check_them() {
         "the container kept sending through the restart"
     );
     assert_eq!(
-        counter(&d, "container_spoofed_source"),
+        rig.counter("container_spoofed_source"),
         spoofed,
         "a container's own packets taken for spoofed"
     );
@@ -1140,20 +1253,21 @@ fn flows_the_old_programs_track_during_a_migration_are_carried_over() {
 
 #[test]
 fn a_static_publish_over_a_host_listener_is_refused_in_dockers_words() {
-    let topo = Topology::build().unwrap();
-    let bpffs = Bpffs::new().unwrap();
-    let d = Daemon::start(&topo.host.ns, &bpffs).unwrap();
-    let tcp = topo
+    let rig = Rig::start();
+    let tcp = rig
+        .topo
         .host
         .ns
         .run(|| TcpListener::bind("0.0.0.0:2222"))
         .unwrap();
-    let _udp = topo
+    let _udp = rig
+        .topo
         .host
         .ns
         .run(|| UdpSocket::bind("192.0.2.1:5353"))
         .unwrap();
-    let _lo = topo
+    let _lo = rig
+        .topo
         .host
         .ns
         .run(|| TcpListener::bind("127.0.0.1:2223"))
@@ -1165,7 +1279,8 @@ fn a_static_publish_over_a_host_listener_is_refused_in_dockers_words() {
         ("127.0.0.1:2223:80", "listen tcp4 127.0.0.1:2223"),
     ];
     for (spec, what) in refused {
-        let out = d
+        let out = rig
+            .daemon
             .cli([
                 "map",
                 "add",
@@ -1185,26 +1300,18 @@ fn a_static_publish_over_a_host_listener_is_refused_in_dockers_words() {
             format!("berth: Error starting userland proxy: {what}: bind: address already in use")
         );
     }
-    assert_eq!(d.cli_ok(["map", "ls", "--json"]).unwrap().trim(), "[]");
+    assert_eq!(
+        rig.daemon.cli_ok(["map", "ls", "--json"]).unwrap().trim(),
+        "[]"
+    );
     // The host process keeps its port: a client still reaches it.
-    let addr = topo.host.addr(2222);
-    topo.client
+    let addr = rig.topo.host.addr(2222);
+    rig.topo
+        .client
         .ns
         .run(move || TcpStream::connect_timeout(&addr, T))
         .expect("the host listener still answers");
     tcp.accept().unwrap();
     // Other addresses and protocols of those ports are free.
-    d.cli_ok([
-        "map",
-        "add",
-        "--task",
-        "w",
-        "--ip",
-        "172.17.0.2",
-        "-p",
-        "192.0.2.1:2223:80",
-        "-p",
-        "2222:80/udp",
-    ])
-    .unwrap();
+    rig.map_add("w", "172.17.0.2", &["192.0.2.1:2223:80", "2222:80/udp"]);
 }

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::load::{Servers, IPERF_PORT, RR_PORT, UDP_PORT};
-use crate::{Bpffs, Child, Daemon, DaemonOptions, NetNs, Topology, TopologyOptions};
+use berth_integration::{Bpffs, Child, Daemon, DaemonOptions, NetNs, Topology, TopologyOptions};
 
 /// Docker's userland proxy, from Debian's `docker.io`.
 pub const DOCKER_PROXY: &str = "/usr/sbin/docker-proxy";
@@ -644,11 +644,9 @@ impl Bed {
         let deadline = std::time::Instant::now() + timeout;
         let target = self.rr_target();
         loop {
-            let ok = self
-                .topo
-                .client
-                .ns
-                .try_run(|| crate::tcp_connect(target, Duration::from_millis(500)).is_ok())?;
+            let ok = self.topo.client.ns.try_run(|| {
+                berth_integration::tcp_connect(target, Duration::from_millis(500)).is_ok()
+            })?;
             if ok {
                 return Ok(());
             }

@@ -16,26 +16,19 @@ use std::{
 };
 
 use berth_integration::{
-    addr, http_get, tcp_connect, udp_request, Bpffs, Daemon, DaemonOptions, Dockerd,
-    DockerdOptions, NetNs, Topology, TopologyOptions,
+    addr,
+    dockerd::{topology_for_dockerd, DOCKER_BRIDGE, HTTPD_IMAGE},
+    http_get, tcp_connect, udp_request, Dockerd, DockerdOptions, NetNs, Rig,
 };
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(5);
-const BRIDGE: &str = "bdk0";
-const IMAGE: &str = "berth-busybox:test";
-/// busybox httpd's CGI: the address the container saw the client at
-/// (`[::ffff:192.0.2.2]`: httpd listens on `::`).
-const REMOTE_ADDR_CGI: &str =
-    "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' \"$REMOTE_ADDR\"\n";
 
-/// Guards drop in field order: dockerd (its containers, shims), the berth
-/// daemon, its bpffs, then the namespaces.
+/// Guards drop in field order: dockerd (its containers, shims), then the
+/// rig (the berth daemon, its bpffs, the namespaces).
 struct Setup {
     docker: Dockerd,
-    berth: Daemon,
-    _bpffs: Bpffs,
-    topo: Topology,
+    rig: Rig,
 }
 
 fn proxy_bin() -> PathBuf {
@@ -50,30 +43,13 @@ fn proxy_bin() -> PathBuf {
 }
 
 fn setup() -> Setup {
-    let topo = Topology::build_with(TopologyOptions {
-        docker_iptables: false, // dockerd writes its own
-        ..Default::default()
-    })
-    .expect("build topology");
-    let host = &topo.host.ns;
-    host.ip(["link", "add", BRIDGE, "type", "bridge"]).unwrap();
-    host.ip(["addr", "add", "172.18.0.1/16", "dev", BRIDGE])
-        .unwrap();
-    host.ip(["link", "set", BRIDGE, "up"]).unwrap();
-    let bpffs = Bpffs::new().expect("bpffs");
-    let berth = Daemon::start_with(
-        host,
-        &bpffs,
-        DaemonOptions {
-            bridge: BRIDGE.into(),
-            ..Default::default()
-        },
-    )
-    .expect("start berth");
+    let topo = topology_for_dockerd().expect("build topology");
+    let rig = Rig::builder().bridge(DOCKER_BRIDGE).start_on(topo);
+    let berth = &rig.daemon;
     let docker = Dockerd::start(
-        host,
+        &rig.topo.host.ns,
         DockerdOptions {
-            bridge: BRIDGE.into(),
+            bridge: DOCKER_BRIDGE.into(),
             userland_proxy: Some(proxy_bin()),
             env: vec![("BERTH_SOCKET".into(), berth.socket().display().to_string())],
             ..Default::default()
@@ -81,21 +57,9 @@ fn setup() -> Setup {
     )
     .expect("start dockerd");
     docker
-        .import_busybox(
-            IMAGE,
-            &["sh", "httpd", "sleep", "echo"],
-            &[
-                ("/www/index.html", "hello\n", 0o644),
-                ("/www/cgi-bin/ip", REMOTE_ADDR_CGI, 0o755),
-            ],
-        )
+        .import_httpd_image(&["sh", "httpd", "sleep", "echo"])
         .expect("import busybox image");
-    Setup {
-        docker,
-        berth,
-        _bpffs: bpffs,
-        topo,
-    }
+    Setup { docker, rig }
 }
 
 impl Setup {
@@ -112,14 +76,18 @@ impl Setup {
             publish,
         ];
         args.extend_from_slice(extra);
-        args.extend([IMAGE, "httpd", "-f", "-p", "80", "-h", "/www"]);
+        args.extend([HTTPD_IMAGE, "httpd", "-f", "-p", "80", "-h", "/www"]);
         self.docker.docker(&args).expect("docker run")
     }
 
     fn client_get(&self, port: u16, path: &str) -> anyhow::Result<String> {
-        let addr = self.topo.host.addr(port);
+        let addr = self.rig.topo.host.addr(port);
         let path = path.to_string();
-        self.topo.client.ns.run(move || http_get(addr, &path, T))
+        self.rig
+            .topo
+            .client
+            .ns
+            .run(move || http_get(addr, &path, T))
     }
 
     /// The client's address as the container saw it, retried while the
@@ -140,7 +108,11 @@ impl Setup {
     }
 
     fn bindings(&self) -> Vec<Value> {
-        let out = self.berth.cli_ok(["map", "ls", "--json"]).expect("map ls");
+        let out = self
+            .rig
+            .daemon
+            .cli_ok(["map", "ls", "--json"])
+            .expect("map ls");
         let v: Value = serde_json::from_str(&out).expect("map ls --json is JSON");
         v.as_array().expect("an array").clone()
     }
@@ -336,15 +308,16 @@ fn docker_run_p_publishes_through_berth_with_the_clients_address() {
             "dns",
             "-p",
             "5353:53/udp",
-            IMAGE,
+            HTTPD_IMAGE,
             "sleep",
             "600",
         ])
         .unwrap();
     assert!(out.status.success(), "docker run udp: {}", stderr_of(&out));
     let _echo = udp_peer_echo(s.sandbox("dns"), 53);
-    let target = s.topo.host.addr(5353);
+    let target = s.rig.topo.host.addr(5353);
     let reply = s
+        .rig
         .topo
         .client
         .ns
@@ -364,7 +337,8 @@ fn docker_run_p_publishes_through_berth_with_the_clients_address() {
     );
     // A host port berth holds for something else: the shim's refusal, in
     // Docker's words, reaches `docker run`, and nothing is left behind.
-    s.berth
+    s.rig
+        .daemon
         .cli_ok([
             "map",
             "add",
@@ -413,8 +387,9 @@ fn docker_run_p_publishes_through_berth_with_the_clients_address() {
     // docker stop unpublishes; the port no longer answers.
     s.docker.docker_ok(["stop", "-t", "1", "web"]).unwrap();
     s.wait_unpublished(8080, "docker stop");
-    let addr = s.topo.host.addr(8080);
+    let addr = s.rig.topo.host.addr(8080);
     assert!(s
+        .rig
         .topo
         .client
         .ns
@@ -458,7 +433,7 @@ fn dockerd_death_unpublishes_and_its_restart_publishes_again_across_a_berth_rest
 
     // A berth restart keeps the mapping (the store) and the shim's
     // unpublish still reaches the new daemon.
-    s.berth.restart().unwrap();
+    s.rig.daemon.restart().unwrap();
     assert_eq!(s.remote_addr_seen(8080), addr::CLIENT_IP.to_string());
 
     // A clean dockerd stop stops the container and unpublishes.
@@ -509,9 +484,8 @@ fn status_of(mut pipe: fs::File) -> String {
 
 #[test]
 fn what_berth_cannot_publish_runs_the_real_docker_proxy_and_errors_reach_fd_3() {
-    let topo = Topology::build().expect("build topology");
-    let bpffs = Bpffs::new().expect("bpffs");
-    let berth = Daemon::start(&topo.host.ns, &bpffs).expect("start berth");
+    let rig = Rig::start();
+    let (topo, berth) = (&rig.topo, &rig.daemon);
     let sock = berth.socket().display().to_string();
     let dir = berth.workdir().to_path_buf();
     // A stand-in docker-proxy: records its argv, says ready on fd 3.

@@ -5,16 +5,11 @@ use std::{
     collections::BTreeSet,
     io::Read,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
-use berth_integration::{
-    http_get, udp_request, Bpffs, Daemon, DaemonOptions, HttpPeerServer, NetNs, Topology,
-    UdpEchoServer,
-};
+use berth_integration::{rig::REQUEST_TIMEOUT as T, udp_request, NetNs, Rig};
 use serde_json::{json, Value};
 
-const T: Duration = Duration::from_secs(5);
 const RANGE: (u16, u16) = (50000, 50999);
 
 /// What `aws ecs describe-task-definition --task-definition shop:7` prints
@@ -99,82 +94,44 @@ const WEB: &str = r#"{
   ]
 }"#;
 
-/// Guards drop in field order: daemon, then bpffs, then namespaces.
-struct Setup {
-    daemon: Daemon,
-    _bpffs: Bpffs,
-    topo: Topology,
-}
-
-fn setup() -> Setup {
-    let topo = Topology::build().expect("build topology");
-    let bpffs = Bpffs::new().expect("bpffs");
+/// The daemon handing out dynamic host ports from [`RANGE`].
+fn start_rig() -> Rig {
     let range = format!("{}-{}", RANGE.0, RANGE.1);
-    let opts = DaemonOptions {
-        extra_args: vec!["--dynamic-ports".into(), range],
-        ..Default::default()
-    };
-    let daemon = Daemon::start_with(&topo.host.ns, &bpffs, opts).expect("start daemon");
-    Setup {
-        daemon,
-        _bpffs: bpffs,
-        topo,
-    }
+    Rig::builder().flags(&["--dynamic-ports", &range]).start()
 }
 
-impl Setup {
-    /// Writes `text` next to the daemon's files and returns the path.
-    fn task_def(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.daemon.workdir().join(name);
-        std::fs::write(&path, text).unwrap();
-        path
+fn task_run_args(file: &Path, name: &str, ips: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "task".into(),
+        "run".into(),
+        "--task-def".into(),
+        file.display().to_string(),
+        "--name".into(),
+        name.into(),
+    ];
+    for ip in ips {
+        args.extend(["--ip".to_string(), ip.to_string()]);
     }
+    args
+}
 
-    fn task_run_args(file: &Path, name: &str, ips: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = vec![
-            "task".into(),
-            "run".into(),
-            "--task-def".into(),
-            file.display().to_string(),
-            "--name".into(),
-            name.into(),
-        ];
-        for ip in ips {
-            args.extend(["--ip".to_string(), ip.to_string()]);
-        }
-        args
-    }
+/// `berth task run`: its JSON output.
+fn task_run(rig: &Rig, file: &Path, name: &str, ips: &[&str]) -> Value {
+    let out = rig
+        .daemon
+        .cli_ok(task_run_args(file, name, ips))
+        .expect("task run");
+    assert_eq!(out.lines().count(), 1, "one JSON line: {out}");
+    serde_json::from_str(&out).expect("task run prints JSON")
+}
 
-    /// `berth task run`: its JSON output.
-    fn task_run(&self, file: &Path, name: &str, ips: &[&str]) -> Value {
-        let out = self
-            .daemon
-            .cli_ok(Self::task_run_args(file, name, ips))
-            .expect("task run");
-        assert_eq!(out.lines().count(), 1, "one JSON line: {out}");
-        serde_json::from_str(&out).expect("task run prints JSON")
-    }
-
-    /// `berth task run` expected to fail: its one stderr line.
-    fn task_run_err(&self, file: &Path, name: &str, ips: &[&str]) -> String {
-        let out = self
-            .daemon
-            .cli(Self::task_run_args(file, name, ips))
-            .unwrap();
-        assert!(!out.status.success(), "task run {name} must fail");
-        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        assert_eq!(err.lines().count(), 1, "one line: {err:?}");
-        err
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.daemon.cli_ok(args).unwrap()).unwrap()
-    }
-
-    fn client_get(&self, port: u16) -> anyhow::Result<String> {
-        let addr = self.topo.host.addr(port);
-        self.topo.client.ns.run(move || http_get(addr, "/", T))
-    }
+/// `berth task run` expected to fail: its one stderr line.
+fn task_run_err(rig: &Rig, file: &Path, name: &str, ips: &[&str]) -> String {
+    let out = rig.daemon.cli(task_run_args(file, name, ips)).unwrap();
+    assert!(!out.status.success(), "task run {name} must fail");
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(err.lines().count(), 1, "one line: {err:?}");
+    err
 }
 
 /// `net.ipv4.ip_local_reserved_ports` of `ns`, read in one `read` (the
@@ -209,24 +166,22 @@ fn in_range(p: u16) -> bool {
 
 #[test]
 fn two_copies_of_one_task_definition_get_their_own_reachable_ports() {
-    let s = setup();
-    let one =
-        HttpPeerServer::start_in(&s.topo.container.ns, "0.0.0.0:80".parse().unwrap()).unwrap();
-    let two =
-        HttpPeerServer::start_in(&s.topo.container2.ns, "0.0.0.0:80".parse().unwrap()).unwrap();
-    let file = s.task_def("web.json", WEB);
-    let a = s.task_run(&file, "web-1", &["web=172.17.0.2"]);
-    let b = s.task_run(&file, "web-2", &["web=172.17.0.3"]);
+    let rig = start_rig();
+    let one = rig.serve_http(&rig.topo.container.ns, 80);
+    let two = rig.serve_http(&rig.topo.container2.ns, 80);
+    let file = rig.write_file("web.json", WEB);
+    let a = task_run(&rig, &file, "web-1", &["web=172.17.0.2"]);
+    let b = task_run(&rig, &file, "web-2", &["web=172.17.0.3"]);
     let pa = port(&a["containers"][0]["networkBindings"][0]["hostPort"]);
     let pb = port(&b["containers"][0]["networkBindings"][0]["hostPort"]);
     assert_ne!(pa, pb, "each copy has its own host port");
     assert!(in_range(pa) && in_range(pb), "{pa} {pb}");
 
-    s.client_get(pa).expect("copy 1");
+    rig.client_get(pa).expect("copy 1");
     assert_eq!((one.peers().len(), two.peers().len()), (1, 0));
-    s.client_get(pb).expect("copy 2");
+    rig.client_get(pb).expect("copy 2");
     assert_eq!((one.peers().len(), two.peers().len()), (1, 1));
-    let body = s.client_get(pb).unwrap();
+    let body = rig.client_get(pb).unwrap();
     assert!(
         body.starts_with("192.0.2.2:"),
         "the client's own IP: {body}"
@@ -235,22 +190,23 @@ fn two_copies_of_one_task_definition_get_their_own_reachable_ports() {
 
 #[test]
 fn a_real_world_task_definition_publishes_every_container() {
-    let s = setup();
-    let metrics_ctr = s
+    let rig = start_rig();
+    let metrics_ctr = rig
         .topo
         .new_container("ctr3", "172.17.0.4".parse().unwrap())
         .unwrap();
-    let c1 = &s.topo.container.ns;
-    let c2 = &s.topo.container2.ns;
-    let _web = HttpPeerServer::start_in(c1, "0.0.0.0:80".parse().unwrap()).unwrap();
-    let _tls = HttpPeerServer::start_in(c1, "0.0.0.0:443".parse().unwrap()).unwrap();
-    let _dns = UdpEchoServer::start_in(c2, "0.0.0.0:53".parse().unwrap()).unwrap();
-    let _dns_tcp = HttpPeerServer::start_in(c2, "0.0.0.0:53".parse().unwrap()).unwrap();
-    let _m0 = HttpPeerServer::start_in(&metrics_ctr.ns, "0.0.0.0:9100".parse().unwrap()).unwrap();
-    let _m2 = HttpPeerServer::start_in(&metrics_ctr.ns, "0.0.0.0:9102".parse().unwrap()).unwrap();
+    let c1 = &rig.topo.container.ns;
+    let c2 = &rig.topo.container2.ns;
+    let _web = rig.serve_http(c1, 80);
+    let _tls = rig.serve_http(c1, 443);
+    let _dns = rig.serve_udp_echo(c2, 53);
+    let _dns_tcp = rig.serve_http(c2, 53);
+    let _m0 = rig.serve_http(&metrics_ctr.ns, 9100);
+    let _m2 = rig.serve_http(&metrics_ctr.ns, 9102);
 
-    let file = s.task_def("shop.json", SHOP);
-    let out = s.task_run(
+    let file = rig.write_file("shop.json", SHOP);
+    let out = task_run(
+        &rig,
         &file,
         "shop-1",
         &["web=172.17.0.2", "dns=172.17.0.3", "metrics=172.17.0.4"],
@@ -288,13 +244,13 @@ fn a_real_world_task_definition_publishes_every_container() {
     let tcp: BTreeSet<u16> = [web80, dns_tcp, start, start + 1, start + 2].into();
     assert_eq!(tcp.len(), 5, "TCP ports are distinct");
 
-    s.client_get(web80).expect("web, dynamic port");
-    s.client_get(8443).expect("web, static port");
-    s.client_get(dns_tcp).expect("dns over TCP");
-    s.client_get(start).expect("metrics, first of the range");
-    s.client_get(end).expect("metrics, last of the range");
-    let target = s.topo.host.addr(dns_udp);
-    let reply = s
+    rig.client_get(web80).expect("web, dynamic port");
+    rig.client_get(8443).expect("web, static port");
+    rig.client_get(dns_tcp).expect("dns over TCP");
+    rig.client_get(start).expect("metrics, first of the range");
+    rig.client_get(end).expect("metrics, last of the range");
+    let target = rig.topo.host.addr(dns_udp);
+    let reply = rig
         .topo
         .client
         .ns
@@ -303,22 +259,22 @@ fn a_real_world_task_definition_publishes_every_container() {
     assert_eq!(reply.from, target);
 
     // Listed as a task, with the container IPs.
-    let ls = s.json(&["task", "ls", "--json"]);
+    let ls = rig.json(&["task", "ls", "--json"]);
     assert_eq!(ls[0]["name"], "shop-1");
     assert_eq!(ls[0]["containers"][2]["containerIP"], "172.17.0.4");
     assert_eq!(
         ls[0]["containers"][2]["networkBindings"],
         out["containers"][2]["networkBindings"]
     );
-    let table = s.daemon.cli_ok(["task", "ls"]).unwrap();
+    let table = rig.daemon.cli_ok(["task", "ls"]).unwrap();
     assert!(table.contains(&format!("{range}  9100-9102")), "{table}");
     assert_eq!(
-        s.json(&["map", "ls", "--json"]).as_array().unwrap().len(),
+        rig.json(&["map", "ls", "--json"]).as_array().unwrap().len(),
         7
     );
 
     // Registrars see container names in events.
-    let events = s
+    let events = rig
         .daemon
         .cli_ok(["events", "--existing", "--count", "7"])
         .unwrap();
@@ -340,27 +296,30 @@ fn a_real_world_task_definition_publishes_every_container() {
     // 32 bytes NetNs::sysctl reads).
     let mut mapped: BTreeSet<u16> = tcp.clone();
     mapped.extend([8443, dns_udp]);
-    assert_eq!(reserved_ports(&s.topo.host.ns), mapped);
+    assert_eq!(reserved_ports(&rig.topo.host.ns), mapped);
 
-    let stopped = s.daemon.cli_ok(["task", "stop", "shop-1"]).unwrap();
+    let stopped = rig.daemon.cli_ok(["task", "stop", "shop-1"]).unwrap();
     assert!(stopped.contains("8443"), "{stopped}");
-    assert!(s.client_get(web80).is_err(), "stopped: no longer forwarded");
-    assert!(s.client_get(8443).is_err());
-    assert_eq!(s.json(&["map", "ls", "--json"]), json!([]));
-    assert_eq!(s.json(&["task", "ls", "--json"]), json!([]));
     assert!(
-        reserved_ports(&s.topo.host.ns).is_empty(),
+        rig.client_get(web80).is_err(),
+        "stopped: no longer forwarded"
+    );
+    assert!(rig.client_get(8443).is_err());
+    assert_eq!(rig.json(&["map", "ls", "--json"]), json!([]));
+    assert_eq!(rig.json(&["task", "ls", "--json"]), json!([]));
+    assert!(
+        reserved_ports(&rig.topo.host.ns).is_empty(),
         "every reservation released"
     );
 }
 
 #[test]
 fn malformed_or_inapplicable_task_definitions_publish_nothing() {
-    let s = setup();
-    let shop = s.task_def("shop.json", SHOP);
+    let rig = start_rig();
+    let shop = rig.write_file("shop.json", SHOP);
     let ips = ["web=172.17.0.2", "dns=172.17.0.3", "metrics=172.17.0.4"];
     let def = |name: &str, mappings: &str| {
-        s.task_def(
+        rig.write_file(
             name,
             &format!(
                 r#"{{"containerDefinitions": [{{"name": "web", "portMappings": {mappings}}}]}}"#
@@ -368,7 +327,7 @@ fn malformed_or_inapplicable_task_definitions_publish_nothing() {
         )
     };
     let mode = |m: &str| {
-        s.task_def(
+        rig.write_file(
             &format!("{m}.json"),
             &format!(
                 r#"{{"networkMode": "{m}", "containerDefinitions": [{{"name": "web",
@@ -379,7 +338,7 @@ fn malformed_or_inapplicable_task_definitions_publish_nothing() {
     let mapping = "containerDefinitions[0].portMappings[0]";
     let cases: Vec<(PathBuf, Vec<&str>, String)> = vec![
         (
-            s.task_def("bad.json", r#"{"containerDefinitions": [ {"name": "web" "#),
+            rig.write_file("bad.json", r#"{"containerDefinitions": [ {"name": "web" "#),
             vec!["web=172.17.0.2"],
             "berth: task definition: not valid JSON: ".into(),
         ),
@@ -460,7 +419,7 @@ fn malformed_or_inapplicable_task_definitions_publish_nothing() {
         ),
     ];
     for (file, ips, want) in &cases {
-        let err = s.task_run_err(file, "t", ips);
+        let err = task_run_err(&rig, file, "t", ips);
         assert!(
             err.starts_with(want.as_str()),
             "{}:\n got: {err}\nwant: {want}",
@@ -468,7 +427,7 @@ fn malformed_or_inapplicable_task_definitions_publish_nothing() {
         );
     }
     // The daemon refuses what the CLI would have, too.
-    let r = s
+    let r = rig
         .daemon
         .api(
             "POST",
@@ -477,18 +436,18 @@ fn malformed_or_inapplicable_task_definitions_publish_nothing() {
         )
         .unwrap();
     assert_eq!(r.status, 400, "{}", r.body);
-    let r = s.daemon.api("POST", "/v1/tasks", Some("{")).unwrap();
+    let r = rig.daemon.api("POST", "/v1/tasks", Some("{")).unwrap();
     assert_eq!(r.status, 400, "{}", r.body);
 
     assert_eq!(
-        s.json(&["map", "ls", "--json"]),
+        rig.json(&["map", "ls", "--json"]),
         json!([]),
         "nothing published"
     );
-    assert_eq!(s.json(&["task", "ls", "--json"]), json!([]));
+    assert_eq!(rig.json(&["task", "ls", "--json"]), json!([]));
     // And a good run afterwards works, once.
-    s.task_run(&shop, "t", &ips);
-    let err = s.task_run_err(&shop, "t", &ips);
+    task_run(&rig, &shop, "t", &ips);
+    let err = task_run_err(&rig, &shop, "t", &ips);
     assert_eq!(
         err,
         "berth: task t already exists; stop it first or choose another --name"
@@ -497,42 +456,50 @@ fn malformed_or_inapplicable_task_definitions_publish_nothing() {
 
 #[test]
 fn task_and_map_commands_keep_to_their_own_tasks() {
-    let s = setup();
-    let file = s.task_def("web.json", WEB);
-    s.task_run(&file, "ecs", &["web=172.17.0.2"]);
-    s.daemon
-        .cli_ok([
-            "map",
-            "add",
-            "--task",
-            "manual",
-            "--ip",
-            "172.17.0.3",
-            "-p",
-            "8080:80",
-        ])
-        .unwrap();
-    let out = s.daemon.cli(["map", "rm", "--task", "ecs"]).unwrap();
+    let rig = start_rig();
+    let file = rig.write_file("web.json", WEB);
+    task_run(&rig, &file, "ecs", &["web=172.17.0.2"]);
+    rig.map_add("manual", "172.17.0.3", &["8080:80"]);
+    let out = rig.daemon.cli(["map", "rm", "--task", "ecs"]).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
         "berth: task ecs was started from a task definition; stop it with `berth task stop ecs`"
     );
-    let out = s.daemon.cli(["task", "stop", "manual"]).unwrap();
+    let out = rig.daemon.cli(["task", "stop", "manual"]).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
         "berth: task manual was published with `berth map add`; remove it with `berth map rm --task manual`"
     );
-    let out = s.daemon.cli(["task", "stop", "nope"]).unwrap();
+    let out = rig.daemon.cli(["task", "stop", "nope"]).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
         "berth: no such task: nope"
     );
     // The raw API's other spelling.
-    let r = s.daemon.api("DELETE", "/v1/tasks/ecs", None).unwrap();
+    let r = rig.daemon.api("DELETE", "/v1/tasks/ecs", None).unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(s.json(&["task", "ls", "--json"]), json!([]));
+    assert_eq!(rig.json(&["task", "ls", "--json"]), json!([]));
     assert_eq!(
-        s.json(&["map", "ls", "--json"]).as_array().unwrap().len(),
+        rig.json(&["map", "ls", "--json"]).as_array().unwrap().len(),
         1
     );
+}
+
+#[test]
+fn a_bare_array_of_container_definitions_runs_as_a_task() {
+    // What `--container-definitions file://…` and Terraform's
+    // `container_definitions` hold.
+    let rig = start_rig();
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    let file = rig.write_file(
+        "containers.json",
+        r#"[{"name": "web", "image": "nginx", "portMappings": [{"containerPort": 80, "hostPort": 8080}]}]"#,
+    );
+    let out = task_run(&rig, &file, "web", &["web=172.17.0.2"]);
+    assert_eq!(
+        port(&out["containers"][0]["networkBindings"][0]["hostPort"]),
+        8080
+    );
+    let body = rig.client_get(8080).expect("GET through the task's port");
+    assert!(body.starts_with("192.0.2.2:"), "{body}");
 }

@@ -29,52 +29,11 @@ use berth_integration::{
     flows::nat_tcp_flow,
     pkt::{self, Packet},
     rawsock::{ipv4_tuple, RawSocket},
-    tcp_connect, Bpffs, Daemon, DaemonOptions, NetNs, Topology, UdpEchoServer,
+    rig::REQUEST_TIMEOUT as T,
+    tcp_connect, NetNs, Rig,
 };
 use berth_maps::{NAT_F_CLOSING, NAT_F_ESTABLISHED};
 use serde_json::Value;
-
-const T: Duration = Duration::from_secs(5);
-
-/// Guards drop in field order: daemon, then bpffs, then namespaces.
-struct Setup {
-    daemon: Daemon,
-    _bpffs: Bpffs,
-    topo: Topology,
-}
-
-fn setup(extra: &[&str]) -> Setup {
-    let topo = Topology::build().expect("build topology");
-    let bpffs = Bpffs::new().expect("bpffs");
-    let opts = DaemonOptions {
-        extra_args: extra.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    };
-    let daemon = Daemon::start_with(&topo.host.ns, &bpffs, opts).expect("start daemon");
-    Setup {
-        daemon,
-        _bpffs: bpffs,
-        topo,
-    }
-}
-
-impl Setup {
-    fn map_add(&self, task: &str, ip: &str, specs: &[&str]) {
-        let mut args = vec!["map", "add", "--task", task, "--ip", ip];
-        for s in specs {
-            args.extend(["-p", s]);
-        }
-        self.daemon.cli_ok(args).expect("map add");
-    }
-
-    fn counter(&self, name: &str) -> u64 {
-        let out = self.daemon.cli_ok(["stats", "--json"]).expect("stats");
-        let v: Value = serde_json::from_str(&out).expect("stats --json is JSON");
-        v["counters"][name]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no counter {name} in {out}"))
-    }
-}
 
 fn host_addr(port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(
@@ -85,11 +44,10 @@ fn host_addr(port: u16) -> SocketAddr {
 
 #[test]
 fn udp_one_client_port_to_two_host_ports_gets_each_reply_from_the_port_it_asked() {
-    let s = setup(&[]);
-    let _echo =
-        UdpEchoServer::start_in(&s.topo.container.ns, "0.0.0.0:53".parse().unwrap()).unwrap();
-    s.map_add("dns", "172.17.0.2", &["5353:53/udp", "5354:53/udp"]);
-    let sock = s
+    let rig = Rig::start();
+    let _echo = rig.serve_udp_echo(&rig.topo.container.ns, 53);
+    rig.map_add("dns", "172.17.0.2", &["5353:53/udp", "5354:53/udp"]);
+    let sock = rig
         .topo
         .client
         .ns
@@ -111,14 +69,14 @@ fn udp_one_client_port_to_two_host_ports_gets_each_reply_from_the_port_it_asked(
     }
     // The container sees the client's address; the second flow under
     // another client port, the same one each time.
-    let client = SocketAddr::V4(SocketAddrV4::new(s.topo.client.ip, local));
+    let client = SocketAddr::V4(SocketAddrV4::new(rig.topo.client.ip, local));
     assert_eq!(seen_by_container[0], client);
     assert_eq!(seen_by_container[2], client);
     let remapped = seen_by_container[1];
     assert_eq!(remapped.ip(), client.ip());
     assert_ne!(remapped.port(), local, "the clashing flow got another port");
     assert_eq!(seen_by_container[3], remapped);
-    assert!(s.counter("nat_port_remap") >= 1);
+    assert!(rig.counter("nat_port_remap") >= 1);
 }
 
 /// A TCP socket bound to `local` (SO_REUSEADDR, so two sockets may share
@@ -205,11 +163,11 @@ fn ask(c: &mut TcpStream, what: &str) -> SocketAddr {
 
 #[test]
 fn tcp_one_client_port_to_two_host_ports_connects_both() {
-    let s = setup(&[]);
-    start_line_echo(&s.topo.container.ns, 80);
-    s.map_add("web", "172.17.0.2", &["8085:80", "8086:80"]);
-    let local: SocketAddr = format!("{}:45000", s.topo.client.ip).parse().unwrap();
-    let (mut a, mut b) = s.topo.client.ns.run(move || {
+    let rig = Rig::start();
+    start_line_echo(&rig.topo.container.ns, 80);
+    rig.map_add("web", "172.17.0.2", &["8085:80", "8086:80"]);
+    let local: SocketAddr = format!("{}:45000", rig.topo.client.ip).parse().unwrap();
+    let (mut a, mut b) = rig.topo.client.ns.run(move || {
         let a = connect_from(local, host_addr(8085)).expect("connect to 8085");
         let b = connect_from(local, host_addr(8086)).expect("connect to 8086 from the same port");
         (a, b)
@@ -224,15 +182,15 @@ fn tcp_one_client_port_to_two_host_ports_connects_both() {
     // Both stay usable, interleaved.
     assert_eq!(ask(&mut a, "again a"), pa);
     assert_eq!(ask(&mut b, "again b"), pb);
-    assert!(s.counter("nat_port_remap") >= 1);
+    assert!(rig.counter("nat_port_remap") >= 1);
 }
 
 /// Sends `n` spoofed SYNs (sources spread over 198.18.0.0/15, random
 /// ports) to host:`port` through a packet socket on the client's eth0.
-fn syn_flood(s: &Setup, port: u16, n: u32) -> Duration {
-    let host_mac = s.topo.host.uplink_link().expect("uplink").mac;
-    let client_mac = s.topo.client.link().expect("client link").mac;
-    let sock = s.topo.client.ns.run(|| {
+fn syn_flood(rig: &Rig, port: u16, n: u32) -> Duration {
+    let host_mac = rig.topo.host.uplink_link().expect("uplink").mac;
+    let client_mac = rig.topo.client.link().expect("client link").mac;
+    let sock = rig.topo.client.ns.run(|| {
         let fd = unsafe {
             libc::socket(
                 libc::AF_PACKET,
@@ -307,12 +265,14 @@ fn syn_flood(s: &Setup, port: u16, n: u32) -> Duration {
 /// a connection established before the flood keeps working.
 #[test]
 fn spoofed_syn_flood_neither_blocks_new_flows_nor_breaks_established_ones() {
-    let s = setup(&["--nat-max", "4096", "--ct-embryonic-max", "2048"]);
-    start_line_echo(&s.topo.container.ns, 80);
-    start_line_echo(&s.topo.container2.ns, 80);
-    s.map_add("a", "172.17.0.2", &["8085:80"]);
-    s.map_add("b", "172.17.0.3", &["8087:80"]);
-    let mut before = s
+    let rig = Rig::builder()
+        .flags(&["--nat-max", "4096", "--ct-embryonic-max", "2048"])
+        .start();
+    start_line_echo(&rig.topo.container.ns, 80);
+    start_line_echo(&rig.topo.container2.ns, 80);
+    rig.map_add("a", "172.17.0.2", &["8085:80"]);
+    rig.map_add("b", "172.17.0.3", &["8087:80"]);
+    let mut before = rig
         .topo
         .client
         .ns
@@ -323,7 +283,7 @@ fn spoofed_syn_flood_neither_blocks_new_flows_nor_breaks_established_ones() {
     let stop = Arc::new(AtomicBool::new(false));
     let during = {
         let stop = stop.clone();
-        let ns = &s.topo.client2.ns;
+        let ns = &rig.topo.client2.ns;
         let fails = std::sync::Mutex::new(Vec::new());
         thread::scope(|sc| {
             sc.spawn(|| {
@@ -341,7 +301,7 @@ fn spoofed_syn_flood_neither_blocks_new_flows_nor_breaks_established_ones() {
                 }
                 assert!(ok > 0, "no connection to task b during the flood");
             });
-            let took = syn_flood(&s, 8085, 300_000);
+            let took = syn_flood(&rig, 8085, 300_000);
             stop.store(true, Ordering::Relaxed);
             println!("flood of 300000 SYNs took {took:?}");
         });
@@ -355,7 +315,7 @@ fn spoofed_syn_flood_neither_blocks_new_flows_nor_breaks_established_ones() {
     // At once afterwards: a new connection to each task, and the old one.
     let started = Instant::now();
     for (port, what) in [(8085, "a"), (8087, "b")] {
-        let mut c = s
+        let mut c = rig
             .topo
             .client
             .ns
@@ -374,7 +334,7 @@ fn spoofed_syn_flood_neither_blocks_new_flows_nor_breaks_established_ones() {
         "established flow kept"
     );
     assert_eq!(
-        s.counter("nat_table_full"),
+        rig.counter("nat_table_full"),
         0,
         "the flood established nothing"
     );
@@ -406,15 +366,15 @@ fn next_seq(sock: &RawSocket, from: SocketAddrV4, to: SocketAddrV4) -> u32 {
 
 /// A RST or FIN from the LAN with the flow's addresses and ports, as an
 /// attacker who guessed the 4-tuple would send it.
-fn forged_segment(s: &Setup, client: SocketAddrV4, port: u16, flags: u8, seq: u32) -> Vec<u8> {
+fn forged_segment(rig: &Rig, client: SocketAddrV4, port: u16, flags: u8, seq: u32) -> Vec<u8> {
     let mut p = Packet::tcp(
         *client.ip(),
         client.port(),
         berth_integration::topology::addr::HOST_IP,
         port,
     );
-    p.eth_dst = s.topo.host.uplink_link().expect("uplink").mac;
-    p.eth_src = s.topo.client.link().expect("client link").mac;
+    p.eth_dst = rig.topo.host.uplink_link().expect("uplink").mac;
+    p.eth_src = rig.topo.client.link().expect("client link").mac;
     (p.tcp_flags, p.tcp_seq, p.tcp_ack) = (flags, seq, 0);
     p.frame()
 }
@@ -437,13 +397,13 @@ fn eventually(mut cond: impl FnMut() -> bool) -> bool {
 /// 60 s); one within it does.
 #[test]
 fn a_spoofed_rst_or_fin_outside_the_window_does_not_mark_the_flow_closing() {
-    let s = setup(&[]);
-    start_line_echo(&s.topo.container.ns, 80);
-    s.map_add("web", "172.17.0.2", &["8085:80"]);
+    let rig = Rig::start();
+    start_line_echo(&rig.topo.container.ns, 80);
+    rig.map_add("web", "172.17.0.2", &["8085:80"]);
     let host = SocketAddrV4::new(berth_integration::topology::addr::HOST_IP, 8085);
     let ctr = SocketAddrV4::new(berth_integration::topology::addr::CONTAINER_IP, 80);
-    let lan = RawSocket::open_in(&s.topo.client.ns, "eth0").expect("packet socket");
-    let mut conn = s
+    let lan = RawSocket::open_in(&rig.topo.client.ns, "eth0").expect("packet socket");
+    let mut conn = rig
         .topo
         .client
         .ns
@@ -454,7 +414,7 @@ fn a_spoofed_rst_or_fin_outside_the_window_does_not_mark_the_flow_closing() {
     };
     ask(&mut conn, "hello");
     let flags = || {
-        nat_tcp_flow(s.daemon.bpffs(), ctr, client)
+        nat_tcp_flow(rig.daemon.bpffs(), ctr, client)
             .expect("read BERTH_NAT")
             .expect("the flow is tracked")
             .flags
@@ -465,17 +425,17 @@ fn a_spoofed_rst_or_fin_outside_the_window_does_not_mark_the_flow_closing() {
     );
     assert_eq!(flags() & NAT_F_CLOSING, 0);
 
-    let oow = s.counter("tcp_out_of_window");
+    let oow = rig.counter("tcp_out_of_window");
     // Far outside any window the flow has seen (a quarter of the space).
     for (i, kind) in [(1, pkt::RST), (2, pkt::FIN | pkt::ACK)] {
         let nxt = next_seq(&lan, client, host);
-        let forged = forged_segment(&s, client, 8085, kind, nxt.wrapping_add(0x4000_0000));
+        let forged = forged_segment(&rig, client, 8085, kind, nxt.wrapping_add(0x4000_0000));
         lan.send(&forged).expect("inject");
         assert!(
-            eventually(|| s.counter("tcp_out_of_window") == oow + i),
+            eventually(|| rig.counter("tcp_out_of_window") == oow + i),
             "the out-of-window segment is counted ({} -> {})",
             oow,
-            s.counter("tcp_out_of_window")
+            rig.counter("tcp_out_of_window")
         );
         assert_eq!(flags() & NAT_F_CLOSING, 0, "flags {:#x}", flags());
         ask(&mut conn, "still there");
@@ -483,17 +443,17 @@ fn a_spoofed_rst_or_fin_outside_the_window_does_not_mark_the_flow_closing() {
 
     // The same RST with the sequence number the client sends next.
     let nxt = next_seq(&lan, client, host);
-    lan.send(&forged_segment(&s, client, 8085, pkt::RST, nxt))
+    lan.send(&forged_segment(&rig, client, 8085, pkt::RST, nxt))
         .expect("inject");
     assert!(
         eventually(|| flags() & NAT_F_CLOSING != 0),
         "an in-window RST marks the flow closing"
     );
-    assert_eq!(s.counter("tcp_out_of_window"), oow + 2);
+    assert_eq!(rig.counter("tcp_out_of_window"), oow + 2);
 }
 
 /// Entries in use in the pinned map `name`, from `berth status --json`.
-fn map_entries(s: &Setup, name: &str) -> u64 {
+fn map_entries(rig: &Rig, name: &str) -> u64 {
     fn find(v: &Value, name: &str) -> Option<u64> {
         match v {
             Value::Object(o) if o.get("name").and_then(Value::as_str) == Some(name) => {
@@ -504,7 +464,7 @@ fn map_entries(s: &Setup, name: &str) -> u64 {
             _ => None,
         }
     }
-    let out = s.daemon.cli_ok(["status", "--json"]).expect("status");
+    let out = rig.daemon.cli_ok(["status", "--json"]).expect("status");
     let v: Value = serde_json::from_str(&out).expect("status --json is JSON");
     find(&v, name).unwrap_or_else(|| panic!("no map {name} in {out}"))
 }
@@ -557,16 +517,18 @@ fn syn_flood_over_the_bridge(
 /// keeps working.
 #[test]
 fn a_syn_flood_between_tasks_with_groups_refuses_no_other_tasks_flows() {
-    let s = setup(&["--ct-max", "4096", "--ct-embryonic-max", "2048"]);
-    let c = s
+    let rig = Rig::builder()
+        .flags(&["--ct-max", "4096", "--ct-embryonic-max", "2048"])
+        .start();
+    let c = rig
         .topo
         .new_container("ctr3", Ipv4Addr::new(172, 17, 0, 4))
         .expect("third container");
-    let (a, b) = (&s.topo.container, &s.topo.container2);
+    let (a, b) = (&rig.topo.container, &rig.topo.container2);
     start_line_echo(&b.ns, 80);
-    s.map_add("a", "172.17.0.2", &["8085:80"]);
-    s.map_add("b", "172.17.0.3", &["8086:80"]);
-    s.map_add("c", "172.17.0.4", &["8087:80"]);
+    rig.map_add("a", "172.17.0.2", &["8085:80"]);
+    rig.map_add("b", "172.17.0.3", &["8086:80"]);
+    rig.map_add("c", "172.17.0.4", &["8087:80"]);
     for args in [
         &["sg", "create", "mesh"][..],
         &[
@@ -586,7 +548,7 @@ fn a_syn_flood_between_tasks_with_groups_refuses_no_other_tasks_flows() {
         &["sg", "attach", "mesh", "--task", "b"],
         &["sg", "attach", "mesh", "--task", "c"],
     ] {
-        s.daemon.cli_ok(args).expect("sg");
+        rig.daemon.cli_ok(args).expect("sg");
     }
     let b_addr = b.addr(80);
     let connect_c = || {
@@ -640,7 +602,7 @@ fn a_syn_flood_between_tasks_with_groups_refuses_no_other_tasks_flows() {
         "a connection from c took {slowest:?}"
     );
     // An LRU map evicts in batches, so "full" is most of its capacity.
-    let unestablished = map_entries(&s, "BERTH_CT_NEW");
+    let unestablished = map_entries(&rig, "BERTH_CT_NEW");
     println!("BERTH_CT_NEW holds {unestablished} of 2048 flows");
     assert!(
         unestablished >= 1024,
@@ -665,7 +627,7 @@ fn a_syn_flood_between_tasks_with_groups_refuses_no_other_tasks_flows() {
         "established flow kept"
     );
     assert_eq!(
-        s.counter("ct_table_full"),
+        rig.counter("ct_table_full"),
         0,
         "the flood established nothing"
     );

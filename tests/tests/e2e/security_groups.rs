@@ -10,77 +10,20 @@ use std::{
 };
 
 use berth_integration::{
-    http_get, tcp_connect, udp_request, Bpffs, Container, Daemon, DaemonOptions, HttpPeerServer,
-    NetNs, Topology, UdpEchoServer,
+    any, http_get, peer_ip,
+    rig::REQUEST_TIMEOUT as T,
+    rig::VETH_POLL,
+    tcp_connect,
+    traffic::{recv_datagram, udp_socket_in},
+    udp_request, NetNs, Rig,
 };
-use serde_json::Value;
 
-const T: Duration = Duration::from_secs(5);
 /// How long a refused connect is given before we call it silence.
 const REFUSED: Duration = Duration::from_millis(1500);
-/// The datapath polls the bridge's ports every 250 ms for new veths.
-const VETH_POLL: Duration = Duration::from_millis(600);
 
-/// Guards drop in field order: daemon, then bpffs, then namespaces.
-struct Setup {
-    daemon: Daemon,
-    _bpffs: Bpffs,
-    topo: Topology,
-}
-
-fn setup(extra_args: &[&str]) -> Setup {
-    let topo = Topology::build().expect("build topology");
-    let bpffs = Bpffs::new().expect("bpffs");
-    let opts = DaemonOptions {
-        extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    };
-    let daemon = Daemon::start_with(&topo.host.ns, &bpffs, opts).expect("start daemon");
-    thread::sleep(VETH_POLL);
-    Setup {
-        daemon,
-        _bpffs: bpffs,
-        topo,
-    }
-}
-
-fn any(port: u16) -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], port))
-}
-
-fn peer_ip(body: &str) -> String {
-    body.rsplit_once(':')
-        .map(|(ip, _)| ip.to_string())
-        .unwrap_or_default()
-}
-
-impl Setup {
-    fn berth(&self, args: &[&str]) -> String {
-        self.daemon.cli_ok(args).expect("berth command")
-    }
-
-    fn map_add(&self, task: &str, ip: &str, spec: &str) {
-        self.berth(&["map", "add", "--task", task, "--ip", ip, "-p", spec]);
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.berth(args)).expect("JSON output")
-    }
-
-    fn counter(&self, name: &str) -> u64 {
-        self.json(&["stats", "--json"])["counters"][name]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no counter {name}"))
-    }
-
-    fn new_container(&self, role: &str, ip: &str) -> Container {
-        let c = self
-            .topo
-            .new_container(role, ip.parse().unwrap())
-            .expect("container");
-        thread::sleep(VETH_POLL);
-        c
-    }
+/// The daemon with `flags`, every container port hooked.
+fn setup(flags: &[&str]) -> Rig {
+    Rig::builder().flags(flags).wait_for_ports().start()
 }
 
 /// A new TCP connection from `ns` to `addr` gets no answer.
@@ -125,16 +68,16 @@ fn allowed_client_cidr_reaches_the_published_port_and_the_other_client_does_not_
 }
 
 fn allowed_client_cidr_only(daemon_args: &[&str]) {
-    let s = setup(daemon_args);
-    let _web = HttpPeerServer::start_in(&s.topo.container.ns, any(80)).unwrap();
-    s.map_add("web", "172.17.0.2", "8080:80");
-    let published = s.topo.host.addr(8080);
+    let rig = setup(daemon_args);
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    rig.map_add("web", "172.17.0.2", &["8080:80"]);
+    let published = rig.topo.host.addr(8080);
     // Without a group a task is open, as with Docker.
-    get_from(&s.topo.client2.ns, published);
+    get_from(&rig.topo.client2.ns, published);
 
-    s.berth(&["sg", "create", "web", "--description", "front end"]);
+    rig.berth(&["sg", "create", "web", "--description", "front end"]);
     // The rule names the container port: it is judged before DNAT.
-    s.berth(&[
+    rig.berth(&[
         "sg",
         "rule",
         "add",
@@ -149,21 +92,21 @@ fn allowed_client_cidr_only(daemon_args: &[&str]) {
         "--description",
         "the office",
     ]);
-    let denied = s.counter("policy_denied_ingress");
-    s.berth(&["sg", "attach", "web", "--task", "web"]);
+    let denied = rig.counter("policy_denied_ingress");
+    rig.berth(&["sg", "attach", "web", "--task", "web"]);
 
-    let body = get_from(&s.topo.client.ns, published);
+    let body = get_from(&rig.topo.client.ns, published);
     assert_eq!(peer_ip(&body), "192.0.2.2", "the container sees the client");
-    assert_refused(&s.topo.client2.ns, published);
-    assert!(s.counter("policy_denied_ingress") > denied);
+    assert_refused(&rig.topo.client2.ns, published);
+    assert!(rig.counter("policy_denied_ingress") > denied);
 
-    let show = s.berth(&["sg", "show", "web"]);
+    let show = rig.berth(&["sg", "show", "web"]);
     assert!(
         show.contains("ingress    tcp    80     192.0.2.2/32  the office"),
         "{show}"
     );
     assert!(show.contains("host-wide drop counters"), "{show}");
-    let v = s.json(&["sg", "show", "web", "--json"]);
+    let v = rig.json(&["sg", "show", "web", "--json"]);
     assert_eq!(v["tasks"], serde_json::json!(["web"]));
     assert_eq!(v["members"], serde_json::json!(["172.17.0.2"]));
     assert!(v["hostCounters"]["policy_denied_ingress"].as_u64().unwrap() > 0);
@@ -171,20 +114,20 @@ fn allowed_client_cidr_only(daemon_args: &[&str]) {
 
 #[test]
 fn replies_to_a_tasks_own_connections_come_back_without_an_ingress_rule() {
-    let s = setup(&[]);
-    let _web = HttpPeerServer::start_in(&s.topo.container.ns, any(80)).unwrap();
-    let _outside = HttpPeerServer::start_in(&s.topo.client.ns, any(8000)).unwrap();
-    let _dns = UdpEchoServer::start_in(&s.topo.client.ns, any(5300)).unwrap();
-    s.map_add("web", "172.17.0.2", "8080:80");
-    s.berth(&["sg", "create", "web"]);
-    s.berth(&["sg", "attach", "web", "--task", "web"]);
+    let rig = setup(&[]);
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    let _outside = rig.serve_http(&rig.topo.client.ns, 8000);
+    let _dns = rig.serve_udp_echo(&rig.topo.client.ns, 5300);
+    rig.map_add("web", "172.17.0.2", &["8080:80"]);
+    rig.berth(&["sg", "create", "web"]);
+    rig.berth(&["sg", "attach", "web", "--task", "web"]);
 
     // Nothing may come in...
-    assert_refused(&s.topo.client.ns, s.topo.host.addr(8080));
+    assert_refused(&rig.topo.client.ns, rig.topo.host.addr(8080));
     // ...but what the task starts is answered, TCP and UDP alike.
-    let body = get_from(&s.topo.container.ns, "192.0.2.2:8000".parse().unwrap());
+    let body = get_from(&rig.topo.container.ns, "192.0.2.2:8000".parse().unwrap());
     assert_eq!(peer_ip(&body), "192.0.2.1", "masqueraded as before");
-    let reply = s
+    let reply = rig
         .topo
         .container
         .ns
@@ -195,16 +138,16 @@ fn replies_to_a_tasks_own_connections_come_back_without_an_ingress_rule() {
 
 #[test]
 fn sg_db_is_reachable_from_sg_api_tasks_only() {
-    let s = setup(&[]);
-    let other = s.new_container("other", "172.17.0.4");
-    let api2 = s.new_container("api2", "172.17.0.5");
-    let _db = HttpPeerServer::start_in(&s.topo.container2.ns, any(5432)).unwrap();
-    s.map_add("api-1", "172.17.0.2", "8080:80");
-    s.map_add("db", "172.17.0.3", "15432:5432");
-    s.map_add("other", "172.17.0.4", "8081:80");
-    s.berth(&["sg", "create", "sg-api"]);
-    s.berth(&["sg", "create", "sg-db"]);
-    s.berth(&[
+    let rig = setup(&[]);
+    let other = rig.new_container("other", "172.17.0.4");
+    let api2 = rig.new_container("api2", "172.17.0.5");
+    let _db = rig.serve_http(&rig.topo.container2.ns, 5432);
+    rig.map_add("api-1", "172.17.0.2", &["8080:80"]);
+    rig.map_add("db", "172.17.0.3", &["15432:5432"]);
+    rig.map_add("other", "172.17.0.4", &["8081:80"]);
+    rig.berth(&["sg", "create", "sg-api"]);
+    rig.berth(&["sg", "create", "sg-db"]);
+    rig.berth(&[
         "sg",
         "rule",
         "add",
@@ -217,43 +160,43 @@ fn sg_db_is_reachable_from_sg_api_tasks_only() {
         "--sg",
         "sg-api",
     ]);
-    s.berth(&["sg", "attach", "sg-api", "--task", "api-1"]);
-    s.berth(&["sg", "attach", "sg-db", "--task", "db"]);
-    let db = s.topo.container2.addr(5432);
+    rig.berth(&["sg", "attach", "sg-api", "--task", "api-1"]);
+    rig.berth(&["sg", "attach", "sg-db", "--task", "db"]);
+    let db = rig.topo.container2.addr(5432);
 
     // Container to container on the bridge: no host port involved.
-    let body = get_from(&s.topo.container.ns, db);
+    let body = get_from(&rig.topo.container.ns, db);
     assert_eq!(peer_ip(&body), "172.17.0.2");
     assert_refused(&other.ns, db);
 
     // A second API task: refused until it joins sg-api, then at once.
-    s.map_add("api-2", "172.17.0.5", "8082:80");
+    rig.map_add("api-2", "172.17.0.5", &["8082:80"]);
     assert_refused(&api2.ns, db);
-    s.berth(&["sg", "attach", "sg-api", "--task", "api-2"]);
+    rig.berth(&["sg", "attach", "sg-api", "--task", "api-2"]);
     let body = get_from(&api2.ns, db);
     assert_eq!(peer_ip(&body), "172.17.0.5");
-    let v = s.json(&["sg", "show", "sg-api", "--json"]);
+    let v = rig.json(&["sg", "show", "sg-api", "--json"]);
     assert_eq!(
         v["members"],
         serde_json::json!(["172.17.0.2", "172.17.0.5"])
     );
 
     // Leaving the group, or stopping the task, takes it out again.
-    s.berth(&["sg", "detach", "sg-api", "--task", "api-2"]);
+    rig.berth(&["sg", "detach", "sg-api", "--task", "api-2"]);
     assert_refused(&api2.ns, db);
-    s.berth(&["map", "rm", "--task", "api-1"]);
-    assert_refused(&s.topo.container.ns, db);
-    let v = s.json(&["sg", "show", "sg-api", "--json"]);
+    rig.berth(&["map", "rm", "--task", "api-1"]);
+    assert_refused(&rig.topo.container.ns, db);
+    let v = rig.json(&["sg", "show", "sg-api", "--json"]);
     assert_eq!(v["members"], serde_json::json!([]));
     assert_eq!(v["tasks"], serde_json::json!([]));
 }
 
 #[test]
 fn an_established_flow_survives_removal_of_its_rule_while_a_new_one_is_refused() {
-    let s = setup(&[]);
-    let _web = HttpPeerServer::start_in(&s.topo.container.ns, any(80)).unwrap();
-    s.map_add("web", "172.17.0.2", "8080:80");
-    s.berth(&["sg", "create", "web"]);
+    let rig = setup(&[]);
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    rig.map_add("web", "172.17.0.2", &["8080:80"]);
+    rig.berth(&["sg", "create", "web"]);
     let rule = [
         "web",
         "--ingress",
@@ -264,30 +207,30 @@ fn an_established_flow_survives_removal_of_its_rule_while_a_new_one_is_refused()
         "--cidr",
         "192.0.2.0/24",
     ];
-    s.berth(&[&["sg", "rule", "add"][..], &rule[..]].concat());
-    s.berth(&["sg", "attach", "web", "--task", "web"]);
-    let published = s.topo.host.addr(8080);
-    let open = s
+    rig.berth(&[&["sg", "rule", "add"][..], &rule[..]].concat());
+    rig.berth(&["sg", "attach", "web", "--task", "web"]);
+    let published = rig.topo.host.addr(8080);
+    let open = rig
         .topo
         .client
         .ns
         .run(move || tcp_connect(published, T))
         .expect("connect while the rule allows it");
 
-    s.berth(&[&["sg", "rule", "rm"][..], &rule[..]].concat());
-    assert_refused(&s.topo.client.ns, published);
+    rig.berth(&[&["sg", "rule", "rm"][..], &rule[..]].concat());
+    assert_refused(&rig.topo.client.ns, published);
     let body = get_on(open);
     assert_eq!(peer_ip(&body), "192.0.2.2", "the tracked flow goes on");
 }
 
 #[test]
 fn an_established_east_west_flow_survives_removal_of_its_rule() {
-    let s = setup(&[]);
-    let _db = HttpPeerServer::start_in(&s.topo.container2.ns, any(5432)).unwrap();
-    s.map_add("api", "172.17.0.2", "8080:80");
-    s.map_add("db", "172.17.0.3", "15432:5432");
-    s.berth(&["sg", "create", "api"]);
-    s.berth(&["sg", "create", "db"]);
+    let rig = setup(&[]);
+    let _db = rig.serve_http(&rig.topo.container2.ns, 5432);
+    rig.map_add("api", "172.17.0.2", &["8080:80"]);
+    rig.map_add("db", "172.17.0.3", &["15432:5432"]);
+    rig.berth(&["sg", "create", "api"]);
+    rig.berth(&["sg", "create", "db"]);
     let rule = [
         "db",
         "--ingress",
@@ -298,62 +241,46 @@ fn an_established_east_west_flow_survives_removal_of_its_rule() {
         "--sg",
         "api",
     ];
-    s.berth(&[&["sg", "rule", "add"][..], &rule[..]].concat());
-    s.berth(&["sg", "attach", "api", "--task", "api"]);
-    s.berth(&["sg", "attach", "db", "--task", "db"]);
-    let db = s.topo.container2.addr(5432);
-    let open = s
+    rig.berth(&[&["sg", "rule", "add"][..], &rule[..]].concat());
+    rig.berth(&["sg", "attach", "api", "--task", "api"]);
+    rig.berth(&["sg", "attach", "db", "--task", "db"]);
+    let db = rig.topo.container2.addr(5432);
+    let open = rig
         .topo
         .container
         .ns
         .run(move || tcp_connect(db, T))
         .expect("connect while the rule allows it");
 
-    s.berth(&[&["sg", "rule", "rm"][..], &rule[..]].concat());
-    assert_refused(&s.topo.container.ns, db);
+    rig.berth(&[&["sg", "rule", "rm"][..], &rule[..]].concat());
+    assert_refused(&rig.topo.container.ns, db);
     assert_eq!(peer_ip(&get_on(open)), "172.17.0.2");
 }
 
 /// A UDP socket bound in `ns`.
 fn udp_in(ns: &NetNs, bind: SocketAddr) -> UdpSocket {
-    let sock = ns
-        .run(move || UdpSocket::bind(bind))
-        .unwrap_or_else(|e| panic!("bind {bind}: {e}"));
-    sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    sock
+    udp_socket_in(ns, bind, Duration::from_secs(1))
 }
 
 fn recv(sock: &UdpSocket) -> Option<(String, SocketAddr)> {
-    let mut buf = [0u8; 1500];
-    match sock.recv_from(&mut buf) {
-        Ok((n, from)) => Some((String::from_utf8_lossy(&buf[..n]).into_owned(), from)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            None
-        }
-        Err(e) => panic!("recv: {e}"),
-    }
+    recv_datagram(sock).map(|(data, from)| (String::from_utf8_lossy(&data).into_owned(), from))
 }
 
 #[test]
 fn an_unanswered_udp_flow_expires_after_the_configured_timeout() {
-    let s = setup(&["--ct-udp-timeout", "2", "--ct-udp-stream-timeout", "8"]);
-    s.map_add("app", "172.17.0.2", "8080:80");
-    s.berth(&["sg", "create", "app"]);
-    s.berth(&["sg", "attach", "app", "--task", "app"]);
+    let rig = setup(&["--ct-udp-timeout", "2", "--ct-udp-stream-timeout", "8"]);
+    rig.map_add("app", "172.17.0.2", &["8080:80"]);
+    rig.berth(&["sg", "create", "app"]);
+    rig.berth(&["sg", "attach", "app", "--task", "app"]);
     // The peer is an open container; the app's group lets nothing in.
-    let peer = udp_in(&s.topo.container2.ns, any(7000));
-    let answered = udp_in(&s.topo.container.ns, any(40001));
-    let quiet = udp_in(&s.topo.container.ns, any(40002));
-    let peer_addr = s.topo.container2.addr(7000);
+    let peer = udp_in(&rig.topo.container2.ns, any(7000));
+    let answered = udp_in(&rig.topo.container.ns, any(40001));
+    let quiet = udp_in(&rig.topo.container.ns, any(40002));
+    let peer_addr = rig.topo.container2.addr(7000);
 
     answered.send_to(b"hello", peer_addr).unwrap();
     let (_, from) = recv(&peer).expect("the peer gets the first datagram");
-    assert_eq!(from, s.topo.container.addr(40001));
+    assert_eq!(from, rig.topo.container.addr(40001));
     peer.send_to(b"answer", from).unwrap();
     assert_eq!(recv(&answered).map(|r| r.0).as_deref(), Some("answer"));
 
@@ -363,7 +290,7 @@ fn an_unanswered_udp_flow_expires_after_the_configured_timeout() {
     // Past the 2 s timeout of a flow nobody answered (plus one expiry
     // pass), within the 8 s of one that was answered.
     thread::sleep(Duration::from_millis(4500));
-    let denied = s.counter("policy_denied_ingress");
+    let denied = rig.counter("policy_denied_ingress");
     peer.send_to(b"still there?", from).unwrap();
     assert_eq!(
         recv(&answered).map(|r| r.0).as_deref(),
@@ -372,7 +299,7 @@ fn an_unanswered_udp_flow_expires_after_the_configured_timeout() {
     );
     peer.send_to(b"late", quiet_from).unwrap();
     assert_eq!(recv(&quiet), None, "the expired flow is a new, refused one");
-    assert!(s.counter("policy_denied_ingress") > denied);
+    assert!(rig.counter("policy_denied_ingress") > denied);
 }
 
 /// The established table holds 3 flows: a 4th completes its handshake in
@@ -380,24 +307,24 @@ fn an_unanswered_udp_flow_expires_after_the_configured_timeout() {
 /// nothing of it gets through; the 3 established flows keep working.
 #[test]
 fn a_full_tracking_table_refuses_new_flows_and_keeps_established_ones() {
-    let s = setup(&["--ct-max", "3"]);
-    let _peer = HttpPeerServer::start_in(&s.topo.container2.ns, any(80)).unwrap();
-    s.map_add("app", "172.17.0.2", "8080:80");
-    s.berth(&["sg", "create", "app"]);
-    s.berth(&["sg", "attach", "app", "--task", "app"]);
-    let target = s.topo.container2.addr(80);
-    let full_before = s.counter("ct_table_full");
+    let rig = setup(&["--ct-max", "3"]);
+    let _peer = rig.serve_http(&rig.topo.container2.ns, 80);
+    rig.map_add("app", "172.17.0.2", &["8080:80"]);
+    rig.berth(&["sg", "create", "app"]);
+    rig.berth(&["sg", "attach", "app", "--task", "app"]);
+    let target = rig.topo.container2.addr(80);
+    let full_before = rig.counter("ct_table_full");
 
     let open: Vec<TcpStream> = (0..3)
         .map(|_| {
-            s.topo
+            rig.topo
                 .container
                 .ns
                 .run(move || tcp_connect(target, REFUSED))
                 .expect("room for 3 established flows")
         })
         .collect();
-    let mut fourth = s
+    let mut fourth = rig
         .topo
         .container
         .ns
@@ -411,7 +338,7 @@ fn a_full_tracking_table_refuses_new_flows_and_keeps_established_ones() {
         got.is_err() && out.is_empty(),
         "the 4th flow is refused: {got:?} {out:?}"
     );
-    assert!(s.counter("ct_table_full") > full_before);
+    assert!(rig.counter("ct_table_full") > full_before);
     for stream in open {
         assert_eq!(peer_ip(&get_on(stream)), "172.17.0.2");
     }
@@ -419,15 +346,15 @@ fn a_full_tracking_table_refuses_new_flows_and_keeps_established_ones() {
 
 #[test]
 fn the_default_group_closes_tasks_that_have_none() {
-    let s = setup(&["--default-sg", "base"]);
-    let _web = HttpPeerServer::start_in(&s.topo.container.ns, any(80)).unwrap();
-    s.map_add("web", "172.17.0.2", "8080:80");
-    let published = s.topo.host.addr(8080);
-    assert_refused(&s.topo.client.ns, published);
-    let ls = s.berth(&["sg", "ls"]);
+    let rig = setup(&["--default-sg", "base"]);
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    rig.map_add("web", "172.17.0.2", &["8080:80"]);
+    let published = rig.topo.host.addr(8080);
+    assert_refused(&rig.topo.client.ns, published);
+    let ls = rig.berth(&["sg", "ls"]);
     assert!(ls.contains("base (default)"), "{ls}");
 
-    s.berth(&[
+    rig.berth(&[
         "sg",
         "rule",
         "add",
@@ -440,20 +367,20 @@ fn the_default_group_closes_tasks_that_have_none() {
         "--cidr",
         "0.0.0.0/0",
     ]);
-    get_from(&s.topo.client.ns, published);
+    get_from(&rig.topo.client.ns, published);
     // A group of its own replaces the default.
-    s.berth(&["sg", "create", "web"]);
-    s.berth(&["sg", "attach", "web", "--task", "web"]);
-    assert_refused(&s.topo.client.ns, published);
+    rig.berth(&["sg", "create", "web"]);
+    rig.berth(&["sg", "attach", "web", "--task", "web"]);
+    assert_refused(&rig.topo.client.ns, published);
 }
 
 #[test]
 fn groups_and_their_effect_survive_a_daemon_restart() {
-    let mut s = setup(&[]);
-    let _web = HttpPeerServer::start_in(&s.topo.container.ns, any(80)).unwrap();
-    s.map_add("web", "172.17.0.2", "8080:80");
-    s.berth(&["sg", "create", "web"]);
-    s.berth(&[
+    let mut rig = setup(&[]);
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    rig.map_add("web", "172.17.0.2", &["8080:80"]);
+    rig.berth(&["sg", "create", "web"]);
+    rig.berth(&[
         "sg",
         "rule",
         "add",
@@ -466,30 +393,30 @@ fn groups_and_their_effect_survive_a_daemon_restart() {
         "--cidr",
         "192.0.2.2/32",
     ]);
-    s.berth(&["sg", "attach", "web", "--task", "web"]);
-    let before = s.json(&["sg", "ls", "--json"]);
-    s.daemon.restart().expect("restart");
-    assert_eq!(s.json(&["sg", "ls", "--json"]), before);
-    let published = s.topo.host.addr(8080);
-    get_from(&s.topo.client.ns, published);
-    assert_refused(&s.topo.client2.ns, published);
+    rig.berth(&["sg", "attach", "web", "--task", "web"]);
+    let before = rig.json(&["sg", "ls", "--json"]);
+    rig.daemon.restart().expect("restart");
+    assert_eq!(rig.json(&["sg", "ls", "--json"]), before);
+    let published = rig.topo.host.addr(8080);
+    get_from(&rig.topo.client.ns, published);
+    assert_refused(&rig.topo.client2.ns, published);
 
     // After a reboot the pins are gone: the new daemon pushes it all again.
-    s.daemon.stop().expect("stop");
-    std::fs::remove_dir_all(s.daemon.bpffs().join("berth")).expect("remove the pins");
-    s.daemon.start_again().expect("start");
+    rig.daemon.stop().expect("stop");
+    std::fs::remove_dir_all(rig.daemon.bpffs().join("berth")).expect("remove the pins");
+    rig.daemon.start_again().expect("start");
     thread::sleep(VETH_POLL);
-    get_from(&s.topo.client.ns, published);
-    assert_refused(&s.topo.client2.ns, published);
+    get_from(&rig.topo.client.ns, published);
+    assert_refused(&rig.topo.client2.ns, published);
 }
 
 #[test]
 fn bad_input_is_one_line_and_changes_nothing() {
-    let s = setup(&[]);
-    let _web = HttpPeerServer::start_in(&s.topo.container.ns, any(80)).unwrap();
-    s.map_add("web", "172.17.0.2", "8080:80");
-    s.berth(&["sg", "create", "web"]);
-    s.berth(&[
+    let rig = setup(&[]);
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    rig.map_add("web", "172.17.0.2", &["8080:80"]);
+    rig.berth(&["sg", "create", "web"]);
+    rig.berth(&[
         "sg",
         "rule",
         "add",
@@ -502,19 +429,19 @@ fn bad_input_is_one_line_and_changes_nothing() {
         "--cidr",
         "192.0.2.2/32",
     ]);
-    s.berth(&["sg", "attach", "web", "--task", "web"]);
+    rig.berth(&["sg", "attach", "web", "--task", "web"]);
     for g in ["g1", "g2", "g3", "g4"] {
-        s.berth(&["sg", "create", g]);
-        s.berth(&["sg", "attach", g, "--task", "web"]);
+        rig.berth(&["sg", "create", g]);
+        rig.berth(&["sg", "attach", g, "--task", "web"]);
     }
-    s.berth(&["sg", "create", "g5"]);
+    rig.berth(&["sg", "create", "g5"]);
     let state = || {
-        let mut show = s.json(&["sg", "show", "web", "--json"]);
+        let mut show = rig.json(&["sg", "show", "web", "--json"]);
         show.as_object_mut().unwrap().remove("hostCounters");
         (
-            s.json(&["sg", "ls", "--json"]),
+            rig.json(&["sg", "ls", "--json"]),
             show,
-            s.json(&["map", "ls", "--json"]),
+            rig.json(&["map", "ls", "--json"]),
         )
     };
     let before = state();
@@ -591,7 +518,7 @@ fn bad_input_is_one_line_and_changes_nothing() {
         ),
     ];
     for (args, message) in &cases {
-        let out = s.daemon.cli(args).expect("run berth");
+        let out = rig.daemon.cli(args).expect("run berth");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
         assert_eq!(stderr.trim_end(), *message, "{args:?}");
@@ -623,12 +550,12 @@ fn bad_input_is_one_line_and_changes_nothing() {
             "web",
         ],
     ] {
-        let out = s.daemon.cli(&args).expect("run berth");
+        let out = rig.daemon.cli(&args).expect("run berth");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     }
     assert_eq!(state(), before);
-    get_from(&s.topo.client.ns, s.topo.host.addr(8080));
-    assert_refused(&s.topo.client2.ns, s.topo.host.addr(8080));
+    get_from(&rig.topo.client.ns, rig.topo.host.addr(8080));
+    assert_refused(&rig.topo.client2.ns, rig.topo.host.addr(8080));
 }

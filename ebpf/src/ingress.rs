@@ -1,0 +1,164 @@
+//! The uplink ingress pipeline, one for TC (`berth_ingress`) and XDP
+//! (`berth_xdp`): source checks, parse, decide, translate, deliver. What
+//! differs between the hooks is behind [`Hook`].
+use berth_maps::{Backend, Counter, FRAG_K_DNAT, FRAG_V_ALLOW};
+
+use crate::{
+    fib::{fib_lookup_frag, fib_lookup_icmp, fib_lookup_v4},
+    frag::{
+        frag_key_of_flow, frag_key_of_frag, frag_lookup, frag_remember, frag_rewrite, FragRewrite,
+    },
+    hook::Hook,
+    icmp::{ct_lookup_icmp_from_outside, icmp_rewrite, parse_icmp_error, IcmpError, Quoted},
+    maps::count,
+    nat::{ct_track_ingress, ingress_rewrite, Rewrite},
+    parse::{parse_packet, Flow, Frag, Parsed, IP_DST_OFF},
+    service::service_lookup,
+    spoof,
+};
+
+/// Outcome of the hook-independent part of ingress.
+enum Ingress {
+    Pass,
+    Drop,
+    /// Translate to the backend; the client source port towards it.
+    Dnat(Flow, Backend, u16),
+    /// A later fragment of a datagram whose first fragment went to this
+    /// container address.
+    FragDnat(Frag, u32),
+    /// An outside ICMP error about a translated flow, for this container
+    /// (and the client port the flow uses towards it).
+    Icmp(IcmpError, Backend, u16),
+}
+
+/// A packet arriving on an uplink.
+#[inline(always)]
+pub fn ingress<H: Hook>(h: &H) -> H::Verdict {
+    match ingress_decide(h.data(), h.data_end(), h.frame_len()) {
+        Ingress::Pass => H::PASS,
+        Ingress::Drop => H::DROP,
+        Ingress::Dnat(flow, backend, sport_be) => {
+            let rw = ingress_rewrite(&flow, &backend, sport_be);
+            translate_and_deliver(h, &flow, &rw, flow.src_addr_be, backend.addr_be)
+        }
+        Ingress::FragDnat(f, to) => {
+            let rw = FragRewrite {
+                addr_off: IP_DST_OFF,
+                old_addr_be: f.dst_addr_be,
+                new_addr_be: to,
+            };
+            if frag_rewrite(h.data(), h.data_end(), &f, &rw).is_err() {
+                return H::DROP;
+            }
+            h.deliver(fib_lookup_frag(h, &f, f.src_addr_be, to, h.in_ifindex()))
+        }
+        Ingress::Icmp(e, backend, client_port_be) => ingress_icmp(h, &e, &backend, client_port_be),
+    }
+}
+
+/// Translate an outside ICMP error for its container and deliver it.
+#[inline(always)]
+fn ingress_icmp<H: Hook>(
+    h: &H,
+    e: &IcmpError,
+    backend: &Backend,
+    client_port_be: u16,
+) -> H::Verdict {
+    if icmp_rewrite(
+        h.data(),
+        h.data_end(),
+        e,
+        Quoted::Source,
+        backend.addr_be,
+        backend.port_be,
+        client_port_be,
+    )
+    .is_err()
+    {
+        return H::DROP;
+    }
+    let next = fib_lookup_icmp(h, e, e.outer_src_be, backend.addr_be, h.in_ifindex());
+    h.deliver(next)
+}
+
+/// Translate a TCP/UDP packet and deliver it; it is now addressed
+/// `src -> dst`.
+#[inline(always)]
+pub fn translate_and_deliver<H: Hook>(
+    h: &H,
+    flow: &Flow,
+    rw: &Rewrite,
+    src: u32,
+    dst: u32,
+) -> H::Verdict {
+    if h.rewrite(flow, rw).is_err() {
+        return H::DROP;
+    }
+    let mtu_len = h.mtu_len(flow.tot_len);
+    h.deliver(fib_lookup_v4(h, flow, src, dst, h.in_ifindex(), mtu_len))
+}
+
+#[inline(always)]
+fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
+    if spoof::uplink_martian(data, data_end) {
+        return Ingress::Drop;
+    }
+    let flow = match parse_packet(data, data_end, frame_len) {
+        Parsed::NotIpv4 => return Ingress::Pass,
+        Parsed::Ip(ip) => {
+            let Some(e) = parse_icmp_error(data, data_end, frame_len, &ip) else {
+                return Ingress::Pass;
+            };
+            let Some((backend, client_port_be)) = ct_lookup_icmp_from_outside(&e) else {
+                return Ingress::Pass;
+            };
+            if spoof::uplink_host_source(e.outer_src_be) {
+                return Ingress::Drop;
+            }
+            if e.outer_ttl <= 1 {
+                count(Counter::TtlExceeded);
+                return Ingress::Drop;
+            }
+            count(Counter::IcmpXlate);
+            return Ingress::Icmp(e, backend, client_port_be);
+        }
+        Parsed::Fragment(f) => return ingress_frag(&f),
+        Parsed::Flow(f) => f,
+    };
+    let Some(backend) = service_lookup(flow.proto, flow.dst_addr_be, flow.dst_port_be, false)
+    else {
+        count(Counter::IngressPass);
+        return Ingress::Pass;
+    };
+    // Forwarding would expire it; never hand a packet for a container to a
+    // host socket instead.
+    if flow.ttl <= 1 {
+        count(Counter::TtlExceeded);
+        return Ingress::Drop;
+    }
+    let Ok(sport_be) = ct_track_ingress(&flow, &backend, data, data_end) else {
+        return Ingress::Drop;
+    };
+    if flow.first_frag {
+        let key = frag_key_of_flow(FRAG_K_DNAT, &flow);
+        frag_remember(&key, backend.addr_be, FRAG_V_ALLOW);
+    }
+    count(Counter::IngressDnat);
+    Ingress::Dnat(flow, backend, sport_be)
+}
+
+/// A later fragment at an uplink goes where its first fragment went; one
+/// nothing was remembered for is left to the host (it may be its own).
+#[inline(always)]
+fn ingress_frag(f: &Frag) -> Ingress {
+    let Some(e) = frag_lookup(&frag_key_of_frag(FRAG_K_DNAT, f)) else {
+        count(Counter::Fragment);
+        return Ingress::Pass;
+    };
+    if f.ttl <= 1 {
+        count(Counter::TtlExceeded);
+        return Ingress::Drop;
+    }
+    count(Counter::FragXlate);
+    Ingress::FragDnat(*f, e.addr_be)
+}

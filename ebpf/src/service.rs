@@ -1,0 +1,33 @@
+//! The one service lookup: which container a (protocol, host address,
+//! host port) is published to. Used by the uplink ingress, by ICMP errors
+//! about replies (their quoted source is a host address and port) and by
+//! the cgroup socket hooks.
+use berth_maps::{Backend, ServiceKey};
+
+use crate::maps::{BERTH_HOST_ADDRS, BERTH_SERVICES};
+
+/// A mapping on this exact host address first, then the wildcard one
+/// (host address 0.0.0.0), which covers only the host's own addresses:
+/// `local` says the caller knows `addr_be` is one (loopback, for the
+/// socket hooks); otherwise BERTH_HOST_ADDRS decides, so traffic merely
+/// routed through the host is never taken.
+#[inline(always)]
+pub fn service_lookup(proto: u8, addr_be: u32, port_be: u16, local: bool) -> Option<Backend> {
+    let mut key = ServiceKey {
+        host_addr_be: addr_be,
+        host_port_be: port_be,
+        proto,
+        _pad: 0,
+    };
+    if let Some(b) = unsafe { BERTH_SERVICES.get(&key) } {
+        return Some(*b);
+    }
+    key.host_addr_be = 0;
+    let b = unsafe { BERTH_SERVICES.get(&key) }.copied()?;
+    // Last: a port nothing is published on (most of what reaches an
+    // uplink) costs two lookups, not three.
+    if !local {
+        unsafe { BERTH_HOST_ADDRS.get(&addr_be) }?;
+    }
+    Some(b)
+}

@@ -1,0 +1,21 @@
+//! The end-to-end tests, in one binary with a module per area as aya's
+//! `test/integration-test` is: one link instead of one per file, and one
+//! libtest run that keeps both cores busy to the end. Each test builds its
+//! own namespaces (most through `berth_integration::Rig`) and runs the real
+//! `berth` binary, so the tests need root.
+//!
+//! Run one area with `cargo test -p berth-integration --test e2e -- static_mapping::`.
+mod daemon_guards;
+mod daemon_under_load;
+mod docker_events;
+mod docker_proxy;
+mod dynamic_ports;
+mod ecs_tasks;
+mod flow_tracking;
+mod fragments;
+mod harness;
+mod local_access;
+mod restart_and_guard;
+mod security_groups;
+mod spoofing;
+mod static_mapping;

@@ -1,0 +1,143 @@
+//! Map capacities from `berth daemon --max-flows` and `--max-mappings`,
+//! applied when the maps are created (or migrated, when pinned maps of
+//! another capacity are found): a host pays for the tables it asked for,
+//! not for the largest any host could need.
+use berth_maps::{
+    lru_capacity, CT_MAP, CT_NEW_MAP, DEFAULT_MAX_FLOWS, DEFAULT_MAX_MAPPINGS, MAX_CAPACITY,
+    NAT_FWD_MAP, NAT_MAP, NAT_NEW_MAP, PORTS_MAP, SERVICES_MAP, SOCK_REV_MAP,
+};
+
+/// `berth daemon` flags sizing the maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
+pub struct Capacity {
+    /// Flows tracked at once in each flow table (published ports;
+    /// security groups). When one is full, new flows are refused and
+    /// counted (nat_table_full, ct_table_full); established ones are never
+    /// evicted. An empty table costs 16 bytes per flow of capacity, a
+    /// tracked flow about 110 more. The tables of not yet established
+    /// flows and of socket translations, which are preallocated, get an
+    /// eighth of it each. `--nat-max`, `--ct-max` and `--ct-embryonic-max`
+    /// override single tables. Pinned tables of another size are resized at
+    /// start, their flows kept.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_FLOWS,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CAPACITY))
+    )]
+    pub max_flows: u32,
+    /// Published ports the datapath holds, one per (protocol, host
+    /// address, host port); a request that would publish more is refused.
+    /// 16 bytes per mapping of capacity, about 140 more per mapping
+    /// published.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_MAPPINGS,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CAPACITY))
+    )]
+    pub max_mappings: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            max_flows: DEFAULT_MAX_FLOWS,
+            max_mappings: DEFAULT_MAX_MAPPINGS,
+        }
+    }
+}
+
+impl Capacity {
+    /// (map, capacity) for every map these flags size, the single-table
+    /// overrides (`--nat-max`, `--ct-max`, `--ct-embryonic-max`) applied.
+    pub fn per_map(
+        &self,
+        nat: Option<u32>,
+        ct: Option<u32>,
+        embryonic: Option<u32>,
+    ) -> Vec<(&'static str, u32)> {
+        let lru = lru_capacity(self.max_flows);
+        let nat = nat.unwrap_or(self.max_flows);
+        let embryonic = embryonic.unwrap_or(lru);
+        vec![
+            (SERVICES_MAP, self.max_mappings),
+            (PORTS_MAP, self.max_mappings),
+            (NAT_MAP, nat),
+            (NAT_FWD_MAP, nat),
+            (CT_MAP, ct.unwrap_or(self.max_flows)),
+            (NAT_NEW_MAP, embryonic),
+            (CT_NEW_MAP, embryonic),
+            (SOCK_REV_MAP, lru),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        capacity: Capacity,
+    }
+
+    fn parse(args: &[&str]) -> Result<Capacity, String> {
+        Cli::try_parse_from(std::iter::once("berth").chain(args.iter().copied()))
+            .map(|c| c.capacity)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_defaults_are_what_the_object_declares() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c, Capacity::default());
+        let object = super::super::pins::expected_shapes(super::super::ebpf_object(), &[]).unwrap();
+        for (map, n) in c.per_map(None, None, None) {
+            assert_eq!(object[map].max_entries, n, "{map}");
+        }
+    }
+
+    #[test]
+    fn flows_size_every_flow_table_and_single_tables_can_differ() {
+        let c = parse(&["--max-flows", "4096", "--max-mappings", "100"]).unwrap();
+        let per_map = |nat, ct, emb| {
+            c.per_map(nat, ct, emb)
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let m = per_map(None, None, None);
+        assert_eq!((m[SERVICES_MAP], m[PORTS_MAP]), (100, 100));
+        assert_eq!((m[NAT_MAP], m[NAT_FWD_MAP], m[CT_MAP]), (4096, 4096, 4096));
+        assert_eq!(
+            (m[NAT_NEW_MAP], m[CT_NEW_MAP], m[SOCK_REV_MAP]),
+            (512, 512, 512)
+        );
+        let m = per_map(Some(8), Some(9), Some(10));
+        assert_eq!((m[NAT_MAP], m[NAT_FWD_MAP], m[CT_MAP]), (8, 8, 9));
+        assert_eq!(
+            (m[NAT_NEW_MAP], m[CT_NEW_MAP], m[SOCK_REV_MAP]),
+            (10, 10, 512)
+        );
+        let tiny = parse(&["--max-flows", "1"])
+            .unwrap()
+            .per_map(None, None, None);
+        assert!(tiny.contains(&(NAT_NEW_MAP, 64)), "{tiny:?}");
+    }
+
+    #[test]
+    fn zero_and_absurd_sizes_are_refused_in_one_line() {
+        for flag in ["--max-flows", "--max-mappings"] {
+            for bad in ["0", "16777217", "-1", "many"] {
+                let e = parse(&[&format!("{flag}={bad}")]).unwrap_err();
+                let first = e.lines().next().unwrap();
+                assert!(
+                    first.starts_with(&format!("error: invalid value '{bad}' for '{flag} <N>'")),
+                    "{first}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! The names defined once in `berth_maps` against the built eBPF object:
+//! aya names a kernel-side program after its function and a map after its
+//! static, so the eBPF crate cannot use the constants, and this checks that
+//! every constant names a real program or map, and every program and map
+//! has its constant.
+use std::collections::BTreeSet;
+
+use aya_obj::maps::PinningType;
+
+fn object() -> aya_obj::Object {
+    aya_obj::Object::parse(super::ebpf_object()).expect("the embedded eBPF object parses")
+}
+
+#[test]
+fn every_program_has_its_constant_and_every_constant_its_program() {
+    let built: BTreeSet<String> = object().programs.keys().cloned().collect();
+    let named: BTreeSet<String> = berth_maps::program::ALL
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(named, built);
+    assert_eq!(named.len(), berth_maps::program::ALL.len(), "no name twice");
+}
+
+#[test]
+fn every_map_has_its_constant_and_is_pinned_by_it() {
+    let obj = object();
+    let built: BTreeSet<String> = obj
+        .maps
+        .iter()
+        .filter(|(name, _)| !name.starts_with('.'))
+        .map(|(name, m)| {
+            assert_eq!(m.pinning(), PinningType::ByName, "{name} is pinned");
+            name.clone()
+        })
+        .collect();
+    let named: BTreeSet<String> = berth_maps::MAPS.iter().map(|n| n.to_string()).collect();
+    assert_eq!(named, built);
+    assert_eq!(named.len(), berth_maps::MAPS.len(), "no name twice");
+}
+
+#[test]
+fn the_counters_map_has_a_slot_for_every_named_counter() {
+    let obj = object();
+    let counters = &obj.maps[berth_maps::COUNTERS_MAP];
+    assert_eq!(counters.max_entries(), berth_maps::COUNTERS_LEN);
+    let names: BTreeSet<&str> = berth_maps::Counter::ALL.iter().map(|c| c.name()).collect();
+    assert_eq!(names.len(), berth_maps::Counter::ALL.len(), "no name twice");
+    assert_eq!(
+        berth_maps::COUNTER_NAMES,
+        berth_maps::Counter::ALL
+            .iter()
+            .map(|c| c.name())
+            .collect::<Vec<_>>()
+    );
+}
