@@ -11,6 +11,7 @@ mod reply;
 mod run;
 mod table;
 mod tracking;
+mod wildcard;
 
 use std::collections::HashSet;
 
