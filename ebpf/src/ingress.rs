@@ -12,6 +12,7 @@ use crate::{
     icmp::{ct_lookup_icmp_from_outside, icmp_rewrite, parse_icmp_error, IcmpError, Quoted},
     maps::count,
     nat::{ct_track_ingress, ingress_rewrite, Rewrite},
+    nexthop::next_hop_to_container,
     parse::{parse_packet, Flow, Frag, Parsed, IP_DST_OFF},
     service::service_lookup,
     spoof,
@@ -39,7 +40,17 @@ pub fn ingress<H: Hook>(h: &H) -> H::Verdict {
         Ingress::Drop => H::DROP,
         Ingress::Dnat(flow, backend, sport_be) => {
             let rw = ingress_rewrite(&flow, &backend, sport_be);
-            translate_and_deliver(h, &flow, &rw, flow.src_addr_be, backend.addr_be)
+            if h.rewrite(&flow, &rw).is_err() {
+                return H::DROP;
+            }
+            let mtu_len = h.mtu_len(flow.tot_len);
+            h.deliver(next_hop_to_container(
+                h,
+                &flow,
+                backend.addr_be,
+                h.in_ifindex(),
+                mtu_len,
+            ))
         }
         Ingress::FragDnat(f, to) => {
             let rw = FragRewrite {

@@ -7,6 +7,7 @@
 mod icmp;
 mod ingress;
 mod migrated;
+mod nexthop;
 mod reply;
 mod run;
 mod table;
