@@ -25,9 +25,10 @@ use aya::{
 };
 use berth_maps::{
     local_net_encode, program, Backend, FlowKey, NatEntry, NatFwd, PortKey, ServiceKey, CONFIG_MAP,
-    CONFIG_NETNS_COOKIE, CONFIG_PORT_GATE, COUNTERS_MAP, COUNTER_NAMES, HOOKED_PORTS_MAP,
-    HOST_ADDRS_MAP, LOCAL_NETS_MAP, LOCAL_NETS_MAX, LOCAL_NET_MORE, NAT_FWD_MAP, NAT_F_CLOSING,
-    NAT_F_REPLIED, NAT_MAP, NAT_NEW_MAP, PORTS_MAP, PORT_ADDRS_MAP, PROTO_TCP, SERVICES_MAP,
+    CONFIG_NETNS_COOKIE, CONFIG_PORT_GATE, CONFIG_WILDCARD_ONLY, COUNTERS_MAP, COUNTER_NAMES,
+    HOOKED_PORTS_MAP, HOST_ADDRS_MAP, LOCAL_NETS_MAP, LOCAL_NETS_MAX, LOCAL_NET_MORE, NAT_FWD_MAP,
+    NAT_F_CLOSING, NAT_F_REPLIED, NAT_MAP, NAT_NEW_MAP, PORTS_MAP, PORT_ADDRS_MAP, PROTO_TCP,
+    SERVICES_MAP,
 };
 
 use super::{
@@ -94,6 +95,33 @@ struct Maps {
     nat_fwd: HashMap<MapData, FlowKey, NatFwd>,
     config: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
+    /// Mappings on a specific host address: while there are none,
+    /// CONFIG_WILDCARD_ONLY lets the programs skip the exact-address probe.
+    exact: usize,
+}
+
+impl Maps {
+    /// Writes CONFIG_WILDCARD_ONLY from the count: call before publishing
+    /// a mapping on a specific address (the flag must be off first) and
+    /// after removing one.
+    fn write_wildcard_only(&mut self) -> Result<(), DatapathError> {
+        self.config
+            .set(CONFIG_WILDCARD_ONLY, u64::from(self.exact == 0), 0)
+            .map_err(map_err(CONFIG_MAP))
+    }
+
+    /// Counts the mappings on a specific address from the map itself
+    /// (pins kept across a restart hold mappings the daemon has not
+    /// replayed yet) and writes the flag.
+    fn recount_exact(&mut self) -> Result<(), DatapathError> {
+        self.exact = self
+            .services
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.host_addr_be != 0)
+            .count();
+        self.write_wildcard_only()
+    }
 }
 
 pub struct BpfDatapath {
@@ -390,7 +418,7 @@ impl BpfDatapath {
             .set(CONFIG_NETNS_COOKIE, netns_cookie()?, 0)
             .map_err(map_err(CONFIG_MAP))?;
 
-        let maps = Maps {
+        let mut maps = Maps {
             services: take_map(&mut ebpf, SERVICES_MAP)?,
             ports: take_map(&mut ebpf, PORTS_MAP)?,
             host_addrs: take_map(&mut ebpf, HOST_ADDRS_MAP)?,
@@ -406,7 +434,9 @@ impl BpfDatapath {
                     .ok_or_else(|| DatapathError::Other(format!("map {COUNTERS_MAP} missing")))?,
             )
             .map_err(map_err(COUNTERS_MAP))?,
+            exact: 0,
         };
+        maps.recount_exact()?;
         let policy = PolicyMaps {
             endpoints: take_map(&mut ebpf, berth_maps::ENDPOINTS_MAP)?,
             policy: take_map(&mut ebpf, berth_maps::POLICY_MAP)?,
@@ -906,6 +936,10 @@ impl Datapath for BpfDatapath {
             m.ports
                 .insert(pk, guarded + 1, 0)
                 .map_err(mappings_err(PORTS_MAP, self.max_mappings))?;
+            if key.host_addr_be != 0 {
+                m.exact += 1;
+                m.write_wildcard_only()?;
+            }
         }
         let inserted = m
             .services
@@ -917,14 +951,23 @@ impl Datapath for BpfDatapath {
                 0 => m.ports.remove(&pk),
                 n => m.ports.insert(pk, n, 0),
             };
+            if key.host_addr_be != 0 {
+                m.exact -= 1;
+                m.write_wildcard_only()?;
+            }
         }
         inserted
     }
 
     fn remove(&self, b: &Binding) -> Result<(), DatapathError> {
         let mut m = self.lock();
-        match m.services.remove(&service_key(b)) {
+        let key = service_key(b);
+        match m.services.remove(&key) {
             Ok(()) => {
+                if key.host_addr_be != 0 {
+                    m.exact = m.exact.saturating_sub(1);
+                    m.write_wildcard_only()?;
+                }
                 let pk = port_key(b);
                 match m.ports.get(&pk, 0) {
                     Ok(n) if n > 1 => m.ports.insert(pk, n - 1, 0).map_err(map_err(PORTS_MAP))?,
@@ -998,6 +1041,7 @@ impl Datapath for BpfDatapath {
         for (pk, n) in want {
             m.ports.insert(pk, n, 0).map_err(map_err(PORTS_MAP))?;
         }
+        m.recount_exact()?;
         drop(m);
         let forgotten = sweep(&self.flows, owned_by_none_of(keep_bindings))?;
         if forgotten > 0 {
