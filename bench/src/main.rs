@@ -239,7 +239,7 @@ fn run() -> Result<()> {
         results["control_plane"] = c.control;
         results["memory"] = c.memory;
     } else if opts.only.iter().any(|o| o == "memory") {
-        let proxy = std::path::Path::new(berth_integration::bench::peers::DOCKER_PROXY).is_file();
+        let proxy = std::path::Path::new(berth_bench::peers::DOCKER_PROXY).is_file();
         results["memory"] = control::memory(proxy)?;
     }
     // The verifier section was stored under its section name; the report

@@ -344,9 +344,11 @@ fn established_vs_previous(rows: &[Value]) -> (Option<f64>, Option<f64>) {
     (tc, vs_previous(rows, "ingress_hit_xdp", None))
 }
 
-const DP_PATHS: [(&str, Option<u64>); 17] = [
+const DP_PATHS: [(&str, Option<u64>); 19] = [
     ("ingress_hit_tc", None),
     ("ingress_hit_xdp", None),
+    ("ingress_hit_tc_wildcard_host", None),
+    ("ingress_hit_xdp_wildcard_host", None),
     ("ingress_miss_tc", None),
     ("ingress_miss_xdp", None),
     ("reply_tc", None),
@@ -399,7 +401,7 @@ fn datapath_table(s: &mut String, r: &Value) {
             v[0].map(|x| f2(x / floor)).unwrap_or_default(),
         );
     }
-    s.push_str("\nEach figure is the median of single runs, each on a fresh copy of its frame (BPF_PROG_TEST_RUN's repeat would run the program again on the frame it had already translated), so it includes the kernel's per-run timer overhead; the floor is an empty program timed the same way. ingress_hit: an ACK of an established TCP flow to a published port (lookup, flow refresh, DNAT, checksums, FIB, redirect). ingress_miss: a packet to an unpublished port of the host. reply: the container's ACK of that flow, SNAT'd back. policy_*: a new flow every rule of which is evaluated and refused (so nothing gets tracked between runs); policy_tracked_to_ctr / _from_ctr: an ACK of an established security-group flow, each way. from_ctr_tc / to_ctr_tc: a container without security groups sending / receiving, on its veth; _no_sg_host: the same where no endpoint has policy (the daemon's flag lets the hooks skip their lookups). ingress_policy_tc: a new north-south flow to a published port judged against the container's rules.\n");
+    s.push_str("\nEach figure is the median of single runs, each on a fresh copy of its frame (BPF_PROG_TEST_RUN's repeat would run the program again on the frame it had already translated), so it includes the kernel's per-run timer overhead; the floor is an empty program timed the same way. ingress_hit: an ACK of an established TCP flow to a published port (lookup, flow refresh, DNAT, checksums, FIB, redirect). ingress_miss: a packet to an unpublished port of the host. reply: the container's ACK of that flow, SNAT'd back. policy_*: a new flow every rule of which is evaluated and refused (so nothing gets tracked between runs); policy_tracked_to_ctr / _from_ctr: an ACK of an established security-group flow, each way. from_ctr_tc / to_ctr_tc: a container without security groups sending / receiving, on its veth; _no_sg_host: the same where no endpoint has policy (the daemon's flag lets the hooks skip their lookups). ingress_hit_*_wildcard_host: the hit where every mapping is on the wildcard address (the daemon's flag lets the service lookup skip the exact-address probe). ingress_policy_tc: a new north-south flow to a published port judged against the container's rules.\n");
     previous_table(s, r);
 }
 

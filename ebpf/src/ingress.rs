@@ -4,6 +4,7 @@
 use berth_maps::{Backend, Counter, FRAG_K_DNAT, FRAG_V_ALLOW};
 
 use crate::{
+    ct::ct_now,
     fib::{fib_lookup_frag, fib_lookup_icmp, fib_lookup_v4},
     frag::{
         frag_key_of_flow, frag_key_of_frag, frag_lookup, frag_remember, frag_rewrite, FragRewrite,
@@ -12,6 +13,7 @@ use crate::{
     icmp::{ct_lookup_icmp_from_outside, icmp_rewrite, parse_icmp_error, IcmpError, Quoted},
     maps::count,
     nat::{ct_track_ingress, ingress_rewrite, Rewrite},
+    nexthop::next_hop_to_container,
     parse::{parse_packet, Flow, Frag, Parsed, IP_DST_OFF},
     service::service_lookup,
     spoof,
@@ -21,8 +23,9 @@ use crate::{
 enum Ingress {
     Pass,
     Drop,
-    /// Translate to the backend; the client source port towards it.
-    Dnat(Flow, Backend, u16),
+    /// Translate to the backend; the client source port towards it, and
+    /// the time the flow was refreshed at (coarse clock).
+    Dnat(Flow, Backend, u16, u64),
     /// A later fragment of a datagram whose first fragment went to this
     /// container address.
     FragDnat(Frag, u32),
@@ -37,9 +40,20 @@ pub fn ingress<H: Hook>(h: &H) -> H::Verdict {
     match ingress_decide(h.data(), h.data_end(), h.frame_len()) {
         Ingress::Pass => H::PASS,
         Ingress::Drop => H::DROP,
-        Ingress::Dnat(flow, backend, sport_be) => {
+        Ingress::Dnat(flow, backend, sport_be, now) => {
             let rw = ingress_rewrite(&flow, &backend, sport_be);
-            translate_and_deliver(h, &flow, &rw, flow.src_addr_be, backend.addr_be)
+            if h.rewrite(&flow, &rw).is_err() {
+                return H::DROP;
+            }
+            let mtu_len = h.mtu_len(flow.tot_len);
+            h.deliver(next_hop_to_container(
+                h,
+                &flow,
+                backend.addr_be,
+                h.in_ifindex(),
+                mtu_len,
+                now,
+            ))
         }
         Ingress::FragDnat(f, to) => {
             let rw = FragRewrite {
@@ -136,7 +150,8 @@ fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
         count(Counter::TtlExceeded);
         return Ingress::Drop;
     }
-    let Ok(sport_be) = ct_track_ingress(&flow, &backend, data, data_end) else {
+    let now = ct_now();
+    let Ok(sport_be) = ct_track_ingress(&flow, &backend, data, data_end, now) else {
         return Ingress::Drop;
     };
     if flow.first_frag {
@@ -144,7 +159,7 @@ fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
         frag_remember(&key, backend.addr_be, FRAG_V_ALLOW);
     }
     count(Counter::IngressDnat);
-    Ingress::Dnat(flow, backend, sport_be)
+    Ingress::Dnat(flow, backend, sport_be, now)
 }
 
 /// A later fragment at an uplink goes where its first fragment went; one

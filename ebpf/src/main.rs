@@ -33,6 +33,7 @@ mod icmp;
 mod ingress;
 mod maps;
 mod nat;
+mod nexthop;
 mod parse;
 mod policy;
 mod service;

@@ -180,6 +180,7 @@ pub fn ct_track_ingress(
     backend: &Backend,
     data: usize,
     data_end: usize,
+    now: u64,
 ) -> Result<u16, ()> {
     let seg = if flow.proto == PROTO_TCP {
         tcp_seg(flow, data, data_end)
@@ -187,7 +188,6 @@ pub fn ct_track_ingress(
         Seg::default()
     };
     let key = nat_key(flow.proto, backend, flow.src_addr_be, flow.src_port_be);
-    let now = ct_now();
     // The common case: one lookup in BERTH_NAT.
     if let Some(r) = nat_ingress_known(&key, flow, &seg, now) {
         return r;

@@ -2,15 +2,17 @@
 //! host port) is published to. Used by the uplink ingress, by ICMP errors
 //! about replies (their quoted source is a host address and port) and by
 //! the cgroup socket hooks.
-use berth_maps::{Backend, ServiceKey};
+use berth_maps::{Backend, ServiceKey, CONFIG_WILDCARD_ONLY};
 
-use crate::maps::{BERTH_HOST_ADDRS, BERTH_SERVICES};
+use crate::maps::{BERTH_CONFIG, BERTH_HOST_ADDRS, BERTH_SERVICES};
 
 /// A mapping on this exact host address first, then the wildcard one
 /// (host address 0.0.0.0), which covers only the host's own addresses:
 /// `local` says the caller knows `addr_be` is one (loopback, for the
 /// socket hooks); otherwise BERTH_HOST_ADDRS decides, so traffic merely
-/// routed through the host is never taken.
+/// routed through the host is never taken. Where the daemon has flagged
+/// that no mapping names a host address, the exact probe is skipped: an
+/// array slot is a load, a hash probe a hash of the key.
 #[inline(always)]
 pub fn service_lookup(proto: u8, addr_be: u32, port_be: u16, local: bool) -> Option<Backend> {
     let mut key = ServiceKey {
@@ -19,8 +21,10 @@ pub fn service_lookup(proto: u8, addr_be: u32, port_be: u16, local: bool) -> Opt
         proto,
         _pad: 0,
     };
-    if let Some(b) = unsafe { BERTH_SERVICES.get(&key) } {
-        return Some(*b);
+    if !wildcard_only() {
+        if let Some(b) = unsafe { BERTH_SERVICES.get(&key) } {
+            return Some(*b);
+        }
     }
     key.host_addr_be = 0;
     let b = unsafe { BERTH_SERVICES.get(&key) }.copied()?;
@@ -30,4 +34,11 @@ pub fn service_lookup(proto: u8, addr_be: u32, port_be: u16, local: bool) -> Opt
         unsafe { BERTH_HOST_ADDRS.get(&addr_be) }?;
     }
     Some(b)
+}
+
+#[inline(always)]
+fn wildcard_only() -> bool {
+    BERTH_CONFIG
+        .get(CONFIG_WILDCARD_ONLY)
+        .is_some_and(|v| *v != 0)
 }

@@ -234,7 +234,7 @@ pub const PORTS_CAPACITY: u32 = SERVICES_CAPACITY;
 /// to a cgroup, which spans namespaces) acts in that namespace only.
 pub const CONFIG_MAP: &str = "BERTH_CONFIG";
 pub const CONFIG_NETNS_COOKIE: u32 = 0;
-pub const CONFIG_LEN: u32 = 4;
+pub const CONFIG_LEN: u32 = 5;
 /// BERTH_CONFIG index: non-zero when IPv4 from a bridge port without hooks
 /// is refused (`berth daemon --default-sg`).
 pub const CONFIG_PORT_GATE: u32 = 1;
@@ -247,6 +247,12 @@ pub const CONFIG_BRIDGE_MAC: u32 = 2;
 /// older daemon's pins hold) keeps them on. The daemon sets it to 0 before
 /// any endpoint gets policy.
 pub const CONFIG_NO_POLICY: u32 = 3;
+/// BERTH_CONFIG index: 1 while every mapping is on the wildcard host
+/// address; the service lookup then skips the exact-address probe, which
+/// could only miss. 0 (the default, and what an older daemon's pins hold)
+/// keeps it. The daemon sets it to 0 before publishing a mapping on a
+/// specific address.
+pub const CONFIG_WILDCARD_ONLY: u32 = 4;
 
 /// Bridge ports whose security-group hooks are attached: ifindex -> 1.
 pub const HOOKED_PORTS_MAP: &str = "BERTH_HOOKED_PORTS";

@@ -7,10 +7,12 @@
 mod icmp;
 mod ingress;
 mod migrated;
+mod nexthop;
 mod reply;
 mod run;
 mod table;
 mod tracking;
+mod wildcard;
 
 use std::collections::HashSet;
 

@@ -638,6 +638,10 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
         s["datapath"]["migrated"],
         serde_json::json!([
             format!(
+                "BERTH_CONFIG: capacity 4 -> {} (4 entries kept)",
+                berth_maps::CONFIG_LEN
+            ),
+            format!(
                 "BERTH_COUNTERS: capacity 13 -> {} (13 entries kept)",
                 berth_maps::COUNTERS_LEN
             ),

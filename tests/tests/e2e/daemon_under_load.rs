@@ -391,7 +391,10 @@ fn a_new_bridge_port_is_hooked_as_soon_as_it_is_enslaved_before_it_is_up() {
     };
     // Ten ports, each enslaved while down, as Docker does before it sets
     // the port up. Attaching takes ~25 ms here (two tcx attaches, each an
-    // RCU grace period); a poll every 250 ms would miss most of them.
+    // RCU grace period); a poll every 250 ms would take ~125 ms on the
+    // median. The median keeps one port slowed by a busy machine from
+    // failing the run; every port must still be hooked within a second.
+    let mut times = Vec::new();
     for i in 0..10 {
         let port = format!("bwnew{i}");
         let peer = format!("bwpeer{i}");
@@ -399,13 +402,18 @@ fn a_new_bridge_port_is_hooked_as_soon_as_it_is_enslaved_before_it_is_up() {
             .unwrap();
         host.ip(["link", "set", &port, "master", addr::BRIDGE])
             .unwrap();
-        let took = within(Duration::from_millis(150), || hooked(&port));
-        assert!(
-            took.is_some(),
-            "{port} not hooked within 150 ms of joining the bridge"
-        );
+        let took = within(Duration::from_secs(1), || hooked(&port));
+        let Some(took) = took else {
+            panic!("{port} not hooked within 1 s of joining the bridge");
+        };
         eprintln!("{port}: hooked {took:?} after joining the bridge");
+        times.push(took);
     }
+    times.sort();
+    assert!(
+        times[times.len() / 2] <= Duration::from_millis(75),
+        "median time to hook a new port above 75 ms: {times:?}"
+    );
     // Leaving the bridge, or going away, unhooks.
     host.ip(["link", "set", "bwnew0", "nomaster"]).unwrap();
     host.ip(["link", "del", "bwnew1"]).unwrap();

@@ -19,8 +19,8 @@ use aya::{
 };
 use berth_maps::{
     program, Backend, FlowKey, NatEntry, NatFwd, PortKey, ServiceKey, CONFIG_MAP,
-    CONFIG_NETNS_COOKIE, COUNTERS_MAP, HOOKED_PORTS_MAP, HOST_ADDRS_MAP, LOCAL_NETS_MAP,
-    NAT_FWD_MAP, NAT_MAP, NAT_NEW_MAP, PORTS_MAP, PORT_ADDRS_MAP, SERVICES_MAP,
+    CONFIG_NETNS_COOKIE, CONFIG_WILDCARD_ONLY, COUNTERS_MAP, HOOKED_PORTS_MAP, HOST_ADDRS_MAP,
+    LOCAL_NETS_MAP, NAT_FWD_MAP, NAT_MAP, NAT_NEW_MAP, PORTS_MAP, PORT_ADDRS_MAP, SERVICES_MAP,
 };
 
 use super::{
@@ -69,6 +69,33 @@ pub(super) struct Maps {
     pub(super) nat_fwd: HashMap<MapData, FlowKey, NatFwd>,
     pub(super) config: Array<MapData, u64>,
     pub(super) counters: PerCpuArray<MapData, u64>,
+    /// Mappings on a specific host address: while there are none,
+    /// CONFIG_WILDCARD_ONLY lets the programs skip the exact-address probe.
+    pub(super) exact: usize,
+}
+
+impl Maps {
+    /// Writes CONFIG_WILDCARD_ONLY from the count: call before publishing
+    /// a mapping on a specific address (the flag must be off first) and
+    /// after removing one.
+    pub(super) fn write_wildcard_only(&mut self) -> Result<(), DatapathError> {
+        self.config
+            .set(CONFIG_WILDCARD_ONLY, u64::from(self.exact == 0), 0)
+            .map_err(map_err(CONFIG_MAP))
+    }
+
+    /// Counts the mappings on a specific address from the map itself
+    /// (pins kept across a restart hold mappings the daemon has not
+    /// replayed yet) and writes the flag.
+    pub(super) fn recount_exact(&mut self) -> Result<(), DatapathError> {
+        self.exact = self
+            .services
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.host_addr_be != 0)
+            .count();
+        self.write_wildcard_only()
+    }
 }
 
 pub struct BpfDatapath {
@@ -325,7 +352,7 @@ impl BpfDatapath {
             .set(CONFIG_NETNS_COOKIE, netns_cookie()?, 0)
             .map_err(map_err(CONFIG_MAP))?;
 
-        let maps = Maps {
+        let mut maps = Maps {
             services: take_map(&mut ebpf, SERVICES_MAP)?,
             ports: take_map(&mut ebpf, PORTS_MAP)?,
             host_addrs: take_map(&mut ebpf, HOST_ADDRS_MAP)?,
@@ -341,7 +368,9 @@ impl BpfDatapath {
                     .ok_or_else(|| DatapathError::Other(format!("map {COUNTERS_MAP} missing")))?,
             )
             .map_err(map_err(COUNTERS_MAP))?,
+            exact: 0,
         };
+        maps.recount_exact()?;
         let policy = PolicyMaps {
             endpoints: take_map(&mut ebpf, berth_maps::ENDPOINTS_MAP)?,
             policy: take_map(&mut ebpf, berth_maps::POLICY_MAP)?,

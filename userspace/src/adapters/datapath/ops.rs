@@ -129,6 +129,10 @@ impl Datapath for BpfDatapath {
             m.ports
                 .insert(pk, guarded + 1, 0)
                 .map_err(mappings_err(PORTS_MAP, self.max_mappings))?;
+            if key.host_addr_be != 0 {
+                m.exact += 1;
+                m.write_wildcard_only()?;
+            }
         }
         let inserted = m
             .services
@@ -140,14 +144,23 @@ impl Datapath for BpfDatapath {
                 0 => m.ports.remove(&pk),
                 n => m.ports.insert(pk, n, 0),
             };
+            if key.host_addr_be != 0 {
+                m.exact -= 1;
+                m.write_wildcard_only()?;
+            }
         }
         inserted
     }
 
     fn remove(&self, b: &Binding) -> Result<(), DatapathError> {
         let mut m = self.lock();
-        match m.services.remove(&service_key(b)) {
+        let key = service_key(b);
+        match m.services.remove(&key) {
             Ok(()) => {
+                if key.host_addr_be != 0 {
+                    m.exact = m.exact.saturating_sub(1);
+                    m.write_wildcard_only()?;
+                }
                 let pk = port_key(b);
                 match m.ports.get(&pk, 0) {
                     Ok(n) if n > 1 => m.ports.insert(pk, n - 1, 0).map_err(map_err(PORTS_MAP))?,
@@ -221,6 +234,7 @@ impl Datapath for BpfDatapath {
         for (pk, n) in want {
             m.ports.insert(pk, n, 0).map_err(map_err(PORTS_MAP))?;
         }
+        m.recount_exact()?;
         drop(m);
         let forgotten = sweep(&self.flows, owned_by_none_of(keep_bindings))?;
         if forgotten > 0 {
