@@ -75,6 +75,13 @@ pub const MAPS: [&str; 19] = [
     COUNTERS_MAP,
 ];
 
+/// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so
+/// each load of the programs starts it empty and no pin ever holds it.
+pub const NEXT_HOPS_MAP: &str = "BERTH_NEXT_HOPS";
+
+/// Maps of the eBPF object that are not pinned.
+pub const UNPINNED_MAPS: [&str; 1] = [NEXT_HOPS_MAP];
+
 // ---------------------------------------------------------------- timeouts
 //
 // Idle timeouts of tracked flows by default, in seconds (`berth daemon
