@@ -1,5 +1,5 @@
 //! Builds the eBPF crate (nightly, bpfel-unknown-none, build-std) and leaves
-//! the object in OUT_DIR for `include_bytes_aligned!`. `cargo xtask
+//! the object in `OUT_DIR` for `include_bytes_aligned!`. `cargo xtask
 //! bootstrap` installs the pieces; their location is added to PATH here so a
 //! plain `cargo build` works once bootstrapped.
 use std::{env, path::PathBuf};
@@ -53,7 +53,7 @@ fn strip_dwarf(path: &std::path::Path) -> anyhow::Result<()> {
     }
     let mut elf = object::build::elf::Builder::read(&*data)?;
     let mut dropped = false;
-    for s in elf.sections.iter_mut() {
+    for s in &mut elf.sections {
         let name = s.name.as_slice();
         if name.starts_with(b".debug") || name.starts_with(b".rel.debug") {
             s.delete = true;

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
 use super::{
@@ -20,7 +20,7 @@ use berth_integration::{
     daemon::api_request, Bpffs, Child, Daemon, DaemonOptions, NetNs, Topology,
 };
 
-const BIG: Duration = Duration::from_secs(300);
+const BIG: Duration = Duration::from_mins(5);
 /// docker-proxy processes actually started; larger counts are scaled from these.
 pub const PROXIES_MEASURED: usize = 100;
 /// Of 10 000 iptables mappings, how many are removed with -D (timed, scaled).
@@ -171,7 +171,7 @@ pub fn memory(peers: bool) -> Result<Value> {
         })??;
         memory["docker_proxy_100"] = proxies_memory(&children)?;
         memory["docker_proxy_measured"] = json!(PROXIES_MEASURED);
-        for c in children.iter_mut() {
+        for c in &mut children {
             c.stop()?;
         }
     }
@@ -393,7 +393,7 @@ pub fn control_and_memory(s: &Settings, peers: bool) -> Result<ControlResult> {
         };
         let filter = |op: &[&str]| {
             let mut v: Vec<String> = vec!["-w".into(), "-t".into(), "filter".into()];
-            v.extend(op.iter().map(|s| s.to_string()));
+            v.extend(op.iter().map(ToString::to_string));
             v.extend([
                 "-d".to_string(),
                 format!("{}/32", m.ctr_ip),
@@ -469,7 +469,7 @@ pub fn control_and_memory(s: &Settings, peers: bool) -> Result<ControlResult> {
         })??;
         px.publish.push(t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
-        for c in children.iter_mut() {
+        for c in &mut children {
             c.stop()?;
         }
         px.unpublish.push(t.elapsed().as_secs_f64() * 1e3);
@@ -674,7 +674,7 @@ fn berth_memory(pid: u32) -> Result<Value> {
     }))
 }
 
-/// VmRSS and Pss of a process, in bytes.
+/// `VmRSS` and Pss of a process, in bytes.
 fn rss_pss(pid: u32) -> Result<(u64, u64)> {
     let kb = |file: &str, key: &str| -> Result<u64> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/{file}"))?;

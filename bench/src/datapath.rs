@@ -1,4 +1,4 @@
-//! Datapath cost per packet via BPF_PROG_TEST_RUN, in the fixture
+//! Datapath cost per packet via `BPF_PROG_TEST_RUN`, in the fixture
 //! namespace: ingress hit (an ACK of an established TCP flow), miss, reply
 //! (the container's ACK), and security
 //! group evaluation with 1 and 300 rules, at 1, 1 000 and 65 000 mappings,
@@ -24,7 +24,7 @@ use berth_integration::{
 
 pub const MAPPING_COUNTS: [usize; 3] = [1, 1_000, 65_000];
 pub const RULE_COUNTS: [usize; 2] = [1, 300];
-/// Host ports of the mappings: FIRST_PORT .. FIRST_PORT + 65 000.
+/// Host ports of the mappings: `FIRST_PORT` .. `FIRST_PORT` + 65 000.
 const FIRST_PORT: u16 = 100;
 /// A published port (on 192.0.2.100) whose container has policy.
 const POLICY_PORT: u16 = 8432;
@@ -175,8 +175,8 @@ fn syn(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
 }
 
 impl Frames {
-    fn new() -> Frames {
-        Frames {
+    fn new() -> Self {
+        Self {
             floor: syn(HOST, 9),
             miss: syn(HOST, 9),
             // An established policy flow, both ways.
@@ -373,7 +373,7 @@ pub fn datapath_costs(s: &Settings, previous: Option<Vec<u8>>) -> Value {
         if let Some(p) = prev_env.as_mut() {
             builds.push((PREVIOUS, p));
         }
-        for (_, env) in builds.iter_mut() {
+        for (_, env) in &mut builds {
             setup(env, &fr);
         }
         let mut order: Vec<Key> = Vec::new();

@@ -31,7 +31,7 @@ pub struct Settings {
     pub rtt_n: usize,
     pub iperf_secs: u32,
     pub udp_dur: Duration,
-    /// BPF_PROG_TEST_RUN runs (each on a fresh frame) and samples per path.
+    /// `BPF_PROG_TEST_RUN` runs (each on a fresh frame) and samples per path.
     pub dp_runs: u32,
     pub dp_samples: usize,
     /// Repetitions of each control-plane operation.
@@ -39,9 +39,9 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn new(quick: bool) -> Settings {
+    pub fn new(quick: bool) -> Self {
         if quick {
-            Settings {
+            Self {
                 quick,
                 reps: 3,
                 conn_dur: Duration::from_millis(500),
@@ -53,10 +53,10 @@ impl Settings {
                 cp_reps: 1,
             }
         } else {
-            Settings {
+            Self {
                 quick,
                 reps: 5,
-                conn_dur: Duration::from_millis(1_000),
+                conn_dur: Duration::from_secs(1),
                 rtt_n: 10_000,
                 iperf_secs: 2,
                 udp_dur: Duration::from_secs(1),
@@ -93,7 +93,7 @@ pub fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
+        .map(std::num::NonZero::get)
         .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cpu}, {cores} cores, Linux {}", kernel.trim())

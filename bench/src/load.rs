@@ -2,7 +2,7 @@
 //! container's namespace, clients in the client's; each measurement returns
 //! raw counts so the caller can divide by CPU time as well as wall time.
 use std::{
-    io::{Read, Write},
+    io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     sync::{
@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
 use berth_integration::{Child, NetNs};
@@ -41,11 +41,11 @@ pub struct Servers {
 }
 
 impl Servers {
-    pub fn start(ns: &NetNs) -> Result<Servers> {
+    pub fn start(ns: &NetNs) -> Result<Self> {
         let iperf = ns.spawn("iperf3", ["-s", "-p", &IPERF_PORT.to_string()])?;
         let rr = ns.try_run(|| RrServer::start(RR_PORT))??;
         let udp = ns.try_run(|| UdpSink::start(UDP_PORT))??;
-        Ok(Servers {
+        Ok(Self {
             rr,
             udp,
             _iperf: iperf,
@@ -64,7 +64,7 @@ impl Servers {
 }
 
 /// A blocking accept loop. A request starting with `G` gets a short HTTP
-/// answer and the server closes (TIME_WAIT stays on the server side); one
+/// answer and the server closes (`TIME_WAIT` stays on the server side); one
 /// starting with `P` is a ping-pong connection, echoed on a thread of its
 /// own until the client closes.
 struct RrServer {
@@ -75,7 +75,7 @@ struct RrServer {
 }
 
 impl RrServer {
-    fn start(port: u16) -> Result<RrServer> {
+    fn start(port: u16) -> Result<Self> {
         let l = Arc::new(
             TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("bind tcp {port}"))?,
         );
@@ -90,7 +90,7 @@ impl RrServer {
                     let _ = serve(c);
                 }
             })?;
-        Ok(RrServer {
+        Ok(Self {
             fd,
             accepted,
             thread: Some(thread),
@@ -126,7 +126,9 @@ impl Drop for RrServer {
     fn drop(&mut self) {
         // shutdown(2) wakes a thread blocked in accept(2) on Linux.
         // SAFETY: the listener is alive (we hold an Arc to it).
-        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+        unsafe {
+            libc::shutdown(self.fd, libc::SHUT_RDWR);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -141,7 +143,7 @@ struct UdpSink {
 }
 
 impl UdpSink {
-    fn start(port: u16) -> Result<UdpSink> {
+    fn start(port: u16) -> Result<Self> {
         let s = UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("bind udp {port}"))?;
         s.set_read_timeout(Some(Duration::from_millis(100)))?;
         set_buf(&s, libc::SO_RCVBUFFORCE, 8 << 20);
@@ -159,7 +161,7 @@ impl UdpSink {
                     }
                 }
             })?;
-        Ok(UdpSink {
+        Ok(Self {
             count,
             stop,
             thread: Some(thread),
@@ -183,8 +185,8 @@ fn set_buf(s: &impl AsRawFd, opt: i32, bytes: i32) {
             s.as_raw_fd(),
             libc::SOL_SOCKET,
             opt,
-            &bytes as *const i32 as *const libc::c_void,
-            std::mem::size_of::<i32>() as libc::socklen_t,
+            (&raw const bytes).cast::<libc::c_void>(),
+            size_of::<i32>() as libc::socklen_t,
         );
     }
 }
@@ -193,7 +195,7 @@ fn recv_batch(s: &UdpSocket, bufs: &mut [[u8; 64]]) -> usize {
     let mut iov: Vec<libc::iovec> = bufs
         .iter_mut()
         .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr() as *mut libc::c_void,
+            iov_base: b.as_mut_ptr().cast::<libc::c_void>(),
             iov_len: b.len(),
         })
         .collect();
@@ -202,7 +204,7 @@ fn recv_batch(s: &UdpSocket, bufs: &mut [[u8; 64]]) -> usize {
         .iter_mut()
         .map(|v| {
             let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            h.msg_hdr.msg_iov = v as *mut libc::iovec;
+            h.msg_hdr.msg_iov = std::ptr::from_mut::<libc::iovec>(v);
             h.msg_hdr.msg_iovlen = 1;
             h
         })
@@ -297,7 +299,7 @@ pub fn udp_blast(ns: &NetNs, target: SocketAddr, dur: Duration) -> Result<(u64, 
         payload[..5].copy_from_slice(b"berth");
         let mut iov: Vec<libc::iovec> = (0..64)
             .map(|_| libc::iovec {
-                iov_base: payload.as_mut_ptr() as *mut libc::c_void,
+                iov_base: payload.as_mut_ptr().cast::<libc::c_void>(),
                 iov_len: payload.len(),
             })
             .collect();
@@ -306,7 +308,7 @@ pub fn udp_blast(ns: &NetNs, target: SocketAddr, dur: Duration) -> Result<(u64, 
             .map(|v| {
                 // SAFETY: mmsghdr is plain data; zeroed is a valid empty header.
                 let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                h.msg_hdr.msg_iov = v as *mut libc::iovec;
+                h.msg_hdr.msg_iov = std::ptr::from_mut::<libc::iovec>(v);
                 h.msg_hdr.msg_iovlen = 1;
                 h
             })
@@ -343,7 +345,7 @@ pub fn iperf(ns: &NetNs, target: SocketAddr, secs: u32) -> Result<(f64, f64)> {
     // A path that drops the SYN would leave iperf3 retrying for minutes.
     let out = berth_integration::cmd::output_with_timeout(
         &mut cmd,
-        Duration::from_secs(secs as u64 + 20),
+        Duration::from_secs(u64::from(secs) + 20),
     )?;
     let out = String::from_utf8_lossy(&out.stdout);
     let v: Value = serde_json::from_str(&out).context("iperf3 -J output")?;

@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: berth side by side with its peers in one run.
 //!
 //! 1. Verifier budget of every program.
-//! 2. Datapath cost per packet via BPF_PROG_TEST_RUN (ingress hit, miss,
+//! 2. Datapath cost per packet via `BPF_PROG_TEST_RUN` (ingress hit, miss,
 //!    reply; TC and XDP; security groups with 1 and 300 rules) at 1, 1 000
 //!    and 65 000 mappings, beside an empty program's floor.
 //! 3. On the namespace topology, one per peer (direct, Docker's iptables
@@ -10,7 +10,7 @@
 //!    iperf3 throughput, UDP small-packet rate and CPU per unit of work, at
 //!    1 and at 10 000 published ports. Peers interleaved, medians with
 //!    min-max.
-//! 4. XDP vs TC on veth (stack, TC redirect, XDP_PASS, XDP_REDIRECT).
+//! 4. XDP vs TC on veth (stack, TC redirect, `XDP_PASS`, `XDP_REDIRECT`).
 //! 5. Control plane (publish/unpublish a 1 000-port range and 10 000
 //!    single mappings) and memory for 1 000 ports.
 //!
@@ -19,7 +19,7 @@
 //! charts from a results file without measuring anything.
 use std::{path::PathBuf, time::Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context as _, Result};
 use berth_bench::{control, datapath, machine, report, topo, veth, Settings};
 use berth_integration::testrun::in_fixture_ns;
 use serde_json::{json, Value};

@@ -2,14 +2,14 @@
 //! docker0 → container), and how each publishes ports.
 use std::{
     fmt::Write as _,
-    io::Read,
+    io::Read as _,
     net::SocketAddr,
-    os::{fd::FromRawFd, unix::process::CommandExt},
+    os::{fd::FromRawFd as _, unix::process::CommandExt as _},
     process::Command,
     time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context as _, Result};
 use serde_json::json;
 
 use super::load::{Servers, IPERF_PORT, RR_PORT, UDP_PORT};
@@ -35,44 +35,44 @@ pub enum Peer {
 }
 
 impl Peer {
-    pub const ALL: [Peer; 7] = [
-        Peer::Direct,
-        Peer::Iptables,
-        Peer::Nftables,
-        Peer::NftMap,
-        Peer::DockerProxy,
-        Peer::BerthTc,
-        Peer::BerthXdp,
+    pub const ALL: [Self; 7] = [
+        Self::Direct,
+        Self::Iptables,
+        Self::Nftables,
+        Self::NftMap,
+        Self::DockerProxy,
+        Self::BerthTc,
+        Self::BerthXdp,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
-            Peer::Direct => "direct",
-            Peer::Iptables => "iptables-dnat",
-            Peer::Nftables => "nftables-dnat",
-            Peer::NftMap => "nftables-map",
-            Peer::DockerProxy => "docker-proxy",
-            Peer::BerthTc => "berth-tc",
-            Peer::BerthXdp => "berth-xdp",
+            Self::Direct => "direct",
+            Self::Iptables => "iptables-dnat",
+            Self::Nftables => "nftables-dnat",
+            Self::NftMap => "nftables-map",
+            Self::DockerProxy => "docker-proxy",
+            Self::BerthTc => "berth-tc",
+            Self::BerthXdp => "berth-xdp",
         }
     }
 
     pub fn describe(self) -> &'static str {
         match self {
-            Peer::Direct => "client to the container IP, routed, no translation (the floor)",
-            Peer::Iptables => "Docker 28's iptables rules: nat DOCKER chain, one DNAT and one filter ACCEPT rule per port",
-            Peer::Nftables => "Docker 29's nftables backend (table ip docker-bridges): one DNAT and one accept rule per port",
-            Peer::NftMap => "one nft table with a verdict-free DNAT map (proto . port -> addr . port) and a set of published ports",
-            Peer::DockerProxy => "the real /usr/sbin/docker-proxy per port, started with dockerd's arguments, no DNAT rule",
-            Peer::BerthTc => "berth daemon, --attach tc",
-            Peer::BerthXdp => "berth daemon, --attach xdp (XDP rewrites, TC redirects)",
+            Self::Direct => "client to the container IP, routed, no translation (the floor)",
+            Self::Iptables => "Docker 28's iptables rules: nat DOCKER chain, one DNAT and one filter ACCEPT rule per port",
+            Self::Nftables => "Docker 29's nftables backend (table ip docker-bridges): one DNAT and one accept rule per port",
+            Self::NftMap => "one nft table with a verdict-free DNAT map (proto . port -> addr . port) and a set of published ports",
+            Self::DockerProxy => "the real /usr/sbin/docker-proxy per port, started with dockerd's arguments, no DNAT rule",
+            Self::BerthTc => "berth daemon, --attach tc",
+            Self::BerthXdp => "berth daemon, --attach xdp (XDP rewrites, TC redirects)",
         }
     }
 
     /// Whether the peer is measured at 10 000 published ports.
     /// docker-proxy would need 10 000 processes.
     pub fn scales(self) -> bool {
-        self != Peer::DockerProxy
+        self != Self::DockerProxy
     }
 }
 
@@ -418,7 +418,9 @@ pub fn spawn_docker_proxy_here(m: &Mapping) -> Result<Child> {
     }
     let spawned = Child::spawn(cmd);
     // SAFETY: closing our copy of the write end, so EOF comes when the proxy closes its.
-    unsafe { libc::close(wfd) };
+    unsafe {
+        libc::close(wfd);
+    }
     let mut child = spawned?;
     let mut report = String::new();
     reader
@@ -498,11 +500,11 @@ pub struct Bed {
 
 impl Bed {
     /// Checksum and segmentation offloads on, as on a real host.
-    pub fn new(peer: Peer) -> Result<Bed> {
+    pub fn new(peer: Peer) -> Result<Self> {
         Self::with_options(peer, false)
     }
 
-    pub fn with_options(peer: Peer, tx_checksum_off: bool) -> Result<Bed> {
+    pub fn with_options(peer: Peer, tx_checksum_off: bool) -> Result<Self> {
         let nft = matches!(peer, Peer::Nftables | Peer::NftMap);
         // Docker 29 with its nftables backend writes no iptables rules at all.
         let topo = Topology::build_with(TopologyOptions {
@@ -510,7 +512,7 @@ impl Bed {
             docker_iptables: !nft,
         })?;
         let servers = Servers::start(&topo.container.ns)?;
-        let mut bed = Bed {
+        let mut bed = Self {
             peer,
             proxies: Vec::new(),
             daemon: None,
@@ -635,7 +637,7 @@ impl Bed {
 
     /// PIDs of the docker-proxy processes.
     pub fn proxy_pids(&self) -> Vec<u32> {
-        self.proxies.iter().map(|c| c.pid()).collect()
+        self.proxies.iter().map(Child::pid).collect()
     }
 
     /// Waits until the measured TCP port answers (after a configuration

@@ -5,7 +5,7 @@
 //! through each hook, to compare the hooks themselves.
 use std::{
     net::Ipv4Addr,
-    os::fd::{FromRawFd, OwnedFd},
+    os::fd::{FromRawFd as _, OwnedFd},
 };
 
 use anyhow::{bail, Result};
@@ -81,7 +81,7 @@ fn program(prog_type: u32, action: Action) -> Vec<Insn> {
         return vec![ins(MOV64_K, 0, 0, 0, pass), ins(EXIT, 0, 0, 0, 0)];
     };
     let le32 = |b: &[u8]| i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    let le16 = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]) as i32;
+    let le16 = |b: &[u8]| i32::from(u16::from_le_bytes([b[0], b[1]]));
     let body = vec![
         ins(LDX_W, 2, 1, data, 0),
         ins(LDX_W, 3, 1, data_end, 0),
@@ -147,7 +147,7 @@ pub fn load(prog_type: u32, action: Action) -> Result<OwnedFd> {
 /// Attaches `prog` to `ifindex` (in the calling thread's network
 /// namespace) with a BPF link; dropping the returned fd detaches it.
 pub fn attach(prog: &OwnedFd, ifindex: u32, attach_type: u32) -> Result<OwnedFd> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsRawFd as _;
     let mut attr = [0u8; 128];
     attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
     attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());

@@ -779,7 +779,7 @@ fn control_chart(r: &Value) -> String {
         "Control plane: time to publish and unpublish",
         "milliseconds, log scale; \"N×\" = berth (API) is N× faster; docker-proxy scaled from 100 processes",
         "ms (log)",
-        &systems.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        &systems.iter().map(ToString::to_string).collect::<Vec<_>>(),
         &series,
         true,
     )

@@ -11,7 +11,7 @@ pub fn median(v: &[f64]) -> f64 {
     if n % 2 == 1 {
         v[n / 2]
     } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
     }
 }
 
@@ -60,7 +60,7 @@ pub struct CpuSample {
 }
 
 impl CpuSample {
-    pub fn now() -> CpuSample {
+    pub fn now() -> Self {
         let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
         let line = stat.lines().find(|l| l.starts_with("cpu ")).unwrap_or("");
         let f: Vec<u64> = line
@@ -72,11 +72,11 @@ impl CpuSample {
         // guest time is already counted in user.
         let get = |i: usize| f.get(i).copied().unwrap_or(0);
         let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
-        CpuSample { busy_ticks: busy }
+        Self { busy_ticks: busy }
     }
 
     /// CPU seconds the machine spent busy since `earlier`.
-    pub fn busy_secs_since(&self, earlier: &CpuSample) -> f64 {
+    pub fn busy_secs_since(&self, earlier: &Self) -> f64 {
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         self.busy_ticks.saturating_sub(earlier.busy_ticks) as f64 / hz
@@ -99,7 +99,7 @@ mod tests {
     fn medians_and_percentiles() {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        let v: Vec<f64> = (1..=100).map(|x| x as f64).collect();
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&v, 50.0), 50.0);
         assert_eq!(percentile(&v, 99.0), 99.0);
         assert_eq!(percentile(&v, 100.0), 100.0);

@@ -112,7 +112,7 @@ impl Scale {
         } else {
             (v - self.lo) / (self.hi - self.lo)
         };
-        H - BOTTOM - f.clamp(0.0, 1.0) * plot_h
+        f.clamp(0.0, 1.0).mul_add(-plot_h, H - BOTTOM)
     }
 }
 
@@ -166,7 +166,7 @@ fn y_axis(s: &mut String, scale: &Scale, ticks: &[f64], unit: &str) {
 fn legend(s: &mut String, names: &[(&str, &str, bool)]) {
     let mut x = W - RIGHT;
     for (name, color, dashed) in names.iter().rev() {
-        let w = 18.0 + 6.5 * name.len() as f64 + 14.0;
+        let w = 6.5f64.mul_add(name.len() as f64, 18.0) + 14.0;
         x -= w;
         let dash = if *dashed {
             r#" stroke-dasharray="4 3""#
@@ -239,11 +239,11 @@ pub fn bar_chart(
     let group_w = plot_w / categories.len().max(1) as f64;
     let bar_w = (group_w * 0.8 / series.len().max(1) as f64).min(70.0);
     for (ci, cat) in categories.iter().enumerate() {
-        let gx = LEFT + ci as f64 * group_w;
+        let gx = (ci as f64).mul_add(group_w, LEFT);
         let used = bar_w * series.len() as f64;
         let x0 = gx + (group_w - used) / 2.0;
         for (si, ser) in series.iter().enumerate() {
-            let x = x0 + si as f64 * bar_w;
+            let x = (si as f64).mul_add(bar_w, x0);
             let cx = x + bar_w / 2.0;
             match ser.values.get(ci).copied().flatten() {
                 Some(v) if v.is_finite() => {
@@ -333,7 +333,8 @@ pub fn line_chart(
     );
     let (xlo, xhi) = (xt[0].log10(), xt.last().unwrap().log10());
     let plot_w = W - LEFT - RIGHT - 150.0;
-    let x_of = |x: f64| LEFT + 20.0 + (x.log10() - xlo) / (xhi - xlo).max(1e-9) * (plot_w - 40.0);
+    let x_of =
+        |x: f64| ((x.log10() - xlo) / (xhi - xlo).max(1e-9)).mul_add(plot_w - 40.0, LEFT + 20.0);
     let mut s = String::new();
     header(&mut s, title, subtitle);
     y_axis(&mut s, &scale, &ticks, y_label);

@@ -3,7 +3,7 @@
 //! metric, first with only the measured ports published, then with 10 000.
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 
 use super::{

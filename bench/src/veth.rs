@@ -5,10 +5,10 @@
 //! - `tc-redirect`: a TC (tcx ingress) program that rewrites the MACs and
 //!   `bpf_redirect`s to the container's host-side veth (skipping the
 //!   bridge, routing and netfilter);
-//! - `xdp-pass`: an XDP program that only returns XDP_PASS (the cost of
+//! - `xdp-pass`: an XDP program that only returns `XDP_PASS` (the cost of
 //!   having XDP attached to a veth at all);
 //! - `xdp-redirect`: the same forward as `tc-redirect` from XDP
-//!   (XDP_REDIRECT into the host-side veth).
+//!   (`XDP_REDIRECT` into the host-side veth).
 //!
 //! The programs are hand-assembled ([`super::rawbpf`]) so that only the
 //! hook differs. berth's own modes (TC redirect after DNAT; XDP DNAT handed
@@ -16,7 +16,7 @@
 //! in the main table.
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 
 use super::{
@@ -36,19 +36,19 @@ enum Variant {
 }
 
 impl Variant {
-    const ALL: [Variant; 4] = [
-        Variant::Stack,
-        Variant::TcRedirect,
-        Variant::XdpPass,
-        Variant::XdpRedirect,
+    const ALL: [Self; 4] = [
+        Self::Stack,
+        Self::TcRedirect,
+        Self::XdpPass,
+        Self::XdpRedirect,
     ];
 
     fn name(self) -> &'static str {
         match self {
-            Variant::Stack => "stack",
-            Variant::TcRedirect => "tc-redirect",
-            Variant::XdpPass => "xdp-pass",
-            Variant::XdpRedirect => "xdp-redirect",
+            Self::Stack => "stack",
+            Self::TcRedirect => "tc-redirect",
+            Self::XdpPass => "xdp-pass",
+            Self::XdpRedirect => "xdp-redirect",
         }
     }
 }

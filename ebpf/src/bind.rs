@@ -22,12 +22,12 @@ const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
 
 #[inline(always)]
-pub fn bind4_check(ctx: &SockAddrContext) -> i32 {
+pub(crate) fn bind4_check(ctx: &SockAddrContext) -> i32 {
     bind_check(ctx)
 }
 
 #[inline(always)]
-pub fn bind6_check(ctx: &SockAddrContext) -> i32 {
+pub(crate) fn bind6_check(ctx: &SockAddrContext) -> i32 {
     bind_check(ctx)
 }
 
@@ -60,6 +60,8 @@ fn bind_check(ctx: &SockAddrContext) -> i32 {
         return ALLOW;
     }
     count(Counter::BindRefused);
-    unsafe { bpf_set_retval(-EADDRINUSE) };
+    unsafe {
+        bpf_set_retval(-EADDRINUSE);
+    }
     REFUSE
 }

@@ -12,17 +12,17 @@ fn fold(mut sum: u32) -> u16 {
 
 /// New checksum after a 16-bit word of the covered data changed.
 #[inline(always)]
-pub fn replace2(check: u16, from: u16, to: u16) -> u16 {
-    !fold((!check) as u32 + (!from) as u32 + to as u32)
+pub(crate) fn replace2(check: u16, from: u16, to: u16) -> u16 {
+    !fold(u32::from(!check) + u32::from(!from) + u32::from(to))
 }
 
 /// New checksum after a 32-bit word of the covered data changed.
 #[inline(always)]
-pub fn replace4(check: u16, from: u32, to: u32) -> u16 {
-    let sum = (!check) as u32
-        + (!(from as u16)) as u32
-        + (!((from >> 16) as u16)) as u32
-        + (to as u16) as u32
-        + ((to >> 16) as u16) as u32;
+pub(crate) fn replace4(check: u16, from: u32, to: u32) -> u16 {
+    let sum = u32::from(!check)
+        + u32::from(!(from as u16))
+        + u32::from(!((from >> 16) as u16))
+        + u32::from(to as u16)
+        + u32::from((to >> 16) as u16);
     !fold(sum)
 }

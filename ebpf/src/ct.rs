@@ -1,6 +1,6 @@
 //! Connection tracking shared by the two kinds of tracked flow: published
-//! ports (BERTH_NAT / BERTH_NAT_NEW, `nat.rs`) and security groups
-//! (BERTH_CT / BERTH_CT_NEW, `policy.rs`). Both keep a flow in an LRU
+//! ports (`BERTH_NAT` / `BERTH_NAT_NEW`, `nat.rs`) and security groups
+//! (`BERTH_CT` / `BERTH_CT_NEW`, `policy.rs`). Both keep a flow in an LRU
 //! table until it is established, then move it to a table that never
 //! evicts; their entries differ but share the tracking fields and flag
 //! bits, which is all this module touches.
@@ -19,9 +19,9 @@ use crate::{
 };
 
 /// Direction of a packet within its flow: as the flow's first packet went.
-pub const DIR_ORIG: usize = 0;
+pub(crate) const DIR_ORIG: usize = 0;
 /// Direction of a packet within its flow: the reply.
-pub const DIR_REPLY: usize = 1;
+pub(crate) const DIR_REPLY: usize = 1;
 
 // The tracker writes one set of flag bits into both kinds of entry.
 const _: () = assert!(
@@ -31,7 +31,7 @@ const _: () = assert!(
 );
 
 /// A tracked flow's entry: where its tracking fields are.
-pub trait Conn: Copy {
+pub(crate) trait Conn: Copy {
     fn last_seen(e: *mut Self) -> *mut u64;
     fn track(e: *mut Self) -> Track<'static>;
 }
@@ -63,25 +63,27 @@ impl_conn!(CtEntry);
 
 /// The established and the unestablished table of one kind of flow, and
 /// the counter a full established table is reported under.
-pub struct Tables<V: 'static> {
+pub(crate) struct Tables<V: 'static> {
     pub est: &'static HashMap<FlowKey, V>,
     pub new: &'static LruHashMap<FlowKey, V>,
     pub full: Counter,
 }
 
-/// The time a tracked flow was last seen: CLOCK_MONOTONIC, which the
+/// The time a tracked flow was last seen: `CLOCK_MONOTONIC`, which the
 /// daemon's expiry reads, at the kernel tick's resolution. The coarse clock
 /// costs a load where the precise one cost ~30 ns per packet on a VM; a
 /// flow expiring a tick early against timeouts of seconds is no change.
 #[inline(always)]
-pub fn ct_now() -> u64 {
+pub(crate) fn ct_now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// Refresh a tracked flow with a packet travelling in direction `d`.
 #[inline(always)]
-pub fn ct_refresh<V: Conn>(e: *mut V, proto: u8, seg: &Seg, d: usize, now: u64) {
-    unsafe { *V::last_seen(e) = now };
+pub(crate) fn ct_refresh<V: Conn>(e: *mut V, proto: u8, seg: &Seg, d: usize, now: u64) {
+    unsafe {
+        *V::last_seen(e) = now;
+    }
     let mut t = V::track(e);
     if d == DIR_REPLY {
         *t.flags |= CT_F_REPLIED;
@@ -94,9 +96,9 @@ pub fn ct_refresh<V: Conn>(e: *mut V, proto: u8, seg: &Seg, d: usize, now: u64) 
 /// Move an unestablished flow to the established table. `Err`: that table
 /// is full (counted; the packet is dropped, the flow stays unestablished).
 #[inline(always)]
-pub fn ct_promote<V: Conn>(t: &Tables<V>, key: &FlowKey, e: *mut V) -> Result<(), ()> {
+pub(crate) fn ct_promote<V: Conn>(t: &Tables<V>, key: &FlowKey, e: *mut V) -> Result<(), ()> {
     let mut entry = unsafe { *e };
-    *V::track(&mut entry).flags |= CT_F_ESTABLISHED;
+    *V::track(&raw mut entry).flags |= CT_F_ESTABLISHED;
     match t.est.insert(key, &entry, BPF_NOEXIST) {
         Ok(()) => {}
         // Another CPU promoted it first.
@@ -114,7 +116,7 @@ pub fn ct_promote<V: Conn>(t: &Tables<V>, key: &FlowKey, e: *mut V) -> Result<()
 /// on another CPU wins harmlessly; the LRU table makes room rather than
 /// refuse, so `Err` (counted) is rare.
 #[inline(always)]
-pub fn ct_insert_new<V: Conn>(t: &Tables<V>, key: &FlowKey, v: &V) -> Result<(), ()> {
+pub(crate) fn ct_insert_new<V: Conn>(t: &Tables<V>, key: &FlowKey, v: &V) -> Result<(), ()> {
     match t.new.insert(key, v, BPF_NOEXIST) {
         Ok(()) => Ok(()),
         Err(e) if e == EEXIST => Ok(()),
@@ -126,9 +128,9 @@ pub fn ct_insert_new<V: Conn>(t: &Tables<V>, key: &FlowKey, v: &V) -> Result<(),
 }
 
 /// Tracking fields of a flow opened by `seg` (a TCP SYN) or a first UDP /
-/// ICMP echo packet: (flags, wscale, seq_end, max_win).
+/// ICMP echo packet: (flags, wscale, `seq_end`, `max_win`).
 #[inline(always)]
-pub fn ct_init(proto: u8, seg: &Seg) -> (u8, [u8; 2], [u32; 2], [u32; 2]) {
+pub(crate) fn ct_init(proto: u8, seg: &Seg) -> (u8, [u8; 2], [u32; 2], [u32; 2]) {
     if proto == PROTO_TCP {
         let (w, s, m) = tcp_init(seg);
         (CT_F_SEQ_FWD, w, s, m)

@@ -13,9 +13,9 @@ use crate::{
 };
 
 const AF_INET: u8 = 2;
-const _: () = assert!(core::mem::size_of::<FibParams>() % 4 == 0);
+const _: () = assert!(size_of::<FibParams>().is_multiple_of(4));
 
-pub enum NextHop {
+pub(crate) enum NextHop {
     /// Route and neighbour known: set these MACs and redirect.
     Resolved {
         ifindex: u32,
@@ -30,7 +30,7 @@ pub enum NextHop {
 
 /// FIB lookup for a translated later fragment now addressed `src -> dst`.
 #[inline(always)]
-pub fn fib_lookup_frag<C: EbpfContext>(
+pub(crate) fn fib_lookup_frag<C: EbpfContext>(
     ctx: &C,
     f: &Frag,
     src_addr_be: u32,
@@ -51,7 +51,7 @@ pub fn fib_lookup_frag<C: EbpfContext>(
 
 /// FIB lookup for a translated ICMP error.
 #[inline(always)]
-pub fn fib_lookup_icmp<C: EbpfContext>(
+pub(crate) fn fib_lookup_icmp<C: EbpfContext>(
     ctx: &C,
     e: &IcmpError,
     src_addr_be: u32,
@@ -75,7 +75,7 @@ pub fn fib_lookup_icmp<C: EbpfContext>(
 /// MTU is checked against; 0 skips the check (GSO packets, which are
 /// segmented on the way out).
 #[inline(always)]
-pub fn fib_lookup_v4<C: EbpfContext>(
+pub(crate) fn fib_lookup_v4<C: EbpfContext>(
     ctx: &C,
     flow: &Flow,
     src_addr_be: u32,
@@ -100,18 +100,20 @@ pub fn fib_lookup_v4<C: EbpfContext>(
 /// byte-at-a-time `memset` of 52 bytes, on every translated packet.
 #[inline(always)]
 fn fib_params_zero(p: &mut core::mem::MaybeUninit<FibParams>) -> &mut FibParams {
-    const WORDS: usize = core::mem::size_of::<FibParams>() / 4;
-    let w = p.as_mut_ptr() as *mut u32;
+    const WORDS: usize = size_of::<FibParams>() / 4;
+    let w = p.as_mut_ptr().cast::<u32>();
     for i in 0..WORDS {
         // Volatile: a plain loop would be turned back into the memset.
-        unsafe { core::ptr::write_volatile(w.add(i), 0) };
+        unsafe {
+            core::ptr::write_volatile(w.add(i), 0);
+        }
     }
     // SAFETY: every byte was written (the size is a multiple of four, and
     // the struct is plain integers).
     unsafe { p.assume_init_mut() }
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments)]
 #[inline(always)]
 fn lookup<C: EbpfContext>(
     ctx: &C,
@@ -133,15 +135,14 @@ fn lookup<C: EbpfContext>(
     p.ifindex = in_ifindex;
     p.__bindgen_anon_3.ipv4_src = src_addr_be;
     p.__bindgen_anon_4.ipv4_dst = dst_addr_be;
-    let rc =
-        unsafe { bpf_fib_lookup(ctx.as_ptr(), p, core::mem::size_of::<FibParams>() as i32, 0) };
-    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, size_of::<FibParams>() as i32, 0) };
+    if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         NextHop::Resolved {
             ifindex: p.ifindex,
             smac: p.smac,
             dmac: p.dmac,
         }
-    } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+    } else if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         NextHop::NoNeigh { ifindex: p.ifindex }
     } else {
         NextHop::Unreachable

@@ -1,6 +1,6 @@
 //! IPv4 fragments. Only a datagram's first fragment carries the ports, so
 //! it is judged and translated like any packet and what it decided is
-//! remembered in BERTH_FRAGS per (source, destination, protocol, IP id);
+//! remembered in `BERTH_FRAGS` per (source, destination, protocol, IP id);
 //! the later fragments follow it:
 //!
 //! - DNAT at an uplink: (client, host address) -> the container address;
@@ -13,7 +13,7 @@
 //! - Policy at a container's veth: the verdict, allow or deny.
 //!
 //! Entries are overwritten by the next first fragment with the same key
-//! (IP ids wrap) and count as absent after FRAG_TIMEOUT_NS.
+//! (IP ids wrap) and count as absent after `FRAG_TIMEOUT_NS`.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use berth_maps::{FragEntry, FragKey, FRAG_TIMEOUT_NS};
 
@@ -25,7 +25,7 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn frag_key(kind: u8, src_be: u32, dst_be: u32, proto: u8, id_be: u16) -> FragKey {
+pub(crate) fn frag_key(kind: u8, src_be: u32, dst_be: u32, proto: u8, id_be: u16) -> FragKey {
     FragKey {
         src_addr_be: src_be,
         dst_addr_be: dst_be,
@@ -36,19 +36,19 @@ pub fn frag_key(kind: u8, src_be: u32, dst_be: u32, proto: u8, id_be: u16) -> Fr
 }
 
 #[inline(always)]
-pub fn frag_key_of_flow(kind: u8, f: &Flow) -> FragKey {
+pub(crate) fn frag_key_of_flow(kind: u8, f: &Flow) -> FragKey {
     frag_key(kind, f.src_addr_be, f.dst_addr_be, f.proto, f.ip_id_be)
 }
 
 #[inline(always)]
-pub fn frag_key_of_frag(kind: u8, f: &Frag) -> FragKey {
+pub(crate) fn frag_key_of_frag(kind: u8, f: &Frag) -> FragKey {
     frag_key(kind, f.src_addr_be, f.dst_addr_be, f.proto, f.ip_id_be)
 }
 
 /// Remember what a first fragment decided (replacing any older datagram's
 /// entry with the same key). The map is LRU: it never refuses.
 #[inline(always)]
-pub fn frag_remember(key: &FragKey, addr_be: u32, verdict: u8) {
+pub(crate) fn frag_remember(key: &FragKey, addr_be: u32, verdict: u8) {
     let e = FragEntry {
         addr_be,
         verdict,
@@ -61,7 +61,7 @@ pub fn frag_remember(key: &FragKey, addr_be: u32, verdict: u8) {
 /// What the first fragment of this later fragment's datagram decided, if
 /// it was seen recently.
 #[inline(always)]
-pub fn frag_lookup(key: &FragKey) -> Option<FragEntry> {
+pub(crate) fn frag_lookup(key: &FragKey) -> Option<FragEntry> {
     let e = unsafe { BERTH_FRAGS.get(key) }.copied()?;
     let now = unsafe { bpf_ktime_get_ns() };
     if now.wrapping_sub(e.created_ns) > FRAG_TIMEOUT_NS {
@@ -72,7 +72,7 @@ pub fn frag_lookup(key: &FragKey) -> Option<FragEntry> {
 
 /// Which address of a later fragment changes.
 #[derive(Clone, Copy)]
-pub struct FragRewrite {
+pub(crate) struct FragRewrite {
     pub addr_off: usize,
     pub old_addr_be: u32,
     pub new_addr_be: u32,
@@ -80,10 +80,15 @@ pub struct FragRewrite {
 
 /// Rewrite a later fragment's address, fix the IPv4 checksum, decrement
 /// the TTL, with direct writes (XDP, and TC after the headers were
-/// pulled: a fragment is never CHECKSUM_PARTIAL, and an IPv4 header that
-/// still sums to its checksum leaves a CHECKSUM_COMPLETE value valid).
+/// pulled: a fragment is never `CHECKSUM_PARTIAL`, and an IPv4 header that
+/// still sums to its checksum leaves a `CHECKSUM_COMPLETE` value valid).
 #[inline(always)]
-pub fn frag_rewrite(data: usize, data_end: usize, f: &Frag, rw: &FragRewrite) -> Result<(), ()> {
+pub(crate) fn frag_rewrite(
+    data: usize,
+    data_end: usize,
+    f: &Frag,
+    rw: &FragRewrite,
+) -> Result<(), ()> {
     let ip_csum = ptr_at::<u16>(data, data_end, IP_CSUM_OFF).ok_or(())?;
     let ttl_word = ptr_at::<u16>(data, data_end, IP_TTL_OFF).ok_or(())?;
     let addr = ptr_at::<u32>(data, data_end, rw.addr_off).ok_or(())?;

@@ -20,7 +20,7 @@ use crate::{
 
 const ETH_SRC_OFF: usize = 6;
 /// For [`gate_refuses`] where the ingress interface is the bridge itself.
-pub const FROM_A_PORT: u32 = u32::MAX;
+pub(crate) const FROM_A_PORT: u32 = u32::MAX;
 const ETH_TYPE_OFF: usize = 12;
 
 #[inline(always)]
@@ -40,7 +40,7 @@ fn eth_src(data: usize, data_end: usize) -> Option<u64> {
 
 /// On a hooked port's ingress: frames from this MAC come in by `ifindex`.
 #[inline(always)]
-pub fn gate_learn(data: usize, data_end: usize, ifindex: u32) {
+pub(crate) fn gate_learn(data: usize, data_end: usize, ifindex: u32) {
     if !gate_on() {
         return;
     }
@@ -58,7 +58,7 @@ pub fn gate_learn(data: usize, data_end: usize, ifindex: u32) {
 /// hooked (yet). `ingress_ifindex` 0 means the host sent it. Counted as
 /// `unhooked_port`.
 #[inline(always)]
-pub fn gate_refuses(data: usize, data_end: usize, ingress_ifindex: u32) -> bool {
+pub(crate) fn gate_refuses(data: usize, data_end: usize, ingress_ifindex: u32) -> bool {
     if !gate_on() || ingress_ifindex == 0 {
         return false;
     }

@@ -1,12 +1,12 @@
 //! What a packet program needs of its attach point, so one pipeline serves
-//! TC and XDP (Cilium's overloadable_skb.h / overloadable_xdp.h): where the
+//! TC and XDP (Cilium's `overloadable_skb.h` / `overloadable_xdp.h)`: where the
 //! frame is, where it came in, how a flow's bytes and checksums are
 //! rewritten, how a translated packet is sent on, and the verdicts.
 use aya_ebpf::EbpfContext;
 
 use crate::{fib::NextHop, nat::Rewrite, parse::Flow};
 
-pub trait Hook: EbpfContext {
+pub(crate) trait Hook: EbpfContext {
     type Verdict: Copy;
     /// Leave the packet to the stack.
     const PASS: Self::Verdict;

@@ -15,7 +15,7 @@
 //!   that left as host:port: the container must see it about its own
 //!   address, so path-MTU discovery works.
 //!
-//! ICMP errors are generated complete (never CHECKSUM_PARTIAL), so one
+//! ICMP errors are generated complete (never `CHECKSUM_PARTIAL`), so one
 //! direct-write implementation with RFC 1624 arithmetic serves TC and XDP.
 use berth_maps::{Backend, FlowKey, NatEntry, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
@@ -32,7 +32,7 @@ use crate::{
 
 /// Longest headers an ICMP error needs: Ethernet, outer IPv4 with options,
 /// ICMP, quoted IPv4 with options, quoted TCP up to its checksum.
-pub const ICMP_MAX_HDR_LEN: usize = ETH_LEN + 60 + 8 + 60 + 18;
+pub(crate) const ICMP_MAX_HDR_LEN: usize = ETH_LEN + 60 + 8 + 60 + 18;
 
 /// Covers every header offset of an ICMP error (all below
 /// [`ICMP_MAX_HDR_LEN`]).
@@ -40,7 +40,7 @@ const HDR_OFF_MASK: usize = 0xff;
 const _: () = assert!(ICMP_MAX_HDR_LEN <= HDR_OFF_MASK + 1);
 
 #[derive(Clone, Copy)]
-pub struct IcmpError {
+pub(crate) struct IcmpError {
     pub outer_ttl: u8,
     pub outer_proto: u8,
     pub outer_src_be: u32,
@@ -61,7 +61,7 @@ pub struct IcmpError {
 impl IcmpError {
     /// The quoted packet's flow key, as it travelled.
     #[inline(always)]
-    pub fn quoted_key(&self) -> FlowKey {
+    pub(crate) fn quoted_key(&self) -> FlowKey {
         flow_key(
             self.inner_src_be,
             self.inner_dst_be,
@@ -78,7 +78,7 @@ impl IcmpError {
 /// ports and lie within the frame (`frame_len`); a quoted fragment has no
 /// ports to trust and is left alone.
 #[inline(always)]
-pub fn parse_icmp_error(
+pub(crate) fn parse_icmp_error(
     data: usize,
     data_end: usize,
     frame_len: usize,
@@ -94,7 +94,7 @@ pub fn parse_icmp_error(
 /// echo, so only policy asks for it. The quoted header is parsed by the
 /// functions that parse the frame's own.
 #[inline(always)]
-pub fn parse_icmp_error_quoting<const ECHO: bool>(
+pub(crate) fn parse_icmp_error_quoting<const ECHO: bool>(
     data: usize,
     data_end: usize,
     frame_len: usize,
@@ -158,14 +158,14 @@ pub fn parse_icmp_error_quoting<const ECHO: bool>(
 /// went client -> container (with the client port the flow uses towards
 /// the container, remapped or not).
 #[inline(always)]
-pub fn ct_lookup_icmp_from_container(e: &IcmpError) -> Option<NatEntry> {
+pub(crate) fn ct_lookup_icmp_from_container(e: &IcmpError) -> Option<NatEntry> {
     nat_get(&reverse_key(&e.quoted_key()))
 }
 
 /// Whether a container's error about a tracked flow (the quoted packet went
 /// client -> container) comes from that container and goes to that client.
 #[inline(always)]
-pub fn icmp_from_flow_container(e: &IcmpError) -> bool {
+pub(crate) fn icmp_from_flow_container(e: &IcmpError) -> bool {
     e.outer_src_be == e.inner_dst_be && e.outer_dst_be == e.inner_src_be
 }
 
@@ -173,7 +173,7 @@ pub fn icmp_from_flow_container(e: &IcmpError) -> bool {
 /// flow uses towards it: the quoted packet is a reply that left as
 /// host:port towards the client's own port.
 #[inline(always)]
-pub fn ct_lookup_icmp_from_outside(e: &IcmpError) -> Option<(Backend, u16)> {
+pub(crate) fn ct_lookup_icmp_from_outside(e: &IcmpError) -> Option<(Backend, u16)> {
     if e.outer_dst_be != e.inner_src_be {
         return None;
     }
@@ -211,17 +211,17 @@ fn icmp_flow_is(entry: &NatEntry, e: &IcmpError) -> bool {
 
 #[inline(always)]
 unsafe fn rd<T: Copy>(p: *mut T) -> T {
-    core::ptr::read_unaligned(p)
+    unsafe { core::ptr::read_unaligned(p) }
 }
 
 #[inline(always)]
 unsafe fn wr<T>(p: *mut T, v: T) {
-    core::ptr::write_unaligned(p, v)
+    unsafe { core::ptr::write_unaligned(p, v) }
 }
 
 /// Which side of the quoted packet changes.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Quoted {
+pub(crate) enum Quoted {
     /// From a container: outer source and quoted destination become host.
     Destination,
     /// From outside: outer destination and quoted source become container.
@@ -233,7 +233,7 @@ pub enum Quoted {
 /// `client_port_be` is the quoted client port as it must read (it differs
 /// when a clash remapped the client's source port towards the container).
 #[inline(always)]
-pub fn icmp_rewrite(
+pub(crate) fn icmp_rewrite(
     data: usize,
     data_end: usize,
     e: &IcmpError,
@@ -250,15 +250,23 @@ pub fn icmp_rewrite(
     // the verifier; they are below ICMP_MAX_HDR_LEN by construction).
     let (icmp_off, inner_ip_off, inner_l4_off) = unsafe {
         (
-            core::ptr::read_volatile(&e.icmp_off) & HDR_OFF_MASK,
-            core::ptr::read_volatile(&e.inner_ip_off) & HDR_OFF_MASK,
-            core::ptr::read_volatile(&e.inner_l4_off) & HDR_OFF_MASK,
+            core::ptr::read_volatile(&raw const e.icmp_off) & HDR_OFF_MASK,
+            core::ptr::read_volatile(&raw const e.inner_ip_off) & HDR_OFF_MASK,
+            core::ptr::read_volatile(&raw const e.inner_l4_off) & HDR_OFF_MASK,
         )
     };
-    let outer = ptr_at::<[u8; 20]>(data, data_end, ETH_LEN).ok_or(())? as *mut u8;
-    let icmp = ptr_at::<[u8; 4]>(data, data_end, icmp_off).ok_or(())? as *mut u8;
-    let inner = ptr_at::<[u8; 20]>(data, data_end, inner_ip_off).ok_or(())? as *mut u8;
-    let ports = ptr_at::<[u8; 4]>(data, data_end, inner_l4_off).ok_or(())? as *mut u8;
+    let outer = ptr_at::<[u8; 20]>(data, data_end, ETH_LEN)
+        .ok_or(())?
+        .cast::<u8>();
+    let icmp = ptr_at::<[u8; 4]>(data, data_end, icmp_off)
+        .ok_or(())?
+        .cast::<u8>();
+    let inner = ptr_at::<[u8; 20]>(data, data_end, inner_ip_off)
+        .ok_or(())?
+        .cast::<u8>();
+    let ports = ptr_at::<[u8; 4]>(data, data_end, inner_l4_off)
+        .ok_or(())?
+        .cast::<u8>();
     // Byte offsets within the IPv4 header (source, destination) and the
     // L4 header (source port, destination port).
     let (outer_addr_off, old_outer, inner_addr_off, old_inner, inner_port_off, old_port) =
@@ -274,22 +282,22 @@ pub fn icmp_rewrite(
     };
     let (client_port, inner_port) = unsafe {
         (
-            ports.add(client_port_off) as *mut u16,
-            ports.add(inner_port_off) as *mut u16,
+            ports.add(client_port_off).cast::<u16>(),
+            ports.add(inner_port_off).cast::<u16>(),
         )
     };
     let (ip_csum, ttl_word, outer_addr) = unsafe {
         (
-            outer.add(10) as *mut u16,
-            outer.add(8) as *mut u16,
-            outer.add(outer_addr_off) as *mut u32,
+            outer.add(10).cast::<u16>(),
+            outer.add(8).cast::<u16>(),
+            outer.add(outer_addr_off).cast::<u32>(),
         )
     };
-    let icmp_csum = unsafe { icmp.add(2) as *mut u16 };
+    let icmp_csum = unsafe { icmp.add(2).cast::<u16>() };
     let (inner_csum, inner_addr) = unsafe {
         (
-            inner.add(10) as *mut u16,
-            inner.add(inner_addr_off) as *mut u32,
+            inner.add(10).cast::<u16>(),
+            inner.add(inner_addr_off).cast::<u32>(),
         )
     };
     // The quoted L4 checksum, when the quote reaches it.

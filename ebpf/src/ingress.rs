@@ -36,7 +36,7 @@ enum Ingress {
 
 /// A packet arriving on an uplink.
 #[inline(always)]
-pub fn ingress<H: Hook>(h: &H) -> H::Verdict {
+pub(crate) fn ingress<H: Hook>(h: &H) -> H::Verdict {
     match ingress_decide(h.data(), h.data_end(), h.frame_len()) {
         Ingress::Pass => H::PASS,
         Ingress::Drop => H::DROP,
@@ -98,7 +98,7 @@ fn ingress_icmp<H: Hook>(
 /// Translate a TCP/UDP packet and deliver it; it is now addressed
 /// `src -> dst`.
 #[inline(always)]
-pub fn translate_and_deliver<H: Hook>(
+pub(crate) fn translate_and_deliver<H: Hook>(
     h: &H,
     flow: &Flow,
     rw: &Rewrite,

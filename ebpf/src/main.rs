@@ -14,7 +14,7 @@
 //! - `berth_bind4`, `berth_bind6` (cgroup bind4/bind6): host processes
 //!   cannot bind a published host port (EADDRINUSE), over IPv4 or IPv6.
 //! - `berth_connect4`, `berth_sendmsg4`, `berth_recvmsg4`, `berth_peername4`
-//!   (cgroup sock_addr): host-local and hairpin access without a proxy.
+//!   (cgroup `sock_addr)`: host-local and hairpin access without a proxy.
 //!
 //! Source checks come first (`spoof`): an uplink drops loopback and local
 //! sources, a bridge port drops sources its container does not own.
@@ -59,7 +59,7 @@ use crate::{
     frag::{
         frag_key_of_flow, frag_key_of_frag, frag_lookup, frag_remember, frag_rewrite, FragRewrite,
     },
-    hook::Hook,
+    hook::Hook as _,
     icmp::{
         ct_lookup_icmp_from_container, icmp_from_flow_container, icmp_rewrite, parse_icmp_error,
         Quoted,
@@ -72,21 +72,21 @@ use crate::{
 };
 
 #[classifier]
-pub fn berth_ingress(ctx: TcContext) -> i32 {
+pub(crate) fn berth_ingress(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
     ingress(&ctx)
 }
 
 #[xdp]
-pub fn berth_xdp(ctx: XdpContext) -> u32 {
+pub(crate) fn berth_xdp(ctx: XdpContext) -> u32 {
     ingress(&ctx)
 }
 
 #[classifier]
-pub fn berth_deliver(ctx: TcContext) -> i32 {
+pub(crate) fn berth_deliver(ctx: TcContext) -> i32 {
     let skb = ctx.skb.skb;
     let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
-    if meta + core::mem::size_of::<XdpHandoff>() > data {
+    if meta + size_of::<XdpHandoff>() > data {
         return TC_ACT_OK;
     }
     let h = unsafe { core::ptr::read_unaligned(meta as *const XdpHandoff) };
@@ -100,7 +100,7 @@ pub fn berth_deliver(ctx: TcContext) -> i32 {
 }
 
 #[classifier]
-pub fn berth_reply(ctx: TcContext) -> i32 {
+pub(crate) fn berth_reply(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
     // Everything the bridge hands up came in by one of its ports.
     if gate::gate_refuses(ctx.data(), ctx.data_end(), gate::FROM_A_PORT) {
@@ -168,42 +168,42 @@ fn tc_reply_frag(ctx: &TcContext, f: &Frag) -> i32 {
 }
 
 #[cgroup_sock_addr(bind4)]
-pub fn berth_bind4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn berth_bind4(ctx: SockAddrContext) -> i32 {
     bind::bind4_check(&ctx)
 }
 
 #[cgroup_sock_addr(bind6)]
-pub fn berth_bind6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn berth_bind6(ctx: SockAddrContext) -> i32 {
     bind::bind6_check(&ctx)
 }
 
 #[cgroup_sock_addr(connect4)]
-pub fn berth_connect4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn berth_connect4(ctx: SockAddrContext) -> i32 {
     sock::sock4_forward(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
-pub fn berth_sendmsg4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn berth_sendmsg4(ctx: SockAddrContext) -> i32 {
     sock::sock4_forward(&ctx)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
-pub fn berth_recvmsg4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn berth_recvmsg4(ctx: SockAddrContext) -> i32 {
     sock::sock4_reverse(&ctx)
 }
 
 #[cgroup_sock_addr(getpeername4)]
-pub fn berth_peername4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn berth_peername4(ctx: SockAddrContext) -> i32 {
     sock::sock4_reverse(&ctx)
 }
 
 /// tc ingress of each container's host-side veth: security groups on what
 /// the container sends. A fragmented reply to a published-port flow is
 /// translated and sent to the uplink from here: past this hook, on a host
-/// with br_netfilter (any Docker host), the bridge reassembles fragments
+/// with `br_netfilter` (any Docker host), the bridge reassembles fragments
 /// into a datagram longer than the uplink's MTU, and BPF cannot fragment.
 #[classifier]
-pub fn berth_from_ctr(ctx: TcContext) -> i32 {
+pub(crate) fn berth_from_ctr(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
     let port = unsafe { (*ctx.skb.skb).ifindex };
     gate::gate_learn(ctx.data(), ctx.data_end(), port);
@@ -229,7 +229,7 @@ pub fn berth_from_ctr(ctx: TcContext) -> i32 {
 /// tc egress of each container's host-side veth: security groups on what
 /// the container receives.
 #[classifier]
-pub fn berth_to_ctr(ctx: TcContext) -> i32 {
+pub(crate) fn berth_to_ctr(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
     if gate::gate_refuses(ctx.data(), ctx.data_end(), unsafe {
         (*ctx.skb.skb).ingress_ifindex
@@ -287,12 +287,12 @@ fn tc_reply_icmp(ctx: &TcContext, ip: &Ip) -> i32 {
 
 /// Floors for `cargo xtask bench`: the cost of running any program at all.
 #[classifier]
-pub fn berth_empty_tc(_ctx: TcContext) -> i32 {
+pub(crate) fn berth_empty_tc(_ctx: TcContext) -> i32 {
     TC_ACT_OK
 }
 
 #[xdp]
-pub fn berth_empty_xdp(_ctx: XdpContext) -> u32 {
+pub(crate) fn berth_empty_xdp(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 

@@ -1,6 +1,6 @@
 //! The maps, pinned by name so a restarted daemon adopts them. Plain hash
-//! maps allocate each entry when it is inserted (BPF_F_NO_PREALLOC): an
-//! idle host pays for its bucket arrays only (see berth_maps' capacity
+//! maps allocate each entry when it is inserted (`BPF_F_NO_PREALLOC)`: an
+//! idle host pays for its bucket arrays only (see `berth_maps`' capacity
 //! notes). LRU maps are always preallocated.
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -17,81 +17,87 @@ use berth_maps::{
 };
 
 #[map]
-pub static BERTH_SERVICES: HashMap<ServiceKey, Backend> =
+pub(crate) static BERTH_SERVICES: HashMap<ServiceKey, Backend> =
     HashMap::pinned(SERVICES_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static BERTH_HOST_ADDRS: HashMap<u32, u32> =
+pub(crate) static BERTH_HOST_ADDRS: HashMap<u32, u32> =
     HashMap::pinned(HOST_ADDRS_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// The bridge's subnets: sources that never come from outside.
 #[map]
-pub static BERTH_LOCAL_NETS: Array<u64> = Array::pinned(LOCAL_NETS_MAX, 0);
+pub(crate) static BERTH_LOCAL_NETS: Array<u64> = Array::pinned(LOCAL_NETS_MAX, 0);
 
 /// Each bridge port's own addresses (host-side ifindex -> addresses).
 #[map]
-pub static BERTH_PORT_ADDRS: HashMap<u32, PortAddrs> =
+pub(crate) static BERTH_PORT_ADDRS: HashMap<u32, PortAddrs> =
     HashMap::pinned(PORT_ADDRS_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static BERTH_NAT: HashMap<FlowKey, NatEntry> = HashMap::pinned(NAT_CAPACITY, BPF_F_NO_PREALLOC);
+pub(crate) static BERTH_NAT: HashMap<FlowKey, NatEntry> =
+    HashMap::pinned(NAT_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static BERTH_NAT_NEW: LruHashMap<FlowKey, NatEntry> = LruHashMap::pinned(NAT_NEW_CAPACITY, 0);
+pub(crate) static BERTH_NAT_NEW: LruHashMap<FlowKey, NatEntry> =
+    LruHashMap::pinned(NAT_NEW_CAPACITY, 0);
 
 #[map]
-pub static BERTH_NAT_FWD: HashMap<FlowKey, NatFwd> =
+pub(crate) static BERTH_NAT_FWD: HashMap<FlowKey, NatFwd> =
     HashMap::pinned(NAT_FWD_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static BERTH_PORTS: HashMap<PortKey, u32> = HashMap::pinned(PORTS_CAPACITY, BPF_F_NO_PREALLOC);
+pub(crate) static BERTH_PORTS: HashMap<PortKey, u32> =
+    HashMap::pinned(PORTS_CAPACITY, BPF_F_NO_PREALLOC);
 
-/// LRU: losing an entry only costs the original address in getpeername()
+/// LRU: losing an entry only costs the original address in `getpeername()`
 /// or a UDP reply's source; it never breaks forwarding.
 #[map]
-pub static BERTH_SOCK_REV: LruHashMap<SockRevKey, SockRevValue> =
+pub(crate) static BERTH_SOCK_REV: LruHashMap<SockRevKey, SockRevValue> =
     LruHashMap::pinned(SOCK_REV_CAPACITY, 0);
 
 #[map]
-pub static BERTH_ENDPOINTS: HashMap<u32, Endpoint> =
+pub(crate) static BERTH_ENDPOINTS: HashMap<u32, Endpoint> =
     HashMap::pinned(ENDPOINTS_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static BERTH_POLICY: HashMap<PolicyKey, Policy> =
+pub(crate) static BERTH_POLICY: HashMap<PolicyKey, Policy> =
     HashMap::pinned(POLICY_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static BERTH_SG_MEMBERS: HashMap<SgMember, u32> =
+pub(crate) static BERTH_SG_MEMBERS: HashMap<SgMember, u32> =
     HashMap::pinned(SG_MEMBERS_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static BERTH_CT: HashMap<FlowKey, CtEntry> = HashMap::pinned(CT_CAPACITY, BPF_F_NO_PREALLOC);
+pub(crate) static BERTH_CT: HashMap<FlowKey, CtEntry> =
+    HashMap::pinned(CT_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// LRU: losing an entry costs one fragmented datagram.
 #[map]
-pub static BERTH_FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::pinned(FRAGS_CAPACITY, 0);
+pub(crate) static BERTH_FRAGS: LruHashMap<FragKey, FragEntry> =
+    LruHashMap::pinned(FRAGS_CAPACITY, 0);
 
 #[map]
-pub static BERTH_CT_NEW: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(CT_NEW_CAPACITY, 0);
+pub(crate) static BERTH_CT_NEW: LruHashMap<FlowKey, CtEntry> =
+    LruHashMap::pinned(CT_NEW_CAPACITY, 0);
 
 /// Bridge ports with security-group hooks, by ifindex (see `gate`).
 #[map]
-pub static BERTH_HOOKED_PORTS: HashMap<u32, u32> =
+pub(crate) static BERTH_HOOKED_PORTS: HashMap<u32, u32> =
     HashMap::pinned(HOOKED_PORTS_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// Source MAC -> the hooked port its frames came in by (see `gate`).
 #[map]
-pub static BERTH_PORT_MACS: LruHashMap<u64, u32> = LruHashMap::pinned(PORT_MACS_CAPACITY, 0);
+pub(crate) static BERTH_PORT_MACS: LruHashMap<u64, u32> = LruHashMap::pinned(PORT_MACS_CAPACITY, 0);
 
 #[map]
-pub static BERTH_CONFIG: Array<u64> = Array::pinned(CONFIG_LEN, 0);
+pub(crate) static BERTH_CONFIG: Array<u64> = Array::pinned(CONFIG_LEN, 0);
 
 #[map]
-pub static BERTH_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);
+pub(crate) static BERTH_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);
 
 /// Whether `addr_be` is in one of the bridge's subnets.
 #[inline(always)]
-pub fn in_local_nets(addr_be: u32) -> bool {
+pub(crate) fn in_local_nets(addr_be: u32) -> bool {
     let mut i = 0;
     while i < LOCAL_NETS_MAX {
         let Some(slot) = BERTH_LOCAL_NETS.get(i) else {
@@ -112,8 +118,10 @@ pub fn in_local_nets(addr_be: u32) -> bool {
 }
 
 #[inline(always)]
-pub fn count(counter: berth_maps::Counter) {
+pub(crate) fn count(counter: berth_maps::Counter) {
     if let Some(v) = BERTH_COUNTERS.get_ptr_mut(counter as u32) {
-        unsafe { *v += 1 };
+        unsafe {
+            *v += 1;
+        }
     }
 }

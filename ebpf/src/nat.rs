@@ -4,12 +4,12 @@
 //!
 //! Flow tracking (README "How the datapath behaves"): a flow's entry is
 //! keyed by its reply tuple as the container sends it. A TCP SYN or a first
-//! UDP datagram creates it in BERTH_NAT_NEW (LRU: never refuses, evicts
+//! UDP datagram creates it in `BERTH_NAT_NEW` (LRU: never refuses, evicts
 //! the least recently used unestablished flow); the client's ACK of the
 //! container's SYN-ACK (TCP) or the container's first reply (UDP) moves it
-//! to BERTH_NAT (never evicts). When a new flow's reply tuple is taken by
+//! to `BERTH_NAT` (never evicts). When a new flow's reply tuple is taken by
 //! another flow, the new one gets another client source port towards the
-//! container, remembered in BERTH_NAT_FWD.
+//! container, remembered in `BERTH_NAT_FWD`.
 use berth_maps::{
     nat_remap_port, Backend, Counter, FlowKey, NatEntry, NatFwd, NAT_REMAP_TRIES, PROTO_TCP,
     PROTO_UDP,
@@ -17,7 +17,8 @@ use berth_maps::{
 
 use crate::{
     ct::{
-        ct_init, ct_insert_new, ct_now, ct_promote, ct_refresh, Conn, Tables, DIR_ORIG, DIR_REPLY,
+        ct_init, ct_insert_new, ct_now, ct_promote, ct_refresh, Conn as _, Tables, DIR_ORIG,
+        DIR_REPLY,
     },
     maps::{count, BERTH_NAT, BERTH_NAT_FWD, BERTH_NAT_NEW},
     parse::{flow_key, Flow, IP_DST_OFF, IP_SRC_OFF},
@@ -39,7 +40,12 @@ fn nat_tables() -> Tables<NatEntry> {
 /// (container -> client, with the client port the flow uses towards the
 /// container).
 #[inline(always)]
-pub fn nat_key(proto: u8, backend: &Backend, client_be: u32, client_port_be: u16) -> FlowKey {
+pub(crate) fn nat_key(
+    proto: u8,
+    backend: &Backend,
+    client_be: u32,
+    client_port_be: u16,
+) -> FlowKey {
     flow_key(
         backend.addr_be,
         client_be,
@@ -51,7 +57,7 @@ pub fn nat_key(proto: u8, backend: &Backend, client_be: u32, client_port_be: u16
 
 /// One side of a flow to rewrite: address at `addr_off`, port at `port_off`.
 #[derive(Clone, Copy)]
-pub struct Rewrite {
+pub(crate) struct Rewrite {
     pub addr_off: usize,
     pub old_addr_be: u32,
     pub new_addr_be: u32,
@@ -69,7 +75,7 @@ pub struct Rewrite {
 /// `sport_be`: the client source port towards the container (the
 /// client's own unless a clash remapped it).
 #[inline(always)]
-pub fn ingress_rewrite(flow: &Flow, backend: &Backend, sport_be: u16) -> Rewrite {
+pub(crate) fn ingress_rewrite(flow: &Flow, backend: &Backend, sport_be: u16) -> Rewrite {
     Rewrite {
         addr_off: IP_DST_OFF,
         old_addr_be: flow.dst_addr_be,
@@ -90,7 +96,7 @@ pub fn ingress_rewrite(flow: &Flow, backend: &Backend, sport_be: u16) -> Rewrite
 /// What a reply needs of its flow: where it came in and the client's own
 /// port (small enough to travel in registers, unlike the whole entry).
 #[derive(Clone, Copy)]
-pub struct ReplyXlate {
+pub(crate) struct ReplyXlate {
     pub host_addr_be: u32,
     pub host_port_be: u16,
     pub client_port_be: u16,
@@ -100,7 +106,7 @@ impl ReplyXlate {
     #[inline(always)]
     fn of(e: *const NatEntry) -> Self {
         unsafe {
-            ReplyXlate {
+            Self {
                 host_addr_be: (*e).host_addr_be,
                 host_port_be: (*e).host_port_be,
                 client_port_be: (*e).client_port_be,
@@ -110,7 +116,7 @@ impl ReplyXlate {
 }
 
 #[inline(always)]
-pub fn reply_rewrite(flow: &Flow, entry: &ReplyXlate) -> Rewrite {
+pub(crate) fn reply_rewrite(flow: &Flow, entry: &ReplyXlate) -> Rewrite {
     Rewrite {
         addr_off: IP_SRC_OFF,
         old_addr_be: flow.src_addr_be,
@@ -175,7 +181,7 @@ fn nat_tuple_free(key: &FlowKey) -> bool {
 /// `Ok`: the client source port towards the container. `Err`: drop (no
 /// flow and not a SYN, refused by policy, no port free, table full).
 #[inline(always)]
-pub fn ct_track_ingress(
+pub(crate) fn ct_track_ingress(
     flow: &Flow,
     backend: &Backend,
     data: usize,
@@ -293,7 +299,7 @@ fn nat_pick_port(flow: &Flow, key: &FlowKey) -> Result<u16, ()> {
 /// becomes established with its first reply. `Ok(None)`: no tracked flow
 /// (the packet is not berth's). `Err`: drop (established table full).
 #[inline(always)]
-pub fn ct_lookup_reply(
+pub(crate) fn ct_lookup_reply(
     flow: &Flow,
     data: usize,
     data_end: usize,
@@ -321,7 +327,7 @@ pub fn ct_lookup_reply(
 
 /// A tracked flow by its reply tuple, established or not.
 #[inline(always)]
-pub fn nat_get(key: &FlowKey) -> Option<NatEntry> {
+pub(crate) fn nat_get(key: &FlowKey) -> Option<NatEntry> {
     if let Some(e) = unsafe { BERTH_NAT.get(key) } {
         return Some(*e);
     }

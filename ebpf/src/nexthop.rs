@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// How long a looked-up next hop is used without asking the FIB again.
-pub const NEXT_HOP_TTL_NS: u64 = 500_000_000;
+pub(crate) const NEXT_HOP_TTL_NS: u64 = 500_000_000;
 /// Slots per CPU (a power of two).
 const SLOTS_LOG2: u32 = 10;
 
@@ -40,7 +40,7 @@ struct Key {
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct Slot {
+pub(crate) struct Slot {
     key: Key,
     /// When the FIB answered (coarse monotonic clock).
     checked_ns: u64,
@@ -68,7 +68,7 @@ fn slot_of(k: &Key) -> u32 {
 /// The next hop of `flow` once DNAT'd to `dst` (see the module doc);
 /// arguments as for [`fib_lookup_v4`], `now` from the coarse clock.
 #[inline(always)]
-pub fn next_hop_to_container<C: EbpfContext>(
+pub(crate) fn next_hop_to_container<C: EbpfContext>(
     ctx: &C,
     flow: &Flow,
     dst_addr_be: u32,

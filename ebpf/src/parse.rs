@@ -20,7 +20,7 @@
 //!   whole TCP/UDP header. A later fragment (offset != 0, any protocol) is a
 //!   [`Frag`]: it has no ports, so it follows what its datagram's first
 //!   fragment decided, remembered per (source, destination, protocol, IP
-//!   id) in BERTH_FRAGS (see `frag.rs`): translated the same way at an
+//!   id) in `BERTH_FRAGS` (see `frag.rs`): translated the same way at an
 //!   uplink, a container's veth or the bridge, passed or dropped the same
 //!   way by security groups. A later fragment nothing was remembered for
 //!   is not translated: it passes (it may be the host's own traffic; a
@@ -32,30 +32,36 @@ use berth_maps::FlowKey;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 /// ICMP types berth tells apart.
-pub const ICMP_ECHO_REPLY: u8 = 0;
-pub const ICMP_DEST_UNREACH: u8 = 3;
-pub const ICMP_ECHO: u8 = 8;
-pub const ICMP_TIME_EXCEEDED: u8 = 11;
-pub const ICMP_PARAMETERPROB: u8 = 12;
+pub(crate) const ICMP_ECHO_REPLY: u8 = 0;
+pub(crate) const ICMP_DEST_UNREACH: u8 = 3;
+pub(crate) const ICMP_ECHO: u8 = 8;
+pub(crate) const ICMP_TIME_EXCEEDED: u8 = 11;
+pub(crate) const ICMP_PARAMETERPROB: u8 = 12;
 
-pub const ETH_LEN: usize = EthHdr::LEN;
-pub const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
-pub const IP_CSUM_OFF: usize = ETH_LEN + 10;
-pub const IP_TTL_OFF: usize = ETH_LEN + 8;
-pub const IP_SRC_OFF: usize = ETH_LEN + 12;
-pub const IP_DST_OFF: usize = ETH_LEN + 16;
+pub(crate) const ETH_LEN: usize = EthHdr::LEN;
+pub(crate) const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+pub(crate) const IP_CSUM_OFF: usize = ETH_LEN + 10;
+pub(crate) const IP_TTL_OFF: usize = ETH_LEN + 8;
+pub(crate) const IP_SRC_OFF: usize = ETH_LEN + 12;
+pub(crate) const IP_DST_OFF: usize = ETH_LEN + 16;
 const IP_OFFSET_MASK_BE: u16 = 0x1fffu16.to_be();
 const IP_MF_BE: u16 = 0x2000u16.to_be();
-pub const TCP_FLAG_FIN: u8 = 0x01;
-pub const TCP_FLAG_SYN: u8 = 0x02;
-pub const TCP_FLAG_RST: u8 = 0x04;
-pub const TCP_FLAG_ACK: u8 = 0x10;
+pub(crate) const TCP_FLAG_FIN: u8 = 0x01;
+pub(crate) const TCP_FLAG_SYN: u8 = 0x02;
+pub(crate) const TCP_FLAG_RST: u8 = 0x04;
+pub(crate) const TCP_FLAG_ACK: u8 = 0x10;
 
 /// The one flow-key constructor (network byte order; `FlowKey`s are built
 /// nowhere else). Built from a zeroed key, so the padding costs two stores
 /// rather than a call to `memset` for three bytes.
 #[inline(always)]
-pub fn flow_key(src_be: u32, dst_be: u32, sport_be: u16, dport_be: u16, proto: u8) -> FlowKey {
+pub(crate) fn flow_key(
+    src_be: u32,
+    dst_be: u32,
+    sport_be: u16,
+    dport_be: u16,
+    proto: u8,
+) -> FlowKey {
     let mut k: FlowKey = unsafe { core::mem::zeroed() };
     k.src_addr_be = src_be;
     k.dst_addr_be = dst_be;
@@ -67,7 +73,7 @@ pub fn flow_key(src_be: u32, dst_be: u32, sport_be: u16, dport_be: u16, proto: u
 
 /// The key of the same flow's packets travelling the other way.
 #[inline(always)]
-pub fn reverse_key(k: &FlowKey) -> FlowKey {
+pub(crate) fn reverse_key(k: &FlowKey) -> FlowKey {
     flow_key(
         k.dst_addr_be,
         k.src_addr_be,
@@ -79,9 +85,9 @@ pub fn reverse_key(k: &FlowKey) -> FlowKey {
 
 /// Pointer to a `T` at `off`, or `None` if the packet is too short.
 #[inline(always)]
-pub fn ptr_at<T>(data: usize, data_end: usize, off: usize) -> Option<*mut T> {
+pub(crate) fn ptr_at<T>(data: usize, data_end: usize, off: usize) -> Option<*mut T> {
     let start = data + off;
-    if start + core::mem::size_of::<T>() > data_end {
+    if start + size_of::<T>() > data_end {
         return None;
     }
     Some(start as *mut T)
@@ -89,7 +95,7 @@ pub fn ptr_at<T>(data: usize, data_end: usize, off: usize) -> Option<*mut T> {
 
 /// The five-tuple and the facts the NAT needs about an IPv4 TCP/UDP packet.
 #[derive(Clone, Copy)]
-pub struct Flow {
+pub(crate) struct Flow {
     pub proto: u8,
     pub src_addr_be: u32,
     pub dst_addr_be: u32,
@@ -114,7 +120,7 @@ pub struct Flow {
 
 /// A later fragment (offset != 0) of an IPv4 datagram: no L4 header.
 #[derive(Clone, Copy)]
-pub struct Frag {
+pub(crate) struct Frag {
     pub proto: u8,
     pub src_addr_be: u32,
     pub dst_addr_be: u32,
@@ -127,7 +133,7 @@ pub struct Frag {
 impl Flow {
     /// This packet's flow key, as it travels.
     #[inline(always)]
-    pub fn key(&self) -> FlowKey {
+    pub(crate) fn key(&self) -> FlowKey {
         flow_key(
             self.src_addr_be,
             self.dst_addr_be,
@@ -140,13 +146,13 @@ impl Flow {
     /// TCP payload length (what the sequence number advances by, before
     /// SYN and FIN).
     #[inline(always)]
-    pub fn tcp_payload_len(&self) -> u32 {
-        let l3_len = (self.l4_off - ETH_LEN) as u32 + self.tcp_hdr_len as u32;
-        (self.tot_len as u32).saturating_sub(l3_len)
+    pub(crate) fn tcp_payload_len(&self) -> u32 {
+        let l3_len = (self.l4_off - ETH_LEN) as u32 + u32::from(self.tcp_hdr_len);
+        u32::from(self.tot_len).saturating_sub(l3_len)
     }
 
     #[inline(always)]
-    pub fn l4_csum_off(&self) -> usize {
+    pub(crate) fn l4_csum_off(&self) -> usize {
         if self.proto == berth_maps::PROTO_TCP {
             self.l4_off + 16
         } else {
@@ -158,7 +164,7 @@ impl Flow {
 /// An IPv4 header as [`parse_ipv4`] read it: the outer header of a frame,
 /// or the header an ICMP error quotes.
 #[derive(Clone, Copy)]
-pub struct Ip {
+pub(crate) struct Ip {
     pub proto: u8,
     pub ttl: u8,
     /// Header length in 32-bit words (5..=15).
@@ -174,31 +180,31 @@ pub struct Ip {
 
 impl Ip {
     #[inline(always)]
-    pub fn hdr_len(&self) -> usize {
+    pub(crate) fn hdr_len(&self) -> usize {
         (self.ihl & 0x0f) as usize * 4
     }
 
     /// A fragment other than the first (it has no L4 header).
     #[inline(always)]
-    pub fn later_frag(&self) -> bool {
+    pub(crate) fn later_frag(&self) -> bool {
         self.frags_be & IP_OFFSET_MASK_BE != 0
     }
 
     /// Part of a fragmented datagram: more fragments follow, or an offset.
     #[inline(always)]
-    pub fn fragmented(&self) -> bool {
+    pub(crate) fn fragmented(&self) -> bool {
         self.frags_be & (IP_OFFSET_MASK_BE | IP_MF_BE) != 0
     }
 
     /// More fragments follow (the first fragment, unless `later_frag`).
     #[inline(always)]
-    pub fn more_frags(&self) -> bool {
+    pub(crate) fn more_frags(&self) -> bool {
         self.frags_be & IP_MF_BE != 0
     }
 }
 
 /// The one packet description every program consumes.
-pub enum Parsed {
+pub(crate) enum Parsed {
     /// Not Ethernet II + IPv4 (or an IPv4 header with IHL < 5): leave it
     /// to the stack.
     NotIpv4,
@@ -214,7 +220,7 @@ pub enum Parsed {
 /// The IPv4 header at `off` (a frame's, or one an ICMP error quotes):
 /// version 4, IHL >= 5, its fixed 20 bytes present.
 #[inline(always)]
-pub fn parse_ipv4(data: usize, data_end: usize, off: usize) -> Option<Ip> {
+pub(crate) fn parse_ipv4(data: usize, data_end: usize, off: usize) -> Option<Ip> {
     let ip = unsafe { &*ptr_at::<Ipv4Hdr>(data, data_end, off)? };
     let ihl = ip.vihl & 0x0f;
     if ip.vihl >> 4 != 4 || ihl < 5 {
@@ -234,7 +240,7 @@ pub fn parse_ipv4(data: usize, data_end: usize, off: usize) -> Option<Ip> {
 
 /// Source and destination port of a TCP or UDP header's first bytes.
 #[inline(always)]
-pub fn l4_ports(h: &[u8; 8]) -> (u16, u16) {
+pub(crate) fn l4_ports(h: &[u8; 8]) -> (u16, u16) {
     (
         u16::from_ne_bytes([h[0], h[1]]),
         u16::from_ne_bytes([h[2], h[3]]),
@@ -245,7 +251,7 @@ pub fn l4_ports(h: &[u8; 8]) -> (u16, u16) {
 /// identifier as its source "port", a reply's as its destination, so a
 /// reply's reverse key is its request's key. `None`: not echo.
 #[inline(always)]
-pub fn echo_ports(h: &[u8; 8]) -> Option<(u16, u16)> {
+pub(crate) fn echo_ports(h: &[u8; 8]) -> Option<(u16, u16)> {
     let id = u16::from_ne_bytes([h[4], h[5]]);
     match h[0] {
         ICMP_ECHO => Some((id, 0)),
@@ -257,7 +263,7 @@ pub fn echo_ports(h: &[u8; 8]) -> Option<(u16, u16)> {
 /// Whether the frame is an IPv4 fragment (MF set or a non-zero offset):
 /// one load for the common case of a whole packet.
 #[inline(always)]
-pub fn ipv4_fragment(data: usize, data_end: usize) -> bool {
+pub(crate) fn ipv4_fragment(data: usize, data_end: usize) -> bool {
     let Some(eth) = ptr_at::<EthHdr>(data, data_end, 0) else {
         return false;
     };
@@ -274,7 +280,7 @@ pub fn ipv4_fragment(data: usize, data_end: usize) -> bool {
 /// data_end)`; `frame_len` is the whole frame's length (TC may see only the
 /// linear part of it).
 #[inline(always)]
-pub fn parse_packet(data: usize, data_end: usize, frame_len: usize) -> Parsed {
+pub(crate) fn parse_packet(data: usize, data_end: usize, frame_len: usize) -> Parsed {
     let Some(eth) = ptr_at::<EthHdr>(data, data_end, 0) else {
         return Parsed::NotIpv4;
     };

@@ -10,21 +10,21 @@
 //!   untracked sender): at its host-side veth (tc egress), against its
 //!   ingress rules.
 //!
-//! Allowed flows are tracked (BERTH_CT, or BERTH_NAT for published ports),
+//! Allowed flows are tracked (`BERTH_CT`, or `BERTH_NAT` for published ports),
 //! so replies pass whatever the rules say and removing a rule never cuts a
 //! tracked flow. ICMP echo is tracked by its identifier.
 //!
-//! As for published ports, a flow starts in BERTH_CT_NEW (LRU: never
-//! refuses) and moves to BERTH_CT (never evicts) once established: TCP when
+//! As for published ports, a flow starts in `BERTH_CT_NEW` (LRU: never
+//! refuses) and moves to `BERTH_CT` (never evicts) once established: TCP when
 //! the initiator ACKs the responder's SYN-ACK, UDP and ICMP echo with the
 //! first reply. Only a TCP SYN opens a flow: any other TCP packet of no
-//! tracked flow, where policy applies, is dropped (ct_no_flow). A RST or FIN
+//! tracked flow, where policy applies, is dropped (`ct_no_flow`). A RST or FIN
 //! marks a flow closing only within its direction's sequence window.
 //!
 //! Where either end has policy:
 //! - An ICMP error (destination unreachable, time exceeded, parameter
-//!   problem) passes only when it quotes a flow that is tracked (BERTH_CT(_NEW)
-//!   or BERTH_NAT(_NEW), either direction: TCP, UDP or ICMP echo, so a
+//!   problem) passes only when it quotes a flow that is tracked (`BERTH_CT`(_NEW)
+//!   or `BERTH_NAT`(_NEW), either direction: TCP, UDP or ICMP echo, so a
 //!   time-exceeded reaches the pinger) and has the endpoint with policy as
 //!   one of its addresses; anything else is dropped (`policy_denied_icmp`):
 //!   rules never open errors, which anyone can forge about anything.
@@ -46,7 +46,8 @@ use berth_maps::{
 
 use crate::{
     ct::{
-        ct_init, ct_insert_new, ct_now, ct_promote, ct_refresh, Conn, Tables, DIR_ORIG, DIR_REPLY,
+        ct_init, ct_insert_new, ct_now, ct_promote, ct_refresh, Conn as _, Tables, DIR_ORIG,
+        DIR_REPLY,
     },
     frag::{frag_key, frag_key_of_flow, frag_key_of_frag, frag_lookup, frag_remember},
     icmp::{parse_icmp_error_quoting, IcmpError},
@@ -73,7 +74,7 @@ fn ct_tables() -> Tables<CtEntry> {
 
 /// What policy looks at in a packet.
 #[derive(Clone, Copy)]
-pub struct PFlow {
+pub(crate) struct PFlow {
     pub proto: u8,
     pub src_be: u32,
     pub dst_be: u32,
@@ -336,7 +337,7 @@ fn frag_first_judged(key: &FragKey, allowed: bool) {
 /// Whether the daemon vouches that no endpoint has policy (then nothing on
 /// a veth can be refused, and the hooks skip their lookups).
 #[inline(always)]
-pub fn nowhere() -> bool {
+pub(crate) fn nowhere() -> bool {
     crate::maps::BERTH_CONFIG
         .get(berth_maps::CONFIG_NO_POLICY)
         .is_some_and(|v| *v != 0)
@@ -344,7 +345,7 @@ pub fn nowhere() -> bool {
 
 /// The endpoint at `addr`, if policy applies to it.
 #[inline(always)]
-pub fn endpoint_with_policy(addr_be: u32) -> Option<Endpoint> {
+pub(crate) fn endpoint_with_policy(addr_be: u32) -> Option<Endpoint> {
     let ep = unsafe { BERTH_ENDPOINTS.get(&addr_be) }?;
     if ep.flags & EP_F_POLICY != 0 {
         Some(*ep)
@@ -407,7 +408,7 @@ struct RuleScan {
 /// unrolled scan of 960 rules came close to the 1M-instruction limit).
 #[inline(never)]
 extern "C" fn rule_scan_step(index: u64, ctx: *mut c_void) -> i64 {
-    let scan = unsafe { &mut *(ctx as *mut RuleScan) };
+    let scan = unsafe { &mut *ctx.cast::<RuleScan>() };
     let i = index as usize;
     if i >= scan.len as usize || i >= MAX_RULES {
         return 1;
@@ -430,7 +431,7 @@ extern "C" fn rule_scan_step(index: u64, ctx: *mut c_void) -> i64 {
 /// Whether `task`'s rules in `dir` allow a new flow with `peer`. A task
 /// with policy and no rules in a direction allows nothing there.
 #[inline(always)]
-pub fn policy_allows(task_id: u32, dir: u32, f: &PFlow, peer_be: u32, dport: u16) -> bool {
+pub(crate) fn policy_allows(task_id: u32, dir: u32, f: &PFlow, peer_be: u32, dport: u16) -> bool {
     let key = PolicyKey { task_id, dir };
     let Some(p) = BERTH_POLICY.get_ptr(&key) else {
         return false;
@@ -456,26 +457,26 @@ pub fn policy_allows(task_id: u32, dir: u32, f: &PFlow, peer_be: u32, dport: u16
         bpf_loop(
             n,
             rule_scan_step as *const () as *mut c_void,
-            (&mut scan as *mut RuleScan).cast(),
+            (&raw mut scan).cast(),
             0,
-        )
-    };
+        );
+    }
     scan.matched != 0
 }
 
 /// Whether the packet belongs to a tracked flow.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Ct {
+pub(crate) enum Ct {
     Tracked,
     Untracked,
-    /// Tracked, but it could not be promoted (BERTH_CT full): drop.
+    /// Tracked, but it could not be promoted (`BERTH_CT` full): drop.
     Refused,
 }
 
-/// Which of a packet's keys a published-port flow (BERTH_NAT(_NEW), keyed
+/// Which of a packet's keys a published-port flow (`BERTH_NAT`(_NEW), keyed
 /// as the container sends) of it would have.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum NatSide {
+pub(crate) enum NatSide {
     /// Not a TCP/UDP packet: no published-port flow.
     None,
     /// The container sends it: its own key.
@@ -491,7 +492,7 @@ pub enum NatSide {
 /// what it did before unestablished flows got tables of their own:
 /// published-port flow, then the initiator's key, then the reply's.
 #[inline(always)]
-pub fn ct_established(f: &PFlow, nat: NatSide) -> Ct {
+pub(crate) fn ct_established(f: &PFlow, nat: NatSide) -> Ct {
     let key = f.key();
     let rkey = reverse_key(&key);
     let nat_key = match nat {
@@ -552,7 +553,7 @@ fn ct_may_open(f: &PFlow) -> bool {
 /// Track a flow policy allowed, as not yet established. The LRU table
 /// makes room rather than refuse.
 #[inline(always)]
-pub fn ct_create(f: &PFlow) -> Result<(), ()> {
+pub(crate) fn ct_create(f: &PFlow) -> Result<(), ()> {
     let (flags, wscale, seq_end, max_win) = ct_init(f.proto, &f.seg);
     let e = CtEntry {
         last_seen_ns: ct_now(),
@@ -568,7 +569,7 @@ pub fn ct_create(f: &PFlow) -> Result<(), ()> {
 
 /// tc ingress of a container's host-side veth: what the container sends.
 #[inline(always)]
-pub fn from_container(data: usize, data_end: usize, frame_len: usize) -> bool {
+pub(crate) fn from_container(data: usize, data_end: usize, frame_len: usize) -> bool {
     match parse_packet(data, data_end, frame_len) {
         Parsed::Flow(f) => {
             let sender = endpoint_with_policy(f.src_addr_be);
@@ -635,7 +636,7 @@ fn from_container_flow(f: &PFlow, sender: Endpoint, receiver: Endpoint) -> bool 
 
 /// tc egress of a container's host-side veth: what the container receives.
 #[inline(always)]
-pub fn to_container(data: usize, data_end: usize, frame_len: usize) -> bool {
+pub(crate) fn to_container(data: usize, data_end: usize, frame_len: usize) -> bool {
     match parse_packet(data, data_end, frame_len) {
         Parsed::Flow(f) => {
             let Some(ep) = endpoint_with_policy(f.dst_addr_be) else {
@@ -691,7 +692,7 @@ fn to_container_flow(f: &PFlow, ep: Endpoint) -> bool {
 /// North-south: may a new flow from `client` reach `container:port`?
 /// Never from one of the host's own addresses (a spoofed source).
 #[inline(always)]
-pub fn ingress_allows(
+pub(crate) fn ingress_allows(
     proto: u8,
     client_be: u32,
     container_be: u32,

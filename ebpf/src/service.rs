@@ -9,12 +9,17 @@ use crate::maps::{BERTH_CONFIG, BERTH_HOST_ADDRS, BERTH_SERVICES};
 /// A mapping on this exact host address first, then the wildcard one
 /// (host address 0.0.0.0), which covers only the host's own addresses:
 /// `local` says the caller knows `addr_be` is one (loopback, for the
-/// socket hooks); otherwise BERTH_HOST_ADDRS decides, so traffic merely
+/// socket hooks); otherwise `BERTH_HOST_ADDRS` decides, so traffic merely
 /// routed through the host is never taken. Where the daemon has flagged
 /// that no mapping names a host address, the exact probe is skipped: an
 /// array slot is a load, a hash probe a hash of the key.
 #[inline(always)]
-pub fn service_lookup(proto: u8, addr_be: u32, port_be: u16, local: bool) -> Option<Backend> {
+pub(crate) fn service_lookup(
+    proto: u8,
+    addr_be: u32,
+    port_be: u16,
+    local: bool,
+) -> Option<Backend> {
     let mut key = ServiceKey {
         host_addr_be: addr_be,
         host_port_be: port_be,

@@ -1,9 +1,9 @@
 //! Socket-level translation for the paths a packet rewrite on the uplink
 //! never sees: a process on the host calling `127.0.0.1:PORT` or
 //! `<host IP>:PORT`, and a container calling `<host IP>:PORT` (hairpin).
-//! connect()/sendmsg() to a published port are pointed at the container
+//! `connect()/sendmsg()` to a published port are pointed at the container
 //! before any packet exists, so no NAT and no proxy sit in the path and the
-//! server sees the caller's own address; getpeername()/recvmsg() show the
+//! server sees the caller's own address; `getpeername()/recvmsg()` show the
 //! address the application asked for.
 //!
 //! Scope: loopback destinations are translated only in the host's network
@@ -21,7 +21,7 @@ use crate::{
     sys::BPF_ANY,
 };
 
-pub const ALLOW: i32 = 1;
+pub(crate) const ALLOW: i32 = 1;
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
 
@@ -34,7 +34,7 @@ fn sock_proto(ctx: &SockAddrContext) -> Option<u8> {
     }
 }
 
-/// 127.0.0.0/8, and 0.0.0.0, which connect() takes to mean this host.
+/// 127.0.0.0/8, and 0.0.0.0, which `connect()` takes to mean this host.
 #[inline(always)]
 fn is_loopback(addr_be: u32) -> bool {
     addr_be == 0 || addr_be.to_ne_bytes()[0] == 127
@@ -50,7 +50,7 @@ fn in_host_netns(ctx: &SockAddrContext) -> bool {
 
 /// connect4 / sendmsg4: point the socket at the container.
 #[inline(always)]
-pub fn sock4_forward(ctx: &SockAddrContext) -> i32 {
+pub(crate) fn sock4_forward(ctx: &SockAddrContext) -> i32 {
     let Some(proto) = sock_proto(ctx) else {
         return ALLOW;
     };
@@ -79,14 +79,14 @@ pub fn sock4_forward(ctx: &SockAddrContext) -> i32 {
     // Best effort: without it only getpeername()/recvmsg() show the container.
     let _ = BERTH_SOCK_REV.insert(&rev_key, &rev, BPF_ANY);
     sa.user_ip4 = backend.addr_be;
-    sa.user_port = backend.port_be as u32;
+    sa.user_port = u32::from(backend.port_be);
     count(Counter::SockXlate);
     ALLOW
 }
 
 /// recvmsg4 / getpeername4: show the address the application asked for.
 #[inline(always)]
-pub fn sock4_reverse(ctx: &SockAddrContext) -> i32 {
+pub(crate) fn sock4_reverse(ctx: &SockAddrContext) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
     let key = SockRevKey {
         cookie: unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) },
@@ -96,7 +96,7 @@ pub fn sock4_reverse(ctx: &SockAddrContext) -> i32 {
     };
     if let Some(orig) = unsafe { BERTH_SOCK_REV.get(&key) } {
         sa.user_ip4 = orig.addr_be;
-        sa.user_port = orig.port_be as u32;
+        sa.user_port = u32::from(orig.port_be);
     }
     ALLOW
 }

@@ -4,7 +4,7 @@
 //! - On an uplink, every IPv4 packet, whatever it is addressed to, with a
 //!   loopback source or destination (127.0.0.0/8; the CVE-2020-8558 class)
 //!   or a source in a bridge subnet (a container's): such a source passes
-//!   loose rp_filter and would be forwarded to the containers and judged as
+//!   loose `rp_filter` and would be forwarded to the containers and judged as
 //!   one of them. Both checks cost no helper call.
 //! - On an uplink, a source that is one of the host's own addresses, in
 //!   what berth would translate: a new flow to a published port and an ICMP
@@ -49,7 +49,7 @@ fn is_loopback(addr_be: u32) -> bool {
 
 /// Whether a frame arriving on an uplink must be dropped (counted).
 #[inline(always)]
-pub fn uplink_martian(data: usize, data_end: usize) -> bool {
+pub(crate) fn uplink_martian(data: usize, data_end: usize) -> bool {
     let Some((src, dst)) = ipv4_addrs(data, data_end) else {
         return false;
     };
@@ -67,7 +67,7 @@ pub fn uplink_martian(data: usize, data_end: usize) -> bool {
 /// Whether a client address on an uplink is one of the host's own, which
 /// no packet from outside can have (counted).
 #[inline(always)]
-pub fn uplink_host_source(src_be: u32) -> bool {
+pub(crate) fn uplink_host_source(src_be: u32) -> bool {
     if unsafe { BERTH_HOST_ADDRS.get(&src_be) }.is_some() {
         count(Counter::UplinkSpoofedSource);
         return true;
@@ -102,7 +102,7 @@ fn port_has_policy(p: &PortAddrs) -> bool {
 /// Whether a frame a container sent on the port `ifindex` may go on: its
 /// source is the port's own, or policy applies to nobody involved.
 #[inline(always)]
-pub fn container_source_ok(data: usize, data_end: usize, ifindex: u32) -> bool {
+pub(crate) fn container_source_ok(data: usize, data_end: usize, ifindex: u32) -> bool {
     let Some((src, dst)) = ipv4_addrs(data, data_end) else {
         return true;
     };

@@ -2,8 +2,8 @@
 //! once (uapi values).
 
 /// A map update refused because the key exists (`-EEXIST`).
-pub const EEXIST: i32 = -17;
+pub(crate) const EEXIST: i32 = -17;
 /// Map update flag: create or overwrite.
-pub const BPF_ANY: u64 = 0;
+pub(crate) const BPF_ANY: u64 = 0;
 /// Map update flag: only create, never overwrite.
-pub const BPF_NOEXIST: u64 = 1;
+pub(crate) const BPF_NOEXIST: u64 = 1;

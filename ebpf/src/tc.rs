@@ -1,4 +1,4 @@
-//! TC (tcx) hook: skb checksum helpers, which handle CHECKSUM_PARTIAL
+//! TC (tcx) hook: skb checksum helpers, which handle `CHECKSUM_PARTIAL`
 //! packets (local senders on veth) as well as complete ones.
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
@@ -23,7 +23,7 @@ const MAX_HDR_LEN: u32 = ICMP_MAX_HDR_LEN as u32;
 /// Make the headers readable with direct packet access: pull only when the
 /// linear part is shorter than both the headers and the packet.
 #[inline(always)]
-pub fn tc_pull_headers(ctx: &TcContext) {
+pub(crate) fn tc_pull_headers(ctx: &TcContext) {
     let want = if ctx.len() < MAX_HDR_LEN {
         ctx.len()
     } else {
@@ -41,12 +41,12 @@ impl Hook for TcContext {
 
     #[inline(always)]
     fn data(&self) -> usize {
-        TcContext::data(self)
+        Self::data(self)
     }
 
     #[inline(always)]
     fn data_end(&self) -> usize {
-        TcContext::data_end(self)
+        Self::data_end(self)
     }
 
     #[inline(always)]
@@ -73,16 +73,16 @@ impl Hook for TcContext {
     /// The IPv4 header by direct writes (the headers were pulled; the
     /// program's direct writes make the kernel unclone the head first),
     /// both ports in one store, the L4 checksum by two skb helper calls,
-    /// which know about CHECKSUM_PARTIAL (a local sender's seed covers the
-    /// pseudo header only) and CHECKSUM_COMPLETE: the address as a
+    /// which know about `CHECKSUM_PARTIAL` (a local sender's seed covers the
+    /// pseudo header only) and `CHECKSUM_COMPLETE`: the address as a
     /// pseudo-header change, both ports as one 32-bit word. An IPv4 header
     /// whose checksum follows its changes, and ports whose checksum follows
-    /// them, leave a CHECKSUM_COMPLETE value valid. (Three helper calls;
+    /// them, leave a `CHECKSUM_COMPLETE` value valid. (Three helper calls;
     /// one per field and checksum was seven.)
     #[inline(always)]
     fn rewrite(&self, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
-        let (d, e) = (TcContext::data(self), TcContext::data_end(self));
-        let ip = ptr_at::<[u8; 20]>(d, e, ETH_LEN).ok_or(())? as *mut u8;
+        let (d, e) = (Self::data(self), Self::data_end(self));
+        let ip = ptr_at::<[u8; 20]>(d, e, ETH_LEN).ok_or(())?.cast::<u8>();
         let (mut sport, mut dport) = (flow.src_port_be, flow.dst_port_be);
         if rw.port_off == flow.l4_off {
             sport = rw.new_port_be;
@@ -96,12 +96,12 @@ impl Hook for TcContext {
                 dport = rw.new_port2_be;
             }
         }
-        let old_ports = flow.src_port_be as u32 | (flow.dst_port_be as u32) << 16;
-        let new_ports = sport as u32 | (dport as u32) << 16;
+        let old_ports = u32::from(flow.src_port_be) | (u32::from(flow.dst_port_be) << 16);
+        let new_ports = u32::from(sport) | (u32::from(dport) << 16);
         let addr_off = rw.addr_off - ETH_LEN;
         unsafe {
-            let ip_csum = ip.add(IP_CSUM_OFF - ETH_LEN) as *mut u16;
-            let ttl_word = ip.add(IP_TTL_OFF - ETH_LEN) as *mut u16;
+            let ip_csum = ip.add(IP_CSUM_OFF - ETH_LEN).cast::<u16>();
+            let ttl_word = ip.add(IP_TTL_OFF - ETH_LEN).cast::<u16>();
             let old_ttl = u16::from_ne_bytes([flow.ttl, flow.proto]);
             let new_ttl = u16::from_ne_bytes([flow.ttl - 1, flow.proto]);
             let mut c = csum::replace4(
@@ -112,7 +112,7 @@ impl Hook for TcContext {
             c = csum::replace2(c, old_ttl, new_ttl);
             core::ptr::write_unaligned(ip_csum, c);
             core::ptr::write_unaligned(ttl_word, new_ttl);
-            core::ptr::write_unaligned(ip.add(addr_off) as *mut u32, rw.new_addr_be);
+            core::ptr::write_unaligned(ip.add(addr_off).cast::<u32>(), rw.new_addr_be);
         }
         // A store rather than a direct write: a packet pointer at the
         // parsed L4 offset is one LLVM and the verifier disagree about.
@@ -123,21 +123,26 @@ impl Hook for TcContext {
         // UDP: a zero checksum means "none" and stays zero; a computed zero
         // is sent as 0xffff.
         let mangled = if flow.proto == PROTO_UDP {
-            BPF_F_MARK_MANGLED_0 as u64
+            u64::from(BPF_F_MARK_MANGLED_0)
         } else {
             0
         };
         let l4_csum = flow.l4_csum_off();
         self.l4_csum_replace(
             l4_csum,
-            rw.old_addr_be as u64,
-            rw.new_addr_be as u64,
-            BPF_F_PSEUDO_HDR as u64 | mangled | 4,
+            u64::from(rw.old_addr_be),
+            u64::from(rw.new_addr_be),
+            u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
         )
         .map_err(|_| ())?;
         if new_ports != old_ports {
-            self.l4_csum_replace(l4_csum, old_ports as u64, new_ports as u64, mangled | 4)
-                .map_err(|_| ())?;
+            self.l4_csum_replace(
+                l4_csum,
+                u64::from(old_ports),
+                u64::from(new_ports),
+                mangled | 4,
+            )
+            .map_err(|_| ())?;
         }
         Ok(())
     }
@@ -161,7 +166,9 @@ fn tc_redirect(ctx: &TcContext, next: NextHop) -> i32 {
             let Some(eth) = ptr_at::<[[u8; 6]; 2]>(ctx.data(), ctx.data_end(), 0) else {
                 return TC_ACT_SHOT;
             };
-            unsafe { core::ptr::write_unaligned(eth, [dmac, smac]) };
+            unsafe {
+                core::ptr::write_unaligned(eth, [dmac, smac]);
+            }
             unsafe { bpf_redirect(ifindex, 0) as i32 }
         }
         NextHop::NoNeigh { ifindex } => unsafe {

@@ -21,7 +21,7 @@ use berth_maps::{NAT_F_CLOSING, NAT_F_SEQ_FWD, NAT_F_SEQ_KNOWN};
 
 use crate::parse::{ptr_at, Flow, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN};
 
-pub const WSCALE_NONE: u8 = 0xff;
+pub(crate) const WSCALE_NONE: u8 = 0xff;
 /// RFC 7323: larger shifts are taken as 14.
 const WSCALE_MAX: u8 = 14;
 const TCPOPT_EOL: u8 = 0;
@@ -32,7 +32,7 @@ const TCP_OPTS_MAX: usize = 40;
 
 /// One TCP segment as the tracker sees it.
 #[derive(Clone, Copy, Default)]
-pub struct Seg {
+pub(crate) struct Seg {
     pub flags: u8,
     /// Window-scale option of a SYN; [`WSCALE_NONE`] otherwise.
     pub wscale: u8,
@@ -46,7 +46,7 @@ pub struct Seg {
 impl Seg {
     /// A SYN without ACK, RST or FIN: the only TCP packet that opens a flow.
     #[inline(always)]
-    pub fn opens(&self) -> bool {
+    pub(crate) fn opens(&self) -> bool {
         self.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST | TCP_FLAG_FIN) == TCP_FLAG_SYN
     }
 
@@ -60,7 +60,7 @@ impl Seg {
 /// The segment of a parsed TCP packet in `[data, data_end)` (the parser
 /// checked its header; a packet too short for it reads as an empty one).
 #[inline(always)]
-pub fn tcp_seg(flow: &Flow, data: usize, data_end: usize) -> Seg {
+pub(crate) fn tcp_seg(flow: &Flow, data: usize, data_end: usize) -> Seg {
     let Some(tcp) = ptr_at::<[u8; 16]>(data, data_end, flow.l4_off) else {
         return Seg::default();
     };
@@ -104,7 +104,7 @@ struct OptWalk {
 /// so the verifier checks it once rather than once per option byte.
 #[inline(never)]
 extern "C" fn tcp_opt_step(_index: u64, ctx: *mut c_void) -> i64 {
-    let w = unsafe { &mut *(ctx as *mut OptWalk) };
+    let w = unsafe { &mut *ctx.cast::<OptWalk>() };
     let off = w.off as usize;
     if off >= w.len as usize || off >= TCP_OPTS_MAX {
         return 1;
@@ -168,16 +168,16 @@ fn tcp_opt_wscale(data: usize, data_end: usize, flow: &Flow) -> u8 {
         bpf_loop(
             TCP_OPTS_MAX as u32,
             tcp_opt_step as *const () as *mut c_void,
-            (&mut w as *mut OptWalk).cast(),
+            (&raw mut w).cast(),
             0,
-        )
-    };
+        );
+    }
     w.wscale
 }
 
 /// The tracking fields of a flow entry (NAT or policy table; their flag
 /// bits have the same values).
-pub struct Track<'a> {
+pub(crate) struct Track<'a> {
     pub flags: &'a mut u8,
     pub wscale: &'a mut [u8; 2],
     pub seq_end: &'a mut [u32; 2],
@@ -186,14 +186,14 @@ pub struct Track<'a> {
 
 /// Tracking state of a flow opened by the SYN `s` (direction 0).
 #[inline(always)]
-pub fn tcp_init(s: &Seg) -> ([u8; 2], [u32; 2], [u32; 2]) {
+pub(crate) fn tcp_init(s: &Seg) -> ([u8; 2], [u32; 2], [u32; 2]) {
     // A SYN's window is never scaled; it is what the client can receive.
-    ([s.wscale, WSCALE_NONE], [s.end, 0], [0, s.win as u32])
+    ([s.wscale, WSCALE_NONE], [s.end, 0], [0, u32::from(s.win)])
 }
 
 /// What a segment did to a flow's tracking.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum TcpEvent {
+pub(crate) enum TcpEvent {
     None,
     /// A RST or FIN outside the window: forwarded, the flow not marked.
     OutOfWindow,
@@ -217,7 +217,7 @@ fn shift(t: &Track, d: usize) -> u32 {
     if t.wscale[0] == WSCALE_NONE || t.wscale[1] == WSCALE_NONE {
         0
     } else {
-        (t.wscale[d & 1] & 0x0f) as u32
+        u32::from(t.wscale[d & 1] & 0x0f)
     }
 }
 
@@ -233,7 +233,7 @@ fn known(t: &Track, d: usize) -> bool {
 
 /// Account segment `s` travelling in direction `d` of a tracked flow.
 #[inline(always)]
-pub fn tcp_update(t: &mut Track, d: usize, s: &Seg) -> TcpEvent {
+pub(crate) fn tcp_update(t: &mut Track, d: usize, s: &Seg) -> TcpEvent {
     let d = d & 1;
     let o = d ^ 1;
     if s.flags & TCP_FLAG_RST != 0 {
@@ -261,7 +261,7 @@ pub fn tcp_update(t: &mut Track, d: usize, s: &Seg) -> TcpEvent {
         if d == 1 && syn_ack && known(t, 0) && s.ack == t.seq_end[0] {
             t.seq_end[1] = s.end;
             t.wscale[1] = s.wscale;
-            t.max_win[0] = s.win as u32;
+            t.max_win[0] = u32::from(s.win);
             *t.flags |= NAT_F_SEQ_KNOWN;
         }
         return TcpEvent::None;
@@ -277,9 +277,9 @@ pub fn tcp_update(t: &mut Track, d: usize, s: &Seg) -> TcpEvent {
         t.seq_end[d] = s.end;
     }
     let win = if s.flags & TCP_FLAG_SYN != 0 {
-        s.win as u32
+        u32::from(s.win)
     } else {
-        (s.win as u32) << shift(t, d)
+        u32::from(s.win) << shift(t, d)
     };
     if win > t.max_win[o] {
         t.max_win[o] = win;
@@ -295,6 +295,6 @@ pub fn tcp_update(t: &mut Track, d: usize, s: &Seg) -> TcpEvent {
 /// sent, after berth saw the container's SYN-ACK. A spoofing flooder never
 /// sees the SYN-ACK, so cannot promote its flows.
 #[inline(always)]
-pub fn tcp_completes(t: &Track, s: &Seg) -> bool {
+pub(crate) fn tcp_completes(t: &Track, s: &Seg) -> bool {
     *t.flags & NAT_F_SEQ_KNOWN != 0 && s.acks() && s.ack == t.seq_end[1]
 }

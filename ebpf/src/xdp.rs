@@ -16,12 +16,12 @@ use crate::{
 
 #[inline(always)]
 unsafe fn rd<T: Copy>(p: *mut T) -> T {
-    core::ptr::read_unaligned(p)
+    unsafe { core::ptr::read_unaligned(p) }
 }
 
 #[inline(always)]
 unsafe fn wr<T>(p: *mut T, v: T) {
-    core::ptr::write_unaligned(p, v)
+    unsafe { core::ptr::write_unaligned(p, v) }
 }
 
 impl Hook for XdpContext {
@@ -31,17 +31,17 @@ impl Hook for XdpContext {
 
     #[inline(always)]
     fn data(&self) -> usize {
-        XdpContext::data(self)
+        Self::data(self)
     }
 
     #[inline(always)]
     fn data_end(&self) -> usize {
-        XdpContext::data_end(self)
+        Self::data_end(self)
     }
 
     #[inline(always)]
     fn frame_len(&self) -> usize {
-        XdpContext::data_end(self) - XdpContext::data(self)
+        Self::data_end(self) - Self::data(self)
     }
 
     #[inline(always)]
@@ -57,7 +57,7 @@ impl Hook for XdpContext {
     /// Direct writes and RFC 1624 arithmetic.
     #[inline(always)]
     fn rewrite(&self, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
-        let (d, e) = (XdpContext::data(self), XdpContext::data_end(self));
+        let (d, e) = (Self::data(self), Self::data_end(self));
         let ip_csum = ptr_at::<u16>(d, e, IP_CSUM_OFF).ok_or(())?;
         let ttl_word = ptr_at::<u16>(d, e, IP_TTL_OFF).ok_or(())?;
         let addr = ptr_at::<u32>(d, e, rw.addr_off).ok_or(())?;
@@ -66,8 +66,8 @@ impl Hook for XdpContext {
         // which lost that range on the way here, needs them.
         let (port_off, port2_off, l4_csum_off) = unsafe {
             (
-                core::ptr::read_volatile(&rw.port_off),
-                core::ptr::read_volatile(&rw.port2_off),
+                core::ptr::read_volatile(&raw const rw.port_off),
+                core::ptr::read_volatile(&raw const rw.port2_off),
                 core::ptr::read_volatile(&flow.l4_csum_off()),
             )
         };
@@ -127,7 +127,9 @@ fn xdp_handoff(ctx: &XdpContext, next: NextHop) -> u32 {
             let mut macs = [0u8; 12];
             macs[..6].copy_from_slice(&dmac);
             macs[6..].copy_from_slice(&smac);
-            unsafe { wr(eth, macs) };
+            unsafe {
+                wr(eth, macs);
+            }
             (XDP_HANDOFF_MAGIC, ifindex)
         }
         NextHop::NoNeigh { ifindex } => (XDP_HANDOFF_MAGIC_NEIGH, ifindex),
@@ -136,7 +138,7 @@ fn xdp_handoff(ctx: &XdpContext, next: NextHop) -> u32 {
             return xdp_action::XDP_DROP;
         }
     };
-    let len = core::mem::size_of::<XdpHandoff>() as i32;
+    let len = size_of::<XdpHandoff>() as i32;
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -len) } != 0 {
         count(Counter::NoRoute);
         return xdp_action::XDP_DROP;
@@ -145,6 +147,8 @@ fn xdp_handoff(ctx: &XdpContext, next: NextHop) -> u32 {
     if meta + len as usize > data {
         return xdp_action::XDP_DROP;
     }
-    unsafe { wr(meta as *mut XdpHandoff, XdpHandoff { magic, ifindex }) };
+    unsafe {
+        wr(meta as *mut XdpHandoff, XdpHandoff { magic, ifindex });
+    }
     xdp_action::XDP_PASS
 }

@@ -41,7 +41,7 @@ pub mod program {
     pub const EMPTY_TC: &str = "berth_empty_tc";
     pub const EMPTY_XDP: &str = "berth_empty_xdp";
 
-    /// The cgroup sock_addr hooks.
+    /// The cgroup `sock_addr` hooks.
     pub const SOCKET_HOOKS: [&str; 6] = [BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4, PEERNAME4];
     /// Attached to every bridge port (its container's veth).
     pub const PORT_PROGRAMS: [&str; 2] = [FROM_CTR, TO_CTR];
@@ -212,7 +212,7 @@ pub struct PortAddrs {
 /// Reverse NAT / connection tracking of established flows: the reply tuple
 /// as the container sends it -> the host address and port the flow arrived
 /// on. A plain hash: never evicts; when full, a flow that completes its
-/// handshake (or, UDP, gets its first reply) is refused (nat_table_full).
+/// handshake (or, UDP, gets its first reply) is refused (`nat_table_full`).
 pub const NAT_MAP: &str = "BERTH_NAT";
 pub const NAT_CAPACITY: u32 = DEFAULT_MAX_FLOWS;
 /// Flows not yet established (TCP: no client ACK of the container's SYN-ACK
@@ -242,19 +242,19 @@ pub const PORTS_CAPACITY: u32 = SERVICES_CAPACITY;
 pub const CONFIG_MAP: &str = "BERTH_CONFIG";
 pub const CONFIG_NETNS_COOKIE: u32 = 0;
 pub const CONFIG_LEN: u32 = 5;
-/// BERTH_CONFIG index: non-zero when IPv4 from a bridge port without hooks
+/// `BERTH_CONFIG` index: non-zero when IPv4 from a bridge port without hooks
 /// is refused (`berth daemon --default-sg`).
 pub const CONFIG_PORT_GATE: u32 = 1;
-/// BERTH_CONFIG index: the bridge's own MAC (low 48 bits); frames from it
+/// `BERTH_CONFIG` index: the bridge's own MAC (low 48 bits); frames from it
 /// were sent or translated by the host, not a port.
 pub const CONFIG_BRIDGE_MAC: u32 = 2;
-/// BERTH_CONFIG index: 1 once the daemon has made sure no endpoint has
+/// `BERTH_CONFIG` index: 1 once the daemon has made sure no endpoint has
 /// policy; the veth hooks then skip the source check and the security-group
 /// lookups, which could not refuse anything. 0 (the default, and what an
 /// older daemon's pins hold) keeps them on. The daemon sets it to 0 before
 /// any endpoint gets policy.
 pub const CONFIG_NO_POLICY: u32 = 3;
-/// BERTH_CONFIG index: 1 while every mapping is on the wildcard host
+/// `BERTH_CONFIG` index: 1 while every mapping is on the wildcard host
 /// address; the service lookup then skips the exact-address probe, which
 /// could only miss. 0 (the default, and what an older daemon's pins hold)
 /// keeps it. The daemon sets it to 0 before publishing a mapping on a
@@ -266,14 +266,14 @@ pub const HOOKED_PORTS_MAP: &str = "BERTH_HOOKED_PORTS";
 /// Linux bridges take at most 1024 ports.
 pub const HOOKED_PORTS_CAPACITY: u32 = 1024;
 /// Source MAC (low 48 bits) -> ifindex of the hooked port its frames came
-/// in by, learned by berth_from_ctr (LRU): one per bridge port; an evicted
+/// in by, learned by `berth_from_ctr` (LRU): one per bridge port; an evicted
 /// MAC is learned again from its next frame.
 pub const PORT_MACS_MAP: &str = "BERTH_PORT_MACS";
 pub const PORT_MACS_CAPACITY: u32 = 1024;
 
 /// Socket-level translation (host-local and hairpin access): (socket
 /// cookie, container address, container port) -> the host address and port
-/// the application asked for, so getpeername() and recvmsg() show it.
+/// the application asked for, so `getpeername()` and `recvmsg()` show it.
 pub const SOCK_REV_MAP: &str = "BERTH_SOCK_REV";
 /// One per socket connected to a published port from the host or a
 /// container (LRU): as many as the unestablished-flow tables hold.
@@ -516,7 +516,7 @@ pub struct NatEntry {
     pub _pad: u8,
     /// `bpf_ktime_get_ns()` of the last packet in either direction.
     pub last_seen_ns: u64,
-    /// The client's own source port; differs from the key's dst_port_be when a
+    /// The client's own source port; differs from the key's `dst_port_be` when a
     /// port clash made berth give the flow another source port towards the
     /// container.
     pub client_port_be: u16,
@@ -542,7 +542,7 @@ pub struct NatFwd {
 }
 
 /// How many free client ports a clashing flow tries before it is dropped
-/// (nat_port_remap_failed).
+/// (`nat_port_remap_failed`).
 pub const NAT_REMAP_TRIES: u32 = 8;
 
 /// The `attempt`-th client source port tried for a flow whose reply tuple
@@ -562,7 +562,7 @@ pub const fn nat_remap_port(
     } else {
         (1024u32, 64512u32)
     };
-    let mut h = client_addr_be ^ ((client_port as u32) << 16 | host_port as u32);
+    let mut h = client_addr_be ^ (((client_port as u32) << 16) | host_port as u32);
     h ^= h >> 16;
     h = h.wrapping_mul(0x7feb_352d);
     h ^= h >> 15;
@@ -616,9 +616,9 @@ counters! {
     Fragment = 5 => "fragment",
     /// Packet to a published port with TTL <= 1; dropped.
     TtlExceeded = 6 => "ttl_exceeded",
-    /// A host process's bind() of a published port refused (EADDRINUSE).
+    /// A host process's `bind()` of a published port refused (EADDRINUSE).
     BindRefused = 7 => "bind_refused",
-    /// connect()/sendmsg() to a published port translated at the socket.
+    /// `connect()`/`sendmsg()` to a published port translated at the socket.
     SockXlate = 8 => "sock_xlate",
     /// ICMP error about a translated flow, translated.
     IcmpXlate = 9 => "icmp_xlate",
@@ -691,25 +691,25 @@ pub const XDP_HANDOFF_MAGIC: u32 = 0xbe27_0001;
 /// No neighbour entry yet: redirect with neighbour resolution.
 pub const XDP_HANDOFF_MAGIC_NEIGH: u32 = 0xbe27_0002;
 
-const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
-const _: () = assert!(core::mem::size_of::<Backend>() == 8);
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
-const _: () = assert!(core::mem::size_of::<NatEntry>() == 40);
-const _: () = assert!(core::mem::size_of::<NatFwd>() == 8);
-const _: () = assert!(core::mem::size_of::<XdpHandoff>() == 8);
-const _: () = assert!(core::mem::size_of::<PortKey>() == 4);
-const _: () = assert!(core::mem::size_of::<Endpoint>() == 8);
-const _: () = assert!(core::mem::size_of::<PolicyKey>() == 8);
-const _: () = assert!(core::mem::size_of::<Rule>() == 16);
-const _: () = assert!(core::mem::size_of::<Policy>() == 8 + 16 * MAX_RULES);
-const _: () = assert!(core::mem::size_of::<SgMember>() == 8);
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
-const _: () = assert!(core::mem::size_of::<SockRevKey>() == 16);
-const _: () = assert!(core::mem::size_of::<SockRevValue>() == 8);
-const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
-const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
+const _: () = assert!(size_of::<ServiceKey>() == 8);
+const _: () = assert!(size_of::<Backend>() == 8);
+const _: () = assert!(size_of::<FlowKey>() == 16);
+const _: () = assert!(size_of::<NatEntry>() == 40);
+const _: () = assert!(size_of::<NatFwd>() == 8);
+const _: () = assert!(size_of::<XdpHandoff>() == 8);
+const _: () = assert!(size_of::<PortKey>() == 4);
+const _: () = assert!(size_of::<Endpoint>() == 8);
+const _: () = assert!(size_of::<PolicyKey>() == 8);
+const _: () = assert!(size_of::<Rule>() == 16);
+const _: () = assert!(size_of::<Policy>() == 8 + 16 * MAX_RULES);
+const _: () = assert!(size_of::<SgMember>() == 8);
+const _: () = assert!(size_of::<CtEntry>() == 32);
+const _: () = assert!(size_of::<SockRevKey>() == 16);
+const _: () = assert!(size_of::<SockRevValue>() == 8);
+const _: () = assert!(size_of::<FragKey>() == 12);
+const _: () = assert!(size_of::<FragEntry>() == 16);
 const _: () = assert!(local_net_encode(0, 0) != 0);
-const _: () = assert!(core::mem::size_of::<PortAddrs>() == 8 + 4 * PORT_ADDRS_MAX);
+const _: () = assert!(size_of::<PortAddrs>() == 8 + 4 * PORT_ADDRS_MAX);
 
 /// aya's `Pod` for every map key and value, each resting on its
 /// `bytemuck::Pod` derive: that derive refuses a type with padding or with
@@ -717,7 +717,10 @@ const _: () = assert!(core::mem::size_of::<PortAddrs>() == 8 + 4 * PORT_ADDRS_MA
 /// kernel are all initialised and any bytes read back are a valid value.
 #[cfg(feature = "user")]
 mod user {
-    use super::*;
+    use super::{
+        Backend, CtEntry, Endpoint, FlowKey, FragEntry, FragKey, NatEntry, NatFwd, Policy,
+        PolicyKey, PortAddrs, PortKey, Rule, ServiceKey, SgMember, SockRevKey, SockRevValue,
+    };
 
     macro_rules! aya_pod {
         ($($t:ty),* $(,)?) => {$(

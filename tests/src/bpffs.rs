@@ -1,5 +1,5 @@
 //! A private bpffs mount for one test (the daemon's `--bpffs`).
-use std::{ffi::CString, os::unix::ffi::OsStrExt, path::Path};
+use std::{ffi::CString, os::unix::ffi::OsStrExt as _, path::Path};
 
 use anyhow::{bail, Result};
 
@@ -18,7 +18,7 @@ pub struct Bpffs {
 }
 
 impl Bpffs {
-    pub fn new() -> Result<Bpffs> {
+    pub fn new() -> Result<Self> {
         let dir = TempDir::new("bpffs")?;
         let target = c_path(dir.path())?;
         // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
@@ -35,7 +35,7 @@ impl Bpffs {
             let e = std::io::Error::last_os_error();
             bail!("cannot mount bpffs on {}: {e}", dir.path().display());
         }
-        Ok(Bpffs { dir })
+        Ok(Self { dir })
     }
 
     /// The mount point (give it to the daemon as `--bpffs`).

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 
 use crate::names::{self, TempDir, TMP_PREFIX};
 
@@ -41,7 +41,7 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    pub fn new(role: &str) -> Result<Cgroup> {
+    pub fn new(role: &str) -> Result<Self> {
         names::reap_stale();
         let name = names::unique(TMP_PREFIX, role)?;
         let system_path = cgroup2_root()?.join(&name);
@@ -57,7 +57,7 @@ impl Cgroup {
                 &mount.path().display().to_string(),
             ],
         )?;
-        Ok(Cgroup {
+        Ok(Self {
             path: mount.path().join(name),
             system_path,
             mount,

@@ -2,11 +2,11 @@
 //! failures that quote the program's stderr.
 use std::{
     ffi::OsStr,
-    io::Write,
+    io::Write as _,
     process::{Command, Output, Stdio},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context as _, Result};
 
 /// `program arg arg …`, for messages.
 pub fn describe(cmd: &Command) -> String {

@@ -2,7 +2,7 @@
 use std::{
     ffi::OsString,
     fs,
-    io::{Read, Write},
+    io::{Read as _, Write as _},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Output},
@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 
 use crate::{
     cmd,
@@ -90,11 +90,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon in `host` with default options and waits until its
     /// API answers.
-    pub fn start(host: &NetNs, bpffs: &Bpffs) -> Result<Daemon> {
+    pub fn start(host: &NetNs, bpffs: &Bpffs) -> Result<Self> {
         Self::start_with(host, bpffs, DaemonOptions::default())
     }
 
-    pub fn start_with(host: &NetNs, bpffs: &Bpffs, opts: DaemonOptions) -> Result<Daemon> {
+    pub fn start_with(host: &NetNs, bpffs: &Bpffs, opts: DaemonOptions) -> Result<Self> {
         let bin = match opts.bin {
             Some(b) => b,
             None => berth_bin()?,
@@ -116,7 +116,7 @@ impl Daemon {
         }
         let extra_from = argv.len();
         argv.extend(opts.extra_args.iter().map(OsString::from));
-        let mut d = Daemon {
+        let mut d = Self {
             bin,
             netns: host.name().to_string(),
             argv,
@@ -255,11 +255,11 @@ impl Daemon {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.is_running())
+        self.child.as_mut().is_some_and(Child::is_running)
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.pid())
+        self.child.as_ref().map(Child::pid)
     }
 
     /// The API socket (`--socket`).
@@ -371,7 +371,7 @@ impl Daemon {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<(u16, serde_json::Value)> {
-        let body = body.map(|b| b.to_string());
+        let body = body.map(ToString::to_string);
         let r = self.api(method, path, body.as_deref())?;
         let v = if r.body.trim().is_empty() {
             serde_json::Value::Null

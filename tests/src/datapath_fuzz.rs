@@ -1,5 +1,5 @@
 //! The datapath's randomized run: mutated frames through every packet
-//! program with BPF_PROG_TEST_RUN, in one private namespace (see
+//! program with `BPF_PROG_TEST_RUN`, in one private namespace (see
 //! [`crate::testrun`]), checked against invariants instead of expected
 //! bytes:
 //!
@@ -8,7 +8,7 @@
 //!   may change (MACs, TTL - 1, IPv4 checksum, the one rewritten address,
 //!   the one rewritten port, the L4 checksum; for an ICMP error the outer
 //!   address, the quoted address and port and the checksums covering them;
-//!   the client's port only as BERTH_NAT_FWD / the flow's entry say, when a
+//!   the client's port only as `BERTH_NAT_FWD` / the flow's entry say, when a
 //!   clash remapped it),
 //! - a TCP packet other than a SYN (no ACK, RST, FIN) never opens a flow,
 //!   goes where the mappings (ingress) or the tracked flow (reply) say, and
@@ -48,7 +48,10 @@ use berth_maps::{FlowKey, DIR_EGRESS, DIR_INGRESS, XDP_HANDOFF_MAGIC, XDP_HANDOF
 use crate::{
     mutate::{be16, l4_segment, pseudo, Dictionary, Mutator, Rng},
     pkt::{self, Ipv6Packet, Packet, ETH_LEN},
-    testrun::*,
+    testrun::{
+        binding, ifindex, in_fixture_ns, Env, BRIDGE_IP, BRIDGE_MAC, C1, C1_MAC, C2, CLIENT, HOST,
+        HOST2, OTHER,
+    },
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -76,13 +79,13 @@ pub struct Config {
 impl Config {
     /// `BERTH_FUZZ_SEED` (decimal or 0x-hex; default [`DEFAULT_SEED`], so CI
     /// is repeatable) and `BERTH_FUZZ_FRAMES` (default `default_frames`).
-    pub fn from_env(default_frames: u64) -> Config {
+    pub fn from_env(default_frames: u64) -> Self {
         let var = |name: &str| {
             std::env::var(name)
                 .ok()
                 .map(|s| parse_u64(&s).unwrap_or_else(|| panic!("{name}={s:?} is not a number")))
         };
-        Config {
+        Self {
             seed: var("BERTH_FUZZ_SEED").unwrap_or(DEFAULT_SEED),
             frames: var("BERTH_FUZZ_FRAMES").unwrap_or(default_frames),
         }
@@ -282,10 +285,7 @@ fn ip(f: &[u8], off: usize) -> Ipv4Addr {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join("")
+    b.iter().map(|x| format!("{x:02x}")).collect::<String>()
 }
 
 /// A violated invariant: a kind (for grouping) and the details.
@@ -578,7 +578,7 @@ impl Run<'_> {
         if off != 0 {
             return match self.policy_frags.get(&d) {
                 _ if !through => Ok(()),
-                Some(Some(true)) | Some(None) => Ok(()),
+                Some(Some(true) | None) => Ok(()),
                 Some(Some(false)) => Err(bad(
                     "security groups let a later fragment through after refusing its first",
                 )),
@@ -692,7 +692,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(clippy::too_many_arguments)]
     fn check_l4(
         &mut self,
         env: &Env,
@@ -988,14 +988,14 @@ fn dictionary() -> Dictionary {
         Ipv4Addr::LOCALHOST,
     ]
     .iter()
-    .map(|a| a.octets())
+    .map(Ipv4Addr::octets)
     .collect();
     let mut ports: Vec<u16> = mappings()
         .iter()
         .flat_map(|m| [m.port, m.to_port])
         .collect();
     ports.extend([40000, 40001, 5000, 9999, 0, 443]);
-    ports.sort();
+    ports.sort_unstable();
     ports.dedup();
     Dictionary { addrs, ports }
 }

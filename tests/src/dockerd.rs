@@ -9,20 +9,20 @@
 //! left under that dir.
 use std::{
     fs,
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Output},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context as _, Result};
 
 use crate::{cmd, names::TempDir, process::Child, NetNs, Topology, TopologyOptions};
 
 /// How long dockerd may take to answer `docker version`.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-const DOCKER_CLI_TIMEOUT: Duration = Duration::from_secs(60);
+const START_TIMEOUT: Duration = Duration::from_mins(1);
+const DOCKER_CLI_TIMEOUT: Duration = Duration::from_mins(1);
 
 /// dockerd's bridge in the tests (its `-b`), 172.18.0.1/16 beside the
 /// topology's docker0, so the daemon under test serves only dockerd's
@@ -74,12 +74,12 @@ pub struct Dockerd {
 }
 
 impl Dockerd {
-    pub fn start(ns: &NetNs, opts: DockerdOptions) -> Result<Dockerd> {
+    pub fn start(ns: &NetNs, opts: DockerdOptions) -> Result<Self> {
         if !Path::new("/usr/sbin/dockerd").is_file() {
             bail!("dockerd is not installed (docker.io; run `cargo xtask bootstrap`)");
         }
         let dir = TempDir::new("dockerd")?;
-        let mut d = Dockerd {
+        let mut d = Self {
             netns: ns.path().to_path_buf(),
             socket: dir.path().join("docker.sock"),
             opts,
@@ -148,7 +148,7 @@ impl Dockerd {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.pid())
+        self.child.as_ref().map(Child::pid)
     }
 
     /// SIGTERM (dockerd stops its containers), wait.
@@ -306,13 +306,17 @@ impl Dockerd {
         // containerd and its shims name our directory on their command lines.
         let dir = self.dir.path().display().to_string();
         for pid in pids_naming(&dir) {
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
         }
         thread::sleep(Duration::from_millis(200));
         for mount in mounts_under(self.dir.path()).into_iter().rev() {
             let c = std::ffi::CString::new(mount.into_os_string().into_encoded_bytes());
             if let Ok(c) = c {
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+                unsafe {
+                    libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+                }
             }
         }
     }
@@ -320,7 +324,7 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if thread::panicking() {
             eprintln!(
                 "--- dockerd logs ---\n{}",
                 crate::process::tail(&self.logs(), 60)

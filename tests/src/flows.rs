@@ -1,9 +1,9 @@
-//! Filling and reading a daemon's pinned flow tables (BERTH_NAT, and the
-//! policy table BERTH_CT) directly, for tests and benchmarks that need a
+//! Filling and reading a daemon's pinned flow tables (`BERTH_NAT`, and the
+//! policy table `BERTH_CT`) directly, for tests and benchmarks that need a
 //! full table without a quarter of a million real connections.
 use std::{net::Ipv4Addr, path::Path};
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, Map, MapData};
 use berth_maps::{CtEntry, FlowKey, NatEntry, CT_MAP, NAT_MAP, PROTO_TCP};
 
@@ -18,7 +18,7 @@ fn nat_map(bpffs: &Path) -> Result<HashMap<MapData, FlowKey, NatEntry>> {
 }
 
 /// Inserts `n` fresh established TCP flows from `from` (ports 1024…) to
-/// `to`:80 into the pinned policy table BERTH_CT; returns how many.
+/// `to`:80 into the pinned policy table `BERTH_CT`; returns how many.
 pub fn insert_ct_flows(bpffs: &Path, from: Ipv4Addr, to: Ipv4Addr, n: u16) -> Result<usize> {
     let mut map = pinned::<CtEntry>(bpffs, CT_MAP)?;
     let value = CtEntry {
@@ -41,7 +41,7 @@ pub fn insert_ct_flows(bpffs: &Path, from: Ipv4Addr, to: Ipv4Addr, n: u16) -> Re
     Ok(n as usize)
 }
 
-/// Entries in the pinned policy table BERTH_CT with `ip` at either end.
+/// Entries in the pinned policy table `BERTH_CT` with `ip` at either end.
 pub fn count_ct_flows_touching(bpffs: &Path, ip: Ipv4Addr) -> Result<usize> {
     let map = pinned::<CtEntry>(bpffs, CT_MAP)?;
     let addr = u32::from_ne_bytes(ip.octets());
@@ -58,7 +58,9 @@ fn monotonic_ns() -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes into `ts`, a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts);
+    }
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -124,7 +126,7 @@ pub fn count_flows_of(bpffs: &Path, ctr_ip: Ipv4Addr) -> Result<usize> {
         .count())
 }
 
-/// The established TCP flow of a published port, as BERTH_NAT keys it (by
+/// The established TCP flow of a published port, as `BERTH_NAT` keys it (by
 /// its reply tuple: container -> client), or `None`.
 pub fn nat_tcp_flow(
     bpffs: &Path,

@@ -9,13 +9,13 @@
 //! frames, whatever the machine.
 use crate::pkt::{self, ETH_LEN};
 
-/// SplitMix64: tiny, fast, and good enough to pick mutations.
+/// `SplitMix64`: tiny, fast, and good enough to pick mutations.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Self(seed)
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -33,7 +33,7 @@ impl Rng {
 
     /// True with probability `num / den`.
     pub fn chance(&mut self, num: u32, den: u32) -> bool {
-        (self.next_u64() % den as u64) < num as u64
+        (self.next_u64() % u64::from(den)) < u64::from(num)
     }
 
     pub fn byte(&mut self) -> u8 {
@@ -69,16 +69,16 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn of(f: &[u8]) -> Layout {
+    pub fn of(f: &[u8]) -> Self {
         let mut off = 12;
         // Skip up to two VLAN tags.
         for _ in 0..2 {
             match be16(f, off) {
-                Some(pkt::ETH_P_8021Q) | Some(pkt::ETH_P_8021AD) => off += 4,
+                Some(pkt::ETH_P_8021Q | pkt::ETH_P_8021AD) => off += 4,
                 _ => break,
             }
         }
-        let none = Layout {
+        let none = Self {
             l3: None,
             l4: None,
             proto: 0,
@@ -88,13 +88,13 @@ impl Layout {
         }
         let l3 = off + 2;
         let Some(&vihl) = f.get(l3) else {
-            return Layout {
+            return Self {
                 l3: Some(l3),
                 ..none
             };
         };
         let ihl = (vihl & 0x0f) as usize * 4;
-        Layout {
+        Self {
             l3: Some(l3),
             l4: Some(l3 + ihl.max(20)),
             proto: f.get(l3 + 9).copied().unwrap_or(0),
@@ -142,7 +142,7 @@ pub const MUTATIONS: &[&str] = &[
     "icmp-quote",
 ];
 
-/// Frames never grow past this (BPF_PROG_TEST_RUN for skb refuses frames
+/// Frames never grow past this (`BPF_PROG_TEST_RUN` for skb refuses frames
 /// near a page).
 pub const MAX_FRAME: usize = 1600;
 

@@ -91,7 +91,7 @@ pub fn reap_stale() {
 /// SIGKILLs every process whose network namespace is the one bound at
 /// `ns_path` (daemons and servers a crashed test process left running).
 fn kill_processes_in(ns_path: &Path) {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::MetadataExt as _;
     let Ok(ino) = fs::metadata(ns_path).map(|m| m.ino()) else {
         return;
     };
@@ -121,12 +121,12 @@ pub struct TempDir {
 
 impl TempDir {
     /// Creates `/tmp/berth-test-<pid>-<n>-<role>`.
-    pub fn new(role: &str) -> Result<TempDir> {
+    pub fn new(role: &str) -> Result<Self> {
         reap_stale();
         let path = std::env::temp_dir().join(unique(TMP_PREFIX, role)?);
         fs::create_dir(&path)
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
-        Ok(TempDir { path })
+        Ok(Self { path })
     }
 
     pub fn path(&self) -> &Path {
@@ -155,9 +155,9 @@ mod tests {
 
     #[test]
     fn odd_roles_are_refused() {
-        assert!(unique(NETNS_PREFIX, "").is_err());
-        assert!(unique(NETNS_PREFIX, "a/b").is_err());
-        assert!(unique(NETNS_PREFIX, "a b").is_err());
+        unique(NETNS_PREFIX, "").unwrap_err();
+        unique(NETNS_PREFIX, "a/b").unwrap_err();
+        unique(NETNS_PREFIX, "a b").unwrap_err();
     }
 
     #[test]

@@ -3,12 +3,12 @@ use std::{
     ffi::OsStr,
     fs::File,
     net::Ipv4Addr,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
     process::{Command, Output},
 };
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::Value;
 
 use crate::{
@@ -43,14 +43,14 @@ pub struct LinkInfo {
 impl NetNs {
     /// Creates the namespace and brings `lo` up. `role` (letters, digits,
     /// `_`, `.`) ends the name so `ip netns list` stays readable.
-    pub fn new(role: &str) -> Result<NetNs> {
+    pub fn new(role: &str) -> Result<Self> {
         if !crate::is_root() {
             bail!("creating network namespaces needs root");
         }
         names::reap_stale();
         let name = names::unique(NETNS_PREFIX, role)?;
         cmd::run("ip", ["netns", "add", &name])?;
-        let ns = NetNs {
+        let ns = Self {
             path: PathBuf::from("/run/netns").join(&name),
             name,
         };
@@ -253,9 +253,9 @@ impl NetNs {
         // answer end-of-file to any read that does not start at 0, so a
         // buffered read_to_string would cut long values short.
         self.run(|| -> std::io::Result<String> {
-            use std::io::Read;
+            use std::io::Read as _;
             let mut buf = vec![0u8; 256 << 10];
-            let n = std::fs::File::open(&path)?.read(&mut buf)?;
+            let n = File::open(&path)?.read(&mut buf)?;
             Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
         })
         .map(|s| s.trim().to_string())
@@ -330,8 +330,8 @@ mod tests {
             parse_mac("02:42:ac:11:00:02").unwrap(),
             [0x02, 0x42, 0xac, 0x11, 0x00, 0x02]
         );
-        assert!(parse_mac("02:42:ac").is_err());
-        assert!(parse_mac("zz:42:ac:11:00:02").is_err());
+        parse_mac("02:42:ac").unwrap_err();
+        parse_mac("zz:42:ac:11:00:02").unwrap_err();
     }
 
     #[test]

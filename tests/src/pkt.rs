@@ -42,14 +42,14 @@ pub fn csum(data: &[u8], initial: u32) -> u16 {
 
 /// One's-complement sum of `data` added to `initial`, not yet folded.
 pub fn sum16(data: &[u8], initial: u32) -> u32 {
-    let mut sum = initial as u64;
+    let mut sum = u64::from(initial);
     for chunk in data.chunks(2) {
         let word = if chunk.len() == 2 {
             u16::from_be_bytes([chunk[0], chunk[1]])
         } else {
             u16::from_be_bytes([chunk[0], 0])
         };
-        sum += word as u64;
+        sum += u64::from(word);
     }
     while sum >> 32 != 0 {
         sum = (sum & 0xffff_ffff) + (sum >> 32);
@@ -69,11 +69,11 @@ pub fn fold(mut sum: u32) -> u16 {
 pub fn pseudo_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
     let s = src.octets();
     let d = dst.octets();
-    u16::from_be_bytes([s[0], s[1]]) as u32
-        + u16::from_be_bytes([s[2], s[3]]) as u32
-        + u16::from_be_bytes([d[0], d[1]]) as u32
-        + u16::from_be_bytes([d[2], d[3]]) as u32
-        + proto as u32
+    u32::from(u16::from_be_bytes([s[0], s[1]]))
+        + u32::from(u16::from_be_bytes([s[2], s[3]]))
+        + u32::from(u16::from_be_bytes([d[0], d[1]]))
+        + u32::from(u16::from_be_bytes([d[2], d[3]]))
+        + u32::from(proto)
         + len as u32
 }
 
@@ -191,7 +191,7 @@ impl Packet {
         icmp_type: u8,
         code: u8,
         rest: [u8; 4],
-        about: &Packet,
+        about: &Self,
         quote: usize,
     ) -> Self {
         let inner = about.ipv4();
@@ -403,8 +403,8 @@ pub fn fix_ipv4_csum(mut f: Vec<u8>) -> Vec<u8> {
 /// much (RFC 1624 keeps the error).
 pub fn keep_csum_error(c: u16, good: u16, bad: u16) -> u16 {
     // ~bad = ~good + delta  =>  delta = ~bad - ~good = ~bad + good.
-    let delta = fold(!bad as u32 + good as u32);
-    !fold(!c as u32 + delta as u32)
+    let delta = fold(u32::from(!bad) + u32::from(good));
+    !fold(u32::from(!c) + u32::from(delta))
 }
 
 pub fn arp(
@@ -446,25 +446,25 @@ pub enum V6Ext {
 impl V6Ext {
     fn code(self) -> u8 {
         match self {
-            V6Ext::HopByHop => 0,
-            V6Ext::Routing => 43,
-            V6Ext::Fragment { .. } => 44,
-            V6Ext::DestOpts => 60,
+            Self::HopByHop => 0,
+            Self::Routing => 43,
+            Self::Fragment { .. } => 44,
+            Self::DestOpts => 60,
         }
     }
 
     fn bytes(self, next: u8) -> Vec<u8> {
         match self {
             // One PadN option filling the 8 bytes.
-            V6Ext::HopByHop | V6Ext::DestOpts => vec![next, 0, 1, 4, 0, 0, 0, 0],
+            Self::HopByHop | Self::DestOpts => vec![next, 0, 1, 4, 0, 0, 0, 0],
             // Type 2 (mobility), no segments left, one address.
-            V6Ext::Routing => {
+            Self::Routing => {
                 let mut b = vec![next, 2, 2, 0, 0, 0, 0, 0];
                 b.extend(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9).octets());
                 b
             }
-            V6Ext::Fragment { offset, more } => {
-                let f = (offset << 3) | more as u16;
+            Self::Fragment { offset, more } => {
+                let f = (offset << 3) | u16::from(more);
                 let mut b = vec![next, 0];
                 b.extend(f.to_be_bytes());
                 b.extend(0xbe27u32.to_be_bytes());
@@ -474,7 +474,7 @@ impl V6Ext {
     }
 }
 
-/// An IPv6 packet to a port or ICMPv6 type, possibly behind extension headers.
+/// An IPv6 packet to a port or `ICMPv6` type, possibly behind extension headers.
 #[derive(Clone, Debug)]
 pub struct Ipv6Packet {
     pub src: Ipv6Addr,
@@ -484,7 +484,7 @@ pub struct Ipv6Packet {
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
-    /// ICMPv6 type and code.
+    /// `ICMPv6` type and code.
     pub icmp: (u8, u8),
     pub payload: Vec<u8>,
 }
@@ -588,7 +588,7 @@ pub fn vlan_tagged(frame: &[u8], vid: u16) -> Vec<u8> {
     tagged(frame, ETH_P_8021Q, vid)
 }
 
-/// An 802.1ad (QinQ) copy: service tag `outer`, customer tag `inner`.
+/// An 802.1ad (`QinQ`) copy: service tag `outer`, customer tag `inner`.
 pub fn qinq_tagged(frame: &[u8], outer: u16, inner: u16) -> Vec<u8> {
     tagged(&vlan_tagged(frame, inner), ETH_P_8021AD, outer)
 }

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context as _, Result};
 
 use crate::{cmd::describe, names::TempDir};
 
@@ -31,7 +31,7 @@ pub struct Child {
 impl Child {
     /// Spawns `cmd` with stdin from /dev/null and stdout/stderr captured to
     /// files in a fresh temp dir.
-    pub fn spawn(cmd: Command) -> Result<Child> {
+    pub fn spawn(cmd: Command) -> Result<Self> {
         let logs = TempDir::new("child")?;
         let stdout_path = logs.path().join("stdout");
         let stderr_path = logs.path().join("stderr");
@@ -46,7 +46,7 @@ impl Child {
         mut cmd: Command,
         stdout_path: PathBuf,
         stderr_path: PathBuf,
-    ) -> Result<Child> {
+    ) -> Result<Self> {
         let what = describe(&cmd);
         let open = |p: &PathBuf| {
             fs::OpenOptions::new()
@@ -63,7 +63,7 @@ impl Child {
             .stderr(err)
             .spawn()
             .with_context(|| format!("cannot spawn `{what}`"))?;
-        Ok(Child {
+        Ok(Self {
             inner,
             what,
             status: None,

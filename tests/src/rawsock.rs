@@ -1,20 +1,20 @@
 //! Raw Ethernet frames in and out of one interface of a test namespace
-//! (AF_PACKET): for traffic no socket API sends — forged sources, loopback
+//! (`AF_PACKET)`: for traffic no socket API sends — forged sources, loopback
 //! destinations from the LAN — and for seeing every frame that arrives,
 //! whether or not a socket would accept it.
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context as _, Result};
 
 use crate::{pkt, NetNs};
 
 const ETH_P_ALL: u16 = 0x0003;
 
-/// An AF_PACKET socket bound to one interface of the namespace it was
+/// An `AF_PACKET` socket bound to one interface of the namespace it was
 /// opened in. It sees frames in both directions.
 #[derive(Debug)]
 pub struct RawSocket {
@@ -24,12 +24,12 @@ pub struct RawSocket {
 
 impl RawSocket {
     /// Opens it on `ifname` inside `ns`.
-    pub fn open_in(ns: &NetNs, ifname: &str) -> Result<RawSocket> {
+    pub fn open_in(ns: &NetNs, ifname: &str) -> Result<Self> {
         let ifname = ifname.to_string();
         ns.try_run(move || Self::open(&ifname))?
     }
 
-    fn open(ifname: &str) -> Result<RawSocket> {
+    fn open(ifname: &str) -> Result<Self> {
         let c = std::ffi::CString::new(ifname)?;
         // SAFETY: `c` is a valid NUL-terminated string for the call.
         let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) } as i32;
@@ -54,14 +54,14 @@ impl RawSocket {
         let rc = unsafe {
             libc::bind(
                 fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                (&raw const sll).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         };
         if rc != 0 {
             return Err(io::Error::last_os_error()).context("binding the AF_PACKET socket");
         }
-        Ok(RawSocket { fd, ifindex })
+        Ok(Self { fd, ifindex })
     }
 
     /// Sends `frame` (from its Ethernet header on) out of the interface.
@@ -74,8 +74,8 @@ impl RawSocket {
                 frame.as_ptr().cast(),
                 frame.len(),
                 0,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                (&raw const sll).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         };
         if n < 0 {
@@ -100,7 +100,7 @@ impl RawSocket {
                 revents: 0,
             };
             // SAFETY: one valid pollfd.
-            let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
+            let rc = unsafe { libc::poll(&raw mut pfd, 1, left.as_millis().max(1) as i32) };
             if rc < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {

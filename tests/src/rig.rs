@@ -50,9 +50,9 @@ pub enum Mode {
 impl Mode {
     fn flag(self) -> Option<String> {
         match self {
-            Mode::Default => None,
-            Mode::Tc => Some("tc".into()),
-            Mode::Xdp => Some("xdp".into()),
+            Self::Default => None,
+            Self::Tc => Some("tc".into()),
+            Self::Xdp => Some("xdp".into()),
         }
     }
 }
@@ -82,7 +82,7 @@ impl RigBuilder {
     pub fn flags(mut self, flags: &[&str]) -> Self {
         self.daemon
             .extra_args
-            .extend(flags.iter().map(|f| f.to_string()));
+            .extend(flags.iter().map(ToString::to_string));
         self
     }
 
@@ -161,8 +161,8 @@ pub struct Rig {
 
 impl Rig {
     /// The standard rig: default topology, default daemon flags.
-    pub fn start() -> Rig {
-        Rig::builder().start()
+    pub fn start() -> Self {
+        Self::builder().start()
     }
 
     pub fn builder() -> RigBuilder {

@@ -1,4 +1,4 @@
-//! A private network + mount namespace for BPF_PROG_TEST_RUN, so FIB lookups
+//! A private network + mount namespace for `BPF_PROG_TEST_RUN`, so FIB lookups
 //! and MAC addresses in the output frames are deterministic and nothing on
 //! the machine changes. Everything lives on one thread; when it ends, the
 //! namespaces go with it.
@@ -6,7 +6,7 @@ use std::{net::Ipv4Addr, process::Command};
 
 use aya::{
     maps::{Array, HashMap, MapData},
-    programs::{Program, ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
+    programs::{Program, ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use berth::{
@@ -143,7 +143,7 @@ pub struct Verdict {
     pub frame: Vec<u8>,
 }
 
-/// A BPF_PROG_TEST_RUN the kernel refused, with its errno.
+/// A `BPF_PROG_TEST_RUN` the kernel refused, with its errno.
 #[derive(Debug)]
 pub struct TestRunError {
     pub errno: Option<i32>,
@@ -162,14 +162,14 @@ impl TestRunError {
             ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
             _ => None,
         };
-        TestRunError {
+        Self {
             errno,
             message: format!("test_run {prog}: {e:?}"),
         }
     }
 }
 
-/// One loaded program as the kernel's verifier left it (bpf_prog_info).
+/// One loaded program as the kernel's verifier left it (`bpf_prog_info`).
 #[derive(Clone, Debug)]
 pub struct ProgramBudget {
     pub name: String,
@@ -505,7 +505,7 @@ impl Env {
     }
 
     /// Nanoseconds per run of a TC program (the median of `runs` runs),
-    /// each run on a fresh copy of `frame`. BPF_PROG_TEST_RUN's `repeat`
+    /// each run on a fresh copy of `frame`. `BPF_PROG_TEST_RUN`'s `repeat`
     /// runs a program again on the buffer it left: a program that rewrites
     /// the frame (DNAT, SNAT) would be timed on its own output, a packet of
     /// no flow, from the second repeat on. Each figure includes the

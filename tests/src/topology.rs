@@ -22,11 +22,11 @@
 //! link, address, route, sysctl and rule with them.
 use std::{
     collections::hash_map::DefaultHasher,
-    hash::{Hash, Hasher},
+    hash::{Hash as _, Hasher as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context as _, Result};
 
 use crate::{docker_rules::docker_default_rules, netns::LinkInfo, NetNs};
 
@@ -128,11 +128,11 @@ pub struct Topology {
 
 impl Topology {
     /// Builds the standard topology with default options.
-    pub fn build() -> Result<Topology> {
+    pub fn build() -> Result<Self> {
         Self::build_with(TopologyOptions::default())
     }
 
-    pub fn build_with(options: TopologyOptions) -> Result<Topology> {
+    pub fn build_with(options: TopologyOptions) -> Result<Self> {
         // Each guard is live from the moment it exists, so a failure half
         // way through tears down what was built so far.
         let wan = NetNs::new("wan")?;
@@ -183,7 +183,7 @@ impl Topology {
         let container = Container::attach(&host, "ctr1", addr::CONTAINER_IP, &options)?;
         let container2 = Container::attach(&host, "ctr2", addr::CONTAINER2_IP, &options)?;
 
-        Ok(Topology {
+        Ok(Self {
             client,
             client2,
             host,
@@ -308,7 +308,7 @@ impl Container {
         role: &str,
         ip: Ipv4Addr,
         options: &TopologyOptions,
-    ) -> Result<Container> {
+    ) -> Result<Self> {
         let ns = NetNs::new(role)?;
         ns.set_sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
         ns.set_sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
@@ -336,7 +336,7 @@ impl Container {
             host.bridge_ip,
             options.tx_checksum_off,
         )?;
-        Ok(Container {
+        Ok(Self {
             ns,
             ip,
             ifname: addr::ETH,

@@ -6,7 +6,7 @@
 //!
 //! [`NetNs::run`]: crate::NetNs::run
 use std::{
-    io::{self, Read, Write},
+    io::{self, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -16,13 +16,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 
 use crate::NetNs;
 
 /// A server gives up by itself after this long, so a leaked guard cannot
 /// keep a test binary alive.
-pub const SERVER_LIFETIME: Duration = Duration::from_secs(300);
+pub const SERVER_LIFETIME: Duration = Duration::from_mins(5);
 const POLL: Duration = Duration::from_millis(10);
 /// Per-connection read/write timeout on the server side.
 const SERVER_IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,11 +38,14 @@ impl Shared {
     fn record(&self, peer: SocketAddr) {
         self.peers
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(peer);
     }
     fn peers(&self) -> Vec<SocketAddr> {
-        self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -57,7 +60,7 @@ pub struct HttpPeerServer {
 
 impl HttpPeerServer {
     /// Binds `bind` (port 0 picks one) in the calling thread's namespace.
-    pub fn start(bind: SocketAddr) -> Result<HttpPeerServer> {
+    pub fn start(bind: SocketAddr) -> Result<Self> {
         let listener =
             TcpListener::bind(bind).with_context(|| format!("cannot bind tcp {bind}"))?;
         listener.set_nonblocking(true)?;
@@ -67,7 +70,7 @@ impl HttpPeerServer {
         let thread = thread::Builder::new()
             .name(format!("http-{addr}"))
             .spawn(move || accept_loop(listener, s))?;
-        Ok(HttpPeerServer {
+        Ok(Self {
             addr,
             shared,
             thread: Some(thread),
@@ -75,7 +78,7 @@ impl HttpPeerServer {
     }
 
     /// Binds `bind` inside `ns`.
-    pub fn start_in(ns: &NetNs, bind: SocketAddr) -> Result<HttpPeerServer> {
+    pub fn start_in(ns: &NetNs, bind: SocketAddr) -> Result<Self> {
         ns.try_run(|| Self::start(bind))?
     }
 
@@ -224,7 +227,7 @@ pub struct UdpEchoServer {
 
 impl UdpEchoServer {
     /// Binds `bind` (port 0 picks one) in the calling thread's namespace.
-    pub fn start(bind: SocketAddr) -> Result<UdpEchoServer> {
+    pub fn start(bind: SocketAddr) -> Result<Self> {
         let sock = UdpSocket::bind(bind).with_context(|| format!("cannot bind udp {bind}"))?;
         sock.set_read_timeout(Some(Duration::from_millis(50)))?;
         let addr = sock.local_addr()?;
@@ -233,7 +236,7 @@ impl UdpEchoServer {
         let thread = thread::Builder::new()
             .name(format!("udp-echo-{addr}"))
             .spawn(move || echo_loop(sock, s))?;
-        Ok(UdpEchoServer {
+        Ok(Self {
             addr,
             shared,
             thread: Some(thread),
@@ -241,7 +244,7 @@ impl UdpEchoServer {
     }
 
     /// Binds `bind` inside `ns`.
-    pub fn start_in(ns: &NetNs, bind: SocketAddr) -> Result<UdpEchoServer> {
+    pub fn start_in(ns: &NetNs, bind: SocketAddr) -> Result<Self> {
         ns.try_run(|| Self::start(bind))?
     }
 

@@ -1,4 +1,4 @@
-//! ICMP errors about translated flows: BPF_PROG_TEST_RUN fixtures with exact
+//! ICMP errors about translated flows: `BPF_PROG_TEST_RUN` fixtures with exact
 //! bytes, and end to end in namespaces.
 use std::{
     net::{Ipv4Addr, UdpSocket},
@@ -142,7 +142,7 @@ fn frag_needed_from_outside_reaches_the_container_about_its_own_address() {
             &left.ipv4(),
             28,
         );
-        let mut quoted = sent.clone();
+        let mut quoted = sent;
         quoted.ttl = 63; // the quote is of the packet as it left the host
         let want = icmp_error(
             (C1_MAC, BRIDGE_MAC),
@@ -255,8 +255,8 @@ fn send_raw_icmp(dst: Ipv4Addr, mut icmp: Vec<u8>) -> std::io::Result<()> {
             icmp.as_ptr().cast(),
             icmp.len(),
             0,
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
+            (&raw const sa).cast(),
+            size_of::<libc::sockaddr_in>() as u32,
         );
         libc::close(fd);
         if rc < 0 {

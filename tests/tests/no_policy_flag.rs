@@ -1,5 +1,5 @@
-//! The daemon's "no endpoint has policy" flag (BERTH_CONFIG index
-//! CONFIG_NO_POLICY): while it is set, the veth hooks skip the source check
+//! The daemon's "no endpoint has policy" flag (`BERTH_CONFIG` index
+//! `CONFIG_NO_POLICY)`: while it is set, the veth hooks skip the source check
 //! and the security-group lookups, which could refuse nothing then. The
 //! daemon clears it before any endpoint gets policy (sg.rs; its unit test
 //! checks the order), so here the flag is set against the rules on purpose,

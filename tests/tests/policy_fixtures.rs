@@ -1,4 +1,4 @@
-//! Security-group decisions through BPF_PROG_TEST_RUN: the maps are written
+//! Security-group decisions through `BPF_PROG_TEST_RUN`: the maps are written
 //! as the control plane would, frames go through the veth and uplink
 //! programs, and each verdict is checked (policy never rewrites a frame).
 use std::net::Ipv4Addr;
@@ -513,7 +513,7 @@ fn a_published_ports_fragments_pass_the_veth_after_the_uplink_judged_them() {
                 .code,
             REDIRECT
         );
-        let mut d = p.clone();
+        let mut d = p;
         (d.dst, d.dport, d.ttl) = (C2, 80, 63);
         for (off, more) in [(0, true), (1480, true), (2960, false)] {
             let f = pkt::fragment(&d, off, 1480, more);
@@ -585,7 +585,7 @@ fn icmp_errors_pass_only_about_a_tracked_flow_of_their_endpoint() {
         // api's port unreachable about a published-port flow (BERTH_NAT).
         let client = from(CLIENT, 40000, HOST, 8080);
         assert_eq!(env.tc("berth_ingress", &client.frame()).code, REDIRECT);
-        let mut got = client.clone();
+        let mut got = client;
         (got.dst, got.dport, got.ttl) = (C2, 80, 63);
         let e = icmp_error_about(C2, CLIENT, 3, 3, &got);
         assert_eq!(verdict(env, "berth_from_ctr", &e), OK);
@@ -854,7 +854,7 @@ fn policy_flow_is_unestablished_until_the_handshake_completes() {
             Some(false),
             "SYN: unestablished"
         );
-        let syn_ack = seg(s.clone(), pkt::SYN | pkt::ACK, 900, 101).frame();
+        let syn_ack = seg(s, pkt::SYN | pkt::ACK, 900, 101).frame();
         assert_eq!(verdict(env, "berth_from_ctr", &syn_ack), OK);
         assert_eq!(verdict(env, "berth_to_ctr", &syn_ack), OK);
         assert_eq!(
@@ -862,7 +862,7 @@ fn policy_flow_is_unestablished_until_the_handshake_completes() {
             Some(false),
             "SYN-ACK: still"
         );
-        let ack = seg(c.clone(), pkt::ACK, 101, 901).frame();
+        let ack = seg(c, pkt::ACK, 101, 901).frame();
         assert_eq!(verdict(env, "berth_from_ctr", &ack), OK);
         let (established, e) = env.ct_lookup(&k).unwrap();
         assert!(established, "the ACK of the SYN-ACK establishes it");
@@ -939,11 +939,7 @@ fn policy_rst_marks_closing_only_within_the_window() {
             "berth_from_ctr",
             &seg(s.clone(), pkt::SYN | pkt::ACK, 900, 101).frame(),
         );
-        verdict(
-            env,
-            "berth_from_ctr",
-            &seg(c.clone(), pkt::ACK, 101, 901).frame(),
-        );
+        verdict(env, "berth_from_ctr", &seg(c, pkt::ACK, 101, 901).frame());
         let closing =
             |env: &Env| env.ct_lookup(&k).unwrap().1.flags & berth_maps::CT_F_CLOSING != 0;
         let oow = env.counter(Counter::TcpOutOfWindow);
@@ -951,14 +947,14 @@ fn policy_rst_marks_closing_only_within_the_window() {
         assert_eq!(verdict(env, "berth_to_ctr", &spoofed), OK, "forwarded");
         assert!(!closing(env), "a guessed RST does not close the flow");
         assert_eq!(env.counter(Counter::TcpOutOfWindow), oow + 1);
-        let rst = seg(s.clone(), pkt::RST, 901, 0).frame();
+        let rst = seg(s, pkt::RST, 901, 0).frame();
         assert_eq!(verdict(env, "berth_to_ctr", &rst), OK);
         assert!(closing(env), "an in-window RST does");
     });
 }
 
 /// A flow the previous release tracked (16-byte `CtEntry`, layout 1), as
-/// the upgrade converts it into BERTH_CT: its mid-stream segments, which
+/// the upgrade converts it into `BERTH_CT`: its mid-stream segments, which
 /// would be dropped as belonging to no flow, pass both ways; its RST is
 /// forwarded but not believed (no sequence state is known).
 #[test]
@@ -1001,7 +997,7 @@ fn a_flow_converted_from_layout_1_keeps_passing_mid_stream() {
         assert_eq!(verdict(env, "berth_from_ctr", &answer.frame()), OK);
         assert_eq!(verdict(env, "berth_to_ctr", &answer.frame()), OK);
         let oow = env.counter(Counter::TcpOutOfWindow);
-        let mut rst = answer.clone();
+        let mut rst = answer;
         rst.tcp_flags = pkt::RST;
         assert_eq!(verdict(env, "berth_from_ctr", &rst.frame()), OK);
         assert_eq!(verdict(env, "berth_to_ctr", &rst.frame()), OK);

@@ -1,5 +1,5 @@
 //! The gate on bridge ports not hooked yet (`--default-sg`), through
-//! BPF_PROG_TEST_RUN: frames whose source MAC was not last seen on a hooked
+//! `BPF_PROG_TEST_RUN`: frames whose source MAC was not last seen on a hooked
 //! port are refused at the bridge (`berth_reply`) and at other ports'
 //! egress (`berth_to_ctr`); everything else is judged as before.
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};

@@ -5,7 +5,7 @@ use berth_integration::testrun::in_fixture_ns;
 
 /// The kernel refuses a program past 1 000 000. berth's budget is a tenth
 /// of that: every program verifies in under 10 000 today (the policy scan
-/// runs under bpf_loop), so crossing 100 000 means a loop or a branch
+/// runs under `bpf_loop`), so crossing 100 000 means a loop or a branch
 /// explosion crept in.
 const VERIFIER_LIMIT: u32 = 100_000;
 

@@ -1,4 +1,4 @@
-//! The daemon keeps BERTH_CONFIG's CONFIG_WILDCARD_ONLY set only while
+//! The daemon keeps `BERTH_CONFIG`'s `CONFIG_WILDCARD_ONLY` set only while
 //! every published mapping is on the wildcard host address (the service
 //! lookup then skips the exact-address probe): a mapping bound to one
 //! address clears it, removing the last such mapping sets it again, and a

@@ -1,9 +1,9 @@
 //! `berth`: the daemon and the CLI in one binary; all logic is in the library.
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use berth::cli::{one_line_clap_error, Cli};
-use clap::{error::ErrorKind, Parser};
+use clap::{error::ErrorKind, Parser as _};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -33,7 +33,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// key=value logs on stderr; RUST_LOG overrides the default `info`.
+/// key=value logs on stderr; `RUST_LOG` overrides the default `info`.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

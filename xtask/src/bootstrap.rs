@@ -17,7 +17,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 
 use crate::run::{self, is_root};
 
@@ -52,7 +52,7 @@ const LINT_COMPONENTS: &[(Option<&str>, &str, &str)] = &[
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 /// Runs every setup step; cheap when everything is already in place.
-pub fn bootstrap() -> Result<()> {
+pub(crate) fn bootstrap() -> Result<()> {
     toolchain()?;
     ensure_debian_packages()?;
     ensure_docker_packages()?;
@@ -61,7 +61,7 @@ pub fn bootstrap() -> Result<()> {
 
 /// The Rust side only (no root needed): what building and linting berth
 /// needs beyond rustup's stable and nightly toolchains.
-pub fn toolchain() -> Result<()> {
+pub(crate) fn toolchain() -> Result<()> {
     let nightly = Nightly::probe()?;
     println!(
         "nightly toolchain: {} (LLVM {})",
@@ -76,7 +76,7 @@ pub fn toolchain() -> Result<()> {
 /// rustfmt and clippy for the default toolchain (userspace crates) and
 /// clippy for the nightly (the eBPF crate), for `cargo xtask lint`. A
 /// minimal rustup profile installs neither.
-pub fn ensure_lint_components() -> Result<()> {
+pub(crate) fn ensure_lint_components() -> Result<()> {
     for (toolchain, component, probe) in LINT_COMPONENTS {
         let mut cmd = Command::new("cargo");
         if let Some(t) = toolchain {
@@ -103,7 +103,7 @@ pub fn ensure_lint_components() -> Result<()> {
 
 /// cargo-fuzz, for `cargo xtask fuzz` only (not part of [`bootstrap`]):
 /// installed once with cargo, from source.
-pub fn ensure_cargo_fuzz() -> Result<()> {
+pub(crate) fn ensure_cargo_fuzz() -> Result<()> {
     Nightly::probe()?;
     let present = || run::output(Command::new("cargo").args(["fuzz", "--version"])).ok();
     if let Some(v) = present() {
@@ -128,13 +128,13 @@ pub fn ensure_cargo_fuzz() -> Result<()> {
 
 /// The directory holding the `bpf-linker` that matches the nightly's LLVM.
 /// `build` and `test` put it first on PATH.
-pub fn bpf_linker_bin_dir() -> Result<PathBuf> {
+pub(crate) fn bpf_linker_bin_dir() -> Result<PathBuf> {
     let nightly = Nightly::probe()?;
     Ok(linker_root(nightly.llvm_major)?.join("bin"))
 }
 
 /// PATH with the bpf-linker directory in front.
-pub fn path_with_bpf_linker() -> Result<OsString> {
+pub(crate) fn path_with_bpf_linker() -> Result<OsString> {
     let dir = bpf_linker_bin_dir()?;
     let mut parts = vec![dir];
     if let Some(old) = std::env::var_os("PATH") {
@@ -245,7 +245,7 @@ fn find_libllvm(nightly: &Nightly) -> Result<PathBuf> {
     let lib = nightly.sysroot.join("lib");
     let mut candidates: Vec<PathBuf> = fs::read_dir(&lib)
         .with_context(|| format!("cannot list {}", lib.display()))?
-        .filter_map(|e| e.ok())
+        .filter_map(std::result::Result::ok)
         .map(|e| e.path())
         .filter(|p| {
             p.file_name()
@@ -269,7 +269,7 @@ fn find_libllvm(nightly: &Nightly) -> Result<PathBuf> {
 }
 
 fn is_elf(path: &Path) -> bool {
-    use std::io::Read;
+    use std::io::Read as _;
     let mut magic = [0u8; 4];
     fs::File::open(path)
         .and_then(|mut f| f.read_exact(&mut magic))
@@ -370,7 +370,7 @@ fn ensure_debian_packages() -> Result<()> {
 /// dockerd (and containerd), which rewrites the root namespace's iptables
 /// and creates a docker0 there. A `policy-rc.d` that refuses every start is
 /// put in place for the install if the machine has none, and removed after.
-pub fn ensure_docker_packages() -> Result<()> {
+pub(crate) fn ensure_docker_packages() -> Result<()> {
     let missing = DOCKER_PACKAGES.iter().any(|p| !package_installed(p));
     let ours = missing && is_root() && !Path::new(POLICY_RC_D).exists();
     if ours {
@@ -379,7 +379,7 @@ pub fn ensure_docker_packages() -> Result<()> {
             "#!/bin/sh\n# cargo xtask bootstrap: no service may start while docker.io is installed.\nexit 101\n",
         )
         .with_context(|| format!("cannot write {POLICY_RC_D}"))?;
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::PermissionsExt as _;
         fs::set_permissions(POLICY_RC_D, fs::Permissions::from_mode(0o755))?;
     }
     let r = ensure_packages(DOCKER_PACKAGES, &["--no-install-recommends"]);
@@ -436,7 +436,7 @@ mod tests {
     fn llvm_major_comes_from_the_first_component() {
         assert_eq!(parse_llvm_major("22.1.4").unwrap(), 22);
         assert_eq!(parse_llvm_major("19.1.0-rust-1.84").unwrap(), 19);
-        assert!(parse_llvm_major("x.y").is_err());
+        parse_llvm_major("x.y").unwrap_err();
     }
 
     #[test]

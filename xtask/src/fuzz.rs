@@ -5,7 +5,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context as _, Result};
 
 use crate::{bootstrap, cargo, run, workspace_root};
 
@@ -18,7 +18,7 @@ const TARGETS: &[(&str, &str)] = &[
 ];
 
 /// The CI test `datapath_mutation` at full size.
-pub fn datapath(frames: u64, seed: Option<String>) -> Result<()> {
+pub(crate) fn datapath(frames: u64, seed: Option<String>) -> Result<()> {
     if !run::is_root() {
         bail!("cargo xtask fuzz-datapath must run as root: it loads eBPF programs in a private network namespace");
     }
@@ -57,7 +57,7 @@ pub fn datapath(frames: u64, seed: Option<String>) -> Result<()> {
 }
 
 /// Builds the cargo-fuzz targets once, then runs each for `seconds`.
-pub fn parsers(seconds: u64, only: Option<&str>) -> Result<()> {
+pub(crate) fn parsers(seconds: u64, only: Option<&str>) -> Result<()> {
     let targets: Vec<(&str, &str)> = match only {
         None => TARGETS.to_vec(),
         Some(t) => match TARGETS.iter().find(|(name, _)| *name == t) {

@@ -8,12 +8,12 @@ mod summary;
 
 use std::{
     ffi::OsString,
-    io::{BufRead, BufReader, Write},
+    io::{BufRead as _, BufReader, Write as _},
     path::PathBuf,
     process::{Command, ExitCode, Stdio},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -58,7 +58,7 @@ enum Task {
         quick: bool,
     },
     /// Randomized run of the datapath (needs root): mutated frames through
-    /// every packet program with BPF_PROG_TEST_RUN, checked against the NAT
+    /// every packet program with `BPF_PROG_TEST_RUN`, checked against the NAT
     /// invariants. CI runs 20 000 per program; this runs the full size.
     FuzzDatapath {
         /// Frames per program.

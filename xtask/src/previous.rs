@@ -3,18 +3,18 @@
 //! so "costs at most 10 % more per packet than before" is a measurement.
 use std::{path::PathBuf, process::Command};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context as _, Result};
 
 use crate::{bootstrap, run, workspace_root};
 
 /// The release before issue 9's datapath work (source checks, fragments,
 /// two-table tracking, port-clash remaps, the port gate).
-pub const PREVIOUS_RELEASE: &str = "8071dfd";
+pub(crate) const PREVIOUS_RELEASE: &str = "8071dfd";
 
 /// Builds the previous release's eBPF crate from git (its source unpacked
 /// under `target/previous-release/`, built the way aya-build builds ours)
 /// and returns the object's path.
-pub fn previous_object() -> Result<PathBuf> {
+pub(crate) fn previous_object() -> Result<PathBuf> {
     let root = workspace_root();
     let commit = format!("{PREVIOUS_RELEASE}^{{commit}}");
     if run::output(

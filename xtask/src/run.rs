@@ -1,10 +1,10 @@
 //! Running external commands with errors that fit on one line.
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context as _, Result};
 
 /// `program arg arg …`, for messages.
-pub fn describe(cmd: &Command) -> String {
+pub(crate) fn describe(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for arg in cmd.get_args() {
         s.push(' ');
@@ -15,7 +15,7 @@ pub fn describe(cmd: &Command) -> String {
 
 /// Runs `cmd` with captured output and returns its trimmed stdout. A failure
 /// names the command and quotes the last line of its stderr.
-pub fn output(cmd: &mut Command) -> Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let what = describe(cmd);
     let out = cmd
         .stdin(Stdio::null())
@@ -35,7 +35,7 @@ pub fn output(cmd: &mut Command) -> Result<String> {
 
 /// Runs `cmd` with the terminal's stdout and stderr (long installs and builds
 /// show their progress); fails if it exits non-zero.
-pub fn status(cmd: &mut Command) -> Result<()> {
+pub(crate) fn status(cmd: &mut Command) -> Result<()> {
     let what = describe(cmd);
     let st = cmd
         .stdin(Stdio::null())
@@ -48,7 +48,7 @@ pub fn status(cmd: &mut Command) -> Result<()> {
 }
 
 /// True when this process runs as root.
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

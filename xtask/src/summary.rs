@@ -1,7 +1,7 @@
 //! Adds up libtest's `test result:` lines into one closing line.
 
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Totals {
+pub(crate) struct Totals {
     pub passed: u64,
     pub failed: u64,
     pub ignored: u64,
@@ -11,7 +11,7 @@ pub struct Totals {
 impl Totals {
     /// Counts a line like
     /// `test result: ok. 5 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s`.
-    pub fn add_line(&mut self, line: &str) {
+    pub(crate) fn add_line(&mut self, line: &str) {
         let Some(rest) = line.trim().strip_prefix("test result:") else {
             return;
         };
@@ -32,7 +32,7 @@ impl Totals {
     }
 
     /// `summary: N passed, N failed, N skipped` (ignored tests count as skipped).
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         format!(
             "summary: {} passed, {} failed, {} skipped",
             self.passed, self.failed, self.ignored

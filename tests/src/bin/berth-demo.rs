@@ -12,12 +12,12 @@
 //! what the demo shows is what it did. `--pause` waits for Enter before
 //! cleaning up, so a newcomer can run the same lines by hand meanwhile.
 use std::{
-    io::BufRead,
+    io::BufRead as _,
     process::{Command, Output},
     time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context as _, Result};
 use berth_integration::{
     cmd::{output_with_timeout, shell_quote},
     Bpffs, Daemon, HttpPeerServer, NetNs, Topology, UdpEchoServer,

@@ -7,7 +7,7 @@
 //! - `udp ADDR:PORT PAYLOAD` → `from=<reply source> text=<reply>` (unconnected socket)
 //! - `udp-connected ADDR:PORT PAYLOAD` → `peer=<getpeername()> text=<reply>`
 use std::{
-    io::{ErrorKind, Read, Write},
+    io::{ErrorKind, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     time::Duration,
 };

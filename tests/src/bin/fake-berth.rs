@@ -8,7 +8,7 @@
 //! Without `daemon` it acts as the CLI: prints its arguments, and exits 1
 //! with a message on stderr if one of them is `fail`.
 use std::{
-    io::{Read, Write},
+    io::{Read as _, Write as _},
     os::unix::net::UnixListener,
     path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
@@ -22,9 +22,8 @@ extern "C" fn on_term(_: libc::c_int) {
 }
 
 fn value_of(args: &[String], flag: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == flag)
-        .and_then(|i| args.get(i + 1).cloned())
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1).cloned()
 }
 
 fn main() {
@@ -47,7 +46,9 @@ fn main() {
         on_term as extern "C" fn(libc::c_int) as libc::sighandler_t
     };
     // SAFETY: installing a handler that only stores to an atomic.
-    unsafe { libc::signal(libc::SIGTERM, handler) };
+    unsafe {
+        libc::signal(libc::SIGTERM, handler);
+    }
     if let Some(ms) = value_of(&args, "--slow-start-ms").and_then(|v| v.parse().ok()) {
         std::thread::sleep(Duration::from_millis(ms));
     }

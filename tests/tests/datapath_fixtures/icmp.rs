@@ -155,10 +155,7 @@ pub(crate) fn ingress_icmp_errors(t: &mut Table) {
     t.pass("fragment of an icmp error about a tracked flow", p.frame());
     let q = ETH_LEN + 28; // the quoted IPv4 header
     t.pass("icmp error quoting ihl 4", pkt::put8(full.clone(), q, 0x44));
-    t.pass(
-        "icmp error quoting ip version 6",
-        pkt::put8(full.clone(), q, 0x65),
-    );
+    t.pass("icmp error quoting ip version 6", pkt::put8(full, q, 0x65));
     // A quoted later fragment has no ports: its payload bytes may look
     // like a tracked flow's.
     let mut p = icmp_err(from_router, (ROUTER, HOST, 64), TTL_EXCEEDED, &left, 28);

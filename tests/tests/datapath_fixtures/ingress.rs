@@ -416,7 +416,7 @@ fn ingress_header_fields(t: &mut Table) {
 
 /// A datagram to a published port: its first fragment is translated like
 /// any packet (the incremental L4 checksum update covers the whole
-/// datagram), its later fragments by what the first left in BERTH_FRAGS
+/// datagram), its later fragments by what the first left in `BERTH_FRAGS`
 /// (destination address, IPv4 checksum, TTL). The rows run in order.
 fn ingress_fragments(t: &mut Table) {
     let big = |p: Packet, id: u16| {
@@ -454,7 +454,7 @@ fn ingress_fragments(t: &mut Table) {
         "later fragment with a translated datagram's id from another client",
         pkt::fragment(&q, 1480, 1480, true),
     );
-    let mut q = p.clone();
+    let mut q = p;
     q.dst = HOST2;
     t.pass(
         "later fragment with a translated datagram's id to another host address",

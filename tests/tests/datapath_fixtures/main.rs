@@ -1,4 +1,4 @@
-//! BPF_PROG_TEST_RUN tables: frame in -> verdict and exact frame out, for
+//! `BPF_PROG_TEST_RUN` tables: frame in -> verdict and exact frame out, for
 //! `berth_ingress` and `berth_xdp` (one table, both hooks), `berth_reply`
 //! and `berth_deliver`. The expected frames are built from scratch by
 //! `pkt`, which computes every checksum over the whole packet; the programs

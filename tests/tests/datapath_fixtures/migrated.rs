@@ -31,7 +31,7 @@ fn key_bytes(k: &FlowKey) -> Vec<u8> {
     bytemuck::bytes_of(k).to_vec()
 }
 
-/// Puts in BERTH_NAT what the upgrade makes of layout 1's entry for the
+/// Puts in `BERTH_NAT` what the upgrade makes of layout 1's entry for the
 /// flow from `sport`: seen 1 ns after boot, answered.
 fn pin_converted_flow(env: &mut Env, sport: u16) -> FlowKey {
     let key = flow_key(sport);
@@ -89,7 +89,7 @@ fn a_flow_converted_from_layout_1_is_translated_both_ways_mid_stream() {
         client_side.dnat("migrated: the client's data", &data, C1_80);
         client_side.dnat(
             "migrated: the client's FIN",
-            &seg(client.clone(), pkt::FIN | pkt::ACK, 7_000_017, 9_000_000),
+            &seg(client, pkt::FIN | pkt::ACK, 7_000_017, 9_000_000),
             C1_80,
         );
         let mut f = Failures(Vec::new());

@@ -74,7 +74,7 @@ pub(crate) fn c1_reply(dport: u16) -> Packet {
 
 /// A container's large reply, fragmented at the container: the first
 /// fragment is translated by the flow table, the later ones by what it
-/// left in BERTH_FRAGS. The rows run in order.
+/// left in `BERTH_FRAGS`. The rows run in order.
 fn reply_fragments(t: &mut Table) {
     let nat = |want: Vec<u8>| Expect::Nat { want, neigh: false };
     let big = |p: Packet, id: u16| {
@@ -95,7 +95,7 @@ fn reply_fragments(t: &mut Table) {
         pkt::fragment(&p, 1480, 1480, true),
         nat(pkt::fragment(&out, 1480, 1480, true)),
     );
-    let mut q = p.clone();
+    let mut q = p;
     q.ttl = 1;
     t.drop(
         "later fragment with ttl 1 of a translated reply is dropped",

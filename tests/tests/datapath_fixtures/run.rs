@@ -42,7 +42,7 @@ impl Failures {
     }
 }
 
-/// Whether BPF_PROG_TEST_RUN for skb programs accepts `frame`: it refuses
+/// Whether `BPF_PROG_TEST_RUN` for skb programs accepts `frame`: it refuses
 /// one shorter than its network header (EINVAL). XDP takes any frame from
 /// 14 bytes on.
 pub(crate) fn tc_accepts(frame: &[u8]) -> bool {

@@ -1,5 +1,5 @@
-//! Flow tracking across packets: where a flow lives (BERTH_NAT_NEW until it
-//! is established, then BERTH_NAT), what promotes it, and which RST/FIN
+//! Flow tracking across packets: where a flow lives (`BERTH_NAT_NEW` until it
+//! is established, then `BERTH_NAT`), what promotes it, and which RST/FIN
 //! mark it closing. Each packet still goes through the real programs; the
 //! tables are read back after each step.
 use std::net::Ipv4Addr;
@@ -29,7 +29,7 @@ fn key(c_port: u16, client: Ipv4Addr, client_port: u16, proto: u8) -> FlowKey {
     }
 }
 
-/// (in BERTH_NAT, in BERTH_NAT_NEW) for the flow of `k`.
+/// (in `BERTH_NAT`, in `BERTH_NAT_NEW`) for the flow of `k`.
 fn where_is(env: &Env, k: &FlowKey) -> (Option<NatEntry>, Option<NatEntry>) {
     (env.map_get("BERTH_NAT", k), env.map_get("BERTH_NAT_NEW", k))
 }
@@ -92,7 +92,7 @@ fn tcp_handshake_promotes(xdp: bool) {
         assert_eq!(u16::from_be(e.client_port_be), 42000);
 
         let s = from_container(C1, 80, CLIENT, 42000, pkt::TCP);
-        let mut syn_ack = seg(s.clone(), pkt::SYN | pkt::ACK, ISN_S, ISN_C + 1, 65160);
+        let mut syn_ack = seg(s, pkt::SYN | pkt::ACK, ISN_S, ISN_C + 1, 65160);
         syn_ack.tcp_options = syn_options();
         container_sends(env, &syn_ack);
         let (est, new) = where_is(env, &k);
@@ -115,11 +115,7 @@ fn tcp_handshake_promotes(xdp: bool) {
             "a wrong ACK promotes nothing"
         );
 
-        client_sends(
-            env,
-            xdp,
-            &seg(c.clone(), pkt::ACK, ISN_C + 1, ISN_S + 1, 502),
-        );
+        client_sends(env, xdp, &seg(c, pkt::ACK, ISN_C + 1, ISN_S + 1, 502));
         let (est, new) = where_is(env, &k);
         let e = est.expect("the client's ACK of the SYN-ACK establishes the flow");
         assert!(new.is_none(), "moved, not copied");
@@ -188,10 +184,10 @@ fn rst_marks_closing_only_within_the_window() {
         assert_eq!(env.counter(Counter::TcpOutOfWindow), oow + 2);
         // Past the container's window unscaled (65160), within it scaled
         // once the container advertises 1000 << 7.
-        let rst = seg(c.clone(), pkt::RST, ISN_C + 1 + 100_000, 0, 0);
+        let rst = seg(c, pkt::RST, ISN_C + 1 + 100_000, 0, 0);
         client_sends(env, false, &rst);
         assert!(!closing(env), "beyond the largest window seen");
-        container_sends(env, &seg(s.clone(), pkt::ACK, ISN_S + 1, ISN_C + 1, 1000));
+        container_sends(env, &seg(s, pkt::ACK, ISN_S + 1, ISN_C + 1, 1000));
         client_sends(env, false, &rst);
         assert!(closing(env), "in-window RST (scaled window) marks closing");
         assert_eq!(env.counter(Counter::TcpOutOfWindow), oow + 3);
@@ -210,10 +206,7 @@ fn fin_marks_closing_only_within_the_window() {
         );
         let k = key(80, CLIENT, 42200, pkt::TCP);
         let closing = |env: &Env| env.nat_lookup(&k).unwrap().flags & NAT_F_CLOSING != 0;
-        container_sends(
-            env,
-            &seg(s.clone(), pkt::FIN | pkt::ACK, 0x7000_0000, ISN_C + 1, 1),
-        );
+        container_sends(env, &seg(s, pkt::FIN | pkt::ACK, 0x7000_0000, ISN_C + 1, 1));
         assert!(!closing(env), "out-of-window FIN marks nothing");
         let mut data = seg(c.clone(), pkt::PSH | pkt::ACK, ISN_C + 1, ISN_S + 1, 502);
         data.payload = vec![7; 100];
@@ -221,7 +214,7 @@ fn fin_marks_closing_only_within_the_window() {
         client_sends(
             env,
             true,
-            &seg(c.clone(), pkt::FIN | pkt::ACK, ISN_C + 101, ISN_S + 1, 502),
+            &seg(c, pkt::FIN | pkt::ACK, ISN_C + 101, ISN_S + 1, 502),
         );
         assert!(closing(env), "the FIN after the data is in window");
         assert_eq!(env.nat_lookup(&k).unwrap().seq_end[0], ISN_C + 102);

@@ -1,5 +1,5 @@
 //! The daemon's "every mapping is on the wildcard address" flag
-//! (BERTH_CONFIG index CONFIG_WILDCARD_ONLY): while it is set, the service
+//! (`BERTH_CONFIG` index `CONFIG_WILDCARD_ONLY)`: while it is set, the service
 //! lookup skips the exact-address probe. The daemon clears it before it
 //! publishes a mapping on a specific address (datapath/bpf.rs), so the
 //! rows with an address-bound mapping under the flag set it against the

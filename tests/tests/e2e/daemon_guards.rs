@@ -4,9 +4,9 @@
 //! status`, which shows what is attached where.
 use std::{
     fs,
-    io::{Read, Write},
+    io::{Read as _, Write as _},
     net::{TcpListener, TcpStream, UdpSocket},
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Output},
     time::Duration,
@@ -425,12 +425,14 @@ fn flow_key(client_port: u16) -> Vec<u8> {
     k
 }
 
-/// CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns: flows seen just now,
+/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`: flows seen just now,
 /// so the daemon's expiry leaves them be.
 fn now_ns() -> u64 {
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: clock_gettime fills the struct it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts);
+    }
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -518,7 +520,7 @@ fn read_as<T: bytemuck::Pod>(bytes: &[u8]) -> T {
 /// daemon adopts them: each tracked flow converted field by field, the
 /// counters kept, the new maps created, the layout recorded; a restart
 /// then has nothing left to migrate. (That a converted flow's packets are
-/// still translated is in the fixtures: `migrated.rs`, policy_fixtures.)
+/// still translated is in the fixtures: `migrated.rs`, `policy_fixtures`.)
 #[test]
 fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
     use berth_maps::{CtEntry, NatEntry, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_REPLIED};
@@ -567,7 +569,7 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
     rig.daemon.start_again().unwrap();
 
     let nat_pin = dir.join(berth_maps::NAT_MAP);
-    let nat_size = std::mem::size_of::<NatEntry>();
+    let nat_size = size_of::<NatEntry>();
     let e: NatEntry = read_as(&lookup(&nat_pin, &nat[0].0, nat_size).expect("flow kept"));
     assert_eq!(
         e,
@@ -595,7 +597,7 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
         )
     );
     let ct_pin = dir.join(berth_maps::CT_MAP);
-    let ct_size = std::mem::size_of::<CtEntry>();
+    let ct_size = size_of::<CtEntry>();
     for ((key, _), (flags, last_seen_ns)) in ct.iter().zip([
         (CT_F_REPLIED | CT_F_ESTABLISHED, seen + 2),
         (CT_F_REPLIED | CT_F_CLOSING | CT_F_ESTABLISHED, seen + 3),
@@ -686,7 +688,7 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
 }
 
 /// The migration itself, on real maps: a converter carries 16-byte NAT
-/// entries into a 40-byte map pinned in place (whatever NatEntry this
+/// entries into a 40-byte map pinned in place (whatever `NatEntry` this
 /// build has), and a capacity change copies entries as they are.
 #[test]
 fn pinned_maps_are_migrated_in_place_through_converters_and_resizes() {
@@ -822,7 +824,7 @@ fn add_flows(bpffs: &Bpffs, name: &str, n: u16) {
     for port in 0..n {
         let mut key = flow_key(30000 + port);
         key[12] = 17;
-        sys::map_update(&fd, &key, &value).unwrap();
+        sys::map_update(&fd, &key, value).unwrap();
     }
 }
 
@@ -992,7 +994,7 @@ fn max_flows_and_max_mappings_size_the_tables_across_a_restart() {
         &topo.host.ns,
         &bpffs,
         DaemonOptions {
-            extra_args: small.iter().map(|a| a.to_string()).collect(),
+            extra_args: small.iter().map(ToString::to_string).collect(),
             ..Default::default()
         },
     )
@@ -1076,7 +1078,7 @@ fn max_flows_and_max_mappings_size_the_tables_across_a_restart() {
     .unwrap();
 }
 
-/// An upgrade from pins without BERTH_PORT_ADDRS (the previous release
+/// An upgrade from pins without `BERTH_PORT_ADDRS` (the previous release
 /// had none) swaps programs that check a container's source against that
 /// new, empty map into its port's links. The ports' addresses are written
 /// before the programs are, so not one packet of a container sending
@@ -1186,7 +1188,7 @@ fn an_upgrade_learns_the_ports_addresses_before_the_new_programs_check_them() {
         spoofed,
         "a container's own packets taken for spoofed"
     );
-    assert!(receiver.recv(&mut [0u8; 16]).is_ok());
+    receiver.recv(&mut [0u8; 16]).unwrap();
 }
 
 /// The programs still attached during a migration write to the old maps:

@@ -2,11 +2,11 @@
 //! API connections, request limits, the socket's group, and new bridge
 //! ports hooked as they appear. Root only.
 use std::{
-    io::Read,
+    io::Read as _,
     os::unix::{
-        fs::{MetadataExt, PermissionsExt},
+        fs::{MetadataExt as _, PermissionsExt as _},
         net::UnixStream,
-        process::CommandExt,
+        process::CommandExt as _,
     },
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
@@ -429,21 +429,23 @@ fn a_new_bridge_port_is_hooked_as_soon_as_it_is_enslaved_before_it_is_up() {
     assert!(hooked("bwnew2"), "the others stay hooked");
 }
 
-/// Resumes a SIGSTOPped daemon, also when the test fails.
+/// Resumes a `SIGSTOPped` daemon, also when the test fails.
 struct Frozen(i32);
 
 impl Frozen {
-    fn freeze(pid: u32) -> Frozen {
+    fn freeze(pid: u32) -> Self {
         // SAFETY: kill(2) on a child we started.
         assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
-        Frozen(pid as i32)
+        Self(pid as i32)
     }
 }
 
 impl Drop for Frozen {
     fn drop(&mut self) {
         // SAFETY: as above.
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
+        unsafe {
+            libc::kill(self.0, libc::SIGCONT);
+        }
     }
 }
 

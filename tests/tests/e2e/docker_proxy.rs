@@ -9,7 +9,7 @@
 use std::{
     fs,
     net::UdpSocket,
-    os::fd::AsRawFd,
+    os::fd::AsRawFd as _,
     path::PathBuf,
     thread,
     time::{Duration, Instant},
@@ -243,8 +243,7 @@ fn udp_peer_echo(sandbox: PathBuf, port: u16) -> thread::JoinHandle<()> {
             0
         );
         let sock = UdpSocket::bind(("0.0.0.0", port)).expect("bind in the container");
-        sock.set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
+        sock.set_read_timeout(Some(Duration::from_mins(1))).unwrap();
         tx.send(()).unwrap();
         let mut buf = [0u8; 512];
         while let Ok((_, from)) = sock.recv_from(&mut buf) {
@@ -388,13 +387,12 @@ fn docker_run_p_publishes_through_berth_with_the_clients_address() {
     s.docker.docker_ok(["stop", "-t", "1", "web"]).unwrap();
     s.wait_unpublished(8080, "docker stop");
     let addr = s.rig.topo.host.addr(8080);
-    assert!(s
-        .rig
+    s.rig
         .topo
         .client
         .ns
         .run(move || tcp_connect(addr, Duration::from_secs(1)))
-        .is_err());
+        .unwrap_err();
     // docker start publishes again, docker rm -f unpublishes.
     s.docker.docker_ok(["start", "web"]).unwrap();
     assert_eq!(s.remote_addr_seen(8080), addr::CLIENT_IP.to_string());
@@ -403,7 +401,9 @@ fn docker_run_p_publishes_through_berth_with_the_clients_address() {
 
     // A shim killed with SIGKILL: its unpublisher removes the mapping.
     let shim = s.shim_pid("0.0.0.0", 5353, "udp");
-    unsafe { libc::kill(shim as i32, libc::SIGKILL) };
+    unsafe {
+        libc::kill(shim as i32, libc::SIGKILL);
+    }
     s.wait_unpublished(5353, "kill -9 of the shim");
 }
 
@@ -448,7 +448,7 @@ fn spawn_shim(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (std::process::Child, fs::File) {
-    use std::os::{fd::FromRawFd, unix::process::CommandExt};
+    use std::os::{fd::FromRawFd as _, unix::process::CommandExt as _};
     let mut fds = [0; 2];
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
     let (read, write) = (fds[0], fds[1]);
@@ -466,7 +466,9 @@ fn spawn_shim(
         });
     }
     let child = c.spawn().expect("spawn berth-docker-proxy");
-    unsafe { libc::close(write) };
+    unsafe {
+        libc::close(write);
+    }
     (child, unsafe { fs::File::from_raw_fd(read) })
 }
 
@@ -562,7 +564,9 @@ fn what_berth_cannot_publish_runs_the_real_docker_proxy_and_errors_reach_fd_3() 
     let (mut child, pipe) = spawn_shim(&topo.host.ns, &v6.split(' ').collect::<Vec<_>>(), &env);
     assert_eq!(status_of(pipe), "0\n");
     assert!(!argv_file.exists(), "no docker-proxy ran");
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
     assert!(child.wait().unwrap().success());
     let out = berth.cli_ok(["map", "ls", "--json"]).unwrap();
     assert!(

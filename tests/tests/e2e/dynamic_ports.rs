@@ -3,7 +3,7 @@
 //! Docker-like topology, driven by the real CLI.
 use std::{
     collections::{BTreeSet, VecDeque},
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpListener,
     os::unix::net::UnixStream,
     thread,
@@ -346,7 +346,7 @@ struct Events {
 impl Events {
     /// Returns once the response head is in, which is when the daemon has
     /// subscribed the stream.
-    fn open(d: &Daemon) -> Events {
+    fn open(d: &Daemon) -> Self {
         let mut s = UnixStream::connect(d.socket()).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(b"GET /v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -365,7 +365,7 @@ impl Events {
             }
         }
         assert!(chunked, "a stream of unknown length is chunked");
-        Events {
+        Self {
             r,
             pending: VecDeque::new(),
         }

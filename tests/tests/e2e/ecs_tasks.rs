@@ -3,7 +3,7 @@
 //! client namespace to the containers.
 use std::{
     collections::BTreeSet,
-    io::Read,
+    io::Read as _,
     path::{Path, PathBuf},
 };
 
@@ -85,7 +85,7 @@ const SHOP: &str = r#"{
   "tags": []
 }"#;
 
-/// RegisterTaskDefinition input: one container, a dynamic host port.
+/// `RegisterTaskDefinition` input: one container, a dynamic host port.
 const WEB: &str = r#"{
   "family": "web",
   "containerDefinitions": [
@@ -294,7 +294,7 @@ fn a_real_world_task_definition_publishes_every_container() {
 
     // Every host port is reserved while mapped (a list longer than the
     // 32 bytes NetNs::sysctl reads).
-    let mut mapped: BTreeSet<u16> = tcp.clone();
+    let mut mapped: BTreeSet<u16> = tcp;
     mapped.extend([8443, dns_udp]);
     assert_eq!(reserved_ports(&rig.topo.host.ns), mapped);
 
@@ -304,7 +304,7 @@ fn a_real_world_task_definition_publishes_every_container() {
         rig.client_get(web80).is_err(),
         "stopped: no longer forwarded"
     );
-    assert!(rig.client_get(8443).is_err());
+    rig.client_get(8443).unwrap_err();
     assert_eq!(rig.json(&["map", "ls", "--json"]), json!([]));
     assert_eq!(rig.json(&["task", "ls", "--json"]), json!([]));
     assert!(

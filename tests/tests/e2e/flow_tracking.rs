@@ -14,9 +14,9 @@
 //! - The same for the security groups' tracking table: a task with groups
 //!   floods SYNs at another one's ports over the bridge.
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead as _, BufReader, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -79,7 +79,7 @@ fn udp_one_client_port_to_two_host_ports_gets_each_reply_from_the_port_it_asked(
     assert!(rig.counter("nat_port_remap") >= 1);
 }
 
-/// A TCP socket bound to `local` (SO_REUSEADDR, so two sockets may share
+/// A TCP socket bound to `local` (`SO_REUSEADDR`, so two sockets may share
 /// it towards different destinations), connected to `to`.
 fn connect_from(local: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
@@ -93,8 +93,8 @@ fn connect_from(local: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream>
             fd,
             libc::SOL_SOCKET,
             libc::SO_REUSEADDR,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            (&raw const one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if rc != 0 {
@@ -113,13 +113,13 @@ fn connect_from(local: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream>
             sin_zero: [0; 8],
         }
     };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
     let l = sa(local);
-    if unsafe { libc::bind(fd, (&l as *const libc::sockaddr_in).cast(), len) } != 0 {
+    if unsafe { libc::bind(fd, (&raw const l).cast(), len) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     let r = sa(to);
-    if unsafe { libc::connect(fd, (&r as *const libc::sockaddr_in).cast(), len) } != 0 {
+    if unsafe { libc::connect(fd, (&raw const r).cast(), len) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     let s = TcpStream::from(owned);
@@ -195,7 +195,7 @@ fn syn_flood(rig: &Rig, port: u16, n: u32) -> Duration {
             libc::socket(
                 libc::AF_PACKET,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                (libc::ETH_P_ALL as u16).to_be() as i32,
+                i32::from((libc::ETH_P_ALL as u16).to_be()),
             )
         };
         assert!(
@@ -213,8 +213,8 @@ fn syn_flood(rig: &Rig, port: u16, n: u32) -> Duration {
         let rc = unsafe {
             libc::bind(
                 fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                (&raw const sll).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
             )
         };
         assert_eq!(
@@ -282,7 +282,6 @@ fn spoofed_syn_flood_neither_blocks_new_flows_nor_breaks_established_ones() {
     // Task B takes new connections while A is flooded.
     let stop = Arc::new(AtomicBool::new(false));
     let during = {
-        let stop = stop.clone();
         let ns = &rig.topo.client2.ns;
         let fails = std::sync::Mutex::new(Vec::new());
         thread::scope(|sc| {
@@ -509,8 +508,8 @@ fn syn_flood_over_the_bridge(
     start.elapsed()
 }
 
-/// Issue 9 item 6 for the security groups' table (BERTH_CT_NEW /
-/// BERTH_CT): task A floods task B with SYNs over the bridge, 15 times
+/// Issue 9 item 6 for the security groups' table (`BERTH_CT_NEW` /
+/// `BERTH_CT)`: task A floods task B with SYNs over the bridge, 15 times
 /// the unestablished table and 7 times the established one. Meanwhile
 /// task C's new connections to B all complete; afterwards new connections
 /// from A and C work at once, and C's connection opened before the flood

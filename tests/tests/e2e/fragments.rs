@@ -219,8 +219,8 @@ fn send_raw_ipv4(packet: &[u8], dst: Ipv4Addr) -> io::Result<()> {
             packet.as_ptr().cast(),
             packet.len(),
             0,
-            (&addr as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_in>() as u32,
         );
         let err = io::Error::last_os_error();
         libc::close(fd);
@@ -321,7 +321,7 @@ fn a_container_with_groups_gets_icmp_errors_about_its_flows_and_other_icmp_by_it
     // A router on the client's side could not forward a 1400-byte reply:
     // the error about the tracked flow reaches the container.
     let mut reply = Packet::udp(host, 5353, client_ip, local.port()).with_payload_len(1372);
-    reply.frag = berth_integration::pkt::IP_DF;
+    reply.frag = pkt::IP_DF;
     let frag_needed =
         Packet::icmp_error(client_ip, host, 3, 4, [0, 0, 0x04, 0xb0], &reply, 28).ipv4();
     rig.topo

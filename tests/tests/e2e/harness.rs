@@ -2,7 +2,7 @@
 //! assume, guards clean up, helpers time out. Root only.
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    os::unix::process::ExitStatusExt,
+    os::unix::process::ExitStatusExt as _,
     path::Path,
     time::{Duration, Instant},
 };
@@ -342,7 +342,7 @@ fn exec_failures_quote_stderr() {
         .to_string();
     assert!(err.contains("nope0"), "{err}");
     assert!(err.contains("does not exist"), "{err}");
-    assert!(ns.exec("true", std::iter::empty::<&str>()).is_ok());
+    ns.exec("true", std::iter::empty::<&str>()).unwrap();
 }
 
 #[test]
@@ -407,7 +407,7 @@ fn bpffs_is_mounted_and_removed() {
 fn fake_daemon_options(extra: &[&str]) -> DaemonOptions {
     DaemonOptions {
         bin: Some(env!("CARGO_BIN_EXE_fake-berth").into()),
-        extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        extra_args: extra.iter().map(ToString::to_string).collect(),
         ..Default::default()
     }
 }
@@ -539,7 +539,7 @@ fn berth_binary_is_found_next_to_the_test_executable() {
 fn sysctl_reads_long_values_whole() {
     // ip_local_reserved_ports answers EOF to reads past offset 0; a value
     // longer than a small first read must still come back whole.
-    let ns = berth_integration::NetNs::new("sysctl").unwrap();
+    let ns = NetNs::new("sysctl").unwrap();
     let list = (0..40)
         .map(|i| (20000 + i * 7).to_string())
         .collect::<Vec<_>>()

@@ -1,5 +1,5 @@
 //! Host-local and hairpin access to published ports, without a proxy and
-//! without NAT rules: the cgroup socket hooks point connect()/sendmsg() at
+//! without NAT rules: the cgroup socket hooks point `connect()/sendmsg()` at
 //! the container. Callers run as `cg-probe` inside the daemon's cgroup.
 use berth_integration::{HttpPeerServer, Rig, UdpEchoServer};
 

@@ -1,6 +1,6 @@
 //! Restarts, adoption of pinned state, and the bind guard, end to end.
 use std::{
-    io::{Read, Write},
+    io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
     path::Path,
     thread,

@@ -3,7 +3,7 @@
 //! flow gets no answer at all, so "refused" here means a connect that times
 //! out, never a reset.
 use std::{
-    io::{self, Read, Write},
+    io::{self, Read as _, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
     thread,
     time::Duration,
@@ -451,7 +451,7 @@ fn bad_input_is_one_line_and_changes_nothing() {
         ["sg", "rule", "add", "web", "--ingress"]
             .iter()
             .chain(extra)
-            .map(|s| s.to_string())
+            .map(ToString::to_string)
             .collect()
     };
     let cases: Vec<(Vec<String>, &str)> = vec![

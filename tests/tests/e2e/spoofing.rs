@@ -77,7 +77,7 @@ fn a_lan_frame_to_loopback_reaches_no_container() {
     let syn = client_frame(&rig, Packet::tcp(CLIENT_IP, 41000, HOST_IP, 9001));
     let seen = inject(&client, &syn, &[&client, &ctr]);
     assert!(!seen[1].is_empty(), "the container got the control SYN");
-    let answer = seen[0].iter().filter_map(|f| ipv4_tuple(f)).next();
+    let answer = seen[0].iter().find_map(|f| ipv4_tuple(f));
     assert_eq!(
         answer.map(|(_, src, _, sport, _)| (src, sport)),
         Some((HOST_IP, 9001)),

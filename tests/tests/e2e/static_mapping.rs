@@ -3,7 +3,7 @@
 //! driven by the real CLI, real sockets on both ends.
 use std::{
     collections::BTreeSet,
-    io::{Read, Write},
+    io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     thread,
     time::Duration,
@@ -151,7 +151,7 @@ fn map_rm_stops_new_connections() {
     rig.client_get(8081)
         .expect("the task's other binding stays");
     rig.berth(&["map", "rm", "--task", "web"]);
-    assert!(rig.client_get(8081).is_err());
+    rig.client_get(8081).unwrap_err();
     assert!(rig.bindings().is_empty());
 }
 
@@ -203,7 +203,7 @@ fn echo_server(ns: &NetNs, port: u16) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         listener.set_nonblocking(false).unwrap();
         if let Ok((mut c, _)) = listener.accept() {
-            c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            c.set_read_timeout(Some(Duration::from_mins(1))).unwrap();
             let mut buf = [0u8; 256];
             while let Ok(n) = c.read(&mut buf) {
                 if n == 0 || c.write_all(&buf[..n]).is_err() {

@@ -25,7 +25,7 @@ pub struct SystemHost {
 
 impl Default for SystemHost {
     fn default() -> Self {
-        SystemHost {
+        Self {
             reserved_ports: PathBuf::from(RESERVED_PORTS_SYSCTL),
         }
     }
@@ -84,7 +84,7 @@ const LARGE_SYSCTL_MAX: usize = 256 * 1024;
 /// non-zero offset with end of file, so `fs::read_to_string`, whose first
 /// read is a 32-byte probe, would cut the list after 32 bytes.
 fn read_large_sysctl(path: &Path) -> io::Result<String> {
-    use std::io::Read;
+    use std::io::Read as _;
     let mut buf = vec![0u8; LARGE_SYSCTL_MAX];
     let n = fs::File::open(path)?.read(&mut buf)?;
     buf.truncate(n);
@@ -126,12 +126,12 @@ pub fn parse_proc_net(text: &str) -> BTreeSet<u16> {
         .collect()
 }
 
-/// TCP_LISTEN in the `st` column of `/proc/net/tcp`.
+/// `TCP_LISTEN` in the `st` column of `/proc/net/tcp`.
 const TCP_LISTEN: &str = "0A";
 
 /// The sockets of a `/proc/net/{tcp,tcp6,udp,udp6}` table a new bind of
-/// their port would collide with: TCP in LISTEN (a proxy's SO_REUSEADDR
-/// bind passes connected and TIME_WAIT sockets), every UDP socket.
+/// their port would collide with: TCP in LISTEN (a proxy's `SO_REUSEADDR`
+/// bind passes connected and `TIME_WAIT` sockets), every UDP socket.
 pub fn parse_proc_net_listeners(text: &str, protocol: Protocol) -> Vec<SocketAddr> {
     text.lines()
         .skip(1)
@@ -291,7 +291,7 @@ mod tests {
         assert_eq!(
             parse_proc_net_listeners(mapped, Protocol::Tcp),
             [SocketAddr::new(
-                IpAddr::V6(Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped()),
+                IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped()),
                 8080
             )]
         );

@@ -11,7 +11,7 @@
 //! symlink (bpffs holds no regular files, but symlinks are allowed).
 use std::{
     fs, io,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
 

@@ -26,7 +26,7 @@ pub fn interface_exists(name: &str) -> bool {
 pub fn ipv4_addrs() -> io::Result<Vec<InterfaceAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a list head we free below exactly once.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
         return Err(io::Error::last_os_error());
     }
     let mut out = Vec::new();
@@ -55,14 +55,16 @@ pub fn ipv4_addrs() -> io::Result<Vec<InterfaceAddr>> {
         }
     }
     // SAFETY: `head` came from a successful getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
+    unsafe {
+        libc::freeifaddrs(head);
+    }
     Ok(out)
 }
 
 /// # Safety
 /// `sa` must point to a valid `sockaddr_in`.
 unsafe fn sockaddr_in_ip(sa: *const libc::sockaddr) -> Ipv4Addr {
-    let sin = unsafe { &*(sa as *const libc::sockaddr_in) };
+    let sin = unsafe { &*sa.cast::<libc::sockaddr_in>() };
     Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))
 }
 

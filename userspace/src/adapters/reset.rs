@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeSet,
     fmt, fs, io,
-    os::unix::fs::FileTypeExt,
+    os::unix::fs::FileTypeExt as _,
     path::{Path, PathBuf},
 };
 

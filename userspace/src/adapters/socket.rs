@@ -3,7 +3,7 @@
 use std::{
     fs::{self, DirBuilder, Permissions},
     io,
-    os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -75,10 +75,10 @@ pub fn resolve_group(group: &str) -> Result<u32> {
     let rc = unsafe {
         libc::getgrnam_r(
             name.as_ptr(),
-            &mut grp,
+            &raw mut grp,
             buf.as_mut_ptr().cast(),
             buf.len(),
-            &mut found,
+            &raw mut found,
         )
     };
     if rc != 0 || found.is_null() {

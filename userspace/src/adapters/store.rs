@@ -11,11 +11,11 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::DirBuilder,
-    os::unix::fs::DirBuilderExt,
+    os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
 };
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
 pub use crate::engine::ledger::{Commit, Stored};
 use crate::{
@@ -58,7 +58,7 @@ impl Store {
         }
         let path = state_dir.join(STORE_FILE);
         let db = Database::create(&path).map_err(|e| store_err(&path, e))?;
-        let store = Store { db, path };
+        let store = Self { db, path };
         // Create the tables up front so readers never see "no such table".
         store.commit(&Commit::default())?;
         Ok(store)
@@ -216,16 +216,16 @@ fn store_err(path: &Path, reason: impl std::fmt::Display) -> Error {
 
 impl Ledger for Store {
     fn load_all(&self) -> Result<Stored> {
-        Store::load_all(self)
+        Self::load_all(self)
     }
     fn commit(&self, c: &Commit) -> Result<()> {
-        Store::commit(self, c)
+        Self::commit(self, c)
     }
     fn load_sgs(&self) -> Result<SgBook> {
-        Store::load_sgs(self)
+        Self::load_sgs(self)
     }
     fn commit_sgs(&self, c: &SgChanges) -> Result<()> {
-        Store::commit_sgs(self, c)
+        Self::commit_sgs(self, c)
     }
 }
 
@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn state_dir_is_created_private() {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("a/b");
         Store::open(&state).unwrap();

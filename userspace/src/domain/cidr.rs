@@ -11,7 +11,7 @@ pub struct Ipv4Cidr {
 
 impl Ipv4Cidr {
     pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Self {
-        Ipv4Cidr {
+        Self {
             addr,
             prefix_len: prefix_len.min(32),
         }
@@ -24,8 +24,8 @@ impl Ipv4Cidr {
     }
 
     /// The network this address is in (`172.17.0.1/16` -> `172.17.0.0/16`).
-    pub fn network(self) -> Ipv4Cidr {
-        Ipv4Cidr {
+    pub fn network(self) -> Self {
+        Self {
             addr: Ipv4Addr::from(u32::from(self.addr) & self.mask()),
             prefix_len: self.prefix_len,
         }

@@ -71,13 +71,13 @@ impl ContainerDefinition {
 }
 
 impl TaskDefinition {
-    pub fn from_json(text: &[u8]) -> Result<TaskDefinition> {
+    pub fn from_json(text: &[u8]) -> Result<Self> {
         let value: Value =
             serde_json::from_slice(text).map_err(|e| def_err(format!("not valid JSON: {e}")))?;
         Self::from_value(&value)
     }
 
-    pub fn from_value(value: &Value) -> Result<TaskDefinition> {
+    pub fn from_value(value: &Value) -> Result<Self> {
         // What `aws ecs register-task-definition --container-definitions
         // file://…` and Terraform's `container_definitions` hold: the
         // containers alone, network mode left to its default.
@@ -108,7 +108,7 @@ impl TaskDefinition {
     }
 
     /// `containers` found at `at` (empty: the document's top level).
-    fn from_containers(containers: &[Value], at: &str) -> Result<TaskDefinition> {
+    fn from_containers(containers: &[Value], at: &str) -> Result<Self> {
         if containers.is_empty() {
             let what = if at.is_empty() {
                 "the container definitions array"
@@ -130,7 +130,7 @@ impl TaskDefinition {
             }
             out.push(container);
         }
-        Ok(TaskDefinition { containers: out })
+        Ok(Self { containers: out })
     }
 
     /// Pairs each container with its `--ip`: a container with port mappings
@@ -424,7 +424,7 @@ mod tests {
     #[test]
     fn describe_output_shape_is_unwrapped() {
         let inner = web(json!([{"containerPort": 80}]));
-        let wrapped = json!({"taskDefinition": inner.clone(), "tags": []});
+        let wrapped = json!({"taskDefinition": inner, "tags": []});
         assert_eq!(parse(wrapped).unwrap(), parse(inner).unwrap());
     }
 

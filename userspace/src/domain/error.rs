@@ -118,7 +118,7 @@ pub enum Error {
     Api { status: u16, message: String },
     #[error("state store {}: {reason}", .path.display())]
     Store { path: PathBuf, reason: String },
-    /// The io::Error is part of the message, not a `source`, so printing
+    /// The `io::Error` is part of the message, not a `source`, so printing
     /// the chain does not repeat it.
     #[error("{context}: {error}")]
     Io { context: String, error: io::Error },
@@ -154,7 +154,7 @@ impl Error {
     }
 
     pub(crate) fn io(context: impl Into<String>, error: io::Error) -> Self {
-        Error::Io {
+        Self::Io {
             context: context.into(),
             error,
         }
@@ -163,29 +163,29 @@ impl Error {
     /// The HTTP status the API answers this error with.
     pub fn http_status(&self) -> u16 {
         match self {
-            Error::Spec { .. }
-            | Error::TaskName { .. }
-            | Error::MalformedContainerIp(_)
-            | Error::NotInBridgeSubnet { .. }
-            | Error::NoPorts
-            | Error::TaskDefinition(_)
-            | Error::UnknownContainer { .. }
-            | Error::MissingContainerIp(_)
-            | Error::SharedContainerIp { .. }
-            | Error::ContainerIpArg(_)
-            | Error::DuplicateContainerIpArg(_)
-            | Error::TooManyPortsInRequest { .. } => 400,
-            Error::NoSuchTask(_) | Error::NoSuchBinding { .. } => 404,
-            Error::PortAllocated { .. }
-            | Error::HostPortInUse { .. }
-            | Error::PortsExhausted { .. }
-            | Error::TaskExists(_)
-            | Error::TaskFromDefinition(_)
-            | Error::TaskNotFromDefinition(_)
-            | Error::TooManyPortsInTask { .. } => 409,
-            Error::TooManySubscribers(_) => 503,
-            Error::Api { status, .. } => *status,
-            Error::Sg(e) => e.http_status(),
+            Self::Spec { .. }
+            | Self::TaskName { .. }
+            | Self::MalformedContainerIp(_)
+            | Self::NotInBridgeSubnet { .. }
+            | Self::NoPorts
+            | Self::TaskDefinition(_)
+            | Self::UnknownContainer { .. }
+            | Self::MissingContainerIp(_)
+            | Self::SharedContainerIp { .. }
+            | Self::ContainerIpArg(_)
+            | Self::DuplicateContainerIpArg(_)
+            | Self::TooManyPortsInRequest { .. } => 400,
+            Self::NoSuchTask(_) | Self::NoSuchBinding { .. } => 404,
+            Self::PortAllocated { .. }
+            | Self::HostPortInUse { .. }
+            | Self::PortsExhausted { .. }
+            | Self::TaskExists(_)
+            | Self::TaskFromDefinition(_)
+            | Self::TaskNotFromDefinition(_)
+            | Self::TooManyPortsInTask { .. } => 409,
+            Self::TooManySubscribers(_) => 503,
+            Self::Api { status, .. } => *status,
+            Self::Sg(e) => e.http_status(),
             _ => 500,
         }
     }
@@ -236,7 +236,7 @@ impl DatapathError {
     /// For `map_err`: an I/O failure while doing `context`.
     pub fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
         let context = context.into();
-        move |source| DatapathError::Io { context, source }
+        move |source| Self::Io { context, source }
     }
 
     /// For `map_err`: aya's error while doing `context`.
@@ -245,7 +245,7 @@ impl DatapathError {
         E: std::error::Error + Send + Sync + 'static,
     {
         let context = context.into();
-        move |source| DatapathError::Aya {
+        move |source| Self::Aya {
             context,
             source: Box::new(source),
         }

@@ -31,7 +31,7 @@ pub struct Event {
 
 impl Event {
     pub fn now(event: EventKind, binding: Binding, container: Option<String>) -> Self {
-        Event {
+        Self {
             event,
             binding,
             container,
@@ -50,7 +50,7 @@ pub struct Lagged {
 
 impl Lagged {
     pub fn now(missed: u64) -> Self {
-        Lagged {
+        Self {
             event: "lagged".into(),
             missed,
             time: rfc3339(SystemTime::now()),

@@ -27,7 +27,7 @@ pub struct PortLimits {
 
 impl Default for PortLimits {
     fn default() -> Self {
-        PortLimits {
+        Self {
             per_request: DEFAULT_MAX_PORTS_PER_REQUEST,
             per_task: DEFAULT_MAX_PORTS_PER_TASK,
         }
@@ -53,7 +53,7 @@ pub struct BodyLimits {
 
 impl Default for BodyLimits {
     fn default() -> Self {
-        BodyLimits {
+        Self {
             timeout: BODY_TIMEOUT,
             max_bytes: MAX_BODY_BYTES,
         }
@@ -62,7 +62,7 @@ impl Default for BodyLimits {
 
 impl Default for ApiLimits {
     fn default() -> Self {
-        ApiLimits {
+        Self {
             ports: PortLimits::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_event_subscribers: DEFAULT_MAX_EVENT_SUBSCRIBERS,

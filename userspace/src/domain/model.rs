@@ -13,14 +13,14 @@ pub enum Protocol {
 impl Protocol {
     pub fn ip_proto(self) -> u8 {
         match self {
-            Protocol::Tcp => berth_maps::PROTO_TCP,
-            Protocol::Udp => berth_maps::PROTO_UDP,
+            Self::Tcp => berth_maps::PROTO_TCP,
+            Self::Udp => berth_maps::PROTO_UDP,
         }
     }
     pub fn as_str(self) -> &'static str {
         match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
         }
     }
 }
@@ -106,8 +106,8 @@ impl TaskRecord {
     }
 
     /// The same record without container IPs: exactly ECS's shape.
-    pub fn without_ips(&self) -> TaskRecord {
-        TaskRecord {
+    pub fn without_ips(&self) -> Self {
+        Self {
             containers: self
                 .containers
                 .iter()

@@ -99,17 +99,15 @@ pub enum SgError {
 impl SgError {
     pub fn http_status(&self) -> u16 {
         match self {
-            SgError::NoSuchGroup(_) | SgError::NoSuchRule { .. } | SgError::NotAttached { .. } => {
-                404
-            }
-            SgError::Exists(_)
-            | SgError::Duplicate { .. }
-            | SgError::TooManyRules { .. }
-            | SgError::TooManyGroups { .. }
-            | SgError::AlreadyAttached { .. }
-            | SgError::AttachedToTasks { .. }
-            | SgError::Referenced { .. }
-            | SgError::IsDefault(_) => 409,
+            Self::NoSuchGroup(_) | Self::NoSuchRule { .. } | Self::NotAttached { .. } => 404,
+            Self::Exists(_)
+            | Self::Duplicate { .. }
+            | Self::TooManyRules { .. }
+            | Self::TooManyGroups { .. }
+            | Self::AlreadyAttached { .. }
+            | Self::AttachedToTasks { .. }
+            | Self::Referenced { .. }
+            | Self::IsDefault(_) => 409,
             _ => 400,
         }
     }
@@ -163,8 +161,8 @@ pub enum Direction {
 impl fmt::Display for Direction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
         })
     }
 }
@@ -186,10 +184,10 @@ pub enum Traffic {
 impl Traffic {
     fn protocol(&self) -> &'static str {
         match self {
-            Traffic::Tcp(..) => "tcp",
-            Traffic::Udp(..) => "udp",
-            Traffic::Icmp { .. } => "icmp",
-            Traffic::All => "all",
+            Self::Tcp(..) => "tcp",
+            Self::Udp(..) => "udp",
+            Self::Icmp { .. } => "icmp",
+            Self::All => "all",
         }
     }
 }
@@ -211,13 +209,13 @@ pub struct Rule {
 }
 
 impl Rule {
-    pub fn same_as(&self, other: &Rule) -> bool {
+    pub fn same_as(&self, other: &Self) -> bool {
         self.traffic == other.traffic && self.peer == other.peer
     }
 
     /// AWS's rule for a new group: everything out.
-    pub fn allow_all_out() -> Rule {
-        Rule {
+    pub fn allow_all_out() -> Self {
+        Self {
             traffic: Traffic::All,
             peer: Peer::Cidr(Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0)),
             description: String::new(),

@@ -44,7 +44,7 @@ pub struct PortRange {
 
 impl PortRange {
     pub fn single(port: u16) -> Self {
-        PortRange {
+        Self {
             start: port,
             end: port,
         }
@@ -104,9 +104,9 @@ impl PortSpec {
     }
 
     /// The same spec with its host ports chosen, starting at `start`.
-    pub fn with_host_start(&self, start: u16) -> PortSpec {
+    pub fn with_host_start(&self, start: u16) -> Self {
         let end = u32::from(start) + self.container.port_count() - 1;
-        PortSpec {
+        Self {
             host: Some(PortRange {
                 start,
                 end: u16::try_from(end).unwrap_or(u16::MAX),
@@ -175,7 +175,7 @@ impl FromStr for PortSpec {
         };
         let container = parse_range(container)?;
         let host = match host {
-            None | Some("") | Some("0") => None,
+            None | Some("" | "0") => None,
             Some(host) => Some(parse_range(host)?),
         };
         // Docker's rule: a host range either pairs with a container range of
@@ -190,7 +190,7 @@ impl FromStr for PortSpec {
                 container_len: container.port_count(),
             });
         }
-        Ok(PortSpec {
+        Ok(Self {
             bind_ip,
             host,
             container,
@@ -428,7 +428,7 @@ mod tests {
     #[test]
     fn non_numeric_ports_are_refused() {
         assert_eq!(parse("http:80"), Err(SpecError::NotANumber("http".into())));
-        assert_eq!(parse("8080:"), Err(SpecError::NotANumber("".into())));
+        assert_eq!(parse("8080:"), Err(SpecError::NotANumber(String::new())));
         assert_eq!(parse("+80:80"), Err(SpecError::NotANumber("+80".into())));
     }
 
@@ -514,7 +514,7 @@ mod tests {
         );
         assert_eq!(
             parse("8080:80/"),
-            Err(SpecError::UnknownProtocol("".into()))
+            Err(SpecError::UnknownProtocol(String::new()))
         );
         assert_eq!(
             SpecError::UnknownProtocol("sctp".into()).to_string(),

@@ -30,7 +30,7 @@ pub struct PortPolicy {
 
 impl PortPolicy {
     pub fn new(range: PortRange) -> Self {
-        PortPolicy {
+        Self {
             range,
             reserved: DEFAULT_RESERVED_PORTS.into_iter().collect(),
             cooldown_secs: DEFAULT_COOLDOWN_SECS,
@@ -114,7 +114,7 @@ pub struct CoolDowns {
 
 impl CoolDowns {
     pub fn from_entries(entries: impl IntoIterator<Item = ((Protocol, u16), u64)>) -> Self {
-        CoolDowns {
+        Self {
             released: entries.into_iter().collect(),
         }
     }
@@ -140,7 +140,7 @@ impl CoolDowns {
     pub fn cooling(&self, protocol: Protocol, now: u64, cooldown_secs: u64) -> BTreeSet<u16> {
         self.released
             .range((protocol, 0)..=(protocol, u16::MAX))
-            .filter(|(&(p, port), _)| self.is_cooling(p, port, now, cooldown_secs))
+            .filter(|&(&(p, port), _)| self.is_cooling(p, port, now, cooldown_secs))
             .map(|(&(_, port), _)| port)
             .collect()
     }
@@ -230,14 +230,14 @@ mod tests {
             let got = allocate(&p, &taken, 3, offset).unwrap();
             assert!(got == range(100, 102) || got == range(104, 106), "{got:?}");
         }
-        assert!(allocate(&p, &taken, 4, 0).is_err());
+        allocate(&p, &taken, 4, 0).unwrap_err();
     }
 
     #[test]
     fn a_block_as_large_as_the_range_takes_all_of_it() {
         let p = policy(100, 104);
         assert_eq!(allocate(&p, &Taken::default(), 5, 77), Ok(range(100, 104)));
-        assert!(allocate(&p, &Taken::default(), 6, 0).is_err());
+        allocate(&p, &Taken::default(), 6, 0).unwrap_err();
     }
 
     #[test]

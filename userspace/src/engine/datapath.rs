@@ -78,7 +78,7 @@ pub trait Datapath: Send + Sync {
     /// over the flow tables, so a replaced container never inherits stale
     /// state (the UDP black hole Docker users hit). Returns how many.
     fn forget_flows(&self, gone: &[Binding]) -> Result<usize, DatapathError>;
-    /// Forget the policy-tracked flows (BERTH_CT, BERTH_CT_NEW) with any of
+    /// Forget the policy-tracked flows (`BERTH_CT`, `BERTH_CT_NEW`) with any of
     /// `addrs` at either end: the container addresses of tasks that are
     /// gone. A removed task loses its groups, and so the flows its groups
     /// (or its membership in a peer's) allowed; a task that reuses the

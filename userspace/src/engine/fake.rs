@@ -46,13 +46,13 @@ pub struct FakeDatapath {
     removes: AtomicUsize,
     host_addr_updates: AtomicUsize,
     expire_calls: AtomicUsize,
-    /// Each forget_flows call's bindings, in order.
+    /// Each `forget_flows` call's bindings, in order.
     forgotten: Mutex<Vec<Vec<Binding>>>,
-    /// Each forget_endpoint_flows call's addresses, in order.
+    /// Each `forget_endpoint_flows` call's addresses, in order.
     forgotten_endpoints: Mutex<Vec<Vec<Ipv4Addr>>>,
     /// Inserts and sweeps in the order they happened.
     journal: Mutex<Vec<FakeOp>>,
-    /// How long forget_flows takes, as a sweep of a full table would.
+    /// How long `forget_flows` takes, as a sweep of a full table would.
     forget_delay: Mutex<std::time::Duration>,
     pub port_gate: AtomicBool,
     /// The veth hooks' "no endpoint has policy" flag.

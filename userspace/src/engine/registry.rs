@@ -12,7 +12,7 @@
 //! ([`FlowSweeper`]); a publish that could meet them waits for it.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    hash::{BuildHasher, RandomState},
+    hash::{BuildHasher as _, RandomState},
     net::Ipv4Addr,
     sync::Arc,
 };
@@ -114,7 +114,7 @@ impl Registry {
         let store = Box::new(store);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let sweeper = Arc::new(FlowSweeper::start(datapath.clone()));
-        Ok(Registry {
+        Ok(Self {
             docker_holds_ports: false,
             store,
             datapath,

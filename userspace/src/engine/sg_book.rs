@@ -83,7 +83,7 @@ pub struct SgBook {
 
 impl Default for SgBook {
     fn default() -> Self {
-        SgBook {
+        Self {
             groups: BTreeMap::new(),
             attachments: BTreeMap::new(),
             next_group_id: 1,
@@ -104,7 +104,7 @@ pub struct SgChanges {
 
 impl SgChanges {
     pub fn is_empty(&self) -> bool {
-        *self == SgChanges::default()
+        *self == Self::default()
     }
 }
 
@@ -120,8 +120,8 @@ pub struct GroupRecord {
 }
 
 impl GroupRecord {
-    pub fn of(g: &Group) -> GroupRecord {
-        GroupRecord {
+    pub fn of(g: &Group) -> Self {
+        Self {
             id: g.id,
             description: g.description.clone(),
             rules: g
@@ -376,7 +376,7 @@ impl SgBook {
     }
 
     /// The store writes that turn `old` into `self`.
-    pub fn changes_since(&self, old: &SgBook) -> SgChanges {
+    pub fn changes_since(&self, old: &Self) -> SgChanges {
         let mut c = SgChanges::default();
         for (name, g) in &self.groups {
             if old.groups.get(name) != Some(g) {
@@ -448,7 +448,7 @@ impl SgBook {
 }
 
 /// The security-group part of what the datapath holds.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DpState {
     /// Container IP -> (policy id, whether policy applies).
     pub endpoints: BTreeMap<Ipv4Addr, (u32, bool)>,
@@ -463,7 +463,7 @@ impl DpState {
     /// `want`, updating `self` step by step, so after a failure `self` is
     /// still exactly what the datapath holds. Rules go in before the
     /// endpoints that use them and out after.
-    pub fn push(&mut self, want: &DpState, dp: &dyn Datapath) -> Result<(), DatapathError> {
+    pub fn push(&mut self, want: &Self, dp: &dyn Datapath) -> Result<(), DatapathError> {
         for (id, (ingress, egress)) in &want.policies {
             if self.policies.get(id) != Some(&(ingress.clone(), egress.clone())) {
                 dp.set_policy(*id, ingress, egress)?;
@@ -538,7 +538,7 @@ pub struct SgSettings {
 
 impl Default for SgSettings {
     fn default() -> Self {
-        SgSettings {
+        Self {
             max_per_task: DEFAULT_MAX_SGS_PER_TASK,
             default_sg: None,
             timeouts: FlowTimeouts::default(),

@@ -290,7 +290,7 @@ impl HostAddrSync {
         source: fn() -> io::Result<Vec<Ipv4Addr>>,
         bridge: Bridge,
     ) -> Self {
-        HostAddrSync {
+        Self {
             datapath,
             source,
             bridge,

@@ -19,7 +19,7 @@ use bollard::{
     query_parameters::{EventsOptionsBuilder, ListContainersOptions},
     Docker, API_DEFAULT_VERSION,
 };
-use futures_util::StreamExt;
+use futures_util::StreamExt as _;
 
 use crate::{
     interfaces::api::{AddRequest, RemoveRequest},
@@ -400,7 +400,7 @@ mod tests {
         let p = publication(&inspect(WEB), any).unwrap();
         assert_eq!(p.task, "web");
         assert_eq!(p.container_ip, "172.18.0.2".parse::<IpAddr>().unwrap());
-        let mut got = p.ports.clone();
+        let mut got = p.ports;
         got.sort();
         assert_eq!(
             got,

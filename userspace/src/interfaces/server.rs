@@ -1,6 +1,6 @@
 //! Serving the API router on the Unix socket with bounded resources: at
 //! most `max_connections` open connections, a header read timeout that also
-//! closes idle connections, and the caller's credentials (SO_PEERCRED)
+//! closes idle connections, and the caller's credentials (`SO_PEERCRED`)
 //! attached to every request so each change is logged with who asked.
 //!
 //! At the cap, a new connection takes the place of the oldest one that has
@@ -20,15 +20,15 @@ use axum::{
 use hyper::{body::Incoming, server::conn::http1};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::AsyncWriteExt,
+    io::AsyncWriteExt as _,
     net::{UnixListener, UnixStream},
     sync::{oneshot, watch, Semaphore},
 };
-use tower::ServiceExt;
+use tower::ServiceExt as _;
 
 use crate::domain::limits::{ApiLimits, BodyLimits};
 
-/// Who is on the other end of an API connection (SO_PEERCRED).
+/// Who is on the other end of an API connection (`SO_PEERCRED`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caller {
     pub uid: u32,
@@ -88,13 +88,13 @@ pub fn raise_fd_limit(max_connections: usize) {
     };
     // SAFETY: getrlimit/setrlimit read and write the `rlimit` we own.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) != 0 {
             return;
         }
         if lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) != 0 {
+                libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim);
             }
         }
     }
@@ -121,7 +121,9 @@ type IdleSet = Arc<Mutex<Idle>>;
 
 fn idle_register(set: &IdleSet) -> (u64, oneshot::Receiver<()>) {
     let (tx, rx) = oneshot::channel();
-    let mut idle = set.lock().unwrap_or_else(|p| p.into_inner());
+    let mut idle = set
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     idle.next += 1;
     let id = idle.next;
     idle.waiting.insert(id, tx);
@@ -130,14 +132,16 @@ fn idle_register(set: &IdleSet) -> (u64, oneshot::Receiver<()>) {
 
 fn idle_forget(set: &IdleSet, id: u64) {
     set.lock()
-        .unwrap_or_else(|p| p.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .waiting
         .remove(&id);
 }
 
 /// Closes the oldest idle connection; false when there is none.
 fn idle_evict_oldest(set: &IdleSet) -> bool {
-    let mut idle = set.lock().unwrap_or_else(|p| p.into_inner());
+    let mut idle = set
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     while let Some((_, tx)) = idle.waiting.pop_first() {
         if tx.send(()).is_ok() {
             return true;
@@ -273,7 +277,7 @@ async fn serve_connection(
 /// Resolves once the client has sent something (or hung up). Readiness
 /// alone is not proof: tokio may report a fresh socket readable, so peek.
 async fn first_byte(stream: &UnixStream) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsRawFd as _;
     let fd = stream.as_raw_fd();
     loop {
         stream.readable().await?;
@@ -349,7 +353,7 @@ mod tests {
     };
 
     use axum::routing::post;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncReadExt as _;
 
     use super::*;
     use crate::interfaces::api::JsonBody;
@@ -357,7 +361,7 @@ mod tests {
     struct Server {
         _dir: tempfile::TempDir,
         path: PathBuf,
-        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        stop: Option<oneshot::Sender<()>>,
         task: tokio::task::JoinHandle<()>,
     }
 
@@ -382,7 +386,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("api.sock");
         let listener = UnixListener::bind(&path).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(serve(
             listener,
             app(),

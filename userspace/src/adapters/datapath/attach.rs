@@ -93,9 +93,8 @@ pub(super) fn attach_pinned(
         let p: &mut Xdp = prog.try_into().map_err(prog_err(what.clone()))?;
         load_once(p.load()).map_err(prog_err(what.clone()))?;
         let adopted = adopt_link(&pin).map(|link| {
-            XdpLink::try_from(link)
-                .map_err(|e| e.to_string())
-                .and_then(|l| p.attach_to_link(l).map(drop).map_err(|e| error_chain(&e)))
+            let l = XdpLink::try_from(link).map_err(|e| e.to_string())?;
+            p.attach_to_link(l).map(drop).map_err(|e| error_chain(&e))
         });
         if !keep_adopted(&pin, adopted) {
             let id = p
@@ -112,9 +111,8 @@ pub(super) fn attach_pinned(
     let p: &mut SchedClassifier = prog.try_into().map_err(prog_err(what.clone()))?;
     load_once(p.load()).map_err(prog_err(what.clone()))?;
     let adopted = adopt_link(&pin).map(|link| {
-        SchedClassifierLink::try_from(link)
-            .map_err(|e| e.to_string())
-            .and_then(|l| p.attach_to_link(l).map(drop).map_err(|e| error_chain(&e)))
+        let l = SchedClassifierLink::try_from(link).map_err(|e| e.to_string())?;
+        p.attach_to_link(l).map(drop).map_err(|e| error_chain(&e))
     });
     if !keep_adopted(&pin, adopted) {
         let attach_type = if prog_name == program::TO_CTR {

@@ -70,12 +70,12 @@ pub(super) struct Maps {
     pub(super) config: Array<MapData, u64>,
     pub(super) counters: PerCpuArray<MapData, u64>,
     /// Mappings on a specific host address: while there are none,
-    /// CONFIG_WILDCARD_ONLY lets the programs skip the exact-address probe.
+    /// `CONFIG_WILDCARD_ONLY` lets the programs skip the exact-address probe.
     pub(super) exact: usize,
 }
 
 impl Maps {
-    /// Writes CONFIG_WILDCARD_ONLY from the count: call before publishing
+    /// Writes `CONFIG_WILDCARD_ONLY` from the count: call before publishing
     /// a mapping on a specific address (the flag must be off first) and
     /// after removing one.
     pub(super) fn write_wildcard_only(&mut self) -> Result<(), DatapathError> {
@@ -177,7 +177,7 @@ fn ensure_bpffs(path: &Path) -> Result<(), DatapathError> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|e| err(e.to_string()))?;
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
+    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut st) } != 0 {
         return Err(err(std::io::Error::last_os_error().to_string()));
     }
     if st.f_type as i64 == BPF_FS_MAGIC {
@@ -203,7 +203,9 @@ fn ensure_bpffs(path: &Path) -> Result<(), DatapathError> {
 
 fn kernel_release() -> String {
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    unsafe { libc::uname(&mut u) };
+    unsafe {
+        libc::uname(&raw mut u);
+    }
     unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
         .to_string_lossy()
         .into_owned()
@@ -405,7 +407,9 @@ impl BpfDatapath {
         let port_addrs = take_map(&mut ebpf, PORT_ADDRS_MAP)?;
         let ebpf = Arc::new(Mutex::new(ebpf));
         let hooked = take_map(
-            &mut ebpf.lock().unwrap_or_else(|p| p.into_inner()),
+            &mut ebpf
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
             HOOKED_PORTS_MAP,
         )?;
         // The watcher keeps the bridge's address current in its own handle.
@@ -443,7 +447,9 @@ impl BpfDatapath {
         // freed, but glibc keeps freed heap pages: give them back, or the
         // daemon's resident memory carries them for as long as it runs.
         // SAFETY: malloc_trim only releases free memory of glibc's heap.
-        unsafe { libc::malloc_trim(0) };
+        unsafe {
+            libc::malloc_trim(0);
+        }
         Ok(Self {
             maps: Mutex::new(maps),
             flows,
@@ -470,33 +476,37 @@ impl BpfDatapath {
     }
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {
-        self.maps.lock().unwrap_or_else(|p| p.into_inner())
+        self.maps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(super) fn policy(&self) -> std::sync::MutexGuard<'_, PolicyMaps> {
-        self.policy.lock().unwrap_or_else(|p| p.into_inner())
+        self.policy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-/// cgroup sock_addr hooks: the bind guard and socket-level translation for
+/// cgroup `sock_addr` hooks: the bind guard and socket-level translation for
 /// host-local and hairpin access.
 const SOCKET_HOOKS: [&str; 6] = program::SOCKET_HOOKS;
 pub(super) const CGROUP_LINK_SUFFIX: &str = "cgroup";
 
-/// The cookie of the daemon's network namespace (SO_NETNS_COOKIE, 5.14+).
+/// The cookie of the daemon's network namespace (`SO_NETNS_COOKIE`, 5.14+).
 fn netns_cookie() -> Result<u64, DatapathError> {
     let sock =
         std::net::UdpSocket::bind("127.0.0.1:0").map_err(DatapathError::io("netns cookie"))?;
     let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    let mut len = size_of::<u64>() as libc::socklen_t;
     const SO_NETNS_COOKIE: libc::c_int = 71;
     let rc = unsafe {
         libc::getsockopt(
             std::os::fd::AsRawFd::as_raw_fd(&sock),
             libc::SOL_SOCKET,
             SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
+            (&raw mut cookie).cast(),
+            &raw mut len,
         )
     };
     if rc != 0 {

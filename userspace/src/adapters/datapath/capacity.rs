@@ -12,7 +12,7 @@ use berth_maps::{
 pub struct Capacity {
     /// Flows tracked at once in each flow table (published ports;
     /// security groups). When one is full, new flows are refused and
-    /// counted (nat_table_full, ct_table_full); established ones are never
+    /// counted (`nat_table_full`, `ct_table_full`); established ones are never
     /// evicted. An empty table costs 16 bytes per flow of capacity, a
     /// tracked flow about 110 more. The tables of not yet established
     /// flows and of socket translations, which are preallocated, get an

@@ -64,7 +64,7 @@ fn is_cgroup2_dir(path: &Path) -> bool {
     };
     // SAFETY: statfs fills a zeroed struct from a NUL-terminated path.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC }
+    unsafe { libc::statfs(c.as_ptr(), &raw mut st) == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC }
 }
 
 /// The cgroup named by `wanted` (`$BERTH_CGROUP`; `None` is the
@@ -149,7 +149,7 @@ impl PrivateMount {
                 path.display()
             ));
         }
-        Ok(PrivateMount { path })
+        Ok(Self { path })
     }
 }
 
@@ -157,7 +157,9 @@ impl Drop for PrivateMount {
     fn drop(&mut self) {
         if let Ok(c) = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes()) {
             // SAFETY: umount2 with a NUL-terminated path.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            unsafe {
+                libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+            }
         }
         let _ = fs::remove_dir(&self.path);
     }

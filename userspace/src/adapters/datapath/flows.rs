@@ -10,16 +10,16 @@
 //!
 //! aya 0.14 has no batch operations, so this module issues them itself on
 //! the map's fd; the typed aya handle still checks key and value sizes when
-//! the map is taken from the object. The policy tables (BERTH_CT,
-//! BERTH_CT_NEW) share the key, so the same sweep serves them.
+//! the map is taken from the object. The policy tables (`BERTH_CT`,
+//! `BERTH_CT_NEW`) share the key, so the same sweep serves them.
 use std::{
     collections::HashSet,
     io,
     net::Ipv4Addr,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd as _, AsRawFd as _},
 };
 
-use aya::maps::{HashMap, IterableMap, MapData};
+use aya::maps::{HashMap, IterableMap as _, MapData};
 use berth_maps::{CtEntry, FlowKey, NatEntry, NatFwd, NAT_F_CLOSING, NAT_F_REPLIED, PROTO_TCP};
 
 use super::{DatapathError, FlowTimeouts};
@@ -31,8 +31,8 @@ const BATCH: usize = 4096;
 const BATCH_MAX: usize = 1 << 20;
 
 /// One table of tracked flows keyed by a tuple: the published-port tables
-/// (BERTH_NAT, BERTH_NAT_NEW: the tuple as the container sends it, a
-/// [`NatEntry`]) or the policy tables (BERTH_CT, BERTH_CT_NEW: the tuple
+/// (`BERTH_NAT`, `BERTH_NAT_NEW`: the tuple as the container sends it, a
+/// [`NatEntry`]) or the policy tables (`BERTH_CT`, `BERTH_CT_NEW`: the tuple
 /// as the flow's initiator sends it, a [`CtEntry`]).
 pub(super) struct FlowMap<V: aya::Pod> {
     pub name: &'static str,
@@ -52,8 +52,8 @@ pub(super) struct FlowOwner {
 }
 
 impl FlowOwner {
-    pub fn of_binding(b: &Binding) -> Self {
-        FlowOwner {
+    pub(super) fn of_binding(b: &Binding) -> Self {
+        Self {
             proto: b.protocol.ip_proto(),
             ctr_addr_be: u32::from_ne_bytes(b.container_ip.octets()),
             ctr_port_be: b.container_port.to_be(),
@@ -62,7 +62,7 @@ impl FlowOwner {
     }
 
     fn of_flow(k: &FlowKey, v: &NatEntry) -> Self {
-        FlowOwner {
+        Self {
             proto: k.proto,
             ctr_addr_be: k.src_addr_be,
             ctr_port_be: k.src_port_be,
@@ -88,7 +88,7 @@ pub(super) fn owned_by_none_of(
 }
 
 /// The policy-tracked flows with any of `addrs` at either end, as a
-/// predicate for [`sweep`] over BERTH_CT(_NEW).
+/// predicate for [`sweep`] over `BERTH_CT`(_NEW).
 pub(super) fn touching(addrs: &[Ipv4Addr]) -> impl Fn(&FlowKey, &CtEntry, FlowTable) -> bool {
     let addrs: HashSet<u32> = addrs
         .iter()
@@ -124,7 +124,7 @@ pub(super) fn sweep<V: aya::Pod + Default>(
     Ok(total)
 }
 
-/// `union bpf_attr` for the BPF_MAP_*_BATCH commands.
+/// `union bpf_attr` for the `BPF_MAP`_*_BATCH commands.
 #[repr(C)]
 #[derive(Default)]
 struct BatchAttr {
@@ -149,8 +149,8 @@ fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>() as libc::c_uint,
+            std::ptr::from_mut::<BatchAttr>(attr),
+            size_of::<BatchAttr>() as libc::c_uint,
         )
     };
     if rc < 0 {
@@ -173,12 +173,8 @@ fn batch_scan<V: aya::Pod + Default>(
     let mut first = true;
     loop {
         let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &mut cursor_in as *mut u32 as u64
-            },
-            out_batch: &mut cursor_out as *mut u32 as u64,
+            in_batch: if first { 0 } else { &raw mut cursor_in as u64 },
+            out_batch: &raw mut cursor_out as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
             count: size as u32,
@@ -240,22 +236,24 @@ fn batch_delete(fd: i32, keys: &[FlowKey]) -> io::Result<usize> {
 
 pub(super) fn monotonic_ns() -> u64 {
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts);
+    }
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Which flow table an entry lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlowTable {
-    /// BERTH_NAT / BERTH_CT.
+pub(super) enum FlowTable {
+    /// `BERTH_NAT` / `BERTH_CT`.
     Established,
-    /// BERTH_NAT_NEW / BERTH_CT_NEW: the handshake (TCP) or the first
+    /// `BERTH_NAT_NEW` / `BERTH_CT_NEW`: the handshake (TCP) or the first
     /// reply (UDP, ICMP echo) has not happened yet.
     Embryonic,
 }
 
 /// The idle timeout, in seconds, of a tracked flow of protocol `proto`
-/// with flags `flags` (the NAT_F_* and CT_F_* bits agree) in `table`.
+/// with flags `flags` (the `NAT_F`_* and `CT_F`_* bits agree) in `table`.
 pub(super) fn flow_timeout(proto: u8, flags: u8, table: FlowTable, t: &FlowTimeouts) -> u64 {
     let closing = flags & NAT_F_CLOSING != 0;
     match (proto, table) {

@@ -16,7 +16,7 @@ fn every_program_has_its_constant_and_every_constant_its_program() {
     let built: BTreeSet<String> = object().programs.keys().cloned().collect();
     let named: BTreeSet<String> = berth_maps::program::ALL
         .iter()
-        .map(|n| n.to_string())
+        .map(ToString::to_string)
         .collect();
     assert_eq!(named, built);
     assert_eq!(named.len(), berth_maps::program::ALL.len(), "no name twice");
@@ -33,12 +33,12 @@ fn every_map_has_its_constant_and_is_pinned_by_it() {
             PinningType::None => unpinned.insert(name.clone()),
         };
     }
-    let named: BTreeSet<String> = berth_maps::MAPS.iter().map(|n| n.to_string()).collect();
+    let named: BTreeSet<String> = berth_maps::MAPS.iter().map(ToString::to_string).collect();
     assert_eq!(named, pinned, "pinned maps");
     assert_eq!(named.len(), berth_maps::MAPS.len(), "no name twice");
     let named: BTreeSet<String> = berth_maps::UNPINNED_MAPS
         .iter()
-        .map(|n| n.to_string())
+        .map(ToString::to_string)
         .collect();
     assert_eq!(named, unpinned, "maps that are not pinned");
 }

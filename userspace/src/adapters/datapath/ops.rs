@@ -27,7 +27,7 @@ fn port_key(b: &Binding) -> PortKey {
     }
 }
 
-/// The subnets a BERTH_LOCAL_NETS array holds, in slot order.
+/// The subnets a `BERTH_LOCAL_NETS` array holds, in slot order.
 fn local_nets_listed(slots: &[u64]) -> Vec<u64> {
     let mut out = Vec::new();
     for slot in slots {
@@ -42,7 +42,7 @@ fn local_nets_listed(slots: &[u64]) -> Vec<u64> {
     out
 }
 
-/// The slot writes, in order, that turn BERTH_LOCAL_NETS from `slots` into
+/// The slot writes, in order, that turn `BERTH_LOCAL_NETS` from `slots` into
 /// the subnets `want`. Each write is one 8-byte slot, ordered so that a
 /// packet racing the update sees the old list, the new one, or the old one
 /// plus new subnets (write a slot, then link it from the one before; copy
@@ -307,7 +307,10 @@ impl Datapath for BpfDatapath {
     }
 
     fn expire_flows(&self) -> Result<usize, DatapathError> {
-        let t = *self.timeouts.lock().unwrap_or_else(|p| p.into_inner());
+        let t = *self
+            .timeouts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = monotonic_ns();
         let from_policy = sweep(&self.ct_flows, |k, v, table| {
             let timeout = flow_timeout(k.proto, v.flags, table, &t);
@@ -377,7 +380,10 @@ impl Datapath for BpfDatapath {
     }
 
     fn set_flow_timeouts(&self, timeouts: FlowTimeouts) {
-        *self.timeouts.lock().unwrap_or_else(|p| p.into_inner()) = timeouts;
+        *self
+            .timeouts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = timeouts;
     }
 
     fn status(&self) -> Result<Option<super::DatapathStatus>, DatapathError> {
@@ -410,9 +416,9 @@ mod tests {
             assert!(seen.iter().all(|n| from.contains(n) || want.contains(n)));
         }
         let mut got = local_nets_listed(&slots);
-        got.sort();
+        got.sort_unstable();
         let mut w = want.to_vec();
-        w.sort();
+        w.sort_unstable();
         assert_eq!(got, w);
     }
 

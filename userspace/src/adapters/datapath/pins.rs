@@ -94,7 +94,7 @@ pub const CONVERTERS: &[Converter] = &[
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Plan {
     Keep,
-    /// Same layout, another capacity or allocation (BPF_F_NO_PREALLOC):
+    /// Same layout, another capacity or allocation (`BPF_F_NO_PREALLOC)`:
     /// copy every entry.
     Resize,
     /// Another value layout: copy every entry through a converter.
@@ -173,7 +173,7 @@ fn bpffs_err(path: &Path, e: io::Error) -> DatapathError {
 pub struct PinReport {
     /// The layout the pins had (`None`: nothing was pinned).
     pub found_layout: Option<u32>,
-    /// "BERTH_NAT: 16-byte values converted (1234 entries)", ...
+    /// "`BERTH_NAT`: 16-byte values converted (1234 entries)", ...
     pub migrated: Vec<String>,
 }
 
@@ -534,7 +534,7 @@ pub mod migrate {
     const F_SEQ_V2: u8 = 8 | 16;
     /// `wscale` of a direction whose window scale is unknown.
     pub const WSCALE_UNKNOWN: u8 = 0xff;
-    /// `FlowKey::dst_port_be`: after src_addr, dst_addr, src_port.
+    /// `FlowKey::dst_port_be`: after `src_addr`, `dst_addr`, `src_port`.
     pub const FLOW_KEY_DST_PORT: usize = 10;
     /// Both layouts key the flow tables by `FlowKey`.
     pub const FLOW_KEY_SIZE: u32 = 16;
@@ -590,7 +590,7 @@ pub mod migrate {
 
     /// Compiles only while `NatEntryV2` and `berth_maps::NatEntry` have the
     /// same fields of the same types.
-    #[allow(dead_code)]
+    #[expect(dead_code)]
     const fn nat_v2_is_current(e: cur::NatEntry) -> NatEntryV2 {
         let cur::NatEntry {
             host_addr_be,
@@ -620,7 +620,7 @@ pub mod migrate {
 
     /// Compiles only while `CtEntryV2` and `berth_maps::CtEntry` have the
     /// same fields of the same types.
-    #[allow(dead_code)]
+    #[expect(dead_code)]
     const fn ct_v2_is_current(e: cur::CtEntry) -> CtEntryV2 {
         let cur::CtEntry {
             last_seen_ns,
@@ -887,7 +887,7 @@ mod tests {
     /// The layout a converter writes, read back through this build's own
     /// types (the compile-time checks tie them; this reads real bytes).
     fn as_current<T: Copy + Default>(bytes: &[u8]) -> T {
-        assert_eq!(bytes.len(), std::mem::size_of::<T>());
+        assert_eq!(bytes.len(), size_of::<T>());
         // SAFETY: the length is T's; berth_maps types are repr(C) plain data.
         unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) }
     }

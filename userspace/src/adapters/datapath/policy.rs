@@ -82,7 +82,7 @@ fn encode_policy(rules: &[PolicyRule]) -> Result<Box<Policy>, DatapathError> {
 }
 
 impl PolicyMaps {
-    pub fn set_endpoint(
+    pub(super) fn set_endpoint(
         &mut self,
         ip: Ipv4Addr,
         task_id: u32,
@@ -97,14 +97,14 @@ impl PolicyMaps {
             .map_err(err(berth_maps::ENDPOINTS_MAP))
     }
 
-    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), DatapathError> {
+    pub(super) fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), DatapathError> {
         match self.endpoints.remove(&addr_be(ip)) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(err(berth_maps::ENDPOINTS_MAP)(e)),
         }
     }
 
-    pub fn set_policy(
+    pub(super) fn set_policy(
         &mut self,
         task_id: u32,
         ingress: &[PolicyRule],
@@ -133,7 +133,7 @@ impl PolicyMaps {
             .map_err(err(berth_maps::POLICY_MAP))
     }
 
-    pub fn remove_policy(&mut self, task_id: u32) -> Result<(), DatapathError> {
+    pub(super) fn remove_policy(&mut self, task_id: u32) -> Result<(), DatapathError> {
         for dir in [DIR_INGRESS, DIR_EGRESS] {
             match self.policy.remove(&PolicyKey { task_id, dir }) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
@@ -143,7 +143,7 @@ impl PolicyMaps {
         Ok(())
     }
 
-    pub fn set_group_members(
+    pub(super) fn set_group_members(
         &mut self,
         sg_id: u32,
         members: &[Ipv4Addr],
@@ -171,7 +171,7 @@ impl PolicyMaps {
 
     /// Drops what is not in the lists; returns how many entries went and
     /// the addresses of the endpoints that went (their tasks are gone).
-    pub fn retain(
+    pub(super) fn retain(
         &mut self,
         endpoints: &[Ipv4Addr],
         policies: &[u32],
@@ -272,7 +272,7 @@ mod tests {
             icmp_code: None,
             peer: RulePeer::Group(1),
         };
-        assert!(encode_policy(&vec![r; MAX_RULES]).is_ok());
-        assert!(encode_policy(&vec![r; MAX_RULES + 1]).is_err());
+        encode_policy(&vec![r; MAX_RULES]).unwrap();
+        encode_policy(&vec![r; MAX_RULES + 1]).unwrap_err();
     }
 }

@@ -2,8 +2,8 @@
 //! authoritative source rather than from what the container sends: the
 //! port is the host end of a veth pair, and its peer, inside the
 //! container's network namespace, holds the container's addresses. rtnetlink
-//! gives the peer (IFLA_LINK in the namespace IFLA_LINK_NETNSID names) and
-//! that namespace's addresses (RTM_GETADDR with IFA_TARGET_NETNSID, which
+//! gives the peer (`IFLA_LINK` in the namespace `IFLA_LINK_NETNSID` names) and
+//! that namespace's addresses (`RTM_GETADDR` with `IFA_TARGET_NETNSID`, which
 //! needs strict checking), without entering the namespace.
 //!
 //! A port that is not a veth, or whose peer has gone, has no learnable
@@ -13,7 +13,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io,
     net::Ipv4Addr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
 const NETLINK_GET_STRICT_CHK: libc::c_int = 12;
@@ -80,7 +80,7 @@ fn push_attr(msg: &mut Vec<u8>, ty: u16, payload: &[u8]) {
 }
 
 impl Rtnl {
-    fn open() -> io::Result<Rtnl> {
+    fn open() -> io::Result<Self> {
         // SAFETY: plain socket(2); the fd is owned right after.
         let fd = unsafe {
             libc::socket(
@@ -101,14 +101,14 @@ impl Rtnl {
                 fd.as_raw_fd(),
                 SOL_NETLINK,
                 NETLINK_GET_STRICT_CHK,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                (&raw const on).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Rtnl { fd, seq: 0 })
+        Ok(Self { fd, seq: 0 })
     }
 
     /// Sends one request (`body` after the netlink header) and returns the
@@ -132,8 +132,8 @@ impl Rtnl {
                 msg.as_ptr().cast(),
                 msg.len(),
                 0,
-                (&to as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+                (&raw const to).cast(),
+                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
             )
         };
         if rc < 0 {
@@ -263,7 +263,7 @@ pub(super) fn port_addrs(ifindex: u32) -> io::Result<Option<(Peer, Vec<Ipv4Addr>
     match nl.ipv4_addrs(peer) {
         Ok(a) => Ok(Some((peer, a))),
         // The container's namespace went away between the two requests.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV) | Some(libc::EINVAL)) => Ok(None),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::EINVAL)) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -271,7 +271,7 @@ pub(super) fn port_addrs(ifindex: u32) -> io::Result<Option<(Peer, Vec<Ipv4Addr>
 /// Who owns which address, given what each port's namespace says now
 /// (`claims`) and who owned what before (`prev`). An address claimed by one
 /// port is that port's. One claimed by several (a container with
-/// CAP_NET_ADMIN adding its neighbour's address, or a reused address whose
+/// `CAP_NET_ADMIN` adding its neighbour's address, or a reused address whose
 /// old container is still being torn down) stays with the port that held
 /// it before, or goes to none of them: a newcomer never takes over an
 /// address, and a tie is refused rather than guessed.

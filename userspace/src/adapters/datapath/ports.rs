@@ -2,10 +2,10 @@
 //! host-side veth) gets the security-group programs, `berth_from_ctr` on tc
 //! ingress (what the container sends) and `berth_to_ctr` on tc egress (what
 //! it receives). It also keeps each port's own addresses (learned from the
-//! container's side, see [`port_addrs`]) in BERTH_PORT_ADDRS, so a container
+//! container's side, see [`port_addrs`]) in `BERTH_PORT_ADDRS`, so a container
 //! cannot send from another's address.
 //!
-//! A thread follows link events over netlink (RTM_NEWLINK / RTM_DELLINK,
+//! A thread follows link events over netlink (`RTM_NEWLINK` / `RTM_DELLINK`,
 //! `IFLA_MASTER` = the bridge), so a container's veth is hooked as soon as
 //! it is enslaved, milliseconds before a runtime typically sets it up and
 //! gives the container an address. A full resync against the bridge's port
@@ -16,7 +16,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
     net::Ipv4Addr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -39,7 +39,7 @@ use super::{
 };
 use crate::domain::error::chain;
 
-pub const PORT_PROGRAMS: [&str; 2] = berth_maps::program::PORT_PROGRAMS;
+pub(super) const PORT_PROGRAMS: [&str; 2] = berth_maps::program::PORT_PROGRAMS;
 /// Full resync against the bridge's port list.
 const RESYNC: Duration = Duration::from_secs(10);
 /// How often the thread looks at its stop flag between events.
@@ -69,10 +69,10 @@ struct Ports {
     bridge: String,
     links_dir: PathBuf,
     known: BTreeSet<String>,
-    /// BERTH_HOOKED_PORTS: the ifindex of every port in `known`, for the
+    /// `BERTH_HOOKED_PORTS`: the ifindex of every port in `known`, for the
     /// datapath's gate on ports not hooked yet.
     hooked: HashMap<MapData, u32, u32>,
-    /// BERTH_CONFIG, for the bridge's MAC: a bridge without a fixed address
+    /// `BERTH_CONFIG`, for the bridge's MAC: a bridge without a fixed address
     /// takes one of its ports', so it changes as ports come and go.
     config: Array<MapData, u64>,
     bridge_mac: Option<u64>,
@@ -96,7 +96,10 @@ impl Ports {
     /// happens here.
     fn on_new_port(&mut self, port: &str) -> Result<(), DatapathError> {
         let t0 = Instant::now();
-        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ebpf = self
+            .ebpf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for prog in PORT_PROGRAMS {
             if let Err(e) = attach_pinned(&mut ebpf, prog, port, &self.links_dir) {
                 // A port may vanish between its event and the attach.
@@ -329,7 +332,7 @@ fn follow(
     }
 }
 
-/// BERTH_PORT_ADDRS kept equal to what the ports' namespaces say, with
+/// `BERTH_PORT_ADDRS` kept equal to what the ports' namespaces say, with
 /// contested addresses resolved by [`resolve_claims`].
 struct PortAddrSync {
     map: HashMap<MapData, u32, PortAddrs>,
@@ -367,7 +370,7 @@ impl PortAddrSync {
                 (port, addrs)
             })
             .collect();
-        PortAddrSync {
+        Self {
             map,
             claims: owned.clone(),
             owned,
@@ -470,7 +473,7 @@ impl Drop for PortWatcher {
     }
 }
 
-/// A NETLINK_ROUTE socket subscribed to link changes.
+/// A `NETLINK_ROUTE` socket subscribed to link changes.
 struct LinkEvents {
     fd: OwnedFd,
 }
@@ -491,7 +494,7 @@ const IFINFOMSG_LEN: usize = 16;
 const RTA_HDRLEN: usize = 4;
 
 impl LinkEvents {
-    fn open() -> io::Result<LinkEvents> {
+    fn open() -> io::Result<Self> {
         // SAFETY: plain socket(2); the fd is owned right away.
         let raw = unsafe {
             libc::socket(
@@ -513,8 +516,8 @@ impl LinkEvents {
         let rc = unsafe {
             libc::bind(
                 fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_nl>() as u32,
             )
         };
         if rc != 0 {
@@ -528,7 +531,7 @@ impl LinkEvents {
             tv_usec: WAKE.as_micros() as libc::suseconds_t,
         };
         set_sockopt(&fd, libc::SO_RCVTIMEO, &tv)?;
-        Ok(LinkEvents { fd })
+        Ok(Self { fd })
     }
 
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -560,10 +563,10 @@ fn wait_readable(links: &OwnedFd, addrs: Option<&AddrEvents>) -> (bool, bool) {
     (ready(&fds[0]), ready(&fds[1]))
 }
 
-/// A NETLINK_ROUTE socket subscribed to IPv4 address changes in the
-/// containers' namespaces: with NETLINK_LISTEN_ALL_NSID it gets the events
+/// A `NETLINK_ROUTE` socket subscribed to IPv4 address changes in the
+/// containers' namespaces: with `NETLINK_LISTEN_ALL_NSID` it gets the events
 /// of every namespace that has an id in ours (each veth peer's namespace
-/// has one: it is the port's IFLA_LINK_NETNSID), tagged with that id, so a
+/// has one: it is the port's `IFLA_LINK_NETNSID`), tagged with that id, so a
 /// container's address is known as soon as it is set rather than at the
 /// next poll. Kept apart from [`LinkEvents`], so a link event of another
 /// namespace is never taken for one of ours.
@@ -572,7 +575,7 @@ struct AddrEvents {
 }
 
 impl AddrEvents {
-    fn open() -> io::Result<AddrEvents> {
+    fn open() -> io::Result<Self> {
         // SAFETY: plain socket(2); the fd is owned right away.
         let raw = unsafe {
             libc::socket(
@@ -594,8 +597,8 @@ impl AddrEvents {
         let rc = unsafe {
             libc::bind(
                 fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_nl>() as u32,
             )
         };
         if rc != 0 {
@@ -603,7 +606,7 @@ impl AddrEvents {
         }
         set_sockopt(&fd, libc::SO_RCVBUF, &(1 << 20 as libc::c_int))?;
         set_netlink_opt(&fd, NETLINK_LISTEN_ALL_NSID, &(1 as libc::c_int))?;
-        Ok(AddrEvents { fd })
+        Ok(Self { fd })
     }
 
     /// Re-reads the port of every address event waiting; `Err` when the
@@ -639,19 +642,19 @@ impl AddrEvents {
         let mut control = [0u64; 8];
         // SAFETY: an all-zero msghdr is valid; the fields used are set.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
+        msg.msg_iov = &raw mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control);
+        msg.msg_controllen = size_of_val(&control);
         // SAFETY: `msg` points at `iov` and `control`, valid for their lengths.
-        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, 0) };
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &raw mut msg, 0) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
         let mut nsid = None;
         // SAFETY: walking the control messages recvmsg wrote into `control`.
         unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
             while !c.is_null() {
                 if (*c).cmsg_level == SOL_NETLINK
                     && (*c).cmsg_type == NETLINK_LISTEN_ALL_NSID
@@ -659,7 +662,7 @@ impl AddrEvents {
                 {
                     nsid = Some(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>()));
                 }
-                c = libc::CMSG_NXTHDR(&msg, c);
+                c = libc::CMSG_NXTHDR(&raw const msg, c);
             }
         }
         Ok((n as usize, nsid))
@@ -703,8 +706,8 @@ fn set_opt<T>(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int, val: &T) -> io
             fd.as_raw_fd(),
             level,
             opt,
-            (val as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
+            std::ptr::from_ref::<T>(val).cast(),
+            size_of::<T>() as libc::socklen_t,
         )
     };
     if rc != 0 {
@@ -714,7 +717,7 @@ fn set_opt<T>(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int, val: &T) -> io
     }
 }
 
-/// One link's state from an RTM_NEWLINK / RTM_DELLINK message.
+/// One link's state from an `RTM_NEWLINK` / `RTM_DELLINK` message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct LinkEvent {
     index: u32,
@@ -901,7 +904,7 @@ mod tests {
         let mut bogus = good.clone();
         bogus[0..4].copy_from_slice(&3u32.to_ne_bytes()); // shorter than a header
         assert!(parse_link_events(&bogus).is_empty());
-        let mut bad_attr = good.clone();
+        let mut bad_attr = good;
         let at = NLMSG_HDRLEN + IFINFOMSG_LEN;
         bad_attr[at..at + 2].copy_from_slice(&999u16.to_ne_bytes());
         assert!(parse_link_events(&bad_attr).is_empty(), "no name, no event");
@@ -918,6 +921,6 @@ mod tests {
     fn the_bridge_port_list_fails_loudly_instead_of_looking_empty() {
         // The old listing turned an error into "no ports", which unhooked
         // every port.
-        assert!(bridge_ports("berth-no-such-br0").is_err());
+        bridge_ports("berth-no-such-br0").unwrap_err();
     }
 }

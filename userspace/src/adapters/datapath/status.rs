@@ -22,7 +22,7 @@ pub(super) struct StatusBase {
 }
 
 impl StatusBase {
-    pub fn read(&self) -> DatapathStatus {
+    pub(super) fn read(&self) -> DatapathStatus {
         DatapathStatus {
             attach: self.attach,
             pin_dir: self.pin_dir.display().to_string(),

@@ -4,7 +4,7 @@
 use std::{
     ffi::CString,
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::Path,
 };
 
@@ -31,7 +31,7 @@ struct Attr([u8; 128]);
 
 impl Attr {
     fn new() -> Self {
-        Attr([0; 128])
+        Self([0; 128])
     }
     fn put_u32(&mut self, off: usize, v: u32) -> &mut Self {
         self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
@@ -45,14 +45,7 @@ impl Attr {
 
 fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
     // SAFETY: attr is a valid, writable bpf_attr of the size given.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.0.as_mut_ptr(),
-            std::mem::size_of::<Attr>(),
-        )
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), size_of::<Attr>()) };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -146,7 +139,7 @@ impl std::fmt::Display for MapShape {
 pub fn map_shape(fd: &OwnedFd) -> io::Result<MapShape> {
     // bpf_map_info: type, id, key_size, value_size, max_entries, map_flags.
     let mut info = [0u32; 24];
-    info_by_fd(fd, info.as_mut_ptr().cast(), std::mem::size_of_val(&info))?;
+    info_by_fd(fd, info.as_mut_ptr().cast(), size_of_val(&info))?;
     Ok(MapShape {
         map_type: info[0],
         key_size: info[2],
@@ -173,7 +166,7 @@ pub const BPF_LINK_TYPE_TCX: u32 = 11;
 
 pub fn link_info(fd: &OwnedFd) -> io::Result<LinkInfo> {
     let mut info = [0u64; 16];
-    info_by_fd(fd, info.as_mut_ptr().cast(), std::mem::size_of_val(&info))?;
+    info_by_fd(fd, info.as_mut_ptr().cast(), size_of_val(&info))?;
     let head = info[0].to_ne_bytes();
     let second = info[1].to_ne_bytes();
     let link_type = u32::from_ne_bytes(head[0..4].try_into().unwrap_or_default());
@@ -250,7 +243,7 @@ pub fn map_update(fd: &OwnedFd, key: &[u8], value: &[u8]) -> io::Result<()> {
     bpf(BPF_MAP_UPDATE_ELEM, &mut a).map(drop)
 }
 
-/// Inserts only when the key is absent (BPF_NOEXIST); false when present.
+/// Inserts only when the key is absent (`BPF_NOEXIST`); false when present.
 pub fn map_insert_new(fd: &OwnedFd, key: &[u8], value: &[u8]) -> io::Result<bool> {
     const BPF_NOEXIST: u64 = 1;
     let mut a = Attr::new();

@@ -3,7 +3,7 @@
 //! - `sg_attachments_v1`: task name -> JSON [`Attachment`] (policy id,
 //!   groups in attach order);
 //! - `sg_meta_v1`: `next_group_id` / `next_policy_id` -> u32.
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use redb::{ReadableDatabase as _, ReadableTable as _, TableDefinition, TableError};
 
 use super::{store_err, Store};
 use crate::{
@@ -136,7 +136,7 @@ impl Store {
 /// missing group, counters past every id in use.
 fn repair(book: &mut SgBook) {
     let names: Vec<String> = book.groups.keys().cloned().collect();
-    for (name, g) in book.groups.iter_mut() {
+    for (name, g) in &mut book.groups {
         for rules in [&mut g.ingress, &mut g.egress] {
             rules.retain(|r| match &r.peer {
                 crate::domain::rules::Peer::Group(peer) if !names.contains(peer) => {
@@ -147,7 +147,7 @@ fn repair(book: &mut SgBook) {
             });
         }
     }
-    for (task, a) in book.attachments.iter_mut() {
+    for (task, a) in &mut book.attachments {
         a.groups.retain(|g| {
             let known = names.contains(g);
             if !known {

@@ -339,7 +339,7 @@ impl BindingChange {
     pub(super) fn between(current: &[Binding], desired: &[Binding]) -> Self {
         let now: BTreeSet<&Binding> = current.iter().collect();
         let wanted: BTreeSet<&Binding> = desired.iter().collect();
-        BindingChange {
+        Self {
             insert: desired
                 .iter()
                 .filter(|b| !now.contains(b))

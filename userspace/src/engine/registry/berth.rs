@@ -44,7 +44,7 @@ impl Berth {
     pub fn new(registry: Registry) -> Self {
         let datapath = registry.datapath().clone();
         let sweeper = registry.sweeper().clone();
-        Berth {
+        Self {
             registry: Arc::new(tokio::sync::Mutex::new(registry)),
             datapath,
             sweeper,

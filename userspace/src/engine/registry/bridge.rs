@@ -26,16 +26,16 @@ pub enum Bridge {
 impl Bridge {
     pub fn name(&self) -> &str {
         match self {
-            Bridge::System { name, .. } | Bridge::Fixed { name, .. } => name,
+            Self::System { name, .. } | Self::Fixed { name, .. } => name,
         }
     }
 
     pub fn subnets(&self) -> Result<Vec<Ipv4Cidr>> {
         match self {
-            Bridge::System { name, read } => {
+            Self::System { name, read } => {
                 read(name).map_err(|e| Error::io(format!("reading the addresses of {name}"), e))
             }
-            Bridge::Fixed { subnets, .. } => Ok(subnets.clone()),
+            Self::Fixed { subnets, .. } => Ok(subnets.clone()),
         }
     }
 

@@ -36,19 +36,19 @@ fn bridge() -> Bridge {
 
 impl Env {
     /// Dynamic range `start-end`, nothing reserved, a 300 s cool-down.
-    fn new(start: u16, end: u16) -> Env {
+    fn new(start: u16, end: u16) -> Self {
         let policy = PortPolicy {
             range: range(start, end),
             reserved: BTreeSet::new(),
             cooldown_secs: 300,
         };
-        Env::with_policy(policy)
+        Self::with_policy(policy)
     }
 
-    fn with_policy(policy: PortPolicy) -> Env {
+    fn with_policy(policy: PortPolicy) -> Self {
         let host = Arc::new(FakeHost::default());
         host.set_now(T0);
-        let mut env = Env {
+        let mut env = Self {
             dir: tempfile::tempdir().unwrap(),
             datapath: Arc::new(FakeDatapath::default()),
             host,
@@ -207,10 +207,9 @@ fn a_pool_spec_removes_the_mapping_it_placed() {
         .unwrap();
     assert_eq!(Env::ports(&gone), [9000]);
     assert_eq!(Env::ports(&env.r().bindings()), [7000]);
-    assert!(env
-        .r()
+    env.r()
         .remove("web", &parse_specs(&["9000-9009:80"]).unwrap())
-        .is_err());
+        .unwrap_err();
     env.assert_consistent();
 }
 
@@ -275,7 +274,7 @@ fn the_same_port_is_free_for_another_protocol_or_a_disjoint_bind_ip() {
     let other_ip = env.add("c", "172.17.0.4", &["10.0.0.2::80"]).unwrap();
     assert_eq!(other_ip[0].host_port, 100);
     // The wildcard overlaps both.
-    assert!(env.add("d", "172.17.0.5", &["80"]).is_err());
+    env.add("d", "172.17.0.5", &["80"]).unwrap_err();
 }
 
 #[test]
@@ -317,7 +316,7 @@ fn a_released_port_cools_down_then_comes_back() {
     env.add("s", "172.17.0.4", &["49153:80"]).unwrap();
     env.r().remove("s", &[]).unwrap();
     env.host.advance(299);
-    assert!(env.add("b", "172.17.0.3", &["80"]).is_err());
+    env.add("b", "172.17.0.3", &["80"]).unwrap_err();
     env.host.advance(1);
     let added = env.add("b", "172.17.0.3", &["80"]).unwrap();
     assert_eq!(added[0].host_port, 49153);
@@ -330,7 +329,7 @@ fn cool_downs_survive_a_restart() {
     env.r().remove("a", &[]).unwrap();
     env.restart();
     env.host.advance(100);
-    assert!(env.add("b", "172.17.0.3", &["80"]).is_err());
+    env.add("b", "172.17.0.3", &["80"]).unwrap_err();
     env.host.advance(200);
     env.restart();
     env.add("b", "172.17.0.3", &["80"]).unwrap();

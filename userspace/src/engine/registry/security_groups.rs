@@ -31,7 +31,7 @@ pub(super) struct SgState {
 impl SgState {
     /// Loads the book and forgets the attachments of tasks that no longer
     /// exist (a crash between a task's removal and that of its groups).
-    pub(super) fn load(store: &dyn Ledger, stored: &Stored) -> Result<SgState> {
+    pub(super) fn load(store: &dyn Ledger, stored: &Stored) -> Result<Self> {
         let loaded = store.load_sgs()?;
         let mut book = loaded.clone();
         book.attachments.retain(|task, _| {
@@ -42,7 +42,7 @@ impl SgState {
         if !changes.is_empty() {
             store.commit_sgs(&changes)?;
         }
-        Ok(SgState {
+        Ok(Self {
             book,
             settings: SgSettings::default(),
             applied: Mutex::new(DpState::default()),
@@ -265,7 +265,10 @@ impl Registry {
     }
 
     fn sg_applied(&self) -> MutexGuard<'_, DpState> {
-        self.sg.applied.lock().unwrap_or_else(|p| p.into_inner())
+        self.sg
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn sg_want(&self, book: &SgBook, tasks: &BTreeMap<String, BTreeSet<Ipv4Addr>>) -> DpState {

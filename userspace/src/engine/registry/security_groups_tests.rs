@@ -35,12 +35,12 @@ fn ip(s: &str) -> Ipv4Addr {
 }
 
 impl Env {
-    fn new() -> Env {
-        Env::with(SgSettings::default())
+    fn new() -> Self {
+        Self::with(SgSettings::default())
     }
 
-    fn with(settings: SgSettings) -> Env {
-        let mut env = Env {
+    fn with(settings: SgSettings) -> Self {
+        let mut env = Self {
             dir: tempfile::tempdir().unwrap(),
             datapath: Arc::new(FakeDatapath::default()),
             settings,

@@ -1,6 +1,6 @@
 //! Forgetting removed bindings' tracked flows in the background.
 //!
-//! Unpublishing takes a binding out of BERTH_SERVICES and BERTH_PORTS before
+//! Unpublishing takes a binding out of `BERTH_SERVICES` and `BERTH_PORTS` before
 //! the request answers: no new flow can start for it, and the bind guard
 //! lets host processes have the port again. Its tracked flows are forgotten
 //! afterwards by one worker thread, so the answer does not wait for a pass
@@ -8,9 +8,9 @@
 //! while a pass runs are swept together by the next pass: one pass per
 //! burst, not one per request.
 //!
-//! What a pass forgets: the published-port flows (BERTH_NAT, BERTH_NAT_NEW)
-//! of the removed bindings, and the policy-tracked flows (BERTH_CT,
-//! BERTH_CT_NEW) with an address of a task that is gone at either end — a
+//! What a pass forgets: the published-port flows (`BERTH_NAT`, `BERTH_NAT_NEW`)
+//! of the removed bindings, and the policy-tracked flows (`BERTH_CT`,
+//! `BERTH_CT_NEW`) with an address of a task that is gone at either end — a
 //! removed task loses its groups and what they allowed.
 //!
 //! Ordering: a publish whose bindings share a flow owner (protocol,
@@ -154,7 +154,9 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -165,7 +167,7 @@ pub struct FlowSweeper {
 }
 
 /// A place in the sweep queue: done once the pass that took it finished.
-pub type Ticket = u64;
+pub(super) type Ticket = u64;
 
 impl FlowSweeper {
     pub fn start(datapath: Arc<dyn Datapath>) -> Self {
@@ -190,7 +192,7 @@ impl FlowSweeper {
                 None
             }
         };
-        FlowSweeper {
+        Self {
             shared,
             worker: Mutex::new(worker),
         }
@@ -250,7 +252,7 @@ impl FlowSweeper {
                 .shared
                 .finished
                 .wait(q)
-                .unwrap_or_else(|p| p.into_inner());
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 
@@ -265,7 +267,11 @@ impl FlowSweeper {
     pub fn close(&self) {
         self.shared.lock().closed = true;
         self.shared.wake.notify_all();
-        let worker = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let worker = self
+            .worker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         if let Some(worker) = worker {
             if worker.join().is_err() {
                 tracing::error!("the flow sweeper panicked; the next start forgets what it left");
@@ -284,7 +290,10 @@ fn run(shared: &Shared) {
     let mut q = shared.lock();
     loop {
         while q.waiting.is_empty() && !q.closed {
-            q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+            q = shared
+                .wake
+                .wait(q)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
         if q.waiting.is_empty() {
             return; // closed, and nothing is left
@@ -300,7 +309,7 @@ fn run(shared: &Shared) {
             q = shared
                 .wake
                 .wait_timeout(q, left)
-                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
         q.hurry = false;
@@ -441,7 +450,7 @@ mod tests {
         let gone = binding("old", [172, 17, 0, 2], 8080); // 8080:80/udp
         let ticket = s.queue(std::slice::from_ref(&gone), &[]);
         let ip = gone.container_ip;
-        let spec = |s: &str| s.parse::<crate::domain::spec::PortSpec>().unwrap();
+        let spec = |s: &str| s.parse::<PortSpec>().unwrap();
         for (specs, blocked) in [
             (vec!["8080:80/udp"], true),
             (vec!["8001-8100:1-100/udp"], true),  // 8080 -> 80

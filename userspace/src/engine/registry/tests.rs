@@ -205,17 +205,15 @@ fn a_port_dockerd_holds_for_events_mode_is_published_only_when_marked_so() {
     let datapath = Arc::new(FakeDatapath::default());
     let store = Store::open(dir.path()).unwrap();
     let mut r = Registry::open(store, datapath.clone(), bridge(), host.clone(), policy()).unwrap();
-    assert!(r
-        .add("web", ip("172.17.0.2"), &specs(&["8080:80"]))
-        .is_err());
+    r.add("web", ip("172.17.0.2"), &specs(&["8080:80"]))
+        .unwrap_err();
     r.add_held_by_docker("web", ip("172.17.0.2"), &specs(&["8080:80"]))
         .unwrap();
     assert_eq!(datapath.bindings().len(), 1);
     // The exemption lasts for that one request.
     host.listen(Protocol::Tcp, "0.0.0.0:9090");
-    assert!(r
-        .add("api", ip("172.17.0.3"), &specs(&["9090:80"]))
-        .is_err());
+    r.add("api", ip("172.17.0.3"), &specs(&["9090:80"]))
+        .unwrap_err();
 }
 
 #[test]
@@ -426,7 +424,7 @@ fn reopened_registry_reloads_and_restores_every_binding() {
     let store = Store::open(dir.path()).unwrap();
     let datapath = Arc::new(FakeDatapath::default());
     let r = open(store, datapath.clone());
-    let mut expected = added.clone();
+    let mut expected = added;
     expected.sort();
     assert_eq!(r.restore().unwrap(), 2);
     assert_eq!(datapath.bindings(), expected);

@@ -75,8 +75,8 @@ fn ports_are_checked_like_port_specs() {
         parse_ports("http").unwrap_err().to_string(),
         "invalid port \"http\": not a number"
     );
-    assert!(parse_ports("1-2-3").is_err());
-    assert!(parse_ports("").is_err());
+    parse_ports("1-2-3").unwrap_err();
+    parse_ports("").unwrap_err();
 }
 
 #[test]
@@ -302,7 +302,7 @@ fn remove_rule_matches_every_field_but_the_description() {
             .to_string(),
         "security group db has no rule ingress tcp 5433 from 10.0.0.0/8"
     );
-    assert!(b.remove_rule("db", Direction::Egress, &r).is_err());
+    b.remove_rule("db", Direction::Egress, &r).unwrap_err();
     b.remove_rule("db", Direction::Ingress, &r).unwrap();
     assert!(b.group("db").unwrap().ingress.is_empty());
 }

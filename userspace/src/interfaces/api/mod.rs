@@ -35,7 +35,7 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
-use http_body_util::BodyExt;
+use http_body_util::BodyExt as _;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::sync::broadcast::{self, error::RecvError};
 
@@ -50,11 +50,11 @@ use crate::{
     engine::registry::Berth,
 };
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunTaskRequest {
     pub name: String,
-    /// Either shape: RegisterTaskDefinition's input, or DescribeTaskDefinition's
+    /// Either shape: `RegisterTaskDefinition`'s input, or `DescribeTaskDefinition`'s
     /// output (`{"taskDefinition": {...}}`).
     #[serde(rename = "taskDefinition")]
     pub task_definition: serde_json::Value,
@@ -128,7 +128,7 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
+        Self {
             status,
             message: message.into(),
         }
@@ -139,7 +139,7 @@ impl From<Error> for ApiError {
     fn from(err: Error) -> Self {
         let status =
             StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        ApiError::new(status, err.one_line())
+        Self::new(status, err.one_line())
     }
 }
 
@@ -218,7 +218,7 @@ pub fn router(berth: Berth) -> Router {
         .route("/v1/tasks/{name}", axum::routing::delete(stop_task))
         .route("/v1/tasks/{name}/stop", post(stop_task))
         .route("/v1/events", get(events))
-        .merge(crate::interfaces::api::sg::routes())
+        .merge(sg::routes())
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(crate::interfaces::server::log_changes))
@@ -237,7 +237,7 @@ async fn add_bindings(
     State(berth): State<Berth>,
     JsonBody(req): JsonBody<AddRequest>,
 ) -> Result<(StatusCode, Json<Vec<Binding>>), ApiError> {
-    crate::domain::task::validate_task_name(&req.task)?;
+    validate_task_name(&req.task)?;
     let container_ip = parse_container_ip(&req.container_ip)?;
     let specs = parse_specs(&req.ports)?;
     let added = berth
@@ -250,7 +250,7 @@ async fn remove_bindings(
     State(berth): State<Berth>,
     JsonBody(req): JsonBody<RemoveRequest>,
 ) -> Result<Json<Vec<Binding>>, ApiError> {
-    crate::domain::task::validate_task_name(&req.task)?;
+    validate_task_name(&req.task)?;
     let specs = parse_specs(&req.ports)?;
     Ok(Json(berth.remove(req.task, specs).await?))
 }

@@ -14,7 +14,7 @@
 //!           409 (exists, duplicate, limit, still in use) {"error":"one line"}
 //! ```
 //!
-//! A RuleSpec: `{"direction":"ingress","protocol":"tcp","port":"5432",
+//! A `RuleSpec`: `{"direction":"ingress","protocol":"tcp","port":"5432",
 //! "sg":"sg-api","description":"..."}`; `cidr` instead of `sg`; ICMP takes
 //! `icmpType`/`icmpCode` (-1: any) instead of `port`.
 use axum::{
@@ -123,9 +123,9 @@ mod tests {
     use std::{net::Ipv4Addr, sync::Arc};
 
     use axum::{body::Body, extract::Request};
-    use http_body_util::BodyExt;
+    use http_body_util::BodyExt as _;
     use serde_json::{json, Value};
-    use tower::ServiceExt;
+    use tower::ServiceExt as _;
 
     use crate::{
         adapters::store::Store,

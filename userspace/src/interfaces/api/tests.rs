@@ -2,9 +2,9 @@
 use std::{net::Ipv4Addr, sync::Arc};
 
 use axum::body::Body;
-use http_body_util::BodyExt;
+use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
-use tower::ServiceExt;
+use tower::ServiceExt as _;
 
 use super::*;
 use crate::{
@@ -231,7 +231,7 @@ async fn delete_of_unknown_task_or_binding_is_404() {
 async fn stats_reports_datapath_counters() {
     let api = api();
     api.datapath.count(berth_maps::Counter::IngressPass, 7);
-    let mut counters: serde_json::Map<String, serde_json::Value> = berth_maps::COUNTER_NAMES
+    let mut counters: serde_json::Map<String, Value> = berth_maps::COUNTER_NAMES
         .iter()
         .map(|n| (n.to_string(), json!(0)))
         .collect();

@@ -36,7 +36,7 @@ pub struct DaemonArgs {
     #[arg(long, value_enum, default_value = "tc")]
     pub attach: AttachMode,
     /// Where dynamic host ports come from [default: the namespace's
-    /// net.ipv4.ip_local_port_range].
+    /// `net.ipv4.ip_local_port_range`].
     #[arg(long, value_name = "A-B", value_parser = parse_dynamic_range)]
     pub dynamic_ports: Option<PortRange>,
     /// Ports never handed out dynamically: comma list, ranges as a-b; ""
@@ -109,10 +109,10 @@ impl DaemonArgs {
     }
 }
 
-fn parse_dynamic_range(s: &str) -> std::result::Result<PortRange, String> {
+fn parse_dynamic_range(s: &str) -> Result<PortRange, String> {
     parse_range(s).map_err(|e| e.to_string())
 }
 
-fn parse_reserved_ports(s: &str) -> std::result::Result<BTreeSet<u16>, String> {
+fn parse_reserved_ports(s: &str) -> Result<BTreeSet<u16>, String> {
     parse_port_list(s)
 }

@@ -126,7 +126,7 @@ pub fn one_line_clap_error(err: &clap::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::CommandFactory as _;
 
     use super::{map::bindings_table, status::stats_table, task::tasks_table, *};
     use crate::{
@@ -278,7 +278,7 @@ mod tests {
         assert_eq!(args.state_dir, PathBuf::from("/s"));
         assert_eq!(args.bpffs, PathBuf::from("/sys/fs/bpf"));
         // Without --teardown the daemon still needs them.
-        assert!(parse(&["daemon", "--bridge", "br0"]).is_err());
+        parse(&["daemon", "--bridge", "br0"]).unwrap_err();
     }
 
     #[test]

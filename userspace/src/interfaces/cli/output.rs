@@ -1,6 +1,6 @@
 //! Printing to stdout, JSON lines and aligned tables, shared by every
 //! command group.
-use std::io::Write;
+use std::io::Write as _;
 
 use crate::domain::error::{Error, Result};
 
@@ -31,7 +31,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let mut out = String::new();
-    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let header: Vec<String> = header.iter().map(ToString::to_string).collect();
     for row in std::iter::once(&header).chain(rows) {
         let mut line = String::new();
         for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {

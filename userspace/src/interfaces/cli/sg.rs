@@ -187,7 +187,7 @@ pub struct SgDaemonArgs {
     pub ct_icmp_timeout: u64,
     /// Capacity of the security-group connection-tracking table
     /// [default: --max-flows]. When it is full new flows are refused and counted
-    /// (ct_table_full); established ones are never evicted. A pinned table
+    /// (`ct_table_full`); established ones are never evicted. A pinned table
     /// of another size is resized at start, its flows kept (refused when
     /// they do not fit).
     #[arg(
@@ -199,7 +199,7 @@ pub struct SgDaemonArgs {
     /// Capacity of the table of established published-port flows (and of
     /// the table of clash-remapped client ports) [default: --max-flows]. When it
     /// is full, flows completing their handshake are refused and counted
-    /// (nat_table_full); established ones are never evicted. A pinned table
+    /// (`nat_table_full`); established ones are never evicted. A pinned table
     /// of another size is resized at start, its flows kept (refused when
     /// they do not fit).
     #[arg(
@@ -419,7 +419,7 @@ pub fn show_text(g: &SgView) -> String {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
+    use clap::Parser as _;
 
     use super::*;
     use crate::interfaces::cli::{one_line_clap_error, Cli, Command};

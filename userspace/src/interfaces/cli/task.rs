@@ -20,9 +20,9 @@ use crate::{
 pub enum TaskCommand {
     /// Publish every container's port mappings of an ECS task definition
     /// (bridge mode) as one task, and print each container's networkBindings
-    /// as ECS DescribeTasks shows them (JSON).
+    /// as ECS `DescribeTasks` shows them (JSON).
     Run {
-        /// RegisterTaskDefinition input, DescribeTaskDefinition output, or
+        /// `RegisterTaskDefinition` input, `DescribeTaskDefinition` output, or
         /// a bare array of container definitions.
         #[arg(long, value_name = "FILE.json")]
         task_def: PathBuf,

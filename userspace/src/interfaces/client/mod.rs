@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt as _, Full};
 use hyper::{body::Bytes, client::conn::http1, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::{de::DeserializeOwned, Serialize};
@@ -28,7 +28,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Client {
+        Self {
             socket: socket.into(),
             timeout: DEFAULT_TIMEOUT,
         }

@@ -14,9 +14,9 @@ pub enum Proto {
 impl Proto {
     pub fn as_str(self) -> &'static str {
         match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-            Proto::Sctp => "sctp",
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Sctp => "sctp",
         }
     }
 }
@@ -66,8 +66,8 @@ pub fn parse(args: &[OsString]) -> Result<ProxyArgs, String> {
         i += 1;
         if matches!(name, "use-listen-fd" | "v" | "version") {
             let on = match inline.as_deref() {
-                None | Some("true") | Some("1") => true,
-                Some("false") | Some("0") => false,
+                None | Some("true" | "1") => true,
+                Some("false" | "0") => false,
                 Some(v) => return Err(format!("invalid boolean value {v:?} for -{name}")),
             };
             match name {

@@ -46,7 +46,7 @@ pub fn docker_socket(parent_cmdline: &[OsString], docker_host: Option<&str>) -> 
 }
 
 pub fn parent_cmdline(ppid: u32) -> Vec<OsString> {
-    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::ffi::OsStrExt as _;
     std::fs::read(format!("/proc/{ppid}/cmdline"))
         .map(|raw| {
             raw.split(|&b| b == 0)

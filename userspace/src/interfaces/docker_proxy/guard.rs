@@ -10,7 +10,7 @@
 //!   proxy that stops normally SIGKILLs its unpublisher first, so only one
 //!   of them ever removes the mapping (never a later proxy's).
 use std::{
-    io::{Read, Write},
+    io::{Read as _, Write as _},
     os::unix::net::UnixStream,
     path::Path,
     time::Duration,
@@ -19,7 +19,7 @@ use std::{
 use crate::interfaces::api::RemoveRequest;
 
 /// SIGTERM when the parent dies; an error when it already has.
-pub fn die_with_parent(ppid_at_start: libc::pid_t) -> Result<(), String> {
+pub(super) fn die_with_parent(ppid_at_start: libc::pid_t) -> Result<(), String> {
     unsafe {
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
             return Err(format!(
@@ -39,13 +39,13 @@ pub fn die_with_parent(ppid_at_start: libc::pid_t) -> Result<(), String> {
 }
 
 /// The forked unpublisher, until [`Unpublisher::cancel`].
-pub struct Unpublisher {
+pub(super) struct Unpublisher {
     pid: libc::pid_t,
 }
 
 impl Unpublisher {
     /// SIGKILL and reap: the proxy unpublishes itself.
-    pub fn cancel(self) {
+    pub(super) fn cancel(self) {
         unsafe {
             libc::kill(self.pid, libc::SIGKILL);
             libc::waitpid(self.pid, std::ptr::null_mut(), 0);
@@ -55,7 +55,10 @@ impl Unpublisher {
 
 /// Forks the unpublisher. Call with no runtime running on this thread and
 /// no other threads (the proxy's runtime is current-thread).
-pub fn spawn_unpublisher(socket: &Path, remove: &RemoveRequest) -> Result<Unpublisher, String> {
+pub(super) fn spawn_unpublisher(
+    socket: &Path,
+    remove: &RemoveRequest,
+) -> Result<Unpublisher, String> {
     // Everything the child needs is prepared before the fork.
     let body = serde_json::to_vec(remove).map_err(|e| e.to_string())?;
     let mut request = format!(
@@ -68,9 +71,9 @@ pub fn spawn_unpublisher(socket: &Path, remove: &RemoveRequest) -> Result<Unpubl
     let proxy = unsafe { libc::getpid() };
     let mut stop: libc::sigset_t = unsafe { std::mem::zeroed() };
     unsafe {
-        libc::sigemptyset(&mut stop);
+        libc::sigemptyset(&raw mut stop);
         for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut stop, sig);
+            libc::sigaddset(&raw mut stop, sig);
         }
     }
     match unsafe { libc::fork() } {
@@ -78,15 +81,15 @@ pub fn spawn_unpublisher(socket: &Path, remove: &RemoveRequest) -> Result<Unpubl
         0 => unsafe {
             // dockerd's status pipe belongs to the proxy alone.
             libc::close(super::STATUS_FD);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &stop, std::ptr::null_mut());
+            libc::pthread_sigmask(libc::SIG_BLOCK, &raw const stop, std::ptr::null_mut());
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
             if libc::getppid() == proxy {
                 let mut sig = 0;
-                libc::sigwait(&stop, &mut sig);
+                libc::sigwait(&raw const stop, &raw mut sig);
             }
             let ok = send_blocking(&socket, &request);
             // Never return into the parent's copied state (its runtime).
-            libc::_exit(if ok { 0 } else { 1 })
+            libc::_exit(i32::from(!ok))
         },
         pid => Ok(Unpublisher { pid }),
     }

@@ -16,7 +16,7 @@ mod guard;
 use std::{
     ffi::OsString,
     net::IpAddr,
-    os::unix::process::CommandExt,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -35,7 +35,7 @@ const STATUS_FD: i32 = 3;
 const LISTEN_FD: i32 = 4;
 /// How long a proxy named after its container's IP keeps asking Docker for
 /// the container's name.
-const RENAME_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+const RENAME_PATIENCE: std::time::Duration = std::time::Duration::from_mins(2);
 const FALLBACK_ENV: &str = "BERTH_DOCKER_PROXY_FALLBACK";
 const FALLBACK_PATHS: &[&str] = &[
     "/usr/sbin/docker-proxy",
@@ -135,7 +135,7 @@ pub(crate) fn bridge_holds(bridge: &str, ip: IpAddr) -> bool {
     let mut subnets = Vec::new();
     unsafe {
         let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&mut head) != 0 {
+        if libc::getifaddrs(&raw mut head) != 0 {
             return false;
         }
         let mut cur = head;
@@ -254,7 +254,9 @@ fn publish_until_stopped(
     if a.use_listen_fd {
         // The datapath answers before any socket would; holding dockerd's
         // socket open would only keep the port looking busy.
-        unsafe { libc::close(LISTEN_FD) };
+        unsafe {
+            libc::close(LISTEN_FD);
+        }
     }
     let docker = engine::docker_socket(
         &engine::parent_cmdline(ppid),
@@ -311,7 +313,7 @@ async fn name_or_stop(stop: &mut StopSignals, docker: &Path, ip: IpAddr) -> Opti
     };
     tokio::select! {
         name = poll => name,
-        _ = stop.recv() => None,
+        () = stop.recv() => None,
     }
 }
 
@@ -390,7 +392,7 @@ impl StopSignals {
     fn listen(runtime: &tokio::runtime::Runtime) -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
         let _in_runtime = runtime.enter();
-        Ok(StopSignals {
+        Ok(Self {
             int: signal(SignalKind::interrupt())?,
             term: signal(SignalKind::terminate())?,
         })
