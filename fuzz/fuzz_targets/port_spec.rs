@@ -1,7 +1,8 @@
 //! `-p` publish specs: `PortSpec::from_str`, then what a parsed spec
 //! promises: its canonical form parses back to itself, and it expands to
 //! one mapping per port, host port i to container port i, within its
-//! ranges, never port 0.
+//! ranges, never port 0; a host range for one container port is a pool
+//! that expands to nothing until a port of it is picked.
 #![no_main]
 use std::str::FromStr;
 
@@ -31,7 +32,17 @@ fuzz_target!(|data: &[u8]| {
         "{text:?}: container range {c:?}"
     );
     let count = spec.expand().count();
-    match spec.host {
+    if let Some(pool) = spec.host_pool() {
+        // `9000-9009:80`: one container port, a longer host range to pick from.
+        assert!(pool.start >= 1 && pool.start < pool.end, "{text:?}: pool {pool:?}");
+        assert_eq!(c.port_count(), 1, "{text:?}: a pool serves one container port");
+        assert_eq!(count, 0, "{text:?}: a pool expands to nothing until placed");
+        let placed = spec.with_host_start(pool.end);
+        assert_eq!(placed.host_pool(), None, "{text:?}");
+        assert_eq!(placed.expand().count(), 1, "{text:?}");
+        return;
+    }
+    match spec.fixed_host() {
         None => assert_eq!(count, 0, "{text:?}: a dynamic spec expands to nothing"),
         Some(h) => {
             assert!(
