@@ -7,7 +7,7 @@ use std::{fmt, net::Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::cidr::Ipv4Cidr;
+use crate::domain::{cidr::Ipv4Cidr, task::name_problem};
 
 /// AWS's limits: rules per direction per group, groups per task.
 pub const MAX_RULES_PER_DIRECTION: usize = 60;
@@ -16,7 +16,6 @@ pub const DEFAULT_MAX_SGS_PER_TASK: u8 = 5;
 /// rules per direction and task).
 pub const MAX_SGS_PER_TASK: u8 = 16;
 pub const MAX_DESCRIPTION_CHARS: usize = 255;
-pub const MAX_NAME_LEN: usize = 255;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SgError {
@@ -122,22 +121,13 @@ fn list(what: &str, names: &[String]) -> String {
 /// Group names follow task names: non-empty, at most 255 of
 /// `[A-Za-z0-9_.-]`.
 pub fn validate_name(name: &str) -> Result<(), SgError> {
-    let reason = if name.is_empty() {
-        "must not be empty"
-    } else if name.len() > MAX_NAME_LEN {
-        "longer than 255 characters"
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-    {
-        "only letters, digits, '_', '.' and '-' are allowed"
-    } else {
-        return Ok(());
-    };
-    Err(SgError::Name {
-        name: name.to_owned(),
-        reason,
-    })
+    match name_problem(name) {
+        None => Ok(()),
+        Some(reason) => Err(SgError::Name {
+            name: name.to_owned(),
+            reason,
+        }),
+    }
 }
 
 pub fn validate_description(text: &str) -> Result<(), SgError> {

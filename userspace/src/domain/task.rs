@@ -9,24 +9,32 @@ use crate::domain::{
 
 pub const MAX_TASK_NAME_LEN: usize = 255;
 
-/// Task names: non-empty, at most 255 of `[A-Za-z0-9_.-]`.
-pub fn validate_task_name(name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
-        "must not be empty"
+/// What is wrong with a task or security-group name, if anything: names
+/// are non-empty, at most 255 of `[A-Za-z0-9_.-]`.
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("must not be empty")
     } else if name.len() > MAX_TASK_NAME_LEN {
-        "longer than 255 characters"
+        Some("longer than 255 characters")
     } else if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
     {
-        "only letters, digits, '_', '.' and '-' are allowed"
+        Some("only letters, digits, '_', '.' and '-' are allowed")
     } else {
-        return Ok(());
-    };
-    Err(Error::TaskName {
-        name: name.to_owned(),
-        reason,
-    })
+        None
+    }
+}
+
+/// Task names: non-empty, at most 255 of `[A-Za-z0-9_.-]`.
+pub fn validate_task_name(name: &str) -> Result<()> {
+    match name_problem(name) {
+        None => Ok(()),
+        Some(reason) => Err(Error::TaskName {
+            name: name.to_owned(),
+            reason,
+        }),
+    }
 }
 
 /// Parses every spec, failing on the first bad one.
