@@ -133,6 +133,17 @@ const FULL_TABLE_FLOWS_PER_PORT: u32 = 200;
 /// also gets room for their 10 000 single mappings).
 const FULL_TABLE_FLOWS: u32 = 262_144;
 
+/// The daemon flags of a large host: room for [`FULL_TABLE_FLOWS`] flows and
+/// the 10 000 single mappings the bench publishes.
+pub fn large_host_flags() -> Vec<String> {
+    vec![
+        "--max-flows".into(),
+        FULL_TABLE_FLOWS.to_string(),
+        "--max-mappings".into(),
+        "16384".into(),
+    ]
+}
+
 /// What 1 000 published ports cost: berth with its default capacities,
 /// with nothing and then a 1 000-port range published, and (with `peers`)
 /// docker-proxy, [`PROXIES_MEASURED`] processes.
@@ -195,12 +206,7 @@ pub fn control_and_memory(s: &Settings, peers: bool) -> Result<ControlResult> {
         &fs,
         DaemonOptions {
             attach: Some("tc".into()),
-            extra_args: vec![
-                "--max-flows".into(),
-                FULL_TABLE_FLOWS.to_string(),
-                "--max-mappings".into(),
-                "16384".into(),
-            ],
+            extra_args: large_host_flags(),
             ..Default::default()
         },
     )?;

@@ -553,6 +553,10 @@ impl Bed {
                     &fs,
                     DaemonOptions {
                         attach: Some(attach.into()),
+                        // A host publishing 10 000 ports and opening
+                        // thousands of connections a second: a large
+                        // host's capacities, as the control rows use.
+                        extra_args: crate::control::large_host_flags(),
                         ..Default::default()
                     },
                 )?;
