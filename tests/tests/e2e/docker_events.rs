@@ -16,6 +16,7 @@ use berth_integration::{
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(5);
+const ECS_ARN: &str = "arn:aws:ecs:us-east-1:123456789012:task/cluster/abc123";
 
 /// Guards drop in field order: the berth daemon, dockerd (its containers),
 /// the bpffs, then the namespaces.
@@ -125,6 +126,22 @@ impl Setup {
             .collect()
     }
 
+    /// `map ls --json` shows the ECS labels on every binding of `task` and
+    /// on no other.
+    fn assert_ecs_labels_only_on(&self, task: &str) {
+        let out = self.berth.cli_ok(["map", "ls", "--json"]).expect("map ls");
+        let v: Value = serde_json::from_str(&out).expect("map ls --json is JSON");
+        for b in v.as_array().expect("an array") {
+            if b["task"] == task {
+                assert_eq!(b["ecsTaskArn"], ECS_ARN, "{b}");
+                assert_eq!(b["ecsContainerName"], "web", "{b}");
+            } else {
+                assert!(b.get("ecsTaskArn").is_none(), "{b}");
+                assert!(b.get("ecsContainerName").is_none(), "{b}");
+            }
+        }
+    }
+
     fn wait_for(&self, what: &str, ok: impl Fn(&[(String, u64)]) -> bool) {
         self.wait_for_within(Duration::from_secs(10), what, ok);
     }
@@ -171,19 +188,36 @@ fn docker_run_p_is_published_from_events_and_unpublished_on_stop_and_across_a_be
     s.wait_for("docker rm -f", |b| b.iter().all(|(t, _)| t != "range"));
 
     // A container that stops while berth is down is unpublished at berth's
-    // start; one still running stays published.
+    // start; one still running stays published. The ECS agent's labels
+    // name a task and show on its bindings, also after the restart.
     s.run_httpd("api", "8081:80");
     s.run_httpd("db", "8082:80");
-    s.wait_for("two more containers", |b| {
-        b.contains(&("api".to_string(), 8081)) && b.contains(&("db".to_string(), 8082))
+    s.run_httpd_with(
+        "ecs-agent-made",
+        "8083:80",
+        &[
+            "--label",
+            &format!("com.amazonaws.ecs.task-arn={ECS_ARN}"),
+            "--label",
+            "com.amazonaws.ecs.container-name=web",
+        ],
+    );
+    s.wait_for("three more containers", |b| {
+        b.contains(&("api".to_string(), 8081))
+            && b.contains(&("db".to_string(), 8082))
+            && b.contains(&("abc123.web".to_string(), 8083))
     });
+    s.assert_ecs_labels_only_on("abc123.web");
     s.berth.stop().expect("stop berth");
     s.docker.docker_ok(["stop", "api"]).expect("docker stop");
     s.berth.start_again().expect("start berth");
     s.wait_for("berth restarted after api stopped", |b| {
-        !b.iter().any(|(t, _)| t == "api") && b.contains(&("db".to_string(), 8082))
+        !b.iter().any(|(t, _)| t == "api")
+            && b.contains(&("db".to_string(), 8082))
+            && b.contains(&("abc123.web".to_string(), 8083))
     });
     assert_eq!(s.remote_addr_seen(8082), addr::CLIENT_IP.to_string());
+    s.assert_ecs_labels_only_on("abc123.web");
 }
 
 #[test]

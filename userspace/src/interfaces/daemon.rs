@@ -396,6 +396,8 @@ mod tests {
             container_ip: "172.17.0.2".into(),
             ports: vec!["8080:80".into()],
             held_by_docker: false,
+            ecs_task_arn: None,
+            ecs_container_name: None,
         }
     }
 
@@ -526,6 +528,7 @@ mod tests {
                     host_port: 8080,
                     container_port: 80,
                     protocol: crate::domain::model::Protocol::Tcp,
+                    ecs: Default::default(),
                 }],
             )
             .unwrap();

@@ -22,6 +22,7 @@ use bollard::{
 use futures_util::StreamExt as _;
 
 use crate::{
+    domain::model::EcsLabels,
     interfaces::api::{AddRequest, RemoveRequest},
     interfaces::client::Client,
 };
@@ -52,6 +53,23 @@ pub struct Publication {
     pub container_ip: IpAddr,
     /// berth specs, `[hostIP:]hostPort[-end]:containerPort[-end]/proto`.
     pub ports: Vec<String>,
+    /// The ECS agent's labels, shown on each binding.
+    pub ecs: EcsLabels,
+}
+
+/// The ECS agent's labels of a container (each absent when empty).
+pub fn ecs_labels(c: &ContainerInspectResponse) -> EcsLabels {
+    let labels = c.config.as_ref().and_then(|c| c.labels.as_ref());
+    let label = |k: &str| {
+        labels
+            .and_then(|l| l.get(k))
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    EcsLabels {
+        task_arn: label(ECS_TASK_ARN),
+        container_name: label(ECS_CONTAINER_NAME),
+    }
 }
 
 /// The task name: the ECS agent's labels when present, else the
@@ -115,6 +133,7 @@ pub fn publication(
         task: task_name(c),
         container_ip: ip,
         ports,
+        ecs: ecs_labels(c),
     })
 }
 
@@ -322,6 +341,8 @@ impl Follower {
             container_ip: p.container_ip.to_string(),
             ports: p.ports.clone(),
             held_by_docker: true,
+            ecs_task_arn: p.ecs.task_arn.clone(),
+            ecs_container_name: p.ecs.container_name.clone(),
         };
         match self.client.add(&req).await {
             Ok(_) => {
@@ -434,6 +455,15 @@ mod tests {
         let p = publication(&c, any).unwrap();
         assert_eq!(p.task, "0f3c9d.nginx");
         assert_eq!(p.ports, vec!["32768:80/tcp"]);
+        assert_eq!(
+            p.ecs.task_arn.as_deref(),
+            Some("arn:aws:ecs:us-east-1:123456789012:task/prod/0f3c9d")
+        );
+        assert_eq!(p.ecs.container_name.as_deref(), Some("nginx"));
+        assert_eq!(
+            publication(&inspect(WEB), any).unwrap().ecs,
+            EcsLabels::default()
+        );
     }
 
     #[test]

@@ -44,7 +44,7 @@ use crate::{
     domain::error::Error,
     domain::events::{Event, Lagged},
     domain::limits::BodyLimits,
-    domain::model::{Binding, TaskRecord},
+    domain::model::{Binding, EcsLabels, TaskRecord},
     domain::task::{parse_container_ip, parse_specs, validate_task_name},
     engine::datapath::DatapathStatus,
     engine::registry::Berth,
@@ -87,6 +87,20 @@ pub struct AddRequest {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub held_by_docker: bool,
+    /// With `heldByDocker`: the container's ECS agent labels, shown on
+    /// each binding.
+    #[serde(
+        default,
+        rename = "ecsTaskArn",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ecs_task_arn: Option<String>,
+    #[serde(
+        default,
+        rename = "ecsContainerName",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ecs_container_name: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,8 +254,25 @@ async fn add_bindings(
     validate_task_name(&req.task)?;
     let container_ip = parse_container_ip(&req.container_ip)?;
     let specs = parse_specs(&req.ports)?;
+    let ecs = EcsLabels {
+        task_arn: req.ecs_task_arn,
+        container_name: req.ecs_container_name,
+    };
+    ecs.check()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    if !req.held_by_docker && ecs != EcsLabels::default() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "ecsTaskArn and ecsContainerName are for Docker events mode (heldByDocker)",
+        ));
+    }
     let added = berth
-        .add_with(req.task, container_ip, specs, req.held_by_docker)
+        .add_with(
+            req.task,
+            container_ip,
+            specs,
+            req.held_by_docker.then_some(ecs),
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(added)))
 }
