@@ -142,6 +142,20 @@ impl Setup {
         }
     }
 
+    /// Until `status --json` says berth is (or is not) connected to dockerd.
+    fn wait_for_docker_connected(&self, connected: bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.berth.cli_ok(["status", "--json"]).expect("status");
+            let v: Value = serde_json::from_str(&out).expect("status --json is JSON");
+            if v["docker"]["connected"] == connected {
+                return;
+            }
+            assert!(Instant::now() < deadline, "connected {connected}: {v}");
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn wait_for(&self, what: &str, ok: impl Fn(&[(String, u64)]) -> bool) {
         self.wait_for_within(Duration::from_secs(10), what, ok);
     }
@@ -171,6 +185,30 @@ fn docker_run_p_is_published_from_events_and_unpublished_on_stop_and_across_a_be
         b.contains(&("web".to_string(), 8080))
     });
     assert_eq!(s.remote_addr_seen(8080), addr::CLIENT_IP.to_string());
+
+    // `berth status` says berth follows dockerd and publishes one
+    // container as one task.
+    let socket = format!("unix://{}", s.docker.socket().display());
+    let status: Value =
+        serde_json::from_str(&s.berth.cli_ok(["status", "--json"]).expect("status --json"))
+            .expect("status --json is JSON");
+    let docker = &status["docker"];
+    assert_eq!(docker["socket"], socket.as_str(), "{status}");
+    assert_eq!(docker["connected"], true, "{status}");
+    assert_eq!(
+        (&docker["containers"], &docker["tasks"]),
+        (&1.into(), &1.into())
+    );
+    let text = s.berth.cli_ok(["status"]).expect("status");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("docker "))
+        .expect(&text);
+    assert!(
+        line.starts_with(&format!("docker     {socket} connected since 20"))
+            && line.ends_with("; publishing 1 container as 1 task"),
+        "{line}"
+    );
 
     // docker stop: unpublished.
     s.docker.docker_ok(["stop", "web"]).expect("docker stop");
@@ -234,6 +272,7 @@ fn a_dockerd_restart_is_reconciled_restarted_containers_published_stopped_ones_n
     s.docker.kill().expect("kill dockerd");
     assert_eq!(s.remote_addr_seen(8080), addr::CLIENT_IP.to_string());
     assert!(s.published().contains(&("gone".to_string(), 8081)));
+    s.wait_for_docker_connected(false);
 
     // The new dockerd stops what the old one left and restarts only
     // `--restart always`; berth reconnects and reconciles: `keep` is
@@ -242,6 +281,7 @@ fn a_dockerd_restart_is_reconciled_restarted_containers_published_stopped_ones_n
     s.wait_for_within(Duration::from_secs(30), "dockerd restarted", |b| {
         b.contains(&("keep".to_string(), 8080)) && !b.iter().any(|(t, _)| t == "gone")
     });
+    s.wait_for_docker_connected(true);
     assert_eq!(s.remote_addr_seen(8080), addr::CLIENT_IP.to_string());
 }
 
@@ -260,6 +300,32 @@ fn an_unreachable_docker_api_is_logged_and_the_daemon_serves_meanwhile() {
         assert!(Instant::now() < deadline, "not logged:\n{}", berth.stderr());
         thread::sleep(Duration::from_millis(100));
     }
+    // `berth status` says so too, with the error and since when.
+    let docker = loop {
+        let status: Value =
+            serde_json::from_str(&rig.berth(&["status", "--json"])).expect("status --json is JSON");
+        if status["docker"]["lastError"].is_string() {
+            break status["docker"].clone();
+        }
+        assert!(Instant::now() < deadline, "no lastError: {status}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(docker["socket"], "unix:///nonexistent/docker.sock");
+    assert_eq!(docker["connected"], false);
+    let error = docker["lastError"].as_str().unwrap_or_default();
+    assert!(error.contains("/nonexistent/docker.sock"), "{error}");
+    let text = rig.berth(&["status"]);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("docker "))
+        .expect(&text);
+    assert!(
+        line.starts_with("docker     unix:///nonexistent/docker.sock not connected since 20")
+            && line.ends_with(&format!(
+                "(last error: {error}); publishing 0 containers as 0 tasks"
+            )),
+        "{line}"
+    );
     let refused = berth
         .cli(["daemon", "--bridge", "x", "--docker", "tcp://h:2375"])
         .unwrap();

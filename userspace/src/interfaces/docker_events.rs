@@ -22,8 +22,9 @@ use bollard::{
 use futures_util::StreamExt as _;
 
 use crate::{
+    domain::events::rfc3339,
     domain::model::EcsLabels,
-    interfaces::api::{AddRequest, RemoveRequest},
+    interfaces::api::{AddRequest, DockerLink, DockerStatus, RemoveRequest},
     interfaces::client::Client,
 };
 
@@ -199,32 +200,45 @@ pub fn specs(ports: &HashMap<String, Option<Vec<PortBinding>>>) -> Vec<String> {
     out
 }
 
+/// The follower's state for `berth status`: not connected yet, since now.
+pub fn link(docker_socket: &Path) -> DockerLink {
+    std::sync::Arc::new(std::sync::Mutex::new(DockerStatus {
+        socket: format!("unix://{}", docker_socket.display()),
+        since: rfc3339(std::time::SystemTime::now()),
+        ..DockerStatus::default()
+    }))
+}
+
 /// Follows the Docker engine at `docker_socket` for the daemon serving
-/// `berth_socket`; never returns. An unreachable engine is logged and
-/// retried.
+/// `berth_socket`, keeping `link` current; never returns. An unreachable
+/// engine is logged and retried.
 pub async fn follow(
     docker_socket: PathBuf,
     berth_socket: PathBuf,
     bridge: String,
     state_dir: PathBuf,
+    link: DockerLink,
 ) {
     let mut f = Follower {
         client: Client::new(berth_socket),
         bridge,
         marks_path: state_dir.join(MARKS_FILE),
         tasks: HashMap::new(),
+        link,
     };
     let mut logged = false;
     loop {
         match f.session(&docker_socket).await {
             Ok(()) => {
+                f.set_connected(false, Some("the event stream ended".into()));
                 tracing::warn!(docker = %docker_socket.display(), "Docker event stream ended; reconnecting")
             }
             Err(e) if !logged => {
                 tracing::warn!(docker = %docker_socket.display(), error = %e, "Docker API unreachable; retrying in the background");
+                f.set_connected(false, Some(e));
                 logged = true;
             }
-            Err(_) => {}
+            Err(e) => f.set_connected(false, Some(e)),
         }
         tokio::time::sleep(RETRY).await;
     }
@@ -236,9 +250,29 @@ struct Follower {
     marks_path: PathBuf,
     /// container id → task
     tasks: HashMap<String, String>,
+    link: DockerLink,
 }
 
 impl Follower {
+    fn status(&self) -> std::sync::MutexGuard<'_, DockerStatus> {
+        self.link
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `since` moves only when `connected` changes; an error is kept until
+    /// the next one.
+    fn set_connected(&self, connected: bool, error: Option<String>) {
+        let mut s = self.status();
+        if s.connected != connected {
+            s.connected = connected;
+            s.since = rfc3339(std::time::SystemTime::now());
+        }
+        if error.is_some() {
+            s.last_error = error;
+        }
+    }
+
     async fn session(&mut self, socket: &Path) -> Result<(), String> {
         let fail = |e: bollard::errors::Error| format!("Docker API {}: {e}", socket.display());
         let docker = Docker::connect_with_unix(
@@ -273,6 +307,7 @@ impl Follower {
             .await
             .map_err(fail)?;
         tracing::info!(docker = %socket.display(), running = running.len(), "following Docker events");
+        self.set_connected(true, None);
         self.reconcile(&docker, running.into_iter().filter_map(|c| c.id).collect())
             .await;
         while let Some(ev) = events.next().await {
@@ -381,6 +416,11 @@ impl Follower {
 
     fn save_marks(&self) {
         let names: BTreeSet<&String> = self.tasks.values().collect();
+        {
+            let mut s = self.status();
+            s.containers = self.tasks.len();
+            s.tasks = names.len();
+        }
         let tmp = self.marks_path.with_extension("tmp");
         let body = serde_json::to_vec(&names).unwrap_or_default();
         if let Err(e) =

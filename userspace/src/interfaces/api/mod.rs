@@ -126,7 +126,31 @@ pub struct StatusView {
     pub socket: String,
     pub store: String,
     pub datapath: Option<DatapathStatus>,
+    /// Docker events mode (`--docker`) only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerStatus>,
 }
+
+/// Docker events mode: the engine's API socket and what berth publishes
+/// from it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DockerStatus {
+    pub socket: String,
+    pub connected: bool,
+    /// When `connected` last changed (RFC 3339, UTC); the daemon's start
+    /// before the first attempt.
+    pub since: String,
+    /// The last failure to reach the engine or follow its events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Running containers berth publishes, and the tasks they make.
+    pub containers: usize,
+    pub tasks: usize,
+}
+
+/// The Docker follower writes, `GET /v1/status` reads.
+pub type DockerLink = std::sync::Arc<std::sync::Mutex<DockerStatus>>;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -393,6 +417,7 @@ async fn stats(State(berth): State<Berth>) -> Result<Json<Stats>, ApiError> {
 pub struct DaemonInfo {
     pub socket: std::path::PathBuf,
     pub store: std::path::PathBuf,
+    pub docker: Option<DockerLink>,
 }
 
 async fn status(
@@ -411,6 +436,11 @@ async fn status(
             .as_ref()
             .map_or(String::new(), |i| i.store.display().to_string()),
         datapath,
+        docker: info.as_ref().and_then(|i| i.docker.as_ref()).map(|d| {
+            d.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        }),
     }))
 }
 
