@@ -214,6 +214,34 @@ fn docker_run_p_is_published_from_events_and_unpublished_on_stop_and_across_a_be
     s.docker.docker_ok(["stop", "web"]).expect("docker stop");
     s.wait_for("docker stop", |b| b.iter().all(|(_, p)| *p != 8080));
 
+    // A container on a user-defined network is not on berth's bridge:
+    // berth says so in one line and publishes nothing; dockerd's own DNAT
+    // carries the client.
+    s.docker
+        .docker_ok(["network", "create", "--subnet", "172.19.0.0/16", "user"])
+        .expect("docker network create");
+    s.run_httpd_with("userweb", "8085:80", &["--network", "user"]);
+    let deadline = Instant::now() + T;
+    let said = "Docker container's ports not published by berth: it has no address on berth's bridge; dockerd's own NAT rules serve them";
+    while !s
+        .berth
+        .stderr()
+        .lines()
+        .any(|l| l.contains(said) && l.contains("userweb") && l.contains("user 172.19.0."))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not logged:\n{}",
+            s.berth.stderr()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(s.remote_addr_seen(8085), addr::CLIENT_IP.to_string());
+    assert!(s.published().iter().all(|(_, p)| *p != 8085));
+    s.docker
+        .docker_ok(["rm", "-f", "userweb"])
+        .expect("docker rm -f");
+
     // A port range publishes under one task; `docker rm -f` (a die
     // without a stop) unpublishes all of it.
     s.run_httpd("range", "9000-9002:80-82");

@@ -113,14 +113,22 @@ fn container_ip(c: &ContainerInspectResponse, accept: impl Fn(IpAddr) -> bool) -
         .find(|ip| ip.is_ipv4() && accept(*ip))
 }
 
-/// What berth publishes for one inspected container, or `None` when it
-/// publishes nothing berth can serve (no ports, not on berth's bridge).
+/// Why berth publishes nothing for a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// No published TCP or UDP port on an IPv4 host address.
+    NoPorts,
+    /// Published ports but no address on berth's bridge (a user-defined
+    /// network, say): `networks` as `name address`, sorted.
+    OffBridge { networks: Vec<String> },
+}
+
+/// What berth publishes for one inspected container, or why nothing.
 /// `accept` says whether an address is on berth's bridge.
 pub fn publication(
     c: &ContainerInspectResponse,
     accept: impl Fn(IpAddr) -> bool,
-) -> Option<Publication> {
-    let ip = container_ip(c, accept)?;
+) -> Result<Publication, Skip> {
     let ports = c
         .network_settings
         .as_ref()
@@ -128,9 +136,22 @@ pub fn publication(
         .unwrap_or_default();
     let ports = specs(&ports);
     if ports.is_empty() {
-        return None;
+        return Err(Skip::NoPorts);
     }
-    Some(Publication {
+    let Some(ip) = container_ip(c, accept) else {
+        let mut networks: Vec<String> = c
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|(name, ep)| format!("{name} {}", ep.ip_address.as_deref().unwrap_or_default()))
+            .map(|n| n.trim_end().to_string())
+            .collect();
+        networks.sort();
+        return Err(Skip::OffBridge { networks });
+    };
+    Ok(Publication {
         task: task_name(c),
         container_ip: ip,
         ports,
@@ -347,10 +368,21 @@ impl Follower {
             Err(e) => return tracing::warn!(container = id, error = %e, "Docker inspect failed"),
         };
         let bridge = self.bridge.clone();
-        let Some(p) = publication(&c, |ip| {
+        let p = match publication(&c, |ip| {
             crate::interfaces::docker_proxy::bridge_holds(&bridge, ip)
-        }) else {
-            return;
+        }) {
+            Ok(p) => p,
+            Err(Skip::NoPorts) => return,
+            // berth serves one bridge; dockerd's own NAT rules (it runs
+            // without its userland proxy) still carry these ports.
+            Err(Skip::OffBridge { networks }) => {
+                return tracing::warn!(
+                    container = %task_name(&c),
+                    networks = %networks.join(", "),
+                    bridge = %self.bridge,
+                    "Docker container's ports not published by berth: it has no address on berth's bridge; dockerd's own NAT rules serve them"
+                );
+            }
         };
         // Already published at this address (a berth restart keeps the
         // store): leave it be; at another one (restarted while berth was
@@ -507,16 +539,33 @@ mod tests {
     }
 
     #[test]
-    fn containers_off_berths_bridge_or_without_ports_publish_nothing() {
-        assert_eq!(publication(&inspect(WEB), |_| false), None);
+    fn containers_off_berths_bridge_or_without_ports_publish_nothing_and_say_why() {
+        assert_eq!(
+            publication(&inspect(WEB), |_| false),
+            Err(Skip::OffBridge {
+                networks: vec!["bridge 172.18.0.2".into()]
+            })
+        );
+        let c = inspect(
+            r#"{"Name":"/userweb","NetworkSettings":{
+                "Networks":{"user":{"IPAddress":"172.19.0.2"},"other":{"IPAddress":""}},
+                "Ports":{"80/tcp":[{"HostIp":"0.0.0.0","HostPort":"8085"}]}}}"#,
+        );
+        let on_bdk0 = |ip: IpAddr| ip.to_string().starts_with("172.18.");
+        assert_eq!(
+            publication(&c, on_bdk0),
+            Err(Skip::OffBridge {
+                networks: vec!["other".into(), "user 172.19.0.2".into()]
+            })
+        );
         let c = inspect(
             r#"{"Name":"/quiet","NetworkSettings":{"Networks":{"bridge":{"IPAddress":"172.18.0.5"}},"Ports":{"80/tcp":null}}}"#,
         );
-        assert_eq!(publication(&c, any), None);
+        assert_eq!(publication(&c, any), Err(Skip::NoPorts));
         let c = inspect(
             r#"{"Name":"/stopped","NetworkSettings":{"Networks":{"bridge":{"IPAddress":""}},"Ports":{}}}"#,
         );
-        assert_eq!(publication(&c, any), None);
+        assert_eq!(publication(&c, any), Err(Skip::NoPorts));
     }
 
     #[test]
