@@ -28,6 +28,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(&[])
+}
+
+/// [`setup`] with more flags for the berth daemon.
+fn setup_with(berth_flags: &[&str]) -> Setup {
     let topo = topology_for_dockerd().expect("build topology");
     let host = &topo.host.ns;
     let docker = Dockerd::start(
@@ -48,7 +53,9 @@ fn setup() -> Setup {
         &bpffs,
         DaemonOptions {
             bridge: DOCKER_BRIDGE.into(),
-            extra_args: vec![format!("--docker=unix://{}", docker.socket().display())],
+            extra_args: std::iter::once(format!("--docker=unix://{}", docker.socket().display()))
+                .chain(berth_flags.iter().map(ToString::to_string))
+                .collect(),
             ..Default::default()
         },
     )
@@ -311,6 +318,33 @@ fn a_dockerd_restart_is_reconciled_restarted_containers_published_stopped_ones_n
     });
     s.wait_for_docker_connected(true);
     assert_eq!(s.remote_addr_seen(8080), addr::CLIENT_IP.to_string());
+}
+
+#[test]
+fn a_container_berth_refuses_is_logged_and_not_counted_as_published() {
+    let s = setup_with(&["--max-ports-per-request", "2"]);
+    s.run_httpd("wide", "9000-9002:80-82");
+    s.run_httpd("narrow", "8080:80");
+    s.wait_for("the narrow one", |b| {
+        b.contains(&("narrow".to_string(), 8080))
+    });
+    assert!(s.published().iter().all(|(t, _)| t != "wide"));
+    assert!(
+        s.berth
+            .stderr()
+            .lines()
+            .any(|l| l.contains("publishing Docker container failed") && l.contains("wide")),
+        "not logged:\n{}",
+        s.berth.stderr()
+    );
+    let status: Value =
+        serde_json::from_str(&s.berth.cli_ok(["status", "--json"]).expect("status --json"))
+            .expect("status --json is JSON");
+    assert_eq!(
+        (&status["docker"]["containers"], &status["docker"]["tasks"]),
+        (&1.into(), &1.into()),
+        "{status}"
+    );
 }
 
 #[test]

@@ -416,7 +416,11 @@ impl Follower {
                 tracing::info!(task = %p.task, ip = %p.container_ip, ports = ?p.ports, "published Docker container")
             }
             Err(e) => {
-                tracing::warn!(task = %p.task, error = %e, "publishing Docker container failed")
+                tracing::warn!(task = %p.task, error = %e, "publishing Docker container failed");
+                // Marked before the add (a crash in between must not leave
+                // an unmarked task); nothing was added, so not published.
+                self.tasks.remove(id);
+                self.save_marks();
             }
         }
     }
