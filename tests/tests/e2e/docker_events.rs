@@ -96,16 +96,19 @@ impl Setup {
     }
 
     /// The client's address as the container saw it, retried while berth
-    /// has not seen the event or httpd is still starting.
+    /// has not seen the event or httpd is still starting. Each attempt is
+    /// short, so one made while a restarted container's address still
+    /// belongs to its dying predecessor's port (seconds on a loaded
+    /// machine) does not use up the whole wait.
     fn remote_addr_seen(&self, port: u16) -> String {
-        let deadline = Instant::now() + T;
+        let deadline = Instant::now() + 2 * T;
         let addr = self.topo.host.addr(port);
         loop {
             match self
                 .topo
                 .client
                 .ns
-                .run(move || http_get(addr, "/cgi-bin/ip", T))
+                .run(move || http_get(addr, "/cgi-bin/ip", Duration::from_secs(2)))
             {
                 Ok(body) => {
                     let seen = body.trim().trim_start_matches('[').trim_end_matches(']');
