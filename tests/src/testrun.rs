@@ -197,6 +197,7 @@ pub fn binding(
         host_port,
         container_port,
         protocol: p,
+        ecs: Default::default(),
     }
 }
 

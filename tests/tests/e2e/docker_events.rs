@@ -16,6 +16,7 @@ use berth_integration::{
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(5);
+const ECS_ARN: &str = "arn:aws:ecs:us-east-1:123456789012:task/cluster/abc123";
 
 /// Guards drop in field order: the berth daemon, dockerd (its containers),
 /// the bpffs, then the namespaces.
@@ -27,6 +28,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(&[])
+}
+
+/// [`setup`] with more flags for the berth daemon.
+fn setup_with(berth_flags: &[&str]) -> Setup {
     let topo = topology_for_dockerd().expect("build topology");
     let host = &topo.host.ns;
     let docker = Dockerd::start(
@@ -47,7 +53,9 @@ fn setup() -> Setup {
         &bpffs,
         DaemonOptions {
             bridge: DOCKER_BRIDGE.into(),
-            extra_args: vec![format!("--docker=unix://{}", docker.socket().display())],
+            extra_args: std::iter::once(format!("--docker=unix://{}", docker.socket().display()))
+                .chain(berth_flags.iter().map(ToString::to_string))
+                .collect(),
             ..Default::default()
         },
     )
@@ -88,16 +96,19 @@ impl Setup {
     }
 
     /// The client's address as the container saw it, retried while berth
-    /// has not seen the event or httpd is still starting.
+    /// has not seen the event or httpd is still starting. Each attempt is
+    /// short, so one made while a restarted container's address still
+    /// belongs to its dying predecessor's port (seconds on a loaded
+    /// machine) does not use up the whole wait.
     fn remote_addr_seen(&self, port: u16) -> String {
-        let deadline = Instant::now() + T;
+        let deadline = Instant::now() + 2 * T;
         let addr = self.topo.host.addr(port);
         loop {
             match self
                 .topo
                 .client
                 .ns
-                .run(move || http_get(addr, "/cgi-bin/ip", T))
+                .run(move || http_get(addr, "/cgi-bin/ip", Duration::from_secs(2)))
             {
                 Ok(body) => {
                     let seen = body.trim().trim_start_matches('[').trim_end_matches(']');
@@ -123,6 +134,36 @@ impl Setup {
                 )
             })
             .collect()
+    }
+
+    /// `map ls --json` shows the ECS labels on every binding of `task` and
+    /// on no other.
+    fn assert_ecs_labels_only_on(&self, task: &str) {
+        let out = self.berth.cli_ok(["map", "ls", "--json"]).expect("map ls");
+        let v: Value = serde_json::from_str(&out).expect("map ls --json is JSON");
+        for b in v.as_array().expect("an array") {
+            if b["task"] == task {
+                assert_eq!(b["ecsTaskArn"], ECS_ARN, "{b}");
+                assert_eq!(b["ecsContainerName"], "web", "{b}");
+            } else {
+                assert!(b.get("ecsTaskArn").is_none(), "{b}");
+                assert!(b.get("ecsContainerName").is_none(), "{b}");
+            }
+        }
+    }
+
+    /// Until `status --json` says berth is (or is not) connected to dockerd.
+    fn wait_for_docker_connected(&self, connected: bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.berth.cli_ok(["status", "--json"]).expect("status");
+            let v: Value = serde_json::from_str(&out).expect("status --json is JSON");
+            if v["docker"]["connected"] == connected {
+                return;
+            }
+            assert!(Instant::now() < deadline, "connected {connected}: {v}");
+            thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn wait_for(&self, what: &str, ok: impl Fn(&[(String, u64)]) -> bool) {
@@ -155,9 +196,61 @@ fn docker_run_p_is_published_from_events_and_unpublished_on_stop_and_across_a_be
     });
     assert_eq!(s.remote_addr_seen(8080), addr::CLIENT_IP.to_string());
 
+    // `berth status` says berth follows dockerd and publishes one
+    // container as one task.
+    let socket = format!("unix://{}", s.docker.socket().display());
+    let status: Value =
+        serde_json::from_str(&s.berth.cli_ok(["status", "--json"]).expect("status --json"))
+            .expect("status --json is JSON");
+    let docker = &status["docker"];
+    assert_eq!(docker["socket"], socket.as_str(), "{status}");
+    assert_eq!(docker["connected"], true, "{status}");
+    assert_eq!(
+        (&docker["containers"], &docker["tasks"]),
+        (&1.into(), &1.into())
+    );
+    let text = s.berth.cli_ok(["status"]).expect("status");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("docker "))
+        .expect(&text);
+    assert!(
+        line.starts_with(&format!("docker     {socket} connected since 20"))
+            && line.ends_with("; publishing 1 container as 1 task"),
+        "{line}"
+    );
+
     // docker stop: unpublished.
     s.docker.docker_ok(["stop", "web"]).expect("docker stop");
     s.wait_for("docker stop", |b| b.iter().all(|(_, p)| *p != 8080));
+
+    // A container on a user-defined network is not on berth's bridge:
+    // berth says so in one line and publishes nothing; dockerd's own DNAT
+    // carries the client.
+    s.docker
+        .docker_ok(["network", "create", "--subnet", "172.19.0.0/16", "user"])
+        .expect("docker network create");
+    s.run_httpd_with("userweb", "8085:80", &["--network", "user"]);
+    let deadline = Instant::now() + T;
+    let said = "Docker container's ports not published by berth: it has no address on berth's bridge; dockerd's own NAT rules serve them";
+    while !s
+        .berth
+        .stderr()
+        .lines()
+        .any(|l| l.contains(said) && l.contains("userweb") && l.contains("user 172.19.0."))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not logged:\n{}",
+            s.berth.stderr()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(s.remote_addr_seen(8085), addr::CLIENT_IP.to_string());
+    assert!(s.published().iter().all(|(_, p)| *p != 8085));
+    s.docker
+        .docker_ok(["rm", "-f", "userweb"])
+        .expect("docker rm -f");
 
     // A port range publishes under one task; `docker rm -f` (a die
     // without a stop) unpublishes all of it.
@@ -171,19 +264,36 @@ fn docker_run_p_is_published_from_events_and_unpublished_on_stop_and_across_a_be
     s.wait_for("docker rm -f", |b| b.iter().all(|(t, _)| t != "range"));
 
     // A container that stops while berth is down is unpublished at berth's
-    // start; one still running stays published.
+    // start; one still running stays published. The ECS agent's labels
+    // name a task and show on its bindings, also after the restart.
     s.run_httpd("api", "8081:80");
     s.run_httpd("db", "8082:80");
-    s.wait_for("two more containers", |b| {
-        b.contains(&("api".to_string(), 8081)) && b.contains(&("db".to_string(), 8082))
+    s.run_httpd_with(
+        "ecs-agent-made",
+        "8083:80",
+        &[
+            "--label",
+            &format!("com.amazonaws.ecs.task-arn={ECS_ARN}"),
+            "--label",
+            "com.amazonaws.ecs.container-name=web",
+        ],
+    );
+    s.wait_for("three more containers", |b| {
+        b.contains(&("api".to_string(), 8081))
+            && b.contains(&("db".to_string(), 8082))
+            && b.contains(&("abc123.web".to_string(), 8083))
     });
+    s.assert_ecs_labels_only_on("abc123.web");
     s.berth.stop().expect("stop berth");
     s.docker.docker_ok(["stop", "api"]).expect("docker stop");
     s.berth.start_again().expect("start berth");
     s.wait_for("berth restarted after api stopped", |b| {
-        !b.iter().any(|(t, _)| t == "api") && b.contains(&("db".to_string(), 8082))
+        !b.iter().any(|(t, _)| t == "api")
+            && b.contains(&("db".to_string(), 8082))
+            && b.contains(&("abc123.web".to_string(), 8083))
     });
     assert_eq!(s.remote_addr_seen(8082), addr::CLIENT_IP.to_string());
+    s.assert_ecs_labels_only_on("abc123.web");
 }
 
 #[test]
@@ -200,6 +310,7 @@ fn a_dockerd_restart_is_reconciled_restarted_containers_published_stopped_ones_n
     s.docker.kill().expect("kill dockerd");
     assert_eq!(s.remote_addr_seen(8080), addr::CLIENT_IP.to_string());
     assert!(s.published().contains(&("gone".to_string(), 8081)));
+    s.wait_for_docker_connected(false);
 
     // The new dockerd stops what the old one left and restarts only
     // `--restart always`; berth reconnects and reconciles: `keep` is
@@ -208,7 +319,35 @@ fn a_dockerd_restart_is_reconciled_restarted_containers_published_stopped_ones_n
     s.wait_for_within(Duration::from_secs(30), "dockerd restarted", |b| {
         b.contains(&("keep".to_string(), 8080)) && !b.iter().any(|(t, _)| t == "gone")
     });
+    s.wait_for_docker_connected(true);
     assert_eq!(s.remote_addr_seen(8080), addr::CLIENT_IP.to_string());
+}
+
+#[test]
+fn a_container_berth_refuses_is_logged_and_not_counted_as_published() {
+    let s = setup_with(&["--max-ports-per-request", "2"]);
+    s.run_httpd("wide", "9000-9002:80-82");
+    s.run_httpd("narrow", "8080:80");
+    s.wait_for("the narrow one", |b| {
+        b.contains(&("narrow".to_string(), 8080))
+    });
+    assert!(s.published().iter().all(|(t, _)| t != "wide"));
+    assert!(
+        s.berth
+            .stderr()
+            .lines()
+            .any(|l| l.contains("publishing Docker container failed") && l.contains("wide")),
+        "not logged:\n{}",
+        s.berth.stderr()
+    );
+    let status: Value =
+        serde_json::from_str(&s.berth.cli_ok(["status", "--json"]).expect("status --json"))
+            .expect("status --json is JSON");
+    assert_eq!(
+        (&status["docker"]["containers"], &status["docker"]["tasks"]),
+        (&1.into(), &1.into()),
+        "{status}"
+    );
 }
 
 #[test]
@@ -226,6 +365,32 @@ fn an_unreachable_docker_api_is_logged_and_the_daemon_serves_meanwhile() {
         assert!(Instant::now() < deadline, "not logged:\n{}", berth.stderr());
         thread::sleep(Duration::from_millis(100));
     }
+    // `berth status` says so too, with the error and since when.
+    let docker = loop {
+        let status: Value =
+            serde_json::from_str(&rig.berth(&["status", "--json"])).expect("status --json is JSON");
+        if status["docker"]["lastError"].is_string() {
+            break status["docker"].clone();
+        }
+        assert!(Instant::now() < deadline, "no lastError: {status}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(docker["socket"], "unix:///nonexistent/docker.sock");
+    assert_eq!(docker["connected"], false);
+    let error = docker["lastError"].as_str().unwrap_or_default();
+    assert!(error.contains("/nonexistent/docker.sock"), "{error}");
+    let text = rig.berth(&["status"]);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("docker "))
+        .expect(&text);
+    assert!(
+        line.starts_with("docker     unix:///nonexistent/docker.sock not connected since 20")
+            && line.ends_with(&format!(
+                "(last error: {error}); publishing 0 containers as 0 tasks"
+            )),
+        "{line}"
+    );
     let refused = berth
         .cli(["daemon", "--bridge", "x", "--docker", "tcp://h:2375"])
         .unwrap();

@@ -242,6 +242,7 @@ mod tests {
             host_port,
             container_port: 80,
             protocol: Protocol::Tcp,
+            ecs: Default::default(),
         }
     }
 
@@ -260,6 +261,27 @@ mod tests {
         assert_eq!(tasks.len(), 2);
         assert_eq!(tasks["web"], [binding("web", 8080), binding("web", 8081)]);
         assert_eq!(tasks["db"], [binding("db", 5432)]);
+    }
+
+    #[test]
+    fn ecs_labels_survive_reopening_and_are_absent_from_other_bindings() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut labelled = binding("abc123.web", 8080);
+        labelled.ecs = crate::domain::model::EcsLabels {
+            task_arn: Some("arn:aws:ecs:us-east-1:1:task/c/abc123".into()),
+            container_name: Some("web".into()),
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.put_task("abc123.web", &[labelled.clone()]).unwrap();
+            store.put_task("db", &[binding("db", 5432)]).unwrap();
+        }
+        let tasks = Store::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(tasks["abc123.web"], [labelled]);
+        assert_eq!(tasks["db"], [binding("db", 5432)]);
+        let json = serde_json::to_value(&tasks["db"][0]).unwrap();
+        assert!(json.get("ecsTaskArn").is_none(), "{json}");
+        assert!(json.get("ecsContainerName").is_none(), "{json}");
     }
 
     #[test]

@@ -116,6 +116,7 @@ mod tests {
             host_port: 49160,
             container_port: 80,
             protocol: Protocol::Tcp,
+            ecs: Default::default(),
         };
         let mut e = Event::now(EventKind::Added, b, None);
         e.time = "2024-05-01T12:00:00.123Z".into();

@@ -40,6 +40,51 @@ pub struct Binding {
     #[serde(rename = "containerPort")]
     pub container_port: u16,
     pub protocol: Protocol,
+    /// Docker events mode: the ECS agent's labels of the container this
+    /// task was made from (absent for other tasks).
+    #[serde(flatten)]
+    pub ecs: EcsLabels,
+}
+
+/// The ECS agent's labels on a Docker container, kept on each binding of
+/// the task made from it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EcsLabels {
+    #[serde(
+        rename = "ecsTaskArn",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub task_arn: Option<String>,
+    #[serde(
+        rename = "ecsContainerName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub container_name: Option<String>,
+}
+
+impl EcsLabels {
+    /// The most bytes a label value may have here (ARNs are at most 1600).
+    pub const MAX_LEN: usize = 2048;
+
+    /// A label that is empty, too long or holds control characters is
+    /// refused whole.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("ecsTaskArn", &self.task_arn),
+            ("ecsContainerName", &self.container_name),
+        ] {
+            let Some(v) = v else { continue };
+            if v.is_empty() || v.len() > Self::MAX_LEN || v.chars().any(char::is_control) {
+                return Err(format!(
+                    "{name} must be 1 to {} bytes without control characters",
+                    Self::MAX_LEN
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A task started from an ECS task definition (`berth task run`): its

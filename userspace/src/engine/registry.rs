@@ -24,7 +24,7 @@ use crate::{
     domain::error::{Error, Result},
     domain::events::{Event, EVENT_BUFFER},
     domain::limits::PortLimits,
-    domain::model::{Binding, ContainerRecord, NetworkBinding, Protocol, TaskRecord},
+    domain::model::{Binding, ContainerRecord, EcsLabels, NetworkBinding, Protocol, TaskRecord},
     domain::spec::{PortMapping, PortRange, PortSpec},
     engine::allocator::{self, CoolDowns, PortPolicy, Taken},
     engine::datapath::Datapath,
@@ -275,14 +275,16 @@ impl Registry {
     /// [`Registry::add`] for Docker events mode: dockerd without its
     /// userland proxy still listens on each published port to reserve it,
     /// so host listeners are not a conflict here.
+    /// `ecs`: the container's ECS agent labels, kept on each binding.
     pub fn add_held_by_docker(
         &mut self,
         task: &str,
         container_ip: Ipv4Addr,
         specs: &[PortSpec],
+        ecs: &EcsLabels,
     ) -> Result<Vec<Binding>> {
         self.docker_holds_ports = true;
-        let added = self.add(task, container_ip, specs);
+        let added = self.add_labelled(task, container_ip, specs, ecs);
         self.docker_holds_ports = false;
         added
     }
@@ -295,6 +297,16 @@ impl Registry {
         container_ip: Ipv4Addr,
         specs: &[PortSpec],
     ) -> Result<Vec<Binding>> {
+        self.add_labelled(task, container_ip, specs, &EcsLabels::default())
+    }
+
+    fn add_labelled(
+        &mut self,
+        task: &str,
+        container_ip: Ipv4Addr,
+        specs: &[PortSpec],
+        ecs: &EcsLabels,
+    ) -> Result<Vec<Binding>> {
         validate_task_name(task)?;
         if specs.is_empty() {
             return Err(Error::NoPorts);
@@ -305,7 +317,10 @@ impl Registry {
             return Err(Error::TaskFromDefinition(task.to_owned()));
         }
         let resolved = self.place(&[specs.to_vec()])?.remove(0);
-        let new = bindings_of(task, container_ip, &resolved);
+        let mut new = bindings_of(task, container_ip, &resolved);
+        for b in &mut new {
+            b.ecs = ecs.clone();
+        }
         let mut all = self.tasks.get(task).cloned().unwrap_or_default();
         all.extend(new.iter().cloned());
         self.publish(Publish {
@@ -543,6 +558,7 @@ fn bindings_of(task: &str, container_ip: Ipv4Addr, specs: &[PortSpec]) -> Vec<Bi
             host_port: m.host_port,
             container_port: m.container_port,
             protocol: m.protocol,
+            ecs: EcsLabels::default(),
         })
         .collect()
 }

@@ -90,6 +90,8 @@ pub struct Parts {
     pub policy: PortPolicy,
     pub security_groups: crate::engine::sg_book::SgSettings,
     pub limits: ApiLimits,
+    /// Docker events mode: the follower's state, for `status`.
+    pub docker: Option<api::DockerLink>,
 }
 
 /// Starts the daemon and returns once it has stopped. Every error is one
@@ -121,6 +123,10 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         bpffs = %config.datapath.bpffs.display(),
         "datapath ready"
     );
+    let docker = config
+        .docker
+        .clone()
+        .map(|socket| (crate::interfaces::docker_events::link(&socket), socket));
     let parts = Parts {
         listener,
         socket_file,
@@ -135,15 +141,17 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         policy,
         security_groups: config.security_groups.clone(),
         limits: config.limits,
+        docker: docker.as_ref().map(|(link, _)| link.clone()),
     };
     // The API socket is bound, so the follower's requests wait in its
     // backlog until the store is restored and served.
-    let follower = config.docker.clone().map(|docker| {
+    let follower = docker.map(|(link, socket)| {
         tokio::spawn(crate::interfaces::docker_events::follow(
-            docker,
+            socket,
             config.socket.clone(),
             config.datapath.bridge.clone(),
             config.state_dir.clone(),
+            link,
         ))
     });
     let served = serve(parts, shutdown).await;
@@ -207,11 +215,13 @@ pub async fn serve(
         policy,
         security_groups,
         limits,
+        docker,
     } = parts;
     let store_path = store.path().to_owned();
     let info = api::DaemonInfo {
         socket: socket_file.path().to_owned(),
         store: store_path.clone(),
+        docker,
     };
     let expiry = crate::engine::sg_book::expiry_period(&security_groups.timeouts);
     let mut addrs = HostAddrSync::new(datapath.clone(), host_addrs, bridge.clone());
@@ -387,6 +397,7 @@ mod tests {
             }),
             security_groups: Default::default(),
             limits: ApiLimits::default(),
+            docker: None,
         }
     }
 
@@ -396,6 +407,8 @@ mod tests {
             container_ip: "172.17.0.2".into(),
             ports: vec!["8080:80".into()],
             held_by_docker: false,
+            ecs_task_arn: None,
+            ecs_container_name: None,
         }
     }
 
@@ -526,6 +539,7 @@ mod tests {
                     host_port: 8080,
                     container_port: 80,
                     protocol: crate::domain::model::Protocol::Tcp,
+                    ecs: Default::default(),
                 }],
             )
             .unwrap();

@@ -22,7 +22,9 @@ use bollard::{
 use futures_util::StreamExt as _;
 
 use crate::{
-    interfaces::api::{AddRequest, RemoveRequest},
+    domain::events::rfc3339,
+    domain::model::EcsLabels,
+    interfaces::api::{AddRequest, DockerLink, DockerStatus, RemoveRequest},
     interfaces::client::Client,
 };
 
@@ -52,6 +54,23 @@ pub struct Publication {
     pub container_ip: IpAddr,
     /// berth specs, `[hostIP:]hostPort[-end]:containerPort[-end]/proto`.
     pub ports: Vec<String>,
+    /// The ECS agent's labels, shown on each binding.
+    pub ecs: EcsLabels,
+}
+
+/// The ECS agent's labels of a container (each absent when empty).
+pub fn ecs_labels(c: &ContainerInspectResponse) -> EcsLabels {
+    let labels = c.config.as_ref().and_then(|c| c.labels.as_ref());
+    let label = |k: &str| {
+        labels
+            .and_then(|l| l.get(k))
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    EcsLabels {
+        task_arn: label(ECS_TASK_ARN),
+        container_name: label(ECS_CONTAINER_NAME),
+    }
 }
 
 /// The task name: the ECS agent's labels when present, else the
@@ -94,14 +113,22 @@ fn container_ip(c: &ContainerInspectResponse, accept: impl Fn(IpAddr) -> bool) -
         .find(|ip| ip.is_ipv4() && accept(*ip))
 }
 
-/// What berth publishes for one inspected container, or `None` when it
-/// publishes nothing berth can serve (no ports, not on berth's bridge).
+/// Why berth publishes nothing for a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// No published TCP or UDP port on an IPv4 host address.
+    NoPorts,
+    /// Published ports but no address on berth's bridge (a user-defined
+    /// network, say): `networks` as `name address`, sorted.
+    OffBridge { networks: Vec<String> },
+}
+
+/// What berth publishes for one inspected container, or why nothing.
 /// `accept` says whether an address is on berth's bridge.
 pub fn publication(
     c: &ContainerInspectResponse,
     accept: impl Fn(IpAddr) -> bool,
-) -> Option<Publication> {
-    let ip = container_ip(c, accept)?;
+) -> Result<Publication, Skip> {
     let ports = c
         .network_settings
         .as_ref()
@@ -109,12 +136,26 @@ pub fn publication(
         .unwrap_or_default();
     let ports = specs(&ports);
     if ports.is_empty() {
-        return None;
+        return Err(Skip::NoPorts);
     }
-    Some(Publication {
+    let Some(ip) = container_ip(c, accept) else {
+        let mut networks: Vec<String> = c
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|(name, ep)| format!("{name} {}", ep.ip_address.as_deref().unwrap_or_default()))
+            .map(|n| n.trim_end().to_string())
+            .collect();
+        networks.sort();
+        return Err(Skip::OffBridge { networks });
+    };
+    Ok(Publication {
         task: task_name(c),
         container_ip: ip,
         ports,
+        ecs: ecs_labels(c),
     })
 }
 
@@ -180,32 +221,45 @@ pub fn specs(ports: &HashMap<String, Option<Vec<PortBinding>>>) -> Vec<String> {
     out
 }
 
+/// The follower's state for `berth status`: not connected yet, since now.
+pub fn link(docker_socket: &Path) -> DockerLink {
+    std::sync::Arc::new(std::sync::Mutex::new(DockerStatus {
+        socket: format!("unix://{}", docker_socket.display()),
+        since: rfc3339(std::time::SystemTime::now()),
+        ..DockerStatus::default()
+    }))
+}
+
 /// Follows the Docker engine at `docker_socket` for the daemon serving
-/// `berth_socket`; never returns. An unreachable engine is logged and
-/// retried.
+/// `berth_socket`, keeping `link` current; never returns. An unreachable
+/// engine is logged and retried.
 pub async fn follow(
     docker_socket: PathBuf,
     berth_socket: PathBuf,
     bridge: String,
     state_dir: PathBuf,
+    link: DockerLink,
 ) {
     let mut f = Follower {
         client: Client::new(berth_socket),
         bridge,
         marks_path: state_dir.join(MARKS_FILE),
         tasks: HashMap::new(),
+        link,
     };
     let mut logged = false;
     loop {
         match f.session(&docker_socket).await {
             Ok(()) => {
+                f.set_connected(false, Some("the event stream ended".into()));
                 tracing::warn!(docker = %docker_socket.display(), "Docker event stream ended; reconnecting")
             }
             Err(e) if !logged => {
                 tracing::warn!(docker = %docker_socket.display(), error = %e, "Docker API unreachable; retrying in the background");
+                f.set_connected(false, Some(e));
                 logged = true;
             }
-            Err(_) => {}
+            Err(e) => f.set_connected(false, Some(e)),
         }
         tokio::time::sleep(RETRY).await;
     }
@@ -217,9 +271,29 @@ struct Follower {
     marks_path: PathBuf,
     /// container id → task
     tasks: HashMap<String, String>,
+    link: DockerLink,
 }
 
 impl Follower {
+    fn status(&self) -> std::sync::MutexGuard<'_, DockerStatus> {
+        self.link
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `since` moves only when `connected` changes; an error is kept until
+    /// the next one.
+    fn set_connected(&self, connected: bool, error: Option<String>) {
+        let mut s = self.status();
+        if s.connected != connected {
+            s.connected = connected;
+            s.since = rfc3339(std::time::SystemTime::now());
+        }
+        if error.is_some() {
+            s.last_error = error;
+        }
+    }
+
     async fn session(&mut self, socket: &Path) -> Result<(), String> {
         let fail = |e: bollard::errors::Error| format!("Docker API {}: {e}", socket.display());
         let docker = Docker::connect_with_unix(
@@ -254,6 +328,7 @@ impl Follower {
             .await
             .map_err(fail)?;
         tracing::info!(docker = %socket.display(), running = running.len(), "following Docker events");
+        self.set_connected(true, None);
         self.reconcile(&docker, running.into_iter().filter_map(|c| c.id).collect())
             .await;
         while let Some(ev) = events.next().await {
@@ -293,10 +368,21 @@ impl Follower {
             Err(e) => return tracing::warn!(container = id, error = %e, "Docker inspect failed"),
         };
         let bridge = self.bridge.clone();
-        let Some(p) = publication(&c, |ip| {
+        let p = match publication(&c, |ip| {
             crate::interfaces::docker_proxy::bridge_holds(&bridge, ip)
-        }) else {
-            return;
+        }) {
+            Ok(p) => p,
+            Err(Skip::NoPorts) => return,
+            // berth serves one bridge; dockerd's own NAT rules (it runs
+            // without its userland proxy) still carry these ports.
+            Err(Skip::OffBridge { networks }) => {
+                return tracing::warn!(
+                    container = %task_name(&c),
+                    networks = %networks.join(", "),
+                    bridge = %self.bridge,
+                    "Docker container's ports not published by berth: it has no address on berth's bridge; dockerd's own NAT rules serve them"
+                );
+            }
         };
         // Already published at this address (a berth restart keeps the
         // store): leave it be; at another one (restarted while berth was
@@ -322,13 +408,19 @@ impl Follower {
             container_ip: p.container_ip.to_string(),
             ports: p.ports.clone(),
             held_by_docker: true,
+            ecs_task_arn: p.ecs.task_arn.clone(),
+            ecs_container_name: p.ecs.container_name.clone(),
         };
         match self.client.add(&req).await {
             Ok(_) => {
                 tracing::info!(task = %p.task, ip = %p.container_ip, ports = ?p.ports, "published Docker container")
             }
             Err(e) => {
-                tracing::warn!(task = %p.task, error = %e, "publishing Docker container failed")
+                tracing::warn!(task = %p.task, error = %e, "publishing Docker container failed");
+                // Marked before the add (a crash in between must not leave
+                // an unmarked task); nothing was added, so not published.
+                self.tasks.remove(id);
+                self.save_marks();
             }
         }
     }
@@ -360,6 +452,11 @@ impl Follower {
 
     fn save_marks(&self) {
         let names: BTreeSet<&String> = self.tasks.values().collect();
+        {
+            let mut s = self.status();
+            s.containers = self.tasks.len();
+            s.tasks = names.len();
+        }
         let tmp = self.marks_path.with_extension("tmp");
         let body = serde_json::to_vec(&names).unwrap_or_default();
         if let Err(e) =
@@ -434,19 +531,45 @@ mod tests {
         let p = publication(&c, any).unwrap();
         assert_eq!(p.task, "0f3c9d.nginx");
         assert_eq!(p.ports, vec!["32768:80/tcp"]);
+        assert_eq!(
+            p.ecs.task_arn.as_deref(),
+            Some("arn:aws:ecs:us-east-1:123456789012:task/prod/0f3c9d")
+        );
+        assert_eq!(p.ecs.container_name.as_deref(), Some("nginx"));
+        assert_eq!(
+            publication(&inspect(WEB), any).unwrap().ecs,
+            EcsLabels::default()
+        );
     }
 
     #[test]
-    fn containers_off_berths_bridge_or_without_ports_publish_nothing() {
-        assert_eq!(publication(&inspect(WEB), |_| false), None);
+    fn containers_off_berths_bridge_or_without_ports_publish_nothing_and_say_why() {
+        assert_eq!(
+            publication(&inspect(WEB), |_| false),
+            Err(Skip::OffBridge {
+                networks: vec!["bridge 172.18.0.2".into()]
+            })
+        );
+        let c = inspect(
+            r#"{"Name":"/userweb","NetworkSettings":{
+                "Networks":{"user":{"IPAddress":"172.19.0.2"},"other":{"IPAddress":""}},
+                "Ports":{"80/tcp":[{"HostIp":"0.0.0.0","HostPort":"8085"}]}}}"#,
+        );
+        let on_bdk0 = |ip: IpAddr| ip.to_string().starts_with("172.18.");
+        assert_eq!(
+            publication(&c, on_bdk0),
+            Err(Skip::OffBridge {
+                networks: vec!["other".into(), "user 172.19.0.2".into()]
+            })
+        );
         let c = inspect(
             r#"{"Name":"/quiet","NetworkSettings":{"Networks":{"bridge":{"IPAddress":"172.18.0.5"}},"Ports":{"80/tcp":null}}}"#,
         );
-        assert_eq!(publication(&c, any), None);
+        assert_eq!(publication(&c, any), Err(Skip::NoPorts));
         let c = inspect(
             r#"{"Name":"/stopped","NetworkSettings":{"Networks":{"bridge":{"IPAddress":""}},"Ports":{}}}"#,
         );
-        assert_eq!(publication(&c, any), None);
+        assert_eq!(publication(&c, any), Err(Skip::NoPorts));
     }
 
     #[test]

@@ -366,6 +366,7 @@ mod tests {
             host_port,
             container_port: 80,
             protocol: Protocol::Tcp,
+            ecs: Default::default(),
         }
     }
 

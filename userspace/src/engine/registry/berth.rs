@@ -11,7 +11,7 @@ use crate::{
         ecs::TaskDefinition,
         error::{Error, Result},
         events::{Event, EventKind},
-        model::{Binding, TaskRecord},
+        model::{Binding, EcsLabels, TaskRecord},
         spec::PortSpec,
     },
     engine::datapath::Datapath,
@@ -139,22 +139,23 @@ impl Berth {
         container_ip: Ipv4Addr,
         specs: Vec<PortSpec>,
     ) -> Result<Vec<Binding>> {
-        self.add_with(task, container_ip, specs, false).await
+        self.add_with(task, container_ip, specs, None).await
     }
 
-    /// [`Berth::add`]; `held_by_docker`: see [`Registry::add_held_by_docker`].
+    /// [`Berth::add`]; `from_docker` (the container's ECS labels): see
+    /// [`Registry::add_held_by_docker`].
     pub async fn add_with(
         &self,
         task: String,
         container_ip: Ipv4Addr,
         specs: Vec<PortSpec>,
-        held_by_docker: bool,
+        from_docker: Option<EcsLabels>,
     ) -> Result<Vec<Binding>> {
         let ticket = self.sweeper.blocker_for_specs(container_ip, &specs);
         self.wait_for_sweep(ticket).await?;
         self.with_registry(move |r| {
-            if held_by_docker {
-                r.add_held_by_docker(&task, container_ip, &specs)
+            if let Some(ecs) = &from_docker {
+                r.add_held_by_docker(&task, container_ip, &specs, ecs)
             } else {
                 r.add(&task, container_ip, &specs)
             }

@@ -372,6 +372,7 @@ mod tests {
             host_port,
             container_port: 80,
             protocol: Protocol::Udp,
+            ecs: Default::default(),
         }
     }
 

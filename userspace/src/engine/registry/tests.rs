@@ -98,6 +98,7 @@ fn add_publishes_to_memory_store_and_datapath() {
                 host_port: 8080,
                 container_port: 80,
                 protocol: Protocol::Tcp,
+                ecs: Default::default(),
             },
             Binding {
                 task: "web".into(),
@@ -106,6 +107,7 @@ fn add_publishes_to_memory_store_and_datapath() {
                 host_port: 53,
                 container_port: 53,
                 protocol: Protocol::Udp,
+                ecs: Default::default(),
             },
         ]
     );
@@ -207,8 +209,13 @@ fn a_port_dockerd_holds_for_events_mode_is_published_only_when_marked_so() {
     let mut r = Registry::open(store, datapath.clone(), bridge(), host.clone(), policy()).unwrap();
     r.add("web", ip("172.17.0.2"), &specs(&["8080:80"]))
         .unwrap_err();
-    r.add_held_by_docker("web", ip("172.17.0.2"), &specs(&["8080:80"]))
-        .unwrap();
+    r.add_held_by_docker(
+        "web",
+        ip("172.17.0.2"),
+        &specs(&["8080:80"]),
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!(datapath.bindings().len(), 1);
     // The exemption lasts for that one request.
     host.listen(Protocol::Tcp, "0.0.0.0:9090");
@@ -447,6 +454,7 @@ fn restore_failure_names_the_binding() {
                 host_port: 8080,
                 container_port: 80,
                 protocol: Protocol::Tcp,
+                ecs: Default::default(),
             }],
         )
         .unwrap();

@@ -44,7 +44,7 @@ use crate::{
     domain::error::Error,
     domain::events::{Event, Lagged},
     domain::limits::BodyLimits,
-    domain::model::{Binding, TaskRecord},
+    domain::model::{Binding, EcsLabels, TaskRecord},
     domain::task::{parse_container_ip, parse_specs, validate_task_name},
     engine::datapath::DatapathStatus,
     engine::registry::Berth,
@@ -87,6 +87,20 @@ pub struct AddRequest {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub held_by_docker: bool,
+    /// With `heldByDocker`: the container's ECS agent labels, shown on
+    /// each binding.
+    #[serde(
+        default,
+        rename = "ecsTaskArn",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ecs_task_arn: Option<String>,
+    #[serde(
+        default,
+        rename = "ecsContainerName",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ecs_container_name: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,7 +126,31 @@ pub struct StatusView {
     pub socket: String,
     pub store: String,
     pub datapath: Option<DatapathStatus>,
+    /// Docker events mode (`--docker`) only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerStatus>,
 }
+
+/// Docker events mode: the engine's API socket and what berth publishes
+/// from it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DockerStatus {
+    pub socket: String,
+    pub connected: bool,
+    /// When `connected` last changed (RFC 3339, UTC); the daemon's start
+    /// before the first attempt.
+    pub since: String,
+    /// The last failure to reach the engine or follow its events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Running containers berth publishes, and the tasks they make.
+    pub containers: usize,
+    pub tasks: usize,
+}
+
+/// The Docker follower writes, `GET /v1/status` reads.
+pub type DockerLink = std::sync::Arc<std::sync::Mutex<DockerStatus>>;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -240,8 +278,25 @@ async fn add_bindings(
     validate_task_name(&req.task)?;
     let container_ip = parse_container_ip(&req.container_ip)?;
     let specs = parse_specs(&req.ports)?;
+    let ecs = EcsLabels {
+        task_arn: req.ecs_task_arn,
+        container_name: req.ecs_container_name,
+    };
+    ecs.check()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    if !req.held_by_docker && ecs != EcsLabels::default() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "ecsTaskArn and ecsContainerName are for Docker events mode (heldByDocker)",
+        ));
+    }
     let added = berth
-        .add_with(req.task, container_ip, specs, req.held_by_docker)
+        .add_with(
+            req.task,
+            container_ip,
+            specs,
+            req.held_by_docker.then_some(ecs),
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(added)))
 }
@@ -362,6 +417,7 @@ async fn stats(State(berth): State<Berth>) -> Result<Json<Stats>, ApiError> {
 pub struct DaemonInfo {
     pub socket: std::path::PathBuf,
     pub store: std::path::PathBuf,
+    pub docker: Option<DockerLink>,
 }
 
 async fn status(
@@ -380,6 +436,11 @@ async fn status(
             .as_ref()
             .map_or(String::new(), |i| i.store.display().to_string()),
         datapath,
+        docker: info.as_ref().and_then(|i| i.docker.as_ref()).map(|d| {
+            d.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        }),
     }))
 }
 

@@ -107,6 +107,41 @@ async fn add_returns_201_and_the_bindings_in_ecs_names() {
 }
 
 #[tokio::test]
+async fn docker_adds_keep_the_ecs_labels_on_each_binding_and_others_cannot_set_them() {
+    let api = api();
+    let arn = "arn:aws:ecs:us-east-1:123456789012:task/prod/abc123";
+    let (status, body) = api
+        .post(
+            "/v1/bindings",
+            json!({"task": "abc123.web", "containerIP": "172.17.0.2", "ports": ["8080-8081:80-81"],
+                   "heldByDocker": true, "ecsTaskArn": arn, "ecsContainerName": "web"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, all) = api.get("/v1/bindings").await;
+    assert_eq!(all, body);
+    for b in all.as_array().unwrap() {
+        assert_eq!(b["ecsTaskArn"], arn);
+        assert_eq!(b["ecsContainerName"], "web");
+    }
+    let refused = [
+        (
+            json!({"task": "x", "containerIP": "172.17.0.3", "ports": ["90:80"], "ecsTaskArn": arn}),
+            "ecsTaskArn and ecsContainerName are for Docker events mode (heldByDocker)",
+        ),
+        (
+            json!({"task": "x", "containerIP": "172.17.0.3", "ports": ["90:80"],
+                   "heldByDocker": true, "ecsContainerName": "we\nb"}),
+            "ecsContainerName must be 1 to 2048 bytes without control characters",
+        ),
+    ];
+    for (req, msg) in refused {
+        assert_eq!(api.post("/v1/bindings", req).await, (400, error(msg)));
+    }
+    assert_eq!(api.datapath.bindings().len(), 2);
+}
+
+#[tokio::test]
 async fn list_is_empty_at_first() {
     assert_eq!(api().get("/v1/bindings").await, (200, json!([])));
 }

@@ -58,6 +58,8 @@ pub async fn run(client: &Client, cmd: MapCommand) -> Result<()> {
                 container_ip: ip,
                 ports,
                 held_by_docker: false,
+                ecs_task_arn: None,
+                ecs_container_name: None,
             };
             print(&bindings_table(&client.add(&req).await?))
         }

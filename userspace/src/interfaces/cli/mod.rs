@@ -494,6 +494,7 @@ mod tests {
             host_port: 8080,
             container_port: 80,
             protocol: Protocol::Tcp,
+            ecs: Default::default(),
         };
         assert_eq!(
             bindings_table(&[b]),

@@ -7,7 +7,7 @@ use crate::{
     domain::error::Result,
     engine::datapath::AttachMode,
     interfaces::{
-        api::{Stats, StatusView},
+        api::{DockerStatus, Stats, StatusView},
         client::Client,
     },
 };
@@ -39,12 +39,38 @@ pub fn stats_table(stats: &Stats) -> String {
     table(&["COUNTER", "VALUE"], &rows)
 }
 
+/// Docker events mode in one line: the socket, whether berth follows it
+/// (since when, and the last error while it does not), what it publishes.
+fn docker_line(d: &DockerStatus) -> String {
+    let state = match (d.connected, &d.last_error) {
+        (true, _) => format!("connected since {}", d.since),
+        (false, Some(e)) => format!("not connected since {} (last error: {e})", d.since),
+        (false, None) => format!("not connected yet (since {})", d.since),
+    };
+    let plural = |n: usize, one: &str| {
+        if n == 1 {
+            format!("1 {one}")
+        } else {
+            format!("{n} {one}s")
+        }
+    };
+    format!(
+        "{} {state}; publishing {} as {}",
+        d.socket,
+        plural(d.containers, "container"),
+        plural(d.tasks, "task")
+    )
+}
+
 /// The human form of [`StatusView`].
 pub fn status_text(s: &StatusView) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "daemon     berth {} (pid {})", s.version, s.pid);
     let _ = writeln!(out, "socket     {}", s.socket);
     let _ = writeln!(out, "store      {}", s.store);
+    if let Some(d) = &s.docker {
+        let _ = writeln!(out, "docker     {}", docker_line(d));
+    }
     let Some(d) = &s.datapath else {
         let _ = writeln!(out, "datapath   none (in-memory)");
         return out;
@@ -158,7 +184,43 @@ mod tests {
                     pin: "/sys/fs/bpf/berth/BERTH_SERVICES".into(),
                 }],
             }),
+            docker: None,
         }
+    }
+
+    #[test]
+    fn the_docker_line_says_the_socket_the_connection_and_what_is_published() {
+        let mut v = view();
+        assert!(!status_text(&v).contains("docker"), "only in events mode");
+        let mut d = DockerStatus {
+            socket: "unix:///var/run/docker.sock".into(),
+            connected: true,
+            since: "2026-12-01T17:00:00.000Z".into(),
+            last_error: Some("an older failure".into()),
+            containers: 3,
+            tasks: 2,
+        };
+        v.docker = Some(d.clone());
+        assert!(status_text(&v).contains(
+            "\nstore      /var/lib/berth/berth.redb\ndocker     unix:///var/run/docker.sock connected since 2026-12-01T17:00:00.000Z; publishing 3 containers as 2 tasks\n"
+        ), "{}", status_text(&v));
+        d.connected = false;
+        d.last_error = Some("Docker API /var/run/docker.sock: connection refused".into());
+        d.containers = 1;
+        d.tasks = 1;
+        v.docker = Some(d.clone());
+        assert!(status_text(&v).contains(
+            "docker     unix:///var/run/docker.sock not connected since 2026-12-01T17:00:00.000Z (last error: Docker API /var/run/docker.sock: connection refused); publishing 1 container as 1 task\n"
+        ), "{}", status_text(&v));
+        d.last_error = None;
+        v.docker = Some(d);
+        assert!(status_text(&v).contains(
+            "docker     unix:///var/run/docker.sock not connected yet (since 2026-12-01T17:00:00.000Z); publishing 1 container as 1 task\n"
+        ));
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["docker"]["connected"], false);
+        assert_eq!(json["docker"]["containers"], 1);
+        assert!(json["docker"].get("lastError").is_none());
     }
 
     #[test]

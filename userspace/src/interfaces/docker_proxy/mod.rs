@@ -210,6 +210,8 @@ fn publish(
         container_ip: a.container_ip.to_string(),
         ports: vec![spec.clone()],
         held_by_docker: false,
+        ecs_task_arn: None,
+        ecs_container_name: None,
     };
     // The daemon answers once the mapping is in the datapath's maps.
     runtime
