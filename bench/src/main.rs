@@ -191,7 +191,8 @@ fn run() -> Result<()> {
         bail!("the benchmarks load eBPF programs and build network namespaces: run as root");
     }
     let wanted = |s: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == s);
-    // Only the topology section runs docker-proxy.
+    // The topology section spawns docker-proxy itself (the docker section
+    // checks for it on its own, dockerd spawns it there).
     if wanted("topology") && !std::path::Path::new(berth_bench::peers::DOCKER_PROXY).is_file() {
         bail!(
             "{} is missing: `cargo xtask bench` installs Debian's docker.io for it (dockerd is never started)",

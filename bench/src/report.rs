@@ -643,7 +643,7 @@ fn docker_table(s: &mut String, r: &Value) {
          **rm**: from `docker rm -f` until both ports refuse and nothing is published. \
          **CLI**: when `docker run` / `docker rm -f` itself returned. \
          **memory**: summed RSS and PSS of the proxy processes (dockerd 20.10 starts one per port and address family, 0.0.0.0 and ::) plus the berth daemon where one runs, with the range published; summed RSS counts the pages the proxies share once per process, PSS divides them among the sharers. \
-         Medians over {} runs per mode, (min–max) beside them. \
+         Runs per mode: {} (with more, medians and (min–max)). \
          ×: docker-proxy's figure ÷ this mode's.{}\n",
         if r["quick"].as_bool() == Some(true) {
             format!(" Quick run: {ports} ports instead of the issue's 1 000.")
