@@ -195,7 +195,7 @@ fn run() -> Result<()> {
     // checks for it on its own, dockerd spawns it there).
     if wanted("topology") && !std::path::Path::new(berth_bench::peers::DOCKER_PROXY).is_file() {
         bail!(
-            "{} is missing: `cargo xtask bench` installs Debian's docker.io for it (dockerd is never started)",
+            "{} is missing: `cargo xtask bench` installs Debian's docker.io for it",
             berth_bench::peers::DOCKER_PROXY
         );
     }
