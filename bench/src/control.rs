@@ -681,7 +681,7 @@ fn berth_memory(pid: u32) -> Result<Value> {
 }
 
 /// `VmRSS` and Pss of a process, in bytes.
-fn rss_pss(pid: u32) -> Result<(u64, u64)> {
+pub(crate) fn rss_pss(pid: u32) -> Result<(u64, u64)> {
     let kb = |file: &str, key: &str| -> Result<u64> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/{file}"))?;
         text.lines()

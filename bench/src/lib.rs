@@ -1,12 +1,14 @@
 //! `cargo xtask bench`: berth side by side with the direct path, Docker's
 //! iptables and nftables DNAT, a map-based nftables DNAT and the real
 //! docker-proxy, on the same namespace topology; plus control-plane time,
-//! memory, datapath cost per packet, and XDP vs TC on veth. The binary is
+//! memory, datapath cost per packet, XDP vs TC on veth, and `docker run -p`
+//! of a port range through docker-proxy and berth's two Docker modes. The binary is
 //! `src/main.rs`; results go to this crate's directory, `bench/`. The
 //! namespaces, daemons and fixtures come from the test harness
 //! (`berth-integration`).
 pub mod control;
 pub mod datapath;
+pub mod docker;
 pub mod load;
 pub mod peers;
 pub mod rawbpf;

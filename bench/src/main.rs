@@ -13,6 +13,10 @@
 //! 4. XDP vs TC on veth (stack, TC redirect, `XDP_PASS`, `XDP_REDIRECT`).
 //! 5. Control plane (publish/unpublish a 1 000-port range and 10 000
 //!    single mappings) and memory for 1 000 ports.
+//! 6. Docker: `docker run -p 9000-9999:9000-9999` with a real dockerd via
+//!    docker-proxy, berth-docker-proxy and berth's events mode (time until
+//!    the ports answer and are published, until removed; memory of the
+//!    proxies and the berth daemon). `--quick`: 100 ports.
 //!
 //! Results: `bench/results.json`, `bench/RESULTS.md` and `bench/*.svg`
 //! (`*-quick.*` with `--quick`). `--from-json FILE` redraws the report and
@@ -20,7 +24,7 @@
 use std::{path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context as _, Result};
-use berth_bench::{control, datapath, machine, report, topo, veth, Settings};
+use berth_bench::{control, datapath, docker, machine, report, topo, veth, Settings};
 use berth_integration::testrun::in_fixture_ns;
 use serde_json::{json, Value};
 
@@ -37,7 +41,7 @@ struct Opts {
 /// `control-berth`: berth's control-plane rows only; `memory`: the memory
 /// for 1 000 ports only (neither is part of a full run: `control` measures
 /// both).
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "verifier",
     "datapath",
     "topology",
@@ -45,6 +49,7 @@ const SECTIONS: [&str; 7] = [
     "control",
     "control-berth",
     "memory",
+    "docker",
 ];
 
 fn parse_args() -> Result<Opts> {
@@ -186,10 +191,11 @@ fn run() -> Result<()> {
         bail!("the benchmarks load eBPF programs and build network namespaces: run as root");
     }
     let wanted = |s: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == s);
-    // Only the topology section runs docker-proxy.
+    // The topology section spawns docker-proxy itself (the docker section
+    // checks for it on its own, dockerd spawns it there).
     if wanted("topology") && !std::path::Path::new(berth_bench::peers::DOCKER_PROXY).is_file() {
         bail!(
-            "{} is missing: `cargo xtask bench` installs Debian's docker.io for it (dockerd is never started)",
+            "{} is missing: `cargo xtask bench` installs Debian's docker.io for it",
             berth_bench::peers::DOCKER_PROXY
         );
     }
@@ -235,6 +241,7 @@ fn run() -> Result<()> {
             t.elapsed().as_secs_f64()
         );
     }
+    section("docker", &|| docker::docker_bench(&settings))?;
     if let Some(c) = control_result {
         results["control_plane"] = c.control;
         results["memory"] = c.memory;

@@ -625,6 +625,77 @@ fn goals(s: &mut String, r: &Value) {
     );
 }
 
+/// `docker run -p` of a range in each Docker mode, ratios against
+/// docker-proxy (how many times slower or bigger docker-proxy is).
+fn docker_table(s: &mut String, r: &Value) {
+    let d = &r["docker"];
+    let rows = d["rows"].as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        return;
+    }
+    let ports = d["ports"].as_u64().unwrap_or(0);
+    let first = d["first_port"].as_u64().unwrap_or(0);
+    let _ = writeln!(
+        s,
+        "\n## Docker: `docker run -d -p {first}-{last}:{first}-{last}`\n\n\
+         A real dockerd (Debian's docker.io) in the topology's host namespace, one per mode; the container runs busybox httpd on the range's first and last ports. \
+         **run**: from `docker run` until both ports answer a GET from the client namespace *and* the publish is visible (all {ports} ports in berth's `map ls`, or a docker-proxy process for each of the {ports} host ports). \
+         **rm**: from `docker rm -f` until both ports refuse and nothing is published. \
+         **CLI**: when `docker run` / `docker rm -f` itself returned. \
+         **memory**: summed RSS and PSS of the proxy processes (dockerd 20.10 starts one per port and address family, 0.0.0.0 and ::) plus the berth daemon where one runs, with the range published; summed RSS counts the pages the proxies share once per process, PSS divides them among the sharers. \
+         Runs per mode: {} (with more, medians and (min–max)). \
+         ×: docker-proxy's figure ÷ this mode's.{}\n",
+        if r["quick"].as_bool() == Some(true) {
+            format!(" Quick run: {ports} ports instead of the issue's 1 000.")
+        } else {
+            String::new()
+        },
+        rows.first().map_or(Value::Null, |x| x["reps"].clone()),
+        last = first + ports.saturating_sub(1),
+    );
+    s.push_str("| mode | ports | run ms | × | CLI ms | rm ms | × | CLI ms | proxies | RSS | × | PSS | × |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let base = rows.iter().find(|x| x["mode"] == "docker-proxy");
+    let ratio = |row: &Value, get: &dyn Fn(&Value) -> Option<f64>| -> String {
+        r2(base.and_then(get).zip(get(row)).map(|(b, v)| b / v))
+    };
+    let run = |x: &Value| x["run_ms"]["median"].as_f64();
+    let rm = |x: &Value| x["rm_ms"]["median"].as_f64();
+    let rss = |x: &Value| x["memory"]["rss_bytes"].as_f64();
+    let pss = |x: &Value| x["memory"]["pss_bytes"].as_f64();
+    for row in &rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {}{} | {} | {} | {} | {} |",
+            row["mode"].as_str().unwrap_or(""),
+            row["ports"],
+            span(&row["run_ms"], f0),
+            ratio(row, &run),
+            span(&row["run_cli_ms"], f0),
+            span(&row["rm_ms"], f0),
+            ratio(row, &rm),
+            span(&row["rm_cli_ms"], f0),
+            row["memory"]["proxy_processes"],
+            if row["memory"]["berth_daemon"] == true {
+                " + berth daemon"
+            } else {
+                ""
+            },
+            rss(row).map_or("?".into(), mib),
+            ratio(row, &rss),
+            pss(row).map_or("?".into(), mib),
+            ratio(row, &pss),
+        );
+    }
+    for row in &rows {
+        let _ = writeln!(
+            s,
+            "\n- **{}**: {}",
+            row["mode"].as_str().unwrap_or(""),
+            row["setup"].as_str().unwrap_or("")
+        );
+    }
+}
+
 pub fn markdown(r: &Value) -> String {
     let quick = r["quick"].as_bool() == Some(true);
     let mut s = String::new();
@@ -669,6 +740,7 @@ pub fn markdown(r: &Value) -> String {
     control_table(&mut s, r);
     s.push_str("\n## Memory for 1 000 published ports\n\n");
     memory_table(&mut s, r);
+    docker_table(&mut s, r);
     s.push_str("\n## Datapath cost per packet (BPF_PROG_TEST_RUN)\n\n");
     datapath_table(&mut s, r);
     s.push_str("\n## XDP vs TC on veth\n\nThe direct path (no translation) with four ways through `up0`; see bench/README.md.\n\n");

@@ -144,6 +144,8 @@ fn bench(quick: bool) -> Result<()> {
         "--bin",
         "berth",
         "--bin",
+        "berth-docker-proxy",
+        "--bin",
         "berth-bench",
     ]))
     .context("build failed")?;
