@@ -645,12 +645,12 @@ fn docker_table(s: &mut String, r: &Value) {
          **memory**: summed RSS and PSS of the proxy processes (dockerd 20.10 starts one per port and address family, 0.0.0.0 and ::) plus the berth daemon where one runs, with the range published; summed RSS counts the pages the proxies share once per process, PSS divides them among the sharers. \
          Runs per mode: {} (with more, medians and (min–max)). \
          ×: docker-proxy's figure ÷ this mode's.{}\n",
+        rows.first().map_or(Value::Null, |x| x["reps"].clone()),
         if r["quick"].as_bool() == Some(true) {
             format!(" Quick run: {ports} ports instead of the issue's 1 000.")
         } else {
             String::new()
         },
-        rows.first().map_or(Value::Null, |x| x["reps"].clone()),
         last = first + ports.saturating_sub(1),
     );
     s.push_str("| mode | ports | run ms | × | CLI ms | rm ms | × | CLI ms | proxies | RSS | × | PSS | × |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
