@@ -400,3 +400,76 @@ fn an_unreachable_docker_api_is_logged_and_the_daemon_serves_meanwhile() {
         "berth: invalid value 'tcp://h:2375' for '--docker [<unix:///PATH>]': --docker tcp://h:2375: only unix:///path sockets are supported"
     );
 }
+
+#[test]
+fn docker_run_capital_p_is_published_and_a_security_group_applies_to_the_container() {
+    let s = setup();
+    // `-P`: Docker picks the host port of each exposed port; berth publishes
+    // what Docker picked.
+    s.docker
+        .docker_ok([
+            "run",
+            "-d",
+            "--stop-timeout",
+            "1",
+            "--name",
+            "auto",
+            "--expose",
+            "80",
+            "-P",
+            HTTPD_IMAGE,
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ])
+        .expect("docker run -P");
+    let out = s
+        .docker
+        .docker_ok(["port", "auto", "80/tcp"])
+        .expect("docker port");
+    let port: u16 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("0.0.0.0:"))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no IPv4 host port in {out:?}"));
+    s.wait_for("docker run -P", |b| {
+        b.contains(&("auto".to_string(), u64::from(port)))
+    });
+    assert_eq!(s.remote_addr_seen(port), addr::CLIENT_IP.to_string());
+
+    // A security group attached to the container's task by its name: only
+    // the first client may reach port 80, the second is dropped.
+    for args in [
+        vec!["sg", "create", "sg-web"],
+        vec![
+            "sg",
+            "rule",
+            "add",
+            "sg-web",
+            "--ingress",
+            "--proto",
+            "tcp",
+            "--port",
+            "80",
+            "--cidr",
+            "192.0.2.2/32",
+        ],
+        vec!["sg", "attach", "sg-web", "--task", "auto"],
+    ] {
+        s.berth.cli_ok(args).expect("berth sg");
+    }
+    assert_eq!(s.remote_addr_seen(port), addr::CLIENT_IP.to_string());
+    let target = s.topo.host.addr(port);
+    let refused = s
+        .topo
+        .client2
+        .ns
+        .run(move || http_get(target, "/cgi-bin/ip", Duration::from_secs(2)));
+    assert!(
+        refused.is_err(),
+        "client2 reached a port its group does not allow: {refused:?}"
+    );
+}
