@@ -448,6 +448,16 @@ fn spawn_shim(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (std::process::Child, fs::File) {
+    spawn_shim_with_listen_fd(host, args, env, None)
+}
+
+/// [`spawn_shim`], with `listen` as fd 4 (what `-use-listen-fd` engines pass).
+fn spawn_shim_with_listen_fd(
+    host: &NetNs,
+    args: &[&str],
+    env: &[(&str, &str)],
+    listen: Option<i32>,
+) -> (std::process::Child, fs::File) {
     use std::os::{fd::FromRawFd as _, unix::process::CommandExt as _};
     let mut fds = [0; 2];
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
@@ -461,6 +471,11 @@ fn spawn_shim(
         c.pre_exec(move || {
             if libc::dup2(write, 3) < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(fd) = listen {
+                if libc::dup2(fd, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -606,4 +621,42 @@ fn what_berth_cannot_publish_runs_the_real_docker_proxy_and_errors_reach_fd_3() 
         "1\ncannot reach the berth daemon at /nonexistent/berth.sock: is `berth daemon` running?"
     );
     assert!(!child.wait().unwrap().success());
+}
+
+#[test]
+fn an_engine_that_hands_over_its_bound_socket_is_published() {
+    // Docker 28+ binds the host port itself, passes the socket as fd 4 with
+    // `-use-listen-fd` and keeps its own copy: that listener is dockerd's,
+    // not a host process in the way.
+    use std::os::fd::AsRawFd as _;
+    let rig = Rig::start();
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    let held = rig
+        .topo
+        .host
+        .ns
+        .run(|| std::net::TcpListener::bind("0.0.0.0:8088"))
+        .expect("the engine's socket on 8088");
+    let sock = rig.daemon.socket().display().to_string();
+    let args = "-proto tcp -host-ip 0.0.0.0 -host-port 8088 -container-ip 172.17.0.2 -container-port 80 -use-listen-fd";
+    let (mut child, pipe) = spawn_shim_with_listen_fd(
+        &rig.topo.host.ns,
+        &args.split(' ').collect::<Vec<_>>(),
+        &[("BERTH_SOCKET", sock.as_str())],
+        Some(held.as_raw_fd()),
+    );
+    assert_eq!(status_of(pipe), "0\n");
+    let body = rig
+        .client_get(8088)
+        .expect("GET through the handed-over port");
+    assert!(
+        body.starts_with("192.0.2.2:"),
+        "the client's own address: {body}"
+    );
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success());
+    assert!(rig.bindings().is_empty(), "unpublished when stopped");
+    drop(held);
 }

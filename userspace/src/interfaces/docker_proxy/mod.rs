@@ -209,7 +209,10 @@ fn publish(
         task: task.to_string(),
         container_ip: a.container_ip.to_string(),
         ports: vec![spec.clone()],
-        held_by_docker: false,
+        // An engine that hands over a bound socket (`-use-listen-fd`) keeps
+        // holding the port itself, as dockerd does in events mode: the
+        // host-listener check would take dockerd for a process in the way.
+        held_by_docker: a.use_listen_fd,
         ecs_task_arn: None,
         ecs_container_name: None,
     };
