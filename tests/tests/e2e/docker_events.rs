@@ -473,3 +473,29 @@ fn docker_run_capital_p_is_published_and_a_security_group_applies_to_the_contain
         "client2 reached a port its group does not allow: {refused:?}"
     );
 }
+
+#[test]
+fn a_udp_port_is_published_from_events_and_unpublished_on_rm() {
+    let s = setup();
+    s.run_httpd("dns", "5353:53/udp");
+    s.wait_for("docker run -p 5353:53/udp", |b| {
+        b.contains(&("dns".to_string(), 5353))
+    });
+    let out = s.berth.cli_ok(["map", "ls", "--json"]).expect("map ls");
+    let v: Value = serde_json::from_str(&out).expect("JSON");
+    let b = v
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|b| b["task"] == "dns")
+        .expect("the dns binding");
+    assert_eq!(
+        (b["protocol"].as_str(), b["containerPort"].as_u64()),
+        (Some("udp"), Some(53)),
+        "{b}"
+    );
+    s.docker
+        .docker_ok(["rm", "-f", "dns"])
+        .expect("docker rm -f");
+    s.wait_for("docker rm -f dns", |b| b.iter().all(|(t, _)| t != "dns"));
+}

@@ -660,3 +660,69 @@ fn an_engine_that_hands_over_its_bound_socket_is_published() {
     assert!(rig.bindings().is_empty(), "unpublished when stopped");
     drop(held);
 }
+
+#[test]
+fn docker_run_capital_p_and_a_port_range_publish_through_the_shims() {
+    let s = setup();
+    let wait_published = |what: &str, ok: &dyn Fn(&[(String, u64, String)]) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = s.published();
+            if ok(&now) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: berth has {now:?}");
+            thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // `-P`: dockerd picks the host port and starts a shim for it.
+    s.docker
+        .docker_ok([
+            "run",
+            "-d",
+            "--stop-timeout",
+            "1",
+            "--name",
+            "auto",
+            "--expose",
+            "80",
+            "-P",
+            HTTPD_IMAGE,
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ])
+        .expect("docker run -P");
+    let out = s
+        .docker
+        .docker_ok(["port", "auto", "80/tcp"])
+        .expect("docker port");
+    let port: u16 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("0.0.0.0:"))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no IPv4 host port in {out:?}"));
+    wait_published("docker run -P", &|b| {
+        b.contains(&("auto".into(), u64::from(port), "tcp".into()))
+    });
+    assert_eq!(s.remote_addr_seen(port), addr::CLIENT_IP.to_string());
+
+    // A range: one shim per port, each published under the container's name;
+    // `docker rm -f` unpublishes every one.
+    let out = s.run_httpd("range", "9000-9002:80-82", &[]);
+    assert!(out.status.success(), "docker run: {}", stderr_of(&out));
+    wait_published("docker run -p 9000-9002:80-82", &|b| {
+        (9000..=9002).all(|p| b.contains(&("range".into(), p, "tcp".into())))
+    });
+    assert_eq!(s.remote_addr_seen(9000), addr::CLIENT_IP.to_string());
+    s.docker
+        .docker_ok(["rm", "-f", "range"])
+        .expect("docker rm -f");
+    for p in 9000..=9002 {
+        s.wait_unpublished(p, "docker rm -f range");
+    }
+}
