@@ -661,10 +661,13 @@ fn an_engine_that_hands_over_its_bound_socket_is_published() {
     drop(held);
 }
 
+/// `(task, hostPort, protocol)` of every binding, as [`Setup::published`] lists them.
+type Published = [(String, u64, String)];
+
 #[test]
 fn docker_run_capital_p_and_a_port_range_publish_through_the_shims() {
     let s = setup();
-    let wait_published = |what: &str, ok: &dyn Fn(&[(String, u64, String)]) -> bool| {
+    let wait_published = |what: &str, ok: &dyn Fn(&Published) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let now = s.published();
