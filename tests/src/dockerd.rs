@@ -210,6 +210,34 @@ impl Dockerd {
         cmd::output_with_timeout(&mut c, DOCKER_CLI_TIMEOUT)
     }
 
+    /// `docker run --expose 80 -P` of [`HTTPD_IMAGE`]'s httpd as `name`: the
+    /// IPv4 host port dockerd picked for container port 80.
+    pub fn run_httpd_exposed(&self, name: &str) -> Result<u16> {
+        self.docker_ok([
+            "run",
+            "-d",
+            "--stop-timeout",
+            "1",
+            "--name",
+            name,
+            "--expose",
+            "80",
+            "-P",
+            HTTPD_IMAGE,
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ])?;
+        let out = self.docker_ok(["port", name, "80/tcp"])?;
+        out.lines()
+            .find_map(|l| l.strip_prefix("0.0.0.0:"))
+            .and_then(|p| p.trim().parse().ok())
+            .with_context(|| format!("no IPv4 host port in `docker port {name}`: {out:?}"))
+    }
+
     /// Like [`Dockerd::docker`]; a failure is an error quoting stderr.
     pub fn docker_ok<I, S>(&self, args: I) -> Result<String>
     where

@@ -406,35 +406,7 @@ fn docker_run_capital_p_is_published_and_a_security_group_applies_to_the_contain
     let s = setup();
     // `-P`: Docker picks the host port of each exposed port; berth publishes
     // what Docker picked.
-    s.docker
-        .docker_ok([
-            "run",
-            "-d",
-            "--stop-timeout",
-            "1",
-            "--name",
-            "auto",
-            "--expose",
-            "80",
-            "-P",
-            HTTPD_IMAGE,
-            "httpd",
-            "-f",
-            "-p",
-            "80",
-            "-h",
-            "/www",
-        ])
-        .expect("docker run -P");
-    let out = s
-        .docker
-        .docker_ok(["port", "auto", "80/tcp"])
-        .expect("docker port");
-    let port: u16 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("0.0.0.0:"))
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no IPv4 host port in {out:?}"));
+    let port = s.docker.run_httpd_exposed("auto").expect("docker run -P");
     s.wait_for("docker run -P", |b| {
         b.contains(&("auto".to_string(), u64::from(port)))
     });

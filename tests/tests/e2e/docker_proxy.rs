@@ -680,35 +680,7 @@ fn docker_run_capital_p_and_a_port_range_publish_through_the_shims() {
     };
 
     // `-P`: dockerd picks the host port and starts a shim for it.
-    s.docker
-        .docker_ok([
-            "run",
-            "-d",
-            "--stop-timeout",
-            "1",
-            "--name",
-            "auto",
-            "--expose",
-            "80",
-            "-P",
-            HTTPD_IMAGE,
-            "httpd",
-            "-f",
-            "-p",
-            "80",
-            "-h",
-            "/www",
-        ])
-        .expect("docker run -P");
-    let out = s
-        .docker
-        .docker_ok(["port", "auto", "80/tcp"])
-        .expect("docker port");
-    let port: u16 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("0.0.0.0:"))
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no IPv4 host port in {out:?}"));
+    let port = s.docker.run_httpd_exposed("auto").expect("docker run -P");
     wait_published("docker run -P", &|b| {
         b.contains(&("auto".into(), u64::from(port), "tcp".into()))
     });
