@@ -12,10 +12,10 @@ use crate::{
     hook::Hook,
     icmp::{ct_lookup_icmp_from_outside, icmp_rewrite, parse_icmp_error, IcmpError, Quoted},
     maps::count,
-    nat::{ct_track_ingress, ingress_rewrite, Rewrite},
+    nat::{ct_track_ingress, ingress_rewrite, Rewrite, Tracked},
     nexthop::next_hop_to_container,
     parse::{parse_packet, Flow, Frag, Parsed, IP_DST_OFF},
-    service::service_lookup,
+    service::{is_host_addr, service_find},
     spoof,
 };
 
@@ -139,21 +139,31 @@ fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
         Parsed::Fragment(f) => return ingress_frag(&f),
         Parsed::Flow(f) => f,
     };
-    let Some(backend) = service_lookup(flow.proto, flow.dst_addr_be, flow.dst_port_be, false)
-    else {
+    let Some(svc) = service_find(flow.proto, flow.dst_addr_be, flow.dst_port_be) else {
         count(Counter::IngressPass);
         return Ingress::Pass;
     };
     // Forwarding would expire it; never hand a packet for a container to a
-    // host socket instead.
+    // host socket instead. One routed through the host (not its address)
+    // is the kernel's to expire.
     if flow.ttl <= 1 {
+        if svc.wildcard && !is_host_addr(flow.dst_addr_be) {
+            count(Counter::IngressPass);
+            return Ingress::Pass;
+        }
         count(Counter::TtlExceeded);
         return Ingress::Drop;
     }
     let now = ct_now();
-    let Ok(sport_be) = ct_track_ingress(&flow, &backend, data, data_end, now) else {
-        return Ingress::Drop;
+    let sport_be = match ct_track_ingress(&flow, &svc, data, data_end, now) {
+        Tracked::Forward(port) => port,
+        Tracked::Drop => return Ingress::Drop,
+        Tracked::NotOurs => {
+            count(Counter::IngressPass);
+            return Ingress::Pass;
+        }
     };
+    let backend = svc.backend;
     if flow.first_frag {
         let key = frag_key_of_flow(FRAG_K_DNAT, &flow);
         frag_remember(&key, backend.addr_be, FRAG_V_ALLOW);

@@ -22,6 +22,7 @@ use crate::{
     },
     maps::{count, BERTH_NAT, BERTH_NAT_FWD, BERTH_NAT_NEW},
     parse::{flow_key, Flow, IP_DST_OFF, IP_SRC_OFF},
+    service::{is_host_addr, Service},
     sys::BPF_ANY,
     tcp::{tcp_completes, tcp_seg, Seg},
 };
@@ -176,18 +177,40 @@ fn nat_tuple_free(key: &FlowKey) -> bool {
     unsafe { BERTH_NAT.get(key).is_none() && BERTH_NAT_NEW.get(key).is_none() }
 }
 
+/// What tracking decided about a client packet to a published port.
+pub(crate) enum Tracked {
+    /// Translate, with this client source port towards the container (the
+    /// client's own unless a clash remapped it).
+    Forward(u16),
+    /// Drop (no flow and not a SYN, refused by policy, no port free, table
+    /// full).
+    Drop,
+    /// No flow, and the destination is not the host's own address: a
+    /// wildcard mapping does not cover it (traffic routed through the host).
+    NotOurs,
+}
+
+impl From<Result<u16, ()>> for Tracked {
+    #[inline(always)]
+    fn from(r: Result<u16, ()>) -> Self {
+        match r {
+            Ok(port) => Self::Forward(port),
+            Err(()) => Self::Drop,
+        }
+    }
+}
+
 /// The tracked flow of a client packet (refreshed, and promoted when it
 /// completes the handshake), or a new one when the packet may open one.
-/// `Ok`: the client source port towards the container. `Err`: drop (no
-/// flow and not a SYN, refused by policy, no port free, table full).
 #[inline(always)]
 pub(crate) fn ct_track_ingress(
     flow: &Flow,
-    backend: &Backend,
+    svc: &Service,
     data: usize,
     data_end: usize,
     now: u64,
-) -> Result<u16, ()> {
+) -> Tracked {
+    let backend = &svc.backend;
     let seg = if flow.proto == PROTO_TCP {
         tcp_seg(flow, data, data_end)
     } else {
@@ -196,7 +219,7 @@ pub(crate) fn ct_track_ingress(
     let key = nat_key(flow.proto, backend, flow.src_addr_be, flow.src_port_be);
     // The common case: one lookup in BERTH_NAT.
     if let Some(r) = nat_ingress_known(&key, flow, &seg, now) {
-        return r;
+        return r.into();
     }
     // A flow whose reply tuple clashed lives under its remapped port.
     let wire = flow.key();
@@ -206,11 +229,18 @@ pub(crate) fn ct_track_ingress(
             let mut remapped = key;
             remapped.dst_port_be = f.remap_port_be;
             if let Some(r) = nat_ingress_known(&remapped, flow, &seg, now) {
-                return r;
+                return r.into();
             }
         }
     }
-    nat_open(flow, backend, &seg, key, &wire, fwd.is_some(), now)
+    // The host-address check of a wildcard mapping, here rather than per
+    // packet: a tracked flow's entry holds the address this check passed
+    // for (`nat_owns`), and the daemon ends the flows of an address the
+    // host no longer has.
+    if svc.wildcard && !is_host_addr(flow.dst_addr_be) {
+        return Tracked::NotOurs;
+    }
+    nat_open(flow, backend, &seg, key, &wire, fwd.is_some(), now).into()
 }
 
 /// A new flow: only a TCP SYN or a UDP datagram opens one, and only when

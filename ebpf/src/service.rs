@@ -6,20 +6,27 @@ use berth_maps::{Backend, ServiceKey, CONFIG_WILDCARD_ONLY};
 
 use crate::maps::{BERTH_CONFIG, BERTH_HOST_ADDRS, BERTH_SERVICES};
 
-/// A mapping on this exact host address first, then the wildcard one
-/// (host address 0.0.0.0), which covers only the host's own addresses:
-/// `local` says the caller knows `addr_be` is one (loopback, for the
-/// socket hooks); otherwise `BERTH_HOST_ADDRS` decides, so traffic merely
-/// routed through the host is never taken. Where the daemon has flagged
-/// that no mapping names a host address, the exact probe is skipped: an
-/// array slot is a load, a hash probe a hash of the key.
+/// A mapping found for a packet, before anyone asked whether its address
+/// is the host's.
+#[derive(Clone, Copy)]
+pub(crate) struct Service {
+    pub backend: Backend,
+    /// Found on the wildcard address (0.0.0.0), which covers only the
+    /// host's own addresses: whoever acts on it for a new flow checks
+    /// [`is_host_addr`] first.
+    pub wildcard: bool,
+}
+
+/// A mapping on this exact host address first, then the wildcard one.
+/// Where the daemon has flagged that no mapping names a host address, the
+/// exact probe is skipped: an array slot is a load, a hash probe a hash of
+/// the key. The uplink ingress checks the address only for a packet that
+/// opens a flow (an established flow's entry holds the host address its
+/// first packet was checked with, and the daemon ends the flows of an
+/// address the host no longer has), so an established packet costs one
+/// lookup here, not two.
 #[inline(always)]
-pub(crate) fn service_lookup(
-    proto: u8,
-    addr_be: u32,
-    port_be: u16,
-    local: bool,
-) -> Option<Backend> {
+pub(crate) fn service_find(proto: u8, addr_be: u32, port_be: u16) -> Option<Service> {
     let mut key = ServiceKey {
         host_addr_be: addr_be,
         host_port_be: port_be,
@@ -28,17 +35,46 @@ pub(crate) fn service_lookup(
     };
     if !wildcard_only() {
         if let Some(b) = unsafe { BERTH_SERVICES.get(&key) } {
-            return Some(*b);
+            return Some(Service {
+                backend: *b,
+                wildcard: false,
+            });
         }
     }
     key.host_addr_be = 0;
     let b = unsafe { BERTH_SERVICES.get(&key) }.copied()?;
+    Some(Service {
+        backend: b,
+        wildcard: true,
+    })
+}
+
+/// [`service_find`] with the address check done: a wildcard mapping
+/// answers only on the host's own addresses. `local` says the caller knows
+/// `addr_be` is one (loopback, for the socket hooks); otherwise
+/// `BERTH_HOST_ADDRS` decides, so traffic merely routed through the host
+/// is never taken.
+#[inline(always)]
+pub(crate) fn service_lookup(
+    proto: u8,
+    addr_be: u32,
+    port_be: u16,
+    local: bool,
+) -> Option<Backend> {
+    let s = service_find(proto, addr_be, port_be)?;
     // Last: a port nothing is published on (most of what reaches an
     // uplink) costs two lookups, not three.
-    if !local {
-        unsafe { BERTH_HOST_ADDRS.get(&addr_be) }?;
+    if s.wildcard && !local && !is_host_addr(addr_be) {
+        return None;
     }
-    Some(b)
+    Some(s.backend)
+}
+
+/// Whether `addr_be` is one of the host's own addresses (as the daemon
+/// last synced them).
+#[inline(always)]
+pub(crate) fn is_host_addr(addr_be: u32) -> bool {
+    unsafe { BERTH_HOST_ADDRS.get(&addr_be) }.is_some()
 }
 
 #[inline(always)]

@@ -70,15 +70,20 @@ impl Hook for TcContext {
         }
     }
 
-    /// The IPv4 header by direct writes (the headers were pulled; the
-    /// program's direct writes make the kernel unclone the head first),
-    /// both ports in one store, the L4 checksum by two skb helper calls,
-    /// which know about `CHECKSUM_PARTIAL` (a local sender's seed covers the
-    /// pseudo header only) and `CHECKSUM_COMPLETE`: the address as a
-    /// pseudo-header change, both ports as one 32-bit word. An IPv4 header
-    /// whose checksum follows its changes, and ports whose checksum follows
-    /// them, leave a `CHECKSUM_COMPLETE` value valid. (Three helper calls;
-    /// one per field and checksum was seven.)
+    /// The IPv4 header and both ports by direct writes (the headers were
+    /// pulled; the program's direct writes make the kernel unclone the head
+    /// first), the L4 checksum by two skb helper calls, which know about
+    /// `CHECKSUM_PARTIAL` (a local sender's seed covers the pseudo header
+    /// only, so it takes the address change and not the ports') and
+    /// `CHECKSUM_COMPLETE` (`skb->csum` takes the pseudo-header change,
+    /// which no data change balances): the address as a pseudo-header
+    /// change, both ports as one 32-bit word. An IPv4 header whose checksum
+    /// follows its changes, and ports whose checksum follows them, leave a
+    /// `CHECKSUM_COMPLETE` value valid. Nothing cheaper is right for every
+    /// skb: a TC program cannot see `ip_summed`, and one call with a
+    /// combined diff would put the ports' change into a partial seed.
+    /// (Two helper calls; one per field and checksum was seven, and a
+    /// store of the ports was one more.)
     #[inline(always)]
     fn rewrite(&self, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
         let (d, e) = (Self::data(self), Self::data_end(self));
@@ -98,6 +103,14 @@ impl Hook for TcContext {
         }
         let old_ports = u32::from(flow.src_port_be) | (u32::from(flow.dst_port_be) << 16);
         let new_ports = u32::from(sport) | (u32::from(dport) << 16);
+        // LLVM knows the L4 offset is within the parsed header and would
+        // drop this check as implied by the parser's; the verifier, which
+        // lost that range on the way here, needs it (as in `xdp.rs`).
+        // (A copy: reading the field itself would keep the whole `Flow` in
+        // memory, where the verifier loses its other bounds.)
+        let l4_off = flow.l4_off;
+        let l4_off = unsafe { core::ptr::read_volatile(&raw const l4_off) };
+        let ports = ptr_at::<u32>(d, e, l4_off).ok_or(())?;
         let addr_off = rw.addr_off - ETH_LEN;
         unsafe {
             let ip_csum = ip.add(IP_CSUM_OFF - ETH_LEN).cast::<u16>();
@@ -113,12 +126,9 @@ impl Hook for TcContext {
             core::ptr::write_unaligned(ip_csum, c);
             core::ptr::write_unaligned(ttl_word, new_ttl);
             core::ptr::write_unaligned(ip.add(addr_off).cast::<u32>(), rw.new_addr_be);
-        }
-        // A store rather than a direct write: a packet pointer at the
-        // parsed L4 offset is one LLVM and the verifier disagree about.
-        if new_ports != old_ports {
-            self.store(flow.l4_off, &[sport, dport], 0)
-                .map_err(|_| ())?;
+            if new_ports != old_ports {
+                core::ptr::write_unaligned(ports, new_ports);
+            }
         }
         // UDP: a zero checksum means "none" and stays zero; a computed zero
         // is sent as 0xffff.

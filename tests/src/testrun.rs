@@ -243,6 +243,14 @@ impl Env {
         m.insert(u32::from_ne_bytes(a.octets()), 1, 0).unwrap();
     }
 
+    /// An address the host no longer has, as the daemon's sync removes it
+    /// (the daemon also ends its flows; a test does that itself).
+    pub fn remove_host_addr(&mut self, a: Ipv4Addr) {
+        let mut m: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(self.ebpf.map_mut("BERTH_HOST_ADDRS").unwrap()).unwrap();
+        m.remove(&u32::from_ne_bytes(a.octets())).unwrap();
+    }
+
     /// One more bridge subnet (`addr` is its network address).
     pub fn bridge_subnet(&mut self, addr: Ipv4Addr, prefix_len: u8) {
         let mut m: Array<&mut MapData, u64> =

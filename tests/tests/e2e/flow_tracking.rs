@@ -631,3 +631,84 @@ fn a_syn_flood_between_tasks_with_groups_refuses_no_other_tasks_flows() {
         "the flood established nothing"
     );
 }
+
+/// Waits up to `secs` for `cond` (the daemon syncs host addresses every
+/// 2 s).
+fn within(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+/// A wildcard mapping's address is checked when a flow opens, not on every
+/// packet: when the host loses an address, the daemon ends the flows that
+/// came in on it. Once the address is back, the ended flow's next segment
+/// is dropped (no flow, counted) and new connections work.
+#[test]
+fn an_address_removed_under_an_established_flow_ends_it_and_new_flows_work_when_it_is_back() {
+    let rig = Rig::start();
+    start_line_echo(&rig.topo.container.ns, 80);
+    rig.map_add("web", "172.17.0.2", &["8087:80"]);
+    let extra = Ipv4Addr::new(192, 0, 2, 50);
+    let cidr = format!("{extra}/24");
+    let host = &rig.topo.host.ns;
+    let uplink = rig.topo.host.uplink;
+    let to = SocketAddr::from((extra, 8087));
+    let connect = || {
+        rig.topo
+            .client
+            .ns
+            .run(move || tcp_connect(to, Duration::from_millis(500)))
+    };
+    host.ip(["addr", "add", &cidr, "dev", uplink]).unwrap();
+    let mut old = None;
+    assert!(
+        within(10, || {
+            old = connect().ok();
+            old.is_some()
+        }),
+        "the daemon picks the new address up"
+    );
+    let mut old = old.unwrap();
+    old.set_read_timeout(Some(T)).unwrap();
+    assert_eq!(ask(&mut old, "before").ip(), rig.topo.client.ip);
+    assert_eq!(map_entries(&rig, "BERTH_NAT"), 1, "one established flow");
+
+    host.ip(["addr", "del", &cidr, "dev", uplink]).unwrap();
+    assert!(
+        within(10, || map_entries(&rig, "BERTH_NAT") == 0),
+        "the daemon ends the flow of the address that went"
+    );
+
+    host.ip(["addr", "add", &cidr, "dev", uplink]).unwrap();
+    let no_flow = rig.counter("nat_no_flow");
+    let mut new = None;
+    assert!(
+        within(10, || {
+            new = connect().ok();
+            new.is_some()
+        }),
+        "a new connection works once the address is back"
+    );
+    let mut new = new.unwrap();
+    new.set_read_timeout(Some(T)).unwrap();
+    assert_eq!(ask(&mut new, "after").ip(), rig.topo.client.ip);
+    old.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    old.write_all(b"ended?\n").unwrap();
+    let mut line = String::new();
+    assert!(
+        BufReader::new(old.try_clone().unwrap())
+            .read_line(&mut line)
+            .is_err(),
+        "the ended flow gets no answer: {line:?}"
+    );
+    assert!(
+        rig.counter("nat_no_flow") > no_flow,
+        "its segments are dropped as of no flow"
+    );
+}

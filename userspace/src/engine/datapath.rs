@@ -84,7 +84,10 @@ pub trait Datapath: Send + Sync {
     /// (or its membership in a peer's) allowed; a task that reuses the
     /// address starts from its own groups. Returns how many.
     fn forget_endpoint_flows(&self, addrs: &[Ipv4Addr]) -> Result<usize, DatapathError>;
-    /// Replace the set of host addresses a wildcard binding answers on.
+    /// Replace the set of host addresses a wildcard binding answers on. The
+    /// flows a wildcard binding let in on an address no longer in the set
+    /// end (the datapath checks the address when a flow opens, not on every
+    /// packet); an address-bound binding's flows stay.
     fn set_host_addrs(&self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError>;
     /// Replace the bridge's subnets: sources an uplink never accepts.
     fn set_bridge_subnets(&self, subnets: &[Ipv4Cidr]) -> Result<(), DatapathError>;

@@ -87,6 +87,20 @@ pub(super) fn owned_by_none_of(
     move |k, v, _| !owners.contains(&FlowOwner::of_flow(k, v))
 }
 
+/// The published-port flows that came in on one of `gone` (host addresses
+/// the host no longer has), except those of an address-bound mapping
+/// (`bound`: host address, port and protocol of each), as a predicate for
+/// [`sweep`].
+pub(super) fn on_addrs_gone(
+    gone: HashSet<u32>,
+    bound: HashSet<(u32, u16, u8)>,
+) -> impl Fn(&FlowKey, &NatEntry, FlowTable) -> bool {
+    move |k, v, _| {
+        gone.contains(&v.host_addr_be)
+            && !bound.contains(&(v.host_addr_be, v.host_port_be, k.proto))
+    }
+}
+
 /// The policy-tracked flows with any of `addrs` at either end, as a
 /// predicate for [`sweep`] over `BERTH_CT`(_NEW).
 pub(super) fn touching(addrs: &[Ipv4Addr]) -> impl Fn(&FlowKey, &CtEntry, FlowTable) -> bool {
@@ -298,4 +312,46 @@ pub(super) fn fwd_owns(wire: &FlowKey, e: &NatEntry) -> bool {
     e.host_addr_be == wire.dst_addr_be
         && e.host_port_be == wire.dst_port_be
         && e.client_port_be == wire.src_port_be
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(host: [u8; 4], host_port: u16, proto: u8) -> (FlowKey, NatEntry) {
+        let k = FlowKey {
+            proto,
+            ..Default::default()
+        };
+        let v = NatEntry {
+            host_addr_be: u32::from_ne_bytes(host),
+            host_port_be: host_port.to_be(),
+            ..Default::default()
+        };
+        (k, v)
+    }
+
+    #[test]
+    fn flows_of_a_gone_address_end_unless_an_address_bound_mapping_holds_them() {
+        let gone = u32::from_ne_bytes([192, 0, 2, 7]);
+        let bound = HashSet::from([(gone, 8443u16.to_be(), PROTO_TCP)]);
+        let doomed = on_addrs_gone(HashSet::from([gone]), bound);
+        let picks = |(k, v): (FlowKey, NatEntry)| doomed(&k, &v, FlowTable::Established);
+        assert!(
+            picks(flow([192, 0, 2, 7], 8080, PROTO_TCP)),
+            "wildcard flow"
+        );
+        assert!(
+            !picks(flow([192, 0, 2, 7], 8443, PROTO_TCP)),
+            "address-bound mapping's flow"
+        );
+        assert!(
+            picks(flow([192, 0, 2, 7], 8443, 17)),
+            "same port, other protocol"
+        );
+        assert!(
+            !picks(flow([192, 0, 2, 1], 8080, PROTO_TCP)),
+            "an address still the host's"
+        );
+    }
 }

@@ -12,7 +12,7 @@ use berth_maps::{
 use super::{
     bpf::{map_err, mappings_err, BpfDatapath},
     flows::{
-        flow_expired, flow_timeout, fwd_flow_key, fwd_owns, monotonic_ns, owned_by,
+        flow_expired, flow_timeout, fwd_flow_key, fwd_owns, monotonic_ns, on_addrs_gone, owned_by,
         owned_by_none_of, sweep, touching,
     },
     Datapath, DatapathError, FlowTimeouts, PolicyRule,
@@ -254,13 +254,38 @@ impl Datapath for BpfDatapath {
             .map(|a| u32::from_ne_bytes(a.octets()))
             .collect();
         let have: HashSet<u32> = m.host_addrs.keys().filter_map(Result::ok).collect();
-        for a in have.difference(&want) {
+        let gone: HashSet<u32> = have.difference(&want).copied().collect();
+        for a in &gone {
             let _ = m.host_addrs.remove(a);
         }
         for a in want.difference(&have) {
             m.host_addrs
                 .insert(*a, 1, 0)
                 .map_err(map_err(HOST_ADDRS_MAP))?;
+        }
+        if gone.is_empty() {
+            return Ok(());
+        }
+        // The datapath checks a wildcard mapping's address when a flow
+        // opens, not per packet; the flows it let in on an address the
+        // host no longer has end here (as conntrack's MASQUERADE entries do
+        // when their address goes). An address-bound mapping never asked.
+        let bound: HashSet<(u32, u16, u8)> = m
+            .services
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| gone.contains(&k.host_addr_be))
+            .map(|k| (k.host_addr_be, k.host_port_be, k.proto))
+            .collect();
+        drop(m);
+        let n = sweep(&self.flows, on_addrs_gone(gone.clone(), bound))?;
+        if n > 0 {
+            self.forget_orphan_remaps();
+            let addrs: Vec<Ipv4Addr> = gone
+                .iter()
+                .map(|a| Ipv4Addr::from(a.to_ne_bytes()))
+                .collect();
+            tracing::info!(flows = n, addrs = ?addrs, "ended the flows of host addresses that went away");
         }
         Ok(())
     }
