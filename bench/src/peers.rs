@@ -108,17 +108,33 @@ pub fn measured() -> Vec<Mapping> {
         .collect()
 }
 
-/// `n` extra TCP mappings, host ports from [`EXTRA_BASE`] to the second
-/// container.
+/// `n` extra TCP mappings to the second container: host ports from
+/// [`EXTRA_BASE`] up when they fit below 65 536; more (the 65 000-port
+/// phase) take the highest ports that are not measured ones.
 pub fn extras(n: usize) -> Vec<Mapping> {
-    (0..n)
-        .map(|i| Mapping {
+    extra_ports(n)
+        .into_iter()
+        .map(|p| Mapping {
             udp: false,
-            host_port: EXTRA_BASE + i as u16,
+            host_port: p,
             ctr_ip: CTR2,
-            ctr_port: EXTRA_BASE + i as u16,
+            ctr_port: p,
         })
         .collect()
+}
+
+fn extra_ports(n: usize) -> Vec<u16> {
+    if usize::from(EXTRA_BASE) + n <= 65_536 {
+        return (0..n).map(|i| EXTRA_BASE + i as u16).collect();
+    }
+    let measured: Vec<u16> = measured().iter().map(|m| m.host_port).collect();
+    let mut v: Vec<u16> = (1..=65_535u16)
+        .rev()
+        .filter(|p| !measured.contains(p))
+        .take(n)
+        .collect();
+    v.reverse();
+    v
 }
 
 // ---------------------------------------------------------------- iptables
@@ -484,6 +500,40 @@ pub fn extra_range_spec(n: usize) -> String {
     format!("{a}-{b}:{a}-{b}")
 }
 
+/// Range specs covering the `n` extra ports (one per run of consecutive
+/// ports: more than one where the measured ports are skipped).
+pub fn extra_range_specs(n: usize) -> Vec<String> {
+    let mut runs: Vec<(u16, u16)> = Vec::new();
+    for p in extra_ports(n) {
+        match runs.last_mut() {
+            Some((_, b)) if u32::from(*b) + 1 == u32::from(p) => *b = p,
+            _ => runs.push((p, p)),
+        }
+    }
+    runs.into_iter()
+        .map(|(a, b)| {
+            if a == b {
+                format!("{a}:{a}")
+            } else {
+                format!("{a}-{b}:{a}-{b}")
+            }
+        })
+        .collect()
+}
+
+/// The berth daemons of the topology beds: a large host's capacities, and
+/// room for the 65 000-port phase in one task and one request.
+fn topology_host_flags() -> Vec<String> {
+    let mut flags = crate::control::large_host_flags();
+    if let Some(i) = flags.iter().position(|f| f == "--max-mappings") {
+        flags[i + 1] = "65536".into();
+    }
+    for f in ["--max-ports-per-request", "--max-ports-per-task"] {
+        flags.extend([f.to_string(), "65535".into()]);
+    }
+    flags
+}
+
 // ---------------------------------------------------------------- beds
 
 /// One peer on its own topology with the servers running in the container.
@@ -553,10 +603,10 @@ impl Bed {
                     &fs,
                     DaemonOptions {
                         attach: Some(attach.into()),
-                        // A host publishing 10 000 ports and opening
+                        // A host publishing 65 000 ports and opening
                         // thousands of connections a second: a large
                         // host's capacities, as the control rows use.
-                        extra_args: crate::control::large_host_flags(),
+                        extra_args: topology_host_flags(),
                         ..Default::default()
                     },
                 )?;
@@ -609,7 +659,7 @@ impl Bed {
                     let _ = berth_remove(d, "extra", &[]);
                 }
                 if n > 0 {
-                    berth_add(d, "extra", CTR2, &[extra_range_spec(n)])?;
+                    berth_add(d, "extra", CTR2, &extra_range_specs(n))?;
                 }
                 let specs: Vec<String> = measured().iter().map(spec).collect();
                 berth_add(d, "bench", CTR, &specs)?;

@@ -1,6 +1,8 @@
 //! Traffic through the namespace topology: every peer on its own bed, built
 //! once; repetitions interleave the peers (A B C … A B C …) metric by
-//! metric, first with only the measured ports published, then with 10 000.
+//! metric, first with only the measured ports published, then with 10 000,
+//! then connections/s alone with 65 000 (the direct path, iptables and
+//! berth: the peers whose rate could depend on the number of ports).
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -15,6 +17,8 @@ use super::{
 
 /// Published ports in the scaled phase, the three measured ones included.
 pub const SCALED_PORTS: usize = 10_000;
+/// Published ports in the last phase (connections/s only), likewise.
+pub const HUGE_PORTS: usize = 65_000;
 
 #[derive(Default, Clone)]
 struct Samples {
@@ -93,16 +97,22 @@ fn measure_udp(b: &Bed, s: &Settings, out: &mut Samples) -> Result<()> {
 
 type Measure = fn(&Bed, &Settings, &mut Samples) -> Result<()>;
 
-fn run_phase(beds: &[&Bed], s: &Settings, ports: usize) -> Result<Vec<Value>> {
+const ALL_METRICS: [(&str, Measure); 4] = [
+    ("connections/s", measure_conn),
+    ("latency", measure_rtt),
+    ("iperf3", measure_iperf),
+    ("udp", measure_udp),
+];
+
+fn run_phase(
+    beds: &[&Bed],
+    s: &Settings,
+    ports: usize,
+    metrics: &[(&str, Measure)],
+) -> Result<Vec<Value>> {
     let mut samples = vec![Samples::default(); beds.len()];
-    let metrics: [(&str, Measure); 4] = [
-        ("connections/s", measure_conn),
-        ("latency", measure_rtt),
-        ("iperf3", measure_iperf),
-        ("udp", measure_udp),
-    ];
     for rep in 0..s.reps {
-        for (_, m) in &metrics {
+        for (_, m) in metrics {
             for (i, b) in beds.iter().enumerate() {
                 m(b, s, &mut samples[i])?;
             }
@@ -130,7 +140,7 @@ pub fn topology_bench(s: &Settings) -> Result<Value> {
     }
     std::thread::sleep(Duration::from_millis(200)); // iperf3 servers listening
     let all: Vec<&Bed> = beds.iter().collect();
-    let mut rows = run_phase(&all, s, 1)?;
+    let mut rows = run_phase(&all, s, 1, &ALL_METRICS)?;
 
     let extra = SCALED_PORTS - super::peers::measured().len();
     for b in beds.iter_mut().filter(|b| b.peer.scales()) {
@@ -141,7 +151,34 @@ pub fn topology_bench(s: &Settings) -> Result<Value> {
     for b in &scaled {
         b.wait_ready(Duration::from_secs(10))?;
     }
-    rows.extend(run_phase(&scaled, s, SCALED_PORTS)?);
+    rows.extend(run_phase(&scaled, s, SCALED_PORTS, &ALL_METRICS)?);
+
+    // Nearly every port of the host: connections/s only (the rate is what
+    // grows with the number of rules), against the direct path in the
+    // same rounds. Docker's nftables peers stay at 10 000: their rules
+    // load slowly and berth is compared with iptables and the floor here.
+    let extra = HUGE_PORTS - super::peers::measured().len();
+    let huge_peer = |p: Peer| {
+        matches!(
+            p,
+            Peer::Direct | Peer::Iptables | Peer::BerthTc | Peer::BerthXdp
+        )
+    };
+    for b in beds.iter_mut().filter(|b| huge_peer(b.peer)) {
+        let t = std::time::Instant::now();
+        b.set_extra(extra)
+            .with_context(|| format!("{}: {HUGE_PORTS} ports", b.peer.name()))?;
+        eprintln!(
+            "bench: {}: {HUGE_PORTS} ports published in {:.1} s",
+            b.peer.name(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let huge: Vec<&Bed> = beds.iter().filter(|b| huge_peer(b.peer)).collect();
+    for b in &huge {
+        b.wait_ready(Duration::from_secs(30))?;
+    }
+    rows.extend(run_phase(&huge, s, HUGE_PORTS, &ALL_METRICS[..1])?);
     let peers: Vec<Value> = Peer::ALL
         .iter()
         .map(|p| json!({"peer": p.name(), "setup": p.describe(), "scaled": p.scales()}))
