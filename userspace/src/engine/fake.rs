@@ -88,6 +88,11 @@ impl FakeDatapath {
     pub fn fail_remove_of_host_port(&self, port: u16) {
         *self.fail_remove_port.lock().unwrap() = Some(port);
     }
+    /// Inserts and removes of every port work again.
+    pub fn stop_failing_bindings(&self) {
+        *self.fail_insert_port.lock().unwrap() = None;
+        *self.fail_remove_port.lock().unwrap() = None;
+    }
     pub fn removes(&self) -> usize {
         self.removes.load(Ordering::SeqCst)
     }

@@ -3,11 +3,11 @@
 //! `ip_local_reserved_ports` in step. [`Registry`] is the synchronous core;
 //! [`Berth`] serializes requests to it behind one async mutex.
 //!
-//! Every request is all or nothing. Publishing: datapath inserts, then one
-//! store commit that also records the ports berth is about to reserve, then
-//! the sysctl write; a crash between the last two is repaired by the
-//! reconcile at start. Unpublishing: datapath removes, sysctl write, then
-//! the store commit. A failed step undoes the earlier ones. The removed
+//! Every request is all or nothing: it computes the state it wants and each
+//! adapter (datapath, store, `ip_local_reserved_ports`) gets the difference
+//! (`apply.rs`); a failed step puts every adapter back to the state in
+//! memory by the same means, and a crash part-way is repaired by the
+//! reconcile at start. The removed
 //! bindings' tracked flows are forgotten afterwards by a background worker
 //! ([`FlowSweeper`]); a publish that could meet them waits for it.
 use std::{
@@ -29,8 +29,11 @@ use crate::{
     engine::allocator::{self, CoolDowns, PortPolicy, Taken},
     engine::datapath::Datapath,
     engine::host::Host,
-    engine::ledger::{Commit, Ledger},
+    engine::ledger::{Ledger, Stored},
 };
+// The tests below write the store directly.
+#[cfg(test)]
+use crate::engine::ledger::Commit;
 
 pub use self::{
     berth::{Berth, Subscription},
@@ -88,6 +91,11 @@ pub struct Registry {
     sweeper: Arc<FlowSweeper>,
     /// Set for one [`Registry::add_held_by_docker`].
     docker_holds_ports: bool,
+    /// The bindings the datapath holds, as far as this registry pushed
+    /// them (`apply.rs`).
+    dp_applied: std::sync::Mutex<BTreeSet<Binding>>,
+    /// What the store holds, as far as this registry committed it.
+    stored: Stored,
 }
 
 /// What a publish changes besides the new bindings themselves.
@@ -111,6 +119,7 @@ impl Registry {
     ) -> Result<Self> {
         let stored = store.load_all()?;
         let sg = security_groups::SgState::load(&store, &stored)?;
+        let snapshot = stored.clone();
         let store = Box::new(store);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let sweeper = Arc::new(FlowSweeper::start(datapath.clone()));
@@ -130,7 +139,19 @@ impl Registry {
             events,
             sg,
             limits: PortLimits::default(),
+            // Until [`Registry::restore`]: inserts are idempotent, so a push
+            // before it only writes what is wanted again.
+            dp_applied: std::sync::Mutex::new(BTreeSet::new()),
+            stored: snapshot,
         })
+    }
+
+    fn dp_applied(&self) -> std::sync::MutexGuard<'_, BTreeSet<Binding>> {
+        // A panic elsewhere cannot leave the set half-written: each change
+        // is one insert or remove.
+        self.dp_applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Makes the allocator's choices repeatable (tests).
@@ -148,12 +169,15 @@ impl Registry {
         if stale > 0 {
             tracing::info!(stale, "unpublished entries the store does not know");
         }
+        let mut applied = self.dp_applied();
+        applied.clear();
         let mut n = 0;
         for b in self.tasks.values().flatten() {
             self.datapath.insert(b).map_err(|reason| Error::Restore {
                 binding: describe(b),
                 reason,
             })?;
+            applied.insert(b.clone());
             n += 1;
         }
         Ok(n)
@@ -168,28 +192,27 @@ impl Registry {
         let current = self.host.reserved_ports().map_err(sysctl_err("reading"))?;
         let add: BTreeSet<u16> = mapped.difference(&current).copied().collect();
         let drop: BTreeSet<u16> = self.reserved_by_us.difference(&mapped).copied().collect();
-        let next: BTreeSet<u16> = current
+        let next_sysctl: BTreeSet<u16> = current
             .union(&add)
             .filter(|p| !drop.contains(p))
             .copied()
             .collect();
-        let mut cooldowns = self.cooldowns.clone();
-        let commit = Commit {
-            reserved_add: add.iter().copied().collect(),
-            reserved_remove: drop.iter().copied().collect(),
-            cooldowns: cooldowns.prune(self.host.now(), self.policy.cooldown_secs),
-            ..Default::default()
-        };
+        let mut next = self.state();
+        next.reserved = self
+            .reserved_by_us
+            .union(&add)
+            .filter(|p| !drop.contains(p))
+            .copied()
+            .collect();
+        let (next, cooldowns) = self.pruned(next);
         // Record before writing, as a publish does.
-        self.store.commit(&commit)?;
-        if next != current {
+        self.push_store(&next)?;
+        if next_sysctl != current {
             self.host
-                .set_reserved_ports(&next)
+                .set_reserved_ports(&next_sysctl)
                 .map_err(sysctl_err("writing"))?;
         }
-        self.reserved_by_us.extend(&add);
-        self.reserved_by_us.retain(|p| !drop.contains(p));
-        self.cooldowns = cooldowns;
+        self.adopt(next, cooldowns);
         Ok((add.len(), drop.len()))
     }
 

@@ -1,7 +1,19 @@
-//! Applying a request: datapath, store and sysctl in the order that keeps
-//! every request all or nothing. As for security groups, the datapath gets
-//! the difference between the task's bindings now and the ones the request
-//! wants ([`BindingChange`]); a failed later step applies its inverse.
+//! Applying a request as a computed desired state, as security groups do.
+//! A request computes the state the registry wants next — bindings, task
+//! records, cool-downs and the ports berth holds reserved, a [`Stored`] —
+//! without I/O, and each adapter gets the difference between what it holds
+//! and that state: the datapath its service entries, the store one
+//! transaction, `ip_local_reserved_ports` the ports. The registry tracks
+//! what the datapath and the store hold as far as it pushed them (the
+//! sysctl is read each time), so a failed step is undone by pushing the
+//! state in memory again — the same difference, the other way. No step has
+//! revert code of its own; one that fails on the way back too leaves an
+//! adapter the next apply (or the next start) converges from.
+//!
+//! Order: datapath, then the ports berth releases, then the store, then the
+//! ports it reserves — the store always names at least the ports berth holds,
+//! so a crash in between leaves the next start ports to release, never a
+//! reservation it does not know is its own.
 use std::{
     collections::{BTreeSet, HashMap},
     net::Ipv4Addr,
@@ -15,10 +27,58 @@ use crate::{
         model::{Binding, Protocol},
         spec::PortMapping,
     },
-    engine::{host::format_port_list, ledger::Commit},
+    engine::{
+        allocator::CoolDowns,
+        host::format_port_list,
+        ledger::{Commit, Stored},
+    },
 };
 
+/// The host ports berth must hold reserved: every mapped one, except those
+/// the operator reserved (in the sysctl and not recorded as berth's), which
+/// stay the operator's.
+pub(super) fn reserved_ours(
+    mapped: &BTreeSet<u16>,
+    sysctl: &BTreeSet<u16>,
+    ours: &BTreeSet<u16>,
+) -> BTreeSet<u16> {
+    mapped
+        .iter()
+        .filter(|p| ours.contains(p) || !sysctl.contains(p))
+        .copied()
+        .collect()
+}
+
+fn all_bindings(s: &Stored) -> BTreeSet<Binding> {
+    s.tasks.values().flatten().cloned().collect()
+}
+
 impl Registry {
+    /// The state in memory, as the store holds it.
+    pub(super) fn state(&self) -> Stored {
+        Stored {
+            tasks: self.tasks.clone(),
+            task_defs: self.task_defs.clone(),
+            cooldowns: self.cooldowns.entries().collect(),
+            reserved: self.reserved_by_us.clone(),
+        }
+    }
+
+    /// `next` with the cool-downs that are over forgotten.
+    pub(super) fn pruned(&self, mut next: Stored) -> (Stored, CoolDowns) {
+        let mut cooldowns = CoolDowns::from_entries(next.cooldowns.iter().copied());
+        cooldowns.prune(self.host.now(), self.policy.cooldown_secs);
+        next.cooldowns = cooldowns.entries().collect();
+        (next, cooldowns)
+    }
+
+    pub(super) fn adopt(&mut self, next: Stored, cooldowns: CoolDowns) {
+        self.tasks = next.tasks;
+        self.task_defs = next.task_defs;
+        self.cooldowns = cooldowns;
+        self.reserved_by_us = next.reserved;
+    }
+
     pub(super) fn publish(&mut self, p: Publish<'_>) -> Result<()> {
         // Rare here: [`Berth`] waits, before it locks, for the sweeps the
         // request's specs could meet; this catches a removal that slipped
@@ -32,82 +92,25 @@ impl Registry {
             self.sweeper.wait(ticket);
         }
         self.sg_before_publish(p.task, &p.all, p.record.as_ref())?;
-        let change = BindingChange::between(self.current(p.task), &p.all);
-        if let Err(err) = self.apply_change(&change) {
+        let mut next = self.state();
+        next.tasks.insert(p.task.to_owned(), p.all);
+        if let Some(record) = p.record {
+            next.task_defs.insert(p.task.to_owned(), record);
+        }
+        let (next, cooldowns) = self.pruned(next);
+        if let Err(err) = self.push_datapath(&all_bindings(&next)) {
+            self.converge_back();
             self.sg_resync();
             return Err(err);
         }
-        let outcome = (|| {
-            let current = self.host.reserved_ports().map_err(sysctl_err("reading"))?;
-            let reserve: BTreeSet<u16> = p
-                .new
-                .iter()
-                .map(|b| b.host_port)
-                .filter(|port| !current.contains(port))
-                .collect();
-            let mut cooldowns = self.cooldowns.clone();
-            let mut commit = Commit {
-                tasks: vec![(p.task.to_owned(), p.all.clone())],
-                cooldowns: cooldowns.prune(self.host.now(), self.policy.cooldown_secs),
-                reserved_add: reserve.iter().copied().collect(),
-                ..Default::default()
-            };
-            if let Some(record) = &p.record {
-                commit
-                    .task_defs
-                    .push((p.task.to_owned(), Some(record.clone())));
-            }
-            self.store.commit(&commit)?;
-            if !reserve.is_empty() {
-                let next = current.union(&reserve).copied().collect();
-                if let Err(e) = self.host.set_reserved_ports(&next) {
-                    self.revert_publish(p.task, &reserve);
-                    return Err(sysctl_err("writing")(e));
-                }
-            }
-            Ok((reserve, cooldowns))
-        })();
-        let (reserve, cooldowns) = match outcome {
-            Ok(done) => done,
-            Err(err) => {
-                self.revert_change(&change);
-                self.sg_resync();
-                return Err(err);
-            }
-        };
-        self.cooldowns = cooldowns;
-        self.reserved_by_us.extend(reserve);
-        self.tasks.insert(p.task.to_owned(), p.all);
-        if let Some(record) = p.record {
-            self.task_defs.insert(p.task.to_owned(), record);
+        if let Err(err) = self.commit_state(next, cooldowns) {
+            self.sg_resync();
+            return Err(err);
         }
         for b in p.new {
             self.emit(EventKind::Added, b);
         }
         Ok(())
-    }
-
-    /// Puts the store back as it was before a publish of `task` whose
-    /// sysctl write failed.
-    pub(super) fn revert_publish(&self, task: &str, reserved: &BTreeSet<u16>) {
-        let mut commit = Commit {
-            tasks: vec![(
-                task.to_owned(),
-                self.tasks.get(task).cloned().unwrap_or_default(),
-            )],
-            reserved_remove: reserved
-                .iter()
-                .filter(|p| !self.reserved_by_us.contains(p))
-                .copied()
-                .collect(),
-            ..Default::default()
-        };
-        if !self.task_defs.contains_key(task) {
-            commit.task_defs.push((task.to_owned(), None));
-        }
-        if let Err(err) = self.store.commit(&commit) {
-            tracing::error!(task = %task, error = %err, "rollback: restoring the store failed; the next start reconciles it");
-        }
     }
 
     pub(super) fn unpublish(
@@ -117,71 +120,37 @@ impl Registry {
         kept: Vec<Binding>,
         drop_record: bool,
     ) -> Result<()> {
-        let change = BindingChange::between(self.current(task), &kept);
-        self.apply_change(&change)?;
-        if let Err(err) = self.sg_before_unpublish(task, &kept, drop_record) {
-            self.revert_change(&change);
-            return Err(err);
+        let mut next = self.state();
+        if kept.is_empty() {
+            next.tasks.remove(task);
+        } else {
+            next.tasks.insert(task.to_owned(), kept.clone());
         }
-        let still_mapped: BTreeSet<u16> = self
-            .tasks
-            .iter()
-            .filter(|(name, _)| name.as_str() != task)
-            .flat_map(|(_, bs)| bs)
-            .chain(&kept)
-            .map(|b| b.host_port)
-            .collect();
-        let release: BTreeSet<u16> = gone
-            .iter()
-            .map(|b| b.host_port)
-            .filter(|p| !still_mapped.contains(p) && self.reserved_by_us.contains(p))
-            .collect();
-        let released = match self.unreserve(&release) {
-            Ok(()) => release,
-            Err(err) => {
-                // Still recorded as ours, so the next start releases them.
-                tracing::warn!(ports = %format_port_list(&release), error = %err, "could not release reserved ports");
-                BTreeSet::new()
-            }
-        };
-
-        let now = self.host.now();
-        let mut cooldowns = self.cooldowns.clone();
-        let mut cooldown_changes = cooldowns.prune(now, self.policy.cooldown_secs);
+        if drop_record {
+            next.task_defs.remove(task);
+        }
+        let (next, mut cooldowns) = self.pruned(next);
+        let mut next = next;
         if self.policy.cooldown_secs > 0 {
+            let now = self.host.now();
             for b in gone {
                 cooldowns.release(b.protocol, b.host_port, now);
-                cooldown_changes.push(((b.protocol, b.host_port), Some(now)));
             }
+            next.cooldowns = cooldowns.entries().collect();
         }
-        let mut commit = Commit {
-            tasks: vec![(task.to_owned(), kept.clone())],
-            cooldowns: cooldown_changes,
-            reserved_remove: released.iter().copied().collect(),
-            ..Default::default()
-        };
-        if drop_record {
-            commit.task_defs.push((task.to_owned(), None));
+        if let Err(err) = self.push_datapath(&all_bindings(&next)) {
+            self.converge_back();
+            return Err(err);
         }
-        if let Err(err) = self.store.commit(&commit) {
-            if let Err(e) = self.reserve_again(&released) {
-                tracing::error!(error = %e, "rollback: re-reserving ports failed");
-            }
-            self.revert_change(&change);
-            self.sg_resync();
+        if let Err(err) = self.sg_before_unpublish(task, &kept, drop_record) {
+            self.converge_back();
             return Err(err);
         }
         let containers: Vec<Option<String>> = gone.iter().map(|b| self.container_of(b)).collect();
         let task_ips = self.task_ips(task);
-        self.cooldowns = cooldowns;
-        self.reserved_by_us.retain(|p| !released.contains(p));
-        if kept.is_empty() {
-            self.tasks.remove(task);
-        } else {
-            self.tasks.insert(task.to_owned(), kept);
-        }
-        if drop_record {
-            self.task_defs.remove(task);
+        if let Err(err) = self.commit_state(next, cooldowns) {
+            self.sg_resync();
+            return Err(err);
         }
         self.sg_after_unpublish(task);
         let in_use = self.ips_in_use();
@@ -195,33 +164,124 @@ impl Registry {
         Ok(())
     }
 
+    /// The datapath holds exactly `want`: removals first, then inserts,
+    /// each recorded as it lands, so a failure part-way leaves the record
+    /// true. Returns the bindings it removed.
+    pub(super) fn push_datapath(&self, want: &BTreeSet<Binding>) -> Result<Vec<Binding>> {
+        let mut applied = self.dp_applied();
+        let remove: Vec<Binding> = applied.difference(want).cloned().collect();
+        let insert: Vec<Binding> = want.difference(&applied).cloned().collect();
+        for b in &remove {
+            if let Err(err) = self.datapath.remove(b) {
+                tracing::warn!(binding = describe(b), error = %err, "datapath remove failed");
+                return Err(err.into());
+            }
+            applied.remove(b);
+        }
+        for b in insert {
+            if let Err(err) = self.datapath.insert(&b) {
+                tracing::warn!(binding = describe(&b), error = %err, "datapath insert failed");
+                return Err(err.into());
+            }
+            applied.insert(b);
+        }
+        Ok(remove)
+    }
+
+    /// The store holds `want`: one transaction of the difference.
+    pub(super) fn push_store(&mut self, want: &Stored) -> Result<()> {
+        let c = Commit::between(&self.stored, want);
+        if !c.is_empty() {
+            self.store.commit(&c)?;
+            self.stored = want.clone();
+        }
+        Ok(())
+    }
+
+    /// `ip_local_reserved_ports` without `release` and with `reserve`
+    /// (written only when that changes it).
+    fn push_reserved(
+        &self,
+        release: &BTreeSet<u16>,
+        reserve: &BTreeSet<u16>,
+    ) -> std::io::Result<()> {
+        let now = self.host.reserved_ports()?;
+        let next: BTreeSet<u16> = now
+            .iter()
+            .filter(|p| !release.contains(p))
+            .chain(reserve)
+            .copied()
+            .collect();
+        if next != now {
+            self.host.set_reserved_ports(&next)?;
+        }
+        Ok(())
+    }
+
+    /// After the datapath holds `next`: the ports, the store, then memory.
+    /// A port that cannot be released stays recorded as berth's (the next
+    /// apply or start releases it); one that cannot be reserved fails the
+    /// request, and every adapter goes back to the state in memory.
+    fn commit_state(&mut self, mut next: Stored, cooldowns: CoolDowns) -> Result<()> {
+        let sysctl = match self.host.reserved_ports() {
+            Ok(s) => s,
+            Err(e) => {
+                self.converge_back();
+                return Err(sysctl_err("reading")(e));
+            }
+        };
+        let mapped: BTreeSet<u16> = next.tasks.values().flatten().map(|b| b.host_port).collect();
+        let ours = reserved_ours(&mapped, &sysctl, &self.reserved_by_us);
+        let release: BTreeSet<u16> = self.reserved_by_us.difference(&ours).copied().collect();
+        next.reserved = ours.clone();
+        if let Err(err) = self.push_reserved(&release, &BTreeSet::new()) {
+            // Still recorded as ours, so a later apply or the next start
+            // releases them.
+            tracing::warn!(ports = %format_port_list(&release), error = %err, "could not release reserved ports");
+            next.reserved.extend(&release);
+        }
+        if let Err(err) = self.push_store(&next) {
+            self.converge_back();
+            return Err(err);
+        }
+        if let Err(err) = self.push_reserved(&BTreeSet::new(), &ours) {
+            self.converge_back();
+            return Err(sysctl_err("writing")(err));
+        }
+        self.adopt(next, cooldowns);
+        Ok(())
+    }
+
+    /// After a failed step: every adapter back to the state in memory, by
+    /// the same pushes. What fails here is logged; the records of what each
+    /// adapter holds stay true, so the next apply converges from there.
+    pub(super) fn converge_back(&mut self) {
+        let mem = self.state();
+        match self.push_datapath(&all_bindings(&mem)) {
+            // Flows that started in the moment the bindings were live; a
+            // retry of the same bindings waits for this sweep.
+            Ok(removed) => {
+                if !removed.is_empty() {
+                    self.sweeper.queue(&removed, &[]);
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "restoring the datapath failed; the next request retries");
+            }
+        }
+        if let Err(err) = self.push_store(&mem) {
+            tracing::error!(error = %err, "restoring the store failed; the next request retries");
+        }
+        if let Err(err) = self.push_reserved(&BTreeSet::new(), &mem.reserved) {
+            tracing::error!(error = %err, "re-reserving ports failed; the next request retries");
+        }
+    }
+
     pub(super) fn emit(&self, kind: EventKind, b: &Binding) {
         // No subscriber is not an error.
         let _ = self
             .events
             .send(Event::now(kind, b.clone(), self.container_of(b)));
-    }
-
-    pub(super) fn unreserve(&self, ports: &BTreeSet<u16>) -> std::io::Result<()> {
-        if ports.is_empty() {
-            return Ok(());
-        }
-        let mut current = self.host.reserved_ports()?;
-        let before = current.len();
-        current.retain(|p| !ports.contains(p));
-        if current.len() != before {
-            self.host.set_reserved_ports(&current)?;
-        }
-        Ok(())
-    }
-
-    pub(super) fn reserve_again(&self, ports: &BTreeSet<u16>) -> std::io::Result<()> {
-        if ports.is_empty() {
-            return Ok(());
-        }
-        let mut current = self.host.reserved_ports()?;
-        current.extend(ports);
-        self.host.set_reserved_ports(&current)
     }
 
     pub(super) fn check_conflicts(&self, new: &[PortMapping]) -> Result<()> {
@@ -275,107 +335,25 @@ impl Registry {
         }
         Ok(())
     }
-
-    /// The task's bindings as the datapath holds them now.
-    fn current(&self, task: &str) -> &[Binding] {
-        self.tasks.get(task).map_or(&[], Vec::as_slice)
-    }
-
-    /// Makes the datapath hold `change`: removals first, then inserts. A
-    /// failed step reverts what this call changed, so the datapath is as
-    /// before.
-    fn apply_change(&self, change: &BindingChange) -> Result<()> {
-        for (i, b) in change.remove.iter().enumerate() {
-            if let Err(err) = self.datapath.remove(b) {
-                tracing::warn!(binding = describe(b), error = %err, "datapath remove failed; rolling back");
-                self.revert_change(&BindingChange {
-                    insert: Vec::new(),
-                    remove: change.remove[..i].to_vec(),
-                });
-                return Err(err.into());
-            }
-        }
-        for (i, b) in change.insert.iter().enumerate() {
-            if let Err(err) = self.datapath.insert(b) {
-                tracing::warn!(binding = describe(b), error = %err, "datapath insert failed; rolling back");
-                self.revert_change(&BindingChange {
-                    insert: change.insert[..i].to_vec(),
-                    remove: change.remove.clone(),
-                });
-                return Err(err.into());
-            }
-        }
-        Ok(())
-    }
-
-    /// The inverse of an applied `change`: what it inserted goes, what it
-    /// removed comes back.
-    fn revert_change(&self, change: &BindingChange) {
-        for b in change.insert.iter().rev() {
-            if let Err(err) = self.datapath.remove(b) {
-                tracing::error!(binding = describe(b), error = %err, "rollback: removing failed");
-            }
-        }
-        // Flows that started in the moment the bindings were live; a retry
-        // of the same bindings waits for this sweep.
-        self.sweeper.queue(&change.insert, &[]);
-        for b in change.remove.iter().rev() {
-            if let Err(err) = self.datapath.insert(b) {
-                tracing::error!(binding = describe(b), error = %err, "rollback: re-inserting failed");
-            }
-        }
-    }
-}
-
-/// How a task's bindings in the datapath change: the difference between
-/// what the registry holds and what a request wants.
-pub(super) struct BindingChange {
-    insert: Vec<Binding>,
-    remove: Vec<Binding>,
-}
-
-impl BindingChange {
-    /// What turns `current` into `desired`, each in its list's order.
-    pub(super) fn between(current: &[Binding], desired: &[Binding]) -> Self {
-        let now: BTreeSet<&Binding> = current.iter().collect();
-        let wanted: BTreeSet<&Binding> = desired.iter().collect();
-        Self {
-            insert: desired
-                .iter()
-                .filter(|b| !now.contains(b))
-                .cloned()
-                .collect(),
-            remove: current
-                .iter()
-                .filter(|b| !wanted.contains(b))
-                .cloned()
-                .collect(),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn b(host_port: u16) -> Binding {
-        Binding {
-            task: "web".into(),
-            container_ip: Ipv4Addr::new(172, 17, 0, 2),
-            bind_ip: Ipv4Addr::UNSPECIFIED,
-            host_port,
-            container_port: 80,
-            protocol: Protocol::Tcp,
-            ecs: Default::default(),
-        }
+    fn set(ports: &[u16]) -> BTreeSet<u16> {
+        ports.iter().copied().collect()
     }
 
     #[test]
-    fn a_change_is_what_the_desired_bindings_add_and_drop() {
-        let change = BindingChange::between(&[b(1), b(2), b(3)], &[b(2), b(5), b(4)]);
-        assert_eq!(change.insert, [b(5), b(4)], "in the desired order");
-        assert_eq!(change.remove, [b(1), b(3)], "in the current order");
-        let none = BindingChange::between(&[b(1)], &[b(1)]);
-        assert!(none.insert.is_empty() && none.remove.is_empty());
+    fn berth_holds_every_mapped_port_except_the_operators() {
+        // 22 and 8081 are the operator's (reserved, not ours); 8080 is ours;
+        // 9000 is mapped and reserved by nobody yet; 7000 is ours, unmapped.
+        let ours = reserved_ours(
+            &set(&[8080, 8081, 9000]),
+            &set(&[22, 8080, 8081, 7000]),
+            &set(&[8080, 7000]),
+        );
+        assert_eq!(ours, set(&[8080, 9000]));
     }
 }

@@ -345,6 +345,38 @@ fn failed_datapath_remove_re_inserts_the_removed_ones() {
     f.assert_everywhere(&all);
 }
 
+/// The registry applies a computed state: a failed step is undone by
+/// pushing the state in memory again, and when that fails part-way too,
+/// the datapath's record says where it stopped, so the next request
+/// converges it (no revert path of its own to give up on).
+#[test]
+fn a_rollback_that_fails_part_way_is_finished_by_the_next_request() {
+    let mut f = fixture();
+    let web = f
+        .add("web", "172.17.0.2", &["8000-8005:9000-9005"])
+        .unwrap();
+    // Removing the task fails at 8004, after 8000-8003 went; putting those
+    // back fails at 8002.
+    f.datapath.fail_remove_of_host_port(8004);
+    f.datapath.fail_insert_of_host_port(8002);
+    let err = f.registry.remove("web", &[]).unwrap_err();
+    assert!(matches!(err, Error::Datapath(_)), "{err}");
+    let ports =
+        |f: &Fixture| -> Vec<u16> { f.datapath.bindings().iter().map(|b| b.host_port).collect() };
+    assert_eq!(ports(&f), [8000, 8001, 8004, 8005], "stuck part-way back");
+    let mut mem = f.registry.bindings();
+    mem.sort();
+    assert_eq!(mem, web, "the request changed nothing in memory");
+    assert_eq!(f.stored().len(), 6, "nor in the store");
+
+    f.datapath.stop_failing_bindings();
+    let db = f.add("db", "172.17.0.9", &["5432:5432"]).unwrap();
+    f.assert_everywhere(&[web, db].concat());
+    // And the request that failed works now.
+    f.registry.remove("web", &[]).unwrap();
+    assert_eq!(ports(&f), [5432]);
+}
+
 #[test]
 fn remove_of_listed_specs_keeps_the_rest() {
     let mut f = fixture();
