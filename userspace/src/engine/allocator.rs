@@ -123,6 +123,11 @@ impl CoolDowns {
         self.released.iter().map(|(k, v)| (*k, *v))
     }
 
+    /// When `key` was released, if it is cooling (or not yet forgotten).
+    pub fn get(&self, key: (Protocol, u16)) -> Option<u64> {
+        self.released.get(&key).copied()
+    }
+
     pub fn release(&mut self, protocol: Protocol, port: u16, now: u64) {
         self.released.insert((protocol, port), now);
     }

@@ -29,11 +29,8 @@ use crate::{
     engine::allocator::{self, CoolDowns, PortPolicy, Taken},
     engine::datapath::Datapath,
     engine::host::Host,
-    engine::ledger::{Ledger, Stored},
+    engine::ledger::{Commit, Ledger},
 };
-// The tests below write the store directly.
-#[cfg(test)]
-use crate::engine::ledger::Commit;
 
 pub use self::{
     berth::{Berth, Subscription},
@@ -91,11 +88,10 @@ pub struct Registry {
     sweeper: Arc<FlowSweeper>,
     /// Set for one [`Registry::add_held_by_docker`].
     docker_holds_ports: bool,
-    /// The bindings the datapath holds, as far as this registry pushed
-    /// them (`apply.rs`).
-    dp_applied: std::sync::Mutex<BTreeSet<Binding>>,
-    /// What the store holds, as far as this registry committed it.
-    stored: Stored,
+    /// A failed put-back left the datapath or the store apart from memory;
+    /// the next request converges it first (`apply.rs`).
+    dp_diverged: bool,
+    store_diverged: bool,
 }
 
 /// What a publish changes besides the new bindings themselves.
@@ -119,7 +115,6 @@ impl Registry {
     ) -> Result<Self> {
         let stored = store.load_all()?;
         let sg = security_groups::SgState::load(&store, &stored)?;
-        let snapshot = stored.clone();
         let store = Box::new(store);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let sweeper = Arc::new(FlowSweeper::start(datapath.clone()));
@@ -139,19 +134,9 @@ impl Registry {
             events,
             sg,
             limits: PortLimits::default(),
-            // Until [`Registry::restore`]: inserts are idempotent, so a push
-            // before it only writes what is wanted again.
-            dp_applied: std::sync::Mutex::new(BTreeSet::new()),
-            stored: snapshot,
+            dp_diverged: false,
+            store_diverged: false,
         })
-    }
-
-    fn dp_applied(&self) -> std::sync::MutexGuard<'_, BTreeSet<Binding>> {
-        // A panic elsewhere cannot leave the set half-written: each change
-        // is one insert or remove.
-        self.dp_applied
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Makes the allocator's choices repeatable (tests).
@@ -164,20 +149,23 @@ impl Registry {
     /// Returns how many bindings were inserted.
     pub fn restore(&self) -> Result<usize> {
         self.restore_security_groups()?;
+        self.restore_bindings()
+    }
+
+    /// The datapath holds exactly the bindings in memory: entries it has
+    /// and memory lacks go, every binding is inserted again.
+    fn restore_bindings(&self) -> Result<usize> {
         let keep = self.bindings();
         let stale = self.datapath.retain(&keep).map_err(Error::Datapath)?;
         if stale > 0 {
             tracing::info!(stale, "unpublished entries the store does not know");
         }
-        let mut applied = self.dp_applied();
-        applied.clear();
         let mut n = 0;
         for b in self.tasks.values().flatten() {
             self.datapath.insert(b).map_err(|reason| Error::Restore {
                 binding: describe(b),
                 reason,
             })?;
-            applied.insert(b.clone());
             n += 1;
         }
         Ok(n)
@@ -192,27 +180,28 @@ impl Registry {
         let current = self.host.reserved_ports().map_err(sysctl_err("reading"))?;
         let add: BTreeSet<u16> = mapped.difference(&current).copied().collect();
         let drop: BTreeSet<u16> = self.reserved_by_us.difference(&mapped).copied().collect();
-        let next_sysctl: BTreeSet<u16> = current
+        let next: BTreeSet<u16> = current
             .union(&add)
             .filter(|p| !drop.contains(p))
             .copied()
             .collect();
-        let mut next = self.state();
-        next.reserved = self
-            .reserved_by_us
-            .union(&add)
-            .filter(|p| !drop.contains(p))
-            .copied()
-            .collect();
-        let (next, cooldowns) = self.pruned(next);
+        let mut cooldowns = self.cooldowns.clone();
+        let commit = Commit {
+            reserved_add: add.iter().copied().collect(),
+            reserved_remove: drop.iter().copied().collect(),
+            cooldowns: cooldowns.prune(self.host.now(), self.policy.cooldown_secs),
+            ..Default::default()
+        };
         // Record before writing, as a publish does.
-        self.push_store(&next)?;
-        if next_sysctl != current {
+        self.store.commit(&commit)?;
+        if next != current {
             self.host
-                .set_reserved_ports(&next_sysctl)
+                .set_reserved_ports(&next)
                 .map_err(sysctl_err("writing"))?;
         }
-        self.adopt(next, cooldowns);
+        self.reserved_by_us.extend(&add);
+        self.reserved_by_us.retain(|p| !drop.contains(p));
+        self.cooldowns = cooldowns;
         Ok((add.len(), drop.len()))
     }
 

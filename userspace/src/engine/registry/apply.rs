@@ -1,14 +1,15 @@
 //! Applying a request as a computed desired state, as security groups do.
-//! A request computes the state the registry wants next — bindings, task
-//! records, cool-downs and the ports berth holds reserved, a [`Stored`] —
-//! without I/O, and each adapter gets the difference between what it holds
-//! and that state: the datapath its service entries, the store one
-//! transaction, `ip_local_reserved_ports` the ports. The registry tracks
-//! what the datapath and the store hold as far as it pushed them (the
-//! sysctl is read each time), so a failed step is undone by pushing the
-//! state in memory again — the same difference, the other way. No step has
-//! revert code of its own; one that fails on the way back too leaves an
-//! adapter the next apply (or the next start) converges from.
+//! A request computes, without I/O, what its task should hold afterwards —
+//! bindings and record — and the cool-downs ([`Want`]); each adapter gets
+//! the difference between that and what it holds: the datapath its service
+//! entries, the store one transaction (`Commit::between`),
+//! `ip_local_reserved_ports` the ports berth holds for the host's mapped
+//! ports. A failed step is undone by pushing the state in memory again —
+//! the same difference, the other way — so no step has revert code of its
+//! own. A push back that fails too marks its adapter diverged, and the next
+//! request first converges it whole (the datapath as at start, the store
+//! by the difference from what it holds), so the state always converges.
+//! A request's work is what its task holds, not what the host publishes.
 //!
 //! Order: datapath, then the ports berth releases, then the store, then the
 //! ports it reserves — the store always names at least the ports berth holds,
@@ -24,7 +25,7 @@ use crate::{
     domain::{
         error::{Error, Result},
         events::{Event, EventKind},
-        model::{Binding, Protocol},
+        model::{Binding, Protocol, TaskRecord},
         spec::PortMapping,
     },
     engine::{
@@ -49,34 +50,84 @@ pub(super) fn reserved_ours(
         .collect()
 }
 
-fn all_bindings(s: &Stored) -> BTreeSet<Binding> {
-    s.tasks.values().flatten().cloned().collect()
+/// What a request wants: one task's bindings and record afterwards (none:
+/// the task is gone), and the cool-downs with the entries it changes.
+pub(super) struct Want {
+    pub task: String,
+    pub bindings: Vec<Binding>,
+    pub record: Option<TaskRecord>,
+    pub cooldowns: CoolDowns,
+    pub cooldowns_changed: BTreeSet<(Protocol, u16)>,
+}
+
+/// The part of the store a request covers: `task`'s bindings and record,
+/// the cool-down entries `keys` and berth's reservation of `ports`, as
+/// `cooldowns` and `reserved` have them. A commit between two of these
+/// touches nothing else, so a request costs what its task holds, not what
+/// the host publishes.
+struct Scope<'a> {
+    task: &'a str,
+    keys: &'a BTreeSet<(Protocol, u16)>,
+    ports: &'a BTreeSet<u16>,
+}
+
+impl Scope<'_> {
+    fn stored(
+        &self,
+        bindings: &[Binding],
+        record: Option<&TaskRecord>,
+        cooldowns: &CoolDowns,
+        reserved: &BTreeSet<u16>,
+    ) -> Stored {
+        let mut s = Stored {
+            cooldowns: self
+                .keys
+                .iter()
+                .filter_map(|k| cooldowns.get(*k).map(|t| (*k, t)))
+                .collect(),
+            reserved: self.ports.intersection(reserved).copied().collect(),
+            ..Default::default()
+        };
+        if !bindings.is_empty() {
+            s.tasks.insert(self.task.to_owned(), bindings.to_vec());
+        }
+        if let Some(r) = record {
+            s.task_defs.insert(self.task.to_owned(), r.clone());
+        }
+        s
+    }
 }
 
 impl Registry {
-    /// The state in memory, as the store holds it.
-    pub(super) fn state(&self) -> Stored {
-        Stored {
-            tasks: self.tasks.clone(),
-            task_defs: self.task_defs.clone(),
-            cooldowns: self.cooldowns.entries().collect(),
-            reserved: self.reserved_by_us.clone(),
+    /// The bindings memory holds for `task`.
+    fn held(&self, task: &str) -> Vec<Binding> {
+        self.tasks.get(task).cloned().unwrap_or_default()
+    }
+
+    fn adopt(&mut self, w: Want, reserved: BTreeSet<u16>) {
+        if w.bindings.is_empty() {
+            self.tasks.remove(&w.task);
+        } else {
+            self.tasks.insert(w.task.clone(), w.bindings);
         }
+        match w.record {
+            Some(r) => self.task_defs.insert(w.task, r),
+            None => self.task_defs.remove(&w.task),
+        };
+        self.cooldowns = w.cooldowns;
+        self.reserved_by_us = reserved;
     }
 
-    /// `next` with the cool-downs that are over forgotten.
-    pub(super) fn pruned(&self, mut next: Stored) -> (Stored, CoolDowns) {
-        let mut cooldowns = CoolDowns::from_entries(next.cooldowns.iter().copied());
-        cooldowns.prune(self.host.now(), self.policy.cooldown_secs);
-        next.cooldowns = cooldowns.entries().collect();
-        (next, cooldowns)
-    }
-
-    pub(super) fn adopt(&mut self, next: Stored, cooldowns: CoolDowns) {
-        self.tasks = next.tasks;
-        self.task_defs = next.task_defs;
-        self.cooldowns = cooldowns;
-        self.reserved_by_us = next.reserved;
+    /// The cool-downs with those that are over forgotten, and which
+    /// entries that changed.
+    fn pruned_cooldowns(&self) -> (CoolDowns, BTreeSet<(Protocol, u16)>) {
+        let mut c = self.cooldowns.clone();
+        let changed = c
+            .prune(self.host.now(), self.policy.cooldown_secs)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        (c, changed)
     }
 
     pub(super) fn publish(&mut self, p: Publish<'_>) -> Result<()> {
@@ -91,19 +142,17 @@ impl Registry {
         if let Some(ticket) = self.sweeper.blocker(p.new, &record_ips) {
             self.sweeper.wait(ticket);
         }
+        self.converge_diverged()?;
         self.sg_before_publish(p.task, &p.all, p.record.as_ref())?;
-        let mut next = self.state();
-        next.tasks.insert(p.task.to_owned(), p.all);
-        if let Some(record) = p.record {
-            next.task_defs.insert(p.task.to_owned(), record);
-        }
-        let (next, cooldowns) = self.pruned(next);
-        if let Err(err) = self.push_datapath(&all_bindings(&next)) {
-            self.converge_back();
-            self.sg_resync();
-            return Err(err);
-        }
-        if let Err(err) = self.commit_state(next, cooldowns) {
+        let (cooldowns, cooldowns_changed) = self.pruned_cooldowns();
+        let want = Want {
+            task: p.task.to_owned(),
+            bindings: p.all,
+            record: p.record.or_else(|| self.task_defs.get(p.task).cloned()),
+            cooldowns,
+            cooldowns_changed,
+        };
+        if let Err(err) = self.apply(want) {
             self.sg_resync();
             return Err(err);
         }
@@ -120,35 +169,39 @@ impl Registry {
         kept: Vec<Binding>,
         drop_record: bool,
     ) -> Result<()> {
-        let mut next = self.state();
-        if kept.is_empty() {
-            next.tasks.remove(task);
-        } else {
-            next.tasks.insert(task.to_owned(), kept.clone());
-        }
-        if drop_record {
-            next.task_defs.remove(task);
-        }
-        let (next, mut cooldowns) = self.pruned(next);
-        let mut next = next;
+        self.converge_diverged()?;
+        let (mut cooldowns, mut cooldowns_changed) = self.pruned_cooldowns();
         if self.policy.cooldown_secs > 0 {
             let now = self.host.now();
             for b in gone {
                 cooldowns.release(b.protocol, b.host_port, now);
+                cooldowns_changed.insert((b.protocol, b.host_port));
             }
-            next.cooldowns = cooldowns.entries().collect();
         }
-        if let Err(err) = self.push_datapath(&all_bindings(&next)) {
-            self.converge_back();
+        let want = Want {
+            task: task.to_owned(),
+            bindings: kept.clone(),
+            record: if drop_record {
+                None
+            } else {
+                self.task_defs.get(task).cloned()
+            },
+            cooldowns,
+            cooldowns_changed,
+        };
+        let held = self.held(task);
+        let mut dp: BTreeSet<Binding> = held.iter().cloned().collect();
+        if let Err(err) = self.push_datapath(&mut dp, &want.bindings) {
+            self.put_back(dp, &held, None, None);
             return Err(err);
         }
         if let Err(err) = self.sg_before_unpublish(task, &kept, drop_record) {
-            self.converge_back();
+            self.put_back(dp, &held, None, None);
             return Err(err);
         }
         let containers: Vec<Option<String>> = gone.iter().map(|b| self.container_of(b)).collect();
         let task_ips = self.task_ips(task);
-        if let Err(err) = self.commit_state(next, cooldowns) {
+        if let Err(err) = self.commit_rest(want, held) {
             self.sg_resync();
             return Err(err);
         }
@@ -164,117 +217,211 @@ impl Registry {
         Ok(())
     }
 
-    /// The datapath holds exactly `want`: removals first, then inserts,
-    /// each recorded as it lands, so a failure part-way leaves the record
-    /// true. Returns the bindings it removed.
-    pub(super) fn push_datapath(&self, want: &BTreeSet<Binding>) -> Result<Vec<Binding>> {
-        let mut applied = self.dp_applied();
-        let remove: Vec<Binding> = applied.difference(want).cloned().collect();
-        let insert: Vec<Binding> = want.difference(&applied).cloned().collect();
-        for b in &remove {
-            if let Err(err) = self.datapath.remove(b) {
-                tracing::warn!(binding = describe(b), error = %err, "datapath remove failed");
-                return Err(err.into());
-            }
-            applied.remove(b);
+    /// Every adapter to `want`: datapath, then the rest.
+    fn apply(&mut self, want: Want) -> Result<()> {
+        let held = self.held(&want.task);
+        let mut dp: BTreeSet<Binding> = held.iter().cloned().collect();
+        if let Err(err) = self.push_datapath(&mut dp, &want.bindings) {
+            self.put_back(dp, &held, None, None);
+            return Err(err);
         }
-        for b in insert {
-            if let Err(err) = self.datapath.insert(&b) {
-                tracing::warn!(binding = describe(&b), error = %err, "datapath insert failed");
-                return Err(err.into());
-            }
-            applied.insert(b);
-        }
-        Ok(remove)
+        self.commit_rest(want, held)
     }
 
-    /// The store holds `want`: one transaction of the difference.
-    pub(super) fn push_store(&mut self, want: &Stored) -> Result<()> {
-        let c = Commit::between(&self.stored, want);
-        if !c.is_empty() {
-            self.store.commit(&c)?;
-            self.stored = want.clone();
+    /// The datapath from holding `held` of a task to holding `want`:
+    /// removals first, then inserts, `held` following each one that lands
+    /// (so after a failure it says what the datapath holds).
+    fn push_datapath(&self, held: &mut BTreeSet<Binding>, want: &[Binding]) -> Result<()> {
+        let wanted: BTreeSet<&Binding> = want.iter().collect();
+        let remove: Vec<Binding> = held
+            .iter()
+            .filter(|b| !wanted.contains(b))
+            .cloned()
+            .collect();
+        for b in remove {
+            if let Err(err) = self.datapath.remove(&b) {
+                tracing::warn!(binding = describe(&b), error = %err, "datapath remove failed");
+                return Err(err.into());
+            }
+            held.remove(&b);
+        }
+        for b in want {
+            if held.contains(b) {
+                continue;
+            }
+            if let Err(err) = self.datapath.insert(b) {
+                tracing::warn!(binding = describe(b), error = %err, "datapath insert failed");
+                return Err(err.into());
+            }
+            held.insert(b.clone());
         }
         Ok(())
     }
 
-    /// `ip_local_reserved_ports` without `release` and with `reserve`
+    /// `ip_local_reserved_ports`, holding `sysctl` (read once per request,
+    /// kept up to date here), without `release` and with `reserve`
     /// (written only when that changes it).
     fn push_reserved(
         &self,
+        sysctl: &mut BTreeSet<u16>,
         release: &BTreeSet<u16>,
         reserve: &BTreeSet<u16>,
     ) -> std::io::Result<()> {
-        let now = self.host.reserved_ports()?;
-        let next: BTreeSet<u16> = now
+        let next: BTreeSet<u16> = sysctl
             .iter()
             .filter(|p| !release.contains(p))
             .chain(reserve)
             .copied()
             .collect();
-        if next != now {
+        if next != *sysctl {
             self.host.set_reserved_ports(&next)?;
+            *sysctl = next;
         }
         Ok(())
     }
 
-    /// After the datapath holds `next`: the ports, the store, then memory.
-    /// A port that cannot be released stays recorded as berth's (the next
-    /// apply or start releases it); one that cannot be reserved fails the
-    /// request, and every adapter goes back to the state in memory.
-    fn commit_state(&mut self, mut next: Stored, cooldowns: CoolDowns) -> Result<()> {
-        let sysctl = match self.host.reserved_ports() {
+    /// After the datapath holds `want`: the ports, the store, then memory.
+    /// A port that cannot be released stays recorded as berth's (a later
+    /// request or the next start releases it); one that cannot be reserved
+    /// fails the request, and every adapter goes back to `held`.
+    fn commit_rest(&mut self, want: Want, held: Vec<Binding>) -> Result<()> {
+        let dp_want = || want.bindings.iter().cloned().collect::<BTreeSet<Binding>>();
+        let mut sysctl = match self.host.reserved_ports() {
             Ok(s) => s,
             Err(e) => {
-                self.converge_back();
+                self.put_back(dp_want(), &held, None, None);
                 return Err(sysctl_err("reading")(e));
             }
         };
-        let mapped: BTreeSet<u16> = next.tasks.values().flatten().map(|b| b.host_port).collect();
-        let ours = reserved_ours(&mapped, &sysctl, &self.reserved_by_us);
-        let release: BTreeSet<u16> = self.reserved_by_us.difference(&ours).copied().collect();
-        next.reserved = ours.clone();
-        if let Err(err) = self.push_reserved(&release, &BTreeSet::new()) {
-            // Still recorded as ours, so a later apply or the next start
+        // Ports this request maps or unmaps; the others keep their state.
+        let touched: BTreeSet<u16> = held
+            .iter()
+            .chain(&want.bindings)
+            .map(|b| b.host_port)
+            .collect();
+        // One pass over the other tasks' bindings: which touched ports they map.
+        let mapped: BTreeSet<u16> = self
+            .tasks
+            .iter()
+            .filter(|(name, _)| **name != want.task)
+            .flat_map(|(_, bs)| bs)
+            .chain(&want.bindings)
+            .map(|b| b.host_port)
+            .filter(|p| touched.contains(p))
+            .collect();
+        let ours_touched = reserved_ours(&mapped, &sysctl, &self.reserved_by_us);
+        let release: BTreeSet<u16> = touched
+            .iter()
+            .filter(|p| self.reserved_by_us.contains(p) && !ours_touched.contains(p))
+            .copied()
+            .collect();
+        let mut reserved: BTreeSet<u16> = self
+            .reserved_by_us
+            .iter()
+            .filter(|p| !release.contains(p))
+            .chain(&ours_touched)
+            .copied()
+            .collect();
+        if let Err(err) = self.push_reserved(&mut sysctl, &release, &BTreeSet::new()) {
+            // Still recorded as ours, so a later request or the next start
             // releases them.
             tracing::warn!(ports = %format_port_list(&release), error = %err, "could not release reserved ports");
-            next.reserved.extend(&release);
+            reserved.extend(&release);
         }
-        if let Err(err) = self.push_store(&next) {
-            self.converge_back();
+        let scope = Scope {
+            task: &want.task,
+            keys: &want.cooldowns_changed,
+            ports: &touched,
+        };
+        let before = scope.stored(
+            &held,
+            self.task_defs.get(&want.task),
+            &self.cooldowns,
+            &self.reserved_by_us,
+        );
+        let after = scope.stored(
+            &want.bindings,
+            want.record.as_ref(),
+            &want.cooldowns,
+            &reserved,
+        );
+        if let Err(err) = self.store.commit(&Commit::between(&before, &after)) {
+            self.put_back(dp_want(), &held, None, Some(&mut sysctl));
             return Err(err);
         }
-        if let Err(err) = self.push_reserved(&BTreeSet::new(), &ours) {
-            self.converge_back();
+        if let Err(err) = self.push_reserved(&mut sysctl, &BTreeSet::new(), &ours_touched) {
+            let back = Commit::between(&after, &before);
+            self.put_back(dp_want(), &held, Some(back), Some(&mut sysctl));
             return Err(sysctl_err("writing")(err));
         }
-        self.adopt(next, cooldowns);
+        self.adopt(want, reserved);
         Ok(())
     }
 
-    /// After a failed step: every adapter back to the state in memory, by
-    /// the same pushes. What fails here is logged; the records of what each
-    /// adapter holds stay true, so the next apply converges from there.
-    pub(super) fn converge_back(&mut self) {
-        let mem = self.state();
-        match self.push_datapath(&all_bindings(&mem)) {
+    /// After a failed step: every adapter back to what memory holds, by the
+    /// same pushes: the datapath from `dp` (what it holds of the task now)
+    /// to `held`; the store by `back` when it took the request (the
+    /// difference the other way); the ports berth released meanwhile back
+    /// when `sysctl` says the sysctl was read (and what it holds). What
+    /// fails here marks its adapter diverged for the next request to
+    /// converge.
+    fn put_back(
+        &mut self,
+        mut dp: BTreeSet<Binding>,
+        held: &[Binding],
+        back: Option<Commit>,
+        sysctl: Option<&mut BTreeSet<u16>>,
+    ) {
+        let kept: BTreeSet<&Binding> = held.iter().collect();
+        let live: Vec<Binding> = dp.iter().filter(|b| !kept.contains(b)).cloned().collect();
+        match self.push_datapath(&mut dp, held) {
             // Flows that started in the moment the bindings were live; a
             // retry of the same bindings waits for this sweep.
-            Ok(removed) => {
-                if !removed.is_empty() {
-                    self.sweeper.queue(&removed, &[]);
+            Ok(()) => {
+                if !live.is_empty() {
+                    self.sweeper.queue(&live, &[]);
                 }
             }
             Err(err) => {
-                tracing::error!(error = %err, "restoring the datapath failed; the next request retries");
+                tracing::error!(error = %err, "restoring the datapath failed; the next request converges it");
+                self.dp_diverged = true;
             }
         }
-        if let Err(err) = self.push_store(&mem) {
-            tracing::error!(error = %err, "restoring the store failed; the next request retries");
+        if let Some(back) = back {
+            if let Err(err) = self.store.commit(&back) {
+                tracing::error!(error = %err, "restoring the store failed; the next request converges it");
+                self.store_diverged = true;
+            }
         }
-        if let Err(err) = self.push_reserved(&BTreeSet::new(), &mem.reserved) {
-            tracing::error!(error = %err, "re-reserving ports failed; the next request retries");
+        // Ports released in this request that memory still holds as berth's.
+        if let Some(sysctl) = sysctl {
+            if let Err(err) = self.push_reserved(sysctl, &BTreeSet::new(), &self.reserved_by_us) {
+                tracing::error!(error = %err, "re-reserving ports failed; the next request retries");
+            }
         }
+    }
+
+    /// Before a request: an adapter a failed put-back left diverged from
+    /// memory is converged whole — the datapath as at start (entries memory
+    /// lacks removed, every binding inserted again), the store by the
+    /// difference between what it holds and memory.
+    fn converge_diverged(&mut self) -> Result<()> {
+        if self.dp_diverged {
+            self.restore_bindings()?;
+            self.dp_diverged = false;
+        }
+        if self.store_diverged {
+            let on_disk = self.store.load_all()?;
+            let mem = Stored {
+                tasks: self.tasks.clone(),
+                task_defs: self.task_defs.clone(),
+                cooldowns: self.cooldowns.entries().collect(),
+                reserved: self.reserved_by_us.clone(),
+            };
+            self.store.commit(&Commit::between(&on_disk, &mem))?;
+            self.store_diverged = false;
+        }
+        Ok(())
     }
 
     pub(super) fn emit(&self, kind: EventKind, b: &Binding) {

@@ -347,8 +347,8 @@ fn failed_datapath_remove_re_inserts_the_removed_ones() {
 
 /// The registry applies a computed state: a failed step is undone by
 /// pushing the state in memory again, and when that fails part-way too,
-/// the datapath's record says where it stopped, so the next request
-/// converges it (no revert path of its own to give up on).
+/// the datapath is marked diverged and the next request converges it whole
+/// first (no revert path of its own to give up on).
 #[test]
 fn a_rollback_that_fails_part_way_is_finished_by_the_next_request() {
     let mut f = fixture();
@@ -751,4 +751,68 @@ async fn shutdown_finishes_the_pending_sweeps() {
     berth.finish_sweeps().await;
     assert_eq!(datapath.forgotten().concat(), [a, b].concat());
     assert_eq!(berth.sweeper.pending(), 0);
+}
+
+/// A store whose commits fail once `ok` of them have landed.
+struct FlakyLedger {
+    inner: Store,
+    ok: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Ledger for FlakyLedger {
+    fn load_all(&self) -> Result<crate::engine::ledger::Stored> {
+        self.inner.load_all()
+    }
+    fn commit(&self, c: &Commit) -> Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.ok.load(SeqCst) == 0 {
+            return Err(Error::io("committing", std::io::Error::other("injected")));
+        }
+        self.ok.fetch_sub(1, SeqCst);
+        self.inner.commit(c)
+    }
+    fn load_sgs(&self) -> Result<crate::engine::sg_book::SgBook> {
+        self.inner.load_sgs()
+    }
+    fn commit_sgs(&self, c: &crate::engine::sg_book::SgChanges) -> Result<()> {
+        self.inner.commit_sgs(c)
+    }
+}
+
+/// A failed sysctl write after the store took a publish, whose store
+/// put-back fails too: the store is left diverged, and the next request
+/// converges it to what memory holds before its own change.
+#[test]
+fn a_store_left_apart_by_a_failed_put_back_is_converged_by_the_next_request() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let datapath = Arc::new(FakeDatapath::default());
+    let host = Arc::new(FakeHost::default());
+    // The publish's commit lands; its put-back does not.
+    let ok = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+    let ledger = FlakyLedger {
+        inner: Store::open(dir.path()).unwrap(),
+        ok: ok.clone(),
+    };
+    let mut r = Registry::open(ledger, datapath.clone(), bridge(), host.clone(), policy()).unwrap();
+    host.fail_writes(true);
+    let err = r
+        .add("web", ip("172.17.0.2"), &specs(&["8080:80"]))
+        .unwrap_err();
+    assert!(err.to_string().starts_with("writing "), "{err}");
+    assert!(r.bindings().is_empty() && datapath.bindings().is_empty());
+    let left = r.store.load_all().unwrap();
+    assert_eq!(left.tasks.len(), 1, "the store is left apart");
+    assert_eq!(left.reserved, [8080].into());
+
+    host.fail_writes(false);
+    ok.store(10, SeqCst);
+    let db = r
+        .add("db", ip("172.17.0.9"), &specs(&["5432:5432"]))
+        .unwrap();
+    let stored = r.store.load_all().unwrap();
+    assert_eq!(stored.tasks.into_values().flatten().collect::<Vec<_>>(), db);
+    assert_eq!(stored.reserved, [5432].into());
+    assert_eq!(host.reserved(), [5432].into());
+    assert_eq!(datapath.bindings(), db);
 }
