@@ -198,6 +198,7 @@ pub fn binding(
         container_port,
         protocol: p,
         ecs: Default::default(),
+        cni: None,
     }
 }
 

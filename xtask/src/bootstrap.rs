@@ -34,6 +34,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     "curl",
     "netcat-openbsd",
+    // The reference CNI plugins (bridge, host-local, portmap) that
+    // tests/tests/e2e/cni.rs drives berth-cni beside.
+    "containernetworking-plugins",
 ];
 /// Docker's engine and userland proxy (`docker.io`: the bench runs
 /// `/usr/sbin/docker-proxy`, `tests/e2e/docker_proxy.rs` a dockerd inside its

@@ -59,6 +59,18 @@ pub enum Error {
     TaskNotFromDefinition(String),
     #[error("task definition: {0}")]
     TaskDefinition(String),
+    #[error("CNI attachment: {0}")]
+    CniAttachment(String),
+    #[error("container {container_id} interface {ifname} on network {network} already has port mappings in berth: ADD without a DEL before it")]
+    CniAttachmentExists {
+        network: String,
+        container_id: String,
+        ifname: String,
+    },
+    #[error("task {0} already exists and is not this CNI attachment's")]
+    CniTaskNameTaken(String),
+    #[error("task {0} belongs to a CNI attachment; the runtime removes it (CNI DEL), or `berth map rm --task {0}`")]
+    TaskFromCni(String),
     // Names come from the user: escaped, so the error stays one line.
     #[error("--ip {}=...: the task definition has no container named {container:?} (it has {})", .container.escape_debug(), .known.iter().map(|k| k.escape_debug().to_string()).collect::<Vec<_>>().join(", "))]
     UnknownContainer {
@@ -174,6 +186,7 @@ impl Error {
             | Self::SharedContainerIp { .. }
             | Self::ContainerIpArg(_)
             | Self::DuplicateContainerIpArg(_)
+            | Self::CniAttachment(_)
             | Self::TooManyPortsInRequest { .. } => 400,
             Self::NoSuchTask(_) | Self::NoSuchBinding { .. } => 404,
             Self::PortAllocated { .. }
@@ -182,6 +195,9 @@ impl Error {
             | Self::TaskExists(_)
             | Self::TaskFromDefinition(_)
             | Self::TaskNotFromDefinition(_)
+            | Self::CniAttachmentExists { .. }
+            | Self::CniTaskNameTaken(_)
+            | Self::TaskFromCni(_)
             | Self::TooManyPortsInTask { .. } => 409,
             Self::TooManySubscribers(_) => 503,
             Self::Api { status, .. } => *status,

@@ -71,6 +71,9 @@ impl Default for FlowTimeouts {
 pub trait Datapath: Send + Sync {
     /// Publish (or re-point) one binding.
     fn insert(&self, binding: &Binding) -> Result<(), DatapathError>;
+    /// Whether the kernel publishes `binding` now: its host address and
+    /// port lead to its container address and port (CNI CHECK).
+    fn publishes(&self, binding: &Binding) -> Result<bool, DatapathError>;
     /// Unpublish one binding. Its tracked flows stay until
     /// [`Datapath::forget_flows`].
     fn remove(&self, binding: &Binding) -> Result<(), DatapathError>;

@@ -540,6 +540,7 @@ mod tests {
                     container_port: 80,
                     protocol: crate::domain::model::Protocol::Tcp,
                     ecs: Default::default(),
+                    cni: None,
                 }],
             )
             .unwrap();

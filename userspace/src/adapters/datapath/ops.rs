@@ -152,6 +152,13 @@ impl Datapath for BpfDatapath {
         inserted
     }
 
+    fn publishes(&self, b: &Binding) -> Result<bool, DatapathError> {
+        let m = self.lock();
+        let served = m.services.get(&service_key(b), 0).ok() == Some(backend(b));
+        let guarded = m.ports.get(&port_key(b), 0).is_ok_and(|n| n > 0);
+        Ok(served && guarded)
+    }
+
     fn remove(&self, b: &Binding) -> Result<(), DatapathError> {
         let mut m = self.lock();
         let key = service_key(b);

@@ -13,6 +13,7 @@
 //! GET  /v1/events[?existing=true] -> 200 application/x-ndjson, one event per
 //!                           line until the client or the daemon goes away
 //! /v1/sgs...                security groups: see `api::sg`
+//! /v1/cni/...               what `berth-cni` calls: see `api::cni`
 //! errors                    -> 4xx/5xx {"error":"one line"}
 //! ```
 //!
@@ -22,6 +23,7 @@
 //!
 //! A port spec without a host port (`"80"`, `"0:80"`, `"9000-9009"`) asks
 //! for dynamic host ports; the answer shows the ones picked.
+pub mod cni;
 pub mod sg;
 
 use std::{collections::BTreeMap, convert::Infallible, future::Future, pin::Pin};
@@ -257,6 +259,7 @@ pub fn router(berth: Berth) -> Router {
         .route("/v1/tasks/{name}/stop", post(stop_task))
         .route("/v1/events", get(events))
         .merge(sg::routes())
+        .merge(cni::routes())
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(crate::interfaces::server::log_changes))

@@ -80,29 +80,71 @@ pub async fn run(client: &Client, cmd: MapCommand) -> Result<()> {
     }
 }
 
+/// The table `map` prints; a POD column (`namespace/name` of the pod a
+/// `berth-cni` task belongs to) appears when any binding has one.
 pub fn bindings_table(bindings: &[Binding]) -> String {
+    let pod = |b: &Binding| b.cni.as_ref()?.pod();
+    let with_pods = bindings.iter().any(|b| pod(b).is_some());
     let rows: Vec<Vec<String>> = bindings
         .iter()
         .map(|b| {
-            vec![
+            let mut row = vec![
                 b.task.clone(),
                 b.container_ip.to_string(),
                 b.bind_ip.to_string(),
                 b.host_port.to_string(),
                 b.container_port.to_string(),
                 b.protocol.as_str().to_owned(),
-            ]
+            ];
+            if with_pods {
+                row.push(pod(b).unwrap_or_else(|| "-".into()));
+            }
+            row
         })
         .collect();
-    table(
-        &[
-            "TASK",
-            "CONTAINER IP",
-            "BIND IP",
-            "HOST PORT",
-            "CONTAINER PORT",
-            "PROTO",
-        ],
-        &rows,
-    )
+    let mut head = vec![
+        "TASK",
+        "CONTAINER IP",
+        "BIND IP",
+        "HOST PORT",
+        "CONTAINER PORT",
+        "PROTO",
+    ];
+    if with_pods {
+        head.push("POD");
+    }
+    table(&head, &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{cni::CniAttachment, model::Protocol};
+
+    #[test]
+    fn cni_tasks_show_their_pod() {
+        let b = |task: &str, cni: Option<CniAttachment>| Binding {
+            task: task.into(),
+            container_ip: "10.88.0.5".parse().unwrap(),
+            bind_ip: "0.0.0.0".parse().unwrap(),
+            host_port: 8080,
+            container_port: 80,
+            protocol: Protocol::Tcp,
+            ecs: Default::default(),
+            cni,
+        };
+        let att = CniAttachment {
+            network: "kube".into(),
+            container_id: "f00d".into(),
+            ifname: "eth0".into(),
+            pod_namespace: Some("shop".into()),
+            pod_name: Some("web-0".into()),
+        };
+        assert_eq!(
+            bindings_table(&[b("f00d", Some(att)), b("web", None)]),
+            "TASK  CONTAINER IP  BIND IP  HOST PORT  CONTAINER PORT  PROTO  POD\n\
+             f00d  10.88.0.5     0.0.0.0  8080       80              tcp    shop/web-0\n\
+             web   10.88.0.5     0.0.0.0  8080       80              tcp    -\n"
+        );
+    }
 }

@@ -495,6 +495,7 @@ mod tests {
             container_port: 80,
             protocol: Protocol::Tcp,
             ecs: Default::default(),
+            cni: None,
         };
         assert_eq!(
             bindings_table(&[b]),

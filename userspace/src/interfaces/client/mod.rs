@@ -1,4 +1,5 @@
 //! A small HTTP/1 client for the daemon's API over its Unix socket.
+mod cni;
 mod sg;
 
 use std::{
