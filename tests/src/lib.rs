@@ -33,6 +33,7 @@
 //! ```
 pub mod bpffs;
 pub mod cgroup;
+pub mod cni;
 pub mod cmd;
 pub mod daemon;
 pub mod datapath_fuzz;

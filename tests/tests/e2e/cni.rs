@@ -1,0 +1,396 @@
+//! berth-cni beside the reference: the same cases, driven the way a
+//! runtime drives CNI plugins (bridge + host-local, then the port-mapping
+//! plugin), through Debian's `portmap` (iptables in the test's host
+//! namespace) and through `berth-cni` and the real daemon, for every
+//! cniVersion both speak. berth must pass every case the reference passes.
+//!
+//! The daemon serves `cni0`, which each test creates (with the gateway
+//! address the bridge plugin gives it) before the daemon starts. The
+//! topology has no Docker rules: the bridge plugin adds no FORWARD accept,
+//! so portmap's DNAT'd packets would meet Docker's `FORWARD DROP`.
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use berth_integration::{
+    any,
+    cni::{bridge_conflist, Attachment, CniRuntime},
+    http_get, peer_ip,
+    rig::{REQUEST_TIMEOUT, VETH_POLL},
+    udp_request, HttpPeerServer, NetNs, Rig, Topology, TopologyOptions, UdpEchoServer,
+};
+use serde_json::{json, Value};
+
+/// The versions Debian's plugins (1.1.1: up to 1.0.0) and berth-cni share.
+const SHARED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+const SUBNET: &str = "10.88.0.0/16";
+const GATEWAY: &str = "10.88.0.1/16";
+const HOST_IP: &str = "192.0.2.1";
+const CLIENT_IP: &str = "192.0.2.2";
+const NETWORK: &str = "kube";
+const HAIRPIN_ADDRESS: &str = "hairpin keeps the caller's address";
+const CHECK_PASSES: &str = "CHECK passes while published";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Portmap,
+    Berth,
+}
+
+/// One test host: the topology with `cni0`, and for berth the daemon on it.
+struct Node {
+    backend: Backend,
+    rig: Option<Rig>,
+    bare: Option<Topology>,
+}
+
+impl Node {
+    fn start(backend: Backend) -> Self {
+        let topo = Topology::build_with(TopologyOptions {
+            docker_iptables: false,
+            ..TopologyOptions::default()
+        })
+        .expect("build the topology");
+        for args in [
+            // A fixed MAC: a bridge without one takes its lowest port's,
+            // which changes as containers join, and the bridge plugin's
+            // CHECK then fails on the MAC its ADD reported.
+            vec!["link", "add", "cni0", "address", "02:00:0a:58:00:01", "type", "bridge"],
+            vec!["addr", "add", GATEWAY, "dev", "cni0"],
+            vec!["link", "set", "cni0", "up"],
+        ] {
+            topo.host.ns.ip(args).expect("create cni0");
+        }
+        match backend {
+            Backend::Portmap => Self {
+                backend,
+                rig: None,
+                bare: Some(topo),
+            },
+            Backend::Berth => Self {
+                backend,
+                rig: Some(Rig::builder().bridge("cni0").start_on(topo)),
+                bare: None,
+            },
+        }
+    }
+
+    fn topo(&self) -> &Topology {
+        match (&self.rig, &self.bare) {
+            (Some(r), _) => &r.topo,
+            (None, Some(t)) => t,
+            (None, None) => unreachable!("a node has a topology"),
+        }
+    }
+
+    fn rig(&self) -> &Rig {
+        self.rig.as_ref().expect("a berth node")
+    }
+
+    /// The network at `version`, chained to this node's port plugin.
+    fn runtime(&self, version: &str) -> CniRuntime {
+        let (ty, extra) = match self.backend {
+            Backend::Portmap => ("portmap", json!({})),
+            Backend::Berth => (
+                "berth-cni",
+                json!({"socket": self.rig().daemon.socket()}),
+            ),
+        };
+        CniRuntime::new(
+            &self.topo().host.ns,
+            bridge_conflist(NETWORK, version, SUBNET, ty, extra),
+        )
+        .expect("a CNI runtime")
+    }
+
+    /// GET from the host itself to 127.0.0.1:`port`: the body (the peer
+    /// the server saw). berth's path is the socket hooks, which apply to
+    /// processes in the daemon's cgroup (`cg-probe`).
+    fn host_get(&self, port: u16) -> Result<String, String> {
+        self.get_in(&self.topo().host.ns, &format!("127.0.0.1:{port}"))
+    }
+
+    fn get_in(&self, ns: &NetNs, target: &str) -> Result<String, String> {
+        match self.backend {
+            Backend::Portmap => {
+                let addr: SocketAddr = target.parse().expect("an address");
+                ns.run(move || http_get(addr, "/", REQUEST_TIMEOUT))
+                    .map_err(|e| format!("{e:#}"))
+            }
+            Backend::Berth => {
+                let out = self.rig().cg_probe(ns, &["http", target]);
+                out.split_once(" body=")
+                    .map(|(_, body)| body.to_owned())
+                    .ok_or(out)
+            }
+        }
+    }
+
+    fn client_get(&self, port: u16) -> Result<String, String> {
+        let addr: SocketAddr = format!("{HOST_IP}:{port}").parse().expect("an address");
+        self.topo()
+            .client
+            .ns
+            .run(move || http_get(addr, "/", REQUEST_TIMEOUT))
+            .map_err(|e| format!("{e:#}"))
+    }
+}
+
+/// The sandbox IPv4 address in an ADD result.
+fn result_ip(result: &Value) -> String {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str())
+        .find(|a| !a.contains(':'))
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn tcp_udp(tcp: u16, udp: u16) -> Value {
+    json!([
+        {"hostPort": tcp, "containerPort": 80, "protocol": "tcp"},
+        {"hostPort": udp, "containerPort": 53, "protocol": "udp"}
+    ])
+}
+
+type Outcomes = BTreeMap<String, Result<(), String>>;
+
+fn check(ok: bool, why: impl FnOnce() -> String) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(why())
+    }
+}
+
+/// A client that sends a datagram every 20 ms from one source port until
+/// dropped, as a DNS or game client keeps doing across a redeploy.
+struct SteadySender {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl SteadySender {
+    fn start(ns: &NetNs, from: u16, to: SocketAddr) -> Self {
+        let sock: UdpSocket = ns
+            .run(move || UdpSocket::bind(any(from)))
+            .expect("bind the steady sender");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let _ = sock.send_to(b"tick", to);
+                thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SteadySender {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn wait_for(what: impl Fn() -> bool, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if what() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Every case at one version; ports differ per version (`slot`) so the
+/// versions run one after another on one node.
+fn cases_at(node: &Node, version: &str, slot: u16) -> Outcomes {
+    let mut out = Outcomes::new();
+    let rt = node.runtime(version);
+    let tag = version.replace('.', "");
+    let (tcp, udp) = (8080 + slot, 5300 + slot);
+    let topo = node.topo();
+
+    let a_ns = NetNs::new("cnia").expect("a container namespace");
+    let b_ns = NetNs::new("cnib").expect("a container namespace");
+    let a = Attachment::new(&format!("a{tag}"), &a_ns, tcp_udp(tcp, udp));
+    let b = Attachment::new(&format!("b{tag}"), &b_ns, json!([]));
+    let _web = HttpPeerServer::start_in(&a_ns, any(80)).expect("web server");
+    let _dns = UdpEchoServer::start_in(&a_ns, any(53)).expect("udp server");
+
+    let added = rt.add(&a).map_err(|e| e.to_string());
+    let b_added = rt.add(&b).map_err(|e| e.to_string());
+    thread::sleep(VETH_POLL);
+    out.insert(
+        "add".into(),
+        match (&added, &b_added) {
+            (Ok(r), Ok(_)) => check(r["cniVersion"] == version && !result_ip(r).is_empty(), || {
+                format!("result {r}")
+            }),
+            (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+        },
+    );
+    let (Ok(result), Ok(b_result)) = (added, b_added) else {
+        return out;
+    };
+
+    out.insert(
+        "client reaches hostIP:hostPort with its own address".into(),
+        node.client_get(tcp).and_then(|body| {
+            check(peer_ip(&body) == CLIENT_IP, || format!("the server saw {body}"))
+        }),
+    );
+    let target: SocketAddr = format!("{HOST_IP}:{udp}").parse().unwrap();
+    out.insert(
+        "client reaches hostIP:hostPort/udp".into(),
+        topo.client
+            .ns
+            .run(move || udp_request(target, "hi", REQUEST_TIMEOUT))
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|r| {
+                check(r.from == target && r.text.starts_with(&format!("{CLIENT_IP}:")), || {
+                    format!("{r:?}")
+                })
+            }),
+    );
+    out.insert(
+        "host reaches 127.0.0.1:hostPort".into(),
+        node.host_get(tcp).map(drop),
+    );
+    let b_ip = result_ip(&b_result);
+    out.insert(
+        "container reaches hostIP:hostPort (hairpin)".into(),
+        node.get_in(&b_ns, &format!("{HOST_IP}:{tcp}")).map(drop),
+    );
+    out.insert(
+        HAIRPIN_ADDRESS.into(),
+        node.get_in(&b_ns, &format!("{HOST_IP}:{tcp}"))
+            .and_then(|body| check(peer_ip(&body) == b_ip, || format!("the server saw {body}, the caller is {b_ip}"))),
+    );
+    if version >= "0.4.0" {
+        out.insert(
+            CHECK_PASSES.into(),
+            rt.check(&a, &result).map_err(|e| e.to_string()),
+        );
+    }
+    out.insert(
+        "DEL unpublishes".into(),
+        rt.del(&a, Some(&result))
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                check(node.client_get(tcp).is_err(), || {
+                    "the port still answers after DEL".into()
+                })
+            }),
+    );
+    out.insert(
+        "DEL twice succeeds".into(),
+        rt.del(&a, None).map_err(|e| e.to_string()),
+    );
+    let _ = rt.del(&b, Some(&b_result));
+
+    out.insert(
+        "a replacement container gets a steady UDP client's traffic".into(),
+        stale_udp(node, &rt, &tag, 6000 + slot, 41000 + slot),
+    );
+    out
+}
+
+/// Container one serves `port`/udp to a client that keeps sending from one
+/// source port; it is DELeted and container two ADDed with the same host
+/// port: the client's next datagrams must reach container two (the stale
+/// conntrack entry Docker and old portmap users hit).
+fn stale_udp(node: &Node, rt: &CniRuntime, tag: &str, port: u16, from: u16) -> Result<(), String> {
+    let topo = node.topo();
+    let client: SocketAddr = format!("{CLIENT_IP}:{from}").parse().unwrap();
+    let mapping = json!([{"hostPort": port, "containerPort": 53, "protocol": "udp"}]);
+    let one_ns = NetNs::new("cnic").expect("a container namespace");
+    let two_ns = NetNs::new("cnid").expect("a container namespace");
+    let one = Attachment::new(&format!("c{tag}"), &one_ns, mapping.clone());
+    let two = Attachment::new(&format!("d{tag}"), &two_ns, mapping);
+    let echo_one = UdpEchoServer::start_in(&one_ns, any(53)).expect("udp server");
+    let echo_two = UdpEchoServer::start_in(&two_ns, any(53)).expect("udp server");
+
+    let r1 = rt.add(&one).map_err(|e| e.to_string())?;
+    thread::sleep(VETH_POLL);
+    let target: SocketAddr = format!("{HOST_IP}:{port}").parse().unwrap();
+    let _sender = SteadySender::start(&topo.client.ns, from, target);
+    if !wait_for(|| echo_one.peers().contains(&client), Duration::from_secs(5)) {
+        return Err(format!("container one never heard {client}: {:?}", echo_one.peers()));
+    }
+    rt.del(&one, Some(&r1)).map_err(|e| e.to_string())?;
+    // Let the client's flow outlive its container for a while.
+    thread::sleep(Duration::from_millis(500));
+    let r2 = rt.add(&two).map_err(|e| e.to_string())?;
+    let heard = wait_for(|| echo_two.peers().contains(&client), Duration::from_secs(5));
+    let _ = rt.del(&two, Some(&r2));
+    check(heard, || {
+        format!("container two never heard {client} within 5 s after its ADD")
+    })
+}
+
+fn run_all(backend: Backend) -> Outcomes {
+    let node = Node::start(backend);
+    let mut all = Outcomes::new();
+    for (slot, version) in SHARED_VERSIONS.iter().enumerate() {
+        for (case, outcome) in cases_at(&node, version, slot as u16) {
+            all.insert(format!("{version} {case}"), outcome);
+        }
+    }
+    all
+}
+
+#[test]
+fn berth_cni_passes_every_case_portmap_passes() {
+    let (reference, berth) = thread::scope(|s| {
+        let reference = s.spawn(|| run_all(Backend::Portmap));
+        let berth = s.spawn(|| run_all(Backend::Berth));
+        (reference.join().unwrap(), berth.join().unwrap())
+    });
+    let mut table = String::new();
+    for (case, outcome) in &berth {
+        let r = reference.get(case);
+        table.push_str(&format!(
+            "{case}: portmap {} | berth-cni {}\n",
+            r.map_or("-".into(), |r| r.clone().err().map_or("ok".into(), |e| format!("FAIL {e}"))),
+            outcome.clone().err().map_or("ok".into(), |e| format!("FAIL {e}"))
+        ));
+    }
+    eprintln!("{table}");
+    assert_eq!(
+        berth.keys().collect::<Vec<_>>(),
+        reference.keys().collect::<Vec<_>>(),
+        "the same cases on both"
+    );
+    for (case, outcome) in &berth {
+        assert!(outcome.is_ok(), "berth-cni fails {case}:\n{table}");
+    }
+    // The comparison means something only while the reference works here:
+    // it passes everything but two cases. portmap masquerades hairpin
+    // traffic to the bridge's address; and 1.1.1's CHECK also looks for the
+    // IPv6 DNAT chain whenever ip6tables works, which its ADD made only for
+    // an IPv6 address ("could not check ipv6 dnat: chain … not found").
+    for (case, outcome) in &reference {
+        if !case.ends_with(HAIRPIN_ADDRESS) && !case.ends_with(CHECK_PASSES) {
+            assert!(outcome.is_ok(), "the reference portmap fails {case}:\n{table}");
+        }
+    }
+}
