@@ -116,8 +116,11 @@ impl CniRuntime {
         self.conflist["cniVersion"].as_str().unwrap_or_default()
     }
 
-    pub fn set_version(&mut self, v: &str) {
-        self.conflist["cniVersion"] = json!(v);
+    /// The `socket` of the list's `berth-cni`, if it has one.
+    pub fn socket(&self) -> Option<String> {
+        self.plugins()
+            .iter()
+            .find_map(|p| p["socket"].as_str().map(str::to_owned))
     }
 
     pub fn dir(&self) -> &Path {
@@ -158,15 +161,17 @@ impl CniRuntime {
         command: &str,
         att: Option<&Attachment>,
         stdin: &Value,
-    ) -> Result<Option<Value>, PluginError> {
+    ) -> Result<Option<Value>, Box<PluginError>> {
         let ty = plugin["type"].as_str().unwrap_or_default().to_owned();
-        let fail = |code, msg: String, stdout: String, stderr: String| PluginError {
-            plugin: ty.clone(),
-            command: command.into(),
-            code,
-            msg,
-            stdout,
-            stderr,
+        let fail = |code, msg: String, stdout: String, stderr: String| {
+            Box::new(PluginError {
+                plugin: ty.clone(),
+                command: command.into(),
+                code,
+                msg,
+                stdout,
+                stderr,
+            })
         };
         let exe = self
             .cni_path
@@ -228,7 +233,7 @@ impl CniRuntime {
     }
 
     /// ADD through the whole list; the final result.
-    pub fn add(&self, att: &Attachment) -> Result<Value, PluginError> {
+    pub fn add(&self, att: &Attachment) -> Result<Value, Box<PluginError>> {
         let mut prev: Option<Value> = None;
         for plugin in self.plugins() {
             let req = self.request(&plugin, Some(att), prev.as_ref());
@@ -239,7 +244,7 @@ impl CniRuntime {
 
     /// DEL in reverse order with the ADD's final result (none on a repeat
     /// DEL, as libcni once its cache is gone). Stops at the first error.
-    pub fn del(&self, att: &Attachment, result: Option<&Value>) -> Result<(), PluginError> {
+    pub fn del(&self, att: &Attachment, result: Option<&Value>) -> Result<(), Box<PluginError>> {
         for plugin in self.plugins().iter().rev() {
             let req = self.request(plugin, Some(att), result);
             self.exec(plugin, "DEL", Some(att), &req)?;
@@ -248,7 +253,7 @@ impl CniRuntime {
     }
 
     /// CHECK in order with the ADD's final result.
-    pub fn check(&self, att: &Attachment, result: &Value) -> Result<(), PluginError> {
+    pub fn check(&self, att: &Attachment, result: &Value) -> Result<(), Box<PluginError>> {
         for plugin in self.plugins() {
             let req = self.request(&plugin, Some(att), Some(result));
             self.exec(&plugin, "CHECK", Some(att), &req)?;
@@ -279,7 +284,7 @@ impl CniRuntime {
             .iter()
             .filter_map(|p| {
                 let req = extra(self.request(p, None, None));
-                self.exec(p, command, None, &req).err()
+                self.exec(p, command, None, &req).err().map(|e| *e)
             })
             .collect()
     }
@@ -288,7 +293,13 @@ impl CniRuntime {
 /// bridge (`cni0`, gateway, hairpin) + host-local on `subnet`, then the
 /// port-mapping plugin `ports` (`portmap` or `berth-cni`) with its extra
 /// keys, e.g. `{"socket": ...}`.
-pub fn bridge_conflist(name: &str, version: &str, subnet: &str, ports: &str, extra: Value) -> Value {
+pub fn bridge_conflist(
+    name: &str,
+    version: &str,
+    subnet: &str,
+    ports: &str,
+    extra: Value,
+) -> Value {
     let mut chained = json!({"type": ports, "capabilities": {"portMappings": true}});
     if let (Some(obj), Some(more)) = (chained.as_object_mut(), extra.as_object()) {
         obj.extend(more.clone());

@@ -33,8 +33,8 @@
 //! ```
 pub mod bpffs;
 pub mod cgroup;
-pub mod cni;
 pub mod cmd;
+pub mod cni;
 pub mod daemon;
 pub mod datapath_fuzz;
 pub mod docker_rules;

@@ -62,7 +62,15 @@ impl Node {
             // A fixed MAC: a bridge without one takes its lowest port's,
             // which changes as containers join, and the bridge plugin's
             // CHECK then fails on the MAC its ADD reported.
-            vec!["link", "add", "cni0", "address", "02:00:0a:58:00:01", "type", "bridge"],
+            vec![
+                "link",
+                "add",
+                "cni0",
+                "address",
+                "02:00:0a:58:00:01",
+                "type",
+                "bridge",
+            ],
             vec!["addr", "add", GATEWAY, "dev", "cni0"],
             vec!["link", "set", "cni0", "up"],
         ] {
@@ -98,10 +106,7 @@ impl Node {
     fn runtime(&self, version: &str) -> CniRuntime {
         let (ty, extra) = match self.backend {
             Backend::Portmap => ("portmap", json!({})),
-            Backend::Berth => (
-                "berth-cni",
-                json!({"socket": self.rig().daemon.socket()}),
-            ),
+            Backend::Berth => ("berth-cni", json!({"socket": self.rig().daemon.socket()})),
         };
         CniRuntime::new(
             &self.topo().host.ns,
@@ -242,9 +247,10 @@ fn cases_at(node: &Node, version: &str, slot: u16) -> Outcomes {
     out.insert(
         "add".into(),
         match (&added, &b_added) {
-            (Ok(r), Ok(_)) => check(r["cniVersion"] == version && !result_ip(r).is_empty(), || {
-                format!("result {r}")
-            }),
+            (Ok(r), Ok(_)) => check(
+                r["cniVersion"] == version && !result_ip(r).is_empty(),
+                || format!("result {r}"),
+            ),
             (Err(e), _) | (_, Err(e)) => Err(e.clone()),
         },
     );
@@ -255,7 +261,9 @@ fn cases_at(node: &Node, version: &str, slot: u16) -> Outcomes {
     out.insert(
         "client reaches hostIP:hostPort with its own address".into(),
         node.client_get(tcp).and_then(|body| {
-            check(peer_ip(&body) == CLIENT_IP, || format!("the server saw {body}"))
+            check(peer_ip(&body) == CLIENT_IP, || {
+                format!("the server saw {body}")
+            })
         }),
     );
     let target: SocketAddr = format!("{HOST_IP}:{udp}").parse().unwrap();
@@ -266,9 +274,10 @@ fn cases_at(node: &Node, version: &str, slot: u16) -> Outcomes {
             .run(move || udp_request(target, "hi", REQUEST_TIMEOUT))
             .map_err(|e| format!("{e:#}"))
             .and_then(|r| {
-                check(r.from == target && r.text.starts_with(&format!("{CLIENT_IP}:")), || {
-                    format!("{r:?}")
-                })
+                check(
+                    r.from == target && r.text.starts_with(&format!("{CLIENT_IP}:")),
+                    || format!("{r:?}"),
+                )
             }),
     );
     out.insert(
@@ -283,7 +292,11 @@ fn cases_at(node: &Node, version: &str, slot: u16) -> Outcomes {
     out.insert(
         HAIRPIN_ADDRESS.into(),
         node.get_in(&b_ns, &format!("{HOST_IP}:{tcp}"))
-            .and_then(|body| check(peer_ip(&body) == b_ip, || format!("the server saw {body}, the caller is {b_ip}"))),
+            .and_then(|body| {
+                check(peer_ip(&body) == b_ip, || {
+                    format!("the server saw {body}, the caller is {b_ip}")
+                })
+            }),
     );
     if version >= "0.4.0" {
         out.insert(
@@ -315,7 +328,7 @@ fn cases_at(node: &Node, version: &str, slot: u16) -> Outcomes {
 }
 
 /// Container one serves `port`/udp to a client that keeps sending from one
-/// source port; it is DELeted and container two ADDed with the same host
+/// source port; DEL removes it and ADD brings container two on the same host
 /// port: the client's next datagrams must reach container two (the stale
 /// conntrack entry Docker and old portmap users hit).
 fn stale_udp(node: &Node, rt: &CniRuntime, tag: &str, port: u16, from: u16) -> Result<(), String> {
@@ -333,14 +346,23 @@ fn stale_udp(node: &Node, rt: &CniRuntime, tag: &str, port: u16, from: u16) -> R
     thread::sleep(VETH_POLL);
     let target: SocketAddr = format!("{HOST_IP}:{port}").parse().unwrap();
     let _sender = SteadySender::start(&topo.client.ns, from, target);
-    if !wait_for(|| echo_one.peers().contains(&client), Duration::from_secs(5)) {
-        return Err(format!("container one never heard {client}: {:?}", echo_one.peers()));
+    if !wait_for(
+        || echo_one.peers().contains(&client),
+        Duration::from_secs(5),
+    ) {
+        return Err(format!(
+            "container one never heard {client}: {:?}",
+            echo_one.peers()
+        ));
     }
     rt.del(&one, Some(&r1)).map_err(|e| e.to_string())?;
     // Let the client's flow outlive its container for a while.
     thread::sleep(Duration::from_millis(500));
     let r2 = rt.add(&two).map_err(|e| e.to_string())?;
-    let heard = wait_for(|| echo_two.peers().contains(&client), Duration::from_secs(5));
+    let heard = wait_for(
+        || echo_two.peers().contains(&client),
+        Duration::from_secs(5),
+    );
     let _ = rt.del(&two, Some(&r2));
     check(heard, || {
         format!("container two never heard {client} within 5 s after its ADD")
@@ -370,8 +392,14 @@ fn berth_cni_passes_every_case_portmap_passes() {
         let r = reference.get(case);
         table.push_str(&format!(
             "{case}: portmap {} | berth-cni {}\n",
-            r.map_or("-".into(), |r| r.clone().err().map_or("ok".into(), |e| format!("FAIL {e}"))),
-            outcome.clone().err().map_or("ok".into(), |e| format!("FAIL {e}"))
+            r.map_or("-".into(), |r| r
+                .clone()
+                .err()
+                .map_or("ok".into(), |e| format!("FAIL {e}"))),
+            outcome
+                .clone()
+                .err()
+                .map_or("ok".into(), |e| format!("FAIL {e}"))
         ));
     }
     eprintln!("{table}");
@@ -390,7 +418,209 @@ fn berth_cni_passes_every_case_portmap_passes() {
     // an IPv6 address ("could not check ipv6 dnat: chain … not found").
     for (case, outcome) in &reference {
         if !case.ends_with(HAIRPIN_ADDRESS) && !case.ends_with(CHECK_PASSES) {
-            assert!(outcome.is_ok(), "the reference portmap fails {case}:\n{table}");
+            assert!(
+                outcome.is_ok(),
+                "the reference portmap fails {case}:\n{table}"
+            );
         }
+    }
+}
+
+/// Runs only `ty` of the runtime's list (the others' work is in `prev`).
+fn exec_only(
+    rt: &CniRuntime,
+    ty: &str,
+    command: &str,
+    att: &Attachment,
+    prev: &Value,
+) -> Result<Option<Value>, Box<berth_integration::cni::PluginError>> {
+    let plugin = json!({"type": ty, "capabilities": {"portMappings": true}});
+    let mut req = json!({
+        "cniVersion": rt.version(),
+        "name": NETWORK,
+        "type": ty,
+        "runtimeConfig": {"portMappings": att.port_mappings},
+        "prevResult": prev,
+    });
+    if ty == "berth-cni" {
+        req["socket"] = json!(rt.socket());
+    }
+    rt.exec(&plugin, command, Some(att), &req)
+}
+
+#[test]
+fn a_taken_host_port_or_a_second_add_fails_add_and_changes_nothing() {
+    let node = Node::start(Backend::Berth);
+    let rt = node.runtime("1.0.0");
+    let x_ns = NetNs::new("cnix").unwrap();
+    let y_ns = NetNs::new("cniy").unwrap();
+    let _web = HttpPeerServer::start_in(&x_ns, any(80)).unwrap();
+    let x = Attachment::new(
+        "xxx1",
+        &x_ns,
+        json!([{"hostPort": 8080, "containerPort": 80}]),
+    );
+    let x_result = rt.add(&x).expect("ADD x");
+    thread::sleep(VETH_POLL);
+
+    let y = Attachment::new(
+        "yyy1",
+        &y_ns,
+        json!([{"hostPort": 8080, "containerPort": 80}]),
+    );
+    let err = rt.add(&y).expect_err("8080 is x's");
+    assert_eq!((err.plugin.as_str(), err.code), ("berth-cni", Some(100)));
+    assert_eq!(
+        err.msg,
+        "Bind for 0.0.0.0:8080 failed: port is already allocated"
+    );
+    // As a runtime does after a failed ADD.
+    rt.del(&y, None).expect("DEL after a failed ADD");
+
+    // A host process on the port: refused in Docker's words too.
+    let _squatter = node
+        .topo()
+        .host
+        .ns
+        .run(|| std::net::TcpListener::bind(any(9090)))
+        .unwrap();
+    let z = Attachment::new(
+        "yyy1",
+        &y_ns,
+        json!([{"hostPort": 9090, "containerPort": 80}]),
+    );
+    let err = rt.add(&z).expect_err("a host process holds 9090");
+    assert_eq!(err.code, Some(100));
+    assert!(
+        err.msg
+            .contains("0.0.0.0:9090: bind: address already in use"),
+        "{err}"
+    );
+    rt.del(&z, None).expect("DEL after a failed ADD");
+
+    // The same attachment twice: the bridge plugin refuses (eth0 exists),
+    // and so does berth-cni on its own.
+    let err = exec_only(&rt, "berth-cni", "ADD", &x, &x_result).expect_err("ADD twice");
+    assert_eq!(err.code, Some(100));
+    assert_eq!(
+        err.msg,
+        "container xxx1 interface eth0 on network kube already has port mappings in berth: ADD without a DEL before it"
+    );
+
+    let tasks: Vec<String> = node
+        .rig()
+        .bindings()
+        .iter()
+        .map(|b| format!("{} {}", b["task"], b["hostPort"]))
+        .collect();
+    assert_eq!(tasks, ["\"xxx1\" 8080"]);
+    let body = node.client_get(8080).expect("x still serves 8080");
+    assert_eq!(peer_ip(&body), CLIENT_IP);
+    rt.del(&x, Some(&x_result)).unwrap();
+}
+
+#[test]
+fn del_waits_for_the_daemon_and_works_after_its_restart() {
+    let mut node = Node::start(Backend::Berth);
+    let rt = node.runtime("1.0.0");
+    let status_rt = node.runtime("1.1.0");
+    let ns = NetNs::new("cnir").unwrap();
+    let _web = HttpPeerServer::start_in(&ns, any(80)).unwrap();
+    let mut att = Attachment::new(
+        "rrr1",
+        &ns,
+        json!([{"hostPort": 8080, "containerPort": 80}]),
+    );
+    att.args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0".into();
+    let result = rt.add(&att).expect("ADD");
+    thread::sleep(VETH_POLL);
+
+    let table = node.rig().berth(&["map", "ls"]);
+    let row = table.lines().nth(1).unwrap_or_default();
+    assert!(table.lines().next().unwrap().ends_with("POD"), "{table}");
+    assert!(
+        row.starts_with("rrr1 ") && row.ends_with("shop/web-0"),
+        "{table}"
+    );
+    let berth_status = |rt: &CniRuntime| rt.status().into_iter().find(|e| e.plugin == "berth-cni");
+    assert!(
+        berth_status(&status_rt).is_none(),
+        "STATUS with the daemon up"
+    );
+
+    node.rig.as_mut().unwrap().daemon.stop().unwrap();
+    let down = berth_status(&status_rt).expect("STATUS fails with the daemon down");
+    assert_eq!(down.code, Some(50), "{down}");
+    assert!(down.msg.contains("cannot reach the berth daemon"), "{down}");
+    let err = rt
+        .del(&att, Some(&result))
+        .expect_err("DEL needs the daemon");
+    assert_eq!((err.plugin.as_str(), err.code), ("berth-cni", Some(11)));
+    // Nothing was lost: the datapath keeps forwarding meanwhile.
+    node.client_get(8080)
+        .expect("still published while the daemon is down");
+
+    node.rig.as_mut().unwrap().daemon.start_again().unwrap();
+    rt.del(&att, Some(&result)).expect("DEL after the restart");
+    assert!(node.rig().bindings().is_empty());
+    node.client_get(8080).expect_err("unpublished");
+    rt.del(&att, None)
+        .expect("DEL of what the daemon no longer knows");
+}
+
+#[test]
+fn gc_removes_the_attachments_the_runtime_no_longer_lists() {
+    let node = Node::start(Backend::Berth);
+    let rt = node.runtime("1.0.0");
+    let gc_rt = node.runtime("1.1.0");
+    let live_ns = NetNs::new("cnil").unwrap();
+    let gone_ns = NetNs::new("cnig").unwrap();
+    let _live_web = HttpPeerServer::start_in(&live_ns, any(80)).unwrap();
+    let _gone_web = HttpPeerServer::start_in(&gone_ns, any(80)).unwrap();
+    let live = Attachment::new(
+        "live1",
+        &live_ns,
+        json!([{"hostPort": 8081, "containerPort": 80}]),
+    );
+    let gone = Attachment::new(
+        "gone1",
+        &gone_ns,
+        json!([{"hostPort": 8082, "containerPort": 80}]),
+    );
+    rt.add(&live).unwrap();
+    rt.add(&gone).unwrap();
+    thread::sleep(VETH_POLL);
+    node.client_get(8082).expect("published before GC");
+
+    let errors = gc_rt.gc(&[("live1", "eth0")]);
+    // Debian's bridge (CNI up to 1.0.0) has no GC; berth-cni's succeeds.
+    let failed: Vec<&str> = errors.iter().map(|e| e.plugin.as_str()).collect();
+    assert_eq!(failed, ["bridge"], "{errors:?}");
+    let tasks: Vec<Value> = node
+        .rig()
+        .bindings()
+        .iter()
+        .map(|b| b["task"].clone())
+        .collect();
+    assert_eq!(tasks, [json!("live1")]);
+    node.client_get(8081).expect("a listed attachment stays");
+    node.client_get(8082).expect_err("an unlisted one is gone");
+}
+
+#[test]
+fn the_reference_portmap_has_no_gc_or_status() {
+    let host = NetNs::new("cnihost").unwrap();
+    let rt = CniRuntime::new(
+        &host,
+        bridge_conflist(NETWORK, "1.1.0", SUBNET, "portmap", json!({})),
+    )
+    .unwrap();
+    // Debian's 1.1.1 knows neither verb: its skel asks for CNI_CONTAINERID
+    // ("missing containerID"), so the reference has no case to compare.
+    for errors in [rt.gc(&[]), rt.status()] {
+        assert!(
+            errors.iter().any(|e| e.plugin == "portmap"),
+            "Debian's portmap would answer GC/STATUS: {errors:?}"
+        );
     }
 }
