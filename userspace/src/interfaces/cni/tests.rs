@@ -250,6 +250,20 @@ fn del_is_idempotent_and_knows_nothing_is_success() {
 }
 
 #[test]
+fn del_removes_the_attachment_even_when_its_config_lost_the_mappings() {
+    let d = Daemon::start();
+    let c = conf(&d.socket(), "1.0.0", web(), Some(prev_result("10.88.0.5")));
+    assert!(invoke("ADD", CONTAINER, &c).ok);
+    let out = invoke(
+        "DEL",
+        CONTAINER,
+        &conf(&d.socket(), "1.0.0", json!([]), None),
+    );
+    assert!(out.ok, "{}", out.stdout);
+    assert!(d.bindings().is_empty());
+}
+
+#[test]
 fn del_with_the_daemon_unreachable_asks_the_runtime_to_retry() {
     let dir = tempfile::tempdir().unwrap();
     let c = conf(&dir.path().join("gone.sock"), "1.0.0", web(), None);

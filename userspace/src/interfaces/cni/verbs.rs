@@ -18,11 +18,12 @@ use crate::{
     },
 };
 
-/// The daemon's errors as CNI errors: unreachable or slow is transient
-/// (the runtime retries), a refusal is berth's answer word for word.
+/// The daemon's errors as CNI errors: a refusal (4xx) is berth's answer
+/// word for word; unreachable, slow or failing is transient (the runtime
+/// retries).
 fn daemon_err(err: Error) -> CniError {
     match err {
-        Error::Api { message, .. } => CniError::new(Code::Refused, message),
+        Error::Api { status, message } if status < 500 => CniError::new(Code::Refused, message),
         other => CniError::new(Code::TryAgainLater, other.one_line()),
     }
 }
@@ -63,20 +64,33 @@ pub(super) async fn add(env: &Env, conf: &NetConf) -> Result<Option<Value>, CniE
     Ok(Some(convert(prev, &conf.cni_version)))
 }
 
-/// DEL: unpublishes what ADD published for this attachment. Nothing there
-/// (a second DEL, a daemon whose store was reset) is success. An
-/// unreachable daemon is code 11: the mappings are still in the datapath,
+/// DEL: unpublishes what ADD published for this attachment, whatever the
+/// DEL's own `portMappings` say. Nothing there (a second DEL, a daemon
+/// whose store was reset) is success. An unreachable daemon is code 11
+/// when the attachment has port mappings: they are still in the datapath,
 /// so success would leak them; the runtime retries DEL (and GC catches
-/// what is left).
+/// what is left). Without port mappings ADD published nothing, so a pod
+/// without host ports is torn down even while the daemon is down.
 pub(super) async fn del(env: &Env, conf: &NetConf) -> Result<Option<Value>, CniError> {
-    if conf.runtime_config.port_mappings.is_empty() {
-        return Ok(None);
-    }
     let req = CniAttachmentRequest {
         attachment: attachment(env, conf, false),
     };
-    client(conf).cni_del(&req).await.map_err(daemon_err)?;
-    Ok(None)
+    match client(conf).cni_del(&req).await {
+        Ok(_) => Ok(None),
+        Err(e) if conf.runtime_config.port_mappings.is_empty() && !is_refusal(&e) => {
+            eprintln!(
+                "berth-cni DEL {}: {} (no port mappings: nothing to remove)",
+                env.container_id,
+                e.one_line()
+            );
+            Ok(None)
+        }
+        Err(e) => Err(daemon_err(e)),
+    }
+}
+
+fn is_refusal(e: &Error) -> bool {
+    matches!(e, Error::Api { status, .. } if *status < 500)
 }
 
 /// CHECK: every port mapping must be a binding of this attachment at the
