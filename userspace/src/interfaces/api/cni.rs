@@ -118,3 +118,108 @@ async fn gc(
         .collect();
     Ok(Json(berth.gc_cni(req.network, valid).await?))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{net::Ipv4Addr, sync::Arc};
+
+    use axum::body::Body;
+    use http_body_util::BodyExt as _;
+    use serde_json::{json, Value};
+    use tower::ServiceExt as _;
+
+    use crate::{
+        adapters::store::Store,
+        domain::{cidr::Ipv4Cidr, spec::PortRange},
+        engine::{
+            allocator::PortPolicy,
+            fake::{FakeDatapath, FakeHost},
+            registry::{Berth, Bridge, Registry},
+        },
+        interfaces::api::router,
+    };
+
+    async fn post(app: &axum::Router, path: &str, body: Value) -> (u16, Value) {
+        let req = axum::http::Request::post(path)
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn app(dir: &tempfile::TempDir) -> axum::Router {
+        let bridge = Bridge::Fixed {
+            name: "cni0".into(),
+            subnets: vec![Ipv4Cidr::new(Ipv4Addr::new(10, 88, 0, 1), 16)],
+        };
+        let registry = Registry::open(
+            Store::open(dir.path()).unwrap(),
+            Arc::new(FakeDatapath::default()),
+            bridge,
+            Arc::new(FakeHost::default()),
+            PortPolicy::new(PortRange {
+                start: 49153,
+                end: 49162,
+            }),
+        )
+        .unwrap();
+        router(Berth::new(registry))
+    }
+
+    fn attachment(container_id: &str) -> Value {
+        json!({"network": "kube", "containerID": container_id, "ifname": "eth0",
+               "podNamespace": "shop", "podName": "web-0"})
+    }
+
+    #[tokio::test]
+    async fn the_attachment_is_kept_on_each_binding_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(&dir);
+        let add = json!({"attachment": attachment("c1"), "containerIP": "10.88.0.5",
+                         "ports": ["8080:80"]});
+        let (status, body) = post(&app, "/v1/cni/add", add.clone()).await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body[0]["task"], "c1");
+        assert_eq!(body[0]["cni"], attachment("c1"));
+        let (status, body) = post(&app, "/v1/cni/add", add).await;
+        assert_eq!(status, 409, "{body}");
+
+        let (status, body) = post(
+            &app,
+            "/v1/cni/check",
+            json!({"attachment": attachment("c1")}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(body[0]["inDatapath"], true);
+        assert_eq!(body[0]["hostPort"], 8080);
+
+        for bad in ["../etc", "", "-x"] {
+            let (status, body) =
+                post(&app, "/v1/cni/del", json!({"attachment": attachment(bad)})).await;
+            assert_eq!(status, 400, "{bad:?}: {body}");
+            assert!(
+                body["error"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("CNI attachment: invalid container ID"),
+                "{body}"
+            );
+        }
+        let (status, body) = post(
+            &app,
+            "/v1/cni/gc",
+            json!({"network": "kube bad", "validAttachments": []}),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        let (status, body) =
+            post(&app, "/v1/cni/del", json!({"attachment": attachment("c1")})).await;
+        assert_eq!((status, body[0]["hostPort"].clone()), (200, json!(8080)));
+        let (status, body) =
+            post(&app, "/v1/cni/del", json!({"attachment": attachment("c1")})).await;
+        assert_eq!((status, body), (200, json!([])));
+    }
+}
