@@ -299,6 +299,10 @@ fn cases_at(node: &Node, version: &str, slot: u16) -> Outcomes {
                 })
             }),
     );
+    out.insert(
+        "a container reaches its own hostIP:hostPort".into(),
+        node.get_in(&a_ns, &format!("{HOST_IP}:{tcp}")).map(drop),
+    );
     if version >= "0.4.0" {
         out.insert(
             CHECK_PASSES.into(),

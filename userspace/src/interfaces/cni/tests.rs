@@ -445,3 +445,33 @@ fn errors_speak_the_requests_version() {
     assert_eq!(v["cniVersion"], "0.4.0");
     assert!(!out.ok);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Whatever a runtime (or an attacker with the plugin's stdin) sends,
+    /// the answer is one CNI error object or a result, never a panic.
+    #[test]
+    fn any_stdin_gets_one_cni_answer(
+        body in "[{}\\[\\]\":,a-zA-Z0-9 .]{0,200}",
+        command in proptest::sample::select(vec!["ADD", "DEL", "CHECK", "GC", "STATUS"]),
+    ) {
+        let gone = std::env::temp_dir().join("berth-cni-proptest-none.sock");
+        let with_socket = format!(
+            r#"{{"cniVersion":"1.1.0","name":"n","socket":"{}","runtimeConfig":{{"portMappings":[{}]}}}}"#,
+            gone.display(),
+            body
+        );
+        for stdin in [body, with_socket] {
+            let vars = [("CNI_COMMAND", command), ("CNI_CONTAINERID", CONTAINER),
+                ("CNI_NETNS", "/run/netns/x"), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/x")];
+            let bytes = stdin.into_bytes();
+            let got = run(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned()), move || Ok(bytes));
+            if !got.ok {
+                let v: Value = serde_json::from_str(&got.stdout).expect("an error object");
+                proptest::prop_assert!(v["code"].as_u64().is_some() && v["msg"].is_string(), "{}", got.stdout);
+                proptest::prop_assert_eq!(got.stdout.lines().count(), 1);
+            }
+        }
+    }
+}
