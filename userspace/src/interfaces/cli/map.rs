@@ -4,10 +4,12 @@ use clap::Subcommand;
 use super::output::{print, table, to_json_line};
 use crate::{
     domain::{
+        cidr::Ipv4Cidr,
         error::Result,
         model::Binding,
         task::{parse_container_ip, parse_specs, validate_task_name},
     },
+    engine::datapath::BridgeState,
     interfaces::{
         api::{AddRequest, RemoveRequest},
         client::Client,
@@ -74,35 +76,123 @@ pub async fn run(client: &Client, cmd: MapCommand) -> Result<()> {
             if json {
                 print(&to_json_line(&bindings)?)
             } else {
-                print(&bindings_table(&bindings))
+                // With several bridges, say which one each container is on.
+                let bridges = match client.status().await {
+                    Ok(s) => s.datapath.map(|d| d.bridges).unwrap_or_default(),
+                    Err(_) => Vec::new(),
+                };
+                if bridges.len() > 1 {
+                    print(&bindings_table_with_bridges(&bindings, &bridges))
+                } else {
+                    print(&bindings_table(&bindings))
+                }
             }
         }
     }
 }
 
+const HEADER: [&str; 6] = [
+    "TASK",
+    "CONTAINER IP",
+    "BIND IP",
+    "HOST PORT",
+    "CONTAINER PORT",
+    "PROTO",
+];
+
+fn binding_row(b: &Binding) -> Vec<String> {
+    vec![
+        b.task.clone(),
+        b.container_ip.to_string(),
+        b.bind_ip.to_string(),
+        b.host_port.to_string(),
+        b.container_port.to_string(),
+        b.protocol.as_str().to_owned(),
+    ]
+}
+
 pub fn bindings_table(bindings: &[Binding]) -> String {
+    let rows: Vec<Vec<String>> = bindings.iter().map(binding_row).collect();
+    table(&HEADER, &rows)
+}
+
+/// The bridge whose subnet (`172.17.0.0/16`, as status reports it) holds
+/// `ip`; `-` where none does (its bridge is waiting or was re-addressed).
+fn bridge_of(ip: std::net::Ipv4Addr, bridges: &[BridgeState]) -> String {
+    let holds = |net: &String| {
+        let Some((addr, len)) = net.split_once('/') else {
+            return false;
+        };
+        match (addr.parse(), len.parse()) {
+            (Ok(addr), Ok(len)) => Ipv4Cidr::new(addr, len).contains(ip),
+            _ => false,
+        }
+    };
+    bridges
+        .iter()
+        .find(|b| b.subnets.iter().any(holds))
+        .map_or_else(|| "-".to_owned(), |b| b.name.clone())
+}
+
+/// [`bindings_table`] with a BRIDGE column, for a daemon serving several.
+pub fn bindings_table_with_bridges(bindings: &[Binding], bridges: &[BridgeState]) -> String {
     let rows: Vec<Vec<String>> = bindings
         .iter()
         .map(|b| {
-            vec![
-                b.task.clone(),
-                b.container_ip.to_string(),
-                b.bind_ip.to_string(),
-                b.host_port.to_string(),
-                b.container_port.to_string(),
-                b.protocol.as_str().to_owned(),
-            ]
+            let mut row = binding_row(b);
+            row.push(bridge_of(b.container_ip, bridges));
+            row
         })
         .collect();
-    table(
-        &[
-            "TASK",
-            "CONTAINER IP",
-            "BIND IP",
-            "HOST PORT",
-            "CONTAINER PORT",
-            "PROTO",
-        ],
-        &rows,
-    )
+    let mut header = HEADER.to_vec();
+    header.push("BRIDGE");
+    table(&header, &rows)
+}
+
+#[cfg(test)]
+mod bridge_tests {
+    use super::*;
+
+    #[test]
+    fn several_bridges_name_each_containers_bridge() {
+        let b = |task: &str, ip: &str| Binding {
+            task: task.into(),
+            container_ip: ip.parse().unwrap(),
+            bind_ip: std::net::Ipv4Addr::UNSPECIFIED,
+            host_port: 8080,
+            container_port: 80,
+            protocol: crate::domain::model::Protocol::Tcp,
+            ecs: Default::default(),
+        };
+        let bridges = [
+            BridgeState {
+                name: "docker0".into(),
+                subnets: vec!["172.17.0.0/16".into()],
+                ..Default::default()
+            },
+            BridgeState {
+                name: "cni0".into(),
+                subnets: vec!["10.88.0.0/16".into()],
+                ..Default::default()
+            },
+        ];
+        let text = bindings_table_with_bridges(
+            &[
+                b("a", "172.17.0.2"),
+                b("b", "10.88.0.5"),
+                b("c", "192.168.0.9"),
+            ],
+            &bridges,
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "TASK  CONTAINER IP  BIND IP  HOST PORT  CONTAINER PORT  PROTO  BRIDGE",
+                "a     172.17.0.2    0.0.0.0  8080       80              tcp    docker0",
+                "b     10.88.0.5     0.0.0.0  8080       80              tcp    cni0",
+                "c     192.168.0.9   0.0.0.0  8080       80              tcp    -",
+            ]
+        );
+    }
 }
