@@ -339,3 +339,41 @@ fn a_link_that_is_no_bridge_or_is_the_uplink_refuses_the_start() {
         assert!(msg.contains(want), "{bridge}: {msg}");
     }
 }
+
+#[test]
+fn a_restarted_daemon_adopts_both_bridges_and_drops_a_gone_ones_link() {
+    let (mut rig, cni_a, _cni_b) = two_bridges(&[]);
+    let _cni_web = rig.serve_http(&cni_a.ns, 80);
+    rig.map_add("cni-web", &CNI_CTR.to_string(), &["8081:80"]);
+    let published = rig.topo.host.addr(8081);
+    rig.daemon.stop().expect("stop");
+    // The pins keep cni0's programs attached while no daemon runs...
+    assert_eq!(peer_ip(&get(&rig.topo.client.ns, published)), "192.0.2.2");
+    rig.daemon.start_again().expect("start");
+    // ...and a new daemon swaps its programs in and serves both again.
+    assert_eq!(
+        wait_bridge(&rig, "cni0", "attached", 2)["state"],
+        "attached"
+    );
+    wait_bridge(&rig, "docker0", "attached", 2);
+    assert_eq!(peer_ip(&get(&rig.topo.client.ns, published)), "192.0.2.2");
+
+    // cni0 deleted while no daemon runs: the next one waits for it and
+    // shows no link of it.
+    rig.daemon.stop().expect("stop");
+    rig.topo
+        .host
+        .ns
+        .ip(["link", "del", CNI.bridge])
+        .expect("delete cni0");
+    rig.daemon.start_again().expect("start");
+    wait_bridge(&rig, "cni0", "waiting", 0);
+    let v = rig.json(&["status", "--json"]);
+    let links: Vec<&Value> = v["datapath"]["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["target"] == CNI.bridge)
+        .collect();
+    assert!(links.is_empty(), "{links:?}");
+}

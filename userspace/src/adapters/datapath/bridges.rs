@@ -134,7 +134,12 @@ impl Bridges {
             change.gone = true;
         }
         match now {
-            None => self.slots[i].problem = None,
+            None => {
+                // A link pin left by a run that saw it (deleted while no
+                // daemon ran) is attached to nothing: not shown as if it were.
+                let _ = fs::remove_file(self.links_dir.join(link_name(program::REPLY, &name)));
+                self.slots[i].problem = None;
+            }
             Some(index) if self.slots[i].ifindex == Some(index) => {
                 if let Ok(mac) = bridge_mac(&name) {
                     self.set_mac(i, index, mac);
