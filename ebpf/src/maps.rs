@@ -9,11 +9,11 @@ use aya_ebpf::{
 };
 use berth_maps::{
     Backend, CtEntry, Endpoint, FlowKey, FragEntry, FragKey, NatEntry, NatFwd, Policy, PolicyKey,
-    PortAddrs, PortKey, ServiceKey, SgMember, SockRevKey, SockRevValue, CONFIG_LEN, COUNTERS_LEN,
-    CT_CAPACITY, CT_NEW_CAPACITY, ENDPOINTS_CAPACITY, FRAGS_CAPACITY, HOOKED_PORTS_CAPACITY,
-    HOST_ADDRS_CAPACITY, LOCAL_NETS_MAX, NAT_CAPACITY, NAT_FWD_CAPACITY, NAT_NEW_CAPACITY,
-    POLICY_CAPACITY, PORTS_CAPACITY, PORT_ADDRS_CAPACITY, PORT_MACS_CAPACITY, SERVICES_CAPACITY,
-    SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
+    PortAddrs, PortKey, ServiceKey, SgMember, SockRevKey, SockRevValue, BRIDGE_MACS_CAPACITY,
+    CONFIG_LEN, COUNTERS_LEN, CT_CAPACITY, CT_NEW_CAPACITY, ENDPOINTS_CAPACITY, FRAGS_CAPACITY,
+    HOOKED_PORTS_CAPACITY, HOST_ADDRS_CAPACITY, LOCAL_NETS_MAX, NAT_CAPACITY, NAT_FWD_CAPACITY,
+    NAT_NEW_CAPACITY, POLICY_CAPACITY, PORTS_CAPACITY, PORT_ADDRS_CAPACITY, PORT_MACS_CAPACITY,
+    SERVICES_CAPACITY, SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
 };
 
 #[map]
@@ -84,6 +84,11 @@ pub(crate) static BERTH_CT_NEW: LruHashMap<FlowKey, CtEntry> =
 #[map]
 pub(crate) static BERTH_HOOKED_PORTS: HashMap<u32, u32> =
     HashMap::pinned(HOOKED_PORTS_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// The served bridges' MACs -> their ifindex (see `gate`).
+#[map]
+pub(crate) static BERTH_BRIDGE_MACS: HashMap<u64, u32> =
+    HashMap::pinned(BRIDGE_MACS_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// Source MAC -> the hooked port its frames came in by (see `gate`).
 #[map]

@@ -53,7 +53,7 @@ pub mod program {
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 19] = [
+pub const MAPS: [&str; 20] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -73,6 +73,7 @@ pub const MAPS: [&str; 19] = [
     CT_NEW_MAP,
     FRAGS_MAP,
     COUNTERS_MAP,
+    BRIDGE_MACS_MAP,
 ];
 
 /// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so
@@ -245,8 +246,9 @@ pub const CONFIG_LEN: u32 = 5;
 /// `BERTH_CONFIG` index: non-zero when IPv4 from a bridge port without hooks
 /// is refused (`berth daemon --default-sg`).
 pub const CONFIG_PORT_GATE: u32 = 1;
-/// `BERTH_CONFIG` index: the bridge's own MAC (low 48 bits); frames from it
-/// were sent or translated by the host, not a port.
+/// `BERTH_CONFIG` index 2 held the one bridge's MAC before berth served
+/// several bridges; the programs now read [`BRIDGE_MACS_MAP`] and nothing
+/// writes this slot (pins of layout 2 may still hold the old value).
 pub const CONFIG_BRIDGE_MAC: u32 = 2;
 /// `BERTH_CONFIG` index: 1 once the daemon has made sure no endpoint has
 /// policy; the veth hooks then skip the source check and the security-group
@@ -265,6 +267,12 @@ pub const CONFIG_WILDCARD_ONLY: u32 = 4;
 pub const HOOKED_PORTS_MAP: &str = "BERTH_HOOKED_PORTS";
 /// Linux bridges take at most 1024 ports.
 pub const HOOKED_PORTS_CAPACITY: u32 = 1024;
+/// The served bridges' own MACs (low 48 bits) -> the bridge's ifindex:
+/// frames from one were sent or translated by the host, not a port. A hash
+/// lookup where one config slot was, so several bridges cost what one did.
+pub const BRIDGE_MACS_MAP: &str = "BERTH_BRIDGE_MACS";
+/// `--bridge` is repeatable; nobody serves this many.
+pub const BRIDGE_MACS_CAPACITY: u32 = 64;
 /// Source MAC (low 48 bits) -> ifindex of the hooked port its frames came
 /// in by, learned by `berth_from_ctr` (LRU): one per bridge port; an evicted
 /// MAC is learned again from its next frame.

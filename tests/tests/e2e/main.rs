@@ -5,6 +5,7 @@
 //! `berth` binary, so the tests need root.
 //!
 //! Run one area with `cargo test -p berth-integration --test e2e -- static_mapping::`.
+mod bridges;
 mod cni;
 mod daemon_guards;
 mod daemon_under_load;

@@ -27,6 +27,11 @@ pub enum Error {
     },
     #[error("bridge {0} has no IPv4 address, so no container IP can be checked against it")]
     BridgeWithoutIpv4(String),
+    /// Several `--bridge`: `bridges` lists each with its subnets.
+    #[error("container IP {ip} is not in the subnet of any bridge berth serves ({bridges})")]
+    NotInAnyBridgeSubnet { ip: Ipv4Addr, bridges: String },
+    #[error("interface {0} is not a bridge; --bridge names a Linux bridge (docker0, cni0, ...)")]
+    NotABridge(String),
     #[error("no ports given")]
     NoPorts,
     /// Docker's own wording, so tools that grep for it keep working.
@@ -179,6 +184,7 @@ impl Error {
             | Self::TaskName { .. }
             | Self::MalformedContainerIp(_)
             | Self::NotInBridgeSubnet { .. }
+            | Self::NotInAnyBridgeSubnet { .. }
             | Self::NoPorts
             | Self::TaskDefinition(_)
             | Self::UnknownContainer { .. }

@@ -177,6 +177,29 @@ pub struct DatapathStatus {
     pub socket_hooks: SocketHooks,
     pub attachments: Vec<Attachment>,
     pub maps: Vec<MapStatus>,
+    /// Each `--bridge`, in the order given, and whether berth serves it yet.
+    #[serde(default)]
+    pub bridges: Vec<BridgeState>,
+}
+
+/// One `--bridge` as the daemon sees it now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BridgeState {
+    pub name: String,
+    /// `attached` (programs on it and its ports), `waiting` (no such link
+    /// yet: attached the moment it is created) or `failed` (see `detail`).
+    pub state: String,
+    /// 0 while it does not exist.
+    pub ifindex: u32,
+    /// Its subnets (networks of its IPv4 addresses): container IPs in these
+    /// are its containers'.
+    pub subnets: Vec<String>,
+    /// Ports (containers' veths) with hooks.
+    pub ports: usize,
+    /// Why it is not attached, for `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

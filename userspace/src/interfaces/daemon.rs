@@ -118,7 +118,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     let datapath = BpfDatapath::open(&config.datapath)?;
     tracing::info!(
         uplinks = ?config.datapath.uplinks,
-        bridge = %config.datapath.bridge,
+        bridges = ?config.datapath.bridges,
         attach = ?config.datapath.attach,
         bpffs = %config.datapath.bpffs.display(),
         "datapath ready"
@@ -132,10 +132,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         socket_file,
         store,
         datapath: Arc::new(datapath),
-        bridge: Bridge::System {
-            name: config.datapath.bridge.clone(),
-            read: netif::interface_subnets,
-        },
+        bridge: Bridge::system(&config.datapath.bridges, netif::interface_subnets),
         host_addrs: netif::host_ipv4_addrs,
         host: Arc::new(SystemHost::default()),
         policy,
@@ -149,7 +146,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         tokio::spawn(crate::interfaces::docker_events::follow(
             socket,
             config.socket.clone(),
-            config.datapath.bridge.clone(),
+            config.datapath.bridges.clone(),
             config.state_dir.clone(),
             link,
         ))
@@ -170,14 +167,22 @@ pub fn check_root() -> Result<()> {
     }
 }
 
+/// The uplinks must exist. A bridge need not exist yet (it is attached
+/// when it appears), but a link of its name that is not a bridge is a
+/// mistake, and so is an uplink among the bridges.
 pub fn check_interfaces(config: &DatapathConfig) -> Result<()> {
-    for name in config.uplinks.iter().chain([&config.bridge]) {
+    for name in &config.uplinks {
         if !netif::interface_exists(name) {
             return Err(Error::NoSuchInterface(name.clone()));
         }
     }
-    if config.uplinks.contains(&config.bridge) {
-        return Err(Error::UplinkIsBridge(config.bridge.clone()));
+    for name in &config.bridges {
+        if config.uplinks.contains(name) {
+            return Err(Error::UplinkIsBridge(name.clone()));
+        }
+        if netif::interface_exists(name) && !netif::is_bridge(name) {
+            return Err(Error::NotABridge(name.clone()));
+        }
     }
     Ok(())
 }
@@ -283,7 +288,7 @@ pub async fn serve(
     Ok(())
 }
 
-/// Pushes the host's IPv4 addresses and the bridge's subnets to the
+/// Pushes the host's IPv4 addresses and the bridges' subnets to the
 /// datapath whenever they change: wildcard bindings answer on the first,
 /// and neither may be the source of a packet arriving on an uplink.
 struct HostAddrSync {
@@ -595,10 +600,10 @@ mod tests {
     }
 
     #[test]
-    fn missing_interfaces_are_named() {
+    fn missing_uplinks_and_links_that_are_no_bridge_are_named() {
         let config = DatapathConfig {
-            uplinks: vec!["lo".into()],
-            bridge: "berth-nope0".into(),
+            uplinks: vec!["berth-nope0".into()],
+            bridges: vec!["berth-nope1".into()],
             bpffs: "/sys/fs/bpf".into(),
             attach: Default::default(),
             ct_capacity: None,
@@ -611,13 +616,27 @@ mod tests {
             check_interfaces(&config).unwrap_err().to_string(),
             "interface berth-nope0 does not exist"
         );
+        // A bridge that does not exist yet is waited for.
         let config = DatapathConfig {
-            bridge: "lo".into(),
+            uplinks: vec!["lo".into()],
             ..config
         };
-        assert!(matches!(
-            check_interfaces(&config),
-            Err(Error::UplinkIsBridge(_))
-        ));
+        check_interfaces(&config).unwrap();
+        let err = check_interfaces(&DatapathConfig {
+            bridges: vec!["berth-nope1".into(), "lo".into()],
+            ..config.clone()
+        })
+        .unwrap_err();
+        assert!(matches!(err, Error::UplinkIsBridge(_)), "{err}");
+        let err = check_interfaces(&DatapathConfig {
+            uplinks: vec![],
+            bridges: vec!["lo".into()],
+            ..config
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "interface lo is not a bridge; --bridge names a Linux bridge (docker0, cni0, ...)"
+        );
     }
 }

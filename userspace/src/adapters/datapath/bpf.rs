@@ -40,7 +40,9 @@ pub fn ebpf_object() -> &'static [u8] {
 #[derive(Clone, Debug)]
 pub struct DatapathConfig {
     pub uplinks: Vec<String>,
-    pub bridge: String,
+    /// `--bridge` (repeatable): the bridges whose containers berth serves.
+    /// One that does not exist yet is attached when it appears.
+    pub bridges: Vec<String>,
     /// bpffs mount point; berth pins under `<bpffs>/berth/`.
     pub bpffs: PathBuf,
     pub attach: AttachMode,
@@ -116,7 +118,8 @@ pub struct BpfDatapath {
     _ebpf: Arc<Mutex<Ebpf>>,
 }
 
-/// (program, interface, hook) for every attachment a mode needs.
+/// (program, interface) for every uplink attachment a mode needs; the
+/// bridges' are the port watcher's (they may come and go).
 fn attachments(config: &DatapathConfig) -> Vec<(&'static str, String)> {
     let mut v = Vec::new();
     for up in &config.uplinks {
@@ -128,7 +131,6 @@ fn attachments(config: &DatapathConfig) -> Vec<(&'static str, String)> {
             }
         }
     }
-    v.push((program::REPLY, config.bridge.clone()));
     v
 }
 
@@ -229,7 +231,7 @@ impl BpfDatapath {
     /// Load, attach and pin (or adopt what is pinned). Runs in the network
     /// namespace whose interfaces are named in `config`.
     pub fn open(config: &DatapathConfig) -> Result<Self, DatapathError> {
-        for ifname in config.uplinks.iter().chain([&config.bridge]) {
+        for ifname in &config.uplinks {
             ifindex(ifname)?;
         }
         check_kernel()?;
@@ -296,6 +298,9 @@ impl BpfDatapath {
         // Drop attachments of another mode or interface left by an earlier
         // run: unpinning the last reference detaches the program.
         let mut keep: HashSet<String> = wanted.iter().map(|(p, i)| link_name(p, i)).collect();
+        // The served bridges' links are the watcher's to adopt (an atomic
+        // program swap, no gap) or to drop when stale.
+        keep.extend(config.bridges.iter().map(|b| link_name(program::REPLY, b)));
         // Per-port pins are the port watcher's to adopt or remove.
         let is_port_pin = |name: &str| {
             name.split_once('@')
@@ -412,19 +417,22 @@ impl BpfDatapath {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
             HOOKED_PORTS_MAP,
         )?;
-        // The watcher keeps the bridge's address current in its own handle.
-        let config_pin = dir.join(CONFIG_MAP);
-        let watcher_config = MapData::from_pin(&config_pin)
-            .map_err(map_err(CONFIG_MAP))
-            .and_then(|m| Array::try_from(aya::maps::Map::Array(m)).map_err(map_err(CONFIG_MAP)))?;
-        let ports = super::ports::watch(
-            ebpf.clone(),
-            port_addrs,
-            config.bridge.clone(),
+        let macs = take_map(
+            &mut ebpf
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            berth_maps::BRIDGE_MACS_MAP,
+        )?;
+        let bridge_states = super::bridges::BridgeStates::default();
+        let ports = super::ports::watch(super::ports::WatchSetup {
+            ebpf: ebpf.clone(),
+            addrs_map: port_addrs,
+            bridges: config.bridges.clone(),
             links_dir,
             hooked,
-            watcher_config,
-        )?;
+            macs,
+            states: bridge_states.clone(),
+        })?;
         // Every program is the new one now: what the old ones tracked since
         // their maps were copied joins the new maps.
         carried += old_maps.carry_over();
@@ -438,7 +446,7 @@ impl BpfDatapath {
             attach: config.attach,
             pin_dir: dir,
             uplinks: config.uplinks.clone(),
-            bridge: config.bridge.clone(),
+            bridges: bridge_states,
             socket_hooks,
             migrated: pins.migrated,
             maps: expected.into_keys().collect(),

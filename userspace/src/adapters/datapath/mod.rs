@@ -2,6 +2,7 @@
 //! the engine's [`Datapath`] on the eBPF programs and their pinned maps.
 mod attach;
 mod bpf;
+mod bridges;
 mod capacity;
 mod cgroup;
 mod flows;
@@ -28,7 +29,7 @@ pub use policy::encode_rule;
 pub use crate::{
     domain::error::DatapathError,
     engine::datapath::{
-        AttachMode, Attachment, CgroupInfo, Datapath, DatapathStatus, FlowTimeouts, MapStatus,
-        PolicyRule, RulePeer, RuleProto, SocketHooks,
+        AttachMode, Attachment, BridgeState, CgroupInfo, Datapath, DatapathStatus, FlowTimeouts,
+        MapStatus, PolicyRule, RulePeer, RuleProto, SocketHooks,
     },
 };

@@ -23,9 +23,16 @@ pub struct DaemonArgs {
         required_unless_present = "teardown"
     )]
     pub uplinks: Vec<String>,
-    /// The containers' bridge (e.g. docker0).
-    #[arg(long, value_name = "IF", required_unless_present = "teardown")]
-    pub bridge: Option<String>,
+    /// The containers' bridge (e.g. docker0); repeatable (`--bridge cni0
+    /// --bridge docker0`). One that does not exist yet is attached the
+    /// moment it is created.
+    #[arg(
+        long = "bridge",
+        value_name = "IF",
+        required_unless_present = "teardown",
+        value_parser = parse_bridge_name
+    )]
+    pub bridges: Vec<String>,
     /// Where the desired state (berth.redb) is kept.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
@@ -84,12 +91,18 @@ impl DaemonArgs {
                 uplinks.push(uplink);
             }
         }
+        let mut bridges: Vec<String> = Vec::new();
+        for bridge in self.bridges {
+            if !bridges.contains(&bridge) {
+                bridges.push(bridge);
+            }
+        }
         DaemonConfig {
             socket,
             state_dir: self.state_dir,
             datapath: DatapathConfig {
                 uplinks,
-                bridge: self.bridge.unwrap_or_default(),
+                bridges,
                 bpffs: self.bpffs,
                 attach: self.attach,
                 ct_capacity: self.security_groups.ct_max,
@@ -109,10 +122,71 @@ impl DaemonArgs {
     }
 }
 
+/// What the kernel takes as an interface name: it also names sysfs paths
+/// and link pins, so nothing that could leave those directories.
+fn parse_bridge_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() < libc::IFNAMSIZ
+        && s != "."
+        && s != ".."
+        && !s.contains(['/', ':', '@'])
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not an interface name (1 to {} characters, no '/', ':', '@' or spaces)",
+            libc::IFNAMSIZ - 1
+        ))
+    }
+}
+
 fn parse_dynamic_range(s: &str) -> Result<PortRange, String> {
     parse_range(s).map_err(|e| e.to_string())
 }
 
 fn parse_reserved_ports(s: &str) -> Result<BTreeSet<u16>, String> {
     parse_port_list(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    }
+
+    fn bridges(args: &[&str]) -> Result<Vec<String>, String> {
+        let argv = ["berth", "--uplink", "eth0"].iter().chain(args);
+        Cmd::try_parse_from(argv)
+            .map(|c| c.daemon.into_config("/s".into()).datapath.bridges)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn bridge_repeats_in_order_once_each() {
+        assert_eq!(bridges(&["--bridge", "docker0"]).unwrap(), ["docker0"]);
+        assert_eq!(
+            bridges(&["--bridge", "cni0", "--bridge", "docker0", "--bridge", "cni0"]).unwrap(),
+            ["cni0", "docker0"]
+        );
+    }
+
+    #[test]
+    fn a_bridge_is_required_and_must_be_an_interface_name() {
+        assert!(bridges(&[]).unwrap_err().contains("--bridge"));
+        for bad in ["", "../x", "a/b", "br 0", "sixteen-chars-xx", "..", "br@0"] {
+            let err = bridges(&["--bridge", bad]).unwrap_err();
+            assert!(err.contains("is not an interface name"), "{bad:?}: {err}");
+        }
+        assert_eq!(
+            bridges(&["--bridge", "fifteen-chars-x"]).unwrap(),
+            ["fifteen-chars-x"]
+        );
+    }
 }

@@ -165,7 +165,7 @@ mod tests {
         assert_eq!(config.datapath.bpffs, PathBuf::from("/sys/fs/bpf"));
         assert_eq!(config.datapath.attach, AttachMode::Tc);
         assert_eq!(config.datapath.uplinks, ["eth0", "eth1"]);
-        assert_eq!(config.datapath.bridge, "docker0");
+        assert_eq!(config.datapath.bridges, ["docker0"]);
         assert_eq!(config.dynamic_ports, None, "ip_local_port_range at start");
         assert_eq!(
             config.reserved_ports,
