@@ -4,10 +4,11 @@
 //! namespace) and through `berth-cni` and the real daemon, for every
 //! cniVersion both speak. berth must pass every case the reference passes.
 //!
-//! The daemon serves `cni0`, which each test creates (with the gateway
-//! address the bridge plugin gives it) before the daemon starts. The
-//! topology has no Docker rules: the bridge plugin adds no FORWARD accept,
-//! so portmap's DNAT'd packets would meet Docker's `FORWARD DROP`.
+//! The daemon starts with `--bridge cni0` before `cni0` exists: the bridge
+//! plugin creates it (with its gateway address and a fixed MAC) on the
+//! first ADD, and the daemon attaches it then. The topology has no Docker
+//! rules: the bridge plugin adds no FORWARD accept, so portmap's DNAT'd
+//! packets would meet Docker's `FORWARD DROP`.
 use std::{
     collections::BTreeMap,
     net::{SocketAddr, UdpSocket},
@@ -31,7 +32,6 @@ use serde_json::{json, Value};
 /// The versions Debian's plugins (1.1.1: up to 1.0.0) and berth-cni share.
 const SHARED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
 const SUBNET: &str = "10.88.0.0/16";
-const GATEWAY: &str = "10.88.0.1/16";
 const HOST_IP: &str = "192.0.2.1";
 const CLIENT_IP: &str = "192.0.2.2";
 const NETWORK: &str = "kube";
@@ -45,7 +45,8 @@ enum Backend {
     Berth,
 }
 
-/// One test host: the topology with `cni0`, and for berth the daemon on it.
+/// One test host: the topology (the bridge plugin adds `cni0`), and for
+/// berth the daemon serving `cni0`.
 struct Node {
     backend: Backend,
     rig: Option<Rig>,
@@ -59,24 +60,6 @@ impl Node {
             ..TopologyOptions::default()
         })
         .expect("build the topology");
-        for args in [
-            // A fixed MAC: a bridge without one takes its lowest port's,
-            // which changes as containers join, and the bridge plugin's
-            // CHECK then fails on the MAC its ADD reported.
-            vec![
-                "link",
-                "add",
-                "cni0",
-                "address",
-                "02:00:0a:58:00:01",
-                "type",
-                "bridge",
-            ],
-            vec!["addr", "add", GATEWAY, "dev", "cni0"],
-            vec!["link", "set", "cni0", "up"],
-        ] {
-            topo.host.ns.ip(args).expect("create cni0");
-        }
         match backend {
             Backend::Portmap => Self {
                 backend,
@@ -503,6 +486,16 @@ fn exec_only(
 #[test]
 fn a_taken_host_port_or_a_second_add_fails_add_and_changes_nothing() {
     let node = Node::start(Backend::Berth);
+    let bridge = || {
+        let v = node.rig().json(&["status", "--json"]);
+        v["datapath"]["bridges"]
+            .as_array()
+            .and_then(|all| all.iter().find(|b| b["name"] == "cni0").cloned())
+            .unwrap_or_else(|| panic!("no cni0 in {v}"))
+    };
+    // The daemon started first; the bridge plugin makes cni0 on the first ADD.
+    node.topo().host.ns.link("cni0").expect_err("no cni0 yet");
+    assert_eq!(bridge()["state"], "waiting", "{}", bridge());
     let rt = node.runtime("1.0.0");
     let x_ns = NetNs::new("cnix").unwrap();
     let y_ns = NetNs::new("cniy").unwrap();
@@ -514,6 +507,7 @@ fn a_taken_host_port_or_a_second_add_fails_add_and_changes_nothing() {
     );
     let x_result = rt.add(&x).expect("ADD x");
     thread::sleep(VETH_POLL);
+    assert_eq!(bridge()["state"], "attached", "{}", bridge());
 
     let y = Attachment::new(
         "yyy1",
