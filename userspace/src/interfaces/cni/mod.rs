@@ -131,10 +131,12 @@ pub fn run(
             ok: true,
         },
         Err(e) => {
-            eprintln!(
-                "berth-cni {:?} {}: {}",
-                env.command, env.container_id, e.msg
-            );
+            let who = if env.container_id.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", env.container_id)
+            };
+            eprintln!("berth-cni {:?}{who}: {}", env.command, e.msg);
             fail(e, &asked)
         }
     }
