@@ -8,6 +8,7 @@ pub mod reset;
 pub mod sg;
 pub mod status;
 pub mod task;
+pub mod top;
 
 use std::path::PathBuf;
 
@@ -49,11 +50,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the datapath's packet counters.
+    /// Show the datapath's packet counters, or one task's per-binding
+    /// counters.
     Stats {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Show this task's bindings with their counters.
+        #[arg(long, value_name = "NAME")]
+        task: Option<String>,
+    },
+    /// Live rates of tasks and bindings (packets/s, bit/s, new flows/s,
+    /// refusals, drops), refreshed like `docker stats`.
+    Top {
+        /// Print one table (rates over one --interval) and exit.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between samples.
+        #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = parse_interval)]
+        interval: f64,
     },
     /// Run, stop and list tasks from ECS task definitions.
     #[command(subcommand)]
@@ -100,8 +115,22 @@ impl Cli {
             Command::Events { existing, count } => events::run(&client, existing, count).await,
             Command::Map(cmd) => map::run(&client, cmd).await,
             Command::Status { json } => status::run_status(&client, json).await,
-            Command::Stats { json } => status::run_stats(&client, json).await,
+            Command::Stats { json, task: None } => status::run_stats(&client, json).await,
+            Command::Stats {
+                json,
+                task: Some(t),
+            } => top::run_task_stats(&client, &t, json).await,
+            Command::Top { once, interval } => {
+                top::run_top(&client, once, std::time::Duration::from_secs_f64(interval)).await
+            }
         }
+    }
+}
+
+fn parse_interval(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds from 0.1 to 3600")),
     }
 }
 
