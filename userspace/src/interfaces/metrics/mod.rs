@@ -137,7 +137,8 @@ impl MetricsState {
 
 /// Middleware timing every API request under its route template; a path
 /// no route matched counts as `unmatched` (so a scan of random paths adds
-/// one series, not one per path). Event streams are timed to their end.
+/// one series, not one per path). An event stream is timed to its
+/// response head, not to its end.
 pub async fn time_requests(req: Request, next: Next) -> Response {
     let state = req.extensions().get::<Arc<MetricsState>>().cloned();
     let Some(state) = state else {
