@@ -457,3 +457,44 @@ fn counters_survive_a_restart_and_a_reused_slot_starts_from_zero() {
         .expect("echo through the new binding");
     assert_eq!(counters(&stats_of(&rig, "c"))[..2], [1, 1 + UDP_OVERHEAD]);
 }
+
+/// A `--metrics-listen` address already in use stops the start in one
+/// line, before the datapath is touched: here the first daemon holds it.
+#[test]
+fn a_metrics_port_in_use_stops_the_daemon_in_one_line() {
+    let rig = Rig::builder()
+        .flags(&["--metrics-listen", "127.0.0.1:9477"])
+        .start();
+    let dir = berth_integration::names::TempDir::new("metrics_busy").unwrap();
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", rig.topo.host.ns.name()])
+        .arg(berth_integration::berth_bin().unwrap())
+        .args(["daemon", "--uplink", "up0", "--bridge", "docker0"])
+        .arg("--socket")
+        .arg(dir.path().join("berth.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--bpffs")
+        .arg(dir.path().join("bpffs"))
+        .args(["--metrics-listen", "127.0.0.1:9477"]);
+    let out = berth_integration::cmd::output_with_timeout(&mut c, Duration::from_secs(30)).unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("berth: binding --metrics-listen 127.0.0.1:9477: ")
+            && last.contains("in use"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("bpffs/berth").exists(),
+        "nothing pinned by the refused daemon"
+    );
+    // The first daemon still serves.
+    let listen: SocketAddr = "127.0.0.1:9477".parse().unwrap();
+    rig.topo
+        .host
+        .ns
+        .run(move || http_get(listen, "/metrics", T))
+        .expect("the first daemon's /metrics");
+}
