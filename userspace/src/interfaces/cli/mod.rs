@@ -178,6 +178,62 @@ mod tests {
     }
 
     #[test]
+    fn metrics_flags_parse_and_bad_ones_are_one_line() {
+        let cli = parse(&["top", "--once", "--interval", "0.5"]).unwrap();
+        assert!(matches!(cli.command, Command::Top { once: true, interval } if interval == 0.5));
+        let cli = parse(&["stats", "--task", "web", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::Stats { json: true, task: Some(t) } if t == "web"));
+        let cli = parse(&["map", "ls", "--stats", "--json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Map(MapCommand::Ls {
+                json: true,
+                stats: true
+            })
+        ));
+        for (args, want) in [
+            (
+                &["top", "--interval", "0"][..],
+                "\"0\" is not a number of seconds from 0.1 to 3600",
+            ),
+            (
+                &[
+                    "daemon",
+                    "--uplink",
+                    "u",
+                    "--bridge",
+                    "b",
+                    "--metrics-listen",
+                    ":9475",
+                ][..],
+                "\":9475\" is not an IP address and port",
+            ),
+        ] {
+            let err = one_line_clap_error(&parse(args).unwrap_err());
+            assert!(err.contains(want), "{err}");
+            assert_eq!(err.lines().count(), 1);
+        }
+        let Command::Daemon(d) = parse(&[
+            "daemon",
+            "--uplink",
+            "u",
+            "--bridge",
+            "b",
+            "--metrics-listen",
+            "[::1]:9475",
+            "--metrics-per-binding=false",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("daemon")
+        };
+        let c = d.into_config("/s".into());
+        assert_eq!(c.metrics.listen, Some("[::1]:9475".parse().unwrap()));
+        assert!(!c.metrics.per_binding);
+    }
+
+    #[test]
     fn daemon_flags_and_defaults() {
         let cli = parse(&[
             "daemon", "--uplink", "eth0", "--uplink", "eth1", "--uplink", "eth0", "--bridge",
