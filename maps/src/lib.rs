@@ -53,7 +53,7 @@ pub mod program {
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 20] = [
+pub const MAPS: [&str; 21] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -74,6 +74,7 @@ pub const MAPS: [&str; 20] = [
     FRAGS_MAP,
     COUNTERS_MAP,
     BRIDGE_MACS_MAP,
+    BINDING_STATS_MAP,
 ];
 
 /// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so
@@ -479,6 +480,9 @@ pub struct Backend {
     pub addr_be: u32,
     pub port_be: u16,
     pub _pad: u16,
+    /// This mapping's slot in [`BINDING_STATS_MAP`]; 0 (no slot) in pins
+    /// converted from layout 2 until the daemon gives it one.
+    pub binding: u32,
 }
 
 /// A flow as seen on the wire in one direction.
@@ -536,7 +540,10 @@ pub struct NatEntry {
     /// TCP, per direction: largest window (scaled) the receiver of that
     /// direction advertised.
     pub max_win: [u32; 2],
-    pub _pad2: u32,
+    /// The mapping's [`BINDING_STATS_MAP`] slot, copied from its
+    /// [`Backend`] when the flow opened, so a reply is counted without a
+    /// service lookup. Layout 2's padding here: its flows read 0 (no slot).
+    pub binding: u32,
 }
 
 /// [`NAT_FWD_MAP`] value: the source port the clashing flow uses towards
@@ -686,6 +693,41 @@ const _: () = {
     }
 };
 
+/// Per-mapping counters (`berth map ls --stats`, `/metrics`): per CPU,
+/// indexed by [`Backend::binding`], so a translated packet costs one array
+/// slot lookup and a few adds. Slot 0 belongs to no mapping (flows and
+/// mappings carried over from layout 2 count there, and nothing reads it);
+/// the daemon hands out slots 1..=`--max-mappings` and zeroes a slot
+/// before giving it to a new mapping.
+pub const BINDING_STATS_MAP: &str = "BERTH_BINDING_STATS";
+pub const BINDING_STATS_CAPACITY: u32 = binding_stats_capacity(DEFAULT_MAX_MAPPINGS);
+
+/// Slots of [`BINDING_STATS_MAP`] for a given `--max-mappings`: one per
+/// mapping plus the unused slot 0.
+pub const fn binding_stats_capacity(max_mappings: u32) -> u32 {
+    max_mappings.saturating_add(1)
+}
+
+/// One mapping's counters on one CPU. "in" is towards the container
+/// (counted at the uplink's DNAT), "out" its replies (at the reply SNAT).
+/// Bytes are the IPv4 total length (L3: IP header and payload, no
+/// Ethernet), as VPC Flow Logs count them. Later fragments and ICMP
+/// errors translated for a flow are not counted here (their own global
+/// counters are).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BindingStats {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// New flows tracked (a TCP SYN or a first UDP datagram let in).
+    pub flows_opened: u64,
+    /// Packets that would have opened a flow, refused by the task's
+    /// security groups (each retried SYN counts again).
+    pub flows_refused: u64,
+}
+
 /// XDP -> TC hand-off in `--attach xdp`: the XDP program translates and
 /// leaves this in the packet metadata; the TC program delivers it.
 #[repr(C)]
@@ -700,7 +742,8 @@ pub const XDP_HANDOFF_MAGIC: u32 = 0xbe27_0001;
 pub const XDP_HANDOFF_MAGIC_NEIGH: u32 = 0xbe27_0002;
 
 const _: () = assert!(size_of::<ServiceKey>() == 8);
-const _: () = assert!(size_of::<Backend>() == 8);
+const _: () = assert!(size_of::<Backend>() == 12);
+const _: () = assert!(size_of::<BindingStats>() == 48);
 const _: () = assert!(size_of::<FlowKey>() == 16);
 const _: () = assert!(size_of::<NatEntry>() == 40);
 const _: () = assert!(size_of::<NatFwd>() == 8);
@@ -726,8 +769,9 @@ const _: () = assert!(size_of::<PortAddrs>() == 8 + 4 * PORT_ADDRS_MAX);
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        Backend, CtEntry, Endpoint, FlowKey, FragEntry, FragKey, NatEntry, NatFwd, Policy,
-        PolicyKey, PortAddrs, PortKey, Rule, ServiceKey, SgMember, SockRevKey, SockRevValue,
+        Backend, BindingStats, CtEntry, Endpoint, FlowKey, FragEntry, FragKey, NatEntry, NatFwd,
+        Policy, PolicyKey, PortAddrs, PortKey, Rule, ServiceKey, SgMember, SockRevKey,
+        SockRevValue,
     };
 
     macro_rules! aya_pod {
@@ -744,6 +788,7 @@ mod user {
     aya_pod!(
         ServiceKey,
         Backend,
+        BindingStats,
         FlowKey,
         NatEntry,
         NatFwd,

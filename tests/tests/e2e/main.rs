@@ -17,6 +17,7 @@ mod flow_tracking;
 mod fragments;
 mod harness;
 mod local_access;
+mod metrics;
 mod restart_and_guard;
 mod security_groups;
 mod spoofing;

@@ -144,6 +144,35 @@ pub trait Datapath: Send + Sync {
     fn status(&self) -> Result<Option<DatapathStatus>, DatapathError> {
         Ok(None)
     }
+    /// The per-binding counters of `bindings`, in their order, summed over
+    /// CPUs; `None` for one the datapath does not hold (or a datapath that
+    /// counts nothing).
+    fn binding_counters(
+        &self,
+        bindings: &[Binding],
+    ) -> Result<Vec<Option<BindingCounters>>, DatapathError> {
+        Ok(vec![None; bindings.len()])
+    }
+}
+
+/// One binding's traffic since it was published (`berth map ls --stats`,
+/// `/metrics`). "In" is client to container (counted at the uplink's DNAT),
+/// "out" the container's replies (at the reply SNAT). Bytes are IPv4 total
+/// lengths (header and payload, no link layer), as VPC Flow Logs count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BindingCounters {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// New flows tracked.
+    pub flows_opened: u64,
+    /// Packets that would have opened a flow, refused by the task's
+    /// security groups.
+    pub flows_refused: u64,
+    /// Flows tracked now (a gauge: counted in the flow tables when asked).
+    pub flows_tracked: u64,
 }
 
 /// How the uplinks are hooked: tc (tcx) or XDP.

@@ -48,6 +48,8 @@ pub struct DaemonConfig {
     pub limits: ApiLimits,
     /// `--docker`: the Docker engine's API socket (events mode).
     pub docker: Option<PathBuf>,
+    /// `--metrics-listen`, `--metrics-per-binding`.
+    pub metrics: crate::interfaces::metrics::MetricsConfig,
 }
 
 impl DaemonConfig {
@@ -92,6 +94,9 @@ pub struct Parts {
     pub limits: ApiLimits,
     /// Docker events mode: the follower's state, for `status`.
     pub docker: Option<api::DockerLink>,
+    /// `/metrics` settings, and the `--metrics-listen` socket, bound.
+    pub metrics: crate::interfaces::metrics::MetricsConfig,
+    pub metrics_listener: Option<tokio::net::TcpListener>,
 }
 
 /// Starts the daemon and returns once it has stopped. Every error is one
@@ -110,6 +115,10 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         .map(socket::resolve_group)
         .transpose()?;
     let (listener, socket_file) = socket::bind(&config.socket, gid).await?;
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(crate::interfaces::metrics::bind(addr).await?),
+        None => None,
+    };
     // One daemon per pin directory and per store, for the daemon's life: a
     // second one would reconcile the first one's maps against its own store.
     let pin_dir = crate::adapters::datapath::prepare_pin_dir(&config.datapath.bpffs)?;
@@ -139,6 +148,8 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         security_groups: config.security_groups.clone(),
         limits: config.limits,
         docker: docker.as_ref().map(|(link, _)| link.clone()),
+        metrics: config.metrics,
+        metrics_listener,
     };
     // The API socket is bound, so the follower's requests wait in its
     // backlog until the store is restored and served.
@@ -221,6 +232,8 @@ pub async fn serve(
         security_groups,
         limits,
         docker,
+        metrics,
+        metrics_listener,
     } = parts;
     let store_path = store.path().to_owned();
     let info = api::DaemonInfo {
@@ -256,6 +269,18 @@ pub async fn serve(
     ];
 
     let berth = Berth::new(registry).with_max_subscribers(limits.max_event_subscribers);
+    let metrics_state = crate::interfaces::metrics::MetricsState::new(metrics.per_binding);
+    let metrics_server = metrics_listener.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "serving /metrics on TCP");
+        }
+        let app = crate::interfaces::metrics::tcp_router(berth.clone(), metrics_state.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).await {
+                tracing::error!(error = %e, "the --metrics-listen server stopped");
+            }
+        })
+    });
     let closer = berth.clone();
     let sweeps = berth.clone();
     tracing::info!(
@@ -268,7 +293,9 @@ pub async fn serve(
     );
     server::serve(
         listener,
-        api::router(berth).layer(axum::Extension(info)),
+        api::router(berth)
+            .layer(axum::Extension(info))
+            .layer(axum::Extension(metrics_state)),
         limits,
         async move {
             shutdown.await;
@@ -280,7 +307,7 @@ pub async fn serve(
     .await;
     // Removals answered before their flows were forgotten; finish that.
     sweeps.finish_sweeps().await;
-    for task in background {
+    for task in background.into_iter().chain(metrics_server) {
         task.abort();
     }
     drop(socket_file);
@@ -403,6 +430,8 @@ mod tests {
             security_groups: Default::default(),
             limits: ApiLimits::default(),
             docker: None,
+            metrics: Default::default(),
+            metrics_listener: None,
         }
     }
 

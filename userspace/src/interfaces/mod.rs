@@ -9,4 +9,5 @@ pub mod cni;
 pub mod daemon;
 pub mod docker_events;
 pub mod docker_proxy;
+pub mod metrics;
 pub mod server;

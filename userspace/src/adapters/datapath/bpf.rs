@@ -71,6 +71,9 @@ pub(super) struct Maps {
     pub(super) nat_fwd: HashMap<MapData, FlowKey, NatFwd>,
     pub(super) config: Array<MapData, u64>,
     pub(super) counters: PerCpuArray<MapData, u64>,
+    /// Per-binding counters, and which mapping counts in which slot.
+    pub(super) binding_stats: PerCpuArray<MapData, berth_maps::BindingStats>,
+    pub(super) slots: super::binding_stats::SlotBook,
     /// Mappings on a specific host address: while there are none,
     /// `CONFIG_WILDCARD_ONLY` lets the programs skip the exact-address probe.
     pub(super) exact: usize,
@@ -375,8 +378,26 @@ impl BpfDatapath {
                     .ok_or_else(|| DatapathError::Other(format!("map {COUNTERS_MAP} missing")))?,
             )
             .map_err(map_err(COUNTERS_MAP))?,
+            binding_stats: PerCpuArray::try_from(
+                ebpf.take_map(berth_maps::BINDING_STATS_MAP)
+                    .ok_or_else(|| {
+                        DatapathError::Other(format!(
+                            "map {} missing",
+                            berth_maps::BINDING_STATS_MAP
+                        ))
+                    })?,
+            )
+            .map_err(map_err(berth_maps::BINDING_STATS_MAP))?,
+            slots: super::binding_stats::SlotBook::default(),
             exact: 0,
         };
+        maps.slots = super::binding_stats::SlotBook::adopt(
+            config.capacity.max_mappings,
+            maps.services
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, v)| (k, v.binding)),
+        );
         maps.recount_exact()?;
         let policy = PolicyMaps {
             endpoints: take_map(&mut ebpf, berth_maps::ENDPOINTS_MAP)?,

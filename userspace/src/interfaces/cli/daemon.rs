@@ -81,6 +81,22 @@ pub struct DaemonArgs {
     pub security_groups: super::sg::SgDaemonArgs,
     #[command(flatten)]
     pub api: crate::domain::limits::ApiArgs,
+    /// Also serve `GET /metrics` (Prometheus) on TCP at this address, e.g.
+    /// 127.0.0.1:9475; nothing else is served there. The API socket serves
+    /// `/metrics` either way.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_metrics_listen)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Label forwarded traffic and flows by task and host port in
+    /// `/metrics`; `false` sums them by protocol (fewer series on hosts
+    /// with many tasks).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics_per_binding: bool,
+}
+
+fn parse_metrics_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!("{s:?} is not an IP address and port (e.g. 127.0.0.1:9475 or [::1]:9475)")
+    })
 }
 
 impl DaemonArgs {
@@ -118,6 +134,10 @@ impl DaemonArgs {
             limits: self.api.limits(),
             socket_group: self.api.socket_group,
             docker: self.docker,
+            metrics: crate::interfaces::metrics::MetricsConfig {
+                listen: self.metrics_listen,
+                per_binding: self.metrics_per_binding,
+            },
         }
     }
 }

@@ -45,6 +45,10 @@ pub enum MapCommand {
         /// Print one JSON array instead of a table.
         #[arg(long)]
         json: bool,
+        /// With each binding's counters: packets and bytes each way, flows
+        /// opened, refused by security groups, tracked now.
+        #[arg(long)]
+        stats: bool,
     },
 }
 
@@ -71,7 +75,15 @@ pub async fn run(client: &Client, cmd: MapCommand) -> Result<()> {
             let removed = client.remove(&RemoveRequest { task, ports }).await?;
             print(&bindings_table(&removed))
         }
-        MapCommand::Ls { json } => {
+        MapCommand::Ls { json, stats: true } => {
+            let rows = client.binding_stats(None).await?;
+            if json {
+                print(&to_json_line(&rows)?)
+            } else {
+                print(&super::top::binding_stats_table(&rows))
+            }
+        }
+        MapCommand::Ls { json, stats: false } => {
             let bindings = client.bindings().await?;
             if json {
                 print(&to_json_line(&bindings)?)

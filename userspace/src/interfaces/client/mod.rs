@@ -63,6 +63,19 @@ impl Client {
         self.call(Method::GET, "/v1/stats", None).await
     }
 
+    /// Bindings with their counters; of one task (a valid task name, it
+    /// goes into the query as is) when given.
+    pub async fn binding_stats(
+        &self,
+        task: Option<&str>,
+    ) -> Result<Vec<crate::interfaces::api::BindingStatsView>> {
+        let path = match task {
+            Some(t) => format!("/v1/bindings/stats?task={t}"),
+            None => "/v1/bindings/stats".to_owned(),
+        };
+        self.call(Method::GET, &path, None).await
+    }
+
     pub async fn status(&self) -> Result<crate::interfaces::api::StatusView> {
         self.call(Method::GET, "/v1/status", None).await
     }
