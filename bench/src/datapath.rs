@@ -11,8 +11,7 @@ use berth::{
     model::Protocol,
 };
 use berth_maps::{
-    Backend, Endpoint, Policy, PolicyKey, Rule, ServiceKey, DIR_EGRESS, DIR_INGRESS, EP_F_POLICY,
-    MAX_RULES,
+    Endpoint, Policy, PolicyKey, Rule, DIR_EGRESS, DIR_INGRESS, EP_F_POLICY, MAX_RULES,
 };
 use serde_json::{json, Value};
 
@@ -121,14 +120,9 @@ fn set_mappings(env: &mut Env, published: &mut usize, n: usize) {
         env.publish(&b(*published));
         *published += 1;
     }
-    if *published > n {
-        let mut m: HashMap<&mut MapData, ServiceKey, Backend> =
-            HashMap::try_from(env.ebpf.map_mut("BERTH_SERVICES").unwrap()).unwrap();
-        while *published > n {
-            *published -= 1;
-            m.remove(&berth::datapath::bpf_keys::service_key(&b(*published)))
-                .unwrap();
-        }
+    while *published > n {
+        *published -= 1;
+        env.unpublish(&b(*published));
     }
 }
 

@@ -9,11 +9,13 @@
 //! port the daemon lists as hooked. `berth_from_ctr` runs before the bridge
 //! handles the same frame, so a hooked port's traffic is always learned in
 //! time; a MAC left over from a removed container points at a port that is
-//! no longer listed. Frames the host itself sends carry the bridge's MAC.
-use berth_maps::{Counter, CONFIG_BRIDGE_MAC, CONFIG_PORT_GATE};
+//! no longer listed. Frames the host itself sends carry a bridge's MAC: any
+//! served bridge's (`BERTH_BRIDGE_MACS`), as a host routing between two
+//! bridges sends with the outgoing one's.
+use berth_maps::{Counter, CONFIG_PORT_GATE};
 
 use crate::{
-    maps::{count, BERTH_CONFIG, BERTH_HOOKED_PORTS, BERTH_PORT_MACS},
+    maps::{count, BERTH_BRIDGE_MACS, BERTH_CONFIG, BERTH_HOOKED_PORTS, BERTH_PORT_MACS},
     parse::{ptr_at, ETH_P_IP_BE},
     sys::BPF_ANY,
 };
@@ -71,7 +73,7 @@ pub(crate) fn gate_refuses(data: usize, data_end: usize, ingress_ifindex: u32) -
     let Some(mac) = eth_src(data, data_end) else {
         return false;
     };
-    if BERTH_CONFIG.get(CONFIG_BRIDGE_MAC).copied() == Some(mac) {
+    if unsafe { BERTH_BRIDGE_MACS.get(&mac) }.is_some() {
         return false; // sent or translated by the host
     }
     let hooked = unsafe { BERTH_PORT_MACS.get(&mac) }

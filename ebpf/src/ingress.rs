@@ -169,6 +169,7 @@ fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
         frag_remember(&key, backend.addr_be, FRAG_V_ALLOW);
     }
     count(Counter::IngressDnat);
+    crate::stats::binding_count_in(backend.binding, flow.tot_len);
     Ingress::Dnat(flow, backend, sport_be, now)
 }
 

@@ -39,6 +39,7 @@ mod policy;
 mod service;
 mod sock;
 mod spoof;
+mod stats;
 mod sys;
 mod tc;
 mod tcp;
@@ -132,6 +133,7 @@ fn tc_reply_flow(ctx: &TcContext, flow: &Flow) -> i32 {
         frag_remember(&key, entry.host_addr_be, FRAG_V_ALLOW);
     }
     count(Counter::ReplySnat);
+    stats::binding_count_out(entry.binding, flow.tot_len);
     let rw = reply_rewrite(flow, &entry);
     translate_and_deliver(ctx, flow, &rw, entry.host_addr_be, flow.dst_addr_be)
 }

@@ -8,9 +8,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use berth_maps::{
-    Backend, CtEntry, Endpoint, FlowKey, FragEntry, FragKey, NatEntry, NatFwd, Policy, PolicyKey,
-    PortAddrs, PortKey, ServiceKey, SgMember, SockRevKey, SockRevValue, CONFIG_LEN, COUNTERS_LEN,
-    CT_CAPACITY, CT_NEW_CAPACITY, ENDPOINTS_CAPACITY, FRAGS_CAPACITY, HOOKED_PORTS_CAPACITY,
+    Backend, BindingStats, CtEntry, Endpoint, FlowKey, FragEntry, FragKey, NatEntry, NatFwd,
+    Policy, PolicyKey, PortAddrs, PortKey, ServiceKey, SgMember, SockRevKey, SockRevValue,
+    BINDING_STATS_CAPACITY, BRIDGE_MACS_CAPACITY, CONFIG_LEN, COUNTERS_LEN, CT_CAPACITY,
+    CT_NEW_CAPACITY, ENDPOINTS_CAPACITY, FRAGS_CAPACITY, HOOKED_PORTS_CAPACITY,
     HOST_ADDRS_CAPACITY, LOCAL_NETS_MAX, NAT_CAPACITY, NAT_FWD_CAPACITY, NAT_NEW_CAPACITY,
     POLICY_CAPACITY, PORTS_CAPACITY, PORT_ADDRS_CAPACITY, PORT_MACS_CAPACITY, SERVICES_CAPACITY,
     SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
@@ -85,6 +86,11 @@ pub(crate) static BERTH_CT_NEW: LruHashMap<FlowKey, CtEntry> =
 pub(crate) static BERTH_HOOKED_PORTS: HashMap<u32, u32> =
     HashMap::pinned(HOOKED_PORTS_CAPACITY, BPF_F_NO_PREALLOC);
 
+/// The served bridges' MACs -> their ifindex (see `gate`).
+#[map]
+pub(crate) static BERTH_BRIDGE_MACS: HashMap<u64, u32> =
+    HashMap::pinned(BRIDGE_MACS_CAPACITY, BPF_F_NO_PREALLOC);
+
 /// Source MAC -> the hooked port its frames came in by (see `gate`).
 #[map]
 pub(crate) static BERTH_PORT_MACS: LruHashMap<u64, u32> = LruHashMap::pinned(PORT_MACS_CAPACITY, 0);
@@ -94,6 +100,11 @@ pub(crate) static BERTH_CONFIG: Array<u64> = Array::pinned(CONFIG_LEN, 0);
 
 #[map]
 pub(crate) static BERTH_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);
+
+/// Per-mapping counters, by `Backend::binding` (see `stats`).
+#[map]
+pub(crate) static BERTH_BINDING_STATS: PerCpuArray<BindingStats> =
+    PerCpuArray::pinned(BINDING_STATS_CAPACITY, 0);
 
 /// Whether `addr_be` is in one of the bridge's subnets.
 #[inline(always)]

@@ -101,6 +101,8 @@ pub(crate) struct ReplyXlate {
     pub host_addr_be: u32,
     pub host_port_be: u16,
     pub client_port_be: u16,
+    /// The mapping's per-binding counters slot.
+    pub binding: u32,
 }
 
 impl ReplyXlate {
@@ -111,6 +113,7 @@ impl ReplyXlate {
                 host_addr_be: (*e).host_addr_be,
                 host_port_be: (*e).host_port_be,
                 client_port_be: (*e).client_port_be,
+                binding: (*e).binding,
             }
         }
     }
@@ -266,6 +269,7 @@ fn nat_open(
         backend.port_be,
         flow.src_port_be,
     ) {
+        crate::stats::binding_count_refused(backend.binding);
         return Err(());
     }
     let remapped = !nat_tuple_free(&key);
@@ -295,7 +299,7 @@ fn nat_open(
         wscale,
         seq_end,
         max_win,
-        _pad2: 0,
+        binding: backend.binding,
     };
     if ct_insert_new(&nat_tables(), &key, &entry).is_err() {
         if remapped {
@@ -303,6 +307,7 @@ fn nat_open(
         }
         return Err(());
     }
+    crate::stats::binding_count_opened(backend.binding);
     Ok(key.dst_port_be)
 }
 

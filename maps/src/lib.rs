@@ -53,7 +53,7 @@ pub mod program {
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 19] = [
+pub const MAPS: [&str; 21] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -73,6 +73,8 @@ pub const MAPS: [&str; 19] = [
     CT_NEW_MAP,
     FRAGS_MAP,
     COUNTERS_MAP,
+    BRIDGE_MACS_MAP,
+    BINDING_STATS_MAP,
 ];
 
 /// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so
@@ -245,8 +247,9 @@ pub const CONFIG_LEN: u32 = 5;
 /// `BERTH_CONFIG` index: non-zero when IPv4 from a bridge port without hooks
 /// is refused (`berth daemon --default-sg`).
 pub const CONFIG_PORT_GATE: u32 = 1;
-/// `BERTH_CONFIG` index: the bridge's own MAC (low 48 bits); frames from it
-/// were sent or translated by the host, not a port.
+/// `BERTH_CONFIG` index 2 held the one bridge's MAC before berth served
+/// several bridges; the programs now read [`BRIDGE_MACS_MAP`] and nothing
+/// writes this slot (pins of layout 2 may still hold the old value).
 pub const CONFIG_BRIDGE_MAC: u32 = 2;
 /// `BERTH_CONFIG` index: 1 once the daemon has made sure no endpoint has
 /// policy; the veth hooks then skip the source check and the security-group
@@ -265,6 +268,12 @@ pub const CONFIG_WILDCARD_ONLY: u32 = 4;
 pub const HOOKED_PORTS_MAP: &str = "BERTH_HOOKED_PORTS";
 /// Linux bridges take at most 1024 ports.
 pub const HOOKED_PORTS_CAPACITY: u32 = 1024;
+/// The served bridges' own MACs (low 48 bits) -> the bridge's ifindex:
+/// frames from one were sent or translated by the host, not a port. A hash
+/// lookup where one config slot was, so several bridges cost what one did.
+pub const BRIDGE_MACS_MAP: &str = "BERTH_BRIDGE_MACS";
+/// `--bridge` is repeatable; nobody serves this many.
+pub const BRIDGE_MACS_CAPACITY: u32 = 64;
 /// Source MAC (low 48 bits) -> ifindex of the hooked port its frames came
 /// in by, learned by `berth_from_ctr` (LRU): one per bridge port; an evicted
 /// MAC is learned again from its next frame.
@@ -471,6 +480,9 @@ pub struct Backend {
     pub addr_be: u32,
     pub port_be: u16,
     pub _pad: u16,
+    /// This mapping's slot in [`BINDING_STATS_MAP`]; 0 (no slot) in pins
+    /// converted from layout 2 until the daemon gives it one.
+    pub binding: u32,
 }
 
 /// A flow as seen on the wire in one direction.
@@ -528,7 +540,10 @@ pub struct NatEntry {
     /// TCP, per direction: largest window (scaled) the receiver of that
     /// direction advertised.
     pub max_win: [u32; 2],
-    pub _pad2: u32,
+    /// The mapping's [`BINDING_STATS_MAP`] slot, copied from its
+    /// [`Backend`] when the flow opened, so a reply is counted without a
+    /// service lookup. Layout 2's padding here: its flows read 0 (no slot).
+    pub binding: u32,
 }
 
 /// [`NAT_FWD_MAP`] value: the source port the clashing flow uses towards
@@ -678,6 +693,41 @@ const _: () = {
     }
 };
 
+/// Per-mapping counters (`berth map ls --stats`, `/metrics`): per CPU,
+/// indexed by [`Backend::binding`], so a translated packet costs one array
+/// slot lookup and a few adds. Slot 0 belongs to no mapping (flows and
+/// mappings carried over from layout 2 count there, and nothing reads it);
+/// the daemon hands out slots 1..=`--max-mappings` and zeroes a slot
+/// before giving it to a new mapping.
+pub const BINDING_STATS_MAP: &str = "BERTH_BINDING_STATS";
+pub const BINDING_STATS_CAPACITY: u32 = binding_stats_capacity(DEFAULT_MAX_MAPPINGS);
+
+/// Slots of [`BINDING_STATS_MAP`] for a given `--max-mappings`: one per
+/// mapping plus the unused slot 0.
+pub const fn binding_stats_capacity(max_mappings: u32) -> u32 {
+    max_mappings.saturating_add(1)
+}
+
+/// One mapping's counters on one CPU. "in" is towards the container
+/// (counted at the uplink's DNAT), "out" its replies (at the reply SNAT).
+/// Bytes are the IPv4 total length (L3: IP header and payload, no
+/// Ethernet), as VPC Flow Logs count them. Later fragments and ICMP
+/// errors translated for a flow are not counted here (their own global
+/// counters are).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BindingStats {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// New flows tracked (a TCP SYN or a first UDP datagram let in).
+    pub flows_opened: u64,
+    /// Packets that would have opened a flow, refused by the task's
+    /// security groups (each retried SYN counts again).
+    pub flows_refused: u64,
+}
+
 /// XDP -> TC hand-off in `--attach xdp`: the XDP program translates and
 /// leaves this in the packet metadata; the TC program delivers it.
 #[repr(C)]
@@ -692,7 +742,8 @@ pub const XDP_HANDOFF_MAGIC: u32 = 0xbe27_0001;
 pub const XDP_HANDOFF_MAGIC_NEIGH: u32 = 0xbe27_0002;
 
 const _: () = assert!(size_of::<ServiceKey>() == 8);
-const _: () = assert!(size_of::<Backend>() == 8);
+const _: () = assert!(size_of::<Backend>() == 12);
+const _: () = assert!(size_of::<BindingStats>() == 48);
 const _: () = assert!(size_of::<FlowKey>() == 16);
 const _: () = assert!(size_of::<NatEntry>() == 40);
 const _: () = assert!(size_of::<NatFwd>() == 8);
@@ -718,8 +769,9 @@ const _: () = assert!(size_of::<PortAddrs>() == 8 + 4 * PORT_ADDRS_MAX);
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        Backend, CtEntry, Endpoint, FlowKey, FragEntry, FragKey, NatEntry, NatFwd, Policy,
-        PolicyKey, PortAddrs, PortKey, Rule, ServiceKey, SgMember, SockRevKey, SockRevValue,
+        Backend, BindingStats, CtEntry, Endpoint, FlowKey, FragEntry, FragKey, NatEntry, NatFwd,
+        Policy, PolicyKey, PortAddrs, PortKey, Rule, ServiceKey, SgMember, SockRevKey,
+        SockRevValue,
     };
 
     macro_rules! aya_pod {
@@ -736,6 +788,7 @@ mod user {
     aya_pod!(
         ServiceKey,
         Backend,
+        BindingStats,
         FlowKey,
         NatEntry,
         NatFwd,

@@ -34,6 +34,7 @@
 pub mod bpffs;
 pub mod cgroup;
 pub mod cmd;
+pub mod cni;
 pub mod daemon;
 pub mod datapath_fuzz;
 pub mod docker_rules;

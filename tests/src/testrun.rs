@@ -137,6 +137,18 @@ pub struct Env {
     pub ebpf: Ebpf,
 }
 
+/// A `BERTH_SERVICES` value before layout 3 (no counters slot), so the
+/// bench can publish into an earlier build's object beside this one.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct BackendV2 {
+    addr_be: u32,
+    port_be: u16,
+    _pad: u16,
+}
+// SAFETY: repr(C), plain integers, no padding (4 + 2 + 2 bytes).
+unsafe impl aya::Pod for BackendV2 {}
+
 pub struct Verdict {
     pub code: u32,
     /// The frame as the program left it (XDP: any metadata in front).
@@ -198,6 +210,7 @@ pub fn binding(
         container_port,
         protocol: p,
         ecs: Default::default(),
+        cni: None,
     }
 }
 
@@ -227,14 +240,33 @@ fn finish(
 
 impl Env {
     pub fn publish(&mut self, b: &Binding) {
-        let mut m: HashMap<&mut MapData, ServiceKey, Backend> =
-            HashMap::try_from(self.ebpf.map_mut("BERTH_SERVICES").unwrap()).unwrap();
-        m.insert(
-            berth::datapath::bpf_keys::service_key(b),
-            berth::datapath::bpf_keys::backend(b),
-            0,
-        )
-        .unwrap();
+        let key = berth::datapath::bpf_keys::service_key(b);
+        let v = berth::datapath::bpf_keys::backend(b);
+        let map = self.ebpf.map_mut("BERTH_SERVICES").unwrap();
+        if let Ok(mut m) = HashMap::<_, ServiceKey, Backend>::try_from(&mut *map) {
+            m.insert(key, v, 0).unwrap();
+            return;
+        }
+        // An object from before layout 3 (the bench's earlier build).
+        let mut m: HashMap<&mut MapData, ServiceKey, BackendV2> = HashMap::try_from(map).unwrap();
+        let old = BackendV2 {
+            addr_be: v.addr_be,
+            port_be: v.port_be,
+            _pad: 0,
+        };
+        m.insert(key, old, 0).unwrap();
+    }
+
+    /// Takes `b` out of `BERTH_SERVICES` (of this object or an earlier one).
+    pub fn unpublish(&mut self, b: &Binding) {
+        let key = berth::datapath::bpf_keys::service_key(b);
+        let map = self.ebpf.map_mut("BERTH_SERVICES").unwrap();
+        if let Ok(mut m) = HashMap::<_, ServiceKey, Backend>::try_from(&mut *map) {
+            m.remove(&key).unwrap();
+            return;
+        }
+        let mut m: HashMap<&mut MapData, ServiceKey, BackendV2> = HashMap::try_from(map).unwrap();
+        m.remove(&key).unwrap();
     }
 
     pub fn host_addr(&mut self, a: Ipv4Addr) {

@@ -299,12 +299,53 @@ fn docker_veth_name(container_ns: &str) -> String {
     format!("veth{:07x}", h.finish() & 0x0fff_ffff)
 }
 
+/// Another container bridge in the host namespace beside docker0 (a CNI
+/// network's `cni0`, as its bridge plugin makes one): `name` with
+/// `gateway`/`prefix_len`, up. Deleted with the host namespace.
+pub fn add_bridge(host: &Host, name: &str, gateway: Ipv4Addr, prefix_len: u8) -> Result<()> {
+    host.ns.ip(["link", "add", name, "type", "bridge"])?;
+    host.ns.ip([
+        "addr",
+        "add",
+        &format!("{gateway}/{prefix_len}"),
+        "dev",
+        name,
+    ])?;
+    host.ns.ip(["link", "set", name, "up"])?;
+    Ok(())
+}
+
+/// Where [`Container::attach_to`] plugs a container in.
+#[derive(Debug, Clone, Copy)]
+pub struct BridgeNet<'a> {
+    pub bridge: &'a str,
+    /// The bridge's own address, the containers' gateway.
+    pub gateway: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
 impl Container {
     /// Creates a container namespace with `eth0` at `ip`/16 on the host's
     /// docker0, default route via 172.17.0.1, IPv6 off (as Docker does on a
     /// network without IPv6).
     pub fn attach(
         host: &Host,
+        role: &str,
+        ip: Ipv4Addr,
+        options: &TopologyOptions,
+    ) -> Result<Self> {
+        let net = BridgeNet {
+            bridge: host.bridge,
+            gateway: host.bridge_ip,
+            prefix_len: addr::BRIDGE_PREFIX_LEN,
+        };
+        Self::attach_to(host, net, role, ip, options)
+    }
+
+    /// As [`Container::attach`], on another bridge of the host.
+    pub fn attach_to(
+        host: &Host,
+        net: BridgeNet<'_>,
         role: &str,
         ip: Ipv4Addr,
         options: &TopologyOptions,
@@ -328,12 +369,12 @@ impl Container {
         // From here the veth lives with the container namespace: deleting
         // that namespace deletes the pair, host end included.
         host.ns
-            .ip(["link", "set", &host_veth, "master", host.bridge, "up"])?;
+            .ip(["link", "set", &host_veth, "master", net.bridge, "up"])?;
         configure_endpoint(
             &ns,
             ip,
-            addr::BRIDGE_PREFIX_LEN,
-            host.bridge_ip,
+            net.prefix_len,
+            net.gateway,
             options.tx_checksum_off,
         )?;
         Ok(Self {

@@ -1,18 +1,22 @@
 //! The gate on bridge ports not hooked yet (`--default-sg`), through
 //! `BPF_PROG_TEST_RUN`: frames whose source MAC was not last seen on a hooked
 //! port are refused at the bridge (`berth_reply`) and at other ports'
-//! egress (`berth_to_ctr`); everything else is judged as before.
+//! egress (`berth_to_ctr`); everything else is judged as before. With
+//! several bridges, each one's MAC is the host's and each one's hooked
+//! ports count alike.
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use berth_integration::{
     pkt::{self, Packet},
     testrun::*,
 };
-use berth_maps::{Counter, CONFIG_BRIDGE_MAC, CONFIG_PORT_GATE};
+use berth_maps::{Counter, BRIDGE_MACS_MAP, CONFIG_PORT_GATE};
 
 const OK: u32 = 0;
 const SHOT: u32 = 2;
 /// docker0 in the fixture namespace.
 const BRIDGE_MAC: [u8; 6] = [0x02, 0x42, 0, 0, 0, 0x01];
+/// cni0, a second served bridge.
+const BRIDGE2_MAC: [u8; 6] = [0x0a, 0x58, 0x0a, 0x58, 0, 0x01];
 /// A container behind a port.
 const CTR_MAC: [u8; 6] = [0x02, 0x42, 0xac, 0x11, 0, 0x05];
 
@@ -24,6 +28,24 @@ fn set_config(env: &mut Env, index: u32, value: u64) {
     let mut m: Array<&mut MapData, u64> =
         Array::try_from(env.ebpf.map_mut("BERTH_CONFIG").unwrap()).unwrap();
     m.set(index, value, 0).unwrap();
+}
+
+/// What the daemon writes for a served bridge (MAC -> its ifindex), or
+/// removes once it is gone.
+fn set_bridge_mac(env: &mut Env, mac: [u8; 6], ifindex: Option<u32>) {
+    let mut m: HashMap<&mut MapData, u64, u32> =
+        HashMap::try_from(env.ebpf.map_mut(BRIDGE_MACS_MAP).unwrap()).unwrap();
+    match ifindex {
+        Some(i) => m.insert(mac_u64(mac), i, 0).unwrap(),
+        None => m.remove(&mac_u64(mac)).unwrap(),
+    }
+}
+
+/// A MAC the port programs learned on port `ifindex`.
+fn set_learned(env: &mut Env, mac: [u8; 6], ifindex: u32) {
+    let mut m: HashMap<&mut MapData, u64, u32> =
+        HashMap::try_from(env.ebpf.map_mut("BERTH_PORT_MACS").unwrap()).unwrap();
+    m.insert(mac_u64(mac), ifindex, 0).unwrap();
 }
 
 fn set_hooked(env: &mut Env, ifindex: u32, hooked: bool) {
@@ -72,7 +94,7 @@ fn verdict(env: &Env, prog: &str, frame: &[u8]) -> u32 {
 }
 
 fn setup(env: &mut Env, gate: bool) {
-    set_config(env, CONFIG_BRIDGE_MAC, mac_u64(BRIDGE_MAC));
+    set_bridge_mac(env, BRIDGE_MAC, Some(4));
     set_config(env, CONFIG_PORT_GATE, u64::from(gate));
 }
 
@@ -131,5 +153,53 @@ fn a_port_counts_as_hooked_once_listed_and_no_longer_once_gone() {
         set_hooked(env, lo, false);
         assert_eq!(verdict(env, "berth_reply", &f), SHOT);
         assert_eq!(verdict(env, "berth_to_ctr", &f), SHOT);
+    });
+}
+
+#[test]
+fn every_served_bridges_mac_is_the_hosts_and_a_gone_bridges_is_not() {
+    in_fixture_ns(|env| {
+        setup(env, true);
+        // cni0 not served yet: a frame from its MAC is a port's like any.
+        let from_cni0 = from_port(BRIDGE2_MAC);
+        assert_eq!(verdict(env, "berth_to_ctr", &from_cni0), SHOT);
+        assert_eq!(verdict(env, "berth_reply", &from_cni0), SHOT);
+        assert_eq!(unhooked_count(env), 2);
+        // Served: what the host routes out of cni0 passes byte-identical,
+        // as docker0's always did.
+        set_bridge_mac(env, BRIDGE2_MAC, Some(9));
+        assert_eq!(verdict(env, "berth_to_ctr", &from_cni0), OK);
+        assert_eq!(verdict(env, "berth_reply", &from_cni0), OK);
+        assert_eq!(verdict(env, "berth_to_ctr", &from_port(BRIDGE_MAC)), OK);
+        assert_eq!(unhooked_count(env), 2);
+        // Deleted (the daemon drops its MAC): refused again, and docker0's
+        // MAC is untouched by it.
+        set_bridge_mac(env, BRIDGE2_MAC, None);
+        assert_eq!(verdict(env, "berth_to_ctr", &from_cni0), SHOT);
+        assert_eq!(verdict(env, "berth_to_ctr", &from_port(BRIDGE_MAC)), OK);
+        assert_eq!(unhooked_count(env), 3);
+    });
+}
+
+#[test]
+fn a_hooked_port_of_the_second_bridge_counts_as_hooked_everywhere() {
+    in_fixture_ns(|env| {
+        setup(env, true);
+        set_bridge_mac(env, BRIDGE2_MAC, Some(9));
+        // A container on cni0, behind its port 78: learned there, not yet
+        // listed as hooked.
+        const CNI_PORT: u32 = 78;
+        const CNI_CTR_MAC: [u8; 6] = [0x0a, 0x58, 0x0a, 0x58, 0, 0x05];
+        set_learned(env, CNI_CTR_MAC, CNI_PORT);
+        let f = from_port(CNI_CTR_MAC);
+        assert_eq!(verdict(env, "berth_reply", &f), SHOT);
+        set_hooked(env, CNI_PORT, true);
+        // Hooked: it reaches the host (either bridge's berth_reply) and
+        // other ports as docker0's containers do, frame untouched.
+        assert_eq!(verdict(env, "berth_reply", &f), OK);
+        assert_eq!(verdict(env, "berth_to_ctr", &f), OK);
+        // Its port goes with cni0: refused again.
+        set_hooked(env, CNI_PORT, false);
+        assert_eq!(verdict(env, "berth_reply", &f), SHOT);
     });
 }

@@ -34,12 +34,18 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     "curl",
     "netcat-openbsd",
+    // The reference CNI plugins (bridge, host-local, portmap) that
+    // tests/tests/e2e/cni.rs drives berth-cni beside.
+    "containernetworking-plugins",
 ];
 /// Docker's engine and userland proxy (`docker.io`: the bench runs
 /// `/usr/sbin/docker-proxy`, `tests/e2e/docker_proxy.rs` a dockerd inside its
 /// own namespace) and the busybox its image is made of. Installed without
-/// starting any service (see [`ensure_docker_packages`]).
-const DOCKER_PACKAGES: &[&str] = &["docker.io", "busybox-static"];
+/// starting any service (see [`ensure_docker_packages`]). `prometheus`
+/// ships `promtool`, which `tests/e2e/metrics.rs` checks `/metrics` with;
+/// it is installed here because its package would start a Prometheus
+/// server too.
+const DOCKER_PACKAGES: &[&str] = &["docker.io", "busybox-static", "prometheus"];
 /// (toolchain, rustup component, cargo subcommand that proves it is there);
 /// `None` is the toolchain `cargo` runs by default.
 const LINT_COMPONENTS: &[(Option<&str>, &str, &str)] = &[

@@ -377,13 +377,13 @@ fn map_id(pin: &Path) -> u32 {
 fn a_wrongly_shaped_pinned_map_is_refused_in_one_line_and_left_alone() {
     let topo = Topology::build().unwrap();
     let bpffs = Bpffs::new().unwrap();
-    // BERTH_SERVICES with 12-byte values: no berth ever had that.
-    let wrong = shape(sys::BPF_MAP_TYPE_HASH, 8, 12, 1024);
+    // BERTH_SERVICES with 16-byte values: no berth ever had that.
+    let wrong = shape(sys::BPF_MAP_TYPE_HASH, 8, 16, 1024);
     let id = pin_map(
         &bpffs,
         "BERTH_SERVICES",
         &wrong,
-        &[(vec![1; 8], vec![2; 12])],
+        &[(vec![1; 8], vec![2; 16])],
     );
     let dir = TempDir::new("wrong").unwrap();
     let out = run_daemon(
@@ -397,8 +397,8 @@ fn a_wrongly_shaped_pinned_map_is_refused_in_one_line_and_left_alone() {
     assert_eq!(
         last_line(&out),
         format!(
-            "berth: pinned map BERTH_SERVICES ({}) is hash, key 8 B, value 12 B, 1024 entries, flags 0x0, \
-             but this berth needs hash, key 8 B, value 8 B, {} entries, flags 0x1 and cannot convert it; \
+            "berth: pinned map BERTH_SERVICES ({}) is hash, key 8 B, value 16 B, 1024 entries, flags 0x0, \
+             but this berth needs hash, key 8 B, value 12 B, {} entries, flags 0x1 and cannot convert it; \
              run `berth reset` to remove the old pins (published ports come back from the store, tracked \
              flows are lost), or run the berth that created them",
             pin.display(),
@@ -583,7 +583,7 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
             wscale: [0xff, 0xff],
             seq_end: [0, 0],
             max_win: [0, 0],
-            _pad2: 0,
+            binding: 0,
         }
     );
     let e: NatEntry = read_as(&lookup(&nat_pin, &nat[1].0, nat_size).expect("flow kept"));
@@ -658,10 +658,8 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
                 "BERTH_PORTS: capacity 131072 -> {}, allocated on use (0 entries kept)",
                 berth_maps::PORTS_CAPACITY
             ),
-            format!(
-                "BERTH_SERVICES: capacity 131072 -> {}, allocated on use (0 entries kept)",
-                berth_maps::SERVICES_CAPACITY
-            ),
+            // Layout 3: a service value carries its counters slot.
+            "BERTH_SERVICES: 8-byte values converted to 12 bytes (0 entries kept)",
             format!(
                 "BERTH_SG_MEMBERS: capacity 65536 -> {}, allocated on use (0 entries kept)",
                 berth_maps::SG_MEMBERS_CAPACITY

@@ -5,6 +5,8 @@
 //! `berth` binary, so the tests need root.
 //!
 //! Run one area with `cargo test -p berth-integration --test e2e -- static_mapping::`.
+mod bridges;
+mod cni;
 mod daemon_guards;
 mod daemon_under_load;
 mod docker_events;
@@ -15,6 +17,7 @@ mod flow_tracking;
 mod fragments;
 mod harness;
 mod local_access;
+mod metrics;
 mod restart_and_guard;
 mod security_groups;
 mod spoofing;

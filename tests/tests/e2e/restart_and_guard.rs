@@ -295,6 +295,7 @@ fn restart_removes_map_entries_the_store_does_not_know() {
                     addr_be: u32::from_ne_bytes([172, 17, 0, 2]),
                     port_be: 80u16.to_be(),
                     _pad: 0,
+                    binding: 0,
                 },
                 0,
             )

@@ -77,6 +77,11 @@ pub fn interface_subnets(name: &str) -> io::Result<Vec<Ipv4Cidr>> {
         .collect())
 }
 
+/// Whether `name` is a Linux bridge (its sysfs directory has `bridge/`).
+pub fn is_bridge(name: &str) -> bool {
+    std::path::Path::new(&format!("/sys/class/net/{name}/bridge")).is_dir()
+}
+
 /// Every host IPv4 address, sorted and without duplicates: what a wildcard
 /// (0.0.0.0) binding answers on. Loopback and the bridge's own address are
 /// included; the datapath decides where each one matters.

@@ -243,6 +243,7 @@ mod tests {
             container_port: 80,
             protocol: Protocol::Tcp,
             ecs: Default::default(),
+            cni: None,
         }
     }
 

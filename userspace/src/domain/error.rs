@@ -27,6 +27,11 @@ pub enum Error {
     },
     #[error("bridge {0} has no IPv4 address, so no container IP can be checked against it")]
     BridgeWithoutIpv4(String),
+    /// Several `--bridge`: `bridges` lists each with its subnets.
+    #[error("container IP {ip} is not in the subnet of any bridge berth serves ({bridges})")]
+    NotInAnyBridgeSubnet { ip: Ipv4Addr, bridges: String },
+    #[error("interface {0} is not a bridge; --bridge names a Linux bridge (docker0, cni0, ...)")]
+    NotABridge(String),
     #[error("no ports given")]
     NoPorts,
     /// Docker's own wording, so tools that grep for it keep working.
@@ -59,6 +64,18 @@ pub enum Error {
     TaskNotFromDefinition(String),
     #[error("task definition: {0}")]
     TaskDefinition(String),
+    #[error("CNI attachment: {0}")]
+    CniAttachment(String),
+    #[error("container {container_id} interface {ifname} on network {network} already has port mappings in berth: ADD without a DEL before it")]
+    CniAttachmentExists {
+        network: String,
+        container_id: String,
+        ifname: String,
+    },
+    #[error("task {0} already exists and is not this CNI attachment's")]
+    CniTaskNameTaken(String),
+    #[error("task {0} belongs to a CNI attachment; the runtime removes it (CNI DEL), or `berth map rm --task {0}`")]
+    TaskFromCni(String),
     // Names come from the user: escaped, so the error stays one line.
     #[error("--ip {}=...: the task definition has no container named {container:?} (it has {})", .container.escape_debug(), .known.iter().map(|k| k.escape_debug().to_string()).collect::<Vec<_>>().join(", "))]
     UnknownContainer {
@@ -167,6 +184,7 @@ impl Error {
             | Self::TaskName { .. }
             | Self::MalformedContainerIp(_)
             | Self::NotInBridgeSubnet { .. }
+            | Self::NotInAnyBridgeSubnet { .. }
             | Self::NoPorts
             | Self::TaskDefinition(_)
             | Self::UnknownContainer { .. }
@@ -174,6 +192,7 @@ impl Error {
             | Self::SharedContainerIp { .. }
             | Self::ContainerIpArg(_)
             | Self::DuplicateContainerIpArg(_)
+            | Self::CniAttachment(_)
             | Self::TooManyPortsInRequest { .. } => 400,
             Self::NoSuchTask(_) | Self::NoSuchBinding { .. } => 404,
             Self::PortAllocated { .. }
@@ -182,6 +201,9 @@ impl Error {
             | Self::TaskExists(_)
             | Self::TaskFromDefinition(_)
             | Self::TaskNotFromDefinition(_)
+            | Self::CniAttachmentExists { .. }
+            | Self::CniTaskNameTaken(_)
+            | Self::TaskFromCni(_)
             | Self::TooManyPortsInTask { .. } => 409,
             Self::TooManySubscribers(_) => 503,
             Self::Api { status, .. } => *status,

@@ -117,6 +117,7 @@ mod tests {
             container_port: 80,
             protocol: Protocol::Tcp,
             ecs: Default::default(),
+            cni: None,
         };
         let mut e = Event::now(EventKind::Added, b, None);
         e.time = "2024-05-01T12:00:00.123Z".into();

@@ -3,6 +3,7 @@
 //! sees. Types here check themselves when parsed and do no I/O; this layer
 //! imports nothing else from the crate.
 pub mod cidr;
+pub mod cni;
 pub mod ecs;
 pub mod error;
 pub mod events;

@@ -44,6 +44,10 @@ pub struct Binding {
     /// task was made from (absent for other tasks).
     #[serde(flatten)]
     pub ecs: EcsLabels,
+    /// The CNI attachment `berth-cni` published this binding for (absent
+    /// for other tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<crate::domain::cni::CniAttachment>,
 }
 
 /// The ECS agent's labels on a Docker container, kept on each binding of

@@ -71,6 +71,9 @@ impl Default for FlowTimeouts {
 pub trait Datapath: Send + Sync {
     /// Publish (or re-point) one binding.
     fn insert(&self, binding: &Binding) -> Result<(), DatapathError>;
+    /// Whether the kernel publishes `binding` now: its host address and
+    /// port lead to its container address and port (CNI CHECK).
+    fn publishes(&self, binding: &Binding) -> Result<bool, DatapathError>;
     /// Unpublish one binding. Its tracked flows stay until
     /// [`Datapath::forget_flows`].
     fn remove(&self, binding: &Binding) -> Result<(), DatapathError>;
@@ -144,6 +147,35 @@ pub trait Datapath: Send + Sync {
     fn status(&self) -> Result<Option<DatapathStatus>, DatapathError> {
         Ok(None)
     }
+    /// The per-binding counters of `bindings`, in their order, summed over
+    /// CPUs; `None` for one the datapath does not hold (or a datapath that
+    /// counts nothing).
+    fn binding_counters(
+        &self,
+        bindings: &[Binding],
+    ) -> Result<Vec<Option<BindingCounters>>, DatapathError> {
+        Ok(vec![None; bindings.len()])
+    }
+}
+
+/// One binding's traffic since it was published (`berth map ls --stats`,
+/// `/metrics`). "In" is client to container (counted at the uplink's DNAT),
+/// "out" the container's replies (at the reply SNAT). Bytes are IPv4 total
+/// lengths (header and payload, no link layer), as VPC Flow Logs count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BindingCounters {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// New flows tracked.
+    pub flows_opened: u64,
+    /// Packets that would have opened a flow, refused by the task's
+    /// security groups.
+    pub flows_refused: u64,
+    /// Flows tracked now (a gauge: counted in the flow tables when asked).
+    pub flows_tracked: u64,
 }
 
 /// How the uplinks are hooked: tc (tcx) or XDP.
@@ -177,6 +209,29 @@ pub struct DatapathStatus {
     pub socket_hooks: SocketHooks,
     pub attachments: Vec<Attachment>,
     pub maps: Vec<MapStatus>,
+    /// Each `--bridge`, in the order given, and whether berth serves it yet.
+    #[serde(default)]
+    pub bridges: Vec<BridgeState>,
+}
+
+/// One `--bridge` as the daemon sees it now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BridgeState {
+    pub name: String,
+    /// `attached` (programs on it and its ports), `waiting` (no such link
+    /// yet: attached the moment it is created) or `failed` (see `detail`).
+    pub state: String,
+    /// 0 while it does not exist.
+    pub ifindex: u32,
+    /// Its subnets (networks of its IPv4 addresses): container IPs in these
+    /// are its containers'.
+    pub subnets: Vec<String>,
+    /// Ports (containers' veths) with hooks.
+    pub ports: usize,
+    /// Why it is not attached, for `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -215,6 +215,9 @@ impl Datapath for FakeDatapath {
             .push(FakeOp::Insert(binding.clone()));
         Ok(())
     }
+    fn publishes(&self, binding: &Binding) -> Result<bool, DatapathError> {
+        Ok(self.bindings.lock().unwrap().contains(binding))
+    }
     fn remove(&self, binding: &Binding) -> Result<(), DatapathError> {
         if *self.fail_remove_port.lock().unwrap() == Some(binding.host_port) {
             return Err(injected("BINDINGS"));

@@ -111,6 +111,7 @@ mod tests {
             container_port: 80,
             protocol: Protocol::Tcp,
             ecs: Default::default(),
+            cni: None,
         }
     }
 

@@ -20,6 +20,7 @@ use std::{
 use tokio::sync::broadcast;
 
 use crate::{
+    domain::cni::CniAttachment,
     domain::ecs::{MappedPorts, TaskDefinition},
     domain::error::{Error, Result},
     domain::events::{Event, EVENT_BUFFER},
@@ -296,7 +297,7 @@ impl Registry {
         ecs: &EcsLabels,
     ) -> Result<Vec<Binding>> {
         self.docker_holds_ports = true;
-        let added = self.add_labelled(task, container_ip, specs, ecs);
+        let added = self.add_labelled(task, container_ip, specs, ecs, None);
         self.docker_holds_ports = false;
         added
     }
@@ -309,7 +310,7 @@ impl Registry {
         container_ip: Ipv4Addr,
         specs: &[PortSpec],
     ) -> Result<Vec<Binding>> {
-        self.add_labelled(task, container_ip, specs, &EcsLabels::default())
+        self.add_labelled(task, container_ip, specs, &EcsLabels::default(), None)
     }
 
     fn add_labelled(
@@ -318,10 +319,16 @@ impl Registry {
         container_ip: Ipv4Addr,
         specs: &[PortSpec],
         ecs: &EcsLabels,
+        cni: Option<&CniAttachment>,
     ) -> Result<Vec<Binding>> {
         validate_task_name(task)?;
         if specs.is_empty() {
             return Err(Error::NoPorts);
+        }
+        // A CNI attachment's task is the runtime's: only its own ADD
+        // (which refuses an existing task) may give it bindings.
+        if cni.is_none() && self.cni_owner(task).is_some() {
+            return Err(Error::TaskFromCni(task.to_owned()));
         }
         self.check_port_counts(task, specs, true)?;
         self.bridge.check_contains(container_ip)?;
@@ -332,6 +339,7 @@ impl Registry {
         let mut new = bindings_of(task, container_ip, &resolved);
         for b in &mut new {
             b.ecs = ecs.clone();
+            b.cni = cni.cloned();
         }
         let mut all = self.tasks.get(task).cloned().unwrap_or_default();
         all.extend(new.iter().cloned());
@@ -571,6 +579,7 @@ fn bindings_of(task: &str, container_ip: Ipv4Addr, specs: &[PortSpec]) -> Vec<Bi
             container_port: m.container_port,
             protocol: m.protocol,
             ecs: EcsLabels::default(),
+            cni: None,
         })
         .collect()
 }
@@ -656,10 +665,12 @@ fn select(task: &str, current: &[Binding], specs: &[PortSpec]) -> Result<BTreeSe
 mod apply;
 mod berth;
 mod bridge;
+mod cni;
 #[cfg(test)]
 mod dynamic_tests;
 mod security_groups;
 mod sweeper;
+pub use cni::CheckedBinding;
 pub use sweeper::FlowSweeper;
 #[cfg(test)]
 mod security_groups_tests;

@@ -48,6 +48,8 @@ pub struct DaemonConfig {
     pub limits: ApiLimits,
     /// `--docker`: the Docker engine's API socket (events mode).
     pub docker: Option<PathBuf>,
+    /// `--metrics-listen`, `--metrics-per-binding`.
+    pub metrics: crate::interfaces::metrics::MetricsConfig,
 }
 
 impl DaemonConfig {
@@ -92,6 +94,9 @@ pub struct Parts {
     pub limits: ApiLimits,
     /// Docker events mode: the follower's state, for `status`.
     pub docker: Option<api::DockerLink>,
+    /// `/metrics` settings, and the `--metrics-listen` socket, bound.
+    pub metrics: crate::interfaces::metrics::MetricsConfig,
+    pub metrics_listener: Option<tokio::net::TcpListener>,
 }
 
 /// Starts the daemon and returns once it has stopped. Every error is one
@@ -110,6 +115,10 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         .map(socket::resolve_group)
         .transpose()?;
     let (listener, socket_file) = socket::bind(&config.socket, gid).await?;
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(crate::interfaces::metrics::bind(addr).await?),
+        None => None,
+    };
     // One daemon per pin directory and per store, for the daemon's life: a
     // second one would reconcile the first one's maps against its own store.
     let pin_dir = crate::adapters::datapath::prepare_pin_dir(&config.datapath.bpffs)?;
@@ -118,7 +127,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     let datapath = BpfDatapath::open(&config.datapath)?;
     tracing::info!(
         uplinks = ?config.datapath.uplinks,
-        bridge = %config.datapath.bridge,
+        bridges = ?config.datapath.bridges,
         attach = ?config.datapath.attach,
         bpffs = %config.datapath.bpffs.display(),
         "datapath ready"
@@ -132,16 +141,15 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         socket_file,
         store,
         datapath: Arc::new(datapath),
-        bridge: Bridge::System {
-            name: config.datapath.bridge.clone(),
-            read: netif::interface_subnets,
-        },
+        bridge: Bridge::system(&config.datapath.bridges, netif::interface_subnets),
         host_addrs: netif::host_ipv4_addrs,
         host: Arc::new(SystemHost::default()),
         policy,
         security_groups: config.security_groups.clone(),
         limits: config.limits,
         docker: docker.as_ref().map(|(link, _)| link.clone()),
+        metrics: config.metrics,
+        metrics_listener,
     };
     // The API socket is bound, so the follower's requests wait in its
     // backlog until the store is restored and served.
@@ -149,7 +157,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         tokio::spawn(crate::interfaces::docker_events::follow(
             socket,
             config.socket.clone(),
-            config.datapath.bridge.clone(),
+            config.datapath.bridges.clone(),
             config.state_dir.clone(),
             link,
         ))
@@ -170,14 +178,22 @@ pub fn check_root() -> Result<()> {
     }
 }
 
+/// The uplinks must exist. A bridge need not exist yet (it is attached
+/// when it appears), but a link of its name that is not a bridge is a
+/// mistake, and so is an uplink among the bridges.
 pub fn check_interfaces(config: &DatapathConfig) -> Result<()> {
-    for name in config.uplinks.iter().chain([&config.bridge]) {
+    for name in &config.uplinks {
         if !netif::interface_exists(name) {
             return Err(Error::NoSuchInterface(name.clone()));
         }
     }
-    if config.uplinks.contains(&config.bridge) {
-        return Err(Error::UplinkIsBridge(config.bridge.clone()));
+    for name in &config.bridges {
+        if config.uplinks.contains(name) {
+            return Err(Error::UplinkIsBridge(name.clone()));
+        }
+        if netif::interface_exists(name) && !netif::is_bridge(name) {
+            return Err(Error::NotABridge(name.clone()));
+        }
     }
     Ok(())
 }
@@ -216,6 +232,8 @@ pub async fn serve(
         security_groups,
         limits,
         docker,
+        metrics,
+        metrics_listener,
     } = parts;
     let store_path = store.path().to_owned();
     let info = api::DaemonInfo {
@@ -251,6 +269,18 @@ pub async fn serve(
     ];
 
     let berth = Berth::new(registry).with_max_subscribers(limits.max_event_subscribers);
+    let metrics_state = crate::interfaces::metrics::MetricsState::new(metrics.per_binding);
+    let metrics_server = metrics_listener.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "serving /metrics on TCP");
+        }
+        let app = crate::interfaces::metrics::tcp_router(berth.clone(), metrics_state.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).await {
+                tracing::error!(error = %e, "the --metrics-listen server stopped");
+            }
+        })
+    });
     let closer = berth.clone();
     let sweeps = berth.clone();
     tracing::info!(
@@ -263,7 +293,9 @@ pub async fn serve(
     );
     server::serve(
         listener,
-        api::router(berth).layer(axum::Extension(info)),
+        api::router(berth)
+            .layer(axum::Extension(info))
+            .layer(axum::Extension(metrics_state)),
         limits,
         async move {
             shutdown.await;
@@ -275,7 +307,7 @@ pub async fn serve(
     .await;
     // Removals answered before their flows were forgotten; finish that.
     sweeps.finish_sweeps().await;
-    for task in background {
+    for task in background.into_iter().chain(metrics_server) {
         task.abort();
     }
     drop(socket_file);
@@ -283,7 +315,7 @@ pub async fn serve(
     Ok(())
 }
 
-/// Pushes the host's IPv4 addresses and the bridge's subnets to the
+/// Pushes the host's IPv4 addresses and the bridges' subnets to the
 /// datapath whenever they change: wildcard bindings answer on the first,
 /// and neither may be the source of a packet arriving on an uplink.
 struct HostAddrSync {
@@ -398,6 +430,8 @@ mod tests {
             security_groups: Default::default(),
             limits: ApiLimits::default(),
             docker: None,
+            metrics: Default::default(),
+            metrics_listener: None,
         }
     }
 
@@ -540,6 +574,7 @@ mod tests {
                     container_port: 80,
                     protocol: crate::domain::model::Protocol::Tcp,
                     ecs: Default::default(),
+                    cni: None,
                 }],
             )
             .unwrap();
@@ -594,10 +629,10 @@ mod tests {
     }
 
     #[test]
-    fn missing_interfaces_are_named() {
+    fn missing_uplinks_and_links_that_are_no_bridge_are_named() {
         let config = DatapathConfig {
-            uplinks: vec!["lo".into()],
-            bridge: "berth-nope0".into(),
+            uplinks: vec!["berth-nope0".into()],
+            bridges: vec!["berth-nope1".into()],
             bpffs: "/sys/fs/bpf".into(),
             attach: Default::default(),
             ct_capacity: None,
@@ -610,13 +645,27 @@ mod tests {
             check_interfaces(&config).unwrap_err().to_string(),
             "interface berth-nope0 does not exist"
         );
+        // A bridge that does not exist yet is waited for.
         let config = DatapathConfig {
-            bridge: "lo".into(),
+            uplinks: vec!["lo".into()],
             ..config
         };
-        assert!(matches!(
-            check_interfaces(&config),
-            Err(Error::UplinkIsBridge(_))
-        ));
+        check_interfaces(&config).unwrap();
+        let err = check_interfaces(&DatapathConfig {
+            bridges: vec!["berth-nope1".into(), "lo".into()],
+            ..config.clone()
+        })
+        .unwrap_err();
+        assert!(matches!(err, Error::UplinkIsBridge(_)), "{err}");
+        let err = check_interfaces(&DatapathConfig {
+            uplinks: vec![],
+            bridges: vec!["lo".into()],
+            ..config
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "interface lo is not a bridge; --bridge names a Linux bridge (docker0, cni0, ...)"
+        );
     }
 }

@@ -236,13 +236,13 @@ pub fn link(docker_socket: &Path) -> DockerLink {
 pub async fn follow(
     docker_socket: PathBuf,
     berth_socket: PathBuf,
-    bridge: String,
+    bridges: Vec<String>,
     state_dir: PathBuf,
     link: DockerLink,
 ) {
     let mut f = Follower {
         client: Client::new(berth_socket),
-        bridge,
+        bridges,
         marks_path: state_dir.join(MARKS_FILE),
         tasks: HashMap::new(),
         link,
@@ -267,7 +267,8 @@ pub async fn follow(
 
 struct Follower {
     client: Client,
-    bridge: String,
+    /// The daemon's `--bridge`s: a container with an address on any is berth's.
+    bridges: Vec<String>,
     marks_path: PathBuf,
     /// container id → task
     tasks: HashMap<String, String>,
@@ -367,9 +368,11 @@ impl Follower {
             Ok(c) => c,
             Err(e) => return tracing::warn!(container = id, error = %e, "Docker inspect failed"),
         };
-        let bridge = self.bridge.clone();
+        let bridges = self.bridges.clone();
         let p = match publication(&c, |ip| {
-            crate::interfaces::docker_proxy::bridge_holds(&bridge, ip)
+            bridges
+                .iter()
+                .any(|b| crate::interfaces::docker_proxy::bridge_holds(b, ip))
         }) {
             Ok(p) => p,
             Err(Skip::NoPorts) => return,
@@ -379,7 +382,7 @@ impl Follower {
                 return tracing::warn!(
                     container = %task_name(&c),
                     networks = %networks.join(", "),
-                    bridge = %self.bridge,
+                    bridges = %self.bridges.join(","),
                     "Docker container's ports not published by berth: it has no address on berth's bridge; dockerd's own NAT rules serve them"
                 );
             }

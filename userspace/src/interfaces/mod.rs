@@ -5,7 +5,9 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod cni;
 pub mod daemon;
 pub mod docker_events;
 pub mod docker_proxy;
+pub mod metrics;
 pub mod server;

@@ -40,7 +40,9 @@ pub fn ebpf_object() -> &'static [u8] {
 #[derive(Clone, Debug)]
 pub struct DatapathConfig {
     pub uplinks: Vec<String>,
-    pub bridge: String,
+    /// `--bridge` (repeatable): the bridges whose containers berth serves.
+    /// One that does not exist yet is attached when it appears.
+    pub bridges: Vec<String>,
     /// bpffs mount point; berth pins under `<bpffs>/berth/`.
     pub bpffs: PathBuf,
     pub attach: AttachMode,
@@ -69,6 +71,9 @@ pub(super) struct Maps {
     pub(super) nat_fwd: HashMap<MapData, FlowKey, NatFwd>,
     pub(super) config: Array<MapData, u64>,
     pub(super) counters: PerCpuArray<MapData, u64>,
+    /// Per-binding counters, and which mapping counts in which slot.
+    pub(super) binding_stats: PerCpuArray<MapData, berth_maps::BindingStats>,
+    pub(super) slots: super::binding_stats::SlotBook,
     /// Mappings on a specific host address: while there are none,
     /// `CONFIG_WILDCARD_ONLY` lets the programs skip the exact-address probe.
     pub(super) exact: usize,
@@ -116,7 +121,8 @@ pub struct BpfDatapath {
     _ebpf: Arc<Mutex<Ebpf>>,
 }
 
-/// (program, interface, hook) for every attachment a mode needs.
+/// (program, interface) for every uplink attachment a mode needs; the
+/// bridges' are the port watcher's (they may come and go).
 fn attachments(config: &DatapathConfig) -> Vec<(&'static str, String)> {
     let mut v = Vec::new();
     for up in &config.uplinks {
@@ -128,7 +134,6 @@ fn attachments(config: &DatapathConfig) -> Vec<(&'static str, String)> {
             }
         }
     }
-    v.push((program::REPLY, config.bridge.clone()));
     v
 }
 
@@ -229,7 +234,7 @@ impl BpfDatapath {
     /// Load, attach and pin (or adopt what is pinned). Runs in the network
     /// namespace whose interfaces are named in `config`.
     pub fn open(config: &DatapathConfig) -> Result<Self, DatapathError> {
-        for ifname in config.uplinks.iter().chain([&config.bridge]) {
+        for ifname in &config.uplinks {
             ifindex(ifname)?;
         }
         check_kernel()?;
@@ -296,6 +301,9 @@ impl BpfDatapath {
         // Drop attachments of another mode or interface left by an earlier
         // run: unpinning the last reference detaches the program.
         let mut keep: HashSet<String> = wanted.iter().map(|(p, i)| link_name(p, i)).collect();
+        // The served bridges' links are the watcher's to adopt (an atomic
+        // program swap, no gap) or to drop when stale.
+        keep.extend(config.bridges.iter().map(|b| link_name(program::REPLY, b)));
         // Per-port pins are the port watcher's to adopt or remove.
         let is_port_pin = |name: &str| {
             name.split_once('@')
@@ -370,8 +378,26 @@ impl BpfDatapath {
                     .ok_or_else(|| DatapathError::Other(format!("map {COUNTERS_MAP} missing")))?,
             )
             .map_err(map_err(COUNTERS_MAP))?,
+            binding_stats: PerCpuArray::try_from(
+                ebpf.take_map(berth_maps::BINDING_STATS_MAP)
+                    .ok_or_else(|| {
+                        DatapathError::Other(format!(
+                            "map {} missing",
+                            berth_maps::BINDING_STATS_MAP
+                        ))
+                    })?,
+            )
+            .map_err(map_err(berth_maps::BINDING_STATS_MAP))?,
+            slots: super::binding_stats::SlotBook::default(),
             exact: 0,
         };
+        maps.slots = super::binding_stats::SlotBook::adopt(
+            config.capacity.max_mappings,
+            maps.services
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, v)| (k, v.binding)),
+        );
         maps.recount_exact()?;
         let policy = PolicyMaps {
             endpoints: take_map(&mut ebpf, berth_maps::ENDPOINTS_MAP)?,
@@ -412,19 +438,22 @@ impl BpfDatapath {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
             HOOKED_PORTS_MAP,
         )?;
-        // The watcher keeps the bridge's address current in its own handle.
-        let config_pin = dir.join(CONFIG_MAP);
-        let watcher_config = MapData::from_pin(&config_pin)
-            .map_err(map_err(CONFIG_MAP))
-            .and_then(|m| Array::try_from(aya::maps::Map::Array(m)).map_err(map_err(CONFIG_MAP)))?;
-        let ports = super::ports::watch(
-            ebpf.clone(),
-            port_addrs,
-            config.bridge.clone(),
+        let macs = take_map(
+            &mut ebpf
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            berth_maps::BRIDGE_MACS_MAP,
+        )?;
+        let bridge_states = super::bridges::BridgeStates::default();
+        let ports = super::ports::watch(super::ports::WatchSetup {
+            ebpf: ebpf.clone(),
+            addrs_map: port_addrs,
+            bridges: config.bridges.clone(),
             links_dir,
             hooked,
-            watcher_config,
-        )?;
+            macs,
+            states: bridge_states.clone(),
+        })?;
         // Every program is the new one now: what the old ones tracked since
         // their maps were copied joins the new maps.
         carried += old_maps.carry_over();
@@ -438,7 +467,7 @@ impl BpfDatapath {
             attach: config.attach,
             pin_dir: dir,
             uplinks: config.uplinks.clone(),
-            bridge: config.bridge.clone(),
+            bridges: bridge_states,
             socket_hooks,
             migrated: pins.migrated,
             maps: expected.into_keys().collect(),

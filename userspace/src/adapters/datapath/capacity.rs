@@ -29,7 +29,8 @@ pub struct Capacity {
     /// Published ports the datapath holds, one per (protocol, host
     /// address, host port); a request that would publish more is refused.
     /// 16 bytes per mapping of capacity, about 140 more per mapping
-    /// published.
+    /// published, and 48 bytes per mapping of capacity per CPU for the
+    /// per-binding counters (preallocated).
     #[arg(
         long,
         value_name = "N",
@@ -63,6 +64,10 @@ impl Capacity {
         vec![
             (SERVICES_MAP, self.max_mappings),
             (PORTS_MAP, self.max_mappings),
+            (
+                berth_maps::BINDING_STATS_MAP,
+                berth_maps::binding_stats_capacity(self.max_mappings),
+            ),
             (NAT_MAP, nat),
             (NAT_FWD_MAP, nat),
             (CT_MAP, ct.unwrap_or(self.max_flows)),

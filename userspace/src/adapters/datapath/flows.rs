@@ -138,6 +138,18 @@ pub(super) fn sweep<V: aya::Pod + Default>(
     Ok(total)
 }
 
+/// Calls `each` for every entry of one table, a batch per syscall.
+pub(super) fn scan<V: aya::Pod + Default>(
+    t: &FlowMap<V>,
+    each: impl FnMut(&FlowKey, &V),
+) -> Result<(), DatapathError> {
+    let fd = t.map.map().fd().as_fd().as_raw_fd();
+    batch_scan(fd, each).map_err(|e| DatapathError::Map {
+        map: t.name,
+        reason: e.to_string(),
+    })
+}
+
 /// `union bpf_attr` for the `BPF_MAP`_*_BATCH commands.
 #[repr(C)]
 #[derive(Default)]

@@ -1,7 +1,9 @@
 //! The kernel side as the control plane sees it: [`BpfDatapath`] implements
 //! the engine's [`Datapath`] on the eBPF programs and their pinned maps.
 mod attach;
+mod binding_stats;
 mod bpf;
+mod bridges;
 mod capacity;
 mod cgroup;
 mod flows;
@@ -28,7 +30,7 @@ pub use policy::encode_rule;
 pub use crate::{
     domain::error::DatapathError,
     engine::datapath::{
-        AttachMode, Attachment, CgroupInfo, Datapath, DatapathStatus, FlowTimeouts, MapStatus,
-        PolicyRule, RulePeer, RuleProto, SocketHooks,
+        AttachMode, Attachment, BindingCounters, BridgeState, CgroupInfo, Datapath, DatapathStatus,
+        FlowTimeouts, MapStatus, PolicyRule, RulePeer, RuleProto, SocketHooks,
     },
 };

@@ -10,6 +10,7 @@ use berth_maps::{
 };
 
 use super::{
+    binding_stats,
     bpf::{map_err, mappings_err, BpfDatapath},
     flows::{
         flow_expired, flow_timeout, fwd_flow_key, fwd_owns, monotonic_ns, on_addrs_gone, owned_by,
@@ -92,6 +93,7 @@ pub fn backend(b: &Binding) -> Backend {
         addr_be: u32::from_ne_bytes(b.container_ip.octets()),
         port_be: b.container_port.to_be(),
         _pad: 0,
+        binding: 0,
     }
 }
 
@@ -121,7 +123,26 @@ impl Datapath for BpfDatapath {
     fn insert(&self, b: &Binding) -> Result<(), DatapathError> {
         let mut m = self.lock();
         let key = service_key(b);
-        let new = m.services.get(&key, 0).is_err();
+        let current = m.services.get(&key, 0).ok();
+        let new = current.is_none();
+        let mut value = backend(b);
+        match m.slots.slot_for(&key, current.map(|v| v.binding)) {
+            Some((slot, fresh)) => {
+                // Zeroed before any entry names it: a reused slot starts
+                // from nothing.
+                if fresh {
+                    if let Err(e) = binding_stats::zero_slot(&mut m.binding_stats, slot) {
+                        m.slots.release(&key, slot);
+                        return Err(e);
+                    }
+                }
+                value.binding = slot;
+            }
+            None => tracing::warn!(
+                host_port = b.host_port,
+                "no per-binding counters slot left; this binding is not counted"
+            ),
+        }
         let pk = port_key(b);
         let guarded = m.ports.get(&pk, 0).unwrap_or(0);
         if new {
@@ -136,8 +157,11 @@ impl Datapath for BpfDatapath {
         }
         let inserted = m
             .services
-            .insert(key, backend(b), 0)
+            .insert(key, value, 0)
             .map_err(mappings_err(SERVICES_MAP, self.max_mappings));
+        if inserted.is_err() && current.map(|c| c.binding) != Some(value.binding) {
+            m.slots.release(&key, value.binding);
+        }
         if inserted.is_err() && new {
             // A full table: the port is not published, so not guarded.
             let _ = match guarded {
@@ -152,11 +176,22 @@ impl Datapath for BpfDatapath {
         inserted
     }
 
+    fn publishes(&self, b: &Binding) -> Result<bool, DatapathError> {
+        let m = self.lock();
+        let served = m.services.get(&service_key(b), 0).ok() == Some(backend(b));
+        let guarded = m.ports.get(&port_key(b), 0).is_ok_and(|n| n > 0);
+        Ok(served && guarded)
+    }
+
     fn remove(&self, b: &Binding) -> Result<(), DatapathError> {
         let mut m = self.lock();
         let key = service_key(b);
+        let slot = m.services.get(&key, 0).map(|v| v.binding);
         match m.services.remove(&key) {
             Ok(()) => {
+                if let Ok(slot) = slot {
+                    m.slots.release(&key, slot);
+                }
                 if key.host_addr_be != 0 {
                     m.exact = m.exact.saturating_sub(1);
                     m.write_wildcard_only()?;
@@ -209,8 +244,14 @@ impl Datapath for BpfDatapath {
             .map(|(k, _)| k)
             .collect();
         for k in &stale {
+            let slot = m.services.get(k, 0).map(|v| v.binding);
             match m.services.remove(k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Ok(()) => {
+                    if let Ok(slot) = slot {
+                        m.slots.release(k, slot);
+                    }
+                }
+                Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err(SERVICES_MAP)(e)),
             }
         }
@@ -413,6 +454,30 @@ impl Datapath for BpfDatapath {
 
     fn status(&self) -> Result<Option<super::DatapathStatus>, DatapathError> {
         Ok(Some(self.status.read()))
+    }
+
+    fn binding_counters(
+        &self,
+        bindings: &[Binding],
+    ) -> Result<Vec<Option<super::BindingCounters>>, DatapathError> {
+        // Outside the maps' mutex: the flow tables are scanned by batch.
+        let tracked = binding_stats::tracked_per_slot(&self.flows)?;
+        let m = self.lock();
+        bindings
+            .iter()
+            .map(|b| {
+                let want = backend(b);
+                match m.services.get(&service_key(b), 0) {
+                    Ok(v)
+                        if (v.addr_be, v.port_be) == (want.addr_be, want.port_be)
+                            && v.binding != 0 =>
+                    {
+                        binding_stats::read_slot(&m.binding_stats, v.binding, &tracked).map(Some)
+                    }
+                    _ => Ok(None),
+                }
+            })
+            .collect()
     }
 }
 

@@ -27,8 +27,10 @@ use super::{
 /// before the version was recorded (16-byte NAT and CT entries). 2: 40-byte
 /// NAT and 32-byte CT entries (client port, window scale, sequence
 /// tracking), tables of unestablished flows, port remaps, fragments,
-/// source checks and the port gate.
-pub const LAYOUT_VERSION: u32 = 2;
+/// source checks and the port gate. 3: 12-byte service values and NAT
+/// entries carrying the mapping's per-binding counters slot (layout 2's
+/// padding), the per-binding counters array.
+pub const LAYOUT_VERSION: u32 = 3;
 /// Pins without a version record come from before versions were recorded.
 const UNRECORDED_LAYOUT: u32 = 1;
 /// bpffs refuses names with a dot.
@@ -87,6 +89,12 @@ pub const CONVERTERS: &[Converter] = &[
         from: (migrate::FLOW_KEY_SIZE, migrate::CT_ENTRY_V1_SIZE),
         to: (migrate::FLOW_KEY_SIZE, migrate::CT_ENTRY_V2_SIZE),
         convert: migrate::ct_entry_v1_to_v2,
+    },
+    Converter {
+        map: berth_maps::SERVICES_MAP,
+        from: (migrate::SERVICE_KEY_SIZE, migrate::BACKEND_V2_SIZE),
+        to: (migrate::SERVICE_KEY_SIZE, migrate::BACKEND_V3_SIZE),
+        convert: migrate::backend_v2_to_v3,
     },
 ];
 
@@ -508,7 +516,9 @@ pub mod migrate {
         pub wscale: [u8; 2],
         pub seq_end: [u32; 2],
         pub max_win: [u32; 2],
-        pub _pad2: u32,
+        /// Padding in layout 2 (always 0); from layout 3 the same bytes hold
+        /// the mapping's per-binding counters slot, 0 being none.
+        pub binding: u32,
     }
 
     /// `CtEntry` of layout 2.
@@ -567,7 +577,7 @@ pub mod migrate {
             wscale,
             seq_end,
             max_win,
-            _pad2
+            binding
         ]
     );
     same_layout!(
@@ -602,7 +612,7 @@ pub mod migrate {
             wscale,
             seq_end,
             max_win,
-            _pad2,
+            binding,
         } = e;
         NatEntryV2 {
             host_addr_be,
@@ -614,7 +624,7 @@ pub mod migrate {
             wscale,
             seq_end,
             max_win,
-            _pad2,
+            binding,
         }
     }
 
@@ -642,6 +652,30 @@ pub mod migrate {
         }
     }
 
+    // ------------------------------------------------------------ layout 3
+    // Service values carry the mapping's per-binding counters slot.
+
+    /// `ServiceKey`: unchanged since layout 1.
+    pub const SERVICE_KEY_SIZE: u32 = 8;
+    /// `Backend` of layouts 1 and 2: container address, port, padding.
+    pub const BACKEND_V2_SIZE: u32 = 8;
+    /// `Backend` of layout 3: the same, then the counters slot.
+    pub const BACKEND_V3_SIZE: u32 = 12;
+    const _: () = {
+        assert!(size_of::<cur::ServiceKey>() == SERVICE_KEY_SIZE as usize);
+        assert!(size_of::<cur::Backend>() == BACKEND_V3_SIZE as usize);
+        assert!(offset_of!(cur::Backend, binding) == BACKEND_V2_SIZE as usize);
+    };
+
+    /// A mapping published by layout 2 keeps its container and gets slot 0
+    /// (counted nowhere) until the daemon, reconciling, numbers it.
+    pub fn backend_v2_to_v3(_key: &[u8], old: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; BACKEND_V3_SIZE as usize];
+        let n = old.len().min(BACKEND_V2_SIZE as usize);
+        b[..n].copy_from_slice(&old[..n]);
+        b
+    }
+
     // --------------------------------------------------------- converters
 
     /// A flow tracked by layout 1 was live: established (layout 1 had no
@@ -663,7 +697,7 @@ pub mod migrate {
             wscale: [WSCALE_UNKNOWN; 2],
             seq_end: [0; 2],
             max_win: [0; 2],
-            _pad2: 0,
+            binding: 0,
         })
     }
 
@@ -781,6 +815,11 @@ pub mod migrate {
         put(&mut b, offset_of!(NatEntryV2, wscale), &e.wscale);
         seq_win_put(&mut b, offset_of!(NatEntryV2, seq_end), &e.seq_end);
         seq_win_put(&mut b, offset_of!(NatEntryV2, max_win), &e.max_win);
+        put(
+            &mut b,
+            offset_of!(NatEntryV2, binding),
+            &e.binding.to_ne_bytes(),
+        );
         b
     }
 
@@ -972,7 +1011,7 @@ mod tests {
                 wscale: [0xff, 0xff],
                 seq_end: [0, 0],
                 max_win: [0, 0],
-                _pad2: 0,
+                binding: 0,
             }
         );
     }
@@ -1035,6 +1074,27 @@ mod tests {
     }
 
     #[test]
+    fn a_layout_2_service_value_keeps_its_container_and_gets_no_counters_slot() {
+        let old = [172, 17, 0, 2, 0, 80, 0, 0];
+        let out = backend_v2_to_v3(&[0; 8], &old);
+        assert_eq!(
+            as_current::<berth_maps::Backend>(&out),
+            berth_maps::Backend {
+                addr_be: u32::from_ne_bytes([172, 17, 0, 2]),
+                port_be: 80u16.to_be(),
+                _pad: 0,
+                binding: 0,
+            }
+        );
+        let found = shape(1, 8, 8, 4096, sys::BPF_F_NO_PREALLOC);
+        let want = shape(1, 8, 12, 4096, sys::BPF_F_NO_PREALLOC);
+        assert!(matches!(
+            plan_map(berth_maps::SERVICES_MAP, &found, &want),
+            Ok(Plan::Convert(_))
+        ));
+    }
+
+    #[test]
     fn the_byte_writers_follow_the_repr_c_layouts() {
         let v2 = NatEntryV2 {
             host_addr_be: 0x0102_0304,
@@ -1046,7 +1106,7 @@ mod tests {
             wscale: [3, 4],
             seq_end: [0x3132_3334, 0x3536_3738],
             max_win: [0x4142_4344, 0x4546_4748],
-            _pad2: 0,
+            binding: 0x5152_5354,
         };
         assert_eq!(as_current::<NatEntryV2>(&nat_v2_bytes(&v2)), v2);
         let ct = CtEntryV2 {

@@ -1,4 +1,4 @@
-//! Containers come and go: every port of the bridge (a container's
+//! Containers come and go: every port of a served bridge (a container's
 //! host-side veth) gets the security-group programs, `berth_from_ctr` on tc
 //! ingress (what the container sends) and `berth_to_ctr` on tc egress (what
 //! it receives). It also keeps each port's own addresses (learned from the
@@ -6,10 +6,11 @@
 //! cannot send from another's address.
 //!
 //! A thread follows link events over netlink (`RTM_NEWLINK` / `RTM_DELLINK`,
-//! `IFLA_MASTER` = the bridge), so a container's veth is hooked as soon as
-//! it is enslaved, milliseconds before a runtime typically sets it up and
-//! gives the container an address. A full resync against the bridge's port
-//! list runs at start, after the kernel reports lost events (ENOBUFS), and
+//! `IFLA_MASTER` = a served bridge), so a container's veth is hooked as soon
+//! as it is enslaved, milliseconds before a runtime typically sets it up and
+//! gives the container an address. The same events tell the bridges
+//! themselves appearing and going (see [`super::bridges`]). A full resync
+//! against the bridges' port lists runs at start, after the kernel reports lost events (ENOBUFS), and
 //! every [`RESYNC`] as a safety net. A listing that fails changes nothing:
 //! hooks are never removed because a port could not be seen.
 use std::{
@@ -27,13 +28,14 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, MapData},
+    maps::{HashMap, MapData},
     Ebpf,
 };
-use berth_maps::{PortAddrs, CONFIG_BRIDGE_MAC, HOOKED_PORTS_MAP, PORT_ADDRS_MAX};
+use berth_maps::{PortAddrs, HOOKED_PORTS_MAP, PORT_ADDRS_MAX};
 
 use super::{
-    attach::{attach_pinned, bridge_mac},
+    attach::attach_pinned,
+    bridges::{BridgeStates, Bridges},
     port_addrs::{port_addrs, resolve_claims, Peer},
     DatapathError,
 };
@@ -63,38 +65,22 @@ pub(super) struct PortWatcher {
     thread: Option<thread::JoinHandle<()>>,
 }
 
-/// The hooked ports and how to hook more.
+/// The served bridges, their hooked ports and how to hook more.
 struct Ports {
     ebpf: Arc<Mutex<Ebpf>>,
-    bridge: String,
+    bridges: Bridges,
     links_dir: PathBuf,
-    known: BTreeSet<String>,
+    /// Hooked port -> the bridge it is on.
+    known: BTreeMap<String, String>,
     /// `BERTH_HOOKED_PORTS`: the ifindex of every port in `known`, for the
     /// datapath's gate on ports not hooked yet.
     hooked: HashMap<MapData, u32, u32>,
-    /// `BERTH_CONFIG`, for the bridge's MAC: a bridge without a fixed address
-    /// takes one of its ports', so it changes as ports come and go.
-    config: Array<MapData, u64>,
-    bridge_mac: Option<u64>,
 }
 
 impl Ports {
-    fn set_bridge_mac(&mut self, mac: u64) {
-        if self.bridge_mac == Some(mac) {
-            return;
-        }
-        match self.config.set(CONFIG_BRIDGE_MAC, mac, 0) {
-            Ok(()) => {
-                self.bridge_mac = Some(mac);
-                tracing::debug!(bridge = %self.bridge, mac = format_args!("{mac:012x}"), "bridge address");
-            }
-            Err(e) => tracing::warn!(error = %e, "recording the bridge's address"),
-        }
-    }
-
-    /// A port joined the bridge: hook it. Everything a new port needs
+    /// A port joined bridge `bridge`: hook it. Everything a new port needs
     /// happens here.
-    fn on_new_port(&mut self, port: &str) -> Result<(), DatapathError> {
+    fn on_new_port(&mut self, port: &str, bridge: &str) -> Result<(), DatapathError> {
         let t0 = Instant::now();
         let mut ebpf = self
             .ebpf
@@ -103,7 +89,7 @@ impl Ports {
         for prog in PORT_PROGRAMS {
             if let Err(e) = attach_pinned(&mut ebpf, prog, port, &self.links_dir) {
                 // A port may vanish between its event and the attach.
-                if matches!(e, DatapathError::NoSuchInterface(_)) || !is_port(&self.bridge, port) {
+                if matches!(e, DatapathError::NoSuchInterface(_)) || !is_port(bridge, port) {
                     return Ok(());
                 }
                 return Err(e);
@@ -118,18 +104,18 @@ impl Ports {
                     reason: e.to_string(),
                 })?;
         }
-        self.known.insert(port.to_owned());
-        tracing::info!(port = %port, took_us = t0.elapsed().as_micros() as u64, "security-group hooks attached");
+        self.known.insert(port.to_owned(), bridge.to_owned());
+        tracing::info!(port = %port, bridge = %bridge, took_us = t0.elapsed().as_micros() as u64, "security-group hooks attached");
         Ok(())
     }
 
-    /// A port left the bridge or is gone: unpinning detaches its hooks.
+    /// A port left its bridge or is gone: unpinning detaches its hooks.
     fn on_port_gone(&mut self, port: &str) {
         for prog in PORT_PROGRAMS {
             let _ = fs::remove_file(self.links_dir.join(format!("{prog}@{port}")));
         }
-        if self.known.remove(port) {
-            tracing::info!(port = %port, "bridge port gone; hooks removed");
+        if let Some(bridge) = self.known.remove(port) {
+            tracing::info!(port = %port, bridge = %bridge, "bridge port gone; hooks removed");
         }
         self.prune_hooked();
     }
@@ -137,7 +123,7 @@ impl Ports {
     /// Drops listed ifindexes that are no longer hooked ports (gone, or
     /// left by an earlier run).
     fn prune_hooked(&mut self) {
-        let keep: BTreeSet<u32> = self.known.iter().filter_map(|p| ifindex(p)).collect();
+        let keep: BTreeSet<u32> = self.known.keys().filter_map(|p| ifindex(p)).collect();
         let stale: Vec<u32> = self
             .hooked
             .keys()
@@ -149,19 +135,64 @@ impl Ports {
         }
     }
 
-    /// Brings the hooks in line with the bridge's port list. When the list
-    /// cannot be read, nothing changes.
-    fn resync(&mut self) -> Result<(), DatapathError> {
-        if let Ok(mac) = bridge_mac(&self.bridge) {
-            self.set_bridge_mac(mac);
-        }
-        let now = match bridge_ports(&self.bridge) {
-            Ok(now) => now,
-            Err(e) => {
-                tracing::warn!(bridge = %self.bridge, error = %e, "cannot list the bridge's ports; keeping the hooks as they are");
-                return Ok(());
+    /// Served bridge `i` appeared, went or changed: its ports follow.
+    fn refresh_bridge(&mut self, i: usize) -> Result<(), DatapathError> {
+        let change = self.bridges.refresh(i);
+        let name = self.bridges.name(i).to_owned();
+        if change.gone {
+            let ports: Vec<String> = self
+                .known
+                .iter()
+                .filter(|(_, b)| **b == name)
+                .map(|(p, _)| p.clone())
+                .collect();
+            for port in ports {
+                self.on_port_gone(&port);
             }
-        };
+        }
+        let mut first_err = change.err;
+        if change.appeared {
+            // Ports enslaved before the bridge's own event was read.
+            if let Ok(ports) = bridge_ports(&name) {
+                let new: Vec<String> = ports
+                    .into_iter()
+                    .filter(|p| !self.known.contains_key(p))
+                    .collect();
+                for port in new {
+                    if let Err(e) = self.on_new_port(&port, &name) {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        self.publish();
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Brings the bridges and the hooks in line with the system. A bridge
+    /// whose port list cannot be read keeps its hooks as they are.
+    fn resync(&mut self) -> Result<(), DatapathError> {
+        let mut first_err = None;
+        for i in 0..self.bridges.len() {
+            if let Err(e) = self.refresh_bridge(i) {
+                first_err.get_or_insert(e);
+            }
+        }
+        let mut now: BTreeMap<String, String> = BTreeMap::new();
+        for bridge in self.bridges.attached() {
+            match bridge_ports(&bridge) {
+                Ok(ports) => now.extend(ports.into_iter().map(|p| (p, bridge.clone()))),
+                Err(e) => {
+                    tracing::warn!(bridge = %bridge, error = %e, "cannot list the bridge's ports; keeping the hooks as they are");
+                    now.extend(
+                        self.known
+                            .iter()
+                            .filter(|(_, b)| **b == bridge)
+                            .map(|(p, b)| (p.clone(), b.clone())),
+                    );
+                }
+            }
+        }
         let (new, gone) = diff(&self.known, &now);
         for port in gone {
             self.on_port_gone(&port);
@@ -171,48 +202,79 @@ impl Ports {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if let Some((prog, port)) = name.split_once('@') {
-                    if PORT_PROGRAMS.contains(&prog) && !now.contains(port) {
+                    if PORT_PROGRAMS.contains(&prog) && !now.contains_key(port) {
                         let _ = fs::remove_file(e.path());
                     }
                 }
             }
         }
-        let mut first_err = None;
         for port in new {
-            if let Err(e) = self.on_new_port(&port) {
+            let bridge = now[&port].clone();
+            if let Err(e) = self.on_new_port(&port, &bridge) {
                 first_err.get_or_insert(e);
+            }
+        }
+        // A port moved from one served bridge to another keeps its hooks.
+        for (port, bridge) in now {
+            if let Some(b) = self.known.get_mut(&port) {
+                *b = bridge;
             }
         }
         // After the attaches: a restarted daemon keeps the ports it adopts
         // listed throughout.
         self.prune_hooked();
+        self.bridges.prune_macs();
+        self.publish();
         first_err.map_or(Ok(()), Err)
     }
 
-    fn on_event(&mut self, ev: &LinkEvent, bridge_index: u32) -> Result<(), DatapathError> {
-        if ev.index == bridge_index && !ev.deleted {
-            if let Some(mac) = ev.mac {
-                self.set_bridge_mac(mac);
-            }
-            return Ok(());
+    fn on_event(&mut self, ev: &LinkEvent) -> Result<(), DatapathError> {
+        if let Some(i) = self.bridges.slot_for(&ev.name, ev.index) {
+            return self.refresh_bridge(i);
         }
-        let on_bridge = !ev.deleted && ev.master == Some(bridge_index);
-        match (on_bridge, self.known.contains(&ev.name)) {
-            (true, false) => self.on_new_port(&ev.name),
-            (false, true) => {
+        let bridge = ev
+            .master
+            .filter(|_| !ev.deleted)
+            .and_then(|m| self.bridges.by_index(m))
+            .map(str::to_owned);
+        let result = match (bridge, self.known.get(&ev.name).cloned()) {
+            (Some(b), None) => self.on_new_port(&ev.name, &b),
+            (Some(b), Some(old)) if b != old => {
+                self.known.insert(ev.name.clone(), b);
+                Ok(())
+            }
+            (None, Some(_)) => {
                 self.on_port_gone(&ev.name);
                 Ok(())
             }
-            _ => Ok(()),
-        }
+            _ => return Ok(()),
+        };
+        self.publish();
+        result
+    }
+
+    fn publish(&self) {
+        let known = &self.known;
+        self.bridges
+            .publish(|name| known.values().filter(|b| *b == name).count());
     }
 }
 
 /// Ports to hook and ports to unhook.
-fn diff(known: &BTreeSet<String>, now: &BTreeSet<String>) -> (Vec<String>, Vec<String>) {
+fn diff(
+    known: &BTreeMap<String, String>,
+    now: &BTreeMap<String, String>,
+) -> (Vec<String>, Vec<String>) {
     (
-        now.difference(known).cloned().collect(),
-        known.difference(now).cloned().collect(),
+        now.keys()
+            .filter(|p| !known.contains_key(*p))
+            .cloned()
+            .collect(),
+        known
+            .keys()
+            .filter(|p| !now.contains_key(*p))
+            .cloned()
+            .collect(),
     )
 }
 
@@ -229,37 +291,60 @@ fn ifindex(name: &str) -> Option<u32> {
     }
 }
 
-/// Attach to the ports there are now, then keep following the bridge.
-pub(super) fn watch(
-    ebpf: Arc<Mutex<Ebpf>>,
-    addrs_map: HashMap<MapData, u32, PortAddrs>,
-    bridge: String,
-    links_dir: PathBuf,
-    hooked: HashMap<MapData, u32, u32>,
-    config: Array<MapData, u64>,
-) -> Result<PortWatcher, DatapathError> {
+/// What the watcher needs from the loader.
+pub(super) struct WatchSetup {
+    pub ebpf: Arc<Mutex<Ebpf>>,
+    pub addrs_map: HashMap<MapData, u32, PortAddrs>,
+    pub bridges: Vec<String>,
+    pub links_dir: PathBuf,
+    pub hooked: HashMap<MapData, u32, u32>,
+    /// `BERTH_BRIDGE_MACS`.
+    pub macs: HashMap<MapData, u64, u32>,
+    pub states: BridgeStates,
+}
+
+/// Attach to the bridges and ports there are now, then keep following them.
+/// A served bridge that exists but cannot be attached fails the start; one
+/// that does not exist yet is waited for.
+pub(super) fn watch(setup: WatchSetup) -> Result<PortWatcher, DatapathError> {
     // Subscribe before the first listing, so no port falls between the two.
     let events = LinkEvents::open().map_err(DatapathError::io("netlink link events"))?;
     // Before the first reading of addresses, so none set in between is missed.
     let addr_events = AddrEvents::open()
         .inspect_err(|e| tracing::warn!(error = %e, "no address events from containers' namespaces; polling their addresses only"))
         .ok();
+    let bridges = Bridges::new(
+        setup.ebpf.clone(),
+        setup.links_dir.clone(),
+        &setup.bridges,
+        setup.macs,
+        setup.states,
+    );
     // Addresses before hooks: a port's programs check what it sends against
     // BERTH_PORT_ADDRS from the moment they are attached (or swapped into
     // its pinned links), and that map starts empty after an upgrade from
-    // pins without it.
-    let mut addrs = PortAddrSync::adopt(addrs_map);
-    addrs.sync(&bridge, true);
+    // pins without it. Only bridges that exist have ports.
+    let mut addrs = PortAddrSync::adopt(setup.addrs_map);
+    let present: Vec<String> = setup
+        .bridges
+        .iter()
+        .filter(|b| ifindex(b).is_some())
+        .cloned()
+        .collect();
+    addrs.sync(&present, true);
     let mut ports = Ports {
-        ebpf,
-        bridge,
-        links_dir,
-        known: BTreeSet::new(),
-        hooked,
-        config,
-        bridge_mac: None,
+        ebpf: setup.ebpf,
+        bridges,
+        links_dir: setup.links_dir,
+        known: BTreeMap::new(),
+        hooked: setup.hooked,
     };
     ports.resync()?;
+    for name in &setup.bridges {
+        if ifindex(name).is_none() {
+            tracing::info!(bridge = %name, "bridge does not exist yet; it is attached the moment it is created");
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let thread = thread::Builder::new()
@@ -286,44 +371,39 @@ fn follow(
         let mut resync = last_sync.elapsed() >= RESYNC;
         let (links_ready, addrs_ready) = wait_readable(&events.fd, addr_events.as_ref());
         if let (true, Some(ae)) = (addrs_ready, &addr_events) {
-            if ae.drain(&mut buf, &ports.bridge, &mut addrs).is_err() {
+            let attached = ports.bridges.attached();
+            if ae.drain(&mut buf, &attached, &mut addrs).is_err() {
                 // Events were lost: read every port's addresses.
-                addrs.sync(&ports.bridge, true);
+                addrs.sync(&attached, true);
             }
         }
         if links_ready {
             match events.recv(&mut buf) {
                 Ok(n) => {
-                    // The bridge may have been recreated under the same name.
-                    match ifindex(&ports.bridge) {
-                        Some(bridge_index) => {
-                            for ev in parse_link_events(&buf[..n]) {
-                                if let Err(e) = ports.on_event(&ev, bridge_index) {
-                                    tracing::warn!(port = %ev.name, error = %chain(&e), "attaching to a bridge port");
-                                }
-                            }
+                    for ev in parse_link_events(&buf[..n]) {
+                        if let Err(e) = ports.on_event(&ev) {
+                            tracing::warn!(link = %ev.name, error = %chain(&e), "attaching to a bridge or its port");
                         }
-                        None => resync = true,
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) => {
                     // ENOBUFS: the kernel dropped events; read the whole list.
-                    tracing::warn!(error = %e, "netlink link events lost; resyncing the bridge's ports");
+                    tracing::warn!(error = %e, "netlink link events lost; resyncing the bridges' ports");
                     resync = true;
                 }
             }
         }
         if resync {
             if let Err(e) = ports.resync() {
-                tracing::warn!(error = %chain(&e), "attaching to bridge ports");
+                tracing::warn!(error = %chain(&e), "attaching to bridges and their ports");
             }
             last_sync = Instant::now();
         }
         if last_addrs.elapsed() >= ADDR_POLL {
             let full = last_full.elapsed() >= ADDR_REFRESH;
-            addrs.sync(&ports.bridge, full);
+            addrs.sync(&ports.bridges.attached(), full);
             last_addrs = Instant::now();
             if full {
                 last_full = last_addrs;
@@ -383,27 +463,31 @@ impl PortAddrSync {
     /// added or removed: re-read the port whose peer that is at once, or,
     /// when no known port's is, every port without addresses yet (a new
     /// container's, whose peer was not learned yet).
-    fn on_peer_addr_change(&mut self, bridge: &str, nsid: i32, index: u32) {
+    fn on_peer_addr_change(&mut self, bridges: &[String], nsid: i32, index: u32) {
         let port = self
             .peers
             .iter()
             .find(|(_, p)| p.netnsid == Some(nsid) && p.ifindex == index)
             .map(|(port, _)| *port);
-        self.sync_ports(bridge, false, port);
+        self.sync_ports(bridges, false, port);
     }
 
     /// Learns the ports' addresses (all of them when `full`, else only the
     /// new ones and those with none yet) and writes what changed.
-    fn sync(&mut self, bridge: &str, full: bool) {
-        self.sync_ports(bridge, full, None);
+    fn sync(&mut self, bridges: &[String], full: bool) {
+        self.sync_ports(bridges, full, None);
     }
 
     /// As [`Self::sync`], re-reading port `force` too.
-    fn sync_ports(&mut self, bridge: &str, full: bool, force: Option<u32>) {
+    fn sync_ports(&mut self, bridges: &[String], full: bool, force: Option<u32>) {
         // A listing that fails changes nothing.
-        let Ok(names) = bridge_ports(bridge) else {
-            return;
-        };
+        let mut names = BTreeSet::new();
+        for bridge in bridges {
+            let Ok(ports) = bridge_ports(bridge) else {
+                return;
+            };
+            names.extend(ports);
+        }
         let mut claims = BTreeMap::new();
         for name in names {
             let Some(ifindex) = super::attach::ifindex(&name).ok() else {
@@ -611,14 +695,19 @@ impl AddrEvents {
 
     /// Re-reads the port of every address event waiting; `Err` when the
     /// kernel dropped some (ENOBUFS).
-    fn drain(&self, buf: &mut [u8], bridge: &str, addrs: &mut PortAddrSync) -> io::Result<()> {
+    fn drain(
+        &self,
+        buf: &mut [u8],
+        bridges: &[String],
+        addrs: &mut PortAddrSync,
+    ) -> io::Result<()> {
         loop {
             match self.recv(buf) {
                 // Our own namespace's addresses are the host's: not a port's.
                 Ok((_, None)) => {}
                 Ok((n, Some(nsid))) => {
                     for index in parse_addr_events(&buf[..n]) {
-                        addrs.on_peer_addr_change(bridge, nsid, index);
+                        addrs.on_peer_addr_change(bridges, nsid, index);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -912,8 +1001,10 @@ mod tests {
 
     #[test]
     fn a_resync_hooks_new_ports_and_unhooks_gone_ones() {
-        let known: BTreeSet<String> = ["a", "b"].map(String::from).into();
-        let now: BTreeSet<String> = ["b", "c"].map(String::from).into();
+        let on = |ports: [&str; 2]| -> BTreeMap<String, String> {
+            ports.map(|p| (p.to_owned(), "br0".to_owned())).into()
+        };
+        let (known, now) = (on(["a", "b"]), on(["b", "c"]));
         assert_eq!(diff(&known, &now), (vec!["c".into()], vec!["a".into()]));
     }
 

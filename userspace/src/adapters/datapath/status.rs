@@ -15,7 +15,8 @@ pub(super) struct StatusBase {
     pub attach: AttachMode,
     pub pin_dir: PathBuf,
     pub uplinks: Vec<String>,
-    pub bridge: String,
+    /// Each `--bridge` as the port watcher last saw it.
+    pub bridges: super::bridges::BridgeStates,
     pub socket_hooks: SocketHooks,
     pub migrated: Vec<String>,
     pub maps: Vec<String>,
@@ -31,7 +32,28 @@ impl StatusBase {
             socket_hooks: self.socket_hooks.clone(),
             attachments: self.attachments(),
             maps: self.maps.iter().map(|m| self.map(m)).collect(),
+            bridges: self.bridges(),
         }
+    }
+
+    /// The watcher's view, with each attached bridge's subnets read now.
+    fn bridges(&self) -> Vec<super::BridgeState> {
+        let mut states = self
+            .bridges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for b in states.iter_mut().filter(|b| b.ifindex != 0) {
+            let mut nets: Vec<_> = crate::adapters::netif::interface_subnets(&b.name)
+                .unwrap_or_default()
+                .into_iter()
+                .map(crate::domain::cidr::Ipv4Cidr::network)
+                .collect();
+            nets.sort();
+            nets.dedup();
+            b.subnets = nets.iter().map(ToString::to_string).collect();
+        }
+        states
     }
 
     fn attachments(&self) -> Vec<Attachment> {
@@ -58,7 +80,7 @@ impl StatusBase {
                     "cgroup"
                 } else if self.uplinks.iter().any(|u| u == target) {
                     "uplink"
-                } else if target == self.bridge {
+                } else if program == berth_maps::program::REPLY {
                     "bridge"
                 } else if PORT_PROGRAMS.contains(&program) {
                     "bridge port"

@@ -209,6 +209,35 @@ impl Berth {
             .collect())
     }
 
+    /// Every binding (of `task` only, when given) with its per-binding
+    /// counters; an unknown task is an error rather than an empty list.
+    pub async fn binding_counters(
+        &self,
+        task: Option<String>,
+    ) -> Result<Vec<(Binding, Option<crate::engine::datapath::BindingCounters>)>> {
+        let all = self.bindings().await;
+        let bindings: Vec<Binding> = match &task {
+            Some(t) => {
+                let mine: Vec<Binding> = all.into_iter().filter(|b| &b.task == t).collect();
+                let known =
+                    !mine.is_empty() || self.task_records().await.iter().any(|(name, _)| name == t);
+                if !known {
+                    return Err(Error::NoSuchTask(t.clone()));
+                }
+                mine
+            }
+            None => all,
+        };
+        let datapath = self.datapath.clone();
+        let (bindings, counters) = tokio::task::spawn_blocking(move || {
+            let c = datapath.binding_counters(&bindings);
+            (bindings, c)
+        })
+        .await
+        .map_err(Error::Blocking)?;
+        Ok(bindings.into_iter().zip(counters?).collect())
+    }
+
     /// What the datapath has attached and how full its maps are; counting
     /// a large table's entries takes a while, so off the async workers.
     pub async fn datapath_status(&self) -> Result<Option<crate::engine::datapath::DatapathStatus>> {

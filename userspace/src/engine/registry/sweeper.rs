@@ -373,6 +373,7 @@ mod tests {
             container_port: 80,
             protocol: Protocol::Udp,
             ecs: Default::default(),
+            cni: None,
         }
     }
 

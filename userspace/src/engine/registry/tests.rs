@@ -99,6 +99,7 @@ fn add_publishes_to_memory_store_and_datapath() {
                 container_port: 80,
                 protocol: Protocol::Tcp,
                 ecs: Default::default(),
+                cni: None,
             },
             Binding {
                 task: "web".into(),
@@ -108,6 +109,7 @@ fn add_publishes_to_memory_store_and_datapath() {
                 container_port: 53,
                 protocol: Protocol::Udp,
                 ecs: Default::default(),
+                cni: None,
             },
         ]
     );
@@ -487,6 +489,7 @@ fn restore_failure_names_the_binding() {
                 container_port: 80,
                 protocol: Protocol::Tcp,
                 ecs: Default::default(),
+                cni: None,
             }],
         )
         .unwrap();

@@ -6,6 +6,8 @@
 //! POST /v1/bindings         {"task","containerIP","ports":[spec...]} -> 201 [created Binding...]
 //! POST /v1/bindings/delete  {"task","ports":[spec...]?}              -> 200 [removed Binding...]
 //! GET  /v1/stats            -> 200 {"counters":{name: value}}
+//! GET  /v1/bindings/stats[?task=T] -> 200 [Binding + "stats":{packetsIn,...}|null]
+//! GET  /metrics             -> 200 Prometheus text (see `interfaces::metrics`)
 //! GET  /v1/tasks            -> 200 [{"name", "containers":[{"name","containerIP","networkBindings"}]}]
 //! POST /v1/tasks            {"name","taskDefinition":{...},"ips":{container: ip}}
 //!                           -> 201 {"containers":[{"name","networkBindings":[...]}]}
@@ -13,6 +15,7 @@
 //! GET  /v1/events[?existing=true] -> 200 application/x-ndjson, one event per
 //!                           line until the client or the daemon goes away
 //! /v1/sgs...                security groups: see `api::sg`
+//! /v1/cni/...               what `berth-cni` calls: see `api::cni`
 //! errors                    -> 4xx/5xx {"error":"one line"}
 //! ```
 //!
@@ -22,6 +25,7 @@
 //!
 //! A port spec without a host port (`"80"`, `"0:80"`, `"9000-9009"`) asks
 //! for dynamic host ports; the answer shows the ones picked.
+pub mod cni;
 pub mod sg;
 
 use std::{collections::BTreeMap, convert::Infallible, future::Future, pin::Pin};
@@ -256,10 +260,16 @@ pub fn router(berth: Berth) -> Router {
         .route("/v1/tasks/{name}", axum::routing::delete(stop_task))
         .route("/v1/tasks/{name}/stop", post(stop_task))
         .route("/v1/events", get(events))
+        .route("/v1/bindings/stats", get(binding_stats))
+        .route("/metrics", get(crate::interfaces::metrics::scrape))
         .merge(sg::routes())
+        .merge(cni::routes())
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(crate::interfaces::server::log_changes))
+        .layer(middleware::from_fn(
+            crate::interfaces::metrics::time_requests,
+        ))
         .with_state(berth)
 }
 
@@ -410,6 +420,35 @@ async fn stats(State(berth): State<Berth>) -> Result<Json<Stats>, ApiError> {
     Ok(Json(Stats {
         counters: berth.counters().await?,
     }))
+}
+
+/// A binding with its per-binding counters (`None`: the datapath counts
+/// nothing for it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindingStatsView {
+    #[serde(flatten)]
+    pub binding: Binding,
+    pub stats: Option<crate::engine::datapath::BindingCounters>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StatsQuery {
+    task: Option<String>,
+}
+
+async fn binding_stats(
+    State(berth): State<Berth>,
+    query: axum::extract::Query<StatsQuery>,
+) -> Result<Json<Vec<BindingStatsView>>, ApiError> {
+    if let Some(t) = &query.task {
+        validate_task_name(t)?;
+    }
+    let rows = berth.binding_counters(query.0.task).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(binding, stats)| BindingStatsView { binding, stats })
+            .collect(),
+    ))
 }
 
 /// Who the daemon is; the router gets it as an extension from the daemon.

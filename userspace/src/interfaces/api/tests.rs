@@ -605,3 +605,82 @@ async fn events_can_start_with_the_existing_bindings() {
     let e = next_line(&mut body).await.unwrap();
     assert_eq!(e["event"], "removed");
 }
+
+#[tokio::test]
+async fn binding_stats_of_one_task_and_an_unknown_task_is_404() {
+    let api = api();
+    api.post(
+        "/v1/bindings",
+        json!({"task": "web", "containerIP": "172.17.0.2", "ports": ["8080:80"]}),
+    )
+    .await;
+    api.post(
+        "/v1/bindings",
+        json!({"task": "db", "containerIP": "172.17.0.3", "ports": ["5432:5432"]}),
+    )
+    .await;
+    let (status, body) = api.get("/v1/bindings/stats?task=web").await;
+    assert_eq!(status, 200);
+    // The fake datapath counts nothing: the binding, with no stats.
+    assert_eq!(
+        body,
+        json!([{"task": "web", "containerIP": "172.17.0.2", "bindIP": "0.0.0.0",
+                "hostPort": 8080, "containerPort": 80, "protocol": "tcp", "stats": null}])
+    );
+    assert_eq!(
+        api.get("/v1/bindings/stats")
+            .await
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        api.get("/v1/bindings/stats?task=nope").await,
+        (404, error("no such task: nope"))
+    );
+    assert_eq!(api.get("/v1/bindings/stats?task=a%20b").await.0, 400);
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_with_latency_by_route_template() {
+    let api = api();
+    let state = crate::interfaces::metrics::MetricsState::new(true);
+    let router = api.router.clone().layer(axum::Extension(state));
+    for path in ["/v1/tasks/a/stop", "/v1/tasks/b/stop", "/no/such/path"] {
+        let req = Request::builder()
+            .method("POST")
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        router.clone().oneshot(req).await.unwrap();
+    }
+    let req = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .unwrap();
+    let resp = router.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        crate::interfaces::metrics::text::CONTENT_TYPE
+    );
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(text.contains(
+        "berth_api_request_duration_seconds_count{method=\"POST\",route=\"/v1/tasks/{name}/stop\"} 2\n"
+    ), "{text}");
+    assert!(text.contains(
+        "berth_api_request_duration_seconds_count{method=\"POST\",route=\"unmatched\"} 1\n"
+    ));
+    assert!(!text.contains("/v1/tasks/a/stop"));
+    assert!(text.contains("berth_mappings 0\n"));
+}

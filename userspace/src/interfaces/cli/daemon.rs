@@ -23,9 +23,16 @@ pub struct DaemonArgs {
         required_unless_present = "teardown"
     )]
     pub uplinks: Vec<String>,
-    /// The containers' bridge (e.g. docker0).
-    #[arg(long, value_name = "IF", required_unless_present = "teardown")]
-    pub bridge: Option<String>,
+    /// The containers' bridge (e.g. docker0); repeatable (`--bridge cni0
+    /// --bridge docker0`). One that does not exist yet is attached the
+    /// moment it is created.
+    #[arg(
+        long = "bridge",
+        value_name = "IF",
+        required_unless_present = "teardown",
+        value_parser = parse_bridge_name
+    )]
+    pub bridges: Vec<String>,
     /// Where the desired state (berth.redb) is kept.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
@@ -74,6 +81,22 @@ pub struct DaemonArgs {
     pub security_groups: super::sg::SgDaemonArgs,
     #[command(flatten)]
     pub api: crate::domain::limits::ApiArgs,
+    /// Also serve `GET /metrics` (Prometheus) on TCP at this address, e.g.
+    /// 127.0.0.1:9475; nothing else is served there. The API socket serves
+    /// `/metrics` either way.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_metrics_listen)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Label forwarded traffic and flows by task and host port in
+    /// `/metrics`; `false` sums them by protocol (fewer series on hosts
+    /// with many tasks).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics_per_binding: bool,
+}
+
+fn parse_metrics_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!("{s:?} is not an IP address and port (e.g. 127.0.0.1:9475 or [::1]:9475)")
+    })
 }
 
 impl DaemonArgs {
@@ -84,12 +107,18 @@ impl DaemonArgs {
                 uplinks.push(uplink);
             }
         }
+        let mut bridges: Vec<String> = Vec::new();
+        for bridge in self.bridges {
+            if !bridges.contains(&bridge) {
+                bridges.push(bridge);
+            }
+        }
         DaemonConfig {
             socket,
             state_dir: self.state_dir,
             datapath: DatapathConfig {
                 uplinks,
-                bridge: self.bridge.unwrap_or_default(),
+                bridges,
                 bpffs: self.bpffs,
                 attach: self.attach,
                 ct_capacity: self.security_groups.ct_max,
@@ -105,7 +134,30 @@ impl DaemonArgs {
             limits: self.api.limits(),
             socket_group: self.api.socket_group,
             docker: self.docker,
+            metrics: crate::interfaces::metrics::MetricsConfig {
+                listen: self.metrics_listen,
+                per_binding: self.metrics_per_binding,
+            },
         }
+    }
+}
+
+/// What the kernel takes as an interface name: it also names sysfs paths
+/// and link pins, so nothing that could leave those directories.
+fn parse_bridge_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() < libc::IFNAMSIZ
+        && s != "."
+        && s != ".."
+        && !s.contains(['/', ':', '@'])
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not an interface name (1 to {} characters, no '/', ':', '@' or spaces)",
+            libc::IFNAMSIZ - 1
+        ))
     }
 }
 
@@ -115,4 +167,46 @@ fn parse_dynamic_range(s: &str) -> Result<PortRange, String> {
 
 fn parse_reserved_ports(s: &str) -> Result<BTreeSet<u16>, String> {
     parse_port_list(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    }
+
+    fn bridges(args: &[&str]) -> Result<Vec<String>, String> {
+        let argv = ["berth", "--uplink", "eth0"].iter().chain(args);
+        Cmd::try_parse_from(argv)
+            .map(|c| c.daemon.into_config("/s".into()).datapath.bridges)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn bridge_repeats_in_order_once_each() {
+        assert_eq!(bridges(&["--bridge", "docker0"]).unwrap(), ["docker0"]);
+        assert_eq!(
+            bridges(&["--bridge", "cni0", "--bridge", "docker0", "--bridge", "cni0"]).unwrap(),
+            ["cni0", "docker0"]
+        );
+    }
+
+    #[test]
+    fn a_bridge_is_required_and_must_be_an_interface_name() {
+        assert!(bridges(&[]).unwrap_err().contains("--bridge"));
+        for bad in ["", "../x", "a/b", "br 0", "sixteen-chars-xx", "..", "br@0"] {
+            let err = bridges(&["--bridge", bad]).unwrap_err();
+            assert!(err.contains("is not an interface name"), "{bad:?}: {err}");
+        }
+        assert_eq!(
+            bridges(&["--bridge", "fifteen-chars-x"]).unwrap(),
+            ["fifteen-chars-x"]
+        );
+    }
 }

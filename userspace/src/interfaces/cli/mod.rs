@@ -8,6 +8,7 @@ pub mod reset;
 pub mod sg;
 pub mod status;
 pub mod task;
+pub mod top;
 
 use std::path::PathBuf;
 
@@ -49,11 +50,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the datapath's packet counters.
+    /// Show the datapath's packet counters, or one task's per-binding
+    /// counters.
     Stats {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Show this task's bindings with their counters.
+        #[arg(long, value_name = "NAME")]
+        task: Option<String>,
+    },
+    /// Live rates of tasks and bindings (packets/s, bit/s, new flows/s,
+    /// refusals, drops), refreshed like `docker stats`.
+    Top {
+        /// Print one table (rates over one --interval) and exit.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between samples.
+        #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = parse_interval)]
+        interval: f64,
     },
     /// Run, stop and list tasks from ECS task definitions.
     #[command(subcommand)]
@@ -100,8 +115,22 @@ impl Cli {
             Command::Events { existing, count } => events::run(&client, existing, count).await,
             Command::Map(cmd) => map::run(&client, cmd).await,
             Command::Status { json } => status::run_status(&client, json).await,
-            Command::Stats { json } => status::run_stats(&client, json).await,
+            Command::Stats { json, task: None } => status::run_stats(&client, json).await,
+            Command::Stats {
+                json,
+                task: Some(t),
+            } => top::run_task_stats(&client, &t, json).await,
+            Command::Top { once, interval } => {
+                top::run_top(&client, once, std::time::Duration::from_secs_f64(interval)).await
+            }
         }
+    }
+}
+
+fn parse_interval(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds from 0.1 to 3600")),
     }
 }
 
@@ -149,6 +178,62 @@ mod tests {
     }
 
     #[test]
+    fn metrics_flags_parse_and_bad_ones_are_one_line() {
+        let cli = parse(&["top", "--once", "--interval", "0.5"]).unwrap();
+        assert!(matches!(cli.command, Command::Top { once: true, interval } if interval == 0.5));
+        let cli = parse(&["stats", "--task", "web", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::Stats { json: true, task: Some(t) } if t == "web"));
+        let cli = parse(&["map", "ls", "--stats", "--json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Map(MapCommand::Ls {
+                json: true,
+                stats: true
+            })
+        ));
+        for (args, want) in [
+            (
+                &["top", "--interval", "0"][..],
+                "\"0\" is not a number of seconds from 0.1 to 3600",
+            ),
+            (
+                &[
+                    "daemon",
+                    "--uplink",
+                    "u",
+                    "--bridge",
+                    "b",
+                    "--metrics-listen",
+                    ":9475",
+                ][..],
+                "\":9475\" is not an IP address and port",
+            ),
+        ] {
+            let err = one_line_clap_error(&parse(args).unwrap_err());
+            assert!(err.contains(want), "{err}");
+            assert_eq!(err.lines().count(), 1);
+        }
+        let Command::Daemon(d) = parse(&[
+            "daemon",
+            "--uplink",
+            "u",
+            "--bridge",
+            "b",
+            "--metrics-listen",
+            "[::1]:9475",
+            "--metrics-per-binding=false",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("daemon")
+        };
+        let c = d.into_config("/s".into());
+        assert_eq!(c.metrics.listen, Some("[::1]:9475".parse().unwrap()));
+        assert!(!c.metrics.per_binding);
+    }
+
+    #[test]
     fn daemon_flags_and_defaults() {
         let cli = parse(&[
             "daemon", "--uplink", "eth0", "--uplink", "eth1", "--uplink", "eth0", "--bridge",
@@ -165,7 +250,7 @@ mod tests {
         assert_eq!(config.datapath.bpffs, PathBuf::from("/sys/fs/bpf"));
         assert_eq!(config.datapath.attach, AttachMode::Tc);
         assert_eq!(config.datapath.uplinks, ["eth0", "eth1"]);
-        assert_eq!(config.datapath.bridge, "docker0");
+        assert_eq!(config.datapath.bridges, ["docker0"]);
         assert_eq!(config.dynamic_ports, None, "ip_local_port_range at start");
         assert_eq!(
             config.reserved_ports,
@@ -495,6 +580,7 @@ mod tests {
             container_port: 80,
             protocol: Protocol::Tcp,
             ecs: Default::default(),
+            cni: None,
         };
         assert_eq!(
             bindings_table(&[b]),

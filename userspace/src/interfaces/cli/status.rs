@@ -62,6 +62,28 @@ fn docker_line(d: &DockerStatus) -> String {
     )
 }
 
+/// One `--bridge`: attached (with its subnets and hooked ports), waiting
+/// for the link to be created, or why it failed.
+fn bridge_line(b: &crate::engine::datapath::BridgeState) -> String {
+    match (b.state.as_str(), &b.detail) {
+        ("attached", _) => {
+            let nets = if b.subnets.is_empty() {
+                "no IPv4 address yet".to_owned()
+            } else {
+                b.subnets.join(" ")
+            };
+            let ports = if b.ports == 1 { "port" } else { "ports" };
+            format!(
+                "{} attached (ifindex {}; {nets}; {} {ports})",
+                b.name, b.ifindex, b.ports
+            )
+        }
+        ("waiting", _) => format!("{} waiting (does not exist yet)", b.name),
+        (state, Some(why)) => format!("{} {state}: {why}", b.name),
+        (state, None) => format!("{} {state}", b.name),
+    }
+}
+
 /// The human form of [`StatusView`].
 pub fn status_text(s: &StatusView) -> String {
     let mut out = String::new();
@@ -107,6 +129,9 @@ pub fn status_text(s: &StatusView) -> String {
         _ => {
             let _ = writeln!(out, "cgroup     socket hooks off");
         }
+    }
+    for b in &d.bridges {
+        let _ = writeln!(out, "bridge     {}", bridge_line(b));
     }
     let tw = d
         .attachments
@@ -183,6 +208,7 @@ mod tests {
                     entries: Some(3),
                     pin: "/sys/fs/bpf/berth/BERTH_SERVICES".into(),
                 }],
+                bridges: Vec::new(),
             }),
             docker: None,
         }
@@ -256,5 +282,45 @@ mod tests {
         assert_eq!(json["datapath"]["maps"][0]["type"], "hash");
         let back: StatusView = serde_json::from_value(json).unwrap();
         assert_eq!(back, view());
+    }
+
+    #[test]
+    fn each_bridge_says_whether_it_is_attached_or_waited_for() {
+        use crate::engine::datapath::BridgeState;
+        let mut v = view();
+        let d = v.datapath.as_mut().unwrap();
+        d.bridges = vec![
+            BridgeState {
+                name: "docker0".into(),
+                state: "attached".into(),
+                ifindex: 4,
+                subnets: vec!["172.17.0.0/16".into()],
+                ports: 2,
+                detail: None,
+            },
+            BridgeState {
+                name: "cni0".into(),
+                state: "waiting".into(),
+                ..Default::default()
+            },
+            BridgeState {
+                name: "br-x".into(),
+                state: "failed".into(),
+                ifindex: 0,
+                detail: Some("br-x exists but is not a bridge".into()),
+                ..Default::default()
+            },
+        ];
+        let text = status_text(&v);
+        assert!(
+            text.contains(
+                "bridge     docker0 attached (ifindex 4; 172.17.0.0/16; 2 ports)\n\
+                 bridge     cni0 waiting (does not exist yet)\n\
+                 bridge     br-x failed: br-x exists but is not a bridge\n"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["datapath"]["bridges"][1]["state"], "waiting");
     }
 }

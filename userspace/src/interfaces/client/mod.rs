@@ -1,4 +1,5 @@
 //! A small HTTP/1 client for the daemon's API over its Unix socket.
+mod cni;
 mod sg;
 
 use std::{
@@ -60,6 +61,19 @@ impl Client {
 
     pub async fn stats(&self) -> Result<Stats> {
         self.call(Method::GET, "/v1/stats", None).await
+    }
+
+    /// Bindings with their counters; of one task (a valid task name, it
+    /// goes into the query as is) when given.
+    pub async fn binding_stats(
+        &self,
+        task: Option<&str>,
+    ) -> Result<Vec<crate::interfaces::api::BindingStatsView>> {
+        let path = match task {
+            Some(t) => format!("/v1/bindings/stats?task={t}"),
+            None => "/v1/bindings/stats".to_owned(),
+        };
+        self.call(Method::GET, &path, None).await
     }
 
     pub async fn status(&self) -> Result<crate::interfaces::api::StatusView> {

@@ -101,11 +101,17 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             Err(msg) => fail(&msg),
         };
     }
-    match runtime.block_on(berths_bridge(&client)) {
-        // A user-defined network (docker compose's br-…): berth serves one
-        // bridge, docker-proxy any.
-        Ok(Some(bridge)) if !bridge_holds(&bridge, a.container_ip) => {
-            let why = format!("{} is not on berth's bridge {bridge}", a.container_ip);
+    match runtime.block_on(berths_bridges(&client)) {
+        // A user-defined network (docker compose's br-…): berth serves the
+        // bridges it was given, docker-proxy any.
+        Ok(bridges)
+            if !bridges.is_empty() && !bridges.iter().any(|b| bridge_holds(b, a.container_ip)) =>
+        {
+            let why = format!(
+                "{} is not on berth's bridge {}",
+                a.container_ip,
+                bridges.join(" or ")
+            );
             return exec_fallback(&a, &why);
         }
         Ok(_) => {}
@@ -114,15 +120,21 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     publish_until_stopped(&runtime, &mut stop, &client, &a, ppid_at_start as u32)
 }
 
-/// The bridge the daemon attached to, as `berth status` shows it (none for
-/// a daemon without a datapath).
-async fn berths_bridge(client: &Client) -> Result<Option<String>, String> {
+/// The bridges the daemon serves, as `berth status` shows them (none for
+/// a daemon without a datapath; from the attachments for a daemon older
+/// than several bridges).
+async fn berths_bridges(client: &Client) -> Result<Vec<String>, String> {
     let status = client.status().await.map_err(|e| e.one_line())?;
-    Ok(status.datapath.and_then(|d| {
-        d.attachments
-            .into_iter()
-            .find(|at| at.role == "bridge")
-            .map(|at| at.target)
+    Ok(status.datapath.map_or_else(Vec::new, |d| {
+        if d.bridges.is_empty() {
+            d.attachments
+                .into_iter()
+                .filter(|at| at.role == "bridge")
+                .map(|at| at.target)
+                .collect()
+        } else {
+            d.bridges.into_iter().map(|b| b.name).collect()
+        }
     }))
 }
 

@@ -1,0 +1,237 @@
+//! Per-binding counters (`BERTH_BINDING_STATS`): which slot each published
+//! mapping counts in, and reading the slots back.
+//!
+//! Every service entry carries its slot (`Backend::binding`), so the
+//! datapath counts a packet with one array lookup. Slots are handed out
+//! here: the daemon adopts the numbering pinned with the maps (counters
+//! survive a restart), numbers what has none (mappings carried over from
+//! layout 2 hold slot 0, which counts nothing), and zeroes a slot on every
+//! CPU before a new mapping gets it, so a reused slot starts from zero.
+//! Freed slots are reused last and oldest first: the flows of a removed
+//! mapping, which carry its slot, are swept in the background, and the
+//! longer a slot rests the less a straggling reply of the old mapping can
+//! count against the new one.
+//!
+//! Flows tracked now is not a datapath counter: it is the number of
+//! entries per slot in the published-port flow tables when asked, which
+//! stays right whatever ends a flow (expiry, a sweep, LRU eviction).
+use std::collections::{HashMap, VecDeque};
+
+use aya::maps::{MapData, PerCpuArray, PerCpuValues};
+use berth_maps::{BindingStats, NatEntry, ServiceKey, BINDING_STATS_MAP};
+
+use super::{
+    bpf::map_err,
+    flows::{scan, FlowMap},
+    DatapathError,
+};
+use crate::engine::datapath::BindingCounters;
+
+/// Which mapping holds which slot; slots run 1..=`capacity`.
+#[derive(Debug, Default)]
+pub(super) struct SlotBook {
+    capacity: u32,
+    owner: HashMap<u32, ServiceKey>,
+    /// Slots above every one handed out so far start here.
+    next_fresh: u32,
+    /// Slots handed out once and freed since, oldest first.
+    freed: VecDeque<u32>,
+}
+
+impl SlotBook {
+    /// A book for `capacity` mappings that adopts the slots `pinned`
+    /// service entries hold: the first holder of a valid slot keeps it; a
+    /// mapping with slot 0, one out of range or a duplicate gets a new one
+    /// when it is next published ([`SlotBook::slot_for`]).
+    pub(super) fn adopt(
+        capacity: u32,
+        pinned: impl IntoIterator<Item = (ServiceKey, u32)>,
+    ) -> Self {
+        let mut book = Self {
+            capacity,
+            next_fresh: 1,
+            ..Self::default()
+        };
+        for (key, slot) in pinned {
+            if (1..=capacity).contains(&slot) && !book.owner.contains_key(&slot) {
+                book.owner.insert(slot, key);
+            }
+        }
+        let top = book.owner.keys().copied().max().unwrap_or(0);
+        book.freed = (1..top).filter(|s| !book.owner.contains_key(s)).collect();
+        book.next_fresh = top + 1;
+        book
+    }
+
+    /// The slot `key` should count in, given the one its entry holds now
+    /// (`None`: not published). `(slot, fresh)`: `fresh` says the slot was
+    /// just handed out and must be zeroed before the entry names it. `None`
+    /// when every slot is taken (the mapping then counts nowhere).
+    pub(super) fn slot_for(
+        &mut self,
+        key: &ServiceKey,
+        current: Option<u32>,
+    ) -> Option<(u32, bool)> {
+        if let Some(s) = current {
+            if self.owner.get(&s) == Some(key) {
+                return Some((s, false));
+            }
+        }
+        let slot = if self.next_fresh <= self.capacity {
+            self.next_fresh += 1;
+            self.next_fresh - 1
+        } else {
+            loop {
+                let s = self.freed.pop_front()?;
+                if !self.owner.contains_key(&s) {
+                    break s;
+                }
+            }
+        };
+        self.owner.insert(slot, *key);
+        Some((slot, true))
+    }
+
+    /// `key` no longer holds `slot` (its mapping was removed, or taking the
+    /// slot failed).
+    pub(super) fn release(&mut self, key: &ServiceKey, slot: u32) {
+        if self.owner.get(&slot) == Some(key) {
+            self.owner.remove(&slot);
+            self.freed.push_back(slot);
+        }
+    }
+}
+
+/// Zeroes `slot` on every CPU.
+pub(super) fn zero_slot(
+    stats: &mut PerCpuArray<MapData, BindingStats>,
+    slot: u32,
+) -> Result<(), DatapathError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
+        map: BINDING_STATS_MAP,
+        reason: format!("counting CPUs: {e}"),
+    })?;
+    let zero = PerCpuValues::try_from(vec![BindingStats::default(); cpus]).map_err(|e| {
+        DatapathError::Map {
+            map: BINDING_STATS_MAP,
+            reason: e.to_string(),
+        }
+    })?;
+    stats.set(slot, zero, 0).map_err(map_err(BINDING_STATS_MAP))
+}
+
+/// `slot`'s counters summed over CPUs, and the flows tracked under it.
+pub(super) fn read_slot(
+    stats: &PerCpuArray<MapData, BindingStats>,
+    slot: u32,
+    tracked: &HashMap<u32, u64>,
+) -> Result<BindingCounters, DatapathError> {
+    let per_cpu = stats.get(&slot, 0).map_err(map_err(BINDING_STATS_MAP))?;
+    Ok(sum(
+        per_cpu.iter(),
+        tracked.get(&slot).copied().unwrap_or(0),
+    ))
+}
+
+fn sum<'a>(per_cpu: impl Iterator<Item = &'a BindingStats>, tracked: u64) -> BindingCounters {
+    let mut c = BindingCounters {
+        flows_tracked: tracked,
+        ..BindingCounters::default()
+    };
+    for s in per_cpu {
+        c.packets_in = c.packets_in.wrapping_add(s.packets_in);
+        c.bytes_in = c.bytes_in.wrapping_add(s.bytes_in);
+        c.packets_out = c.packets_out.wrapping_add(s.packets_out);
+        c.bytes_out = c.bytes_out.wrapping_add(s.bytes_out);
+        c.flows_opened = c.flows_opened.wrapping_add(s.flows_opened);
+        c.flows_refused = c.flows_refused.wrapping_add(s.flows_refused);
+    }
+    c
+}
+
+/// Tracked flows per slot, over the published-port flow tables.
+pub(super) fn tracked_per_slot(
+    flows: &[FlowMap<NatEntry>],
+) -> Result<HashMap<u32, u64>, DatapathError> {
+    let mut per = HashMap::new();
+    for t in flows {
+        scan(t, |_, v: &NatEntry| *per.entry(v.binding).or_insert(0) += 1)?;
+    }
+    Ok(per)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16) -> ServiceKey {
+        ServiceKey {
+            host_addr_be: 0,
+            host_port_be: port.to_be(),
+            proto: 6,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn pinned_slots_are_kept_and_the_rest_numbered_fresh() {
+        let mut b = SlotBook::adopt(8, [(key(1), 3), (key(2), 0), (key(3), 3), (key(4), 99)]);
+        assert_eq!(b.slot_for(&key(1), Some(3)), Some((3, false)));
+        // Slot 0, a duplicate and one out of range are renumbered.
+        assert_eq!(b.slot_for(&key(2), Some(0)), Some((4, true)));
+        assert_eq!(b.slot_for(&key(3), Some(3)), Some((5, true)));
+        assert_eq!(b.slot_for(&key(4), Some(99)), Some((6, true)));
+        // Publishing again keeps the slot.
+        assert_eq!(b.slot_for(&key(4), Some(6)), Some((6, false)));
+    }
+
+    #[test]
+    fn freed_slots_are_reused_last_oldest_first_and_zeroed() {
+        let mut b = SlotBook::adopt(3, []);
+        let s: Vec<_> = (1..=3).map(|p| b.slot_for(&key(p), None)).collect();
+        assert_eq!(s, [Some((1, true)), Some((2, true)), Some((3, true))]);
+        assert_eq!(b.slot_for(&key(9), None), None, "every slot taken");
+        b.release(&key(2), 2);
+        b.release(&key(1), 1);
+        // Someone else's slot is not released.
+        b.release(&key(7), 3);
+        assert_eq!(b.slot_for(&key(10), None), Some((2, true)));
+        assert_eq!(b.slot_for(&key(11), None), Some((1, true)));
+        assert_eq!(b.slot_for(&key(12), None), None);
+    }
+
+    #[test]
+    fn gaps_below_the_adopted_slots_are_free() {
+        let mut b = SlotBook::adopt(5, [(key(1), 4)]);
+        assert_eq!(b.slot_for(&key(2), None), Some((5, true)));
+        assert_eq!(b.slot_for(&key(3), None), Some((1, true)));
+        assert_eq!(b.slot_for(&key(4), None), Some((2, true)));
+        assert_eq!(b.slot_for(&key(5), None), Some((3, true)));
+        assert_eq!(b.slot_for(&key(6), None), None);
+    }
+
+    #[test]
+    fn counters_sum_over_cpus() {
+        let cpu = BindingStats {
+            packets_in: 2,
+            bytes_in: 100,
+            packets_out: 1,
+            bytes_out: 60,
+            flows_opened: 1,
+            flows_refused: 3,
+        };
+        let c = sum([cpu, cpu].iter(), 7);
+        assert_eq!(
+            c,
+            BindingCounters {
+                packets_in: 4,
+                bytes_in: 200,
+                packets_out: 2,
+                bytes_out: 120,
+                flows_opened: 2,
+                flows_refused: 6,
+                flows_tracked: 7,
+            }
+        );
+    }
+}
