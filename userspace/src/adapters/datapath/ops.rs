@@ -178,7 +178,13 @@ impl Datapath for BpfDatapath {
 
     fn publishes(&self, b: &Binding) -> Result<bool, DatapathError> {
         let m = self.lock();
-        let served = m.services.get(&service_key(b), 0).ok() == Some(backend(b));
+        // The counters' slot is the datapath's own choice: compare where
+        // the mapping leads, not which slot counts it.
+        let want = backend(b);
+        let served = m
+            .services
+            .get(&service_key(b), 0)
+            .is_ok_and(|v| v.addr_be == want.addr_be && v.port_be == want.port_be);
         let guarded = m.ports.get(&port_key(b), 0).is_ok_and(|n| n > 0);
         Ok(served && guarded)
     }
