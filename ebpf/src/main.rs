@@ -26,6 +26,7 @@ mod bind;
 mod csum;
 mod ct;
 mod fib;
+mod flowlog;
 mod frag;
 mod gate;
 mod hook;

@@ -584,6 +584,12 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
             seq_end: [0, 0],
             max_win: [0, 0],
             _pad2: 0,
+            packets: [0, 0],
+            bytes: [0, 0],
+            opened_ns: 0,
+            ifindex: 0,
+            tcp_flags: [0, 0],
+            _pad3: 0,
         }
     );
     let e: NatEntry = read_as(&lookup(&nat_pin, &nat[1].0, nat_size).expect("flow kept"));

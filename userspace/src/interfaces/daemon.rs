@@ -48,6 +48,8 @@ pub struct DaemonConfig {
     pub limits: ApiLimits,
     /// `--docker`: the Docker engine's API socket (events mode).
     pub docker: Option<PathBuf>,
+    /// `--flow-log` and its settings.
+    pub flow_log: Option<crate::interfaces::flow_log::FlowLogConfig>,
 }
 
 impl DaemonConfig {
@@ -92,6 +94,8 @@ pub struct Parts {
     pub limits: ApiLimits,
     /// Docker events mode: the follower's state, for `status`.
     pub docker: Option<api::DockerLink>,
+    /// `--flow-log`: the tap on the datapath and the writer.
+    pub flow_log: Option<crate::interfaces::flow_log::FlowLog>,
 }
 
 /// Starts the daemon and returns once it has stopped. Every error is one
@@ -115,7 +119,33 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     let pin_dir = crate::adapters::datapath::prepare_pin_dir(&config.datapath.bpffs)?;
     let _lock = crate::adapters::lock::lock_daemon(&config.state_dir, &pin_dir)?;
     let store = Store::open(&config.state_dir)?;
+    // Opened before the datapath: a path the daemon cannot write stops it
+    // with nothing changed.
+    let flow_log_writer = config
+        .flow_log
+        .as_ref()
+        .map(crate::interfaces::flow_log::Writer::open)
+        .transpose()?;
     let datapath = BpfDatapath::open(&config.datapath)?;
+    let flow_log = match (config.flow_log.clone(), flow_log_writer) {
+        (Some(c), Some(writer)) => {
+            let (tap, ring) = datapath.flow_log_tap()?;
+            tracing::info!(
+                to = ?c.dest,
+                interval_secs = c.interval.as_secs(),
+                version = c.format.version(),
+                "flow log on"
+            );
+            Some(crate::interfaces::flow_log::FlowLog {
+                config: c,
+                tap,
+                ring,
+                writer,
+                uplinks: crate::interfaces::flow_log::uplink_indexes(&config.datapath.uplinks),
+            })
+        }
+        _ => None,
+    };
     tracing::info!(
         uplinks = ?config.datapath.uplinks,
         bridge = %config.datapath.bridge,
@@ -142,6 +172,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         security_groups: config.security_groups.clone(),
         limits: config.limits,
         docker: docker.as_ref().map(|(link, _)| link.clone()),
+        flow_log,
     };
     // The API socket is bound, so the follower's requests wait in its
     // backlog until the store is restored and served.
@@ -216,6 +247,7 @@ pub async fn serve(
         security_groups,
         limits,
         docker,
+        flow_log,
     } = parts;
     let store_path = store.path().to_owned();
     let info = api::DaemonInfo {
@@ -251,6 +283,15 @@ pub async fn serve(
     ];
 
     let berth = Berth::new(registry).with_max_subscribers(limits.max_event_subscribers);
+    let flow_log = flow_log.map(|log| {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(crate::interfaces::flow_log::run(
+            log,
+            berth.clone(),
+            stopped,
+        ));
+        (stop, task)
+    });
     let closer = berth.clone();
     let sweeps = berth.clone();
     tracing::info!(
@@ -275,6 +316,11 @@ pub async fn serve(
     .await;
     // Removals answered before their flows were forgotten; finish that.
     sweeps.finish_sweeps().await;
+    // The window in progress is written before the daemon exits.
+    if let Some((stop, task)) = flow_log {
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, task).await;
+    }
     for task in background {
         task.abort();
     }
@@ -398,6 +444,7 @@ mod tests {
             security_groups: Default::default(),
             limits: ApiLimits::default(),
             docker: None,
+            flow_log: None,
         }
     }
 

@@ -8,4 +8,5 @@ pub mod client;
 pub mod daemon;
 pub mod docker_events;
 pub mod docker_proxy;
+pub mod flow_log;
 pub mod server;

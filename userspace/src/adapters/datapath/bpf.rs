@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{links::CgroupAttachMode, CgroupSockAddr},
     Ebpf, EbpfLoader,
 };
@@ -110,6 +110,10 @@ pub struct BpfDatapath {
     /// `--max-mappings`, for the error when the tables are full.
     pub(super) max_mappings: u32,
     pub(super) status: super::status::StatusBase,
+    /// The flow-log ring, until a flow log takes it (`flow_log_tap`).
+    pub(super) flow_ring: Mutex<Option<RingBuf<MapData>>>,
+    /// What the sweeps deleted, while a flow log wants it.
+    pub(super) departed: super::flowlog::DepartedSlot,
     // Stops before the programs it attaches are dropped.
     _ports: PortWatcher,
     // Owns the programs; the links themselves are held by their pins.
@@ -353,6 +357,16 @@ impl BpfDatapath {
         config_map
             .set(CONFIG_NETNS_COOKIE, netns_cookie()?, 0)
             .map_err(map_err(CONFIG_MAP))?;
+        // Until a flow log of this daemon reads the new ring, refusals
+        // write nothing (an earlier daemon's setting is not this one's).
+        config_map
+            .set(berth_maps::CONFIG_FLOW_LOG, 0, 0)
+            .map_err(map_err(CONFIG_MAP))?;
+        let flow_ring =
+            RingBuf::try_from(ebpf.take_map(berth_maps::FLOW_LOG_RING).ok_or_else(|| {
+                DatapathError::Other(format!("map {} missing", berth_maps::FLOW_LOG_RING))
+            })?)
+            .map_err(map_err(berth_maps::FLOW_LOG_RING))?;
 
         let mut maps = Maps {
             services: take_map(&mut ebpf, SERVICES_MAP)?,
@@ -458,6 +472,8 @@ impl BpfDatapath {
             timeouts: Mutex::new(FlowTimeouts::default()),
             max_mappings: config.capacity.max_mappings,
             status,
+            flow_ring: Mutex::new(Some(flow_ring)),
+            departed: Default::default(),
             _ports: ports,
             _ebpf: ebpf,
         })

@@ -74,6 +74,8 @@ pub struct DaemonArgs {
     pub security_groups: super::sg::SgDaemonArgs,
     #[command(flatten)]
     pub api: crate::domain::limits::ApiArgs,
+    #[command(flatten)]
+    pub flow_log: crate::interfaces::flow_log::FlowLogArgs,
 }
 
 impl DaemonArgs {
@@ -105,6 +107,7 @@ impl DaemonArgs {
             limits: self.api.limits(),
             socket_group: self.api.socket_group,
             docker: self.docker,
+            flow_log: self.flow_log.config(),
         }
     }
 }
