@@ -4,6 +4,7 @@
 //! `pkt`, which computes every checksum over the whole packet; the programs
 //! update them incrementally. Every failure of a table is reported at once.
 //! Needs root (loads eBPF, makes private namespaces).
+mod flowlog;
 mod icmp;
 mod ingress;
 mod migrated;
