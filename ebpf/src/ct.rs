@@ -13,6 +13,7 @@ use berth_maps::{
 };
 
 use crate::{
+    dplog::{dp_log, EV_NAT_FULL},
     maps::count,
     sys::{BPF_NOEXIST, EEXIST},
     tcp::{tcp_init, tcp_update, Seg, TcpEvent, Track},
@@ -67,6 +68,10 @@ pub(crate) struct Tables<V: 'static> {
     pub est: &'static HashMap<FlowKey, V>,
     pub new: &'static LruHashMap<FlowKey, V>,
     pub full: Counter,
+    /// Whether a full table is written to the datapath log (a constant at
+    /// each call: the published-port tables, except on `berth_from_ctr`'s
+    /// paths; see `dplog`).
+    pub log: bool,
 }
 
 /// The time a tracked flow was last seen: `CLOCK_MONOTONIC`, which the
@@ -108,6 +113,9 @@ pub(crate) fn ct_promote<V: Conn>(t: &Tables<V>, key: &FlowKey, e: *mut V) -> Re
         Err(_) => {
             *V::track(e).flags &= !CT_F_ESTABLISHED;
             count(t.full);
+            if t.log {
+                dp_log(EV_NAT_FULL, key.dst_addr_be, 0, 0, 0);
+            }
             return Err(());
         }
     }
@@ -125,6 +133,9 @@ pub(crate) fn ct_insert_new<V: Conn>(t: &Tables<V>, key: &FlowKey, v: &V) -> Res
         Err(e) if e == EEXIST => Ok(()),
         Err(_) => {
             count(t.full);
+            if t.log {
+                dp_log(EV_NAT_FULL, key.dst_addr_be, 0, 0, 0);
+            }
             Err(())
         }
     }

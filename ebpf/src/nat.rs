@@ -20,6 +20,7 @@ use crate::{
         ct_init, ct_insert_new, ct_now, ct_promote, ct_refresh, Conn as _, Tables, DIR_ORIG,
         DIR_REPLY,
     },
+    dplog::{dp_log, ports, EV_CLASH, EV_CLASH_FAILED},
     flowlog::{flow_log_refused, Refused},
     maps::{count, BERTH_NAT, BERTH_NAT_FWD, BERTH_NAT_NEW},
     parse::{flow_key, Flow, IP_DST_OFF, IP_SRC_OFF},
@@ -27,14 +28,21 @@ use crate::{
     tcp::{tcp_completes, tcp_seg, Seg},
 };
 
-/// Published-port flows' tables.
+/// Published-port flows' tables; `log`: a full one is written to the
+/// datapath log.
 #[inline(always)]
-fn nat_tables() -> Tables<NatEntry> {
+fn nat_tables_logged(log: bool) -> Tables<NatEntry> {
     Tables {
         est: &BERTH_NAT,
         new: &BERTH_NAT_NEW,
         full: Counter::NatTableFull,
+        log,
     }
+}
+
+#[inline(always)]
+fn nat_tables() -> Tables<NatEntry> {
+    nat_tables_logged(true)
 }
 
 /// A published-port flow's key: its reply tuple as the container sends it
@@ -303,6 +311,13 @@ fn nat_open(
     let remapped = !nat_tuple_free(&key);
     if remapped {
         let Ok(port) = nat_pick_port(flow, &key) else {
+            dp_log(
+                EV_CLASH_FAILED,
+                flow.src_addr_be,
+                0,
+                ports(flow.src_port_be, flow.dst_port_be),
+                0,
+            );
             return reject(FLOW_EV_REJECT_FULL);
         };
         key.dst_port_be = port;
@@ -316,6 +331,13 @@ fn nat_open(
             return reject(FLOW_EV_REJECT_FULL);
         }
         count(Counter::NatPortRemap);
+        dp_log(
+            EV_CLASH,
+            flow.src_addr_be,
+            0,
+            ports(flow.src_port_be, flow.dst_port_be),
+            u32::from(u16::from_be(key.dst_port_be)),
+        );
     } else if stale_fwd {
         let _ = BERTH_NAT_FWD.remove(wire);
     }
@@ -374,6 +396,7 @@ pub(crate) fn ct_lookup_reply(
     flow: &Flow,
     data: usize,
     data_end: usize,
+    log: bool,
 ) -> Result<Option<ReplyXlate>, ()> {
     let key = flow.key();
     let seg = if flow.proto == PROTO_TCP {
@@ -392,7 +415,7 @@ pub(crate) fn ct_lookup_reply(
     ct_refresh(e, flow.proto, &seg, DIR_REPLY, ct_now());
     nat_count(e, DIR_REPLY, flow);
     let x = ReplyXlate::of(e);
-    if flow.proto == PROTO_UDP && ct_promote(&nat_tables(), &key, e).is_err() {
+    if flow.proto == PROTO_UDP && ct_promote(&nat_tables_logged(log), &key, e).is_err() {
         // The flow as its client sent it: the reply's tuple reversed.
         flow_log_refused(&Refused {
             kind: FLOW_EV_REJECT_FULL,

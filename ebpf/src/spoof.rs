@@ -18,6 +18,7 @@
 use berth_maps::{Counter, PortAddrs, PORT_ADDRS_MAX};
 
 use crate::{
+    dplog::{dp_log, EV_HOST_SOURCE, EV_LOCAL_SOURCE, EV_LOOPBACK},
     maps::{count, in_local_nets, BERTH_HOST_ADDRS, BERTH_PORT_ADDRS},
     parse::{ptr_at, ETH_LEN, ETH_P_IP_BE},
     policy::endpoint_with_policy,
@@ -55,10 +56,12 @@ pub(crate) fn uplink_martian(data: usize, data_end: usize) -> bool {
     };
     if is_loopback(src) || is_loopback(dst) {
         count(Counter::UplinkLoopback);
+        dp_log(EV_LOOPBACK, src, dst, 0, 0);
         return true;
     }
     if in_local_nets(src) {
         count(Counter::UplinkSpoofedSource);
+        dp_log(EV_LOCAL_SOURCE, src, 0, 0, 0);
         return true;
     }
     false
@@ -70,6 +73,7 @@ pub(crate) fn uplink_martian(data: usize, data_end: usize) -> bool {
 pub(crate) fn uplink_host_source(src_be: u32) -> bool {
     if unsafe { BERTH_HOST_ADDRS.get(&src_be) }.is_some() {
         count(Counter::UplinkSpoofedSource);
+        dp_log(EV_HOST_SOURCE, src_be, 0, 0, 0);
         return true;
     }
     false

@@ -80,7 +80,7 @@ pub const MAPS: [&str; 19] = [
 pub const NEXT_HOPS_MAP: &str = "BERTH_NEXT_HOPS";
 
 /// Maps of the eBPF object that are not pinned.
-pub const UNPINNED_MAPS: [&str; 2] = [NEXT_HOPS_MAP, FLOW_LOG_RING];
+pub const UNPINNED_MAPS: [&str; 4] = [NEXT_HOPS_MAP, FLOW_LOG_RING, DP_LOG_MAP, DP_LOG_BUCKET_MAP];
 
 // ---------------------------------------------------------------- timeouts
 //
@@ -241,7 +241,7 @@ pub const PORTS_CAPACITY: u32 = SERVICES_CAPACITY;
 /// to a cgroup, which spans namespaces) acts in that namespace only.
 pub const CONFIG_MAP: &str = "BERTH_CONFIG";
 pub const CONFIG_NETNS_COOKIE: u32 = 0;
-pub const CONFIG_LEN: u32 = 6;
+pub const CONFIG_LEN: u32 = 7;
 /// `BERTH_CONFIG` index: non-zero when IPv4 from a bridge port without hooks
 /// is refused (`berth daemon --default-sg`).
 pub const CONFIG_PORT_GATE: u32 = 1;
@@ -263,6 +263,12 @@ pub const CONFIG_WILDCARD_ONLY: u32 = 4;
 /// `BERTH_CONFIG` index: non-zero while a daemon reads [`FLOW_LOG_RING`]
 /// (`berth daemon --flow-log`); otherwise refusals write no record.
 pub const CONFIG_FLOW_LOG: u32 = 5;
+/// `BERTH_CONFIG` index: the datapath log's level, [`DP_LOG_OFF`] (what a
+/// new or older daemon's pins hold) or [`DP_LOG_DEBUG`] (`berth log
+/// --datapath`, `berth daemon --datapath-log`).
+pub const CONFIG_DP_LOG: u32 = 6;
+pub const DP_LOG_OFF: u64 = 0;
+pub const DP_LOG_DEBUG: u64 = 1;
 
 /// Bridge ports whose security-group hooks are attached: ifindex -> 1.
 pub const HOOKED_PORTS_MAP: &str = "BERTH_HOOKED_PORTS";
@@ -468,6 +474,23 @@ pub const COUNTERS_MAP: &str = "BERTH_COUNTERS";
 pub const FLOW_LOG_RING: &str = "BERTH_FLOW_LOG";
 /// 256 KiB: about 5 400 records between two reads of the daemon.
 pub const FLOW_LOG_RING_BYTES: u32 = 256 * 1024;
+/// The datapath log's ring (aya-log's, named by it), not pinned.
+pub const DP_LOG_MAP: &str = "AYA_LOGS";
+/// Per-CPU token bucket of the datapath log: one [`LogBucket`], not pinned.
+pub const DP_LOG_BUCKET_MAP: &str = "BERTH_LOG_BUCKET";
+/// Datapath log lines per second per CPU once a bucket is empty, and the
+/// burst a full one allows.
+pub const DP_LOG_PER_SEC: u64 = 20;
+pub const DP_LOG_BURST: u64 = 40;
+
+/// A token bucket: `tokens` left as of `last_ns` (coarse clock).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct LogBucket {
+    pub last_ns: u64,
+    pub tokens: u64,
+}
+
 /// `FlowEvent::kind`: the receiving task's security groups refused the
 /// flow (or its source was one of the host's own addresses).
 pub const FLOW_EV_REJECT_POLICY: u8 = 1;
@@ -734,6 +757,8 @@ counters! {
     /// A flow-log record the ring buffer had no room for (the daemon
     /// reads too slowly); the record is lost, the packet is not.
     FlowLogLost = 27 => "flow_log_lost",
+    /// A datapath log line over the per-CPU rate limit; not written.
+    DatapathLogLimited = 28 => "datapath_log_limited",
 }
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 // The map is indexed by the enum: indexes run 0.. in order.

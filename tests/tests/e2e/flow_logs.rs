@@ -368,3 +368,71 @@ fn bad_flow_log_flags_are_refused_in_one_line() {
         assert!(first.contains(want), "{args:?}: {err}");
     }
 }
+
+/// The datapath log's lines about client2's refused flows in the daemon's
+/// log so far.
+fn refusal_lines(rig: &Rig) -> usize {
+    rig.daemon
+        .stderr()
+        .lines()
+        .filter(|l| {
+            l.contains("policy refused a new flow: 192.0.2.3:") && l.contains("-> 172.17.0.2:80")
+        })
+        .count()
+}
+
+#[test]
+fn the_datapath_log_shows_a_refused_flow_only_while_it_is_on() {
+    let rig = Rig::builder().wait_for_ports().start();
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    rig.map_add("web", "172.17.0.2", &["8080:80"]);
+    rig.berth(&["sg", "create", "web"]);
+    rig.berth(&["sg", "attach", "web", "--task", "web"]);
+    let published = rig.topo.host.addr(8080);
+    let refused = || {
+        rig.topo
+            .client2
+            .ns
+            .run(move || tcp_connect(published, Duration::from_millis(300)))
+            .expect_err("no rule lets anyone in");
+    };
+    refused();
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(refusal_lines(&rig), 0, "off by default");
+
+    assert_eq!(
+        rig.berth(&["log", "--datapath", "debug"]).trim(),
+        "datapath log: debug"
+    );
+    refused();
+    let until = Instant::now() + Duration::from_secs(5);
+    while refusal_lines(&rig) == 0 {
+        assert!(
+            Instant::now() < until,
+            "no datapath log line:\n{}",
+            rig.daemon.stderr()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let line = rig
+        .daemon
+        .stderr()
+        .lines()
+        .find(|l| l.contains("policy refused a new flow"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("berth::datapath"), "{line}");
+    assert!(line.contains("proto 6"), "{line}");
+
+    assert_eq!(
+        rig.berth(&["log", "--datapath", "off"]).trim(),
+        "datapath log: off"
+    );
+    thread::sleep(Duration::from_millis(300));
+    let seen = refusal_lines(&rig);
+    refused();
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(refusal_lines(&rig), seen, "off again: no more lines");
+    let err = rig.berth_err(&["log", "--datapath", "loud"]);
+    assert!(err.contains("loud"), "{err}");
+}

@@ -141,6 +141,10 @@ pub trait Datapath: Send + Sync {
     fn status(&self) -> Result<Option<DatapathStatus>, DatapathError> {
         Ok(None)
     }
+    /// Turns the datapath log (`berth log --datapath`) on or off.
+    fn set_datapath_log(&self, _on: bool) -> Result<(), DatapathError> {
+        Err(DatapathError::Other("this datapath has no log".into()))
+    }
 }
 
 /// How the uplinks are hooked: tc (tcx) or XDP.

@@ -50,6 +50,8 @@ pub struct DaemonConfig {
     pub docker: Option<PathBuf>,
     /// `--flow-log` and its settings.
     pub flow_log: Option<crate::interfaces::flow_log::FlowLogConfig>,
+    /// `--datapath-log debug`: the datapath log on from the start.
+    pub datapath_log: bool,
 }
 
 impl DaemonConfig {
@@ -96,6 +98,8 @@ pub struct Parts {
     pub docker: Option<api::DockerLink>,
     /// `--flow-log`: the tap on the datapath and the writer.
     pub flow_log: Option<crate::interfaces::flow_log::FlowLog>,
+    /// The datapath log's ring, forwarded into this log.
+    pub datapath_log: Option<crate::adapters::datapath::dplog::DpLogReader>,
 }
 
 /// Starts the daemon and returns once it has stopped. Every error is one
@@ -127,6 +131,10 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         .map(crate::interfaces::flow_log::Writer::open)
         .transpose()?;
     let datapath = BpfDatapath::open(&config.datapath)?;
+    if config.datapath_log {
+        datapath.set_datapath_log(true)?;
+    }
+    let datapath_log = Some(datapath.datapath_log_reader());
     let flow_log = match (config.flow_log.clone(), flow_log_writer) {
         (Some(c), Some(writer)) => {
             let (tap, ring) = datapath.flow_log_tap()?;
@@ -173,6 +181,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         limits: config.limits,
         docker: docker.as_ref().map(|(link, _)| link.clone()),
         flow_log,
+        datapath_log,
     };
     // The API socket is bound, so the follower's requests wait in its
     // backlog until the store is restored and served.
@@ -248,6 +257,7 @@ pub async fn serve(
         limits,
         docker,
         flow_log,
+        datapath_log,
     } = parts;
     let store_path = store.path().to_owned();
     let info = api::DaemonInfo {
@@ -277,10 +287,13 @@ pub async fn serve(
     );
 
     addrs.sync()?;
-    let background = [
+    let mut background = vec![
         tokio::spawn(addrs.run()),
         tokio::spawn(expire_flows(datapath.clone(), expiry)),
     ];
+    if let Some(reader) = datapath_log {
+        background.push(tokio::spawn(forward_datapath_log(reader)));
+    }
 
     let berth = Berth::new(registry).with_max_subscribers(limits.max_event_subscribers);
     let flow_log = flow_log.map(|log| {
@@ -394,6 +407,34 @@ impl HostAddrSync {
     }
 }
 
+/// Forwards the datapath log's lines as they come.
+async fn forward_datapath_log(reader: crate::adapters::datapath::dplog::DpLogReader) {
+    // SAFETY: the reader holds the logger, which owns the ring's fd, for
+    // as long as the AsyncFd lives.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE)
+    };
+    let fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the datapath log; its lines are not forwarded");
+            return;
+        }
+    };
+    loop {
+        match fd.readable().await {
+            Ok(mut guard) => {
+                guard.get_inner().flush();
+                guard.clear_ready();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the datapath log");
+                return;
+            }
+        }
+    }
+}
+
 async fn expire_flows(datapath: Arc<dyn Datapath>, period: Duration) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -445,6 +486,7 @@ mod tests {
             limits: ApiLimits::default(),
             docker: None,
             flow_log: None,
+            datapath_log: None,
         }
     }
 

@@ -114,6 +114,8 @@ pub struct BpfDatapath {
     pub(super) flow_ring: Mutex<Option<RingBuf<MapData>>>,
     /// What the sweeps deleted, while a flow log wants it.
     pub(super) departed: super::flowlog::DepartedSlot,
+    /// aya-log's reader of the datapath log.
+    pub(super) dp_logger: super::dplog::Logger,
     // Stops before the programs it attaches are dropped.
     _ports: PortWatcher,
     // Owns the programs; the links themselves are held by their pins.
@@ -289,6 +291,9 @@ impl BpfDatapath {
             }
         })?;
 
+        // Before any program loads: they refer to its map.
+        let dp_logger = super::dplog::init(&mut ebpf)?;
+
         let wanted = attachments(config);
         for (prog, ifname) in &wanted {
             attach_pinned(&mut ebpf, prog, ifname, &links_dir)?;
@@ -361,6 +366,11 @@ impl BpfDatapath {
         // write nothing (an earlier daemon's setting is not this one's).
         config_map
             .set(berth_maps::CONFIG_FLOW_LOG, 0, 0)
+            .map_err(map_err(CONFIG_MAP))?;
+        // Off until asked (`--datapath-log`, `berth log`), whatever an
+        // earlier daemon left.
+        config_map
+            .set(berth_maps::CONFIG_DP_LOG, berth_maps::DP_LOG_OFF, 0)
             .map_err(map_err(CONFIG_MAP))?;
         let flow_ring =
             RingBuf::try_from(ebpf.take_map(berth_maps::FLOW_LOG_RING).ok_or_else(|| {
@@ -474,6 +484,7 @@ impl BpfDatapath {
             status,
             flow_ring: Mutex::new(Some(flow_ring)),
             departed: Default::default(),
+            dp_logger,
             _ports: ports,
             _ebpf: ebpf,
         })

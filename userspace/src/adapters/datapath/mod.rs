@@ -4,6 +4,7 @@ mod attach;
 mod bpf;
 mod capacity;
 mod cgroup;
+pub mod dplog;
 pub mod flowlog;
 mod flows;
 #[cfg(test)]

@@ -415,6 +415,10 @@ impl Datapath for BpfDatapath {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = timeouts;
     }
 
+    fn set_datapath_log(&self, on: bool) -> Result<(), DatapathError> {
+        self.write_datapath_log(on)
+    }
+
     fn status(&self) -> Result<Option<super::DatapathStatus>, DatapathError> {
         Ok(Some(self.status.read()))
     }

@@ -605,3 +605,36 @@ async fn events_can_start_with_the_existing_bindings() {
     let e = next_line(&mut body).await.unwrap();
     assert_eq!(e["event"], "removed");
 }
+
+#[tokio::test]
+async fn the_datapath_log_is_switched_on_and_off_and_a_bad_level_refused() {
+    let api = api();
+    assert_eq!(
+        api.call("PUT", "/v1/log", Some(r#"{"datapath":"debug"}"#))
+            .await,
+        (200, json!({ "datapath": "debug" }))
+    );
+    assert!(api
+        .datapath
+        .datapath_log
+        .load(std::sync::atomic::Ordering::SeqCst));
+    let (status, _) = api
+        .call("PUT", "/v1/log", Some(r#"{"datapath":"trace"}"#))
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        api.datapath
+            .datapath_log
+            .load(std::sync::atomic::Ordering::SeqCst),
+        "a refused request changes nothing"
+    );
+    assert_eq!(
+        api.call("PUT", "/v1/log", Some(r#"{"datapath":"off"}"#))
+            .await,
+        (200, json!({ "datapath": "off" }))
+    );
+    assert!(!api
+        .datapath
+        .datapath_log
+        .load(std::sync::atomic::Ordering::SeqCst));
+}

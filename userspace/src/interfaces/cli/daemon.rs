@@ -76,6 +76,9 @@ pub struct DaemonArgs {
     pub api: crate::domain::limits::ApiArgs,
     #[command(flatten)]
     pub flow_log: crate::interfaces::flow_log::FlowLogArgs,
+    /// The datapath log at start (`berth log --datapath` changes it).
+    #[arg(long, value_enum, value_name = "LEVEL", default_value = "off")]
+    pub datapath_log: crate::interfaces::api::log::DatapathLogLevel,
 }
 
 impl DaemonArgs {
@@ -108,6 +111,7 @@ impl DaemonArgs {
             socket_group: self.api.socket_group,
             docker: self.docker,
             flow_log: self.flow_log.config(),
+            datapath_log: self.datapath_log == crate::interfaces::api::log::DatapathLogLevel::Debug,
         }
     }
 }

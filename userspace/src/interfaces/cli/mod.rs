@@ -2,6 +2,7 @@
 //! per command group (as bpfman's `cli/`); `output` prints and tabulates.
 pub mod daemon;
 pub mod events;
+pub mod log;
 pub mod map;
 pub mod output;
 pub mod reset;
@@ -70,6 +71,8 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
+    /// Turn the datapath log on or off while the daemon runs.
+    Log(log::LogArgs),
     /// With the daemon stopped, remove berth's eBPF pins, its state and the
     /// host ports it reserved, leaving the host as before berth.
     Reset(ResetArgs),
@@ -101,6 +104,7 @@ impl Cli {
             Command::Map(cmd) => map::run(&client, cmd).await,
             Command::Status { json } => status::run_status(&client, json).await,
             Command::Stats { json } => status::run_stats(&client, json).await,
+            Command::Log(args) => log::run(&client, args).await,
         }
     }
 }
