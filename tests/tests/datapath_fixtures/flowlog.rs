@@ -194,3 +194,45 @@ fn a_full_ring_counts_a_loss_and_changes_no_verdict() {
         assert!(recs.iter().all(|r| r.kind == FLOW_EV_REJECT_POLICY));
     });
 }
+
+fn datapath_log_lines(env: &mut Env) -> usize {
+    let mut ring = RingBuf::try_from(env.ebpf.map_mut("AYA_LOGS").unwrap()).unwrap();
+    let mut n = 0;
+    while ring.next().is_some() {
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn the_datapath_log_is_off_by_default_and_rate_limited_per_cpu_when_on() {
+    in_fixture_ns(|env| {
+        refuse_everything_to_c1(env);
+        let syn = Packet::tcp(CLIENT, 40000, HOST, 8080);
+        assert_eq!(env.tc("berth_ingress", &syn.frame()).code, TC_ACT_SHOT);
+        assert_eq!(datapath_log_lines(env), 0, "off by default");
+
+        let mut m: Array<&mut MapData, u64> =
+            Array::try_from(env.ebpf.map_mut("BERTH_CONFIG").unwrap()).unwrap();
+        m.set(berth_maps::CONFIG_DP_LOG, berth_maps::DP_LOG_DEBUG, 0)
+            .unwrap();
+        // A flood of refusals. BPF_PROG_TEST_RUN runs on the calling
+        // thread's CPU, which may change between runs: the bound is per CPU.
+        const FLOOD: u64 = 500;
+        let started = std::time::Instant::now();
+        for _ in 0..FLOOD {
+            assert_eq!(env.tc("berth_ingress", &syn.frame()).code, TC_ACT_SHOT);
+        }
+        let secs = started.elapsed().as_secs() + 1;
+        let written = datapath_log_lines(env) as u64;
+        let limited = env.counter(Counter::DatapathLogLimited);
+        assert_eq!(written + limited, FLOOD, "each refusal written or counted");
+        assert!(written >= 1, "the log is on");
+        // The burst, and what the bucket earned meanwhile, per CPU it ran on.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        assert!(
+            written <= cpus * (berth_maps::DP_LOG_BURST + berth_maps::DP_LOG_PER_SEC * secs),
+            "{written} lines in {secs} s"
+        );
+    });
+}
