@@ -659,7 +659,7 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
                 berth_maps::ENDPOINTS_CAPACITY
             ),
             "BERTH_HOST_ADDRS: allocated on use (0 entries kept)",
-            "BERTH_NAT: 16-byte values converted to 40 bytes (2 entries kept)",
+            "BERTH_NAT: 16-byte values converted to 88 bytes (2 entries kept)",
             format!(
                 "BERTH_PORTS: capacity 131072 -> {}, allocated on use (0 entries kept)",
                 berth_maps::PORTS_CAPACITY
@@ -694,7 +694,7 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
 }
 
 /// The migration itself, on real maps: a converter carries 16-byte NAT
-/// entries into a 40-byte map pinned in place (whatever `NatEntry` this
+/// entries into an 88-byte map pinned in place (whatever `NatEntry` this
 /// build has), and a capacity change copies entries as they are.
 #[test]
 fn pinned_maps_are_migrated_in_place_through_converters_and_resizes() {
@@ -711,7 +711,7 @@ fn pinned_maps_are_migrated_in_place_through_converters_and_resizes() {
     let mut expected = std::collections::BTreeMap::new();
     expected.insert(
         berth_maps::NAT_MAP.to_owned(),
-        shape(sys::BPF_MAP_TYPE_HASH, 16, 40, 2048),
+        shape(sys::BPF_MAP_TYPE_HASH, 16, 88, 2048),
     );
     expected.insert(
         berth_maps::CT_MAP.to_owned(),
@@ -723,15 +723,15 @@ fn pinned_maps_are_migrated_in_place_through_converters_and_resizes() {
         report.migrated,
         [
             "BERTH_CT: capacity 1024 -> 4096 (1 entries kept)",
-            "BERTH_NAT: 16-byte values converted to 40 bytes (2 entries kept)"
+            "BERTH_NAT: 16-byte values converted to 88 bytes (2 entries kept)"
         ]
     );
     let fd = sys::obj_get(&dir.join(berth_maps::NAT_MAP)).unwrap();
     assert_eq!(sys::map_shape(&fd).unwrap(), expected[berth_maps::NAT_MAP]);
     for (key, v1) in &nat {
-        let mut value = vec![0u8; 40];
+        let mut value = vec![0u8; 88];
         assert!(sys::map_lookup(&fd, key, &mut value).unwrap());
-        assert_eq!(value, migrate::nat_entry_v1_to_v2(key, v1));
+        assert_eq!(value, migrate::nat_entry_v1_to_v3(key, v1));
     }
     let fd = sys::obj_get(&dir.join(berth_maps::CT_MAP)).unwrap();
     assert_eq!(sys::map_shape(&fd).unwrap().max_entries, 4096);
@@ -1219,7 +1219,7 @@ fn flows_the_old_programs_track_during_a_migration_are_carried_over() {
     let mut expected = std::collections::BTreeMap::new();
     expected.insert(
         berth_maps::NAT_MAP.to_owned(),
-        shape(sys::BPF_MAP_TYPE_HASH, 16, 40, 1024),
+        shape(sys::BPF_MAP_TYPE_HASH, 16, 88, 1024),
     );
     let (report, mut old_maps) = pins::check_and_migrate_keeping_old(&dir, &expected).unwrap();
     assert_eq!(report.migrated.len(), 1);
@@ -1232,20 +1232,20 @@ fn flows_the_old_programs_track_during_a_migration_are_carried_over() {
     sys::map_update(&old_fd, &flow_key(40001), &window).unwrap();
     sys::map_update(&old_fd, &flow_key(40002), &nat_v1(8082, 0, 3_000)).unwrap();
     sys::map_update(&old_fd, &flow_key(40000), &nat_v1(8080, 3, 4_000)).unwrap();
-    let by_new = vec![7u8; 40];
+    let by_new = vec![7u8; 88];
     sys::map_update(&new_fd, &flow_key(40002), &by_new).unwrap();
-    let refreshed = migrate::nat_entry_v1_to_v2(&flow_key(40000), &nat_v1(8080, 2, 5_000));
+    let refreshed = migrate::nat_entry_v1_to_v3(&flow_key(40000), &nat_v1(8080, 2, 5_000));
     sys::map_update(&new_fd, &flow_key(40000), &refreshed).unwrap();
 
     assert_eq!(old_maps.carry_over(), 1);
     let get = |k: &[u8]| {
-        let mut v = vec![0u8; 40];
+        let mut v = vec![0u8; 88];
         assert!(sys::map_lookup(&new_fd, k, &mut v).unwrap(), "flow there");
         v
     };
     assert_eq!(
         get(&flow_key(40001)),
-        migrate::nat_entry_v1_to_v2(&flow_key(40001), &window),
+        migrate::nat_entry_v1_to_v3(&flow_key(40001), &window),
         "the flow opened in between, converted"
     );
     assert_eq!(
