@@ -161,7 +161,7 @@ const LOGGED_TCP_FLAGS: u8 = 0x07;
 /// counters: two adds and an or on the entry the lookup just brought in.
 #[inline(always)]
 fn nat_count(e: *mut NatEntry, d: usize, flow: &Flow) {
-    let i = if d == DIR_REPLY { 1 } else { 0 };
+    let i = usize::from(d == DIR_REPLY);
     unsafe {
         (*e).packets[i] = (*e).packets[i].wrapping_add(1);
         (*e).bytes[i] = (*e).bytes[i].wrapping_add(u64::from(flow.tot_len));

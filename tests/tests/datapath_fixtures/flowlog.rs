@@ -180,7 +180,7 @@ fn a_full_ring_counts_a_loss_and_changes_no_verdict() {
         let ok = Packet::tcp(CLIENT, 41000, HOST, 8090);
         let v = env.tc("berth_ingress", &ok.frame());
         assert_eq!(v.code, TC_ACT_REDIRECT);
-        let mut want = ok.clone();
+        let mut want = ok;
         (want.dst, want.dport) = (C2, 90);
         want.ttl -= 1;
         assert_eq!(

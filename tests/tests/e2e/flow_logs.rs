@@ -179,10 +179,28 @@ fn udp_flow_records_count_exactly_what_each_side_sent() {
 
 #[test]
 fn a_custom_format_shows_the_container_address_tcp_flags_and_ecs_fields() {
-    let format = "${version} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} ${packets} \
-                  ${bytes} ${action} ${pkt-srcaddr} ${pkt-dstaddr} ${tcp-flags} ${flow-direction} \
-                  ${ecs-task-arn} ${ecs-task-id} ${ecs-cluster-name} ${vpc-id}";
-    let (rig, log, _dir) = with_flow_log(&["--flow-log-format", format]);
+    let format = [
+        "version",
+        "srcaddr",
+        "dstaddr",
+        "srcport",
+        "dstport",
+        "protocol",
+        "packets",
+        "bytes",
+        "action",
+        "pkt-srcaddr",
+        "pkt-dstaddr",
+        "tcp-flags",
+        "flow-direction",
+        "ecs-task-arn",
+        "ecs-task-id",
+        "ecs-cluster-name",
+        "vpc-id",
+    ]
+    .map(|f| format!("${{{f}}}"))
+    .join(" ");
+    let (rig, log, _dir) = with_flow_log(&["--flow-log-format", &format]);
     let _web = rig.serve_http(&rig.topo.container.ns, 80);
     let arn = "arn:aws:ecs:eu-west-1:123456789012:task/prod/0123456789abcdef";
     let body = format!(

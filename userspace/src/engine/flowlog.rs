@@ -194,8 +194,8 @@ impl Aggregator {
             self.flow_records(&mut out, k, e, before, start_s, &input);
         }
         // Mid-promotion a flow may sit in both tables: the fuller copy.
-        let mut live: BTreeMap<(u8, u32, u32, u16, u16), (FlowKey, NatEntry)> = BTreeMap::new();
-        for (k, e) in input.live.iter() {
+        let mut live: BTreeMap<Order, (FlowKey, NatEntry)> = BTreeMap::new();
+        for (k, e) in &input.live {
             let total = |e: &NatEntry| e.packets[0] + e.packets[1];
             let slot = live.entry(order(k)).or_insert((*k, *e));
             if total(e) > total(&slot.1) {
@@ -336,7 +336,9 @@ impl Aggregator {
 
 /// A stable order of flows, so a window's records come out the same way
 /// each time.
-fn order(k: &FlowKey) -> (u8, u32, u32, u16, u16) {
+type Order = (u8, u32, u32, u16, u16);
+
+fn order(k: &FlowKey) -> Order {
     (
         k.proto,
         u32::from_be(k.src_addr_be),

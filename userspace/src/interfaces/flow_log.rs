@@ -338,7 +338,7 @@ mod tests {
         FlowLogConfig {
             dest,
             format: FlowLogFormat::default(),
-            interval: Duration::from_secs(60),
+            interval: Duration::from_mins(1),
             max_bytes,
             max_files,
             account_id: None,
@@ -406,9 +406,18 @@ mod tests {
             "a capture window is at least 10 seconds"
         );
         assert_eq!(parse_interval("10"), Ok(10));
-        assert!(parse_interval("x").is_err());
-        assert!(parse_interval("86401").is_err());
-        assert!(parse_account("12 3").is_err());
+        assert_eq!(
+            parse_interval("x").unwrap_err(),
+            "\"x\" is not a number of seconds"
+        );
+        assert_eq!(
+            parse_interval("86401").unwrap_err(),
+            "a capture window is at most 86400 seconds"
+        );
+        assert_eq!(
+            parse_account("12 3").unwrap_err(),
+            "an account id is 1 to 64 letters, digits or '-'"
+        );
         assert_eq!(parse_account("123456789012").unwrap(), "123456789012");
     }
 }

@@ -74,8 +74,9 @@ pub struct DaemonArgs {
     pub security_groups: super::sg::SgDaemonArgs,
     #[command(flatten)]
     pub api: crate::domain::limits::ApiArgs,
+    // Boxed: the flags are many, and `Command` holds this by value.
     #[command(flatten)]
-    pub flow_log: crate::interfaces::flow_log::FlowLogArgs,
+    pub flow_log: Box<crate::interfaces::flow_log::FlowLogArgs>,
     /// The datapath log at start (`berth log --datapath` changes it).
     #[arg(long, value_enum, value_name = "LEVEL", default_value = "off")]
     pub datapath_log: crate::interfaces::api::log::DatapathLogLevel,
