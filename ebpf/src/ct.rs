@@ -133,9 +133,6 @@ pub(crate) fn ct_insert_new<V: Conn>(t: &Tables<V>, key: &FlowKey, v: &V) -> Res
         Err(e) if e == EEXIST => Ok(()),
         Err(_) => {
             count(t.full);
-            if t.log {
-                dp_log(EV_NAT_FULL, key.dst_addr_be, 0, 0, 0);
-            }
             Err(())
         }
     }

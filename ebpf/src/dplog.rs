@@ -52,13 +52,11 @@ pub(crate) fn dp_log_allowed() -> bool {
 }
 
 /// What a line is about; each kind has its message in [`dp_log`].
-pub(crate) const EV_LOOPBACK: u32 = 0;
-pub(crate) const EV_LOCAL_SOURCE: u32 = 1;
-pub(crate) const EV_HOST_SOURCE: u32 = 2;
-pub(crate) const EV_POLICY: u32 = 3;
-pub(crate) const EV_CLASH: u32 = 4;
-pub(crate) const EV_CLASH_FAILED: u32 = 5;
-pub(crate) const EV_NAT_FULL: u32 = 6;
+pub(crate) const EV_MARTIAN: u32 = 0;
+pub(crate) const EV_HOST_SOURCE: u32 = 1;
+pub(crate) const EV_POLICY: u32 = 2;
+pub(crate) const EV_CLASH: u32 = 3;
+pub(crate) const EV_NAT_FULL: u32 = 4;
 
 /// Two 16-bit ports in one argument (a BPF call takes five).
 #[inline(always)]
@@ -80,18 +78,11 @@ pub(crate) fn dp_log(ev: u32, a_be: u32, b_be: u32, p: u32, q: u32) {
     let (a, b) = (u32::from_be(a_be), u32::from_be(b_be));
     let (p_hi, p_lo) = (p >> 16, p & 0xffff);
     match ev {
-        EV_LOOPBACK => {
-            aya_log_ebpf::debug!(
-                (),
-                "martian dropped on an uplink: {:i} -> {:i} (loopback)",
-                a,
-                b
-            )
-        }
-        EV_LOCAL_SOURCE => aya_log_ebpf::debug!(
+        EV_MARTIAN => aya_log_ebpf::debug!(
             (),
-            "spoofed source dropped on an uplink: {:i} is in a bridge subnet",
-            a
+            "martian dropped on an uplink: {:i} -> {:i} (loopback, or a source in a bridge subnet)",
+            a,
+            b
         ),
         EV_HOST_SOURCE => aya_log_ebpf::debug!(
             (),
@@ -109,18 +100,11 @@ pub(crate) fn dp_log(ev: u32, a_be: u32, b_be: u32, p: u32, q: u32) {
         ),
         EV_CLASH => aya_log_ebpf::debug!(
             (),
-            "flow clash: {:i}:{} to host port {} goes on as client port {}",
+            "flow clash: {:i}:{} to host port {} goes on as client port {} (0: none free, refused)",
             a,
             p_hi,
             p_lo,
             q
-        ),
-        EV_CLASH_FAILED => aya_log_ebpf::debug!(
-            (),
-            "flow clash: no free client port for {:i}:{} to host port {}",
-            a,
-            p_hi,
-            p_lo
         ),
         EV_NAT_FULL => aya_log_ebpf::debug!(
             (),

@@ -20,7 +20,7 @@ use crate::{
         ct_init, ct_insert_new, ct_now, ct_promote, ct_refresh, Conn as _, Tables, DIR_ORIG,
         DIR_REPLY,
     },
-    dplog::{dp_log, ports, EV_CLASH, EV_CLASH_FAILED},
+    dplog::{dp_log, ports, EV_CLASH, EV_NAT_FULL},
     flowlog::{flow_log_refused, Refused},
     maps::{count, BERTH_NAT, BERTH_NAT_FWD, BERTH_NAT_NEW},
     parse::{flow_key, Flow, IP_DST_OFF, IP_SRC_OFF},
@@ -191,13 +191,7 @@ fn refused(kind: u8, flow: &Flow, ctr_be: u32, ctr_port_be: u16, ifindex: u32) -
 /// this client port towards the container, `Some(Err)` drop, `None` not
 /// this flow.
 #[inline(always)]
-fn nat_ingress_known(
-    key: &FlowKey,
-    flow: &Flow,
-    seg: &Seg,
-    now: u64,
-    ifindex: u32,
-) -> Option<Result<u16, ()>> {
+fn nat_ingress_known(key: &FlowKey, flow: &Flow, seg: &Seg, now: u64) -> Option<Result<u16, ()>> {
     if let Some(e) = BERTH_NAT.get_ptr_mut(key) {
         if !nat_owns(e, flow) {
             return None;
@@ -214,16 +208,9 @@ fn nat_ingress_known(
     nat_count(e, DIR_ORIG, flow);
     if flow.proto == PROTO_TCP
         && tcp_completes(&NatEntry::track(e), seg)
-        && ct_promote(&nat_tables(), key, e).is_err()
+        // Logged by the caller, once for both tuples it tries.
+        && ct_promote(&nat_tables_logged(false), key, e).is_err()
     {
-        let r = refused(
-            FLOW_EV_REJECT_FULL,
-            flow,
-            key.src_addr_be,
-            key.src_port_be,
-            ifindex,
-        );
-        flow_log_refused(&r);
         return Some(Err(()));
     }
     Some(Ok(key.dst_port_be))
@@ -254,22 +241,44 @@ pub(crate) fn ct_track_ingress(
     };
     let key = nat_key(flow.proto, backend, flow.src_addr_be, flow.src_port_be);
     // The common case: one lookup in BERTH_NAT.
-    if let Some(r) = nat_ingress_known(&key, flow, &seg, now, ifindex) {
-        return r;
-    }
-    // A flow whose reply tuple clashed lives under its remapped port.
-    let wire = flow.key();
-    let fwd = unsafe { BERTH_NAT_FWD.get(&wire) }.copied();
-    if let Some(f) = fwd {
-        if f.backend_addr_be == backend.addr_be && f.backend_port_be == backend.port_be {
-            let mut remapped = key;
-            remapped.dst_port_be = f.remap_port_be;
-            if let Some(r) = nat_ingress_known(&remapped, flow, &seg, now, ifindex) {
-                return r;
+    let known = match nat_ingress_known(&key, flow, &seg, now) {
+        Some(r) => r,
+        None => {
+            // A flow whose reply tuple clashed lives under its remapped port.
+            let wire = flow.key();
+            let fwd = unsafe { BERTH_NAT_FWD.get(&wire) }.copied();
+            let again = match fwd {
+                Some(f)
+                    if f.backend_addr_be == backend.addr_be
+                        && f.backend_port_be == backend.port_be =>
+                {
+                    let mut remapped = key;
+                    remapped.dst_port_be = f.remap_port_be;
+                    nat_ingress_known(&remapped, flow, &seg, now)
+                }
+                _ => None,
+            };
+            match again {
+                Some(r) => r,
+                None => {
+                    return nat_open(flow, backend, &seg, key, &wire, fwd.is_some(), now, ifindex)
+                }
             }
         }
+    };
+    if known.is_err() {
+        // A tracked flow is refused only when the established table has
+        // no room for it.
+        flow_log_refused(&refused(
+            FLOW_EV_REJECT_FULL,
+            flow,
+            backend.addr_be,
+            backend.port_be,
+            ifindex,
+        ));
+        dp_log(EV_NAT_FULL, flow.src_addr_be, 0, 0, 0);
     }
-    nat_open(flow, backend, &seg, key, &wire, fwd.is_some(), now, ifindex)
+    known
 }
 
 /// A new flow: only a TCP SYN or a UDP datagram opens one, and only when
@@ -310,14 +319,15 @@ fn nat_open(
     }
     let remapped = !nat_tuple_free(&key);
     if remapped {
-        let Ok(port) = nat_pick_port(flow, &key) else {
-            dp_log(
-                EV_CLASH_FAILED,
-                flow.src_addr_be,
-                0,
-                ports(flow.src_port_be, flow.dst_port_be),
-                0,
-            );
+        let picked = nat_pick_port(flow, &key);
+        dp_log(
+            EV_CLASH,
+            flow.src_addr_be,
+            0,
+            ports(flow.src_port_be, flow.dst_port_be),
+            picked.map_or(0, |p| u32::from(u16::from_be(p))),
+        );
+        let Ok(port) = picked else {
             return reject(FLOW_EV_REJECT_FULL);
         };
         key.dst_port_be = port;
@@ -331,13 +341,6 @@ fn nat_open(
             return reject(FLOW_EV_REJECT_FULL);
         }
         count(Counter::NatPortRemap);
-        dp_log(
-            EV_CLASH,
-            flow.src_addr_be,
-            0,
-            ports(flow.src_port_be, flow.dst_port_be),
-            u32::from(u16::from_be(key.dst_port_be)),
-        );
     } else if stale_fwd {
         let _ = BERTH_NAT_FWD.remove(wire);
     }

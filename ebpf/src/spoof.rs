@@ -18,7 +18,7 @@
 use berth_maps::{Counter, PortAddrs, PORT_ADDRS_MAX};
 
 use crate::{
-    dplog::{dp_log, EV_HOST_SOURCE, EV_LOCAL_SOURCE, EV_LOOPBACK},
+    dplog::{dp_log, EV_HOST_SOURCE, EV_MARTIAN},
     maps::{count, in_local_nets, BERTH_HOST_ADDRS, BERTH_PORT_ADDRS},
     parse::{ptr_at, ETH_LEN, ETH_P_IP_BE},
     policy::endpoint_with_policy,
@@ -54,17 +54,16 @@ pub(crate) fn uplink_martian(data: usize, data_end: usize) -> bool {
     let Some((src, dst)) = ipv4_addrs(data, data_end) else {
         return false;
     };
-    if is_loopback(src) || is_loopback(dst) {
-        count(Counter::UplinkLoopback);
-        dp_log(EV_LOOPBACK, src, dst, 0, 0);
-        return true;
-    }
-    if in_local_nets(src) {
-        count(Counter::UplinkSpoofedSource);
-        dp_log(EV_LOCAL_SOURCE, src, 0, 0, 0);
-        return true;
-    }
-    false
+    let dropped = if is_loopback(src) || is_loopback(dst) {
+        Counter::UplinkLoopback
+    } else if in_local_nets(src) {
+        Counter::UplinkSpoofedSource
+    } else {
+        return false;
+    };
+    count(dropped);
+    dp_log(EV_MARTIAN, src, dst, 0, 0);
+    true
 }
 
 /// Whether a client address on an uplink is one of the host's own, which
