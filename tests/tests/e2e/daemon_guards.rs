@@ -744,6 +744,70 @@ fn pinned_maps_are_migrated_in_place_through_converters_and_resizes() {
     assert!(again.migrated.is_empty());
 }
 
+/// Layout 2's 40-byte NAT entries, established and not, carried into this
+/// build's 88-byte ones: everything kept, the flow-log counters zero.
+#[test]
+fn layout_2_nat_tables_are_converted_keeping_every_flow() {
+    let bpffs = Bpffs::new().unwrap();
+    let dir = bpffs.path().join("berth");
+    let v2 = |port: u16, flags: u8| {
+        migrate::nat_v2_bytes(&migrate::NatEntryV2 {
+            host_addr_be: u32::from_ne_bytes([192, 0, 2, 1]),
+            host_port_be: port.to_be(),
+            flags,
+            _pad: 0,
+            last_seen_ns: 7_000,
+            client_port_be: 40000u16.to_be(),
+            wscale: [7, 7],
+            seq_end: [11, 22],
+            max_win: [33, 44],
+            _pad2: 0,
+        })
+    };
+    let est = vec![(flow_key(40000), v2(8080, berth_maps::NAT_F_ESTABLISHED))];
+    let new = vec![(flow_key(40001), v2(8081, berth_maps::NAT_F_SEQ_FWD))];
+    pin_map(
+        &bpffs,
+        berth_maps::NAT_MAP,
+        &shape(sys::BPF_MAP_TYPE_HASH, 16, 40, 1024),
+        &est,
+    );
+    pin_map(
+        &bpffs,
+        berth_maps::NAT_NEW_MAP,
+        &shape(sys::BPF_MAP_TYPE_LRU_HASH, 16, 40, 1024),
+        &new,
+    );
+    std::os::unix::fs::symlink("2", dir.join(pins::LAYOUT_LINK)).unwrap();
+    let mut expected = std::collections::BTreeMap::new();
+    expected.insert(
+        berth_maps::NAT_MAP.to_owned(),
+        shape(sys::BPF_MAP_TYPE_HASH, 16, 88, 1024),
+    );
+    expected.insert(
+        berth_maps::NAT_NEW_MAP.to_owned(),
+        shape(sys::BPF_MAP_TYPE_LRU_HASH, 16, 88, 1024),
+    );
+    let report = pins::check_and_migrate(&dir, &expected).unwrap();
+    assert_eq!(report.found_layout, Some(2));
+    assert_eq!(
+        report.migrated,
+        [
+            "BERTH_NAT: 40-byte values converted to 88 bytes (1 entries kept)",
+            "BERTH_NAT_NEW: 40-byte values converted to 88 bytes (1 entries kept)",
+        ]
+    );
+    for (name, entries) in [(berth_maps::NAT_MAP, &est), (berth_maps::NAT_NEW_MAP, &new)] {
+        let fd = sys::obj_get(&dir.join(name)).unwrap();
+        for (key, old) in entries {
+            let mut value = vec![0u8; 88];
+            assert!(sys::map_lookup(&fd, key, &mut value).unwrap(), "{name}");
+            assert_eq!(&value[..40], &old[..], "{name}: layout 2's bytes kept");
+            assert!(value[40..].iter().all(|b| *b == 0), "{name}: counters zero");
+        }
+    }
+}
+
 /// A TCP echo server on the container's port 7, published as 7007, and a
 /// client connection through it that answered once.
 fn echo_connection(topo: &Topology, d: &Daemon) -> TcpStream {
