@@ -802,7 +802,11 @@ fn layout_2_nat_tables_are_converted_keeping_every_flow() {
         for (key, old) in entries {
             let mut value = vec![0u8; 88];
             assert!(sys::map_lookup(&fd, key, &mut value).unwrap(), "{name}");
-            assert_eq!(&value[..40], &old[..], "{name}: layout 2's bytes kept");
+            assert_eq!(
+                &value[..40],
+                old.as_slice(),
+                "{name}: layout 2's bytes kept"
+            );
             assert!(value[40..].iter().all(|b| *b == 0), "{name}: counters zero");
         }
     }

@@ -143,6 +143,13 @@ impl Aggregator {
         }
     }
 
+    /// What the tables hold when the log starts: counted already (by an
+    /// earlier daemon's log, or before any log ran), so the first window
+    /// logs only what comes after.
+    pub fn seed(&mut self, live: &[(FlowKey, NatEntry)]) {
+        self.prev = live.iter().map(|(k, e)| (*k, Seen::of(e))).collect();
+    }
+
     /// One refused packet from the ring.
     pub fn refused(&mut self, ev: &FlowEvent, clock: &Clock) {
         let key = RejectKey {
@@ -498,6 +505,26 @@ mod tests {
             "{third:?}"
         );
         assert_eq!(third.len(), 2);
+    }
+
+    #[test]
+    fn flows_the_log_finds_at_its_start_count_from_then_on() {
+        let mut a = agg();
+        a.seed(&[(key(40000), entry(5, 90, [100, 90], [9000, 8000], [2, 2]))]);
+        let out = a.close(WindowInput {
+            live: vec![(key(40000), entry(5, 150, [103, 90], [9180, 8000], [3, 2]))],
+            departed: vec![],
+            lost_total: 0,
+            bindings: &[],
+            clock: clock(160),
+        });
+        assert_eq!(
+            lines(
+                &out,
+                "${packets} ${bytes} ${tcp-flags} ${flow-direction} ${start}"
+            ),
+            ["3 180 1 ingress 1700000100", "- - - - 1700000100"]
+        );
     }
 
     #[test]

@@ -280,6 +280,10 @@ pub async fn run(log: FlowLog, berth: Berth, stop: oneshot::Receiver<()>) {
         clock_now().now_s(),
         lost_now,
     );
+    match tap.scan() {
+        Ok(live) => agg.seed(&live),
+        Err(e) => tracing::warn!(error = %e, "flow log: reading the flow tables at start"),
+    }
     let start = tokio::time::Instant::now() + config.interval;
     let mut tick = tokio::time::interval_at(start, config.interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
