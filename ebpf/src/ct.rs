@@ -13,6 +13,7 @@ use berth_maps::{
 };
 
 use crate::{
+    dplog::{dp_log, EV_NAT_FULL},
     maps::count,
     sys::{BPF_NOEXIST, EEXIST},
     tcp::{tcp_init, tcp_update, Seg, TcpEvent, Track},
@@ -67,6 +68,10 @@ pub(crate) struct Tables<V: 'static> {
     pub est: &'static HashMap<FlowKey, V>,
     pub new: &'static LruHashMap<FlowKey, V>,
     pub full: Counter,
+    /// Whether a full table is written to the datapath log (a constant at
+    /// each call: the published-port tables, except on `berth_from_ctr`'s
+    /// paths; see `dplog`).
+    pub log: bool,
 }
 
 /// The time a tracked flow was last seen: `CLOCK_MONOTONIC`, which the
@@ -97,14 +102,20 @@ pub(crate) fn ct_refresh<V: Conn>(e: *mut V, proto: u8, seg: &Seg, d: usize, now
 /// is full (counted; the packet is dropped, the flow stays unestablished).
 #[inline(always)]
 pub(crate) fn ct_promote<V: Conn>(t: &Tables<V>, key: &FlowKey, e: *mut V) -> Result<(), ()> {
-    let mut entry = unsafe { *e };
-    *V::track(&raw mut entry).flags |= CT_F_ESTABLISHED;
-    match t.est.insert(key, &entry, BPF_NOEXIST) {
+    // The entry is inserted straight from the table it lives in, flagged in
+    // place: a copy on the stack would cost a NAT entry's 88 bytes of the
+    // 512 a program has, and only userspace reads the flag.
+    *V::track(e).flags |= CT_F_ESTABLISHED;
+    match t.est.insert(key, unsafe { &*e }, BPF_NOEXIST) {
         Ok(()) => {}
         // Another CPU promoted it first.
         Err(err) if err == EEXIST => {}
         Err(_) => {
+            *V::track(e).flags &= !CT_F_ESTABLISHED;
             count(t.full);
+            if t.log {
+                dp_log(EV_NAT_FULL, key.dst_addr_be, 0, 0, 0);
+            }
             return Err(());
         }
     }

@@ -37,7 +37,7 @@ enum Ingress {
 /// A packet arriving on an uplink.
 #[inline(always)]
 pub(crate) fn ingress<H: Hook>(h: &H) -> H::Verdict {
-    match ingress_decide(h.data(), h.data_end(), h.frame_len()) {
+    match ingress_decide(h.data(), h.data_end(), h.frame_len(), h.in_ifindex()) {
         Ingress::Pass => H::PASS,
         Ingress::Drop => H::DROP,
         Ingress::Dnat(flow, backend, sport_be, now) => {
@@ -113,7 +113,7 @@ pub(crate) fn translate_and_deliver<H: Hook>(
 }
 
 #[inline(always)]
-fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
+fn ingress_decide(data: usize, data_end: usize, frame_len: usize, ifindex: u32) -> Ingress {
     if spoof::uplink_martian(data, data_end) {
         return Ingress::Drop;
     }
@@ -155,7 +155,7 @@ fn ingress_decide(data: usize, data_end: usize, frame_len: usize) -> Ingress {
         return Ingress::Drop;
     }
     let now = ct_now();
-    let sport_be = match ct_track_ingress(&flow, &svc, data, data_end, now) {
+    let sport_be = match ct_track_ingress(&flow, &svc, data, data_end, now, ifindex) {
         Tracked::Forward(port) => port,
         Tracked::Drop => return Ingress::Drop,
         Tracked::NotOurs => {

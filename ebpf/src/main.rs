@@ -25,7 +25,9 @@
 mod bind;
 mod csum;
 mod ct;
+mod dplog;
 mod fib;
+mod flowlog;
 mod frag;
 mod gate;
 mod hook;
@@ -108,7 +110,7 @@ pub(crate) fn berth_reply(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     }
     match parse_packet(ctx.data(), ctx.data_end(), ctx.len() as usize) {
-        Parsed::Flow(f) => tc_reply_flow(&ctx, &f),
+        Parsed::Flow(f) => tc_reply_flow(&ctx, &f, true),
         Parsed::Ip(ip) => tc_reply_icmp(&ctx, &ip),
         Parsed::Fragment(f) => tc_reply_frag(&ctx, &f),
         Parsed::NotIpv4 => TC_ACT_OK,
@@ -118,8 +120,8 @@ pub(crate) fn berth_reply(ctx: TcContext) -> i32 {
 /// A container's packet replying to a tracked flow leaves with the host
 /// address and port the flow arrived on; anything else is left alone.
 #[inline(always)]
-fn tc_reply_flow(ctx: &TcContext, flow: &Flow) -> i32 {
-    let entry = match ct_lookup_reply(flow, ctx.data(), ctx.data_end()) {
+fn tc_reply_flow(ctx: &TcContext, flow: &Flow, log: bool) -> i32 {
+    let entry = match ct_lookup_reply(flow, ctx.data(), ctx.data_end(), log) {
         Ok(Some(e)) => e,
         Ok(None) => return TC_ACT_OK,
         Err(()) => return TC_ACT_SHOT,
@@ -222,7 +224,9 @@ pub(crate) fn berth_from_ctr(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     }
     match parse_packet(ctx.data(), ctx.data_end(), ctx.len() as usize) {
-        Parsed::Flow(f) if f.first_frag => tc_reply_flow(&ctx, &f),
+        // No datapath log here: this program is at the 512-byte stack
+        // limit, and an aya-log record would pass it.
+        Parsed::Flow(f) if f.first_frag => tc_reply_flow(&ctx, &f, false),
         Parsed::Fragment(f) => tc_reply_frag(&ctx, &f),
         _ => TC_ACT_OK,
     }

@@ -5,16 +5,16 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use berth_maps::{
     Backend, BindingStats, CtEntry, Endpoint, FlowKey, FragEntry, FragKey, NatEntry, NatFwd,
     Policy, PolicyKey, PortAddrs, PortKey, ServiceKey, SgMember, SockRevKey, SockRevValue,
     BINDING_STATS_CAPACITY, BRIDGE_MACS_CAPACITY, CONFIG_LEN, COUNTERS_LEN, CT_CAPACITY,
-    CT_NEW_CAPACITY, ENDPOINTS_CAPACITY, FRAGS_CAPACITY, HOOKED_PORTS_CAPACITY,
-    HOST_ADDRS_CAPACITY, LOCAL_NETS_MAX, NAT_CAPACITY, NAT_FWD_CAPACITY, NAT_NEW_CAPACITY,
-    POLICY_CAPACITY, PORTS_CAPACITY, PORT_ADDRS_CAPACITY, PORT_MACS_CAPACITY, SERVICES_CAPACITY,
-    SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
+    CT_NEW_CAPACITY, ENDPOINTS_CAPACITY, FLOW_LOG_RING_BYTES, FRAGS_CAPACITY,
+    HOOKED_PORTS_CAPACITY, HOST_ADDRS_CAPACITY, LOCAL_NETS_MAX, NAT_CAPACITY, NAT_FWD_CAPACITY,
+    NAT_NEW_CAPACITY, POLICY_CAPACITY, PORTS_CAPACITY, PORT_ADDRS_CAPACITY, PORT_MACS_CAPACITY,
+    SERVICES_CAPACITY, SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
 };
 
 #[map]
@@ -105,6 +105,10 @@ pub(crate) static BERTH_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER
 #[map]
 pub(crate) static BERTH_BINDING_STATS: PerCpuArray<BindingStats> =
     PerCpuArray::pinned(BINDING_STATS_CAPACITY, 0);
+
+/// Refused flows for the flow log (`flowlog.rs`); not pinned.
+#[map]
+pub(crate) static BERTH_FLOW_LOG: RingBuf = RingBuf::with_byte_size(FLOW_LOG_RING_BYTES, 0);
 
 /// Whether `addr_be` is in one of the bridge's subnets.
 #[inline(always)]

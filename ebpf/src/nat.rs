@@ -11,8 +11,8 @@
 //! another flow, the new one gets another client source port towards the
 //! container, remembered in `BERTH_NAT_FWD`.
 use berth_maps::{
-    nat_remap_port, Backend, Counter, FlowKey, NatEntry, NatFwd, NAT_REMAP_TRIES, PROTO_TCP,
-    PROTO_UDP,
+    nat_remap_port, Backend, Counter, FlowKey, NatEntry, NatFwd, FLOW_EV_REJECT_FULL,
+    FLOW_EV_REJECT_POLICY, NAT_REMAP_TRIES, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -20,6 +20,8 @@ use crate::{
         ct_init, ct_insert_new, ct_now, ct_promote, ct_refresh, Conn as _, Tables, DIR_ORIG,
         DIR_REPLY,
     },
+    dplog::{dp_log, ports, EV_CLASH, EV_NAT_FULL},
+    flowlog::{flow_log_refused, Refused},
     maps::{count, BERTH_NAT, BERTH_NAT_FWD, BERTH_NAT_NEW},
     parse::{flow_key, Flow, IP_DST_OFF, IP_SRC_OFF},
     service::{is_host_addr, Service},
@@ -27,14 +29,21 @@ use crate::{
     tcp::{tcp_completes, tcp_seg, Seg},
 };
 
-/// Published-port flows' tables.
+/// Published-port flows' tables; `log`: a full one is written to the
+/// datapath log.
 #[inline(always)]
-fn nat_tables() -> Tables<NatEntry> {
+fn nat_tables_logged(log: bool) -> Tables<NatEntry> {
     Tables {
         est: &BERTH_NAT,
         new: &BERTH_NAT_NEW,
         full: Counter::NatTableFull,
+        log,
     }
+}
+
+#[inline(always)]
+fn nat_tables() -> Tables<NatEntry> {
+    nat_tables_logged(true)
 }
 
 /// A published-port flow's key: its reply tuple as the container sends it
@@ -149,6 +158,39 @@ fn nat_owns(e: *const NatEntry, flow: &Flow) -> bool {
     }
 }
 
+/// The TCP bits a flow log's `tcp-flags` reports: FIN, SYN, RST.
+const LOGGED_TCP_FLAGS: u8 = 0x07;
+
+/// Adds a packet travelling in direction `d` to its flow's flow-log
+/// counters: two adds and an or on the entry the lookup just brought in.
+#[inline(always)]
+fn nat_count(e: *mut NatEntry, d: usize, flow: &Flow) {
+    let i = usize::from(d == DIR_REPLY);
+    unsafe {
+        (*e).packets[i] = (*e).packets[i].wrapping_add(1);
+        (*e).bytes[i] = (*e).bytes[i].wrapping_add(u64::from(flow.tot_len));
+        (*e).tcp_flags[i] |= flow.tcp_flags & LOGGED_TCP_FLAGS;
+    }
+}
+
+/// A refused packet of a client's new flow to `backend`.
+#[inline(always)]
+fn refused(kind: u8, flow: &Flow, ctr_be: u32, ctr_port_be: u16, ifindex: u32) -> Refused {
+    Refused {
+        kind,
+        proto: flow.proto,
+        client_be: flow.src_addr_be,
+        client_port_be: flow.src_port_be,
+        host_be: flow.dst_addr_be,
+        host_port_be: flow.dst_port_be,
+        ctr_be,
+        ctr_port_be,
+        ip_len: flow.tot_len,
+        tcp_flags: flow.tcp_flags,
+        ifindex,
+    }
+}
+
 /// What a client packet's tracked flow says: `Some(Ok(port))` forward with
 /// this client port towards the container, `Some(Err)` drop, `None` not
 /// this flow.
@@ -159,6 +201,7 @@ fn nat_ingress_known(key: &FlowKey, flow: &Flow, seg: &Seg, now: u64) -> Option<
             return None;
         }
         ct_refresh(e, flow.proto, seg, DIR_ORIG, now);
+        nat_count(e, DIR_ORIG, flow);
         return Some(Ok(key.dst_port_be));
     }
     let e = BERTH_NAT_NEW.get_ptr_mut(key)?;
@@ -166,9 +209,11 @@ fn nat_ingress_known(key: &FlowKey, flow: &Flow, seg: &Seg, now: u64) -> Option<
         return None;
     }
     ct_refresh(e, flow.proto, seg, DIR_ORIG, now);
+    nat_count(e, DIR_ORIG, flow);
     if flow.proto == PROTO_TCP
         && tcp_completes(&NatEntry::track(e), seg)
-        && ct_promote(&nat_tables(), key, e).is_err()
+        // Logged by the caller, once for both tuples it tries.
+        && ct_promote(&nat_tables_logged(false), key, e).is_err()
     {
         return Some(Err(()));
     }
@@ -212,6 +257,7 @@ pub(crate) fn ct_track_ingress(
     data: usize,
     data_end: usize,
     now: u64,
+    ifindex: u32,
 ) -> Tracked {
     let backend = &svc.backend;
     let seg = if flow.proto == PROTO_TCP {
@@ -221,29 +267,53 @@ pub(crate) fn ct_track_ingress(
     };
     let key = nat_key(flow.proto, backend, flow.src_addr_be, flow.src_port_be);
     // The common case: one lookup in BERTH_NAT.
-    if let Some(r) = nat_ingress_known(&key, flow, &seg, now) {
-        return r.into();
-    }
-    // A flow whose reply tuple clashed lives under its remapped port.
-    let wire = flow.key();
-    let fwd = unsafe { BERTH_NAT_FWD.get(&wire) }.copied();
-    if let Some(f) = fwd {
-        if f.backend_addr_be == backend.addr_be && f.backend_port_be == backend.port_be {
-            let mut remapped = key;
-            remapped.dst_port_be = f.remap_port_be;
-            if let Some(r) = nat_ingress_known(&remapped, flow, &seg, now) {
-                return r.into();
+    let known = match nat_ingress_known(&key, flow, &seg, now) {
+        Some(r) => r,
+        None => {
+            // A flow whose reply tuple clashed lives under its remapped port.
+            let wire = flow.key();
+            let fwd = unsafe { BERTH_NAT_FWD.get(&wire) }.copied();
+            let again = match fwd {
+                Some(f)
+                    if f.backend_addr_be == backend.addr_be
+                        && f.backend_port_be == backend.port_be =>
+                {
+                    let mut remapped = key;
+                    remapped.dst_port_be = f.remap_port_be;
+                    nat_ingress_known(&remapped, flow, &seg, now)
+                }
+                _ => None,
+            };
+            match again {
+                Some(r) => r,
+                None => {
+                    // The host-address check of a wildcard mapping, here
+                    // rather than per packet: a tracked flow's entry holds
+                    // the address this check passed for (`nat_owns`), and
+                    // the daemon ends the flows of an address the host no
+                    // longer has.
+                    if svc.wildcard && !is_host_addr(flow.dst_addr_be) {
+                        return Tracked::NotOurs;
+                    }
+                    return nat_open(flow, backend, &seg, key, &wire, fwd.is_some(), now, ifindex)
+                        .into();
+                }
             }
         }
+    };
+    if known.is_err() {
+        // A tracked flow is refused only when the established table has
+        // no room for it.
+        flow_log_refused(&refused(
+            FLOW_EV_REJECT_FULL,
+            flow,
+            backend.addr_be,
+            backend.port_be,
+            ifindex,
+        ));
+        dp_log(EV_NAT_FULL, flow.src_addr_be, 0, 0, 0);
     }
-    // The host-address check of a wildcard mapping, here rather than per
-    // packet: a tracked flow's entry holds the address this check passed
-    // for (`nat_owns`), and the daemon ends the flows of an address the
-    // host no longer has.
-    if svc.wildcard && !is_host_addr(flow.dst_addr_be) {
-        return Tracked::NotOurs;
-    }
-    nat_open(flow, backend, &seg, key, &wire, fwd.is_some(), now).into()
+    known.into()
 }
 
 /// A new flow: only a TCP SYN or a UDP datagram opens one, and only when
@@ -257,11 +327,22 @@ fn nat_open(
     wire: &FlowKey,
     stale_fwd: bool,
     now: u64,
+    ifindex: u32,
 ) -> Result<u16, ()> {
     if flow.proto == PROTO_TCP && !seg.opens() {
         count(Counter::NatNoFlow);
         return Err(());
     }
+    let reject = |kind| {
+        flow_log_refused(&refused(
+            kind,
+            flow,
+            backend.addr_be,
+            backend.port_be,
+            ifindex,
+        ));
+        Err(())
+    };
     if !crate::policy::ingress_allows(
         flow.proto,
         flow.src_addr_be,
@@ -270,11 +351,22 @@ fn nat_open(
         flow.src_port_be,
     ) {
         crate::stats::binding_count_refused(backend.binding);
-        return Err(());
+        return reject(FLOW_EV_REJECT_POLICY);
     }
     let remapped = !nat_tuple_free(&key);
     if remapped {
-        key.dst_port_be = nat_pick_port(flow, &key)?;
+        let picked = nat_pick_port(flow, &key);
+        dp_log(
+            EV_CLASH,
+            flow.src_addr_be,
+            0,
+            ports(flow.src_port_be, flow.dst_port_be),
+            picked.map_or(0, |p| u32::from(u16::from_be(p))),
+        );
+        let Ok(port) = picked else {
+            return reject(FLOW_EV_REJECT_FULL);
+        };
+        key.dst_port_be = port;
         let f = NatFwd {
             backend_addr_be: backend.addr_be,
             backend_port_be: backend.port_be,
@@ -282,7 +374,7 @@ fn nat_open(
         };
         if BERTH_NAT_FWD.insert(wire, &f, BPF_ANY).is_err() {
             count(Counter::NatPortRemapFailed);
-            return Err(());
+            return reject(FLOW_EV_REJECT_FULL);
         }
         count(Counter::NatPortRemap);
     } else if stale_fwd {
@@ -300,12 +392,18 @@ fn nat_open(
         seq_end,
         max_win,
         binding: backend.binding,
+        packets: [1, 0],
+        bytes: [u64::from(flow.tot_len), 0],
+        opened_ns: now,
+        ifindex,
+        tcp_flags: [flow.tcp_flags & LOGGED_TCP_FLAGS, 0],
+        _pad3: 0,
     };
     if ct_insert_new(&nat_tables(), &key, &entry).is_err() {
         if remapped {
             let _ = BERTH_NAT_FWD.remove(wire);
         }
-        return Err(());
+        return reject(FLOW_EV_REJECT_FULL);
     }
     crate::stats::binding_count_opened(backend.binding);
     Ok(key.dst_port_be)
@@ -338,6 +436,7 @@ pub(crate) fn ct_lookup_reply(
     flow: &Flow,
     data: usize,
     data_end: usize,
+    log: bool,
 ) -> Result<Option<ReplyXlate>, ()> {
     let key = flow.key();
     let seg = if flow.proto == PROTO_TCP {
@@ -347,15 +446,31 @@ pub(crate) fn ct_lookup_reply(
     };
     if let Some(e) = BERTH_NAT.get_ptr_mut(&key) {
         ct_refresh(e, flow.proto, &seg, DIR_REPLY, ct_now());
+        nat_count(e, DIR_REPLY, flow);
         return Ok(Some(ReplyXlate::of(e)));
     }
     let Some(e) = BERTH_NAT_NEW.get_ptr_mut(&key) else {
         return Ok(None);
     };
     ct_refresh(e, flow.proto, &seg, DIR_REPLY, ct_now());
+    nat_count(e, DIR_REPLY, flow);
     let x = ReplyXlate::of(e);
-    if flow.proto == PROTO_UDP {
-        ct_promote(&nat_tables(), &key, e)?;
+    if flow.proto == PROTO_UDP && ct_promote(&nat_tables_logged(log), &key, e).is_err() {
+        // The flow as its client sent it: the reply's tuple reversed.
+        flow_log_refused(&Refused {
+            kind: FLOW_EV_REJECT_FULL,
+            proto: flow.proto,
+            client_be: flow.dst_addr_be,
+            client_port_be: x.client_port_be,
+            host_be: x.host_addr_be,
+            host_port_be: x.host_port_be,
+            ctr_be: flow.src_addr_be,
+            ctr_port_be: flow.src_port_be,
+            ip_len: flow.tot_len,
+            tcp_flags: 0,
+            ifindex: unsafe { (*e).ifindex },
+        });
+        return Err(());
     }
     Ok(Some(x))
 }

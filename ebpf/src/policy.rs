@@ -49,6 +49,7 @@ use crate::{
         ct_init, ct_insert_new, ct_now, ct_promote, ct_refresh, Conn as _, Tables, DIR_ORIG,
         DIR_REPLY,
     },
+    dplog::{dp_log, ports, EV_POLICY},
     frag::{frag_key, frag_key_of_flow, frag_key_of_frag, frag_lookup, frag_remember},
     icmp::{parse_icmp_error_quoting, IcmpError},
     maps::{
@@ -69,6 +70,8 @@ fn ct_tables() -> Tables<CtEntry> {
         est: &BERTH_CT,
         new: &BERTH_CT_NEW,
         full: Counter::CtTableFull,
+        // Only `berth_from_ctr` and `berth_to_ctr` use these (see `dplog`).
+        log: false,
     }
 }
 
@@ -725,6 +728,13 @@ pub(crate) fn ingress_allows(
         true
     } else {
         count(Counter::PolicyDeniedIngress);
+        dp_log(
+            EV_POLICY,
+            client_be,
+            container_be,
+            ports(sport_be, container_port_be),
+            u32::from(proto),
+        );
         false
     }
 }

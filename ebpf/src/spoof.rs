@@ -18,6 +18,7 @@
 use berth_maps::{Counter, PortAddrs, PORT_ADDRS_MAX};
 
 use crate::{
+    dplog::{dp_log, EV_HOST_SOURCE, EV_MARTIAN},
     maps::{count, in_local_nets, BERTH_HOST_ADDRS, BERTH_PORT_ADDRS},
     parse::{ptr_at, ETH_LEN, ETH_P_IP_BE},
     policy::endpoint_with_policy,
@@ -53,15 +54,16 @@ pub(crate) fn uplink_martian(data: usize, data_end: usize) -> bool {
     let Some((src, dst)) = ipv4_addrs(data, data_end) else {
         return false;
     };
-    if is_loopback(src) || is_loopback(dst) {
-        count(Counter::UplinkLoopback);
-        return true;
-    }
-    if in_local_nets(src) {
-        count(Counter::UplinkSpoofedSource);
-        return true;
-    }
-    false
+    let dropped = if is_loopback(src) || is_loopback(dst) {
+        Counter::UplinkLoopback
+    } else if in_local_nets(src) {
+        Counter::UplinkSpoofedSource
+    } else {
+        return false;
+    };
+    count(dropped);
+    dp_log(EV_MARTIAN, src, dst, 0, 0);
+    true
 }
 
 /// Whether a client address on an uplink is one of the host's own, which
@@ -70,6 +72,7 @@ pub(crate) fn uplink_martian(data: usize, data_end: usize) -> bool {
 pub(crate) fn uplink_host_source(src_be: u32) -> bool {
     if unsafe { BERTH_HOST_ADDRS.get(&src_be) }.is_some() {
         count(Counter::UplinkSpoofedSource);
+        dp_log(EV_HOST_SOURCE, src_be, 0, 0, 0);
         return true;
     }
     false

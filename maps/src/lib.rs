@@ -82,7 +82,7 @@ pub const MAPS: [&str; 21] = [
 pub const NEXT_HOPS_MAP: &str = "BERTH_NEXT_HOPS";
 
 /// Maps of the eBPF object that are not pinned.
-pub const UNPINNED_MAPS: [&str; 1] = [NEXT_HOPS_MAP];
+pub const UNPINNED_MAPS: [&str; 4] = [NEXT_HOPS_MAP, FLOW_LOG_RING, DP_LOG_MAP, DP_LOG_BUCKET_MAP];
 
 // ---------------------------------------------------------------- timeouts
 //
@@ -243,7 +243,7 @@ pub const PORTS_CAPACITY: u32 = SERVICES_CAPACITY;
 /// to a cgroup, which spans namespaces) acts in that namespace only.
 pub const CONFIG_MAP: &str = "BERTH_CONFIG";
 pub const CONFIG_NETNS_COOKIE: u32 = 0;
-pub const CONFIG_LEN: u32 = 5;
+pub const CONFIG_LEN: u32 = 7;
 /// `BERTH_CONFIG` index: non-zero when IPv4 from a bridge port without hooks
 /// is refused (`berth daemon --default-sg`).
 pub const CONFIG_PORT_GATE: u32 = 1;
@@ -263,6 +263,15 @@ pub const CONFIG_NO_POLICY: u32 = 3;
 /// keeps it. The daemon sets it to 0 before publishing a mapping on a
 /// specific address.
 pub const CONFIG_WILDCARD_ONLY: u32 = 4;
+/// `BERTH_CONFIG` index: non-zero while a daemon reads [`FLOW_LOG_RING`]
+/// (`berth daemon --flow-log`); otherwise refusals write no record.
+pub const CONFIG_FLOW_LOG: u32 = 5;
+/// `BERTH_CONFIG` index: the datapath log's level, [`DP_LOG_OFF`] (what a
+/// new or older daemon's pins hold) or [`DP_LOG_DEBUG`] (`berth log
+/// --datapath`, `berth daemon --datapath-log`).
+pub const CONFIG_DP_LOG: u32 = 6;
+pub const DP_LOG_OFF: u64 = 0;
+pub const DP_LOG_DEBUG: u64 = 1;
 
 /// Bridge ports whose security-group hooks are attached: ifindex -> 1.
 pub const HOOKED_PORTS_MAP: &str = "BERTH_HOOKED_PORTS";
@@ -465,6 +474,67 @@ pub struct FragEntry {
 /// Per-CPU counters, indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "BERTH_COUNTERS";
 
+// ---------------------------------------------------------------- flow logs
+
+/// Ring buffer of [`FlowEvent`]s (`BPF_MAP_TYPE_RINGBUF`): refused flows,
+/// which leave no table entry to read. Not pinned: each load starts an
+/// empty ring that the loading daemon reads. A record is reserved or
+/// counted lost ([`Counter::FlowLogLost`]); the packet never waits.
+pub const FLOW_LOG_RING: &str = "BERTH_FLOW_LOG";
+/// 256 KiB: about 5 400 records between two reads of the daemon.
+pub const FLOW_LOG_RING_BYTES: u32 = 256 * 1024;
+/// The datapath log's ring (aya-log's, named by it), not pinned.
+pub const DP_LOG_MAP: &str = "AYA_LOGS";
+/// Per-CPU token bucket of the datapath log: one [`LogBucket`], not pinned.
+pub const DP_LOG_BUCKET_MAP: &str = "BERTH_LOG_BUCKET";
+/// Datapath log lines per second per CPU once a bucket is empty, and the
+/// burst a full one allows.
+pub const DP_LOG_PER_SEC: u64 = 20;
+pub const DP_LOG_BURST: u64 = 40;
+
+/// A token bucket: `tokens` left as of `last_ns` (coarse clock).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct LogBucket {
+    pub last_ns: u64,
+    pub tokens: u64,
+}
+
+/// `FlowEvent::kind`: the receiving task's security groups refused the
+/// flow (or its source was one of the host's own addresses).
+pub const FLOW_EV_REJECT_POLICY: u8 = 1;
+/// `FlowEvent::kind`: no room in a flow table (or no free client port for
+/// a clashing flow).
+pub const FLOW_EV_REJECT_FULL: u8 = 2;
+
+/// One refused packet of a new flow to a published port, as the uplink saw
+/// it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FlowEvent {
+    /// `bpf_ktime_get_coarse_ns()`.
+    pub ktime_ns: u64,
+    /// The client.
+    pub src_addr_be: u32,
+    /// The host address the client used.
+    pub dst_addr_be: u32,
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    /// The container the mapping points at.
+    pub ctr_addr_be: u32,
+    pub ctr_port_be: u16,
+    pub proto: u8,
+    /// `FLOW_EV_*`.
+    pub kind: u8,
+    /// The uplink.
+    pub ifindex: u32,
+    /// IPv4 total length.
+    pub ip_len: u16,
+    pub tcp_flags: u8,
+    pub _pad: u8,
+    pub _pad2: u32,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ServiceKey {
@@ -544,6 +614,23 @@ pub struct NatEntry {
     /// [`Backend`] when the flow opened, so a reply is counted without a
     /// service lookup. Layout 2's padding here: its flows read 0 (no slot).
     pub binding: u32,
+    // Layout 3: flow-log counters. The programs add to them on each
+    // packet of the flow (no atomics: each direction of a flow is carried
+    // by one CPU at a time, so a lost increment needs two CPUs in the same
+    // direction of one flow at the same instant); the daemon reads them at
+    // each capture window's end and logs the difference.
+    /// Packets per direction (0 = client->container, 1 = reply).
+    pub packets: [u64; 2],
+    /// IPv4 bytes (total length) per direction.
+    pub bytes: [u64; 2],
+    /// `bpf_ktime_get_coarse_ns()` of the flow's first packet.
+    pub opened_ns: u64,
+    /// The uplink the flow arrived on.
+    pub ifindex: u32,
+    /// TCP FIN, SYN and RST bits seen per direction, as a flow log's
+    /// `tcp-flags` (FIN 1, SYN 2, RST 4).
+    pub tcp_flags: [u8; 2],
+    pub _pad3: u16,
 }
 
 /// [`NAT_FWD_MAP`] value: the source port the clashing flow uses towards
@@ -682,6 +769,11 @@ counters! {
     CtNoFlow = 25 => "ct_no_flow",
     /// IPv4 from a bridge port not hooked yet, refused (`--default-sg`).
     UnhookedPort = 26 => "unhooked_port",
+    /// A flow-log record the ring buffer had no room for (the daemon
+    /// reads too slowly); the record is lost, the packet is not.
+    FlowLogLost = 27 => "flow_log_lost",
+    /// A datapath log line over the per-CPU rate limit; not written.
+    DatapathLogLimited = 28 => "datapath_log_limited",
 }
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 // The map is indexed by the enum: indexes run 0.. in order.
@@ -745,7 +837,8 @@ const _: () = assert!(size_of::<ServiceKey>() == 8);
 const _: () = assert!(size_of::<Backend>() == 12);
 const _: () = assert!(size_of::<BindingStats>() == 48);
 const _: () = assert!(size_of::<FlowKey>() == 16);
-const _: () = assert!(size_of::<NatEntry>() == 40);
+const _: () = assert!(size_of::<NatEntry>() == 88);
+const _: () = assert!(size_of::<FlowEvent>() == 40);
 const _: () = assert!(size_of::<NatFwd>() == 8);
 const _: () = assert!(size_of::<XdpHandoff>() == 8);
 const _: () = assert!(size_of::<PortKey>() == 4);
@@ -769,8 +862,8 @@ const _: () = assert!(size_of::<PortAddrs>() == 8 + 4 * PORT_ADDRS_MAX);
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        Backend, BindingStats, CtEntry, Endpoint, FlowKey, FragEntry, FragKey, NatEntry, NatFwd,
-        Policy, PolicyKey, PortAddrs, PortKey, Rule, ServiceKey, SgMember, SockRevKey,
+        Backend, BindingStats, CtEntry, Endpoint, FlowEvent, FlowKey, FragEntry, FragKey, NatEntry,
+        NatFwd, Policy, PolicyKey, PortAddrs, PortKey, Rule, ServiceKey, SgMember, SockRevKey,
         SockRevValue,
     };
 
@@ -804,5 +897,6 @@ mod user {
         FragKey,
         FragEntry,
         PortAddrs,
+        FlowEvent,
     );
 }

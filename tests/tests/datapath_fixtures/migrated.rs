@@ -42,7 +42,7 @@ fn pin_converted_flow(env: &mut Env, sport: u16) -> FlowKey {
         _pad: 0,
         last_seen_ns: 1,
     };
-    let bytes = migrate::nat_entry_v1_to_v2(&key_bytes(&key), &migrate::nat_v1_bytes(&v1));
+    let bytes = migrate::nat_entry_v1_to_v3(&key_bytes(&key), &migrate::nat_v1_bytes(&v1));
     let entry: NatEntry = bytemuck::pod_read_unaligned(&bytes);
     let mut m: HashMap<&mut MapData, FlowKey, NatEntry> =
         HashMap::try_from(env.ebpf.map_mut("BERTH_NAT").unwrap()).unwrap();

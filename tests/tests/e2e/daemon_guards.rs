@@ -584,6 +584,12 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
             seq_end: [0, 0],
             max_win: [0, 0],
             binding: 0,
+            packets: [0, 0],
+            bytes: [0, 0],
+            opened_ns: 0,
+            ifindex: 0,
+            tcp_flags: [0, 0],
+            _pad3: 0,
         }
     );
     let e: NatEntry = read_as(&lookup(&nat_pin, &nat[1].0, nat_size).expect("flow kept"));
@@ -653,7 +659,7 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
                 berth_maps::ENDPOINTS_CAPACITY
             ),
             "BERTH_HOST_ADDRS: allocated on use (0 entries kept)",
-            "BERTH_NAT: 16-byte values converted to 40 bytes (2 entries kept)",
+            "BERTH_NAT: 16-byte values converted to 88 bytes (2 entries kept)",
             format!(
                 "BERTH_PORTS: capacity 131072 -> {}, allocated on use (0 entries kept)",
                 berth_maps::PORTS_CAPACITY
@@ -686,7 +692,7 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
 }
 
 /// The migration itself, on real maps: a converter carries 16-byte NAT
-/// entries into a 40-byte map pinned in place (whatever `NatEntry` this
+/// entries into an 88-byte map pinned in place (whatever `NatEntry` this
 /// build has), and a capacity change copies entries as they are.
 #[test]
 fn pinned_maps_are_migrated_in_place_through_converters_and_resizes() {
@@ -703,7 +709,7 @@ fn pinned_maps_are_migrated_in_place_through_converters_and_resizes() {
     let mut expected = std::collections::BTreeMap::new();
     expected.insert(
         berth_maps::NAT_MAP.to_owned(),
-        shape(sys::BPF_MAP_TYPE_HASH, 16, 40, 2048),
+        shape(sys::BPF_MAP_TYPE_HASH, 16, 88, 2048),
     );
     expected.insert(
         berth_maps::CT_MAP.to_owned(),
@@ -715,15 +721,15 @@ fn pinned_maps_are_migrated_in_place_through_converters_and_resizes() {
         report.migrated,
         [
             "BERTH_CT: capacity 1024 -> 4096 (1 entries kept)",
-            "BERTH_NAT: 16-byte values converted to 40 bytes (2 entries kept)"
+            "BERTH_NAT: 16-byte values converted to 88 bytes (2 entries kept)"
         ]
     );
     let fd = sys::obj_get(&dir.join(berth_maps::NAT_MAP)).unwrap();
     assert_eq!(sys::map_shape(&fd).unwrap(), expected[berth_maps::NAT_MAP]);
     for (key, v1) in &nat {
-        let mut value = vec![0u8; 40];
+        let mut value = vec![0u8; 88];
         assert!(sys::map_lookup(&fd, key, &mut value).unwrap());
-        assert_eq!(value, migrate::nat_entry_v1_to_v2(key, v1));
+        assert_eq!(value, migrate::nat_entry_v1_to_v3(key, v1));
     }
     let fd = sys::obj_get(&dir.join(berth_maps::CT_MAP)).unwrap();
     assert_eq!(sys::map_shape(&fd).unwrap().max_entries, 4096);
@@ -734,6 +740,74 @@ fn pinned_maps_are_migrated_in_place_through_converters_and_resizes() {
     let again = pins::check_and_migrate(&dir, &expected).unwrap();
     assert_eq!(again.found_layout, Some(pins::LAYOUT_VERSION));
     assert!(again.migrated.is_empty());
+}
+
+/// Layout 2's 40-byte NAT entries, established and not, carried into this
+/// build's 88-byte ones: everything kept, the flow-log counters zero.
+#[test]
+fn layout_2_nat_tables_are_converted_keeping_every_flow() {
+    let bpffs = Bpffs::new().unwrap();
+    let dir = bpffs.path().join("berth");
+    let v2 = |port: u16, flags: u8| {
+        migrate::nat_v2_bytes(&migrate::NatEntryV2 {
+            host_addr_be: u32::from_ne_bytes([192, 0, 2, 1]),
+            host_port_be: port.to_be(),
+            flags,
+            _pad: 0,
+            last_seen_ns: 7_000,
+            client_port_be: 40000u16.to_be(),
+            wscale: [7, 7],
+            seq_end: [11, 22],
+            max_win: [33, 44],
+            binding: 0,
+        })
+    };
+    let est = vec![(flow_key(40000), v2(8080, berth_maps::NAT_F_ESTABLISHED))];
+    let new = vec![(flow_key(40001), v2(8081, berth_maps::NAT_F_SEQ_FWD))];
+    pin_map(
+        &bpffs,
+        berth_maps::NAT_MAP,
+        &shape(sys::BPF_MAP_TYPE_HASH, 16, 40, 1024),
+        &est,
+    );
+    pin_map(
+        &bpffs,
+        berth_maps::NAT_NEW_MAP,
+        &shape(sys::BPF_MAP_TYPE_LRU_HASH, 16, 40, 1024),
+        &new,
+    );
+    std::os::unix::fs::symlink("2", dir.join(pins::LAYOUT_LINK)).unwrap();
+    let mut expected = std::collections::BTreeMap::new();
+    expected.insert(
+        berth_maps::NAT_MAP.to_owned(),
+        shape(sys::BPF_MAP_TYPE_HASH, 16, 88, 1024),
+    );
+    expected.insert(
+        berth_maps::NAT_NEW_MAP.to_owned(),
+        shape(sys::BPF_MAP_TYPE_LRU_HASH, 16, 88, 1024),
+    );
+    let report = pins::check_and_migrate(&dir, &expected).unwrap();
+    assert_eq!(report.found_layout, Some(2));
+    assert_eq!(
+        report.migrated,
+        [
+            "BERTH_NAT: 40-byte values converted to 88 bytes (1 entries kept)",
+            "BERTH_NAT_NEW: 40-byte values converted to 88 bytes (1 entries kept)",
+        ]
+    );
+    for (name, entries) in [(berth_maps::NAT_MAP, &est), (berth_maps::NAT_NEW_MAP, &new)] {
+        let fd = sys::obj_get(&dir.join(name)).unwrap();
+        for (key, old) in entries {
+            let mut value = vec![0u8; 88];
+            assert!(sys::map_lookup(&fd, key, &mut value).unwrap(), "{name}");
+            assert_eq!(
+                &value[..40],
+                old.as_slice(),
+                "{name}: layout 2's bytes kept"
+            );
+            assert!(value[40..].iter().all(|b| *b == 0), "{name}: counters zero");
+        }
+    }
 }
 
 /// A TCP echo server on the container's port 7, published as 7007, and a
@@ -1211,7 +1285,7 @@ fn flows_the_old_programs_track_during_a_migration_are_carried_over() {
     let mut expected = std::collections::BTreeMap::new();
     expected.insert(
         berth_maps::NAT_MAP.to_owned(),
-        shape(sys::BPF_MAP_TYPE_HASH, 16, 40, 1024),
+        shape(sys::BPF_MAP_TYPE_HASH, 16, 88, 1024),
     );
     let (report, mut old_maps) = pins::check_and_migrate_keeping_old(&dir, &expected).unwrap();
     assert_eq!(report.migrated.len(), 1);
@@ -1224,20 +1298,20 @@ fn flows_the_old_programs_track_during_a_migration_are_carried_over() {
     sys::map_update(&old_fd, &flow_key(40001), &window).unwrap();
     sys::map_update(&old_fd, &flow_key(40002), &nat_v1(8082, 0, 3_000)).unwrap();
     sys::map_update(&old_fd, &flow_key(40000), &nat_v1(8080, 3, 4_000)).unwrap();
-    let by_new = vec![7u8; 40];
+    let by_new = vec![7u8; 88];
     sys::map_update(&new_fd, &flow_key(40002), &by_new).unwrap();
-    let refreshed = migrate::nat_entry_v1_to_v2(&flow_key(40000), &nat_v1(8080, 2, 5_000));
+    let refreshed = migrate::nat_entry_v1_to_v3(&flow_key(40000), &nat_v1(8080, 2, 5_000));
     sys::map_update(&new_fd, &flow_key(40000), &refreshed).unwrap();
 
     assert_eq!(old_maps.carry_over(), 1);
     let get = |k: &[u8]| {
-        let mut v = vec![0u8; 40];
+        let mut v = vec![0u8; 88];
         assert!(sys::map_lookup(&new_fd, k, &mut v).unwrap(), "flow there");
         v
     };
     assert_eq!(
         get(&flow_key(40001)),
-        migrate::nat_entry_v1_to_v2(&flow_key(40001), &window),
+        migrate::nat_entry_v1_to_v3(&flow_key(40001), &window),
         "the flow opened in between, converted"
     );
     assert_eq!(

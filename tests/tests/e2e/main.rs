@@ -13,6 +13,7 @@ mod docker_events;
 mod docker_proxy;
 mod dynamic_ports;
 mod ecs_tasks;
+mod flow_logs;
 mod flow_tracking;
 mod fragments;
 mod harness;

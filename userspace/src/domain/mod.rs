@@ -7,6 +7,7 @@ pub mod cni;
 pub mod ecs;
 pub mod error;
 pub mod events;
+pub mod flowlog;
 pub mod limits;
 pub mod model;
 pub mod rules;

@@ -156,6 +156,10 @@ pub trait Datapath: Send + Sync {
     ) -> Result<Vec<Option<BindingCounters>>, DatapathError> {
         Ok(vec![None; bindings.len()])
     }
+    /// Turns the datapath log (`berth log --datapath`) on or off.
+    fn set_datapath_log(&self, _on: bool) -> Result<(), DatapathError> {
+        Err(DatapathError::Other("this datapath has no log".into()))
+    }
 }
 
 /// One binding's traffic since it was published (`berth map ls --stats`,

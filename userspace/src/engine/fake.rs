@@ -57,6 +57,8 @@ pub struct FakeDatapath {
     pub port_gate: AtomicBool,
     /// The veth hooks' "no endpoint has policy" flag.
     pub no_policy: AtomicBool,
+    /// `set_datapath_log`'s last word.
+    pub datapath_log: AtomicBool,
     /// An endpoint got policy while that flag was set.
     pub policy_while_flagged: AtomicBool,
     /// The datapath's counters, by index; 0 unless a test counts.
@@ -128,6 +130,11 @@ fn injected(map: &'static str) -> DatapathError {
 }
 
 impl Datapath for FakeDatapath {
+    fn set_datapath_log(&self, on: bool) -> Result<(), DatapathError> {
+        self.datapath_log.store(on, Ordering::SeqCst);
+        Ok(())
+    }
+
     fn set_endpoint(&self, ip: Ipv4Addr, task_id: u32, policy: bool) -> Result<(), DatapathError> {
         if *self.fail_endpoint.lock().unwrap() == Some(ip) {
             return Err(injected("BERTH_ENDPOINTS"));

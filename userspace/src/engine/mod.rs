@@ -4,6 +4,7 @@
 //! traits it defines; it imports only from `domain`.
 pub mod allocator;
 pub mod datapath;
+pub mod flowlog;
 pub mod host;
 pub mod ledger;
 pub mod registry;

@@ -50,6 +50,10 @@ pub struct DaemonConfig {
     pub docker: Option<PathBuf>,
     /// `--metrics-listen`, `--metrics-per-binding`.
     pub metrics: crate::interfaces::metrics::MetricsConfig,
+    /// `--flow-log` and its settings.
+    pub flow_log: Option<crate::interfaces::flow_log::FlowLogConfig>,
+    /// `--datapath-log debug`: the datapath log on from the start.
+    pub datapath_log: bool,
 }
 
 impl DaemonConfig {
@@ -97,6 +101,10 @@ pub struct Parts {
     /// `/metrics` settings, and the `--metrics-listen` socket, bound.
     pub metrics: crate::interfaces::metrics::MetricsConfig,
     pub metrics_listener: Option<tokio::net::TcpListener>,
+    /// `--flow-log`: the tap on the datapath and the writer.
+    pub flow_log: Option<crate::interfaces::flow_log::FlowLog>,
+    /// The datapath log's ring, forwarded into this log.
+    pub datapath_log: Option<crate::adapters::datapath::dplog::DpLogReader>,
 }
 
 /// Starts the daemon and returns once it has stopped. Every error is one
@@ -124,7 +132,37 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     let pin_dir = crate::adapters::datapath::prepare_pin_dir(&config.datapath.bpffs)?;
     let _lock = crate::adapters::lock::lock_daemon(&config.state_dir, &pin_dir)?;
     let store = Store::open(&config.state_dir)?;
+    // Opened before the datapath: a path the daemon cannot write stops it
+    // with nothing changed.
+    let flow_log_writer = config
+        .flow_log
+        .as_ref()
+        .map(crate::interfaces::flow_log::Writer::open)
+        .transpose()?;
     let datapath = BpfDatapath::open(&config.datapath)?;
+    if config.datapath_log {
+        datapath.set_datapath_log(true)?;
+    }
+    let datapath_log = Some(datapath.datapath_log_reader());
+    let flow_log = match (config.flow_log.clone(), flow_log_writer) {
+        (Some(c), Some(writer)) => {
+            let (tap, ring) = datapath.flow_log_tap()?;
+            tracing::info!(
+                to = ?c.dest,
+                interval_secs = c.interval.as_secs(),
+                version = c.format.version(),
+                "flow log on"
+            );
+            Some(crate::interfaces::flow_log::FlowLog {
+                config: c,
+                tap,
+                ring,
+                writer,
+                uplinks: crate::interfaces::flow_log::uplink_indexes(&config.datapath.uplinks),
+            })
+        }
+        _ => None,
+    };
     tracing::info!(
         uplinks = ?config.datapath.uplinks,
         bridges = ?config.datapath.bridges,
@@ -150,6 +188,8 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         docker: docker.as_ref().map(|(link, _)| link.clone()),
         metrics: config.metrics,
         metrics_listener,
+        flow_log,
+        datapath_log,
     };
     // The API socket is bound, so the follower's requests wait in its
     // backlog until the store is restored and served.
@@ -234,6 +274,8 @@ pub async fn serve(
         docker,
         metrics,
         metrics_listener,
+        flow_log,
+        datapath_log,
     } = parts;
     let store_path = store.path().to_owned();
     let info = api::DaemonInfo {
@@ -263,10 +305,13 @@ pub async fn serve(
     );
 
     addrs.sync()?;
-    let background = [
+    let mut background = vec![
         tokio::spawn(addrs.run()),
         tokio::spawn(expire_flows(datapath.clone(), expiry)),
     ];
+    if let Some(reader) = datapath_log {
+        background.push(tokio::spawn(forward_datapath_log(reader)));
+    }
 
     let berth = Berth::new(registry).with_max_subscribers(limits.max_event_subscribers);
     let metrics_state = crate::interfaces::metrics::MetricsState::new(metrics.per_binding);
@@ -280,6 +325,15 @@ pub async fn serve(
                 tracing::error!(error = %e, "the --metrics-listen server stopped");
             }
         })
+    });
+    let flow_log = flow_log.map(|log| {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(crate::interfaces::flow_log::run(
+            log,
+            berth.clone(),
+            stopped,
+        ));
+        (stop, task)
     });
     let closer = berth.clone();
     let sweeps = berth.clone();
@@ -307,6 +361,11 @@ pub async fn serve(
     .await;
     // Removals answered before their flows were forgotten; finish that.
     sweeps.finish_sweeps().await;
+    // The window in progress is written before the daemon exits.
+    if let Some((stop, task)) = flow_log {
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, task).await;
+    }
     for task in background.into_iter().chain(metrics_server) {
         task.abort();
     }
@@ -380,6 +439,34 @@ impl HostAddrSync {
     }
 }
 
+/// Forwards the datapath log's lines as they come.
+async fn forward_datapath_log(reader: crate::adapters::datapath::dplog::DpLogReader) {
+    // SAFETY: the reader holds the logger, which owns the ring's fd, for
+    // as long as the AsyncFd lives.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE)
+    };
+    let fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the datapath log; its lines are not forwarded");
+            return;
+        }
+    };
+    loop {
+        match fd.readable().await {
+            Ok(mut guard) => {
+                guard.get_inner().flush();
+                guard.clear_ready();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the datapath log");
+                return;
+            }
+        }
+    }
+}
+
 async fn expire_flows(datapath: Arc<dyn Datapath>, period: Duration) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -432,6 +519,8 @@ mod tests {
             docker: None,
             metrics: Default::default(),
             metrics_listener: None,
+            flow_log: None,
+            datapath_log: None,
         }
     }
 

@@ -9,5 +9,6 @@ pub mod cni;
 pub mod daemon;
 pub mod docker_events;
 pub mod docker_proxy;
+pub mod flow_log;
 pub mod metrics;
 pub mod server;

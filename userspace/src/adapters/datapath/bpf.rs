@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{links::CgroupAttachMode, CgroupSockAddr},
     Ebpf, EbpfLoader,
 };
@@ -115,6 +115,12 @@ pub struct BpfDatapath {
     /// `--max-mappings`, for the error when the tables are full.
     pub(super) max_mappings: u32,
     pub(super) status: super::status::StatusBase,
+    /// The flow-log ring, until a flow log takes it (`flow_log_tap`).
+    pub(super) flow_ring: Mutex<Option<RingBuf<MapData>>>,
+    /// What the sweeps deleted, while a flow log wants it.
+    pub(super) departed: super::flowlog::DepartedSlot,
+    /// aya-log's reader of the datapath log.
+    pub(super) dp_logger: super::dplog::Logger,
     // Stops before the programs it attaches are dropped.
     _ports: PortWatcher,
     // Owns the programs; the links themselves are held by their pins.
@@ -290,6 +296,9 @@ impl BpfDatapath {
             }
         })?;
 
+        // Before any program loads: they refer to its map.
+        let dp_logger = super::dplog::init(&mut ebpf)?;
+
         let wanted = attachments(config);
         for (prog, ifname) in &wanted {
             attach_pinned(&mut ebpf, prog, ifname, &links_dir)?;
@@ -361,6 +370,21 @@ impl BpfDatapath {
         config_map
             .set(CONFIG_NETNS_COOKIE, netns_cookie()?, 0)
             .map_err(map_err(CONFIG_MAP))?;
+        // Until a flow log of this daemon reads the new ring, refusals
+        // write nothing (an earlier daemon's setting is not this one's).
+        config_map
+            .set(berth_maps::CONFIG_FLOW_LOG, 0, 0)
+            .map_err(map_err(CONFIG_MAP))?;
+        // Off until asked (`--datapath-log`, `berth log`), whatever an
+        // earlier daemon left.
+        config_map
+            .set(berth_maps::CONFIG_DP_LOG, berth_maps::DP_LOG_OFF, 0)
+            .map_err(map_err(CONFIG_MAP))?;
+        let flow_ring =
+            RingBuf::try_from(ebpf.take_map(berth_maps::FLOW_LOG_RING).ok_or_else(|| {
+                DatapathError::Other(format!("map {} missing", berth_maps::FLOW_LOG_RING))
+            })?)
+            .map_err(map_err(berth_maps::FLOW_LOG_RING))?;
 
         let mut maps = Maps {
             services: take_map(&mut ebpf, SERVICES_MAP)?,
@@ -487,6 +511,9 @@ impl BpfDatapath {
             timeouts: Mutex::new(FlowTimeouts::default()),
             max_mappings: config.capacity.max_mappings,
             status,
+            flow_ring: Mutex::new(Some(flow_ring)),
+            departed: Default::default(),
+            dp_logger,
             _ports: ports,
             _ebpf: ebpf,
         })

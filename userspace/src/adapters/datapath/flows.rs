@@ -187,7 +187,7 @@ fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
 }
 
 /// Calls `each` for every entry of the hash map at `fd`.
-fn batch_scan<V: aya::Pod + Default>(
+pub(super) fn batch_scan<V: aya::Pod + Default>(
     fd: i32,
     mut each: impl FnMut(&FlowKey, &V),
 ) -> io::Result<()> {

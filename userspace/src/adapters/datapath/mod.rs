@@ -6,6 +6,8 @@ mod bpf;
 mod bridges;
 mod capacity;
 mod cgroup;
+pub mod dplog;
+pub mod flowlog;
 mod flows;
 #[cfg(test)]
 mod names;

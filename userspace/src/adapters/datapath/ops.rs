@@ -4,9 +4,9 @@
 use std::{collections::HashSet, net::Ipv4Addr};
 
 use berth_maps::{
-    local_net_encode, Backend, FlowKey, PortKey, ServiceKey, CONFIG_MAP, CONFIG_PORT_GATE,
-    COUNTERS_MAP, COUNTER_NAMES, HOST_ADDRS_MAP, LOCAL_NETS_MAP, LOCAL_NETS_MAX, LOCAL_NET_MORE,
-    PORTS_MAP, SERVICES_MAP,
+    local_net_encode, Backend, FlowKey, NatEntry, PortKey, ServiceKey, CONFIG_MAP,
+    CONFIG_PORT_GATE, COUNTERS_MAP, COUNTER_NAMES, HOST_ADDRS_MAP, LOCAL_NETS_MAP, LOCAL_NETS_MAX,
+    LOCAL_NET_MORE, PORTS_MAP, SERVICES_MAP,
 };
 
 use super::{
@@ -14,11 +14,42 @@ use super::{
     bpf::{map_err, mappings_err, BpfDatapath},
     flows::{
         flow_expired, flow_timeout, fwd_flow_key, fwd_owns, monotonic_ns, on_addrs_gone, owned_by,
-        owned_by_none_of, sweep, touching,
+        owned_by_none_of, sweep, touching, FlowTable,
     },
     Datapath, DatapathError, FlowTimeouts, PolicyRule,
 };
 use crate::{domain::cidr::Ipv4Cidr, domain::model::Binding};
+
+impl BpfDatapath {
+    /// [`sweep`] over the published-port tables; while a flow log runs,
+    /// each deleted flow is handed to it with its final counts.
+    fn sweep_nat(
+        &self,
+        doomed: impl Fn(&FlowKey, &NatEntry, FlowTable) -> bool,
+    ) -> Result<usize, DatapathError> {
+        let slot = self.departed.clone();
+        if slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_none()
+        {
+            return sweep(&self.flows, doomed);
+        }
+        sweep(&self.flows, |k, v, table| {
+            let gone = doomed(k, v, table);
+            if gone {
+                if let Some(d) = slot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .as_mut()
+                {
+                    d.push(k, v);
+                }
+            }
+            gone
+        })
+    }
+}
 
 fn port_key(b: &Binding) -> PortKey {
     PortKey {
@@ -178,7 +209,13 @@ impl Datapath for BpfDatapath {
 
     fn publishes(&self, b: &Binding) -> Result<bool, DatapathError> {
         let m = self.lock();
-        let served = m.services.get(&service_key(b), 0).ok() == Some(backend(b));
+        // The counters' slot is the datapath's own choice: compare where
+        // the mapping leads, not which slot counts it.
+        let want = backend(b);
+        let served = m
+            .services
+            .get(&service_key(b), 0)
+            .is_ok_and(|v| v.addr_be == want.addr_be && v.port_be == want.port_be);
         let guarded = m.ports.get(&port_key(b), 0).is_ok_and(|n| n > 0);
         Ok(served && guarded)
     }
@@ -214,7 +251,7 @@ impl Datapath for BpfDatapath {
         if gone.is_empty() {
             return Ok(0);
         }
-        let n = sweep(&self.flows, owned_by(gone))?;
+        let n = self.sweep_nat(owned_by(gone))?;
         self.forget_orphan_remaps();
         Ok(n)
     }
@@ -277,7 +314,7 @@ impl Datapath for BpfDatapath {
         }
         m.recount_exact()?;
         drop(m);
-        let forgotten = sweep(&self.flows, owned_by_none_of(keep_bindings))?;
+        let forgotten = self.sweep_nat(owned_by_none_of(keep_bindings))?;
         if forgotten > 0 {
             self.forget_orphan_remaps();
             tracing::info!(
@@ -382,9 +419,7 @@ impl Datapath for BpfDatapath {
             let timeout = flow_timeout(k.proto, v.flags, table, &t);
             now.saturating_sub(v.last_seen_ns) > timeout * 1_000_000_000
         })?;
-        let expired = sweep(&self.flows, |k, v, table| {
-            flow_expired(k, v, table, now, &t)
-        })?;
+        let expired = self.sweep_nat(|k, v, table| flow_expired(k, v, table, now, &t))?;
         self.forget_orphan_remaps();
         Ok(expired + from_policy)
     }
@@ -450,6 +485,10 @@ impl Datapath for BpfDatapath {
             .timeouts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = timeouts;
+    }
+
+    fn set_datapath_log(&self, on: bool) -> Result<(), DatapathError> {
+        self.write_datapath_log(on)
     }
 
     fn status(&self) -> Result<Option<super::DatapathStatus>, DatapathError> {

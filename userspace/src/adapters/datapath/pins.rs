@@ -27,9 +27,11 @@ use super::{
 /// before the version was recorded (16-byte NAT and CT entries). 2: 40-byte
 /// NAT and 32-byte CT entries (client port, window scale, sequence
 /// tracking), tables of unestablished flows, port remaps, fragments,
-/// source checks and the port gate. 3: 12-byte service values and NAT
-/// entries carrying the mapping's per-binding counters slot (layout 2's
-/// padding), the per-binding counters array.
+/// source checks and the port gate. 3: 12-byte service values carrying the
+/// mapping's per-binding counters slot, the per-binding counters array, and
+/// 88-byte NAT entries (the slot in layout 2's padding, then the flow-log
+/// counters: packets, bytes and TCP flags per direction, the opening time
+/// and the uplink).
 pub const LAYOUT_VERSION: u32 = 3;
 /// Pins without a version record come from before versions were recorded.
 const UNRECORDED_LAYOUT: u32 = 1;
@@ -81,8 +83,20 @@ pub const CONVERTERS: &[Converter] = &[
     Converter {
         map: berth_maps::NAT_MAP,
         from: (migrate::FLOW_KEY_SIZE, migrate::NAT_ENTRY_V1_SIZE),
-        to: (migrate::FLOW_KEY_SIZE, migrate::NAT_ENTRY_V2_SIZE),
-        convert: migrate::nat_entry_v1_to_v2,
+        to: (migrate::FLOW_KEY_SIZE, migrate::NAT_ENTRY_V3_SIZE),
+        convert: migrate::nat_entry_v1_to_v3,
+    },
+    Converter {
+        map: berth_maps::NAT_MAP,
+        from: (migrate::FLOW_KEY_SIZE, migrate::NAT_ENTRY_V2_SIZE),
+        to: (migrate::FLOW_KEY_SIZE, migrate::NAT_ENTRY_V3_SIZE),
+        convert: migrate::nat_entry_v2_to_v3,
+    },
+    Converter {
+        map: berth_maps::NAT_NEW_MAP,
+        from: (migrate::FLOW_KEY_SIZE, migrate::NAT_ENTRY_V2_SIZE),
+        to: (migrate::FLOW_KEY_SIZE, migrate::NAT_ENTRY_V3_SIZE),
+        convert: migrate::nat_entry_v2_to_v3,
     },
     Converter {
         map: berth_maps::CT_MAP,
@@ -535,6 +549,36 @@ pub mod migrate {
     }
 
     pub const NAT_ENTRY_V2_SIZE: u32 = size_of::<NatEntryV2>() as u32;
+
+    // ------------------------------------------------------------ layout 3
+    // This build: flow-log counters at the end of each NAT entry.
+
+    /// `NatEntry` of layout 3: layout 2's, then the flow-log counters.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct NatEntryV3 {
+        pub host_addr_be: u32,
+        pub host_port_be: u16,
+        pub flags: u8,
+        pub _pad: u8,
+        pub last_seen_ns: u64,
+        pub client_port_be: u16,
+        pub wscale: [u8; 2],
+        pub seq_end: [u32; 2],
+        pub max_win: [u32; 2],
+        pub binding: u32,
+        pub packets: [u64; 2],
+        pub bytes: [u64; 2],
+        pub opened_ns: u64,
+        pub ifindex: u32,
+        pub tcp_flags: [u8; 2],
+        pub _pad3: u16,
+    }
+
+    pub const NAT_ENTRY_V3_SIZE: u32 = size_of::<NatEntryV3>() as u32;
+    const _: () = assert!(NAT_ENTRY_V3_SIZE == 88);
+    // Layout 3 appends: the first 40 bytes are layout 2's.
+    const _: () = assert!(offset_of!(NatEntryV3, packets) == NAT_ENTRY_V2_SIZE as usize);
     pub const CT_ENTRY_V2_SIZE: u32 = size_of::<CtEntryV2>() as u32;
 
     /// Layout 2's flag for a flow in the established table (NAT and CT).
@@ -565,7 +609,7 @@ pub mod migrate {
         };
     }
     same_layout!(
-        NatEntryV2,
+        NatEntryV3,
         cur::NatEntry,
         [
             host_addr_be,
@@ -577,7 +621,13 @@ pub mod migrate {
             wscale,
             seq_end,
             max_win,
-            binding
+            binding,
+            packets,
+            bytes,
+            opened_ns,
+            ifindex,
+            tcp_flags,
+            _pad3
         ]
     );
     same_layout!(
@@ -598,10 +648,10 @@ pub mod migrate {
         assert!(F_KNOWN_V1 & (F_ESTABLISHED_V2 | F_SEQ_V2) == 0);
     };
 
-    /// Compiles only while `NatEntryV2` and `berth_maps::NatEntry` have the
+    /// Compiles only while `NatEntryV3` and `berth_maps::NatEntry` have the
     /// same fields of the same types.
     #[expect(dead_code)]
-    const fn nat_v2_is_current(e: cur::NatEntry) -> NatEntryV2 {
+    const fn nat_v3_is_current(e: cur::NatEntry) -> NatEntryV3 {
         let cur::NatEntry {
             host_addr_be,
             host_port_be,
@@ -613,8 +663,14 @@ pub mod migrate {
             seq_end,
             max_win,
             binding,
+            packets,
+            bytes,
+            opened_ns,
+            ifindex,
+            tcp_flags,
+            _pad3,
         } = e;
-        NatEntryV2 {
+        NatEntryV3 {
             host_addr_be,
             host_port_be,
             flags,
@@ -625,6 +681,12 @@ pub mod migrate {
             seq_end,
             max_win,
             binding,
+            packets,
+            bytes,
+            opened_ns,
+            ifindex,
+            tcp_flags,
+            _pad3,
         }
     }
 
@@ -699,6 +761,21 @@ pub mod migrate {
             max_win: [0; 2],
             binding: 0,
         })
+    }
+
+    /// A flow tracked by layout 2 keeps everything it had; its flow-log
+    /// counters start at zero (the flow log counts it from the upgrade on),
+    /// its opening time and uplink unknown (0).
+    pub fn nat_entry_v2_to_v3(_key: &[u8], old: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; NAT_ENTRY_V3_SIZE as usize];
+        let n = old.len().min(NAT_ENTRY_V2_SIZE as usize);
+        b[..n].copy_from_slice(&old[..n]);
+        b
+    }
+
+    /// Layout 1 to 2, then 2 to 3.
+    pub fn nat_entry_v1_to_v3(key: &[u8], old: &[u8]) -> Vec<u8> {
+        nat_entry_v2_to_v3(key, &nat_entry_v1_to_v2(key, old))
     }
 
     /// A policy flow tracked by layout 1 was live and allowed: established,
@@ -867,14 +944,14 @@ mod tests {
 
     #[test]
     fn preallocated_tables_are_copied_into_tables_allocated_on_use() {
-        let want = shape(1, 16, 40, 16_384, sys::BPF_F_NO_PREALLOC);
-        let old = shape(1, 16, 40, 262_144, 0);
+        let want = shape(1, 16, 88, 16_384, sys::BPF_F_NO_PREALLOC);
+        let old = shape(1, 16, 88, 262_144, 0);
         assert_eq!(plan_map("BERTH_NAT", &old, &want), Ok(Plan::Resize));
         assert_eq!(
             resized(&old, &want),
             "capacity 262144 -> 16384, allocated on use"
         );
-        let same_size = shape(1, 16, 40, 16_384, 0);
+        let same_size = shape(1, 16, 88, 16_384, 0);
         assert_eq!(resized(&same_size, &want), "allocated on use");
         assert_eq!(resized(&want, &same_size), "preallocated");
         let v1 = shape(1, 16, 16, 262_144, 0);
@@ -903,11 +980,29 @@ mod tests {
     fn old_nat_and_ct_entries_have_converters_to_the_new_layouts_only() {
         let v1 = shape(1, 16, 16, 262_144, 0);
         let nat_v2 = shape(1, 16, 40, 262_144, 0);
+        let nat_v3 = shape(1, 16, 88, 262_144, 0);
         let ct_v2 = shape(1, 16, 32, 262_144, 0);
         assert!(matches!(
-            plan_map("BERTH_NAT", &v1, &nat_v2),
+            plan_map("BERTH_NAT", &v1, &nat_v3),
             Ok(Plan::Convert(_))
         ));
+        assert!(matches!(
+            plan_map("BERTH_NAT", &nat_v2, &nat_v3),
+            Ok(Plan::Convert(_))
+        ));
+        let lru = |v| shape(9, 16, v, 2048, 0);
+        assert!(matches!(
+            plan_map("BERTH_NAT_NEW", &lru(40), &lru(88)),
+            Ok(Plan::Convert(_))
+        ));
+        assert!(
+            plan_map("BERTH_NAT", &nat_v3, &nat_v2).is_err(),
+            "no way back"
+        );
+        assert!(
+            plan_map("BERTH_NAT", &v1, &nat_v2).is_err(),
+            "only to this build's layout"
+        );
         assert!(matches!(
             plan_map("BERTH_CT", &v1, &ct_v2),
             Ok(Plan::Convert(_))
@@ -1000,8 +1095,8 @@ mod tests {
         };
         let out = nat_entry_v1_to_v2(&reply_key(), &nat_v1_bytes(&old));
         assert_eq!(
-            as_current::<berth_maps::NatEntry>(&out),
-            berth_maps::NatEntry {
+            as_current::<NatEntryV2>(&out),
+            NatEntryV2 {
                 host_addr_be: old.host_addr_be,
                 host_port_be: old.host_port_be,
                 flags: berth_maps::NAT_F_REPLIED | berth_maps::NAT_F_ESTABLISHED,
@@ -1012,6 +1107,44 @@ mod tests {
                 seq_end: [0, 0],
                 max_win: [0, 0],
                 binding: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn a_v2_nat_entry_keeps_everything_and_starts_its_flow_log_counters_at_zero() {
+        let v2 = NatEntryV2 {
+            host_addr_be: u32::from_ne_bytes([192, 0, 2, 1]),
+            host_port_be: 8080u16.to_be(),
+            flags: berth_maps::NAT_F_ESTABLISHED | berth_maps::NAT_F_SEQ_KNOWN,
+            _pad: 0,
+            last_seen_ns: 555,
+            client_port_be: 40000u16.to_be(),
+            wscale: [7, 9],
+            seq_end: [100, 200],
+            max_win: [300, 400],
+            binding: 0,
+        };
+        let out = nat_entry_v2_to_v3(&reply_key(), &nat_v2_bytes(&v2));
+        assert_eq!(
+            as_current::<berth_maps::NatEntry>(&out),
+            berth_maps::NatEntry {
+                host_addr_be: v2.host_addr_be,
+                host_port_be: v2.host_port_be,
+                flags: v2.flags,
+                _pad: 0,
+                last_seen_ns: 555,
+                client_port_be: v2.client_port_be,
+                wscale: [7, 9],
+                seq_end: [100, 200],
+                max_win: [300, 400],
+                binding: 0,
+                packets: [0, 0],
+                bytes: [0, 0],
+                opened_ns: 0,
+                ifindex: 0,
+                tcp_flags: [0, 0],
+                _pad3: 0,
             }
         );
     }
@@ -1057,7 +1190,7 @@ mod tests {
             flags: 0xff,
             ..NatEntryV1::default()
         });
-        let nat = as_current::<berth_maps::NatEntry>(&nat_entry_v1_to_v2(&reply_key(), &nat));
+        let nat = as_current::<berth_maps::NatEntry>(&nat_entry_v1_to_v3(&reply_key(), &nat));
         assert_eq!(
             nat.flags,
             berth_maps::NAT_F_CLOSING | berth_maps::NAT_F_REPLIED | berth_maps::NAT_F_ESTABLISHED

@@ -238,6 +238,15 @@ impl Berth {
         Ok(bindings.into_iter().zip(counters?).collect())
     }
 
+    /// The datapath log on or off.
+    pub async fn set_datapath_log(&self, on: bool) -> Result<()> {
+        let datapath = self.datapath.clone();
+        tokio::task::spawn_blocking(move || datapath.set_datapath_log(on))
+            .await
+            .map_err(Error::Blocking)??;
+        Ok(())
+    }
+
     /// What the datapath has attached and how full its maps are; counting
     /// a large table's entries takes a while, so off the async workers.
     pub async fn datapath_status(&self) -> Result<Option<crate::engine::datapath::DatapathStatus>> {

@@ -26,6 +26,7 @@
 //! A port spec without a host port (`"80"`, `"0:80"`, `"9000-9009"`) asks
 //! for dynamic host ports; the answer shows the ones picked.
 pub mod cni;
+pub mod log;
 pub mod sg;
 
 use std::{collections::BTreeMap, convert::Infallible, future::Future, pin::Pin};
@@ -264,6 +265,7 @@ pub fn router(berth: Berth) -> Router {
         .route("/metrics", get(crate::interfaces::metrics::scrape))
         .merge(sg::routes())
         .merge(cni::routes())
+        .merge(log::routes())
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(crate::interfaces::server::log_changes))

@@ -684,3 +684,36 @@ async fn metrics_are_prometheus_text_with_latency_by_route_template() {
     assert!(!text.contains("/v1/tasks/a/stop"));
     assert!(text.contains("berth_mappings 0\n"));
 }
+
+#[tokio::test]
+async fn the_datapath_log_is_switched_on_and_off_and_a_bad_level_refused() {
+    let api = api();
+    assert_eq!(
+        api.call("PUT", "/v1/log", Some(r#"{"datapath":"debug"}"#))
+            .await,
+        (200, json!({ "datapath": "debug" }))
+    );
+    assert!(api
+        .datapath
+        .datapath_log
+        .load(std::sync::atomic::Ordering::SeqCst));
+    let (status, _) = api
+        .call("PUT", "/v1/log", Some(r#"{"datapath":"trace"}"#))
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        api.datapath
+            .datapath_log
+            .load(std::sync::atomic::Ordering::SeqCst),
+        "a refused request changes nothing"
+    );
+    assert_eq!(
+        api.call("PUT", "/v1/log", Some(r#"{"datapath":"off"}"#))
+            .await,
+        (200, json!({ "datapath": "off" }))
+    );
+    assert!(!api
+        .datapath
+        .datapath_log
+        .load(std::sync::atomic::Ordering::SeqCst));
+}

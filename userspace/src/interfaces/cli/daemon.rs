@@ -91,6 +91,12 @@ pub struct DaemonArgs {
     /// with many tasks).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub metrics_per_binding: bool,
+    // Boxed: the flags are many, and `Command` holds this by value.
+    #[command(flatten)]
+    pub flow_log: Box<crate::interfaces::flow_log::FlowLogArgs>,
+    /// The datapath log at start (`berth log --datapath` changes it).
+    #[arg(long, value_enum, value_name = "LEVEL", default_value = "off")]
+    pub datapath_log: crate::interfaces::api::log::DatapathLogLevel,
 }
 
 fn parse_metrics_listen(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -138,6 +144,8 @@ impl DaemonArgs {
                 listen: self.metrics_listen,
                 per_binding: self.metrics_per_binding,
             },
+            flow_log: self.flow_log.config(),
+            datapath_log: self.datapath_log == crate::interfaces::api::log::DatapathLogLevel::Debug,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! per command group (as bpfman's `cli/`); `output` prints and tabulates.
 pub mod daemon;
 pub mod events;
+pub mod log;
 pub mod map;
 pub mod output;
 pub mod reset;
@@ -85,6 +86,8 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
+    /// Turn the datapath log on or off while the daemon runs.
+    Log(log::LogArgs),
     /// With the daemon stopped, remove berth's eBPF pins, its state and the
     /// host ports it reserved, leaving the host as before berth.
     Reset(ResetArgs),
@@ -123,6 +126,7 @@ impl Cli {
             Command::Top { once, interval } => {
                 top::run_top(&client, once, std::time::Duration::from_secs_f64(interval)).await
             }
+            Command::Log(args) => log::run(&client, args).await,
         }
     }
 }

@@ -76,6 +76,14 @@ impl Client {
         self.call(Method::GET, &path, None).await
     }
 
+    pub async fn set_log(
+        &self,
+        s: &crate::interfaces::api::log::LogSettings,
+    ) -> Result<crate::interfaces::api::log::LogSettings> {
+        let body = serde_json::to_vec(s).map_err(|e| Error::DaemonProtocol(e.to_string()))?;
+        self.call(Method::PUT, "/v1/log", Some(body)).await
+    }
+
     pub async fn status(&self) -> Result<crate::interfaces::api::StatusView> {
         self.call(Method::GET, "/v1/status", None).await
     }

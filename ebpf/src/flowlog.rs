@@ -1,0 +1,57 @@
+//! Flow-log records the flow tables cannot give. An accepted flow's
+//! packets and bytes are counted in its table entry (`nat.rs`) and read by
+//! the daemon at each capture window's end; a refused new flow leaves no
+//! entry, so each refused packet is written here to a ring buffer
+//! (`BERTH_FLOW_LOG`). Only refusal paths call this, never the per-packet
+//! path of a tracked flow. The ring is never waited on: a record is
+//! reserved or counted lost (`flow_log_lost`), and the packet's verdict is
+//! the same either way.
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use berth_maps::{Counter, FlowEvent, CONFIG_FLOW_LOG};
+
+use crate::maps::{count, BERTH_CONFIG, BERTH_FLOW_LOG};
+
+/// A refused packet of a new flow, with its tuple as the client sent it.
+#[derive(Clone, Copy)]
+pub(crate) struct Refused {
+    pub kind: u8,
+    pub proto: u8,
+    pub client_be: u32,
+    pub client_port_be: u16,
+    pub host_be: u32,
+    pub host_port_be: u16,
+    pub ctr_be: u32,
+    pub ctr_port_be: u16,
+    pub ip_len: u16,
+    pub tcp_flags: u8,
+    pub ifindex: u32,
+}
+
+/// Writes one record for `r` when a daemon reads the flow log.
+#[inline(always)]
+pub(crate) fn flow_log_refused(r: &Refused) {
+    if !matches!(BERTH_CONFIG.get(CONFIG_FLOW_LOG), Some(v) if *v != 0) {
+        return;
+    }
+    let Some(mut slot) = BERTH_FLOW_LOG.reserve::<FlowEvent>(0) else {
+        count(Counter::FlowLogLost);
+        return;
+    };
+    slot.write(FlowEvent {
+        ktime_ns: unsafe { bpf_ktime_get_coarse_ns() },
+        src_addr_be: r.client_be,
+        dst_addr_be: r.host_be,
+        src_port_be: r.client_port_be,
+        dst_port_be: r.host_port_be,
+        ctr_addr_be: r.ctr_be,
+        ctr_port_be: r.ctr_port_be,
+        proto: r.proto,
+        kind: r.kind,
+        ifindex: r.ifindex,
+        ip_len: r.ip_len,
+        tcp_flags: r.tcp_flags,
+        _pad: 0,
+        _pad2: 0,
+    });
+    slot.submit(0);
+}
