@@ -634,7 +634,16 @@ fn from_container_flow(f: &PFlow, sender: Endpoint, receiver: Endpoint) -> bool 
         count(Counter::PolicyDeniedIngress);
         return false;
     }
-    ct_create(f).is_ok()
+    if ct_create(f).is_err() {
+        return false;
+    }
+    if has_policy(&sender) {
+        count(Counter::PolicyAcceptedEgress);
+    }
+    if has_policy(&receiver) {
+        count(Counter::PolicyAcceptedIngress);
+    }
+    true
 }
 
 /// tc egress of a container's host-side veth: what the container receives.
@@ -689,7 +698,11 @@ fn to_container_flow(f: &PFlow, ep: Endpoint) -> bool {
         count(Counter::PolicyDeniedIngress);
         return false;
     }
-    ct_create(f).is_ok()
+    if ct_create(f).is_err() {
+        return false;
+    }
+    count(Counter::PolicyAcceptedIngress);
+    true
 }
 
 /// North-south: may a new flow from `client` reach `container:port`?
@@ -725,6 +738,7 @@ pub(crate) fn ingress_allows(
         client_be,
         u16::from_be(container_port_be),
     ) {
+        count(Counter::PolicyAcceptedIngress);
         true
     } else {
         count(Counter::PolicyDeniedIngress);

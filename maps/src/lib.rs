@@ -774,6 +774,11 @@ counters! {
     FlowLogLost = 27 => "flow_log_lost",
     /// A datapath log line over the per-CPU rate limit; not written.
     DatapathLogLimited = 28 => "datapath_log_limited",
+    /// New flow a receiving task's security groups let in (counted once,
+    /// when the flow opens; its later packets pass as tracked).
+    PolicyAcceptedIngress = 29 => "policy_accepted_ingress",
+    /// New flow a sending task's security groups let out (once per flow).
+    PolicyAcceptedEgress = 30 => "policy_accepted_egress",
 }
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 // The map is indexed by the enum: indexes run 0.. in order.

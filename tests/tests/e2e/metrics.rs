@@ -498,3 +498,62 @@ fn a_metrics_port_in_use_stops_the_daemon_in_one_line() {
         .run(move || http_get(listen, "/metrics", T))
         .expect("the first daemon's /metrics");
 }
+
+/// Security-group verdicts in `/metrics`: a flow the group lets in counts
+/// once as accepted however many packets it carries; a client the group
+/// does not let in counts as rejected.
+#[test]
+fn security_group_verdicts_count_accepted_flows_once_and_rejections() {
+    let rig = Rig::builder().wait_for_ports().start();
+    rig.map_add("dns", "172.17.0.2", &["5353:53/udp"]);
+    rig.berth(&["sg", "create", "dns"]);
+    rig.berth(&[
+        "sg",
+        "rule",
+        "add",
+        "dns",
+        "--ingress",
+        "--proto",
+        "udp",
+        "--port",
+        "53",
+        "--cidr",
+        "192.0.2.2/32",
+    ]);
+    rig.berth(&["sg", "attach", "dns", "--task", "dns"]);
+    let server = udp_socket_in(&rig.topo.container.ns, any(53), T);
+    let client = udp_socket_in(&rig.topo.client.ns, any(0), T);
+    let target = rig.topo.host.addr(5353);
+    for _ in 0..3 {
+        client.send_to(b"ping", target).unwrap();
+        recv_datagram(&server).expect("the group lets the client in");
+    }
+    let client2 = udp_socket_in(&rig.topo.client2.ns, any(0), T);
+    client2.send_to(b"knock", target).unwrap();
+    assert!(
+        recv_datagram(&server).is_none(),
+        "the group keeps client2 out"
+    );
+    let out = Command::new("curl")
+        .args(["-sf", "--unix-socket"])
+        .arg(rig.daemon.socket())
+        .arg("http://berth/metrics")
+        .output()
+        .expect("curl");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let scrape = check_exposition(&text);
+    let verdict = |name, dir| value_of(&scrape, name, &[("direction", dir)]);
+    assert_eq!(
+        verdict("berth_security_group_accepted_flows_total", "ingress"),
+        1.0,
+        "one flow, three packets: {text}"
+    );
+    assert_eq!(
+        verdict("berth_security_group_rejected_flows_total", "ingress"),
+        1.0
+    );
+    assert_eq!(
+        verdict("berth_security_group_accepted_flows_total", "egress"),
+        0.0
+    );
+}

@@ -73,6 +73,12 @@ const SG_COUNTERS: &[(&str, &str)] = &[
     ("policy_denied_icmp", "icmp"),
 ];
 
+/// New flows security groups let through, by direction (once per flow).
+const SG_ACCEPT_COUNTERS: &[(&str, &str)] = &[
+    ("policy_accepted_ingress", "ingress"),
+    ("policy_accepted_egress", "egress"),
+];
+
 /// `berth daemon` settings for metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MetricsConfig {
@@ -232,7 +238,8 @@ pub fn render(g: &Gathered, state: &MetricsState) -> String {
         "Other datapath counters, by name: translations, passes, socket-level translations, bind refusals.",
     );
     for (name, v) in &g.counters {
-        if !DROP_COUNTERS.contains(&name.as_str()) {
+        let verdict = SG_ACCEPT_COUNTERS.iter().any(|(n, _)| *n == name.as_str());
+        if !DROP_COUNTERS.contains(&name.as_str()) && !verdict {
             e.sample("berth_datapath_events_total", &[("event", name)], *v);
         }
     }
@@ -245,6 +252,19 @@ pub fn render(g: &Gathered, state: &MetricsState) -> String {
         let v = g.counters.get(*name).copied().unwrap_or(0);
         e.sample(
             "berth_security_group_rejected_flows_total",
+            &[("direction", dir)],
+            v,
+        );
+    }
+    e.family(
+        "berth_security_group_accepted_flows_total",
+        Kind::Counter,
+        "New flows a task's security groups let through, by direction; counted once per flow.",
+    );
+    for (name, dir) in SG_ACCEPT_COUNTERS {
+        let v = g.counters.get(*name).copied().unwrap_or(0);
+        e.sample(
+            "berth_security_group_accepted_flows_total",
             &[("direction", dir)],
             v,
         );
