@@ -238,8 +238,7 @@ pub fn render(g: &Gathered, state: &MetricsState) -> String {
         "Other datapath counters, by name: translations, passes, socket-level translations, bind refusals.",
     );
     for (name, v) in &g.counters {
-        let verdict = SG_ACCEPT_COUNTERS.iter().any(|(n, _)| *n == name.as_str());
-        if !DROP_COUNTERS.contains(&name.as_str()) && !verdict {
+        if !DROP_COUNTERS.contains(&name.as_str()) {
             e.sample("berth_datapath_events_total", &[("event", name)], *v);
         }
     }
