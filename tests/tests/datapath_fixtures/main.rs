@@ -8,6 +8,7 @@ mod binding_stats;
 mod flowlog;
 mod icmp;
 mod ingress;
+mod ipv6;
 mod migrated;
 mod nexthop;
 mod reply;
