@@ -37,6 +37,7 @@ mod maps;
 mod nat;
 mod nexthop;
 mod parse;
+mod parse6;
 mod policy;
 mod service;
 mod sock;

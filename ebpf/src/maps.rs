@@ -140,3 +140,8 @@ pub(crate) fn count(counter: berth_maps::Counter) {
         }
     }
 }
+
+/// Published IPv6 ports (`berth_maps::SERVICES6_MAP`).
+#[map]
+pub(crate) static BERTH_SERVICES6: HashMap<berth_maps::ServiceKey6, berth_maps::Backend6> =
+    HashMap::pinned(berth_maps::SERVICES6_CAPACITY, BPF_F_NO_PREALLOC);

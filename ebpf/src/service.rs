@@ -83,3 +83,24 @@ fn wildcard_only() -> bool {
         .get(CONFIG_WILDCARD_ONLY)
         .is_some_and(|v| *v != 0)
 }
+
+/// The IPv6 service lookup: this exact host address, then the wildcard
+/// (`::`). Unlike [`service_lookup`] it does not yet check that the
+/// address is the host's own: nothing is translated on its answer until
+/// NAT66 lands, which brings the IPv6 host-address set with it.
+#[inline(always)]
+pub(crate) fn service_lookup6(
+    proto: u8,
+    addr: &[u8; 16],
+    port_be: u16,
+) -> Option<berth_maps::Backend6> {
+    let mut key: berth_maps::ServiceKey6 = unsafe { core::mem::zeroed() };
+    key.host_addr = *addr;
+    key.host_port_be = port_be;
+    key.proto = proto;
+    if let Some(b) = unsafe { crate::maps::BERTH_SERVICES6.get(&key) } {
+        return Some(*b);
+    }
+    key.host_addr = [0; 16];
+    unsafe { crate::maps::BERTH_SERVICES6.get(&key) }.copied()
+}

@@ -8,6 +8,9 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
+mod v6;
+pub use v6::*;
+
 // ---------------------------------------------------------------- names
 
 /// The eBPF programs, by the name userspace loads, attaches and pins their
@@ -53,7 +56,7 @@ pub mod program {
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 21] = [
+pub const MAPS: [&str; 22] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -75,6 +78,7 @@ pub const MAPS: [&str; 21] = [
     COUNTERS_MAP,
     BRIDGE_MACS_MAP,
     BINDING_STATS_MAP,
+    SERVICES6_MAP,
 ];
 
 /// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so
@@ -779,6 +783,9 @@ counters! {
     PolicyAcceptedIngress = 29 => "policy_accepted_ingress",
     /// New flow a sending task's security groups let out (once per flow).
     PolicyAcceptedEgress = 30 => "policy_accepted_egress",
+    /// IPv6 TCP/UDP to a published IPv6 port, passed untranslated: the
+    /// datapath parses IPv6 but does not translate it yet (issue 15).
+    Ipv6Untranslated = 31 => "ipv6_untranslated",
 }
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 // The map is indexed by the enum: indexes run 0.. in order.
@@ -903,5 +910,12 @@ mod user {
         FragEntry,
         PortAddrs,
         FlowEvent,
+    );
+    aya_pod!(
+        super::ServiceKey6,
+        super::Backend6,
+        super::FlowKey6,
+        super::NatEntry6,
+        super::NatFwd6
     );
 }

@@ -139,6 +139,9 @@ pub struct Report {
     pub tolerated: BTreeMap<String, u64>,
     /// Failure kind -> (count, examples).
     pub failures: BTreeMap<String, (u64, Vec<String>)>,
+    /// Mutated IPv6 frames the uplink programs parsed to a published IPv6
+    /// port (`ipv6_untranslated`): the walk was reached, not just refused.
+    pub ipv6_parsed: u64,
 }
 
 impl Report {
@@ -1072,6 +1075,30 @@ fn ingress_seeds() -> Vec<Vec<u8>> {
     s.push(fragment_pair(Packet::udp(CLIENT, 5000, HOST, 8053), 0x71ff)[1].clone());
     s.push(pkt::arp_request(CLIENT, HOST));
     s.push(Ipv6Packet::new(pkt::TCP, 8080).frame());
+    // IPv6 behind extension-header chains, to ports published over IPv6
+    // ([`setup`]): the parser's walk is mutated; every frame must still
+    // pass byte-identical (no NAT66 yet).
+    {
+        use pkt::V6Ext::{DestOpts, Fragment, HopByHop, Routing};
+        let first = Fragment {
+            offset: 0,
+            more: true,
+        };
+        let later = Fragment {
+            offset: 32,
+            more: false,
+        };
+        s.push(
+            Ipv6Packet::new(pkt::TCP, 8080)
+                .with_ext(&[HopByHop, Routing, DestOpts, first])
+                .frame(),
+        );
+        let mut u = Ipv6Packet::new(pkt::UDP, 8053).with_ext(&[DestOpts]);
+        u.payload = b"ping".to_vec();
+        s.push(u.frame());
+        s.push(Ipv6Packet::new(pkt::UDP, 8053).with_ext(&[later]).frame());
+        s.push(Ipv6Packet::icmpv6(135, 0).frame());
+    }
     s.push(pkt::vlan_tagged(
         &Packet::tcp(CLIENT, 40000, HOST, 8080).frame(),
         10,
@@ -1271,6 +1298,25 @@ fn setup(env: &mut Env, model: &Model) {
         };
         env.publish(&binding(m.bind, m.port, m.to, m.to_port, proto));
     }
+    publish6(env);
+}
+
+/// The IPv6 seeds' ports, published as the daemon's adapter encodes them.
+fn publish6(env: &mut Env) {
+    use berth::datapath::bpf_keys::{backend6, service_key6};
+    let mut m: aya::maps::HashMap<
+        &mut aya::maps::MapData,
+        berth_maps::ServiceKey6,
+        berth_maps::Backend6,
+    > = aya::maps::HashMap::try_from(env.ebpf.map_mut(berth_maps::SERVICES6_MAP).unwrap()).unwrap();
+    let ctr: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
+    for (host, port, proto, to) in [
+        (std::net::Ipv6Addr::UNSPECIFIED, 8080, Protocol::Tcp, 80),
+        (pkt::HOST6, 8053, Protocol::Udp, 53),
+    ] {
+        m.insert(service_key6(host, port, proto), backend6(ctr, to, 0), 0)
+            .unwrap();
+    }
 }
 
 /// Forgets all flows and sets up the seeds' flows again.
@@ -1396,6 +1442,7 @@ pub fn run(cfg: &Config) -> Report {
             }
         }
         run.report.elapsed = start.elapsed();
+        run.report.ipv6_parsed = env.counter(berth_maps::Counter::Ipv6Untranslated);
         run.report
     })
 }

@@ -48,6 +48,10 @@ fn mutated_frames_keep_the_nat_invariants() {
             t.frames
         );
     }
+    assert!(
+        report.ipv6_parsed > 0,
+        "no mutated IPv6 frame reached a published IPv6 port"
+    );
 }
 
 /// The rules catch what they are meant to: a real translation passes them,

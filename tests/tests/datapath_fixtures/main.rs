@@ -9,6 +9,7 @@ mod flowlog;
 mod host_addrs;
 mod icmp;
 mod ingress;
+mod ipv6;
 mod migrated;
 mod nexthop;
 mod reply;

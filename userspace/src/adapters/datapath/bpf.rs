@@ -65,6 +65,8 @@ pub struct DatapathConfig {
 
 pub(super) struct Maps {
     pub(super) services: HashMap<MapData, ServiceKey, Backend>,
+    /// Published IPv6 ports (`services6.rs`).
+    pub(super) services6: HashMap<MapData, berth_maps::ServiceKey6, berth_maps::Backend6>,
     pub(super) ports: HashMap<MapData, PortKey, u32>,
     pub(super) host_addrs: HashMap<MapData, u32, u32>,
     pub(super) local_nets: Array<MapData, u64>,
@@ -388,6 +390,7 @@ impl BpfDatapath {
 
         let mut maps = Maps {
             services: take_map(&mut ebpf, SERVICES_MAP)?,
+            services6: take_map(&mut ebpf, berth_maps::SERVICES6_MAP)?,
             ports: take_map(&mut ebpf, PORTS_MAP)?,
             host_addrs: take_map(&mut ebpf, HOST_ADDRS_MAP)?,
             local_nets: Array::try_from(

@@ -63,6 +63,7 @@ impl Capacity {
         let embryonic = embryonic.unwrap_or(lru);
         vec![
             (SERVICES_MAP, self.max_mappings),
+            (berth_maps::SERVICES6_MAP, self.max_mappings),
             (PORTS_MAP, self.max_mappings),
             (
                 berth_maps::BINDING_STATS_MAP,
@@ -115,6 +116,7 @@ mod tests {
         };
         let m = per_map(None, None, None);
         assert_eq!((m[SERVICES_MAP], m[PORTS_MAP]), (100, 100));
+        assert_eq!(m[berth_maps::SERVICES6_MAP], 100);
         assert_eq!((m[NAT_MAP], m[NAT_FWD_MAP], m[CT_MAP]), (4096, 4096, 4096));
         assert_eq!(
             (m[NAT_NEW_MAP], m[CT_NEW_MAP], m[SOCK_REV_MAP]),

@@ -16,11 +16,13 @@ pub mod pins;
 mod policy;
 mod port_addrs;
 mod ports;
+mod services6;
 pub mod status;
 pub mod sys;
 /// Map key/value encoding of a binding (shared with tests and benchmarks).
 pub mod bpf_keys {
     pub use super::ops::{backend, service_key};
+    pub use super::services6::{backend6, check6, service_key6};
 }
 pub use bpf::{ebpf_object, pin_dir, prepare_pin_dir, BpfDatapath, DatapathConfig};
 pub use capacity::Capacity;

@@ -1,0 +1,88 @@
+//! IPv6 layouts: published IPv6 ports and the IPv6 flow and NAT records
+//! NAT66 keeps (the datapath foundation of issue 15). Each mirrors its IPv4
+//! counterpart field for field, with 16-byte addresses in network order,
+//! so the tracker (`ct.rs`) and userspace treat both alike.
+use crate::DEFAULT_MAX_MAPPINGS;
+
+/// Published IPv6 ports: (protocol, host address or `::` for any, host
+/// port) -> [`Backend6`]. Sized by `--max-mappings`, entries allocated on
+/// insert, as [`crate::SERVICES_MAP`].
+pub const SERVICES6_MAP: &str = "BERTH_SERVICES6";
+pub const SERVICES6_CAPACITY: u32 = DEFAULT_MAX_MAPPINGS;
+
+/// [`SERVICES6_MAP`] key. `host_addr` all zero: the wildcard (`[::]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ServiceKey6 {
+    pub host_addr: [u8; 16],
+    pub host_port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// [`SERVICES6_MAP`] value: where a published IPv6 port leads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Backend6 {
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    pub _pad: u16,
+    /// The mapping's [`crate::BINDING_STATS_MAP`] slot, as
+    /// [`crate::Backend::binding`] (one slot per binding, whatever its
+    /// family).
+    pub binding: u32,
+}
+
+/// An IPv6 flow as seen on the wire in one direction (the IPv6
+/// [`crate::FlowKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FlowKey6 {
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A published IPv6 port's flow, keyed by its reply tuple as the container
+/// sends it: [`crate::NatEntry`] with the host address widened. The same
+/// `NAT_F_*` flags and tracking and flow-log fields, in the same order
+/// after the address, so one tracker writes both.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NatEntry6 {
+    pub host_addr: [u8; 16],
+    pub host_port_be: u16,
+    pub flags: u8,
+    pub _pad: u8,
+    pub _pad1: u32,
+    pub last_seen_ns: u64,
+    pub client_port_be: u16,
+    pub wscale: [u8; 2],
+    pub seq_end: [u32; 2],
+    pub max_win: [u32; 2],
+    pub binding: u32,
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub opened_ns: u64,
+    pub ifindex: u32,
+    pub tcp_flags: [u8; 2],
+    pub _pad3: u16,
+}
+
+/// The remapped client port of a clashing IPv6 flow ([`crate::NatFwd`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NatFwd6 {
+    pub backend_addr: [u8; 16],
+    pub backend_port_be: u16,
+    pub remap_port_be: u16,
+}
+
+const _: () = assert!(size_of::<ServiceKey6>() == 20);
+const _: () = assert!(size_of::<Backend6>() == 24);
+const _: () = assert!(size_of::<FlowKey6>() == 40);
+const _: () = assert!(size_of::<NatEntry6>() == 104);
+const _: () = assert!(size_of::<NatFwd6>() == 20);
