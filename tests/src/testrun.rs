@@ -211,6 +211,7 @@ pub fn binding(
         protocol: p,
         ecs: Default::default(),
         cni: None,
+        docker_events: false,
     }
 }
 

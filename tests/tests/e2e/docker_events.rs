@@ -471,3 +471,107 @@ fn a_udp_port_is_published_from_events_and_unpublished_on_rm() {
         .expect("docker rm -f");
     s.wait_for("docker rm -f dns", |b| b.iter().all(|(t, _)| t != "dns"));
 }
+
+/// `(task, hostPort, containerIP, dockerEvents)` of every binding.
+fn owned(s: &Setup) -> Vec<(String, u64, String, bool)> {
+    let out = s.berth.cli_ok(["map", "ls", "--json"]).expect("map ls");
+    let v: Value = serde_json::from_str(&out).expect("map ls --json is JSON");
+    v.as_array()
+        .expect("an array")
+        .iter()
+        .map(|b| {
+            (
+                b["task"].as_str().unwrap_or_default().to_string(),
+                b["hostPort"].as_u64().unwrap_or_default(),
+                b["containerIP"].as_str().unwrap_or_default().to_string(),
+                b["dockerEvents"] == true,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_container_named_like_a_hand_made_task_is_not_published_and_the_task_is_left_alone() {
+    let s = setup();
+    s.berth
+        .cli_ok([
+            "map",
+            "add",
+            "--task",
+            "web",
+            "--ip",
+            "172.18.0.250",
+            "-p",
+            "8085:80",
+        ])
+        .expect("hand-made task web");
+    let hand = vec![("web".to_string(), 8085, "172.18.0.250".to_string(), false)];
+    s.run_httpd("web", "8080:80");
+    s.run_httpd("api", "8086:80");
+    s.wait_for("the api container", |b| {
+        b.contains(&("api".to_string(), 8086))
+    });
+    // The follower handles events in order: web's start came before api's.
+    let mut now = owned(&s);
+    now.sort();
+    let api = ("api".to_string(), 8086, now[0].2.clone(), true);
+    assert_eq!(
+        now,
+        [api.clone(), hand[0].clone()],
+        "web's container not published"
+    );
+    let warned: Vec<String> = s
+        .berth
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("Docker container not published"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(warned.len(), 1, "one warning:\n{}", s.berth.stderr());
+    assert!(
+        warned[0].contains("container=web") && warned[0].contains("task=web"),
+        "names both: {}",
+        warned[0]
+    );
+    let status = s.berth.cli_ok(["status"]).expect("status");
+    assert!(
+        status.contains("1 container not published, task name taken (web -> task web)"),
+        "{status}"
+    );
+    // Its stop must not remove the hand-made task either.
+    let out = s.docker.docker(["stop", "web"]).expect("docker stop");
+    assert!(out.status.success());
+    s.wait_for_docker_connected(true);
+    thread::sleep(Duration::from_secs(1));
+    let status = s.berth.cli_ok(["status"]).expect("status");
+    assert!(!status.contains("not published"), "{status}");
+    let mut now = owned(&s);
+    now.sort();
+    assert_eq!(now, [api.clone(), hand[0].clone()]);
+
+    // A hand `map add` may not join the task Docker made; `map rm` may
+    // unpublish it.
+    let out = s
+        .berth
+        .cli([
+            "map",
+            "add",
+            "--task",
+            "api",
+            "--ip",
+            "172.18.0.251",
+            "-p",
+            "8087:80",
+        ])
+        .expect("map add");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("task api follows a Docker container"), "{err}");
+    let mut now = owned(&s);
+    now.sort();
+    assert_eq!(now, [api, hand[0].clone()]);
+    s.berth
+        .cli_ok(["map", "rm", "--task", "api"])
+        .expect("map rm of Docker's task");
+    assert_eq!(owned(&s), hand);
+}

@@ -637,6 +637,11 @@ fn an_engine_that_hands_over_its_bound_socket_is_published() {
         .ns
         .run(|| std::net::TcpListener::bind("0.0.0.0:8088"))
         .expect("the engine's socket on 8088");
+    // berth accepts `heldByDocker` only for a socket Docker's engine
+    // holds: the engine here is a process run from an executable named
+    // dockerd, holding the socket as dockerd keeps its copy.
+    let engine_dir = std::env::temp_dir().join(format!("berth-fake-engine-{}", std::process::id()));
+    let mut engine = fake_engine_holding(&engine_dir, held.as_raw_fd());
     let sock = rig.daemon.socket().display().to_string();
     let args = "-proto tcp -host-ip 0.0.0.0 -host-port 8088 -container-ip 172.17.0.2 -container-port 80 -use-listen-fd";
     let (mut child, pipe) = spawn_shim_with_listen_fd(
@@ -659,6 +664,65 @@ fn an_engine_that_hands_over_its_bound_socket_is_published() {
     assert!(child.wait().unwrap().success());
     assert!(rig.bindings().is_empty(), "unpublished when stopped");
     drop(held);
+    let _ = engine.kill();
+    let _ = engine.wait();
+    let _ = fs::remove_dir_all(&engine_dir);
+}
+
+/// A stand-in for dockerd holding `fd` (as fd 5): busybox's `sleep` run
+/// from a copy named `dockerd` in `dir`.
+fn fake_engine_holding(dir: &std::path::Path, fd: i32) -> std::process::Child {
+    use std::os::unix::process::CommandExt as _;
+    fs::create_dir_all(dir).unwrap();
+    let exe = dir.join("dockerd");
+    fs::copy("/bin/busybox", &exe).expect("busybox-static");
+    let mut c = std::process::Command::new(&exe);
+    c.arg0("sleep").arg("600");
+    unsafe {
+        c.pre_exec(move || {
+            // dup2 leaves the copy without close-on-exec.
+            if libc::dup2(fd, 5) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.spawn().expect("the fake engine")
+}
+
+#[test]
+fn held_by_docker_for_a_port_a_non_docker_process_listens_on_is_refused() {
+    // A caller may claim Docker holds a port (`-use-listen-fd` does); when
+    // only another process listens there, berth refuses and changes nothing.
+    use std::os::fd::AsRawFd as _;
+    let rig = Rig::start();
+    let _web = rig.serve_http(&rig.topo.container.ns, 80);
+    let squatter = rig
+        .topo
+        .host
+        .ns
+        .run(|| std::net::TcpListener::bind("0.0.0.0:8089"))
+        .expect("a host process on 8089");
+    let sock = rig.daemon.socket().display().to_string();
+    let args = "-proto tcp -host-ip 0.0.0.0 -host-port 8089 -container-ip 172.17.0.2 -container-port 80 -use-listen-fd";
+    let (mut child, pipe) = spawn_shim_with_listen_fd(
+        &rig.topo.host.ns,
+        &args.split(' ').collect::<Vec<_>>(),
+        &[("BERTH_SOCKET", sock.as_str())],
+        Some(squatter.as_raw_fd()),
+    );
+    let status = status_of(pipe);
+    assert!(
+        status.starts_with("1\nheldByDocker refused: 0.0.0.0:8089/tcp is held by pid "),
+        "{status}"
+    );
+    assert!(
+        status.contains("not by dockerd or docker-proxy"),
+        "{status}"
+    );
+    assert!(!child.wait().unwrap().success());
+    assert!(rig.bindings().is_empty(), "nothing published");
+    drop(squatter);
 }
 
 /// `(task, hostPort, protocol)` of every binding, as [`Setup::published`] lists them.

@@ -69,6 +69,14 @@ impl Host for SystemHost {
         Ok(out)
     }
 
+    fn holders(
+        &self,
+        protocol: Protocol,
+        local: SocketAddr,
+    ) -> io::Result<Vec<crate::engine::host::Holder>> {
+        super::holders::holders(&proc_net_dir(), protocol, local)
+    }
+
     fn now(&self) -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -127,7 +135,7 @@ pub fn parse_proc_net(text: &str) -> BTreeSet<u16> {
 }
 
 /// `TCP_LISTEN` in the `st` column of `/proc/net/tcp`.
-const TCP_LISTEN: &str = "0A";
+pub(crate) const TCP_LISTEN: &str = "0A";
 
 /// The sockets of a `/proc/net/{tcp,tcp6,udp,udp6}` table a new bind of
 /// their port would collide with: TCP in LISTEN (a proxy's `SO_REUSEADDR`

@@ -3,6 +3,7 @@
 //! and the API socket file. They implement the engine's traits and import
 //! from `engine` and `domain` only.
 pub mod datapath;
+pub mod holders;
 pub mod host;
 pub mod lock;
 pub mod netif;

@@ -76,6 +76,16 @@ pub enum Error {
     CniTaskNameTaken(String),
     #[error("task {0} belongs to a CNI attachment; the runtime removes it (CNI DEL), or `berth map rm --task {0}`")]
     TaskFromCni(String),
+    #[error("task {0} follows a Docker container (Docker events mode); ports of a container are Docker's to change (`docker run -p`); `berth map rm --task {0}` unpublishes it until the container restarts")]
+    TaskFromDocker(String),
+    #[error("heldByDocker refused: {local}/{} is held by {}, not by dockerd or docker-proxy", .protocol.as_str(), if .holders.is_empty() { "a process berth cannot see".to_owned() } else { .holders.join(", ") })]
+    NotHeldByDocker {
+        protocol: Protocol,
+        local: std::net::SocketAddr,
+        holders: Vec<String>,
+    },
+    #[error("task {0} exists and was not made by Docker events mode (berth map add, a task definition or berth-cni); a container of that name is not published")]
+    TaskNotFromDocker(String),
     // Names come from the user: escaped, so the error stays one line.
     #[error("--ip {}=...: the task definition has no container named {container:?} (it has {})", .container.escape_debug(), .known.iter().map(|k| k.escape_debug().to_string()).collect::<Vec<_>>().join(", "))]
     UnknownContainer {
@@ -204,6 +214,9 @@ impl Error {
             | Self::CniAttachmentExists { .. }
             | Self::CniTaskNameTaken(_)
             | Self::TaskFromCni(_)
+            | Self::TaskFromDocker(_)
+            | Self::NotHeldByDocker { .. }
+            | Self::TaskNotFromDocker(_)
             | Self::TooManyPortsInTask { .. } => 409,
             Self::TooManySubscribers(_) => 503,
             Self::Api { status, .. } => *status,

@@ -118,6 +118,7 @@ mod tests {
             protocol: Protocol::Tcp,
             ecs: Default::default(),
             cni: None,
+            docker_events: false,
         };
         let mut e = Event::now(EventKind::Added, b, None);
         e.time = "2024-05-01T12:00:00.123Z".into();

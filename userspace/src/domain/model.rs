@@ -48,6 +48,15 @@ pub struct Binding {
     /// for other tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni: Option<crate::domain::cni::CniAttachment>,
+    /// Made by Docker events mode (`berth daemon --docker`) for a running
+    /// container: the follower replaces and removes only such tasks, and a
+    /// hand `map add` may not join one. Absent (false) in older stores.
+    #[serde(
+        rename = "dockerEvents",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub docker_events: bool,
 }
 
 /// The ECS agent's labels on a Docker container, kept on each binding of

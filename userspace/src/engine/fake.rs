@@ -283,9 +283,17 @@ pub struct FakeHost {
     bound: Mutex<Vec<(Protocol, u16)>>,
     listeners: Mutex<Vec<(Protocol, std::net::SocketAddr)>>,
     now: AtomicU64,
+    holders: Mutex<Vec<HeldListener>>,
     fail_writes: AtomicBool,
     writes: AtomicUsize,
 }
+
+/// A listener and the processes holding it.
+type HeldListener = (
+    Protocol,
+    std::net::SocketAddr,
+    Vec<crate::engine::host::Holder>,
+);
 
 impl FakeHost {
     pub fn reserved(&self) -> BTreeSet<u16> {
@@ -301,6 +309,19 @@ impl FakeHost {
     pub fn listen(&self, protocol: Protocol, addr: &str) {
         let addr = addr.parse().unwrap();
         self.listeners.lock().unwrap().push((protocol, addr));
+    }
+    /// [`FakeHost::listen`] by the processes `holders`.
+    pub fn listen_held(
+        &self,
+        protocol: Protocol,
+        addr: &str,
+        holders: &[crate::engine::host::Holder],
+    ) {
+        self.listen(protocol, addr);
+        self.holders
+            .lock()
+            .unwrap()
+            .push((protocol, addr.parse().unwrap(), holders.to_vec()));
     }
     pub fn unbind_all(&self) {
         self.bound.lock().unwrap().clear();
@@ -349,6 +370,20 @@ impl Host for FakeHost {
             .iter()
             .filter(|(p, _)| *p == protocol)
             .map(|(_, a)| *a)
+            .collect())
+    }
+    fn holders(
+        &self,
+        protocol: Protocol,
+        local: std::net::SocketAddr,
+    ) -> io::Result<Vec<crate::engine::host::Holder>> {
+        Ok(self
+            .holders
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, a, _)| *p == protocol && *a == local)
+            .flat_map(|(_, _, h)| h.clone())
             .collect())
     }
     fn now(&self) -> u64 {

@@ -440,6 +440,7 @@ mod tests {
                 container_name: None,
             },
             cni: None,
+            docker_events: false,
         }
     }
 

@@ -24,6 +24,38 @@ pub trait Host: Send + Sync {
     fn listeners(&self, protocol: Protocol) -> io::Result<Vec<SocketAddr>>;
     /// Wall-clock Unix seconds.
     fn now(&self) -> u64;
+    /// The processes holding a socket [`Host::listeners`] lists at `local`.
+    fn holders(&self, protocol: Protocol, local: SocketAddr) -> io::Result<Vec<Holder>>;
+}
+
+/// A process holding a host socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    /// Its real user ID.
+    pub uid: u32,
+    /// Its executable (`/proc/PID/exe`).
+    pub exe: String,
+    /// Runs berth's own executable (berth-docker-proxy) and is not this
+    /// daemon.
+    pub berth_proxy: bool,
+}
+
+impl Holder {
+    /// Docker's engine or its proxy: root's `dockerd` or `docker-proxy`, or
+    /// berth-docker-proxy holding the socket its engine handed over
+    /// (`-use-listen-fd`). The executable's name, not `comm`, which any
+    /// process may set.
+    pub fn is_dockers(&self) -> bool {
+        let name = self.exe.rsplit('/').next().unwrap_or_default();
+        self.uid == 0 && (matches!(name, "dockerd" | "docker-proxy") || self.berth_proxy)
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {} ({}, uid {})", self.pid, self.exe, self.uid)
+    }
 }
 
 /// Whether a host socket on `local` would make a proxy's bind of

@@ -112,6 +112,7 @@ mod tests {
             protocol: Protocol::Tcp,
             ecs: Default::default(),
             cni: None,
+            docker_events: false,
         }
     }
 

@@ -69,6 +69,15 @@ fn bind_ips_overlap(a: Ipv4Addr, b: Ipv4Addr) -> bool {
     a == b || a.is_unspecified() || b.is_unspecified()
 }
 
+/// What a [`Registry::add_held_by_docker`] comes from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FromDocker {
+    /// The container's ECS agent labels (events mode only).
+    pub ecs: EcsLabels,
+    /// Docker events mode makes the task (not berth-docker-proxy).
+    pub events: bool,
+}
+
 pub struct Registry {
     store: Box<dyn Ledger>,
     datapath: Arc<dyn Datapath>,
@@ -285,19 +294,21 @@ impl Registry {
         self.events.subscribe()
     }
 
-    /// [`Registry::add`] for Docker events mode: dockerd without its
-    /// userland proxy still listens on each published port to reserve it,
-    /// so host listeners are not a conflict here.
-    /// `ecs`: the container's ECS agent labels, kept on each binding.
+    /// [`Registry::add`] for ports Docker holds: dockerd without its
+    /// userland proxy still listens on each published port to reserve it
+    /// (as does an engine handing `-use-listen-fd` sockets to
+    /// berth-docker-proxy), so such a listener is not a conflict here.
+    /// `from`: the container's ECS labels, and whether Docker events mode
+    /// makes this task (it then owns it: see [`Registry::add_owned`]).
     pub fn add_held_by_docker(
         &mut self,
         task: &str,
         container_ip: Ipv4Addr,
         specs: &[PortSpec],
-        ecs: &EcsLabels,
+        from: &FromDocker,
     ) -> Result<Vec<Binding>> {
         self.docker_holds_ports = true;
-        let added = self.add_labelled(task, container_ip, specs, ecs, None);
+        let added = self.add_owned(task, container_ip, specs, &from.ecs, from.events);
         self.docker_holds_ports = false;
         added
     }
@@ -310,7 +321,35 @@ impl Registry {
         container_ip: Ipv4Addr,
         specs: &[PortSpec],
     ) -> Result<Vec<Binding>> {
-        self.add_labelled(task, container_ip, specs, &EcsLabels::default(), None)
+        self.add_owned(task, container_ip, specs, &EcsLabels::default(), false)
+    }
+
+    /// Whether Docker events mode made `task`.
+    pub fn docker_owned(&self, task: &str) -> bool {
+        self.tasks
+            .get(task)
+            .is_some_and(|bs| bs.iter().any(|b| b.docker_events))
+    }
+
+    /// A task Docker events mode makes is its own: it may not join a task
+    /// made otherwise (a container named like a hand-made task is not
+    /// published), and nothing else may join it (the follower removes it
+    /// whole when the container stops).
+    fn add_owned(
+        &mut self,
+        task: &str,
+        container_ip: Ipv4Addr,
+        specs: &[PortSpec],
+        ecs: &EcsLabels,
+        docker_events: bool,
+    ) -> Result<Vec<Binding>> {
+        let exists = self.tasks.contains_key(task) || self.task_defs.contains_key(task);
+        match (docker_events, self.docker_owned(task)) {
+            (true, false) if exists => return Err(Error::TaskNotFromDocker(task.to_owned())),
+            (false, true) => return Err(Error::TaskFromDocker(task.to_owned())),
+            _ => {}
+        }
+        self.add_labelled(task, container_ip, specs, ecs, None, docker_events)
     }
 
     fn add_labelled(
@@ -320,6 +359,7 @@ impl Registry {
         specs: &[PortSpec],
         ecs: &EcsLabels,
         cni: Option<&CniAttachment>,
+        docker_events: bool,
     ) -> Result<Vec<Binding>> {
         validate_task_name(task)?;
         if specs.is_empty() {
@@ -340,6 +380,7 @@ impl Registry {
         for b in &mut new {
             b.ecs = ecs.clone();
             b.cni = cni.cloned();
+            b.docker_events = docker_events;
         }
         let mut all = self.tasks.get(task).cloned().unwrap_or_default();
         all.extend(new.iter().cloned());
@@ -357,11 +398,25 @@ impl Registry {
     /// empty. A dynamic spec (`80`, `9000-9009`) names the bindings of those
     /// container ports whatever their host ports. All or nothing.
     pub fn remove(&mut self, task: &str, specs: &[PortSpec]) -> Result<Vec<Binding>> {
+        self.remove_owned(task, specs, false)
+    }
+
+    /// [`Registry::remove`]; `docker_events`: Docker events mode asks, and
+    /// may remove only a task it made (an operator may remove any).
+    pub fn remove_owned(
+        &mut self,
+        task: &str,
+        specs: &[PortSpec],
+        docker_events: bool,
+    ) -> Result<Vec<Binding>> {
         validate_task_name(task)?;
         let current = self
             .tasks
             .get(task)
             .ok_or_else(|| Error::NoSuchTask(task.to_owned()))?;
+        if docker_events && !current.iter().any(|b| b.docker_events) {
+            return Err(Error::TaskNotFromDocker(task.to_owned()));
+        }
         if self.task_defs.contains_key(task) {
             return Err(Error::TaskFromDefinition(task.to_owned()));
         }
@@ -453,9 +508,7 @@ impl Registry {
         let mut pending: Vec<PortMapping> =
             groups.iter().flatten().flat_map(PortSpec::expand).collect();
         self.check_conflicts(&pending)?;
-        if !self.docker_holds_ports {
-            self.check_host_listeners(&pending)?;
-        }
+        self.check_host_listeners(&pending, self.docker_holds_ports)?;
         let now = self.host.now();
         let mut bound: HashMap<Protocol, BTreeSet<u16>> = HashMap::new();
         let mut out = Vec::with_capacity(groups.len());
@@ -580,6 +633,7 @@ fn bindings_of(task: &str, container_ip: Ipv4Addr, specs: &[PortSpec]) -> Vec<Bi
             protocol: m.protocol,
             ecs: EcsLabels::default(),
             cni: None,
+            docker_events: false,
         })
         .collect()
 }

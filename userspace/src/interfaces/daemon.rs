@@ -532,6 +532,7 @@ mod tests {
             held_by_docker: false,
             ecs_task_arn: None,
             ecs_container_name: None,
+            docker_events: false,
         }
     }
 
@@ -585,6 +586,7 @@ mod tests {
                 .remove(&RemoveRequest {
                     task: "tmp".into(),
                     ports: vec![],
+                    docker_events: false,
                 })
                 .await
                 .unwrap();
@@ -664,6 +666,7 @@ mod tests {
                     protocol: crate::domain::model::Protocol::Tcp,
                     ecs: Default::default(),
                     cni: None,
+                    docker_events: false,
                 }],
             )
             .unwrap();

@@ -23,7 +23,7 @@ use futures_util::StreamExt as _;
 
 use crate::{
     domain::events::rfc3339,
-    domain::model::EcsLabels,
+    domain::model::{Binding, EcsLabels},
     interfaces::api::{AddRequest, DockerLink, DockerStatus, RemoveRequest},
     interfaces::client::Client,
 };
@@ -245,6 +245,7 @@ pub async fn follow(
         bridges,
         marks_path: state_dir.join(MARKS_FILE),
         tasks: HashMap::new(),
+        clashes: BTreeMap::new(),
         link,
     };
     let mut logged = false;
@@ -265,6 +266,48 @@ pub async fn follow(
     }
 }
 
+/// Whose the task name of a container is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// No such task.
+    Free,
+    /// Docker events mode made it, at these container addresses.
+    Held(Vec<IpAddr>),
+    /// Made otherwise, or another container's: who made it.
+    Taken(String),
+}
+
+/// Who holds `task` among berth's `bindings`; `other_container`: another
+/// running container already published as `task`.
+pub fn claim(task: &str, bindings: &[Binding], other_container: Option<&str>) -> Claim {
+    if let Some(other) = other_container {
+        let short = other.get(..12).unwrap_or(other);
+        return Claim::Taken(format!("Docker container {short}"));
+    }
+    let of_task: Vec<&Binding> = bindings.iter().filter(|b| b.task == task).collect();
+    if of_task.is_empty() {
+        return Claim::Free;
+    }
+    if of_task.iter().any(|b| b.docker_events) {
+        return Claim::Held(of_task.iter().map(|b| IpAddr::V4(b.container_ip)).collect());
+    }
+    match of_task.iter().find_map(|b| b.cni.as_ref()) {
+        Some(att) => Claim::Taken(format!(
+            "berth-cni (container {} on network {})",
+            att.container_id, att.network
+        )),
+        None => Claim::Taken("berth map add or berth task run".into()),
+    }
+}
+
+/// `<state-dir>/docker-tasks.json`: the tasks Docker events mode made.
+/// Version 1 was a bare list of names.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Marks {
+    version: u32,
+    tasks: Vec<String>,
+}
+
 struct Follower {
     client: Client,
     /// The daemon's `--bridge`s: a container with an address on any is berth's.
@@ -272,6 +315,9 @@ struct Follower {
     marks_path: PathBuf,
     /// container id → task
     tasks: HashMap<String, String>,
+    /// container id → `name -> task` of containers not published because
+    /// their task name is taken.
+    clashes: BTreeMap<String, String>,
     link: DockerLink,
 }
 
@@ -350,8 +396,12 @@ impl Follower {
     /// from Docker whose container is gone.
     async fn reconcile(&mut self, docker: &Docker, running: Vec<String>) {
         // Read before publishing: each publish rewrites the marks.
-        let marked = self.marks();
+        let (marked, legacy) = self.marks();
+        if legacy {
+            self.adopt_legacy(&marked).await;
+        }
         self.tasks.clear();
+        self.clashes.clear();
         for id in &running {
             self.publish(docker, id).await;
         }
@@ -387,25 +437,33 @@ impl Follower {
                 );
             }
         };
-        // Already published at this address (a berth restart keeps the
-        // store): leave it be; at another one (restarted while berth was
-        // down), publish it afresh.
-        let held: Vec<IpAddr> = match self.client.bindings().await {
-            Ok(b) => b
-                .iter()
-                .filter(|b| b.task == p.task)
-                .map(|b| IpAddr::V4(b.container_ip))
-                .collect(),
-            Err(_) => Vec::new(),
+        let bindings = match self.client.bindings().await {
+            Ok(b) => b,
+            Err(e) => {
+                return tracing::warn!(task = %p.task, error = %e, "publishing Docker container failed: cannot list berth's tasks")
+            }
         };
+        let other = self
+            .tasks
+            .iter()
+            .find(|(cid, t)| **t == p.task && cid.as_str() != id)
+            .map(|(cid, _)| cid.clone());
+        match claim(&p.task, &bindings, other.as_deref()) {
+            Claim::Taken(by) => return self.clash(id, &c, &p.task, &by),
+            Claim::Held(ips) if ips.contains(&p.container_ip) => {
+                // Already published at this address (a berth restart keeps
+                // the store): leave it be.
+                self.tasks.insert(id.to_string(), p.task.clone());
+                self.unclash(id);
+                return self.save_marks();
+            }
+            // At another address (restarted while berth was down): afresh.
+            Claim::Held(_) => self.remove_task(&p.task).await,
+            Claim::Free => {}
+        }
         self.tasks.insert(id.to_string(), p.task.clone());
+        self.unclash(id);
         self.save_marks();
-        if held.contains(&p.container_ip) {
-            return;
-        }
-        if !held.is_empty() {
-            self.remove_task(&p.task).await;
-        }
         let req = AddRequest {
             task: p.task.clone(),
             container_ip: p.container_ip.to_string(),
@@ -413,6 +471,7 @@ impl Follower {
             held_by_docker: true,
             ecs_task_arn: p.ecs.task_arn.clone(),
             ecs_container_name: p.ecs.container_name.clone(),
+            docker_events: true,
         };
         match self.client.add(&req).await {
             Ok(_) => {
@@ -428,7 +487,34 @@ impl Follower {
         }
     }
 
+    /// A container whose task name is taken is not published: one warning
+    /// naming both, and counted in `berth status`.
+    fn clash(&mut self, id: &str, c: &ContainerInspectResponse, task: &str, by: &str) {
+        let name = c
+            .name
+            .as_deref()
+            .unwrap_or(id)
+            .trim_start_matches('/')
+            .to_string();
+        tracing::warn!(
+            container = %name,
+            task = %task,
+            taken_by = %by,
+            "Docker container not published: its task name {task} is taken by {by}; rename the container or remove that task"
+        );
+        self.clashes
+            .insert(id.to_string(), format!("{name} -> task {task}"));
+        self.save_marks();
+    }
+
+    fn unclash(&mut self, id: &str) {
+        self.clashes.remove(id);
+    }
+
     async fn unpublish(&mut self, id: &str) {
+        if self.clashes.remove(id).is_some() {
+            self.save_marks();
+        }
         if let Some(task) = self.tasks.remove(id) {
             self.remove_task(&task).await;
             self.save_marks();
@@ -439,6 +525,8 @@ impl Follower {
         let req = RemoveRequest {
             task: task.to_string(),
             ports: Vec::new(),
+            // The daemon refuses to remove a task the follower did not make.
+            docker_events: true,
         };
         match self.client.remove(&req).await {
             Ok(_) => tracing::info!(task, "unpublished Docker container"),
@@ -446,11 +534,44 @@ impl Follower {
         }
     }
 
-    fn marks(&self) -> Vec<String> {
-        std::fs::read(&self.marks_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+    /// The tasks marked, and whether by a berth older than task ownership
+    /// (a bare list: its tasks carry no `dockerEvents` mark in the store).
+    fn marks(&self) -> (Vec<String>, bool) {
+        let Some(bytes) = std::fs::read(&self.marks_path).ok() else {
+            return (Vec::new(), false);
+        };
+        if let Ok(m) = serde_json::from_slice::<Marks>(&bytes) {
+            return (m.tasks, false);
+        }
+        (serde_json::from_slice(&bytes).unwrap_or_default(), true)
+    }
+
+    /// A berth older than task ownership made `marked` without marking them
+    /// in the store: those still unmarked there are removed, so the
+    /// listing publishes them afresh as Docker's (once, on upgrade).
+    async fn adopt_legacy(&self, marked: &[String]) {
+        let Ok(bindings) = self.client.bindings().await else {
+            return;
+        };
+        for task in marked {
+            let of_task = || bindings.iter().filter(|b| &b.task == task);
+            if of_task().next().is_none() || of_task().any(|b| b.docker_events || b.cni.is_some()) {
+                continue;
+            }
+            let req = RemoveRequest {
+                task: task.clone(),
+                ports: Vec::new(),
+                docker_events: false,
+            };
+            match self.client.remove(&req).await {
+                Ok(_) => {
+                    tracing::info!(task = %task, "republishing a Docker task made before task ownership")
+                }
+                Err(e) => {
+                    tracing::warn!(task = %task, error = %e, "cannot republish a Docker task made before task ownership")
+                }
+            }
+        }
     }
 
     fn save_marks(&self) {
@@ -459,9 +580,14 @@ impl Follower {
             let mut s = self.status();
             s.containers = self.tasks.len();
             s.tasks = names.len();
+            s.clashes = self.clashes.values().cloned().collect();
         }
         let tmp = self.marks_path.with_extension("tmp");
-        let body = serde_json::to_vec(&names).unwrap_or_default();
+        let body = serde_json::to_vec(&Marks {
+            version: 2,
+            tasks: names.into_iter().cloned().collect(),
+        })
+        .unwrap_or_default();
         if let Err(e) =
             std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &self.marks_path))
         {
@@ -589,5 +715,77 @@ mod tests {
             parse_docker_host("tcp://h:2375").unwrap_err(),
             "--docker tcp://h:2375: only unix:///path sockets are supported"
         );
+    }
+
+    fn binding(task: &str, ip: &str, docker_events: bool) -> Binding {
+        Binding {
+            task: task.into(),
+            container_ip: ip.parse().unwrap(),
+            bind_ip: std::net::Ipv4Addr::UNSPECIFIED,
+            host_port: 8080,
+            container_port: 80,
+            protocol: crate::domain::model::Protocol::Tcp,
+            ecs: EcsLabels::default(),
+            cni: None,
+            docker_events,
+        }
+    }
+
+    #[test]
+    fn a_task_name_is_the_containers_only_when_docker_events_mode_made_it() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let ours = [
+            binding("web", "172.18.0.2", true),
+            binding("db", "172.18.0.3", false),
+        ];
+        assert_eq!(claim("api", &ours, None), Claim::Free);
+        assert_eq!(
+            claim("web", &ours, None),
+            Claim::Held(vec![ip("172.18.0.2")])
+        );
+        assert_eq!(
+            claim("db", &ours, None),
+            Claim::Taken("berth map add or berth task run".into())
+        );
+        assert_eq!(
+            claim("web", &ours, Some("0123456789abcdef0123")),
+            Claim::Taken("Docker container 0123456789ab".into()),
+            "two containers of one task name: the first keeps it"
+        );
+        let mut cni = binding("c1", "172.18.0.4", false);
+        cni.cni = Some(crate::domain::cni::CniAttachment {
+            network: "mynet".into(),
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            pod_namespace: None,
+            pod_name: None,
+        });
+        assert_eq!(
+            claim("c1", &[cni], None),
+            Claim::Taken("berth-cni (container c1 on network mynet)".into())
+        );
+    }
+
+    #[test]
+    fn marks_are_versioned_and_a_bare_list_is_read_as_legacy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Follower {
+            client: Client::new(dir.path().join("none.sock")),
+            bridges: vec![],
+            marks_path: dir.path().join(MARKS_FILE),
+            tasks: HashMap::new(),
+            clashes: BTreeMap::new(),
+            link: link(Path::new("/nonexistent")),
+        };
+        assert_eq!(f.marks(), (vec![], false));
+        std::fs::write(&f.marks_path, r#"["web","db"]"#).unwrap();
+        assert_eq!(f.marks(), (vec!["web".into(), "db".into()], true));
+        f.tasks.insert("abc".into(), "web".into());
+        f.clashes.insert("def".into(), "db -> task db".into());
+        f.save_marks();
+        assert_eq!(f.marks(), (vec!["web".into()], false));
+        let s = f.status().clone();
+        assert_eq!((s.containers, s.tasks), (1, 1));
+        assert_eq!(s.clashes, vec!["db -> task db".to_string()]);
     }
 }

@@ -455,7 +455,14 @@ impl Registry {
     /// Refuses a static host port a host process listens on (or, for UDP,
     /// is bound to), as Docker does when its proxy cannot bind it: taking
     /// it would silently steal the port's traffic from that process.
-    pub(super) fn check_host_listeners(&self, new: &[PortMapping]) -> Result<()> {
+    /// `docker_holds`: the caller says Docker holds these ports
+    /// (`heldByDocker`); a listener is then no conflict when a process of
+    /// Docker's holds it, and refused when only others do.
+    pub(super) fn check_host_listeners(
+        &self,
+        new: &[PortMapping],
+        docker_holds: bool,
+    ) -> Result<()> {
         let mut listeners: HashMap<Protocol, Vec<std::net::SocketAddr>> = HashMap::new();
         for m in new {
             let socks = match listeners.entry(m.protocol) {
@@ -469,10 +476,30 @@ impl Registry {
                     })?)
                 }
             };
-            let blocked = socks.iter().any(|s| {
+            let mut blocking = socks.iter().filter(|s| {
                 s.port() == m.host_port && crate::engine::host::listener_blocks(s.ip(), m.bind_ip)
             });
-            if blocked {
+            if docker_holds {
+                // Docker's own listener is its port reservation; anyone
+                // else's is refused, whatever the caller claims.
+                for s in blocking {
+                    let holders = self.host.holders(m.protocol, *s).map_err(|err| {
+                        Error::io(
+                            format!("reading who holds {s}/{}", m.protocol.as_str()),
+                            err,
+                        )
+                    })?;
+                    if !holders.iter().any(crate::engine::host::Holder::is_dockers) {
+                        return Err(Error::NotHeldByDocker {
+                            protocol: m.protocol,
+                            local: *s,
+                            holders: holders.iter().map(ToString::to_string).collect(),
+                        });
+                    }
+                }
+                continue;
+            }
+            if blocking.next().is_some() {
                 return Err(Error::HostPortInUse {
                     protocol: m.protocol,
                     bind_ip: m.bind_ip,

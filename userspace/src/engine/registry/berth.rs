@@ -5,13 +5,13 @@ use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
 
 use tokio::sync::{broadcast, watch};
 
-use super::{sweeper, FlowSweeper, Registry};
+use super::{sweeper, FlowSweeper, FromDocker, Registry};
 use crate::{
     domain::{
         ecs::TaskDefinition,
         error::{Error, Result},
         events::{Event, EventKind},
-        model::{Binding, EcsLabels, TaskRecord},
+        model::{Binding, TaskRecord},
         spec::PortSpec,
     },
     engine::datapath::Datapath,
@@ -142,20 +142,19 @@ impl Berth {
         self.add_with(task, container_ip, specs, None).await
     }
 
-    /// [`Berth::add`]; `from_docker` (the container's ECS labels): see
-    /// [`Registry::add_held_by_docker`].
+    /// [`Berth::add`]; `from_docker`: see [`Registry::add_held_by_docker`].
     pub async fn add_with(
         &self,
         task: String,
         container_ip: Ipv4Addr,
         specs: Vec<PortSpec>,
-        from_docker: Option<EcsLabels>,
+        from_docker: Option<FromDocker>,
     ) -> Result<Vec<Binding>> {
         let ticket = self.sweeper.blocker_for_specs(container_ip, &specs);
         self.wait_for_sweep(ticket).await?;
         self.with_registry(move |r| {
-            if let Some(ecs) = &from_docker {
-                r.add_held_by_docker(&task, container_ip, &specs, ecs)
+            if let Some(from) = &from_docker {
+                r.add_held_by_docker(&task, container_ip, &specs, from)
             } else {
                 r.add(&task, container_ip, &specs)
             }
@@ -166,7 +165,18 @@ impl Berth {
     /// Answers once the bindings are out of the datapath's services and
     /// the store; their flows are forgotten in the background.
     pub async fn remove(&self, task: String, specs: Vec<PortSpec>) -> Result<Vec<Binding>> {
-        self.with_registry(move |r| r.remove(&task, &specs)).await
+        self.remove_owned(task, specs, false).await
+    }
+
+    /// [`Berth::remove`]; see [`Registry::remove_owned`].
+    pub async fn remove_owned(
+        &self,
+        task: String,
+        specs: Vec<PortSpec>,
+        docker_events: bool,
+    ) -> Result<Vec<Binding>> {
+        self.with_registry(move |r| r.remove_owned(&task, &specs, docker_events))
+            .await
     }
 
     /// Waits, without the registry lock, for the pending sweeps a publish

@@ -63,7 +63,14 @@ impl Registry {
         if self.tasks.contains_key(task) || self.task_defs.contains_key(task) {
             return Err(Error::CniTaskNameTaken(task.clone()));
         }
-        self.add_labelled(task, container_ip, specs, &EcsLabels::default(), Some(att))
+        self.add_labelled(
+            task,
+            container_ip,
+            specs,
+            &EcsLabels::default(),
+            Some(att),
+            false,
+        )
     }
 
     /// CNI DEL: unpublishes every binding of `att`. Nothing to remove is

@@ -374,6 +374,7 @@ mod tests {
             protocol: Protocol::Udp,
             ecs: Default::default(),
             cni: None,
+            docker_events: false,
         }
     }
 

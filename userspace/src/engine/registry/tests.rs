@@ -100,6 +100,7 @@ fn add_publishes_to_memory_store_and_datapath() {
                 protocol: Protocol::Tcp,
                 ecs: Default::default(),
                 cni: None,
+                docker_events: false,
             },
             Binding {
                 task: "web".into(),
@@ -110,6 +111,7 @@ fn add_publishes_to_memory_store_and_datapath() {
                 protocol: Protocol::Udp,
                 ecs: Default::default(),
                 cni: None,
+                docker_events: false,
             },
         ]
     );
@@ -205,7 +207,7 @@ fn different_bind_ips_or_protocols_share_a_host_port() {
 fn a_port_dockerd_holds_for_events_mode_is_published_only_when_marked_so() {
     let dir = tempfile::tempdir().unwrap();
     let host = Arc::new(FakeHost::default());
-    host.listen(Protocol::Tcp, "0.0.0.0:8080");
+    host.listen_held(Protocol::Tcp, "0.0.0.0:8080", &[dockerd()]);
     let datapath = Arc::new(FakeDatapath::default());
     let store = Store::open(dir.path()).unwrap();
     let mut r = Registry::open(store, datapath.clone(), bridge(), host.clone(), policy()).unwrap();
@@ -490,6 +492,7 @@ fn restore_failure_names_the_binding() {
                 protocol: Protocol::Tcp,
                 ecs: Default::default(),
                 cni: None,
+                docker_events: false,
             }],
         )
         .unwrap();
@@ -818,4 +821,139 @@ fn a_store_left_apart_by_a_failed_put_back_is_converged_by_the_next_request() {
     assert_eq!(stored.reserved, [5432].into());
     assert_eq!(host.reserved(), [5432].into());
     assert_eq!(datapath.bindings(), db);
+}
+
+fn events() -> FromDocker {
+    FromDocker {
+        events: true,
+        ..FromDocker::default()
+    }
+}
+
+#[test]
+fn docker_events_mode_neither_joins_nor_removes_a_task_it_did_not_make() {
+    let mut f = fixture();
+    let hand = f.add("web", "172.17.0.2", &["8080:80"]).unwrap();
+    let err = f
+        .registry
+        .add_held_by_docker("web", ip("172.17.0.9"), &specs(&["8081:80"]), &events())
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::TaskNotFromDocker(t) if t == "web"),
+        "{err}"
+    );
+    let err = f.registry.remove_owned("web", &[], true).unwrap_err();
+    assert!(matches!(err, Error::TaskNotFromDocker(_)), "{err}");
+    assert_eq!(err.http_status(), 409);
+    f.assert_everywhere(&hand);
+    // berth-docker-proxy's held ports make no owned task either.
+    f.registry
+        .add_held_by_docker(
+            "api",
+            ip("172.17.0.3"),
+            &specs(&["9090:80"]),
+            &FromDocker::default(),
+        )
+        .unwrap();
+    assert!(!f.registry.docker_owned("api"));
+    f.registry.remove_owned("api", &[], true).unwrap_err();
+}
+
+#[test]
+fn a_task_docker_events_mode_made_is_marked_in_the_store_and_refuses_a_hand_add() {
+    let mut f = fixture();
+    let made = f
+        .registry
+        .add_held_by_docker("web", ip("172.17.0.2"), &specs(&["8080:80"]), &events())
+        .unwrap();
+    assert!(made.iter().all(|b| b.docker_events));
+    assert!(
+        f.stored().iter().all(|b| b.docker_events),
+        "kept in the store"
+    );
+    assert!(f.registry.docker_owned("web"));
+    let err = f.add("web", "172.17.0.2", &["8081:81"]).unwrap_err();
+    assert!(
+        matches!(&err, Error::TaskFromDocker(t) if t == "web"),
+        "{err}"
+    );
+    f.assert_everywhere(&made);
+    // An operator may still unpublish it by hand; the follower may too.
+    assert_eq!(f.registry.remove("web", &[]).unwrap(), made);
+    f.registry
+        .add_held_by_docker("web", ip("172.17.0.2"), &specs(&["8080:80"]), &events())
+        .unwrap();
+    f.registry.remove_owned("web", &[], true).unwrap();
+    f.assert_everywhere(&[]);
+}
+
+#[test]
+fn a_stored_binding_without_the_docker_mark_loads_as_not_dockers() {
+    let old = r#"{"task":"web","containerIP":"172.17.0.2","bindIP":"0.0.0.0","hostPort":8080,"containerPort":80,"protocol":"tcp"}"#;
+    let b: Binding = serde_json::from_str(old).unwrap();
+    assert!(!b.docker_events);
+    assert!(!serde_json::to_string(&b).unwrap().contains("dockerEvents"));
+    let marked = Binding {
+        docker_events: true,
+        ..b
+    };
+    let json = serde_json::to_value(&marked).unwrap();
+    assert_eq!(json["dockerEvents"], true);
+    assert_eq!(serde_json::from_value::<Binding>(json).unwrap(), marked);
+}
+
+fn dockerd() -> crate::engine::host::Holder {
+    crate::engine::host::Holder {
+        pid: 100,
+        uid: 0,
+        exe: "/usr/sbin/dockerd".into(),
+        berth_proxy: false,
+    }
+}
+
+#[test]
+fn held_by_docker_is_refused_for_a_port_only_another_process_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Arc::new(FakeHost::default());
+    let nc = crate::engine::host::Holder {
+        pid: 200,
+        uid: 0,
+        exe: "/usr/bin/nc.openbsd".into(),
+        berth_proxy: false,
+    };
+    host.listen_held(Protocol::Tcp, "0.0.0.0:8080", std::slice::from_ref(&nc));
+    host.listen(Protocol::Tcp, "127.0.0.1:8081");
+    host.listen_held(Protocol::Tcp, "0.0.0.0:8082", &[nc, dockerd()]);
+    let datapath = Arc::new(FakeDatapath::default());
+    let store = Store::open(dir.path()).unwrap();
+    let mut r = Registry::open(store, datapath.clone(), bridge(), host, policy()).unwrap();
+    for from in [FromDocker::default(), events()] {
+        let err = r
+            .add_held_by_docker("web", ip("172.17.0.2"), &specs(&["8080:80"]), &from)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "heldByDocker refused: 0.0.0.0:8080/tcp is held by pid 200 (/usr/bin/nc.openbsd, uid 0), not by dockerd or docker-proxy"
+        );
+        assert_eq!(err.http_status(), 409);
+    }
+    let err = r
+        .add_held_by_docker("web", ip("172.17.0.2"), &specs(&["8081:80"]), &events())
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("is held by a process berth cannot see"),
+        "{err}"
+    );
+    assert!(datapath.bindings().is_empty(), "nothing changed");
+    assert!(r.bindings().is_empty());
+    // Nothing listening, or Docker among the holders: published.
+    r.add_held_by_docker(
+        "web",
+        ip("172.17.0.2"),
+        &specs(&["8082:80", "8083:81"]),
+        &events(),
+    )
+    .unwrap();
+    assert_eq!(datapath.bindings().len(), 2);
 }

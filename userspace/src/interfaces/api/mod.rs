@@ -52,7 +52,7 @@ use crate::{
     domain::model::{Binding, EcsLabels, TaskRecord},
     domain::task::{parse_container_ip, parse_specs, validate_task_name},
     engine::datapath::DatapathStatus,
-    engine::registry::Berth,
+    engine::registry::{Berth, FromDocker},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +106,14 @@ pub struct AddRequest {
         skip_serializing_if = "Option::is_none"
     )]
     pub ecs_container_name: Option<String>,
+    /// With `heldByDocker`: Docker events mode makes this task, which then
+    /// is its own (see `Binding::docker_events`).
+    #[serde(
+        default,
+        rename = "dockerEvents",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub docker_events: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +123,13 @@ pub struct RemoveRequest {
     /// Empty or absent: every binding of the task.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
+    /// Docker events mode asks: only a task it made is removed.
+    #[serde(
+        default,
+        rename = "dockerEvents",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub docker_events: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +167,10 @@ pub struct DockerStatus {
     /// Running containers berth publishes, and the tasks they make.
     pub containers: usize,
     pub tasks: usize,
+    /// Running containers not published because their task name is taken
+    /// by a task Docker events mode did not make (`name -> task`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clashes: Vec<String>,
 }
 
 /// The Docker follower writes, `GET /v1/status` reads.
@@ -302,13 +321,18 @@ async fn add_bindings(
             "ecsTaskArn and ecsContainerName are for Docker events mode (heldByDocker)",
         ));
     }
+    if !req.held_by_docker && req.docker_events {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "dockerEvents is for Docker events mode (heldByDocker)",
+        ));
+    }
+    let from_docker = req.held_by_docker.then_some(FromDocker {
+        ecs,
+        events: req.docker_events,
+    });
     let added = berth
-        .add_with(
-            req.task,
-            container_ip,
-            specs,
-            req.held_by_docker.then_some(ecs),
-        )
+        .add_with(req.task, container_ip, specs, from_docker)
         .await?;
     Ok((StatusCode::CREATED, Json(added)))
 }
@@ -319,7 +343,11 @@ async fn remove_bindings(
 ) -> Result<Json<Vec<Binding>>, ApiError> {
     validate_task_name(&req.task)?;
     let specs = parse_specs(&req.ports)?;
-    Ok(Json(berth.remove(req.task, specs).await?))
+    Ok(Json(
+        berth
+            .remove_owned(req.task, specs, req.docker_events)
+            .await?,
+    ))
 }
 
 async fn list_tasks(State(berth): State<Berth>) -> Json<Vec<TaskView>> {

@@ -66,13 +66,20 @@ pub async fn run(client: &Client, cmd: MapCommand) -> Result<()> {
                 held_by_docker: false,
                 ecs_task_arn: None,
                 ecs_container_name: None,
+                docker_events: false,
             };
             print(&bindings_table(&client.add(&req).await?))
         }
         MapCommand::Rm { task, ports } => {
             validate_task_name(&task)?;
             parse_specs(&ports)?;
-            let removed = client.remove(&RemoveRequest { task, ports }).await?;
+            let removed = client
+                .remove(&RemoveRequest {
+                    task,
+                    ports,
+                    docker_events: false,
+                })
+                .await?;
             print(&bindings_table(&removed))
         }
         MapCommand::Ls { json, stats: true } => {
@@ -194,6 +201,7 @@ mod bridge_tests {
             protocol: crate::domain::model::Protocol::Tcp,
             ecs: Default::default(),
             cni: None,
+            docker_events: false,
         };
         let bridges = [
             BridgeState {
@@ -244,6 +252,7 @@ mod tests {
             protocol: Protocol::Tcp,
             ecs: Default::default(),
             cni,
+            docker_events: false,
         };
         let att = CniAttachment {
             network: "kube".into(),

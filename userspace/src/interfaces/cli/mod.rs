@@ -585,6 +585,7 @@ mod tests {
             protocol: Protocol::Tcp,
             ecs: Default::default(),
             cni: None,
+            docker_events: false,
         };
         assert_eq!(
             bindings_table(&[b]),

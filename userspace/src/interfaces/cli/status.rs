@@ -54,8 +54,17 @@ fn docker_line(d: &DockerStatus) -> String {
             format!("{n} {one}s")
         }
     };
+    let clashes = if d.clashes.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} not published, task name taken ({})",
+            plural(d.clashes.len(), "container"),
+            d.clashes.join(", ")
+        )
+    };
     format!(
-        "{} {state}; publishing {} as {}",
+        "{} {state}; publishing {} as {}{clashes}",
         d.socket,
         plural(d.containers, "container"),
         plural(d.tasks, "task")
@@ -225,6 +234,7 @@ mod tests {
             last_error: Some("an older failure".into()),
             containers: 3,
             tasks: 2,
+            clashes: vec![],
         };
         v.docker = Some(d.clone());
         assert!(status_text(&v).contains(
@@ -239,11 +249,19 @@ mod tests {
             "docker     unix:///var/run/docker.sock not connected since 2026-12-01T17:00:00.000Z (last error: Docker API /var/run/docker.sock: connection refused); publishing 1 container as 1 task\n"
         ), "{}", status_text(&v));
         d.last_error = None;
-        v.docker = Some(d);
+        v.docker = Some(d.clone());
         assert!(status_text(&v).contains(
             "docker     unix:///var/run/docker.sock not connected yet (since 2026-12-01T17:00:00.000Z); publishing 1 container as 1 task\n"
         ));
+        let mut clashed = d.clone();
+        clashed.clashes = vec!["web -> task web".into()];
+        v.docker = Some(clashed);
+        assert!(status_text(&v).contains(
+            "publishing 1 container as 1 task; 1 container not published, task name taken (web -> task web)\n"
+        ), "{}", status_text(&v));
+        v.docker = Some(d);
         let json = serde_json::to_value(&v).unwrap();
+        assert!(json["docker"].get("clashes").is_none());
         assert_eq!(json["docker"]["connected"], false);
         assert_eq!(json["docker"]["containers"], 1);
         assert!(json["docker"].get("lastError").is_none());

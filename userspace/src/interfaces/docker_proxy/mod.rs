@@ -227,6 +227,7 @@ fn publish(
         held_by_docker: a.use_listen_fd,
         ecs_task_arn: None,
         ecs_container_name: None,
+        docker_events: false,
     };
     // The daemon answers once the mapping is in the datapath's maps.
     runtime
@@ -235,6 +236,7 @@ fn publish(
     let remove = RemoveRequest {
         task: task.to_string(),
         ports: vec![spec],
+        docker_events: false,
     };
     // Forked outside the runtime: the child never touches it.
     match guard::spawn_unpublisher(client.socket(), &remove) {

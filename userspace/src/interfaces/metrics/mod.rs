@@ -480,6 +480,7 @@ mod tests {
             protocol,
             ecs: Default::default(),
             cni: None,
+            docker_events: false,
         }
     }
 
