@@ -77,6 +77,9 @@ pub(super) struct Maps {
     /// Mappings on a specific host address: while there are none,
     /// `CONFIG_WILDCARD_ONLY` lets the programs skip the exact-address probe.
     pub(super) exact: usize,
+    /// Which ports have such a mapping, and `BERTH_EXACT_PORTS` to say so.
+    pub(super) exact_ports: Array<MapData, u64>,
+    pub(super) exact_book: super::exact_ports::ExactPorts,
 }
 
 impl Maps {
@@ -91,15 +94,56 @@ impl Maps {
 
     /// Counts the mappings on a specific address from the map itself
     /// (pins kept across a restart hold mappings the daemon has not
-    /// replayed yet) and writes the flag.
+    /// replayed yet) and writes the flag and the port bitmap.
     pub(super) fn recount_exact(&mut self) -> Result<(), DatapathError> {
-        self.exact = self
+        let keys: Vec<(u8, u16)> = self
             .services
             .keys()
             .filter_map(Result::ok)
             .filter(|k| k.host_addr_be != 0)
-            .count();
+            .map(|k| (k.proto, u16::from_be(k.host_port_be)))
+            .collect();
+        self.exact = keys.len();
+        let (book, writes) = super::exact_ports::ExactPorts::rebuild(keys);
+        self.exact_book = book;
+        for w in writes {
+            self.write_exact_word(Some(w))?;
+        }
         self.write_wildcard_only()
+    }
+
+    /// One mapping more on a specific address: its port's bit, before the
+    /// mapping is inserted.
+    pub(super) fn exact_added(&mut self, key: &ServiceKey) -> Result<(), DatapathError> {
+        self.exact += 1;
+        let w = self
+            .exact_book
+            .add(key.proto, u16::from_be(key.host_port_be));
+        self.write_exact_word(w)?;
+        self.write_wildcard_only()
+    }
+
+    /// One fewer, after it was removed.
+    pub(super) fn exact_removed(&mut self, key: &ServiceKey) -> Result<(), DatapathError> {
+        self.exact = self.exact.saturating_sub(1);
+        let w = self
+            .exact_book
+            .remove(key.proto, u16::from_be(key.host_port_be));
+        self.write_exact_word(w)?;
+        self.write_wildcard_only()
+    }
+
+    fn write_exact_word(
+        &mut self,
+        w: Option<super::exact_ports::Write>,
+    ) -> Result<(), DatapathError> {
+        match w {
+            Some((i, v)) => self
+                .exact_ports
+                .set(i, v, 0)
+                .map_err(map_err(berth_maps::EXACT_PORTS_MAP)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -414,6 +458,13 @@ impl BpfDatapath {
             .map_err(map_err(berth_maps::BINDING_STATS_MAP))?,
             slots: super::binding_stats::SlotBook::default(),
             exact: 0,
+            exact_ports: Array::try_from(
+                ebpf.take_map(berth_maps::EXACT_PORTS_MAP).ok_or_else(|| {
+                    DatapathError::Other(format!("map {} missing", berth_maps::EXACT_PORTS_MAP))
+                })?,
+            )
+            .map_err(map_err(berth_maps::EXACT_PORTS_MAP))?,
+            exact_book: Default::default(),
         };
         maps.slots = super::binding_stats::SlotBook::adopt(
             config.capacity.max_mappings,
