@@ -30,7 +30,10 @@ fn the_exact_ports_bitmap_follows_the_address_bound_mappings() {
             .unwrap();
     };
     add(&mut d, "w", "172.17.0.2", "8080:80");
-    assert!(!bit(&bpffs, PROTO_TCP, 8080), "a wildcard mapping sets nothing");
+    assert!(
+        !bit(&bpffs, PROTO_TCP, 8080),
+        "a wildcard mapping sets nothing"
+    );
     add(&mut d, "a", "172.17.0.3", "192.0.2.1:9000:90");
     add(&mut d, "b", "172.17.0.4", "127.0.0.1:9000:90");
     add(&mut d, "c", "172.17.0.5", "127.0.0.1:9001:91/udp");
@@ -46,7 +49,10 @@ fn the_exact_ports_bitmap_follows_the_address_bound_mappings() {
     assert!(!bit(&bpffs, PROTO_TCP, 7000), "rebuilt from the services");
     assert!(bit(&bpffs, PROTO_TCP, 9000), "kept across the restart");
     d.cli_ok(["map", "rm", "--task", "b"]).unwrap();
-    assert!(!bit(&bpffs, PROTO_TCP, 9000), "the last one on 9000 is gone");
+    assert!(
+        !bit(&bpffs, PROTO_TCP, 9000),
+        "the last one on 9000 is gone"
+    );
     assert!(bit(&bpffs, PROTO_UDP, 9001), "udp 9001 untouched");
     d.cli_ok(["map", "rm", "--task", "c"]).unwrap();
     assert!(!bit(&bpffs, PROTO_UDP, 9001));

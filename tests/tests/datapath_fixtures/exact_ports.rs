@@ -1,7 +1,7 @@
 //! `BERTH_EXACT_PORTS`: the service lookup probes a mapping on the packet's
 //! exact address only where the port's bit is set (the daemon sets it
-//! before publishing one, ../../../userspace/src/adapters/datapath/
-//! exact_ports.rs). The last rows clear a bit against the rules on purpose,
+//! before publishing one, `userspace/src/adapters/datapath/exact_ports.rs`).
+//! The last rows clear a bit against the rules on purpose,
 //! to show the probe is skipped.
 use std::net::Ipv4Addr;
 
@@ -41,21 +41,37 @@ fn the_exact_probe_follows_the_ports_bit() {
         only_wildcard.dst = HOST2;
         only_wildcard.sport = 40002;
         let mut t = Table::default();
-        t.dnat("bit set: the address-bound mapping wins", &to_host2, (C2, 83));
-        t.dnat("bit set: another address takes the wildcard", &to_host, (C1, 83));
+        t.dnat(
+            "bit set: the address-bound mapping wins",
+            &to_host2,
+            (C2, 83),
+        );
+        t.dnat(
+            "bit set: another address takes the wildcard",
+            &to_host,
+            (C1, 83),
+        );
         t.dnat("bit clear: a wildcard-only port", &only_wildcard, (C1, 84));
         run(env, &t.cases);
 
         env.clear_nat();
         env.set_exact_port(PROTO_TCP, 8083, false);
         let mut t = Table::default();
-        t.dnat("bit cleared: the exact mapping is not probed", &to_host2, (C1, 83));
+        t.dnat(
+            "bit cleared: the exact mapping is not probed",
+            &to_host2,
+            (C1, 83),
+        );
         run(env, &t.cases);
 
         env.clear_nat();
         env.set_exact_port(PROTO_TCP, 8083, true);
         let mut t = Table::default();
-        t.dnat("bit set again: the exact mapping is back", &to_host2, (C2, 83));
+        t.dnat(
+            "bit set again: the exact mapping is back",
+            &to_host2,
+            (C2, 83),
+        );
         run(env, &t.cases);
     });
 }

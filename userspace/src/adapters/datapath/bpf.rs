@@ -458,11 +458,9 @@ impl BpfDatapath {
             .map_err(map_err(berth_maps::BINDING_STATS_MAP))?,
             slots: super::binding_stats::SlotBook::default(),
             exact: 0,
-            exact_ports: Array::try_from(
-                ebpf.take_map(berth_maps::EXACT_PORTS_MAP).ok_or_else(|| {
-                    DatapathError::Other(format!("map {} missing", berth_maps::EXACT_PORTS_MAP))
-                })?,
-            )
+            exact_ports: Array::try_from(ebpf.take_map(berth_maps::EXACT_PORTS_MAP).ok_or_else(
+                || DatapathError::Other(format!("map {} missing", berth_maps::EXACT_PORTS_MAP)),
+            )?)
             .map_err(map_err(berth_maps::EXACT_PORTS_MAP))?,
             exact_book: Default::default(),
         };

@@ -32,7 +32,9 @@ impl ExactPorts {
         for (proto, port) in keys {
             book.add(proto, port);
         }
-        let writes = (0..EXACT_PORTS_LEN).zip(book.words.iter().copied()).collect();
+        let writes = (0..EXACT_PORTS_LEN)
+            .zip(book.words.iter().copied())
+            .collect();
         (book, writes)
     }
 
