@@ -96,13 +96,7 @@ impl Maps {
     /// (pins kept across a restart hold mappings the daemon has not
     /// replayed yet) and writes the flag and the port bitmap.
     pub(super) fn recount_exact(&mut self) -> Result<(), DatapathError> {
-        let keys: Vec<(u8, u16)> = self
-            .services
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.host_addr_be != 0)
-            .map(|k| (k.proto, u16::from_be(k.host_port_be)))
-            .collect();
+        let keys = exact_keys(&self.services);
         self.exact = keys.len();
         let (book, writes) = super::exact_ports::ExactPorts::rebuild(keys);
         self.exact_book = book;
@@ -343,6 +337,10 @@ impl BpfDatapath {
         // Before any program loads: they refer to its map.
         let dp_logger = super::dplog::init(&mut ebpf)?;
 
+        // Before any program is attached: a bitmap created just now (pins of
+        // an earlier release) is all clear, and a clear bit skips the probe
+        // of a mapping bound to an address that the pinned services hold.
+        fill_exact_ports(&mut ebpf)?;
         let wanted = attachments(config);
         for (prog, ifname) in &wanted {
             attach_pinned(&mut ebpf, prog, ifname, &links_dir)?;
@@ -626,6 +624,36 @@ fn netns_cookie() -> Result<u64, DatapathError> {
 /// Attach a cgroup hook. One pinned from an earlier run is replaced without
 /// a gap: the new link is pinned under a temporary name and renamed over
 /// the old pin, which detaches the old one.
+/// (protocol, host port) of every mapping bound to an address.
+fn exact_keys<T: std::borrow::Borrow<MapData>>(
+    services: &HashMap<T, ServiceKey, Backend>,
+) -> Vec<(u8, u16)> {
+    services
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.host_addr_be != 0)
+        .map(|k| (k.proto, u16::from_be(k.host_port_be)))
+        .collect()
+}
+
+/// Writes `BERTH_EXACT_PORTS` from the services map of a loaded object.
+fn fill_exact_ports(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+    let missing = |m: &str| DatapathError::Other(format!("map {m} missing"));
+    let services: HashMap<&MapData, ServiceKey, Backend> = HashMap::try_from(
+        ebpf.map(SERVICES_MAP)
+            .ok_or_else(|| missing(SERVICES_MAP))?,
+    )
+    .map_err(map_err(SERVICES_MAP))?;
+    let keys = exact_keys(&services);
+    let name = berth_maps::EXACT_PORTS_MAP;
+    let mut bits: Array<&mut MapData, u64> =
+        Array::try_from(ebpf.map_mut(name).ok_or_else(|| missing(name))?).map_err(map_err(name))?;
+    for (i, w) in super::exact_ports::ExactPorts::rebuild(keys).1 {
+        bits.set(i, w, 0).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
 fn attach_cgroup_hook(
     ebpf: &mut Ebpf,
     name: &str,
