@@ -11,7 +11,7 @@ use berth_maps::{
     Backend, BindingStats, CtEntry, Endpoint, FlowKey, FragEntry, FragKey, NatEntry, NatFwd,
     Policy, PolicyKey, PortAddrs, PortKey, ServiceKey, SgMember, SockRevKey, SockRevValue,
     BINDING_STATS_CAPACITY, BRIDGE_MACS_CAPACITY, CONFIG_LEN, COUNTERS_LEN, CT_CAPACITY,
-    CT_NEW_CAPACITY, ENDPOINTS_CAPACITY, FLOW_LOG_RING_BYTES, FRAGS_CAPACITY,
+    CT_NEW_CAPACITY, ENDPOINTS_CAPACITY, EXACT_PORTS_LEN, FLOW_LOG_RING_BYTES, FRAGS_CAPACITY,
     HOOKED_PORTS_CAPACITY, HOST_ADDRS_CAPACITY, LOCAL_NETS_MAX, NAT_CAPACITY, NAT_FWD_CAPACITY,
     NAT_NEW_CAPACITY, POLICY_CAPACITY, PORTS_CAPACITY, PORT_ADDRS_CAPACITY, PORT_MACS_CAPACITY,
     SERVICES_CAPACITY, SG_MEMBERS_CAPACITY, SOCK_REV_CAPACITY,
@@ -97,6 +97,9 @@ pub(crate) static BERTH_PORT_MACS: LruHashMap<u64, u32> = LruHashMap::pinned(POR
 
 #[map]
 pub(crate) static BERTH_CONFIG: Array<u64> = Array::pinned(CONFIG_LEN, 0);
+
+#[map]
+pub(crate) static BERTH_EXACT_PORTS: Array<u64> = Array::pinned(EXACT_PORTS_LEN, 0);
 
 #[map]
 pub(crate) static BERTH_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_LEN, 0);

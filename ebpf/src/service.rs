@@ -2,9 +2,9 @@
 //! host port) is published to. Used by the uplink ingress, by ICMP errors
 //! about replies (their quoted source is a host address and port) and by
 //! the cgroup socket hooks.
-use berth_maps::{Backend, ServiceKey, CONFIG_WILDCARD_ONLY};
+use berth_maps::{exact_ports_slot, Backend, ServiceKey, CONFIG_WILDCARD_ONLY};
 
-use crate::maps::{BERTH_CONFIG, BERTH_HOST_ADDRS, BERTH_SERVICES};
+use crate::maps::{BERTH_CONFIG, BERTH_EXACT_PORTS, BERTH_HOST_ADDRS, BERTH_SERVICES};
 
 /// A mapping found for a packet, before anyone asked whether its address
 /// is the host's.
@@ -18,8 +18,9 @@ pub(crate) struct Service {
 }
 
 /// A mapping on this exact host address first, then the wildcard one.
-/// Where the daemon has flagged that no mapping names a host address, the
-/// exact probe is skipped: an array slot is a load, a hash probe a hash of
+/// The exact probe is skipped where `BERTH_EXACT_PORTS` says no mapping
+/// on a specific address publishes this port, or the daemon has flagged
+/// that none does at all: an array slot is a load, a hash probe a hash of
 /// the key. The uplink ingress checks the address only for a packet that
 /// opens a flow (an established flow's entry holds the host address its
 /// first packet was checked with, and the daemon ends the flows of an
@@ -33,7 +34,7 @@ pub(crate) fn service_find(proto: u8, addr_be: u32, port_be: u16) -> Option<Serv
         proto,
         _pad: 0,
     };
-    if !wildcard_only() {
+    if exact_port(proto, port_be) && !wildcard_only() {
         if let Some(b) = unsafe { BERTH_SERVICES.get(&key) } {
             return Some(Service {
                 backend: *b,
@@ -103,4 +104,10 @@ pub(crate) fn service_lookup6(
     }
     key.host_addr = [0; 16];
     unsafe { crate::maps::BERTH_SERVICES6.get(&key) }.copied()
+}
+
+#[inline(always)]
+fn exact_port(proto: u8, port_be: u16) -> bool {
+    let (i, bit) = exact_ports_slot(proto, u16::from_be(port_be));
+    BERTH_EXACT_PORTS.get(i).is_some_and(|w| *w & bit != 0)
 }

@@ -56,7 +56,7 @@ pub mod program {
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 22] = [
+pub const MAPS: [&str; 23] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -79,6 +79,7 @@ pub const MAPS: [&str; 22] = [
     BRIDGE_MACS_MAP,
     BINDING_STATS_MAP,
     SERVICES6_MAP,
+    EXACT_PORTS_MAP,
 ];
 
 /// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so
@@ -267,6 +268,26 @@ pub const CONFIG_NO_POLICY: u32 = 3;
 /// keeps it. The daemon sets it to 0 before publishing a mapping on a
 /// specific address.
 pub const CONFIG_WILDCARD_ONLY: u32 = 4;
+
+/// A bitmap, one bit per (protocol, host port): set while at least one
+/// mapping on a specific host address publishes that port. The service
+/// lookup probes the exact address only where the bit is set, so a port
+/// published only on the wildcard address costs an array load, not a hash
+/// probe that could only miss. The daemon sets a bit before inserting the
+/// exact mapping and clears it after removing the last one; a bit set with
+/// no such mapping only costs the probe.
+pub const EXACT_PORTS_MAP: &str = "BERTH_EXACT_PORTS";
+/// 64 ports per word, TCP's 1024 words then UDP's.
+pub const EXACT_PORTS_LEN: u32 = 2 * 1024;
+
+/// The word index and bit of `proto`/`port` (host order) in
+/// [`EXACT_PORTS_MAP`]. Anything but UDP shares TCP's half: a protocol
+/// with no mappings only costs a probe that misses.
+#[inline(always)]
+pub fn exact_ports_slot(proto: u8, port: u16) -> (u32, u64) {
+    let half = if proto == PROTO_UDP { 1024 } else { 0 };
+    (half + u32::from(port >> 6), 1u64 << (port & 63))
+}
 /// `BERTH_CONFIG` index: non-zero while a daemon reads [`FLOW_LOG_RING`]
 /// (`berth daemon --flow-log`); otherwise refusals write no record.
 pub const CONFIG_FLOW_LOG: u32 = 5;

@@ -243,6 +243,11 @@ impl Env {
     pub fn publish(&mut self, b: &Binding) {
         let key = berth::datapath::bpf_keys::service_key(b);
         let v = berth::datapath::bpf_keys::backend(b);
+        // As the daemon does: the port's bit before the mapping. Unpublish
+        // leaves it set, which only costs a probe.
+        if key.host_addr_be != 0 {
+            self.set_exact_port(b.protocol.ip_proto(), b.host_port, true);
+        }
         let map = self.ebpf.map_mut("BERTH_SERVICES").unwrap();
         if let Ok(mut m) = HashMap::<_, ServiceKey, Backend>::try_from(&mut *map) {
             m.insert(key, v, 0).unwrap();
@@ -268,6 +273,19 @@ impl Env {
         }
         let mut m: HashMap<&mut MapData, ServiceKey, BackendV2> = HashMap::try_from(map).unwrap();
         m.remove(&key).unwrap();
+    }
+
+    /// Sets or clears the `BERTH_EXACT_PORTS` bit of (`proto`, `port`);
+    /// nothing on an object from before that map (the bench's earlier
+    /// build, which always probes).
+    pub fn set_exact_port(&mut self, proto: u8, port: u16, on: bool) {
+        let Some(map) = self.ebpf.map_mut(berth_maps::EXACT_PORTS_MAP) else {
+            return;
+        };
+        let mut m: Array<&mut MapData, u64> = Array::try_from(map).unwrap();
+        let (i, bit) = berth_maps::exact_ports_slot(proto, port);
+        let w = m.get(&i, 0).unwrap();
+        m.set(i, if on { w | bit } else { w & !bit }, 0).unwrap();
     }
 
     pub fn host_addr(&mut self, a: Ipv4Addr) {

@@ -5,6 +5,7 @@
 //! update them incrementally. Every failure of a table is reported at once.
 //! Needs root (loads eBPF, makes private namespaces).
 mod binding_stats;
+mod exact_ports;
 mod flowlog;
 mod host_addrs;
 mod icmp;

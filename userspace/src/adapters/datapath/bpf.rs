@@ -79,6 +79,9 @@ pub(super) struct Maps {
     /// Mappings on a specific host address: while there are none,
     /// `CONFIG_WILDCARD_ONLY` lets the programs skip the exact-address probe.
     pub(super) exact: usize,
+    /// Which ports have such a mapping, and `BERTH_EXACT_PORTS` to say so.
+    pub(super) exact_ports: Array<MapData, u64>,
+    pub(super) exact_book: super::exact_ports::ExactPorts,
 }
 
 impl Maps {
@@ -93,15 +96,50 @@ impl Maps {
 
     /// Counts the mappings on a specific address from the map itself
     /// (pins kept across a restart hold mappings the daemon has not
-    /// replayed yet) and writes the flag.
+    /// replayed yet) and writes the flag and the port bitmap.
     pub(super) fn recount_exact(&mut self) -> Result<(), DatapathError> {
-        self.exact = self
-            .services
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.host_addr_be != 0)
-            .count();
+        let keys = exact_keys(&self.services);
+        self.exact = keys.len();
+        let (book, writes) = super::exact_ports::ExactPorts::rebuild(keys);
+        self.exact_book = book;
+        for w in writes {
+            self.write_exact_word(Some(w))?;
+        }
         self.write_wildcard_only()
+    }
+
+    /// One mapping more on a specific address: its port's bit, before the
+    /// mapping is inserted.
+    pub(super) fn exact_added(&mut self, key: &ServiceKey) -> Result<(), DatapathError> {
+        self.exact += 1;
+        let w = self
+            .exact_book
+            .add(key.proto, u16::from_be(key.host_port_be));
+        self.write_exact_word(w)?;
+        self.write_wildcard_only()
+    }
+
+    /// One fewer, after it was removed.
+    pub(super) fn exact_removed(&mut self, key: &ServiceKey) -> Result<(), DatapathError> {
+        self.exact = self.exact.saturating_sub(1);
+        let w = self
+            .exact_book
+            .remove(key.proto, u16::from_be(key.host_port_be));
+        self.write_exact_word(w)?;
+        self.write_wildcard_only()
+    }
+
+    fn write_exact_word(
+        &mut self,
+        w: Option<super::exact_ports::Write>,
+    ) -> Result<(), DatapathError> {
+        match w {
+            Some((i, v)) => self
+                .exact_ports
+                .set(i, v, 0)
+                .map_err(map_err(berth_maps::EXACT_PORTS_MAP)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -301,6 +339,10 @@ impl BpfDatapath {
         // Before any program loads: they refer to its map.
         let dp_logger = super::dplog::init(&mut ebpf)?;
 
+        // Before any program is attached: a bitmap created just now (pins of
+        // an earlier release) is all clear, and a clear bit skips the probe
+        // of a mapping bound to an address that the pinned services hold.
+        fill_exact_ports(&mut ebpf)?;
         let wanted = attachments(config);
         for (prog, ifname) in &wanted {
             attach_pinned(&mut ebpf, prog, ifname, &links_dir)?;
@@ -417,6 +459,11 @@ impl BpfDatapath {
             .map_err(map_err(berth_maps::BINDING_STATS_MAP))?,
             slots: super::binding_stats::SlotBook::default(),
             exact: 0,
+            exact_ports: Array::try_from(ebpf.take_map(berth_maps::EXACT_PORTS_MAP).ok_or_else(
+                || DatapathError::Other(format!("map {} missing", berth_maps::EXACT_PORTS_MAP)),
+            )?)
+            .map_err(map_err(berth_maps::EXACT_PORTS_MAP))?,
+            exact_book: Default::default(),
         };
         maps.slots = super::binding_stats::SlotBook::adopt(
             config.capacity.max_mappings,
@@ -580,6 +627,36 @@ fn netns_cookie() -> Result<u64, DatapathError> {
 /// Attach a cgroup hook. One pinned from an earlier run is replaced without
 /// a gap: the new link is pinned under a temporary name and renamed over
 /// the old pin, which detaches the old one.
+/// (protocol, host port) of every mapping bound to an address.
+fn exact_keys<T: std::borrow::Borrow<MapData>>(
+    services: &HashMap<T, ServiceKey, Backend>,
+) -> Vec<(u8, u16)> {
+    services
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.host_addr_be != 0)
+        .map(|k| (k.proto, u16::from_be(k.host_port_be)))
+        .collect()
+}
+
+/// Writes `BERTH_EXACT_PORTS` from the services map of a loaded object.
+fn fill_exact_ports(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+    let missing = |m: &str| DatapathError::Other(format!("map {m} missing"));
+    let services: HashMap<&MapData, ServiceKey, Backend> = HashMap::try_from(
+        ebpf.map(SERVICES_MAP)
+            .ok_or_else(|| missing(SERVICES_MAP))?,
+    )
+    .map_err(map_err(SERVICES_MAP))?;
+    let keys = exact_keys(&services);
+    let name = berth_maps::EXACT_PORTS_MAP;
+    let mut bits: Array<&mut MapData, u64> =
+        Array::try_from(ebpf.map_mut(name).ok_or_else(|| missing(name))?).map_err(map_err(name))?;
+    for (i, w) in super::exact_ports::ExactPorts::rebuild(keys).1 {
+        bits.set(i, w, 0).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
 fn attach_cgroup_hook(
     ebpf: &mut Ebpf,
     name: &str,

@@ -7,6 +7,7 @@ mod bridges;
 mod capacity;
 mod cgroup;
 pub mod dplog;
+mod exact_ports;
 pub mod flowlog;
 mod flows;
 #[cfg(test)]

@@ -182,8 +182,7 @@ impl Datapath for BpfDatapath {
                 .insert(pk, guarded + 1, 0)
                 .map_err(mappings_err(PORTS_MAP, self.max_mappings))?;
             if key.host_addr_be != 0 {
-                m.exact += 1;
-                m.write_wildcard_only()?;
+                m.exact_added(&key)?;
             }
         }
         let inserted = m
@@ -200,8 +199,7 @@ impl Datapath for BpfDatapath {
                 n => m.ports.insert(pk, n, 0),
             };
             if key.host_addr_be != 0 {
-                m.exact -= 1;
-                m.write_wildcard_only()?;
+                m.exact_removed(&key)?;
             }
         }
         inserted
@@ -230,8 +228,7 @@ impl Datapath for BpfDatapath {
                     m.slots.release(&key, slot);
                 }
                 if key.host_addr_be != 0 {
-                    m.exact = m.exact.saturating_sub(1);
-                    m.write_wildcard_only()?;
+                    m.exact_removed(&key)?;
                 }
                 let pk = port_key(b);
                 match m.ports.get(&pk, 0) {
