@@ -223,6 +223,18 @@ fn check_exposition(text: &str) -> prometheus_parse::Scrape {
     scrape
 }
 
+/// `GET /metrics` on the daemon's API socket, with curl.
+fn metrics_of(rig: &Rig) -> String {
+    let out = Command::new("curl")
+        .args(["-sf", "--unix-socket"])
+        .arg(rig.daemon.socket())
+        .arg("http://berth/metrics")
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "curl: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn value_of(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     let s = scrape
         .samples
@@ -338,13 +350,7 @@ fn per_binding_labels_can_be_turned_off() {
     rig.map_add("dns", "172.17.0.2", &["5353:53/udp"]);
     let _echo = rig.serve_udp_echo(&rig.topo.container.ns, 53);
     rig.client_udp(5353, "ping").expect("echo");
-    let out = Command::new("curl")
-        .args(["-sf", "--unix-socket"])
-        .arg(rig.daemon.socket())
-        .arg("http://berth/metrics")
-        .output()
-        .expect("curl");
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = metrics_of(&rig);
     let scrape = check_exposition(&text);
     assert!(!text.contains("task=\"dns\""), "{text}");
     assert_eq!(
@@ -534,13 +540,7 @@ fn security_group_verdicts_count_accepted_flows_once_and_rejections() {
         recv_datagram(&server).is_none(),
         "the group keeps client2 out"
     );
-    let out = Command::new("curl")
-        .args(["-sf", "--unix-socket"])
-        .arg(rig.daemon.socket())
-        .arg("http://berth/metrics")
-        .output()
-        .expect("curl");
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = metrics_of(&rig);
     let scrape = check_exposition(&text);
     let verdict = |name, dir| value_of(&scrape, name, &[("direction", dir)]);
     assert_eq!(

@@ -242,32 +242,20 @@ pub fn render(g: &Gathered, state: &MetricsState) -> String {
             e.sample("berth_datapath_events_total", &[("event", name)], *v);
         }
     }
-    e.family(
+    render_by_direction(
+        &mut e,
+        g,
         "berth_security_group_rejected_flows_total",
-        Kind::Counter,
         "Packets opening a flow that a task's security groups refused, by direction.",
+        SG_COUNTERS,
     );
-    for (name, dir) in SG_COUNTERS {
-        let v = g.counters.get(*name).copied().unwrap_or(0);
-        e.sample(
-            "berth_security_group_rejected_flows_total",
-            &[("direction", dir)],
-            v,
-        );
-    }
-    e.family(
+    render_by_direction(
+        &mut e,
+        g,
         "berth_security_group_accepted_flows_total",
-        Kind::Counter,
         "New flows a task's security groups let through, by direction; counted once per flow.",
+        SG_ACCEPT_COUNTERS,
     );
-    for (name, dir) in SG_ACCEPT_COUNTERS {
-        let v = g.counters.get(*name).copied().unwrap_or(0);
-        e.sample(
-            "berth_security_group_accepted_flows_total",
-            &[("direction", dir)],
-            v,
-        );
-    }
 
     let tasks: BTreeSet<&str> = g.bindings.iter().map(|(b, _)| b.task.as_str()).collect();
     e.family(
@@ -406,6 +394,22 @@ fn by_protocol(
         *sums.entry(b.protocol.as_str()).or_default() += pick(c);
     }
     sums
+}
+
+/// One counter family whose samples are datapath counters labelled by
+/// direction (`counters`: counter name, direction).
+fn render_by_direction(
+    e: &mut Exposition,
+    g: &Gathered,
+    family: &str,
+    help: &str,
+    counters: &[(&str, &str)],
+) {
+    e.family(family, Kind::Counter, help);
+    for (name, dir) in counters {
+        let v = g.counters.get(*name).copied().unwrap_or(0);
+        e.sample(family, &[("direction", dir)], v);
+    }
 }
 
 fn render_latency(e: &mut Exposition, state: &MetricsState) {
