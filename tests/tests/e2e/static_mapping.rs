@@ -489,3 +489,48 @@ fn bulk_transfer_with_offloads_tc() {
 fn bulk_transfer_with_offloads_xdp() {
     bulk_transfer_with_offloads(Mode::Xdp);
 }
+
+/// A container re-created at the address of one just removed (a new MAC
+/// behind the same IP, as a restarted ECS task or `docker run --ip` gets)
+/// is reached at once. The host's neighbour entry still names the old
+/// container's MAC and stays REACHABLE for 15-45 s; the daemon forgets it
+/// when the address shows up on a new bridge port.
+#[test]
+fn a_container_recreated_at_a_freed_address_is_reached_at_once() {
+    let rig = Rig::start();
+    let ip = "172.17.0.7";
+    let old = rig.new_container("old", ip);
+    let old_web = rig.serve_http(&old.ns, 80);
+    rig.map_add("web", ip, &["8090:80"]);
+    rig.client_get(8090).expect("GET the first container");
+    let old_mac = old
+        .link()
+        .unwrap()
+        .mac
+        .map(|b| format!("{b:02x}"))
+        .join(":");
+    let neigh = rig.topo.host.ns.ip(["neigh", "show", ip]).unwrap();
+    assert!(
+        neigh.contains(&old_mac) && neigh.contains("REACHABLE"),
+        "the host resolved the first container: {neigh}"
+    );
+    drop(old_web);
+    drop(old);
+    let new = rig.new_container("new", ip);
+    let _web = rig.serve_http(&new.ns, 80);
+    let neigh = rig.topo.host.ns.ip(["neigh", "show", ip]).unwrap();
+    assert!(
+        !neigh.contains(&old_mac),
+        "the old container's MAC is forgotten: {neigh}"
+    );
+    let t = std::time::Instant::now();
+    let body = rig
+        .client_get(8090)
+        .expect("GET the re-created container within the request timeout");
+    assert_eq!(peer_ip(&body), "192.0.2.2");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "reached only after {:?}",
+        t.elapsed()
+    );
+}

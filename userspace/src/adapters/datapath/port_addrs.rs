@@ -22,9 +22,11 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;
 const RTM_GETADDR: u16 = 22;
+const RTM_DELNEIGH: u16 = 29;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
 const NLM_F_DUMP: u16 = 0x300;
 const IFLA_LINK: u16 = 5;
 const IFLA_LINKINFO: u16 = 18;
@@ -33,9 +35,11 @@ const IFLA_LINK_NETNSID: u16 = 37;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_TARGET_NETNSID: u16 = 10;
+const NDA_DST: u16 = 1;
 const NLMSG_HDR_LEN: usize = 16;
 const IFINFOMSG_LEN: usize = 16;
 const IFADDRMSG_LEN: usize = 8;
+const NDMSG_LEN: usize = 12;
 
 /// The veth peer of a port: its ifindex in the namespace `netnsid` names
 /// (`None`: the port's own namespace).
@@ -264,6 +268,27 @@ pub(super) fn port_addrs(ifindex: u32) -> io::Result<Option<(Peer, Vec<Ipv4Addr>
         Ok(a) => Ok(Some((peer, a))),
         // The container's namespace went away between the two requests.
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::EINVAL)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Forgets the host's neighbour (ARP) entry for `addr` on bridge
+/// `bridge` (an ifindex), if it has one. An address that moves to another
+/// bridge port belongs to a new container with a new MAC, but the entry
+/// its old container left can stay REACHABLE for up to 45 s, and
+/// everything sent to the address (published-port traffic redirected with
+/// `bpf_redirect_neigh` included) would go to a MAC nobody has. Without
+/// the entry the kernel resolves the address afresh on the next packet.
+/// `Ok(false)`: there was no entry.
+pub(super) fn forget_neighbour(bridge: u32, addr: Ipv4Addr) -> io::Result<bool> {
+    let mut nl = Rtnl::open()?;
+    let mut body = vec![0u8; NDMSG_LEN];
+    body[0] = libc::AF_INET as u8;
+    body[4..8].copy_from_slice(&(bridge as i32).to_ne_bytes());
+    push_attr(&mut body, NDA_DST, &addr.octets());
+    match nl.request(RTM_DELNEIGH, NLM_F_ACK, &body, 0) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
 }

@@ -36,7 +36,7 @@ use berth_maps::{PortAddrs, HOOKED_PORTS_MAP, PORT_ADDRS_MAX};
 use super::{
     attach::attach_pinned,
     bridges::{BridgeStates, Bridges},
-    port_addrs::{port_addrs, resolve_claims, Peer},
+    port_addrs::{forget_neighbour, port_addrs, resolve_claims, Peer},
     DatapathError,
 };
 use crate::domain::error::chain;
@@ -523,6 +523,8 @@ impl PortAddrSync {
             if self.owned.get(port) == Some(addrs) {
                 continue;
             }
+            let before = self.owned.get(port).cloned().unwrap_or_default();
+            forget_neighbours(bridges, addrs.iter().filter(|a| !before.contains(a)));
             match self.map.insert(port, encode_port_addrs(addrs), 0) {
                 Ok(()) => tracing::info!(ifindex = port, addrs = ?addrs, "bridge port addresses"),
                 Err(e) => {
@@ -545,6 +547,31 @@ impl PortAddrSync {
         self.peers.retain(|port, _| claims.contains_key(port));
         self.claims = claims;
         self.contested = contested;
+    }
+}
+
+/// Addresses newly owned by a bridge port may have been another
+/// container's a moment ago: their neighbour entries (on whichever served
+/// bridge has one) are dropped so the next packet learns the new MAC (see
+/// [`forget_neighbour`]). A failure only costs the wait berth would
+/// otherwise have had, so it is logged, not fatal.
+fn forget_neighbours<'a>(bridges: &[String], addrs: impl Iterator<Item = &'a Ipv4Addr>) {
+    let indexes: Vec<u32> = bridges
+        .iter()
+        .filter_map(|b| super::attach::ifindex(b).ok())
+        .collect();
+    for a in addrs {
+        for &bridge in &indexes {
+            match forget_neighbour(bridge, *a) {
+                Ok(true) => {
+                    tracing::info!(addr = %a, "address moved to a new bridge port: its old neighbour entry forgotten")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(addr = %a, error = %e, "forgetting the address's old neighbour entry")
+                }
+            }
+        }
     }
 }
 
