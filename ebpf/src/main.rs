@@ -39,6 +39,7 @@ mod nexthop;
 mod parse;
 mod parse6;
 mod policy;
+mod policy6;
 mod service;
 mod sock;
 mod spoof;
@@ -214,6 +215,14 @@ pub(crate) fn berth_from_ctr(ctx: TcContext) -> i32 {
     gate::gate_learn(ctx.data(), ctx.data_end(), port);
     // Both checks refuse only where policy applies to someone.
     if !policy::nowhere() {
+        if policy6::is_ipv6(ctx.data(), ctx.data_end()) {
+            return tc_verdict(policy6::unjudged6_passes(
+                ctx.data(),
+                ctx.data_end(),
+                port,
+                true,
+            ));
+        }
         if !spoof::container_source_ok(ctx.data(), ctx.data_end(), port) {
             return TC_ACT_SHOT;
         }
@@ -243,7 +252,28 @@ pub(crate) fn berth_to_ctr(ctx: TcContext) -> i32 {
     }) {
         return TC_ACT_SHOT;
     }
-    if policy::nowhere() || policy::to_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+    if policy::nowhere() {
+        return TC_ACT_OK;
+    }
+    if policy6::is_ipv6(ctx.data(), ctx.data_end()) {
+        let port = unsafe { (*ctx.skb.skb).ifindex };
+        return tc_verdict(policy6::unjudged6_passes(
+            ctx.data(),
+            ctx.data_end(),
+            port,
+            false,
+        ));
+    }
+    tc_verdict(policy::to_container(
+        ctx.data(),
+        ctx.data_end(),
+        ctx.len() as usize,
+    ))
+}
+
+#[inline(always)]
+fn tc_verdict(pass: bool) -> i32 {
+    if pass {
         TC_ACT_OK
     } else {
         TC_ACT_SHOT

@@ -807,6 +807,9 @@ counters! {
     /// IPv6 TCP/UDP to a published IPv6 port, passed untranslated: the
     /// datapath parses IPv6 but does not translate it yet (issue 15).
     Ipv6Untranslated = 31 => "ipv6_untranslated",
+    /// IPv6 from or to a container with policy that no IPv6 program
+    /// judged, other than neighbour discovery; dropped (issue 15).
+    Policy6Unjudged = 32 => "policy6_unjudged",
 }
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 // The map is indexed by the enum: indexes run 0.. in order.
