@@ -123,17 +123,15 @@ fn ipv6_from_a_task_with_a_group_is_refused_once_its_egress_rule_is_removed() {
 
     rig.berth(&["sg", "create", "web"]);
     rig.berth(&["sg", "attach", "web", "--task", "web"]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "rm",
-        "web",
-        "--egress",
-        "--proto",
-        "all",
-        "--cidr",
-        "0.0.0.0/0",
-    ]);
+    // A new group allows everything out, both families: the IPv6 rule is
+    // its own, and goes with the IPv4 one.
+    let show = rig.berth(&["sg", "show", "web"]);
+    assert!(show.contains("egress     all    all    ::/0"), "{show}");
+    for cidr in ["0.0.0.0/0", "::/0"] {
+        rig.berth(&[
+            "sg", "rule", "rm", "web", "--egress", "--proto", "all", "--cidr", cidr,
+        ]);
+    }
     assert_refused(ctr, addr(BRIDGE6, 8082));
     assert!(rig.counter("policy6_unjudged") > 0);
 }
