@@ -40,6 +40,7 @@ mod parse;
 mod parse6;
 mod policy;
 mod policy6;
+mod rules6;
 mod service;
 mod sock;
 mod spoof;
@@ -278,6 +279,36 @@ fn tc_verdict(pass: bool) -> i32 {
     } else {
         TC_ACT_SHOT
     }
+}
+
+/// IPv6 a container sends (tail-called by `berth_from_ctr`): its source and
+/// its task's egress rules (`policy6.rs`).
+#[classifier]
+pub(crate) fn berth_from_ctr6(ctx: TcContext) -> i32 {
+    tc_pull_headers(&ctx);
+    let port = unsafe { (*ctx.skb.skb).ifindex };
+    tc_verdict(policy6::judge6(
+        ctx.data(),
+        ctx.data_end(),
+        ctx.len() as usize,
+        port,
+        true,
+    ))
+}
+
+/// IPv6 a container receives (tail-called by `berth_to_ctr`): its task's
+/// ingress rules.
+#[classifier]
+pub(crate) fn berth_to_ctr6(ctx: TcContext) -> i32 {
+    tc_pull_headers(&ctx);
+    let port = unsafe { (*ctx.skb.skb).ifindex };
+    tc_verdict(policy6::judge6(
+        ctx.data(),
+        ctx.data_end(),
+        ctx.len() as usize,
+        port,
+        false,
+    ))
 }
 
 /// A container's ICMP error about a translated flow leaves as if the host

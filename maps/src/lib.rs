@@ -10,6 +10,8 @@ pub const PROTO_UDP: u8 = 17;
 
 mod v6;
 pub use v6::*;
+mod policy6;
+pub use policy6::*;
 
 // ---------------------------------------------------------------- names
 
@@ -43,20 +45,24 @@ pub mod program {
     /// Programs that do nothing: the bench's floor.
     pub const EMPTY_TC: &str = "berth_empty_tc";
     pub const EMPTY_XDP: &str = "berth_empty_xdp";
+    /// IPv6 on a container's veth, both directions: security groups
+    /// (tail-called by [`FROM_CTR`] and [`TO_CTR`]).
+    pub const FROM_CTR6: &str = "berth_from_ctr6";
+    pub const TO_CTR6: &str = "berth_to_ctr6";
 
     /// The cgroup `sock_addr` hooks.
     pub const SOCKET_HOOKS: [&str; 6] = [BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4, PEERNAME4];
     /// Attached to every bridge port (its container's veth).
     pub const PORT_PROGRAMS: [&str; 2] = [FROM_CTR, TO_CTR];
     /// Every program of the object.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         INGRESS, XDP, DELIVER, REPLY, FROM_CTR, TO_CTR, BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4,
-        PEERNAME4, EMPTY_TC, EMPTY_XDP,
+        PEERNAME4, EMPTY_TC, EMPTY_XDP, FROM_CTR6, TO_CTR6,
     ];
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 23] = [
+pub const MAPS: [&str; 28] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -80,6 +86,11 @@ pub const MAPS: [&str; 23] = [
     BINDING_STATS_MAP,
     SERVICES6_MAP,
     EXACT_PORTS_MAP,
+    ENDPOINTS6_MAP,
+    POLICY6_MAP,
+    SG_MEMBERS6_MAP,
+    CT6_MAP,
+    CT6_NEW_MAP,
 ];
 
 /// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so
@@ -935,6 +946,7 @@ mod user {
         PortAddrs,
         FlowEvent,
     );
+    aya_pod!(super::Rule6, super::Policy6, super::SgMember6);
     aya_pod!(
         super::ServiceKey6,
         super::Backend6,

@@ -4,18 +4,24 @@
 //! port, and each verdict and the frame are checked (policy never
 //! rewrites a frame).
 //!
-//! No IPv6 program judges a container's IPv6 yet, so IPv6 from or to a
-//! container with policy is dropped and counted (`policy6_unjudged`),
+//! Without its IPv6 program, IPv6 from or to a container with policy is
+//! dropped by the IPv4 programs and counted (`policy6_unjudged`),
 //! neighbour discovery excepted; a container without policy keeps IPv6 as
-//! Docker gives it.
+//! Docker gives it. `berth_from_ctr6` / `berth_to_ctr6` judge it: each its
+//! own container's side (egress rules where it leaves, ingress rules where
+//! it arrives), each flow tracked at the port that allowed it.
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use aya::maps::{Array, MapData};
+use aya::maps::{Array, HashMap, MapData};
+use berth::datapath::{encode_rule6, PolicyRule, RulePeer, RuleProto};
 use berth_integration::{
     pkt::{self, Ipv6Packet, V6Ext},
     testrun::*,
 };
-use berth_maps::{Counter, CONFIG_NO_POLICY};
+use berth_maps::{
+    Counter, Endpoint, Policy6, PolicyKey, Rule6, SgMember6, CONFIG_NO_POLICY, DIR_EGRESS,
+    DIR_INGRESS, EP_F_POLICY, MAX_RULES,
+};
 
 const OK: i32 = 0;
 const SHOT: i32 = 2;
@@ -242,5 +248,309 @@ fn with_no_policy_anywhere_ipv6_is_not_looked_at() {
             assert_eq!(received(env, port, &tcp(pkt::CLIENT6, C1_6, 80)), OK);
         }
         assert_eq!(unjudged(env), 0);
+    });
+}
+
+// ------------------------------------------------------------ the judges
+
+const FROM6: &str = "berth_from_ctr6";
+const TO6: &str = "berth_to_ctr6";
+const C2_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
+const STRANGER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb9, 0, 0, 0, 0, 0, 7);
+const C1_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
+const DB8: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0);
+
+fn rule(proto: Option<RuleProto>, ports: (u16, u16), peer: RulePeer) -> PolicyRule {
+    PolicyRule {
+        proto,
+        ports,
+        icmp_type: None,
+        icmp_code: None,
+        peer,
+    }
+}
+
+fn set_rules6(env: &mut Env, task_id: u32, dir: u32, rules: &[PolicyRule]) {
+    let mut p = Box::new(Policy6 {
+        len: rules.len() as u32,
+        _pad: 0,
+        rules: [Rule6::default(); MAX_RULES],
+    });
+    for (slot, r) in p.rules.iter_mut().zip(rules) {
+        *slot = encode_rule6(r);
+    }
+    let mut m: HashMap<&mut MapData, PolicyKey, Policy6> =
+        HashMap::try_from(env.ebpf.map_mut("BERTH_POLICY6").unwrap()).unwrap();
+    m.insert(PolicyKey { task_id, dir }, *p, 0).unwrap();
+}
+
+fn set_endpoint6(env: &mut Env, ip: Ipv6Addr, task_id: u32) {
+    let mut m: HashMap<&mut MapData, [u8; 16], Endpoint> =
+        HashMap::try_from(env.ebpf.map_mut("BERTH_ENDPOINTS6").unwrap()).unwrap();
+    let ep = Endpoint {
+        task_id,
+        flags: EP_F_POLICY,
+    };
+    m.insert(ip.octets(), ep, 0).unwrap();
+}
+
+fn add_member6(env: &mut Env, sg_id: u32, ip: Ipv6Addr) {
+    let mut m: HashMap<&mut MapData, SgMember6, u32> =
+        HashMap::try_from(env.ebpf.map_mut("BERTH_SG_MEMBERS6").unwrap()).unwrap();
+    let k = SgMember6 {
+        sg_id,
+        addr: ip.octets(),
+    };
+    m.insert(k, 1, 0).unwrap();
+}
+
+struct Judged {
+    c1: u32,
+    c2: u32,
+}
+
+/// C1 (task 1): TCP 80 from 2001:db8::/32 and from 0.0.0.0/0 (IPv4's,
+/// which must not admit IPv6), echo requests from anywhere, UDP 5353
+/// from group 7; out: UDP 53 to 2001:db8::/32 only. C2 (task 2): groups
+/// with no rules. Both IPv6 addresses known.
+fn judged(env: &mut Env) -> Judged {
+    let p = setup(env);
+    let c2 = env.add_port("pc2");
+    env.port_addrs(c2, &[C2]);
+    env.set_endpoint(C2, 2, true);
+    set_endpoint6(env, C1_6, 1);
+    set_endpoint6(env, C2_6, 2);
+    let tcp = Some(RuleProto::Tcp);
+    set_rules6(
+        env,
+        1,
+        DIR_INGRESS,
+        &[
+            rule(tcp, (80, 80), RulePeer::Cidr6(DB8, 32)),
+            rule(tcp, (80, 80), RulePeer::Cidr(Ipv4Addr::UNSPECIFIED, 0)),
+            PolicyRule {
+                icmp_type: Some(128),
+                ..rule(
+                    Some(RuleProto::Icmp6),
+                    (0, 0),
+                    RulePeer::Cidr6(Ipv6Addr::UNSPECIFIED, 0),
+                )
+            },
+            rule(Some(RuleProto::Udp), (5353, 5353), RulePeer::Group(7)),
+        ],
+    );
+    set_rules6(
+        env,
+        1,
+        DIR_EGRESS,
+        &[rule(
+            Some(RuleProto::Udp),
+            (53, 53),
+            RulePeer::Cidr6(DB8, 32),
+        )],
+    );
+    set_rules6(env, 2, DIR_INGRESS, &[]);
+    set_rules6(env, 2, DIR_EGRESS, &[]);
+    Judged {
+        c1: p.with_policy,
+        c2,
+    }
+}
+
+fn tcp6(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, flags: u8) -> Vec<u8> {
+    let mut f = tcp(src, dst, dport);
+    // Ipv6Packet renders a SYN from port 40000; set the ports and flags,
+    // then the checksum again.
+    let l4 = pkt::ETH_LEN + 40;
+    f[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
+    f[l4 + 13] = flags;
+    f[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+    let c = pkt::csum(&f[l4..], pkt::pseudo_sum6(src, dst, pkt::TCP, f.len() - l4));
+    f[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+fn udp6(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
+    let mut p = Ipv6Packet::new(pkt::UDP, dport);
+    (p.src, p.dst, p.sport, p.payload) = (src, dst, sport, b"q".to_vec());
+    p.frame()
+}
+
+fn echo6(src: Ipv6Addr, dst: Ipv6Addr, ty: u8) -> Vec<u8> {
+    let mut p = Ipv6Packet::icmpv6(ty, 0);
+    (p.src, p.dst) = (src, dst);
+    p.frame()
+}
+
+/// An ICMPv6 error from `src` to `dst` quoting `about` (a frame).
+fn error6(ty: u8, src: Ipv6Addr, dst: Ipv6Addr, about: &[u8]) -> Vec<u8> {
+    let mut p = Ipv6Packet::icmpv6(ty, 0);
+    (p.src, p.dst) = (src, dst);
+    p.payload = vec![0, 0, 0x05, 0x00];
+    p.payload.extend(&about[pkt::ETH_LEN..pkt::ETH_LEN + 48]);
+    p.frame()
+}
+
+fn counter(env: &Env, c: Counter) -> u64 {
+    env.counter(c)
+}
+
+#[test]
+fn ingress_rules_admit_their_ipv6_cidr_only_and_replies_follow() {
+    in_fixture_ns(|env| {
+        let j = judged(env);
+        let client = pkt::CLIENT6;
+        assert_eq!(
+            on(env, TO6, j.c1, &tcp6(client, 40000, C1_6, 80, pkt::SYN)),
+            OK
+        );
+        // The reply leaves as tracked, whatever the egress rules say.
+        let syn_ack = tcp6(C1_6, 80, client, 40000, pkt::SYN | pkt::ACK);
+        assert_eq!(on(env, FROM6, j.c1, &syn_ack), OK);
+        assert_eq!(
+            on(env, TO6, j.c1, &tcp6(client, 40000, C1_6, 80, pkt::ACK)),
+            OK
+        );
+        let denied = counter(env, Counter::PolicyDeniedIngress);
+        // Outside 2001:db8::/32 (IPv4's 0.0.0.0/0 admits no IPv6), or
+        // another port.
+        assert_eq!(
+            on(env, TO6, j.c1, &tcp6(STRANGER6, 40001, C1_6, 80, pkt::SYN)),
+            SHOT
+        );
+        assert_eq!(
+            on(env, TO6, j.c1, &tcp6(client, 40002, C1_6, 81, pkt::SYN)),
+            SHOT
+        );
+        assert_eq!(counter(env, Counter::PolicyDeniedIngress), denied + 2);
+        // Not a SYN, and no flow: dropped.
+        let no_flow = counter(env, Counter::CtNoFlow);
+        assert_eq!(
+            on(env, TO6, j.c1, &tcp6(client, 40003, C1_6, 80, pkt::ACK)),
+            SHOT
+        );
+        assert_eq!(counter(env, Counter::CtNoFlow), no_flow + 1);
+        // Neighbour discovery needs no rule.
+        let ns = icmp6(NS, C1_LL, Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 2));
+        assert_eq!(on(env, FROM6, j.c1, &ns.frame()), OK);
+    });
+}
+
+#[test]
+fn egress_rules_and_the_source_check_hold_for_ipv6() {
+    in_fixture_ns(|env| {
+        let j = judged(env);
+        let dns = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 53);
+        assert_eq!(on(env, FROM6, j.c1, &udp6(C1_6, 5000, dns, 53)), OK);
+        assert_eq!(
+            on(env, TO6, j.c1, &udp6(dns, 53, C1_6, 5000)),
+            OK,
+            "the answer"
+        );
+        // From its link-local address too.
+        assert_eq!(on(env, FROM6, j.c1, &udp6(C1_LL, 5001, dns, 53)), OK);
+        let denied = counter(env, Counter::PolicyDeniedEgress);
+        assert_eq!(on(env, FROM6, j.c1, &udp6(C1_6, 5002, STRANGER6, 53)), SHOT);
+        assert_eq!(
+            on(env, FROM6, j.c1, &tcp6(C1_6, 5003, dns, 53, pkt::SYN)),
+            SHOT
+        );
+        assert_eq!(counter(env, Counter::PolicyDeniedEgress), denied + 2);
+        // Someone else's address, or one nobody owns: a spoofed source.
+        let spoofed = counter(env, Counter::ContainerSpoofedSource);
+        assert_eq!(on(env, FROM6, j.c1, &udp6(C2_6, 5004, dns, 53)), SHOT);
+        let nobody = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x99);
+        assert_eq!(on(env, FROM6, j.c1, &udp6(nobody, 5005, dns, 53)), SHOT);
+        assert_eq!(counter(env, Counter::ContainerSpoofedSource), spoofed + 2);
+    });
+}
+
+#[test]
+fn an_address_routed_to_the_port_answers_its_flows_but_opens_none() {
+    in_fixture_ns(|env| {
+        let j = judged(env);
+        // An address of C1 berth has not been told about (a second one,
+        // or one from router advertisements): what arrives for it is
+        // judged by C1's ingress rules, and the answers leave.
+        let unlisted = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x22);
+        let client = pkt::CLIENT6;
+        let syn = tcp6(client, 41000, unlisted, 80, pkt::SYN);
+        assert_eq!(on(env, TO6, j.c1, &syn), OK);
+        let syn_ack = tcp6(unlisted, 80, client, 41000, pkt::SYN | pkt::ACK);
+        assert_eq!(on(env, FROM6, j.c1, &syn_ack), OK);
+        // But nothing new leaves from it, not even what the rules allow.
+        let spoofed = counter(env, Counter::ContainerSpoofedSource);
+        let dns = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 53);
+        assert_eq!(on(env, FROM6, j.c1, &udp6(unlisted, 5000, dns, 53)), SHOT);
+        let other = tcp6(unlisted, 80, client, 41001, pkt::SYN | pkt::ACK);
+        assert_eq!(on(env, FROM6, j.c1, &other), SHOT);
+        assert_eq!(counter(env, Counter::ContainerSpoofedSource), spoofed + 2);
+    });
+}
+
+#[test]
+fn a_verdict_holds_only_at_the_port_that_gave_it() {
+    in_fixture_ns(|env| {
+        let j = judged(env);
+        let dns = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 53);
+        assert_eq!(on(env, FROM6, j.c1, &udp6(C1_6, 5000, dns, 53)), OK);
+        // The same answer towards C2's port is no answer to C2: C2 has no
+        // rules and opened nothing.
+        assert_eq!(on(env, TO6, j.c2, &udp6(dns, 53, C1_6, 5000)), SHOT);
+        // Nor may C2 send on C1's tracked flow (its source is C1's).
+        assert_eq!(on(env, FROM6, j.c2, &udp6(C1_6, 5000, dns, 53)), SHOT);
+        assert_eq!(on(env, TO6, j.c1, &udp6(dns, 53, C1_6, 5000)), OK);
+    });
+}
+
+#[test]
+fn a_group_peer_matches_its_ipv6_members() {
+    in_fixture_ns(|env| {
+        let j = judged(env);
+        assert_eq!(on(env, TO6, j.c1, &udp6(C2_6, 6000, C1_6, 5353)), SHOT);
+        add_member6(env, 7, C2_6);
+        assert_eq!(on(env, TO6, j.c1, &udp6(C2_6, 6001, C1_6, 5353)), OK);
+    });
+}
+
+#[test]
+fn icmpv6_echo_is_tracked_and_errors_pass_only_about_tracked_flows() {
+    in_fixture_ns(|env| {
+        let j = judged(env);
+        let client = pkt::CLIENT6;
+        assert_eq!(on(env, TO6, j.c1, &echo6(client, C1_6, 128)), OK);
+        assert_eq!(on(env, FROM6, j.c1, &echo6(C1_6, client, 129)), OK);
+        // C1 may not ping out: no egress rule for it.
+        assert_eq!(on(env, FROM6, j.c1, &echo6(C1_6, client, 128)), SHOT);
+        // Packet too big about C1's tracked DNS query reaches C1...
+        let dns = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 53);
+        let query = udp6(C1_6, 5000, dns, 53);
+        assert_eq!(on(env, FROM6, j.c1, &query), OK);
+        let router = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
+        assert_eq!(on(env, TO6, j.c1, &error6(2, router, C1_6, &query)), OK);
+        // ...one about a flow nobody tracks, or addressed to another end
+        // than the quoted sender, does not.
+        let icmp = counter(env, Counter::PolicyDeniedIcmp);
+        let other = udp6(C1_6, 5999, dns, 53);
+        assert_eq!(on(env, TO6, j.c1, &error6(2, router, C1_6, &other)), SHOT);
+        assert_eq!(on(env, TO6, j.c1, &error6(1, router, C2_6, &query)), SHOT);
+        assert_eq!(counter(env, Counter::PolicyDeniedIcmp), icmp + 2);
+        // C1's own error about a packet it received on a tracked flow.
+        let answer = udp6(dns, 53, C1_6, 5000);
+        assert_eq!(on(env, FROM6, j.c1, &error6(1, C1_6, dns, &answer)), OK);
+    });
+}
+
+#[test]
+fn the_ipv6_judges_leave_open_ports_alone_and_close_unknown_ones() {
+    in_fixture_ns(|env| {
+        let j = judged(env);
+        let _ = j;
+        let open = env.add_port("pc4");
+        env.port_addrs(open, &[C3]);
+        assert_eq!(on(env, FROM6, open, &udp6(C3_6, 1, STRANGER6, 9)), OK);
+        assert_eq!(on(env, TO6, open, &udp6(STRANGER6, 9, C3_6, 1)), OK);
+        let unknown = env.add_port("pc9");
+        assert_eq!(on(env, TO6, unknown, &udp6(STRANGER6, 9, C3_6, 1)), SHOT);
     });
 }

@@ -477,6 +477,7 @@ impl BpfDatapath {
             endpoints: take_map(&mut ebpf, berth_maps::ENDPOINTS_MAP)?,
             policy: take_map(&mut ebpf, berth_maps::POLICY_MAP)?,
             members: take_map(&mut ebpf, berth_maps::SG_MEMBERS_MAP)?,
+            policy6: take_map(&mut ebpf, berth_maps::POLICY6_MAP)?,
         };
         let ct_flows = vec![
             FlowMap {

@@ -15,6 +15,7 @@ mod names;
 mod ops;
 pub mod pins;
 mod policy;
+mod policy6;
 mod port_addrs;
 mod ports;
 mod services6;
@@ -29,6 +30,7 @@ pub use bpf::{ebpf_object, pin_dir, prepare_pin_dir, BpfDatapath, DatapathConfig
 pub use capacity::Capacity;
 pub use cgroup::cgroup2_root_mount;
 pub use policy::encode_rule;
+pub use policy6::encode_rule6;
 
 // What the engine asks of a datapath and what one reports, under the paths
 // this module has always offered them.

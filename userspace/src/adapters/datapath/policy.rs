@@ -15,6 +15,8 @@ pub(super) struct PolicyMaps {
     pub endpoints: HashMap<MapData, u32, Endpoint>,
     pub policy: HashMap<MapData, PolicyKey, Policy>,
     pub members: HashMap<MapData, SgMember, u32>,
+    /// The IPv6 part of each task's rules (`policy6.rs`).
+    pub policy6: HashMap<MapData, PolicyKey, berth_maps::Policy6>,
 }
 
 fn err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
@@ -129,6 +131,15 @@ impl PolicyMaps {
         egress: &[PolicyRule],
     ) -> Result<(), DatapathError> {
         let (i, e) = (encode_policy(ingress)?, encode_policy(egress)?);
+        let (i6, e6) = (
+            super::policy6::encode_policy6(ingress)?,
+            super::policy6::encode_policy6(egress)?,
+        );
+        for (dir, p) in [(DIR_INGRESS, i6), (DIR_EGRESS, e6)] {
+            self.policy6
+                .insert(PolicyKey { task_id, dir }, *p, 0)
+                .map_err(err(berth_maps::POLICY6_MAP))?;
+        }
         self.policy
             .insert(
                 PolicyKey {
@@ -156,6 +167,10 @@ impl PolicyMaps {
             match self.policy.remove(&PolicyKey { task_id, dir }) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(err(berth_maps::POLICY_MAP)(e)),
+            }
+            match self.policy6.remove(&PolicyKey { task_id, dir }) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(err(berth_maps::POLICY6_MAP)(e)),
             }
         }
         Ok(())
@@ -220,6 +235,15 @@ impl PolicyMaps {
             .collect();
         for k in stale {
             n += usize::from(self.policy.remove(&k).is_ok());
+        }
+        let stale: Vec<PolicyKey> = self
+            .policy6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !policies.contains(&k.task_id))
+            .collect();
+        for k in stale {
+            n += usize::from(self.policy6.remove(&k).is_ok());
         }
         let stale: Vec<SgMember> = self
             .members
