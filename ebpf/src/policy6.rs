@@ -6,7 +6,7 @@
 //! (`policy6_unjudged`), except neighbour discovery, without which the
 //! container's IPv6 stack cannot even resolve its router.
 //!
-//! Neighbour discovery is ICMPv6 right after the fixed header with a hop
+//! Neighbour discovery is `ICMPv6` right after the fixed header with a hop
 //! limit of 255 (RFC 4861 makes receivers drop anything else, so nothing
 //! routed qualifies). A container may send router and neighbour
 //! solicitations and neighbour advertisements, and receive router
@@ -219,12 +219,16 @@ fn ours(e: Option<*mut CtEntry>, port: u32) -> Option<*mut CtEntry> {
 
 #[inline(always)]
 fn ct6_promote(key: &FlowKey6, e: *mut CtEntry) -> Result<(), ()> {
-    unsafe { (*e).flags |= CT_F_ESTABLISHED };
+    unsafe {
+        (*e).flags |= CT_F_ESTABLISHED;
+    }
     match BERTH_CT6.insert(key, unsafe { &*e }, BPF_NOEXIST) {
         Ok(()) => {}
         Err(err) if err == EEXIST => {}
         Err(_) => {
-            unsafe { (*e).flags &= !CT_F_ESTABLISHED };
+            unsafe {
+                (*e).flags &= !CT_F_ESTABLISHED;
+            }
             count(Counter::CtTableFull);
             return Err(());
         }

@@ -1,6 +1,6 @@
 //! Security groups over IPv6 (issue 15): the IPv6 twins of the policy maps.
 //! A task's rules are compiled once; those that apply to IPv6 (an IPv6
-//! CIDR, ICMPv6, or a group peer with any other protocol) go to
+//! CIDR, `ICMPv6`, or a group peer with any other protocol) go to
 //! [`POLICY6_MAP`] under the same [`crate::PolicyKey`] as IPv4's.
 //!
 //! Each veth hook judges its own container's side of an IPv6 flow only:

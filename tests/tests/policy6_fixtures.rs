@@ -32,7 +32,7 @@ const C3_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 4);
 const ROUTER_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 
-/// ICMPv6 types of neighbour discovery and echo.
+/// `ICMPv6` types of neighbour discovery and echo.
 const RS: u8 = 133;
 const RA: u8 = 134;
 const NS: u8 = 135;
@@ -309,9 +309,9 @@ struct Judged {
     c2: u32,
 }
 
-/// C1 (task 1): TCP 80 from 2001:db8::/32 and from 0.0.0.0/0 (IPv4's,
+/// C1 (task 1): TCP 80 from `2001:db8::/32` and from `0.0.0.0/0` (IPv4's,
 /// which must not admit IPv6), echo requests from anywhere, UDP 5353
-/// from group 7; out: UDP 53 to 2001:db8::/32 only. C2 (task 2): groups
+/// from group 7; out: UDP 53 to `2001:db8::/32` only. C2 (task 2): groups
 /// with no rules. Both IPv6 addresses known.
 fn judged(env: &mut Env) -> Judged {
     let p = setup(env);
@@ -382,7 +382,7 @@ fn echo6(src: Ipv6Addr, dst: Ipv6Addr, ty: u8) -> Vec<u8> {
     p.frame()
 }
 
-/// An ICMPv6 error from `src` to `dst` quoting `about` (a frame).
+/// An `ICMPv6` error from `src` to `dst` quoting `about` (a frame).
 fn error6(ty: u8, src: Ipv6Addr, dst: Ipv6Addr, about: &[u8]) -> Vec<u8> {
     let mut p = Ipv6Packet::icmpv6(ty, 0);
     (p.src, p.dst) = (src, dst);

@@ -6,7 +6,7 @@
 //!
 //! IPv6 as AWS has it: `--cidr` takes an IPv6 prefix (`::/0`), whose rules
 //! match IPv6 peers only, as an IPv4 CIDR's match IPv4 peers only;
-//! `icmpv6` (58) is a protocol of its own with ICMPv6 types and codes, and
+//! `icmpv6` (58) is a protocol of its own with `ICMPv6` types and codes, and
 //! `icmp` stays IPv4's (each refuses a CIDR of the other family); a group
 //! peer stands for its members of both families; `all` (-1), TCP and UDP
 //! rules follow their peer.
@@ -195,7 +195,7 @@ pub enum Traffic {
         icmp_type: Option<u8>,
         icmp_code: Option<u8>,
     },
-    /// ICMPv6 (protocol 58): type and code; `None` is any (-1).
+    /// `ICMPv6` (protocol 58): type and code; `None` is any (-1).
     Icmpv6 {
         icmp_type: Option<u8>,
         icmp_code: Option<u8>,

@@ -30,7 +30,7 @@ pub struct PolicyRule {
 
 impl PolicyRule {
     /// Which families the rule applies to: an IPv4 CIDR or ICMP to IPv4,
-    /// an IPv6 CIDR or ICMPv6 to IPv6, a group peer with any other
+    /// an IPv6 CIDR or `ICMPv6` to IPv6, a group peer with any other
     /// protocol to both (its members of each family).
     pub fn family(&self) -> RuleFamily {
         match (self.peer, self.proto) {
@@ -61,7 +61,7 @@ pub enum RuleProto {
     Tcp,
     Udp,
     Icmp,
-    /// ICMPv6 (protocol 58).
+    /// `ICMPv6` (protocol 58).
     Icmp6,
 }
 

@@ -10,6 +10,7 @@ pub mod dplog;
 mod exact_ports;
 pub mod flowlog;
 mod flows;
+mod flows6;
 #[cfg(test)]
 mod names;
 mod ops;

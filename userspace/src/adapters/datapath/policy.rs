@@ -328,8 +328,8 @@ mod tests {
         // Even encoded alone, `::/0` is no IPv4 `0.0.0.0/0`: it matches
         // no IPv4 peer (the kernel's test is `peer & mask == addr`).
         for r in [encode_rule(&v6_any), encode_rule(&icmp6_group)] {
-            assert_eq!(r.kind, RULE_PEER_CIDR);
-            assert_ne!(0 & r.mask_be, r.addr_be);
+            assert_eq!((r.kind, r.mask_be), (RULE_PEER_CIDR, 0));
+            assert_ne!(r.addr_be, 0, "every peer & 0 is 0, never the network");
             assert!(r.port_lo > r.port_hi, "no port either");
         }
         // As many IPv6 rules as the datapath holds leave room for IPv4's.

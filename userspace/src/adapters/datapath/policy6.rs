@@ -1,5 +1,5 @@
 //! IPv6 security-group rules for the datapath (`BERTH_POLICY6`): the part
-//! of a task's compiled rules that applies to IPv6 (an IPv6 CIDR, ICMPv6,
+//! of a task's compiled rules that applies to IPv6 (an IPv6 CIDR, `ICMPv6`,
 //! or a group peer with any other protocol), encoded as `berth_maps::Rule6`
 //! under the same (task, direction) key as IPv4's.
 use berth_maps::{
@@ -143,7 +143,8 @@ mod tests {
         for r in [encode_rule6(&v4_any), encode_rule6(&icmp_group)] {
             assert_eq!(r, MATCHES_NOTHING6);
             // The kernel's test is `peer & mask == addr` per byte.
-            assert!(r.addr.iter().zip(r.mask).any(|(a, m)| 0xff & m != *a));
+            assert_eq!(r.mask, [0; 16]);
+            assert_ne!(r.addr, [0; 16], "every peer & 0 is 0, never the network");
         }
         let mut many = vec![rule(None, RulePeer::Cidr6(Ipv6Addr::UNSPECIFIED, 0)); MAX_RULES];
         encode_policy6(&many).unwrap();

@@ -202,7 +202,7 @@ mod tests {
                 icmp_type: Some(128),
                 cidr: Some("2001:db8::/32".into()),
                 sg: None,
-                ..rule.clone()
+                ..rule
             };
             book.add_rule("db", Direction::Ingress, ping6.parse().unwrap())
                 .unwrap();

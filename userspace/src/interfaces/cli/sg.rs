@@ -95,7 +95,7 @@ pub struct RuleArgs {
     #[arg(long, value_name = "C", allow_negative_numbers = true)]
     pub icmp_code: Option<i64>,
     /// Peer addresses: a canonical CIDR such as 10.0.0.0/8, or an IPv6
-    /// one such as 2001:db8::/32 or ::/0 (each matches its own family).
+    /// one such as `2001:db8::/32` or `::/0` (each matches its own family).
     #[arg(long, value_name = "CIDR")]
     pub cidr: Option<String>,
     /// Peer group: the container IPs of the tasks it is attached to (may be
