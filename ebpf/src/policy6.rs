@@ -1,8 +1,10 @@
 //! Security groups over IPv6 at a container's veth (issue 15).
 //!
-//! The IPv4 programs do not judge IPv6. Until an IPv6 program does, IPv6
-//! from or to a container whose task has policy would pass unchecked, a
-//! bypass of every rule: so `berth_from_ctr` / `berth_to_ctr` drop it
+//! The IPv4 programs do not judge IPv6: `berth_from_ctr` / `berth_to_ctr`
+//! tail-call `berth_from_ctr6` / `berth_to_ctr6` (`tails.rs`), the judges
+//! below. Where no judge runs (an empty slot) or none can (a port whose
+//! addresses are unknown), IPv6 from or to a container whose task has
+//! policy would pass unchecked, a bypass of every rule: it is dropped
 //! (`policy6_unjudged`), except neighbour discovery, without which the
 //! container's IPv6 stack cannot even resolve its router.
 //!
@@ -33,7 +35,7 @@ use crate::{
     ct::{ct_init, ct_now, ct_refresh, Conn as _, DIR_ORIG, DIR_REPLY},
     maps::{count, BERTH_PORT_ADDRS},
     parse::{ptr_at, ETH_LEN, TCP_FLAG_FIN, TCP_FLAG_SYN},
-    parse6::{parse_packet6, Flow6, Parsed6, ETH_P_IPV6_BE, IP6_HDR_LEN},
+    parse6::{parse_packet6, Flow6, Parsed6, IP6_HDR_LEN},
     policy::{endpoint_with_policy, nowhere},
     rules6::{endpoint6_with_policy, policy6_allows, Match6, PROTO_OTHER},
     spoof::port_has_policy,
@@ -48,12 +50,6 @@ const ND_NEIGHBOUR_SOLICIT: u8 = 135;
 const ND_NEIGHBOUR_ADVERT: u8 = 136;
 /// Neighbour discovery's hop limit (RFC 4861 section 6.1.1, 7.1.1).
 const ND_HOP_LIMIT: u8 = 255;
-
-/// Whether the (untagged) frame is IPv6.
-#[inline(always)]
-pub(crate) fn is_ipv6(data: usize, data_end: usize) -> bool {
-    ptr_at::<u16>(data, data_end, 12).is_some_and(|t| unsafe { *t } == ETH_P_IPV6_BE)
-}
 
 /// Whether an IPv6 frame is neighbour discovery a container may send
 /// (`from`) or receive.

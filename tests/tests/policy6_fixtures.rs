@@ -19,7 +19,7 @@ use berth_integration::{
     testrun::*,
 };
 use berth_maps::{
-    Counter, Endpoint, Policy6, PolicyKey, Rule6, SgMember6, CONFIG_NO_POLICY, DIR_EGRESS,
+    tail, Counter, Endpoint, Policy6, PolicyKey, Rule6, SgMember6, CONFIG_NO_POLICY, DIR_EGRESS,
     DIR_INGRESS, EP_F_POLICY, MAX_RULES,
 };
 
@@ -58,6 +58,14 @@ fn setup(env: &mut Env) -> Ports {
         with_policy,
         without,
     }
+}
+
+/// As [`setup`], with the judges' `BERTH_TAILS` slots emptied: what the
+/// IPv4 programs do when the tail call falls through.
+fn without_judges(env: &mut Env) -> Ports {
+    env.clear_tail(tail::FROM_CTR6);
+    env.clear_tail(tail::TO_CTR6);
+    setup(env)
 }
 
 fn tcp(src: Ipv6Addr, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
@@ -102,7 +110,7 @@ fn unjudged(env: &Env) -> u64 {
 #[test]
 fn ipv6_of_a_container_with_policy_never_passes_unjudged() {
     in_fixture_ns(|env| {
-        let p = setup(env);
+        let p = without_judges(env);
         let out = [
             tcp(C1_6, C3_6, 80),
             udp(C1_6, C3_6, 53),
@@ -141,7 +149,7 @@ fn ipv6_of_a_container_with_policy_never_passes_unjudged() {
 #[test]
 fn a_container_without_policy_keeps_ipv6_as_docker_gives_it() {
     in_fixture_ns(|env| {
-        let p = setup(env);
+        let p = without_judges(env);
         assert_eq!(sent(env, p.without, &tcp(C3_6, pkt::CLIENT6, 443)), OK);
         assert_eq!(received(env, p.without, &tcp(pkt::CLIENT6, C3_6, 80)), OK);
         assert_eq!(received(env, p.without, &udp(C1_6, C3_6, 53)), OK);
@@ -156,7 +164,7 @@ fn a_container_without_policy_keeps_ipv6_as_docker_gives_it() {
 #[test]
 fn neighbour_discovery_passes_a_container_with_policy_but_not_a_rogue_router() {
     in_fixture_ns(|env| {
-        let p = setup(env);
+        let p = without_judges(env);
         let solicited = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 2);
         // Resolving and answering neighbours, soliciting routers.
         assert_eq!(
@@ -205,7 +213,7 @@ fn neighbour_discovery_passes_a_container_with_policy_but_not_a_rogue_router() {
 #[test]
 fn only_real_neighbour_discovery_is_let_through() {
     in_fixture_ns(|env| {
-        let p = setup(env);
+        let p = without_judges(env);
         // Routed (hop limit below 255): not neighbour discovery.
         let mut routed = icmp6(NS, C1_6, C3_6);
         routed.hop_limit = 254;
@@ -224,7 +232,7 @@ fn only_real_neighbour_discovery_is_let_through() {
 #[test]
 fn a_port_whose_addresses_are_unknown_may_carry_policy() {
     in_fixture_ns(|env| {
-        setup(env);
+        without_judges(env);
         let unknown = env.add_port("pc9");
         assert_eq!(sent(env, unknown, &tcp(C3_6, pkt::CLIENT6, 443)), SHOT);
         assert_eq!(received(env, unknown, &tcp(pkt::CLIENT6, C3_6, 80)), SHOT);
@@ -238,7 +246,7 @@ fn a_port_whose_addresses_are_unknown_may_carry_policy() {
 #[test]
 fn with_no_policy_anywhere_ipv6_is_not_looked_at() {
     in_fixture_ns(|env| {
-        let p = setup(env);
+        let p = without_judges(env);
         let mut m: Array<&mut MapData, u64> =
             Array::try_from(env.ebpf.map_mut("BERTH_CONFIG").unwrap()).unwrap();
         m.set(CONFIG_NO_POLICY, 1, 0).unwrap();
@@ -552,5 +560,37 @@ fn the_ipv6_judges_leave_open_ports_alone_and_close_unknown_ones() {
         assert_eq!(on(env, TO6, open, &udp6(STRANGER6, 9, C3_6, 1)), OK);
         let unknown = env.add_port("pc9");
         assert_eq!(on(env, TO6, unknown, &udp6(STRANGER6, 9, C3_6, 1)), SHOT);
+    });
+}
+
+#[test]
+fn the_ipv4_programs_hand_ipv6_to_the_judges() {
+    in_fixture_ns(|env| {
+        let j = judged(env);
+        let dns = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 53);
+        let missed = counter(env, Counter::Ipv6NoProgram);
+        // Allowed by C1's egress rule: no fall-through would let it pass.
+        assert_eq!(
+            on(env, "berth_from_ctr", j.c1, &udp6(C1_6, 5000, dns, 53)),
+            OK
+        );
+        assert_eq!(
+            on(env, "berth_to_ctr", j.c1, &udp6(dns, 53, C1_6, 5000)),
+            OK
+        );
+        // And refused by them as the judges refuse it.
+        let denied = counter(env, Counter::PolicyDeniedEgress);
+        assert_eq!(
+            on(
+                env,
+                "berth_from_ctr",
+                j.c1,
+                &udp6(C1_6, 5001, STRANGER6, 53)
+            ),
+            SHOT
+        );
+        assert_eq!(counter(env, Counter::PolicyDeniedEgress), denied + 1);
+        assert_eq!(counter(env, Counter::Ipv6NoProgram), missed);
+        assert_eq!(unjudged(env), 0);
     });
 }

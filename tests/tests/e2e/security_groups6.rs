@@ -1,11 +1,11 @@
 //! Security groups over IPv6 end to end (issue 15): the Docker-like host
 //! with IPv6 on docker0 and a container, the real daemon and CLI, real
-//! sockets. A task's groups hold for IPv6 as for IPv4: no IPv6 flow to or
-//! from a task with groups passes without being judged, while neighbour
-//! discovery keeps working.
+//! sockets. A task's groups hold for IPv6 as for IPv4, by its IPv6 rules
+//! (`berth_from_ctr6` / `berth_to_ctr6`), while neighbour discovery keeps
+//! working.
 use std::{
     io,
-    net::{SocketAddr, TcpListener},
+    net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener},
     time::Duration,
 };
 
@@ -14,6 +14,10 @@ use berth_integration::{rig::REQUEST_TIMEOUT as T, tcp_connect, NetNs, Rig};
 const REFUSED: Duration = Duration::from_millis(1500);
 const BRIDGE6: &str = "fd00:17::1";
 const CTR6: &str = "fd00:17::2";
+/// Link-local addresses of the bridge and the container (a container with
+/// policy may always send from its link-local address).
+const BRIDGE_LL: &str = "fe80::17:1";
+const CTR_LL: &str = "fe80::17:2";
 
 /// The rig with IPv6 on docker0 and in the first container (the Rig's
 /// containers start with IPv6 off; no duplicate address detection, so the
@@ -79,7 +83,7 @@ fn assert_connects(ns: &NetNs, addr: SocketAddr) {
 }
 
 #[test]
-fn ipv6_to_a_task_with_a_group_is_judged_and_an_ipv4_cidr_does_not_admit_it() {
+fn ipv6_to_a_task_is_judged_by_its_ipv6_rules_and_an_ipv4_cidr_admits_none() {
     let rig = setup();
     let _srv = listen(&rig.topo.container.ns, 8081);
     rig.map_add("web", "172.17.0.2", &["8080:80"]);
@@ -88,50 +92,69 @@ fn ipv6_to_a_task_with_a_group_is_judged_and_an_ipv4_cidr_does_not_admit_it() {
     assert_connects(host, addr(CTR6, 8081));
 
     rig.berth(&["sg", "create", "web"]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "web",
-        "--ingress",
-        "--proto",
-        "tcp",
-        "--port",
-        "8081",
-        "--cidr",
-        "0.0.0.0/0",
-    ]);
+    let rule = |cidr: &'static str| {
+        [
+            "sg",
+            "rule",
+            "add",
+            "web",
+            "--ingress",
+            "--proto",
+            "tcp",
+            "--port",
+            "8081",
+            "--cidr",
+            cidr,
+        ]
+    };
+    rig.berth(&rule("0.0.0.0/0"));
     rig.berth(&["sg", "attach", "web", "--task", "web"]);
+    let denied = rig.counter("policy_denied_ingress");
     // The IPv4 rule admits IPv4 only.
     assert_refused(host, addr(CTR6, 8081));
-    assert!(rig.counter("policy6_unjudged") > 0);
+    assert!(rig.counter("policy_denied_ingress") > denied);
     // Neighbour discovery still went both ways: the host knows the
     // container's link-layer address.
     let neigh = host
         .ip(["-6", "neigh", "show", CTR6, "dev", rig.topo.host.bridge])
         .expect("ip neigh");
     assert!(neigh.contains("lladdr"), "no neighbour entry: {neigh:?}");
+    // An IPv6 rule for the host's prefix: in, and the answers out.
+    rig.berth(&rule("fd00:17::/64"));
+    assert_connects(host, addr(CTR6, 8081));
+    assert_eq!(rig.counter("policy6_unjudged"), 0);
+    assert_eq!(rig.counter("ipv6_no_program"), 0);
 }
 
 #[test]
-fn ipv6_from_a_task_with_a_group_is_refused_once_its_egress_rule_is_removed() {
+fn ipv6_egress_follows_the_groups_ipv6_rule_and_stops_when_it_is_removed() {
     let rig = setup();
     let _srv = listen(&rig.topo.host.ns, 8082);
     rig.map_add("web", "172.17.0.2", &["8080:80"]);
-    let ctr = &rig.topo.container.ns;
-    assert_connects(ctr, addr(BRIDGE6, 8082));
+    let ctr = &rig.topo.container;
+    let eth0 = ctr.ns.link(ctr.ifname).expect("eth0").ifindex;
+    let bridge = SocketAddr::V6(SocketAddrV6::new(
+        BRIDGE_LL.parse::<Ipv6Addr>().unwrap(),
+        8082,
+        0,
+        eth0,
+    ));
+    assert_connects(&ctr.ns, bridge);
 
     rig.berth(&["sg", "create", "web"]);
-    rig.berth(&["sg", "attach", "web", "--task", "web"]);
     // A new group allows everything out, both families: the IPv6 rule is
-    // its own, and goes with the IPv4 one.
+    // its own.
     let show = rig.berth(&["sg", "show", "web"]);
     assert!(show.contains("egress     all    all    ::/0"), "{show}");
-    for cidr in ["0.0.0.0/0", "::/0"] {
-        rig.berth(&[
-            "sg", "rule", "rm", "web", "--egress", "--proto", "all", "--cidr", cidr,
-        ]);
-    }
-    assert_refused(ctr, addr(BRIDGE6, 8082));
-    assert!(rig.counter("policy6_unjudged") > 0);
+    rig.berth(&["sg", "attach", "web", "--task", "web"]);
+    assert_connects(&ctr.ns, bridge);
+    rig.berth(&[
+        "sg", "rule", "rm", "web", "--egress", "--proto", "all", "--cidr", "::/0",
+    ]);
+    let denied = rig.counter("policy_denied_egress");
+    assert_refused(&ctr.ns, bridge);
+    assert!(rig.counter("policy_denied_egress") > denied);
+    // IPv4's own rule still lets IPv4 out.
+    let _v4 = rig.serve_http(&rig.topo.host.ns, 8083);
+    assert_connects(&ctr.ns, "172.17.0.1:8083".parse().unwrap());
 }

@@ -22,6 +22,7 @@ mod ports;
 mod services6;
 pub mod status;
 pub mod sys;
+mod tails;
 /// Map key/value encoding of a binding (shared with tests and benchmarks).
 pub mod bpf_keys {
     pub use super::ops::{backend, service_key};
@@ -32,6 +33,7 @@ pub use capacity::Capacity;
 pub use cgroup::cgroup2_root_mount;
 pub use policy::encode_rule;
 pub use policy6::encode_rule6;
+pub use tails::fill_tails;
 
 // What the engine asks of a datapath and what one reports, under the paths
 // this module has always offered them.
