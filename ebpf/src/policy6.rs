@@ -10,11 +10,10 @@
 //!
 //! Neighbour discovery is `ICMPv6` right after the fixed header with a hop
 //! limit of 255 (RFC 4861 makes receivers drop anything else, so nothing
-//! routed qualifies). A container may send router and neighbour
-//! solicitations and neighbour advertisements, and receive router
-//! advertisements and both neighbour messages: a router advertisement or
-//! a redirect from a container with policy is the rogue-router attack,
-//! and is dropped.
+//! routed qualifies). Solicitations and neighbour advertisements pass
+//! both ways, router advertisements only towards a container: a router
+//! advertisement or a redirect from a container with policy is the
+//! rogue-router attack, and is dropped.
 //!
 //! Which container a port carries is known by its learned IPv4 addresses
 //! (`BERTH_PORT_ADDRS`): policy applies when one of them has it. A port
@@ -48,26 +47,59 @@ const ND_ROUTER_SOLICIT: u8 = 133;
 const ND_ROUTER_ADVERT: u8 = 134;
 const ND_NEIGHBOUR_SOLICIT: u8 = 135;
 const ND_NEIGHBOUR_ADVERT: u8 = 136;
+const NEXTHDR_HOP: u8 = 0;
+const MLD_QUERY: u8 = 130;
+const MLD_REPORT: u8 = 131;
+const MLD_DONE: u8 = 132;
+const MLD2_REPORT: u8 = 143;
 /// Neighbour discovery's hop limit (RFC 4861 section 6.1.1, 7.1.1).
 const ND_HOP_LIMIT: u8 = 255;
 
 /// Whether an IPv6 frame is neighbour discovery a container may send
-/// (`from`) or receive.
+/// (`from`) or receive, or multicast listener discovery.
 #[inline(always)]
 fn nd_allowed(data: usize, data_end: usize, from: bool) -> bool {
     let Some(ip) = ptr_at::<[u8; IP6_HDR_LEN + 1]>(data, data_end, ETH_LEN) else {
         return false;
     };
     let ip = unsafe { &*ip };
+    if ip[6] == NEXTHDR_HOP {
+        return mld(data, data_end, ip);
+    }
     if ip[6] != NEXTHDR_ICMPV6 || ip[7] != ND_HOP_LIMIT {
         return false;
     }
     match ip[IP6_HDR_LEN] {
-        ND_NEIGHBOUR_SOLICIT | ND_NEIGHBOUR_ADVERT => true,
-        ND_ROUTER_SOLICIT => from,
+        // A router solicitation goes to every port of the bridge, the
+        // host's own included; only a router advertisement says "route
+        // through me".
+        ND_NEIGHBOUR_SOLICIT | ND_NEIGHBOUR_ADVERT | ND_ROUTER_SOLICIT => true,
         ND_ROUTER_ADVERT => !from,
         _ => false,
     }
+}
+
+/// Multicast listener discovery (RFC 2710, 3810): `ICMPv6` queries and
+/// reports behind the one 8-byte hop-by-hop header (the router alert),
+/// hop limit 1, from a link-local or the unspecified address, to a
+/// multicast group. Link-scope bookkeeping that reaches no service, and a
+/// snooping bridge forwards neighbour solicitations to a port only after
+/// its container reported the group; anything else behind a hop-by-hop
+/// header is judged as any packet.
+#[inline(always)]
+fn mld(data: usize, data_end: usize, ip: &[u8; IP6_HDR_LEN + 1]) -> bool {
+    let src_ll = ip[8] == 0xfe && ip[9] & 0xc0 == 0x80;
+    let src_any = ip[8..24].iter().all(|b| *b == 0);
+    if ip[7] != 1 || ip[24] != 0xff || !(src_ll || src_any) {
+        return false;
+    }
+    let Some(h) = ptr_at::<[u8; 9]>(data, data_end, ETH_LEN + IP6_HDR_LEN) else {
+        return false;
+    };
+    let h = unsafe { &*h };
+    h[0] == NEXTHDR_ICMPV6
+        && h[1] == 0
+        && matches!(h[8], MLD_QUERY | MLD_REPORT | MLD_DONE | MLD2_REPORT)
 }
 
 /// Whether policy may apply to the container behind bridge port `ifindex`.

@@ -147,3 +147,35 @@ pub(crate) fn endpoint6_with_policy(addr: &[u8; 16]) -> Option<Endpoint> {
         None
     }
 }
+
+/// North-south over IPv6, for NAT66 at the uplink (`berth_ingress6`): may
+/// a new flow from `client` reach `container`'s port (network order)? The
+/// container's task's ingress rules with the client's real address, as
+/// `policy::ingress_allows` for IPv4 (a refusal counted). A container
+/// `BERTH_ENDPOINTS6` does not list is judged where it is delivered, by
+/// `berth_to_ctr6` on its veth (which judges every flow a container
+/// receives in any case).
+#[expect(dead_code, reason = "called by NAT66's berth_ingress6 (nat66)")]
+#[inline(always)]
+pub(crate) fn ingress_allows6(
+    proto: u8,
+    client: &[u8; 16],
+    container: &[u8; 16],
+    container_port_be: u16,
+) -> bool {
+    let Some(ep) = endpoint6_with_policy(container) else {
+        return true;
+    };
+    let m = Match6 {
+        proto,
+        dport: u16::from_be(container_port_be),
+        icmp_type: 0,
+        icmp_code: 0,
+    };
+    // An accepted flow is counted once, where `berth_to_ctr6` tracks it.
+    if policy6_allows(ep.task_id, berth_maps::DIR_INGRESS, &m, client) {
+        return true;
+    }
+    crate::maps::count(berth_maps::Counter::PolicyDeniedIngress);
+    false
+}

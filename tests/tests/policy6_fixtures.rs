@@ -193,7 +193,8 @@ fn neighbour_discovery_passes_a_container_with_policy_but_not_a_rogue_router() {
         );
         assert_eq!(unjudged(env), 0);
         // A container with policy posing as a router, or redirecting
-        // others; router solicitations are not for it to receive.
+        // others. (Router solicitations reach it as every bridge port:
+        // harmless.)
         assert_eq!(
             sent(env, p.with_policy, &icmp6(RA, C1_6, ALL_NODES).frame()),
             SHOT
@@ -202,9 +203,18 @@ fn neighbour_discovery_passes_a_container_with_policy_but_not_a_rogue_router() {
             sent(env, p.with_policy, &icmp6(REDIRECT, C1_6, C3_6).frame()),
             SHOT
         );
+        // A redirect towards it is not neighbour discovery it needs.
+        assert_eq!(
+            received(
+                env,
+                p.with_policy,
+                &icmp6(REDIRECT, ROUTER_LL, C1_6).frame()
+            ),
+            SHOT
+        );
         assert_eq!(
             received(env, p.with_policy, &icmp6(RS, C3_6, ALL_NODES).frame()),
-            SHOT
+            OK
         );
         assert_eq!(unjudged(env), 3);
     });
@@ -592,5 +602,40 @@ fn the_ipv4_programs_hand_ipv6_to_the_judges() {
         assert_eq!(counter(env, Counter::PolicyDeniedEgress), denied + 1);
         assert_eq!(counter(env, Counter::Ipv6NoProgram), missed);
         assert_eq!(unjudged(env), 0);
+    });
+}
+
+#[test]
+fn multicast_listener_discovery_passes_but_only_as_it_is_sent() {
+    in_fixture_ns(|env| {
+        let j = judged(env);
+        let mld_routers = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16);
+        let report = |src, dst, hop_limit| {
+            let mut p = Ipv6Packet::icmpv6(143, 0).with_ext(&[V6Ext::HopByHop]);
+            (p.src, p.dst, p.hop_limit) = (src, dst, hop_limit);
+            p.frame()
+        };
+        let before = counter(env, Counter::PolicyDeniedEgress);
+        // A report of C1's groups, and a query towards it.
+        assert_eq!(on(env, FROM6, j.c1, &report(C1_LL, mld_routers, 1)), OK);
+        assert_eq!(
+            on(
+                env,
+                FROM6,
+                j.c1,
+                &report(Ipv6Addr::UNSPECIFIED, mld_routers, 1)
+            ),
+            OK
+        );
+        let mut query = Ipv6Packet::icmpv6(130, 0).with_ext(&[V6Ext::HopByHop]);
+        (query.src, query.dst, query.hop_limit) = (ROUTER_LL, ALL_NODES, 1);
+        assert_eq!(on(env, TO6, j.c1, &query.frame()), OK);
+        assert_eq!(counter(env, Counter::PolicyDeniedEgress), before);
+        // Routed, from a global address, or to a unicast one: any packet
+        // behind a hop-by-hop header, which C1's rules do not allow.
+        assert_eq!(on(env, FROM6, j.c1, &report(C1_LL, mld_routers, 2)), SHOT);
+        assert_eq!(on(env, FROM6, j.c1, &report(C1_6, mld_routers, 1)), SHOT);
+        assert_eq!(on(env, FROM6, j.c1, &report(C1_LL, ROUTER_LL, 1)), SHOT);
+        assert_eq!(counter(env, Counter::PolicyDeniedEgress), before + 3);
     });
 }
