@@ -26,6 +26,20 @@ fn err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
     }
 }
 
+/// A removal of a key that is not there (aya reports it as `ENOENT`) as
+/// done.
+fn absent_ok(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 fn addr_be(a: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(a.octets())
 }
@@ -135,10 +149,16 @@ impl PolicyMaps {
             super::policy6::encode_policy6(ingress)?,
             super::policy6::encode_policy6(egress)?,
         );
+        // A direction without IPv6 rules holds no entry, which the
+        // datapath reads as no rules: 42 KiB less per task and direction.
         for (dir, p) in [(DIR_INGRESS, i6), (DIR_EGRESS, e6)] {
-            self.policy6
-                .insert(PolicyKey { task_id, dir }, *p, 0)
-                .map_err(err(berth_maps::POLICY6_MAP))?;
+            let key = PolicyKey { task_id, dir };
+            let done = if p.len == 0 {
+                absent_ok(self.policy6.remove(&key))
+            } else {
+                self.policy6.insert(key, *p, 0)
+            };
+            done.map_err(err(berth_maps::POLICY6_MAP))?;
         }
         self.policy
             .insert(
@@ -168,10 +188,8 @@ impl PolicyMaps {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(err(berth_maps::POLICY_MAP)(e)),
             }
-            match self.policy6.remove(&PolicyKey { task_id, dir }) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(err(berth_maps::POLICY6_MAP)(e)),
-            }
+            absent_ok(self.policy6.remove(&PolicyKey { task_id, dir }))
+                .map_err(err(berth_maps::POLICY6_MAP))?;
         }
         Ok(())
     }
