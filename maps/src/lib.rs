@@ -10,6 +10,10 @@ pub const PROTO_UDP: u8 = 17;
 
 mod v6;
 pub use v6::*;
+pub mod tail;
+pub use tail::TAILS_MAP;
+mod policy6;
+pub use policy6::*;
 
 // ---------------------------------------------------------------- names
 
@@ -43,20 +47,26 @@ pub mod program {
     /// Programs that do nothing: the bench's floor.
     pub const EMPTY_TC: &str = "berth_empty_tc";
     pub const EMPTY_XDP: &str = "berth_empty_xdp";
+    /// Tail-called through `BERTH_TAILS` (see [`crate::tail`]).
+    pub const INGRESS6: &str = crate::tail::PROGRAM_INGRESS6;
+    /// IPv6 on a container's veth, both directions: security groups
+    /// (tail-called by [`FROM_CTR`] and [`TO_CTR`]).
+    pub const FROM_CTR6: &str = crate::tail::PROGRAM_FROM_CTR6;
+    pub const TO_CTR6: &str = crate::tail::PROGRAM_TO_CTR6;
 
     /// The cgroup `sock_addr` hooks.
     pub const SOCKET_HOOKS: [&str; 6] = [BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4, PEERNAME4];
     /// Attached to every bridge port (its container's veth).
     pub const PORT_PROGRAMS: [&str; 2] = [FROM_CTR, TO_CTR];
     /// Every program of the object.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 17] = [
         INGRESS, XDP, DELIVER, REPLY, FROM_CTR, TO_CTR, BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4,
-        PEERNAME4, EMPTY_TC, EMPTY_XDP,
+        PEERNAME4, EMPTY_TC, EMPTY_XDP, INGRESS6, FROM_CTR6, TO_CTR6,
     ];
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 23] = [
+pub const MAPS: [&str; 29] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -80,6 +90,12 @@ pub const MAPS: [&str; 23] = [
     BINDING_STATS_MAP,
     SERVICES6_MAP,
     EXACT_PORTS_MAP,
+    TAILS_MAP,
+    ENDPOINTS6_MAP,
+    POLICY6_MAP,
+    SG_MEMBERS6_MAP,
+    CT6_MAP,
+    CT6_NEW_MAP,
 ];
 
 /// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so
@@ -807,6 +823,15 @@ counters! {
     /// IPv6 TCP/UDP to a published IPv6 port, passed untranslated: the
     /// datapath parses IPv6 but does not translate it yet (issue 15).
     Ipv6Untranslated = 31 => "ipv6_untranslated",
+    /// IPv6 frame whose program's `BERTH_TAILS` slot was empty (or the
+    /// tail call failed): passed untouched at an uplink or the bridge,
+    /// dropped on a container's veth where policy applies to its port
+    /// (neighbour discovery excepted).
+    Ipv6NoProgram = 32 => "ipv6_no_program",
+    /// IPv6 from or to a container with policy that no IPv6 program
+    /// judged (its slot empty, or its port's addresses unknown), other
+    /// than neighbour discovery; dropped (issue 15).
+    Policy6Unjudged = 33 => "policy6_unjudged",
 }
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 // The map is indexed by the enum: indexes run 0.. in order.
@@ -932,6 +957,7 @@ mod user {
         PortAddrs,
         FlowEvent,
     );
+    aya_pod!(super::Rule6, super::Policy6, super::SgMember6);
     aya_pod!(
         super::ServiceKey6,
         super::Backend6,

@@ -21,5 +21,6 @@ mod local_access;
 mod metrics;
 mod restart_and_guard;
 mod security_groups;
+mod security_groups6;
 mod spoofing;
 mod static_mapping;

@@ -189,10 +189,18 @@ fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
 /// Calls `each` for every entry of the hash map at `fd`.
 pub(super) fn batch_scan<V: aya::Pod + Default>(
     fd: i32,
-    mut each: impl FnMut(&FlowKey, &V),
+    each: impl FnMut(&FlowKey, &V),
+) -> io::Result<()> {
+    batch_scan_keyed(fd, each)
+}
+
+/// [`batch_scan`] for a table of any key (the IPv6 ones).
+pub(super) fn batch_scan_keyed<K: aya::Pod + Default, V: aya::Pod + Default>(
+    fd: i32,
+    mut each: impl FnMut(&K, &V),
 ) -> io::Result<()> {
     let mut size = BATCH;
-    let mut keys = vec![FlowKey::default(); size];
+    let mut keys = vec![K::default(); size];
     let mut values = vec![V::default(); size];
     // The hash map's cursor is a bucket index, a u32.
     let (mut cursor_in, mut cursor_out) = (0u32, 0u32);
@@ -215,7 +223,7 @@ pub(super) fn batch_scan<V: aya::Pod + Default>(
                     return Err(e);
                 }
                 size *= 2;
-                keys.resize(size, FlowKey::default());
+                keys.resize(size, K::default());
                 values.resize(size, V::default());
                 continue;
             }
@@ -235,7 +243,7 @@ pub(super) fn batch_scan<V: aya::Pod + Default>(
 
 /// Deletes `keys` from the hash map at `fd`; a key already gone (expired
 /// meanwhile) is skipped. Returns how many were deleted.
-fn batch_delete(fd: i32, keys: &[FlowKey]) -> io::Result<usize> {
+pub(super) fn batch_delete<K: aya::Pod>(fd: i32, keys: &[K]) -> io::Result<usize> {
     let mut deleted = 0;
     let mut rest = keys;
     while !rest.is_empty() {

@@ -10,16 +10,19 @@ pub mod dplog;
 mod exact_ports;
 pub mod flowlog;
 mod flows;
+mod flows6;
 #[cfg(test)]
 mod names;
 mod ops;
 pub mod pins;
 mod policy;
+mod policy6;
 mod port_addrs;
 mod ports;
 mod services6;
 pub mod status;
 pub mod sys;
+mod tails;
 /// Map key/value encoding of a binding (shared with tests and benchmarks).
 pub mod bpf_keys {
     pub use super::ops::{backend, service_key};
@@ -29,6 +32,8 @@ pub use bpf::{ebpf_object, pin_dir, prepare_pin_dir, BpfDatapath, DatapathConfig
 pub use capacity::Capacity;
 pub use cgroup::cgroup2_root_mount;
 pub use policy::encode_rule;
+pub use policy6::encode_rule6;
+pub use tails::fill_tails;
 
 // What the engine asks of a datapath and what one reports, under the paths
 // this module has always offered them.

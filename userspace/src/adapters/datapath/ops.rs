@@ -416,9 +416,10 @@ impl Datapath for BpfDatapath {
             let timeout = flow_timeout(k.proto, v.flags, table, &t);
             now.saturating_sub(v.last_seen_ns) > timeout * 1_000_000_000
         })?;
+        let from_policy6 = super::flows6::expire6(&self.ct6_flows, now, &t)?;
         let expired = self.sweep_nat(|k, v, table| flow_expired(k, v, table, now, &t))?;
         self.forget_orphan_remaps();
-        Ok(expired + from_policy)
+        Ok(expired + from_policy + from_policy6)
     }
 
     fn set_endpoint(&self, ip: Ipv4Addr, task_id: u32, policy: bool) -> Result<(), DatapathError> {
