@@ -15,6 +15,8 @@
 //!   cannot bind a published host port (EADDRINUSE), over IPv4 or IPv6.
 //! - `berth_connect4`, `berth_sendmsg4`, `berth_recvmsg4`, `berth_peername4`
 //!   (cgroup `sock_addr)`: host-local and hairpin access without a proxy.
+//! - `berth_connect6`, `berth_sendmsg6`, `berth_recvmsg6`, `berth_peername6`:
+//!   the same over IPv6 (`sock6.rs`).
 //!
 //! Source checks come first (`spoof`): an uplink drops loopback and local
 //! sources, a bridge port drops sources its container does not own.
@@ -41,6 +43,7 @@ mod parse6;
 mod policy;
 mod service;
 mod sock;
+mod sock6;
 mod spoof;
 mod stats;
 mod sys;
@@ -200,6 +203,26 @@ pub(crate) fn berth_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub(crate) fn berth_peername4(ctx: SockAddrContext) -> i32 {
     sock::sock4_reverse(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub(crate) fn berth_connect6(ctx: SockAddrContext) -> i32 {
+    sock6::sock6_forward(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub(crate) fn berth_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock6::sock6_forward(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub(crate) fn berth_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock6::sock6_reverse(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub(crate) fn berth_peername6(ctx: SockAddrContext) -> i32 {
+    sock6::sock6_reverse(&ctx)
 }
 
 /// tc ingress of each container's host-side veth: security groups on what

@@ -148,3 +148,9 @@ pub(crate) fn count(counter: berth_maps::Counter) {
 #[map]
 pub(crate) static BERTH_SERVICES6: HashMap<berth_maps::ServiceKey6, berth_maps::Backend6> =
     HashMap::pinned(berth_maps::SERVICES6_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// IPv6 socket-level translation (`berth_maps::SOCK_REV6_MAP`); LRU as
+/// [`BERTH_SOCK_REV`].
+#[map]
+pub(crate) static BERTH_SOCK_REV6: LruHashMap<berth_maps::SockRevKey6, berth_maps::SockRevValue6> =
+    LruHashMap::pinned(berth_maps::SOCK_REV6_CAPACITY, 0);

@@ -10,6 +10,8 @@ pub const PROTO_UDP: u8 = 17;
 
 mod v6;
 pub use v6::*;
+mod sock6;
+pub use sock6::*;
 
 // ---------------------------------------------------------------- names
 
@@ -40,23 +42,32 @@ pub mod program {
     pub const SENDMSG4: &str = "berth_sendmsg4";
     pub const RECVMSG4: &str = "berth_recvmsg4";
     pub const PEERNAME4: &str = "berth_peername4";
+    /// cgroup connect6/sendmsg6/recvmsg6/getpeername6: the same over IPv6
+    /// (`::1`, the host's IPv6 addresses, v4-mapped addresses).
+    pub const CONNECT6: &str = "berth_connect6";
+    pub const SENDMSG6: &str = "berth_sendmsg6";
+    pub const RECVMSG6: &str = "berth_recvmsg6";
+    pub const PEERNAME6: &str = "berth_peername6";
     /// Programs that do nothing: the bench's floor.
     pub const EMPTY_TC: &str = "berth_empty_tc";
     pub const EMPTY_XDP: &str = "berth_empty_xdp";
 
     /// The cgroup `sock_addr` hooks.
-    pub const SOCKET_HOOKS: [&str; 6] = [BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4, PEERNAME4];
+    pub const SOCKET_HOOKS: [&str; 10] = [
+        BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4, PEERNAME4, CONNECT6, SENDMSG6, RECVMSG6,
+        PEERNAME6,
+    ];
     /// Attached to every bridge port (its container's veth).
     pub const PORT_PROGRAMS: [&str; 2] = [FROM_CTR, TO_CTR];
     /// Every program of the object.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 18] = [
         INGRESS, XDP, DELIVER, REPLY, FROM_CTR, TO_CTR, BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4,
-        PEERNAME4, EMPTY_TC, EMPTY_XDP,
+        PEERNAME4, EMPTY_TC, EMPTY_XDP, CONNECT6, SENDMSG6, RECVMSG6, PEERNAME6,
     ];
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 23] = [
+pub const MAPS: [&str; 24] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -80,6 +91,7 @@ pub const MAPS: [&str; 23] = [
     BINDING_STATS_MAP,
     SERVICES6_MAP,
     EXACT_PORTS_MAP,
+    SOCK_REV6_MAP,
 ];
 
 /// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so
@@ -939,4 +951,5 @@ mod user {
         super::NatEntry6,
         super::NatFwd6
     );
+    aya_pod!(super::SockRevKey6, super::SockRevValue6);
 }
