@@ -3,7 +3,20 @@
 //! address (`::ffff:127.0.0.1`) reaches the IPv4 mapping's container and
 //! sees the address it called, as `localhost` clients that prefer IPv6
 //! sockets do. Callers run as `cg-probe` inside the daemon's cgroup.
-use berth_integration::{HttpPeerServer, Rig, UdpEchoServer};
+//!
+//! IPv6 mappings: until the CLI publishes them (`-p [::]:8080:80` with
+//! `--ip6`), [`publish6`] writes the entry the daemon's `publish6` adapter
+//! writes, with that adapter's own key and value constructors, into the
+//! daemon's pinned `BERTH_SERVICES6`.
+use std::net::Ipv6Addr;
+
+use aya::maps::{HashMap, Map, MapData};
+use berth::{
+    datapath::bpf_keys::{backend6, check6, service_key6},
+    model::Protocol,
+};
+use berth_integration::{addr, HttpPeerServer, Rig, UdpEchoServer};
+use berth_maps::{Backend6, ServiceKey6, SERVICES6_MAP};
 
 /// A dual-stack daemon publishing the first container's web server on 8080
 /// (and on 127.0.0.1:9000) and its DNS server on 5353/udp, over IPv4.
@@ -101,4 +114,116 @@ fn v4_mapped_loopback_in_a_container_and_unpublished_ports_are_left_alone() {
         rig.cg_probe(&rig.topo.host.ns, &["http", "[::ffff:127.0.0.1]:8080"]),
         "ECONNREFUSED"
     );
+}
+
+/// `[host]:host_port/proto` -> `[container]:port` in the daemon's pinned
+/// `BERTH_SERVICES6` (see the module docs).
+fn publish6(
+    rig: &Rig,
+    proto: Protocol,
+    host: Ipv6Addr,
+    host_port: u16,
+    container: Ipv6Addr,
+    port: u16,
+) {
+    check6(host, host_port, container, port).expect("a valid IPv6 mapping");
+    let path = rig.bpffs.path().join("berth").join(SERVICES6_MAP);
+    let data = MapData::from_pin(&path).expect("the pinned BERTH_SERVICES6");
+    let mut map: HashMap<MapData, ServiceKey6, Backend6> =
+        HashMap::try_from(Map::HashMap(data)).expect("BERTH_SERVICES6 is a hash map");
+    map.insert(
+        service_key6(host, host_port, proto),
+        backend6(container, port, 0),
+        0,
+    )
+    .expect("publish over IPv6");
+}
+
+/// The dual-stack rig with the container's IPv6 servers (HTTP on 80, UDP
+/// echo on 53) published on `[::]:8080`, `[::]:5353/udp`, `[::1]:9000`
+/// and `[2001:db8::1]:8081`.
+fn setup6() -> (Rig, HttpPeerServer, UdpEchoServer) {
+    let rig = Rig::builder().dual_stack().start();
+    let web = rig.serve_http6(&rig.topo.container.ns, 80);
+    let dns = rig.serve_udp_echo6(&rig.topo.container.ns, 53);
+    let ctr = addr::CONTAINER_IP6;
+    let any = Ipv6Addr::UNSPECIFIED;
+    publish6(&rig, Protocol::Tcp, any, 8080, ctr, 80);
+    publish6(&rig, Protocol::Udp, any, 5353, ctr, 53);
+    publish6(&rig, Protocol::Tcp, Ipv6Addr::LOCALHOST, 9000, ctr, 80);
+    publish6(&rig, Protocol::Tcp, addr::HOST_IP6, 8081, ctr, 80);
+    (rig, web, dns)
+}
+
+#[test]
+fn host_reaches_an_ipv6_mapping_on_localhost_and_an_address_bound_one() {
+    let (rig, web, _dns) = setup6();
+    let before = rig.counter("sock_xlate");
+    for target in [
+        "[::1]:8080",
+        "[::]:8080",
+        "[::1]:9000",
+        "[2001:db8::1]:8081",
+    ] {
+        let out = rig.cg_probe(&rig.topo.host.ns, &["http", target]);
+        // getpeername() shows what was called (`::` is shown as the
+        // kernel's `::`); the container sees the host's bridge address.
+        assert!(
+            out.starts_with(&format!("peer={target} body=[fd00:17::1]:")),
+            "{target}: {out}"
+        );
+    }
+    assert_eq!(web.peers().len(), 4);
+    assert!(rig.counter("sock_xlate") >= before + 4);
+}
+
+#[test]
+fn host_udp_to_an_ipv6_mapping_answers_from_the_address_called() {
+    let (rig, _web, dns) = setup6();
+    let out = rig.cg_probe(&rig.topo.host.ns, &["udp", "[::1]:5353", "hi"]);
+    assert!(
+        out.starts_with("from=[::1]:5353 text=[fd00:17::1]:"),
+        "{out}"
+    );
+    assert!(out.ends_with(" hi"), "{out}");
+    let out = rig.cg_probe(&rig.topo.host.ns, &["udp-connected", "[::1]:5353", "yo"]);
+    assert!(
+        out.starts_with("peer=[::1]:5353 text=[fd00:17::1]:"),
+        "{out}"
+    );
+    assert_eq!(dns.peers().len(), 2);
+}
+
+#[test]
+fn hairpin_over_ipv6_keeps_the_callers_address() {
+    let (rig, _web, _dns) = setup6();
+    let out = rig.cg_probe(&rig.topo.container2.ns, &["http", "[2001:db8::1]:8081"]);
+    assert!(
+        out.starts_with("peer=[2001:db8::1]:8081 body=[fd00:17::3]:"),
+        "{out}"
+    );
+    // The container calling its own mapping sees itself.
+    let out = rig.cg_probe(&rig.topo.container.ns, &["http", "[2001:db8::1]:8081"]);
+    assert!(
+        out.starts_with("peer=[2001:db8::1]:8081 body=[fd00:17::2]:"),
+        "{out}"
+    );
+}
+
+#[test]
+fn ipv6_loopback_in_a_container_is_the_container_itself() {
+    let (rig, _web, _dns) = setup6();
+    assert_eq!(
+        rig.cg_probe(&rig.topo.container2.ns, &["http", "[::1]:8080"]),
+        "ECONNREFUSED"
+    );
+    // A mapping bound to ::1 is the host's loopback only.
+    assert_eq!(
+        rig.cg_probe(&rig.topo.container2.ns, &["http", "[2001:db8::1]:9000"]),
+        "ECONNREFUSED"
+    );
+    // An unpublished port on ::1 is the host's own.
+    let _host = rig.serve_http6(&rig.topo.host.ns, 7000);
+    let out = rig.cg_probe(&rig.topo.host.ns, &["http", "[::1]:7000"]);
+    assert!(out.starts_with("peer=[::1]:7000 body=[::1]:"), "{out}");
 }
