@@ -50,7 +50,9 @@ impl Words {
         let sa = ctx.sock_addr;
         let mut i = 0;
         while i < 4 {
-            unsafe { core::ptr::write_volatile(&raw mut (*sa).user_ip6[i], self.0[i]) };
+            unsafe {
+                core::ptr::write_volatile(&raw mut (*sa).user_ip6[i], self.0[i]);
+            }
             i += 1;
         }
     }
@@ -97,6 +99,13 @@ impl Words {
     }
 }
 
+#[inline(always)]
+fn set_port(ctx: &SockAddrContext, port_be: u16) {
+    unsafe {
+        (*ctx.sock_addr).user_port = u32::from(port_be);
+    }
+}
+
 /// connect6 / sendmsg6: point the socket at the container.
 #[inline(always)]
 pub(crate) fn sock6_forward(ctx: &SockAddrContext) -> i32 {
@@ -109,7 +118,7 @@ pub(crate) fn sock6_forward(ctx: &SockAddrContext) -> i32 {
         if let Some(b) = forward4(ctx, proto, v4, port_be) {
             dst.0[3] = b.addr_be;
             dst.write(ctx);
-            unsafe { (*ctx.sock_addr).user_port = u32::from(b.port_be) };
+            set_port(ctx, b.port_be);
         }
         return ALLOW;
     }
@@ -135,7 +144,7 @@ pub(crate) fn sock6_forward(ctx: &SockAddrContext) -> i32 {
     // Best effort: without it only getpeername()/recvmsg() show the container.
     let _ = BERTH_SOCK_REV6.insert(&key, &rev, BPF_ANY);
     Words::from_bytes(&backend.addr).write(ctx);
-    unsafe { (*ctx.sock_addr).user_port = u32::from(backend.port_be) };
+    set_port(ctx, backend.port_be);
     count(Counter::SockXlate);
     ALLOW
 }
@@ -149,7 +158,7 @@ pub(crate) fn sock6_reverse(ctx: &SockAddrContext) -> i32 {
         if let Some(orig) = reverse4(ctx, v4, port_be) {
             src.0[3] = orig.addr_be;
             src.write(ctx);
-            unsafe { (*ctx.sock_addr).user_port = u32::from(orig.port_be) };
+            set_port(ctx, orig.port_be);
         }
         return ALLOW;
     }
@@ -162,7 +171,7 @@ pub(crate) fn sock6_reverse(ctx: &SockAddrContext) -> i32 {
     if let Some(orig) = unsafe { BERTH_SOCK_REV6.get(&key) } {
         let (addr, port) = (orig.addr, orig.port_be);
         Words::from_bytes(&addr).write(ctx);
-        unsafe { (*ctx.sock_addr).user_port = u32::from(port) };
+        set_port(ctx, port);
     }
     ALLOW
 }
