@@ -660,7 +660,7 @@ mod tests {
                 &[crate::domain::model::Binding {
                     task: "web".into(),
                     container_ip: "172.17.0.2".parse().unwrap(),
-                    bind_ip: Ipv4Addr::UNSPECIFIED,
+                    bind_ip: Ipv4Addr::UNSPECIFIED.into(),
                     host_port: 8080,
                     container_port: 80,
                     protocol: crate::domain::model::Protocol::Tcp,

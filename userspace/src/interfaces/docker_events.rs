@@ -289,7 +289,7 @@ pub fn claim(task: &str, bindings: &[Binding], other_container: Option<&str>) ->
         return Claim::Free;
     }
     if of_task.iter().any(|b| b.docker_events) {
-        return Claim::Held(of_task.iter().map(|b| IpAddr::V4(b.container_ip)).collect());
+        return Claim::Held(of_task.iter().map(|b| b.container_ip).collect());
     }
     match of_task.iter().find_map(|b| b.cni.as_ref()) {
         Some(att) => Claim::Taken(format!(
@@ -721,7 +721,7 @@ mod tests {
         Binding {
             task: task.into(),
             container_ip: ip.parse().unwrap(),
-            bind_ip: std::net::Ipv4Addr::UNSPECIFIED,
+            bind_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
             host_port: 8080,
             container_port: 80,
             protocol: crate::domain::model::Protocol::Tcp,

@@ -165,7 +165,11 @@ fn render(bindings: &[Binding], bridges: Option<&[BridgeState]>) -> String {
 
 /// The bridge whose subnet (`172.17.0.0/16`, as status reports it) holds
 /// `ip`; `-` where none does (its bridge is waiting or was re-addressed).
-fn bridge_of(ip: std::net::Ipv4Addr, bridges: &[BridgeState]) -> String {
+fn bridge_of(ip: std::net::IpAddr, bridges: &[BridgeState]) -> String {
+    // Bridges report IPv4 subnets; an IPv6 binding's bridge is unknown here.
+    let std::net::IpAddr::V4(ip) = ip else {
+        return "-".to_owned();
+    };
     let holds = |net: &String| {
         let Some((addr, len)) = net.split_once('/') else {
             return false;
@@ -195,7 +199,7 @@ mod bridge_tests {
         let b = |task: &str, ip: &str| Binding {
             task: task.into(),
             container_ip: ip.parse().unwrap(),
-            bind_ip: std::net::Ipv4Addr::UNSPECIFIED,
+            bind_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
             host_port: 8080,
             container_port: 80,
             protocol: crate::domain::model::Protocol::Tcp,
