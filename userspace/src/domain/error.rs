@@ -205,6 +205,9 @@ impl Error {
             Self::Spec { .. }
             | Self::TaskName { .. }
             | Self::MalformedContainerIp(_)
+            | Self::MalformedContainerIpv6(_)
+            | Self::BadContainerIpv6(_)
+            | Self::NoContainerIpv6 { .. }
             | Self::NotInBridgeSubnet { .. }
             | Self::NotInAnyBridgeSubnet { .. }
             | Self::NoPorts

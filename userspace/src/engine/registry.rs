@@ -13,7 +13,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     hash::{BuildHasher as _, RandomState},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr},
     sync::Arc,
 };
 
@@ -40,7 +40,8 @@ pub use self::{
     bridge::Bridge,
 };
 pub use crate::domain::task::{
-    parse_container_ip, parse_specs, validate_task_name, MAX_TASK_NAME_LEN,
+    check_container_ip6, parse_container_ip, parse_container_ip6, parse_specs, validate_task_name,
+    MAX_TASK_NAME_LEN,
 };
 
 fn mapping_of(b: &Binding) -> PortMapping {
@@ -82,22 +83,6 @@ fn pick_must_avoid(ip: IpAddr, spec: &PortSpec) -> bool {
         None => true,
         Some(own) => own == ip || own.is_unspecified() || ip.is_unspecified(),
     }
-}
-
-/// The container IPv6 addresses berth publishes to: a unicast address
-/// that is not link-local (those exist on every link and say nothing of
-/// which container) nor IPv4-mapped.
-pub fn check_container_ip6(ip: Ipv6Addr) -> Result<()> {
-    let link_local = ip.segments()[0] & 0xffc0 == 0xfe80;
-    if ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_multicast()
-        || link_local
-        || ip.to_ipv4_mapped().is_some()
-    {
-        return Err(Error::BadContainerIpv6(ip));
-    }
-    Ok(())
 }
 
 /// The families a container of `ips` has, after refusing a spec that
@@ -820,6 +805,8 @@ mod apply;
 mod berth;
 mod bridge;
 mod cni;
+#[cfg(test)]
+mod dual_stack_tests;
 #[cfg(test)]
 mod dynamic_tests;
 mod security_groups;

@@ -528,6 +528,7 @@ mod tests {
         AddRequest {
             task: "web".into(),
             container_ip: "172.17.0.2".into(),
+            container_ip6: None,
             ports: vec!["8080:80".into()],
             held_by_docker: false,
             ecs_task_arn: None,

@@ -467,6 +467,7 @@ impl Follower {
         let req = AddRequest {
             task: p.task.clone(),
             container_ip: p.container_ip.to_string(),
+            container_ip6: None,
             ports: p.ports.clone(),
             held_by_docker: true,
             ecs_task_arn: p.ecs.task_arn.clone(),

@@ -220,6 +220,7 @@ fn publish(
     let add = AddRequest {
         task: task.to_string(),
         container_ip: a.container_ip.to_string(),
+        container_ip6: None,
         ports: vec![spec.clone()],
         // An engine that hands over a bound socket (`-use-listen-fd`) keeps
         // holding the port itself, as dockerd does in events mode: the
