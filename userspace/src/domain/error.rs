@@ -31,6 +31,10 @@ pub enum Error {
     /// without an IPv6 address: refused rather than published on IPv4.
     #[error("port spec {spec:?} publishes over IPv6, but task {task} has no container IPv6 address (--ip6)")]
     NoContainerIpv6 { task: String, spec: String },
+    #[error("port spec {spec:?} publishes over IPv4, but task {task} has no container IPv4 address (--ip)")]
+    NoContainerIpv4 { task: String, spec: String },
+    #[error("task {0} needs a container address: --ip, --ip6 or both")]
+    NoContainerIp(String),
     #[error("container IP {ip} is not in the subnet of bridge {bridge} ({})", join(.subnets))]
     NotInBridgeSubnet {
         ip: Ipv4Addr,
@@ -208,6 +212,8 @@ impl Error {
             | Self::MalformedContainerIpv6(_)
             | Self::BadContainerIpv6(_)
             | Self::NoContainerIpv6 { .. }
+            | Self::NoContainerIpv4 { .. }
+            | Self::NoContainerIp(_)
             | Self::NotInBridgeSubnet { .. }
             | Self::NotInAnyBridgeSubnet { .. }
             | Self::NoPorts

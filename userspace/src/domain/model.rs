@@ -102,23 +102,27 @@ impl Binding {
     }
 }
 
-/// A container's addresses on its bridge: IPv4 always, IPv6 when the
-/// bridge has IPv6 (`--ip6`, the API's `containerIPv6`).
+/// A container's addresses on its bridge (`--ip`, `--ip6`; the API's
+/// `containerIP`, `containerIPv6`): at least one. IPv6 only is what
+/// dockerd's proxy for a `[::]` binding knows of its container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ContainerIps {
-    pub v4: Ipv4Addr,
+    pub v4: Option<Ipv4Addr>,
     pub v6: Option<Ipv6Addr>,
 }
 
 impl ContainerIps {
     pub fn v4(v4: Ipv4Addr) -> Self {
-        Self { v4, v6: None }
+        Self {
+            v4: Some(v4),
+            v6: None,
+        }
     }
 
     /// The address of the family of `bind_ip`, if the container has one.
     pub fn for_bind(&self, bind_ip: IpAddr) -> Option<IpAddr> {
         match bind_ip {
-            IpAddr::V4(_) => Some(IpAddr::V4(self.v4)),
+            IpAddr::V4(_) => self.v4.map(IpAddr::V4),
             IpAddr::V6(_) => self.v6.map(IpAddr::V6),
         }
     }

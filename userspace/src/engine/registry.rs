@@ -86,18 +86,35 @@ fn pick_must_avoid(ip: IpAddr, spec: &PortSpec) -> bool {
 }
 
 /// The families a container of `ips` has, after refusing a spec that
-/// names IPv6 for one without an IPv6 address.
+/// names a family the container has no address of.
 fn families_for(task: &str, ips: &ContainerIps, specs: &[PortSpec]) -> Result<Families> {
     if let Some(v6) = ips.v6 {
         check_container_ip6(v6)?;
-    } else if let Some(spec) = specs.iter().find(|s| s.is_ipv6_only()) {
-        return Err(Error::NoContainerIpv6 {
-            task: task.to_owned(),
-            spec: spec.to_string(),
+    }
+    let lacking = |s: &&PortSpec| match s.bind_ip {
+        Some(IpAddr::V6(_)) => ips.v6.is_none(),
+        Some(IpAddr::V4(_)) => ips.v4.is_none(),
+        None => false,
+    };
+    if let Some(spec) = specs.iter().find(lacking) {
+        let spec = spec.to_string();
+        return Err(if ips.v6.is_none() {
+            Error::NoContainerIpv6 {
+                task: task.to_owned(),
+                spec,
+            }
+        } else {
+            Error::NoContainerIpv4 {
+                task: task.to_owned(),
+                spec,
+            }
         });
     }
+    if ips.v4.is_none() && ips.v6.is_none() {
+        return Err(Error::NoContainerIp(task.to_owned()));
+    }
     Ok(Families {
-        v4: true,
+        v4: ips.v4.is_some(),
         v6: ips.v6.is_some(),
     })
 }
@@ -411,7 +428,9 @@ impl Registry {
             return Err(Error::TaskFromCni(task.to_owned()));
         }
         self.check_port_counts(task, specs, true)?;
-        self.bridge.check_contains(ips.v4)?;
+        if let Some(v4) = ips.v4 {
+            self.bridge.check_contains(v4)?;
+        }
         let families = families_for(task, &ips, specs)?;
         if self.task_defs.contains_key(task) {
             return Err(Error::TaskFromDefinition(task.to_owned()));

@@ -150,7 +150,11 @@ impl Berth {
         specs: Vec<PortSpec>,
         from_docker: Option<FromDocker>,
     ) -> Result<Vec<Binding>> {
-        let ticket = self.sweeper.blocker_for_specs(container_ip.v4, &specs);
+        // IPv4 flows only are swept here (IPv6 tracking is the datapath's
+        // own, nat66).
+        let ticket = container_ip
+            .v4
+            .and_then(|v4| self.sweeper.blocker_for_specs(v4, &specs));
         self.wait_for_sweep(ticket).await?;
         self.with_registry(move |r| {
             if let Some(from) = &from_docker {

@@ -47,7 +47,7 @@ fn fixture() -> Fixture {
 
 fn ips(v4: &str, v6: Option<&str>) -> ContainerIps {
     ContainerIps {
-        v4: v4.parse().unwrap(),
+        v4: Some(v4.parse().unwrap()),
         v6: v6.map(|v| v.parse().unwrap()),
     }
 }
@@ -265,4 +265,34 @@ fn ipv6_bindings_are_restored_after_a_restart() {
         six[0].container_ip6(),
         Some("fd00::2".parse::<Ipv6Addr>().unwrap())
     );
+}
+
+#[test]
+fn an_ipv6_only_container_publishes_a_plain_spec_on_ipv6_and_refuses_an_ipv4_one() {
+    let mut f = fixture();
+    let only6 = ContainerIps {
+        v4: None,
+        v6: Some(V6.parse().unwrap()),
+    };
+    let added = f.registry.add("web", only6, &specs(&["8080:80"])).unwrap();
+    assert_eq!(shape(&added), [row("::", 8080, V6, 80)]);
+    let err = f
+        .registry
+        .add(
+            "db",
+            ContainerIps {
+                v6: Some("fd00::3".parse().unwrap()),
+                v4: None,
+            },
+            &specs(&["0.0.0.0:5432:5432"]),
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "port spec \"0.0.0.0:5432:5432/tcp\" publishes over IPv4, but task db has no container IPv4 address (--ip)"
+    );
+    let none = ContainerIps { v4: None, v6: None };
+    let err = f.registry.add("db", none, &specs(&["80"])).unwrap_err();
+    assert!(matches!(err, Error::NoContainerIp(_)), "{err}");
+    assert_eq!(f.registry.bindings().len(), 1);
 }

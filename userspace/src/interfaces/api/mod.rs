@@ -80,7 +80,12 @@ pub struct TaskView {
 #[serde(deny_unknown_fields)]
 pub struct AddRequest {
     pub task: String,
-    #[serde(rename = "containerIP")]
+    /// Empty or absent with `containerIPv6`: an IPv6-only container.
+    #[serde(
+        rename = "containerIP",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub container_ip: String,
     /// The container's IPv6 address: a spec without a host IP then
     /// publishes over IPv6 too, and `[::]:…` specs are allowed.
@@ -315,8 +320,11 @@ async fn add_bindings(
     JsonBody(req): JsonBody<AddRequest>,
 ) -> Result<(StatusCode, Json<Vec<Binding>>), ApiError> {
     validate_task_name(&req.task)?;
+    let v6_only = req.container_ip.is_empty() && req.container_ip6.is_some();
     let container_ip = ContainerIps {
-        v4: parse_container_ip(&req.container_ip)?,
+        v4: (!v6_only)
+            .then(|| parse_container_ip(&req.container_ip))
+            .transpose()?,
         v6: req
             .container_ip6
             .as_deref()

@@ -789,3 +789,23 @@ async fn an_ipv6_spec_without_container_ipv6_or_a_bad_one_is_one_clear_error() {
     );
     assert!(api.datapath.bindings().is_empty());
 }
+
+#[tokio::test]
+async fn an_ipv6_only_container_needs_no_container_ip() {
+    let api = api();
+    let (status, body) = api
+        .post(
+            "/v1/bindings",
+            json!({"task": "web", "containerIPv6": "fd00::2", "ports": ["8080:80"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body[0]["bindIP"], "::");
+    assert_eq!(body[0]["containerIP"], "fd00::2");
+    assert_eq!(body.as_array().unwrap().len(), 1);
+    let (status, body) = api
+        .post("/v1/bindings", json!({"task": "db", "ports": ["8081:80"]}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body, error("malformed container IP \"\""));
+}

@@ -22,8 +22,14 @@ pub enum MapCommand {
     Add {
         #[arg(long, value_name = "NAME")]
         task: String,
-        /// The container's IPv4 address on the bridge.
-        #[arg(long, value_name = "CONTAINER_IP")]
+        /// The container's IPv4 address on the bridge (may be left out
+        /// for an IPv6-only container given --ip6).
+        #[arg(
+            long,
+            value_name = "CONTAINER_IP",
+            default_value = "",
+            hide_default_value = true
+        )]
         ip: String,
         /// The container's IPv6 address on the bridge: a spec without a
         /// host IP then publishes over IPv6 too (one host port for both),
@@ -67,7 +73,12 @@ pub async fn run(client: &Client, cmd: MapCommand) -> Result<()> {
             ports,
         } => {
             validate_task_name(&task)?;
-            parse_container_ip(&ip)?;
+            if ip.is_empty() && ip6.is_none() {
+                return Err(crate::domain::error::Error::NoContainerIp(task));
+            }
+            if !ip.is_empty() {
+                parse_container_ip(&ip)?;
+            }
             if let Some(ip6) = &ip6 {
                 parse_container_ip6(ip6)?;
             }
