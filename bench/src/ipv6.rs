@@ -16,9 +16,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use berth::{datapath::bpf_keys, model::Protocol};
 use berth_integration::{addr, Bpffs, Daemon, DaemonOptions, Topology, TopologyOptions};
-use berth_maps::{Backend6, ServiceKey6, SERVICES6_MAP};
 use serde_json::{json, Value};
 
 use super::{
@@ -82,8 +80,6 @@ pub struct Bed6 {
     bpffs: Option<Bpffs>,
     rr: RrServer6,
     pub topo: Topology,
-    /// How berth's mapping was published (`cli` or `map`).
-    published_by: Option<&'static str>,
 }
 
 impl Bed6 {
@@ -100,7 +96,6 @@ impl Bed6 {
             bpffs: None,
             rr,
             topo,
-            published_by: None,
         };
         let host = &bed.topo.host.ns;
         let ctr = addr::CONTAINER_IP6;
@@ -146,7 +141,7 @@ impl Bed6 {
                         ..Default::default()
                     },
                 )?;
-                bed.published_by = Some(publish_berth6(&d, &fs, ctr)?);
+                publish_berth6(&d, ctr)?;
                 bed.daemon = Some(d);
                 bed.bpffs = Some(fs);
             }
@@ -177,32 +172,12 @@ impl Bed6 {
     }
 }
 
-/// berth's IPv6 mapping: through the CLI where it takes one (`--ip6`),
-/// else the entry the daemon's `publish6` adapter writes, written into the
-/// pinned `BERTH_SERVICES6` (the control plane's IPv6 publishing is a
-/// part of its own).
-fn publish_berth6(d: &Daemon, fs: &Bpffs, ctr: Ipv6Addr) -> Result<&'static str> {
+/// berth's IPv6 mapping, through the CLI.
+fn publish_berth6(d: &Daemon, ctr: Ipv6Addr) -> Result<()> {
     let spec = format!("[{}]:{RR_PORT}:{RR_PORT}", addr::HOST_IP6);
     let ip6 = ctr.to_string();
-    let ip = addr::CONTAINER_IP.to_string();
-    let cli = [
-        "map", "add", "--task", "bench6", "--ip", &ip, "--ip6", &ip6, "-p", &spec,
-    ];
-    if d.cli_ok(cli).is_ok() {
-        return Ok("cli");
-    }
-    bpf_keys::check6(addr::HOST_IP6, RR_PORT, ctr, RR_PORT).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let path = fs.path().join("berth").join(SERVICES6_MAP);
-    let data = aya::maps::MapData::from_pin(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let mut map: aya::maps::HashMap<_, ServiceKey6, Backend6> =
-        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))?;
-    map.insert(
-        bpf_keys::service_key6(addr::HOST_IP6, RR_PORT, Protocol::Tcp),
-        bpf_keys::backend6(ctr, RR_PORT, 0),
-        0,
-    )?;
-    Ok("map")
+    d.cli_ok(["map", "add", "--task", "bench6", "--ip6", &ip6, "-p", &spec])?;
+    Ok(())
 }
 
 /// The section: every peer set up, the ready ones measured `reps` times
@@ -246,9 +221,6 @@ pub fn ipv6_bench(s: &Settings) -> Result<Value> {
                     b.peer.name(),
                     b.target()
                 ));
-            }
-            if let Some(how) = b.published_by {
-                row["published_by"] = json!(how);
             }
             row
         })

@@ -3,20 +3,7 @@
 //! address (`::ffff:127.0.0.1`) reaches the IPv4 mapping's container and
 //! sees the address it called, as `localhost` clients that prefer IPv6
 //! sockets do. Callers run as `cg-probe` inside the daemon's cgroup.
-//!
-//! IPv6 mappings: until the CLI publishes them (`-p [::]:8080:80` with
-//! `--ip6`), [`publish6`] writes the entry the daemon's `publish6` adapter
-//! writes, with that adapter's own key and value constructors, into the
-//! daemon's pinned `BERTH_SERVICES6`.
-use std::net::Ipv6Addr;
-
-use aya::maps::{HashMap, Map, MapData};
-use berth::{
-    datapath::bpf_keys::{backend6, check6, service_key6},
-    model::Protocol,
-};
-use berth_integration::{addr, HttpPeerServer, Rig, UdpEchoServer};
-use berth_maps::{Backend6, ServiceKey6, SERVICES6_MAP};
+use berth_integration::{HttpPeerServer, Rig, UdpEchoServer};
 
 /// A dual-stack daemon publishing the first container's web server on 8080
 /// (and on 127.0.0.1:9000) and its DNS server on 5353/udp, over IPv4.
@@ -116,42 +103,29 @@ fn v4_mapped_loopback_in_a_container_and_unpublished_ports_are_left_alone() {
     );
 }
 
-/// `[host]:host_port/proto` -> `[container]:port` in the daemon's pinned
-/// `BERTH_SERVICES6` (see the module docs).
-fn publish6(
-    rig: &Rig,
-    proto: Protocol,
-    host: Ipv6Addr,
-    host_port: u16,
-    container: Ipv6Addr,
-    port: u16,
-) {
-    check6(host, host_port, container, port).expect("a valid IPv6 mapping");
-    let path = rig.bpffs.path().join("berth").join(SERVICES6_MAP);
-    let data = MapData::from_pin(&path).expect("the pinned BERTH_SERVICES6");
-    let mut map: HashMap<MapData, ServiceKey6, Backend6> =
-        HashMap::try_from(Map::HashMap(data)).expect("BERTH_SERVICES6 is a hash map");
-    map.insert(
-        service_key6(host, host_port, proto),
-        backend6(container, port, 0),
-        0,
-    )
-    .expect("publish over IPv6");
-}
-
 /// The dual-stack rig with the container's IPv6 servers (HTTP on 80, UDP
-/// echo on 53) published on `[::]:8080`, `[::]:5353/udp`, `[::1]:9000`
-/// and `[2001:db8::1]:8081`.
+/// echo on 53) published over IPv6 only (`--ip6` without `--ip`) on
+/// `[::]:8080`, `[::]:5353/udp`, `[::1]:9000` and `[2001:db8::1]:8081`.
 fn setup6() -> (Rig, HttpPeerServer, UdpEchoServer) {
     let rig = Rig::builder().dual_stack().start();
     let web = rig.serve_http6(&rig.topo.container.ns, 80);
     let dns = rig.serve_udp_echo6(&rig.topo.container.ns, 53);
-    let ctr = addr::CONTAINER_IP6;
-    let any = Ipv6Addr::UNSPECIFIED;
-    publish6(&rig, Protocol::Tcp, any, 8080, ctr, 80);
-    publish6(&rig, Protocol::Udp, any, 5353, ctr, 53);
-    publish6(&rig, Protocol::Tcp, Ipv6Addr::LOCALHOST, 9000, ctr, 80);
-    publish6(&rig, Protocol::Tcp, addr::HOST_IP6, 8081, ctr, 80);
+    rig.berth(&[
+        "map",
+        "add",
+        "--task",
+        "web6",
+        "--ip6",
+        "fd00:17::2",
+        "-p",
+        "8080:80",
+        "-p",
+        "5353:53/udp",
+        "-p",
+        "[::1]:9000:80",
+        "-p",
+        "[2001:db8::1]:8081:80",
+    ]);
     (rig, web, dns)
 }
 
@@ -211,6 +185,27 @@ fn hairpin_over_ipv6_keeps_the_callers_address() {
 }
 
 #[test]
+fn host_processes_cannot_bind_ports_published_over_ipv6() {
+    let (rig, _web, _dns) = setup6();
+    let host = &rig.topo.host.ns;
+    for (proto, bind) in [
+        ("tcp", "[::]:8080"),
+        ("tcp", "[::1]:8080"),
+        ("tcp", "[::]:8081"),
+        ("tcp", "[::1]:9000"),
+        ("udp", "[::]:5353"),
+        ("tcp", "0.0.0.0:8080"),
+    ] {
+        assert_eq!(
+            rig.cg_probe(host, &["bind", proto, bind]),
+            "EADDRINUSE",
+            "{proto} {bind}"
+        );
+    }
+    assert_eq!(rig.cg_probe(host, &["bind", "tcp", "[::]:8090"]), "ok");
+}
+
+#[test]
 fn ipv6_loopback_in_a_container_is_the_container_itself() {
     let (rig, _web, _dns) = setup6();
     assert_eq!(
@@ -226,4 +221,49 @@ fn ipv6_loopback_in_a_container_is_the_container_itself() {
     let _host = rig.serve_http6(&rig.topo.host.ns, 7000);
     let out = rig.cg_probe(&rig.topo.host.ns, &["http", "[::1]:7000"]);
     assert!(out.starts_with("peer=[::1]:7000 body=[::1]:"), "{out}");
+}
+
+#[test]
+fn a_dual_stack_task_is_reached_on_both_loopbacks_at_one_port() {
+    let rig = Rig::builder().dual_stack().start();
+    let _web4 = rig.serve_http(&rig.topo.container.ns, 80);
+    let _web6 = rig.serve_http6(&rig.topo.container.ns, 80);
+    // A dynamic host port: one number for both families.
+    rig.berth(&[
+        "map",
+        "add",
+        "--task",
+        "both",
+        "--ip",
+        "172.17.0.2",
+        "--ip6",
+        "fd00:17::2",
+        "-p",
+        "80",
+    ]);
+    let ports: Vec<u64> = rig
+        .bindings()
+        .iter()
+        .filter_map(|b| b["hostPort"].as_u64())
+        .collect();
+    assert_eq!(ports.len(), 2, "{:?}", rig.bindings());
+    assert_eq!(ports[0], ports[1], "one host port for both families");
+    let port = ports[0];
+    let host = &rig.topo.host.ns;
+    let out = rig.cg_probe(host, &["http", &format!("127.0.0.1:{port}")]);
+    assert!(
+        out.starts_with(&format!("peer=127.0.0.1:{port} body=172.17.0.1:")),
+        "{out}"
+    );
+    let out = rig.cg_probe(host, &["http", &format!("[::1]:{port}")]);
+    assert!(
+        out.starts_with(&format!("peer=[::1]:{port} body=[fd00:17::1]:")),
+        "{out}"
+    );
+    // v4-mapped loopback is IPv4: the IPv4 half answers.
+    let out = rig.cg_probe(host, &["http", &format!("[::ffff:127.0.0.1]:{port}")]);
+    assert!(
+        out.starts_with(&format!("peer=[::ffff:127.0.0.1]:{port} body=172.17.0.1:")),
+        "{out}"
+    );
 }
