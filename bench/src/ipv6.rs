@@ -3,7 +3,7 @@
 //! writes it (`--ipv6`, ip6tables on) and through berth (TC), beside the
 //! direct path (the client routed to the container's IPv6 address, no
 //! DNAT) as the floor. Each peer has a dual-stack topology of its own;
-//! repetitions interleave the peers.
+//! repetitions interleave the peers, each starting with the next one.
 //!
 //! berth's row is measured only when its uplink translates IPv6 (NAT66):
 //! a peer whose published port does not answer gets a row saying so
@@ -197,7 +197,13 @@ pub fn ipv6_bench(s: &Settings) -> Result<Value> {
     let mut conn = vec![Vec::new(); beds.len()];
     let mut cpu = vec![Vec::new(); beds.len()];
     for rep in 0..s.reps {
-        for (i, b) in beds.iter().enumerate().filter(|(i, _)| ready[*i]) {
+        // Each repetition starts with the next peer, so none is always
+        // measured first (on a cold cache or right after setup).
+        for i in (0..beds.len()).map(|k| (k + rep) % beds.len()) {
+            if !ready[i] {
+                continue;
+            }
+            let b = &beds[i];
             let (r, secs_cpu) =
                 with_cpu(|| load::conn_rate(&b.topo.client.ns, b.target(), s.conn_dur));
             let (n, secs) = r.with_context(|| format!("{} connections/s", b.peer.name()))?;
