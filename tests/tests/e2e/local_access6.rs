@@ -267,3 +267,89 @@ fn a_dual_stack_task_is_reached_on_both_loopbacks_at_one_port() {
         "{out}"
     );
 }
+
+/// A real dockerd with `--ipv6` and berth-docker-proxy as its userland
+/// proxy: `docker run -p 8080:80` publishes both families, and a host
+/// process calling `[::1]:8080` reaches the container over IPv6 through
+/// the socket hooks (no docker-proxy process, no ip6tables rule).
+#[test]
+fn a_real_dockerd_ipv6_container_is_reached_on_ipv6_localhost() {
+    use berth_integration::{
+        berth_bin,
+        dockerd::{topology_for_dockerd6, DOCKER_BRIDGE, DOCKER_BRIDGE_CIDR6, HTTPD_IMAGE},
+        Dockerd, DockerdOptions,
+    };
+    let topo = topology_for_dockerd6().expect("build topology");
+    let rig = Rig::builder().bridge(DOCKER_BRIDGE).start_on(topo);
+    let shim = berth_bin()
+        .expect("find berth")
+        .with_file_name("berth-docker-proxy");
+    let docker = Dockerd::start(
+        &rig.topo.host.ns,
+        DockerdOptions {
+            bridge: DOCKER_BRIDGE.into(),
+            userland_proxy: Some(shim),
+            env: vec![(
+                "BERTH_SOCKET".into(),
+                rig.daemon.socket().display().to_string(),
+            )],
+            ipv6_cidr: Some(DOCKER_BRIDGE_CIDR6.into()),
+            ..Default::default()
+        },
+    )
+    .expect("start dockerd --ipv6");
+    docker
+        .import_httpd_image(&["sh", "httpd", "printf"])
+        .expect("import busybox image");
+    docker
+        .docker_ok([
+            "run",
+            "-d",
+            "--stop-timeout",
+            "1",
+            "--name",
+            "web6",
+            "-p",
+            "8080:80",
+            HTTPD_IMAGE,
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ])
+        .expect("docker run");
+    let ip6 = docker
+        .docker_ok([
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.GlobalIPv6Address}}",
+            "web6",
+        ])
+        .expect("inspect")
+        .trim()
+        .to_string();
+    assert!(ip6.starts_with("fd00:18::"), "{ip6:?}");
+    let host = &rig.topo.host.ns;
+    let before = rig.counter("sock_xlate");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let out = loop {
+        let out = rig.cg_probe(host, &["http", "[::1]:8080"]);
+        if out.starts_with("peer=") || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(out.starts_with("peer=[::1]:8080 body=hello"), "{out}");
+    // Translated at the socket, not proxied.
+    assert!(rig.counter("sock_xlate") > before);
+    let bindings = rig.bindings();
+    assert!(
+        bindings
+            .iter()
+            .any(|b| b["hostPort"] == 8080 && b["containerIP"] == ip6.as_str()),
+        "{bindings:?}"
+    );
+    docker.docker_ok(["rm", "-f", "web6"]).expect("docker rm");
+}
