@@ -12,7 +12,8 @@
 //!   translates a fragmented reply (before the bridge could reassemble it).
 //! - Fragments: see `parse.rs` and `frag.rs`.
 //! - IPv6: each TC program above tail-calls its IPv6 program through
-//!   `BERTH_TAILS` (`tails.rs`, `berth_maps::tail`): `berth_ingress6`.
+//!   `BERTH_TAILS` (`tails.rs`, `berth_maps::tail`): `berth_ingress6` and
+//!   `berth_reply6` (NAT66, `nat6.rs`).
 //! - `berth_bind4`, `berth_bind6` (cgroup bind4/bind6): host processes
 //!   cannot bind a published host port (EADDRINUSE), over IPv4 or IPv6.
 //! - `berth_connect4`, `berth_sendmsg4`, `berth_recvmsg4`, `berth_peername4`
@@ -35,9 +36,9 @@ mod gate;
 mod hook;
 mod icmp;
 mod ingress;
-mod ingress6;
 mod maps;
 mod nat;
+mod nat6;
 mod nexthop;
 mod parse;
 mod parse6;
@@ -96,7 +97,15 @@ pub(crate) fn berth_xdp(ctx: XdpContext) -> u32 {
 #[classifier]
 pub(crate) fn berth_ingress6(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
-    ingress6::ingress6(&ctx)
+    nat6::ingress6(&ctx)
+}
+
+/// IPv6 from a container at the bridge, tail-called (slot `REPLY6`) by
+/// `berth_reply`: NAT66's reply SNAT.
+#[classifier]
+pub(crate) fn berth_reply6(ctx: TcContext) -> i32 {
+    tc_pull_headers(&ctx);
+    nat6::reply6(&ctx)
 }
 
 #[classifier]

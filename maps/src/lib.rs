@@ -47,20 +47,21 @@ pub mod program {
     pub const EMPTY_XDP: &str = "berth_empty_xdp";
     /// Tail-called through `BERTH_TAILS` (see [`crate::tail`]).
     pub const INGRESS6: &str = crate::tail::PROGRAM_INGRESS6;
+    pub const REPLY6: &str = crate::tail::PROGRAM_REPLY6;
 
     /// The cgroup `sock_addr` hooks.
     pub const SOCKET_HOOKS: [&str; 6] = [BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4, PEERNAME4];
     /// Attached to every bridge port (its container's veth).
     pub const PORT_PROGRAMS: [&str; 2] = [FROM_CTR, TO_CTR];
     /// Every program of the object.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         INGRESS, XDP, DELIVER, REPLY, FROM_CTR, TO_CTR, BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4,
-        PEERNAME4, EMPTY_TC, EMPTY_XDP, INGRESS6,
+        PEERNAME4, EMPTY_TC, EMPTY_XDP, INGRESS6, REPLY6,
     ];
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 24] = [
+pub const MAPS: [&str; 27] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -85,6 +86,9 @@ pub const MAPS: [&str; 24] = [
     SERVICES6_MAP,
     EXACT_PORTS_MAP,
     TAILS_MAP,
+    HOST_ADDRS6_MAP,
+    NAT6_MAP,
+    NAT6_NEW_MAP,
 ];
 
 /// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so
@@ -809,8 +813,9 @@ counters! {
     PolicyAcceptedIngress = 29 => "policy_accepted_ingress",
     /// New flow a sending task's security groups let out (once per flow).
     PolicyAcceptedEgress = 30 => "policy_accepted_egress",
-    /// IPv6 TCP/UDP to a published IPv6 port, passed untranslated: the
-    /// datapath parses IPv6 but does not translate it yet (issue 15).
+    /// IPv6 TCP/UDP to a published IPv6 port (or a reply of its flow),
+    /// passed untranslated: a fragmented datagram, which NAT66 does not
+    /// translate yet (issue 15).
     Ipv6Untranslated = 31 => "ipv6_untranslated",
     /// IPv6 frame whose program's `BERTH_TAILS` slot was empty (or the
     /// tail call failed): passed untouched at an uplink or the bridge,

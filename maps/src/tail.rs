@@ -31,10 +31,12 @@ pub const LEN: u32 = 8;
 
 /// The IPv6 program of the uplink (slot [`INGRESS6`]).
 pub const PROGRAM_INGRESS6: &str = "berth_ingress6";
+/// The IPv6 program of the bridge (slot [`REPLY6`]).
+pub const PROGRAM_REPLY6: &str = "berth_reply6";
 
 /// (slot, program) for every program the loader puts in the array. Each
 /// program is also in [`crate::program::ALL`].
-pub const PROGRAMS: &[(u32, &str)] = &[(INGRESS6, PROGRAM_INGRESS6)];
+pub const PROGRAMS: &[(u32, &str)] = &[(INGRESS6, PROGRAM_INGRESS6), (REPLY6, PROGRAM_REPLY6)];
 
 const _: () = {
     let mut i = 0;
