@@ -15,13 +15,14 @@
 //!
 //! Scope as over IPv4: `::1` and `::` only in the host's network namespace;
 //! an address bound mapping (`[2001:db8::1]:8080`) wherever it is called
-//! from on the host; a `[::]` mapping on loopback only, since nothing here
-//! can yet tell the host's other IPv6 addresses from a remote one.
+//! from on the host; a `[::]` mapping on loopback and on the host's own
+//! IPv6 addresses (`BERTH_HOST_ADDRS6`), never on an address merely routed
+//! through the host.
 use aya_ebpf::{helpers::bpf_get_socket_cookie, programs::SockAddrContext};
 use berth_maps::{Backend6, Counter, ServiceKey6, SockRevKey6, SockRevValue6};
 
 use crate::{
-    maps::{count, BERTH_SERVICES6, BERTH_SOCK_REV6},
+    maps::{count, BERTH_HOST_ADDRS6, BERTH_SERVICES6, BERTH_SOCK_REV6},
     sock::{forward4, in_host_netns, reverse4, sock_proto, ALLOW},
     sys::BPF_ANY,
 };
@@ -177,7 +178,8 @@ pub(crate) fn sock6_reverse(ctx: &SockAddrContext) -> i32 {
 }
 
 /// The IPv6 mapping on this exact address (`[::1]:9000` included), then
-/// the `[::]` one, which answers on loopback only (see the module docs).
+/// the `[::]` one, which answers on loopback and the host's own addresses
+/// (see the module docs).
 #[inline(always)]
 fn lookup6(proto: u8, addr: &[u8; 16], port_be: u16, loopback: bool) -> Option<Backend6> {
     let mut key = ServiceKey6 {
@@ -189,9 +191,11 @@ fn lookup6(proto: u8, addr: &[u8; 16], port_be: u16, loopback: bool) -> Option<B
     if let Some(b) = unsafe { BERTH_SERVICES6.get(&key) } {
         return Some(*b);
     }
-    if !loopback {
+    key.host_addr = [0; 16];
+    let b = unsafe { BERTH_SERVICES6.get(&key) }.copied()?;
+    // Last: a port nothing is published on costs two lookups, not three.
+    if !loopback && unsafe { BERTH_HOST_ADDRS6.get(addr) }.is_none() {
         return None;
     }
-    key.host_addr = [0; 16];
-    unsafe { BERTH_SERVICES6.get(&key) }.copied()
+    Some(b)
 }

@@ -10,6 +10,8 @@ pub const PROTO_UDP: u8 = 17;
 
 mod v6;
 pub use v6::*;
+pub mod tail;
+pub use tail::TAILS_MAP;
 mod sock6;
 pub use sock6::*;
 
@@ -51,6 +53,9 @@ pub mod program {
     /// Programs that do nothing: the bench's floor.
     pub const EMPTY_TC: &str = "berth_empty_tc";
     pub const EMPTY_XDP: &str = "berth_empty_xdp";
+    /// Tail-called through `BERTH_TAILS` (see [`crate::tail`]).
+    pub const INGRESS6: &str = crate::tail::PROGRAM_INGRESS6;
+    pub const REPLY6: &str = crate::tail::PROGRAM_REPLY6;
 
     /// The cgroup `sock_addr` hooks.
     pub const SOCKET_HOOKS: [&str; 10] = [
@@ -60,14 +65,14 @@ pub mod program {
     /// Attached to every bridge port (its container's veth).
     pub const PORT_PROGRAMS: [&str; 2] = [FROM_CTR, TO_CTR];
     /// Every program of the object.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 20] = [
         INGRESS, XDP, DELIVER, REPLY, FROM_CTR, TO_CTR, BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4,
-        PEERNAME4, EMPTY_TC, EMPTY_XDP, CONNECT6, SENDMSG6, RECVMSG6, PEERNAME6,
+        PEERNAME4, EMPTY_TC, EMPTY_XDP, INGRESS6, REPLY6, CONNECT6, SENDMSG6, RECVMSG6, PEERNAME6,
     ];
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 24] = [
+pub const MAPS: [&str; 28] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -91,6 +96,10 @@ pub const MAPS: [&str; 24] = [
     BINDING_STATS_MAP,
     SERVICES6_MAP,
     EXACT_PORTS_MAP,
+    TAILS_MAP,
+    HOST_ADDRS6_MAP,
+    NAT6_MAP,
+    NAT6_NEW_MAP,
     SOCK_REV6_MAP,
 ];
 
@@ -816,9 +825,15 @@ counters! {
     PolicyAcceptedIngress = 29 => "policy_accepted_ingress",
     /// New flow a sending task's security groups let out (once per flow).
     PolicyAcceptedEgress = 30 => "policy_accepted_egress",
-    /// IPv6 TCP/UDP to a published IPv6 port, passed untranslated: the
-    /// datapath parses IPv6 but does not translate it yet (issue 15).
+    /// IPv6 TCP/UDP to a published IPv6 port (or a reply of its flow),
+    /// passed untranslated: a fragmented datagram, which NAT66 does not
+    /// translate yet (issue 15).
     Ipv6Untranslated = 31 => "ipv6_untranslated",
+    /// IPv6 frame whose program's `BERTH_TAILS` slot was empty (or the
+    /// tail call failed): passed untouched at an uplink or the bridge,
+    /// dropped on a container's veth where policy applies to its port
+    /// (neighbour discovery excepted).
+    Ipv6NoProgram = 32 => "ipv6_no_program",
 }
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 // The map is indexed by the enum: indexes run 0.. in order.

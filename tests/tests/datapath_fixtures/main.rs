@@ -12,10 +12,12 @@ mod icmp;
 mod ingress;
 mod ipv6;
 mod migrated;
+mod nat66;
 mod nexthop;
 mod reply;
 mod run;
 mod table;
+mod tails;
 mod tracking;
 mod wildcard;
 

@@ -353,3 +353,38 @@ fn a_real_dockerd_ipv6_container_is_reached_on_ipv6_localhost() {
     );
     docker.docker_ok(["rm", "-f", "web6"]).expect("docker rm");
 }
+
+/// A `[::]` mapping answers on the host's own IPv6 addresses as
+/// `BERTH_HOST_ADDRS6` holds them, and on no other. The test writes the
+/// address into the pinned set itself (the daemon's netif watcher fills
+/// it with the host's IPv6 addresses).
+#[test]
+fn hairpin_to_a_wildcard_ipv6_mapping_needs_a_host_address() {
+    use aya::maps::{HashMap, Map, MapData};
+    let (rig, _web, _dns) = setup6();
+    let ctr2 = &rig.topo.container2.ns;
+    // Not (yet) one of the host's addresses: left alone.
+    assert_eq!(
+        rig.cg_probe(ctr2, &["http", "[2001:db8::1]:8080"]),
+        "ECONNREFUSED"
+    );
+    let path = rig
+        .bpffs
+        .path()
+        .join("berth")
+        .join(berth_maps::HOST_ADDRS6_MAP);
+    let data = MapData::from_pin(&path).expect("the pinned BERTH_HOST_ADDRS6");
+    let mut set: HashMap<MapData, [u8; 16], u32> =
+        HashMap::try_from(Map::HashMap(data)).expect("a hash map");
+    set.insert(berth_integration::addr::HOST_IP6.octets(), 1, 0)
+        .expect("add the host address");
+    let out = rig.cg_probe(ctr2, &["http", "[2001:db8::1]:8080"]);
+    assert!(
+        out.starts_with("peer=[2001:db8::1]:8080 body=[fd00:17::3]:"),
+        "{out}"
+    );
+    // An address merely routed through the host stays untouched (nobody
+    // has it: the call fails rather than reaching the container).
+    let out = rig.cg_probe(ctr2, &["http", "[2001:db8::99]:8080"]);
+    assert!(!out.starts_with("peer="), "{out}");
+}
