@@ -9,6 +9,7 @@
 pub mod control;
 pub mod datapath;
 pub mod docker;
+pub mod ipv6;
 pub mod load;
 pub mod peers;
 pub mod rawbpf;

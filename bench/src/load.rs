@@ -76,9 +76,21 @@ struct RrServer {
 
 impl RrServer {
     fn start(port: u16) -> Result<Self> {
-        let l = Arc::new(
-            TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("bind tcp {port}"))?,
-        );
+        Self::start_on(SocketAddr::from(([0, 0, 0, 0], port)))
+    }
+
+    /// On `bind`; an IPv6 address binds v6-only.
+    fn start_on(bind: SocketAddr) -> Result<Self> {
+        let l = if bind.is_ipv4() {
+            TcpListener::bind(bind)
+        } else {
+            berth_integration::traffic::bind_socket(bind, socket2::Type::STREAM).and_then(|s| {
+                s.listen(128)?;
+                Ok(s.into())
+            })
+        }
+        .with_context(|| format!("bind tcp {bind}"))?;
+        let l = Arc::new(l);
         let fd = l.as_raw_fd();
         let accepted = Arc::new(AtomicU64::new(0));
         let (l2, acc) = (l.clone(), accepted.clone());
@@ -132,6 +144,22 @@ impl Drop for RrServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The request/response server alone on `[::]:RR_PORT` (v6-only): the
+/// container side of the IPv6 rows.
+pub struct RrServer6(RrServer);
+
+impl RrServer6 {
+    pub fn start(ns: &NetNs) -> Result<Self> {
+        let bind = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, RR_PORT));
+        Ok(Self(ns.try_run(|| RrServer::start_on(bind))??))
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.0.accepted.load(Ordering::Relaxed)
     }
 }
 

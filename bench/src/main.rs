@@ -17,6 +17,8 @@
 //!    docker-proxy, berth-docker-proxy and berth's events mode (time until
 //!    the ports answer and are published, until removed; memory of the
 //!    proxies and the berth daemon). `--quick`: 100 ports.
+//! 7. IPv6 (`ipv6`): connections/s over IPv6 through Docker's ip6tables
+//!    DNAT and through berth, beside the direct path.
 //!
 //! Results: `bench/results.json`, `bench/RESULTS.md` and `bench/*.svg`
 //! (`*-quick.*` with `--quick`). `--from-json FILE` redraws the report and
@@ -24,7 +26,7 @@
 use std::{path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context as _, Result};
-use berth_bench::{control, datapath, docker, machine, report, topo, veth, Settings};
+use berth_bench::{control, datapath, docker, ipv6, machine, report, topo, veth, Settings};
 use berth_integration::testrun::in_fixture_ns;
 use serde_json::{json, Value};
 
@@ -41,7 +43,7 @@ struct Opts {
 /// `control-berth`: berth's control-plane rows only; `memory`: the memory
 /// for 1 000 ports only (neither is part of a full run: `control` measures
 /// both).
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "verifier",
     "datapath",
     "topology",
@@ -50,6 +52,7 @@ const SECTIONS: [&str; 8] = [
     "control-berth",
     "memory",
     "docker",
+    "ipv6",
 ];
 
 fn parse_args() -> Result<Opts> {
@@ -153,7 +156,10 @@ fn main() {
 }
 
 fn write_outputs(results: &Value, opts: &Opts, quick: bool) -> Result<()> {
-    let md = report::markdown(results) + &verifier_markdown(results);
+    let mut md = report::markdown(results) + &verifier_markdown(results);
+    if results.get("ipv6").is_some() {
+        md += &ipv6::markdown(results);
+    }
     std::fs::create_dir_all(&opts.out_dir)?;
     let suffix = if quick { "-quick" } else { "" };
     let json_path = opts.out_dir.join(format!("results{suffix}.json"));
@@ -242,6 +248,7 @@ fn run() -> Result<()> {
         );
     }
     section("docker", &|| docker::docker_bench(&settings))?;
+    section("ipv6", &|| ipv6::ipv6_bench(&settings))?;
     if let Some(c) = control_result {
         results["control_plane"] = c.control;
         results["memory"] = c.memory;

@@ -560,6 +560,7 @@ impl Bed {
         let topo = Topology::build_with(TopologyOptions {
             tx_checksum_off,
             docker_iptables: !nft,
+            ..TopologyOptions::default()
         })?;
         let servers = Servers::start(&topo.container.ns)?;
         let mut bed = Self {

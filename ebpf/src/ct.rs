@@ -9,7 +9,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
 };
 use berth_maps::{
-    Counter, CtEntry, FlowKey, NatEntry, CT_F_ESTABLISHED, CT_F_REPLIED, CT_F_SEQ_FWD, PROTO_TCP,
+    Counter, CtEntry, FlowKey, FlowKey6, NatEntry, NatEntry6, CT_F_ESTABLISHED, CT_F_REPLIED,
+    CT_F_SEQ_FWD, PROTO_TCP,
 };
 
 use crate::{
@@ -61,12 +62,34 @@ macro_rules! impl_conn {
 }
 impl_conn!(NatEntry);
 impl_conn!(CtEntry);
+impl_conn!(NatEntry6);
+
+/// A flow key of either family: what a full table's log line names.
+pub(crate) trait Key {
+    /// The IPv4 address the datapath log shows (0 for IPv6, whose lines
+    /// do not carry one).
+    fn log_addr(&self) -> u32;
+}
+
+impl Key for FlowKey {
+    #[inline(always)]
+    fn log_addr(&self) -> u32 {
+        self.dst_addr_be
+    }
+}
+
+impl Key for FlowKey6 {
+    #[inline(always)]
+    fn log_addr(&self) -> u32 {
+        0
+    }
+}
 
 /// The established and the unestablished table of one kind of flow, and
 /// the counter a full established table is reported under.
-pub(crate) struct Tables<V: 'static> {
-    pub est: &'static HashMap<FlowKey, V>,
-    pub new: &'static LruHashMap<FlowKey, V>,
+pub(crate) struct Tables<K: 'static, V: 'static> {
+    pub est: &'static HashMap<K, V>,
+    pub new: &'static LruHashMap<K, V>,
     pub full: Counter,
     /// Whether a full table is written to the datapath log (a constant at
     /// each call: the published-port tables, except on `berth_from_ctr`'s
@@ -101,7 +124,7 @@ pub(crate) fn ct_refresh<V: Conn>(e: *mut V, proto: u8, seg: &Seg, d: usize, now
 /// Move an unestablished flow to the established table. `Err`: that table
 /// is full (counted; the packet is dropped, the flow stays unestablished).
 #[inline(always)]
-pub(crate) fn ct_promote<V: Conn>(t: &Tables<V>, key: &FlowKey, e: *mut V) -> Result<(), ()> {
+pub(crate) fn ct_promote<K: Key, V: Conn>(t: &Tables<K, V>, key: &K, e: *mut V) -> Result<(), ()> {
     // The entry is inserted straight from the table it lives in, flagged in
     // place: a copy on the stack would cost a NAT entry's 88 bytes of the
     // 512 a program has, and only userspace reads the flag.
@@ -114,7 +137,7 @@ pub(crate) fn ct_promote<V: Conn>(t: &Tables<V>, key: &FlowKey, e: *mut V) -> Re
             *V::track(e).flags &= !CT_F_ESTABLISHED;
             count(t.full);
             if t.log {
-                dp_log(EV_NAT_FULL, key.dst_addr_be, 0, 0, 0);
+                dp_log(EV_NAT_FULL, key.log_addr(), 0, 0, 0);
             }
             return Err(());
         }
@@ -127,7 +150,7 @@ pub(crate) fn ct_promote<V: Conn>(t: &Tables<V>, key: &FlowKey, e: *mut V) -> Re
 /// on another CPU wins harmlessly; the LRU table makes room rather than
 /// refuse, so `Err` (counted) is rare.
 #[inline(always)]
-pub(crate) fn ct_insert_new<V: Conn>(t: &Tables<V>, key: &FlowKey, v: &V) -> Result<(), ()> {
+pub(crate) fn ct_insert_new<K, V: Conn>(t: &Tables<K, V>, key: &K, v: &V) -> Result<(), ()> {
     match t.new.insert(key, v, BPF_NOEXIST) {
         Ok(()) => Ok(()),
         Err(e) if e == EEXIST => Ok(()),

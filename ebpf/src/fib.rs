@@ -13,6 +13,7 @@ use crate::{
 };
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const _: () = assert!(size_of::<FibParams>().is_multiple_of(4));
 
 pub(crate) enum NextHop {
@@ -135,6 +136,46 @@ fn lookup<C: EbpfContext>(
     p.ifindex = in_ifindex;
     p.__bindgen_anon_3.ipv4_src = src_addr_be;
     p.__bindgen_anon_4.ipv4_dst = dst_addr_be;
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, size_of::<FibParams>() as i32, 0) };
+    if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        NextHop::Resolved {
+            ifindex: p.ifindex,
+            smac: p.smac,
+            dmac: p.dmac,
+        }
+    } else if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        NextHop::NoNeigh { ifindex: p.ifindex }
+    } else {
+        NextHop::Unreachable
+    }
+}
+
+/// FIB lookup for a translated IPv6 packet now addressed `src -> dst`
+/// (`mtu_len`: its whole length, header included; 0 skips the MTU check).
+#[inline(always)]
+pub(crate) fn fib_lookup_v6<C: EbpfContext>(
+    ctx: &C,
+    proto: u8,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    in_ifindex: u32,
+    mtu_len: u16,
+) -> NextHop {
+    let words = |a: &[u8; 16]| {
+        let mut w = [0u32; 4];
+        for (i, x) in w.iter_mut().enumerate() {
+            *x = u32::from_ne_bytes([a[i * 4], a[i * 4 + 1], a[i * 4 + 2], a[i * 4 + 3]]);
+        }
+        w
+    };
+    let mut params = core::mem::MaybeUninit::<FibParams>::uninit();
+    let p = fib_params_zero(&mut params);
+    p.family = AF_INET6;
+    p.l4_protocol = proto;
+    p.__bindgen_anon_1.tot_len = mtu_len;
+    p.ifindex = in_ifindex;
+    p.__bindgen_anon_3.ipv6_src = words(src);
+    p.__bindgen_anon_4.ipv6_dst = words(dst);
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, size_of::<FibParams>() as i32, 0) };
     if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         NextHop::Resolved {

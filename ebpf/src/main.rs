@@ -12,11 +12,14 @@
 //!   translates a fragmented reply (before the bridge could reassemble it).
 //! - Fragments: see `parse.rs` and `frag.rs`.
 //! - IPv6: each TC program above tail-calls its IPv6 program through
-//!   `BERTH_TAILS` (`tails.rs`, `berth_maps::tail`): `berth_ingress6`.
+//!   `BERTH_TAILS` (`tails.rs`, `berth_maps::tail`): `berth_ingress6` and
+//!   `berth_reply6` (NAT66, `nat6.rs`).
 //! - `berth_bind4`, `berth_bind6` (cgroup bind4/bind6): host processes
 //!   cannot bind a published host port (EADDRINUSE), over IPv4 or IPv6.
 //! - `berth_connect4`, `berth_sendmsg4`, `berth_recvmsg4`, `berth_peername4`
 //!   (cgroup `sock_addr)`: host-local and hairpin access without a proxy.
+//! - `berth_connect6`, `berth_sendmsg6`, `berth_recvmsg6`, `berth_peername6`:
+//!   the same over IPv6 (`sock6.rs`).
 //!
 //! Source checks come first (`spoof`): an uplink drops loopback and local
 //! sources, a bridge port drops sources its container does not own.
@@ -35,9 +38,9 @@ mod gate;
 mod hook;
 mod icmp;
 mod ingress;
-mod ingress6;
 mod maps;
 mod nat;
+mod nat6;
 mod nexthop;
 mod parse;
 mod parse6;
@@ -46,6 +49,7 @@ mod policy6;
 mod rules6;
 mod service;
 mod sock;
+mod sock6;
 mod spoof;
 mod stats;
 mod sys;
@@ -98,7 +102,15 @@ pub(crate) fn berth_xdp(ctx: XdpContext) -> u32 {
 #[classifier]
 pub(crate) fn berth_ingress6(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
-    ingress6::ingress6(&ctx)
+    nat6::ingress6(&ctx)
+}
+
+/// IPv6 from a container at the bridge, tail-called (slot `REPLY6`) by
+/// `berth_reply`: NAT66's reply SNAT.
+#[classifier]
+pub(crate) fn berth_reply6(ctx: TcContext) -> i32 {
+    tc_pull_headers(&ctx);
+    nat6::reply6(&ctx)
 }
 
 #[classifier]
@@ -228,6 +240,26 @@ pub(crate) fn berth_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub(crate) fn berth_peername4(ctx: SockAddrContext) -> i32 {
     sock::sock4_reverse(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub(crate) fn berth_connect6(ctx: SockAddrContext) -> i32 {
+    sock6::sock6_forward(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub(crate) fn berth_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock6::sock6_forward(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub(crate) fn berth_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock6::sock6_reverse(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub(crate) fn berth_peername6(ctx: SockAddrContext) -> i32 {
+    sock6::sock6_reverse(&ctx)
 }
 
 /// tc ingress of each container's host-side veth: security groups on what

@@ -152,3 +152,24 @@ pub(crate) static BERTH_SERVICES6: HashMap<berth_maps::ServiceKey6, berth_maps::
 /// The IPv6 (and log) programs the IPv4 ones tail-call (`tails.rs`).
 #[map]
 pub(crate) static BERTH_TAILS: ProgramArray = ProgramArray::pinned(berth_maps::tail::LEN, 0);
+
+/// The host's IPv6 addresses (`berth_maps::HOST_ADDRS6_MAP`).
+#[map]
+pub(crate) static BERTH_HOST_ADDRS6: HashMap<[u8; 16], u32> =
+    HashMap::pinned(berth_maps::HOST_ADDRS6_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// IPv6 published-port flows, established (`berth_maps::NAT6_MAP`).
+#[map]
+pub(crate) static BERTH_NAT6: HashMap<berth_maps::FlowKey6, berth_maps::NatEntry6> =
+    HashMap::pinned(berth_maps::NAT6_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// IPv6 published-port flows not yet established (LRU).
+#[map]
+pub(crate) static BERTH_NAT6_NEW: LruHashMap<berth_maps::FlowKey6, berth_maps::NatEntry6> =
+    LruHashMap::pinned(berth_maps::NAT6_NEW_CAPACITY, 0);
+
+/// IPv6 socket-level translation (`berth_maps::SOCK_REV6_MAP`); LRU as
+/// [`BERTH_SOCK_REV`].
+#[map]
+pub(crate) static BERTH_SOCK_REV6: LruHashMap<berth_maps::SockRevKey6, berth_maps::SockRevValue6> =
+    LruHashMap::pinned(berth_maps::SOCK_REV6_CAPACITY, 0);

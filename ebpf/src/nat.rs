@@ -32,7 +32,7 @@ use crate::{
 /// Published-port flows' tables; `log`: a full one is written to the
 /// datapath log.
 #[inline(always)]
-fn nat_tables_logged(log: bool) -> Tables<NatEntry> {
+fn nat_tables_logged(log: bool) -> Tables<FlowKey, NatEntry> {
     Tables {
         est: &BERTH_NAT,
         new: &BERTH_NAT_NEW,
@@ -42,7 +42,7 @@ fn nat_tables_logged(log: bool) -> Tables<NatEntry> {
 }
 
 #[inline(always)]
-fn nat_tables() -> Tables<NatEntry> {
+fn nat_tables() -> Tables<FlowKey, NatEntry> {
     nat_tables_logged(true)
 }
 

@@ -65,7 +65,7 @@ use crate::{
 
 /// Security-group flows' tables.
 #[inline(always)]
-fn ct_tables() -> Tables<CtEntry> {
+fn ct_tables() -> Tables<FlowKey, CtEntry> {
     Tables {
         est: &BERTH_CT,
         new: &BERTH_CT_NEW,

@@ -85,25 +85,24 @@ fn wildcard_only() -> bool {
         .is_some_and(|v| *v != 0)
 }
 
-/// The IPv6 service lookup: this exact host address, then the wildcard
-/// (`::`). Unlike [`service_lookup`] it does not yet check that the
-/// address is the host's own: nothing is translated on its answer until
-/// NAT66 lands, which brings the IPv6 host-address set with it.
+/// The mapping an IPv6 packet to `addr`:`port_be` is for: this exact host
+/// address, then the wildcard (`::`), and whether it was the wildcard (the
+/// caller asks `BERTH_HOST_ADDRS6` when a flow opens, as for IPv4).
 #[inline(always)]
-pub(crate) fn service_lookup6(
+pub(crate) fn service_find6(
     proto: u8,
     addr: &[u8; 16],
     port_be: u16,
-) -> Option<berth_maps::Backend6> {
+) -> Option<(berth_maps::Backend6, bool)> {
     let mut key: berth_maps::ServiceKey6 = unsafe { core::mem::zeroed() };
     key.host_addr = *addr;
     key.host_port_be = port_be;
     key.proto = proto;
     if let Some(b) = unsafe { crate::maps::BERTH_SERVICES6.get(&key) } {
-        return Some(*b);
+        return Some((*b, false));
     }
     key.host_addr = [0; 16];
-    unsafe { crate::maps::BERTH_SERVICES6.get(&key) }.copied()
+    unsafe { crate::maps::BERTH_SERVICES6.get(&key) }.map(|b| (*b, true))
 }
 
 #[inline(always)]

@@ -61,27 +61,48 @@ impl Seg {
 /// checked its header; a packet too short for it reads as an empty one).
 #[inline(always)]
 pub(crate) fn tcp_seg(flow: &Flow, data: usize, data_end: usize) -> Seg {
-    let Some(tcp) = ptr_at::<[u8; 16]>(data, data_end, flow.l4_off) else {
+    tcp_seg_at(
+        data,
+        data_end,
+        flow.l4_off,
+        flow.tcp_hdr_len,
+        flow.tcp_payload_len(),
+        flow.tcp_flags,
+    )
+}
+
+/// [`tcp_seg`] for either family: the TCP header at `l4_off`, `hdr_len`
+/// bytes long, carrying `payload_len` bytes.
+#[inline(always)]
+pub(crate) fn tcp_seg_at(
+    data: usize,
+    data_end: usize,
+    l4_off: usize,
+    hdr_len: u8,
+    payload_len: u32,
+    flags: u8,
+) -> Seg {
+    let Some(tcp) = ptr_at::<[u8; 16]>(data, data_end, l4_off) else {
         return Seg::default();
     };
     let tcp = unsafe { &*tcp };
     let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
     let ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
     let win = u16::from_be_bytes([tcp[14], tcp[15]]);
-    let mut end = seq.wrapping_add(flow.tcp_payload_len());
-    if flow.tcp_flags & TCP_FLAG_SYN != 0 {
+    let mut end = seq.wrapping_add(payload_len);
+    if flags & TCP_FLAG_SYN != 0 {
         end = end.wrapping_add(1);
     }
-    if flow.tcp_flags & TCP_FLAG_FIN != 0 {
+    if flags & TCP_FLAG_FIN != 0 {
         end = end.wrapping_add(1);
     }
-    let wscale = if flow.tcp_flags & TCP_FLAG_SYN != 0 {
-        tcp_opt_wscale(data, data_end, flow)
+    let wscale = if flags & TCP_FLAG_SYN != 0 {
+        tcp_opt_wscale(data, data_end, l4_off, hdr_len)
     } else {
         WSCALE_NONE
     };
     Seg {
-        flags: flow.tcp_flags,
+        flags,
         wscale,
         win,
         seq,
@@ -140,9 +161,9 @@ extern "C" fn tcp_opt_step(_index: u64, ctx: *mut c_void) -> i64 {
 /// The window-scale option of a SYN: the options are copied to the stack
 /// four bytes at a time (their length is a multiple of four), then walked.
 #[inline(always)]
-fn tcp_opt_wscale(data: usize, data_end: usize, flow: &Flow) -> u8 {
-    let opts = (flow.l4_off & 0xff) + 20;
-    let len = (flow.tcp_hdr_len as usize).saturating_sub(20) & 0x3c;
+fn tcp_opt_wscale(data: usize, data_end: usize, l4_off: usize, hdr_len: u8) -> u8 {
+    let opts = (l4_off & 0xff) + 20;
+    let len = (hdr_len as usize).saturating_sub(20) & 0x3c;
     let mut w = OptWalk {
         opts: [0; TCP_OPTS_MAX],
         len: 0,

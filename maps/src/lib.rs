@@ -14,6 +14,8 @@ pub mod tail;
 pub use tail::TAILS_MAP;
 mod policy6;
 pub use policy6::*;
+mod sock6;
+pub use sock6::*;
 
 // ---------------------------------------------------------------- names
 
@@ -44,6 +46,12 @@ pub mod program {
     pub const SENDMSG4: &str = "berth_sendmsg4";
     pub const RECVMSG4: &str = "berth_recvmsg4";
     pub const PEERNAME4: &str = "berth_peername4";
+    /// cgroup connect6/sendmsg6/recvmsg6/getpeername6: the same over IPv6
+    /// (`::1`, the host's IPv6 addresses, v4-mapped addresses).
+    pub const CONNECT6: &str = "berth_connect6";
+    pub const SENDMSG6: &str = "berth_sendmsg6";
+    pub const RECVMSG6: &str = "berth_recvmsg6";
+    pub const PEERNAME6: &str = "berth_peername6";
     /// Programs that do nothing: the bench's floor.
     pub const EMPTY_TC: &str = "berth_empty_tc";
     pub const EMPTY_XDP: &str = "berth_empty_xdp";
@@ -53,20 +61,25 @@ pub mod program {
     /// (tail-called by [`FROM_CTR`] and [`TO_CTR`]).
     pub const FROM_CTR6: &str = crate::tail::PROGRAM_FROM_CTR6;
     pub const TO_CTR6: &str = crate::tail::PROGRAM_TO_CTR6;
+    pub const REPLY6: &str = crate::tail::PROGRAM_REPLY6;
 
     /// The cgroup `sock_addr` hooks.
-    pub const SOCKET_HOOKS: [&str; 6] = [BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4, PEERNAME4];
+    pub const SOCKET_HOOKS: [&str; 10] = [
+        BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4, PEERNAME4, CONNECT6, SENDMSG6, RECVMSG6,
+        PEERNAME6,
+    ];
     /// Attached to every bridge port (its container's veth).
     pub const PORT_PROGRAMS: [&str; 2] = [FROM_CTR, TO_CTR];
     /// Every program of the object.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 22] = [
         INGRESS, XDP, DELIVER, REPLY, FROM_CTR, TO_CTR, BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4,
-        PEERNAME4, EMPTY_TC, EMPTY_XDP, INGRESS6, FROM_CTR6, TO_CTR6,
+        PEERNAME4, EMPTY_TC, EMPTY_XDP, INGRESS6, FROM_CTR6, TO_CTR6, REPLY6, CONNECT6, SENDMSG6,
+        RECVMSG6, PEERNAME6,
     ];
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 29] = [
+pub const MAPS: [&str; 33] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -96,6 +109,10 @@ pub const MAPS: [&str; 29] = [
     SG_MEMBERS6_MAP,
     CT6_MAP,
     CT6_NEW_MAP,
+    HOST_ADDRS6_MAP,
+    NAT6_MAP,
+    NAT6_NEW_MAP,
+    SOCK_REV6_MAP,
 ];
 
 /// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so
@@ -820,8 +837,9 @@ counters! {
     PolicyAcceptedIngress = 29 => "policy_accepted_ingress",
     /// New flow a sending task's security groups let out (once per flow).
     PolicyAcceptedEgress = 30 => "policy_accepted_egress",
-    /// IPv6 TCP/UDP to a published IPv6 port, passed untranslated: the
-    /// datapath parses IPv6 but does not translate it yet (issue 15).
+    /// IPv6 TCP/UDP to a published IPv6 port (or a reply of its flow),
+    /// passed untranslated: a fragmented datagram, which NAT66 does not
+    /// translate yet (issue 15).
     Ipv6Untranslated = 31 => "ipv6_untranslated",
     /// IPv6 frame whose program's `BERTH_TAILS` slot was empty (or the
     /// tail call failed): passed untouched at an uplink or the bridge,
@@ -965,4 +983,5 @@ mod user {
         super::NatEntry6,
         super::NatFwd6
     );
+    aya_pod!(super::SockRevKey6, super::SockRevValue6);
 }

@@ -31,6 +31,8 @@ pub const LEN: u32 = 8;
 
 /// The IPv6 program of the uplink (slot [`INGRESS6`]).
 pub const PROGRAM_INGRESS6: &str = "berth_ingress6";
+/// The IPv6 program of the bridge (slot [`REPLY6`]).
+pub const PROGRAM_REPLY6: &str = "berth_reply6";
 
 /// The IPv6 programs of a container's veth (slots [`FROM_CTR6`],
 /// [`TO_CTR6`]): security groups.
@@ -43,6 +45,7 @@ pub const PROGRAMS: &[(u32, &str)] = &[
     (INGRESS6, PROGRAM_INGRESS6),
     (FROM_CTR6, PROGRAM_FROM_CTR6),
     (TO_CTR6, PROGRAM_TO_CTR6),
+    (REPLY6, PROGRAM_REPLY6),
 ];
 
 const _: () = {

@@ -2,7 +2,7 @@
 //! NAT66 keeps (the datapath foundation of issue 15). Each mirrors its IPv4
 //! counterpart field for field, with 16-byte addresses in network order,
 //! so the tracker (`ct.rs`) and userspace treat both alike.
-use crate::DEFAULT_MAX_MAPPINGS;
+use crate::{DEFAULT_MAX_MAPPINGS, HOST_ADDRS_CAPACITY, NAT_CAPACITY, NAT_NEW_CAPACITY};
 
 /// Published IPv6 ports: (protocol, host address or `::` for any, host
 /// port) -> [`Backend6`]. Sized by `--max-mappings`, entries allocated on
@@ -80,6 +80,21 @@ pub struct NatFwd6 {
     pub backend_port_be: u16,
     pub remap_port_be: u16,
 }
+
+/// The host's own IPv6 addresses (16 bytes, network order) -> 1: a
+/// wildcard (`[::]`) mapping matches only traffic to one of these, and a
+/// client claiming one is refused, as [`crate::HOST_ADDRS_MAP`] for IPv4.
+pub const HOST_ADDRS6_MAP: &str = "BERTH_HOST_ADDRS6";
+pub const HOST_ADDRS6_CAPACITY: u32 = HOST_ADDRS_CAPACITY;
+
+/// Established IPv6 published-port flows, keyed by the reply tuple as the
+/// container sends it ([`FlowKey6`] -> [`NatEntry6`]); never evicts, as
+/// [`crate::NAT_MAP`].
+pub const NAT6_MAP: &str = "BERTH_NAT6";
+pub const NAT6_CAPACITY: u32 = NAT_CAPACITY;
+/// IPv6 flows not yet established (LRU), as [`crate::NAT_NEW_MAP`].
+pub const NAT6_NEW_MAP: &str = "BERTH_NAT6_NEW";
+pub const NAT6_NEW_CAPACITY: u32 = NAT_NEW_CAPACITY;
 
 const _: () = assert!(size_of::<ServiceKey6>() == 20);
 const _: () = assert!(size_of::<Backend6>() == 24);

@@ -139,8 +139,10 @@ pub struct Report {
     pub tolerated: BTreeMap<String, u64>,
     /// Failure kind -> (count, examples).
     pub failures: BTreeMap<String, (u64, Vec<String>)>,
-    /// Mutated IPv6 frames the uplink programs parsed to a published IPv6
-    /// port (`ipv6_untranslated`): the walk was reached, not just refused.
+    /// Mutated IPv6 frames `berth_ingress` dropped or translated: only a
+    /// frame the IPv6 parse found a published IPv6 port in gets either
+    /// (NAT66 refuses new flows while policy applies to anyone, as here),
+    /// so the walk was reached, not just refused.
     pub ipv6_parsed: u64,
 }
 
@@ -492,7 +494,9 @@ impl Run<'_> {
             self.check_policy_frag(prog, f, out, &class)?;
             return Ok(class);
         }
-        if prog == "berth_deliver" {
+        // IPv6 goes to NAT66 (`berth_ingress6`, tail-called by
+        // `berth_deliver` as by `berth_ingress`): judged as TC ingress.
+        if prog == "berth_deliver" && be16(f, 12) != Some(pkt::ETH_P_IPV6) {
             return match code {
                 TC_ACT_OK => unchanged(Class::Pass),
                 c => Err(bad(format!("verdict {c} without hand-off metadata"))),
@@ -1419,8 +1423,19 @@ pub fn run(cfg: &Config) -> Report {
                 if *prog == "berth_ingress" {
                     let x = run.one(env, "berth_xdp", &f, n, &how);
                     let t = run.one(env, "berth_ingress", &f, n, &how);
+                    let v6 = be16(&f, 12) == Some(pkt::ETH_P_IPV6);
+                    if v6 && matches!(t, Some(Class::Drop | Class::Nat(_))) {
+                        run.report.ipv6_parsed += 1;
+                    }
                     if let (Some(x), Some(t)) = (x, t) {
-                        if x != t && t != Class::Refused {
+                        // XDP hands IPv6 to the TC program beside it.
+                        if v6 && x != Class::Pass {
+                            let v = Violation {
+                                kind: "XDP did not pass IPv6 on".into(),
+                                detail: format!("xdp {x:?}"),
+                            };
+                            run.violation("berth_xdp", v, &f, &[], n, &how);
+                        } else if !v6 && x != t && t != Class::Refused {
                             let v = Violation {
                                 kind: "TC and XDP disagree".into(),
                                 detail: format!("tc {t:?} xdp {x:?}"),
@@ -1442,7 +1457,6 @@ pub fn run(cfg: &Config) -> Report {
             }
         }
         run.report.elapsed = start.elapsed();
-        run.report.ipv6_parsed = env.counter(berth_maps::Counter::Ipv6Untranslated);
         run.report
     })
 }

@@ -50,6 +50,33 @@ pub fn topology_for_dockerd() -> Result<Topology> {
     Ok(topo)
 }
 
+/// [`DOCKER_BRIDGE`]'s IPv6 subnet on [`topology_for_dockerd6`].
+pub const DOCKER_BRIDGE_CIDR6: &str = "fd00:18::/64";
+
+/// [`topology_for_dockerd`] on a dual-stack topology, with
+/// `fd00:18::1/64` on [`DOCKER_BRIDGE`] too, for `dockerd --ipv6
+/// --fixed-cidr-v6` [`DOCKER_BRIDGE_CIDR6`].
+pub fn topology_for_dockerd6() -> Result<Topology> {
+    let topo = Topology::build_with(TopologyOptions {
+        docker_iptables: false,
+        ..TopologyOptions::dual_stack()
+    })?;
+    let host = &topo.host.ns;
+    host.ip(["link", "add", DOCKER_BRIDGE, "type", "bridge"])?;
+    host.ip(["addr", "add", "172.18.0.1/16", "dev", DOCKER_BRIDGE])?;
+    host.ip([
+        "-6",
+        "addr",
+        "add",
+        "fd00:18::1/64",
+        "dev",
+        DOCKER_BRIDGE,
+        "nodad",
+    ])?;
+    host.ip(["link", "set", DOCKER_BRIDGE, "up"])?;
+    Ok(topo)
+}
+
 /// What dockerd is started with besides its own directories.
 #[derive(Debug, Clone, Default)]
 pub struct DockerdOptions {
@@ -61,6 +88,9 @@ pub struct DockerdOptions {
     pub env: Vec<(String, String)>,
     /// `--userland-proxy=false` (berth's Docker events mode).
     pub no_userland_proxy: bool,
+    /// `--ipv6 --fixed-cidr-v6 CIDR`: containers get IPv6 addresses from
+    /// CIDR (see [`topology_for_dockerd6`]).
+    pub ipv6_cidr: Option<String>,
 }
 
 #[derive(Debug)]
@@ -108,6 +138,9 @@ impl Dockerd {
         }
         if self.opts.no_userland_proxy {
             c.arg("--userland-proxy=false");
+        }
+        if let Some(cidr) = &self.opts.ipv6_cidr {
+            c.args(["--ipv6", "--fixed-cidr-v6", cidr]);
         }
         for (k, v) in &self.opts.env {
             c.env(k, v);

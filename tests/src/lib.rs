@@ -57,7 +57,7 @@ pub use daemon::{berth_bin, Daemon, DaemonOptions, HttpResponse};
 pub use dockerd::{Dockerd, DockerdOptions};
 pub use netns::{LinkInfo, NetNs};
 pub use process::Child;
-pub use rig::{any, peer_ip, Mode, Rig, RigBuilder};
+pub use rig::{any, any6, peer_ip, Mode, Rig, RigBuilder};
 pub use topology::{addr, Client, Container, Host, Topology, TopologyOptions};
 pub use traffic::{
     http_get, tcp_connect, udp_request, udp_request_from, HttpPeerServer, UdpEchoServer, UdpReply,

@@ -2,7 +2,7 @@
 use std::{
     ffi::OsStr,
     fs::File,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -240,6 +240,31 @@ impl NetNs {
             {
                 let ip = a.get("local").and_then(Value::as_str).unwrap_or_default();
                 let len = a.get("prefixlen").and_then(Value::as_u64).unwrap_or(32);
+                addrs.push((ip.parse().context("ip addr: bad address")?, len as u8));
+            }
+        }
+        Ok(addrs)
+    }
+
+    /// The global-scope IPv6 addresses (with prefix length) on `ifname`
+    /// (link-local ones left out: every link has its own).
+    pub fn ipv6_addrs(&self, ifname: &str) -> Result<Vec<(Ipv6Addr, u8)>> {
+        let out = self.ip(["-j", "-6", "addr", "show", "dev", ifname, "scope", "global"])?;
+        let v: Value = serde_json::from_str(&out)
+            .with_context(|| format!("cannot parse `ip -j addr` output: {out}"))?;
+        let mut addrs = Vec::new();
+        for link in v.as_array().into_iter().flatten() {
+            for a in link
+                .get("addr_info")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                // `ip -j` lists filtered-out addresses as empty objects.
+                let Some(ip) = a.get("local").and_then(Value::as_str) else {
+                    continue;
+                };
+                let len = a.get("prefixlen").and_then(Value::as_u64).unwrap_or(128);
                 addrs.push((ip.parse().context("ip addr: bad address")?, len as u8));
             }
         }

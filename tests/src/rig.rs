@@ -13,6 +13,18 @@
 //! assert_eq!(peer_ip(&body), "192.0.2.2");
 //! ```
 //!
+//! A dual-stack rig ([`RigBuilder::dual_stack`]) adds IPv6 everywhere (see
+//! [`crate::topology`]); the `…6` helpers call and serve over IPv6:
+//!
+//! ```no_run
+//! use berth_integration::{peer_ip, Rig};
+//!
+//! let rig = Rig::builder().dual_stack().start();
+//! let _web = rig.serve_http6(&rig.topo.container.ns, 80);
+//! let body = rig.client_get6(8080).expect("GET over IPv6");
+//! assert_eq!(peer_ip(&body), "2001:db8::2");
+//! ```
+//!
 //! Setup failures panic with their context rather than returning a
 //! `Result`: a test has nothing to do with a rig it could not build, and the
 //! panic keeps the daemon's stderr (the [`Daemon`] guard prints it).
@@ -69,6 +81,13 @@ impl RigBuilder {
     /// Topology knobs (checksum offload, Docker's iptables rules).
     pub fn topology(mut self, options: TopologyOptions) -> Self {
         self.topology = options;
+        self
+    }
+
+    /// IPv6 on every link of the topology as well (uplink, bridge,
+    /// clients, containers; see [`crate::topology`]).
+    pub fn dual_stack(mut self) -> Self {
+        self.topology.dual_stack = true;
         self
     }
 
@@ -240,6 +259,35 @@ impl Rig {
         UdpEchoServer::start_in(ns, any(port)).expect("start a UDP echo server")
     }
 
+    /// An HTTP server on `[::]:port` (v6-only) in `ns` that answers with
+    /// the caller's address.
+    pub fn serve_http6(&self, ns: &NetNs, port: u16) -> HttpPeerServer {
+        HttpPeerServer::start_in(ns, any6(port)).expect("start an IPv6 HTTP server")
+    }
+
+    /// A UDP server on `[::]:port` (v6-only) in `ns` that echoes with the
+    /// caller's address.
+    pub fn serve_udp_echo6(&self, ns: &NetNs, port: u16) -> UdpEchoServer {
+        UdpEchoServer::start_in(ns, any6(port)).expect("start an IPv6 UDP echo server")
+    }
+
+    /// GET / from the client to the host's published `port` over IPv6
+    /// (`[2001:db8::1]:port`).
+    pub fn client_get6(&self, port: u16) -> Result<String> {
+        self.get_from(&self.topo.client.ns, self.topo.host.addr6(port))
+    }
+
+    /// One UDP datagram from the client to the host's published `port`
+    /// over IPv6.
+    pub fn client_udp6(&self, port: u16, payload: &str) -> Result<UdpReply> {
+        let target = self.topo.host.addr6(port);
+        let payload = payload.to_string();
+        self.topo
+            .client
+            .ns
+            .run(move || udp_request(target, &payload, REQUEST_TIMEOUT))
+    }
+
     /// GET / from the client to the host's published `port`.
     pub fn client_get(&self, port: u16) -> Result<String> {
         self.get_from(&self.topo.client.ns, self.topo.host.addr(port))
@@ -327,10 +375,31 @@ pub fn any(port: u16) -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], port))
 }
 
+/// `[::]:port`.
+pub fn any6(port: u16) -> SocketAddr {
+    SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))
+}
+
 /// The address part of a peer server's answer (`"192.0.2.2:41000"` →
-/// `"192.0.2.2"`).
+/// `"192.0.2.2"`, `"[2001:db8::2]:41000"` → `"2001:db8::2"`).
 pub fn peer_ip(body: &str) -> String {
+    if let Ok(peer) = body.trim().parse::<SocketAddr>() {
+        return peer.ip().to_string();
+    }
     body.rsplit_once(':')
         .map(|(ip, _)| ip.to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_ip_reads_both_families() {
+        assert_eq!(peer_ip("192.0.2.2:41000"), "192.0.2.2");
+        assert_eq!(peer_ip("[2001:db8::2]:41000"), "2001:db8::2");
+        assert_eq!(peer_ip("[::ffff:192.0.2.2]:1"), "::ffff:192.0.2.2");
+        assert_eq!(peer_ip("no port"), "");
+    }
 }

@@ -51,7 +51,9 @@ fn ns_id(path: &str) -> String {
 /// Run `f` on a thread of its own inside fresh network and mount
 /// namespaces holding a host with an uplink (`up0`, a veth, 192.0.2.1/24 and
 /// 192.0.2.100/24; neighbour 192.0.2.2) and a container network (`docker0`, a veth standing in for the bridge,
-/// 172.17.0.1/16; neighbour 172.17.0.2, 172.17.0.3 unresolved).
+/// 172.17.0.1/16; neighbour 172.17.0.2, 172.17.0.3 unresolved), and the
+/// same over IPv6 (`2001:db8::1/64`, neighbour `2001:db8::2`; `fd00::1/64`,
+/// neighbour `fd00::2`).
 pub fn in_fixture_ns<T: Send + 'static>(f: impl FnOnce(&mut Env) -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
         let root = ns_id("/proc/1/ns/net");
@@ -78,6 +80,13 @@ pub fn in_fixture_ns<T: Send + 'static>(f: impl FnOnce(&mut Env) -> T + Send + '
         sh("ip link add docker0 address 02:42:00:00:00:01 type veth peer name docker0p && ip link set docker0p up && ip link set docker0 up");
         sh("ip addr add 172.17.0.1/16 dev docker0");
         sh("ip neigh add 172.17.0.2 lladdr 02:42:ac:11:00:02 dev docker0 nud permanent");
+        // IPv6 beside it (NAT66): 2001:db8::1 on the uplink, neighbour
+        // 2001:db8::2 (the client); fd00::1/64 on the bridge, neighbour
+        // fd00::2 (the first container's MAC).
+        sh("echo 1 > /proc/sys/net/ipv6/conf/all/forwarding");
+        sh("ip -6 addr add 2001:db8::1/64 dev up0 nodad && ip -6 addr add fd00::1/64 dev docker0 nodad");
+        sh("ip -6 neigh add 2001:db8::2 lladdr 02:00:00:00:00:02 dev up0 nud permanent");
+        sh("ip -6 neigh add fd00::2 lladdr 02:42:ac:11:00:02 dev docker0 nud permanent");
         let mut env = load_env(ebpf_object());
         f(&mut env)
     })
@@ -209,8 +218,8 @@ pub fn binding(
 ) -> Binding {
     Binding {
         task: "t".into(),
-        container_ip: c,
-        bind_ip,
+        container_ip: c.into(),
+        bind_ip: bind_ip.into(),
         host_port,
         container_port,
         protocol: p,
@@ -353,6 +362,13 @@ impl Env {
             aya::maps::ProgramArray::try_from(self.ebpf.map_mut(berth_maps::TAILS_MAP).unwrap())
                 .unwrap();
         m.clear_index(&slot).unwrap();
+    }
+
+    /// Makes `a` one of the host's IPv6 addresses, as the daemon does.
+    pub fn host_addr6(&mut self, a: std::net::Ipv6Addr) {
+        let mut m: HashMap<&mut MapData, [u8; 16], u32> =
+            HashMap::try_from(self.ebpf.map_mut(berth_maps::HOST_ADDRS6_MAP).unwrap()).unwrap();
+        m.insert(a.octets(), 1, 0).unwrap();
     }
 
     /// A datapath counter, summed over CPUs.

@@ -16,6 +16,16 @@
 //! `--uplink up0`. Clients route everything via 192.0.2.1, containers via
 //! 172.17.0.1. The host has no default route: every peer is on-link.
 //!
+//! With [`TopologyOptions::dual_stack`] every link also gets IPv6, as on a
+//! Docker host with `--ipv6` and a ULA `fixed-cidr-v6`: client `2001:db8::2`,
+//! client2 `2001:db8::3`, up0 `2001:db8::1/64`, docker0 `fd00:17::1/64`,
+//! containers `fd00:17::2` and `fd00:17::3` (a container at 172.17.A.B gets
+//! `fd00:17::A:B`, see [`addr::container_ip6`]). Duplicate-address detection
+//! is off in every namespace (addresses are usable at once), the host
+//! forwards IPv6, default routes point at up0 and docker0, and Docker's
+//! rules go into ip6tables too. Without the option containers have IPv6
+//! off, as on a Docker network without IPv6.
+//!
 //! Every link is created inside the namespaces (`ip -n … link add … peer …
 //! netns …`), so nothing appears in the root namespace, not even briefly.
 //! Dropping the [`Topology`] deletes all its namespaces, which removes every
@@ -23,16 +33,20 @@
 use std::{
     collections::hash_map::DefaultHasher,
     hash::{Hash as _, Hasher as _},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
 };
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{docker_rules::docker_default_rules, netns::LinkInfo, NetNs};
+use crate::{
+    docker_rules::{docker_default_rules, docker_default_rules6},
+    netns::LinkInfo,
+    NetNs,
+};
 
 /// Addresses and names of the standard topology.
 pub mod addr {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     pub const WAN_PREFIX_LEN: u8 = 24;
     pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -54,6 +68,27 @@ pub mod addr {
     pub const WAN_BRIDGE: &str = "wan0";
     /// The interface name inside clients and containers.
     pub const ETH: &str = "eth0";
+
+    // IPv6, with `TopologyOptions::dual_stack` only.
+    pub const WAN6_PREFIX_LEN: u8 = 64;
+    pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+    pub const CLIENT2_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 3);
+    /// The host's uplink IPv6 address.
+    pub const HOST_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+    pub const BRIDGE6_PREFIX_LEN: u8 = 64;
+    pub const BRIDGE_SUBNET6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x17, 0, 0, 0, 0, 0, 0);
+    /// docker0's IPv6 address, the containers' IPv6 gateway.
+    pub const BRIDGE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x17, 0, 0, 0, 0, 0, 1);
+    pub const CONTAINER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x17, 0, 0, 0, 0, 0, 2);
+    pub const CONTAINER2_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x17, 0, 0, 0, 0, 0, 3);
+
+    /// The IPv6 address a container at `ip` (172.17.A.B) gets on a
+    /// dual-stack docker0: `fd00:17::A:B`, so 172.17.0.2 is `fd00:17::2`.
+    pub fn container_ip6(ip: Ipv4Addr) -> Ipv6Addr {
+        let [_, _, a, b] = ip.octets();
+        let s = BRIDGE_SUBNET6.segments();
+        Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, u16::from(a), u16::from(b))
+    }
 }
 
 /// Knobs for [`Topology::build_with`].
@@ -67,6 +102,8 @@ pub struct TopologyOptions {
     /// Apply Docker's default iptables rules in the host namespace.
     /// Default: true. Off is only for checking the topology's routing.
     pub docker_iptables: bool,
+    /// IPv6 on every link as well (see the module docs). Default: false.
+    pub dual_stack: bool,
 }
 
 impl Default for TopologyOptions {
@@ -74,6 +111,17 @@ impl Default for TopologyOptions {
         Self {
             tx_checksum_off: true,
             docker_iptables: true,
+            dual_stack: false,
+        }
+    }
+}
+
+impl TopologyOptions {
+    /// The default options with IPv6 on every link.
+    pub fn dual_stack() -> Self {
+        Self {
+            dual_stack: true,
+            ..Self::default()
         }
     }
 }
@@ -83,6 +131,8 @@ impl Default for TopologyOptions {
 pub struct Client {
     pub ns: NetNs,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address on a dual-stack topology.
+    pub ip6: Option<Ipv6Addr>,
     /// Its interface (`eth0`).
     pub ifname: &'static str,
 }
@@ -99,6 +149,10 @@ pub struct Host {
     pub bridge: &'static str,
     /// 172.17.0.1
     pub bridge_ip: Ipv4Addr,
+    /// `2001:db8::1` on a dual-stack topology.
+    pub uplink_ip6: Option<Ipv6Addr>,
+    /// `fd00:17::1` on a dual-stack topology.
+    pub bridge_ip6: Option<Ipv6Addr>,
 }
 
 /// A container attached to docker0.
@@ -106,6 +160,8 @@ pub struct Host {
 pub struct Container {
     pub ns: NetNs,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address when its bridge has IPv6.
+    pub ip6: Option<Ipv6Addr>,
     /// Its interface inside (`eth0`).
     pub ifname: &'static str,
     /// The host end of its veth pair (in the host namespace, on docker0),
@@ -137,6 +193,10 @@ impl Topology {
         // way through tears down what was built so far.
         let wan = NetNs::new("wan")?;
         let host_ns = NetNs::new("host")?;
+        if options.dual_stack {
+            no_dad(&wan)?;
+            no_dad(&host_ns)?;
+        }
         wan.ip(["link", "add", addr::WAN_BRIDGE, "type", "bridge"])?;
         wan.ip(["link", "set", addr::WAN_BRIDGE, "up"])?;
 
@@ -160,12 +220,29 @@ impl Topology {
         ])?;
         host_ns.ip(["link", "set", addr::BRIDGE, "up"])?;
         host_ns.set_sysctl("net.ipv4.ip_forward", "1")?;
+        if options.dual_stack {
+            add_addr6(
+                &host_ns,
+                addr::UPLINK,
+                addr::HOST_IP6,
+                addr::WAN6_PREFIX_LEN,
+            )?;
+            add_addr6(
+                &host_ns,
+                addr::BRIDGE,
+                addr::BRIDGE_IP6,
+                addr::BRIDGE6_PREFIX_LEN,
+            )?;
+            host_ns.set_sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        }
         let host = Host {
             ns: host_ns,
             uplink: addr::UPLINK,
             uplink_ip: addr::HOST_IP,
             bridge: addr::BRIDGE,
             bridge_ip: addr::BRIDGE_IP,
+            uplink_ip6: options.dual_stack.then_some(addr::HOST_IP6),
+            bridge_ip6: options.dual_stack.then_some(addr::BRIDGE_IP6),
         };
         if options.docker_iptables {
             let subnet = format!("{}/{}", addr::BRIDGE_SUBNET, addr::BRIDGE_PREFIX_LEN);
@@ -176,10 +253,20 @@ impl Topology {
                     &docker_default_rules(addr::BRIDGE, &subnet),
                 )
                 .context("cannot apply Docker's iptables rules")?;
+            if options.dual_stack {
+                let subnet6 = format!("{}/{}", addr::BRIDGE_SUBNET6, addr::BRIDGE6_PREFIX_LEN);
+                host.ns
+                    .exec_with_stdin(
+                        "ip6tables-restore",
+                        ["-w"],
+                        &docker_default_rules6(addr::BRIDGE, &subnet6),
+                    )
+                    .context("cannot apply Docker's ip6tables rules")?;
+            }
         }
 
-        let client = new_client(&wan, "client", "wp-client", addr::CLIENT_IP, &options)?;
-        let client2 = new_client(&wan, "client2", "wp-client2", addr::CLIENT2_IP, &options)?;
+        let client = new_client(&wan, "client", "wp-client", Peer::CLIENT, &options)?;
+        let client2 = new_client(&wan, "client2", "wp-client2", Peer::CLIENT2, &options)?;
         let container = Container::attach(&host, "ctr1", addr::CONTAINER_IP, &options)?;
         let container2 = Container::attach(&host, "ctr2", addr::CONTAINER2_IP, &options)?;
 
@@ -197,6 +284,7 @@ impl Topology {
     /// One more container on docker0 (role names its namespace), owned by
     /// the caller: dropping it removes the container and its veth, like
     /// `docker rm`. Uses the topology's options.
+    /// On a dual-stack topology it gets [`addr::container_ip6`] of `ip` too.
     pub fn new_container(&self, role: &str, ip: Ipv4Addr) -> Result<Container> {
         Container::attach(&self.host, role, ip, &self.options)
     }
@@ -236,27 +324,90 @@ fn wan_port(wan: &NetNs, port: &str, peer_ns: &NetNs, peer: &str) -> Result<()> 
     Ok(())
 }
 
+/// A client's addresses on the wan.
+struct Peer {
+    ip: Ipv4Addr,
+    ip6: Ipv6Addr,
+}
+
+impl Peer {
+    const CLIENT: Self = Self {
+        ip: addr::CLIENT_IP,
+        ip6: addr::CLIENT_IP6,
+    };
+    const CLIENT2: Self = Self {
+        ip: addr::CLIENT2_IP,
+        ip6: addr::CLIENT2_IP6,
+    };
+}
+
 fn new_client(
     wan: &NetNs,
     role: &str,
     port: &str,
-    ip: Ipv4Addr,
+    peer: Peer,
     options: &TopologyOptions,
 ) -> Result<Client> {
     let ns = NetNs::new(role)?;
+    if options.dual_stack {
+        no_dad(&ns)?;
+    }
     wan_port(wan, port, &ns, addr::ETH)?;
     configure_endpoint(
         &ns,
-        ip,
+        peer.ip,
         addr::WAN_PREFIX_LEN,
         addr::HOST_IP,
         options.tx_checksum_off,
     )?;
+    let ip6 = options.dual_stack.then_some(peer.ip6);
+    if let Some(ip6) = ip6 {
+        configure_endpoint6(&ns, ip6, addr::WAN6_PREFIX_LEN, addr::HOST_IP6)?;
+    }
     Ok(Client {
         ns,
-        ip,
+        ip: peer.ip,
+        ip6,
         ifname: addr::ETH,
     })
+}
+
+/// Duplicate-address detection off for every link made in `ns` from now
+/// on: a tentative address cannot be used for a second or so, and the
+/// tests' addresses are unique by construction.
+fn no_dad(ns: &NetNs) -> Result<()> {
+    ns.set_sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+    ns.set_sysctl("net.ipv6.conf.default.accept_dad", "0")
+}
+
+/// `ip -6 addr add IP/LEN dev DEV nodad`.
+fn add_addr6(ns: &NetNs, dev: &str, ip: Ipv6Addr, prefix_len: u8) -> Result<()> {
+    ns.ip([
+        "-6",
+        "addr",
+        "add",
+        &format!("{ip}/{prefix_len}"),
+        "dev",
+        dev,
+        "nodad",
+    ])?;
+    Ok(())
+}
+
+/// The IPv6 address and default route of `eth0` (already up).
+fn configure_endpoint6(ns: &NetNs, ip: Ipv6Addr, prefix_len: u8, gateway: Ipv6Addr) -> Result<()> {
+    add_addr6(ns, addr::ETH, ip, prefix_len)?;
+    ns.ip([
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &gateway.to_string(),
+        "dev",
+        addr::ETH,
+    ])?;
+    Ok(())
 }
 
 /// Address, link up, default route and checksum offload of `eth0`.
@@ -326,8 +477,10 @@ pub struct BridgeNet<'a> {
 
 impl Container {
     /// Creates a container namespace with `eth0` at `ip`/16 on the host's
-    /// docker0, default route via 172.17.0.1, IPv6 off (as Docker does on a
-    /// network without IPv6).
+    /// docker0, default route via 172.17.0.1. IPv6 is off (as Docker does
+    /// on a network without IPv6) unless docker0 has IPv6 (a dual-stack
+    /// topology): then `eth0` also gets [`addr::container_ip6`] of `ip`/64
+    /// and a default route via `fd00:17::1`.
     pub fn attach(
         host: &Host,
         role: &str,
@@ -339,10 +492,13 @@ impl Container {
             gateway: host.bridge_ip,
             prefix_len: addr::BRIDGE_PREFIX_LEN,
         };
-        Self::attach_to(host, net, role, ip, options)
+        let v6 = host
+            .bridge_ip6
+            .map(|gateway| (gateway, addr::container_ip6(ip)));
+        Self::attach_inner(host, net, role, ip, v6, options)
     }
 
-    /// As [`Container::attach`], on another bridge of the host.
+    /// As [`Container::attach`], on another bridge of the host (IPv4 only).
     pub fn attach_to(
         host: &Host,
         net: BridgeNet<'_>,
@@ -350,9 +506,25 @@ impl Container {
         ip: Ipv4Addr,
         options: &TopologyOptions,
     ) -> Result<Self> {
+        Self::attach_inner(host, net, role, ip, None, options)
+    }
+
+    /// `v6`: the IPv6 gateway and the container's IPv6 address, or IPv6 off.
+    fn attach_inner(
+        host: &Host,
+        net: BridgeNet<'_>,
+        role: &str,
+        ip: Ipv4Addr,
+        v6: Option<(Ipv6Addr, Ipv6Addr)>,
+        options: &TopologyOptions,
+    ) -> Result<Self> {
         let ns = NetNs::new(role)?;
-        ns.set_sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-        ns.set_sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        if v6.is_some() {
+            no_dad(&ns)?;
+        } else {
+            ns.set_sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+            ns.set_sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        }
         let host_veth = docker_veth_name(ns.name());
         host.ns.ip([
             "link",
@@ -377,9 +549,13 @@ impl Container {
             net.gateway,
             options.tx_checksum_off,
         )?;
+        if let Some((gateway, ip6)) = v6 {
+            configure_endpoint6(&ns, ip6, addr::BRIDGE6_PREFIX_LEN, gateway)?;
+        }
         Ok(Self {
             ns,
             ip,
+            ip6: v6.map(|(_, ip6)| ip6),
             ifname: addr::ETH,
             host_veth,
         })
@@ -388,6 +564,11 @@ impl Container {
     /// `ip:port` of this container.
     pub fn addr(&self, port: u16) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(self.ip, port))
+    }
+
+    /// `[ip6]:port` of this container; panics on a container without IPv6.
+    pub fn addr6(&self, port: u16) -> SocketAddr {
+        v6_addr(self.ip6, port, "container")
     }
 
     /// The container's `eth0`.
@@ -405,6 +586,11 @@ impl Client {
     /// `ip:port` of this client.
     pub fn addr(&self, port: u16) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(self.ip, port))
+    }
+
+    /// `[ip6]:port` of this client; panics unless the topology is dual-stack.
+    pub fn addr6(&self, port: u16) -> SocketAddr {
+        v6_addr(self.ip6, port, "client")
     }
 
     pub fn link(&self) -> Result<LinkInfo> {
@@ -432,6 +618,18 @@ impl Host {
     /// `172.17.0.1:port`, the host as containers see it.
     pub fn bridge_addr(&self, port: u16) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(self.bridge_ip, port))
+    }
+
+    /// `[2001:db8::1]:port`, a published port as IPv6 clients call it;
+    /// panics unless the topology is dual-stack.
+    pub fn addr6(&self, port: u16) -> SocketAddr {
+        v6_addr(self.uplink_ip6, port, "uplink")
+    }
+
+    /// `[fd00:17::1]:port`, the host as containers see it over IPv6;
+    /// panics unless the topology is dual-stack.
+    pub fn bridge_addr6(&self, port: u16) -> SocketAddr {
+        v6_addr(self.bridge_ip6, port, "bridge")
     }
 
     /// The uplink `up0`.
@@ -470,6 +668,15 @@ impl Host {
     }
 }
 
+/// `[ip]:port`, or a panic naming what has no IPv6: a test asking for an
+/// IPv6 address on an IPv4-only topology is a bug in the test.
+fn v6_addr(ip: Option<Ipv6Addr>, port: u16, what: &str) -> SocketAddr {
+    let ip = ip.unwrap_or_else(|| {
+        panic!("the {what} has no IPv6 address: build the topology with dual_stack")
+    });
+    SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0))
+}
+
 fn parse_iptables_counters(out: &str) -> Result<Vec<RuleCounter>> {
     let mut rules = Vec::new();
     // Line 1: "Chain X (…)", line 2: column headers.
@@ -504,6 +711,19 @@ mod tests {
             assert!(n.starts_with("veth"));
             assert!(n[4..].chars().all(|c| c.is_ascii_hexdigit()));
         }
+    }
+
+    #[test]
+    fn container_ip6_follows_the_ipv4_address() {
+        assert_eq!(addr::container_ip6(addr::CONTAINER_IP), addr::CONTAINER_IP6);
+        assert_eq!(
+            addr::container_ip6(addr::CONTAINER2_IP),
+            addr::CONTAINER2_IP6
+        );
+        assert_eq!(
+            addr::container_ip6(Ipv4Addr::new(172, 17, 1, 9)).to_string(),
+            "fd00:17::1:9"
+        );
     }
 
     #[test]

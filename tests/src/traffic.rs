@@ -1,4 +1,4 @@
-//! Small TCP/UDP peers for end-to-end checks. Servers bind in the calling
+//! Small TCP/UDP peers for end-to-end checks, over IPv4 or IPv6. Servers bind in the calling
 //! thread's network namespace (start them inside [`NetNs::run`], or use the
 //! `start_in` constructors), serve from their own thread, record who talked
 //! to them, and stop on drop or after [`SERVER_LIFETIME`]. Clients take an
@@ -59,10 +59,15 @@ pub struct HttpPeerServer {
 }
 
 impl HttpPeerServer {
-    /// Binds `bind` (port 0 picks one) in the calling thread's namespace.
+    /// Binds `bind` (port 0 picks one) in the calling thread's namespace;
+    /// an IPv6 address binds v6-only (see [`bind_socket`]).
     pub fn start(bind: SocketAddr) -> Result<Self> {
-        let listener =
-            TcpListener::bind(bind).with_context(|| format!("cannot bind tcp {bind}"))?;
+        let listener: TcpListener = bind_socket(bind, socket2::Type::STREAM)
+            .and_then(|s| {
+                s.listen(128)?;
+                Ok(s.into())
+            })
+            .with_context(|| format!("cannot bind tcp {bind}"))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::default());
@@ -226,9 +231,12 @@ pub struct UdpEchoServer {
 }
 
 impl UdpEchoServer {
-    /// Binds `bind` (port 0 picks one) in the calling thread's namespace.
+    /// Binds `bind` (port 0 picks one) in the calling thread's namespace;
+    /// an IPv6 address binds v6-only (see [`bind_socket`]).
     pub fn start(bind: SocketAddr) -> Result<Self> {
-        let sock = UdpSocket::bind(bind).with_context(|| format!("cannot bind udp {bind}"))?;
+        let sock: UdpSocket = bind_socket(bind, socket2::Type::DGRAM)
+            .map(Into::into)
+            .with_context(|| format!("cannot bind udp {bind}"))?;
         sock.set_read_timeout(Some(Duration::from_millis(50)))?;
         let addr = sock.local_addr()?;
         let shared = Arc::new(Shared::default());
@@ -285,6 +293,22 @@ fn echo_loop(sock: UdpSocket, shared: Arc<Shared>) {
             Err(_) => continue, // timeout tick: re-check the stop flag
         }
     }
+}
+
+/// A socket bound to `bind` with `SO_REUSEADDR` (as std's listeners set
+/// it). An IPv6 one is v6-only, so a server on `[::]:80` sees IPv6 clients
+/// only and can sit beside one on `0.0.0.0:80`: an IPv4 client never shows
+/// up as `::ffff:a.b.c.d` where a test expects it on the IPv4 server.
+pub fn bind_socket(bind: SocketAddr, ty: socket2::Type) -> io::Result<socket2::Socket> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(bind), ty, None)?;
+    if bind.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    if ty == socket2::Type::STREAM {
+        s.set_reuse_address(true)?;
+    }
+    s.bind(&bind.into())?;
+    Ok(s)
 }
 
 /// One UDP reply: who sent it and what it said.
@@ -397,6 +421,22 @@ mod tests {
         let (peer, payload) = r.text.split_once(' ').unwrap();
         assert_eq!(payload, "hello");
         assert_eq!(srv.peers(), vec![peer.parse::<SocketAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn ipv6_servers_are_v6_only_beside_ipv4_ones() {
+        let v6 = HttpPeerServer::start("[::1]:0".parse().unwrap()).unwrap();
+        let port = v6.port();
+        // The same port on IPv4 is free: the IPv6 server did not take it.
+        let v4 = HttpPeerServer::start(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+        let body = http_get(v6.local_addr(), "/", Duration::from_secs(2)).unwrap();
+        assert!(body.starts_with("[::1]:"), "{body}");
+        let body = http_get(v4.local_addr(), "/", Duration::from_secs(2)).unwrap();
+        assert!(body.starts_with("127.0.0.1:"), "{body}");
+        let udp = UdpEchoServer::start("[::1]:0".parse().unwrap()).unwrap();
+        let r = udp_request(udp.local_addr(), "six", Duration::from_secs(2)).unwrap();
+        assert_eq!(r.from, udp.local_addr());
+        assert!(r.text.starts_with("[::1]:"), "{}", r.text);
     }
 
     #[test]

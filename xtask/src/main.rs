@@ -56,6 +56,11 @@ enum Task {
         /// About three minutes instead of about ten.
         #[arg(long)]
         quick: bool,
+        /// Only these sections, comma-separated (berth-bench's names:
+        /// verifier, datapath, topology, veth, control, control-berth,
+        /// memory, docker, ipv6).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Randomized run of the datapath (needs root): mutated frames through
     /// every packet program with `BPF_PROG_TEST_RUN`, checked against the NAT
@@ -121,13 +126,13 @@ fn execute(task: Task) -> Result<()> {
             }
             Ok(())
         }
-        Task::Bench { quick } => bench(quick),
+        Task::Bench { quick, only } => bench(quick, only.as_deref()),
         Task::FuzzDatapath { frames, seed } => fuzz::datapath(frames, seed),
         Task::Fuzz { seconds, target } => fuzz::parsers(seconds, target.as_deref()),
     }
 }
 
-fn bench(quick: bool) -> Result<()> {
+fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     if !run::is_root() {
         bail!("cargo xtask bench must run as root: it loads eBPF programs and builds network namespaces");
     }
@@ -152,6 +157,14 @@ fn bench(quick: bool) -> Result<()> {
     let mut cmd = Command::new(workspace_root().join("target/release/berth-bench"));
     if quick {
         cmd.arg("--quick");
+    }
+    if let Some(only) = only {
+        cmd.args(["--only", only]);
+        // Only the datapath section measures the previous release: spare
+        // building it for the others.
+        if !only.split(',').any(|s| s == "datapath") {
+            return run::status(&mut cmd).context("bench failed");
+        }
     }
     // The datapath section measures the previous release beside this one
     // when its object can be built; without it the bench says so.

@@ -6,6 +6,9 @@
 //! - `http ADDR:PORT` → `peer=<getpeername()> body=<response body>`
 //! - `udp ADDR:PORT PAYLOAD` → `from=<reply source> text=<reply>` (unconnected socket)
 //! - `udp-connected ADDR:PORT PAYLOAD` → `peer=<getpeername()> text=<reply>`
+//!
+//! An IPv6 `ADDR` (`[::1]:8080`, `[::ffff:127.0.0.1]:8080`) uses an IPv6
+//! socket, dual-stack as applications' sockets are by default.
 use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -33,6 +36,16 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().expect("ADDR:PORT")
 }
 
+/// The wildcard of the target's family: `[::]:0` (dual-stack, so a
+/// v4-mapped target works) for an IPv6 target, `0.0.0.0:0` otherwise.
+fn local_any(target: &str) -> SocketAddr {
+    if addr(target).is_ipv6() {
+        "[::]:0".parse().expect("[::]:0")
+    } else {
+        "0.0.0.0:0".parse().expect("0.0.0.0:0")
+    }
+}
+
 fn run(cmd: &str, args: &[String]) -> std::io::Result<String> {
     match (cmd, args) {
         ("bind", [proto, a]) => {
@@ -53,7 +66,7 @@ fn run(cmd: &str, args: &[String]) -> std::io::Result<String> {
             Ok(format!("peer={peer} body={body}"))
         }
         ("udp", [a, payload]) => {
-            let s = UdpSocket::bind("0.0.0.0:0")?;
+            let s = UdpSocket::bind(local_any(a))?;
             s.set_read_timeout(Some(T))?;
             s.send_to(payload.as_bytes(), addr(a))?;
             let mut buf = [0u8; 512];
@@ -64,7 +77,7 @@ fn run(cmd: &str, args: &[String]) -> std::io::Result<String> {
             ))
         }
         ("udp-connected", [a, payload]) => {
-            let s = UdpSocket::bind("0.0.0.0:0")?;
+            let s = UdpSocket::bind(local_any(a))?;
             s.set_read_timeout(Some(T))?;
             s.connect(addr(a))?;
             let peer = s.peer_addr()?;

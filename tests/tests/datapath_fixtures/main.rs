@@ -12,6 +12,7 @@ mod icmp;
 mod ingress;
 mod ipv6;
 mod migrated;
+mod nat66;
 mod nexthop;
 mod reply;
 mod run;

@@ -126,8 +126,8 @@ fn a_daemon_that_sees_no_cgroup_mounts_the_hierarchy_and_attaches_the_socket_hoo
         .collect();
     assert_eq!(
         cgroup_links.len(),
-        6,
-        "bind4/6, connect4, sendmsg4, recvmsg4, getpeername4: {s:#}"
+        10,
+        "bind4/6, connect4/6, sendmsg4/6, recvmsg4/6, getpeername4/6: {s:#}"
     );
     assert!(cgroup_links.iter().all(|a| a["attached"] == true));
     // The hooks work: the bind guard refuses a host process the port.
@@ -238,6 +238,11 @@ fn status_lists_every_attachment_map_and_the_daemon() {
         rig.daemon.cgroup().path().display().to_string()
     );
     assert_eq!(find("cgroup", "berth_connect4")["hook"], "cgroup connect4");
+    assert_eq!(find("cgroup", "berth_connect6")["hook"], "cgroup connect6");
+    assert_eq!(
+        find("cgroup", "berth_peername6")["hook"],
+        "cgroup getpeername6"
+    );
     let maps = dp["maps"].as_array().unwrap();
     let map = |name: &str| {
         maps.iter()

@@ -548,3 +548,94 @@ fn sysctl_reads_long_values_whole() {
         .unwrap();
     assert_eq!(ns.sysctl("net.ipv4.ip_local_reserved_ports").unwrap(), list);
 }
+
+/// The dual-stack topology: every documented IPv6 address in place and
+/// usable at once (no duplicate-address detection), the host forwarding
+/// IPv6 under Docker's ip6tables rules, containers reaching the wan through
+/// the masquerade and the host reaching containers directly.
+#[test]
+fn dual_stack_topology_has_the_documented_ipv6_addresses_and_routes() {
+    let topo = Topology::build_with(TopologyOptions::dual_stack()).expect("topology");
+    let host = &topo.host.ns;
+    assert_eq!(
+        host.ipv6_addrs(addr::UPLINK).unwrap(),
+        vec![(addr::HOST_IP6, 64)]
+    );
+    assert_eq!(
+        host.ipv6_addrs(addr::BRIDGE).unwrap(),
+        vec![(addr::BRIDGE_IP6, 64)]
+    );
+    for (ns, ip6) in [
+        (&topo.client.ns, addr::CLIENT_IP6),
+        (&topo.client2.ns, addr::CLIENT2_IP6),
+        (&topo.container.ns, addr::CONTAINER_IP6),
+        (&topo.container2.ns, addr::CONTAINER2_IP6),
+    ] {
+        assert_eq!(
+            ns.ipv6_addrs("eth0").unwrap(),
+            vec![(ip6, 64)],
+            "{}",
+            ns.name()
+        );
+        let out = ns.ip(["-6", "addr", "show", "dev", "eth0"]).unwrap();
+        assert!(!out.contains("tentative"), "{}: {out}", ns.name());
+    }
+    assert_eq!(topo.container.ip6, Some(addr::CONTAINER_IP6));
+    assert_eq!(topo.client.ip6, Some(addr::CLIENT_IP6));
+    assert_eq!(host.sysctl("net.ipv6.conf.all.forwarding").unwrap(), "1");
+    let route = topo
+        .container
+        .ns
+        .ip(["-6", "route", "show", "default"])
+        .unwrap();
+    assert!(route.contains("via fd00:17::1"), "{route}");
+    let route = topo
+        .client
+        .ns
+        .ip(["-6", "route", "show", "default"])
+        .unwrap();
+    assert!(route.contains("via 2001:db8::1"), "{route}");
+    let rules = host
+        .exec("ip6tables-save", std::iter::empty::<&str>())
+        .unwrap();
+    for want in [
+        ":FORWARD DROP",
+        "-A DOCKER ! -i docker0 -o docker0 -j DROP",
+        "-A POSTROUTING -s fd00:17::/64 ! -o docker0 -j MASQUERADE",
+    ] {
+        assert!(rules.contains(want), "missing {want:?} in:\n{rules}");
+    }
+
+    // Container -> wan client over IPv6: forwarded and masqueraded, as
+    // Docker does for a ULA subnet.
+    let web = HttpPeerServer::start_in(&topo.client.ns, topo.client.addr6(0)).unwrap();
+    let body = topo
+        .container
+        .ns
+        .run(|| http_get(web.local_addr(), "/", T))
+        .expect("container to client over IPv6");
+    let peer: SocketAddr = body.parse().unwrap();
+    assert_eq!(peer.ip(), std::net::IpAddr::V6(addr::HOST_IP6), "{body}");
+
+    // Host -> container over IPv6, TCP and UDP; the IPv4 server on the same
+    // port stays apart (IPv6 servers are v6-only).
+    let web4 = HttpPeerServer::start_in(&topo.container.ns, any(8000)).unwrap();
+    let web6 = HttpPeerServer::start_in(&topo.container.ns, topo.container.addr6(8000)).unwrap();
+    let udp6 = UdpEchoServer::start_in(&topo.container.ns, topo.container.addr6(53)).unwrap();
+    let body = host
+        .run(|| http_get(web6.local_addr(), "/", T))
+        .expect("host to container over IPv6");
+    assert!(body.starts_with("[fd00:17::1]:"), "{body}");
+    let reply = host
+        .run(|| udp_request(udp6.local_addr(), "six", T))
+        .expect("udp over IPv6");
+    assert_eq!(reply.from, topo.container.addr6(53));
+    assert!(reply.text.starts_with("[fd00:17::1]:"), "{}", reply.text);
+    assert!(web4.peers().is_empty());
+
+    // An IPv4-only topology keeps containers without IPv6.
+    drop((web, web4, web6, udp6));
+    let v4 = Topology::build().expect("topology");
+    assert_eq!(v4.container.ip6, None);
+    assert_eq!(v4.host.uplink_ip6, None);
+}

@@ -18,6 +18,7 @@ mod flow_tracking;
 mod fragments;
 mod harness;
 mod local_access;
+mod local_access6;
 mod metrics;
 mod restart_and_guard;
 mod security_groups;

@@ -614,7 +614,7 @@ impl BpfDatapath {
 
 /// cgroup `sock_addr` hooks: the bind guard and socket-level translation for
 /// host-local and hairpin access.
-const SOCKET_HOOKS: [&str; 6] = program::SOCKET_HOOKS;
+const SOCKET_HOOKS: [&str; program::SOCKET_HOOKS.len()] = program::SOCKET_HOOKS;
 pub(super) const CGROUP_LINK_SUFFIX: &str = "cgroup";
 
 /// The cookie of the daemon's network namespace (`SO_NETNS_COOKIE`, 5.14+).

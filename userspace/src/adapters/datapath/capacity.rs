@@ -77,6 +77,7 @@ impl Capacity {
             (berth_maps::CT6_MAP, ct.unwrap_or(self.max_flows)),
             (berth_maps::CT6_NEW_MAP, embryonic),
             (SOCK_REV_MAP, lru),
+            (berth_maps::SOCK_REV6_MAP, lru),
         ]
     }
 }
@@ -124,6 +125,7 @@ mod tests {
             (m[NAT_NEW_MAP], m[CT_NEW_MAP], m[SOCK_REV_MAP]),
             (512, 512, 512)
         );
+        assert_eq!(m[berth_maps::SOCK_REV6_MAP], 512);
         let m = per_map(Some(8), Some(9), Some(10));
         assert_eq!((m[NAT_MAP], m[NAT_FWD_MAP], m[CT_MAP]), (8, 8, 9));
         assert_eq!(

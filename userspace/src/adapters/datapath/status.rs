@@ -159,7 +159,7 @@ fn hook_of(program: &str, link_type: u32) -> String {
             format!(
                 "cgroup {}",
                 p.trim_start_matches("berth_")
-                    .replace("peername4", "getpeername4")
+                    .replace("peername", "getpeername")
             )
         }
         _ => "not attached".into(),

@@ -43,7 +43,7 @@ impl Registry {
     pub fn add_cni(
         &mut self,
         att: &CniAttachment,
-        container_ip: Ipv4Addr,
+        container_ip: impl Into<crate::domain::model::ContainerIps>,
         specs: &[PortSpec],
     ) -> Result<Vec<Binding>> {
         att.check().map_err(Error::CniAttachment)?;
@@ -65,7 +65,7 @@ impl Registry {
         }
         self.add_labelled(
             task,
-            container_ip,
+            container_ip.into(),
             specs,
             &EcsLabels::default(),
             Some(att),
