@@ -516,6 +516,10 @@ pub const DP_LOG_BUCKET_MAP: &str = "BERTH_LOG_BUCKET";
 /// burst a full one allows.
 pub const DP_LOG_PER_SEC: u64 = 20;
 pub const DP_LOG_BURST: u64 = 40;
+/// The most bytes one datapath log record reserves in its ring (aya-log
+/// rounds a record up to a power of two; a fixture checks every kind fits),
+/// which sizes the ring for a burst of every CPU at once.
+pub const DP_LOG_RECORD_MAX: u32 = 512;
 
 /// A token bucket: `tokens` left as of `last_ns` (coarse clock).
 #[repr(C)]

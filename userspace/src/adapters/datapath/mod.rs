@@ -17,6 +17,7 @@ pub mod pins;
 mod policy;
 mod port_addrs;
 mod ports;
+mod rings;
 mod services6;
 pub mod status;
 pub mod sys;
