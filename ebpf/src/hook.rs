@@ -26,4 +26,7 @@ pub(crate) trait Hook: EbpfContext {
     fn rewrite(&self, flow: &Flow, rw: &Rewrite) -> Result<(), ()>;
     /// Send a translated packet towards `next` without netfilter.
     fn deliver(&self, next: NextHop) -> Self::Verdict;
+    /// A frame that is not IPv4: TC tail-calls the IPv6 program with an
+    /// IPv6 one (`tails.rs`); XDP passes it, for the TC program beside it.
+    fn not_ipv4(&self) -> Self::Verdict;
 }

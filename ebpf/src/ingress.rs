@@ -15,8 +15,7 @@ use crate::{
     nat::{ct_track_ingress, ingress_rewrite, Rewrite, Tracked},
     nexthop::next_hop_to_container,
     parse::{parse_packet, Flow, Frag, Parsed, IP_DST_OFF},
-    parse6::{parse_packet6, Parsed6},
-    service::{is_host_addr, service_find, service_lookup6},
+    service::{is_host_addr, service_find},
     spoof,
 };
 
@@ -24,6 +23,8 @@ use crate::{
 enum Ingress {
     Pass,
     Drop,
+    /// Not IPv4: the hook's own (IPv6 goes to its program).
+    NotIpv4,
     /// Translate to the backend; the client source port towards it, and
     /// the time the flow was refreshed at (coarse clock).
     Dnat(Flow, Backend, u16, u64),
@@ -41,6 +42,7 @@ pub(crate) fn ingress<H: Hook>(h: &H) -> H::Verdict {
     match ingress_decide(h.data(), h.data_end(), h.frame_len(), h.in_ifindex()) {
         Ingress::Pass => H::PASS,
         Ingress::Drop => H::DROP,
+        Ingress::NotIpv4 => h.not_ipv4(),
         Ingress::Dnat(flow, backend, sport_be, now) => {
             let rw = ingress_rewrite(&flow, &backend, sport_be);
             if h.rewrite(&flow, &rw).is_err() {
@@ -119,7 +121,7 @@ fn ingress_decide(data: usize, data_end: usize, frame_len: usize, ifindex: u32) 
         return Ingress::Drop;
     }
     let flow = match parse_packet(data, data_end, frame_len) {
-        Parsed::NotIpv4 => return ingress6(data, data_end, frame_len),
+        Parsed::NotIpv4 => return Ingress::NotIpv4,
         Parsed::Ip(ip) => {
             let Some(e) = parse_icmp_error(data, data_end, frame_len, &ip) else {
                 return Ingress::Pass;
@@ -188,17 +190,4 @@ fn ingress_frag(f: &Frag) -> Ingress {
     }
     count(Counter::FragXlate);
     Ingress::FragDnat(*f, e.addr_be)
-}
-
-/// An IPv6 packet at an uplink. It passes: the datapath parses IPv6 but
-/// does not translate it yet. One for a published IPv6 port is counted
-/// (`ipv6_untranslated`), so the gap is never silent.
-#[inline(always)]
-fn ingress6(data: usize, data_end: usize, frame_len: usize) -> Ingress {
-    if let Parsed6::Flow(f) = parse_packet6(data, data_end, frame_len) {
-        if service_lookup6(f.proto, &f.dst_addr, f.dst_port_be).is_some() {
-            count(Counter::Ipv6Untranslated);
-        }
-    }
-    Ingress::Pass
 }

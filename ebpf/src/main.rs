@@ -11,6 +11,8 @@
 //!   veth): source checks and security groups; `berth_from_ctr` also
 //!   translates a fragmented reply (before the bridge could reassemble it).
 //! - Fragments: see `parse.rs` and `frag.rs`.
+//! - IPv6: each TC program above tail-calls its IPv6 program through
+//!   `BERTH_TAILS` (`tails.rs`, `berth_maps::tail`): `berth_ingress6`.
 //! - `berth_bind4`, `berth_bind6` (cgroup bind4/bind6): host processes
 //!   cannot bind a published host port (EADDRINUSE), over IPv4 or IPv6.
 //! - `berth_connect4`, `berth_sendmsg4`, `berth_recvmsg4`, `berth_peername4`
@@ -33,6 +35,7 @@ mod gate;
 mod hook;
 mod icmp;
 mod ingress;
+mod ingress6;
 mod maps;
 mod nat;
 mod nexthop;
@@ -44,6 +47,7 @@ mod sock;
 mod spoof;
 mod stats;
 mod sys;
+mod tails;
 mod tc;
 mod tcp;
 mod xdp;
@@ -55,7 +59,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext, XdpContext},
 };
 use berth_maps::{
-    Counter, XdpHandoff, FRAG_K_SNAT, FRAG_V_ALLOW, XDP_HANDOFF_MAGIC, XDP_HANDOFF_MAGIC_NEIGH,
+    tail, Counter, XdpHandoff, FRAG_K_SNAT, FRAG_V_ALLOW, XDP_HANDOFF_MAGIC,
+    XDP_HANDOFF_MAGIC_NEIGH,
 };
 
 use crate::{
@@ -86,12 +91,20 @@ pub(crate) fn berth_xdp(ctx: XdpContext) -> u32 {
     ingress(&ctx)
 }
 
+/// IPv6 at an uplink, tail-called (`BERTH_TAILS` slot `INGRESS6`) by
+/// `berth_ingress` and `berth_deliver`.
+#[classifier]
+pub(crate) fn berth_ingress6(ctx: TcContext) -> i32 {
+    tc_pull_headers(&ctx);
+    ingress6::ingress6(&ctx)
+}
+
 #[classifier]
 pub(crate) fn berth_deliver(ctx: TcContext) -> i32 {
     let skb = ctx.skb.skb;
     let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
     if meta + size_of::<XdpHandoff>() > data {
-        return TC_ACT_OK;
+        return deliver_other(&ctx);
     }
     let h = unsafe { core::ptr::read_unaligned(meta as *const XdpHandoff) };
     match h.magic {
@@ -99,8 +112,18 @@ pub(crate) fn berth_deliver(ctx: TcContext) -> i32 {
         XDP_HANDOFF_MAGIC_NEIGH => unsafe {
             bpf_redirect_neigh(h.ifindex, core::ptr::null_mut(), 0, 0) as i32
         },
-        _ => TC_ACT_OK,
+        _ => deliver_other(&ctx),
     }
+}
+
+/// What `berth_xdp` did not hand off: IPv6 (which XDP leaves to TC) goes
+/// to its program, anything else on to the stack.
+#[inline(always)]
+fn deliver_other(ctx: &TcContext) -> i32 {
+    if tails::is_ipv6(ctx.data(), ctx.data_end()) {
+        return tails::ipv6_or_pass(ctx, tail::INGRESS6);
+    }
+    TC_ACT_OK
 }
 
 #[classifier]
@@ -114,6 +137,9 @@ pub(crate) fn berth_reply(ctx: TcContext) -> i32 {
         Parsed::Flow(f) => tc_reply_flow(&ctx, &f, true),
         Parsed::Ip(ip) => tc_reply_icmp(&ctx, &ip),
         Parsed::Fragment(f) => tc_reply_frag(&ctx, &f),
+        Parsed::NotIpv4 if tails::is_ipv6(ctx.data(), ctx.data_end()) => {
+            tails::ipv6_or_pass(&ctx, tail::REPLY6)
+        }
         Parsed::NotIpv4 => TC_ACT_OK,
     }
 }
@@ -212,6 +238,9 @@ pub(crate) fn berth_from_ctr(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
     let port = unsafe { (*ctx.skb.skb).ifindex };
     gate::gate_learn(ctx.data(), ctx.data_end(), port);
+    if tails::is_ipv6(ctx.data(), ctx.data_end()) {
+        return tails::ipv6_on_port(&ctx, tail::FROM_CTR6, port);
+    }
     // Both checks refuse only where policy applies to someone.
     if !policy::nowhere() {
         if !spoof::container_source_ok(ctx.data(), ctx.data_end(), port) {
@@ -242,6 +271,10 @@ pub(crate) fn berth_to_ctr(ctx: TcContext) -> i32 {
         (*ctx.skb.skb).ingress_ifindex
     }) {
         return TC_ACT_SHOT;
+    }
+    if tails::is_ipv6(ctx.data(), ctx.data_end()) {
+        let port = unsafe { (*ctx.skb.skb).ifindex };
+        return tails::ipv6_on_port(&ctx, tail::TO_CTR6, port);
     }
     if policy::nowhere() || policy::to_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         TC_ACT_OK

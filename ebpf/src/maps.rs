@@ -5,7 +5,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use berth_maps::{
     Backend, BindingStats, CtEntry, Endpoint, FlowKey, FragEntry, FragKey, NatEntry, NatFwd,
@@ -148,3 +148,7 @@ pub(crate) fn count(counter: berth_maps::Counter) {
 #[map]
 pub(crate) static BERTH_SERVICES6: HashMap<berth_maps::ServiceKey6, berth_maps::Backend6> =
     HashMap::pinned(berth_maps::SERVICES6_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// The IPv6 (and log) programs the IPv4 ones tail-call (`tails.rs`).
+#[map]
+pub(crate) static BERTH_TAILS: ProgramArray = ProgramArray::pinned(berth_maps::tail::LEN, 0);

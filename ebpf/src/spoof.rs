@@ -91,7 +91,7 @@ fn port_owns(p: &PortAddrs, addr_be: u32) -> bool {
 }
 
 #[inline(always)]
-fn port_has_policy(p: &PortAddrs) -> bool {
+pub(crate) fn port_has_policy(p: &PortAddrs) -> bool {
     let mut i = 0;
     while i < PORT_ADDRS_MAX {
         if (i as u32) < p.len && endpoint_with_policy(p.addrs_be[i]).is_some() {

@@ -5,7 +5,7 @@ use aya_ebpf::{
     helpers::{bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
-use berth_maps::{Counter, PROTO_UDP};
+use berth_maps::{tail, Counter, PROTO_UDP};
 
 use crate::{
     csum,
@@ -15,6 +15,7 @@ use crate::{
     maps::count,
     nat::Rewrite,
     parse::{ptr_at, Flow, ETH_LEN, IP_CSUM_OFF, IP_TTL_OFF},
+    tails,
 };
 
 /// Longest headers we look at: those of an ICMP error quoting TCP.
@@ -160,6 +161,14 @@ impl Hook for TcContext {
     #[inline(always)]
     fn deliver(&self, next: NextHop) -> i32 {
         tc_redirect(self, next)
+    }
+
+    #[inline(always)]
+    fn not_ipv4(&self) -> i32 {
+        if tails::is_ipv6(Self::data(self), Self::data_end(self)) {
+            return tails::ipv6_or_pass(self, tail::INGRESS6);
+        }
+        TC_ACT_OK
     }
 }
 

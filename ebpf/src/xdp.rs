@@ -109,6 +109,13 @@ impl Hook for XdpContext {
     fn deliver(&self, next: NextHop) -> u32 {
         xdp_handoff(self, next)
     }
+
+    /// A program array takes programs of one type (TC's here), so IPv6
+    /// goes on to `berth_deliver`, which tail-calls for it.
+    #[inline(always)]
+    fn not_ipv4(&self) -> u32 {
+        xdp_action::XDP_PASS
+    }
 }
 
 /// XDP cannot redirect into a bridge, so it leaves the next hop in the

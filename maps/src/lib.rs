@@ -10,6 +10,8 @@ pub const PROTO_UDP: u8 = 17;
 
 mod v6;
 pub use v6::*;
+pub mod tail;
+pub use tail::TAILS_MAP;
 
 // ---------------------------------------------------------------- names
 
@@ -43,20 +45,22 @@ pub mod program {
     /// Programs that do nothing: the bench's floor.
     pub const EMPTY_TC: &str = "berth_empty_tc";
     pub const EMPTY_XDP: &str = "berth_empty_xdp";
+    /// Tail-called through `BERTH_TAILS` (see [`crate::tail`]).
+    pub const INGRESS6: &str = crate::tail::PROGRAM_INGRESS6;
 
     /// The cgroup `sock_addr` hooks.
     pub const SOCKET_HOOKS: [&str; 6] = [BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4, PEERNAME4];
     /// Attached to every bridge port (its container's veth).
     pub const PORT_PROGRAMS: [&str; 2] = [FROM_CTR, TO_CTR];
     /// Every program of the object.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         INGRESS, XDP, DELIVER, REPLY, FROM_CTR, TO_CTR, BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4,
-        PEERNAME4, EMPTY_TC, EMPTY_XDP,
+        PEERNAME4, EMPTY_TC, EMPTY_XDP, INGRESS6,
     ];
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 23] = [
+pub const MAPS: [&str; 24] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -80,6 +84,7 @@ pub const MAPS: [&str; 23] = [
     BINDING_STATS_MAP,
     SERVICES6_MAP,
     EXACT_PORTS_MAP,
+    TAILS_MAP,
 ];
 
 /// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so
@@ -811,6 +816,11 @@ counters! {
     /// IPv6 TCP/UDP to a published IPv6 port, passed untranslated: the
     /// datapath parses IPv6 but does not translate it yet (issue 15).
     Ipv6Untranslated = 31 => "ipv6_untranslated",
+    /// IPv6 frame whose program's `BERTH_TAILS` slot was empty (or the
+    /// tail call failed): passed untouched at an uplink or the bridge,
+    /// dropped on a container's veth where policy applies to its port
+    /// (neighbour discovery excepted).
+    Ipv6NoProgram = 32 => "ipv6_no_program",
 }
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 // The map is indexed by the enum: indexes run 0.. in order.

@@ -99,6 +99,11 @@ pub fn load_env(object: &[u8]) -> Env {
         .expect("load eBPF object");
     let mut env = Env { ebpf };
     load_all(&mut env.ebpf);
+    // As the daemon does before attaching; an earlier build's object (the
+    // bench's) may have no program array.
+    if env.ebpf.map(berth_maps::TAILS_MAP).is_some() {
+        berth::datapath::fill_tails(&mut env.ebpf).expect("fill BERTH_TAILS");
+    }
     env
 }
 
@@ -339,6 +344,15 @@ impl Env {
         let mut m: HashMap<&mut MapData, u32, PortAddrs> =
             HashMap::try_from(self.ebpf.map_mut("BERTH_PORT_ADDRS").unwrap()).unwrap();
         m.insert(ifindex, p, 0).unwrap();
+    }
+
+    /// Empties slot `slot` of `BERTH_TAILS`: the tail call there falls
+    /// through, as with a daemon whose build has no program for it.
+    pub fn clear_tail(&mut self, slot: u32) {
+        let mut m: aya::maps::ProgramArray<&mut MapData> =
+            aya::maps::ProgramArray::try_from(self.ebpf.map_mut(berth_maps::TAILS_MAP).unwrap())
+                .unwrap();
+        m.clear_index(&slot).unwrap();
     }
 
     /// A datapath counter, summed over CPUs.

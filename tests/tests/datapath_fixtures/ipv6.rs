@@ -1,10 +1,12 @@
 //! IPv6 at an uplink (issue 15, datapath foundation): the parser walks the
 //! extension headers to the TCP/UDP ports, and every IPv6 frame still
-//! passes byte-identical on `berth_ingress` and `berth_xdp` (NAT66 is not
-//! in the datapath yet). What the parser found is seen through the one
-//! thing it drives today: a frame it parsed as TCP/UDP to a published IPv6
-//! port counts `ipv6_untranslated`; a frame it refused, or one to a port
-//! nothing publishes, counts nothing.
+//! passes byte-identical (NAT66 is not in the datapath yet). The IPv4
+//! programs do not parse IPv6: `berth_ingress` and `berth_deliver` (beside
+//! XDP) tail-call `berth_ingress6` for it, and `berth_xdp` passes it on to
+//! `berth_deliver` untouched. What the parser found is seen through the
+//! one thing it drives today: a frame it parsed as TCP/UDP to a published
+//! IPv6 port counts `ipv6_untranslated`; a frame it refused, or one to a
+//! port nothing publishes, counts nothing.
 use std::net::Ipv6Addr;
 
 use aya::maps::{HashMap, MapData};
@@ -30,7 +32,7 @@ const PAYLOAD_LEN_OFF: usize = ETH_LEN + 4;
 const L3: usize = ETH_LEN + 40;
 
 /// Published as the daemon's adapter encodes it (`bpf_keys`).
-fn publish6(env: &mut Env, host: Ipv6Addr, port: u16, proto: Protocol, ctr_port: u16) {
+pub(crate) fn publish6(env: &mut Env, host: Ipv6Addr, port: u16, proto: Protocol, ctr_port: u16) {
     let mut m: HashMap<&mut MapData, ServiceKey6, Backend6> =
         HashMap::try_from(env.ebpf.map_mut(SERVICES6_MAP).unwrap()).unwrap();
     let key = service_key6(host, port, proto);
@@ -270,28 +272,24 @@ fn ipv6_parse_table_passes_everything_and_finds_published_ports() {
         let cases = cases();
         assert!(cases.len() >= 60, "only {} cases", cases.len());
         for (name, frame, hit) in &cases {
-            for prog in ["berth_ingress", "berth_xdp"] {
-                // The kernel's skb test run refuses IPv6 frames shorter than
-                // the fixed header (EINVAL): those reach XDP only.
-                if prog == "berth_ingress" && frame.len() < L3 {
-                    continue;
-                }
+            // The kernel's skb test run refuses IPv6 frames shorter than
+            // the fixed header (EINVAL): those reach XDP only.
+            let tc_progs: &[&str] = if frame.len() < L3 {
+                &[]
+            } else {
+                &["berth_ingress", "berth_deliver"]
+            };
+            for &prog in tc_progs {
                 let before = env.counter(Counter::Ipv6Untranslated);
-                let run = if prog == "berth_xdp" {
-                    env.try_xdp(prog, frame)
-                } else {
-                    env.try_tc(prog, frame)
-                };
-                let v = match run {
+                let v = match env.try_tc(prog, frame) {
                     Ok(v) => v,
                     Err(e) => {
                         failures.push(format!("{prog}: {name}: test run refused: {e:?}"));
                         continue;
                     }
                 };
-                let pass = if prog == "berth_xdp" { 2 } else { 0 };
                 let counted = env.counter(Counter::Ipv6Untranslated) - before;
-                if v.code != pass || v.frame != *frame {
+                if v.code != 0 || v.frame != *frame {
                     failures.push(format!(
                         "{prog}: {name}: verdict {} or frame changed",
                         v.code
@@ -304,7 +302,23 @@ fn ipv6_parse_table_passes_everything_and_finds_published_ports() {
                     ));
                 }
             }
+            // XDP leaves IPv6 to the TC program beside it: passed as it
+            // is, nothing parsed, nothing counted.
+            let before = env.counter(Counter::Ipv6Untranslated);
+            match env.try_xdp("berth_xdp", frame) {
+                Ok(v) if v.code == 2 && v.frame == *frame => {}
+                Ok(v) => failures.push(format!(
+                    "berth_xdp: {name}: verdict {} or frame changed",
+                    v.code
+                )),
+                Err(e) => failures.push(format!("berth_xdp: {name}: test run refused: {e:?}")),
+            }
+            if env.counter(Counter::Ipv6Untranslated) != before {
+                failures.push(format!("berth_xdp: {name}: counted"));
+            }
         }
+        // Every frame went to the IPv6 program: no slot was found empty.
+        assert_eq!(env.counter(Counter::Ipv6NoProgram), 0);
         // IPv4 is untouched by any of it: nothing else moved.
         assert_eq!(env.counter(Counter::IngressDnat), 0);
         assert!(failures.is_empty(), "{}", failures.join("\n"));

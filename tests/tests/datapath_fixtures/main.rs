@@ -16,6 +16,7 @@ mod nexthop;
 mod reply;
 mod run;
 mod table;
+mod tails;
 mod tracking;
 mod wildcard;
 

@@ -326,3 +326,69 @@ fn restart_removes_map_entries_the_store_does_not_know() {
         .run(move || http_get(kept, "/", T))
         .expect("the stored binding stays");
 }
+
+/// The program id in each slot of the pinned `BERTH_TAILS` (0: empty).
+fn tail_slots(rig: &Rig) -> Vec<u32> {
+    use berth::datapath::sys;
+    let fd = sys::obj_get(&rig.bpffs.path().join("berth/BERTH_TAILS")).expect("BERTH_TAILS pinned");
+    (0..berth_maps::tail::LEN)
+        .map(|slot| {
+            let mut id = [0u8; 4];
+            let found = sys::map_lookup(&fd, &slot.to_ne_bytes(), &mut id).expect("lookup");
+            if found {
+                u32::from_ne_bytes(id)
+            } else {
+                0
+            }
+        })
+        .collect()
+}
+
+/// Only the slots of `tail::PROGRAMS` hold a program.
+fn assert_filled(slots: &[u32], when: &str) {
+    for (slot, id) in slots.iter().enumerate() {
+        let wanted = berth_maps::tail::PROGRAMS
+            .iter()
+            .any(|(s, _)| *s as usize == slot);
+        assert_eq!(*id != 0, wanted, "{when}: slot {slot} holds {id}");
+    }
+}
+
+#[test]
+fn tail_called_programs_stay_while_the_daemon_is_down_and_are_replaced_at_restart() {
+    let mut rig = Rig::start();
+    let first = tail_slots(&rig);
+    assert_filled(&first, "first start");
+    rig.daemon.stop().unwrap();
+    // The pin keeps them: the IPv4 programs, still attached, still reach them.
+    assert_eq!(tail_slots(&rig), first, "daemon stopped");
+    rig.daemon.start_again().unwrap();
+    let second = tail_slots(&rig);
+    assert_filled(&second, "after the restart");
+    for &(slot, name) in berth_maps::tail::PROGRAMS {
+        let s = slot as usize;
+        assert_ne!(second[s], first[s], "{name}: the new load's program");
+    }
+
+    // An array of another shape (an older or newer layout) is made anew
+    // and filled, not refused and not copied (its entries are ids).
+    rig.daemon.stop().unwrap();
+    {
+        use berth::datapath::sys;
+        let pin = rig.bpffs.path().join("berth/BERTH_TAILS");
+        std::fs::remove_file(&pin).unwrap();
+        let shape = sys::MapShape {
+            map_type: sys::BPF_MAP_TYPE_PROG_ARRAY,
+            key_size: 4,
+            value_size: 4,
+            max_entries: 2,
+            flags: 0,
+        };
+        let fd = sys::map_create("BERTH_TAILS", &shape).unwrap();
+        sys::obj_pin(&fd, &pin).unwrap();
+    }
+    rig.daemon.start_again().unwrap();
+    let third = tail_slots(&rig);
+    assert_eq!(third.len(), berth_maps::tail::LEN as usize);
+    assert_filled(&third, "after the array was made anew");
+}

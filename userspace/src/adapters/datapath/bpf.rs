@@ -350,6 +350,8 @@ impl BpfDatapath {
         // an earlier release) is all clear, and a clear bit skips the probe
         // of a mapping bound to an address that the pinned services hold.
         fill_exact_ports(&mut ebpf)?;
+        // Before the programs that tail-call them are attached.
+        super::tails::fill_tails(&mut ebpf)?;
         let wanted = attachments(config);
         for (prog, ifname) in &wanted {
             attach_pinned(&mut ebpf, prog, ifname, &links_dir)?;

@@ -21,6 +21,7 @@ mod rings;
 mod services6;
 pub mod status;
 pub mod sys;
+mod tails;
 /// Map key/value encoding of a binding (shared with tests and benchmarks).
 pub mod bpf_keys {
     pub use super::ops::{backend, service_key};
@@ -30,6 +31,7 @@ pub use bpf::{ebpf_object, pin_dir, prepare_pin_dir, BpfDatapath, DatapathConfig
 pub use capacity::Capacity;
 pub use cgroup::cgroup2_root_mount;
 pub use policy::encode_rule;
+pub use tails::fill_tails;
 
 // What the engine asks of a datapath and what one reports, under the paths
 // this module has always offered them.

@@ -58,3 +58,26 @@ fn the_counters_map_has_a_slot_for_every_named_counter() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn every_tail_called_program_is_a_classifier_in_its_own_slot() {
+    let obj = object();
+    let mut slots = BTreeSet::new();
+    for &(slot, name) in berth_maps::tail::PROGRAMS {
+        assert!(slot < berth_maps::tail::LEN, "{name}: slot {slot}");
+        assert!(slots.insert(slot), "slot {slot} twice");
+        assert!(
+            berth_maps::program::ALL.contains(&name),
+            "{name} not in ALL"
+        );
+        let p = &obj.programs[name];
+        // A program array takes programs of one type: TC's.
+        assert!(
+            matches!(p.section, aya_obj::ProgramSection::SchedClassifier),
+            "{name} is {:?}",
+            p.section
+        );
+    }
+    let tails = &obj.maps[berth_maps::TAILS_MAP];
+    assert_eq!(tails.max_entries(), berth_maps::tail::LEN);
+}

@@ -121,6 +121,11 @@ pub enum Plan {
     Resize,
     /// Another value layout: copy every entry through a converter.
     Convert(usize),
+    /// A program array of another shape: unpinned, so the loader makes a
+    /// new one, which it fills with this build's programs. Its entries are
+    /// programs of the load that put them there (read back they are ids,
+    /// not the fds an update takes), so none is copied.
+    Fresh,
 }
 
 /// Why a pinned map cannot be carried over.
@@ -144,6 +149,11 @@ pub fn plan_map(name: &str, found: &MapShape, expected: &MapShape) -> Result<Pla
     // Whether entries are preallocated changes nothing an entry holds;
     // berth before 0.2 preallocated every hash map.
     let other_flags = (found.flags ^ expected.flags) & !sys::BPF_F_NO_PREALLOC;
+    if found.map_type == sys::BPF_MAP_TYPE_PROG_ARRAY
+        && expected.map_type == sys::BPF_MAP_TYPE_PROG_ARRAY
+    {
+        return Ok(Plan::Fresh);
+    }
     if found.map_type != expected.map_type || other_flags != 0 {
         return Err(mismatch());
     }
@@ -283,6 +293,7 @@ pub fn check_and_migrate_keeping_old(
         let found = sys::map_shape(&fd).map_err(|e| bpffs_err(&pin, e))?;
         match plan_map(name, &found, want) {
             Ok(Plan::Keep) => {}
+            Ok(Plan::Fresh) => plans.push((name.clone(), pin, fd, found, *want, Plan::Fresh)),
             Ok(plan) => {
                 check_fits(name, &fd, &found, want)?;
                 plans.push((name.clone(), pin, fd, found, *want, plan))
@@ -304,6 +315,13 @@ pub fn check_and_migrate_keeping_old(
     };
     let mut old_maps = OldMaps::default();
     for (name, pin, old, found, want, plan) in plans {
+        if plan == Plan::Fresh {
+            fs::remove_file(&pin).map_err(|e| bpffs_err(&pin, e))?;
+            report.migrated.push(format!(
+                "{name}: {found} made anew as {want}, its programs put in again"
+            ));
+            continue;
+        }
         let (new, copied, dropped) = migrate_map(&name, &pin, &old, &found, &want, plan)?;
         let kept = copied.len() - dropped;
         let what = match plan {
@@ -932,6 +950,17 @@ mod tests {
             max_entries: max,
             flags,
         }
+    }
+
+    #[test]
+    fn a_program_array_of_another_shape_is_made_anew_never_copied() {
+        let want = shape(sys::BPF_MAP_TYPE_PROG_ARRAY, 4, 4, 8, 0);
+        assert_eq!(plan_map("BERTH_TAILS", &want, &want), Ok(Plan::Keep));
+        let smaller = shape(sys::BPF_MAP_TYPE_PROG_ARRAY, 4, 4, 4, 0);
+        assert_eq!(plan_map("BERTH_TAILS", &smaller, &want), Ok(Plan::Fresh));
+        // Another kind of map under its name is still refused.
+        let array = shape(sys::BPF_MAP_TYPE_ARRAY, 4, 4, 8, 0);
+        plan_map("BERTH_TAILS", &array, &want).unwrap_err();
     }
 
     #[test]

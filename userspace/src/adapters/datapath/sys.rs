@@ -20,6 +20,7 @@ pub const BPF_MAP_TYPE_HASH: u32 = 1;
 pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
 pub const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
 pub const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+pub const BPF_MAP_TYPE_PROG_ARRAY: u32 = 3;
 pub const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 pub const BPF_MAP_TYPE_LRU_PERCPU_HASH: u32 = 10;
 /// `map_flags`: allocate each entry when it is inserted.
@@ -91,6 +92,7 @@ impl MapShape {
         match self.map_type {
             BPF_MAP_TYPE_HASH => "hash".into(),
             BPF_MAP_TYPE_ARRAY => "array".into(),
+            BPF_MAP_TYPE_PROG_ARRAY => "prog_array".into(),
             BPF_MAP_TYPE_PERCPU_HASH => "percpu_hash".into(),
             BPF_MAP_TYPE_PERCPU_ARRAY => "percpu_array".into(),
             BPF_MAP_TYPE_LRU_HASH => "lru_hash".into(),

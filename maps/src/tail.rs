@@ -1,0 +1,45 @@
+//! `BERTH_TAILS`: the one program array through which the IPv4 programs
+//! hand IPv6 (and the datapath log) to programs of their own, so the IPv4
+//! fast path never parses IPv6 and each program stays within the
+//! verifier's budget. Slots are fixed here; the loader puts each program of
+//! [`PROGRAMS`] in its slot after loading the object and before attaching
+//! anything, and empties every other slot. A tail call into an empty slot
+//! falls through to the caller, which acts as each call site documents:
+//! never by letting IPv6 pass unchecked where a check is due.
+//!
+//! Only TC programs may be put in or call through it: a program array
+//! takes programs of the type of the first program that uses it, so XDP
+//! leaves IPv6 to the uplink's TC program (`berth_deliver`).
+
+/// The program array's name (pinned, so the IPv6 programs stay in place
+/// while no daemon runs, as the IPv4 ones do).
+pub const TAILS_MAP: &str = "BERTH_TAILS";
+
+/// Uplink TC ingress (`berth_ingress`, and `berth_deliver` beside XDP):
+/// IPv6 published ports (NAT66).
+pub const INGRESS6: u32 = 0;
+/// Bridge TC ingress (`berth_reply`): IPv6 replies.
+pub const REPLY6: u32 = 1;
+/// Container veth TC ingress (`berth_from_ctr`): IPv6 the container sends.
+pub const FROM_CTR6: u32 = 2;
+/// Container veth TC egress (`berth_to_ctr`): IPv6 the container receives.
+pub const TO_CTR6: u32 = 3;
+/// The datapath log of events `berth_from_ctr` sees.
+pub const LOG: u32 = 4;
+/// Slots of the array; room for a few more without a new layout.
+pub const LEN: u32 = 8;
+
+/// The IPv6 program of the uplink (slot [`INGRESS6`]).
+pub const PROGRAM_INGRESS6: &str = "berth_ingress6";
+
+/// (slot, program) for every program the loader puts in the array. Each
+/// program is also in [`crate::program::ALL`].
+pub const PROGRAMS: &[(u32, &str)] = &[(INGRESS6, PROGRAM_INGRESS6)];
+
+const _: () = {
+    let mut i = 0;
+    while i < PROGRAMS.len() {
+        assert!(PROGRAMS[i].0 < LEN);
+        i += 1;
+    }
+};
