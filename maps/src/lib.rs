@@ -47,15 +47,16 @@ pub mod program {
     pub const EMPTY_XDP: &str = "berth_empty_xdp";
     /// Tail-called through `BERTH_TAILS` (see [`crate::tail`]).
     pub const INGRESS6: &str = crate::tail::PROGRAM_INGRESS6;
+    pub const LOG: &str = crate::tail::PROGRAM_LOG;
 
     /// The cgroup `sock_addr` hooks.
     pub const SOCKET_HOOKS: [&str; 6] = [BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4, PEERNAME4];
     /// Attached to every bridge port (its container's veth).
     pub const PORT_PROGRAMS: [&str; 2] = [FROM_CTR, TO_CTR];
     /// Every program of the object.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         INGRESS, XDP, DELIVER, REPLY, FROM_CTR, TO_CTR, BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4,
-        PEERNAME4, EMPTY_TC, EMPTY_XDP, INGRESS6,
+        PEERNAME4, EMPTY_TC, EMPTY_XDP, INGRESS6, LOG,
     ];
 }
 
@@ -806,7 +807,8 @@ counters! {
     /// A flow-log record the ring buffer had no room for (the daemon
     /// reads too slowly); the record is lost, the packet is not.
     FlowLogLost = 27 => "flow_log_lost",
-    /// A datapath log line over the per-CPU rate limit; not written.
+    /// A datapath log line over the per-CPU rate limit, or one whose
+    /// logging program (`BERTH_TAILS` slot `LOG`) was missing; not written.
     DatapathLogLimited = 28 => "datapath_log_limited",
     /// New flow a receiving task's security groups let in (counted once,
     /// when the flow opens; its later packets pass as tracked).

@@ -32,9 +32,12 @@ pub const LEN: u32 = 8;
 /// The IPv6 program of the uplink (slot [`INGRESS6`]).
 pub const PROGRAM_INGRESS6: &str = "berth_ingress6";
 
+/// The datapath log of the container veths' refusals (slot [`LOG`]).
+pub const PROGRAM_LOG: &str = "berth_log";
+
 /// (slot, program) for every program the loader puts in the array. Each
 /// program is also in [`crate::program::ALL`].
-pub const PROGRAMS: &[(u32, &str)] = &[(INGRESS6, PROGRAM_INGRESS6)];
+pub const PROGRAMS: &[(u32, &str)] = &[(INGRESS6, PROGRAM_INGRESS6), (LOG, PROGRAM_LOG)];
 
 const _: () = {
     let mut i = 0;
