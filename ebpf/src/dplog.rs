@@ -7,16 +7,22 @@
 //! cannot turn into a flood of log lines. Only paths that drop or refuse
 //! call it: the per-packet path of a tracked flow never does.
 //!
-//! `berth_from_ctr` is at the 512-byte stack limit and an aya-log record
-//! would pass it, so the events only it sees (a container's spoofed
-//! source, east-west refusals, a full security-group table) are counted,
-//! not logged; what the uplink and bridge programs see is.
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use berth_maps::{Counter, LogBucket, CONFIG_DP_LOG, DP_LOG_BURST, DP_LOG_DEBUG, DP_LOG_PER_SEC};
+//! `berth_from_ctr` and `berth_to_ctr` are at the 512-byte stack limit,
+//! which an aya-log record would pass: the events only they see (a
+//! container's spoofed source, east-west refusals, a full table) are
+//! written by `berth_log`, which they tail-call (`BERTH_TAILS` slot `LOG`)
+//! with the event's kind in the packet's `cb[0]` ([`drop_logged`]). It
+//! reads the addresses and ports from the packet itself, writes the line
+//! and drops the packet, with a stack of its own.
+use aya_ebpf::{bindings::TC_ACT_SHOT, macros::map, maps::PerCpuArray, programs::TcContext};
+use berth_maps::{
+    tail, Counter, LogBucket, CONFIG_DP_LOG, DP_LOG_BURST, DP_LOG_DEBUG, DP_LOG_PER_SEC,
+};
 
 use crate::{
     ct::ct_now,
-    maps::{count, BERTH_CONFIG},
+    maps::{count, BERTH_CONFIG, BERTH_TAILS},
+    parse::{parse_packet, Parsed},
 };
 
 #[map]
@@ -24,11 +30,17 @@ static BERTH_LOG_BUCKET: PerCpuArray<LogBucket> = PerCpuArray::with_max_entries(
 
 const NS_PER_TOKEN: u64 = 1_000_000_000 / DP_LOG_PER_SEC;
 
+/// Whether the daemon turned the log on.
+#[inline(always)]
+fn dp_log_on() -> bool {
+    matches!(BERTH_CONFIG.get(CONFIG_DP_LOG), Some(v) if *v >= DP_LOG_DEBUG)
+}
+
 /// Whether a line may be written now: the log is on and this CPU's bucket
 /// has a token (taken).
 #[inline(always)]
 pub(crate) fn dp_log_allowed() -> bool {
-    if !matches!(BERTH_CONFIG.get(CONFIG_DP_LOG), Some(v) if *v >= DP_LOG_DEBUG) {
+    if !dp_log_on() {
         return false;
     }
     let Some(b) = BERTH_LOG_BUCKET.get_ptr_mut(0) else {
@@ -57,6 +69,13 @@ pub(crate) const EV_HOST_SOURCE: u32 = 1;
 pub(crate) const EV_POLICY: u32 = 2;
 pub(crate) const EV_CLASH: u32 = 3;
 pub(crate) const EV_NAT_FULL: u32 = 4;
+/// Written by `berth_log` only (see [`drop_logged`]).
+pub(crate) const EV_CTR_SPOOF: u32 = 5;
+pub(crate) const EV_POLICY_EGRESS: u32 = 6;
+pub(crate) const EV_CT_FULL: u32 = 7;
+/// A refusal that is not logged (common or harmless: a stray TCP segment
+/// of no flow, a later fragment of a refused datagram).
+pub(crate) const EV_NONE: u32 = u32::MAX;
 
 /// Two 16-bit ports in one argument (a BPF call takes five).
 #[inline(always)]
@@ -111,6 +130,72 @@ pub(crate) fn dp_log(ev: u32, a_be: u32, b_be: u32, p: u32, q: u32) {
             "flow table full: a published-port flow of {:i} refused",
             a
         ),
+        EV_CTR_SPOOF => aya_log_ebpf::debug!(
+            (),
+            "spoofed source dropped on container port {}: {:i} -> {:i} (not an address of the port's container)",
+            q,
+            a,
+            b
+        ),
+        EV_POLICY_EGRESS => aya_log_ebpf::debug!(
+            (),
+            "policy refused a new flow by its sender's egress rules: {:i}:{} -> {:i}:{} proto {}",
+            a,
+            p_hi,
+            b,
+            p_lo,
+            q
+        ),
+        EV_CT_FULL => aya_log_ebpf::debug!(
+            (),
+            "security-group flow table full: a new flow {:i}:{} -> {:i}:{} proto {} refused",
+            a,
+            p_hi,
+            b,
+            p_lo,
+            q
+        ),
         _ => {}
+    }
+}
+
+/// Drops a packet a container veth's program refused, logging it first
+/// when `ev` is an event the log wants and the log is on: `ev` goes in
+/// the packet's `cb[0]` and `berth_log` takes over (it drops the packet
+/// too). An empty `LOG` slot loses the line, counted as not written.
+/// Refusals cost this only while the log is on; passed packets never.
+#[inline(always)]
+pub(crate) fn drop_logged(ctx: &TcContext, ev: u32) -> i32 {
+    if ev != EV_NONE && dp_log_on() {
+        unsafe {
+            (*ctx.skb.skb).cb[0] = ev;
+            BERTH_TAILS.tail_call(ctx, tail::LOG);
+        }
+        count(Counter::DatapathLogLimited);
+    }
+    TC_ACT_SHOT
+}
+
+/// `berth_log`'s body: the line for event `ev` (from `cb[0]`) about the
+/// packet, from its own headers; `port`: the veth it was refused on.
+#[inline(always)]
+pub(crate) fn log_refused(ctx: &TcContext, ev: u32, port: u32) {
+    let (a, b, p, q) = match parse_packet(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+        Parsed::Flow(f) => (
+            f.src_addr_be,
+            f.dst_addr_be,
+            ports(f.src_port_be, f.dst_port_be),
+            u32::from(f.proto),
+        ),
+        Parsed::Fragment(f) => (f.src_addr_be, f.dst_addr_be, 0, u32::from(f.proto)),
+        Parsed::Ip(ip) => (ip.src_be, ip.dst_be, 0, u32::from(ip.proto)),
+        Parsed::NotIpv4 => (0, 0, 0, 0),
+    };
+    match ev {
+        EV_CTR_SPOOF => dp_log(ev, a, b, 0, port),
+        // A container's reply whose flow found its table full: the line
+        // names the client, as the uplink's does.
+        EV_NAT_FULL => dp_log(ev, b, 0, 0, 0),
+        _ => dp_log(ev, a, b, p, q),
     }
 }

@@ -13,7 +13,10 @@
 //! - Fragments: see `parse.rs` and `frag.rs`.
 //! - IPv6: each TC program above tail-calls its IPv6 program through
 //!   `BERTH_TAILS` (`tails.rs`, `berth_maps::tail`): `berth_ingress6` and
-//!   `berth_reply6` (NAT66, `nat6.rs`).
+//!   `berth_reply6` (NAT66, `nat6.rs`), `berth_from_ctr6` / `berth_to_ctr6`
+//!   (security groups, `policy6.rs`).
+//! - `berth_log` (tail-called by `berth_from_ctr` / `berth_to_ctr`): the
+//!   datapath log line of a packet they refused (`dplog.rs`).
 //! - `berth_bind4`, `berth_bind6` (cgroup bind4/bind6): host processes
 //!   cannot bind a published host port (EADDRINUSE), over IPv4 or IPv6.
 //! - `berth_connect4`, `berth_sendmsg4`, `berth_recvmsg4`, `berth_peername4`
@@ -165,7 +168,9 @@ fn tc_reply_flow(ctx: &TcContext, flow: &Flow, log: bool) -> i32 {
     let entry = match ct_lookup_reply(flow, ctx.data(), ctx.data_end(), log) {
         Ok(Some(e)) => e,
         Ok(None) => return TC_ACT_OK,
-        Err(()) => return TC_ACT_SHOT,
+        // Logged already where the program may (`log`), else by `berth_log`.
+        Err(()) if log => return TC_ACT_SHOT,
+        Err(()) => return dplog::drop_logged(ctx, dplog::EV_NAT_FULL),
     };
     if flow.ttl <= 1 {
         count(Counter::TtlExceeded);
@@ -278,18 +283,18 @@ pub(crate) fn berth_from_ctr(ctx: TcContext) -> i32 {
     // Both checks refuse only where policy applies to someone.
     if !policy::nowhere() {
         if !spoof::container_source_ok(ctx.data(), ctx.data_end(), port) {
-            return TC_ACT_SHOT;
+            return dplog::drop_logged(&ctx, dplog::EV_CTR_SPOOF);
         }
-        if !policy::from_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
-            return TC_ACT_SHOT;
+        if let Err(ev) = policy::from_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+            return dplog::drop_logged(&ctx, ev);
         }
     }
     if !ipv4_fragment(ctx.data(), ctx.data_end()) {
         return TC_ACT_OK;
     }
     match parse_packet(ctx.data(), ctx.data_end(), ctx.len() as usize) {
-        // No datapath log here: this program is at the 512-byte stack
-        // limit, and an aya-log record would pass it.
+        // No datapath log in this program (its stack is full): a full
+        // table is logged by `berth_log`.
         Parsed::Flow(f) if f.first_frag => tc_reply_flow(&ctx, &f, false),
         Parsed::Fragment(f) => tc_reply_frag(&ctx, &f),
         _ => TC_ACT_OK,
@@ -310,9 +315,13 @@ pub(crate) fn berth_to_ctr(ctx: TcContext) -> i32 {
         let port = unsafe { (*ctx.skb.skb).ifindex };
         return tails::ipv6_on_port(&ctx, tail::TO_CTR6, port);
     }
-    tc_verdict(
-        policy::nowhere() || policy::to_container(ctx.data(), ctx.data_end(), ctx.len() as usize),
-    )
+    if policy::nowhere() {
+        return TC_ACT_OK;
+    }
+    match policy::to_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+        Ok(()) => TC_ACT_OK,
+        Err(ev) => dplog::drop_logged(&ctx, ev),
+    }
 }
 
 #[inline(always)]
@@ -322,6 +331,17 @@ fn tc_verdict(pass: bool) -> i32 {
     } else {
         TC_ACT_SHOT
     }
+}
+
+/// The datapath log of a packet `berth_from_ctr` or `berth_to_ctr`
+/// refused (tail-called, `BERTH_TAILS` slot `LOG`; see `dplog`): writes
+/// the line for the event in `cb[0]` and drops the packet, as its caller
+/// would have.
+#[classifier]
+pub(crate) fn berth_log(ctx: TcContext) -> i32 {
+    let (ev, port) = unsafe { ((*ctx.skb.skb).cb[0], (*ctx.skb.skb).ifindex) };
+    dplog::log_refused(&ctx, ev, port);
+    TC_ACT_SHOT
 }
 
 /// IPv6 a container sends (tail-called by `berth_from_ctr`): its source and

@@ -49,7 +49,7 @@ use crate::{
         ct_init, ct_insert_new, ct_now, ct_promote, ct_refresh, Conn as _, Tables, DIR_ORIG,
         DIR_REPLY,
     },
-    dplog::{dp_log, ports, EV_POLICY},
+    dplog::{dp_log, ports, EV_CT_FULL, EV_NONE, EV_POLICY, EV_POLICY_EGRESS},
     frag::{frag_key, frag_key_of_flow, frag_key_of_frag, frag_lookup, frag_remember},
     icmp::{parse_icmp_error_quoting, IcmpError},
     maps::{
@@ -70,7 +70,8 @@ fn ct_tables() -> Tables<FlowKey, CtEntry> {
         est: &BERTH_CT,
         new: &BERTH_CT_NEW,
         full: Counter::CtTableFull,
-        // Only `berth_from_ctr` and `berth_to_ctr` use these (see `dplog`).
+        // Only `berth_from_ctr` and `berth_to_ctr` use these: they log a
+        // refusal through `berth_log` (see `dplog`).
         log: false,
     }
 }
@@ -184,8 +185,8 @@ fn icmp_allowed(
     (dst_be, receiver): (u32, Endpoint),
 ) -> bool {
     match icmp_echo_flow(data, data_end, ip) {
-        Some(f) if from => from_container_flow(&f, sender, receiver),
-        Some(f) if has_policy(&receiver) => to_container_flow(&f, receiver),
+        Some(f) if from => from_container_flow(&f, sender, receiver).is_ok(),
+        Some(f) if has_policy(&receiver) => to_container_flow(&f, receiver).is_ok(),
         Some(_) => true,
         None => icmp_other_allowed(
             data, data_end, ip, frame_len, src_be, dst_be, sender, receiver,
@@ -570,37 +571,51 @@ pub(crate) fn ct_create(f: &PFlow) -> Result<(), ()> {
     ct_insert_new(&ct_tables(), &f.key(), &e)
 }
 
+/// A packet policy judged: `Err` carries what the datapath log says about
+/// its refusal (`dplog::EV_*`; `EV_NONE`: nothing).
+pub(crate) type Judged = Result<(), u32>;
+
+/// A refusal the log does not write.
+#[inline(always)]
+fn quiet(allowed: bool) -> Judged {
+    if allowed {
+        Ok(())
+    } else {
+        Err(EV_NONE)
+    }
+}
+
 /// tc ingress of a container's host-side veth: what the container sends.
 #[inline(always)]
-pub(crate) fn from_container(data: usize, data_end: usize, frame_len: usize) -> bool {
+pub(crate) fn from_container(data: usize, data_end: usize, frame_len: usize) -> Judged {
     match parse_packet(data, data_end, frame_len) {
         Parsed::Flow(f) => {
             let sender = endpoint_with_policy(f.src_addr_be);
             let receiver = endpoint_with_policy(f.dst_addr_be);
             if sender.is_none() && receiver.is_none() {
-                return true;
+                return Ok(());
             }
             let pf = pflow_of(&f, data, data_end);
-            let allowed = from_container_flow(
+            let judged = from_container_flow(
                 &pf,
                 sender.unwrap_or_default(),
                 receiver.unwrap_or_default(),
             );
             if f.first_frag {
-                frag_first_judged(&frag_key_of_flow(FRAG_K_POLICY, &f), allowed);
+                frag_first_judged(&frag_key_of_flow(FRAG_K_POLICY, &f), judged.is_ok());
             }
-            allowed
+            judged
         }
         Parsed::Fragment(f) => {
             if endpoint_with_policy(f.src_addr_be).is_none()
                 && endpoint_with_policy(f.dst_addr_be).is_none()
             {
-                return true;
+                return Ok(());
             }
-            frag_follow(&frag_key_of_frag(FRAG_K_POLICY, &f))
+            quiet(frag_follow(&frag_key_of_frag(FRAG_K_POLICY, &f)))
         }
-        Parsed::Ip(ip) => other_allowed(data, data_end, frame_len, &ip, true),
-        Parsed::NotIpv4 => true,
+        Parsed::Ip(ip) => quiet(other_allowed(data, data_end, frame_len, &ip, true)),
+        Parsed::NotIpv4 => Ok(()),
     }
 }
 
@@ -608,7 +623,7 @@ pub(crate) fn from_container(data: usize, data_end: usize, frame_len: usize) -> 
 /// `sender` and `receiver` are the default endpoint (no policy) where there
 /// is none: plain values, because a `None`'s undefined payload copied into
 /// a subprogram is a register the verifier sees read before it was written.
-fn from_container_flow(f: &PFlow, sender: Endpoint, receiver: Endpoint) -> bool {
+fn from_container_flow(f: &PFlow, sender: Endpoint, receiver: Endpoint) -> Judged {
     // A reply on a published port passes as tracked.
     let nat = if f.proto == PROTO_ICMP {
         NatSide::None
@@ -616,26 +631,26 @@ fn from_container_flow(f: &PFlow, sender: Endpoint, receiver: Endpoint) -> bool 
         NatSide::Sent
     };
     match ct_established(f, nat) {
-        Ct::Tracked => return true,
-        Ct::Refused => return false,
+        Ct::Tracked => return Ok(()),
+        Ct::Refused => return Err(EV_CT_FULL),
         Ct::Untracked => {}
     }
     if !ct_may_open(f) {
-        return false;
+        return Err(EV_NONE);
     }
     let dport = u16::from_be(f.dport_be);
     if has_policy(&sender)
         && !policy_allows(sender.task_id, berth_maps::DIR_EGRESS, f, f.dst_be, dport)
     {
         count(Counter::PolicyDeniedEgress);
-        return false;
+        return Err(EV_POLICY_EGRESS);
     }
     if has_policy(&receiver) && !policy_allows(receiver.task_id, DIR_INGRESS, f, f.src_be, dport) {
         count(Counter::PolicyDeniedIngress);
-        return false;
+        return Err(EV_POLICY);
     }
     if ct_create(f).is_err() {
-        return false;
+        return Err(EV_CT_FULL);
     }
     if has_policy(&sender) {
         count(Counter::PolicyAcceptedEgress);
@@ -643,37 +658,37 @@ fn from_container_flow(f: &PFlow, sender: Endpoint, receiver: Endpoint) -> bool 
     if has_policy(&receiver) {
         count(Counter::PolicyAcceptedIngress);
     }
-    true
+    Ok(())
 }
 
 /// tc egress of a container's host-side veth: what the container receives.
 #[inline(always)]
-pub(crate) fn to_container(data: usize, data_end: usize, frame_len: usize) -> bool {
+pub(crate) fn to_container(data: usize, data_end: usize, frame_len: usize) -> Judged {
     match parse_packet(data, data_end, frame_len) {
         Parsed::Flow(f) => {
             let Some(ep) = endpoint_with_policy(f.dst_addr_be) else {
-                return true;
+                return Ok(());
             };
             let pf = pflow_of(&f, data, data_end);
-            let allowed = to_container_flow(&pf, ep);
+            let judged = to_container_flow(&pf, ep);
             if f.first_frag {
-                frag_first_judged(&frag_key_of_flow(FRAG_K_POLICY, &f), allowed);
+                frag_first_judged(&frag_key_of_flow(FRAG_K_POLICY, &f), judged.is_ok());
             }
-            allowed
+            judged
         }
         Parsed::Fragment(f) => {
             if endpoint_with_policy(f.dst_addr_be).is_none() {
-                return true;
+                return Ok(());
             }
-            frag_follow(&frag_key_of_frag(FRAG_K_POLICY, &f))
+            quiet(frag_follow(&frag_key_of_frag(FRAG_K_POLICY, &f)))
         }
-        Parsed::Ip(ip) => other_allowed(data, data_end, frame_len, &ip, false),
-        Parsed::NotIpv4 => true,
+        Parsed::Ip(ip) => quiet(other_allowed(data, data_end, frame_len, &ip, false)),
+        Parsed::NotIpv4 => Ok(()),
     }
 }
 
 #[inline(always)]
-fn to_container_flow(f: &PFlow, ep: Endpoint) -> bool {
+fn to_container_flow(f: &PFlow, ep: Endpoint) -> Judged {
     // A published-port flow, judged at the uplink, passes as tracked.
     let nat = if f.proto == PROTO_ICMP {
         NatSide::None
@@ -681,12 +696,12 @@ fn to_container_flow(f: &PFlow, ep: Endpoint) -> bool {
         NatSide::Received
     };
     match ct_established(f, nat) {
-        Ct::Tracked => return true,
-        Ct::Refused => return false,
+        Ct::Tracked => return Ok(()),
+        Ct::Refused => return Err(EV_CT_FULL),
         Ct::Untracked => {}
     }
     if !ct_may_open(f) {
-        return false;
+        return Err(EV_NONE);
     }
     if !policy_allows(
         ep.task_id,
@@ -696,13 +711,13 @@ fn to_container_flow(f: &PFlow, ep: Endpoint) -> bool {
         u16::from_be(f.dport_be),
     ) {
         count(Counter::PolicyDeniedIngress);
-        return false;
+        return Err(EV_POLICY);
     }
     if ct_create(f).is_err() {
-        return false;
+        return Err(EV_CT_FULL);
     }
     count(Counter::PolicyAcceptedIngress);
-    true
+    Ok(())
 }
 
 /// North-south: may a new flow from `client` reach `container:port`?

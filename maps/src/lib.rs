@@ -62,6 +62,7 @@ pub mod program {
     pub const FROM_CTR6: &str = crate::tail::PROGRAM_FROM_CTR6;
     pub const TO_CTR6: &str = crate::tail::PROGRAM_TO_CTR6;
     pub const REPLY6: &str = crate::tail::PROGRAM_REPLY6;
+    pub const LOG: &str = crate::tail::PROGRAM_LOG;
 
     /// The cgroup `sock_addr` hooks.
     pub const SOCKET_HOOKS: [&str; 10] = [
@@ -71,10 +72,10 @@ pub mod program {
     /// Attached to every bridge port (its container's veth).
     pub const PORT_PROGRAMS: [&str; 2] = [FROM_CTR, TO_CTR];
     /// Every program of the object.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 23] = [
         INGRESS, XDP, DELIVER, REPLY, FROM_CTR, TO_CTR, BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4,
         PEERNAME4, EMPTY_TC, EMPTY_XDP, INGRESS6, FROM_CTR6, TO_CTR6, REPLY6, CONNECT6, SENDMSG6,
-        RECVMSG6, PEERNAME6,
+        RECVMSG6, PEERNAME6, LOG,
     ];
 }
 
@@ -549,6 +550,10 @@ pub const DP_LOG_BUCKET_MAP: &str = "BERTH_LOG_BUCKET";
 /// burst a full one allows.
 pub const DP_LOG_PER_SEC: u64 = 20;
 pub const DP_LOG_BURST: u64 = 40;
+/// The most bytes one datapath log record reserves in its ring (aya-log
+/// rounds a record up to a power of two; a fixture checks every kind fits),
+/// which sizes the ring for a burst of every CPU at once.
+pub const DP_LOG_RECORD_MAX: u32 = 512;
 
 /// A token bucket: `tokens` left as of `last_ns` (coarse clock).
 #[repr(C)]
@@ -830,7 +835,8 @@ counters! {
     /// A flow-log record the ring buffer had no room for (the daemon
     /// reads too slowly); the record is lost, the packet is not.
     FlowLogLost = 27 => "flow_log_lost",
-    /// A datapath log line over the per-CPU rate limit; not written.
+    /// A datapath log line over the per-CPU rate limit, or one whose
+    /// logging program (`BERTH_TAILS` slot `LOG`) was missing; not written.
     DatapathLogLimited = 28 => "datapath_log_limited",
     /// New flow a receiving task's security groups let in (counted once,
     /// when the flow opens; its later packets pass as tracked).

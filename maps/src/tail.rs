@@ -39,6 +39,9 @@ pub const PROGRAM_REPLY6: &str = "berth_reply6";
 pub const PROGRAM_FROM_CTR6: &str = "berth_from_ctr6";
 pub const PROGRAM_TO_CTR6: &str = "berth_to_ctr6";
 
+/// The datapath log of the container veths' refusals (slot [`LOG`]).
+pub const PROGRAM_LOG: &str = "berth_log";
+
 /// (slot, program) for every program the loader puts in the array. Each
 /// program is also in [`crate::program::ALL`].
 pub const PROGRAMS: &[(u32, &str)] = &[
@@ -46,6 +49,7 @@ pub const PROGRAMS: &[(u32, &str)] = &[
     (FROM_CTR6, PROGRAM_FROM_CTR6),
     (TO_CTR6, PROGRAM_TO_CTR6),
     (REPLY6, PROGRAM_REPLY6),
+    (LOG, PROGRAM_LOG),
 ];
 
 const _: () = {

@@ -1011,3 +1011,114 @@ fn a_flow_converted_from_layout_1_keeps_passing_mid_stream() {
         assert_eq!(env.counter(Counter::CtNoFlow), no_flow + 1);
     });
 }
+
+// ------------------------------------------------ datapath log (berth_log)
+
+/// Every datapath log record waiting in aya-log's ring, raw.
+fn log_records(env: &mut Env) -> Vec<Vec<u8>> {
+    let mut ring =
+        aya::maps::RingBuf::try_from(env.ebpf.map_mut(berth_maps::DP_LOG_MAP).unwrap()).unwrap();
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        out.push(item.to_vec());
+    }
+    out
+}
+
+fn dp_log(env: &mut Env, on: bool) {
+    let mut m: aya::maps::Array<&mut MapData, u64> =
+        aya::maps::Array::try_from(env.ebpf.map_mut("BERTH_CONFIG").unwrap()).unwrap();
+    let level = if on {
+        berth_maps::DP_LOG_DEBUG
+    } else {
+        berth_maps::DP_LOG_OFF
+    };
+    m.set(berth_maps::CONFIG_DP_LOG, level, 0).unwrap();
+}
+
+fn has(record: &[u8], part: &[u8]) -> bool {
+    record.windows(part.len()).any(|w| w == part)
+}
+
+/// The one record a refusal wrote: its message, and each address as aya-log
+/// carries an `{:i}` argument (the address as a host-order u32).
+fn one_line(env: &mut Env, message: &str, addrs: &[Ipv4Addr]) {
+    let recs = log_records(env);
+    assert_eq!(recs.len(), 1, "one line per refusal");
+    let r = &recs[0];
+    assert!(
+        has(r, message.as_bytes()),
+        "{message:?} not in {:?}",
+        String::from_utf8_lossy(r)
+    );
+    for a in addrs {
+        assert!(has(r, &u32::from(*a).to_ne_bytes()), "{a} not in the line");
+    }
+    assert!(
+        r.len() <= berth_maps::DP_LOG_RECORD_MAX as usize,
+        "a {}-byte record: the ring is sized for {} at most",
+        r.len(),
+        berth_maps::DP_LOG_RECORD_MAX
+    );
+}
+
+#[test]
+fn container_veth_refusals_are_written_by_the_tail_called_log_program() {
+    in_fixture_ns(|env| {
+        setup(env);
+        // Off: refused, nothing written.
+        assert_eq!(
+            verdict(env, "berth_from_ctr", &from(C3, 40002, C1, 5432).frame()),
+            SHOT
+        );
+        assert!(log_records(env).is_empty(), "the log is off by default");
+
+        dp_log(env, true);
+        // East-west, by the receiver's ingress rules (db admits sg-api only).
+        assert_eq!(
+            verdict(env, "berth_from_ctr", &from(C3, 40003, C1, 5432).frame()),
+            SHOT
+        );
+        one_line(env, "policy refused a new flow: ", &[C3, C1]);
+        // By the sender's egress rules (db may open 443 only).
+        assert_eq!(
+            verdict(env, "berth_from_ctr", &from(C1, 40004, OTHER, 80).frame()),
+            SHOT
+        );
+        one_line(
+            env,
+            "policy refused a new flow by its sender's egress rules: ",
+            &[C1, OTHER],
+        );
+        // What a container receives from the host, at its veth's egress.
+        assert_eq!(
+            verdict(
+                env,
+                "berth_to_ctr",
+                &from(BRIDGE_IP, 40005, C1, 5432).frame()
+            ),
+            SHOT
+        );
+        one_line(env, "policy refused a new flow: ", &[BRIDGE_IP, C1]);
+        // A spoofed source: C3 claims api's address on its own port.
+        let spoofed = from(C2, 40006, C1, 5432).frame();
+        assert_eq!(sent_on(env, port_of(C3), &spoofed), SHOT);
+        one_line(env, "spoofed source dropped on container port ", &[C2, C1]);
+        // An allowed flow writes nothing.
+        assert_eq!(
+            verdict(env, "berth_from_ctr", &from(C2, 40007, C1, 5432).frame()),
+            OK
+        );
+        assert!(log_records(env).is_empty());
+
+        // Without its program the refusal stands and the lost line is counted.
+        let lost = env.counter(Counter::DatapathLogLimited);
+        env.clear_tail(berth_maps::tail::LOG);
+        assert_eq!(
+            verdict(env, "berth_from_ctr", &from(C3, 40008, C1, 5432).frame()),
+            SHOT
+        );
+        assert!(log_records(env).is_empty());
+        assert_eq!(env.counter(Counter::DatapathLogLimited), lost + 1);
+    });
+}

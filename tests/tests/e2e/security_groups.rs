@@ -559,3 +559,31 @@ fn bad_input_is_one_line_and_changes_nothing() {
     get_from(&rig.topo.client.ns, rig.topo.host.addr(8080));
     assert_refused(&rig.topo.client2.ns, rig.topo.host.addr(8080));
 }
+
+#[test]
+fn an_east_west_refusal_is_written_to_the_datapath_log() {
+    let rig = setup(&["--datapath-log", "debug"]);
+    let other = rig.new_container("other", "172.17.0.4");
+    let _db = rig.serve_http(&rig.topo.container2.ns, 5432);
+    rig.map_add("db", "172.17.0.3", &["15432:5432"]);
+    rig.map_add("other", "172.17.0.4", &["8081:80"]);
+    rig.berth(&["sg", "create", "sg-db"]);
+    rig.berth(&["sg", "attach", "sg-db", "--task", "db"]);
+    // Refused on other's veth (berth_from_ctr), by db's ingress rules
+    // (none): the line comes from berth_log, tail-called there.
+    assert_refused(&other.ns, rig.topo.container2.addr(5432));
+    let wanted = |l: &&str| {
+        l.contains("berth::datapath")
+            && l.contains("policy refused a new flow: 172.17.0.4:")
+            && l.contains("-> 172.17.0.3:5432 proto 6")
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while !rig.daemon.stderr().lines().any(|l| wanted(&l)) {
+        assert!(
+            std::time::Instant::now() < until,
+            "no datapath log line:\n{}",
+            rig.daemon.stderr()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -6,6 +6,7 @@ pub mod datapath;
 pub mod holders;
 pub mod host;
 pub mod lock;
+pub mod memory;
 pub mod netif;
 pub mod reset;
 pub mod socket;

@@ -312,6 +312,10 @@ pub async fn serve(
     if let Some(reader) = datapath_log {
         background.push(tokio::spawn(forward_datapath_log(reader)));
     }
+    // Loading and restoring peaked; every answered request may have too.
+    let trimmer = crate::adapters::memory::Trimmer::default();
+    background.push(tokio::spawn(trimmer.clone().run()));
+    trimmer.poke();
 
     let berth = Berth::new(registry).with_max_subscribers(limits.max_event_subscribers);
     let metrics_state = crate::interfaces::metrics::MetricsState::new(metrics.per_binding);
@@ -349,7 +353,17 @@ pub async fn serve(
         listener,
         api::router(berth)
             .layer(axum::Extension(info))
-            .layer(axum::Extension(metrics_state)),
+            .layer(axum::Extension(metrics_state))
+            .layer(axum::middleware::from_fn(
+                move |req, next: axum::middleware::Next| {
+                    let trimmer = trimmer.clone();
+                    async move {
+                        let resp = next.run(req).await;
+                        trimmer.poke();
+                        resp
+                    }
+                },
+            )),
         limits,
         async move {
             shutdown.await;
@@ -733,6 +747,7 @@ mod tests {
             nat_capacity: None,
             embryonic_capacity: None,
             capacity: Default::default(),
+            flow_log: false,
         };
         assert_eq!(
             check_interfaces(&config).unwrap_err().to_string(),

@@ -61,6 +61,9 @@ pub struct DatapathConfig {
     pub embryonic_capacity: Option<u32>,
     /// `--max-flows`, `--max-mappings`.
     pub capacity: super::capacity::Capacity,
+    /// `--flow-log`: a flow log will read the flow-log ring (without one
+    /// the ring is one page and never mapped; see `rings`).
+    pub flow_log: bool,
 }
 
 pub(super) struct Maps {
@@ -157,7 +160,8 @@ pub struct BpfDatapath {
     /// `--max-mappings`, for the error when the tables are full.
     pub(super) max_mappings: u32,
     pub(super) status: super::status::StatusBase,
-    /// The flow-log ring, until a flow log takes it (`flow_log_tap`).
+    /// The flow-log ring, until a flow log takes it (`flow_log_tap`);
+    /// `None` from the start without `DatapathConfig::flow_log`.
     pub(super) flow_ring: Mutex<Option<RingBuf<MapData>>>,
     /// What the sweeps deleted, while a flow log wants it.
     pub(super) departed: super::flowlog::DepartedSlot,
@@ -330,6 +334,9 @@ impl BpfDatapath {
         for (name, n) in &overrides {
             loader.map_max_entries(name, *n);
         }
+        for (name, bytes) in super::rings::ring_sizes(config.flow_log)? {
+            loader.map_max_entries(name, bytes);
+        }
         let mut ebpf = loader.load(ebpf_object()).map_err(|e| {
             if is_eperm(&e) {
                 DatapathError::NotPermitted
@@ -428,11 +435,15 @@ impl BpfDatapath {
         config_map
             .set(berth_maps::CONFIG_DP_LOG, berth_maps::DP_LOG_OFF, 0)
             .map_err(map_err(CONFIG_MAP))?;
-        let flow_ring =
-            RingBuf::try_from(ebpf.take_map(berth_maps::FLOW_LOG_RING).ok_or_else(|| {
-                DatapathError::Other(format!("map {} missing", berth_maps::FLOW_LOG_RING))
-            })?)
-            .map_err(map_err(berth_maps::FLOW_LOG_RING))?;
+        let flow_ring_map = ebpf.take_map(berth_maps::FLOW_LOG_RING).ok_or_else(|| {
+            DatapathError::Other(format!("map {} missing", berth_maps::FLOW_LOG_RING))
+        })?;
+        // Mapped only for a flow log: the reader maps the ring's pages.
+        let flow_ring = if config.flow_log {
+            Some(RingBuf::try_from(flow_ring_map).map_err(map_err(berth_maps::FLOW_LOG_RING))?)
+        } else {
+            None
+        };
 
         let mut maps = Maps {
             services: take_map(&mut ebpf, SERVICES_MAP)?,
@@ -579,7 +590,7 @@ impl BpfDatapath {
             timeouts: Mutex::new(FlowTimeouts::default()),
             max_mappings: config.capacity.max_mappings,
             status,
-            flow_ring: Mutex::new(Some(flow_ring)),
+            flow_ring: Mutex::new(flow_ring),
             departed: Default::default(),
             dp_logger,
             _ports: ports,

@@ -130,7 +130,12 @@ impl BpfDatapath {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
-            .ok_or_else(|| DatapathError::Other("the flow-log ring is taken already".into()))?;
+            .ok_or_else(|| {
+                DatapathError::Other(
+                    "the flow-log ring is taken already, or the datapath was loaded without a flow log"
+                        .into(),
+                )
+            })?;
         let counters =
             PerCpuArray::try_from(aya::maps::Map::PerCpuArray(from_pin(self, COUNTERS_MAP)?))
                 .map_err(map_err(COUNTERS_MAP))?;

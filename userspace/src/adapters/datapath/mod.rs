@@ -20,6 +20,7 @@ mod policy;
 mod policy6;
 mod port_addrs;
 mod ports;
+mod rings;
 mod services6;
 pub mod status;
 pub mod sys;

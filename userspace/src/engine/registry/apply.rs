@@ -18,6 +18,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::Ipv4Addr,
+    sync::Arc,
 };
 
 use super::{bind_ips_overlap, describe, sysctl_err, Publish, Registry};
@@ -210,9 +211,10 @@ impl Registry {
         let gone_ips: Vec<Ipv4Addr> = task_ips.difference(&in_use).copied().collect();
         self.sweeper.queue(gone, &gone_ips);
         for (b, container) in gone.iter().zip(containers) {
-            let _ = self
-                .events
-                .send(Event::now(EventKind::Removed, b.clone(), container));
+            if self.events.receiver_count() > 0 {
+                let e = Event::now(EventKind::Removed, b.clone(), container);
+                let _ = self.events.send(Arc::new(e));
+            }
         }
         Ok(())
     }
@@ -425,10 +427,11 @@ impl Registry {
     }
 
     pub(super) fn emit(&self, kind: EventKind, b: &Binding) {
-        // No subscriber is not an error.
-        let _ = self
-            .events
-            .send(Event::now(kind, b.clone(), self.container_of(b)));
+        // No subscriber is not an error, and nothing to build.
+        if self.events.receiver_count() > 0 {
+            let e = Event::now(kind, b.clone(), self.container_of(b));
+            let _ = self.events.send(Arc::new(e));
+        }
     }
 
     pub(super) fn check_conflicts(&self, new: &[PortMapping]) -> Result<()> {

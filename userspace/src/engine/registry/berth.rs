@@ -21,7 +21,7 @@ use crate::{
 /// subscriber cap.
 pub struct Subscription {
     pub snapshot: Vec<Event>,
-    pub rx: broadcast::Receiver<Event>,
+    pub rx: broadcast::Receiver<Arc<Event>>,
     pub permit: tokio::sync::OwnedSemaphorePermit,
 }
 

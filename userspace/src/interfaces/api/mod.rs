@@ -413,7 +413,7 @@ type Closing = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 struct EventStream {
     snapshot: std::vec::IntoIter<Event>,
-    rx: broadcast::Receiver<Event>,
+    rx: broadcast::Receiver<std::sync::Arc<Event>>,
     _permit: tokio::sync::OwnedSemaphorePermit,
     closing: Closing,
     done: bool,
@@ -452,7 +452,7 @@ async fn events(State(berth): State<Berth>, uri: Uri) -> Result<Response, ApiErr
         tokio::select! {
             () = &mut st.closing => None,
             r = st.rx.recv() => match r {
-                Ok(e) => Some((Ok(json_line(&e)), st)),
+                Ok(e) => Some((Ok(json_line(&*e)), st)),
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "an event subscriber fell behind; ending its stream");
                     st.done = true;

@@ -107,6 +107,7 @@ fn parse_metrics_listen(s: &str) -> Result<std::net::SocketAddr, String> {
 
 impl DaemonArgs {
     pub(super) fn into_config(self, socket: PathBuf) -> DaemonConfig {
+        let flow_log = self.flow_log.config();
         let mut uplinks: Vec<String> = Vec::new();
         for uplink in self.uplinks {
             if !uplinks.contains(&uplink) {
@@ -132,6 +133,7 @@ impl DaemonArgs {
                 nat_capacity: self.security_groups.nat_max,
                 embryonic_capacity: self.security_groups.ct_embryonic_max,
                 capacity: self.capacity,
+                flow_log: flow_log.is_some(),
             },
             dynamic_ports: self.dynamic_ports,
             reserved_ports: self.reserved_ports,
@@ -144,7 +146,7 @@ impl DaemonArgs {
                 listen: self.metrics_listen,
                 per_binding: self.metrics_per_binding,
             },
-            flow_log: self.flow_log.config(),
+            flow_log,
             datapath_log: self.datapath_log == crate::interfaces::api::log::DatapathLogLevel::Debug,
         }
     }
