@@ -17,6 +17,7 @@ mod flow_logs;
 mod flow_tracking;
 mod fragments;
 mod harness;
+mod ipv6;
 mod local_access;
 mod metrics;
 mod restart_and_guard;
