@@ -209,8 +209,8 @@ pub fn binding(
 ) -> Binding {
     Binding {
         task: "t".into(),
-        container_ip: c,
-        bind_ip,
+        container_ip: c.into(),
+        bind_ip: bind_ip.into(),
         host_port,
         container_port,
         protocol: p,

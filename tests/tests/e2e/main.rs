@@ -19,6 +19,7 @@ mod fragments;
 mod harness;
 mod local_access;
 mod metrics;
+mod publish6;
 mod restart_and_guard;
 mod security_groups;
 mod security_groups6;

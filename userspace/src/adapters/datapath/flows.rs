@@ -52,13 +52,14 @@ pub(super) struct FlowOwner {
 }
 
 impl FlowOwner {
-    pub(super) fn of_binding(b: &Binding) -> Self {
-        Self {
+    /// `None` for an IPv6 binding: these tables hold IPv4 flows only.
+    pub(super) fn of_binding(b: &Binding) -> Option<Self> {
+        Some(Self {
             proto: b.protocol.ip_proto(),
-            ctr_addr_be: u32::from_ne_bytes(b.container_ip.octets()),
+            ctr_addr_be: u32::from_ne_bytes(b.container_ip4()?.octets()),
             ctr_port_be: b.container_port.to_be(),
             host_port_be: b.host_port.to_be(),
-        }
+        })
     }
 
     fn of_flow(k: &FlowKey, v: &NatEntry) -> Self {
@@ -73,7 +74,7 @@ impl FlowOwner {
 
 /// The flows owned by any of `gone`, as a predicate for [`sweep`].
 pub(super) fn owned_by(gone: &[Binding]) -> impl Fn(&FlowKey, &NatEntry, FlowTable) -> bool {
-    let owners: HashSet<FlowOwner> = gone.iter().map(FlowOwner::of_binding).collect();
+    let owners: HashSet<FlowOwner> = gone.iter().filter_map(FlowOwner::of_binding).collect();
     move |k, v, _| owners.contains(&FlowOwner::of_flow(k, v))
 }
 
@@ -83,7 +84,7 @@ pub(super) fn owned_by(gone: &[Binding]) -> impl Fn(&FlowKey, &NatEntry, FlowTab
 pub(super) fn owned_by_none_of(
     keep: &[Binding],
 ) -> impl Fn(&FlowKey, &NatEntry, FlowTable) -> bool {
-    let owners: HashSet<FlowOwner> = keep.iter().map(FlowOwner::of_binding).collect();
+    let owners: HashSet<FlowOwner> = keep.iter().filter_map(FlowOwner::of_binding).collect();
     move |k, v, _| !owners.contains(&FlowOwner::of_flow(k, v))
 }
 

@@ -2,6 +2,7 @@
 //! the engine's [`Datapath`] on the eBPF programs and their pinned maps.
 mod attach;
 mod binding_stats;
+mod bindings6;
 mod bpf;
 mod bridges;
 mod capacity;
