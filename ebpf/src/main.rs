@@ -43,6 +43,8 @@ mod nexthop;
 mod parse;
 mod parse6;
 mod policy;
+mod policy6;
+mod rules6;
 mod service;
 mod sock;
 mod spoof;
@@ -285,11 +287,48 @@ pub(crate) fn berth_to_ctr(ctx: TcContext) -> i32 {
         let port = unsafe { (*ctx.skb.skb).ifindex };
         return tails::ipv6_on_port(&ctx, tail::TO_CTR6, port);
     }
-    if policy::nowhere() || policy::to_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+    tc_verdict(
+        policy::nowhere() || policy::to_container(ctx.data(), ctx.data_end(), ctx.len() as usize),
+    )
+}
+
+#[inline(always)]
+fn tc_verdict(pass: bool) -> i32 {
+    if pass {
         TC_ACT_OK
     } else {
         TC_ACT_SHOT
     }
+}
+
+/// IPv6 a container sends (tail-called by `berth_from_ctr`): its source and
+/// its task's egress rules (`policy6.rs`).
+#[classifier]
+pub(crate) fn berth_from_ctr6(ctx: TcContext) -> i32 {
+    tc_pull_headers(&ctx);
+    let port = unsafe { (*ctx.skb.skb).ifindex };
+    tc_verdict(policy6::judge6(
+        ctx.data(),
+        ctx.data_end(),
+        ctx.len() as usize,
+        port,
+        true,
+    ))
+}
+
+/// IPv6 a container receives (tail-called by `berth_to_ctr`): its task's
+/// ingress rules.
+#[classifier]
+pub(crate) fn berth_to_ctr6(ctx: TcContext) -> i32 {
+    tc_pull_headers(&ctx);
+    let port = unsafe { (*ctx.skb.skb).ifindex };
+    tc_verdict(policy6::judge6(
+        ctx.data(),
+        ctx.data_end(),
+        ctx.len() as usize,
+        port,
+        false,
+    ))
 }
 
 /// A container's ICMP error about a translated flow leaves as if the host

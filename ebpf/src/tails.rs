@@ -7,27 +7,21 @@
 //! (`ipv6_no_program`) and then decided by the caller:
 //! - an uplink or the bridge passes the frame untouched, as berth always
 //!   did with IPv6 (nothing is translated, so nothing is owed a check);
-//! - a container's veth drops it where policy applies to the port's
-//!   container, except neighbour discovery, so IPv6 never slips past a
-//!   security group that IPv4 is held to.
+//! - a container's veth drops it where policy applies (or may apply) to
+//!   the port's container, except neighbour discovery, so IPv6 never slips
+//!   past a security group that IPv4 is held to (`policy6.rs`).
 use aya_ebpf::programs::TcContext;
 use berth_maps::Counter;
 
 use crate::{
-    maps::{count, BERTH_PORT_ADDRS, BERTH_TAILS},
-    parse::{ptr_at, ETH_LEN},
+    maps::{count, BERTH_TAILS},
+    parse::ptr_at,
     parse6::ETH_P_IPV6_BE,
     policy::nowhere,
-    spoof::port_has_policy,
+    policy6::unjudged6_passes,
 };
 
 const ETH_TYPE_OFF: usize = 12;
-const IP6_NEXT_OFF: usize = ETH_LEN + 6;
-const ICMP6_TYPE_OFF: usize = ETH_LEN + 40;
-const NEXTHDR_ICMP6: u8 = 58;
-/// Router solicitation .. redirect (RFC 4861).
-const ND_FIRST: u8 = 133;
-const ND_LAST: u8 = 137;
 
 /// Whether an untagged frame carries IPv6.
 #[inline(always)]
@@ -57,7 +51,8 @@ pub(crate) fn ipv6_or_pass(ctx: &TcContext, slot: u32) -> i32 {
 #[inline(always)]
 pub(crate) fn ipv6_on_port(ctx: &TcContext, slot: u32, port: u32) -> i32 {
     tail_call(ctx, slot);
-    if port_may_pass_ipv6(ctx.data(), ctx.data_end(), port) {
+    let from = slot == berth_maps::tail::FROM_CTR6;
+    if port_may_pass_ipv6(ctx.data(), ctx.data_end(), port, from) {
         aya_ebpf::bindings::TC_ACT_OK
     } else {
         aya_ebpf::bindings::TC_ACT_SHOT
@@ -65,33 +60,10 @@ pub(crate) fn ipv6_on_port(ctx: &TcContext, slot: u32, port: u32) -> i32 {
 }
 
 /// Without its IPv6 program, whether an IPv6 frame may cross port `port`:
-/// when policy applies to no one, to none of the port's (IPv4) endpoints,
-/// or the frame is neighbour discovery (without which a container's IPv6
-/// would not even fail cleanly). A port whose addresses were not learned
-/// owns none, as for the IPv4 source check.
+/// when policy applies to no one, or `policy6::unjudged6_passes` says so
+/// (the port's container has no policy, or the frame is neighbour
+/// discovery; a port whose addresses were not learned may carry policy).
 #[inline(always)]
-fn port_may_pass_ipv6(data: usize, data_end: usize, port: u32) -> bool {
-    if nowhere() || is_nd(data, data_end) {
-        return true;
-    }
-    match unsafe { BERTH_PORT_ADDRS.get(&port) } {
-        Some(p) => !port_has_policy(p),
-        None => true,
-    }
-}
-
-/// Neighbour discovery: `ICMPv6` types 133-137 right after the fixed header.
-/// ND carries no extension headers in practice (and RFC 6980 forbids
-/// fragmented ND); one that does is not recognised and so dropped with the
-/// rest: the error is on the closed side.
-#[inline(always)]
-fn is_nd(data: usize, data_end: usize) -> bool {
-    let (Some(next), Some(ty)) = (
-        ptr_at::<u8>(data, data_end, IP6_NEXT_OFF),
-        ptr_at::<u8>(data, data_end, ICMP6_TYPE_OFF),
-    ) else {
-        return false;
-    };
-    let (next, ty) = unsafe { (*next, *ty) };
-    next == NEXTHDR_ICMP6 && (ND_FIRST..=ND_LAST).contains(&ty)
+fn port_may_pass_ipv6(data: usize, data_end: usize, port: u32, from: bool) -> bool {
+    nowhere() || unjudged6_passes(data, data_end, port, from)
 }

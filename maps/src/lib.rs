@@ -12,6 +12,8 @@ mod v6;
 pub use v6::*;
 pub mod tail;
 pub use tail::TAILS_MAP;
+mod policy6;
+pub use policy6::*;
 
 // ---------------------------------------------------------------- names
 
@@ -48,20 +50,24 @@ pub mod program {
     /// Tail-called through `BERTH_TAILS` (see [`crate::tail`]).
     pub const INGRESS6: &str = crate::tail::PROGRAM_INGRESS6;
     pub const REPLY6: &str = crate::tail::PROGRAM_REPLY6;
+    /// IPv6 on a container's veth, both directions: security groups
+    /// (tail-called by [`FROM_CTR`] and [`TO_CTR`]).
+    pub const FROM_CTR6: &str = crate::tail::PROGRAM_FROM_CTR6;
+    pub const TO_CTR6: &str = crate::tail::PROGRAM_TO_CTR6;
 
     /// The cgroup `sock_addr` hooks.
     pub const SOCKET_HOOKS: [&str; 6] = [BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4, PEERNAME4];
     /// Attached to every bridge port (its container's veth).
     pub const PORT_PROGRAMS: [&str; 2] = [FROM_CTR, TO_CTR];
     /// Every program of the object.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 18] = [
         INGRESS, XDP, DELIVER, REPLY, FROM_CTR, TO_CTR, BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4,
-        PEERNAME4, EMPTY_TC, EMPTY_XDP, INGRESS6, REPLY6,
+        PEERNAME4, EMPTY_TC, EMPTY_XDP, INGRESS6, REPLY6, FROM_CTR6, TO_CTR6,
     ];
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 27] = [
+pub const MAPS: [&str; 32] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -89,6 +95,11 @@ pub const MAPS: [&str; 27] = [
     HOST_ADDRS6_MAP,
     NAT6_MAP,
     NAT6_NEW_MAP,
+    ENDPOINTS6_MAP,
+    POLICY6_MAP,
+    SG_MEMBERS6_MAP,
+    CT6_MAP,
+    CT6_NEW_MAP,
 ];
 
 /// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so
@@ -822,6 +833,10 @@ counters! {
     /// dropped on a container's veth where policy applies to its port
     /// (neighbour discovery excepted).
     Ipv6NoProgram = 32 => "ipv6_no_program",
+    /// IPv6 from or to a container with policy that no IPv6 program
+    /// judged (its slot empty, or its port's addresses unknown), other
+    /// than neighbour discovery; dropped (issue 15).
+    Policy6Unjudged = 33 => "policy6_unjudged",
 }
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 // The map is indexed by the enum: indexes run 0.. in order.
@@ -947,6 +962,7 @@ mod user {
         PortAddrs,
         FlowEvent,
     );
+    aya_pod!(super::Rule6, super::Policy6, super::SgMember6);
     aya_pod!(
         super::ServiceKey6,
         super::Backend6,

@@ -34,9 +34,19 @@ pub const PROGRAM_INGRESS6: &str = "berth_ingress6";
 /// The IPv6 program of the bridge (slot [`REPLY6`]).
 pub const PROGRAM_REPLY6: &str = "berth_reply6";
 
+/// The IPv6 programs of a container's veth (slots [`FROM_CTR6`],
+/// [`TO_CTR6`]): security groups.
+pub const PROGRAM_FROM_CTR6: &str = "berth_from_ctr6";
+pub const PROGRAM_TO_CTR6: &str = "berth_to_ctr6";
+
 /// (slot, program) for every program the loader puts in the array. Each
 /// program is also in [`crate::program::ALL`].
-pub const PROGRAMS: &[(u32, &str)] = &[(INGRESS6, PROGRAM_INGRESS6), (REPLY6, PROGRAM_REPLY6)];
+pub const PROGRAMS: &[(u32, &str)] = &[
+    (INGRESS6, PROGRAM_INGRESS6),
+    (FROM_CTR6, PROGRAM_FROM_CTR6),
+    (TO_CTR6, PROGRAM_TO_CTR6),
+    (REPLY6, PROGRAM_REPLY6),
+];
 
 const _: () = {
     let mut i = 0;

@@ -56,10 +56,11 @@ fn ipv6_at_an_uplink_reaches_its_program_and_without_it_passes_counted() {
         publish_defaults(env);
         publish6(env, Ipv6Addr::UNSPECIFIED, 8080, Protocol::Tcp, 80);
         env.host_addr6(HOST6);
+        env.set_endpoint6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2), 7, true);
         let f = tcp6();
         for prog in ["berth_ingress", "berth_deliver"] {
-            // berth_ingress6 saw it: with the "no policy anywhere" flag
-            // unset, it refuses the new flow.
+            // berth_ingress6 saw it: the container has policy and no rule,
+            // so it refuses the new flow.
             assert_eq!(run(env, prog, &f, 0), (TC_SHOT, true, 1, 0), "{prog}");
         }
         env.clear_tail(tail::INGRESS6);
@@ -109,6 +110,9 @@ fn ipv6_at_the_bridge_reaches_its_program_and_without_it_passes_counted() {
 #[test]
 fn ipv6_on_a_port_without_its_program_is_dropped_where_policy_applies() {
     in_fixture_ns(|env| {
+        // The veth's IPv6 programs exist (sg6): empty their slots.
+        env.clear_tail(tail::FROM_CTR6);
+        env.clear_tail(tail::TO_CTR6);
         let guarded = env.add_port("ctr1");
         let open = env.add_port("ctr2");
         let unknown = env.add_port("ctr3");
@@ -120,8 +124,17 @@ fn ipv6_on_a_port_without_its_program_is_dropped_where_policy_applies() {
         from_ctr.src = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
         from_ctr.dst = HOST6;
         let data = from_ctr.frame();
-        let ns = Ipv6Packet::icmpv6(135, 0).frame();
-        let ra = Ipv6Packet::icmpv6(134, 0).frame();
+        // Neighbour discovery is sent with hop limit 255 (RFC 4861), and
+        // only that is let through.
+        let nd = |ty| {
+            let mut p = Ipv6Packet::icmpv6(ty, 0);
+            p.hop_limit = 255;
+            p.frame()
+        };
+        let (ns, ra) = (nd(135), nd(134));
+        let mut routed_ns = Ipv6Packet::icmpv6(135, 0);
+        routed_ns.hop_limit = 64;
+        let routed_ns = routed_ns.frame();
         let echo = Ipv6Packet::icmpv6(128, 0).frame();
         let ptb = Ipv6Packet::icmpv6(2, 0).frame();
         let mut nd_behind_ext = Ipv6Packet::icmpv6(136, 0);
@@ -138,7 +151,18 @@ fn ipv6_on_a_port_without_its_program_is_dropped_where_policy_applies() {
                     TC_SHOT,
                 ),
                 ("neighbour solicitation", &ns, TC_OK),
-                ("router advertisement", &ra, TC_OK),
+                ("routed neighbour solicitation", &routed_ns, TC_SHOT),
+                // A container advertising itself as a router is the
+                // rogue-RA attack; it receives them.
+                (
+                    "router advertisement",
+                    &ra,
+                    if prog == "berth_from_ctr" {
+                        TC_SHOT
+                    } else {
+                        TC_OK
+                    },
+                ),
             ] {
                 assert_eq!(
                     run(env, prog, f, guarded),
@@ -146,13 +170,17 @@ fn ipv6_on_a_port_without_its_program_is_dropped_where_policy_applies() {
                     "{prog}: {what} on the port with policy"
                 );
             }
-            for (port, which) in [(open, "without policy"), (unknown, "not learned")] {
-                assert_eq!(
-                    run(env, prog, &data, port),
-                    (TC_OK, true, 0, 1),
-                    "{prog}: tcp on the port {which}"
-                );
-            }
+            assert_eq!(
+                run(env, prog, &data, open),
+                (TC_OK, true, 0, 1),
+                "{prog}: tcp on the port without policy"
+            );
+            // A port whose addresses were not learned may carry policy.
+            assert_eq!(
+                run(env, prog, &data, unknown),
+                (TC_SHOT, true, 0, 1),
+                "{prog}: tcp on the port not learned"
+            );
         }
         // The daemon vouches that no endpoint has policy: nothing to hold.
         set_no_policy(env, true);

@@ -310,14 +310,20 @@ mod tests {
         let any = Ipv4Addr::UNSPECIFIED;
         let lo = Ipv4Addr::LOCALHOST;
         let host = Ipv4Addr::new(192, 0, 2, 1);
-        assert!(listener_blocks(IpAddr::V4(any), host));
-        assert!(listener_blocks(IpAddr::V4(host), any));
-        assert!(listener_blocks(IpAddr::V4(host), host));
-        assert!(!listener_blocks(IpAddr::V4(lo), host));
-        assert!(listener_blocks(IpAddr::V6(Ipv6Addr::UNSPECIFIED), lo));
-        assert!(listener_blocks(IpAddr::V6(lo.to_ipv6_mapped()), lo));
-        assert!(!listener_blocks(IpAddr::V6(Ipv6Addr::LOCALHOST), lo));
-        assert!(!listener_blocks(IpAddr::V6(lo.to_ipv6_mapped()), host));
+        assert!(listener_blocks(IpAddr::V4(any), host.into()));
+        assert!(listener_blocks(IpAddr::V4(host), any.into()));
+        assert!(listener_blocks(IpAddr::V4(host), host.into()));
+        assert!(!listener_blocks(IpAddr::V4(lo), host.into()));
+        assert!(listener_blocks(
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            lo.into()
+        ));
+        assert!(listener_blocks(IpAddr::V6(lo.to_ipv6_mapped()), lo.into()));
+        assert!(!listener_blocks(IpAddr::V6(Ipv6Addr::LOCALHOST), lo.into()));
+        assert!(!listener_blocks(
+            IpAddr::V6(lo.to_ipv6_mapped()),
+            host.into()
+        ));
     }
 
     #[test]

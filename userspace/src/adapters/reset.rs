@@ -171,7 +171,7 @@ mod tests {
         .unwrap();
         r.add(
             "web",
-            "172.17.0.2".parse().unwrap(),
+            "172.17.0.2".parse::<std::net::Ipv4Addr>().unwrap(),
             &parse_specs(&["8080:80", "8443:443"]).unwrap(),
         )
         .unwrap();

@@ -287,6 +287,27 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_bindings_survive_reopening_beside_a_record_written_before_ipv6() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut v6 = binding("web", 8080);
+        v6.container_ip = "fd00::2".parse().unwrap();
+        v6.bind_ip = "::".parse().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .put_task("web", &[binding("web", 8080), v6.clone()])
+                .unwrap();
+        }
+        let tasks = Store::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(tasks["web"], [binding("web", 8080), v6]);
+        // A record as an IPv4-only release wrote it.
+        let old = r#"[{"task":"db","containerIP":"172.17.0.2","bindIP":"0.0.0.0","hostPort":5432,"containerPort":80,"protocol":"tcp"}]"#;
+        let loaded: Vec<Binding> = serde_json::from_str(old).unwrap();
+        assert_eq!(loaded, [binding("db", 5432)]);
+        assert!(!loaded[0].is_ipv6());
+    }
+
+    #[test]
     fn empty_binding_list_deletes_the_task() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

@@ -53,7 +53,7 @@ impl PortMappingDef {
             MappedPorts::Range(range) => (None, range),
         };
         PortSpec {
-            bind_ip: Ipv4Addr::UNSPECIFIED,
+            bind_ip: Some(Ipv4Addr::UNSPECIFIED.into()),
             host,
             container,
             protocol: self.protocol,

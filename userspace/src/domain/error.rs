@@ -1,12 +1,16 @@
 //! The library's one error type. Every message is one line meant for the
 //! person who typed the command; the CLI prints it as `berth: <message>`.
-use std::{fmt, io, net::Ipv4Addr, path::PathBuf};
+use std::{
+    fmt, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use crate::domain::{
     cidr::Ipv4Cidr,
     model::Protocol,
     rules::SgError,
-    spec::{PortRange, SpecError},
+    spec::{HostIp, PortRange, SpecError},
 };
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -19,6 +23,18 @@ pub enum Error {
     TaskName { name: String, reason: &'static str },
     #[error("malformed container IP {0:?}")]
     MalformedContainerIp(String),
+    #[error("malformed container IPv6 address {0:?}")]
+    MalformedContainerIpv6(String),
+    #[error("container IPv6 address {0} cannot be a container's (unspecified, loopback, multicast, link-local or IPv4-mapped)")]
+    BadContainerIpv6(Ipv6Addr),
+    /// `-p [::]:…` (or a task definition's IPv6 binding) for a container
+    /// without an IPv6 address: refused rather than published on IPv4.
+    #[error("port spec {spec:?} publishes over IPv6, but task {task} has no container IPv6 address (--ip6)")]
+    NoContainerIpv6 { task: String, spec: String },
+    #[error("port spec {spec:?} publishes over IPv4, but task {task} has no container IPv4 address (--ip)")]
+    NoContainerIpv4 { task: String, spec: String },
+    #[error("task {0} needs a container address: --ip, --ip6 or both")]
+    NoContainerIp(String),
     #[error("container IP {ip} is not in the subnet of bridge {bridge} ({})", join(.subnets))]
     NotInBridgeSubnet {
         ip: Ipv4Addr,
@@ -35,13 +51,13 @@ pub enum Error {
     #[error("no ports given")]
     NoPorts,
     /// Docker's own wording, so tools that grep for it keep working.
-    #[error("Bind for {bind_ip}:{host_port} failed: port is already allocated")]
-    PortAllocated { bind_ip: Ipv4Addr, host_port: u16 },
+    #[error("Bind for {}:{host_port} failed: port is already allocated", HostIp(*.bind_ip))]
+    PortAllocated { bind_ip: IpAddr, host_port: u16 },
     /// The dynamic range has no room for a request.
-    #[error("{exhausted} for {bind_ip}/{} {}", .protocol.as_str(), .exhausted.counts())]
+    #[error("{exhausted} for {}/{} {}", HostIp(*.bind_ip), .protocol.as_str(), .exhausted.counts())]
     PortsExhausted {
         exhausted: Exhausted,
-        bind_ip: Ipv4Addr,
+        bind_ip: IpAddr,
         protocol: Protocol,
     },
     #[error("this request names {count} ports; the daemon allows at most {max} per request (berth daemon --max-ports-per-request)")]
@@ -124,10 +140,10 @@ pub enum Error {
         pid: Option<u32>,
     },
     /// Docker's wording when docker-proxy cannot bind a published port.
-    #[error("Error starting userland proxy: listen {}4 {bind_ip}:{host_port}: bind: address already in use", .protocol.as_str())]
+    #[error("Error starting userland proxy: listen {}{} {}:{host_port}: bind: address already in use", .protocol.as_str(), if .bind_ip.is_ipv6() { 6 } else { 4 }, HostIp(*.bind_ip))]
     HostPortInUse {
         protocol: Protocol,
-        bind_ip: Ipv4Addr,
+        bind_ip: IpAddr,
         host_port: u16,
     },
     #[error("berth reset must run as root (it removes eBPF pins and writes sysctls)")]
@@ -193,6 +209,11 @@ impl Error {
             Self::Spec { .. }
             | Self::TaskName { .. }
             | Self::MalformedContainerIp(_)
+            | Self::MalformedContainerIpv6(_)
+            | Self::BadContainerIpv6(_)
+            | Self::NoContainerIpv6 { .. }
+            | Self::NoContainerIpv4 { .. }
+            | Self::NoContainerIp(_)
             | Self::NotInBridgeSubnet { .. }
             | Self::NotInAnyBridgeSubnet { .. }
             | Self::NoPorts

@@ -1,5 +1,5 @@
 //! The control plane's model: what a user publishes.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,16 +25,20 @@ impl Protocol {
     }
 }
 
-/// One published port: ECS `networkBindings` field names plus the task and
-/// the container address it points at. `bindIP` 0.0.0.0 means every host
-/// address.
+/// One published port of one address family: ECS `networkBindings` field
+/// names plus the task and the container address it points at. `bindIP`
+/// 0.0.0.0 (IPv4) or `::` (IPv6) means every host address of that family.
+/// A port published over both families is two bindings with one host port,
+/// as ECS and `docker port` list it; `bindIP` and `containerIP` are always
+/// of the same family. Stored as JSON, so records written before IPv6 (an
+/// IPv4 string in each field) load unchanged.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Binding {
     pub task: String,
     #[serde(rename = "containerIP")]
-    pub container_ip: Ipv4Addr,
+    pub container_ip: IpAddr,
     #[serde(rename = "bindIP")]
-    pub bind_ip: Ipv4Addr,
+    pub bind_ip: IpAddr,
     #[serde(rename = "hostPort")]
     pub host_port: u16,
     #[serde(rename = "containerPort")]
@@ -57,6 +61,77 @@ pub struct Binding {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub docker_events: bool,
+}
+
+impl Binding {
+    /// Published over IPv6 (`bindIP` and `containerIP` are IPv6).
+    pub fn is_ipv6(&self) -> bool {
+        self.container_ip.is_ipv6()
+    }
+
+    /// The IPv4 container address, for what exists only for IPv4.
+    pub fn container_ip4(&self) -> Option<Ipv4Addr> {
+        match self.container_ip {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        }
+    }
+
+    /// The IPv6 container address of an IPv6 binding.
+    pub fn container_ip6(&self) -> Option<Ipv6Addr> {
+        match self.container_ip {
+            IpAddr::V6(ip) => Some(ip),
+            IpAddr::V4(_) => None,
+        }
+    }
+
+    /// The IPv4 bind address of an IPv4 binding.
+    pub fn bind_ip4(&self) -> Option<Ipv4Addr> {
+        match self.bind_ip {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        }
+    }
+
+    /// The IPv6 bind address of an IPv6 binding.
+    pub fn bind_ip6(&self) -> Option<Ipv6Addr> {
+        match self.bind_ip {
+            IpAddr::V6(ip) => Some(ip),
+            IpAddr::V4(_) => None,
+        }
+    }
+}
+
+/// A container's addresses on its bridge (`--ip`, `--ip6`; the API's
+/// `containerIP`, `containerIPv6`): at least one. IPv6 only is what
+/// dockerd's proxy for a `[::]` binding knows of its container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ContainerIps {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl ContainerIps {
+    pub fn v4(v4: Ipv4Addr) -> Self {
+        Self {
+            v4: Some(v4),
+            v6: None,
+        }
+    }
+
+    /// The address of the family of `bind_ip`, if the container has one.
+    pub fn for_bind(&self, bind_ip: IpAddr) -> Option<IpAddr> {
+        match bind_ip {
+            IpAddr::V4(_) => self.v4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.v6.map(IpAddr::V6),
+        }
+    }
+}
+
+impl From<Ipv4Addr> for ContainerIps {
+    fn from(v4: Ipv4Addr) -> Self {
+        Self::v4(v4)
+    }
 }
 
 /// The ECS agent's labels on a Docker container, kept on each binding of
@@ -119,6 +194,13 @@ pub struct ContainerRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub container_ip: Option<Ipv4Addr>,
+    /// Its IPv6 address, when it has one (absent in older stores).
+    #[serde(
+        rename = "containerIPv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub container_ip6: Option<Ipv6Addr>,
     #[serde(rename = "networkBindings")]
     pub network_bindings: Vec<NetworkBinding>,
 }
@@ -129,7 +211,7 @@ pub struct ContainerRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkBinding {
     #[serde(rename = "bindIP")]
-    pub bind_ip: Ipv4Addr,
+    pub bind_ip: IpAddr,
     #[serde(
         rename = "containerPort",
         default,
@@ -159,7 +241,10 @@ impl TaskRecord {
     pub fn container_of(&self, binding: &Binding) -> Option<&str> {
         self.containers
             .iter()
-            .find(|c| c.container_ip == Some(binding.container_ip))
+            .find(|c| match binding.container_ip {
+                IpAddr::V4(ip) => c.container_ip == Some(ip),
+                IpAddr::V6(ip) => c.container_ip6 == Some(ip),
+            })
             .map(|c| c.name.as_str())
     }
 
@@ -171,6 +256,7 @@ impl TaskRecord {
                 .iter()
                 .map(|c| ContainerRecord {
                     container_ip: None,
+                    container_ip6: None,
                     ..c.clone()
                 })
                 .collect(),

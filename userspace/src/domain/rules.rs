@@ -3,11 +3,24 @@
 //! peers (a CIDR or another group). Every field is validated here, with one
 //! clear line per mistake; the engine's book (`engine::sg_book`) holds the
 //! groups and compiles them for the datapath.
-use std::{fmt, net::Ipv4Addr};
+//!
+//! IPv6 as AWS has it: `--cidr` takes an IPv6 prefix (`::/0`), whose rules
+//! match IPv6 peers only, as an IPv4 CIDR's match IPv4 peers only;
+//! `icmpv6` (58) is a protocol of its own with `ICMPv6` types and codes, and
+//! `icmp` stays IPv4's (each refuses a CIDR of the other family); a group
+//! peer stands for its members of both families; `all` (-1), TCP and UDP
+//! rules follow their peer.
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{cidr::Ipv4Cidr, task::name_problem};
+use crate::domain::{
+    cidr::{Ipv4Cidr, Ipv6Cidr},
+    task::name_problem,
+};
 
 /// AWS's limits: rules per direction per group, groups per task.
 pub const MAX_RULES_PER_DIRECTION: usize = 60;
@@ -29,7 +42,7 @@ pub enum SgError {
     DescriptionTooLong(usize),
     #[error("description must be one line without control characters")]
     DescriptionControl,
-    #[error("unknown protocol {0:?}; use tcp, udp, icmp or all")]
+    #[error("unknown protocol {0:?}; use tcp, udp, icmp, icmpv6 or all")]
     Protocol(String),
     #[error("protocol {0} needs a port or port range (--port P or P-Q)")]
     PortRequired(&'static str),
@@ -41,7 +54,9 @@ pub enum SgError {
     PortOutOfRange(u64),
     #[error("port range {0}-{1} is reversed")]
     PortRangeReversed(u16, u16),
-    #[error("protocol {0} has no ICMP type or code; --icmp-type and --icmp-code apply to icmp")]
+    #[error(
+        "protocol {0} has no ICMP type or code; --icmp-type and --icmp-code apply to icmp and icmpv6"
+    )]
     IcmpNotAllowed(&'static str),
     #[error("ICMP type {0} is out of range; use -1 (any) or 0-254")]
     IcmpType(i64),
@@ -57,6 +72,18 @@ pub enum SgError {
     CidrNoPrefix { given: String },
     #[error("{given} is not a canonical CIDR (host bits are set); did you mean {canonical}?")]
     CidrNotCanonical { given: String, canonical: Ipv4Cidr },
+    #[error(
+        "invalid IPv6 CIDR {0:?}: expected an IPv6 prefix such as 2001:db8::/32 (n from 0 to 128)"
+    )]
+    Cidr6Format(String),
+    #[error("invalid IPv6 CIDR {given:?}: no prefix length; did you mean {given}/128?")]
+    Cidr6NoPrefix { given: String },
+    #[error("{given} is not a canonical CIDR (host bits are set); did you mean {canonical}?")]
+    Cidr6NotCanonical { given: String, canonical: Ipv6Cidr },
+    #[error("protocol icmp is IPv4's and {0} is an IPv6 CIDR; use --proto icmpv6")]
+    IcmpWithIpv6(Ipv6Cidr),
+    #[error("protocol icmpv6 is IPv6's and {0} is an IPv4 CIDR; use --proto icmp")]
+    Icmpv6WithIpv4(Ipv4Cidr),
     #[error("security group {group} already has the rule {rule} (InvalidPermission.Duplicate)")]
     Duplicate { group: String, rule: String },
     #[error("security group {group} has no rule {rule}")]
@@ -168,6 +195,11 @@ pub enum Traffic {
         icmp_type: Option<u8>,
         icmp_code: Option<u8>,
     },
+    /// `ICMPv6` (protocol 58): type and code; `None` is any (-1).
+    Icmpv6 {
+        icmp_type: Option<u8>,
+        icmp_code: Option<u8>,
+    },
     All,
 }
 
@@ -177,6 +209,7 @@ impl Traffic {
             Self::Tcp(..) => "tcp",
             Self::Udp(..) => "udp",
             Self::Icmp { .. } => "icmp",
+            Self::Icmpv6 { .. } => "icmpv6",
             Self::All => "all",
         }
     }
@@ -185,6 +218,8 @@ impl Traffic {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Peer {
     Cidr(Ipv4Cidr),
+    /// An IPv6 network: matches IPv6 peers only.
+    Cidr6(Ipv6Cidr),
     /// Another group by name (its members: the IPs of its tasks).
     Group(String),
 }
@@ -203,7 +238,7 @@ impl Rule {
         self.traffic == other.traffic && self.peer == other.peer
     }
 
-    /// AWS's rule for a new group: everything out.
+    /// AWS's rule for a new group: everything out (IPv4).
     pub fn allow_all_out() -> Self {
         Self {
             traffic: Traffic::All,
@@ -212,11 +247,29 @@ impl Rule {
         }
     }
 
+    /// Its IPv6 twin (`::/0`), which AWS adds in a VPC with IPv6.
+    pub fn allow_all_out6() -> Self {
+        Self {
+            traffic: Traffic::All,
+            peer: Peer::Cidr6(Ipv6Cidr::new(Ipv6Addr::UNSPECIFIED, 0)),
+            description: String::new(),
+        }
+    }
+
+    /// A new group's egress rules: everything out, both families.
+    pub fn default_egress() -> Vec<Self> {
+        vec![Self::allow_all_out(), Self::allow_all_out6()]
+    }
+
     /// Its wire and store form.
     pub fn spec(&self, direction: Direction) -> RuleSpec {
         let (port, icmp_type, icmp_code) = match self.traffic {
             Traffic::Tcp(lo, hi) | Traffic::Udp(lo, hi) => (Some(port_text(lo, hi)), None, None),
             Traffic::Icmp {
+                icmp_type,
+                icmp_code,
+            }
+            | Traffic::Icmpv6 {
                 icmp_type,
                 icmp_code,
             } => (
@@ -228,6 +281,7 @@ impl Rule {
         };
         let (cidr, sg) = match &self.peer {
             Peer::Cidr(c) => (Some(c.to_string()), None),
+            Peer::Cidr6(c) => (Some(c.to_string()), None),
             Peer::Group(g) => (None, Some(g.clone())),
         };
         RuleSpec {
@@ -251,6 +305,10 @@ impl Rule {
                 icmp_type,
                 icmp_code,
             } => format!("icmp {}", icmp_text(icmp_type, icmp_code)),
+            Traffic::Icmpv6 {
+                icmp_type,
+                icmp_code,
+            } => format!("icmpv6 {}", icmp_text(icmp_type, icmp_code)),
             Traffic::All => "all".to_owned(),
         };
         let dir = match direction {
@@ -259,6 +317,7 @@ impl Rule {
         };
         let peer = match &self.peer {
             Peer::Cidr(c) => c.to_string(),
+            Peer::Cidr6(c) => c.to_string(),
             Peer::Group(g) => format!("sg {g}"),
         };
         format!("{direction} {what} {dir} {peer}")
@@ -323,18 +382,26 @@ impl RuleSpec {
                     Traffic::Udp(lo, hi)
                 }
             }
-            "icmp" => {
+            "icmp" | "icmpv6" | "58" => {
+                let v6 = proto != "icmp";
                 if self.port.is_some() {
-                    return Err(SgError::PortNotAllowed("icmp"));
+                    return Err(SgError::PortNotAllowed(if v6 { "icmpv6" } else { "icmp" }));
                 }
                 let icmp_type = icmp_field(self.icmp_type, SgError::IcmpType)?;
                 let icmp_code = icmp_field(self.icmp_code, SgError::IcmpCode)?;
                 if icmp_type.is_none() && icmp_code.is_some() {
                     return Err(SgError::IcmpCodeWithoutType);
                 }
-                Traffic::Icmp {
-                    icmp_type,
-                    icmp_code,
+                if v6 {
+                    Traffic::Icmpv6 {
+                        icmp_type,
+                        icmp_code,
+                    }
+                } else {
+                    Traffic::Icmp {
+                        icmp_type,
+                        icmp_code,
+                    }
                 }
             }
             "all" | "-1" => {
@@ -349,6 +416,7 @@ impl RuleSpec {
             _ => return Err(SgError::Protocol(self.protocol.clone())),
         };
         let peer = match (&self.cidr, &self.sg) {
+            (Some(cidr), None) if cidr.contains(':') => Peer::Cidr6(parse_cidr6(cidr)?),
             (Some(cidr), None) => Peer::Cidr(parse_cidr(cidr)?),
             (None, Some(sg)) => {
                 validate_name(sg)?;
@@ -356,6 +424,11 @@ impl RuleSpec {
             }
             _ => return Err(SgError::Peer),
         };
+        match (&traffic, &peer) {
+            (Traffic::Icmp { .. }, Peer::Cidr6(c)) => return Err(SgError::IcmpWithIpv6(*c)),
+            (Traffic::Icmpv6 { .. }, Peer::Cidr(c)) => return Err(SgError::Icmpv6WithIpv4(*c)),
+            _ => {}
+        }
         validate_description(&self.description)?;
         Ok(Rule {
             traffic,
@@ -419,6 +492,35 @@ pub fn parse_cidr(s: &str) -> Result<Ipv4Cidr, SgError> {
     let cidr = Ipv4Cidr::new(network, len);
     if network != addr {
         return Err(SgError::CidrNotCanonical {
+            given: s.to_owned(),
+            canonical: cidr,
+        });
+    }
+    Ok(cidr)
+}
+
+/// A canonical IPv6 CIDR: `2001:db8::/32`, not `2001:db8::1/32`.
+pub fn parse_cidr6(s: &str) -> Result<Ipv6Cidr, SgError> {
+    let format = || SgError::Cidr6Format(s.to_owned());
+    let Some((addr, len)) = s.split_once('/') else {
+        return Err(match s.parse::<Ipv6Addr>() {
+            Ok(_) => SgError::Cidr6NoPrefix {
+                given: s.to_owned(),
+            },
+            Err(_) => format(),
+        });
+    };
+    let addr: Ipv6Addr = addr.parse().map_err(|_| format())?;
+    let canonical_len = !len.is_empty()
+        && len.bytes().all(|b| b.is_ascii_digit())
+        && (len == "0" || !len.starts_with('0'));
+    let len: u8 = match len.parse() {
+        Ok(n) if canonical_len && n <= 128 => n,
+        _ => return Err(format()),
+    };
+    let cidr = Ipv6Cidr::new(addr, len).network();
+    if cidr.addr != addr {
+        return Err(SgError::Cidr6NotCanonical {
             given: s.to_owned(),
             canonical: cidr,
         });

@@ -5,7 +5,16 @@
 //! contiguous block of them for a range. A host range with one container
 //! port (`9000-9009:80`) asks for one host port out of that range: the
 //! daemon takes the first free one, as Docker does.
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+//!
+//! The host IP picks the families, as Docker's does: none publishes on
+//! every address of each family the container has (IPv4, and IPv6 when it
+//! has an IPv6 address), `0.0.0.0` on IPv4 only, `[::]` (or a bare `::`
+//! before the ports, as Docker reads it) on IPv6 only.
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 use crate::domain::model::Protocol;
 
@@ -29,8 +38,8 @@ pub enum SpecError {
     },
     #[error("malformed IP address {0:?}")]
     MalformedIp(String),
-    #[error("bind IP {0} is IPv6; berth publishes IPv4 only")]
-    Ipv6(String),
+    #[error("bind IP {0} is not a unicast or unspecified address")]
+    BadBindIp(IpAddr),
     #[error("unknown protocol {0:?}; use tcp or udp")]
     UnknownProtocol(String),
 }
@@ -67,12 +76,31 @@ impl fmt::Display for PortRange {
     }
 }
 
+/// The address families a container has: what a spec without a host IP
+/// publishes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Families {
+    pub v4: bool,
+    pub v6: bool,
+}
+
+impl Families {
+    pub const V4: Self = Self {
+        v4: true,
+        v6: false,
+    };
+    pub const BOTH: Self = Self { v4: true, v6: true };
+}
+
 /// One parsed `-p` value. Its `Display` is the canonical spec
-/// (`0.0.0.0:8080:80/tcp`, or `0.0.0.0::80/tcp` for a dynamic host port),
-/// which parses back to the same value.
+/// (`8080:80/tcp`, `0.0.0.0:8080:80/tcp`, `[::]:8080:80/tcp`, or with an
+/// empty host port, `0.0.0.0::80/tcp`, for a dynamic one), which parses
+/// back to the same value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PortSpec {
-    pub bind_ip: Ipv4Addr,
+    /// `None`: every address of each family the container has (Docker's
+    /// default); an address publishes on its own family only.
+    pub bind_ip: Option<IpAddr>,
     /// `None`: dynamic, the daemon picks as many host ports as `container`
     /// has, contiguous. A range longer than `container` (which is then one
     /// port) is a pool the daemon picks one host port from.
@@ -84,7 +112,7 @@ pub struct PortSpec {
 /// One (bind IP, host port, container port, protocol) out of a spec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortMapping {
-    pub bind_ip: Ipv4Addr,
+    pub bind_ip: IpAddr,
     pub host_port: u16,
     pub container_port: u16,
     pub protocol: Protocol,
@@ -115,19 +143,64 @@ impl PortSpec {
         }
     }
 
-    /// The individual mappings, host port i to container port i. A dynamic
-    /// spec or a pool has none until its host ports are chosen.
+    /// The individual mappings for an IPv4-only container.
     pub fn expand(&self) -> impl Iterator<Item = PortMapping> + '_ {
-        self.fixed_host()
+        self.expand_in(Families::V4)
+    }
+
+    /// The bind IPs this spec publishes on for a container of `families`:
+    /// its own, or each family's wildcard (IPv4 first).
+    pub fn bind_ips(&self, families: Families) -> impl Iterator<Item = IpAddr> {
+        let (one, v4, v6) = match self.bind_ip {
+            Some(ip) => (Some(ip), None, None),
+            None => (
+                None,
+                families.v4.then_some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                families.v6.then_some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+            ),
+        };
+        one.into_iter().chain(v4).chain(v6)
+    }
+
+    /// The individual mappings, host port i to container port i, on each
+    /// bind IP of [`PortSpec::bind_ips`] (one host port for both
+    /// families). A dynamic spec or a pool has none until its host ports
+    /// are chosen.
+    pub fn expand_in(&self, families: Families) -> impl Iterator<Item = PortMapping> + '_ {
+        let ports: Vec<(u16, u16)> = self
+            .fixed_host()
             .into_iter()
             .flat_map(PortRange::iter)
             .zip(self.container.iter())
-            .map(|(host_port, container_port)| PortMapping {
-                bind_ip: self.bind_ip,
-                host_port,
-                container_port,
-                protocol: self.protocol,
-            })
+            .collect();
+        self.bind_ips(families).flat_map(move |bind_ip| {
+            ports
+                .clone()
+                .into_iter()
+                .map(move |(host_port, container_port)| PortMapping {
+                    bind_ip,
+                    host_port,
+                    container_port,
+                    protocol: self.protocol,
+                })
+        })
+    }
+
+    /// Whether the spec publishes over IPv6 only (`[::]:…`, `[2001:db8::1]:…`).
+    pub fn is_ipv6_only(&self) -> bool {
+        self.bind_ip.is_some_and(|ip| ip.is_ipv6())
+    }
+}
+
+/// A host address as a spec writes it: IPv6 in brackets.
+pub struct HostIp(pub IpAddr);
+
+impl fmt::Display for HostIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(ip) => write!(f, "{ip}"),
+            IpAddr::V6(ip) => write!(f, "[{ip}]"),
+        }
     }
 }
 
@@ -138,7 +211,7 @@ impl fmt::Display for PortMapping {
         write!(
             f,
             "{}:{}:{}/{}",
-            self.bind_ip,
+            HostIp(self.bind_ip),
             self.host_port,
             self.container_port,
             self.protocol.as_str()
@@ -149,14 +222,12 @@ impl fmt::Display for PortMapping {
 impl fmt::Display for PortSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let host = self.host.map(|h| h.to_string()).unwrap_or_default();
-        write!(
-            f,
-            "{}:{}:{}/{}",
-            self.bind_ip,
-            host,
-            self.container,
-            self.protocol.as_str()
-        )
+        let proto = self.protocol.as_str();
+        match self.bind_ip {
+            Some(ip) => write!(f, "{}:{host}:{}/{proto}", HostIp(ip), self.container),
+            None if host.is_empty() => write!(f, "{}/{proto}", self.container),
+            None => write!(f, "{host}:{}/{proto}", self.container),
+        }
     }
 }
 
@@ -170,8 +241,8 @@ impl FromStr for PortSpec {
         };
         let (ip, host, container) = split_addr_ports(rest)?;
         let bind_ip = match ip {
-            None | Some("") => Ipv4Addr::UNSPECIFIED,
-            Some(ip) => parse_bind_ip(ip)?,
+            None | Some("") => None,
+            Some(ip) => Some(parse_bind_ip(ip)?),
         };
         let container = parse_range(container)?;
         let host = match host {
@@ -199,13 +270,17 @@ impl FromStr for PortSpec {
     }
 }
 
-/// Splits off `[ip:][host:]container`. An IPv6 bind address may come in
-/// brackets (`[::1]:80:80`) or bare (`::1:80:80`); both are refused with a
-/// message that says why rather than "malformed".
+/// Splits off `[ip:][host:]container`. An IPv6 bind address comes in
+/// brackets (`[::1]:80:80`) or bare (`::1:80:80`: everything before the
+/// last two fields, as Docker reads it).
 fn split_addr_ports(s: &str) -> Result<(Option<&str>, Option<&str>, &str), SpecError> {
     if let Some(bracketed) = s.strip_prefix('[') {
-        let (ip, _ports) = bracketed.split_once(']').ok_or(SpecError::Format)?;
-        return Err(parse_bind_ip(ip).err().unwrap_or(SpecError::Format));
+        let (ip, ports) = bracketed.split_once(']').ok_or(SpecError::Format)?;
+        let ports = ports.strip_prefix(':').ok_or(SpecError::Format)?;
+        return match ports.split(':').collect::<Vec<_>>().as_slice() {
+            [host, container] => Ok((Some(ip), Some(host), container)),
+            _ => Err(SpecError::Format),
+        };
     }
     let parts: Vec<&str> = s.split(':').collect();
     match parts.as_slice() {
@@ -213,10 +288,13 @@ fn split_addr_ports(s: &str) -> Result<(Option<&str>, Option<&str>, &str), SpecE
         [container] => Ok((None, None, container)),
         [host, container] => Ok((None, Some(host), container)),
         [ip, host, container] => Ok((Some(ip), Some(host), container)),
-        [ip @ .., _, _] => match parse_bind_ip(&ip.join(":")) {
-            Err(err @ SpecError::Ipv6(_)) => Err(err),
-            _ => Err(SpecError::Format),
-        },
+        [.., host, container] => {
+            let ip_len = s.len() - host.len() - container.len() - 2;
+            match s[..ip_len].parse::<Ipv6Addr>() {
+                Ok(_) => Ok((Some(&s[..ip_len]), Some(host), container)),
+                Err(_) => Err(SpecError::Format),
+            }
+        }
         [] => Err(SpecError::Format),
     }
 }
@@ -229,14 +307,22 @@ fn parse_protocol(proto: &str) -> Result<Protocol, SpecError> {
     }
 }
 
-fn parse_bind_ip(ip: &str) -> Result<Ipv4Addr, SpecError> {
-    if let Ok(ip) = ip.parse::<Ipv4Addr>() {
-        return Ok(ip);
+/// A host address to publish on: the wildcard or a unicast address of
+/// either family (an IPv4-mapped IPv6 address is refused: it is an IPv4
+/// address and is published as one).
+fn parse_bind_ip(ip: &str) -> Result<IpAddr, SpecError> {
+    let parsed: IpAddr = ip
+        .parse()
+        .map_err(|_| SpecError::MalformedIp(ip.to_owned()))?;
+    let bad = match parsed {
+        // IPv4 bind addresses are taken as they always were.
+        IpAddr::V4(_) => false,
+        IpAddr::V6(v6) => v6.is_multicast() || v6.to_ipv4_mapped().is_some(),
+    };
+    if bad {
+        return Err(SpecError::BadBindIp(parsed));
     }
-    if ip.parse::<std::net::Ipv6Addr>().is_ok() {
-        return Err(SpecError::Ipv6(ip.to_owned()));
-    }
-    Err(SpecError::MalformedIp(ip.to_owned()))
+    Ok(parsed)
 }
 
 /// `8000` or `8000-8010`, ports 1-65535.
@@ -272,7 +358,7 @@ mod tests {
         s.parse()
     }
 
-    fn mappings(s: &str) -> Vec<(Ipv4Addr, u16, u16, Protocol)> {
+    fn mappings(s: &str) -> Vec<(IpAddr, u16, u16, Protocol)> {
         parse(s)
             .unwrap()
             .expand()
@@ -280,7 +366,8 @@ mod tests {
             .collect()
     }
 
-    const ANY: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+    const ANY: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    const ANY6: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 
     #[test]
     fn host_and_container_port_default_to_tcp_on_every_address() {
@@ -296,7 +383,7 @@ mod tests {
 
     #[test]
     fn host_ip_prefix_sets_the_bind_ip() {
-        let ip = Ipv4Addr::new(192, 0, 2, 7);
+        let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
         assert_eq!(
             mappings("192.0.2.7:8080:80"),
             [(ip, 8080, 80, Protocol::Tcp)]
@@ -317,7 +404,7 @@ mod tests {
                 (ANY, 8002, 9002, Protocol::Tcp),
             ]
         );
-        let ip = Ipv4Addr::new(10, 1, 2, 3);
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3));
         assert_eq!(
             mappings("10.1.2.3:8000-8001:9000-9001/udp"),
             [
@@ -343,10 +430,16 @@ mod tests {
             let spec = parse(s).unwrap();
             assert_eq!(parse(&spec.to_string()).unwrap(), spec);
         }
-        assert_eq!(parse("8080:80").unwrap().to_string(), "0.0.0.0:8080:80/tcp");
+        // Without a host IP the spec names both families (Docker's
+        // default), so its canonical form has none; 0.0.0.0 is IPv4 only.
+        assert_eq!(parse("8080:80").unwrap().to_string(), "8080:80/tcp");
+        assert_eq!(
+            parse("0.0.0.0:8080:80").unwrap().to_string(),
+            "0.0.0.0:8080:80/tcp"
+        );
     }
 
-    fn dynamic(s: &str) -> (Ipv4Addr, PortRange, Protocol) {
+    fn dynamic(s: &str) -> (Option<IpAddr>, PortRange, Protocol) {
         let spec = parse(s).unwrap();
         assert_eq!(spec.host, None, "{s}");
         assert_eq!(spec.expand().count(), 0, "{s}");
@@ -355,12 +448,12 @@ mod tests {
 
     #[test]
     fn omitted_or_zero_host_port_is_dynamic() {
-        let ip = Ipv4Addr::new(1, 2, 3, 4);
+        let ip = Some(IpAddr::V4(Ipv4Addr::new(1, 2, 3, 4)));
         let p80 = PortRange::single(80);
-        assert_eq!(dynamic("80"), (ANY, p80, Protocol::Tcp));
-        assert_eq!(dynamic("80/udp"), (ANY, p80, Protocol::Udp));
-        assert_eq!(dynamic("0:80"), (ANY, p80, Protocol::Tcp));
-        assert_eq!(dynamic("::80"), (ANY, p80, Protocol::Tcp));
+        assert_eq!(dynamic("80"), (None, p80, Protocol::Tcp));
+        assert_eq!(dynamic("80/udp"), (None, p80, Protocol::Udp));
+        assert_eq!(dynamic("0:80"), (None, p80, Protocol::Tcp));
+        assert_eq!(dynamic("::80"), (None, p80, Protocol::Tcp));
         assert_eq!(dynamic("1.2.3.4::80"), (ip, p80, Protocol::Tcp));
         assert_eq!(dynamic("1.2.3.4:0:80/udp"), (ip, p80, Protocol::Udp));
     }
@@ -371,14 +464,14 @@ mod tests {
             start: 9000,
             end: 9009,
         };
-        assert_eq!(dynamic("9000-9009"), (ANY, range, Protocol::Tcp));
-        assert_eq!(dynamic("0:9000-9009/udp"), (ANY, range, Protocol::Udp));
+        assert_eq!(dynamic("9000-9009"), (None, range, Protocol::Tcp));
+        assert_eq!(dynamic("0:9000-9009/udp"), (None, range, Protocol::Udp));
     }
 
     #[test]
     fn choosing_the_host_start_expands_pairwise() {
         let spec = parse("9000-9002/udp").unwrap().with_host_start(49160);
-        assert_eq!(spec.to_string(), "0.0.0.0:49160-49162:9000-9002/udp");
+        assert_eq!(spec.to_string(), "49160-49162:9000-9002/udp");
         assert_eq!(
             spec.expand()
                 .map(|m| (m.host_port, m.container_port))
@@ -393,7 +486,9 @@ mod tests {
             let spec = parse(s).unwrap();
             assert_eq!(parse(&spec.to_string()).unwrap(), spec, "{s}");
         }
-        assert_eq!(parse("80").unwrap().to_string(), "0.0.0.0::80/tcp");
+        assert_eq!(parse("80").unwrap().to_string(), "80/tcp");
+        assert_eq!(parse("0.0.0.0::80").unwrap().to_string(), "0.0.0.0::80/tcp");
+        assert_eq!(parse("[::]::80").unwrap().to_string(), "[::]::80/tcp");
     }
 
     #[test]
@@ -471,7 +566,7 @@ mod tests {
         assert_eq!(spec.host_pool(), Some(pool));
         assert_eq!(spec.fixed_host(), None);
         assert_eq!(spec.expand().count(), 0, "nothing until a port is picked");
-        assert_eq!(spec.to_string(), "0.0.0.0:9000-9009:80/udp");
+        assert_eq!(spec.to_string(), "9000-9009:80/udp");
         assert_eq!(parse(&spec.to_string()), Ok(spec));
         let picked = spec.with_host_start(9004);
         assert_eq!(picked.host_pool(), None);
@@ -501,9 +596,66 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_bind_ip_is_refused_clearly() {
-        assert_eq!(parse("[::1]:8080:80"), Err(SpecError::Ipv6("::1".into())));
-        assert_eq!(parse("::1:8080:80"), Err(SpecError::Ipv6("::1".into())));
+    fn an_ipv6_host_ip_in_brackets_or_bare_publishes_on_ipv6_only() {
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        for s in ["[2001:db8::1]:8080:80", "2001:db8::1:8080:80"] {
+            assert_eq!(mappings(s), [(ip, 8080, 80, Protocol::Tcp)], "{s}");
+            assert!(parse(s).unwrap().is_ipv6_only(), "{s}");
+        }
+        assert_eq!(
+            mappings("[::]:8080:80/udp"),
+            [(ANY6, 8080, 80, Protocol::Udp)]
+        );
+        assert_eq!(mappings(":::8080:80"), [(ANY6, 8080, 80, Protocol::Tcp)]);
+        assert_eq!(
+            parse("[2001:db8::1]:8080:80").unwrap().to_string(),
+            "[2001:db8::1]:8080:80/tcp"
+        );
+        let dynamic = parse("[::]::80").unwrap();
+        assert_eq!((dynamic.bind_ip, dynamic.host), (Some(ANY6), None));
+    }
+
+    #[test]
+    fn without_a_host_ip_a_spec_publishes_on_each_family_the_container_has() {
+        let spec = parse("8080-8081:80-81").unwrap();
+        let each = |f| {
+            spec.expand_in(f)
+                .map(|m| (m.bind_ip, m.host_port, m.container_port))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(each(Families::V4), [(ANY, 8080, 80), (ANY, 8081, 81)]);
+        assert_eq!(
+            each(Families::BOTH),
+            [
+                (ANY, 8080, 80),
+                (ANY, 8081, 81),
+                (ANY6, 8080, 80),
+                (ANY6, 8081, 81)
+            ]
+        );
+        // An explicit family stays itself whatever the container has.
+        let v4 = parse("0.0.0.0:8080:80").unwrap();
+        assert_eq!(v4.expand_in(Families::BOTH).count(), 1);
+    }
+
+    #[test]
+    fn malformed_or_non_unicast_ipv6_host_ips_are_refused() {
+        assert_eq!(parse("[::1]8080:80"), Err(SpecError::Format));
+        assert_eq!(parse("[::1:8080:80"), Err(SpecError::Format));
+        assert_eq!(parse("[::1]:80"), Err(SpecError::Format));
+        assert_eq!(
+            parse("[ff02::1]:8080:80"),
+            Err(SpecError::BadBindIp("ff02::1".parse().unwrap()))
+        );
+        assert_eq!(
+            parse("[::ffff:1.2.3.4]:8080:80"),
+            Err(SpecError::BadBindIp("::ffff:1.2.3.4".parse().unwrap()))
+        );
+        assert_eq!(parse("1:2:8080:80"), Err(SpecError::Format));
+        assert_eq!(
+            parse("[fe80::1%eth0]:8080:80"),
+            Err(SpecError::MalformedIp("fe80::1%eth0".into()))
+        );
     }
 
     #[test]

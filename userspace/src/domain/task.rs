@@ -1,6 +1,6 @@
 //! Tasks as a request names them: the task name, its port specs and its
 //! container IP, each parsed into a checked value or one clear error.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::domain::{
     error::{Error, Result},
@@ -54,4 +54,30 @@ pub fn parse_specs<S: AsRef<str>>(specs: &[S]) -> Result<Vec<PortSpec>> {
 pub fn parse_container_ip(ip: &str) -> Result<Ipv4Addr> {
     ip.parse()
         .map_err(|_| Error::MalformedContainerIp(ip.to_owned()))
+}
+
+/// A container's IPv6 address (`--ip6`, `containerIPv6`), checked as
+/// [`check_container_ip6`] does.
+pub fn parse_container_ip6(ip: &str) -> Result<Ipv6Addr> {
+    let parsed = ip
+        .parse()
+        .map_err(|_| Error::MalformedContainerIpv6(ip.to_owned()))?;
+    check_container_ip6(parsed)?;
+    Ok(parsed)
+}
+
+/// The container IPv6 addresses berth publishes to: a unicast address
+/// that is not link-local (those exist on every link and say nothing of
+/// which container) nor IPv4-mapped (an IPv4 address, which `--ip` names).
+pub fn check_container_ip6(ip: Ipv6Addr) -> Result<()> {
+    let link_local = ip.segments()[0] & 0xffc0 == 0xfe80;
+    if ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || link_local
+        || ip.to_ipv4_mapped().is_some()
+    {
+        return Err(Error::BadContainerIpv6(ip));
+    }
+    Ok(())
 }

@@ -1,7 +1,10 @@
 //! What the engine asks of the kernel side, and what that side reports.
 //! The engine drives a [`Datapath`] without knowing how it is built; the
 //! eBPF one lives in `adapters::datapath`, unit tests use an in-memory fake.
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +14,8 @@ use crate::domain::{cidr::Ipv4Cidr, error::DatapathError, model::Binding};
 pub const FLOW_EXPIRY: Duration = Duration::from_secs(5);
 
 /// One compiled security-group allow rule, as the datapath evaluates it.
+/// A task's compiled rules hold both families; each applies to the family
+/// its peer and protocol name ([`PolicyRule::family`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PolicyRule {
     /// `None`: every protocol.
@@ -23,17 +28,49 @@ pub struct PolicyRule {
     pub peer: RulePeer,
 }
 
+impl PolicyRule {
+    /// Which families the rule applies to: an IPv4 CIDR or ICMP to IPv4,
+    /// an IPv6 CIDR or `ICMPv6` to IPv6, a group peer with any other
+    /// protocol to both (its members of each family).
+    pub fn family(&self) -> RuleFamily {
+        match (self.peer, self.proto) {
+            (RulePeer::Cidr(..), _) | (_, Some(RuleProto::Icmp)) => RuleFamily::V4,
+            (RulePeer::Cidr6(..), _) | (_, Some(RuleProto::Icmp6)) => RuleFamily::V6,
+            (RulePeer::Group(_), _) => RuleFamily::Both,
+        }
+    }
+
+    pub fn applies_v4(&self) -> bool {
+        self.family() != RuleFamily::V6
+    }
+
+    pub fn applies_v6(&self) -> bool {
+        self.family() != RuleFamily::V4
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleFamily {
+    V4,
+    V6,
+    Both,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuleProto {
     Tcp,
     Udp,
     Icmp,
+    /// `ICMPv6` (protocol 58).
+    Icmp6,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RulePeer {
     /// A canonical CIDR (network address, prefix length).
     Cidr(Ipv4Addr, u8),
+    /// A canonical IPv6 CIDR.
+    Cidr6(Ipv6Addr, u8),
     /// The current members of a security group, by its numeric id.
     Group(u32),
 }
@@ -95,7 +132,7 @@ pub trait Datapath: Send + Sync {
     /// The host's IPv6 addresses, as [`Self::set_host_addrs`] for IPv4: a
     /// `[::]` binding serves these, and the IPv6 flows a wildcard binding
     /// let in on an address no longer in the set end.
-    fn set_host_addrs6(&self, addrs: &[std::net::Ipv6Addr]) -> Result<(), DatapathError>;
+    fn set_host_addrs6(&self, addrs: &[Ipv6Addr]) -> Result<(), DatapathError>;
     /// Replace the bridge's subnets: sources an uplink never accepts.
     fn set_bridge_subnets(&self, subnets: &[Ipv4Cidr]) -> Result<(), DatapathError>;
     /// Per-reason packet counters, summed over CPUs.

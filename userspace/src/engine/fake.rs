@@ -24,6 +24,8 @@ pub type FakePolicy = (
 );
 
 /// What the fake was asked to do, for tests of ordering.
+// A test log: boxing the binding would only add noise to every match.
+#[expect(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FakeOp {
     Insert(Binding),

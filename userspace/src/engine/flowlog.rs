@@ -430,8 +430,8 @@ mod tests {
     fn binding() -> Binding {
         Binding {
             task: "web".into(),
-            container_ip: Ipv4Addr::new(172, 17, 0, 2),
-            bind_ip: Ipv4Addr::UNSPECIFIED,
+            container_ip: Ipv4Addr::new(172, 17, 0, 2).into(),
+            bind_ip: Ipv4Addr::UNSPECIFIED.into(),
             host_port: 8080,
             container_port: 80,
             protocol: Protocol::Tcp,

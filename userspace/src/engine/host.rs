@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeSet,
     io,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
 };
 
 use crate::domain::model::Protocol;
@@ -59,10 +59,24 @@ impl std::fmt::Display for Holder {
 }
 
 /// Whether a host socket on `local` would make a proxy's bind of
-/// `bind_ip` fail: the same address, or a wildcard on either side. `::`
-/// counts as every IPv4 address (dual-stack, the Linux default); an
-/// IPv4-mapped IPv6 address as its IPv4 address.
-pub fn listener_blocks(local: IpAddr, bind_ip: Ipv4Addr) -> bool {
+/// `bind_ip` fail: the same address, or a wildcard on either side. For an
+/// IPv4 `bind_ip`, `::` counts as every IPv4 address (dual-stack, the
+/// Linux default) and an IPv4-mapped IPv6 address as its IPv4 address.
+/// For an IPv6 one only IPv6 sockets count: Docker's proxy binds `[::]`
+/// IPv6-only, beside an IPv4 socket on the same port.
+pub fn listener_blocks(local: IpAddr, bind_ip: IpAddr) -> bool {
+    let bind_ip = match bind_ip {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(bind6) => {
+            return match local {
+                IpAddr::V4(_) => false,
+                IpAddr::V6(l) => {
+                    l.to_ipv4_mapped().is_none()
+                        && (l == bind6 || l.is_unspecified() || bind6.is_unspecified())
+                }
+            }
+        }
+    };
     let v4 = match local {
         IpAddr::V4(a) => a,
         IpAddr::V6(a) if a.is_unspecified() => return true,

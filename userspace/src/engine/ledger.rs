@@ -105,8 +105,8 @@ mod tests {
     fn b(task: &str, port: u16) -> Binding {
         Binding {
             task: task.into(),
-            container_ip: Ipv4Addr::new(172, 17, 0, 2),
-            bind_ip: Ipv4Addr::UNSPECIFIED,
+            container_ip: Ipv4Addr::new(172, 17, 0, 2).into(),
+            bind_ip: Ipv4Addr::UNSPECIFIED.into(),
             host_port: port,
             container_port: 80,
             protocol: Protocol::Tcp,

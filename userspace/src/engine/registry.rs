@@ -13,7 +13,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     hash::{BuildHasher as _, RandomState},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     sync::Arc,
 };
 
@@ -25,8 +25,10 @@ use crate::{
     domain::error::{Error, Result},
     domain::events::{Event, EVENT_BUFFER},
     domain::limits::PortLimits,
-    domain::model::{Binding, ContainerRecord, EcsLabels, NetworkBinding, Protocol, TaskRecord},
-    domain::spec::{PortMapping, PortRange, PortSpec},
+    domain::model::{
+        Binding, ContainerIps, ContainerRecord, EcsLabels, NetworkBinding, Protocol, TaskRecord,
+    },
+    domain::spec::{Families, HostIp, PortMapping, PortRange, PortSpec},
     engine::allocator::{self, CoolDowns, PortPolicy, Taken},
     engine::datapath::Datapath,
     engine::host::Host,
@@ -38,7 +40,8 @@ pub use self::{
     bridge::Bridge,
 };
 pub use crate::domain::task::{
-    parse_container_ip, parse_specs, validate_task_name, MAX_TASK_NAME_LEN,
+    check_container_ip6, parse_container_ip, parse_container_ip6, parse_specs, validate_task_name,
+    MAX_TASK_NAME_LEN,
 };
 
 fn mapping_of(b: &Binding) -> PortMapping {
@@ -50,23 +53,70 @@ fn mapping_of(b: &Binding) -> PortMapping {
     }
 }
 
-/// For logs: `web 0.0.0.0:8080/tcp -> 172.17.0.2:80`.
+/// For logs: `web 0.0.0.0:8080/tcp -> 172.17.0.2:80`,
+/// `web [::]:8080/tcp -> [fd00::2]:80`.
 pub fn describe(b: &Binding) -> String {
     format!(
         "{} {}:{}/{} -> {}:{}",
         b.task,
-        b.bind_ip,
+        HostIp(b.bind_ip),
         b.host_port,
         b.protocol.as_str(),
-        b.container_ip,
+        HostIp(b.container_ip),
         b.container_port
     )
 }
 
 /// Two bindings collide when a packet could match both: same protocol and
-/// host port, and the same bind IP or either one on every address.
-fn bind_ips_overlap(a: Ipv4Addr, b: Ipv4Addr) -> bool {
-    a == b || a.is_unspecified() || b.is_unspecified()
+/// host port, same family, and the same bind IP or either one on every
+/// address of it (`0.0.0.0:8080` and `[::]:8080` are two sockets to
+/// Docker too).
+fn bind_ips_overlap(a: IpAddr, b: IpAddr) -> bool {
+    a.is_ipv4() == b.is_ipv4() && (a == b || a.is_unspecified() || b.is_unspecified())
+}
+
+/// Whether a dynamic pick for `spec` must avoid a port mapped at `ip`:
+/// one allocation serves both families (a plain spec gets one number for
+/// IPv4 and IPv6), so a port a wildcard holds on either family is taken.
+fn pick_must_avoid(ip: IpAddr, spec: &PortSpec) -> bool {
+    match spec.bind_ip {
+        None => true,
+        Some(own) => own == ip || own.is_unspecified() || ip.is_unspecified(),
+    }
+}
+
+/// The families a container of `ips` has, after refusing a spec that
+/// names a family the container has no address of.
+fn families_for(task: &str, ips: &ContainerIps, specs: &[PortSpec]) -> Result<Families> {
+    if let Some(v6) = ips.v6 {
+        check_container_ip6(v6)?;
+    }
+    let lacking = |s: &&PortSpec| match s.bind_ip {
+        Some(IpAddr::V6(_)) => ips.v6.is_none(),
+        Some(IpAddr::V4(_)) => ips.v4.is_none(),
+        None => false,
+    };
+    if let Some(spec) = specs.iter().find(lacking) {
+        let spec = spec.to_string();
+        return Err(if ips.v6.is_none() {
+            Error::NoContainerIpv6 {
+                task: task.to_owned(),
+                spec,
+            }
+        } else {
+            Error::NoContainerIpv4 {
+                task: task.to_owned(),
+                spec,
+            }
+        });
+    }
+    if ips.v4.is_none() && ips.v6.is_none() {
+        return Err(Error::NoContainerIp(task.to_owned()));
+    }
+    Ok(Families {
+        v4: ips.v4.is_some(),
+        v6: ips.v6.is_some(),
+    })
 }
 
 /// What a [`Registry::add_held_by_docker`] comes from.
@@ -303,25 +353,32 @@ impl Registry {
     pub fn add_held_by_docker(
         &mut self,
         task: &str,
-        container_ip: Ipv4Addr,
+        container_ip: impl Into<ContainerIps>,
         specs: &[PortSpec],
         from: &FromDocker,
     ) -> Result<Vec<Binding>> {
         self.docker_holds_ports = true;
-        let added = self.add_owned(task, container_ip, specs, &from.ecs, from.events);
+        let added = self.add_owned(task, container_ip.into(), specs, &from.ecs, from.events);
         self.docker_holds_ports = false;
         added
     }
 
-    /// Publishes `specs` for `task` at `container_ip`; dynamic specs get
-    /// their host ports here. All or nothing: on any error nothing changed.
+    /// Publishes `specs` for `task` at `container_ip` (an IPv4 address, or
+    /// [`ContainerIps`] with an IPv6 one too); dynamic specs get their host
+    /// ports here. All or nothing: on any error nothing changed.
     pub fn add(
         &mut self,
         task: &str,
-        container_ip: Ipv4Addr,
+        container_ip: impl Into<ContainerIps>,
         specs: &[PortSpec],
     ) -> Result<Vec<Binding>> {
-        self.add_owned(task, container_ip, specs, &EcsLabels::default(), false)
+        self.add_owned(
+            task,
+            container_ip.into(),
+            specs,
+            &EcsLabels::default(),
+            false,
+        )
     }
 
     /// Whether Docker events mode made `task`.
@@ -338,7 +395,7 @@ impl Registry {
     fn add_owned(
         &mut self,
         task: &str,
-        container_ip: Ipv4Addr,
+        container_ip: ContainerIps,
         specs: &[PortSpec],
         ecs: &EcsLabels,
         docker_events: bool,
@@ -355,7 +412,7 @@ impl Registry {
     fn add_labelled(
         &mut self,
         task: &str,
-        container_ip: Ipv4Addr,
+        ips: ContainerIps,
         specs: &[PortSpec],
         ecs: &EcsLabels,
         cni: Option<&CniAttachment>,
@@ -371,12 +428,15 @@ impl Registry {
             return Err(Error::TaskFromCni(task.to_owned()));
         }
         self.check_port_counts(task, specs, true)?;
-        self.bridge.check_contains(container_ip)?;
+        if let Some(v4) = ips.v4 {
+            self.bridge.check_contains(v4)?;
+        }
+        let families = families_for(task, &ips, specs)?;
         if self.task_defs.contains_key(task) {
             return Err(Error::TaskFromDefinition(task.to_owned()));
         }
-        let resolved = self.place(&[specs.to_vec()])?.remove(0);
-        let mut new = bindings_of(task, container_ip, &resolved);
+        let resolved = self.place(&[(families, specs.to_vec())])?.remove(0);
+        let mut new = bindings_of(task, ips, families, &resolved);
         for b in &mut new {
             b.ecs = ecs.clone();
             b.cni = cni.cloned();
@@ -452,8 +512,11 @@ impl Registry {
         if self.tasks.contains_key(name) || self.task_defs.contains_key(name) {
             return Err(Error::TaskExists(name.to_owned()));
         }
-        let groups: Vec<Vec<PortSpec>> = paired.iter().map(|(c, _)| c.specs()).collect();
-        self.check_port_counts(name, groups.iter().flatten(), true)?;
+        let groups: Vec<(Families, Vec<PortSpec>)> = paired
+            .iter()
+            .map(|(c, _)| (Families::V4, c.specs()))
+            .collect();
+        self.check_port_counts(name, groups.iter().flat_map(|(_, g)| g), true)?;
         let resolved = self.place(&groups)?;
 
         let mut new = Vec::new();
@@ -461,14 +524,21 @@ impl Registry {
         for ((c, ip), specs) in paired.iter().zip(&resolved) {
             let mut network_bindings = Vec::new();
             for (mapping, spec) in c.port_mappings.iter().zip(specs) {
-                network_bindings.push(network_binding(mapping.ports, spec));
+                network_bindings.extend(network_bindings_of(mapping.ports, spec, Families::V4));
                 if let Some(ip) = ip {
-                    new.extend(bindings_of(name, *ip, std::slice::from_ref(spec)));
+                    let ips = ContainerIps::v4(*ip);
+                    new.extend(bindings_of(
+                        name,
+                        ips,
+                        Families::V4,
+                        std::slice::from_ref(spec),
+                    ));
                 }
             }
             containers.push(ContainerRecord {
                 name: c.name.clone(),
                 container_ip: *ip,
+                container_ip6: None,
                 network_bindings,
             });
         }
@@ -504,15 +574,17 @@ impl Registry {
     /// static ones, so a dynamic port never takes one asked for by name
     /// later in the same request. Returns the specs with host ports, in the
     /// same shape.
-    fn place(&mut self, groups: &[Vec<PortSpec>]) -> Result<Vec<Vec<PortSpec>>> {
-        let mut pending: Vec<PortMapping> =
-            groups.iter().flatten().flat_map(PortSpec::expand).collect();
+    fn place(&mut self, groups: &[(Families, Vec<PortSpec>)]) -> Result<Vec<Vec<PortSpec>>> {
+        let mut pending: Vec<PortMapping> = groups
+            .iter()
+            .flat_map(|(f, specs)| specs.iter().flat_map(|s| s.expand_in(*f)))
+            .collect();
         self.check_conflicts(&pending)?;
         self.check_host_listeners(&pending, self.docker_holds_ports)?;
         let now = self.host.now();
         let mut bound: HashMap<Protocol, BTreeSet<u16>> = HashMap::new();
         let mut out = Vec::with_capacity(groups.len());
-        for specs in groups {
+        for (families, specs) in groups {
             let mut resolved = Vec::with_capacity(specs.len());
             for spec in specs {
                 let spec = match spec.fixed_host() {
@@ -520,7 +592,7 @@ impl Registry {
                     None => {
                         let start = self.allocate(spec, &pending, &mut bound, now)?;
                         let spec = spec.with_host_start(start);
-                        pending.extend(spec.expand());
+                        pending.extend(spec.expand_in(*families));
                         spec
                     }
                 };
@@ -540,8 +612,7 @@ impl Registry {
         now: u64,
     ) -> Result<u16> {
         let protocol = spec.protocol;
-        let collides =
-            |p: Protocol, ip: Ipv4Addr| p == protocol && bind_ips_overlap(ip, spec.bind_ip);
+        let collides = |p: Protocol, ip: IpAddr| p == protocol && pick_must_avoid(ip, spec);
         let mapped = self
             .tasks
             .values()
@@ -594,7 +665,7 @@ impl Registry {
             .map(|r| r.start)
             .map_err(|exhausted| Error::PortsExhausted {
                 exhausted,
-                bind_ip: spec.bind_ip,
+                bind_ip: spec.bind_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
                 protocol,
             })
     }
@@ -619,12 +690,20 @@ fn sysctl_err(what: &'static str) -> impl Fn(std::io::Error) -> Error {
     }
 }
 
-/// The bindings of resolved (host ports chosen) specs.
-fn bindings_of(task: &str, container_ip: Ipv4Addr, specs: &[PortSpec]) -> Vec<Binding> {
+/// The bindings of resolved (host ports chosen) specs, each pointing at the
+/// container's address of its own family (callers refused an IPv6 spec for
+/// a container without an IPv6 address).
+fn bindings_of(
+    task: &str,
+    ips: ContainerIps,
+    families: Families,
+    specs: &[PortSpec],
+) -> Vec<Binding> {
     specs
         .iter()
-        .flat_map(PortSpec::expand)
-        .map(|m| Binding {
+        .flat_map(|s| s.expand_in(families))
+        .filter_map(|m| Some((ips.for_bind(m.bind_ip)?, m)))
+        .map(|(container_ip, m)| Binding {
             task: task.to_owned(),
             container_ip,
             bind_ip: m.bind_ip,
@@ -638,13 +717,25 @@ fn bindings_of(task: &str, container_ip: Ipv4Addr, specs: &[PortSpec]) -> Vec<Bi
         .collect()
 }
 
-/// The ECS `networkBindings` entry of one resolved port mapping.
-fn network_binding(ports: MappedPorts, spec: &PortSpec) -> NetworkBinding {
+/// The ECS `networkBindings` entries of one resolved port mapping: one per
+/// family it is published on, as ECS lists a dual-stack binding.
+fn network_bindings_of(
+    ports: MappedPorts,
+    spec: &PortSpec,
+    families: Families,
+) -> impl Iterator<Item = NetworkBinding> + '_ {
+    spec.bind_ips(families)
+        .map(move |bind_ip| network_binding(ports, spec, bind_ip))
+}
+
+/// The ECS `networkBindings` entry of one resolved port mapping on one
+/// bind IP.
+fn network_binding(ports: MappedPorts, spec: &PortSpec, bind_ip: IpAddr) -> NetworkBinding {
     let host = spec.host.unwrap_or(spec.container);
     let range = |r: PortRange| format!("{}-{}", r.start, r.end);
     match ports {
         MappedPorts::Port { .. } => NetworkBinding {
-            bind_ip: spec.bind_ip,
+            bind_ip,
             container_port: Some(spec.container.start),
             host_port: Some(host.start),
             protocol: spec.protocol,
@@ -652,7 +743,7 @@ fn network_binding(ports: MappedPorts, spec: &PortSpec) -> NetworkBinding {
             host_port_range: None,
         },
         MappedPorts::Range(_) => NetworkBinding {
-            bind_ip: spec.bind_ip,
+            bind_ip,
             container_port: None,
             host_port: None,
             protocol: spec.protocol,
@@ -663,7 +754,8 @@ fn network_binding(ports: MappedPorts, spec: &PortSpec) -> NetworkBinding {
 }
 
 /// The mappings of `current` that `specs` name; a spec (or, for a dynamic
-/// spec, a container port) that names none is an error.
+/// spec, a container port) that names none is an error. A spec without a
+/// host IP names the task's mappings on either family's wildcard.
 fn select(task: &str, current: &[Binding], specs: &[PortSpec]) -> Result<BTreeSet<PortMapping>> {
     let mut wanted = BTreeSet::new();
     let no_such = |spec: String| Error::NoSuchBinding {
@@ -673,7 +765,7 @@ fn select(task: &str, current: &[Binding], specs: &[PortSpec]) -> Result<BTreeSe
     // Indexed once, so a request's cost grows with its ports, not with
     // its ports times the task's.
     let have: HashSet<PortMapping> = current.iter().map(mapping_of).collect();
-    let mut by_container: HashMap<(Ipv4Addr, u16, Protocol), Vec<PortMapping>> = HashMap::new();
+    let mut by_container: HashMap<(IpAddr, u16, Protocol), Vec<PortMapping>> = HashMap::new();
     for m in &have {
         by_container
             .entry((m.bind_ip, m.container_port, m.protocol))
@@ -682,11 +774,22 @@ fn select(task: &str, current: &[Binding], specs: &[PortSpec]) -> Result<BTreeSe
     }
     for spec in specs {
         if spec.fixed_host().is_some() {
-            for m in spec.expand() {
-                if !have.contains(&m) {
+            // Per port pair: the first (IPv4) mapping names it in errors.
+            let mut first: Vec<PortMapping> = spec.expand_in(Families::V4).collect();
+            if spec.bind_ip.is_some() {
+                first.clear();
+                first.extend(spec.expand_in(Families::BOTH));
+            }
+            let all: Vec<PortMapping> = spec.expand_in(Families::BOTH).collect();
+            for m in &first {
+                let found: Vec<&PortMapping> = all
+                    .iter()
+                    .filter(|o| o.host_port == m.host_port && have.contains(o))
+                    .collect();
+                if found.is_empty() {
                     return Err(no_such(m.to_string()));
                 }
-                wanted.insert(m);
+                wanted.extend(found.into_iter().copied());
             }
             continue;
         }
@@ -696,18 +799,19 @@ fn select(task: &str, current: &[Binding], specs: &[PortSpec]) -> Result<BTreeSe
                 .is_none_or(|p| p.start <= m.host_port && m.host_port <= p.end)
         };
         for container_port in spec.container.iter() {
-            let found: Vec<PortMapping> = by_container
-                .get(&(spec.bind_ip, container_port, spec.protocol))
-                .into_iter()
+            let found: Vec<PortMapping> = spec
+                .bind_ips(Families::BOTH)
+                .filter_map(|ip| by_container.get(&(ip, container_port, spec.protocol)))
                 .flatten()
                 .filter(in_pool)
                 .copied()
                 .collect();
             wanted.extend(found.iter().copied());
             if found.is_empty() {
+                let ip = spec.bind_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
                 return Err(no_such(format!(
                     "{}::{container_port}/{}",
-                    spec.bind_ip,
+                    HostIp(ip),
                     spec.protocol.as_str()
                 )));
             }
@@ -720,6 +824,8 @@ mod apply;
 mod berth;
 mod bridge;
 mod cni;
+#[cfg(test)]
+mod dual_stack_tests;
 #[cfg(test)]
 mod dynamic_tests;
 mod security_groups;

@@ -160,7 +160,8 @@ impl SgBook {
             .ok_or_else(|| SgError::NoSuchGroup(name.to_owned()))
     }
 
-    /// A new group: no ingress rules, everything allowed out.
+    /// A new group: no ingress rules, everything allowed out (both
+    /// families, as AWS does in a VPC with IPv6).
     pub fn create(&mut self, name: &str, description: &str) -> Result<(), SgError> {
         validate_name(name)?;
         validate_description(description)?;
@@ -175,7 +176,7 @@ impl SgBook {
                 id,
                 description: description.to_owned(),
                 ingress: Vec::new(),
-                egress: vec![Rule::allow_all_out()],
+                egress: Rule::default_egress(),
             },
         );
         Ok(())
@@ -359,10 +360,15 @@ impl SgBook {
                 icmp_type,
                 icmp_code,
             } => (Some(RuleProto::Icmp), (0, 0), icmp_type, icmp_code),
+            Traffic::Icmpv6 {
+                icmp_type,
+                icmp_code,
+            } => (Some(RuleProto::Icmp6), (0, 0), icmp_type, icmp_code),
             Traffic::All => (None, (0, u16::MAX), None, None),
         };
         let peer = match &r.peer {
             Peer::Cidr(c) => RulePeer::Cidr(c.addr, c.prefix_len),
+            Peer::Cidr6(c) => RulePeer::Cidr6(c.addr, c.prefix_len),
             // Groups named by rules cannot be removed, so this always finds one.
             Peer::Group(g) => RulePeer::Group(self.groups.get(g)?.id),
         };

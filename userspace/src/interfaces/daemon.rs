@@ -537,6 +537,7 @@ mod tests {
         AddRequest {
             task: "web".into(),
             container_ip: "172.17.0.2".into(),
+            container_ip6: None,
             ports: vec!["8080:80".into()],
             held_by_docker: false,
             ecs_task_arn: None,
@@ -670,7 +671,7 @@ mod tests {
                 &[crate::domain::model::Binding {
                     task: "web".into(),
                     container_ip: "172.17.0.2".parse().unwrap(),
-                    bind_ip: Ipv4Addr::UNSPECIFIED,
+                    bind_ip: Ipv4Addr::UNSPECIFIED.into(),
                     host_port: 8080,
                     container_port: 80,
                     protocol: crate::domain::model::Protocol::Tcp,

@@ -52,6 +52,9 @@ pub fn parse_docker_host(host: &str) -> Result<PathBuf, String> {
 pub struct Publication {
     pub task: String,
     pub container_ip: IpAddr,
+    /// Its `GlobalIPv6Address` on the same network (`dockerd --ipv6`):
+    /// Docker's `[::]` entries are then published over IPv6.
+    pub container_ip6: Option<std::net::Ipv6Addr>,
     /// berth specs, `[hostIP:]hostPort[-end]:containerPort[-end]/proto`.
     pub ports: Vec<String>,
     /// The ECS agent's labels, shown on each binding.
@@ -103,14 +106,20 @@ pub fn task_name(c: &ContainerInspectResponse) -> String {
 }
 
 /// The container's first IPv4 address that `accept` takes (on berth's
-/// bridge).
-fn container_ip(c: &ContainerInspectResponse, accept: impl Fn(IpAddr) -> bool) -> Option<IpAddr> {
+/// bridge), with the global IPv6 address of the same network, if any.
+fn container_ip(
+    c: &ContainerInspectResponse,
+    accept: impl Fn(IpAddr) -> bool,
+) -> Option<(IpAddr, Option<std::net::Ipv6Addr>)> {
     let ns = c.network_settings.as_ref()?;
-    ns.networks
-        .iter()
-        .flatten()
-        .filter_map(|(_, ep)| ep.ip_address.as_deref()?.parse::<IpAddr>().ok())
-        .find(|ip| ip.is_ipv4() && accept(*ip))
+    ns.networks.iter().flatten().find_map(|(_, ep)| {
+        let ip = ep.ip_address.as_deref()?.parse::<IpAddr>().ok()?;
+        let v6 = ep
+            .global_ipv6_address
+            .as_deref()
+            .and_then(|v6| v6.parse().ok());
+        (ip.is_ipv4() && accept(ip)).then_some((ip, v6))
+    })
 }
 
 /// Why berth publishes nothing for a container.
@@ -134,11 +143,13 @@ pub fn publication(
         .as_ref()
         .and_then(|n| n.ports.clone())
         .unwrap_or_default();
-    let ports = specs(&ports);
+    let on_bridge = container_ip(c, &accept);
+    let ip6 = on_bridge.and_then(|(_, v6)| v6);
+    let ports = specs_for(&ports, ip6.is_some());
     if ports.is_empty() {
         return Err(Skip::NoPorts);
     }
-    let Some(ip) = container_ip(c, accept) else {
+    let Some((ip, _)) = on_bridge else {
         let mut networks: Vec<String> = c
             .network_settings
             .as_ref()
@@ -154,6 +165,7 @@ pub fn publication(
     Ok(Publication {
         task: task_name(c),
         container_ip: ip,
+        container_ip6: ip6,
         ports,
         ecs: ecs_labels(c),
     })
@@ -164,8 +176,15 @@ type ProtoAndHost = (String, Option<String>);
 
 /// Docker lists one entry per port (and per host family); berth takes a
 /// run of consecutive ports as one range spec. IPv6 host addresses are
-/// Docker's to serve (berth translates IPv4 only).
+/// Docker's to serve for a container without an IPv6 address (no NAT64).
 pub fn specs(ports: &HashMap<String, Option<Vec<PortBinding>>>) -> Vec<String> {
+    specs_for(ports, false)
+}
+
+/// [`specs`]; `ipv6`: the container has an IPv6 address, so each of
+/// Docker's entries is published on its own family alone (`0.0.0.0:` and
+/// `[::]:`, as Docker lists them) rather than a spec naming both.
+pub fn specs_for(ports: &HashMap<String, Option<Vec<PortBinding>>>, ipv6: bool) -> Vec<String> {
     // (proto, host ip) → sorted (container port, host port)
     let mut by: BTreeMap<ProtoAndHost, BTreeSet<(u16, u16)>> = BTreeMap::new();
     for (key, bindings) in ports {
@@ -181,9 +200,11 @@ pub fn specs(ports: &HashMap<String, Option<Vec<PortBinding>>>) -> Vec<String> {
                 continue;
             };
             let host_ip = match b.host_ip.as_deref().unwrap_or("") {
+                "" | "0.0.0.0" if ipv6 => Some("0.0.0.0".to_owned()),
                 "" | "0.0.0.0" => None,
                 ip => match ip.parse::<IpAddr>() {
                     Ok(IpAddr::V4(v4)) => Some(v4.to_string()),
+                    Ok(IpAddr::V6(v6)) if ipv6 => Some(format!("[{v6}]")),
                     _ => continue,
                 },
             };
@@ -289,7 +310,7 @@ pub fn claim(task: &str, bindings: &[Binding], other_container: Option<&str>) ->
         return Claim::Free;
     }
     if of_task.iter().any(|b| b.docker_events) {
-        return Claim::Held(of_task.iter().map(|b| IpAddr::V4(b.container_ip)).collect());
+        return Claim::Held(of_task.iter().map(|b| b.container_ip).collect());
     }
     match of_task.iter().find_map(|b| b.cni.as_ref()) {
         Some(att) => Claim::Taken(format!(
@@ -467,6 +488,7 @@ impl Follower {
         let req = AddRequest {
             task: p.task.clone(),
             container_ip: p.container_ip.to_string(),
+            container_ip6: p.container_ip6.map(|v6| v6.to_string()),
             ports: p.ports.clone(),
             held_by_docker: true,
             ecs_task_arn: p.ecs.task_arn.clone(),
@@ -639,6 +661,31 @@ mod tests {
     }
 
     #[test]
+    fn a_container_with_a_global_ipv6_address_publishes_dockers_ipv6_entries_too() {
+        let web6 = WEB.replace(
+            r#""IPAddress":"172.18.0.2""#,
+            r#""IPAddress":"172.18.0.2","GlobalIPv6Address":"fd00::2""#,
+        );
+        let p = publication(&inspect(&web6), any).unwrap();
+        assert_eq!(p.container_ip6, Some("fd00::2".parse().unwrap()));
+        let mut got = p.ports;
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                "0.0.0.0:8080:80/tcp",
+                "0.0.0.0:9000-9002:9000-9002/tcp",
+                "127.0.0.1:5353:53/udp",
+                "[::]:8080:80/tcp",
+            ]
+        );
+        // Without one, the [::] entry stays Docker's.
+        let p = publication(&inspect(WEB), any).unwrap();
+        assert_eq!(p.container_ip6, None);
+        assert!(!p.ports.iter().any(|s| s.contains('[')), "{:?}", p.ports);
+    }
+
+    #[test]
     fn a_gap_splits_a_range_and_non_consecutive_host_ports_do_not_merge() {
         let ports: HashMap<String, Option<Vec<PortBinding>>> = serde_json::from_str(
             r#"{"1/tcp":[{"HostIp":"","HostPort":"10"}],"2/tcp":[{"HostIp":"","HostPort":"12"}],
@@ -721,7 +768,7 @@ mod tests {
         Binding {
             task: task.into(),
             container_ip: ip.parse().unwrap(),
-            bind_ip: std::net::Ipv4Addr::UNSPECIFIED,
+            bind_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
             host_port: 8080,
             container_port: 80,
             protocol: crate::domain::model::Protocol::Tcp,

@@ -154,6 +154,8 @@ pub struct BpfDatapath {
     pub(super) flows: Vec<FlowMap<NatEntry>>,
     /// The policy tracking tables, likewise outside `policy`'s mutex.
     pub(super) ct_flows: Vec<FlowMap<berth_maps::CtEntry>>,
+    /// The IPv6 policy tracking tables (`flows6.rs`).
+    pub(super) ct6_flows: Vec<super::flows6::FlowMap6>,
     pub(super) policy: Mutex<PolicyMaps>,
     pub(super) timeouts: Mutex<FlowTimeouts>,
     /// `--max-mappings`, for the error when the tables are full.
@@ -488,6 +490,7 @@ impl BpfDatapath {
             endpoints: take_map(&mut ebpf, berth_maps::ENDPOINTS_MAP)?,
             policy: take_map(&mut ebpf, berth_maps::POLICY_MAP)?,
             members: take_map(&mut ebpf, berth_maps::SG_MEMBERS_MAP)?,
+            policy6: take_map(&mut ebpf, berth_maps::POLICY6_MAP)?,
         };
         let ct_flows = vec![
             FlowMap {
@@ -499,6 +502,18 @@ impl BpfDatapath {
                 name: berth_maps::CT_NEW_MAP,
                 table: FlowTable::Embryonic,
                 map: take_map(&mut ebpf, berth_maps::CT_NEW_MAP)?,
+            },
+        ];
+        let ct6_flows = vec![
+            super::flows6::FlowMap6 {
+                name: berth_maps::CT6_MAP,
+                table: FlowTable::Established,
+                map: take_map(&mut ebpf, berth_maps::CT6_MAP)?,
+            },
+            super::flows6::FlowMap6 {
+                name: berth_maps::CT6_NEW_MAP,
+                table: FlowTable::Embryonic,
+                map: take_map(&mut ebpf, berth_maps::CT6_NEW_MAP)?,
             },
         ];
         // Every table keyed by the container-side tuple with a NatEntry:
@@ -568,6 +583,7 @@ impl BpfDatapath {
             maps: Mutex::new(maps),
             flows,
             ct_flows,
+            ct6_flows,
             policy: Mutex::new(policy),
             timeouts: Mutex::new(FlowTimeouts::default()),
             max_mappings: config.capacity.max_mappings,

@@ -74,6 +74,8 @@ impl Capacity {
             (CT_MAP, ct.unwrap_or(self.max_flows)),
             (NAT_NEW_MAP, embryonic),
             (CT_NEW_MAP, embryonic),
+            (berth_maps::CT6_MAP, ct.unwrap_or(self.max_flows)),
+            (berth_maps::CT6_NEW_MAP, embryonic),
             (SOCK_REV_MAP, lru),
         ]
     }

@@ -52,13 +52,14 @@ pub(super) struct FlowOwner {
 }
 
 impl FlowOwner {
-    pub(super) fn of_binding(b: &Binding) -> Self {
-        Self {
+    /// `None` for an IPv6 binding: these tables hold IPv4 flows only.
+    pub(super) fn of_binding(b: &Binding) -> Option<Self> {
+        Some(Self {
             proto: b.protocol.ip_proto(),
-            ctr_addr_be: u32::from_ne_bytes(b.container_ip.octets()),
+            ctr_addr_be: u32::from_ne_bytes(b.container_ip4()?.octets()),
             ctr_port_be: b.container_port.to_be(),
             host_port_be: b.host_port.to_be(),
-        }
+        })
     }
 
     fn of_flow(k: &FlowKey, v: &NatEntry) -> Self {
@@ -73,7 +74,7 @@ impl FlowOwner {
 
 /// The flows owned by any of `gone`, as a predicate for [`sweep`].
 pub(super) fn owned_by(gone: &[Binding]) -> impl Fn(&FlowKey, &NatEntry, FlowTable) -> bool {
-    let owners: HashSet<FlowOwner> = gone.iter().map(FlowOwner::of_binding).collect();
+    let owners: HashSet<FlowOwner> = gone.iter().filter_map(FlowOwner::of_binding).collect();
     move |k, v, _| owners.contains(&FlowOwner::of_flow(k, v))
 }
 
@@ -83,7 +84,7 @@ pub(super) fn owned_by(gone: &[Binding]) -> impl Fn(&FlowKey, &NatEntry, FlowTab
 pub(super) fn owned_by_none_of(
     keep: &[Binding],
 ) -> impl Fn(&FlowKey, &NatEntry, FlowTable) -> bool {
-    let owners: HashSet<FlowOwner> = keep.iter().map(FlowOwner::of_binding).collect();
+    let owners: HashSet<FlowOwner> = keep.iter().filter_map(FlowOwner::of_binding).collect();
     move |k, v, _| !owners.contains(&FlowOwner::of_flow(k, v))
 }
 
@@ -189,10 +190,18 @@ fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
 /// Calls `each` for every entry of the hash map at `fd`.
 pub(super) fn batch_scan<V: aya::Pod + Default>(
     fd: i32,
-    mut each: impl FnMut(&FlowKey, &V),
+    each: impl FnMut(&FlowKey, &V),
+) -> io::Result<()> {
+    batch_scan_keyed(fd, each)
+}
+
+/// [`batch_scan`] for a table of any key (the IPv6 ones).
+pub(super) fn batch_scan_keyed<K: aya::Pod + Default, V: aya::Pod + Default>(
+    fd: i32,
+    mut each: impl FnMut(&K, &V),
 ) -> io::Result<()> {
     let mut size = BATCH;
-    let mut keys = vec![FlowKey::default(); size];
+    let mut keys = vec![K::default(); size];
     let mut values = vec![V::default(); size];
     // The hash map's cursor is a bucket index, a u32.
     let (mut cursor_in, mut cursor_out) = (0u32, 0u32);
@@ -215,7 +224,7 @@ pub(super) fn batch_scan<V: aya::Pod + Default>(
                     return Err(e);
                 }
                 size *= 2;
-                keys.resize(size, FlowKey::default());
+                keys.resize(size, K::default());
                 values.resize(size, V::default());
                 continue;
             }
@@ -235,7 +244,7 @@ pub(super) fn batch_scan<V: aya::Pod + Default>(
 
 /// Deletes `keys` from the hash map at `fd`; a key already gone (expired
 /// meanwhile) is skipped. Returns how many were deleted.
-fn batch_delete(fd: i32, keys: &[FlowKey]) -> io::Result<usize> {
+pub(super) fn batch_delete<K: aya::Pod>(fd: i32, keys: &[K]) -> io::Result<usize> {
     let mut deleted = 0;
     let mut rest = keys;
     while !rest.is_empty() {

@@ -2,6 +2,7 @@
 //! the engine's [`Datapath`] on the eBPF programs and their pinned maps.
 mod attach;
 mod binding_stats;
+mod bindings6;
 mod bpf;
 mod bridges;
 mod capacity;
@@ -10,11 +11,13 @@ pub mod dplog;
 mod exact_ports;
 pub mod flowlog;
 mod flows;
+mod flows6;
 #[cfg(test)]
 mod names;
 mod ops;
 pub mod pins;
 mod policy;
+mod policy6;
 mod port_addrs;
 mod ports;
 mod services6;
@@ -30,6 +33,7 @@ pub use bpf::{ebpf_object, pin_dir, prepare_pin_dir, BpfDatapath, DatapathConfig
 pub use capacity::Capacity;
 pub use cgroup::cgroup2_root_mount;
 pub use policy::encode_rule;
+pub use policy6::encode_rule6;
 pub use tails::fill_tails;
 
 // What the engine asks of a datapath and what one reports, under the paths

@@ -110,9 +110,18 @@ fn local_net_writes(slots: &[u64], want: &[u64]) -> Vec<(u32, u64)> {
     writes
 }
 
+/// The IPv4 bits of an address; the callers have sent IPv6 bindings to
+/// `bindings6.rs` already (an IPv6 one would read as the wildcard).
+fn v4_be(ip: std::net::IpAddr) -> u32 {
+    match ip {
+        std::net::IpAddr::V4(ip) => u32::from_ne_bytes(ip.octets()),
+        std::net::IpAddr::V6(_) => 0,
+    }
+}
+
 pub fn service_key(b: &Binding) -> ServiceKey {
     ServiceKey {
-        host_addr_be: u32::from_ne_bytes(b.bind_ip.octets()),
+        host_addr_be: v4_be(b.bind_ip),
         host_port_be: b.host_port.to_be(),
         proto: b.protocol.ip_proto(),
         _pad: 0,
@@ -121,7 +130,7 @@ pub fn service_key(b: &Binding) -> ServiceKey {
 
 pub fn backend(b: &Binding) -> Backend {
     Backend {
-        addr_be: u32::from_ne_bytes(b.container_ip.octets()),
+        addr_be: v4_be(b.container_ip),
         port_be: b.container_port.to_be(),
         _pad: 0,
         binding: 0,
@@ -152,6 +161,9 @@ impl BpfDatapath {
 
 impl Datapath for BpfDatapath {
     fn insert(&self, b: &Binding) -> Result<(), DatapathError> {
+        if b.is_ipv6() {
+            return self.insert6(b);
+        }
         let mut m = self.lock();
         let key = service_key(b);
         let current = m.services.get(&key, 0).ok();
@@ -206,6 +218,9 @@ impl Datapath for BpfDatapath {
     }
 
     fn publishes(&self, b: &Binding) -> Result<bool, DatapathError> {
+        if b.is_ipv6() {
+            return self.publishes6(b);
+        }
         let m = self.lock();
         // The counters' slot is the datapath's own choice: compare where
         // the mapping leads, not which slot counts it.
@@ -219,6 +234,9 @@ impl Datapath for BpfDatapath {
     }
 
     fn remove(&self, b: &Binding) -> Result<(), DatapathError> {
+        if b.is_ipv6() {
+            return self.remove6(b);
+        }
         let mut m = self.lock();
         let key = service_key(b);
         let slot = m.services.get(&key, 0).map(|v| v.binding);
@@ -264,12 +282,14 @@ impl Datapath for BpfDatapath {
         let keep_bindings = keep;
         let keep: HashSet<(ServiceKey, (u32, u16))> = keep
             .iter()
+            .filter(|b| !b.is_ipv6())
             .map(|b| {
                 let be = backend(b);
                 (service_key(b), (be.addr_be, be.port_be))
             })
             .collect();
         let mut m = self.lock();
+        let stale6 = m.retain6(keep_bindings)?;
         let stale: Vec<ServiceKey> = m
             .services
             .iter()
@@ -300,6 +320,16 @@ impl Datapath for BpfDatapath {
             };
             *want.entry(pk).or_default() += 1;
         }
+        // IPv6 mappings guard their ports as well: a port published over
+        // IPv6 only is still refused to host sockets of either family.
+        for (k, _) in m.services6.iter().filter_map(Result::ok) {
+            let pk = PortKey {
+                port_be: k.host_port_be,
+                proto: k.proto,
+                _pad: 0,
+            };
+            *want.entry(pk).or_default() += 1;
+        }
         let have: Vec<PortKey> = m.ports.keys().filter_map(Result::ok).collect();
         for pk in have {
             if !want.contains_key(&pk) {
@@ -319,7 +349,7 @@ impl Datapath for BpfDatapath {
                 "forgot tracked flows of bindings the store does not have"
             );
         }
-        Ok(stale.len())
+        Ok(stale.len() + stale6)
     }
 
     fn set_host_addrs6(&self, addrs: &[std::net::Ipv6Addr]) -> Result<(), DatapathError> {
@@ -469,9 +499,10 @@ impl Datapath for BpfDatapath {
             let timeout = flow_timeout(k.proto, v.flags, table, &t);
             now.saturating_sub(v.last_seen_ns) > timeout * 1_000_000_000
         })?;
+        let from_policy6 = super::flows6::expire6(&self.ct6_flows, now, &t)?;
         let expired = self.sweep_nat(|k, v, table| flow_expired(k, v, table, now, &t))?;
         self.forget_orphan_remaps();
-        Ok(expired + from_policy)
+        Ok(expired + from_policy + from_policy6)
     }
 
     fn set_endpoint(&self, ip: Ipv4Addr, task_id: u32, policy: bool) -> Result<(), DatapathError> {
@@ -555,6 +586,10 @@ impl Datapath for BpfDatapath {
         bindings
             .iter()
             .map(|b| {
+                if b.is_ipv6() {
+                    // IPv6 mappings get no counters slot yet (nat66).
+                    return Ok(None);
+                }
                 let want = backend(b);
                 match m.services.get(&service_key(b), 0) {
                     Ok(v)

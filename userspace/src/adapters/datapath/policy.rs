@@ -15,6 +15,8 @@ pub(super) struct PolicyMaps {
     pub endpoints: HashMap<MapData, u32, Endpoint>,
     pub policy: HashMap<MapData, PolicyKey, Policy>,
     pub members: HashMap<MapData, SgMember, u32>,
+    /// The IPv6 part of each task's rules (`policy6.rs`).
+    pub policy6: HashMap<MapData, PolicyKey, berth_maps::Policy6>,
 }
 
 fn err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
@@ -24,17 +26,46 @@ fn err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
     }
 }
 
+/// A removal of a key that is not there (aya reports it as `ENOENT`) as
+/// done.
+fn absent_ok(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 fn addr_be(a: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(a.octets())
 }
 
-/// A rule as the datapath stores it.
+/// An IPv4 rule no packet matches (`peer & 0 != all ones`): what an IPv6
+/// rule is to IPv4. `encode_policy` leaves IPv6's rules out; this keeps
+/// one that reached `encode_rule` from ever widening IPv4's.
+const MATCHES_NOTHING: Rule = Rule {
+    proto: PROTO_TCP,
+    kind: RULE_PEER_CIDR,
+    icmp_type: RULE_ICMP_ANY,
+    icmp_code: RULE_ICMP_ANY,
+    port_lo: 1,
+    port_hi: 0,
+    addr_be: u32::MAX,
+    mask_be: 0,
+};
+
+/// A rule as the IPv4 datapath stores it.
 pub fn encode_rule(r: &PolicyRule) -> Rule {
     let proto = match r.proto {
         None => RULE_PROTO_ALL,
         Some(RuleProto::Tcp) => PROTO_TCP,
         Some(RuleProto::Udp) => PROTO_UDP,
         Some(RuleProto::Icmp) => PROTO_ICMP,
+        Some(RuleProto::Icmp6) => return MATCHES_NOTHING,
     };
     let (kind, addr, mask) = match r.peer {
         RulePeer::Cidr(net, len) => {
@@ -50,6 +81,7 @@ pub fn encode_rule(r: &PolicyRule) -> Rule {
             )
         }
         RulePeer::Group(id) => (RULE_PEER_SG, id, 0),
+        RulePeer::Cidr6(..) => return MATCHES_NOTHING,
     };
     Rule {
         proto,
@@ -63,7 +95,9 @@ pub fn encode_rule(r: &PolicyRule) -> Rule {
     }
 }
 
+/// A direction's IPv4 rules (those of IPv6 go to `policy6`).
 fn encode_policy(rules: &[PolicyRule]) -> Result<Box<Policy>, DatapathError> {
+    let rules: Vec<&PolicyRule> = rules.iter().filter(|r| r.applies_v4()).collect();
     if rules.len() > MAX_RULES {
         return Err(DatapathError::Other(format!(
             "{} rules in one direction; the datapath holds at most {MAX_RULES}",
@@ -111,6 +145,21 @@ impl PolicyMaps {
         egress: &[PolicyRule],
     ) -> Result<(), DatapathError> {
         let (i, e) = (encode_policy(ingress)?, encode_policy(egress)?);
+        let (i6, e6) = (
+            super::policy6::encode_policy6(ingress)?,
+            super::policy6::encode_policy6(egress)?,
+        );
+        // A direction without IPv6 rules holds no entry, which the
+        // datapath reads as no rules: 42 KiB less per task and direction.
+        for (dir, p) in [(DIR_INGRESS, i6), (DIR_EGRESS, e6)] {
+            let key = PolicyKey { task_id, dir };
+            let done = if p.len == 0 {
+                absent_ok(self.policy6.remove(&key))
+            } else {
+                self.policy6.insert(key, *p, 0)
+            };
+            done.map_err(err(berth_maps::POLICY6_MAP))?;
+        }
         self.policy
             .insert(
                 PolicyKey {
@@ -139,6 +188,8 @@ impl PolicyMaps {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(err(berth_maps::POLICY_MAP)(e)),
             }
+            absent_ok(self.policy6.remove(&PolicyKey { task_id, dir }))
+                .map_err(err(berth_maps::POLICY6_MAP))?;
         }
         Ok(())
     }
@@ -203,6 +254,15 @@ impl PolicyMaps {
         for k in stale {
             n += usize::from(self.policy.remove(&k).is_ok());
         }
+        let stale: Vec<PolicyKey> = self
+            .policy6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !policies.contains(&k.task_id))
+            .collect();
+        for k in stale {
+            n += usize::from(self.policy6.remove(&k).is_ok());
+        }
         let stale: Vec<SgMember> = self
             .members
             .keys()
@@ -261,6 +321,39 @@ mod tests {
             (r.proto, r.kind, r.addr_be, r.icmp_type, r.icmp_code),
             (1, RULE_PEER_SG, 42, 8, 0xff)
         );
+    }
+
+    #[test]
+    fn ipv6_rules_never_reach_the_ipv4_policy() {
+        let rule = |proto, peer| PolicyRule {
+            proto,
+            ports: (0, 65535),
+            icmp_type: None,
+            icmp_code: None,
+            peer,
+        };
+        let v6_any = rule(None, RulePeer::Cidr6(std::net::Ipv6Addr::UNSPECIFIED, 0));
+        let icmp6_group = rule(Some(RuleProto::Icmp6), RulePeer::Group(7));
+        let tcp_net = rule(
+            Some(RuleProto::Tcp),
+            RulePeer::Cidr(Ipv4Addr::new(10, 0, 0, 0), 8),
+        );
+        let all_group = rule(None, RulePeer::Group(7));
+        let p = encode_policy(&[v6_any, icmp6_group, tcp_net, all_group]).unwrap();
+        assert_eq!(p.len, 2);
+        assert_eq!(p.rules[0], encode_rule(&tcp_net));
+        assert_eq!(p.rules[1], encode_rule(&all_group));
+        // Even encoded alone, `::/0` is no IPv4 `0.0.0.0/0`: it matches
+        // no IPv4 peer (the kernel's test is `peer & mask == addr`).
+        for r in [encode_rule(&v6_any), encode_rule(&icmp6_group)] {
+            assert_eq!((r.kind, r.mask_be), (RULE_PEER_CIDR, 0));
+            assert_ne!(r.addr_be, 0, "every peer & 0 is 0, never the network");
+            assert!(r.port_lo > r.port_hi, "no port either");
+        }
+        // As many IPv6 rules as the datapath holds leave room for IPv4's.
+        let mut many = vec![v6_any; MAX_RULES];
+        many.push(tcp_net);
+        assert_eq!(encode_policy(&many).unwrap().len, 1);
     }
 
     #[test]

@@ -195,6 +195,17 @@ mod tests {
             };
             book.add_rule("db", Direction::Ingress, rule.parse().unwrap())
                 .unwrap();
+            // IPv6 peers and ICMPv6 (the new groups' `::/0` egress too).
+            let ping6 = RuleSpec {
+                protocol: "icmpv6".into(),
+                port: None,
+                icmp_type: Some(128),
+                cidr: Some("2001:db8::/32".into()),
+                sg: None,
+                ..rule
+            };
+            book.add_rule("db", Direction::Ingress, ping6.parse().unwrap())
+                .unwrap();
             book.attach("db", "pg", 5).unwrap();
             store.commit_sgs(&book.changes_since(&old)).unwrap();
         }

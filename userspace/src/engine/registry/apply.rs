@@ -432,7 +432,7 @@ impl Registry {
     }
 
     pub(super) fn check_conflicts(&self, new: &[PortMapping]) -> Result<()> {
-        let mut taken: HashMap<(Protocol, u16), Vec<Ipv4Addr>> = HashMap::new();
+        let mut taken: HashMap<(Protocol, u16), Vec<std::net::IpAddr>> = HashMap::new();
         for b in self.tasks.values().flatten() {
             taken
                 .entry((b.protocol, b.host_port))

@@ -11,7 +11,7 @@ use crate::{
         ecs::TaskDefinition,
         error::{Error, Result},
         events::{Event, EventKind},
-        model::{Binding, TaskRecord},
+        model::{Binding, ContainerIps, TaskRecord},
         spec::PortSpec,
     },
     engine::datapath::Datapath,
@@ -136,21 +136,25 @@ impl Berth {
     pub async fn add(
         &self,
         task: String,
-        container_ip: Ipv4Addr,
+        container_ip: impl Into<ContainerIps>,
         specs: Vec<PortSpec>,
     ) -> Result<Vec<Binding>> {
-        self.add_with(task, container_ip, specs, None).await
+        self.add_with(task, container_ip.into(), specs, None).await
     }
 
     /// [`Berth::add`]; `from_docker`: see [`Registry::add_held_by_docker`].
     pub async fn add_with(
         &self,
         task: String,
-        container_ip: Ipv4Addr,
+        container_ip: ContainerIps,
         specs: Vec<PortSpec>,
         from_docker: Option<FromDocker>,
     ) -> Result<Vec<Binding>> {
-        let ticket = self.sweeper.blocker_for_specs(container_ip, &specs);
+        // IPv4 flows only are swept here (IPv6 tracking is the datapath's
+        // own, nat66).
+        let ticket = container_ip
+            .v4
+            .and_then(|v4| self.sweeper.blocker_for_specs(v4, &specs));
         self.wait_for_sweep(ticket).await?;
         self.with_registry(move |r| {
             if let Some(from) = &from_docker {

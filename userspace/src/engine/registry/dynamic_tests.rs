@@ -740,7 +740,7 @@ mod properties {
                 || self.held.values().flatten().any(|b| {
                     b.protocol == protocol
                         && b.host_port == port
-                        && bind_ips_overlap(b.bind_ip, bind_ip)
+                        && bind_ips_overlap(b.bind_ip, bind_ip.into())
                 })
                 || self.bound.contains(&(protocol, port))
                 || self

@@ -50,12 +50,13 @@ impl SgState {
     }
 }
 
-/// Every container IP of a task: its bindings' and, for a task run from a
-/// definition, its containers' (also those without port mappings).
+/// Every IPv4 container IP of a task: its bindings' and, for a task run
+/// from a definition, its containers' (also those without port mappings).
+/// IPv6 addresses are not endpoints here yet (sg6's part).
 fn ips_of(bindings: &[Binding], record: Option<&TaskRecord>) -> BTreeSet<Ipv4Addr> {
     bindings
         .iter()
-        .map(|b| b.container_ip)
+        .filter_map(Binding::container_ip4)
         .chain(
             record
                 .into_iter()

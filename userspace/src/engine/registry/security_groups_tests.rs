@@ -178,7 +178,11 @@ fn attaching_gives_every_container_ip_of_the_task_the_union_of_rules() {
             tcp(443, RulePeer::Group(1)),
         ]
     );
-    assert_eq!(egress.len(), 1, "all-out once, though both groups have it");
+    assert_eq!(
+        egress.len(),
+        2,
+        "all-out once per family, though both groups have it: {egress:?}"
+    );
     assert_eq!(env.members("a"), [ip("172.17.0.2"), ip("172.17.0.4")]);
     assert_eq!(env.members("b"), [ip("172.17.0.2"), ip("172.17.0.4")]);
 }
@@ -287,6 +291,12 @@ fn rule_changes_reach_the_datapath_at_once() {
     assert!(env.policy_of("web").0.is_empty());
     let all_out = rule(json!({"direction": "egress", "protocol": "all", "cidr": "0.0.0.0/0"}));
     env.r().sg_remove_rule("web", &all_out).unwrap();
+    assert!(
+        env.policy_of("web").1.iter().all(|r| !r.applies_v4()),
+        "nothing out over IPv4"
+    );
+    let all_out6 = rule(json!({"direction": "egress", "protocol": "all", "cidr": "::/0"}));
+    env.r().sg_remove_rule("web", &all_out6).unwrap();
     assert!(env.policy_of("web").1.is_empty(), "and now nothing out");
 }
 

@@ -60,7 +60,8 @@ impl Work {
     fn blocks(&self, new: &[Binding], addrs: &[Ipv4Addr]) -> bool {
         addrs.iter().any(|a| self.endpoints.contains(a))
             || new.iter().any(|n| {
-                self.endpoints.contains(&n.container_ip)
+                n.container_ip4()
+                    .is_some_and(|ip| self.endpoints.contains(&ip))
                     || self.bindings.iter().any(|g| same_flow_owner(g, n))
             })
     }
@@ -367,8 +368,8 @@ mod tests {
     fn binding(task: &str, ip: [u8; 4], host_port: u16) -> Binding {
         Binding {
             task: task.into(),
-            container_ip: Ipv4Addr::from(ip),
-            bind_ip: Ipv4Addr::UNSPECIFIED,
+            container_ip: Ipv4Addr::from(ip).into(),
+            bind_ip: Ipv4Addr::UNSPECIFIED.into(),
             host_port,
             container_port: 80,
             protocol: Protocol::Udp,
@@ -398,7 +399,7 @@ mod tests {
         let (dp, s) = sweeper(300);
         let a = binding("a", [172, 17, 0, 2], 8080);
         let t = Instant::now();
-        let ticket = s.queue(std::slice::from_ref(&a), &[a.container_ip]);
+        let ticket = s.queue(std::slice::from_ref(&a), &[a.container_ip4().unwrap()]);
         assert!(t.elapsed() < Duration::from_millis(100), "queueing swept");
         assert_eq!(s.pending(), 1);
         s.wait(ticket);
@@ -431,9 +432,12 @@ mod tests {
         let ticket = s.queue(std::slice::from_ref(&gone), &[]);
         // Same flow owner under another task name and bind address.
         let mut same = binding("new", [172, 17, 0, 2], 8080);
-        same.bind_ip = Ipv4Addr::LOCALHOST;
+        same.bind_ip = Ipv4Addr::LOCALHOST.into();
         assert_eq!(s.blocker(&[same], &[]), Some(ticket));
-        assert_eq!(s.blocker_for_addrs(&[gone.container_ip]), Some(ticket));
+        assert_eq!(
+            s.blocker_for_addrs(&[gone.container_ip4().unwrap()]),
+            Some(ticket)
+        );
         // Another host port, container port, protocol or address: free.
         let mut other = vec![binding("x", [172, 17, 0, 2], 8081); 4];
         other[1].host_port = 8080;
@@ -452,7 +456,7 @@ mod tests {
         let (_dp, s) = sweeper(300);
         let gone = binding("old", [172, 17, 0, 2], 8080); // 8080:80/udp
         let ticket = s.queue(std::slice::from_ref(&gone), &[]);
-        let ip = gone.container_ip;
+        let ip = gone.container_ip4().unwrap();
         let spec = |s: &str| s.parse::<PortSpec>().unwrap();
         for (specs, blocked) in [
             (vec!["8080:80/udp"], true),
@@ -523,7 +527,7 @@ mod tests {
         let a = binding("a", [172, 17, 0, 2], 8080);
         let b = binding("b", [172, 17, 0, 3], 8081);
         s.queue(std::slice::from_ref(&a), &[]);
-        s.queue(std::slice::from_ref(&b), &[b.container_ip]);
+        s.queue(std::slice::from_ref(&b), &[b.container_ip4().unwrap()]);
         s.close();
         let forgotten: Vec<Binding> = dp.forgotten().into_iter().flatten().collect();
         assert_eq!(forgotten, vec![a, b.clone()]);

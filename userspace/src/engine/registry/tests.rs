@@ -93,8 +93,8 @@ fn add_publishes_to_memory_store_and_datapath() {
         [
             Binding {
                 task: "web".into(),
-                container_ip: ip("172.17.0.2"),
-                bind_ip: ip("0.0.0.0"),
+                container_ip: ip("172.17.0.2").into(),
+                bind_ip: ip("0.0.0.0").into(),
                 host_port: 8080,
                 container_port: 80,
                 protocol: Protocol::Tcp,
@@ -104,8 +104,8 @@ fn add_publishes_to_memory_store_and_datapath() {
             },
             Binding {
                 task: "web".into(),
-                container_ip: ip("172.17.0.2"),
-                bind_ip: ip("10.0.0.1"),
+                container_ip: ip("172.17.0.2").into(),
+                bind_ip: ip("10.0.0.1").into(),
                 host_port: 53,
                 container_port: 53,
                 protocol: Protocol::Udp,
@@ -485,8 +485,8 @@ fn restore_failure_names_the_binding() {
             "web",
             &[Binding {
                 task: "web".into(),
-                container_ip: ip("172.17.0.2"),
-                bind_ip: ip("0.0.0.0"),
+                container_ip: ip("172.17.0.2").into(),
+                bind_ip: ip("0.0.0.0").into(),
                 host_port: 8080,
                 container_port: 80,
                 protocol: Protocol::Tcp,

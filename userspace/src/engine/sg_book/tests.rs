@@ -1,6 +1,9 @@
 //! The model, validation and compilation of security groups.
 use super::*;
-use crate::{domain::cidr::Ipv4Cidr, domain::rules::*, engine::fake::FakeDatapath};
+use crate::{
+    domain::cidr::Ipv4Cidr, domain::rules::*, engine::datapath::RuleFamily,
+    engine::fake::FakeDatapath,
+};
 
 fn spec(direction: Direction, protocol: &str) -> RuleSpec {
     RuleSpec {
@@ -125,7 +128,7 @@ fn every_bad_rule_field_is_one_clear_line() {
     );
     assert_eq!(
         err(&spec(Direction::Ingress, "sctp")),
-        "unknown protocol \"sctp\"; use tcp, udp, icmp or all"
+        "unknown protocol \"sctp\"; use tcp, udp, icmp, icmpv6 or all"
     );
     let two_peers = RuleSpec {
         sg: Some("x".into()),
@@ -203,7 +206,14 @@ fn new_groups_allow_all_out_and_nothing_in() {
     let db = b.group("db").unwrap();
     assert_eq!((db.id, db.description.as_str()), (2, "database"));
     assert!(db.ingress.is_empty());
-    assert_eq!(db.egress, [Rule::allow_all_out()]);
+    assert_eq!(db.egress, [Rule::allow_all_out(), Rule::allow_all_out6()]);
+    assert_eq!(
+        db.egress
+            .iter()
+            .map(|r| r.summary(Direction::Egress))
+            .collect::<Vec<_>>(),
+        ["egress all to 0.0.0.0/0", "egress all to ::/0"]
+    );
     let mut b = b;
     assert_eq!(
         b.create("db", "").unwrap_err().to_string(),
@@ -451,16 +461,20 @@ fn a_task_gets_the_union_of_its_groups_with_group_peers_by_id() {
             },
         ]
     );
-    // Both groups allow all out: once in the union.
+    // Both groups allow all out, both families: once each in the union.
+    let all_to = |peer| PolicyRule {
+        proto: None,
+        ports: (0, 65535),
+        icmp_type: None,
+        icmp_code: None,
+        peer,
+    };
     assert_eq!(
         egress,
-        &[PolicyRule {
-            proto: None,
-            ports: (0, 65535),
-            icmp_type: None,
-            icmp_code: None,
-            peer: RulePeer::Cidr(Ipv4Addr::UNSPECIFIED, 0),
-        }]
+        &[
+            all_to(RulePeer::Cidr(Ipv4Addr::UNSPECIFIED, 0)),
+            all_to(RulePeer::Cidr6(std::net::Ipv6Addr::UNSPECIFIED, 0)),
+        ]
     );
     let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
     assert_eq!(want.endpoints[&ip("172.17.0.3")], (pg, true));
@@ -578,4 +592,181 @@ fn expiry_runs_at_half_the_shortest_timeout_between_1_and_5_s() {
     assert_eq!(expiry_period(&t), Duration::from_millis(3500));
     t.udp_single = 1;
     assert_eq!(expiry_period(&t), Duration::from_secs(1));
+}
+
+#[test]
+fn ipv6_cidrs_are_canonical_prefixes_with_a_hint() {
+    use crate::domain::cidr::Ipv6Cidr;
+    use std::net::Ipv6Addr;
+    assert_eq!(
+        parse_cidr6("2001:db8::/32").unwrap(),
+        Ipv6Cidr::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32)
+    );
+    assert_eq!(parse_cidr6("::/0").unwrap().prefix_len, 0);
+    assert_eq!(parse_cidr6("2001:db8::1/128").unwrap().prefix_len, 128);
+    assert_eq!(
+        parse_cidr6("2001:db8::1/32").unwrap_err().to_string(),
+        "2001:db8::1/32 is not a canonical CIDR (host bits are set); did you mean 2001:db8::/32?"
+    );
+    assert_eq!(
+        parse_cidr6("2001:db8::1").unwrap_err().to_string(),
+        "invalid IPv6 CIDR \"2001:db8::1\": no prefix length; did you mean 2001:db8::1/128?"
+    );
+    for bad in [
+        "::/129",
+        "2001:db8::/",
+        "2001:db8::/032",
+        "2001:zz8::/32",
+        ":/0",
+        "::ffff:1.2.3.4.5/96",
+    ] {
+        assert!(
+            matches!(parse_cidr6(bad), Err(SgError::Cidr6Format(_))),
+            "{bad}"
+        );
+    }
+    // A spec's --cidr picks the family by its spelling.
+    let r = tcp("443", "::/0").parse().unwrap();
+    assert_eq!(r.peer, Peer::Cidr6(Ipv6Cidr::new(Ipv6Addr::UNSPECIFIED, 0)));
+    assert_eq!(r.summary(Direction::Ingress), "ingress tcp 443 from ::/0");
+    assert_eq!(
+        err(&tcp("443", "2001:db8::1/64")),
+        "2001:db8::1/64 is not a canonical CIDR (host bits are set); did you mean 2001:db8::/64?"
+    );
+}
+
+#[test]
+fn icmpv6_is_a_protocol_of_its_own_and_each_icmp_keeps_to_its_family() {
+    let icmp6 = |cidr: &str| RuleSpec {
+        icmp_type: Some(128),
+        cidr: Some(cidr.into()),
+        ..spec(Direction::Ingress, "icmpv6")
+    };
+    let r = icmp6("::/0").parse().unwrap();
+    assert_eq!(
+        r.traffic,
+        Traffic::Icmpv6 {
+            icmp_type: Some(128),
+            icmp_code: None
+        }
+    );
+    assert_eq!(
+        r.summary(Direction::Ingress),
+        "ingress icmpv6 type 128 from ::/0"
+    );
+    // Its wire form reads back as the same rule (the store keeps this).
+    let back = r.spec(Direction::Ingress);
+    assert_eq!(
+        (back.protocol.as_str(), back.icmp_type, back.icmp_code),
+        ("icmpv6", Some(128), Some(-1))
+    );
+    assert!(back.parse().unwrap().same_as(&r));
+    // AWS's number for it, any case.
+    for name in ["58", "ICMPv6"] {
+        let s = RuleSpec {
+            protocol: name.into(),
+            ..icmp6("::/0")
+        };
+        assert!(s.parse().unwrap().same_as(&r), "{name}");
+    }
+    assert_eq!(
+        err(&icmp6("0.0.0.0/0")),
+        "protocol icmpv6 is IPv6's and 0.0.0.0/0 is an IPv4 CIDR; use --proto icmp"
+    );
+    let icmp4_v6 = RuleSpec {
+        cidr: Some("2001:db8::/32".into()),
+        ..spec(Direction::Ingress, "icmp")
+    };
+    assert_eq!(
+        err(&icmp4_v6),
+        "protocol icmp is IPv4's and 2001:db8::/32 is an IPv6 CIDR; use --proto icmpv6"
+    );
+    let port = RuleSpec {
+        port: Some("1".into()),
+        ..icmp6("::/0")
+    };
+    assert_eq!(
+        err(&port),
+        "protocol icmpv6 has no ports; --port applies to tcp and udp"
+    );
+    // A group peer takes either ICMP.
+    let group = RuleSpec {
+        cidr: None,
+        sg: Some("api".into()),
+        ..icmp6("::/0")
+    };
+    group.parse().unwrap();
+}
+
+#[test]
+fn ipv6_rules_compile_beside_ipv4_ones_each_for_its_family() {
+    let mut b = book();
+    for spec in [
+        tcp("443", "2001:db8::/32"),
+        RuleSpec {
+            icmp_type: Some(128),
+            cidr: Some("::/0".into()),
+            ..spec(Direction::Ingress, "icmpv6")
+        },
+        RuleSpec {
+            cidr: None,
+            sg: Some("api".into()),
+            ..spec(Direction::Ingress, "all")
+        },
+        tcp("443", "192.0.2.0/24"),
+    ] {
+        b.add_rule("db", Direction::Ingress, spec.parse().unwrap())
+            .unwrap();
+    }
+    // The same ports from the other family's "everything" is another rule.
+    b.add_rule(
+        "db",
+        Direction::Ingress,
+        tcp("443", "::/0").parse().unwrap(),
+    )
+    .unwrap();
+    b.add_rule(
+        "db",
+        Direction::Ingress,
+        tcp("443", "0.0.0.0/0").parse().unwrap(),
+    )
+    .unwrap();
+    let (ingress, _) = b.compile(&["db"]);
+    let families: Vec<RuleFamily> = ingress.iter().map(PolicyRule::family).collect();
+    assert_eq!(
+        families,
+        [
+            RuleFamily::V6,
+            RuleFamily::V6,
+            RuleFamily::Both,
+            RuleFamily::V4,
+            RuleFamily::V6,
+            RuleFamily::V4
+        ]
+    );
+    assert_eq!(
+        ingress[1],
+        PolicyRule {
+            proto: Some(RuleProto::Icmp6),
+            ports: (0, 0),
+            icmp_type: Some(128),
+            icmp_code: None,
+            peer: RulePeer::Cidr6(std::net::Ipv6Addr::UNSPECIFIED, 0),
+        }
+    );
+    assert_eq!(ingress.iter().filter(|r| r.applies_v4()).count(), 3);
+    assert_eq!(ingress.iter().filter(|r| r.applies_v6()).count(), 4);
+    // A group peer with ICMP or ICMPv6 is one family's.
+    let icmp_group = PolicyRule {
+        proto: Some(RuleProto::Icmp),
+        ..ingress[2]
+    };
+    let icmp6_group = PolicyRule {
+        proto: Some(RuleProto::Icmp6),
+        ..ingress[2]
+    };
+    assert_eq!(
+        (icmp_group.family(), icmp6_group.family()),
+        (RuleFamily::V4, RuleFamily::V6)
+    );
 }

@@ -49,8 +49,8 @@ use crate::{
     domain::error::Error,
     domain::events::{Event, Lagged},
     domain::limits::BodyLimits,
-    domain::model::{Binding, EcsLabels, TaskRecord},
-    domain::task::{parse_container_ip, parse_specs, validate_task_name},
+    domain::model::{Binding, ContainerIps, EcsLabels, TaskRecord},
+    domain::task::{parse_container_ip, parse_container_ip6, parse_specs, validate_task_name},
     engine::datapath::DatapathStatus,
     engine::registry::{Berth, FromDocker},
 };
@@ -80,8 +80,21 @@ pub struct TaskView {
 #[serde(deny_unknown_fields)]
 pub struct AddRequest {
     pub task: String,
-    #[serde(rename = "containerIP")]
+    /// Empty or absent with `containerIPv6`: an IPv6-only container.
+    #[serde(
+        rename = "containerIP",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub container_ip: String,
+    /// The container's IPv6 address: a spec without a host IP then
+    /// publishes over IPv6 too, and `[::]:…` specs are allowed.
+    #[serde(
+        default,
+        rename = "containerIPv6",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub container_ip6: Option<String>,
     pub ports: Vec<String>,
     /// Docker events mode: dockerd itself listens on these host ports (its
     /// port reservation without a userland proxy), so a listener there is
@@ -307,7 +320,17 @@ async fn add_bindings(
     JsonBody(req): JsonBody<AddRequest>,
 ) -> Result<(StatusCode, Json<Vec<Binding>>), ApiError> {
     validate_task_name(&req.task)?;
-    let container_ip = parse_container_ip(&req.container_ip)?;
+    let v6_only = req.container_ip.is_empty() && req.container_ip6.is_some();
+    let container_ip = ContainerIps {
+        v4: (!v6_only)
+            .then(|| parse_container_ip(&req.container_ip))
+            .transpose()?,
+        v6: req
+            .container_ip6
+            .as_deref()
+            .map(parse_container_ip6)
+            .transpose()?,
+    };
     let specs = parse_specs(&req.ports)?;
     let ecs = EcsLabels {
         task_arn: req.ecs_task_arn,

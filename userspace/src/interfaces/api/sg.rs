@@ -203,7 +203,10 @@ mod tests {
         assert_eq!(body["id"], 1);
         assert_eq!(
             body["egress"],
-            json!([{"direction": "egress", "protocol": "all", "cidr": "0.0.0.0/0"}])
+            json!([
+                {"direction": "egress", "protocol": "all", "cidr": "0.0.0.0/0"},
+                {"direction": "egress", "protocol": "all", "cidr": "::/0"}
+            ])
         );
         assert_eq!(body["ingress"], json!([]));
 
@@ -290,6 +293,61 @@ mod tests {
         assert_eq!(
             (status, body),
             (404, json!({"error": "no such security group: web"}))
+        );
+    }
+
+    #[tokio::test]
+    async fn ipv6_rules_are_added_shown_and_compiled_for_the_datapath() {
+        let api = api();
+        let specs: Vec<PortSpec> = vec!["8080:80".parse().unwrap()];
+        api.berth
+            .add("web".into(), Ipv4Addr::new(172, 17, 0, 2), specs)
+            .await
+            .unwrap();
+        api.call("POST", "/v1/sgs", Some(json!({"name": "web"})))
+            .await;
+        let rules = [
+            json!({"direction": "ingress", "protocol": "tcp", "port": "443", "cidr": "2001:db8::/32"}),
+            json!({"direction": "ingress", "protocol": "icmpv6", "icmpType": 128, "cidr": "::/0"}),
+        ];
+        for rule in &rules {
+            let (status, body) = api
+                .call("POST", "/v1/sgs/web/rules", Some(rule.clone()))
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+        let bad = json!({"direction": "ingress", "protocol": "icmpv6", "cidr": "0.0.0.0/0"});
+        let (status, body) = api.call("POST", "/v1/sgs/web/rules", Some(bad)).await;
+        assert_eq!(
+            (status, body),
+            (
+                400,
+                json!({"error": "protocol icmpv6 is IPv6's and 0.0.0.0/0 is an IPv4 CIDR; use --proto icmp"})
+            )
+        );
+        let (status, body) = api
+            .call("POST", "/v1/sgs/web/attach", Some(json!({"task": "web"})))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["ingress"],
+            json!([
+                {"direction": "ingress", "protocol": "tcp", "port": "443", "cidr": "2001:db8::/32"},
+                {"direction": "ingress", "protocol": "icmpv6", "icmpType": 128, "icmpCode": -1,
+                 "cidr": "::/0"}
+            ])
+        );
+        let policies = api.datapath.policies.lock().unwrap();
+        let (ingress, egress) = &policies[&1];
+        assert_eq!(ingress.len(), 2);
+        assert!(
+            ingress.iter().all(|r| r.applies_v6() && !r.applies_v4()),
+            "{ingress:?}"
+        );
+        assert_eq!(
+            egress.iter().filter(|r| r.applies_v6()).count(),
+            1,
+            "the default egress covers IPv6: {egress:?}"
         );
     }
 

@@ -717,3 +717,95 @@ async fn the_datapath_log_is_switched_on_and_off_and_a_bad_level_refused() {
         .datapath_log
         .load(std::sync::atomic::Ordering::SeqCst));
 }
+
+#[tokio::test]
+async fn container_ipv6_publishes_a_plain_spec_on_both_families_with_one_host_port() {
+    let api = api();
+    let (status, body) = api
+        .post(
+            "/v1/bindings",
+            json!({"task": "web", "containerIP": "172.17.0.2", "containerIPv6": "fd00::2",
+                   "ports": ["80", "[::]:8443:443"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let rows: Vec<(String, String, u64)> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["bindIP"].as_str().unwrap().to_owned(),
+                b["containerIP"].as_str().unwrap().to_owned(),
+                b["hostPort"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len(), 3, "{body}");
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].1.as_str()),
+        ("0.0.0.0", "172.17.0.2")
+    );
+    assert_eq!((rows[1].0.as_str(), rows[1].1.as_str()), ("::", "fd00::2"));
+    assert_eq!(rows[0].2, rows[1].2, "one dynamic host port for both");
+    assert_eq!(rows[2], ("::".into(), "fd00::2".into(), 8443));
+    assert_eq!(api.datapath.bindings().len(), 3);
+    let (_, listed) = api.get("/v1/bindings").await;
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn an_ipv6_spec_without_container_ipv6_or_a_bad_one_is_one_clear_error() {
+    let api = api();
+    let (status, body) = api
+        .post(
+            "/v1/bindings",
+            json!({"task": "web", "containerIP": "172.17.0.2", "ports": ["[::]:8080:80"]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body,
+        error("port spec \"[::]:8080:80/tcp\" publishes over IPv6, but task web has no container IPv6 address (--ip6)")
+    );
+    let (status, body) = api
+        .post(
+            "/v1/bindings",
+            json!({"task": "web", "containerIP": "172.17.0.2", "containerIPv6": "fd00::zz", "ports": ["80"]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body, error("malformed container IPv6 address \"fd00::zz\""));
+    let (status, body) = api
+        .post(
+            "/v1/bindings",
+            json!({"task": "web", "containerIP": "172.17.0.2", "containerIPv6": "fe80::2", "ports": ["80"]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("fe80::2"),
+        "{body}"
+    );
+    assert!(api.datapath.bindings().is_empty());
+}
+
+#[tokio::test]
+async fn an_ipv6_only_container_needs_no_container_ip() {
+    let api = api();
+    let (status, body) = api
+        .post(
+            "/v1/bindings",
+            json!({"task": "web", "containerIPv6": "fd00::2", "ports": ["8080:80"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body[0]["bindIP"], "::");
+    assert_eq!(body[0]["containerIP"], "fd00::2");
+    assert_eq!(body.as_array().unwrap().len(), 1);
+    let (status, body) = api
+        .post("/v1/bindings", json!({"task": "db", "ports": ["8081:80"]}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body, error("malformed container IP \"\""));
+}

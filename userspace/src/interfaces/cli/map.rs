@@ -7,7 +7,7 @@ use crate::{
         cidr::Ipv4Cidr,
         error::Result,
         model::Binding,
-        task::{parse_container_ip, parse_specs, validate_task_name},
+        task::{parse_container_ip, parse_container_ip6, parse_specs, validate_task_name},
     },
     engine::datapath::BridgeState,
     interfaces::{
@@ -22,9 +22,20 @@ pub enum MapCommand {
     Add {
         #[arg(long, value_name = "NAME")]
         task: String,
-        /// The container's IPv4 address on the bridge.
-        #[arg(long, value_name = "CONTAINER_IP")]
+        /// The container's IPv4 address on the bridge (may be left out
+        /// for an IPv6-only container given --ip6).
+        #[arg(
+            long,
+            value_name = "CONTAINER_IP",
+            default_value = "",
+            hide_default_value = true
+        )]
         ip: String,
+        /// The container's IPv6 address on the bridge: a spec without a
+        /// host IP then publishes over IPv6 too (one host port for both),
+        /// and `[::]:…` specs are allowed.
+        #[arg(long, value_name = "CONTAINER_IPV6")]
+        ip6: Option<String>,
         /// [hostIP:][hostPort:]containerPort[/tcp|/udp], ports may be
         /// ranges; no (or 0) host port: the daemon picks one; a host range
         /// with one container port: the first free port of that range.
@@ -55,13 +66,27 @@ pub enum MapCommand {
 /// Checks locally what the daemon checks too, so typos fail before any I/O.
 pub async fn run(client: &Client, cmd: MapCommand) -> Result<()> {
     match cmd {
-        MapCommand::Add { task, ip, ports } => {
+        MapCommand::Add {
+            task,
+            ip,
+            ip6,
+            ports,
+        } => {
             validate_task_name(&task)?;
-            parse_container_ip(&ip)?;
+            if ip.is_empty() && ip6.is_none() {
+                return Err(crate::domain::error::Error::NoContainerIp(task));
+            }
+            if !ip.is_empty() {
+                parse_container_ip(&ip)?;
+            }
+            if let Some(ip6) = &ip6 {
+                parse_container_ip6(ip6)?;
+            }
             parse_specs(&ports)?;
             let req = AddRequest {
                 task,
                 container_ip: ip,
+                container_ip6: ip6,
                 ports,
                 held_by_docker: false,
                 ecs_task_arn: None,
@@ -101,9 +126,13 @@ pub async fn run(client: &Client, cmd: MapCommand) -> Result<()> {
                     Err(_) => Vec::new(),
                 };
                 if bridges.len() > 1 {
-                    print(&bindings_table_with_bridges(&bindings, &bridges))
+                    print(&bindings_table_with_bridges(&bindings, &bridges))?;
                 } else {
-                    print(&bindings_table(&bindings))
+                    print(&bindings_table(&bindings))?;
+                }
+                match ipv4_only_note(&bindings) {
+                    Some(note) => print(&note),
+                    None => Ok(()),
                 }
             }
         }
@@ -165,7 +194,11 @@ fn render(bindings: &[Binding], bridges: Option<&[BridgeState]>) -> String {
 
 /// The bridge whose subnet (`172.17.0.0/16`, as status reports it) holds
 /// `ip`; `-` where none does (its bridge is waiting or was re-addressed).
-fn bridge_of(ip: std::net::Ipv4Addr, bridges: &[BridgeState]) -> String {
+fn bridge_of(ip: std::net::IpAddr, bridges: &[BridgeState]) -> String {
+    // Bridges report IPv4 subnets; an IPv6 binding's bridge is unknown here.
+    let std::net::IpAddr::V4(ip) = ip else {
+        return "-".to_owned();
+    };
     let holds = |net: &String| {
         let Some((addr, len)) = net.split_once('/') else {
             return false;
@@ -179,6 +212,31 @@ fn bridge_of(ip: std::net::Ipv4Addr, bridges: &[BridgeState]) -> String {
         .iter()
         .find(|b| b.subnets.iter().any(holds))
         .map_or_else(|| "-".to_owned(), |b| b.name.clone())
+}
+
+/// Where the host publishes over IPv6 at all, the tasks that do not: an
+/// IPv6 client of theirs is refused (berth has no NAT64), which the table
+/// alone would not say. `None` when every task has IPv6 or none has.
+pub fn ipv4_only_note(bindings: &[Binding]) -> Option<String> {
+    if !bindings.iter().any(Binding::is_ipv6) {
+        return None;
+    }
+    let with6: std::collections::BTreeSet<&str> = bindings
+        .iter()
+        .filter(|b| b.is_ipv6())
+        .map(|b| b.task.as_str())
+        .collect();
+    let only4: std::collections::BTreeSet<&str> = bindings
+        .iter()
+        .map(|b| b.task.as_str())
+        .filter(|t| !with6.contains(t))
+        .collect();
+    (!only4.is_empty()).then(|| {
+        format!(
+            "IPv4 only (no IPv6 binding; IPv6 clients are refused): {}\n",
+            only4.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    })
 }
 
 /// [`bindings_table`] with a BRIDGE column, for a daemon serving several.
@@ -195,7 +253,7 @@ mod bridge_tests {
         let b = |task: &str, ip: &str| Binding {
             task: task.into(),
             container_ip: ip.parse().unwrap(),
-            bind_ip: std::net::Ipv4Addr::UNSPECIFIED,
+            bind_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
             host_port: 8080,
             container_port: 80,
             protocol: crate::domain::model::Protocol::Tcp,
@@ -280,6 +338,100 @@ mod tests {
             Some(
                 "f00d  10.88.0.5     0.0.0.0  8080       80              tcp    cni0    shop/web-0"
             )
+        );
+    }
+}
+
+#[cfg(test)]
+mod ipv6_tests {
+    use super::*;
+    use crate::domain::model::Protocol;
+
+    fn b(task: &str, ctr: &str, bind: &str) -> Binding {
+        Binding {
+            task: task.into(),
+            container_ip: ctr.parse().unwrap(),
+            bind_ip: bind.parse().unwrap(),
+            host_port: 8080,
+            container_port: 80,
+            protocol: Protocol::Tcp,
+            ecs: Default::default(),
+            cni: None,
+            docker_events: false,
+        }
+    }
+
+    #[test]
+    fn the_table_lists_both_families_of_a_dual_stack_task() {
+        let text = bindings_table(&[b("web", "172.17.0.2", "0.0.0.0"), b("web", "fd00::2", "::")]);
+        assert_eq!(
+            text,
+            "TASK  CONTAINER IP  BIND IP  HOST PORT  CONTAINER PORT  PROTO\n\
+             web   172.17.0.2    0.0.0.0  8080       80              tcp\n\
+             web   fd00::2       ::       8080       80              tcp\n"
+        );
+    }
+
+    #[test]
+    fn ipv4_only_tasks_are_named_once_the_host_publishes_over_ipv6() {
+        let v4 = [
+            b("a", "172.17.0.2", "0.0.0.0"),
+            b("b", "172.17.0.3", "0.0.0.0"),
+        ];
+        assert_eq!(ipv4_only_note(&v4), None, "no IPv6 anywhere: no note");
+        let mixed = [
+            v4[0].clone(),
+            v4[1].clone(),
+            b("b", "fd00::3", "::"),
+            b("c", "fd00::4", "::"),
+        ];
+        assert_eq!(
+            ipv4_only_note(&mixed).as_deref(),
+            Some("IPv4 only (no IPv6 binding; IPv6 clients are refused): a\n")
+        );
+        assert_eq!(ipv4_only_note(&mixed[2..]), None);
+    }
+
+    #[test]
+    fn map_add_takes_ip6_and_checks_it_before_any_io() {
+        use clap::Parser as _;
+        let cli = crate::interfaces::cli::Cli::try_parse_from([
+            "berth",
+            "map",
+            "add",
+            "--task",
+            "web",
+            "--ip",
+            "172.17.0.2",
+            "--ip6",
+            "fd00::2",
+            "-p",
+            "8080:80",
+        ])
+        .unwrap();
+        let crate::interfaces::cli::Command::Map(cmd) = cli.command else {
+            panic!("not map");
+        };
+        let MapCommand::Add { ip6, .. } = &cmd else {
+            panic!("not add");
+        };
+        assert_eq!(ip6.as_deref(), Some("fd00::2"));
+        // A daemon that is not there: a bad address fails first, in one line.
+        let client = Client::new(std::path::Path::new("/nonexistent/berth.sock"));
+        let bad = MapCommand::Add {
+            task: "web".into(),
+            ip: "172.17.0.2".into(),
+            ip6: Some("fe80::1".into()),
+            ports: vec!["8080:80".into()],
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt.block_on(run(&client, bad)).unwrap_err();
+        assert!(
+            matches!(err, crate::domain::error::Error::BadContainerIpv6(_)),
+            "{err}"
         );
     }
 }

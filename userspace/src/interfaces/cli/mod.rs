@@ -515,7 +515,10 @@ mod tests {
             "53:53/udp",
         ])
         .unwrap();
-        let Command::Map(MapCommand::Add { task, ip, ports }) = cli.command else {
+        let Command::Map(MapCommand::Add {
+            task, ip, ports, ..
+        }) = cli.command
+        else {
             panic!()
         };
         assert_eq!((task.as_str(), ip.as_str()), ("web", "172.17.0.2"));

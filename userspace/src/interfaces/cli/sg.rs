@@ -83,7 +83,7 @@ pub struct RuleArgs {
     /// Traffic from the group's tasks.
     #[arg(long)]
     pub egress: bool,
-    #[arg(long, value_name = "tcp|udp|icmp|all")]
+    #[arg(long, value_name = "tcp|udp|icmp|icmpv6|all")]
     pub proto: String,
     /// Destination port or range (tcp and udp).
     #[arg(long, value_name = "P|P-Q")]
@@ -94,7 +94,8 @@ pub struct RuleArgs {
     /// ICMP code, -1 for any [default: -1].
     #[arg(long, value_name = "C", allow_negative_numbers = true)]
     pub icmp_code: Option<i64>,
-    /// Peer addresses: a canonical CIDR such as 10.0.0.0/8.
+    /// Peer addresses: a canonical CIDR such as 10.0.0.0/8, or an IPv6
+    /// one such as `2001:db8::/32` or `::/0` (each matches its own family).
     #[arg(long, value_name = "CIDR")]
     pub cidr: Option<String>,
     /// Peer group: the container IPs of the tasks it is attached to (may be
@@ -344,7 +345,7 @@ fn ports_cell(r: &RuleSpec) -> String {
     if let Some(p) = &r.port {
         return p.clone();
     }
-    if r.protocol == "icmp" {
+    if r.protocol == "icmp" || r.protocol == "icmpv6" {
         let t = r.icmp_type.filter(|t| *t >= 0);
         let c = r.icmp_code.filter(|c| *c >= 0);
         return match (t, c) {

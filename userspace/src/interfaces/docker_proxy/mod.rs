@@ -6,9 +6,12 @@
 //!
 //! The status protocol is docker-proxy's: `0\n` on fd 3 when ready, or
 //! `1\n<message>` (dockerd shows "Error starting userland proxy:
-//! <message>"). What berth cannot do — SCTP, an IPv6 container, a
-//! container on another bridge than berth's — runs the real docker-proxy
-//! in this process (exec), with fd 3 and 4 as dockerd gave them.
+//! <message>"). What berth cannot do — SCTP, an IPv4 host address for an
+//! IPv6 container, a container on another bridge than berth's — runs the
+//! real docker-proxy in this process (exec), with fd 3 and 4 as dockerd
+//! gave them. `dockerd --ipv6` starts a second proxy per port for `[::]`
+//! with the container's IPv6 address: that one publishes the IPv6 half
+//! of the same task.
 pub mod args;
 pub mod engine;
 mod guard;
@@ -50,17 +53,19 @@ enum Plan {
     Publish,
     /// The real docker-proxy does (why berth does not).
     Fallback(&'static str),
-    /// An IPv6 host address for an IPv4 container: berth cannot translate
-    /// IPv6; the answer depends on whether berth already holds the port.
+    /// An IPv6 host address for an IPv4 container (no NAT64 in berth):
+    /// the answer depends on whether berth already holds the port.
     Ipv6ForIpv4,
 }
 
 fn plan(a: &ProxyArgs) -> Plan {
     match (a.proto, a.host_ip, a.container_ip) {
         (Proto::Sctp, _, _) => Plan::Fallback("berth publishes tcp and udp only"),
-        (_, _, IpAddr::V6(_)) => Plan::Fallback("berth publishes to IPv4 containers only"),
+        (_, IpAddr::V4(_), IpAddr::V6(_)) => {
+            Plan::Fallback("berth does not translate IPv4 clients to an IPv6 container")
+        }
         (_, IpAddr::V6(_), IpAddr::V4(_)) => Plan::Ipv6ForIpv4,
-        (_, IpAddr::V4(_), IpAddr::V4(_)) => Plan::Publish,
+        (_, IpAddr::V4(_), IpAddr::V4(_)) | (_, IpAddr::V6(_), IpAddr::V6(_)) => Plan::Publish,
     }
 }
 
@@ -138,11 +143,12 @@ async fn berths_bridges(client: &Client) -> Result<Vec<String>, String> {
     }))
 }
 
-/// Whether `ip` is in a subnet of one of `bridge`'s IPv4 addresses, as
-/// the kernel has them in this namespace (the daemon's).
+/// Whether `ip` is in a subnet of one of `bridge`'s addresses of its
+/// family, as the kernel has them in this namespace (the daemon's).
 pub(crate) fn bridge_holds(bridge: &str, ip: IpAddr) -> bool {
-    let IpAddr::V4(ip) = ip else {
-        return false;
+    let ip = match ip {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(ip) => return bridge_holds6(bridge, ip),
     };
     let mut subnets = Vec::new();
     unsafe {
@@ -173,6 +179,41 @@ pub(crate) fn bridge_holds(bridge: &str, ip: IpAddr) -> bool {
     subnets.iter().any(|&(addr, mask)| ip & mask == addr & mask)
 }
 
+/// [`bridge_holds`] for IPv6: a subnet of one of `bridge`'s IPv6
+/// addresses (link-local ones included: they say nothing of a container,
+/// and the daemon refuses such a container address with its reason).
+fn bridge_holds6(bridge: &str, ip: std::net::Ipv6Addr) -> bool {
+    let mut subnets = Vec::new();
+    unsafe {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&raw mut head) != 0 {
+            return false;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null()
+                || ifa.ifa_netmask.is_null()
+                || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET6
+                || std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() != bridge.as_bytes()
+            {
+                continue;
+            }
+            let addr = (*ifa.ifa_addr.cast::<libc::sockaddr_in6>())
+                .sin6_addr
+                .s6_addr;
+            let mask = (*ifa.ifa_netmask.cast::<libc::sockaddr_in6>())
+                .sin6_addr
+                .s6_addr;
+            subnets.push((u128::from_be_bytes(addr), u128::from_be_bytes(mask)));
+        }
+        libc::freeifaddrs(head);
+    }
+    let ip = u128::from(ip);
+    subnets.iter().any(|&(addr, mask)| ip & mask == addr & mask)
+}
+
 fn berth_socket() -> PathBuf {
     std::env::var_os("BERTH_SOCKET")
         .filter(|s| !s.is_empty())
@@ -181,11 +222,15 @@ fn berth_socket() -> PathBuf {
 }
 
 /// `[hostIP:]hostPort:containerPort/proto`, berth's (and Docker's) syntax.
+/// An IPv4 wildcard is left out (the container's IPv4 address is all
+/// this proxy sends, so the spec publishes over IPv4 alone); an IPv6 host
+/// address, `[::]` included, is always written, so this proxy publishes
+/// exactly its own family.
 fn spec_of(a: &ProxyArgs) -> String {
-    let host = if a.host_ip.is_unspecified() {
-        String::new()
-    } else {
-        format!("{}:", a.host_ip)
+    let host = match a.host_ip {
+        IpAddr::V4(ip) if ip.is_unspecified() => String::new(),
+        IpAddr::V4(ip) => format!("{ip}:"),
+        IpAddr::V6(ip) => format!("[{ip}]:"),
     };
     format!(
         "{host}{}:{}/{}",
@@ -217,9 +262,14 @@ fn publish(
     task: &str,
 ) -> Result<Published, String> {
     let spec = spec_of(a);
+    let (container_ip, container_ip6) = match a.container_ip {
+        IpAddr::V4(ip) => (ip.to_string(), None),
+        IpAddr::V6(ip) => (String::new(), Some(ip.to_string())),
+    };
     let add = AddRequest {
         task: task.to_string(),
-        container_ip: a.container_ip.to_string(),
+        container_ip,
+        container_ip6,
         ports: vec![spec.clone()],
         // An engine that hands over a bound socket (`-use-listen-fd`) keeps
         // holding the port itself, as dockerd does in events mode: the
@@ -285,11 +335,9 @@ fn publish_until_stopped(
     let task = match &named {
         Ok(name) => name.clone(),
         Err(why) => {
-            eprintln!(
-                "berth-docker-proxy: {why}; naming the task {}",
-                a.container_ip
-            );
-            a.container_ip.to_string()
+            let by_ip = task_named_by_ip(a.container_ip);
+            eprintln!("berth-docker-proxy: {why}; naming the task {by_ip}");
+            by_ip
         }
     };
     let mut published = match publish(runtime, client, a, &task) {
@@ -314,6 +362,12 @@ fn publish_until_stopped(
             ExitCode::FAILURE
         }
     }
+}
+
+/// The task name of a container whose name is not known yet: its address,
+/// with an IPv6 address's colons as dashes (task names have no colons).
+fn task_named_by_ip(ip: IpAddr) -> String {
+    ip.to_string().replace(':', "-")
 }
 
 /// Polls the Docker API for the container's name; `None` when stopped
@@ -389,7 +443,7 @@ async fn berth_guards_port(client: &Client, a: &ProxyArgs) -> Result<bool, Strin
 /// the IPv6 side of the port closed, as docker-proxy's socket would hold it.
 fn hold_ipv6(runtime: &tokio::runtime::Runtime, stop: &mut StopSignals, a: &ProxyArgs) -> ExitCode {
     eprintln!(
-        "berth-docker-proxy: [{}]:{}/{} not proxied: berth translates IPv4 only and its bind guard holds the port",
+        "berth-docker-proxy: [{}]:{}/{} not proxied: the container has no IPv6 address (berth has no NAT64) and its bind guard holds the port",
         a.host_ip,
         a.host_port,
         a.proto.as_str()
@@ -510,8 +564,15 @@ mod tests {
             ))),
             Plan::Fallback(_)
         ));
-        assert!(matches!(
+        // dockerd --ipv6: the [::] proxy gets the container's IPv6 address.
+        assert_eq!(
             plan(&args(&format!("{base} -host-ip :: -container-ip fd00::2"))),
+            Plan::Publish
+        );
+        assert!(matches!(
+            plan(&args(&format!(
+                "{base} -host-ip 0.0.0.0 -container-ip fd00::2"
+            ))),
             Plan::Fallback(_)
         ));
         assert_eq!(
@@ -527,7 +588,12 @@ mod tests {
         assert!(bridge_holds("lo", "127.5.5.5".parse().unwrap()));
         assert!(!bridge_holds("lo", "10.0.0.1".parse().unwrap()));
         assert!(!bridge_holds("no-such-if0", "127.0.0.1".parse().unwrap()));
-        assert!(!bridge_holds("lo", "::1".parse().unwrap()));
+        assert!(!bridge_holds("lo", "fd00::1".parse().unwrap()));
+        // ::1/128 on lo, where the host has IPv6 at all.
+        let lo_has_ipv6 = std::fs::read_to_string("/proc/net/if_inet6")
+            .is_ok_and(|t| t.lines().any(|l| l.ends_with(" lo")));
+        assert_eq!(bridge_holds("lo", "::1".parse().unwrap()), lo_has_ipv6);
+        assert!(!bridge_holds("no-such-if0", "::1".parse().unwrap()));
     }
 
     #[test]
@@ -544,5 +610,20 @@ mod tests {
             )),
             "127.0.0.1:8080:80/tcp"
         );
+        assert_eq!(
+            spec_of(&args(
+                "-host-ip :: -host-port 8080 -container-ip fd00::2 -container-port 80"
+            )),
+            "[::]:8080:80/tcp"
+        );
+        assert_eq!(
+            spec_of(&args(
+                "-proto udp -host-ip 2001:db8::1 -host-port 53 -container-ip fd00::2 -container-port 53"
+            )),
+            "[2001:db8::1]:53:53/udp"
+        );
+        assert_eq!(task_named_by_ip("fd00::2".parse().unwrap()), "fd00--2");
+        crate::domain::task::validate_task_name(&task_named_by_ip("fd00::2".parse().unwrap()))
+            .unwrap();
     }
 }

@@ -64,6 +64,7 @@ pub const DROP_COUNTERS: &[&str] = &[
     "nat_no_flow",
     "ct_no_flow",
     "unhooked_port",
+    "policy6_unjudged",
 ];
 
 /// Security-group refusals among the datapath counters, by direction.
