@@ -10,8 +10,8 @@
 //! Not yet as IPv4 (README, "IPv6"): a new flow whose reply tuple another
 //! flow holds is refused (`nat_port_remap_failed`), not given another
 //! client port; fragmented datagrams and `ICMPv6` errors pass untranslated
-//! (`ipv6_untranslated`); while any endpoint has policy a new IPv6 flow is
-//! refused, as the IPv6 security-group check is not in the datapath yet.
+//! (`ipv6_untranslated`). A new flow to a container with policy must pass
+//! its task's IPv6 ingress rules (`rules6::ingress_allows6`).
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_csum_diff,
@@ -155,11 +155,11 @@ fn track(f: &Flow6, b: &Backend6, wildcard: bool, seg: &Seg, now: u64, ifindex: 
         count(Counter::UplinkSpoofedSource);
         return Verdict6::Drop;
     }
-    // The IPv6 security-group check is not in the datapath yet: while
-    // policy applies to anyone, no new IPv6 flow is let in (never allowed
-    // unchecked).
-    if !crate::policy::nowhere() {
-        count(Counter::PolicyDeniedIngress);
+    // The receiving task's IPv6 security groups (counted there when they
+    // refuse).
+    if !crate::policy::nowhere()
+        && !crate::rules6::ingress_allows6(f.proto, &f.src_addr, &b.addr, b.port_be)
+    {
         crate::stats::binding_count_refused(b.binding);
         return Verdict6::Drop;
     }

@@ -155,7 +155,6 @@ pub(crate) fn endpoint6_with_policy(addr: &[u8; 16]) -> Option<Endpoint> {
 /// `BERTH_ENDPOINTS6` does not list is judged where it is delivered, by
 /// `berth_to_ctr6` on its veth (which judges every flow a container
 /// receives in any case).
-#[expect(dead_code, reason = "called by NAT66's berth_ingress6 (nat66)")]
 #[inline(always)]
 pub(crate) fn ingress_allows6(
     proto: u8,

@@ -1321,6 +1321,9 @@ fn publish6(env: &mut Env) {
         m.insert(service_key6(host, port, proto), backend6(ctr, to, 0), 0)
             .unwrap();
     }
+    // With policy and no rule: NAT66 refuses every new flow, so the IPv4
+    // translation rules here never meet an IPv6 translation.
+    env.set_endpoint6(ctr, 7, true);
 }
 
 /// Forgets all flows and sets up the seeds' flows again.

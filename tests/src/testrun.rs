@@ -364,6 +364,16 @@ impl Env {
         m.clear_index(&slot).unwrap();
     }
 
+    /// Makes `ip` an IPv6 endpoint of task `task_id`, with policy or without
+    /// (no rules: with policy, nothing is let in).
+    pub fn set_endpoint6(&mut self, ip: std::net::Ipv6Addr, task_id: u32, policy: bool) {
+        let mut m: HashMap<&mut MapData, [u8; 16], berth_maps::Endpoint> =
+            HashMap::try_from(self.ebpf.map_mut(berth_maps::ENDPOINTS6_MAP).unwrap()).unwrap();
+        let flags = if policy { berth_maps::EP_F_POLICY } else { 0 };
+        m.insert(ip.octets(), berth_maps::Endpoint { task_id, flags }, 0)
+            .unwrap();
+    }
+
     /// Makes `a` one of the host's IPv6 addresses, as the daemon does.
     pub fn host_addr6(&mut self, a: std::net::Ipv6Addr) {
         let mut m: HashMap<&mut MapData, [u8; 16], u32> =

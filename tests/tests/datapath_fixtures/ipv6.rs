@@ -2,9 +2,9 @@
 //! the TCP/UDP ports. The IPv4 programs do not parse IPv6: `berth_ingress`
 //! and `berth_deliver` (beside XDP) tail-call `berth_ingress6` for it, and
 //! `berth_xdp` passes it on to `berth_deliver` untouched. What the parser
-//! found is seen through what NAT66 does with it, with the daemon's "no
-//! policy anywhere" flag left unset (so no new IPv6 flow is let in, see
-//! `nat66.rs` for translation): a frame it parsed as TCP/UDP to a published
+//! found is seen through what NAT66 does with it, the container having
+//! policy and no rule (so no new IPv6 flow is let in, see `nat66.rs` for
+//! translation): a frame it parsed as TCP/UDP to a published
 //! IPv6 port is refused (`policy_denied_ingress`), or, a first fragment,
 //! passes counted `ipv6_untranslated`; a frame it refused, or one to a port
 //! nothing publishes, passes byte-identical and counts neither.
@@ -272,8 +272,10 @@ fn ipv6_parse_table_passes_everything_and_finds_published_ports() {
         let mut failures = Vec::new();
         let cases = cases();
         assert!(cases.len() >= 60, "only {} cases", cases.len());
-        // The wildcard serves the host's own addresses only.
+        // The wildcard serves the host's own addresses only; the container
+        // has policy and no rule, so no new flow is let in.
         env.host_addr6(HOST6);
+        env.set_endpoint6(C1_6, 7, true);
         for (name, frame, hit) in &cases {
             // The kernel's skb test run refuses IPv6 frames shorter than
             // the fixed header (EINVAL): those reach XDP only.

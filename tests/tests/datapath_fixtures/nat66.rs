@@ -269,10 +269,18 @@ fn what_may_not_open_a_flow_is_refused_or_left_alone() {
         // A reply of no flow is the container's own traffic.
         let f = tcp(C1_6, 80, CLIENT6, 49999, 64, pkt::SYN | pkt::ACK);
         expect(env, "berth_reply", &f, TC_OK, &f, "reply of no flow");
-        // While anyone has policy, no new IPv6 flow is let in.
+        // The container's task has policy and no IPv6 rule lets it in.
         no_policy(env, false);
+        env.set_endpoint6(C1_6, 7, true);
         let f = tcp(CLIENT6, 40005, HOST6, 8080, 64, syn);
-        expect(env, "berth_ingress", &f, TC_SHOT, &f, "policy somewhere");
+        expect(
+            env,
+            "berth_ingress",
+            &f,
+            TC_SHOT,
+            &f,
+            "refused by its security groups",
+        );
         assert_eq!(env.counter(Counter::PolicyDeniedIngress), 1);
         assert_eq!(env.counter(Counter::IngressDnat), 0);
         assert!(

@@ -56,10 +56,11 @@ fn ipv6_at_an_uplink_reaches_its_program_and_without_it_passes_counted() {
         publish_defaults(env);
         publish6(env, Ipv6Addr::UNSPECIFIED, 8080, Protocol::Tcp, 80);
         env.host_addr6(HOST6);
+        env.set_endpoint6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2), 7, true);
         let f = tcp6();
         for prog in ["berth_ingress", "berth_deliver"] {
-            // berth_ingress6 saw it: with the "no policy anywhere" flag
-            // unset, it refuses the new flow.
+            // berth_ingress6 saw it: the container has policy and no rule,
+            // so it refuses the new flow.
             assert_eq!(run(env, prog, &f, 0), (TC_SHOT, true, 1, 0), "{prog}");
         }
         env.clear_tail(tail::INGRESS6);

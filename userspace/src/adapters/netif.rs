@@ -92,6 +92,34 @@ pub fn host_ipv4_addrs() -> io::Result<Vec<Ipv4Addr>> {
     Ok(addrs)
 }
 
+/// The host's IPv6 addresses (every interface's, `::1` and link-local
+/// ones included, as [`host_ipv4_addrs`] includes 127.0.0.1), sorted.
+pub fn host_ipv6_addrs() -> io::Result<Vec<std::net::Ipv6Addr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        unsafe {
+            if ifa.ifa_addr.is_null() || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET6 {
+                continue;
+            }
+            let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
+            out.push(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr));
+        }
+    }
+    unsafe {
+        libc::freeifaddrs(head);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

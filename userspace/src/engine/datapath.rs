@@ -129,6 +129,10 @@ pub trait Datapath: Send + Sync {
     /// end (the datapath checks the address when a flow opens, not on every
     /// packet); an address-bound binding's flows stay.
     fn set_host_addrs(&self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError>;
+    /// The host's IPv6 addresses, as [`Self::set_host_addrs`] for IPv4: a
+    /// `[::]` binding serves these, and the IPv6 flows a wildcard binding
+    /// let in on an address no longer in the set end.
+    fn set_host_addrs6(&self, addrs: &[Ipv6Addr]) -> Result<(), DatapathError>;
     /// Replace the bridge's subnets: sources an uplink never accepts.
     fn set_bridge_subnets(&self, subnets: &[Ipv4Cidr]) -> Result<(), DatapathError>;
     /// Per-reason packet counters, summed over CPUs.

@@ -397,6 +397,7 @@ struct HostAddrSync {
     bridge: Bridge,
     last: Option<Vec<Ipv4Addr>>,
     last_subnets: Option<Vec<Ipv4Cidr>>,
+    last6: Option<Vec<std::net::Ipv6Addr>>,
 }
 
 impl HostAddrSync {
@@ -411,6 +412,7 @@ impl HostAddrSync {
             bridge,
             last: None,
             last_subnets: None,
+            last6: None,
         }
     }
 
@@ -420,6 +422,13 @@ impl HostAddrSync {
             self.datapath.set_host_addrs(&addrs)?;
             tracing::info!(addrs = ?addrs, "host addresses");
             self.last = Some(addrs);
+        }
+        let addrs6 =
+            netif::host_ipv6_addrs().map_err(|e| Error::io("reading host IPv6 addresses", e))?;
+        if self.last6.as_ref() != Some(&addrs6) {
+            self.datapath.set_host_addrs6(&addrs6)?;
+            tracing::info!(addrs = ?addrs6, "host IPv6 addresses");
+            self.last6 = Some(addrs6);
         }
         let mut subnets: Vec<Ipv4Cidr> = self
             .bridge
@@ -562,6 +571,7 @@ mod tests {
         let client = Client::new(dir.path().join("berth.sock"));
         client.health().await.unwrap();
         assert_eq!(datapath.host_addrs(), fixed_addrs().unwrap());
+        assert_eq!(datapath.host_addrs6(), netif::host_ipv6_addrs().unwrap());
 
         let added = client.add(&add_req()).await.unwrap();
         assert_eq!(client.bindings().await.unwrap(), added);

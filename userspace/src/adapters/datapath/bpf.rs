@@ -72,6 +72,10 @@ pub(super) struct Maps {
     pub(super) services6: HashMap<MapData, berth_maps::ServiceKey6, berth_maps::Backend6>,
     pub(super) ports: HashMap<MapData, PortKey, u32>,
     pub(super) host_addrs: HashMap<MapData, u32, u32>,
+    /// The host's IPv6 addresses, and the IPv6 flow tables whose flows end
+    /// with an address that goes (`ops.rs`).
+    pub(super) host_addrs6: HashMap<MapData, [u8; 16], u32>,
+    pub(super) nat6: [HashMap<MapData, berth_maps::FlowKey6, berth_maps::NatEntry6>; 2],
     pub(super) local_nets: Array<MapData, u64>,
     pub(super) nat_fwd: HashMap<MapData, FlowKey, NatFwd>,
     pub(super) config: Array<MapData, u64>,
@@ -450,6 +454,11 @@ impl BpfDatapath {
             services6: take_map(&mut ebpf, berth_maps::SERVICES6_MAP)?,
             ports: take_map(&mut ebpf, PORTS_MAP)?,
             host_addrs: take_map(&mut ebpf, HOST_ADDRS_MAP)?,
+            host_addrs6: take_map(&mut ebpf, berth_maps::HOST_ADDRS6_MAP)?,
+            nat6: [
+                take_map(&mut ebpf, berth_maps::NAT6_MAP)?,
+                take_map(&mut ebpf, berth_maps::NAT6_NEW_MAP)?,
+            ],
             local_nets: Array::try_from(
                 ebpf.take_map(LOCAL_NETS_MAP)
                     .ok_or_else(|| DatapathError::Other(format!("map {LOCAL_NETS_MAP} missing")))?,

@@ -352,6 +352,59 @@ impl Datapath for BpfDatapath {
         Ok(stale.len() + stale6)
     }
 
+    fn set_host_addrs6(&self, addrs: &[std::net::Ipv6Addr]) -> Result<(), DatapathError> {
+        let mut m = self.lock();
+        let want: HashSet<[u8; 16]> = addrs.iter().map(std::net::Ipv6Addr::octets).collect();
+        let have: HashSet<[u8; 16]> = m.host_addrs6.keys().filter_map(Result::ok).collect();
+        let gone: HashSet<[u8; 16]> = have.difference(&want).copied().collect();
+        for a in &gone {
+            let _ = m.host_addrs6.remove(a);
+        }
+        for a in want.difference(&have) {
+            m.host_addrs6
+                .insert(*a, 1, 0)
+                .map_err(map_err(berth_maps::HOST_ADDRS6_MAP))?;
+        }
+        if gone.is_empty() {
+            return Ok(());
+        }
+        // As for IPv4 (below): the flows a wildcard mapping let in on an
+        // address the host no longer has end; an address-bound mapping's
+        // stay.
+        let bound: HashSet<berth_maps::ServiceKey6> = m
+            .services6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| gone.contains(&k.host_addr))
+            .collect();
+        let mut ended = 0;
+        for table in &mut m.nat6 {
+            let doomed: Vec<berth_maps::FlowKey6> = table
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, e)| {
+                    let svc = berth_maps::ServiceKey6 {
+                        host_addr: e.host_addr,
+                        host_port_be: e.host_port_be,
+                        proto: k.proto,
+                        _pad: 0,
+                    };
+                    gone.contains(&e.host_addr) && !bound.contains(&svc)
+                })
+                .map(|(k, _)| k)
+                .collect();
+            for k in &doomed {
+                if table.remove(k).is_ok() {
+                    ended += 1;
+                }
+            }
+        }
+        if ended > 0 {
+            tracing::info!(flows = ended, "IPv6 flows ended with their host address");
+        }
+        Ok(())
+    }
+
     fn set_host_addrs(&self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError> {
         let mut m = self.lock();
         let want: HashSet<u32> = addrs

@@ -3,7 +3,7 @@
 //! refuses a second ADD of one attachment, DEL and GC are idempotent, CHECK
 //! reads the datapath. The task of an attachment is named after its
 //! container ID.
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::collections::BTreeSet;
 
 use super::{Berth, Registry};
 use crate::{
@@ -142,10 +142,13 @@ impl Berth {
     pub async fn add_cni(
         &self,
         att: CniAttachment,
-        container_ip: Ipv4Addr,
+        container_ip: impl Into<crate::domain::model::ContainerIps>,
         specs: Vec<PortSpec>,
     ) -> Result<Vec<Binding>> {
-        let ticket = self.sweeper.blocker_for_specs(container_ip, &specs);
+        let container_ip = container_ip.into();
+        let ticket = container_ip
+            .v4
+            .and_then(|v4| self.sweeper.blocker_for_specs(v4, &specs));
         self.wait_for_sweep(ticket).await?;
         self.with_registry(move |r| r.add_cni(&att, container_ip, &specs))
             .await

@@ -31,6 +31,13 @@ pub struct CniAddRequest {
     pub attachment: CniAttachment,
     #[serde(rename = "containerIP")]
     pub container_ip: String,
+    /// The sandbox's IPv6 address, when it has one.
+    #[serde(
+        default,
+        rename = "containerIPv6",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub container_ip6: Option<String>,
     pub ports: Vec<String>,
 }
 
@@ -78,7 +85,14 @@ async fn add(
     State(berth): State<Berth>,
     JsonBody(req): JsonBody<CniAddRequest>,
 ) -> Result<(StatusCode, Json<Vec<Binding>>), ApiError> {
-    let container_ip = parse_container_ip(&req.container_ip)?;
+    let container_ip = crate::domain::model::ContainerIps {
+        v4: Some(parse_container_ip(&req.container_ip)?),
+        v6: req
+            .container_ip6
+            .as_deref()
+            .map(crate::domain::task::parse_container_ip6)
+            .transpose()?,
+    };
     let specs = parse_specs(&req.ports)?;
     let added = berth.add_cni(req.attachment, container_ip, specs).await?;
     Ok((StatusCode::CREATED, Json(added)))

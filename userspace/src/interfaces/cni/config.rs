@@ -149,7 +149,8 @@ impl PortMapEntry {
     /// The entry as a berth port spec (`hostIP:hostPort:containerPort/proto`).
     /// Ports must be 1-65535, as portmap requires (a hostPort of 0 is refused
     /// there too); the protocol tcp or udp in any case, tcp when absent (the
-    /// Kubernetes default); the host IP IPv4 or absent (every address).
+    /// Kubernetes default); the host IP absent (every IPv4 address; see
+    /// [`NetConf::specs_for`] for IPv6) or an address of either family.
     pub fn to_spec(&self) -> Result<String, CniError> {
         let port = |what: &str, p: i64| {
             u16::try_from(p)
@@ -169,14 +170,10 @@ impl PortMapEntry {
             }
         };
         let host_ip = match self.host_ip.as_str() {
-            "" => Ipv4Addr::UNSPECIFIED,
+            "" => Ipv4Addr::UNSPECIFIED.to_string(),
             s => match s.parse::<IpAddr>() {
-                Ok(IpAddr::V4(ip)) => ip,
-                Ok(IpAddr::V6(_)) => {
-                    return Err(CniError::config(format!(
-                        "port mapping {host_port}:{container_port}: hostIP {s} is IPv6; berth publishes IPv4 only"
-                    )))
-                }
+                Ok(IpAddr::V4(ip)) => ip.to_string(),
+                Ok(IpAddr::V6(ip)) => format!("[{ip}]"),
                 Err(_) => {
                     return Err(CniError::config(format!(
                         "port mapping {host_port}:{container_port}: malformed hostIP {s:?}"
@@ -268,11 +265,23 @@ impl NetConf {
 
     /// The port mappings as berth specs; the first bad entry fails them all.
     pub fn specs(&self) -> Result<Vec<String>, CniError> {
-        self.runtime_config
-            .port_mappings
-            .iter()
-            .map(PortMapEntry::to_spec)
-            .collect()
+        self.specs_for(false)
+    }
+
+    /// [`NetConf::specs`]; `ipv6`: the sandbox has an IPv6 address, so an
+    /// entry without a hostIP is published on `[::]` too, as portmap does
+    /// for each family the container has.
+    pub fn specs_for(&self, ipv6: bool) -> Result<Vec<String>, CniError> {
+        let mut out = Vec::new();
+        for e in &self.runtime_config.port_mappings {
+            let spec = e.to_spec()?;
+            let v6 = (ipv6 && e.host_ip.is_empty())
+                .then(|| spec.strip_prefix("0.0.0.0:").map(|p| format!("[::]:{p}")))
+                .flatten();
+            out.push(spec);
+            out.extend(v6);
+        }
+        Ok(out)
     }
 }
 
@@ -436,6 +445,45 @@ mod tests {
     }
 
     #[test]
+    fn a_sandbox_with_ipv6_gets_each_entry_without_a_host_ip_on_both_families() {
+        let mut c = conf(
+            r#"{"cniVersion":"1.0.0","name":"n","socket":"/run/berth.sock",
+               "runtimeConfig":{"portMappings":[
+                 {"hostPort":8080,"containerPort":80,"protocol":"tcp"},
+                 {"hostPort":53,"containerPort":53,"protocol":"udp","hostIP":"192.0.2.1"}]},
+               "prevResult":{"cniVersion":"1.0.0"}}"#,
+            Command::Add,
+        )
+        .unwrap();
+        assert_eq!(
+            c.specs_for(true).unwrap(),
+            [
+                "0.0.0.0:8080:80/tcp",
+                "[::]:8080:80/tcp",
+                "192.0.2.1:53:53/udp"
+            ]
+        );
+        assert_eq!(
+            c.specs_for(false).unwrap(),
+            ["0.0.0.0:8080:80/tcp", "192.0.2.1:53:53/udp"]
+        );
+        c.runtime_config.port_mappings.clear();
+        assert!(c.specs_for(true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_host_ip_is_an_ipv6_spec() {
+        assert_eq!(
+            entry(8080, 80, "tcp", "2001:db8::1").to_spec().unwrap(),
+            "[2001:db8::1]:8080:80/tcp"
+        );
+        assert_eq!(
+            entry(8080, 80, "udp", "::").to_spec().unwrap(),
+            "[::]:8080:80/udp"
+        );
+    }
+
+    #[test]
     fn bad_port_mappings_are_refused_clearly() {
         for (e, want) in [
             (entry(0, 80, "tcp", ""), "invalid host port number: 0"),
@@ -450,10 +498,6 @@ mod tests {
             (
                 entry(8080, 80, "sctp", ""),
                 "port mapping 8080:80: unsupported protocol \"sctp\"; berth publishes tcp and udp",
-            ),
-            (
-                entry(8080, 80, "tcp", "::1"),
-                "port mapping 8080:80: hostIP ::1 is IPv6; berth publishes IPv4 only",
             ),
             (
                 entry(8080, 80, "tcp", "300.1.1.1"),

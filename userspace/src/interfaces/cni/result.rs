@@ -2,7 +2,7 @@
 //! found, and how the result is passed on in the requested version (the
 //! 0.3.x/0.4.0 results tag each IP with `"version"`, 1.x results do not;
 //! otherwise the formats berth-cni speaks are the same).
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde_json::Value;
 
@@ -13,15 +13,38 @@ use super::{config::version_lt, error::CniError};
 /// points at an interface that is not `ifname` or has no `sandbox` is
 /// skipped; one without `interface` counts).
 pub fn sandbox_ipv4(prev: &Value, ifname: &str) -> Result<Ipv4Addr, CniError> {
+    sandbox_ip(prev, ifname, |_| true).ok_or_else(|| {
+        CniError::config(format!(
+            "prevResult has no IPv4 address on the sandbox interface {ifname}; berth publishes IPv4 only"
+        ))
+    })
+}
+
+/// The container's IPv6 address, picked as [`sandbox_ipv4`] picks the
+/// IPv4 one; link-local addresses are not the container's own.
+pub fn sandbox_ipv6(prev: &Value, ifname: &str) -> Option<Ipv6Addr> {
+    sandbox_ip(prev, ifname, |ip: &Ipv6Addr| {
+        crate::domain::task::check_container_ip6(*ip).is_ok()
+    })
+}
+
+fn sandbox_ip<A: std::str::FromStr>(
+    prev: &Value,
+    ifname: &str,
+    accept: impl Fn(&A) -> bool,
+) -> Option<A> {
     let interfaces = prev["interfaces"].as_array().cloned().unwrap_or_default();
     let ips = prev["ips"].as_array().cloned().unwrap_or_default();
     for ip in &ips {
         let Some(addr) = ip["address"].as_str() else {
             continue;
         };
-        let Ok(v4) = addr.split('/').next().unwrap_or("").parse::<Ipv4Addr>() else {
+        let Ok(v4) = addr.split('/').next().unwrap_or("").parse::<A>() else {
             continue;
         };
+        if !accept(&v4) {
+            continue;
+        }
         if let Some(idx) = ip["interface"].as_u64() {
             let on_sandbox = usize::try_from(idx)
                 .ok()
@@ -34,11 +57,9 @@ pub fn sandbox_ipv4(prev: &Value, ifname: &str) -> Result<Ipv4Addr, CniError> {
                 continue;
             }
         }
-        return Ok(v4);
+        return Some(v4);
     }
-    Err(CniError::config(format!(
-        "prevResult has no IPv4 address on the sandbox interface {ifname}; berth publishes IPv4 only"
-    )))
+    None
 }
 
 /// `prev` as a result of `version`: the same content, the `cniVersion`
@@ -107,6 +128,21 @@ mod tests {
         assert_eq!(
             sandbox_ipv4(&r, "eth0").unwrap(),
             Ipv4Addr::new(10, 1, 0, 7)
+        );
+    }
+
+    #[test]
+    fn the_ipv6_address_is_the_sandbox_interfaces_global_one() {
+        assert_eq!(
+            sandbox_ipv6(&bridge_result(), "eth0"),
+            Some("fd00::5".parse().unwrap())
+        );
+        assert_eq!(sandbox_ipv6(&bridge_result(), "net1"), None);
+        let r = json!({"ips": [{"address": "fe80::5/64"}, {"address": "10.1.0.7/24"}]});
+        assert_eq!(
+            sandbox_ipv6(&r, "eth0"),
+            None,
+            "link-local is no container's"
         );
     }
 

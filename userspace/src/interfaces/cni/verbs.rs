@@ -5,7 +5,7 @@ use serde_json::Value;
 use super::{
     config::{Env, NetConf},
     error::{CniError, Code},
-    result::{convert, sandbox_ipv4},
+    result::{convert, sandbox_ipv4, sandbox_ipv6},
 };
 use crate::{
     domain::cni::CniAttachment,
@@ -49,7 +49,8 @@ pub(super) async fn add(env: &Env, conf: &NetConf) -> Result<Option<Value>, CniE
     let prev = conf.prev_result.as_ref().ok_or_else(|| {
         CniError::config("must be called as a chained plugin: prevResult missing")
     })?;
-    let ports = conf.specs()?;
+    let ip6 = sandbox_ipv6(prev, &env.ifname);
+    let ports = conf.specs_for(ip6.is_some())?;
     if !ports.is_empty() {
         let ip = sandbox_ipv4(prev, &env.ifname)?;
         let att = attachment(env, conf, true);
@@ -57,6 +58,7 @@ pub(super) async fn add(env: &Env, conf: &NetConf) -> Result<Option<Value>, CniE
         let req = CniAddRequest {
             attachment: att,
             container_ip: ip.to_string(),
+            container_ip6: ip6.map(|v6| v6.to_string()),
             ports,
         };
         client(conf).cni_add(&req).await.map_err(daemon_err)?;
@@ -100,17 +102,22 @@ pub(super) async fn check(env: &Env, conf: &NetConf) -> Result<Option<Value>, Cn
         .prev_result
         .as_ref()
         .ok_or_else(|| CniError::config("required prevResult missing"))?;
-    let ports = conf.specs()?;
+    let ip6 = sandbox_ipv6(prev, &env.ifname);
+    let ports = conf.specs_for(ip6.is_some())?;
     if ports.is_empty() {
         return Ok(None);
     }
-    let ip = sandbox_ipv4(prev, &env.ifname)?;
+    let ip4 = sandbox_ipv4(prev, &env.ifname)?;
     let req = CniAttachmentRequest {
         attachment: attachment(env, conf, false),
     };
     let have = client(conf).cni_check(&req).await.map_err(daemon_err)?;
     let specs = parse_specs(&ports).map_err(|e| CniError::config(e.one_line()))?;
     for m in specs.iter().flat_map(PortSpec::expand) {
+        let ip: std::net::IpAddr = match (m.bind_ip, ip6) {
+            (std::net::IpAddr::V6(_), Some(v6)) => v6.into(),
+            _ => ip4.into(),
+        };
         let found = have.iter().find(|c| {
             let b = &c.binding;
             b.bind_ip == m.bind_ip
