@@ -300,7 +300,7 @@ fn an_ipv6_only_container_publishes_a_plain_spec_on_ipv6_and_refuses_an_ipv4_one
 #[test]
 fn a_task_definition_publishes_a_container_with_ipv6_on_both_families() {
     let mut f = fixture();
-    let def = crate::domain::ecs::TaskDefinition::from_value(&serde_json::json!({
+    let def = TaskDefinition::from_value(&serde_json::json!({
         "containerDefinitions": [
             {"name": "web", "portMappings": [{"containerPort": 80, "hostPort": 0}]},
             {"name": "db", "portMappings": [{"containerPort": 5432, "hostPort": 5432}]}
