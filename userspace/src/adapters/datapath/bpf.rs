@@ -167,6 +167,10 @@ pub struct BpfDatapath {
     /// The flow-log ring, until a flow log takes it (`flow_log_tap`);
     /// `None` from the start without `DatapathConfig::flow_log`.
     pub(super) flow_ring: Mutex<Option<RingBuf<MapData>>>,
+    /// The flow-log ring without a flow log: never mapped, but its fd stays
+    /// open, since programs loaded later (a bridge that appears after
+    /// startup) are relocated against it.
+    _flow_ring_unmapped: Option<aya::maps::Map>,
     /// What the sweeps deleted, while a flow log wants it.
     pub(super) departed: super::flowlog::DepartedSlot,
     /// aya-log's reader of the datapath log.
@@ -443,10 +447,12 @@ impl BpfDatapath {
             DatapathError::Other(format!("map {} missing", berth_maps::FLOW_LOG_RING))
         })?;
         // Mapped only for a flow log: the reader maps the ring's pages.
-        let flow_ring = if config.flow_log {
-            Some(RingBuf::try_from(flow_ring_map).map_err(map_err(berth_maps::FLOW_LOG_RING))?)
+        let (flow_ring, flow_ring_unmapped) = if config.flow_log {
+            let ring =
+                RingBuf::try_from(flow_ring_map).map_err(map_err(berth_maps::FLOW_LOG_RING))?;
+            (Some(ring), None)
         } else {
-            None
+            (None, Some(flow_ring_map))
         };
 
         let mut maps = Maps {
@@ -600,6 +606,7 @@ impl BpfDatapath {
             max_mappings: config.capacity.max_mappings,
             status,
             flow_ring: Mutex::new(flow_ring),
+            _flow_ring_unmapped: flow_ring_unmapped,
             departed: Default::default(),
             dp_logger,
             _ports: ports,
