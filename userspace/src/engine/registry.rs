@@ -504,8 +504,33 @@ impl Registry {
         def: &TaskDefinition,
         ips: &BTreeMap<String, Ipv4Addr>,
     ) -> Result<TaskRecord> {
+        self.run_task_dual(name, def, ips, &BTreeMap::new())
+    }
+
+    /// [`Registry::run_task`]; `ips6`: containers' IPv6 addresses, whose
+    /// port mappings are then published over IPv6 too (one host port).
+    pub fn run_task_dual(
+        &mut self,
+        name: &str,
+        def: &TaskDefinition,
+        ips: &BTreeMap<String, Ipv4Addr>,
+        ips6: &BTreeMap<String, std::net::Ipv6Addr>,
+    ) -> Result<TaskRecord> {
         validate_task_name(name)?;
         let paired = def.container_ips(ips)?;
+        for (container, v6) in ips6 {
+            if !paired.iter().any(|(c, _)| &c.name == container) {
+                return Err(Error::UnknownContainer {
+                    container: container.clone(),
+                    known: paired.iter().map(|(c, _)| c.name.clone()).collect(),
+                });
+            }
+            check_container_ip6(*v6)?;
+        }
+        let families_of = |c: &str| Families {
+            v4: true,
+            v6: ips6.contains_key(c),
+        };
         for ip in paired.iter().filter_map(|(_, ip)| *ip) {
             self.bridge.check_contains(ip)?;
         }
@@ -514,7 +539,20 @@ impl Registry {
         }
         let groups: Vec<(Families, Vec<PortSpec>)> = paired
             .iter()
-            .map(|(c, _)| (Families::V4, c.specs()))
+            .map(|(c, _)| {
+                let families = families_of(&c.name);
+                // Bridge mode binds every address: for a container with
+                // IPv6, every address of both families.
+                let specs = c
+                    .specs()
+                    .into_iter()
+                    .map(|s| PortSpec {
+                        bind_ip: if families.v6 { None } else { s.bind_ip },
+                        ..s
+                    })
+                    .collect();
+                (families, specs)
+            })
             .collect();
         self.check_port_counts(name, groups.iter().flat_map(|(_, g)| g), true)?;
         let resolved = self.place(&groups)?;
@@ -522,23 +560,23 @@ impl Registry {
         let mut new = Vec::new();
         let mut containers = Vec::new();
         for ((c, ip), specs) in paired.iter().zip(&resolved) {
+            let families = families_of(&c.name);
+            let ip6 = ips6.get(&c.name).copied();
             let mut network_bindings = Vec::new();
             for (mapping, spec) in c.port_mappings.iter().zip(specs) {
-                network_bindings.extend(network_bindings_of(mapping.ports, spec, Families::V4));
+                network_bindings.extend(network_bindings_of(mapping.ports, spec, families));
                 if let Some(ip) = ip {
-                    let ips = ContainerIps::v4(*ip);
-                    new.extend(bindings_of(
-                        name,
-                        ips,
-                        Families::V4,
-                        std::slice::from_ref(spec),
-                    ));
+                    let ips = ContainerIps {
+                        v4: Some(*ip),
+                        v6: ip6,
+                    };
+                    new.extend(bindings_of(name, ips, families, std::slice::from_ref(spec)));
                 }
             }
             containers.push(ContainerRecord {
                 name: c.name.clone(),
                 container_ip: *ip,
-                container_ip6: None,
+                container_ip6: ip6,
                 network_bindings,
             });
         }

@@ -78,6 +78,21 @@ impl Berth {
             .await
     }
 
+    /// [`Berth::run_task`] with containers' IPv6 addresses (`ips6`).
+    pub async fn run_task_dual(
+        &self,
+        name: String,
+        def: TaskDefinition,
+        ips: BTreeMap<String, Ipv4Addr>,
+        ips6: BTreeMap<String, std::net::Ipv6Addr>,
+    ) -> Result<TaskRecord> {
+        let addrs: Vec<Ipv4Addr> = ips.values().copied().collect();
+        let ticket = self.sweeper.blocker_for_addrs(&addrs);
+        self.wait_for_sweep(ticket).await?;
+        self.with_registry(move |r| r.run_task_dual(&name, &def, &ips, &ips6))
+            .await
+    }
+
     pub async fn stop_task(&self, name: String) -> Result<(TaskRecord, Vec<Binding>)> {
         self.with_registry(move |r| r.stop_task(&name)).await
     }

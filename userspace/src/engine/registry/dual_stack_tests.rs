@@ -296,3 +296,50 @@ fn an_ipv6_only_container_publishes_a_plain_spec_on_ipv6_and_refuses_an_ipv4_one
     assert!(matches!(err, Error::NoContainerIp(_)), "{err}");
     assert_eq!(f.registry.bindings().len(), 1);
 }
+
+#[test]
+fn a_task_definition_publishes_a_container_with_ipv6_on_both_families() {
+    let mut f = fixture();
+    let def = TaskDefinition::from_value(&serde_json::json!({
+        "containerDefinitions": [
+            {"name": "web", "portMappings": [{"containerPort": 80, "hostPort": 0}]},
+            {"name": "db", "portMappings": [{"containerPort": 5432, "hostPort": 5432}]}
+        ]
+    }))
+    .unwrap();
+    let ips = [
+        ("web".to_owned(), V4.parse().unwrap()),
+        ("db".to_owned(), "172.17.0.3".parse().unwrap()),
+    ]
+    .into();
+    let ips6 = [("web".to_owned(), V6.parse().unwrap())].into();
+    let record = f.registry.run_task_dual("t", &def, &ips, &ips6).unwrap();
+    let web = &record.containers[0];
+    assert_eq!(web.container_ip6, Some(V6.parse().unwrap()));
+    let binds: Vec<String> = web
+        .network_bindings
+        .iter()
+        .map(|n| n.bind_ip.to_string())
+        .collect();
+    assert_eq!(binds, ["0.0.0.0", "::"], "ECS lists one entry per family");
+    assert_eq!(
+        web.network_bindings[0].host_port,
+        web.network_bindings[1].host_port
+    );
+    assert_eq!(
+        record.containers[1].network_bindings.len(),
+        1,
+        "db: IPv4 only"
+    );
+    let all = f.registry.bindings();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all.iter().filter(|b| b.is_ipv6()).count(), 1);
+    // An IPv6 address for a container the definition does not have.
+    let bad6 = [("nope".to_owned(), V6.parse().unwrap())].into();
+    let err = f
+        .registry
+        .run_task_dual("u", &def, &ips, &bad6)
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownContainer { .. }), "{err}");
+    assert_eq!(f.registry.bindings().len(), 3, "nothing changed");
+}

@@ -66,6 +66,10 @@ pub struct RunTaskRequest {
     /// Container name → its IPv4 address on the bridge.
     #[serde(default)]
     pub ips: BTreeMap<String, String>,
+    /// Container name → its IPv6 address: that container's port mappings
+    /// are published over IPv6 too, one host port for both.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ips6: BTreeMap<String, String>,
 }
 
 /// A task run from a task definition, as `task ls` and `task stop` show it.
@@ -395,7 +399,12 @@ async fn run_task(
         .iter()
         .map(|(name, ip)| Ok((name.clone(), parse_container_ip(ip)?)))
         .collect::<Result<_, Error>>()?;
-    let record = berth.run_task(req.name, def, ips).await?;
+    let ips6 = req
+        .ips6
+        .iter()
+        .map(|(name, ip)| Ok((name.clone(), parse_container_ip6(ip)?)))
+        .collect::<Result<_, Error>>()?;
+    let record = berth.run_task_dual(req.name, def, ips, ips6).await?;
     // Exactly ECS's shape: what registrars parse.
     Ok((StatusCode::CREATED, Json(record.without_ips())))
 }

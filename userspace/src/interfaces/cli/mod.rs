@@ -389,6 +389,7 @@ mod tests {
             task_def,
             name,
             ips,
+            ..
         }) = cli.command
         else {
             panic!()

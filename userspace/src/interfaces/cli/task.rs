@@ -33,6 +33,10 @@ pub enum TaskCommand {
         /// container with port mappings needs one).
         #[arg(long = "ip", value_name = "CONTAINER=IP")]
         ips: Vec<String>,
+        /// A container's IPv6 address (repeatable): its port mappings are
+        /// published over IPv6 too, with the same host ports.
+        #[arg(long = "ip6", value_name = "CONTAINER=IPV6")]
+        ips6: Vec<String>,
     },
     /// Release every host port of a task run from a task definition.
     Stop {
@@ -53,6 +57,7 @@ pub async fn run(client: &Client, cmd: TaskCommand) -> Result<()> {
             task_def,
             name,
             ips,
+            ips6,
         } => {
             validate_task_name(&name)?;
             let text = std::fs::read(&task_def)
@@ -72,10 +77,22 @@ pub async fn run(client: &Client, cmd: TaskCommand) -> Result<()> {
                 raw.insert(container, ip.to_string());
             }
             def.container_ips(&parsed)?;
+            let mut raw6 = BTreeMap::new();
+            for arg in &ips6 {
+                let Some((container, ip)) = arg.split_once('=').filter(|(n, _)| !n.is_empty())
+                else {
+                    return Err(Error::ContainerIpArg(arg.clone()));
+                };
+                crate::domain::task::parse_container_ip6(ip)?;
+                if raw6.insert(container.to_owned(), ip.to_owned()).is_some() {
+                    return Err(Error::DuplicateContainerIpArg(container.to_owned()));
+                }
+            }
             let req = RunTaskRequest {
                 name,
                 task_definition: value,
                 ips: raw,
+                ips6: raw6,
             };
             print(&to_json_line(&client.run_task(&req).await?)?)
         }
