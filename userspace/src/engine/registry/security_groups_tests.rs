@@ -738,3 +738,38 @@ fn restart_drops_ipv6_policy_entries_the_store_does_not_know() {
     );
     assert!(!dp.members6.lock().unwrap().contains_key(&99));
 }
+
+#[test]
+fn a_task_runs_containers_ipv6_addresses_are_endpoints_and_go_with_it() {
+    let mut env = Env::new();
+    let def = TaskDefinition::from_value(&json!({"containerDefinitions": [
+        {"name": "web", "portMappings": [{"containerPort": 80, "hostPort": 8080}]},
+        {"name": "sidecar"}
+    ]}))
+    .unwrap();
+    let ips: BTreeMap<String, Ipv4Addr> = [
+        ("web".to_owned(), ip("172.17.0.2")),
+        ("sidecar".to_owned(), ip("172.17.0.5")),
+    ]
+    .into();
+    // The sidecar publishes nothing: its IPv6 address is known from the
+    // task's record only.
+    let ips6: BTreeMap<String, std::net::Ipv6Addr> = [
+        ("web".to_owned(), ip6("fd00::2")),
+        ("sidecar".to_owned(), ip6("fd00::5")),
+    ]
+    .into();
+    env.r().run_task_dual("shop", &def, &ips, &ips6).unwrap();
+    env.r().sg_create("shop", "").unwrap();
+    let view = env.r().sg_attach("shop", "shop").unwrap();
+    assert_eq!(view.members6, [ip6("fd00::2"), ip6("fd00::5")]);
+    let v4 = env.endpoint("172.17.0.5");
+    assert!(v4.unwrap().1);
+    assert_eq!(env.endpoint6("fd00::5"), v4);
+    assert_eq!(env.endpoint6("fd00::2"), v4);
+    assert_eq!(env.members6("shop"), [ip6("fd00::2"), ip6("fd00::5")]);
+    env.r().stop_task("shop").unwrap();
+    assert_eq!(env.endpoint6("fd00::2"), None);
+    assert_eq!(env.endpoint6("fd00::5"), None);
+    assert!(env.members6("shop").is_empty());
+}
