@@ -48,37 +48,30 @@ fn setup() -> Rig {
         ])
         .expect("a link-local address on the bridge");
     let ctr = &rig.topo.container;
-    for key in [
-        "net.ipv6.conf.all.disable_ipv6",
-        "net/ipv6/conf/eth0/disable_ipv6",
-    ] {
-        ctr.ns
-            .set_sysctl(key, "0")
-            .expect("IPv6 on in the container");
-    }
-    ctr.ns
-        .ip([
-            "-6",
-            "addr",
-            "add",
-            &format!("{CTR6}/64"),
-            "dev",
-            ctr.ifname,
-            "nodad",
-        ])
-        .expect("IPv6 in the container");
-    ctr.ns
-        .ip([
-            "-6",
-            "addr",
-            "add",
-            &format!("{CTR_LL}/64"),
-            "dev",
-            ctr.ifname,
-            "nodad",
-        ])
-        .expect("a link-local address in the container");
+    ipv6_in(&ctr.ns, ctr.ifname, CTR6, CTR_LL);
     rig
+}
+
+/// IPv6 on in a container and its global and link-local addresses.
+fn ipv6_in(ns: &NetNs, ifname: &str, global: &str, link_local: &str) {
+    for key in [
+        "net.ipv6.conf.all.disable_ipv6".to_owned(),
+        format!("net/ipv6/conf/{ifname}/disable_ipv6"),
+    ] {
+        ns.set_sysctl(&key, "0").expect("IPv6 on in the container");
+    }
+    for a in [global, link_local] {
+        ns.ip([
+            "-6",
+            "addr",
+            "add",
+            &format!("{a}/64"),
+            "dev",
+            ifname,
+            "nodad",
+        ])
+        .expect("an IPv6 address in the container");
+    }
 }
 
 fn listen(ns: &NetNs, port: u16) -> TcpListener {
@@ -180,4 +173,77 @@ fn ipv6_egress_follows_the_groups_ipv6_rule_and_stops_when_it_is_removed() {
     // IPv4's own rule still lets IPv4 out.
     let _v4 = rig.serve_http(&rig.topo.host.ns, 8083);
     assert_connects(&ctr.ns, "172.17.0.1:8083".parse().unwrap());
+}
+
+/// The second container's addresses.
+const CTR2_6: &str = "fd00:17::3";
+const CTR2_LL: &str = "fe80::17:3";
+
+/// `berth map add` of a dual-stack task (`--ip6`).
+fn map_add6(rig: &Rig, task: &str, ip: &str, ip6: &str, spec: &str) {
+    rig.berth(&[
+        "map", "add", "--task", task, "--ip", ip, "--ip6", ip6, "-p", spec,
+    ]);
+}
+
+#[test]
+fn a_task_with_ip6_and_a_group_opens_ipv6_flows_from_its_global_address() {
+    let rig = setup();
+    let _srv = listen(&rig.topo.host.ns, 8084);
+    let ctr = &rig.topo.container;
+    rig.berth(&["sg", "create", "web"]);
+    // Without --ip6 berth does not know the global address: a task with
+    // policy may not open flows from it (only from its link-local one).
+    rig.map_add("web", "172.17.0.2", &["8080:80"]);
+    rig.berth(&["sg", "attach", "web", "--task", "web"]);
+    assert_refused(&ctr.ns, addr(BRIDGE6, 8084));
+    // With it, the address is the task's: the group's ::/0 egress rule
+    // lets it out, and the answers back in.
+    map_add6(&rig, "web", "172.17.0.2", CTR6, "[::]:8086:86");
+    let show = rig.berth(&["sg", "show", "web"]);
+    assert!(show.contains(CTR6), "IPv6 member listed: {show}");
+    assert_connects(&ctr.ns, addr(BRIDGE6, 8084));
+    // Its IPv6 binding gone, the address is no longer the task's.
+    rig.berth(&["map", "rm", "--task", "web", "-p", "[::]:8086:86"]);
+    assert_refused(&ctr.ns, addr(BRIDGE6, 8084));
+}
+
+#[test]
+fn a_group_peer_rule_admits_its_members_ipv6_addresses_and_refuses_others() {
+    let rig = setup();
+    let ctr2 = &rig.topo.container2;
+    ipv6_in(&ctr2.ns, ctr2.ifname, CTR2_6, CTR2_LL);
+    let _srv = listen(&rig.topo.container.ns, 8085);
+    map_add6(&rig, "web", "172.17.0.2", CTR6, "8080:80");
+    map_add6(&rig, "client", "172.17.0.3", CTR2_6, "9090:90");
+    rig.berth(&["sg", "create", "web"]);
+    rig.berth(&["sg", "create", "clients"]);
+    rig.berth(&[
+        "sg",
+        "rule",
+        "add",
+        "web",
+        "--ingress",
+        "--proto",
+        "tcp",
+        "--port",
+        "8085",
+        "--sg",
+        "clients",
+    ]);
+    rig.berth(&["sg", "attach", "web", "--task", "web"]);
+    let denied = rig.counter("policy_denied_ingress");
+    // Neither the other task (not a member yet) nor the host is one.
+    assert_refused(&ctr2.ns, addr(CTR6, 8085));
+    assert_refused(&rig.topo.host.ns, addr(CTR6, 8085));
+    assert!(rig.counter("policy_denied_ingress") > denied);
+    // The client task joins the group: its IPv6 address is a member.
+    rig.berth(&["sg", "attach", "clients", "--task", "client"]);
+    assert_connects(&ctr2.ns, addr(CTR6, 8085));
+    // The host still is not.
+    assert_refused(&rig.topo.host.ns, addr(CTR6, 8085));
+    // It leaves: its new flows are refused again.
+    rig.berth(&["sg", "detach", "clients", "--task", "client"]);
+    assert_refused(&ctr2.ns, addr(CTR6, 8085));
+    assert_eq!(rig.counter("policy6_unjudged"), 0);
 }

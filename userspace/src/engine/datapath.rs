@@ -172,6 +172,19 @@ pub trait Datapath: Send + Sync {
         policies: &[u32],
         groups: &[u32],
     ) -> Result<usize, DatapathError>;
+    /// The IPv6 twins of the endpoint and member calls (`BERTH_ENDPOINTS6`,
+    /// `BERTH_SG_MEMBERS6`): a task's IPv6 container addresses, with the
+    /// same task id and policy flag as its IPv4 ones.
+    fn set_endpoint6(&self, ip: Ipv6Addr, task_id: u32, policy: bool) -> Result<(), DatapathError>;
+    fn remove_endpoint6(&self, ip: Ipv6Addr) -> Result<(), DatapathError>;
+    fn set_group_members6(&self, sg_id: u32, members: &[Ipv6Addr]) -> Result<(), DatapathError>;
+    /// [`Datapath::retain_policy`] for the IPv6 endpoints and memberships
+    /// (the rule sets are shared and kept by `retain_policy`).
+    fn retain_policy6(
+        &self,
+        endpoints: &[Ipv6Addr],
+        groups: &[u32],
+    ) -> Result<usize, DatapathError>;
     /// Refuse IPv4 from bridge ports whose hooks are not attached yet (on
     /// with `--default-sg`).
     fn set_port_gate(&self, on: bool) -> Result<(), DatapathError>;

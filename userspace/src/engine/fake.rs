@@ -3,7 +3,7 @@
 use std::{
     collections::BTreeSet,
     io,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Mutex,
@@ -38,6 +38,9 @@ pub struct FakeDatapath {
     pub endpoints: Mutex<std::collections::BTreeMap<Ipv4Addr, (u32, bool)>>,
     pub policies: Mutex<std::collections::BTreeMap<u32, FakePolicy>>,
     pub members: Mutex<std::collections::BTreeMap<u32, Vec<Ipv4Addr>>>,
+    pub endpoints6: Mutex<std::collections::BTreeMap<Ipv6Addr, (u32, bool)>>,
+    pub members6: Mutex<std::collections::BTreeMap<u32, Vec<Ipv6Addr>>>,
+    fail_endpoint6: Mutex<Option<Ipv6Addr>>,
     pub timeouts: Mutex<Option<crate::engine::datapath::FlowTimeouts>>,
     bindings: Mutex<BTreeSet<Binding>>,
     host_addrs: Mutex<Vec<Ipv4Addr>>,
@@ -107,6 +110,11 @@ impl FakeDatapath {
     pub fn host_addr_updates(&self) -> usize {
         self.host_addr_updates.load(Ordering::SeqCst)
     }
+    /// Makes setting the IPv6 endpoint of `ip` fail (`None`: stop failing).
+    pub fn fail_endpoint6_of(&self, ip: Option<Ipv6Addr>) {
+        *self.fail_endpoint6.lock().unwrap() = ip;
+    }
+
     /// Makes setting the endpoint of `ip` fail (`None`: stop failing).
     pub fn fail_endpoint_of(&self, ip: Option<Ipv4Addr>) {
         *self.fail_endpoint.lock().unwrap() = ip;
@@ -196,12 +204,52 @@ impl Datapath for FakeDatapath {
         n += before - m.len();
         Ok(n)
     }
+    fn set_endpoint6(&self, ip: Ipv6Addr, task_id: u32, policy: bool) -> Result<(), DatapathError> {
+        if *self.fail_endpoint6.lock().unwrap() == Some(ip) {
+            return Err(injected("BERTH_ENDPOINTS6"));
+        }
+        if policy && self.no_policy.load(Ordering::SeqCst) {
+            self.policy_while_flagged.store(true, Ordering::SeqCst);
+        }
+        self.endpoints6
+            .lock()
+            .unwrap()
+            .insert(ip, (task_id, policy));
+        Ok(())
+    }
+    fn remove_endpoint6(&self, ip: Ipv6Addr) -> Result<(), DatapathError> {
+        self.endpoints6.lock().unwrap().remove(&ip);
+        Ok(())
+    }
+    fn set_group_members6(&self, sg_id: u32, members: &[Ipv6Addr]) -> Result<(), DatapathError> {
+        self.members6
+            .lock()
+            .unwrap()
+            .insert(sg_id, members.to_vec());
+        Ok(())
+    }
+    fn retain_policy6(
+        &self,
+        endpoints: &[Ipv6Addr],
+        groups: &[u32],
+    ) -> Result<usize, DatapathError> {
+        let mut e = self.endpoints6.lock().unwrap();
+        let before = e.len();
+        e.retain(|ip, _| endpoints.contains(ip));
+        let mut n = before - e.len();
+        let mut m = self.members6.lock().unwrap();
+        let before = m.len();
+        m.retain(|id, _| groups.contains(id));
+        n += before - m.len();
+        Ok(n)
+    }
     fn set_port_gate(&self, on: bool) -> Result<(), DatapathError> {
         self.port_gate.store(on, Ordering::SeqCst);
         Ok(())
     }
     fn set_no_policy(&self, none: bool) -> Result<(), DatapathError> {
-        if none && self.endpoints.lock().unwrap().values().any(|e| e.1) {
+        let v6 = self.endpoints6.lock().unwrap().values().any(|e| e.1);
+        if none && (v6 || self.endpoints.lock().unwrap().values().any(|e| e.1)) {
             self.policy_while_flagged.store(true, Ordering::SeqCst);
         }
         self.no_policy.store(none, Ordering::SeqCst);

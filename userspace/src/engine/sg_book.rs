@@ -10,7 +10,7 @@
 //! book in step with the store and the datapath.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
 
@@ -414,15 +414,17 @@ impl SgBook {
     }
 
     /// What the datapath should hold for `tasks` (task name -> its container
-    /// IPs). An IP claimed by two tasks goes to the first one (by name)
-    /// that has policy, so a mistake never opens it.
+    /// IPs, both families). An IP claimed by two tasks goes to the first
+    /// one (by name) that has policy, so a mistake never opens it. Each
+    /// family gets its own endpoints and members, computed alike: a task's
+    /// IPv6 addresses carry the same policy id and flag as its IPv4 ones.
     pub fn desired(
         &self,
         default_sg: Option<&str>,
-        tasks: &BTreeMap<String, BTreeSet<Ipv4Addr>>,
+        tasks: &BTreeMap<String, BTreeSet<IpAddr>>,
     ) -> DpState {
         let mut want = DpState::default();
-        let mut members: BTreeMap<u32, BTreeSet<Ipv4Addr>> = self
+        let mut members: BTreeMap<u32, BTreeSet<IpAddr>> = self
             .groups
             .values()
             .map(|g| (g.id, BTreeSet::new()))
@@ -439,17 +441,37 @@ impl SgBook {
                 }
             }
             for ip in ips {
-                let taken_with_policy = want.endpoints.get(ip).is_some_and(|(_, p)| *p);
-                if !taken_with_policy {
-                    want.endpoints.insert(*ip, (policy_id, policy));
+                match *ip {
+                    IpAddr::V4(ip) => claim(&mut want.endpoints, ip, policy_id, policy),
+                    IpAddr::V6(ip) => claim(&mut want.endpoints6, ip, policy_id, policy),
                 }
             }
         }
-        want.members = members
-            .into_iter()
-            .map(|(id, ips)| (id, ips.into_iter().collect()))
-            .collect();
+        for (id, ips) in members {
+            let (mut v4, mut v6) = (Vec::new(), Vec::new());
+            for ip in ips {
+                match ip {
+                    IpAddr::V4(ip) => v4.push(ip),
+                    IpAddr::V6(ip) => v6.push(ip),
+                }
+            }
+            want.members.insert(id, v4);
+            want.members6.insert(id, v6);
+        }
         want
+    }
+}
+
+/// `ip` goes to this task unless a task with policy has it already.
+fn claim<A: Ord + Copy>(
+    endpoints: &mut BTreeMap<A, (u32, bool)>,
+    ip: A,
+    policy_id: u32,
+    policy: bool,
+) {
+    let taken_with_policy = endpoints.get(&ip).is_some_and(|(_, p)| *p);
+    if !taken_with_policy {
+        endpoints.insert(ip, (policy_id, policy));
     }
 }
 
@@ -462,6 +484,9 @@ pub struct DpState {
     pub policies: BTreeMap<u32, (Vec<PolicyRule>, Vec<PolicyRule>)>,
     /// Group id -> member IPs, sorted.
     pub members: BTreeMap<u32, Vec<Ipv4Addr>>,
+    /// The IPv6 twins of `endpoints` and `members`.
+    pub endpoints6: BTreeMap<Ipv6Addr, (u32, bool)>,
+    pub members6: BTreeMap<u32, Vec<Ipv6Addr>>,
 }
 
 impl DpState {
@@ -482,10 +507,20 @@ impl DpState {
                 self.members.insert(*id, ips.clone());
             }
         }
+        for (id, ips) in &want.members6 {
+            if self.members6.get(id) != Some(ips) {
+                dp.set_group_members6(*id, ips)?;
+                self.members6.insert(*id, ips.clone());
+            }
+        }
         // The veth hooks skip their checks while the flag says no endpoint
         // has policy: clear it before the first one gets policy, set it
         // only once the last one has lost it.
-        let any_policy = want.endpoints.values().any(|&(_, policy)| policy);
+        let any_policy = want
+            .endpoints
+            .values()
+            .chain(want.endpoints6.values())
+            .any(|&(_, policy)| policy);
         if any_policy {
             dp.set_no_policy(false)?;
         }
@@ -505,6 +540,22 @@ impl DpState {
             dp.remove_endpoint(ip)?;
             self.endpoints.remove(&ip);
         }
+        for (ip, &(policy_id, policy)) in &want.endpoints6 {
+            if self.endpoints6.get(ip) != Some(&(policy_id, policy)) {
+                dp.set_endpoint6(*ip, policy_id, policy)?;
+                self.endpoints6.insert(*ip, (policy_id, policy));
+            }
+        }
+        let gone: Vec<Ipv6Addr> = self
+            .endpoints6
+            .keys()
+            .filter(|ip| !want.endpoints6.contains_key(ip))
+            .copied()
+            .collect();
+        for ip in gone {
+            dp.remove_endpoint6(ip)?;
+            self.endpoints6.remove(&ip);
+        }
         if !any_policy {
             dp.set_no_policy(true)?;
         }
@@ -517,6 +568,16 @@ impl DpState {
         for id in gone {
             dp.set_group_members(id, &[])?;
             self.members.remove(&id);
+        }
+        let gone: Vec<u32> = self
+            .members6
+            .keys()
+            .filter(|id| !want.members6.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            dp.set_group_members6(id, &[])?;
+            self.members6.remove(&id);
         }
         let gone: Vec<u32> = self
             .policies
@@ -601,6 +662,9 @@ pub struct SgView {
     /// Container IPs of the tasks it applies to: what a rule naming it
     /// matches.
     pub members: Vec<Ipv4Addr>,
+    /// Their IPv6 addresses (a rule naming the group matches them too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members6: Vec<Ipv6Addr>,
     /// Host-wide drop counters (`berth sg show` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_counters: Option<BTreeMap<String, u64>>,

@@ -508,6 +508,8 @@ impl BpfDatapath {
             policy: take_map(&mut ebpf, berth_maps::POLICY_MAP)?,
             members: take_map(&mut ebpf, berth_maps::SG_MEMBERS_MAP)?,
             policy6: take_map(&mut ebpf, berth_maps::POLICY6_MAP)?,
+            endpoints6: take_map(&mut ebpf, berth_maps::ENDPOINTS6_MAP)?,
+            members6: take_map(&mut ebpf, berth_maps::SG_MEMBERS6_MAP)?,
         };
         let ct_flows = vec![
             FlowMap {

@@ -1,7 +1,10 @@
 //! The engine's [`Datapath`] on the loaded maps: publishing bindings,
 //! host addresses and bridge subnets, flow sweeps and expiry, counters,
 //! and the security-group tables. `bpf` loads and attaches; this writes.
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use berth_maps::{
     local_net_encode, Backend, FlowKey, NatEntry, PortKey, ServiceKey, CONFIG_MAP,
@@ -545,6 +548,26 @@ impl Datapath for BpfDatapath {
             );
         }
         Ok(n)
+    }
+
+    fn set_endpoint6(&self, ip: Ipv6Addr, task_id: u32, policy: bool) -> Result<(), DatapathError> {
+        self.policy().set_endpoint6(ip, task_id, policy)
+    }
+
+    fn remove_endpoint6(&self, ip: Ipv6Addr) -> Result<(), DatapathError> {
+        self.policy().remove_endpoint6(ip)
+    }
+
+    fn set_group_members6(&self, sg_id: u32, members: &[Ipv6Addr]) -> Result<(), DatapathError> {
+        self.policy().set_group_members6(sg_id, members)
+    }
+
+    fn retain_policy6(
+        &self,
+        endpoints: &[Ipv6Addr],
+        groups: &[u32],
+    ) -> Result<usize, DatapathError> {
+        Ok(self.policy().retain6(endpoints, groups))
     }
 
     fn set_port_gate(&self, on: bool) -> Result<(), DatapathError> {

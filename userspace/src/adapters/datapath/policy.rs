@@ -1,7 +1,10 @@
 //! Security-group maps: endpoints, compiled rules and group members. The
 //! policy connection-tracking tables are swept like the published-port
 //! ones (`flows.rs`), outside this struct's mutex.
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use aya::maps::{HashMap, MapData};
 use berth_maps::{
@@ -17,6 +20,9 @@ pub(super) struct PolicyMaps {
     pub members: HashMap<MapData, SgMember, u32>,
     /// The IPv6 part of each task's rules (`policy6.rs`).
     pub policy6: HashMap<MapData, PolicyKey, berth_maps::Policy6>,
+    /// A task's IPv6 container addresses and its groups' IPv6 members.
+    pub endpoints6: HashMap<MapData, [u8; 16], Endpoint>,
+    pub members6: HashMap<MapData, berth_maps::SgMember6, u32>,
 }
 
 fn err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
@@ -220,6 +226,80 @@ impl PolicyMaps {
         Ok(())
     }
 
+    pub(super) fn set_endpoint6(
+        &mut self,
+        ip: Ipv6Addr,
+        task_id: u32,
+        policy: bool,
+    ) -> Result<(), DatapathError> {
+        let ep = Endpoint {
+            task_id,
+            flags: if policy { EP_F_POLICY } else { 0 },
+        };
+        self.endpoints6
+            .insert(ip.octets(), ep, 0)
+            .map_err(err(berth_maps::ENDPOINTS6_MAP))
+    }
+
+    pub(super) fn remove_endpoint6(&mut self, ip: Ipv6Addr) -> Result<(), DatapathError> {
+        absent_ok(self.endpoints6.remove(&ip.octets())).map_err(err(berth_maps::ENDPOINTS6_MAP))
+    }
+
+    /// As [`PolicyMaps::set_group_members`]: only the difference is
+    /// written, so a member that stays is never missing for a moment.
+    pub(super) fn set_group_members6(
+        &mut self,
+        sg_id: u32,
+        members: &[Ipv6Addr],
+    ) -> Result<(), DatapathError> {
+        let want: HashSet<[u8; 16]> = members.iter().map(Ipv6Addr::octets).collect();
+        let have: Vec<berth_maps::SgMember6> = self
+            .members6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.sg_id == sg_id)
+            .collect();
+        for k in &have {
+            if !want.contains(&k.addr) {
+                absent_ok(self.members6.remove(k)).map_err(err(berth_maps::SG_MEMBERS6_MAP))?;
+            }
+        }
+        let have: HashSet<[u8; 16]> = have.iter().map(|k| k.addr).collect();
+        for addr in want.difference(&have) {
+            self.members6
+                .insert(berth_maps::SgMember6 { sg_id, addr: *addr }, 1, 0)
+                .map_err(err(berth_maps::SG_MEMBERS6_MAP))?;
+        }
+        Ok(())
+    }
+
+    /// [`PolicyMaps::retain`] for the IPv6 endpoints and memberships;
+    /// returns how many entries went.
+    pub(super) fn retain6(&mut self, endpoints: &[Ipv6Addr], groups: &[u32]) -> usize {
+        let endpoints: HashSet<[u8; 16]> = endpoints.iter().map(Ipv6Addr::octets).collect();
+        let groups: HashSet<u32> = groups.iter().copied().collect();
+        let stale: Vec<[u8; 16]> = self
+            .endpoints6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !endpoints.contains(k))
+            .collect();
+        let mut n = 0;
+        for k in stale {
+            n += usize::from(self.endpoints6.remove(&k).is_ok());
+        }
+        let stale: Vec<berth_maps::SgMember6> = self
+            .members6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !groups.contains(&k.sg_id))
+            .collect();
+        for k in stale {
+            n += usize::from(self.members6.remove(&k).is_ok());
+        }
+        n
+    }
+
     /// Drops what is not in the lists; returns how many entries went and
     /// the addresses of the endpoints that went (their tasks are gone).
     pub(super) fn retain(
@@ -332,7 +412,7 @@ mod tests {
             icmp_code: None,
             peer,
         };
-        let v6_any = rule(None, RulePeer::Cidr6(std::net::Ipv6Addr::UNSPECIFIED, 0));
+        let v6_any = rule(None, RulePeer::Cidr6(Ipv6Addr::UNSPECIFIED, 0));
         let icmp6_group = rule(Some(RuleProto::Icmp6), RulePeer::Group(7));
         let tcp_net = rule(
             Some(RuleProto::Tcp),

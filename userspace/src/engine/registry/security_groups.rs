@@ -8,7 +8,7 @@
 //! task that is gone loses its attachments.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     sync::{Mutex, MutexGuard},
 };
 
@@ -50,18 +50,33 @@ impl SgState {
     }
 }
 
-/// Every IPv4 container IP of a task: its bindings' and, for a task run
-/// from a definition, its containers' (also those without port mappings).
-/// IPv6 addresses are not endpoints here yet (sg6's part).
-fn ips_of(bindings: &[Binding], record: Option<&TaskRecord>) -> BTreeSet<Ipv4Addr> {
+/// Every container IP of a task, both families: its bindings' and, for a
+/// task run from a definition, its containers' (also those without port
+/// mappings). A task's IPv6 address is known from an IPv6 binding or its
+/// record's `containerIPv6`.
+fn ips_of(bindings: &[Binding], record: Option<&TaskRecord>) -> BTreeSet<IpAddr> {
     bindings
         .iter()
-        .filter_map(Binding::container_ip4)
-        .chain(
-            record
-                .into_iter()
-                .flat_map(|r| r.containers.iter().filter_map(|c| c.container_ip)),
-        )
+        .map(|b| b.container_ip)
+        .chain(record.into_iter().flat_map(|r| {
+            r.containers.iter().flat_map(|c| {
+                c.container_ip
+                    .map(IpAddr::V4)
+                    .into_iter()
+                    .chain(c.container_ip6.map(IpAddr::V6))
+            })
+        }))
+        .collect()
+}
+
+/// The IPv4 ones among `ips` (the flow sweeper forgets IPv4 flows by
+/// address; IPv6 policy flows of a gone address expire by their timeouts).
+fn v4_only(ips: impl IntoIterator<Item = IpAddr>) -> BTreeSet<Ipv4Addr> {
+    ips.into_iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        })
         .collect()
 }
 
@@ -97,6 +112,12 @@ impl Registry {
             .datapath
             .retain_policy(&endpoints, &policies, &groups)
             .map_err(Error::Datapath)?;
+        let endpoints6: Vec<_> = want.endpoints6.keys().copied().collect();
+        let stale = stale
+            + self
+                .datapath
+                .retain_policy6(&endpoints6, &groups)
+                .map_err(Error::Datapath)?;
         if stale > 0 {
             tracing::info!(
                 stale,
@@ -206,16 +227,16 @@ impl Registry {
             return BTreeSet::new();
         }
         let bindings = self.tasks.get(task).map(Vec::as_slice).unwrap_or_default();
-        ips_of(bindings, self.task_defs.get(task))
+        v4_only(ips_of(bindings, self.task_defs.get(task)))
     }
 
     /// Every container IP some task has.
     pub(super) fn ips_in_use(&self) -> BTreeSet<Ipv4Addr> {
-        self.sg_tasks().into_values().flatten().collect()
+        v4_only(self.sg_tasks().into_values().flatten())
     }
 
     /// Task name -> container IPs, for every task.
-    fn sg_tasks(&self) -> BTreeMap<String, BTreeSet<Ipv4Addr>> {
+    fn sg_tasks(&self) -> BTreeMap<String, BTreeSet<IpAddr>> {
         let names: BTreeSet<&String> = self.tasks.keys().chain(self.task_defs.keys()).collect();
         names
             .into_iter()
@@ -227,7 +248,7 @@ impl Registry {
             .collect()
     }
 
-    fn sg_view(&self, name: &str, tasks: &BTreeMap<String, BTreeSet<Ipv4Addr>>) -> SgView {
+    fn sg_view(&self, name: &str, tasks: &BTreeMap<String, BTreeSet<IpAddr>>) -> SgView {
         let book = &self.sg.book;
         let g = &book.groups[name];
         let default_sg = self.sg.settings.default_sg.as_deref();
@@ -260,7 +281,14 @@ impl Registry {
             tasks: book.tasks_of(name),
             default: is_default,
             default_tasks,
-            members: members.into_iter().collect(),
+            members: v4_only(members.iter().copied()).into_iter().collect(),
+            members6: members
+                .into_iter()
+                .filter_map(|ip| match ip {
+                    IpAddr::V6(ip) => Some(ip),
+                    IpAddr::V4(_) => None,
+                })
+                .collect(),
             host_counters: None,
         }
     }
@@ -272,12 +300,12 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn sg_want(&self, book: &SgBook, tasks: &BTreeMap<String, BTreeSet<Ipv4Addr>>) -> DpState {
+    fn sg_want(&self, book: &SgBook, tasks: &BTreeMap<String, BTreeSet<IpAddr>>) -> DpState {
         book.desired(self.sg.settings.default_sg.as_deref(), tasks)
     }
 
     /// Pushes `book` for `tasks`; on failure puts the current state back.
-    fn sg_push(&self, book: &SgBook, tasks: &BTreeMap<String, BTreeSet<Ipv4Addr>>) -> Result<()> {
+    fn sg_push(&self, book: &SgBook, tasks: &BTreeMap<String, BTreeSet<IpAddr>>) -> Result<()> {
         let want = self.sg_want(book, tasks);
         let mut applied = self.sg_applied();
         if let Err(err) = applied.push(&want, &*self.datapath) {

@@ -653,3 +653,123 @@ fn restart_drops_policy_entries_the_store_does_not_know() {
         "stale endpoint, policy and group dropped"
     );
 }
+
+fn ip6(s: &str) -> std::net::Ipv6Addr {
+    s.parse().unwrap()
+}
+
+impl Env {
+    fn add_dual(&mut self, task: &str, v4: &str, v6: &str, specs: &[&str]) {
+        let ips = ContainerIps {
+            v4: Some(ip(v4)),
+            v6: Some(ip6(v6)),
+        };
+        self.r()
+            .add(task, ips, &parse_specs(specs).unwrap())
+            .unwrap();
+    }
+
+    fn endpoint6(&self, s: &str) -> Option<(u32, bool)> {
+        self.datapath
+            .endpoints6
+            .lock()
+            .unwrap()
+            .get(&ip6(s))
+            .copied()
+    }
+
+    fn members6(&self, group: &str) -> Vec<std::net::Ipv6Addr> {
+        let id = self.registry.as_ref().unwrap().sg.book.groups[group].id;
+        self.datapath.members6.lock().unwrap()[&id].clone()
+    }
+}
+
+#[test]
+fn a_dual_stack_tasks_ipv6_address_is_an_endpoint_and_member_with_its_ipv4_policy() {
+    let mut env = Env::new();
+    // A plain spec publishes both families: an IPv6 binding carries the
+    // container's IPv6 address.
+    env.add_dual("web", "172.17.0.2", "fd00::2", &["8080:80"]);
+    env.add("api", "172.17.0.4", &["9090:90"]);
+    assert_eq!(env.endpoint6("fd00::2"), Some((DEFAULT_POLICY_ID, false)));
+    env.r().sg_create("web", "").unwrap();
+    env.r().sg_attach("web", "web").unwrap();
+    let (v4, v6) = (
+        env.endpoint("172.17.0.2").unwrap(),
+        env.endpoint6("fd00::2"),
+    );
+    assert!(v4.1, "the task has policy");
+    assert_eq!(v6, Some(v4), "same task id and flag on both families");
+    assert_eq!(env.members("web"), [ip("172.17.0.2")]);
+    assert_eq!(env.members6("web"), [ip6("fd00::2")]);
+    let view = env.r().sg_show("web").unwrap();
+    assert_eq!(view.members6, [ip6("fd00::2")]);
+    // An IPv4-only task adds no IPv6 member.
+    env.r().sg_attach("web", "api").unwrap();
+    assert_eq!(env.members6("web"), [ip6("fd00::2")]);
+    // It all comes back after a reboot (empty datapath) ...
+    env.reboot();
+    assert_eq!(env.endpoint6("fd00::2"), Some(v4));
+    assert_eq!(env.members6("web"), [ip6("fd00::2")]);
+    // ... and goes with the task's IPv6 binding.
+    env.r()
+        .remove("web", &parse_specs(&["[::]:8080:80"]).unwrap())
+        .unwrap();
+    assert_eq!(env.endpoint6("fd00::2"), None);
+    assert!(env.members6("web").is_empty());
+    assert_eq!(env.endpoint("172.17.0.2"), Some(v4), "IPv4 stays");
+}
+
+#[test]
+fn restart_drops_ipv6_policy_entries_the_store_does_not_know() {
+    let mut env = Env::new();
+    env.add_dual("web", "172.17.0.2", "fd00::2", &["8080:80"]);
+    env.r().sg_create("sg-web", "").unwrap();
+    env.r().sg_attach("sg-web", "web").unwrap();
+    let want = env.endpoint6("fd00::2");
+    let dp = env.datapath.clone();
+    dp.set_endpoint6(ip6("fd00::9"), 77, true).unwrap();
+    dp.set_group_members6(99, &[ip6("fd00::9")]).unwrap();
+    env.registry = None;
+    env.open();
+    assert_eq!(
+        *dp.endpoints6.lock().unwrap(),
+        BTreeMap::from([(ip6("fd00::2"), want.unwrap())])
+    );
+    assert!(!dp.members6.lock().unwrap().contains_key(&99));
+}
+
+#[test]
+fn a_task_runs_containers_ipv6_addresses_are_endpoints_and_go_with_it() {
+    let mut env = Env::new();
+    let def = TaskDefinition::from_value(&json!({"containerDefinitions": [
+        {"name": "web", "portMappings": [{"containerPort": 80, "hostPort": 8080}]},
+        {"name": "sidecar"}
+    ]}))
+    .unwrap();
+    let ips: BTreeMap<String, Ipv4Addr> = [
+        ("web".to_owned(), ip("172.17.0.2")),
+        ("sidecar".to_owned(), ip("172.17.0.5")),
+    ]
+    .into();
+    // The sidecar publishes nothing: its IPv6 address is known from the
+    // task's record only.
+    let ips6: BTreeMap<String, std::net::Ipv6Addr> = [
+        ("web".to_owned(), ip6("fd00::2")),
+        ("sidecar".to_owned(), ip6("fd00::5")),
+    ]
+    .into();
+    env.r().run_task_dual("shop", &def, &ips, &ips6).unwrap();
+    env.r().sg_create("shop", "").unwrap();
+    let view = env.r().sg_attach("shop", "shop").unwrap();
+    assert_eq!(view.members6, [ip6("fd00::2"), ip6("fd00::5")]);
+    let v4 = env.endpoint("172.17.0.5");
+    assert!(v4.unwrap().1);
+    assert_eq!(env.endpoint6("fd00::5"), v4);
+    assert_eq!(env.endpoint6("fd00::2"), v4);
+    assert_eq!(env.members6("shop"), [ip6("fd00::2"), ip6("fd00::5")]);
+    env.r().stop_task("shop").unwrap();
+    assert_eq!(env.endpoint6("fd00::2"), None);
+    assert_eq!(env.endpoint6("fd00::5"), None);
+    assert!(env.members6("shop").is_empty());
+}

@@ -398,7 +398,7 @@ fn remove_is_refused_while_attached_or_referenced() {
     assert!(b.groups.is_empty());
 }
 
-fn tasks(list: &[(&str, &[&str])]) -> BTreeMap<String, BTreeSet<Ipv4Addr>> {
+fn tasks(list: &[(&str, &[&str])]) -> BTreeMap<String, BTreeSet<IpAddr>> {
     list.iter()
         .map(|(t, ips)| {
             (
@@ -473,7 +473,7 @@ fn a_task_gets_the_union_of_its_groups_with_group_peers_by_id() {
         egress,
         &[
             all_to(RulePeer::Cidr(Ipv4Addr::UNSPECIFIED, 0)),
-            all_to(RulePeer::Cidr6(std::net::Ipv6Addr::UNSPECIFIED, 0)),
+            all_to(RulePeer::Cidr6(Ipv6Addr::UNSPECIFIED, 0)),
         ]
     );
     let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
@@ -751,7 +751,7 @@ fn ipv6_rules_compile_beside_ipv4_ones_each_for_its_family() {
             ports: (0, 0),
             icmp_type: Some(128),
             icmp_code: None,
-            peer: RulePeer::Cidr6(std::net::Ipv6Addr::UNSPECIFIED, 0),
+            peer: RulePeer::Cidr6(Ipv6Addr::UNSPECIFIED, 0),
         }
     );
     assert_eq!(ingress.iter().filter(|r| r.applies_v4()).count(), 3);
@@ -769,4 +769,114 @@ fn ipv6_rules_compile_beside_ipv4_ones_each_for_its_family() {
         (icmp_group.family(), icmp6_group.family()),
         (RuleFamily::V4, RuleFamily::V6)
     );
+}
+
+#[test]
+fn a_tasks_ipv6_addresses_are_endpoints_and_members_as_its_ipv4_ones() {
+    let mut b = book();
+    b.create("ops", "").unwrap();
+    b.attach("ops", "v4only", 5).unwrap();
+    b.attach("db", "pg", 5).unwrap();
+    b.attach("api", "web", 5).unwrap();
+    let want = b.desired(
+        None,
+        &tasks(&[
+            ("pg", &["172.17.0.3", "fd00::3"]),
+            ("web", &["172.17.0.2", "fd00::2", "fd00::12"]),
+            ("open", &["172.17.0.9", "fd00::9"]),
+            ("v4only", &["172.17.0.5"]),
+        ]),
+    );
+    let v4 = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+    let (pg, web) = (
+        b.attachments["pg"].policy_id,
+        b.attachments["web"].policy_id,
+    );
+    // The same task id and policy flag on both families.
+    assert_eq!(want.endpoints[&v4("172.17.0.3")], (pg, true));
+    assert_eq!(want.endpoints6[&v6("fd00::3")], (pg, true));
+    assert_eq!(want.endpoints6[&v6("fd00::2")], (web, true));
+    assert_eq!(want.endpoints6[&v6("fd00::12")], (web, true));
+    assert_eq!(want.endpoints6[&v6("fd00::9")], (DEFAULT_POLICY_ID, false));
+    // Each family's addresses in its own table, never the other's.
+    assert_eq!(want.endpoints.len(), 4);
+    assert_eq!(want.endpoints6.len(), 4);
+    assert_eq!(want.members[&1], [v4("172.17.0.2")]);
+    assert_eq!(want.members6[&1], [v6("fd00::2"), v6("fd00::12")]);
+    assert_eq!(want.members6[&2], [v6("fd00::3")]);
+    // A group of IPv4-only tasks holds no IPv6 member.
+    assert_eq!(want.members[&3], [v4("172.17.0.5")]);
+    assert!(want.members6[&3].is_empty());
+}
+
+#[test]
+fn an_ipv6_address_claimed_by_two_tasks_keeps_the_policy() {
+    let mut b = book();
+    b.attach("db", "b", 5).unwrap();
+    let want = b.desired(None, &tasks(&[("a", &["fd00::2"]), ("b", &["fd00::2"])]));
+    assert_eq!(
+        want.endpoints6[&"fd00::2".parse().unwrap()],
+        (b.attachments["b"].policy_id, true)
+    );
+}
+
+#[test]
+fn push_writes_ipv6_endpoints_and_members_and_takes_them_out() {
+    use std::sync::atomic::Ordering;
+    let dp = FakeDatapath::default();
+    let mut b = book();
+    b.attach("api", "web", 5).unwrap();
+    let mut applied = DpState::default();
+    applied.push(&DpState::default(), &dp).unwrap();
+    // A task with policy on IPv6 only still clears the no-policy flag first.
+    let want = b.desired(None, &tasks(&[("web", &["fd00::2"])]));
+    applied.push(&want, &dp).unwrap();
+    assert_eq!(applied, want);
+    let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+    let web = b.attachments["web"].policy_id;
+    assert_eq!(
+        *dp.endpoints6.lock().unwrap(),
+        BTreeMap::from([(v6("fd00::2"), (web, true))])
+    );
+    assert_eq!(dp.members6.lock().unwrap()[&1], [v6("fd00::2")]);
+    assert!(dp.endpoints.lock().unwrap().is_empty());
+    assert!(!dp.no_policy.load(Ordering::SeqCst));
+    assert!(!dp.policy_while_flagged.load(Ordering::SeqCst));
+    // The address moves: the old one goes, the new one comes.
+    let want = b.desired(None, &tasks(&[("web", &["fd00::4"])]));
+    applied.push(&want, &dp).unwrap();
+    assert_eq!(
+        *dp.endpoints6.lock().unwrap(),
+        BTreeMap::from([(v6("fd00::4"), (web, true))])
+    );
+    assert_eq!(dp.members6.lock().unwrap()[&1], [v6("fd00::4")]);
+    // The task and its group gone: nothing of IPv6 is left.
+    b.detach("api", "web").unwrap();
+    b.remove("api").unwrap();
+    applied
+        .push(&b.desired(None, &BTreeMap::new()), &dp)
+        .unwrap();
+    assert!(dp.endpoints6.lock().unwrap().is_empty());
+    assert_eq!(dp.members6.lock().unwrap()[&1], Vec::<Ipv6Addr>::new());
+    assert!(dp.no_policy.load(Ordering::SeqCst));
+}
+
+#[test]
+fn a_failed_ipv6_endpoint_leaves_the_applied_state_what_the_datapath_holds() {
+    let dp = FakeDatapath::default();
+    let mut b = book();
+    b.attach("api", "web", 5).unwrap();
+    let mut applied = DpState::default();
+    let bad: Ipv6Addr = "fd00::3".parse().unwrap();
+    dp.fail_endpoint6_of(Some(bad));
+    let want = b.desired(None, &tasks(&[("web", &["fd00::2", "fd00::3"])]));
+    applied.push(&want, &dp).unwrap_err();
+    assert_eq!(applied.endpoints6, *dp.endpoints6.lock().unwrap());
+    assert!(!applied.endpoints6.contains_key(&bad));
+    // Once it can be written, the next push completes it.
+    dp.fail_endpoint6_of(None);
+    applied.push(&want, &dp).unwrap();
+    assert_eq!(applied, want);
+    assert_eq!(dp.endpoints6.lock().unwrap().len(), 2);
 }

@@ -320,7 +320,7 @@ pub fn ls_table(groups: &[SgView]) -> String {
                 g.ingress.len().to_string(),
                 g.egress.len().to_string(),
                 or_dash(&g.tasks).replace(", ", ","),
-                g.members.len().to_string(),
+                (g.members.len() + g.members6.len()).to_string(),
                 g.description.clone(),
             ]
         })
@@ -382,7 +382,12 @@ pub fn rules_table(rules: &[&RuleSpec]) -> String {
 }
 
 pub fn show_text(g: &SgView) -> String {
-    let members: Vec<String> = g.members.iter().map(ToString::to_string).collect();
+    let members: Vec<String> = g
+        .members
+        .iter()
+        .map(ToString::to_string)
+        .chain(g.members6.iter().map(ToString::to_string))
+        .collect();
     let mut fields = vec![
         ("name", g.name.clone()),
         ("id", g.id.to_string()),
@@ -647,6 +652,7 @@ mod tests {
             default: false,
             default_tasks: vec![],
             members: vec!["172.17.0.3".parse().unwrap()],
+            members6: vec![],
             host_counters: Some(
                 [
                     ("ct_table_full".to_owned(), 0),
