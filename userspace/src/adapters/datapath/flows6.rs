@@ -188,7 +188,11 @@ mod tests {
         assert!(FlowOwner6::of_binding(&v4).is_none());
         // At start: what no stored binding owns goes, the rest stays.
         let stray = owned_by_none_of6(&gone);
-        assert!(!stray(&nat6_flow(a, 8080, PROTO_TCP).0, &nat6_flow(a, 8080, PROTO_TCP).1, FlowTable::Embryonic));
+        assert!(!stray(
+            &nat6_flow(a, 8080, PROTO_TCP).0,
+            &nat6_flow(a, 8080, PROTO_TCP).1,
+            FlowTable::Embryonic
+        ));
         let (k, v) = nat6_flow(b, 9090, PROTO_UDP);
         assert!(stray(&k, &v, FlowTable::Embryonic));
     }

@@ -488,7 +488,10 @@ mod tests {
         };
         let spec = |s: &str| s.parse::<PortSpec>().unwrap();
         let ticket = s.queue(std::slice::from_ref(&gone), &[]);
-        assert_eq!(s.blocker_for_specs(ctr, &[spec("8080:80/udp")]), Some(ticket));
+        assert_eq!(
+            s.blocker_for_specs(ctr, &[spec("8080:80/udp")]),
+            Some(ticket)
+        );
         assert_eq!(s.blocker_for_specs(ctr, &[spec("8081:80/udp")]), None);
         assert_eq!(
             s.blocker_for_specs(Ipv4Addr::new(172, 17, 0, 2), &[spec("8080:80/udp")]),
