@@ -946,12 +946,28 @@ fn capacity_flags_changed_between_restarts_resize_the_tables_and_keep_the_flows(
                 berth_maps::CT_CAPACITY
             ),
             format!(
+                "BERTH_CT6: capacity {} -> 2048 (0 entries kept)",
+                berth_maps::CT_CAPACITY
+            ),
+            format!(
+                "BERTH_CT6_NEW: capacity {} -> 1024 (0 entries kept)",
+                berth_maps::CT_NEW_CAPACITY
+            ),
+            format!(
                 "BERTH_CT_NEW: capacity {} -> 1024 (0 entries kept)",
                 berth_maps::CT_NEW_CAPACITY
             ),
             format!(
                 "BERTH_NAT: capacity {} -> 4096 (1 entries kept)",
                 berth_maps::NAT_CAPACITY
+            ),
+            format!(
+                "BERTH_NAT6: capacity {} -> 4096 (0 entries kept)",
+                berth_maps::NAT6_CAPACITY
+            ),
+            format!(
+                "BERTH_NAT6_NEW: capacity {} -> 1024 (0 entries kept)",
+                berth_maps::NAT6_NEW_CAPACITY
             ),
             format!(
                 "BERTH_NAT_FWD: capacity {} -> 4096 (0 entries kept)",

@@ -1,6 +1,9 @@
-//! IPv6 through the real daemon (issue 15). What needs no IPv6 publishing
-//! from the CLI yet: the host's IPv6 addresses the datapath's wildcard
-//! (`[::]`) mappings serve follow the host's interfaces.
+//! IPv6 through the real daemon (issue 15): the host's IPv6 addresses the
+//! datapath's wildcard (`[::]`) mappings serve follow the host's
+//! interfaces; HTTP and UDP over IPv6 to a port published with
+//! `map add --ip6` reach the container with the client's own address, in
+//! both attach modes; the daemon expires idle IPv6 flows and forgets a
+//! removed IPv6 binding's.
 use std::{
     collections::BTreeSet,
     net::Ipv6Addr,
@@ -9,7 +12,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use berth_integration::Rig;
+use berth_integration::{
+    rig::{peer_ip, Mode},
+    tcp_connect, HttpPeerServer, Rig, UdpEchoServer,
+};
+
+/// The client's address on the dual-stack rig's uplink network.
+const CLIENT6: &str = "2001:db8::2";
 
 /// The addresses in the pinned `BERTH_HOST_ADDRS6`.
 fn host_addrs6(rig: &Rig) -> BTreeSet<Ipv6Addr> {
@@ -154,4 +163,111 @@ fn an_address_that_goes_ends_the_wildcard_flows_on_it_and_keeps_the_bound_ones()
         );
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A dual-stack rig in `mode` with the container's IPv6 HTTP server on 80
+/// and UDP echo on 53 published over IPv6 only on `[::]:8080` and
+/// `[::]:5353/udp`.
+fn published6(mode: Mode, flags: &[&str]) -> (Rig, HttpPeerServer, UdpEchoServer) {
+    let rig = Rig::builder().dual_stack().mode(mode).flags(flags).start();
+    let web = rig.serve_http6(&rig.topo.container.ns, 80);
+    let echo = rig.serve_udp_echo6(&rig.topo.container.ns, 53);
+    rig.berth(&[
+        "map",
+        "add",
+        "--task",
+        "web6",
+        "--ip6",
+        "fd00:17::2",
+        "-p",
+        "8080:80",
+        "-p",
+        "5353:53/udp",
+    ]);
+    (rig, web, echo)
+}
+
+fn http_and_udp_reach_the_container_with_the_clients_address(mode: Mode) {
+    let (rig, _web, _echo) = published6(mode, &[]);
+    let body = rig
+        .client_get6(8080)
+        .expect("HTTP over IPv6 to [host]:8080");
+    assert_eq!(peer_ip(&body), CLIENT6, "the container sees the client");
+    let reply = rig
+        .client_udp6(5353, "six")
+        .expect("a UDP echo over IPv6 to [host]:5353");
+    assert_eq!(
+        reply.from,
+        rig.topo.host.addr6(5353),
+        "the answer comes from the address and port called"
+    );
+    // The echo answers with the sender's address and port.
+    assert!(
+        reply.text.starts_with(&format!("[{CLIENT6}]:")),
+        "the container sees the client: {}",
+        reply.text
+    );
+}
+
+#[test]
+fn http_and_udp_over_ipv6_reach_the_container_with_the_clients_address_tc() {
+    http_and_udp_reach_the_container_with_the_clients_address(Mode::Tc);
+}
+
+#[test]
+fn http_and_udp_over_ipv6_reach_the_container_with_the_clients_address_xdp() {
+    http_and_udp_reach_the_container_with_the_clients_address(Mode::Xdp);
+}
+
+/// Entries in the pinned IPv6 flow table `name`.
+fn nat6_entries(rig: &Rig, name: &str) -> usize {
+    use berth::datapath::sys;
+    let fd = sys::obj_get(&rig.bpffs.path().join("berth").join(name)).expect("pinned");
+    sys::map_keys(&fd, size_of::<berth_maps::FlowKey6>())
+        .expect("keys")
+        .len()
+}
+
+fn eventually(what: &str, within: Duration, f: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < within, "{what}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// An answered UDP flow is gone once idle past its timeout (plus an expiry
+/// pass); an established TCP flow, whose timeout is days, stays until its
+/// binding is removed, and then goes at once.
+#[test]
+fn idle_ipv6_flows_expire_and_a_removed_bindings_flows_are_forgotten() {
+    let (rig, _web, _echo) = published6(
+        Mode::Tc,
+        &["--ct-udp-timeout", "1", "--ct-udp-stream-timeout", "1"],
+    );
+    let target = rig.topo.host.addr6(8080);
+    let conn = rig
+        .topo
+        .client
+        .ns
+        .run(move || tcp_connect(target, Duration::from_secs(3)))
+        .expect("a TCP connection over IPv6");
+    rig.client_udp6(5353, "six").expect("a UDP echo over IPv6");
+    eventually("both flows tracked", Duration::from_secs(5), || {
+        nat6_entries(&rig, "BERTH_NAT6") == 2
+    });
+    eventually(
+        "the idle UDP flow expired, the TCP one kept",
+        Duration::from_secs(15),
+        || nat6_entries(&rig, "BERTH_NAT6") == 1,
+    );
+    thread::sleep(Duration::from_secs(6)); // past another expiry pass
+    assert_eq!(nat6_entries(&rig, "BERTH_NAT6"), 1, "established TCP stays");
+    rig.berth(&["map", "rm", "--task", "web6"]);
+    eventually(
+        "the removed binding's flow forgotten",
+        Duration::from_secs(5),
+        || nat6_entries(&rig, "BERTH_NAT6") + nat6_entries(&rig, "BERTH_NAT6_NEW") == 0,
+    );
+    drop(conn);
 }

@@ -72,10 +72,8 @@ pub(super) struct Maps {
     pub(super) services6: HashMap<MapData, berth_maps::ServiceKey6, berth_maps::Backend6>,
     pub(super) ports: HashMap<MapData, PortKey, u32>,
     pub(super) host_addrs: HashMap<MapData, u32, u32>,
-    /// The host's IPv6 addresses, and the IPv6 flow tables whose flows end
-    /// with an address that goes (`ops.rs`).
+    /// The host's IPv6 addresses.
     pub(super) host_addrs6: HashMap<MapData, [u8; 16], u32>,
-    pub(super) nat6: [HashMap<MapData, berth_maps::FlowKey6, berth_maps::NatEntry6>; 2],
     pub(super) local_nets: Array<MapData, u64>,
     pub(super) nat_fwd: HashMap<MapData, FlowKey, NatFwd>,
     pub(super) config: Array<MapData, u64>,
@@ -159,6 +157,9 @@ pub struct BpfDatapath {
     pub(super) ct_flows: Vec<FlowMap<berth_maps::CtEntry>>,
     /// The IPv6 policy tracking tables (`flows6.rs`).
     pub(super) ct6_flows: Vec<super::flows6::FlowMap6>,
+    /// The IPv6 published-port flow tables (`flows6.rs`), outside the
+    /// mutex as `flows`.
+    pub(super) nat6_flows: Vec<super::flows6::FlowMap6<berth_maps::NatEntry6>>,
     pub(super) policy: Mutex<PolicyMaps>,
     pub(super) timeouts: Mutex<FlowTimeouts>,
     /// `--max-mappings`, for the error when the tables are full.
@@ -461,10 +462,6 @@ impl BpfDatapath {
             ports: take_map(&mut ebpf, PORTS_MAP)?,
             host_addrs: take_map(&mut ebpf, HOST_ADDRS_MAP)?,
             host_addrs6: take_map(&mut ebpf, berth_maps::HOST_ADDRS6_MAP)?,
-            nat6: [
-                take_map(&mut ebpf, berth_maps::NAT6_MAP)?,
-                take_map(&mut ebpf, berth_maps::NAT6_NEW_MAP)?,
-            ],
             local_nets: Array::try_from(
                 ebpf.take_map(LOCAL_NETS_MAP)
                     .ok_or_else(|| DatapathError::Other(format!("map {LOCAL_NETS_MAP} missing")))?,
@@ -535,6 +532,18 @@ impl BpfDatapath {
                 map: take_map(&mut ebpf, berth_maps::CT6_NEW_MAP)?,
             },
         ];
+        let nat6_flows = vec![
+            super::flows6::FlowMap6 {
+                name: berth_maps::NAT6_MAP,
+                table: FlowTable::Established,
+                map: take_map(&mut ebpf, berth_maps::NAT6_MAP)?,
+            },
+            super::flows6::FlowMap6 {
+                name: berth_maps::NAT6_NEW_MAP,
+                table: FlowTable::Embryonic,
+                map: take_map(&mut ebpf, berth_maps::NAT6_NEW_MAP)?,
+            },
+        ];
         // Every table keyed by the container-side tuple with a NatEntry:
         // forgetting a binding's flows and expiry cover each of them.
         let flows = vec![
@@ -603,6 +612,7 @@ impl BpfDatapath {
             flows,
             ct_flows,
             ct6_flows,
+            nat6_flows,
             policy: Mutex::new(policy),
             timeouts: Mutex::new(FlowTimeouts::default()),
             max_mappings: config.capacity.max_mappings,

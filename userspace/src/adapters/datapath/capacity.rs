@@ -75,6 +75,8 @@ impl Capacity {
             (NAT_NEW_MAP, embryonic),
             (CT_NEW_MAP, embryonic),
             (berth_maps::CT6_MAP, ct.unwrap_or(self.max_flows)),
+            (berth_maps::NAT6_MAP, nat),
+            (berth_maps::NAT6_NEW_MAP, embryonic),
             (berth_maps::CT6_NEW_MAP, embryonic),
             (SOCK_REV_MAP, lru),
             (berth_maps::SOCK_REV6_MAP, lru),
@@ -126,7 +128,16 @@ mod tests {
             (512, 512, 512)
         );
         assert_eq!(m[berth_maps::SOCK_REV6_MAP], 512);
+        // IPv6 published-port flows get what IPv4's get.
+        assert_eq!(
+            (m[berth_maps::NAT6_MAP], m[berth_maps::NAT6_NEW_MAP]),
+            (4096, 512)
+        );
         let m = per_map(Some(8), Some(9), Some(10));
+        assert_eq!(
+            (m[berth_maps::NAT6_MAP], m[berth_maps::NAT6_NEW_MAP]),
+            (8, 10)
+        );
         assert_eq!((m[NAT_MAP], m[NAT_FWD_MAP], m[CT_MAP]), (8, 8, 9));
         assert_eq!(
             (m[NAT_NEW_MAP], m[CT_NEW_MAP], m[SOCK_REV_MAP]),

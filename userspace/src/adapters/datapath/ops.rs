@@ -19,6 +19,7 @@ use super::{
         flow_expired, flow_timeout, fwd_flow_key, fwd_owns, monotonic_ns, on_addrs_gone, owned_by,
         owned_by_none_of, sweep, touching, FlowTable,
     },
+    flows6::{nat6_expired, owned_by6, owned_by_none_of6, sweep6},
     Datapath, DatapathError, FlowTimeouts, PolicyRule,
 };
 use crate::{domain::cidr::Ipv4Cidr, domain::model::Binding};
@@ -271,7 +272,8 @@ impl Datapath for BpfDatapath {
         }
         let n = self.sweep_nat(owned_by(gone))?;
         self.forget_orphan_remaps();
-        Ok(n)
+        let n6 = sweep6(&self.nat6_flows, owned_by6(gone))?;
+        Ok(n + n6)
     }
 
     fn forget_endpoint_flows(&self, addrs: &[Ipv4Addr]) -> Result<usize, DatapathError> {
@@ -344,7 +346,8 @@ impl Datapath for BpfDatapath {
         }
         m.recount_exact()?;
         drop(m);
-        let forgotten = self.sweep_nat(owned_by_none_of(keep_bindings))?;
+        let forgotten = self.sweep_nat(owned_by_none_of(keep_bindings))?
+            + sweep6(&self.nat6_flows, owned_by_none_of6(keep_bindings))?;
         if forgotten > 0 {
             self.forget_orphan_remaps();
             tracing::info!(
@@ -380,28 +383,16 @@ impl Datapath for BpfDatapath {
             .filter_map(Result::ok)
             .filter(|k| gone.contains(&k.host_addr))
             .collect();
-        let mut ended = 0;
-        for table in &mut m.nat6 {
-            let doomed: Vec<berth_maps::FlowKey6> = table
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(k, e)| {
-                    let svc = berth_maps::ServiceKey6 {
-                        host_addr: e.host_addr,
-                        host_port_be: e.host_port_be,
-                        proto: k.proto,
-                        _pad: 0,
-                    };
-                    gone.contains(&e.host_addr) && !bound.contains(&svc)
-                })
-                .map(|(k, _)| k)
-                .collect();
-            for k in &doomed {
-                if table.remove(k).is_ok() {
-                    ended += 1;
-                }
-            }
-        }
+        drop(m);
+        let ended = sweep6(&self.nat6_flows, |k, e, _| {
+            let svc = berth_maps::ServiceKey6 {
+                host_addr: e.host_addr,
+                host_port_be: e.host_port_be,
+                proto: k.proto,
+                _pad: 0,
+            };
+            gone.contains(&e.host_addr) && !bound.contains(&svc)
+        })?;
         if ended > 0 {
             tracing::info!(flows = ended, "IPv6 flows ended with their host address");
         }
@@ -505,7 +496,10 @@ impl Datapath for BpfDatapath {
         let from_policy6 = super::flows6::expire6(&self.ct6_flows, now, &t)?;
         let expired = self.sweep_nat(|k, v, table| flow_expired(k, v, table, now, &t))?;
         self.forget_orphan_remaps();
-        Ok(expired + from_policy + from_policy6)
+        let expired6 = sweep6(&self.nat6_flows, |k, v, table| {
+            nat6_expired(k, v, table, now, &t)
+        })?;
+        Ok(expired + expired6 + from_policy + from_policy6)
     }
 
     fn set_endpoint(&self, ip: Ipv4Addr, task_id: u32, policy: bool) -> Result<(), DatapathError> {

@@ -165,11 +165,12 @@ impl Berth {
         specs: Vec<PortSpec>,
         from_docker: Option<FromDocker>,
     ) -> Result<Vec<Binding>> {
-        // IPv4 flows only are swept here (IPv6 tracking is the datapath's
-        // own, nat66).
+        // A removed binding's flows of either family are swept before the
+        // same mapping is published again.
         let ticket = container_ip
             .v4
-            .and_then(|v4| self.sweeper.blocker_for_specs(v4, &specs));
+            .and_then(|v4| self.sweeper.blocker_for_specs(v4, &specs))
+            .or_else(|| self.sweeper.blocker_for_specs(container_ip.v6?, &specs));
         self.wait_for_sweep(ticket).await?;
         self.with_registry(move |r| {
             if let Some(from) = &from_docker {

@@ -148,7 +148,8 @@ impl Berth {
         let container_ip = container_ip.into();
         let ticket = container_ip
             .v4
-            .and_then(|v4| self.sweeper.blocker_for_specs(v4, &specs));
+            .and_then(|v4| self.sweeper.blocker_for_specs(v4, &specs))
+            .or_else(|| self.sweeper.blocker_for_specs(container_ip.v6?, &specs));
         self.wait_for_sweep(ticket).await?;
         self.with_registry(move |r| r.add_cni(&att, container_ip, &specs))
             .await

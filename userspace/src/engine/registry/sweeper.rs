@@ -8,8 +8,8 @@
 //! while a pass runs are swept together by the next pass: one pass per
 //! burst, not one per request.
 //!
-//! What a pass forgets: the published-port flows (`BERTH_NAT`, `BERTH_NAT_NEW`)
-//! of the removed bindings, and the policy-tracked flows (`BERTH_CT`,
+//! What a pass forgets: the published-port flows (`BERTH_NAT`, `BERTH_NAT_NEW`;
+//! an IPv6 binding's in `BERTH_NAT6`, `BERTH_NAT6_NEW`) of the removed bindings, and the policy-tracked flows (`BERTH_CT`,
 //! `BERTH_CT_NEW`) with an address of a task that is gone at either end — a
 //! removed task loses its groups and what they allowed.
 //!
@@ -25,7 +25,7 @@
 //! sweeps pending leaves the flows to the next start, whose reconcile
 //! forgets every published-port flow no stored binding owns.
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     sync::{Arc, Condvar, Mutex, MutexGuard},
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -78,8 +78,8 @@ impl Work {
     /// from the specs without expanding them: a static spec that maps a
     /// swept binding's host port to its container port, or a dynamic one
     /// with its container port (it may be given that host port).
-    fn blocks_specs(&self, ip: Ipv4Addr, specs: &[PortSpec]) -> bool {
-        if self.endpoints.contains(&ip) {
+    fn blocks_specs(&self, ip: IpAddr, specs: &[PortSpec]) -> bool {
+        if matches!(ip, IpAddr::V4(v4) if self.endpoints.contains(&v4)) {
             return true;
         }
         let here: Vec<&Binding> = self
@@ -236,7 +236,8 @@ impl FlowSweeper {
 
     /// Like [`FlowSweeper::blocker`] for a publish of `specs` at `ip`,
     /// before they are checked, bounded and expanded.
-    pub fn blocker_for_specs(&self, ip: Ipv4Addr, specs: &[PortSpec]) -> Option<Ticket> {
+    pub fn blocker_for_specs(&self, ip: impl Into<IpAddr>, specs: &[PortSpec]) -> Option<Ticket> {
+        let ip = ip.into();
         let q = self.shared.lock();
         (q.waiting.blocks_specs(ip, specs) || q.running.blocks_specs(ip, specs)).then_some(q.queued)
     }
@@ -474,6 +475,32 @@ mod tests {
             s.blocker_for_specs(Ipv4Addr::new(172, 17, 0, 3), &[spec("8080:80/udp")]),
             None
         );
+    }
+
+    #[test]
+    fn a_removed_ipv6_binding_is_swept_and_holds_back_its_republish() {
+        let (dp, s) = sweeper(300);
+        let ctr: std::net::Ipv6Addr = "fd00:b::2".parse().unwrap();
+        let gone = Binding {
+            container_ip: ctr.into(),
+            bind_ip: std::net::Ipv6Addr::UNSPECIFIED.into(),
+            ..binding("a", [0, 0, 0, 0], 8080)
+        };
+        let spec = |s: &str| s.parse::<PortSpec>().unwrap();
+        let ticket = s.queue(std::slice::from_ref(&gone), &[]);
+        assert_eq!(
+            s.blocker_for_specs(ctr, &[spec("8080:80/udp")]),
+            Some(ticket)
+        );
+        assert_eq!(s.blocker_for_specs(ctr, &[spec("8081:80/udp")]), None);
+        assert_eq!(
+            s.blocker_for_specs(Ipv4Addr::new(172, 17, 0, 2), &[spec("8080:80/udp")]),
+            None,
+            "the IPv4 side of another container"
+        );
+        assert_eq!(s.blocker(std::slice::from_ref(&gone), &[]), Some(ticket));
+        s.wait(ticket);
+        assert_eq!(dp.forgotten(), vec![vec![gone]]);
     }
 
     #[test]
