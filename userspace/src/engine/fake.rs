@@ -44,7 +44,7 @@ pub struct FakeDatapath {
     pub timeouts: Mutex<Option<crate::engine::datapath::FlowTimeouts>>,
     bindings: Mutex<BTreeSet<Binding>>,
     host_addrs: Mutex<Vec<Ipv4Addr>>,
-    host_addrs6: Mutex<Vec<std::net::Ipv6Addr>>,
+    host_addrs6: Mutex<Vec<Ipv6Addr>>,
     bridge_subnets: Mutex<Vec<crate::domain::cidr::Ipv4Cidr>>,
     fail_insert_port: Mutex<Option<u16>>,
     fail_remove_port: Mutex<Option<u16>>,
@@ -87,7 +87,7 @@ impl FakeDatapath {
     pub fn host_addrs(&self) -> Vec<Ipv4Addr> {
         self.host_addrs.lock().unwrap().clone()
     }
-    pub fn host_addrs6(&self) -> Vec<std::net::Ipv6Addr> {
+    pub fn host_addrs6(&self) -> Vec<Ipv6Addr> {
         self.host_addrs6.lock().unwrap().clone()
     }
     pub fn bridge_subnets(&self) -> Vec<crate::domain::cidr::Ipv4Cidr> {
@@ -309,7 +309,7 @@ impl Datapath for FakeDatapath {
         *self.host_addrs.lock().unwrap() = addrs.to_vec();
         Ok(())
     }
-    fn set_host_addrs6(&self, addrs: &[std::net::Ipv6Addr]) -> Result<(), DatapathError> {
+    fn set_host_addrs6(&self, addrs: &[Ipv6Addr]) -> Result<(), DatapathError> {
         *self.host_addrs6.lock().unwrap() = addrs.to_vec();
         Ok(())
     }

@@ -358,9 +358,9 @@ impl Datapath for BpfDatapath {
         Ok(stale.len() + stale6)
     }
 
-    fn set_host_addrs6(&self, addrs: &[std::net::Ipv6Addr]) -> Result<(), DatapathError> {
+    fn set_host_addrs6(&self, addrs: &[Ipv6Addr]) -> Result<(), DatapathError> {
         let mut m = self.lock();
-        let want: HashSet<[u8; 16]> = addrs.iter().map(std::net::Ipv6Addr::octets).collect();
+        let want: HashSet<[u8; 16]> = addrs.iter().map(Ipv6Addr::octets).collect();
         let have: HashSet<[u8; 16]> = m.host_addrs6.keys().filter_map(Result::ok).collect();
         let gone: HashSet<[u8; 16]> = have.difference(&want).copied().collect();
         for a in &gone {
