@@ -360,25 +360,18 @@ fn a_real_dockerd_ipv6_container_is_reached_on_ipv6_localhost() {
 /// it with the host's IPv6 addresses).
 #[test]
 fn hairpin_to_a_wildcard_ipv6_mapping_needs_a_host_address() {
-    use aya::maps::{HashMap, Map, MapData};
     let (rig, _web, _dns) = setup6();
     let ctr2 = &rig.topo.container2.ns;
-    // Not (yet) one of the host's addresses: left alone.
-    assert_eq!(
-        rig.cg_probe(ctr2, &["http", "[2001:db8::1]:8080"]),
-        "ECONNREFUSED"
-    );
-    let path = rig
-        .bpffs
-        .path()
-        .join("berth")
-        .join(berth_maps::HOST_ADDRS6_MAP);
-    let data = MapData::from_pin(&path).expect("the pinned BERTH_HOST_ADDRS6");
-    let mut set: HashMap<MapData, [u8; 16], u32> =
-        HashMap::try_from(Map::HashMap(data)).expect("a hash map");
-    set.insert(berth_integration::addr::HOST_IP6.octets(), 1, 0)
-        .expect("add the host address");
-    let out = rig.cg_probe(ctr2, &["http", "[2001:db8::1]:8080"]);
+    // The daemon keeps the host's IPv6 addresses in BERTH_HOST_ADDRS6 (read
+    // every 2 s): the uplink's address serves the [::] mapping.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let out = loop {
+        let out = rig.cg_probe(ctr2, &["http", "[2001:db8::1]:8080"]);
+        if out.starts_with("peer=") || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     assert!(
         out.starts_with("peer=[2001:db8::1]:8080 body=[fd00:17::3]:"),
         "{out}"
