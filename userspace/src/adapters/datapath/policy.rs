@@ -121,6 +121,14 @@ fn encode_policy(rules: &[PolicyRule]) -> Result<Box<Policy>, DatapathError> {
     Ok(p)
 }
 
+/// The `BERTH_ENDPOINTS` / `BERTH_ENDPOINTS6` value of a task's address.
+fn endpoint(task_id: u32, policy: bool) -> Endpoint {
+    Endpoint {
+        task_id,
+        flags: if policy { EP_F_POLICY } else { 0 },
+    }
+}
+
 impl PolicyMaps {
     pub(super) fn set_endpoint(
         &mut self,
@@ -128,10 +136,7 @@ impl PolicyMaps {
         task_id: u32,
         policy: bool,
     ) -> Result<(), DatapathError> {
-        let ep = Endpoint {
-            task_id,
-            flags: if policy { EP_F_POLICY } else { 0 },
-        };
+        let ep = endpoint(task_id, policy);
         self.endpoints
             .insert(addr_be(ip), ep, 0)
             .map_err(err(berth_maps::ENDPOINTS_MAP))
@@ -232,10 +237,7 @@ impl PolicyMaps {
         task_id: u32,
         policy: bool,
     ) -> Result<(), DatapathError> {
-        let ep = Endpoint {
-            task_id,
-            flags: if policy { EP_F_POLICY } else { 0 },
-        };
+        let ep = endpoint(task_id, policy);
         self.endpoints6
             .insert(ip.octets(), ep, 0)
             .map_err(err(berth_maps::ENDPOINTS6_MAP))
