@@ -41,6 +41,7 @@ mod gate;
 mod hook;
 mod icmp;
 mod ingress;
+mod l2;
 mod maps;
 mod nat;
 mod nat6;
@@ -275,8 +276,13 @@ pub(crate) fn berth_peername6(ctx: SockAddrContext) -> i32 {
 #[classifier]
 pub(crate) fn berth_from_ctr(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
-    let port = unsafe { (*ctx.skb.skb).ifindex };
+    let (port, vlan) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).vlan_present) };
     gate::gate_learn(ctx.data(), ctx.data_end(), port);
+    if l2::frame_refused(ctx.data(), ctx.data_end(), vlan, port)
+        || l2::arp_spoofed(ctx.data(), ctx.data_end(), port)
+    {
+        return TC_ACT_SHOT;
+    }
     if tails::is_ipv6(ctx.data(), ctx.data_end()) {
         return tails::ipv6_on_port(&ctx, tail::FROM_CTR6, port);
     }
@@ -311,8 +317,11 @@ pub(crate) fn berth_to_ctr(ctx: TcContext) -> i32 {
     }) {
         return TC_ACT_SHOT;
     }
+    let (port, vlan) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).vlan_present) };
+    if l2::frame_refused(ctx.data(), ctx.data_end(), vlan, port) {
+        return TC_ACT_SHOT;
+    }
     if tails::is_ipv6(ctx.data(), ctx.data_end()) {
-        let port = unsafe { (*ctx.skb.skb).ifindex };
         return tails::ipv6_on_port(&ctx, tail::TO_CTR6, port);
     }
     if policy::nowhere() {

@@ -31,6 +31,10 @@
 //! - Other ICMP but echo (timestamp, redirect, router advertisement, ...)
 //!   is judged per packet, as AWS does, by the sender's egress and the
 //!   receiver's ingress rules with its type and code; nothing is tracked.
+//! - Any other protocol (GRE, IP-in-IP, SCTP, ESP, ...): a flow of its
+//!   protocol and addresses, opened by a rule for all protocols or for its
+//!   number and tracked like UDP, so a tunnel carries nothing past the
+//!   rules and its replies pass.
 //! - Fragments: the first fragment is judged like any packet and its
 //!   verdict remembered for the datagram (`frag.rs`); later fragments
 //!   follow it (`frag_denied`), and one with no remembered verdict is
@@ -162,7 +166,12 @@ fn other_allowed(data: usize, data_end: usize, frame_len: usize, ip: &Ip, from: 
             (src_be, sender.unwrap_or_default()),
             (dst_be, receiver.unwrap_or_default()),
         ),
-        _ => true,
+        _ => proto_allowed(
+            ip,
+            from,
+            sender.unwrap_or_default(),
+            receiver.unwrap_or_default(),
+        ),
     };
     if first_frag {
         frag_first_judged(&key, allowed);
@@ -191,6 +200,30 @@ fn icmp_allowed(
         None => icmp_other_allowed(
             data, data_end, ip, frame_len, src_be, dst_be, sender, receiver,
         ),
+    }
+}
+
+/// Any other protocol (GRE, IP-in-IP, SCTP, ESP, ...) where an end has
+/// policy: a flow of its protocol and addresses (ports 0), opened as its
+/// rules say (one for all protocols or for its number) and tracked, so
+/// its replies pass as TCP's do. Without this a tunnel would carry
+/// anything past every rule.
+#[inline(always)]
+fn proto_allowed(ip: &Ip, from: bool, sender: Endpoint, receiver: Endpoint) -> bool {
+    let f = PFlow {
+        proto: ip.proto,
+        src_be: ip.src_be,
+        dst_be: ip.dst_be,
+        sport_be: 0,
+        dport_be: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        seg: Seg::default(),
+    };
+    if from {
+        from_container_flow(&f, sender, receiver).is_ok()
+    } else {
+        to_container_flow(&f, receiver).is_ok()
     }
 }
 

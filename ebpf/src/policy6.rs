@@ -33,13 +33,13 @@ use berth_maps::{
 use crate::{
     ct::{ct_init, ct_now, ct_refresh, Conn as _, DIR_ORIG, DIR_REPLY},
     maps::{count, BERTH_PORT_ADDRS},
-    parse::{ptr_at, ETH_LEN, TCP_FLAG_FIN, TCP_FLAG_SYN},
+    parse::{ptr_at, ETH_LEN},
     parse6::{parse_packet6, Flow6, Parsed6, IP6_HDR_LEN},
     policy::{endpoint_with_policy, nowhere},
-    rules6::{endpoint6_with_policy, policy6_allows, Match6, PROTO_OTHER},
+    rules6::{endpoint6_with_policy, numbered6, policy6_allows, Match6, PROTO_OTHER},
     spoof::port_has_policy,
     sys::{BPF_NOEXIST, EEXIST},
-    tcp::{tcp_completes, Seg, WSCALE_NONE},
+    tcp::{tcp_completes, tcp_seg_at, Seg},
 };
 
 const NEXTHDR_ICMPV6: u8 = 58;
@@ -104,7 +104,7 @@ fn mld(data: usize, data_end: usize, ip: &[u8; IP6_HDR_LEN + 1]) -> bool {
 
 /// Whether policy may apply to the container behind bridge port `ifindex`.
 #[inline(always)]
-fn port_may_have_policy(ifindex: u32) -> bool {
+pub(crate) fn port_may_have_policy(ifindex: u32) -> bool {
     match unsafe { BERTH_PORT_ADDRS.get(&ifindex) } {
         Some(p) => port_has_policy(p),
         None => true,
@@ -201,35 +201,25 @@ fn key6(
     k
 }
 
-/// A TCP segment of an IPv6 flow. The window-scale option is not read
-/// (`tcp.rs` reads it at IPv4 offsets): windows count unscaled, which only
-/// narrows what a RST or FIN must fall within to mark the flow closing.
+/// A TCP segment of an IPv6 flow, window scale included, as IPv4's
+/// (`tcp::tcp_seg_at`), so a RST or FIN must fall within the scaled
+/// window to mark the flow closing.
 #[inline(always)]
 fn tcp_seg6(f: &Flow6, data: usize, data_end: usize) -> Seg {
-    let Some(tcp) = ptr_at::<[u8; 16]>(data, data_end, f.l4_off) else {
-        return Seg::default();
+    // The mask changes no offset the parser accepts (at most 16 KiB) and
+    // gives the verifier back the bound a spilled flow loses.
+    let l4_off = f.l4_off & 0x7fff;
+    let hdrs = l4_off.saturating_sub(ETH_LEN + IP6_HDR_LEN) as u32 + u32::from(f.tcp_hdr_len);
+    let payload = u32::from(f.payload_len).saturating_sub(hdrs);
+    // The option walk reads within the first 255 bytes of the frame (as
+    // `nat6::seg_of`): behind longer extension headers the scale stays
+    // unknown, which only narrows the window.
+    let hdr_len = if l4_off + usize::from(f.tcp_hdr_len) <= 255 {
+        f.tcp_hdr_len
+    } else {
+        20
     };
-    let tcp = unsafe { &*tcp };
-    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-    let ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
-    let win = u16::from_be_bytes([tcp[14], tcp[15]]);
-    let hdrs = f.l4_off - ETH_LEN - IP6_HDR_LEN + usize::from(f.tcp_hdr_len);
-    let payload = usize::from(f.payload_len).saturating_sub(hdrs) as u32;
-    let mut end = seq.wrapping_add(payload);
-    if f.tcp_flags & TCP_FLAG_SYN != 0 {
-        end = end.wrapping_add(1);
-    }
-    if f.tcp_flags & TCP_FLAG_FIN != 0 {
-        end = end.wrapping_add(1);
-    }
-    Seg {
-        flags: f.tcp_flags,
-        wscale: WSCALE_NONE,
-        win,
-        seq,
-        end,
-        ack,
-    }
+    tcp_seg_at(data, data_end, l4_off, hdr_len, payload, f.tcp_flags)
 }
 
 enum Ct6 {
@@ -530,7 +520,7 @@ pub(crate) fn judge6(
         PortEp::Policy(ep) => ep,
     };
     if nd_allowed(data, data_end, from) {
-        return true;
+        return !from || !crate::l2::nd_spoofed(data, data_end, ep);
     }
     let Some(ip) = ptr_at::<[u8; IP6_HDR_LEN]>(data, data_end, ETH_LEN) else {
         return false;
@@ -570,9 +560,27 @@ pub(crate) fn judge6(
         Parsed6::Pass if next == PROTO_ICMPV6 => {
             icmp6_allowed(data, data_end, (src, dst), ep, ifindex, (from, src_ok))
         }
-        // A later fragment (no ports), a protocol but TCP, UDP and ICMPv6,
-        // or anything behind headers the parser does not follow: only a
-        // rule for all protocols lets it through, packet by packet.
+        // GRE, IP-in-IP, SCTP, ...: a flow of its protocol and addresses,
+        // as IPv4's (`policy::proto_allowed`).
+        Parsed6::Pass if numbered6(next) => {
+            let p = P6 {
+                src,
+                dst,
+                sport_be: 0,
+                dport_be: 0,
+                m: Match6 {
+                    proto: next,
+                    dport: 0,
+                    icmp_type: 0,
+                    icmp_code: 0,
+                },
+                seg: Seg::default(),
+            };
+            flow_allowed6(&p, ep, ifindex, from, src_ok)
+        }
+        // A later fragment (no ports), or anything behind headers the
+        // parser does not follow: only a rule for all protocols lets it
+        // through, packet by packet.
         _ => {
             let p = P6 {
                 src,

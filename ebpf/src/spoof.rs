@@ -79,7 +79,7 @@ pub(crate) fn uplink_host_source(src_be: u32) -> bool {
 }
 
 #[inline(always)]
-fn port_owns(p: &PortAddrs, addr_be: u32) -> bool {
+pub(crate) fn port_owns(p: &PortAddrs, addr_be: u32) -> bool {
     let mut i = 0;
     while i < PORT_ADDRS_MAX {
         if (i as u32) < p.len && p.addrs_be[i] == addr_be {

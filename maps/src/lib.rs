@@ -856,6 +856,14 @@ counters! {
     /// judged (its slot empty, or its port's addresses unknown), other
     /// than neighbour discovery; dropped (issue 15).
     Policy6Unjudged = 33 => "policy6_unjudged",
+    /// A frame from or to a container with policy that is not untagged
+    /// IPv4, IPv6 or ARP (VLAN-tagged, 802.1ad, raw 802.3, LLDP, ...),
+    /// which no judge reads; dropped.
+    CtrFrameRefused = 34 => "ctr_frame_refused",
+    /// ARP, or an IPv6 neighbour advertisement or solicitation, from a
+    /// container with policy claiming an address that is not its own (a
+    /// neighbour's, the gateway's); dropped.
+    NeighSpoofed = 35 => "neigh_spoofed",
 }
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 // The map is indexed by the enum: indexes run 0.. in order.

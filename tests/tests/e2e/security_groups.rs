@@ -473,7 +473,7 @@ fn bad_input_is_one_line_and_changes_nothing() {
         ),
         (
             rule(&["--proto", "sctp", "--port", "80", "--cidr", "10.0.0.0/8"]),
-            "berth: unknown protocol \"sctp\"; use tcp, udp, icmp, icmpv6 or all",
+            "berth: unknown protocol \"sctp\"; use tcp, udp, icmp, icmpv6, all or a number 1-254",
         ),
         (
             rule(&["--proto", "tcp", "--port", "80", "--sg", "nope"]),

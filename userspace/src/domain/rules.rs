@@ -10,6 +10,13 @@
 //! `icmp` stays IPv4's (each refuses a CIDR of the other family); a group
 //! peer stands for its members of both families; `all` (-1), TCP and UDP
 //! rules follow their peer.
+//!
+//! Any other IP protocol by its number (`47` for GRE, `4` for IP-in-IP,
+//! `132` for SCTP), as AWS takes one: all of that protocol, no ports, and
+//! follows its peer like `all`. The numbers of the named protocols mean
+//! them (`6` is `tcp` and needs ports). 0 and 255 are refused: 0 is IPv6's
+//! hop-by-hop header, never a payload, and the datapath spells "all" with
+//! it; 255 is reserved.
 use std::{
     fmt,
     net::{Ipv4Addr, Ipv6Addr},
@@ -42,8 +49,18 @@ pub enum SgError {
     DescriptionTooLong(usize),
     #[error("description must be one line without control characters")]
     DescriptionControl,
-    #[error("unknown protocol {0:?}; use tcp, udp, icmp, icmpv6 or all")]
+    #[error("unknown protocol {0:?}; use tcp, udp, icmp, icmpv6, all or a number 1-254")]
     Protocol(String),
+    #[error(
+        "protocol number {0} is not accepted: 0 is IPv6's hop-by-hop header and 255 is \
+         reserved; use 1-254, or all"
+    )]
+    ProtocolNumber(u16),
+    #[error(
+        "protocol {0} has no ports, ICMP type or code: a rule for it allows all of it \
+         (--port applies to tcp and udp)"
+    )]
+    NumberedFields(u8),
     #[error("protocol {0} needs a port or port range (--port P or P-Q)")]
     PortRequired(&'static str),
     #[error("protocol {0} has no ports; --port applies to tcp and udp")]
@@ -201,16 +218,20 @@ pub enum Traffic {
         icmp_code: Option<u8>,
     },
     All,
+    /// Any other IP protocol (IPv4 protocol, IPv6 next header), by number:
+    /// all of it. Never 0, 1, 6, 17, 58 or 255 (see the module's comment).
+    Proto(u8),
 }
 
 impl Traffic {
-    fn protocol(&self) -> &'static str {
+    fn protocol(&self) -> String {
         match self {
-            Self::Tcp(..) => "tcp",
-            Self::Udp(..) => "udp",
-            Self::Icmp { .. } => "icmp",
-            Self::Icmpv6 { .. } => "icmpv6",
-            Self::All => "all",
+            Self::Tcp(..) => "tcp".to_owned(),
+            Self::Udp(..) => "udp".to_owned(),
+            Self::Icmp { .. } => "icmp".to_owned(),
+            Self::Icmpv6 { .. } => "icmpv6".to_owned(),
+            Self::All => "all".to_owned(),
+            Self::Proto(n) => n.to_string(),
         }
     }
 }
@@ -277,7 +298,7 @@ impl Rule {
                 Some(icmp_type.map_or(-1, i64::from)),
                 Some(icmp_code.map_or(-1, i64::from)),
             ),
-            Traffic::All => (None, None, None),
+            Traffic::All | Traffic::Proto(_) => (None, None, None),
         };
         let (cidr, sg) = match &self.peer {
             Peer::Cidr(c) => (Some(c.to_string()), None),
@@ -286,7 +307,7 @@ impl Rule {
         };
         RuleSpec {
             direction,
-            protocol: self.traffic.protocol().to_owned(),
+            protocol: self.traffic.protocol(),
             port,
             icmp_type,
             icmp_code,
@@ -310,6 +331,7 @@ impl Rule {
                 icmp_code,
             } => format!("icmpv6 {}", icmp_text(icmp_type, icmp_code)),
             Traffic::All => "all".to_owned(),
+            Traffic::Proto(n) => format!("protocol {n}"),
         };
         let dir = match direction {
             Direction::Ingress => "from",
@@ -367,7 +389,7 @@ impl RuleSpec {
     /// Validates every field on its own; whether a peer group exists is for
     /// [`SgBook::add_rule`].
     pub fn parse(&self) -> Result<Rule, SgError> {
-        let proto = self.protocol.to_ascii_lowercase();
+        let proto = protocol_name(&self.protocol)?;
         let traffic = match proto.as_str() {
             "tcp" | "udp" => {
                 let name = if proto == "tcp" { "tcp" } else { "udp" };
@@ -413,7 +435,15 @@ impl RuleSpec {
                 }
                 Traffic::All
             }
-            _ => return Err(SgError::Protocol(self.protocol.clone())),
+            number => {
+                let n = number
+                    .parse::<u8>()
+                    .map_err(|_| SgError::Protocol(self.protocol.clone()))?;
+                if self.port.is_some() || self.icmp_type.is_some() || self.icmp_code.is_some() {
+                    return Err(SgError::NumberedFields(n));
+                }
+                Traffic::Proto(n)
+            }
         };
         let peer = match (&self.cidr, &self.sg) {
             (Some(cidr), None) if cidr.contains(':') => Peer::Cidr6(parse_cidr6(cidr)?),
@@ -436,6 +466,27 @@ impl RuleSpec {
             description: self.description.clone(),
         })
     }
+}
+
+/// The protocol's name in lower case, a number of a named protocol as its
+/// name (AWS's aliases), any other number 1-254 as itself.
+fn protocol_name(given: &str) -> Result<String, SgError> {
+    let lower = given.to_ascii_lowercase();
+    if !lower.bytes().all(|b| b.is_ascii_digit()) || lower.is_empty() {
+        return Ok(lower);
+    }
+    let n: u16 = match lower.parse() {
+        Ok(n) if n <= 255 => n,
+        _ => return Err(SgError::Protocol(given.to_owned())),
+    };
+    Ok(match n {
+        0 | 255 => return Err(SgError::ProtocolNumber(n)),
+        1 => "icmp".to_owned(),
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        58 => "icmpv6".to_owned(),
+        n => n.to_string(),
+    })
 }
 
 fn icmp_field(v: Option<i64>, err: fn(i64) -> SgError) -> Result<Option<u8>, SgError> {

@@ -63,6 +63,9 @@ pub enum RuleProto {
     Icmp,
     /// `ICMPv6` (protocol 58).
     Icmp6,
+    /// Any other IP protocol by number (IPv4's protocol field, IPv6's
+    /// upper-layer next header): all of it, tracked by its addresses.
+    Number(u8),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -365,6 +365,9 @@ impl SgBook {
                 icmp_code,
             } => (Some(RuleProto::Icmp6), (0, 0), icmp_type, icmp_code),
             Traffic::All => (None, (0, u16::MAX), None, None),
+            // Ports 0 for the datapath's range check: a numbered protocol
+            // is matched with port 0.
+            Traffic::Proto(n) => (Some(RuleProto::Number(n)), (0, u16::MAX), None, None),
         };
         let peer = match &r.peer {
             Peer::Cidr(c) => RulePeer::Cidr(c.addr, c.prefix_len),

@@ -296,10 +296,13 @@ pub(super) fn flow_timeout(proto: u8, flags: u8, table: FlowTable, t: &FlowTimeo
         (PROTO_TCP, FlowTable::Embryonic) => t.tcp_syn,
         (PROTO_TCP, FlowTable::Established) if closing => t.tcp_closing,
         (PROTO_TCP, FlowTable::Established) => t.tcp_established,
-        (berth_maps::PROTO_UDP, FlowTable::Embryonic) => t.udp_single,
-        (berth_maps::PROTO_UDP, _) if flags & NAT_F_REPLIED != 0 => t.udp_stream,
-        (berth_maps::PROTO_UDP, _) => t.udp_single,
-        _ => t.icmp,
+        (berth_maps::PROTO_ICMP | berth_maps::PROTO_ICMPV6, _) => t.icmp,
+        // UDP, and any other protocol a security group tracks by its
+        // addresses (GRE, IP-in-IP, SCTP, ...): a datagram stream, as
+        // conntrack treats GRE.
+        (_, FlowTable::Embryonic) => t.udp_single,
+        (_, _) if flags & NAT_F_REPLIED != 0 => t.udp_stream,
+        _ => t.udp_single,
     }
 }
 
@@ -374,5 +377,25 @@ mod tests {
             !picks(flow([192, 0, 2, 1], 8080, PROTO_TCP)),
             "an address still the host's"
         );
+    }
+
+    #[test]
+    fn other_protocols_keep_udps_timeouts_and_icmp_keeps_its_own() {
+        let t = FlowTimeouts {
+            udp_single: 30,
+            udp_stream: 180,
+            icmp: 7,
+            ..FlowTimeouts::default()
+        };
+        let (new, est) = (FlowTable::Embryonic, FlowTable::Established);
+        for gre_like in [47, 4, 132, 50] {
+            assert_eq!(flow_timeout(gre_like, 0, new, &t), 30);
+            assert_eq!(flow_timeout(gre_like, NAT_F_REPLIED, est, &t), 180);
+        }
+        assert_eq!(
+            flow_timeout(berth_maps::PROTO_ICMP, NAT_F_REPLIED, est, &t),
+            7
+        );
+        assert_eq!(flow_timeout(berth_maps::PROTO_ICMPV6, 0, new, &t), 7);
     }
 }

@@ -52,6 +52,16 @@ pub(super) fn sweep6<V: aya::Pod + Default>(
     Ok(total)
 }
 
+/// The IPv6 policy-tracked flows with any of `addrs` at either end, as a
+/// predicate for [`sweep6`] over `BERTH_CT6`(_NEW) (IPv4's
+/// `flows::touching`).
+pub(super) fn touching6(
+    addrs: &[std::net::Ipv6Addr],
+) -> impl Fn(&FlowKey6, &CtEntry, FlowTable) -> bool {
+    let addrs: HashSet<[u8; 16]> = addrs.iter().map(std::net::Ipv6Addr::octets).collect();
+    move |k, _, _| addrs.contains(&k.src_addr) || addrs.contains(&k.dst_addr)
+}
+
 /// What an IPv6 binding owns in `BERTH_NAT6`(_NEW), whose keys are the
 /// reply tuple as the container sends it: the container side of the tuple
 /// and the host port the flow came in on (the IPv6 `FlowOwner`).
@@ -261,5 +271,26 @@ mod tests {
             (11 + t.udp_single) * s,
             &t
         ));
+    }
+
+    #[test]
+    fn an_endpoints_policy_flows_are_picked_at_either_end_only() {
+        let gone = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+        let stays = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
+        let peer = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9);
+        let key = |src: Ipv6Addr, dst: Ipv6Addr| FlowKey6 {
+            src_addr: src.octets(),
+            dst_addr: dst.octets(),
+            proto: PROTO_UDP,
+            ..Default::default()
+        };
+        let doomed = touching6(&[gone]);
+        let e = CtEntry::default();
+        let t = FlowTable::Established;
+        assert!(doomed(&key(gone, peer), &e, t));
+        assert!(doomed(&key(peer, gone), &e, FlowTable::Embryonic));
+        assert!(!doomed(&key(stays, peer), &e, t));
+        assert!(!doomed(&key(peer, stays), &e, t));
+        assert!(!touching6(&[])(&key(gone, peer), &e, t));
     }
 }

@@ -19,7 +19,7 @@ use super::{
         flow_expired, flow_timeout, fwd_flow_key, fwd_owns, monotonic_ns, on_addrs_gone, owned_by,
         owned_by_none_of, sweep, touching, FlowTable,
     },
-    flows6::{nat6_expired, owned_by6, owned_by_none_of6, sweep6},
+    flows6::{nat6_expired, owned_by6, owned_by_none_of6, sweep6, touching6},
     Datapath, DatapathError, FlowTimeouts, PolicyRule,
 };
 use crate::{domain::cidr::Ipv4Cidr, domain::model::Binding};
@@ -160,6 +160,27 @@ impl BpfDatapath {
         for k in &orphans {
             let _ = m.nat_fwd.remove(k);
         }
+    }
+
+    /// Forget the IPv6 policy-tracked flows (`BERTH_CT6`, `BERTH_CT6_NEW`)
+    /// with any of `addrs` at either end: IPv6 endpoints no task has any
+    /// more. As IPv4's [`Datapath::forget_endpoint_flows`], so a task
+    /// published again at the address, on the same port, starts from its
+    /// own groups; done at once, when the endpoint goes (there is no IPv6
+    /// publish for a sweep to hold back).
+    fn forget_endpoint_flows6(&self, addrs: &[Ipv6Addr]) -> Result<(), DatapathError> {
+        if addrs.is_empty() {
+            return Ok(());
+        }
+        let n = sweep6(&self.ct6_flows, touching6(addrs))?;
+        if n > 0 {
+            tracing::info!(
+                flows = n,
+                addresses = addrs.len(),
+                "forgot IPv6 policy-tracked flows of endpoints that went"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -549,7 +570,8 @@ impl Datapath for BpfDatapath {
     }
 
     fn remove_endpoint6(&self, ip: Ipv6Addr) -> Result<(), DatapathError> {
-        self.policy().remove_endpoint6(ip)
+        self.policy().remove_endpoint6(ip)?;
+        self.forget_endpoint_flows6(&[ip])
     }
 
     fn set_group_members6(&self, sg_id: u32, members: &[Ipv6Addr]) -> Result<(), DatapathError> {
@@ -561,7 +583,9 @@ impl Datapath for BpfDatapath {
         endpoints: &[Ipv6Addr],
         groups: &[u32],
     ) -> Result<usize, DatapathError> {
-        Ok(self.policy().retain6(endpoints, groups))
+        let (n, gone) = self.policy().retain6(endpoints, groups);
+        self.forget_endpoint_flows6(&gone)?;
+        Ok(n)
     }
 
     fn set_port_gate(&self, on: bool) -> Result<(), DatapathError> {

@@ -72,6 +72,7 @@ pub fn encode_rule(r: &PolicyRule) -> Rule {
         Some(RuleProto::Udp) => PROTO_UDP,
         Some(RuleProto::Icmp) => PROTO_ICMP,
         Some(RuleProto::Icmp6) => return MATCHES_NOTHING,
+        Some(RuleProto::Number(n)) => n,
     };
     let (kind, addr, mask) = match r.peer {
         RulePeer::Cidr(net, len) => {
@@ -276,8 +277,12 @@ impl PolicyMaps {
     }
 
     /// [`PolicyMaps::retain`] for the IPv6 endpoints and memberships;
-    /// returns how many entries went.
-    pub(super) fn retain6(&mut self, endpoints: &[Ipv6Addr], groups: &[u32]) -> usize {
+    /// returns how many entries went and the endpoints that went.
+    pub(super) fn retain6(
+        &mut self,
+        endpoints: &[Ipv6Addr],
+        groups: &[u32],
+    ) -> (usize, Vec<Ipv6Addr>) {
         let endpoints: HashSet<[u8; 16]> = endpoints.iter().map(Ipv6Addr::octets).collect();
         let groups: HashSet<u32> = groups.iter().copied().collect();
         let stale: Vec<[u8; 16]> = self
@@ -287,8 +292,12 @@ impl PolicyMaps {
             .filter(|k| !endpoints.contains(k))
             .collect();
         let mut n = 0;
+        let mut gone = Vec::new();
         for k in stale {
-            n += usize::from(self.endpoints6.remove(&k).is_ok());
+            if self.endpoints6.remove(&k).is_ok() {
+                n += 1;
+                gone.push(Ipv6Addr::from(k));
+            }
         }
         let stale: Vec<berth_maps::SgMember6> = self
             .members6
@@ -299,7 +308,7 @@ impl PolicyMaps {
         for k in stale {
             n += usize::from(self.members6.remove(&k).is_ok());
         }
-        n
+        (n, gone)
     }
 
     /// Drops what is not in the lists; returns how many entries went and

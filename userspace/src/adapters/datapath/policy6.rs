@@ -35,6 +35,7 @@ pub fn encode_rule6(r: &PolicyRule) -> Rule6 {
         Some(RuleProto::Udp) => PROTO_UDP,
         Some(RuleProto::Icmp6) => PROTO_ICMPV6,
         Some(RuleProto::Icmp) => return MATCHES_NOTHING6,
+        Some(RuleProto::Number(n)) => n,
     };
     let (kind, sg_id, addr, mask) = match r.peer {
         RulePeer::Cidr6(net, len) => {

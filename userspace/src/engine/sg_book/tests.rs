@@ -128,7 +128,7 @@ fn every_bad_rule_field_is_one_clear_line() {
     );
     assert_eq!(
         err(&spec(Direction::Ingress, "sctp")),
-        "unknown protocol \"sctp\"; use tcp, udp, icmp, icmpv6 or all"
+        "unknown protocol \"sctp\"; use tcp, udp, icmp, icmpv6, all or a number 1-254"
     );
     let two_peers = RuleSpec {
         sg: Some("x".into()),
@@ -879,4 +879,97 @@ fn a_failed_ipv6_endpoint_leaves_the_applied_state_what_the_datapath_holds() {
     applied.push(&want, &dp).unwrap();
     assert_eq!(applied, want);
     assert_eq!(dp.endpoints6.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn other_protocols_are_taken_by_number_as_aws_takes_them() {
+    let gre = spec(Direction::Egress, "47").parse().unwrap();
+    assert_eq!(gre.traffic, Traffic::Proto(47));
+    assert_eq!(
+        gre.summary(Direction::Egress),
+        "egress protocol 47 to 0.0.0.0/0"
+    );
+    // Its wire (and store) form reads back as the same rule.
+    let back = gre.spec(Direction::Egress);
+    assert_eq!(
+        (back.protocol.as_str(), &back.port, back.icmp_type),
+        ("47", &None, None)
+    );
+    assert!(back.parse().unwrap().same_as(&gre));
+    // Leading zeros are the same number.
+    assert!(spec(Direction::Egress, "047")
+        .parse()
+        .unwrap()
+        .same_as(&gre));
+    // The numbers of the named protocols are those protocols.
+    let tcp6 = RuleSpec {
+        port: Some("80".into()),
+        ..spec(Direction::Ingress, "6")
+    };
+    assert_eq!(tcp6.parse().unwrap().traffic, Traffic::Tcp(80, 80));
+    assert_eq!(
+        err(&spec(Direction::Ingress, "17")),
+        "protocol udp needs a port or port range (--port P or P-Q)"
+    );
+    assert!(matches!(
+        spec(Direction::Ingress, "1").parse().unwrap().traffic,
+        Traffic::Icmp { .. }
+    ));
+    // 0 (hop-by-hop, and the datapath's "all") and 255 are refused, as is
+    // anything past 255; a number takes no ports or ICMP fields.
+    for n in ["0", "255"] {
+        assert_eq!(
+            err(&spec(Direction::Ingress, n)),
+            format!(
+                "protocol number {n} is not accepted: 0 is IPv6's hop-by-hop header and 255 \
+                 is reserved; use 1-254, or all"
+            )
+        );
+    }
+    for n in ["256", "99999999999999999999"] {
+        assert!(matches!(
+            spec(Direction::Ingress, n).parse(),
+            Err(SgError::Protocol(_))
+        ));
+    }
+    let with_port = RuleSpec {
+        port: Some("1".into()),
+        ..spec(Direction::Ingress, "132")
+    };
+    assert_eq!(
+        err(&with_port),
+        "protocol 132 has no ports, ICMP type or code: a rule for it allows all of it \
+         (--port applies to tcp and udp)"
+    );
+    let with_type = RuleSpec {
+        icmp_type: Some(8),
+        ..spec(Direction::Ingress, "4")
+    };
+    assert!(matches!(with_type.parse(), Err(SgError::NumberedFields(4))));
+}
+
+#[test]
+fn a_numbered_rule_compiles_to_its_protocol_on_every_port_of_its_family() {
+    let mut book = SgBook::default();
+    book.create("tun", "").unwrap();
+    let group_peer = RuleSpec {
+        cidr: None,
+        sg: Some("tun".into()),
+        ..spec(Direction::Ingress, "47")
+    };
+    book.add_rule("tun", Direction::Ingress, group_peer.parse().unwrap())
+        .unwrap();
+    let v6 = RuleSpec {
+        cidr: Some("::/0".into()),
+        ..spec(Direction::Ingress, "132")
+    };
+    book.add_rule("tun", Direction::Ingress, v6.parse().unwrap())
+        .unwrap();
+    let (ingress, _) = book.compile(&["tun"]);
+    assert_eq!(ingress.len(), 2);
+    assert_eq!(ingress[0].proto, Some(RuleProto::Number(47)));
+    assert_eq!(ingress[0].ports, (0, u16::MAX));
+    assert_eq!(ingress[0].family(), RuleFamily::Both);
+    assert_eq!(ingress[1].proto, Some(RuleProto::Number(132)));
+    assert_eq!(ingress[1].family(), RuleFamily::V6);
 }

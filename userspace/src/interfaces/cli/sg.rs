@@ -83,7 +83,13 @@ pub struct RuleArgs {
     /// Traffic from the group's tasks.
     #[arg(long)]
     pub egress: bool,
-    #[arg(long, value_name = "tcp|udp|icmp|icmpv6|all")]
+    /// A protocol by name, or any other by its number 1-254 (`47`: GRE),
+    /// which allows all of it (no ports).
+    #[arg(
+        long,
+        visible_alias = "protocol",
+        value_name = "tcp|udp|icmp|icmpv6|all|N"
+    )]
     pub proto: String,
     /// Destination port or range (tcp and udp).
     #[arg(long, value_name = "P|P-Q")]

@@ -65,6 +65,8 @@ pub const DROP_COUNTERS: &[&str] = &[
     "ct_no_flow",
     "unhooked_port",
     "policy6_unjudged",
+    "ctr_frame_refused",
+    "neigh_spoofed",
 ];
 
 /// Security-group refusals among the datapath counters, by direction.

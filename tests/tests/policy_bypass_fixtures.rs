@@ -1,0 +1,518 @@
+//! Ways past a security group below TCP/UDP, through `BPF_PROG_TEST_RUN`
+//! on the container veth programs: other IP protocols (GRE, IP-in-IP,
+//! SCTP, ESP) judged by "all" and numbered rules and tracked; frames the
+//! judges cannot read (VLAN tags, other ethertypes) dropped; a container's
+//! ARP and neighbour discovery claiming an address not its own dropped;
+//! IPv6 tracking reading the window scale as IPv4's. Each verdict, the frame (never rewritten) and the counter are checked.
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use berth::datapath::{PolicyRule, RulePeer, RuleProto};
+use berth_integration::{
+    pkt::{self, Ipv6Packet, Packet},
+    testrun::*,
+};
+use berth_maps::{Counter, FlowKey, FlowKey6, CONFIG_NO_POLICY, DIR_EGRESS, DIR_INGRESS};
+
+const OK: u32 = 0;
+const SHOT: u32 = 2;
+/// C1 and C2 have policy (tasks 1 and 2), C3 none (task 3).
+const C3: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 4);
+const C1_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const C2_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
+const C3_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 4);
+const IPIP: u8 = 4;
+
+struct Ports {
+    c1: u32,
+    c2: u32,
+    c3: u32,
+}
+
+fn rule(proto: Option<RuleProto>, ports: (u16, u16), peer: RulePeer) -> PolicyRule {
+    PolicyRule {
+        proto,
+        ports,
+        icmp_type: None,
+        icmp_code: None,
+        peer,
+    }
+}
+
+fn any4() -> RulePeer {
+    RulePeer::Cidr(Ipv4Addr::UNSPECIFIED, 0)
+}
+
+fn any6() -> RulePeer {
+    RulePeer::Cidr6(Ipv6Addr::UNSPECIFIED, 0)
+}
+
+fn tcp80(peer: RulePeer) -> PolicyRule {
+    rule(Some(RuleProto::Tcp), (80, 80), peer)
+}
+
+/// A numbered rule as the engine compiles it (all ports).
+fn numbered(n: u8, peer: RulePeer) -> PolicyRule {
+    rule(Some(RuleProto::Number(n)), (0, u16::MAX), peer)
+}
+
+/// C1 (task 1): TCP 80 in and out only, both families. C2 (task 2): no
+/// rules. C3: no groups. Each on a port whose IPv4 address is learned.
+fn setup(env: &mut Env) -> Ports {
+    let c1 = env.add_port("pc1");
+    env.port_addrs(c1, &[C1]);
+    let c2 = env.add_port("pc2");
+    env.port_addrs(c2, &[C2]);
+    let c3 = env.add_port("pc3");
+    env.port_addrs(c3, &[C3]);
+    env.set_endpoint(C1, 1, true);
+    env.set_endpoint(C2, 2, true);
+    env.set_endpoint(C3, 3, false);
+    env.set_endpoint6(C1_6, 1, true);
+    env.set_endpoint6(C2_6, 2, true);
+    env.set_endpoint6(C3_6, 3, false);
+    for dir in [DIR_INGRESS, DIR_EGRESS] {
+        env.set_rules(1, dir, &[tcp80(any4())]);
+        set_rules6(env, 1, dir, &[tcp80(any6())]);
+    }
+    Ports { c1, c2, c3 }
+}
+
+fn set_rules6(env: &mut Env, task_id: u32, dir: u32, rules: &[PolicyRule]) {
+    use aya::maps::{HashMap, MapData};
+    use berth_maps::{Policy6, PolicyKey, Rule6, MAX_RULES};
+    let mut p = Box::new(Policy6 {
+        len: rules.len() as u32,
+        _pad: 0,
+        rules: [Rule6::default(); MAX_RULES],
+    });
+    for (slot, r) in p.rules.iter_mut().zip(rules) {
+        *slot = berth::datapath::encode_rule6(r);
+    }
+    let mut m: HashMap<&mut MapData, PolicyKey, Policy6> =
+        HashMap::try_from(env.ebpf.map_mut("BERTH_POLICY6").unwrap()).unwrap();
+    m.insert(PolicyKey { task_id, dir }, *p, 0).unwrap();
+}
+
+/// The verdict of `prog` for `frame` on bridge port `port`; the frame
+/// must come out as it went in.
+fn on(env: &Env, prog: &str, port: u32, frame: &[u8]) -> u32 {
+    let v = env.tc_on(prog, frame, port);
+    assert_eq!(v.frame, frame, "{prog} changed a frame");
+    v.code
+}
+
+fn sent(env: &Env, port: u32, frame: &[u8]) -> u32 {
+    on(env, "berth_from_ctr", port, frame)
+}
+
+fn received(env: &Env, port: u32, frame: &[u8]) -> u32 {
+    on(env, "berth_to_ctr", port, frame)
+}
+
+/// An IPv4 packet of protocol `proto` (a GRE-ish payload).
+fn raw(src: Ipv4Addr, dst: Ipv4Addr, proto: u8) -> Vec<u8> {
+    Packet::raw(src, dst, proto, vec![0, 0, 0x08, 0, 0x45, 0, 0, 20]).frame()
+}
+
+fn raw6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8) -> Vec<u8> {
+    let mut p = Ipv6Packet::new(proto, 0);
+    (p.src, p.dst, p.payload) = (src, dst, vec![0, 0, 0x86, 0xdd, 0, 0, 0, 0]);
+    p.frame()
+}
+
+fn ct_key(src: Ipv4Addr, dst: Ipv4Addr, proto: u8) -> FlowKey {
+    FlowKey {
+        src_addr_be: u32::from_ne_bytes(src.octets()),
+        dst_addr_be: u32::from_ne_bytes(dst.octets()),
+        src_port_be: 0,
+        dst_port_be: 0,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+#[test]
+fn other_ipv4_protocols_pass_a_container_with_policy_only_by_its_rules() {
+    in_fixture_ns(|env| {
+        let p = setup(env);
+        // C1 allows TCP 80 only: no tunnel out, whoever receives it.
+        let egress = env.counter(Counter::PolicyDeniedEgress);
+        for proto in [pkt::GRE, IPIP, pkt::SCTP, pkt::ESP] {
+            assert_eq!(sent(env, p.c1, &raw(C1, C3, proto)), SHOT, "proto {proto}");
+            assert_eq!(sent(env, p.c1, &raw(C1, OTHER, proto)), SHOT);
+        }
+        assert_eq!(env.counter(Counter::PolicyDeniedEgress), egress + 8);
+        // Nor in: from the open C3 (judged at C3's send and at C1's
+        // port), from the host or the outside.
+        let ingress = env.counter(Counter::PolicyDeniedIngress);
+        assert_eq!(sent(env, p.c3, &raw(C3, C1, pkt::GRE)), SHOT);
+        for src in [C3, BRIDGE_IP, OTHER] {
+            assert_eq!(received(env, p.c1, &raw(src, C1, pkt::GRE)), SHOT);
+        }
+        assert_eq!(env.counter(Counter::PolicyDeniedIngress), ingress + 4);
+        // A task without groups keeps every protocol.
+        assert_eq!(sent(env, p.c3, &raw(C3, OTHER, pkt::GRE)), OK);
+        assert_eq!(received(env, p.c3, &raw(OTHER, C3, IPIP)), OK);
+        // Nothing was tracked for what was refused.
+        assert!(env.ct_lookup(&ct_key(C1, C3, pkt::GRE)).is_none());
+    });
+}
+
+#[test]
+fn a_numbered_or_all_rule_opens_its_protocol_and_the_reply_is_tracked() {
+    in_fixture_ns(|env| {
+        let p = setup(env);
+        env.set_rules(1, DIR_EGRESS, &[numbered(pkt::GRE, any4())]);
+        // GRE out to C3: allowed and tracked; IP-in-IP still refused.
+        assert_eq!(sent(env, p.c1, &raw(C1, C3, pkt::GRE)), OK);
+        assert_eq!(
+            env.ct_lookup(&ct_key(C1, C3, pkt::GRE)).map(|e| e.0),
+            Some(false)
+        );
+        assert_eq!(sent(env, p.c1, &raw(C1, C3, IPIP)), SHOT);
+        // The reply comes in with no ingress rule for GRE, and establishes
+        // the flow; GRE from a peer C1 never sent to does not.
+        assert_eq!(received(env, p.c1, &raw(C3, C1, pkt::GRE)), OK);
+        assert_eq!(
+            env.ct_lookup(&ct_key(C1, C3, pkt::GRE)).map(|e| e.0),
+            Some(true)
+        );
+        assert_eq!(received(env, p.c1, &raw(OTHER, C1, pkt::GRE)), SHOT);
+        // An ingress rule for the number admits it unsolicited.
+        env.set_rules(1, DIR_INGRESS, &[numbered(pkt::SCTP, any4())]);
+        assert_eq!(received(env, p.c1, &raw(OTHER, C1, pkt::SCTP)), OK);
+        assert_eq!(received(env, p.c1, &raw(OTHER, C1, pkt::ESP)), SHOT);
+        // "all" takes every protocol; a TCP rule on every port does not.
+        env.set_rules(
+            1,
+            DIR_EGRESS,
+            &[rule(Some(RuleProto::Tcp), (0, 65535), any4())],
+        );
+        assert_eq!(sent(env, p.c1, &raw(C1, OTHER, pkt::ESP)), SHOT);
+        env.set_rules(1, DIR_EGRESS, &[rule(None, (0, 65535), any4())]);
+        assert_eq!(sent(env, p.c1, &raw(C1, OTHER, pkt::ESP)), OK);
+        // East-west, both ends judged: C2 has no rules at all.
+        assert_eq!(sent(env, p.c1, &raw(C1, C2, IPIP)), SHOT);
+        // A numbered rule never matches TCP with port 0.
+        env.set_rules(1, DIR_EGRESS, &[numbered(pkt::GRE, any4())]);
+        let tcp0 = Packet::tcp(C1, 0, C3, 0).frame();
+        assert_eq!(sent(env, p.c1, &tcp0), SHOT);
+    });
+}
+
+#[test]
+fn a_first_fragment_of_another_protocol_decides_for_its_datagram() {
+    in_fixture_ns(|env| {
+        let p = setup(env);
+        let gre = Packet::raw(C1, C3, pkt::GRE, vec![7; 64]);
+        let first = pkt::fragment(&gre, 0, 32, true);
+        let later = pkt::fragment(&gre, 32, 32, false);
+        assert_eq!(sent(env, p.c1, &first), SHOT);
+        assert_eq!(sent(env, p.c1, &later), SHOT);
+        env.set_rules(1, DIR_EGRESS, &[numbered(pkt::GRE, any4())]);
+        let gre = Packet {
+            ip_id: 0x4242,
+            ..gre
+        };
+        assert_eq!(sent(env, p.c1, &pkt::fragment(&gre, 0, 32, true)), OK);
+        assert_eq!(sent(env, p.c1, &pkt::fragment(&gre, 32, 32, false)), OK);
+    });
+}
+
+#[test]
+fn other_ipv6_next_headers_pass_only_by_their_rules_and_are_tracked() {
+    in_fixture_ns(|env| {
+        let p = setup(env);
+        for proto in [pkt::GRE, IPIP, 41, pkt::SCTP, pkt::ESP] {
+            assert_eq!(
+                sent(env, p.c1, &raw6(C1_6, C3_6, proto)),
+                SHOT,
+                "proto {proto}"
+            );
+            assert_eq!(received(env, p.c1, &raw6(C3_6, C1_6, proto)), SHOT);
+        }
+        // A numbered rule (and its IPv4 twin, which must not count).
+        set_rules6(env, 1, DIR_EGRESS, &[numbered(pkt::GRE, any6())]);
+        env.set_rules(1, DIR_INGRESS, &[numbered(pkt::GRE, any4())]);
+        assert_eq!(sent(env, p.c1, &raw6(C1_6, C3_6, pkt::GRE)), OK);
+        assert_eq!(sent(env, p.c1, &raw6(C1_6, C3_6, 41)), SHOT);
+        // Its reply is tracked at C1's port; a stranger's GRE is not.
+        assert_eq!(received(env, p.c1, &raw6(C3_6, C1_6, pkt::GRE)), OK);
+        assert_eq!(
+            received(env, p.c1, &raw6(pkt::CLIENT6, C1_6, pkt::GRE)),
+            SHOT
+        );
+        // "all" takes any next header.
+        set_rules6(env, 1, DIR_EGRESS, &[rule(None, (0, 65535), any6())]);
+        assert_eq!(sent(env, p.c1, &raw6(C1_6, C3_6, pkt::SCTP)), OK);
+        // C2 with no rules refuses what C1 may send it.
+        assert_eq!(received(env, p.c2, &raw6(C1_6, C2_6, pkt::SCTP)), SHOT);
+    });
+}
+
+/// What the daemon writes when no endpoint has policy.
+fn no_policy_anywhere(env: &mut Env) {
+    let mut m: aya::maps::Array<&mut aya::maps::MapData, u64> =
+        aya::maps::Array::try_from(env.ebpf.map_mut("BERTH_CONFIG").unwrap()).unwrap();
+    m.set(CONFIG_NO_POLICY, 1, 0).unwrap();
+}
+
+fn frame_refused(env: &Env) -> u64 {
+    env.counter(Counter::CtrFrameRefused)
+}
+
+#[test]
+fn tagged_and_unknown_frames_never_cross_a_port_with_policy() {
+    in_fixture_ns(|env| {
+        let p = setup(env);
+        let tcp = Packet::tcp(C1, 40000, C3, 80).frame();
+        assert_eq!(sent(env, p.c1, &tcp), OK);
+        let mut lldp = tcp.clone();
+        lldp[12..14].copy_from_slice(&0x88ccu16.to_be_bytes());
+        // A raw 802.3 frame: a length where the ethertype goes.
+        let mut llc = tcp.clone();
+        llc[12..14].copy_from_slice(&((tcp.len() - 14) as u16).to_be_bytes());
+        let bad = [
+            pkt::vlan_tagged(&tcp, 100),
+            pkt::qinq_tagged(&tcp, 200, 100),
+            pkt::tagged(&tcp, pkt::ETH_P_8021AD, 100),
+            pkt::vlan_tagged(&pkt::arp_request(C1, BRIDGE_IP), 100),
+            pkt::vlan_tagged(&raw6(C1_6, C3_6, pkt::TCP), 100),
+            lldp,
+            llc,
+        ];
+        for f in &bad {
+            assert_eq!(sent(env, p.c1, f), SHOT);
+            assert_eq!(received(env, p.c1, f), SHOT);
+        }
+        assert_eq!(frame_refused(env), 2 * bad.len() as u64);
+        // ARP, IPv4 and IPv6 are judged as before.
+        assert_eq!(sent(env, p.c1, &pkt::arp_request(C1, BRIDGE_IP)), OK);
+        assert_eq!(received(env, p.c1, &pkt::arp_request(BRIDGE_IP, C1)), OK);
+        // A port without policy, or no policy anywhere: left alone.
+        for f in &bad {
+            assert_eq!(sent(env, p.c3, f), OK);
+            assert_eq!(received(env, p.c3, f), OK);
+        }
+        no_policy_anywhere(env);
+        assert_eq!(sent(env, p.c1, &bad[0]), OK);
+        assert_eq!(frame_refused(env), 2 * bad.len() as u64);
+    });
+}
+
+#[test]
+fn a_port_whose_addresses_are_unknown_refuses_tagged_frames() {
+    in_fixture_ns(|env| {
+        setup(env);
+        let unknown = env.add_port("pc9");
+        let tagged = pkt::vlan_tagged(&Packet::udp(C3, 1, OTHER, 53).frame(), 7);
+        assert_eq!(sent(env, unknown, &tagged), SHOT);
+        assert_eq!(frame_refused(env), 1);
+    });
+}
+
+fn neigh_spoofed(env: &Env) -> u64 {
+    env.counter(Counter::NeighSpoofed)
+}
+
+#[test]
+fn arp_from_a_container_with_policy_claims_only_its_own_address() {
+    in_fixture_ns(|env| {
+        let p = setup(env);
+        let mac = [0x02, 0x42, 0xac, 0x11, 0, 0x02];
+        // Its own address, requests and replies, and a probe (0.0.0.0).
+        assert_eq!(
+            sent(env, p.c1, &pkt::arp(1, mac, C1, [0; 6], BRIDGE_IP)),
+            OK
+        );
+        assert_eq!(
+            sent(env, p.c1, &pkt::arp(2, mac, C1, BRIDGE_MAC, BRIDGE_IP)),
+            OK
+        );
+        let probe = pkt::arp(1, mac, Ipv4Addr::UNSPECIFIED, [0; 6], C1);
+        assert_eq!(sent(env, p.c1, &probe), OK);
+        assert_eq!(neigh_spoofed(env), 0);
+        // The gateway's, a neighbour's, a stranger's: dropped.
+        for claimed in [BRIDGE_IP, C2, C3, OTHER] {
+            let reply = pkt::arp(2, mac, claimed, BRIDGE_MAC, BRIDGE_IP);
+            assert_eq!(sent(env, p.c1, &reply), SHOT, "{claimed}");
+            let gratuitous = pkt::arp(1, mac, claimed, [0; 6], claimed);
+            assert_eq!(sent(env, p.c1, &gratuitous), SHOT);
+        }
+        assert_eq!(neigh_spoofed(env), 8);
+        // A container without policy keeps ARP as Docker leaves it (see
+        // `policy_fixtures::no_source_check_without_policy_on_either_end`),
+        // and so does a port whose addresses are not learned yet.
+        assert_eq!(
+            sent(env, p.c3, &pkt::arp(2, mac, BRIDGE_IP, BRIDGE_MAC, C1)),
+            OK
+        );
+        let unknown = env.add_port("pc9");
+        assert_eq!(
+            sent(env, unknown, &pkt::arp(1, mac, C3, [0; 6], BRIDGE_IP)),
+            OK
+        );
+        assert_eq!(neigh_spoofed(env), 8);
+        // What a container receives is not its claim.
+        assert_eq!(
+            received(env, p.c1, &pkt::arp(2, BRIDGE_MAC, BRIDGE_IP, mac, C1)),
+            OK
+        );
+    });
+}
+
+const NS: u8 = 135;
+const NA: u8 = 136;
+/// The frame source MAC `Ipv6Packet` writes, and its EUI-64 link-local.
+const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const SRC_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0x00ff, 0xfe00, 0x0002);
+const GATEWAY_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0x0042, 0xff, 0xfe00, 0x0001);
+
+/// A neighbour advertisement for `target` from `src`, with a target
+/// link-layer address option if `tlla`.
+fn na(src: Ipv6Addr, target: Ipv6Addr, tlla: Option<[u8; 6]>) -> Vec<u8> {
+    let mut p = Ipv6Packet::icmpv6(NA, 0);
+    (p.src, p.dst, p.hop_limit) = (src, Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), 255);
+    p.payload = vec![0x20, 0, 0, 0];
+    p.payload.extend(target.octets());
+    if let Some(mac) = tlla {
+        p.payload.extend([2, 1]);
+        p.payload.extend(mac);
+    }
+    p.frame()
+}
+
+/// A neighbour solicitation from `src` for `target`, with a source
+/// link-layer address option.
+fn ns(src: Ipv6Addr, target: Ipv6Addr, slla: [u8; 6]) -> Vec<u8> {
+    let mut p = Ipv6Packet::icmpv6(NS, 0);
+    (p.src, p.dst, p.hop_limit) = (src, target, 255);
+    p.payload = vec![0, 0, 0, 0];
+    p.payload.extend(target.octets());
+    p.payload.extend([1, 1]);
+    p.payload.extend(slla);
+    p.frame()
+}
+
+#[test]
+fn neighbour_discovery_from_a_container_with_policy_claims_only_its_own_addresses() {
+    in_fixture_ns(|env| {
+        let p = setup(env);
+        // Its own global address; its EUI-64 link-local, whether the MAC
+        // is the frame's or the option's.
+        assert_eq!(sent(env, p.c1, &na(C1_6, C1_6, Some(SRC_MAC))), OK);
+        assert_eq!(sent(env, p.c1, &na(SRC_LL, SRC_LL, None)), OK);
+        assert_eq!(sent(env, p.c1, &na(SRC_LL, SRC_LL, Some(SRC_MAC))), OK);
+        assert_eq!(sent(env, p.c1, &ns(C1_6, C2_6, SRC_MAC)), OK);
+        assert_eq!(sent(env, p.c1, &ns(SRC_LL, GATEWAY_LL, SRC_MAC)), OK);
+        // Duplicate address detection: from `::`, no option.
+        let mut dad = Ipv6Packet::icmpv6(NS, 0);
+        (dad.src, dad.dst, dad.hop_limit) = (Ipv6Addr::UNSPECIFIED, C1_6, 255);
+        dad.payload = vec![0, 0, 0, 0];
+        dad.payload.extend(C1_6.octets());
+        assert_eq!(sent(env, p.c1, &dad.frame()), OK);
+        assert_eq!(neigh_spoofed(env), 0);
+        // Another task's address, the open C3's, the gateway's link-local
+        // (announced with the container's MAC), or a link-local that is not
+        // the announced MAC's.
+        let spoofed = [
+            na(C1_6, C2_6, Some(SRC_MAC)),
+            na(C1_6, C3_6, Some(SRC_MAC)),
+            na(SRC_LL, GATEWAY_LL, Some(SRC_MAC)),
+            na(SRC_LL, GATEWAY_LL, None),
+            na(SRC_LL, SRC_LL, Some([0x02, 0x42, 0, 0, 0, 1])),
+            ns(C2_6, C1_6, SRC_MAC),
+            ns(GATEWAY_LL, C1_6, SRC_MAC),
+        ];
+        for f in &spoofed {
+            assert_eq!(sent(env, p.c1, f), SHOT);
+        }
+        assert_eq!(neigh_spoofed(env), spoofed.len() as u64);
+        // A container without policy, and what a container receives, are
+        // left alone.
+        assert_eq!(sent(env, p.c3, &na(C3_6, GATEWAY_LL, Some(SRC_MAC))), OK);
+        assert_eq!(received(env, p.c1, &na(GATEWAY_LL, GATEWAY_LL, None)), OK);
+        assert_eq!(neigh_spoofed(env), spoofed.len() as u64);
+    });
+}
+
+/// An IPv6 TCP segment with a window-scale option of `wscale` (on a SYN).
+fn tcp6_seg(
+    (src, sport): (Ipv6Addr, u16),
+    (dst, dport): (Ipv6Addr, u16),
+    flags: u8,
+    (seq, ack): (u32, u32),
+    wscale: Option<u8>,
+) -> Vec<u8> {
+    let mut tcp = Vec::new();
+    tcp.extend(sport.to_be_bytes());
+    tcp.extend(dport.to_be_bytes());
+    tcp.extend(seq.to_be_bytes());
+    tcp.extend(ack.to_be_bytes());
+    let opts: Vec<u8> = match wscale {
+        Some(w) => vec![1, 3, 3, w],
+        None => Vec::new(),
+    };
+    tcp.push(((20 + opts.len()) as u8 / 4) << 4);
+    tcp.push(flags);
+    tcp.extend(1000u16.to_be_bytes());
+    tcp.extend([0, 0, 0, 0]);
+    tcp.extend(opts);
+    let c = pkt::csum(&tcp, pkt::pseudo_sum6(src, dst, pkt::TCP, tcp.len()));
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
+    f.extend(pkt::ETH_P_IPV6.to_be_bytes());
+    f.extend([0x60, 0, 0, 0]);
+    f.extend((tcp.len() as u16).to_be_bytes());
+    f.extend([pkt::TCP, 64]);
+    f.extend(src.octets());
+    f.extend(dst.octets());
+    f.extend(tcp);
+    f
+}
+
+/// IPv6 security-group tracking reads the window scale as IPv4's does: a
+/// RST from the container beyond its peer's unscaled window but within
+/// the scaled one marks the flow closing; one beyond that does not.
+#[test]
+fn ipv6_flows_are_tracked_with_their_window_scale() {
+    in_fixture_ns(|env| {
+        let p = setup(env);
+        let client = (pkt::CLIENT6, 40000);
+        let server = (C1_6, 80);
+        let syn = tcp6_seg(client, server, pkt::SYN, (100, 0), Some(7));
+        assert_eq!(received(env, p.c1, &syn), OK);
+        let syn_ack = tcp6_seg(server, client, pkt::SYN | pkt::ACK, (900, 101), Some(7));
+        assert_eq!(sent(env, p.c1, &syn_ack), OK);
+        let ack = tcp6_seg(client, server, pkt::ACK, (101, 901), None);
+        assert_eq!(received(env, p.c1, &ack), OK);
+        let mut key = FlowKey6 {
+            src_addr: pkt::CLIENT6.octets(),
+            dst_addr: C1_6.octets(),
+            src_port_be: 40000u16.to_be(),
+            dst_port_be: 80u16.to_be(),
+            proto: pkt::TCP,
+            _pad: [0; 3],
+        };
+        key._pad[0] = berth_maps::CT6_SIDE_INGRESS;
+        let flags = |env: &Env| {
+            env.map_get::<FlowKey6, berth_maps::CtEntry>("BERTH_CT6", &key)
+                .expect("established")
+                .flags
+        };
+        assert_eq!(flags(env) & berth_maps::CT_F_CLOSING, 0);
+        // The client's window is 1000 << 7 = 128 000 bytes.
+        let oow = env.counter(Counter::TcpOutOfWindow);
+        let far = tcp6_seg(server, client, pkt::RST, (901 + 200_000, 0), None);
+        assert_eq!(sent(env, p.c1, &far), OK, "forwarded");
+        assert_eq!(flags(env) & berth_maps::CT_F_CLOSING, 0);
+        assert_eq!(env.counter(Counter::TcpOutOfWindow), oow + 1);
+        let near = tcp6_seg(server, client, pkt::RST, (901 + 50_000, 0), None);
+        assert_eq!(sent(env, p.c1, &near), OK);
+        assert_ne!(
+            flags(env) & berth_maps::CT_F_CLOSING,
+            0,
+            "within the scaled window"
+        );
+    });
+}
