@@ -21,6 +21,7 @@ mod ipv6;
 mod local_access;
 mod local_access6;
 mod metrics;
+mod metrics6;
 mod policy_bypass;
 mod publish6;
 mod restart_and_guard;

@@ -31,7 +31,7 @@ fn stats_of(rig: &Rig, task: &str) -> Value {
     rows[0]["stats"].clone()
 }
 
-fn counters(v: &Value) -> [u64; 7] {
+pub(super) fn counters(v: &Value) -> [u64; 7] {
     [
         "packetsIn",
         "bytesIn",
@@ -197,7 +197,7 @@ fn stats_of_an_unknown_task_is_one_clear_error() {
 
 /// Parses `text` as the Prometheus text format and runs `promtool check
 /// metrics` on it.
-fn check_exposition(text: &str) -> prometheus_parse::Scrape {
+pub(super) fn check_exposition(text: &str) -> prometheus_parse::Scrape {
     let lines = text.lines().map(|l| Ok(l.to_owned()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
     let mut promtool = Command::new("promtool")
@@ -224,7 +224,7 @@ fn check_exposition(text: &str) -> prometheus_parse::Scrape {
 }
 
 /// `GET /metrics` on the daemon's API socket, with curl.
-fn metrics_of(rig: &Rig) -> String {
+pub(super) fn metrics_of(rig: &Rig) -> String {
     let out = Command::new("curl")
         .args(["-sf", "--unix-socket"])
         .arg(rig.daemon.socket())
@@ -235,7 +235,11 @@ fn metrics_of(rig: &Rig) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn value_of(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(super) fn value_of(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
     let s = scrape
         .samples
         .iter()

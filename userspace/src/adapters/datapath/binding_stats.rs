@@ -15,23 +15,51 @@
 //! Flows tracked now is not a datapath counter: it is the number of
 //! entries per slot in the published-port flow tables when asked, which
 //! stays right whatever ends a flow (expiry, a sweep, LRU eviction).
-use std::collections::{HashMap, VecDeque};
+//!
+//! IPv4 and IPv6 mappings draw from the one array (`--max-mappings` slots
+//! cover both families, as `BERTH_SERVICES` and `BERTH_SERVICES6` are each
+//! that large but a dual-stack port is two bindings): a slot's owner is
+//! the service key of either family.
+use std::{
+    collections::{HashMap, VecDeque},
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
-use aya::maps::{MapData, PerCpuArray, PerCpuValues};
-use berth_maps::{BindingStats, NatEntry, ServiceKey, BINDING_STATS_MAP};
+use aya::maps::{IterableMap as _, MapData, PerCpuArray, PerCpuValues};
+use berth_maps::{BindingStats, NatEntry, NatEntry6, ServiceKey, ServiceKey6, BINDING_STATS_MAP};
 
 use super::{
     bpf::map_err,
-    flows::{scan, FlowMap},
+    flows::{batch_scan_keyed, scan, FlowMap},
+    flows6::FlowMap6,
     DatapathError,
 };
 use crate::engine::datapath::BindingCounters;
+
+/// The mapping a slot counts for: its service key, of either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SlotOwner {
+    V4(ServiceKey),
+    V6(ServiceKey6),
+}
+
+impl From<&ServiceKey> for SlotOwner {
+    fn from(k: &ServiceKey) -> Self {
+        Self::V4(*k)
+    }
+}
+
+impl From<&ServiceKey6> for SlotOwner {
+    fn from(k: &ServiceKey6) -> Self {
+        Self::V6(*k)
+    }
+}
 
 /// Which mapping holds which slot; slots run 1..=`capacity`.
 #[derive(Debug, Default)]
 pub(super) struct SlotBook {
     capacity: u32,
-    owner: HashMap<u32, ServiceKey>,
+    owner: HashMap<u32, SlotOwner>,
     /// Slots above every one handed out so far start here.
     next_fresh: u32,
     /// Slots handed out once and freed since, oldest first.
@@ -43,10 +71,7 @@ impl SlotBook {
     /// service entries hold: the first holder of a valid slot keeps it; a
     /// mapping with slot 0, one out of range or a duplicate gets a new one
     /// when it is next published ([`SlotBook::slot_for`]).
-    pub(super) fn adopt(
-        capacity: u32,
-        pinned: impl IntoIterator<Item = (ServiceKey, u32)>,
-    ) -> Self {
+    pub(super) fn adopt(capacity: u32, pinned: impl IntoIterator<Item = (SlotOwner, u32)>) -> Self {
         let mut book = Self {
             capacity,
             next_fresh: 1,
@@ -69,11 +94,12 @@ impl SlotBook {
     /// when every slot is taken (the mapping then counts nowhere).
     pub(super) fn slot_for(
         &mut self,
-        key: &ServiceKey,
+        key: impl Into<SlotOwner>,
         current: Option<u32>,
     ) -> Option<(u32, bool)> {
+        let key = key.into();
         if let Some(s) = current {
-            if self.owner.get(&s) == Some(key) {
+            if self.owner.get(&s) == Some(&key) {
                 return Some((s, false));
             }
         }
@@ -88,14 +114,14 @@ impl SlotBook {
                 }
             }
         };
-        self.owner.insert(slot, *key);
+        self.owner.insert(slot, key);
         Some((slot, true))
     }
 
     /// `key` no longer holds `slot` (its mapping was removed, or taking the
     /// slot failed).
-    pub(super) fn release(&mut self, key: &ServiceKey, slot: u32) {
-        if self.owner.get(&slot) == Some(key) {
+    pub(super) fn release(&mut self, key: impl Into<SlotOwner>, slot: u32) {
+        if self.owner.get(&slot) == Some(&key.into()) {
             self.owner.remove(&slot);
             self.freed.push_back(slot);
         }
@@ -149,13 +175,25 @@ fn sum<'a>(per_cpu: impl Iterator<Item = &'a BindingStats>, tracked: u64) -> Bin
     c
 }
 
-/// Tracked flows per slot, over the published-port flow tables.
+/// Tracked flows per slot, over the published-port flow tables of both
+/// families.
 pub(super) fn tracked_per_slot(
     flows: &[FlowMap<NatEntry>],
+    flows6: &[FlowMap6<NatEntry6>],
 ) -> Result<HashMap<u32, u64>, DatapathError> {
     let mut per = HashMap::new();
     for t in flows {
         scan(t, |_, v: &NatEntry| *per.entry(v.binding).or_insert(0) += 1)?;
+    }
+    for t in flows6 {
+        let fd = t.map.map().fd().as_fd().as_raw_fd();
+        batch_scan_keyed(fd, |_: &berth_maps::FlowKey6, v: &NatEntry6| {
+            *per.entry(v.binding).or_insert(0) += 1;
+        })
+        .map_err(|e| DatapathError::Map {
+            map: t.name,
+            reason: e.to_string(),
+        })?;
     }
     Ok(per)
 }
@@ -175,7 +213,8 @@ mod tests {
 
     #[test]
     fn pinned_slots_are_kept_and_the_rest_numbered_fresh() {
-        let mut b = SlotBook::adopt(8, [(key(1), 3), (key(2), 0), (key(3), 3), (key(4), 99)]);
+        let pinned = [(key(1), 3), (key(2), 0), (key(3), 3), (key(4), 99)];
+        let mut b = SlotBook::adopt(8, pinned.map(|(k, s)| (SlotOwner::V4(k), s)));
         assert_eq!(b.slot_for(&key(1), Some(3)), Some((3, false)));
         // Slot 0, a duplicate and one out of range are renumbered.
         assert_eq!(b.slot_for(&key(2), Some(0)), Some((4, true)));
@@ -202,12 +241,32 @@ mod tests {
 
     #[test]
     fn gaps_below_the_adopted_slots_are_free() {
-        let mut b = SlotBook::adopt(5, [(key(1), 4)]);
+        let mut b = SlotBook::adopt(5, [(SlotOwner::V4(key(1)), 4)]);
         assert_eq!(b.slot_for(&key(2), None), Some((5, true)));
         assert_eq!(b.slot_for(&key(3), None), Some((1, true)));
         assert_eq!(b.slot_for(&key(4), None), Some((2, true)));
         assert_eq!(b.slot_for(&key(5), None), Some((3, true)));
         assert_eq!(b.slot_for(&key(6), None), None);
+    }
+
+    #[test]
+    fn both_families_share_the_slots_and_are_told_apart() {
+        let v6 = ServiceKey6 {
+            host_addr: [0; 16],
+            host_port_be: 1u16.to_be(),
+            proto: 6,
+            _pad: 0,
+        };
+        // An IPv6 mapping of a port whose IPv4 mapping holds slot 1.
+        let mut b = SlotBook::adopt(3, [(SlotOwner::V4(key(1)), 1), (SlotOwner::V6(v6), 2)]);
+        assert_eq!(b.slot_for(&key(1), Some(1)), Some((1, false)));
+        assert_eq!(b.slot_for(&v6, Some(2)), Some((2, false)));
+        // The IPv6 key does not own the IPv4 key's slot, nor the reverse.
+        assert_eq!(b.slot_for(&v6, Some(1)), Some((3, true)));
+        b.release(&key(1), 3);
+        assert_eq!(b.slot_for(&key(2), None), None, "all three taken");
+        b.release(&v6, 2);
+        assert_eq!(b.slot_for(&key(2), None), Some((2, true)));
     }
 
     #[test]

@@ -3,15 +3,18 @@
 //! write `BERTH_SERVICES6` through `services6.rs`'s key, value and checks.
 //! The port guard (`BERTH_PORTS`, by protocol and port) counts IPv6
 //! mappings as IPv4 ones, so the bind hooks refuse a host socket of either
-//! family on a port published over IPv6 only.
-use std::collections::HashSet;
+//! family on a port published over IPv6 only. Each IPv6 mapping gets its
+//! own per-binding counters slot from the book IPv4 mappings draw from
+//! (`binding_stats.rs`), which `nat6.rs` counts in both ways.
+use std::collections::{HashMap, HashSet};
 
 use berth_maps::{PortKey, ServiceKey6, PORTS_MAP, SERVICES6_MAP};
 
 use super::{
+    binding_stats,
     bpf::{map_err, mappings_err, BpfDatapath, Maps},
     services6::{backend6, check6, service_key6},
-    DatapathError,
+    BindingCounters, DatapathError,
 };
 use crate::domain::model::Binding;
 
@@ -46,9 +49,26 @@ impl BpfDatapath {
     /// Publish (or re-point) one IPv6 binding; the port is guarded before
     /// the mapping is visible, and unguarded again if the table is full.
     pub(super) fn insert6(&self, b: &Binding) -> Result<(), DatapathError> {
-        let (key, value) = entry6(b)?;
+        let (key, mut value) = entry6(b)?;
         let mut m = self.lock();
-        let new = m.services6.get(&key, 0).is_err();
+        let current = m.services6.get(&key, 0).ok();
+        let new = current.is_none();
+        match m.slots.slot_for(&key, current.map(|v| v.binding)) {
+            Some((slot, fresh)) => {
+                // Zeroed before any entry names it, as for IPv4.
+                if fresh {
+                    if let Err(e) = binding_stats::zero_slot(&mut m.binding_stats, slot) {
+                        m.slots.release(&key, slot);
+                        return Err(e);
+                    }
+                }
+                value.binding = slot;
+            }
+            None => tracing::warn!(
+                host_port = b.host_port,
+                "no per-binding counters slot left; this IPv6 binding is not counted"
+            ),
+        }
         let pk = port_key6(&key);
         let guarded = m.ports.get(&pk, 0).unwrap_or(0);
         if new {
@@ -60,6 +80,9 @@ impl BpfDatapath {
             .services6
             .insert(key, value, 0)
             .map_err(mappings_err(SERVICES6_MAP, self.max_mappings));
+        if inserted.is_err() && current.map(|c| c.binding) != Some(value.binding) {
+            m.slots.release(&key, value.binding);
+        }
         if inserted.is_err() && new {
             let _ = match guarded {
                 0 => m.ports.remove(&pk),
@@ -87,8 +110,12 @@ impl BpfDatapath {
     pub(super) fn remove6(&self, b: &Binding) -> Result<(), DatapathError> {
         let (key, _) = entry6(b)?;
         let mut m = self.lock();
+        let slot = m.services6.get(&key, 0).map(|v| v.binding);
         match m.services6.remove(&key) {
             Ok(()) => {
+                if let Ok(slot) = slot {
+                    m.slots.release(&key, slot);
+                }
                 let pk = port_key6(&key);
                 match m.ports.get(&pk, 0) {
                     Ok(n) if n > 1 => m.ports.insert(pk, n - 1, 0).map_err(map_err(PORTS_MAP))?,
@@ -110,6 +137,22 @@ impl BpfDatapath {
 }
 
 impl Maps {
+    /// An IPv6 binding's counters, when its entry leads where the binding
+    /// says and holds a slot (`tracked`: flows per slot, both families).
+    pub(super) fn counters6(
+        &self,
+        b: &Binding,
+        tracked: &HashMap<u32, u64>,
+    ) -> Result<Option<BindingCounters>, DatapathError> {
+        let (key, want) = entry6(b)?;
+        match self.services6.get(&key, 0) {
+            Ok(v) if (v.addr, v.port_be) == (want.addr, want.port_be) && v.binding != 0 => {
+                binding_stats::read_slot(&self.binding_stats, v.binding, tracked).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// At start: takes out every IPv6 entry that is not one of `keep`'s
     /// (the caller rebuilds the port guard afterwards). Returns how many.
     pub(super) fn retain6(&mut self, keep: &[Binding]) -> Result<usize, DatapathError> {
@@ -118,18 +161,19 @@ impl Maps {
             .filter_map(|b| entry6(b).ok())
             .map(|(k, v)| (k.host_addr, k.host_port_be, k.proto, v.addr, v.port_be))
             .collect();
-        let stale: Vec<ServiceKey6> = self
+        let stale: Vec<(ServiceKey6, u32)> = self
             .services6
             .iter()
             .filter_map(Result::ok)
             .filter(|(k, v)| {
                 !keep.contains(&(k.host_addr, k.host_port_be, k.proto, v.addr, v.port_be))
             })
-            .map(|(k, _)| k)
+            .map(|(k, v)| (k, v.binding))
             .collect();
-        for k in &stale {
+        for (k, slot) in &stale {
             match self.services6.remove(k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Ok(()) => self.slots.release(k, *slot),
+                Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err(SERVICES6_MAP)(e)),
             }
         }

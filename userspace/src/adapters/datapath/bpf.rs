@@ -492,12 +492,19 @@ impl BpfDatapath {
             .map_err(map_err(berth_maps::EXACT_PORTS_MAP))?,
             exact_book: Default::default(),
         };
+        let pinned6: Vec<_> = maps
+            .services6
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (super::binding_stats::SlotOwner::V6(k), v.binding))
+            .collect();
         maps.slots = super::binding_stats::SlotBook::adopt(
             config.capacity.max_mappings,
             maps.services
                 .iter()
                 .filter_map(Result::ok)
-                .map(|(k, v)| (k, v.binding)),
+                .map(|(k, v)| (super::binding_stats::SlotOwner::V4(k), v.binding))
+                .chain(pinned6),
         );
         maps.recount_exact()?;
         let policy = PolicyMaps {

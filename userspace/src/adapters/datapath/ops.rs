@@ -622,14 +622,13 @@ impl Datapath for BpfDatapath {
         bindings: &[Binding],
     ) -> Result<Vec<Option<super::BindingCounters>>, DatapathError> {
         // Outside the maps' mutex: the flow tables are scanned by batch.
-        let tracked = binding_stats::tracked_per_slot(&self.flows)?;
+        let tracked = binding_stats::tracked_per_slot(&self.flows, &self.nat6_flows)?;
         let m = self.lock();
         bindings
             .iter()
             .map(|b| {
                 if b.is_ipv6() {
-                    // IPv6 mappings get no counters slot yet (nat66).
-                    return Ok(None);
+                    return m.counters6(b, &tracked);
                 }
                 let want = backend(b);
                 match m.services.get(&service_key(b), 0) {

@@ -165,7 +165,9 @@ fn top_table(old: &Sample, new: &Sample) -> String {
         let Some(now) = r.stats else { continue };
         let was = before.get(&key(r)).copied().unwrap_or_default();
         let b = &r.binding;
-        let name = format!("{}:{}/{}", b.bind_ip, b.host_port, b.protocol.as_str());
+        // As a socket address, so an IPv6 binding reads `[::]:8080/tcp`.
+        let addr = std::net::SocketAddr::new(b.bind_ip, b.host_port);
+        let name = format!("{addr}/{}", b.protocol.as_str());
         by_task.entry(b.task.clone()).or_default().push((
             name,
             rates(&was, &now, secs),

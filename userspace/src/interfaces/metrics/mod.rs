@@ -7,7 +7,7 @@
 //! reads and nothing is counted twice. Names follow Prometheus'
 //! conventions: `berth_` prefix, `_total` on counters, base units (bytes,
 //! seconds). Cardinality is bounded: no per-flow labels; the per-binding
-//! families (`task`, `host_port`, `protocol`) are summed to `protocol` and
+//! families (`task`, `host_ip`, `host_port`, `protocol`) are summed to `protocol` and
 //! `direction` with `--metrics-per-binding=false`; API latency is labelled
 //! by route template (`/v1/tasks/{name}`), never by raw path.
 pub mod text;
@@ -314,7 +314,7 @@ fn render_bindings(
     let traffic: [(&str, &str, &str, Pick); 4] = [
         ("berth_forwarded_packets_total", "Packets translated, by direction (in: to the container at the uplink; out: its replies).", "in", |c| c.packets_in),
         ("berth_forwarded_packets_total", "", "out", |c| c.packets_out),
-        ("berth_forwarded_bytes_total", "Bytes translated (IPv4 total length: IP header and payload), by direction.", "in", |c| c.bytes_in),
+        ("berth_forwarded_bytes_total", "Bytes translated (IP header and payload: the IPv4 total length, or 40 plus the IPv6 payload length), by direction.", "in", |c| c.bytes_in),
         ("berth_forwarded_bytes_total", "", "out", |c| c.bytes_out),
     ];
     let flows: [(&str, &str, Kind, Pick); 3] = [
@@ -348,10 +348,14 @@ fn render_bindings(
         if per_binding {
             for (b, c) in &counted {
                 let port = b.host_port.to_string();
+                // The host address tells a dual-stack port's two bindings
+                // (and a port bound to several addresses) apart.
+                let host_ip = b.bind_ip.to_string();
                 e.sample(
                     name,
                     &[
                         ("task", &b.task),
+                        ("host_ip", &host_ip),
                         ("host_port", &port),
                         ("protocol", b.protocol.as_str()),
                         ("direction", dir),
@@ -370,10 +374,12 @@ fn render_bindings(
         if per_binding {
             for (b, c) in &counted {
                 let port = b.host_port.to_string();
+                let host_ip = b.bind_ip.to_string();
                 e.sample(
                     name,
                     &[
                         ("task", &b.task),
+                        ("host_ip", &host_ip),
                         ("host_port", &port),
                         ("protocol", b.protocol.as_str()),
                     ],
@@ -528,11 +534,11 @@ mod tests {
         let state = MetricsState::new(true);
         let text = render(&gathered(), &state);
         assert_eq!(
-            line(&text, "berth_forwarded_bytes_total{task=\"web\",host_port=\"8080\""),
-            Some("berth_forwarded_bytes_total{task=\"web\",host_port=\"8080\",protocol=\"tcp\",direction=\"in\"} 300")
+            line(&text, "berth_forwarded_bytes_total{task=\"web\",host_ip=\"0.0.0.0\",host_port=\"8080\""),
+            Some("berth_forwarded_bytes_total{task=\"web\",host_ip=\"0.0.0.0\",host_port=\"8080\",protocol=\"tcp\",direction=\"in\"} 300")
         );
         assert!(text.contains(
-            "berth_flows_refused_total{task=\"web\",host_port=\"8081\",protocol=\"tcp\"} 4\n"
+            "berth_flows_refused_total{task=\"web\",host_ip=\"0.0.0.0\",host_port=\"8081\",protocol=\"tcp\"} 4\n"
         ));
         assert!(text.contains("berth_dropped_packets_total{reason=\"nat_no_flow\"} 2\n"));
         assert!(text.contains("berth_datapath_events_total{event=\"ingress_dnat\"} 7\n"));
@@ -552,12 +558,48 @@ mod tests {
         assert_eq!(types.len(), unique.len());
     }
 
+    /// A dual-stack port is two bindings with one task, port and
+    /// protocol: the host address keeps their series apart (a duplicate
+    /// series is an invalid exposition).
+    #[test]
+    fn a_dual_stack_ports_two_bindings_are_two_series() {
+        let c = |n| BindingCounters {
+            packets_in: n,
+            ..BindingCounters::default()
+        };
+        let mut v6 = binding("web", 8080, Protocol::Tcp);
+        v6.bind_ip = "::".parse().unwrap();
+        v6.container_ip = "fd00:17::2".parse().unwrap();
+        let g = Gathered {
+            bindings: vec![
+                (binding("web", 8080, Protocol::Tcp), Some(c(5))),
+                (v6, Some(c(7))),
+            ],
+            counters: Default::default(),
+            datapath: None,
+        };
+        let text = render(&g, &MetricsState::new(true));
+        let want = |ip: &str, n: u64| {
+            format!("berth_forwarded_packets_total{{task=\"web\",host_ip=\"{ip}\",host_port=\"8080\",protocol=\"tcp\",direction=\"in\"}} {n}\n")
+        };
+        assert!(text.contains(&want("0.0.0.0", 5)), "{text}");
+        assert!(text.contains(&want("::", 7)), "{text}");
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s))
+            .collect();
+        let unique: BTreeSet<&str> = series.iter().copied().collect();
+        assert_eq!(series.len(), unique.len(), "{text}");
+    }
+
     #[test]
     fn without_per_binding_labels_traffic_is_summed_by_protocol() {
         let state = MetricsState::new(false);
         let text = render(&gathered(), &state);
         assert!(!text.contains("task="), "{text}");
         assert!(!text.contains("host_port="));
+        assert!(!text.contains("host_ip="));
         assert!(
             text.contains("berth_forwarded_packets_total{protocol=\"tcp\",direction=\"in\"} 6\n")
         );
