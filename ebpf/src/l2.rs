@@ -7,7 +7,7 @@
 //!   frame (802.1Q, or 802.1ad outside 802.1Q: the kernel strips one tag
 //!   into the skb before TC, so the tag shows as `vlan_present`), which a
 //!   VLAN device on the far side delivers into another network; raw 802.3,
-//!   LLDP, MPLS, PPPoE, ... A container needs none of them to talk IP
+//!   LLDP, MPLS, `PPPoE`, ... A container needs none of them to talk IP
 //!   (ARP resolves IPv4, neighbour discovery IPv6; STP is the bridge's own
 //!   business), so they are dropped (`ctr_frame_refused`).
 //! - Neighbour claims: ARP from a container with policy must name one of
@@ -115,7 +115,7 @@ const ND_OPT_TARGET_LL: u8 = 2;
 /// Options looked at for the link-layer address (real messages carry one
 /// or two).
 const ND_MAX_OPTS: usize = 4;
-/// ICMPv6 header (4) + reserved/flags (4) + target (16).
+/// `ICMPv6` header (4) + reserved/flags (4) + target (16).
 const ND_BODY: usize = 24;
 
 /// Whether neighbour discovery a container with policy (`ep`) sent claims
