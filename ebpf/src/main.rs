@@ -37,6 +37,7 @@ mod dplog;
 mod fib;
 mod flowlog;
 mod frag;
+mod frag6;
 mod gate;
 mod hook;
 mod icmp;

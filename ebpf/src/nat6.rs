@@ -9,15 +9,18 @@
 //!
 //! Not yet as IPv4 (README, "IPv6"): a new flow whose reply tuple another
 //! flow holds is refused (`nat_port_remap_failed`), not given another
-//! client port; fragmented datagrams and `ICMPv6` errors pass untranslated
-//! (`ipv6_untranslated`). A new flow to a container with policy must pass
-//! its task's IPv6 ingress rules (`rules6::ingress_allows6`).
+//! client port; `ICMPv6` errors pass untranslated. Fragmented datagrams are
+//! translated as IPv4's (`frag6.rs`). A new flow to a container with policy
+//! must pass its task's IPv6 ingress rules (`rules6::ingress_allows6`).
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_csum_diff,
     programs::TcContext,
 };
-use berth_maps::{Backend6, Counter, FlowKey6, NatEntry6, PROTO_TCP, PROTO_UDP};
+use berth_maps::{
+    tail::{FRAG6_CB_DNAT, FRAG6_CB_SNAT},
+    Backend6, Counter, FlowKey6, NatEntry6, PROTO_TCP, PROTO_UDP,
+};
 
 use crate::{
     ct::{
@@ -269,17 +272,18 @@ fn translate(ctx: &TcContext, f: &Flow6, rw: &Rewrite6, src: &[u8; 16], dst: &[u
 #[inline(always)]
 pub(crate) fn ingress6(ctx: &TcContext) -> i32 {
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    let Parsed6::Flow(f) = parse_packet6(data, data_end, ctx.len() as usize) else {
+    let f = match parse_packet6(data, data_end, ctx.len() as usize) {
+        Parsed6::Flow(f) => f,
+        Parsed6::Fragment(_) => return crate::frag6::to_frag6(ctx, FRAG6_CB_DNAT),
+        Parsed6::FirstFrag(_) | Parsed6::Pass => return TC_ACT_OK,
+    };
+    let Some(f) = crate::frag6::flow6_merged(ctx, f) else {
         return TC_ACT_OK;
     };
     let Some((b, wildcard)) = service_find6(f.proto, &f.dst_addr, f.dst_port_be) else {
         count(Counter::IngressPass);
         return TC_ACT_OK;
     };
-    if f.first_frag {
-        count(Counter::Ipv6Untranslated);
-        return TC_ACT_OK;
-    }
     if f.hop_limit <= 1 {
         if wildcard && !is_host_addr6(&f.dst_addr) {
             count(Counter::IngressPass);
@@ -299,6 +303,9 @@ pub(crate) fn ingress6(ctx: &TcContext) -> i32 {
             return TC_ACT_OK;
         }
     }
+    if f.first_frag {
+        crate::frag6::frag6_first_dnat(&f, &b.addr);
+    }
     count(Counter::IngressDnat);
     crate::stats::binding_count_in(b.binding, ip_len(&f));
     let rw = Rewrite6 {
@@ -317,8 +324,10 @@ pub(crate) fn ingress6(ctx: &TcContext) -> i32 {
 #[inline(always)]
 pub(crate) fn reply6(ctx: &TcContext) -> i32 {
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    let Parsed6::Flow(f) = parse_packet6(data, data_end, ctx.len() as usize) else {
-        return TC_ACT_OK;
+    let f = match parse_packet6(data, data_end, ctx.len() as usize) {
+        Parsed6::Flow(f) => f,
+        Parsed6::Fragment(_) => return crate::frag6::to_frag6(ctx, FRAG6_CB_SNAT),
+        Parsed6::FirstFrag(_) | Parsed6::Pass => return TC_ACT_OK,
     };
     let key = FlowKey6 {
         src_addr: f.src_addr,
@@ -345,13 +354,12 @@ pub(crate) fn reply6(ctx: &TcContext) -> i32 {
     } else {
         return TC_ACT_OK;
     };
-    if f.first_frag {
-        count(Counter::Ipv6Untranslated);
-        return TC_ACT_OK;
-    }
     if f.hop_limit <= 1 {
         count(Counter::TtlExceeded);
         return TC_ACT_SHOT;
+    }
+    if f.first_frag {
+        crate::frag6::frag6_first_snat(&f, &host_addr);
     }
     count(Counter::ReplySnat);
     crate::stats::binding_count_out(binding, ip_len(&f));

@@ -21,7 +21,10 @@
 //!   TCP/UDP header; offset 0 with M clear (an atomic fragment) is a whole
 //!   packet; a non-zero offset is a [`Frag6`] with no ports, named by
 //!   (source, destination, protocol, 32-bit identification) as an IPv4
-//!   later fragment is.
+//!   later fragment is. A first fragment no flow is parsed from (another
+//!   protocol, or TCP/UDP whose header it cuts short) is a
+//!   [`Parsed6::FirstFrag`], so security groups can remember its verdict
+//!   for the later fragments (`frag6.rs`); NAT66 leaves it alone.
 //! - TCP with a data offset < 5, UDP with a length < 8 or past the payload
 //!   (only the header has to fit in a first fragment) pass untouched.
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
@@ -49,10 +52,6 @@ const FRAG_MF: u16 = 0x0001;
 
 /// The five-tuple and the facts the NAT needs about an IPv6 TCP/UDP packet
 /// (the IPv6 counterpart of `parse::Flow`).
-#[expect(
-    dead_code,
-    reason = "NAT66 (issue 15, next) reads the fields the uplink's count does not"
-)]
 #[derive(Clone, Copy)]
 pub(crate) struct Flow6 {
     pub proto: u8,
@@ -79,10 +78,6 @@ pub(crate) struct Flow6 {
 }
 
 /// A later fragment (offset != 0) of an IPv6 datagram: no L4 header.
-#[expect(
-    dead_code,
-    reason = "NAT66 (issue 15, next) translates a later fragment as its first"
-)]
 #[derive(Clone, Copy)]
 pub(crate) struct Frag6 {
     pub proto: u8,
@@ -98,8 +93,11 @@ pub(crate) enum Parsed6 {
     /// Not IPv6, or IPv6 berth leaves to the stack (`ICMPv6`, other
     /// protocols, anything the rules above refuse).
     Pass,
-    #[expect(dead_code, reason = "read by NAT66 (issue 15, next)")]
+    /// A later fragment.
     Fragment(Frag6),
+    /// A first fragment (M set, offset 0) no [`Flow6`] was parsed from:
+    /// not TCP/UDP, or a TCP/UDP header it does not hold whole.
+    FirstFrag(Frag6),
     Flow(Flow6),
 }
 
@@ -146,7 +144,7 @@ fn walk_ext(data: usize, data_end: usize, mut next: u8, end: usize) -> Option<Up
                 }
                 return Some(Upper {
                     proto: next,
-                    off,
+                    off: off_merged(off),
                     frag,
                 });
             }
@@ -167,10 +165,26 @@ fn walk_ext(data: usize, data_end: usize, mut next: u8, end: usize) -> Option<Up
     }
     Some(Upper {
         proto: next,
-        off,
+        off: off_merged(off),
         frag,
     })
 }
+
+/// The L4 offset, unchanged (every header counts 8-byte units and the walk
+/// stops at [`MAX_L4_OFF`]), but with the bounds the verifier keeps for it
+/// the same on every path through the walk: each chain of headers would
+/// otherwise carry its own range into everything after the parse, and the
+/// verifier walk that again for each (a fragment header anywhere in a
+/// chain multiplied `berth_ingress6`'s verified instructions sevenfold).
+#[inline(always)]
+fn off_merged(off: usize) -> usize {
+    const FIXED: usize = ETH_LEN + IP6_HDR_LEN;
+    const _: () = assert!(MAX_L4_OFF - FIXED <= EXT_LEN_MASK);
+    FIXED + ((off - FIXED) & EXT_LEN_MASK)
+}
+
+/// Masks a multiple of 8 below 16 KiB to itself.
+const EXT_LEN_MASK: usize = 0x3ff8;
 
 /// Parse Ethernet + IPv6 + its extension headers + the TCP/UDP ports of
 /// the frame in `[data, data_end)`; `frame_len` as for `parse_packet`.
@@ -203,22 +217,31 @@ pub(crate) fn parse_packet6(data: usize, data_end: usize, frame_len: usize) -> P
     let Some(up) = walk_ext(data, data_end, ip.next_hdr, end) else {
         return Parsed6::Pass;
     };
+    let frag = |id| Frag6 {
+        proto: up.proto,
+        src_addr,
+        dst_addr,
+        frag_id_be: id,
+        hop_limit,
+        payload_len,
+    };
     let (first_frag, frag_id_be) = match up.frag {
         Some((word, id)) if word & FRAG_OFFSET_MASK != 0 => {
-            return Parsed6::Fragment(Frag6 {
-                proto: up.proto,
-                src_addr,
-                dst_addr,
-                frag_id_be: id,
-                hop_limit,
-                payload_len,
-            });
+            return Parsed6::Fragment(frag(id));
         }
         Some((word, id)) => (word & FRAG_MF != 0, id),
         None => (false, 0),
     };
+    // What no flow is parsed from: a first fragment, or left to the stack.
+    let not_a_flow = || {
+        if first_frag {
+            Parsed6::FirstFrag(frag(frag_id_be))
+        } else {
+            Parsed6::Pass
+        }
+    };
     if up.proto != berth_maps::PROTO_TCP && up.proto != berth_maps::PROTO_UDP {
-        return Parsed6::Pass;
+        return not_a_flow();
     }
     let flow = Flow6 {
         proto: up.proto,
@@ -244,7 +267,7 @@ pub(crate) fn parse_packet6(data: usize, data_end: usize, frame_len: usize) -> P
     };
     match parsed {
         Some(f) => Parsed6::Flow(f),
-        None => Parsed6::Pass,
+        None => not_a_flow(),
     }
 }
 

@@ -32,6 +32,7 @@ use berth_maps::{
 
 use crate::{
     ct::{ct_init, ct_now, ct_refresh, Conn as _, DIR_ORIG, DIR_REPLY},
+    frag6,
     maps::{count, BERTH_PORT_ADDRS},
     parse::{ptr_at, ETH_LEN},
     parse6::{parse_packet6, Flow6, Parsed6, IP6_HDR_LEN},
@@ -536,7 +537,10 @@ pub(crate) fn judge6(
     // port, which only an address routed to this port could have
     // answered, and an ICMPv6 error must name such a flow anyway.
     let src_ok = !from || source6_ok(&src, ep);
-    match parse_packet6(data, data_end, frame_len) {
+    let parsed = parse_packet6(data, data_end, frame_len);
+    // A first fragment's verdict is kept for its datagram (`frag6.rs`).
+    let first = frag6::first_of(&parsed);
+    let ok = match parsed {
         Parsed6::Flow(f) => {
             let p = P6 {
                 src,
@@ -557,6 +561,8 @@ pub(crate) fn judge6(
             };
             flow_allowed6(&p, ep, ifindex, from, src_ok)
         }
+        Parsed6::Fragment(fr) => return frag6::frag6_follow(&fr),
+        Parsed6::FirstFrag(fr) if frag6::frag6_tiny(&fr) => false,
         Parsed6::Pass if next == PROTO_ICMPV6 => {
             icmp6_allowed(data, data_end, (src, dst), ep, ifindex, (from, src_ok))
         }
@@ -578,9 +584,9 @@ pub(crate) fn judge6(
             };
             flow_allowed6(&p, ep, ifindex, from, src_ok)
         }
-        // A later fragment (no ports), or anything behind headers the
-        // parser does not follow: only a rule for all protocols lets it
-        // through, packet by packet.
+        // A first fragment of a protocol but TCP, UDP and ICMPv6, or
+        // anything behind headers the parser does not follow: only a rule
+        // for all protocols lets it through, packet by packet.
         _ => {
             let p = P6 {
                 src,
@@ -597,5 +603,7 @@ pub(crate) fn judge6(
             };
             source_then_rules6(&p, ep, from, src_ok)
         }
-    }
+    };
+    frag6::frag6_first_judged(first, &src, &dst, ok);
+    ok
 }

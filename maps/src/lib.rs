@@ -16,6 +16,8 @@ mod policy6;
 pub use policy6::*;
 mod sock6;
 pub use sock6::*;
+mod frag6;
+pub use frag6::*;
 
 // ---------------------------------------------------------------- names
 
@@ -63,6 +65,8 @@ pub mod program {
     pub const TO_CTR6: &str = crate::tail::PROGRAM_TO_CTR6;
     pub const REPLY6: &str = crate::tail::PROGRAM_REPLY6;
     pub const LOG: &str = crate::tail::PROGRAM_LOG;
+    /// IPv6 later fragments through NAT66 (tail-called).
+    pub const FRAG6: &str = crate::tail::PROGRAM_FRAG6;
 
     /// The cgroup `sock_addr` hooks.
     pub const SOCKET_HOOKS: [&str; 10] = [
@@ -72,15 +76,15 @@ pub mod program {
     /// Attached to every bridge port (its container's veth).
     pub const PORT_PROGRAMS: [&str; 2] = [FROM_CTR, TO_CTR];
     /// Every program of the object.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 24] = [
         INGRESS, XDP, DELIVER, REPLY, FROM_CTR, TO_CTR, BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4,
         PEERNAME4, EMPTY_TC, EMPTY_XDP, INGRESS6, FROM_CTR6, TO_CTR6, REPLY6, CONNECT6, SENDMSG6,
-        RECVMSG6, PEERNAME6, LOG,
+        RECVMSG6, PEERNAME6, LOG, FRAG6,
     ];
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 33] = [
+pub const MAPS: [&str; 34] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -114,6 +118,7 @@ pub const MAPS: [&str; 33] = [
     NAT6_MAP,
     NAT6_NEW_MAP,
     SOCK_REV6_MAP,
+    FRAGS6_MAP,
 ];
 
 /// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so

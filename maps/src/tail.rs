@@ -26,6 +26,10 @@ pub const FROM_CTR6: u32 = 2;
 pub const TO_CTR6: u32 = 3;
 /// The datapath log of events `berth_from_ctr` sees.
 pub const LOG: u32 = 4;
+/// IPv6 later fragments through NAT66, tail-called by `berth_ingress6`
+/// and `berth_reply6` (their stacks have no room for it), which say which
+/// in the packet's `cb[0]` ([`FRAG6_CB_DNAT`], [`FRAG6_CB_SNAT`]).
+pub const FRAG6: u32 = 6;
 /// Slots of the array; room for a few more without a new layout.
 pub const LEN: u32 = 8;
 
@@ -42,6 +46,13 @@ pub const PROGRAM_TO_CTR6: &str = "berth_to_ctr6";
 /// The datapath log of the container veths' refusals (slot [`LOG`]).
 pub const PROGRAM_LOG: &str = "berth_log";
 
+/// The program of slot [`FRAG6`].
+pub const PROGRAM_FRAG6: &str = "berth_frag6";
+/// `cb[0]` for [`PROGRAM_FRAG6`]: a later fragment at an uplink (DNAT).
+pub const FRAG6_CB_DNAT: u32 = 1;
+/// `cb[0]` for [`PROGRAM_FRAG6`]: a later fragment at the bridge (SNAT).
+pub const FRAG6_CB_SNAT: u32 = 2;
+
 /// (slot, program) for every program the loader puts in the array. Each
 /// program is also in [`crate::program::ALL`].
 pub const PROGRAMS: &[(u32, &str)] = &[
@@ -50,6 +61,7 @@ pub const PROGRAMS: &[(u32, &str)] = &[
     (TO_CTR6, PROGRAM_TO_CTR6),
     (REPLY6, PROGRAM_REPLY6),
     (LOG, PROGRAM_LOG),
+    (FRAG6, PROGRAM_FRAG6),
 ];
 
 const _: () = {

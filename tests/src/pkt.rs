@@ -574,6 +574,45 @@ pub fn ipv6_tcp_syn(dport: u16) -> Vec<u8> {
     Ipv6Packet::new(TCP, dport).frame()
 }
 
+/// The fragments of an IPv6 frame's datagram as a sender cuts them (RFC
+/// 8200, 4.5): the unfragmentable part (the fixed header and `before`,
+/// 8-byte hop-by-hop or destination options headers) in each, then a
+/// fragment header with identification `id` naming the frame's first
+/// header after the fixed one, then the rest of the frame (extension
+/// headers it had, the L4 header and payload) cut in `chunk`-byte pieces
+/// (a multiple of 8). MACs as in the frame.
+pub fn fragments6(whole: &[u8], before: &[V6Ext], id: u32, chunk: usize) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0, "fragment offsets count 8-byte units");
+    let l3 = ETH_LEN + 40;
+    let next = whole[ETH_LEN + 6];
+    let body = &whole[l3..];
+    let codes: Vec<u8> = before.iter().map(|e| e.code()).chain([44]).collect();
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < body.len() {
+        let end = (off + chunk).min(body.len());
+        let more = end < body.len();
+        let mut ext = Vec::new();
+        for (i, e) in before.iter().enumerate() {
+            assert!(matches!(e, V6Ext::HopByHop | V6Ext::DestOpts));
+            ext.extend(e.bytes(codes[i + 1]));
+        }
+        ext.extend([next, 0]);
+        // The offset in 8-byte units sits above the 3 flag bits: `off` itself.
+        ext.extend(((off as u16) | u16::from(more)).to_be_bytes());
+        ext.extend(id.to_be_bytes());
+        let mut f = whole[..l3].to_vec();
+        f[ETH_LEN + 6] = codes[0];
+        let plen = (ext.len() + end - off) as u16;
+        f[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&plen.to_be_bytes());
+        f.extend(ext);
+        f.extend(&body[off..end]);
+        out.push(f);
+        off = end;
+    }
+    out
+}
+
 /// A copy of an Ethernet frame with a tag of `tpid` inserted after the MACs.
 pub fn tagged(frame: &[u8], tpid: u16, tci: u16) -> Vec<u8> {
     let mut f = frame[..12].to_vec();

@@ -639,3 +639,99 @@ fn multicast_listener_discovery_passes_but_only_as_it_is_sent() {
         assert_eq!(counter(env, Counter::PolicyDeniedEgress), before + 3);
     });
 }
+
+// ------------------------------------------------------------ fragments
+//
+// A first fragment is judged like any packet and its verdict kept for the
+// datagram (`frag6.rs`); a later fragment (no ports) follows it and is
+// never judged on its own.
+
+/// A `len`-byte UDP datagram `src:sport -> dst:dport` in 1232-byte fragments.
+fn udp_frags(
+    src: Ipv6Addr,
+    sport: u16,
+    dst: Ipv6Addr,
+    dport: u16,
+    len: usize,
+    id: u32,
+) -> Vec<Vec<u8>> {
+    let mut p = Ipv6Packet::new(pkt::UDP, dport);
+    (p.src, p.dst, p.sport, p.payload) = (src, dst, sport, vec![0x66; len]);
+    pkt::fragments6(&p.frame(), &[], id, 1232)
+}
+
+#[test]
+fn later_fragments_follow_their_first_fragments_verdict_at_the_veth() {
+    in_fixture_ns(|env| {
+        let j = judged(env);
+        let client = pkt::CLIENT6;
+        add_member6(env, 7, client);
+        // UDP 5353 from group 7 is let in: the whole datagram passes.
+        let allowed = udp_frags(client, 6000, C1_6, 5353, 3000, 1);
+        assert_eq!(allowed.len(), 3);
+        for (i, f) in allowed.iter().enumerate() {
+            assert_eq!(on(env, TO6, j.c1, f), OK, "allowed fragment {i}");
+        }
+        // UDP 5354 is not: neither the first nor any later fragment.
+        let refused = udp_frags(client, 6000, C1_6, 5354, 3000, 2);
+        let denied = counter(env, Counter::FragDenied);
+        for (i, f) in refused.iter().enumerate() {
+            assert_eq!(on(env, TO6, j.c1, f), SHOT, "refused fragment {i}");
+        }
+        assert_eq!(counter(env, Counter::FragDenied), denied + 2);
+        // A later fragment whose first nobody saw (or that another source
+        // claims) is dropped, whatever the rules would say.
+        let no_first = counter(env, Counter::FragNoFirst);
+        let orphan = udp_frags(client, 6000, C1_6, 5353, 3000, 3);
+        assert_eq!(on(env, TO6, j.c1, &orphan[1]), SHOT);
+        let spoofed = udp_frags(STRANGER6, 6000, C1_6, 5353, 3000, 1);
+        assert_eq!(on(env, TO6, j.c1, &spoofed[2]), SHOT);
+        assert_eq!(counter(env, Counter::FragNoFirst), no_first + 2);
+        // Out of the container: its egress rules (UDP 53 to
+        // 2001:db8::/32) judge the first fragment.
+        let dns = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 53);
+        for f in &udp_frags(C1_6, 5000, dns, 53, 2000, 4) {
+            assert_eq!(on(env, FROM6, j.c1, f), OK);
+        }
+        for f in &udp_frags(C1_6, 5000, STRANGER6, 53, 2000, 5) {
+            assert_eq!(on(env, FROM6, j.c1, f), SHOT);
+        }
+    });
+}
+
+#[test]
+fn a_first_fragment_hiding_its_ports_or_of_another_protocol_is_refused_whole() {
+    in_fixture_ns(|env| {
+        let j = judged(env);
+        let client = pkt::CLIENT6;
+        // TCP 80 from 2001:db8::/32 is allowed, but a first fragment too
+        // short for the TCP header (RFC 1858's tiny fragment) is not.
+        let mut p = Ipv6Packet::new(pkt::TCP, 80);
+        (p.src, p.dst, p.payload) = (client, C1_6, vec![0; 1500]);
+        let frags = pkt::fragments6(&p.frame(), &[], 9, 8);
+        let denied = counter(env, Counter::FragDenied);
+        assert_eq!(on(env, TO6, j.c1, &frags[0]), SHOT, "tiny first");
+        assert_eq!(
+            on(env, TO6, j.c1, &frags[1]),
+            SHOT,
+            "the rest of the header"
+        );
+        assert_eq!(counter(env, Counter::FragDenied), denied + 2);
+        // A fragmented echo request: behind the fragment header it is
+        // judged as another protocol (C1 has no rule for all), and its
+        // later fragments follow.
+        let mut p = Ipv6Packet::icmpv6(128, 0);
+        (p.src, p.dst, p.payload) = (client, C1_6, vec![1; 2000]);
+        for f in &pkt::fragments6(&p.frame(), &[], 10, 1232) {
+            assert_eq!(on(env, TO6, j.c1, f), SHOT);
+        }
+        // An atomic fragment is a whole packet, judged as one.
+        let mut p = Ipv6Packet::new(pkt::UDP, 5353).with_ext(&[V6Ext::Fragment {
+            offset: 0,
+            more: false,
+        }]);
+        add_member6(env, 7, client);
+        (p.src, p.dst, p.payload) = (client, C1_6, b"atomic".to_vec());
+        assert_eq!(on(env, TO6, j.c1, &p.frame()), OK);
+    });
+}

@@ -1,0 +1,53 @@
+//! IPv6 fragments through NAT66 and IPv6 security groups (issue 15): the
+//! IPv6 twin of [`crate::FRAGS_MAP`]. Only a datagram's first fragment
+//! carries the ports; what it decided is remembered per (source,
+//! destination, protocol, 32-bit identification) for the later ones, with
+//! IPv4's kinds ([`crate::FRAG_K_DNAT`], [`crate::FRAG_K_SNAT`],
+//! [`crate::FRAG_K_POLICY`]), verdicts and timeout
+//! ([`crate::FRAG_TIMEOUT_NS`]). A map of its own because the key is
+//! wider; LRU, so losing an entry costs one datagram.
+//!
+//! Unlike IPv4's, the key holds no protocol: IPv6 names a datagram by
+//! (source, destination, identification) alone (RFC 8200, 4.5), and a
+//! fragment header's next header is the first header of the fragmentable
+//! part (destination options, say), not always the upper layer.
+
+/// IPv6 datagrams in flight at once, not flows (as IPv4's table).
+pub const FRAGS6_MAP: &str = "BERTH_FRAGS6";
+pub const FRAGS6_CAPACITY: u32 = 1024;
+
+/// One IPv6 datagram as its fragments carry it, and which decision it is
+/// for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FragKey6 {
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// The fragment header's identification, network order.
+    pub id_be: u32,
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FragEntry6 {
+    /// DNAT: the container address; SNAT: the host address; policy: unused.
+    pub addr: [u8; 16],
+    /// Policy: [`crate::FRAG_V_ALLOW`] or [`crate::FRAG_V_DENY`].
+    pub verdict: u8,
+    pub _pad: [u8; 7],
+    /// `bpf_ktime_get_ns()` when the first fragment was seen.
+    pub created_ns: u64,
+}
+
+const _: () = assert!(size_of::<FragKey6>() == 40);
+const _: () = assert!(size_of::<FragEntry6>() == 32);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: bytemuck::Pod (derived above: no padding, plain fields).
+    unsafe impl aya::Pod for super::FragKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FragEntry6 {}
+}
