@@ -121,15 +121,21 @@ pub(crate) fn frag6_first_snat(f: &Flow6, from: &[u8; 16]) {
 }
 
 /// The identification of a first fragment, whose verdict at a
-/// container's veth is kept for its datagram.
+/// container's veth is kept for its datagram: `FIRST | id`, or 0 for a
+/// packet that is not one. A plain integer rather than `Option<u32>`:
+/// `None` leaves the payload undefined, and LLVM spills that undefined
+/// register, which the verifier refuses (`R0 !read_ok`).
 #[inline(always)]
-pub(crate) fn first_of(p: &Parsed6) -> Option<u32> {
+pub(crate) fn first_of(p: &Parsed6) -> u64 {
     match p {
-        Parsed6::Flow(f) if f.first_frag => Some(f.frag_id_be),
-        Parsed6::FirstFrag(f) => Some(f.frag_id_be),
-        _ => None,
+        Parsed6::Flow(f) if f.first_frag => FIRST | u64::from(f.frag_id_be),
+        Parsed6::FirstFrag(f) => FIRST | u64::from(f.frag_id_be),
+        _ => 0,
     }
 }
+
+/// The mark of a first fragment in [`first_of`]'s value.
+const FIRST: u64 = 1 << 32;
 
 /// A TCP/UDP first fragment too short to hold its header, where policy
 /// applies: refused (the tiny-fragment attack of RFC 1858 would hide the
@@ -147,14 +153,15 @@ pub(crate) fn frag6_tiny(f: &Frag6) -> bool {
 /// verdict for its datagram `src -> dst`.
 #[inline(always)]
 pub(crate) fn frag6_first_judged(
-    first: Option<u32>,
+    first: u64,
     src: &[u8; 16],
     dst: &[u8; 16],
     allowed: bool,
 ) {
-    let Some(id_be) = first else {
+    if first & FIRST == 0 {
         return;
-    };
+    }
+    let id_be = first as u32;
     let v = if allowed { FRAG_V_ALLOW } else { FRAG_V_DENY };
     frag6_remember(&key6(FRAG_K_POLICY, src, dst, id_be), &[0; 16], v);
 }

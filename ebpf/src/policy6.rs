@@ -566,42 +566,31 @@ pub(crate) fn judge6(
         Parsed6::Pass if next == PROTO_ICMPV6 => {
             icmp6_allowed(data, data_end, (src, dst), ep, ifindex, (from, src_ok))
         }
-        // GRE, IP-in-IP, SCTP, ...: a flow of its protocol and addresses,
-        // as IPv4's (`policy::proto_allowed`).
-        Parsed6::Pass if numbered6(next) => {
-            let p = P6 {
-                src,
-                dst,
-                sport_be: 0,
-                dport_be: 0,
-                m: Match6 {
-                    proto: next,
-                    dport: 0,
-                    icmp_type: 0,
-                    icmp_code: 0,
-                },
-                seg: Seg::default(),
-            };
-            flow_allowed6(&p, ep, ifindex, from, src_ok)
-        }
+        // GRE, IP-in-IP, SCTP, ... right after the fixed header: a flow of
+        // its protocol and addresses, as IPv4's (`policy::proto_allowed`).
         // A first fragment of a protocol but TCP, UDP and ICMPv6, or
         // anything behind headers the parser does not follow: only a rule
         // for all protocols lets it through, packet by packet.
-        _ => {
+        other => {
+            let tracked = matches!(other, Parsed6::Pass) && numbered6(next);
             let p = P6 {
                 src,
                 dst,
                 sport_be: 0,
                 dport_be: 0,
                 m: Match6 {
-                    proto: PROTO_OTHER,
+                    proto: if tracked { next } else { PROTO_OTHER },
                     dport: 0,
                     icmp_type: 0,
                     icmp_code: 0,
                 },
                 seg: Seg::default(),
             };
-            source_then_rules6(&p, ep, from, src_ok)
+            if tracked {
+                flow_allowed6(&p, ep, ifindex, from, src_ok)
+            } else {
+                source_then_rules6(&p, ep, from, src_ok)
+            }
         }
     };
     frag6::frag6_first_judged(first, &src, &dst, ok);
