@@ -360,13 +360,10 @@ pub(crate) fn berth_log(ctx: TcContext) -> i32 {
 pub(crate) fn berth_from_ctr6(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
     let port = unsafe { (*ctx.skb.skb).ifindex };
-    tc_verdict(policy6::judge6(
-        ctx.data(),
-        ctx.data_end(),
-        ctx.len() as usize,
-        port,
-        true,
-    ))
+    if !policy6::judge6(ctx.data(), ctx.data_end(), ctx.len() as usize, port, true) {
+        return TC_ACT_SHOT;
+    }
+    frag6::from_ctr6(&ctx)
 }
 
 /// IPv6 a container receives (tail-called by `berth_to_ctr`): its task's

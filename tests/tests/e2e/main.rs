@@ -16,6 +16,7 @@ mod ecs_tasks;
 mod flow_logs;
 mod flow_tracking;
 mod fragments;
+mod fragments6;
 mod harness;
 mod ipv6;
 mod local_access;
