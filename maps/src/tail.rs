@@ -26,6 +26,10 @@ pub const FROM_CTR6: u32 = 2;
 pub const TO_CTR6: u32 = 3;
 /// The datapath log of events `berth_from_ctr` sees.
 pub const LOG: u32 = 4;
+/// `ICMPv6` errors about NAT66 flows (`berth_icmp6`), tail-called by
+/// the uplink's and the bridge's IPv6 programs: a program of its own for
+/// the stack it needs.
+pub const ICMP6: u32 = 5;
 /// Slots of the array; room for a few more without a new layout.
 pub const LEN: u32 = 8;
 
@@ -42,6 +46,9 @@ pub const PROGRAM_TO_CTR6: &str = "berth_to_ctr6";
 /// The datapath log of the container veths' refusals (slot [`LOG`]).
 pub const PROGRAM_LOG: &str = "berth_log";
 
+/// The `ICMPv6` error translation (slot [`ICMP6`]).
+pub const PROGRAM_ICMP6: &str = "berth_icmp6";
+
 /// (slot, program) for every program the loader puts in the array. Each
 /// program is also in [`crate::program::ALL`].
 pub const PROGRAMS: &[(u32, &str)] = &[
@@ -50,6 +57,7 @@ pub const PROGRAMS: &[(u32, &str)] = &[
     (TO_CTR6, PROGRAM_TO_CTR6),
     (REPLY6, PROGRAM_REPLY6),
     (LOG, PROGRAM_LOG),
+    (ICMP6, PROGRAM_ICMP6),
 ];
 
 const _: () = {

@@ -9,6 +9,7 @@ mod exact_ports;
 mod flowlog;
 mod host_addrs;
 mod icmp;
+mod icmp6;
 mod ingress;
 mod ipv6;
 mod migrated;
