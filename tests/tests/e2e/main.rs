@@ -17,6 +17,7 @@ mod flow_logs;
 mod flow_tracking;
 mod fragments;
 mod harness;
+mod icmp6;
 mod ipv6;
 mod local_access;
 mod local_access6;
