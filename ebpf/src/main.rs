@@ -14,7 +14,8 @@
 //! - IPv6: each TC program above tail-calls its IPv6 program through
 //!   `BERTH_TAILS` (`tails.rs`, `berth_maps::tail`): `berth_ingress6` and
 //!   `berth_reply6` (NAT66, `nat6.rs`), `berth_from_ctr6` / `berth_to_ctr6`
-//!   (security groups, `policy6.rs`).
+//!   (security groups, `policy6.rs`); `berth_icmp6` (tail-called by the
+//!   two NAT66 programs): `ICMPv6` errors about their flows (`icmp6.rs`).
 //! - `berth_log` (tail-called by `berth_from_ctr` / `berth_to_ctr`): the
 //!   datapath log line of a packet they refused (`dplog.rs`).
 //! - `berth_bind4`, `berth_bind6` (cgroup bind4/bind6): host processes
@@ -41,6 +42,7 @@ mod frag6;
 mod gate;
 mod hook;
 mod icmp;
+mod icmp6;
 mod ingress;
 mod l2;
 mod maps;
@@ -421,6 +423,14 @@ fn tc_reply_icmp(ctx: &TcContext, ip: &Ip) -> i32 {
         ctx.in_ifindex(),
     );
     ctx.deliver(next)
+}
+
+/// An `ICMPv6` error about a NAT66 flow, tail-called (slot `ICMP6`) by
+/// `berth_ingress6` and `berth_reply6` (`icmp6.rs`).
+#[classifier]
+pub(crate) fn berth_icmp6(ctx: TcContext) -> i32 {
+    tc_pull_headers(&ctx);
+    icmp6::icmp6(&ctx)
 }
 
 /// Floors for `cargo xtask bench`: the cost of running any program at all.

@@ -9,9 +9,10 @@
 //!
 //! Not yet as IPv4 (README, "IPv6"): a new flow whose reply tuple another
 //! flow holds is refused (`nat_port_remap_failed`), not given another
-//! client port; `ICMPv6` errors pass untranslated. Fragmented datagrams are
-//! translated as IPv4's (`frag6.rs`). A new flow to a container with policy
-//! must pass its task's IPv6 ingress rules (`rules6::ingress_allows6`).
+//! client port. `ICMPv6` errors about a flow are translated by `icmp6.rs`;
+//! fragmented datagrams are translated as IPv4's (`frag6.rs`). A new flow
+//! to a container with policy must pass its task's IPv6 ingress rules
+//! (`rules6::ingress_allows6`).
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_csum_diff,
@@ -272,6 +273,9 @@ fn translate(ctx: &TcContext, f: &Flow6, rw: &Rewrite6, src: &[u8; 16], dst: &[u
 #[inline(always)]
 pub(crate) fn ingress6(ctx: &TcContext) -> i32 {
     let (data, data_end) = (ctx.data(), ctx.data_end());
+    if crate::icmp6::is_error(data, data_end) {
+        return crate::icmp6::hand_off(ctx, crate::icmp6::FROM_UPLINK);
+    }
     let f = match parse_packet6(data, data_end, ctx.len() as usize) {
         Parsed6::Flow(f) => f,
         Parsed6::Fragment(_) => return crate::frag6::to_frag6(ctx, FRAG6_CB_DNAT),
@@ -324,6 +328,9 @@ pub(crate) fn ingress6(ctx: &TcContext) -> i32 {
 #[inline(always)]
 pub(crate) fn reply6(ctx: &TcContext) -> i32 {
     let (data, data_end) = (ctx.data(), ctx.data_end());
+    if crate::icmp6::is_error(data, data_end) {
+        return crate::icmp6::hand_off(ctx, crate::icmp6::FROM_BRIDGE);
+    }
     let f = match parse_packet6(data, data_end, ctx.len() as usize) {
         Parsed6::Flow(f) => f,
         Parsed6::Fragment(_) => return crate::frag6::to_frag6(ctx, FRAG6_CB_SNAT),

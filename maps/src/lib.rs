@@ -67,6 +67,9 @@ pub mod program {
     pub const LOG: &str = crate::tail::PROGRAM_LOG;
     /// IPv6 later fragments through NAT66 (tail-called).
     pub const FRAG6: &str = crate::tail::PROGRAM_FRAG6;
+    /// `ICMPv6` errors about NAT66 flows (tail-called by [`INGRESS6`] and
+    /// [`REPLY6`]).
+    pub const ICMP6: &str = crate::tail::PROGRAM_ICMP6;
 
     /// The cgroup `sock_addr` hooks.
     pub const SOCKET_HOOKS: [&str; 10] = [
@@ -76,10 +79,10 @@ pub mod program {
     /// Attached to every bridge port (its container's veth).
     pub const PORT_PROGRAMS: [&str; 2] = [FROM_CTR, TO_CTR];
     /// Every program of the object.
-    pub const ALL: [&str; 24] = [
+    pub const ALL: [&str; 25] = [
         INGRESS, XDP, DELIVER, REPLY, FROM_CTR, TO_CTR, BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4,
         PEERNAME4, EMPTY_TC, EMPTY_XDP, INGRESS6, FROM_CTR6, TO_CTR6, REPLY6, CONNECT6, SENDMSG6,
-        RECVMSG6, PEERNAME6, LOG, FRAG6,
+        RECVMSG6, PEERNAME6, LOG, FRAG6, ICMP6,
     ];
 }
 

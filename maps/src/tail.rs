@@ -30,6 +30,10 @@ pub const LOG: u32 = 4;
 /// and `berth_reply6` (their stacks have no room for it), which say which
 /// in the packet's `cb[0]` ([`FRAG6_CB_DNAT`], [`FRAG6_CB_SNAT`]).
 pub const FRAG6: u32 = 6;
+/// `ICMPv6` errors about NAT66 flows (`berth_icmp6`), tail-called by
+/// the uplink's and the bridge's IPv6 programs: a program of its own for
+/// the stack it needs.
+pub const ICMP6: u32 = 5;
 /// Slots of the array; room for a few more without a new layout.
 pub const LEN: u32 = 8;
 
@@ -57,6 +61,8 @@ pub const FRAG6_CB_SNAT: u32 = 2;
 /// reassemble it (`br_netfilter`) into a datagram longer than the uplink's
 /// MTU.
 pub const FRAG6_CB_FROM_CTR: u32 = 3;
+/// The `ICMPv6` error translation (slot [`ICMP6`]).
+pub const PROGRAM_ICMP6: &str = "berth_icmp6";
 
 /// (slot, program) for every program the loader puts in the array. Each
 /// program is also in [`crate::program::ALL`].
@@ -67,6 +73,7 @@ pub const PROGRAMS: &[(u32, &str)] = &[
     (REPLY6, PROGRAM_REPLY6),
     (LOG, PROGRAM_LOG),
     (FRAG6, PROGRAM_FRAG6),
+    (ICMP6, PROGRAM_ICMP6),
 ];
 
 const _: () = {

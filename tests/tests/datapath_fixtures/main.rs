@@ -10,6 +10,7 @@ mod flowlog;
 mod frag66;
 mod host_addrs;
 mod icmp;
+mod icmp6;
 mod ingress;
 mod ipv6;
 mod migrated;

@@ -18,6 +18,7 @@ mod flow_tracking;
 mod fragments;
 mod fragments6;
 mod harness;
+mod icmp6;
 mod ipv6;
 mod local_access;
 mod local_access6;
