@@ -136,6 +136,9 @@ pub const PREVIOUS: &str = "previous";
 /// `PREVIOUS_RELEASE`).
 pub const PREVIOUS_RELEASE: &str = "8071dfd";
 const CURRENT: &str = "current";
+/// Rows of this tree's object built without counters (the ebpf crate's
+/// `bench-uncounted`), measured beside it on the paths that count.
+pub const UNCOUNTED: &str = "uncounted";
 
 /// The frames every build is measured with.
 struct Frames {
@@ -354,10 +357,38 @@ fn measure(
     }
 }
 
+/// The paths that count (per-binding and per-flow counters), for the
+/// object without counters: the established flow's hit and reply.
+fn measure_counted_paths(
+    env: &mut Env,
+    port: u16,
+    runs: u32,
+    record: &mut dyn FnMut(&'static str, Option<usize>, f64),
+) {
+    let [syn, syn_ack, hit, reply] = flow_frames(port);
+    assert_eq!(env.tc("berth_ingress", &syn).code, 7, "syn");
+    assert_eq!(env.tc("berth_reply", &syn_ack).code, 7, "syn-ack");
+    assert_eq!(env.tc("berth_ingress", &hit).code, 7, "hit is redirected");
+    assert_eq!(env.tc("berth_reply", &reply).code, 7, "reply is redirected");
+    record(
+        "ingress_hit_tc",
+        None,
+        env.tc_ns("berth_ingress", &hit, runs),
+    );
+    record("ingress_hit_xdp", None, env.xdp_ns("berth_xdp", &hit, runs));
+    record("reply_tc", None, env.tc_ns("berth_reply", &reply, runs));
+}
+
 /// Per-packet cost of every path; with `previous` (an eBPF object of the
 /// previous release), that object's beside berth's own, loaded into the
-/// same namespace and measured in the same rounds, alternately.
-pub fn datapath_costs(s: &Settings, previous: Option<Vec<u8>>) -> Value {
+/// same namespace and measured in the same rounds, alternately; with
+/// `uncounted` (this tree's object without counters), its counted paths
+/// likewise.
+pub fn datapath_costs(
+    s: &Settings,
+    previous: Option<Vec<u8>>,
+    uncounted: Option<Vec<u8>>,
+) -> Value {
     let runs = s.dp_runs;
     let samples = s.dp_samples;
     in_fixture_ns(move |current| -> Value {
@@ -366,6 +397,10 @@ pub fn datapath_costs(s: &Settings, previous: Option<Vec<u8>>) -> Value {
         let mut prev_env = previous.map(|obj| load_env(&obj));
         if let Some(p) = prev_env.as_mut() {
             builds.push((PREVIOUS, p));
+        }
+        let mut uncounted_env = uncounted.map(|obj| load_env(&obj));
+        if let Some(u) = uncounted_env.as_mut() {
+            builds.push((UNCOUNTED, u));
         }
         for (_, env) in &mut builds {
             setup(env, &fr);
@@ -395,9 +430,12 @@ pub fn datapath_costs(s: &Settings, previous: Option<Vec<u8>>) -> Value {
                 for n in MAPPING_COUNTS {
                     set_mappings(env, &mut published[i], n);
                     let port = FIRST_PORT + n as u16 - 1;
-                    measure(env, &fr, port, runs, &mut |path, rules, ns| {
-                        record((build, path, n, rules), ns)
-                    });
+                    let mut rec = |path, rules, ns| record((build, path, n, rules), ns);
+                    if *build == UNCOUNTED {
+                        measure_counted_paths(env, port, runs, &mut rec);
+                    } else {
+                        measure(env, &fr, port, runs, &mut rec);
+                    }
                 }
             }
             eprintln!("bench: datapath round {}/{samples} done", round + 1);

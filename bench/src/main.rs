@@ -38,6 +38,8 @@ struct Opts {
     from_json: Option<PathBuf>,
     /// The previous release's eBPF object, measured beside berth's own.
     previous: Option<PathBuf>,
+    /// This tree's object built without counters (issue 14).
+    uncounted: Option<PathBuf>,
 }
 
 /// `control-berth`: berth's control-plane rows only; `memory`: the memory
@@ -62,6 +64,7 @@ fn parse_args() -> Result<Opts> {
     let mut only = Vec::new();
     let mut from_json = None;
     let mut previous = None;
+    let mut uncounted = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -81,13 +84,18 @@ fn parse_args() -> Result<Opts> {
                     args.next().context("--previous-object needs a file")?,
                 ))
             }
+            "--uncounted-object" => {
+                uncounted = Some(PathBuf::from(
+                    args.next().context("--uncounted-object needs a file")?,
+                ))
+            }
             "--from-json" => {
                 from_json = Some(PathBuf::from(
                     args.next().context("--from-json needs a file")?,
                 ))
             }
             other => bail!(
-                "unknown argument {other:?} (use --quick, --out DIR, --only {}, --from-json FILE, --previous-object FILE)",
+                "unknown argument {other:?} (use --quick, --out DIR, --only {}, --from-json FILE, --previous-object FILE, --uncounted-object FILE)",
                 SECTIONS.join(",")
             ),
         }
@@ -98,6 +106,7 @@ fn parse_args() -> Result<Opts> {
         only,
         from_json,
         previous,
+        uncounted,
     })
 }
 
@@ -231,7 +240,13 @@ fn run() -> Result<()> {
             ),
             None => None,
         };
-        Ok(datapath::datapath_costs(&settings, previous))
+        let uncounted = match &opts.uncounted {
+            Some(path) => Some(
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(datapath::datapath_costs(&settings, previous, uncounted))
     })?;
 
     section("topology", &|| topo::topology_bench(&settings))?;

@@ -451,6 +451,63 @@ fn datapath_table(s: &mut String, r: &Value) {
     }
     s.push_str("\nEach figure is the median of single runs, each on a fresh copy of its frame (BPF_PROG_TEST_RUN's repeat would run the program again on the frame it had already translated), so it includes the kernel's per-run timer overhead; the floor is an empty program timed the same way. ingress_hit: an ACK of an established TCP flow to a published port (lookup, flow refresh, DNAT, checksums, FIB, redirect). ingress_miss: a packet to an unpublished port of the host. reply: the container's ACK of that flow, SNAT'd back. policy_*: a new flow every rule of which is evaluated and refused (so nothing gets tracked between runs); policy_tracked_to_ctr / _from_ctr: an ACK of an established security-group flow, each way. from_ctr_tc / to_ctr_tc: a container without security groups sending / receiving, on its veth; _no_sg_host: the same where no endpoint has policy (the daemon's flag lets the hooks skip their lookups). ingress_hit_*_wildcard_host: the hit where every mapping is on the wildcard address (the daemon's flag lets the service lookup skip the exact-address probe). ingress_policy_tc: a new north-south flow to a published port judged against the container's rules.\n");
     previous_table(s, r);
+    counting_table(s, r);
+}
+
+/// What counting costs per packet (issue 14): this build's path minus the
+/// same tree without counters, each above its own floor, at `n` mappings.
+fn counting_cost(rows: &[Value], path: &str, n: u64) -> Option<f64> {
+    let floor = if path.ends_with("xdp") {
+        "floor_xdp"
+    } else {
+        "floor_tc"
+    };
+    let above =
+        |build| Some(dp_of(rows, build, path, n, None)? - dp_of(rows, build, floor, 0, None)?);
+    Some(above(None)? - above(Some(super::datapath::UNCOUNTED))?)
+}
+
+const COUNTED_PATHS: [&str; 3] = ["ingress_hit_tc", "ingress_hit_xdp", "reply_tc"];
+
+/// The object without counters beside this one (rows with `build`
+/// `uncounted`), when measured.
+fn counting_table(s: &mut String, r: &Value) {
+    let rows = dp_rows(r);
+    let without = Some(super::datapath::UNCOUNTED);
+    if dp_of(&rows, without, "floor_tc", 0, None).is_none() {
+        s.push_str("
+The object without counters was not measured in this run (`cargo xtask bench` builds it with the ebpf crate's `bench-uncounted` feature).
+");
+        return;
+    }
+    s.push_str("
+### What counting costs (issue 14)
+
+This tree's eBPF object built with the ebpf crate's `bench-uncounted` feature (no per-binding counters, no per-flow packet/byte/flag counts; the datapath's own drop and event counters stay), loaded into the same namespace and measured in the same rounds; ns above each object's own empty-program floor.
+
+| path | mappings | without counters | with | counting costs |
+|---|---:|---:|---:|---:|
+");
+    for path in COUNTED_PATHS {
+        for n in [1u64, 1_000, 65_000] {
+            let floor = if path.ends_with("xdp") {
+                "floor_xdp"
+            } else {
+                "floor_tc"
+            };
+            let above = |build| {
+                Some(dp_of(&rows, build, path, n, None)? - dp_of(&rows, build, floor, 0, None)?)
+            };
+            let fmt = |x: Option<f64>| x.map(f1).unwrap_or_else(|| "—".into());
+            let _ = writeln!(
+                s,
+                "| {path} | {n} | {} | {} | {} ns |",
+                fmt(above(without)),
+                fmt(above(None)),
+                fmt(counting_cost(&rows, path, n)),
+            );
+        }
+    }
 }
 
 /// The previous release, measured in the same run (rows with `build`).
@@ -633,6 +690,14 @@ fn goals(s: &mut String, r: &Value) {
         xdp,
         "≤ 1.10×",
         |v| v <= 1.10,
+    );
+    goal(
+        s,
+        "counting's cost on the ingress hit path, ns per packet at 1 mapping (issue 14)",
+        counting_cost(&dpr, "ingress_hit_tc", 1),
+        counting_cost(&dpr, "ingress_hit_xdp", 1),
+        "≤ 5 ns",
+        |v| v <= 5.0,
     );
     let cp = r["control_plane"].as_array().cloned().unwrap_or_default();
     let range = cp

@@ -5,6 +5,7 @@ mod lint;
 mod previous;
 mod run;
 mod summary;
+mod uncounted;
 
 use std::{
     ffi::OsString,
@@ -176,6 +177,14 @@ fn bench(quick: bool, only: Option<&str>) -> Result<()> {
             "xtask: no previous release ({}) to compare the datapath with: {e:#}",
             previous::PREVIOUS_RELEASE
         ),
+    }
+    // And this tree without its counting (issue 14), for the counting's
+    // cost per packet.
+    match uncounted::uncounted_object() {
+        Ok(obj) => {
+            cmd.arg("--uncounted-object").arg(obj);
+        }
+        Err(e) => eprintln!("xtask: no object without counters to compare with: {e:#}"),
     }
     run::status(&mut cmd).context("bench failed")
 }

@@ -5,6 +5,7 @@
 //! `berth` binary, so the tests need root.
 //!
 //! Run one area with `cargo test -p berth-integration --test e2e -- static_mapping::`.
+mod bridge_subnet6;
 mod bridges;
 mod cni;
 mod daemon_guards;

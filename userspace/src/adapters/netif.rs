@@ -77,6 +77,58 @@ pub fn interface_subnets(name: &str) -> io::Result<Vec<Ipv4Cidr>> {
         .collect())
 }
 
+/// The IPv6 subnets on interface `name` (link-local ones left out: every
+/// interface has `fe80::/64`, which says nothing about which containers
+/// are its), in the order the kernel lists them.
+pub fn interface_subnets6(name: &str) -> io::Result<Vec<crate::domain::cidr::Ipv6Cidr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head we free below exactly once.
+    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: a node of getifaddrs' list, valid until freeifaddrs; for
+        // AF_INET6 entries the address and netmask, when non-null, are
+        // `sockaddr_in6`s and ifa_name a NUL-terminated string.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        unsafe {
+            if ifa.ifa_addr.is_null()
+                || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET6
+                || CStr::from_ptr(ifa.ifa_name).to_bytes() != name.as_bytes()
+            {
+                continue;
+            }
+            let addr = std::net::Ipv6Addr::from(
+                (*ifa.ifa_addr.cast::<libc::sockaddr_in6>())
+                    .sin6_addr
+                    .s6_addr,
+            );
+            if addr.is_unicast_link_local() {
+                continue;
+            }
+            let prefix_len = if ifa.ifa_netmask.is_null() {
+                128
+            } else {
+                u128::from_be_bytes(
+                    (*ifa.ifa_netmask.cast::<libc::sockaddr_in6>())
+                        .sin6_addr
+                        .s6_addr,
+                )
+                .count_ones() as u8
+            };
+            out.push(crate::domain::cidr::Ipv6Cidr::new(addr, prefix_len));
+        }
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe {
+        libc::freeifaddrs(head);
+    }
+    Ok(out)
+}
+
 /// Whether `name` is a Linux bridge (its sysfs directory has `bridge/`).
 pub fn is_bridge(name: &str) -> bool {
     std::path::Path::new(&format!("/sys/class/net/{name}/bridge")).is_dir()

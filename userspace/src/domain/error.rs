@@ -46,6 +46,9 @@ pub enum Error {
     /// Several `--bridge`: `bridges` lists each with its subnets.
     #[error("container IP {ip} is not in the subnet of any bridge berth serves ({bridges})")]
     NotInAnyBridgeSubnet { ip: Ipv4Addr, bridges: String },
+    /// `bridges` lists each served bridge with its IPv6 subnets.
+    #[error("container IPv6 address {ip} is not in an IPv6 subnet of any bridge berth serves ({bridges})")]
+    NotInBridgeSubnet6 { ip: Ipv6Addr, bridges: String },
     #[error("interface {0} is not a bridge; --bridge names a Linux bridge (docker0, cni0, ...)")]
     NotABridge(String),
     #[error("no ports given")]
@@ -216,6 +219,7 @@ impl Error {
             | Self::NoContainerIp(_)
             | Self::NotInBridgeSubnet { .. }
             | Self::NotInAnyBridgeSubnet { .. }
+            | Self::NotInBridgeSubnet6 { .. }
             | Self::NoPorts
             | Self::TaskDefinition(_)
             | Self::UnknownContainer { .. }

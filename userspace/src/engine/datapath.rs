@@ -285,8 +285,8 @@ pub struct BridgeState {
     pub state: String,
     /// 0 while it does not exist.
     pub ifindex: u32,
-    /// Its subnets (networks of its IPv4 addresses): container IPs in these
-    /// are its containers'.
+    /// Its subnets (networks of its IPv4 addresses, then of its IPv6 ones
+    /// but link-local): container IPs in these are its containers'.
     pub subnets: Vec<String>,
     /// Ports (containers' veths) with hooks.
     pub ports: usize,

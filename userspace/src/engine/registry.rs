@@ -311,6 +311,20 @@ impl Registry {
         self.limits = limits;
     }
 
+    /// Refuses an IPv6 container address outside every served bridge's
+    /// IPv6 subnets, as IPv4's; where no bridge has an IPv6 subnet to
+    /// check against, publishes but says so in the log (never silently).
+    fn check_ip6_on_bridge(&self, task: &str, ip: std::net::Ipv6Addr) -> Result<()> {
+        if !self.bridge.check_contains6(ip)? {
+            tracing::warn!(
+                task,
+                %ip,
+                "no served bridge has an IPv6 subnet: the container's IPv6 address is not checked"
+            );
+        }
+        Ok(())
+    }
+
     /// Refuses a request naming more ports than allowed, or one that would
     /// leave `task` with too many, before anything is expanded.
     fn check_port_counts<'a>(
@@ -434,6 +448,9 @@ impl Registry {
         if let Some(v4) = ips.v4 {
             self.bridge.check_contains(v4)?;
         }
+        if let Some(v6) = ips.v6 {
+            self.check_ip6_on_bridge(task, v6)?;
+        }
         let families = families_for(task, &ips, specs)?;
         if self.task_defs.contains_key(task) {
             return Err(Error::TaskFromDefinition(task.to_owned()));
@@ -536,6 +553,9 @@ impl Registry {
         };
         for ip in paired.iter().filter_map(|(_, ip)| *ip) {
             self.bridge.check_contains(ip)?;
+        }
+        for v6 in ips6.values() {
+            self.check_ip6_on_bridge(name, *v6)?;
         }
         if self.tasks.contains_key(name) || self.task_defs.contains_key(name) {
             return Err(Error::TaskExists(name.to_owned()));

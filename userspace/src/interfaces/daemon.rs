@@ -179,7 +179,11 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         socket_file,
         store,
         datapath: Arc::new(datapath),
-        bridge: Bridge::system(&config.datapath.bridges, netif::interface_subnets),
+        bridge: Bridge::system(
+            &config.datapath.bridges,
+            netif::interface_subnets,
+            netif::interface_subnets6,
+        ),
         host_addrs: netif::host_ipv4_addrs,
         host: Arc::new(SystemHost::default()),
         policy,

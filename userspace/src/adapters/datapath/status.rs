@@ -52,6 +52,16 @@ impl StatusBase {
             nets.sort();
             nets.dedup();
             b.subnets = nets.iter().map(ToString::to_string).collect();
+            // Then its IPv6 networks (link-local ones left out), so `map
+            // ls` can say which bridge an IPv6 binding's container is on.
+            let mut nets6: Vec<_> = crate::adapters::netif::interface_subnets6(&b.name)
+                .unwrap_or_default()
+                .into_iter()
+                .map(crate::domain::cidr::Ipv6Cidr::network)
+                .collect();
+            nets6.sort();
+            nets6.dedup();
+            b.subnets.extend(nets6.iter().map(ToString::to_string));
         }
         states
     }

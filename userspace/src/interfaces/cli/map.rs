@@ -192,19 +192,23 @@ fn render(bindings: &[Binding], bridges: Option<&[BridgeState]>) -> String {
     table(&header, &rows)
 }
 
-/// The bridge whose subnet (`172.17.0.0/16`, as status reports it) holds
-/// `ip`; `-` where none does (its bridge is waiting or was re-addressed).
+/// The bridge whose subnet (`172.17.0.0/16`, `fd00:17::/64`, as status
+/// reports them) holds `ip`; `-` where none does (its bridge is waiting
+/// or was re-addressed, or has no subnet of `ip`'s family).
 fn bridge_of(ip: std::net::IpAddr, bridges: &[BridgeState]) -> String {
-    // Bridges report IPv4 subnets; an IPv6 binding's bridge is unknown here.
-    let std::net::IpAddr::V4(ip) = ip else {
-        return "-".to_owned();
-    };
+    use std::net::IpAddr;
     let holds = |net: &String| {
         let Some((addr, len)) = net.split_once('/') else {
             return false;
         };
-        match (addr.parse(), len.parse()) {
-            (Ok(addr), Ok(len)) => Ipv4Cidr::new(addr, len).contains(ip),
+        let Ok(len) = len.parse() else {
+            return false;
+        };
+        match (ip, addr.parse()) {
+            (IpAddr::V4(ip), Ok(IpAddr::V4(addr))) => Ipv4Cidr::new(addr, len).contains(ip),
+            (IpAddr::V6(ip), Ok(IpAddr::V6(addr))) => {
+                crate::domain::cidr::Ipv6Cidr::new(addr, len).contains(ip)
+            }
             _ => false,
         }
     };
@@ -264,7 +268,7 @@ mod bridge_tests {
         let bridges = [
             BridgeState {
                 name: "docker0".into(),
-                subnets: vec!["172.17.0.0/16".into()],
+                subnets: vec!["172.17.0.0/16".into(), "fd00:17::/64".into()],
                 ..Default::default()
             },
             BridgeState {
@@ -278,6 +282,8 @@ mod bridge_tests {
                 b("a", "172.17.0.2"),
                 b("b", "10.88.0.5"),
                 b("c", "192.168.0.9"),
+                b("d", "fd00:17::2"),
+                b("e", "fd00:99::2"),
             ],
             &bridges,
         );
@@ -289,6 +295,8 @@ mod bridge_tests {
                 "a     172.17.0.2    0.0.0.0  8080       80              tcp    docker0",
                 "b     10.88.0.5     0.0.0.0  8080       80              tcp    cni0",
                 "c     192.168.0.9   0.0.0.0  8080       80              tcp    -",
+                "d     fd00:17::2    0.0.0.0  8080       80              tcp    docker0",
+                "e     fd00:99::2    0.0.0.0  8080       80              tcp    -",
             ]
         );
     }
