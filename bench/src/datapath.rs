@@ -132,9 +132,6 @@ type Key = (&'static str, &'static str, usize, Option<usize>);
 /// The current object's rows carry no `build`; the previous release's, when
 /// measured beside it, `"build": "previous"`.
 pub const PREVIOUS: &str = "previous";
-/// What `cargo xtask bench` builds as the previous release (xtask's
-/// `PREVIOUS_RELEASE`).
-pub const PREVIOUS_RELEASE: &str = "8071dfd";
 const CURRENT: &str = "current";
 /// Rows of this tree's object built without counters (the ebpf crate's
 /// `bench-uncounted`), measured beside it on the paths that count.

@@ -40,12 +40,16 @@ struct Opts {
     previous: Option<PathBuf>,
     /// This tree's object built without counters (issue 14).
     uncounted: Option<PathBuf>,
+    /// The commit that object was built from (`--previous-commit`, which
+    /// `cargo xtask bench` passes), for the report's label.
+    previous_commit: Option<String>,
 }
 
 /// `control-berth`: berth's control-plane rows only; `memory`: the memory
-/// for 1 000 ports only (neither is part of a full run: `control` measures
-/// both).
-const SECTIONS: [&str; 9] = [
+/// for 1 000 ports only; `huge`: the 65 000-port connections/s of the
+/// direct path and berth only (none is part of a full run: `control` and
+/// `topology` measure them).
+const SECTIONS: [&str; 10] = [
     "verifier",
     "datapath",
     "topology",
@@ -55,6 +59,7 @@ const SECTIONS: [&str; 9] = [
     "memory",
     "docker",
     "ipv6",
+    "huge",
 ];
 
 fn parse_args() -> Result<Opts> {
@@ -65,6 +70,7 @@ fn parse_args() -> Result<Opts> {
     let mut from_json = None;
     let mut previous = None;
     let mut uncounted = None;
+    let mut previous_commit = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -89,13 +95,16 @@ fn parse_args() -> Result<Opts> {
                     args.next().context("--uncounted-object needs a file")?,
                 ))
             }
+            "--previous-commit" => {
+                previous_commit = Some(args.next().context("--previous-commit needs a commit")?)
+            }
             "--from-json" => {
                 from_json = Some(PathBuf::from(
                     args.next().context("--from-json needs a file")?,
                 ))
             }
             other => bail!(
-                "unknown argument {other:?} (use --quick, --out DIR, --only {}, --from-json FILE, --previous-object FILE, --uncounted-object FILE)",
+                "unknown argument {other:?} (use --quick, --out DIR, --only {}, --from-json FILE, --previous-object FILE [--previous-commit C], --uncounted-object FILE)",
                 SECTIONS.join(",")
             ),
         }
@@ -107,6 +116,7 @@ fn parse_args() -> Result<Opts> {
         from_json,
         previous,
         uncounted,
+        previous_commit,
     })
 }
 
@@ -218,6 +228,7 @@ fn run() -> Result<()> {
     let started = Instant::now();
     let mut results = json!({
         "machine": machine(),
+        "commit": berth_bench::commit(),
         "quick": opts.quick,
         "settings": settings.json(),
     });
@@ -264,6 +275,15 @@ fn run() -> Result<()> {
     }
     section("docker", &|| docker::docker_bench(&settings))?;
     section("ipv6", &|| ipv6::ipv6_bench(&settings))?;
+    if opts.only.iter().any(|o| o == "huge") && !wanted("topology") {
+        let t = Instant::now();
+        eprintln!("bench: 65 000 ports (direct, berth)...");
+        results["topology"] = topo::huge_bench(&settings)?;
+        eprintln!(
+            "bench: 65 000 ports took {:.0} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
     if let Some(c) = control_result {
         results["control_plane"] = c.control;
         results["memory"] = c.memory;
@@ -278,7 +298,12 @@ fn run() -> Result<()> {
         results.as_object_mut().map(|o| o.remove("verifier"));
     }
     if opts.previous.is_some() && results.get("datapath").is_some() {
-        results["datapath_previous_release"] = json!(datapath::PREVIOUS_RELEASE);
+        // Only what the caller said the object is: an object passed
+        // without its commit is labelled so, never with a guessed one.
+        results["datapath_previous_release"] = json!(opts
+            .previous_commit
+            .as_deref()
+            .unwrap_or("an object given without its commit"));
     }
     results["elapsed_s"] = json!(started.elapsed().as_secs_f64().round());
     write_outputs(&results, &opts, opts.quick)

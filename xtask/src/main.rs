@@ -172,6 +172,7 @@ fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     match previous::previous_object() {
         Ok(obj) => {
             cmd.arg("--previous-object").arg(obj);
+            cmd.args(["--previous-commit", previous::PREVIOUS_RELEASE]);
         }
         Err(e) => eprintln!(
             "xtask: no previous release ({}) to compare the datapath with: {e:#}",
