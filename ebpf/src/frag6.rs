@@ -152,12 +152,7 @@ pub(crate) fn frag6_tiny(f: &Frag6) -> bool {
 /// Remember a first fragment's (`first`, from [`first_of`]) security-group
 /// verdict for its datagram `src -> dst`.
 #[inline(always)]
-pub(crate) fn frag6_first_judged(
-    first: u64,
-    src: &[u8; 16],
-    dst: &[u8; 16],
-    allowed: bool,
-) {
+pub(crate) fn frag6_first_judged(first: u64, src: &[u8; 16], dst: &[u8; 16], allowed: bool) {
     if first & FIRST == 0 {
         return;
     }

@@ -851,9 +851,9 @@ counters! {
     PolicyAcceptedIngress = 29 => "policy_accepted_ingress",
     /// New flow a sending task's security groups let out (once per flow).
     PolicyAcceptedEgress = 30 => "policy_accepted_egress",
-    /// IPv6 TCP/UDP to a published IPv6 port (or a reply of its flow),
-    /// passed untranslated: a fragmented datagram, which NAT66 does not
-    /// translate yet (issue 15).
+    /// No longer counted: it counted fragmented IPv6 datagrams NAT66 passed
+    /// untranslated, which it now translates (`frag6.rs`). Kept so the
+    /// counters after it keep their indexes and the metric stays defined.
     Ipv6Untranslated = 31 => "ipv6_untranslated",
     /// IPv6 frame whose program's `BERTH_TAILS` slot was empty (or the
     /// tail call failed): passed untouched at an uplink or the bridge,
