@@ -1,11 +1,11 @@
-//! Interfaces and IPv4 addresses of the network namespace we run in.
+//! Interfaces and addresses (both families) of the network namespace we run in.
 use std::{
     ffi::{CStr, CString},
     io,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use crate::domain::cidr::Ipv4Cidr;
+use crate::domain::cidr::{Ipv4Cidr, Ipv6Cidr};
 
 /// One IPv4 address of one interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,8 +22,29 @@ pub fn interface_exists(name: &str) -> bool {
     unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
-/// Every IPv4 address in this network namespace (getifaddrs).
-pub fn ipv4_addrs() -> io::Result<Vec<InterfaceAddr>> {
+/// One address of one interface, either family, with its prefix length
+/// (the full length where the kernel reports no netmask).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IfAddr {
+    pub interface: String,
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl IfAddr {
+    /// Whether `ip` is in this address's subnet (families apart).
+    pub fn subnet_holds(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(ip)) => Ipv4Cidr::new(a, self.prefix_len).contains(ip),
+            (IpAddr::V6(a), IpAddr::V6(ip)) => Ipv6Cidr::new(a, self.prefix_len).contains(ip),
+            _ => false,
+        }
+    }
+}
+
+/// Every IPv4 and IPv6 address in this network namespace: the one walk
+/// over getifaddrs' list; callers filter it.
+pub fn interface_addrs() -> io::Result<Vec<IfAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a list head we free below exactly once.
     if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
@@ -33,26 +54,38 @@ pub fn ipv4_addrs() -> io::Result<Vec<InterfaceAddr>> {
     let mut cur = head;
     while !cur.is_null() {
         // SAFETY: `cur` is a node of the list getifaddrs returned, which
-        // stays valid until freeifaddrs.
+        // stays valid until freeifaddrs; ifa_name is a NUL-terminated
+        // string, and address and netmask, when non-null, are sockaddrs of
+        // the family the address names.
         let ifa = unsafe { &*cur };
         cur = ifa.ifa_next;
-        // SAFETY: for AF_INET entries both pointers, when non-null, point to
-        // `sockaddr_in`s; ifa_name is a NUL-terminated string.
-        unsafe {
-            if ifa.ifa_addr.is_null() || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET {
+        let (addr, mask) = unsafe {
+            if ifa.ifa_addr.is_null() {
                 continue;
             }
-            let addr = sockaddr_in_ip(ifa.ifa_addr);
-            let prefix_len = if ifa.ifa_netmask.is_null() {
-                32
-            } else {
-                u32::from(sockaddr_in_ip(ifa.ifa_netmask)).count_ones() as u8
-            };
-            out.push(InterfaceAddr {
-                interface: CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned(),
-                cidr: Ipv4Cidr::new(addr, prefix_len),
-            });
-        }
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => (
+                    IpAddr::V4(sockaddr_in_ip(ifa.ifa_addr)),
+                    (!ifa.ifa_netmask.is_null())
+                        .then(|| u32::from(sockaddr_in_ip(ifa.ifa_netmask)).count_ones()),
+                ),
+                libc::AF_INET6 => (
+                    IpAddr::V6(sockaddr_in6_ip(ifa.ifa_addr)),
+                    (!ifa.ifa_netmask.is_null())
+                        .then(|| u128::from(sockaddr_in6_ip(ifa.ifa_netmask)).count_ones()),
+                ),
+                _ => continue,
+            }
+        };
+        let full = if addr.is_ipv4() { 32 } else { 128 };
+        out.push(IfAddr {
+            // SAFETY: as above.
+            interface: unsafe { CStr::from_ptr(ifa.ifa_name) }
+                .to_string_lossy()
+                .into_owned(),
+            addr,
+            prefix_len: mask.unwrap_or(full) as u8,
+        });
     }
     // SAFETY: `head` came from a successful getifaddrs and is freed once.
     unsafe {
@@ -68,6 +101,27 @@ unsafe fn sockaddr_in_ip(sa: *const libc::sockaddr) -> Ipv4Addr {
     Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))
 }
 
+/// # Safety
+/// `sa` must point to a valid `sockaddr_in6`.
+unsafe fn sockaddr_in6_ip(sa: *const libc::sockaddr) -> Ipv6Addr {
+    let sin6 = unsafe { &*sa.cast::<libc::sockaddr_in6>() };
+    Ipv6Addr::from(sin6.sin6_addr.s6_addr)
+}
+
+/// Every IPv4 address in this network namespace.
+pub fn ipv4_addrs() -> io::Result<Vec<InterfaceAddr>> {
+    Ok(interface_addrs()?
+        .into_iter()
+        .filter_map(|a| match a.addr {
+            IpAddr::V4(addr) => Some(InterfaceAddr {
+                interface: a.interface,
+                cidr: Ipv4Cidr::new(addr, a.prefix_len),
+            }),
+            IpAddr::V6(_) => None,
+        })
+        .collect())
+}
+
 /// The IPv4 subnets on interface `name`, in the order the kernel lists them.
 pub fn interface_subnets(name: &str) -> io::Result<Vec<Ipv4Cidr>> {
     Ok(ipv4_addrs()?
@@ -80,53 +134,17 @@ pub fn interface_subnets(name: &str) -> io::Result<Vec<Ipv4Cidr>> {
 /// The IPv6 subnets on interface `name` (link-local ones left out: every
 /// interface has `fe80::/64`, which says nothing about which containers
 /// are its), in the order the kernel lists them.
-pub fn interface_subnets6(name: &str) -> io::Result<Vec<crate::domain::cidr::Ipv6Cidr>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs writes a list head we free below exactly once.
-    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: a node of getifaddrs' list, valid until freeifaddrs; for
-        // AF_INET6 entries the address and netmask, when non-null, are
-        // `sockaddr_in6`s and ifa_name a NUL-terminated string.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        unsafe {
-            if ifa.ifa_addr.is_null()
-                || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET6
-                || CStr::from_ptr(ifa.ifa_name).to_bytes() != name.as_bytes()
-            {
-                continue;
+pub fn interface_subnets6(name: &str) -> io::Result<Vec<Ipv6Cidr>> {
+    Ok(interface_addrs()?
+        .into_iter()
+        .filter(|a| a.interface == name)
+        .filter_map(|a| match a.addr {
+            IpAddr::V6(addr) if !addr.is_unicast_link_local() => {
+                Some(Ipv6Cidr::new(addr, a.prefix_len))
             }
-            let addr = std::net::Ipv6Addr::from(
-                (*ifa.ifa_addr.cast::<libc::sockaddr_in6>())
-                    .sin6_addr
-                    .s6_addr,
-            );
-            if addr.is_unicast_link_local() {
-                continue;
-            }
-            let prefix_len = if ifa.ifa_netmask.is_null() {
-                128
-            } else {
-                u128::from_be_bytes(
-                    (*ifa.ifa_netmask.cast::<libc::sockaddr_in6>())
-                        .sin6_addr
-                        .s6_addr,
-                )
-                .count_ones() as u8
-            };
-            out.push(crate::domain::cidr::Ipv6Cidr::new(addr, prefix_len));
-        }
-    }
-    // SAFETY: `head` came from getifaddrs and is freed once.
-    unsafe {
-        libc::freeifaddrs(head);
-    }
-    Ok(out)
+            _ => None,
+        })
+        .collect())
 }
 
 /// Whether `name` is a Linux bridge (its sysfs directory has `bridge/`).
@@ -146,27 +164,14 @@ pub fn host_ipv4_addrs() -> io::Result<Vec<Ipv4Addr>> {
 
 /// The host's IPv6 addresses (every interface's, `::1` and link-local
 /// ones included, as [`host_ipv4_addrs`] includes 127.0.0.1), sorted.
-pub fn host_ipv6_addrs() -> io::Result<Vec<std::net::Ipv6Addr>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        unsafe {
-            if ifa.ifa_addr.is_null() || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET6 {
-                continue;
-            }
-            let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
-            out.push(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr));
-        }
-    }
-    unsafe {
-        libc::freeifaddrs(head);
-    }
+pub fn host_ipv6_addrs() -> io::Result<Vec<Ipv6Addr>> {
+    let mut out: Vec<Ipv6Addr> = interface_addrs()?
+        .into_iter()
+        .filter_map(|a| match a.addr {
+            IpAddr::V6(addr) => Some(addr),
+            IpAddr::V4(_) => None,
+        })
+        .collect();
     out.sort();
     out.dedup();
     Ok(out)
@@ -179,6 +184,37 @@ mod tests {
     fn cidr(s: &str) -> Ipv4Cidr {
         let (addr, len) = s.split_once('/').unwrap();
         Ipv4Cidr::new(addr.parse().unwrap(), len.parse().unwrap())
+    }
+
+    #[test]
+    fn an_address_holds_its_subnet_of_its_own_family_only() {
+        let a = IfAddr {
+            interface: "docker0".into(),
+            addr: "172.17.0.1".parse().unwrap(),
+            prefix_len: 16,
+        };
+        assert!(a.subnet_holds("172.17.3.4".parse().unwrap()));
+        assert!(!a.subnet_holds("172.18.0.1".parse().unwrap()));
+        assert!(!a.subnet_holds("::ffff:172.17.3.4".parse().unwrap()));
+        let b = IfAddr {
+            interface: "docker0".into(),
+            addr: "fd00:17::1".parse().unwrap(),
+            prefix_len: 64,
+        };
+        assert!(b.subnet_holds("fd00:17::2".parse().unwrap()));
+        assert!(!b.subnet_holds("fd00:18::2".parse().unwrap()));
+        assert!(!b.subnet_holds("172.17.3.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn loopbacks_address_is_listed_with_its_prefix() {
+        let addrs = interface_addrs().unwrap();
+        assert!(
+            addrs.iter().any(|a| a.interface == "lo"
+                && a.addr == IpAddr::V4(Ipv4Addr::LOCALHOST)
+                && a.prefix_len == 8),
+            "{addrs:?}"
+        );
     }
 
     #[test]

@@ -144,74 +144,15 @@ async fn berths_bridges(client: &Client) -> Result<Vec<String>, String> {
 }
 
 /// Whether `ip` is in a subnet of one of `bridge`'s addresses of its
-/// family, as the kernel has them in this namespace (the daemon's).
+/// family, as the kernel has them in this namespace (the daemon's); for
+/// IPv6 link-local ones included: they say nothing of a container, and the
+/// daemon refuses such a container address with its reason.
 pub(crate) fn bridge_holds(bridge: &str, ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V4(ip) => ip,
-        IpAddr::V6(ip) => return bridge_holds6(bridge, ip),
-    };
-    let mut subnets = Vec::new();
-    unsafe {
-        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&raw mut head) != 0 {
-            return false;
-        }
-        let mut cur = head;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            cur = ifa.ifa_next;
-            if ifa.ifa_addr.is_null()
-                || ifa.ifa_netmask.is_null()
-                || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET
-                || std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() != bridge.as_bytes()
-            {
-                continue;
-            }
-            let addr = (*ifa.ifa_addr.cast::<libc::sockaddr_in>()).sin_addr.s_addr;
-            let mask = (*ifa.ifa_netmask.cast::<libc::sockaddr_in>())
-                .sin_addr
-                .s_addr;
-            subnets.push((u32::from_be(addr), u32::from_be(mask)));
-        }
-        libc::freeifaddrs(head);
-    }
-    let ip = u32::from(ip);
-    subnets.iter().any(|&(addr, mask)| ip & mask == addr & mask)
-}
-
-/// [`bridge_holds`] for IPv6: a subnet of one of `bridge`'s IPv6
-/// addresses (link-local ones included: they say nothing of a container,
-/// and the daemon refuses such a container address with its reason).
-fn bridge_holds6(bridge: &str, ip: std::net::Ipv6Addr) -> bool {
-    let mut subnets = Vec::new();
-    unsafe {
-        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&raw mut head) != 0 {
-            return false;
-        }
-        let mut cur = head;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            cur = ifa.ifa_next;
-            if ifa.ifa_addr.is_null()
-                || ifa.ifa_netmask.is_null()
-                || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET6
-                || std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() != bridge.as_bytes()
-            {
-                continue;
-            }
-            let addr = (*ifa.ifa_addr.cast::<libc::sockaddr_in6>())
-                .sin6_addr
-                .s6_addr;
-            let mask = (*ifa.ifa_netmask.cast::<libc::sockaddr_in6>())
-                .sin6_addr
-                .s6_addr;
-            subnets.push((u128::from_be_bytes(addr), u128::from_be_bytes(mask)));
-        }
-        libc::freeifaddrs(head);
-    }
-    let ip = u128::from(ip);
-    subnets.iter().any(|&(addr, mask)| ip & mask == addr & mask)
+    crate::adapters::netif::interface_addrs().is_ok_and(|addrs| {
+        addrs
+            .iter()
+            .any(|a| a.interface == bridge && a.subnet_holds(ip))
+    })
 }
 
 fn berth_socket() -> PathBuf {
