@@ -128,6 +128,34 @@ impl SlotBook {
     }
 }
 
+/// The counters slot a binding keyed `key` counts in, given the one its
+/// entry holds now: a fresh slot is zeroed before any entry names it (a
+/// reused slot starts from nothing) and given back if zeroing fails. `None`
+/// (warned; the binding counts nowhere) when every slot is taken.
+pub(super) fn claim_slot(
+    slots: &mut SlotBook,
+    stats: &mut PerCpuArray<MapData, BindingStats>,
+    key: impl Into<SlotOwner>,
+    current: Option<u32>,
+    host_port: u16,
+) -> Result<Option<u32>, DatapathError> {
+    let key = key.into();
+    let Some((slot, fresh)) = slots.slot_for(key, current) else {
+        tracing::warn!(
+            host_port,
+            "no per-binding counters slot left; this binding is not counted"
+        );
+        return Ok(None);
+    };
+    if fresh {
+        if let Err(e) = zero_slot(stats, slot) {
+            slots.release(key, slot);
+            return Err(e);
+        }
+    }
+    Ok(Some(slot))
+}
+
 /// Zeroes `slot` on every CPU.
 pub(super) fn zero_slot(
     stats: &mut PerCpuArray<MapData, BindingStats>,

@@ -53,21 +53,15 @@ impl BpfDatapath {
         let mut m = self.lock();
         let current = m.services6.get(&key, 0).ok();
         let new = current.is_none();
-        match m.slots.slot_for(&key, current.map(|v| v.binding)) {
-            Some((slot, fresh)) => {
-                // Zeroed before any entry names it, as for IPv4.
-                if fresh {
-                    if let Err(e) = binding_stats::zero_slot(&mut m.binding_stats, slot) {
-                        m.slots.release(&key, slot);
-                        return Err(e);
-                    }
-                }
-                value.binding = slot;
-            }
-            None => tracing::warn!(
-                host_port = b.host_port,
-                "no per-binding counters slot left; this IPv6 binding is not counted"
-            ),
+        let m = &mut *m;
+        if let Some(slot) = binding_stats::claim_slot(
+            &mut m.slots,
+            &mut m.binding_stats,
+            &key,
+            current.map(|v| v.binding),
+            b.host_port,
+        )? {
+            value.binding = slot;
         }
         let pk = port_key6(&key);
         let guarded = m.ports.get(&pk, 0).unwrap_or(0);

@@ -194,22 +194,15 @@ impl Datapath for BpfDatapath {
         let current = m.services.get(&key, 0).ok();
         let new = current.is_none();
         let mut value = backend(b);
-        match m.slots.slot_for(&key, current.map(|v| v.binding)) {
-            Some((slot, fresh)) => {
-                // Zeroed before any entry names it: a reused slot starts
-                // from nothing.
-                if fresh {
-                    if let Err(e) = binding_stats::zero_slot(&mut m.binding_stats, slot) {
-                        m.slots.release(&key, slot);
-                        return Err(e);
-                    }
-                }
-                value.binding = slot;
-            }
-            None => tracing::warn!(
-                host_port = b.host_port,
-                "no per-binding counters slot left; this binding is not counted"
-            ),
+        let m = &mut *m;
+        if let Some(slot) = binding_stats::claim_slot(
+            &mut m.slots,
+            &mut m.binding_stats,
+            &key,
+            current.map(|v| v.binding),
+            b.host_port,
+        )? {
+            value.binding = slot;
         }
         let pk = port_key(b);
         let guarded = m.ports.get(&pk, 0).unwrap_or(0);
