@@ -20,7 +20,8 @@ use aya_ebpf::{
 };
 use berth_maps::{
     tail::{FRAG6_CB_DNAT, FRAG6_CB_SNAT},
-    Backend6, Counter, FlowKey6, NatEntry6, PROTO_TCP, PROTO_UDP,
+    Backend6, Counter, FlowKey6, NatEntry6, FLOW_EV_REJECT_FULL, FLOW_EV_REJECT_POLICY, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use crate::{
@@ -29,6 +30,7 @@ use crate::{
         DIR_REPLY,
     },
     fib::fib_lookup_v6,
+    flowlog::{flow_log_refused6, Refused6},
     hook::Hook as _,
     maps::{count, BERTH_HOST_ADDRS6, BERTH_NAT6, BERTH_NAT6_NEW},
     parse::{ptr_at, ETH_LEN},
@@ -114,6 +116,8 @@ fn owns(e: *const NatEntry6, f: &Flow6) -> bool {
 enum Verdict6 {
     Forward,
     Drop,
+    /// A new flow refused, for the flow log (`FLOW_EV_*`), as IPv4 logs.
+    Refused(u8),
     NotOurs,
 }
 
@@ -142,7 +146,7 @@ fn track(f: &Flow6, b: &Backend6, wildcard: bool, seg: &Seg, now: u64, ifindex: 
                 && tcp_completes(&NatEntry6::track(e), seg)
                 && ct_promote(&tables(), &key, e).is_err()
             {
-                return Verdict6::Drop;
+                return Verdict6::Refused(FLOW_EV_REJECT_FULL);
             }
             return Verdict6::Forward;
         }
@@ -157,7 +161,7 @@ fn track(f: &Flow6, b: &Backend6, wildcard: bool, seg: &Seg, now: u64, ifindex: 
     }
     if f.src_addr == LOOPBACK6 || is_host_addr6(&f.src_addr) {
         count(Counter::UplinkSpoofedSource);
-        return Verdict6::Drop;
+        return Verdict6::Refused(FLOW_EV_REJECT_POLICY);
     }
     // The receiving task's IPv6 security groups (counted there when they
     // refuse).
@@ -165,13 +169,13 @@ fn track(f: &Flow6, b: &Backend6, wildcard: bool, seg: &Seg, now: u64, ifindex: 
         && !crate::rules6::ingress_allows6(f.proto, &f.src_addr, &b.addr, b.port_be)
     {
         crate::stats::binding_count_refused(b.binding);
-        return Verdict6::Drop;
+        return Verdict6::Refused(FLOW_EV_REJECT_POLICY);
     }
     // The reply tuple is another client's (the key holds ours): refused
     // rather than remapped, for now.
     if unsafe { BERTH_NAT6.get(&key).is_some() || BERTH_NAT6_NEW.get(&key).is_some() } {
         count(Counter::NatPortRemapFailed);
-        return Verdict6::Drop;
+        return Verdict6::Refused(FLOW_EV_REJECT_FULL);
     }
     let (flags, wscale, seq_end, max_win) = ct_init(f.proto, seg);
     let entry = NatEntry6 {
@@ -194,7 +198,7 @@ fn track(f: &Flow6, b: &Backend6, wildcard: bool, seg: &Seg, now: u64, ifindex: 
         _pad3: 0,
     };
     if ct_insert_new(&tables(), &key, &entry).is_err() {
-        return Verdict6::Drop;
+        return Verdict6::Refused(FLOW_EV_REJECT_FULL);
     }
     crate::stats::binding_count_opened(b.binding);
     Verdict6::Forward
@@ -302,6 +306,10 @@ pub(crate) fn ingress6(ctx: &TcContext) -> i32 {
     match track(&f, &b, wildcard, &seg, now, ifindex) {
         Verdict6::Forward => {}
         Verdict6::Drop => return TC_ACT_SHOT,
+        Verdict6::Refused(kind) => {
+            flow_log_refused6(&Refused6::client(kind, &f, &b, ifindex));
+            return TC_ACT_SHOT;
+        }
         Verdict6::NotOurs => {
             count(Counter::IngressPass);
             return TC_ACT_OK;
@@ -355,6 +363,20 @@ pub(crate) fn reply6(ctx: &TcContext) -> i32 {
         nat6_count(e, DIR_REPLY, &f);
         let x = unsafe { ((*e).host_addr, (*e).host_port_be, (*e).binding) };
         if f.proto == PROTO_UDP && ct_promote(&tables(), &key, e).is_err() {
+            // The flow as its client sent it: the reply's tuple reversed.
+            flow_log_refused6(&Refused6 {
+                kind: FLOW_EV_REJECT_FULL,
+                proto: f.proto,
+                client: &f.dst_addr,
+                client_port_be: unsafe { (*e).client_port_be },
+                host: &x.0,
+                host_port_be: x.1,
+                ctr: &f.src_addr,
+                ctr_port_be: f.src_port_be,
+                ip_len: ip_len(&f),
+                tcp_flags: 0,
+                ifindex: unsafe { (*e).ifindex },
+            });
             return TC_ACT_SHOT;
         }
         x

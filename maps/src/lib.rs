@@ -543,12 +543,14 @@ pub const COUNTERS_MAP: &str = "BERTH_COUNTERS";
 
 // ---------------------------------------------------------------- flow logs
 
-/// Ring buffer of [`FlowEvent`]s (`BPF_MAP_TYPE_RINGBUF`): refused flows,
+/// Ring buffer of [`FlowEvent`]s and [`FlowEvent6`]s, told apart by
+/// record length (`BPF_MAP_TYPE_RINGBUF`): refused flows,
 /// which leave no table entry to read. Not pinned: each load starts an
 /// empty ring that the loading daemon reads. A record is reserved or
 /// counted lost ([`Counter::FlowLogLost`]); the packet never waits.
 pub const FLOW_LOG_RING: &str = "BERTH_FLOW_LOG";
-/// 256 KiB: about 5 400 records between two reads of the daemon.
+/// 256 KiB: about 5 400 IPv4 records (3 200 IPv6) between two reads of the
+/// daemon.
 pub const FLOW_LOG_RING_BYTES: u32 = 256 * 1024;
 /// The datapath log's ring (aya-log's, named by it), not pinned.
 pub const DP_LOG_MAP: &str = "AYA_LOGS";
@@ -1005,5 +1007,6 @@ mod user {
         super::NatEntry6,
         super::NatFwd6
     );
+    aya_pod!(super::FlowEvent6);
     aya_pod!(super::SockRevKey6, super::SockRevValue6);
 }

@@ -96,8 +96,43 @@ pub const NAT6_CAPACITY: u32 = NAT_CAPACITY;
 pub const NAT6_NEW_MAP: &str = "BERTH_NAT6_NEW";
 pub const NAT6_NEW_CAPACITY: u32 = NAT_NEW_CAPACITY;
 
+/// One refused packet of a new IPv6 flow to a published port, as the
+/// uplink saw it: [`crate::FlowEvent`] with 16-byte addresses. Both go to
+/// one ring ([`crate::FLOW_LOG_RING`]); the kernel keeps each record's
+/// length in the ring, and the two lengths differ, so the length says the
+/// family (a reader takes only the lengths it knows). The ring is never
+/// pinned: only the daemon that loaded the programs writing it reads it,
+/// so a changed record never meets an older reader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FlowEvent6 {
+    /// `bpf_ktime_get_coarse_ns()`.
+    pub ktime_ns: u64,
+    /// The client.
+    pub src_addr: [u8; 16],
+    /// The host address the client used.
+    pub dst_addr: [u8; 16],
+    /// The container the mapping points at.
+    pub ctr_addr: [u8; 16],
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub ctr_port_be: u16,
+    pub proto: u8,
+    /// `FLOW_EV_*`.
+    pub kind: u8,
+    /// The uplink.
+    pub ifindex: u32,
+    /// The IPv6 header and payload, as the flow tables count bytes.
+    pub ip_len: u16,
+    pub tcp_flags: u8,
+    pub _pad: u8,
+}
+
 const _: () = assert!(size_of::<ServiceKey6>() == 20);
 const _: () = assert!(size_of::<Backend6>() == 24);
 const _: () = assert!(size_of::<FlowKey6>() == 40);
 const _: () = assert!(size_of::<NatEntry6>() == 104);
 const _: () = assert!(size_of::<NatFwd6>() == 20);
+const _: () = assert!(size_of::<FlowEvent6>() == 72);
+// The ring tells the families apart by record length.
+const _: () = assert!(size_of::<FlowEvent6>() != size_of::<crate::FlowEvent>());

@@ -7,6 +7,7 @@
 mod binding_stats;
 mod exact_ports;
 mod flowlog;
+mod flowlog6;
 mod frag66;
 mod host_addrs;
 mod icmp;

@@ -1,8 +1,10 @@
 //! Flow-log records in the format of AWS VPC Flow Logs: the fields by
 //! AWS's names and versions, a `--flow-log-format` of `${field}`s, and one
 //! record rendered as a line (fields separated by one space, `-` where a
-//! field does not apply or berth cannot know it).
-use std::{fmt::Write as _, net::Ipv4Addr};
+//! field does not apply or berth cannot know it). IPv6 addresses are
+//! written as AWS writes them: RFC 5952 text (lower case, the longest run
+//! of zero groups as `::`), `type` `IPv6`.
+use std::{fmt::Write as _, net::IpAddr};
 
 use super::model::EcsLabels;
 
@@ -159,7 +161,11 @@ impl FlowLogFormat {
                 let _ = write!(out, "{}", r.end);
             }
             Field::LogStatus => out.push_str(r.status.as_str()),
-            Field::Type => out.push_str(if flow.is_some() { "IPv4" } else { dash }),
+            Field::Type => out.push_str(match flow {
+                Some(fl) if fl.src.is_ipv6() => "IPv6",
+                Some(_) => "IPv4",
+                None => dash,
+            }),
             _ => match flow {
                 Some(fl) => fl.field(out, f),
                 None => out.push_str(dash),
@@ -228,8 +234,9 @@ pub struct Record {
 /// One direction of one flow within a window.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowFields {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    /// Both addresses of a flow, and both `pkt_*`, are of one family.
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub src_port: u16,
     pub dst_port: u16,
     pub protocol: u8,
@@ -238,8 +245,8 @@ pub struct FlowFields {
     pub action: Action,
     /// The addresses on the packet inside the host: the container's in
     /// place of the host address.
-    pub pkt_src: Ipv4Addr,
-    pub pkt_dst: Ipv4Addr,
+    pub pkt_src: IpAddr,
+    pub pkt_dst: IpAddr,
     /// AWS's bits (FIN 1, SYN 2, RST 4, SYN-ACK 18) seen in the window;
     /// `None` for UDP.
     pub tcp_flags: Option<u8>,
@@ -329,20 +336,22 @@ impl<'a> TaskArn<'a> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use super::*;
 
     fn flow() -> FlowFields {
         FlowFields {
-            src: Ipv4Addr::new(192, 0, 2, 2),
-            dst: Ipv4Addr::new(192, 0, 2, 1),
+            src: Ipv4Addr::new(192, 0, 2, 2).into(),
+            dst: Ipv4Addr::new(192, 0, 2, 1).into(),
             src_port: 40000,
             dst_port: 8080,
             protocol: 6,
             packets: 5,
             bytes: 300,
             action: Action::Accept,
-            pkt_src: Ipv4Addr::new(192, 0, 2, 2),
-            pkt_dst: Ipv4Addr::new(172, 17, 0, 2),
+            pkt_src: Ipv4Addr::new(192, 0, 2, 2).into(),
+            pkt_dst: Ipv4Addr::new(172, 17, 0, 2).into(),
             tcp_flags: Some(3),
             direction: Direction::Ingress,
             ecs: EcsLabels {
@@ -412,6 +421,50 @@ mod tests {
         );
         let f = FlowLogFormat::parse("${srcaddr} ${tcp-flags}").unwrap();
         assert_eq!(f.version(), 3);
+    }
+
+    /// An IPv6 flow: RFC 5952 text in every address field, as AWS writes
+    /// IPv6 records (`2001:db8::2`, not `2001:0db8:0:0:0:0:0:2`), and
+    /// `type` `IPv6`.
+    fn flow6() -> FlowFields {
+        let client = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2));
+        FlowFields {
+            src: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+            dst: client,
+            src_port: 8080,
+            dst_port: 40000,
+            protocol: 17,
+            packets: 2,
+            bytes: 296,
+            action: Action::Accept,
+            pkt_src: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x17, 0, 0, 0xab, 0, 0, 2)),
+            pkt_dst: client,
+            tcp_flags: None,
+            direction: Direction::Egress,
+            ecs: EcsLabels::default(),
+        }
+    }
+
+    #[test]
+    fn an_ipv6_flow_is_written_with_rfc_5952_addresses_and_type_ipv6() {
+        assert_eq!(
+            FlowLogFormat::default().render(&record(Some(flow6()), LogStatus::Ok)),
+            "2 - eth0 2001:db8::1 2001:db8::2 8080 40000 17 2 296 1700000000 1700000059 ACCEPT OK"
+        );
+        let f = FlowLogFormat::parse(
+            "${version} ${type} ${srcaddr} ${dstaddr} ${pkt-srcaddr} ${pkt-dstaddr} ${tcp-flags} \
+             ${flow-direction}",
+        )
+        .unwrap();
+        assert_eq!(
+            f.render(&record(Some(flow6()), LogStatus::Ok)),
+            "5 IPv6 2001:db8::1 2001:db8::2 fd00:17::ab:0:0:2 2001:db8::2 - egress"
+        );
+        assert_eq!(
+            f.render(&record(None, LogStatus::NoData)),
+            "5 - - - - - - -",
+            "a record without a flow has no type"
+        );
     }
 
     #[test]

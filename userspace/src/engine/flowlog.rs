@@ -11,17 +11,20 @@
 //!   the same flow while its opening time is (a tuple reused by a new flow
 //!   starts from zero).
 //! - A refused flow leaves no entry: each refused packet comes as a ring
-//!   record ([`FlowEvent`]), aggregated here per flow until the window ends.
+//!   record ([`FlowEvent`], [`FlowEvent6`]), aggregated here per flow until
+//!   the window ends.
+//! - Both families alike: IPv4 and IPv6 table entries and ring records are
+//!   read into [`TableFlow`] and [`Refusal`], which hold either.
 //! - Each flow gives up to two records per window, as AWS logs the two
 //!   directions of a connection: `ingress` (client -> host address:port,
 //!   what the client sent) and `egress` (host address:port -> client, the
 //!   container's replies), each only when it carried packets in the window.
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use berth_maps::{FlowEvent, FlowKey, NatEntry, PROTO_TCP};
+use berth_maps::{FlowEvent, FlowEvent6, FlowKey, FlowKey6, NatEntry, NatEntry6, PROTO_TCP};
 
 use crate::domain::{
     flowlog::{Action, Direction, FlowFields, LogStatus, Record},
@@ -53,6 +56,142 @@ impl Clock {
     }
 }
 
+/// A flow-table entry's identity: its key, the reply tuple as the
+/// container sends it. Fields in the order flows are logged in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FlowId {
+    pub proto: u8,
+    pub ctr: IpAddr,
+    /// The client, as the container sees it.
+    pub peer: IpAddr,
+    pub ctr_port: u16,
+    /// The client's port as the container sees it (remapped on a clash).
+    pub peer_port: u16,
+}
+
+/// One published-port flow-table entry of either family, as the flow log
+/// reads it (`BERTH_NAT*` and `BERTH_NAT6*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableFlow {
+    pub id: FlowId,
+    /// The host address and port the client used.
+    pub host: IpAddr,
+    pub host_port: u16,
+    /// The client's own source port.
+    pub client_port: u16,
+    pub last_seen_ns: u64,
+    pub opened_ns: u64,
+    /// Per direction: what the client sent, then the container's replies.
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub tcp_flags: [u8; 2],
+    /// The uplink it came in by.
+    pub ifindex: u32,
+}
+
+fn addr(be: u32) -> Ipv4Addr {
+    Ipv4Addr::from(be.to_ne_bytes())
+}
+
+impl TableFlow {
+    pub fn v4(k: &FlowKey, e: &NatEntry) -> Self {
+        Self {
+            id: FlowId {
+                proto: k.proto,
+                ctr: addr(k.src_addr_be).into(),
+                peer: addr(k.dst_addr_be).into(),
+                ctr_port: u16::from_be(k.src_port_be),
+                peer_port: u16::from_be(k.dst_port_be),
+            },
+            host: addr(e.host_addr_be).into(),
+            host_port: u16::from_be(e.host_port_be),
+            client_port: u16::from_be(e.client_port_be),
+            last_seen_ns: e.last_seen_ns,
+            opened_ns: e.opened_ns,
+            packets: e.packets,
+            bytes: e.bytes,
+            tcp_flags: e.tcp_flags,
+            ifindex: e.ifindex,
+        }
+    }
+
+    pub fn v6(k: &FlowKey6, e: &NatEntry6) -> Self {
+        Self {
+            id: FlowId {
+                proto: k.proto,
+                ctr: Ipv6Addr::from(k.src_addr).into(),
+                peer: Ipv6Addr::from(k.dst_addr).into(),
+                ctr_port: u16::from_be(k.src_port_be),
+                peer_port: u16::from_be(k.dst_port_be),
+            },
+            host: Ipv6Addr::from(e.host_addr).into(),
+            host_port: u16::from_be(e.host_port_be),
+            client_port: u16::from_be(e.client_port_be),
+            last_seen_ns: e.last_seen_ns,
+            opened_ns: e.opened_ns,
+            packets: e.packets,
+            bytes: e.bytes,
+            tcp_flags: e.tcp_flags,
+            ifindex: e.ifindex,
+        }
+    }
+}
+
+/// One refused packet of a new flow, of either family, as the client sent
+/// it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub ktime_ns: u64,
+    pub proto: u8,
+    pub client: IpAddr,
+    pub client_port: u16,
+    pub host: IpAddr,
+    pub host_port: u16,
+    /// The container the mapping points at.
+    pub ctr: IpAddr,
+    pub ctr_port: u16,
+    pub ifindex: u32,
+    /// The IP header and payload.
+    pub ip_len: u16,
+    pub tcp_flags: u8,
+}
+
+impl From<FlowEvent> for Refusal {
+    fn from(ev: FlowEvent) -> Self {
+        Self {
+            ktime_ns: ev.ktime_ns,
+            proto: ev.proto,
+            client: addr(ev.src_addr_be).into(),
+            client_port: u16::from_be(ev.src_port_be),
+            host: addr(ev.dst_addr_be).into(),
+            host_port: u16::from_be(ev.dst_port_be),
+            ctr: addr(ev.ctr_addr_be).into(),
+            ctr_port: u16::from_be(ev.ctr_port_be),
+            ifindex: ev.ifindex,
+            ip_len: ev.ip_len,
+            tcp_flags: ev.tcp_flags,
+        }
+    }
+}
+
+impl From<FlowEvent6> for Refusal {
+    fn from(ev: FlowEvent6) -> Self {
+        Self {
+            ktime_ns: ev.ktime_ns,
+            proto: ev.proto,
+            client: Ipv6Addr::from(ev.src_addr).into(),
+            client_port: u16::from_be(ev.src_port_be),
+            host: Ipv6Addr::from(ev.dst_addr).into(),
+            host_port: u16::from_be(ev.dst_port_be),
+            ctr: Ipv6Addr::from(ev.ctr_addr).into(),
+            ctr_port: u16::from_be(ev.ctr_port_be),
+            ifindex: ev.ifindex,
+            ip_len: ev.ip_len,
+            tcp_flags: ev.tcp_flags,
+        }
+    }
+}
+
 /// What the previous window saw of a flow.
 #[derive(Clone, Copy, Debug)]
 struct Seen {
@@ -63,7 +202,7 @@ struct Seen {
 }
 
 impl Seen {
-    fn of(e: &NatEntry) -> Self {
+    fn of(e: &TableFlow) -> Self {
         Self {
             opened_ns: e.opened_ns,
             packets: e.packets,
@@ -77,11 +216,11 @@ impl Seen {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct RejectKey {
     proto: u8,
-    client: Ipv4Addr,
+    client: IpAddr,
     client_port: u16,
-    host: Ipv4Addr,
+    host: IpAddr,
     host_port: u16,
-    ctr: Ipv4Addr,
+    ctr: IpAddr,
     ctr_port: u16,
     ifindex: u32,
 }
@@ -98,9 +237,9 @@ struct RejectAgg {
 /// What one window's end hands over.
 pub struct WindowInput<'a> {
     /// Every entry of the flow tables now.
-    pub live: Vec<(FlowKey, NatEntry)>,
+    pub live: Vec<TableFlow>,
     /// Entries deleted since the last window, with their final counts.
-    pub departed: Vec<(FlowKey, NatEntry)>,
+    pub departed: Vec<TableFlow>,
     /// Records lost so far: the datapath's `flow_log_lost` and departed
     /// flows the daemon had no room for.
     pub lost_total: u64,
@@ -113,15 +252,11 @@ pub struct Aggregator {
     account_id: Option<String>,
     /// Uplink ifindex -> name.
     uplinks: Vec<(u32, String)>,
-    prev: HashMap<FlowKey, Seen>,
+    prev: HashMap<FlowId, Seen>,
     rejects: BTreeMap<RejectKey, RejectAgg>,
     rejects_skipped: u64,
     lost_seen: u64,
     window_start_s: u64,
-}
-
-fn addr(be: u32) -> Ipv4Addr {
-    Ipv4Addr::from(be.to_ne_bytes())
 }
 
 impl Aggregator {
@@ -146,20 +281,20 @@ impl Aggregator {
     /// What the tables hold when the log starts: counted already (by an
     /// earlier daemon's log, or before any log ran), so the first window
     /// logs only what comes after.
-    pub fn seed(&mut self, live: &[(FlowKey, NatEntry)]) {
-        self.prev = live.iter().map(|(k, e)| (*k, Seen::of(e))).collect();
+    pub fn seed(&mut self, live: &[TableFlow]) {
+        self.prev = live.iter().map(|f| (f.id, Seen::of(f))).collect();
     }
 
     /// One refused packet from the ring.
-    pub fn refused(&mut self, ev: &FlowEvent, clock: &Clock) {
+    pub fn refused(&mut self, ev: &Refusal, clock: &Clock) {
         let key = RejectKey {
             proto: ev.proto,
-            client: addr(ev.src_addr_be),
-            client_port: u16::from_be(ev.src_port_be),
-            host: addr(ev.dst_addr_be),
-            host_port: u16::from_be(ev.dst_port_be),
-            ctr: addr(ev.ctr_addr_be),
-            ctr_port: u16::from_be(ev.ctr_port_be),
+            client: ev.client,
+            client_port: ev.client_port,
+            host: ev.host,
+            host_port: ev.host_port,
+            ctr: ev.ctr,
+            ctr_port: ev.ctr_port,
             ifindex: ev.ifindex,
         };
         let at = clock.unix_s(ev.ktime_ns);
@@ -195,25 +330,25 @@ impl Aggregator {
         let start_s = self.window_start_s.min(now_s);
         let mut out = Vec::new();
         let mut departed = std::mem::take(&mut input.departed);
-        departed.sort_by_key(|(k, _)| order(k));
-        for (k, e) in &departed {
-            let before = self.prev.remove(k);
-            self.flow_records(&mut out, k, e, before, start_s, &input);
+        departed.sort_by_key(|f| f.id);
+        for f in &departed {
+            let before = self.prev.remove(&f.id);
+            self.flow_records(&mut out, f, before, start_s, &input);
         }
         // Mid-promotion a flow may sit in both tables: the fuller copy.
-        let mut live: BTreeMap<Order, (FlowKey, NatEntry)> = BTreeMap::new();
-        for (k, e) in &input.live {
-            let total = |e: &NatEntry| e.packets[0] + e.packets[1];
-            let slot = live.entry(order(k)).or_insert((*k, *e));
-            if total(e) > total(&slot.1) {
-                *slot = (*k, *e);
+        let mut live: BTreeMap<FlowId, TableFlow> = BTreeMap::new();
+        for f in &input.live {
+            let total = |f: &TableFlow| f.packets[0] + f.packets[1];
+            let slot = live.entry(f.id).or_insert(*f);
+            if total(f) > total(slot) {
+                *slot = *f;
             }
         }
         let mut next = HashMap::with_capacity(live.len());
-        for (k, e) in live.values() {
-            let before = self.prev.get(k).copied();
-            self.flow_records(&mut out, k, e, before, start_s, &input);
-            next.insert(*k, Seen::of(e));
+        for f in live.values() {
+            let before = self.prev.get(&f.id).copied();
+            self.flow_records(&mut out, f, before, start_s, &input);
+            next.insert(f.id, Seen::of(f));
         }
         self.prev = next;
         for (k, r) in std::mem::take(&mut self.rejects) {
@@ -270,8 +405,7 @@ impl Aggregator {
     fn flow_records(
         &self,
         out: &mut Vec<Record>,
-        k: &FlowKey,
-        e: &NatEntry,
+        e: &TableFlow,
         before: Option<Seen>,
         start_s: u64,
         input: &WindowInput<'_>,
@@ -292,12 +426,9 @@ impl Aggregator {
             None => start_s,
         };
         let end = input.clock.unix_s(e.last_seen_ns).clamp(start, now_s);
-        let client = addr(k.dst_addr_be);
-        let host = addr(e.host_addr_be);
-        let ctr = addr(k.src_addr_be);
-        let client_port = u16::from_be(e.client_port_be);
-        let host_port = u16::from_be(e.host_port_be);
-        let ctr_port = u16::from_be(k.src_port_be);
+        let k = &e.id;
+        let (client, host, ctr) = (k.peer, e.host, k.ctr);
+        let (client_port, host_port, ctr_port) = (e.client_port, e.host_port, k.ctr_port);
         let ecs = ecs_of(input.bindings, k.proto, host_port, ctr, ctr_port);
         for (d, direction) in [(0, Direction::Ingress), (1, Direction::Egress)] {
             let (p0, b0, f0) =
@@ -341,26 +472,12 @@ impl Aggregator {
     }
 }
 
-/// A stable order of flows, so a window's records come out the same way
-/// each time.
-type Order = (u8, u32, u32, u16, u16);
-
-fn order(k: &FlowKey) -> Order {
-    (
-        k.proto,
-        u32::from_be(k.src_addr_be),
-        u32::from_be(k.dst_addr_be),
-        u16::from_be(k.src_port_be),
-        u16::from_be(k.dst_port_be),
-    )
-}
-
 /// The ECS labels of the binding a flow came in by.
 fn ecs_of(
     bindings: &[Binding],
     proto: u8,
     host_port: u16,
-    ctr: Ipv4Addr,
+    ctr: IpAddr,
     ctr_port: u16,
 ) -> EcsLabels {
     bindings
@@ -427,6 +544,11 @@ mod tests {
         }
     }
 
+    /// The IPv4 flow of client port `client_port` with this entry.
+    fn flow(client_port: u16, e: NatEntry) -> TableFlow {
+        TableFlow::v4(&key(client_port), &e)
+    }
+
     fn binding() -> Binding {
         Binding {
             task: "web".into(),
@@ -467,7 +589,7 @@ mod tests {
         let mut a = agg();
         let b = [binding()];
         let first = a.close(WindowInput {
-            live: vec![(key(40000), entry(105, 110, [3, 2], [180, 120], [2, 2]))],
+            live: vec![flow(40000, entry(105, 110, [3, 2], [180, 120], [2, 2]))],
             departed: vec![],
             lost_total: 0,
             bindings: &b,
@@ -483,7 +605,7 @@ mod tests {
         );
         // Next window: only what came since, and no reply at all.
         let second = a.close(WindowInput {
-            live: vec![(key(40000), entry(105, 200, [5, 2], [300, 120], [3, 2]))],
+            live: vec![flow(40000, entry(105, 200, [5, 2], [300, 120], [3, 2]))],
             departed: vec![],
             lost_total: 0,
             bindings: &b,
@@ -496,7 +618,7 @@ mod tests {
         assert_eq!(second.len(), 2, "one flow record and eth1's NODATA");
         // A quiet window: NODATA on each uplink.
         let third = a.close(WindowInput {
-            live: vec![(key(40000), entry(105, 200, [5, 2], [300, 120], [3, 2]))],
+            live: vec![flow(40000, entry(105, 200, [5, 2], [300, 120], [3, 2]))],
             departed: vec![],
             lost_total: 0,
             bindings: &b,
@@ -512,9 +634,9 @@ mod tests {
     #[test]
     fn flows_the_log_finds_at_its_start_count_from_then_on() {
         let mut a = agg();
-        a.seed(&[(key(40000), entry(5, 90, [100, 90], [9000, 8000], [2, 2]))]);
+        a.seed(&[flow(40000, entry(5, 90, [100, 90], [9000, 8000], [2, 2]))]);
         let out = a.close(WindowInput {
-            live: vec![(key(40000), entry(5, 150, [103, 90], [9180, 8000], [3, 2]))],
+            live: vec![flow(40000, entry(5, 150, [103, 90], [9180, 8000], [3, 2]))],
             departed: vec![],
             lost_total: 0,
             bindings: &[],
@@ -534,7 +656,7 @@ mod tests {
         let mut a = agg();
         let b = [binding()];
         a.close(WindowInput {
-            live: vec![(key(40000), entry(105, 110, [3, 2], [180, 120], [2, 2]))],
+            live: vec![flow(40000, entry(105, 110, [3, 2], [180, 120], [2, 2]))],
             departed: vec![],
             lost_total: 0,
             bindings: &b,
@@ -542,7 +664,7 @@ mod tests {
         });
         let out = a.close(WindowInput {
             live: vec![],
-            departed: vec![(key(40000), entry(105, 170, [4, 3], [220, 160], [3, 3]))],
+            departed: vec![flow(40000, entry(105, 170, [4, 3], [220, 160], [3, 3]))],
             lost_total: 0,
             bindings: &b,
             clock: clock(220),
@@ -551,7 +673,7 @@ mod tests {
         assert_eq!(l[..2], ["1 40 1 ingress", "1 40 1 egress"]);
         // A new flow reusing the tuple starts from zero.
         let out = a.close(WindowInput {
-            live: vec![(key(40000), entry(230, 240, [1, 0], [60, 0], [2, 0]))],
+            live: vec![flow(40000, entry(230, 240, [1, 0], [60, 0], [2, 0]))],
             departed: vec![],
             lost_total: 0,
             bindings: &b,
@@ -582,9 +704,9 @@ mod tests {
     fn refused_packets_aggregate_per_flow_into_reject_records() {
         let mut a = agg();
         let c = clock(150);
-        a.refused(&refused_event(41000, 110), &c);
-        a.refused(&refused_event(41000, 111), &c);
-        a.refused(&refused_event(41001, 112), &c);
+        a.refused(&refused_event(41000, 110).into(), &c);
+        a.refused(&refused_event(41000, 111).into(), &c);
+        a.refused(&refused_event(41001, 112).into(), &c);
         let out = a.close(WindowInput {
             live: vec![],
             departed: vec![],
@@ -598,6 +720,147 @@ mod tests {
                 "eth1 192.0.2.3 192.0.2.1 41000 8080 2 120 1700000110 1700000111 REJECT OK 172.17.0.2 192.0.2.3 2 ingress t1",
                 "eth1 192.0.2.3 192.0.2.1 41001 8080 1 60 1700000112 1700000112 REJECT OK 172.17.0.2 192.0.2.3 2 ingress t1",
                 "eth0 - - - - - - 1700000100 1700000160 - NODATA - - - - -",
+            ]
+        );
+    }
+
+    const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+    const HOST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+    const CTR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x17, 0, 0, 0, 0, 0, 2);
+
+    /// An IPv6 flow as `BERTH_NAT6` holds it: client port 40000 to
+    /// `[2001:db8::1]:8080`, led to `[fd00:17::2]:80`.
+    fn flow6(
+        opened_s: u64,
+        seen_s: u64,
+        packets: [u64; 2],
+        bytes: [u64; 2],
+        flags: [u8; 2],
+    ) -> TableFlow {
+        let k = FlowKey6 {
+            src_addr: CTR6.octets(),
+            dst_addr: CLIENT6.octets(),
+            src_port_be: 80u16.to_be(),
+            dst_port_be: 40000u16.to_be(),
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let e = NatEntry6 {
+            host_addr: HOST6.octets(),
+            host_port_be: 8080u16.to_be(),
+            last_seen_ns: seen_s * SEC,
+            client_port_be: 40000u16.to_be(),
+            packets,
+            bytes,
+            opened_ns: opened_s * SEC,
+            ifindex: 7,
+            tcp_flags: flags,
+            ..Default::default()
+        };
+        TableFlow::v6(&k, &e)
+    }
+
+    fn binding6() -> Binding {
+        Binding {
+            container_ip: CTR6.into(),
+            bind_ip: Ipv6Addr::UNSPECIFIED.into(),
+            ..binding()
+        }
+    }
+
+    #[test]
+    fn ipv6_flows_are_logged_with_their_addresses_beside_ipv4_ones() {
+        let mut a = agg();
+        let b = [binding(), binding6()];
+        let first = a.close(WindowInput {
+            live: vec![
+                flow6(105, 110, [3, 2], [240, 160], [2, 2]),
+                flow(40000, entry(105, 110, [3, 2], [180, 120], [2, 2])),
+            ],
+            departed: vec![],
+            lost_total: 0,
+            bindings: &b,
+            clock: clock(160),
+        });
+        let fmt = format!("${{type}} {FMT}");
+        assert_eq!(
+            lines(&first, &fmt),
+            [
+                "IPv4 eth0 192.0.2.2 192.0.2.1 40000 8080 3 180 1700000105 1700000110 ACCEPT OK 172.17.0.2 192.0.2.2 2 ingress t1",
+                "IPv4 eth0 192.0.2.1 192.0.2.2 8080 40000 2 120 1700000105 1700000110 ACCEPT OK 192.0.2.2 172.17.0.2 18 egress t1",
+                "IPv6 eth0 2001:db8::2 2001:db8::1 40000 8080 3 240 1700000105 1700000110 ACCEPT OK fd00:17::2 2001:db8::2 2 ingress t1",
+                "IPv6 eth0 2001:db8::1 2001:db8::2 8080 40000 2 160 1700000105 1700000110 ACCEPT OK 2001:db8::2 fd00:17::2 18 egress t1",
+                "- eth1 - - - - - - 1700000100 1700000160 - NODATA - - - - -",
+            ]
+        );
+        // The next window: the IPv6 flow's difference, then its final
+        // counts when a sweep deletes it.
+        let second = a.close(WindowInput {
+            live: vec![flow6(105, 200, [5, 2], [400, 160], [3, 2])],
+            departed: vec![],
+            lost_total: 0,
+            bindings: &b,
+            clock: clock(220),
+        });
+        assert_eq!(
+            lines(
+                &second,
+                "${srcaddr} ${packets} ${bytes} ${tcp-flags} ${flow-direction}"
+            )[0],
+            "2001:db8::2 2 160 1 ingress"
+        );
+        let third = a.close(WindowInput {
+            live: vec![],
+            departed: vec![flow6(105, 230, [6, 3], [480, 240], [3, 3])],
+            lost_total: 0,
+            bindings: &b,
+            clock: clock(280),
+        });
+        assert_eq!(
+            lines(
+                &third,
+                "${srcaddr} ${packets} ${bytes} ${tcp-flags} ${flow-direction}"
+            )[..2],
+            ["2001:db8::2 1 80 0 ingress", "2001:db8::1 1 80 1 egress"]
+        );
+    }
+
+    #[test]
+    fn refused_ipv6_packets_aggregate_per_flow_into_reject_records() {
+        let mut a = agg();
+        let c = clock(150);
+        let ev = |sport: u16, at_s: u64| FlowEvent6 {
+            ktime_ns: at_s * SEC,
+            src_addr: CLIENT6.octets(),
+            dst_addr: HOST6.octets(),
+            ctr_addr: CTR6.octets(),
+            src_port_be: sport.to_be(),
+            dst_port_be: 8080u16.to_be(),
+            ctr_port_be: 80u16.to_be(),
+            proto: PROTO_TCP,
+            kind: berth_maps::FLOW_EV_REJECT_POLICY,
+            ifindex: 8,
+            ip_len: 80,
+            tcp_flags: 0x02,
+            _pad: 0,
+        };
+        a.refused(&ev(41000, 110).into(), &c);
+        a.refused(&ev(41000, 111).into(), &c);
+        // An IPv4 refusal of the same ports stays a flow of its own.
+        a.refused(&refused_event(41000, 112).into(), &c);
+        let out = a.close(WindowInput {
+            live: vec![],
+            departed: vec![],
+            lost_total: 0,
+            bindings: &[binding6()],
+            clock: clock(160),
+        });
+        assert_eq!(
+            lines(&out, &format!("${{type}} {FMT}")),
+            [
+                "IPv4 eth1 192.0.2.3 192.0.2.1 41000 8080 1 60 1700000112 1700000112 REJECT OK 172.17.0.2 192.0.2.3 2 ingress -",
+                "IPv6 eth1 2001:db8::2 2001:db8::1 41000 8080 2 160 1700000110 1700000111 REJECT OK fd00:17::2 2001:db8::2 2 ingress t1",
+                "- eth0 - - - - - - 1700000100 1700000160 - NODATA - - - - -",
             ]
         );
     }
@@ -631,7 +894,7 @@ mod tests {
         for i in 0..(MAX_REJECT_FLOWS as u32 + 10) {
             let mut ev = refused_event(1024, 5);
             ev.src_addr_be = i;
-            a.refused(&ev, &c);
+            a.refused(&ev.into(), &c);
         }
         let out = a.close(WindowInput {
             live: vec![],

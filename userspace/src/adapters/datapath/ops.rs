@@ -7,14 +7,15 @@ use std::{
 };
 
 use berth_maps::{
-    local_net_encode, Backend, FlowKey, NatEntry, PortKey, ServiceKey, CONFIG_MAP,
-    CONFIG_PORT_GATE, COUNTERS_MAP, COUNTER_NAMES, HOST_ADDRS_MAP, LOCAL_NETS_MAP, LOCAL_NETS_MAX,
-    LOCAL_NET_MORE, PORTS_MAP, SERVICES_MAP,
+    local_net_encode, Backend, FlowKey, FlowKey6, NatEntry, NatEntry6, PortKey, ServiceKey,
+    CONFIG_MAP, CONFIG_PORT_GATE, COUNTERS_MAP, COUNTER_NAMES, HOST_ADDRS_MAP, LOCAL_NETS_MAP,
+    LOCAL_NETS_MAX, LOCAL_NET_MORE, PORTS_MAP, SERVICES_MAP,
 };
 
 use super::{
     binding_stats,
     bpf::{map_err, mappings_err, BpfDatapath},
+    flowlog::DepartedSlot,
     flows::{
         flow_expired, flow_timeout, fwd_flow_key, fwd_owns, monotonic_ns, on_addrs_gone, owned_by,
         owned_by_none_of, sweep, touching, FlowTable,
@@ -22,7 +23,7 @@ use super::{
     flows6::{nat6_expired, owned_by6, owned_by_none_of6, sweep6, touching6},
     Datapath, DatapathError, FlowTimeouts, PolicyRule,
 };
-use crate::{domain::cidr::Ipv4Cidr, domain::model::Binding};
+use crate::{domain::cidr::Ipv4Cidr, domain::model::Binding, engine::flowlog::TableFlow};
 
 impl BpfDatapath {
     /// [`sweep`] over the published-port tables; while a flow log runs,
@@ -31,27 +32,52 @@ impl BpfDatapath {
         &self,
         doomed: impl Fn(&FlowKey, &NatEntry, FlowTable) -> bool,
     ) -> Result<usize, DatapathError> {
-        let slot = self.departed.clone();
-        if slot
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_none()
-        {
+        let Some(slot) = self.departed_slot() else {
             return sweep(&self.flows, doomed);
-        }
+        };
         sweep(&self.flows, |k, v, table| {
             let gone = doomed(k, v, table);
             if gone {
-                if let Some(d) = slot
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .as_mut()
-                {
-                    d.push(k, v);
-                }
+                note_departed(&slot, || TableFlow::v4(k, v));
             }
             gone
         })
+    }
+
+    /// [`Self::sweep_nat`] over the IPv6 published-port tables.
+    fn sweep_nat6(
+        &self,
+        doomed: impl Fn(&FlowKey6, &NatEntry6, FlowTable) -> bool,
+    ) -> Result<usize, DatapathError> {
+        let Some(slot) = self.departed_slot() else {
+            return sweep6(&self.nat6_flows, doomed);
+        };
+        sweep6(&self.nat6_flows, |k, v, table| {
+            let gone = doomed(k, v, table);
+            if gone {
+                note_departed(&slot, || TableFlow::v6(k, v));
+            }
+            gone
+        })
+    }
+
+    /// The flow log's slot for deleted flows while one runs.
+    fn departed_slot(&self) -> Option<DepartedSlot> {
+        self.departed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+            .then(|| self.departed.clone())
+    }
+}
+
+fn note_departed(slot: &DepartedSlot, flow: impl FnOnce() -> TableFlow) {
+    if let Some(d) = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_mut()
+    {
+        d.push(flow);
     }
 }
 
@@ -286,7 +312,7 @@ impl Datapath for BpfDatapath {
         }
         let n = self.sweep_nat(owned_by(gone))?;
         self.forget_orphan_remaps();
-        let n6 = sweep6(&self.nat6_flows, owned_by6(gone))?;
+        let n6 = self.sweep_nat6(owned_by6(gone))?;
         Ok(n + n6)
     }
 
@@ -361,7 +387,7 @@ impl Datapath for BpfDatapath {
         m.recount_exact()?;
         drop(m);
         let forgotten = self.sweep_nat(owned_by_none_of(keep_bindings))?
-            + sweep6(&self.nat6_flows, owned_by_none_of6(keep_bindings))?;
+            + self.sweep_nat6(owned_by_none_of6(keep_bindings))?;
         if forgotten > 0 {
             self.forget_orphan_remaps();
             tracing::info!(
@@ -398,7 +424,7 @@ impl Datapath for BpfDatapath {
             .filter(|k| gone.contains(&k.host_addr))
             .collect();
         drop(m);
-        let ended = sweep6(&self.nat6_flows, |k, e, _| {
+        let ended = self.sweep_nat6(|k, e, _| {
             let svc = berth_maps::ServiceKey6 {
                 host_addr: e.host_addr,
                 host_port_be: e.host_port_be,
@@ -510,9 +536,7 @@ impl Datapath for BpfDatapath {
         let from_policy6 = super::flows6::expire6(&self.ct6_flows, now, &t)?;
         let expired = self.sweep_nat(|k, v, table| flow_expired(k, v, table, now, &t))?;
         self.forget_orphan_remaps();
-        let expired6 = sweep6(&self.nat6_flows, |k, v, table| {
-            nat6_expired(k, v, table, now, &t)
-        })?;
+        let expired6 = self.sweep_nat6(|k, v, table| nat6_expired(k, v, table, now, &t))?;
         Ok(expired + expired6 + from_policy + from_policy6)
     }
 
