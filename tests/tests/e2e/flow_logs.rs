@@ -51,7 +51,11 @@ fn lines(path: &Path) -> Vec<Vec<String>> {
 }
 
 /// Polls the log until `done` holds for its records, or panics with them.
-fn wait_for(path: &Path, what: &str, done: impl Fn(&[Vec<String>]) -> bool) -> Vec<Vec<String>> {
+pub(super) fn wait_for(
+    path: &Path,
+    what: &str,
+    done: impl Fn(&[Vec<String>]) -> bool,
+) -> Vec<Vec<String>> {
     let until = Instant::now() + WAIT;
     loop {
         let l = lines(path);

@@ -15,6 +15,7 @@ mod docker_proxy;
 mod dynamic_ports;
 mod ecs_tasks;
 mod flow_logs;
+mod flow_logs6;
 mod flow_tracking;
 mod fragments;
 mod fragments6;

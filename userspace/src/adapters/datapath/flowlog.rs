@@ -221,7 +221,8 @@ mod tests {
 
     fn bytes<T: aya::Pod>(v: &T) -> Vec<u8> {
         // SAFETY: T is plain data without padding (bytemuck::Pod).
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
     }
 
     #[test]
@@ -282,7 +283,7 @@ mod tests {
         // Neither layout's length: not read as either.
         let mut long = bytes(&ev6);
         long.push(0);
-        for odd in [&long[..], &long[..40 - 1], &long[..72 - 1], &[][..]] {
+        for odd in [&*long, &long[..40 - 1], &long[..72 - 1], &[][..]] {
             assert_eq!(refusal(odd), None, "{} bytes", odd.len());
         }
     }
