@@ -10,7 +10,7 @@ use std::{
 };
 
 use berth_integration::{
-    addr, names::TempDir, peer_ip, pkt, rawsock::RawSocket, tcp_connect, NetNs, Rig,
+    addr, names::TempDir, peer_ip, pkt, rawsock::RawSocket, tcp_connect, Mode, NetNs, Rig,
 };
 
 use super::flow_logs::wait_for;
@@ -22,9 +22,10 @@ const FORMAT: &str = "${version} ${interface-id} ${type} ${srcaddr} ${dstaddr} $
 const CTR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x17, 0, 0, 0, 0, 0, 2);
 const ETH_P_IPV6: u16 = 0x86dd;
 
-/// A dual-stack rig with `--flow-log` (10 s windows, `extra` flags), the
-/// container's IPv6 HTTP server on 80 published on `[::]:8080` only.
-fn rig6(extra: &[&str]) -> (Rig, std::path::PathBuf, TempDir) {
+/// A dual-stack rig in `mode` with `--flow-log` (10 s windows, `extra`
+/// flags), the container's IPv6 HTTP server on 80 published on `[::]:8080`
+/// only.
+fn rig6(mode: Mode, extra: &[&str]) -> (Rig, std::path::PathBuf, TempDir) {
     let dir = TempDir::new("flowlog6").expect("a temporary directory");
     let path = dir.path().join("flows.log");
     let p = path.display().to_string();
@@ -32,6 +33,7 @@ fn rig6(extra: &[&str]) -> (Rig, std::path::PathBuf, TempDir) {
     flags.extend_from_slice(extra);
     let rig = Rig::builder()
         .dual_stack()
+        .mode(mode)
         .flags(&flags)
         .wait_for_ports()
         .start();
@@ -175,8 +177,19 @@ fn sums<T>(
 }
 
 #[test]
-fn a_tcp_flow_over_ipv6_is_logged_with_exactly_what_crossed_the_wire_each_way() {
-    let (rig, log, _dir) = rig6(&["--flow-log-format", FORMAT]);
+fn a_tcp_flow_over_ipv6_is_logged_with_exactly_what_crossed_the_wire_each_way_tc() {
+    a_tcp_flow_is_logged_with_what_crossed_the_wire(Mode::Tc);
+}
+
+/// XDP passes IPv6 to its TC partner (`berth_deliver`), which translates
+/// and counts it: the same records.
+#[test]
+fn a_tcp_flow_over_ipv6_is_logged_with_exactly_what_crossed_the_wire_each_way_xdp() {
+    a_tcp_flow_is_logged_with_what_crossed_the_wire(Mode::Xdp);
+}
+
+fn a_tcp_flow_is_logged_with_what_crossed_the_wire(mode: Mode) {
+    let (rig, log, _dir) = rig6(mode, &["--flow-log-format", FORMAT]);
     let _web = rig.serve_http6(&rig.topo.container.ns, 80);
     let client = &rig.topo.client;
     let wire = capture(&client.ns, client.ifname);
@@ -273,7 +286,7 @@ fn a_tcp_flow_over_ipv6_is_logged_with_exactly_what_crossed_the_wire_each_way() 
 
 #[test]
 fn an_ipv6_flow_a_security_group_refuses_is_a_reject_record() {
-    let (rig, log, _dir) = rig6(&[]);
+    let (rig, log, _dir) = rig6(Mode::Default, &[]);
     let _web = rig.serve_http6(&rig.topo.container.ns, 80);
     rig.berth(&["sg", "create", "web"]);
     rig.berth(&[
