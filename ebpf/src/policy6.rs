@@ -561,7 +561,7 @@ pub(crate) fn judge6(
             };
             flow_allowed6(&p, ep, ifindex, from, src_ok)
         }
-        Parsed6::Fragment(fr) => return frag6::frag6_follow(&fr),
+        Parsed6::Fragment(fr) => return frag6::frag6_follow(&fr, (ifindex, from)),
         Parsed6::FirstFrag(fr) if frag6::frag6_tiny(&fr) => false,
         Parsed6::Pass if next == PROTO_ICMPV6 => {
             icmp6_allowed(data, data_end, (src, dst), ep, ifindex, (from, src_ok))
@@ -593,6 +593,6 @@ pub(crate) fn judge6(
             }
         }
     };
-    frag6::frag6_first_judged(first, &src, &dst, ok);
+    frag6::frag6_first_judged(first, (ifindex, from), &src, &dst, ok);
     ok
 }
