@@ -10,12 +10,16 @@
 //! - Reply SNAT at the container's veth (or the bridge, where no veth hook
 //!   saw it): (container, client) -> the host address; later fragments get
 //!   the new source address. Both hooks share the entry.
-//! - Policy at a container's veth: the verdict, allow or deny.
+//! - Policy at a container's veth: the verdict, allow or deny, per veth
+//!   and direction (`FragKey::ifindex`, `FRAG_K_POLICY(_OUT)`): a verdict
+//!   one port's judge gave never lets another port's later fragments
+//!   through, so a container cannot slip forged fragments into a datagram
+//!   another port allowed.
 //!
 //! Entries are overwritten by the next first fragment with the same key
 //! (IP ids wrap) and count as absent after `FRAG_TIMEOUT_NS`.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use berth_maps::{FragEntry, FragKey, FRAG_TIMEOUT_NS};
+use berth_maps::{FragEntry, FragKey, FRAG_K_POLICY, FRAG_K_POLICY_OUT, FRAG_TIMEOUT_NS};
 
 use crate::{
     csum,
@@ -32,6 +36,29 @@ pub(crate) fn frag_key(kind: u8, src_be: u32, dst_be: u32, proto: u8, id_be: u16
         id_be,
         proto,
         kind,
+        ifindex: 0,
+    }
+}
+
+/// The key of a security-group verdict at veth `ifindex`, on what the
+/// container sends (`from`) or receives.
+#[inline(always)]
+pub(crate) fn frag_policy_key(
+    from: bool,
+    ifindex: u32,
+    src_be: u32,
+    dst_be: u32,
+    proto: u8,
+    id_be: u16,
+) -> FragKey {
+    let kind = if from {
+        FRAG_K_POLICY_OUT
+    } else {
+        FRAG_K_POLICY
+    };
+    FragKey {
+        ifindex,
+        ..frag_key(kind, src_be, dst_be, proto, id_be)
     }
 }
 

@@ -10,7 +10,8 @@
 //! - Reply SNAT at the bridge (`berth_reply6`): (container, client) -> the
 //!   host address; a later fragment gets the new source address.
 //! - Policy at a container's veth (`policy6.rs`): the verdict, allow or
-//!   deny; a later fragment is never judged on its own.
+//!   deny, per veth and direction as IPv4's (`frag.rs`); a later fragment
+//!   is never judged on its own, and never by another port's verdict.
 //!
 //! A later fragment has no L4 header, and the first fragment's incremental
 //! L4 checksum update covers the whole datagram, so only the address and
@@ -33,8 +34,8 @@ use aya_ebpf::{
 };
 use berth_maps::{
     tail::{self, FRAG6_CB_DNAT, FRAG6_CB_FROM_CTR, FRAG6_CB_SNAT},
-    Counter, FragEntry6, FragKey6, FRAGS6_CAPACITY, FRAG_K_DNAT, FRAG_K_POLICY, FRAG_K_SNAT,
-    FRAG_TIMEOUT_NS, FRAG_V_ALLOW, FRAG_V_DENY, PROTO_TCP, PROTO_UDP,
+    Counter, FragEntry6, FragKey6, FRAGS6_CAPACITY, FRAG_K_DNAT, FRAG_K_POLICY, FRAG_K_POLICY_OUT,
+    FRAG_K_SNAT, FRAG_TIMEOUT_NS, FRAG_V_ALLOW, FRAG_V_DENY, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -66,6 +67,27 @@ fn key6(kind: u8, src: &[u8; 16], dst: &[u8; 16], id_be: u32) -> FragKey6 {
         id_be,
         kind,
         _pad: [0; 3],
+        ifindex: 0,
+    }
+}
+
+/// The key of a security-group verdict at veth `ifindex`, on what the
+/// container sends (`from`) or receives.
+#[inline(always)]
+fn policy_key6(
+    (ifindex, from): (u32, bool),
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    id_be: u32,
+) -> FragKey6 {
+    let kind = if from {
+        FRAG_K_POLICY_OUT
+    } else {
+        FRAG_K_POLICY
+    };
+    FragKey6 {
+        ifindex,
+        ..key6(kind, src, dst, id_be)
     }
 }
 
@@ -150,22 +172,30 @@ pub(crate) fn frag6_tiny(f: &Frag6) -> bool {
 }
 
 /// Remember a first fragment's (`first`, from [`first_of`]) security-group
-/// verdict for its datagram `src -> dst`.
+/// verdict for its datagram `src -> dst` at `at`: (the veth's ifindex,
+/// whether the container sends it).
 #[inline(always)]
-pub(crate) fn frag6_first_judged(first: u64, src: &[u8; 16], dst: &[u8; 16], allowed: bool) {
+pub(crate) fn frag6_first_judged(
+    first: u64,
+    at: (u32, bool),
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    allowed: bool,
+) {
     if first & FIRST == 0 {
         return;
     }
     let id_be = first as u32;
     let v = if allowed { FRAG_V_ALLOW } else { FRAG_V_DENY };
-    frag6_remember(&key6(FRAG_K_POLICY, src, dst, id_be), &[0; 16], v);
+    frag6_remember(&policy_key6(at, src, dst, id_be), &[0; 16], v);
 }
 
-/// A later fragment at a container's veth with policy: what its first
-/// fragment was judged, else dropped.
+/// A later fragment at a container's veth with policy (`at` as in
+/// [`frag6_first_judged`]): what its first fragment was judged there,
+/// else dropped.
 #[inline(always)]
-pub(crate) fn frag6_follow(f: &Frag6) -> bool {
-    match frag6_lookup(&frag6_key_of_frag(FRAG_K_POLICY, f)) {
+pub(crate) fn frag6_follow(f: &Frag6, at: (u32, bool)) -> bool {
+    match frag6_lookup(&policy_key6(at, &f.src_addr, &f.dst_addr, f.frag_id_be)) {
         Some(e) if e.verdict == FRAG_V_ALLOW => true,
         Some(_) => {
             count(Counter::FragDenied);

@@ -294,7 +294,9 @@ pub(crate) fn berth_from_ctr(ctx: TcContext) -> i32 {
         if !spoof::container_source_ok(ctx.data(), ctx.data_end(), port) {
             return dplog::drop_logged(&ctx, dplog::EV_CTR_SPOOF);
         }
-        if let Err(ev) = policy::from_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+        if let Err(ev) =
+            policy::from_container(ctx.data(), ctx.data_end(), ctx.len() as usize, port)
+        {
             return dplog::drop_logged(&ctx, ev);
         }
     }
@@ -330,7 +332,7 @@ pub(crate) fn berth_to_ctr(ctx: TcContext) -> i32 {
     if policy::nowhere() {
         return TC_ACT_OK;
     }
-    match policy::to_container(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+    match policy::to_container(ctx.data(), ctx.data_end(), ctx.len() as usize, port) {
         Ok(()) => TC_ACT_OK,
         Err(ev) => dplog::drop_logged(&ctx, ev),
     }

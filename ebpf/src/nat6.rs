@@ -283,7 +283,7 @@ pub(crate) fn ingress6(ctx: &TcContext) -> i32 {
     let f = match parse_packet6(data, data_end, ctx.len() as usize) {
         Parsed6::Flow(f) => f,
         Parsed6::Fragment(_) => return crate::frag6::to_frag6(ctx, FRAG6_CB_DNAT),
-        Parsed6::FirstFrag(_) | Parsed6::Pass => return TC_ACT_OK,
+        Parsed6::FirstFrag(_) | Parsed6::Pass | Parsed6::Upper(_) => return TC_ACT_OK,
     };
     let Some(f) = crate::frag6::flow6_merged(ctx, f) else {
         return TC_ACT_OK;
@@ -342,7 +342,7 @@ pub(crate) fn reply6(ctx: &TcContext) -> i32 {
     let f = match parse_packet6(data, data_end, ctx.len() as usize) {
         Parsed6::Flow(f) => f,
         Parsed6::Fragment(_) => return crate::frag6::to_frag6(ctx, FRAG6_CB_SNAT),
-        Parsed6::FirstFrag(_) | Parsed6::Pass => return TC_ACT_OK,
+        Parsed6::FirstFrag(_) | Parsed6::Pass | Parsed6::Upper(_) => return TC_ACT_OK,
     };
     let key = FlowKey6 {
         src_addr: f.src_addr,

@@ -15,7 +15,9 @@
 //!   and 0.0.0.0 do. So does any header cut short by the frame (or by TC's
 //!   linear part).
 //! - `ICMPv6` (neighbour discovery above all) and other protocols pass
-//!   untouched.
+//!   untouched; a whole packet of one is a [`Parsed6::Upper`] naming the
+//!   protocol behind the extension headers, so security groups judge GRE
+//!   behind a destination options header by the rules for GRE.
 //! - Fragments: the fragment header with offset 0 and M set is a first
 //!   fragment, a [`Flow6`] marked `first_frag` that must hold the whole
 //!   TCP/UDP header; offset 0 with M clear (an atomic fragment) is a whole
@@ -90,9 +92,13 @@ pub(crate) struct Frag6 {
 
 /// The IPv6 packet description.
 pub(crate) enum Parsed6 {
-    /// Not IPv6, or IPv6 berth leaves to the stack (`ICMPv6`, other
-    /// protocols, anything the rules above refuse).
+    /// Not IPv6, or IPv6 the rules above refuse (TCP/UDP the parser
+    /// refused included); berth leaves it to the stack.
     Pass,
+    /// A whole packet of an upper-layer protocol but TCP and UDP
+    /// (`ICMPv6`, GRE, ESP, ...), behind the extension headers walked;
+    /// berth leaves it to the stack.
+    Upper(u8),
     /// A later fragment.
     Fragment(Frag6),
     /// A first fragment (M set, offset 0) no [`Flow6`] was parsed from:
@@ -241,7 +247,10 @@ pub(crate) fn parse_packet6(data: usize, data_end: usize, frame_len: usize) -> P
         }
     };
     if up.proto != berth_maps::PROTO_TCP && up.proto != berth_maps::PROTO_UDP {
-        return not_a_flow();
+        if first_frag {
+            return not_a_flow();
+        }
+        return Parsed6::Upper(up.proto);
     }
     let flow = Flow6 {
         proto: up.proto,

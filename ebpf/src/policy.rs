@@ -36,16 +36,16 @@
 //!   number and tracked like UDP, so a tunnel carries nothing past the
 //!   rules and its replies pass.
 //! - Fragments: the first fragment is judged like any packet and its
-//!   verdict remembered for the datagram (`frag.rs`); later fragments
-//!   follow it (`frag_denied`), and one with no remembered verdict is
-//!   dropped (`frag_no_first`). A TCP/UDP first fragment too short to hold
+//!   verdict remembered for the datagram at this veth and direction
+//!   (`frag.rs`); later fragments there follow it (`frag_denied`), and one
+//!   with no remembered verdict is dropped (`frag_no_first`). A TCP/UDP first fragment too short to hold
 //!   its header is refused (the tiny-fragment attack of RFC 1858 would
 //!   otherwise hide the flags or ports in a later fragment).
 use aya_ebpf::{cty::c_void, helpers::bpf_loop};
 use berth_maps::{
     Counter, CtEntry, Endpoint, FlowKey, FragKey, Policy, PolicyKey, Rule, SgMember, DIR_INGRESS,
-    EP_F_POLICY, FRAG_K_POLICY, FRAG_V_ALLOW, FRAG_V_DENY, MAX_RULES, PROTO_ICMP, PROTO_TCP,
-    PROTO_UDP, RULE_ICMP_ANY, RULE_PEER_CIDR, RULE_PROTO_ALL,
+    EP_F_POLICY, FRAG_V_ALLOW, FRAG_V_DENY, MAX_RULES, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    RULE_ICMP_ANY, RULE_PEER_CIDR, RULE_PROTO_ALL,
 };
 
 use crate::{
@@ -54,7 +54,7 @@ use crate::{
         DIR_REPLY,
     },
     dplog::{dp_log, ports, EV_CT_FULL, EV_NONE, EV_POLICY, EV_POLICY_EGRESS},
-    frag::{frag_key, frag_key_of_flow, frag_key_of_frag, frag_lookup, frag_remember},
+    frag::{frag_lookup, frag_policy_key, frag_remember},
     icmp::{parse_icmp_error_quoting, IcmpError},
     maps::{
         count, BERTH_CT, BERTH_CT_NEW, BERTH_ENDPOINTS, BERTH_NAT, BERTH_NAT_NEW, BERTH_POLICY,
@@ -125,26 +125,45 @@ fn pflow_of(f: &Flow, data: usize, data_end: usize) -> PFlow {
     }
 }
 
+/// Where a veth's judge runs: the port and whether the container sends
+/// (`from`) or receives. A first fragment's verdict is kept under both.
+#[derive(Clone, Copy)]
+pub(crate) struct At {
+    pub ifindex: u32,
+    pub from: bool,
+}
+
+impl At {
+    #[inline(always)]
+    fn frag_key(&self, src_be: u32, dst_be: u32, proto: u8, id_be: u16) -> FragKey {
+        frag_policy_key(self.from, self.ifindex, src_be, dst_be, proto, id_be)
+    }
+}
+
 /// IPv4 that is neither TCP/UDP the parser accepted nor a later fragment
 /// (`Parsed::Ip`): ICMP, other protocols, TCP/UDP the parser refused.
-/// `from`: the container sends it (both ends judged), else receives it
+/// `at.from`: the container sends it (both ends judged), else receives it
 /// (only its own end). A separate subprogram: LLVM merges this path with
 /// the TCP/UDP one into code the verifier refuses when it is inlined.
 #[inline(never)]
-fn other_allowed(data: usize, data_end: usize, frame_len: usize, ip: &Ip, from: bool) -> bool {
+fn other_allowed(data: usize, data_end: usize, frame_len: usize, ip: &Ip, at: &At) -> bool {
+    let from = at.from;
     let (src_be, dst_be) = (ip.src_be, ip.dst_be);
     let (proto, id_be) = (ip.proto, ip.id_be);
     let first_frag = ip.more_frags();
+    // Plain values, the default endpoint (no policy) for none: a `None`'s
+    // undefined payload, spilled by LLVM, is a register the verifier sees
+    // read before it was written.
     let sender = if from {
-        endpoint_with_policy(src_be)
+        endpoint_with_policy(src_be).unwrap_or_default()
     } else {
-        None
+        Endpoint::default()
     };
-    let receiver = endpoint_with_policy(dst_be);
-    if sender.is_none() && receiver.is_none() {
+    let receiver = endpoint_with_policy(dst_be).unwrap_or_default();
+    if !has_policy(&sender) && !has_policy(&receiver) {
         return true;
     }
-    let key = frag_key(FRAG_K_POLICY, src_be, dst_be, proto, id_be);
+    let key = at.frag_key(src_be, dst_be, proto, id_be);
     // A later fragment the parser found malformed: still no verdict of
     // its own.
     if ip.later_frag() {
@@ -163,15 +182,10 @@ fn other_allowed(data: usize, data_end: usize, frame_len: usize, ip: &Ip, from: 
             frame_len,
             ip,
             from,
-            (src_be, sender.unwrap_or_default()),
-            (dst_be, receiver.unwrap_or_default()),
+            (src_be, sender),
+            (dst_be, receiver),
         ),
-        _ => proto_allowed(
-            ip,
-            from,
-            sender.unwrap_or_default(),
-            receiver.unwrap_or_default(),
-        ),
+        _ => proto_allowed(ip, from, sender, receiver),
     };
     if first_frag {
         frag_first_judged(&key, allowed);
@@ -618,9 +632,19 @@ fn quiet(allowed: bool) -> Judged {
     }
 }
 
-/// tc ingress of a container's host-side veth: what the container sends.
+/// tc ingress of a container's host-side veth (`ifindex`): what the
+/// container sends.
 #[inline(always)]
-pub(crate) fn from_container(data: usize, data_end: usize, frame_len: usize) -> Judged {
+pub(crate) fn from_container(
+    data: usize,
+    data_end: usize,
+    frame_len: usize,
+    ifindex: u32,
+) -> Judged {
+    let at = At {
+        ifindex,
+        from: true,
+    };
     match parse_packet(data, data_end, frame_len) {
         Parsed::Flow(f) => {
             let sender = endpoint_with_policy(f.src_addr_be);
@@ -635,7 +659,8 @@ pub(crate) fn from_container(data: usize, data_end: usize, frame_len: usize) -> 
                 receiver.unwrap_or_default(),
             );
             if f.first_frag {
-                frag_first_judged(&frag_key_of_flow(FRAG_K_POLICY, &f), judged.is_ok());
+                let key = at.frag_key(f.src_addr_be, f.dst_addr_be, f.proto, f.ip_id_be);
+                frag_first_judged(&key, judged.is_ok());
             }
             judged
         }
@@ -645,9 +670,14 @@ pub(crate) fn from_container(data: usize, data_end: usize, frame_len: usize) -> 
             {
                 return Ok(());
             }
-            quiet(frag_follow(&frag_key_of_frag(FRAG_K_POLICY, &f)))
+            quiet(frag_follow(&at.frag_key(
+                f.src_addr_be,
+                f.dst_addr_be,
+                f.proto,
+                f.ip_id_be,
+            )))
         }
-        Parsed::Ip(ip) => quiet(other_allowed(data, data_end, frame_len, &ip, true)),
+        Parsed::Ip(ip) => quiet(other_allowed(data, data_end, frame_len, &ip, &at)),
         Parsed::NotIpv4 => Ok(()),
     }
 }
@@ -694,9 +724,14 @@ fn from_container_flow(f: &PFlow, sender: Endpoint, receiver: Endpoint) -> Judge
     Ok(())
 }
 
-/// tc egress of a container's host-side veth: what the container receives.
+/// tc egress of a container's host-side veth (`ifindex`): what the
+/// container receives.
 #[inline(always)]
-pub(crate) fn to_container(data: usize, data_end: usize, frame_len: usize) -> Judged {
+pub(crate) fn to_container(data: usize, data_end: usize, frame_len: usize, ifindex: u32) -> Judged {
+    let at = At {
+        ifindex,
+        from: false,
+    };
     match parse_packet(data, data_end, frame_len) {
         Parsed::Flow(f) => {
             let Some(ep) = endpoint_with_policy(f.dst_addr_be) else {
@@ -705,7 +740,8 @@ pub(crate) fn to_container(data: usize, data_end: usize, frame_len: usize) -> Ju
             let pf = pflow_of(&f, data, data_end);
             let judged = to_container_flow(&pf, ep);
             if f.first_frag {
-                frag_first_judged(&frag_key_of_flow(FRAG_K_POLICY, &f), judged.is_ok());
+                let key = at.frag_key(f.src_addr_be, f.dst_addr_be, f.proto, f.ip_id_be);
+                frag_first_judged(&key, judged.is_ok());
             }
             judged
         }
@@ -713,9 +749,14 @@ pub(crate) fn to_container(data: usize, data_end: usize, frame_len: usize) -> Ju
             if endpoint_with_policy(f.dst_addr_be).is_none() {
                 return Ok(());
             }
-            quiet(frag_follow(&frag_key_of_frag(FRAG_K_POLICY, &f)))
+            quiet(frag_follow(&at.frag_key(
+                f.src_addr_be,
+                f.dst_addr_be,
+                f.proto,
+                f.ip_id_be,
+            )))
         }
-        Parsed::Ip(ip) => quiet(other_allowed(data, data_end, frame_len, &ip, false)),
+        Parsed::Ip(ip) => quiet(other_allowed(data, data_end, frame_len, &ip, &at)),
         Parsed::NotIpv4 => Ok(()),
     }
 }

@@ -561,25 +561,32 @@ pub(crate) fn judge6(
             };
             flow_allowed6(&p, ep, ifindex, from, src_ok)
         }
-        Parsed6::Fragment(fr) => return frag6::frag6_follow(&fr),
+        Parsed6::Fragment(fr) => return frag6::frag6_follow(&fr, (ifindex, from)),
         Parsed6::FirstFrag(fr) if frag6::frag6_tiny(&fr) => false,
-        Parsed6::Pass if next == PROTO_ICMPV6 => {
+        Parsed6::Pass | Parsed6::Upper(_) if next == PROTO_ICMPV6 => {
             icmp6_allowed(data, data_end, (src, dst), ep, ifindex, (from, src_ok))
         }
-        // GRE, IP-in-IP, SCTP, ... right after the fixed header: a flow of
-        // its protocol and addresses, as IPv4's (`policy::proto_allowed`).
-        // A first fragment of a protocol but TCP, UDP and ICMPv6, or
-        // anything behind headers the parser does not follow: only a rule
-        // for all protocols lets it through, packet by packet.
+        // GRE, IP-in-IP, SCTP, ... right after the fixed header or behind
+        // hop-by-hop, routing and destination options headers: a flow of
+        // its protocol and addresses, as IPv4's (`policy::proto_allowed`),
+        // so a rule for its number judges it wherever it sits. A first
+        // fragment of a protocol but TCP, UDP and ICMPv6, or anything
+        // behind headers the parser does not follow: only a rule for all
+        // protocols lets it through, packet by packet.
         other => {
-            let tracked = matches!(other, Parsed6::Pass) && numbered6(next);
+            let upper = match other {
+                Parsed6::Upper(proto) => proto,
+                Parsed6::Pass => next,
+                _ => PROTO_OTHER,
+            };
+            let tracked = numbered6(upper);
             let p = P6 {
                 src,
                 dst,
                 sport_be: 0,
                 dport_be: 0,
                 m: Match6 {
-                    proto: if tracked { next } else { PROTO_OTHER },
+                    proto: if tracked { upper } else { PROTO_OTHER },
                     dport: 0,
                     icmp_type: 0,
                     icmp_code: 0,
@@ -593,6 +600,6 @@ pub(crate) fn judge6(
             }
         }
     };
-    frag6::frag6_first_judged(first, &src, &dst, ok);
+    frag6::frag6_first_judged(first, (ifindex, from), &src, &dst, ok);
     ok
 }

@@ -38,13 +38,15 @@ pub(crate) struct Match6 {
 /// A protocol no rule but "all" names (IPv6's reserved 255).
 pub(crate) const PROTO_OTHER: u8 = 255;
 
-/// Whether the fixed header's next header `next`, of a packet the parser
-/// left alone, is a protocol a numbered rule may name (GRE, IP-in-IP,
-/// SCTP, ESP, ...): not an extension header (hop-by-hop, routing,
-/// fragment, destination options, mobility, HIP, shim6, experimental),
-/// "no next header", nor TCP, UDP or `ICMPv6`, which the parser or the
-/// `ICMPv6` judge handle and reach here only malformed. The rest is
-/// [`PROTO_OTHER`], for "all" rules only.
+/// Whether the upper-layer protocol `next` (the fixed header's next
+/// header, or the one behind the extension headers the parser walked) of
+/// a packet the parser left alone is a protocol a numbered rule may name
+/// (GRE, IP-in-IP, SCTP, ESP, ...): not an extension header (hop-by-hop,
+/// routing, fragment, destination options, mobility, HIP, shim6,
+/// experimental), "no next header", nor TCP, UDP or `ICMPv6`, which the
+/// parser or the `ICMPv6` judge handle and reach here only malformed or
+/// (`ICMPv6`) behind extension headers. The rest is [`PROTO_OTHER`], for
+/// "all" rules only.
 #[inline(always)]
 pub(crate) fn numbered6(next: u8) -> bool {
     !matches!(

@@ -3,8 +3,8 @@
 //! carries the ports; what it decided is remembered per (source,
 //! destination, protocol, 32-bit identification) for the later ones, with
 //! IPv4's kinds ([`crate::FRAG_K_DNAT`], [`crate::FRAG_K_SNAT`],
-//! [`crate::FRAG_K_POLICY`]), verdicts and timeout
-//! ([`crate::FRAG_TIMEOUT_NS`]). A map of its own because the key is
+//! [`crate::FRAG_K_POLICY`], [`crate::FRAG_K_POLICY_OUT`]), verdicts and
+//! timeout ([`crate::FRAG_TIMEOUT_NS`]). A map of its own because the key is
 //! wider; LRU, so losing an entry costs one datagram.
 //!
 //! Unlike IPv4's, the key holds no protocol: IPv6 names a datagram by
@@ -27,6 +27,9 @@ pub struct FragKey6 {
     pub id_be: u32,
     pub kind: u8,
     pub _pad: [u8; 3],
+    /// Policy kinds: the veth that judged the first fragment (as IPv4's
+    /// `FragKey::ifindex`); 0 for the NAT kinds.
+    pub ifindex: u32,
 }
 
 #[repr(C)]
@@ -41,7 +44,7 @@ pub struct FragEntry6 {
     pub created_ns: u64,
 }
 
-const _: () = assert!(size_of::<FragKey6>() == 40);
+const _: () = assert!(size_of::<FragKey6>() == 44);
 const _: () = assert!(size_of::<FragEntry6>() == 32);
 
 #[cfg(feature = "user")]

@@ -508,14 +508,19 @@ pub const FRAG_K_DNAT: u8 = 1;
 /// `FragKey::kind`: reply SNAT at a container's veth or the bridge (key:
 /// container -> client).
 pub const FRAG_K_SNAT: u8 = 2;
-/// `FragKey::kind`: a security-group verdict at a container's veth.
+/// `FragKey::kind`: a security-group verdict at a container's veth, on
+/// what it receives (`berth_to_ctr`); keyed by the veth (`ifindex`).
 pub const FRAG_K_POLICY: u8 = 3;
+/// `FragKey::kind`: as [`FRAG_K_POLICY`], on what the container sends
+/// (`berth_from_ctr`). A verdict counts only at the hook that gave it:
+/// another port's later fragments never ride it.
+pub const FRAG_K_POLICY_OUT: u8 = 4;
 /// `FragEntry::verdict` of a policy entry.
 pub const FRAG_V_DENY: u8 = 0;
 pub const FRAG_V_ALLOW: u8 = 1;
 
 /// One datagram as its fragments carry it: (source, destination, protocol,
-/// IP id), and which decision it is for.
+/// IP id), and which decision it is for, where.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FragKey {
@@ -524,6 +529,9 @@ pub struct FragKey {
     pub id_be: u16,
     pub proto: u8,
     pub kind: u8,
+    /// Policy kinds: the veth that judged the first fragment; 0 for the
+    /// NAT kinds, whose entry the uplink, veth and bridge hooks share.
+    pub ifindex: u32,
 }
 
 #[repr(C)]
@@ -950,7 +958,7 @@ const _: () = assert!(size_of::<SgMember>() == 8);
 const _: () = assert!(size_of::<CtEntry>() == 32);
 const _: () = assert!(size_of::<SockRevKey>() == 16);
 const _: () = assert!(size_of::<SockRevValue>() == 8);
-const _: () = assert!(size_of::<FragKey>() == 12);
+const _: () = assert!(size_of::<FragKey>() == 16);
 const _: () = assert!(size_of::<FragEntry>() == 16);
 const _: () = assert!(local_net_encode(0, 0) != 0);
 const _: () = assert!(size_of::<PortAddrs>() == 8 + 4 * PORT_ADDRS_MAX);

@@ -699,6 +699,42 @@ fn later_fragments_follow_their_first_fragments_verdict_at_the_veth() {
     });
 }
 
+/// IPv6 has no source check for what a container sends (its flows are
+/// tracked per port instead), so a fragment's verdict must be per port
+/// too: a container with groups that forges the later fragments of a
+/// datagram another port let in finds no verdict at its own port, and a
+/// verdict counts only in the direction that gave it.
+#[test]
+fn a_container_cannot_slip_forged_fragments_into_a_datagram_another_port_allowed() {
+    in_fixture_ns(|env| {
+        let j = judged(env);
+        let client = pkt::CLIENT6;
+        add_member6(env, 7, client);
+        // The client's datagram to C1's UDP 5353: C1's port lets it in.
+        let real = udp_frags(client, 6000, C1_6, 5353, 3000, 0x77);
+        assert_eq!(on(env, TO6, j.c1, &real[0]), OK, "the first fragment");
+        // C2 forges the rest (its own bytes, the client's source and id).
+        let forged = udp_frags(client, 6000, C1_6, 5353, 3000, 0x77)
+            .into_iter()
+            .map(|mut f| {
+                let n = f.len();
+                f[n - 8..].copy_from_slice(b"injected");
+                f
+            })
+            .collect::<Vec<_>>();
+        let no_first = counter(env, Counter::FragNoFirst);
+        assert_eq!(on(env, FROM6, j.c2, &forged[1]), SHOT, "out of C2");
+        assert_eq!(on(env, FROM6, j.c2, &forged[2]), SHOT, "out of C2");
+        // Nor would it pass into C2, or out of C1 (the other direction).
+        assert_eq!(on(env, TO6, j.c2, &real[1]), SHOT, "into C2");
+        assert_eq!(on(env, FROM6, j.c1, &real[1]), SHOT, "out of C1");
+        assert_eq!(counter(env, Counter::FragNoFirst), no_first + 4);
+        // The client's own later fragments still follow into C1.
+        assert_eq!(on(env, TO6, j.c1, &real[1]), OK);
+        assert_eq!(on(env, TO6, j.c1, &real[2]), OK);
+    });
+}
+
 #[test]
 fn a_first_fragment_hiding_its_ports_or_of_another_protocol_is_refused_whole() {
     in_fixture_ns(|env| {

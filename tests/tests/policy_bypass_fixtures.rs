@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use berth::datapath::{PolicyRule, RulePeer, RuleProto};
 use berth_integration::{
-    pkt::{self, Ipv6Packet, Packet},
+    pkt::{self, Ipv6Packet, Packet, V6Ext},
     testrun::*,
 };
 use berth_maps::{Counter, FlowKey, FlowKey6, CONFIG_NO_POLICY, DIR_EGRESS, DIR_INGRESS};
@@ -255,6 +255,59 @@ fn no_policy_anywhere(env: &mut Env) {
     let mut m: aya::maps::Array<&mut aya::maps::MapData, u64> =
         aya::maps::Array::try_from(env.ebpf.map_mut("BERTH_CONFIG").unwrap()).unwrap();
     m.set(CONFIG_NO_POLICY, 1, 0).unwrap();
+}
+
+/// An IPv6 packet of protocol `proto` behind the extension headers `ext`.
+fn behind(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, ext: &[V6Ext]) -> Vec<u8> {
+    let mut p = Ipv6Packet::new(proto, 0).with_ext(ext);
+    (p.src, p.dst, p.payload) = (src, dst, vec![0, 0, 0x86, 0xdd, 0, 0, 0, 0]);
+    p.frame()
+}
+
+/// A protocol behind hop-by-hop, routing or destination options headers
+/// is the protocol it is: its numbered rule judges it and its flow is
+/// tracked as when it follows the fixed header (only a rule for all
+/// protocols took it before, so a task could not allow GRE without
+/// allowing everything behind an 8-byte header).
+#[test]
+fn an_ipv6_protocol_behind_extension_headers_is_judged_by_its_numbered_rule() {
+    in_fixture_ns(|env| {
+        let p = setup(env);
+        let chains: [&[V6Ext]; 3] = [
+            &[V6Ext::DestOpts],
+            &[V6Ext::HopByHop],
+            &[V6Ext::HopByHop, V6Ext::Routing, V6Ext::DestOpts],
+        ];
+        // No rule for GRE: refused behind any chain.
+        for ext in chains {
+            assert_eq!(sent(env, p.c1, &behind(C1_6, C3_6, pkt::GRE, ext)), SHOT);
+        }
+        set_rules6(env, 1, DIR_EGRESS, &[numbered(pkt::GRE, any6())]);
+        let egress = env.counter(Counter::PolicyDeniedEgress);
+        for ext in chains {
+            assert_eq!(
+                sent(env, p.c1, &behind(C1_6, C3_6, pkt::GRE, ext)),
+                OK,
+                "GRE behind {ext:?}"
+            );
+            // Another number is still refused.
+            assert_eq!(sent(env, p.c1, &behind(C1_6, C3_6, pkt::ESP, ext)), SHOT);
+        }
+        assert_eq!(env.counter(Counter::PolicyDeniedEgress), egress + 3);
+        // Tracked under its protocol: the reply passes, plain or not, with
+        // no ingress rule for GRE; a stranger's GRE does not.
+        assert_eq!(received(env, p.c1, &raw6(C3_6, C1_6, pkt::GRE)), OK);
+        let reply = behind(C3_6, C1_6, pkt::GRE, &[V6Ext::DestOpts]);
+        assert_eq!(received(env, p.c1, &reply), OK);
+        let stranger = behind(pkt::CLIENT6, C1_6, pkt::GRE, &[V6Ext::DestOpts]);
+        assert_eq!(received(env, p.c1, &stranger), SHOT);
+        // An ingress rule for its number admits it unsolicited.
+        set_rules6(env, 1, DIR_INGRESS, &[numbered(pkt::SCTP, any6())]);
+        let sctp = behind(pkt::CLIENT6, C1_6, pkt::SCTP, &[V6Ext::Routing]);
+        assert_eq!(received(env, p.c1, &sctp), OK);
+        let esp = behind(pkt::CLIENT6, C1_6, pkt::ESP, &[V6Ext::Routing]);
+        assert_eq!(received(env, p.c1, &esp), SHOT);
+    });
 }
 
 fn frame_refused(env: &Env) -> u64 {

@@ -499,6 +499,45 @@ fn a_later_fragment_without_its_first_is_dropped_only_where_policy_applies() {
     });
 }
 
+/// The verdict of `berth_to_ctr` for `frame` leaving on bridge port `port`.
+fn received_on(env: &Env, port: u32, frame: &[u8]) -> u32 {
+    let v = env.tc_on("berth_to_ctr", frame, port);
+    assert_eq!(v.frame, frame, "berth_to_ctr changed a frame");
+    v.code
+}
+
+#[test]
+fn a_first_fragments_verdict_counts_only_at_the_port_and_direction_that_gave_it() {
+    in_fixture_ns(|env| {
+        setup(env);
+        let (db, api, open) = (port_of(C1), port_of(C2), port_of(C3));
+        // A large ping to api, which api's ingress allows at api's port.
+        let mut ping = Packet::icmp(OTHER, C2, 8, 0, [0, 7, 0, 1]);
+        ping.frag = 0;
+        let [first, middle, last] = fragments(ping, 0x6301);
+        assert_eq!(received_on(env, api, &first), OK);
+        let no_first = env.counter(Counter::FragNoFirst);
+        // Its later fragments arriving at another port find no verdict
+        // there: db's, and a port of a task without groups.
+        assert_eq!(received_on(env, db, &middle), SHOT);
+        assert_eq!(received_on(env, open, &last), SHOT);
+        assert_eq!(env.counter(Counter::FragNoFirst), no_first + 2);
+        // Where it was judged, the datagram goes on whole.
+        assert_eq!(received_on(env, api, &middle), OK);
+        assert_eq!(received_on(env, api, &last), OK);
+        // A datagram api sends to db is judged at api's port (both ends'
+        // rules) and again as db receives it (as tracked), each port
+        // keeping its own verdict for the later fragments.
+        let f = fragments(from(C2, 40003, C1, 5432), 0x6302);
+        assert_eq!(sent_on(env, api, &f[0]), OK);
+        assert_eq!(received_on(env, db, &f[0]), OK);
+        assert_eq!(sent_on(env, api, &f[1]), OK);
+        assert_eq!(received_on(env, db, &f[1]), OK);
+        assert_eq!(received_on(env, api, &f[2]), SHOT, "into api");
+        assert_eq!(env.counter(Counter::FragNoFirst), no_first + 3);
+    });
+}
+
 #[test]
 fn a_published_ports_fragments_pass_the_veth_after_the_uplink_judged_them() {
     in_fixture_ns(|env| {

@@ -90,6 +90,8 @@ fn datagram_and_answer_are_translated(env: &mut Env, before: &[V6Ext]) {
         id_be: ID.to_be(),
         kind: FRAG_K_DNAT,
         _pad: [0; 3],
+        // The NAT kinds are shared by every hook: no port.
+        ifindex: 0,
     };
     let e: FragEntry6 = env.map_get(FRAGS6_MAP, &k).expect("the first remembered");
     assert_eq!(e.addr, C1_6.octets());
@@ -122,6 +124,8 @@ fn datagram_and_answer_are_translated(env: &mut Env, before: &[V6Ext]) {
         id_be: answer_id.to_be(),
         kind: FRAG_K_SNAT,
         _pad: [0; 3],
+        // The NAT kinds are shared by every hook: no port.
+        ifindex: 0,
     };
     let e: FragEntry6 = env.map_get(FRAGS6_MAP, &k).expect("the answer remembered");
     assert_eq!(e.addr, HOST6.octets());

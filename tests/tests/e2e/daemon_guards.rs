@@ -815,6 +815,66 @@ fn layout_2_nat_tables_are_converted_keeping_every_flow() {
     }
 }
 
+/// Layout 3's fragment tables had no port in their keys (12 and 40
+/// bytes): they are made anew, empty, with this build's keys. Their entries
+/// live seconds, no converter could give one a port, and a verdict of no
+/// port is one no port gave; nothing else is refused for them.
+#[test]
+fn layout_3_fragment_tables_are_made_anew_empty_with_the_ports_in_their_keys() {
+    let bpffs = Bpffs::new().unwrap();
+    let dir = bpffs.path().join("berth");
+    let lru = sys::BPF_MAP_TYPE_LRU_HASH;
+    let (key4, key6) = (
+        size_of::<berth_maps::FragKey>() as u32,
+        size_of::<berth_maps::FragKey6>() as u32,
+    );
+    let (value4, value6) = (
+        size_of::<berth_maps::FragEntry>() as u32,
+        size_of::<berth_maps::FragEntry6>() as u32,
+    );
+    let old = [
+        (berth_maps::FRAGS_MAP, shape(lru, 12, value4, 1024)),
+        (berth_maps::FRAGS6_MAP, shape(lru, 40, value6, 1024)),
+    ];
+    for (name, old) in &old {
+        let entry = (
+            vec![1; old.key_size as usize],
+            vec![2; old.value_size as usize],
+        );
+        pin_map(&bpffs, name, old, &[entry]);
+    }
+    std::os::unix::fs::symlink("3", dir.join(pins::LAYOUT_LINK)).unwrap();
+    let mut expected = std::collections::BTreeMap::new();
+    expected.insert(
+        berth_maps::FRAGS_MAP.to_owned(),
+        shape(lru, key4, value4, 1024),
+    );
+    expected.insert(
+        berth_maps::FRAGS6_MAP.to_owned(),
+        shape(lru, key6, value6, 1024),
+    );
+    let report = pins::check_and_migrate(&dir, &expected).unwrap();
+    assert_eq!(report.found_layout, Some(3));
+    let made_anew: Vec<String> = old
+        .iter()
+        .map(|(name, old)| {
+            format!(
+                "{name}: {old} made anew as {}, empty (fragments in flight are dropped)",
+                expected[*name]
+            )
+        })
+        .collect();
+    assert_eq!(report.migrated, made_anew);
+    // The old pins are gone: the loader pins new, empty maps in their place.
+    for (name, _) in &old {
+        assert!(!dir.join(name).exists(), "{name} unpinned");
+    }
+    assert_eq!(
+        fs::read_link(dir.join(pins::LAYOUT_LINK)).unwrap(),
+        PathBuf::from(pins::LAYOUT_VERSION.to_string())
+    );
+}
+
 /// A TCP echo server on the container's port 7, published as 7007, and a
 /// client connection through it that answered once.
 fn echo_connection(topo: &Topology, d: &Daemon) -> TcpStream {

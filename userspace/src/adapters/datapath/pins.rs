@@ -31,8 +31,10 @@ use super::{
 /// mapping's per-binding counters slot, the per-binding counters array, and
 /// 88-byte NAT entries (the slot in layout 2's padding, then the flow-log
 /// counters: packets, bytes and TCP flags per direction, the opening time
-/// and the uplink).
-pub const LAYOUT_VERSION: u32 = 3;
+/// and the uplink). 4: fragment tables keyed by the veth too (16-byte
+/// `BERTH_FRAGS`, 44-byte `BERTH_FRAGS6` keys; made anew, see
+/// [`DISPOSABLE`]).
+pub const LAYOUT_VERSION: u32 = 4;
 /// Pins without a version record come from before versions were recorded.
 const UNRECORDED_LAYOUT: u32 = 1;
 /// bpffs refuses names with a dot.
@@ -112,6 +114,11 @@ pub const CONVERTERS: &[Converter] = &[
     },
 ];
 
+/// Maps whose entries live seconds and cost one datagram each when lost
+/// (a later fragment with no first fragment's verdict): one of another
+/// key or value layout is made anew, empty, rather than refused.
+pub const DISPOSABLE: &[&str] = &[berth_maps::FRAGS_MAP, berth_maps::FRAGS6_MAP];
+
 /// What to do with one pinned map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Plan {
@@ -124,7 +131,8 @@ pub enum Plan {
     /// A program array of another shape: unpinned, so the loader makes a
     /// new one, which it fills with this build's programs. Its entries are
     /// programs of the load that put them there (read back they are ids,
-    /// not the fds an update takes), so none is copied.
+    /// not the fds an update takes), so none is copied. Also a
+    /// [`DISPOSABLE`] map of another layout, made anew empty.
     Fresh,
 }
 
@@ -159,6 +167,9 @@ pub fn plan_map(name: &str, found: &MapShape, expected: &MapShape) -> Result<Pla
     }
     if (found.key_size, found.value_size) == (expected.key_size, expected.value_size) {
         return Ok(Plan::Resize);
+    }
+    if DISPOSABLE.contains(&name) {
+        return Ok(Plan::Fresh);
     }
     CONVERTERS
         .iter()
@@ -317,9 +328,14 @@ pub fn check_and_migrate_keeping_old(
     for (name, pin, old, found, want, plan) in plans {
         if plan == Plan::Fresh {
             fs::remove_file(&pin).map_err(|e| bpffs_err(&pin, e))?;
-            report.migrated.push(format!(
-                "{name}: {found} made anew as {want}, its programs put in again"
-            ));
+            let what = if found.map_type == sys::BPF_MAP_TYPE_PROG_ARRAY {
+                "its programs put in again"
+            } else {
+                "empty (fragments in flight are dropped)"
+            };
+            report
+                .migrated
+                .push(format!("{name}: {found} made anew as {want}, {what}"));
             continue;
         }
         let (new, copied, dropped) = migrate_map(&name, &pin, &old, &found, &want, plan)?;
@@ -961,6 +977,24 @@ mod tests {
         // Another kind of map under its name is still refused.
         let array = shape(sys::BPF_MAP_TYPE_ARRAY, 4, 4, 8, 0);
         plan_map("BERTH_TAILS", &array, &want).unwrap_err();
+    }
+
+    #[test]
+    fn fragment_tables_of_another_layout_are_made_anew_others_refused() {
+        // Layout 3's `BERTH_FRAGS` (12-byte keys) and `BERTH_FRAGS6` (40).
+        for (name, old_key, new_key, value) in
+            [("BERTH_FRAGS", 12, 16, 16), ("BERTH_FRAGS6", 40, 44, 32)]
+        {
+            let want = shape(9, new_key, value, 1024, 0);
+            let old = shape(9, old_key, value, 1024, 0);
+            assert_eq!(plan_map(name, &old, &want), Ok(Plan::Fresh), "{name}");
+            assert_eq!(plan_map(name, &want, &want), Ok(Plan::Keep));
+            // Another kind of map under the name is still refused.
+            plan_map(name, &shape(1, old_key, value, 1024, 0), &want).unwrap_err();
+        }
+        // A table that holds flows is never dropped for a new key.
+        let want = shape(1, 16, 88, 1024, 0);
+        plan_map("BERTH_NAT", &shape(1, 12, 88, 1024, 0), &want).unwrap_err();
     }
 
     #[test]
