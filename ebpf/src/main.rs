@@ -53,6 +53,7 @@ mod parse;
 mod parse6;
 mod policy;
 mod policy6;
+mod remap6;
 mod rules6;
 mod service;
 mod sock;

@@ -7,9 +7,8 @@
 //! the same `ct.rs`. A wildcard (`[::]`) mapping serves only the host's own
 //! addresses (`BERTH_HOST_ADDRS6`), asked when a flow opens.
 //!
-//! Not yet as IPv4 (README, "IPv6"): a new flow whose reply tuple another
-//! flow holds is refused (`nat_port_remap_failed`), not given another
-//! client port. `ICMPv6` errors about a flow are translated by `icmp6.rs`;
+//! A new flow whose reply tuple another flow holds gets another client
+//! port towards the container, as IPv4's (`remap6.rs`). `ICMPv6` errors about a flow are translated by `icmp6.rs`;
 //! fragmented datagrams are translated as IPv4's (`frag6.rs`). A new flow
 //! to a container with policy must pass its task's IPv6 ingress rules
 //! (`rules6::ingress_allows6`).
@@ -112,15 +111,44 @@ fn owns(e: *const NatEntry6, f: &Flow6) -> bool {
 }
 
 enum Verdict6 {
-    Forward,
+    /// Translate, with this client source port towards the container (the
+    /// client's own unless a clash remapped it, `remap6.rs`).
+    Forward(u16),
     Drop,
     NotOurs,
+}
+
+/// What the tracked flow under reply tuple `key` says of a client packet:
+/// `None` when no flow of this client is there.
+#[inline(always)]
+fn known(key: &FlowKey6, f: &Flow6, seg: &Seg, now: u64) -> Option<Verdict6> {
+    if let Some(e) = BERTH_NAT6.get_ptr_mut(key) {
+        if !owns(e, f) {
+            return None;
+        }
+        ct_refresh(e, f.proto, seg, DIR_ORIG, now);
+        nat6_count(e, DIR_ORIG, f);
+        return Some(Verdict6::Forward(key.dst_port_be));
+    }
+    let e = BERTH_NAT6_NEW.get_ptr_mut(key)?;
+    if !owns(e, f) {
+        return None;
+    }
+    ct_refresh(e, f.proto, seg, DIR_ORIG, now);
+    nat6_count(e, DIR_ORIG, f);
+    if f.proto == PROTO_TCP
+        && tcp_completes(&NatEntry6::track(e), seg)
+        && ct_promote(&tables(), key, e).is_err()
+    {
+        return Some(Verdict6::Drop);
+    }
+    Some(Verdict6::Forward(key.dst_port_be))
 }
 
 /// The tracked flow of a client packet, or a new one when it may open.
 #[inline(always)]
 fn track(f: &Flow6, b: &Backend6, wildcard: bool, seg: &Seg, now: u64, ifindex: u32) -> Verdict6 {
-    let key = FlowKey6 {
+    let mut key = FlowKey6 {
         src_addr: b.addr,
         dst_addr: f.src_addr,
         src_port_be: b.port_be,
@@ -128,23 +156,17 @@ fn track(f: &Flow6, b: &Backend6, wildcard: bool, seg: &Seg, now: u64, ifindex: 
         proto: f.proto,
         _pad: [0; 3],
     };
-    if let Some(e) = BERTH_NAT6.get_ptr_mut(&key) {
-        if owns(e, f) {
-            ct_refresh(e, f.proto, seg, DIR_ORIG, now);
-            nat6_count(e, DIR_ORIG, f);
-            return Verdict6::Forward;
-        }
-    } else if let Some(e) = BERTH_NAT6_NEW.get_ptr_mut(&key) {
-        if owns(e, f) {
-            ct_refresh(e, f.proto, seg, DIR_ORIG, now);
-            nat6_count(e, DIR_ORIG, f);
-            if f.proto == PROTO_TCP
-                && tcp_completes(&NatEntry6::track(e), seg)
-                && ct_promote(&tables(), &key, e).is_err()
-            {
-                return Verdict6::Drop;
-            }
-            return Verdict6::Forward;
+    if let Some(v) = known(&key, f, seg, now) {
+        return v;
+    }
+    // A flow whose reply tuple clashed lives under its remapped port.
+    let wire = crate::remap6::wire_key(f);
+    let fwd = crate::remap6::remapped_port(&wire, b);
+    if let Some(Some(port_be)) = fwd {
+        let mut remapped = key;
+        remapped.dst_port_be = port_be;
+        if let Some(v) = known(&remapped, f, seg, now) {
+            return v;
         }
     }
     // No flow of this client: a new one, if the packet may open it.
@@ -167,11 +189,15 @@ fn track(f: &Flow6, b: &Backend6, wildcard: bool, seg: &Seg, now: u64, ifindex: 
         crate::stats::binding_count_refused(b.binding);
         return Verdict6::Drop;
     }
-    // The reply tuple is another client's (the key holds ours): refused
-    // rather than remapped, for now.
-    if unsafe { BERTH_NAT6.get(&key).is_some() || BERTH_NAT6_NEW.get(&key).is_some() } {
-        count(Counter::NatPortRemapFailed);
-        return Verdict6::Drop;
+    // The reply tuple is another client's (the key holds ours).
+    let remapped = !crate::remap6::tuple_free(&key);
+    if remapped {
+        match crate::remap6::remap(f, b, &key, &wire) {
+            Ok(port_be) => key.dst_port_be = port_be,
+            Err(()) => return Verdict6::Drop,
+        }
+    } else if fwd.is_some() {
+        crate::remap6::forget(&wire);
     }
     let (flags, wscale, seq_end, max_win) = ct_init(f.proto, seg);
     let entry = NatEntry6 {
@@ -194,10 +220,13 @@ fn track(f: &Flow6, b: &Backend6, wildcard: bool, seg: &Seg, now: u64, ifindex: 
         _pad3: 0,
     };
     if ct_insert_new(&tables(), &key, &entry).is_err() {
+        if remapped {
+            crate::remap6::forget(&wire);
+        }
         return Verdict6::Drop;
     }
     crate::stats::binding_count_opened(b.binding);
-    Verdict6::Forward
+    Verdict6::Forward(key.dst_port_be)
 }
 
 /// One address and one port of an IPv6 TCP/UDP packet to rewrite.
@@ -299,14 +328,14 @@ pub(crate) fn ingress6(ctx: &TcContext) -> i32 {
     let now = ct_now();
     let seg = seg_of(&f, data, data_end);
     let ifindex = ctx.in_ifindex();
-    match track(&f, &b, wildcard, &seg, now, ifindex) {
-        Verdict6::Forward => {}
+    let sport_be = match track(&f, &b, wildcard, &seg, now, ifindex) {
+        Verdict6::Forward(port_be) => port_be,
         Verdict6::Drop => return TC_ACT_SHOT,
         Verdict6::NotOurs => {
             count(Counter::IngressPass);
             return TC_ACT_OK;
         }
-    }
+    };
     if f.first_frag {
         crate::frag6::frag6_first_dnat(&f, &b.addr);
     }
@@ -320,6 +349,12 @@ pub(crate) fn ingress6(ctx: &TcContext) -> i32 {
         old_port_be: f.dst_port_be,
         new_port_be: b.port_be,
     };
+    // A clash remapped the client's source port towards the container.
+    if sport_be != f.src_port_be
+        && crate::remap6::rewrite_port(ctx, &f, f.l4_off, f.src_port_be, sport_be).is_err()
+    {
+        return TC_ACT_SHOT;
+    }
     translate(ctx, &f, &rw, &f.src_addr, &b.addr)
 }
 
@@ -346,21 +381,36 @@ pub(crate) fn reply6(ctx: &TcContext) -> i32 {
     };
     let seg = seg_of(&f, data, data_end);
     let now = ct_now();
-    let (host_addr, host_port_be, binding) = if let Some(e) = BERTH_NAT6.get_ptr_mut(&key) {
-        ct_refresh(e, f.proto, &seg, DIR_REPLY, now);
-        nat6_count(e, DIR_REPLY, &f);
-        unsafe { ((*e).host_addr, (*e).host_port_be, (*e).binding) }
-    } else if let Some(e) = BERTH_NAT6_NEW.get_ptr_mut(&key) {
-        ct_refresh(e, f.proto, &seg, DIR_REPLY, now);
-        nat6_count(e, DIR_REPLY, &f);
-        let x = unsafe { ((*e).host_addr, (*e).host_port_be, (*e).binding) };
-        if f.proto == PROTO_UDP && ct_promote(&tables(), &key, e).is_err() {
-            return TC_ACT_SHOT;
-        }
-        x
-    } else {
-        return TC_ACT_OK;
-    };
+    let (host_addr, host_port_be, binding, client_port_be) =
+        if let Some(e) = BERTH_NAT6.get_ptr_mut(&key) {
+            ct_refresh(e, f.proto, &seg, DIR_REPLY, now);
+            nat6_count(e, DIR_REPLY, &f);
+            unsafe {
+                (
+                    (*e).host_addr,
+                    (*e).host_port_be,
+                    (*e).binding,
+                    (*e).client_port_be,
+                )
+            }
+        } else if let Some(e) = BERTH_NAT6_NEW.get_ptr_mut(&key) {
+            ct_refresh(e, f.proto, &seg, DIR_REPLY, now);
+            nat6_count(e, DIR_REPLY, &f);
+            let x = unsafe {
+                (
+                    (*e).host_addr,
+                    (*e).host_port_be,
+                    (*e).binding,
+                    (*e).client_port_be,
+                )
+            };
+            if f.proto == PROTO_UDP && ct_promote(&tables(), &key, e).is_err() {
+                return TC_ACT_SHOT;
+            }
+            x
+        } else {
+            return TC_ACT_OK;
+        };
     if f.hop_limit <= 1 {
         count(Counter::TtlExceeded);
         return TC_ACT_SHOT;
@@ -378,5 +428,12 @@ pub(crate) fn reply6(ctx: &TcContext) -> i32 {
         old_port_be: f.src_port_be,
         new_port_be: host_port_be,
     };
+    // A clash remapped the client's port: the reply goes to its own.
+    if client_port_be != f.dst_port_be
+        && crate::remap6::rewrite_port(ctx, &f, f.l4_off + 2, f.dst_port_be, client_port_be)
+            .is_err()
+    {
+        return TC_ACT_SHOT;
+    }
     translate(ctx, &f, &rw, &host_addr, &f.dst_addr)
 }

@@ -287,6 +287,7 @@ impl Datapath for BpfDatapath {
         let n = self.sweep_nat(owned_by(gone))?;
         self.forget_orphan_remaps();
         let n6 = sweep6(&self.nat6_flows, owned_by6(gone))?;
+        self.forget_orphan_remaps6();
         Ok(n + n6)
     }
 
@@ -364,6 +365,7 @@ impl Datapath for BpfDatapath {
             + sweep6(&self.nat6_flows, owned_by_none_of6(keep_bindings))?;
         if forgotten > 0 {
             self.forget_orphan_remaps();
+            self.forget_orphan_remaps6();
             tracing::info!(
                 flows = forgotten,
                 "forgot tracked flows of bindings the store does not have"
@@ -408,6 +410,7 @@ impl Datapath for BpfDatapath {
             gone.contains(&e.host_addr) && !bound.contains(&svc)
         })?;
         if ended > 0 {
+            self.forget_orphan_remaps6();
             tracing::info!(flows = ended, "IPv6 flows ended with their host address");
         }
         Ok(())
@@ -513,6 +516,7 @@ impl Datapath for BpfDatapath {
         let expired6 = sweep6(&self.nat6_flows, |k, v, table| {
             nat6_expired(k, v, table, now, &t)
         })?;
+        self.forget_orphan_remaps6();
         Ok(expired + expired6 + from_policy + from_policy6)
     }
 
