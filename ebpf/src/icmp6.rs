@@ -496,7 +496,15 @@ fn rewrite(ctx: &TcContext, e: &Icmp6Error, side: Side, x: &Xlate) -> Result<(),
         put_addr(q, q_off, to);
         core::ptr::write_unaligned(ports.add(port_off).cast::<u16>(), port_be);
         core::ptr::write_unaligned(ports.add(client_off).cast::<u16>(), client_port_be);
-        *ip.add(7) = e.hop_limit - 1;
+    }
+    // The hop limit, in the header word that holds it (as read).
+    let word = unsafe { ip.add(4) }.cast::<u32>();
+    let old_word = unsafe { core::ptr::read_volatile(word) };
+    let mut new_word = old_word.to_ne_bytes();
+    new_word[3] = e.hop_limit - 1;
+    let new_word = u32::from_ne_bytes(new_word);
+    unsafe {
+        core::ptr::write_volatile(word, new_word);
         put_addr(ip, outer_off, to);
     }
     let diff = fold(diff16(old_outer, to));
@@ -506,5 +514,14 @@ fn rewrite(ctx: &TcContext, e: &Icmp6Error, side: Side, x: &Xlate) -> Result<(),
         u64::from(diff),
         u64::from(BPF_F_PSEUDO_HDR),
     )
-    .map_err(|_| ())
+    .map_err(|_| ())?;
+    // `skb->csum` of a CHECKSUM_COMPLETE skb (`csum6.rs`): the address
+    // change the helper took away, and the hop limit.
+    let mut s = u64::from(diff) + u64::from(!old_word) + u64::from(new_word);
+    s = (s & 0xffff_ffff) + (s >> 32);
+    s = (s & 0xffff_ffff) + (s >> 32);
+    unsafe {
+        let _ = aya_ebpf::helpers::bpf_csum_update(ctx.skb.skb, s as u32);
+    }
+    Ok(())
 }

@@ -33,6 +33,7 @@
 
 mod bind;
 mod csum;
+mod csum6;
 mod ct;
 mod dplog;
 mod fib;

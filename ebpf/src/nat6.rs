@@ -36,7 +36,9 @@ use crate::{
     tcp::{tcp_completes, tcp_seg_at, Seg},
 };
 
-const IP6_HOP_OFF: usize = ETH_LEN + 7;
+/// The fixed header's second word (payload length, next header, hop
+/// limit), rewritten whole for the checksum difference.
+const IP6_WORD1_OFF: usize = ETH_LEN + 4;
 const IP6_SRC_OFF: usize = ETH_LEN + 8;
 const IP6_DST_OFF: usize = ETH_LEN + 24;
 const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
@@ -243,17 +245,21 @@ struct Rewrite6 {
 /// the L4 checksum by two skb helper calls (as `tc.rs` does for IPv4, and
 /// for the same reasons): the address change as a pseudo-header diff
 /// (`bpf_csum_diff` over the 16 bytes), the port as a 2-byte change. IPv6
-/// has no header checksum.
+/// has no header checksum; `skb->csum` is then set right for a receiving
+/// NIC's `CHECKSUM_COMPLETE` (`csum6::complete_fixup`).
 #[inline(always)]
 fn rewrite6(ctx: &TcContext, f: &Flow6, rw: &Rewrite6) -> Result<(), ()> {
     let (d, e) = (ctx.data(), ctx.data_end());
-    let hop = ptr_at::<u8>(d, e, IP6_HOP_OFF).ok_or(())?;
+    let word = ptr_at::<[u8; 4]>(d, e, IP6_WORD1_OFF).ok_or(())?;
     let addr = ptr_at::<[u8; 16]>(d, e, rw.addr_off).ok_or(())?;
     // The verifier lost the parser's bounds on this offset (see `tc.rs`).
     let port_off = unsafe { core::ptr::read_volatile(&raw const rw.port_off) } & L4_OFF_MASK;
     let port = ptr_at::<u16>(d, e, port_off).ok_or(())?;
+    let old_word = unsafe { core::ptr::read_unaligned(word) };
+    let mut new_word = old_word;
+    new_word[3] = f.hop_limit - 1;
     unsafe {
-        *hop = f.hop_limit - 1;
+        core::ptr::write_unaligned(word, new_word);
         core::ptr::write_unaligned(addr, rw.new_addr);
         core::ptr::write_unaligned(port, rw.new_port_be);
     }
@@ -284,7 +290,7 @@ fn rewrite6(ctx: &TcContext, f: &Flow6, rw: &Rewrite6) -> Result<(), ()> {
         mangled | 2,
     )
     .map_err(|_| ())?;
-    Ok(())
+    crate::csum6::complete_fixup(ctx, diff as u32, old_word, new_word)
 }
 
 /// Rewrites and sends a translated packet now addressed `src -> dst`.
