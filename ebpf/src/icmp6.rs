@@ -303,8 +303,9 @@ fn uplink_icmp6(e: &Icmp6Error, to: &mut Xlate) -> u32 {
             host == qsrc && port == e.qsport_be && client == e.qdport_be
         })
     };
-    let mut client_port_be = e.qdport_be;
-    if !is_quoted(nat6_flow(&key)) {
+    let client_port_be = if is_quoted(nat6_flow(&key)) {
+        e.qdport_be
+    } else {
         let wire = FlowKey6 {
             src_addr: key.dst_addr,
             dst_addr: bytes(qsrc),
@@ -325,8 +326,8 @@ fn uplink_icmp6(e: &Icmp6Error, to: &mut Xlate) -> u32 {
             count(Counter::IcmpForged);
             return DROP;
         }
-        client_port_be = port_be;
-    }
+        port_be
+    };
     let src = addr(e.ip, SRC);
     if src == LOOPBACK6 || is_host_addr6(src) {
         count(Counter::UplinkSpoofedSource);

@@ -164,7 +164,7 @@ fn track(f: &Flow6, b: &Backend6, wildcard: bool, seg: &Seg, now: u64, ifindex: 
     // A flow whose reply tuple clashed lives under its remapped port.
     let wire = crate::remap6::wire_key(f);
     let fwd = crate::remap6::remapped_port(&wire, b);
-    if let Some(Some(port_be)) = fwd {
+    if let crate::remap6::Remap::Port(port_be) = fwd {
         let mut remapped = key;
         remapped.dst_port_be = port_be;
         if let Some(v) = known(&remapped, f, seg, now) {
@@ -198,7 +198,7 @@ fn track(f: &Flow6, b: &Backend6, wildcard: bool, seg: &Seg, now: u64, ifindex: 
             Ok(port_be) => key.dst_port_be = port_be,
             Err(()) => return Verdict6::Drop,
         }
-    } else if fwd.is_some() {
+    } else if fwd != crate::remap6::Remap::None {
         crate::remap6::forget(&wire);
     }
     let (flags, wscale, seq_end, max_win) = ct_init(f.proto, seg);

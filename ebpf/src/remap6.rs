@@ -37,16 +37,25 @@ pub(crate) fn wire_key(f: &Flow6) -> FlowKey6 {
     }
 }
 
-/// The remap kept for client-side tuple `wire`: `Some(Some(port))` the
-/// client port its flow to `b` uses towards the container, `Some(None)` a
-/// stale one (another container's: the mapping changed since), `None` none.
+/// The remap kept for a client-side tuple.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Remap {
+    None,
+    /// Another container's: the mapping changed since.
+    Stale,
+    /// The client port (network order) its flow uses towards the container.
+    Port(u16),
+}
+
+/// The remap kept for client-side tuple `wire`, towards backend `b`.
 #[inline(always)]
-pub(crate) fn remapped_port(wire: &FlowKey6, b: &Backend6) -> Option<Option<u16>> {
-    let fwd = unsafe { BERTH_NAT6_FWD.get(wire) }?;
-    if fwd.backend_addr == b.addr && fwd.backend_port_be == b.port_be {
-        Some(Some(fwd.remap_port_be))
-    } else {
-        Some(None)
+pub(crate) fn remapped_port(wire: &FlowKey6, b: &Backend6) -> Remap {
+    match unsafe { BERTH_NAT6_FWD.get(wire) } {
+        None => Remap::None,
+        Some(f) if f.backend_addr == b.addr && f.backend_port_be == b.port_be => {
+            Remap::Port(f.remap_port_be)
+        }
+        Some(_) => Remap::Stale,
     }
 }
 
@@ -112,7 +121,9 @@ pub(crate) fn rewrite_port(
     // bound on this offset (as `nat6::rewrite6`'s).
     let off = unsafe { core::ptr::read_volatile(&raw const port_off) } & L4_OFF_MASK;
     let port = ptr_at::<u16>(ctx.data(), ctx.data_end(), off).ok_or(())?;
-    unsafe { core::ptr::write_unaligned(port, new_be) };
+    unsafe {
+        core::ptr::write_unaligned(port, new_be);
+    }
     let l4_off = f.l4_off & L4_OFF_MASK;
     let (csum_off, flags) = if f.proto == PROTO_UDP {
         (l4_off + 6, u64::from(BPF_F_MARK_MANGLED_0) | 2)

@@ -92,8 +92,8 @@ pub const NAT6_FWD_MAP: &str = "BERTH_NAT6_FWD";
 pub const NAT6_FWD_CAPACITY: u32 = NAT_CAPACITY;
 
 /// [`crate::nat_remap_port`] for an IPv6 client: its address folded to
-/// 32 bits (the four words, as stored, XORed), so clients of one /64
-/// still probe different ports.
+/// 32 bits (the four words, as stored, combined by exclusive or), so
+/// clients of one `/64` still probe different ports.
 #[inline(always)]
 pub const fn nat_remap_port6(
     client_addr: &[u8; 16],

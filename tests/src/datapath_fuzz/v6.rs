@@ -178,10 +178,10 @@ impl Run<'_> {
             _ => {
                 match w.proto {
                     pkt::TCP | pkt::UDP => {
-                        self.check_l4_6(env, dir, f, out, &w, end, &mut allowed)?;
+                        check_l4_6(env, dir, f, out, &w, end, &mut allowed)?;
                     }
                     pkt::ICMPV6 if w.frag.is_none() => {
-                        self.check_icmp6(env, dir, f, out, w.l4, end, &mut allowed)?;
+                        check_icmp6(env, dir, f, out, w.l4, end, &mut allowed)?;
                     }
                     p => return Err(bad(format!("NAT66 translated next header {p}"))),
                 }
@@ -202,206 +202,203 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
 
-    #[expect(clippy::too_many_arguments)]
-    fn check_l4_6(
-        &mut self,
-        env: &Env,
-        dir: Dir,
-        f: &[u8],
-        out: &[u8],
-        w: &Walk,
-        end: usize,
-        allowed: &mut Vec<std::ops::Range<usize>>,
-    ) -> Result<(), Violation> {
-        let (proto, l4) = (w.proto, w.l4);
-        let hdr = if proto == pkt::TCP { 20 } else { 8 };
-        if l4 + hdr > end {
-            return Err(bad("NAT66 translated a truncated L4 header"));
-        }
-        let csum_off = l4 + if proto == pkt::TCP { 16 } else { 6 };
-        let (addr_off, port_off, client_off) = match dir {
-            Dir::Ingress => (DST, l4 + 2, l4),
-            Dir::Reply => (SRC, l4, l4 + 2),
-        };
-        allowed.extend([
-            csum_off..csum_off + 2,
-            addr_off..addr_off + 16,
-            port_off..port_off + 2,
-            client_off..client_off + 2,
-        ]);
-        let (src, dst) = (addr(f, SRC), addr(f, DST));
-        let (sport, dport) = (be16(f, l4).unwrap(), be16(f, l4 + 2).unwrap());
-        // Where the packet must go, and the client port as the flow's
-        // remap says (towards the container) or the client's own (back).
-        let (want, want_client) = match dir {
-            Dir::Ingress => {
-                let Some(to_port) = lookup6(proto, dst, dport) else {
-                    return Err(bad("NAT66 translated a packet that matches no mapping"));
-                };
-                let remap = fwd6(env, &key6(src, dst, sport, dport, proto))
-                    .map(|r| u16::from_be(r.remap_port_be));
-                ((CTR6, to_port), remap.unwrap_or(sport))
-            }
-            Dir::Reply => {
-                let Some(e) = nat6(env, &key6(src, dst, sport, dport, proto)) else {
-                    return Err(bad("NAT66 translated a reply of no tracked flow"));
-                };
-                (
-                    (Ipv6Addr::from(e.host_addr), u16::from_be(e.host_port_be)),
-                    u16::from_be(e.client_port_be),
-                )
-            }
-        };
-        let got_client = be16(out, client_off).unwrap();
-        if got_client != want_client {
-            return Err(Violation {
-                kind: "NAT66 changed the client port other than by the flow's remap".into(),
-                detail: format!("{got_client}, want {want_client}"),
-            });
-        }
-        let got = (addr(out, addr_off), be16(out, port_off).unwrap());
-        if got != want {
-            return Err(Violation {
-                kind: "NAT66 translated to the wrong address or port".into(),
-                detail: format!("[{}]:{}, want [{}]:{}", got.0, got.1, want.0, want.1),
-            });
-        }
-        let (c_in, c_out) = (be16(f, csum_off).unwrap(), be16(out, csum_off).unwrap());
-        if proto == pkt::UDP && c_in == 0 {
-            return if c_out == 0 {
-                Ok(())
-            } else {
-                Err(bad("IPv6 UDP without checksum got one"))
+/// A translated TCP/UDP packet (not a later fragment), for
+/// [`Run::check_nat6`].
+fn check_l4_6(
+    env: &Env,
+    dir: Dir,
+    f: &[u8],
+    out: &[u8],
+    w: &Walk,
+    end: usize,
+    allowed: &mut Vec<std::ops::Range<usize>>,
+) -> Result<(), Violation> {
+    let (proto, l4) = (w.proto, w.l4);
+    let hdr = if proto == pkt::TCP { 20 } else { 8 };
+    if l4 + hdr > end {
+        return Err(bad("NAT66 translated a truncated L4 header"));
+    }
+    let csum_off = l4 + if proto == pkt::TCP { 16 } else { 6 };
+    let (addr_off, port_off, client_off) = match dir {
+        Dir::Ingress => (DST, l4 + 2, l4),
+        Dir::Reply => (SRC, l4, l4 + 2),
+    };
+    allowed.extend([
+        csum_off..csum_off + 2,
+        addr_off..addr_off + 16,
+        port_off..port_off + 2,
+        client_off..client_off + 2,
+    ]);
+    let (src, dst) = (addr(f, SRC), addr(f, DST));
+    let (sport, dport) = (be16(f, l4).unwrap(), be16(f, l4 + 2).unwrap());
+    // Where the packet must go, and the client port as the flow's
+    // remap says (towards the container) or the client's own (back).
+    let (want, want_client) = match dir {
+        Dir::Ingress => {
+            let Some(to_port) = lookup6(proto, dst, dport) else {
+                return Err(bad("NAT66 translated a packet that matches no mapping"));
             };
+            let remap = fwd6(env, &key6(src, dst, sport, dport, proto))
+                .map(|r| u16::from_be(r.remap_port_be));
+            ((CTR6, to_port), remap.unwrap_or(sport))
         }
-        if proto == pkt::UDP && c_out == 0 {
-            return Err(bad("IPv6 UDP checksum became 0 (\"none\")"));
+        Dir::Reply => {
+            let Some(e) = nat6(env, &key6(src, dst, sport, dport, proto)) else {
+                return Err(bad("NAT66 translated a reply of no tracked flow"));
+            };
+            (
+                (Ipv6Addr::from(e.host_addr), u16::from_be(e.host_port_be)),
+                u16::from_be(e.client_port_be),
+            )
         }
-        // Over what is here (a first fragment's checksum covers more; the
-        // incremental update keeps the sum over this part all the same).
-        let len = end - l4;
-        let what = if proto == pkt::TCP {
-            "IPv6 TCP"
+    };
+    let got_client = be16(out, client_off).unwrap();
+    if got_client != want_client {
+        return Err(Violation {
+            kind: "NAT66 changed the client port other than by the flow's remap".into(),
+            detail: format!("{got_client}, want {want_client}"),
+        });
+    }
+    let got = (addr(out, addr_off), be16(out, port_off).unwrap());
+    if got != want {
+        return Err(Violation {
+            kind: "NAT66 translated to the wrong address or port".into(),
+            detail: format!("[{}]:{}, want [{}]:{}", got.0, got.1, want.0, want.1),
+        });
+    }
+    let (c_in, c_out) = (be16(f, csum_off).unwrap(), be16(out, csum_off).unwrap());
+    if proto == pkt::UDP && c_in == 0 {
+        return if c_out == 0 {
+            Ok(())
         } else {
-            "IPv6 UDP"
+            Err(bad("IPv6 UDP without checksum got one"))
         };
-        csum_kept(
-            what,
-            (&f[l4..end], pseudo6(f, proto, len)),
-            (&out[l4..end], pseudo6(out, proto, len)),
-        )
     }
+    if proto == pkt::UDP && c_out == 0 {
+        return Err(bad("IPv6 UDP checksum became 0 (\"none\")"));
+    }
+    // Over what is here (a first fragment's checksum covers more; the
+    // incremental update keeps the sum over this part all the same).
+    let len = end - l4;
+    let what = if proto == pkt::TCP {
+        "IPv6 TCP"
+    } else {
+        "IPv6 UDP"
+    };
+    csum_kept(
+        what,
+        (&f[l4..end], pseudo6(f, proto, len)),
+        (&out[l4..end], pseudo6(out, proto, len)),
+    )
+}
 
-    #[expect(clippy::too_many_arguments)]
-    fn check_icmp6(
-        &mut self,
-        env: &Env,
-        dir: Dir,
-        f: &[u8],
-        out: &[u8],
-        l4: usize,
-        end: usize,
-        allowed: &mut Vec<std::ops::Range<usize>>,
-    ) -> Result<(), Violation> {
-        let q = l4 + 8;
-        if !(1..=4).contains(&f[l4]) || q + 40 + 8 > end {
-            return Err(bad(
-                "NAT66 translated an ICMPv6 message that is not an error quoting ports",
-            ));
-        }
-        let qproto = f[q + 6];
-        if f[q] >> 4 != 6 || !matches!(qproto, pkt::TCP | pkt::UDP) {
-            return Err(bad(
-                "NAT66 translated an ICMPv6 error quoting no TCP/UDP header",
-            ));
-        }
-        let ql4 = q + 40;
-        let (outer, quoted, port, client_port) = match dir {
-            Dir::Ingress => (DST, q + 8, ql4, ql4 + 2),
-            Dir::Reply => (SRC, q + 24, ql4 + 2, ql4),
-        };
-        let qcsum = ql4 + if qproto == pkt::TCP { 16 } else { 6 };
-        allowed.extend([
-            outer..outer + 16,
-            l4 + 2..l4 + 4,
-            quoted..quoted + 16,
-            port..port + 2,
-            client_port..client_port + 2,
-            qcsum..qcsum + 2,
-        ]);
-        let (qsrc, qdst) = (addr(f, q + 8), addr(f, q + 24));
-        let (qsport, qdport) = (be16(f, ql4).unwrap(), be16(f, ql4 + 2).unwrap());
-        // Ingress: the quote is a reply as it left (host -> client);
-        // reply: what the client sent as the container got it.
-        let (want, want_client) = match dir {
-            Dir::Ingress => {
-                let Some(to_port) = lookup6(qproto, qsrc, qsport) else {
-                    return Err(bad("NAT66 translated an ICMPv6 error about no mapping"));
-                };
-                let remap = fwd6(env, &key6(qdst, qsrc, qdport, qsport, qproto))
-                    .map(|r| u16::from_be(r.remap_port_be));
-                ((CTR6, to_port), remap.unwrap_or(qdport))
-            }
-            Dir::Reply => {
-                let Some(e) = nat6(env, &key6(qdst, qsrc, qdport, qsport, qproto)) else {
-                    return Err(bad(
-                        "NAT66 translated an ICMPv6 error about no tracked flow",
-                    ));
-                };
-                (
-                    (Ipv6Addr::from(e.host_addr), u16::from_be(e.host_port_be)),
-                    u16::from_be(e.client_port_be),
-                )
-            }
-        };
-        let got_client = be16(out, client_port).unwrap();
-        if got_client != want_client {
-            return Err(Violation {
-                kind: "ICMPv6 error's quoted client port changed other than by the flow's remap"
-                    .into(),
-                detail: format!("{got_client}, want {want_client}"),
-            });
-        }
-        let got = (
-            addr(out, outer),
-            addr(out, quoted),
-            be16(out, port).unwrap(),
-        );
-        if got != (want.0, want.0, want.1) {
-            return Err(Violation {
-                kind: "ICMPv6 error translated to the wrong address or port".into(),
-                detail: format!(
-                    "outer {} quoted [{}]:{}, want [{}]:{}",
-                    got.0, got.1, got.2, want.0, want.1
-                ),
-            });
-        }
-        // The quoted L4 checksum, when the whole quoted packet is there.
-        let qend = q + 40 + usize::from(be16(f, q + 4).unwrap());
-        if qend <= end && ql4 + 8 <= qend {
-            let c_in = be16(f, qcsum).unwrap_or(0);
-            if !(qproto == pkt::UDP && c_in == 0) && qcsum + 2 <= qend {
-                let qlen = qend - ql4;
-                let p =
-                    |fr: &[u8]| pkt::pseudo_sum6(addr(fr, q + 8), addr(fr, q + 24), qproto, qlen);
-                csum_kept(
-                    "quoted IPv6 L4",
-                    (&f[ql4..qend], p(f)),
-                    (&out[ql4..qend], p(out)),
-                )?;
-            }
-        }
-        if (end..f.len()).any(|i| f[i] != out[i]) {
-            return Err(bad("changed bytes past the ICMPv6 error's payload length"));
-        }
-        let len = end - l4;
-        csum_kept(
-            "ICMPv6",
-            (&f[l4..end], pseudo6(f, pkt::ICMPV6, len)),
-            (&out[l4..end], pseudo6(out, pkt::ICMPV6, len)),
-        )
+/// A translated `ICMPv6` error, for [`Run::check_nat6`].
+fn check_icmp6(
+    env: &Env,
+    dir: Dir,
+    f: &[u8],
+    out: &[u8],
+    l4: usize,
+    end: usize,
+    allowed: &mut Vec<std::ops::Range<usize>>,
+) -> Result<(), Violation> {
+    let q = l4 + 8;
+    if !(1..=4).contains(&f[l4]) || q + 40 + 8 > end {
+        return Err(bad(
+            "NAT66 translated an ICMPv6 message that is not an error quoting ports",
+        ));
     }
+    let qproto = f[q + 6];
+    if f[q] >> 4 != 6 || !matches!(qproto, pkt::TCP | pkt::UDP) {
+        return Err(bad(
+            "NAT66 translated an ICMPv6 error quoting no TCP/UDP header",
+        ));
+    }
+    let ql4 = q + 40;
+    let (outer, quoted, port, client_port) = match dir {
+        Dir::Ingress => (DST, q + 8, ql4, ql4 + 2),
+        Dir::Reply => (SRC, q + 24, ql4 + 2, ql4),
+    };
+    let qcsum = ql4 + if qproto == pkt::TCP { 16 } else { 6 };
+    allowed.extend([
+        outer..outer + 16,
+        l4 + 2..l4 + 4,
+        quoted..quoted + 16,
+        port..port + 2,
+        client_port..client_port + 2,
+        qcsum..qcsum + 2,
+    ]);
+    let (qsrc, qdst) = (addr(f, q + 8), addr(f, q + 24));
+    let (qsport, qdport) = (be16(f, ql4).unwrap(), be16(f, ql4 + 2).unwrap());
+    // Ingress: the quote is a reply as it left (host -> client);
+    // reply: what the client sent as the container got it.
+    let (want, want_client) = match dir {
+        Dir::Ingress => {
+            let Some(to_port) = lookup6(qproto, qsrc, qsport) else {
+                return Err(bad("NAT66 translated an ICMPv6 error about no mapping"));
+            };
+            let remap = fwd6(env, &key6(qdst, qsrc, qdport, qsport, qproto))
+                .map(|r| u16::from_be(r.remap_port_be));
+            ((CTR6, to_port), remap.unwrap_or(qdport))
+        }
+        Dir::Reply => {
+            let Some(e) = nat6(env, &key6(qdst, qsrc, qdport, qsport, qproto)) else {
+                return Err(bad(
+                    "NAT66 translated an ICMPv6 error about no tracked flow",
+                ));
+            };
+            (
+                (Ipv6Addr::from(e.host_addr), u16::from_be(e.host_port_be)),
+                u16::from_be(e.client_port_be),
+            )
+        }
+    };
+    let got_client = be16(out, client_port).unwrap();
+    if got_client != want_client {
+        return Err(Violation {
+            kind: "ICMPv6 error's quoted client port changed other than by the flow's remap".into(),
+            detail: format!("{got_client}, want {want_client}"),
+        });
+    }
+    let got = (
+        addr(out, outer),
+        addr(out, quoted),
+        be16(out, port).unwrap(),
+    );
+    if got != (want.0, want.0, want.1) {
+        return Err(Violation {
+            kind: "ICMPv6 error translated to the wrong address or port".into(),
+            detail: format!(
+                "outer {} quoted [{}]:{}, want [{}]:{}",
+                got.0, got.1, got.2, want.0, want.1
+            ),
+        });
+    }
+    // The quoted L4 checksum, when the whole quoted packet is there.
+    let qend = q + 40 + usize::from(be16(f, q + 4).unwrap());
+    if qend <= end && ql4 + 8 <= qend {
+        let c_in = be16(f, qcsum).unwrap_or(0);
+        if !(qproto == pkt::UDP && c_in == 0) && qcsum + 2 <= qend {
+            let qlen = qend - ql4;
+            let p = |fr: &[u8]| pkt::pseudo_sum6(addr(fr, q + 8), addr(fr, q + 24), qproto, qlen);
+            csum_kept(
+                "quoted IPv6 L4",
+                (&f[ql4..qend], p(f)),
+                (&out[ql4..qend], p(out)),
+            )?;
+        }
+    }
+    if (end..f.len()).any(|i| f[i] != out[i]) {
+        return Err(bad("changed bytes past the ICMPv6 error's payload length"));
+    }
+    let len = end - l4;
+    csum_kept(
+        "ICMPv6",
+        (&f[l4..end], pseudo6(f, pkt::ICMPV6, len)),
+        (&out[l4..end], pseudo6(out, pkt::ICMPV6, len)),
+    )
 }
 
 /// Whether an IPv6 frame carries a fragment header (in the walk's reach).

@@ -3,20 +3,21 @@
 //! port over IPv6, through the real daemon and CLI and real sockets. Each
 //! flow gets its own reply tuple (the second another client port towards
 //! the container), each answer comes from the host port asked, and both
-//! stay usable.
+//! stay usable. A remap is forgotten with its flow.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     thread,
+    time::{Duration, Instant},
 };
 
 use berth_integration::{rig::REQUEST_TIMEOUT as T, NetNs, Rig};
 use socket2::{Domain, Socket, Type};
 
-/// A dual-stack rig with `web` (`fd00:17::2`) published on `ports` over
-/// IPv6 only.
-fn rig_with(ports: &[&str]) -> Rig {
-    let rig = Rig::builder().dual_stack().start();
+/// A dual-stack rig (daemon `flags`) with `web` (`fd00:17::2`) published
+/// on `ports` over IPv6 only.
+fn rig_flags(flags: &[&str], ports: &[&str]) -> Rig {
+    let rig = Rig::builder().dual_stack().flags(flags).start();
     let mut args = vec![
         "map",
         "add",
@@ -32,6 +33,10 @@ fn rig_with(ports: &[&str]) -> Rig {
     }
     rig.berth(&args);
     rig
+}
+
+fn rig_with(ports: &[&str]) -> Rig {
+    rig_flags(&[], ports)
 }
 
 #[test]
@@ -142,4 +147,51 @@ fn tcp6_one_client_port_to_two_host_ports_connects_both() {
     assert_eq!(ask(&mut b, "again b"), pb);
     assert!(rig.counter("nat_port_remap") >= 1);
     assert_eq!(rig.counter("nat_port_remap_failed"), 0);
+}
+
+/// How many entries the pinned map `name` (keyed by `FlowKey6`) holds.
+fn entries6(rig: &Rig, name: &str) -> usize {
+    use berth::datapath::sys;
+    let fd = sys::obj_get(&rig.bpffs.path().join("berth").join(name)).expect("pinned");
+    sys::map_keys(&fd, size_of::<berth_maps::FlowKey6>())
+        .expect("keys")
+        .len()
+}
+
+#[test]
+fn a_remap_is_forgotten_with_its_flow() {
+    let rig = rig_flags(
+        &["--ct-udp-timeout", "1", "--ct-udp-stream-timeout", "1"],
+        &["[::]:5353:53/udp", "[::]:5354:53/udp"],
+    );
+    let _echo = rig.serve_udp_echo6(&rig.topo.container.ns, 53);
+    let sock = rig
+        .topo
+        .client
+        .ns
+        .run(|| UdpSocket::bind("[::]:0").expect("bind"));
+    sock.set_read_timeout(Some(T)).unwrap();
+    for port in [5353, 5354] {
+        sock.send_to(b"q", rig.topo.host.addr6(port)).unwrap();
+        let mut buf = [0u8; 512];
+        sock.recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("no reply through {port}: {e}"));
+    }
+    assert_eq!(entries6(&rig, "BERTH_NAT6"), 2, "both flows established");
+    assert_eq!(
+        entries6(&rig, "BERTH_NAT6_FWD"),
+        1,
+        "the second one remapped"
+    );
+    // Idle past the UDP timeout: each flow expires, and its remap with it.
+    let start = Instant::now();
+    while entries6(&rig, "BERTH_NAT6") + entries6(&rig, "BERTH_NAT6_FWD") > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "flows {} remaps {} left",
+            entries6(&rig, "BERTH_NAT6"),
+            entries6(&rig, "BERTH_NAT6_FWD")
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
 }
