@@ -6,12 +6,15 @@
 //!   Packet Too Big, above all) quotes a reply as it left, host:port ->
 //!   client. It goes to the flow's container, its outer destination and
 //!   the quoted source (address and port) rewritten to the container's.
+//!   When a clash remapped the flow's client port (`remap6.rs`), the
+//!   quoted client port becomes the remapped one the container knows.
 //!   A quote naming a published host port whose flow berth does not track
 //!   is forged: no host socket sends from a published port (the bind
 //!   guard), so nobody on the host is owed it (`icmp_forged`, dropped).
 //! - At the bridge (`berth_reply6`): a container's error (port unreachable,
 //!   say) quotes what the client sent it, client -> container:port. It
-//!   leaves as if the host port had sent it. Only the flow's container may
+//!   leaves as if the host port had sent it, a remapped client port
+//!   restored to the client's own. Only the flow's container may
 //!   speak for it, and only to the flow's client; any other error quoting
 //!   a tracked flow is forged (`icmp_forged`, dropped). A quote naming no
 //!   tracked flow is the container's own business and passes untouched.
@@ -45,7 +48,7 @@ use berth_maps::{tail, Counter, FlowKey6, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::{
     fib::fib_lookup_v6,
     hook::Hook as _,
-    maps::{count, BERTH_HOST_ADDRS6, BERTH_NAT6, BERTH_NAT6_NEW},
+    maps::{count, BERTH_HOST_ADDRS6, BERTH_NAT6, BERTH_NAT6_FWD, BERTH_NAT6_NEW},
     parse::{ptr_at, ETH_LEN},
     parse6::IP6_HDR_LEN,
     service::service_find6,
@@ -105,6 +108,7 @@ pub(crate) fn icmp6(ctx: &TcContext) -> i32 {
     let mut to = Xlate {
         addr: [0; 4],
         port_be: 0,
+        client_port_be: 0,
     };
     let (side, decision) = if unsafe { (*ctx.skb.skb).cb[0] } == FROM_BRIDGE {
         (Side::Destination, bridge_icmp6(&e, &mut to))
@@ -113,7 +117,7 @@ pub(crate) fn icmp6(ctx: &TcContext) -> i32 {
     };
     match decision {
         PASS => TC_ACT_OK,
-        TRANSLATE => translate(ctx, &e, side, to.addr, to.port_be),
+        TRANSLATE => translate(ctx, &e, side, &to),
         _ => TC_ACT_SHOT,
     }
 }
@@ -135,6 +139,10 @@ const TRANSLATE: u32 = 2;
 struct Xlate {
     addr: A6,
     port_be: u16,
+    /// The quoted client port as it must read: the port the flow uses
+    /// towards the container (from outside) or the client's own (from a
+    /// container); they differ when a clash remapped it (`remap6.rs`).
+    client_port_be: u16,
 }
 
 /// An `ICMPv6` error quoting a TCP/UDP packet: pointers to its checked
@@ -238,18 +246,20 @@ fn is_host_addr6(a: A6) -> bool {
     unsafe { BERTH_HOST_ADDRS6.get(&bytes(a)) }.is_some()
 }
 
-/// The host address and port of the tracked flow `key`, when its client
-/// port is `client_port_be`.
+/// The host address, host port and client's own port of the tracked flow
+/// `key` (its key's client port differs from the last when a clash
+/// remapped it).
 #[inline(always)]
-fn nat6_host(key: &FlowKey6, client_port_be: u16) -> Option<(A6, u16)> {
+fn nat6_flow(key: &FlowKey6) -> Option<(A6, u16, u16)> {
     let e = BERTH_NAT6
         .get_ptr(key)
         .or_else(|| BERTH_NAT6_NEW.get_ptr(key))?;
     unsafe {
-        if (*e).client_port_be != client_port_be {
-            return None;
-        }
-        Some((addr((*e).host_addr.as_ptr(), 0), (*e).host_port_be))
+        Some((
+            addr((*e).host_addr.as_ptr(), 0),
+            (*e).host_port_be,
+            (*e).client_port_be,
+        ))
     }
 }
 
@@ -277,7 +287,7 @@ fn uplink_icmp6(e: &Icmp6Error, to: &mut Xlate) -> u32 {
     if wildcard && !is_host_addr6(qsrc) {
         return PASS;
     }
-    let key = FlowKey6 {
+    let mut key = FlowKey6 {
         src_addr: b.addr,
         dst_addr: bytes(addr(e.q, DST)),
         src_port_be: b.port_be,
@@ -285,13 +295,39 @@ fn uplink_icmp6(e: &Icmp6Error, to: &mut Xlate) -> u32 {
         proto: e.proto,
         _pad: [0; 3],
     };
-    match nat6_host(&key, e.qdport_be) {
-        Some((host, port)) if host == qsrc && port == e.qsport_be => {}
-        _ => {
+    // The quoted reply's flow: under the client's own port, or under the
+    // port a clash remapped it to (kept by what the client sent, the
+    // quote reversed).
+    let is_quoted = |f: Option<(A6, u16, u16)>| {
+        f.is_some_and(|(host, port, client)| {
+            host == qsrc && port == e.qsport_be && client == e.qdport_be
+        })
+    };
+    let client_port_be = if is_quoted(nat6_flow(&key)) {
+        e.qdport_be
+    } else {
+        let wire = FlowKey6 {
+            src_addr: key.dst_addr,
+            dst_addr: bytes(qsrc),
+            src_port_be: e.qdport_be,
+            dst_port_be: e.qsport_be,
+            proto: e.proto,
+            _pad: [0; 3],
+        };
+        let remap = unsafe { BERTH_NAT6_FWD.get(&wire) }
+            .filter(|f| f.backend_addr == b.addr && f.backend_port_be == b.port_be)
+            .map(|f| f.remap_port_be);
+        let Some(port_be) = remap else {
+            count(Counter::IcmpForged);
+            return DROP;
+        };
+        key.dst_port_be = port_be;
+        if !is_quoted(nat6_flow(&key)) {
             count(Counter::IcmpForged);
             return DROP;
         }
-    }
+        port_be
+    };
     let src = addr(e.ip, SRC);
     if src == LOOPBACK6 || is_host_addr6(src) {
         count(Counter::UplinkSpoofedSource);
@@ -299,6 +335,7 @@ fn uplink_icmp6(e: &Icmp6Error, to: &mut Xlate) -> u32 {
     }
     to.addr = addr(b.addr.as_ptr(), 0);
     to.port_be = b.port_be;
+    to.client_port_be = client_port_be;
     TRANSLATE
 }
 
@@ -317,7 +354,7 @@ fn bridge_icmp6(e: &Icmp6Error, to: &mut Xlate) -> u32 {
         proto: e.proto,
         _pad: [0; 3],
     };
-    let Some((host, port)) = nat6_host(&key, e.qsport_be) else {
+    let Some((host, port, client_port_be)) = nat6_flow(&key) else {
         return PASS;
     };
     if addr(e.ip, SRC) != qdst || addr(e.ip, DST) != qsrc {
@@ -326,13 +363,15 @@ fn bridge_icmp6(e: &Icmp6Error, to: &mut Xlate) -> u32 {
     }
     to.addr = host;
     to.port_be = port;
+    to.client_port_be = client_port_be;
     TRANSLATE
 }
 
-/// Rewrites the error for `side` (address `to`, port `port_be`), then
-/// sends it on; the hop limit must allow one more hop.
+/// Rewrites the error for `side` (as `x` says), then sends it on; the hop
+/// limit must allow one more hop.
 #[inline(never)]
-fn translate(ctx: &TcContext, e: &Icmp6Error, side: Side, to: A6, port_be: u16) -> i32 {
+fn translate(ctx: &TcContext, e: &Icmp6Error, side: Side, x: &Xlate) -> i32 {
+    let to = x.addr;
     if e.hop_limit <= 1 {
         count(Counter::TtlExceeded);
         return TC_ACT_SHOT;
@@ -343,7 +382,7 @@ fn translate(ctx: &TcContext, e: &Icmp6Error, side: Side, to: A6, port_be: u16) 
         Side::Source => addr(e.ip, SRC),
         Side::Destination => addr(e.ip, DST),
     };
-    if rewrite(ctx, e, side, to, port_be).is_err() {
+    if rewrite(ctx, e, side, x).is_err() {
         return TC_ACT_SHOT;
     }
     count(Counter::IcmpXlate);
@@ -397,7 +436,8 @@ fn apply(check: u16, diff: u64) -> u16 {
 /// the skb helper (given the change as a sum), which keeps a
 /// `CHECKSUM_COMPLETE` skb right.
 #[inline(never)]
-fn rewrite(ctx: &TcContext, e: &Icmp6Error, side: Side, to: A6, port_be: u16) -> Result<(), ()> {
+fn rewrite(ctx: &TcContext, e: &Icmp6Error, side: Side, x: &Xlate) -> Result<(), ()> {
+    let (to, port_be) = (x.addr, x.port_be);
     let (d, de) = (ctx.data(), ctx.data_end());
     // Checked again, from the current packet: LLVM may not carry the
     // parser's checks this far in a form the verifier follows.
@@ -415,6 +455,13 @@ fn rewrite(ctx: &TcContext, e: &Icmp6Error, side: Side, to: A6, port_be: u16) ->
         Side::Source => (DST, SRC, 0, e.qsport_be),
         Side::Destination => (SRC, DST, 2, e.qdport_be),
     };
+    // The quoted client port: destination of the reply that left towards
+    // the client, source of what the client sent.
+    let (client_off, old_client) = match side {
+        Side::Source => (2, e.qdport_be),
+        Side::Destination => (0, e.qsport_be),
+    };
+    let client_port_be = x.client_port_be;
     let old_outer = addr(ip, outer_off);
     let old_q = addr(q, q_off);
     // The quoted L4 checksum, when the quote reaches it.
@@ -426,7 +473,10 @@ fn rewrite(ctx: &TcContext, e: &Icmp6Error, side: Side, to: A6, port_be: u16) ->
     };
     // The quote's change, which its own L4 checksum (pseudo header
     // included) sees as well.
-    let dq = diff16(old_q, to) + u64::from(!old_port) + u64::from(port_be);
+    let mut dq = diff16(old_q, to) + u64::from(!old_port) + u64::from(port_be);
+    if client_port_be != old_client {
+        dq += u64::from(!old_client) + u64::from(client_port_be);
+    }
     unsafe {
         let icmp_csum = icmp.add(2).cast::<u16>();
         let mut ic = apply(core::ptr::read_unaligned(icmp_csum), dq);
@@ -446,7 +496,16 @@ fn rewrite(ctx: &TcContext, e: &Icmp6Error, side: Side, to: A6, port_be: u16) ->
         core::ptr::write_unaligned(icmp_csum, ic);
         put_addr(q, q_off, to);
         core::ptr::write_unaligned(ports.add(port_off).cast::<u16>(), port_be);
-        *ip.add(7) = e.hop_limit - 1;
+        core::ptr::write_unaligned(ports.add(client_off).cast::<u16>(), client_port_be);
+    }
+    // The hop limit, in the header word that holds it (as read).
+    let word = unsafe { ip.add(4) }.cast::<u32>();
+    let old_word = unsafe { core::ptr::read_volatile(word) };
+    let mut new_word = old_word.to_ne_bytes();
+    new_word[3] = e.hop_limit - 1;
+    let new_word = u32::from_ne_bytes(new_word);
+    unsafe {
+        core::ptr::write_volatile(word, new_word);
         put_addr(ip, outer_off, to);
     }
     let diff = fold(diff16(old_outer, to));
@@ -456,5 +515,14 @@ fn rewrite(ctx: &TcContext, e: &Icmp6Error, side: Side, to: A6, port_be: u16) ->
         u64::from(diff),
         u64::from(BPF_F_PSEUDO_HDR),
     )
-    .map_err(|_| ())
+    .map_err(|_| ())?;
+    // `skb->csum` of a CHECKSUM_COMPLETE skb (`csum6.rs`): the address
+    // change the helper took away, and the hop limit.
+    let mut s = u64::from(diff) + u64::from(!old_word) + u64::from(new_word);
+    s = (s & 0xffff_ffff) + (s >> 32);
+    s = (s & 0xffff_ffff) + (s >> 32);
+    unsafe {
+        let _ = aya_ebpf::helpers::bpf_csum_update(ctx.skb.skb, s as u32);
+    }
+    Ok(())
 }

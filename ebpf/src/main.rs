@@ -33,6 +33,7 @@
 
 mod bind;
 mod csum;
+mod csum6;
 mod ct;
 mod dplog;
 mod fib;
@@ -53,6 +54,7 @@ mod parse;
 mod parse6;
 mod policy;
 mod policy6;
+mod remap6;
 mod rules6;
 mod service;
 mod sock;

@@ -173,3 +173,9 @@ pub(crate) static BERTH_NAT6_NEW: LruHashMap<berth_maps::FlowKey6, berth_maps::N
 #[map]
 pub(crate) static BERTH_SOCK_REV6: LruHashMap<berth_maps::SockRevKey6, berth_maps::SockRevValue6> =
     LruHashMap::pinned(berth_maps::SOCK_REV6_CAPACITY, 0);
+
+/// Clash-remapped IPv6 flows (`berth_maps::NAT6_FWD_MAP`), as
+/// [`BERTH_NAT_FWD`].
+#[map]
+pub(crate) static BERTH_NAT6_FWD: HashMap<berth_maps::FlowKey6, berth_maps::NatFwd6> =
+    HashMap::pinned(berth_maps::NAT6_FWD_CAPACITY, BPF_F_NO_PREALLOC);

@@ -7,9 +7,8 @@
 //! the same `ct.rs`. A wildcard (`[::]`) mapping serves only the host's own
 //! addresses (`BERTH_HOST_ADDRS6`), asked when a flow opens.
 //!
-//! Not yet as IPv4 (README, "IPv6"): a new flow whose reply tuple another
-//! flow holds is refused (`nat_port_remap_failed`), not given another
-//! client port. `ICMPv6` errors about a flow are translated by `icmp6.rs`;
+//! A new flow whose reply tuple another flow holds gets another client
+//! port towards the container, as IPv4's (`remap6.rs`). `ICMPv6` errors about a flow are translated by `icmp6.rs`;
 //! fragmented datagrams are translated as IPv4's (`frag6.rs`). A new flow
 //! to a container with policy must pass its task's IPv6 ingress rules
 //! (`rules6::ingress_allows6`).
@@ -39,7 +38,9 @@ use crate::{
     tcp::{tcp_completes, tcp_seg_at, Seg},
 };
 
-const IP6_HOP_OFF: usize = ETH_LEN + 7;
+/// The fixed header's second word (payload length, next header, hop
+/// limit), rewritten whole for the checksum difference.
+const IP6_WORD1_OFF: usize = ETH_LEN + 4;
 const IP6_SRC_OFF: usize = ETH_LEN + 8;
 const IP6_DST_OFF: usize = ETH_LEN + 24;
 const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
@@ -114,17 +115,46 @@ fn owns(e: *const NatEntry6, f: &Flow6) -> bool {
 }
 
 enum Verdict6 {
-    Forward,
+    /// Translate, with this client source port towards the container (the
+    /// client's own unless a clash remapped it, `remap6.rs`).
+    Forward(u16),
     Drop,
     /// A new flow refused, for the flow log (`FLOW_EV_*`), as IPv4 logs.
     Refused(u8),
     NotOurs,
 }
 
+/// What the tracked flow under reply tuple `key` says of a client packet:
+/// `None` when no flow of this client is there.
+#[inline(always)]
+fn known(key: &FlowKey6, f: &Flow6, seg: &Seg, now: u64) -> Option<Verdict6> {
+    if let Some(e) = BERTH_NAT6.get_ptr_mut(key) {
+        if !owns(e, f) {
+            return None;
+        }
+        ct_refresh(e, f.proto, seg, DIR_ORIG, now);
+        nat6_count(e, DIR_ORIG, f);
+        return Some(Verdict6::Forward(key.dst_port_be));
+    }
+    let e = BERTH_NAT6_NEW.get_ptr_mut(key)?;
+    if !owns(e, f) {
+        return None;
+    }
+    ct_refresh(e, f.proto, seg, DIR_ORIG, now);
+    nat6_count(e, DIR_ORIG, f);
+    if f.proto == PROTO_TCP
+        && tcp_completes(&NatEntry6::track(e), seg)
+        && ct_promote(&tables(), key, e).is_err()
+    {
+        return Some(Verdict6::Refused(FLOW_EV_REJECT_FULL));
+    }
+    Some(Verdict6::Forward(key.dst_port_be))
+}
+
 /// The tracked flow of a client packet, or a new one when it may open.
 #[inline(always)]
 fn track(f: &Flow6, b: &Backend6, wildcard: bool, seg: &Seg, now: u64, ifindex: u32) -> Verdict6 {
-    let key = FlowKey6 {
+    let mut key = FlowKey6 {
         src_addr: b.addr,
         dst_addr: f.src_addr,
         src_port_be: b.port_be,
@@ -132,23 +162,17 @@ fn track(f: &Flow6, b: &Backend6, wildcard: bool, seg: &Seg, now: u64, ifindex: 
         proto: f.proto,
         _pad: [0; 3],
     };
-    if let Some(e) = BERTH_NAT6.get_ptr_mut(&key) {
-        if owns(e, f) {
-            ct_refresh(e, f.proto, seg, DIR_ORIG, now);
-            nat6_count(e, DIR_ORIG, f);
-            return Verdict6::Forward;
-        }
-    } else if let Some(e) = BERTH_NAT6_NEW.get_ptr_mut(&key) {
-        if owns(e, f) {
-            ct_refresh(e, f.proto, seg, DIR_ORIG, now);
-            nat6_count(e, DIR_ORIG, f);
-            if f.proto == PROTO_TCP
-                && tcp_completes(&NatEntry6::track(e), seg)
-                && ct_promote(&tables(), &key, e).is_err()
-            {
-                return Verdict6::Refused(FLOW_EV_REJECT_FULL);
-            }
-            return Verdict6::Forward;
+    if let Some(v) = known(&key, f, seg, now) {
+        return v;
+    }
+    // A flow whose reply tuple clashed lives under its remapped port.
+    let wire = crate::remap6::wire_key(f);
+    let fwd = crate::remap6::remapped_port(&wire, b);
+    if let crate::remap6::Remap::Port(port_be) = fwd {
+        let mut remapped = key;
+        remapped.dst_port_be = port_be;
+        if let Some(v) = known(&remapped, f, seg, now) {
+            return v;
         }
     }
     // No flow of this client: a new one, if the packet may open it.
@@ -171,11 +195,15 @@ fn track(f: &Flow6, b: &Backend6, wildcard: bool, seg: &Seg, now: u64, ifindex: 
         crate::stats::binding_count_refused(b.binding);
         return Verdict6::Refused(FLOW_EV_REJECT_POLICY);
     }
-    // The reply tuple is another client's (the key holds ours): refused
-    // rather than remapped, for now.
-    if unsafe { BERTH_NAT6.get(&key).is_some() || BERTH_NAT6_NEW.get(&key).is_some() } {
-        count(Counter::NatPortRemapFailed);
-        return Verdict6::Refused(FLOW_EV_REJECT_FULL);
+    // The reply tuple is another client's (the key holds ours).
+    let remapped = !crate::remap6::tuple_free(&key);
+    if remapped {
+        match crate::remap6::remap(f, b, &key, &wire) {
+            Ok(port_be) => key.dst_port_be = port_be,
+            Err(()) => return Verdict6::Refused(FLOW_EV_REJECT_FULL),
+        }
+    } else if fwd != crate::remap6::Remap::None {
+        crate::remap6::forget(&wire);
     }
     let (flags, wscale, seq_end, max_win) = ct_init(f.proto, seg);
     let entry = NatEntry6 {
@@ -198,10 +226,13 @@ fn track(f: &Flow6, b: &Backend6, wildcard: bool, seg: &Seg, now: u64, ifindex: 
         _pad3: 0,
     };
     if ct_insert_new(&tables(), &key, &entry).is_err() {
+        if remapped {
+            crate::remap6::forget(&wire);
+        }
         return Verdict6::Refused(FLOW_EV_REJECT_FULL);
     }
     crate::stats::binding_count_opened(b.binding);
-    Verdict6::Forward
+    Verdict6::Forward(key.dst_port_be)
 }
 
 /// One address and one port of an IPv6 TCP/UDP packet to rewrite.
@@ -218,17 +249,21 @@ struct Rewrite6 {
 /// the L4 checksum by two skb helper calls (as `tc.rs` does for IPv4, and
 /// for the same reasons): the address change as a pseudo-header diff
 /// (`bpf_csum_diff` over the 16 bytes), the port as a 2-byte change. IPv6
-/// has no header checksum.
+/// has no header checksum; `skb->csum` is then set right for a receiving
+/// NIC's `CHECKSUM_COMPLETE` (`csum6::complete_fixup`).
 #[inline(always)]
 fn rewrite6(ctx: &TcContext, f: &Flow6, rw: &Rewrite6) -> Result<(), ()> {
     let (d, e) = (ctx.data(), ctx.data_end());
-    let hop = ptr_at::<u8>(d, e, IP6_HOP_OFF).ok_or(())?;
+    let word = ptr_at::<[u8; 4]>(d, e, IP6_WORD1_OFF).ok_or(())?;
     let addr = ptr_at::<[u8; 16]>(d, e, rw.addr_off).ok_or(())?;
     // The verifier lost the parser's bounds on this offset (see `tc.rs`).
     let port_off = unsafe { core::ptr::read_volatile(&raw const rw.port_off) } & L4_OFF_MASK;
     let port = ptr_at::<u16>(d, e, port_off).ok_or(())?;
+    let old_word = unsafe { core::ptr::read_unaligned(word) };
+    let mut new_word = old_word;
+    new_word[3] = f.hop_limit - 1;
     unsafe {
-        *hop = f.hop_limit - 1;
+        core::ptr::write_unaligned(word, new_word);
         core::ptr::write_unaligned(addr, rw.new_addr);
         core::ptr::write_unaligned(port, rw.new_port_be);
     }
@@ -259,7 +294,7 @@ fn rewrite6(ctx: &TcContext, f: &Flow6, rw: &Rewrite6) -> Result<(), ()> {
         mangled | 2,
     )
     .map_err(|_| ())?;
-    Ok(())
+    crate::csum6::complete_fixup(ctx, diff as u32, old_word, new_word)
 }
 
 /// Rewrites and sends a translated packet now addressed `src -> dst`.
@@ -303,8 +338,8 @@ pub(crate) fn ingress6(ctx: &TcContext) -> i32 {
     let now = ct_now();
     let seg = seg_of(&f, data, data_end);
     let ifindex = ctx.in_ifindex();
-    match track(&f, &b, wildcard, &seg, now, ifindex) {
-        Verdict6::Forward => {}
+    let sport_be = match track(&f, &b, wildcard, &seg, now, ifindex) {
+        Verdict6::Forward(port_be) => port_be,
         Verdict6::Drop => return TC_ACT_SHOT,
         Verdict6::Refused(kind) => {
             flow_log_refused6(&Refused6::client(kind, &f, &b, ifindex));
@@ -314,7 +349,7 @@ pub(crate) fn ingress6(ctx: &TcContext) -> i32 {
             count(Counter::IngressPass);
             return TC_ACT_OK;
         }
-    }
+    };
     if f.first_frag {
         crate::frag6::frag6_first_dnat(&f, &b.addr);
     }
@@ -328,6 +363,12 @@ pub(crate) fn ingress6(ctx: &TcContext) -> i32 {
         old_port_be: f.dst_port_be,
         new_port_be: b.port_be,
     };
+    // A clash remapped the client's source port towards the container.
+    if sport_be != f.src_port_be
+        && crate::remap6::rewrite_port(ctx, &f, f.l4_off, f.src_port_be, sport_be).is_err()
+    {
+        return TC_ACT_SHOT;
+    }
     translate(ctx, &f, &rw, &f.src_addr, &b.addr)
 }
 
@@ -354,35 +395,50 @@ pub(crate) fn reply6(ctx: &TcContext) -> i32 {
     };
     let seg = seg_of(&f, data, data_end);
     let now = ct_now();
-    let (host_addr, host_port_be, binding) = if let Some(e) = BERTH_NAT6.get_ptr_mut(&key) {
-        ct_refresh(e, f.proto, &seg, DIR_REPLY, now);
-        nat6_count(e, DIR_REPLY, &f);
-        unsafe { ((*e).host_addr, (*e).host_port_be, (*e).binding) }
-    } else if let Some(e) = BERTH_NAT6_NEW.get_ptr_mut(&key) {
-        ct_refresh(e, f.proto, &seg, DIR_REPLY, now);
-        nat6_count(e, DIR_REPLY, &f);
-        let x = unsafe { ((*e).host_addr, (*e).host_port_be, (*e).binding) };
-        if f.proto == PROTO_UDP && ct_promote(&tables(), &key, e).is_err() {
-            // The flow as its client sent it: the reply's tuple reversed.
-            flow_log_refused6(&Refused6 {
-                kind: FLOW_EV_REJECT_FULL,
-                proto: f.proto,
-                client: &f.dst_addr,
-                client_port_be: unsafe { (*e).client_port_be },
-                host: &x.0,
-                host_port_be: x.1,
-                ctr: &f.src_addr,
-                ctr_port_be: f.src_port_be,
-                ip_len: ip_len(&f),
-                tcp_flags: 0,
-                ifindex: unsafe { (*e).ifindex },
-            });
-            return TC_ACT_SHOT;
-        }
-        x
-    } else {
-        return TC_ACT_OK;
-    };
+    let (host_addr, host_port_be, binding, client_port_be) =
+        if let Some(e) = BERTH_NAT6.get_ptr_mut(&key) {
+            ct_refresh(e, f.proto, &seg, DIR_REPLY, now);
+            nat6_count(e, DIR_REPLY, &f);
+            unsafe {
+                (
+                    (*e).host_addr,
+                    (*e).host_port_be,
+                    (*e).binding,
+                    (*e).client_port_be,
+                )
+            }
+        } else if let Some(e) = BERTH_NAT6_NEW.get_ptr_mut(&key) {
+            ct_refresh(e, f.proto, &seg, DIR_REPLY, now);
+            nat6_count(e, DIR_REPLY, &f);
+            let x = unsafe {
+                (
+                    (*e).host_addr,
+                    (*e).host_port_be,
+                    (*e).binding,
+                    (*e).client_port_be,
+                )
+            };
+            if f.proto == PROTO_UDP && ct_promote(&tables(), &key, e).is_err() {
+                // The flow as its client sent it: the reply's tuple reversed.
+                flow_log_refused6(&Refused6 {
+                    kind: FLOW_EV_REJECT_FULL,
+                    proto: f.proto,
+                    client: &f.dst_addr,
+                    client_port_be: x.3,
+                    host: &x.0,
+                    host_port_be: x.1,
+                    ctr: &f.src_addr,
+                    ctr_port_be: f.src_port_be,
+                    ip_len: ip_len(&f),
+                    tcp_flags: 0,
+                    ifindex: unsafe { (*e).ifindex },
+                });
+                return TC_ACT_SHOT;
+            }
+            x
+        } else {
+            return TC_ACT_OK;
+        };
     if f.hop_limit <= 1 {
         count(Counter::TtlExceeded);
         return TC_ACT_SHOT;
@@ -400,5 +456,12 @@ pub(crate) fn reply6(ctx: &TcContext) -> i32 {
         old_port_be: f.src_port_be,
         new_port_be: host_port_be,
     };
+    // A clash remapped the client's port: the reply goes to its own.
+    if client_port_be != f.dst_port_be
+        && crate::remap6::rewrite_port(ctx, &f, f.l4_off + 2, f.dst_port_be, client_port_be)
+            .is_err()
+    {
+        return TC_ACT_SHOT;
+    }
     translate(ctx, &f, &rw, &host_addr, &f.dst_addr)
 }

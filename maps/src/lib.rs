@@ -87,7 +87,7 @@ pub mod program {
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 34] = [
+pub const MAPS: [&str; 35] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -122,6 +122,7 @@ pub const MAPS: [&str; 34] = [
     NAT6_NEW_MAP,
     SOCK_REV6_MAP,
     FRAGS6_MAP,
+    NAT6_FWD_MAP,
 ];
 
 /// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so

@@ -72,13 +72,43 @@ pub struct NatEntry6 {
     pub _pad3: u16,
 }
 
-/// The remapped client port of a clashing IPv6 flow ([`crate::NatFwd`]).
+/// The remapped client port of a clashing IPv6 flow ([`crate::NatFwd`]):
+/// the value of [`NAT6_FWD_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct NatFwd6 {
     pub backend_addr: [u8; 16],
     pub backend_port_be: u16,
     pub remap_port_be: u16,
+}
+
+/// IPv6 flows whose reply tuple clashed with another flow's and so got
+/// another client source port towards the container, as
+/// [`crate::NAT_FWD_MAP`]: the client-side tuple as on the wire
+/// ([`FlowKey6`], client -> host address:port) -> [`NatFwd6`]. A plain
+/// hash, entries allocated on insert: an idle host pays for the buckets
+/// only, and an established flow's remap is never evicted.
+pub const NAT6_FWD_MAP: &str = "BERTH_NAT6_FWD";
+pub const NAT6_FWD_CAPACITY: u32 = NAT_CAPACITY;
+
+/// [`crate::nat_remap_port`] for an IPv6 client: its address folded to
+/// 32 bits (the four words, as stored, combined by exclusive or), so
+/// clients of one `/64` still probe different ports.
+#[inline(always)]
+pub const fn nat_remap_port6(
+    client_addr: &[u8; 16],
+    client_port: u16,
+    host_port: u16,
+    attempt: u32,
+) -> u16 {
+    let a = client_addr;
+    let mut folded = 0u32;
+    let mut i = 0;
+    while i < 16 {
+        folded ^= u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        i += 4;
+    }
+    crate::nat_remap_port(folded, client_port, host_port, attempt)
 }
 
 /// The host's own IPv6 addresses (16 bytes, network order) -> 1: a

@@ -15,6 +15,8 @@
 //!   each checksum changes by exactly what the translation changed in what
 //!   it covers (so it verifies when the input's did, and a wrong one stays
 //!   wrong by the same amount);
+//! - IPv6 to and from published IPv6 ports (NAT66) by the same rules, as
+//!   `v6.rs` says, with a clash-remapped flow among the seeds' flows;
 //! - only well-formed IPv4 with TTL > 1 is translated; of a fragmented
 //!   datagram, the first fragment (MF, offset 0) like any packet, a later
 //!   fragment only after the run saw its datagram's first fragment (same
@@ -53,6 +55,8 @@ use crate::{
         HOST2, OTHER,
     },
 };
+
+mod v6;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -140,10 +144,12 @@ pub struct Report {
     /// Failure kind -> (count, examples).
     pub failures: BTreeMap<String, (u64, Vec<String>)>,
     /// Mutated IPv6 frames `berth_ingress` dropped or translated: only a
-    /// frame the IPv6 parse found a published IPv6 port in gets either
-    /// (NAT66 refuses new flows while policy applies to anyone, as here),
-    /// so the walk was reached, not just refused.
+    /// frame the IPv6 parse found a published IPv6 port in gets either, so
+    /// the walk was reached, not just refused.
     pub ipv6_parsed: u64,
+    /// IPv6 frames NAT66 translated and the run judged, per direction
+    /// (uplink, bridge).
+    pub ipv6_translated: [u64; 2],
 }
 
 impl Report {
@@ -166,6 +172,11 @@ impl Report {
                 t.frames, t.passed, t.dropped, t.translated, t.refused
             );
         }
+        let _ = writeln!(
+            s,
+            "  IPv6 translated and judged: {} at the uplink, {} at the bridge",
+            self.ipv6_translated[0], self.ipv6_translated[1]
+        );
         for (k, n) in &self.tolerated {
             let _ = writeln!(s, "  tolerated (known datapath bug): {k}: {n} frames");
         }
@@ -345,6 +356,8 @@ struct Run<'a> {
     /// First fragments the security-group hooks judged: let through or not
     /// (`None`: unknown, dropped after the verdict for another reason).
     policy_frags: HashMap<Datagram, Option<bool>>,
+    /// First IPv6 fragments seen translated (`v6.rs`).
+    frags6: HashMap<v6::Datagram6, [u8; 16]>,
 }
 
 impl Run<'_> {
@@ -460,6 +473,9 @@ impl Run<'_> {
         match judged {
             Ok(class) => {
                 self.tally(prog, &class);
+                if matches!(class, Class::Nat(_)) && be16(f, 12) == Some(pkt::ETH_P_IPV6) {
+                    self.report.ipv6_translated[usize::from(prog == "berth_reply")] += 1;
+                }
                 Some(class)
             }
             Err((v, out)) => {
@@ -544,7 +560,8 @@ impl Run<'_> {
     ) -> Result<Class, Violation> {
         let from = prog == "berth_from_ctr";
         let fragment = be16(f, 12) == Some(pkt::ETH_P_IP)
-            && datagram_of(f, ETH_LEN).is_some_and(|(_, off, mf)| off != 0 || mf);
+            && datagram_of(f, ETH_LEN).is_some_and(|(_, off, mf)| off != 0 || mf)
+            || be16(f, 12) == Some(pkt::ETH_P_IPV6) && v6::is_fragment(f);
         match code {
             TC_ACT_OK if out == f => Ok(Class::Pass),
             TC_ACT_SHOT if out == f => Ok(Class::Drop),
@@ -621,6 +638,9 @@ impl Run<'_> {
     fn check_nat(&mut self, env: &Env, dir: Dir, f: &[u8], out: &[u8]) -> Result<(), Violation> {
         if out.len() != f.len() {
             return Err(bad("translation changed the frame's length"));
+        }
+        if be16(f, 12) == Some(pkt::ETH_P_IPV6) {
+            return self.check_nat6(env, dir, f, out);
         }
         if be16(f, 12) != Some(pkt::ETH_P_IP) || f.len() < ETH_LEN + 20 {
             return Err(bad("translated a frame that is not untagged IPv4"));
@@ -1080,8 +1100,8 @@ fn ingress_seeds() -> Vec<Vec<u8>> {
     s.push(pkt::arp_request(CLIENT, HOST));
     s.push(Ipv6Packet::new(pkt::TCP, 8080).frame());
     // IPv6 behind extension-header chains, to ports published over IPv6
-    // ([`setup`]): the parser's walk is mutated; every frame must still
-    // pass byte-identical (no NAT66 yet).
+    // ([`setup`]): the parser's walk is mutated, and what NAT66
+    // translates is judged (`v6.rs`).
     {
         use pkt::V6Ext::{DestOpts, Fragment, HopByHop, Routing};
         let first = Fragment {
@@ -1103,6 +1123,7 @@ fn ingress_seeds() -> Vec<Vec<u8>> {
         s.push(Ipv6Packet::new(pkt::UDP, 8053).with_ext(&[later]).frame());
         s.push(Ipv6Packet::icmpv6(135, 0).frame());
     }
+    s.extend(v6::ingress_seeds6());
     s.push(pkt::vlan_tagged(
         &Packet::tcp(CLIENT, 40000, HOST, 8080).frame(),
         10,
@@ -1223,6 +1244,7 @@ fn reply_seeds() -> Vec<Vec<u8>> {
         from_c1(Packet::tcp(C1, 80, CLIENT, 40000)),
         0x7202,
     ));
+    s.extend(v6::reply_seeds6());
     s
 }
 
@@ -1305,7 +1327,9 @@ fn setup(env: &mut Env, model: &Model) {
     publish6(env);
 }
 
-/// The IPv6 seeds' ports, published as the daemon's adapter encodes them.
+/// The IPv6 seeds' ports ([`v6::MAPPINGS6`]), published as the daemon's
+/// adapter encodes them; `2001:db8::1` is the host's. The container has
+/// no policy, so NAT66 opens flows and its output is judged.
 fn publish6(env: &mut Env) {
     use berth::datapath::bpf_keys::{backend6, service_key6};
     let mut m: aya::maps::HashMap<
@@ -1313,17 +1337,20 @@ fn publish6(env: &mut Env) {
         berth_maps::ServiceKey6,
         berth_maps::Backend6,
     > = aya::maps::HashMap::try_from(env.ebpf.map_mut(berth_maps::SERVICES6_MAP).unwrap()).unwrap();
-    let ctr: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
-    for (host, port, proto, to) in [
-        (std::net::Ipv6Addr::UNSPECIFIED, 8080, Protocol::Tcp, 80),
-        (pkt::HOST6, 8053, Protocol::Udp, 53),
-    ] {
-        m.insert(service_key6(host, port, proto), backend6(ctr, to, 0), 0)
-            .unwrap();
+    for (host, port, proto, to) in v6::MAPPINGS6 {
+        let proto = if proto == pkt::TCP {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        };
+        m.insert(
+            service_key6(host, port, proto),
+            backend6(v6::CTR6, to, 0),
+            0,
+        )
+        .unwrap();
     }
-    // With policy and no rule: NAT66 refuses every new flow, so the IPv4
-    // translation rules here never meet an IPv6 translation.
-    env.set_endpoint6(ctr, 7, true);
+    env.host_addr6(pkt::HOST6);
 }
 
 /// Forgets all flows and sets up the seeds' flows again.
@@ -1333,6 +1360,7 @@ fn reset_flows(env: &mut Env) {
         let v = env.tc("berth_ingress", &p.frame());
         assert_eq!(v.code, TC_ACT_REDIRECT, "setting up {p:?}");
     }
+    v6::reset_flows6(env);
 }
 
 /// Judges one test run of `prog` on `input` by the run's rules, against
@@ -1352,6 +1380,7 @@ pub fn judge(
         report: Report::default(),
         frags: HashMap::new(),
         policy_frags: HashMap::new(),
+        frags6: HashMap::new(),
     };
     match run.judge(env, prog, input, code, out) {
         Ok(Class::Pass) => Ok("pass"),
@@ -1400,6 +1429,7 @@ pub fn run(cfg: &Config) -> Report {
             },
             frags: HashMap::new(),
             policy_frags: HashMap::new(),
+            frags6: HashMap::new(),
         };
         // One stream per program, so a program's frames do not depend on
         // how many others ran.

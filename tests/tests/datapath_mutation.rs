@@ -52,6 +52,100 @@ fn mutated_frames_keep_the_nat_invariants() {
         report.ipv6_parsed > 0,
         "no mutated IPv6 frame reached a published IPv6 port"
     );
+    // NAT66 output is judged too, both ways.
+    for (i, side) in ["uplink", "bridge"].iter().enumerate() {
+        assert!(
+            report.ipv6_translated[i] * 200 >= cfg.frames,
+            "only {} IPv6 frames translated at the {side}",
+            report.ipv6_translated[i]
+        );
+    }
+}
+
+/// The NAT66 rules catch a wrong translation as the IPv4 ones do: a real
+/// one (of the remapped seed flow, both ways) passes, and the same output
+/// with one more change, or the client's own port where the remap says
+/// another, does not.
+#[test]
+fn the_invariants_reject_a_wrong_nat66_translation() {
+    use berth_integration::pkt::{Ipv6Packet, CLIENT6, HOST6};
+    in_fixture_ns(|env| {
+        publish_model(env);
+        let l4 = pkt::ETH_LEN + 40;
+        let mut p = Ipv6Packet::new(pkt::TCP, 8080);
+        p.payload = vec![0x11; 20];
+        // Opens client:40000 -> 8080, then the clashing one to 8081.
+        let first = p.frame();
+        let v = env.tc("berth_ingress", &first);
+        assert_eq!(v.code, 7);
+        assert_eq!(
+            judge(env, "berth_ingress", &first, v.code, &v.frame),
+            Ok("translated")
+        );
+        p.dport = 8081;
+        let input = p.frame();
+        let v = env.tc("berth_ingress", &input);
+        assert_eq!(v.code, 7);
+        assert_eq!(
+            judge(env, "berth_ingress", &input, v.code, &v.frame),
+            Ok("translated")
+        );
+        let remapped = u16::from_be_bytes([v.frame[l4], v.frame[l4 + 1]]);
+        assert_ne!(remapped, 40000, "the seed flow was remapped");
+        let wrong: [(&str, usize, u8); 6] = [
+            ("payload byte", l4 + 25, 0x01),
+            ("destination port", l4 + 3, 0x01),
+            ("tcp flags", l4 + 13, 0x08),
+            ("flow label", pkt::ETH_LEN + 3, 0x01),
+            ("hop limit", pkt::ETH_LEN + 7, 0x01),
+            ("source address", pkt::ETH_LEN + 23, 0x01),
+        ];
+        for (what, off, xor) in wrong {
+            let mut out = v.frame.clone();
+            out[off] ^= xor;
+            assert!(
+                judge(env, "berth_ingress", &input, v.code, &out).is_err(),
+                "a changed {what} went unnoticed"
+            );
+        }
+        let mut out = v.frame.clone();
+        out[l4 + 16] ^= 0x01;
+        let err = judge(env, "berth_ingress", &input, v.code, &out).unwrap_err();
+        assert!(err.contains("checksum"), "{err}");
+        // The client's own port where the remap says another (checksum
+        // kept right, so only the port rule can catch it).
+        let mut out = v.frame.clone();
+        let own = 40000u16.to_be_bytes();
+        let c = u16::from_be_bytes([out[l4 + 16], out[l4 + 17]]);
+        let c = pkt::keep_csum_error(c, 40000, remapped);
+        out[l4..l4 + 2].copy_from_slice(&own);
+        out[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+        let err = judge(env, "berth_ingress", &input, v.code, &out).unwrap_err();
+        assert!(err.contains("remap"), "{err}");
+        // The reply of the remapped flow goes back to the client's own
+        // port; leaving it on the remapped one is caught.
+        let mut r = Ipv6Packet::new(pkt::TCP, remapped);
+        (r.src, r.sport, r.dst) = ("fd00::2".parse().unwrap(), 80, CLIENT6);
+        let reply = r.frame();
+        let v = env.tc("berth_reply", &reply);
+        assert_eq!(v.code, 7);
+        assert_eq!(
+            judge(env, "berth_reply", &reply, v.code, &v.frame),
+            Ok("translated")
+        );
+        assert_eq!(&v.frame[l4 + 2..l4 + 4], &own, "back to the client's port");
+        assert_eq!(
+            &v.frame[pkt::ETH_LEN + 8..pkt::ETH_LEN + 24],
+            &HOST6.octets()
+        );
+        let mut out = v.frame.clone();
+        out[l4 + 2..l4 + 4].copy_from_slice(&remapped.to_be_bytes());
+        let c = u16::from_be_bytes([out[l4 + 16], out[l4 + 17]]);
+        let c = pkt::keep_csum_error(c, remapped, 40000);
+        out[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+        let err = judge(env, "berth_reply", &reply, v.code, &out).unwrap_err();
+        assert!(err.contains("remap"), "{err}");
+    });
 }
 
 /// The rules catch what they are meant to: a real translation passes them,

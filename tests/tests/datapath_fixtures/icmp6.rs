@@ -20,14 +20,14 @@ use crate::{ipv6::publish6, run::TC_ACT_REDIRECT};
 const C1_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 const C2_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
 /// A router on the client's side of the uplink.
-const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
+pub(crate) const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
 const L4: usize = pkt::ETH_LEN + 40;
 const TC_OK: u32 = 0;
 const TC_SHOT: u32 = 2;
-const PACKET_TOO_BIG: u8 = 2;
-const DEST_UNREACH: u8 = 1;
+pub(crate) const PACKET_TOO_BIG: u8 = 2;
+pub(crate) const DEST_UNREACH: u8 = 1;
 const TIME_EXCEEDED: u8 = 3;
-const PORT_UNREACH: u8 = 4;
+pub(crate) const PORT_UNREACH: u8 = 4;
 
 /// `[::]:8080` -> `[fd00::2]:80` (TCP), `[2001:db8::1]:8053` -> `:53`
 /// (UDP); `2001:db8::1` is the host's; nobody has policy.
@@ -41,7 +41,7 @@ fn setup(env: &mut Env) {
 }
 
 /// A TCP segment with 100 bytes of data (checksum over all of it).
-fn tcp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, flags: u8) -> Vec<u8> {
+pub(crate) fn tcp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, flags: u8) -> Vec<u8> {
     let mut p = Ipv6Packet::new(pkt::TCP, dport);
     (p.src, p.dst, p.sport, p.hop_limit) = (src, dst, sport, 63);
     p.payload = vec![0x5a; 100];
@@ -63,7 +63,7 @@ fn udp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, hop: u8) -> Vec<u8>
 /// An `ICMPv6` error `ty`/`code` from `src` to `dst` quoting the first
 /// `quote` bytes of `about`'s IPv6 packet (all of it if shorter); hop
 /// limit 64.
-fn error6(
+pub(crate) fn error6(
     (ty, code): (u8, u8),
     src: Ipv6Addr,
     dst: Ipv6Addr,
@@ -83,7 +83,7 @@ fn error6(
     p
 }
 
-fn frame(p: &Ipv6Packet, hop: u8) -> Vec<u8> {
+pub(crate) fn frame(p: &Ipv6Packet, hop: u8) -> Vec<u8> {
     let mut p = p.clone();
     p.hop_limit = hop;
     p.frame()

@@ -17,6 +17,7 @@ mod ipv6;
 mod migrated;
 mod nat66;
 mod nexthop;
+mod remap66;
 mod reply;
 mod run;
 mod table;

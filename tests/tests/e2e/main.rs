@@ -28,6 +28,7 @@ mod metrics;
 mod metrics6;
 mod policy_bypass;
 mod publish6;
+mod remap6;
 mod restart_and_guard;
 mod security_groups;
 mod security_groups6;

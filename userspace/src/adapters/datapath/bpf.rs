@@ -160,6 +160,8 @@ pub struct BpfDatapath {
     /// The IPv6 published-port flow tables (`flows6.rs`), outside the
     /// mutex as `flows`.
     pub(super) nat6_flows: Vec<super::flows6::FlowMap6<berth_maps::NatEntry6>>,
+    /// The IPv6 clash remaps (`remap6.rs`), swept after `nat6_flows`.
+    pub(super) nat6_fwd: super::flows6::FlowMap6<berth_maps::NatFwd6>,
     pub(super) policy: Mutex<PolicyMaps>,
     pub(super) timeouts: Mutex<FlowTimeouts>,
     /// `--max-mappings`, for the error when the tables are full.
@@ -551,6 +553,7 @@ impl BpfDatapath {
                 map: take_map(&mut ebpf, berth_maps::NAT6_NEW_MAP)?,
             },
         ];
+        let nat6_fwd = super::remap6::fwd6_table(take_map(&mut ebpf, berth_maps::NAT6_FWD_MAP)?);
         // Every table keyed by the container-side tuple with a NatEntry:
         // forgetting a binding's flows and expiry cover each of them.
         let flows = vec![
@@ -620,6 +623,7 @@ impl BpfDatapath {
             ct_flows,
             ct6_flows,
             nat6_flows,
+            nat6_fwd,
             policy: Mutex::new(policy),
             timeouts: Mutex::new(FlowTimeouts::default()),
             max_mappings: config.capacity.max_mappings,

@@ -77,6 +77,7 @@ impl Capacity {
             (berth_maps::CT6_MAP, ct.unwrap_or(self.max_flows)),
             (berth_maps::NAT6_MAP, nat),
             (berth_maps::NAT6_NEW_MAP, embryonic),
+            (berth_maps::NAT6_FWD_MAP, nat),
             (berth_maps::CT6_NEW_MAP, embryonic),
             (SOCK_REV_MAP, lru),
             (berth_maps::SOCK_REV6_MAP, lru),

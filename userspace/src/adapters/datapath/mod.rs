@@ -20,6 +20,7 @@ mod policy;
 mod policy6;
 mod port_addrs;
 mod ports;
+mod remap6;
 mod rings;
 mod services6;
 pub mod status;

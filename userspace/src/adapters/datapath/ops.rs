@@ -313,6 +313,7 @@ impl Datapath for BpfDatapath {
         let n = self.sweep_nat(owned_by(gone))?;
         self.forget_orphan_remaps();
         let n6 = self.sweep_nat6(owned_by6(gone))?;
+        self.forget_orphan_remaps6();
         Ok(n + n6)
     }
 
@@ -390,6 +391,7 @@ impl Datapath for BpfDatapath {
             + self.sweep_nat6(owned_by_none_of6(keep_bindings))?;
         if forgotten > 0 {
             self.forget_orphan_remaps();
+            self.forget_orphan_remaps6();
             tracing::info!(
                 flows = forgotten,
                 "forgot tracked flows of bindings the store does not have"
@@ -434,6 +436,7 @@ impl Datapath for BpfDatapath {
             gone.contains(&e.host_addr) && !bound.contains(&svc)
         })?;
         if ended > 0 {
+            self.forget_orphan_remaps6();
             tracing::info!(flows = ended, "IPv6 flows ended with their host address");
         }
         Ok(())
@@ -537,6 +540,7 @@ impl Datapath for BpfDatapath {
         let expired = self.sweep_nat(|k, v, table| flow_expired(k, v, table, now, &t))?;
         self.forget_orphan_remaps();
         let expired6 = self.sweep_nat6(|k, v, table| nat6_expired(k, v, table, now, &t))?;
+        self.forget_orphan_remaps6();
         Ok(expired + expired6 + from_policy + from_policy6)
     }
 
