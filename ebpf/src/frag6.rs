@@ -33,7 +33,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use berth_maps::{
-    tail::{self, FRAG6_CB_DNAT, FRAG6_CB_FROM_CTR, FRAG6_CB_SNAT},
+    tail::{self, FRAG6_CB_DNAT, FRAG6_CB_SNAT},
     Counter, FragEntry6, FragKey6, FRAGS6_CAPACITY, FRAG_K_DNAT, FRAG_K_POLICY, FRAG_K_POLICY_OUT,
     FRAG_K_SNAT, FRAG_TIMEOUT_NS, FRAG_V_ALLOW, FRAG_V_DENY, PROTO_TCP, PROTO_UDP,
 };
@@ -316,7 +316,9 @@ pub(crate) fn to_frag6(ctx: &TcContext, cb: u32) -> i32 {
 
 /// What a container sends, judged already, at its veth: a fragment whose
 /// fragment header follows the fixed header (as a sender's kernel writes
-/// it) is translated here, by NAT66's reply SNAT in `berth_frag6` (the
+/// it) is translated here, by NAT66's reply SNAT: `berth_reply6` itself,
+/// tail-called through its slot (`berth_frag6`, which later fragments
+/// reach, has no stack left for NAT66's reply beside its own work; the
 /// bridge may reassemble fragments, `br_netfilter`, into a datagram
 /// longer than the uplink's MTU, which BPF cannot cut again); anything
 /// else goes on to the bridge, where `berth_reply6` translates it.
@@ -324,21 +326,17 @@ pub(crate) fn to_frag6(ctx: &TcContext, cb: u32) -> i32 {
 pub(crate) fn from_ctr6(ctx: &TcContext) -> i32 {
     let next = ptr_at::<u8>(ctx.data(), ctx.data_end(), ETH_LEN + 6);
     if next.is_some_and(|n| unsafe { *n } == crate::parse6::NEXTHDR_FRAGMENT) {
-        return to_frag6(ctx, FRAG6_CB_FROM_CTR);
+        crate::tails::tail_call(ctx, tail::REPLY6);
     }
     TC_ACT_OK
 }
 
 /// An IPv6 fragment, tail-called (slot `FRAG6`) by `berth_ingress6` or
 /// `berth_reply6` with a later fragment (`cb[0]` says which: it follows
-/// what its datagram's first fragment got), or by `berth_from_ctr6` with
-/// any fragment a container sends (NAT66's reply SNAT, `nat6::reply6`).
+/// what its datagram's first fragment got).
 #[classifier]
 pub(crate) fn berth_frag6(ctx: TcContext) -> i32 {
     let cb = unsafe { (*ctx.skb.skb).cb[0] };
-    if cb == FRAG6_CB_FROM_CTR {
-        return crate::nat6::reply6(&ctx);
-    }
     let Parsed6::Fragment(f) = parse_packet6(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
         return TC_ACT_OK;
     };

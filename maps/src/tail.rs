@@ -56,11 +56,6 @@ pub const PROGRAM_FRAG6: &str = "berth_frag6";
 pub const FRAG6_CB_DNAT: u32 = 1;
 /// `cb[0]` for [`PROGRAM_FRAG6`]: a later fragment at the bridge (SNAT).
 pub const FRAG6_CB_SNAT: u32 = 2;
-/// `cb[0]` for [`PROGRAM_FRAG6`]: a fragment (first or later) a container
-/// sends, at its veth: NAT66's reply SNAT before the bridge, which may
-/// reassemble it (`br_netfilter`) into a datagram longer than the uplink's
-/// MTU.
-pub const FRAG6_CB_FROM_CTR: u32 = 3;
 /// The `ICMPv6` error translation (slot [`ICMP6`]).
 pub const PROGRAM_ICMP6: &str = "berth_icmp6";
 
