@@ -18,6 +18,7 @@ mod nat66;
 mod nexthop;
 mod reply;
 mod run;
+mod svc_cache;
 mod table;
 mod tails;
 mod tracking;
