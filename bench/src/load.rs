@@ -252,6 +252,26 @@ fn recv_batch(s: &UdpSocket, bufs: &mut [[u8; 64]]) -> usize {
 
 // ---------------------------------------------------------------- clients
 
+/// The calling thread's network namespace's `TCPSynRetrans` (TcpExt): SYNs
+/// sent again because no answer came within the retransmission timer.
+pub fn syn_retransmits() -> u64 {
+    let Ok(text) = std::fs::read_to_string("/proc/thread-self/net/netstat") else {
+        return 0;
+    };
+    let mut lines = text.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        let i = names.split_whitespace().position(|n| n == "TCPSynRetrans");
+        return i
+            .and_then(|i| values.split_whitespace().nth(i))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+    }
+    0
+}
+
 /// Sequential short connections for `dur`: connect, send a request, read
 /// to EOF. Returns (connections, seconds).
 pub fn conn_rate(ns: &NetNs, target: SocketAddr, dur: Duration) -> Result<(u64, f64)> {

@@ -1,7 +1,7 @@
 //! The uplink ingress pipeline, one for TC (`berth_ingress`) and XDP
 //! (`berth_xdp`): source checks, parse, decide, translate, deliver. What
 //! differs between the hooks is behind [`Hook`].
-use berth_maps::{Backend, Counter, FRAG_K_DNAT, FRAG_V_ALLOW};
+use berth_maps::{Backend, Counter, FRAG_K_DNAT, FRAG_V_ALLOW, PROTO_TCP};
 
 use crate::{
     ct::ct_now,
@@ -12,11 +12,12 @@ use crate::{
     hook::Hook,
     icmp::{ct_lookup_icmp_from_outside, icmp_rewrite, parse_icmp_error, IcmpError, Quoted},
     maps::count,
-    nat::{ct_track_ingress, ingress_rewrite, Rewrite, Tracked},
+    nat::{ct_track_established, ct_track_ingress, ingress_rewrite, Rewrite, Tracked},
     nexthop::next_hop_to_container,
-    parse::{parse_packet, Flow, Frag, Parsed, IP_DST_OFF},
-    service::{is_host_addr, service_find},
+    parse::{parse_packet, Flow, Frag, Parsed, IP_DST_OFF, TCP_FLAG_SYN},
+    service::{is_host_addr, service_find, Service},
     spoof,
+    svc_cache::{svc_cache_fresh, svc_cache_get, svc_cache_put},
 };
 
 /// Outcome of the hook-independent part of ingress.
@@ -142,6 +143,9 @@ fn ingress_decide(data: usize, data_end: usize, frame_len: usize, ifindex: u32) 
         Parsed::Fragment(f) => return ingress_frag(&f),
         Parsed::Flow(f) => f,
     };
+    if let Some(hit) = ingress_established(&flow, data, data_end, ifindex) {
+        return hit;
+    }
     let Some(svc) = service_find(flow.proto, flow.dst_addr_be, flow.dst_port_be) else {
         count(Counter::IngressPass);
         return Ingress::Pass;
@@ -158,7 +162,34 @@ fn ingress_decide(data: usize, data_end: usize, frame_len: usize, ifindex: u32) 
         return Ingress::Drop;
     }
     let now = ct_now();
-    let sport_be = match ct_track_ingress(&flow, &svc, data, data_end, now, ifindex) {
+    if flow.proto == PROTO_TCP {
+        svc_cache_put(flow.proto, flow.dst_addr_be, flow.dst_port_be, &svc, now);
+    }
+    let tracked = ct_track_ingress(&flow, &svc, data, data_end, now, ifindex);
+    tracked_to(flow, &svc, tracked, now)
+}
+
+/// An established TCP flow's packet, on the cached service answer
+/// (`svc_cache.rs`); `None`: take the full path (no fresh answer, a
+/// packet that could open a flow or must expire, no flow under it).
+#[inline(always)]
+fn ingress_established(flow: &Flow, data: usize, data_end: usize, ifindex: u32) -> Option<Ingress> {
+    if flow.proto != PROTO_TCP || flow.tcp_flags & TCP_FLAG_SYN != 0 || flow.ttl <= 1 {
+        return None;
+    }
+    let (svc, checked_ns) = svc_cache_get(flow.proto, flow.dst_addr_be, flow.dst_port_be)?;
+    let now = ct_now();
+    if !svc_cache_fresh(checked_ns, now) {
+        return None;
+    }
+    let tracked = ct_track_established(flow, &svc, data, data_end, now, ifindex)?;
+    Some(tracked_to(*flow, &svc, tracked, now))
+}
+
+/// What tracking decided, as the pipeline's outcome.
+#[inline(always)]
+fn tracked_to(flow: Flow, svc: &Service, tracked: Tracked, now: u64) -> Ingress {
+    let sport_be = match tracked {
         Tracked::Forward(port) => port,
         Tracked::Drop => return Ingress::Drop,
         Tracked::NotOurs => {

@@ -61,6 +61,7 @@ mod sock;
 mod sock6;
 mod spoof;
 mod stats;
+mod svc_cache;
 mod sys;
 mod tails;
 mod tc;

@@ -251,6 +251,73 @@ impl From<Result<u16, ()>> for Tracked {
     }
 }
 
+/// The tracked flow of a client packet to `svc`, refreshed (and promoted
+/// when it completes the handshake): `Some(Ok(port))` forward with this
+/// client port towards the container, `Some(Err)` drop (the established
+/// table has no room), `None` no flow of this packet under `svc`. Also
+/// `fwd`: what `BERTH_NAT_FWD` said about the packet's wire tuple, when
+/// it was asked (a clash's remapped flow lives under another port).
+#[inline(always)]
+fn ct_track_known(
+    flow: &Flow,
+    backend: &Backend,
+    seg: &Seg,
+    key: &FlowKey,
+    now: u64,
+) -> (Option<Result<u16, ()>>, Option<NatFwd>) {
+    // The common case: one lookup in BERTH_NAT.
+    if let Some(r) = nat_ingress_known(key, flow, seg, now) {
+        return (Some(r), None);
+    }
+    let fwd = unsafe { BERTH_NAT_FWD.get(&flow.key()) }.copied();
+    let again = match fwd {
+        Some(f) if f.backend_addr_be == backend.addr_be && f.backend_port_be == backend.port_be => {
+            let mut remapped = *key;
+            remapped.dst_port_be = f.remap_port_be;
+            nat_ingress_known(&remapped, flow, seg, now)
+        }
+        _ => None,
+    };
+    (again, fwd)
+}
+
+/// A tracked flow refused: only when the established table has no room
+/// for it.
+#[inline(always)]
+fn known_refused(flow: &Flow, backend: &Backend, ifindex: u32) {
+    flow_log_refused(&refused(
+        FLOW_EV_REJECT_FULL,
+        flow,
+        backend.addr_be,
+        backend.port_be,
+        ifindex,
+    ));
+    dp_log(EV_NAT_FULL, flow.src_addr_be, 0, 0, 0);
+}
+
+/// [`ct_track_ingress`] for a packet that cannot open a flow, on a service
+/// answer from the cache (`svc_cache.rs`): `None` when no tracked flow of
+/// the packet is under that answer's container (the caller then takes
+/// the full path, which looks the service up).
+#[inline(always)]
+pub(crate) fn ct_track_established(
+    flow: &Flow,
+    svc: &Service,
+    data: usize,
+    data_end: usize,
+    now: u64,
+    ifindex: u32,
+) -> Option<Tracked> {
+    let backend = &svc.backend;
+    let seg = tcp_seg(flow, data, data_end);
+    let key = nat_key(flow.proto, backend, flow.src_addr_be, flow.src_port_be);
+    let known = ct_track_known(flow, backend, &seg, &key, now).0?;
+    if known.is_err() {
+        known_refused(flow, backend, ifindex);
+    }
+    Some(known.into())
+}
+
 /// The tracked flow of a client packet (refreshed, and promoted when it
 /// completes the handshake), or a new one when the packet may open one.
 #[inline(always)]
@@ -269,52 +336,22 @@ pub(crate) fn ct_track_ingress(
         Seg::default()
     };
     let key = nat_key(flow.proto, backend, flow.src_addr_be, flow.src_port_be);
-    // The common case: one lookup in BERTH_NAT.
-    let known = match nat_ingress_known(&key, flow, &seg, now) {
-        Some(r) => r,
-        None => {
-            // A flow whose reply tuple clashed lives under its remapped port.
+    let known = match ct_track_known(flow, backend, &seg, &key, now) {
+        (Some(r), _) => r,
+        (None, fwd) => {
             let wire = flow.key();
-            let fwd = unsafe { BERTH_NAT_FWD.get(&wire) }.copied();
-            let again = match fwd {
-                Some(f)
-                    if f.backend_addr_be == backend.addr_be
-                        && f.backend_port_be == backend.port_be =>
-                {
-                    let mut remapped = key;
-                    remapped.dst_port_be = f.remap_port_be;
-                    nat_ingress_known(&remapped, flow, &seg, now)
-                }
-                _ => None,
-            };
-            match again {
-                Some(r) => r,
-                None => {
-                    // The host-address check of a wildcard mapping, here
-                    // rather than per packet: a tracked flow's entry holds
-                    // the address this check passed for (`nat_owns`), and
-                    // the daemon ends the flows of an address the host no
-                    // longer has.
-                    if svc.wildcard && !is_host_addr(flow.dst_addr_be) {
-                        return Tracked::NotOurs;
-                    }
-                    return nat_open(flow, backend, &seg, key, &wire, fwd.is_some(), now, ifindex)
-                        .into();
-                }
+            // The host-address check of a wildcard mapping, here rather
+            // than per packet: a tracked flow's entry holds the address
+            // this check passed for (`nat_owns`), and the daemon ends the
+            // flows of an address the host no longer has.
+            if svc.wildcard && !is_host_addr(flow.dst_addr_be) {
+                return Tracked::NotOurs;
             }
+            return nat_open(flow, backend, &seg, key, &wire, fwd.is_some(), now, ifindex).into();
         }
     };
     if known.is_err() {
-        // A tracked flow is refused only when the established table has
-        // no room for it.
-        flow_log_refused(&refused(
-            FLOW_EV_REJECT_FULL,
-            flow,
-            backend.addr_be,
-            backend.port_be,
-            ifindex,
-        ));
-        dp_log(EV_NAT_FULL, flow.src_addr_be, 0, 0, 0);
+        known_refused(flow, backend, ifindex);
     }
     known.into()
 }

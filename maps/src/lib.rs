@@ -129,8 +129,18 @@ pub const MAPS: [&str; 35] = [
 /// each load of the programs starts it empty and no pin ever holds it.
 pub const NEXT_HOPS_MAP: &str = "BERTH_NEXT_HOPS";
 
+/// The uplink's service-answer cache for established TCP packets
+/// (`ebpf/src/svc_cache.rs`): per CPU, not pinned, as [`NEXT_HOPS_MAP`].
+pub const SVC_CACHE_MAP: &str = "BERTH_SVC_CACHE";
+
 /// Maps of the eBPF object that are not pinned.
-pub const UNPINNED_MAPS: [&str; 4] = [NEXT_HOPS_MAP, FLOW_LOG_RING, DP_LOG_MAP, DP_LOG_BUCKET_MAP];
+pub const UNPINNED_MAPS: [&str; 5] = [
+    NEXT_HOPS_MAP,
+    FLOW_LOG_RING,
+    DP_LOG_MAP,
+    DP_LOG_BUCKET_MAP,
+    SVC_CACHE_MAP,
+];
 
 // ---------------------------------------------------------------- timeouts
 //

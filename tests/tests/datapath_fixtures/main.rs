@@ -20,6 +20,7 @@ mod nexthop;
 mod remap66;
 mod reply;
 mod run;
+mod svc_cache;
 mod table;
 mod tails;
 mod tracking;

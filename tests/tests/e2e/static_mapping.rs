@@ -534,3 +534,40 @@ fn a_container_recreated_at_a_freed_address_is_reached_at_once() {
         t.elapsed()
     );
 }
+
+/// Established packets find their mapping in a per-CPU cache (README "The
+/// service answer of an established TCP flow is cached"); a new connection
+/// never does: a port moved to another container while a connection to
+/// the first is busy serves the next connection from the new one at once.
+fn a_port_moved_under_a_busy_connection(mode: Mode) {
+    let rig = Rig::builder().mode(mode).start();
+    let _echo = echo_server(&rig.topo.container.ns, 7);
+    let _web = rig.serve_http(&rig.topo.container2.ns, 80);
+    rig.map_add("echo", "172.17.0.2", &["8080:7"]);
+    let addr = rig.topo.host.addr(8080);
+    let mut conn = rig
+        .topo
+        .client
+        .ns
+        .run(move || tcp_connect(addr, T))
+        .expect("connect");
+    for _ in 0..20 {
+        assert_eq!(echo(&mut conn, "ping"), "ping");
+    }
+    rig.berth(&["map", "rm", "--task", "echo"]);
+    rig.map_add("web", "172.17.0.3", &["8080:80"]);
+    let body = rig
+        .client_get(8080)
+        .expect("the next connection reaches the new container");
+    assert_eq!(peer_ip(&body), "192.0.2.2");
+}
+
+#[test]
+fn a_port_moved_under_a_busy_connection_serves_the_next_one_from_the_new_container_tc() {
+    a_port_moved_under_a_busy_connection(Mode::Tc);
+}
+
+#[test]
+fn a_port_moved_under_a_busy_connection_serves_the_next_one_from_the_new_container_xdp() {
+    a_port_moved_under_a_busy_connection(Mode::Xdp);
+}
