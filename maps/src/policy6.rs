@@ -8,7 +8,7 @@
 //! receiver's ingress rules, and each tracks what it allowed under its own
 //! side ([`CT6_SIDE_EGRESS`], [`CT6_SIDE_INGRESS`] in the key), so one
 //! port's verdict never stands in for another's.
-use crate::{Endpoint, FlowKey6, CT_CAPACITY, CT_NEW_CAPACITY, MAX_RULES};
+use crate::{lru_capacity, Endpoint, FlowKey6, DEFAULT_MAX_FLOWS6, MAX_RULES};
 
 pub const PROTO_ICMPV6: u8 = 58;
 
@@ -63,9 +63,10 @@ pub struct SgMember6 {
 /// rules: never evicts) and not yet ([`crate::CT_NEW_MAP`]'s: LRU), keyed
 /// by the flow's first packet with its side in `_pad[0]`.
 pub const CT6_MAP: &str = "BERTH_CT6";
-pub const CT6_CAPACITY: u32 = CT_CAPACITY;
+/// Sized by `--max-flows6` ([`DEFAULT_MAX_FLOWS6`]).
+pub const CT6_CAPACITY: u32 = DEFAULT_MAX_FLOWS6;
 pub const CT6_NEW_MAP: &str = "BERTH_CT6_NEW";
-pub const CT6_NEW_CAPACITY: u32 = CT_NEW_CAPACITY;
+pub const CT6_NEW_CAPACITY: u32 = lru_capacity(DEFAULT_MAX_FLOWS6);
 /// `FlowKey6::_pad[0]` of a flow a container opened, judged by its egress
 /// rules at its veth's ingress.
 pub const CT6_SIDE_EGRESS: u8 = 1;

@@ -2,7 +2,7 @@
 //! NAT66 keeps (the datapath foundation of issue 15). Each mirrors its IPv4
 //! counterpart field for field, with 16-byte addresses in network order,
 //! so the tracker (`ct.rs`) and userspace treat both alike.
-use crate::{DEFAULT_MAX_MAPPINGS, HOST_ADDRS_CAPACITY, NAT_CAPACITY, NAT_NEW_CAPACITY};
+use crate::{lru_capacity, DEFAULT_MAX_MAPPINGS, HOST_ADDRS_CAPACITY};
 
 /// Published IPv6 ports: (protocol, host address or `::` for any, host
 /// port) -> [`Backend6`]. Sized by `--max-mappings`, entries allocated on
@@ -121,10 +121,18 @@ pub const HOST_ADDRS6_CAPACITY: u32 = HOST_ADDRS_CAPACITY;
 /// container sends it ([`FlowKey6`] -> [`NatEntry6`]); never evicts, as
 /// [`crate::NAT_MAP`].
 pub const NAT6_MAP: &str = "BERTH_NAT6";
-pub const NAT6_CAPACITY: u32 = NAT_CAPACITY;
+pub const NAT6_CAPACITY: u32 = DEFAULT_MAX_FLOWS6;
 /// IPv6 flows not yet established (LRU), as [`crate::NAT_NEW_MAP`].
 pub const NAT6_NEW_MAP: &str = "BERTH_NAT6_NEW";
-pub const NAT6_NEW_CAPACITY: u32 = NAT_NEW_CAPACITY;
+pub const NAT6_NEW_CAPACITY: u32 = lru_capacity(DEFAULT_MAX_FLOWS6);
+
+/// `--max-flows6` by default: IPv6 flows tracked at once in each IPv6 flow
+/// table (published ports, security groups, socket translations). An
+/// eighth of [`crate::DEFAULT_MAX_FLOWS`]: most hosts carry little or no
+/// IPv6, and the tables of unestablished flows are preallocated, so sizing
+/// them like IPv4's cost every host about 1.2 MiB for traffic it never
+/// sees (issue 11). A host with more IPv6 flows raises it.
+pub const DEFAULT_MAX_FLOWS6: u32 = 2048;
 
 /// One refused packet of a new IPv6 flow to a published port, as the
 /// uplink saw it: [`crate::FlowEvent`] with 16-byte addresses. Both go to

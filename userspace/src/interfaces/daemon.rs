@@ -170,6 +170,16 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
         bpffs = %config.datapath.bpffs.display(),
         "datapath ready"
     );
+    // IPv6 flows get smaller tables than IPv4's by default: say so, and how
+    // to raise them, so a busy IPv6 host does not find out from refusals.
+    let capacity = config.datapath.capacity;
+    tracing::info!(
+        max_flows = capacity.max_flows,
+        max_flows6 = capacity.max_flows6,
+        "flow tables: IPv4 {} flows, IPv6 {} flows (--max-flows, --max-flows6)",
+        capacity.max_flows,
+        capacity.max_flows6
+    );
     let docker = config
         .docker
         .clone()

@@ -1,17 +1,18 @@
 //! Map capacities from `berth daemon --max-flows` and `--max-mappings`,
 //! applied when the maps are created (or migrated, when pinned maps of
 //! another capacity are found): a host pays for the tables it asked for,
-//! not for the largest any host could need.
+//! not for the largest any host could need. IPv6 flows have tables of
+//! their own, sized by `--max-flows6`: most hosts carry far fewer of them.
 use berth_maps::{
-    lru_capacity, CT_MAP, CT_NEW_MAP, DEFAULT_MAX_FLOWS, DEFAULT_MAX_MAPPINGS, MAX_CAPACITY,
-    NAT_FWD_MAP, NAT_MAP, NAT_NEW_MAP, PORTS_MAP, SERVICES_MAP, SOCK_REV_MAP,
+    lru_capacity, CT_MAP, CT_NEW_MAP, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS6, DEFAULT_MAX_MAPPINGS,
+    MAX_CAPACITY, NAT_FWD_MAP, NAT_MAP, NAT_NEW_MAP, PORTS_MAP, SERVICES_MAP, SOCK_REV_MAP,
 };
 
 /// `berth daemon` flags sizing the maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
 pub struct Capacity {
-    /// Flows tracked at once in each flow table (published ports;
-    /// security groups). When one is full, new flows are refused and
+    /// IPv4 flows tracked at once in each IPv4 flow table (published
+    /// ports; security groups); IPv6's are `--max-flows6`. When one is full, new flows are refused and
     /// counted (`nat_table_full`, `ct_table_full`); established ones are never
     /// evicted. An empty table costs 16 bytes per flow of capacity, a
     /// tracked flow about 110 more. The tables of not yet established
@@ -38,6 +39,20 @@ pub struct Capacity {
         value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CAPACITY))
     )]
     pub max_mappings: u32,
+    /// IPv6 flows tracked at once in each IPv6 flow table (published
+    /// ports; security groups), 2 048 by default: an eighth of IPv4's,
+    /// since most hosts carry little IPv6. When one is full, new IPv6 flows
+    /// are refused and counted as IPv4's are. The IPv6 tables of not yet
+    /// established flows and of socket translations get an eighth of it.
+    /// `--nat-max`, `--ct-max` and `--ct-embryonic-max` set IPv6's single
+    /// tables too.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_FLOWS6,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CAPACITY))
+    )]
+    pub max_flows6: u32,
 }
 
 impl Default for Capacity {
@@ -45,6 +60,7 @@ impl Default for Capacity {
         Self {
             max_flows: DEFAULT_MAX_FLOWS,
             max_mappings: DEFAULT_MAX_MAPPINGS,
+            max_flows6: DEFAULT_MAX_FLOWS6,
         }
     }
 }
@@ -59,8 +75,7 @@ impl Capacity {
         embryonic: Option<u32>,
     ) -> Vec<(&'static str, u32)> {
         let lru = lru_capacity(self.max_flows);
-        let nat = nat.unwrap_or(self.max_flows);
-        let embryonic = embryonic.unwrap_or(lru);
+        let lru6 = lru_capacity(self.max_flows6);
         vec![
             (SERVICES_MAP, self.max_mappings),
             (berth_maps::SERVICES6_MAP, self.max_mappings),
@@ -69,18 +84,18 @@ impl Capacity {
                 berth_maps::BINDING_STATS_MAP,
                 berth_maps::binding_stats_capacity(self.max_mappings),
             ),
-            (NAT_MAP, nat),
-            (NAT_FWD_MAP, nat),
+            (NAT_MAP, nat.unwrap_or(self.max_flows)),
+            (NAT_FWD_MAP, nat.unwrap_or(self.max_flows)),
             (CT_MAP, ct.unwrap_or(self.max_flows)),
-            (NAT_NEW_MAP, embryonic),
-            (CT_NEW_MAP, embryonic),
-            (berth_maps::CT6_MAP, ct.unwrap_or(self.max_flows)),
-            (berth_maps::NAT6_MAP, nat),
-            (berth_maps::NAT6_NEW_MAP, embryonic),
-            (berth_maps::NAT6_FWD_MAP, nat),
-            (berth_maps::CT6_NEW_MAP, embryonic),
+            (NAT_NEW_MAP, embryonic.unwrap_or(lru)),
+            (CT_NEW_MAP, embryonic.unwrap_or(lru)),
+            (berth_maps::CT6_MAP, ct.unwrap_or(self.max_flows6)),
+            (berth_maps::NAT6_MAP, nat.unwrap_or(self.max_flows6)),
+            (berth_maps::NAT6_NEW_MAP, embryonic.unwrap_or(lru6)),
+            (berth_maps::NAT6_FWD_MAP, nat.unwrap_or(self.max_flows6)),
+            (berth_maps::CT6_NEW_MAP, embryonic.unwrap_or(lru6)),
             (SOCK_REV_MAP, lru),
-            (berth_maps::SOCK_REV6_MAP, lru),
+            (berth_maps::SOCK_REV6_MAP, lru6),
         ]
     }
 }
@@ -128,11 +143,16 @@ mod tests {
             (m[NAT_NEW_MAP], m[CT_NEW_MAP], m[SOCK_REV_MAP]),
             (512, 512, 512)
         );
-        assert_eq!(m[berth_maps::SOCK_REV6_MAP], 512);
-        // IPv6 published-port flows get what IPv4's get.
+        // IPv6 flows have their own size (`--max-flows6`, 2 048 by
+        // default), whatever IPv4's.
+        assert_eq!(m[berth_maps::SOCK_REV6_MAP], 256);
         assert_eq!(
             (m[berth_maps::NAT6_MAP], m[berth_maps::NAT6_NEW_MAP]),
-            (4096, 512)
+            (2048, 256)
+        );
+        assert_eq!(
+            (m[berth_maps::CT6_MAP], m[berth_maps::CT6_NEW_MAP]),
+            (2048, 256)
         );
         let m = per_map(Some(8), Some(9), Some(10));
         assert_eq!(
@@ -144,6 +164,33 @@ mod tests {
             (m[NAT_NEW_MAP], m[CT_NEW_MAP], m[SOCK_REV_MAP]),
             (10, 10, 512)
         );
+        assert_eq!(m[berth_maps::CT6_MAP], 9, "--ct-max sets IPv6's table too");
+
+        // `--max-flows6` sizes every IPv6 flow table and nothing else.
+        let c6 = parse(&["--max-flows6", "4096"]).unwrap();
+        let six = c6
+            .per_map(None, None, None)
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>();
+        assert_eq!(
+            (six[berth_maps::NAT6_MAP], six[berth_maps::CT6_MAP]),
+            (4096, 4096)
+        );
+        assert_eq!(
+            (
+                six[berth_maps::NAT6_NEW_MAP],
+                six[berth_maps::CT6_NEW_MAP],
+                six[berth_maps::SOCK_REV6_MAP]
+            ),
+            (512, 512, 512)
+        );
+        let defaults = parse(&[]).unwrap().per_map(None, None, None);
+        for (map, n) in defaults {
+            if !map.contains('6') {
+                assert_eq!(six[map], n, "{map} does not follow --max-flows6");
+            }
+        }
+
         let tiny = parse(&["--max-flows", "1"])
             .unwrap()
             .per_map(None, None, None);
@@ -152,7 +199,7 @@ mod tests {
 
     #[test]
     fn zero_and_absurd_sizes_are_refused_in_one_line() {
-        for flag in ["--max-flows", "--max-mappings"] {
+        for flag in ["--max-flows", "--max-mappings", "--max-flows6"] {
             for bad in ["0", "16777217", "-1", "many"] {
                 let e = parse(&[&format!("{flag}={bad}")]).unwrap_err();
                 let first = e.lines().next().unwrap();
