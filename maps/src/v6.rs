@@ -89,7 +89,7 @@ pub struct NatFwd6 {
 /// hash, entries allocated on insert: an idle host pays for the buckets
 /// only, and an established flow's remap is never evicted.
 pub const NAT6_FWD_MAP: &str = "BERTH_NAT6_FWD";
-pub const NAT6_FWD_CAPACITY: u32 = NAT_CAPACITY;
+pub const NAT6_FWD_CAPACITY: u32 = NAT6_CAPACITY;
 
 /// [`crate::nat_remap_port`] for an IPv6 client: its address folded to
 /// 32 bits (the four words, as stored, combined by exclusive or), so
