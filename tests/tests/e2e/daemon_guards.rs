@@ -1024,6 +1024,10 @@ fn capacity_flags_changed_between_restarts_resize_the_tables_and_keep_the_flows(
                 berth_maps::NAT6_CAPACITY
             ),
             format!(
+                "BERTH_NAT6_FWD: capacity {} -> 4096 (0 entries kept)",
+                berth_maps::NAT6_FWD_CAPACITY
+            ),
+            format!(
                 "BERTH_NAT6_NEW: capacity {} -> 1024 (0 entries kept)",
                 berth_maps::NAT6_NEW_CAPACITY
             ),
