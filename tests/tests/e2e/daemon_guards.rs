@@ -1005,8 +1005,10 @@ fn capacity_flags_changed_between_restarts_resize_the_tables_and_keep_the_flows(
                 "BERTH_CT: capacity {} -> 2048 (0 entries kept)",
                 berth_maps::CT_CAPACITY
             ),
-            // BERTH_CT6 is not there: `--max-flows6` gives it 2 048
-            // already, as `--ct-max` does here.
+            format!(
+                "BERTH_CT6: capacity {} -> 2048 (0 entries kept)",
+                berth_maps::CT6_CAPACITY
+            ),
             format!(
                 "BERTH_CT6_NEW: capacity {} -> 1024 (0 entries kept)",
                 berth_maps::CT6_NEW_CAPACITY
@@ -1155,8 +1157,8 @@ fn capacities6(d: &Daemon) -> Vec<(String, u64)> {
     .collect()
 }
 
-/// IPv6 flows get tables of their own size: 2 048 flows by default (an
-/// eighth of IPv4's 16 384), said in the log at start; `--max-flows6`
+/// IPv6 flows get tables of their own size: 16 384 flows by default (as
+/// IPv4's), said in the log at start; `--max-flows6`
 /// resizes them across a restart and leaves IPv4's tables as they were.
 #[test]
 fn max_flows6_sizes_the_ipv6_flow_tables_only_and_the_start_says_so() {
@@ -1172,12 +1174,12 @@ fn max_flows6_sizes_the_ipv6_flow_tables_only_and_the_start_says_so() {
             ("BERTH_SOCK_REV6".to_owned(), lru),
         ]
     };
-    assert_eq!(capacities6(&d), six(2048, 256));
+    assert_eq!(capacities6(&d), six(16384, 2048));
     let ipv4 = capacities(&d);
     assert_eq!(ipv4[0], ("BERTH_NAT".to_owned(), 16384));
     assert!(
         d.stderr()
-            .contains("flow tables: IPv4 16384 flows, IPv6 2048 flows (--max-flows, --max-flows6)"),
+            .contains("flow tables: IPv4 16384 flows, IPv6 16384 flows (--max-flows, --max-flows6)"),
         "{}",
         d.stderr()
     );

@@ -143,16 +143,16 @@ mod tests {
             (m[NAT_NEW_MAP], m[CT_NEW_MAP], m[SOCK_REV_MAP]),
             (512, 512, 512)
         );
-        // IPv6 flows have their own size (`--max-flows6`, 2 048 by
+        // IPv6 flows have their own size (`--max-flows6`, 16 384 by
         // default), whatever IPv4's.
-        assert_eq!(m[berth_maps::SOCK_REV6_MAP], 256);
+        assert_eq!(m[berth_maps::SOCK_REV6_MAP], 2048);
         assert_eq!(
             (m[berth_maps::NAT6_MAP], m[berth_maps::NAT6_NEW_MAP]),
-            (2048, 256)
+            (16384, 2048)
         );
         assert_eq!(
             (m[berth_maps::CT6_MAP], m[berth_maps::CT6_NEW_MAP]),
-            (2048, 256)
+            (16384, 2048)
         );
         let m = per_map(Some(8), Some(9), Some(10));
         assert_eq!(
