@@ -1178,8 +1178,9 @@ fn max_flows6_sizes_the_ipv6_flow_tables_only_and_the_start_says_so() {
     let ipv4 = capacities(&d);
     assert_eq!(ipv4[0], ("BERTH_NAT".to_owned(), 16384));
     assert!(
-        d.stderr()
-            .contains("flow tables: IPv4 16384 flows, IPv6 16384 flows (--max-flows, --max-flows6)"),
+        d.stderr().contains(
+            "flow tables: IPv4 16384 flows, IPv6 16384 flows (--max-flows, --max-flows6)"
+        ),
         "{}",
         d.stderr()
     );
