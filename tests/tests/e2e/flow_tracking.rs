@@ -130,7 +130,12 @@ fn connect_from(local: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream>
 
 /// A line echo server: answers each line with "<peer> <line>".
 fn start_line_echo(ns: &NetNs, port: u16) {
-    let l = ns.run(move || TcpListener::bind(("0.0.0.0", port)).expect("bind echo server"));
+    start_line_echo_on(ns, "0.0.0.0", port);
+}
+
+/// [`start_line_echo`] on `addr` (`"::"` for IPv6 tests).
+pub(super) fn start_line_echo_on(ns: &NetNs, addr: &'static str, port: u16) {
+    let l = ns.run(move || TcpListener::bind((addr, port)).expect("bind echo server"));
     thread::spawn(move || {
         for conn in l.incoming() {
             let Ok(mut c) = conn else { continue };
@@ -150,7 +155,7 @@ fn start_line_echo(ns: &NetNs, port: u16) {
 }
 
 /// One request/answer on an open connection; the peer the server saw.
-fn ask(c: &mut TcpStream, what: &str) -> SocketAddr {
+pub(super) fn ask(c: &mut TcpStream, what: &str) -> SocketAddr {
     c.write_all(format!("{what}\n").as_bytes()).expect("send");
     let mut line = String::new();
     BufReader::new(c.try_clone().unwrap())

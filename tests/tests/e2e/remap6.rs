@@ -5,13 +5,14 @@
 //! the container), each answer comes from the host port asked, and both
 //! stay usable. A remap is forgotten with its flow.
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpStream, UdpSocket},
     thread,
     time::{Duration, Instant},
 };
 
-use berth_integration::{rig::REQUEST_TIMEOUT as T, NetNs, Rig};
+use berth_integration::{rig::REQUEST_TIMEOUT as T, Rig};
+
+use super::flow_tracking::{ask, start_line_echo_on};
 use socket2::{Domain, Socket, Type};
 
 /// A dual-stack rig (daemon `flags`) with `web` (`fd00:17::2`) published
@@ -90,44 +91,10 @@ fn connect_from(local: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream>
     Ok(s)
 }
 
-/// A line echo server on `[::]:port`: answers each line with
-/// "<peer> <line>".
-fn start_line_echo6(ns: &NetNs, port: u16) {
-    let l = ns.run(move || TcpListener::bind(("::", port)).expect("bind echo server"));
-    thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut c) = conn else { continue };
-            thread::spawn(move || {
-                let peer = c.peer_addr().map(|p| p.to_string()).unwrap_or_default();
-                let mut r = BufReader::new(c.try_clone().unwrap());
-                let mut line = String::new();
-                while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-                    if c.write_all(format!("{peer} {line}").as_bytes()).is_err() {
-                        break;
-                    }
-                    line.clear();
-                }
-            });
-        }
-    });
-}
-
-/// One request/answer on an open connection; the peer the server saw.
-fn ask(c: &mut TcpStream, what: &str) -> SocketAddr {
-    c.write_all(format!("{what}\n").as_bytes()).expect("send");
-    let mut line = String::new();
-    BufReader::new(c.try_clone().unwrap())
-        .read_line(&mut line)
-        .expect("answer");
-    let (peer, rest) = line.trim_end().split_once(' ').expect("peer line");
-    assert_eq!(rest, what);
-    peer.parse().unwrap()
-}
-
 #[test]
 fn tcp6_one_client_port_to_two_host_ports_connects_both() {
     let rig = rig_with(&["[::]:8085:80", "[::]:8086:80"]);
-    start_line_echo6(&rig.topo.container.ns, 80);
+    start_line_echo_on(&rig.topo.container.ns, "::", 80);
     let local = rig.topo.client.addr6(45000);
     let (h1, h2) = (rig.topo.host.addr6(8085), rig.topo.host.addr6(8086));
     let (mut a, mut b) = rig.topo.client.ns.run(move || {
