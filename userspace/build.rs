@@ -1,5 +1,6 @@
 //! Builds the eBPF crate (nightly, bpfel-unknown-none, build-std) and leaves
-//! the object in `OUT_DIR` for `include_bytes_aligned!`. `cargo xtask
+//! the object in `OUT_DIR`, and a deflated copy (`berth.deflate`) for the
+//! binary to embed. `cargo xtask
 //! bootstrap` installs the pieces; their location is added to PATH here so a
 //! plain `cargo build` works once bootstrapped.
 use std::{env, path::PathBuf};
@@ -35,6 +36,7 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(&obj, b"")?;
     }
     strip_dwarf(&obj)?;
+    deflate(&obj)?;
     println!(
         "cargo:rerun-if-changed={}",
         concat!(env!("CARGO_MANIFEST_DIR"), "/../maps")
@@ -42,10 +44,27 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Drops the DWARF sections (and their relocations) from the linked object.
-/// The loader and the verifier use its BTF, which bpf-linker made from the
+/// Writes `<object>.deflate`, what the binary embeds. The daemon reads
+/// the object once, when it loads the programs; embedded as it is, its
+/// pages would stay in the daemon's resident memory for good (issue 11).
+/// Deflated, the binary carries a quarter of it, and the inflated copy
+/// is heap the daemon frees as soon as the programs are loaded.
+fn deflate(path: &std::path::Path) -> anyhow::Result<()> {
+    let data = std::fs::read(path)?;
+    let packed = miniz_oxide::deflate::compress_to_vec(&data, 10);
+    std::fs::write(path.with_extension("deflate"), packed)?;
+    Ok(())
+}
+
+/// Drops what no loader reads from the linked object: the DWARF sections
+/// (and their relocations), and the relocations of `.BTF` and `.BTF.ext`.
+/// The loader and the verifier use the BTF, which bpf-linker made from the
 /// DWARF; the DWARF itself is most of the object's size, which the binary
 /// would embed and every daemon start would page in while parsing it.
+/// `.BTF.ext` locates its function and line records by section offsets,
+/// not through relocations (libbpf skips `.rel.BTF.ext` by name; aya reads
+/// none): its relocation section, a quarter of what is left, is dead
+/// weight in the daemon's memory.
 fn strip_dwarf(path: &std::path::Path) -> anyhow::Result<()> {
     let data = std::fs::read(path)?;
     if data.is_empty() {
@@ -55,7 +74,11 @@ fn strip_dwarf(path: &std::path::Path) -> anyhow::Result<()> {
     let mut dropped = false;
     for s in &mut elf.sections {
         let name = s.name.as_slice();
-        if name.starts_with(b".debug") || name.starts_with(b".rel.debug") {
+        if name.starts_with(b".debug")
+            || name.starts_with(b".rel.debug")
+            || name == b".rel.BTF"
+            || name == b".rel.BTF.ext"
+        {
             s.delete = true;
             dropped = true;
         }

@@ -87,7 +87,7 @@ pub fn in_fixture_ns<T: Send + 'static>(f: impl FnOnce(&mut Env) -> T + Send + '
         sh("ip -6 addr add 2001:db8::1/64 dev up0 nodad && ip -6 addr add fd00::1/64 dev docker0 nodad");
         sh("ip -6 neigh add 2001:db8::2 lladdr 02:00:00:00:00:02 dev up0 nud permanent");
         sh("ip -6 neigh add fd00::2 lladdr 02:42:ac:11:00:02 dev docker0 nud permanent");
-        let mut env = load_env(ebpf_object());
+        let mut env = load_env(&ebpf_object().expect("the embedded eBPF object inflates"));
         f(&mut env)
     })
     .join()

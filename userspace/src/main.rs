@@ -20,15 +20,19 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let runtime = if cli.is_daemon() {
+    if cli.is_daemon() {
         init_logging();
-        tokio::runtime::Builder::new_multi_thread()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
     }
-    .enable_all()
-    .build()
-    .context("starting the async runtime")?;
+    // One thread for the daemon too. Its async work is waiting on sockets,
+    // netlink and timers, and short handlers; what takes long (store
+    // commits, walks of the flow tables) runs on the blocking pool. The
+    // multi-threaded runtime would start a worker per CPU (96 on a 96-core
+    // host), each with its stack and malloc arena: memory that follows the
+    // host's size, not the work (issue 11).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(cli.execute())?;
     Ok(())
 }

@@ -40,6 +40,13 @@ fn protocol_of(number: u8) -> Option<Protocol> {
         .find(|p| p.ip_proto() == number)
 }
 
+/// redb's page cache. Its default (1 GiB) keeps every page the daemon ever
+/// read or wrote in the heap; the daemon reads the store once at start
+/// (its desired state lives in the registry afterwards) and writes a few
+/// pages a request, so a small cache costs nothing measurable and the
+/// store's memory stops growing with the number of commits.
+const STORE_CACHE_BYTES: usize = 256 * 1024;
+
 pub struct Store {
     db: Database,
     path: PathBuf,
@@ -57,7 +64,10 @@ impl Store {
                 .map_err(|e| Error::io(format!("creating {}", state_dir.display()), e))?;
         }
         let path = state_dir.join(STORE_FILE);
-        let db = Database::create(&path).map_err(|e| store_err(&path, e))?;
+        let db = redb::Builder::new()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| store_err(&path, e))?;
         let store = Self { db, path };
         // Create the tables up front so readers never see "no such table".
         store.commit(&Commit::default())?;

@@ -31,10 +31,19 @@ use super::{
     AttachMode, DatapathError, FlowTimeouts,
 };
 
-/// The eBPF object built by build.rs, embedded so the binary needs nothing
-/// else at run time.
-pub fn ebpf_object() -> &'static [u8] {
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/berth"))
+/// The eBPF object built by build.rs, embedded (deflated) so the binary
+/// needs nothing else at run time. Inflated into a fresh buffer on each
+/// call: the daemon needs it once, while loading, and then frees it (see
+/// build.rs for why it is not embedded as it is).
+pub fn ebpf_object() -> Result<Vec<u8>, DatapathError> {
+    const DEFLATED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/berth.deflate"));
+    // Far above the object's size; a limit only so that a damaged binary
+    // fails instead of inflating without end.
+    const LIMIT: usize = 64 << 20;
+    // A `Vec<u8>` comes from malloc, aligned for any ELF structure the
+    // parser reads in place.
+    miniz_oxide::inflate::decompress_to_vec_with_limit(DEFLATED, LIMIT)
+        .map_err(|e| DatapathError::Other(format!("inflating the embedded eBPF object: {e}")))
 }
 
 #[derive(Clone, Debug)]
@@ -320,7 +329,8 @@ impl BpfDatapath {
             config.ct_capacity,
             config.embryonic_capacity,
         );
-        let expected = super::pins::expected_shapes(ebpf_object(), &overrides)?;
+        let object = ebpf_object()?;
+        let expected = super::pins::expected_shapes(&object, &overrides)?;
         let (pins, mut old_maps) = super::pins::check_and_migrate_keeping_old(&dir, &expected)?;
         if pins
             .found_layout
@@ -348,13 +358,15 @@ impl BpfDatapath {
         for (name, bytes) in super::rings::ring_sizes(config.flow_log)? {
             loader.map_max_entries(name, bytes);
         }
-        let mut ebpf = loader.load(ebpf_object()).map_err(|e| {
+        let mut ebpf = loader.load(&object).map_err(|e| {
             if is_eperm(&e) {
                 DatapathError::NotPermitted
             } else {
                 DatapathError::aya("loading eBPF programs")(e)
             }
         })?;
+        // Parsed into `ebpf`: the inflated copy is not needed any more.
+        drop(object);
 
         // Before any program loads: they refer to its map.
         let dp_logger = super::dplog::init(&mut ebpf)?;
@@ -366,6 +378,13 @@ impl BpfDatapath {
         // Before the programs that tail-call them are attached.
         super::tails::fill_tails(&mut ebpf)?;
         let wanted = attachments(config);
+        // Everything this daemon attaches, now or when a bridge or a port
+        // appears, loaded before anything is attached: then the loader's
+        // copies of the instructions can go.
+        let mut load: Vec<&str> = wanted.iter().map(|(p, _)| *p).collect();
+        load.push(program::REPLY);
+        load.extend(super::ports::PORT_PROGRAMS);
+        super::shed::load_and_shed(&mut ebpf, &load)?;
         for (prog, ifname) in &wanted {
             attach_pinned(&mut ebpf, prog, ifname, &links_dir)?;
         }

@@ -40,8 +40,9 @@ pub struct Capacity {
     )]
     pub max_mappings: u32,
     /// IPv6 flows tracked at once in each IPv6 flow table (published
-    /// ports; security groups), 2 048 by default: an eighth of IPv4's,
-    /// since most hosts carry little IPv6. When one is full, new IPv6 flows
+    /// ports; security groups), as many as IPv4's by default (an empty
+    /// table costs its bucket array, 16 bytes a slot; entries are
+    /// allocated as flows come). When one is full, new IPv6 flows
     /// are refused and counted as IPv4's are. The IPv6 tables of not yet
     /// established flows and of socket translations get an eighth of it.
     /// `--nat-max`, `--ct-max` and `--ct-embryonic-max` set IPv6's single
@@ -121,7 +122,9 @@ mod tests {
     fn the_defaults_are_what_the_object_declares() {
         let c = parse(&[]).unwrap();
         assert_eq!(c, Capacity::default());
-        let object = super::super::pins::expected_shapes(super::super::ebpf_object(), &[]).unwrap();
+        let object =
+            super::super::pins::expected_shapes(&super::super::ebpf_object().unwrap(), &[])
+                .unwrap();
         for (map, n) in c.per_map(None, None, None) {
             assert_eq!(object[map].max_entries, n, "{map}");
         }

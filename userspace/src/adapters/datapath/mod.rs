@@ -23,6 +23,7 @@ mod ports;
 mod remap6;
 mod rings;
 mod services6;
+mod shed;
 pub mod status;
 pub mod sys;
 mod tails;

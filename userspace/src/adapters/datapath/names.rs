@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use aya_obj::maps::PinningType;
 
 fn object() -> aya_obj::Object {
-    aya_obj::Object::parse(super::ebpf_object()).expect("the embedded eBPF object parses")
+    aya_obj::Object::parse(&super::ebpf_object().expect("the embedded eBPF object inflates"))
+        .expect("the embedded eBPF object parses")
 }
 
 #[test]
