@@ -10,28 +10,45 @@
 //!   LLDP, MPLS, `PPPoE`, ... A container needs none of them to talk IP
 //!   (ARP resolves IPv4, neighbour discovery IPv6; STP is the bridge's own
 //!   business), so they are dropped (`ctr_frame_refused`).
-//! - Neighbour claims: ARP from a container with policy must name one of
-//!   its port's addresses as sender (or 0.0.0.0, a probe), as IPv4's
-//!   source check does for packets (a container without policy keeps ARP
-//!   as Docker leaves it); an IPv6 neighbour advertisement must
-//!   be for one of its task's addresses, a solicitation from one (or from
-//!   `::`, duplicate address detection). Otherwise it could take over the
-//!   gateway's or a neighbour's address on the bridge, and the traffic
-//!   for it (`neigh_spoofed`). Its own link-local address is not known to
-//!   the datapath: a link-local claim must be the modified EUI-64 address
-//!   of the link-layer address it announces (the kernel's default), so
-//!   claiming the gateway's link-local address can only announce the
-//!   gateway's own MAC.
-use berth_maps::{Counter, Endpoint};
+//! - Neighbour claims (ARP's sender address, a neighbour advertisement's
+//!   target, a solicitation's source), from every container port, policy
+//!   or not: whoever answers for an address on the bridge gets the traffic
+//!   for it, past the security groups of the container that owns it. As no
+//!   ENI can take another's address in a VPC, and no Cilium endpoint can
+//!   spoof, a claim is refused (`neigh_spoofed`) when it names
+//!   - one of the host's own addresses (the gateway's above all), from any
+//!     port;
+//!   - an address of a container with policy that is not the claimer's
+//!     own, from any port (a port whose addresses are not learned yet owns
+//!     none, as for the IPv4 source check);
+//!   - from a container with policy, anything not its own: ARP must name
+//!     one of its port's addresses, neighbour discovery one of its task's.
+//!
+//!   Probes claim nothing: ARP from 0.0.0.0, a solicitation from `::`
+//!   (duplicate address detection). Containers without policy still claim
+//!   each other's addresses as Docker lets them (a container routing or
+//!   proxying for others keeps working). Link-local addresses are not known
+//!   to the datapath: a container with policy may claim only the modified
+//!   EUI-64 address of the link-layer address it announces (the kernel's
+//!   default), any other port no EUI-64 address but the one of its own
+//!   announced MAC, so the gateway's or a container's default link-local
+//!   address can only ever be announced with its owner's MAC (the host's
+//!   own link-local addresses are host addresses in any case).
+//! - Cost: IPv4 data never reaches these checks (the ethertype is compared
+//!   already); IPv6 data from a container pays one two-byte compare (next
+//!   header `ICMPv6` with hop limit 255); map lookups happen for ARP and
+//!   neighbour discovery only, in subprograms of their own.
+use berth_maps::Counter;
 
 use crate::{
-    maps::{count, BERTH_PORT_ADDRS},
+    maps::{count, BERTH_HOST_ADDRS6, BERTH_PORT_ADDRS},
     parse::{ptr_at, ETH_LEN, ETH_P_IP_BE},
     parse6::{ETH_P_IPV6_BE, IP6_HDR_LEN},
-    policy::nowhere,
-    policy6::port_may_have_policy,
+    policy::{endpoint_with_policy, nowhere},
+    policy6::{port_endpoint, port_may_have_policy, PortEp},
     rules6::endpoint6_with_policy,
-    spoof::port_owns,
+    service::is_host_addr,
+    spoof::{port_has_policy, port_owns},
 };
 
 const ETH_P_ARP_BE: u16 = 0x0806u16.to_be();
@@ -74,7 +91,7 @@ fn other_frame_refused(port: u32) -> bool {
 const ARP_SPA_END: usize = 8 + 6 + 4;
 
 /// Whether an ARP frame a container sent on port `port` claims an IPv4
-/// address that is not the port's own, while policy applies (counted).
+/// address it may not (counted; see the module's doc).
 #[inline(always)]
 pub(crate) fn arp_spoofed(data: usize, data_end: usize, port: u32) -> bool {
     ethertype(data, data_end) == Some(ETH_P_ARP_BE) && arp_claim_spoofed(data, data_end, port)
@@ -82,9 +99,6 @@ pub(crate) fn arp_spoofed(data: usize, data_end: usize, port: u32) -> bool {
 
 #[inline(never)]
 fn arp_claim_spoofed(data: usize, data_end: usize, port: u32) -> bool {
-    if nowhere() {
-        return false;
-    }
     let Some(arp) = ptr_at::<[u8; ARP_SPA_END]>(data, data_end, ETH_LEN) else {
         // Too short for Ethernet/IPv4 ARP: the stack ignores it.
         return false;
@@ -94,18 +108,16 @@ fn arp_claim_spoofed(data: usize, data_end: usize, port: u32) -> bool {
     if spa == 0 {
         return false;
     }
-    // Only a port whose container has policy: one without keeps ARP as
-    // Docker leaves it (`policy_fixtures::no_source_check_without_policy_
-    // on_either_end`), and one whose addresses are not learned yet (a
-    // container just started) owns none to check against.
-    let Some(p) = (unsafe { BERTH_PORT_ADDRS.get(&port) }) else {
-        return false;
-    };
-    if port_owns(p, spa) || !crate::spoof::port_has_policy(p) {
+    let p = unsafe { BERTH_PORT_ADDRS.get(&port) };
+    if p.is_some_and(|p| port_owns(p, spa)) {
         return false;
     }
-    count(Counter::NeighSpoofed);
-    true
+    let taken = is_host_addr(spa)
+        || (!nowhere() && (endpoint_with_policy(spa).is_some() || p.is_some_and(port_has_policy)));
+    if taken {
+        count(Counter::NeighSpoofed);
+    }
+    taken
 }
 
 const ND_NEIGHBOUR_SOLICIT: u8 = 135;
@@ -118,20 +130,32 @@ const ND_MAX_OPTS: usize = 4;
 /// `ICMPv6` header (4) + reserved/flags (4) + target (16).
 const ND_BODY: usize = 24;
 
-/// Whether neighbour discovery a container with policy (`ep`) sent claims
-/// an address that is not its own (counted): a neighbour advertisement's
-/// target, a solicitation's source. Call for frames `policy6` already
-/// found to be neighbour discovery (hop limit 255, `ICMPv6` right after
-/// the fixed header, or MLD).
+/// Whether an IPv6 frame a container sent on port `port` is a neighbour
+/// advertisement or solicitation claiming an address it may not (counted;
+/// see the module's doc). Every IPv6 frame a container sends comes here:
+/// all but neighbour discovery leave after one compare.
+#[inline(always)]
+pub(crate) fn nd_spoofed(data: usize, data_end: usize, port: u32) -> bool {
+    // Next header ICMPv6 and hop limit 255, as RFC 4861 makes receivers
+    // require of neighbour discovery: nothing else is believed as a claim.
+    let Some(h) = ptr_at::<u16>(data, data_end, ETH_LEN + 6) else {
+        return false;
+    };
+    if unsafe { core::ptr::read_unaligned(h) } != u16::from_ne_bytes([58, 255]) {
+        return false;
+    }
+    nd_claim_spoofed(data, data_end, port)
+}
+
 #[inline(never)]
-pub(crate) fn nd_spoofed(data: usize, data_end: usize, ep: Endpoint) -> bool {
+fn nd_claim_spoofed(data: usize, data_end: usize, port: u32) -> bool {
     let Some(ip) = ptr_at::<[u8; IP6_HDR_LEN + ND_BODY]>(data, data_end, ETH_LEN) else {
         return false;
     };
     let ip = unsafe { &*ip };
     let (claimed_off, lla_opt) = match ip[IP6_HDR_LEN] {
-        ND_NEIGHBOUR_ADVERT if ip[6] == 58 => (IP6_HDR_LEN + 8, ND_OPT_TARGET_LL),
-        ND_NEIGHBOUR_SOLICIT if ip[6] == 58 => (8, ND_OPT_SOURCE_LL),
+        ND_NEIGHBOUR_ADVERT => (IP6_HDR_LEN + 8, ND_OPT_TARGET_LL),
+        ND_NEIGHBOUR_SOLICIT => (8, ND_OPT_SOURCE_LL),
         _ => return false,
     };
     let mut claimed = [0u8; 16];
@@ -140,15 +164,39 @@ pub(crate) fn nd_spoofed(data: usize, data_end: usize, ep: Endpoint) -> bool {
     if claimed == [0u8; 16] && lla_opt == ND_OPT_SOURCE_LL {
         return false;
     }
-    let ok = if claimed[0] == 0xfe && claimed[1] & 0xc0 == 0x80 {
-        link_local_matches(data, data_end, &claimed, lla_opt)
+    // With no policy anywhere no port has any, and no address is a policy
+    // container's: only the host's addresses are to be kept.
+    let anywhere = !nowhere();
+    let own = match anywhere.then(|| port_endpoint(port)) {
+        Some(PortEp::Policy(ep)) => Some(ep.task_id),
+        _ => None,
+    };
+    let ok = if unsafe { BERTH_HOST_ADDRS6.get(&claimed) }.is_some() {
+        false
+    } else if claimed[0] == 0xfe && claimed[1] & 0xc0 == 0x80 {
+        // A container with policy has no other link-local address to
+        // claim; any other port may use a non-EUI-64 one of its choosing.
+        (own.is_none() && !eui64(&claimed)) || link_local_matches(data, data_end, &claimed, lla_opt)
+    } else if !anywhere {
+        true
     } else {
-        matches!(endpoint6_with_policy(&claimed), Some(own) if own.task_id == ep.task_id)
+        match (endpoint6_with_policy(&claimed), own) {
+            (Some(ep), Some(task)) => ep.task_id == task,
+            (Some(_), None) => false,
+            (None, own) => own.is_none(),
+        }
     };
     if !ok {
         count(Counter::NeighSpoofed);
     }
     !ok
+}
+
+/// Whether an interface identifier is a modified EUI-64 one (RFC 4291
+/// appendix A: `ff:fe` in its middle), i.e. names a link-layer address.
+#[inline(always)]
+fn eui64(a: &[u8; 16]) -> bool {
+    a[11] == 0xff && a[12] == 0xfe
 }
 
 /// Whether a link-local address is the modified EUI-64 one (RFC 4291
