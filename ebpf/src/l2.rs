@@ -34,16 +34,21 @@
 //!   announced MAC, so the gateway's or a container's default link-local
 //!   address can only ever be announced with its owner's MAC (the host's
 //!   own link-local addresses are host addresses in any case).
+//!
+//!   Neighbour discovery is looked for behind hop-by-hop, routing and
+//!   destination options headers too, where Linux takes it (policy6's
+//!   judges see `ICMPv6` there as an upper layer judged by `all` rules, so
+//!   a container with policy allowed all egress could hide a claim there).
 //! - Cost: IPv4 data never reaches these checks (the ethertype is compared
-//!   already); IPv6 data from a container pays one two-byte compare (next
-//!   header `ICMPv6` with hop limit 255); map lookups happen for ARP and
-//!   neighbour discovery only, in subprograms of their own.
+//!   already); IPv6 data from a container pays one one-byte compare (hop
+//!   limit 255, which neighbour discovery must carry); map lookups happen
+//!   for ARP and neighbour discovery only, in subprograms of their own.
 use berth_maps::Counter;
 
 use crate::{
     maps::{count, BERTH_HOST_ADDRS6, BERTH_PORT_ADDRS},
     parse::{ptr_at, ETH_LEN, ETH_P_IP_BE},
-    parse6::{ETH_P_IPV6_BE, IP6_HDR_LEN},
+    parse6::{ETH_P_IPV6_BE, IP6_HDR_LEN, NEXTHDR_DEST, NEXTHDR_HOP, NEXTHDR_ROUTING},
     policy::{endpoint_with_policy, nowhere},
     policy6::{port_endpoint, port_may_have_policy, PortEp},
     rules6::endpoint6_with_policy,
@@ -120,6 +125,7 @@ fn arp_claim_spoofed(data: usize, data_end: usize, port: u32) -> bool {
     taken
 }
 
+const NEXTHDR_ICMPV6: u8 = 58;
 const ND_NEIGHBOUR_SOLICIT: u8 = 135;
 const ND_NEIGHBOUR_ADVERT: u8 = 136;
 const ND_OPT_SOURCE_LL: u8 = 1;
@@ -130,36 +136,76 @@ const ND_MAX_OPTS: usize = 4;
 /// `ICMPv6` header (4) + reserved/flags (4) + target (16).
 const ND_BODY: usize = 24;
 
+/// Extension headers looked through for neighbour discovery behind them.
+const ND_MAX_EXT: usize = 4;
+
 /// Whether an IPv6 frame a container sent on port `port` is a neighbour
 /// advertisement or solicitation claiming an address it may not (counted;
 /// see the module's doc). Every IPv6 frame a container sends comes here:
-/// all but neighbour discovery leave after one compare.
+/// all but those with neighbour discovery's hop limit leave after one
+/// compare.
 #[inline(always)]
 pub(crate) fn nd_spoofed(data: usize, data_end: usize, port: u32) -> bool {
-    // Next header ICMPv6 and hop limit 255, as RFC 4861 makes receivers
-    // require of neighbour discovery: nothing else is believed as a claim.
-    let Some(h) = ptr_at::<u16>(data, data_end, ETH_LEN + 6) else {
+    // RFC 4861 makes receivers drop neighbour discovery with another hop
+    // limit: nothing else is believed as a claim.
+    let Some(hop_limit) = ptr_at::<u8>(data, data_end, ETH_LEN + 7) else {
         return false;
     };
-    if unsafe { core::ptr::read_unaligned(h) } != u16::from_ne_bytes([58, 255]) {
+    if unsafe { *hop_limit } != 255 {
         return false;
     }
     nd_claim_spoofed(data, data_end, port)
 }
 
+/// The frame offset of the `ICMPv6` header right after the fixed header or
+/// behind hop-by-hop, routing and destination options headers: Linux
+/// takes neighbour discovery behind them (not behind a fragment header,
+/// RFC 6980), so a claim must not hide there.
+#[inline(always)]
+fn icmp6_offset(data: usize, data_end: usize) -> Option<usize> {
+    let mut next = unsafe { *ptr_at::<u8>(data, data_end, ETH_LEN + 6)? };
+    let mut off = ETH_LEN + IP6_HDR_LEN;
+    let mut i = 0;
+    while i < ND_MAX_EXT {
+        match next {
+            NEXTHDR_ICMPV6 => return Some(off),
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                let h = unsafe { &*ptr_at::<[u8; 2]>(data, data_end, off)? };
+                next = h[0];
+                off += (usize::from(h[1]) + 1) * 8;
+            }
+            _ => return None,
+        }
+        i += 1;
+    }
+    (next == NEXTHDR_ICMPV6).then_some(off)
+}
+
 #[inline(never)]
 fn nd_claim_spoofed(data: usize, data_end: usize, port: u32) -> bool {
-    let Some(ip) = ptr_at::<[u8; IP6_HDR_LEN + ND_BODY]>(data, data_end, ETH_LEN) else {
+    let Some(icmp) = icmp6_offset(data, data_end) else {
         return false;
     };
-    let ip = unsafe { &*ip };
-    let (claimed_off, lla_opt) = match ip[IP6_HDR_LEN] {
-        ND_NEIGHBOUR_ADVERT => (IP6_HDR_LEN + 8, ND_OPT_TARGET_LL),
-        ND_NEIGHBOUR_SOLICIT => (8, ND_OPT_SOURCE_LL),
+    let Some(msg) = ptr_at::<[u8; ND_BODY]>(data, data_end, icmp) else {
+        return false;
+    };
+    let msg = unsafe { &*msg };
+    let mut claimed = [0u8; 16];
+    let lla_opt = match msg[0] {
+        ND_NEIGHBOUR_ADVERT => {
+            claimed.copy_from_slice(&msg[8..24]);
+            ND_OPT_TARGET_LL
+        }
+        ND_NEIGHBOUR_SOLICIT => {
+            let Some(ip) = ptr_at::<[u8; IP6_HDR_LEN]>(data, data_end, ETH_LEN) else {
+                return false;
+            };
+            let ip = unsafe { &*ip };
+            claimed.copy_from_slice(&ip[8..24]);
+            ND_OPT_SOURCE_LL
+        }
         _ => return false,
     };
-    let mut claimed = [0u8; 16];
-    claimed.copy_from_slice(&ip[claimed_off..claimed_off + 16]);
     // Duplicate address detection: a solicitation from `::` claims nothing.
     if claimed == [0u8; 16] && lla_opt == ND_OPT_SOURCE_LL {
         return false;
@@ -176,7 +222,8 @@ fn nd_claim_spoofed(data: usize, data_end: usize, port: u32) -> bool {
     } else if claimed[0] == 0xfe && claimed[1] & 0xc0 == 0x80 {
         // A container with policy has no other link-local address to
         // claim; any other port may use a non-EUI-64 one of its choosing.
-        (own.is_none() && !eui64(&claimed)) || link_local_matches(data, data_end, &claimed, lla_opt)
+        (own.is_none() && !eui64(&claimed))
+            || link_local_matches(data, data_end, &claimed, lla_opt, icmp + ND_BODY)
     } else if !anywhere {
         true
     } else {
@@ -201,14 +248,21 @@ fn eui64(a: &[u8; 16]) -> bool {
 
 /// Whether a link-local address is the modified EUI-64 one (RFC 4291
 /// appendix A) of the link-layer address the message announces: its
-/// `lla_opt` option's, else the frame's source MAC.
+/// `lla_opt` option's (options from frame offset `opts`), else the
+/// frame's source MAC.
 #[inline(always)]
-fn link_local_matches(data: usize, data_end: usize, ll: &[u8; 16], lla_opt: u8) -> bool {
+fn link_local_matches(
+    data: usize,
+    data_end: usize,
+    ll: &[u8; 16],
+    lla_opt: u8,
+    opts: usize,
+) -> bool {
     let mut mac = match ptr_at::<[u8; 6]>(data, data_end, ETH_SRC_OFF) {
         Some(m) => unsafe { *m },
         None => return false,
     };
-    let mut off = ETH_LEN + IP6_HDR_LEN + ND_BODY;
+    let mut off = opts;
     let mut i = 0;
     while i < ND_MAX_OPTS {
         let Some(opt) = ptr_at::<[u8; 8]>(data, data_end, off) else {

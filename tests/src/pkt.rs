@@ -580,6 +580,11 @@ pub const ND_NEIGHBOUR_ADVERT: u8 = 136;
 /// nodes (`ff02::1`, hop limit 255), with a target link-layer address
 /// option if `tlla`. MACs as in [`Ipv6Packet::frame`].
 pub fn neighbour_advert(src: Ipv6Addr, target: Ipv6Addr, tlla: Option<Mac>) -> Vec<u8> {
+    neighbour_advert_packet(src, target, tlla).frame()
+}
+
+/// The packet of [`neighbour_advert`] (to put extension headers in front).
+pub fn neighbour_advert_packet(src: Ipv6Addr, target: Ipv6Addr, tlla: Option<Mac>) -> Ipv6Packet {
     let mut p = Ipv6Packet::icmpv6(ND_NEIGHBOUR_ADVERT, 0);
     (p.src, p.dst, p.hop_limit) = (src, Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), 255);
     p.payload = vec![0x20, 0, 0, 0];
@@ -588,7 +593,7 @@ pub fn neighbour_advert(src: Ipv6Addr, target: Ipv6Addr, tlla: Option<Mac>) -> V
         p.payload.extend([2, 1]);
         p.payload.extend(mac);
     }
-    p.frame()
+    p
 }
 
 /// A neighbour solicitation from `src` for `target` (sent to `target`,

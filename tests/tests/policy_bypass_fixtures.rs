@@ -667,6 +667,50 @@ fn neighbour_discovery_from_any_container_never_claims_the_hosts_or_a_policy_con
     });
 }
 
+/// Linux takes neighbour discovery behind hop-by-hop, routing and
+/// destination options headers: a claim there is judged as one right after
+/// the fixed header, from a port without policy and from one with policy
+/// whose egress allows all (whose judges see `ICMPv6` behind extension
+/// headers as an upper layer that `all` admits).
+#[test]
+fn a_neighbour_claim_behind_extension_headers_is_judged_all_the_same() {
+    in_fixture_ns(|env| {
+        let p = setup(env);
+        let all = rule(None, (0, u16::MAX), any6());
+        set_rules6(env, 1, DIR_EGRESS, &[all]);
+        let behind = |src, target, ext: &[V6Ext]| {
+            pkt::neighbour_advert_packet(src, target, Some(SRC_MAC))
+                .with_ext(ext)
+                .frame()
+        };
+        let chains: [&[V6Ext]; 3] = [
+            &[V6Ext::DestOpts],
+            &[V6Ext::HopByHop, V6Ext::Routing],
+            &[V6Ext::HopByHop, V6Ext::Routing, V6Ext::DestOpts],
+        ];
+        for ext in chains {
+            assert_eq!(
+                sent(env, p.c3, &behind(C3_6, C3_6, ext)),
+                OK,
+                "own, {ext:?}"
+            );
+            assert_eq!(
+                sent(env, p.c1, &behind(C1_6, C1_6, ext)),
+                OK,
+                "own, {ext:?}"
+            );
+        }
+        assert_eq!(neigh_spoofed(env), 0);
+        for ext in chains {
+            let from_open = behind(C3_6, C1_6, ext);
+            assert_eq!(sent(env, p.c3, &from_open), SHOT, "C3 claims C1, {ext:?}");
+            let from_policy = behind(C1_6, C2_6, ext);
+            assert_eq!(sent(env, p.c1, &from_policy), SHOT, "C1 claims C2, {ext:?}");
+        }
+        assert_eq!(neigh_spoofed(env), 2 * chains.len() as u64);
+    });
+}
+
 /// An IPv6 TCP segment with a window-scale option of `wscale` (on a SYN).
 fn tcp6_seg(
     (src, sport): (Ipv6Addr, u16),
