@@ -10,28 +10,50 @@
 //!   LLDP, MPLS, `PPPoE`, ... A container needs none of them to talk IP
 //!   (ARP resolves IPv4, neighbour discovery IPv6; STP is the bridge's own
 //!   business), so they are dropped (`ctr_frame_refused`).
-//! - Neighbour claims: ARP from a container with policy must name one of
-//!   its port's addresses as sender (or 0.0.0.0, a probe), as IPv4's
-//!   source check does for packets (a container without policy keeps ARP
-//!   as Docker leaves it); an IPv6 neighbour advertisement must
-//!   be for one of its task's addresses, a solicitation from one (or from
-//!   `::`, duplicate address detection). Otherwise it could take over the
-//!   gateway's or a neighbour's address on the bridge, and the traffic
-//!   for it (`neigh_spoofed`). Its own link-local address is not known to
-//!   the datapath: a link-local claim must be the modified EUI-64 address
-//!   of the link-layer address it announces (the kernel's default), so
-//!   claiming the gateway's link-local address can only announce the
-//!   gateway's own MAC.
-use berth_maps::{Counter, Endpoint};
+//! - Neighbour claims (ARP's sender address, a neighbour advertisement's
+//!   target, a solicitation's source), from every container port, policy
+//!   or not: whoever answers for an address on the bridge gets the traffic
+//!   for it, past the security groups of the container that owns it. As no
+//!   ENI can take another's address in a VPC, and no Cilium endpoint can
+//!   spoof, a claim is refused (`neigh_spoofed`) when it names
+//!   - one of the host's own addresses (the gateway's above all), from any
+//!     port;
+//!   - an address of a container with policy that is not the claimer's
+//!     own, from any port (a port whose addresses are not learned yet owns
+//!     none, as for the IPv4 source check);
+//!   - from a container with policy, anything not its own: ARP must name
+//!     one of its port's addresses, neighbour discovery one of its task's.
+//!
+//!   Probes claim nothing: ARP from 0.0.0.0, a solicitation from `::`
+//!   (duplicate address detection). Containers without policy still claim
+//!   each other's addresses as Docker lets them (a container routing or
+//!   proxying for others keeps working). Link-local addresses are not known
+//!   to the datapath: a container with policy may claim only the modified
+//!   EUI-64 address of the link-layer address it announces (the kernel's
+//!   default), any other port no EUI-64 address but the one of its own
+//!   announced MAC, so the gateway's or a container's default link-local
+//!   address can only ever be announced with its owner's MAC (the host's
+//!   own link-local addresses are host addresses in any case).
+//!
+//!   Neighbour discovery is looked for behind hop-by-hop, routing and
+//!   destination options headers too, where Linux takes it (policy6's
+//!   judges see `ICMPv6` there as an upper layer judged by `all` rules, so
+//!   a container with policy allowed all egress could hide a claim there).
+//! - Cost: IPv4 data never reaches these checks (the ethertype is compared
+//!   already); IPv6 data from a container pays one one-byte compare (hop
+//!   limit 255, which neighbour discovery must carry); map lookups happen
+//!   for ARP and neighbour discovery only, in subprograms of their own.
+use berth_maps::Counter;
 
 use crate::{
-    maps::{count, BERTH_PORT_ADDRS},
+    maps::{count, BERTH_HOST_ADDRS6, BERTH_PORT_ADDRS},
     parse::{ptr_at, ETH_LEN, ETH_P_IP_BE},
-    parse6::{ETH_P_IPV6_BE, IP6_HDR_LEN},
-    policy::nowhere,
-    policy6::port_may_have_policy,
+    parse6::{ETH_P_IPV6_BE, IP6_HDR_LEN, NEXTHDR_DEST, NEXTHDR_HOP, NEXTHDR_ROUTING},
+    policy::{endpoint_with_policy, nowhere},
+    policy6::{port_endpoint, port_may_have_policy, PortEp},
     rules6::endpoint6_with_policy,
-    spoof::port_owns,
+    service::is_host_addr,
+    spoof::{port_has_policy, port_owns},
 };
 
 const ETH_P_ARP_BE: u16 = 0x0806u16.to_be();
@@ -74,7 +96,7 @@ fn other_frame_refused(port: u32) -> bool {
 const ARP_SPA_END: usize = 8 + 6 + 4;
 
 /// Whether an ARP frame a container sent on port `port` claims an IPv4
-/// address that is not the port's own, while policy applies (counted).
+/// address it may not (counted; see the module's doc).
 #[inline(always)]
 pub(crate) fn arp_spoofed(data: usize, data_end: usize, port: u32) -> bool {
     ethertype(data, data_end) == Some(ETH_P_ARP_BE) && arp_claim_spoofed(data, data_end, port)
@@ -82,9 +104,6 @@ pub(crate) fn arp_spoofed(data: usize, data_end: usize, port: u32) -> bool {
 
 #[inline(never)]
 fn arp_claim_spoofed(data: usize, data_end: usize, port: u32) -> bool {
-    if nowhere() {
-        return false;
-    }
     let Some(arp) = ptr_at::<[u8; ARP_SPA_END]>(data, data_end, ETH_LEN) else {
         // Too short for Ethernet/IPv4 ARP: the stack ignores it.
         return false;
@@ -94,20 +113,19 @@ fn arp_claim_spoofed(data: usize, data_end: usize, port: u32) -> bool {
     if spa == 0 {
         return false;
     }
-    // Only a port whose container has policy: one without keeps ARP as
-    // Docker leaves it (`policy_fixtures::no_source_check_without_policy_
-    // on_either_end`), and one whose addresses are not learned yet (a
-    // container just started) owns none to check against.
-    let Some(p) = (unsafe { BERTH_PORT_ADDRS.get(&port) }) else {
-        return false;
-    };
-    if port_owns(p, spa) || !crate::spoof::port_has_policy(p) {
+    let p = unsafe { BERTH_PORT_ADDRS.get(&port) };
+    if p.is_some_and(|p| port_owns(p, spa)) {
         return false;
     }
-    count(Counter::NeighSpoofed);
-    true
+    let taken = is_host_addr(spa)
+        || (!nowhere() && (endpoint_with_policy(spa).is_some() || p.is_some_and(port_has_policy)));
+    if taken {
+        count(Counter::NeighSpoofed);
+    }
+    taken
 }
 
+const NEXTHDR_ICMPV6: u8 = 58;
 const ND_NEIGHBOUR_SOLICIT: u8 = 135;
 const ND_NEIGHBOUR_ADVERT: u8 = 136;
 const ND_OPT_SOURCE_LL: u8 = 1;
@@ -118,32 +136,102 @@ const ND_MAX_OPTS: usize = 4;
 /// `ICMPv6` header (4) + reserved/flags (4) + target (16).
 const ND_BODY: usize = 24;
 
-/// Whether neighbour discovery a container with policy (`ep`) sent claims
-/// an address that is not its own (counted): a neighbour advertisement's
-/// target, a solicitation's source. Call for frames `policy6` already
-/// found to be neighbour discovery (hop limit 255, `ICMPv6` right after
-/// the fixed header, or MLD).
-#[inline(never)]
-pub(crate) fn nd_spoofed(data: usize, data_end: usize, ep: Endpoint) -> bool {
-    let Some(ip) = ptr_at::<[u8; IP6_HDR_LEN + ND_BODY]>(data, data_end, ETH_LEN) else {
+/// Extension headers looked through for neighbour discovery behind them.
+const ND_MAX_EXT: usize = 4;
+
+/// Whether an IPv6 frame a container sent on port `port` is a neighbour
+/// advertisement or solicitation claiming an address it may not (counted;
+/// see the module's doc). Every IPv6 frame a container sends comes here:
+/// all but those with neighbour discovery's hop limit leave after one
+/// compare.
+#[inline(always)]
+pub(crate) fn nd_spoofed(data: usize, data_end: usize, port: u32) -> bool {
+    // RFC 4861 makes receivers drop neighbour discovery with another hop
+    // limit: nothing else is believed as a claim.
+    let Some(hop_limit) = ptr_at::<u8>(data, data_end, ETH_LEN + 7) else {
         return false;
     };
-    let ip = unsafe { &*ip };
-    let (claimed_off, lla_opt) = match ip[IP6_HDR_LEN] {
-        ND_NEIGHBOUR_ADVERT if ip[6] == 58 => (IP6_HDR_LEN + 8, ND_OPT_TARGET_LL),
-        ND_NEIGHBOUR_SOLICIT if ip[6] == 58 => (8, ND_OPT_SOURCE_LL),
+    if unsafe { *hop_limit } != 255 {
+        return false;
+    }
+    nd_claim_spoofed(data, data_end, port)
+}
+
+/// The frame offset of the `ICMPv6` header right after the fixed header or
+/// behind hop-by-hop, routing and destination options headers: Linux
+/// takes neighbour discovery behind them (not behind a fragment header,
+/// RFC 6980), so a claim must not hide there.
+#[inline(always)]
+fn icmp6_offset(data: usize, data_end: usize) -> Option<usize> {
+    let mut next = unsafe { *ptr_at::<u8>(data, data_end, ETH_LEN + 6)? };
+    let mut off = ETH_LEN + IP6_HDR_LEN;
+    let mut i = 0;
+    while i < ND_MAX_EXT {
+        match next {
+            NEXTHDR_ICMPV6 => return Some(off),
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                let h = unsafe { &*ptr_at::<[u8; 2]>(data, data_end, off)? };
+                next = h[0];
+                off += (usize::from(h[1]) + 1) * 8;
+            }
+            _ => return None,
+        }
+        i += 1;
+    }
+    (next == NEXTHDR_ICMPV6).then_some(off)
+}
+
+#[inline(never)]
+fn nd_claim_spoofed(data: usize, data_end: usize, port: u32) -> bool {
+    let Some(icmp) = icmp6_offset(data, data_end) else {
+        return false;
+    };
+    let Some(msg) = ptr_at::<[u8; ND_BODY]>(data, data_end, icmp) else {
+        return false;
+    };
+    let msg = unsafe { &*msg };
+    let mut claimed = [0u8; 16];
+    let lla_opt = match msg[0] {
+        ND_NEIGHBOUR_ADVERT => {
+            claimed.copy_from_slice(&msg[8..24]);
+            ND_OPT_TARGET_LL
+        }
+        ND_NEIGHBOUR_SOLICIT => {
+            let Some(ip) = ptr_at::<[u8; IP6_HDR_LEN]>(data, data_end, ETH_LEN) else {
+                return false;
+            };
+            let ip = unsafe { &*ip };
+            claimed.copy_from_slice(&ip[8..24]);
+            ND_OPT_SOURCE_LL
+        }
         _ => return false,
     };
-    let mut claimed = [0u8; 16];
-    claimed.copy_from_slice(&ip[claimed_off..claimed_off + 16]);
     // Duplicate address detection: a solicitation from `::` claims nothing.
     if claimed == [0u8; 16] && lla_opt == ND_OPT_SOURCE_LL {
         return false;
     }
-    let ok = if claimed[0] == 0xfe && claimed[1] & 0xc0 == 0x80 {
-        link_local_matches(data, data_end, &claimed, lla_opt)
+    // With no policy anywhere no port has any, and no address is a policy
+    // container's: only the host's addresses are to be kept.
+    let anywhere = !nowhere();
+    let own = match anywhere.then(|| port_endpoint(port)) {
+        Some(PortEp::Policy(ep)) => Some(ep.task_id),
+        _ => None,
+    };
+    let ok = if unsafe { BERTH_HOST_ADDRS6.get(&claimed) }.is_some() {
+        false
+    } else if claimed[0] == 0xfe && claimed[1] & 0xc0 == 0x80 {
+        // A container with policy has no other link-local address to
+        // claim; any other port may use a non-EUI-64 one of its choosing.
+        (own.is_none() && !eui64(&claimed))
+            || link_local_matches(data, data_end, &claimed, lla_opt, icmp + ND_BODY)
+    } else if !anywhere {
+        true
     } else {
-        matches!(endpoint6_with_policy(&claimed), Some(own) if own.task_id == ep.task_id)
+        match (endpoint6_with_policy(&claimed), own) {
+            (Some(ep), Some(task)) => ep.task_id == task,
+            (Some(_), None) => false,
+            (None, own) => own.is_none(),
+        }
     };
     if !ok {
         count(Counter::NeighSpoofed);
@@ -151,16 +239,30 @@ pub(crate) fn nd_spoofed(data: usize, data_end: usize, ep: Endpoint) -> bool {
     !ok
 }
 
+/// Whether an interface identifier is a modified EUI-64 one (RFC 4291
+/// appendix A: `ff:fe` in its middle), i.e. names a link-layer address.
+#[inline(always)]
+fn eui64(a: &[u8; 16]) -> bool {
+    a[11] == 0xff && a[12] == 0xfe
+}
+
 /// Whether a link-local address is the modified EUI-64 one (RFC 4291
 /// appendix A) of the link-layer address the message announces: its
-/// `lla_opt` option's, else the frame's source MAC.
+/// `lla_opt` option's (options from frame offset `opts`), else the
+/// frame's source MAC.
 #[inline(always)]
-fn link_local_matches(data: usize, data_end: usize, ll: &[u8; 16], lla_opt: u8) -> bool {
+fn link_local_matches(
+    data: usize,
+    data_end: usize,
+    ll: &[u8; 16],
+    lla_opt: u8,
+    opts: usize,
+) -> bool {
     let mut mac = match ptr_at::<[u8; 6]>(data, data_end, ETH_SRC_OFF) {
         Some(m) => unsafe { *m },
         None => return false,
     };
-    let mut off = ETH_LEN + IP6_HDR_LEN + ND_BODY;
+    let mut off = opts;
     let mut i = 0;
     while i < ND_MAX_OPTS {
         let Some(opt) = ptr_at::<[u8; 8]>(data, data_end, off) else {

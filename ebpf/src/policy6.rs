@@ -13,7 +13,8 @@
 //! routed qualifies). Solicitations and neighbour advertisements pass
 //! both ways, router advertisements only towards a container: a router
 //! advertisement or a redirect from a container with policy is the
-//! rogue-router attack, and is dropped.
+//! rogue-router attack, and is dropped. What a solicitation or an
+//! advertisement claims is judged first, on every port (`l2::nd_spoofed`).
 //!
 //! Which container a port carries is known by its learned IPv4 addresses
 //! (`BERTH_PORT_ADDRS`): policy applies when one of them has it. A port
@@ -148,7 +149,7 @@ const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 
 /// The container behind a port, as far as policy is concerned.
-enum PortEp {
+pub(crate) enum PortEp {
     /// Its addresses were never learned: it may have policy (fail closed).
     Unknown,
     Open,
@@ -156,7 +157,7 @@ enum PortEp {
 }
 
 #[inline(always)]
-fn port_endpoint(ifindex: u32) -> PortEp {
+pub(crate) fn port_endpoint(ifindex: u32) -> PortEp {
     let Some(p) = (unsafe { BERTH_PORT_ADDRS.get(&ifindex) }) else {
         return PortEp::Unknown;
     };
@@ -512,6 +513,10 @@ pub(crate) fn judge6(
     ifindex: u32,
     from: bool,
 ) -> bool {
+    // Neighbour claims are judged on every port, policy or not (`l2.rs`).
+    if from && crate::l2::nd_spoofed(data, data_end, ifindex) {
+        return false;
+    }
     if nowhere() {
         return true;
     }
@@ -521,7 +526,7 @@ pub(crate) fn judge6(
         PortEp::Policy(ep) => ep,
     };
     if nd_allowed(data, data_end, from) {
-        return !from || !crate::l2::nd_spoofed(data, data_end, ep);
+        return true;
     }
     let Some(ip) = ptr_at::<[u8; IP6_HDR_LEN]>(data, data_end, ETH_LEN) else {
         return false;

@@ -890,8 +890,9 @@ counters! {
     /// which no judge reads; dropped.
     CtrFrameRefused = 34 => "ctr_frame_refused",
     /// ARP, or an IPv6 neighbour advertisement or solicitation, from a
-    /// container with policy claiming an address that is not its own (a
-    /// neighbour's, the gateway's); dropped.
+    /// container claiming an address it may not: one of the host's or a
+    /// container's with policy (from any container), or anything not its
+    /// own (from a container with policy); dropped.
     NeighSpoofed = 35 => "neigh_spoofed",
 }
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;

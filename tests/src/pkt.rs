@@ -570,6 +570,44 @@ impl Ipv6Packet {
     }
 }
 
+/// Neighbour discovery (RFC 4861): what a neighbour advertisement or
+/// solicitation claims is judged on a container's port.
+pub const ND_NEIGHBOUR_SOLICIT: u8 = 135;
+pub const ND_NEIGHBOUR_ADVERT: u8 = 136;
+
+/// An unsolicited neighbour advertisement (override flag set, so it
+/// replaces a cached link-layer address) from `src` for `target`, to all
+/// nodes (`ff02::1`, hop limit 255), with a target link-layer address
+/// option if `tlla`. MACs as in [`Ipv6Packet::frame`].
+pub fn neighbour_advert(src: Ipv6Addr, target: Ipv6Addr, tlla: Option<Mac>) -> Vec<u8> {
+    neighbour_advert_packet(src, target, tlla).frame()
+}
+
+/// The packet of [`neighbour_advert`] (to put extension headers in front).
+pub fn neighbour_advert_packet(src: Ipv6Addr, target: Ipv6Addr, tlla: Option<Mac>) -> Ipv6Packet {
+    let mut p = Ipv6Packet::icmpv6(ND_NEIGHBOUR_ADVERT, 0);
+    (p.src, p.dst, p.hop_limit) = (src, Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), 255);
+    p.payload = vec![0x20, 0, 0, 0];
+    p.payload.extend(target.octets());
+    if let Some(mac) = tlla {
+        p.payload.extend([2, 1]);
+        p.payload.extend(mac);
+    }
+    p
+}
+
+/// A neighbour solicitation from `src` for `target` (sent to `target`,
+/// hop limit 255), with a source link-layer address option.
+pub fn neighbour_solicit(src: Ipv6Addr, target: Ipv6Addr, slla: Mac) -> Vec<u8> {
+    let mut p = Ipv6Packet::icmpv6(ND_NEIGHBOUR_SOLICIT, 0);
+    (p.src, p.dst, p.hop_limit) = (src, target, 255);
+    p.payload = vec![0, 0, 0, 0];
+    p.payload.extend(target.octets());
+    p.payload.extend([1, 1]);
+    p.payload.extend(slla);
+    p.frame()
+}
+
 pub fn ipv6_tcp_syn(dport: u16) -> Vec<u8> {
     Ipv6Packet::new(TCP, dport).frame()
 }

@@ -825,11 +825,20 @@ fn no_source_check_without_policy_on_either_end() {
             "db's port has policy, whatever it claims"
         );
         assert_eq!(spoofed_drops(env), 1);
-        // Non-IPv4 is not judged here.
+        // ARP is no IPv4 packet: the source check leaves it alone (its own
+        // address C3 passes). Until session 9, C3 could also claim the
+        // address of api (C2, which has policy) here; such a claim is now
+        // refused on every port (`policy_bypass_fixtures::arp_from_any_
+        // container_never_claims_the_hosts_or_a_policy_containers_address`).
         assert_eq!(
-            sent_on(env, port_of(C3), &pkt::arp_request(C2, BRIDGE_IP)),
+            sent_on(env, port_of(C3), &pkt::arp_request(C3, BRIDGE_IP)),
             OK
         );
+        assert_eq!(
+            sent_on(env, port_of(C3), &pkt::arp_request(C2, BRIDGE_IP)),
+            SHOT
+        );
+        assert_eq!(spoofed_drops(env), 1, "ARP is not counted as a source");
     });
 }
 

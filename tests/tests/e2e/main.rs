@@ -26,6 +26,7 @@ mod local_access;
 mod local_access6;
 mod metrics;
 mod metrics6;
+mod neighbour_claims;
 mod policy_bypass;
 mod publish6;
 mod remap6;
