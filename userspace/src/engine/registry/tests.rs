@@ -91,27 +91,12 @@ fn add_publishes_to_memory_store_and_datapath() {
     assert_eq!(
         added,
         [
+            Binding::for_test("web", ip("172.17.0.2"), 8080),
             Binding {
-                task: "web".into(),
-                container_ip: ip("172.17.0.2").into(),
-                bind_ip: ip("0.0.0.0").into(),
-                host_port: 8080,
-                container_port: 80,
-                protocol: Protocol::Tcp,
-                ecs: Default::default(),
-                cni: None,
-                docker_events: false,
-            },
-            Binding {
-                task: "web".into(),
-                container_ip: ip("172.17.0.2").into(),
                 bind_ip: ip("10.0.0.1").into(),
-                host_port: 53,
                 container_port: 53,
                 protocol: Protocol::Udp,
-                ecs: Default::default(),
-                cni: None,
-                docker_events: false,
+                ..Binding::for_test("web", ip("172.17.0.2"), 53)
             },
         ]
     );
@@ -481,20 +466,7 @@ fn restore_failure_names_the_binding() {
     let dir = tempfile::tempdir().unwrap();
     Store::open(dir.path())
         .unwrap()
-        .put_task(
-            "web",
-            &[Binding {
-                task: "web".into(),
-                container_ip: ip("172.17.0.2").into(),
-                bind_ip: ip("0.0.0.0").into(),
-                host_port: 8080,
-                container_port: 80,
-                protocol: Protocol::Tcp,
-                ecs: Default::default(),
-                cni: None,
-                docker_events: false,
-            }],
-        )
+        .put_task("web", &[Binding::for_test("web", ip("172.17.0.2"), 8080)])
         .unwrap();
     let datapath = Arc::new(FakeDatapath::default());
     datapath.fail_insert_of_host_port(8080);
