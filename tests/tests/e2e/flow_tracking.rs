@@ -48,12 +48,9 @@ fn udp_one_client_port_to_two_host_ports_gets_each_reply_from_the_port_it_asked(
     let rig = Rig::start();
     let _echo = rig.serve_udp_echo(&rig.topo.container.ns, 53);
     rig.map_add("dns", "172.17.0.2", &["5353:53/udp", "5354:53/udp"]);
-    one_client_port_to_two_host_ports(
-        &rig,
-        "0.0.0.0:0",
-        |p| host_addr(p),
-        |p| SocketAddr::V4(SocketAddrV4::new(rig.topo.client.ip, p)),
-    );
+    one_client_port_to_two_host_ports(&rig, "0.0.0.0:0", host_addr, |p| {
+        SocketAddr::V4(SocketAddrV4::new(rig.topo.client.ip, p))
+    });
 }
 
 /// From one client socket (bound to `bind`) to host ports 5353, 5354,

@@ -22,7 +22,7 @@ pub(super) fn setup_on(builder: RigBuilder) -> (Rig, HttpPeerServer, UdpEchoServ
     (rig, web, dns)
 }
 
-/// `cg-probe http` from the host to each of `targets`: getpeername()
+/// `cg-probe http` from the host to each of `targets`: `getpeername()`
 /// shows what was called; the container sees the host's bridge address.
 pub(super) fn host_reaches(rig: &Rig, targets: &[&str]) {
     for target in targets {
