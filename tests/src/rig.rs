@@ -194,6 +194,12 @@ impl Rig {
         self.daemon.cli_ok(args).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// [`Rig::berth`] with `line` split at whitespace, as it is typed: for
+    /// commands whose arguments hold no spaces (no quoting here).
+    pub fn berth_words(&self, line: &str) -> String {
+        self.berth(&line.split_whitespace().collect::<Vec<_>>())
+    }
+
     /// `berth args…` whatever its exit status.
     pub fn berth_output(&self, args: &[&str]) -> Output {
         self.daemon
@@ -280,12 +286,7 @@ impl Rig {
     /// One UDP datagram from the client to the host's published `port`
     /// over IPv6.
     pub fn client_udp6(&self, port: u16, payload: &str) -> Result<UdpReply> {
-        let target = self.topo.host.addr6(port);
-        let payload = payload.to_string();
-        self.topo
-            .client
-            .ns
-            .run(move || udp_request(target, &payload, REQUEST_TIMEOUT))
+        self.udp_from_client(self.topo.host.addr6(port), payload)
     }
 
     /// GET / from the client to the host's published `port`.
@@ -300,7 +301,10 @@ impl Rig {
 
     /// One UDP datagram from the client to the host's published `port`.
     pub fn client_udp(&self, port: u16, payload: &str) -> Result<UdpReply> {
-        let target = self.topo.host.addr(port);
+        self.udp_from_client(self.topo.host.addr(port), payload)
+    }
+
+    fn udp_from_client(&self, target: SocketAddr, payload: &str) -> Result<UdpReply> {
         let payload = payload.to_string();
         self.topo
             .client

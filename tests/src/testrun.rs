@@ -420,6 +420,22 @@ impl Env {
         .unwrap();
     }
 
+    /// Task `task_id`'s IPv6 rules in direction `dir` (`berth_maps::DIR_*`).
+    pub fn set_rules6(&mut self, task_id: u32, dir: u32, rules: &[berth::datapath::PolicyRule]) {
+        use berth_maps::{Policy6, PolicyKey, Rule6, MAX_RULES};
+        let mut p = Box::new(Policy6 {
+            len: rules.len() as u32,
+            _pad: 0,
+            rules: [Rule6::default(); MAX_RULES],
+        });
+        for (slot, r) in p.rules.iter_mut().zip(rules) {
+            *slot = berth::datapath::encode_rule6(r);
+        }
+        let mut m: HashMap<&mut MapData, PolicyKey, Policy6> =
+            HashMap::try_from(self.ebpf.map_mut(berth_maps::POLICY6_MAP).unwrap()).unwrap();
+        m.insert(PolicyKey { task_id, dir }, *p, 0).unwrap();
+    }
+
     /// Task `task_id`'s rules in direction `dir` (`berth_maps::DIR_*`).
     pub fn set_rules(&mut self, task_id: u32, dir: u32, rules: &[berth::datapath::PolicyRule]) {
         use berth_maps::{Policy, PolicyKey, Rule, MAX_RULES};
@@ -637,5 +653,21 @@ fn median_ns(runs: u32, mut run: impl FnMut() -> u128) -> f64 {
         (v[mid - 1] + v[mid]) as f64 / 2.0
     } else {
         v[mid] as f64
+    }
+}
+
+/// A rule for `proto` (`None`: every protocol) on `ports`, from or to
+/// `peer`, of no ICMP type.
+pub fn rule(
+    proto: Option<berth::datapath::RuleProto>,
+    ports: (u16, u16),
+    peer: berth::datapath::RulePeer,
+) -> berth::datapath::PolicyRule {
+    berth::datapath::PolicyRule {
+        proto,
+        ports,
+        icmp_type: None,
+        icmp_code: None,
+        peer,
     }
 }

@@ -49,14 +49,63 @@ impl Shared {
     }
 }
 
-/// A TCP server that answers every connection with an HTTP/1.0 200 whose
-/// body is the peer address it saw, e.g. `192.0.2.2:40000`, then closes.
+/// A server's thread, the address it serves and what it saw: what
+/// [`HttpPeerServer`] and [`UdpEchoServer`] have in common. Stops the
+/// thread when dropped.
 #[derive(Debug)]
-pub struct HttpPeerServer {
+pub struct ServerThread {
     addr: SocketAddr,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
+
+impl ServerThread {
+    /// Runs `serve` on a thread named `name`; it polls the stop flag.
+    fn spawn(
+        name: String,
+        addr: SocketAddr,
+        serve: impl FnOnce(Arc<Shared>) + Send + 'static,
+    ) -> Result<Self> {
+        let shared = Arc::new(Shared::default());
+        let s = shared.clone();
+        let thread = thread::Builder::new().name(name).spawn(move || serve(s))?;
+        Ok(Self {
+            addr,
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address (with the real port if 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Peers served so far, in order: the connections an HTTP server
+    /// accepted, the sources of the datagrams an echo server received.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.shared.peers()
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A TCP server that answers every connection with an HTTP/1.0 200 whose
+/// body is the peer address it saw, e.g. `192.0.2.2:40000`, then closes.
+/// [`ServerThread`]'s methods tell where it listens and who connected.
+#[derive(Debug)]
+pub struct HttpPeerServer(ServerThread);
 
 impl HttpPeerServer {
     /// Binds `bind` (port 0 picks one) in the calling thread's namespace;
@@ -70,44 +119,22 @@ impl HttpPeerServer {
             .with_context(|| format!("cannot bind tcp {bind}"))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::default());
-        let s = shared.clone();
-        let thread = thread::Builder::new()
-            .name(format!("http-{addr}"))
-            .spawn(move || accept_loop(listener, s))?;
-        Ok(Self {
-            addr,
-            shared,
-            thread: Some(thread),
+        ServerThread::spawn(format!("http-{addr}"), addr, move |s| {
+            accept_loop(listener, s)
         })
+        .map(Self)
     }
 
     /// Binds `bind` inside `ns`.
     pub fn start_in(ns: &NetNs, bind: SocketAddr) -> Result<Self> {
         ns.try_run(|| Self::start(bind))?
     }
-
-    /// The bound address (with the real port if 0 was asked for).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    /// Peer addresses of the connections accepted so far, in order.
-    pub fn peers(&self) -> Vec<SocketAddr> {
-        self.shared.peers()
-    }
 }
 
-impl Drop for HttpPeerServer {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+impl std::ops::Deref for HttpPeerServer {
+    type Target = ServerThread;
+    fn deref(&self) -> &ServerThread {
+        &self.0
     }
 }
 
@@ -222,13 +249,10 @@ fn read_to_end_by(stream: &mut TcpStream, deadline: Instant) -> Result<Vec<u8>> 
 }
 
 /// A UDP server that answers each datagram with `"<peer addr> <payload>"`
-/// sent from the socket it arrived on.
+/// sent from the socket it arrived on. [`ServerThread`]'s methods tell
+/// where it listens and who sent.
 #[derive(Debug)]
-pub struct UdpEchoServer {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct UdpEchoServer(ServerThread);
 
 impl UdpEchoServer {
     /// Binds `bind` (port 0 picks one) in the calling thread's namespace;
@@ -239,43 +263,22 @@ impl UdpEchoServer {
             .with_context(|| format!("cannot bind udp {bind}"))?;
         sock.set_read_timeout(Some(Duration::from_millis(50)))?;
         let addr = sock.local_addr()?;
-        let shared = Arc::new(Shared::default());
-        let s = shared.clone();
-        let thread = thread::Builder::new()
-            .name(format!("udp-echo-{addr}"))
-            .spawn(move || echo_loop(sock, s))?;
-        Ok(Self {
-            addr,
-            shared,
-            thread: Some(thread),
+        ServerThread::spawn(format!("udp-echo-{addr}"), addr, move |s| {
+            echo_loop(sock, s)
         })
+        .map(Self)
     }
 
     /// Binds `bind` inside `ns`.
     pub fn start_in(ns: &NetNs, bind: SocketAddr) -> Result<Self> {
         ns.try_run(|| Self::start(bind))?
     }
-
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    /// Source addresses of the datagrams received so far, in order.
-    pub fn peers(&self) -> Vec<SocketAddr> {
-        self.shared.peers()
-    }
 }
 
-impl Drop for UdpEchoServer {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+impl std::ops::Deref for UdpEchoServer {
+    type Target = ServerThread;
+    fn deref(&self) -> &ServerThread {
+        &self.0
     }
 }
 

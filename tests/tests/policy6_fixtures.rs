@@ -13,15 +13,12 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::maps::{Array, HashMap, MapData};
-use berth::datapath::{encode_rule6, PolicyRule, RulePeer, RuleProto};
+use berth::datapath::{PolicyRule, RulePeer, RuleProto};
 use berth_integration::{
     pkt::{self, Ipv6Packet, V6Ext},
     testrun::*,
 };
-use berth_maps::{
-    tail, Counter, Endpoint, Policy6, PolicyKey, Rule6, SgMember6, CONFIG_NO_POLICY, DIR_EGRESS,
-    DIR_INGRESS, EP_F_POLICY, MAX_RULES,
-};
+use berth_maps::{tail, Counter, SgMember6, CONFIG_NO_POLICY, DIR_EGRESS, DIR_INGRESS};
 
 const OK: i32 = 0;
 const SHOT: i32 = 2;
@@ -278,40 +275,6 @@ const STRANGER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb9, 0, 0, 0, 0, 0, 7);
 const C1_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
 const DB8: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0);
 
-fn rule(proto: Option<RuleProto>, ports: (u16, u16), peer: RulePeer) -> PolicyRule {
-    PolicyRule {
-        proto,
-        ports,
-        icmp_type: None,
-        icmp_code: None,
-        peer,
-    }
-}
-
-fn set_rules6(env: &mut Env, task_id: u32, dir: u32, rules: &[PolicyRule]) {
-    let mut p = Box::new(Policy6 {
-        len: rules.len() as u32,
-        _pad: 0,
-        rules: [Rule6::default(); MAX_RULES],
-    });
-    for (slot, r) in p.rules.iter_mut().zip(rules) {
-        *slot = encode_rule6(r);
-    }
-    let mut m: HashMap<&mut MapData, PolicyKey, Policy6> =
-        HashMap::try_from(env.ebpf.map_mut("BERTH_POLICY6").unwrap()).unwrap();
-    m.insert(PolicyKey { task_id, dir }, *p, 0).unwrap();
-}
-
-fn set_endpoint6(env: &mut Env, ip: Ipv6Addr, task_id: u32) {
-    let mut m: HashMap<&mut MapData, [u8; 16], Endpoint> =
-        HashMap::try_from(env.ebpf.map_mut("BERTH_ENDPOINTS6").unwrap()).unwrap();
-    let ep = Endpoint {
-        task_id,
-        flags: EP_F_POLICY,
-    };
-    m.insert(ip.octets(), ep, 0).unwrap();
-}
-
 fn add_member6(env: &mut Env, sg_id: u32, ip: Ipv6Addr) {
     let mut m: HashMap<&mut MapData, SgMember6, u32> =
         HashMap::try_from(env.ebpf.map_mut("BERTH_SG_MEMBERS6").unwrap()).unwrap();
@@ -336,11 +299,10 @@ fn judged(env: &mut Env) -> Judged {
     let c2 = env.add_port("pc2");
     env.port_addrs(c2, &[C2]);
     env.set_endpoint(C2, 2, true);
-    set_endpoint6(env, C1_6, 1);
-    set_endpoint6(env, C2_6, 2);
+    env.set_endpoint6(C1_6, 1, true);
+    env.set_endpoint6(C2_6, 2, true);
     let tcp = Some(RuleProto::Tcp);
-    set_rules6(
-        env,
+    env.set_rules6(
         1,
         DIR_INGRESS,
         &[
@@ -357,8 +319,7 @@ fn judged(env: &mut Env) -> Judged {
             rule(Some(RuleProto::Udp), (5353, 5353), RulePeer::Group(7)),
         ],
     );
-    set_rules6(
-        env,
+    env.set_rules6(
         1,
         DIR_EGRESS,
         &[rule(
@@ -367,8 +328,8 @@ fn judged(env: &mut Env) -> Judged {
             RulePeer::Cidr6(DB8, 32),
         )],
     );
-    set_rules6(env, 2, DIR_INGRESS, &[]);
-    set_rules6(env, 2, DIR_EGRESS, &[]);
+    env.set_rules6(2, DIR_INGRESS, &[]);
+    env.set_rules6(2, DIR_EGRESS, &[]);
     Judged {
         c1: p.with_policy,
         c2,

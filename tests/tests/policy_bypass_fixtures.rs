@@ -33,16 +33,6 @@ struct Ports {
     c3: u32,
 }
 
-fn rule(proto: Option<RuleProto>, ports: (u16, u16), peer: RulePeer) -> PolicyRule {
-    PolicyRule {
-        proto,
-        ports,
-        icmp_type: None,
-        icmp_code: None,
-        peer,
-    }
-}
-
 fn any4() -> RulePeer {
     RulePeer::Cidr(Ipv4Addr::UNSPECIFIED, 0)
 }
@@ -77,25 +67,9 @@ fn setup(env: &mut Env) -> Ports {
     env.set_endpoint6(C3_6, 3, false);
     for dir in [DIR_INGRESS, DIR_EGRESS] {
         env.set_rules(1, dir, &[tcp80(any4())]);
-        set_rules6(env, 1, dir, &[tcp80(any6())]);
+        env.set_rules6(1, dir, &[tcp80(any6())]);
     }
     Ports { c1, c2, c3 }
-}
-
-fn set_rules6(env: &mut Env, task_id: u32, dir: u32, rules: &[PolicyRule]) {
-    use aya::maps::{HashMap, MapData};
-    use berth_maps::{Policy6, PolicyKey, Rule6, MAX_RULES};
-    let mut p = Box::new(Policy6 {
-        len: rules.len() as u32,
-        _pad: 0,
-        rules: [Rule6::default(); MAX_RULES],
-    });
-    for (slot, r) in p.rules.iter_mut().zip(rules) {
-        *slot = berth::datapath::encode_rule6(r);
-    }
-    let mut m: HashMap<&mut MapData, PolicyKey, Policy6> =
-        HashMap::try_from(env.ebpf.map_mut("BERTH_POLICY6").unwrap()).unwrap();
-    m.insert(PolicyKey { task_id, dir }, *p, 0).unwrap();
 }
 
 /// The verdict of `prog` for `frame` on bridge port `port`; the frame
@@ -237,7 +211,7 @@ fn other_ipv6_next_headers_pass_only_by_their_rules_and_are_tracked() {
             assert_eq!(received(env, p.c1, &raw6(C3_6, C1_6, proto)), SHOT);
         }
         // A numbered rule (and its IPv4 twin, which must not count).
-        set_rules6(env, 1, DIR_EGRESS, &[numbered(pkt::GRE, any6())]);
+        env.set_rules6(1, DIR_EGRESS, &[numbered(pkt::GRE, any6())]);
         env.set_rules(1, DIR_INGRESS, &[numbered(pkt::GRE, any4())]);
         assert_eq!(sent(env, p.c1, &raw6(C1_6, C3_6, pkt::GRE)), OK);
         assert_eq!(sent(env, p.c1, &raw6(C1_6, C3_6, 41)), SHOT);
@@ -248,7 +222,7 @@ fn other_ipv6_next_headers_pass_only_by_their_rules_and_are_tracked() {
             SHOT
         );
         // "all" takes any next header.
-        set_rules6(env, 1, DIR_EGRESS, &[rule(None, (0, 65535), any6())]);
+        env.set_rules6(1, DIR_EGRESS, &[rule(None, (0, 65535), any6())]);
         assert_eq!(sent(env, p.c1, &raw6(C1_6, C3_6, pkt::SCTP)), OK);
         // C2 with no rules refuses what C1 may send it.
         assert_eq!(received(env, p.c2, &raw6(C1_6, C2_6, pkt::SCTP)), SHOT);
@@ -287,7 +261,7 @@ fn an_ipv6_protocol_behind_extension_headers_is_judged_by_its_numbered_rule() {
         for ext in chains {
             assert_eq!(sent(env, p.c1, &behind(C1_6, C3_6, pkt::GRE, ext)), SHOT);
         }
-        set_rules6(env, 1, DIR_EGRESS, &[numbered(pkt::GRE, any6())]);
+        env.set_rules6(1, DIR_EGRESS, &[numbered(pkt::GRE, any6())]);
         let egress = env.counter(Counter::PolicyDeniedEgress);
         for ext in chains {
             assert_eq!(
@@ -307,7 +281,7 @@ fn an_ipv6_protocol_behind_extension_headers_is_judged_by_its_numbered_rule() {
         let stranger = behind(pkt::CLIENT6, C1_6, pkt::GRE, &[V6Ext::DestOpts]);
         assert_eq!(received(env, p.c1, &stranger), SHOT);
         // An ingress rule for its number admits it unsolicited.
-        set_rules6(env, 1, DIR_INGRESS, &[numbered(pkt::SCTP, any6())]);
+        env.set_rules6(1, DIR_INGRESS, &[numbered(pkt::SCTP, any6())]);
         let sctp = behind(pkt::CLIENT6, C1_6, pkt::SCTP, &[V6Ext::Routing]);
         assert_eq!(received(env, p.c1, &sctp), OK);
         let esp = behind(pkt::CLIENT6, C1_6, pkt::ESP, &[V6Ext::Routing]);

@@ -12,10 +12,7 @@ use berth_integration::{
     pkt::{self, Packet},
     testrun::*,
 };
-use berth_maps::{
-    Counter, Endpoint, Policy, PolicyKey, Rule, SgMember, DIR_EGRESS, DIR_INGRESS, EP_F_POLICY,
-    MAX_RULES,
-};
+use berth_maps::{Counter, SgMember, DIR_EGRESS, DIR_INGRESS, MAX_RULES};
 
 const OK: u32 = 0;
 const SHOT: u32 = 2;
@@ -43,32 +40,6 @@ fn tcp(proto_all: bool, lo: u16, hi: u16, peer: RulePeer) -> PolicyRule {
 
 fn any() -> RulePeer {
     RulePeer::Cidr(Ipv4Addr::UNSPECIFIED, 0)
-}
-
-fn set_endpoint(env: &mut Env, ip: Ipv4Addr, task_id: u32, policy: bool) {
-    let mut m: HashMap<&mut MapData, u32, Endpoint> =
-        HashMap::try_from(env.ebpf.map_mut("BERTH_ENDPOINTS").unwrap()).unwrap();
-    let flags = if policy { EP_F_POLICY } else { 0 };
-    m.insert(
-        u32::from_ne_bytes(ip.octets()),
-        Endpoint { task_id, flags },
-        0,
-    )
-    .unwrap();
-}
-
-fn set_rules(env: &mut Env, task_id: u32, dir: u32, rules: &[PolicyRule]) {
-    let mut p = Box::new(Policy {
-        len: rules.len() as u32,
-        _pad: 0,
-        rules: [Rule::default(); MAX_RULES],
-    });
-    for (slot, r) in p.rules.iter_mut().zip(rules) {
-        *slot = berth::datapath::encode_rule(r);
-    }
-    let mut m: HashMap<&mut MapData, PolicyKey, Policy> =
-        HashMap::try_from(env.ebpf.map_mut("BERTH_POLICY").unwrap()).unwrap();
-    m.insert(PolicyKey { task_id, dir }, *p, 0).unwrap();
 }
 
 fn add_member(env: &mut Env, sg_id: u32, ip: Ipv4Addr) {
@@ -114,20 +85,18 @@ fn setup(env: &mut Env) {
         5432,
         Protocol::Tcp,
     ));
-    set_endpoint(env, C1, DB_TASK, true);
-    set_endpoint(env, C2, API_TASK, true);
-    set_endpoint(env, C3, OPEN_TASK, false);
+    env.set_endpoint(C1, DB_TASK, true);
+    env.set_endpoint(C2, API_TASK, true);
+    env.set_endpoint(C3, OPEN_TASK, false);
     add_member(env, SG_API, C2);
     add_member(env, SG_DB, C1);
-    set_rules(
-        env,
+    env.set_rules(
         DB_TASK,
         DIR_INGRESS,
         &[tcp(false, 5432, 5432, RulePeer::Group(SG_API))],
     );
-    set_rules(env, DB_TASK, DIR_EGRESS, &[tcp(false, 443, 443, any())]);
-    set_rules(
-        env,
+    env.set_rules(DB_TASK, DIR_EGRESS, &[tcp(false, 443, 443, any())]);
+    env.set_rules(
         API_TASK,
         DIR_INGRESS,
         &[
@@ -146,7 +115,7 @@ fn setup(env: &mut Env) {
             },
         ],
     );
-    set_rules(env, API_TASK, DIR_EGRESS, &[tcp(true, 0, 65535, any())]);
+    env.set_rules(API_TASK, DIR_EGRESS, &[tcp(true, 0, 65535, any())]);
 }
 
 fn from(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Packet {
@@ -320,7 +289,7 @@ fn removing_a_rule_keeps_tracked_flows_and_refuses_new_ones() {
             verdict(env, "berth_from_ctr", &from(C2, 40000, C1, 5432).frame()),
             OK
         );
-        set_rules(env, DB_TASK, DIR_INGRESS, &[]);
+        env.set_rules(DB_TASK, DIR_INGRESS, &[]);
         let mut data = from(C2, 40000, C1, 5432);
         data.tcp_flags = pkt::ACK;
         assert_eq!(
@@ -341,9 +310,9 @@ fn removing_a_rule_keeps_tracked_flows_and_refuses_new_ones() {
 fn membership_changes_apply_to_new_flows_at_once() {
     in_fixture_ns(|env| {
         setup(env);
-        set_endpoint(env, C3, OPEN_TASK, true);
-        set_rules(env, OPEN_TASK, DIR_EGRESS, &[tcp(true, 0, 65535, any())]);
-        set_rules(env, OPEN_TASK, DIR_INGRESS, &[]);
+        env.set_endpoint(C3, OPEN_TASK, true);
+        env.set_rules(OPEN_TASK, DIR_EGRESS, &[tcp(true, 0, 65535, any())]);
+        env.set_rules(OPEN_TASK, DIR_INGRESS, &[]);
         assert_eq!(
             verdict(env, "berth_from_ctr", &from(C3, 40000, C1, 5432).frame()),
             SHOT
@@ -391,7 +360,7 @@ fn the_largest_rule_set_is_evaluated_to_its_last_rule() {
         let mut rules =
             vec![tcp(false, 1, 1, RulePeer::Cidr(Ipv4Addr::new(10, 0, 0, 0), 8)); MAX_RULES - 1];
         rules.push(tcp(false, 6000, 6010, RulePeer::Group(SG_API)));
-        set_rules(env, DB_TASK, DIR_INGRESS, &rules);
+        env.set_rules(DB_TASK, DIR_INGRESS, &rules);
         assert_eq!(
             verdict(env, "berth_from_ctr", &from(C2, 40000, C1, 6005).frame()),
             OK
@@ -691,14 +660,12 @@ fn icmp_other_than_echo_and_errors_is_judged_per_packet_by_the_rules() {
         assert_eq!(verdict(env, "berth_to_ctr", &ts_to(C1)), SHOT);
         assert_eq!(verdict(env, "berth_to_ctr", &ts_to(C3)), OK, "no policy");
         // A timestamp rule for api, and `all` from api's group for db.
-        set_rules(
-            env,
+        env.set_rules(
             API_TASK,
             DIR_INGRESS,
             &[icmp_rule(Some(13), Some(0), any())],
         );
-        set_rules(
-            env,
+        env.set_rules(
             DB_TASK,
             DIR_INGRESS,
             &[tcp(true, 0, 65535, RulePeer::Group(SG_API))],
@@ -714,14 +681,13 @@ fn icmp_other_than_echo_and_errors_is_judged_per_packet_by_the_rules() {
         // only) and api's ingress (type 13 only) and refused.
         let answer = Packet::icmp(C1, C2, 14, 0, [0, 1, 0, 1]).frame();
         assert_eq!(verdict(env, "berth_from_ctr", &answer), SHOT);
-        set_rules(env, DB_TASK, DIR_EGRESS, &[icmp_rule(None, None, any())]);
+        env.set_rules(DB_TASK, DIR_EGRESS, &[icmp_rule(None, None, any())]);
         assert_eq!(
             verdict(env, "berth_from_ctr", &answer),
             SHOT,
             "api's ingress"
         );
-        set_rules(
-            env,
+        env.set_rules(
             API_TASK,
             DIR_INGRESS,
             &[icmp_rule(Some(14), None, RulePeer::Group(SG_DB))],

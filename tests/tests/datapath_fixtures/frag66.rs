@@ -15,7 +15,11 @@ use berth_integration::{
 };
 use berth_maps::{Counter, FragEntry6, FragKey6, FRAGS6_MAP, FRAG_K_DNAT, FRAG_K_SNAT};
 
-use crate::{ipv6::publish6, run::TC_ACT_REDIRECT};
+use crate::{
+    ipv6::publish6,
+    nat66::{expect, macs},
+    run::TC_ACT_REDIRECT,
+};
 
 const C1_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 const OTHER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x99);
@@ -49,21 +53,18 @@ fn fragments(whole: &[u8], before: &[V6Ext], id: u32) -> Vec<Vec<u8>> {
     pkt::fragments6(whole, before, id, CHUNK)
 }
 
-fn macs(mut f: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
-    f[..6].copy_from_slice(&dst);
-    f[6..12].copy_from_slice(&src);
-    f
-}
-
-fn expect(env: &Env, prog: &str, input: &[u8], code: u32, out: &[u8], what: &str) {
-    let v = env.tc(prog, input);
-    assert_eq!(v.code, code, "{what}: verdict");
-    assert!(
-        v.frame == out,
-        "{what}: frame\n got  {:02x?}\n want {:02x?}",
-        v.frame,
-        out
-    );
+/// The key a translation (`kind` DNAT or SNAT) of datagram `id` from
+/// `src` to `dst` is remembered under.
+fn nat_frag_key(src: Ipv6Addr, dst: Ipv6Addr, id: u32, kind: u8) -> FragKey6 {
+    FragKey6 {
+        src_addr: src.octets(),
+        dst_addr: dst.octets(),
+        id_be: id.to_be(),
+        kind,
+        _pad: [0; 3],
+        // The NAT kinds are shared by every hook: no port.
+        ifindex: 0,
+    }
 }
 
 /// The client's 3000-byte datagram and the container's 3000-byte answer,
@@ -84,15 +85,7 @@ fn datagram_and_answer_are_translated(env: &mut Env, before: &[V6Ext]) {
             &format!("fragment {i} in"),
         );
     }
-    let k = FragKey6 {
-        src_addr: CLIENT6.octets(),
-        dst_addr: HOST6.octets(),
-        id_be: ID.to_be(),
-        kind: FRAG_K_DNAT,
-        _pad: [0; 3],
-        // The NAT kinds are shared by every hook: no port.
-        ifindex: 0,
-    };
+    let k = nat_frag_key(CLIENT6, HOST6, ID, FRAG_K_DNAT);
     let e: FragEntry6 = env.map_get(FRAGS6_MAP, &k).expect("the first remembered");
     assert_eq!(e.addr, C1_6.octets());
     // The answer, cut by the container with its own identification.
@@ -118,15 +111,7 @@ fn datagram_and_answer_are_translated(env: &mut Env, before: &[V6Ext]) {
             &format!("fragment {i} of the answer"),
         );
     }
-    let k = FragKey6 {
-        src_addr: C1_6.octets(),
-        dst_addr: CLIENT6.octets(),
-        id_be: answer_id.to_be(),
-        kind: FRAG_K_SNAT,
-        _pad: [0; 3],
-        // The NAT kinds are shared by every hook: no port.
-        ifindex: 0,
-    };
+    let k = nat_frag_key(C1_6, CLIENT6, answer_id, FRAG_K_SNAT);
     let e: FragEntry6 = env.map_get(FRAGS6_MAP, &k).expect("the answer remembered");
     assert_eq!(e.addr, HOST6.octets());
 }

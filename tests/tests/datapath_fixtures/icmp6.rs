@@ -15,7 +15,11 @@ use berth_integration::{
 };
 use berth_maps::{Counter, CONFIG_MAP, CONFIG_NO_POLICY};
 
-use crate::{ipv6::publish6, run::TC_ACT_REDIRECT};
+use crate::{
+    ipv6::publish6,
+    nat66::{expect, macs},
+    run::TC_ACT_REDIRECT,
+};
 
 const C1_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 const C2_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
@@ -87,24 +91,6 @@ pub(crate) fn frame(p: &Ipv6Packet, hop: u8) -> Vec<u8> {
     let mut p = p.clone();
     p.hop_limit = hop;
     p.frame()
-}
-
-/// `f` as sent to `dst` from `src` (the MACs the FIB's next hop gives).
-fn macs(mut f: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
-    f[..6].copy_from_slice(&dst);
-    f[6..12].copy_from_slice(&src);
-    f
-}
-
-fn expect(env: &Env, prog: &str, input: &[u8], code: u32, out: &[u8], what: &str) {
-    let v = env.tc(prog, input);
-    assert_eq!(v.code, code, "{what}: verdict");
-    assert!(
-        v.frame == out,
-        "{what}: frame\n got  {:02x?}\n want {:02x?}",
-        v.frame,
-        out
-    );
 }
 
 /// Opens the TCP flow client:40000 -> [::]:8080 (the container's :80).

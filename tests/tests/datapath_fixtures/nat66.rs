@@ -90,7 +90,7 @@ pub(crate) fn udp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, hop: u8)
 }
 
 /// `f` as sent to `dst` from `src` (the MACs the FIB's next hop gives).
-fn macs(mut f: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+pub(crate) fn macs(mut f: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
     f[..6].copy_from_slice(&dst);
     f[6..12].copy_from_slice(&src);
     f
@@ -122,6 +122,8 @@ pub(crate) fn flow(env: &Env, k: &FlowKey6) -> Option<(bool, NatEntry6)> {
         .or_else(|| env.map_get(NAT6_NEW_MAP, k).map(|e| (false, e)))
 }
 
+/// Runs `prog` on `input`: verdict `code` and exactly `out` (`what` names
+/// the case).
 pub(crate) fn expect(env: &Env, prog: &str, input: &[u8], code: u32, out: &[u8], what: &str) {
     let v = env.tc(prog, input);
     assert_eq!(v.code, code, "{what}: verdict");

@@ -63,16 +63,7 @@ fn an_ipv6_address_outside_the_bridges_ipv6_subnets_is_refused_in_one_line() {
     assert!(err.contains("fd00:99::2 is not in an IPv6 subnet"), "{err}");
     assert_eq!(rig.bindings().len(), 0);
     // On the bridge's IPv6 subnet: published.
-    rig.berth(&[
-        "map",
-        "add",
-        "--task",
-        "w",
-        "--ip6",
-        "fd00:17::2",
-        "-p",
-        "8080:80",
-    ]);
+    rig.berth_words("map add --task w --ip6 fd00:17::2 -p 8080:80");
     assert_eq!(rig.bindings().len(), 1);
 }
 

@@ -192,19 +192,7 @@ fn security_groups_guard_a_container_of_the_second_bridge() {
     let direct = SocketAddr::from((CNI_CTR, 80));
     assert_eq!(peer_ip(&get(&cni_b.ns, direct)), "10.88.0.3", "open before");
     rig.berth(&["sg", "create", "office"]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "office",
-        "--ingress",
-        "--proto",
-        "tcp",
-        "--port",
-        "80",
-        "--cidr",
-        "192.0.2.2/32",
-    ]);
+    rig.berth_words("sg rule add office --ingress --proto tcp --port 80 --cidr 192.0.2.2/32");
     rig.berth(&["sg", "attach", "office", "--task", "cni-web"]);
     let published = rig.topo.host.addr(8081);
     assert_eq!(peer_ip(&get(&rig.topo.client.ns, published)), "192.0.2.2");
@@ -218,19 +206,7 @@ fn the_unhooked_port_gate_knows_the_second_bridge() {
     // --default-sg: a port not hooked may not talk, and what the host sends
     // from cni0's MAC is the host's. A published port on cni0 still works.
     let (rig, cni_a, _cni_b) = two_bridges(&["--default-sg", "open"]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "open",
-        "--ingress",
-        "--proto",
-        "tcp",
-        "--port",
-        "80",
-        "--cidr",
-        "0.0.0.0/0",
-    ]);
+    rig.berth_words("sg rule add open --ingress --proto tcp --port 80 --cidr 0.0.0.0/0");
     let _cni_web = rig.serve_http(&cni_a.ns, 80);
     rig.map_add("cni-web", &CNI_CTR.to_string(), &["8081:80"]);
     let body = get(&rig.topo.client.ns, rig.topo.host.addr(8081));

@@ -361,6 +361,15 @@ fn shape(map_type: u32, key: u32, value: u32, max: u32) -> MapShape {
     }
 }
 
+/// The shapes a check is to find, by map name.
+fn shapes<const N: usize>(
+    maps: [(&str, MapShape); N],
+) -> std::collections::BTreeMap<String, MapShape> {
+    maps.into_iter()
+        .map(|(name, s)| (name.to_owned(), s))
+        .collect()
+}
+
 /// Creates and pins a map as another berth would have, with entries.
 fn pin_map(bpffs: &Bpffs, name: &str, shape: &MapShape, entries: &[(Vec<u8>, Vec<u8>)]) -> u32 {
     let dir = bpffs.path().join("berth");
@@ -711,15 +720,16 @@ fn pinned_maps_are_migrated_in_place_through_converters_and_resizes() {
     pin_map(&bpffs, berth_maps::NAT_MAP, &old, &nat);
     let ct = vec![(flow_key(50000), vec![9u8; 16])];
     pin_map(&bpffs, berth_maps::CT_MAP, &old, &ct);
-    let mut expected = std::collections::BTreeMap::new();
-    expected.insert(
-        berth_maps::NAT_MAP.to_owned(),
-        shape(sys::BPF_MAP_TYPE_HASH, 16, 88, 2048),
-    );
-    expected.insert(
-        berth_maps::CT_MAP.to_owned(),
-        shape(sys::BPF_MAP_TYPE_HASH, 16, 16, 4096),
-    );
+    let expected = shapes([
+        (
+            berth_maps::NAT_MAP,
+            shape(sys::BPF_MAP_TYPE_HASH, 16, 88, 2048),
+        ),
+        (
+            berth_maps::CT_MAP,
+            shape(sys::BPF_MAP_TYPE_HASH, 16, 16, 4096),
+        ),
+    ]);
     let report = pins::check_and_migrate(&dir, &expected).unwrap();
     assert_eq!(report.found_layout, Some(1));
     assert_eq!(
@@ -782,15 +792,16 @@ fn layout_2_nat_tables_are_converted_keeping_every_flow() {
         &new,
     );
     std::os::unix::fs::symlink("2", dir.join(pins::LAYOUT_LINK)).unwrap();
-    let mut expected = std::collections::BTreeMap::new();
-    expected.insert(
-        berth_maps::NAT_MAP.to_owned(),
-        shape(sys::BPF_MAP_TYPE_HASH, 16, 88, 1024),
-    );
-    expected.insert(
-        berth_maps::NAT_NEW_MAP.to_owned(),
-        shape(sys::BPF_MAP_TYPE_LRU_HASH, 16, 88, 1024),
-    );
+    let expected = shapes([
+        (
+            berth_maps::NAT_MAP,
+            shape(sys::BPF_MAP_TYPE_HASH, 16, 88, 1024),
+        ),
+        (
+            berth_maps::NAT_NEW_MAP,
+            shape(sys::BPF_MAP_TYPE_LRU_HASH, 16, 88, 1024),
+        ),
+    ]);
     let report = pins::check_and_migrate(&dir, &expected).unwrap();
     assert_eq!(report.found_layout, Some(2));
     assert_eq!(
@@ -844,15 +855,10 @@ fn layout_3_fragment_tables_are_made_anew_empty_with_the_ports_in_their_keys() {
         pin_map(&bpffs, name, old, &[entry]);
     }
     std::os::unix::fs::symlink("3", dir.join(pins::LAYOUT_LINK)).unwrap();
-    let mut expected = std::collections::BTreeMap::new();
-    expected.insert(
-        berth_maps::FRAGS_MAP.to_owned(),
-        shape(lru, key4, value4, 1024),
-    );
-    expected.insert(
-        berth_maps::FRAGS6_MAP.to_owned(),
-        shape(lru, key6, value6, 1024),
-    );
+    let expected = shapes([
+        (berth_maps::FRAGS_MAP, shape(lru, key4, value4, 1024)),
+        (berth_maps::FRAGS6_MAP, shape(lru, key6, value6, 1024)),
+    ]);
     let report = pins::check_and_migrate(&dir, &expected).unwrap();
     assert_eq!(report.found_layout, Some(3));
     let made_anew: Vec<String> = old
@@ -1427,11 +1433,10 @@ fn flows_the_old_programs_track_during_a_migration_are_carried_over() {
     );
     // What the old programs hold on to.
     let old_fd = sys::obj_get(&dir.join(berth_maps::NAT_MAP)).unwrap();
-    let mut expected = std::collections::BTreeMap::new();
-    expected.insert(
-        berth_maps::NAT_MAP.to_owned(),
+    let expected = shapes([(
+        berth_maps::NAT_MAP,
         shape(sys::BPF_MAP_TYPE_HASH, 16, 88, 1024),
-    );
+    )]);
     let (report, mut old_maps) = pins::check_and_migrate_keeping_old(&dir, &expected).unwrap();
     assert_eq!(report.migrated.len(), 1);
     let new_fd = sys::obj_get(&dir.join(berth_maps::NAT_MAP)).unwrap();

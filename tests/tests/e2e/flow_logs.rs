@@ -18,7 +18,7 @@ use berth_integration::{
     rig::REQUEST_TIMEOUT as T,
     tcp_connect,
     traffic::{recv_datagram, udp_socket_in},
-    Rig,
+    Rig, RigBuilder,
 };
 
 /// Two windows and some slack: a flow split by a window end shows up in
@@ -33,12 +33,19 @@ fn unix_now() -> u64 {
 }
 
 fn with_flow_log(extra: &[&str]) -> (Rig, PathBuf, TempDir) {
+    start_with_flow_log(Rig::builder(), extra)
+}
+
+/// `builder`'s rig, every port hooked, with `--flow-log` to a file of its
+/// own in 10 s windows and `extra` flags: the rig, the log's path and the
+/// directory that holds it (removed when dropped).
+pub(super) fn start_with_flow_log(builder: RigBuilder, extra: &[&str]) -> (Rig, PathBuf, TempDir) {
     let dir = TempDir::new("flowlog").expect("a temporary directory");
     let path = dir.path().join("flows.log");
     let p = path.display().to_string();
     let mut flags = vec!["--flow-log", p.as_str(), "--flow-log-interval", "10"];
     flags.extend_from_slice(extra);
-    let rig = Rig::builder().flags(&flags).wait_for_ports().start();
+    let rig = builder.flags(&flags).wait_for_ports().start();
     (rig, path, dir)
 }
 
@@ -271,19 +278,7 @@ fn a_flow_refused_by_a_security_group_is_a_reject_record() {
     let _web = rig.serve_http(&rig.topo.container.ns, 80);
     rig.map_add("web", "172.17.0.2", &["8080:80"]);
     rig.berth(&["sg", "create", "web"]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "web",
-        "--ingress",
-        "--proto",
-        "tcp",
-        "--port",
-        "80",
-        "--cidr",
-        "192.0.2.2/32",
-    ]);
+    rig.berth_words("sg rule add web --ingress --proto tcp --port 80 --cidr 192.0.2.2/32");
     rig.berth(&["sg", "attach", "web", "--task", "web"]);
     let published = rig.topo.host.addr(8080);
     rig.topo

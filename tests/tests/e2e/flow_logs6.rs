@@ -13,7 +13,7 @@ use berth_integration::{
     addr, names::TempDir, peer_ip, pkt, rawsock::RawSocket, tcp_connect, Mode, NetNs, Rig,
 };
 
-use super::flow_logs::wait_for;
+use super::flow_logs::{start_with_flow_log, wait_for};
 
 /// Every field a record of an IPv6 flow has something in.
 const FORMAT: &str = "${version} ${interface-id} ${type} ${srcaddr} ${dstaddr} ${srcport} \
@@ -26,27 +26,8 @@ const ETH_P_IPV6: u16 = 0x86dd;
 /// flags), the container's IPv6 HTTP server on 80 published on `[::]:8080`
 /// only.
 fn rig6(mode: Mode, extra: &[&str]) -> (Rig, std::path::PathBuf, TempDir) {
-    let dir = TempDir::new("flowlog6").expect("a temporary directory");
-    let path = dir.path().join("flows.log");
-    let p = path.display().to_string();
-    let mut flags = vec!["--flow-log", p.as_str(), "--flow-log-interval", "10"];
-    flags.extend_from_slice(extra);
-    let rig = Rig::builder()
-        .dual_stack()
-        .mode(mode)
-        .flags(&flags)
-        .wait_for_ports()
-        .start();
-    rig.berth(&[
-        "map",
-        "add",
-        "--task",
-        "web6",
-        "--ip6",
-        "fd00:17::2",
-        "-p",
-        "8080:80",
-    ]);
+    let (rig, path, dir) = start_with_flow_log(Rig::builder().dual_stack().mode(mode), extra);
+    rig.berth_words("map add --task web6 --ip6 fd00:17::2 -p 8080:80");
     (rig, path, dir)
 }
 
@@ -289,19 +270,7 @@ fn an_ipv6_flow_a_security_group_refuses_is_a_reject_record() {
     let (rig, log, _dir) = rig6(Mode::Default, &[]);
     let _web = rig.serve_http6(&rig.topo.container.ns, 80);
     rig.berth(&["sg", "create", "web"]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "web",
-        "--ingress",
-        "--proto",
-        "tcp",
-        "--port",
-        "80",
-        "--cidr",
-        "2001:db8::2/128",
-    ]);
+    rig.berth_words("sg rule add web --ingress --proto tcp --port 80 --cidr 2001:db8::2/128");
     rig.berth(&["sg", "attach", "web", "--task", "web6"]);
     let published = SocketAddr::from((addr::HOST_IP6, 8080));
     let client2 = &rig.topo.client2;

@@ -34,6 +34,7 @@ use berth_integration::{
 };
 use berth_maps::{NAT_F_CLOSING, NAT_F_ESTABLISHED};
 use serde_json::Value;
+use socket2::{Domain, Socket, Type};
 
 fn host_addr(port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(
@@ -47,21 +48,37 @@ fn udp_one_client_port_to_two_host_ports_gets_each_reply_from_the_port_it_asked(
     let rig = Rig::start();
     let _echo = rig.serve_udp_echo(&rig.topo.container.ns, 53);
     rig.map_add("dns", "172.17.0.2", &["5353:53/udp", "5354:53/udp"]);
+    one_client_port_to_two_host_ports(&rig, "0.0.0.0:0", host_addr, |p| {
+        SocketAddr::V4(SocketAddrV4::new(rig.topo.client.ip, p))
+    });
+}
+
+/// From one client socket (bound to `bind`) to host ports 5353, 5354,
+/// 5353, 5354 of one container's UDP echo: each reply comes from the
+/// port asked (`host(port)`); the container sees the client's own
+/// address (`client(port)`) for the first flow and one other client port,
+/// the same each time, for the clashing second.
+pub(super) fn one_client_port_to_two_host_ports(
+    rig: &Rig,
+    bind: &'static str,
+    host: impl Fn(u16) -> SocketAddr,
+    client: impl Fn(u16) -> SocketAddr,
+) {
     let sock = rig
         .topo
         .client
         .ns
-        .run(|| UdpSocket::bind("0.0.0.0:0").expect("bind"));
+        .run(move || UdpSocket::bind(bind).expect("bind"));
     sock.set_read_timeout(Some(T)).unwrap();
     let local = sock.local_addr().unwrap().port();
     let mut seen_by_container = Vec::new();
     for port in [5353, 5354, 5353, 5354] {
-        sock.send_to(b"q", host_addr(port)).unwrap();
+        sock.send_to(b"q", host(port)).unwrap();
         let mut buf = [0u8; 512];
         let (n, from) = sock
             .recv_from(&mut buf)
             .unwrap_or_else(|e| panic!("no reply through {port}: {e}"));
-        assert_eq!(from, host_addr(port), "the reply comes from the port asked");
+        assert_eq!(from, host(port), "the reply comes from the port asked");
         let text = String::from_utf8_lossy(&buf[..n]).into_owned();
         let (peer, payload) = text.split_once(' ').expect("echo: peer payload");
         assert_eq!(payload, "q");
@@ -69,7 +86,7 @@ fn udp_one_client_port_to_two_host_ports_gets_each_reply_from_the_port_it_asked(
     }
     // The container sees the client's address; the second flow under
     // another client port, the same one each time.
-    let client = SocketAddr::V4(SocketAddrV4::new(rig.topo.client.ip, local));
+    let client = client(local);
     assert_eq!(seen_by_container[0], client);
     assert_eq!(seen_by_container[2], client);
     let remapped = seen_by_container[1];
@@ -81,48 +98,12 @@ fn udp_one_client_port_to_two_host_ports_gets_each_reply_from_the_port_it_asked(
 
 /// A TCP socket bound to `local` (`SO_REUSEADDR`, so two sockets may share
 /// it towards different destinations), connected to `to`.
-fn connect_from(local: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&raw const one).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let sa = |a: SocketAddr| {
-        let SocketAddr::V4(v4) = a else {
-            panic!("ipv4 only")
-        };
-        libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(v4.ip().octets()),
-            },
-            sin_zero: [0; 8],
-        }
-    };
-    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    let l = sa(local);
-    if unsafe { libc::bind(fd, (&raw const l).cast(), len) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let r = sa(to);
-    if unsafe { libc::connect(fd, (&raw const r).cast(), len) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let s = TcpStream::from(owned);
+pub(super) fn connect_from(local: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&local.into())?;
+    s.connect(&to.into())?;
+    let s = TcpStream::from(s);
     s.set_read_timeout(Some(T))?;
     s.set_write_timeout(Some(T))?;
     Ok(s)

@@ -14,7 +14,7 @@ use berth_integration::{
     pkt::{self, Packet},
     rawsock::{ipv4_tuple, RawSocket},
     rig::REQUEST_TIMEOUT as T,
-    traffic::{recv_datagram, udp_socket_in},
+    traffic::{recv_datagram, udp_socket_in, UdpEchoServer},
     udp_request, Mode, NetNs, Rig,
 };
 
@@ -57,30 +57,8 @@ fn a_large_datagram_refused_by_the_senders_egress_rules_is_not_reassembled() {
     rig.map_add("app", "172.17.0.2", &["8080:80"]);
     rig.berth(&["sg", "create", "app"]);
     // Only udp 7000 may leave.
-    rig.berth(&[
-        "sg",
-        "rule",
-        "rm",
-        "app",
-        "--egress",
-        "--proto",
-        "all",
-        "--cidr",
-        "0.0.0.0/0",
-    ]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "app",
-        "--egress",
-        "--proto",
-        "udp",
-        "--port",
-        "7000",
-        "--cidr",
-        "172.17.0.0/16",
-    ]);
+    rig.berth_words("sg rule rm app --egress --proto all --cidr 0.0.0.0/0");
+    rig.berth_words("sg rule add app --egress --proto udp --port 7000 --cidr 172.17.0.0/16");
     rig.berth(&["sg", "attach", "app", "--task", "app"]);
     let open = udp_in(&rig.topo.container2.ns, any(7000));
     let closed = udp_in(&rig.topo.container2.ns, any(7001));
@@ -114,19 +92,7 @@ fn a_large_datagram_refused_by_the_receivers_ingress_rules_is_not_reassembled() 
     let rig = setup(Mode::Default);
     rig.map_add("db", "172.17.0.3", &["15432:5432"]);
     rig.berth(&["sg", "create", "db"]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "db",
-        "--ingress",
-        "--proto",
-        "udp",
-        "--port",
-        "7000",
-        "--cidr",
-        "172.17.0.0/16",
-    ]);
+    rig.berth_words("sg rule add db --ingress --proto udp --port 7000 --cidr 172.17.0.0/16");
     rig.berth(&["sg", "attach", "db", "--task", "db"]);
     // The sender has no groups: only the receiver's rules judge.
     let open = udp_in(&rig.topo.container2.ns, any(7000));
@@ -147,13 +113,25 @@ fn a_large_datagram_refused_by_the_receivers_ingress_rules_is_not_reassembled() 
     assert!(arrives(&sender, &open, to_open, b"still"));
 }
 
-fn large_datagram_to_a_published_port_gets_its_answer(mode: Mode) {
-    let rig = setup(mode);
-    let dns = rig.serve_udp_echo(&rig.topo.container.ns, 53);
-    rig.map_add("dns", "172.17.0.2", &["5353:53/udp"]);
-    let target = rig.topo.host.addr(5353);
+/// `len` bytes of letters: no two neighbouring 16-bit words alike, so a
+/// fragment with its words swapped differs and sums the same.
+pub(super) fn letters(len: usize) -> String {
+    (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect()
+}
+
+/// Sends a 3000-byte datagram from the client to `target`, a published
+/// port of `echo`, and checks that it is answered whole, from `target`,
+/// the container having seen the client's own address (`client`, as a
+/// socket address prints it). Returns how many later fragments were
+/// translated meanwhile (`frag_xlate`), for the caller to judge.
+pub(super) fn a_large_datagram_is_answered_whole(
+    rig: &Rig,
+    target: SocketAddr,
+    client: &str,
+    echo: &UdpEchoServer,
+) -> u64 {
     let translated = rig.counter("frag_xlate");
-    let payload: String = (0..3000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let payload = letters(3000);
     let p = payload.clone();
     let reply = rig
         .topo
@@ -162,27 +140,33 @@ fn large_datagram_to_a_published_port_gets_its_answer(mode: Mode) {
         .run(move || udp_request(target, &p, T))
         .unwrap_or_else(|e| {
             panic!(
-                "no answer to a 3000-byte datagram: {e:#}\nserver saw {:?}\n{}",
-                dns.peers(),
+                "no answer to a 3000-byte datagram to {target}: {e:#}\nserver saw {:?}\n{}",
+                echo.peers(),
                 rig.berth(&["stats"])
             )
         });
     assert_eq!(reply.from, target, "the answer comes from the host port");
     let (peer, echoed) = reply.text.split_once(' ').expect("peer and payload");
-    assert!(peer.starts_with("192.0.2.2:"), "the container saw {peer}");
+    assert!(
+        peer.starts_with(&format!("{client}:")),
+        "the container saw {peer}"
+    );
     assert_eq!(echoed.len(), payload.len(), "the whole datagram came back");
     assert_eq!(echoed, payload);
+    rig.counter("frag_xlate") - translated
+}
+
+fn large_datagram_to_a_published_port_gets_its_answer(mode: Mode) {
+    let rig = setup(mode);
+    let dns = rig.serve_udp_echo(&rig.topo.container.ns, 53);
+    rig.map_add("dns", "172.17.0.2", &["5353:53/udp"]);
+    let target = rig.topo.host.addr(5353);
     assert!(
-        rig.counter("frag_xlate") > translated,
+        a_large_datagram_is_answered_whole(&rig, target, "192.0.2.2", &dns) > 0,
         "later fragments were translated at the uplink"
     );
     // Small datagrams keep working on the same port.
-    let small = rig
-        .topo
-        .client
-        .ns
-        .run(move || udp_request(target, "ping", T))
-        .expect("a small answer");
+    let small = rig.client_udp(5353, "ping").expect("a small answer");
     assert!(small.text.ends_with(" ping"), "{}", small.text);
 }
 
@@ -294,19 +278,7 @@ fn a_container_with_groups_gets_icmp_errors_about_its_flows_and_other_icmp_by_it
     let _dns = rig.serve_udp_echo(&rig.topo.container.ns, 53);
     rig.map_add("dns", "172.17.0.2", &["5353:53/udp"]);
     rig.berth(&["sg", "create", "dns"]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "dns",
-        "--ingress",
-        "--proto",
-        "udp",
-        "--port",
-        "53",
-        "--cidr",
-        "0.0.0.0/0",
-    ]);
+    rig.berth_words("sg rule add dns --ingress --proto udp --port 53 --cidr 0.0.0.0/0");
     rig.berth(&["sg", "attach", "dns", "--task", "dns"]);
     let target = rig.topo.host.addr(5353);
     let client = udp_in(&rig.topo.client.ns, any(0));
@@ -388,19 +360,7 @@ fn a_container_with_groups_gets_icmp_errors_about_its_flows_and_other_icmp_by_it
 
     // A rule for timestamps opens them (as in AWS); the answer leaves by
     // the group's egress (everything, in a new group).
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "dns",
-        "--ingress",
-        "--proto",
-        "icmp",
-        "--icmp-type",
-        "13",
-        "--cidr",
-        "172.17.0.0/16",
-    ]);
+    rig.berth_words("sg rule add dns --ingress --proto icmp --icmp-type 13 --cidr 172.17.0.0/16");
     send_ts(ts);
     let answers = at_c2.collect(LOST, is_ts_answer).unwrap();
     assert_eq!(answers.len(), 1, "one timestamp reply");

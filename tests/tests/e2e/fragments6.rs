@@ -16,6 +16,7 @@ use std::{
     time::Duration,
 };
 
+use super::fragments::{a_large_datagram_is_answered_whole, letters};
 use berth_integration::{
     pkt::{self, Ipv6Packet},
     rawsock::RawSocket,
@@ -30,44 +31,14 @@ const CLIENT6: &str = "2001:db8::2";
 fn large_datagram_over_ipv6_gets_its_whole_answer(mode: Mode) {
     let rig = Rig::builder().dual_stack().mode(mode).start();
     let echo = rig.serve_udp_echo6(&rig.topo.container.ns, 53);
-    rig.berth(&[
-        "map",
-        "add",
-        "--task",
-        "dns6",
-        "--ip6",
-        "fd00:17::2",
-        "-p",
-        "5353:53/udp",
-    ]);
+    rig.berth_words("map add --task dns6 --ip6 fd00:17::2 -p 5353:53/udp");
     let target = rig.topo.host.addr6(5353);
-    let translated = rig.counter("frag_xlate");
-    let payload: String = (0..3000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
-    let p = payload.clone();
-    let reply = rig
-        .topo
-        .client
-        .ns
-        .run(move || udp_request(target, &p, T))
-        .unwrap_or_else(|e| {
-            panic!(
-                "no answer to a 3000-byte datagram over IPv6: {e:#}\nserver saw {:?}\n{}",
-                echo.peers(),
-                rig.berth(&["stats"])
-            )
-        });
-    assert_eq!(reply.from, target, "the answer comes from the host port");
-    let (peer, echoed) = reply.text.split_once(' ').expect("peer and payload");
-    assert!(
-        peer.starts_with(&format!("[{CLIENT6}]:")),
-        "the container saw {peer}"
-    );
-    assert_eq!(echoed.len(), payload.len(), "the whole datagram came back");
-    assert_eq!(echoed, payload);
+    let translated =
+        a_large_datagram_is_answered_whole(&rig, target, &format!("[{CLIENT6}]"), &echo);
     // Two later fragments each way at least (3000 bytes in 1500-byte
     // fragments).
     assert!(
-        rig.counter("frag_xlate") >= translated + 4,
+        translated >= 4,
         "later fragments were translated both ways: {}",
         rig.berth(&["stats"])
     );
@@ -90,12 +61,6 @@ fn a_3000_byte_datagram_over_ipv6_to_a_published_port_gets_its_whole_answer_xdp(
 /// How long a refused datagram is waited for.
 const LOST: Duration = Duration::from_millis(1500);
 const CTR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x17, 0, 0, 0, 0, 0, 2);
-
-/// `len` bytes of letters: no two neighbouring 16-bit words alike, so a
-/// fragment with its words swapped differs and sums the same.
-fn letters(len: usize) -> String {
-    (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect()
-}
 
 /// Whether `f` is an IPv6 fragment from `src` (its fragment header right
 /// after the fixed one, as a sender's kernel writes it; neighbour
@@ -141,18 +106,7 @@ fn a_group_refusing_udp_keeps_every_fragment_of_a_large_ipv6_datagram_out_and_on
 ) {
     let rig = Rig::builder().dual_stack().wait_for_ports().start();
     let _echo = rig.serve_udp_echo6(&rig.topo.container.ns, 53);
-    rig.berth(&[
-        "map",
-        "add",
-        "--task",
-        "dns6",
-        "--ip",
-        "172.17.0.2",
-        "--ip6",
-        "fd00:17::2",
-        "-p",
-        "5353:53/udp",
-    ]);
+    rig.berth_words("map add --task dns6 --ip 172.17.0.2 --ip6 fd00:17::2 -p 5353:53/udp");
     // A new group lets nothing in.
     rig.berth(&["sg", "create", "dns"]);
     rig.berth(&["sg", "attach", "dns", "--task", "dns6"]);
@@ -276,19 +230,7 @@ fn a_neighbours_forged_fragment_does_not_join_a_datagram_the_containers_port_let
         ]);
     }
     rig.berth(&["sg", "create", "dns"]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "dns",
-        "--ingress",
-        "--proto",
-        "udp",
-        "--port",
-        "53",
-        "--cidr",
-        "::/0",
-    ]);
+    rig.berth_words("sg rule add dns --ingress --proto udp --port 53 --cidr ::/0");
     rig.berth(&["sg", "attach", "dns", "--task", "dns6"]);
     // Mallory's group lets everything out.
     rig.berth(&["sg", "create", "mallory"]);

@@ -18,16 +18,7 @@ use berth_integration::{addr, traffic::udp_socket_in, NetNs, Rig};
 fn udp_to_a_closed_port_over_ipv6_is_refused_from_the_host_port() {
     let rig = Rig::builder().dual_stack().start();
     // Nothing listens on the container's port 53.
-    rig.berth(&[
-        "map",
-        "add",
-        "--task",
-        "closed6",
-        "--ip6",
-        "fd00:17::2",
-        "-p",
-        "5353:53/udp",
-    ]);
+    rig.berth_words("map add --task closed6 --ip6 fd00:17::2 -p 5353:53/udp");
     let target = rig.topo.host.addr6(5353);
     let any6: SocketAddr = "[::]:0".parse().unwrap();
     let client = udp_socket_in(&rig.topo.client.ns, any6, Duration::from_secs(3));
@@ -186,16 +177,7 @@ fn a_download_over_ipv6_through_a_narrower_link_teaches_the_container_the_path_m
         let data: Vec<u8> = (0..DOWNLOAD).map(byte_at).collect();
         c.write_all(&data)
     });
-    rig.berth(&[
-        "map",
-        "add",
-        "--task",
-        "pmtu6",
-        "--ip6",
-        "fd00:17::2",
-        "-p",
-        "9000:9000",
-    ]);
+    rig.berth_words("map add --task pmtu6 --ip6 fd00:17::2 -p 9000:9000");
     let before = rig.counter("icmp_xlate");
     let target = rig.topo.host.addr6(9000);
     let started = Instant::now();

@@ -172,18 +172,7 @@ fn published6(mode: Mode, flags: &[&str]) -> (Rig, HttpPeerServer, UdpEchoServer
     let rig = Rig::builder().dual_stack().mode(mode).flags(flags).start();
     let web = rig.serve_http6(&rig.topo.container.ns, 80);
     let echo = rig.serve_udp_echo6(&rig.topo.container.ns, 53);
-    rig.berth(&[
-        "map",
-        "add",
-        "--task",
-        "web6",
-        "--ip6",
-        "fd00:17::2",
-        "-p",
-        "8080:80",
-        "-p",
-        "5353:53/udp",
-    ]);
+    rig.berth_words("map add --task web6 --ip6 fd00:17::2 -p 8080:80 -p 5353:53/udp");
     (rig, web, echo)
 }
 

@@ -1,12 +1,17 @@
 //! Host-local and hairpin access to published ports, without a proxy and
 //! without NAT rules: the cgroup socket hooks point `connect()/sendmsg()` at
 //! the container. Callers run as `cg-probe` inside the daemon's cgroup.
-use berth_integration::{HttpPeerServer, Rig, UdpEchoServer};
+use berth_integration::{HttpPeerServer, Rig, RigBuilder, UdpEchoServer};
 
 /// A daemon publishing the first container's web server on 8080 (and on
 /// 127.0.0.1:9000) and its DNS server on 5353/udp.
 fn setup() -> (Rig, HttpPeerServer, UdpEchoServer) {
-    let rig = Rig::start();
+    setup_on(Rig::builder())
+}
+
+/// [`setup`] on `builder`'s rig.
+pub(super) fn setup_on(builder: RigBuilder) -> (Rig, HttpPeerServer, UdpEchoServer) {
+    let rig = builder.start();
     let web = rig.serve_http(&rig.topo.container.ns, 80);
     let dns = rig.serve_udp_echo(&rig.topo.container.ns, 53);
     rig.map_add(
@@ -17,21 +22,30 @@ fn setup() -> (Rig, HttpPeerServer, UdpEchoServer) {
     (rig, web, dns)
 }
 
-#[test]
-fn host_reaches_a_published_port_on_localhost_and_its_own_addresses() {
-    let (rig, _web, _dns) = setup();
-    for target in [
-        "127.0.0.1:8080",
-        "192.0.2.1:8080",
-        "172.17.0.1:8080",
-        "127.0.0.1:9000",
-    ] {
+/// `cg-probe http` from the host to each of `targets`: `getpeername()`
+/// shows what was called; the container sees the host's bridge address.
+pub(super) fn host_reaches(rig: &Rig, targets: &[&str]) {
+    for target in targets {
         let out = rig.cg_probe(&rig.topo.host.ns, &["http", target]);
         assert!(
             out.starts_with(&format!("peer={target} body=172.17.0.1:")),
             "{target}: {out}"
         );
     }
+}
+
+#[test]
+fn host_reaches_a_published_port_on_localhost_and_its_own_addresses() {
+    let (rig, _web, _dns) = setup();
+    host_reaches(
+        &rig,
+        &[
+            "127.0.0.1:8080",
+            "192.0.2.1:8080",
+            "172.17.0.1:8080",
+            "127.0.0.1:9000",
+        ],
+    );
 }
 
 #[test]

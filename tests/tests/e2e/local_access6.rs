@@ -5,38 +5,28 @@
 //! sockets do. Callers run as `cg-probe` inside the daemon's cgroup.
 use berth_integration::{HttpPeerServer, Rig, UdpEchoServer};
 
+use super::local_access::{host_reaches, setup_on};
+
 /// A dual-stack daemon publishing the first container's web server on 8080
 /// (and on 127.0.0.1:9000) and its DNS server on 5353/udp, over IPv4.
 fn setup() -> (Rig, HttpPeerServer, UdpEchoServer) {
-    let rig = Rig::builder().dual_stack().start();
-    let web = rig.serve_http(&rig.topo.container.ns, 80);
-    let dns = rig.serve_udp_echo(&rig.topo.container.ns, 53);
-    rig.map_add(
-        "web",
-        "172.17.0.2",
-        &["8080:80", "5353:53/udp", "127.0.0.1:9000:80"],
-    );
-    (rig, web, dns)
+    setup_on(Rig::builder().dual_stack())
 }
 
 #[test]
 fn host_reaches_an_ipv4_mapping_through_v4_mapped_addresses() {
     let (rig, web, _dns) = setup();
     let before = rig.counter("sock_xlate");
-    for target in [
-        "[::ffff:127.0.0.1]:8080",
-        "[::ffff:192.0.2.1]:8080",
-        "[::ffff:172.17.0.1]:8080",
-        "[::ffff:127.0.0.1]:9000",
-    ] {
-        let out = rig.cg_probe(&rig.topo.host.ns, &["http", target]);
-        // getpeername() shows what was called; the container sees the
-        // host's bridge address over IPv4.
-        assert!(
-            out.starts_with(&format!("peer={target} body=172.17.0.1:")),
-            "{target}: {out}"
-        );
-    }
+    // The container sees the host's bridge address over IPv4.
+    host_reaches(
+        &rig,
+        &[
+            "[::ffff:127.0.0.1]:8080",
+            "[::ffff:192.0.2.1]:8080",
+            "[::ffff:172.17.0.1]:8080",
+            "[::ffff:127.0.0.1]:9000",
+        ],
+    );
     assert_eq!(web.peers().len(), 4);
     assert!(rig.counter("sock_xlate") >= before + 4);
 }
@@ -110,22 +100,7 @@ fn setup6() -> (Rig, HttpPeerServer, UdpEchoServer) {
     let rig = Rig::builder().dual_stack().start();
     let web = rig.serve_http6(&rig.topo.container.ns, 80);
     let dns = rig.serve_udp_echo6(&rig.topo.container.ns, 53);
-    rig.berth(&[
-        "map",
-        "add",
-        "--task",
-        "web6",
-        "--ip6",
-        "fd00:17::2",
-        "-p",
-        "8080:80",
-        "-p",
-        "5353:53/udp",
-        "-p",
-        "[::1]:9000:80",
-        "-p",
-        "[2001:db8::1]:8081:80",
-    ]);
+    rig.berth_words("map add --task web6 --ip6 fd00:17::2 -p 8080:80 -p 5353:53/udp -p [::1]:9000:80 -p [2001:db8::1]:8081:80");
     (rig, web, dns)
 }
 
@@ -229,18 +204,7 @@ fn a_dual_stack_task_is_reached_on_both_loopbacks_at_one_port() {
     let _web4 = rig.serve_http(&rig.topo.container.ns, 80);
     let _web6 = rig.serve_http6(&rig.topo.container.ns, 80);
     // A dynamic host port: one number for both families.
-    rig.berth(&[
-        "map",
-        "add",
-        "--task",
-        "both",
-        "--ip",
-        "172.17.0.2",
-        "--ip6",
-        "fd00:17::2",
-        "-p",
-        "80",
-    ]);
+    rig.berth_words("map add --task both --ip 172.17.0.2 --ip6 fd00:17::2 -p 80");
     let ports: Vec<u64> = rig
         .bindings()
         .iter()

@@ -4,7 +4,7 @@
 //! Prometheus text parses and passes `promtool check metrics`.
 use std::{
     io::{Read as _, Write as _},
-    net::SocketAddr,
+    net::{SocketAddr, UdpSocket},
     process::{Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     thread,
@@ -44,6 +44,48 @@ pub(super) fn counters(v: &Value) -> [u64; 7] {
     .map(|k| v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}")))
 }
 
+/// Sends datagrams of `sizes` bytes from `client` to `target` (one flow),
+/// then answers with `replies` bytes from the container's `server`, each
+/// checked to arrive whole; returns where each answer came from.
+pub(super) fn udp_exchange(
+    client: &UdpSocket,
+    server: &UdpSocket,
+    target: SocketAddr,
+    sizes: &[usize],
+    replies: &[usize],
+) -> Vec<SocketAddr> {
+    let mut from = None;
+    for &n in sizes {
+        client.send_to(&vec![b'x'; n], target).unwrap();
+        let (got, peer) = recv_datagram(server).expect("datagram reaches the container");
+        assert_eq!(got.len(), n);
+        from = Some(peer);
+    }
+    let peer = from.expect("at least one datagram");
+    replies
+        .iter()
+        .map(|&n| {
+            server.send_to(&vec![b'y'; n], peer).unwrap();
+            let (got, reply_from) = recv_datagram(client).expect("reply reaches the client");
+            assert_eq!(got.len(), n);
+            reply_from
+        })
+        .collect()
+}
+
+/// The cells of host port `port`'s row in `berth map ls --stats`, whose
+/// counter columns must read `want`.
+pub(super) fn stats_columns(rig: &Rig, port: u16, want: [u64; 7]) -> Vec<String> {
+    let table = rig.berth(&["map", "ls", "--stats"]);
+    let row = table
+        .lines()
+        .find(|l| l.contains(&port.to_string()))
+        .expect(&table);
+    let cells: Vec<String> = row.split_whitespace().map(str::to_owned).collect();
+    assert_eq!(cells[6..], want.map(|n| n.to_string()), "{table}");
+    cells
+}
+
 /// `N` datagrams of known sizes from one client socket (one flow), `M`
 /// replies from the container: packets and bytes each way exactly.
 #[test]
@@ -53,45 +95,18 @@ fn udp_counters_equal_what_was_sent_each_way() {
     let server = udp_socket_in(&rig.topo.container.ns, any(53), T);
     let client = udp_socket_in(&rig.topo.client.ns, any(0), T);
     let target = rig.topo.host.addr(5353);
-    let sizes = [1usize, 100, 333, 1000, 1400];
-    let replies = [7usize, 700];
-    let mut from = None;
-    for n in sizes {
-        client.send_to(&vec![b'x'; n], target).unwrap();
-        let (got, peer) = recv_datagram(&server).expect("datagram reaches the container");
-        assert_eq!(got.len(), n);
-        from = Some(peer);
-    }
-    let peer = from.unwrap();
-    for n in replies {
-        server.send_to(&vec![b'y'; n], peer).unwrap();
-        let (got, _) = recv_datagram(&client).expect("reply reaches the client");
-        assert_eq!(got.len(), n);
-    }
+    let (sizes, replies) = ([1usize, 100, 333, 1000, 1400], [7usize, 700]);
+    udp_exchange(&client, &server, target, &sizes, &replies);
     let want_in: u64 = sizes.iter().map(|n| *n as u64 + UDP_OVERHEAD).sum();
     let want_out: u64 = replies.iter().map(|n| *n as u64 + UDP_OVERHEAD).sum();
+    let want = [5, want_in, 2, want_out, 1, 0, 1];
     assert_eq!(
         counters(&stats_of(&rig, "dns")),
-        [5, want_in, 2, want_out, 1, 0, 1],
+        want,
         "packets, bytes in; packets, bytes out; flows opened, refused, tracked"
     );
     // `map ls --stats` shows the same, as columns and in JSON.
-    let table = rig.berth(&["map", "ls", "--stats"]);
-    let row = table.lines().find(|l| l.contains("5353")).expect(&table);
-    let cells: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(
-        cells[6..],
-        [
-            "5",
-            &want_in.to_string(),
-            "2",
-            &want_out.to_string(),
-            "1",
-            "0",
-            "1"
-        ],
-        "{table}"
-    );
+    stats_columns(&rig, 5353, want);
     let json = rig.json(&["map", "ls", "--stats", "--json"]);
     assert_eq!(json[0]["hostPort"], 5353);
     assert_eq!(json[0]["stats"]["bytesIn"], want_in);
@@ -517,19 +532,7 @@ fn security_group_verdicts_count_accepted_flows_once_and_rejections() {
     let rig = Rig::builder().wait_for_ports().start();
     rig.map_add("dns", "172.17.0.2", &["5353:53/udp"]);
     rig.berth(&["sg", "create", "dns"]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "dns",
-        "--ingress",
-        "--proto",
-        "udp",
-        "--port",
-        "53",
-        "--cidr",
-        "192.0.2.2/32",
-    ]);
+    rig.berth_words("sg rule add dns --ingress --proto udp --port 53 --cidr 192.0.2.2/32");
     rig.berth(&["sg", "attach", "dns", "--task", "dns"]);
     let server = udp_socket_in(&rig.topo.container.ns, any(53), T);
     let client = udp_socket_in(&rig.topo.client.ns, any(0), T);

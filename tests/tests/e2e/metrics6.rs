@@ -16,7 +16,9 @@ use berth_integration::{
 };
 use serde_json::Value;
 
-use super::metrics::{check_exposition, counters, metrics_of, value_of};
+use super::metrics::{
+    check_exposition, counters, metrics_of, stats_columns, udp_exchange, value_of,
+};
 
 /// The IPv6 header and UDP's: what a datagram's payload is counted with.
 const UDP6_OVERHEAD: u64 = 40 + 8;
@@ -61,48 +63,22 @@ fn udp_counters_over_ipv6_equal_what_was_sent_each_way() {
     let server = udp_socket_in(&rig.topo.container.ns, any6(53), T);
     let client = udp_socket_in(&rig.topo.client.ns, any6(0), T);
     let target = rig.topo.host.addr6(5353);
-    let sizes = [1usize, 100, 333, 1000, 1400];
-    let replies = [7usize, 700];
-    let mut from = None;
-    for n in sizes {
-        client.send_to(&vec![b'x'; n], target).unwrap();
-        let (got, peer) = recv_datagram(&server).expect("datagram reaches the container");
-        assert_eq!(got.len(), n);
-        from = Some(peer);
-    }
-    let peer = from.unwrap();
-    for n in replies {
-        server.send_to(&vec![b'y'; n], peer).unwrap();
-        let (got, reply_from) = recv_datagram(&client).expect("reply reaches the client");
-        assert_eq!(got.len(), n);
+    let (sizes, replies) = ([1usize, 100, 333, 1000, 1400], [7usize, 700]);
+    for reply_from in udp_exchange(&client, &server, target, &sizes, &replies) {
         assert_eq!(reply_from, target, "translated back to the host's port");
     }
     let want_in: u64 = sizes.iter().map(|n| *n as u64 + UDP6_OVERHEAD).sum();
     let want_out: u64 = replies.iter().map(|n| *n as u64 + UDP6_OVERHEAD).sum();
+    let want = [5, want_in, 2, want_out, 1, 0, 1];
     let rows = stats_rows(&rig, "dns6");
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(
         counters(&rows[0]["stats"]),
-        [5, want_in, 2, want_out, 1, 0, 1],
+        want,
         "packets, bytes in; packets, bytes out; flows opened, refused, tracked"
     );
-    let table = rig.berth(&["map", "ls", "--stats"]);
-    let line = table.lines().find(|l| l.contains("5353")).expect(&table);
-    let cells: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(cells[1..3], ["fd00:17::2", "::"], "{table}");
-    assert_eq!(
-        cells[6..],
-        [
-            "5",
-            &want_in.to_string(),
-            "2",
-            &want_out.to_string(),
-            "1",
-            "0",
-            "1"
-        ],
-        "{table}"
-    );
+    let cells = stats_columns(&rig, 5353, want);
+    assert_eq!(cells[1..3], ["fd00:17::2", "::"], "{cells:?}");
     let json = rig.json(&["map", "ls", "--stats", "--json"]);
     assert_eq!(json[0]["bindIP"], "::");
     assert_eq!(json[0]["stats"]["bytesOut"], want_out);
@@ -142,18 +118,7 @@ fn an_ipv6_flow_a_security_group_refuses_is_counted_as_refused() {
 #[test]
 fn a_dual_stack_ports_two_bindings_count_apart() {
     let rig = Rig::builder().dual_stack().wait_for_ports().start();
-    rig.berth(&[
-        "map",
-        "add",
-        "--task",
-        "dns",
-        "--ip",
-        "172.17.0.2",
-        "--ip6",
-        "fd00:17::2",
-        "-p",
-        "5353:53/udp",
-    ]);
+    rig.berth_words("map add --task dns --ip 172.17.0.2 --ip6 fd00:17::2 -p 5353:53/udp");
     // Not IPv6-only: one socket hears both families.
     let server = udp_socket_in(&rig.topo.container.ns, any6(53), T);
     let client4 = udp_socket_in(&rig.topo.client.ns, any(0), T);

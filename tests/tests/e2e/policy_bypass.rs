@@ -341,20 +341,8 @@ fn udp6_arrives(from: &NetNs, src: SocketAddr, on: &NetNs, to: SocketAddr) -> bo
 fn an_ipv6_task_published_again_does_not_inherit_its_predecessors_flows() {
     let rig = Rig::builder().dual_stack().wait_for_ports().start();
     let (ctr, host) = (&rig.topo.container.ns, &rig.topo.host.ns);
-    let publish = || {
-        rig.berth(&[
-            "map",
-            "add",
-            "--task",
-            "t1",
-            "--ip",
-            "172.17.0.2",
-            "--ip6",
-            "fd00:17::2",
-            "-p",
-            "8080:80",
-        ])
-    };
+    let publish =
+        || rig.berth_words("map add --task t1 --ip 172.17.0.2 --ip6 fd00:17::2 -p 8080:80");
     publish();
     // sg-out: nothing in, everything out (a new group's rules).
     rig.berth(&["sg", "create", "sg-out"]);

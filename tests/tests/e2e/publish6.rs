@@ -31,20 +31,7 @@ fn rows(rig: &Rig, task: &str) -> Vec<(String, u64, String, u64)> {
 #[test]
 fn ip6_publishes_a_plain_spec_on_both_families_with_one_host_port() {
     let rig = Rig::start();
-    rig.berth(&[
-        "map",
-        "add",
-        "--task",
-        "w",
-        "--ip",
-        "172.17.0.2",
-        "--ip6",
-        "fd00::2",
-        "-p",
-        "80",
-        "-p",
-        "[::]:8090:90",
-    ]);
+    rig.berth_words("map add --task w --ip 172.17.0.2 --ip6 fd00::2 -p 80 -p [::]:8090:90");
     let got = rows(&rig, "w");
     assert_eq!(got.len(), 3, "{got:?}");
     let (v4, v6) = (&got[0], &got[1]);
@@ -113,16 +100,7 @@ fn an_ipv6_spec_without_ip6_or_a_bad_ip6_is_one_error_line_and_changes_nothing()
 #[test]
 fn ipv6_bindings_are_restored_and_keep_guarding_after_a_restart() {
     let mut rig = Rig::start();
-    rig.berth(&[
-        "map",
-        "add",
-        "--task",
-        "w",
-        "--ip6",
-        "fd00::2",
-        "-p",
-        "8095:80/udp",
-    ]);
+    rig.berth_words("map add --task w --ip6 fd00::2 -p 8095:80/udp");
     assert_eq!(rows(&rig, "w"), [("::".into(), 8095, "fd00::2".into(), 80)]);
     rig.daemon.restart().unwrap();
     assert_eq!(rows(&rig, "w"), [("::".into(), 8095, "fd00::2".into(), 80)]);

@@ -5,15 +5,16 @@
 //! the container), each answer comes from the host port asked, and both
 //! stay usable. A remap is forgotten with its flow.
 use std::{
-    net::{SocketAddr, TcpStream, UdpSocket},
+    net::UdpSocket,
     thread,
     time::{Duration, Instant},
 };
 
 use berth_integration::{rig::REQUEST_TIMEOUT as T, Rig};
 
-use super::flow_tracking::{ask, start_line_echo_on};
-use socket2::{Domain, Socket, Type};
+use super::flow_tracking::{
+    ask, connect_from, one_client_port_to_two_host_ports, start_line_echo_on,
+};
 
 /// A dual-stack rig (daemon `flags`) with `web` (`fd00:17::2`) published
 /// on `ports` over IPv6 only.
@@ -44,51 +45,13 @@ fn rig_with(ports: &[&str]) -> Rig {
 fn udp6_one_client_port_to_two_host_ports_gets_each_reply_from_the_port_it_asked() {
     let rig = rig_with(&["[::]:5353:53/udp", "[::]:5354:53/udp"]);
     let _echo = rig.serve_udp_echo6(&rig.topo.container.ns, 53);
-    let sock = rig
-        .topo
-        .client
-        .ns
-        .run(|| UdpSocket::bind("[::]:0").expect("bind"));
-    sock.set_read_timeout(Some(T)).unwrap();
-    let local = sock.local_addr().unwrap().port();
-    let mut seen_by_container = Vec::new();
-    for port in [5353, 5354, 5353, 5354] {
-        let host = rig.topo.host.addr6(port);
-        sock.send_to(b"q", host).unwrap();
-        let mut buf = [0u8; 512];
-        let (n, from) = sock
-            .recv_from(&mut buf)
-            .unwrap_or_else(|e| panic!("no reply through {port}: {e}"));
-        assert_eq!(from, host, "the reply comes from the port asked");
-        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        let (peer, payload) = text.split_once(' ').expect("echo: peer payload");
-        assert_eq!(payload, "q");
-        seen_by_container.push(peer.parse::<SocketAddr>().unwrap());
-    }
-    // The container sees the client's address; the second flow under
-    // another client port, the same one each time.
-    let client = rig.topo.client.addr6(local);
-    assert_eq!(seen_by_container[0], client);
-    assert_eq!(seen_by_container[2], client);
-    let remapped = seen_by_container[1];
-    assert_eq!(remapped.ip(), client.ip());
-    assert_ne!(remapped.port(), local, "the clashing flow got another port");
-    assert_eq!(seen_by_container[3], remapped);
-    assert!(rig.counter("nat_port_remap") >= 1);
+    one_client_port_to_two_host_ports(
+        &rig,
+        "[::]:0",
+        |p| rig.topo.host.addr6(p),
+        |p| rig.topo.client.addr6(p),
+    );
     assert_eq!(rig.counter("nat_port_remap_failed"), 0);
-}
-
-/// A TCP socket bound to `local` (`SO_REUSEADDR`, so two sockets may share
-/// it towards different destinations), connected to `to`.
-fn connect_from(local: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = Socket::new(Domain::IPV6, Type::STREAM, None)?;
-    s.set_reuse_address(true)?;
-    s.bind(&local.into())?;
-    s.connect(&to.into())?;
-    let s = TcpStream::from(s);
-    s.set_read_timeout(Some(T))?;
-    s.set_write_timeout(Some(T))?;
-    Ok(s)
 }
 
 #[test]

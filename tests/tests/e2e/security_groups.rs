@@ -147,19 +147,7 @@ fn sg_db_is_reachable_from_sg_api_tasks_only() {
     rig.map_add("other", "172.17.0.4", &["8081:80"]);
     rig.berth(&["sg", "create", "sg-api"]);
     rig.berth(&["sg", "create", "sg-db"]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "sg-db",
-        "--ingress",
-        "--proto",
-        "tcp",
-        "--port",
-        "5432",
-        "--sg",
-        "sg-api",
-    ]);
+    rig.berth_words("sg rule add sg-db --ingress --proto tcp --port 5432 --sg sg-api");
     rig.berth(&["sg", "attach", "sg-api", "--task", "api-1"]);
     rig.berth(&["sg", "attach", "sg-db", "--task", "db"]);
     let db = rig.topo.container2.addr(5432);
@@ -191,34 +179,34 @@ fn sg_db_is_reachable_from_sg_api_tasks_only() {
     assert_eq!(v["tasks"], serde_json::json!([]));
 }
 
+/// A TCP connection from `ns` to `addr` opened while `rule` (what follows
+/// `berth sg rule add`) allows it; then the rule is removed and a new
+/// connection checked refused. Returns the connection opened before.
+fn connected_before_the_rule_goes(
+    rig: &Rig,
+    rule: &str,
+    ns: &NetNs,
+    addr: SocketAddr,
+) -> TcpStream {
+    let open = ns
+        .run(move || tcp_connect(addr, T))
+        .expect("connect while the rule allows it");
+    rig.berth_words(&format!("sg rule rm {rule}"));
+    assert_refused(ns, addr);
+    open
+}
+
 #[test]
 fn an_established_flow_survives_removal_of_its_rule_while_a_new_one_is_refused() {
     let rig = setup(&[]);
     let _web = rig.serve_http(&rig.topo.container.ns, 80);
     rig.map_add("web", "172.17.0.2", &["8080:80"]);
     rig.berth(&["sg", "create", "web"]);
-    let rule = [
-        "web",
-        "--ingress",
-        "--proto",
-        "tcp",
-        "--port",
-        "80",
-        "--cidr",
-        "192.0.2.0/24",
-    ];
-    rig.berth(&[&["sg", "rule", "add"][..], &rule[..]].concat());
+    let rule = "web --ingress --proto tcp --port 80 --cidr 192.0.2.0/24";
+    rig.berth_words(&format!("sg rule add {rule}"));
     rig.berth(&["sg", "attach", "web", "--task", "web"]);
     let published = rig.topo.host.addr(8080);
-    let open = rig
-        .topo
-        .client
-        .ns
-        .run(move || tcp_connect(published, T))
-        .expect("connect while the rule allows it");
-
-    rig.berth(&[&["sg", "rule", "rm"][..], &rule[..]].concat());
-    assert_refused(&rig.topo.client.ns, published);
+    let open = connected_before_the_rule_goes(&rig, rule, &rig.topo.client.ns, published);
     let body = get_on(open);
     assert_eq!(peer_ip(&body), "192.0.2.2", "the tracked flow goes on");
 }
@@ -231,29 +219,12 @@ fn an_established_east_west_flow_survives_removal_of_its_rule() {
     rig.map_add("db", "172.17.0.3", &["15432:5432"]);
     rig.berth(&["sg", "create", "api"]);
     rig.berth(&["sg", "create", "db"]);
-    let rule = [
-        "db",
-        "--ingress",
-        "--proto",
-        "tcp",
-        "--port",
-        "5432",
-        "--sg",
-        "api",
-    ];
-    rig.berth(&[&["sg", "rule", "add"][..], &rule[..]].concat());
+    let rule = "db --ingress --proto tcp --port 5432 --sg api";
+    rig.berth_words(&format!("sg rule add {rule}"));
     rig.berth(&["sg", "attach", "api", "--task", "api"]);
     rig.berth(&["sg", "attach", "db", "--task", "db"]);
     let db = rig.topo.container2.addr(5432);
-    let open = rig
-        .topo
-        .container
-        .ns
-        .run(move || tcp_connect(db, T))
-        .expect("connect while the rule allows it");
-
-    rig.berth(&[&["sg", "rule", "rm"][..], &rule[..]].concat());
-    assert_refused(&rig.topo.container.ns, db);
+    let open = connected_before_the_rule_goes(&rig, rule, &rig.topo.container.ns, db);
     assert_eq!(peer_ip(&get_on(open)), "172.17.0.2");
 }
 
@@ -354,19 +325,7 @@ fn the_default_group_closes_tasks_that_have_none() {
     let ls = rig.berth(&["sg", "ls"]);
     assert!(ls.contains("base (default)"), "{ls}");
 
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "base",
-        "--ingress",
-        "--proto",
-        "tcp",
-        "--port",
-        "80",
-        "--cidr",
-        "0.0.0.0/0",
-    ]);
+    rig.berth_words("sg rule add base --ingress --proto tcp --port 80 --cidr 0.0.0.0/0");
     get_from(&rig.topo.client.ns, published);
     // A group of its own replaces the default.
     rig.berth(&["sg", "create", "web"]);
@@ -380,19 +339,7 @@ fn groups_and_their_effect_survive_a_daemon_restart() {
     let _web = rig.serve_http(&rig.topo.container.ns, 80);
     rig.map_add("web", "172.17.0.2", &["8080:80"]);
     rig.berth(&["sg", "create", "web"]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "web",
-        "--ingress",
-        "--proto",
-        "tcp",
-        "--port",
-        "80",
-        "--cidr",
-        "192.0.2.2/32",
-    ]);
+    rig.berth_words("sg rule add web --ingress --proto tcp --port 80 --cidr 192.0.2.2/32");
     rig.berth(&["sg", "attach", "web", "--task", "web"]);
     let before = rig.json(&["sg", "ls", "--json"]);
     rig.daemon.restart().expect("restart");
@@ -416,19 +363,7 @@ fn bad_input_is_one_line_and_changes_nothing() {
     let _web = rig.serve_http(&rig.topo.container.ns, 80);
     rig.map_add("web", "172.17.0.2", &["8080:80"]);
     rig.berth(&["sg", "create", "web"]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "web",
-        "--ingress",
-        "--proto",
-        "tcp",
-        "--port",
-        "80",
-        "--cidr",
-        "192.0.2.2/32",
-    ]);
+    rig.berth_words("sg rule add web --ingress --proto tcp --port 80 --cidr 192.0.2.2/32");
     rig.berth(&["sg", "attach", "web", "--task", "web"]);
     for g in ["g1", "g2", "g3", "g4"] {
         rig.berth(&["sg", "create", g]);

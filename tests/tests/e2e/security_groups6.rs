@@ -218,19 +218,7 @@ fn a_group_peer_rule_admits_its_members_ipv6_addresses_and_refuses_others() {
     map_add6(&rig, "client", "172.17.0.3", CTR2_6, "9090:90");
     rig.berth(&["sg", "create", "web"]);
     rig.berth(&["sg", "create", "clients"]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "web",
-        "--ingress",
-        "--proto",
-        "tcp",
-        "--port",
-        "8085",
-        "--sg",
-        "clients",
-    ]);
+    rig.berth_words("sg rule add web --ingress --proto tcp --port 8085 --sg clients");
     rig.berth(&["sg", "attach", "web", "--task", "web"]);
     let denied = rig.counter("policy_denied_ingress");
     // Neither the other task (not a member yet) nor the host is one.

@@ -106,43 +106,37 @@ fn a_lan_frame_to_loopback_reaches_no_container() {
     assert!(rig.counter("uplink_loopback") >= 2);
 }
 
+/// t1 (172.17.0.2, group sg-a) and t2 (172.17.0.3, group sg-b, UDP 53
+/// published): sg-b lets sg-a's members in on UDP 53, and what `control`
+/// says (`--port P --cidr C` of one more UDP ingress rule).
+fn t2_admits_t1s_group(rig: &Rig, control: &str) {
+    rig.map_add("t1", "172.17.0.2", &["8080:80"]);
+    rig.map_add("t2", "172.17.0.3", &["5353:53/udp"]);
+    rig.berth(&["sg", "create", "sg-a"]);
+    rig.berth(&["sg", "create", "sg-b"]);
+    rig.berth_words("sg rule add sg-b --ingress --proto udp --port 53 --sg sg-a");
+    rig.berth_words(&format!("sg rule add sg-b --ingress --proto udp {control}"));
+    rig.berth(&["sg", "attach", "sg-a", "--task", "t1"]);
+    rig.berth(&["sg", "attach", "sg-b", "--task", "t2"]);
+}
+
+/// A datagram from t1's own namespace to t2's port 53 is answered.
+fn t1_reaches_t2(rig: &Rig, what: &str) {
+    let reply = rig
+        .topo
+        .container
+        .ns
+        .run(|| udp_request(SocketAddr::from((CONTAINER2_IP, 53)), "hi", T))
+        .expect(what);
+    assert!(reply.text.contains("hi"), "{reply:?}");
+}
+
 #[test]
 fn a_datagram_with_a_local_source_from_the_lan_is_not_delivered() {
     let rig = setup();
     let echo = rig.serve_udp_echo(&rig.topo.container2.ns, 53);
-    rig.map_add("t1", "172.17.0.2", &["8080:80"]);
-    rig.map_add("t2", "172.17.0.3", &["5353:53/udp"]);
     // t2 answers t1's group, and the client's own address (the control).
-    rig.berth(&["sg", "create", "sg-a"]);
-    rig.berth(&["sg", "create", "sg-b"]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "sg-b",
-        "--ingress",
-        "--proto",
-        "udp",
-        "--port",
-        "53",
-        "--sg",
-        "sg-a",
-    ]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "sg-b",
-        "--ingress",
-        "--proto",
-        "udp",
-        "--port",
-        "53",
-        "--cidr",
-        "192.0.2.2/32",
-    ]);
-    rig.berth(&["sg", "attach", "sg-a", "--task", "t1"]);
-    rig.berth(&["sg", "attach", "sg-b", "--task", "t2"]);
+    t2_admits_t1s_group(&rig, "--port 53 --cidr 192.0.2.2/32");
     let client = RawSocket::open_in(&rig.topo.client.ns, "eth0").unwrap();
     let ctr2 = RawSocket::open_in(&rig.topo.container2.ns, "eth0").unwrap();
 
@@ -179,13 +173,7 @@ fn a_datagram_with_a_local_source_from_the_lan_is_not_delivered() {
     assert!(rig.counter("uplink_loopback") >= 1);
 
     // The same identity from where it lives is admitted.
-    let reply = rig
-        .topo
-        .container
-        .ns
-        .run(|| udp_request(SocketAddr::from((CONTAINER2_IP, 53)), "hi", T))
-        .expect("t1 reaches t2 from its own address");
-    assert!(reply.text.contains("hi"), "{reply:?}");
+    t1_reaches_t2(&rig, "t1 reaches t2 from its own address");
 }
 
 #[test]
@@ -195,40 +183,9 @@ fn a_container_cannot_spoof_a_group_member_to_reach_a_third() {
     thread::sleep(VETH_POLL);
     let echo53 = rig.serve_udp_echo(&rig.topo.container2.ns, 53);
     let echo54 = rig.serve_udp_echo(&rig.topo.container2.ns, 54);
-    rig.map_add("t1", "172.17.0.2", &["8080:80"]);
-    rig.map_add("t2", "172.17.0.3", &["5353:53/udp"]);
     rig.map_add("t3", "172.17.0.4", &["8083:80"]);
     // t2 admits t1's group on 53, and t3's own address on 54 (the control).
-    rig.berth(&["sg", "create", "sg-a"]);
-    rig.berth(&["sg", "create", "sg-b"]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "sg-b",
-        "--ingress",
-        "--proto",
-        "udp",
-        "--port",
-        "53",
-        "--sg",
-        "sg-a",
-    ]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "sg-b",
-        "--ingress",
-        "--proto",
-        "udp",
-        "--port",
-        "54",
-        "--cidr",
-        "172.17.0.4/32",
-    ]);
-    rig.berth(&["sg", "attach", "sg-a", "--task", "t1"]);
-    rig.berth(&["sg", "attach", "sg-b", "--task", "t2"]);
+    t2_admits_t1s_group(&rig, "--port 54 --cidr 172.17.0.4/32");
 
     let out = RawSocket::open_in(&ctr3.ns, "eth0").unwrap();
     let ctr2 = RawSocket::open_in(&rig.topo.container2.ns, "eth0").unwrap();
@@ -263,13 +220,7 @@ fn a_container_cannot_spoof_a_group_member_to_reach_a_third() {
     assert!(rig.counter("container_spoofed_source") >= 2);
 
     // t1 itself still gets through.
-    let reply = rig
-        .topo
-        .container
-        .ns
-        .run(|| udp_request(SocketAddr::from((CONTAINER2_IP, 53)), "hi", T))
-        .expect("t1 reaches t2");
-    assert!(reply.text.contains("hi"), "{reply:?}");
+    t1_reaches_t2(&rig, "t1 reaches t2");
 
     // With CAP_NET_ADMIN, t3 gives itself t1's address: the daemon sees
     // the claim but the address stays with the port that had it.
@@ -339,19 +290,7 @@ fn a_container_can_send_within_milliseconds_of_its_address_being_set() {
     // The receiver has groups, so every sender's source is checked.
     rig.map_add("t2", "172.17.0.3", &["5353:53/udp"]);
     rig.berth(&["sg", "create", "sg-dns"]);
-    rig.berth(&[
-        "sg",
-        "rule",
-        "add",
-        "sg-dns",
-        "--ingress",
-        "--proto",
-        "udp",
-        "--port",
-        "53",
-        "--cidr",
-        "172.17.0.0/16",
-    ]);
+    rig.berth_words("sg rule add sg-dns --ingress --proto udp --port 53 --cidr 172.17.0.0/16");
     rig.berth(&["sg", "attach", "sg-dns", "--task", "t2"]);
 
     // A container's veth, enslaved and up, its end still without address.

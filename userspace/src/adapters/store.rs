@@ -242,20 +242,9 @@ impl Ledger for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::model::Protocol;
 
     fn binding(task: &str, host_port: u16) -> Binding {
-        Binding {
-            task: task.into(),
-            container_ip: "172.17.0.2".parse().unwrap(),
-            bind_ip: "0.0.0.0".parse().unwrap(),
-            host_port,
-            container_port: 80,
-            protocol: Protocol::Tcp,
-            ecs: Default::default(),
-            cni: None,
-            docker_events: false,
-        }
+        Binding::for_test(task, [172, 17, 0, 2], host_port)
     }
 
     #[test]

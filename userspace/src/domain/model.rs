@@ -63,6 +63,25 @@ pub struct Binding {
     pub docker_events: bool,
 }
 
+#[cfg(test)]
+impl Binding {
+    /// For tests: `task`'s TCP binding of `container_ip:80` on
+    /// `0.0.0.0:host_port`, no labels; other fields by struct update.
+    pub(crate) fn for_test(task: &str, container_ip: impl Into<IpAddr>, host_port: u16) -> Self {
+        Self {
+            task: task.into(),
+            container_ip: container_ip.into(),
+            bind_ip: Ipv4Addr::UNSPECIFIED.into(),
+            host_port,
+            container_port: 80,
+            protocol: Protocol::Tcp,
+            ecs: EcsLabels::default(),
+            cni: None,
+            docker_events: false,
+        }
+    }
+}
+
 impl Binding {
     /// Published over IPv6 (`bindIP` and `containerIP` are IPv6).
     pub fn is_ipv6(&self) -> bool {

@@ -495,7 +495,7 @@ fn ecs_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{flowlog::FlowLogFormat, model::Protocol};
+    use crate::domain::flowlog::FlowLogFormat;
 
     const SEC: u64 = 1_000_000_000;
     const UNIX0: u64 = 1_700_000_000;
@@ -551,18 +551,11 @@ mod tests {
 
     fn binding() -> Binding {
         Binding {
-            task: "web".into(),
-            container_ip: Ipv4Addr::new(172, 17, 0, 2).into(),
-            bind_ip: Ipv4Addr::UNSPECIFIED.into(),
-            host_port: 8080,
-            container_port: 80,
-            protocol: Protocol::Tcp,
             ecs: EcsLabels {
                 task_arn: Some("arn:aws:ecs:r:1:task/c/t1".into()),
                 container_name: None,
             },
-            cni: None,
-            docker_events: false,
+            ..Binding::for_test("web", Ipv4Addr::new(172, 17, 0, 2), 8080)
         }
     }
 

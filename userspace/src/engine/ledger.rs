@@ -103,17 +103,7 @@ mod tests {
     use super::*;
 
     fn b(task: &str, port: u16) -> Binding {
-        Binding {
-            task: task.into(),
-            container_ip: Ipv4Addr::new(172, 17, 0, 2).into(),
-            bind_ip: Ipv4Addr::UNSPECIFIED.into(),
-            host_port: port,
-            container_port: 80,
-            protocol: Protocol::Tcp,
-            ecs: Default::default(),
-            cni: None,
-            docker_events: false,
-        }
+        Binding::for_test(task, Ipv4Addr::new(172, 17, 0, 2), port)
     }
 
     #[test]

@@ -766,15 +766,8 @@ mod tests {
 
     fn binding(task: &str, ip: &str, docker_events: bool) -> Binding {
         Binding {
-            task: task.into(),
-            container_ip: ip.parse().unwrap(),
-            bind_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
-            host_port: 8080,
-            container_port: 80,
-            protocol: crate::domain::model::Protocol::Tcp,
-            ecs: EcsLabels::default(),
-            cni: None,
             docker_events,
+            ..Binding::for_test(task, ip.parse::<IpAddr>().unwrap(), 8080)
         }
     }
 

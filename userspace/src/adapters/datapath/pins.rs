@@ -81,37 +81,26 @@ pub struct Converter {
     pub convert: ConvertFn,
 }
 
-pub const CONVERTERS: &[Converter] = &[
-    Converter {
-        map: berth_maps::NAT_MAP,
-        from: (migrate::FLOW_KEY_SIZE, migrate::NAT_ENTRY_V1_SIZE),
-        to: (migrate::FLOW_KEY_SIZE, migrate::NAT_ENTRY_V3_SIZE),
-        convert: migrate::nat_entry_v1_to_v3,
-    },
-    Converter {
-        map: berth_maps::NAT_MAP,
-        from: (migrate::FLOW_KEY_SIZE, migrate::NAT_ENTRY_V2_SIZE),
-        to: (migrate::FLOW_KEY_SIZE, migrate::NAT_ENTRY_V3_SIZE),
-        convert: migrate::nat_entry_v2_to_v3,
-    },
-    Converter {
-        map: berth_maps::NAT_NEW_MAP,
-        from: (migrate::FLOW_KEY_SIZE, migrate::NAT_ENTRY_V2_SIZE),
-        to: (migrate::FLOW_KEY_SIZE, migrate::NAT_ENTRY_V3_SIZE),
-        convert: migrate::nat_entry_v2_to_v3,
-    },
-    Converter {
-        map: berth_maps::CT_MAP,
-        from: (migrate::FLOW_KEY_SIZE, migrate::CT_ENTRY_V1_SIZE),
-        to: (migrate::FLOW_KEY_SIZE, migrate::CT_ENTRY_V2_SIZE),
-        convert: migrate::ct_entry_v1_to_v2,
-    },
-    Converter {
-        map: berth_maps::SERVICES_MAP,
-        from: (migrate::SERVICE_KEY_SIZE, migrate::BACKEND_V2_SIZE),
-        to: (migrate::SERVICE_KEY_SIZE, migrate::BACKEND_V3_SIZE),
-        convert: migrate::backend_v2_to_v3,
-    },
+/// One [`Converter`] a row: `MAP: KEY_SIZE, OLD_VALUE_SIZE -> NEW_VALUE_SIZE
+/// by function` (the key keeps its size), names from `berth_maps` and
+/// [`migrate`].
+macro_rules! converters {
+    ($($map:ident: $key:ident, $from:ident -> $to:ident by $convert:ident;)*) => {
+        &[$(Converter {
+            map: berth_maps::$map,
+            from: (migrate::$key, migrate::$from),
+            to: (migrate::$key, migrate::$to),
+            convert: migrate::$convert,
+        }),*]
+    };
+}
+
+pub const CONVERTERS: &[Converter] = converters![
+    NAT_MAP: FLOW_KEY_SIZE, NAT_ENTRY_V1_SIZE -> NAT_ENTRY_V3_SIZE by nat_entry_v1_to_v3;
+    NAT_MAP: FLOW_KEY_SIZE, NAT_ENTRY_V2_SIZE -> NAT_ENTRY_V3_SIZE by nat_entry_v2_to_v3;
+    NAT_NEW_MAP: FLOW_KEY_SIZE, NAT_ENTRY_V2_SIZE -> NAT_ENTRY_V3_SIZE by nat_entry_v2_to_v3;
+    CT_MAP: FLOW_KEY_SIZE, CT_ENTRY_V1_SIZE -> CT_ENTRY_V2_SIZE by ct_entry_v1_to_v2;
+    SERVICES_MAP: SERVICE_KEY_SIZE, BACKEND_V2_SIZE -> BACKEND_V3_SIZE by backend_v2_to_v3;
 ];
 
 /// Maps whose entries live seconds and cost one datagram each when lost

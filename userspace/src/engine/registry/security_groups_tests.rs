@@ -34,6 +34,22 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
+/// A task of a web container publishing 8080 and a sidecar publishing
+/// nothing, with their addresses.
+fn shop_task() -> (TaskDefinition, BTreeMap<String, Ipv4Addr>) {
+    let def = TaskDefinition::from_value(&json!({"containerDefinitions": [
+        {"name": "web", "portMappings": [{"containerPort": 80, "hostPort": 8080}]},
+        {"name": "sidecar"}
+    ]}))
+    .unwrap();
+    let ips = [
+        ("web".to_owned(), ip("172.17.0.2")),
+        ("sidecar".to_owned(), ip("172.17.0.5")),
+    ]
+    .into();
+    (def, ips)
+}
+
 impl Env {
     fn new() -> Self {
         Self::with(SgSettings::default())
@@ -47,6 +63,22 @@ impl Env {
             registry: None,
         };
         env.open();
+        env
+    }
+
+    /// An API tier and a database only it may reach on 5432: both tasks
+    /// published, both groups made, the API's attached (the database's
+    /// is left to each test).
+    fn two_tiers(api_description: &str) -> Self {
+        let mut env = Self::new();
+        env.add("api", "172.17.0.2", &["8080:80"]);
+        env.add("db", "172.17.0.3", &["5432:5432"]);
+        env.r().sg_create("api", api_description).unwrap();
+        env.r().sg_create("db", "").unwrap();
+        env.r()
+            .sg_add_rule("db", &tcp_in_from_group("5432", "api"))
+            .unwrap();
+        env.r().sg_attach("api", "api").unwrap();
         env
     }
 
@@ -189,15 +221,7 @@ fn attaching_gives_every_container_ip_of_the_task_the_union_of_rules() {
 
 #[test]
 fn membership_follows_map_add_and_rm_at_once() {
-    let mut env = Env::new();
-    env.add("api", "172.17.0.2", &["8080:80"]);
-    env.add("db", "172.17.0.3", &["5432:5432"]);
-    env.r().sg_create("api", "").unwrap();
-    env.r().sg_create("db", "").unwrap();
-    env.r()
-        .sg_add_rule("db", &tcp_in_from_group("5432", "api"))
-        .unwrap();
-    env.r().sg_attach("api", "api").unwrap();
+    let mut env = Env::two_tiers("");
     env.r().sg_attach("db", "db").unwrap();
     assert_eq!(env.members("api"), [ip("172.17.0.2")]);
 
@@ -226,16 +250,7 @@ fn membership_follows_map_add_and_rm_at_once() {
 #[test]
 fn task_run_and_stop_keep_groups_in_step() {
     let mut env = Env::new();
-    let def = TaskDefinition::from_value(&json!({"containerDefinitions": [
-        {"name": "web", "portMappings": [{"containerPort": 80, "hostPort": 8080}]},
-        {"name": "sidecar"}
-    ]}))
-    .unwrap();
-    let ips: BTreeMap<String, Ipv4Addr> = [
-        ("web".to_owned(), ip("172.17.0.2")),
-        ("sidecar".to_owned(), ip("172.17.0.5")),
-    ]
-    .into();
+    let (def, ips) = shop_task();
     env.r().run_task("shop", &def, &ips).unwrap();
     env.r().sg_create("shop", "").unwrap();
     let view = env.r().sg_attach("shop", "shop").unwrap();
@@ -381,15 +396,7 @@ fn limits_refuse_and_change_nothing() {
 
 #[test]
 fn every_bad_request_is_one_line_and_changes_nothing() {
-    let mut env = Env::new();
-    env.add("api", "172.17.0.2", &["8080:80"]);
-    env.add("db", "172.17.0.3", &["5432:5432"]);
-    env.r().sg_create("api", "").unwrap();
-    env.r().sg_create("db", "").unwrap();
-    env.r()
-        .sg_add_rule("db", &tcp_in_from_group("5432", "api"))
-        .unwrap();
-    env.r().sg_attach("api", "api").unwrap();
+    let mut env = Env::two_tiers("");
     let before = (env.snapshot(), env.stored(), env.r().sg_list());
 
     type Op = Box<dyn Fn(&mut Registry) -> Result<crate::engine::sg_book::SgView>>;
@@ -545,15 +552,7 @@ fn a_failed_binding_insert_takes_the_new_endpoint_back_out() {
 
 #[test]
 fn everything_survives_a_restart_and_is_pushed_again() {
-    let mut env = Env::new();
-    env.add("api", "172.17.0.2", &["8080:80"]);
-    env.add("db", "172.17.0.3", &["5432:5432"]);
-    env.r().sg_create("api", "API tier").unwrap();
-    env.r().sg_create("db", "").unwrap();
-    env.r()
-        .sg_add_rule("db", &tcp_in_from_group("5432", "api"))
-        .unwrap();
-    env.r().sg_attach("api", "api").unwrap();
+    let mut env = Env::two_tiers("API tier");
     env.r().sg_attach("db", "db").unwrap();
     env.r().sg_create("gone", "").unwrap();
     env.r().sg_remove("gone").unwrap();
@@ -742,16 +741,7 @@ fn restart_drops_ipv6_policy_entries_the_store_does_not_know() {
 #[test]
 fn a_task_runs_containers_ipv6_addresses_are_endpoints_and_go_with_it() {
     let mut env = Env::new();
-    let def = TaskDefinition::from_value(&json!({"containerDefinitions": [
-        {"name": "web", "portMappings": [{"containerPort": 80, "hostPort": 8080}]},
-        {"name": "sidecar"}
-    ]}))
-    .unwrap();
-    let ips: BTreeMap<String, Ipv4Addr> = [
-        ("web".to_owned(), ip("172.17.0.2")),
-        ("sidecar".to_owned(), ip("172.17.0.5")),
-    ]
-    .into();
+    let (def, ips) = shop_task();
     // The sidecar publishes nothing: its IPv6 address is known from the
     // task's record only.
     let ips6: BTreeMap<String, std::net::Ipv6Addr> = [

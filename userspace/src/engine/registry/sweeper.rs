@@ -368,15 +368,8 @@ mod tests {
 
     fn binding(task: &str, ip: [u8; 4], host_port: u16) -> Binding {
         Binding {
-            task: task.into(),
-            container_ip: Ipv4Addr::from(ip).into(),
-            bind_ip: Ipv4Addr::UNSPECIFIED.into(),
-            host_port,
-            container_port: 80,
             protocol: Protocol::Udp,
-            ecs: Default::default(),
-            cni: None,
-            docker_events: false,
+            ..Binding::for_test(task, ip, host_port)
         }
     }
 

@@ -91,27 +91,12 @@ fn add_publishes_to_memory_store_and_datapath() {
     assert_eq!(
         added,
         [
+            Binding::for_test("web", ip("172.17.0.2"), 8080),
             Binding {
-                task: "web".into(),
-                container_ip: ip("172.17.0.2").into(),
-                bind_ip: ip("0.0.0.0").into(),
-                host_port: 8080,
-                container_port: 80,
-                protocol: Protocol::Tcp,
-                ecs: Default::default(),
-                cni: None,
-                docker_events: false,
-            },
-            Binding {
-                task: "web".into(),
-                container_ip: ip("172.17.0.2").into(),
                 bind_ip: ip("10.0.0.1").into(),
-                host_port: 53,
                 container_port: 53,
                 protocol: Protocol::Udp,
-                ecs: Default::default(),
-                cni: None,
-                docker_events: false,
+                ..Binding::for_test("web", ip("172.17.0.2"), 53)
             },
         ]
     );
@@ -481,20 +466,7 @@ fn restore_failure_names_the_binding() {
     let dir = tempfile::tempdir().unwrap();
     Store::open(dir.path())
         .unwrap()
-        .put_task(
-            "web",
-            &[Binding {
-                task: "web".into(),
-                container_ip: ip("172.17.0.2").into(),
-                bind_ip: ip("0.0.0.0").into(),
-                host_port: 8080,
-                container_port: 80,
-                protocol: Protocol::Tcp,
-                ecs: Default::default(),
-                cni: None,
-                docker_events: false,
-            }],
-        )
+        .put_task("web", &[Binding::for_test("web", ip("172.17.0.2"), 8080)])
         .unwrap();
     let datapath = Arc::new(FakeDatapath::default());
     datapath.fail_insert_of_host_port(8080);
@@ -618,23 +590,21 @@ fn ms(n: u64) -> std::time::Duration {
     std::time::Duration::from_millis(n)
 }
 
+/// Publishes through the async front, as the API does.
+async fn publish(berth: &Berth, task: &str, container_ip: &str, s: &[&str]) -> Vec<Binding> {
+    berth
+        .add(task.into(), ip(container_ip), specs(s))
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_removal_answers_before_its_flows_are_forgotten_in_one_sweep() {
     let f = fixture();
     let datapath = f.datapath.clone();
     let berth = Berth::new(f.registry);
-    let added = berth
-        .add(
-            "web".into(),
-            ip("172.17.0.2"),
-            specs(&["9000-9999:9000-9999"]),
-        )
-        .await
-        .unwrap();
-    berth
-        .add("db".into(), ip("172.17.0.3"), specs(&["5432:5432"]))
-        .await
-        .unwrap();
+    let added = publish(&berth, "web", "172.17.0.2", &["9000-9999:9000-9999"]).await;
+    publish(&berth, "db", "172.17.0.3", &["5432:5432"]).await;
     // A sweep of a full table takes a while; nobody waits for it.
     datapath.set_forget_delay(ms(1500));
     let started = std::time::Instant::now();
@@ -651,10 +621,7 @@ async fn a_removal_answers_before_its_flows_are_forgotten_in_one_sweep() {
     assert_eq!(berth.sweeper.pending(), 1000);
     // Another task's requests do not wait for it either.
     let started = std::time::Instant::now();
-    berth
-        .add("db".into(), ip("172.17.0.3"), specs(&["5433:5433"]))
-        .await
-        .unwrap();
+    publish(&berth, "db", "172.17.0.3", &["5433:5433"]).await;
     assert!(started.elapsed() < ms(500), "an unrelated publish waited");
     berth.finish_sweeps().await;
     // One sweep for the whole request, with every removed binding, and
@@ -668,19 +635,13 @@ async fn a_republish_of_a_removed_binding_lands_after_its_sweep() {
     let f = fixture();
     let datapath = f.datapath.clone();
     let berth = Berth::new(f.registry);
-    let old = berth
-        .add("dns".into(), ip("172.17.0.2"), specs(&["5353:53/udp"]))
-        .await
-        .unwrap();
+    let old = publish(&berth, "dns", "172.17.0.2", &["5353:53/udp"]).await;
     datapath.set_forget_delay(ms(400));
     berth.remove("dns".into(), vec![]).await.unwrap();
     // The replaced container: same address and port. Publishing before
     // the sweep would let it inherit the old flows or lose its own.
     let started = std::time::Instant::now();
-    let new = berth
-        .add("dns".into(), ip("172.17.0.2"), specs(&["5353:53/udp"]))
-        .await
-        .unwrap();
+    let new = publish(&berth, "dns", "172.17.0.2", &["5353:53/udp"]).await;
     assert!(started.elapsed() >= ms(300), "the publish did not wait");
     assert_eq!(new, old);
     let journal = datapath.journal();
@@ -742,14 +703,8 @@ async fn shutdown_finishes_the_pending_sweeps() {
     let f = fixture();
     let datapath = f.datapath.clone();
     let berth = Berth::new(f.registry);
-    let a = berth
-        .add("a".into(), ip("172.17.0.2"), specs(&["8080:80"]))
-        .await
-        .unwrap();
-    let b = berth
-        .add("b".into(), ip("172.17.0.3"), specs(&["8081:80"]))
-        .await
-        .unwrap();
+    let a = publish(&berth, "a", "172.17.0.2", &["8080:80"]).await;
+    let b = publish(&berth, "b", "172.17.0.3", &["8081:80"]).await;
     datapath.set_forget_delay(ms(300));
     berth.remove("a".into(), vec![]).await.unwrap();
     berth.remove("b".into(), vec![]).await.unwrap();

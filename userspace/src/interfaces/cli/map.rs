@@ -353,19 +353,11 @@ mod tests {
 #[cfg(test)]
 mod ipv6_tests {
     use super::*;
-    use crate::domain::model::Protocol;
 
     fn b(task: &str, ctr: &str, bind: &str) -> Binding {
         Binding {
-            task: task.into(),
-            container_ip: ctr.parse().unwrap(),
             bind_ip: bind.parse().unwrap(),
-            host_port: 8080,
-            container_port: 80,
-            protocol: Protocol::Tcp,
-            ecs: Default::default(),
-            cni: None,
-            docker_events: false,
+            ..Binding::for_test(task, ctr.parse::<std::net::IpAddr>().unwrap(), 8080)
         }
     }
 

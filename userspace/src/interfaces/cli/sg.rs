@@ -152,56 +152,32 @@ pub struct SgDaemonArgs {
     )]
     pub max_sgs_per_task: u8,
     /// Idle timeout of an established TCP flow, seconds (60-432000).
-    #[arg(
-        long,
-        value_name = "SECS",
-        default_value_t = berth_maps::TIMEOUT_TCP_ESTABLISHED_S,
-        value_parser = clap::value_parser!(u64).range(60..=berth_maps::TIMEOUT_MAX_S)
-    )]
+    #[arg(long, value_name = "SECS", value_parser = seconds(60))]
+    #[arg(default_value_t = berth_maps::TIMEOUT_TCP_ESTABLISHED_S)]
     pub ct_tcp_timeout: u64,
     /// Idle timeout of a TCP flow whose handshake has not completed (SYN
     /// seen, the client's ACK of the SYN-ACK not yet), seconds (1-432000).
-    #[arg(
-        long,
-        value_name = "SECS",
-        default_value_t = berth_maps::TIMEOUT_TCP_SYN_S,
-        value_parser = clap::value_parser!(u64).range(1..=berth_maps::TIMEOUT_MAX_S)
-    )]
+    #[arg(long, value_name = "SECS", value_parser = seconds(1))]
+    #[arg(default_value_t = berth_maps::TIMEOUT_TCP_SYN_S)]
     pub ct_tcp_syn_timeout: u64,
     /// Idle timeout of a UDP flow with no answer yet, seconds (1-432000).
-    #[arg(
-        long,
-        value_name = "SECS",
-        default_value_t = berth_maps::TIMEOUT_UDP_SINGLE_S,
-        value_parser = clap::value_parser!(u64).range(1..=berth_maps::TIMEOUT_MAX_S)
-    )]
+    #[arg(long, value_name = "SECS", value_parser = seconds(1))]
+    #[arg(default_value_t = berth_maps::TIMEOUT_UDP_SINGLE_S)]
     pub ct_udp_timeout: u64,
     /// Idle timeout of an answered UDP flow, seconds (1-432000).
-    #[arg(
-        long,
-        value_name = "SECS",
-        default_value_t = berth_maps::TIMEOUT_UDP_STREAM_S,
-        value_parser = clap::value_parser!(u64).range(1..=berth_maps::TIMEOUT_MAX_S)
-    )]
+    #[arg(long, value_name = "SECS", value_parser = seconds(1))]
+    #[arg(default_value_t = berth_maps::TIMEOUT_UDP_STREAM_S)]
     pub ct_udp_stream_timeout: u64,
     /// Idle timeout of an ICMP echo flow, seconds (1-432000).
-    #[arg(
-        long,
-        value_name = "SECS",
-        default_value_t = berth_maps::TIMEOUT_ICMP_S,
-        value_parser = clap::value_parser!(u64).range(1..=berth_maps::TIMEOUT_MAX_S)
-    )]
+    #[arg(long, value_name = "SECS", value_parser = seconds(1))]
+    #[arg(default_value_t = berth_maps::TIMEOUT_ICMP_S)]
     pub ct_icmp_timeout: u64,
     /// Capacity of the security-group connection-tracking table
     /// [default: --max-flows]. When it is full new flows are refused and counted
     /// (`ct_table_full`); established ones are never evicted. A pinned table
     /// of another size is resized at start, its flows kept (refused when
     /// they do not fit).
-    #[arg(
-        long,
-        value_name = "N",
-        value_parser = clap::value_parser!(u32).range(1..=16_777_216)
-    )]
+    #[arg(long, value_name = "N", value_parser = table_capacity())]
     pub ct_max: Option<u32>,
     /// Capacity of the table of established published-port flows (and of
     /// the table of clash-remapped client ports) [default: --max-flows]. When it
@@ -209,22 +185,14 @@ pub struct SgDaemonArgs {
     /// (`nat_table_full`); established ones are never evicted. A pinned table
     /// of another size is resized at start, its flows kept (refused when
     /// they do not fit).
-    #[arg(
-        long,
-        value_name = "N",
-        value_parser = clap::value_parser!(u32).range(1..=16_777_216)
-    )]
+    #[arg(long, value_name = "N", value_parser = table_capacity())]
     pub nat_max: Option<u32>,
     /// Capacity of each table of not yet established flows (published ports
     /// and security groups) [default: an eighth of --max-flows]. These are LRU tables: a new
     /// flow is never refused; the least recently used unestablished flow
     /// makes room. A pinned table of another size is resized at start
     /// (made smaller than its fill, it keeps what fits).
-    #[arg(
-        long,
-        value_name = "N",
-        value_parser = clap::value_parser!(u32).range(1..=16_777_216)
-    )]
+    #[arg(long, value_name = "N", value_parser = table_capacity())]
     pub ct_embryonic_max: Option<u32>,
 }
 
@@ -243,6 +211,17 @@ impl SgDaemonArgs {
             },
         }
     }
+}
+
+/// A `--ct-*-timeout`: `min` seconds up to the longest the datapath keeps
+/// an idle flow.
+fn seconds(min: u64) -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(min..=berth_maps::TIMEOUT_MAX_S)
+}
+
+/// A table's capacity: at least one entry, at most 2^24.
+fn table_capacity() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=16_777_216)
 }
 
 fn parse_sg_name(s: &str) -> std::result::Result<String, String> {

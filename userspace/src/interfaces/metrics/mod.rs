@@ -485,15 +485,8 @@ mod tests {
 
     fn binding(task: &str, port: u16, protocol: Protocol) -> Binding {
         Binding {
-            task: task.into(),
-            container_ip: "172.17.0.2".parse().unwrap(),
-            bind_ip: "0.0.0.0".parse().unwrap(),
-            host_port: port,
-            container_port: 80,
             protocol,
-            ecs: Default::default(),
-            cni: None,
-            docker_events: false,
+            ..Binding::for_test(task, [172, 17, 0, 2], port)
         }
     }
 
