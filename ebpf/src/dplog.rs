@@ -13,7 +13,8 @@
 //! written by `berth_log`, which they tail-call (`BERTH_TAILS` slot `LOG`)
 //! with the event's kind in the packet's `cb[0]` ([`drop_logged`]). It
 //! reads the addresses and ports from the packet itself, writes the line
-//! and drops the packet, with a stack of its own.
+//! and drops the packet, with a stack of its own. The IPv6 programs have
+//! no room either: their lines are written the same way (`dplog6.rs`).
 use aya_ebpf::{bindings::TC_ACT_SHOT, macros::map, maps::PerCpuArray, programs::TcContext};
 use berth_maps::{
     tail, Counter, LogBucket, CONFIG_DP_LOG, DP_LOG_BURST, DP_LOG_DEBUG, DP_LOG_PER_SEC,
@@ -73,6 +74,11 @@ pub(crate) const EV_NAT_FULL: u32 = 4;
 pub(crate) const EV_CTR_SPOOF: u32 = 5;
 pub(crate) const EV_POLICY_EGRESS: u32 = 6;
 pub(crate) const EV_CT_FULL: u32 = 7;
+/// In `cb[0]` beside an event for `berth_log`: an IPv6 packet refused at
+/// an uplink (`dplog6.rs`), whose container is in the rest of `cb`.
+pub(crate) const EV_UPLINK6: u32 = 0x8000;
+/// The bits of `cb[0]` that hold the event.
+pub(crate) const EV_MASK: u32 = 0x7fff;
 /// A refusal that is not logged (common or harmless: a stray TCP segment
 /// of no flow, a later fragment of a refused datagram).
 pub(crate) const EV_NONE: u32 = u32::MAX;
@@ -166,14 +172,29 @@ pub(crate) fn dp_log(ev: u32, a_be: u32, b_be: u32, p: u32, q: u32) {
 /// Refusals cost this only while the log is on; passed packets never.
 #[inline(always)]
 pub(crate) fn drop_logged(ctx: &TcContext, ev: u32) -> i32 {
-    if ev != EV_NONE && dp_log_on() {
+    if dp_log_wanted(ev) {
         unsafe {
             (*ctx.skb.skb).cb[0] = ev;
-            BERTH_TAILS.tail_call(ctx, tail::LOG);
         }
-        count(Counter::DatapathLogLimited);
+        to_berth_log(ctx);
     }
     TC_ACT_SHOT
+}
+
+/// Tail-calls `berth_log` with what the caller put in `cb`; returns only
+/// when the `LOG` slot is empty (the line is lost, counted as not written).
+#[inline(always)]
+pub(crate) fn to_berth_log(ctx: &TcContext) {
+    unsafe {
+        BERTH_TAILS.tail_call(ctx, tail::LOG);
+    }
+    count(Counter::DatapathLogLimited);
+}
+
+/// Whether the log is on and a refusal of kind `ev` is one it writes.
+#[inline(always)]
+pub(crate) fn dp_log_wanted(ev: u32) -> bool {
+    ev != EV_NONE && dp_log_on()
 }
 
 /// `berth_log`'s body: the line for event `ev` (from `cb[0]`) about the

@@ -16,6 +16,12 @@
 //!   through, so a container cannot slip forged fragments into a datagram
 //!   another port allowed.
 //!
+//! - A first fragment an uplink drops (refused by the security groups, a
+//!   spoofed source, a full table, a TCP segment of no flow): deny under
+//!   the DNAT key, so its later fragments are dropped there (counted
+//!   `frag_denied`), not queued by the host's reassembly until they time
+//!   out.
+//!
 //! Entries are overwritten by the next first fragment with the same key
 //! (IP ids wrap) and count as absent after `FRAG_TIMEOUT_NS`.
 use aya_ebpf::helpers::bpf_ktime_get_ns;

@@ -19,7 +19,11 @@
 //! receiving NIC's `CHECKSUM_COMPLETE`) takes the difference, which no
 //! other change balances.
 //!
-//! A later fragment nothing was remembered for (its first was lost, came
+//! A first fragment an uplink drops (refused by the security groups, a
+//! spoofed source, a full table, a TCP segment of no flow) leaves its
+//! verdict too, deny: its later fragments are dropped there (counted
+//! `frag_denied`), not queued by the host's reassembly until they time
+//! out. A later fragment nothing was remembered for (its first was lost, came
 //! late, or was never ours) is left to the host at an uplink or the bridge
 //! (it may be the host's own or a container's own traffic; alone it never
 //! reassembles into anything), counted `fragment`; at a container's veth
@@ -133,6 +137,15 @@ fn frag6_lookup(key: &FragKey6) -> Option<FragEntry6> {
 #[inline(always)]
 pub(crate) fn frag6_first_dnat(f: &Flow6, to: &[u8; 16]) {
     frag6_remember(&frag6_key_of_flow(FRAG_K_DNAT, f), to, FRAG_V_ALLOW);
+}
+
+/// A packet an uplink dropped before translating it: when a first
+/// fragment, its datagram's later fragments are dropped there too.
+#[inline(always)]
+pub(crate) fn frag6_first_dropped(f: &Flow6) {
+    if f.first_frag {
+        frag6_remember(&frag6_key_of_flow(FRAG_K_DNAT, f), &[0; 16], FRAG_V_DENY);
+    }
 }
 
 /// A first fragment NAT66 translated at the bridge (`from`: the host
@@ -349,13 +362,18 @@ pub(crate) fn berth_frag6(ctx: TcContext) -> i32 {
     }
 }
 
-/// A later fragment at an uplink goes where its first fragment went.
+/// A later fragment at an uplink goes where its first fragment went, or
+/// nowhere when its first was dropped.
 #[inline(always)]
 fn ingress6_frag(ctx: &TcContext, f: &Frag6) -> i32 {
     let Some(e) = frag6_lookup(&frag6_key_of_frag(FRAG_K_DNAT, f)) else {
         count(Counter::Fragment);
         return TC_ACT_OK;
     };
+    if e.verdict != FRAG_V_ALLOW {
+        count(Counter::FragDenied);
+        return TC_ACT_SHOT;
+    }
     frag6_translate(
         ctx,
         f,

@@ -1,7 +1,7 @@
 //! The uplink ingress pipeline, one for TC (`berth_ingress`) and XDP
 //! (`berth_xdp`): source checks, parse, decide, translate, deliver. What
 //! differs between the hooks is behind [`Hook`].
-use berth_maps::{Backend, Counter, FRAG_K_DNAT, FRAG_V_ALLOW, PROTO_TCP};
+use berth_maps::{Backend, Counter, FRAG_K_DNAT, FRAG_V_ALLOW, FRAG_V_DENY, PROTO_TCP};
 
 use crate::{
     ct::ct_now,
@@ -191,7 +191,15 @@ fn ingress_established(flow: &Flow, data: usize, data_end: usize, ifindex: u32) 
 fn tracked_to(flow: Flow, svc: &Service, tracked: Tracked, now: u64) -> Ingress {
     let sport_be = match tracked {
         Tracked::Forward(port) => port,
-        Tracked::Drop => return Ingress::Drop,
+        Tracked::Drop => {
+            // Its datagram can never be whole: its later fragments are
+            // dropped here too (`ingress_frag`).
+            if flow.first_frag {
+                let key = frag_key_of_flow(FRAG_K_DNAT, &flow);
+                frag_remember(&key, 0, FRAG_V_DENY);
+            }
+            return Ingress::Drop;
+        }
         Tracked::NotOurs => {
             count(Counter::IngressPass);
             return Ingress::Pass;
@@ -207,14 +215,19 @@ fn tracked_to(flow: Flow, svc: &Service, tracked: Tracked, now: u64) -> Ingress 
     Ingress::Dnat(flow, backend, sport_be, now)
 }
 
-/// A later fragment at an uplink goes where its first fragment went; one
-/// nothing was remembered for is left to the host (it may be its own).
+/// A later fragment at an uplink goes where its first fragment went, or
+/// nowhere when its first was dropped; one nothing was remembered for is
+/// left to the host (it may be its own).
 #[inline(always)]
 fn ingress_frag(f: &Frag) -> Ingress {
     let Some(e) = frag_lookup(&frag_key_of_frag(FRAG_K_DNAT, f)) else {
         count(Counter::Fragment);
         return Ingress::Pass;
     };
+    if e.verdict != FRAG_V_ALLOW {
+        count(Counter::FragDenied);
+        return Ingress::Drop;
+    }
     if f.ttl <= 1 {
         count(Counter::TtlExceeded);
         return Ingress::Drop;

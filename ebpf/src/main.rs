@@ -16,8 +16,9 @@
 //!   `berth_reply6` (NAT66, `nat6.rs`), `berth_from_ctr6` / `berth_to_ctr6`
 //!   (security groups, `policy6.rs`); `berth_icmp6` (tail-called by the
 //!   two NAT66 programs): `ICMPv6` errors about their flows (`icmp6.rs`).
-//! - `berth_log` (tail-called by `berth_from_ctr` / `berth_to_ctr`): the
-//!   datapath log line of a packet they refused (`dplog.rs`).
+//! - `berth_log` (tail-called by `berth_from_ctr` / `berth_to_ctr` and
+//!   the IPv6 programs): the datapath log line of a packet they refused
+//!   (`dplog.rs`, `dplog6.rs`).
 //! - `berth_bind4`, `berth_bind6` (cgroup bind4/bind6): host processes
 //!   cannot bind a published host port (EADDRINUSE), over IPv4 or IPv6.
 //! - `berth_connect4`, `berth_sendmsg4`, `berth_recvmsg4`, `berth_peername4`
@@ -36,6 +37,7 @@ mod csum;
 mod csum6;
 mod ct;
 mod dplog;
+mod dplog6;
 mod fib;
 mod flowlog;
 mod frag;
@@ -341,15 +343,6 @@ pub(crate) fn berth_to_ctr(ctx: TcContext) -> i32 {
     }
 }
 
-#[inline(always)]
-fn tc_verdict(pass: bool) -> i32 {
-    if pass {
-        TC_ACT_OK
-    } else {
-        TC_ACT_SHOT
-    }
-}
-
 /// The datapath log of a packet `berth_from_ctr` or `berth_to_ctr`
 /// refused (tail-called, `BERTH_TAILS` slot `LOG`; see `dplog`): writes
 /// the line for the event in `cb[0]` and drops the packet, as its caller
@@ -357,7 +350,11 @@ fn tc_verdict(pass: bool) -> i32 {
 #[classifier]
 pub(crate) fn berth_log(ctx: TcContext) -> i32 {
     let (ev, port) = unsafe { ((*ctx.skb.skb).cb[0], (*ctx.skb.skb).ifindex) };
-    dplog::log_refused(&ctx, ev, port);
+    if tails::is_ipv6(ctx.data(), ctx.data_end()) {
+        dplog6::log_refused6(&ctx, ev, port);
+    } else {
+        dplog::log_refused(&ctx, ev, port);
+    }
     TC_ACT_SHOT
 }
 
@@ -367,8 +364,9 @@ pub(crate) fn berth_log(ctx: TcContext) -> i32 {
 pub(crate) fn berth_from_ctr6(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
     let port = unsafe { (*ctx.skb.skb).ifindex };
-    if !policy6::judge6(ctx.data(), ctx.data_end(), ctx.len() as usize, port, true) {
-        return TC_ACT_SHOT;
+    let judged = policy6::judge6(ctx.data(), ctx.data_end(), ctx.len() as usize, port, true);
+    if judged != policy6::PASS {
+        return dplog::drop_logged(&ctx, judged);
     }
     frag6::from_ctr6(&ctx)
 }
@@ -379,13 +377,11 @@ pub(crate) fn berth_from_ctr6(ctx: TcContext) -> i32 {
 pub(crate) fn berth_to_ctr6(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
     let port = unsafe { (*ctx.skb.skb).ifindex };
-    tc_verdict(policy6::judge6(
-        ctx.data(),
-        ctx.data_end(),
-        ctx.len() as usize,
-        port,
-        false,
-    ))
+    let judged = policy6::judge6(ctx.data(), ctx.data_end(), ctx.len() as usize, port, false);
+    if judged != policy6::PASS {
+        return dplog::drop_logged(&ctx, judged);
+    }
+    TC_ACT_OK
 }
 
 /// A container's ICMP error about a translated flow leaves as if the host

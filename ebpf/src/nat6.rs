@@ -11,7 +11,8 @@
 //! port towards the container, as IPv4's (`remap6.rs`). `ICMPv6` errors about a flow are translated by `icmp6.rs`;
 //! fragmented datagrams are translated as IPv4's (`frag6.rs`). A new flow
 //! to a container with policy must pass its task's IPv6 ingress rules
-//! (`rules6::ingress_allows6`).
+//! (`rules6::ingress_allows6`). A refusal is written to the datapath log
+//! by `berth_log` (`dplog6.rs`: this program has no stack left for it).
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_csum_diff,
@@ -28,6 +29,7 @@ use crate::{
         ct_init, ct_insert_new, ct_now, ct_promote, ct_refresh, Conn as _, Tables, DIR_ORIG,
         DIR_REPLY,
     },
+    dplog::{EV_CLASH, EV_HOST_SOURCE, EV_MARTIAN, EV_NAT_FULL, EV_POLICY},
     fib::fib_lookup_v6,
     flowlog::{flow_log_refused6, Refused6},
     hook::Hook as _,
@@ -119,9 +121,18 @@ enum Verdict6 {
     /// client's own unless a clash remapped it, `remap6.rs`).
     Forward(u16),
     Drop,
-    /// A new flow refused, for the flow log (`FLOW_EV_*`), as IPv4 logs.
-    Refused(u8),
+    /// A new flow refused: what the flow log (`FLOW_EV_*`) and the
+    /// datapath log (`dplog::EV_*`) say, as IPv4 logs ([`refused`]).
+    Refused(u32),
     NotOurs,
+}
+
+/// A refusal of flow-log kind `kind` and datapath-log event `ev`, in one
+/// integer: two fields of an enum variant leave bits of the others'
+/// registers undefined, which the verifier refuses to read.
+#[inline(always)]
+fn refused(kind: u8, ev: u32) -> Verdict6 {
+    Verdict6::Refused(u32::from(kind) | (ev << 8))
 }
 
 /// What the tracked flow under reply tuple `key` says of a client packet:
@@ -146,7 +157,7 @@ fn known(key: &FlowKey6, f: &Flow6, seg: &Seg, now: u64) -> Option<Verdict6> {
         && tcp_completes(&NatEntry6::track(e), seg)
         && ct_promote(&tables(), key, e).is_err()
     {
-        return Some(Verdict6::Refused(FLOW_EV_REJECT_FULL));
+        return Some(refused(FLOW_EV_REJECT_FULL, EV_NAT_FULL));
     }
     Some(Verdict6::Forward(key.dst_port_be))
 }
@@ -185,7 +196,12 @@ fn track(f: &Flow6, b: &Backend6, wildcard: bool, seg: &Seg, now: u64, ifindex: 
     }
     if f.src_addr == LOOPBACK6 || is_host_addr6(&f.src_addr) {
         count(Counter::UplinkSpoofedSource);
-        return Verdict6::Refused(FLOW_EV_REJECT_POLICY);
+        let ev = if f.src_addr == LOOPBACK6 {
+            EV_MARTIAN
+        } else {
+            EV_HOST_SOURCE
+        };
+        return refused(FLOW_EV_REJECT_POLICY, ev);
     }
     // The receiving task's IPv6 security groups (counted there when they
     // refuse).
@@ -193,14 +209,14 @@ fn track(f: &Flow6, b: &Backend6, wildcard: bool, seg: &Seg, now: u64, ifindex: 
         && !crate::rules6::ingress_allows6(f.proto, &f.src_addr, &b.addr, b.port_be)
     {
         crate::stats::binding_count_refused(b.binding);
-        return Verdict6::Refused(FLOW_EV_REJECT_POLICY);
+        return refused(FLOW_EV_REJECT_POLICY, EV_POLICY);
     }
     // The reply tuple is another client's (the key holds ours).
     let remapped = !crate::remap6::tuple_free(&key);
     if remapped {
         match crate::remap6::remap(f, b, &key, &wire) {
             Ok(port_be) => key.dst_port_be = port_be,
-            Err(()) => return Verdict6::Refused(FLOW_EV_REJECT_FULL),
+            Err(()) => return refused(FLOW_EV_REJECT_FULL, EV_CLASH),
         }
     } else if fwd != crate::remap6::Remap::None {
         crate::remap6::forget(&wire);
@@ -229,7 +245,7 @@ fn track(f: &Flow6, b: &Backend6, wildcard: bool, seg: &Seg, now: u64, ifindex: 
         if remapped {
             crate::remap6::forget(&wire);
         }
-        return Verdict6::Refused(FLOW_EV_REJECT_FULL);
+        return refused(FLOW_EV_REJECT_FULL, EV_NAT_FULL);
     }
     crate::stats::binding_count_opened(b.binding);
     Verdict6::Forward(key.dst_port_be)
@@ -340,10 +356,15 @@ pub(crate) fn ingress6(ctx: &TcContext) -> i32 {
     let ifindex = ctx.in_ifindex();
     let sport_be = match track(&f, &b, wildcard, &seg, now, ifindex) {
         Verdict6::Forward(port_be) => port_be,
-        Verdict6::Drop => return TC_ACT_SHOT,
-        Verdict6::Refused(kind) => {
-            flow_log_refused6(&Refused6::client(kind, &f, &b, ifindex));
+        Verdict6::Drop => {
+            crate::frag6::frag6_first_dropped(&f);
             return TC_ACT_SHOT;
+        }
+        Verdict6::Refused(why) => {
+            let (kind, ev) = (why as u8, why >> 8);
+            flow_log_refused6(&Refused6::client(kind, &f, &b, ifindex));
+            crate::frag6::frag6_first_dropped(&f);
+            return crate::dplog6::drop_logged6(ctx, ev, &b);
         }
         Verdict6::NotOurs => {
             count(Counter::IngressPass);
@@ -433,7 +454,7 @@ pub(crate) fn reply6(ctx: &TcContext) -> i32 {
                     tcp_flags: 0,
                     ifindex: unsafe { (*e).ifindex },
                 });
-                return TC_ACT_SHOT;
+                return crate::dplog::drop_logged(ctx, EV_NAT_FULL);
             }
             x
         } else {

@@ -20,6 +20,10 @@
 //! (`BERTH_PORT_ADDRS`): policy applies when one of them has it. A port
 //! whose addresses were never learned may carry a task with policy, so
 //! while any endpoint has policy it is treated as one (fail closed).
+//!
+//! A refusal carries its datapath-log event out of [`judge6`] ([`Judged6`]), as IPv4's
+//! (`policy::Judged`); the program hands the packet to `berth_log`
+//! (`dplog6.rs`), as it has no stack left to write the line itself.
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
@@ -33,6 +37,7 @@ use berth_maps::{
 
 use crate::{
     ct::{ct_init, ct_now, ct_refresh, Conn as _, DIR_ORIG, DIR_REPLY},
+    dplog::{EV_CTR_SPOOF, EV_CT_FULL, EV_NONE, EV_POLICY, EV_POLICY_EGRESS},
     frag6,
     maps::{count, BERTH_PORT_ADDRS},
     parse::{ptr_at, ETH_LEN},
@@ -102,6 +107,25 @@ fn mld(data: usize, data_end: usize, ip: &[u8; IP6_HDR_LEN + 1]) -> bool {
     h[0] == NEXTHDR_ICMPV6
         && h[1] == 0
         && matches!(h[8], MLD_QUERY | MLD_REPORT | MLD_DONE | MLD2_REPORT)
+}
+
+/// What a judge says of a packet: [`PASS`], or its refusal's datapath-log
+/// event (`dplog::EV_*`; `EV_NONE`: a refusal the log does not write).
+/// A plain integer rather than IPv4's `Result<(), u32>`: `Ok`'s undefined
+/// payload, spilled by LLVM, is a register the verifier refuses to read
+/// (`R4 !read_ok`).
+pub(crate) type Judged6 = u32;
+/// The packet may pass (no `dplog::EV_*` has this value).
+pub(crate) const PASS: u32 = u32::MAX - 1;
+
+/// A refusal the log does not write.
+#[inline(always)]
+fn quiet6(allowed: bool) -> Judged6 {
+    if allowed {
+        PASS
+    } else {
+        EV_NONE
+    }
 }
 
 /// Whether policy may apply to the container behind bridge port `ifindex`.
@@ -319,7 +343,7 @@ fn ct6_create(key: &FlowKey6, p: &P6, port: u32) -> Result<(), ()> {
 /// rules in this hook's direction allow (then tracked). `src_ok`: the
 /// source may open a flow (see [`judge6`]).
 #[inline(always)]
-fn flow_allowed6(p: &P6, ep: Endpoint, port: u32, from: bool, src_ok: bool) -> bool {
+fn flow_allowed6(p: &P6, ep: Endpoint, port: u32, from: bool, src_ok: bool) -> Judged6 {
     let (own, other) = if from {
         (CT6_SIDE_EGRESS, CT6_SIDE_INGRESS)
     } else {
@@ -329,55 +353,61 @@ fn flow_allowed6(p: &P6, ep: Endpoint, port: u32, from: bool, src_ok: bool) -> b
     let key = key6(&p.src, &p.dst, p.sport_be, p.dport_be, proto, own);
     let rkey = key6(&p.dst, &p.src, p.dport_be, p.sport_be, proto, other);
     match ct6_lookup(&key, &rkey, p, port) {
-        Ct6::Tracked => return true,
-        Ct6::Refused => return false,
+        Ct6::Tracked => return PASS,
+        Ct6::Refused => return EV_CT_FULL,
         Ct6::Untracked => {}
     }
     if !src_ok {
         count(Counter::ContainerSpoofedSource);
-        return false;
+        return EV_CTR_SPOOF;
     }
     if proto == PROTO_TCP && !p.seg.opens() {
         count(Counter::CtNoFlow);
-        return false;
+        return EV_NONE;
     }
-    if !rules_allow6(p, ep, from) {
-        return false;
+    let judged = rules_allow6(p, ep, from);
+    if judged != PASS {
+        return judged;
     }
     if ct6_create(&key, p, port).is_err() {
-        return false;
+        return EV_CT_FULL;
     }
     count(if from {
         Counter::PolicyAcceptedEgress
     } else {
         Counter::PolicyAcceptedIngress
     });
-    true
+    PASS
 }
 
 /// Whether `ep`'s rules let this packet out (`from`) or in; counted when
 /// they do not.
 #[inline(always)]
-fn rules_allow6(p: &P6, ep: Endpoint, from: bool) -> bool {
-    let (dir, peer, denied) = if from {
-        (DIR_EGRESS, &p.dst, Counter::PolicyDeniedEgress)
+fn rules_allow6(p: &P6, ep: Endpoint, from: bool) -> Judged6 {
+    let (dir, peer, denied, ev) = if from {
+        (
+            DIR_EGRESS,
+            &p.dst,
+            Counter::PolicyDeniedEgress,
+            EV_POLICY_EGRESS,
+        )
     } else {
-        (DIR_INGRESS, &p.src, Counter::PolicyDeniedIngress)
+        (DIR_INGRESS, &p.src, Counter::PolicyDeniedIngress, EV_POLICY)
     };
     if policy6_allows(ep.task_id, dir, &p.m, peer) {
-        return true;
+        return PASS;
     }
     count(denied);
-    false
+    ev
 }
 
 /// Judged packet by packet: a source that may not open a flow is refused
 /// first.
 #[inline(always)]
-fn source_then_rules6(p: &P6, ep: Endpoint, from: bool, src_ok: bool) -> bool {
+fn source_then_rules6(p: &P6, ep: Endpoint, from: bool, src_ok: bool) -> Judged6 {
     if !src_ok {
         count(Counter::ContainerSpoofedSource);
-        return false;
+        return EV_CTR_SPOOF;
     }
     rules_allow6(p, ep, from)
 }
@@ -402,10 +432,10 @@ fn icmp6_allowed(
     ep: Endpoint,
     port: u32,
     (from, src_ok): (bool, bool),
-) -> bool {
+) -> Judged6 {
     let Some(h) = ptr_at::<[u8; 8]>(data, data_end, ETH_LEN + IP6_HDR_LEN) else {
         count(Counter::PolicyDeniedIcmp);
-        return false;
+        return EV_NONE;
     };
     let h = unsafe { &*h };
     let (icmp_type, icmp_code) = (h[0], h[1]);
@@ -438,11 +468,11 @@ fn icmp6_allowed(
         return flow_allowed6(&p, ep, port, from, src_ok);
     }
     if (ICMPV6_DEST_UNREACH..=ICMPV6_PARAM_PROB).contains(&icmp_type) {
-        let ok = icmp6_error_tracked(data, data_end, &src, &dst, port, from);
-        if !ok {
-            count(Counter::PolicyDeniedIcmp);
+        if icmp6_error_tracked(data, data_end, &src, &dst, port, from) {
+            return PASS;
         }
-        return ok;
+        count(Counter::PolicyDeniedIcmp);
+        return EV_NONE;
     }
     // Anything else (MLD, node information, ...) packet by packet.
     source_then_rules6(&p, ep, from, src_ok)
@@ -504,7 +534,7 @@ fn icmp6_error_tracked(
 }
 
 /// `berth_from_ctr6` (`from`) and `berth_to_ctr6`: IPv6 a container on
-/// port `ifindex` sends or receives.
+/// port `ifindex` sends or receives: [`PASS`], or refused ([`Judged6`]).
 #[inline(always)]
 pub(crate) fn judge6(
     data: usize,
@@ -512,24 +542,24 @@ pub(crate) fn judge6(
     frame_len: usize,
     ifindex: u32,
     from: bool,
-) -> bool {
+) -> Judged6 {
     // Neighbour claims are judged on every port, policy or not (`l2.rs`).
     if from && crate::l2::nd_spoofed(data, data_end, ifindex) {
-        return false;
+        return quiet6(false);
     }
     if nowhere() {
-        return true;
+        return PASS;
     }
     let ep = match port_endpoint(ifindex) {
-        PortEp::Open => return true,
-        PortEp::Unknown => return unjudged6_passes(data, data_end, ifindex, from),
+        PortEp::Open => return PASS,
+        PortEp::Unknown => return quiet6(unjudged6_passes(data, data_end, ifindex, from)),
         PortEp::Policy(ep) => ep,
     };
     if nd_allowed(data, data_end, from) {
-        return true;
+        return PASS;
     }
     let Some(ip) = ptr_at::<[u8; IP6_HDR_LEN]>(data, data_end, ETH_LEN) else {
-        return false;
+        return EV_NONE;
     };
     let ip = unsafe { &*ip };
     let mut src = [0u8; 16];
@@ -566,8 +596,8 @@ pub(crate) fn judge6(
             };
             flow_allowed6(&p, ep, ifindex, from, src_ok)
         }
-        Parsed6::Fragment(fr) => return frag6::frag6_follow(&fr, (ifindex, from)),
-        Parsed6::FirstFrag(fr) if frag6::frag6_tiny(&fr) => false,
+        Parsed6::Fragment(fr) => return quiet6(frag6::frag6_follow(&fr, (ifindex, from))),
+        Parsed6::FirstFrag(fr) if frag6::frag6_tiny(&fr) => EV_NONE,
         Parsed6::Pass | Parsed6::Upper(_) if next == PROTO_ICMPV6 => {
             icmp6_allowed(data, data_end, (src, dst), ep, ifindex, (from, src_ok))
         }
@@ -605,6 +635,6 @@ pub(crate) fn judge6(
             }
         }
     };
-    frag6::frag6_first_judged(first, (ifindex, from), &src, &dst, ok);
+    frag6::frag6_first_judged(first, (ifindex, from), &src, &dst, ok == PASS);
     ok
 }

@@ -829,7 +829,8 @@ counters! {
     FragNoFirst = 14 => "frag_no_first",
     /// Later fragment of a datagram whose first fragment policy refused,
     /// or a TCP/UDP first fragment too short to hold its header, where
-    /// either end has policy; dropped.
+    /// either end has policy; or, at an uplink, a later fragment of a
+    /// datagram whose first fragment it dropped; dropped.
     FragDenied = 15 => "frag_denied",
     /// ICMP other than echo that is no error about a tracked flow of an
     /// endpoint with policy; dropped.

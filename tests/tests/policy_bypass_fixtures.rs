@@ -651,7 +651,7 @@ fn a_neighbour_claim_behind_extension_headers_is_judged_all_the_same() {
     in_fixture_ns(|env| {
         let p = setup(env);
         let all = rule(None, (0, u16::MAX), any6());
-        set_rules6(env, 1, DIR_EGRESS, &[all]);
+        env.set_rules6(1, DIR_EGRESS, &[all]);
         let behind = |src, target, ext: &[V6Ext]| {
             pkt::neighbour_advert_packet(src, target, Some(SRC_MAC))
                 .with_ext(ext)

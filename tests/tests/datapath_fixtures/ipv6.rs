@@ -137,14 +137,22 @@ fn cases() -> Vec<(String, Vec<u8>, bool)> {
         offset: 100,
         more: false,
     };
+    // Of another datagram than the first fragments above (another
+    // identification): a later fragment of a datagram whose first was
+    // refused is dropped with it (`frag_refused`), one whose first nobody
+    // saw passes as it is.
+    let other_datagram = |mut f: Vec<u8>| {
+        f[L3 + 4..L3 + 8].copy_from_slice(&0x0bad_f00du32.to_be_bytes());
+        f
+    };
     add(
         "later fragment of tcp",
-        tcp().with_ext(&[later]).frame(),
+        other_datagram(tcp().with_ext(&[later]).frame()),
         false,
     );
     add(
         "later fragment of udp",
-        udp().with_ext(&[later]).frame(),
+        other_datagram(udp().with_ext(&[later]).frame()),
         false,
     );
     let atomic = Fragment {

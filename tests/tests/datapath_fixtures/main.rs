@@ -5,10 +5,12 @@
 //! update them incrementally. Every failure of a table is reported at once.
 //! Needs root (loads eBPF, makes private namespaces).
 mod binding_stats;
+mod dplog6;
 mod exact_ports;
 mod flowlog;
 mod flowlog6;
 mod frag66;
+mod frag_refused;
 mod host_addrs;
 mod icmp;
 mod icmp6;

@@ -12,6 +12,7 @@ mod daemon_guards;
 mod daemon_under_load;
 mod docker_events;
 mod docker_proxy;
+mod dplog6;
 mod dynamic_ports;
 mod ecs_tasks;
 mod flow_logs;
