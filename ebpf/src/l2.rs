@@ -46,7 +46,7 @@
 use berth_maps::Counter;
 
 use crate::{
-    maps::{count, BERTH_HOST_ADDRS6, BERTH_PORT_ADDRS},
+    maps::{count, BERTH_ENDPOINTS, BERTH_HOST_ADDRS6, BERTH_PORT_ADDRS},
     parse::{ptr_at, ETH_LEN, ETH_P_IP_BE},
     parse6::{ETH_P_IPV6_BE, IP6_HDR_LEN, NEXTHDR_DEST, NEXTHDR_HOP, NEXTHDR_ROUTING},
     policy::{endpoint_with_policy, nowhere},
@@ -229,7 +229,17 @@ fn nd_claim_spoofed(data: usize, data_end: usize, port: u32) -> bool {
     } else {
         match (endpoint6_with_policy(&claimed), own) {
             (Some(ep), Some(task)) => ep.task_id == task,
-            (Some(_), None) => false,
+            // A port without policy is refused a policy container's
+            // address unless it is learned and no other task's: ports
+            // learn IPv4 addresses only, so the container of an IPv6-only
+            // task (its IPv4 address no task's endpoint) has no known
+            // task, and its own claims must pass. A port not learned yet
+            // owns nothing, as in the source check.
+            (Some(ep), None) => match port_task(port) {
+                PortTask::NotLearned => false,
+                PortTask::NoTask => true,
+                PortTask::Task(t) => t == ep.task_id,
+            },
             (None, own) => own.is_none(),
         }
     };
@@ -237,6 +247,33 @@ fn nd_claim_spoofed(data: usize, data_end: usize, port: u32) -> bool {
         count(Counter::NeighSpoofed);
     }
     !ok
+}
+
+/// What the datapath knows of a port's task.
+enum PortTask {
+    NotLearned,
+    /// Learned, but none of its (IPv4) addresses is a task's endpoint.
+    NoTask,
+    Task(u32),
+}
+
+/// The task of the endpoint at one of port `port`'s learned (IPv4)
+/// addresses, policy or not.
+#[inline(always)]
+fn port_task(port: u32) -> PortTask {
+    let Some(p) = (unsafe { BERTH_PORT_ADDRS.get(&port) }) else {
+        return PortTask::NotLearned;
+    };
+    let mut i = 0;
+    while i < berth_maps::PORT_ADDRS_MAX {
+        if (i as u32) < p.len {
+            if let Some(ep) = unsafe { BERTH_ENDPOINTS.get(&p.addrs_be[i]) } {
+                return PortTask::Task(ep.task_id);
+            }
+        }
+        i += 1;
+    }
+    PortTask::NoTask
 }
 
 /// Whether an interface identifier is a modified EUI-64 one (RFC 4291
