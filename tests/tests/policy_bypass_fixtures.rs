@@ -537,6 +537,13 @@ fn neighbour_discovery_from_any_container_never_claims_the_hosts_or_a_policy_con
             env.host_addr6(a);
         }
         let unknown = env.add_port("pc9");
+        // An IPv6-only task with policy whose container's IPv4 address is
+        // no task's endpoint: its port is learned (by that IPv4 address)
+        // but belongs to no known task, and its own claims must pass.
+        let v6_only = env.add_port("pc8");
+        env.port_addrs(v6_only, &[Ipv4Addr::new(172, 17, 0, 8)]);
+        let v6_only_addr = Ipv6Addr::new(0xfd00, 0x17, 0, 0, 0, 0, 0, 8);
+        env.set_endpoint6(v6_only_addr, 8, true);
         let chosen_ll = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0x17, 4);
         let stranger = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9);
         let mut echo = Ipv6Packet::icmpv6(128, 0);
@@ -571,6 +578,11 @@ fn neighbour_discovery_from_any_container_never_claims_the_hosts_or_a_policy_con
                 na(C3_6, C3_6, Some(SRC_MAC)),
             ),
             ("no neighbour discovery, hop limit 255", p.c3, echo.frame()),
+            (
+                "an IPv6-only task's own address, its port of no known task",
+                v6_only,
+                na(v6_only_addr, v6_only_addr, Some(SRC_MAC)),
+            ),
         ];
         for (what, port, f) in &allowed {
             assert_eq!(sent(env, *port, f), OK, "{what}");
@@ -581,6 +593,11 @@ fn neighbour_discovery_from_any_container_never_claims_the_hosts_or_a_policy_con
                 "a container's with policy",
                 p.c3,
                 na(C3_6, C1_6, Some(SRC_MAC)),
+            ),
+            (
+                "an IPv6-only policy task's, from a known task's port",
+                p.c3,
+                na(C3_6, v6_only_addr, Some(SRC_MAC)),
             ),
             (
                 "another container's with policy",
