@@ -309,11 +309,25 @@ pub async fn run(log: FlowLog, berth: Berth, stop: oneshot::Receiver<()>) {
         };
         let clock = clock_now();
         ring.get_mut().drain(|ev| agg.refused(ev, &clock));
-        let live = match tap.scan() {
-            Ok(v) => v,
+        // Walking the flow tables (one syscall per flow) and writing the
+        // window are blocking work: the daemon's async work shares one
+        // thread, which the API must keep.
+        let scanned = tokio::task::spawn_blocking(move || {
+            let live = tap.scan();
+            (tap, live)
+        })
+        .await;
+        let live = match scanned {
+            Ok((t, live)) => {
+                tap = t;
+                live.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "flow log: reading the flow tables");
+                    Vec::new()
+                })
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "flow log: reading the flow tables");
-                Vec::new()
+                tracing::error!(error = %e, "flow log: reading the flow tables failed; no flow log");
+                return;
             }
         };
         let bindings = berth.bindings().await;
@@ -325,8 +339,22 @@ pub async fn run(log: FlowLog, berth: Berth, stop: oneshot::Receiver<()>) {
             clock: clock_now(),
         });
         let lines: Vec<String> = records.iter().map(|r| config.format.render(r)).collect();
-        if let Err(e) = writer.write_lines(&lines) {
-            tracing::warn!(error = %e, records = lines.len(), "flow log: writing a window's records");
+        let written = tokio::task::spawn_blocking(move || {
+            let r = writer.write_lines(&lines);
+            (writer, r, lines.len())
+        })
+        .await;
+        match written {
+            Ok((w, r, records)) => {
+                writer = w;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, records, "flow log: writing a window's records");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "flow log: writing a window's records failed; no flow log");
+                return;
+            }
         }
         if last {
             return;
