@@ -49,6 +49,8 @@ pub struct FakeDatapath {
     fail_insert_port: Mutex<Option<u16>>,
     fail_remove_port: Mutex<Option<u16>>,
     fail_endpoint: Mutex<Option<Ipv4Addr>>,
+    /// `set_host_addrs6` refuses, as a full `BERTH_HOST_ADDRS6` would.
+    fail_host_addrs6: AtomicBool,
     removes: AtomicUsize,
     host_addr_updates: AtomicUsize,
     expire_calls: AtomicUsize,
@@ -92,6 +94,9 @@ impl FakeDatapath {
     }
     pub fn bridge_subnets(&self) -> Vec<crate::domain::cidr::Ipv4Cidr> {
         self.bridge_subnets.lock().unwrap().clone()
+    }
+    pub fn fail_host_addrs6(&self) {
+        self.fail_host_addrs6.store(true, Ordering::SeqCst);
     }
     pub fn fail_insert_of_host_port(&self, port: u16) {
         *self.fail_insert_port.lock().unwrap() = Some(port);
@@ -310,6 +315,9 @@ impl Datapath for FakeDatapath {
         Ok(())
     }
     fn set_host_addrs6(&self, addrs: &[Ipv6Addr]) -> Result<(), DatapathError> {
+        if self.fail_host_addrs6.load(Ordering::SeqCst) {
+            return Err(DatapathError::Other("BERTH_HOST_ADDRS6 is full".into()));
+        }
         *self.host_addrs6.lock().unwrap() = addrs.to_vec();
         Ok(())
     }

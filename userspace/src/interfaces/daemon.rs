@@ -430,13 +430,27 @@ impl HostAddrSync {
         }
     }
 
+    /// Pushes what changed. Each set goes on its own: one the datapath
+    /// refuses (a full table) leaves the others current, and the first
+    /// error is returned.
     fn sync(&mut self) -> Result<()> {
+        let v4 = self.sync_addrs();
+        let v6 = self.sync_addrs6();
+        let subnets = self.sync_subnets();
+        v4.and(v6).and(subnets)
+    }
+
+    fn sync_addrs(&mut self) -> Result<()> {
         let addrs = (self.source)().map_err(|e| Error::io("reading host addresses", e))?;
         if self.last.as_ref() != Some(&addrs) {
             self.datapath.set_host_addrs(&addrs)?;
             tracing::info!(addrs = ?addrs, "host addresses");
             self.last = Some(addrs);
         }
+        Ok(())
+    }
+
+    fn sync_addrs6(&mut self) -> Result<()> {
         let addrs6 =
             netif::host_ipv6_addrs().map_err(|e| Error::io("reading host IPv6 addresses", e))?;
         if self.last6.as_ref() != Some(&addrs6) {
@@ -444,6 +458,10 @@ impl HostAddrSync {
             tracing::info!(addrs = ?addrs6, "host IPv6 addresses");
             self.last6 = Some(addrs6);
         }
+        Ok(())
+    }
+
+    fn sync_subnets(&mut self) -> Result<()> {
         let mut subnets: Vec<Ipv4Cidr> = self
             .bridge
             .subnets()?
@@ -756,6 +774,25 @@ mod tests {
             dp.bridge_subnets(),
             [Ipv4Cidr::new(Ipv4Addr::new(172, 17, 0, 0), 16)],
             "the bridge's networks, not its address"
+        );
+    }
+
+    #[test]
+    fn a_refused_ipv6_address_set_leaves_the_other_updates_done() {
+        let dp = Arc::new(FakeDatapath::default());
+        dp.fail_host_addrs6();
+        let bridge = Bridge::Fixed {
+            name: "br0".into(),
+            subnets: vec![Ipv4Cidr::new(Ipv4Addr::new(172, 17, 0, 1), 16)],
+        };
+        let mut sync = HostAddrSync::new(dp.clone(), fixed_addrs, bridge);
+        let err = sync.sync().unwrap_err();
+        assert!(err.to_string().contains("BERTH_HOST_ADDRS6"), "{err}");
+        assert_eq!(dp.host_addrs(), fixed_addrs().unwrap());
+        assert_eq!(
+            dp.bridge_subnets(),
+            [Ipv4Cidr::new(Ipv4Addr::new(172, 17, 0, 0), 16)],
+            "the subnets are pushed although the IPv6 addresses were refused"
         );
     }
 
