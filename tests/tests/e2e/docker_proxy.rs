@@ -469,13 +469,9 @@ fn spawn_shim_with_listen_fd(
         .envs(env.iter().copied());
     unsafe {
         c.pre_exec(move || {
-            if libc::dup2(write, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            inherit_as(write, 3)?;
             if let Some(fd) = listen {
-                if libc::dup2(fd, 4) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                inherit_as(fd, 4)?;
             }
             Ok(())
         });
@@ -671,6 +667,23 @@ fn an_engine_that_hands_over_its_bound_socket_is_published() {
 
 /// A stand-in for dockerd holding `fd` (as fd 5): busybox's `sleep` run
 /// from a copy named `dockerd` in `dir`.
+/// In a child between fork and exec: `fd` as descriptor `target` of the
+/// program it runs. dup2 leaves the copy without close-on-exec; when `fd`
+/// already is `target` (a test run alone opens few files) dup2 does
+/// nothing, and the flag is cleared instead.
+fn inherit_as(fd: i32, target: i32) -> std::io::Result<()> {
+    let r = if fd == target {
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }
+    } else {
+        unsafe { libc::dup2(fd, target) }
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 fn fake_engine_holding(dir: &std::path::Path, fd: i32) -> std::process::Child {
     use std::os::unix::process::CommandExt as _;
     fs::create_dir_all(dir).unwrap();
@@ -679,13 +692,7 @@ fn fake_engine_holding(dir: &std::path::Path, fd: i32) -> std::process::Child {
     let mut c = std::process::Command::new(&exe);
     c.arg0("sleep").arg("600");
     unsafe {
-        c.pre_exec(move || {
-            // dup2 leaves the copy without close-on-exec.
-            if libc::dup2(fd, 5) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        c.pre_exec(move || inherit_as(fd, 5));
     }
     c.spawn().expect("the fake engine")
 }
