@@ -7,10 +7,13 @@
 //! survive a restart), numbers what has none (mappings carried over from
 //! layout 2 hold slot 0, which counts nothing), and zeroes a slot on every
 //! CPU before a new mapping gets it, so a reused slot starts from zero.
-//! Freed slots are reused last and oldest first: the flows of a removed
-//! mapping, which carry its slot, are swept in the background, and the
-//! longer a slot rests the less a straggling reply of the old mapping can
-//! count against the new one.
+//! Freed slots are reused last and oldest first, and only once no flow
+//! carries them: the flows of a removed mapping hold its slot until the
+//! background sweep forgets them, so a slot freed since the last reuse
+//! rests until one pass over the flow tables has deleted every flow still
+//! naming it ([`SlotBook::slot_for`] asks for that pass when nothing else
+//! is free). A new mapping then never shows, nor counts the packets of, an
+//! old one's flows.
 //!
 //! Flows tracked now is not a datapath counter: it is the number of
 //! entries per slot in the published-port flow tables when asked, which
@@ -21,7 +24,7 @@
 //! that large but a dual-stack port is two bindings): a slot's owner is
 //! the service key of either family.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     os::fd::{AsFd as _, AsRawFd as _},
 };
 
@@ -62,8 +65,10 @@ pub(super) struct SlotBook {
     owner: HashMap<u32, SlotOwner>,
     /// Slots above every one handed out so far start here.
     next_fresh: u32,
-    /// Slots handed out once and freed since, oldest first.
+    /// Slots freed that no flow carries any more, oldest first.
     freed: VecDeque<u32>,
+    /// Slots freed that flows may still carry, oldest first.
+    resting: VecDeque<u32>,
 }
 
 impl SlotBook {
@@ -83,7 +88,8 @@ impl SlotBook {
             }
         }
         let top = book.owner.keys().copied().max().unwrap_or(0);
-        book.freed = (1..top).filter(|s| !book.owner.contains_key(s)).collect();
+        // An earlier daemon's removed mappings may have left flows behind.
+        book.resting = (1..top).filter(|s| !book.owner.contains_key(s)).collect();
         book.next_fresh = top + 1;
         book
     }
@@ -91,13 +97,36 @@ impl SlotBook {
     /// The slot `key` should count in, given the one its entry holds now
     /// (`None`: not published). `(slot, fresh)`: `fresh` says the slot was
     /// just handed out and must be zeroed before the entry names it. `None`
-    /// when every slot is taken (the mapping then counts nowhere).
-    pub(super) fn slot_for(
+    /// when every slot is taken (the mapping then counts nowhere). When
+    /// only resting slots are left, `forget` is called once with all of them
+    /// to delete the flows that carry them; they are free once it succeeds.
+    pub(super) fn slot_for<E>(
         &mut self,
         key: impl Into<SlotOwner>,
         current: Option<u32>,
-    ) -> Option<(u32, bool)> {
+        forget: impl FnOnce(&HashSet<u32>) -> Result<usize, E>,
+    ) -> Result<Option<(u32, bool)>, E> {
         let key = key.into();
+        if let Some(found) = self.free_slot_for(key, current) {
+            return Ok(Some(found));
+        }
+        self.resting.retain(|s| !self.owner.contains_key(s));
+        if self.resting.is_empty() {
+            return Ok(None);
+        }
+        let resting: HashSet<u32> = self.resting.iter().copied().collect();
+        let flows = forget(&resting)?;
+        tracing::debug!(
+            slots = resting.len(),
+            flows,
+            "forgot the flows still counting in freed slots before reusing them"
+        );
+        self.freed.extend(self.resting.drain(..));
+        Ok(self.free_slot_for(key, current))
+    }
+
+    /// [`SlotBook::slot_for`] without waking resting slots.
+    fn free_slot_for(&mut self, key: SlotOwner, current: Option<u32>) -> Option<(u32, bool)> {
         if let Some(s) = current {
             if self.owner.get(&s) == Some(&key) {
                 return Some((s, false));
@@ -119,11 +148,11 @@ impl SlotBook {
     }
 
     /// `key` no longer holds `slot` (its mapping was removed, or taking the
-    /// slot failed).
+    /// slot failed): it rests until no flow carries it.
     pub(super) fn release(&mut self, key: impl Into<SlotOwner>, slot: u32) {
         if self.owner.get(&slot) == Some(&key.into()) {
             self.owner.remove(&slot);
-            self.freed.push_back(slot);
+            self.resting.push_back(slot);
         }
     }
 }
@@ -138,9 +167,10 @@ pub(super) fn claim_slot(
     key: impl Into<SlotOwner>,
     current: Option<u32>,
     host_port: u16,
+    forget: impl FnOnce(&HashSet<u32>) -> Result<usize, DatapathError>,
 ) -> Result<Option<u32>, DatapathError> {
     let key = key.into();
-    let Some((slot, fresh)) = slots.slot_for(key, current) else {
+    let Some((slot, fresh)) = slots.slot_for(key, current, forget)? else {
         tracing::warn!(
             host_port,
             "no per-binding counters slot left; this binding is not counted"
@@ -239,42 +269,98 @@ mod tests {
         }
     }
 
+    /// [`SlotBook::slot_for`] where forgetting the resting slots' flows
+    /// always works.
+    fn take(
+        b: &mut SlotBook,
+        k: impl Into<SlotOwner>,
+        current: Option<u32>,
+    ) -> Option<(u32, bool)> {
+        b.slot_for(k, current, |_| Ok::<_, ()>(0)).unwrap()
+    }
+
+    #[test]
+    fn a_freed_slot_is_reused_only_after_its_flows_are_forgotten() {
+        let mut b = SlotBook::adopt(3, []);
+        for p in 1..=3 {
+            take(&mut b, &key(p), None);
+        }
+        b.release(&key(1), 1);
+        b.release(&key(3), 3);
+        // Slots are free but flows may carry them: a failed pass hands
+        // out nothing and leaves them resting.
+        let mut asked = Vec::new();
+        let r = b.slot_for(&key(4), None, |s: &HashSet<u32>| {
+            asked.push(s.clone());
+            Err("no")
+        });
+        assert_eq!(r, Err("no"));
+        // One pass for every resting slot, then they are handed out oldest
+        // first without another.
+        let mut passes = 0;
+        let mut pass = |s: &HashSet<u32>| {
+            passes += 1;
+            asked.push(s.clone());
+            Ok::<_, ()>(0)
+        };
+        assert_eq!(b.slot_for(&key(4), None, &mut pass), Ok(Some((1, true))));
+        assert_eq!(b.slot_for(&key(5), None, &mut pass), Ok(Some((3, true))));
+        assert_eq!(b.slot_for(&key(6), None, &mut pass), Ok(None));
+        assert_eq!(passes, 1);
+        assert_eq!(asked, [HashSet::from([1, 3]), HashSet::from([1, 3])]);
+    }
+
+    #[test]
+    fn fresh_slots_go_before_any_pass() {
+        let mut b = SlotBook::adopt(3, []);
+        take(&mut b, &key(1), None);
+        b.release(&key(1), 1);
+        let r = b.slot_for(&key(2), None, |_| -> Result<usize, ()> { panic!("a pass") });
+        assert_eq!(r, Ok(Some((2, true))));
+        // The pinned slot of a published mapping needs none either.
+        let mut b = SlotBook::adopt(1, [(SlotOwner::V4(key(1)), 1)]);
+        let r = b.slot_for(&key(1), Some(1), |_| -> Result<usize, ()> {
+            panic!("a pass")
+        });
+        assert_eq!(r, Ok(Some((1, false))));
+    }
+
     #[test]
     fn pinned_slots_are_kept_and_the_rest_numbered_fresh() {
         let pinned = [(key(1), 3), (key(2), 0), (key(3), 3), (key(4), 99)];
         let mut b = SlotBook::adopt(8, pinned.map(|(k, s)| (SlotOwner::V4(k), s)));
-        assert_eq!(b.slot_for(&key(1), Some(3)), Some((3, false)));
+        assert_eq!(take(&mut b, &key(1), Some(3)), Some((3, false)));
         // Slot 0, a duplicate and one out of range are renumbered.
-        assert_eq!(b.slot_for(&key(2), Some(0)), Some((4, true)));
-        assert_eq!(b.slot_for(&key(3), Some(3)), Some((5, true)));
-        assert_eq!(b.slot_for(&key(4), Some(99)), Some((6, true)));
+        assert_eq!(take(&mut b, &key(2), Some(0)), Some((4, true)));
+        assert_eq!(take(&mut b, &key(3), Some(3)), Some((5, true)));
+        assert_eq!(take(&mut b, &key(4), Some(99)), Some((6, true)));
         // Publishing again keeps the slot.
-        assert_eq!(b.slot_for(&key(4), Some(6)), Some((6, false)));
+        assert_eq!(take(&mut b, &key(4), Some(6)), Some((6, false)));
     }
 
     #[test]
     fn freed_slots_are_reused_last_oldest_first_and_zeroed() {
         let mut b = SlotBook::adopt(3, []);
-        let s: Vec<_> = (1..=3).map(|p| b.slot_for(&key(p), None)).collect();
+        let s: Vec<_> = (1..=3).map(|p| take(&mut b, &key(p), None)).collect();
         assert_eq!(s, [Some((1, true)), Some((2, true)), Some((3, true))]);
-        assert_eq!(b.slot_for(&key(9), None), None, "every slot taken");
+        assert_eq!(take(&mut b, &key(9), None), None, "every slot taken");
         b.release(&key(2), 2);
         b.release(&key(1), 1);
         // Someone else's slot is not released.
         b.release(&key(7), 3);
-        assert_eq!(b.slot_for(&key(10), None), Some((2, true)));
-        assert_eq!(b.slot_for(&key(11), None), Some((1, true)));
-        assert_eq!(b.slot_for(&key(12), None), None);
+        assert_eq!(take(&mut b, &key(10), None), Some((2, true)));
+        assert_eq!(take(&mut b, &key(11), None), Some((1, true)));
+        assert_eq!(take(&mut b, &key(12), None), None);
     }
 
     #[test]
     fn gaps_below_the_adopted_slots_are_free() {
         let mut b = SlotBook::adopt(5, [(SlotOwner::V4(key(1)), 4)]);
-        assert_eq!(b.slot_for(&key(2), None), Some((5, true)));
-        assert_eq!(b.slot_for(&key(3), None), Some((1, true)));
-        assert_eq!(b.slot_for(&key(4), None), Some((2, true)));
-        assert_eq!(b.slot_for(&key(5), None), Some((3, true)));
-        assert_eq!(b.slot_for(&key(6), None), None);
+        assert_eq!(take(&mut b, &key(2), None), Some((5, true)));
+        assert_eq!(take(&mut b, &key(3), None), Some((1, true)));
+        assert_eq!(take(&mut b, &key(4), None), Some((2, true)));
+        assert_eq!(take(&mut b, &key(5), None), Some((3, true)));
+        assert_eq!(take(&mut b, &key(6), None), None);
     }
 
     #[test]
@@ -287,14 +373,14 @@ mod tests {
         };
         // An IPv6 mapping of a port whose IPv4 mapping holds slot 1.
         let mut b = SlotBook::adopt(3, [(SlotOwner::V4(key(1)), 1), (SlotOwner::V6(v6), 2)]);
-        assert_eq!(b.slot_for(&key(1), Some(1)), Some((1, false)));
-        assert_eq!(b.slot_for(&v6, Some(2)), Some((2, false)));
+        assert_eq!(take(&mut b, &key(1), Some(1)), Some((1, false)));
+        assert_eq!(take(&mut b, &v6, Some(2)), Some((2, false)));
         // The IPv6 key does not own the IPv4 key's slot, nor the reverse.
-        assert_eq!(b.slot_for(&v6, Some(1)), Some((3, true)));
+        assert_eq!(take(&mut b, &v6, Some(1)), Some((3, true)));
         b.release(&key(1), 3);
-        assert_eq!(b.slot_for(&key(2), None), None, "all three taken");
+        assert_eq!(take(&mut b, &key(2), None), None, "all three taken");
         b.release(&v6, 2);
-        assert_eq!(b.slot_for(&key(2), None), Some((2, true)));
+        assert_eq!(take(&mut b, &key(2), None), Some((2, true)));
     }
 
     #[test]

@@ -60,6 +60,7 @@ impl BpfDatapath {
             &key,
             current.map(|v| v.binding),
             b.host_port,
+            |slots| self.forget_slot_flows(slots),
         )? {
             value.binding = slot;
         }

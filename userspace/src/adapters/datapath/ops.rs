@@ -61,6 +61,13 @@ impl BpfDatapath {
         })
     }
 
+    /// Deletes the published-port flows of both families that count in
+    /// one of `slots` (freed counters slots about to be reused).
+    pub(super) fn forget_slot_flows(&self, slots: &HashSet<u32>) -> Result<usize, DatapathError> {
+        let n = self.sweep_nat(|_, v, _| slots.contains(&v.binding))?;
+        Ok(n + self.sweep_nat6(|_, v, _| slots.contains(&v.binding))?)
+    }
+
     /// The flow log's slot for deleted flows while one runs.
     fn departed_slot(&self) -> Option<DepartedSlot> {
         self.departed
@@ -227,6 +234,7 @@ impl Datapath for BpfDatapath {
             &key,
             current.map(|v| v.binding),
             b.host_port,
+            |slots| self.forget_slot_flows(slots),
         )? {
             value.binding = slot;
         }
