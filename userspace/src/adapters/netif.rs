@@ -163,18 +163,52 @@ pub fn host_ipv4_addrs() -> io::Result<Vec<Ipv4Addr>> {
 }
 
 /// The host's IPv6 addresses (every interface's, `::1` and link-local
-/// ones included, as [`host_ipv4_addrs`] includes 127.0.0.1), sorted.
+/// ones included, as [`host_ipv4_addrs`] includes 127.0.0.1), without
+/// duplicates, the ones that matter most first ([`by_priority`]): a host
+/// address table too small for all keeps the first.
 pub fn host_ipv6_addrs() -> io::Result<Vec<Ipv6Addr>> {
-    let mut out: Vec<Ipv6Addr> = interface_addrs()?
+    let mut ports: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+    let addrs: Vec<(Ipv6Addr, bool)> = interface_addrs()?
         .into_iter()
         .filter_map(|a| match a.addr {
-            IpAddr::V6(addr) => Some(addr),
+            IpAddr::V6(addr) => {
+                let port = *ports
+                    .entry(a.interface)
+                    .or_insert_with_key(|name| is_bridge_port(name));
+                Some((addr, port))
+            }
             IpAddr::V4(_) => None,
         })
         .collect();
-    out.sort();
-    out.dedup();
-    Ok(out)
+    Ok(by_priority(addrs))
+}
+
+/// Whether `name` is a port of a Linux bridge (a container's host-side
+/// veth, say): its sysfs directory has `brport/`.
+fn is_bridge_port(name: &str) -> bool {
+    std::path::Path::new(&format!("/sys/class/net/{name}/brport")).is_dir()
+}
+
+/// (address, on a bridge port) in the order a host address table keeps
+/// them: addresses that are not link-local (where clients reach the host,
+/// and which a container must never claim), then link-local ones of other
+/// interfaces (an uplink's, a bridge's: its containers' gateway), then the
+/// link-local addresses of bridge ports, one per container's host-side
+/// veth, which no packet berth sees is addressed to. Each part sorted; an
+/// address on several interfaces counts once, where it matters most.
+pub fn by_priority(addrs: Vec<(Ipv6Addr, bool)>) -> Vec<Ipv6Addr> {
+    let rank = |(a, port): &(Ipv6Addr, bool)| match (a.is_unicast_link_local(), port) {
+        (false, _) => 0,
+        (true, false) => 1,
+        (true, true) => 2,
+    };
+    let mut ranked: Vec<(u8, Ipv6Addr)> = addrs.iter().map(|x| (rank(x), x.0)).collect();
+    ranked.sort();
+    let mut seen = std::collections::HashSet::new();
+    ranked
+        .into_iter()
+        .filter_map(|(_, a)| seen.insert(a).then_some(a))
+        .collect()
 }
 
 #[cfg(test)]
@@ -184,6 +218,33 @@ mod tests {
     fn cidr(s: &str) -> Ipv4Cidr {
         let (addr, len) = s.split_once('/').unwrap();
         Ipv4Cidr::new(addr.parse().unwrap(), len.parse().unwrap())
+    }
+
+    #[test]
+    fn ipv6_addresses_come_global_then_link_local_then_bridge_ports_link_local() {
+        let a = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        let got = by_priority(vec![
+            (a("fe80::99"), true),
+            (a("fe80::1"), false),
+            (a("2001:db8::2"), false),
+            (a("fe80::5"), true),
+            (a("fd00::1"), true),
+            (a("::1"), false),
+            (a("fe80::99"), false),
+            (a("2001:db8::2"), false),
+        ]);
+        assert_eq!(
+            got,
+            [
+                a("::1"),
+                a("2001:db8::2"),
+                a("fd00::1"),
+                a("fe80::1"),
+                a("fe80::99"),
+                a("fe80::5"),
+            ],
+            "fe80::99 is on a bridge port and on another link: counted once, as the other's"
+        );
     }
 
     #[test]
