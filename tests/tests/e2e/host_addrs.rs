@@ -111,6 +111,26 @@ fn more_ipv6_addresses_than_the_old_table_held_are_all_the_hosts() {
     // An address the host does not have is not served.
     let out = rig.cg_probe(&rig.topo.host.ns, &["http", "[2001:db8:100::9999]:8080"]);
     assert!(!out.starts_with("peer="), "{out}");
+
+    // A size of 0 or beyond any table is refused in one line, before
+    // anything is loaded (the running daemon keeps serving).
+    for bad in ["0", "16777217"] {
+        let out = rig
+            .daemon
+            .cli(["daemon", "--bridge", "x", "--max-host-addrs", bad])
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with(&format!(
+                "berth: invalid value '{bad}' for '--max-host-addrs <N>'"
+            )),
+            "{err}"
+        );
+    }
+    let out = rig.cg_probe(&rig.topo.host.ns, &["http", &target]);
+    assert!(out.starts_with(&format!("peer={target} body=")), "{out}");
 }
 
 /// A restart with `--max-host-addrs 64` on a host of about 110 IPv6
