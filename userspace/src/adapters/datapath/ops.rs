@@ -420,11 +420,7 @@ impl Datapath for BpfDatapath {
                 break;
             }
         }
-        fill.record(
-            true,
-            wanted,
-            m.host_addrs6.keys().filter(Result::is_ok).count(),
-        );
+        fill.record(true, wanted, m.host_addrs6.keys().flatten().count());
         if result.is_ok() && want.len() < wanted {
             result = Err(DatapathError::HostAddrsFull {
                 map: berth_maps::HOST_ADDRS6_MAP,
@@ -482,11 +478,7 @@ impl Datapath for BpfDatapath {
                 break;
             }
         }
-        fill.record(
-            false,
-            wanted,
-            m.host_addrs.keys().filter(Result::is_ok).count(),
-        );
+        fill.record(false, wanted, m.host_addrs.keys().flatten().count());
         if result.is_ok() && want.len() < wanted {
             result = Err(DatapathError::HostAddrsFull {
                 map: HOST_ADDRS_MAP,

@@ -356,7 +356,12 @@ pub fn check_and_migrate_keeping_old(
                 .push(format!("{name}: {found} made anew as {want}, {what}"));
             continue;
         }
-        let (new, copied, dropped, left_out) = migrate_map(&name, &pin, &old, &found, &want, plan)?;
+        let Migrated {
+            new,
+            copied,
+            evicted: dropped,
+            left_out,
+        } = migrate_map(&name, &pin, &old, &found, &want, plan)?;
         let kept = copied.len() - dropped;
         let what = match plan {
             Plan::Convert(_) => format!(
@@ -464,13 +469,21 @@ fn record_layout(pin_dir: &Path) -> Result<(), DatapathError> {
         .map_err(|e| bpffs_err(&link, e))
 }
 
+/// What [`migrate_map`] made: the new map, the keys copied, how many of
+/// them an LRU table evicted and how many a [`REFILLED`] one left out.
+struct Migrated {
+    new: OwnedFd,
+    copied: HashSet<Vec<u8>>,
+    evicted: usize,
+    left_out: usize,
+}
+
 /// Fills a new map from `old` and pins it over `pin`. Programs still
 /// attached keep the old map until the daemon swaps the new ones in; what
 /// they write in between is for [`OldMaps::carry_over`]. A hash that would not hold every entry is refused (it
 /// holds live flows, which berth never evicts); an LRU table (unestablished
 /// flows, which it may lose anyway) shrunk below its fill keeps what fits.
-/// A [`REFILLED`] map keeps what fits. Returns the new map, the keys
-/// copied, how many of them were evicted and how many were left out.
+/// A [`REFILLED`] map keeps what fits.
 fn migrate_map(
     name: &str,
     pin: &Path,
@@ -478,7 +491,7 @@ fn migrate_map(
     found: &MapShape,
     want: &MapShape,
     plan: Plan,
-) -> Result<(OwnedFd, HashSet<Vec<u8>>, usize, usize), DatapathError> {
+) -> Result<Migrated, DatapathError> {
     let fail = |what: &str, e: io::Error| {
         DatapathError::io(format!("migrating pinned map {name} ({what})"))(e)
     };
@@ -539,7 +552,12 @@ fn migrate_map(
     sys::obj_pin(&new, &tmp).map_err(|e| fail("pinning", e))?;
     fs::rename(&tmp, pin).map_err(|e| fail("replacing the pin", e))?;
     tracing::info!(map = name, entries = kept, evicted = n - kept, from = %found, to = %want, "migrated a pinned map");
-    Ok((new, copied, n - kept, left_out))
+    Ok(Migrated {
+        new,
+        copied,
+        evicted: n - kept,
+        left_out,
+    })
 }
 
 /// Converters between value layouts of released versions. The old layouts
