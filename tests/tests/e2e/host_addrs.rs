@@ -1,6 +1,7 @@
 //! The host address tables on a host with many addresses (`--max-host-addrs`):
 //! more IPv6 addresses than the 1 024 the tables used to hold are all the
-//! host's (a `[::]` mapping answers on the last one added); a table too
+//! host's (a `[::]` mapping answers on the last one added, no container may
+//! claim it); a table too
 //! small keeps the addresses that matter most (not link-local ones first),
 //! warns once naming the flag, and `berth status` counts what it lacks; a
 //! pinned table of another size is resized at start.
@@ -12,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use berth_integration::Rig;
+use berth_integration::{addr::CONTAINER2_IP6, pkt, rawsock::RawSocket, Rig};
 use serde_json::Value;
 
 /// The addresses in the pinned `BERTH_HOST_ADDRS6`.
@@ -82,8 +83,9 @@ fn status(rig: &Rig) -> Value {
 
 /// 1 100 IPv6 addresses on a link of the host (more than the 1 024 both
 /// tables used to hold, which then dropped some): every one is in the
-/// table, and a host process reaches the `[::]` mapping through the last
-/// one added, translated at its socket to the container.
+/// table, a host process reaches the `[::]` mapping through the last one
+/// added, translated at its socket to the container, and a container's
+/// neighbour advertisement claiming it is refused at its port.
 #[test]
 fn more_ipv6_addresses_than_the_old_table_held_are_all_the_hosts() {
     let rig = Rig::builder().dual_stack().start();
@@ -111,6 +113,35 @@ fn more_ipv6_addresses_than_the_old_table_held_are_all_the_hosts() {
     // An address the host does not have is not served.
     let out = rig.cg_probe(&rig.topo.host.ns, &["http", "[2001:db8:100::9999]:8080"]);
     assert!(!out.starts_with("peer="), "{out}");
+
+    // No container may claim the last one as its neighbour address (the
+    // bridge port's check asks the same table); an address the host does
+    // not have passes that check.
+    let t2 = &rig.topo.container2;
+    let t2_mac = t2.link().unwrap().mac;
+    let sock = RawSocket::open_in(&t2.ns, t2.ifname).unwrap();
+    let advert = |target: Ipv6Addr| {
+        let mut f = pkt::neighbour_advert(CONTAINER2_IP6, target, Some(t2_mac));
+        f[..6].copy_from_slice(&[0x33, 0x33, 0, 0, 0, 1]);
+        f[6..12].copy_from_slice(&t2_mac);
+        f
+    };
+    let before = rig.counter("neigh_spoofed");
+    for _ in 0..3 {
+        sock.send(&advert(last)).unwrap();
+        sock.send(&advert("2001:db8:100::9999".parse().unwrap()))
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rig.counter("neigh_spoofed") < before + 3 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        rig.counter("neigh_spoofed"),
+        before + 3,
+        "the last address's claims only"
+    );
 
     // A size of 0 or beyond any table is refused in one line, before
     // anything is loaded (the running daemon keeps serving).

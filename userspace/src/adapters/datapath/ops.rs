@@ -414,13 +414,15 @@ impl Datapath for BpfDatapath {
         }
         // A failed insert still ends the flows of the addresses that went.
         let mut result = Ok(());
+        let mut held = have.len() - gone.len();
         for a in want.difference(&have) {
             if let Err(e) = m.host_addrs6.insert(*a, 1, 0) {
                 result = Err(map_err(berth_maps::HOST_ADDRS6_MAP)(e));
                 break;
             }
+            held += 1;
         }
-        fill.record(true, wanted, m.host_addrs6.keys().flatten().count());
+        fill.record(true, wanted, held);
         if result.is_ok() && want.len() < wanted {
             result = Err(DatapathError::HostAddrsFull {
                 map: berth_maps::HOST_ADDRS6_MAP,
@@ -472,13 +474,15 @@ impl Datapath for BpfDatapath {
         }
         // As for IPv6: the flows of the addresses that went end whatever.
         let mut result = Ok(());
+        let mut held = have.len() - gone.len();
         for a in want.difference(&have) {
             if let Err(e) = m.host_addrs.insert(*a, 1, 0) {
                 result = Err(map_err(HOST_ADDRS_MAP)(e));
                 break;
             }
+            held += 1;
         }
-        fill.record(false, wanted, m.host_addrs.keys().flatten().count());
+        fill.record(false, wanted, held);
         if result.is_ok() && want.len() < wanted {
             result = Err(DatapathError::HostAddrsFull {
                 map: HOST_ADDRS_MAP,
