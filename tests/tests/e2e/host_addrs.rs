@@ -77,6 +77,34 @@ fn until(rig: &Rig, what: &str, want: impl Fn(&BTreeSet<Ipv6Addr>) -> bool) {
     }
 }
 
+/// The link-local addresses of the rig's bridge and of its ports (the
+/// containers' host-side veths).
+fn bridge_and_port_link_locals(rig: &Rig) -> (BTreeSet<Ipv6Addr>, BTreeSet<Ipv6Addr>) {
+    let host = &rig.topo.host;
+    let link_locals = |dev: &str| -> BTreeSet<Ipv6Addr> {
+        let shown = host
+            .ns
+            .ip(["-6", "-o", "addr", "show", "dev", dev, "scope", "link"])
+            .unwrap();
+        shown
+            .split_whitespace()
+            .zip(shown.split_whitespace().skip(1))
+            .filter(|(w, _)| *w == "inet6")
+            .filter_map(|(_, a)| a.split('/').next()?.parse().ok())
+            .collect()
+    };
+    let ports = host
+        .ns
+        .ip(["-o", "link", "show", "master", host.bridge])
+        .unwrap();
+    let ports: BTreeSet<Ipv6Addr> = ports
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1)?.split('@').next())
+        .flat_map(link_locals)
+        .collect();
+    (link_locals(host.bridge), ports)
+}
+
 fn status(rig: &Rig) -> Value {
     serde_json::from_str(&rig.berth(&["status", "--json"])).unwrap()
 }
@@ -221,6 +249,14 @@ fn a_table_too_small_keeps_the_addresses_that_matter_warns_once_and_counts_the_r
     until(&rig, "every address that is not link-local", |s| {
         s.len() == 64 && not_link_local(s) == wanted
     });
+    // Of the link-local ones, the bridge's (its containers' gateway) is
+    // kept, its ports' are the first left out.
+    let (bridge_ll, port_lls) = bridge_and_port_link_locals(&rig);
+    assert!(!bridge_ll.is_empty() && port_lls.len() >= 2);
+    assert!(before.is_superset(&bridge_ll) && before.is_superset(&port_lls));
+    let now = host_addrs6(&rig);
+    assert!(now.is_superset(&bridge_ll), "{bridge_ll:?}");
+    assert!(now.is_disjoint(&port_lls), "{port_lls:?}");
     let fill = status(&rig)["datapath"]["hostAddrs"].clone();
     assert_eq!(fill["capacity"], 64);
     assert_eq!(

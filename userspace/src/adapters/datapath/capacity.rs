@@ -62,7 +62,8 @@ pub struct Capacity {
     /// so the IPv6 table grows with the containers: the default holds
     /// about 16 000. 16 bytes per address of capacity, about 80 more per
     /// address held. When the host has more, the link-local addresses of
-    /// bridge ports are left out first, then other link-local ones; the
+    /// bridge ports are left out first, then other links', then the
+    /// bridges'; the
     /// daemon warns and `berth status` and the metrics count them. Pinned
     /// tables of another size are resized at start.
     #[arg(
