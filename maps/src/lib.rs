@@ -210,7 +210,12 @@ pub const SERVICES_CAPACITY: u32 = DEFAULT_MAX_MAPPINGS;
 /// matches traffic addressed to one of these, like Docker's
 /// `-m addrtype --dst-type LOCAL`.
 pub const HOST_ADDRS_MAP: &str = "BERTH_HOST_ADDRS";
-pub const HOST_ADDRS_CAPACITY: u32 = 1024;
+pub const HOST_ADDRS_CAPACITY: u32 = DEFAULT_MAX_HOST_ADDRS;
+/// `berth daemon --max-host-addrs` by default: the size of both host
+/// address tables. Every host-side veth of a container has an IPv6
+/// link-local address, so the IPv6 table grows with the containers; this
+/// holds a host of about 16 000 of them.
+pub const DEFAULT_MAX_HOST_ADDRS: u32 = 16_384;
 
 /// Sources that never arrive on an uplink from outside: the bridge's
 /// subnets (its containers). An array, not an LPM trie, because every

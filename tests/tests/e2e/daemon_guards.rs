@@ -672,7 +672,10 @@ fn an_upgrade_from_the_previous_layout_keeps_the_tracked_flows() {
                 "BERTH_ENDPOINTS: capacity 16384 -> {}, allocated on use (0 entries kept)",
                 berth_maps::ENDPOINTS_CAPACITY
             ),
-            "BERTH_HOST_ADDRS: allocated on use (0 entries kept)",
+            format!(
+                "BERTH_HOST_ADDRS: capacity 1024 -> {}, allocated on use (0 entries kept)",
+                berth_maps::DEFAULT_MAX_HOST_ADDRS
+            ),
             "BERTH_NAT: 16-byte values converted to 88 bytes (2 entries kept)",
             format!(
                 "BERTH_PORTS: capacity 131072 -> {}, allocated on use (0 entries kept)",

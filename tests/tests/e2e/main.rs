@@ -21,6 +21,7 @@ mod flow_tracking;
 mod fragments;
 mod fragments6;
 mod harness;
+mod host_addrs;
 mod icmp6;
 mod ipv6;
 mod local_access;

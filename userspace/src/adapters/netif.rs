@@ -163,18 +163,69 @@ pub fn host_ipv4_addrs() -> io::Result<Vec<Ipv4Addr>> {
 }
 
 /// The host's IPv6 addresses (every interface's, `::1` and link-local
-/// ones included, as [`host_ipv4_addrs`] includes 127.0.0.1), sorted.
+/// ones included, as [`host_ipv4_addrs`] includes 127.0.0.1), without
+/// duplicates, the ones that matter most first ([`by_priority`]): a host
+/// address table too small for all keeps the first.
 pub fn host_ipv6_addrs() -> io::Result<Vec<Ipv6Addr>> {
-    let mut out: Vec<Ipv6Addr> = interface_addrs()?
+    let mut kinds: std::collections::HashMap<String, LinkKind> = std::collections::HashMap::new();
+    let addrs: Vec<(Ipv6Addr, LinkKind)> = interface_addrs()?
         .into_iter()
         .filter_map(|a| match a.addr {
-            IpAddr::V6(addr) => Some(addr),
+            IpAddr::V6(addr) => {
+                let kind = *kinds.entry(a.interface).or_insert_with_key(|name| {
+                    if is_bridge(name) {
+                        LinkKind::Bridge
+                    } else if is_bridge_port(name) {
+                        LinkKind::BridgePort
+                    } else {
+                        LinkKind::Other
+                    }
+                });
+                Some((addr, kind))
+            }
             IpAddr::V4(_) => None,
         })
         .collect();
-    out.sort();
-    out.dedup();
-    Ok(out)
+    Ok(by_priority(addrs))
+}
+
+/// What an address's link is, for [`by_priority`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    /// A Linux bridge: its link-local address is its containers' gateway.
+    Bridge,
+    /// A port of a bridge (a container's host-side veth).
+    BridgePort,
+    Other,
+}
+
+/// Whether `name` is a port of a Linux bridge (a container's host-side
+/// veth, say): its sysfs directory has `brport/`.
+fn is_bridge_port(name: &str) -> bool {
+    std::path::Path::new(&format!("/sys/class/net/{name}/brport")).is_dir()
+}
+
+/// (address, its link) in the order a host address table keeps them:
+/// addresses that are not link-local (where clients reach the host, and
+/// which a container must never claim), then the bridges' link-local ones
+/// (their containers' gateway), then other links' (an uplink's), then the
+/// link-local addresses of bridge ports, one per container's host-side
+/// veth, which no packet berth sees is addressed to. Each part sorted; an
+/// address on several links counts once, where it matters most.
+pub fn by_priority(addrs: Vec<(Ipv6Addr, LinkKind)>) -> Vec<Ipv6Addr> {
+    let rank = |(a, kind): &(Ipv6Addr, LinkKind)| match (a.is_unicast_link_local(), kind) {
+        (false, _) => 0,
+        (true, LinkKind::Bridge) => 1,
+        (true, LinkKind::Other) => 2,
+        (true, LinkKind::BridgePort) => 3,
+    };
+    let mut ranked: Vec<(u8, Ipv6Addr)> = addrs.iter().map(|x| (rank(x), x.0)).collect();
+    ranked.sort();
+    let mut seen = std::collections::HashSet::new();
+    ranked
+        .into_iter()
+        .filter_map(|(_, a)| seen.insert(a).then_some(a))
+        .collect()
 }
 
 #[cfg(test)]
@@ -184,6 +235,36 @@ mod tests {
     fn cidr(s: &str) -> Ipv4Cidr {
         let (addr, len) = s.split_once('/').unwrap();
         Ipv4Cidr::new(addr.parse().unwrap(), len.parse().unwrap())
+    }
+
+    #[test]
+    fn ipv6_addresses_come_global_then_bridges_then_other_links_then_bridge_ports_link_local() {
+        use LinkKind::{Bridge, BridgePort, Other};
+        let a = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        let got = by_priority(vec![
+            (a("fe80::99"), BridgePort),
+            (a("fe80::1"), Other),
+            (a("2001:db8::2"), Other),
+            (a("fe80::5"), BridgePort),
+            (a("fe80::ff"), Bridge),
+            (a("fd00::1"), BridgePort),
+            (a("::1"), Other),
+            (a("fe80::99"), Other),
+            (a("2001:db8::2"), Bridge),
+        ]);
+        assert_eq!(
+            got,
+            [
+                a("::1"),
+                a("2001:db8::2"),
+                a("fd00::1"),
+                a("fe80::ff"),
+                a("fe80::1"),
+                a("fe80::99"),
+                a("fe80::5"),
+            ],
+            "fe80::99 is on a bridge port and on another link: counted once, as the other's"
+        );
     }
 
     #[test]

@@ -290,6 +290,16 @@ pub enum DatapathError {
     },
     #[error("{0}")]
     Other(String),
+    /// A host address table holds `--max-host-addrs` addresses: it got the
+    /// first `held` of the `wanted` it was given (the most important
+    /// first), and the rest are left out.
+    #[error("{map} is full: it holds {held} of the host's {wanted} {family} addresses, {} left out (link-local ones first); start the daemon with a larger --max-host-addrs", .wanted - .held)]
+    HostAddrsFull {
+        map: &'static str,
+        family: &'static str,
+        held: usize,
+        wanted: usize,
+    },
 }
 
 impl DatapathError {

@@ -130,7 +130,10 @@ pub trait Datapath: Send + Sync {
     /// Replace the set of host addresses a wildcard binding answers on. The
     /// flows a wildcard binding let in on an address no longer in the set
     /// end (the datapath checks the address when a flow opens, not on every
-    /// packet); an address-bound binding's flows stay.
+    /// packet); an address-bound binding's flows stay. `addrs` come most
+    /// important first: when the table cannot hold them all, the first
+    /// are kept, the rest left out, and the answer is
+    /// [`DatapathError::HostAddrsFull`] (the table holds what fits).
     fn set_host_addrs(&self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError>;
     /// The host's IPv6 addresses, as [`Self::set_host_addrs`] for IPv4: a
     /// `[::]` binding serves these, and the IPv6 flows a wildcard binding
@@ -273,6 +276,24 @@ pub struct DatapathStatus {
     /// Each `--bridge`, in the order given, and whether berth serves it yet.
     #[serde(default)]
     pub bridges: Vec<BridgeState>,
+    /// The host address tables against the host's addresses.
+    #[serde(default)]
+    pub host_addrs: HostAddrsFill,
+}
+
+/// The host address tables (`--max-host-addrs` each) against the host's
+/// addresses at the last push: addresses left out are not judged the
+/// host's (wildcard mappings do not answer on them, a client may claim
+/// them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostAddrsFill {
+    pub capacity: u32,
+    /// The host's IPv4 addresses, and how many of them the table lacks.
+    pub ipv4: u64,
+    pub ipv4_left_out: u64,
+    pub ipv6: u64,
+    pub ipv6_left_out: u64,
 }
 
 /// One `--bridge` as the daemon sees it now.

@@ -51,6 +51,9 @@ pub struct FakeDatapath {
     fail_endpoint: Mutex<Option<Ipv4Addr>>,
     /// `set_host_addrs6` refuses, as a full `BERTH_HOST_ADDRS6` would.
     fail_host_addrs6: AtomicBool,
+    /// `set_host_addrs6` keeps this many, as a table of that size would.
+    host_addrs6_capacity: Mutex<Option<usize>>,
+    host_addr6_updates: AtomicUsize,
     removes: AtomicUsize,
     host_addr_updates: AtomicUsize,
     expire_calls: AtomicUsize,
@@ -97,6 +100,12 @@ impl FakeDatapath {
     }
     pub fn fail_host_addrs6(&self) {
         self.fail_host_addrs6.store(true, Ordering::SeqCst);
+    }
+    pub fn limit_host_addrs6(&self, capacity: usize) {
+        *self.host_addrs6_capacity.lock().unwrap() = Some(capacity);
+    }
+    pub fn host_addr6_updates(&self) -> usize {
+        self.host_addr6_updates.load(Ordering::SeqCst)
     }
     pub fn fail_insert_of_host_port(&self, port: u16) {
         *self.fail_insert_port.lock().unwrap() = Some(port);
@@ -318,7 +327,22 @@ impl Datapath for FakeDatapath {
         if self.fail_host_addrs6.load(Ordering::SeqCst) {
             return Err(DatapathError::Other("BERTH_HOST_ADDRS6 is full".into()));
         }
-        *self.host_addrs6.lock().unwrap() = addrs.to_vec();
+        self.host_addr6_updates.fetch_add(1, Ordering::SeqCst);
+        let held = self
+            .host_addrs6_capacity
+            .lock()
+            .unwrap()
+            .unwrap_or(usize::MAX)
+            .min(addrs.len());
+        *self.host_addrs6.lock().unwrap() = addrs[..held].to_vec();
+        if held < addrs.len() {
+            return Err(DatapathError::HostAddrsFull {
+                map: berth_maps::HOST_ADDRS6_MAP,
+                family: "IPv6",
+                held,
+                wanted: addrs.len(),
+            });
+        }
         Ok(())
     }
     fn set_bridge_subnets(

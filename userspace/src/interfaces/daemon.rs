@@ -18,7 +18,7 @@ use crate::{
     adapters::socket::{self, SocketFile},
     adapters::store::Store,
     domain::cidr::Ipv4Cidr,
-    domain::error::{Error, Result},
+    domain::error::{DatapathError, Error, Result},
     domain::limits::ApiLimits,
     domain::spec::PortRange,
     engine::allocator::PortPolicy,
@@ -412,6 +412,9 @@ struct HostAddrSync {
     last: Option<Vec<Ipv4Addr>>,
     last_subnets: Option<Vec<Ipv4Cidr>>,
     last6: Option<Vec<std::net::Ipv6Addr>>,
+    /// Whether each table (IPv4, IPv6) was full at the last push: warned
+    /// once when it fills, told once when all fit again.
+    full: [bool; 2],
 }
 
 impl HostAddrSync {
@@ -427,6 +430,7 @@ impl HostAddrSync {
             last: None,
             last_subnets: None,
             last6: None,
+            full: [false; 2],
         }
     }
 
@@ -443,7 +447,8 @@ impl HostAddrSync {
     fn sync_addrs(&mut self) -> Result<()> {
         let addrs = (self.source)().map_err(|e| Error::io("reading host addresses", e))?;
         if self.last.as_ref() != Some(&addrs) {
-            self.datapath.set_host_addrs(&addrs)?;
+            let pushed = self.datapath.set_host_addrs(&addrs);
+            self.table_full(0, pushed)?;
             tracing::info!(addrs = ?addrs, "host addresses");
             self.last = Some(addrs);
         }
@@ -454,11 +459,41 @@ impl HostAddrSync {
         let addrs6 =
             netif::host_ipv6_addrs().map_err(|e| Error::io("reading host IPv6 addresses", e))?;
         if self.last6.as_ref() != Some(&addrs6) {
-            self.datapath.set_host_addrs6(&addrs6)?;
-            tracing::info!(addrs = ?addrs6, "host IPv6 addresses");
+            let pushed = self.datapath.set_host_addrs6(&addrs6);
+            self.table_full(1, pushed)?;
+            // One per container's veth: listed only while they are few.
+            if addrs6.len() <= 32 {
+                tracing::info!(addrs = ?addrs6, "host IPv6 addresses");
+            } else {
+                tracing::info!(count = addrs6.len(), "host IPv6 addresses");
+            }
             self.last6 = Some(addrs6);
         }
         Ok(())
+    }
+
+    /// A full table holds what fits and is no failure: warns once when it
+    /// fills (`berth status` and the metrics count what it lacks), and
+    /// says when everything fits again. Other errors are returned.
+    fn table_full(&mut self, family: usize, pushed: Result<(), DatapathError>) -> Result<()> {
+        match pushed {
+            Ok(()) => {
+                if std::mem::take(&mut self.full[family]) {
+                    tracing::info!(
+                        family = ["IPv4", "IPv6"][family],
+                        "every host address fits in its table again"
+                    );
+                }
+                Ok(())
+            }
+            Err(e @ DatapathError::HostAddrsFull { .. }) => {
+                if !std::mem::replace(&mut self.full[family], true) {
+                    tracing::warn!("{e}");
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn sync_subnets(&mut self) -> Result<()> {
@@ -775,6 +810,25 @@ mod tests {
             [Ipv4Cidr::new(Ipv4Addr::new(172, 17, 0, 0), 16)],
             "the bridge's networks, not its address"
         );
+    }
+
+    #[test]
+    fn a_full_ipv6_table_keeps_the_first_addresses_and_is_no_failure() {
+        let dp = Arc::new(FakeDatapath::default());
+        let all = netif::host_ipv6_addrs().unwrap();
+        assert!(!all.is_empty(), "::1 at least");
+        dp.limit_host_addrs6(all.len() - 1);
+        let bridge = Bridge::Fixed {
+            name: "br0".into(),
+            subnets: vec![],
+        };
+        let mut sync = HostAddrSync::new(dp.clone(), fixed_addrs, bridge);
+        sync.sync().unwrap();
+        assert_eq!(dp.host_addrs6(), all[..all.len() - 1]);
+        assert!(sync.full[1] && !sync.full[0]);
+        // Held as pushed: not pushed again while the addresses stay.
+        sync.sync().unwrap();
+        assert_eq!(dp.host_addr6_updates(), 1);
     }
 
     #[test]

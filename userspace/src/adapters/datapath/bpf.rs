@@ -628,6 +628,7 @@ impl BpfDatapath {
             socket_hooks,
             migrated: pins.migrated,
             maps: expected.into_keys().collect(),
+            host_addrs: Arc::new(super::host_addrs::Fill::new(config.capacity.max_host_addrs)),
         };
         // The object was parsed twice (shapes, loader) and those parses are
         // freed, but glibc keeps freed heap pages: give them back, or the

@@ -3,9 +3,11 @@
 //! another capacity are found): a host pays for the tables it asked for,
 //! not for the largest any host could need. IPv6 flows have tables of
 //! their own, sized by `--max-flows6`: most hosts carry far fewer of them.
+//! The host address tables follow `--max-host-addrs`.
 use berth_maps::{
-    lru_capacity, CT_MAP, CT_NEW_MAP, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS6, DEFAULT_MAX_MAPPINGS,
-    MAX_CAPACITY, NAT_FWD_MAP, NAT_MAP, NAT_NEW_MAP, PORTS_MAP, SERVICES_MAP, SOCK_REV_MAP,
+    lru_capacity, CT_MAP, CT_NEW_MAP, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS6,
+    DEFAULT_MAX_HOST_ADDRS, DEFAULT_MAX_MAPPINGS, HOST_ADDRS_MAP, MAX_CAPACITY, NAT_FWD_MAP,
+    NAT_MAP, NAT_NEW_MAP, PORTS_MAP, SERVICES_MAP, SOCK_REV_MAP,
 };
 
 /// `berth daemon` flags sizing the maps.
@@ -54,6 +56,23 @@ pub struct Capacity {
         value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CAPACITY))
     )]
     pub max_flows6: u32,
+    /// Host addresses each host address table holds, IPv4's and IPv6's
+    /// (a wildcard mapping answers on these; no client may claim one).
+    /// Every container's host-side veth has an IPv6 link-local address,
+    /// so the IPv6 table grows with the containers: the default holds
+    /// about 16 000. 16 bytes per address of capacity, about 80 more per
+    /// address held. When the host has more, the link-local addresses of
+    /// bridge ports are left out first, then other links', then the
+    /// bridges'; the
+    /// daemon warns and `berth status` and the metrics count them. Pinned
+    /// tables of another size are resized at start.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_HOST_ADDRS,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CAPACITY))
+    )]
+    pub max_host_addrs: u32,
 }
 
 impl Default for Capacity {
@@ -62,6 +81,7 @@ impl Default for Capacity {
             max_flows: DEFAULT_MAX_FLOWS,
             max_mappings: DEFAULT_MAX_MAPPINGS,
             max_flows6: DEFAULT_MAX_FLOWS6,
+            max_host_addrs: DEFAULT_MAX_HOST_ADDRS,
         }
     }
 }
@@ -97,6 +117,8 @@ impl Capacity {
             (berth_maps::CT6_NEW_MAP, embryonic.unwrap_or(lru6)),
             (SOCK_REV_MAP, lru),
             (berth_maps::SOCK_REV6_MAP, lru6),
+            (HOST_ADDRS_MAP, self.max_host_addrs),
+            (berth_maps::HOST_ADDRS6_MAP, self.max_host_addrs),
         ]
     }
 }
@@ -188,9 +210,21 @@ mod tests {
             (512, 512, 512)
         );
         let defaults = parse(&[]).unwrap().per_map(None, None, None);
-        for (map, n) in defaults {
+        for &(map, n) in &defaults {
             if !map.contains('6') {
                 assert_eq!(six[map], n, "{map} does not follow --max-flows6");
+            }
+        }
+
+        // `--max-host-addrs` sizes both host address tables and nothing else.
+        let hosts = parse(&["--max-host-addrs", "100000"])
+            .unwrap()
+            .per_map(None, None, None);
+        for ((map, n), (_, default)) in hosts.iter().zip(&defaults) {
+            if *map == HOST_ADDRS_MAP || *map == berth_maps::HOST_ADDRS6_MAP {
+                assert_eq!(*n, 100_000, "{map}");
+            } else {
+                assert_eq!(n, default, "{map} does not follow --max-host-addrs");
             }
         }
 
@@ -202,7 +236,12 @@ mod tests {
 
     #[test]
     fn zero_and_absurd_sizes_are_refused_in_one_line() {
-        for flag in ["--max-flows", "--max-mappings", "--max-flows6"] {
+        for flag in [
+            "--max-flows",
+            "--max-mappings",
+            "--max-flows6",
+            "--max-host-addrs",
+        ] {
             for bad in ["0", "16777217", "-1", "many"] {
                 let e = parse(&[&format!("{flag}={bad}")]).unwrap_err();
                 let first = e.lines().next().unwrap();

@@ -12,6 +12,7 @@ mod exact_ports;
 pub mod flowlog;
 mod flows;
 mod flows6;
+mod host_addrs;
 #[cfg(test)]
 mod names;
 mod ops;

@@ -410,19 +410,37 @@ impl Datapath for BpfDatapath {
 
     fn set_host_addrs6(&self, addrs: &[Ipv6Addr]) -> Result<(), DatapathError> {
         let mut m = self.lock();
-        let want: HashSet<[u8; 16]> = addrs.iter().map(Ipv6Addr::octets).collect();
+        let fill = &self.status.host_addrs;
+        // The first that fit (the most important); the ones left out go
+        // first, making room.
+        let (want, wanted) =
+            super::host_addrs::fit(addrs.iter().map(Ipv6Addr::octets), fill.capacity());
         let have: HashSet<[u8; 16]> = m.host_addrs6.keys().filter_map(Result::ok).collect();
         let gone: HashSet<[u8; 16]> = have.difference(&want).copied().collect();
         for a in &gone {
             let _ = m.host_addrs6.remove(a);
         }
+        // A failed insert still ends the flows of the addresses that went.
+        let mut result = Ok(());
+        let mut held = have.len() - gone.len();
         for a in want.difference(&have) {
-            m.host_addrs6
-                .insert(*a, 1, 0)
-                .map_err(map_err(berth_maps::HOST_ADDRS6_MAP))?;
+            if let Err(e) = m.host_addrs6.insert(*a, 1, 0) {
+                result = Err(map_err(berth_maps::HOST_ADDRS6_MAP)(e));
+                break;
+            }
+            held += 1;
+        }
+        fill.record(true, wanted, held);
+        if result.is_ok() && want.len() < wanted {
+            result = Err(DatapathError::HostAddrsFull {
+                map: berth_maps::HOST_ADDRS6_MAP,
+                family: "IPv6",
+                held: want.len(),
+                wanted,
+            });
         }
         if gone.is_empty() {
-            return Ok(());
+            return result;
         }
         // As for IPv4 (below): the flows a wildcard mapping let in on an
         // address the host no longer has end; an address-bound mapping's
@@ -447,27 +465,42 @@ impl Datapath for BpfDatapath {
             self.forget_orphan_remaps6();
             tracing::info!(flows = ended, "IPv6 flows ended with their host address");
         }
-        Ok(())
+        result
     }
 
     fn set_host_addrs(&self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError> {
         let mut m = self.lock();
-        let want: HashSet<u32> = addrs
-            .iter()
-            .map(|a| u32::from_ne_bytes(a.octets()))
-            .collect();
+        let fill = &self.status.host_addrs;
+        let (want, wanted) = super::host_addrs::fit(
+            addrs.iter().map(|a| u32::from_ne_bytes(a.octets())),
+            fill.capacity(),
+        );
         let have: HashSet<u32> = m.host_addrs.keys().filter_map(Result::ok).collect();
         let gone: HashSet<u32> = have.difference(&want).copied().collect();
         for a in &gone {
             let _ = m.host_addrs.remove(a);
         }
+        // As for IPv6: the flows of the addresses that went end whatever.
+        let mut result = Ok(());
+        let mut held = have.len() - gone.len();
         for a in want.difference(&have) {
-            m.host_addrs
-                .insert(*a, 1, 0)
-                .map_err(map_err(HOST_ADDRS_MAP))?;
+            if let Err(e) = m.host_addrs.insert(*a, 1, 0) {
+                result = Err(map_err(HOST_ADDRS_MAP)(e));
+                break;
+            }
+            held += 1;
+        }
+        fill.record(false, wanted, held);
+        if result.is_ok() && want.len() < wanted {
+            result = Err(DatapathError::HostAddrsFull {
+                map: HOST_ADDRS_MAP,
+                family: "IPv4",
+                held: want.len(),
+                wanted,
+            });
         }
         if gone.is_empty() {
-            return Ok(());
+            return result;
         }
         // The datapath checks a wildcard mapping's address when a flow
         // opens, not per packet; the flows it let in on an address the
@@ -490,7 +523,7 @@ impl Datapath for BpfDatapath {
                 .collect();
             tracing::info!(flows = n, addrs = ?addrs, "ended the flows of host addresses that went away");
         }
-        Ok(())
+        result
     }
 
     fn set_bridge_subnets(&self, subnets: &[Ipv4Cidr]) -> Result<(), DatapathError> {

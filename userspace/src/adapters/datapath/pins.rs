@@ -108,6 +108,28 @@ pub const CONVERTERS: &[Converter] = converters![
 /// key or value layout is made anew, empty, rather than refused.
 pub const DISPOSABLE: &[&str] = &[berth_maps::FRAGS_MAP, berth_maps::FRAGS6_MAP];
 
+/// Hash maps the daemon fills again from the host right after the load
+/// (the host's addresses): one made smaller than its fill keeps what fits,
+/// non-link-local addresses first ([`refill_keys`]), rather than being
+/// refused as a table of live flows is.
+pub const REFILLED: &[&str] = &[berth_maps::HOST_ADDRS_MAP, berth_maps::HOST_ADDRS6_MAP];
+
+/// The keys of a [`REFILLED`] map to copy into one of `capacity` entries:
+/// all when they fit, else the addresses that matter most (IPv6
+/// link-local ones last, as the daemon's own push orders them).
+pub fn refill_keys(mut keys: Vec<Vec<u8>>, capacity: u32) -> Vec<Vec<u8>> {
+    if keys.len() > capacity as usize {
+        keys.sort_by_key(|k| {
+            (
+                k.len() == 16 && k[0] == 0xfe && k[1] & 0xc0 == 0x80,
+                k.clone(),
+            )
+        });
+        keys.truncate(capacity as usize);
+    }
+    keys
+}
+
 /// What to do with one pinned map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Plan {
@@ -269,8 +291,15 @@ fn carry_map(m: &mut OldMap) -> io::Result<usize> {
             Plan::Convert(i) => (CONVERTERS[i].convert)(&key, &value),
             _ => value.clone(),
         };
-        if sys::map_insert_new(&m.new, &key, &out)? {
-            n += 1;
+        match sys::map_insert_new(&m.new, &key, &out) {
+            Ok(true) => n += 1,
+            Ok(false) => {}
+            // A host address table made smaller than its fill: the daemon
+            // pushes the host's addresses in their order next.
+            Err(e) if e.raw_os_error() == Some(libc::E2BIG) && REFILLED.contains(&&*m.name) => {
+                break
+            }
+            Err(e) => return Err(e),
         }
         m.copied.insert(key);
     }
@@ -327,7 +356,12 @@ pub fn check_and_migrate_keeping_old(
                 .push(format!("{name}: {found} made anew as {want}, {what}"));
             continue;
         }
-        let (new, copied, dropped) = migrate_map(&name, &pin, &old, &found, &want, plan)?;
+        let Migrated {
+            new,
+            copied,
+            evicted: dropped,
+            left_out,
+        } = migrate_map(&name, &pin, &old, &found, &want, plan)?;
         let kept = copied.len() - dropped;
         let what = match plan {
             Plan::Convert(_) => format!(
@@ -336,7 +370,9 @@ pub fn check_and_migrate_keeping_old(
             ),
             _ => resized(&found, &want),
         };
-        let dropped = if dropped > 0 {
+        let dropped = if left_out > 0 {
+            format!(", {left_out} left out of the smaller table, link-local ones first")
+        } else if dropped > 0 {
             format!(", {dropped} evicted by the smaller LRU table")
         } else {
             String::new()
@@ -389,7 +425,11 @@ fn check_fits(
     found: &MapShape,
     want: &MapShape,
 ) -> Result<(), DatapathError> {
-    if found.is_array() || found.is_lru() || want.max_entries >= found.max_entries {
+    if found.is_array()
+        || found.is_lru()
+        || REFILLED.contains(&name)
+        || want.max_entries >= found.max_entries
+    {
         return Ok(());
     }
     let n = sys::map_count(fd, found.key_size as usize).map_err(DatapathError::io(format!(
@@ -429,12 +469,21 @@ fn record_layout(pin_dir: &Path) -> Result<(), DatapathError> {
         .map_err(|e| bpffs_err(&link, e))
 }
 
+/// What [`migrate_map`] made: the new map, the keys copied, how many of
+/// them an LRU table evicted and how many a [`REFILLED`] one left out.
+struct Migrated {
+    new: OwnedFd,
+    copied: HashSet<Vec<u8>>,
+    evicted: usize,
+    left_out: usize,
+}
+
 /// Fills a new map from `old` and pins it over `pin`. Programs still
 /// attached keep the old map until the daemon swaps the new ones in; what
 /// they write in between is for [`OldMaps::carry_over`]. A hash that would not hold every entry is refused (it
 /// holds live flows, which berth never evicts); an LRU table (unestablished
 /// flows, which it may lose anyway) shrunk below its fill keeps what fits.
-/// Returns the new map, the keys copied and how many of them were evicted.
+/// A [`REFILLED`] map keeps what fits.
 fn migrate_map(
     name: &str,
     pin: &Path,
@@ -442,7 +491,7 @@ fn migrate_map(
     found: &MapShape,
     want: &MapShape,
     plan: Plan,
-) -> Result<(OwnedFd, HashSet<Vec<u8>>, usize), DatapathError> {
+) -> Result<Migrated, DatapathError> {
     let fail = |what: &str, e: io::Error| {
         DatapathError::io(format!("migrating pinned map {name} ({what})"))(e)
     };
@@ -456,6 +505,13 @@ fn migrate_map(
     } else {
         sys::map_keys(old, found.key_size as usize).map_err(|e| fail("listing keys", e))?
     };
+    let listed = keys.len();
+    let keys = if REFILLED.contains(&name) {
+        refill_keys(keys, want.max_entries)
+    } else {
+        keys
+    };
+    let left_out = listed - keys.len();
     // Checked before any map was migrated; the datapath may have added
     // flows since.
     if !found.is_array() && !found.is_lru() && keys.len() > want.max_entries as usize {
@@ -481,6 +537,14 @@ fn migrate_map(
     } else {
         n
     };
+    if left_out > 0 {
+        tracing::warn!(
+            map = name,
+            kept,
+            left_out,
+            "a host address table was made smaller than the addresses it held; the daemon pushes the host's addresses again, those that matter most first"
+        );
+    }
     // Pin under a temporary name, then rename over the old pin: the name
     // never points at nothing.
     let tmp = PathBuf::from(format!("{}_migrating", pin.display()));
@@ -488,7 +552,12 @@ fn migrate_map(
     sys::obj_pin(&new, &tmp).map_err(|e| fail("pinning", e))?;
     fs::rename(&tmp, pin).map_err(|e| fail("replacing the pin", e))?;
     tracing::info!(map = name, entries = kept, evicted = n - kept, from = %found, to = %want, "migrated a pinned map");
-    Ok((new, copied, n - kept))
+    Ok(Migrated {
+        new,
+        copied,
+        evicted: n - kept,
+        left_out,
+    })
 }
 
 /// Converters between value layouts of released versions. The old layouts
@@ -984,6 +1053,35 @@ mod tests {
         // A table that holds flows is never dropped for a new key.
         let want = shape(1, 16, 88, 1024, 0);
         plan_map("BERTH_NAT", &shape(1, 12, 88, 1024, 0), &want).unwrap_err();
+    }
+
+    #[test]
+    fn a_host_address_table_made_smaller_keeps_what_fits_link_local_last() {
+        let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets().to_vec();
+        let keys = vec![
+            v6("fe80::1"),
+            v6("2001:db8::9"),
+            v6("febf::2"),
+            v6("::1"),
+            v6("2001:db8::1"),
+        ];
+        assert_eq!(
+            refill_keys(keys.clone(), 5),
+            keys,
+            "all fit: kept as listed"
+        );
+        assert_eq!(
+            refill_keys(keys.clone(), 3),
+            [v6("::1"), v6("2001:db8::1"), v6("2001:db8::9")]
+        );
+        assert_eq!(refill_keys(keys, 4)[3], v6("fe80::1"));
+        // IPv4 keys (4 bytes) are never link-local by this rule.
+        let v4 = vec![vec![10, 0, 0, 2], vec![10, 0, 0, 1], vec![0xfe, 0x80, 0, 1]];
+        assert_eq!(
+            refill_keys(v4, 2),
+            [vec![10, 0, 0, 1], vec![10, 0, 0, 2]],
+            "the lowest kept, no family rule"
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub(super) struct StatusBase {
     pub socket_hooks: SocketHooks,
     pub migrated: Vec<String>,
     pub maps: Vec<String>,
+    /// The host address tables' fill, which the pushes update.
+    pub host_addrs: std::sync::Arc<super::host_addrs::Fill>,
 }
 
 impl StatusBase {
@@ -33,6 +35,7 @@ impl StatusBase {
             attachments: self.attachments(),
             maps: self.maps.iter().map(|m| self.map(m)).collect(),
             bridges: self.bridges(),
+            host_addrs: self.host_addrs.read(),
         }
     }
 

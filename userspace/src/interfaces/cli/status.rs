@@ -93,6 +93,28 @@ fn bridge_line(b: &crate::engine::datapath::BridgeState) -> String {
     }
 }
 
+/// The host's addresses against the host address tables, and what a full
+/// table left out.
+fn host_addrs_line(h: &crate::engine::datapath::HostAddrsFill) -> String {
+    let mut line = format!(
+        "IPv4 {}, IPv6 {} (tables of {})",
+        h.ipv4, h.ipv6, h.capacity
+    );
+    let full: Vec<String> = [("IPv4", h.ipv4_left_out), ("IPv6", h.ipv6_left_out)]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(family, n)| format!("{n} {family}"))
+        .collect();
+    if !full.is_empty() {
+        let _ = write!(
+            line,
+            "; FULL, left out: {} (link-local ones first); start the daemon with a larger --max-host-addrs",
+            full.join(", ")
+        );
+    }
+    line
+}
+
 /// The human form of [`StatusView`].
 pub fn status_text(s: &StatusView) -> String {
     let mut out = String::new();
@@ -141,6 +163,9 @@ pub fn status_text(s: &StatusView) -> String {
     }
     for b in &d.bridges {
         let _ = writeln!(out, "bridge     {}", bridge_line(b));
+    }
+    if d.host_addrs.capacity > 0 {
+        let _ = writeln!(out, "host addrs {}", host_addrs_line(&d.host_addrs));
     }
     let tw = d
         .attachments
@@ -218,9 +243,40 @@ mod tests {
                     pin: "/sys/fs/bpf/berth/BERTH_SERVICES".into(),
                 }],
                 bridges: Vec::new(),
+                host_addrs: Default::default(),
             }),
             docker: None,
         }
+    }
+
+    #[test]
+    fn the_host_addrs_line_says_what_a_full_table_left_out() {
+        let mut v = view();
+        assert!(
+            !status_text(&v).contains("host addrs"),
+            "no datapath tables"
+        );
+        let d = v.datapath.as_mut().unwrap();
+        d.host_addrs = crate::engine::datapath::HostAddrsFill {
+            capacity: 1024,
+            ipv4: 3,
+            ipv4_left_out: 0,
+            ipv6: 40,
+            ipv6_left_out: 0,
+        };
+        assert!(
+            status_text(&v).contains("\nhost addrs IPv4 3, IPv6 40 (tables of 1024)\n"),
+            "{}",
+            status_text(&v)
+        );
+        let d = v.datapath.as_mut().unwrap();
+        d.host_addrs.ipv6 = 1100;
+        d.host_addrs.ipv6_left_out = 76;
+        assert!(
+            status_text(&v).contains("\nhost addrs IPv4 3, IPv6 1100 (tables of 1024); FULL, left out: 76 IPv6 (link-local ones first); start the daemon with a larger --max-host-addrs\n"),
+            "{}",
+            status_text(&v)
+        );
     }
 
     #[test]

@@ -297,6 +297,29 @@ pub fn render(g: &Gathered, state: &MetricsState) -> String {
                 e.sample("berth_map_entries", &[("map", &m.name)], n);
             }
         }
+        let h = &d.host_addrs;
+        e.family(
+            "berth_host_addresses",
+            Kind::Gauge,
+            "The host's addresses, by family, at the last push to the host address tables.",
+        );
+        e.sample("berth_host_addresses", &[("family", "ipv4")], h.ipv4);
+        e.sample("berth_host_addresses", &[("family", "ipv6")], h.ipv6);
+        e.family(
+            "berth_host_addresses_left_out",
+            Kind::Gauge,
+            "Host addresses a full host address table does not hold (link-local ones first); not 0: raise --max-host-addrs.",
+        );
+        e.sample(
+            "berth_host_addresses_left_out",
+            &[("family", "ipv4")],
+            h.ipv4_left_out,
+        );
+        e.sample(
+            "berth_host_addresses_left_out",
+            &[("family", "ipv6")],
+            h.ipv6_left_out,
+        );
     }
 
     render_latency(&mut e, state);
