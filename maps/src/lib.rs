@@ -214,8 +214,9 @@ pub const HOST_ADDRS_CAPACITY: u32 = DEFAULT_MAX_HOST_ADDRS;
 /// `berth daemon --max-host-addrs` by default: the size of both host
 /// address tables. Every host-side veth of a container has an IPv6
 /// link-local address, so the IPv6 table grows with the containers; this
-/// holds a host of about 16 000 of them.
-pub const DEFAULT_MAX_HOST_ADDRS: u32 = 16_384;
+/// holds a host of about 4 000 of them (16 bytes of capacity an entry,
+/// kept small for the memory a quiet host pays; busier hosts raise it).
+pub const DEFAULT_MAX_HOST_ADDRS: u32 = 4_096;
 
 /// Sources that never arrive on an uplink from outside: the bridge's
 /// subnets (its containers). An array, not an LPM trie, because every

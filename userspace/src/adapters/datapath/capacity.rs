@@ -60,7 +60,7 @@ pub struct Capacity {
     /// (a wildcard mapping answers on these; no client may claim one).
     /// Every container's host-side veth has an IPv6 link-local address,
     /// so the IPv6 table grows with the containers: the default holds
-    /// about 16 000. 16 bytes per address of capacity, about 80 more per
+    /// about 4 000. 16 bytes per address of capacity, about 80 more per
     /// address held. When the host has more, the link-local addresses of
     /// bridge ports are left out first, then other links', then the
     /// bridges'; the
