@@ -137,7 +137,11 @@ fn an_ipv6_claim_from_a_port_without_policy_names_only_what_its_port_holds() {
                 p.v6_only,
                 C1_6,
             ),
-            ("an IPv6-only policy task's, from an open task", p.c3, V6_ONLY_6),
+            (
+                "an IPv6-only policy task's, from an open task",
+                p.c3,
+                V6_ONLY_6,
+            ),
             ("the gateway's, from a plain one", p.plain, BRIDGE6),
         ];
         for (what, port, target) in refused {
@@ -233,7 +237,10 @@ fn tagged_arp_and_neighbour_discovery_never_leave_any_port() {
             ("802.1ad 0 over 802.1Q 0, ARP", pkt::qinq_tagged(&arp, 0, 0)),
             ("802.1Q VLAN 100, ARP", pkt::vlan_tagged(&arp, 100)),
             ("802.1Q VLAN 0, an advert", pkt::vlan_tagged(&nd, 0)),
-            ("802.1ad 0 over 802.1Q 0, an advert", pkt::qinq_tagged(&nd, 0, 0)),
+            (
+                "802.1ad 0 over 802.1Q 0, an advert",
+                pkt::qinq_tagged(&nd, 0, 0),
+            ),
             (
                 "802.1ad 0 over 802.1Q 0, its own advert",
                 pkt::qinq_tagged(&own_nd, 0, 0),

@@ -314,9 +314,12 @@ pub(super) fn port_addrs(ifindex: u32) -> io::Result<Option<(Peer, Learned)>> {
     let Some(peer) = nl.veth_peer(ifindex)? else {
         return Ok(None);
     };
-    let learned = nl
-        .ipv4_addrs(peer)
-        .and_then(|v4| Ok(Learned { v4, v6: nl.ipv6_addrs(peer)? }));
+    let learned = nl.ipv4_addrs(peer).and_then(|v4| {
+        Ok(Learned {
+            v4,
+            v6: nl.ipv6_addrs(peer)?,
+        })
+    });
     match learned {
         Ok(a) => Ok(Some((peer, a))),
         // The container's namespace went away between the requests.

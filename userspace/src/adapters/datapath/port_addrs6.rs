@@ -60,7 +60,8 @@ impl PortAddrs6Map {
         }
         for a in before.iter().filter(|a| !after.contains(a)) {
             match self.map.remove(&key(port, *a)) {
-                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
                 other => other?,
             }
         }

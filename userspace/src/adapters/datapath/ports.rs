@@ -603,7 +603,9 @@ impl PortAddrSync {
         for (port, addrs) in changes {
             let before = self.owned6.get(&port).cloned().unwrap_or_default();
             match self.map6.replace(port, &before, &addrs) {
-                Ok(()) => tracing::info!(ifindex = port, addrs = ?addrs, "bridge port IPv6 addresses"),
+                Ok(()) => {
+                    tracing::info!(ifindex = port, addrs = ?addrs, "bridge port IPv6 addresses")
+                }
                 Err(e) => {
                     tracing::warn!(ifindex = port, error = %e, "writing the port's IPv6 addresses");
                     continue;
