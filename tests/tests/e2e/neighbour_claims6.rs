@@ -9,8 +9,9 @@
 //! address, which only the learned address lets it. (Containers of tasks
 //! without policy: `neighbour_claims`.)
 use std::{
-    net::{IpAddr, SocketAddr, UdpSocket},
-    time::Duration,
+    net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket},
+    thread,
+    time::{Duration, Instant},
 };
 
 use berth_integration::{
@@ -145,4 +146,70 @@ fn an_ipv6_only_policy_tasks_container_announces_its_own_address_and_no_other() 
         spoofed0 + rounds,
         "one refused claim a round"
     );
+}
+
+/// An IPv6 address a container gets after its port was hooked is learned
+/// at once (the daemon follows IPv6 address events in the containers'
+/// namespaces): the host's stale neighbour entry for it (an old
+/// container's MAC) is forgotten, as for IPv4, and the container may
+/// claim it from then on, though it is a policy task's.
+#[test]
+fn an_ipv6_address_a_container_gets_later_is_its_own_at_once() {
+    let rig = setup();
+    let later: Ipv6Addr = "fd00:17::77".parse().unwrap();
+    rig.berth(&[
+        "map",
+        "add",
+        "--task",
+        "t3",
+        "--ip6",
+        &later.to_string(),
+        "-p",
+        "8082:80",
+    ]);
+    rig.berth(&["sg", "attach", "sg-t1", "--task", "t3"]);
+    let (host, t2) = (&rig.topo.host, &rig.topo.container2);
+    let t2_mac = t2.link().unwrap().mac;
+    let (later_ip, t2_ip) = (IpAddr::V6(later), IpAddr::V6(CONTAINER2_IP6));
+    neigh_set(&host.ns, later_ip, FAKE_MAC, host.bridge);
+    let sock = RawSocket::open_in(&t2.ns, t2.ifname).unwrap();
+    let claim = [advert((t2_ip, t2_mac), later_ip)];
+    let spoofed0 = rig.counter("neigh_spoofed");
+    let rounds = claim_for_a_while(&sock, &claim);
+    assert_eq!(
+        rig.counter("neigh_spoofed"),
+        spoofed0 + rounds,
+        "not its own yet"
+    );
+    let (ok, shown) = neigh_has(&host.ns, later_ip, host.bridge, FAKE_MAC);
+    assert!(ok, "t2 took t3's address at the host: {shown}");
+
+    t2.ns
+        .ip([
+            "-6",
+            "addr",
+            "add",
+            &format!("{later}/64"),
+            "dev",
+            t2.ifname,
+            "nodad",
+        ])
+        .expect("ip addr add");
+    let t0 = Instant::now();
+    while neigh_has(&host.ns, later_ip, host.bridge, FAKE_MAC).0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "the host's stale entry for {later} was not forgotten"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    neigh_set(&host.ns, later_ip, FAKE_MAC, host.bridge);
+    let spoofed = rig.counter("neigh_spoofed");
+    claim_for_a_while(&sock, &claim);
+    let (ok, shown) = neigh_has(&host.ns, later_ip, host.bridge, t2_mac);
+    assert!(
+        ok,
+        "t2's claim of its new address did not reach the host: {shown}"
+    );
+    assert_eq!(rig.counter("neigh_spoofed"), spoofed);
 }

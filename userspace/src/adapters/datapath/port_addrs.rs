@@ -12,7 +12,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -328,7 +328,7 @@ pub(super) fn port_addrs(ifindex: u32) -> io::Result<Option<(Peer, Learned)>> {
     }
 }
 
-/// Forgets the host's neighbour (ARP) entry for `addr` on bridge
+/// Forgets the host's neighbour (ARP or NDP) entry for `addr` on bridge
 /// `bridge` (an ifindex), if it has one. An address that moves to another
 /// bridge port belongs to a new container with a new MAC, but the entry
 /// its old container left can stay REACHABLE for up to 45 s, and
@@ -336,12 +336,20 @@ pub(super) fn port_addrs(ifindex: u32) -> io::Result<Option<(Peer, Learned)>> {
 /// `bpf_redirect_neigh` included) would go to a MAC nobody has. Without
 /// the entry the kernel resolves the address afresh on the next packet.
 /// `Ok(false)`: there was no entry.
-pub(super) fn forget_neighbour(bridge: u32, addr: Ipv4Addr) -> io::Result<bool> {
+pub(super) fn forget_neighbour(bridge: u32, addr: IpAddr) -> io::Result<bool> {
     let mut nl = Rtnl::open()?;
     let mut body = vec![0u8; NDMSG_LEN];
-    body[0] = libc::AF_INET as u8;
     body[4..8].copy_from_slice(&(bridge as i32).to_ne_bytes());
-    push_attr(&mut body, NDA_DST, &addr.octets());
+    match addr {
+        IpAddr::V4(a) => {
+            body[0] = libc::AF_INET as u8;
+            push_attr(&mut body, NDA_DST, &a.octets());
+        }
+        IpAddr::V6(a) => {
+            body[0] = libc::AF_INET6 as u8;
+            push_attr(&mut body, NDA_DST, &a.octets());
+        }
+    }
     match nl.request(RTM_DELNEIGH, NLM_F_ACK, &body, 0) {
         Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
@@ -424,6 +432,28 @@ mod tests {
         let claims = BTreeMap::from([(10, vec![ip(2)]), (11, vec![ip(2)])]);
         let (owned, _) = resolve_claims(&BTreeMap::new(), &claims);
         assert!(owned[&10].is_empty() && owned[&11].is_empty(), "{owned:?}");
+    }
+
+    #[test]
+    fn ipv6_claims_resolve_as_ipv4_ones() {
+        let a: Ipv6Addr = "fd00:17::2".parse().unwrap();
+        let b: Ipv6Addr = "fd00:17::3".parse().unwrap();
+        let prev = BTreeMap::from([(10, vec![a])]);
+        let claims = BTreeMap::from([(10, vec![a]), (11, vec![a, b])]);
+        let (owned, contested) = resolve_claims(&prev, &claims);
+        assert_eq!(owned[&10], [a]);
+        assert_eq!(owned[&11], [b]);
+        assert_eq!(contested, BTreeSet::from([a]));
+    }
+
+    #[test]
+    fn a_port_owns_its_global_ipv6_addresses_only() {
+        for owned in ["fd00:17::2", "2001:db8::5", "fec0::1"] {
+            assert!(port_owned6(owned.parse().unwrap()), "{owned}");
+        }
+        for not in ["fe80::42:acff:fe11:2", "ff02::1", "::1", "::"] {
+            assert!(!port_owned6(not.parse().unwrap()), "{not}");
+        }
     }
 
     #[test]

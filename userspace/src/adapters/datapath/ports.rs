@@ -18,7 +18,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     sync::{
@@ -547,7 +547,7 @@ impl PortAddrSync {
             claims.insert(ifindex, addrs);
             claims6.insert(ifindex, addrs6);
         }
-        self.sync6(claims6);
+        self.sync6(bridges, claims6);
         let (owned, contested) = resolve_claims(&self.owned, &claims);
         for a in contested.difference(&self.contested) {
             tracing::warn!(addr = %a, "address claimed by more than one bridge port; only its earlier owner, if any, may send from it");
@@ -557,7 +557,13 @@ impl PortAddrSync {
                 continue;
             }
             let before = self.owned.get(port).cloned().unwrap_or_default();
-            forget_neighbours(bridges, addrs.iter().filter(|a| !before.contains(a)));
+            forget_neighbours(
+                bridges,
+                addrs
+                    .iter()
+                    .filter(|a| !before.contains(a))
+                    .map(|a| IpAddr::V4(*a)),
+            );
             match self.map.insert(port, encode_port_addrs(addrs), 0) {
                 Ok(()) => tracing::info!(ifindex = port, addrs = ?addrs, "bridge port addresses"),
                 Err(e) => {
@@ -584,7 +590,7 @@ impl PortAddrSync {
 
     /// Writes the IPv6 addresses each port owns now, given what each
     /// port's namespace says (`claims6`).
-    fn sync6(&mut self, claims6: BTreeMap<u32, Vec<Ipv6Addr>>) {
+    fn sync6(&mut self, bridges: &[String], claims6: BTreeMap<u32, Vec<Ipv6Addr>>) {
         let (owned, contested) = resolve_claims(&self.owned6, &claims6);
         for a in contested.difference(&self.contested6) {
             tracing::warn!(addr = %a, "IPv6 address claimed by more than one bridge port; only its earlier owner, if any, may claim it to its neighbours");
@@ -602,6 +608,13 @@ impl PortAddrSync {
             .collect();
         for (port, addrs) in changes {
             let before = self.owned6.get(&port).cloned().unwrap_or_default();
+            forget_neighbours(
+                bridges,
+                addrs
+                    .iter()
+                    .filter(|a| !before.contains(a))
+                    .map(|a| IpAddr::V6(*a)),
+            );
             match self.map6.replace(port, &before, &addrs) {
                 Ok(()) => {
                     tracing::info!(ifindex = port, addrs = ?addrs, "bridge port IPv6 addresses")
@@ -627,14 +640,14 @@ impl PortAddrSync {
 /// bridge has one) are dropped so the next packet learns the new MAC (see
 /// [`forget_neighbour`]). A failure only costs the wait berth would
 /// otherwise have had, so it is logged, not fatal.
-fn forget_neighbours<'a>(bridges: &[String], addrs: impl Iterator<Item = &'a Ipv4Addr>) {
+fn forget_neighbours(bridges: &[String], addrs: impl Iterator<Item = IpAddr>) {
     let indexes: Vec<u32> = bridges
         .iter()
         .filter_map(|b| super::attach::ifindex(b).ok())
         .collect();
     for a in addrs {
         for &bridge in &indexes {
-            match forget_neighbour(bridge, *a) {
+            match forget_neighbour(bridge, a) {
                 Ok(true) => {
                     tracing::info!(addr = %a, "address moved to a new bridge port: its old neighbour entry forgotten")
                 }
