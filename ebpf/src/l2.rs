@@ -77,7 +77,7 @@ const ETH_P_8021AD_BE: u16 = 0x88a8u16.to_be();
 const ETH_TYPE_OFF: usize = 12;
 const ETH_SRC_OFF: usize = 6;
 /// VLAN tags looked through for ARP or neighbour discovery inside; a frame
-/// with more is refused from every port.
+/// a container sends with more is refused, from every port.
 const MAX_TAGS: usize = 8;
 
 /// Each bridge port's own IPv6 addresses (`berth_maps::PORT_ADDRS6_MAP`).
