@@ -10,6 +10,13 @@
 //!   LLDP, MPLS, `PPPoE`, ... A container needs none of them to talk IP
 //!   (ARP resolves IPv4, neighbour discovery IPv6; STP is the bridge's own
 //!   business), so they are dropped (`ctr_frame_refused`).
+//!   From a port without policy tagged frames pass (a container may trunk
+//!   VLANs), but not tagged ARP or neighbour discovery (an IPv6 frame with
+//!   hop limit 255 carrying `ICMPv6` or an extension header), under any
+//!   number of tags: Linux strips a VLAN 0 (priority) tag and reads what is
+//!   inside as untagged, so a claim there would reach the host and the
+//!   bridge unjudged (`ctr_frame_refused` too). A container needs neither:
+//!   it resolves its neighbours untagged.
 //! - Neighbour claims (ARP's sender address, a neighbour advertisement's
 //!   target, a solicitation's source), from every container port, policy
 //!   or not: whoever answers for an address on the bridge gets the traffic
@@ -22,7 +29,14 @@
 //!     own, from any port (a port whose addresses are not learned yet owns
 //!     none, as for the IPv4 source check);
 //!   - from a container with policy, anything not its own: ARP must name
-//!     one of its port's addresses, neighbour discovery one of its task's.
+//!     one of its port's addresses, neighbour discovery one of its port's
+//!     or its task's.
+//!
+//!   A port's own addresses are those the daemon learned from its veth
+//!   peer in the container's namespace: IPv4 ones in `BERTH_PORT_ADDRS`,
+//!   IPv6 ones in `BERTH_PORT_ADDRS6` (one entry per port and address), so
+//!   IPv6 claims are judged as IPv4's: whose task a port carries does not
+//!   matter to a port without policy, only what it holds.
 //!
 //!   Probes claim nothing: ARP from 0.0.0.0, a solicitation from `::`
 //!   (duplicate address detection). Containers without policy still claim
@@ -43,10 +57,11 @@
 //!   already); IPv6 data from a container pays one one-byte compare (hop
 //!   limit 255, which neighbour discovery must carry); map lookups happen
 //!   for ARP and neighbour discovery only, in subprograms of their own.
-use berth_maps::Counter;
+use aya_ebpf::{bindings::BPF_F_NO_PREALLOC, macros::map, maps::HashMap};
+use berth_maps::{Counter, PortAddr6, PORT_ADDRS6_CAPACITY};
 
 use crate::{
-    maps::{count, BERTH_ENDPOINTS, BERTH_HOST_ADDRS6, BERTH_PORT_ADDRS},
+    maps::{count, BERTH_HOST_ADDRS6, BERTH_PORT_ADDRS},
     parse::{ptr_at, ETH_LEN, ETH_P_IP_BE},
     parse6::{ETH_P_IPV6_BE, IP6_HDR_LEN, NEXTHDR_DEST, NEXTHDR_HOP, NEXTHDR_ROUTING},
     policy::{endpoint_with_policy, nowhere},
@@ -57,8 +72,18 @@ use crate::{
 };
 
 const ETH_P_ARP_BE: u16 = 0x0806u16.to_be();
+const ETH_P_8021Q_BE: u16 = 0x8100u16.to_be();
+const ETH_P_8021AD_BE: u16 = 0x88a8u16.to_be();
 const ETH_TYPE_OFF: usize = 12;
 const ETH_SRC_OFF: usize = 6;
+/// VLAN tags looked through for ARP or neighbour discovery inside; a frame
+/// a container sends with more is refused, from every port.
+const MAX_TAGS: usize = 8;
+
+/// Each bridge port's own IPv6 addresses (`berth_maps::PORT_ADDRS6_MAP`).
+#[map]
+pub(crate) static BERTH_PORT_ADDRS6: HashMap<PortAddr6, u32> =
+    HashMap::pinned(PORT_ADDRS6_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// The frame's ethertype (network order), if it has a whole Ethernet
 /// header.
@@ -67,12 +92,19 @@ fn ethertype(data: usize, data_end: usize) -> Option<u16> {
     ptr_at::<u16>(data, data_end, ETH_TYPE_OFF).map(|t| unsafe { core::ptr::read_unaligned(t) })
 }
 
-/// Whether a frame on container port `port` is one the judges cannot read
-/// while policy may apply to the port's container (counted). The common
-/// case costs a load and compares; the rest is a separate subprogram, as
-/// the veth programs have no stack to spare.
+/// Whether a frame a container on port `port` sends (`from`) or receives
+/// is one the judges cannot read while policy may apply to the port's
+/// container, or one it sends with ARP or neighbour discovery behind VLAN
+/// tags (counted). The common case costs a load and compares; the rest is
+/// a separate subprogram, as the veth programs have no stack to spare.
 #[inline(always)]
-pub(crate) fn frame_refused(data: usize, data_end: usize, vlan_present: u32, port: u32) -> bool {
+pub(crate) fn frame_refused(
+    data: usize,
+    data_end: usize,
+    vlan_present: u32,
+    port: u32,
+    from: bool,
+) -> bool {
     let Some(ty) = ethertype(data, data_end) else {
         // No whole Ethernet header: nothing the stack would take either.
         return false;
@@ -80,15 +112,56 @@ pub(crate) fn frame_refused(data: usize, data_end: usize, vlan_present: u32, por
     if vlan_present == 0 && (ty == ETH_P_IP_BE || ty == ETH_P_IPV6_BE || ty == ETH_P_ARP_BE) {
         return false;
     }
-    other_frame_refused(port)
+    other_frame_refused(data, data_end, port, u32::from(from))
 }
 
 #[inline(never)]
-fn other_frame_refused(port: u32) -> bool {
-    if nowhere() || !port_may_have_policy(port) {
-        return false;
+fn other_frame_refused(data: usize, data_end: usize, port: u32, from: u32) -> bool {
+    let refused = (!nowhere() && port_may_have_policy(port))
+        || (from != 0 && tagged_neighbour(data, data_end));
+    if refused {
+        count(Counter::CtrFrameRefused);
     }
-    count(Counter::CtrFrameRefused);
+    refused
+}
+
+/// Whether a frame that is not plain IPv4, IPv6 or ARP carries ARP or
+/// neighbour discovery behind VLAN tags: one the kernel stripped
+/// (`vlan_present`, the frame's ethertype then is what was inside) and any
+/// left in the frame (802.1Q or 802.1ad), or more tags than are looked
+/// through. An untagged frame gets here only with another ethertype.
+#[inline(always)]
+fn tagged_neighbour(data: usize, data_end: usize) -> bool {
+    let mut off = ETH_TYPE_OFF;
+    let mut i = 0;
+    // The ethertype behind each of up to `MAX_TAGS` tags.
+    while i <= MAX_TAGS {
+        let Some(t) = ptr_at::<u16>(data, data_end, off) else {
+            return false;
+        };
+        let ty = unsafe { core::ptr::read_unaligned(t) };
+        if ty == ETH_P_ARP_BE {
+            return true;
+        }
+        if ty == ETH_P_IPV6_BE {
+            // Next header and hop limit: neighbour discovery carries 255
+            // and `ICMPv6`, right away or behind extension headers.
+            let Some(ip) = ptr_at::<[u8; 2]>(data, data_end, off + 2 + 6) else {
+                return false;
+            };
+            let ip = unsafe { &*ip };
+            return ip[1] == 255
+                && matches!(
+                    ip[0],
+                    NEXTHDR_ICMPV6 | NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST
+                );
+        }
+        if ty != ETH_P_8021Q_BE && ty != ETH_P_8021AD_BE {
+            return false;
+        }
+        off += 4;
+        i += 1;
+    }
     true
 }
 
@@ -224,22 +297,17 @@ fn nd_claim_spoofed(data: usize, data_end: usize, port: u32) -> bool {
         // claim; any other port may use a non-EUI-64 one of its choosing.
         (own.is_none() && !eui64(&claimed))
             || link_local_matches(data, data_end, &claimed, lla_opt, icmp + ND_BODY)
-    } else if !anywhere {
+    } else if !anywhere || port_owns6(port, &claimed) {
+        // One of the port's own addresses (learned from its container's
+        // namespace), as ARP's sender.
         true
     } else {
         match (endpoint6_with_policy(&claimed), own) {
             (Some(ep), Some(task)) => ep.task_id == task,
-            // A port without policy is refused a policy container's
-            // address unless it is learned and no other task's: ports
-            // learn IPv4 addresses only, so the container of an IPv6-only
-            // task (its IPv4 address no task's endpoint) has no known
-            // task, and its own claims must pass. A port not learned yet
-            // owns nothing, as in the source check.
-            (Some(ep), None) => match port_task(port) {
-                PortTask::NotLearned => false,
-                PortTask::NoTask => true,
-                PortTask::Task(t) => t == ep.task_id,
-            },
+            // Another container's with policy, from a port that does not
+            // hold it (or whose addresses are not learned yet: it owns
+            // nothing, as in the source check).
+            (Some(_), None) => false,
             (None, own) => own.is_none(),
         }
     };
@@ -249,31 +317,14 @@ fn nd_claim_spoofed(data: usize, data_end: usize, port: u32) -> bool {
     !ok
 }
 
-/// What the datapath knows of a port's task.
-enum PortTask {
-    NotLearned,
-    /// Learned, but none of its (IPv4) addresses is a task's endpoint.
-    NoTask,
-    Task(u32),
-}
-
-/// The task of the endpoint at one of port `port`'s learned (IPv4)
-/// addresses, policy or not.
+/// Whether `addr` is one of port `port`'s own (learned) IPv6 addresses.
 #[inline(always)]
-fn port_task(port: u32) -> PortTask {
-    let Some(p) = (unsafe { BERTH_PORT_ADDRS.get(&port) }) else {
-        return PortTask::NotLearned;
+fn port_owns6(port: u32, addr: &[u8; 16]) -> bool {
+    let key = PortAddr6 {
+        ifindex: port,
+        addr: *addr,
     };
-    let mut i = 0;
-    while i < berth_maps::PORT_ADDRS_MAX {
-        if (i as u32) < p.len {
-            if let Some(ep) = unsafe { BERTH_ENDPOINTS.get(&p.addrs_be[i]) } {
-                return PortTask::Task(ep.task_id);
-            }
-        }
-        i += 1;
-    }
-    PortTask::NoTask
+    unsafe { BERTH_PORT_ADDRS6.get(&key) }.is_some()
 }
 
 /// Whether an interface identifier is a modified EUI-64 one (RFC 4291

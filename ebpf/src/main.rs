@@ -286,7 +286,7 @@ pub(crate) fn berth_from_ctr(ctx: TcContext) -> i32 {
     tc_pull_headers(&ctx);
     let (port, vlan) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).vlan_present) };
     gate::gate_learn(ctx.data(), ctx.data_end(), port);
-    if l2::frame_refused(ctx.data(), ctx.data_end(), vlan, port)
+    if l2::frame_refused(ctx.data(), ctx.data_end(), vlan, port, true)
         || l2::arp_spoofed(ctx.data(), ctx.data_end(), port)
     {
         return TC_ACT_SHOT;
@@ -328,7 +328,7 @@ pub(crate) fn berth_to_ctr(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     }
     let (port, vlan) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).vlan_present) };
-    if l2::frame_refused(ctx.data(), ctx.data_end(), vlan, port) {
+    if l2::frame_refused(ctx.data(), ctx.data_end(), vlan, port, false) {
         return TC_ACT_SHOT;
     }
     if tails::is_ipv6(ctx.data(), ctx.data_end()) {

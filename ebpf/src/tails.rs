@@ -9,7 +9,9 @@
 //!   did with IPv6 (nothing is translated, so nothing is owed a check);
 //! - a container's veth drops it where policy applies (or may apply) to
 //!   the port's container, except neighbour discovery, so IPv6 never slips
-//!   past a security group that IPv4 is held to (`policy6.rs`).
+//!   past a security group that IPv4 is held to (`policy6.rs`); what a
+//!   container's neighbour discovery claims is judged all the same, on
+//!   every port (`l2::nd_spoofed`), as its IPv6 program would have.
 use aya_ebpf::programs::TcContext;
 use berth_maps::Counter;
 
@@ -52,6 +54,9 @@ pub(crate) fn ipv6_or_pass(ctx: &TcContext, slot: u32) -> i32 {
 pub(crate) fn ipv6_on_port(ctx: &TcContext, slot: u32, port: u32) -> i32 {
     tail_call(ctx, slot);
     let from = slot == berth_maps::tail::FROM_CTR6;
+    if from && crate::l2::nd_spoofed(ctx.data(), ctx.data_end(), port) {
+        return aya_ebpf::bindings::TC_ACT_SHOT;
+    }
     if port_may_pass_ipv6(ctx.data(), ctx.data_end(), port, from) {
         aya_ebpf::bindings::TC_ACT_OK
     } else {

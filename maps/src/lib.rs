@@ -18,6 +18,8 @@ mod sock6;
 pub use sock6::*;
 mod frag6;
 pub use frag6::*;
+mod port_addrs6;
+pub use port_addrs6::*;
 
 // ---------------------------------------------------------------- names
 
@@ -87,7 +89,7 @@ pub mod program {
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 35] = [
+pub const MAPS: [&str; 36] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -123,6 +125,7 @@ pub const MAPS: [&str; 35] = [
     SOCK_REV6_MAP,
     FRAGS6_MAP,
     NAT6_FWD_MAP,
+    PORT_ADDRS6_MAP,
 ];
 
 /// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so
@@ -894,7 +897,8 @@ counters! {
     Policy6Unjudged = 33 => "policy6_unjudged",
     /// A frame from or to a container with policy that is not untagged
     /// IPv4, IPv6 or ARP (VLAN-tagged, 802.1ad, raw 802.3, LLDP, ...),
-    /// which no judge reads; dropped.
+    /// which no judge reads, or ARP or neighbour discovery behind VLAN
+    /// tags from any container; dropped.
     CtrFrameRefused = 34 => "ctr_frame_refused",
     /// ARP, or an IPv6 neighbour advertisement or solicitation, from a
     /// container claiming an address it may not: one of the host's or a

@@ -355,6 +355,20 @@ impl Env {
         m.insert(ifindex, p, 0).unwrap();
     }
 
+    /// What the daemon learned about bridge port `ifindex`: its IPv6
+    /// addresses (`BERTH_PORT_ADDRS6`, one entry each).
+    pub fn port_addrs6(&mut self, ifindex: u32, addrs: &[std::net::Ipv6Addr]) {
+        let mut m: HashMap<&mut MapData, berth_maps::PortAddr6, u32> =
+            HashMap::try_from(self.ebpf.map_mut(berth_maps::PORT_ADDRS6_MAP).unwrap()).unwrap();
+        for a in addrs {
+            let key = berth_maps::PortAddr6 {
+                ifindex,
+                addr: a.octets(),
+            };
+            m.insert(key, 1, 0).unwrap();
+        }
+    }
+
     /// Empties slot `slot` of `BERTH_TAILS`: the tail call there falls
     /// through, as with a daemon whose build has no program for it.
     pub fn clear_tail(&mut self, slot: u32) {

@@ -29,6 +29,7 @@ mod local_access6;
 mod metrics;
 mod metrics6;
 mod neighbour_claims;
+mod neighbour_claims6;
 mod policy_bypass;
 mod publish6;
 mod remap6;

@@ -29,7 +29,7 @@ const ROUND: Duration = Duration::from_millis(500);
 /// How long a resolution may take.
 const RESOLVING: Duration = Duration::from_secs(3);
 /// A MAC no one has: the host's entry for t2 starts with it.
-const FAKE_MAC: Mac = [0x02, 0xde, 0xad, 0, 0, 0x03];
+pub(super) const FAKE_MAC: Mac = [0x02, 0xde, 0xad, 0, 0, 0x03];
 
 /// t1 (the first container) in a group of its own (policy, nothing let
 /// in), t2 (the second) without any; both with their IPv6 addresses when
@@ -53,7 +53,7 @@ fn setup(dual: bool) -> Rig {
     rig
 }
 
-fn mac_text(m: Mac) -> String {
+pub(super) fn mac_text(m: Mac) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
@@ -62,7 +62,7 @@ fn mac_text(m: Mac) -> String {
 
 /// `ns`'s neighbour entry for `ip` on `dev`, set to `mac` (stale, as a
 /// learned entry ages).
-fn neigh_set(ns: &NetNs, ip: IpAddr, mac: Mac, dev: &str) {
+pub(super) fn neigh_set(ns: &NetNs, ip: IpAddr, mac: Mac, dev: &str) {
     ns.ip([
         "neigh",
         "replace",
@@ -79,7 +79,7 @@ fn neigh_set(ns: &NetNs, ip: IpAddr, mac: Mac, dev: &str) {
 
 /// Whether `ns`'s neighbour entry for `ip` on `dev` holds `mac`; the
 /// entry's text for the message.
-fn neigh_has(ns: &NetNs, ip: IpAddr, dev: &str, mac: Mac) -> (bool, String) {
+pub(super) fn neigh_has(ns: &NetNs, ip: IpAddr, dev: &str, mac: Mac) -> (bool, String) {
     let family = if ip.is_ipv6() { "-6" } else { "-4" };
     let shown = ns
         .ip([family, "neigh", "show", &ip.to_string(), "dev", dev])
@@ -89,7 +89,7 @@ fn neigh_has(ns: &NetNs, ip: IpAddr, dev: &str, mac: Mac) -> (bool, String) {
 
 /// Sends `frames` from `sock` every [`ROUND`] for [`CLAIMING`]; the rounds
 /// sent.
-fn claim_for_a_while(sock: &RawSocket, frames: &[Vec<u8>]) -> u64 {
+pub(super) fn claim_for_a_while(sock: &RawSocket, frames: &[Vec<u8>]) -> u64 {
     let deadline = Instant::now() + CLAIMING;
     let mut rounds = 0;
     while Instant::now() < deadline {
@@ -177,7 +177,7 @@ fn a_container_without_policy_cannot_take_a_policy_containers_or_the_gateways_ad
 
 /// An unsolicited neighbour advertisement for `target` from the container
 /// `(ip, mac)`, to all nodes, announcing its own MAC.
-fn advert(from: (IpAddr, Mac), target: IpAddr) -> Vec<u8> {
+pub(super) fn advert(from: (IpAddr, Mac), target: IpAddr) -> Vec<u8> {
     let (IpAddr::V6(src), IpAddr::V6(target)) = (from.0, target) else {
         panic!("IPv6 addresses only");
     };
@@ -188,7 +188,7 @@ fn advert(from: (IpAddr, Mac), target: IpAddr) -> Vec<u8> {
 }
 
 /// The bridge's link-local address (the kernel's, from its MAC).
-fn link_local(ns: &NetNs, dev: &str) -> IpAddr {
+pub(super) fn link_local(ns: &NetNs, dev: &str) -> IpAddr {
     let shown = ns
         .ip(["-6", "-o", "addr", "show", "dev", dev, "scope", "link"])
         .expect("ip addr show");

@@ -588,6 +588,7 @@ impl BpfDatapath {
             },
         ];
         let port_addrs = take_map(&mut ebpf, PORT_ADDRS_MAP)?;
+        let port_addrs6 = take_map(&mut ebpf, berth_maps::PORT_ADDRS6_MAP)?;
         let ebpf = Arc::new(Mutex::new(ebpf));
         let hooked = take_map(
             &mut ebpf
@@ -605,6 +606,7 @@ impl BpfDatapath {
         let ports = super::ports::watch(super::ports::WatchSetup {
             ebpf: ebpf.clone(),
             addrs_map: port_addrs,
+            addrs6_map: port_addrs6,
             bridges: config.bridges.clone(),
             links_dir,
             hooked,

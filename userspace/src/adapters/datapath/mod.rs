@@ -20,6 +20,7 @@ pub mod pins;
 mod policy;
 mod policy6;
 mod port_addrs;
+mod port_addrs6;
 mod ports;
 mod remap6;
 mod rings;

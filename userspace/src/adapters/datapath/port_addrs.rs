@@ -1,4 +1,4 @@
-//! Which IPv4 addresses belong to which bridge port, learned from an
+//! Which IPv4 and IPv6 addresses belong to which bridge port, learned from an
 //! authoritative source rather than from what the container sends: the
 //! port is the host end of a veth pair, and its peer, inside the
 //! container's network namespace, holds the container's addresses. rtnetlink
@@ -12,7 +12,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -254,25 +254,81 @@ impl Rtnl {
         out.dedup();
         Ok(out)
     }
+
+    /// The IPv6 addresses of interface `peer.ifindex` in its namespace,
+    /// but link-local ones: the datapath knows those by their MAC (see
+    /// `ebpf/src/l2.rs`), not as a port's own.
+    fn ipv6_addrs(&mut self, peer: Peer) -> io::Result<Vec<Ipv6Addr>> {
+        let mut body = vec![0u8; IFADDRMSG_LEN];
+        body[0] = libc::AF_INET6 as u8;
+        body[4..8].copy_from_slice(&peer.ifindex.to_ne_bytes());
+        if let Some(id) = peer.netnsid {
+            push_attr(&mut body, IFA_TARGET_NETNSID, &id.to_ne_bytes());
+        }
+        let msgs = self.request(RTM_GETADDR, NLM_F_DUMP, &body, RTM_NEWADDR)?;
+        let mut out = Vec::new();
+        for m in msgs.iter().filter(|m| m.len() >= IFADDRMSG_LEN) {
+            let index = u32::from_ne_bytes([m[4], m[5], m[6], m[7]]);
+            if m[0] != libc::AF_INET6 as u8 || index != peer.ifindex {
+                continue;
+            }
+            let (mut local, mut address) = (None, None);
+            for (ty, p) in attrs(&m[IFADDRMSG_LEN..]) {
+                if let Ok(octets) = <[u8; 16]>::try_from(p) {
+                    let a = Ipv6Addr::from(octets);
+                    match ty {
+                        IFA_LOCAL => local = Some(a),
+                        IFA_ADDRESS => address = Some(a),
+                        _ => {}
+                    }
+                }
+            }
+            if let Some(a) = local.or(address).filter(|a| port_owned6(*a)) {
+                out.push(a);
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
 }
 
-/// The IPv4 addresses of bridge port `ifindex`: those of its veth peer in
-/// the container's namespace, and that peer. `Ok(None)`: the port is not a
+/// Whether an IPv6 address of a container's interface is one its port
+/// owns: not link-local, multicast, loopback or unspecified.
+fn port_owned6(a: Ipv6Addr) -> bool {
+    !(a.is_unicast_link_local() || a.is_multicast() || a.is_loopback() || a.is_unspecified())
+}
+
+/// What a bridge port's veth peer holds in the container's namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Learned {
+    pub v4: Vec<Ipv4Addr>,
+    pub v6: Vec<Ipv6Addr>,
+}
+
+/// The addresses of bridge port `ifindex`: those of its veth peer in the
+/// container's namespace, and that peer. `Ok(None)`: the port is not a
 /// veth, or its peer is gone, so nothing can be learned.
-pub(super) fn port_addrs(ifindex: u32) -> io::Result<Option<(Peer, Vec<Ipv4Addr>)>> {
+pub(super) fn port_addrs(ifindex: u32) -> io::Result<Option<(Peer, Learned)>> {
     let mut nl = Rtnl::open()?;
     let Some(peer) = nl.veth_peer(ifindex)? else {
         return Ok(None);
     };
-    match nl.ipv4_addrs(peer) {
+    let learned = nl.ipv4_addrs(peer).and_then(|v4| {
+        Ok(Learned {
+            v4,
+            v6: nl.ipv6_addrs(peer)?,
+        })
+    });
+    match learned {
         Ok(a) => Ok(Some((peer, a))),
-        // The container's namespace went away between the two requests.
+        // The container's namespace went away between the requests.
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::EINVAL)) => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-/// Forgets the host's neighbour (ARP) entry for `addr` on bridge
+/// Forgets the host's neighbour (ARP or NDP) entry for `addr` on bridge
 /// `bridge` (an ifindex), if it has one. An address that moves to another
 /// bridge port belongs to a new container with a new MAC, but the entry
 /// its old container left can stay REACHABLE for up to 45 s, and
@@ -280,12 +336,20 @@ pub(super) fn port_addrs(ifindex: u32) -> io::Result<Option<(Peer, Vec<Ipv4Addr>
 /// `bpf_redirect_neigh` included) would go to a MAC nobody has. Without
 /// the entry the kernel resolves the address afresh on the next packet.
 /// `Ok(false)`: there was no entry.
-pub(super) fn forget_neighbour(bridge: u32, addr: Ipv4Addr) -> io::Result<bool> {
+pub(super) fn forget_neighbour(bridge: u32, addr: IpAddr) -> io::Result<bool> {
     let mut nl = Rtnl::open()?;
     let mut body = vec![0u8; NDMSG_LEN];
-    body[0] = libc::AF_INET as u8;
     body[4..8].copy_from_slice(&(bridge as i32).to_ne_bytes());
-    push_attr(&mut body, NDA_DST, &addr.octets());
+    match addr {
+        IpAddr::V4(a) => {
+            body[0] = libc::AF_INET as u8;
+            push_attr(&mut body, NDA_DST, &a.octets());
+        }
+        IpAddr::V6(a) => {
+            body[0] = libc::AF_INET6 as u8;
+            push_attr(&mut body, NDA_DST, &a.octets());
+        }
+    }
     match nl.request(RTM_DELNEIGH, NLM_F_ACK, &body, 0) {
         Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
@@ -300,18 +364,18 @@ pub(super) fn forget_neighbour(bridge: u32, addr: Ipv4Addr) -> io::Result<bool> 
 /// old container is still being torn down) stays with the port that held
 /// it before, or goes to none of them: a newcomer never takes over an
 /// address, and a tie is refused rather than guessed.
-pub(super) fn resolve_claims(
-    prev: &BTreeMap<u32, Vec<Ipv4Addr>>,
-    claims: &BTreeMap<u32, Vec<Ipv4Addr>>,
-) -> (BTreeMap<u32, Vec<Ipv4Addr>>, BTreeSet<Ipv4Addr>) {
-    let mut claimants: BTreeMap<Ipv4Addr, Vec<u32>> = BTreeMap::new();
+pub(super) fn resolve_claims<A: Ord + Copy>(
+    prev: &BTreeMap<u32, Vec<A>>,
+    claims: &BTreeMap<u32, Vec<A>>,
+) -> (BTreeMap<u32, Vec<A>>, BTreeSet<A>) {
+    let mut claimants: BTreeMap<A, Vec<u32>> = BTreeMap::new();
     for (port, addrs) in claims {
         for a in addrs {
             claimants.entry(*a).or_default().push(*port);
         }
     }
     let mut contested = BTreeSet::new();
-    let owner = |a: &Ipv4Addr, ports: &[u32]| -> Option<u32> {
+    let owner = |a: &A, ports: &[u32]| -> Option<u32> {
         if let [only] = ports {
             return Some(*only);
         }
@@ -325,7 +389,7 @@ pub(super) fn resolve_claims(
             _ => None,
         }
     };
-    let mut out: BTreeMap<u32, Vec<Ipv4Addr>> = claims.keys().map(|p| (*p, Vec::new())).collect();
+    let mut out: BTreeMap<u32, Vec<A>> = claims.keys().map(|p| (*p, Vec::new())).collect();
     for (a, ports) in &claimants {
         if ports.len() > 1 {
             contested.insert(*a);
@@ -368,6 +432,28 @@ mod tests {
         let claims = BTreeMap::from([(10, vec![ip(2)]), (11, vec![ip(2)])]);
         let (owned, _) = resolve_claims(&BTreeMap::new(), &claims);
         assert!(owned[&10].is_empty() && owned[&11].is_empty(), "{owned:?}");
+    }
+
+    #[test]
+    fn ipv6_claims_resolve_as_ipv4_ones() {
+        let a: Ipv6Addr = "fd00:17::2".parse().unwrap();
+        let b: Ipv6Addr = "fd00:17::3".parse().unwrap();
+        let prev = BTreeMap::from([(10, vec![a])]);
+        let claims = BTreeMap::from([(10, vec![a]), (11, vec![a, b])]);
+        let (owned, contested) = resolve_claims(&prev, &claims);
+        assert_eq!(owned[&10], [a]);
+        assert_eq!(owned[&11], [b]);
+        assert_eq!(contested, BTreeSet::from([a]));
+    }
+
+    #[test]
+    fn a_port_owns_its_global_ipv6_addresses_only() {
+        for owned in ["fd00:17::2", "2001:db8::5", "fec0::1"] {
+            assert!(port_owned6(owned.parse().unwrap()), "{owned}");
+        }
+        for not in ["fe80::42:acff:fe11:2", "ff02::1", "::1", "::"] {
+            assert!(!port_owned6(not.parse().unwrap()), "{not}");
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! ingress (what the container sends) and `berth_to_ctr` on tc egress (what
 //! it receives). It also keeps each port's own addresses (learned from the
 //! container's side, see [`port_addrs`]) in `BERTH_PORT_ADDRS`, so a container
-//! cannot send from another's address.
+//! cannot send from another's address, and its IPv6 ones in
+//! `BERTH_PORT_ADDRS6` ([`super::port_addrs6`]), which it may claim to its
+//! neighbours.
 //!
 //! A thread follows link events over netlink (`RTM_NEWLINK` / `RTM_DELLINK`,
 //! `IFLA_MASTER` = a served bridge), so a container's veth is hooked as soon
@@ -16,7 +18,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     sync::{
@@ -31,12 +33,13 @@ use aya::{
     maps::{HashMap, MapData},
     Ebpf,
 };
-use berth_maps::{PortAddrs, HOOKED_PORTS_MAP, PORT_ADDRS_MAX};
+use berth_maps::{PortAddr6, PortAddrs, HOOKED_PORTS_MAP, PORT_ADDRS_MAX};
 
 use super::{
     attach::attach_pinned,
     bridges::{BridgeStates, Bridges},
-    port_addrs::{forget_neighbour, port_addrs, resolve_claims, Peer},
+    port_addrs::{forget_neighbour, port_addrs, resolve_claims, Learned, Peer},
+    port_addrs6::PortAddrs6Map,
     DatapathError,
 };
 use crate::domain::error::chain;
@@ -295,6 +298,8 @@ fn ifindex(name: &str) -> Option<u32> {
 pub(super) struct WatchSetup {
     pub ebpf: Arc<Mutex<Ebpf>>,
     pub addrs_map: HashMap<MapData, u32, PortAddrs>,
+    /// `BERTH_PORT_ADDRS6`.
+    pub addrs6_map: HashMap<MapData, PortAddr6, u32>,
     pub bridges: Vec<String>,
     pub links_dir: PathBuf,
     pub hooked: HashMap<MapData, u32, u32>,
@@ -324,7 +329,7 @@ pub(super) fn watch(setup: WatchSetup) -> Result<PortWatcher, DatapathError> {
     // BERTH_PORT_ADDRS from the moment they are attached (or swapped into
     // its pinned links), and that map starts empty after an upgrade from
     // pins without it. Only bridges that exist have ports.
-    let mut addrs = PortAddrSync::adopt(setup.addrs_map);
+    let mut addrs = PortAddrSync::adopt(setup.addrs_map, setup.addrs6_map);
     let present: Vec<String> = setup
         .bridges
         .iter()
@@ -412,8 +417,9 @@ fn follow(
     }
 }
 
-/// `BERTH_PORT_ADDRS` kept equal to what the ports' namespaces say, with
-/// contested addresses resolved by [`resolve_claims`].
+/// `BERTH_PORT_ADDRS` and `BERTH_PORT_ADDRS6` kept equal to what the
+/// ports' namespaces say, with contested addresses resolved by
+/// [`resolve_claims`] (each family on its own).
 struct PortAddrSync {
     map: HashMap<MapData, u32, PortAddrs>,
     /// What the map holds (ifindex -> owned addresses).
@@ -421,6 +427,11 @@ struct PortAddrSync {
     /// What each port's namespace said last time.
     claims: BTreeMap<u32, Vec<Ipv4Addr>>,
     contested: BTreeSet<Ipv4Addr>,
+    /// The same for IPv6 (global addresses only, see `port_addrs`).
+    map6: PortAddrs6Map,
+    owned6: BTreeMap<u32, Vec<Ipv6Addr>>,
+    claims6: BTreeMap<u32, Vec<Ipv6Addr>>,
+    contested6: BTreeSet<Ipv6Addr>,
     /// Each port's veth peer, as last learned: an address event names the
     /// peer (namespace id, ifindex there), not the port.
     peers: BTreeMap<u32, Peer>,
@@ -437,7 +448,10 @@ fn encode_port_addrs(addrs: &[Ipv4Addr]) -> PortAddrs {
 
 impl PortAddrSync {
     /// Starts from what is pinned, so ownership survives a restart.
-    fn adopt(map: HashMap<MapData, u32, PortAddrs>) -> Self {
+    fn adopt(
+        map: HashMap<MapData, u32, PortAddrs>,
+        map6: HashMap<MapData, PortAddr6, u32>,
+    ) -> Self {
         let owned: BTreeMap<u32, Vec<Ipv4Addr>> = map
             .iter()
             .filter_map(Result::ok)
@@ -450,11 +464,16 @@ impl PortAddrSync {
                 (port, addrs)
             })
             .collect();
+        let (map6, owned6) = PortAddrs6Map::adopt(map6);
         Self {
             map,
             claims: owned.clone(),
             owned,
             contested: BTreeSet::new(),
+            map6,
+            claims6: owned6.clone(),
+            owned6,
+            contested6: BTreeSet::new(),
             peers: BTreeMap::new(),
         }
     }
@@ -489,13 +508,18 @@ impl PortAddrSync {
             names.extend(ports);
         }
         let mut claims = BTreeMap::new();
+        let mut claims6 = BTreeMap::new();
         for name in names {
             let Some(ifindex) = super::attach::ifindex(&name).ok() else {
                 continue; // gone since the listing
             };
-            let old = self.claims.get(&ifindex).filter(|a| !a.is_empty());
+            let old = Learned {
+                v4: self.claims.get(&ifindex).cloned().unwrap_or_default(),
+                v6: self.claims6.get(&ifindex).cloned().unwrap_or_default(),
+            };
+            let old = (!old.v4.is_empty() || !old.v6.is_empty()).then_some(old);
             let learned = match old {
-                Some(a) if !full && force != Some(ifindex) => Some(a.clone()),
+                Some(a) if !full && force != Some(ifindex) => Some(a),
                 _ => match port_addrs(ifindex) {
                     Ok(Some((peer, a))) => {
                         self.peers.insert(ifindex, peer);
@@ -504,17 +528,26 @@ impl PortAddrSync {
                     Ok(None) => None,
                     Err(e) => {
                         tracing::warn!(port = %name, error = %e, "reading the port's addresses");
-                        old.cloned()
+                        old
                     }
                 },
             };
-            let mut addrs = learned.unwrap_or_default();
+            let Learned {
+                v4: mut addrs,
+                v6: mut addrs6,
+            } = learned.unwrap_or_default();
             if addrs.len() > PORT_ADDRS_MAX {
                 tracing::warn!(port = %name, addrs = ?addrs, "more than {PORT_ADDRS_MAX} addresses; the rest may not send");
                 addrs.truncate(PORT_ADDRS_MAX);
             }
+            if addrs6.len() > PORT_ADDRS_MAX {
+                tracing::warn!(port = %name, addrs = ?addrs6, "more than {PORT_ADDRS_MAX} IPv6 addresses; the rest may not be claimed");
+                addrs6.truncate(PORT_ADDRS_MAX);
+            }
             claims.insert(ifindex, addrs);
+            claims6.insert(ifindex, addrs6);
         }
+        self.sync6(bridges, claims6);
         let (owned, contested) = resolve_claims(&self.owned, &claims);
         for a in contested.difference(&self.contested) {
             tracing::warn!(addr = %a, "address claimed by more than one bridge port; only its earlier owner, if any, may send from it");
@@ -524,7 +557,13 @@ impl PortAddrSync {
                 continue;
             }
             let before = self.owned.get(port).cloned().unwrap_or_default();
-            forget_neighbours(bridges, addrs.iter().filter(|a| !before.contains(a)));
+            forget_neighbours(
+                bridges,
+                addrs
+                    .iter()
+                    .filter(|a| !before.contains(a))
+                    .map(|a| IpAddr::V4(*a)),
+            );
             match self.map.insert(port, encode_port_addrs(addrs), 0) {
                 Ok(()) => tracing::info!(ifindex = port, addrs = ?addrs, "bridge port addresses"),
                 Err(e) => {
@@ -548,6 +587,52 @@ impl PortAddrSync {
         self.claims = claims;
         self.contested = contested;
     }
+
+    /// Writes the IPv6 addresses each port owns now, given what each
+    /// port's namespace says (`claims6`).
+    fn sync6(&mut self, bridges: &[String], claims6: BTreeMap<u32, Vec<Ipv6Addr>>) {
+        let (owned, contested) = resolve_claims(&self.owned6, &claims6);
+        for a in contested.difference(&self.contested6) {
+            tracing::warn!(addr = %a, "IPv6 address claimed by more than one bridge port; only its earlier owner, if any, may claim it to its neighbours");
+        }
+        let gone = self
+            .owned6
+            .keys()
+            .filter(|p| !owned.contains_key(p))
+            .map(|p| (*p, Vec::new()));
+        let changes: Vec<(u32, Vec<Ipv6Addr>)> = owned
+            .iter()
+            .filter(|(p, a)| self.owned6.get(p).map_or(!a.is_empty(), |b| b != *a))
+            .map(|(p, a)| (*p, a.clone()))
+            .chain(gone)
+            .collect();
+        for (port, addrs) in changes {
+            let before = self.owned6.get(&port).cloned().unwrap_or_default();
+            forget_neighbours(
+                bridges,
+                addrs
+                    .iter()
+                    .filter(|a| !before.contains(a))
+                    .map(|a| IpAddr::V6(*a)),
+            );
+            match self.map6.replace(port, &before, &addrs) {
+                Ok(()) => {
+                    tracing::info!(ifindex = port, addrs = ?addrs, "bridge port IPv6 addresses")
+                }
+                Err(e) => {
+                    tracing::warn!(ifindex = port, error = %e, "writing the port's IPv6 addresses");
+                    continue;
+                }
+            }
+            if addrs.is_empty() && !owned.contains_key(&port) {
+                self.owned6.remove(&port);
+            } else {
+                self.owned6.insert(port, addrs);
+            }
+        }
+        self.claims6 = claims6;
+        self.contested6 = contested;
+    }
 }
 
 /// Addresses newly owned by a bridge port may have been another
@@ -555,14 +640,14 @@ impl PortAddrSync {
 /// bridge has one) are dropped so the next packet learns the new MAC (see
 /// [`forget_neighbour`]). A failure only costs the wait berth would
 /// otherwise have had, so it is logged, not fatal.
-fn forget_neighbours<'a>(bridges: &[String], addrs: impl Iterator<Item = &'a Ipv4Addr>) {
+fn forget_neighbours(bridges: &[String], addrs: impl Iterator<Item = IpAddr>) {
     let indexes: Vec<u32> = bridges
         .iter()
         .filter_map(|b| super::attach::ifindex(b).ok())
         .collect();
     for a in addrs {
         for &bridge in &indexes {
-            match forget_neighbour(bridge, *a) {
+            match forget_neighbour(bridge, a) {
                 Ok(true) => {
                     tracing::info!(addr = %a, "address moved to a new bridge port: its old neighbour entry forgotten")
                 }
@@ -591,6 +676,7 @@ struct LinkEvents {
 
 const RTMGRP_LINK: u32 = 1;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 const SOL_NETLINK: libc::c_int = 270;
 const NETLINK_LISTEN_ALL_NSID: libc::c_int = 8;
 const RTM_NEWADDR: u16 = 20;
@@ -674,7 +760,7 @@ fn wait_readable(links: &OwnedFd, addrs: Option<&AddrEvents>) -> (bool, bool) {
     (ready(&fds[0]), ready(&fds[1]))
 }
 
-/// A `NETLINK_ROUTE` socket subscribed to IPv4 address changes in the
+/// A `NETLINK_ROUTE` socket subscribed to IPv4 and IPv6 address changes in the
 /// containers' namespaces: with `NETLINK_LISTEN_ALL_NSID` it gets the events
 /// of every namespace that has an id in ours (each veth peer's namespace
 /// has one: it is the port's `IFLA_LINK_NETNSID`), tagged with that id, so a
@@ -703,7 +789,7 @@ impl AddrEvents {
         // SAFETY: an all-zero sockaddr_nl is valid; we set the fields used.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as u16;
-        addr.nl_groups = RTMGRP_IPV4_IFADDR;
+        addr.nl_groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
         // SAFETY: `addr` is a valid sockaddr_nl of the length given.
         let rc = unsafe {
             libc::bind(
@@ -785,7 +871,8 @@ impl AddrEvents {
     }
 }
 
-/// The interface of each IPv4 address added or removed in one datagram.
+/// The interface of each IPv4 or IPv6 address added or removed in one
+/// datagram.
 fn parse_addr_events(mut b: &[u8]) -> Vec<u32> {
     let mut out = Vec::new();
     while let Some(len) = u32_at(b, 0).map(|l| l as usize) {
@@ -795,7 +882,9 @@ fn parse_addr_events(mut b: &[u8]) -> Vec<u32> {
         let ty = u16_at(b, 4).unwrap_or(0);
         // ifaddrmsg: family, prefix length, flags, scope, ifindex.
         let body = &b[NLMSG_HDRLEN..len];
-        if (ty == RTM_NEWADDR || ty == RTM_DELADDR) && body.first() == Some(&(libc::AF_INET as u8))
+        let family = body.first().map(|f| i32::from(*f));
+        if (ty == RTM_NEWADDR || ty == RTM_DELADDR)
+            && matches!(family, Some(libc::AF_INET | libc::AF_INET6))
         {
             if let Some(index) = u32_at(body, 4) {
                 out.push(index);
@@ -940,10 +1029,11 @@ mod tests {
         let mut b = addr_msg(RTM_NEWADDR, libc::AF_INET as u8, 2);
         b.extend(addr_msg(RTM_DELADDR, libc::AF_INET as u8, 7));
         b.extend(addr_msg(RTM_NEWADDR, libc::AF_INET6 as u8, 9));
+        b.extend(addr_msg(RTM_NEWADDR, libc::AF_PACKET as u8, 4));
         b.extend(link_msg(RTM_NEWLINK, 3, &[]));
-        assert_eq!(parse_addr_events(&b), [2, 7]);
+        assert_eq!(parse_addr_events(&b), [2, 7, 9]);
         b.extend([0xff, 0xff, 0, 0]); // a length past the end
-        assert_eq!(parse_addr_events(&b), [2, 7]);
+        assert_eq!(parse_addr_events(&b), [2, 7, 9]);
     }
 
     fn link_msg(ty: u16, index: i32, attrs: &[Vec<u8>]) -> Vec<u8> {

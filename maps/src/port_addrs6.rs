@@ -1,0 +1,29 @@
+//! Each bridge port's own IPv6 addresses, learned as its IPv4 ones
+//! ([`crate::PORT_ADDRS_MAP`]) from the port's veth peer in the container's
+//! namespace: what a container may claim to its neighbours by neighbour
+//! discovery without being any task's (see `ebpf/src/l2.rs`). One entry per
+//! (port, address), so the datapath asks with one lookup.
+
+/// (host-side ifindex, global address) -> 1.
+pub const PORT_ADDRS6_MAP: &str = "BERTH_PORT_ADDRS6";
+/// [`crate::PORT_ADDRS_CAPACITY`] ports of [`crate::PORT_ADDRS_MAX`]
+/// addresses each.
+pub const PORT_ADDRS6_CAPACITY: u32 = crate::PORT_ADDRS_CAPACITY * crate::PORT_ADDRS_MAX as u32;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PortAddr6 {
+    pub ifindex: u32,
+    pub addr: [u8; 16],
+}
+
+const _: () = assert!(size_of::<PortAddr6>() == 20);
+
+#[cfg(feature = "user")]
+const _: () = {
+    const fn proven<T: bytemuck::Pod>() {}
+    proven::<PortAddr6>()
+};
+// SAFETY: bytemuck::Pod, checked just above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PortAddr6 {}
