@@ -87,7 +87,7 @@ pub mod program {
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 35] = [
+pub const MAPS: [&str; 37] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -123,6 +123,8 @@ pub const MAPS: [&str; 35] = [
     SOCK_REV6_MAP,
     FRAGS6_MAP,
     NAT6_FWD_MAP,
+    FRAGS_DENY_MAP,
+    FRAGS6_DENY_MAP,
 ];
 
 /// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so
@@ -508,10 +510,32 @@ pub struct CtEntry {
 /// IPv4 fragments: what the first fragment of a datagram decided, for the
 /// later fragments, which carry no ports. LRU and short-lived: an entry
 /// older than [`FRAG_TIMEOUT_NS`] counts as absent, and losing one costs
-/// only that datagram. Datagrams in flight at once, not flows: a few
-/// thousand is plenty.
+/// only that datagram. Only allowed and translated datagrams are here;
+/// refused ones are in [`FRAGS_DENY_MAP`], so a flood of refused first
+/// fragments churns that table and never evicts these. Sized by
+/// `--max-flows` ([`frags_capacity`]).
 pub const FRAGS_MAP: &str = "BERTH_FRAGS";
-pub const FRAGS_CAPACITY: u32 = 1024;
+pub const FRAGS_CAPACITY: u32 = frags_capacity(DEFAULT_MAX_FLOWS);
+/// The first fragments the datapath refused (verdict [`FRAG_V_DENY`]),
+/// apart from [`FRAGS_MAP`]: a flood of them evicts only other refusals.
+/// Same key and value; LRU, sized by `--max-flows` ([`lru_capacity`]).
+pub const FRAGS_DENY_MAP: &str = "BERTH_FRAGS_DENY";
+pub const FRAGS_DENY_CAPACITY: u32 = lru_capacity(DEFAULT_MAX_FLOWS);
+
+/// The capacity of a table of allowed fragmented datagrams in flight
+/// ([`FRAGS_MAP`], `FRAGS6_MAP`) for a given `--max-flows`: a quarter of
+/// it, at least 1024 slots (preallocated, about 100 bytes each). Datagrams
+/// in flight at once, not flows: an entry is needed for the milliseconds
+/// between a datagram's first and last fragment, and what evicts it early
+/// is only other allowed datagrams' first fragments.
+pub const fn frags_capacity(max_flows: u32) -> u32 {
+    let n = max_flows / 4;
+    if n < 1024 {
+        1024
+    } else {
+        n
+    }
+}
 /// Fragments of one datagram arrive within milliseconds; IP ids wrap.
 pub const FRAG_TIMEOUT_NS: u64 = 10_000_000_000;
 /// `FragKey::kind`: DNAT at an uplink (key: client -> host address).

@@ -4,8 +4,9 @@
 //! not for the largest any host could need. IPv6 flows have tables of
 //! their own, sized by `--max-flows6`: most hosts carry far fewer of them.
 use berth_maps::{
-    lru_capacity, CT_MAP, CT_NEW_MAP, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS6, DEFAULT_MAX_MAPPINGS,
-    MAX_CAPACITY, NAT_FWD_MAP, NAT_MAP, NAT_NEW_MAP, PORTS_MAP, SERVICES_MAP, SOCK_REV_MAP,
+    frags_capacity, lru_capacity, CT_MAP, CT_NEW_MAP, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS6,
+    DEFAULT_MAX_MAPPINGS, MAX_CAPACITY, NAT_FWD_MAP, NAT_MAP, NAT_NEW_MAP, PORTS_MAP, SERVICES_MAP,
+    SOCK_REV_MAP,
 };
 
 /// `berth daemon` flags sizing the maps.
@@ -17,7 +18,9 @@ pub struct Capacity {
     /// evicted. An empty table costs 16 bytes per flow of capacity, a
     /// tracked flow about 110 more. The tables of not yet established
     /// flows and of socket translations, which are preallocated, get an
-    /// eighth of it each. `--nat-max`, `--ct-max` and `--ct-embryonic-max`
+    /// eighth of it each. The table of fragmented datagrams in flight
+    /// gets a quarter (at least 1024), the one of refused first fragments
+    /// an eighth. `--nat-max`, `--ct-max` and `--ct-embryonic-max`
     /// override single tables. Pinned tables of another size are resized at
     /// start, their flows kept.
     #[arg(
@@ -97,6 +100,10 @@ impl Capacity {
             (berth_maps::CT6_NEW_MAP, embryonic.unwrap_or(lru6)),
             (SOCK_REV_MAP, lru),
             (berth_maps::SOCK_REV6_MAP, lru6),
+            (berth_maps::FRAGS_MAP, frags_capacity(self.max_flows)),
+            (berth_maps::FRAGS6_MAP, frags_capacity(self.max_flows6)),
+            (berth_maps::FRAGS_DENY_MAP, lru),
+            (berth_maps::FRAGS6_DENY_MAP, lru6),
         ]
     }
 }
@@ -198,6 +205,35 @@ mod tests {
             .unwrap()
             .per_map(None, None, None);
         assert!(tiny.contains(&(NAT_NEW_MAP, 64)), "{tiny:?}");
+    }
+
+    /// The fragment tables follow `--max-flows` (IPv4) and `--max-flows6`
+    /// (IPv6), a quarter for the allowed datagrams in flight (at least
+    /// 1024) and an eighth for the refused ones; the single-table
+    /// overrides are for flow tables and leave them alone.
+    #[test]
+    fn fragment_tables_follow_max_flows_per_family() {
+        let c = parse(&["--max-flows", "65536", "--max-flows6", "8192"]).unwrap();
+        let m = c
+            .per_map(Some(8), Some(9), Some(10))
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>();
+        assert_eq!(
+            (m[berth_maps::FRAGS_MAP], m[berth_maps::FRAGS_DENY_MAP]),
+            (16384, 8192)
+        );
+        assert_eq!(
+            (m[berth_maps::FRAGS6_MAP], m[berth_maps::FRAGS6_DENY_MAP]),
+            (2048, 1024)
+        );
+        let small = parse(&["--max-flows", "100"])
+            .unwrap()
+            .per_map(None, None, None);
+        assert!(small.contains(&(berth_maps::FRAGS_MAP, 1024)), "{small:?}");
+        assert!(
+            small.contains(&(berth_maps::FRAGS_DENY_MAP, 64)),
+            "{small:?}"
+        );
     }
 
     #[test]
