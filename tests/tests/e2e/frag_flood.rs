@@ -22,7 +22,7 @@ use berth_integration::{
     pkt::{self, Ipv6Packet, Packet},
     rig::REQUEST_TIMEOUT as T,
     traffic::{recv_datagram, udp_socket_in},
-    Mode, NetNs, Rig,
+    Bpffs, Daemon, DaemonOptions, Mode, NetNs, Rig, Topology,
 };
 
 /// Twice as many refused first fragments as the daemon's fragment tables
@@ -269,4 +269,77 @@ fn an_ipv6_datagram_sent_through_a_flood_of_refused_first_fragments_arrives_whol
         format!("[{client6}]:{port} {payload}"),
         "the container got the whole datagram from the client"
     );
+}
+
+/// (capacity of `BERTH_FRAGS`, `BERTH_FRAGS_DENY`, `BERTH_FRAGS6`,
+/// `BERTH_FRAGS6_DENY`), as `berth status` reads them from the kernel.
+fn frag_capacities(d: &Daemon) -> [u64; 4] {
+    let s: serde_json::Value =
+        serde_json::from_str(&d.cli_ok(["status", "--json"]).expect("status")).unwrap();
+    let maps = s["datapath"]["maps"].as_array().unwrap();
+    [
+        berth_maps::FRAGS_MAP,
+        berth_maps::FRAGS_DENY_MAP,
+        berth_maps::FRAGS6_MAP,
+        berth_maps::FRAGS6_DENY_MAP,
+    ]
+    .map(|n| {
+        let m = maps.iter().find(|m| m["name"] == n).unwrap();
+        m["capacity"].as_u64().unwrap()
+    })
+}
+
+fn migrated(d: &Daemon) -> Vec<String> {
+    let s: serde_json::Value =
+        serde_json::from_str(&d.cli_ok(["status", "--json"]).expect("status")).unwrap();
+    s["datapath"]["migrated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The fragment tables follow `--max-flows` (IPv4) and `--max-flows6`
+/// (IPv6): a quarter of the flows for allowed datagrams in flight, at
+/// least 1024, and an eighth, at least 64, for refusals. Pins of the
+/// previous build (1024-slot `BERTH_FRAGS` and `BERTH_FRAGS6`, no refusal
+/// tables) are resized at start and the refusal tables made; so are they
+/// when the flags change across a restart.
+#[test]
+fn the_fragment_tables_follow_max_flows_and_older_pins_are_resized() {
+    let topo = Topology::build().unwrap();
+    let bpffs = Bpffs::new().unwrap();
+    let small = ["--max-flows", "1024", "--max-flows6", "1024"];
+    let mut d = Daemon::start_with(
+        &topo.host.ns,
+        &bpffs,
+        DaemonOptions {
+            extra_args: small.iter().map(ToString::to_string).collect(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(frag_capacities(&d), [1024, 128, 1024, 128]);
+    d.stop().unwrap();
+    // What the previous build left: the same allowed tables, no refusal
+    // tables.
+    for name in [berth_maps::FRAGS_DENY_MAP, berth_maps::FRAGS6_DENY_MAP] {
+        std::fs::remove_file(bpffs.path().join("berth").join(name)).unwrap();
+    }
+    d.set_extra_args(&[]);
+    d.start_again().unwrap();
+    assert_eq!(frag_capacities(&d), [4096, 2048, 4096, 2048]);
+    let m = migrated(&d);
+    for name in [berth_maps::FRAGS_MAP, berth_maps::FRAGS6_MAP] {
+        assert!(
+            m.iter()
+                .any(|l| l.starts_with(&format!("{name}: capacity 1024 -> 4096"))),
+            "{name}: {m:?}"
+        );
+    }
+    d.stop().unwrap();
+    d.set_extra_args(&["--max-flows", "65536", "--max-flows6", "8192"]);
+    d.start_again().unwrap();
+    assert_eq!(frag_capacities(&d), [16384, 8192, 2048, 1024]);
 }
