@@ -52,7 +52,7 @@ fn send_raw(packets: &[Vec<u8>], dst: IpAddr) -> io::Result<()> {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(0, &mut set);
-        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) != 0 {
             return Err(io::Error::last_os_error());
         }
     }
