@@ -523,13 +523,15 @@ pub const FRAGS_DENY_MAP: &str = "BERTH_FRAGS_DENY";
 pub const FRAGS_DENY_CAPACITY: u32 = lru_capacity(DEFAULT_MAX_FLOWS);
 
 /// The capacity of a table of allowed fragmented datagrams in flight
-/// ([`FRAGS_MAP`], `FRAGS6_MAP`) for a given `--max-flows`: a quarter of
-/// it, at least 1024 slots (preallocated, about 100 bytes each). Datagrams
-/// in flight at once, not flows: an entry is needed for the milliseconds
-/// between a datagram's first and last fragment, and what evicts it early
-/// is only other allowed datagrams' first fragments.
+/// ([`FRAGS_MAP`], `FRAGS6_MAP`) for a given `--max-flows`: an eighth of
+/// it, as the other preallocated tables ([`lru_capacity`]; 96 bytes a slot
+/// for IPv4, 144 for IPv6), and never fewer than the 1024 slots it had
+/// before it followed the flag. Datagrams in flight at once, not flows: an
+/// entry is needed for the milliseconds between a datagram's first and
+/// last fragment, and what evicts it early is only other allowed
+/// datagrams' first fragments.
 pub const fn frags_capacity(max_flows: u32) -> u32 {
-    let n = max_flows / 4;
+    let n = max_flows / 8;
     if n < 1024 {
         1024
     } else {

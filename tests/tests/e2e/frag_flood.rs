@@ -301,8 +301,8 @@ fn migrated(d: &Daemon) -> Vec<String> {
 }
 
 /// The fragment tables follow `--max-flows` (IPv4) and `--max-flows6`
-/// (IPv6): a quarter of the flows for allowed datagrams in flight, at
-/// least 1024, and an eighth, at least 64, for refusals. Pins of the
+/// (IPv6): an eighth of the flows each for allowed datagrams in flight
+/// (at least 1024) and for refusals (at least 64). Pins of the
 /// previous build (1024-slot `BERTH_FRAGS` and `BERTH_FRAGS6`, no refusal
 /// tables) are resized at start and the refusal tables made; so are they
 /// when the flags change across a restart.
@@ -329,17 +329,17 @@ fn the_fragment_tables_follow_max_flows_and_older_pins_are_resized() {
     }
     d.set_extra_args(&[]);
     d.start_again().unwrap();
-    assert_eq!(frag_capacities(&d), [4096, 2048, 4096, 2048]);
+    assert_eq!(frag_capacities(&d), [2048, 2048, 2048, 2048]);
     let m = migrated(&d);
     for name in [berth_maps::FRAGS_MAP, berth_maps::FRAGS6_MAP] {
         assert!(
             m.iter()
-                .any(|l| l.starts_with(&format!("{name}: capacity 1024 -> 4096"))),
+                .any(|l| l.starts_with(&format!("{name}: capacity 1024 -> 2048"))),
             "{name}: {m:?}"
         );
     }
     d.stop().unwrap();
     d.set_extra_args(&["--max-flows", "65536", "--max-flows6", "8192"]);
     d.start_again().unwrap();
-    assert_eq!(frag_capacities(&d), [16384, 8192, 2048, 1024]);
+    assert_eq!(frag_capacities(&d), [8192, 8192, 1024, 1024]);
 }

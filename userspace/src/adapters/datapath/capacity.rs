@@ -18,9 +18,8 @@ pub struct Capacity {
     /// evicted. An empty table costs 16 bytes per flow of capacity, a
     /// tracked flow about 110 more. The tables of not yet established
     /// flows and of socket translations, which are preallocated, get an
-    /// eighth of it each. The table of fragmented datagrams in flight
-    /// gets a quarter (at least 1024), the one of refused first fragments
-    /// an eighth. `--nat-max`, `--ct-max` and `--ct-embryonic-max`
+    /// eighth of it each. So do the table of fragmented datagrams in
+    /// flight (at least 1024) and the one of refused first fragments. `--nat-max`, `--ct-max` and `--ct-embryonic-max`
     /// override single tables. Pinned tables of another size are resized at
     /// start, their flows kept.
     #[arg(
@@ -208,9 +207,9 @@ mod tests {
     }
 
     /// The fragment tables follow `--max-flows` (IPv4) and `--max-flows6`
-    /// (IPv6), a quarter for the allowed datagrams in flight (at least
-    /// 1024) and an eighth for the refused ones; the single-table
-    /// overrides are for flow tables and leave them alone.
+    /// (IPv6), an eighth each, the allowed datagrams in flight at least
+    /// 1024; the single-table overrides are for flow tables and leave them
+    /// alone.
     #[test]
     fn fragment_tables_follow_max_flows_per_family() {
         let c = parse(&["--max-flows", "65536", "--max-flows6", "8192"]).unwrap();
@@ -220,11 +219,11 @@ mod tests {
             .collect::<std::collections::BTreeMap<_, _>>();
         assert_eq!(
             (m[berth_maps::FRAGS_MAP], m[berth_maps::FRAGS_DENY_MAP]),
-            (16384, 8192)
+            (8192, 8192)
         );
         assert_eq!(
             (m[berth_maps::FRAGS6_MAP], m[berth_maps::FRAGS6_DENY_MAP]),
-            (2048, 1024)
+            (1024, 1024)
         );
         let small = parse(&["--max-flows", "100"])
             .unwrap()
