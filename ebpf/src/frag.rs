@@ -48,6 +48,15 @@
 //! key (what one write did when both were one table), so its later
 //! fragments never ride that verdict; a lookup asks the allowed table
 //! first, which then holds the newest verdict when it holds one.
+//!
+//! Not bounded: allowed first fragments. A sender the groups admit (any
+//! source, spoofed or not, on a port open to 0.0.0.0/0; a container's
+//! egress, open by default, to destinations of its choosing) can still
+//! write more allowed entries than `BERTH_FRAGS` holds while another
+//! datagram's fragments are in flight. A quota per source is no bound
+//! where sources are spoofed, and one per flow or per veth needs a count
+//! the LRU table cannot keep; the table's size (`--max-flows`) is what the
+//! sender has to outrun.
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::LruHashMap};
 use berth_maps::{
     FragEntry, FragKey, FRAGS_DENY_CAPACITY, FRAG_K_POLICY, FRAG_K_POLICY_OUT, FRAG_TIMEOUT_NS,
