@@ -18,9 +18,10 @@ pub struct Capacity {
     /// evicted. An empty table costs 16 bytes per flow of capacity, a
     /// tracked flow about 110 more. The tables of not yet established
     /// flows and of socket translations, which are preallocated, get an
-    /// eighth of it each. So do the table of fragmented datagrams in
-    /// flight (at least 1024) and the one of refused first fragments. `--nat-max`, `--ct-max` and `--ct-embryonic-max`
-    /// override single tables. Pinned tables of another size are resized at
+    /// eighth of it each; so do the table of fragmented datagrams in
+    /// flight (at least 1024) and the one of refused first fragments.
+    /// `--nat-max`, `--ct-max` and `--ct-embryonic-max` override single
+    /// tables. Pinned tables of another size are resized at
     /// start, their flows kept.
     #[arg(
         long,
@@ -46,7 +47,8 @@ pub struct Capacity {
     /// table costs its bucket array, 16 bytes a slot; entries are
     /// allocated as flows come). When one is full, new IPv6 flows
     /// are refused and counted as IPv4's are. The IPv6 tables of not yet
-    /// established flows and of socket translations get an eighth of it.
+    /// established flows, of socket translations and of fragments get an
+    /// eighth of it.
     /// `--nat-max`, `--ct-max` and `--ct-embryonic-max` set IPv6's single
     /// tables too.
     #[arg(
