@@ -24,8 +24,44 @@
 //!
 //! Entries are overwritten by the next first fragment with the same key
 //! (IP ids wrap) and count as absent after `FRAG_TIMEOUT_NS`.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-use berth_maps::{FragEntry, FragKey, FRAG_K_POLICY, FRAG_K_POLICY_OUT, FRAG_TIMEOUT_NS};
+//!
+//! Refusals live apart: allowed and translated datagrams in `BERTH_FRAGS`,
+//! refused ones in `BERTH_FRAGS_DENY` (same key and value). Anyone on the
+//! LAN can send refused first fragments as fast as the link goes (random
+//! IP ids, spoofed sources, ports the groups refuse); in one LRU table
+//! they would evict every allowed datagram in flight, whose later
+//! fragments would then be dropped at a veth (`frag_no_first`) or pass
+//! untranslated at an uplink. Apart, such a flood only evicts other
+//! refusals. What an evicted refusal costs, per key kind:
+//!
+//! - DNAT (uplink): a later fragment with no entry is left to the host
+//!   (it may be its own), whose reassembly holds it until its own timeout
+//!   and limits (`ipfrag_*`) drop it: that is why refusals are remembered
+//!   there at all, and why a flood can at worst give the host's
+//!   reassembly queue some of its own later fragments.
+//! - Policy (veth): a later fragment with no entry is dropped anyway
+//!   (`frag_no_first`); the refusal only counts it `frag_denied` instead,
+//!   so an evicted one costs nothing but that counter's accuracy.
+//! - SNAT: never refused here (nothing is remembered for a dropped reply).
+//!
+//! A refusal removes the allowed entry of an older datagram with the same
+//! key (what one write did when both were one table), so its later
+//! fragments never ride that verdict; a lookup asks the allowed table
+//! first, which then holds the newest verdict when it holds one.
+//!
+//! Not bounded: allowed first fragments. A sender the groups admit (any
+//! source, spoofed or not, on a port open to 0.0.0.0/0; a container's
+//! egress, open by default, to destinations of its choosing) can still
+//! write more allowed entries than `BERTH_FRAGS` holds while another
+//! datagram's fragments are in flight. A quota per source is no bound
+//! where sources are spoofed, and one per flow or per veth needs a count
+//! the LRU table cannot keep; the table's size (`--max-flows`) is what the
+//! sender has to outrun.
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::LruHashMap};
+use berth_maps::{
+    FragEntry, FragKey, FRAGS_DENY_CAPACITY, FRAG_K_POLICY, FRAG_K_POLICY_OUT, FRAG_TIMEOUT_NS,
+    FRAG_V_ALLOW,
+};
 
 use crate::{
     csum,
@@ -33,6 +69,12 @@ use crate::{
     parse::{ptr_at, Flow, Frag, IP_CSUM_OFF, IP_TTL_OFF},
     sys::BPF_ANY,
 };
+
+/// The first fragments refused (`berth_maps::FRAGS_DENY_MAP`), apart from
+/// the allowed ones in `BERTH_FRAGS`.
+#[map]
+pub(crate) static BERTH_FRAGS_DENY: LruHashMap<FragKey, FragEntry> =
+    LruHashMap::pinned(FRAGS_DENY_CAPACITY, 0);
 
 #[inline(always)]
 pub(crate) fn frag_key(kind: u8, src_be: u32, dst_be: u32, proto: u8, id_be: u16) -> FragKey {
@@ -79,7 +121,8 @@ pub(crate) fn frag_key_of_frag(kind: u8, f: &Frag) -> FragKey {
 }
 
 /// Remember what a first fragment decided (replacing any older datagram's
-/// entry with the same key). The map is LRU: it never refuses.
+/// entry with the same key): an allowed one in `BERTH_FRAGS`, a refused
+/// one in `BERTH_FRAGS_DENY`. The maps are LRU: they never refuse.
 #[inline(always)]
 pub(crate) fn frag_remember(key: &FragKey, addr_be: u32, verdict: u8) {
     let e = FragEntry {
@@ -88,14 +131,23 @@ pub(crate) fn frag_remember(key: &FragKey, addr_be: u32, verdict: u8) {
         _pad: [0; 3],
         created_ns: unsafe { bpf_ktime_get_ns() },
     };
-    let _ = BERTH_FRAGS.insert(key, &e, BPF_ANY);
+    if verdict == FRAG_V_ALLOW {
+        let _ = BERTH_FRAGS.insert(key, &e, BPF_ANY);
+    } else {
+        let _ = BERTH_FRAGS.remove(key);
+        let _ = BERTH_FRAGS_DENY.insert(key, &e, BPF_ANY);
+    }
 }
 
 /// What the first fragment of this later fragment's datagram decided, if
-/// it was seen recently.
+/// it was seen recently: the allowed table first (a newer refusal removed
+/// what it held), then the refused one.
 #[inline(always)]
 pub(crate) fn frag_lookup(key: &FragKey) -> Option<FragEntry> {
-    let e = unsafe { BERTH_FRAGS.get(key) }.copied()?;
+    let e = match unsafe { BERTH_FRAGS.get(key) } {
+        Some(e) => *e,
+        None => unsafe { BERTH_FRAGS_DENY.get(key) }.copied()?,
+    };
     let now = unsafe { bpf_ktime_get_ns() };
     if now.wrapping_sub(e.created_ns) > FRAG_TIMEOUT_NS {
         return None;

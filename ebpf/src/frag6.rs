@@ -29,6 +29,11 @@
 //! reassembles into anything), counted `fragment`; at a container's veth
 //! with policy it is dropped (`frag_no_first`). An atomic fragment (offset
 //! 0, M clear) is a whole packet (`parse6.rs`).
+//!
+//! Refusals live apart, as IPv4's (see `frag.rs`, which says why and what
+//! an evicted one costs per key kind): allowed and translated datagrams in
+//! `BERTH_FRAGS6`, refused ones in `BERTH_FRAGS6_DENY`, so a flood of
+//! refused first fragments never evicts an allowed datagram in flight.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_csum_diff, bpf_csum_update, bpf_ktime_get_ns},
@@ -38,8 +43,9 @@ use aya_ebpf::{
 };
 use berth_maps::{
     tail::{self, FRAG6_CB_DNAT, FRAG6_CB_SNAT},
-    Counter, FragEntry6, FragKey6, FRAGS6_CAPACITY, FRAG_K_DNAT, FRAG_K_POLICY, FRAG_K_POLICY_OUT,
-    FRAG_K_SNAT, FRAG_TIMEOUT_NS, FRAG_V_ALLOW, FRAG_V_DENY, PROTO_TCP, PROTO_UDP,
+    Counter, FragEntry6, FragKey6, FRAGS6_CAPACITY, FRAGS6_DENY_CAPACITY, FRAG_K_DNAT,
+    FRAG_K_POLICY, FRAG_K_POLICY_OUT, FRAG_K_SNAT, FRAG_TIMEOUT_NS, FRAG_V_ALLOW, FRAG_V_DENY,
+    PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -56,6 +62,12 @@ use crate::{
 #[map]
 pub(crate) static BERTH_FRAGS6: LruHashMap<FragKey6, FragEntry6> =
     LruHashMap::pinned(FRAGS6_CAPACITY, 0);
+
+/// The first fragments refused (`berth_maps::FRAGS6_DENY_MAP`), apart from
+/// the allowed ones.
+#[map]
+pub(crate) static BERTH_FRAGS6_DENY: LruHashMap<FragKey6, FragEntry6> =
+    LruHashMap::pinned(FRAGS6_DENY_CAPACITY, 0);
 
 /// The 4-byte word of the fixed header that holds the hop limit (payload
 /// length, next header, hop limit), for the checksum difference.
@@ -109,7 +121,8 @@ fn frag6_key_of_frag(kind: u8, f: &Frag6) -> FragKey6 {
 }
 
 /// Remember what a first fragment decided (replacing any older datagram's
-/// entry with the same key). The map is LRU: it never refuses.
+/// entry with the same key): an allowed one in `BERTH_FRAGS6`, a refused
+/// one in `BERTH_FRAGS6_DENY`. The maps are LRU: they never refuse.
 #[inline(always)]
 fn frag6_remember(key: &FragKey6, addr: &[u8; 16], verdict: u8) {
     let e = FragEntry6 {
@@ -118,14 +131,23 @@ fn frag6_remember(key: &FragKey6, addr: &[u8; 16], verdict: u8) {
         _pad: [0; 7],
         created_ns: unsafe { bpf_ktime_get_ns() },
     };
-    let _ = BERTH_FRAGS6.insert(key, &e, BPF_ANY);
+    if verdict == FRAG_V_ALLOW {
+        let _ = BERTH_FRAGS6.insert(key, &e, BPF_ANY);
+    } else {
+        let _ = BERTH_FRAGS6.remove(key);
+        let _ = BERTH_FRAGS6_DENY.insert(key, &e, BPF_ANY);
+    }
 }
 
 /// What the first fragment of this fragment's datagram decided, if it was
-/// seen recently.
+/// seen recently: the allowed table first (a newer refusal removed what it
+/// held), then the refused one.
 #[inline(always)]
 fn frag6_lookup(key: &FragKey6) -> Option<FragEntry6> {
-    let e = unsafe { BERTH_FRAGS6.get(key) }.copied()?;
+    let e = match unsafe { BERTH_FRAGS6.get(key) } {
+        Some(e) => *e,
+        None => unsafe { BERTH_FRAGS6_DENY.get(key) }.copied()?,
+    };
     let now = unsafe { bpf_ktime_get_ns() };
     if now.wrapping_sub(e.created_ns) > FRAG_TIMEOUT_NS {
         return None;

@@ -12,9 +12,15 @@
 //! fragment header's next header is the first header of the fragmentable
 //! part (destination options, say), not always the upper layer.
 
-/// IPv6 datagrams in flight at once, not flows (as IPv4's table).
+/// IPv6 datagrams in flight at once, not flows (as IPv4's table): the
+/// allowed and translated ones, sized by `--max-flows6`
+/// ([`crate::frags_capacity`]).
 pub const FRAGS6_MAP: &str = "BERTH_FRAGS6";
-pub const FRAGS6_CAPACITY: u32 = 1024;
+pub const FRAGS6_CAPACITY: u32 = crate::frags_capacity(crate::DEFAULT_MAX_FLOWS6);
+/// The refused ones, apart (as IPv4's [`crate::FRAGS_DENY_MAP`]): a flood
+/// of refused first fragments evicts only other refusals.
+pub const FRAGS6_DENY_MAP: &str = "BERTH_FRAGS6_DENY";
+pub const FRAGS6_DENY_CAPACITY: u32 = crate::frags_deny_capacity(crate::DEFAULT_MAX_FLOWS6);
 
 /// One IPv6 datagram as its fragments carry it, and which decision it is
 /// for.

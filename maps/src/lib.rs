@@ -89,7 +89,7 @@ pub mod program {
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 36] = [
+pub const MAPS: [&str; 38] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -126,6 +126,8 @@ pub const MAPS: [&str; 36] = [
     FRAGS6_MAP,
     NAT6_FWD_MAP,
     PORT_ADDRS6_MAP,
+    FRAGS_DENY_MAP,
+    FRAGS6_DENY_MAP,
 ];
 
 /// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so
@@ -517,10 +519,49 @@ pub struct CtEntry {
 /// IPv4 fragments: what the first fragment of a datagram decided, for the
 /// later fragments, which carry no ports. LRU and short-lived: an entry
 /// older than [`FRAG_TIMEOUT_NS`] counts as absent, and losing one costs
-/// only that datagram. Datagrams in flight at once, not flows: a few
-/// thousand is plenty.
+/// only that datagram. Only allowed and translated datagrams are here;
+/// refused ones are in [`FRAGS_DENY_MAP`], so a flood of refused first
+/// fragments churns that table and never evicts these. Sized by
+/// `--max-flows` ([`frags_capacity`]).
 pub const FRAGS_MAP: &str = "BERTH_FRAGS";
-pub const FRAGS_CAPACITY: u32 = 1024;
+pub const FRAGS_CAPACITY: u32 = frags_capacity(DEFAULT_MAX_FLOWS);
+/// The first fragments the datapath refused (verdict [`FRAG_V_DENY`]),
+/// apart from [`FRAGS_MAP`]: a flood of them evicts only other refusals.
+/// Same key and value; LRU, sized by `--max-flows` ([`lru_capacity`]).
+pub const FRAGS_DENY_MAP: &str = "BERTH_FRAGS_DENY";
+pub const FRAGS_DENY_CAPACITY: u32 = frags_deny_capacity(DEFAULT_MAX_FLOWS);
+
+/// The capacity of a table of allowed fragmented datagrams in flight
+/// ([`FRAGS_MAP`], `FRAGS6_MAP`) for a given `--max-flows`: a sixteenth of
+/// it (96 bytes a slot for IPv4, 144 for IPv6, preallocated), and never
+/// fewer than the 1024 slots it had before it followed the flag (the
+/// default sizes keep 1024: the memory a quiet host pays). Datagrams in
+/// flight at once, not flows: an entry is needed for the milliseconds
+/// between a datagram's first and last fragment, and what evicts it early
+/// is only other allowed datagrams' first fragments.
+pub const fn frags_capacity(max_flows: u32) -> u32 {
+    let n = max_flows / 16;
+    if n < 1024 {
+        1024
+    } else {
+        n
+    }
+}
+
+/// The capacity of a table of refused first fragments ([`FRAGS_DENY_MAP`],
+/// `FRAGS6_DENY_MAP`): a sixty-fourth of `--max-flows`, at least 64 (256 at
+/// the default). A refusal only keeps its datagram's later fragments from
+/// the host's reassembly, which drops them after its timeout in any case;
+/// a flood of refusals evicts only other refusals.
+pub const fn frags_deny_capacity(max_flows: u32) -> u32 {
+    let n = max_flows / 64;
+    if n < 64 {
+        64
+    } else {
+        n
+    }
+}
+
 /// Fragments of one datagram arrive within milliseconds; IP ids wrap.
 pub const FRAG_TIMEOUT_NS: u64 = 10_000_000_000;
 /// `FragKey::kind`: DNAT at an uplink (key: client -> host address).

@@ -810,3 +810,57 @@ fn ipv6_veth_refusals_are_written_by_the_tail_called_log_program() {
         assert!(dp_log_records(env).is_empty());
     });
 }
+
+/// Refused first fragments are remembered apart from allowed ones
+/// (`BERTH_FRAGS6_DENY`, `frag6.rs`): more of them than that table holds,
+/// from strangers to a port C1's groups refuse, never evict the verdict an
+/// allowed datagram's first fragment left at C1's port, whose later
+/// fragments then still pass (they used to find none: `frag_no_first`).
+#[test]
+fn a_flood_of_refused_ipv6_first_fragments_never_evicts_an_allowed_verdict() {
+    in_fixture_ns(|env| {
+        let j = judged(env);
+        let client = pkt::CLIENT6;
+        add_member6(env, 7, client);
+        let allowed = udp_frags(client, 6000, C1_6, 5353, 3000, 0x5151);
+        assert_eq!(allowed.len(), 3);
+        assert_eq!(
+            on(env, TO6, j.c1, &allowed[0]),
+            OK,
+            "allowed first fragment"
+        );
+        let n = berth_maps::FRAGS6_CAPACITY.max(berth_maps::FRAGS6_DENY_CAPACITY) + 256;
+        let stranger = |i: u32| {
+            let mut a = STRANGER6.octets();
+            a[12..].copy_from_slice(&i.to_be_bytes());
+            Ipv6Addr::from(a)
+        };
+        let refused = counter(env, Counter::PolicyDeniedIngress);
+        let mut last = Vec::new();
+        for i in 0..n {
+            let f = udp_frags(stranger(i), 1024 + (i % 60000) as u16, C1_6, 5354, 3000, i);
+            assert_eq!(
+                on(env, TO6, j.c1, &f[0]),
+                SHOT,
+                "refused first fragment {i}"
+            );
+            last = f;
+        }
+        assert_eq!(
+            counter(env, Counter::PolicyDeniedIngress),
+            refused + u64::from(n)
+        );
+        let no_first = counter(env, Counter::FragNoFirst);
+        assert_eq!(
+            on(env, TO6, j.c1, &allowed[1]),
+            OK,
+            "middle after the flood"
+        );
+        assert_eq!(on(env, TO6, j.c1, &allowed[2]), OK, "last after the flood");
+        assert_eq!(counter(env, Counter::FragNoFirst), no_first);
+        // The newest refusal still holds for its datagram.
+        let denied = counter(env, Counter::FragDenied);
+        assert_eq!(on(env, TO6, j.c1, &last[1]), SHOT);
+        assert_eq!(counter(env, Counter::FragDenied), denied + 1);
+    });
+}

@@ -1136,3 +1136,56 @@ fn container_veth_refusals_are_written_by_the_tail_called_log_program() {
         assert_eq!(env.counter(Counter::DatapathLogLimited), lost + 1);
     });
 }
+
+/// Refused first fragments are remembered apart from allowed ones
+/// (`BERTH_FRAGS_DENY`, `frag.rs`): more of them than that table holds,
+/// from spoofed sources to a port api's groups refuse, never evict the
+/// verdict an allowed datagram's first fragment left at api's port, whose
+/// later fragments then still pass (they used to find no verdict:
+/// `frag_no_first`).
+#[test]
+fn a_flood_of_refused_first_fragments_never_evicts_an_allowed_verdict() {
+    in_fixture_ns(|env| {
+        setup(env);
+        let api = port_of(C2);
+        // A large ping to api, which api's ingress allows.
+        let mut ping = Packet::icmp(OTHER, C2, 8, 0, [0, 7, 0, 1]);
+        ping.frag = 0;
+        let [first, middle, last] = fragments(ping, 0x6401);
+        assert_eq!(received_on(env, api, &first), OK);
+        let n = berth_maps::FRAGS_CAPACITY.max(berth_maps::FRAGS_DENY_CAPACITY) + 256;
+        let refused = env.counter(Counter::PolicyDeniedIngress);
+        let base = u32::from(Ipv4Addr::new(198, 51, 100, 0));
+        for i in 0..n {
+            let src = Ipv4Addr::from(base + i);
+            let [f, ..] = fragments(udp(src, 1024 + (i % 60000) as u16, C2, 7000), i as u16);
+            assert_eq!(
+                received_on(env, api, &f),
+                SHOT,
+                "refused first fragment {i}"
+            );
+        }
+        assert_eq!(
+            env.counter(Counter::PolicyDeniedIngress),
+            refused + u64::from(n)
+        );
+        let no_first = env.counter(Counter::FragNoFirst);
+        assert_eq!(received_on(env, api, &middle), OK, "middle after the flood");
+        assert_eq!(received_on(env, api, &last), OK, "last after the flood");
+        assert_eq!(env.counter(Counter::FragNoFirst), no_first);
+        // The newest refusal still holds for its datagram.
+        let denied = env.counter(Counter::FragDenied);
+        let i = n - 1;
+        let [_, later, _] = fragments(
+            udp(
+                Ipv4Addr::from(base + i),
+                1024 + (i % 60000) as u16,
+                C2,
+                7000,
+            ),
+            i as u16,
+        );
+        assert_eq!(received_on(env, api, &later), SHOT);
+        assert_eq!(env.counter(Counter::FragDenied), denied + 1);
+    });
+}

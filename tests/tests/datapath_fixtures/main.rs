@@ -10,6 +10,7 @@ mod exact_ports;
 mod flowlog;
 mod flowlog6;
 mod frag66;
+mod frag_flood;
 mod frag_refused;
 mod host_addrs;
 mod icmp;

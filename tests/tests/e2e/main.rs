@@ -18,6 +18,7 @@ mod ecs_tasks;
 mod flow_logs;
 mod flow_logs6;
 mod flow_tracking;
+mod frag_flood;
 mod fragments;
 mod fragments6;
 mod harness;

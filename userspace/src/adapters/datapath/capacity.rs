@@ -5,9 +5,9 @@
 //! their own, sized by `--max-flows6`: most hosts carry far fewer of them.
 //! The host address tables follow `--max-host-addrs`.
 use berth_maps::{
-    lru_capacity, CT_MAP, CT_NEW_MAP, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS6,
-    DEFAULT_MAX_HOST_ADDRS, DEFAULT_MAX_MAPPINGS, HOST_ADDRS_MAP, MAX_CAPACITY, NAT_FWD_MAP,
-    NAT_MAP, NAT_NEW_MAP, PORTS_MAP, SERVICES_MAP, SOCK_REV_MAP,
+    frags_capacity, frags_deny_capacity, lru_capacity, CT_MAP, CT_NEW_MAP, DEFAULT_MAX_FLOWS,
+    DEFAULT_MAX_FLOWS6, DEFAULT_MAX_HOST_ADDRS, DEFAULT_MAX_MAPPINGS, HOST_ADDRS_MAP, MAX_CAPACITY,
+    NAT_FWD_MAP, NAT_MAP, NAT_NEW_MAP, PORTS_MAP, SERVICES_MAP, SOCK_REV_MAP,
 };
 
 /// `berth daemon` flags sizing the maps.
@@ -19,8 +19,11 @@ pub struct Capacity {
     /// evicted. An empty table costs 16 bytes per flow of capacity, a
     /// tracked flow about 110 more. The tables of not yet established
     /// flows and of socket translations, which are preallocated, get an
-    /// eighth of it each. `--nat-max`, `--ct-max` and `--ct-embryonic-max`
-    /// override single tables. Pinned tables of another size are resized at
+    /// eighth of it each; the table of fragmented datagrams in flight a
+    /// sixteenth (at least 1024), the one of refused first fragments a
+    /// sixty-fourth (at least 64).
+    /// `--nat-max`, `--ct-max` and `--ct-embryonic-max` override single
+    /// tables. Pinned tables of another size are resized at
     /// start, their flows kept.
     #[arg(
         long,
@@ -46,7 +49,8 @@ pub struct Capacity {
     /// table costs its bucket array, 16 bytes a slot; entries are
     /// allocated as flows come). When one is full, new IPv6 flows
     /// are refused and counted as IPv4's are. The IPv6 tables of not yet
-    /// established flows and of socket translations get an eighth of it.
+    /// established flows, of socket translations and of fragments get an
+    /// eighth of it.
     /// `--nat-max`, `--ct-max` and `--ct-embryonic-max` set IPv6's single
     /// tables too.
     #[arg(
@@ -119,6 +123,10 @@ impl Capacity {
             (berth_maps::SOCK_REV6_MAP, lru6),
             (HOST_ADDRS_MAP, self.max_host_addrs),
             (berth_maps::HOST_ADDRS6_MAP, self.max_host_addrs),
+            (berth_maps::FRAGS_MAP, frags_capacity(self.max_flows)),
+            (berth_maps::FRAGS6_MAP, frags_capacity(self.max_flows6)),
+            (berth_maps::FRAGS_DENY_MAP, frags_deny_capacity(self.max_flows)),
+            (berth_maps::FRAGS6_DENY_MAP, frags_deny_capacity(self.max_flows6)),
         ]
     }
 }
@@ -232,6 +240,35 @@ mod tests {
             .unwrap()
             .per_map(None, None, None);
         assert!(tiny.contains(&(NAT_NEW_MAP, 64)), "{tiny:?}");
+    }
+
+    /// The fragment tables follow `--max-flows` (IPv4) and `--max-flows6`
+    /// (IPv6), an eighth each, the allowed datagrams in flight at least
+    /// 1024; the single-table overrides are for flow tables and leave them
+    /// alone.
+    #[test]
+    fn fragment_tables_follow_max_flows_per_family() {
+        let c = parse(&["--max-flows", "65536", "--max-flows6", "8192"]).unwrap();
+        let m = c
+            .per_map(Some(8), Some(9), Some(10))
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>();
+        assert_eq!(
+            (m[berth_maps::FRAGS_MAP], m[berth_maps::FRAGS_DENY_MAP]),
+            (4096, 1024)
+        );
+        assert_eq!(
+            (m[berth_maps::FRAGS6_MAP], m[berth_maps::FRAGS6_DENY_MAP]),
+            (1024, 128)
+        );
+        let small = parse(&["--max-flows", "100"])
+            .unwrap()
+            .per_map(None, None, None);
+        assert!(small.contains(&(berth_maps::FRAGS_MAP, 1024)), "{small:?}");
+        assert!(
+            small.contains(&(berth_maps::FRAGS_DENY_MAP, 64)),
+            "{small:?}"
+        );
     }
 
     #[test]

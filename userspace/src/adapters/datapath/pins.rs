@@ -106,7 +106,12 @@ pub const CONVERTERS: &[Converter] = converters![
 /// Maps whose entries live seconds and cost one datagram each when lost
 /// (a later fragment with no first fragment's verdict): one of another
 /// key or value layout is made anew, empty, rather than refused.
-pub const DISPOSABLE: &[&str] = &[berth_maps::FRAGS_MAP, berth_maps::FRAGS6_MAP];
+pub const DISPOSABLE: &[&str] = &[
+    berth_maps::FRAGS_MAP,
+    berth_maps::FRAGS6_MAP,
+    berth_maps::FRAGS_DENY_MAP,
+    berth_maps::FRAGS6_DENY_MAP,
+];
 
 /// Hash maps the daemon fills again from the host right after the load
 /// (the host's addresses): one made smaller than its fill keeps what fits,
@@ -1049,6 +1054,15 @@ mod tests {
             assert_eq!(plan_map(name, &want, &want), Ok(Plan::Keep));
             // Another kind of map under the name is still refused.
             plan_map(name, &shape(1, old_key, value, 1024, 0), &want).unwrap_err();
+        }
+        // The refusal tables share their keys and values: made anew too
+        // when those change, resized when only their capacity does.
+        for (name, key, value) in [("BERTH_FRAGS_DENY", 16, 16), ("BERTH_FRAGS6_DENY", 44, 32)] {
+            let want = shape(9, key, value, 2048, 0);
+            let other = shape(9, key + 4, value, 2048, 0);
+            assert_eq!(plan_map(name, &other, &want), Ok(Plan::Fresh), "{name}");
+            let smaller = shape(9, key, value, 128, 0);
+            assert_eq!(plan_map(name, &smaller, &want), Ok(Plan::Resize), "{name}");
         }
         // A table that holds flows is never dropped for a new key.
         let want = shape(1, 16, 88, 1024, 0);
