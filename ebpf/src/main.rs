@@ -54,6 +54,7 @@ mod nat6;
 mod nexthop;
 mod parse;
 mod parse6;
+mod pmtu;
 mod policy;
 mod policy6;
 mod remap6;
