@@ -29,6 +29,7 @@ mod metrics;
 mod metrics6;
 mod neighbour_claims;
 mod policy_bypass;
+mod pmtu;
 mod publish6;
 mod remap6;
 mod restart_and_guard;
