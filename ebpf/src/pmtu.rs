@@ -127,7 +127,7 @@ fn forget_unsent(flow: &Flow, backend: &Backend, sport_be: u16) {
 
 /// Whether this CPU's bucket has a token (taken).
 #[inline(always)]
-fn token() -> bool {
+pub(crate) fn token() -> bool {
     let Some(b) = BERTH_PMTU_BUCKET.get_ptr_mut(0) else {
         return false;
     };
@@ -160,7 +160,7 @@ fn unicast(addr_be: u32) -> bool {
 }
 
 #[inline(always)]
-fn fold(mut sum: u32) -> u16 {
+pub(crate) fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u16
@@ -169,7 +169,7 @@ fn fold(mut sum: u32) -> u16 {
 /// Sum of `bytes` as native-order 16-bit words (one's-complement sums do
 /// not care about byte order when every word is taken the same way).
 #[inline(always)]
-fn sum_words(bytes: &[u8], mut sum: u32) -> u32 {
+pub(crate) fn sum_words(bytes: &[u8], mut sum: u32) -> u32 {
     let mut i = 0;
     while i + 1 < bytes.len() {
         sum += u32::from(u16::from_ne_bytes([bytes[i], bytes[i + 1]]));

@@ -70,6 +70,9 @@ pub mod program {
     /// `ICMPv6` errors about NAT66 flows (tail-called by [`INGRESS6`] and
     /// [`REPLY6`]).
     pub const ICMP6: &str = crate::tail::PROGRAM_ICMP6;
+    /// `ICMPv6` "packet too big" for what [`INGRESS6`] cannot deliver
+    /// (tail-called).
+    pub const PMTU6: &str = crate::tail::PROGRAM_PMTU6;
 
     /// The cgroup `sock_addr` hooks.
     pub const SOCKET_HOOKS: [&str; 10] = [
@@ -79,10 +82,10 @@ pub mod program {
     /// Attached to every bridge port (its container's veth).
     pub const PORT_PROGRAMS: [&str; 2] = [FROM_CTR, TO_CTR];
     /// Every program of the object.
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 26] = [
         INGRESS, XDP, DELIVER, REPLY, FROM_CTR, TO_CTR, BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4,
         PEERNAME4, EMPTY_TC, EMPTY_XDP, INGRESS6, FROM_CTR6, TO_CTR6, REPLY6, CONNECT6, SENDMSG6,
-        RECVMSG6, PEERNAME6, LOG, FRAG6, ICMP6,
+        RECVMSG6, PEERNAME6, LOG, FRAG6, ICMP6, PMTU6,
     ];
 }
 
@@ -134,19 +137,23 @@ pub const NEXT_HOPS_MAP: &str = "BERTH_NEXT_HOPS";
 pub const SVC_CACHE_MAP: &str = "BERTH_SVC_CACHE";
 
 /// Maps of the eBPF object that are not pinned.
-pub const UNPINNED_MAPS: [&str; 6] = [
+pub const UNPINNED_MAPS: [&str; 7] = [
     NEXT_HOPS_MAP,
     FLOW_LOG_RING,
     DP_LOG_MAP,
     DP_LOG_BUCKET_MAP,
     SVC_CACHE_MAP,
     PMTU_BUCKET_MAP,
+    PMTU6_QUOTE_MAP,
 ];
 
 /// The per-CPU token bucket of the ICMP errors an uplink sends for packets
 /// too long for their container's route (`ebpf/src/pmtu.rs`, a
 /// [`LogBucket`]): not pinned, as [`NEXT_HOPS_MAP`].
 pub const PMTU_BUCKET_MAP: &str = "BERTH_PMTU_BUCKET";
+/// Per CPU, the quote of an ICMPv6 "packet too big" while it is summed
+/// (`ebpf/src/pmtu6.rs`): not pinned.
+pub const PMTU6_QUOTE_MAP: &str = "BERTH_PMTU6_QUOTE";
 /// At most this many such ICMP errors per second and CPU (the kernel's
 /// default `icmp_msgs_per_sec` is 1000 for the whole host)...
 pub const PMTU_ICMP_PER_SEC: u64 = 100;

@@ -6,12 +6,13 @@
 //! smaller one comes from a route to one container (`ip route ... mtu`).
 use berth::model::Protocol;
 use berth_integration::{
-    pkt::{self, Packet},
+    pkt::{self, Ipv6Packet, Packet, HOST6},
     testrun::*,
 };
-use berth_maps::{Counter, XDP_HANDOFF_MAGIC};
+use berth_maps::{Counter, FlowKey6, NatEntry6, XDP_HANDOFF_MAGIC};
 
 use crate::{
+    ipv6::{publish6, C1_6},
     run::{hex, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
     table::{client_tcp, client_udp, publish_defaults},
 };
@@ -213,5 +214,56 @@ fn fragmentation_needed_answers_are_rate_limited() {
         // A burst of 50 per CPU (two here) and 100 a second each.
         assert!(sent < 250, "{sent} of {n} answered");
         assert!(held > 0);
+    });
+}
+
+/// The frame that must answer `about` (a client's IPv6 frame, too long
+/// for `mtu`): ICMPv6 packet too big from the address it was sent to,
+/// quoting its first 1 232 bytes, MACs swapped.
+fn packet_too_big(about: &Ipv6Packet, mtu: u32) -> Vec<u8> {
+    let mut p = Ipv6Packet::icmpv6(2, 0);
+    (p.src, p.dst, p.hop_limit) = (about.dst, about.src, 64);
+    p.payload = mtu.to_be_bytes().to_vec();
+    p.payload
+        .extend(&about.frame()[pkt::ETH_LEN..pkt::ETH_LEN + 1232]);
+    let mut f = p.frame();
+    let (dst, src) = (f[..6].to_vec(), f[6..12].to_vec());
+    f[..6].copy_from_slice(&src);
+    f[6..12].copy_from_slice(&dst);
+    f
+}
+
+#[test]
+fn ipv6_datagram_over_the_bridge_mtu_is_answered_with_packet_too_big() {
+    in_fixture_ns(|env| {
+        publish6(env, HOST6, 8053, Protocol::Udp, 53);
+        env.host_addr6(HOST6);
+        let mut p = Ipv6Packet::new(pkt::UDP, 8053);
+        p.payload = (0..1453).map(|i| (i * 13 + 1) as u8).collect();
+        assert_eq!(p.frame().len(), pkt::ETH_LEN + 1501);
+        let v = env.tc("berth_ingress", &p.frame());
+        assert_eq!(v.code, TC_ACT_REDIRECT);
+        assert_eq!(hex(&v.frame), hex(&packet_too_big(&p, 1500)));
+        assert_eq!(env.counter(Counter::FragNeededSent), 1);
+        assert_eq!(env.counter(Counter::NoRoute), 0);
+        let open = env.map_entries::<FlowKey6, NatEntry6>(berth_maps::NAT6_NEW_MAP);
+        assert!(open.is_empty(), "the undelivered datagram's flow: {open:?}");
+        // One that fits goes to the container, translated.
+        p.payload.pop();
+        let v = env.tc("berth_ingress", &p.frame());
+        assert_eq!(v.code, TC_ACT_REDIRECT);
+        assert_eq!(
+            &v.frame[pkt::ETH_LEN + 24..pkt::ETH_LEN + 40],
+            &C1_6.octets()
+        );
+        // A frame to every station is never answered.
+        let mut m = Ipv6Packet::new(pkt::UDP, 8053);
+        m.sport = 40001;
+        m.payload = vec![7; 1453];
+        let mut f = m.frame();
+        f[..6].fill(0xff);
+        assert_eq!(env.tc("berth_ingress", &f).code, TC_ACT_SHOT);
+        assert_eq!(env.counter(Counter::FragNeededSent), 1);
+        assert_eq!(env.counter(Counter::FragNeededSuppressed), 1);
     });
 }
