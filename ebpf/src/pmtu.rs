@@ -287,7 +287,9 @@ pub(crate) fn xdp_send_back(ctx: &XdpContext, ans: &FragNeeded) -> u32 {
     let Some(p) = ptr_at::<[u8; ETH_LEN + ICMP4_HDRS_LEN]>(ctx.data(), ctx.data_end(), 0) else {
         return xdp_action::XDP_DROP;
     };
-    unsafe { core::ptr::write_unaligned(p, ans.hdr) };
+    unsafe {
+        core::ptr::write_unaligned(p, ans.hdr);
+    }
     let mut dmac = [0u8; 6];
     let mut smac = [0u8; 6];
     dmac.copy_from_slice(&ans.hdr[..6]);

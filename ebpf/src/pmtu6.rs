@@ -1,6 +1,6 @@
 //! Path-MTU discovery through a published IPv6 port: `pmtu.rs`'s rules
 //! over IPv6, where every packet too long for the container's route gets
-//! an answer (IPv6 routers never fragment): ICMPv6 "packet too big" (type
+//! an answer (IPv6 routers never fragment): `ICMPv6` "packet too big" (type
 //! 2, RFC 4443) with the route's MTU, from the address the client sent
 //! to, quoting as much of the packet as fits in the minimum MTU (1 232
 //! bytes: every packet here is longer, as no IPv6 route's MTU is below
@@ -35,9 +35,9 @@ use crate::{
     tc::tc_pull_headers,
 };
 
-/// The quote: what fits in 1 280 bytes beside an IPv6 and an ICMPv6 header.
+/// The quote: what fits in 1 280 bytes beside an IPv6 and an `ICMPv6` header.
 pub(crate) const QUOTE6_LEN: usize = 1232;
-/// The IPv6 and ICMPv6 headers the answer puts in front of its quote.
+/// The IPv6 and `ICMPv6` headers the answer puts in front of its quote.
 const HDRS6_LEN: usize = 40 + 8;
 const ICMPV6: u8 = 58;
 const ICMPV6_PACKET_TOO_BIG: u8 = 2;
@@ -47,7 +47,7 @@ const HOP_LIMIT: u8 = 64;
 #[map]
 static BERTH_PMTU6_QUOTE: PerCpuArray<[u8; QUOTE6_LEN]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Whether an address may be an ICMPv6 error's source or destination.
+/// Whether an address may be an `ICMPv6` error's source or destination.
 #[inline(always)]
 fn unicast6(a: &[u8; 16]) -> bool {
     let mut low = 0u8;

@@ -151,7 +151,7 @@ pub const UNPINNED_MAPS: [&str; 7] = [
 /// too long for their container's route (`ebpf/src/pmtu.rs`, a
 /// [`LogBucket`]): not pinned, as [`NEXT_HOPS_MAP`].
 pub const PMTU_BUCKET_MAP: &str = "BERTH_PMTU_BUCKET";
-/// Per CPU, the quote of an ICMPv6 "packet too big" while it is summed
+/// Per CPU, the quote of an `ICMPv6` "packet too big" while it is summed
 /// (`ebpf/src/pmtu6.rs`): not pinned.
 pub const PMTU6_QUOTE_MAP: &str = "BERTH_PMTU6_QUOTE";
 /// At most this many such ICMP errors per second and CPU (the kernel's
@@ -915,7 +915,7 @@ counters! {
     NeighSpoofed = 35 => "neigh_spoofed",
     /// A packet to a published port longer than its container route's MTU
     /// (IPv4 with DF set, or IPv6): answered with ICMP "fragmentation
-    /// needed" / ICMPv6 "packet too big" from the address it was sent to,
+    /// needed" / `ICMPv6` "packet too big" from the address it was sent to,
     /// and dropped (`ebpf/src/pmtu.rs`).
     FragNeededSent = 36 => "frag_needed_sent",
     /// Such a packet whose answer was not sent: over the per-CPU rate limit

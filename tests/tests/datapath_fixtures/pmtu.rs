@@ -218,7 +218,7 @@ fn fragmentation_needed_answers_are_rate_limited() {
 }
 
 /// The frame that must answer `about` (a client's IPv6 frame, too long
-/// for `mtu`): ICMPv6 packet too big from the address it was sent to,
+/// for `mtu`): `ICMPv6` packet too big from the address it was sent to,
 /// quoting its first 1 232 bytes, MACs swapped.
 fn packet_too_big(about: &Ipv6Packet, mtu: u32) -> Vec<u8> {
     let mut p = Ipv6Packet::icmpv6(2, 0);

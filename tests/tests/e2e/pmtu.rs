@@ -7,7 +7,7 @@
 use std::{
     io,
     net::UdpSocket,
-    os::fd::AsRawFd,
+    os::fd::AsRawFd as _,
     thread,
     time::{Duration, Instant},
 };
@@ -92,8 +92,15 @@ fn ip_mtu(sock: &UdpSocket) -> u32 {
     let mut v: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: as above, with room for the int the kernel writes.
-    let rc =
-        unsafe { libc::getsockopt(sock.as_raw_fd(), level, opt, (&raw mut v).cast(), &mut len) };
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            level,
+            opt,
+            (&raw mut v).cast(),
+            &raw mut len,
+        )
+    };
     assert_eq!(rc, 0, "MTU: {}", io::Error::last_os_error());
     v as u32
 }
