@@ -50,8 +50,13 @@ pub(crate) fn ingress<H: Hook>(h: &H) -> H::Verdict {
             let mtu_len = h.mtu_len(flow.tot_len);
             let next =
                 next_hop_to_container(h, &flow, backend.addr_be, h.in_ifindex(), mtu_len, now);
-            if let NextHop::TooBig { mtu } = next {
-                return crate::pmtu::too_big(h, &flow, &backend, sport_be, mtu);
+            match next {
+                NextHop::TooBig { mtu } => {
+                    return crate::pmtu::too_big(h, &flow, &backend, sport_be, mtu)
+                }
+                // Nothing to rewrite for a packet that goes nowhere.
+                NextHop::Unreachable => return h.deliver(next),
+                _ => {}
             }
             let rw = ingress_rewrite(&flow, &backend, sport_be);
             if h.rewrite(&flow, &rw).is_err() {

@@ -394,8 +394,11 @@ pub(crate) fn ingress6(ctx: &TcContext) -> i32 {
         ifindex,
         ctx.mtu_len(ip_len(&f)),
     );
-    if let NextHop::TooBig { mtu } = next {
-        return crate::pmtu6::to_pmtu6(ctx, mtu, sport_be);
+    match next {
+        NextHop::TooBig { mtu } => return crate::pmtu6::to_pmtu6(ctx, mtu, sport_be),
+        // Nothing to rewrite for a packet that goes nowhere.
+        NextHop::Unreachable => return ctx.deliver(next),
+        _ => {}
     }
     // A clash remapped the client's source port towards the container.
     if sport_be != f.src_port_be
