@@ -2,7 +2,10 @@
 //! MAC addresses; delivery is a redirect, so a DNAT'd packet never meets
 //! netfilter (a Docker host's FORWARD policy is DROP).
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{
+        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
+    },
     helpers::bpf_fib_lookup,
     EbpfContext,
 };
@@ -25,7 +28,11 @@ pub(crate) enum NextHop {
     },
     /// Route known, neighbour not yet: let the kernel resolve it.
     NoNeigh { ifindex: u32 },
-    /// No route, forwarding disabled, MTU exceeded, ...
+    /// Route known, but the packet is longer than its MTU (`mtu`, what
+    /// the FIB reported): the sender is told (`pmtu.rs`) where the
+    /// packet's kind allows it.
+    TooBig { mtu: u16 },
+    /// No route, forwarding disabled, ...
     Unreachable,
 }
 
@@ -145,6 +152,10 @@ fn lookup<C: EbpfContext>(
         }
     } else if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         NextHop::NoNeigh { ifindex: p.ifindex }
+    } else if rc == i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+        NextHop::TooBig {
+            mtu: unsafe { p.__bindgen_anon_1.mtu_result },
+        }
     } else {
         NextHop::Unreachable
     }
@@ -185,6 +196,10 @@ pub(crate) fn fib_lookup_v6<C: EbpfContext>(
         }
     } else if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         NextHop::NoNeigh { ifindex: p.ifindex }
+    } else if rc == i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+        NextHop::TooBig {
+            mtu: unsafe { p.__bindgen_anon_1.mtu_result },
+        }
     } else {
         NextHop::Unreachable
     }

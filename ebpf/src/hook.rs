@@ -4,7 +4,7 @@
 //! rewritten, how a translated packet is sent on, and the verdicts.
 use aya_ebpf::EbpfContext;
 
-use crate::{fib::NextHop, nat::Rewrite, parse::Flow};
+use crate::{fib::NextHop, nat::Rewrite, parse::Flow, pmtu::FragNeeded};
 
 pub(crate) trait Hook: EbpfContext {
     type Verdict: Copy;
@@ -26,6 +26,10 @@ pub(crate) trait Hook: EbpfContext {
     fn rewrite(&self, flow: &Flow, rw: &Rewrite) -> Result<(), ()>;
     /// Send a translated packet towards `next` without netfilter.
     fn deliver(&self, next: NextHop) -> Self::Verdict;
+    /// Turn the frame into `ans` (`pmtu.rs`: its headers, then the first
+    /// `ans.quote_len` bytes of the IPv4 packet) and send it back out of
+    /// the interface it came in by.
+    fn send_back(&self, ans: &FragNeeded) -> Self::Verdict;
     /// A frame that is not IPv4: TC tail-calls the IPv6 program with an
     /// IPv6 one (`tails.rs`); XDP passes it, for the TC program beside it.
     fn not_ipv4(&self) -> Self::Verdict;

@@ -5,7 +5,7 @@ use berth_maps::{Backend, Counter, FRAG_K_DNAT, FRAG_V_ALLOW, FRAG_V_DENY, PROTO
 
 use crate::{
     ct::ct_now,
-    fib::{fib_lookup_frag, fib_lookup_icmp, fib_lookup_v4},
+    fib::{fib_lookup_frag, fib_lookup_icmp, fib_lookup_v4, NextHop},
     frag::{
         frag_key_of_flow, frag_key_of_frag, frag_lookup, frag_remember, frag_rewrite, FragRewrite,
     },
@@ -45,19 +45,24 @@ pub(crate) fn ingress<H: Hook>(h: &H) -> H::Verdict {
         Ingress::Drop => H::DROP,
         Ingress::NotIpv4 => h.not_ipv4(),
         Ingress::Dnat(flow, backend, sport_be, now) => {
+            // The next hop first: a packet too long for it is answered
+            // as it came (`pmtu.rs`), untranslated.
+            let mtu_len = h.mtu_len(flow.tot_len);
+            let next =
+                next_hop_to_container(h, &flow, backend.addr_be, h.in_ifindex(), mtu_len, now);
+            match next {
+                NextHop::TooBig { mtu } => {
+                    return crate::pmtu::too_big(h, &flow, &backend, sport_be, mtu)
+                }
+                // Nothing to rewrite for a packet that goes nowhere.
+                NextHop::Unreachable => return h.deliver(next),
+                _ => {}
+            }
             let rw = ingress_rewrite(&flow, &backend, sport_be);
             if h.rewrite(&flow, &rw).is_err() {
                 return H::DROP;
             }
-            let mtu_len = h.mtu_len(flow.tot_len);
-            h.deliver(next_hop_to_container(
-                h,
-                &flow,
-                backend.addr_be,
-                h.in_ifindex(),
-                mtu_len,
-                now,
-            ))
+            h.deliver(next)
         }
         Ingress::FragDnat(f, to) => {
             let rw = FragRewrite {

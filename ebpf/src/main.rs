@@ -54,6 +54,8 @@ mod nat6;
 mod nexthop;
 mod parse;
 mod parse6;
+mod pmtu;
+mod pmtu6;
 mod policy;
 mod policy6;
 mod remap6;

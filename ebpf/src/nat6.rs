@@ -30,7 +30,7 @@ use crate::{
         DIR_REPLY,
     },
     dplog::{EV_CLASH, EV_HOST_SOURCE, EV_MARTIAN, EV_NAT_FULL, EV_POLICY},
-    fib::fib_lookup_v6,
+    fib::{fib_lookup_v6, NextHop},
     flowlog::{flow_log_refused6, Refused6},
     hook::Hook as _,
     maps::{count, BERTH_HOST_ADDRS6, BERTH_NAT6, BERTH_NAT6_NEW},
@@ -384,13 +384,32 @@ pub(crate) fn ingress6(ctx: &TcContext) -> i32 {
         old_port_be: f.dst_port_be,
         new_port_be: b.port_be,
     };
+    // The next hop first: a packet too long for it is answered as it came
+    // (`pmtu6.rs`), untranslated.
+    let next = fib_lookup_v6(
+        ctx,
+        f.proto,
+        &f.src_addr,
+        &b.addr,
+        ifindex,
+        ctx.mtu_len(ip_len(&f)),
+    );
+    match next {
+        NextHop::TooBig { mtu } => return crate::pmtu6::to_pmtu6(ctx, mtu, sport_be),
+        // Nothing to rewrite for a packet that goes nowhere.
+        NextHop::Unreachable => return ctx.deliver(next),
+        _ => {}
+    }
     // A clash remapped the client's source port towards the container.
     if sport_be != f.src_port_be
         && crate::remap6::rewrite_port(ctx, &f, f.l4_off, f.src_port_be, sport_be).is_err()
     {
         return TC_ACT_SHOT;
     }
-    translate(ctx, &f, &rw, &f.src_addr, &b.addr)
+    if rewrite6(ctx, &f, &rw).is_err() {
+        return TC_ACT_SHOT;
+    }
+    ctx.deliver(next)
 }
 
 /// An IPv6 frame a container sent, at the bridge: a reply to a tracked

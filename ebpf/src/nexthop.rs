@@ -125,6 +125,9 @@ pub(crate) fn next_hop_to_container<C: EbpfContext>(
                 _pad: [0; 6],
             };
         }
+        // Too long for the route: the entry (checked for shorter packets)
+        // stays right for them.
+        NextHop::TooBig { .. } => {}
         // The route or the neighbour is gone: no stale answer is kept.
         _ if s.key == key => s.ifindex = 0,
         _ => {}

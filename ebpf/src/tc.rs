@@ -15,6 +15,7 @@ use crate::{
     maps::count,
     nat::Rewrite,
     parse::{ptr_at, Flow, ETH_LEN, IP_CSUM_OFF, IP_TTL_OFF},
+    pmtu::FragNeeded,
     tails,
 };
 
@@ -164,6 +165,11 @@ impl Hook for TcContext {
     }
 
     #[inline(always)]
+    fn send_back(&self, ans: &FragNeeded) -> i32 {
+        crate::pmtu::tc_send_back(self, ans)
+    }
+
+    #[inline(always)]
     fn not_ipv4(&self) -> i32 {
         if tails::is_ipv6(Self::data(self), Self::data_end(self)) {
             return tails::ipv6_or_pass(self, tail::INGRESS6);
@@ -193,7 +199,7 @@ fn tc_redirect(ctx: &TcContext, next: NextHop) -> i32 {
         NextHop::NoNeigh { ifindex } => unsafe {
             bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32
         },
-        NextHop::Unreachable => {
+        NextHop::Unreachable | NextHop::TooBig { .. } => {
             count(Counter::NoRoute);
             TC_ACT_SHOT
         }

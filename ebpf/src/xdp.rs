@@ -12,6 +12,7 @@ use crate::{
     maps::count,
     nat::Rewrite,
     parse::{ptr_at, Flow, IP_CSUM_OFF, IP_TTL_OFF},
+    pmtu::FragNeeded,
 };
 
 #[inline(always)]
@@ -110,6 +111,11 @@ impl Hook for XdpContext {
         xdp_handoff(self, next)
     }
 
+    #[inline(always)]
+    fn send_back(&self, ans: &FragNeeded) -> u32 {
+        crate::pmtu::xdp_send_back(self, ans)
+    }
+
     /// A program array takes programs of one type (TC's here), so IPv6
     /// goes on to `berth_deliver`, which tail-calls for it.
     #[inline(always)]
@@ -121,7 +127,7 @@ impl Hook for XdpContext {
 /// XDP cannot redirect into a bridge, so it leaves the next hop in the
 /// packet metadata and passes; `berth_deliver` (TC, same device) redirects.
 #[inline(always)]
-fn xdp_handoff(ctx: &XdpContext, next: NextHop) -> u32 {
+pub(crate) fn xdp_handoff(ctx: &XdpContext, next: NextHop) -> u32 {
     let (magic, ifindex) = match next {
         NextHop::Resolved {
             ifindex,
@@ -140,7 +146,7 @@ fn xdp_handoff(ctx: &XdpContext, next: NextHop) -> u32 {
             (XDP_HANDOFF_MAGIC, ifindex)
         }
         NextHop::NoNeigh { ifindex } => (XDP_HANDOFF_MAGIC_NEIGH, ifindex),
-        NextHop::Unreachable => {
+        NextHop::Unreachable | NextHop::TooBig { .. } => {
             count(Counter::NoRoute);
             return xdp_action::XDP_DROP;
         }

@@ -72,6 +72,9 @@ pub mod program {
     /// `ICMPv6` errors about NAT66 flows (tail-called by [`INGRESS6`] and
     /// [`REPLY6`]).
     pub const ICMP6: &str = crate::tail::PROGRAM_ICMP6;
+    /// `ICMPv6` "packet too big" for what [`INGRESS6`] cannot deliver
+    /// (tail-called).
+    pub const PMTU6: &str = crate::tail::PROGRAM_PMTU6;
 
     /// The cgroup `sock_addr` hooks.
     pub const SOCKET_HOOKS: [&str; 10] = [
@@ -81,10 +84,10 @@ pub mod program {
     /// Attached to every bridge port (its container's veth).
     pub const PORT_PROGRAMS: [&str; 2] = [FROM_CTR, TO_CTR];
     /// Every program of the object.
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 26] = [
         INGRESS, XDP, DELIVER, REPLY, FROM_CTR, TO_CTR, BIND4, BIND6, CONNECT4, SENDMSG4, RECVMSG4,
         PEERNAME4, EMPTY_TC, EMPTY_XDP, INGRESS6, FROM_CTR6, TO_CTR6, REPLY6, CONNECT6, SENDMSG6,
-        RECVMSG6, PEERNAME6, LOG, FRAG6, ICMP6,
+        RECVMSG6, PEERNAME6, LOG, FRAG6, ICMP6, PMTU6,
     ];
 }
 
@@ -139,13 +142,28 @@ pub const NEXT_HOPS_MAP: &str = "BERTH_NEXT_HOPS";
 pub const SVC_CACHE_MAP: &str = "BERTH_SVC_CACHE";
 
 /// Maps of the eBPF object that are not pinned.
-pub const UNPINNED_MAPS: [&str; 5] = [
+pub const UNPINNED_MAPS: [&str; 7] = [
     NEXT_HOPS_MAP,
     FLOW_LOG_RING,
     DP_LOG_MAP,
     DP_LOG_BUCKET_MAP,
     SVC_CACHE_MAP,
+    PMTU_BUCKET_MAP,
+    PMTU6_QUOTE_MAP,
 ];
+
+/// The per-CPU token bucket of the ICMP errors an uplink sends for packets
+/// too long for their container's route (`ebpf/src/pmtu.rs`, a
+/// [`LogBucket`]): not pinned, as [`NEXT_HOPS_MAP`].
+pub const PMTU_BUCKET_MAP: &str = "BERTH_PMTU_BUCKET";
+/// Per CPU, the quote of an `ICMPv6` "packet too big" while it is summed
+/// (`ebpf/src/pmtu6.rs`): not pinned.
+pub const PMTU6_QUOTE_MAP: &str = "BERTH_PMTU6_QUOTE";
+/// At most this many such ICMP errors per second and CPU (the kernel's
+/// default `icmp_msgs_per_sec` is 1000 for the whole host)...
+pub const PMTU_ICMP_PER_SEC: u64 = 100;
+/// ... with bursts of up to this many.
+pub const PMTU_ICMP_BURST: u64 = 50;
 
 // ---------------------------------------------------------------- timeouts
 //
@@ -946,6 +964,21 @@ counters! {
     /// container's with policy (from any container), or anything not its
     /// own (from a container with policy); dropped.
     NeighSpoofed = 35 => "neigh_spoofed",
+    /// A packet to a published port longer than its container route's MTU
+    /// (IPv4 with DF set, or IPv6): answered with ICMP "fragmentation
+    /// needed" / `ICMPv6` "packet too big" from the address it was sent to,
+    /// and dropped (`ebpf/src/pmtu.rs`).
+    FragNeededSent = 36 => "frag_needed_sent",
+    /// Such a packet whose answer was not sent: over the per-CPU rate limit
+    /// ([`PMTU_ICMP_PER_SEC`]), or from a source never answered (broadcast,
+    /// multicast, 0.0.0.0/8, one of the host's own addresses, a frame not
+    /// sent to the uplink's own MAC); dropped.
+    FragNeededSuppressed = 37 => "frag_needed_suppressed",
+    /// An IPv4 packet to a published port longer than its container
+    /// route's MTU without DF: the datapath cannot fragment it and the
+    /// sender asked not to be told; dropped (as a router that cannot
+    /// fragment would).
+    TooBigNoDf = 38 => "too_big_no_df",
 }
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 // The map is indexed by the enum: indexes run 0.. in order.

@@ -34,6 +34,12 @@ pub const FRAG6: u32 = 6;
 /// the uplink's and the bridge's IPv6 programs: a program of its own for
 /// the stack it needs.
 pub const ICMP6: u32 = 5;
+/// IPv6 packets too long for their container's route (`berth_pmtu6`):
+/// answered with `ICMPv6` "packet too big", tail-called by
+/// `berth_ingress6` (no stack left for it) with the route's MTU in the
+/// packet's `cb[0]` and the flow's client port towards the container in
+/// `cb[1]`.
+pub const PMTU6: u32 = 7;
 /// Slots of the array; room for a few more without a new layout.
 pub const LEN: u32 = 8;
 
@@ -59,6 +65,9 @@ pub const FRAG6_CB_SNAT: u32 = 2;
 /// The `ICMPv6` error translation (slot [`ICMP6`]).
 pub const PROGRAM_ICMP6: &str = "berth_icmp6";
 
+/// The program of slot [`PMTU6`].
+pub const PROGRAM_PMTU6: &str = "berth_pmtu6";
+
 /// (slot, program) for every program the loader puts in the array. Each
 /// program is also in [`crate::program::ALL`].
 pub const PROGRAMS: &[(u32, &str)] = &[
@@ -69,6 +78,7 @@ pub const PROGRAMS: &[(u32, &str)] = &[
     (LOG, PROGRAM_LOG),
     (FRAG6, PROGRAM_FRAG6),
     (ICMP6, PROGRAM_ICMP6),
+    (PMTU6, PROGRAM_PMTU6),
 ];
 
 const _: () = {

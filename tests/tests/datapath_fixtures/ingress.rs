@@ -230,9 +230,11 @@ fn ingress_normal(t: &mut Table) {
     let mut p = client_tcp(8080).with_payload_len(1461);
     p.tcp_flags = pkt::ACK;
     t.add(
-        "tcp segment one byte over the bridge mtu",
+        "tcp segment one byte over the bridge mtu (DF): fragmentation needed",
         p.frame(),
-        Expect::DropAfterNat,
+        Expect::TooBig {
+            want: crate::pmtu::frag_needed(&p, 1500),
+        },
     );
 
     let c1_53 = (C1, 53);
@@ -240,10 +242,18 @@ fn ingress_normal(t: &mut Table) {
         let p = client_udp(8053).with_payload_len(n);
         t.dnat(format!("udp datagram with {n} bytes of payload"), &p, c1_53);
     }
-    t.add(
-        "udp datagram one byte over the bridge mtu",
+    t.drop(
+        "udp datagram one byte over the bridge mtu, no DF: dropped as it came",
         client_udp(8053).with_payload_len(1473).frame(),
-        Expect::DropAfterNat,
+    );
+    let mut p = client_udp(8053).with_payload_len(1473);
+    p.frag = pkt::IP_DF;
+    t.add(
+        "udp datagram one byte over the bridge mtu (DF): fragmentation needed",
+        p.frame(),
+        Expect::TooBig {
+            want: crate::pmtu::frag_needed(&p, 1500),
+        },
     );
     for n in [0, 1, 4] {
         let mut p = client_udp(8053).with_payload_len(n);

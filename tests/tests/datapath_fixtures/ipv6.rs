@@ -23,7 +23,7 @@ use berth_maps::{Backend6, Counter, ServiceKey6, SERVICES6_MAP};
 
 use crate::table::publish_defaults;
 
-const C1_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+pub(crate) const C1_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 /// Published on `[::]` (TCP) and on `HOST6` only (UDP).
 const TCP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 8053;

@@ -20,6 +20,7 @@ mod ipv6;
 mod migrated;
 mod nat66;
 mod nexthop;
+mod pmtu;
 mod remap66;
 mod reply;
 mod run;

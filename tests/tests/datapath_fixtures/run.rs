@@ -83,7 +83,7 @@ pub(crate) fn run_tc(env: &Env, f: &mut Failures, prog: &str, c: &Case) {
                 format!("verdict {} != TC_ACT_SHOT", v.code)
             });
         }
-        Expect::Nat { want, .. } => {
+        Expect::Nat { want, .. } | Expect::TooBig { want } => {
             f.check(prog, n, v.code == TC_ACT_REDIRECT, || {
                 format!("verdict {} != TC_ACT_REDIRECT", v.code)
             });
@@ -118,6 +118,19 @@ pub(crate) fn run_xdp(env: &Env, f: &mut Failures, c: &Case, docker0: u32) {
             f.check(prog, n, v.code == XDP_DROP, || {
                 format!("verdict {} != XDP_DROP", v.code)
             });
+        }
+        Expect::TooBig { want } => {
+            f.check(prog, n, v.code == XDP_PASS, || {
+                format!("verdict {} != XDP_PASS", v.code)
+            });
+            let (meta, frame) = v.frame.split_at(8.min(v.frame.len()));
+            // Handed to `berth_deliver`, back to the test run's device.
+            let mut want_meta = XDP_HANDOFF_MAGIC.to_ne_bytes().to_vec();
+            want_meta.extend(ifindex("lo").to_ne_bytes());
+            f.check(prog, n, meta == want_meta, || {
+                format!("handoff {}, want {}", hex(meta), hex(&want_meta))
+            });
+            f.frame(prog, n, frame, want, &c.frame);
         }
         Expect::Nat { want, neigh } => {
             f.check(prog, n, v.code == XDP_PASS, || {

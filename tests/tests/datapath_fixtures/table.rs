@@ -68,6 +68,9 @@ pub(crate) enum Expect {
     /// Dropped after the rewrite (no route, or longer than the route's
     /// MTU): the bytes go nowhere, so only the verdict is checked.
     DropAfterNat,
+    /// Too long for the container's route: answered with exactly this
+    /// frame (an ICMP error) out of the uplink it came in by (`pmtu`).
+    TooBig { want: Vec<u8> },
 }
 
 #[derive(Clone)]

@@ -31,6 +31,7 @@ mod metrics;
 mod metrics6;
 mod neighbour_claims;
 mod neighbour_claims6;
+mod pmtu;
 mod policy_bypass;
 mod publish6;
 mod remap6;

@@ -67,6 +67,9 @@ pub const DROP_COUNTERS: &[&str] = &[
     "policy6_unjudged",
     "ctr_frame_refused",
     "neigh_spoofed",
+    "frag_needed_sent",
+    "frag_needed_suppressed",
+    "too_big_no_df",
 ];
 
 /// Security-group refusals among the datapath counters, by direction.
