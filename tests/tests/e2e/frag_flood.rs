@@ -31,8 +31,9 @@ use berth_integration::{
 fn flood_len() -> u32 {
     let allowed = berth_maps::frags_capacity(berth_maps::DEFAULT_MAX_FLOWS)
         .max(berth_maps::frags_capacity(berth_maps::DEFAULT_MAX_FLOWS6));
-    let refused = berth_maps::frags_deny_capacity(berth_maps::DEFAULT_MAX_FLOWS)
-        .max(berth_maps::frags_deny_capacity(berth_maps::DEFAULT_MAX_FLOWS6));
+    let refused = berth_maps::frags_deny_capacity(berth_maps::DEFAULT_MAX_FLOWS).max(
+        berth_maps::frags_deny_capacity(berth_maps::DEFAULT_MAX_FLOWS6),
+    );
     2 * allowed.max(refused)
 }
 
@@ -331,7 +332,10 @@ fn the_fragment_tables_follow_max_flows_and_older_pins_are_resized() {
     d.start_again().unwrap();
     assert_eq!(frag_capacities(&d), [4096, 1024, 2048, 512]);
     let m = migrated(&d);
-    for (name, to) in [(berth_maps::FRAGS_MAP, 4096), (berth_maps::FRAGS6_MAP, 2048)] {
+    for (name, to) in [
+        (berth_maps::FRAGS_MAP, 4096),
+        (berth_maps::FRAGS6_MAP, 2048),
+    ] {
         assert!(
             m.iter()
                 .any(|l| l.starts_with(&format!("{name}: capacity 1024 -> {to}"))),

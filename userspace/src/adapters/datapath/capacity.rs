@@ -125,8 +125,14 @@ impl Capacity {
             (berth_maps::HOST_ADDRS6_MAP, self.max_host_addrs),
             (berth_maps::FRAGS_MAP, frags_capacity(self.max_flows)),
             (berth_maps::FRAGS6_MAP, frags_capacity(self.max_flows6)),
-            (berth_maps::FRAGS_DENY_MAP, frags_deny_capacity(self.max_flows)),
-            (berth_maps::FRAGS6_DENY_MAP, frags_deny_capacity(self.max_flows6)),
+            (
+                berth_maps::FRAGS_DENY_MAP,
+                frags_deny_capacity(self.max_flows),
+            ),
+            (
+                berth_maps::FRAGS6_DENY_MAP,
+                frags_deny_capacity(self.max_flows6),
+            ),
         ]
     }
 }
