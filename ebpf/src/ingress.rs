@@ -54,8 +54,14 @@ pub(crate) fn ingress<H: Hook>(h: &H) -> H::Verdict {
                 NextHop::TooBig { mtu } => {
                     return crate::pmtu::too_big(h, &flow, &backend, sport_be, mtu)
                 }
-                // Nothing to rewrite for a packet that goes nowhere.
-                NextHop::Unreachable => return h.deliver(next),
+                // Nothing to rewrite for a packet that goes nowhere; nor
+                // for the later fragments of a first one that did.
+                NextHop::Unreachable => {
+                    if flow.first_frag {
+                        frag_remember(&frag_key_of_flow(FRAG_K_DNAT, &flow), 0, FRAG_V_DENY);
+                    }
+                    return h.deliver(next);
+                }
                 _ => {}
             }
             let rw = ingress_rewrite(&flow, &backend, sport_be);

@@ -371,9 +371,6 @@ pub(crate) fn ingress6(ctx: &TcContext) -> i32 {
             return TC_ACT_OK;
         }
     };
-    if f.first_frag {
-        crate::frag6::frag6_first_dnat(&f, &b.addr);
-    }
     count(Counter::IngressDnat);
     crate::stats::binding_count_in(b.binding, ip_len(&f));
     let rw = Rewrite6 {
@@ -394,11 +391,22 @@ pub(crate) fn ingress6(ctx: &TcContext) -> i32 {
         ifindex,
         ctx.mtu_len(ip_len(&f)),
     );
+    // A first fragment's later ones follow it only where it went: one
+    // answered or dropped here leaves them nothing to follow.
     match next {
-        NextHop::TooBig { mtu } => return crate::pmtu6::to_pmtu6(ctx, mtu, sport_be),
+        NextHop::TooBig { mtu } => {
+            crate::frag6::frag6_first_dropped(&f);
+            return crate::pmtu6::to_pmtu6(ctx, mtu, sport_be);
+        }
         // Nothing to rewrite for a packet that goes nowhere.
-        NextHop::Unreachable => return ctx.deliver(next),
+        NextHop::Unreachable => {
+            crate::frag6::frag6_first_dropped(&f);
+            return ctx.deliver(next);
+        }
         _ => {}
+    }
+    if f.first_frag {
+        crate::frag6::frag6_first_dnat(&f, &b.addr);
     }
     // A clash remapped the client's source port towards the container.
     if sport_be != f.src_port_be
