@@ -56,6 +56,7 @@ mod parse;
 mod parse6;
 mod policy;
 mod policy6;
+mod port_ep6;
 mod remap6;
 mod rules6;
 mod service;

@@ -89,7 +89,7 @@ pub mod program {
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 36] = [
+pub const MAPS: [&str; 37] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -126,6 +126,7 @@ pub const MAPS: [&str; 36] = [
     FRAGS6_MAP,
     NAT6_FWD_MAP,
     PORT_ADDRS6_MAP,
+    PORT_LIST6_MAP,
 ];
 
 /// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so
