@@ -16,7 +16,9 @@ fn an_ipv6_only_tasks_groups_hold_at_its_veth_both_ways() {
     let _allowed = listen(&rig.topo.host.ns, 8087);
     let _other = listen(&rig.topo.host.ns, 8088);
     // The container keeps its IPv4 address (172.17.0.2), no task's.
-    rig.berth(&["map", "add", "--task", "web", "--ip6", CTR6, "-p", "8080:80"]);
+    rig.berth(&[
+        "map", "add", "--task", "web", "--ip6", CTR6, "-p", "8080:80",
+    ]);
     assert_connects(&ctr2.ns, addr(CTR6, 80));
 
     // In: nothing (a new group has no ingress rule); out: TCP 8087 only.
