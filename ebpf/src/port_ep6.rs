@@ -8,6 +8,11 @@
 //! policy. It is a property of the port, never of a packet's addresses: a
 //! container does not leave its rules by sending from an address it does
 //! not hold.
+//!
+//! The IPv4 judges (`policy.rs`) still go by the packets' addresses: IPv4
+//! of a port whose only policy endpoint is IPv6 is not judged by that
+//! task's rules (not yet: it would cost every IPv4 packet of a port without
+//! policy a lookup here).
 use aya_ebpf::{bindings::BPF_F_NO_PREALLOC, macros::map, maps::HashMap};
 use berth_maps::{PortAddrs6, PORT_ADDRS_CAPACITY, PORT_ADDRS_MAX};
 
