@@ -58,6 +58,7 @@ mod pmtu;
 mod pmtu6;
 mod policy;
 mod policy6;
+mod port_ep6;
 mod remap6;
 mod rules6;
 mod service;

@@ -16,10 +16,12 @@
 //! rogue-router attack, and is dropped. What a solicitation or an
 //! advertisement claims is judged first, on every port (`l2::nd_spoofed`).
 //!
-//! Which container a port carries is known by its learned IPv4 addresses
-//! (`BERTH_PORT_ADDRS`): policy applies when one of them has it. A port
-//! whose addresses were never learned may carry a task with policy, so
-//! while any endpoint has policy it is treated as one (fail closed).
+//! Which container a port carries is known by its learned addresses: the
+//! IPv4 ones (`BERTH_PORT_ADDRS`) first, then the IPv6 ones
+//! (`BERTH_PORT_LIST6`, `port_ep6.rs`, for a task registered with IPv6
+//! only): policy applies when one of them has it. A port whose addresses
+//! were never learned may carry a task with policy, so while any endpoint
+//! has policy it is treated as one (fail closed).
 //!
 //! A refusal carries its datapath-log event out of [`judge6`] ([`Judged6`]), as IPv4's
 //! (`policy::Judged`); the program hands the packet to `berth_log`
@@ -43,8 +45,8 @@ use crate::{
     parse::{ptr_at, ETH_LEN},
     parse6::{parse_packet6, Flow6, Parsed6, IP6_HDR_LEN},
     policy::{endpoint_with_policy, nowhere},
+    port_ep6::{port_endpoint6, EP6_NONE, EP6_OPEN},
     rules6::{endpoint6_with_policy, numbered6, policy6_allows, Match6, PROTO_OTHER},
-    spoof::port_has_policy,
     sys::{BPF_NOEXIST, EEXIST},
     tcp::{tcp_completes, tcp_seg_at, Seg},
 };
@@ -131,10 +133,7 @@ fn quiet6(allowed: bool) -> Judged6 {
 /// Whether policy may apply to the container behind bridge port `ifindex`.
 #[inline(always)]
 pub(crate) fn port_may_have_policy(ifindex: u32) -> bool {
-    match unsafe { BERTH_PORT_ADDRS.get(&ifindex) } {
-        Some(p) => port_has_policy(p),
-        None => true,
-    }
+    !matches!(port_endpoint(ifindex), PortEp::Open)
 }
 
 /// An IPv6 frame a container on port `ifindex` sends (`from`) or receives
@@ -182,19 +181,28 @@ pub(crate) enum PortEp {
 
 #[inline(always)]
 pub(crate) fn port_endpoint(ifindex: u32) -> PortEp {
-    let Some(p) = (unsafe { BERTH_PORT_ADDRS.get(&ifindex) }) else {
-        return PortEp::Unknown;
-    };
-    let mut i = 0;
-    while i < PORT_ADDRS_MAX {
-        if (i as u32) < p.len {
-            if let Some(ep) = endpoint_with_policy(p.addrs_be[i]) {
-                return PortEp::Policy(ep);
+    let v4 = unsafe { BERTH_PORT_ADDRS.get(&ifindex) };
+    if let Some(p) = v4 {
+        let mut i = 0;
+        while i < PORT_ADDRS_MAX {
+            if (i as u32) < p.len {
+                if let Some(ep) = endpoint_with_policy(p.addrs_be[i]) {
+                    return PortEp::Policy(ep);
+                }
             }
+            i += 1;
         }
-        i += 1;
     }
-    PortEp::Open
+    // No IPv4 address of the port names a task with policy: its IPv6
+    // ones may (a task registered with IPv6 only, `port_ep6.rs`).
+    match port_endpoint6(ifindex) {
+        EP6_NONE if v4.is_none() => PortEp::Unknown,
+        EP6_NONE | EP6_OPEN => PortEp::Open,
+        ep => PortEp::Policy(Endpoint {
+            task_id: (ep >> 32) as u32,
+            flags: ep as u32,
+        }),
+    }
 }
 
 /// What the judges look at in a packet.

@@ -92,7 +92,7 @@ pub mod program {
 }
 
 /// Every map of the eBPF object, each pinned by this name.
-pub const MAPS: [&str; 38] = [
+pub const MAPS: [&str; 39] = [
     SERVICES_MAP,
     HOST_ADDRS_MAP,
     LOCAL_NETS_MAP,
@@ -131,6 +131,7 @@ pub const MAPS: [&str; 38] = [
     PORT_ADDRS6_MAP,
     FRAGS_DENY_MAP,
     FRAGS6_DENY_MAP,
+    PORT_LIST6_MAP,
 ];
 
 /// The next-hop cache (`ebpf/src/nexthop.rs`): per CPU, not pinned, so

@@ -19,11 +19,32 @@ pub struct PortAddr6 {
 
 const _: () = assert!(size_of::<PortAddr6>() == 20);
 
+/// The same addresses as one list per port, so the veth judges find the
+/// task a port carries by its IPv6 addresses as by its IPv4 ones (a task
+/// registered with IPv6 only): host-side ifindex -> [`PortAddrs6`]. The
+/// daemon writes it beside [`PORT_ADDRS6_MAP`]; a port without IPv6
+/// addresses has no entry.
+pub const PORT_LIST6_MAP: &str = "BERTH_PORT_LIST6";
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PortAddrs6 {
+    /// Valid entries of `addrs`, at most [`crate::PORT_ADDRS_MAX`].
+    pub len: u32,
+    pub addrs: [[u8; 16]; crate::PORT_ADDRS_MAX],
+}
+
+const _: () = assert!(size_of::<PortAddrs6>() == 4 + 16 * crate::PORT_ADDRS_MAX);
+
 #[cfg(feature = "user")]
 const _: () = {
     const fn proven<T: bytemuck::Pod>() {}
-    proven::<PortAddr6>()
+    proven::<PortAddr6>();
+    proven::<PortAddrs6>();
 };
 // SAFETY: bytemuck::Pod, checked just above.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PortAddr6 {}
+// SAFETY: bytemuck::Pod, checked just above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PortAddrs6 {}

@@ -355,8 +355,9 @@ impl Env {
         m.insert(ifindex, p, 0).unwrap();
     }
 
-    /// What the daemon learned about bridge port `ifindex`: its IPv6
-    /// addresses (`BERTH_PORT_ADDRS6`, one entry each).
+    /// What the daemon learned about bridge port `ifindex`: more IPv6
+    /// addresses (`BERTH_PORT_ADDRS6`, one entry each, and the port's list
+    /// in `BERTH_PORT_LIST6`).
     pub fn port_addrs6(&mut self, ifindex: u32, addrs: &[std::net::Ipv6Addr]) {
         let mut m: HashMap<&mut MapData, berth_maps::PortAddr6, u32> =
             HashMap::try_from(self.ebpf.map_mut(berth_maps::PORT_ADDRS6_MAP).unwrap()).unwrap();
@@ -367,6 +368,16 @@ impl Env {
             };
             m.insert(key, 1, 0).unwrap();
         }
+        let mut l: HashMap<&mut MapData, u32, berth_maps::PortAddrs6> =
+            HashMap::try_from(self.ebpf.map_mut(berth_maps::PORT_LIST6_MAP).unwrap()).unwrap();
+        let mut list = l.get(&ifindex, 0).unwrap_or_default();
+        for a in addrs {
+            let n = list.len as usize;
+            assert!(n < PORT_ADDRS_MAX);
+            list.addrs[n] = a.octets();
+            list.len += 1;
+        }
+        l.insert(ifindex, list, 0).unwrap();
     }
 
     /// Empties slot `slot` of `BERTH_TAILS`: the tail call there falls

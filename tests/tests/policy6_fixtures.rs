@@ -864,3 +864,99 @@ fn a_flood_of_refused_ipv6_first_fragments_never_evicts_an_allowed_verdict() {
         assert_eq!(counter(env, Counter::FragDenied), denied + 1);
     });
 }
+
+/// A task registered with IPv6 only (`--ip6`, no `--ip`): its container's
+/// IPv4 address (`172.17.0.20`) is no task's, its learned IPv6 address
+/// (`fd00::20`) is task 5's, with policy. Task 5 allows nothing in and UDP
+/// 53 to `2001:db8::/32` out.
+fn ipv6_only_task(env: &mut Env) -> u32 {
+    setup(env);
+    let port = env.add_port("pc20");
+    env.port_addrs(port, &[Ipv4Addr::new(172, 17, 0, 20)]);
+    env.port_addrs6(port, &[V6_ONLY]);
+    env.set_endpoint6(V6_ONLY, 5, true);
+    env.set_rules6(5, DIR_INGRESS, &[]);
+    env.set_rules6(
+        5,
+        DIR_EGRESS,
+        &[rule(
+            Some(RuleProto::Udp),
+            (53, 53),
+            RulePeer::Cidr6(DB8, 32),
+        )],
+    );
+    port
+}
+
+const V6_ONLY: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x20);
+
+#[test]
+fn a_task_known_by_its_ipv6_address_only_is_judged_at_its_port() {
+    in_fixture_ns(|env| {
+        let port = ipv6_only_task(env);
+        // In: another container's SYN to port 80, which no rule admits,
+        // through the IPv4 program's hand-off and the judge itself.
+        let syn = tcp6(C3_6, 40000, V6_ONLY, 80, pkt::SYN);
+        let denied = counter(env, Counter::PolicyDeniedIngress);
+        assert_eq!(received(env, port, &syn), SHOT);
+        assert_eq!(on(env, TO6, port, &syn), SHOT);
+        assert_eq!(counter(env, Counter::PolicyDeniedIngress), denied + 2);
+        // Out: what its egress rules refuse, and what they allow.
+        let dns = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 53);
+        assert_eq!(
+            on(env, FROM6, port, &udp6(V6_ONLY, 5000, STRANGER6, 53)),
+            SHOT
+        );
+        assert_eq!(
+            on(env, FROM6, port, &tcp6(V6_ONLY, 5001, dns, 80, pkt::SYN)),
+            SHOT
+        );
+        assert_eq!(on(env, FROM6, port, &udp6(V6_ONLY, 5002, dns, 53)), OK);
+        // A property of the port: from an address it does not hold (no
+        // task's, or one without policy) it escapes nothing.
+        let spoofed = counter(env, Counter::ContainerSpoofedSource);
+        let nobody = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x99);
+        assert_eq!(
+            on(env, FROM6, port, &udp6(nobody, 5003, STRANGER6, 53)),
+            SHOT
+        );
+        assert_eq!(on(env, FROM6, port, &udp6(C3_6, 5004, STRANGER6, 53)), SHOT);
+        assert_eq!(counter(env, Counter::ContainerSpoofedSource), spoofed + 2);
+        // Once a rule admits the peer, the same SYN passes.
+        env.set_rules6(
+            5,
+            DIR_INGRESS,
+            &[rule(
+                Some(RuleProto::Tcp),
+                (80, 80),
+                RulePeer::Cidr6(C3_6, 128),
+            )],
+        );
+        assert_eq!(on(env, TO6, port, &syn), OK);
+    });
+}
+
+#[test]
+fn a_port_is_open_only_when_none_of_its_addresses_has_policy() {
+    in_fixture_ns(|env| {
+        ipv6_only_task(env);
+        let stranger = udp6(STRANGER6, 9, C3_6, 1);
+        // No IPv4 address at all (an entry of none), IPv6 with policy.
+        let v6_only = env.add_port("pc21");
+        env.port_addrs(v6_only, &[]);
+        env.port_addrs6(v6_only, &[V6_ONLY]);
+        assert_eq!(on(env, TO6, v6_only, &stranger), SHOT);
+        // IPv6 learned before IPv4: judged by the IPv6 address.
+        let v6_first = env.add_port("pc22");
+        env.port_addrs6(v6_first, &[V6_ONLY]);
+        assert_eq!(on(env, TO6, v6_first, &stranger), SHOT);
+        // Addresses learned, none with policy: open.
+        let open = env.add_port("pc23");
+        env.port_addrs(open, &[]);
+        env.port_addrs6(open, &[C3_6]);
+        assert_eq!(on(env, TO6, open, &stranger), OK);
+        let none = env.add_port("pc24");
+        env.port_addrs(none, &[]);
+        assert_eq!(on(env, TO6, none, &stranger), OK);
+    });
+}

@@ -38,5 +38,6 @@ mod remap6;
 mod restart_and_guard;
 mod security_groups;
 mod security_groups6;
+mod security_groups6_only;
 mod spoofing;
 mod static_mapping;

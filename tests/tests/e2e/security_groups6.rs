@@ -12,8 +12,8 @@ use std::{
 use berth_integration::{rig::REQUEST_TIMEOUT as T, tcp_connect, NetNs, Rig};
 
 const REFUSED: Duration = Duration::from_millis(1500);
-const BRIDGE6: &str = "fd00:17::1";
-const CTR6: &str = "fd00:17::2";
+pub(super) const BRIDGE6: &str = "fd00:17::1";
+pub(super) const CTR6: &str = "fd00:17::2";
 /// Link-local addresses of the bridge and the container (a container with
 /// policy may always send from its link-local address).
 const BRIDGE_LL: &str = "fe80::17:1";
@@ -22,7 +22,7 @@ const CTR_LL: &str = "fe80::17:2";
 /// The rig with IPv6 on docker0 and in the first container (the Rig's
 /// containers start with IPv6 off; no duplicate address detection, so the
 /// addresses are usable at once).
-fn setup() -> Rig {
+pub(super) fn setup() -> Rig {
     let rig = Rig::builder().wait_for_ports().start();
     let host = &rig.topo.host;
     host.ns
@@ -53,7 +53,7 @@ fn setup() -> Rig {
 }
 
 /// IPv6 on in a container and its global and link-local addresses.
-fn ipv6_in(ns: &NetNs, ifname: &str, global: &str, link_local: &str) {
+pub(super) fn ipv6_in(ns: &NetNs, ifname: &str, global: &str, link_local: &str) {
     for key in [
         "net.ipv6.conf.all.disable_ipv6".to_owned(),
         format!("net/ipv6/conf/{ifname}/disable_ipv6"),
@@ -74,25 +74,25 @@ fn ipv6_in(ns: &NetNs, ifname: &str, global: &str, link_local: &str) {
     }
 }
 
-fn listen(ns: &NetNs, port: u16) -> TcpListener {
+pub(super) fn listen(ns: &NetNs, port: u16) -> TcpListener {
     ns.run(move || TcpListener::bind(("::", port)))
         .unwrap_or_else(|e| panic!("listen on [::]:{port}: {e}"))
 }
 
-fn addr(ip: &str, port: u16) -> SocketAddr {
+pub(super) fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
 
 /// A new TCP connection from `ns` to `addr` gets no answer (a refused SYN
 /// is dropped, never reset).
-fn assert_refused(ns: &NetNs, addr: SocketAddr) {
+pub(super) fn assert_refused(ns: &NetNs, addr: SocketAddr) {
     let err = ns
         .run(move || tcp_connect(addr, REFUSED))
         .expect_err("the IPv6 connection should have been refused");
     assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
 }
 
-fn assert_connects(ns: &NetNs, addr: SocketAddr) {
+pub(super) fn assert_connects(ns: &NetNs, addr: SocketAddr) {
     ns.run(move || tcp_connect(addr, T))
         .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
 }
@@ -176,8 +176,8 @@ fn ipv6_egress_follows_the_groups_ipv6_rule_and_stops_when_it_is_removed() {
 }
 
 /// The second container's addresses.
-const CTR2_6: &str = "fd00:17::3";
-const CTR2_LL: &str = "fe80::17:3";
+pub(super) const CTR2_6: &str = "fd00:17::3";
+pub(super) const CTR2_LL: &str = "fe80::17:3";
 
 /// `berth map add` of a dual-stack task (`--ip6`).
 fn map_add6(rig: &Rig, task: &str, ip: &str, ip6: &str, spec: &str) {

@@ -589,6 +589,7 @@ impl BpfDatapath {
         ];
         let port_addrs = take_map(&mut ebpf, PORT_ADDRS_MAP)?;
         let port_addrs6 = take_map(&mut ebpf, berth_maps::PORT_ADDRS6_MAP)?;
+        let port_list6 = take_map(&mut ebpf, berth_maps::PORT_LIST6_MAP)?;
         let ebpf = Arc::new(Mutex::new(ebpf));
         let hooked = take_map(
             &mut ebpf
@@ -607,6 +608,7 @@ impl BpfDatapath {
             ebpf: ebpf.clone(),
             addrs_map: port_addrs,
             addrs6_map: port_addrs6,
+            list6_map: port_list6,
             bridges: config.bridges.clone(),
             links_dir,
             hooked,

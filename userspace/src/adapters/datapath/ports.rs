@@ -33,7 +33,7 @@ use aya::{
     maps::{HashMap, MapData},
     Ebpf,
 };
-use berth_maps::{PortAddr6, PortAddrs, HOOKED_PORTS_MAP, PORT_ADDRS_MAX};
+use berth_maps::{PortAddr6, PortAddrs, PortAddrs6, HOOKED_PORTS_MAP, PORT_ADDRS_MAX};
 
 use super::{
     attach::attach_pinned,
@@ -300,6 +300,8 @@ pub(super) struct WatchSetup {
     pub addrs_map: HashMap<MapData, u32, PortAddrs>,
     /// `BERTH_PORT_ADDRS6`.
     pub addrs6_map: HashMap<MapData, PortAddr6, u32>,
+    /// `BERTH_PORT_LIST6`.
+    pub list6_map: HashMap<MapData, u32, PortAddrs6>,
     pub bridges: Vec<String>,
     pub links_dir: PathBuf,
     pub hooked: HashMap<MapData, u32, u32>,
@@ -329,7 +331,7 @@ pub(super) fn watch(setup: WatchSetup) -> Result<PortWatcher, DatapathError> {
     // BERTH_PORT_ADDRS from the moment they are attached (or swapped into
     // its pinned links), and that map starts empty after an upgrade from
     // pins without it. Only bridges that exist have ports.
-    let mut addrs = PortAddrSync::adopt(setup.addrs_map, setup.addrs6_map);
+    let mut addrs = PortAddrSync::adopt(setup.addrs_map, setup.addrs6_map, setup.list6_map);
     let present: Vec<String> = setup
         .bridges
         .iter()
@@ -451,6 +453,7 @@ impl PortAddrSync {
     fn adopt(
         map: HashMap<MapData, u32, PortAddrs>,
         map6: HashMap<MapData, PortAddr6, u32>,
+        list6: HashMap<MapData, u32, PortAddrs6>,
     ) -> Self {
         let owned: BTreeMap<u32, Vec<Ipv4Addr>> = map
             .iter()
@@ -464,7 +467,7 @@ impl PortAddrSync {
                 (port, addrs)
             })
             .collect();
-        let (map6, owned6) = PortAddrs6Map::adopt(map6);
+        let (map6, owned6) = PortAddrs6Map::adopt(map6, list6);
         Self {
             map,
             claims: owned.clone(),
