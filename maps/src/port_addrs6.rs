@@ -6,9 +6,12 @@
 
 /// (host-side ifindex, global address) -> 1.
 pub const PORT_ADDRS6_MAP: &str = "BERTH_PORT_ADDRS6";
-/// [`crate::PORT_ADDRS_CAPACITY`] ports of [`crate::PORT_ADDRS_MAX`]
-/// addresses each.
-pub const PORT_ADDRS6_CAPACITY: u32 = crate::PORT_ADDRS_CAPACITY * crate::PORT_ADDRS_MAX as u32;
+/// Two addresses for each of [`crate::PORT_ADDRS_CAPACITY`] ports, on
+/// average (a container holds one or two global IPv6 addresses; one port
+/// may hold up to [`crate::PORT_ADDRS_MAX`]). Entries are allocated on
+/// insert; the kernel's bucket array, 16 bytes a slot of capacity, is what
+/// an empty table costs (128 KiB here; 512 at eight a port).
+pub const PORT_ADDRS6_CAPACITY: u32 = crate::PORT_ADDRS_CAPACITY * 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
