@@ -222,45 +222,34 @@ impl Rtnl {
 
     /// The IPv4 addresses of interface `peer.ifindex` in its namespace.
     fn ipv4_addrs(&mut self, peer: Peer) -> io::Result<Vec<Ipv4Addr>> {
-        let mut body = vec![0u8; IFADDRMSG_LEN];
-        body[0] = libc::AF_INET as u8;
-        body[4..8].copy_from_slice(&peer.ifindex.to_ne_bytes());
-        if let Some(id) = peer.netnsid {
-            push_attr(&mut body, IFA_TARGET_NETNSID, &id.to_ne_bytes());
-        }
-        let msgs = self.request(RTM_GETADDR, NLM_F_DUMP, &body, RTM_NEWADDR)?;
-        let mut out = Vec::new();
-        for m in msgs.iter().filter(|m| m.len() >= IFADDRMSG_LEN) {
-            let index = u32::from_ne_bytes([m[4], m[5], m[6], m[7]]);
-            if m[0] != libc::AF_INET as u8 || index != peer.ifindex {
-                continue;
-            }
-            let (mut local, mut address) = (None, None);
-            for (ty, p) in attrs(&m[IFADDRMSG_LEN..]) {
-                if p.len() == 4 {
-                    let a = Ipv4Addr::new(p[0], p[1], p[2], p[3]);
-                    match ty {
-                        IFA_LOCAL => local = Some(a),
-                        IFA_ADDRESS => address = Some(a),
-                        _ => {}
-                    }
-                }
-            }
-            if let Some(a) = local.or(address) {
-                out.push(a);
-            }
-        }
-        out.sort();
-        out.dedup();
-        Ok(out)
+        self.addrs(peer, libc::AF_INET, |p| {
+            <[u8; 4]>::try_from(p).ok().map(Ipv4Addr::from)
+        })
     }
 
     /// The IPv6 addresses of interface `peer.ifindex` in its namespace,
     /// but link-local ones: the datapath knows those by their MAC (see
     /// `ebpf/src/l2.rs`), not as a port's own.
     fn ipv6_addrs(&mut self, peer: Peer) -> io::Result<Vec<Ipv6Addr>> {
+        self.addrs(peer, libc::AF_INET6, |p| {
+            <[u8; 16]>::try_from(p)
+                .ok()
+                .map(Ipv6Addr::from)
+                .filter(|a| port_owned6(*a))
+        })
+    }
+
+    /// The addresses of `family` on interface `peer.ifindex` in its
+    /// namespace (each message's local address, else its address), as
+    /// `parse` reads them (`None`: not one), sorted and each once.
+    fn addrs<A: Ord + Copy>(
+        &mut self,
+        peer: Peer,
+        family: libc::c_int,
+        parse: impl Fn(&[u8]) -> Option<A>,
+    ) -> io::Result<Vec<A>> {
         let mut body = vec![0u8; IFADDRMSG_LEN];
-        body[0] = libc::AF_INET6 as u8;
+        body[0] = family as u8;
         body[4..8].copy_from_slice(&peer.ifindex.to_ne_bytes());
         if let Some(id) = peer.netnsid {
             push_attr(&mut body, IFA_TARGET_NETNSID, &id.to_ne_bytes());
@@ -269,21 +258,18 @@ impl Rtnl {
         let mut out = Vec::new();
         for m in msgs.iter().filter(|m| m.len() >= IFADDRMSG_LEN) {
             let index = u32::from_ne_bytes([m[4], m[5], m[6], m[7]]);
-            if m[0] != libc::AF_INET6 as u8 || index != peer.ifindex {
+            if m[0] != family as u8 || index != peer.ifindex {
                 continue;
             }
             let (mut local, mut address) = (None, None);
             for (ty, p) in attrs(&m[IFADDRMSG_LEN..]) {
-                if let Ok(octets) = <[u8; 16]>::try_from(p) {
-                    let a = Ipv6Addr::from(octets);
-                    match ty {
-                        IFA_LOCAL => local = Some(a),
-                        IFA_ADDRESS => address = Some(a),
-                        _ => {}
-                    }
+                match ty {
+                    IFA_LOCAL => local = local.or(parse(p)),
+                    IFA_ADDRESS => address = address.or(parse(p)),
+                    _ => {}
                 }
             }
-            if let Some(a) = local.or(address).filter(|a| port_owned6(*a)) {
+            if let Some(a) = local.or(address) {
                 out.push(a);
             }
         }
